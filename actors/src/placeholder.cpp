@@ -1,0 +1,1 @@
+namespace kvferry::actors { int placeholder() { return 0; } }

@@ -1,0 +1,19 @@
+// The subcommands of `kvferry`. Each add_* function registers one subcommand
+// (its options and what it runs) on the CLI; a command reports its exit status
+// through `exit_code`. One source file per command keeps them independent.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvferry::app {
+
+void add_info(CLI::App& root, int& exit_code);
+void add_netcheck(CLI::App& root, int& exit_code);
+void add_bench_net(CLI::App& bench, int& exit_code);
+void add_bench_ipc(CLI::App& bench, int& exit_code);
+void add_demo(CLI::App& root, int& exit_code);
+void add_directory(CLI::App& root, int& exit_code);
+void add_worker(CLI::App& root, int& exit_code);
+void add_launch(CLI::App& root, int& exit_code);  // also adds `status`
+
+}  // namespace kvferry::app

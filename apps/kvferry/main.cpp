@@ -1,0 +1,24 @@
+// kvferry — one binary, one subcommand per job (see commands.hpp).
+#include "commands.hpp"
+
+#include "kvferry/runtime/version.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvferry: moves KV cache between the GPUs of disaggregated "
+               "LLM serving"};
+  app.set_version_flag("--version", kvferry::version);
+  app.require_subcommand(1);
+  int exit_code = 0;
+  kvferry::app::add_info(app, exit_code);
+  kvferry::app::add_netcheck(app, exit_code);
+  auto* bench = app.add_subcommand("bench", "Benchmarks (net, ipc)");
+  bench->require_subcommand(1);
+  kvferry::app::add_bench_net(*bench, exit_code);
+  kvferry::app::add_bench_ipc(*bench, exit_code);
+  kvferry::app::add_demo(app, exit_code);
+  kvferry::app::add_directory(app, exit_code);
+  kvferry::app::add_worker(app, exit_code);
+  kvferry::app::add_launch(app, exit_code);
+  CLI11_PARSE(app, argc, argv);
+  return exit_code;
+}

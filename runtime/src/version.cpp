@@ -1,0 +1,1 @@
+#include "kvferry/runtime/version.hpp"

@@ -1,0 +1,2 @@
+// Placeholder until the kvsock plugin lands.
+#include "kvferry/transport/net_v7.h"
