@@ -1,0 +1,320 @@
+// The directory actor: the deployment's membership (see actors.hpp).
+#include <algorithm>
+#include <thread>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <spdlog/spdlog.h>
+
+#include "kvferry/actors/actors.hpp"
+
+namespace kvferry {
+
+namespace {
+
+using entry = directory_state::entry;
+
+// An empty configured secret accepts everyone (the directory warns at start).
+// Otherwise compares in time independent of where the secrets differ, so the
+// reply time does not leak a prefix of the secret (the length may leak).
+bool secret_accepted(const std::string& expected, const std::string& given) {
+  if (expected.empty())
+    return true;
+  if (expected.size() != given.size())
+    return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < given.size(); ++i)
+    diff |= static_cast<unsigned char>(given[i] ^ expected[i]);
+  return diff == 0;
+}
+
+std::string as_ms(caf::timespan t) {
+  return std::to_string(
+           std::chrono::duration_cast<std::chrono::milliseconds>(t).count())
+         + " ms";
+}
+
+caf::error validate(const worker_info& info) {
+  if (info.name.empty())
+    return make_error(ec::invalid_argument, "register: empty worker name");
+  for (size_t i = 0; i < info.listen_handles.size(); ++i)
+    if (info.listen_handles[i].size() != listen_handle_size)
+      return make_error(ec::invalid_argument,
+                        "register '" + info.name + "': listen handle "
+                          + std::to_string(i) + " has "
+                          + std::to_string(info.listen_handles[i].size())
+                          + " bytes, expected "
+                          + std::to_string(listen_handle_size));
+  return caf::none;
+}
+
+std::vector<worker_info> members(const directory_state& st,
+                                 const worker_role* role = nullptr) {
+  std::vector<worker_info> result;
+  result.reserve(st.workers.size());
+  for (auto& [name, e] : st.workers)
+    if (role == nullptr || e.info.role == *role)
+      result.push_back(e.info);
+  std::sort(result.begin(), result.end(),
+            [](auto& a, auto& b) { return a.name < b.name; });
+  return result;
+}
+
+// Watchers register as caf::actor (any actor type may watch); they promise
+// the directory_watcher_actor interface.
+directory_watcher_actor as_watcher(const caf::actor& watcher) {
+  return caf::actor_cast<directory_watcher_actor>(watcher);
+}
+
+void notify_joined(directory_stateful_pointer self, const worker_info& info) {
+  for (auto& watcher : self->state.watchers)
+    self->send(as_watcher(watcher), joined_atom::value, info);
+}
+
+// Removes a worker and tells every watcher why.
+void drop(directory_stateful_pointer self, const std::string& name,
+          const caf::error& why) {
+  auto i = self->state.workers.find(name);
+  if (i == self->state.workers.end())
+    return;
+  spdlog::info("directory: worker '{}' left: {}", name, render(why));
+  self->state.workers.erase(i);
+  for (auto& watcher : self->state.watchers)
+    self->send(as_watcher(watcher), left_atom::value, name, why);
+}
+
+void monitor_worker(directory_stateful_pointer self, const worker_info& info) {
+  if (info.app)
+    self->monitor(info.app);
+  if (info.transfer)
+    self->monitor(info.transfer);
+}
+
+void schedule_expiry(directory_stateful_pointer self, const std::string& name,
+                     uint64_t token, caf::timespan after) {
+  self->delayed_send(self, after, expire_atom::value, name, token);
+}
+
+caf::result<lease> register_worker(directory_stateful_pointer self,
+                                   worker_info& info,
+                                   const std::string& secret) {
+  auto& st = self->state;
+  if (!secret_accepted(st.options.secret, secret))
+    return make_error(ec::unauthorized,
+                      "register '" + info.name
+                        + "': wrong deployment secret (check --secret or "
+                          "KVFERRY_SECRET on the worker and the directory)");
+  if (auto err = validate(info))
+    return err;
+  auto now = self->clock().now();
+  if (auto i = st.workers.find(info.name); i != st.workers.end()) {
+    // The same app actor registering again is an update (e.g. new regions);
+    // a different live one holding the name is a configuration error.
+    if (!info.app || i->second.info.app != info.app)
+      return make_error(ec::duplicate,
+                        "register '" + info.name
+                          + "': the name is held by another live worker "
+                            "(registered from "
+                          + i->second.info.host + ")");
+    i->second.info = std::move(info);
+    i->second.deadline = now + st.options.lease;
+    monitor_worker(self, i->second.info);
+    notify_joined(self, i->second.info);
+    return lease{i->second.token, st.options.lease};
+  }
+  auto token = st.next_token++;
+  auto name = info.name;
+  spdlog::info("directory: worker '{}' ({}, host {}, gpu {}) joined", name,
+               to_string(info.role), info.host, info.gpu);
+  auto& e = st.workers[name];
+  e.info = std::move(info);
+  e.token = token;
+  e.deadline = now + st.options.lease;
+  monitor_worker(self, e.info);
+  notify_joined(self, e.info);
+  schedule_expiry(self, name, token, st.options.lease);
+  return lease{token, st.options.lease};
+}
+
+// Finds (name, token) or says why not.
+caf::expected<entry*> find_leased(directory_stateful_pointer self,
+                                  const char* call, const std::string& name,
+                                  uint64_t token) {
+  auto i = self->state.workers.find(name);
+  if (i == self->state.workers.end())
+    return make_error(ec::not_found, std::string{call} + " '" + name
+                                       + "': no such worker (lease expired "
+                                         "or never registered)");
+  if (i->second.token != token)
+    return make_error(ec::unauthorized, std::string{call} + " '" + name
+                                          + "': wrong lease token");
+  return &i->second;
+}
+
+void on_expire(directory_stateful_pointer self, const std::string& name,
+               uint64_t token) {
+  auto i = self->state.workers.find(name);
+  if (i == self->state.workers.end() || i->second.token != token)
+    return; // gone or replaced since the timer was set
+  auto now = self->clock().now();
+  if (now < i->second.deadline) {
+    // Renewed since: one timer per worker, re-armed for the remainder.
+    schedule_expiry(self, name, token, i->second.deadline - now);
+    return;
+  }
+  drop(self, name,
+       make_error(ec::lease_expired,
+                  "worker '" + name + "' did not renew its lease of "
+                    + as_ms(self->state.options.lease)));
+}
+
+// A worker's app or transfer actor died, or a watcher did.
+void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
+  auto& st = self->state;
+  st.watchers.erase(std::remove_if(st.watchers.begin(), st.watchers.end(),
+                                   [&](const caf::actor& w) {
+                                     return w.address() == msg.source;
+                                   }),
+                    st.watchers.end());
+  std::vector<std::string> dead;
+  for (auto& [name, e] : st.workers)
+    if ((e.info.app && e.info.app.address() == msg.source)
+        || (e.info.transfer && e.info.transfer.address() == msg.source))
+      dead.push_back(name);
+  for (auto& name : dead)
+    drop(self, name,
+         make_error(ec::peer_down, "worker '" + name + "' is down: "
+                                     + render(msg.reason)));
+}
+
+}  // namespace
+
+directory_actor::behavior_type directory(directory_stateful_pointer self,
+                                         directory_options options) {
+  self->state.options = std::move(options);
+  if (self->state.options.secret.empty())
+    spdlog::warn("directory: no secret set: any process may register");
+  self->set_down_handler(
+    [self](const caf::down_msg& msg) { on_down(self, msg); });
+  return {
+    [self](register_atom, worker_info& info,
+           const std::string& secret) -> caf::result<lease> {
+      return register_worker(self, info, secret);
+    },
+    [self](renew_atom, const std::string& name,
+           uint64_t token) -> caf::result<caf::ok_atom> {
+      auto e = find_leased(self, "renew", name, token);
+      if (!e)
+        return e.error();
+      (*e)->deadline = self->clock().now() + self->state.options.lease;
+      return caf::ok_atom::value;
+    },
+    [self](leave_atom, const std::string& name,
+           uint64_t token) -> caf::result<caf::ok_atom> {
+      auto e = find_leased(self, "leave", name, token);
+      if (!e)
+        return e.error();
+      drop(self, name, caf::error{});
+      return caf::ok_atom::value;
+    },
+    [self](lookup_atom, const std::string& name) -> caf::result<worker_info> {
+      auto i = self->state.workers.find(name);
+      if (i == self->state.workers.end())
+        return make_error(ec::not_found,
+                          "lookup '" + name + "': no such worker");
+      return i->second.info;
+    },
+    [self](list_atom) -> std::vector<worker_info> {
+      return members(self->state);
+    },
+    [self](list_atom, worker_role role) -> std::vector<worker_info> {
+      return members(self->state, &role);
+    },
+    [self](watch_atom, caf::actor& watcher)
+      -> caf::result<std::vector<worker_info>> {
+      if (!watcher)
+        return make_error(ec::invalid_argument, "watch: null watcher");
+      auto& ws = self->state.watchers;
+      if (std::find(ws.begin(), ws.end(), watcher) == ws.end()) {
+        self->monitor(watcher);
+        ws.push_back(watcher);
+      }
+      return members(self->state);
+    },
+    [self](unwatch_atom, const caf::actor& watcher) -> caf::ok_atom {
+      auto& ws = self->state.watchers;
+      ws.erase(std::remove(ws.begin(), ws.end(), watcher), ws.end());
+      return caf::ok_atom::value;
+    },
+    [self](expire_atom, const std::string& name, uint64_t token) {
+      on_expire(self, name, token);
+    },
+  };
+}
+
+caf::error parse_host_port(const std::string& text, std::string& host,
+                           uint16_t& port) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
+    return make_error(ec::invalid_argument,
+                      "'" + text + "' is not HOST:PORT");
+  try {
+    size_t used = 0;
+    auto value = std::stoul(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1 || value == 0 || value > 65535)
+      throw std::out_of_range{"port"};
+    port = static_cast<uint16_t>(value);
+  } catch (const std::exception&) {
+    return make_error(ec::invalid_argument,
+                      "'" + text + "': port must be 1..65535");
+  }
+  host = text.substr(0, colon);
+  return caf::none;
+}
+
+caf::expected<directory_actor>
+connect_directory(caf::actor_system& system, const std::string& host,
+                  uint16_t port, caf::timespan timeout) {
+  using clock = std::chrono::steady_clock;
+  auto where = host + ":" + std::to_string(port);
+  auto deadline = clock::now() + timeout;
+  auto expected_ifs = system.message_types<directory_actor>();
+  auto mm = system.middleman().actor_handle();
+  caf::scoped_actor self{system};
+  caf::error last;
+  for (;;) {
+    auto left = std::chrono::duration_cast<caf::timespan>(deadline
+                                                          - clock::now());
+    if (left <= caf::timespan{0})
+      break;
+    caf::strong_actor_ptr found;
+    std::set<std::string> ifs;
+    self->request(mm, left, caf::connect_atom::value, host, port)
+      .receive(
+        [&](caf::node_id&, caf::strong_actor_ptr& ptr,
+            std::set<std::string>& remote_ifs) {
+          found = std::move(ptr);
+          ifs = std::move(remote_ifs);
+        },
+        [&](caf::error& err) { last = std::move(err); });
+    if (found) {
+      if (!std::includes(ifs.begin(), ifs.end(), expected_ifs.begin(),
+                         expected_ifs.end()))
+        return make_error(ec::mismatch,
+                          "the actor at " + where
+                            + " is not a kvferry directory of this version "
+                              "(its message interface differs)");
+      return caf::actor_cast<directory_actor>(std::move(found));
+    }
+    if (last == caf::sec::request_timeout)
+      break;
+    // Refused: the directory may still be starting; try again shortly.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return make_error(ec::unreachable,
+                    "cannot reach the directory at " + where + " within "
+                      + as_ms(timeout) + ": "
+                      + (last ? render(last) : std::string{"timed out"}));
+}
+
+}  // namespace kvferry

@@ -1,1 +1,0 @@
-namespace kvferry::actors { int placeholder() { return 0; } }

@@ -1,0 +1,57 @@
+// The actor-system configuration every kvferry process uses: loads the io
+// module (middleman), registers kvferry's message types and error category,
+// and applies the runtime options (scheduler policy, heartbeats, threads).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include <caf/actor_system_config.hpp>
+#include <caf/timespan.hpp>
+
+namespace CLI {
+class App;
+}
+
+namespace kvferry::runtime {
+
+/// Options shared by every kvferry process (see add_runtime_options).
+struct runtime_options {
+  /// "sharing" (one shared queue; the faster choice for request/response
+  /// traffic across processes, measured in docs/benchmarks.md) or
+  /// "stealing" (CAF's default; better for many busy actors).
+  std::string scheduler_policy = "sharing";
+  /// Scheduler worker threads; 0 = CAF's default (number of cores).
+  size_t threads = 0;
+  /// BASP heartbeat interval between connected nodes; 0 disables.
+  size_t heartbeat_ms = 1000;
+  /// A connection silent for this long is closed and its peer's actors are
+  /// reported down (needs heartbeats on).
+  size_t connection_timeout_ms = 10000;
+  /// trace, debug, info, warn, error, critical, off; empty = $KVFERRY_LOG or
+  /// "info".
+  std::string log_level;
+  /// Also write the log to this file (appends); empty = stderr only.
+  std::string log_file;
+};
+
+/// Adds --log-level, --log-file, --scheduler, --threads and --heartbeat-ms to
+/// a CLI11 (sub)command.
+void add_runtime_options(CLI::App& cmd, runtime_options& options);
+
+/// kvferry's actor_system_config. Construct, then pass to caf::actor_system.
+class system_config : public caf::actor_system_config {
+public:
+  system_config();
+  explicit system_config(const runtime_options& options);
+
+  /// Switches to CAF's deterministic test coordinator (virtual time, no
+  /// threads, no network backend): for unit tests (tests/support).
+  void use_test_coordinator();
+
+private:
+  void register_types();
+  void apply(const runtime_options& options);
+};
+
+}  // namespace kvferry::runtime

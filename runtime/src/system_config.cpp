@@ -1,0 +1,76 @@
+#include "kvferry/runtime/system_config.hpp"
+
+#include <CLI/CLI.hpp>
+#include <caf/io/middleman.hpp>
+
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/type_ids.hpp"
+
+// The transfer engineer's message block (ids 300..399) lives in protocol.hpp;
+// it is registered here as soon as that header exists.
+#if __has_include("kvferry/runtime/protocol.hpp")
+#  include "kvferry/runtime/protocol.hpp"
+#  define KVFERRY_HAVE_PROTOCOL_BLOCK 1
+#endif
+
+namespace kvferry::runtime {
+
+void add_runtime_options(CLI::App& cmd, runtime_options& options) {
+  cmd.add_option("--log-level", options.log_level,
+                 "trace|debug|info|warn|error|critical|off (default: "
+                 "$KVFERRY_LOG or info)");
+  cmd.add_option("--log-file", options.log_file,
+                 "also append the log to this file");
+  cmd.add_option("--scheduler", options.scheduler_policy,
+                 "CAF scheduler policy: sharing (default) or stealing")
+    ->check(CLI::IsMember({"sharing", "stealing"}));
+  cmd.add_option("--threads", options.threads,
+                 "scheduler threads (0 = one per core)");
+  cmd.add_option("--heartbeat-ms", options.heartbeat_ms,
+                 "heartbeat between connected processes (0 = off)");
+}
+
+system_config::system_config() {
+  register_types();
+  apply(runtime_options{});
+}
+
+system_config::system_config(const runtime_options& options) {
+  register_types();
+  apply(options);
+}
+
+void system_config::register_types() {
+  load<caf::io::middleman>();
+  add_message_types<caf::id_block::kvferry_runtime>();
+#ifdef KVFERRY_HAVE_PROTOCOL_BLOCK
+  add_message_types<caf::id_block::kvferry_protocol>();
+#endif
+  add_error_category(ec_category,
+                     [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+                       return render(caf::error{code, ec_category, ctx});
+                     });
+}
+
+void system_config::apply(const runtime_options& options) {
+  set("scheduler.policy", caf::atom_from_string(options.scheduler_policy));
+  if (options.threads > 0)
+    set("scheduler.max-threads", options.threads);
+  set("middleman.heartbeat-interval",
+      caf::timespan{std::chrono::milliseconds(options.heartbeat_ms)});
+  set("middleman.connection-timeout",
+      caf::timespan{std::chrono::milliseconds(options.connection_timeout_ms)});
+  // CAF's own logger stays quiet: kvferry logs through spdlog.
+  set("logger.file-verbosity", caf::atom("quiet"));
+  set("logger.console-verbosity", caf::atom("quiet"));
+}
+
+void system_config::use_test_coordinator() {
+  set("scheduler.policy", caf::atom("testing"));
+  set("middleman.network-backend", caf::atom("testing"));
+  set("middleman.manual-multiplexing", true);
+  set("middleman.heartbeat-interval", caf::timespan{0});
+  set("middleman.workers", size_t{0});
+}
+
+}  // namespace kvferry::runtime
