@@ -1,0 +1,159 @@
+// The deployment topology: which hosts, which workers on which GPUs with which
+// network plugin, where the directory lives, the model's KV layout and the
+// transfer settings. Loaded from YAML (docs/topology.md) and validated before
+// anything starts, so that a typo fails in one second on every host instead of
+// as a missing peer ten minutes later on one of them.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvferry::topology {
+
+// Where a value came from, for messages: "topo.yaml:7:5". Line and column are
+// 1-based; 0 when the value was defaulted rather than written in the file.
+struct location {
+  std::string file;
+  int line = 0;
+  int column = 0;
+  std::string str() const;  // "file:line:col", or "file" when unknown
+};
+
+enum class worker_role { prefill, decode };
+enum class restart_policy { never, on_failure };
+enum class transfer_mode { push, pull };
+
+const char* to_string(worker_role role);
+const char* to_string(restart_policy policy);
+const char* to_string(transfer_mode mode);
+
+struct host_spec {
+  std::string name;
+  std::string address;  // what the other hosts dial: an IP or a DNS name
+  location where;
+};
+
+struct worker_spec {
+  std::string name;
+  worker_role role = worker_role::prefill;
+  std::string host;         // a host_spec::name
+  std::optional<int> gpu;   // nullopt: no GPU, host memory only
+  std::string plugin = "kvsock";  // a name (libnccl-net-NAME.so) or a path
+  std::string plugin_file;  // the resolved .so, empty if it was not found
+  std::map<std::string, std::string> plugin_env;  // set in the worker's environment
+  std::vector<std::string> devices;  // plugin device names to use; empty: all
+  std::uint32_t pool_blocks = 1024;
+  restart_policy restart = restart_policy::on_failure;
+  std::uint16_t metrics_port = 0;  // 0: no metrics endpoint
+  location where;
+};
+
+struct directory_spec {
+  std::string host;  // a host_spec::name
+  std::uint16_t port = 7470;
+  location where;
+};
+
+// Default: Llama-3-8B (32 layers, 8 KV heads of 128, fp16, 16-token blocks).
+struct model_spec {
+  std::uint32_t layers = 32;
+  std::uint32_t kv_heads = 8;
+  std::uint32_t head_dim = 128;
+  std::string dtype = "fp16";  // fp16 | bf16 | fp32
+  std::uint32_t block_tokens = 16;
+  std::uint32_t dtype_bytes() const;
+  // Bytes of one block of one layer, K and V together.
+  std::uint64_t block_bytes_per_layer() const;
+};
+
+struct transfer_spec {
+  transfer_mode mode = transfer_mode::push;
+  bool layerwise = false;
+  std::uint64_t chunk_bytes = 4u << 20;
+  std::uint32_t comms_per_peer = 2;
+  std::uint32_t timeout_ms = 30000;
+};
+
+// The control plane (directory and worker actors). At most one secret source.
+struct control_spec {
+  // Address the control sockets bind to: an IP, or "host" for the address of
+  // the host the process runs on (what a multi-host deployment wants).
+  std::string bind = "127.0.0.1";
+  std::string secret;       // inline (discouraged: it sits in the file)
+  std::string secret_file;  // first line of this file
+  std::string secret_env;   // name of an environment variable
+  location where;
+};
+
+// How `kvferry launch` supervises this host's processes.
+struct launch_spec {
+  std::string log_dir = "./kvferry-logs";
+  std::uint32_t max_restarts = 5;         // per worker, then it failed for good
+  std::uint32_t restart_backoff_ms = 500;  // doubles per restart, capped at 30 s
+  std::uint32_t stop_grace_ms = 5000;      // SIGTERM, wait this long, SIGKILL
+};
+
+struct deployment {
+  std::string name = "kvferry";
+  std::string source_file;
+  directory_spec directory;
+  std::vector<host_spec> hosts;
+  std::vector<worker_spec> workers;
+  model_spec model;
+  transfer_spec transfer;
+  control_spec control;
+  launch_spec launch;
+
+  const host_spec* find_host(const std::string& name) const;
+  const worker_spec* find_worker(const std::string& name) const;
+  std::vector<const worker_spec*> workers_on(const std::string& host) const;
+  // "ADDR:PORT" of the directory, as workers on any host dial it.
+  std::string directory_endpoint() const;
+  // The address a process on `host` binds its control sockets to.
+  std::string bind_address_for(const std::string& host) const;
+};
+
+struct load_options {
+  // A plugin that cannot be found is a warning rather than an error (for
+  // checking a file meant for other machines, e.g. the GPUDirect-TCPX one).
+  bool allow_missing_plugins = false;
+  // Searched first for libnccl-net-NAME.so; empty: $KVFERRY_PLUGIN_PATH.
+  std::vector<std::string> plugin_dirs;
+  // Directory of the kvferry binary: its ../lib is searched. Empty: found
+  // from /proc/self/exe.
+  std::string exe_dir;
+};
+
+struct load_result {
+  std::optional<deployment> topology;  // set when there are no errors
+  std::vector<std::string> errors;     // each names file:line:col
+  std::vector<std::string> warnings;
+  bool ok() const { return errors.empty(); }
+  // Errors then warnings, one per line, prefixed "error: " / "warning: ".
+  std::string report() const;
+};
+
+// Parses and validates; collects every problem rather than stopping at the
+// first. `file_name` is only used in messages.
+load_result parse(const std::string& yaml_text, const std::string& file_name,
+                  const load_options& options = {});
+load_result load_file(const std::string& path, const load_options& options = {});
+
+// Finds a plugin: a value with a '/' is a path that must exist; otherwise
+// libnccl-net-NAME.so in options.plugin_dirs (or $KVFERRY_PLUGIN_PATH), the
+// exe's ../lib and ../lib64 and the exe's dir, $LD_LIBRARY_PATH, then the
+// system library dirs. Returns the file, or "" if none.
+std::string find_plugin(const std::string& plugin, const load_options& options);
+
+// The closest of `candidates` to `word` within a small edit distance, or "".
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates);
+
+// Reads the control secret the file names (inline, file or environment).
+// Returns nullopt with `why` set when a named source is unreadable/unset;
+// an empty string when the file configures no secret.
+std::optional<std::string> read_secret(const control_spec& control, std::string& why);
+
+}  // namespace kvferry::topology

@@ -1,2 +1,0 @@
-// Placeholder until the kvsock plugin lands.
-#include "kvferry/transport/net_v7.h"
