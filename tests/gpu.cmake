@@ -1,0 +1,12 @@
+# GPU data path: plans and unpack mapping (unit, run everywhere) and the
+# kernels, CUDA IPC across processes (gpu: skipped without a GPU).
+kvferry_add_test(NAME test_copy_plan SOURCES unit/copy_plan_test.cpp
+  LIBS kvferry_transport LABELS unit)
+kvferry_add_test(NAME test_unpack_mapping SOURCES unit/unpack_test.cpp
+  LIBS kvferry_transport LABELS unit)
+kvferry_add_test(NAME test_gpu_memory_host SOURCES unit/gpu_memory_test.cpp
+  LIBS kvferry_transport LABELS unit)
+kvferry_add_test(NAME test_gpu_copy SOURCES gpu/gpu_copy_test.cpp
+  LIBS kvferry_transport GPU LABELS integration TIMEOUT 120)
+kvferry_add_test(NAME test_gpu_ipc SOURCES gpu/gpu_ipc_test.cpp
+  LIBS kvferry_transport GPU LABELS integration TIMEOUT 120)

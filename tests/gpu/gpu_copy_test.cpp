@@ -1,0 +1,224 @@
+// The batched copy kernel and the unpack kernel on a real GPU, checked byte
+// for byte against a host model (every destination byte, copied or not).
+#include <doctest/doctest.h>
+
+#ifdef KVFERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "kvferry/transport/gpu_copy.hpp"
+
+using namespace kvferry::transport;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr int gpu = 0;
+
+void cuda_ok(cudaError_t err) { REQUIRE_MESSAGE(err == cudaSuccess, cudaGetErrorString(err)); }
+
+std::vector<unsigned char> to_host(const std::byte* p, std::size_t n) {
+  std::vector<unsigned char> v(n);
+  cuda_ok(cudaMemcpy(v.data(), p, n, cudaMemcpyDeviceToHost));
+  return v;
+}
+
+// Random extents with odd lengths and unaligned offsets; destinations never
+// overlap (so the expected result is unambiguous), sources may.
+std::vector<copy_extent> random_extents(std::mt19937_64& rng, std::size_t region, bool aligned) {
+  std::vector<copy_extent> plan;
+  std::uniform_int_distribution<std::uint64_t> len(1, 20000), gap(0, 300);
+  std::uint64_t dst = gap(rng);
+  while (true) {
+    std::uint64_t l = len(rng);
+    if (aligned)
+      l = (l + 15) / 16 * 16;
+    if (aligned)
+      dst = (dst + 15) / 16 * 16;
+    if (dst + l > region)
+      break;
+    std::uint64_t src = std::uniform_int_distribution<std::uint64_t>(0, region - l)(rng);
+    if (aligned)
+      src = src / 16 * 16;
+    plan.push_back({src, dst, l});
+    dst += l + gap(rng);
+  }
+  std::shuffle(plan.begin(), plan.end(), rng);
+  return plan;
+}
+
+struct device_buffers {
+  gpu_region src, dst;
+  explicit device_buffers(std::size_t bytes)
+      : src(gpu_region::allocate_device(gpu, bytes)), dst(gpu_region::allocate_device(gpu, bytes)) {}
+  void refill(std::uint64_t seed) {
+    gpu_fill_pattern(gpu, src.data(), src.size(), seed);
+    gpu_fill_pattern(gpu, dst.data(), dst.size(), ~seed);  // poison
+  }
+};
+
+void check_copy(gpu_copy_engine& engine, device_buffers& bufs, const std::vector<copy_extent>& plan) {
+  const auto src = to_host(bufs.src.data(), bufs.src.size());
+  auto expected = to_host(bufs.dst.data(), bufs.dst.size());
+  for (const auto& e : plan)
+    std::memcpy(expected.data() + e.dst_offset, src.data() + e.src_offset, e.length);
+  const auto ticket = engine.copy(bufs.src.view(), bufs.dst.view(), plan);
+  engine.wait(ticket, 10s);
+  CHECK(to_host(bufs.dst.data(), bufs.dst.size()) == expected);
+  CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned offsets") {
+  device_buffers bufs{4 << 20};
+  std::mt19937_64 rng{1234};
+  for (copy_tuning tuning : {copy_tuning{}, copy_tuning{16, 4, false, 128, 0},
+                             copy_tuning{4096, 16, true, 256, 0}, copy_tuning{65536, 8, true, 512, 1}}) {
+    CAPTURE(tuning.item_bytes);
+    CAPTURE(tuning.unroll);
+    gpu_copy_engine engine{gpu, tuning};
+    for (bool aligned : {true, false}) {
+      CAPTURE(aligned);
+      bufs.refill(rng());
+      check_copy(engine, bufs, random_extents(rng, bufs.src.size(), aligned));
+    }
+  }
+}
+
+TEST_CASE("thousands of equal KV blocks copy in one launch") {
+  constexpr std::size_t block = 16384, blocks = 200;
+  device_buffers bufs{block * blocks};
+  bufs.refill(99);
+  std::vector<std::uint32_t> perm(blocks);
+  std::iota(perm.begin(), perm.end(), 0u);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937_64{5});
+  std::vector<copy_extent> plan;
+  for (std::uint32_t i = 0; i < blocks; ++i)
+    plan.push_back({std::uint64_t{i} * block, std::uint64_t{perm[i]} * block, block});
+  gpu_copy_engine engine{gpu};
+  check_copy(engine, bufs, plan);
+}
+
+TEST_CASE("a prepared plan is launched again at other bases (one per layer)") {
+  constexpr std::size_t layer = 1 << 20;
+  device_buffers bufs{3 * layer};
+  bufs.refill(7);
+  std::mt19937_64 rng{8};
+  const auto plan = random_extents(rng, layer, true);
+  gpu_copy_engine engine{gpu};
+  const auto id = engine.prepare(plan, layer, layer);
+  std::vector<copy_ticket> tickets;
+  for (std::size_t l = 0; l < 3; ++l)
+    tickets.push_back(engine.launch(id, bufs.src.data() + l * layer, bufs.dst.data() + l * layer));
+  for (auto t : tickets)
+    engine.wait(t, 10s);
+  engine.release(id);
+  for (std::size_t l = 0; l < 3; ++l)
+    CHECK(gpu_count_mismatches(gpu, bufs.src.data() + l * layer, bufs.dst.data() + l * layer, plan) == 0);
+}
+
+TEST_CASE("a plan outside its regions is refused before anything runs") {
+  device_buffers bufs{4096};
+  gpu_copy_engine engine{gpu};
+  CHECK_THROWS_WITH_AS(engine.copy(bufs.src.view(), bufs.dst.view(), {{0, 4000, 200}}),
+                       doctest::Contains("extent #0"), std::invalid_argument);
+}
+
+namespace {
+
+// A synthetic UNPACK ring in device memory, laid out as an UNPACK plugin does.
+struct device_ring {
+  gpu_region meta = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackMeta));
+  gpu_region bounce;
+  gpu_region handle = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
+  explicit device_ring(std::size_t bounce_bytes)
+      : bounce(gpu_region::allocate_device(gpu, bounce_bytes)) {
+    ncclNetUnpackHandle h{reinterpret_cast<ncclNetUnpackMeta*>(meta.data()),
+                          reinterpret_cast<char*>(bounce.data()), 0};
+    cuda_ok(cudaMemcpy(handle.data(), &h, sizeof(h), cudaMemcpyHostToDevice));
+  }
+  void post(int slot, const std::vector<ncclNetUnpackRecord>& recs) {
+    auto* m = reinterpret_cast<ncclNetUnpackMeta*>(meta.data());
+    cuda_ok(cudaMemcpy(&m->records[slot][0], recs.data(), recs.size() * sizeof(recs[0]),
+                       cudaMemcpyHostToDevice));
+    const std::uint64_t count = recs.size();
+    cuda_ok(cudaMemcpy(&m->count[slot], &count, sizeof(count), cudaMemcpyHostToDevice));
+  }
+};
+
+// 4 KiB pages of a receive of `bytes`, shuffled in the bounce buffer.
+std::vector<ncclNetUnpackRecord> shuffled_pages(std::uint64_t bytes, std::mt19937_64& rng) {
+  std::vector<ncclNetUnpackRecord> recs;
+  for (std::uint64_t off = 0; off < bytes; off += NCCL_NET_UNPACK_PAGE)
+    recs.push_back({0, static_cast<std::uint32_t>(std::min<std::uint64_t>(NCCL_NET_UNPACK_PAGE, bytes - off)), off});
+  std::vector<std::uint32_t> page(recs.size());
+  std::iota(page.begin(), page.end(), 0u);
+  std::shuffle(page.begin(), page.end(), rng);
+  for (std::size_t i = 0; i < recs.size(); ++i)
+    recs[i].src_off = page[i] * NCCL_NET_UNPACK_PAGE;
+  std::shuffle(recs.begin(), recs.end(), rng);
+  return recs;
+}
+
+void check_unpack(const unpack_destination& where, std::uint64_t bytes, std::uint64_t seq) {
+  std::mt19937_64 rng{seq};
+  device_ring ring{8 << 20};
+  gpu_fill_pattern(gpu, ring.bounce.data(), ring.bounce.size(), seq);
+  auto dst = gpu_region::allocate_device(gpu, 8 << 20);
+  gpu_fill_pattern(gpu, dst.data(), dst.size(), seq + 1);
+  const auto recs = shuffled_pages(bytes, rng);
+  ring.post(unpack_slot_of(seq), recs);
+  REQUIRE_FALSE(check_unpack_slot(recs.data(), recs.size(), unpack_slot_of(seq),
+                                  ring.bounce.size(), where, dst.size()));
+  auto expected = to_host(dst.data(), dst.size());
+  const auto bounce = to_host(ring.bounce.data(), ring.bounce.size());
+  unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(), where);
+
+  gpu_copy_engine engine{gpu};
+  const auto t = engine.unpack(ring.handle.data(), seq, ring.bounce.size(), dst.view(), where);
+  engine.wait(t, 10s);
+  CHECK(to_host(dst.data(), dst.size()) == expected);
+}
+
+}  // namespace
+
+TEST_CASE("unpack into a contiguous destination") {
+  check_unpack(unpack_destination::contiguous(4096 * 3), 4 << 20, 17);
+}
+
+TEST_CASE("unpack into scattered KV blocks, pages straddling block boundaries") {
+  // 6000-byte blocks: 4 KiB pages straddle them.
+  std::vector<std::uint64_t> offsets;
+  for (std::uint64_t b = 0; b < 700; ++b)
+    offsets.push_back(((b * 389) % 1300) * 6000);
+  check_unpack(unpack_destination::blocks(6000, offsets), 4100 * 1000, 3);
+}
+
+TEST_CASE("unpack reports records outside the bounce buffer instead of copying them") {
+  device_ring ring{1 << 20};
+  auto dst = gpu_region::allocate_device(gpu, 1 << 20);
+  ring.post(2, {{0, 4096, 0}, {(1 << 20) - 100, 4096, 4096}});
+  gpu_copy_engine engine{gpu};
+  const auto t = engine.unpack(ring.handle.data(), 18, ring.bounce.size(), dst.view(),
+                               unpack_destination::contiguous());
+  bool threw = false;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  try {
+    while (!engine.done(t) && std::chrono::steady_clock::now() < deadline) {
+    }
+  } catch (const gpu_error& e) {
+    threw = true;
+    CHECK(std::string{e.what()}.find("1 record(s)") != std::string::npos);
+  }
+  CHECK(threw);
+}
+
+#else
+TEST_CASE("GPU copy tests need a CUDA build") {}
+#endif

@@ -1,0 +1,131 @@
+// Copy plans: bounds checks, coalescing and the work-item partition the GPU
+// kernel relies on (every byte copied exactly once).
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+#include <random>
+
+#include "kvferry/transport/copy_plan.hpp"
+
+using namespace kvferry::transport;
+
+namespace {
+
+// Byte-level map dst offset -> src offset of a plan; fails on a byte written twice.
+std::map<std::uint64_t, std::uint64_t> byte_map_of_extents(const std::vector<copy_extent>& plan) {
+  std::map<std::uint64_t, std::uint64_t> m;
+  bool each_byte_once = true;
+  for (const auto& e : plan)
+    for (std::uint64_t b = 0; b < e.length; ++b)
+      each_byte_once &= m.emplace(e.dst_offset + b, e.src_offset + b).second;
+  REQUIRE(each_byte_once);
+  return m;
+}
+
+std::map<std::uint64_t, std::uint64_t> byte_map_of_items(const std::vector<copy_work_item>& items) {
+  std::map<std::uint64_t, std::uint64_t> m;
+  bool each_byte_once = true;
+  for (const auto& it : items)
+    for (std::uint64_t b = 0; b < it.length; ++b)
+      each_byte_once &= m.emplace(it.dst_offset + b, it.src_offset + b).second;
+  REQUIRE(each_byte_once);
+  return m;
+}
+
+std::vector<copy_extent> random_plan(std::mt19937_64& rng, std::size_t n) {
+  std::vector<copy_extent> plan;
+  std::uint64_t src = 0, dst = 0;
+  std::uniform_int_distribution<std::uint64_t> len(0, 3000), gap(0, 3);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto l = len(rng);
+    plan.push_back({src, dst, l});
+    src += l + gap(rng) * 7;  // sometimes adjacent, sometimes not
+    dst += l + gap(rng) * 5;
+  }
+  std::shuffle(plan.begin(), plan.end(), rng);
+  return plan;
+}
+
+}  // namespace
+
+TEST_CASE("extents inside both regions pass the bounds check") {
+  std::vector<copy_extent> plan{{0, 0, 100}, {100, 900, 100}, {1000, 0, 0}};
+  CHECK_FALSE(check_extents(plan, 1000, 1000).has_value());
+}
+
+TEST_CASE("an extent past either region is named with its index and bounds") {
+  std::vector<copy_extent> plan{{0, 0, 10}, {95, 0, 10}};
+  auto problem = check_extents(plan, 100, 1000);
+  REQUIRE(problem.has_value());
+  CHECK(problem->find("extent #1") != std::string::npos);
+  CHECK(problem->find("source region of 100 bytes") != std::string::npos);
+
+  plan = {{0, 995, 10}};
+  problem = check_extents(plan, 100, 1000);
+  REQUIRE(problem.has_value());
+  CHECK(problem->find("destination region of 1000 bytes") != std::string::npos);
+}
+
+TEST_CASE("offsets that would wrap around are rejected, not wrapped") {
+  std::vector<copy_extent> plan{{~0ull - 4, 0, 16}};
+  CHECK(check_extents(plan, ~0ull, 1000).has_value());
+  plan = {{0, 8, ~0ull}};
+  CHECK(check_extents(plan, ~0ull, ~0ull).has_value());
+}
+
+TEST_CASE("coalescing merges runs contiguous on both sides and keeps every byte") {
+  std::vector<copy_extent> plan{{4096, 0, 4096}, {0, 8192, 4096}, {8192, 4096, 4096},
+                                {4096 * 3, 4096 * 3, 0}, {4096 * 3, 4096 * 5, 4096}};
+  const auto merged = coalesce(plan);
+  // {4096->0} and {8192->4096} continue each other; the rest do not.
+  CHECK(merged.size() == 3);
+  CHECK(merged[1] == copy_extent{4096, 0, 8192});
+  CHECK(byte_map_of_extents(merged) == byte_map_of_extents(plan));
+}
+
+TEST_CASE("coalescing random plans never changes the bytes copied") {
+  std::mt19937_64 rng{42};
+  for (int round = 0; round < 8; ++round) {
+    const auto plan = random_plan(rng, 40);
+    const auto merged = coalesce(plan);
+    CHECK(merged.size() <= plan.size());
+    CHECK(total_bytes(merged) == total_bytes(plan));
+    CHECK(byte_map_of_extents(merged) == byte_map_of_extents(plan));
+  }
+}
+
+TEST_CASE("work items cover every byte exactly once and none exceeds the item size") {
+  std::mt19937_64 rng{7};
+  for (std::uint32_t item_bytes : {16u, 256u, 4096u, 8192u}) {
+    const auto plan = coalesce(random_plan(rng, 30));
+    const auto items = partition_into_work_items(plan, item_bytes);
+    CHECK(items.size() == count_work_items(plan, item_bytes));
+    std::uint64_t sum = 0;
+    for (const auto& it : items) {
+      CHECK(it.length > 0);
+      CHECK(it.length <= item_bytes);
+      sum += it.length;
+    }
+    CHECK(sum == total_bytes(plan));
+    CHECK(byte_map_of_items(items) == byte_map_of_extents(plan));
+  }
+}
+
+TEST_CASE("pieces of an aligned extent stay 16-byte aligned; only the last is short") {
+  const std::vector<copy_extent> plan{{16 * 3, 16 * 1000, 10000}};
+  const auto items = partition_into_work_items(plan, 4096);
+  REQUIRE(items.size() == 3);
+  for (const auto& it : items) {
+    CHECK(it.src_offset % 16 == 0);
+    CHECK(it.dst_offset % 16 == 0);
+  }
+  CHECK(items[0].length == 4096);
+  CHECK(items[2].length == 10000 - 2 * 4096);
+}
+
+TEST_CASE("an item size that is not a multiple of 16 is refused") {
+  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 100), std::invalid_argument);
+  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 0), std::invalid_argument);
+}

@@ -1,0 +1,107 @@
+#include "kvferry/transport/copy_plan.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+
+namespace kvferry::transport {
+
+namespace {
+
+// True when [offset, offset + length) lies inside [0, region); no wrap-around.
+bool fits(std::uint64_t offset, std::uint64_t length, std::uint64_t region) {
+  return offset <= region && length <= region - offset;
+}
+
+std::string describe(std::size_t index, const copy_extent& e) {
+  return "extent #" + std::to_string(index) + " (src_offset " +
+         std::to_string(e.src_offset) + ", dst_offset " +
+         std::to_string(e.dst_offset) + ", length " + std::to_string(e.length) + ")";
+}
+
+void require_valid_item_size(std::uint32_t item_bytes) {
+  if (item_bytes == 0 || item_bytes % 16 != 0)
+    throw std::invalid_argument("copy plan: work item size " +
+                                std::to_string(item_bytes) +
+                                " is not a positive multiple of 16");
+}
+
+}  // namespace
+
+std::optional<std::string> check_extents(const std::vector<copy_extent>& extents,
+                                         std::uint64_t src_region_bytes,
+                                         std::uint64_t dst_region_bytes) {
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    const auto& e = extents[i];
+    if (!fits(e.src_offset, e.length, src_region_bytes))
+      return describe(i, e) + " ends past the source region of " +
+             std::to_string(src_region_bytes) + " bytes";
+    if (!fits(e.dst_offset, e.length, dst_region_bytes))
+      return describe(i, e) + " ends past the destination region of " +
+             std::to_string(dst_region_bytes) + " bytes";
+  }
+  return std::nullopt;
+}
+
+std::vector<copy_extent> coalesce(std::vector<copy_extent> extents) {
+  extents.erase(std::remove_if(extents.begin(), extents.end(),
+                               [](const copy_extent& e) { return e.length == 0; }),
+                extents.end());
+  std::sort(extents.begin(), extents.end(),
+            [](const copy_extent& a, const copy_extent& b) {
+              return a.src_offset < b.src_offset;
+            });
+  std::vector<copy_extent> merged;
+  merged.reserve(extents.size());
+  for (const auto& e : extents) {
+    if (!merged.empty()) {
+      auto& last = merged.back();
+      if (last.src_offset + last.length == e.src_offset &&
+          last.dst_offset + last.length == e.dst_offset) {
+        last.length += e.length;
+        continue;
+      }
+    }
+    merged.push_back(e);
+  }
+  return merged;
+}
+
+std::size_t count_work_items(const std::vector<copy_extent>& extents,
+                             std::uint32_t item_bytes) {
+  require_valid_item_size(item_bytes);
+  std::size_t items = 0;
+  for (const auto& e : extents)
+    items += static_cast<std::size_t>((e.length + item_bytes - 1) / item_bytes);
+  return items;
+}
+
+void partition_into_work_items(const std::vector<copy_extent>& extents,
+                               std::uint32_t item_bytes,
+                               std::vector<copy_work_item>& out) {
+  require_valid_item_size(item_bytes);
+  for (const auto& e : extents) {
+    for (std::uint64_t done = 0; done < e.length; done += item_bytes) {
+      const auto piece = std::min<std::uint64_t>(item_bytes, e.length - done);
+      out.push_back(copy_work_item{e.src_offset + done, e.dst_offset + done,
+                                   static_cast<std::uint32_t>(piece), 0});
+    }
+  }
+}
+
+std::vector<copy_work_item> partition_into_work_items(
+    const std::vector<copy_extent>& extents, std::uint32_t item_bytes) {
+  std::vector<copy_work_item> items;
+  items.reserve(count_work_items(extents, item_bytes));
+  partition_into_work_items(extents, item_bytes, items);
+  return items;
+}
+
+std::uint64_t total_bytes(const std::vector<copy_extent>& extents) {
+  std::uint64_t sum = 0;
+  for (const auto& e : extents)
+    sum += e.length;
+  return sum;
+}
+
+}  // namespace kvferry::transport

@@ -1,0 +1,396 @@
+#include "kvferry/transport/gpu_copy.hpp"
+
+#include <stdexcept>
+#include <thread>
+
+#ifdef KVFERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+
+#include "cuda_check.hpp"
+#include "kernels.hpp"
+#endif
+
+namespace kvferry::transport {
+
+#ifdef KVFERRY_HAVE_CUDA
+
+namespace {
+
+// A pinned host buffer and a device buffer of T that grow to the largest
+// request and are then reused: steady state allocates nothing.
+template <typename T>
+struct staged_array {
+  T* host = nullptr;
+  T* device = nullptr;
+  std::size_t capacity = 0;
+
+  void reserve(std::size_t n, int gpu) {
+    if (n <= capacity)
+      return;
+    std::size_t grown = capacity == 0 ? 1024 : capacity;
+    while (grown < n)
+      grown *= 2;
+    // cudaFree waits for kernels still reading the old buffer.
+    free_all();
+    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&host), grown * sizeof(T)),
+               "cudaMallocHost (plan staging)", gpu);
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&device), grown * sizeof(T)),
+               "cudaMalloc (plan descriptors)", gpu);
+    capacity = grown;
+  }
+  void free_all() {
+    if (host)
+      cudaFreeHost(host);
+    if (device)
+      cudaFree(device);
+    host = nullptr;
+    device = nullptr;
+    capacity = 0;
+  }
+};
+
+}  // namespace
+
+struct gpu_copy_engine::impl {
+  struct plan_slot {
+    bool reserved = false;
+    std::uint64_t generation = 0;
+    staged_array<copy_work_item> items;
+    std::vector<copy_work_item> scratch;  // host partitioning buffer, reused
+    std::uint32_t item_count = 0;
+    cudaEvent_t uploaded = nullptr;  // staging may be rewritten after this
+  };
+  struct event_slot {
+    cudaEvent_t event = nullptr;
+    std::uint64_t generation = 0;
+    bool pending = false;
+    int unpack_slot = -1;  // whose rejected counter to check on completion
+  };
+  struct unpack_slot {
+    staged_array<std::uint64_t> blocks;
+    unsigned* rejected = nullptr;  // pinned, mapped: the kernel counts into it
+    unsigned* rejected_device = nullptr;
+    cudaEvent_t uploaded = nullptr;
+    std::uint32_t last_event = 0;
+    std::uint64_t last_generation = 0;
+    std::uint64_t seq = 0;
+  };
+
+  int gpu;
+  cudaStream_t stream = nullptr;
+  std::vector<plan_slot> plans;
+  std::vector<event_slot> events;
+  std::vector<unpack_slot> unpacks;
+  std::uint64_t next_generation = 1;
+  std::size_t next_event = 0;
+
+  impl(int gpu_, std::size_t plan_slots, std::size_t event_slots)
+      : gpu(gpu_), plans(plan_slots), events(event_slots), unpacks(NCCL_NET_UNPACK_SLOTS) {
+    check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate", gpu);
+    for (auto& p : plans)
+      check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
+    for (auto& e : events)
+      check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming), "cudaEventCreate", gpu);
+    for (auto& u : unpacks) {
+      check_cuda(cudaEventCreateWithFlags(&u.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
+      check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&u.rejected), sizeof(unsigned),
+                               cudaHostAllocMapped),
+                 "cudaHostAlloc (unpack error counter)", gpu);
+      check_cuda(cudaHostGetDevicePointer(reinterpret_cast<void**>(&u.rejected_device), u.rejected, 0),
+                 "cudaHostGetDevicePointer", gpu);
+      *u.rejected = 0;
+    }
+  }
+
+  ~impl() {
+    cudaSetDevice(gpu);
+    if (stream)
+      cudaStreamSynchronize(stream);
+    for (auto& p : plans) {
+      p.items.free_all();
+      cudaEventDestroy(p.uploaded);
+    }
+    for (auto& e : events)
+      cudaEventDestroy(e.event);
+    for (auto& u : unpacks) {
+      u.blocks.free_all();
+      cudaFreeHost(u.rejected);
+      cudaEventDestroy(u.uploaded);
+    }
+    if (stream)
+      cudaStreamDestroy(stream);
+  }
+
+  plan_slot& plan_of(copy_plan_id id) {
+    if (id.slot >= plans.size() || !plans[id.slot].reserved ||
+        plans[id.slot].generation != id.generation)
+      throw std::invalid_argument("gpu_copy_engine: copy plan #" + std::to_string(id.slot) +
+                                  " (generation " + std::to_string(id.generation) +
+                                  ") is not prepared or was released");
+    return plans[id.slot];
+  }
+
+  // Records an event after the work just enqueued and returns its ticket.
+  copy_ticket record(int unpack_slot_index) {
+    auto& slot = events[next_event];
+    if (slot.pending) {
+      const auto state = cudaEventQuery(slot.event);
+      if (state == cudaErrorNotReady)
+        throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) + ": more than " +
+                        std::to_string(events.size()) + " launches in flight");
+      check_cuda(state, "cudaEventQuery", gpu);
+      slot.pending = false;
+    }
+    check_cuda(cudaEventRecord(slot.event, stream), "cudaEventRecord", gpu);
+    slot.generation = next_generation++;
+    slot.pending = true;
+    slot.unpack_slot = unpack_slot_index;
+    copy_ticket ticket{static_cast<std::uint32_t>(next_event), slot.generation};
+    next_event = (next_event + 1) % events.size();
+    return ticket;
+  }
+};
+
+gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t plan_slots,
+                                 std::size_t event_slots)
+    : gpu_(gpu), tuning_(tuning) {
+  if (tuning_.item_bytes == 0 || tuning_.item_bytes % 16 != 0)
+    throw std::invalid_argument("copy_tuning.item_bytes must be a positive multiple of 16");
+  if (tuning_.threads_per_block < 32 || tuning_.threads_per_block % 32 != 0)
+    throw std::invalid_argument("copy_tuning.threads_per_block must be a multiple of 32");
+  if (plan_slots == 0 || event_slots == 0)
+    throw std::invalid_argument("gpu_copy_engine needs at least one plan slot and one event slot");
+  impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots);
+  int sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, gpu),
+             "cudaDeviceGetAttribute(multiprocessors)", gpu);
+  const int per_sm =
+      tuning_.blocks_per_sm > 0 ? tuning_.blocks_per_sm : kernels::copy_blocks_per_sm(tuning_);
+  grid_blocks_ = sms * per_sm;
+}
+
+gpu_copy_engine::~gpu_copy_engine() = default;
+
+void* gpu_copy_engine::native_stream() const { return impl_->stream; }
+
+copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
+                                      std::uint64_t src_region_bytes,
+                                      std::uint64_t dst_region_bytes) {
+  if (auto problem = check_extents(extents, src_region_bytes, dst_region_bytes))
+    throw std::invalid_argument("gpu_copy_engine::prepare on GPU " + std::to_string(gpu_) + ": " +
+                                *problem);
+  std::uint32_t index = 0;
+  while (index < impl_->plans.size() && impl_->plans[index].reserved)
+    ++index;
+  if (index == impl_->plans.size())
+    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) + ": all " +
+                    std::to_string(impl_->plans.size()) + " plan slots are in use");
+  auto& slot = impl_->plans[index];
+  // The previous upload from this staging buffer must have been consumed.
+  check_cuda(cudaEventSynchronize(slot.uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
+  slot.scratch.clear();
+  partition_into_work_items(coalesce(extents), tuning_.item_bytes, slot.scratch);
+  if (slot.scratch.size() > 0xffffffffu)
+    throw std::invalid_argument("gpu_copy_engine::prepare: plan has more than 2^32 work items");
+  check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
+  slot.items.reserve(slot.scratch.size(), gpu_);
+  if (!slot.scratch.empty()) {
+    std::memcpy(slot.items.host, slot.scratch.data(), slot.scratch.size() * sizeof(copy_work_item));
+    check_cuda(cudaMemcpyAsync(slot.items.device, slot.items.host,
+                               slot.scratch.size() * sizeof(copy_work_item),
+                               cudaMemcpyHostToDevice, impl_->stream),
+               "cudaMemcpyAsync (plan upload)", gpu_);
+  }
+  check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
+  slot.item_count = static_cast<std::uint32_t>(slot.scratch.size());
+  slot.reserved = true;
+  slot.generation = impl_->next_generation++;
+  return copy_plan_id{index, slot.generation};
+}
+
+copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base,
+                                    std::byte* dst_base) {
+  auto& slot = impl_->plan_of(plan);
+  check_cuda(kernels::launch_batched_copy(slot.items.device, slot.item_count, src_base, dst_base,
+                                          tuning_, grid_blocks_, impl_->stream),
+             "batched copy kernel launch", gpu_);
+  return impl_->record(-1);
+}
+
+void gpu_copy_engine::release(copy_plan_id plan) { impl_->plan_of(plan).reserved = false; }
+
+std::size_t gpu_copy_engine::work_items(copy_plan_id plan) const {
+  return impl_->plan_of(plan).item_count;
+}
+
+copy_ticket gpu_copy_engine::copy(const memory_region& src, const memory_region& dst,
+                                  const std::vector<copy_extent>& extents) {
+  const auto plan = prepare(extents, src.bytes, dst.bytes);
+  copy_ticket ticket;
+  try {
+    ticket = launch(plan, src.base, dst.base);
+  } catch (...) {
+    release(plan);
+    throw;
+  }
+  release(plan);  // stream order keeps its buffers valid for this launch
+  return ticket;
+}
+
+copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq,
+                                    std::uint64_t bounce_bytes, const memory_region& dst_region,
+                                    const unpack_destination& dst) {
+  const int slot_index = unpack_slot_of(seq);
+  auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
+  if (slot.last_generation != 0 &&
+      !done(copy_ticket{slot.last_event, slot.last_generation}))
+    throw gpu_error("gpu_copy_engine::unpack on GPU " + std::to_string(gpu_) + ": receive " +
+                    std::to_string(seq) + " reuses ring slot " + std::to_string(slot_index) +
+                    " while receive " + std::to_string(slot.seq) + " is still unpacking");
+  if (dst.block_bytes != 0 && dst.block_offsets.empty())
+    throw std::invalid_argument("gpu_copy_engine::unpack: block destination without blocks");
+  check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
+  const std::uint64_t* device_blocks = nullptr;
+  if (dst.block_bytes != 0) {
+    check_cuda(cudaEventSynchronize(slot.uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
+    slot.blocks.reserve(dst.block_offsets.size(), gpu_);
+    std::memcpy(slot.blocks.host, dst.block_offsets.data(),
+                dst.block_offsets.size() * sizeof(std::uint64_t));
+    check_cuda(cudaMemcpyAsync(slot.blocks.device, slot.blocks.host,
+                               dst.block_offsets.size() * sizeof(std::uint64_t),
+                               cudaMemcpyHostToDevice, impl_->stream),
+               "cudaMemcpyAsync (unpack block table)", gpu_);
+    check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
+    device_blocks = slot.blocks.device;
+  }
+  *slot.rejected = 0;
+  kernels::unpack_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
+                            slot_index,
+                            bounce_bytes,
+                            dst_region.base,
+                            dst_region.bytes,
+                            dst.base_offset,
+                            dst.block_bytes,
+                            device_blocks,
+                            dst.block_offsets.size(),
+                            slot.rejected_device};
+  check_cuda(kernels::launch_unpack(args, impl_->stream), "unpack kernel launch", gpu_);
+  const auto ticket = impl_->record(slot_index);
+  slot.last_event = ticket.slot;
+  slot.last_generation = ticket.generation;
+  slot.seq = seq;
+  return ticket;
+}
+
+bool gpu_copy_engine::done(copy_ticket ticket) {
+  if (ticket.slot >= impl_->events.size())
+    throw std::invalid_argument("gpu_copy_engine::done: no such ticket slot " +
+                                std::to_string(ticket.slot));
+  auto& slot = impl_->events[ticket.slot];
+  if (slot.generation != ticket.generation || !slot.pending)
+    return true;  // completed earlier (its slot was only reused after completion)
+  const auto state = cudaEventQuery(slot.event);
+  if (state == cudaErrorNotReady)
+    return false;
+  check_cuda(state, "copy completion (cudaEventQuery)", gpu_);
+  slot.pending = false;
+  if (slot.unpack_slot >= 0) {
+    const unsigned rejected = *impl_->unpacks[static_cast<std::size_t>(slot.unpack_slot)].rejected;
+    if (rejected != 0)
+      throw gpu_error("unpack of ring slot " + std::to_string(slot.unpack_slot) + " on GPU " +
+                      std::to_string(gpu_) + ": " + std::to_string(rejected) +
+                      " record(s) pointed outside the bounce buffer or the destination and "
+                      "were not copied");
+  }
+  return true;
+}
+
+void gpu_copy_engine::wait(copy_ticket ticket, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done(ticket)) {
+    if (std::chrono::steady_clock::now() > deadline)
+      throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) +
+                      ": copy did not complete within " + std::to_string(timeout.count()) + " ms");
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes, std::uint64_t seed) {
+  check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+  check_cuda(kernels::launch_fill_pattern(data, bytes, seed, nullptr), "fill kernel launch", gpu);
+  check_cuda(cudaStreamSynchronize(nullptr), "fill kernel", gpu);
+}
+
+std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base, const std::byte* dst_base,
+                                   const std::vector<copy_extent>& extents) {
+  check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+  const auto items = partition_into_work_items(extents, 1u << 16);
+  if (items.empty())
+    return 0;
+  copy_work_item* device_items = nullptr;
+  unsigned long long* device_count = nullptr;
+  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_items), items.size() * sizeof(items[0])),
+             "cudaMalloc (verify)", gpu);
+  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_count), sizeof(unsigned long long)),
+             "cudaMalloc (verify)", gpu);
+  unsigned long long mismatches = 0;
+  cudaError_t err = cudaMemcpy(device_items, items.data(), items.size() * sizeof(items[0]),
+                               cudaMemcpyHostToDevice);
+  if (err == cudaSuccess)
+    err = cudaMemset(device_count, 0, sizeof(unsigned long long));
+  if (err == cudaSuccess)
+    err = kernels::launch_count_mismatches(device_items, static_cast<std::uint32_t>(items.size()),
+                                           src_base, dst_base, device_count, nullptr);
+  if (err == cudaSuccess)
+    err = cudaMemcpy(&mismatches, device_count, sizeof(mismatches), cudaMemcpyDeviceToHost);
+  cudaFree(device_items);
+  cudaFree(device_count);
+  check_cuda(err, "verification kernel", gpu);
+  return mismatches;
+}
+
+#else  // no CUDA: the API exists, every entry point says why it cannot work
+
+struct gpu_copy_engine::impl {};
+
+gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t, std::size_t)
+    : gpu_(gpu), tuning_(tuning) {
+  throw_no_cuda("gpu_copy_engine");
+}
+gpu_copy_engine::~gpu_copy_engine() = default;
+void* gpu_copy_engine::native_stream() const { return nullptr; }
+copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&, std::uint64_t,
+                                      std::uint64_t) {
+  throw_no_cuda("gpu_copy_engine::prepare");
+}
+copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*, std::byte*) {
+  throw_no_cuda("gpu_copy_engine::launch");
+}
+void gpu_copy_engine::release(copy_plan_id) {}
+std::size_t gpu_copy_engine::work_items(copy_plan_id) const { return 0; }
+copy_ticket gpu_copy_engine::copy(const memory_region&, const memory_region&,
+                                  const std::vector<copy_extent>&) {
+  throw_no_cuda("gpu_copy_engine::copy");
+}
+copy_ticket gpu_copy_engine::unpack(const void*, std::uint64_t, std::uint64_t,
+                                    const memory_region&, const unpack_destination&) {
+  throw_no_cuda("gpu_copy_engine::unpack");
+}
+bool gpu_copy_engine::done(copy_ticket) { throw_no_cuda("gpu_copy_engine::done"); }
+void gpu_copy_engine::wait(copy_ticket, std::chrono::milliseconds) {
+  throw_no_cuda("gpu_copy_engine::wait");
+}
+void gpu_fill_pattern(int, std::byte*, std::size_t, std::uint64_t) {
+  throw_no_cuda("gpu_fill_pattern");
+}
+std::uint64_t gpu_count_mismatches(int, const std::byte*, const std::byte*,
+                                   const std::vector<copy_extent>&) {
+  throw_no_cuda("gpu_count_mismatches");
+}
+
+#endif
+
+}  // namespace kvferry::transport

@@ -1,0 +1,44 @@
+// Internal: the kernel launchers (kernels.cu), called by gpu_copy.cpp. Only
+// compiled in CUDA builds.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/gpu_copy.hpp"
+#include "kvferry/transport/net_v7.h"
+
+namespace kvferry::transport::kernels {
+
+/// Blocks per SM the copy kernel of this tuning can keep resident.
+int copy_blocks_per_sm(const copy_tuning& tuning);
+
+cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_count,
+                                const std::byte* src_base, std::byte* dst_base,
+                                const copy_tuning& tuning, int grid_blocks,
+                                cudaStream_t stream);
+
+struct unpack_args {
+  const ncclNetUnpackHandle* handle;  // device-visible
+  int slot;
+  std::uint64_t bounce_bytes;
+  std::byte* dst_region;
+  std::uint64_t dst_region_bytes;
+  std::uint64_t base_offset;          // contiguous destination
+  std::uint64_t block_bytes;          // 0: contiguous
+  const std::uint64_t* block_offsets; // device array, block_count entries
+  std::uint64_t block_count;
+  unsigned int* rejected;             // device-visible counter of bad records
+};
+cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream);
+
+cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes, std::uint64_t seed,
+                                cudaStream_t stream);
+cudaError_t launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
+                                    const std::byte* src_base, const std::byte* dst_base,
+                                    unsigned long long* mismatches, cudaStream_t stream);
+
+}  // namespace kvferry::transport::kernels

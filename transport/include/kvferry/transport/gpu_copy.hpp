@@ -1,0 +1,124 @@
+// The same-host GPU data path: one kernel launch gathers and scatters all the
+// blocks of a transfer plan (thousands of extents), and one kernel unpacks an
+// UNPACK plugin's ring slot into scattered KV blocks. Completion is a CUDA
+// event the caller polls (done()) from its progress loop, never a blocking
+// call on a scheduler thread.
+//
+// Typical use by a transfer actor, for a same-host peer whose region was
+// opened with ipc_region_cache:
+//
+//   gpu_copy_engine engine{gpu};                       // once per GPU
+//   auto ticket = engine.copy(peer_region, my_region, extents);
+//   ... later, in the progress loop ...
+//   if (engine.done(ticket)) reply_arrived();          // throws gpu_error on failure
+//
+// or, when the same block list is copied for every layer:
+//
+//   auto plan = engine.prepare(extents, src_layer_bytes, dst_layer_bytes);
+//   for (layer...) tickets.push_back(engine.launch(plan, src_layer_base, dst_layer_base));
+//   engine.release(plan);                              // after the last launch
+//
+// Bounds (documented, fixed at construction): at most `plan_slots` prepared
+// plans at once (default 8) and `event_slots` launches in flight (default 64);
+// each plan slot keeps one pinned staging buffer and one device buffer that
+// grow to the largest plan seen and are reused, so steady state allocates and
+// registers nothing. Exceeding a bound throws gpu_error (never blocks).
+// One engine is used from one thread (the transfer actor's).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
+#include "kvferry/transport/unpack.hpp"
+
+namespace kvferry::transport {
+
+/// Knobs of the copy kernel (defaults are the ones measured best on the H100,
+/// see docs/gpu.md).
+struct copy_tuning {
+  std::uint32_t item_bytes = 8192;  // bytes per warp task (multiple of 16)
+  int unroll = 8;                   // 16-byte loads in flight per lane: 4, 8 or 16
+  bool streaming = true;            // __ldcs/__stcs: don't keep copied bytes in L2
+  int threads_per_block = 256;
+  int blocks_per_sm = 0;            // 0: as many as occupancy allows
+};
+
+struct copy_plan_id {
+  std::uint32_t slot = 0;
+  std::uint64_t generation = 0;
+};
+
+struct copy_ticket {
+  std::uint32_t slot = 0;
+  std::uint64_t generation = 0;
+};
+
+class gpu_copy_engine {
+ public:
+  explicit gpu_copy_engine(int gpu, copy_tuning tuning = {}, std::size_t plan_slots = 8,
+                           std::size_t event_slots = 64);
+  ~gpu_copy_engine();
+  gpu_copy_engine(const gpu_copy_engine&) = delete;
+  gpu_copy_engine& operator=(const gpu_copy_engine&) = delete;
+
+  /// Checks the extents against the region sizes (std::invalid_argument naming
+  /// the extent), coalesces, partitions into work items and uploads them
+  /// asynchronously on the engine's stream. The plan stays until release().
+  copy_plan_id prepare(const std::vector<copy_extent>& extents,
+                       std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes);
+  /// One kernel launch of a prepared plan between the given bases (which
+  /// must be regions at least as large as the plan was checked against).
+  copy_ticket launch(copy_plan_id plan, const std::byte* src_base, std::byte* dst_base);
+  /// Frees the plan's slot for reuse; launches already made still complete.
+  void release(copy_plan_id plan);
+
+  /// prepare + launch + release in one call (the plan slot is recycled as
+  /// soon as the launch is enqueued: stream order protects its buffers).
+  copy_ticket copy(const memory_region& src, const memory_region& dst,
+                   const std::vector<copy_extent>& extents);
+
+  /// Launches the unpack kernel for receive `seq` of an UNPACK plugin:
+  /// `device_handle` is the GPU-visible ncclNetUnpackHandle the plugin filled
+  /// in; `bounce_bytes` bounds its bounce buffer. Records that fall outside
+  /// bounce or destination are skipped and reported by done() as gpu_error.
+  copy_ticket unpack(const void* device_handle, std::uint64_t seq,
+                     std::uint64_t bounce_bytes, const memory_region& dst_region,
+                     const unpack_destination& dst);
+
+  /// True once the launch finished; throws gpu_error if it failed (CUDA error
+  /// or rejected unpack records). A ticket older than `event_slots` launches
+  /// reads as done.
+  bool done(copy_ticket ticket);
+  /// Polls done() until `timeout`; throws gpu_error when the deadline passes.
+  void wait(copy_ticket ticket, std::chrono::milliseconds timeout);
+
+  int device() const { return gpu_; }
+  const copy_tuning& tuning() const { return tuning_; }
+  /// The engine's cudaStream_t (as void*), for callers that time or chain.
+  void* native_stream() const;
+  /// Work items the kernel of `plan` runs (for benchmarks).
+  std::size_t work_items(copy_plan_id plan) const;
+  /// Blocks the copy kernel is launched with (persistent grid).
+  int grid_blocks() const { return grid_blocks_; }
+
+ private:
+  struct impl;
+  int gpu_;
+  copy_tuning tuning_;
+  int grid_blocks_ = 0;
+  std::unique_ptr<impl> impl_;
+};
+
+/// Test and benchmark helpers (device memory only).
+/// Fills [data, data+bytes) with a pseudo-random pattern derived from `seed`.
+void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes, std::uint64_t seed);
+/// Bytes of dst that differ from src over every extent (synchronous).
+std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base, const std::byte* dst_base,
+                                   const std::vector<copy_extent>& extents);
+
+}  // namespace kvferry::transport
