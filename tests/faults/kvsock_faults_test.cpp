@@ -1,0 +1,64 @@
+// kvsock's fault switches: each one produces an error or a visible effect,
+// never a hang.
+#include "kvsock_harness.hpp"
+
+using namespace kvsock_test;
+
+TEST_CASE("KVSOCK_FAULT_DROP_AFTER closes the connection: both ends fail promptly") {
+  for (int size : {100000, 4 << 20}) {  // inline-sized... and split across data sockets
+    CAPTURE(size);
+    EnvGuard drop("KVSOCK_FAULT_DROP_AFTER", "50000");
+    EnvGuard small_inline("KVSOCK_INLINE_MAX", size > 200000 ? "65536" : "1048576");
+    Pair p;
+    Buffer src(p.net, p.send, static_cast<size_t>(size), 1);
+    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+    int got = -1;
+    ncclResult_t sr, rr;
+    auto start = Clock::now();
+    transfer(p, src, size, dst, size, &got, &sr, &rr);
+    CHECK(sr == ncclSystemError);
+    CHECK(rr == ncclRemoteError);
+    CHECK(Clock::now() - start < std::chrono::seconds(3));
+    CHECK(warned("KVSOCK_FAULT_DROP_AFTER"));
+  }
+}
+
+TEST_CASE("KVSOCK_FAULT_CORRUPT flips exactly one byte of the Nth send") {
+  for (int size : {1000, 2 << 20}) {
+    CAPTURE(size);
+    EnvGuard corrupt("KVSOCK_FAULT_CORRUPT", "2");
+    Pair p;
+    Buffer src(p.net, p.send, static_cast<size_t>(size), 7);
+    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+    for (int n = 1; n <= 3; ++n) {
+      CAPTURE(n);
+      std::fill(dst.bytes.begin(), dst.bytes.end(), 0);
+      int got = -1;
+      ncclResult_t sr, rr;
+      transfer(p, src, size, dst, size, &got, &sr, &rr);
+      REQUIRE(sr == ncclSuccess);
+      REQUIRE(rr == ncclSuccess);
+      int differing = 0;
+      for (int k = 0; k < size; ++k) differing += src.bytes[static_cast<size_t>(k)] != dst.bytes[static_cast<size_t>(k)];
+      CHECK(differing == (n == 2 ? 1 : 0));
+    }
+  }
+}
+
+TEST_CASE("KVSOCK_FAULT_DELAY_US delays every send, data intact") {
+  EnvGuard delay("KVSOCK_FAULT_DELAY_US", "100000");
+  Pair p;
+  for (int size : {64, 1 << 20}) {
+    CAPTURE(size);
+    Buffer src(p.net, p.send, static_cast<size_t>(size), 9);
+    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+    int got = -1;
+    ncclResult_t sr, rr;
+    auto start = Clock::now();
+    transfer(p, src, size, dst, size, &got, &sr, &rr);
+    CHECK(Clock::now() - start >= std::chrono::milliseconds(100));
+    CHECK(sr == ncclSuccess);
+    CHECK(rr == ncclSuccess);
+    CHECK(dst.matches(9, static_cast<size_t>(size)));
+  }
+}

@@ -1,0 +1,165 @@
+// Shared comm machinery: request pool, fatal errors, destinations, closing.
+#include <algorithm>
+#include <cerrno>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "comm.hpp"
+#include "cuda.hpp"
+#include "log.hpp"
+
+namespace kvsock {
+
+ncclResult_t errno_result(int err) {
+  switch (err) {
+    case ECONNRESET:
+    case EPIPE:
+    case ECONNABORTED:
+    case ETIMEDOUT:
+    case EHOSTUNREACH:
+    case ENETUNREACH:
+      return ncclRemoteError;
+    default:
+      return ncclSystemError;
+  }
+}
+
+int Destination::iovecs(size_t offset, size_t len, iovec* iov, int max, size_t* covered) const {
+  if (!scattered) {
+    iov[0].iov_base = base + offset;
+    iov[0].iov_len = len;
+    *covered = len;
+    return 1;
+  }
+  int count = 0;
+  size_t done = 0;
+  while (done < len && count < max) {
+    size_t position = offset + done;
+    size_t page = position / kUnpackPage;
+    size_t in_page = position % kUnpackPage;
+    size_t take = std::min(len - done, kUnpackPage - in_page);
+    iov[count].iov_base = base + scatter_page(page) * kUnpackPage + in_page;
+    iov[count].iov_len = take;
+    ++count;
+    done += take;
+  }
+  *covered = done;
+  return count;
+}
+
+void Destination::copy_in(size_t offset, const char* src, size_t len) const {
+  if (discard || len == 0) return;
+  if (!scattered) {
+    std::memcpy(base + offset, src, len);
+    return;
+  }
+  iovec iov[64];
+  while (len > 0) {
+    size_t covered = 0;
+    int count = iovecs(offset, len, iov, 64, &covered);
+    for (int i = 0; i < count; ++i) {
+      std::memcpy(iov[i].iov_base, src, iov[i].iov_len);
+      src += iov[i].iov_len;
+    }
+    offset += covered;
+    len -= covered;
+  }
+}
+
+CommBase::~CommBase() = default;
+
+void CommBase::init_pool(int count, int msgs_per_request) {
+  request_count = count;
+  requests.reset(new Request[count]);
+  messages.reset(new Message[static_cast<size_t>(count) * msgs_per_request]);
+  free_requests.reserve(count);
+  for (int i = count - 1; i >= 0; --i) {
+    requests[i].comm = this;
+    requests[i].msgs = &messages[static_cast<size_t>(i) * msgs_per_request];
+    free_requests.push_back(i);
+  }
+}
+
+Request* CommBase::acquire_request() {
+  if (free_requests.empty()) return nullptr;
+  Request* request = &requests[free_requests.back()];
+  free_requests.pop_back();
+  request->in_use = true;
+  request->n = 0;
+  request->matched = 0;
+  request->unpack_slot = -1;
+  request->awaiting_consume = false;
+  request->error.store(ncclSuccess);
+  return request;
+}
+
+void CommBase::release_request(Request* request) {
+  request->in_use = false;
+  free_requests.push_back(static_cast<int>(request - requests.get()));
+}
+
+void CommBase::fail(ncclResult_t code, const char* fmt, ...) {
+  char text[400];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(text, sizeof text, fmt, args);
+  va_end(args);
+  int expected = ncclSuccess;
+  if (error.compare_exchange_strong(expected, code)) {
+    KVSOCK_WARN("%s comm with %s failed: %s", sender ? "send" : "recv", peer.c_str(), text);
+    shutdown_sockets();
+  }
+}
+
+void CommBase::shutdown_sockets() {
+  if (ctrl_fd >= 0) shutdown(ctrl_fd, SHUT_RDWR);
+  for (auto& lane : lanes) shutdown(lane->fd(), SHUT_RDWR);
+}
+
+bool CommBase::start_lanes(const std::vector<int>& fds) {
+  for (size_t i = 0; i < fds.size(); ++i) {
+    lanes.push_back(std::make_unique<Lane>(this, fds[i], static_cast<int>(i)));
+  }
+  for (auto& lane : lanes) {
+    if (!lane->start()) return false;
+  }
+  return true;
+}
+
+void CommBase::close_all() {
+  // Shutting the sockets first wakes lane threads blocked in send/recv.
+  shutdown_sockets();
+  for (auto& lane : lanes) lane->stop();
+  lanes.clear();
+  if (ctrl_fd >= 0) {
+    ::close(ctrl_fd);
+    ctrl_fd = -1;
+  }
+  if (!regions.empty()) {
+    KVSOCK_INFO("closing comm with %s: freeing %zu memory registrations never deregistered",
+                peer.c_str(), regions.size());
+  }
+  for (Region* region : regions) delete region;
+  regions.clear();
+}
+
+size_t CommBase::drop_allowance(size_t len) const {
+  if (config.fault_drop_after < 0) return len;
+  int64_t left = config.fault_drop_after - payload_sent.load();
+  if (left <= 0) return 0;
+  return std::min(len, static_cast<size_t>(left));
+}
+
+void CommBase::account_sent(size_t len) {
+  if (config.fault_drop_after < 0) return;
+  int64_t total = payload_sent.fetch_add(static_cast<int64_t>(len)) + static_cast<int64_t>(len);
+  if (total >= config.fault_drop_after) {
+    fail(ncclSystemError, "fault injection: KVSOCK_FAULT_DROP_AFTER=%lld closed the connection",
+         static_cast<long long>(config.fault_drop_after));
+  }
+}
+
+}  // namespace kvsock
