@@ -304,18 +304,21 @@ std::vector<device_properties> init_and_list(const std::string& label, const ncc
   auto fail = [&](const char* call, ncclResult_t code, const std::string& what = {}) {
     throw plugin_error(label, call, code, what);
   };
-  for (auto* slot : {(void*)net.init, (void*)net.devices, (void*)net.getProperties})
+  auto require = [&](const void* slot, const char* call) {
     if (!slot)
-      throw plugin_load_error(
-        fmt::format("plugin {}: its v7 table has NULL init/devices/getProperties", label));
+      throw plugin_load_error(fmt::format("plugin {}: its v7 table has no {} (NULL)", label, call));
+  };
+  require(reinterpret_cast<const void*>(net.init), "init");
   stage("init");
   if (auto rc = net.init(&forward_plugin_log); rc != ncclSuccess) fail("init", rc);
+  require(reinterpret_cast<const void*>(net.devices), "devices");
   stage("devices");
   int count = 0;
   if (auto rc = net.devices(&count); rc != ncclSuccess) fail("devices", rc);
   if (count <= 0)
     throw plugin_load_error(
       fmt::format("plugin {}: devices() reported {} devices: nothing to use", label, count));
+  require(reinterpret_cast<const void*>(net.getProperties), "getProperties");
   std::vector<device_properties> devices;
   for (int dev = 0; dev < count; ++dev) {
     stage("getProperties");
@@ -388,6 +391,11 @@ std::vector<std::string> split_tabs(const std::string& line) {
 
 [[noreturn]] void run_probe_child(int fd, const std::string& label, const std::string& path) {
   probe_log_fd = fd;
+  // A crash must end the child with its signal, not run handlers inherited
+  // from the parent (test frameworks, sanitizers); and what the plugin prints
+  // must not land in the parent's stdout (it may be a JSON report).
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::signal(sig, SIG_DFL);
+  ::dup2(STDERR_FILENO, STDOUT_FILENO);
   try {
     write_all(fd, "stage\tdlopen\n");
     auto opened = open_table(label, path);

@@ -1,0 +1,32 @@
+# Transport: the plugin loader, the channel wrapper, netcheck and bench net.
+# Fixture plugins are built into <build>/tests/fixtures: a deterministic
+# in-process fake (libnccl-net-fake.so) and four misbehaving ones.
+set(KVFERRY_FIXTURE_DIR ${PROJECT_BINARY_DIR}/tests/fixtures)
+
+function(kvferry_fixture_plugin name source)
+  add_library(${name} MODULE ${source})
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/transport/include)
+  target_link_libraries(${name} PRIVATE kvferry_build_flags Threads::Threads)
+  set_target_properties(${name} PROPERTIES PREFIX "lib" LIBRARY_OUTPUT_DIRECTORY ${KVFERRY_FIXTURE_DIR})
+endfunction()
+
+kvferry_fixture_plugin(nccl-net-fake unit/transport_fake_plugin.cpp)
+set(_bad_kinds exit segv v8only hang)
+foreach(_index RANGE 1 4)
+  math(EXPR _at "${_index} - 1")
+  list(GET _bad_kinds ${_at} _kind)
+  kvferry_fixture_plugin(nccl-net-bad-${_kind} unit/transport_bad_plugins.cpp)
+  target_compile_definitions(nccl-net-bad-${_kind} PRIVATE KVFERRY_BAD_PLUGIN_KIND=${_index})
+endforeach()
+
+function(kvferry_transport_test name)
+  kvferry_add_test(NAME ${name} ${ARGN})
+  target_compile_definitions(${name} PRIVATE KVFERRY_FIXTURE_DIR="${KVFERRY_FIXTURE_DIR}")
+  add_dependencies(${name} nccl-net-fake nccl-net-bad-exit nccl-net-bad-segv
+                   nccl-net-bad-v8only nccl-net-bad-hang)
+endfunction()
+
+kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.cpp
+  LIBS kvferry_transport LABELS unit faults TIMEOUT 60)
+kvferry_transport_test(test_transport_channel SOURCES unit/transport_channel_test.cpp
+  LIBS kvferry_transport LABELS unit TIMEOUT 60)
