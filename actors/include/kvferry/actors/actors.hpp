@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <caf/actor_system.hpp>
+#include <memory>
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/replies_to.hpp>
@@ -18,9 +19,16 @@
 #include <caf/typed_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
+#include "kvferry/actors/memory_region.hpp"
 #include "kvferry/runtime/directory_types.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
+#include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/type_ids.hpp"
+
+namespace kvferry::transport {
+class plugin;
+}
 
 namespace kvferry {
 
@@ -110,7 +118,95 @@ caf::error parse_host_port(const std::string& text, std::string& host,
 
 // ---- transfer, producer, consumer ------------------------------------------
 //
-// TODO(transfer engineer): transfer, producer and consumer interfaces, their
-// state structs and factories go here.
+// The three actors that move one request's KV cache (see docs/design and
+// runtime/protocol.hpp for the messages):
+//
+//   router --prefill--> producer --allocate--> consumer          (push)
+//                       producer <--grant----- consumer
+//   producer --send--> transfer ==bytes==> transfer <--recv-- consumer
+//                       producer --arrived--> consumer --ready--> (router)
+//
+// Pull: producer --advertise--> consumer, which asks the producer's transfer
+// actor to send into the blocks it allocated, verifies, and answers ready.
+
+/// One per device, detached (it polls the plugin). The only code that calls
+/// the plugin for its device.
+using transfer_actor = caf::typed_actor<
+    // This actor's endpoint (name, handle, plugin), for grants and adverts.
+    caf::replies_to<proto::endpoint_atom>::with<proto::endpoint>,
+    // Send extents of the local region to a peer; replies bytes sent.
+    caf::replies_to<proto::send_atom, proto::send_order>::with<std::uint64_t>,
+    // Wait for a transfer from a peer to land; replies bytes received.
+    caf::replies_to<proto::recv_atom, proto::recv_order>::with<std::uint64_t>,
+    // Transfer actor to transfer actor: open a channel from `sender` with
+    // (comms, chunk bytes); replies the listener's handles (128 B each).
+    caf::replies_to<proto::open_atom, std::string, std::uint32_t,
+                    std::uint64_t>::with<std::vector<char>>,
+    // Transfer actor to transfer actor: the chunks a sender is about to post.
+    caf::reacts_to<proto::announce_atom, proto::announcement>,
+    caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
+    // Internal: poll the plugin; a deadline passed.
+    caf::reacts_to<proto::progress_atom>,
+    caf::reacts_to<proto::expire_atom, std::string, std::uint64_t>>;
+
+struct transfer_config {
+  std::string name;                 // the worker's name: peers know us by it
+  std::shared_ptr<transport::plugin> net;
+  int device = 0;                   // plugin device index
+  std::shared_ptr<memory_region> region;
+  std::uint32_t comms_per_peer = 2;  // comm pairs per channel (striped)
+  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
+  std::uint32_t open_timeout_ms = 10000;  // channel setup with a peer
+};
+
+/// Spawns a transfer actor on its own thread.
+transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
+
+/// A prefill worker's app: owns the KV block pool, "prefills" (writes a
+/// deterministic pattern), negotiates and ships each request.
+using producer_actor = caf::typed_actor<
+    caf::replies_to<proto::prefill_atom, proto::prefill_request>::with<
+        proto::ready_report>>;
+
+/// A decode worker's app: allocates destination blocks, waits for the bytes,
+/// verifies them and answers ready.
+using consumer_actor = caf::typed_actor<
+    caf::replies_to<proto::allocate_atom, proto::allocate_request>::with<
+        proto::grant>,
+    caf::replies_to<proto::arrived_atom, proto::arrival_notice>::with<
+        proto::ready_report>,
+    caf::replies_to<proto::advertise_atom, proto::arrival_notice>::with<
+        proto::ready_report>>;
+
+struct app_config {
+  std::string name;
+  kv_geometry geometry;
+  std::shared_ptr<memory_region> region;  // pool_blocks * layer_block_bytes
+  transfer_actor transfer;
+  proto::endpoint self;                    // this worker's transfer endpoint
+  std::uint32_t timeout_ms = 10000;        // every remote request
+};
+
+producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);
+consumer_actor spawn_consumer(caf::actor_system& sys, app_config cfg);
+
+/// The byte pattern block `block` of layer `layer` of a request gets from its
+/// "prefill": deterministic in (seed, request, layer, block), cheap to write.
+void fill_pattern(std::uint8_t* data, std::uint64_t bytes, std::uint64_t seed,
+                  std::uint64_t request_id, std::uint32_t layer,
+                  std::uint32_t block);
+
+/// Transfer ids: request id and part (layer when layerwise, else 0).
+constexpr std::uint64_t transfer_id_of(std::uint64_t request_id,
+                                       std::uint32_t part) {
+  return (request_id << 12) | part;
+}
+constexpr std::uint32_t max_parts = 4096;
+
+
+/// XXH3-64 of the blocks at `offsets` (each `block_bytes`), in that order.
+std::uint64_t hash_blocks(const std::uint8_t* base,
+                          const std::vector<std::uint64_t>& offsets,
+                          std::uint64_t block_bytes);
 
 }  // namespace kvferry

@@ -1,0 +1,81 @@
+// Transfer plans and the KV block pool: pure C++, no actors, unit-tested.
+//
+// A plan is a list of extents (src offset, dst offset, length). Plans are
+// built from block lists, coalesced where both sides are contiguous (per-block
+// calls are the enemy: a 64 KiB block is too small to move alone), split into
+// chunks no bigger than the plugin accepts in one call, and checked against
+// the registered region before any byte moves.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvferry/runtime/protocol.hpp"
+
+namespace kvferry {
+
+using proto::extent;
+
+/// Builds the plan that moves block i of `src_offsets` to block i of
+/// `dst_offsets` (each `block_bytes` long), coalesced. Sizes must match.
+std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,
+                                const std::vector<std::uint64_t>& dst_offsets,
+                                std::uint64_t block_bytes);
+
+/// Merges neighbours whose source and destination both continue where the
+/// previous extent ended; drops empty extents. Order is kept.
+std::vector<extent> coalesce(const std::vector<extent>& extents);
+
+/// Splits every extent into chunks of at most `max_chunk` bytes (>0), the
+/// unit of one isend/irecv. v7 sizes are int, so max_chunk is also clamped to
+/// 2^31-1.
+std::vector<extent> split_chunks(const std::vector<extent>& extents,
+                                 std::uint64_t max_chunk);
+
+/// Which side of an extent a check is about.
+enum class extent_side { source, destination };
+
+/// Empty if every extent's `side` lies inside [0, region_bytes), else a
+/// message naming `peer`, the offending extent and the region size (the
+/// caller wraps it in ec::invalid_extent). Overflow-safe.
+std::string check_extents(const std::vector<extent>& extents,
+                          extent_side side, std::uint64_t region_bytes,
+                          const std::string& peer);
+
+/// Total bytes of a plan.
+std::uint64_t plan_bytes(const std::vector<extent>& extents);
+
+/// A free-list allocator of fixed-size blocks over one registered region.
+/// Allocation prefers the lowest free blocks so that a request's blocks tend
+/// to be contiguous (and its plan coalesces). Memory: one bit per block plus
+/// nothing per allocation; no heap allocation after construction except in
+/// the caller's output vector (which callers reuse).
+class block_pool {
+ public:
+  block_pool(std::uint64_t block_count, std::uint64_t block_bytes);
+
+  /// Appends the offsets of `n` blocks to `out`; false (and `out`
+  /// unchanged) when fewer than `n` are free.
+  bool allocate(std::uint64_t n, std::vector<std::uint64_t>& out);
+
+  /// Returns blocks by offset. Throws std::invalid_argument naming the
+  /// offset on a double free or an offset that is not a block of this pool
+  /// (a bug worth stopping for: two requests would share memory).
+  void release(const std::vector<std::uint64_t>& offsets);
+
+  std::uint64_t free_blocks() const { return free_; }
+  std::uint64_t block_count() const { return count_; }
+  std::uint64_t block_bytes() const { return block_bytes_; }
+  std::uint64_t region_bytes() const { return count_ * block_bytes_; }
+
+ private:
+  std::uint64_t count_;
+  std::uint64_t block_bytes_;
+  std::uint64_t free_;
+  std::vector<std::uint64_t> used_bits_;  // bit set = block in use
+  std::uint64_t first_maybe_free_word_ = 0;
+};
+
+}  // namespace kvferry

@@ -1,0 +1,146 @@
+#include "kvferry/actors/plan.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <climits>
+#include <stdexcept>
+
+namespace kvferry {
+
+std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,
+                                const std::vector<std::uint64_t>& dst_offsets,
+                                std::uint64_t block_bytes) {
+  if (src_offsets.size() != dst_offsets.size())
+    throw std::invalid_argument(
+        fmt::format("plan_blocks: {} source blocks but {} destination blocks",
+                    src_offsets.size(), dst_offsets.size()));
+  std::vector<extent> out;
+  for (std::size_t i = 0; i < src_offsets.size(); ++i) {
+    extent next{src_offsets[i], dst_offsets[i], block_bytes};
+    if (!out.empty()) {
+      auto& last = out.back();
+      if (last.src_offset + last.length == next.src_offset &&
+          last.dst_offset + last.length == next.dst_offset) {
+        last.length += block_bytes;
+        continue;
+      }
+    }
+    out.push_back(next);
+  }
+  return out;
+}
+
+std::vector<extent> coalesce(const std::vector<extent>& extents) {
+  std::vector<extent> out;
+  out.reserve(extents.size());
+  for (const auto& e : extents) {
+    if (e.length == 0)
+      continue;
+    if (!out.empty()) {
+      auto& last = out.back();
+      if (last.src_offset + last.length == e.src_offset &&
+          last.dst_offset + last.length == e.dst_offset) {
+        last.length += e.length;
+        continue;
+      }
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
+std::vector<extent> split_chunks(const std::vector<extent>& extents,
+                                 std::uint64_t max_chunk) {
+  if (max_chunk == 0)
+    throw std::invalid_argument("split_chunks: chunk size must be positive");
+  max_chunk = std::min<std::uint64_t>(max_chunk, INT_MAX);
+  std::vector<extent> out;
+  for (const auto& e : extents) {
+    for (std::uint64_t done = 0; done < e.length; done += max_chunk) {
+      auto len = std::min(max_chunk, e.length - done);
+      out.push_back({e.src_offset + done, e.dst_offset + done, len});
+    }
+  }
+  return out;
+}
+
+std::string check_extents(const std::vector<extent>& extents,
+                          extent_side side, std::uint64_t region_bytes,
+                          const std::string& peer) {
+  const char* which = side == extent_side::source ? "source" : "destination";
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    const auto& e = extents[i];
+    auto offset = side == extent_side::source ? e.src_offset : e.dst_offset;
+    // Written as subtraction so that offset + length cannot overflow.
+    bool inside = offset <= region_bytes && e.length <= region_bytes - offset;
+    if (!inside)
+      return fmt::format(
+          "extent #{} from peer '{}' ({} offset {}, length {}) lies outside "
+          "the registered region of {} bytes",
+          i, peer, which, offset, e.length, region_bytes);
+  }
+  return {};
+}
+
+std::uint64_t plan_bytes(const std::vector<extent>& extents) {
+  std::uint64_t total = 0;
+  for (const auto& e : extents)
+    total += e.length;
+  return total;
+}
+
+// ---- block_pool --------------------------------------------------------------
+
+block_pool::block_pool(std::uint64_t block_count, std::uint64_t block_bytes)
+    : count_(block_count),
+      block_bytes_(block_bytes),
+      free_(block_count),
+      used_bits_((block_count + 63) / 64, 0) {
+  if (block_bytes == 0)
+    throw std::invalid_argument("block_pool: block size must be positive");
+  // Bits past the last block count as used so the scan never returns them.
+  if (auto tail = block_count % 64; tail != 0)
+    used_bits_.back() = ~std::uint64_t{0} << tail;
+}
+
+bool block_pool::allocate(std::uint64_t n, std::vector<std::uint64_t>& out) {
+  if (n > free_)
+    return false;
+  std::uint64_t taken = 0;
+  for (auto w = first_maybe_free_word_; w < used_bits_.size() && taken < n;
+       ++w) {
+    auto& word = used_bits_[w];
+    while (word != ~std::uint64_t{0} && taken < n) {
+      auto bit = static_cast<std::uint64_t>(__builtin_ctzll(~word));
+      word |= std::uint64_t{1} << bit;
+      out.push_back((w * 64 + bit) * block_bytes_);
+      ++taken;
+    }
+    if (word == ~std::uint64_t{0} && w == first_maybe_free_word_)
+      first_maybe_free_word_ = w + 1;
+  }
+  free_ -= n;
+  return true;
+}
+
+void block_pool::release(const std::vector<std::uint64_t>& offsets) {
+  for (auto offset : offsets) {
+    auto block = offset / block_bytes_;
+    if (offset % block_bytes_ != 0 || block >= count_)
+      throw std::invalid_argument(fmt::format(
+          "block_pool: offset {} is not a block of this pool ({} blocks of {} "
+          "bytes)",
+          offset, count_, block_bytes_));
+    auto& word = used_bits_[block / 64];
+    auto mask = std::uint64_t{1} << (block % 64);
+    if ((word & mask) == 0)
+      throw std::invalid_argument(
+          fmt::format("block_pool: block at offset {} freed twice", offset));
+    word &= ~mask;
+    ++free_;
+    first_maybe_free_word_ = std::min(first_maybe_free_word_, block / 64);
+  }
+}
+
+}  // namespace kvferry

@@ -1,0 +1,685 @@
+// The transfer actor: one per device, detached, the only caller of the plugin.
+//
+// Channels. A channel (transport/channel.hpp) is `comms_per_peer` comm pairs
+// in one direction. The sender opens one lazily, the first time it sends to a
+// peer: it asks the peer's transfer actor to listen (`open`), gets the 128-B
+// listen handles back, and connects; both sides poll connect/accept from the
+// progress loop, never blocking. Channels are cached per peer name and torn
+// down when the peer dies (a down message), when a transfer on them times
+// out, or when the plugin fails a request on them.
+//
+// Ordering. The plugin matches the k-th send with the k-th receive of a comm
+// pair. The sender announces every transfer (its chunks, in posting order)
+// to the receiver *before* posting the sends, over the same CAF connection
+// that carries every other message between the two actors; CAF keeps
+// messages between two actors in order, so the receiver posts its receives
+// in exactly the order the sender posts its sends.
+//
+// Memory. One registration of the whole region per channel, made when the
+// channel opens; a transfer in steady state registers and allocates nothing
+// but its table entries. Bounds per channel: the wrapper's max_inflight
+// requests per comm, plus the chunks callers posted faster than the plugin
+// drains (bounded by the producer's and consumer's block pools).
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <unordered_map>
+#include <utility>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/channel.hpp"
+
+namespace kvferry {
+namespace {
+
+using namespace std::chrono;
+using transport::channel_connector;
+using transport::channel_listener;
+using transport::channel_options;
+using transport::op_id;
+using transport::recv_channel;
+using transport::registration;
+using transport::send_channel;
+
+using byte_promise = caf::typed_response_promise<std::uint64_t>;
+
+struct transfer_entry {
+  std::uint64_t bytes = 0;       // done so far
+  std::uint64_t expected = 0;    // announced or ordered
+  std::size_t ops_left = 0;
+  bool posted = false;           // plugin requests exist for it
+  bool done = false;
+  caf::error failure;            // set once failed (receiver side, unclaimed)
+  bool cancelled = false;        // receiver gave up; bytes must not land
+  std::optional<byte_promise> waiter;
+};
+
+// Sending side of one peer.
+struct peer_out {
+  proto::endpoint ep;
+  bool opening = false;
+  steady_clock::time_point connect_deadline;
+  std::unique_ptr<channel_connector> connector;
+  std::optional<send_channel> channel;
+  registration reg;  // declared after channel: destroyed before it
+  struct waiting_send {
+    std::uint64_t id;
+    std::vector<extent> chunks;
+  };
+  std::deque<waiting_send> waiting;
+  std::unordered_map<op_id, std::uint64_t> ops;
+  std::unordered_map<std::uint64_t, transfer_entry> transfers;
+  std::uint32_t next_comm = 0;
+};
+
+// Receiving side of one peer.
+struct peer_in {
+  caf::actor_addr sender;
+  steady_clock::time_point accept_deadline;
+  std::unique_ptr<channel_listener> listener;
+  std::optional<recv_channel> channel;
+  registration reg;
+  std::deque<proto::announcement> waiting;
+  std::unordered_map<op_id, std::uint64_t> ops;
+  std::unordered_map<std::uint64_t, transfer_entry> transfers;
+};
+
+struct transfer_state {
+  transfer_config cfg;
+  std::unordered_map<std::string, peer_out> out;
+  std::unordered_map<std::string, peer_in> in;
+  proto::transfer_stats stats;
+  bool progress_scheduled = false;
+  unsigned idle_polls = 0;
+  static inline const char* name = "kvferry.transfer";
+};
+
+using self_ptr = transfer_actor::stateful_pointer<transfer_state>;
+
+caf::error lost(const std::string& peer, const std::string& why) {
+  return make_error(ec::peer_down,
+                    fmt::format("lost peer '{}': {}", peer, why));
+}
+
+void ensure_progress(self_ptr self) {
+  if (!self->state.progress_scheduled) {
+    self->state.progress_scheduled = true;
+    self->state.idle_polls = 0;
+    self->send(self, proto::progress_atom::value);
+  }
+}
+
+void finish(transfer_entry& t, transfer_state& st, bool incoming) {
+  t.done = true;
+  ++st.stats.transfers_done;
+  if (incoming)
+    st.stats.bytes_received += t.bytes;
+  else
+    st.stats.bytes_sent += t.bytes;
+  if (t.waiter) {
+    t.waiter->deliver(t.bytes);
+    t.waiter.reset();
+  }
+}
+
+void fail(transfer_entry& t, transfer_state& st, const caf::error& err) {
+  ++st.stats.transfers_failed;
+  t.failure = err;
+  if (t.waiter) {
+    t.waiter->deliver(err);
+    t.waiter.reset();
+  }
+}
+
+// Fails everything sent to `name` and forgets its channel (the next send
+// opens a fresh one).
+void drop_peer_out(self_ptr self, const std::string& name,
+                   const caf::error& err) {
+  auto i = self->state.out.find(name);
+  if (i == self->state.out.end())
+    return;
+  for (auto& [id, t] : i->second.transfers)
+    if (!t.done)
+      fail(t, self->state, err);
+  spdlog::warn("transfer {}: dropping send channel to '{}': {}",
+               self->state.cfg.name, name, render(err));
+  self->state.out.erase(i);
+}
+
+void drop_peer_in(self_ptr self, const std::string& name,
+                  const caf::error& err) {
+  auto i = self->state.in.find(name);
+  if (i == self->state.in.end())
+    return;
+  for (auto& [id, t] : i->second.transfers)
+    if (!t.done && !t.failure)
+      fail(t, self->state, err);
+  // Failed-but-unclaimed entries keep their error for a later recv order;
+  // the channel and the bookkeeping of posted requests go.
+  auto& p = i->second;
+  spdlog::warn("transfer {}: dropping receive channel from '{}': {}",
+               self->state.cfg.name, name, render(err));
+  p.ops.clear();
+  p.waiting.clear();
+  p.reg = registration{};
+  p.channel.reset();
+  p.listener.reset();
+  p.sender = caf::actor_addr{};
+  for (auto it = p.transfers.begin(); it != p.transfers.end();)
+    it = it->second.waiter || it->second.failure ? std::next(it)
+                                                 : p.transfers.erase(it);
+}
+
+channel_options options_for(const transfer_state& st, const std::string& peer,
+                            std::uint32_t comms, std::uint64_t chunk) {
+  channel_options o;
+  o.comms = static_cast<int>(comms);
+  o.chunk_bytes = chunk;
+  o.peer = peer;
+  (void)st;
+  return o;
+}
+
+// ---- sending -------------------------------------------------------------------
+
+void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
+                const std::vector<extent>& chunks) {
+  auto& t = p.transfers[id];
+  auto* base = self->state.cfg.region->data();
+  for (const auto& c : chunks) {
+    auto op = p.channel->post_send(base + c.src_offset, c.length, p.reg);
+    p.ops.emplace(op, id);
+    ++t.ops_left;
+  }
+  t.posted = true;
+  if (t.ops_left == 0)
+    finish(t, self->state, false);
+}
+
+// Announces, then posts: the announcement must reach the receiver before it
+// could see any later transfer's announcement (CAF keeps order per pair).
+void start_send(self_ptr self, peer_out& p, std::uint64_t id,
+                std::vector<extent> chunks) {
+  proto::announcement a;
+  a.transfer_id = id;
+  a.sender = self->state.cfg.name;
+  a.comms = self->state.cfg.comms_per_peer;
+  a.chunks = chunks;
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::announce_atom::value, std::move(a));
+  post_sends(self, p, id, chunks);
+}
+
+void open_channel(self_ptr self, const std::string& name) {
+  auto& p = self->state.out[name];
+  p.opening = true;
+  auto& cfg = self->state.cfg;
+  self
+    ->request(caf::actor_cast<transfer_actor>(p.ep.transfer),
+              milliseconds(cfg.open_timeout_ms), proto::open_atom::value,
+              cfg.name, cfg.comms_per_peer, cfg.chunk_bytes)
+    .then(
+      [self, name](std::vector<char>& flat) {
+        auto i = self->state.out.find(name);
+        if (i == self->state.out.end())
+          return;
+        auto& cfg = self->state.cfg;
+        std::vector<transport::net_handle> handles(flat.size() /
+                                                   NCCL_NET_HANDLE_MAXSIZE);
+        for (std::size_t k = 0; k < handles.size(); ++k)
+          std::memcpy(handles[k].data(),
+                      flat.data() + k * NCCL_NET_HANDLE_MAXSIZE,
+                      NCCL_NET_HANDLE_MAXSIZE);
+        try {
+          i->second.connector = std::make_unique<channel_connector>(
+            cfg.net, cfg.device, std::move(handles),
+            options_for(self->state, name, cfg.comms_per_peer,
+                        cfg.chunk_bytes));
+        } catch (const std::exception& e) {
+          drop_peer_out(self, name,
+                        make_error(ec::plugin_error,
+                                   fmt::format("connect to '{}': {}", name,
+                                               e.what())));
+          return;
+        }
+        i->second.connect_deadline =
+          steady_clock::now() + milliseconds(cfg.open_timeout_ms);
+        ensure_progress(self);
+      },
+      [self, name](caf::error& err) {
+        drop_peer_out(self, name,
+                      lost(name, fmt::format("opening a channel failed: {}",
+                                             render(err))));
+      });
+}
+
+caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
+  auto& st = self->state;
+  const auto& peer = o.peer.name;
+  if (!o.peer.transfer || peer.empty())
+    return make_error(ec::invalid_argument,
+                      fmt::format("transfer {}: send order {} names no peer "
+                                  "transfer actor",
+                                  st.cfg.name, o.transfer_id));
+  if (peer == st.cfg.name)
+    return make_error(ec::invalid_argument,
+                      fmt::format("transfer {}: send order {} is addressed to "
+                                  "itself",
+                                  st.cfg.name, o.transfer_id));
+  if (auto bad = check_extents(o.extents, extent_side::source,
+                               st.cfg.region->size(), peer);
+      !bad.empty())
+    return make_error(ec::invalid_extent, "send order: " + bad);
+  if (auto bad = check_extents(o.extents, extent_side::destination,
+                               o.peer.region_bytes, peer);
+      !bad.empty())
+    return make_error(ec::invalid_extent, "send order: " + bad);
+  auto& p = st.out[peer];
+  if (!p.ep.transfer) {
+    p.ep = o.peer;
+    self->monitor(p.ep.transfer);
+  }
+  if (p.transfers.count(o.transfer_id) != 0)
+    return make_error(ec::duplicate,
+                      fmt::format("transfer {} to '{}' is already in flight",
+                                  o.transfer_id, peer));
+  auto promise = self->make_response_promise<std::uint64_t>();
+  auto& t = p.transfers[o.transfer_id];
+  t.expected = plan_bytes(o.extents);
+  t.waiter = promise;
+  self->delayed_send(self, milliseconds(o.timeout_ms),
+                     proto::expire_atom::value, ">" + peer, o.transfer_id);
+  auto chunks = coalesce(o.extents);
+  try {
+    if (p.channel) {
+      start_send(self, p, o.transfer_id, std::move(chunks));
+    } else {
+      p.waiting.push_back({o.transfer_id, std::move(chunks)});
+      if (!p.opening)
+        open_channel(self, peer);
+    }
+  } catch (const std::exception& e) {
+    drop_peer_out(self, peer,
+                  make_error(ec::plugin_error,
+                             fmt::format("send to '{}': {}", peer, e.what())));
+  }
+  ensure_progress(self);
+  return promise;
+}
+
+// ---- receiving -------------------------------------------------------------------
+
+void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
+  auto& st = self->state;
+  auto& t = p.transfers[a.transfer_id];
+  auto* base = st.cfg.region->data();
+  for (const auto& c : a.chunks) {
+    auto op = p.channel->post_recv(base + c.dst_offset, c.length, p.reg);
+    p.ops.emplace(op, a.transfer_id);
+    ++t.ops_left;
+  }
+  t.posted = true;
+  if (t.ops_left == 0)
+    finish(t, st, true);
+}
+
+void handle_announce(self_ptr self, proto::announcement& a) {
+  auto& st = self->state;
+  auto& p = st.in[a.sender];
+  auto& t = p.transfers[a.transfer_id];
+  if (t.cancelled || t.failure) {
+    // The receiver gave up on it; its sends are coming anyway, so the comm
+    // order is broken: tear the channel down and let the sender fail.
+    drop_peer_in(self, a.sender,
+                 make_error(ec::timeout,
+                            fmt::format("transfer {} from '{}' arrived after "
+                                        "the receiver gave up on it",
+                                        a.transfer_id, a.sender)));
+    st.in[a.sender].transfers.erase(a.transfer_id);
+    return;
+  }
+  if (auto bad = check_extents(a.chunks, extent_side::destination,
+                               st.cfg.region->size(), a.sender);
+      !bad.empty()) {
+    drop_peer_in(self, a.sender, make_error(ec::invalid_extent, bad));
+    return;
+  }
+  t.expected = plan_bytes(a.chunks);
+  if (!t.waiter)  // unclaimed transfers still get a deadline
+    self->delayed_send(self, milliseconds(30000), proto::expire_atom::value,
+                       "<" + a.sender, a.transfer_id);
+  try {
+    if (p.channel)
+      post_recvs(self, p, a);
+    else
+      p.waiting.push_back(std::move(a));
+  } catch (const std::exception& e) {
+    drop_peer_in(self, a.sender,
+                 make_error(ec::plugin_error,
+                            fmt::format("receive from '{}': {}", a.sender,
+                                        e.what())));
+  }
+  ensure_progress(self);
+}
+
+caf::result<std::uint64_t> handle_recv(self_ptr self, proto::recv_order& o) {
+  auto& st = self->state;
+  auto& p = st.in[o.peer_name];
+  auto& t = p.transfers[o.transfer_id];
+  if (t.done) {
+    auto bytes = t.bytes;
+    p.transfers.erase(o.transfer_id);
+    return bytes;
+  }
+  if (t.failure) {
+    auto err = t.failure;
+    p.transfers.erase(o.transfer_id);
+    return err;
+  }
+  auto promise = self->make_response_promise<std::uint64_t>();
+  t.waiter = promise;
+  self->delayed_send(self, milliseconds(o.timeout_ms),
+                     proto::expire_atom::value, "<" + o.peer_name,
+                     o.transfer_id);
+  return promise;
+}
+
+std::vector<char> handle_open(self_ptr self, const std::string& sender,
+                              std::uint32_t comms, std::uint64_t chunk) {
+  auto& st = self->state;
+  auto& p = st.in[sender];
+  if (p.channel || p.listener)
+    drop_peer_in(self, sender,
+                 lost(sender, "it opened a new channel (restarted?)"));
+  auto& q = st.in[sender];
+  q.sender = self->current_sender() ? caf::actor_cast<caf::actor_addr>(
+                                        self->current_sender())
+                                    : caf::actor_addr{};
+  if (q.sender)
+    self->monitor(caf::actor_cast<caf::actor>(q.sender));
+  q.listener = std::make_unique<channel_listener>(
+    st.cfg.net, st.cfg.device, options_for(st, sender, comms, chunk));
+  q.accept_deadline =
+    steady_clock::now() + milliseconds(st.cfg.open_timeout_ms);
+  std::vector<char> flat;
+  for (const auto& h : q.listener->handles())
+    flat.insert(flat.end(), h.begin(), h.end());
+  ensure_progress(self);
+  return flat;
+}
+
+// ---- the progress loop -----------------------------------------------------------
+
+template <class Peer>
+bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
+               std::optional<caf::error>& failure) {
+  auto& st = self->state;
+  bool progressed = false;
+  p.channel->poll([&](const transport::completion& c) {
+    progressed = true;
+    auto op = p.ops.find(c.id);
+    if (op == p.ops.end())
+      return;
+    auto id = op->second;
+    p.ops.erase(op);
+    if (!c.ok) {
+      if (!failure)
+        failure = lost(name, fmt::format("{} of transfer {} failed: {}",
+                                         incoming ? "receive" : "send", id,
+                                         c.error ? c.error : "?"));
+      return;
+    }
+    auto t = p.transfers.find(id);
+    if (t == p.transfers.end())
+      return;
+    t->second.bytes += c.bytes;
+    if (--t->second.ops_left == 0) {
+      // A receiver's entry outlives completion until a recv order claims it.
+      bool claimed = t->second.waiter.has_value();
+      finish(t->second, st, incoming);
+      if (!incoming || claimed)
+        p.transfers.erase(t);
+    }
+  });
+  return progressed;
+}
+
+bool progress_out(self_ptr self) {
+  auto& st = self->state;
+  bool progressed = false;
+  std::vector<std::pair<std::string, caf::error>> failed;
+  for (auto& [name, p] : st.out) {
+    try {
+      if (p.connector) {
+        if (p.connector->try_connect()) {
+          p.channel.emplace(p.connector->take());
+          p.connector.reset();
+          p.reg = p.channel->register_memory(st.cfg.region->data(),
+                                             st.cfg.region->size(),
+                                             st.cfg.region->nccl_ptr_type());
+          st.stats.comms_opened += st.cfg.comms_per_peer;
+          ++st.stats.registrations;
+          p.opening = false;
+          progressed = true;
+          while (!p.waiting.empty()) {
+            auto w = std::move(p.waiting.front());
+            p.waiting.pop_front();
+            if (p.transfers.count(w.id) != 0)
+              start_send(self, p, w.id, std::move(w.chunks));
+          }
+        } else if (steady_clock::now() > p.connect_deadline) {
+          failed.emplace_back(name,
+                              make_error(ec::timeout,
+                                         fmt::format("connecting to '{}' took "
+                                                     "more than {} ms",
+                                                     name,
+                                                     st.cfg.open_timeout_ms)));
+          continue;
+        }
+      }
+      if (p.channel) {
+        std::optional<caf::error> failure;
+        progressed |= poll_peer(self, name, p, false, failure);
+        if (failure)
+          failed.emplace_back(name, *failure);
+      }
+    } catch (const std::exception& e) {
+      failed.emplace_back(name, lost(name, e.what()));
+    }
+  }
+  for (auto& [name, err] : failed)
+    drop_peer_out(self, name, err);
+  return progressed;
+}
+
+bool progress_in(self_ptr self) {
+  auto& st = self->state;
+  bool progressed = false;
+  std::vector<std::pair<std::string, caf::error>> failed;
+  for (auto& [name, p] : st.in) {
+    try {
+      if (p.listener) {
+        if (p.listener->try_accept()) {
+          p.channel.emplace(p.listener->take());
+          p.listener.reset();
+          p.reg = p.channel->register_memory(st.cfg.region->data(),
+                                             st.cfg.region->size(),
+                                             st.cfg.region->nccl_ptr_type());
+          ++st.stats.registrations;
+          progressed = true;
+          while (!p.waiting.empty()) {
+            auto a = std::move(p.waiting.front());
+            p.waiting.pop_front();
+            post_recvs(self, p, a);
+          }
+        } else if (steady_clock::now() > p.accept_deadline) {
+          failed.emplace_back(
+            name, make_error(ec::timeout,
+                             fmt::format("'{}' did not connect within {} ms",
+                                         name, st.cfg.open_timeout_ms)));
+          continue;
+        }
+      }
+      if (p.channel) {
+        std::optional<caf::error> failure;
+        progressed |= poll_peer(self, name, p, true, failure);
+        if (failure)
+          failed.emplace_back(name, *failure);
+      }
+    } catch (const std::exception& e) {
+      failed.emplace_back(name, lost(name, e.what()));
+    }
+  }
+  for (auto& [name, err] : failed)
+    drop_peer_in(self, name, err);
+  return progressed;
+}
+
+bool has_work(const transfer_state& st) {
+  for (auto& [name, p] : st.out)
+    if (p.connector || !p.ops.empty() || !p.waiting.empty())
+      return true;
+  for (auto& [name, p] : st.in)
+    if (p.listener || !p.ops.empty())
+      return true;
+  return false;
+}
+
+void on_progress(self_ptr self) {
+  auto& st = self->state;
+  st.progress_scheduled = false;
+  bool progressed = progress_out(self);
+  progressed |= progress_in(self);
+  if (!has_work(st))
+    return;
+  st.progress_scheduled = true;
+  if (progressed)
+    st.idle_polls = 0;
+  else
+    ++st.idle_polls;
+  // Spin while bytes flow; back off (up to 200 us) when the plugin has
+  // nothing for us, so an idle worker does not burn a shared core.
+  if (st.idle_polls < 32) {
+    self->send(self, proto::progress_atom::value);
+  } else {
+    auto delay = microseconds(std::min<unsigned>(200, st.idle_polls - 30));
+    self->delayed_send(self, delay, proto::progress_atom::value);
+  }
+}
+
+void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
+  auto& st = self->state;
+  bool outgoing = key[0] == '>';
+  auto name = key.substr(1);
+  auto timeout = make_error(
+    ec::timeout, fmt::format("transfer {} {} '{}' did not complete in time", id,
+                             outgoing ? "to" : "from", name));
+  if (outgoing) {
+    auto p = st.out.find(name);
+    if (p == st.out.end())
+      return;
+    auto t = p->second.transfers.find(id);
+    if (t == p->second.transfers.end() || t->second.done)
+      return;
+    if (t->second.posted) {
+      // Requests are out on the comms: only closing them makes the memory
+      // safe to reuse, and the comm order is lost anyway.
+      fail(t->second, st, timeout);
+      drop_peer_out(self, name, timeout);
+    } else {
+      fail(t->second, st, timeout);
+      p->second.transfers.erase(t);
+    }
+    return;
+  }
+  auto p = st.in.find(name);
+  if (p == st.in.end())
+    return;
+  auto t = p->second.transfers.find(id);
+  if (t == p->second.transfers.end() || t->second.failure)
+    return;
+  if (t->second.done) {
+    if (!t->second.waiter)  // nobody claimed it in time: forget it
+      p->second.transfers.erase(t);
+    return;
+  }
+  if (t->second.posted) {
+    fail(t->second, st, timeout);
+    drop_peer_in(self, name, timeout);
+  } else {
+    fail(t->second, st, timeout);
+    t->second.cancelled = true;  // a later announcement must not land
+  }
+}
+
+void on_down(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  std::vector<std::string> outs, ins;
+  for (auto& [name, p] : st.out)
+    if (p.ep.transfer && p.ep.transfer.address() == dm.source)
+      outs.push_back(name);
+  for (auto& [name, p] : st.in)
+    if (p.sender && p.sender == dm.source)
+      ins.push_back(name);
+  auto why = fmt::format("its transfer actor is down ({})", render(dm.reason));
+  for (auto& name : outs)
+    drop_peer_out(self, name, lost(name, why));
+  for (auto& name : ins)
+    drop_peer_in(self, name, lost(name, why));
+}
+
+transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) {
+  self->state.cfg = std::move(cfg);
+  self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
+  return {
+    [self](proto::endpoint_atom) {
+      auto& cfg = self->state.cfg;
+      proto::endpoint ep;
+      ep.name = cfg.name;
+      ep.transfer = caf::actor_cast<caf::actor>(self);
+      ep.plugin = cfg.net ? cfg.net->name() : "";
+      ep.region_bytes = cfg.region->size();
+      return ep;
+    },
+    [self](proto::send_atom, proto::send_order& o) {
+      return handle_send(self, o);
+    },
+    [self](proto::recv_atom, proto::recv_order& o) {
+      return handle_recv(self, o);
+    },
+    [self](proto::open_atom, const std::string& sender, std::uint32_t comms,
+           std::uint64_t chunk) -> caf::result<std::vector<char>> {
+      try {
+        return handle_open(self, sender, comms, chunk);
+      } catch (const std::exception& e) {
+        return make_error(ec::plugin_error,
+                          fmt::format("transfer {}: listening for '{}': {}",
+                                      self->state.cfg.name, sender, e.what()));
+      }
+    },
+    [self](proto::announce_atom, proto::announcement& a) {
+      handle_announce(self, a);
+    },
+    [self](proto::stats_atom) { return self->state.stats; },
+    [self](proto::progress_atom) { on_progress(self); },
+    [self](proto::expire_atom, const std::string& key, std::uint64_t id) {
+      on_expire(self, key, id);
+    },
+  };
+}
+
+}  // namespace
+
+transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
+  return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));
+}
+
+}  // namespace kvferry

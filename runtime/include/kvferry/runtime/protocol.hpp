@@ -1,0 +1,232 @@
+// The typed messages of the transfer, producer and consumer actors.
+//
+// Messages carry descriptors only — offsets, lengths, hashes, handles — never
+// KV bytes. Every type has an `inspect` so that CAF can serialize it between
+// processes, and a type ID in the block `kvferry_protocol` (300–399; the
+// runtime's own block `kvferry_runtime` uses 200–299). Register the block in
+// an actor_system_config with `kvferry::proto::add_protocol_types(cfg)`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/meta/type_name.hpp>
+#include <caf/type_id.hpp>
+
+#include "kvferry/runtime/kv_geometry.hpp"
+
+namespace kvferry::proto {
+
+// ---- atoms (CAF 0.17: at most 10 characters) --------------------------------
+using prefill_atom = caf::atom_constant<caf::atom("kvprefill")>;
+using allocate_atom = caf::atom_constant<caf::atom("kvalloc")>;
+using arrived_atom = caf::atom_constant<caf::atom("kvarrived")>;
+using advertise_atom = caf::atom_constant<caf::atom("kvadvert")>;
+using send_atom = caf::atom_constant<caf::atom("kvsend")>;
+using recv_atom = caf::atom_constant<caf::atom("kvrecv")>;
+using announce_atom = caf::atom_constant<caf::atom("kvannounce")>;
+using endpoint_atom = caf::atom_constant<caf::atom("kvendpoint")>;
+using progress_atom = caf::atom_constant<caf::atom("kvprogress")>;
+using expire_atom = caf::atom_constant<caf::atom("kvexpire")>;
+using stats_atom = caf::atom_constant<caf::atom("kvstats")>;
+using open_atom = caf::atom_constant<caf::atom("kvopen")>;
+
+/// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
+/// sender's region to `dst_offset` in the receiver's region.
+struct extent {
+  std::uint64_t src_offset = 0;
+  std::uint64_t dst_offset = 0;
+  std::uint64_t length = 0;
+  bool operator==(const extent& o) const {
+    return src_offset == o.src_offset && dst_offset == o.dst_offset &&
+           length == o.length;
+  }
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, extent& x) {
+  return f(caf::meta::type_name("kvferry::proto::extent"), x.src_offset,
+           x.dst_offset, x.length);
+}
+
+/// How to reach one transfer actor: its handle, the name it registered, and
+/// the plugin listen handle (128 bytes) that a sender connects to.
+struct endpoint {
+  std::string name;
+  caf::actor transfer;  // the peer's transfer actor
+  std::string plugin;   // plugin name, so both sides can refuse a mismatch
+  std::vector<char> listen_handle;  // 128 bytes (v7 handle)
+  std::uint64_t region_bytes = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, endpoint& x) {
+  return f(caf::meta::type_name("kvferry::proto::endpoint"), x.name,
+           x.transfer, x.plugin, x.listen_handle, x.region_bytes);
+}
+
+/// Asks a transfer actor to send `extents` of its region to `peer`.
+/// Comes from the local producer (push) or a remote consumer (pull); the
+/// source extents are checked against the local region either way.
+struct send_order {
+  std::uint64_t transfer_id = 0;
+  endpoint peer;
+  std::vector<extent> extents;
+  std::uint32_t timeout_ms = 10000;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, send_order& x) {
+  return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
+           x.peer, x.extents, x.timeout_ms);
+}
+
+/// Asks the local transfer actor to report when transfer `transfer_id` from
+/// `peer_name` has fully arrived (replies with the bytes received).
+struct recv_order {
+  std::uint64_t transfer_id = 0;
+  std::string peer_name;
+  std::uint32_t timeout_ms = 10000;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, recv_order& x) {
+  return f(caf::meta::type_name("kvferry::proto::recv_order"), x.transfer_id,
+           x.peer_name, x.timeout_ms);
+}
+
+/// Sender transfer actor -> receiver transfer actor, before any byte moves:
+/// the chunks (each one isend/irecv pair) in the order the sender posts them.
+/// The receiver posts one receive per chunk in exactly this order on its
+/// channel from `sender` (plugins match by posting order; the channel
+/// stripes chunks over its comms the same way on both sides).
+struct announcement {
+  std::uint64_t transfer_id = 0;
+  std::string sender;
+  std::uint32_t comms = 1;
+  std::uint32_t first_comm = 0;
+  std::vector<extent> chunks;  // dst_offset/length matter to the receiver
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, announcement& x) {
+  return f(caf::meta::type_name("kvferry::proto::announcement"),
+           x.transfer_id, x.sender, x.comms, x.first_comm, x.chunks);
+}
+
+/// Router -> producer: prefill this prompt and ship its KV to `consumer`.
+struct prefill_request {
+  std::uint64_t request_id = 0;
+  std::uint32_t prompt_tokens = 0;
+  std::uint64_t pattern_seed = 0;  // what "prefill" writes (checked later)
+  caf::actor consumer;
+  bool layerwise = false;
+  bool pull = false;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, prefill_request& x) {
+  return f(caf::meta::type_name("kvferry::proto::prefill_request"),
+           x.request_id, x.prompt_tokens, x.pattern_seed, x.consumer,
+           x.layerwise, x.pull);
+}
+
+/// Producer -> consumer: reserve blocks for a request (push mode).
+struct allocate_request {
+  std::uint64_t request_id = 0;
+  std::uint32_t blocks_per_layer = 0;
+  std::uint32_t layers = 0;
+  std::uint64_t layer_block_bytes = 0;  // so a geometry mismatch is caught
+  std::string producer;                 // sender's endpoint name
+  std::uint32_t parts = 1;              // transfers to expect (layers if layerwise)
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, allocate_request& x) {
+  return f(caf::meta::type_name("kvferry::proto::allocate_request"),
+           x.request_id, x.blocks_per_layer, x.layers, x.layer_block_bytes,
+           x.producer, x.parts);
+}
+
+/// Consumer -> producer: where the blocks go, and how to reach the receiver.
+/// `block_offsets[l * blocks_per_layer + b]` is the destination of block b of
+/// layer l in the receiver's region.
+struct grant {
+  std::uint64_t request_id = 0;
+  endpoint receiver;
+  std::vector<std::uint64_t> block_offsets;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, grant& x) {
+  return f(caf::meta::type_name("kvferry::proto::grant"), x.request_id,
+           x.receiver, x.block_offsets);
+}
+
+/// Producer -> consumer after its sends completed: what it sent (push), or
+/// what it offers to be read (pull: `source` and `block_offsets` set).
+struct arrival_notice {
+  std::uint64_t request_id = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t xxhash = 0;  // XXH3-64 of the bytes in (layer, block) order
+  // pull mode only:
+  endpoint source;
+  std::vector<std::uint64_t> block_offsets;
+  std::uint32_t blocks_per_layer = 0;
+  std::uint32_t layers = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
+  return f(caf::meta::type_name("kvferry::proto::arrival_notice"),
+           x.request_id, x.bytes, x.xxhash, x.source, x.block_offsets,
+           x.blocks_per_layer, x.layers);
+}
+
+/// The consumer's verdict, returned to the router: the KV is in place and
+/// verified, ready for decode.
+struct ready_report {
+  std::uint64_t request_id = 0;
+  std::uint64_t bytes = 0;
+  bool verified = false;
+  std::int64_t transfer_ns = 0;  // first send ordered to last byte moved
+  std::int64_t compute_ns = 0;   // pattern fill + hashing (not control)
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
+  return f(caf::meta::type_name("kvferry::proto::ready_report"),
+           x.request_id, x.bytes, x.verified, x.transfer_ns, x.compute_ns);
+}
+
+/// Counters of one transfer actor (for the demo's table and for tests).
+struct transfer_stats {
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  std::uint64_t transfers_done = 0;
+  std::uint64_t transfers_failed = 0;
+  std::uint64_t comms_opened = 0;
+  std::uint64_t registrations = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
+  return f(caf::meta::type_name("kvferry::proto::transfer_stats"),
+           x.bytes_sent, x.bytes_received, x.transfers_done,
+           x.transfers_failed, x.comms_opened, x.registrations);
+}
+
+/// Registers every type above with a config (call before the system starts).
+void add_protocol_types(caf::actor_system_config& cfg);
+
+}  // namespace kvferry::proto
+
+CAF_BEGIN_TYPE_ID_BLOCK(kvferry_protocol, 300)
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::extent))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::send_order))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_order))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcement))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::prefill_request))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::allocate_request))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::grant))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
+CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
+
+static_assert(caf::id_block::kvferry_protocol::end <= 400,
+              "kvferry_protocol owns type IDs 300-399");
