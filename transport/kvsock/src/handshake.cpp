@@ -211,10 +211,11 @@ ncclResult_t do_connect(void* handle_ptr, void** send_comm) {
     fds.push_back(s.fd);
     s.fd = -1;
   }
-  delete handle->stage;
+  Config config = state.config;
+  delete handle->stage;  // `state` is gone from here on
   handle->stage = nullptr;
   handle->stage_magic = 0;
-  auto* comm = build_comm<SendComm>(state.config, fds, peer);
+  auto* comm = build_comm<SendComm>(config, fds, peer);
   if (comm == nullptr) return ncclSystemError;
   comm->init_pool(kSendRequests, 1);
   comm->tx.resize(kSendRequests);

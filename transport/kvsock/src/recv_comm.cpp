@@ -201,6 +201,7 @@ bool RecvComm::handle_header() {
     inline_request = request;
     return true;
   }
+  msg->inline_done = header.size;  // nothing comes inline: the lanes bring it all
   msg->parts_left.store(header.parts, std::memory_order_relaxed);
   for (uint32_t i = 0; i < header.parts; ++i) {
     size_t offset = static_cast<size_t>(i) * header.part_size;
