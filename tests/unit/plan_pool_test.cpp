@@ -1,0 +1,102 @@
+// Transfer plans and the block pool: what the transfer actor relies on.
+#include <doctest/doctest.h>
+
+#include <climits>
+#include <stdexcept>
+
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
+
+using kvferry::extent;
+
+TEST_CASE("default geometry is Llama-3-8B with 64 KiB layer-blocks") {
+  kvferry::kv_geometry g;
+  CHECK(g.layer_block_bytes() == 64 * 1024);
+  CHECK(g.blocks_for_tokens(1) == 1);
+  CHECK(g.blocks_for_tokens(16) == 1);
+  CHECK(g.blocks_for_tokens(17) == 2);
+  CHECK(g.request_bytes(32) == 2u * 32 * 64 * 1024);
+  CHECK(g.validate().empty());
+  g.block_tokens = 0;
+  CHECK_FALSE(g.validate().empty());
+  CHECK(kvferry::parse_dtype("bf16") == kvferry::kv_dtype::bf16);
+  CHECK_FALSE(kvferry::parse_dtype("int8"));
+}
+
+TEST_CASE("plan_blocks coalesces runs contiguous on both sides") {
+  // src blocks 0,1,2 then 7; dst blocks 10,11 then 20,21 (block = 100 B)
+  auto plan = kvferry::plan_blocks({0, 100, 200, 700}, {1000, 1100, 2000, 2100},
+                                   100);
+  REQUIRE(plan.size() == 3);
+  CHECK(plan[0] == extent{0, 1000, 200});
+  CHECK(plan[1] == extent{200, 2000, 100});
+  CHECK(plan[2] == extent{700, 2100, 100});
+  CHECK(kvferry::plan_bytes(plan) == 400);
+  CHECK_THROWS_AS(kvferry::plan_blocks({0}, {}, 100), std::invalid_argument);
+}
+
+TEST_CASE("coalesce merges neighbours, keeps order, drops empties") {
+  std::vector<extent> in{{0, 0, 10}, {10, 10, 5}, {15, 15, 0}, {15, 30, 5},
+                         {20, 35, 5}};
+  auto out = kvferry::coalesce(in);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0] == extent{0, 0, 15});
+  CHECK(out[1] == extent{15, 30, 10});
+}
+
+TEST_CASE("split_chunks cuts at the chunk size and at the v7 int limit") {
+  auto out = kvferry::split_chunks({{0, 100, 10}}, 4);
+  REQUIRE(out.size() == 3);
+  CHECK(out[0] == extent{0, 100, 4});
+  CHECK(out[2] == extent{8, 108, 2});
+  auto big = kvferry::split_chunks({{0, 0, std::uint64_t{1} << 32}},
+                                   std::uint64_t{1} << 40);
+  for (auto& e : big)
+    CHECK(e.length <= static_cast<std::uint64_t>(INT_MAX));
+  CHECK(kvferry::plan_bytes(big) == std::uint64_t{1} << 32);
+  CHECK_THROWS_AS(kvferry::split_chunks({}, 0), std::invalid_argument);
+}
+
+TEST_CASE("check_extents rejects extents outside the region and names them") {
+  using kvferry::extent_side;
+  std::vector<extent> ok{{0, 0, 100}, {900, 0, 100}};
+  CHECK(kvferry::check_extents(ok, extent_side::source, 1000, "p").empty());
+  auto bad = kvferry::check_extents({{950, 0, 100}}, extent_side::source, 1000,
+                                    "prefill-0");
+  CHECK(bad.find("prefill-0") != std::string::npos);
+  CHECK(bad.find("950") != std::string::npos);
+  CHECK(bad.find("source") != std::string::npos);
+  // offset + length overflows 64 bits: still rejected.
+  auto wrap = kvferry::check_extents({{0, ~std::uint64_t{0} - 5, 10}},
+                                     extent_side::destination, 1000, "d");
+  CHECK(wrap.find("destination") != std::string::npos);
+}
+
+TEST_CASE("block pool allocates lowest blocks first and reuses freed ones") {
+  kvferry::block_pool pool(130, 64);
+  std::vector<std::uint64_t> a, b;
+  REQUIRE(pool.allocate(3, a));
+  CHECK(a == std::vector<std::uint64_t>{0, 64, 128});
+  REQUIRE(pool.allocate(127, b));
+  CHECK(pool.free_blocks() == 0);
+  std::vector<std::uint64_t> none;
+  CHECK_FALSE(pool.allocate(1, none));
+  CHECK(none.empty());
+  pool.release(a);
+  CHECK(pool.free_blocks() == 3);
+  std::vector<std::uint64_t> again;
+  REQUIRE(pool.allocate(3, again));
+  CHECK(again == a);
+  CHECK_THROWS_AS(pool.release({5}), std::invalid_argument);    // not a block
+  CHECK_THROWS_AS(pool.release({130 * 64}), std::invalid_argument);
+  pool.release({0});
+  CHECK_THROWS_AS(pool.release({0}), std::invalid_argument);    // double free
+}
+
+TEST_CASE("a fresh pool yields contiguous blocks, so plans coalesce") {
+  kvferry::block_pool src(64, 4096), dst(64, 4096);
+  std::vector<std::uint64_t> s, d;
+  REQUIRE(src.allocate(40, s));
+  REQUIRE(dst.allocate(40, d));
+  CHECK(kvferry::plan_blocks(s, d, 4096).size() == 1);
+}
