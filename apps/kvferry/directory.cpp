@@ -1,16 +1,168 @@
-// Placeholder: replaced when this command lands.
+// `kvferry directory`: runs the deployment's directory actor, published on a
+// TCP port through CAF's middleman, until SIGINT/SIGTERM.
+//
+// `kvferry directory --probe HOST:PORT [--count N]` instead measures the
+// control-plane round trip to a running directory (N lookups) and prints
+// percentiles: the cost every cross-process request pays.
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/system_config.hpp"
 
 namespace kvferry::app {
+namespace {
+
+struct directory_command {
+  std::string bind = "0.0.0.0";
+  uint16_t port = 0;
+  std::string secret;
+  size_t lease_ms = 10000;
+  std::string probe;
+  size_t count = 2000;
+  runtime::runtime_options runtime;
+};
+
+// Blocks SIGINT and SIGTERM in this thread *before* the actor system starts
+// its threads (they inherit the mask), so that sigwait below receives them.
+sigset_t block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+int serve(const directory_command& cmd) {
+  auto stop_signals = block_stop_signals();
+  runtime::system_config cfg{cmd.runtime};
+  caf::actor_system sys{cfg};
+  directory_options options;
+  options.secret = cmd.secret;
+  options.lease = std::chrono::milliseconds(cmd.lease_ms);
+  auto dir = sys.spawn(directory, options);
+  auto port = sys.middleman().publish(dir, cmd.port, cmd.bind.c_str(), true);
+  if (!port) {
+    spdlog::error("directory: cannot listen on {}:{}: {}", cmd.bind, cmd.port,
+                  render(port.error()));
+    caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
+    return 1;
+  }
+  // A parent process (launch, demo, tests) reads this line to find the port.
+  std::cout << "kvferry directory listening on " << cmd.bind << ":" << *port
+            << std::endl;
+  spdlog::info("directory: lease {} ms, scheduler {}", cmd.lease_ms,
+               cmd.runtime.scheduler_policy);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("directory: {} received, shutting down",
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
+  sys.middleman().unpublish(dir, *port);
+  caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
+  return 0;
+}
+
+double percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty())
+    return 0;
+  auto index = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1));
+  return sorted[index];
+}
+
+// Measures request/response round trips to a remote directory: lookups of a
+// name that does not exist (the reply is a small error), so the directory's
+// contents don't change the result.
+int probe(const directory_command& cmd) {
+  std::string host;
+  uint16_t port = 0;
+  if (auto err = parse_host_port(cmd.probe, host, port)) {
+    std::cerr << "kvferry directory --probe: " << render(err) << "\n";
+    return 2;
+  }
+  runtime::system_config cfg{cmd.runtime};
+  caf::actor_system sys{cfg};
+  auto dir = connect_directory(sys, host, port, std::chrono::seconds(10));
+  if (!dir) {
+    std::cerr << "kvferry directory --probe: " << render(dir.error()) << "\n";
+    return 1;
+  }
+  caf::scoped_actor self{sys};
+  std::vector<double> micros;
+  micros.reserve(cmd.count);
+  int failures = 0;
+  for (size_t i = 0; i < cmd.count + 100; ++i) {
+    auto start = std::chrono::steady_clock::now();
+    bool answered = false;
+    self->request(*dir, std::chrono::seconds(5), lookup_atom::value,
+                  std::string{"probe-no-such-worker"})
+      .receive([&](const worker_info&) { answered = true; },
+               [&](const caf::error& err) { answered = is(err, ec::not_found); });
+    auto took = std::chrono::duration<double, std::micro>(
+                  std::chrono::steady_clock::now() - start)
+                  .count();
+    if (!answered)
+      ++failures;
+    if (i >= 100) // the first requests warm up connections and caches
+      micros.push_back(took);
+  }
+  std::sort(micros.begin(), micros.end());
+  fmt::print("directory round trip to {} ({} requests, scheduler {}): "
+             "p50 {:.1f} us, p90 {:.1f} us, p99 {:.1f} us, max {:.1f} us, "
+             "failures {}\n",
+             cmd.probe, micros.size(), cmd.runtime.scheduler_policy,
+             percentile(micros, 0.5), percentile(micros, 0.9),
+             percentile(micros, 0.99), micros.back(), failures);
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
 
 void add_directory(CLI::App& root, int& exit_code) {
-  auto* cmd = root.add_subcommand("directory", "(not yet available)");
-  cmd->allow_extras();
-  cmd->callback([&exit_code] {
-    std::cerr << "kvferry: 'directory' is not available in this build yet\n";
-    exit_code = 2;
+  auto cmd = std::make_shared<directory_command>();
+  auto* sub = root.add_subcommand(
+    "directory", "Run the deployment's directory (or --probe a running one)");
+  sub->add_option("--bind", cmd->bind, "address to listen on")
+    ->capture_default_str();
+  sub->add_option("--port", cmd->port, "TCP port; 0 picks a free one")
+    ->capture_default_str();
+  sub->add_option("--secret", cmd->secret,
+                  "deployment secret workers must present (default: "
+                  "$KVFERRY_SECRET; none = anyone may register)");
+  sub->add_option("--lease-ms", cmd->lease_ms,
+                  "a worker that does not renew within this is dropped")
+    ->capture_default_str()
+    ->check(CLI::Range(size_t{1}, size_t{3600000}));
+  sub->add_option("--probe", cmd->probe,
+                  "HOST:PORT: measure round trips to a running directory");
+  sub->add_option("--count", cmd->count, "round trips to measure (--probe)")
+    ->capture_default_str()
+    ->check(CLI::Range(size_t{1}, size_t{10000000}));
+  runtime::add_runtime_options(*sub, cmd->runtime);
+  sub->callback([cmd, &exit_code] {
+    if (cmd->secret.empty())
+      if (const char* env = std::getenv("KVFERRY_SECRET"))
+        cmd->secret = env;
+    if (auto err = runtime::setup_logging(cmd->runtime.log_level,
+                                          cmd->runtime.log_file, "directory")) {
+      std::cerr << "kvferry directory: " << render(err) << "\n";
+      exit_code = 2;
+      return;
+    }
+    exit_code = cmd->probe.empty() ? serve(*cmd) : probe(*cmd);
   });
 }
 

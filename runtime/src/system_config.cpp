@@ -48,7 +48,9 @@ void system_config::register_types() {
 #endif
   add_error_category(ec_category,
                      [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-                       return render(caf::error{code, ec_category, ctx});
+                       // kvferry::render: unqualified, the static
+                       // actor_system_config::render would be found.
+                       return kvferry::render(caf::error{code, ec_category, ctx});
                      });
 }
 

@@ -1,0 +1,215 @@
+// `kvferry directory --port 0` as a real process; clients in this process
+// register, look up and watch through the middleman (TCP), and learn of a
+// worker whose process (here: actor system) goes away. Every wait has a
+// deadline; the child is always reaped.
+#include <doctest/doctest.h>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/system_config.hpp"
+
+using namespace kvferry;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto secret = "integration-secret";
+
+// The directory as a child process; SIGTERM and reaped on destruction.
+class directory_process {
+public:
+  directory_process() {
+    int out[2];
+    REQUIRE(pipe(out) == 0);
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      close(out[0]);
+      close(out[1]);
+      execl(KVFERRY_BINARY_DIR "/bin/kvferry", "kvferry", "directory",
+            "--bind", "127.0.0.1", "--port", "0", "--secret", secret,
+            "--lease-ms", "5000", "--log-level", "warn", nullptr);
+      _exit(127);
+    }
+    close(out[1]);
+    stdout_ = out[0];
+  }
+
+  ~directory_process() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    close(stdout_);
+  }
+
+  // Reads "kvferry directory listening on ADDR:PORT" within `timeout`.
+  std::optional<uint16_t> wait_for_port(std::chrono::milliseconds timeout) {
+    std::string line;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{stdout_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0)
+        continue;
+      char c;
+      if (read(stdout_, &c, 1) != 1)
+        return std::nullopt;
+      if (c != '\n') {
+        line += c;
+        continue;
+      }
+      auto colon = line.rfind(':');
+      if (line.rfind("kvferry directory listening on ", 0) == 0
+          && colon != std::string::npos)
+        return static_cast<uint16_t>(std::stoi(line.substr(colon + 1)));
+      line.clear();
+    }
+    return std::nullopt;
+  }
+
+  // SIGTERM, then the exit status within `timeout` (-1: had to kill).
+  int stop(std::chrono::milliseconds timeout) {
+    kill(pid_, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(20ms);
+    }
+    return -1;
+  }
+
+private:
+  pid_t pid_ = -1;
+  int stdout_ = -1;
+};
+
+caf::behavior idle_worker() {
+  return {[](caf::ok_atom) {}};
+}
+
+worker_info make_worker(caf::actor_system& sys, std::string name) {
+  worker_info info;
+  info.name = std::move(name);
+  info.role = worker_role::decode;
+  info.host = local_hostname();
+  info.host_id = local_host_id();
+  info.plugin = "kvsock";
+  info.listen_handles.push_back(std::vector<char>(listen_handle_size, 'x'));
+  info.app = sys.spawn(idle_worker);
+  return info;
+}
+
+template <class T, class... Ts>
+caf::expected<T> ask(caf::actor_system& sys, const directory_actor& dir,
+                     Ts&&... xs) {
+  caf::scoped_actor self{sys};
+  std::optional<caf::expected<T>> result;
+  self->request(dir, 5s, std::forward<Ts>(xs)...)
+    .receive([&](T& value) { result = std::move(value); },
+             [&](caf::error& err) { result = std::move(err); });
+  return std::move(*result);
+}
+
+// Polls a lookup until the worker is gone (not_found) or `timeout` passes.
+bool gone_within(caf::actor_system& sys, const directory_actor& dir,
+                 const std::string& name, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto found = ask<worker_info>(sys, dir, lookup_atom::value, name);
+    if (!found && is(found.error(), ec::not_found))
+      return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("kvferry directory serves remote clients through the middleman") {
+  directory_process proc;
+  auto port = proc.wait_for_port(20s);
+  REQUIRE_MESSAGE(port, "kvferry directory did not print its port in time");
+
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  auto dir = connect_directory(sys, "127.0.0.1", *port, 10s);
+  REQUIRE_MESSAGE(dir, render(dir.error()));
+
+  auto w = make_worker(sys, "decode-0");
+  auto granted = ask<lease>(sys, *dir, register_atom::value, w,
+                            std::string{secret});
+  REQUIRE_MESSAGE(granted, render(granted.error()));
+  CHECK(granted->duration == std::chrono::milliseconds(5000));
+
+  auto found = ask<worker_info>(sys, *dir, lookup_atom::value,
+                                std::string{"decode-0"});
+  REQUIRE_MESSAGE(found, render(found.error()));
+  CHECK(found->host_id == local_host_id());
+  CHECK(found->listen_handles.at(0).size() == listen_handle_size);
+  CHECK(found->app == w.app); // the handle survives the round trip
+
+  auto intruder = make_worker(sys, "decode-9");
+  auto rejected = ask<lease>(sys, *dir, register_atom::value, intruder,
+                             std::string{"wrong"});
+  REQUIRE(!rejected);
+  CHECK(is(rejected.error(), ec::unauthorized));
+  CHECK(render(rejected.error()).find("decode-9") != std::string::npos);
+
+  // Death must be noticed well before the 5 s lease could run out.
+  SUBCASE("a worker whose actor dies is dropped") {
+    caf::anon_send_exit(w.app, caf::exit_reason::kill);
+    CHECK(gone_within(sys, *dir, "decode-0", 2500ms));
+  }
+  SUBCASE("a worker whose process goes away is dropped") {
+    {
+      runtime::system_config other_cfg;
+      caf::actor_system other{other_cfg};
+      auto other_dir = connect_directory(other, "127.0.0.1", *port, 10s);
+      REQUIRE(other_dir);
+      auto v = make_worker(other, "prefill-0");
+      REQUIRE(ask<lease>(other, *other_dir, register_atom::value, v,
+                         std::string{secret}));
+      CHECK(ask<worker_info>(sys, *dir, lookup_atom::value,
+                             std::string{"prefill-0"}));
+      caf::anon_send_exit(v.app, caf::exit_reason::user_shutdown);
+    } // `other` shuts down: its connection closes
+    CHECK(gone_within(sys, *dir, "prefill-0", 2500ms));
+  }
+  SUBCASE("an unrenewed lease expires") {
+    auto start = std::chrono::steady_clock::now();
+    CHECK(gone_within(sys, *dir, "decode-0", 15s));
+    CHECK(std::chrono::steady_clock::now() - start > 3s);
+  }
+
+  caf::anon_send_exit(w.app, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(intruder.app, caf::exit_reason::user_shutdown);
+  CHECK(proc.stop(10s) == 0);
+}
+
+TEST_CASE("connecting to a port nobody listens on fails in time, naming it") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  auto start = std::chrono::steady_clock::now();
+  auto dir = connect_directory(sys, "127.0.0.1", 1, 500ms);
+  REQUIRE(!dir);
+  CHECK(is(dir.error(), ec::unreachable));
+  CHECK(render(dir.error()).find("127.0.0.1:1") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+}

@@ -1,0 +1,64 @@
+// kvferry's error category: codes, context and rendering.
+#include <doctest/doctest.h>
+
+#include <caf/actor_system.hpp>
+
+#include "actor_fixture.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/type_ids.hpp"
+
+using namespace kvferry;
+
+TEST_CASE("errors carry their code and context") {
+  auto err = make_error(ec::unauthorized, "register 'prefill-0': wrong secret");
+  CHECK(is(err, ec::unauthorized));
+  CHECK(!is(err, ec::timeout));
+  CHECK(err.category() == ec_category);
+  CHECK(render(err) == "kvferry.unauthorized: register 'prefill-0': wrong secret");
+  CHECK(render(make_error(ec::timeout)) == "kvferry.timeout");
+  CHECK(render(caf::error{}) == "no error");
+}
+
+TEST_CASE("CAF's own errors render through CAF") {
+  auto text = render(caf::make_error(caf::sec::request_timeout));
+  CHECK(text.find("request_timeout") != std::string::npos);
+}
+
+TEST_CASE("every code has a name") {
+  for (uint8_t code = 0; code <= static_cast<uint8_t>(ec::lease_expired); ++code)
+    CHECK(std::string{to_string(static_cast<ec>(code))} != "unknown");
+}
+
+TEST_CASE_FIXTURE(test::actor_fixture, "the actor system renders kvferry errors as text") {
+  auto err = make_error(ec::peer_down, "worker 'decode-0' is down");
+  CHECK(sys.render(err) == "kvferry.peer_down: worker 'decode-0' is down");
+}
+
+TEST_CASE_FIXTURE(test::actor_fixture, "message types are registered by name") {
+  CHECK(sys.types().portable_name(0, &typeid(worker_info))
+        == "kvferry::worker_info");
+  CHECK(sys.types().portable_name(0, &typeid(lease)) == "kvferry::lease");
+}
+
+TEST_CASE("logging levels") {
+  CHECK(!runtime::setup_logging("debug", ""));
+  auto err = runtime::setup_logging("loud", "");
+  REQUIRE(err);
+  CHECK(is(err, ec::invalid_argument));
+  CHECK(render(err).find("loud") != std::string::npos);
+  err = runtime::setup_logging("info", "/dev/null/x.log");
+  REQUIRE(err);
+  CHECK(is(err, ec::config_error));
+  CHECK(!runtime::setup_logging("warn", ""));
+}
+
+TEST_CASE("role names") {
+  worker_role role{};
+  CHECK(parse_role("decode", role));
+  CHECK(role == worker_role::decode);
+  CHECK(!parse_role("router", role));
+  CHECK(std::string{to_string(worker_role::prefill)} == "prefill");
+  CHECK(local_host_id().find('/') != std::string::npos);
+}
