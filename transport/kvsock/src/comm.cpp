@@ -4,6 +4,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -119,7 +120,21 @@ void CommBase::shutdown_sockets() {
   for (auto& lane : lanes) shutdown(lane->fd(), SHUT_RDWR);
 }
 
+void CommBase::note_progress() {
+  progress.fetch_add(1, std::memory_order_release);
+  if (sleeping.load(std::memory_order_acquire) && wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t n = ::write(wake_fd, &one, sizeof one);
+    (void)n;  // EAGAIN only when the counter is already non-zero: a wakeup is pending anyway
+  }
+}
+
 bool CommBase::start_lanes(const std::vector<int>& fds) {
+  wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd < 0) {
+    KVSOCK_WARN("comm with %s: eventfd failed: %s", peer.c_str(), strerror(errno));
+    return false;
+  }
   for (size_t i = 0; i < fds.size(); ++i) {
     lanes.push_back(std::make_unique<Lane>(this, fds[i], static_cast<int>(i)));
   }
@@ -137,6 +152,10 @@ void CommBase::close_all() {
   if (ctrl_fd >= 0) {
     ::close(ctrl_fd);
     ctrl_fd = -1;
+  }
+  if (wake_fd >= 0) {
+    ::close(wake_fd);
+    wake_fd = -1;
   }
   if (!regions.empty()) {
     KVSOCK_INFO("closing comm with %s: freeing %zu memory registrations never deregistered",

@@ -153,6 +153,17 @@ struct CommBase {
   std::vector<int> free_requests;
   int request_count = 0;
 
+  // Adaptive waiting in test(): after spin_us without progress the caller's
+  // thread sleeps in ppoll on the control socket and wake_fd (an eventfd the
+  // lanes signal when a piece completes) instead of burning the CPU that the
+  // transfer itself needs.
+  int wake_fd = -1;
+  std::atomic<uint64_t> progress{0};
+  std::atomic<bool> sleeping{false};
+  uint64_t seen_progress = 0;
+  int64_t idle_since_ns = 0;
+  void note_progress();
+
   // fault injection
   std::atomic<int64_t> payload_sent{0};
   int64_t sends_posted = 0;
@@ -221,9 +232,18 @@ struct RecvComm : CommBase {
 struct ListenComm;
 
 // Poll-style completion of one request; also advances its comm.
-// *waiting_on_lanes tells the caller that only data-socket threads can make
-// progress (so it should yield the CPU to them).
-ncclResult_t test_request(Request* request, int* done, int* sizes, bool* waiting_on_lanes);
+// What an unfinished test() may sleep on, once the comm has been idle for
+// longer than its spin time.
+struct WaitHint {
+  bool wait = false;
+  int ctrl_fd = -1;
+  short ctrl_events = 0;
+  CommBase* comm = nullptr;
+};
+
+ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hint);
+// Sleeps as the hint says (bounded by config.wait_us), or yields the CPU.
+void idle_wait(const WaitHint& hint);
 
 ncclResult_t errno_result(int err);  // peer-caused errnos -> ncclRemoteError
 

@@ -35,6 +35,8 @@ Config Config::from_env() {
   c.cuda_staging = static_cast<size_t>(env_int("KVSOCK_CUDA_STAGING", c.cuda_staging, 64 << 10, 1 << 30));
   c.connect_timeout_ms = static_cast<int>(env_int("KVSOCK_CONNECT_TIMEOUT_MS", c.connect_timeout_ms, 1, 3600000));
   c.unpack = env_int("KVSOCK_UNPACK", 0, 0, 1) == 1;
+  c.spin_us = static_cast<int>(env_int("KVSOCK_SPIN_US", c.spin_us, 0, 1000000));
+  c.wait_us = static_cast<int>(env_int("KVSOCK_WAIT_US", c.wait_us, 0, 100000));
   c.fault_delay_us = env_int("KVSOCK_FAULT_DELAY_US", 0, 0, 60000000);
   c.fault_drop_after = env_int("KVSOCK_FAULT_DROP_AFTER", -1, 0, INT64_MAX);
   c.fault_corrupt = env_int("KVSOCK_FAULT_CORRUPT", 0, 0, INT64_MAX);

@@ -224,10 +224,15 @@ ncclResult_t kvsock_test(void* request_ptr, int* done, int* sizes) {
     KVSOCK_WARN("test: %p is not a request in flight", request_ptr);
     return ncclInvalidArgument;
   }
-  bool waiting_on_lanes = false;
-  ncclResult_t result = guarded("test", [&] { return test_request(request, done, sizes, &waiting_on_lanes); });
-  // The data-socket threads need the CPU more than a caller polling in a loop.
-  if (result == ncclSuccess && *done == 0 && waiting_on_lanes) sched_yield();
+  WaitHint hint;
+  ncclResult_t result = guarded("test", [&] { return test_request(request, done, sizes, &hint); });
+  // Callers poll test() in a loop. When nothing is done, give the CPU to
+  // whoever can make progress (our data-socket threads, the peer, the
+  // kernel's network work): yield, and once the comm has been idle for
+  // KVSOCK_SPIN_US sleep until its socket or a lane has news (at most
+  // KVSOCK_WAIT_US). A spinning poller on a busy machine otherwise steals
+  // the time slices the transfer needs.
+  if (result == ncclSuccess && *done == 0) idle_wait(hint);
   return result;
 }
 

@@ -106,6 +106,7 @@ bool RecvComm::read_inline_direct() {
   ssize_t n = recvmsg(ctrl_fd, &mh, MSG_DONTWAIT);
   if (n > 0) {
     msg.inline_done += static_cast<size_t>(n);
+    progress.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
   if (n == 0) {
@@ -129,6 +130,7 @@ bool RecvComm::fill_rx() {
   ssize_t n = recv(ctrl_fd, rx.data() + rx_end, rx.size() - rx_end, MSG_DONTWAIT);
   if (n > 0) {
     rx_end += static_cast<size_t>(n);
+    progress.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
   if (n == 0) {

@@ -1,5 +1,10 @@
 // test(): drive the comm, then report a request's completion or failure.
+#include <poll.h>
+#include <sched.h>
+#include <unistd.h>
+
 #include "comm.hpp"
+#include "socket.hpp"
 #include "log.hpp"
 
 namespace kvsock {
@@ -18,7 +23,7 @@ bool lanes_busy(const Request& request) {
   return false;
 }
 
-ncclResult_t test_send(SendComm& comm, Request* request, int* done, int* sizes, bool* waiting) {
+ncclResult_t test_send(SendComm& comm, Request* request, int* done, int* sizes) {
   comm.pump();
   Message& msg = request->msgs[0];
   if (message_complete(msg, true)) {
@@ -30,11 +35,10 @@ ncclResult_t test_send(SendComm& comm, Request* request, int* done, int* sizes, 
   int err = request->error.load();
   if (err == ncclSuccess) err = comm.error.load();
   if (err != ncclSuccess) return static_cast<ncclResult_t>(err);
-  *waiting = msg.ctrl_sent == msg.ctrl_total;
   return ncclSuccess;
 }
 
-ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes, bool* waiting) {
+ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes) {
   if (request->awaiting_consume) {  // UNPACK: tested again before irecvConsumed
     *done = 1;
     if (sizes != nullptr) sizes[0] = static_cast<int>(request->msgs[0].size);
@@ -58,7 +62,6 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes, 
       }
       return static_cast<ncclResult_t>(err);
     }
-    *waiting = lanes_busy(*request);
     return ncclSuccess;
   }
   *done = 1;
@@ -82,13 +85,55 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes, 
 
 }  // namespace
 
-ncclResult_t test_request(Request* request, int* done, int* sizes, bool* waiting_on_lanes) {
+ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hint) {
   *done = 0;
-  *waiting_on_lanes = false;
   CommBase* comm = request->comm;
   std::lock_guard<std::mutex> lock(comm->mu);
-  if (comm->sender) return test_send(*static_cast<SendComm*>(comm), request, done, sizes, waiting_on_lanes);
-  return test_recv(*static_cast<RecvComm*>(comm), request, done, sizes, waiting_on_lanes);
+  ncclResult_t result = comm->sender ? test_send(*static_cast<SendComm*>(comm), request, done, sizes)
+                                     : test_recv(*static_cast<RecvComm*>(comm), request, done, sizes);
+  if (result != ncclSuccess || *done || comm->config.wait_us == 0) return result;
+  // Idle accounting: spin while things move, sleep once nothing has for spin_us.
+  int64_t now = now_ns();
+  uint64_t progress = comm->progress.load(std::memory_order_acquire);
+  if (progress != comm->seen_progress || comm->idle_since_ns == 0) {
+    comm->seen_progress = progress;
+    comm->idle_since_ns = now;
+    return result;
+  }
+  if (now - comm->idle_since_ns < static_cast<int64_t>(comm->config.spin_us) * 1000) return result;
+  hint->wait = true;
+  hint->comm = comm;
+  if (comm->sender) {
+    auto* send = static_cast<SendComm*>(comm);
+    if (send->tx_count > 0) {
+      hint->ctrl_fd = comm->ctrl_fd;
+      hint->ctrl_events = POLLOUT;
+    }
+  } else {
+    hint->ctrl_fd = comm->ctrl_fd;
+    hint->ctrl_events = POLLIN;
+  }
+  return result;
+}
+
+void idle_wait(const WaitHint& hint) {
+  if (!hint.wait) {
+    sched_yield();
+    return;
+  }
+  CommBase* comm = hint.comm;
+  comm->sleeping.store(true, std::memory_order_seq_cst);
+  // A lane that finished between our check and `sleeping` did not signal:
+  // look at the counter again before sleeping.
+  if (comm->progress.load(std::memory_order_seq_cst) == comm->seen_progress) {
+    pollfd fds[2] = {{hint.ctrl_fd, hint.ctrl_events, 0}, {comm->wake_fd, POLLIN, 0}};
+    timespec timeout{0, static_cast<long>(comm->config.wait_us) * 1000};
+    ppoll(fds, 2, &timeout, nullptr);
+  }
+  comm->sleeping.store(false, std::memory_order_relaxed);
+  uint64_t drained;
+  ssize_t n = ::read(comm->wake_fd, &drained, sizeof drained);
+  (void)n;
 }
 
 }  // namespace kvsock

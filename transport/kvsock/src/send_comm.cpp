@@ -131,6 +131,7 @@ void SendComm::pump() {
       return;
     }
     size_t written = static_cast<size_t>(n);
+    progress.fetch_add(1, std::memory_order_relaxed);
     size_t payload = 0;
     while (written > 0 && tx_count > 0) {
       Message& msg = *tx[tx_head];
