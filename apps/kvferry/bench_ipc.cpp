@@ -1,16 +1,594 @@
-// Placeholder: replaced when this command lands.
+// kvferry bench ipc — same-host GPU copies across two processes.
+//
+// The parent allocates the source pool, fills it, exports a CUDA IPC handle
+// and starts a child (this binary again, with --child-handle). The child opens
+// the handle, allocates the destination pool and, for each block size, copies
+// N blocks scattered at random in the source pool to N random places in its
+// own pool with, in the same run:
+//   - kvferry's batched kernel (one launch; plan uploaded once, and again with
+//     the plan's preparation and upload counted),
+//   - a per-block cudaMemcpyAsync loop,
+//   - cudaMemcpyBatchAsync (CUDA 12.8+),
+//   - one contiguous device-to-device copy of the same total (the ceiling).
+// Then the UNPACK kernel on a synthetic ring (4 KiB fragments) against plain
+// copies of the same bytes. Every method's destination is poisoned before
+// and verified after its timed runs. Times: CUDA events, warm-up, median.
 #include <iostream>
 
 #include "commands.hpp"
 
+#ifdef KVFERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kvferry/transport/gpu_copy.hpp"
+#include "kvferry/transport/gpu_info.hpp"
+#endif
+
 namespace kvferry::app {
 
+namespace {
+
+struct bench_ipc_options {
+  std::string json_path;
+  std::string sizes = "4K,16K,64K,256K,2M";
+  std::string total = "256M";
+  int repeats = 20;
+  int gpu = 0;
+  bool sweep = false;
+  bool no_unpack = false;
+  std::string child_handle;  // internal: set in the child process
+};
+
+#ifdef KVFERRY_HAVE_CUDA
+
+using json = nlohmann::json;
+using namespace kvferry::transport;
+
+std::uint64_t parse_size(const std::string& text) {
+  std::size_t used = 0;
+  const double number = std::stod(text, &used);
+  std::string unit = text.substr(used);
+  std::uint64_t scale = 1;
+  if (unit == "K" || unit == "KiB" || unit == "k") scale = 1ull << 10;
+  else if (unit == "M" || unit == "MiB") scale = 1ull << 20;
+  else if (unit == "G" || unit == "GiB") scale = 1ull << 30;
+  else if (!unit.empty()) throw std::invalid_argument("unknown size unit in '" + text + "'");
+  return static_cast<std::uint64_t>(number * static_cast<double>(scale));
+}
+
+std::vector<std::uint64_t> parse_sizes(const std::string& list) {
+  std::vector<std::uint64_t> sizes;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty())
+      sizes.push_back(parse_size(item));
+  return sizes;
+}
+
+long peak_rss_kib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
+
+void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw gpu_error(std::string{what} + ": " + cudaGetErrorString(err));
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Times `enqueue` (work put on `stream`) with CUDA events: `warmup` untimed
+// runs, then repeats until `repeats` samples or `budget_s` seconds are used
+// (slow baselines get fewer samples, at least 3). Returns the median in s.
+template <typename Enqueue>
+double time_on_stream(cudaStream_t stream, int warmup, int repeats, double budget_s,
+                      Enqueue&& enqueue) {
+  cudaEvent_t start, stop;
+  cuda_check(cudaEventCreate(&start), "cudaEventCreate");
+  cuda_check(cudaEventCreate(&stop), "cudaEventCreate");
+  for (int i = 0; i < warmup; ++i)
+    enqueue();
+  cuda_check(cudaStreamSynchronize(stream), "warm-up");
+  std::vector<double> samples;
+  double spent = 0;
+  for (int i = 0; i < repeats && (samples.size() < 3 || spent < budget_s); ++i) {
+    cuda_check(cudaEventRecord(start, stream), "cudaEventRecord");
+    enqueue();
+    cuda_check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    cuda_check(cudaEventSynchronize(stop), "timed run");
+    float ms = 0;
+    cuda_check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    samples.push_back(ms / 1e3);
+    spent += ms / 1e3;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return median(samples);
+}
+
+double gbps(std::uint64_t bytes, double seconds) {
+  return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
+}
+
+// N distinct block slots out of `slots`, in random order.
+std::vector<std::uint64_t> random_slots(std::mt19937_64& rng, std::uint64_t slots,
+                                        std::uint64_t n) {
+  std::vector<std::uint64_t> all(slots);
+  std::iota(all.begin(), all.end(), 0ull);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(n);
+  return all;
+}
+
+// ---- the child: all measurements ----------------------------------------------
+
+struct child_context {
+  int gpu;
+  memory_region src;  // the parent's pool, opened over IPC
+  gpu_region dst;
+  cudaStream_t stream;
+  int repeats;
+  std::uint64_t poison_seed = 1;
+
+  void poison() { gpu_fill_pattern(gpu, dst.data(), dst.size(), 0xdead0000 + poison_seed++); }
+  std::uint64_t mismatches(const std::vector<copy_extent>& plan) {
+    return gpu_count_mismatches(gpu, src.base, dst.data(), plan);
+  }
+};
+
+json method_result(double seconds, std::uint64_t bytes, double ceiling_s, std::uint64_t bad) {
+  return json{{"seconds", seconds},
+              {"gbps", gbps(bytes, seconds)},
+              {"ratio_to_contiguous", seconds > 0 ? ceiling_s / seconds : 0.0},
+              {"verified", bad == 0},
+              {"mismatched_bytes", bad}};
+}
+
+json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t total,
+                        bool sweep, std::mt19937_64& rng) {
+  const std::uint64_t n = total / block;
+  const std::uint64_t bytes = n * block;
+  const std::uint64_t slots = ctx.dst.size() / block;
+  const auto src_slots = random_slots(rng, ctx.src.bytes / block, n);
+  const auto dst_slots = random_slots(rng, slots, n);
+  std::vector<copy_extent> plan(n);
+  for (std::uint64_t i = 0; i < n; ++i)
+    plan[i] = copy_extent{src_slots[i] * block, dst_slots[i] * block, block};
+  json row{{"block_bytes", block}, {"blocks", n}, {"bytes", bytes}};
+  const int r = ctx.repeats;
+
+  // The ceiling: one contiguous copy of the same total.
+  ctx.poison();
+  const double contiguous_s = time_on_stream(ctx.stream, 3, r, 2.0, [&] {
+    cuda_check(cudaMemcpyAsync(ctx.dst.data(), ctx.src.base, bytes, cudaMemcpyDeviceToDevice,
+                               ctx.stream), "contiguous cudaMemcpyAsync");
+  });
+  const std::vector<copy_extent> whole{{0, 0, bytes}};
+  row["contiguous"] = method_result(contiguous_s, bytes, contiguous_s, ctx.mismatches(whole));
+
+  // kvferry: the plan prepared (partitioned, uploaded) once, then launched.
+  {
+    gpu_copy_engine engine{ctx.gpu};
+    auto* s = static_cast<cudaStream_t>(engine.native_stream());
+    ctx.poison();
+    const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
+    const double kernel_s = time_on_stream(s, 3, r, 2.0, [&] {
+      engine.launch(id, ctx.src.base, ctx.dst.data());
+    });
+    row["work_items"] = engine.work_items(id);
+    row["grid_blocks"] = engine.grid_blocks();
+    engine.release(id);
+    row["kvferry"] = method_result(kernel_s, bytes, contiguous_s, ctx.mismatches(plan));
+
+    // kvferry with the plan built and uploaded each time (host wall clock).
+    ctx.poison();
+    std::vector<double> samples;
+    for (int i = 0; i < std::max(3, r / 2); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      engine.wait(engine.copy(ctx.src, ctx.dst.view(), plan), std::chrono::seconds(10));
+      samples.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    row["kvferry_with_plan"] = method_result(median(samples), bytes, contiguous_s, ctx.mismatches(plan));
+  }
+
+  if (sweep) {
+    json variants = json::array();
+    for (std::uint32_t item : {4096u, 8192u, 16384u, 65536u})
+      for (int unroll : {4, 8, 16})
+        for (bool streaming : {false, true}) {
+          copy_tuning t;
+          t.item_bytes = item;
+          t.unroll = unroll;
+          t.streaming = streaming;
+          gpu_copy_engine engine{ctx.gpu, t};
+          auto* s = static_cast<cudaStream_t>(engine.native_stream());
+          const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
+          const double sec = time_on_stream(s, 2, r, 1.0, [&] {
+            engine.launch(id, ctx.src.base, ctx.dst.data());
+          });
+          engine.release(id);
+          variants.push_back(json{{"item_bytes", item}, {"unroll", unroll},
+                                  {"streaming", streaming}, {"grid_blocks", engine.grid_blocks()},
+                                  {"gbps", gbps(bytes, sec)},
+                                  {"ratio_to_contiguous", contiguous_s / sec}});
+        }
+    row["sweep"] = variants;
+  }
+
+  // Per-block cudaMemcpyAsync.
+  ctx.poison();
+  const double per_block_s = time_on_stream(ctx.stream, 1, r, 1.5, [&] {
+    for (const auto& e : plan)
+      cuda_check(cudaMemcpyAsync(ctx.dst.data() + e.dst_offset, ctx.src.base + e.src_offset,
+                                 e.length, cudaMemcpyDeviceToDevice, ctx.stream),
+                 "per-block cudaMemcpyAsync");
+  });
+  row["memcpy_per_block"] = method_result(per_block_s, bytes, contiguous_s, ctx.mismatches(plan));
+
+  // cudaMemcpyBatchAsync: one call for all blocks.
+  {
+    std::vector<void*> dsts(n);
+    std::vector<const void*> srcs(n);
+    std::vector<std::size_t> sizes(n, block);
+    for (std::uint64_t i = 0; i < n; ++i) {
+      dsts[i] = ctx.dst.data() + plan[i].dst_offset;
+      srcs[i] = ctx.src.base + plan[i].src_offset;
+    }
+    cudaMemcpyAttributes attrs{};
+    attrs.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    std::size_t attr_index = 0;
+    ctx.poison();
+    try {
+      const double batch_s = time_on_stream(ctx.stream, 1, r, 1.5, [&] {
+        cuda_check(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attrs,
+                                        &attr_index, 1, ctx.stream),
+                   "cudaMemcpyBatchAsync");
+      });
+      row["memcpy_batch"] = method_result(batch_s, bytes, contiguous_s, ctx.mismatches(plan));
+    } catch (const gpu_error& e) {
+      cudaGetLastError();
+      row["memcpy_batch"] = json{{"error", e.what()}};
+    }
+  }
+  return row;
+}
+
+// UNPACK: 16 receives of 4 MiB in 4 KiB fragments, shuffled in the bounce
+// buffer, unpacked into (a) contiguous destinations, (b) scattered 16 KiB
+// blocks; against 16 plain 4 MiB copies and one 64 MiB copy of the same bytes.
+json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
+  constexpr std::uint64_t receive = 4 << 20, page = NCCL_NET_UNPACK_PAGE;
+  constexpr int slots = NCCL_NET_UNPACK_SLOTS;
+  constexpr std::uint64_t all = receive * slots;
+  auto meta = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackMeta));
+  auto bounce = gpu_region::allocate_device(gpu, all);
+  auto dst = gpu_region::allocate_device(gpu, 2 * all);
+  auto handle_mem = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
+  gpu_fill_pattern(gpu, bounce.data(), all, 77);
+  ncclNetUnpackHandle handle{reinterpret_cast<ncclNetUnpackMeta*>(meta.data()),
+                             reinterpret_cast<char*>(bounce.data()), 0};
+  cuda_check(cudaMemcpy(handle_mem.data(), &handle, sizeof(handle), cudaMemcpyHostToDevice), "handle");
+  std::vector<std::vector<ncclNetUnpackRecord>> records(slots);
+  auto host_meta = std::make_unique<ncclNetUnpackMeta>();
+  for (int s = 0; s < slots; ++s) {
+    const std::uint64_t pages = receive / page;
+    std::vector<std::uint64_t> order(pages);
+    std::iota(order.begin(), order.end(), 0ull);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (std::uint64_t p = 0; p < pages; ++p)
+      host_meta->records[s][p] = ncclNetUnpackRecord{
+          static_cast<std::uint32_t>(s * receive + order[p] * page), static_cast<std::uint32_t>(page),
+          p * page};
+    host_meta->count[s] = pages;
+    records[s].assign(&host_meta->records[s][0], &host_meta->records[s][0] + pages);
+  }
+  cuda_check(cudaMemcpy(meta.data(), host_meta.get(), sizeof(ncclNetUnpackMeta), cudaMemcpyHostToDevice), "meta");
+
+  const std::uint64_t block = 16384;
+  const auto block_slots = random_slots(rng, dst.size() / block, all / block);
+  std::vector<unpack_destination> contiguous, blocks;
+  for (int s = 0; s < slots; ++s) {
+    contiguous.push_back(unpack_destination::contiguous(s * receive));
+    std::vector<std::uint64_t> offs;
+    for (std::uint64_t b = 0; b < receive / block; ++b)
+      offs.push_back(block_slots[s * (receive / block) + b] * block);
+    blocks.push_back(unpack_destination::blocks(block, std::move(offs)));
+  }
+
+  gpu_copy_engine engine{gpu};
+  auto* stream = static_cast<cudaStream_t>(engine.native_stream());
+  auto verify = [&](const std::vector<unpack_destination>& where) {
+    std::vector<copy_extent> ext;
+    for (int s = 0; s < slots; ++s) {
+      auto e = unpack_records_to_extents(records[s].data(), records[s].size(), where[s]);
+      ext.insert(ext.end(), e.begin(), e.end());
+    }
+    return gpu_count_mismatches(gpu, bounce.data(), dst.data(), ext);
+  };
+  std::uint64_t seq = 0;
+  auto run_unpacks = [&](const std::vector<unpack_destination>& where) {
+    std::vector<copy_ticket> tickets;
+    for (int s = 0; s < slots; ++s, ++seq)
+      tickets.push_back(engine.unpack(handle_mem.data(), seq, all, dst.view(), where[seq % slots]));
+    return tickets;
+  };
+  auto timed = [&](const std::vector<unpack_destination>& where) {
+    gpu_fill_pattern(gpu, dst.data(), dst.size(), 5);
+    std::vector<double> samples;
+    for (int i = 0; i < repeats + 2; ++i) {
+      cudaEvent_t a, b;
+      cudaEventCreate(&a);
+      cudaEventCreate(&b);
+      cudaEventRecord(a, stream);
+      auto tickets = run_unpacks(where);
+      cudaEventRecord(b, stream);
+      for (auto t : tickets)
+        engine.wait(t, std::chrono::seconds(10));
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (i >= 2)
+        samples.push_back(ms / 1e3);
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    }
+    return median(samples);
+  };
+  const double unpack_contig_s = timed(contiguous);
+  const auto bad_contig = verify(contiguous);
+  const double unpack_blocks_s = timed(blocks);
+  const auto bad_blocks = verify(blocks);
+
+  const double copies_s = time_on_stream(stream, 2, repeats, 1.0, [&] {
+    for (int s = 0; s < slots; ++s)
+      cudaMemcpyAsync(dst.data() + s * receive, bounce.data() + s * receive, receive,
+                      cudaMemcpyDeviceToDevice, stream);
+  });
+  const double one_copy_s = time_on_stream(stream, 2, repeats, 1.0, [&] {
+    cudaMemcpyAsync(dst.data(), bounce.data(), all, cudaMemcpyDeviceToDevice, stream);
+  });
+  auto entry = [&](double s, std::uint64_t bad) {
+    json j = method_result(s, all, copies_s, bad);
+    j["ratio_to_one_copy"] = one_copy_s / s;
+    return j;
+  };
+  return json{{"receives", slots},
+              {"receive_bytes", receive},
+              {"fragment_bytes", page},
+              {"unpack_contiguous", entry(unpack_contig_s, bad_contig)},
+              {"unpack_16k_blocks", entry(unpack_blocks_s, bad_blocks)},
+              {"memcpy_16x4MiB", json{{"seconds", copies_s}, {"gbps", gbps(all, copies_s)}}},
+              {"memcpy_one_64MiB", json{{"seconds", one_copy_s}, {"gbps", gbps(all, one_copy_s)}}}};
+}
+
+int run_child(const bench_ipc_options& opt) {
+  try {
+    cuda_check(cudaSetDevice(opt.gpu), "cudaSetDevice");
+    ipc_region_cache cache{opt.gpu};
+    const auto handle = ipc_handle::from_hex(opt.child_handle);
+    child_context ctx{opt.gpu, cache.open(handle), gpu_region::allocate_device(opt.gpu, handle.region_bytes),
+                      nullptr, opt.repeats};
+    cuda_check(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    std::mt19937_64 rng{2026};
+    json result{{"sizes", json::array()}};
+    const std::uint64_t total = parse_size(opt.total);
+    for (auto block : parse_sizes(opt.sizes)) {
+      std::cerr << "bench ipc: block size " << block << " ...\n";
+      result["sizes"].push_back(measure_block_size(ctx, block, total, opt.sweep, rng));
+    }
+    if (!opt.no_unpack) {
+      std::cerr << "bench ipc: unpack ...\n";
+      result["unpack"] = measure_unpack(opt.gpu, opt.repeats, rng);
+    }
+    cudaStreamDestroy(ctx.stream);
+    result["child_peak_rss_kib"] = peak_rss_kib();
+    std::cout << result.dump() << std::endl;
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "kvferry bench ipc (child): " << e.what() << "\n";
+    return 1;
+  }
+}
+
+// ---- the parent: owns the source pool, runs the child, reports ---------------
+
+// Starts this binary as the child with its stdout on a pipe; returns what it
+// printed, or throws naming the failure. Kills the child past `timeout`.
+std::string run_child_process(const bench_ipc_options& opt, const std::string& handle_hex,
+                              std::chrono::seconds timeout) {
+  int out[2];
+  if (pipe(out) != 0)
+    throw std::runtime_error("pipe failed");
+  const std::string repeats = std::to_string(opt.repeats), gpu = std::to_string(opt.gpu);
+  std::vector<std::string> args{"kvferry", "bench", "ipc", "--child-handle", handle_hex,
+                                "--sizes", opt.sizes, "--total", opt.total,
+                                "--repeats", repeats, "--gpu", gpu};
+  if (opt.sweep) args.push_back("--sweep");
+  if (opt.no_unpack) args.push_back("--no-unpack");
+  const pid_t pid = fork();
+  if (pid < 0)
+    throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    close(out[1]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[65536];
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      close(out[0]);
+      throw std::runtime_error("the child process did not finish within " +
+                               std::to_string(timeout.count()) + " s; killed");
+    }
+    pollfd p{out[0], POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) <= 0)
+      continue;
+    const ssize_t got = read(out[0], buf, sizeof(buf));
+    if (got <= 0)
+      break;
+    text.append(buf, static_cast<std::size_t>(got));
+  }
+  close(out[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error("the child process failed (status " + std::to_string(status) +
+                             "); see its message above");
+  return text;
+}
+
+std::string ratio_cell(const json& m) {
+  if (m.contains("error"))
+    return "error";
+  return fmt::format("{:7.1f} ({:.2f}x){}", m["gbps"].get<double>(),
+                     m["ratio_to_contiguous"].get<double>(), m["verified"].get<bool>() ? "" : " BAD");
+}
+
+void print_table(const json& r) {
+  std::cout << fmt::format("kvferry bench ipc on {} (two processes, one GPU; GB/s, median; x = ratio to "
+                           "the contiguous copy in the same run)\n",
+                           r["device"].get<std::string>());
+  std::cout << fmt::format("{:>8} {:>7} {:>18} {:>18} {:>18} {:>18} {:>8}\n", "block", "blocks",
+                           "kvferry kernel", "kvferry+plan", "memcpy per block", "memcpyBatch",
+                           "contig");
+  for (const auto& row : r["sizes"]) {
+    std::cout << fmt::format("{:>8} {:>7} {:>18} {:>18} {:>18} {:>18} {:>8.1f}\n",
+                             row["block_bytes"].get<std::uint64_t>(), row["blocks"].get<std::uint64_t>(),
+                             ratio_cell(row["kvferry"]), ratio_cell(row["kvferry_with_plan"]),
+                             ratio_cell(row["memcpy_per_block"]), ratio_cell(row["memcpy_batch"]),
+                             row["contiguous"]["gbps"].get<double>());
+    if (row.contains("sweep")) {
+      for (const auto& v : row["sweep"])
+        std::cout << fmt::format("    sweep item={:>6} unroll={:>2} streaming={} grid={:>4}: {:7.1f} GB/s ({:.3f}x)\n",
+                                 v["item_bytes"].get<int>(), v["unroll"].get<int>(),
+                                 v["streaming"].get<bool>() ? 1 : 0, v["grid_blocks"].get<int>(),
+                                 v["gbps"].get<double>(), v["ratio_to_contiguous"].get<double>());
+    }
+  }
+  if (r.contains("unpack")) {
+    const auto& u = r["unpack"];
+    for (const char* k : {"unpack_contiguous", "unpack_16k_blocks"})
+      std::cout << fmt::format("{}: 16 x 4 MiB in 4 KiB fragments: {:.1f} GB/s, {:.2f}x of 16 plain 4 MiB "
+                               "copies ({:.1f} GB/s), {:.2f}x of one 64 MiB copy ({:.1f} GB/s){}\n",
+                               k, u[k]["gbps"].get<double>(), u[k]["ratio_to_contiguous"].get<double>(),
+                               u["memcpy_16x4MiB"]["gbps"].get<double>(),
+                               u[k]["ratio_to_one_copy"].get<double>(),
+                               u["memcpy_one_64MiB"]["gbps"].get<double>(),
+                               u[k]["verified"].get<bool>() ? "" : " BAD");
+  }
+  std::cout << fmt::format("peak RSS: parent {} KiB, child {} KiB\n",
+                           r["parent_peak_rss_kib"].get<long>(), r["child_peak_rss_kib"].get<long>());
+}
+
+int run_parent(const bench_ipc_options& opt) {
+  const auto inventory = list_gpus();
+  if (inventory.devices.empty()) {
+    std::cerr << "kvferry bench ipc: needs a CUDA GPU: " << inventory.why_none << "\n";
+    return 1;
+  }
+  if (opt.gpu < 0 || opt.gpu >= static_cast<int>(inventory.devices.size())) {
+    std::cerr << "kvferry bench ipc: --gpu " << opt.gpu << " but this machine has "
+              << inventory.devices.size() << " GPU(s)\n";
+    return 1;
+  }
+  try {
+    const std::uint64_t total = parse_size(opt.total);
+    const auto sizes = parse_sizes(opt.sizes);
+    if (total < (1ull << 20) || sizes.empty())
+      throw std::invalid_argument("--total must be at least 1M and --sizes non-empty");
+    for (auto s : sizes)
+      if (s == 0 || s % 16 != 0 || s > total)
+        throw std::invalid_argument("block size " + std::to_string(s) +
+                                    " must be a positive multiple of 16 no larger than --total");
+    // Pools twice the total, so blocks scatter with gaps around them.
+    auto src = gpu_region::allocate_device(opt.gpu, 2 * total);
+    gpu_fill_pattern(opt.gpu, src.data(), src.size(), 0xfeed);
+    const auto handle = export_ipc_handle(src);
+    const std::string out = run_child_process(opt, handle.to_hex(), std::chrono::seconds(540));
+    const auto line = out.find('{');
+    if (line == std::string::npos)
+      throw std::runtime_error("the child printed no result");
+    json result = json::parse(out.substr(line));
+    result["device"] = inventory.devices[static_cast<std::size_t>(opt.gpu)].name;
+    result["total_bytes"] = total;
+    result["repeats"] = opt.repeats;
+    result["parent_peak_rss_kib"] = peak_rss_kib();
+    print_table(result);
+    if (!opt.json_path.empty()) {
+      std::ofstream file(opt.json_path);
+      if (!file)
+        throw std::runtime_error("cannot write " + opt.json_path);
+      file << result.dump(2) << "\n";
+    }
+    bool all_verified = true;
+    for (const auto& row : result["sizes"])
+      for (const char* k : {"kvferry", "kvferry_with_plan", "memcpy_per_block", "contiguous"})
+        all_verified &= row[k]["verified"].get<bool>();
+    if (!all_verified)
+      std::cerr << "kvferry bench ipc: some copies did not verify (see BAD above)\n";
+    return all_verified ? 0 : 3;
+  } catch (const std::exception& e) {
+    std::cerr << "kvferry bench ipc: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+#endif  // KVFERRY_HAVE_CUDA
+
+}  // namespace
+
 void add_bench_ipc(CLI::App& bench, int& exit_code) {
-  auto* cmd = bench.add_subcommand("ipc", "(not yet available)");
-  cmd->allow_extras();
-  cmd->callback([&exit_code] {
-    std::cerr << "kvferry: 'ipc' is not available in this build yet\n";
-    exit_code = 2;
+  auto opt = std::make_shared<bench_ipc_options>();
+  auto* cmd = bench.add_subcommand(
+      "ipc", "Same-host GPU copies across two processes (CUDA IPC): kvferry's batched "
+             "kernel vs per-block cudaMemcpyAsync, cudaMemcpyBatchAsync and one contiguous copy");
+  cmd->add_option("--json", opt->json_path, "Write the full results to this JSON file");
+  cmd->add_option("--sizes", opt->sizes, "Block sizes, comma-separated (K, M suffixes)")
+      ->capture_default_str();
+  cmd->add_option("--total", opt->total, "Bytes copied per run, per block size")->capture_default_str();
+  cmd->add_option("--repeats", opt->repeats, "Timed repeats (median reported)")->capture_default_str();
+  cmd->add_option("--gpu", opt->gpu, "CUDA device")->capture_default_str();
+  cmd->add_flag("--sweep", opt->sweep, "Also time the kernel's tuning variants");
+  cmd->add_flag("--no-unpack", opt->no_unpack, "Skip the UNPACK kernel measurement");
+  cmd->add_option("--child-handle", opt->child_handle)->group("");  // internal
+  cmd->callback([opt, &exit_code] {
+#ifdef KVFERRY_HAVE_CUDA
+    exit_code = opt->child_handle.empty() ? run_parent(*opt) : run_child(*opt);
+#else
+    std::cerr << "kvferry bench ipc: this build has no CUDA support (no nvcc at configure "
+                 "time); it needs a CUDA build and a GPU\n";
+    exit_code = 1;
+#endif
   });
 }
 
