@@ -24,7 +24,7 @@ struct Config {
   size_t cuda_staging = 4 << 20;    // KVSOCK_CUDA_STAGING: pinned bytes per data socket (CUDA only)
   int connect_timeout_ms = 20000;   // KVSOCK_CONNECT_TIMEOUT_MS
   bool unpack = false;              // KVSOCK_UNPACK=1
-  int spin_us = 50;                 // KVSOCK_SPIN_US: test() spins this long without progress...
+  int spin_us = 10;                 // KVSOCK_SPIN_US: test() spins this long without progress...
   int wait_us = 200;                // KVSOCK_WAIT_US: ...then sleeps up to this long per call (0 = never)
   // Fault injection (tests only).
   int64_t fault_delay_us = 0;       // KVSOCK_FAULT_DELAY_US: delay every send

@@ -226,12 +226,10 @@ ncclResult_t kvsock_test(void* request_ptr, int* done, int* sizes) {
   }
   WaitHint hint;
   ncclResult_t result = guarded("test", [&] { return test_request(request, done, sizes, &hint); });
-  // Callers poll test() in a loop. When nothing is done, give the CPU to
-  // whoever can make progress (our data-socket threads, the peer, the
-  // kernel's network work): yield, and once the comm has been idle for
-  // KVSOCK_SPIN_US sleep until its socket or a lane has news (at most
-  // KVSOCK_WAIT_US). A spinning poller on a busy machine otherwise steals
-  // the time slices the transfer needs.
+  // Callers poll test() in a loop. Once a comm has been idle for
+  // KVSOCK_SPIN_US, sleep until its socket or a lane has news (at most
+  // KVSOCK_WAIT_US): a spinning poller on a busy machine steals the time
+  // slices that the transfer (our lanes, the peer, the kernel) needs.
   if (result == ncclSuccess && *done == 0) idle_wait(hint);
   return result;
 }

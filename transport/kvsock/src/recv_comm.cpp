@@ -13,9 +13,10 @@
 
 namespace kvsock {
 namespace {
-// Below this, an inline payload is read through the receive buffer (which
-// also picks up the next headers in the same recv); above, straight into place.
-constexpr size_t kDirectReadMin = 4096;
+// Bytes read past an inline payload in the same call (see read_inline_direct):
+// enough for the next headers and small messages, little enough that large
+// payloads are rarely copied through the receive buffer.
+constexpr size_t kTrailingRead = 4096;
 }  // namespace
 
 ncclResult_t RecvComm::post(Request* request, int n, void** data, const int* sizes, const int* tags,
@@ -66,7 +67,7 @@ void RecvComm::pump() {
         if (!deliver_from_rx()) return;
         continue;
       }
-      bool direct = left >= kDirectReadMin && !msg.dest.discard && msg.dest.device < 0;
+      bool direct = !msg.dest.discard && msg.dest.device < 0;
       if (!(direct ? read_inline_direct() : fill_rx())) return;
       continue;
     }
@@ -95,17 +96,25 @@ bool RecvComm::deliver_from_rx() {
   return true;
 }
 
+// The rest of an inline payload straight into its destination, and in the
+// same recvmsg a little more into the (empty) receive buffer: the next
+// header, often a whole small message, without a second system call.
 bool RecvComm::read_inline_direct() {
   Message& msg = *inline_msg;
   iovec iov[IOV_MAX];
+  size_t left = msg.size - msg.inline_done;
   size_t covered = 0;
-  int count = msg.dest.iovecs(msg.inline_done, msg.size - msg.inline_done, iov, IOV_MAX, &covered);
+  int count = msg.dest.iovecs(msg.inline_done, left, iov, IOV_MAX - 1, &covered);
+  rx_begin = rx_end = 0;
+  if (covered == left) iov[count++] = {rx.data(), std::min(rx.size(), kTrailingRead)};
   msghdr mh{};
   mh.msg_iov = iov;
   mh.msg_iovlen = static_cast<size_t>(count);
   ssize_t n = recvmsg(ctrl_fd, &mh, MSG_DONTWAIT);
   if (n > 0) {
-    msg.inline_done += static_cast<size_t>(n);
+    size_t payload = std::min(static_cast<size_t>(n), covered);
+    msg.inline_done += payload;
+    rx_end = static_cast<size_t>(n) - payload;
     progress.fetch_add(1, std::memory_order_relaxed);
     return true;
   }

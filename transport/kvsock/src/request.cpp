@@ -117,10 +117,9 @@ ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hin
 }
 
 void idle_wait(const WaitHint& hint) {
-  if (!hint.wait) {
-    sched_yield();
-    return;
-  }
+  // Within the spin window return at once: sched_yield() looks tempting but
+  // on a loaded machine it hands the CPU away for a whole time slice.
+  if (!hint.wait) return;
   CommBase* comm = hint.comm;
   comm->sleeping.store(true, std::memory_order_seq_cst);
   // A lane that finished between our check and `sleeping` did not signal:
