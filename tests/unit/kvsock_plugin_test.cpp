@@ -387,10 +387,12 @@ TEST_CASE("comms close in any order with requests in flight, without hangs") {
         REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
         p.send = nullptr;
       }
-      // Registrations may outlive nothing: Buffer destructors deregister
-      // before Pair closes what is left.
-      src.mhandle = p.send ? src.mhandle : nullptr;
-      dst.mhandle = p.recv ? dst.mhandle : nullptr;
+      // Close what is left while the requests are still in flight (closing
+      // frees the comm's registrations), before the buffers go away.
+      if (p.send != nullptr) REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
+      if (p.recv != nullptr) REQUIRE(p.net->closeRecv(p.recv) == ncclSuccess);
+      p.send = p.recv = nullptr;
+      src.mhandle = dst.mhandle = nullptr;
     }
     CHECK(Clock::now() - start < std::chrono::seconds(5));
   }

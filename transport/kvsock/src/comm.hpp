@@ -160,7 +160,7 @@ struct CommBase {
   int wake_fd = -1;
   std::atomic<uint64_t> progress{0};
   std::atomic<bool> sleeping{false};
-  uint64_t seen_progress = 0;
+  std::atomic<uint64_t> seen_progress{0};  // written under mu, read by idle_wait
   int64_t idle_since_ns = 0;
   void note_progress();
 

@@ -95,8 +95,8 @@ ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hin
   // Idle accounting: spin while things move, sleep once nothing has for spin_us.
   int64_t now = now_ns();
   uint64_t progress = comm->progress.load(std::memory_order_acquire);
-  if (progress != comm->seen_progress || comm->idle_since_ns == 0) {
-    comm->seen_progress = progress;
+  if (progress != comm->seen_progress.load(std::memory_order_relaxed) || comm->idle_since_ns == 0) {
+    comm->seen_progress.store(progress, std::memory_order_relaxed);
     comm->idle_since_ns = now;
     return result;
   }
@@ -124,7 +124,7 @@ void idle_wait(const WaitHint& hint) {
   comm->sleeping.store(true, std::memory_order_seq_cst);
   // A lane that finished between our check and `sleeping` did not signal:
   // look at the counter again before sleeping.
-  if (comm->progress.load(std::memory_order_seq_cst) == comm->seen_progress) {
+  if (comm->progress.load(std::memory_order_seq_cst) == comm->seen_progress.load(std::memory_order_relaxed)) {
     pollfd fds[2] = {{hint.ctrl_fd, hint.ctrl_events, 0}, {comm->wake_fd, POLLIN, 0}};
     timespec timeout{0, static_cast<long>(comm->config.wait_us) * 1000};
     ppoll(fds, 2, &timeout, nullptr);
