@@ -9,3 +9,14 @@ kvferry_add_test(NAME test_metrics SOURCES unit/metrics_test.cpp
 add_test(NAME test_launch
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/launch_test.sh $<TARGET_FILE:kvferry>)
 set_tests_properties(test_launch PROPERTIES LABELS integration TIMEOUT 180)
+set_tests_properties(test_launch PROPERTIES
+  ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+
+# Two hosts in two network namespaces joined by a veth pair: launch on each,
+# status, then `kvferry demo --directory` verifies requests across them.
+# Skips (77) without root / ip netns, or while worker/demo are placeholders.
+add_test(NAME test_netns_two_hosts
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/netns_test.sh $<TARGET_FILE:kvferry> 20)
+set_tests_properties(test_netns_two_hosts PROPERTIES
+  LABELS integration TIMEOUT 300 SKIP_RETURN_CODE 77
+  ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
