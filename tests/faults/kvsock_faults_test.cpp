@@ -4,11 +4,14 @@
 
 using namespace kvsock_test;
 
-TEST_CASE("KVSOCK_FAULT_DROP_AFTER closes the connection: both ends fail promptly") {
-  for (int size : {100000, 4 << 20}) {  // inline-sized... and split across data sockets
+TEST_CASE(
+    "KVSOCK_FAULT_DROP_AFTER closes the connection: both ends fail promptly") {
+  for (int size :
+       {100000, 4 << 20}) { // inline-sized... and split across data sockets
     CAPTURE(size);
     EnvGuard drop("KVSOCK_FAULT_DROP_AFTER", "50000");
-    EnvGuard small_inline("KVSOCK_INLINE_MAX", size > 200000 ? "65536" : "1048576");
+    EnvGuard small_inline("KVSOCK_INLINE_MAX",
+                          size > 200000 ? "65536" : "1048576");
     Pair p;
     Buffer src(p.net, p.send, static_cast<size_t>(size), 1);
     Buffer dst(p.net, p.recv, static_cast<size_t>(size));
@@ -39,7 +42,9 @@ TEST_CASE("KVSOCK_FAULT_CORRUPT flips exactly one byte of the Nth send") {
       REQUIRE(sr == ncclSuccess);
       REQUIRE(rr == ncclSuccess);
       int differing = 0;
-      for (int k = 0; k < size; ++k) differing += src.bytes[static_cast<size_t>(k)] != dst.bytes[static_cast<size_t>(k)];
+      for (int k = 0; k < size; ++k)
+        differing += src.bytes[static_cast<size_t>(k)] !=
+                     dst.bytes[static_cast<size_t>(k)];
       CHECK(differing == (n == 2 ? 1 : 0));
     }
   }

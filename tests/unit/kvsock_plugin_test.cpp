@@ -1,12 +1,11 @@
 // kvsock, driven through the v7 table exactly as NCCL or kvferry would.
+#include <algorithm>
 #include <arpa/inet.h>
+#include <deque>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <deque>
 #include <thread>
+#include <unistd.h>
 
 #include "kvsock/unpack_host.hpp"
 #include "kvsock_harness.hpp"
@@ -49,9 +48,10 @@ TEST_CASE("a connection with the wrong nonce is rejected and closed") {
 
   // A raw TCP client that speaks the hello with a forged nonce.
   sockaddr_in address{};
-  std::memcpy(&address, handle + 8, sizeof address);  // Handle::address
+  std::memcpy(&address, handle + 8, sizeof address); // Handle::address
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) ==
+          0);
   struct {
     uint32_t magic;
     uint16_t version, index, sockets, reserved;
@@ -59,9 +59,10 @@ TEST_CASE("a connection with the wrong nonce is rejected and closed") {
     uint64_t comm_id, nonce;
   } hello{0x4b564831u, 1, 0, 2, 0, 0, 42, 0};
   uint64_t real_nonce;
-  std::memcpy(&real_nonce, handle + 24, sizeof real_nonce);  // Handle::nonce
+  std::memcpy(&real_nonce, handle + 24, sizeof real_nonce); // Handle::nonce
   hello.nonce = real_nonce ^ 1;
-  REQUIRE(send(fd, &hello, sizeof hello, 0) == static_cast<ssize_t>(sizeof hello));
+  REQUIRE(send(fd, &hello, sizeof hello, 0) ==
+          static_cast<ssize_t>(sizeof hello));
 
   void* recv = nullptr;
   auto deadline = Clock::now() + std::chrono::seconds(5);
@@ -80,25 +81,31 @@ TEST_CASE("a connection with the wrong nonce is rejected and closed") {
   void* send_comm = nullptr;
   deadline = Clock::now() + kDeadline;
   while ((send_comm == nullptr || recv == nullptr) && Clock::now() < deadline) {
-    if (send_comm == nullptr) REQUIRE(net->connect(0, handle, &send_comm, nullptr) == ncclSuccess);
-    if (recv == nullptr) REQUIRE(net->accept(listen, &recv, nullptr) == ncclSuccess);
+    if (send_comm == nullptr)
+      REQUIRE(net->connect(0, handle, &send_comm, nullptr) == ncclSuccess);
+    if (recv == nullptr)
+      REQUIRE(net->accept(listen, &recv, nullptr) == ncclSuccess);
   }
   CHECK(send_comm != nullptr);
   CHECK(recv != nullptr);
-  if (send_comm) net->closeSend(send_comm);
-  if (recv) net->closeRecv(recv);
+  if (send_comm)
+    net->closeSend(send_comm);
+  if (recv)
+    net->closeRecv(recv);
   net->closeListen(listen);
 }
 
 namespace {
 // Size of send #i in the ordering test: tiny, inline-sized and split sizes.
 int order_size(int i) {
-  static const int sizes[] = {1, 8, 100, 4096, 65536, 65537, 300000, 1 << 20, 0, 17};
+  static const int sizes[] = {1,     8,      100,     4096, 65536,
+                              65537, 300000, 1 << 20, 0,    17};
   return sizes[i % 10];
 }
-}  // namespace
+} // namespace
 
-TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-request retry") {
+TEST_CASE("sends match receives in posting order with 32+ in flight and "
+          "NULL-request retry") {
   Pair p;
   constexpr int kMessages = 300;
   constexpr int kMax = 1 << 20;
@@ -106,22 +113,28 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-req
   constexpr int kSlots = 64;
   Buffer src(p.net, p.send, static_cast<size_t>(kSlots) * kMax);
   Buffer dst(p.net, p.recv, static_cast<size_t>(kSlots) * kMax);
-  auto pattern = [](int i, size_t k) { return static_cast<unsigned char>((i * 131 + k * 7 + (k >> 9)) & 0xff); };
+  auto pattern = [](int i, size_t k) {
+    return static_cast<unsigned char>((i * 131 + k * 7 + (k >> 9)) & 0xff);
+  };
 
   std::deque<std::pair<int, void*>> sends, recvs;
   int next_send = 0, next_recv = 0, sent = 0, received = 0;
   int max_sends_in_flight = 0, max_recvs_in_flight = 0;
   bool saw_send_null = false, saw_recv_null = false;
   auto deadline = Clock::now() + std::chrono::seconds(30);
-  while ((sent < kMessages || received < kMessages) && Clock::now() < deadline) {
+  while ((sent < kMessages || received < kMessages) &&
+         Clock::now() < deadline) {
     // Post sends until the plugin says "not now" (a NULL request) or the
     // slot we would reuse is still in flight.
     while (next_send < kMessages && next_send - sent < kSlots) {
       int i = next_send;
-      unsigned char* base = static_cast<unsigned char*>(src.data()) + static_cast<size_t>(i % kSlots) * kMax;
-      for (int k = 0; k < order_size(i); ++k) base[k] = pattern(i, static_cast<size_t>(k));
+      unsigned char* base = static_cast<unsigned char*>(src.data()) +
+                            static_cast<size_t>(i % kSlots) * kMax;
+      for (int k = 0; k < order_size(i); ++k)
+        base[k] = pattern(i, static_cast<size_t>(k));
       void* request = nullptr;
-      REQUIRE(p.net->isend(p.send, base, order_size(i), 0, src.mhandle, &request) == ncclSuccess);
+      REQUIRE(p.net->isend(p.send, base, order_size(i), 0, src.mhandle,
+                           &request) == ncclSuccess);
       if (request == nullptr) {
         saw_send_null = true;
         break;
@@ -129,13 +142,16 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-req
       sends.emplace_back(i, request);
       ++next_send;
     }
-    max_sends_in_flight = std::max(max_sends_in_flight, static_cast<int>(sends.size()));
+    max_sends_in_flight =
+        std::max(max_sends_in_flight, static_cast<int>(sends.size()));
     while (next_recv < kMessages && next_recv - received < kSlots) {
-      void* data = static_cast<char*>(dst.data()) + static_cast<size_t>(next_recv % kSlots) * kMax;
+      void* data = static_cast<char*>(dst.data()) +
+                   static_cast<size_t>(next_recv % kSlots) * kMax;
       int size = kMax;
       int tag = 0;
       void* request = nullptr;
-      REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &request) == ncclSuccess);
+      REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle,
+                           &request) == ncclSuccess);
       if (request == nullptr) {
         saw_recv_null = true;
         break;
@@ -143,7 +159,8 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-req
       recvs.emplace_back(next_recv, request);
       ++next_recv;
     }
-    max_recvs_in_flight = std::max(max_recvs_in_flight, static_cast<int>(recvs.size()));
+    max_recvs_in_flight =
+        std::max(max_recvs_in_flight, static_cast<int>(recvs.size()));
     // Test the oldest of each (completion is in order on one comm anyway).
     if (!sends.empty()) {
       int done = 0;
@@ -159,10 +176,14 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-req
       if (done) {
         int i = recvs.front().first;
         REQUIRE(size == order_size(i));
-        const unsigned char* got = static_cast<unsigned char*>(dst.data()) + static_cast<size_t>(i % kSlots) * kMax;
+        const unsigned char* got = static_cast<unsigned char*>(dst.data()) +
+                                   static_cast<size_t>(i % kSlots) * kMax;
         bool same = true;
-        for (int k = 0; k < size && same; ++k) same = got[k] == pattern(i, static_cast<size_t>(k));
-        REQUIRE_MESSAGE(same, "message " << i << " (" << size << " bytes) arrives intact and in order");
+        for (int k = 0; k < size && same; ++k)
+          same = got[k] == pattern(i, static_cast<size_t>(k));
+        REQUIRE_MESSAGE(same, "message "
+                                  << i << " (" << size
+                                  << " bytes) arrives intact and in order");
         recvs.pop_front();
         ++received;
       }
@@ -172,14 +193,16 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and NULL-req
   CHECK(received == kMessages);
   CHECK(max_recvs_in_flight >= 32);
   CHECK(max_sends_in_flight >= 32);
-  CHECK(saw_recv_null);  // 32 receives in flight is the declared limit
+  CHECK(saw_recv_null); // 32 receives in flight is the declared limit
   (void)saw_send_null;
 }
 
 TEST_CASE("a grouped receive puts each send into the buffer with its tag") {
   Pair p;
-  Buffer a(p.net, p.send, 100, 1), b(p.net, p.send, 200000, 2), c(p.net, p.send, 3000, 3);
-  Buffer r0(p.net, p.recv, 5000), r1(p.net, p.recv, 300000), r2(p.net, p.recv, 1000);
+  Buffer a(p.net, p.send, 100, 1), b(p.net, p.send, 200000, 2),
+      c(p.net, p.send, 3000, 3);
+  Buffer r0(p.net, p.recv, 5000), r1(p.net, p.recv, 300000),
+      r2(p.net, p.recv, 1000);
   void* data[3] = {r0.data(), r1.data(), r2.data()};
   int sizes[3] = {5000, 300000, 1000};
   int tags[3] = {30, 20, 10};
@@ -188,18 +211,24 @@ TEST_CASE("a grouped receive puts each send into the buffer with its tag") {
   REQUIRE(p.net->irecv(p.recv, 3, data, sizes, tags, mh, &rreq) == ncclSuccess);
   REQUIRE(rreq != nullptr);
   void* s[3] = {};
-  REQUIRE(p.net->isend(p.send, b.data(), 200000, 20, b.mhandle, &s[0]) == ncclSuccess);
-  REQUIRE(p.net->isend(p.send, a.data(), 100, 10, a.mhandle, &s[1]) == ncclSuccess);
-  REQUIRE(p.net->isend(p.send, c.data(), 3000, 30, c.mhandle, &s[2]) == ncclSuccess);
+  REQUIRE(p.net->isend(p.send, b.data(), 200000, 20, b.mhandle, &s[0]) ==
+          ncclSuccess);
+  REQUIRE(p.net->isend(p.send, a.data(), 100, 10, a.mhandle, &s[1]) ==
+          ncclSuccess);
+  REQUIRE(p.net->isend(p.send, c.data(), 3000, 30, c.mhandle, &s[2]) ==
+          ncclSuccess);
   int got[3] = {-1, -1, -1};
   int rdone = 0;
   int sdone[3] = {};
   auto deadline = Clock::now() + kDeadline;
-  while (!(rdone && sdone[0] && sdone[1] && sdone[2]) && Clock::now() < deadline) {
+  while (!(rdone && sdone[0] && sdone[1] && sdone[2]) &&
+         Clock::now() < deadline) {
     for (int i = 0; i < 3; ++i) {
-      if (!sdone[i]) REQUIRE(p.net->test(s[i], &sdone[i], nullptr) == ncclSuccess);
+      if (!sdone[i])
+        REQUIRE(p.net->test(s[i], &sdone[i], nullptr) == ncclSuccess);
     }
-    if (!rdone) REQUIRE(p.net->test(rreq, &rdone, got) == ncclSuccess);
+    if (!rdone)
+      REQUIRE(p.net->test(rreq, &rdone, got) == ncclSuccess);
   }
   REQUIRE(rdone);
   CHECK(got[0] == 3000);
@@ -226,7 +255,8 @@ TEST_CASE("a receive larger than its send reports the true size") {
   }
 }
 
-TEST_CASE("a receive smaller than its send fails cleanly and the comm goes on") {
+TEST_CASE(
+    "a receive smaller than its send fails cleanly and the comm goes on") {
   Pair p;
   for (int send_size : {2000, 600000}) {
     CAPTURE(send_size);
@@ -254,9 +284,11 @@ TEST_CASE("buffers must be registered on the comm that uses them") {
   Pair p;
   std::vector<char> unregistered(100);
   void* request = nullptr;
-  CHECK(p.net->isend(p.send, unregistered.data(), 100, 0, nullptr, &request) == ncclInvalidArgument);
+  CHECK(p.net->isend(p.send, unregistered.data(), 100, 0, nullptr, &request) ==
+        ncclInvalidArgument);
   Buffer other(p.net, p.recv, 100);
-  CHECK(p.net->isend(p.send, other.data(), 100, 0, other.mhandle, &request) == ncclInvalidArgument);
+  CHECK(p.net->isend(p.send, other.data(), 100, 0, other.mhandle, &request) ==
+        ncclInvalidArgument);
   CHECK(request == nullptr);
 }
 
@@ -278,11 +310,12 @@ TEST_CASE("UNPACK mode: records in the meta ring reproduce the data") {
 
   constexpr int kMax = 4 << 20;
   Buffer src(p.net, p.send, kMax);
-  Buffer dst(p.net, p.recv, kMax + 4096);  // the "GPU" destination: the plugin never writes it
+  Buffer dst(p.net, p.recv,
+             kMax + 4096); // the "GPU" destination: the plugin never writes it
   std::vector<unsigned char> out(kMax);
   const int sizes[] = {10, 5000, 70000, 1 << 20, kMax, 0, 4096, 123457};
   bool saw_scatter = false;
-  for (int round = 0; round < 20; ++round) {  // wraps the 16-slot ring
+  for (int round = 0; round < 20; ++round) { // wraps the 16-slot ring
     int size = sizes[round % 8];
     CAPTURE(size);
     src.fill(round);
@@ -293,26 +326,35 @@ TEST_CASE("UNPACK mode: records in the meta ring reproduce the data") {
     void* rreq = nullptr;
     void* rdata = dst.data();
     int rsize = kMax, tag = 0;
-    REQUIRE(p.net->isend(p.send, src.data(), size, 0, src.mhandle, &sreq) == ncclSuccess);
-    REQUIRE(p.net->irecv(p.recv, 1, &rdata, &rsize, &tag, &dst.mhandle, &rreq) == ncclSuccess);
+    REQUIRE(p.net->isend(p.send, src.data(), size, 0, src.mhandle, &sreq) ==
+            ncclSuccess);
+    REQUIRE(p.net->irecv(p.recv, 1, &rdata, &rsize, &tag, &dst.mhandle,
+                         &rreq) == ncclSuccess);
     REQUIRE(rreq != nullptr);
     int sdone = 0, rdone = 0;
     auto deadline = Clock::now() + kDeadline;
     while (!(sdone && rdone) && Clock::now() < deadline) {
-      if (!sdone) REQUIRE((sr = p.net->test(sreq, &sdone, nullptr)) == ncclSuccess);
-      if (!rdone) REQUIRE((rr = p.net->test(rreq, &rdone, &got)) == ncclSuccess);
+      if (!sdone)
+        REQUIRE((sr = p.net->test(sreq, &sdone, nullptr)) == ncclSuccess);
+      if (!rdone)
+        REQUIRE((rr = p.net->test(rreq, &rdone, &got)) == ncclSuccess);
     }
     REQUIRE(rdone);
     CHECK(got == size);
-    CHECK(std::all_of(dst.bytes.begin(), dst.bytes.end(), [](unsigned char b) { return b == 0; }));
+    CHECK(std::all_of(dst.bytes.begin(), dst.bytes.end(),
+                      [](unsigned char b) { return b == 0; }));
     int slot = round % NCCL_NET_UNPACK_SLOTS;
-    CHECK(handle->meta->count[slot] == static_cast<uint64_t>((size + 4095) / 4096));
+    CHECK(handle->meta->count[slot] ==
+          static_cast<uint64_t>((size + 4095) / 4096));
     CHECK(handle->head == static_cast<uint64_t>(round + 1));
     for (uint64_t i = 1; i < handle->meta->count[slot]; ++i) {
-      if (handle->meta->records[slot][i].src_off != handle->meta->records[slot][i - 1].src_off + 4096) saw_scatter = true;
+      if (handle->meta->records[slot][i].src_off !=
+          handle->meta->records[slot][i - 1].src_off + 4096)
+        saw_scatter = true;
     }
     std::fill(out.begin(), out.end(), 0);
-    CHECK(kvsock::kvsock_unpack_on_host(*handle, slot, out.data()) == static_cast<size_t>(size));
+    CHECK(kvsock::kvsock_unpack_on_host(*handle, slot, out.data()) ==
+          static_cast<size_t>(size));
     CHECK(std::memcmp(out.data(), src.data(), static_cast<size_t>(size)) == 0);
     CHECK(p.net->irecvConsumed(p.recv, 1, rreq) == ncclSuccess);
   }
@@ -325,8 +367,10 @@ TEST_CASE("UNPACK mode: records in the meta ring reproduce the data") {
     void* rreq = nullptr;
     void* rdata = dst.data();
     int rsize = 100, tag = 0;
-    REQUIRE(p.net->irecv(p.recv, 1, &rdata, &rsize, &tag, &dst.mhandle, &rreq) == ncclSuccess);
-    if (rreq != nullptr) ++posted;
+    REQUIRE(p.net->irecv(p.recv, 1, &rdata, &rsize, &tag, &dst.mhandle,
+                         &rreq) == ncclSuccess);
+    if (rreq != nullptr)
+      ++posted;
   }
   CHECK(posted == 16);
   // More than 4 MiB, or a grouped receive, is refused in UNPACK mode.
@@ -334,8 +378,10 @@ TEST_CASE("UNPACK mode: records in the meta ring reproduce the data") {
   int big = kMax + 1, two[2] = {10, 10}, tags[2] = {0, 1};
   void* mh[2] = {dst.mhandle, dst.mhandle};
   void* rreq = nullptr;
-  CHECK(p.net->irecv(p.recv, 1, rdata, &big, tags, mh, &rreq) == ncclInvalidUsage);
-  CHECK(p.net->irecv(p.recv, 2, rdata, two, tags, mh, &rreq) == ncclInvalidUsage);
+  CHECK(p.net->irecv(p.recv, 1, rdata, &big, tags, mh, &rreq) ==
+        ncclInvalidUsage);
+  CHECK(p.net->irecv(p.recv, 2, rdata, two, tags, mh, &rreq) ==
+        ncclInvalidUsage);
 }
 
 TEST_CASE("a peer that closes makes pending tests fail promptly") {
@@ -344,18 +390,22 @@ TEST_CASE("a peer that closes makes pending tests fail promptly") {
   void* rreq = nullptr;
   void* data = dst.data();
   int size = 1 << 20, tag = 0;
-  REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &rreq) == ncclSuccess);
+  REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &rreq) ==
+          ncclSuccess);
   REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
   p.send = nullptr;
   int done = 0;
   auto start = Clock::now();
-  ncclResult_t result = wait(p.net, rreq, nullptr, &done, std::chrono::seconds(5));
+  ncclResult_t result =
+      wait(p.net, rreq, nullptr, &done, std::chrono::seconds(5));
   CHECK(result == ncclRemoteError);
   CHECK(Clock::now() - start < std::chrono::seconds(2));
   // New receives on the dead comm fail too.
   void* again = nullptr;
-  ncclResult_t posted = p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &again);
-  if (posted == ncclSuccess && again != nullptr) posted = wait(p.net, again, nullptr, &done);
+  ncclResult_t posted =
+      p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &again);
+  if (posted == ncclSuccess && again != nullptr)
+    posted = wait(p.net, again, nullptr, &done);
   CHECK(posted == ncclRemoteError);
 }
 
@@ -369,19 +419,23 @@ TEST_CASE("comms close in any order with requests in flight, without hangs") {
       Buffer dst(p.net, p.recv, 1 << 20);
       void* sreq = nullptr;
       void* rreq = nullptr;
-      REQUIRE(p.net->isend(p.send, src.data(), 8 << 20, 0, src.mhandle, &sreq) == ncclSuccess);
+      REQUIRE(p.net->isend(p.send, src.data(), 8 << 20, 0, src.mhandle,
+                           &sreq) == ncclSuccess);
       void* data = dst.data();
       int size = 1 << 20, tag = 0;
-      REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &rreq) == ncclSuccess);
+      REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle,
+                           &rreq) == ncclSuccess);
       if (order == 0) {
         REQUIRE(p.net->closeListen(p.listen) == ncclSuccess);
         p.listen = nullptr;
       } else if (order == 1) {
         REQUIRE(p.net->closeRecv(p.recv) == ncclSuccess);
         p.recv = nullptr;
-        // The send either finished into the socket buffers or fails; it never hangs.
+        // The send either finished into the socket buffers or fails; it never
+        // hangs.
         int done = 0;
-        ncclResult_t result = wait(p.net, sreq, nullptr, &done, std::chrono::seconds(5));
+        ncclResult_t result =
+            wait(p.net, sreq, nullptr, &done, std::chrono::seconds(5));
         CHECK((result != ncclSuccess || done == 1));
       } else {
         REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
@@ -389,8 +443,10 @@ TEST_CASE("comms close in any order with requests in flight, without hangs") {
       }
       // Close what is left while the requests are still in flight (closing
       // frees the comm's registrations), before the buffers go away.
-      if (p.send != nullptr) REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
-      if (p.recv != nullptr) REQUIRE(p.net->closeRecv(p.recv) == ncclSuccess);
+      if (p.send != nullptr)
+        REQUIRE(p.net->closeSend(p.send) == ncclSuccess);
+      if (p.recv != nullptr)
+        REQUIRE(p.net->closeRecv(p.recv) == ncclSuccess);
       p.send = p.recv = nullptr;
       src.mhandle = dst.mhandle = nullptr;
     }

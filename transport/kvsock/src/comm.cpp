@@ -1,4 +1,6 @@
 // Shared comm machinery: request pool, fatal errors, destinations, closing.
+#include "comm.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdarg>
@@ -8,7 +10,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "comm.hpp"
 #include "cuda.hpp"
 #include "log.hpp"
 
@@ -16,19 +17,20 @@ namespace kvsock {
 
 ncclResult_t errno_result(int err) {
   switch (err) {
-    case ECONNRESET:
-    case EPIPE:
-    case ECONNABORTED:
-    case ETIMEDOUT:
-    case EHOSTUNREACH:
-    case ENETUNREACH:
-      return ncclRemoteError;
-    default:
-      return ncclSystemError;
+  case ECONNRESET:
+  case EPIPE:
+  case ECONNABORTED:
+  case ETIMEDOUT:
+  case EHOSTUNREACH:
+  case ENETUNREACH:
+    return ncclRemoteError;
+  default:
+    return ncclSystemError;
   }
 }
 
-int Destination::iovecs(size_t offset, size_t len, iovec* iov, int max, size_t* covered) const {
+int Destination::iovecs(size_t offset, size_t len, iovec* iov, int max,
+                        size_t* covered) const {
   if (!scattered) {
     iov[0].iov_base = base + offset;
     iov[0].iov_len = len;
@@ -52,7 +54,8 @@ int Destination::iovecs(size_t offset, size_t len, iovec* iov, int max, size_t* 
 }
 
 void Destination::copy_in(size_t offset, const char* src, size_t len) const {
-  if (discard || len == 0) return;
+  if (discard || len == 0)
+    return;
   if (!scattered) {
     std::memcpy(base + offset, src, len);
     return;
@@ -85,7 +88,8 @@ void CommBase::init_pool(int count, int msgs_per_request) {
 }
 
 Request* CommBase::acquire_request() {
-  if (free_requests.empty()) return nullptr;
+  if (free_requests.empty())
+    return nullptr;
   Request* request = &requests[free_requests.back()];
   free_requests.pop_back();
   request->in_use = true;
@@ -110,14 +114,17 @@ void CommBase::fail(ncclResult_t code, const char* fmt, ...) {
   va_end(args);
   int expected = ncclSuccess;
   if (error.compare_exchange_strong(expected, code)) {
-    KVSOCK_WARN("%s comm with %s failed: %s", sender ? "send" : "recv", peer.c_str(), text);
+    KVSOCK_WARN("%s comm with %s failed: %s", sender ? "send" : "recv",
+                peer.c_str(), text);
     shutdown_sockets();
   }
 }
 
 void CommBase::shutdown_sockets() {
-  if (ctrl_fd >= 0) shutdown(ctrl_fd, SHUT_RDWR);
-  for (auto& lane : lanes) shutdown(lane->fd(), SHUT_RDWR);
+  if (ctrl_fd >= 0)
+    shutdown(ctrl_fd, SHUT_RDWR);
+  for (auto& lane : lanes)
+    shutdown(lane->fd(), SHUT_RDWR);
 }
 
 void CommBase::note_progress() {
@@ -125,21 +132,24 @@ void CommBase::note_progress() {
   if (sleeping.load(std::memory_order_acquire) && wake_fd >= 0) {
     uint64_t one = 1;
     ssize_t n = ::write(wake_fd, &one, sizeof one);
-    (void)n;  // EAGAIN only when the counter is already non-zero: a wakeup is pending anyway
+    (void)n; // EAGAIN only when the counter is already non-zero: a wakeup is
+             // pending anyway
   }
 }
 
 bool CommBase::start_lanes(const std::vector<int>& fds) {
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd < 0) {
-    KVSOCK_WARN("comm with %s: eventfd failed: %s", peer.c_str(), strerror(errno));
+    KVSOCK_WARN("comm with %s: eventfd failed: %s", peer.c_str(),
+                strerror(errno));
     return false;
   }
   for (size_t i = 0; i < fds.size(); ++i) {
     lanes.push_back(std::make_unique<Lane>(this, fds[i], static_cast<int>(i)));
   }
   for (auto& lane : lanes) {
-    if (!lane->start()) return false;
+    if (!lane->start())
+      return false;
   }
   return true;
 }
@@ -147,7 +157,8 @@ bool CommBase::start_lanes(const std::vector<int>& fds) {
 void CommBase::close_all() {
   // Shutting the sockets first wakes lane threads blocked in send/recv.
   shutdown_sockets();
-  for (auto& lane : lanes) lane->stop();
+  for (auto& lane : lanes)
+    lane->stop();
   lanes.clear();
   if (ctrl_fd >= 0) {
     ::close(ctrl_fd);
@@ -158,27 +169,34 @@ void CommBase::close_all() {
     wake_fd = -1;
   }
   if (!regions.empty()) {
-    KVSOCK_INFO("closing comm with %s: freeing %zu memory registrations never deregistered",
+    KVSOCK_INFO("closing comm with %s: freeing %zu memory registrations never "
+                "deregistered",
                 peer.c_str(), regions.size());
   }
-  for (Region* region : regions) delete region;
+  for (Region* region : regions)
+    delete region;
   regions.clear();
 }
 
 size_t CommBase::drop_allowance(size_t len) const {
-  if (config.fault_drop_after < 0) return len;
+  if (config.fault_drop_after < 0)
+    return len;
   int64_t left = config.fault_drop_after - payload_sent.load();
-  if (left <= 0) return 0;
+  if (left <= 0)
+    return 0;
   return std::min(len, static_cast<size_t>(left));
 }
 
 void CommBase::account_sent(size_t len) {
-  if (config.fault_drop_after < 0) return;
-  int64_t total = payload_sent.fetch_add(static_cast<int64_t>(len)) + static_cast<int64_t>(len);
+  if (config.fault_drop_after < 0)
+    return;
+  int64_t total = payload_sent.fetch_add(static_cast<int64_t>(len)) +
+                  static_cast<int64_t>(len);
   if (total >= config.fault_drop_after) {
-    fail(ncclSystemError, "fault injection: KVSOCK_FAULT_DROP_AFTER=%lld closed the connection",
+    fail(ncclSystemError,
+         "fault injection: KVSOCK_FAULT_DROP_AFTER=%lld closed the connection",
          static_cast<long long>(config.fault_drop_after));
   }
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -24,8 +24,8 @@
 
 namespace kvsock {
 
-constexpr uint32_t kRegionMagic = 0x4b56524du;   // "KVRM"
-constexpr uint32_t kRequestMagic = 0x4b565251u;  // "KVRQ"
+constexpr uint32_t kRegionMagic = 0x4b56524du;  // "KVRM"
+constexpr uint32_t kRequestMagic = 0x4b565251u; // "KVRQ"
 constexpr uint32_t kSendCommMagic = 0x4b565343u;
 constexpr uint32_t kRecvCommMagic = 0x4b565243u;
 constexpr uint32_t kListenCommMagic = 0x4b56534cu;
@@ -33,43 +33,47 @@ constexpr uint32_t kListenCommMagic = 0x4b56534cu;
 struct CommBase;
 struct Request;
 
-struct Region {  // what regMr returns
+struct Region { // what regMr returns
   uint32_t magic = kRegionMagic;
   const CommBase* comm = nullptr;
   char* base = nullptr;
   size_t size = 0;
   int type = NCCL_PTR_HOST;
-  int device = -1;  // CUDA device of the memory, -1 for host memory
+  int device = -1; // CUDA device of the memory, -1 for host memory
 };
 
 // Where the bytes of one received message go.
 struct Destination {
-  char* base = nullptr;    // host buffer; in UNPACK mode the slot's bounce area
-  bool scattered = false;  // UNPACK: page p lives at base + scatter_page(p) * 4096
-  bool discard = false;    // truncated receive: read and drop the bytes
-  int device = -1;         // >= 0: base is device memory, stage through host
+  char* base = nullptr; // host buffer; in UNPACK mode the slot's bounce area
+  bool scattered =
+      false;            // UNPACK: page p lives at base + scatter_page(p) * 4096
+  bool discard = false; // truncated receive: read and drop the bytes
+  int device = -1;      // >= 0: base is device memory, stage through host
 
   // iovecs covering [offset, offset+len) of the message, at most `max`;
   // returns how many and sets *covered to the bytes they span.
-  int iovecs(size_t offset, size_t len, iovec* iov, int max, size_t* covered) const;
+  int iovecs(size_t offset, size_t len, iovec* iov, int max,
+             size_t* covered) const;
   // Copy host bytes in (not for device or discard destinations).
   void copy_in(size_t offset, const char* src, size_t len) const;
 };
 
 // Pages of an UNPACK slot are stored out of order so that the receiver's
 // unpack kernel really has to gather: an odd multiplier permutes 1024 pages.
-inline size_t scatter_page(size_t page) { return (page * 389u) % (kUnpackMaxRecvBytes / kUnpackPage); }
+inline size_t scatter_page(size_t page) {
+  return (page * 389u) % (kUnpackMaxRecvBytes / kUnpackPage);
+}
 
-struct Message {  // one isend, or one buffer of a grouped irecv
+struct Message { // one isend, or one buffer of a grouped irecv
   MessageHeader header{};
-  size_t size = 0;  // payload bytes
+  size_t size = 0; // payload bytes
   // sender side
   const char* src = nullptr;
   int src_device = -1;
-  size_t ctrl_sent = 0;     // header (+ inline payload) bytes written
+  size_t ctrl_sent = 0; // header (+ inline payload) bytes written
   size_t ctrl_total = 0;
-  int64_t not_before_ns = 0;  // KVSOCK_FAULT_DELAY_US
-  int64_t corrupt_at = -1;    // KVSOCK_FAULT_CORRUPT: payload byte to flip
+  int64_t not_before_ns = 0; // KVSOCK_FAULT_DELAY_US
+  int64_t corrupt_at = -1;   // KVSOCK_FAULT_CORRUPT: payload byte to flip
   // receiver side
   Destination dest;
   size_t capacity = 0;
@@ -89,9 +93,9 @@ struct Request {
   int matched = 0;
   uint64_t seq = 0;
   int unpack_slot = -1;
-  bool awaiting_consume = false;  // UNPACK: done, slot held until irecvConsumed
+  bool awaiting_consume = false; // UNPACK: done, slot held until irecvConsumed
   std::atomic<int> error{ncclSuccess};
-  Message* msgs = nullptr;  // n entries (in the comm's message array)
+  Message* msgs = nullptr; // n entries (in the comm's message array)
 };
 
 struct LaneJob {
@@ -104,15 +108,15 @@ struct LaneJob {
 // One data socket and the thread that serves it. Jobs arrive in message
 // order, which is the order both ends use on this socket.
 class Lane {
- public:
+public:
   Lane(CommBase* comm, int fd, int index);
   ~Lane();
   bool start();
   void push(const LaneJob& job);
-  void stop();  // wakes and joins the thread; the socket is shut down
+  void stop(); // wakes and joins the thread; the socket is shut down
   int fd() const { return fd_; }
 
- private:
+private:
   void run();
   void serve(const LaneJob& job);
   int send_piece(const LaneJob& job);
@@ -130,22 +134,24 @@ class Lane {
   // Fixed ring: a comm never has more pieces queued than messages in flight.
   std::vector<LaneJob> ring_;
   size_t head_ = 0, count_ = 0;
-  char* staging_ = nullptr;  // pinned bounce for CUDA memory, allocated on first use
-  std::vector<char> scratch_;  // discarding a truncated receive
+  char* staging_ =
+      nullptr; // pinned bounce for CUDA memory, allocated on first use
+  std::vector<char> scratch_; // discarding a truncated receive
 };
 
 struct CommBase {
-  explicit CommBase(uint32_t magic_value, bool is_sender) : magic(magic_value), sender(is_sender) {}
+  explicit CommBase(uint32_t magic_value, bool is_sender)
+      : magic(magic_value), sender(is_sender) {}
   virtual ~CommBase();
 
   uint32_t magic;
   bool sender;
   Config config;
-  std::string peer;  // "address:port", for messages
+  std::string peer; // "address:port", for messages
   int ctrl_fd = -1;
   std::vector<std::unique_ptr<Lane>> lanes;
   std::mutex mu;
-  std::atomic<int> error{ncclSuccess};  // fatal: every incomplete request fails
+  std::atomic<int> error{ncclSuccess}; // fatal: every incomplete request fails
   std::vector<Region*> regions;
 
   std::unique_ptr<Request[]> requests;
@@ -160,7 +166,7 @@ struct CommBase {
   int wake_fd = -1;
   std::atomic<uint64_t> progress{0};
   std::atomic<bool> sleeping{false};
-  std::atomic<uint64_t> seen_progress{0};  // written under mu, read by idle_wait
+  std::atomic<uint64_t> seen_progress{0}; // written under mu, read by idle_wait
   int64_t idle_since_ns = 0;
   void note_progress();
 
@@ -174,9 +180,10 @@ struct CommBase {
   bool start_lanes(const std::vector<int>& fds);
   // Sets the fatal error once, logs why, and shuts the sockets so that lane
   // threads and the peer notice promptly.
-  void fail(ncclResult_t code, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+  void fail(ncclResult_t code, const char* fmt, ...)
+      __attribute__((format(printf, 3, 4)));
   void shutdown_sockets();
-  void close_all();  // stop lanes, close sockets, free regions
+  void close_all(); // stop lanes, close sockets, free regions
   // KVSOCK_FAULT_DROP_AFTER: how many of `len` payload bytes may still go out.
   size_t drop_allowance(size_t len) const;
   void account_sent(size_t len);
@@ -184,21 +191,22 @@ struct CommBase {
 
 struct SendComm : CommBase {
   SendComm() : CommBase(kSendCommMagic, true) {}
-  std::vector<Message*> tx;  // ring of messages with control bytes to write
+  std::vector<Message*> tx; // ring of messages with control bytes to write
   size_t tx_head = 0, tx_count = 0;
   uint64_t next_seq = 0;
   int next_lane = 0;
   char corrupt_byte = 0;
 
-  ncclResult_t post(Request* request, const char* data, int size, int tag, const Region* region);
-  void pump();  // write what the control socket takes now
+  ncclResult_t post(Request* request, const char* data, int size, int tag,
+                    const Region* region);
+  void pump(); // write what the control socket takes now
   int ctrl_iovecs(Message& msg, iovec* iov, int max, size_t* bytes);
 };
 
 struct UnpackState {
-  ncclNetUnpackMeta* meta = nullptr;      // host address
-  char* bounce = nullptr;                 // host address, kUnpackSlots * 4 MiB
-  ncclNetUnpackHandle* handle = nullptr;  // host address
+  ncclNetUnpackMeta* meta = nullptr;     // host address
+  char* bounce = nullptr;                // host address, kUnpackSlots * 4 MiB
+  ncclNetUnpackHandle* handle = nullptr; // host address
   ncclNetUnpackHandle* handle_device = nullptr;
   bool slot_busy[kUnpackSlots] = {};
   ~UnpackState();
@@ -207,7 +215,7 @@ struct UnpackState {
 
 struct RecvComm : CommBase {
   RecvComm() : CommBase(kRecvCommMagic, false) {}
-  std::vector<Request*> match;  // ring of posted receives with unmatched buffers
+  std::vector<Request*> match; // ring of posted receives with unmatched buffers
   size_t match_head = 0, match_count = 0;
   uint64_t next_seq = 0;
   bool peer_closed = false;
@@ -218,8 +226,8 @@ struct RecvComm : CommBase {
   Message* inline_msg = nullptr;
   std::unique_ptr<UnpackState> unpack;
 
-  ncclResult_t post(Request* request, int n, void** data, const int* sizes, const int* tags,
-                    void** mhandles);
+  ncclResult_t post(Request* request, int n, void** data, const int* sizes,
+                    const int* tags, void** mhandles);
   void pump();
   bool deliver_from_rx();
   bool read_inline_direct();
@@ -241,10 +249,11 @@ struct WaitHint {
   CommBase* comm = nullptr;
 };
 
-ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hint);
+ncclResult_t test_request(Request* request, int* done, int* sizes,
+                          WaitHint* hint);
 // Sleeps as the hint says (bounded by config.wait_us), or yields the CPU.
 void idle_wait(const WaitHint& hint);
 
-ncclResult_t errno_result(int err);  // peer-caused errnos -> ncclRemoteError
+ncclResult_t errno_result(int err); // peer-caused errnos -> ncclRemoteError
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -12,30 +12,38 @@ namespace {
 // A malformed value is reported and ignored rather than silently misread.
 int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0') return fallback;
+  if (text == nullptr || *text == '\0')
+    return fallback;
   errno = 0;
   char* end = nullptr;
   long long value = std::strtoll(text, &end, 0);
   if (errno != 0 || end == text || *end != '\0' || value < lo || value > hi) {
-    KVSOCK_WARN("ignoring %s=\"%s\": expected an integer in [%lld, %lld]", name, text,
-                static_cast<long long>(lo), static_cast<long long>(hi));
+    KVSOCK_WARN("ignoring %s=\"%s\": expected an integer in [%lld, %lld]", name,
+                text, static_cast<long long>(lo), static_cast<long long>(hi));
     return fallback;
   }
   return value;
 }
 
-}  // namespace
+} // namespace
 
 Config Config::from_env() {
   Config c;
-  c.data_sockets = static_cast<int>(env_int("KVSOCK_NSOCKS", c.data_sockets, 1, kMaxLanes));
-  c.inline_max = static_cast<size_t>(env_int("KVSOCK_INLINE_MAX", c.inline_max, 0, 1 << 30));
-  c.min_part = static_cast<size_t>(env_int("KVSOCK_MIN_PART", c.min_part, 4096, 1 << 30));
-  c.socket_buffer = static_cast<int>(env_int("KVSOCK_SOCKBUF", c.socket_buffer, 0, 1 << 30));
-  c.cuda_staging = static_cast<size_t>(env_int("KVSOCK_CUDA_STAGING", c.cuda_staging, 64 << 10, 1 << 30));
-  c.connect_timeout_ms = static_cast<int>(env_int("KVSOCK_CONNECT_TIMEOUT_MS", c.connect_timeout_ms, 1, 3600000));
+  c.data_sockets =
+      static_cast<int>(env_int("KVSOCK_NSOCKS", c.data_sockets, 1, kMaxLanes));
+  c.inline_max = static_cast<size_t>(
+      env_int("KVSOCK_INLINE_MAX", c.inline_max, 0, 1 << 30));
+  c.min_part = static_cast<size_t>(
+      env_int("KVSOCK_MIN_PART", c.min_part, 4096, 1 << 30));
+  c.socket_buffer =
+      static_cast<int>(env_int("KVSOCK_SOCKBUF", c.socket_buffer, 0, 1 << 30));
+  c.cuda_staging = static_cast<size_t>(
+      env_int("KVSOCK_CUDA_STAGING", c.cuda_staging, 64 << 10, 1 << 30));
+  c.connect_timeout_ms = static_cast<int>(
+      env_int("KVSOCK_CONNECT_TIMEOUT_MS", c.connect_timeout_ms, 1, 3600000));
   c.unpack = env_int("KVSOCK_UNPACK", 0, 0, 1) == 1;
-  c.spin_us = static_cast<int>(env_int("KVSOCK_SPIN_US", c.spin_us, 0, 1000000));
+  c.spin_us =
+      static_cast<int>(env_int("KVSOCK_SPIN_US", c.spin_us, 0, 1000000));
   c.wait_us = static_cast<int>(env_int("KVSOCK_WAIT_US", c.wait_us, 0, 100000));
   c.fault_delay_us = env_int("KVSOCK_FAULT_DELAY_US", 0, 0, 60000000);
   c.fault_drop_after = env_int("KVSOCK_FAULT_DROP_AFTER", -1, 0, INT64_MAX);
@@ -43,4 +51,4 @@ Config Config::from_env() {
   return c;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -8,30 +8,39 @@
 namespace kvsock {
 
 // Fixed limits (see docs/kvsock.md, "Bounds").
-constexpr int kMaxRecvs = 8;             // buffers in one grouped irecv
-constexpr int kRecvRequests = 32;        // irecvs in flight per recv comm
-constexpr int kSendRequests = kRecvRequests * kMaxRecvs;  // isends in flight per send comm
-constexpr int kMaxLanes = 16;            // data sockets per comm
-constexpr int kUnpackSlots = 16;         // receives outstanding in UNPACK mode
-constexpr size_t kUnpackMaxRecvBytes = 4u << 20;  // one UNPACK irecv
+constexpr int kMaxRecvs = 8;      // buffers in one grouped irecv
+constexpr int kRecvRequests = 32; // irecvs in flight per recv comm
+constexpr int kSendRequests =
+    kRecvRequests * kMaxRecvs;   // isends in flight per send comm
+constexpr int kMaxLanes = 16;    // data sockets per comm
+constexpr int kUnpackSlots = 16; // receives outstanding in UNPACK mode
+constexpr size_t kUnpackMaxRecvBytes = 4u << 20; // one UNPACK irecv
 constexpr size_t kUnpackPage = 4096;
 
 struct Config {
-  int data_sockets = 2;             // KVSOCK_NSOCKS: data sockets (+1 control socket)
-  size_t inline_max = 64 << 10;     // KVSOCK_INLINE_MAX: sends up to this go inline on the control socket
-  size_t min_part = 256 << 10;      // KVSOCK_MIN_PART: smallest piece a large send is split into
-  int socket_buffer = 4 << 20;      // KVSOCK_SOCKBUF: SO_SNDBUF/SO_RCVBUF, 0 = kernel autotuning
-  size_t cuda_staging = 4 << 20;    // KVSOCK_CUDA_STAGING: pinned bytes per data socket (CUDA only)
-  int connect_timeout_ms = 20000;   // KVSOCK_CONNECT_TIMEOUT_MS
-  bool unpack = false;              // KVSOCK_UNPACK=1
-  int spin_us = 10;                 // KVSOCK_SPIN_US: test() spins this long without progress...
-  int wait_us = 200;                // KVSOCK_WAIT_US: ...then sleeps up to this long per call (0 = never)
+  int data_sockets = 2; // KVSOCK_NSOCKS: data sockets (+1 control socket)
+  size_t inline_max = 64 << 10; // KVSOCK_INLINE_MAX: sends up to this go inline
+                                // on the control socket
+  size_t min_part =
+      256 << 10; // KVSOCK_MIN_PART: smallest piece a large send is split into
+  int socket_buffer =
+      4 << 20; // KVSOCK_SOCKBUF: SO_SNDBUF/SO_RCVBUF, 0 = kernel autotuning
+  size_t cuda_staging =
+      4 << 20; // KVSOCK_CUDA_STAGING: pinned bytes per data socket (CUDA only)
+  int connect_timeout_ms = 20000; // KVSOCK_CONNECT_TIMEOUT_MS
+  bool unpack = false;            // KVSOCK_UNPACK=1
+  int spin_us =
+      10; // KVSOCK_SPIN_US: test() spins this long without progress...
+  int wait_us = 200; // KVSOCK_WAIT_US: ...then sleeps up to this long per call
+                     // (0 = never)
   // Fault injection (tests only).
-  int64_t fault_delay_us = 0;       // KVSOCK_FAULT_DELAY_US: delay every send
-  int64_t fault_drop_after = -1;    // KVSOCK_FAULT_DROP_AFTER: close after N payload bytes sent
-  int64_t fault_corrupt = 0;        // KVSOCK_FAULT_CORRUPT: flip one byte of the Nth send (1-based)
+  int64_t fault_delay_us = 0; // KVSOCK_FAULT_DELAY_US: delay every send
+  int64_t fault_drop_after =
+      -1; // KVSOCK_FAULT_DROP_AFTER: close after N payload bytes sent
+  int64_t fault_corrupt =
+      0; // KVSOCK_FAULT_CORRUPT: flip one byte of the Nth send (1-based)
 
   static Config from_env();
 };
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -23,6 +23,7 @@ void* device_pointer(void* host_ptr);
 // Synchronous copies on a private stream of the calling thread's device;
 // return false (and log) on a CUDA error.
 bool copy_to_host(void* dst, const void* src_device, size_t bytes, int device);
-bool copy_to_device(void* dst_device, const void* src, size_t bytes, int device);
+bool copy_to_device(void* dst_device, const void* src, size_t bytes,
+                    int device);
 
-}  // namespace kvsock::cuda
+} // namespace kvsock::cuda

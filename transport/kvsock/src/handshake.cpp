@@ -16,8 +16,8 @@ namespace {
 // A half-open connection or group (a client that connects and sends nothing)
 // is dropped after this, so stray connections cannot pin sockets forever.
 constexpr int64_t kHelloTimeoutNs = 10'000'000'000;
-constexpr size_t kMaxPending = 256;  // sockets waiting for their hello
-constexpr size_t kRxBuffer = 64 << 10;  // control-socket receive buffer
+constexpr size_t kMaxPending = 256;    // sockets waiting for their hello
+constexpr size_t kRxBuffer = 64 << 10; // control-socket receive buffer
 
 // One in-progress connect(), kept in the caller's copy of the handle.
 struct ConnectSocket {
@@ -26,7 +26,7 @@ struct ConnectSocket {
   size_t hello_sent = 0;
 };
 
-}  // namespace
+} // namespace
 
 struct ConnectState {
   Config config;
@@ -37,7 +37,8 @@ struct ConnectState {
 
   ~ConnectState() {
     for (auto& s : sockets) {
-      if (s.fd >= 0) ::close(s.fd);
+      if (s.fd >= 0)
+        ::close(s.fd);
     }
   }
 };
@@ -46,7 +47,8 @@ namespace {
 
 void close_fds(std::vector<int>& fds) {
   for (int& fd : fds) {
-    if (fd >= 0) ::close(fd);
+    if (fd >= 0)
+      ::close(fd);
     fd = -1;
   }
 }
@@ -62,7 +64,8 @@ int advance_connect(ConnectState& state, int index, int* err) {
       return -1;
     }
     tune_socket(s.fd, state.config);
-    if (connect(s.fd, reinterpret_cast<const sockaddr*>(&state.peer), sizeof state.peer) == 0) {
+    if (connect(s.fd, reinterpret_cast<const sockaddr*>(&state.peer),
+                sizeof state.peer) == 0) {
       s.connected = true;
     } else if (errno != EINPROGRESS) {
       *err = errno;
@@ -71,7 +74,8 @@ int advance_connect(ConnectState& state, int index, int* err) {
   }
   if (!s.connected) {
     pollfd p{s.fd, POLLOUT, 0};
-    if (poll(&p, 1, 0) <= 0) return 0;
+    if (poll(&p, 1, 0) <= 0)
+      return 0;
     int so_error = 0;
     socklen_t len = sizeof so_error;
     getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
@@ -84,10 +88,11 @@ int advance_connect(ConnectState& state, int index, int* err) {
   Hello hello = state.hello;
   hello.index = static_cast<uint16_t>(index);
   while (s.hello_sent < sizeof hello) {
-    ssize_t n = send(s.fd, reinterpret_cast<char*>(&hello) + s.hello_sent, sizeof hello - s.hello_sent,
-                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = send(s.fd, reinterpret_cast<char*>(&hello) + s.hello_sent,
+                     sizeof hello - s.hello_sent, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return 0;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return 0;
       *err = errno;
       return -1;
     }
@@ -97,23 +102,26 @@ int advance_connect(ConnectState& state, int index, int* err) {
 }
 
 bool valid_handle(const Handle* handle) {
-  return handle != nullptr && handle->magic == kHandleMagic && handle->version == kWireVersion &&
-         handle->family == AF_INET;
+  return handle != nullptr && handle->magic == kHandleMagic &&
+         handle->version == kWireVersion && handle->family == AF_INET;
 }
 
 // Builds the comm both ends share once its sockets exist: socket 0 stays
 // non-blocking (driven by the caller's thread), data sockets block (each has
 // a thread).
-template <typename Comm>
-Comm* build_comm(const Config& config, std::vector<int>& fds, const std::string& peer) {
+template<typename Comm>
+Comm* build_comm(const Config& config, std::vector<int>& fds,
+                 const std::string& peer) {
   auto comm = std::make_unique<Comm>();
   comm->config = config;
   comm->peer = peer;
   comm->ctrl_fd = fds[0];
   fds[0] = -1;
   std::vector<int> data(fds.begin() + 1, fds.end());
-  for (int& fd : fds) fd = -1;
-  for (int fd : data) set_nonblocking(fd, false);
+  for (int& fd : fds)
+    fd = -1;
+  for (int fd : data)
+    set_nonblocking(fd, false);
   if (!comm->start_lanes(data)) {
     comm->close_all();
     return nullptr;
@@ -121,19 +129,23 @@ Comm* build_comm(const Config& config, std::vector<int>& fds, const std::string&
   return comm.release();
 }
 
-}  // namespace
+} // namespace
 
 ListenComm::~ListenComm() {
-  if (fd >= 0) ::close(fd);
-  for (auto& p : pending) ::close(p.fd);
-  for (auto& g : groups) close_fds(g.fds);
+  if (fd >= 0)
+    ::close(fd);
+  for (auto& p : pending)
+    ::close(p.fd);
+  for (auto& g : groups)
+    close_fds(g.fds);
 }
 
 ncclResult_t do_listen(void* handle_out, void** listen_comm) {
   auto listen = std::make_unique<ListenComm>();
   listen->config = Config::from_env();
   std::string why;
-  if (!choose_listen_address(&listen->address, &why)) return ncclSystemError;
+  if (!choose_listen_address(&listen->address, &why))
+    return ncclSystemError;
   listen->address.sin_port = 0;
   listen->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen->fd < 0) {
@@ -142,12 +154,16 @@ ncclResult_t do_listen(void* handle_out, void** listen_comm) {
   }
   int one = 1;
   setsockopt(listen->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  tune_socket(listen->fd, listen->config);  // accepted sockets inherit the buffer sizes
+  tune_socket(listen->fd,
+              listen->config); // accepted sockets inherit the buffer sizes
   socklen_t len = sizeof listen->address;
-  if (bind(listen->fd, reinterpret_cast<sockaddr*>(&listen->address), sizeof listen->address) != 0 ||
+  if (bind(listen->fd, reinterpret_cast<sockaddr*>(&listen->address),
+           sizeof listen->address) != 0 ||
       ::listen(listen->fd, 128) != 0 ||
-      getsockname(listen->fd, reinterpret_cast<sockaddr*>(&listen->address), &len) != 0) {
-    KVSOCK_WARN("listen on %s (%s) failed: %s", format_address(listen->address).c_str(), why.c_str(),
+      getsockname(listen->fd, reinterpret_cast<sockaddr*>(&listen->address),
+                  &len) != 0) {
+    KVSOCK_WARN("listen on %s (%s) failed: %s",
+                format_address(listen->address).c_str(), why.c_str(),
                 strerror(errno));
     return ncclSystemError;
   }
@@ -160,7 +176,8 @@ ncclResult_t do_listen(void* handle_out, void** listen_comm) {
   handle.nonce = listen->nonce;
   std::memset(handle_out, 0, NCCL_NET_HANDLE_MAXSIZE);
   std::memcpy(handle_out, &handle, sizeof handle);
-  KVSOCK_INFO("listening on %s (%s)", format_address(listen->address).c_str(), why.c_str());
+  KVSOCK_INFO("listening on %s (%s)", format_address(listen->address).c_str(),
+              why.c_str());
   *listen_comm = listen.release();
   return ncclSuccess;
 }
@@ -169,17 +186,26 @@ ncclResult_t do_connect(void* handle_ptr, void** send_comm) {
   *send_comm = nullptr;
   Handle* handle = static_cast<Handle*>(handle_ptr);
   if (!valid_handle(handle)) {
-    KVSOCK_WARN("connect: the handle was not written by kvsock's listen() (bad magic or version)");
+    KVSOCK_WARN("connect: the handle was not written by kvsock's listen() (bad "
+                "magic or version)");
     return ncclInvalidArgument;
   }
   if (handle->stage_magic != kStageMagic || handle->stage == nullptr) {
     auto state = std::make_unique<ConnectState>();
     state->config = Config::from_env();
     state->peer = handle->address;
-    state->hello = Hello{kHelloMagic, kWireVersion, 0, static_cast<uint16_t>(1 + state->config.data_sockets),
-                         0, 0, random_u64(), handle->nonce};
+    state->hello = Hello{kHelloMagic,
+                         kWireVersion,
+                         0,
+                         static_cast<uint16_t>(1 + state->config.data_sockets),
+                         0,
+                         0,
+                         random_u64(),
+                         handle->nonce};
     state->sockets.resize(1 + state->config.data_sockets);
-    state->deadline_ns = now_ns() + static_cast<int64_t>(state->config.connect_timeout_ms) * 1000000;
+    state->deadline_ns =
+        now_ns() +
+        static_cast<int64_t>(state->config.connect_timeout_ms) * 1000000;
     handle->stage = state.release();
     handle->stage_magic = kStageMagic;
   }
@@ -189,14 +215,17 @@ ncclResult_t do_connect(void* handle_ptr, void** send_comm) {
   for (size_t i = 0; i < state.sockets.size(); ++i) {
     int err = 0;
     int step = advance_connect(state, static_cast<int>(i), &err);
-    if (step < 0 && (err == ECONNREFUSED || err == EAGAIN) && now_ns() < state.deadline_ns) {
-      ::close(state.sockets[i].fd);  // the listener's backlog may be full: retry
+    if (step < 0 && (err == ECONNREFUSED || err == EAGAIN) &&
+        now_ns() < state.deadline_ns) {
+      ::close(state.sockets[i].fd); // the listener's backlog may be full: retry
       state.sockets[i] = ConnectSocket{};
       step = 0;
     }
     if (step < 0 || (step == 0 && now_ns() >= state.deadline_ns)) {
-      KVSOCK_WARN("connect to %s (socket %zu of %zu) failed: %s", peer.c_str(), i, state.sockets.size(),
-                  step < 0 ? strerror(err) : "timed out (KVSOCK_CONNECT_TIMEOUT_MS)");
+      KVSOCK_WARN("connect to %s (socket %zu of %zu) failed: %s", peer.c_str(),
+                  i, state.sockets.size(),
+                  step < 0 ? strerror(err)
+                           : "timed out (KVSOCK_CONNECT_TIMEOUT_MS)");
       delete handle->stage;
       handle->stage = nullptr;
       handle->stage_magic = 0;
@@ -204,7 +233,8 @@ ncclResult_t do_connect(void* handle_ptr, void** send_comm) {
     }
     all_ready = all_ready && step == 1;
   }
-  if (!all_ready) return ncclSuccess;
+  if (!all_ready)
+    return ncclSuccess;
 
   std::vector<int> fds;
   for (auto& s : state.sockets) {
@@ -212,11 +242,12 @@ ncclResult_t do_connect(void* handle_ptr, void** send_comm) {
     s.fd = -1;
   }
   Config config = state.config;
-  delete handle->stage;  // `state` is gone from here on
+  delete handle->stage; // `state` is gone from here on
   handle->stage = nullptr;
   handle->stage_magic = 0;
   auto* comm = build_comm<SendComm>(config, fds, peer);
-  if (comm == nullptr) return ncclSystemError;
+  if (comm == nullptr)
+    return ncclSystemError;
   comm->init_pool(kSendRequests, 1);
   comm->tx.resize(kSendRequests);
   *send_comm = comm;
@@ -231,9 +262,12 @@ void read_hellos(ListenComm& listen, int64_t now) {
     ListenComm::Pending& p = listen.pending[i];
     bool drop = false;
     const char* why = nullptr;
-    ssize_t n = recv(p.fd, reinterpret_cast<char*>(&p.hello) + p.got, sizeof p.hello - p.got, MSG_DONTWAIT);
-    if (n > 0) p.got += static_cast<size_t>(n);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    ssize_t n = recv(p.fd, reinterpret_cast<char*>(&p.hello) + p.got,
+                     sizeof p.hello - p.got, MSG_DONTWAIT);
+    if (n > 0)
+      p.got += static_cast<size_t>(n);
+    if (n == 0 ||
+        (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
       drop = true;
       why = "closed before its hello";
     } else if (p.got == sizeof p.hello) {
@@ -244,7 +278,8 @@ void read_hellos(ListenComm& listen, int64_t now) {
       } else if (h.nonce != listen.nonce) {
         drop = true;
         why = "wrong nonce (not for this listener)";
-      } else if (h.sockets < 2 || h.sockets > 1 + kMaxLanes || h.index >= h.sockets) {
+      } else if (h.sockets < 2 || h.sockets > 1 + kMaxLanes ||
+                 h.index >= h.sockets) {
         drop = true;
         why = "bad socket count";
       }
@@ -253,7 +288,8 @@ void read_hellos(ListenComm& listen, int64_t now) {
       why = "no hello within 10 s";
     }
     if (drop) {
-      KVSOCK_WARN("rejected a connection from %s to listener %s: %s", format_address(p.from).c_str(),
+      KVSOCK_WARN("rejected a connection from %s to listener %s: %s",
+                  format_address(p.from).c_str(),
                   format_address(listen.address).c_str(), why);
       ::close(p.fd);
       listen.pending.erase(listen.pending.begin() + static_cast<long>(i));
@@ -264,15 +300,20 @@ void read_hellos(ListenComm& listen, int64_t now) {
       continue;
     }
     auto group = std::find_if(listen.groups.begin(), listen.groups.end(),
-                              [&](const ListenComm::Group& g) { return g.comm_id == p.hello.comm_id; });
+                              [&](const ListenComm::Group& g) {
+                                return g.comm_id == p.hello.comm_id;
+                              });
     if (group == listen.groups.end()) {
-      listen.groups.push_back(ListenComm::Group{p.hello.comm_id, std::vector<int>(p.hello.sockets, -1), 0,
-                                                p.deadline_ns, p.from});
+      listen.groups.push_back(ListenComm::Group{
+          p.hello.comm_id, std::vector<int>(p.hello.sockets, -1), 0,
+          p.deadline_ns, p.from});
       group = listen.groups.end() - 1;
     }
-    if (group->fds.size() != p.hello.sockets || group->fds[p.hello.index] >= 0) {
-      KVSOCK_WARN("rejected a connection from %s: inconsistent socket %u of %u", format_address(p.from).c_str(),
-                  p.hello.index, p.hello.sockets);
+    if (group->fds.size() != p.hello.sockets ||
+        group->fds[p.hello.index] >= 0) {
+      KVSOCK_WARN("rejected a connection from %s: inconsistent socket %u of %u",
+                  format_address(p.from).c_str(), p.hello.index,
+                  p.hello.sockets);
       ::close(p.fd);
     } else {
       group->fds[p.hello.index] = p.fd;
@@ -282,28 +323,35 @@ void read_hellos(ListenComm& listen, int64_t now) {
   }
 }
 
-}  // namespace
+} // namespace
 
-ncclResult_t do_accept(ListenComm* listen, void** recv_comm, ncclNetDeviceHandle_v7_t** dev_handle) {
+ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
+                       ncclNetDeviceHandle_v7_t** dev_handle) {
   *recv_comm = nullptr;
   int64_t now = now_ns();
   for (;;) {
     sockaddr_in from{};
     socklen_t len = sizeof from;
-    int fd = accept4(listen->fd, reinterpret_cast<sockaddr*>(&from), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = accept4(listen->fd, reinterpret_cast<sockaddr*>(&from), &len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) break;
-      KVSOCK_WARN("accept on %s failed: %s", format_address(listen->address).c_str(), strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+          errno == ECONNABORTED)
+        break;
+      KVSOCK_WARN("accept on %s failed: %s",
+                  format_address(listen->address).c_str(), strerror(errno));
       return ncclSystemError;
     }
     if (listen->pending.size() >= kMaxPending) {
-      KVSOCK_WARN("rejected a connection from %s: %zu connections already wait for their hello",
+      KVSOCK_WARN("rejected a connection from %s: %zu connections already wait "
+                  "for their hello",
                   format_address(from).c_str(), kMaxPending);
       ::close(fd);
       continue;
     }
     tune_socket(fd, listen->config);
-    listen->pending.push_back(ListenComm::Pending{fd, Hello{}, 0, now + kHelloTimeoutNs, from});
+    listen->pending.push_back(
+        ListenComm::Pending{fd, Hello{}, 0, now + kHelloTimeoutNs, from});
   }
   read_hellos(*listen, now);
 
@@ -311,8 +359,10 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm, ncclNetDeviceHandle
     ListenComm::Group& group = listen->groups[i];
     if (group.have < static_cast<int>(group.fds.size())) {
       if (now >= group.deadline_ns) {
-        KVSOCK_WARN("dropped a half-connected comm from %s: %d of %zu sockets arrived in 10 s",
-                    format_address(group.from).c_str(), group.have, group.fds.size());
+        KVSOCK_WARN("dropped a half-connected comm from %s: %d of %zu sockets "
+                    "arrived in 10 s",
+                    format_address(group.from).c_str(), group.have,
+                    group.fds.size());
         close_fds(group.fds);
         listen->groups.erase(listen->groups.begin() + static_cast<long>(i));
         --i;
@@ -324,7 +374,8 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm, ncclNetDeviceHandle
     listen->groups.erase(listen->groups.begin() + static_cast<long>(i));
     auto* comm = build_comm<RecvComm>(listen->config, fds, peer);
     close_fds(fds);
-    if (comm == nullptr) return ncclSystemError;
+    if (comm == nullptr)
+      return ncclSystemError;
     comm->config.unpack = Config::from_env().unpack;
     comm->init_pool(kRecvRequests, kMaxRecvs);
     comm->match.resize(kRecvRequests);
@@ -356,4 +407,4 @@ ncclResult_t close_listen(ListenComm* listen) {
   return ncclSuccess;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

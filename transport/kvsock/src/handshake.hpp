@@ -18,14 +18,14 @@ struct ListenComm {
   sockaddr_in address{};
   uint64_t nonce = 0;
 
-  struct Pending {  // an accepted socket whose hello is not complete yet
+  struct Pending { // an accepted socket whose hello is not complete yet
     int fd;
     Hello hello;
     size_t got;
     int64_t deadline_ns;
     sockaddr_in from;
   };
-  struct Group {  // the sockets of one connecting comm, by index
+  struct Group { // the sockets of one connecting comm, by index
     uint64_t comm_id;
     std::vector<int> fds;
     int have;
@@ -40,7 +40,8 @@ struct ListenComm {
 
 ncclResult_t do_listen(void* handle, void** listen_comm);
 ncclResult_t do_connect(void* handle, void** send_comm);
-ncclResult_t do_accept(ListenComm* listen, void** recv_comm, ncclNetDeviceHandle_v7_t** dev_handle);
+ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
+                       ncclNetDeviceHandle_v7_t** dev_handle);
 ncclResult_t close_listen(ListenComm* listen);
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -2,10 +2,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <climits>
 #include <cstring>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <climits>
 
 #include "comm.hpp"
 #include "cuda.hpp"
@@ -15,19 +16,24 @@
 namespace kvsock {
 
 Lane::Lane(CommBase* comm, int fd, int index)
-    : comm_(comm), fd_(fd), index_(index), ring_(comm->sender ? kSendRequests : kRecvRequests * kMaxRecvs) {}
+    : comm_(comm), fd_(fd), index_(index),
+      ring_(comm->sender ? kSendRequests : kRecvRequests * kMaxRecvs) {
+}
 
 Lane::~Lane() {
   stop();
-  if (fd_ >= 0) ::close(fd_);
-  if (staging_ != nullptr) cuda::free_pinned(staging_);
+  if (fd_ >= 0)
+    ::close(fd_);
+  if (staging_ != nullptr)
+    cuda::free_pinned(staging_);
 }
 
 bool Lane::start() {
   try {
     thread_ = std::thread([this] { run(); });
   } catch (const std::exception& e) {
-    KVSOCK_WARN("cannot start the thread of data socket %d to %s: %s", index_, comm_->peer.c_str(), e.what());
+    KVSOCK_WARN("cannot start the thread of data socket %d to %s: %s", index_,
+                comm_->peer.c_str(), e.what());
     return false;
   }
   return true;
@@ -49,15 +55,18 @@ void Lane::stop() {
     stopping_ = true;
   }
   cv_.notify_one();
-  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
-  if (thread_.joinable()) thread_.join();
+  if (fd_ >= 0)
+    shutdown(fd_, SHUT_RDWR);
+  if (thread_.joinable())
+    thread_.join();
 }
 
 bool Lane::wait_until(int64_t deadline_ns) {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     int64_t left = deadline_ns - now_ns();
-    if (left <= 0) return true;
+    if (left <= 0)
+      return true;
     cv_.wait_for(lock, std::chrono::nanoseconds(left));
   }
   return false;
@@ -69,7 +78,8 @@ void Lane::run() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return stopping_ || count_ > 0; });
-      if (stopping_) return;
+      if (stopping_)
+        return;
       job = ring_[head_];
     }
     serve(job);
@@ -84,13 +94,17 @@ void Lane::run() {
 void Lane::serve(const LaneJob& job) {
   int err = 0;
   if (comm_->error.load() == ncclSuccess) {
-    if (job.msg->not_before_ns > 0 && !wait_until(job.msg->not_before_ns)) err = ECANCELED;
-    if (err == 0) err = comm_->sender ? send_piece(job) : recv_piece(job);
+    if (job.msg->not_before_ns > 0 && !wait_until(job.msg->not_before_ns))
+      err = ECANCELED;
+    if (err == 0)
+      err = comm_->sender ? send_piece(job) : recv_piece(job);
     if (err != 0 && comm_->error.load() == ncclSuccess) {
       ncclResult_t code = errno_result(err);
-      comm_->fail(code, "data socket %d: %s %zu bytes at offset %zu: %s", index_,
-                  comm_->sender ? "sending" : "receiving", job.len, job.offset,
-                  err == ECONNRESET && !comm_->sender ? "peer closed the connection" : strerror(err));
+      comm_->fail(
+          code, "data socket %d: %s %zu bytes at offset %zu: %s", index_,
+          comm_->sender ? "sending" : "receiving", job.len, job.offset,
+          err == ECONNRESET && !comm_->sender ? "peer closed the connection"
+                                              : strerror(err));
     }
   }
   if (comm_->error.load() != ncclSuccess) {
@@ -107,7 +121,8 @@ int Lane::send_host(const LaneJob& job, size_t offset, size_t len) {
   int64_t flip = job.msg->corrupt_at;
   iovec iov[3];
   int count = 0;
-  if (flip >= static_cast<int64_t>(offset) && flip < static_cast<int64_t>(offset + len)) {
+  if (flip >= static_cast<int64_t>(offset) &&
+      flip < static_cast<int64_t>(offset + len)) {
     size_t at = static_cast<size_t>(flip);
     static thread_local char flipped;
     flipped = static_cast<char>(src[at] ^ 0x5a);
@@ -128,13 +143,18 @@ int Lane::send_piece(const LaneJob& job) {
     size_t take = left;
     int err = 0;
     if (job.msg->src_device >= 0) {
-      if (staging_ == nullptr && (staging_ = static_cast<char*>(cuda::alloc_pinned(comm_->config.cuda_staging, false))) == nullptr) {
+      if (staging_ == nullptr &&
+          (staging_ = static_cast<char*>(cuda::alloc_pinned(
+               comm_->config.cuda_staging, false))) == nullptr) {
         return ENOMEM;
       }
       take = std::min(left, comm_->config.cuda_staging);
-      if (!cuda::copy_to_host(staging_, job.msg->src + offset, take, job.msg->src_device)) return EIO;
+      if (!cuda::copy_to_host(staging_, job.msg->src + offset, take,
+                              job.msg->src_device))
+        return EIO;
       int64_t flip = job.msg->corrupt_at;
-      if (flip >= static_cast<int64_t>(offset) && flip < static_cast<int64_t>(offset + take)) {
+      if (flip >= static_cast<int64_t>(offset) &&
+          flip < static_cast<int64_t>(offset + take)) {
         staging_[flip - offset] ^= 0x5a;
       }
       iovec iov{staging_, take};
@@ -142,12 +162,14 @@ int Lane::send_piece(const LaneJob& job) {
     } else {
       err = send_host(job, offset, take);
     }
-    if (err != 0) return err;
+    if (err != 0)
+      return err;
     comm_->account_sent(take);
     offset += take;
     left -= take;
   }
-  if (allowed < job.len) return EPIPE;  // dropped by fault injection
+  if (allowed < job.len)
+    return EPIPE; // dropped by fault injection
   return 0;
 }
 
@@ -159,28 +181,34 @@ int Lane::recv_piece(const LaneJob& job) {
     int err = 0;
     size_t take = left;
     if (dest.discard) {
-      if (scratch_.empty()) scratch_.resize(256 << 10);
+      if (scratch_.empty())
+        scratch_.resize(256 << 10);
       take = std::min(left, scratch_.size());
       iovec iov{scratch_.data(), take};
       err = read_fully(fd_, &iov, 1);
     } else if (dest.device >= 0) {
-      if (staging_ == nullptr && (staging_ = static_cast<char*>(cuda::alloc_pinned(comm_->config.cuda_staging, false))) == nullptr) {
+      if (staging_ == nullptr &&
+          (staging_ = static_cast<char*>(cuda::alloc_pinned(
+               comm_->config.cuda_staging, false))) == nullptr) {
         return ENOMEM;
       }
       take = std::min(left, comm_->config.cuda_staging);
       iovec iov{staging_, take};
       err = read_fully(fd_, &iov, 1);
-      if (err == 0 && !cuda::copy_to_device(dest.base + offset, staging_, take, dest.device)) err = EIO;
+      if (err == 0 && !cuda::copy_to_device(dest.base + offset, staging_, take,
+                                            dest.device))
+        err = EIO;
     } else {
       iovec iov[IOV_MAX];
       int count = dest.iovecs(offset, left, iov, IOV_MAX, &take);
       err = read_fully(fd_, iov, count);
     }
-    if (err != 0) return err;
+    if (err != 0)
+      return err;
     offset += take;
     left -= take;
   }
   return 0;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -7,10 +7,12 @@
 namespace kvsock {
 namespace {
 std::atomic<ncclDebugLogger_t> g_logger{nullptr};
-constexpr unsigned long kNcclNetFlag = 0x10;  // NCCL_NET subsystem bit
-}  // namespace
+constexpr unsigned long kNcclNetFlag = 0x10; // NCCL_NET subsystem bit
+} // namespace
 
-void set_logger(ncclDebugLogger_t logger) { g_logger.store(logger); }
+void set_logger(ncclDebugLogger_t logger) {
+  g_logger.store(logger);
+}
 
 void log_message(ncclDebugLogLevel level, const char* file, int line,
                  const char* fmt, ...) {
@@ -27,4 +29,4 @@ void log_message(ncclDebugLogLevel level, const char* file, int line,
   }
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -14,7 +14,7 @@
 namespace kvsock {
 namespace {
 
-template <typename Fn>
+template<typename Fn>
 ncclResult_t guarded(const char* call, Fn&& fn) {
   try {
     return fn();
@@ -32,24 +32,32 @@ ncclResult_t guarded(const char* call, Fn&& fn) {
 
 CommBase* as_comm(void* comm) {
   auto* base = static_cast<CommBase*>(comm);
-  if (base == nullptr || (base->magic != kSendCommMagic && base->magic != kRecvCommMagic)) return nullptr;
+  if (base == nullptr ||
+      (base->magic != kSendCommMagic && base->magic != kRecvCommMagic))
+    return nullptr;
   return base;
 }
 SendComm* as_send(void* comm) {
   CommBase* base = as_comm(comm);
-  return base != nullptr && base->sender ? static_cast<SendComm*>(base) : nullptr;
+  return base != nullptr && base->sender ? static_cast<SendComm*>(base)
+                                         : nullptr;
 }
 RecvComm* as_recv(void* comm) {
   CommBase* base = as_comm(comm);
-  return base != nullptr && !base->sender ? static_cast<RecvComm*>(base) : nullptr;
+  return base != nullptr && !base->sender ? static_cast<RecvComm*>(base)
+                                          : nullptr;
 }
 
 // A registered region of `comm` that holds [data, data+size).
-const Region* region_for(const CommBase* comm, void* mhandle, const void* data, size_t size) {
+const Region* region_for(const CommBase* comm, void* mhandle, const void* data,
+                         size_t size) {
   auto* region = static_cast<const Region*>(mhandle);
-  if (region == nullptr || region->magic != kRegionMagic || region->comm != comm) return nullptr;
+  if (region == nullptr || region->magic != kRegionMagic ||
+      region->comm != comm)
+    return nullptr;
   const char* p = static_cast<const char*>(data);
-  if (p < region->base || p + size > region->base + region->size) return nullptr;
+  if (p < region->base || p + size > region->base + region->size)
+    return nullptr;
   return region;
 }
 
@@ -57,62 +65,77 @@ ncclResult_t kvsock_init(ncclDebugLogger_t logger) {
   set_logger(logger);
   return guarded("init", [] {
     cuda::probe();
-    KVSOCK_INFO("kvsock ready: ptrSupport=%s", cuda::available() ? "HOST|CUDA" : "HOST");
+    KVSOCK_INFO("kvsock ready: ptrSupport=%s",
+                cuda::available() ? "HOST|CUDA" : "HOST");
     return ncclSuccess;
   });
 }
 
 ncclResult_t kvsock_devices(int* ndev) {
-  if (ndev == nullptr) return ncclInvalidArgument;
-  *ndev = 1;  // one virtual NIC: the kernel's TCP stack
+  if (ndev == nullptr)
+    return ncclInvalidArgument;
+  *ndev = 1; // one virtual NIC: the kernel's TCP stack
   return ncclSuccess;
 }
 
 ncclResult_t kvsock_get_properties(int dev, ncclNetProperties_v7_t* props) {
-  if (dev != 0 || props == nullptr) return ncclInvalidArgument;
+  if (dev != 0 || props == nullptr)
+    return ncclInvalidArgument;
   Config config = Config::from_env();
   static char name[] = "kvsock";
   std::memset(props, 0, sizeof *props);
   props->name = name;
   props->pciPath = nullptr;
-  props->guid = 0x6b76736f636bull;  // "kvsock"
+  props->guid = 0x6b76736f636bull; // "kvsock"
   props->ptrSupport = NCCL_PTR_HOST | (cuda::available() ? NCCL_PTR_CUDA : 0);
-  props->speed = 100000;  // Mbit/s: a loopback-class virtual NIC
+  props->speed = 100000; // Mbit/s: a loopback-class virtual NIC
   props->port = 0;
   props->latency = 0;
   props->maxComms = 65536;
   props->maxRecvs = config.unpack ? 1 : kMaxRecvs;
-  props->netDeviceType = config.unpack ? NCCL_NET_DEVICE_UNPACK : NCCL_NET_DEVICE_HOST;
+  props->netDeviceType =
+      config.unpack ? NCCL_NET_DEVICE_UNPACK : NCCL_NET_DEVICE_HOST;
   props->netDeviceVersion = config.unpack ? NCCL_NET_DEVICE_UNPACK_VERSION : 0;
   return ncclSuccess;
 }
 
 ncclResult_t kvsock_listen(int dev, void* handle, void** listen_comm) {
-  if (dev != 0 || handle == nullptr || listen_comm == nullptr) return ncclInvalidArgument;
+  if (dev != 0 || handle == nullptr || listen_comm == nullptr)
+    return ncclInvalidArgument;
   return guarded("listen", [&] { return do_listen(handle, listen_comm); });
 }
 
-ncclResult_t kvsock_connect(int dev, void* handle, void** send_comm, ncclNetDeviceHandle_v7_t** send_dev) {
-  if (dev != 0 || handle == nullptr || send_comm == nullptr) return ncclInvalidArgument;
-  if (send_dev != nullptr) *send_dev = nullptr;  // only an UNPACK receiver has a device handle
+ncclResult_t kvsock_connect(int dev, void* handle, void** send_comm,
+                            ncclNetDeviceHandle_v7_t** send_dev) {
+  if (dev != 0 || handle == nullptr || send_comm == nullptr)
+    return ncclInvalidArgument;
+  if (send_dev != nullptr)
+    *send_dev = nullptr; // only an UNPACK receiver has a device handle
   return guarded("connect", [&] { return do_connect(handle, send_comm); });
 }
 
-ncclResult_t kvsock_accept(void* listen_comm, void** recv_comm, ncclNetDeviceHandle_v7_t** recv_dev) {
+ncclResult_t kvsock_accept(void* listen_comm, void** recv_comm,
+                           ncclNetDeviceHandle_v7_t** recv_dev) {
   auto* listen = static_cast<ListenComm*>(listen_comm);
-  if (listen == nullptr || listen->magic != kListenCommMagic || recv_comm == nullptr) return ncclInvalidArgument;
-  return guarded("accept", [&] { return do_accept(listen, recv_comm, recv_dev); });
+  if (listen == nullptr || listen->magic != kListenCommMagic ||
+      recv_comm == nullptr)
+    return ncclInvalidArgument;
+  return guarded("accept",
+                 [&] { return do_accept(listen, recv_comm, recv_dev); });
 }
 
-ncclResult_t kvsock_reg_mr(void* comm_ptr, void* data, int size, int type, void** mhandle) {
+ncclResult_t kvsock_reg_mr(void* comm_ptr, void* data, int size, int type,
+                           void** mhandle) {
   CommBase* comm = as_comm(comm_ptr);
-  if (comm == nullptr || mhandle == nullptr || size < 0 || (data == nullptr && size > 0)) {
-    KVSOCK_WARN("regMr: invalid arguments (comm %p, data %p, size %d)", comm_ptr, data, size);
+  if (comm == nullptr || mhandle == nullptr || size < 0 ||
+      (data == nullptr && size > 0)) {
+    KVSOCK_WARN("regMr: invalid arguments (comm %p, data %p, size %d)",
+                comm_ptr, data, size);
     return ncclInvalidArgument;
   }
   if (type != NCCL_PTR_HOST && !(type == NCCL_PTR_CUDA && cuda::available())) {
-    KVSOCK_WARN("regMr: memory type %d is not supported (ptrSupport is %s)", type,
-                cuda::available() ? "HOST|CUDA" : "HOST");
+    KVSOCK_WARN("regMr: memory type %d is not supported (ptrSupport is %s)",
+                type, cuda::available() ? "HOST|CUDA" : "HOST");
     return ncclInvalidArgument;
   }
   return guarded("regMr", [&] {
@@ -123,7 +146,9 @@ ncclResult_t kvsock_reg_mr(void* comm_ptr, void* data, int size, int type, void*
     region->type = type;
     region->device = type == NCCL_PTR_CUDA ? cuda::device_of(data) : -1;
     if (type == NCCL_PTR_CUDA && region->device < 0) {
-      KVSOCK_WARN("regMr: %p is registered as CUDA memory but CUDA does not know it as device memory", data);
+      KVSOCK_WARN("regMr: %p is registered as CUDA memory but CUDA does not "
+                  "know it as device memory",
+                  data);
       delete region;
       return ncclInvalidArgument;
     }
@@ -137,8 +162,10 @@ ncclResult_t kvsock_reg_mr(void* comm_ptr, void* data, int size, int type, void*
 ncclResult_t kvsock_dereg_mr(void* comm_ptr, void* mhandle) {
   CommBase* comm = as_comm(comm_ptr);
   auto* region = static_cast<Region*>(mhandle);
-  if (comm == nullptr || region == nullptr || region->magic != kRegionMagic || region->comm != comm) {
-    KVSOCK_WARN("deregMr: %p is not a registration of comm %p", mhandle, comm_ptr);
+  if (comm == nullptr || region == nullptr || region->magic != kRegionMagic ||
+      region->comm != comm) {
+    KVSOCK_WARN("deregMr: %p is not a registration of comm %p", mhandle,
+                comm_ptr);
     return ncclInvalidArgument;
   }
   std::lock_guard<std::mutex> lock(comm->mu);
@@ -153,56 +180,73 @@ ncclResult_t kvsock_dereg_mr(void* comm_ptr, void* mhandle) {
   return ncclInvalidArgument;
 }
 
-ncclResult_t kvsock_isend(void* comm_ptr, void* data, int size, int tag, void* mhandle, void** request) {
+ncclResult_t kvsock_isend(void* comm_ptr, void* data, int size, int tag,
+                          void* mhandle, void** request) {
   SendComm* comm = as_send(comm_ptr);
-  if (comm == nullptr || request == nullptr || size < 0) return ncclInvalidArgument;
+  if (comm == nullptr || request == nullptr || size < 0)
+    return ncclInvalidArgument;
   *request = nullptr;
-  const Region* region = region_for(comm, mhandle, data, static_cast<size_t>(size));
+  const Region* region =
+      region_for(comm, mhandle, data, static_cast<size_t>(size));
   if (region == nullptr && size > 0) {
-    KVSOCK_WARN("isend to %s: %d bytes at %p are not inside a region registered on this comm",
+    KVSOCK_WARN("isend to %s: %d bytes at %p are not inside a region "
+                "registered on this comm",
                 comm->peer.c_str(), size, data);
     return ncclInvalidArgument;
   }
   return guarded("isend", [&] {
     std::lock_guard<std::mutex> lock(comm->mu);
-    if (int err = comm->error.load(); err != ncclSuccess) return static_cast<ncclResult_t>(err);
+    if (int err = comm->error.load(); err != ncclSuccess)
+      return static_cast<ncclResult_t>(err);
     Request* r = comm->acquire_request();
-    if (r == nullptr) return ncclSuccess;  // flow control: all requests in flight, call again
-    ncclResult_t result = comm->post(r, static_cast<const char*>(data), size, tag, region);
+    if (r == nullptr)
+      return ncclSuccess; // flow control: all requests in flight, call again
+    ncclResult_t result =
+        comm->post(r, static_cast<const char*>(data), size, tag, region);
     *request = r;
     return result;
   });
 }
 
-ncclResult_t kvsock_irecv(void* comm_ptr, int n, void** data, int* sizes, int* tags, void** mhandles,
-                          void** request) {
+ncclResult_t kvsock_irecv(void* comm_ptr, int n, void** data, int* sizes,
+                          int* tags, void** mhandles, void** request) {
   RecvComm* comm = as_recv(comm_ptr);
-  if (comm == nullptr || request == nullptr || data == nullptr || sizes == nullptr || n < 1 || n > kMaxRecvs) {
-    KVSOCK_WARN("irecv: invalid arguments (comm %p, n %d; at most %d buffers)", comm_ptr, n, kMaxRecvs);
+  if (comm == nullptr || request == nullptr || data == nullptr ||
+      sizes == nullptr || n < 1 || n > kMaxRecvs) {
+    KVSOCK_WARN("irecv: invalid arguments (comm %p, n %d; at most %d buffers)",
+                comm_ptr, n, kMaxRecvs);
     return ncclInvalidArgument;
   }
   *request = nullptr;
   for (int i = 0; i < n; ++i) {
     if (sizes[i] < 0 ||
-        (sizes[i] > 0 && region_for(comm, mhandles != nullptr ? mhandles[i] : nullptr, data[i],
-                                    static_cast<size_t>(sizes[i])) == nullptr)) {
-      KVSOCK_WARN("irecv from %s: buffer %d (%d bytes at %p) is not inside a region registered on this comm",
+        (sizes[i] > 0 &&
+         region_for(comm, mhandles != nullptr ? mhandles[i] : nullptr, data[i],
+                    static_cast<size_t>(sizes[i])) == nullptr)) {
+      KVSOCK_WARN("irecv from %s: buffer %d (%d bytes at %p) is not inside a "
+                  "region registered on this comm",
                   comm->peer.c_str(), i, sizes[i], data[i]);
       return ncclInvalidArgument;
     }
   }
-  if (comm->unpack && (n != 1 || static_cast<size_t>(sizes[0]) > kUnpackMaxRecvBytes)) {
-    KVSOCK_WARN("irecv in UNPACK mode takes one buffer of at most 4 MiB (got n=%d, %d bytes)", n, sizes[0]);
+  if (comm->unpack &&
+      (n != 1 || static_cast<size_t>(sizes[0]) > kUnpackMaxRecvBytes)) {
+    KVSOCK_WARN("irecv in UNPACK mode takes one buffer of at most 4 MiB (got "
+                "n=%d, %d bytes)",
+                n, sizes[0]);
     return ncclInvalidUsage;
   }
   return guarded("irecv", [&] {
     std::lock_guard<std::mutex> lock(comm->mu);
-    if (int err = comm->error.load(); err != ncclSuccess) return static_cast<ncclResult_t>(err);
-    if (comm->unpack && comm->unpack->slot_busy[comm->next_seq % kUnpackSlots]) {
-      return ncclSuccess;  // its slot is not consumed yet: call again
+    if (int err = comm->error.load(); err != ncclSuccess)
+      return static_cast<ncclResult_t>(err);
+    if (comm->unpack &&
+        comm->unpack->slot_busy[comm->next_seq % kUnpackSlots]) {
+      return ncclSuccess; // its slot is not consumed yet: call again
     }
     Request* r = comm->acquire_request();
-    if (r == nullptr) return ncclSuccess;  // flow control
+    if (r == nullptr)
+      return ncclSuccess; // flow control
     ncclResult_t result = comm->post(r, n, data, sizes, tags, mhandles);
     *request = r;
     return result;
@@ -212,30 +256,36 @@ ncclResult_t kvsock_irecv(void* comm_ptr, int n, void** data, int* sizes, int* t
 // Receives are copied to their destination (staged CUDA copies are
 // synchronous) before test() reports them done, so nothing is left to flush:
 // a NULL request means "already done".
-ncclResult_t kvsock_iflush(void* comm, int, void**, int*, void**, void** request) {
-  if (as_recv(comm) == nullptr || request == nullptr) return ncclInvalidArgument;
+ncclResult_t kvsock_iflush(void* comm, int, void**, int*, void**,
+                           void** request) {
+  if (as_recv(comm) == nullptr || request == nullptr)
+    return ncclInvalidArgument;
   *request = nullptr;
   return ncclSuccess;
 }
 
 ncclResult_t kvsock_test(void* request_ptr, int* done, int* sizes) {
   auto* request = static_cast<Request*>(request_ptr);
-  if (request == nullptr || done == nullptr || request->magic != kRequestMagic || !request->in_use) {
+  if (request == nullptr || done == nullptr ||
+      request->magic != kRequestMagic || !request->in_use) {
     KVSOCK_WARN("test: %p is not a request in flight", request_ptr);
     return ncclInvalidArgument;
   }
   WaitHint hint;
-  ncclResult_t result = guarded("test", [&] { return test_request(request, done, sizes, &hint); });
+  ncclResult_t result = guarded(
+      "test", [&] { return test_request(request, done, sizes, &hint); });
   // Callers poll test() in a loop. Once a comm has been idle for
   // KVSOCK_SPIN_US, sleep until its socket or a lane has news (at most
   // KVSOCK_WAIT_US): a spinning poller on a busy machine steals the time
   // slices that the transfer (our lanes, the peer, the kernel) needs.
-  if (result == ncclSuccess && *done == 0) idle_wait(hint);
+  if (result == ncclSuccess && *done == 0)
+    idle_wait(hint);
   return result;
 }
 
 ncclResult_t close_comm(CommBase* comm) {
-  if (comm == nullptr) return ncclInvalidArgument;
+  if (comm == nullptr)
+    return ncclInvalidArgument;
   return guarded("close", [&] {
     comm->close_all();
     comm->magic = 0;
@@ -244,12 +294,17 @@ ncclResult_t close_comm(CommBase* comm) {
   });
 }
 
-ncclResult_t kvsock_close_send(void* comm) { return close_comm(as_send(comm)); }
-ncclResult_t kvsock_close_recv(void* comm) { return close_comm(as_recv(comm)); }
+ncclResult_t kvsock_close_send(void* comm) {
+  return close_comm(as_send(comm));
+}
+ncclResult_t kvsock_close_recv(void* comm) {
+  return close_comm(as_recv(comm));
+}
 
 ncclResult_t kvsock_close_listen(void* listen_comm) {
   auto* listen = static_cast<ListenComm*>(listen_comm);
-  if (listen == nullptr || listen->magic != kListenCommMagic) return ncclInvalidArgument;
+  if (listen == nullptr || listen->magic != kListenCommMagic)
+    return ncclInvalidArgument;
   listen->magic = 0;
   return close_listen(listen);
 }
@@ -257,9 +312,12 @@ ncclResult_t kvsock_close_listen(void* listen_comm) {
 ncclResult_t kvsock_irecv_consumed(void* comm_ptr, int, void* request_ptr) {
   RecvComm* comm = as_recv(comm_ptr);
   auto* request = static_cast<Request*>(request_ptr);
-  if (comm == nullptr || !comm->unpack || request == nullptr || request->magic != kRequestMagic ||
-      request->comm != comm || !request->awaiting_consume) {
-    KVSOCK_WARN("irecvConsumed: %p is not a completed UNPACK receive of comm %p", request_ptr, comm_ptr);
+  if (comm == nullptr || !comm->unpack || request == nullptr ||
+      request->magic != kRequestMagic || request->comm != comm ||
+      !request->awaiting_consume) {
+    KVSOCK_WARN(
+        "irecvConsumed: %p is not a completed UNPACK receive of comm %p",
+        request_ptr, comm_ptr);
     return ncclInvalidUsage;
   }
   std::lock_guard<std::mutex> lock(comm->mu);
@@ -268,10 +326,11 @@ ncclResult_t kvsock_irecv_consumed(void* comm_ptr, int, void* request_ptr) {
   return ncclSuccess;
 }
 
-}  // namespace
-}  // namespace kvsock
+} // namespace
+} // namespace kvsock
 
-extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlugin_v7 = {
+extern "C" __attribute__((visibility("default")))
+const ncclNet_v7_t ncclNetPlugin_v7 = {
     "kvsock",
     kvsock::kvsock_init,
     kvsock::kvsock_devices,
@@ -280,7 +339,7 @@ extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlug
     kvsock::kvsock_connect,
     kvsock::kvsock_accept,
     kvsock::kvsock_reg_mr,
-    nullptr,  // regMrDmaBuf: no DMA-BUF support (ptrSupport has no DMABUF bit)
+    nullptr, // regMrDmaBuf: no DMA-BUF support (ptrSupport has no DMABUF bit)
     kvsock::kvsock_dereg_mr,
     kvsock::kvsock_isend,
     kvsock::kvsock_irecv,
@@ -289,6 +348,6 @@ extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlug
     kvsock::kvsock_close_send,
     kvsock::kvsock_close_recv,
     kvsock::kvsock_close_listen,
-    nullptr,  // getDeviceMr: no device-side memory handles
+    nullptr, // getDeviceMr: no device-side memory handles
     kvsock::kvsock_irecv_consumed,
 };

@@ -3,9 +3,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <sys/socket.h>
+
+#include <climits>
 
 #include "comm.hpp"
 #include "cuda.hpp"
@@ -17,15 +18,17 @@ namespace {
 // enough for the next headers and small messages, little enough that large
 // payloads are rarely copied through the receive buffer.
 constexpr size_t kTrailingRead = 4096;
-}  // namespace
+} // namespace
 
-ncclResult_t RecvComm::post(Request* request, int n, void** data, const int* sizes, const int* tags,
+ncclResult_t RecvComm::post(Request* request, int n, void** data,
+                            const int* sizes, const int* tags,
                             void** mhandles) {
   request->n = n;
   request->seq = next_seq++;
   for (int i = 0; i < n; ++i) {
     Message& msg = request->msgs[i];
-    const Region* region = static_cast<const Region*>(mhandles != nullptr ? mhandles[i] : nullptr);
+    const Region* region =
+        static_cast<const Region*>(mhandles != nullptr ? mhandles[i] : nullptr);
     msg.capacity = static_cast<size_t>(sizes[i]);
     msg.tag = tags != nullptr ? tags[i] : 0;
     msg.matched = false;
@@ -43,13 +46,15 @@ ncclResult_t RecvComm::post(Request* request, int n, void** data, const int* siz
     request->unpack_slot = slot;
     Destination& dest = request->msgs[0].dest;
     dest = Destination{};
-    dest.base = unpack->bounce + static_cast<size_t>(slot) * kUnpackMaxRecvBytes;
+    dest.base =
+        unpack->bounce + static_cast<size_t>(slot) * kUnpackMaxRecvBytes;
     dest.scattered = true;
   }
   match[(match_head + match_count) % match.size()] = request;
   ++match_count;
   pump();
-  if (peer_closed) on_peer_closed();
+  if (peer_closed)
+    on_peer_closed();
   return ncclSuccess;
 }
 
@@ -64,18 +69,22 @@ void RecvComm::pump() {
         continue;
       }
       if (rx_end > rx_begin) {
-        if (!deliver_from_rx()) return;
+        if (!deliver_from_rx())
+          return;
         continue;
       }
       bool direct = !msg.dest.discard && msg.dest.device < 0;
-      if (!(direct ? read_inline_direct() : fill_rx())) return;
+      if (!(direct ? read_inline_direct() : fill_rx()))
+        return;
       continue;
     }
     if (rx_end - rx_begin < sizeof(MessageHeader)) {
-      if (!fill_rx()) return;
+      if (!fill_rx())
+        return;
       continue;
     }
-    if (!handle_header()) return;
+    if (!handle_header())
+      return;
   }
 }
 
@@ -84,8 +93,10 @@ bool RecvComm::deliver_from_rx() {
   size_t take = std::min(msg.size - msg.inline_done, rx_end - rx_begin);
   const char* src = rx.data() + rx_begin;
   if (msg.dest.device >= 0 && !msg.dest.discard) {
-    if (!cuda::copy_to_device(msg.dest.base + msg.inline_done, src, take, msg.dest.device)) {
-      fail(ncclUnhandledCudaError, "copying %zu received bytes to device %d", take, msg.dest.device);
+    if (!cuda::copy_to_device(msg.dest.base + msg.inline_done, src, take,
+                              msg.dest.device)) {
+      fail(ncclUnhandledCudaError, "copying %zu received bytes to device %d",
+           take, msg.dest.device);
       return false;
     }
   } else {
@@ -104,9 +115,11 @@ bool RecvComm::read_inline_direct() {
   iovec iov[IOV_MAX];
   size_t left = msg.size - msg.inline_done;
   size_t covered = 0;
-  int count = msg.dest.iovecs(msg.inline_done, left, iov, IOV_MAX - 1, &covered);
+  int count =
+      msg.dest.iovecs(msg.inline_done, left, iov, IOV_MAX - 1, &covered);
   rx_begin = rx_end = 0;
-  if (covered == left) iov[count++] = {rx.data(), std::min(rx.size(), kTrailingRead)};
+  if (covered == left)
+    iov[count++] = {rx.data(), std::min(rx.size(), kTrailingRead)};
   msghdr mh{};
   mh.msg_iov = iov;
   mh.msg_iovlen = static_cast<size_t>(count);
@@ -135,8 +148,10 @@ bool RecvComm::fill_rx() {
     rx_end -= rx_begin;
     rx_begin = 0;
   }
-  if (rx_end == rx.size()) return false;
-  ssize_t n = recv(ctrl_fd, rx.data() + rx_end, rx.size() - rx_end, MSG_DONTWAIT);
+  if (rx_end == rx.size())
+    return false;
+  ssize_t n =
+      recv(ctrl_fd, rx.data() + rx_end, rx.size() - rx_end, MSG_DONTWAIT);
   if (n > 0) {
     rx_end += static_cast<size_t>(n);
     progress.fetch_add(1, std::memory_order_relaxed);
@@ -159,27 +174,36 @@ bool RecvComm::handle_header() {
   MessageHeader header;
   std::memcpy(&header, rx.data() + rx_begin, sizeof header);
   if (header.magic != kHeaderMagic) {
-    fail(ncclRemoteError, "protocol error: bad message header on the control socket (magic %#x)", header.magic);
+    fail(ncclRemoteError,
+         "protocol error: bad message header on the control socket (magic %#x)",
+         header.magic);
     return false;
   }
   size_t nlanes = lanes.size();
   if (header.parts > 0 &&
-      (header.parts > nlanes || header.first_lane >= nlanes || header.part_size == 0 ||
-       static_cast<uint64_t>(header.parts - 1) * header.part_size >= header.size ||
+      (header.parts > nlanes || header.first_lane >= nlanes ||
+       header.part_size == 0 ||
+       static_cast<uint64_t>(header.parts - 1) * header.part_size >=
+           header.size ||
        static_cast<uint64_t>(header.parts) * header.part_size < header.size)) {
-    fail(ncclRemoteError, "protocol error: send #%u splits %u bytes into %u parts of %u", header.seq,
-         header.size, header.parts, header.part_size);
+    fail(ncclRemoteError,
+         "protocol error: send #%u splits %u bytes into %u parts of %u",
+         header.seq, header.size, header.parts, header.part_size);
     return false;
   }
-  if (match_count == 0) return false;  // the next receive is not posted yet
+  if (match_count == 0)
+    return false; // the next receive is not posted yet
   Request* request = match[match_head];
   Message* msg = nullptr;
   for (int i = 0; i < request->n && msg == nullptr; ++i) {
     Message& candidate = request->msgs[i];
-    if (!candidate.matched && (request->n == 1 || candidate.tag == header.tag)) msg = &candidate;
+    if (!candidate.matched && (request->n == 1 || candidate.tag == header.tag))
+      msg = &candidate;
   }
   if (msg == nullptr) {
-    fail(ncclInvalidUsage, "send #%u has tag %d, which no free buffer of the head grouped receive (n=%d) has",
+    fail(ncclInvalidUsage,
+         "send #%u has tag %d, which no free buffer of the head grouped "
+         "receive (n=%d) has",
          header.seq, header.tag, request->n);
     return false;
   }
@@ -187,19 +211,24 @@ bool RecvComm::handle_header() {
   msg->matched = true;
   msg->size = header.size;
   if (header.size > msg->capacity) {
-    KVSOCK_WARN("message truncated: %s sent %u bytes (send #%u, tag %d) to a %zu-byte receive buffer; "
+    KVSOCK_WARN("message truncated: %s sent %u bytes (send #%u, tag %d) to a "
+                "%zu-byte receive buffer; "
                 "the bytes are dropped and the receive fails",
-                peer.c_str(), header.size, header.seq, header.tag, msg->capacity);
+                peer.c_str(), header.size, header.seq, header.tag,
+                msg->capacity);
     msg->truncated = true;
     msg->dest.discard = true;
   }
   if (request->unpack_slot >= 0 && !msg->truncated) {
     ncclNetUnpackRecord* records = unpack->meta->records[request->unpack_slot];
-    size_t slot_base = static_cast<size_t>(request->unpack_slot) * kUnpackMaxRecvBytes;
+    size_t slot_base =
+        static_cast<size_t>(request->unpack_slot) * kUnpackMaxRecvBytes;
     for (size_t page = 0; page * kUnpackPage < header.size; ++page) {
       size_t offset = page * kUnpackPage;
-      records[page].src_off = static_cast<uint32_t>(slot_base + scatter_page(page) * kUnpackPage);
-      records[page].len = static_cast<uint32_t>(std::min(kUnpackPage, header.size - offset));
+      records[page].src_off =
+          static_cast<uint32_t>(slot_base + scatter_page(page) * kUnpackPage);
+      records[page].len =
+          static_cast<uint32_t>(std::min(kUnpackPage, header.size - offset));
       records[page].dst_off = offset;
     }
   }
@@ -212,12 +241,14 @@ bool RecvComm::handle_header() {
     inline_request = request;
     return true;
   }
-  msg->inline_done = header.size;  // nothing comes inline: the lanes bring it all
+  msg->inline_done =
+      header.size; // nothing comes inline: the lanes bring it all
   msg->parts_left.store(header.parts, std::memory_order_relaxed);
   for (uint32_t i = 0; i < header.parts; ++i) {
     size_t offset = static_cast<size_t>(i) * header.part_size;
     size_t len = std::min<size_t>(header.part_size, header.size - offset);
-    lanes[(header.first_lane + i) % nlanes]->push(LaneJob{request, msg, offset, len});
+    lanes[(header.first_lane + i) % nlanes]->push(
+        LaneJob{request, msg, offset, len});
   }
   return true;
 }
@@ -228,12 +259,16 @@ void RecvComm::on_peer_closed() {
   if (!peer_closed) {
     peer_closed = true;
     if (inline_msg != nullptr) {
-      fail(ncclRemoteError, "peer closed the connection in the middle of a %zu-byte message", inline_msg->size);
+      fail(ncclRemoteError,
+           "peer closed the connection in the middle of a %zu-byte message",
+           inline_msg->size);
     } else if (rx_end > rx_begin) {
-      fail(ncclRemoteError, "peer closed the connection in the middle of a message header");
+      fail(ncclRemoteError,
+           "peer closed the connection in the middle of a message header");
     } else if (match_count > 0) {
-      KVSOCK_WARN("recv comm with %s: peer closed the connection; %zu posted receives fail", peer.c_str(),
-                  match_count);
+      KVSOCK_WARN("recv comm with %s: peer closed the connection; %zu posted "
+                  "receives fail",
+                  peer.c_str(), match_count);
     }
   }
   while (match_count > 0) {
@@ -248,9 +283,10 @@ void RecvComm::on_peer_closed() {
 void RecvComm::publish_unpack(Request* request) {
   const Message& msg = request->msgs[0];
   int slot = request->unpack_slot;
-  unpack->meta->count[slot] = msg.truncated ? 0 : (msg.size + kUnpackPage - 1) / kUnpackPage;
+  unpack->meta->count[slot] =
+      msg.truncated ? 0 : (msg.size + kUnpackPage - 1) / kUnpackPage;
   std::atomic_thread_fence(std::memory_order_release);
   unpack->handle->head = request->seq + 1;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -4,44 +4,53 @@
 #include <unistd.h>
 
 #include "comm.hpp"
-#include "socket.hpp"
 #include "log.hpp"
+#include "socket.hpp"
 
 namespace kvsock {
 namespace {
 
 bool message_complete(const Message& msg, bool sender) {
-  if (msg.parts_left.load(std::memory_order_acquire) != 0) return false;
-  return sender ? msg.ctrl_sent == msg.ctrl_total : msg.matched && msg.inline_done == msg.size;
+  if (msg.parts_left.load(std::memory_order_acquire) != 0)
+    return false;
+  return sender ? msg.ctrl_sent == msg.ctrl_total
+                : msg.matched && msg.inline_done == msg.size;
 }
 
 // A matched message whose bytes are still read or written by lane threads.
 bool lanes_busy(const Request& request) {
   for (int i = 0; i < request.n; ++i) {
-    if (request.msgs[i].parts_left.load(std::memory_order_relaxed) != 0) return true;
+    if (request.msgs[i].parts_left.load(std::memory_order_relaxed) != 0)
+      return true;
   }
   return false;
 }
 
-ncclResult_t test_send(SendComm& comm, Request* request, int* done, int* sizes) {
+ncclResult_t test_send(SendComm& comm, Request* request, int* done,
+                       int* sizes) {
   comm.pump();
   Message& msg = request->msgs[0];
   if (message_complete(msg, true)) {
     *done = 1;
-    if (sizes != nullptr) sizes[0] = static_cast<int>(msg.size);
+    if (sizes != nullptr)
+      sizes[0] = static_cast<int>(msg.size);
     comm.release_request(request);
     return ncclSuccess;
   }
   int err = request->error.load();
-  if (err == ncclSuccess) err = comm.error.load();
-  if (err != ncclSuccess) return static_cast<ncclResult_t>(err);
+  if (err == ncclSuccess)
+    err = comm.error.load();
+  if (err != ncclSuccess)
+    return static_cast<ncclResult_t>(err);
   return ncclSuccess;
 }
 
-ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes) {
-  if (request->awaiting_consume) {  // UNPACK: tested again before irecvConsumed
+ncclResult_t test_recv(RecvComm& comm, Request* request, int* done,
+                       int* sizes) {
+  if (request->awaiting_consume) { // UNPACK: tested again before irecvConsumed
     *done = 1;
-    if (sizes != nullptr) sizes[0] = static_cast<int>(request->msgs[0].size);
+    if (sizes != nullptr)
+      sizes[0] = static_cast<int>(request->msgs[0].size);
     return ncclSuccess;
   }
   comm.pump();
@@ -53,11 +62,13 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes) 
   }
   if (!complete) {
     int err = request->error.load();
-    if (err == ncclSuccess) err = comm.error.load();
+    if (err == ncclSuccess)
+      err = comm.error.load();
     if (err != ncclSuccess) {
       // Free it only once no lane thread still owns one of its pieces.
       if (!lanes_busy(*request)) {
-        if (request->unpack_slot >= 0) comm.unpack->slot_busy[request->unpack_slot] = false;
+        if (request->unpack_slot >= 0)
+          comm.unpack->slot_busy[request->unpack_slot] = false;
         comm.release_request(request);
       }
       return static_cast<ncclResult_t>(err);
@@ -66,41 +77,51 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes) 
   }
   *done = 1;
   if (sizes != nullptr) {
-    for (int i = 0; i < request->n; ++i) sizes[i] = static_cast<int>(request->msgs[i].size);
+    for (int i = 0; i < request->n; ++i)
+      sizes[i] = static_cast<int>(request->msgs[i].size);
   }
   int err = request->error.load();
   if (truncated || err != ncclSuccess) {
-    if (request->unpack_slot >= 0) comm.unpack->slot_busy[request->unpack_slot] = false;
+    if (request->unpack_slot >= 0)
+      comm.unpack->slot_busy[request->unpack_slot] = false;
     comm.release_request(request);
     return truncated ? ncclInternalError : static_cast<ncclResult_t>(err);
   }
   if (request->unpack_slot >= 0) {
     comm.publish_unpack(request);
-    request->awaiting_consume = true;  // released by irecvConsumed
+    request->awaiting_consume = true; // released by irecvConsumed
     return ncclSuccess;
   }
   comm.release_request(request);
   return ncclSuccess;
 }
 
-}  // namespace
+} // namespace
 
-ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hint) {
+ncclResult_t test_request(Request* request, int* done, int* sizes,
+                          WaitHint* hint) {
   *done = 0;
   CommBase* comm = request->comm;
   std::lock_guard<std::mutex> lock(comm->mu);
-  ncclResult_t result = comm->sender ? test_send(*static_cast<SendComm*>(comm), request, done, sizes)
-                                     : test_recv(*static_cast<RecvComm*>(comm), request, done, sizes);
-  if (result != ncclSuccess || *done || comm->config.wait_us == 0) return result;
-  // Idle accounting: spin while things move, sleep once nothing has for spin_us.
+  ncclResult_t result =
+      comm->sender
+          ? test_send(*static_cast<SendComm*>(comm), request, done, sizes)
+          : test_recv(*static_cast<RecvComm*>(comm), request, done, sizes);
+  if (result != ncclSuccess || *done || comm->config.wait_us == 0)
+    return result;
+  // Idle accounting: spin while things move, sleep once nothing has for
+  // spin_us.
   int64_t now = now_ns();
   uint64_t progress = comm->progress.load(std::memory_order_acquire);
-  if (progress != comm->seen_progress.load(std::memory_order_relaxed) || comm->idle_since_ns == 0) {
+  if (progress != comm->seen_progress.load(std::memory_order_relaxed) ||
+      comm->idle_since_ns == 0) {
     comm->seen_progress.store(progress, std::memory_order_relaxed);
     comm->idle_since_ns = now;
     return result;
   }
-  if (now - comm->idle_since_ns < static_cast<int64_t>(comm->config.spin_us) * 1000) return result;
+  if (now - comm->idle_since_ns <
+      static_cast<int64_t>(comm->config.spin_us) * 1000)
+    return result;
   hint->wait = true;
   hint->comm = comm;
   if (comm->sender) {
@@ -119,13 +140,16 @@ ncclResult_t test_request(Request* request, int* done, int* sizes, WaitHint* hin
 void idle_wait(const WaitHint& hint) {
   // Within the spin window return at once: sched_yield() looks tempting but
   // on a loaded machine it hands the CPU away for a whole time slice.
-  if (!hint.wait) return;
+  if (!hint.wait)
+    return;
   CommBase* comm = hint.comm;
   comm->sleeping.store(true, std::memory_order_seq_cst);
   // A lane that finished between our check and `sleeping` did not signal:
   // look at the counter again before sleeping.
-  if (comm->progress.load(std::memory_order_seq_cst) == comm->seen_progress.load(std::memory_order_relaxed)) {
-    pollfd fds[2] = {{hint.ctrl_fd, hint.ctrl_events, 0}, {comm->wake_fd, POLLIN, 0}};
+  if (comm->progress.load(std::memory_order_seq_cst) ==
+      comm->seen_progress.load(std::memory_order_relaxed)) {
+    pollfd fds[2] = {{hint.ctrl_fd, hint.ctrl_events, 0},
+                     {comm->wake_fd, POLLIN, 0}};
     timespec timeout{0, static_cast<long>(comm->config.wait_us) * 1000};
     ppoll(fds, 2, &timeout, nullptr);
   }
@@ -135,4 +159,4 @@ void idle_wait(const WaitHint& hint) {
   (void)n;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 #include <cerrno>
-#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -14,26 +13,37 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <climits>
+
 #include "log.hpp"
 
 namespace kvsock {
 namespace {
 
-bool interface_address(const char* name_prefixes, bool exact, sockaddr_in* out) {
+bool interface_address(const char* name_prefixes, bool exact,
+                       sockaddr_in* out) {
   ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return false;
+  if (getifaddrs(&list) != 0)
+    return false;
   bool found = false;
   std::string prefixes(name_prefixes);
   for (ifaddrs* it = list; it != nullptr && !found; it = it->ifa_next) {
-    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET) continue;
-    if ((it->ifa_flags & IFF_UP) == 0) continue;
+    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET)
+      continue;
+    if ((it->ifa_flags & IFF_UP) == 0)
+      continue;
     size_t start = 0;
     while (start <= prefixes.size() && !found) {
       size_t comma = prefixes.find(',', start);
-      std::string want = prefixes.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      std::string want =
+          prefixes.substr(start, comma == std::string::npos ? std::string::npos
+                                                            : comma - start);
       start = comma == std::string::npos ? prefixes.size() + 1 : comma + 1;
-      if (want.empty()) continue;
-      bool match = exact ? want == it->ifa_name : std::strncmp(it->ifa_name, want.c_str(), want.size()) == 0;
+      if (want.empty())
+        continue;
+      bool match =
+          exact ? want == it->ifa_name
+                : std::strncmp(it->ifa_name, want.c_str(), want.size()) == 0;
       if (match) {
         std::memcpy(out, it->ifa_addr, sizeof(sockaddr_in));
         found = true;
@@ -46,11 +56,14 @@ bool interface_address(const char* name_prefixes, bool exact, sockaddr_in* out) 
 
 bool first_non_loopback(sockaddr_in* out) {
   ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0) return false;
+  if (getifaddrs(&list) != 0)
+    return false;
   bool found = false;
   for (ifaddrs* it = list; it != nullptr; it = it->ifa_next) {
-    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET) continue;
-    if ((it->ifa_flags & IFF_UP) == 0 || (it->ifa_flags & IFF_LOOPBACK) != 0) continue;
+    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET)
+      continue;
+    if ((it->ifa_flags & IFF_UP) == 0 || (it->ifa_flags & IFF_LOOPBACK) != 0)
+      continue;
     std::memcpy(out, it->ifa_addr, sizeof(sockaddr_in));
     found = true;
     break;
@@ -59,12 +72,13 @@ bool first_non_loopback(sockaddr_in* out) {
   return found;
 }
 
-}  // namespace
+} // namespace
 
 bool choose_listen_address(sockaddr_in* out, std::string* why) {
   std::memset(out, 0, sizeof *out);
   out->sin_family = AF_INET;
-  if (const char* ifaddr = std::getenv("KVSOCK_IFADDR"); ifaddr != nullptr && *ifaddr != '\0') {
+  if (const char* ifaddr = std::getenv("KVSOCK_IFADDR");
+      ifaddr != nullptr && *ifaddr != '\0') {
     if (inet_pton(AF_INET, ifaddr, &out->sin_addr) == 1) {
       *why = std::string("KVSOCK_IFADDR=") + ifaddr;
       return true;
@@ -73,16 +87,21 @@ bool choose_listen_address(sockaddr_in* out, std::string* why) {
       *why = std::string("KVSOCK_IFADDR=") + ifaddr + " (interface)";
       return true;
     }
-    KVSOCK_WARN("KVSOCK_IFADDR=\"%s\" is neither an IPv4 address nor an interface with one", ifaddr);
+    KVSOCK_WARN("KVSOCK_IFADDR=\"%s\" is neither an IPv4 address nor an "
+                "interface with one",
+                ifaddr);
     return false;
   }
-  if (const char* names = std::getenv("NCCL_SOCKET_IFNAME"); names != nullptr && *names != '\0') {
+  if (const char* names = std::getenv("NCCL_SOCKET_IFNAME");
+      names != nullptr && *names != '\0') {
     bool exact = names[0] == '=';
     if (interface_address(exact ? names + 1 : names, exact, out)) {
       *why = std::string("NCCL_SOCKET_IFNAME=") + names;
       return true;
     }
-    KVSOCK_WARN("NCCL_SOCKET_IFNAME=\"%s\" matches no IPv4 interface that is up; using the default", names);
+    KVSOCK_WARN("NCCL_SOCKET_IFNAME=\"%s\" matches no IPv4 interface that is "
+                "up; using the default",
+                names);
   }
   if (first_non_loopback(out)) {
     *why = "first non-loopback IPv4 interface";
@@ -103,24 +122,29 @@ void tune_socket(int fd, const Config& config) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (config.socket_buffer > 0) {
-    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &config.socket_buffer, sizeof config.socket_buffer);
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &config.socket_buffer, sizeof config.socket_buffer);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &config.socket_buffer,
+               sizeof config.socket_buffer);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &config.socket_buffer,
+               sizeof config.socket_buffer);
   }
 }
 
 bool set_nonblocking(int fd, bool on) {
   int flags = fcntl(fd, F_GETFL, 0);
-  if (flags < 0) return false;
+  if (flags < 0)
+    return false;
   flags = on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
   return fcntl(fd, F_SETFL, flags) == 0;
 }
 
 uint64_t random_u64() {
   uint64_t value = 0;
-  if (getrandom(&value, sizeof value, 0) != static_cast<ssize_t>(sizeof value)) {
+  if (getrandom(&value, sizeof value, 0) !=
+      static_cast<ssize_t>(sizeof value)) {
     // getrandom cannot fail for 8 bytes once the pool is initialised; mix time
     // and address bits so a nonce is never a constant.
-    value = static_cast<uint64_t>(now_ns()) ^ (reinterpret_cast<uintptr_t>(&value) << 17);
+    value = static_cast<uint64_t>(now_ns()) ^
+            (reinterpret_cast<uintptr_t>(&value) << 17);
   }
   return value;
 }
@@ -146,7 +170,8 @@ static void consume_iov(iovec*& iov, int& iovcnt, size_t done) {
 
 int write_fully(int fd, const iovec* iov_in, int iovcnt) {
   iovec local[IOV_MAX];
-  if (iovcnt > IOV_MAX) return EINVAL;
+  if (iovcnt > IOV_MAX)
+    return EINVAL;
   std::memcpy(local, iov_in, sizeof(iovec) * iovcnt);
   iovec* iov = local;
   while (iovcnt > 0) {
@@ -155,7 +180,8 @@ int write_fully(int fd, const iovec* iov_in, int iovcnt) {
     msg.msg_iovlen = static_cast<size_t>(iovcnt);
     ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR)
+        continue;
       return errno;
     }
     consume_iov(iov, iovcnt, static_cast<size_t>(n));
@@ -177,13 +203,15 @@ int read_fully(int fd, iovec* iov, int iovcnt) {
       n = readv(fd, iov, iovcnt);
     }
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR)
+        continue;
       return errno;
     }
-    if (n == 0) return ECONNRESET;
+    if (n == 0)
+      return ECONNRESET;
     consume_iov(iov, iovcnt, static_cast<size_t>(n));
   }
   return 0;
 }
 
-}  // namespace kvsock
+} // namespace kvsock

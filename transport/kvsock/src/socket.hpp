@@ -3,9 +3,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <netinet/in.h>
 #include <string>
 #include <sys/uio.h>
-#include <netinet/in.h>
 
 #include "config.hpp"
 
@@ -17,7 +17,7 @@ namespace kvsock {
 // `why` says which rule chose it (for logs).
 bool choose_listen_address(sockaddr_in* out, std::string* why);
 
-std::string format_address(const sockaddr_in& address);  // "1.2.3.4:5678"
+std::string format_address(const sockaddr_in& address); // "1.2.3.4:5678"
 
 // TCP_NODELAY and socket buffers; SO_* buffer sizes must be set before
 // connect/listen to take effect on the window.
@@ -32,4 +32,4 @@ int64_t now_ns();
 int write_fully(int fd, const iovec* iov, int iovcnt);
 int read_fully(int fd, iovec* iov, int iovcnt);
 
-}  // namespace kvsock
+} // namespace kvsock

@@ -17,16 +17,18 @@
 namespace kvsock {
 
 // Returns the bytes copied into `destination`.
-inline size_t kvsock_unpack_on_host(const ncclNetUnpackHandle& handle, int slot, void* destination) {
+inline size_t kvsock_unpack_on_host(const ncclNetUnpackHandle& handle, int slot,
+                                    void* destination) {
   const ncclNetUnpackMeta* meta = handle.meta;
   size_t copied = 0;
   uint64_t count = meta->count[slot];
   for (uint64_t i = 0; i < count && i < NCCL_NET_UNPACK_RECORDS; ++i) {
     const ncclNetUnpackRecord& record = meta->records[slot][i];
-    std::memcpy(static_cast<char*>(destination) + record.dst_off, handle.bounce_buf + record.src_off, record.len);
+    std::memcpy(static_cast<char*>(destination) + record.dst_off,
+                handle.bounce_buf + record.src_off, record.len);
     copied += record.len;
   }
   return copied;
 }
 
-}  // namespace kvsock
+} // namespace kvsock
