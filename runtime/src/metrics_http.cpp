@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -142,6 +143,23 @@ void http_exporter::handle(int client) {
   send_all(client, response(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                             registry_.render()));
   served_.fetch_add(1);
+}
+
+std::unique_ptr<http_exporter> exporter_from_env(registry& reg) {
+  const char* port_text = std::getenv("KVFERRY_METRICS_PORT");
+  if (port_text == nullptr || *port_text == '\0') return nullptr;
+  char* end = nullptr;
+  errno = 0;
+  auto port = std::strtoul(port_text, &end, 10);
+  if (errno != 0 || *end != '\0' || port > 65535)
+    throw std::runtime_error(fmt::format(
+      "KVFERRY_METRICS_PORT='{}' is not a port number (0-65535)", port_text));
+  if (port == 0) return nullptr;
+  http_exporter::options opts;
+  opts.port = static_cast<std::uint16_t>(port);
+  if (const char* bind = std::getenv("KVFERRY_METRICS_BIND"); bind != nullptr && *bind != '\0')
+    opts.bind = bind;
+  return std::make_unique<http_exporter>(reg, opts);
 }
 
 }  // namespace kvferry::metrics

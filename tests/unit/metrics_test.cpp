@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <stdexcept>
 #include <thread>
 
@@ -167,4 +168,26 @@ TEST_CASE("a port already taken is a clear error") {
   auto expected = "cannot listen on 127.0.0.1:" + std::to_string(first.port());
   CHECK_THROWS_WITH_AS(m::http_exporter(reg, same), doctest::Contains(expected.c_str()),
                        std::runtime_error);
+}
+
+TEST_CASE("the exporter from the environment (how launch passes metrics_port)") {
+  m::registry reg;
+  ::unsetenv("KVFERRY_METRICS_PORT");
+  CHECK(m::exporter_from_env(reg) == nullptr);
+  ::setenv("KVFERRY_METRICS_PORT", "not-a-port", 1);
+  CHECK_THROWS_WITH_AS(m::exporter_from_env(reg), doctest::Contains("KVFERRY_METRICS_PORT"),
+                       std::runtime_error);
+  // Find a free port, release it, then ask for it through the environment.
+  std::uint16_t port = 0;
+  {
+    m::http_exporter probe(reg, {});
+    port = probe.port();
+  }
+  ::setenv("KVFERRY_METRICS_PORT", std::to_string(port).c_str(), 1);
+  auto exporter = m::exporter_from_env(reg);
+  REQUIRE(exporter != nullptr);
+  CHECK(exporter->port() == port);
+  reg.get_counter("kvferry_env_total", "x").inc();
+  CHECK(contains(http_request(port, "GET /metrics HTTP/1.0\r\n\r\n"), "kvferry_env_total 1\n"));
+  ::unsetenv("KVFERRY_METRICS_PORT");
 }

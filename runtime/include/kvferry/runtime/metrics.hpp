@@ -181,4 +181,11 @@ private:
   std::thread thread_;
 };
 
+// Starts an exporter for `reg` when $KVFERRY_METRICS_PORT is set (that is
+// how `kvferry launch` passes a worker's metrics_port), bound to
+// $KVFERRY_METRICS_BIND or 127.0.0.1. Returns nullptr when the port is unset
+// or 0; throws std::runtime_error naming the variable for a bad value, or
+// naming the address when the port cannot be bound.
+std::unique_ptr<http_exporter> exporter_from_env(registry& reg = registry::global());
+
 }  // namespace kvferry::metrics
