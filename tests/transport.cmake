@@ -30,3 +30,11 @@ kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.
   LIBS kvferry_transport LABELS unit faults TIMEOUT 60)
 kvferry_transport_test(test_transport_channel SOURCES unit/transport_channel_test.cpp
   LIBS kvferry_transport LABELS unit TIMEOUT 60)
+
+# Integration: the kvferry binary's netcheck and bench net.
+kvferry_transport_test(test_netcheck SOURCES integration/netcheck_test.cpp
+  LIBS kvferry_transport LABELS integration TIMEOUT 300)
+add_dependencies(test_netcheck kvferry nccl-net-kvsock)
+kvferry_transport_test(test_bench_net SOURCES integration/bench_net_test.cpp
+  LIBS kvferry_transport LABELS integration TIMEOUT 300)
+add_dependencies(test_bench_net kvferry nccl-net-kvsock)

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <climits>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -137,7 +138,9 @@ std::string executable_lib_dir() {
   std::string exe(buf, static_cast<size_t>(n));
   auto slash = exe.rfind('/');
   if (slash == std::string::npos) return {};
-  return exe.substr(0, slash) + "/../lib";
+  auto lib = exe.substr(0, slash) + "/../lib";
+  char resolved[PATH_MAX];
+  return ::realpath(lib.c_str(), resolved) ? std::string(resolved) : lib;
 }
 
 bool valid_plugin_name(const std::string& name) {

@@ -1,0 +1,75 @@
+// `kvferry netcheck` as a user runs it: against the bundled kvsock plugin,
+// against the fake plugin in its awkward mode (NULL requests, slow connects),
+// and against plugins that must fail with a clear line.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+
+namespace {
+struct run_result {
+  int status = -1;
+  std::string output;
+};
+
+// Runs `kvferry <args>` with a shell-level `timeout` so nothing can hang.
+run_result kvferry(const std::string& env, const std::string& args) {
+  std::string command = env + " timeout 60 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
+  run_result r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) r.output.append(buffer, n);
+  int raw = ::pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return r;
+}
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+const std::string fixtures = KVFERRY_FIXTURE_DIR;
+}  // namespace
+
+TEST_CASE("netcheck passes against kvsock, found by name") {
+  auto r = kvferry("", "netcheck --plugin kvsock --connect-timeout-s 20");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(has(r.output, "PASS  probe in a child process"));
+  CHECK(has(r.output, "PASS  32 requests in flight"));
+  CHECK(has(r.output, "PASS  grouped receive with tags"));
+  CHECK(has(r.output, " 0 failed"));
+  CHECK_FALSE(has(r.output, "FAIL"));
+}
+
+TEST_CASE("netcheck retries thousands of NULL requests and waits out slow connects") {
+  auto r = kvferry("KVFERRY_FAKE_NULL_EVERY=2 KVFERRY_FAKE_CONNECT_ROUNDS=200 KVFERRY_FAKE_MAX_RECVS=1",
+                   "netcheck --plugin " + fixtures + "/libnccl-net-fake.so");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(has(r.output, "over 201 rounds"));
+  CHECK(has(r.output, "PASS  NULL requests tolerated"));
+  CHECK(has(r.output, "SKIP  grouped receive with tags     maxRecvs is 1"));
+}
+
+TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 table") {
+  auto exits = kvferry("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-exit.so");
+  INFO(exits.output);
+  CHECK(exits.status == 1);
+  CHECK(has(exits.output, "FAIL  probe in a child process"));
+  CHECK(has(exits.output, "init exited with status 1 in the probe process"));
+
+  auto v8 = kvferry("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-v8only.so");
+  INFO(v8.output);
+  CHECK(v8.status == 1);
+  CHECK(has(v8.output, "it exports ncclNetPlugin_v8 instead"));
+}
+
+TEST_CASE("netcheck catches corrupted data") {
+  // kvsock's fault injection flips one payload byte.
+  auto r = kvferry("KVSOCK_FAULT_CORRUPT=1", "netcheck --plugin kvsock --op-timeout-s 5");
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(has(r.output, "differs"));
+}
