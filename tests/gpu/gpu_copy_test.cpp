@@ -78,10 +78,17 @@ void check_copy(gpu_copy_engine& engine, device_buffers& bufs, const std::vector
 TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned offsets") {
   device_buffers bufs{4 << 20};
   std::mt19937_64 rng{1234};
-  for (copy_tuning tuning : {copy_tuning{}, copy_tuning{16, 4, false, 128, 0},
-                             copy_tuning{4096, 16, true, 256, 0}, copy_tuning{65536, 8, true, 512, 1}}) {
+  // SIMT variants, then bulk (TMA) ones; few warps so that each warp's
+  // pipeline wraps around its stages many times. Unaligned plans fall back.
+  for (copy_tuning tuning : {copy_tuning{}, copy_tuning{16, 4, false, 128, 0, false, 4},
+                             copy_tuning{4096, 16, true, 256, 0, false, 4},
+                             copy_tuning{65536, 8, true, 512, 1, false, 4},
+                             copy_tuning{4096, 8, true, 32, 1, true, 4},
+                             copy_tuning{8192, 8, true, 64, 1, true, 3},
+                             copy_tuning{16384, 8, true, 128, 0, true, 2}}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.unroll);
+    CAPTURE(tuning.bulk);
     gpu_copy_engine engine{gpu, tuning};
     for (bool aligned : {true, false}) {
       CAPTURE(aligned);
@@ -101,8 +108,13 @@ TEST_CASE("thousands of equal KV blocks copy in one launch") {
   std::vector<copy_extent> plan;
   for (std::uint32_t i = 0; i < blocks; ++i)
     plan.push_back({std::uint64_t{i} * block, std::uint64_t{perm[i]} * block, block});
-  gpu_copy_engine engine{gpu};
-  check_copy(engine, bufs, plan);
+  for (bool bulk : {false, true}) {
+    copy_tuning tuning;
+    tuning.bulk = bulk;
+    gpu_copy_engine engine{gpu, tuning};
+    bufs.refill(bulk ? 100 : 101);
+    check_copy(engine, bufs, plan);
+  }
 }
 
 TEST_CASE("a prepared plan is launched again at other bases (one per layer)") {

@@ -1,5 +1,6 @@
 #include "kvferry/transport/gpu_copy.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <thread>
 
@@ -60,6 +61,7 @@ struct gpu_copy_engine::impl {
     staged_array<copy_work_item> items;
     std::vector<copy_work_item> scratch;  // host partitioning buffer, reused
     std::uint32_t item_count = 0;
+    bool bulk_eligible = false;      // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr;  // staging may be rewritten after this
   };
   struct event_slot {
@@ -206,6 +208,7 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
   }
   check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
   slot.item_count = static_cast<std::uint32_t>(slot.scratch.size());
+  slot.bulk_eligible = tuning_.bulk && kernels::bulk_eligible(slot.scratch, tuning_.item_bytes);
   slot.reserved = true;
   slot.generation = impl_->next_generation++;
   return copy_plan_id{index, slot.generation};
@@ -215,7 +218,8 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base
                                     std::byte* dst_base) {
   auto& slot = impl_->plan_of(plan);
   check_cuda(kernels::launch_batched_copy(slot.items.device, slot.item_count, src_base, dst_base,
-                                          tuning_, grid_blocks_, impl_->stream),
+                                          tuning_, grid_blocks_, slot.bulk_eligible,
+                                          impl_->stream),
              "batched copy kernel launch", gpu_);
   return impl_->record(-1);
 }
@@ -253,8 +257,21 @@ copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq
   if (dst.block_bytes != 0 && dst.block_offsets.empty())
     throw std::invalid_argument("gpu_copy_engine::unpack: block destination without blocks");
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  const std::uint64_t* device_blocks = nullptr;
-  if (dst.block_bytes != 0) {
+  kernels::unpack_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
+                            slot_index,
+                            bounce_bytes,
+                            dst_region.base,
+                            dst_region.bytes,
+                            dst.base_offset,
+                            dst.block_bytes,
+                            nullptr,
+                            dst.block_offsets.size(),
+                            slot.rejected_device,
+                            {}};
+  const bool table_inline = dst.block_offsets.size() <= kernels::unpack_args::inline_blocks;
+  if (table_inline) {
+    std::copy(dst.block_offsets.begin(), dst.block_offsets.end(), args.inline_offsets);
+  } else {
     check_cuda(cudaEventSynchronize(slot.uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
     slot.blocks.reserve(dst.block_offsets.size(), gpu_);
     std::memcpy(slot.blocks.host, dst.block_offsets.data(),
@@ -264,19 +281,9 @@ copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq
                                cudaMemcpyHostToDevice, impl_->stream),
                "cudaMemcpyAsync (unpack block table)", gpu_);
     check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
-    device_blocks = slot.blocks.device;
+    args.block_offsets = slot.blocks.device;
   }
   *slot.rejected = 0;
-  kernels::unpack_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
-                            slot_index,
-                            bounce_bytes,
-                            dst_region.base,
-                            dst_region.bytes,
-                            dst.base_offset,
-                            dst.block_bytes,
-                            device_blocks,
-                            dst.block_offsets.size(),
-                            slot.rejected_device};
   check_cuda(kernels::launch_unpack(args, impl_->stream), "unpack kernel launch", gpu_);
   const auto ticket = impl_->record(slot_index);
   slot.last_event = ticket.slot;

@@ -21,17 +21,28 @@ namespace {
 
 constexpr unsigned warp_lanes = 32;
 
-template <bool Streaming>
+// Cache hints, a template parameter of the copy kernels:
+//   0 plain loads and stores; 1 streaming (__ldcs/__stcs: evict first);
+//   2 non-coherent loads that prefetch whole 256-byte L2 sectors, streaming
+//     stores; 3 the same loads with plain stores.
+template <int Hint>
 __device__ __forceinline__ uint4 load16(const uint4* p) {
-  if constexpr (Streaming)
+  if constexpr (Hint == 1) {
     return __ldcs(p);
-  else
+  } else if constexpr (Hint >= 2) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+  } else {
     return *p;
+  }
 }
 
-template <bool Streaming>
+template <int Hint>
 __device__ __forceinline__ void store16(uint4* p, uint4 v) {
-  if constexpr (Streaming)
+  if constexpr (Hint == 1 || Hint == 2)
     __stcs(p, v);
   else
     *p = v;
@@ -40,7 +51,7 @@ __device__ __forceinline__ void store16(uint4* p, uint4 v) {
 // The whole warp copies `len` bytes from s to d. Fast path when both are
 // 16-byte aligned (KV blocks always are); 4-byte and byte paths keep odd
 // plans correct.
-template <int Unroll, bool Streaming>
+template <int Unroll, int Hint>
 __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t len,
                                           unsigned lane) {
   const auto s_addr = reinterpret_cast<std::uintptr_t>(s);
@@ -55,10 +66,10 @@ __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t 
       uint4 r[Unroll];
 #pragma unroll
       for (int k = 0; k < Unroll; ++k)
-        r[k] = load16<Streaming>(vs + v + k * warp_lanes + lane);
+        r[k] = load16<Hint>(vs + v + k * warp_lanes + lane);
 #pragma unroll
       for (int k = 0; k < Unroll; ++k)
-        store16<Streaming>(vd + v + k * warp_lanes + lane, r[k]);
+        store16<Hint>(vd + v + k * warp_lanes + lane, r[k]);
     }
     if (v < vectors) {  // one predicated partial pass
       uint4 r[Unroll];
@@ -66,13 +77,13 @@ __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t 
       for (int k = 0; k < Unroll; ++k) {
         const std::uint64_t i = v + k * warp_lanes + lane;
         if (i < vectors)
-          r[k] = load16<Streaming>(vs + i);
+          r[k] = load16<Hint>(vs + i);
       }
 #pragma unroll
       for (int k = 0; k < Unroll; ++k) {
         const std::uint64_t i = v + k * warp_lanes + lane;
         if (i < vectors)
-          store16<Streaming>(vd + i, r[k]);
+          store16<Hint>(vd + i, r[k]);
       }
     }
     for (std::uint64_t b = (vectors << 4) + lane; b < len; b += warp_lanes)
@@ -91,7 +102,7 @@ __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t 
   }
 }
 
-template <int Unroll, bool Streaming>
+template <int Unroll, int Hint>
 __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
                                     std::uint32_t item_count, const char* src, char* dst) {
   const unsigned lane = threadIdx.x % warp_lanes;
@@ -99,40 +110,54 @@ __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
   for (std::uint32_t i = warp; i < item_count; i += warps) {
     const copy_work_item item = items[i];
-    warp_copy<Unroll, Streaming>(src + item.src_offset, dst + item.dst_offset, item.length,
+    warp_copy<Unroll, Hint>(src + item.src_offset, dst + item.dst_offset, item.length,
                                  lane);
   }
 }
 
-template <int Unroll, bool Streaming>
+template <int Unroll, int Hint>
 cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n, const char* src,
                                 char* dst, int threads, int grid, cudaStream_t stream) {
-  batched_copy_kernel<Unroll, Streaming><<<grid, threads, 0, stream>>>(items, n, src, dst);
+  batched_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
   return cudaGetLastError();
 }
 
-template <int Unroll, bool Streaming>
+template <int Unroll, int Hint>
 int blocks_per_sm_variant(int threads) {
   int blocks = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, batched_copy_kernel<Unroll, Streaming>, threads, 0) != cudaSuccess)
+          &blocks, batched_copy_kernel<Unroll, Hint>, threads, 0) != cudaSuccess)
     return 1;
   return blocks > 0 ? blocks : 1;
 }
 
-// Runs `fn.template operator()<Unroll, Streaming>()` for the tuning's variant.
+int hint_of(const copy_tuning& t) {
+  return t.prefetch_l2_256 ? (t.streaming ? 2 : 3) : (t.streaming ? 1 : 0);
+}
+
+template <int Unroll, typename Fn>
+auto dispatch_hint(int hint, Fn&& fn) {
+  switch (hint) {
+    case 0: return fn.template operator()<Unroll, 0>();
+    case 2: return fn.template operator()<Unroll, 2>();
+    case 3: return fn.template operator()<Unroll, 3>();
+    default: return fn.template operator()<Unroll, 1>();
+  }
+}
+
+// Runs `fn.template operator()<Unroll, Hint>()` for the tuning's variant.
 template <typename Fn>
 auto dispatch(const copy_tuning& t, Fn&& fn) {
   if (t.unroll <= 4)
-    return t.streaming ? fn.template operator()<4, true>() : fn.template operator()<4, false>();
+    return dispatch_hint<4>(hint_of(t), fn);
   if (t.unroll <= 8)
-    return t.streaming ? fn.template operator()<8, true>() : fn.template operator()<8, false>();
-  return t.streaming ? fn.template operator()<16, true>() : fn.template operator()<16, false>();
+    return dispatch_hint<8>(hint_of(t), fn);
+  return dispatch_hint<16>(hint_of(t), fn);
 }
 
 struct occupancy_query {
   int threads;
-  template <int U, bool S>
+  template <int U, int S>
   int operator()() const { return blocks_per_sm_variant<U, S>(threads); }
 };
 
@@ -144,11 +169,164 @@ struct copy_launch {
   int threads;
   int grid;
   cudaStream_t stream;
-  template <int U, bool S>
+  template <int U, int S>
   cudaError_t operator()() const {
     return launch_copy_variant<U, S>(items, n, src, dst, threads, grid, stream);
   }
 };
+
+
+// ---- bulk (TMA) copy ------------------------------------------------------------
+// One lane per warp keeps `Stages` bulk loads in flight (global -> shared,
+// completing on an mbarrier) and streams each finished stage back out with a
+// bulk store (shared -> global). The copy engine moves the bytes; the SM only
+// issues a few instructions per item.
+
+constexpr int bulk_max_warps = 8;
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void mbar_init(std::uint64_t* bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
+}
+
+__device__ __forceinline__ void bulk_load(void* smem, const void* gmem, std::uint32_t bytes,
+                                          std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
+               ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+      ::"r"(smem_addr(smem)), "l"(gmem), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, std::uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_%=;\n"
+      "}\n" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+
+__device__ __forceinline__ void bulk_store(void* gmem, const void* smem, std::uint32_t bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+               ::"l"(gmem), "r"(smem_addr(smem)), "r"(bytes) : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+
+// Waits until at most N bulk stores still read shared memory.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+
+template <int Stages>
+__global__ void bulk_copy_kernel(const copy_work_item* __restrict__ items, std::uint32_t n,
+                                 const char* src, char* dst, std::uint32_t stage_bytes) {
+  extern __shared__ __align__(128) unsigned char stage_memory[];
+  __shared__ __align__(8) std::uint64_t barriers[bulk_max_warps * Stages];
+  const unsigned lane = threadIdx.x % warp_lanes;
+  const unsigned warp_in_block = threadIdx.x / warp_lanes;
+  if (lane != 0)
+    return;  // one issuing lane per warp; the bulk engine does the copying
+  const std::uint32_t warps_per_block = blockDim.x / warp_lanes;
+  const std::uint32_t warp = blockIdx.x * warps_per_block + warp_in_block;
+  const std::uint32_t warps = gridDim.x * warps_per_block;
+  unsigned char* buffers = stage_memory + warp_in_block * Stages * stage_bytes;
+  std::uint64_t* bar = barriers + warp_in_block * Stages;
+  for (int s = 0; s < Stages; ++s)
+    mbar_init(bar + s);
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+
+  // This warp's k-th item is items[warp + k * warps].
+  auto load_item = [&](std::uint32_t k) {
+    const std::uint64_t i = warp + std::uint64_t{k} * warps;
+    if (i < n) {
+      const copy_work_item item = items[i];
+      bulk_load(buffers + (k % Stages) * stage_bytes, src + item.src_offset, item.length,
+                bar + (k % Stages));
+    }
+  };
+  for (std::uint32_t k = 0; k < Stages; ++k)
+    load_item(k);
+  for (std::uint32_t k = 0;; ++k) {
+    const std::uint64_t i = warp + std::uint64_t{k} * warps;
+    if (i >= n)
+      break;
+    const std::uint32_t s = k % Stages;
+    mbar_wait(bar + s, (k / Stages) & 1u);
+    const copy_work_item item = items[i];
+    bulk_store(dst + item.dst_offset, buffers + s * stage_bytes, item.length);
+    // Refill the previous stage once its store has read shared memory.
+    if (k >= 1) {
+      bulk_wait_read<1>();
+      load_item(k - 1 + Stages);
+    }
+  }
+  asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
+
+std::size_t bulk_smem_bytes(int warps_per_block, int stages, std::uint32_t stage_bytes) {
+  return static_cast<std::size_t>(warps_per_block) * stages * stage_bytes;
+}
+
+template <int Stages>
+cudaError_t launch_bulk_variant(const copy_work_item* items, std::uint32_t n, const char* src,
+                                char* dst, int threads, int grid, std::uint32_t stage_bytes,
+                                cudaStream_t stream) {
+  const std::size_t smem = bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
+  auto err = cudaFuncSetAttribute(bulk_copy_kernel<Stages>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(smem));
+  if (err != cudaSuccess)
+    return err;
+  bulk_copy_kernel<Stages><<<grid, threads, smem, stream>>>(items, n, src, dst, stage_bytes);
+  return cudaGetLastError();
+}
+
+template <int Stages>
+int bulk_blocks_per_sm_variant(int threads, std::uint32_t stage_bytes) {
+  const std::size_t smem = bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
+  int device = 0, limit = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      smem > static_cast<std::size_t>(limit))
+    return 0;  // this shape does not fit: the SIMT kernel runs instead
+  if (cudaFuncSetAttribute(bulk_copy_kernel<Stages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    cudaGetLastError();  // don't leave the failure for the next launch to report
+    return 0;
+  }
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, bulk_copy_kernel<Stages>, threads,
+                                                    smem) != cudaSuccess)
+    return 0;
+  return blocks;
+}
+
+bool bulk_usable(const copy_tuning& t) {
+  return t.bulk && t.threads_per_block / static_cast<int>(warp_lanes) <= bulk_max_warps;
+}
+
+int bulk_blocks_per_sm(const copy_tuning& t) {
+  switch (t.bulk_stages) {
+    case 2: return bulk_blocks_per_sm_variant<2>(t.threads_per_block, t.item_bytes);
+    case 3: return bulk_blocks_per_sm_variant<3>(t.threads_per_block, t.item_bytes);
+    default: return bulk_blocks_per_sm_variant<4>(t.threads_per_block, t.item_bytes);
+  }
+}
+
+cudaError_t launch_bulk(const copy_work_item* items, std::uint32_t n, const char* src, char* dst,
+                        const copy_tuning& t, int grid, cudaStream_t stream) {
+  switch (t.bulk_stages) {
+    case 2: return launch_bulk_variant<2>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
+    case 3: return launch_bulk_variant<3>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
+    default: return launch_bulk_variant<4>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
+  }
+}
 
 // ---- unpack -----------------------------------------------------------------
 
@@ -175,7 +353,7 @@ __global__ void unpack_kernel(unpack_args a) {
       const std::uint64_t off = a.base_offset + r.dst_off;
       ok = off >= r.dst_off && fits(off, r.len, a.dst_region_bytes);
       if (ok)
-        warp_copy<8, true>(bounce + r.src_off, reinterpret_cast<char*>(a.dst_region) + off,
+        warp_copy<8, 1>(bounce + r.src_off, reinterpret_cast<char*>(a.dst_region) + off,
                            r.len, lane);
     } else if (ok) {
       std::uint64_t done = 0;
@@ -187,10 +365,11 @@ __global__ void unpack_kernel(unpack_args a) {
         ok = block < a.block_count;
         if (!ok)
           break;
-        const std::uint64_t off = a.block_offsets[block] + within;
+        const std::uint64_t off =
+            (a.block_offsets ? a.block_offsets[block] : a.inline_offsets[block]) + within;
         ok = fits(off, piece, a.dst_region_bytes);
         if (ok)
-          warp_copy<8, true>(bounce + r.src_off + done,
+          warp_copy<8, 1>(bounce + r.src_off + done,
                              reinterpret_cast<char*>(a.dst_region) + off, piece, lane);
         done += piece;
       }
@@ -242,15 +421,36 @@ int grid_for(std::uint64_t units, int threads, int cap) {
 }  // namespace
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
+  if (bulk_usable(tuning)) {
+    const int blocks = bulk_blocks_per_sm(tuning);
+    if (blocks > 0)
+      return blocks;
+  }
   return dispatch(tuning, occupancy_query{tuning.threads_per_block});
+}
+
+bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes) {
+  for (const auto& it : items)
+    if ((it.src_offset | it.dst_offset | it.length) % 16 != 0 || it.length > item_bytes)
+      return false;
+  return true;
 }
 
 cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_count,
                                 const std::byte* src_base, std::byte* dst_base,
                                 const copy_tuning& tuning, int grid_blocks,
-                                cudaStream_t stream) {
+                                bool items_bulk_eligible, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
+  const auto bases = reinterpret_cast<std::uintptr_t>(src_base) |
+                     reinterpret_cast<std::uintptr_t>(dst_base);
+  if (items_bulk_eligible && bulk_usable(tuning) && bases % 16 == 0 &&
+      bulk_blocks_per_sm(tuning) > 0) {
+    const int warps_per_block = tuning.threads_per_block / static_cast<int>(warp_lanes);
+    return launch_bulk(items, item_count, reinterpret_cast<const char*>(src_base),
+                       reinterpret_cast<char*>(dst_base), tuning,
+                       grid_for(item_count, warps_per_block, grid_blocks), stream);
+  }
   // Never launch warps that would find no item at all.
   const int warps_per_block = tuning.threads_per_block / static_cast<int>(warp_lanes);
   const int grid = grid_for(item_count, warps_per_block, grid_blocks);

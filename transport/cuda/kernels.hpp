@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kvferry/transport/copy_plan.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
@@ -16,10 +17,14 @@ namespace kvferry::transport::kernels {
 /// Blocks per SM the copy kernel of this tuning can keep resident.
 int copy_blocks_per_sm(const copy_tuning& tuning);
 
+/// True when the bulk (TMA) kernel can copy these items (host-side check of
+/// offsets and lengths; base alignment is checked at launch).
+bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes);
+
 cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_count,
                                 const std::byte* src_base, std::byte* dst_base,
                                 const copy_tuning& tuning, int grid_blocks,
-                                cudaStream_t stream);
+                                bool items_bulk_eligible, cudaStream_t stream);
 
 struct unpack_args {
   const ncclNetUnpackHandle* handle;  // device-visible
@@ -32,6 +37,9 @@ struct unpack_args {
   const std::uint64_t* block_offsets; // device array, block_count entries
   std::uint64_t block_count;
   unsigned int* rejected;             // device-visible counter of bad records
+  // Small block tables travel in the kernel's parameters instead: no upload.
+  static constexpr int inline_blocks = 384;
+  std::uint64_t inline_offsets[inline_blocks];
 };
 cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream);
 

@@ -47,10 +47,11 @@ std::optional<std::string> check_extents(const std::vector<copy_extent>& extents
                                          std::uint64_t src_region_bytes,
                                          std::uint64_t dst_region_bytes);
 
-/// Returns an equivalent plan with fewer extents: zero-length extents dropped,
-/// extents sorted by source offset, and an extent merged into its predecessor
-/// when both its source and its destination continue the predecessor's. The
-/// bytes copied are exactly the same.
+/// Returns an equivalent plan with fewer extents: zero-length extents dropped
+/// and each extent merged into its predecessor in plan order when both its
+/// source and its destination continue the predecessor's. Linear time, no
+/// sort (runs of consecutive KV blocks are listed in order). The bytes copied
+/// are exactly the same.
 std::vector<copy_extent> coalesce(std::vector<copy_extent> extents);
 
 /// Cuts every extent into work items of `item_bytes` (the last piece of an

@@ -46,6 +46,14 @@ struct copy_tuning {
   bool streaming = true;            // __ldcs/__stcs: don't keep copied bytes in L2
   int threads_per_block = 256;
   int blocks_per_sm = 0;            // 0: as many as occupancy allows
+  /// Hopper bulk copies (cp.async.bulk global->shared->global, completion on
+  /// an mbarrier): one lane per warp drives a `bulk_stages`-deep pipeline of
+  /// item_bytes pieces. Used only when every item and both bases are 16-byte
+  /// aligned with lengths a multiple of 16 (else the SIMT kernel runs).
+  bool bulk = false;
+  int bulk_stages = 4;
+  /// Loads with ld.global.nc.L2::256B (prefetch whole 256-byte L2 sectors).
+  bool prefetch_l2_256 = false;
 };
 
 struct copy_plan_id {
