@@ -182,12 +182,11 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
                              ctx->req.request_id, g.block_offsets.size(),
                              ctx->blocks.size())));
   ctx->send_start = clock_type::now();
-  if (ctx->parts == 1) {
+  if (!ctx->req.layerwise) {  // filled and hashed before allocate
     send_part(self, ctx, g, 0);
     return;
   }
   // Layer by layer: each layer goes as soon as it is written.
-  auto t0 = clock_type::now();
   std::int64_t fill_ns = 0;
   for (std::uint32_t l = 0; l < ctx->parts; ++l) {
     auto tf = clock_type::now();
@@ -195,7 +194,6 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
     fill_ns += since(tf);
     send_part(self, ctx, g, l);
   }
-  (void)t0;
   auto th = clock_type::now();
   ctx->hash = hash_blocks(self->state.cfg.region->data(), ctx->blocks,
                           self->state.cfg.geometry.layer_block_bytes());
@@ -216,7 +214,7 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
                       fmt::format("request {}: empty prompt", req.request_id));
   auto ctx = std::make_shared<request_ctx>();
   ctx->bpl = bpl;
-  ctx->parts = req.layerwise ? geo.layers : 1;
+  ctx->parts = req.layerwise || st.cfg.layerwise ? geo.layers : 1;
   if (ctx->parts > max_parts)
     return make_error(ec::invalid_argument,
                       fmt::format("--layerwise supports at most {} layers",
@@ -230,6 +228,8 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
                   st.cfg.name, req.request_id, n, st.pool->free_blocks(),
                   st.pool->block_count()));
   ctx->req = std::move(req);
+  ctx->req.layerwise |= st.cfg.layerwise;
+  ctx->req.pull |= st.cfg.pull;
   ctx->bytes = n * geo.layer_block_bytes();
   ctx->promise = self->make_response_promise<proto::ready_report>();
   auto& r = ctx->req;

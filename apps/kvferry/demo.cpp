@@ -1,16 +1,519 @@
-// Placeholder: replaced when this command lands.
+// `kvferry demo`: the main job. Starts a directory, one prefill worker and one
+// decode worker as separate processes on this machine (kvsock over loopback,
+// host memory) — or attaches to a running deployment with --directory — and
+// acts as the router: a seeded stream of requests with random prompt
+// lengths, each one's KV blocks filled with a deterministic pattern by the
+// producer, moved by the transfer actors and verified byte for byte (xxhash)
+// by the consumer. Prints progress, then a table. Exits non-zero, naming
+// what failed, on any mismatch or failure. Children are always reaped.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <future>
 #include <iostream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/system_config.hpp"
 
 namespace kvferry::app {
+namespace {
+
+using namespace std::chrono;
+
+struct demo_command {
+  std::uint64_t requests = 100;
+  bool layerwise = false;
+  bool pull = false;
+  std::uint64_t seed = 1;
+  std::string directory;  // attach instead of starting processes
+  std::uint32_t min_tokens = 64;
+  std::uint32_t max_tokens = 1024;
+  std::uint32_t inflight = 2;
+  kv_geometry geometry;
+  std::string dtype = "fp16";
+  std::string plugin;
+  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
+  std::uint32_t comms_per_peer = 2;
+  std::uint32_t timeout_ms = 10000;
+  std::uint32_t deadline_s = 600;  // the whole run
+  bool quiet = false;
+  runtime::runtime_options runtime;
+};
+
+// ---- child processes ------------------------------------------------------------
+
+// A child `kvferry` process with its stdout on a pipe. Killed (SIGTERM, then
+// SIGKILL) and reaped on destruction, whatever happened.
+class child_process {
+ public:
+  child_process(std::string what, const std::vector<std::string>& args)
+      : what_(std::move(what)) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+      throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));
+    pid_ = fork();
+    if (pid_ < 0)
+      throw std::runtime_error(what_ + ": fork: " + std::strerror(errno));
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the demo
+      dup2(fds[1], STDOUT_FILENO);
+      std::vector<char*> argv;
+      for (auto& a : args)
+        argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv("/proc/self/exe", argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    out_ = fds[0];
+  }
+  ~child_process() { stop(); }
+  child_process(const child_process&) = delete;
+  child_process& operator=(const child_process&) = delete;
+
+  // Reads stdout until a line containing `marker`; returns that line, or
+  // throws naming the child when it exits or the deadline passes first.
+  std::string wait_for_line(const std::string& marker, milliseconds timeout) {
+    auto deadline = steady_clock::now() + timeout;
+    for (;;) {
+      auto nl = buffer_.find('\n');
+      while (nl != std::string::npos) {
+        auto line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        if (line.find(marker) != std::string::npos)
+          return line;
+        nl = buffer_.find('\n');
+      }
+      auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+      if (left.count() <= 0)
+        throw std::runtime_error(fmt::format(
+          "{} did not report '{}' within {} ms", what_, marker,
+          timeout.count()));
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
+        char buf[512];
+        auto n = read(out_, buf, sizeof buf);
+        if (n <= 0)
+          throw std::runtime_error(fmt::format(
+            "{} exited before reporting '{}' ({})", what_, marker,
+            describe_exit()));
+        buffer_.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+  }
+
+  bool running() {
+    if (pid_ <= 0)
+      return false;
+    return waitpid(pid_, &status_, WNOHANG) == 0;
+  }
+
+  void stop() {
+    if (pid_ <= 0)
+      return;
+    kill(pid_, SIGTERM);
+    auto deadline = steady_clock::now() + seconds(5);
+    while (waitpid(pid_, &status_, WNOHANG) == 0) {
+      if (steady_clock::now() > deadline) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &status_, 0);
+        break;
+      }
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    pid_ = -1;
+    if (out_ >= 0)
+      close(out_);
+    out_ = -1;
+  }
+
+ private:
+  std::string describe_exit() {
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      if (WIFEXITED(status))
+        return fmt::format("exit status {}", WEXITSTATUS(status));
+      if (WIFSIGNALED(status))
+        return fmt::format("killed by signal {}", WTERMSIG(status));
+    }
+    return "closed its output";
+  }
+  std::string what_;
+  pid_t pid_ = -1;
+  int out_ = -1;
+  int status_ = 0;
+  std::string buffer_;
+};
+
+std::vector<std::string> geometry_args(const demo_command& cmd) {
+  return {"--layers",       std::to_string(cmd.geometry.layers),
+          "--kv-heads",     std::to_string(cmd.geometry.kv_heads),
+          "--head-dim",     std::to_string(cmd.geometry.head_dim),
+          "--dtype",        cmd.dtype,
+          "--block-tokens", std::to_string(cmd.geometry.block_tokens)};
+}
+
+// ---- the router -------------------------------------------------------------------
+
+struct results {
+  std::mutex mtx;
+  std::uint64_t done = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t bytes = 0;
+  std::vector<double> latency_us;
+  std::vector<double> control_us;  // latency minus data movement and hashing
+  std::vector<std::string> errors;
+  steady_clock::time_point start, end;
+};
+
+struct router_plan {
+  std::vector<std::uint32_t> tokens;  // one per request
+  std::vector<producer_actor> producers;
+  std::vector<caf::actor> consumers;
+  bool layerwise = false;
+  bool pull = false;
+  std::uint64_t seed = 1;
+  std::uint32_t inflight = 2;
+  std::uint32_t timeout_ms = 10000;
+};
+
+caf::behavior router(caf::event_based_actor* self,
+                     std::shared_ptr<router_plan> plan,
+                     std::shared_ptr<results> out,
+                     std::shared_ptr<std::promise<void>> finished) {
+  auto next = std::make_shared<std::uint64_t>(0);
+  auto outstanding = std::make_shared<std::uint64_t>(0);
+  auto issue = std::make_shared<std::function<void()>>();
+  *issue = [=] {
+    while (*outstanding < plan->inflight && *next < plan->tokens.size()) {
+      auto i = (*next)++;
+      ++*outstanding;
+      proto::prefill_request req;
+      req.request_id = i + 1;
+      req.prompt_tokens = plan->tokens[i];
+      req.pattern_seed = plan->seed;
+      req.consumer = plan->consumers[i % plan->consumers.size()];
+      req.layerwise = plan->layerwise;
+      req.pull = plan->pull;
+      auto& producer = plan->producers[i % plan->producers.size()];
+      auto t0 = steady_clock::now();
+      // Generous: the producer's own deadlines fire first and name the cause.
+      self
+        ->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
+                  proto::prefill_atom::value, std::move(req))
+        .then(
+          [=](proto::ready_report& r) {
+            auto us = duration<double, std::micro>(steady_clock::now() - t0)
+                        .count();
+            {
+              std::lock_guard<std::mutex> guard{out->mtx};
+              ++out->done;
+              out->bytes += r.bytes;
+              out->latency_us.push_back(us);
+              out->control_us.push_back(
+                us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
+              if (!r.verified) {
+                ++out->failed;
+                out->errors.push_back(
+                  fmt::format("request {}: not verified", r.request_id));
+              }
+            }
+            --*outstanding;
+            (*issue)();
+          },
+          [=](caf::error& err) {
+            {
+              std::lock_guard<std::mutex> guard{out->mtx};
+              ++out->done;
+              ++out->failed;
+              out->errors.push_back(
+                fmt::format("request {}: {}", i + 1, render(err)));
+            }
+            --*outstanding;
+            (*issue)();
+          });
+    }
+    if (*outstanding == 0 && *next == plan->tokens.size()) {
+      out->end = steady_clock::now();
+      finished->set_value();
+      *issue = nullptr;  // breaks the self-reference
+      self->quit();
+    }
+  };
+  out->start = steady_clock::now();
+  (*issue)();
+  return {[](caf::ok_atom) {}};
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty())
+    return 0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
+}
+
+// Finds the workers of both roles, waiting (up to 15 s) for them to register.
+std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
+                         router_plan& plan) {
+  caf::scoped_actor self{sys};
+  auto deadline = steady_clock::now() + seconds(15);
+  std::string last_error;
+  while (steady_clock::now() < deadline) {
+    plan.producers.clear();
+    plan.consumers.clear();
+    self->request(dir, seconds(5), list_atom::value)
+      .receive(
+        [&](std::vector<worker_info>& all) {
+          for (auto& w : all) {
+            if (!w.app)
+              continue;
+            if (w.role == worker_role::prefill)
+              plan.producers.push_back(caf::actor_cast<producer_actor>(w.app));
+            else
+              plan.consumers.push_back(w.app);
+          }
+        },
+        [&](const caf::error& err) { last_error = render(err); });
+    if (!plan.producers.empty() && !plan.consumers.empty())
+      return {};
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  return fmt::format("the directory lists {} prefill and {} decode workers "
+                     "after 15 s{}",
+                     plan.producers.size(), plan.consumers.size(),
+                     last_error.empty() ? "" : " (" + last_error + ")");
+}
+
+int run_demo(demo_command& cmd) {
+  auto dtype = parse_dtype(cmd.dtype);
+  if (!dtype) {
+    std::cerr << "kvferry demo: --dtype '" << cmd.dtype
+              << "': expected fp16, bf16 or fp32\n";
+    return 2;
+  }
+  cmd.geometry.dtype = *dtype;
+  if (auto bad = cmd.geometry.validate(); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
+    return 2;
+  }
+  if (cmd.min_tokens == 0 || cmd.min_tokens > cmd.max_tokens) {
+    std::cerr << "kvferry demo: need 0 < --min-tokens <= --max-tokens\n";
+    return 2;
+  }
+  // Both pools must hold `inflight` of the largest requests at once.
+  auto max_blocks =
+    std::uint64_t{cmd.geometry.blocks_for_tokens(cmd.max_tokens)} *
+    cmd.geometry.layers;
+  auto pool_blocks = max_blocks * cmd.inflight;
+
+  std::vector<std::unique_ptr<child_process>> children;
+  std::string directory = cmd.directory;
+  try {
+    if (directory.empty()) {
+      // One secret per run, passed through the environment (not argv).
+      std::random_device rd;
+      auto secret = fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
+                                std::uint64_t{rd()} << 32 | rd());
+      setenv("KVFERRY_SECRET", secret.c_str(), 1);
+      auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
+      children.push_back(std::make_unique<child_process>(
+        "directory", std::vector<std::string>{"kvferry", "directory", "--bind",
+                                              "127.0.0.1", "--port", "0",
+                                              "--log-level", level}));
+      auto line = children.back()->wait_for_line("listening on", seconds(15));
+      directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
+      for (auto role : {"prefill", "decode"}) {
+        std::vector<std::string> args{
+          "kvferry", "worker", "--name", fmt::format("demo-{}-0", role),
+          "--role", role, "--directory", directory, "--bind", "127.0.0.1",
+          "--gpu", "none", "--pool-blocks", std::to_string(pool_blocks),
+          "--chunk-bytes", std::to_string(cmd.chunk_bytes),
+          "--comms-per-peer", std::to_string(cmd.comms_per_peer),
+          "--timeout-ms", std::to_string(cmd.timeout_ms),
+          "--scheduler", cmd.runtime.scheduler_policy,
+          "--log-level", level};
+        for (auto& a : geometry_args(cmd))
+          args.push_back(a);
+        if (!cmd.plugin.empty()) {
+          args.push_back("--plugin");
+          args.push_back(cmd.plugin);
+        }
+        children.push_back(std::make_unique<child_process>(
+          fmt::format("worker demo-{}-0", role), args));
+      }
+      for (std::size_t k = 1; k < children.size(); ++k)
+        children[k]->wait_for_line(" ready", seconds(30));
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "kvferry demo: " << e.what() << "\n";
+    return 1;
+  }
+
+  std::string host;
+  std::uint16_t port = 0;
+  if (auto err = parse_host_port(directory, host, port)) {
+    std::cerr << "kvferry demo: --directory: " << render(err) << "\n";
+    return 2;
+  }
+  runtime::system_config cfg{cmd.runtime};
+  cfg.set("middleman.enable-automatic-connections", true);
+  caf::actor_system sys{cfg};
+  auto dir = connect_directory(sys, host, port);
+  if (!dir) {
+    std::cerr << "kvferry demo: " << render(dir.error()) << "\n";
+    return 1;
+  }
+  auto plan = std::make_shared<router_plan>();
+  if (auto bad = find_workers(sys, *dir, *plan); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
+    return 1;
+  }
+  std::mt19937_64 rng{cmd.seed};
+  std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
+                                                      cmd.max_tokens};
+  for (std::uint64_t i = 0; i < cmd.requests; ++i)
+    plan->tokens.push_back(length(rng));
+  plan->layerwise = cmd.layerwise;
+  plan->pull = cmd.pull;
+  plan->seed = cmd.seed;
+  plan->inflight = std::max<std::uint32_t>(1, cmd.inflight);
+  plan->timeout_ms = cmd.timeout_ms;
+
+  auto out = std::make_shared<results>();
+  auto finished = std::make_shared<std::promise<void>>();
+  auto done_future = finished->get_future();
+  fmt::print(stderr,
+             "kvferry demo: {} requests ({}-{} tokens, seed {}), {} mode{}, "
+             "{} in flight, {} prefill / {} decode workers, directory {}\n",
+             cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
+             cmd.pull ? "pull" : "push", cmd.layerwise ? ", layer by layer" : "",
+             plan->inflight, plan->producers.size(), plan->consumers.size(),
+             directory);
+  auto r = sys.spawn(router, plan, out, finished);
+  auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
+  bool timed_out = false;
+  while (done_future.wait_for(milliseconds(500)) != std::future_status::ready) {
+    if (steady_clock::now() > deadline) {
+      timed_out = true;
+      break;
+    }
+    for (auto& c : children)
+      if (!c->running()) {
+        std::cerr << "kvferry demo: a child process died; waiting for the "
+                     "requests in flight to fail\n";
+        break;
+      }
+    if (!cmd.quiet) {
+      std::lock_guard<std::mutex> guard{out->mtx};
+      auto secs = duration<double>(steady_clock::now() - out->start).count();
+      fmt::print(stderr, "  {}/{} requests, {:.2f} GB moved, {:.2f} GB/s\n",
+                 out->done, cmd.requests, out->bytes / 1e9,
+                 out->bytes / 1e9 / std::max(secs, 1e-9));
+    }
+  }
+  if (timed_out) {
+    caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+    std::cerr << "kvferry demo: FAILED: requests still in flight after "
+              << cmd.deadline_s << " s\n";
+    return 1;
+  }
+  std::lock_guard<std::mutex> guard{out->mtx};
+  auto secs = duration<double>(out->end - out->start).count();
+  fmt::print("\n"
+             "| requests | failed | bytes moved | wall s | GB/s | p50 ms | p99 ms "
+             "| control p50 us | control p99 us |\n"
+             "|---|---|---|---|---|---|---|---|---|\n"
+             "| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} | {:.0f} |\n",
+             out->done, out->failed, out->bytes, secs, out->bytes / 1e9 / secs,
+             percentile(out->latency_us, 0.5) / 1e3,
+             percentile(out->latency_us, 0.99) / 1e3,
+             percentile(out->control_us, 0.5),
+             percentile(out->control_us, 0.99));
+  fmt::print("(control = request latency at the router minus the producer's "
+             "send time and the fill/hash time; {} mode{}, chunk {} B, {} "
+             "comms per peer)\n",
+             cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
+             cmd.chunk_bytes, cmd.comms_per_peer);
+  if (out->failed > 0) {
+    std::cerr << "kvferry demo: FAILED: " << out->failed << " of "
+              << cmd.requests << " requests failed; first errors:\n";
+    for (std::size_t k = 0; k < std::min<std::size_t>(5, out->errors.size());
+         ++k)
+      std::cerr << "  " << out->errors[k] << "\n";
+    return 1;
+  }
+  std::cout << "kvferry demo: OK, every byte of " << out->done
+            << " requests verified\n";
+  return 0;
+}
+
+}  // namespace
 
 void add_demo(CLI::App& root, int& exit_code) {
-  auto* cmd = root.add_subcommand("demo", "(not yet available)");
-  cmd->allow_extras();
-  cmd->callback([&exit_code] {
-    std::cerr << "kvferry: 'demo' is not available in this build yet\n";
-    exit_code = 2;
+  auto cmd = std::make_shared<demo_command>();
+  auto* sub = root.add_subcommand(
+    "demo", "Run a directory, a prefill and a decode worker and move "
+            "verified KV cache between them");
+  sub->add_option("--requests", cmd->requests)->capture_default_str();
+  sub->add_flag("--layerwise", cmd->layerwise, "ship layer by layer");
+  sub->add_flag("--pull", cmd->pull,
+                "the consumer reads what the producer advertises");
+  sub->add_option("--seed", cmd->seed)->capture_default_str();
+  sub->add_option("--directory", cmd->directory,
+                  "HOST:PORT: use a running deployment's workers instead of "
+                  "starting processes");
+  sub->add_option("--min-tokens", cmd->min_tokens)->capture_default_str();
+  sub->add_option("--max-tokens", cmd->max_tokens)->capture_default_str();
+  sub->add_option("--inflight", cmd->inflight, "requests in flight")
+    ->capture_default_str()
+    ->check(CLI::Range(1u, 1024u));
+  sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
+  sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
+  sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
+  sub->add_option("--dtype", cmd->dtype)->capture_default_str();
+  sub->add_option("--block-tokens", cmd->geometry.block_tokens)
+    ->capture_default_str();
+  sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
+  sub->add_option("--chunk-bytes", cmd->chunk_bytes)->capture_default_str();
+  sub->add_option("--comms-per-peer", cmd->comms_per_peer)
+    ->capture_default_str();
+  sub->add_option("--timeout-ms", cmd->timeout_ms)->capture_default_str();
+  sub->add_option("--deadline-s", cmd->deadline_s,
+                  "give up (and fail) after this long")
+    ->capture_default_str();
+  sub->add_flag("--quiet", cmd->quiet, "no progress lines");
+  runtime::add_runtime_options(*sub, cmd->runtime);
+  sub->callback([cmd, &exit_code] {
+    if (auto err = runtime::setup_logging(cmd->runtime.log_level,
+                                          cmd->runtime.log_file, "demo")) {
+      std::cerr << "kvferry demo: " << render(err) << "\n";
+      exit_code = 2;
+      return;
+    }
+    exit_code = run_demo(*cmd);
   });
 }
 

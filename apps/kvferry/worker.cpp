@@ -1,16 +1,297 @@
-// Placeholder: replaced when this command lands.
+// `kvferry worker`: a long-lived prefill or decode worker. It loads the
+// network plugin, allocates and registers its KV block pool, spawns its
+// transfer actor and its app actor (producer for prefill, consumer for
+// decode), registers both with the directory and serves until SIGINT or
+// SIGTERM, renewing its lease. `kvferry launch` and `kvferry demo` spawn it
+// with exactly these flags.
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
 #include <iostream>
+#include <memory>
+#include <string>
+
+#include <caf/all.hpp>
+#include <caf/io/middleman.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/plugin.hpp"
 
 namespace kvferry::app {
+namespace {
+
+struct worker_command {
+  std::string name;
+  std::string role;
+  std::string directory;
+  std::string secret;
+  std::string bind = "0.0.0.0";
+  std::string gpu = "none";
+  std::string plugin;
+  std::uint64_t pool_blocks = 4096;
+  kv_geometry geometry;
+  std::string dtype = "fp16";
+  std::string mode = "push";
+  bool layerwise = false;
+  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
+  std::uint32_t comms_per_peer = 2;
+  std::uint32_t timeout_ms = 10000;
+  runtime::runtime_options runtime;
+};
+
+sigset_t block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+// Everything that can be checked before any resource is taken.
+std::string validate(worker_command& cmd, worker_role& role) {
+  if (cmd.name.empty())
+    return "--name is required";
+  if (!parse_role(cmd.role, role))
+    return fmt::format("--role '{}': expected prefill or decode", cmd.role);
+  auto dtype = parse_dtype(cmd.dtype);
+  if (!dtype)
+    return fmt::format("--dtype '{}': expected fp16, bf16 or fp32", cmd.dtype);
+  cmd.geometry.dtype = *dtype;
+  if (auto bad = cmd.geometry.validate(); !bad.empty())
+    return bad;
+  if (cmd.mode != "push" && cmd.mode != "pull")
+    return fmt::format("--mode '{}': expected push or pull", cmd.mode);
+  if (cmd.gpu != "none")
+    return fmt::format("--gpu {}: GPU regions are not wired into the worker "
+                       "yet; use --gpu none (host memory)",
+                       cmd.gpu);
+  if (cmd.pool_blocks == 0)
+    return "--pool-blocks must be positive";
+  if (cmd.chunk_bytes == 0 || cmd.chunk_bytes > transport::max_chunk_bytes)
+    return fmt::format("--chunk-bytes must be in 1..{}",
+                       transport::max_chunk_bytes);
+  return {};
+}
+
+// Keeps the lease alive until a stop signal; returns the signal.
+int serve_until_signal(caf::actor_system& sys, const directory_actor& dir,
+                       const std::string& name, const lease& granted,
+                       sigset_t& stop_signals) {
+  caf::scoped_actor self{sys};
+  auto every = std::max<caf::timespan>(granted.duration / 3,
+                                       std::chrono::milliseconds(100));
+  auto secs = std::chrono::duration_cast<std::chrono::seconds>(every);
+  timespec wait{static_cast<time_t>(secs.count()),
+                static_cast<long>((every - secs).count())};
+  for (;;) {
+    int sig = sigtimedwait(&stop_signals, nullptr, &wait);
+    if (sig == SIGINT || sig == SIGTERM)
+      return sig;
+    self->request(dir, std::chrono::seconds(5), renew_atom::value, name,
+                  granted.token)
+      .receive([](caf::ok_atom) {},
+               [&](const caf::error& err) {
+                 spdlog::warn("worker {}: lease renewal failed: {}", name,
+                              render(err));
+               });
+  }
+}
+
+int run_worker(worker_command& cmd) {
+  worker_role role;
+  if (auto bad = validate(cmd, role); !bad.empty()) {
+    std::cerr << "kvferry worker: " << bad << "\n";
+    return 2;
+  }
+  std::string dir_host;
+  std::uint16_t dir_port = 0;
+  if (auto err = parse_host_port(cmd.directory, dir_host, dir_port)) {
+    std::cerr << "kvferry worker: --directory: " << render(err) << "\n";
+    return 2;
+  }
+  auto stop_signals = block_stop_signals();
+  runtime::system_config cfg{cmd.runtime};
+  // Workers talk to each other directly, not through the directory's node.
+  cfg.set("middleman.enable-automatic-connections", true);
+  caf::actor_system sys{cfg};
+  std::shared_ptr<transport::plugin> net;
+  try {
+    net = transport::plugin::load(cmd.plugin);
+  } catch (const std::exception& e) {
+    spdlog::error("worker {}: {}", cmd.name, e.what());
+    return 1;
+  }
+  if (net->device_count() == 0) {
+    spdlog::error("worker {}: plugin {} reports no devices", cmd.name,
+                  net->name());
+    return 1;
+  }
+  auto bytes = cmd.pool_blocks * cmd.geometry.layer_block_bytes();
+  std::shared_ptr<memory_region> region;
+  try {
+    region = memory_region::allocate_host(bytes, cmd.name + "/kv-pool");
+  } catch (const std::exception& e) {
+    spdlog::error("worker {}: {}", cmd.name, e.what());
+    return 1;
+  }
+  transfer_config tc;
+  tc.name = cmd.name;
+  tc.net = net;
+  tc.region = region;
+  tc.comms_per_peer = cmd.comms_per_peer;
+  tc.chunk_bytes = cmd.chunk_bytes;
+  tc.open_timeout_ms = cmd.timeout_ms;
+  auto transfer = spawn_transfer(sys, tc);
+  caf::scoped_actor self{sys};
+  proto::endpoint ep;
+  self->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
+    .receive([&](proto::endpoint& e) { ep = std::move(e); },
+             [&](const caf::error& err) {
+               spdlog::error("worker {}: transfer actor: {}", cmd.name,
+                             render(err));
+             });
+  app_config ac;
+  ac.name = cmd.name;
+  ac.geometry = cmd.geometry;
+  ac.region = region;
+  ac.transfer = transfer;
+  ac.self = ep;
+  ac.timeout_ms = cmd.timeout_ms;
+  ac.layerwise = cmd.layerwise;
+  ac.pull = cmd.mode == "pull";
+  caf::actor app = role == worker_role::prefill
+                     ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
+                     : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
+  auto stop_all = [&] {
+    self->send_exit(app, caf::exit_reason::user_shutdown);
+    self->send_exit(transfer, caf::exit_reason::user_shutdown);
+  };
+  // A published port lets peers reach this node directly.
+  auto port = sys.middleman().publish(app, 0, cmd.bind.c_str(), true);
+  if (!port) {
+    spdlog::error("worker {}: cannot listen on {}: {}", cmd.name, cmd.bind,
+                  render(port.error()));
+    stop_all();
+    return 1;
+  }
+  auto dir = connect_directory(sys, dir_host, dir_port);
+  if (!dir) {
+    spdlog::error("worker {}: {}", cmd.name, render(dir.error()));
+    stop_all();
+    return 1;
+  }
+  worker_info info;
+  info.name = cmd.name;
+  info.role = role;
+  info.host = local_hostname();
+  info.host_id = local_host_id();
+  info.plugin = net->name();
+  info.transfer = caf::actor_cast<caf::actor>(transfer);
+  info.app = app;
+  info.regions.push_back(region_info{
+    0, reinterpret_cast<std::uint64_t>(region->data()), region->size(),
+    region->kind(), -1, {}});
+  info.attributes = {
+    {"mode", cmd.mode},
+    {"layerwise", cmd.layerwise ? "true" : "false"},
+    {"layers", std::to_string(cmd.geometry.layers)},
+    {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
+    {"pool_blocks", std::to_string(cmd.pool_blocks)},
+  };
+  std::optional<lease> granted;
+  self->request(*dir, std::chrono::seconds(10), register_atom::value, info,
+                cmd.secret)
+    .receive([&](lease& l) { granted = l; },
+             [&](const caf::error& err) {
+               spdlog::error("worker {}: registering with the directory at "
+                             "{} failed: {}",
+                             cmd.name, cmd.directory, render(err));
+             });
+  if (!granted) {
+    stop_all();
+    return 1;
+  }
+  // A parent process (demo, launch, tests) waits for this line.
+  std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
+            << ", plugin " << net->name() << ", " << cmd.pool_blocks
+            << " blocks of " << cmd.geometry.layer_block_bytes() << " B)"
+            << std::endl;
+  int sig = serve_until_signal(sys, *dir, cmd.name, *granted, stop_signals);
+  spdlog::info("worker {}: {} received, leaving", cmd.name,
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
+  self->request(*dir, std::chrono::seconds(2), leave_atom::value, cmd.name,
+                granted->token)
+    .receive([](caf::ok_atom) {}, [](const caf::error&) {});
+  stop_all();
+  return 0;
+}
+
+}  // namespace
 
 void add_worker(CLI::App& root, int& exit_code) {
-  auto* cmd = root.add_subcommand("worker", "(not yet available)");
-  cmd->allow_extras();
-  cmd->callback([&exit_code] {
-    std::cerr << "kvferry: 'worker' is not available in this build yet\n";
-    exit_code = 2;
+  auto cmd = std::make_shared<worker_command>();
+  auto* sub = root.add_subcommand(
+    "worker", "Run a prefill or decode worker until SIGINT/SIGTERM");
+  sub->add_option("--name", cmd->name, "unique worker name")->required();
+  sub->add_option("--role", cmd->role, "prefill or decode")->required();
+  sub->add_option("--directory", cmd->directory,
+                  "HOST:PORT of the directory")->required();
+  sub->add_option("--secret", cmd->secret,
+                  "deployment secret (default: $KVFERRY_SECRET)");
+  sub->add_option("--bind", cmd->bind,
+                  "address peers reach this worker's actors on")
+    ->capture_default_str();
+  sub->add_option("--gpu", cmd->gpu, "CUDA device ordinal, or none")
+    ->capture_default_str();
+  sub->add_option("--plugin", cmd->plugin,
+                  "net plugin name or path (default $KVFERRY_NET_PLUGIN, "
+                  "else kvsock)");
+  sub->add_option("--pool-blocks", cmd->pool_blocks,
+                  "KV block pool size in layer-blocks")
+    ->capture_default_str();
+  sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
+  sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
+  sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
+  sub->add_option("--dtype", cmd->dtype, "fp16, bf16 or fp32")
+    ->capture_default_str();
+  sub->add_option("--block-tokens", cmd->geometry.block_tokens)
+    ->capture_default_str();
+  sub->add_option("--mode", cmd->mode, "push or pull (producer's default)")
+    ->capture_default_str();
+  sub->add_flag("--layerwise", cmd->layerwise,
+                "ship each layer as soon as it is written (producer default)");
+  sub->add_option("--chunk-bytes", cmd->chunk_bytes,
+                  "largest single plugin send/receive")
+    ->capture_default_str();
+  sub->add_option("--comms-per-peer", cmd->comms_per_peer,
+                  "comm pairs striped per peer")
+    ->capture_default_str()
+    ->check(CLI::Range(1u, 64u));
+  sub->add_option("--timeout-ms", cmd->timeout_ms,
+                  "deadline of every remote request and transfer")
+    ->capture_default_str();
+  runtime::add_runtime_options(*sub, cmd->runtime);
+  sub->callback([cmd, &exit_code] {
+    if (cmd->secret.empty())
+      if (const char* env = std::getenv("KVFERRY_SECRET"))
+        cmd->secret = env;
+    if (auto err = runtime::setup_logging(cmd->runtime.log_level,
+                                          cmd->runtime.log_file,
+                                          "worker " + cmd->name)) {
+      std::cerr << "kvferry worker: " << render(err) << "\n";
+      exit_code = 2;
+      return;
+    }
+    exit_code = run_worker(*cmd);
   });
 }
 

@@ -185,6 +185,8 @@ struct app_config {
   transfer_actor transfer;
   proto::endpoint self;                    // this worker's transfer endpoint
   std::uint32_t timeout_ms = 10000;        // every remote request
+  bool layerwise = false;  // producer: ship layer by layer unless asked
+  bool pull = false;       // producer: advertise instead of pushing
 };
 
 producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);
