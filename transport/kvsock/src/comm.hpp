@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <thread>
 #include <vector>
@@ -167,7 +168,8 @@ struct CommBase {
   std::atomic<uint64_t> progress{0};
   std::atomic<bool> sleeping{false};
   std::atomic<uint64_t> seen_progress{0}; // written under mu, read by idle_wait
-  int64_t idle_since_ns = 0;
+  int64_t idle_since_ns = 0;              // start of the current idle period
+  int64_t idle_avg_ns = 0;                // moving average of idle periods
   void note_progress();
 
   // fault injection
@@ -228,7 +230,10 @@ struct RecvComm : CommBase {
 
   ncclResult_t post(Request* request, int n, void** data, const int* sizes,
                     const int* tags, void** mhandles);
-  void pump();
+  // may_block: the first read may wait (SO_RCVTIMEO, about wait_us rounded
+  // up to a clock tick) for data, like a blocking recv; see test_request.
+  void pump(bool may_block = false);
+  int recv_flags = MSG_DONTWAIT;
   bool deliver_from_rx();
   bool read_inline_direct();
   bool fill_rx();
@@ -251,8 +256,8 @@ struct WaitHint {
 
 ncclResult_t test_request(Request* request, int* done, int* sizes,
                           WaitHint* hint);
-// Sleeps as the hint says (bounded by config.wait_us), or yields the CPU.
-void idle_wait(const WaitHint& hint);
+// Sleeps as the hint says, at most config.wait_us; true when woken by news.
+bool idle_wait(const WaitHint& hint);
 
 ncclResult_t errno_result(int err); // peer-caused errnos -> ncclRemoteError
 

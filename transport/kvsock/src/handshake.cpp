@@ -377,6 +377,14 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
     if (comm == nullptr)
       return ncclSystemError;
     comm->config.unpack = Config::from_env().unpack;
+    if (comm->config.wait_us > 0) {
+      // Every control-socket read passes MSG_DONTWAIT except the one that
+      // test() lets wait; that one is bounded by this timeout.
+      timeval timeout{0, comm->config.wait_us};
+      setsockopt(comm->ctrl_fd, SOL_SOCKET, SO_RCVTIMEO, &timeout,
+                 sizeof timeout);
+      set_nonblocking(comm->ctrl_fd, false);
+    }
     comm->init_pool(kRecvRequests, kMaxRecvs);
     comm->match.resize(kRecvRequests);
     comm->rx.resize(kRxBuffer);

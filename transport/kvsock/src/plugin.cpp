@@ -271,15 +271,21 @@ ncclResult_t kvsock_test(void* request_ptr, int* done, int* sizes) {
     KVSOCK_WARN("test: %p is not a request in flight", request_ptr);
     return ncclInvalidArgument;
   }
-  WaitHint hint;
-  ncclResult_t result = guarded(
-      "test", [&] { return test_request(request, done, sizes, &hint); });
   // Callers poll test() in a loop. Once a comm has been idle for
   // KVSOCK_SPIN_US, sleep until its socket or a lane has news (at most
   // KVSOCK_WAIT_US): a spinning poller on a busy machine steals the time
-  // slices that the transfer (our lanes, the peer, the kernel) needs.
-  if (result == ncclSuccess && *done == 0)
-    idle_wait(hint);
+  // slices that the transfer (our lanes, the peer, the kernel) needs. Woken
+  // by news, look again at once, so one call usually sees the completion.
+  ncclResult_t result = ncclSuccess;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    WaitHint hint;
+    result = guarded("test",
+                     [&] { return test_request(request, done, sizes, &hint); });
+    if (result != ncclSuccess || *done != 0 || !hint.wait)
+      break;
+    if (!idle_wait(hint))
+      break; // timed out: return to the caller
+  }
   return result;
 }
 

@@ -52,13 +52,15 @@ ncclResult_t RecvComm::post(Request* request, int n, void** data,
   }
   match[(match_head + match_count) % match.size()] = request;
   ++match_count;
-  pump();
+  // No pump here: test() will, and a recv that finds nothing is a wasted
+  // system call on the latency path.
   if (peer_closed)
     on_peer_closed();
   return ncclSuccess;
 }
 
-void RecvComm::pump() {
+void RecvComm::pump(bool may_block) {
+  recv_flags = may_block ? 0 : MSG_DONTWAIT;
   while (error.load() == ncclSuccess) {
     if (inline_msg != nullptr) {
       Message& msg = *inline_msg;
@@ -66,6 +68,10 @@ void RecvComm::pump() {
       if (left == 0) {
         inline_msg = nullptr;
         inline_request = nullptr;
+        // A message just completed: let test() report it rather than spend
+        // a recv that most likely finds nothing (the next call will look).
+        if (rx_end - rx_begin < sizeof(MessageHeader))
+          return;
         continue;
       }
       if (rx_end > rx_begin) {
@@ -123,7 +129,8 @@ bool RecvComm::read_inline_direct() {
   msghdr mh{};
   mh.msg_iov = iov;
   mh.msg_iovlen = static_cast<size_t>(count);
-  ssize_t n = recvmsg(ctrl_fd, &mh, MSG_DONTWAIT);
+  ssize_t n = recvmsg(ctrl_fd, &mh, recv_flags);
+  recv_flags = MSG_DONTWAIT; // only the first read of a pump may wait
   if (n > 0) {
     size_t payload = std::min(static_cast<size_t>(n), covered);
     msg.inline_done += payload;
@@ -150,8 +157,8 @@ bool RecvComm::fill_rx() {
   }
   if (rx_end == rx.size())
     return false;
-  ssize_t n =
-      recv(ctrl_fd, rx.data() + rx_end, rx.size() - rx_end, MSG_DONTWAIT);
+  ssize_t n = recv(ctrl_fd, rx.data() + rx_end, rx.size() - rx_end, recv_flags);
+  recv_flags = MSG_DONTWAIT; // only the first read of a pump may wait
   if (n > 0) {
     rx_end += static_cast<size_t>(n);
     progress.fetch_add(1, std::memory_order_relaxed);

@@ -45,15 +45,15 @@ ncclResult_t test_send(SendComm& comm, Request* request, int* done,
   return ncclSuccess;
 }
 
-ncclResult_t test_recv(RecvComm& comm, Request* request, int* done,
-                       int* sizes) {
+ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes,
+                       bool may_block) {
   if (request->awaiting_consume) { // UNPACK: tested again before irecvConsumed
     *done = 1;
     if (sizes != nullptr)
       sizes[0] = static_cast<int>(request->msgs[0].size);
     return ncclSuccess;
   }
-  comm.pump();
+  comm.pump(may_block);
   bool complete = request->matched == request->n;
   bool truncated = false;
   for (int i = 0; i < request->n && complete; ++i) {
@@ -103,24 +103,39 @@ ncclResult_t test_request(Request* request, int* done, int* sizes,
   *done = 0;
   CommBase* comm = request->comm;
   std::lock_guard<std::mutex> lock(comm->mu);
-  ncclResult_t result =
-      comm->sender
-          ? test_send(*static_cast<SendComm*>(comm), request, done, sizes)
-          : test_recv(*static_cast<RecvComm*>(comm), request, done, sizes);
-  if (result != ncclSuccess || *done || comm->config.wait_us == 0)
-    return result;
-  // Idle accounting: spin while things move, sleep once nothing has for
-  // spin_us.
+  // Idle accounting. Spinning pays only when news usually comes within the
+  // spin window (a quiet machine, a fast peer); when idle periods are longer
+  // (a loaded machine, a transfer waiting on its lanes) every spin is CPU
+  // taken from the transfer, so the comm sleeps at once: a receive waiting
+  // for the control socket blocks in recv (one system call, as a blocking
+  // TCP reader would), anything else in ppoll (see idle_wait).
+  int64_t spin_ns = static_cast<int64_t>(comm->config.spin_us) * 1000;
+  bool sleepy = comm->config.wait_us > 0 && comm->idle_avg_ns > 2 * spin_ns;
+  bool block = sleepy && !comm->sender && !request->awaiting_consume &&
+               !lanes_busy(*request);
+  int64_t before = block ? now_ns() : 0;
+  ncclResult_t result = comm->sender ? test_send(*static_cast<SendComm*>(comm),
+                                                 request, done, sizes)
+                                     : test_recv(*static_cast<RecvComm*>(comm),
+                                                 request, done, sizes, block);
   int64_t now = now_ns();
   uint64_t progress = comm->progress.load(std::memory_order_acquire);
-  if (progress != comm->seen_progress.load(std::memory_order_relaxed) ||
-      comm->idle_since_ns == 0) {
+  if (block &&
+      progress != comm->seen_progress.load(std::memory_order_relaxed)) {
+    comm->idle_avg_ns += (now - before - comm->idle_avg_ns) / 8;
     comm->seen_progress.store(progress, std::memory_order_relaxed);
     comm->idle_since_ns = now;
-    return result;
   }
-  if (now - comm->idle_since_ns <
-      static_cast<int64_t>(comm->config.spin_us) * 1000)
+  if (result != ncclSuccess || *done || comm->config.wait_us == 0 || block)
+    return result;
+  if (progress != comm->seen_progress.load(std::memory_order_relaxed) ||
+      comm->idle_since_ns == 0) {
+    if (comm->idle_since_ns != 0)
+      comm->idle_avg_ns += (now - comm->idle_since_ns - comm->idle_avg_ns) / 8;
+    comm->seen_progress.store(progress, std::memory_order_relaxed);
+    comm->idle_since_ns = now;
+  }
+  if (!sleepy && now - comm->idle_since_ns < spin_ns)
     return result;
   hint->wait = true;
   hint->comm = comm;
@@ -137,11 +152,12 @@ ncclResult_t test_request(Request* request, int* done, int* sizes,
   return result;
 }
 
-void idle_wait(const WaitHint& hint) {
+bool idle_wait(const WaitHint& hint) {
   // Within the spin window return at once: sched_yield() looks tempting but
   // on a loaded machine it hands the CPU away for a whole time slice.
   if (!hint.wait)
-    return;
+    return false;
+  bool news = true;
   CommBase* comm = hint.comm;
   comm->sleeping.store(true, std::memory_order_seq_cst);
   // A lane that finished between our check and `sleeping` did not signal:
@@ -151,12 +167,15 @@ void idle_wait(const WaitHint& hint) {
     pollfd fds[2] = {{hint.ctrl_fd, hint.ctrl_events, 0},
                      {comm->wake_fd, POLLIN, 0}};
     timespec timeout{0, static_cast<long>(comm->config.wait_us) * 1000};
-    ppoll(fds, 2, &timeout, nullptr);
+    news = ppoll(fds, 2, &timeout, nullptr) > 0;
+    if ((fds[1].revents & POLLIN) != 0) {
+      uint64_t drained;
+      ssize_t n = ::read(comm->wake_fd, &drained, sizeof drained);
+      (void)n;
+    }
   }
   comm->sleeping.store(false, std::memory_order_relaxed);
-  uint64_t drained;
-  ssize_t n = ::read(comm->wake_fd, &drained, sizeof drained);
-  (void)n;
+  return news;
 }
 
 } // namespace kvsock

@@ -277,6 +277,9 @@ int main(int argc, char** argv) {
   std::string mode = argc > 2 ? argv[2] : "all";
   int reps = argc > 3 ? atoi(argv[3]) : 3;
   for (int r = 0; r < reps; ++r) {
+    if (mode == "kvrtt") { // kvsock only, for profiling
+      printf("rtt8: kvsock %.2f us\n", kv_rtt(20000));
+    }
     if (mode == "all" || mode == "rtt") {
       double a = raw_rtt(20000, false), s = raw_rtt(20000, true),
              k = kv_rtt(20000);
