@@ -4,6 +4,7 @@
 //
 // Its awkward habits are switched on by environment variables, read at init:
 //   KVFERRY_FAKE_NULL_EVERY=k        every k-th isend/irecv returns a NULL request
+//   KVFERRY_FAKE_NULL_RUN=r          only one post in r+1 is taken: r NULLs in a row
 //   KVFERRY_FAKE_CONNECT_ROUNDS=r    connect and accept return a NULL comm r times first
 //   KVFERRY_FAKE_MAX_RECVS=n         maxRecvs (default 4)
 //   KVFERRY_FAKE_MAX_REQUESTS=m      requests a comm takes before answering NULL (default 64)
@@ -26,7 +27,7 @@ __attribute__((visibility("default"))) long kvferry_fake_max_chunk = 0;
 namespace {
 
 std::mutex mutex;
-long null_every = 0, connect_rounds = 0, max_recvs = 4, max_requests = 64, post_calls = 0;
+long null_every = 0, null_run = 0, connect_rounds = 0, max_recvs = 4, max_requests = 64, post_calls = 0;
 
 enum class kind { send, recv, flush };
 struct request {
@@ -100,7 +101,8 @@ void match(pair_state* pair) {
 
 bool refuse_post(int outstanding) {
   ++post_calls;
-  if (outstanding >= max_requests || (null_every > 0 && post_calls % null_every == 0)) {
+  if (outstanding >= max_requests || (null_every > 0 && post_calls % null_every == 0) ||
+      (null_run > 0 && post_calls % (null_run + 1) != 0)) {
     ++kvferry_fake_null_requests;
     return true;
   }
@@ -109,6 +111,7 @@ bool refuse_post(int outstanding) {
 
 ncclResult_t fake_init(ncclDebugLogger_t log) {
   null_every = env_long("KVFERRY_FAKE_NULL_EVERY", 0);
+  null_run = env_long("KVFERRY_FAKE_NULL_RUN", 0);
   connect_rounds = env_long("KVFERRY_FAKE_CONNECT_ROUNDS", 0);
   max_recvs = env_long("KVFERRY_FAKE_MAX_RECVS", 4);
   max_requests = env_long("KVFERRY_FAKE_MAX_REQUESTS", 64);

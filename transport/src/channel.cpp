@@ -308,6 +308,17 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       throw transport_error(fmt::format("plugin {}: {} on the channel to {}: {} buffers, "
                                         "this device groups 1 to {}",
                                         net->name(), call, options.peer, count, limit));
+    // Check every buffer before anything is queued: a bad one posts nothing.
+    for (int i = 0; i < count; ++i) {
+      auto& b = buffers[i];
+      size_t bytes = byte_count(b);
+      if (!b.mr || bytes > options.chunk_bytes)
+        throw transport_error(fmt::format("plugin {}: {} on the channel to {}: buffer {} has "
+                                          "{} bytes (at most {}) or no registration",
+                                          net->name(), call, options.peer, i, bytes,
+                                          options.chunk_bytes));
+      checked_registration(*b.mr, b.data, bytes, call);
+    }
     size_t c = take_comm();
     bool send = dir == direction::send;
     uint32_t slot = allocate_op(send ? count : 1);
@@ -317,13 +328,8 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
     for (int i = 0; i < count; ++i) {
       auto& b = buffers[i];
       size_t bytes = byte_count(b);
-      if (!b.mr || bytes > options.chunk_bytes)
-        throw transport_error(fmt::format("plugin {}: {} on the channel to {}: buffer {} has "
-                                          "{} bytes (at most {}) or no registration",
-                                          net->name(), call, options.peer, i, bytes,
-                                          options.chunk_bytes));
       auto* data = static_cast<char*>(const_cast<void*>(static_cast<const void*>(b.data)));
-      auto& reg = checked_registration(*b.mr, data, bytes, call);
+      auto& reg = regs[b.mr->slot_];
       chunk ch;
       ch.op = slot;
       ch.data[0] = data;
