@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "kvferry/runtime/version.hpp"
 #include "kvferry/transport/gpu_info.hpp"
+#include "kvferry/transport/plugin.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -24,6 +25,26 @@ void print_gpus() {
                gpu.memory_bytes / double(1 << 30), gpu.pci_bus_id);
 }
 
+// Every libnccl-net-*.so on the search path, each probed in a child process
+// (so a plugin that crashes or exits in init cannot take `info` down).
+void print_plugins() {
+  std::string dirs;
+  for (auto& dir : transport::plugin_search_dirs()) dirs += (dirs.empty() ? "" : ":") + dir;
+  auto found = transport::discover_plugins();
+  fmt::print("Network plugins: {} found (default: {}; searched {} and LD_LIBRARY_PATH)\n",
+             found.size(), transport::default_plugin(), dirs);
+  for (auto& where : found) {
+    auto report = transport::probe_plugin(where.path, std::chrono::seconds(10));
+    if (!report.ok) {
+      fmt::print("  {}  {}\n    unusable: {}\n", where.requested, where.path, report.error);
+      continue;
+    }
+    fmt::print("  {}  {}  (table '{}', {} device(s))\n", where.requested, where.path,
+               report.table_name, report.devices.size());
+    for (auto& dev : report.devices) fmt::print("    {}\n", transport::describe(dev));
+  }
+}
+
 }  // namespace
 
 void add_info(CLI::App& root, int& exit_code) {
@@ -33,6 +54,7 @@ void add_info(CLI::App& root, int& exit_code) {
     fmt::print("kvferry {} ({})\n", kvferry::version,
                kvferry::built_with_cuda ? "built with CUDA" : "built without CUDA");
     print_gpus();
+    print_plugins();
     exit_code = 0;
   });
 }
