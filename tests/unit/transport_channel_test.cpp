@@ -4,8 +4,10 @@
 #include <doctest/doctest.h>
 
 #include <dlfcn.h>
+#include <sys/mman.h>
 
 #include <chrono>
+#include <cstring>
 #include <cstdlib>
 #include <numeric>
 #include <string>
@@ -198,4 +200,42 @@ TEST_CASE("an accept nobody connects to times out naming the peer") {
   } catch (const timeout_error& e) {
     CHECK(std::string(e.what()).find("accept from decode-7") != std::string::npos);
   }
+}
+
+TEST_CASE("a registration above 2^31-1 bytes is made of 1 GiB windows every 512 MiB") {
+  // 3 GiB of address space, untouched except for the pages the transfer uses.
+  const size_t bytes = size_t{3} << 30;
+  void* raw = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  REQUIRE(raw != MAP_FAILED);
+  char* region = static_cast<char*>(raw);
+  {
+    auto [tx, rx] = connect_pair({});
+    long before = fake_counter("kvferry_fake_live_mrs");
+    auto send_mr = tx.register_memory(region, bytes);
+    // Windows start at 0, 0.5, 1, 1.5 and 2 GiB; the last reaches the end.
+    CHECK(fake_counter("kvferry_fake_live_mrs") == before + 5);
+    auto recv_mr = rx.register_memory(region, bytes);
+    const size_t from = (size_t{11} << 28) + 12345, to = (size_t{5} << 28) + 7;  // 2.75 / 1.25 GiB
+    auto source = pattern(8192, 9);
+    std::memcpy(region + from, source.data(), source.size());
+    rx.post_recv(region + to, 8192, recv_mr);
+    tx.post_send(region + from, 8192, send_mr);
+    auto done = drive(tx, rx, 2);
+    REQUIRE(done.size() == 2);
+    for (auto& c : done) CHECK(c.ok);
+    CHECK(std::memcmp(region + to, source.data(), source.size()) == 0);
+  }
+  ::munmap(raw, bytes);
+}
+
+TEST_CASE("chunk sizes outside 1..512 MiB are refused when the channel is made") {
+  channel_options options;
+  options.chunk_bytes = max_chunk_bytes + 1;
+  auto net = fake();
+  channel_listener listener(net, 0, options);
+  channel_connector connector(net, 0, listener.handles(), options);
+  for (int i = 0; i < 100 && !(connector.try_connect() & listener.try_accept()); ++i) {
+  }
+  CHECK_THROWS_AS(connector.take(), transport_error);
 }
