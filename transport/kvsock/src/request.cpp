@@ -31,6 +31,12 @@ ncclResult_t test_send(SendComm& comm, Request* request, int* done,
   comm.pump();
   Message& msg = request->msgs[0];
   if (message_complete(msg, true)) {
+    // A lane that failed still counts its piece as finished: the request
+    // is over, but it did not succeed.
+    if (int err = request->error.load(); err != ncclSuccess) {
+      comm.release_request(request);
+      return static_cast<ncclResult_t>(err);
+    }
     *done = 1;
     if (sizes != nullptr)
       sizes[0] = static_cast<int>(msg.size);
@@ -40,8 +46,13 @@ ncclResult_t test_send(SendComm& comm, Request* request, int* done,
   int err = request->error.load();
   if (err == ncclSuccess)
     err = comm.error.load();
-  if (err != ncclSuccess)
+  // Report a failure only once no lane thread still reads the buffer, so the
+  // caller may free it as soon as test() returns (the failed comm's sockets
+  // are shut down, so the lanes let go promptly).
+  if (err != ncclSuccess && !lanes_busy(*request)) {
+    comm.release_request(request);
     return static_cast<ncclResult_t>(err);
+  }
   return ncclSuccess;
 }
 
@@ -64,13 +75,11 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes,
     int err = request->error.load();
     if (err == ncclSuccess)
       err = comm.error.load();
-    if (err != ncclSuccess) {
-      // Free it only once no lane thread still owns one of its pieces.
-      if (!lanes_busy(*request)) {
-        if (request->unpack_slot >= 0)
-          comm.unpack->slot_busy[request->unpack_slot] = false;
-        comm.release_request(request);
-      }
+    // As for sends: fail only once no lane thread writes into the buffer.
+    if (err != ncclSuccess && !lanes_busy(*request)) {
+      if (request->unpack_slot >= 0)
+        comm.unpack->slot_busy[request->unpack_slot] = false;
+      comm.release_request(request);
       return static_cast<ncclResult_t>(err);
     }
     return ncclSuccess;
