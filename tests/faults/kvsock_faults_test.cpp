@@ -23,6 +23,11 @@ TEST_CASE(
     CHECK(rr == ncclRemoteError);
     CHECK(Clock::now() - start < std::chrono::seconds(3));
     CHECK(warned("KVSOCK_FAULT_DROP_AFTER"));
+    // The failed comm refuses new work with the same error.
+    void* again = nullptr;
+    CHECK(p.net->isend(p.send, src.data(), 10, 0, src.mhandle, &again) ==
+          ncclSystemError);
+    CHECK(again == nullptr);
   }
 }
 

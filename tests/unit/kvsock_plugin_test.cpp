@@ -453,3 +453,45 @@ TEST_CASE("comms close in any order with requests in flight, without hangs") {
     CHECK(Clock::now() - start < std::chrono::seconds(5));
   }
 }
+
+TEST_CASE("connect to a listener that is gone fails within its deadline") {
+  EnvGuard timeout("KVSOCK_CONNECT_TIMEOUT_MS", "300");
+  ncclNet_v7_t* net = plugin();
+  char handle[NCCL_NET_HANDLE_MAXSIZE];
+  void* listen = nullptr;
+  REQUIRE(net->listen(0, handle, &listen) == ncclSuccess);
+  REQUIRE(net->closeListen(listen) == ncclSuccess);
+  void* send = nullptr;
+  ncclResult_t result = ncclSuccess;
+  auto start = Clock::now();
+  while (result == ncclSuccess && send == nullptr &&
+         Clock::now() - start < std::chrono::seconds(5)) {
+    result = net->connect(0, handle, &send, nullptr);
+  }
+  CHECK(send == nullptr);
+  CHECK(result != ncclSuccess);
+  CHECK(Clock::now() - start < std::chrono::seconds(2));
+}
+
+TEST_CASE("KVSOCK_IFADDR chooses the listen address; KVSOCK_NSOCKS the data "
+          "sockets") {
+  EnvGuard address("KVSOCK_IFADDR", "127.0.0.1");
+  for (const char* sockets : {"1", "4"}) {
+    CAPTURE(sockets);
+    EnvGuard nsocks("KVSOCK_NSOCKS", sockets);
+    Pair p;
+    sockaddr_in listened{};
+    std::memcpy(&listened, p.handle + 8, sizeof listened); // Handle::address
+    CHECK(listened.sin_addr.s_addr == htonl(INADDR_LOOPBACK));
+    constexpr int kSize = 3 << 20;
+    Buffer src(p.net, p.send, kSize, 11);
+    Buffer dst(p.net, p.recv, kSize);
+    int got = -1;
+    ncclResult_t sr, rr;
+    transfer(p, src, kSize, dst, kSize, &got, &sr, &rr);
+    CHECK(sr == ncclSuccess);
+    CHECK(rr == ncclSuccess);
+    CHECK(got == kSize);
+    CHECK(dst.matches(11, kSize));
+  }
+}
