@@ -19,7 +19,6 @@
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <signal.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -351,7 +350,9 @@ private:
   }
 
   bool start(child& c) {
-    ::mkdir(std::filesystem::path(c.spec.log_path).parent_path().c_str(), 0755);
+    std::error_code ignored;  // a failure shows up as open() failing below
+    std::filesystem::create_directories(std::filesystem::path(c.spec.log_path).parent_path(),
+                                        ignored);
     int log_fd = ::open(c.spec.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log_fd < 0) {
       say(fmt::format("cannot open log file {} for {}: {}", c.spec.log_path, c.spec.name,
