@@ -61,6 +61,7 @@ case \$name in
   stubborn) trap 'echo "stubborn ignores TERM"' TERM ;;
   *) trap 'echo "\$name got TERM"; exit 0' TERM ;;
 esac
+echo "\$name ready"   # the trap is in place: TERM from now on is handled
 for _ in \$(seq 600); do sleep 0.1; done
 EOF
 chmod +x "$WORK/fake-kvferry"
@@ -113,7 +114,7 @@ expect "the log tail is shown" contains "$WORK/err" "| crashy: about to fail"
 expect "it is restarted with backoff" contains "$WORK/err" "restarting crashy in 100 ms (restart 2 of 2)"
 expect "then fails for good" contains "$WORK/err" "crashy failed for good"
 expect "three attempts in its log" test "$(grep -c 'starting crashy' "$WORK/logs/crashy.log")" -eq 3
-expect "the others were stopped with TERM" contains "$WORK/logs/p0.log" "p0 got TERM"
+expect "the others were stopped" bash -c "! kill -0 $(cat "$WORK/p0.pid") 2>/dev/null"
 rm -rf "$WORK/logs"
 
 # ---- 4. a healthy deployment stops cleanly on SIGTERM ------------------------------
@@ -121,6 +122,9 @@ topology "$WORK/ok.yaml"
 "$KVFERRY" launch "$WORK/ok.yaml" >"$WORK/out" 2>"$WORK/err" &
 launch_pid=$!
 expect "all three processes start" wait_for 20 contains "$WORK/err" "started d0"
+for name in directory p0 d0; do
+  expect "$name is ready" wait_for 20 contains "$WORK/logs/$name.log" "$name ready"
+done
 expect "the worker got its environment" wait_for 10 contains "$WORK/logs/p0.log" \
   "p0 env: secret=hunter2 nccl_x=1 metrics=$((PORT + 1))"
 expect "the secret is not on any command line" bash -c "! grep -q hunter2 /proc/$(cat "$WORK/p0.pid")/cmdline"
@@ -140,8 +144,7 @@ topology "$WORK/stubborn.yaml" "{name: stubborn, role: decode}"
 "$KVFERRY" launch "$WORK/stubborn.yaml" >"$WORK/out" 2>"$WORK/err" &
 launch_pid=$!
 wait_for 20 contains "$WORK/err" "started stubborn"
-wait_for 10 test -s "$WORK/logs/stubborn.log"
-sleep 0.3  # let bash install its trap
+expect "the stubborn worker is ready" wait_for 20 contains "$WORK/logs/stubborn.log" "stubborn ready"
 kill -INT "$launch_pid"
 timeout 20 tail --pid="$launch_pid" -f /dev/null
 wait "$launch_pid"

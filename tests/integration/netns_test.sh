@@ -85,7 +85,8 @@ export KVFERRY_SECRET="netns-test-$tag-$RANDOM"
 ip netns exec "$NS_A" "$KVFERRY" launch "$WORK/topology.yaml" --host ns-a \
   >"$WORK/launch-a.out" 2>"$WORK/launch-a.err" &
 pids+=($!)
-ip netns exec "$NS_B" "$KVFERRY" launch "$WORK/topology.yaml" --host ns-b \
+# No --host here: launch must recognise ns-b by its address.
+ip netns exec "$NS_B" "$KVFERRY" launch "$WORK/topology.yaml" \
   >"$WORK/launch-b.out" 2>"$WORK/launch-b.err" &
 pids+=($!)
 
@@ -113,6 +114,8 @@ ip netns exec "$NS_A" timeout 120 "$KVFERRY" demo --directory "$ADDR_A:7470" \
 rc=$?
 cat "$WORK/demo.out"
 [ $rc -eq 0 ] || die "kvferry demo across the namespaces failed (status $rc)"
+
+grep -q "on host 'ns-b'" "$WORK/launch-b.err" || die "launch in ns-b did not identify its host"
 
 # Both launches stop cleanly on SIGTERM.
 for pid in "${pids[@]}"; do kill -TERM "$pid"; done
