@@ -10,3 +10,7 @@ kvferry_add_test(NAME test_gpu_copy SOURCES gpu/gpu_copy_test.cpp
   LIBS kvferry_transport GPU LABELS integration TIMEOUT 120)
 kvferry_add_test(NAME test_gpu_ipc SOURCES gpu/gpu_ipc_test.cpp
   LIBS kvferry_transport GPU LABELS integration TIMEOUT 120)
+# kvsock in UNPACK mode + the unpack kernel, end to end (loads the built plugin).
+kvferry_add_test(NAME test_gpu_unpack_kvsock SOURCES gpu/gpu_unpack_kvsock_test.cpp
+  LIBS kvferry_transport ${CMAKE_DL_LIBS} GPU LABELS integration TIMEOUT 120)
+add_dependencies(test_gpu_unpack_kvsock nccl-net-kvsock)

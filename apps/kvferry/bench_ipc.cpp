@@ -201,13 +201,20 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
 
     // kvferry with the plan built and uploaded each time (host wall clock).
     ctx.poison();
-    std::vector<double> samples;
+    std::vector<double> samples, prepare_samples;
     for (int i = 0; i < std::max(3, r / 2); ++i) {
-      const auto t0 = std::chrono::steady_clock::now();
-      engine.wait(engine.copy(ctx.src, ctx.dst.view(), plan), std::chrono::seconds(10));
-      samples.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      using clock = std::chrono::steady_clock;
+      const auto t0 = clock::now();
+      const auto plan_id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
+      const auto t1 = clock::now();
+      const auto ticket = engine.launch(plan_id, ctx.src.base, ctx.dst.data());
+      engine.release(plan_id);
+      engine.wait(ticket, std::chrono::seconds(10));
+      samples.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+      prepare_samples.push_back(std::chrono::duration<double>(t1 - t0).count());
     }
     row["kvferry_with_plan"] = method_result(median(samples), bytes, contiguous_s, ctx.mismatches(plan));
+    row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
   }
 
   if (sweep) {
@@ -231,11 +238,24 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
       t.bulk_stages = stages;
       return t;
     };
-    for (auto t : {simt(8192, 8, 0, false, false), simt(8192, 8, 0, true, false),
-                   simt(8192, 8, 0, true, true), simt(8192, 8, 0, false, true),
-                   simt(4096, 8, 0, true, true), simt(16384, 8, 0, true, true),
-                   simt(8192, 16, 0, true, true), simt(8192, 16, 0, false, true),
-                   simt(4096, 4, 0, true, true), bulk(16384, 32, 4), bulk(8192, 64, 4)})
+    auto cta = [](std::uint32_t item, int unroll, int threads) {
+      copy_tuning t;
+      t.cta_per_item = true;
+      t.item_bytes = item;
+      t.unroll = unroll;
+      t.threads_per_block = threads;
+      return t;
+    };
+    auto unbalanced = [](copy_tuning t) {
+      t.balance_rounds = false;
+      return t;
+    };
+    for (auto t : {unbalanced(copy_tuning{}), simt(8192, 8, 0, false, false),
+                   simt(4096, 8, 0, true, false), simt(16384, 8, 0, true, false),
+                   simt(8192, 16, 0, true, false), simt(4096, 16, 0, true, false),
+                   simt(8192, 8, 0, true, true), simt(4096, 4, 0, true, false),
+                   bulk(16384, 32, 4), cta(32768, 8, 256), cta(16384, 4, 256),
+                   cta(65536, 8, 512), cta(65536, 16, 256)})
       tunings.push_back(t);
     json variants = json::array();
     for (const auto& t : tunings) {
@@ -247,8 +267,11 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
         engine.launch(id, ctx.src.base, ctx.dst.data());
       });
       engine.release(id);
-      const char* kind = t.bulk ? "bulk" : t.prefetch_l2_256 ? (t.streaming ? "simt-nc256-cs" : "simt-nc256")
-                                                             : (t.streaming ? "simt-cs" : "simt-plain");
+      const char* kind = t.cta_per_item ? "cta-per-item"
+                         : !t.balance_rounds ? "simt-cs-unbalanced-grid"
+                         : t.bulk ? "bulk"
+                         : t.prefetch_l2_256 ? (t.streaming ? "simt-nc256-cs" : "simt-nc256")
+                                             : (t.streaming ? "simt-cs" : "simt-plain");
       variants.push_back(json{{"kernel", kind}, {"item_bytes", t.item_bytes},
                               {"unroll", t.unroll}, {"threads", t.threads_per_block},
                               {"stages", t.bulk_stages}, {"grid_blocks", engine.grid_blocks()},

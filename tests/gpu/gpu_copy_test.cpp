@@ -85,7 +85,8 @@ TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned off
                              copy_tuning{65536, 8, true, 512, 1, false, 4},
                              copy_tuning{4096, 8, true, 32, 1, true, 4},
                              copy_tuning{8192, 8, true, 64, 1, true, 3},
-                             copy_tuning{16384, 8, true, 128, 0, true, 2}}) {
+                             copy_tuning{16384, 8, true, 128, 0, true, 2},
+                             copy_tuning{8192, 4, true, 128, 0, false, 4, false, true, true}}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.unroll);
     CAPTURE(tuning.bulk);

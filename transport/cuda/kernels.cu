@@ -115,10 +115,52 @@ __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
   }
 }
 
+// Variant: the whole block copies one item, thread t taking vectors t,
+// t+blockDim, ... so that one load instruction of the block covers 4 KiB of
+// contiguous memory (the warp version covers 512 B).
+template <int Unroll, int Hint>
+__global__ void cta_copy_kernel(const copy_work_item* __restrict__ items,
+                                std::uint32_t item_count, const char* src, char* dst) {
+  for (std::uint32_t i = blockIdx.x; i < item_count; i += gridDim.x) {
+    const copy_work_item item = items[i];
+    const char* s = src + item.src_offset;
+    char* d = dst + item.dst_offset;
+    const auto addr = reinterpret_cast<std::uintptr_t>(s) | reinterpret_cast<std::uintptr_t>(d);
+    if ((addr & 15u) != 0) {
+      for (std::uint64_t b = threadIdx.x; b < item.length; b += blockDim.x)
+        d[b] = s[b];
+      continue;
+    }
+    const auto* vs = reinterpret_cast<const uint4*>(s);
+    auto* vd = reinterpret_cast<uint4*>(d);
+    const std::uint32_t vectors = item.length >> 4;
+    for (std::uint32_t v = 0; v < vectors; v += blockDim.x * Unroll) {
+      uint4 r[Unroll];
+#pragma unroll
+      for (int k = 0; k < Unroll; ++k) {
+        const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
+        if (j < vectors)
+          r[k] = load16<Hint>(vs + j);
+      }
+#pragma unroll
+      for (int k = 0; k < Unroll; ++k) {
+        const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
+        if (j < vectors)
+          store16<Hint>(vd + j, r[k]);
+      }
+    }
+    for (std::uint64_t b = (std::uint64_t{vectors} << 4) + threadIdx.x; b < item.length; b += blockDim.x)
+      d[b] = s[b];
+  }
+}
+
 template <int Unroll, int Hint>
 cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n, const char* src,
-                                char* dst, int threads, int grid, cudaStream_t stream) {
-  batched_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
+                                char* dst, int threads, int grid, bool cta, cudaStream_t stream) {
+  if (cta)
+    cta_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
+  else
+    batched_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
   return cudaGetLastError();
 }
 
@@ -168,10 +210,11 @@ struct copy_launch {
   char* dst;
   int threads;
   int grid;
+  bool cta;
   cudaStream_t stream;
   template <int U, int S>
   cudaError_t operator()() const {
-    return launch_copy_variant<U, S>(items, n, src, dst, threads, grid, stream);
+    return launch_copy_variant<U, S>(items, n, src, dst, threads, grid, cta, stream);
   }
 };
 
@@ -418,6 +461,17 @@ int grid_for(std::uint64_t units, int threads, int cap) {
   return static_cast<int>(blocks < 1 ? 1 : (blocks > static_cast<std::uint64_t>(cap) ? cap : blocks));
 }
 
+// Grid for `items` spread over warps: each warp strides over items, so the
+// work takes ceil(items / warps) rounds. Launch only as many warps as those
+// rounds need (all but the last warp do exactly that many items), rather than
+// leaving a last round in which a few warps run alone.
+int balanced_grid(std::uint64_t items, int warps_per_block, int max_blocks) {
+  const std::uint64_t max_warps = std::uint64_t(max_blocks) * warps_per_block;
+  const std::uint64_t rounds = (items + max_warps - 1) / max_warps;
+  const std::uint64_t warps = (items + rounds - 1) / rounds;
+  return grid_for(warps, warps_per_block, max_blocks);
+}
+
 }  // namespace
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
@@ -449,15 +503,20 @@ cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_
     const int warps_per_block = tuning.threads_per_block / static_cast<int>(warp_lanes);
     return launch_bulk(items, item_count, reinterpret_cast<const char*>(src_base),
                        reinterpret_cast<char*>(dst_base), tuning,
-                       grid_for(item_count, warps_per_block, grid_blocks), stream);
+                       tuning.balance_rounds
+                           ? balanced_grid(item_count, warps_per_block, grid_blocks)
+                           : grid_for(item_count, warps_per_block, grid_blocks),
+                       stream);
   }
   // Never launch warps that would find no item at all.
-  const int warps_per_block = tuning.threads_per_block / static_cast<int>(warp_lanes);
-  const int grid = grid_for(item_count, warps_per_block, grid_blocks);
+  const int units_per_block =
+      tuning.cta_per_item ? 1 : tuning.threads_per_block / static_cast<int>(warp_lanes);
+  const int grid = tuning.balance_rounds ? balanced_grid(item_count, units_per_block, grid_blocks)
+                                         : grid_for(item_count, units_per_block, grid_blocks);
   return dispatch(tuning, copy_launch{items, item_count,
                                       reinterpret_cast<const char*>(src_base),
                                       reinterpret_cast<char*>(dst_base),
-                                      tuning.threads_per_block, grid, stream});
+                                      tuning.threads_per_block, grid, tuning.cta_per_item, stream});
 }
 
 cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream) {

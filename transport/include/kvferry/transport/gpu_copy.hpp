@@ -54,6 +54,10 @@ struct copy_tuning {
   int bulk_stages = 4;
   /// Loads with ld.global.nc.L2::256B (prefetch whole 256-byte L2 sectors).
   bool prefetch_l2_256 = false;
+  /// Launch only the warps the item rounds need (see kernels.cu balanced_grid).
+  bool balance_rounds = true;
+  /// A whole block (not a warp) copies each item (experimental, see docs/gpu.md).
+  bool cta_per_item = false;
 };
 
 struct copy_plan_id {
