@@ -45,7 +45,7 @@ struct worker_spec {
   std::string plugin_file;  // the resolved .so, empty if it was not found
   std::map<std::string, std::string> plugin_env;  // set in the worker's environment
   std::vector<std::string> devices;  // plugin device names to use; empty: all
-  std::uint32_t pool_blocks = 1024;
+  std::uint32_t pool_blocks = 4096;  // layer-blocks; the worker's default too
   restart_policy restart = restart_policy::on_failure;
   std::uint16_t metrics_port = 0;  // 0: no metrics endpoint
   location where;
