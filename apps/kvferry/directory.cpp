@@ -83,9 +83,38 @@ double percentile(std::vector<double>& sorted, double p) {
   return sorted[index];
 }
 
+struct probe_result {
+  std::vector<double> micros;
+  int failures = 0;
+};
+
+// Sends `total` lookups one after another from an event-based actor (as a
+// worker's actors would), timing each; tells `done` when finished.
+void run_pings(caf::event_based_actor* self, directory_actor dir,
+               size_t remaining, probe_result* out, caf::actor done) {
+  if (remaining == 0) {
+    self->send(done, caf::ok_atom::value);
+    self->quit();
+    return;
+  }
+  auto start = std::chrono::steady_clock::now();
+  auto record = [=](bool answered) {
+    out->micros.push_back(std::chrono::duration<double, std::micro>(
+                            std::chrono::steady_clock::now() - start)
+                            .count());
+    if (!answered)
+      ++out->failures;
+    run_pings(self, dir, remaining - 1, out, done);
+  };
+  self->request(dir, std::chrono::seconds(5), lookup_atom::value,
+                std::string{"probe-no-such-worker"})
+    .then([=](const worker_info&) { record(true); },
+          [=](const caf::error& err) { record(is(err, ec::not_found)); });
+}
+
 // Measures request/response round trips to a remote directory: lookups of a
 // name that does not exist (the reply is a small error), so the directory's
-// contents don't change the result.
+// contents don't change the result. The first 100 warm up and are dropped.
 int probe(const directory_command& cmd) {
   std::string host;
   uint16_t port = 0;
@@ -100,33 +129,31 @@ int probe(const directory_command& cmd) {
     std::cerr << "kvferry directory --probe: " << render(dir.error()) << "\n";
     return 1;
   }
-  caf::scoped_actor self{sys};
-  std::vector<double> micros;
-  micros.reserve(cmd.count);
-  int failures = 0;
-  for (size_t i = 0; i < cmd.count + 100; ++i) {
-    auto start = std::chrono::steady_clock::now();
-    bool answered = false;
-    self->request(*dir, std::chrono::seconds(5), lookup_atom::value,
-                  std::string{"probe-no-such-worker"})
-      .receive([&](const worker_info&) { answered = true; },
-               [&](const caf::error& err) { answered = is(err, ec::not_found); });
-    auto took = std::chrono::duration<double, std::micro>(
-                  std::chrono::steady_clock::now() - start)
-                  .count();
-    if (!answered)
-      ++failures;
-    if (i >= 100) // the first requests warm up connections and caches
-      micros.push_back(took);
+  constexpr size_t warmup = 100;
+  probe_result result;
+  result.micros.reserve(cmd.count + warmup);
+  caf::scoped_actor waiter{sys};
+  sys.spawn(run_pings, *dir, cmd.count + warmup, &result,
+            caf::actor_cast<caf::actor>(waiter));
+  bool finished = false;
+  // 5 s per request at most, plus slack: never waits forever.
+  auto limit = std::chrono::seconds(10 + 5 * static_cast<long>(cmd.count + warmup));
+  waiter->receive([&](caf::ok_atom) { finished = true; },
+                  caf::after(limit) >> [] {});
+  if (!finished) {
+    std::cerr << "kvferry directory --probe: timed out\n";
+    return 1;
   }
+  std::vector<double> micros(result.micros.begin() + warmup,
+                             result.micros.end());
   std::sort(micros.begin(), micros.end());
   fmt::print("directory round trip to {} ({} requests, scheduler {}): "
              "p50 {:.1f} us, p90 {:.1f} us, p99 {:.1f} us, max {:.1f} us, "
              "failures {}\n",
              cmd.probe, micros.size(), cmd.runtime.scheduler_policy,
              percentile(micros, 0.5), percentile(micros, 0.9),
-             percentile(micros, 0.99), micros.back(), failures);
-  return failures == 0 ? 0 : 1;
+             percentile(micros, 0.99), micros.back(), result.failures);
+  return result.failures == 0 ? 0 : 1;
 }
 
 }  // namespace

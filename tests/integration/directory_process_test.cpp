@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <poll.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -36,6 +37,8 @@ public:
     pid_ = fork();
     REQUIRE(pid_ >= 0);
     if (pid_ == 0) {
+      // Dies with the test, even if the test crashes or is killed.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
       close(out[1]);
@@ -100,7 +103,10 @@ private:
   int stdout_ = -1;
 };
 
-caf::behavior idle_worker() {
+// Stands in for a worker's app actor. (Function actors get one argument:
+// CAF 0.17.6 dereferences a null argument tuple for spawn(f) with none,
+// which UBSan reports.)
+caf::behavior idle_worker(caf::event_based_actor*, int) {
   return {[](caf::ok_atom) {}};
 }
 
@@ -112,7 +118,7 @@ worker_info make_worker(caf::actor_system& sys, std::string name) {
   info.host_id = local_host_id();
   info.plugin = "kvsock";
   info.listen_handles.push_back(std::vector<char>(listen_handle_size, 'x'));
-  info.app = sys.spawn(idle_worker);
+  info.app = sys.spawn(idle_worker, 0);
   return info;
 }
 
