@@ -9,6 +9,8 @@
 // the pool once no plugin request can touch them any more.
 #include <chrono>
 #include <memory>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -56,17 +58,10 @@ namespace {
 using namespace std::chrono;
 using clock_type = steady_clock;
 
-struct producer_state {
-  app_config cfg;
-  std::unique_ptr<block_pool> pool;
-  static inline const char* name = "kvferry.producer";
-};
-
-using self_ptr = producer_actor::stateful_pointer<producer_state>;
-
 // One request in flight at the producer.
 struct request_ctx {
   proto::prefill_request req;
+  std::string consumer_name;  // known once granted
   std::uint32_t bpl = 0;
   std::uint32_t parts = 1;
   std::vector<std::uint64_t> blocks;
@@ -82,6 +77,23 @@ struct request_ctx {
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
 
+struct producer_state {
+  app_config cfg;
+  std::unique_ptr<block_pool> pool;
+  // Requests not yet answered, to fail them at once when their consumer
+  // dies (down message) or leaves the directory.
+  std::unordered_map<std::uint64_t, ctx_ptr> active;
+  std::unordered_set<caf::actor_addr> monitored;
+  static inline const char* name = "kvferry.producer";
+};
+
+using self_ptr = producer_actor::stateful_pointer<producer_state>;
+
+void answer(self_ptr self, const ctx_ptr& ctx, proto::ready_report r) {
+  self->state.active.erase(ctx->req.request_id);
+  ctx->promise.deliver(std::move(r));
+}
+
 std::int64_t since(clock_type::time_point t0) {
   return duration_cast<nanoseconds>(clock_type::now() - t0).count();
 }
@@ -96,6 +108,7 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
 void fail_request(self_ptr self, const ctx_ptr& ctx, caf::error err) {
   if (!ctx->failed) {
     ctx->failed = true;
+    self->state.active.erase(ctx->req.request_id);
     ctx->promise.deliver(std::move(err));
   }
   if (ctx->sends_left == 0)
@@ -132,11 +145,13 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
               std::move(n))
     .then(
       [self, ctx](proto::ready_report& r) {
+        if (ctx->failed)
+          return;
         r.transfer_ns = ctx->transfer_ns;
         r.compute_ns += ctx->compute_ns;
-        ctx->promise.deliver(std::move(r));
+        answer(self, ctx, std::move(r));
       },
-      [self, ctx](caf::error& err) { ctx->promise.deliver(std::move(err)); });
+      [self, ctx](caf::error& err) { fail_request(self, ctx, std::move(err)); });
 }
 
 void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
@@ -182,6 +197,7 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
                              ctx->req.request_id, g.block_offsets.size(),
                              ctx->blocks.size())));
   ctx->send_start = clock_type::now();
+  ctx->consumer_name = g.receiver.name;
   if (!ctx->req.layerwise) {  // filled and hashed before allocate
     send_part(self, ctx, g, 0);
     return;
@@ -232,6 +248,9 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   ctx->req.pull |= st.cfg.pull;
   ctx->bytes = n * geo.layer_block_bytes();
   ctx->promise = self->make_response_promise<proto::ready_report>();
+  st.active.emplace(ctx->req.request_id, ctx);
+  if (st.monitored.insert(ctx->req.consumer.address()).second)
+    self->monitor(ctx->req.consumer);
   auto& r = ctx->req;
   if (!r.layerwise || r.pull) {
     auto t0 = clock_type::now();
@@ -257,8 +276,10 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
       .then(
         [self, ctx](proto::ready_report& rep) {
           release_blocks(self, *ctx);
+          if (ctx->failed)
+            return;
           rep.compute_ns += ctx->compute_ns;
-          ctx->promise.deliver(std::move(rep));
+          answer(self, ctx, std::move(rep));
         },
         [self, ctx](caf::error& err) {
           // The consumer's side fails only after its transfers resolved
@@ -284,14 +305,48 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   return ctx->promise;
 }
 
+template <class Pred>
+void fail_where(self_ptr self, Pred pred, const caf::error& err) {
+  std::vector<ctx_ptr> hit;
+  for (auto& [id, ctx] : self->state.active)
+    if (pred(*ctx))
+      hit.push_back(ctx);
+  for (auto& ctx : hit)
+    fail_request(self, ctx, err);
+}
+
 producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
     std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
   self->state.cfg = std::move(cfg);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    self->state.monitored.erase(dm.source);
+    std::vector<ctx_ptr> hit;
+    for (auto& [id, ctx] : self->state.active)
+      if (ctx->req.consumer.address() == dm.source)
+        hit.push_back(ctx);
+    for (auto& ctx : hit) {
+      auto who = ctx->consumer_name.empty()
+                   ? "of request " + std::to_string(ctx->req.request_id)
+                   : "'" + ctx->consumer_name + "'";
+      fail_request(self, ctx,
+                   make_error(ec::peer_down,
+                              fmt::format("consumer {} is down: {}", who,
+                                          render(dm.reason))));
+    }
+  });
   return {
     [self](proto::prefill_atom, proto::prefill_request& req) {
       return on_prefill(self, req);
+    },
+    [](joined_atom, const worker_info&) {},
+    [self](left_atom, const std::string& name, const caf::error& why) {
+      fail_where(self,
+                 [&](const request_ctx& c) { return c.consumer_name == name; },
+                 make_error(ec::peer_down,
+                            fmt::format("consumer '{}' left the directory: {}",
+                                        name, render(why))));
     },
   };
 }

@@ -146,11 +146,17 @@ void drop_peer_out(self_ptr self, const std::string& name,
   auto i = self->state.out.find(name);
   if (i == self->state.out.end())
     return;
+  std::size_t failed = 0;
   for (auto& [id, t] : i->second.transfers)
-    if (!t.done)
+    if (!t.done) {
       fail(t, self->state, err);
-  spdlog::warn("transfer {}: dropping send channel to '{}': {}",
-               self->state.cfg.name, name, render(err));
+      ++failed;
+    }
+  // A peer that leaves while nothing is in flight is routine (shutdown).
+  spdlog::log(failed > 0 ? spdlog::level::warn : spdlog::level::info,
+              "transfer {}: dropping send channel to '{}' ({} transfers "
+              "failed): {}",
+              self->state.cfg.name, name, failed, render(err));
   self->state.out.erase(i);
 }
 
@@ -159,14 +165,19 @@ void drop_peer_in(self_ptr self, const std::string& name,
   auto i = self->state.in.find(name);
   if (i == self->state.in.end())
     return;
+  std::size_t failed = 0;
   for (auto& [id, t] : i->second.transfers)
-    if (!t.done && !t.failure)
+    if (!t.done && !t.failure) {
       fail(t, self->state, err);
+      ++failed;
+    }
   // Failed-but-unclaimed entries keep their error for a later recv order;
   // the channel and the bookkeeping of posted requests go.
   auto& p = i->second;
-  spdlog::warn("transfer {}: dropping receive channel from '{}': {}",
-               self->state.cfg.name, name, render(err));
+  spdlog::log(failed > 0 ? spdlog::level::warn : spdlog::level::info,
+              "transfer {}: dropping receive channel from '{}' ({} transfers "
+              "failed): {}",
+              self->state.cfg.name, name, failed, render(err));
   p.ops.clear();
   p.waiting.clear();
   p.reg = registration{};
@@ -669,6 +680,12 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       handle_announce(self, a);
     },
     [self](proto::stats_atom) { return self->state.stats; },
+    [](joined_atom, const worker_info&) {},
+    [self](left_atom, const std::string& name, const caf::error& why) {
+      auto err = lost(name, "the directory reports it left: " + render(why));
+      drop_peer_out(self, name, err);
+      drop_peer_in(self, name, err);
+    },
     [self](proto::progress_atom) { on_progress(self); },
     [self](proto::expire_atom, const std::string& key, std::uint64_t id) {
       on_expire(self, key, id);

@@ -206,9 +206,13 @@ caf::behavior router(caf::event_based_actor* self,
                      std::shared_ptr<std::promise<void>> finished) {
   auto next = std::make_shared<std::uint64_t>(0);
   auto outstanding = std::make_shared<std::uint64_t>(0);
+  auto stopped = std::make_shared<bool>(false);
   auto issue = std::make_shared<std::function<void()>>();
   *issue = [=] {
-    while (*outstanding < plan->inflight && *next < plan->tokens.size()) {
+    // After the first failure no new request starts: the run has failed,
+    // and the requests in flight only drain.
+    while (*outstanding < plan->inflight && *next < plan->tokens.size() &&
+           !*stopped) {
       auto i = (*next)++;
       ++*outstanding;
       proto::prefill_request req;
@@ -245,6 +249,7 @@ caf::behavior router(caf::event_based_actor* self,
             (*issue)();
           },
           [=](caf::error& err) {
+            *stopped = true;
             {
               std::lock_guard<std::mutex> guard{out->mtx};
               ++out->done;
@@ -256,7 +261,7 @@ caf::behavior router(caf::event_based_actor* self,
             (*issue)();
           });
     }
-    if (*outstanding == 0 && *next == plan->tokens.size()) {
+    if (*outstanding == 0 && (*next == plan->tokens.size() || *stopped)) {
       out->end = steady_clock::now();
       finished->set_value();
       *issue = nullptr;  // breaks the self-reference
@@ -459,7 +464,8 @@ int run_demo(demo_command& cmd) {
              cmd.chunk_bytes, cmd.comms_per_peer);
   if (out->failed > 0) {
     std::cerr << "kvferry demo: FAILED: " << out->failed << " of "
-              << cmd.requests << " requests failed; first errors:\n";
+              << out->done << " requests failed (of " << cmd.requests
+              << " planned); first errors:\n";
     for (std::size_t k = 0; k < std::min<std::size_t>(5, out->errors.size());
          ++k)
       std::cerr << "  " << out->errors[k] << "\n";

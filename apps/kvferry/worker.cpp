@@ -220,6 +220,18 @@ int run_worker(worker_command& cmd) {
     stop_all();
     return 1;
   }
+  // The directory sees a peer's process die first (it holds a connection to
+  // every worker); its `left` fails what waits on that peer at once.
+  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer)};
+  if (role == worker_role::prefill)
+    watchers.push_back(app);
+  for (auto& w : watchers)
+    self->request(*dir, std::chrono::seconds(10), watch_atom::value, w)
+      .receive([](std::vector<worker_info>&) {},
+               [&](const caf::error& err) {
+                 spdlog::warn("worker {}: watching the directory failed: {}",
+                              cmd.name, render(err));
+               });
   // A parent process (demo, launch, tests) waits for this line.
   std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
             << ", plugin " << net->name() << ", " << cmd.pool_blocks

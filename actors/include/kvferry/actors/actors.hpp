@@ -145,6 +145,10 @@ using transfer_actor = caf::typed_actor<
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
+    // Directory watcher (see directory_watcher_actor): a peer that left
+    // fails everything waiting on it with ec::peer_down at once.
+    caf::reacts_to<joined_atom, worker_info>,
+    caf::reacts_to<left_atom, std::string, caf::error>,
     // Internal: poll the plugin; a deadline passed.
     caf::reacts_to<proto::progress_atom>,
     caf::reacts_to<proto::expire_atom, std::string, std::uint64_t>>;
@@ -166,7 +170,10 @@ transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 /// deterministic pattern), negotiates and ships each request.
 using producer_actor = caf::typed_actor<
     caf::replies_to<proto::prefill_atom, proto::prefill_request>::with<
-        proto::ready_report>>;
+        proto::ready_report>,
+    // Directory watcher: requests whose consumer left fail at once.
+    caf::reacts_to<joined_atom, worker_info>,
+    caf::reacts_to<left_atom, std::string, caf::error>>;
 
 /// A decode worker's app: allocates destination blocks, waits for the bytes,
 /// verifies them and answers ready.
