@@ -67,7 +67,12 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the unpack
   void* listen_comm = nullptr;
   REQUIRE(net->listen(0, handle, &listen_comm) == ncclSuccess);
   void *send_comm = nullptr, *recv_comm = nullptr;
-  ncclNetDeviceHandle_v7_t *send_dev = nullptr, *recv_dev = nullptr;
+  // The caller allocates the receiver's device handle with type and version
+  // filled in; an UNPACK plugin completes it in accept (v7 contract).
+  ncclNetDeviceHandle_v7_t recv_dev_storage{NCCL_NET_DEVICE_UNPACK, NCCL_NET_DEVICE_UNPACK_VERSION,
+                                            nullptr, 0, 0};
+  ncclNetDeviceHandle_v7_t* send_dev = nullptr;
+  ncclNetDeviceHandle_v7_t* recv_dev = &recv_dev_storage;
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   while (send_comm == nullptr || recv_comm == nullptr) {
     if (send_comm == nullptr)
@@ -76,7 +81,6 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the unpack
       REQUIRE(net->accept(listen_comm, &recv_comm, &recv_dev) == ncclSuccess);
     REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "connect/accept took over 10 s");
   }
-  REQUIRE(recv_dev != nullptr);
   REQUIRE(recv_dev->netDeviceType == NCCL_NET_DEVICE_UNPACK);
   REQUIRE(recv_dev->handle != nullptr);
 
