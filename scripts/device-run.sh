@@ -70,7 +70,8 @@ bundle() {
   done
   cp "$repo_root/scripts/device-run.sh" "$bundle_dir/"
   {
-    echo "commit: $(git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "commit: $(git -C "$src" rev-parse --short HEAD 2>/dev/null ||
+                    echo "not a checkout; $repo_root is at $(git -C "$repo_root" rev-parse --short HEAD)")"
     echo "built: $(date -u +%FT%TZ) on $(hostname)"
     echo "source: $src"
   } >"$bundle_dir/MANIFEST"
