@@ -170,6 +170,8 @@ struct CommBase {
   std::atomic<uint64_t> seen_progress{0}; // written under mu, read by idle_wait
   int64_t idle_since_ns = 0;              // start of the current idle period
   int64_t idle_avg_ns = 0;                // moving average of idle periods
+  bool idle_slept = false;                // the current idle period slept
+  uint64_t idle_periods = 0;
   void note_progress();
 
   // fault injection

@@ -107,45 +107,74 @@ ncclResult_t test_recv(RecvComm& comm, Request* request, int* done, int* sizes,
 
 } // namespace
 
+namespace {
+
+// True when the receive still needs bytes from the control socket (its
+// header, or its inline payload), so a blocking read there is the right wait.
+bool needs_control_bytes(RecvComm& comm, const Request& request) {
+  return !request.awaiting_consume &&
+         (request.matched < request.n || comm.inline_request == &request);
+}
+
+// One finished idle period of `sample_ns`. Spinning that caught the news in
+// time resets the average (spinning works here); anything else moves it.
+void record_idle(CommBase& comm, int64_t sample_ns, bool slept,
+                 int64_t spin_ns) {
+  if (!slept && sample_ns <= spin_ns)
+    comm.idle_avg_ns = sample_ns;
+  else
+    comm.idle_avg_ns += (sample_ns - comm.idle_avg_ns) / 8;
+  ++comm.idle_periods;
+}
+
+} // namespace
+
 ncclResult_t test_request(Request* request, int* done, int* sizes,
                           WaitHint* hint) {
   *done = 0;
   CommBase* comm = request->comm;
   std::lock_guard<std::mutex> lock(comm->mu);
-  // Idle accounting. Spinning pays only when news usually comes within the
+  // Idle handling. Spinning pays only when news usually comes within the
   // spin window (a quiet machine, a fast peer); when idle periods are longer
   // (a loaded machine, a transfer waiting on its lanes) every spin is CPU
   // taken from the transfer, so the comm sleeps at once: a receive waiting
   // for the control socket blocks in recv (one system call, as a blocking
-  // TCP reader would), anything else in ppoll (see idle_wait).
+  // TCP reader would), anything else in ppoll (see idle_wait). Every 16th
+  // idle period spins anyway, so a comm notices when spinning pays again.
   int64_t spin_ns = static_cast<int64_t>(comm->config.spin_us) * 1000;
-  bool sleepy = comm->config.wait_us > 0 && comm->idle_avg_ns > 2 * spin_ns;
-  bool block = sleepy && !comm->sender && !request->awaiting_consume &&
-               !lanes_busy(*request);
-  int64_t before = block ? now_ns() : 0;
+  bool sleepy = comm->config.wait_us > 0 && comm->idle_avg_ns > spin_ns &&
+                comm->idle_periods % 16 != 0;
+  bool block = sleepy && !comm->sender &&
+               needs_control_bytes(*static_cast<RecvComm*>(comm), *request);
+  int64_t before = now_ns();
   ncclResult_t result = comm->sender ? test_send(*static_cast<SendComm*>(comm),
                                                  request, done, sizes)
                                      : test_recv(*static_cast<RecvComm*>(comm),
                                                  request, done, sizes, block);
   int64_t now = now_ns();
   uint64_t progress = comm->progress.load(std::memory_order_acquire);
-  if (block &&
-      progress != comm->seen_progress.load(std::memory_order_relaxed)) {
-    comm->idle_avg_ns += (now - before - comm->idle_avg_ns) / 8;
+  if (progress != comm->seen_progress.load(std::memory_order_relaxed)) {
+    // News: the idle period (if any) is over.
+    if (block)
+      record_idle(*comm, now - before, true, spin_ns);
+    else if (comm->idle_since_ns != 0)
+      record_idle(*comm, now - comm->idle_since_ns, comm->idle_slept, spin_ns);
     comm->seen_progress.store(progress, std::memory_order_relaxed);
-    comm->idle_since_ns = now;
+    comm->idle_since_ns = 0;
   }
-  if (result != ncclSuccess || *done || comm->config.wait_us == 0 || block)
+  if (result != ncclSuccess || *done || comm->config.wait_us == 0)
     return result;
-  if (progress != comm->seen_progress.load(std::memory_order_relaxed) ||
-      comm->idle_since_ns == 0) {
-    if (comm->idle_since_ns != 0)
-      comm->idle_avg_ns += (now - comm->idle_since_ns - comm->idle_avg_ns) / 8;
-    comm->seen_progress.store(progress, std::memory_order_relaxed);
-    comm->idle_since_ns = now;
+  if (comm->idle_since_ns == 0) {
+    comm->idle_since_ns = before;
+    comm->idle_slept = false;
+  }
+  if (block) { // waited already (the recv timed out or brought too little)
+    comm->idle_slept = true;
+    return result;
   }
   if (!sleepy && now - comm->idle_since_ns < spin_ns)
     return result;
+  comm->idle_slept = true;
   hint->wait = true;
   hint->comm = comm;
   if (comm->sender) {
