@@ -19,6 +19,7 @@
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -333,6 +334,7 @@ private:
     sigemptyset(&signals_);
     sigaddset(&signals_, SIGINT);
     sigaddset(&signals_, SIGTERM);
+    sigaddset(&signals_, SIGHUP);  // the terminal went away: stop, don't orphan
     sigaddset(&signals_, SIGCHLD);
     ::sigprocmask(SIG_BLOCK, &signals_, &old_mask_);
   }
@@ -342,10 +344,10 @@ private:
     timespec ts{static_cast<time_t>(timeout.count() / 1000),
                 static_cast<long>((timeout.count() % 1000) * 1000000)};
     int sig = ::sigtimedwait(&signals_, nullptr, &ts);
-    if (sig == SIGINT || sig == SIGTERM) {
+    if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
       if (stop_requested_) escalate_ = true;  // a second ^C: no more grace
       stop_requested_ = true;
-      say(fmt::format("{} received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+      say(fmt::format("SIG{} received, stopping", ::sigabbrev_np(sig)));
     }
   }
 
@@ -362,13 +364,14 @@ private:
     auto header = fmt::format("==== kvferry launch: starting {} (attempt {}) ====\n",
                               c.spec.name, c.failures + 1);
     [[maybe_unused]] auto w = ::write(log_fd, header.data(), header.size());
+    pid_t supervisor_pid = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) {
       say(fmt::format("fork for {} failed: {}", c.spec.name, std::strerror(errno)));
       ::close(log_fd);
       return false;
     }
-    if (pid == 0) exec_child(c.spec, log_fd);  // does not return
+    if (pid == 0) exec_child(c.spec, log_fd, supervisor_pid);  // does not return
     ::setpgid(pid, pid);  // also here: a stop right after fork must reach it
     ::close(log_fd);
     c.pid = pid;
@@ -378,10 +381,14 @@ private:
     return true;
   }
 
-  [[noreturn]] void exec_child(const process_spec& spec, int log_fd) {
+  [[noreturn]] void exec_child(const process_spec& spec, int log_fd, pid_t supervisor_pid) {
     // Own process group: a terminal's ^C reaches only the supervisor, which
     // then stops the children in order; and kill(-pgid) reaches grandchildren.
     ::setpgid(0, 0);
+    // If the supervisor itself is killed (SIGKILL, OOM), its children get
+    // SIGTERM instead of running on unsupervised.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != supervisor_pid) ::_exit(128 + SIGTERM);
     ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
     ::dup2(log_fd, STDOUT_FILENO);
     ::dup2(log_fd, STDERR_FILENO);

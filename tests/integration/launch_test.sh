@@ -139,6 +139,18 @@ expect "the directory got TERM" contains "$WORK/logs/directory.log" "directory g
 expect "no child is left" bash -c "! kill -0 $(cat "$WORK/p0.pid") 2>/dev/null && ! kill -0 $(cat "$WORK/directory.pid") 2>/dev/null"
 rm -rf "$WORK/logs"
 
+# ---- 4b. if launch itself is killed, its children do not run on unsupervised --------
+"$KVFERRY" launch "$WORK/ok.yaml" >"$WORK/out" 2>"$WORK/err" &
+launch_pid=$!
+wait_for 20 contains "$WORK/err" "started d0"
+wait_for 20 contains "$WORK/logs/d0.log" "d0 ready"
+kill -KILL "$launch_pid"
+wait "$launch_pid" 2>/dev/null
+launch_pid=""
+expect "children of a killed launch get TERM" wait_for 10 contains "$WORK/logs/d0.log" "d0 got TERM"
+expect "and exit" wait_for 10 bash -c "! kill -0 $(cat "$WORK/p0.pid") 2>/dev/null && ! kill -0 $(cat "$WORK/directory.pid") 2>/dev/null"
+rm -rf "$WORK/logs"
+
 # ---- 5. a worker that ignores TERM is killed after the grace period ----------------
 topology "$WORK/stubborn.yaml" "{name: stubborn, role: decode}"
 "$KVFERRY" launch "$WORK/stubborn.yaml" >"$WORK/out" 2>"$WORK/err" &
