@@ -171,6 +171,7 @@ struct CommBase {
   int64_t idle_since_ns = 0;              // start of the current idle period
   int64_t idle_avg_ns = 0;                // moving average of idle periods
   bool idle_slept = false;                // the current idle period slept
+  bool idle_sleepy = false;               // sleep at once (see test_request)
   uint64_t idle_periods = 0;
   void note_progress();
 

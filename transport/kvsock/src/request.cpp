@@ -142,7 +142,14 @@ ncclResult_t test_request(Request* request, int* done, int* sizes,
   // TCP reader would), anything else in ppoll (see idle_wait). Every 16th
   // idle period spins anyway, so a comm notices when spinning pays again.
   int64_t spin_ns = static_cast<int64_t>(comm->config.spin_us) * 1000;
-  bool sleepy = comm->config.wait_us > 0 && comm->idle_avg_ns > spin_ns &&
+  // Hysteresis: start sleeping when idle periods average over 2x the spin
+  // window, go back to spinning below 1x (blocking reads measure a little
+  // long: they include the wakeup).
+  if (comm->idle_avg_ns > 2 * spin_ns)
+    comm->idle_sleepy = true;
+  else if (comm->idle_avg_ns <= spin_ns)
+    comm->idle_sleepy = false;
+  bool sleepy = comm->config.wait_us > 0 && comm->idle_sleepy &&
                 comm->idle_periods % 16 != 0;
   bool block = sleepy && !comm->sender &&
                needs_control_bytes(*static_cast<RecvComm*>(comm), *request);
