@@ -9,3 +9,5 @@ add_dependencies(test_demo_multiprocess kvferry)
 kvferry_add_test(NAME test_actor_peer_death SOURCES faults/actor_peer_death_test.cpp
   LIBS kvferry_build_flags LABELS faults integration TIMEOUT 120)
 add_dependencies(test_actor_peer_death kvferry)
+kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
