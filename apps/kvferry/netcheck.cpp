@@ -4,10 +4,12 @@
 // with both ends of every connection in this process. One line per check:
 // PASS / FAIL / SKIP and a detail; exit status 1 when any check fails.
 // See docs/netcheck.md.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -50,7 +52,13 @@ class harness {
   harness(plugin& net, const netcheck_options& options)
       : net_(net), table_(net.net()), options_(options) {}
 
+  // Closed (quietly: a check already failed) when it goes out of scope,
+  // registrations first, so a failing check leaves nothing behind.
   struct connection {
+    harness* owner = nullptr;
+    ~connection() {
+      if (owner) owner->close_quietly(*this);
+    }
     void* listen = nullptr;
     void* send = nullptr;
     void* recv = nullptr;
@@ -65,6 +73,7 @@ class harness {
   // connect timeout passes. Records the slowest single call.
   void open(connection& c) {
     outstanding_.clear();  // what earlier checks waited for is done
+    c.owner = this;
     auto& props = net_.device(options_.device);
     char handle[NCCL_NET_HANDLE_MAXSIZE] = {};
     auto start = clock_type::now();
@@ -99,18 +108,33 @@ class harness {
   }
 
   void close(connection& c) {
-    if (c.send) call(table_.closeSend(c.send), "closeSend");
-    if (c.recv) call(table_.closeRecv(c.recv), "closeRecv");
-    if (c.listen) call(table_.closeListen(c.listen), "closeListen");
+    drop_registrations(c, true);
+    // Cleared before each call so that a failing close is not retried.
+    if (void* send = std::exchange(c.send, nullptr)) call(table_.closeSend(send), "closeSend");
+    if (void* recv = std::exchange(c.recv, nullptr)) call(table_.closeRecv(recv), "closeRecv");
+    if (void* listen = std::exchange(c.listen, nullptr))
+      call(table_.closeListen(listen), "closeListen");
+  }
+  void close_quietly(connection& c) {
+    drop_registrations(c, false);
+    if (c.send) table_.closeSend(c.send);
+    if (c.recv) table_.closeRecv(c.recv);
+    if (c.listen) table_.closeListen(c.listen);
     c.send = c.recv = c.listen = nullptr;
   }
 
   void* reg(void* comm, void* data, size_t bytes) {
     void* handle = nullptr;
     call(table_.regMr(comm, data, static_cast<int>(bytes), NCCL_PTR_HOST, &handle), "regMr");
+    registrations_.push_back({comm, handle});
     return handle;
   }
-  void dereg(void* comm, void* handle) { call(table_.deregMr(comm, handle), "deregMr"); }
+  void dereg(void* comm, void* handle) {
+    registrations_.erase(std::remove(registrations_.begin(), registrations_.end(),
+                                     std::make_pair(comm, handle)),
+                         registrations_.end());
+    call(table_.deregMr(comm, handle), "deregMr");
+  }
 
   // isend, retrying a NULL request (while driving what is outstanding).
   pending& isend(void* comm, void* data, int bytes, int tag, void* mhandle) {
@@ -197,8 +221,21 @@ class harness {
     }
   }
 
+  void drop_registrations(connection& c, bool strict) {
+    for (auto it = registrations_.begin(); it != registrations_.end();) {
+      if (it->first != c.send && it->first != c.recv) {
+        ++it;
+        continue;
+      }
+      auto rc = table_.deregMr(it->first, it->second);
+      it = registrations_.erase(it);
+      if (strict) call(rc, "deregMr");
+    }
+  }
+
   plugin& net_;
   const ncclNet_v7_t& table_;
+  std::vector<std::pair<void*, void*>> registrations_;  // (comm, mhandle) not yet deregistered
   netcheck_options options_;
   std::vector<pending> outstanding_;
   long null_requests_ = 0;
@@ -514,13 +551,13 @@ class suite {
     // Each scenario gets its own connection.
     harness::connection a, b;
     h.open(a);
-    h.call(t.closeSend(a.send), "closeSend (send first)");
-    h.call(t.closeRecv(a.recv), "closeRecv (after send)");
-    h.call(t.closeListen(a.listen), "closeListen (last)");
+    h.call(t.closeSend(std::exchange(a.send, nullptr)), "closeSend (send first)");
+    h.call(t.closeRecv(std::exchange(a.recv, nullptr)), "closeRecv (after send)");
+    h.call(t.closeListen(std::exchange(a.listen, nullptr)), "closeListen (last)");
     h.open(b);
-    h.call(t.closeListen(b.listen), "closeListen (first)");
-    h.call(t.closeRecv(b.recv), "closeRecv (recv first)");
-    h.call(t.closeSend(b.send), "closeSend (after recv)");
+    h.call(t.closeListen(std::exchange(b.listen, nullptr)), "closeListen (first)");
+    h.call(t.closeRecv(std::exchange(b.recv, nullptr)), "closeRecv (recv first)");
+    h.call(t.closeSend(std::exchange(b.send, nullptr)), "closeSend (after recv)");
     // A listen nobody connected to, and a connection after data moved.
     char handle[NCCL_NET_HANDLE_MAXSIZE] = {};
     void* lonely = nullptr;
