@@ -497,3 +497,20 @@ TEST_CASE("KVSOCK_IFADDR chooses the listen address; KVSOCK_NSOCKS the data "
     CHECK(dst.matches(11, kSize));
   }
 }
+
+TEST_CASE("KVSOCK_WAIT_US=0: pure polling moves the same bytes") {
+  EnvGuard no_wait("KVSOCK_WAIT_US", "0");
+  Pair p;
+  for (int size : {8, 70000, 2 << 20}) {
+    CAPTURE(size);
+    Buffer src(p.net, p.send, static_cast<size_t>(size), 13);
+    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+    int got = -1;
+    ncclResult_t sr, rr;
+    transfer(p, src, size, dst, size, &got, &sr, &rr);
+    CHECK(sr == ncclSuccess);
+    CHECK(rr == ncclSuccess);
+    CHECK(got == size);
+    CHECK(dst.matches(13, static_cast<size_t>(size)));
+  }
+}
