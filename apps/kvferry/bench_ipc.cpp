@@ -414,6 +414,31 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
     }
     return median(samples);
   };
+  // All 16 receives in one launch.
+  auto timed_batch = [&](const std::vector<unpack_destination>& where) {
+    gpu_fill_pattern(gpu, dst.data(), dst.size(), 6);
+    std::vector<double> samples;
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    for (int i = 0; i < repeats + 2; ++i, seq += slots) {
+      cudaEventRecord(a, stream);
+      auto ticket = engine.unpack_batch(handle_mem.data(), seq, where, all, dst.view());
+      cudaEventRecord(b, stream);
+      engine.wait(ticket, std::chrono::seconds(10));
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (i >= 2)
+        samples.push_back(ms / 1e3);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return median(samples);
+  };
+  const double batch_contig_s = timed_batch(contiguous);
+  const auto bad_batch_contig = verify(contiguous);
+  const double batch_blocks_s = timed_batch(blocks);
+  const auto bad_batch_blocks = verify(blocks);
   const double unpack_contig_s = timed(contiguous);
   const auto bad_contig = verify(contiguous);
   const double unpack_blocks_s = timed(blocks);
@@ -437,6 +462,8 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
               {"fragment_bytes", page},
               {"unpack_contiguous", entry(unpack_contig_s, bad_contig)},
               {"unpack_16k_blocks", entry(unpack_blocks_s, bad_blocks)},
+              {"unpack_batch_contiguous", entry(batch_contig_s, bad_batch_contig)},
+              {"unpack_batch_16k_blocks", entry(batch_blocks_s, bad_batch_blocks)},
               {"memcpy_16x4MiB", json{{"seconds", copies_s}, {"gbps", gbps(all, copies_s)}}},
               {"memcpy_one_64MiB", json{{"seconds", one_copy_s}, {"gbps", gbps(all, one_copy_s)}}}};
 }
@@ -567,7 +594,8 @@ void print_table(const json& r) {
   }
   if (r.contains("unpack")) {
     const auto& u = r["unpack"];
-    for (const char* k : {"unpack_contiguous", "unpack_16k_blocks"})
+    for (const char* k : {"unpack_contiguous", "unpack_16k_blocks", "unpack_batch_contiguous",
+                          "unpack_batch_16k_blocks"})
       std::cout << fmt::format("{}: 16 x 4 MiB in 4 KiB fragments: {:.1f} GB/s, {:.2f}x of 16 plain 4 MiB "
                                "copies ({:.1f} GB/s), {:.2f}x of one 64 MiB copy ({:.1f} GB/s){}\n",
                                k, u[k]["gbps"].get<double>(), u[k]["ratio_to_contiguous"].get<double>(),

@@ -213,6 +213,40 @@ TEST_CASE("unpack into scattered KV blocks, pages straddling block boundaries") 
   check_unpack(unpack_destination::blocks(6000, offsets), 4100 * 1000, 3);
 }
 
+TEST_CASE("one launch unpacks all 16 ring slots, contiguous and block destinations mixed") {
+  constexpr std::uint64_t receive = 1 << 20;
+  std::mt19937_64 rng{21};
+  device_ring ring{NCCL_NET_UNPACK_SLOTS * receive};
+  gpu_fill_pattern(gpu, ring.bounce.data(), ring.bounce.size(), 21);
+  auto dst = gpu_region::allocate_device(gpu, 2 * NCCL_NET_UNPACK_SLOTS * receive);
+  gpu_fill_pattern(gpu, dst.data(), dst.size(), 22);
+  auto expected = to_host(dst.data(), dst.size());
+  const auto bounce = to_host(ring.bounce.data(), ring.bounce.size());
+  const std::uint64_t first_seq = 37;  // starts mid-ring: slots 5..15, then 0..4
+  std::vector<unpack_destination> where;
+  for (std::uint64_t k = 0; k < NCCL_NET_UNPACK_SLOTS; ++k) {
+    auto recs = shuffled_pages(receive, rng);
+    for (auto& r : recs)
+      r.src_off += static_cast<std::uint32_t>(k * receive);
+    ring.post(unpack_slot_of(first_seq + k), recs);
+    if (k % 2 == 0) {
+      where.push_back(unpack_destination::contiguous(k * 2 * receive));
+    } else {
+      std::vector<std::uint64_t> offsets;  // 16 KiB blocks, reversed, in this receive's 2 MiB
+      for (std::uint64_t b = 0; b < receive / 16384; ++b)
+        offsets.push_back(k * 2 * receive + (2 * receive / 16384 - 1 - b) * 16384);
+      where.push_back(unpack_destination::blocks(16384, offsets));
+    }
+    unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(), where.back());
+  }
+  gpu_copy_engine engine{gpu};
+  engine.wait(engine.unpack_batch(ring.handle.data(), first_seq, where, ring.bounce.size(), dst.view()), 10s);
+  CHECK(to_host(dst.data(), dst.size()) == expected);
+  // The slots are busy until that launch is done, free after.
+  CHECK_NOTHROW(engine.wait(engine.unpack(ring.handle.data(), first_seq + 16, ring.bounce.size(), dst.view(),
+                                          where[0]), 10s));
+}
+
 TEST_CASE("unpack reports records outside the bounce buffer instead of copying them") {
   device_ring ring{1 << 20};
   auto dst = gpu_region::allocate_device(gpu, 1 << 20);

@@ -85,6 +85,8 @@ struct gpu_copy_engine::impl {
   std::vector<plan_slot> plans;
   std::vector<event_slot> events;
   std::vector<unpack_slot> unpacks;
+  staged_array<std::uint64_t> batch_tables;  // block tables of unpack_batch
+  cudaEvent_t batch_uploaded = nullptr;
   std::uint64_t next_generation = 1;
   std::size_t next_event = 0;
 
@@ -96,6 +98,7 @@ struct gpu_copy_engine::impl {
       check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
     for (auto& e : events)
       check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming), "cudaEventCreate", gpu);
+    check_cuda(cudaEventCreateWithFlags(&batch_uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
     for (auto& u : unpacks) {
       check_cuda(cudaEventCreateWithFlags(&u.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
       check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&u.rejected), sizeof(unsigned),
@@ -117,6 +120,8 @@ struct gpu_copy_engine::impl {
     }
     for (auto& e : events)
       cudaEventDestroy(e.event);
+    batch_tables.free_all();
+    cudaEventDestroy(batch_uploaded);
     for (auto& u : unpacks) {
       u.blocks.free_all();
       cudaFreeHost(u.rejected);
@@ -244,16 +249,75 @@ copy_ticket gpu_copy_engine::copy(const memory_region& src, const memory_region&
   return ticket;
 }
 
+void gpu_copy_engine::require_unpack_slot_free(std::uint64_t seq) {
+  const int slot_index = unpack_slot_of(seq);
+  auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
+  if (slot.last_generation != 0 && !done(copy_ticket{slot.last_event, slot.last_generation}))
+    throw gpu_error("gpu_copy_engine::unpack on GPU " + std::to_string(gpu_) + ": receive " +
+                    std::to_string(seq) + " reuses ring slot " + std::to_string(slot_index) +
+                    " while receive " + std::to_string(slot.seq) + " is still unpacking");
+}
+
+copy_ticket gpu_copy_engine::unpack_batch(const void* device_handle, std::uint64_t first_seq,
+                                          const std::vector<unpack_destination>& where,
+                                          std::uint64_t bounce_bytes,
+                                          const memory_region& dst_region) {
+  if (where.empty() || where.size() > NCCL_NET_UNPACK_SLOTS)
+    throw std::invalid_argument("gpu_copy_engine::unpack_batch: " + std::to_string(where.size()) +
+                                " receives; a batch holds 1 to 16");
+  std::size_t table_entries = 0;
+  for (std::size_t k = 0; k < where.size(); ++k) {
+    require_unpack_slot_free(first_seq + k);
+    if (where[k].block_bytes != 0 && where[k].block_offsets.empty())
+      throw std::invalid_argument("gpu_copy_engine::unpack_batch: block destination without blocks");
+    table_entries += where[k].block_offsets.size();
+  }
+  check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
+  kernels::unpack_batch_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
+                                  bounce_bytes, dst_region.base, dst_region.bytes, nullptr,
+                                  static_cast<std::uint32_t>(where.size()), {}};
+  auto& tables = impl_->batch_tables;
+  if (table_entries > 0) {
+    check_cuda(cudaEventSynchronize(impl_->batch_uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
+    tables.reserve(table_entries, gpu_);
+  }
+  std::size_t at = 0;
+  for (std::size_t k = 0; k < where.size(); ++k) {
+    const auto& w = where[k];
+    args.receive[k] = kernels::unpack_receive{unpack_slot_of(first_seq + k), w.base_offset,
+                                              w.block_bytes, tables.device + at,
+                                              w.block_offsets.size()};
+    std::copy(w.block_offsets.begin(), w.block_offsets.end(), tables.host + at);
+    at += w.block_offsets.size();
+  }
+  if (table_entries > 0) {
+    check_cuda(cudaMemcpyAsync(tables.device, tables.host, table_entries * sizeof(std::uint64_t),
+                               cudaMemcpyHostToDevice, impl_->stream),
+               "cudaMemcpyAsync (unpack block tables)", gpu_);
+    check_cuda(cudaEventRecord(impl_->batch_uploaded, impl_->stream), "cudaEventRecord", gpu_);
+  }
+  const int first_slot = unpack_slot_of(first_seq);
+  auto& counter_slot = impl_->unpacks[static_cast<std::size_t>(first_slot)];
+  *counter_slot.rejected = 0;
+  args.rejected = counter_slot.rejected_device;
+  check_cuda(kernels::launch_unpack_batch(args, grid_blocks_, impl_->stream),
+             "unpack batch kernel launch", gpu_);
+  const auto ticket = impl_->record(first_slot);
+  for (std::size_t k = 0; k < where.size(); ++k) {
+    auto& slot = impl_->unpacks[static_cast<std::size_t>(unpack_slot_of(first_seq + k))];
+    slot.last_event = ticket.slot;
+    slot.last_generation = ticket.generation;
+    slot.seq = first_seq + k;
+  }
+  return ticket;
+}
+
 copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq,
                                     std::uint64_t bounce_bytes, const memory_region& dst_region,
                                     const unpack_destination& dst) {
   const int slot_index = unpack_slot_of(seq);
   auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
-  if (slot.last_generation != 0 &&
-      !done(copy_ticket{slot.last_event, slot.last_generation}))
-    throw gpu_error("gpu_copy_engine::unpack on GPU " + std::to_string(gpu_) + ": receive " +
-                    std::to_string(seq) + " reuses ring slot " + std::to_string(slot_index) +
-                    " while receive " + std::to_string(slot.seq) + " is still unpacking");
+  require_unpack_slot_free(seq);
   if (dst.block_bytes != 0 && dst.block_offsets.empty())
     throw std::invalid_argument("gpu_copy_engine::unpack: block destination without blocks");
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
@@ -386,6 +450,12 @@ copy_ticket gpu_copy_engine::unpack(const void*, std::uint64_t, std::uint64_t,
                                     const memory_region&, const unpack_destination&) {
   throw_no_cuda("gpu_copy_engine::unpack");
 }
+copy_ticket gpu_copy_engine::unpack_batch(const void*, std::uint64_t,
+                                          const std::vector<unpack_destination>&, std::uint64_t,
+                                          const memory_region&) {
+  throw_no_cuda("gpu_copy_engine::unpack_batch");
+}
+void gpu_copy_engine::require_unpack_slot_free(std::uint64_t) {}
 bool gpu_copy_engine::done(copy_ticket) { throw_no_cuda("gpu_copy_engine::done"); }
 void gpu_copy_engine::wait(copy_ticket, std::chrono::milliseconds) {
   throw_no_cuda("gpu_copy_engine::wait");

@@ -377,6 +377,44 @@ __device__ __forceinline__ bool fits(std::uint64_t off, std::uint64_t len, std::
   return off <= size && len <= size - off;
 }
 
+// Copies one ring record into its destination, split at block boundaries;
+// returns false when any piece falls outside the bounce buffer or the
+// destination (pieces before it were copied, the rest is not).
+template <typename BlockOffset>
+__device__ __forceinline__ bool unpack_record(const ncclNetUnpackRecord& r, const char* bounce,
+                                              std::uint64_t bounce_bytes, char* dst,
+                                              std::uint64_t dst_bytes, std::uint64_t base_offset,
+                                              std::uint64_t block_bytes, std::uint64_t block_count,
+                                              BlockOffset&& block_offset, unsigned lane) {
+  if (!fits(r.src_off, r.len, bounce_bytes))
+    return false;
+  if (block_bytes == 0) {
+    const std::uint64_t off = base_offset + r.dst_off;
+    if (off < r.dst_off || !fits(off, r.len, dst_bytes))
+      return false;
+    warp_copy<8, 1>(bounce + r.src_off, dst + off, r.len, lane);
+    return true;
+  }
+  for (std::uint64_t done = 0; done < r.len;) {
+    const std::uint64_t logical = r.dst_off + done;
+    const std::uint64_t block = logical / block_bytes;
+    const std::uint64_t within = logical % block_bytes;
+    const std::uint64_t piece = min(std::uint64_t{r.len} - done, block_bytes - within);
+    if (block >= block_count)
+      return false;
+    const std::uint64_t off = block_offset(block) + within;
+    if (!fits(off, piece, dst_bytes))
+      return false;
+    warp_copy<8, 1>(bounce + r.src_off + done, dst + off, piece, lane);
+    done += piece;
+  }
+  return true;
+}
+
+__device__ __forceinline__ void reject_slot_count(unsigned* rejected, std::uint64_t count) {
+  atomicAdd(rejected, static_cast<unsigned>(count > 0xffffffffu ? 0xffffffffu : count));
+}
+
 __global__ void unpack_kernel(unpack_args a) {
   const unsigned lane = threadIdx.x % warp_lanes;
   const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
@@ -386,37 +424,46 @@ __global__ void unpack_kernel(unpack_args a) {
   const std::uint64_t count = meta->count[a.slot];
   if (count > NCCL_NET_UNPACK_RECORDS) {
     if (blockIdx.x == 0 && threadIdx.x == 0)
-      atomicAdd(a.rejected, static_cast<unsigned>(count > 0xffffffffu ? 0xffffffffu : count));
+      reject_slot_count(a.rejected, count);
     return;
   }
+  auto block_offset = [&](std::uint64_t b) {
+    return a.block_offsets ? a.block_offsets[b] : a.inline_offsets[b];
+  };
   for (std::uint64_t i = warp; i < count; i += warps) {
-    const ncclNetUnpackRecord r = meta->records[a.slot][i];
-    bool ok = fits(r.src_off, r.len, a.bounce_bytes);
-    if (ok && a.block_bytes == 0) {
-      const std::uint64_t off = a.base_offset + r.dst_off;
-      ok = off >= r.dst_off && fits(off, r.len, a.dst_region_bytes);
-      if (ok)
-        warp_copy<8, 1>(bounce + r.src_off, reinterpret_cast<char*>(a.dst_region) + off,
-                           r.len, lane);
-    } else if (ok) {
-      std::uint64_t done = 0;
-      while (ok && done < r.len) {
-        const std::uint64_t logical = r.dst_off + done;
-        const std::uint64_t block = logical / a.block_bytes;
-        const std::uint64_t within = logical % a.block_bytes;
-        const std::uint64_t piece = min(std::uint64_t{r.len} - done, a.block_bytes - within);
-        ok = block < a.block_count;
-        if (!ok)
-          break;
-        const std::uint64_t off =
-            (a.block_offsets ? a.block_offsets[block] : a.inline_offsets[block]) + within;
-        ok = fits(off, piece, a.dst_region_bytes);
-        if (ok)
-          warp_copy<8, 1>(bounce + r.src_off + done,
-                             reinterpret_cast<char*>(a.dst_region) + off, piece, lane);
-        done += piece;
-      }
+    const bool ok = unpack_record(meta->records[a.slot][i], bounce, a.bounce_bytes,
+                                  reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
+                                  a.base_offset, a.block_bytes, a.block_count, block_offset, lane);
+    if (!ok && lane == 0)
+      atomicAdd(a.rejected, 1u);
+  }
+}
+
+// Several completed receives in one launch: warps stride over (receive,
+// record) positions; positions past a slot's count are skipped.
+__global__ void unpack_batch_kernel(unpack_batch_args a) {
+  const unsigned lane = threadIdx.x % warp_lanes;
+  const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
+  const ncclNetUnpackMeta* meta = a.handle->meta;
+  const char* bounce = a.handle->bounce_buf;
+  const std::uint32_t positions = a.receives * NCCL_NET_UNPACK_RECORDS;
+  for (std::uint32_t g = warp; g < positions; g += warps) {
+    const std::uint32_t i = g / a.receives;  // record index
+    const unpack_receive& rcv = a.receive[g % a.receives];
+    const std::uint64_t count = meta->count[rcv.slot];
+    if (count > NCCL_NET_UNPACK_RECORDS) {
+      if (i == 0 && lane == 0)
+        reject_slot_count(a.rejected, count);
+      continue;
     }
+    if (i >= count)
+      continue;
+    const std::uint64_t* table = rcv.block_offsets;
+    const bool ok = unpack_record(meta->records[rcv.slot][i], bounce, a.bounce_bytes,
+                                  reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
+                                  rcv.base_offset, rcv.block_bytes, rcv.block_count,
+                                  [table](std::uint64_t b) { return table[b]; }, lane);
     if (!ok && lane == 0)
       atomicAdd(a.rejected, 1u);
   }
@@ -523,6 +570,14 @@ cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream) {
   constexpr int threads = 256;
   constexpr int grid = NCCL_NET_UNPACK_RECORDS / (threads / warp_lanes);
   unpack_kernel<<<grid, threads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_unpack_batch(const unpack_batch_args& args, int grid_blocks,
+                                cudaStream_t stream) {
+  constexpr int threads = 256;
+  const std::uint64_t positions = std::uint64_t(args.receives) * NCCL_NET_UNPACK_RECORDS;
+  unpack_batch_kernel<<<grid_for(positions * warp_lanes, threads, grid_blocks), threads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -43,6 +43,25 @@ struct unpack_args {
 };
 cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream);
 
+struct unpack_receive {
+  int slot;
+  std::uint64_t base_offset;
+  std::uint64_t block_bytes;           // 0: contiguous
+  const std::uint64_t* block_offsets;  // device array
+  std::uint64_t block_count;
+};
+struct unpack_batch_args {
+  const ncclNetUnpackHandle* handle;
+  std::uint64_t bounce_bytes;
+  std::byte* dst_region;
+  std::uint64_t dst_region_bytes;
+  unsigned int* rejected;
+  std::uint32_t receives;              // 1..NCCL_NET_UNPACK_SLOTS
+  unpack_receive receive[NCCL_NET_UNPACK_SLOTS];
+};
+cudaError_t launch_unpack_batch(const unpack_batch_args& args, int grid_blocks,
+                                cudaStream_t stream);
+
 cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes, std::uint64_t seed,
                                 cudaStream_t stream);
 cudaError_t launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
