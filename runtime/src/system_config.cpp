@@ -26,6 +26,9 @@ void add_runtime_options(CLI::App& cmd, runtime_options& options) {
     ->check(CLI::IsMember({"sharing", "stealing"}));
   cmd.add_option("--threads", options.threads,
                  "scheduler threads (0 = one per core)");
+  cmd.add_option("--io-workers", options.io_workers,
+                 "middleman deserialisation threads (0 = on the I/O thread, "
+                 "-1 = CAF's default)");
   cmd.add_option("--heartbeat-ms", options.heartbeat_ms,
                  "heartbeat between connected processes (0 = off)");
 }
@@ -58,6 +61,8 @@ void system_config::apply(const runtime_options& options) {
   set("scheduler.policy", caf::atom_from_string(options.scheduler_policy));
   if (options.threads > 0)
     set("scheduler.max-threads", options.threads);
+  if (options.io_workers >= 0)
+    set("middleman.workers", static_cast<size_t>(options.io_workers));
   set("middleman.heartbeat-interval",
       caf::timespan{std::chrono::milliseconds(options.heartbeat_ms)});
   set("middleman.connection-timeout",

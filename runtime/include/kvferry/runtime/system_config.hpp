@@ -23,6 +23,11 @@ struct runtime_options {
   std::string scheduler_policy = "sharing";
   /// Scheduler worker threads; 0 = CAF's default (number of cores).
   size_t threads = 0;
+  /// Middleman threads that deserialise incoming messages; 0 = do it on
+  /// the I/O thread, -1 = CAF's default (min(3, cores/4) + 1). 0 saves a
+  /// thread hop per message (~20% of a round trip, docs/benchmarks.md);
+  /// our messages are small descriptors, so the I/O thread keeps up.
+  int io_workers = 0;
   /// BASP heartbeat interval between connected nodes; 0 disables.
   size_t heartbeat_ms = 1000;
   /// A connection silent for this long is closed and its peer's actors are
@@ -35,8 +40,8 @@ struct runtime_options {
   std::string log_file;
 };
 
-/// Adds --log-level, --log-file, --scheduler, --threads and --heartbeat-ms to
-/// a CLI11 (sub)command.
+/// Adds --log-level, --log-file, --scheduler, --threads, --io-workers and
+/// --heartbeat-ms to a CLI11 (sub)command.
 void add_runtime_options(CLI::App& cmd, runtime_options& options);
 
 /// kvferry's actor_system_config. Construct, then pass to caf::actor_system.
