@@ -7,6 +7,7 @@
 // that layer is written (--layerwise). In pull mode it advertises its blocks
 // and the consumer's side asks our transfer actor to send. Blocks return to
 // the pool once no plugin request can touch them any more.
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <unordered_map>
@@ -147,7 +148,9 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
       [self, ctx](proto::ready_report& r) {
         if (ctx->failed)
           return;
-        r.transfer_ns = ctx->transfer_ns;
+        // Data time: the longer of the sender's view (first send ordered to
+        // last send done) and the receiver's (grant to last byte landed).
+        r.transfer_ns = std::max(r.transfer_ns, ctx->transfer_ns);
         r.compute_ns += ctx->compute_ns;
         answer(self, ctx, std::move(r));
       },

@@ -576,12 +576,16 @@ void on_progress(self_ptr self) {
     st.idle_polls = 0;
   else
     ++st.idle_polls;
-  // Spin while bytes flow; back off (up to 200 us) when the plugin has
-  // nothing for us, so an idle worker does not burn a shared core.
-  if (st.idle_polls < 32) {
+  // Spin while bytes flow (a completion found within ~a few hundred polls
+  // keeps latency at the plugin's); back off up to 200 us when the plugin
+  // has had nothing for a while, so a waiting worker does not burn a
+  // shared core.
+  constexpr unsigned spin_polls = 256;
+  if (st.idle_polls < spin_polls) {
     self->send(self, proto::progress_atom::value);
   } else {
-    auto delay = microseconds(std::min<unsigned>(200, st.idle_polls - 30));
+    auto delay =
+      microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
     self->delayed_send(self, delay, proto::progress_atom::value);
   }
 }
