@@ -1,5 +1,6 @@
 // The directory actor: the deployment's membership (see actors.hpp).
 #include <algorithm>
+#include <random>
 #include <thread>
 
 #include <caf/all.hpp>
@@ -26,6 +27,16 @@ bool secret_accepted(const std::string& expected, const std::string& given) {
   for (size_t i = 0; i < given.size(); ++i)
     diff |= static_cast<unsigned char>(given[i] ^ expected[i]);
   return diff == 0;
+}
+
+// Lease tokens authorise renew and leave, which carry no secret: they must
+// not be guessable from another worker's token.
+uint64_t new_token() {
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  uint64_t token = 0;
+  while (token == 0)
+    token = engine();
+  return token;
 }
 
 std::string as_ms(caf::timespan t) {
@@ -122,7 +133,7 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
     notify_joined(self, i->second.info);
     return lease{i->second.token, st.options.lease};
   }
-  auto token = st.next_token++;
+  auto token = new_token();
   auto name = info.name;
   spdlog::info("directory: worker '{}' ({}, host {}, gpu {}) joined", name,
                to_string(info.role), info.host, info.gpu);

@@ -42,6 +42,14 @@ TEST_CASE_FIXTURE(test::actor_fixture, "message types are registered by name") {
   CHECK(sys.types().portable_name(0, &typeid(lease)) == "kvferry::lease");
 }
 
+#if __has_include("kvferry/runtime/protocol.hpp")
+#  include "kvferry/runtime/protocol.hpp"
+TEST_CASE_FIXTURE(test::actor_fixture, "the protocol block is registered too") {
+  CHECK(sys.types().portable_name(0, &typeid(proto::extent))
+        == "kvferry::proto::extent");
+}
+#endif
+
 TEST_CASE("logging levels") {
   CHECK(!runtime::setup_logging("debug", ""));
   auto err = runtime::setup_logging("loud", "");

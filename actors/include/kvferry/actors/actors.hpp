@@ -92,7 +92,6 @@ struct directory_state {
   directory_options options;
   std::unordered_map<std::string, entry> workers;
   std::vector<caf::actor> watchers;
-  uint64_t next_token = 1;
 };
 
 using directory_stateful_pointer =
