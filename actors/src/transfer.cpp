@@ -619,8 +619,13 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
   if (p == st.in.end())
     return;
   auto t = p->second.transfers.find(id);
-  if (t == p->second.transfers.end() || t->second.failure)
+  if (t == p->second.transfers.end())
     return;
+  if (t->second.failure) {
+    if (!t->second.waiter)  // a failure nobody claimed in time: forget it
+      p->second.transfers.erase(t);
+    return;
+  }
   if (t->second.done) {
     if (!t->second.waiter)  // nobody claimed it in time: forget it
       p->second.transfers.erase(t);
