@@ -43,6 +43,10 @@ struct pending {
   void* request = nullptr;
   bool done = false;
   int sizes[8] = {};
+  // UNPACK receives: where the bytes must end up, and the ring slot.
+  void* recv_comm = nullptr;
+  char* destination = nullptr;
+  int slot = -1;
 };
 
 // Calls the raw v7 table with both ends in this process, retrying NULL
@@ -105,6 +109,15 @@ class harness {
           c.recv ? "done" : "pending"));
     }
     c.total_ms = ms_since(start);
+    unpack_ = props.is_unpack();
+    if (unpack_) {
+      if (!c.recv_device || !c.recv_device->handle)
+        throw check_failed("UNPACK plugin: accept left the receive device handle empty");
+      unpack_comm_ = c.recv;
+      unpack_device_ = c.recv_device;
+      unpack_seq_ = 0;
+      host_ring_ = !props.supports_cuda();
+    }
   }
 
   void close(connection& c) {
@@ -143,10 +156,23 @@ class harness {
     });
   }
   pending& irecv(void* comm, int n, void** data, int* sizes, int* tags, void** mhandles) {
-    return post("irecv", [&](void** request) {
+    auto& p = post("irecv", [&](void** request) {
       return table_.irecv(comm, n, data, sizes, tags, mhandles, request);
     });
+    if (unpack_ && comm == unpack_comm_) {
+      p.recv_comm = comm;
+      p.destination = static_cast<char*>(data[0]);
+      p.slot = static_cast<int>(unpack_seq_++ % NCCL_NET_UNPACK_SLOTS);
+    }
+    return p;
   }
+
+  // UNPACK plugins put received bytes in bounce pages and describe them in
+  // the ring of the device handle; NCCL's kernel gathers them. A plugin that
+  // declares no CUDA support keeps that ring in host memory, so netcheck can
+  // gather on the host and verify; otherwise data checks cannot look.
+  bool unpack() const { return unpack_; }
+  bool can_verify() const { return !unpack_ || host_ring_; }
   // One non-retrying post attempt; true when the plugin took it.
   bool try_isend(void* comm, void* data, int bytes, int tag, void* mhandle) {
     void* request = nullptr;
@@ -165,8 +191,26 @@ class harness {
       if (p.done) continue;
       int done = 0;
       call(table_.test(p.request, &done, p.sizes), "test");
-      if (done) p.done = true;
+      if (!done) continue;
+      p.done = true;
+      if (p.slot >= 0) consume(p);
     }
+  }
+
+  void consume(pending& p) {
+    if (host_ring_) {
+      auto* ring = static_cast<ncclNetUnpackHandle*>(unpack_device_->handle);
+      uint64_t count = ring->meta->count[p.slot];
+      if (count > NCCL_NET_UNPACK_RECORDS)
+        throw check_failed(fmt::format("UNPACK ring slot {} claims {} records (at most {})",
+                                       p.slot, count, NCCL_NET_UNPACK_RECORDS));
+      for (uint64_t i = 0; i < count; ++i) {
+        auto& record = ring->meta->records[p.slot][i];
+        std::memcpy(p.destination + record.dst_off, ring->bounce_buf + record.src_off,
+                    record.len);
+      }
+    }
+    if (table_.irecvConsumed) call(table_.irecvConsumed(p.recv_comm, 1, p.request), "irecvConsumed");
   }
 
   void wait_all(const char* what) {
@@ -235,7 +279,11 @@ class harness {
 
   plugin& net_;
   const ncclNet_v7_t& table_;
-  std::vector<std::pair<void*, void*>> registrations_;  // (comm, mhandle) not yet deregistered
+  std::vector<std::pair<void*, void*>> registrations_;
+  bool unpack_ = false, host_ring_ = false;
+  void* unpack_comm_ = nullptr;  // the latest connection's receive comm
+  ncclNetDeviceHandle_v7_t* unpack_device_ = nullptr;
+  uint64_t unpack_seq_ = 0;  // (comm, mhandle) not yet deregistered
   netcheck_options options_;
   std::vector<pending> outstanding_;
   long null_requests_ = 0;
@@ -275,7 +323,11 @@ class suite {
     if (!check("listen/connect/accept", [&] { return connect_check(h); })) return summary();
     check("send/recv one message", [&] { return transfer_check(h, {1000}, 1000); });
     check("zero-byte message", [&] { return transfer_check(h, {0}, 64); });
-    check("8 MiB message, verified", [&] { return transfer_check(h, {8 << 20}, 8 << 20); });
+    // UNPACK receives take at most 4 MiB (the ring's 2048 pages, halved for slack).
+    bool unpack = net_->device(options_.device).is_unpack();
+    int large = unpack ? 4 << 20 : 8 << 20;
+    check(unpack ? "4 MiB message, verified" : "8 MiB message, verified",
+          [&] { return transfer_check(h, {large}, large); });
     check("posting-order matching", [&] { return order_check(h); });
     check("receive larger than send", [&] { return larger_recv_check(h); });
     check("grouped receive with tags", [&] { return grouped_check(h); });
@@ -431,6 +483,7 @@ class suite {
                                        reported, sizes[i]));
       auto want = std::vector<char>(source.begin() + static_cast<std::ptrdiff_t>(offset),
                                     source.begin() + static_cast<std::ptrdiff_t>(offset + sizes[i]));
+      if (!h.can_verify()) continue;
       if (auto diff = first_difference(want, sink.data() + i * capacity, sizes[i]); !diff.empty())
         throw check_failed(fmt::format("receive {}: {}", i, diff));
       offset += static_cast<size_t>(sizes[i]);
@@ -438,7 +491,12 @@ class suite {
     h.dereg(c.send, smr);
     h.dereg(c.recv, rmr);
     h.close(c);
-    return fmt::format("{} message(s), {} bytes verified", sizes.size(), total_send);
+    if (!h.can_verify())
+      return fmt::format("{} message(s), {} bytes; sizes checked, bytes NOT verified (the UNPACK "
+                         "ring is in GPU memory)",
+                         sizes.size(), total_send);
+    return fmt::format("{} message(s), {} bytes verified{}", sizes.size(), total_send,
+                       h.unpack() ? " (gathered from the UNPACK ring on the host)" : "");
   }
 
   std::string order_check(harness& h) {
@@ -492,7 +550,9 @@ class suite {
   std::string inflight_check(harness& h) {
     harness::connection c;
     h.open(c);
-    const int count = NCCL_NET_MAX_REQUESTS, each = 64 << 10;
+    // An UNPACK comm has one ring slot per outstanding receive.
+    const int count = h.unpack() ? NCCL_NET_UNPACK_SLOTS : NCCL_NET_MAX_REQUESTS;
+    const int each = 64 << 10;
     auto source = pattern(static_cast<size_t>(count) * each, 5);
     std::vector<char> sink(source.size());
     void* smr = h.reg(c.send, source.data(), source.size());
@@ -506,12 +566,12 @@ class suite {
     for (int i = 0; i < count; ++i)
       h.isend(c.send, source.data() + static_cast<size_t>(i) * each, each, 0, smr);
     h.wait_all("32 in flight");
-    if (sink != source) throw check_failed(first_difference(source, sink.data(), sink.size()));
+    if (h.can_verify() && sink != source) throw check_failed(first_difference(source, sink.data(), sink.size()));
     h.dereg(c.send, smr);
     h.dereg(c.recv, rmr);
     h.close(c);
-    return fmt::format("{} receives and {} sends of 64 KiB outstanding, all verified", count,
-                       count);
+    return fmt::format("{} receives and {} sends of 64 KiB outstanding, all verified{}", count,
+                       count, h.unpack() ? " (UNPACK: one per ring slot)" : "");
   }
 
   std::string flush_check(harness& h) {

@@ -76,3 +76,12 @@ TEST_CASE("netcheck catches corrupted data") {
   CHECK(r.status == 1);
   CHECK(has(r.output, "differs"));
 }
+
+TEST_CASE("netcheck verifies an UNPACK plugin by gathering its host ring") {
+  auto r = kvferry("KVSOCK_UNPACK=1", "netcheck --plugin kvsock");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(has(r.output, "UNPACK v7"));
+  CHECK(has(r.output, "PASS  UNPACK device handle"));
+  CHECK(has(r.output, "gathered from the UNPACK ring on the host"));
+}
