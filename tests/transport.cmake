@@ -30,6 +30,7 @@ kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.
   LIBS kvferry_transport LABELS unit faults TIMEOUT 60)
 kvferry_transport_test(test_transport_channel SOURCES unit/transport_channel_test.cpp
   LIBS kvferry_transport LABELS unit TIMEOUT 60)
+add_dependencies(test_transport_channel nccl-net-kvsock)  # one case runs over kvsock
 
 # Integration: the kvferry binary's netcheck and bench net.
 kvferry_transport_test(test_netcheck SOURCES integration/netcheck_test.cpp
