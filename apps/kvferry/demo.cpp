@@ -207,7 +207,15 @@ caf::behavior router(caf::event_based_actor* self,
   auto next = std::make_shared<std::uint64_t>(0);
   auto outstanding = std::make_shared<std::uint64_t>(0);
   auto stopped = std::make_shared<bool>(false);
+  // `issue` starts requests; completions call it again through a weak
+  // reference (no self-reference cycle). The behavior below holds the only
+  // strong reference, so it lives exactly as long as the actor.
   auto issue = std::make_shared<std::function<void()>>();
+  std::weak_ptr<std::function<void()>> weak_issue = issue;
+  auto again = [weak_issue] {
+    if (auto f = weak_issue.lock())
+      (*f)();
+  };
   *issue = [=] {
     // After the first failure no new request starts: the run has failed,
     // and the requests in flight only drain.
@@ -246,7 +254,7 @@ caf::behavior router(caf::event_based_actor* self,
               }
             }
             --*outstanding;
-            (*issue)();
+            again();
           },
           [=](caf::error& err) {
             *stopped = true;
@@ -258,19 +266,18 @@ caf::behavior router(caf::event_based_actor* self,
                 fmt::format("request {}: {}", i + 1, render(err)));
             }
             --*outstanding;
-            (*issue)();
+            again();
           });
     }
     if (*outstanding == 0 && (*next == plan->tokens.size() || *stopped)) {
       out->end = steady_clock::now();
       finished->set_value();
-      *issue = nullptr;  // breaks the self-reference
       self->quit();
     }
   };
   out->start = steady_clock::now();
   (*issue)();
-  return {[](caf::ok_atom) {}};
+  return {[issue](caf::ok_atom) {}};
 }
 
 double percentile(std::vector<double> v, double p) {
