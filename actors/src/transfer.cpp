@@ -35,6 +35,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/metrics.hpp"
 #include "kvferry/transport/channel.hpp"
 
 namespace kvferry {
@@ -60,6 +61,7 @@ struct transfer_entry {
   caf::error failure;            // set once failed (receiver side, unclaimed)
   bool cancelled = false;        // receiver gave up; bytes must not land
   std::optional<byte_promise> waiter;
+  steady_clock::time_point started = steady_clock::now();  // for metrics
 };
 
 // Sending side of one peer.
@@ -97,6 +99,9 @@ struct transfer_state {
   std::unordered_map<std::string, peer_out> out;
   std::unordered_map<std::string, peer_in> in;
   proto::transfer_stats stats;
+  // Prometheus series (served when the process runs an exporter); per-peer
+  // handles are looked up once and then updated lock-free.
+  metrics::transfer_metrics metrics;
   bool progress_scheduled = false;
   unsigned idle_polls = 0;
   static inline const char* name = "kvferry.transfer";
@@ -117,8 +122,11 @@ void ensure_progress(self_ptr self) {
   }
 }
 
-void finish(transfer_entry& t, transfer_state& st, bool incoming) {
+void finish(transfer_entry& t, transfer_state& st, bool incoming,
+            const std::string& peer) {
   t.done = true;
+  st.metrics.record(peer, !incoming, t.bytes,
+                    duration<double>(steady_clock::now() - t.started).count());
   ++st.stats.transfers_done;
   if (incoming)
     st.stats.bytes_received += t.bytes;
@@ -130,8 +138,12 @@ void finish(transfer_entry& t, transfer_state& st, bool incoming) {
   }
 }
 
-void fail(transfer_entry& t, transfer_state& st, const caf::error& err) {
+void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
+          const std::string& peer) {
   ++st.stats.transfers_failed;
+  st.metrics.count_error(peer, err.category() == caf::atom("kvferry")
+                                 ? to_string(static_cast<ec>(err.code()))
+                                 : "other");
   t.failure = err;
   if (t.waiter) {
     t.waiter->deliver(err);
@@ -149,7 +161,7 @@ void drop_peer_out(self_ptr self, const std::string& name,
   std::size_t failed = 0;
   for (auto& [id, t] : i->second.transfers)
     if (!t.done) {
-      fail(t, self->state, err);
+      fail(t, self->state, err, name);
       ++failed;
     }
   // A peer that leaves while nothing is in flight is routine (shutdown).
@@ -157,6 +169,7 @@ void drop_peer_out(self_ptr self, const std::string& name,
               "transfer {}: dropping send channel to '{}' ({} transfers "
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
+  self->state.metrics.peer(name).comms->set(0);
   self->state.out.erase(i);
 }
 
@@ -168,7 +181,7 @@ void drop_peer_in(self_ptr self, const std::string& name,
   std::size_t failed = 0;
   for (auto& [id, t] : i->second.transfers)
     if (!t.done && !t.failure) {
-      fail(t, self->state, err);
+      fail(t, self->state, err, name);
       ++failed;
     }
   // Failed-but-unclaimed entries keep their error for a later recv order;
@@ -178,6 +191,7 @@ void drop_peer_in(self_ptr self, const std::string& name,
               "transfer {}: dropping receive channel from '{}' ({} transfers "
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
+  self->state.metrics.peer(name).comms->set(0);
   p.ops.clear();
   p.waiting.clear();
   p.reg = registration{};
@@ -212,7 +226,7 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
   }
   t.posted = true;
   if (t.ops_left == 0)
-    finish(t, self->state, false);
+    finish(t, self->state, false, p.ep.name);
 }
 
 // Announces, then posts: the announcement must reach the receiver before it
@@ -339,7 +353,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   }
   t.posted = true;
   if (t.ops_left == 0)
-    finish(t, st, true);
+    finish(t, st, true, a.sender);
 }
 
 void handle_announce(self_ptr self, proto::announcement& a) {
@@ -455,7 +469,7 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
     if (--t->second.ops_left == 0) {
       // A receiver's entry outlives completion until a recv order claims it.
       bool claimed = t->second.waiter.has_value();
-      finish(t->second, st, incoming);
+      finish(t->second, st, incoming, name);
       if (!incoming || claimed)
         p.transfers.erase(t);
     }
@@ -477,6 +491,7 @@ bool progress_out(self_ptr self) {
                                              st.cfg.region->size(),
                                              st.cfg.region->nccl_ptr_type());
           st.stats.comms_opened += st.cfg.comms_per_peer;
+          st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
           ++st.stats.registrations;
           p.opening = false;
           progressed = true;
@@ -521,6 +536,7 @@ bool progress_in(self_ptr self) {
         if (p.listener->try_accept()) {
           p.channel.emplace(p.listener->take());
           p.listener.reset();
+          st.metrics.peer(name).comms->set(p.channel->comm_count());
           p.reg = p.channel->register_memory(st.cfg.region->data(),
                                              st.cfg.region->size(),
                                              st.cfg.region->nccl_ptr_type());
@@ -607,10 +623,10 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     if (t->second.posted) {
       // Requests are out on the comms: only closing them makes the memory
       // safe to reuse, and the comm order is lost anyway.
-      fail(t->second, st, timeout);
+      fail(t->second, st, timeout, name);
       drop_peer_out(self, name, timeout);
     } else {
-      fail(t->second, st, timeout);
+      fail(t->second, st, timeout, name);
       p->second.transfers.erase(t);
     }
     return;
@@ -632,10 +648,10 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     return;
   }
   if (t->second.posted) {
-    fail(t->second, st, timeout);
+    fail(t->second, st, timeout, name);
     drop_peer_in(self, name, timeout);
   } else {
-    fail(t->second, st, timeout);
+    fail(t->second, st, timeout, name);
     t->second.cancelled = true;  // a later announcement must not land
   }
 }
@@ -658,6 +674,9 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
 
 transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) {
   self->state.cfg = std::move(cfg);
+  self->state.metrics.regions.add(1);
+  self->state.metrics.registered_bytes.add(
+    static_cast<std::int64_t>(self->state.cfg.region->size()));
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
   return {
     [self](proto::endpoint_atom) {

@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "metrics_endpoint.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -50,6 +51,9 @@ sigset_t block_stop_signals() {
 int serve(const directory_command& cmd) {
   auto stop_signals = block_stop_signals();
   runtime::system_config cfg{cmd.runtime};
+  auto exporter = start_metrics_endpoint("directory");
+  if (!exporter)
+    return 1;
   caf::actor_system sys{cfg};
   directory_options options;
   options.secret = cmd.secret;

@@ -19,6 +19,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "metrics_endpoint.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -135,6 +136,9 @@ int run_worker(worker_command& cmd) {
                   net->name());
     return 1;
   }
+  auto exporter = start_metrics_endpoint("worker " + cmd.name);
+  if (!exporter)
+    return 1;
   auto bytes = cmd.pool_blocks * cmd.geometry.layer_block_bytes();
   std::shared_ptr<memory_region> region;
   try {
