@@ -580,11 +580,25 @@ bool has_work(const transfer_state& st) {
   return false;
 }
 
+// Transfers started and neither finished nor failed, for the in-flight gauge.
+std::int64_t count_in_flight(const transfer_state& st) {
+  std::int64_t n = 0;
+  for (auto& [name, p] : st.out)
+    for (auto& [id, t] : p.transfers)
+      n += !t.done && !t.failure;
+  for (auto& [name, p] : st.in)
+    for (auto& [id, t] : p.transfers)
+      n += !t.done && !t.failure;
+  return n;
+}
+
 void on_progress(self_ptr self) {
   auto& st = self->state;
   st.progress_scheduled = false;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
+  if (progressed)  // only then can the count have changed
+    st.metrics.in_flight.set(count_in_flight(st));
   if (!has_work(st))
     return;
   st.progress_scheduled = true;
