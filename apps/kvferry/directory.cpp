@@ -20,6 +20,7 @@
 
 #include "commands.hpp"
 #include "metrics_endpoint.hpp"
+#include "stop_signals.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -36,17 +37,6 @@ struct directory_command {
   size_t count = 2000;
   runtime::runtime_options runtime;
 };
-
-// Blocks SIGINT and SIGTERM in this thread *before* the actor system starts
-// its threads (they inherit the mask), so that sigwait below receives them.
-sigset_t block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
 
 int serve(const directory_command& cmd) {
   auto stop_signals = block_stop_signals();

@@ -20,6 +20,7 @@
 
 #include "commands.hpp"
 #include "metrics_endpoint.hpp"
+#include "stop_signals.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -47,15 +48,6 @@ struct worker_command {
   std::uint32_t timeout_ms = 10000;
   runtime::runtime_options runtime;
 };
-
-sigset_t block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
 
 // Everything that can be checked before any resource is taken.
 std::string validate(worker_command& cmd, worker_role& role) {
