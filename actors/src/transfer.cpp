@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -104,6 +105,11 @@ struct transfer_state {
   metrics::transfer_metrics metrics;
   bool progress_scheduled = false;
   unsigned idle_polls = 0;
+  // Transfer deadlines: (when, "<peer" or ">peer", transfer id), checked by
+  // one short periodic sweep (see arm_deadline).
+  std::multimap<steady_clock::time_point, std::pair<std::string, std::uint64_t>>
+    deadlines;
+  bool sweep_scheduled = false;
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -119,6 +125,23 @@ void ensure_progress(self_ptr self) {
     self->state.progress_scheduled = true;
     self->state.idle_polls = 0;
     self->send(self, proto::progress_atom::value);
+  }
+}
+
+// Deadlines are kept in the state and checked by one sweep message every
+// 100 ms instead of one delayed message per transfer: CAF 0.17 keeps an actor
+// alive until its pending delayed messages fire, so per-transfer timers of
+// 10-30 s held a stopping worker's detached transfer thread that long.
+constexpr auto sweep_period = milliseconds(100);
+
+void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
+                  std::uint64_t id) {
+  auto& st = self->state;
+  st.deadlines.emplace(steady_clock::now() + timeout,
+                       std::make_pair(std::move(key), id));
+  if (!st.sweep_scheduled) {
+    st.sweep_scheduled = true;
+    self->delayed_send(self, sweep_period, proto::sweep_atom::value);
   }
 }
 
@@ -320,8 +343,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& t = p.transfers[o.transfer_id];
   t.expected = plan_bytes(o.extents);
   t.waiter = promise;
-  self->delayed_send(self, milliseconds(o.timeout_ms),
-                     proto::expire_atom::value, ">" + peer, o.transfer_id);
+  arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
   auto chunks = coalesce(o.extents);
   try {
     if (p.channel) {
@@ -379,8 +401,7 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   }
   t.expected = plan_bytes(a.chunks);
   if (!t.waiter)  // unclaimed transfers still get a deadline
-    self->delayed_send(self, milliseconds(30000), proto::expire_atom::value,
-                       "<" + a.sender, a.transfer_id);
+    arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id);
   try {
     if (p.channel)
       post_recvs(self, p, a);
@@ -411,9 +432,8 @@ caf::result<std::uint64_t> handle_recv(self_ptr self, proto::recv_order& o) {
   }
   auto promise = self->make_response_promise<std::uint64_t>();
   t.waiter = promise;
-  self->delayed_send(self, milliseconds(o.timeout_ms),
-                     proto::expire_atom::value, "<" + o.peer_name,
-                     o.transfer_id);
+  arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
+               o.transfer_id);
   return promise;
 }
 
@@ -670,6 +690,21 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
   }
 }
 
+void on_sweep(self_ptr self) {
+  auto& st = self->state;
+  st.sweep_scheduled = false;
+  auto now = steady_clock::now();
+  while (!st.deadlines.empty() && st.deadlines.begin()->first <= now) {
+    auto [key, id] = std::move(st.deadlines.begin()->second);
+    st.deadlines.erase(st.deadlines.begin());
+    on_expire(self, key, id);
+  }
+  if (!st.deadlines.empty()) {
+    st.sweep_scheduled = true;
+    self->delayed_send(self, sweep_period, proto::sweep_atom::value);
+  }
+}
+
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
   std::vector<std::string> outs, ins;
@@ -729,9 +764,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       drop_peer_in(self, name, err);
     },
     [self](proto::progress_atom) { on_progress(self); },
-    [self](proto::expire_atom, const std::string& key, std::uint64_t id) {
-      on_expire(self, key, id);
-    },
+    [self](proto::sweep_atom) { on_sweep(self); },
   };
 }
 

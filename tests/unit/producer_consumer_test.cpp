@@ -96,7 +96,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
     [](joined_atom, const worker_info&) {},
     [](left_atom, const std::string&, const caf::error&) {},
     [](proto::progress_atom) {},
-    [](proto::expire_atom, const std::string&, std::uint64_t) {},
+    [](proto::sweep_atom) {},
   };
 }
 

@@ -150,7 +150,7 @@ using transfer_actor = caf::typed_actor<
     caf::reacts_to<left_atom, std::string, caf::error>,
     // Internal: poll the plugin; a deadline passed.
     caf::reacts_to<proto::progress_atom>,
-    caf::reacts_to<proto::expire_atom, std::string, std::uint64_t>>;
+    caf::reacts_to<proto::sweep_atom>>;
 
 struct transfer_config {
   std::string name;                 // the worker's name: peers know us by it

@@ -32,6 +32,7 @@ using announce_atom = caf::atom_constant<caf::atom("kvannounce")>;
 using endpoint_atom = caf::atom_constant<caf::atom("kvendpoint")>;
 using progress_atom = caf::atom_constant<caf::atom("kvprogress")>;
 using expire_atom = caf::atom_constant<caf::atom("kvexpire")>;
+using sweep_atom = caf::atom_constant<caf::atom("kvsweep")>;
 using stats_atom = caf::atom_constant<caf::atom("kvstats")>;
 using open_atom = caf::atom_constant<caf::atom("kvopen")>;
 
