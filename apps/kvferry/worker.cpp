@@ -99,6 +99,24 @@ int serve_until_signal(caf::actor_system& sys, const directory_actor& dir,
   }
 }
 
+// Waits (bounded) for `count` down messages of monitored actors.
+void await_termination(caf::scoped_actor& self, int count,
+                       std::chrono::seconds limit, const std::string& name) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (int i = 0; i < count; ++i) {
+    bool timed_out = false;
+    self->receive([](const caf::down_msg&) {},
+                  caf::after(std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now()))
+                    >> [&] { timed_out = true; });
+    if (timed_out) {
+      spdlog::warn("worker {}: actors did not stop within {} s", name,
+                   limit.count());
+      return;
+    }
+  }
+}
+
 int run_worker(worker_command& cmd) {
   worker_role role;
   if (auto bad = validate(cmd, role); !bad.empty()) {
@@ -239,8 +257,20 @@ int run_worker(worker_command& cmd) {
   self->request(*dir, std::chrono::seconds(2), leave_atom::value, cmd.name,
                 granted->token)
     .receive([](caf::ok_atom) {}, [](const caf::error&) {});
+  self->monitor(app);
+  self->monitor(transfer);
   stop_all();
-  return 0;
+  await_termination(self, 2, std::chrono::seconds(5), cmd.name);
+  // CAF 0.17's actor_system destructor waits until every detached actor
+  // object is destroyed, and a peer node's proxies can keep our transfer
+  // actor referenced until that node's connection is torn down too — when
+  // the whole deployment stops at once this stalled shutdown for seconds.
+  // Our actors have stopped and left the directory; the plugin's sockets
+  // and memory go with the process, so end it here.
+  spdlog::info("worker {}: stopped", cmd.name);
+  spdlog::shutdown();
+  std::cout.flush();
+  std::_Exit(0);
 }
 
 }  // namespace
