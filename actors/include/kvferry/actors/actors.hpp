@@ -6,12 +6,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include <caf/actor_system.hpp>
-#include <memory>
 #include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/replies_to.hpp>
@@ -22,8 +22,8 @@
 #include "kvferry/actors/memory_region.hpp"
 #include "kvferry/runtime/directory_types.hpp"
 #include "kvferry/runtime/kv_geometry.hpp"
-#include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/type_ids.hpp"
 
 namespace kvferry::transport {
