@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -117,10 +118,17 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
   REQUIRE(decode.read_until(" ready", seconds(30)));
 
   child router({"demo", "--directory", address, "--requests", "100000",
-                "--inflight", "4", "--timeout-ms", "30000", "--quiet",
-                "--log-level", "warn"});
-  // Let transfers get going, then kill the receiver without warning.
-  std::this_thread::sleep_for(milliseconds(1500));
+                "--inflight", "4", "--timeout-ms", "30000", "--log-level",
+                "warn"});
+  // Wait until the router's progress line reports finished requests, so the
+  // kill lands mid-stream (a fixed sleep could fire during start-up on a
+  // loaded or sanitized run), then kill the receiver without warning.
+  const std::regex some_done{R"(\n  [1-9][0-9]*/100000 requests)"};
+  auto started_by = steady_clock::now() + seconds(30);
+  while (!std::regex_search(router.text, some_done)
+         && steady_clock::now() < started_by)
+    router.read_until("\x01never", milliseconds(200));
+  REQUIRE(std::regex_search(router.text, some_done));
   REQUIRE(router.wait_exit(milliseconds(1)) == -1);  // still running
   auto killed_at = steady_clock::now();
   kill(decode.pid, SIGKILL);
