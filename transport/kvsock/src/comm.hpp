@@ -240,6 +240,7 @@ struct RecvComm : CommBase {
   bool deliver_from_rx();
   bool read_inline_direct();
   bool fill_rx();
+  bool on_failed_ctrl_read(ssize_t n);
   bool handle_header();
   void on_peer_closed();
   void publish_unpack(Request* request);

@@ -113,6 +113,21 @@ bool RecvComm::deliver_from_rx() {
   return true;
 }
 
+// A control-socket read that returned no bytes (n <= 0): the peer closed, a
+// real error failed the comm, or nothing is there yet. Always false, so the
+// caller stops pumping.
+bool RecvComm::on_failed_ctrl_read(ssize_t n) {
+  if (n == 0) {
+    on_peer_closed();
+    return false;
+  }
+  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+    int err = errno;
+    fail(errno_result(err), "reading the control socket: %s", strerror(err));
+  }
+  return false;
+}
+
 // The rest of an inline payload straight into its destination, and in the
 // same recvmsg a little more into the (empty) receive buffer: the next
 // header, often a whole small message, without a second system call.
@@ -138,15 +153,7 @@ bool RecvComm::read_inline_direct() {
     progress.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  if (n == 0) {
-    on_peer_closed();
-    return false;
-  }
-  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-    int err = errno;
-    fail(errno_result(err), "reading the control socket: %s", strerror(err));
-  }
-  return false;
+  return on_failed_ctrl_read(n);
 }
 
 bool RecvComm::fill_rx() {
@@ -164,15 +171,7 @@ bool RecvComm::fill_rx() {
     progress.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  if (n == 0) {
-    on_peer_closed();
-    return false;
-  }
-  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-    int err = errno;
-    fail(errno_result(err), "reading the control socket: %s", strerror(err));
-  }
-  return false;
+  return on_failed_ctrl_read(n);
 }
 
 // Matches the header at the front of the receive buffer to the head grouped
