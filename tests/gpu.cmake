@@ -14,3 +14,6 @@ kvferry_add_test(NAME test_gpu_ipc SOURCES gpu/gpu_ipc_test.cpp
 kvferry_add_test(NAME test_gpu_unpack_kvsock SOURCES gpu/gpu_unpack_kvsock_test.cpp
   LIBS kvferry_transport ${CMAKE_DL_LIBS} GPU LABELS integration TIMEOUT 120)
 add_dependencies(test_gpu_unpack_kvsock nccl-net-kvsock)
+# GPU choice (ordinals, copy ceiling, peer-access matrix) on a fake topology.
+kvferry_add_test(NAME test_gpu_topology SOURCES unit/gpu_topology_test.cpp
+  LIBS kvferry_transport LABELS unit)

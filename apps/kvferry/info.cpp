@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "kvferry/runtime/version.hpp"
 #include "kvferry/transport/gpu_info.hpp"
+#include "kvferry/transport/gpu_topology.hpp"
 #include "kvferry/transport/plugin.hpp"
 
 namespace kvferry::app {
@@ -23,6 +24,15 @@ void print_gpus() {
     fmt::print("  [{}] {}  sm_{}{}  {:.1f} GiB  {}\n", gpu.index, gpu.name,
                gpu.compute_major, gpu.compute_minor,
                gpu.memory_bytes / double(1 << 30), gpu.pci_bus_id);
+  // Which GPU's kernels can use which other GPU's memory (NVLink/PCIe P2P):
+  // what `bench ipc --src-gpu A --dst-gpu B` and same-host transfers need.
+  auto matrix =
+      transport::format_peer_matrix(*transport::system_gpu_topology());
+  if (matrix.empty())
+    return;
+  fmt::print("Peer access (row GPU can access column GPU's memory):\n");
+  for (auto& line : matrix)
+    fmt::print("  {}\n", line);
 }
 
 // Every libnccl-net-*.so on the search path, each probed in a child process
