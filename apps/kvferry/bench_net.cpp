@@ -5,24 +5,28 @@
 // latency percentiles through kvferry's channel wrapper, and GB/s over one
 // loopback TCP connection (blocking writes/reads of whole messages); then an
 // 8-byte ping-pong round trip over both. Buffers are registered once and
-// reused; at most max(size, 256 MiB) of buffer per side.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+// reused; at most max(size, 256 MiB) of buffer per side and memory.
+//
+// --memory host|cuda|both: the plugin rounds read and write host memory, GPU
+// memory (registered as NCCL_PTR_CUDA: kvsock stages it through pinned
+// buffers) or both, side by side in the same run so that the cost of the GPU
+// memory is the ratio of two columns measured together.
 #include <algorithm>
+#include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sstream>
 #include <string>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
@@ -30,6 +34,9 @@
 
 #include "commands.hpp"
 #include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/gpu_copy.hpp"
+#include "kvferry/transport/gpu_info.hpp"
+#include "kvferry/transport/gpu_topology.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -49,12 +56,56 @@ struct bench_options {
   size_t chunk_bytes = size_t{4} << 20;
   std::string json_path;
   double timeout_s = 60;
+  // host, cuda or both; empty: both where a GPU exists, else host.
+  std::string memory;
+  int gpu = 0;
   int serve_fd = -1;  // set in the receiver process only
 };
 
 constexpr size_t pool_cap = size_t{256} << 20;
 
 [[noreturn]] void fail(const std::string& why) { throw std::runtime_error(why); }
+
+// ---- which memory the plugin rounds use ------------------------------------
+
+enum class bench_memory { host, cuda };
+const char* name_of(bench_memory m) {
+  return m == bench_memory::host ? "host" : "cuda";
+}
+
+struct memory_choice {
+  std::vector<bench_memory> memories;
+  std::string note; // one line saying what was chosen and why
+};
+
+// An explicit --memory is obeyed or fails naming why; without it both
+// memories are measured where a GPU exists, host memory otherwise.
+memory_choice choose_memories(const std::string& requested,
+                              const tp::gpu_topology& gpus, int gpu) {
+  if (requested == "host")
+    return {{bench_memory::host}, "memory: host (as requested)"};
+  if (requested != "" && requested != "cuda" && requested != "both")
+    fail("--memory: expected host, cuda or both, got '" + requested + "'");
+  if (requested.empty() && gpus.device_count() == 0)
+    return {{bench_memory::host},
+            "memory: host only (no CUDA GPU: " + gpus.why_none() +
+                "; --memory cuda needs one)"};
+  if (gpus.device_count() == 0)
+    fail("--memory " + requested + " needs a CUDA GPU: " + gpus.why_none());
+  tp::check_gpu_ordinal(gpus, gpu, "--gpu");
+  if (requested == "cuda")
+    return {{bench_memory::cuda}, fmt::format("memory: cuda on GPU {}", gpu)};
+  return {{bench_memory::host, bench_memory::cuda},
+          fmt::format(
+              "memory: host and cuda on GPU {}, side by side{}", gpu,
+              requested.empty()
+                  ? " (default where a GPU exists; --memory host for host only)"
+                  : "")};
+}
+
+std::string memory_option(const std::vector<bench_memory>& memories) {
+  return memories.size() == 2 ? "both" : name_of(memories.front());
+}
 
 // ---- sizes ----------------------------------------------------------------------------------
 
@@ -192,13 +243,6 @@ void read_all(int fd, char* data, size_t bytes) {
 
 // ---- both sides' plugin state -----------------------------------------------------------------
 
-struct endpoint {
-  std::vector<char> pool;          // data buffers (slots of `size` bytes)
-  std::vector<char> small{std::vector<char>(64)};  // ping-pong buffer
-  tp::send_channel* tx = nullptr;
-  tp::recv_channel* rx = nullptr;
-};
-
 size_t pool_bytes(const std::vector<size_t>& sizes, int depth) {
   size_t largest = *std::max_element(sizes.begin(), sizes.end());
   size_t want = 0;
@@ -218,6 +262,11 @@ bool matches_pattern(const char* data, size_t bytes) {
     if (data[i] != pattern_byte(i)) return false;
   return true;
 }
+// GPU buffers get gpu_fill_pattern's pattern (a prefix of a longer fill is the
+// fill of the shorter length), so the receiver verifies on the GPU against a
+// reference filled with the same seed.
+constexpr std::uint64_t cuda_pattern_seed = 0x6b76'6665'7272;
+constexpr std::uint64_t cuda_poison_seed = 0xdead'beef;
 
 template <class Channel>
 void wait_one(Channel& ch, tp::op_id want, double timeout_s, const char* what) {
@@ -236,6 +285,72 @@ long peak_rss_kb(int who) {
   rusage usage{};
   ::getrusage(who, &usage);
   return usage.ru_maxrss;
+}
+
+// The receiver's buffer for one memory: slots of the message size, registered
+// once; GPU memory also keeps the pattern its data must match.
+struct receive_pool {
+  bench_memory memory = bench_memory::host;
+  int gpu = -1;
+  std::vector<char> host;
+  tp::gpu_region device, reference;
+  tp::registration mr; // last: deregistered before the memory is freed
+
+  char* data() {
+    return memory == bench_memory::host
+               ? host.data()
+               : reinterpret_cast<char*>(device.data());
+  }
+  size_t bytes() const {
+    return memory == bench_memory::host ? host.size() : device.size();
+  }
+
+  // Slot 0 is overwritten before each round, so data left by an earlier round
+  // cannot pass the check after this one.
+  void poison(size_t size) {
+    if (memory == bench_memory::host)
+      std::memset(host.data(), 0x5a, size);
+    else
+      tp::gpu_fill_pattern(gpu, device.data(), size, cuda_poison_seed);
+  }
+  bool verify(size_t size) {
+    if (memory == bench_memory::host)
+      return matches_pattern(host.data(), size);
+    return tp::gpu_count_mismatches(gpu, reference.data(), device.data(),
+                                    {{0, 0, size}}) == 0;
+  }
+};
+
+receive_pool make_receive_pool(bench_memory memory, int gpu, size_t bytes,
+                               size_t largest, tp::recv_channel& rx) {
+  receive_pool pool;
+  pool.memory = memory;
+  if (memory == bench_memory::host) {
+    pool.host.resize(bytes);
+    pool.mr = rx.register_memory(pool.host.data(), bytes, NCCL_PTR_HOST);
+    return pool;
+  }
+  pool.gpu = gpu;
+  pool.device = tp::gpu_region::allocate_device(gpu, bytes);
+  pool.reference = tp::gpu_region::allocate_device(gpu, largest);
+  tp::gpu_fill_pattern(gpu, pool.reference.data(), largest, cuda_pattern_seed);
+  pool.mr = rx.register_memory(pool.device.data(), bytes, NCCL_PTR_CUDA);
+  return pool;
+}
+
+receive_pool* find_pool(std::vector<receive_pool>& pools, bench_memory memory) {
+  for (auto& p : pools)
+    if (p.memory == memory)
+      return &p;
+  return nullptr;
+}
+receive_pool& pool_for(std::vector<receive_pool>& pools,
+                       const std::string& memory) {
+  for (auto& p : pools)
+    if (memory == name_of(p.memory))
+      return p;
+  fail("bench net receiver: the sender asked for " + memory +
+       " memory, which this receiver did not set up");
 }
 
 // ---- the receiver (child process) ----------------------------------------------------------------
@@ -277,9 +392,19 @@ int serve(const bench_options& o) {
   ::close(listener);
   set_nodelay(tcp);
 
-  std::vector<char> pool(pool_bytes(sizes, o.depth));
+  const size_t largest = *std::max_element(sizes.begin(), sizes.end());
+  std::vector<receive_pool> pools;
+  for (auto memory :
+       choose_memories(o.memory, *tp::system_gpu_topology(), o.gpu).memories)
+    pools.push_back(make_receive_pool(memory, o.gpu, pool_bytes(sizes, o.depth),
+                                      largest, rx));
+  // The TCP baseline reads into host memory: the host pool where there is one.
+  std::vector<char> tcp_only;
+  auto* host_pool = find_pool(pools, bench_memory::host);
+  if (!host_pool)
+    tcp_only.resize(pool_bytes(sizes, o.depth));
+  std::vector<char>& tcp_pool = host_pool ? host_pool->host : tcp_only;
   std::vector<char> small(64);
-  auto mr = rx.register_memory(pool.data(), pool.size());
   auto small_rx = rx.register_memory(small.data(), small.size());
   auto small_tx = tx.register_memory(small.data(), small.size());
   ctl.send("connected");
@@ -290,12 +415,15 @@ int serve(const bench_options& o) {
     if (cmd == "plugin") {
       size_t size;
       long iters;
-      line >> size >> iters;
-      size_t slots = slots_for(pool.size(), size);
+      std::string memory;
+      line >> size >> iters >> memory;
+      auto& pool = pool_for(pools, memory);
+      pool.poison(size);
+      size_t slots = slots_for(pool.bytes(), size);
       long posted = 0, received = 0;
       auto post_more = [&] {
         while (posted < iters && posted - received < o.depth) {
-          rx.post_recv(pool.data() + (posted % slots) * size, size, mr);
+          rx.post_recv(pool.data() + (posted % slots) * size, size, pool.mr);
           ++posted;
         }
       };
@@ -316,14 +444,15 @@ int serve(const bench_options& o) {
       // "arrived", so the check (~0.1 s at 256 MiB) is not counted as
       // transfer time (the TCP round verifies nothing).
       ctl.send("arrived");
-      ctl.send(matches_pattern(pool.data(), size) ? "done ok" : "done corrupt");
+      ctl.send(pool.verify(size) ? "done ok" : "done corrupt");
     } else if (cmd == "tcp") {
       size_t size;
       long iters;
       line >> size >> iters;
-      size_t slots = slots_for(pool.size(), size);
+      size_t slots = slots_for(tcp_pool.size(), size);
       ctl.send("ready");
-      for (long i = 0; i < iters; ++i) read_all(tcp, pool.data() + (i % slots) * size, size);
+      for (long i = 0; i < iters; ++i)
+        read_all(tcp, tcp_pool.data() + (i % slots) * size, size);
       ctl.send("done ok");
     } else if (cmd == "rtt") {
       long n;
@@ -355,11 +484,34 @@ int serve(const bench_options& o) {
 
 // ---- the sender (parent) --------------------------------------------------------------------------
 
+struct memory_result {
+  bench_memory memory = bench_memory::host;
+  double gbps = 0, p50_us = 0, p99_us = 0;
+  bool verified = true;
+};
+
 struct size_result {
   size_t size = 0;
   long iters = 0;
-  double gbps = 0, baseline_gbps = 0, p50_us = 0, p99_us = 0;
-  bool verified = false;
+  double baseline_gbps = 0;
+  std::vector<memory_result> memories; // in the run's order: host first
+
+  bool verified() const {
+    return std::all_of(memories.begin(), memories.end(),
+                       [](auto& m) { return m.verified; });
+  }
+  const memory_result* find(bench_memory memory) const {
+    for (auto& m : memories)
+      if (m.memory == memory)
+        return &m;
+    return nullptr;
+  }
+  // cuda GB/s over host GB/s when both ran (the cost of GPU memory), else 0.
+  double cuda_over_host() const {
+    auto* host = find(bench_memory::host);
+    auto* cuda = find(bench_memory::cuda);
+    return host && cuda && host->gbps > 0 ? cuda->gbps / host->gbps : 0;
+  }
 };
 
 double percentile(std::vector<double>& values, double p) {
@@ -379,7 +531,8 @@ struct receiver_process {
   int fd = -1;
   int status = 0;
 
-  void start(const bench_options& o, const std::string& plugin_path) {
+  void start(const bench_options& o, const std::string& plugin_path,
+             const std::string& memory) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
       fail(fmt::format("bench net: socketpair failed: {}", std::strerror(errno)));
@@ -388,11 +541,27 @@ struct receiver_process {
     if (pid < 0) fail(fmt::format("bench net: fork failed: {}", std::strerror(errno)));
     if (pid == 0) {
       ::close(sv[0]);
-      std::vector<std::string> args{"kvferry", "bench", "net", "--serve-fd", std::to_string(sv[1]),
-                                    "--plugin", plugin_path, "--sizes", o.sizes,
-                                    "--depth", std::to_string(o.depth), "--comms", std::to_string(o.comms),
-                                    "--chunk-bytes", std::to_string(o.chunk_bytes),
-                                    "--timeout-s", std::to_string(o.timeout_s)};
+      std::vector<std::string> args{"kvferry",
+                                    "bench",
+                                    "net",
+                                    "--serve-fd",
+                                    std::to_string(sv[1]),
+                                    "--plugin",
+                                    plugin_path,
+                                    "--sizes",
+                                    o.sizes,
+                                    "--depth",
+                                    std::to_string(o.depth),
+                                    "--comms",
+                                    std::to_string(o.comms),
+                                    "--chunk-bytes",
+                                    std::to_string(o.chunk_bytes),
+                                    "--timeout-s",
+                                    std::to_string(o.timeout_s),
+                                    "--memory",
+                                    memory,
+                                    "--gpu",
+                                    std::to_string(o.gpu)};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -434,22 +603,19 @@ class sender {
   int run() {
     if (o_.depth < 1 || o_.comms < 1 || o_.repeat < 1)
       fail("bench net: --depth, --comms and --repeat must be >= 1");
+    memories_ = choose_memories(o_.memory, *tp::system_gpu_topology(), o_.gpu);
     net_ = tp::plugin::load(o_.plugin_name);
     fmt::print("kvferry bench net: plugin {} ({}), depth {}, comms {}, chunk {}, {} rounds per size\n",
                net_->name(), net_->path(), o_.depth, o_.comms, human(o_.chunk_bytes), o_.repeat);
-    child_.start(o_, net_->path());
+    fmt::print("{}\n", memories_.note);
+    child_.start(o_, net_->path(), memory_option(memories_.memories));
     control ctl(child_.fd, o_.timeout_s);
     connect(ctl);
     std::vector<size_result> results;
-    fmt::print("{:>6} {:>7} {:>10} {:>10} {:>7} {:>10} {:>10}\n", "size", "iters", "plugin GB/s",
-               "tcp GB/s", "ratio", "p50 us", "p99 us");
+    print_header();
     for (auto size : sizes_) {
-      auto r = measure_size(ctl, size);
-      fmt::print("{:>6} {:>7} {:>10.3f} {:>10.3f} {:>7.2f} {:>10.1f} {:>10.1f}{}\n", human(size),
-                 r.iters, r.gbps, r.baseline_gbps, r.gbps / r.baseline_gbps, r.p50_us, r.p99_us,
-                 r.verified ? "" : "  DATA CORRUPT");
-      std::fflush(stdout);
-      results.push_back(r);
+      results.push_back(measure_size(ctl, size));
+      print_row(results.back());
     }
     auto rtt = round_trips(ctl);
     ctl.send("bye");
@@ -457,13 +623,15 @@ class sender {
     child_.finish();
     long sender_rss = peak_rss_kb(RUSAGE_SELF);
     long children_rss = peak_rss_kb(RUSAGE_CHILDREN);
-    fmt::print("8-byte round trip: plugin p50 {:.1f} us (mean {:.1f}), tcp p50 {:.1f} us (mean {:.1f}), ratio {:.2f}\n",
-               rtt.plugin_p50, rtt.plugin_mean, rtt.tcp_p50, rtt.tcp_mean, rtt.plugin_p50 / rtt.tcp_p50);
+    fmt::print("8-byte round trip (host memory): plugin p50 {:.1f} us (mean "
+               "{:.1f}), tcp p50 {:.1f} us (mean {:.1f}), ratio {:.2f}\n",
+               rtt.plugin_p50, rtt.plugin_mean, rtt.tcp_p50, rtt.tcp_mean,
+               rtt.plugin_p50 / rtt.tcp_p50);
     fmt::print("peak RSS: sender {:.1f} MiB, receiver {:.1f} MiB (RUSAGE_CHILDREN {:.1f} MiB)\n",
                sender_rss / 1024.0, receiver_rss / 1024.0, children_rss / 1024.0);
     if (!o_.json_path.empty()) write_json(results, rtt, sender_rss, receiver_rss);
-    bool all_ok = true;
-    for (auto& r : results) all_ok = all_ok && r.verified;
+    bool all_ok = std::all_of(results.begin(), results.end(),
+                              [](auto& r) { return r.verified(); });
     return all_ok ? 0 : 1;
   }
 
@@ -504,8 +672,16 @@ class sender {
       fail(fmt::format("bench net: TCP connect to 127.0.0.1:{} failed: {}", port, std::strerror(errno)));
     set_nodelay(tcp_);
     ctl.expect("connected");
-    source_ = pattern(*std::max_element(sizes_.begin(), sizes_.end()));
+    const size_t largest = *std::max_element(sizes_.begin(), sizes_.end());
+    source_ = pattern(largest);
     source_mr_ = tx_->register_memory(source_.data(), source_.size());
+    if (uses(bench_memory::cuda)) {
+      source_device_ = tp::gpu_region::allocate_device(o_.gpu, largest);
+      tp::gpu_fill_pattern(o_.gpu, source_device_.data(), largest,
+                           cuda_pattern_seed);
+      source_device_mr_ =
+          tx_->register_memory(source_device_.data(), largest, NCCL_PTR_CUDA);
+    }
     small_.assign(64, 1);
     small_tx_ = tx_->register_memory(small_.data(), small_.size());
     small_rx_ = rx_->register_memory(small_.data(), small_.size());
@@ -513,30 +689,87 @@ class sender {
 
   // `repeat` rounds, each the plugin then TCP with the same messages; the
   // median of each side is reported, which tames a noisy shared machine.
+  // Each round runs every memory, then TCP, so all columns of a size see the
+  // same machine load.
   size_result measure_size(control& ctl, size_t size) {
     size_result r;
     r.size = size;
     r.iters = iterations_for(o_, size);
-    r.verified = true;
-    std::vector<double> latencies, plugin_gbps, tcp_gbps;
-    latencies.reserve(static_cast<size_t>(r.iters * o_.repeat));
+    const auto& memories = memories_.memories;
+    std::vector<std::vector<double>> latencies(memories.size()),
+        plugin_gbps(memories.size());
+    std::vector<double> tcp_gbps;
+    for (auto memory : memories)
+      r.memories.push_back(memory_result{memory});
+    for (auto& l : latencies)
+      l.reserve(static_cast<size_t>(r.iters * o_.repeat));
     for (int round = 0; round < o_.repeat; ++round) {
-      plugin_gbps.push_back(plugin_round(ctl, size, r.iters, latencies, r.verified));
+      for (size_t m = 0; m < memories.size(); ++m)
+        plugin_gbps[m].push_back(plugin_round(ctl, size, r.iters, memories[m],
+                                              latencies[m],
+                                              r.memories[m].verified));
       tcp_gbps.push_back(tcp_round(ctl, size, r.iters));
     }
-    r.gbps = percentile(plugin_gbps, 0.5);
+    for (size_t m = 0; m < memories.size(); ++m) {
+      r.memories[m].gbps = percentile(plugin_gbps[m], 0.5);
+      r.memories[m].p50_us = percentile(latencies[m], 0.50);
+      r.memories[m].p99_us = percentile(latencies[m], 0.99);
+    }
     r.baseline_gbps = percentile(tcp_gbps, 0.5);
-    r.p50_us = percentile(latencies, 0.50);
-    r.p99_us = percentile(latencies, 0.99);
     return r;
+  }
+
+  bool uses(bench_memory memory) const {
+    auto& m = memories_.memories;
+    return std::find(m.begin(), m.end(), memory) != m.end();
+  }
+
+  // Columns: GB/s per memory (and cuda/host), TCP, each memory over TCP, then
+  // per-message latency per memory.
+  void print_header() const {
+    std::string line = fmt::format("{:>6} {:>7}", "size", "iters");
+    for (auto m : memories_.memories)
+      line += fmt::format(" {:>10}", fmt::format("{} GB/s", name_of(m)));
+    if (uses(bench_memory::host) && uses(bench_memory::cuda))
+      line += fmt::format(" {:>9}", "cuda/host");
+    line += fmt::format(" {:>10}", "tcp GB/s");
+    for (auto m : memories_.memories)
+      line += fmt::format(" {:>8}", fmt::format("{}/tcp", name_of(m)));
+    for (auto m : memories_.memories)
+      line +=
+          fmt::format(" {:>12} {:>12}", fmt::format("{} p50 us", name_of(m)),
+                      fmt::format("{} p99 us", name_of(m)));
+    fmt::print("{}\n", line);
+  }
+  void print_row(const size_result& r) const {
+    std::string line = fmt::format("{:>6} {:>7}", human(r.size), r.iters);
+    for (auto& m : r.memories)
+      line += fmt::format(" {:>10.3f}", m.gbps);
+    if (r.memories.size() == 2)
+      line += fmt::format(" {:>9.2f}", r.cuda_over_host());
+    line += fmt::format(" {:>10.3f}", r.baseline_gbps);
+    for (auto& m : r.memories)
+      line += fmt::format(" {:>8.2f}", m.gbps / r.baseline_gbps);
+    for (auto& m : r.memories)
+      line += fmt::format(" {:>12.1f} {:>12.1f}", m.p50_us, m.p99_us);
+    for (auto& m : r.memories)
+      if (!m.verified)
+        line += fmt::format("  DATA CORRUPT ({} memory)", name_of(m.memory));
+    fmt::print("{}\n", line);
+    std::fflush(stdout);
   }
 
   // Every send from the same source buffer, `depth` in flight. GB/s counts
   // until the receiver reports the last arrival.
-  double plugin_round(control& ctl, size_t size, long iters, std::vector<double>& latencies,
+  double plugin_round(control& ctl, size_t size, long iters,
+                      bench_memory memory, std::vector<double>& latencies,
                       bool& verified) {
     std::vector<std::pair<tp::op_id, clock_type::time_point>> out(static_cast<size_t>(o_.depth));
-    ctl.send(fmt::format("plugin {} {}", size, iters));
+    const bool host = memory == bench_memory::host;
+    const void* source =
+        host ? static_cast<const void*>(source_.data()) : source_device_.data();
+    const tp::registration& source_mr = host ? source_mr_ : source_device_mr_;
+    ctl.send(fmt::format("plugin {} {} {}", size, iters, name_of(memory)));
     ctl.expect("ready");
     auto start = clock_type::now();
     auto deadline = start + std::chrono::duration_cast<clock_type::duration>(
@@ -544,7 +777,7 @@ class sender {
     long posted = 0, completed = 0;
     while (completed < iters) {
       while (posted < iters && posted - completed < o_.depth) {
-        auto id = tx_->post_send(source_.data(), size, source_mr_);
+        auto id = tx_->post_send(source, size, source_mr);
         for (auto& slot : out)
           if (slot.first == 0) {
             slot = {id, clock_type::now()};
@@ -630,18 +863,33 @@ class sender {
     doc["comms"] = o_.comms;
     doc["chunk_bytes"] = o_.chunk_bytes;
     doc["repeat"] = o_.repeat;
+    doc["memories"] = nlohmann::json::array();
+    for (auto m : memories_.memories)
+      doc["memories"].push_back(name_of(m));
+    if (uses(bench_memory::cuda)) {
+      doc["gpu"] = o_.gpu;
+      auto inventory = tp::list_gpus();
+      if (static_cast<size_t>(o_.gpu) < inventory.devices.size())
+        doc["gpu_name"] = inventory.devices[static_cast<size_t>(o_.gpu)].name;
+    }
     doc["sizes"] = nlohmann::json::array();
-    for (auto& r : results)
-      doc["sizes"].push_back({{"size", r.size},
-                              {"iters", r.iters},
-                              {"gbps", r.gbps},
-                              {"baseline_gbps", r.baseline_gbps},
-                              {"ratio", r.gbps / r.baseline_gbps},
-                              {"p50_us", r.p50_us},
-                              {"p99_us", r.p99_us},
-                              {"verified", r.verified},
-                              {"rss_sender_kb", sender_rss},
-                              {"rss_receiver_kb", receiver_rss}});
+    for (auto& r : results) {
+      nlohmann::json row = {{"size", r.size},
+                            {"iters", r.iters},
+                            {"baseline_gbps", r.baseline_gbps},
+                            {"verified", r.verified()},
+                            {"rss_sender_kb", sender_rss},
+                            {"rss_receiver_kb", receiver_rss}};
+      for (auto& m : r.memories)
+        row[name_of(m.memory)] = {{"gbps", m.gbps},
+                                  {"ratio", m.gbps / r.baseline_gbps},
+                                  {"p50_us", m.p50_us},
+                                  {"p99_us", m.p99_us},
+                                  {"verified", m.verified}};
+      if (r.memories.size() == 2)
+        row["cuda_over_host"] = r.cuda_over_host();
+      doc["sizes"].push_back(row);
+    }
     doc["rtt_8b"] = {{"iters", rtt.iters},
                      {"plugin_p50_us", rtt.plugin_p50},
                      {"plugin_mean_us", rtt.plugin_mean},
@@ -661,14 +909,17 @@ class sender {
   receiver_process child_;
   std::unique_ptr<tp::send_channel> tx_;
   std::unique_ptr<tp::recv_channel> rx_;
+  memory_choice memories_;
   std::vector<char> source_, small_;
-  tp::registration source_mr_, small_tx_, small_rx_;
+  tp::gpu_region source_device_;
+  tp::registration source_mr_, source_device_mr_, small_tx_, small_rx_;
   int tcp_ = -1;
 
  public:
   ~sender() {
     // Registrations before channels (member order would do the reverse).
     source_mr_ = {};
+    source_device_mr_ = {};
     small_tx_ = {};
     small_rx_ = {};
     if (tcp_ >= 0) ::close(tcp_);
@@ -693,6 +944,14 @@ void add_bench_net(CLI::App& bench, int& exit_code) {
   cmd->add_option("--chunk-bytes", o->chunk_bytes, "Wrapper chunk size")->capture_default_str();
   cmd->add_option("--json", o->json_path, "Write the results as JSON to FILE");
   cmd->add_option("--timeout-s", o->timeout_s, "Deadline of every wait")->capture_default_str();
+  cmd->add_option("--memory", o->memory,
+                  "host, cuda (GPU memory, registered as NCCL_PTR_CUDA) or "
+                  "both side by side "
+                  "(default: both where a CUDA GPU exists, else host)")
+      ->check(CLI::IsMember({"host", "cuda", "both"}));
+  cmd->add_option("--gpu", o->gpu,
+                  "CUDA device of the GPU memory (both processes)")
+      ->capture_default_str();
   cmd->add_option("--serve-fd", o->serve_fd, "(internal: run as the receiver on this fd)")->group("");
   cmd->callback([o, &exit_code] {
     try {

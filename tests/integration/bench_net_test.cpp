@@ -1,47 +1,103 @@
-// `kvferry bench net` end to end, tiny: two processes, both measurements,
-// the JSON fields a dashboard reads. (Timing numbers are not asserted: a
-// benchmark is not a timed test.)
-#include <doctest/doctest.h>
-
-#include <sys/wait.h>
-
+// `kvferry bench net` end to end, tiny: two processes, both measurements (and
+// GPU memory beside host memory where a GPU exists), the JSON fields a
+// dashboard reads, and clear refusals of GPU memory that isn't there. (Timing
+// numbers are not asserted: a benchmark is not a timed test.)
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <sys/wait.h>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/transport/gpu_info.hpp"
 
 namespace {
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
-}  // namespace
 
-TEST_CASE("bench net runs kvsock against raw TCP and writes one JSON object per size") {
-  std::string json = KVFERRY_BINARY_DIR "/tests/bench_net_test.json";
-  std::remove(json.c_str());
-  std::string command = "timeout 120 " KVFERRY_BINARY_DIR
-                        "/bin/kvferry bench net --plugin kvsock --sizes 4K,1M --iters 20 "
-                        "--rtt-iters 20 --timeout-s 30 --json " + json + " 2>&1";
+struct run_result {
+  int exit_code = -1;
+  std::string output;
+};
+
+run_result run_kvferry(const std::string& args) {
+  std::string command =
+      "timeout 120 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   REQUIRE(pipe);
-  std::string output;
+  run_result result;
   char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) output.append(buffer, n);
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
+    result.output.append(buffer, n);
   int raw = ::pclose(pipe);
-  INFO(output);
-  CHECK(WIFEXITED(raw));
-  CHECK(WEXITSTATUS(raw) == 0);
-  CHECK(has(output, "8-byte round trip"));
-  CHECK(has(output, "peak RSS: sender"));
-  CHECK_FALSE(has(output, "DATA CORRUPT"));
+  result.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return result;
+}
 
-  std::ifstream file(json);
+std::string read_file(const std::string& path) {
+  std::ifstream file(path);
   REQUIRE(file);
   std::stringstream text;
   text << file.rdbuf();
-  auto doc = text.str();
-  for (auto key : {"\"size\": 4096", "\"size\": 1048576", "\"gbps\"", "\"baseline_gbps\"",
-                   "\"p50_us\"", "\"p99_us\"", "\"ratio\"", "\"rss_kb\"", "\"rtt_8b\"",
-                   "\"verified\": true"})
+  return text.str();
+}
+
+bool have_gpu() {
+  return !kvferry::transport::list_gpus().devices.empty();
+}
+} // namespace
+
+TEST_CASE("bench net runs kvsock against raw TCP and writes one JSON object "
+          "per size") {
+  std::string json = KVFERRY_BINARY_DIR "/tests/bench_net_test.json";
+  std::remove(json.c_str());
+  auto run = run_kvferry(
+      "bench net --plugin kvsock --sizes 4K,1M --iters 20 --rtt-iters 20 "
+      "--timeout-s 30 --json " +
+      json);
+  INFO(run.output);
+  CHECK(run.exit_code == 0);
+  CHECK(has(run.output, "8-byte round trip"));
+  CHECK(has(run.output, "peak RSS: sender"));
+  CHECK_FALSE(has(run.output, "DATA CORRUPT"));
+
+  auto doc = read_file(json);
+  for (auto key :
+       {"\"size\": 4096", "\"size\": 1048576", "\"host\": {", "\"gbps\"",
+        "\"baseline_gbps\"", "\"p50_us\"", "\"p99_us\"", "\"ratio\"",
+        "\"rss_kb\"", "\"rtt_8b\"", "\"verified\": true", "\"memories\""})
     CHECK_MESSAGE(has(doc, key), key);
+  CHECK_FALSE(has(doc, "\"verified\": false"));
+  // Where a GPU exists both memories run side by side by default.
+  if (have_gpu()) {
+    CHECK(has(doc, "\"cuda\": {"));
+    CHECK(has(doc, "\"cuda_over_host\""));
+    CHECK(has(run.output, "cuda/host"));
+  } else {
+    CHECK(has(run.output, "memory: host only (no CUDA GPU"));
+  }
+}
+
+TEST_CASE("bench net --memory cuda without a GPU fails and says why") {
+  if (have_gpu())
+    return; // the case above covers CUDA memory where a GPU exists
+  auto run = run_kvferry(
+      "bench net --plugin kvsock --memory cuda --sizes 4K --iters 4");
+  INFO(run.output);
+  CHECK(run.exit_code == 1);
+  CHECK(has(run.output, "--memory cuda needs a CUDA GPU"));
+}
+
+TEST_CASE("bench net with GPU memory rejects a GPU that does not exist, naming "
+          "it and the count") {
+  auto run = run_kvferry(
+      "bench net --plugin kvsock --memory both --gpu 99 --sizes 4K --iters 4");
+  INFO(run.output);
+  CHECK(run.exit_code == 1);
+  if (have_gpu())
+    CHECK(has(run.output, "--gpu 99: no such GPU; this machine has "));
+  else
+    CHECK(has(run.output, "needs a CUDA GPU"));
 }
