@@ -1,15 +1,18 @@
 // kvferry bench ipc — same-host GPU copies across two processes.
 //
-// The parent allocates the source pool, fills it, exports a CUDA IPC handle
-// and starts a child (this binary again, with --child-handle). The child opens
-// the handle, allocates the destination pool and, for each block size, copies
+// The parent (the producer) allocates the source pool on --src-gpu, fills it,
+// exports a CUDA IPC handle and starts a child (this binary again, with
+// --child-handle). The child (the consumer) opens the handle, allocates the
+// destination pool on --dst-gpu and, for each block size, copies
 // N blocks scattered at random in the source pool to N random places in its
 // own pool with, in the same run:
 //   - kvferry's batched kernel (one launch; plan uploaded once, and again with
 //     the plan's preparation and upload counted),
 //   - a per-block cudaMemcpyAsync loop,
 //   - cudaMemcpyBatchAsync (CUDA 12.8+),
-//   - one contiguous device-to-device copy of the same total (the ceiling).
+//   - one contiguous copy of the same total (the ceiling): cudaMemcpyAsync on
+//     one GPU, cudaMemcpyPeerAsync between two (the kernels run on the
+//     destination GPU and read the source over peer access).
 // Then the UNPACK kernel on a synthetic ring (4 KiB fragments) against plain
 // copies of the same bytes. Every method's destination is poisoned before
 // and verified after its timed runs. Times: CUDA events, warm-up, median.
@@ -18,25 +21,25 @@
 #include "commands.hpp"
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <numeric>
+#include <poll.h>
 #include <random>
+#include <signal.h>
 #include <sstream>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cuda_runtime_api.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
+#include "kvferry/transport/gpu_topology.hpp"
 #endif
 
 namespace kvferry::app {
@@ -48,7 +51,8 @@ struct bench_ipc_options {
   std::string sizes = "4K,16K,64K,256K,2M";
   std::string total = "256M";
   int repeats = 20;
-  int gpu = 0;
+  int src_gpu = 0; // the producer's pool
+  int dst_gpu = 0; // the consumer's pool; every kernel runs here
   bool sweep = false;
   bool no_unpack = false;
   std::string child_handle;  // internal: set in the child process
@@ -142,7 +146,8 @@ std::vector<std::uint64_t> random_slots(std::mt19937_64& rng, std::uint64_t slot
 // ---- the child: all measurements ----------------------------------------------
 
 struct child_context {
-  int gpu;
+  gpu_pair pair;
+  int gpu;            // the destination GPU, where every copy runs
   memory_region src;  // the parent's pool, opened over IPC
   gpu_region dst;
   cudaStream_t stream;
@@ -152,6 +157,17 @@ struct child_context {
   void poison() { gpu_fill_pattern(gpu, dst.data(), dst.size(), 0xdead0000 + poison_seed++); }
   std::uint64_t mismatches(const std::vector<copy_extent>& plan) {
     return gpu_count_mismatches(gpu, src.base, dst.data(), plan);
+  }
+  // The plain copy the kernel is measured against (see plan_gpu_pair).
+  void enqueue_ceiling_copy(std::uint64_t bytes) {
+    if (pair.ceiling == copy_ceiling::same_device_memcpy)
+      cuda_check(cudaMemcpyAsync(dst.data(), src.base, bytes,
+                                 cudaMemcpyDeviceToDevice, stream),
+                 "contiguous cudaMemcpyAsync");
+    else
+      cuda_check(cudaMemcpyPeerAsync(dst.data(), pair.dst, src.base, pair.src,
+                                     bytes, stream),
+                 "contiguous cudaMemcpyPeerAsync");
   }
 };
 
@@ -178,10 +194,8 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
 
   // The ceiling: one contiguous copy of the same total.
   ctx.poison();
-  const double contiguous_s = time_on_stream(ctx.stream, 3, r, 2.0, [&] {
-    cuda_check(cudaMemcpyAsync(ctx.dst.data(), ctx.src.base, bytes, cudaMemcpyDeviceToDevice,
-                               ctx.stream), "contiguous cudaMemcpyAsync");
-  });
+  const double contiguous_s = time_on_stream(
+      ctx.stream, 3, r, 2.0, [&] { ctx.enqueue_ceiling_copy(bytes); });
   const std::vector<copy_extent> whole{{0, 0, bytes}};
   row["contiguous"] = method_result(contiguous_s, bytes, contiguous_s, ctx.mismatches(whole));
 
@@ -470,11 +484,20 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
 
 int run_child(const bench_ipc_options& opt) {
   try {
-    cuda_check(cudaSetDevice(opt.gpu), "cudaSetDevice");
-    ipc_region_cache cache{opt.gpu};
+    auto topology = system_gpu_topology();
+    const gpu_pair pair = plan_gpu_pair(*topology, opt.src_gpu, opt.dst_gpu);
+    if (!pair.same_device())
+      topology->enable_peer_access(pair.dst, pair.src);
+    cuda_check(cudaSetDevice(pair.dst), "cudaSetDevice");
+    ipc_region_cache cache{pair.dst};
     const auto handle = ipc_handle::from_hex(opt.child_handle);
-    child_context ctx{opt.gpu, cache.open(handle), gpu_region::allocate_device(opt.gpu, handle.region_bytes),
-                      nullptr, opt.repeats};
+    child_context ctx{
+        pair,
+        pair.dst,
+        cache.open(handle),
+        gpu_region::allocate_device(pair.dst, handle.region_bytes),
+        nullptr,
+        opt.repeats};
     cuda_check(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     std::mt19937_64 rng{2026};
     // Bring clocks up before the first measurement (the first size measured
@@ -491,7 +514,7 @@ int run_child(const bench_ipc_options& opt) {
     }
     if (!opt.no_unpack) {
       std::cerr << "bench ipc: unpack ...\n";
-      result["unpack"] = measure_unpack(opt.gpu, opt.repeats, rng);
+      result["unpack"] = measure_unpack(pair.dst, opt.repeats, rng);
     }
     cudaStreamDestroy(ctx.stream);
     result["child_peak_rss_kib"] = peak_rss_kib();
@@ -512,10 +535,21 @@ std::string run_child_process(const bench_ipc_options& opt, const std::string& h
   int out[2];
   if (pipe(out) != 0)
     throw std::runtime_error("pipe failed");
-  const std::string repeats = std::to_string(opt.repeats), gpu = std::to_string(opt.gpu);
-  std::vector<std::string> args{"kvferry", "bench", "ipc", "--child-handle", handle_hex,
-                                "--sizes", opt.sizes, "--total", opt.total,
-                                "--repeats", repeats, "--gpu", gpu};
+  std::vector<std::string> args{"kvferry",
+                                "bench",
+                                "ipc",
+                                "--child-handle",
+                                handle_hex,
+                                "--sizes",
+                                opt.sizes,
+                                "--total",
+                                opt.total,
+                                "--repeats",
+                                std::to_string(opt.repeats),
+                                "--src-gpu",
+                                std::to_string(opt.src_gpu),
+                                "--dst-gpu",
+                                std::to_string(opt.dst_gpu)};
   if (opt.sweep) args.push_back("--sweep");
   if (opt.no_unpack) args.push_back("--no-unpack");
   const pid_t pid = fork();
@@ -570,12 +604,22 @@ std::string ratio_cell(const json& m) {
 }
 
 void print_table(const json& r) {
-  std::cout << fmt::format("kvferry bench ipc on {} (two processes, one GPU; GB/s, median; x = ratio to "
-                           "the contiguous copy in the same run)\n",
-                           r["device"].get<std::string>());
-  std::cout << fmt::format("{:>8} {:>7} {:>18} {:>18} {:>18} {:>18} {:>8}\n", "block", "blocks",
-                           "kvferry kernel", "kvferry+plan", "memcpy per block", "memcpyBatch",
-                           "contig");
+  const int src = r["src_gpu"].get<int>(), dst = r["dst_gpu"].get<int>();
+  if (src == dst)
+    std::cout << fmt::format(
+        "kvferry bench ipc on GPU {} {} (two processes, one GPU", src,
+        r["device"].get<std::string>());
+  else
+    std::cout << fmt::format("kvferry bench ipc from GPU {} {} to GPU {} {} "
+                             "(two processes; kernels on GPU {}",
+                             src, r["src_device"].get<std::string>(), dst,
+                             r["device"].get<std::string>(), dst);
+  std::cout << fmt::format(
+      "; GB/s, median; x = ratio to the ceiling, {}, in the same run)\n",
+      r["ceiling"].get<std::string>());
+  std::cout << fmt::format("{:>8} {:>7} {:>18} {:>18} {:>18} {:>18} {:>8}\n",
+                           "block", "blocks", "kvferry kernel", "kvferry+plan",
+                           "memcpy per block", "memcpyBatch", "ceiling");
   for (const auto& row : r["sizes"]) {
     std::cout << fmt::format("{:>8} {:>7} {:>18} {:>18} {:>18} {:>18} {:>8.1f}\n",
                              row["block_bytes"].get<std::uint64_t>(), row["blocks"].get<std::uint64_t>(),
@@ -614,12 +658,9 @@ int run_parent(const bench_ipc_options& opt) {
     std::cerr << "kvferry bench ipc: needs a CUDA GPU: " << inventory.why_none << "\n";
     return 1;
   }
-  if (opt.gpu < 0 || opt.gpu >= static_cast<int>(inventory.devices.size())) {
-    std::cerr << "kvferry bench ipc: --gpu " << opt.gpu << " but this machine has "
-              << inventory.devices.size() << " GPU(s)\n";
-    return 1;
-  }
   try {
+    const gpu_pair pair =
+        plan_gpu_pair(*system_gpu_topology(), opt.src_gpu, opt.dst_gpu);
     const std::uint64_t total = parse_size(opt.total);
     const auto sizes = parse_sizes(opt.sizes);
     if (total < (1ull << 20) || sizes.empty())
@@ -629,15 +670,21 @@ int run_parent(const bench_ipc_options& opt) {
         throw std::invalid_argument("block size " + std::to_string(s) +
                                     " must be a positive multiple of 16 no larger than --total");
     // Pools twice the total, so blocks scatter with gaps around them.
-    auto src = gpu_region::allocate_device(opt.gpu, 2 * total);
-    gpu_fill_pattern(opt.gpu, src.data(), src.size(), 0xfeed);
+    auto src = gpu_region::allocate_device(pair.src, 2 * total);
+    gpu_fill_pattern(pair.src, src.data(), src.size(), 0xfeed);
     const auto handle = export_ipc_handle(src);
     const std::string out = run_child_process(opt, handle.to_hex(), std::chrono::seconds(540));
     const auto line = out.find('{');
     if (line == std::string::npos)
       throw std::runtime_error("the child printed no result");
     json result = json::parse(out.substr(line));
-    result["device"] = inventory.devices[static_cast<std::size_t>(opt.gpu)].name;
+    result["device"] =
+        inventory.devices[static_cast<std::size_t>(pair.dst)].name;
+    result["src_device"] =
+        inventory.devices[static_cast<std::size_t>(pair.src)].name;
+    result["src_gpu"] = pair.src;
+    result["dst_gpu"] = pair.dst;
+    result["ceiling"] = describe(pair.ceiling);
     result["total_bytes"] = total;
     result["repeats"] = opt.repeats;
     result["parent_peak_rss_kib"] = peak_rss_kib();
@@ -675,7 +722,18 @@ void add_bench_ipc(CLI::App& bench, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--total", opt->total, "Bytes copied per run, per block size")->capture_default_str();
   cmd->add_option("--repeats", opt->repeats, "Timed repeats (median reported)")->capture_default_str();
-  cmd->add_option("--gpu", opt->gpu, "CUDA device")->capture_default_str();
+  auto* src = cmd->add_option("--src-gpu", opt->src_gpu,
+                              "CUDA device of the producer's (source) pool")
+                  ->capture_default_str();
+  auto* dst = cmd->add_option("--dst-gpu", opt->dst_gpu,
+                              "CUDA device of the consumer's (destination) "
+                              "pool; the copies run there")
+                  ->capture_default_str();
+  cmd->add_option_function<int>(
+         "--gpu", [opt](int gpu) { opt->src_gpu = opt->dst_gpu = gpu; },
+         "Both pools on this CUDA device (same as --src-gpu N --dst-gpu N)")
+      ->excludes(src)
+      ->excludes(dst);
   cmd->add_flag("--sweep", opt->sweep, "Also time the kernel's tuning variants");
   cmd->add_flag("--no-unpack", opt->no_unpack, "Skip the UNPACK kernel measurement");
   cmd->add_option("--child-handle", opt->child_handle)->group("");  // internal

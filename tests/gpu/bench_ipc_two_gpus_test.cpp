@@ -1,0 +1,89 @@
+// `kvferry bench ipc --src-gpu 0 --dst-gpu 1`: the producer's pool on GPU 0,
+// the consumer's on GPU 1, the kernels on GPU 1 reading GPU 0 over peer
+// access, every copy verified, measured against cudaMemcpyPeer. Needs two
+// GPUs that can reach each other: skipped (exit 77) with the reason otherwise,
+// so it runs for real on a multi-GPU machine and nowhere else.
+#define DOCTEST_CONFIG_IMPLEMENT
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/transport/gpu_topology.hpp"
+
+namespace {
+
+bool has(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Next to this test in the build tree (build/tests → build/bin) and in the
+// device bundle (.bundle/tests → .bundle/bin).
+std::string kvferry_binary() {
+  auto here = std::filesystem::read_symlink("/proc/self/exe").parent_path();
+  auto sibling = here.parent_path() / "bin" / "kvferry";
+  if (std::filesystem::exists(sibling))
+    return sibling.string();
+  return KVFERRY_BINARY_DIR "/bin/kvferry";
+}
+
+} // namespace
+
+TEST_CASE(
+    "bench ipc copies from GPU 0 to GPU 1, verified, against cudaMemcpyPeer") {
+  const std::string json =
+      "/tmp/kvferry_bench_ipc_two_gpus_" + std::to_string(::getpid()) + ".json";
+  const std::string command =
+      "timeout 300 " + kvferry_binary() +
+      " bench ipc --src-gpu 0 --dst-gpu 1 --sizes 64K,2M --total 64M "
+      "--repeats 5 --no-unpack --json " +
+      json + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  std::string output;
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
+    output.append(buffer, n);
+  const int raw = ::pclose(pipe);
+  INFO(command);
+  INFO(output);
+  CHECK(WIFEXITED(raw));
+  CHECK(WEXITSTATUS(raw) == 0);
+  CHECK(has(output, "from GPU 0"));
+  CHECK(has(output, "to GPU 1"));
+  CHECK(has(output, "cudaMemcpyPeerAsync"));
+  CHECK_FALSE(has(output, "BAD"));
+
+  std::ifstream file(json);
+  REQUIRE(file);
+  std::stringstream text;
+  text << file.rdbuf();
+  const auto doc = text.str();
+  CHECK(has(doc, "\"src_gpu\": 0"));
+  CHECK(has(doc, "\"dst_gpu\": 1"));
+  CHECK_FALSE(has(doc, "\"verified\": false"));
+  std::remove(json.c_str());
+}
+
+int main(int argc, char** argv) {
+  auto gpus = kvferry::transport::system_gpu_topology();
+  if (gpus->device_count() < 2) {
+    std::printf(
+        "SKIPPED: this test needs 2 CUDA GPUs, this machine has %d%s%s\n",
+        gpus->device_count(), gpus->device_count() == 0 ? ": " : "",
+        gpus->device_count() == 0 ? gpus->why_none().c_str() : "");
+    return 77;
+  }
+  if (!gpus->can_access_peer(1, 0)) {
+    std::printf("SKIPPED: GPU 1 cannot access GPU 0's memory (no peer access "
+                "between them)\n");
+    return 77;
+  }
+  doctest::Context context(argc, argv);
+  return context.run();
+}
