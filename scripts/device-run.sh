@@ -123,13 +123,14 @@ device() {
     # bench net / demo: use their CUDA-memory options where the build has them.
     local net_args=${BENCH_NET_ARGS:-}
     if [ -z "$net_args" ] && "$b/bin/kvferry" bench net --help 2>&1 | grep -q -- "--memory"; then
-      net_args="--memory cuda"
+      net_args="--memory both"
     fi
     if [ -n "$net_args" ]; then
       # shellcheck disable=SC2086
-      timeout 240 "$b/bin/kvferry" bench net $net_args 2>&1 | tee "$out/bench_net.log"
+      timeout 240 "$b/bin/kvferry" bench net $net_args --json "$out/bench_net.json" 2>&1 |
+        tee "$out/bench_net.log"
       rc=${PIPESTATUS[0]}
-      row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log"
+      row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log, bench_net.json"
     else
       row "bench net (CUDA memory)" n/a "this build's bench net has no CUDA memory option"
     fi
