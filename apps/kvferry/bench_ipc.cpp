@@ -179,6 +179,94 @@ json method_result(double seconds, std::uint64_t bytes, double ceiling_s, std::u
               {"mismatched_bytes", bad}};
 }
 
+// The kernel variants `--sweep` times (see docs/gpu.md for what each showed).
+struct kernel_variant {
+  const char* kind;
+  copy_tuning tuning;
+};
+
+std::vector<kernel_variant> sweep_variants() {
+  auto simt = [](std::uint32_t item, int unroll, bool streaming = true,
+                 bool prefetch = false) {
+    copy_tuning t;
+    t.item_bytes = item;
+    t.unroll = unroll;
+    t.streaming = streaming;
+    t.prefetch_l2_256 = prefetch;
+    return t;
+  };
+  auto bulk = [](std::uint32_t item, int threads, int stages) {
+    copy_tuning t;
+    t.bulk = true;
+    t.item_bytes = item;
+    t.threads_per_block = threads;
+    t.bulk_stages = stages;
+    return t;
+  };
+  auto cta = [](std::uint32_t item, int unroll, int threads) {
+    copy_tuning t;
+    t.cta_per_item = true;
+    t.item_bytes = item;
+    t.unroll = unroll;
+    t.threads_per_block = threads;
+    return t;
+  };
+  copy_tuning unbalanced;
+  unbalanced.balance_rounds = false;
+  return {{"simt-cs-unbalanced-grid", unbalanced},
+          {"simt-plain", simt(8192, 8, false)},
+          {"simt-cs", simt(4096, 8)},
+          {"simt-cs", simt(16384, 8)},
+          {"simt-cs", simt(8192, 16)},
+          {"simt-cs", simt(4096, 16)},
+          {"simt-nc256-cs", simt(8192, 8, true, true)},
+          {"simt-cs", simt(4096, 4)},
+          {"bulk", bulk(16384, 32, 4)},
+          {"cta-per-item", cta(32768, 8, 256)},
+          {"cta-per-item", cta(16384, 4, 256)},
+          {"cta-per-item", cta(65536, 8, 512)},
+          {"cta-per-item", cta(65536, 16, 256)}};
+}
+
+// One kernel variant on `extents`, timed and verified: a row of the sweep.
+json time_kernel_variant(child_context& ctx, const kernel_variant& variant,
+                         const std::vector<copy_extent>& extents,
+                         std::uint64_t bytes, double ceiling_s) {
+  gpu_copy_engine engine{ctx.gpu, variant.tuning};
+  auto* s = static_cast<cudaStream_t>(engine.native_stream());
+  const auto id = engine.prepare(extents, ctx.src.bytes, ctx.dst.size());
+  ctx.poison();
+  const double sec = time_on_stream(s, 2, ctx.repeats, 1.0, [&] {
+    engine.launch(id, ctx.src.base, ctx.dst.data());
+  });
+  engine.release(id);
+  const auto& t = engine.tuning();
+  return json{{"kernel", variant.kind},
+              {"item_bytes", t.item_bytes},
+              {"unroll", t.unroll},
+              {"threads", t.threads_per_block},
+              {"stages", t.bulk ? t.bulk_stages : 0},
+              {"grid_blocks", engine.grid_blocks()},
+              {"gbps", gbps(bytes, sec)},
+              {"ratio_to_contiguous", ceiling_s / sec},
+              {"verified", ctx.mismatches(extents) == 0}};
+}
+
+// Every variant on the same scattered plan, then the default kernel on one
+// contiguous extent, which separates "scattered" from "kernel" costs.
+json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
+                   std::uint64_t bytes, double ceiling_s) {
+  json variants = json::array();
+  for (const auto& variant : sweep_variants())
+    variants.push_back(
+        time_kernel_variant(ctx, variant, plan, bytes, ceiling_s));
+  const std::vector<copy_extent> whole{{0, 0, bytes}};
+  variants.push_back(time_kernel_variant(
+      ctx, {"default on one contiguous extent", copy_tuning{}}, whole, bytes,
+      ceiling_s));
+  return variants;
+}
+
 json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t total,
                         bool sweep, std::mt19937_64& rng) {
   const std::uint64_t n = total / block;
@@ -231,84 +319,8 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
     row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
   }
 
-  if (sweep) {
-    // Kernel variants on the same plan; and the default kernel on one
-    // contiguous extent, which separates "scattered" from "kernel" costs.
-    std::vector<copy_tuning> tunings;
-    auto simt = [](std::uint32_t item, int unroll, int per_sm, bool streaming, bool prefetch) {
-      copy_tuning t;
-      t.item_bytes = item;
-      t.unroll = unroll;
-      t.blocks_per_sm = per_sm;
-      t.streaming = streaming;
-      t.prefetch_l2_256 = prefetch;
-      return t;
-    };
-    auto bulk = [](std::uint32_t item, int threads, int stages) {
-      copy_tuning t;
-      t.bulk = true;
-      t.item_bytes = item;
-      t.threads_per_block = threads;
-      t.bulk_stages = stages;
-      return t;
-    };
-    auto cta = [](std::uint32_t item, int unroll, int threads) {
-      copy_tuning t;
-      t.cta_per_item = true;
-      t.item_bytes = item;
-      t.unroll = unroll;
-      t.threads_per_block = threads;
-      return t;
-    };
-    auto unbalanced = [](copy_tuning t) {
-      t.balance_rounds = false;
-      return t;
-    };
-    for (auto t : {unbalanced(copy_tuning{}), simt(8192, 8, 0, false, false),
-                   simt(4096, 8, 0, true, false), simt(16384, 8, 0, true, false),
-                   simt(8192, 16, 0, true, false), simt(4096, 16, 0, true, false),
-                   simt(8192, 8, 0, true, true), simt(4096, 4, 0, true, false),
-                   bulk(16384, 32, 4), cta(32768, 8, 256), cta(16384, 4, 256),
-                   cta(65536, 8, 512), cta(65536, 16, 256)})
-      tunings.push_back(t);
-    json variants = json::array();
-    for (const auto& t : tunings) {
-      gpu_copy_engine engine{ctx.gpu, t};
-      auto* s = static_cast<cudaStream_t>(engine.native_stream());
-      const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
-      ctx.poison();
-      const double sec = time_on_stream(s, 2, r, 1.0, [&] {
-        engine.launch(id, ctx.src.base, ctx.dst.data());
-      });
-      engine.release(id);
-      const char* kind = t.cta_per_item ? "cta-per-item"
-                         : !t.balance_rounds ? "simt-cs-unbalanced-grid"
-                         : t.bulk ? "bulk"
-                         : t.prefetch_l2_256 ? (t.streaming ? "simt-nc256-cs" : "simt-nc256")
-                                             : (t.streaming ? "simt-cs" : "simt-plain");
-      variants.push_back(json{{"kernel", kind}, {"item_bytes", t.item_bytes},
-                              {"unroll", t.unroll}, {"threads", t.threads_per_block},
-                              {"stages", t.bulk_stages}, {"grid_blocks", engine.grid_blocks()},
-                              {"gbps", gbps(bytes, sec)}, {"ratio_to_contiguous", contiguous_s / sec},
-                              {"verified", ctx.mismatches(plan) == 0}});
-    }
-    {
-      gpu_copy_engine engine{ctx.gpu};
-      auto* s = static_cast<cudaStream_t>(engine.native_stream());
-      const auto id = engine.prepare(whole, ctx.src.bytes, ctx.dst.size());
-      const double sec = time_on_stream(s, 2, r, 1.0, [&] {
-        engine.launch(id, ctx.src.base, ctx.dst.data());
-      });
-      engine.release(id);
-      variants.push_back(json{{"kernel", "default on one contiguous extent"},
-                              {"item_bytes", engine.tuning().item_bytes}, {"unroll", engine.tuning().unroll},
-                              {"threads", engine.tuning().threads_per_block}, {"stages", 0},
-                              {"grid_blocks", engine.grid_blocks()}, {"gbps", gbps(bytes, sec)},
-                              {"ratio_to_contiguous", contiguous_s / sec},
-                              {"verified", ctx.mismatches(whole) == 0}});
-    }
-    row["sweep"] = variants;
-  }
+  if (sweep)
+    row["sweep"] = sweep_kernels(ctx, plan, bytes, contiguous_s);
 
   // Per-block cudaMemcpyAsync.
   ctx.poison();

@@ -541,27 +541,20 @@ struct receiver_process {
     if (pid < 0) fail(fmt::format("bench net: fork failed: {}", std::strerror(errno)));
     if (pid == 0) {
       ::close(sv[0]);
-      std::vector<std::string> args{"kvferry",
-                                    "bench",
-                                    "net",
-                                    "--serve-fd",
-                                    std::to_string(sv[1]),
-                                    "--plugin",
-                                    plugin_path,
-                                    "--sizes",
-                                    o.sizes,
-                                    "--depth",
-                                    std::to_string(o.depth),
-                                    "--comms",
-                                    std::to_string(o.comms),
-                                    "--chunk-bytes",
-                                    std::to_string(o.chunk_bytes),
-                                    "--timeout-s",
-                                    std::to_string(o.timeout_s),
-                                    "--memory",
-                                    memory,
-                                    "--gpu",
-                                    std::to_string(o.gpu)};
+      std::vector<std::string> args{"kvferry", "bench", "net"};
+      auto add = [&args](const char* flag, std::string value) {
+        args.push_back(flag);
+        args.push_back(std::move(value));
+      };
+      add("--serve-fd", std::to_string(sv[1]));
+      add("--plugin", plugin_path);
+      add("--sizes", o.sizes);
+      add("--depth", std::to_string(o.depth));
+      add("--comms", std::to_string(o.comms));
+      add("--chunk-bytes", std::to_string(o.chunk_bytes));
+      add("--timeout-s", std::to_string(o.timeout_s));
+      add("--memory", memory);
+      add("--gpu", std::to_string(o.gpu));
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -687,10 +680,9 @@ class sender {
     small_rx_ = rx_->register_memory(small_.data(), small_.size());
   }
 
-  // `repeat` rounds, each the plugin then TCP with the same messages; the
-  // median of each side is reported, which tames a noisy shared machine.
-  // Each round runs every memory, then TCP, so all columns of a size see the
-  // same machine load.
+  // `repeat` rounds, each the plugin in every memory, then TCP, with the same
+  // messages; the median of each column is reported. Interleaving the
+  // columns gives them the same machine load, which tames a noisy machine.
   size_result measure_size(control& ctl, size_t size) {
     size_result r;
     r.size = size;
