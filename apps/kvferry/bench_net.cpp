@@ -601,6 +601,8 @@ class sender {
     fmt::print("kvferry bench net: plugin {} ({}), depth {}, comms {}, chunk {}, {} rounds per size\n",
                net_->name(), net_->path(), o_.depth, o_.comms, human(o_.chunk_bytes), o_.repeat);
     fmt::print("{}\n", memories_.note);
+    if (uses(bench_memory::cuda))
+      fmt::print("cuda memory: {}\n", cuda_path());
     child_.start(o_, net_->path(), memory_option(memories_.memories));
     control ctl(child_.fd, o_.timeout_s);
     connect(ctl);
@@ -709,6 +711,19 @@ class sender {
     }
     r.baseline_gbps = percentile(tcp_gbps, 0.5);
     return r;
+  }
+
+  // Who carries GPU memory: the plugin itself (ptrSupport has CUDA; kvsock
+  // stages through its own pinned buffers) or the channel wrapper, which
+  // stages it for plugins without CUDA support (e.g. kvsock run with
+  // KVSOCK_PTR_SUPPORT=host).
+  bool plugin_takes_cuda() const { return net_->device(0).supports_cuda(); }
+  std::string cuda_path() const {
+    return plugin_takes_cuda()
+               ? "registered with the plugin as NCCL_PTR_CUDA (its ptrSupport "
+                 "has CUDA)"
+               : "the plugin's ptrSupport lacks NCCL_PTR_CUDA: the channel "
+                 "wrapper stages it through pinned buffers";
   }
 
   bool uses(bench_memory memory) const {
@@ -859,6 +874,7 @@ class sender {
     for (auto m : memories_.memories)
       doc["memories"].push_back(name_of(m));
     if (uses(bench_memory::cuda)) {
+      doc["cuda_path"] = plugin_takes_cuda() ? "plugin" : "wrapper-staged";
       doc["gpu"] = o_.gpu;
       auto inventory = tp::list_gpus();
       if (static_cast<size_t>(o_.gpu) < inventory.devices.size())
