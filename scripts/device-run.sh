@@ -127,10 +127,9 @@ device() {
     fi
     if [ -n "$net_args" ]; then
       # shellcheck disable=SC2086
-      timeout 240 "$b/bin/kvferry" bench net $net_args --json "$out/bench_net.json" 2>&1 |
-        tee "$out/bench_net.log"
+      timeout 240 "$b/bin/kvferry" bench net $net_args 2>&1 | tee "$out/bench_net.log"
       rc=${PIPESTATUS[0]}
-      row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log, bench_net.json"
+      row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log"
     else
       row "bench net (CUDA memory)" n/a "this build's bench net has no CUDA memory option"
     fi
