@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 
@@ -41,6 +42,7 @@ using ctx_ptr = std::shared_ptr<request_ctx>;
 struct consumer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
+  std::unique_ptr<kv_pattern> pattern;  // verifies GPU memory on the GPU
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
   static inline const char* name = "kvferry.consumer";
 };
@@ -51,6 +53,55 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
   if (!ctx.released) {
     ctx.released = true;
     self->state.pool->release(ctx.blocks);
+  }
+}
+
+// Hash host memory and compare with the producer's XXH3 when it sent one;
+// otherwise (GPU memory on either side) regenerate the pattern and compare,
+// on the GPU for a cuda region.
+caf::error verify(self_ptr self, request_ctx& ctx) {
+  auto& st = self->state;
+  auto& n = *ctx.notice;
+  auto bb = st.cfg.geometry.layer_block_bytes();
+  if (ctx.bytes != n.bytes)
+    return make_error(ec::mismatch,
+                      fmt::format("consumer '{}': request {}: {} bytes "
+                                  "arrived, the producer sent {}",
+                                  st.cfg.name, ctx.request_id, ctx.bytes,
+                                  n.bytes));
+  if (n.has_xxhash && st.cfg.region->host_accessible()) {
+    auto got = hash_blocks(st.cfg.region->data(), ctx.blocks, bb);
+    if (got == n.xxhash)
+      return {};
+    return make_error(
+      ec::mismatch,
+      fmt::format("consumer '{}': request {}: {} bytes arrived with xxhash "
+                  "{:016x}, the producer sent {} bytes with xxhash {:016x}",
+                  st.cfg.name, ctx.request_id, ctx.bytes, got, n.bytes,
+                  n.xxhash));
+  }
+  auto layers = st.cfg.geometry.layers;
+  auto bpl = static_cast<std::uint32_t>(ctx.blocks.size() / layers);
+  try {
+    auto first_bad = st.pattern->check(
+      ctx.blocks, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
+    if (!first_bad)
+      return {};
+    return make_error(
+      ec::mismatch,
+      fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
+                  "{} in {} memory) differs from what the producer wrote "
+                  "(pattern seed {})",
+                  st.cfg.name, ctx.request_id, *first_bad % bpl,
+                  *first_bad / bpl, ctx.blocks[*first_bad],
+                  st.cfg.region->host_accessible()
+                    ? std::string{"host"}
+                    : fmt::format("GPU {}", st.cfg.region->gpu()),
+                  n.pattern_seed));
+  } catch (const std::exception& e) {
+    return make_error(ec::cuda_error,
+                      fmt::format("consumer '{}': verifying request {}: {}",
+                                  st.cfg.name, ctx.request_id, e.what()));
   }
 }
 
@@ -71,17 +122,11 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
     return;
   }
   auto t0 = clock_type::now();
-  auto got = hash_blocks(st.cfg.region->data(), ctx->blocks,
-                         st.cfg.geometry.layer_block_bytes());
+  auto bad = verify(self, *ctx);
   auto verify_ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
   release_blocks(self, *ctx);
-  if (got != ctx->notice->xxhash || ctx->bytes != ctx->notice->bytes) {
-    ctx->promise->deliver(make_error(
-      ec::mismatch,
-      fmt::format("consumer '{}': request {}: {} bytes arrived with xxhash "
-                  "{:016x}, the producer sent {} bytes with xxhash {:016x}",
-                  st.cfg.name, ctx->request_id, ctx->bytes, got,
-                  ctx->notice->bytes, ctx->notice->xxhash)));
+  if (bad) {
+    ctx->promise->deliver(std::move(bad));
     return;
   }
   proto::ready_report r;
@@ -241,6 +286,7 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
     std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+  self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
   return {
     [self](proto::allocate_atom, proto::allocate_request& a) {

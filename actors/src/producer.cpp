@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 
@@ -68,6 +69,7 @@ struct request_ctx {
   std::vector<std::uint64_t> blocks;
   caf::typed_response_promise<proto::ready_report> promise;
   std::uint64_t hash = 0;
+  bool hashed = false;  // only host memory is hashed (on the CPU)
   std::uint64_t bytes = 0;
   std::int64_t compute_ns = 0;
   clock_type::time_point send_start;
@@ -81,6 +83,7 @@ using ctx_ptr = std::shared_ptr<request_ctx>;
 struct producer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
+  std::unique_ptr<kv_pattern> pattern;  // "prefill" on host or GPU memory
   // Requests not yet answered, to fail them at once when their consumer
   // dies (down message) or leaves the directory.
   std::unordered_map<std::uint64_t, ctx_ptr> active;
@@ -116,12 +119,37 @@ void fail_request(self_ptr self, const ctx_ptr& ctx, caf::error err) {
     release_blocks(self, *ctx);
 }
 
-void fill_layer(self_ptr self, request_ctx& ctx, std::uint32_t layer) {
+// Writes the pattern of layers [first, first + count): one kernel on a GPU.
+// False (the request failed) when the GPU refused.
+bool fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
+                 std::uint32_t count) {
+  auto& st = self->state;
+  auto begin = ctx->blocks.begin() + std::size_t{first} * ctx->bpl;
+  std::vector<std::uint64_t> offsets(begin,
+                                     begin + std::size_t{count} * ctx->bpl);
+  try {
+    st.pattern->fill(offsets,
+                     {ctx->req.pattern_seed, ctx->req.request_id, first,
+                      ctx->bpl, st.cfg.geometry.layer_block_bytes()});
+    return true;
+  } catch (const std::exception& e) {
+    fail_request(self, ctx,
+                 make_error(ec::cuda_error,
+                            fmt::format("producer '{}': request {}: {}",
+                                        st.cfg.name, ctx->req.request_id,
+                                        e.what())));
+    return false;
+  }
+}
+
+// XXH3 of the request for the consumer, where the CPU can read the blocks.
+void hash_request(self_ptr self, request_ctx& ctx) {
   auto& cfg = self->state.cfg;
-  auto bb = cfg.geometry.layer_block_bytes();
-  for (std::uint32_t b = 0; b < ctx.bpl; ++b)
-    fill_pattern(cfg.region->data() + ctx.blocks[layer * ctx.bpl + b], bb,
-                 ctx.req.pattern_seed, ctx.req.request_id, layer, b);
+  if (!cfg.region->host_accessible())
+    return;
+  ctx.hash = hash_blocks(cfg.region->data(), ctx.blocks,
+                         cfg.geometry.layer_block_bytes());
+  ctx.hashed = true;
 }
 
 // Block offsets of one part (one layer when layerwise, else all).
@@ -140,6 +168,8 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
   n.request_id = ctx->req.request_id;
   n.bytes = ctx->bytes;
   n.xxhash = ctx->hash;
+  n.has_xxhash = ctx->hashed;
+  n.pattern_seed = ctx->req.pattern_seed;
   self
     ->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
               milliseconds(cfg.timeout_ms), proto::arrived_atom::value,
@@ -209,13 +239,13 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
   std::int64_t fill_ns = 0;
   for (std::uint32_t l = 0; l < ctx->parts; ++l) {
     auto tf = clock_type::now();
-    fill_layer(self, *ctx, l);
+    if (!fill_layers(self, ctx, l, 1))
+      return;
     fill_ns += since(tf);
     send_part(self, ctx, g, l);
   }
   auto th = clock_type::now();
-  ctx->hash = hash_blocks(self->state.cfg.region->data(), ctx->blocks,
-                          self->state.cfg.geometry.layer_block_bytes());
+  hash_request(self, *ctx);
   ctx->compute_ns += fill_ns + since(th);
 }
 
@@ -257,10 +287,9 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   auto& r = ctx->req;
   if (!r.layerwise || r.pull) {
     auto t0 = clock_type::now();
-    for (std::uint32_t l = 0; l < geo.layers; ++l)
-      fill_layer(self, *ctx, l);
-    ctx->hash = hash_blocks(st.cfg.region->data(), ctx->blocks,
-                            geo.layer_block_bytes());
+    if (!fill_layers(self, ctx, 0, geo.layers))
+      return ctx->promise;
+    hash_request(self, *ctx);
     ctx->compute_ns = since(t0);
   }
   auto consumer = caf::actor_cast<consumer_actor>(r.consumer);
@@ -269,6 +298,8 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
     n_.request_id = r.request_id;
     n_.bytes = ctx->bytes;
     n_.xxhash = ctx->hash;
+    n_.has_xxhash = ctx->hashed;
+    n_.pattern_seed = r.pattern_seed;
     n_.source = st.cfg.self;
     n_.block_offsets = ctx->blocks;
     n_.blocks_per_layer = bpl;
@@ -322,6 +353,7 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
     std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+  self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
   self->set_down_handler([self](caf::down_msg& dm) {
     self->state.monitored.erase(dm.source);

@@ -19,7 +19,17 @@
 // channel opens; a transfer in steady state registers and allocates nothing
 // but its table entries. Bounds per channel: the wrapper's max_inflight
 // requests per comm, plus the chunks callers posted faster than the plugin
-// drains (bounded by the producer's and consumer's block pools).
+// drains (bounded by the producer's and consumer's block pools). A GPU
+// region goes to the plugin as NCCL_PTR_CUDA when the plugin takes it.
+//
+// Same-host GPU peers (choose_data_path): no channel. The sender maps the
+// peer's region once (CUDA IPC, ipc_region_cache), runs one gather/scatter
+// kernel per transfer on its gpu_copy_engine (source and destination bounds
+// checked before it launches), polls the kernel's event from the progress
+// loop and then tells the receiving transfer actor `landed`, which completes
+// the recv order as a plugin completion would. Pull is the same: the
+// producer's transfer actor copies. At most max_ipc_copies kernels are in
+// flight (the engine's event slots bound them); later sends queue per peer.
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -38,6 +48,8 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/gpu_copy.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
 
 namespace kvferry {
 namespace {
@@ -81,6 +93,15 @@ struct peer_out {
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
   std::uint32_t next_comm = 0;
+  // CUDA IPC (same-host GPU peer): its region mapped here, the copies in
+  // flight and the sends waiting for a free engine slot.
+  std::optional<transport::memory_region> mapped;
+  struct ipc_copy {
+    transport::copy_ticket ticket;
+    std::uint64_t id;
+  };
+  std::vector<ipc_copy> copies;
+  std::deque<waiting_send> ipc_waiting;
 };
 
 // Receiving side of one peer.
@@ -110,8 +131,18 @@ struct transfer_state {
   std::multimap<steady_clock::time_point, std::pair<std::string, std::uint64_t>>
     deadlines;
   bool sweep_scheduled = false;
+  // CUDA IPC: made on the first same-host GPU send, used from this actor's
+  // thread only. ipc_handle is our region's, advertised in the endpoint.
+  std::string ipc_handle;
+  std::unique_ptr<transport::ipc_region_cache> ipc_regions;
+  std::unique_ptr<transport::gpu_copy_engine> engine;
+  std::size_t ipc_in_flight = 0;
+  std::vector<transport::copy_extent> ipc_extents;  // reused per launch
   static inline const char* name = "kvferry.transfer";
 };
+
+// Below the engine's 64 event slots, so a launch never finds them all busy.
+constexpr std::size_t max_ipc_copies = 48;
 
 using self_ptr = transfer_actor::stateful_pointer<transfer_state>;
 
@@ -193,6 +224,9 @@ void drop_peer_out(self_ptr self, const std::string& name,
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
+  // Copy kernels still running finish on their own; their mapping of the
+  // peer's region stays open in the cache, so they never touch freed memory.
+  self->state.ipc_in_flight -= i->second.copies.size();
   self->state.out.erase(i);
 }
 
@@ -309,6 +343,120 @@ void open_channel(self_ptr self, const std::string& name) {
       });
 }
 
+// ---- sending over CUDA IPC -------------------------------------------------------
+
+// Maps the peer's region on first use (once per peer region: the cache).
+void map_peer_region(transfer_state& st, peer_out& p) {
+  if (p.mapped)
+    return;
+  auto gpu = st.cfg.region->gpu();
+  if (!st.engine) {
+    st.ipc_regions = std::make_unique<transport::ipc_region_cache>(gpu);
+    st.engine = std::make_unique<transport::gpu_copy_engine>(gpu);
+  }
+  auto handle = transport::ipc_handle::from_hex(p.ep.ipc_handle);
+  auto mapped = st.ipc_regions->open(handle);
+  if (mapped.bytes < p.ep.region_bytes)
+    throw std::invalid_argument(fmt::format(
+      "the IPC handle of '{}' maps {} bytes, its endpoint says {}", p.ep.name,
+      mapped.bytes, p.ep.region_bytes));
+  p.mapped = mapped;
+}
+
+// One kernel for the whole transfer; the engine checks every extent against
+// both regions before it launches.
+void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
+                     const std::vector<extent>& extents) {
+  st.ipc_extents.clear();
+  for (const auto& e : extents)
+    st.ipc_extents.push_back({e.src_offset, e.dst_offset, e.length});
+  auto ticket = st.engine->copy(st.cfg.region->view(), *p.mapped,
+                                st.ipc_extents);
+  p.copies.push_back({ticket, id});
+  ++st.ipc_in_flight;
+  p.transfers[id].posted = true;
+}
+
+caf::error ipc_failure(const transfer_state& st, const std::string& peer,
+                       std::uint64_t id, const std::exception& e) {
+  auto code = dynamic_cast<const transport::gpu_error*>(&e) != nullptr
+                ? ec::cuda_error
+                : ec::invalid_argument;
+  return make_error(code,
+                    fmt::format("transfer {} to '{}' over CUDA IPC (GPU {}): "
+                                "{}",
+                                id, peer, st.cfg.region->gpu(), e.what()));
+}
+
+// Starts (or queues, when max_ipc_copies are running) one IPC transfer; a
+// failure to map or launch fails that transfer only.
+void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
+                    std::vector<extent> extents) {
+  auto& st = self->state;
+  try {
+    map_peer_region(st, p);
+    if (st.ipc_in_flight >= max_ipc_copies || !p.ipc_waiting.empty()) {
+      p.ipc_waiting.push_back({id, std::move(extents)});
+      return;
+    }
+    launch_ipc_copy(st, p, id, extents);
+  } catch (const std::exception& e) {
+    auto t = p.transfers.find(id);
+    fail(t->second, st, ipc_failure(st, p.ep.name, id, e), p.ep.name);
+    p.transfers.erase(t);
+  }
+}
+
+// Completes the transfers whose kernels finished and launches waiting ones.
+bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
+  auto& st = self->state;
+  bool progressed = false;
+  for (std::size_t k = 0; k < p.copies.size();) {
+    auto copy = p.copies[k];
+    std::optional<caf::error> failure;
+    try {
+      if (!st.engine->done(copy.ticket)) {
+        ++k;
+        continue;
+      }
+    } catch (const std::exception& e) {
+      failure = ipc_failure(st, name, copy.id, e);
+    }
+    p.copies[k] = p.copies.back();
+    p.copies.pop_back();
+    --st.ipc_in_flight;
+    progressed = true;
+    auto t = p.transfers.find(copy.id);
+    if (t == p.transfers.end())  // failed (timed out) while it ran
+      continue;
+    if (failure) {
+      fail(t->second, st, *failure, name);
+    } else {
+      t->second.bytes = t->second.expected;
+      self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+                 proto::landed_atom::value, st.cfg.name, copy.id,
+                 t->second.bytes);
+      finish(t->second, st, false, name);
+    }
+    p.transfers.erase(t);
+  }
+  while (!p.ipc_waiting.empty() && st.ipc_in_flight < max_ipc_copies) {
+    auto w = std::move(p.ipc_waiting.front());
+    p.ipc_waiting.pop_front();
+    if (p.transfers.count(w.id) == 0)  // timed out while waiting
+      continue;
+    try {
+      launch_ipc_copy(st, p, w.id, w.chunks);
+    } catch (const std::exception& e) {
+      auto t = p.transfers.find(w.id);
+      fail(t->second, st, ipc_failure(st, name, w.id, e), name);
+      p.transfers.erase(t);
+    }
+    progressed = true;
+  }
+  return progressed;
+}
+
 caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& st = self->state;
   const auto& peer = o.peer.name;
@@ -344,6 +492,11 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   t.expected = plan_bytes(o.extents);
   t.waiter = promise;
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
+  if (choose_data_path(st.cfg, p.ep) == data_path::cuda_ipc) {
+    start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
+    ensure_progress(self);
+    return promise;
+  }
   auto chunks = coalesce(o.extents);
   try {
     if (p.channel) {
@@ -437,6 +590,36 @@ caf::result<std::uint64_t> handle_recv(self_ptr self, proto::recv_order& o) {
   return promise;
 }
 
+// CUDA IPC: the sender's kernel wrote transfer `id` into our region.
+void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
+                   std::uint64_t bytes) {
+  auto& st = self->state;
+  auto& p = st.in[sender];
+  if (!p.sender && self->current_sender()) {
+    // No channel tells us who the peer is: watch it from its first copy on.
+    p.sender = caf::actor_cast<caf::actor_addr>(self->current_sender());
+    self->monitor(caf::actor_cast<caf::actor>(p.sender));
+  }
+  auto& t = p.transfers[id];
+  if (t.cancelled || t.failure || t.done) {
+    spdlog::warn("transfer {}: transfer {} from '{}' landed ({} bytes) after "
+                 "the receiver {}; ignored",
+                 st.cfg.name, id, sender, bytes,
+                 t.done ? "had it already" : "gave up on it");
+    if (!t.waiter && !t.done)
+      p.transfers.erase(id);
+    return;
+  }
+  t.expected = bytes;
+  t.bytes = bytes;
+  bool claimed = t.waiter.has_value();
+  finish(t, st, true, sender);
+  if (claimed)
+    p.transfers.erase(id);
+  else  // kept for its recv order; forgotten if nobody claims it
+    arm_deadline(self, milliseconds(30000), "<" + sender, id);
+}
+
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk) {
   auto& st = self->state;
@@ -462,6 +645,23 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
 }
 
 // ---- the progress loop -----------------------------------------------------------
+
+// The whole region, once per channel. GPU memory only where the plugin
+// takes NCCL_PTR_CUDA (kvsock stages it through host memory itself).
+registration register_region(transfer_state& st, transport::channel& channel,
+                             const std::string& peer) {
+  auto& region = *st.cfg.region;
+  if (region.kind() == memory_kind::cuda &&
+      !st.cfg.net->device(st.cfg.device).supports_cuda())
+    throw std::runtime_error(fmt::format(
+      "plugin {} (device {}) does not take GPU memory (no NCCL_PTR_CUDA in "
+      "ptrSupport), so region '{}' on GPU {} cannot go to '{}' over it; use "
+      "host memory (--gpu none), CUDA IPC for same-host peers, or a plugin "
+      "with NCCL_PTR_CUDA",
+      st.cfg.net->name(), st.cfg.device, region.name(), region.gpu(), peer));
+  return channel.register_memory(region.data(), region.size(),
+                                 region.nccl_ptr_type());
+}
 
 template <class Peer>
 bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
@@ -507,9 +707,7 @@ bool progress_out(self_ptr self) {
         if (p.connector->try_connect()) {
           p.channel.emplace(p.connector->take());
           p.connector.reset();
-          p.reg = p.channel->register_memory(st.cfg.region->data(),
-                                             st.cfg.region->size(),
-                                             st.cfg.region->nccl_ptr_type());
+          p.reg = register_region(st, *p.channel, name);
           st.stats.comms_opened += st.cfg.comms_per_peer;
           st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
           ++st.stats.registrations;
@@ -537,6 +735,8 @@ bool progress_out(self_ptr self) {
         if (failure)
           failed.emplace_back(name, *failure);
       }
+      if (!p.copies.empty() || !p.ipc_waiting.empty())
+        progressed |= progress_ipc(self, name, p);
     } catch (const std::exception& e) {
       failed.emplace_back(name, lost(name, e.what()));
     }
@@ -557,9 +757,7 @@ bool progress_in(self_ptr self) {
           p.channel.emplace(p.listener->take());
           p.listener.reset();
           st.metrics.peer(name).comms->set(p.channel->comm_count());
-          p.reg = p.channel->register_memory(st.cfg.region->data(),
-                                             st.cfg.region->size(),
-                                             st.cfg.region->nccl_ptr_type());
+          p.reg = register_region(st, *p.channel, name);
           ++st.stats.registrations;
           progressed = true;
           while (!p.waiting.empty()) {
@@ -592,7 +790,8 @@ bool progress_in(self_ptr self) {
 
 bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.out)
-    if (p.connector || !p.ops.empty() || !p.waiting.empty())
+    if (p.connector || !p.ops.empty() || !p.waiting.empty() ||
+        !p.copies.empty() || !p.ipc_waiting.empty())
       return true;
   for (auto& [name, p] : st.in)
     if (p.listener || !p.ops.empty())
@@ -654,6 +853,13 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     auto t = p->second.transfers.find(id);
     if (t == p->second.transfers.end() || t->second.done)
       return;
+    if (p->second.mapped) {
+      // CUDA IPC: a running kernel cannot be recalled and the peer has no
+      // channel to close; this transfer fails, the peer stays usable.
+      fail(t->second, st, timeout, name);
+      p->second.transfers.erase(t);
+      return;
+    }
     if (t->second.posted) {
       // Requests are out on the comms: only closing them makes the memory
       // safe to reuse, and the comm order is lost anyway.
@@ -705,6 +911,20 @@ void on_sweep(self_ptr self) {
   }
 }
 
+void advertise_ipc_handle(transfer_state& st) {
+  auto& region = *st.cfg.region;
+  if (!st.cfg.use_ipc || region.kind() != memory_kind::cuda)
+    return;
+  try {
+    st.ipc_handle =
+      transport::export_ipc_handle(region.device_allocation()).to_hex();
+  } catch (const std::exception& e) {
+    spdlog::warn("transfer {}: region '{}' cannot be shared over CUDA IPC, "
+                 "peers will use the plugin: {}",
+                 st.cfg.name, region.name(), e.what());
+  }
+}
+
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
   std::vector<std::string> outs, ins;
@@ -726,6 +946,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
   self->state.metrics.regions.add(1);
   self->state.metrics.registered_bytes.add(
     static_cast<std::int64_t>(self->state.cfg.region->size()));
+  advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
   return {
     [self](proto::endpoint_atom) {
@@ -735,6 +956,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       ep.transfer = caf::actor_cast<caf::actor>(self);
       ep.plugin = cfg.net ? cfg.net->name() : "";
       ep.region_bytes = cfg.region->size();
+      ep.host_id = cfg.host_id;
+      ep.gpu = cfg.region->gpu();
+      ep.ipc_handle = self->state.ipc_handle;
       return ep;
     },
     [self](proto::send_atom, proto::send_order& o) {
@@ -756,6 +980,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
     [self](proto::announce_atom, proto::announcement& a) {
       handle_announce(self, a);
     },
+    [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
+           std::uint64_t bytes) { handle_landed(self, sender, id, bytes); },
     [self](proto::stats_atom) { return self->state.stats; },
     [](joined_atom, const worker_info&) {},
     [self](left_atom, const std::string& name, const caf::error& why) {
@@ -769,6 +995,15 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
 }
 
 }  // namespace
+
+data_path choose_data_path(const transfer_config& cfg,
+                           const proto::endpoint& peer) {
+  bool same_host = !cfg.host_id.empty() && cfg.host_id == peer.host_id;
+  bool gpu_here = cfg.region && cfg.region->kind() == memory_kind::cuda;
+  return cfg.use_ipc && gpu_here && same_host && !peer.ipc_handle.empty()
+           ? data_path::cuda_ipc
+           : data_path::plugin;
+}
 
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
   return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));

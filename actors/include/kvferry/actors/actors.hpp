@@ -143,6 +143,11 @@ using transfer_actor = caf::typed_actor<
                     std::uint64_t>::with<std::vector<char>>,
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
+    // Transfer actor to transfer actor over CUDA IPC: the sender's copy
+    // kernel of transfer `id` finished writing `bytes` into our region
+    // (sender name, id, bytes); completes the waiting recv order.
+    caf::reacts_to<proto::landed_atom, std::string, std::uint64_t,
+                   std::uint64_t>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
     // Directory watcher (see directory_watcher_actor): a peer that left
     // fails everything waiting on it with ec::peer_down at once.
@@ -160,7 +165,20 @@ struct transfer_config {
   std::uint32_t comms_per_peer = 2;  // comm pairs per channel (striped)
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t open_timeout_ms = 10000;  // channel setup with a peer
+  // Same-host GPU peers: copy over CUDA IPC when both regions are on GPUs
+  // and both actors take IPC (worker --transport ipc); else the plugin.
+  bool use_ipc = true;
+  std::string host_id;  // local_host_id(); empty: never IPC
 };
+
+/// How a transfer actor moves bytes to a peer.
+enum class data_path { plugin, cuda_ipc };
+
+/// CUDA IPC when this actor takes IPC, its region is GPU memory, the peer
+/// runs on the same host (equal host_id) and advertises an IPC handle (its
+/// region is GPU memory and it takes IPC too); the plugin otherwise.
+data_path choose_data_path(const transfer_config& cfg,
+                           const proto::endpoint& peer);
 
 /// Spawns a transfer actor on its own thread.
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);

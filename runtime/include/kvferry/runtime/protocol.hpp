@@ -35,6 +35,7 @@ using expire_atom = caf::atom_constant<caf::atom("kvexpire")>;
 using sweep_atom = caf::atom_constant<caf::atom("kvsweep")>;
 using stats_atom = caf::atom_constant<caf::atom("kvstats")>;
 using open_atom = caf::atom_constant<caf::atom("kvopen")>;
+using landed_atom = caf::atom_constant<caf::atom("kvlanded")>;
 
 /// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
 /// sender's region to `dst_offset` in the receiver's region.
@@ -54,18 +55,26 @@ typename Inspector::result_type inspect(Inspector& f, extent& x) {
 }
 
 /// How to reach one transfer actor: its handle, the name it registered, and
-/// the plugin listen handle (128 bytes) that a sender connects to.
+/// the plugin listen handle (128 bytes) that a sender connects to. A sender
+/// on the same host (equal `host_id`) whose region is on a GPU too copies
+/// straight into the region behind `ipc_handle` instead of using the plugin.
 struct endpoint {
   std::string name;
   caf::actor transfer;  // the peer's transfer actor
   std::string plugin;   // plugin name, so both sides can refuse a mismatch
   std::vector<char> listen_handle;  // 128 bytes (v7 handle)
   std::uint64_t region_bytes = 0;
+  std::string host_id;  // same-host detection (local_host_id())
+  std::int32_t gpu = -1;  // CUDA device of the region, -1: host memory
+  // transport::ipc_handle::to_hex() of the region; empty when the region is
+  // not on a GPU or the worker does not take CUDA IPC (--transport net).
+  std::string ipc_handle;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, endpoint& x) {
   return f(caf::meta::type_name("kvferry::proto::endpoint"), x.name,
-           x.transfer, x.plugin, x.listen_handle, x.region_bytes);
+           x.transfer, x.plugin, x.listen_handle, x.region_bytes, x.host_id,
+           x.gpu, x.ipc_handle);
 }
 
 /// Asks a transfer actor to send `extents` of its region to `peer`.
@@ -166,6 +175,10 @@ struct arrival_notice {
   std::uint64_t request_id = 0;
   std::uint64_t bytes = 0;
   std::uint64_t xxhash = 0;  // XXH3-64 of the bytes in (layer, block) order
+  // False when the producer could not hash on the CPU (GPU memory): the
+  // consumer then regenerates the pattern from `pattern_seed` and compares.
+  bool has_xxhash = false;
+  std::uint64_t pattern_seed = 0;  // the prefill_request's seed
   // pull mode only:
   endpoint source;
   std::vector<std::uint64_t> block_offsets;
@@ -175,7 +188,8 @@ struct arrival_notice {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::arrival_notice"),
-           x.request_id, x.bytes, x.xxhash, x.source, x.block_offsets,
+           x.request_id, x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed,
+           x.source, x.block_offsets,
            x.blocks_per_layer, x.layers);
 }
 

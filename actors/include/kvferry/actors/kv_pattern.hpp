@@ -1,0 +1,62 @@
+// The deterministic KV pattern a "prefill" writes and a consumer verifies,
+// on either kind of memory: host regions use fill_pattern (actors.hpp) on
+// the CPU; cuda regions run one kernel per call over all the blocks it
+// covers and compare on the GPU too (only a mismatch index comes back, never
+// the data). One instance per app actor; used from one actor at a time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "kvferry/actors/memory_region.hpp"
+
+namespace kvferry {
+
+namespace detail {
+struct pattern_device;  // stream and reused buffers of the CUDA path
+struct pattern_device_deleter {
+  void operator()(pattern_device* device) const noexcept;
+};
+}  // namespace detail
+
+/// What a call covers: block i of the offsets list is block
+/// `i % blocks_per_layer` of layer `first_layer + i / blocks_per_layer` of
+/// request `request_id`, each `block_bytes` long.
+struct pattern_blocks {
+  std::uint64_t seed = 0;
+  std::uint64_t request_id = 0;
+  std::uint32_t first_layer = 0;
+  std::uint32_t blocks_per_layer = 1;
+  std::uint64_t block_bytes = 0;
+};
+
+class kv_pattern {
+ public:
+  explicit kv_pattern(std::shared_ptr<memory_region> region);
+  ~kv_pattern();
+  kv_pattern(const kv_pattern&) = delete;
+  kv_pattern& operator=(const kv_pattern&) = delete;
+
+  /// Writes the pattern into every block (done when this returns). Throws
+  /// std::out_of_range naming the block when one lies outside the region,
+  /// transport::gpu_error when a CUDA call fails.
+  void fill(const std::vector<std::uint64_t>& offsets,
+            const pattern_blocks& blocks);
+  /// Index (into `offsets`) of the first block whose bytes differ from the
+  /// pattern, or nothing when all match. Same errors as fill.
+  std::optional<std::size_t> check(const std::vector<std::uint64_t>& offsets,
+                                   const pattern_blocks& blocks);
+
+ private:
+  void check_bounds(const std::vector<std::uint64_t>& offsets,
+                    const pattern_blocks& blocks) const;
+  std::shared_ptr<memory_region> region_;
+  std::vector<std::uint8_t> host_scratch_;  // one block, for host checks
+  std::unique_ptr<detail::pattern_device, detail::pattern_device_deleter>
+    device_;  // made on first use
+};
+
+}  // namespace kvferry

@@ -1,0 +1,120 @@
+#include "kvferry/actors/kv_pattern.hpp"
+
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "kv_pattern_device.hpp"
+#include "kvferry/actors/actors.hpp"
+
+namespace kvferry {
+
+namespace detail {
+
+void pattern_device_deleter::operator()(pattern_device* device) const noexcept {
+  pattern_device_destroy(device);
+}
+
+#ifndef KVFERRY_HAVE_CUDA
+// A build without CUDA cannot make a cuda region, so these only run if one
+// was made by hand; they say why they cannot work.
+pattern_device* pattern_device_create(int) {
+  transport::throw_no_cuda("kv pattern on a GPU region");
+}
+void pattern_device_destroy(pattern_device*) noexcept {}
+std::uint64_t pattern_device_run(pattern_device&, const pattern_launch&, bool) {
+  transport::throw_no_cuda("kv pattern on a GPU region");
+}
+#endif
+
+}  // namespace detail
+
+namespace {
+
+detail::pattern_launch launch_of(const memory_region& region,
+                                 const std::vector<std::uint64_t>& offsets,
+                                 const pattern_blocks& b) {
+  detail::pattern_launch l;
+  l.base = region.data();
+  l.offsets = offsets.data();
+  l.count = offsets.size();
+  l.block_bytes = b.block_bytes;
+  l.seed = b.seed;
+  l.request_id = b.request_id;
+  l.first_layer = b.first_layer;
+  l.blocks_per_layer = b.blocks_per_layer;
+  return l;
+}
+
+std::uint32_t layer_of(const pattern_blocks& b, std::size_t i) {
+  return b.first_layer + static_cast<std::uint32_t>(i / b.blocks_per_layer);
+}
+
+std::uint32_t block_of(const pattern_blocks& b, std::size_t i) {
+  return static_cast<std::uint32_t>(i % b.blocks_per_layer);
+}
+
+}  // namespace
+
+kv_pattern::kv_pattern(std::shared_ptr<memory_region> region)
+    : region_(std::move(region)) {}
+
+kv_pattern::~kv_pattern() = default;
+
+void kv_pattern::check_bounds(const std::vector<std::uint64_t>& offsets,
+                              const pattern_blocks& blocks) const {
+  if (blocks.blocks_per_layer == 0)
+    throw std::invalid_argument("kv pattern: blocks_per_layer is 0");
+  for (std::size_t i = 0; i < offsets.size(); ++i)
+    if (offsets[i] > region_->size() ||
+        region_->size() - offsets[i] < blocks.block_bytes)
+      throw std::out_of_range(fmt::format(
+        "kv pattern: block {} at offset {} (+{} bytes) lies outside region "
+        "'{}' of {} bytes",
+        i, offsets[i], blocks.block_bytes, region_->name(), region_->size()));
+}
+
+void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
+                      const pattern_blocks& blocks) {
+  check_bounds(offsets, blocks);
+  if (region_->host_accessible()) {
+    for (std::size_t i = 0; i < offsets.size(); ++i)
+      fill_pattern(region_->data() + offsets[i], blocks.block_bytes,
+                   blocks.seed, blocks.request_id, layer_of(blocks, i),
+                   block_of(blocks, i));
+    return;
+  }
+  if (!device_)
+    device_.reset(detail::pattern_device_create(region_->gpu()));
+  detail::pattern_device_run(*device_, launch_of(*region_, offsets, blocks),
+                             false);
+}
+
+std::optional<std::size_t>
+kv_pattern::check(const std::vector<std::uint64_t>& offsets,
+                  const pattern_blocks& blocks) {
+  check_bounds(offsets, blocks);
+  if (region_->host_accessible()) {
+    // Regenerate each block next to it: one block of scratch, reused.
+    host_scratch_.resize(blocks.block_bytes);
+    for (std::size_t i = 0; i < offsets.size(); ++i) {
+      fill_pattern(host_scratch_.data(), blocks.block_bytes, blocks.seed,
+                   blocks.request_id, layer_of(blocks, i), block_of(blocks, i));
+      if (std::memcmp(host_scratch_.data(), region_->data() + offsets[i],
+                      blocks.block_bytes) != 0)
+        return i;
+    }
+    return std::nullopt;
+  }
+  if (!device_)
+    device_.reset(detail::pattern_device_create(region_->gpu()));
+  auto bad = detail::pattern_device_run(
+    *device_, launch_of(*region_, offsets, blocks), true);
+  if (bad == std::numeric_limits<std::uint64_t>::max())
+    return std::nullopt;
+  return static_cast<std::size_t>(bad);
+}
+
+}  // namespace kvferry

@@ -1,0 +1,184 @@
+// The CUDA side of kv_pattern: one kernel per call fills or checks every
+// block of the call (a CTA per block, grid-strided), using the same formula
+// as fill_pattern in producer.cpp, so either side may be host or GPU memory.
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "kv_pattern_device.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
+
+namespace kvferry::detail {
+namespace {
+
+constexpr std::uint64_t golden = 0x9E3779B97F4A7C15ull;
+constexpr std::uint64_t word_step = 0xD1B54A32D192ED03ull;
+constexpr std::uint64_t none = std::numeric_limits<std::uint64_t>::max();
+constexpr int threads = 256;
+constexpr std::size_t max_grid = 2048;
+
+void check_cuda(cudaError_t err, const char* call, int gpu) {
+  if (err != cudaSuccess)
+    throw transport::gpu_error(std::string{"kv pattern: "} + call +
+                               " failed on GPU " + std::to_string(gpu) + ": " +
+                               cudaGetErrorName(err) + " (" +
+                               cudaGetErrorString(err) + ")");
+}
+
+// splitmix64 of the coordinates (as fill_pattern).
+__device__ std::uint64_t block_seed(std::uint64_t seed, std::uint64_t request,
+                                    std::uint32_t layer, std::uint32_t block) {
+  std::uint64_t x = seed ^ (request * golden) ^
+                    (static_cast<std::uint64_t>(layer) << 32) ^ block;
+  x += golden;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+__device__ std::uint8_t pattern_byte(std::uint64_t x, std::uint64_t i,
+                                     std::uint64_t words) {
+  // Whole words are x + k * step (little endian); the tail repeats x.
+  std::uint64_t v = i < words * 8 ? x + (i / 8) * word_step : x;
+  return static_cast<std::uint8_t>(v >> (8 * (i % 8)));
+}
+
+__global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
+                               std::uint64_t count, std::uint64_t block_bytes,
+                               std::uint64_t seed, std::uint64_t request,
+                               std::uint32_t first_layer, std::uint32_t bpl,
+                               bool check, unsigned long long* first_bad) {
+  const std::uint64_t words = block_bytes / 8;
+  for (std::uint64_t i = blockIdx.x; i < count; i += gridDim.x) {
+    const auto layer = first_layer + static_cast<std::uint32_t>(i / bpl);
+    const auto block = static_cast<std::uint32_t>(i % bpl);
+    const std::uint64_t x = block_seed(seed, request, layer, block);
+    std::uint8_t* p = base + offsets[i];
+    bool bad = false;
+    std::uint64_t vector_bytes = 0;
+    if ((reinterpret_cast<std::uintptr_t>(p) & 7) == 0) {
+      auto* w = reinterpret_cast<std::uint64_t*>(p);
+      for (std::uint64_t k = threadIdx.x; k < words; k += blockDim.x) {
+        const std::uint64_t v = x + k * word_step;
+        if (check)
+          bad |= w[k] != v;
+        else
+          w[k] = v;
+      }
+      vector_bytes = words * 8;
+    }
+    // Misaligned blocks and the tail: byte by byte.
+    for (std::uint64_t k = vector_bytes + threadIdx.x; k < block_bytes;
+         k += blockDim.x) {
+      const auto v = pattern_byte(x, k, words);
+      if (check)
+        bad |= p[k] != v;
+      else
+        p[k] = v;
+    }
+    if (bad)
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+  }
+}
+
+}  // namespace
+
+struct pattern_device {
+  int gpu = 0;
+  cudaStream_t stream = nullptr;
+  std::uint64_t* offsets_device = nullptr;
+  std::uint64_t* offsets_pinned = nullptr;
+  std::size_t capacity = 0;  // offsets both buffers hold
+  unsigned long long* result_device = nullptr;
+  unsigned long long* result_pinned = nullptr;
+
+  // Grows the offset buffers to the largest call seen, then reuses them.
+  void reserve(std::size_t count) {
+    if (count <= capacity)
+      return;
+    cudaFree(offsets_device);
+    cudaFreeHost(offsets_pinned);
+    offsets_device = nullptr;
+    offsets_pinned = nullptr;
+    capacity = 0;
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&offsets_device),
+                          count * sizeof(std::uint64_t)),
+               "cudaMalloc (block offsets)", gpu);
+    check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&offsets_pinned),
+                             count * sizeof(std::uint64_t),
+                             cudaHostAllocDefault),
+               "cudaHostAlloc (block offsets)", gpu);
+    capacity = count;
+  }
+};
+
+pattern_device* pattern_device_create(int gpu) {
+  auto* d = new pattern_device;
+  d->gpu = gpu;
+  try {
+    check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+    check_cuda(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking),
+               "cudaStreamCreate", gpu);
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->result_device),
+                          sizeof(unsigned long long)),
+               "cudaMalloc (mismatch index)", gpu);
+    check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&d->result_pinned),
+                             sizeof(unsigned long long), cudaHostAllocDefault),
+               "cudaHostAlloc (mismatch index)", gpu);
+  } catch (...) {
+    pattern_device_destroy(d);
+    throw;
+  }
+  return d;
+}
+
+void pattern_device_destroy(pattern_device* d) noexcept {
+  if (d == nullptr)
+    return;
+  cudaSetDevice(d->gpu);
+  if (d->stream != nullptr) {
+    cudaStreamSynchronize(d->stream);
+    cudaStreamDestroy(d->stream);
+  }
+  cudaFree(d->offsets_device);
+  cudaFreeHost(d->offsets_pinned);
+  cudaFree(d->result_device);
+  cudaFreeHost(d->result_pinned);
+  delete d;
+}
+
+std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
+                                 bool check) {
+  if (l.count == 0)
+    return none;
+  check_cuda(cudaSetDevice(d.gpu), "cudaSetDevice", d.gpu);
+  d.reserve(l.count);
+  std::memcpy(d.offsets_pinned, l.offsets, l.count * sizeof(std::uint64_t));
+  check_cuda(cudaMemcpyAsync(d.offsets_device, d.offsets_pinned,
+                             l.count * sizeof(std::uint64_t),
+                             cudaMemcpyHostToDevice, d.stream),
+             "cudaMemcpyAsync (block offsets)", d.gpu);
+  *d.result_pinned = none;
+  check_cuda(cudaMemcpyAsync(d.result_device, d.result_pinned,
+                             sizeof(unsigned long long), cudaMemcpyHostToDevice,
+                             d.stream),
+             "cudaMemcpyAsync (mismatch index)", d.gpu);
+  const auto grid = static_cast<unsigned>(l.count < max_grid ? l.count : max_grid);
+  pattern_kernel<<<grid, threads, 0, d.stream>>>(
+    l.base, d.offsets_device, l.count, l.block_bytes, l.seed, l.request_id,
+    l.first_layer, l.blocks_per_layer, check, d.result_device);
+  check_cuda(cudaGetLastError(), check ? "check kernel launch" : "fill kernel launch",
+             d.gpu);
+  if (check)
+    check_cuda(cudaMemcpyAsync(d.result_pinned, d.result_device,
+                               sizeof(unsigned long long),
+                               cudaMemcpyDeviceToHost, d.stream),
+               "cudaMemcpyAsync (mismatch index)", d.gpu);
+  check_cuda(cudaStreamSynchronize(d.stream),
+             check ? "pattern check kernel" : "pattern fill kernel", d.gpu);
+  return check ? *d.result_pinned : none;
+}
+
+}  // namespace kvferry::detail

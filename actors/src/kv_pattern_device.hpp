@@ -1,0 +1,35 @@
+// Internal: the CUDA side of kv_pattern, with plain types only so that nvcc
+// never parses CAF's headers. Built from kv_pattern.cu; kv_pattern.cpp has
+// the stubs of a build without CUDA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvferry::detail {
+
+struct pattern_device;
+
+/// A stream, a mismatch counter and buffers for block offsets on `gpu`.
+/// Throws transport::gpu_error.
+pattern_device* pattern_device_create(int gpu);
+void pattern_device_destroy(pattern_device* device) noexcept;
+
+struct pattern_launch {
+  std::uint8_t* base = nullptr;  // device address of the region
+  const std::uint64_t* offsets = nullptr;  // host array
+  std::size_t count = 0;
+  std::uint64_t block_bytes = 0;
+  std::uint64_t seed = 0;
+  std::uint64_t request_id = 0;
+  std::uint32_t first_layer = 0;
+  std::uint32_t blocks_per_layer = 1;
+};
+
+/// One kernel over all blocks, then waits for it. Fill: writes the pattern,
+/// returns UINT64_MAX. Check: returns the lowest mismatching block index, or
+/// UINT64_MAX when every block matches. Throws transport::gpu_error.
+std::uint64_t pattern_device_run(pattern_device& device,
+                                 const pattern_launch& launch, bool check);
+
+}  // namespace kvferry::detail
