@@ -21,8 +21,13 @@
 #   bundle: SRC_DIR (default: repo root), BUILD_DIR (default: $SRC_DIR/build-device),
 #           EXTRA_TESTS (more test target names to ship)
 #   device: OUT (default ./.device-out), BENCH_IPC_ARGS (default: none),
-#           BENCH_NET_ARGS / DEMO_ARGS (override the GPU options detected from --help),
-#           SKIP_BENCH=1 (tests only)
+#           BENCH_NET_ARGS / DEMO_ARGS (override the GPU options detected from --help;
+#           DEMO_ARGS runs one demo with exactly those arguments),
+#           SKIP_BENCH=1 (tests only), SKIP_TESTS=1 (benchmarks only)
+#
+# Benchmarks run under peak_rss (below): their logs end with the peak RSS of
+# the largest process of the run (the demo's workers included), for
+# docs/benchmarks.md.
 set -uo pipefail
 
 repo_root=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,6 +94,18 @@ device() {
   local summary=$out/summary.txt
   : >"$summary"
   row() { printf '%-34s %-8s %s\n' "$1" "$2" "$3" | tee -a "$summary" >/dev/null; }
+  # Runs a command and then prints the peak RSS of its largest process
+  # (getrusage RUSAGE_CHILDREN: children fold in the descendants they reap).
+  peak_rss() {
+    if command -v python3 >/dev/null; then
+      python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:])
+print("peak RSS of the largest process: %.0f MiB" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0), flush=True)
+sys.exit(rc)' "$@"
+    else
+      "$@"
+    fi
+  }
 
   {
     echo "== $(cat "$b/MANIFEST" | tr '\n' ' ')"
@@ -99,6 +116,7 @@ device() {
   echo "== tests" | tee "$out/tests.log"
   local t rc start
   for t in "$b"/tests/*; do
+    [ "${SKIP_TESTS:-0}" = 1 ] && break
     start=$(date +%s%N)
     timeout 180 "$t" >>"$out/tests.log" 2>&1
     rc=$?
@@ -115,7 +133,7 @@ device() {
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     echo "== bench ipc"
     # shellcheck disable=SC2086
-    timeout 560 "$b/bin/kvferry" bench ipc --json "$out/bench_ipc.json" ${BENCH_IPC_ARGS:-} \
+    peak_rss timeout 560 "$b/bin/kvferry" bench ipc --json "$out/bench_ipc.json" ${BENCH_IPC_ARGS:-} \
       2>&1 | tee "$out/bench_ipc.log"
     rc=${PIPESTATUS[0]}
     row "bench ipc" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_ipc.log, bench_ipc.json"
@@ -127,24 +145,31 @@ device() {
     fi
     if [ -n "$net_args" ]; then
       # shellcheck disable=SC2086
-      timeout 240 "$b/bin/kvferry" bench net $net_args 2>&1 | tee "$out/bench_net.log"
+      peak_rss timeout 240 "$b/bin/kvferry" bench net $net_args 2>&1 | tee "$out/bench_net.log"
       rc=${PIPESTATUS[0]}
       row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log"
     else
       row "bench net (CUDA memory)" n/a "this build's bench net has no CUDA memory option"
     fi
-    local demo_args=${DEMO_ARGS:-}
-    if [ -z "$demo_args" ] && "$b/bin/kvferry" demo --help 2>&1 | grep -q -- "--gpu"; then
-      demo_args="--gpu"
+    # demo: both workers on GPU 0 over CUDA IPC, then over kvsock with GPU
+    # memory, where this build's demo has --gpu / --transport.
+    local demo_help demo_runs=()
+    demo_help=$("$b/bin/kvferry" demo --help 2>&1)
+    if [ -n "${DEMO_ARGS:-}" ]; then
+      demo_runs=("$DEMO_ARGS")
+    elif grep -q -- "--gpu" <<<"$demo_help"; then
+      demo_runs=("--gpu 0")
+      grep -q -- "--transport" <<<"$demo_help" && demo_runs+=("--gpu 0 --transport net")
     fi
-    if [ -n "$demo_args" ]; then
+    local k=0 demo_args
+    for demo_args in "${demo_runs[@]}"; do
+      k=$((k + 1))
       # shellcheck disable=SC2086
-      timeout 240 "$b/bin/kvferry" demo $demo_args 2>&1 | tee "$out/demo.log"
+      peak_rss timeout 240 "$b/bin/kvferry" demo $demo_args 2>&1 | tee "$out/demo-$k.log"
       rc=${PIPESTATUS[0]}
-      row "demo $demo_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "demo.log"
-    else
-      row "demo (GPU)" n/a "this build's demo has no GPU option"
-    fi
+      row "demo $demo_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "demo-$k.log"
+    done
+    [ ${#demo_runs[@]} -gt 0 ] || row "demo (GPU)" n/a "this build's demo has no GPU option"
   fi
 
   echo

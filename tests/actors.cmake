@@ -11,3 +11,7 @@ kvferry_add_test(NAME test_actor_peer_death SOURCES faults/actor_peer_death_test
 add_dependencies(test_actor_peer_death kvferry)
 kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
+# GPU wiring, CPU side: data path choice, host KV pattern, --gpu errors.
+kvferry_add_test(NAME test_gpu_wiring SOURCES unit/gpu_wiring_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 120)
+add_dependencies(test_gpu_wiring kvferry)

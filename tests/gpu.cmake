@@ -14,3 +14,11 @@ kvferry_add_test(NAME test_gpu_ipc SOURCES gpu/gpu_ipc_test.cpp
 kvferry_add_test(NAME test_gpu_unpack_kvsock SOURCES gpu/gpu_unpack_kvsock_test.cpp
   LIBS kvferry_transport ${CMAKE_DL_LIBS} GPU LABELS integration TIMEOUT 120)
 add_dependencies(test_gpu_unpack_kvsock nccl-net-kvsock)
+# KV pools in GPU memory: allocate_cuda, the GPU KV pattern and its compare.
+kvferry_add_test(NAME test_gpu_kv SOURCES gpu/gpu_kv_test.cpp
+  LIBS kvferry_actors GPU LABELS integration TIMEOUT 120)
+# `kvferry demo` with both workers on GPU 0: CUDA IPC (push, layerwise, pull)
+# and kvsock with GPU memory.
+kvferry_add_test(NAME test_gpu_demo SOURCES gpu/gpu_demo_test.cpp
+  LIBS kvferry_build_flags GPU LABELS integration TIMEOUT 600)
+add_dependencies(test_gpu_demo kvferry)

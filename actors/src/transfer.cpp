@@ -492,7 +492,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   t.expected = plan_bytes(o.extents);
   t.waiter = promise;
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
-  if (choose_data_path(st.cfg, p.ep) == data_path::cuda_ipc) {
+  if (choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
+                       p.ep) == data_path::cuda_ipc) {
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
     ensure_progress(self);
     return promise;
@@ -996,11 +997,12 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
 
 }  // namespace
 
-data_path choose_data_path(const transfer_config& cfg,
+data_path choose_data_path(bool use_ipc, memory_kind local,
+                           const std::string& host_id,
                            const proto::endpoint& peer) {
-  bool same_host = !cfg.host_id.empty() && cfg.host_id == peer.host_id;
-  bool gpu_here = cfg.region && cfg.region->kind() == memory_kind::cuda;
-  return cfg.use_ipc && gpu_here && same_host && !peer.ipc_handle.empty()
+  bool same_host = !host_id.empty() && host_id == peer.host_id;
+  return use_ipc && local == memory_kind::cuda && same_host &&
+             !peer.ipc_handle.empty()
            ? data_path::cuda_ipc
            : data_path::plugin;
 }

@@ -1,6 +1,8 @@
 // `kvferry demo`: the main job. Starts a directory, one prefill worker and one
-// decode worker as separate processes on this machine (kvsock over loopback,
-// host memory) — or attaches to a running deployment with --directory — and
+// decode worker as separate processes on this machine — both on GPU 0 with
+// CUDA IPC between them when there is a GPU, else host memory over kvsock on
+// loopback (--gpu, --transport) — or attaches to a running deployment with
+// --directory — and
 // acts as the router: a seeded stream of requests with random prompt
 // lengths, each one's KV blocks filled with a deterministic pattern by the
 // producer, moved by the transfer actors and verified byte for byte (xxhash)
@@ -33,6 +35,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -54,6 +57,8 @@ struct demo_command {
   kv_geometry geometry;
   std::string dtype = "fp16";
   std::string plugin;
+  std::string gpu = "auto";
+  std::string transport = "ipc";
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
   std::uint32_t timeout_ms = 10000;
@@ -185,6 +190,7 @@ struct results {
   std::uint64_t bytes = 0;
   std::vector<double> latency_us;
   std::vector<double> control_us;  // latency minus data movement and hashing
+  double data_s = 0;  // sum of the requests' data movement times
   std::vector<std::string> errors;
   steady_clock::time_point start, end;
 };
@@ -245,6 +251,7 @@ caf::behavior router(caf::event_based_actor* self,
               ++out->done;
               out->bytes += r.bytes;
               out->latency_us.push_back(us);
+              out->data_s += static_cast<double>(r.transfer_ns) / 1e9;
               out->control_us.push_back(
                 us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
               if (!r.verified) {
@@ -278,6 +285,15 @@ caf::behavior router(caf::event_based_actor* self,
   out->start = steady_clock::now();
   (*issue)();
   return {[issue](caf::ok_atom) {}};
+}
+
+// How the bytes travel between the demo's two workers.
+std::string via(int gpu, const std::string& transport,
+                const std::string& plugin) {
+  auto net = plugin.empty() ? std::string{"kvsock"} : plugin;
+  if (gpu < 0)
+    return ", " + net;
+  return transport == "ipc" ? ", CUDA IPC" : ", " + net + " (GPU memory)";
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -340,6 +356,20 @@ int run_demo(demo_command& cmd) {
     std::uint64_t{cmd.geometry.blocks_for_tokens(cmd.max_tokens)} *
     cmd.geometry.layers;
   auto pool_blocks = max_blocks * cmd.inflight;
+  if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
+    return 2;
+  }
+  if (cmd.transport != "ipc" && cmd.transport != "net") {
+    std::cerr << "kvferry demo: --transport '" << cmd.transport
+              << "': expected ipc or net\n";
+    return 2;
+  }
+  // Resolved once here so that both workers use the same memory.
+  int gpu = cmd.directory.empty() ? resolve_gpu(cmd.gpu, "kvferry demo") : -1;
+  auto memory = cmd.directory.empty()
+                  ? describe_memory(gpu) + via(gpu, cmd.transport, cmd.plugin)
+                  : std::string{"the deployment's memory"};
 
   std::vector<std::unique_ptr<child_process>> children;
   std::string directory = cmd.directory;
@@ -361,7 +391,9 @@ int run_demo(demo_command& cmd) {
         std::vector<std::string> args{
           "kvferry", "worker", "--name", fmt::format("demo-{}-0", role),
           "--role", role, "--directory", directory, "--bind", "127.0.0.1",
-          "--gpu", "none", "--pool-blocks", std::to_string(pool_blocks),
+          "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
+          "--transport", cmd.transport,
+          "--pool-blocks", std::to_string(pool_blocks),
           "--chunk-bytes", std::to_string(cmd.chunk_bytes),
           "--comms-per-peer", std::to_string(cmd.comms_per_peer),
           "--timeout-ms", std::to_string(cmd.timeout_ms),
@@ -419,11 +451,12 @@ int run_demo(demo_command& cmd) {
   auto done_future = finished->get_future();
   fmt::print(stderr,
              "kvferry demo: {} requests ({}-{} tokens, seed {}), {} mode{}, "
-             "{} in flight, {} prefill / {} decode workers, directory {}\n",
+             "{} in flight, {} prefill / {} decode workers on {}, directory "
+             "{}\n",
              cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
              cmd.pull ? "pull" : "push", cmd.layerwise ? ", layer by layer" : "",
              plan->inflight, plan->producers.size(), plan->consumers.size(),
-             directory);
+             memory, directory);
   auto r = sys.spawn(router, plan, out, finished);
   auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
   bool timed_out = false;
@@ -455,18 +488,22 @@ int run_demo(demo_command& cmd) {
   std::lock_guard<std::mutex> guard{out->mtx};
   auto secs = duration<double>(out->end - out->start).count();
   fmt::print("\n"
-             "| requests | failed | bytes moved | wall s | GB/s | p50 ms | p99 ms "
-             "| control p50 us | control p99 us |\n"
-             "|---|---|---|---|---|---|---|---|---|\n"
-             "| {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} | {:.0f} |\n",
-             out->done, out->failed, out->bytes, secs, out->bytes / 1e9 / secs,
+             "| memory | requests | failed | bytes moved | wall s | GB/s | data "
+             "GB/s | p50 ms | p99 ms | control p50 us | control p99 us |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|\n"
+             "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} "
+             "| {:.0f} | {:.0f} |\n",
+             memory, out->done, out->failed, out->bytes, secs,
+             out->bytes / 1e9 / secs,
+             out->data_s > 0 ? out->bytes / 1e9 / out->data_s : 0.0,
              percentile(out->latency_us, 0.5) / 1e3,
              percentile(out->latency_us, 0.99) / 1e3,
              percentile(out->control_us, 0.5),
              percentile(out->control_us, 0.99));
-  fmt::print("(control = request latency at the router minus the producer's "
-             "send time and the fill/hash time; {} mode{}, chunk {} B, {} "
-             "comms per peer)\n",
+  fmt::print("(data GB/s = bytes / the sum of every request's data time, "
+             "first send ordered to last byte landed; control = request "
+             "latency at the router minus the data time and the fill/verify "
+             "time; {} mode{}, chunk {} B, {} comms per peer)\n",
              cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
              cmd.chunk_bytes, cmd.comms_per_peer);
   if (out->failed > 0) {
@@ -510,6 +547,14 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--block-tokens", cmd->geometry.block_tokens)
     ->capture_default_str();
   sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
+  sub->add_option("--gpu", cmd->gpu,
+                  "workers' KV memory: auto (GPU 0 when there is one), a "
+                  "CUDA device ordinal, or none (host memory)")
+    ->capture_default_str();
+  sub->add_option("--transport", cmd->transport,
+                  "ipc: CUDA IPC between GPU workers; net: the plugin "
+                  "(kvsock) even for GPU memory")
+    ->capture_default_str();
   sub->add_option("--chunk-bytes", cmd->chunk_bytes)->capture_default_str();
   sub->add_option("--comms-per-peer", cmd->comms_per_peer)
     ->capture_default_str();

@@ -19,12 +19,15 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "gpu_option.hpp"
 #include "metrics_endpoint.hpp"
 #include "stop_signals.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/gpu_info.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
 #include "kvferry/transport/plugin.hpp"
 
 namespace kvferry::app {
@@ -37,6 +40,7 @@ struct worker_command {
   std::string secret;
   std::string bind = "0.0.0.0";
   std::string gpu = "none";
+  std::string transport = "ipc";
   std::string plugin;
   std::uint64_t pool_blocks = 4096;
   kv_geometry geometry;
@@ -63,16 +67,54 @@ std::string validate(worker_command& cmd, worker_role& role) {
     return bad;
   if (cmd.mode != "push" && cmd.mode != "pull")
     return fmt::format("--mode '{}': expected push or pull", cmd.mode);
-  if (cmd.gpu != "none")
-    return fmt::format("--gpu {}: GPU regions are not wired into the worker "
-                       "yet; use --gpu none (host memory)",
-                       cmd.gpu);
+  if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty())
+    return bad;
+  if (cmd.transport != "ipc" && cmd.transport != "net")
+    return fmt::format("--transport '{}': expected ipc or net",
+                       cmd.transport);
   if (cmd.pool_blocks == 0)
     return "--pool-blocks must be positive";
   if (cmd.chunk_bytes == 0 || cmd.chunk_bytes > transport::max_chunk_bytes)
     return fmt::format("--chunk-bytes must be in 1..{}",
                        transport::max_chunk_bytes);
   return {};
+}
+
+// The KV pool in host or GPU memory, as --gpu says (already resolved).
+std::shared_ptr<memory_region> allocate_pool(const worker_command& cmd,
+                                             int gpu) {
+  auto bytes = cmd.pool_blocks * cmd.geometry.layer_block_bytes();
+  auto name = cmd.name + "/kv-pool";
+  return gpu < 0 ? memory_region::allocate_host(bytes, name)
+                 : memory_region::allocate_cuda(gpu, bytes, name);
+}
+
+// A GPU pool must reach peers: the plugin has to take CUDA memory unless
+// every peer is a same-host GPU worker reached over CUDA IPC.
+std::string check_plugin_takes(const worker_command& cmd,
+                               const transport::plugin& net, int gpu) {
+  if (gpu < 0 || net.device(0).supports_cuda())
+    return {};
+  auto why = fmt::format("plugin {} does not take GPU memory (no "
+                         "NCCL_PTR_CUDA in its ptrSupport)",
+                         net.name());
+  if (cmd.transport == "net")
+    return why + "; --transport net needs it (use --gpu none)";
+  spdlog::warn("worker {}: {}: only same-host GPU peers (CUDA IPC) can "
+               "exchange KV with this worker",
+               cmd.name, why);
+  return {};
+}
+
+region_info describe_region(const memory_region& region,
+                            const proto::endpoint& ep) {
+  region_info r{0, reinterpret_cast<std::uint64_t>(region.data()),
+                region.size(), region.kind(), region.gpu(), {}};
+  if (!ep.ipc_handle.empty()) {
+    auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
+    r.ipc_handle.assign(handle.bytes.begin(), handle.bytes.end());
+  }
+  return r;
 }
 
 // Keeps the lease alive until a stop signal; returns the signal.
@@ -149,10 +191,14 @@ int run_worker(worker_command& cmd) {
   auto exporter = start_metrics_endpoint("worker " + cmd.name);
   if (!exporter)
     return 1;
-  auto bytes = cmd.pool_blocks * cmd.geometry.layer_block_bytes();
+  auto gpu = resolve_gpu(cmd.gpu, "worker " + cmd.name);
+  if (auto bad = check_plugin_takes(cmd, *net, gpu); !bad.empty()) {
+    spdlog::error("worker {}: {}", cmd.name, bad);
+    return 1;
+  }
   std::shared_ptr<memory_region> region;
   try {
-    region = memory_region::allocate_host(bytes, cmd.name + "/kv-pool");
+    region = allocate_pool(cmd, gpu);
   } catch (const std::exception& e) {
     spdlog::error("worker {}: {}", cmd.name, e.what());
     return 1;
@@ -164,6 +210,8 @@ int run_worker(worker_command& cmd) {
   tc.comms_per_peer = cmd.comms_per_peer;
   tc.chunk_bytes = cmd.chunk_bytes;
   tc.open_timeout_ms = cmd.timeout_ms;
+  tc.use_ipc = cmd.transport == "ipc";
+  tc.host_id = local_host_id();
   auto transfer = spawn_transfer(sys, tc);
   caf::scoped_actor self{sys};
   proto::endpoint ep;
@@ -209,12 +257,14 @@ int run_worker(worker_command& cmd) {
   info.host = local_hostname();
   info.host_id = local_host_id();
   info.plugin = net->name();
+  info.gpu = region->gpu();
+  info.ipc_capable = !ep.ipc_handle.empty();
   info.transfer = caf::actor_cast<caf::actor>(transfer);
   info.app = app;
-  info.regions.push_back(region_info{
-    0, reinterpret_cast<std::uint64_t>(region->data()), region->size(),
-    region->kind(), -1, {}});
+  info.regions.push_back(describe_region(*region, ep));
   info.attributes = {
+    {"memory", describe_memory(gpu)},
+    {"transport", cmd.transport},
     {"mode", cmd.mode},
     {"layerwise", cmd.layerwise ? "true" : "false"},
     {"layers", std::to_string(cmd.geometry.layers)},
@@ -248,9 +298,10 @@ int run_worker(worker_command& cmd) {
                });
   // A parent process (demo, launch, tests) waits for this line.
   std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
-            << ", plugin " << net->name() << ", " << cmd.pool_blocks
-            << " blocks of " << cmd.geometry.layer_block_bytes() << " B)"
-            << std::endl;
+            << ", plugin " << net->name() << ", " << describe_memory(gpu)
+            << (info.ipc_capable ? ", CUDA IPC for same-host GPU peers" : "")
+            << ", " << cmd.pool_blocks << " blocks of "
+            << cmd.geometry.layer_block_bytes() << " B)" << std::endl;
   int sig = serve_until_signal(sys, *dir, cmd.name, *granted, stop_signals);
   spdlog::info("worker {}: {} received, leaving", cmd.name,
                sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -288,7 +339,13 @@ void add_worker(CLI::App& root, int& exit_code) {
   sub->add_option("--bind", cmd->bind,
                   "address peers reach this worker's actors on")
     ->capture_default_str();
-  sub->add_option("--gpu", cmd->gpu, "CUDA device ordinal, or none")
+  sub->add_option("--gpu", cmd->gpu,
+                  "KV pool memory: a CUDA device ordinal, auto (GPU 0 when "
+                  "there is one, else host memory) or none (host memory)")
+    ->capture_default_str();
+  sub->add_option("--transport", cmd->transport,
+                  "ipc: CUDA IPC to same-host GPU peers, the plugin to the "
+                  "rest; net: the plugin for every peer")
     ->capture_default_str();
   sub->add_option("--plugin", cmd->plugin,
                   "net plugin name or path (default $KVFERRY_NET_PLUGIN, "

@@ -174,10 +174,12 @@ struct transfer_config {
 /// How a transfer actor moves bytes to a peer.
 enum class data_path { plugin, cuda_ipc };
 
-/// CUDA IPC when this actor takes IPC, its region is GPU memory, the peer
-/// runs on the same host (equal host_id) and advertises an IPC handle (its
-/// region is GPU memory and it takes IPC too); the plugin otherwise.
-data_path choose_data_path(const transfer_config& cfg,
+/// CUDA IPC when this actor takes IPC (`use_ipc`), its region is GPU
+/// memory, the peer runs on the same host (equal, non-empty host_id) and
+/// advertises an IPC handle (its region is GPU memory and it takes IPC too);
+/// the plugin otherwise.
+data_path choose_data_path(bool use_ipc, memory_kind local,
+                           const std::string& host_id,
                            const proto::endpoint& peer);
 
 /// Spawns a transfer actor on its own thread.

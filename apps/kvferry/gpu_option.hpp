@@ -1,0 +1,22 @@
+// The --gpu option of `kvferry worker` and `kvferry demo`: a CUDA device
+// ordinal, auto or none, checked the same way by both.
+#pragma once
+
+#include <string>
+
+namespace kvferry::app {
+
+/// Empty when `value` is none, auto or an ordinal this build can use; else
+/// the message naming `option` (an ordinal in a build without CUDA is an
+/// error here, before anything starts).
+std::string check_gpu_option(const std::string& option,
+                             const std::string& value);
+
+/// The device to allocate on: -1 for host memory. auto picks GPU 0 when CUDA
+/// sees one and says which it chose (on stderr, prefixed with `who`).
+int resolve_gpu(const std::string& value, const std::string& who);
+
+/// "GPU 0 memory" or "host memory".
+std::string describe_memory(int gpu);
+
+}  // namespace kvferry::app

@@ -1,0 +1,101 @@
+// KV pools in GPU memory (issue #5): memory_region::allocate_cuda and the
+// GPU side of kv_pattern — its kernel writes exactly the bytes of the host
+// fill_pattern (so host and GPU workers can verify each other), and its
+// GPU-side compare finds a single corrupted byte.
+#include <doctest/doctest.h>
+
+#ifdef KVFERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/kv_pattern.hpp"
+
+using namespace kvferry;
+
+namespace {
+
+std::vector<std::uint8_t> to_host(const memory_region& region) {
+  std::vector<std::uint8_t> bytes(region.size());
+  REQUIRE(cudaMemcpy(bytes.data(), region.data(), bytes.size(),
+                     cudaMemcpyDeviceToHost) == cudaSuccess);
+  return bytes;
+}
+
+void flip_byte(const memory_region& region, std::uint64_t offset) {
+  std::uint8_t b = 0;
+  REQUIRE(cudaMemcpy(&b, region.data() + offset, 1, cudaMemcpyDeviceToHost) ==
+          cudaSuccess);
+  b ^= 0x10;
+  REQUIRE(cudaMemcpy(region.data() + offset, &b, 1, cudaMemcpyHostToDevice) ==
+          cudaSuccess);
+}
+
+// The GPU kernel and the host reference agree byte for byte.
+void check_matches_host(std::uint64_t block, std::uint64_t base_shift) {
+  CAPTURE(block);
+  CAPTURE(base_shift);
+  const std::uint32_t bpl = 3;
+  auto region = memory_region::allocate_cuda(0, 16 * block + 64, "kv");
+  CHECK(region->kind() == memory_kind::cuda);
+  CHECK(region->gpu() == 0);
+  CHECK_FALSE(region->host_accessible());
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets;
+  for (std::uint64_t i : {7, 2, 11, 0, 5, 9})  // 2 layers of 3 blocks
+    offsets.push_back(base_shift + i * block);
+  pattern_blocks where{99, 1234, 5, bpl, block};
+  pattern.fill(offsets, where);
+  auto bytes = to_host(*region);
+  std::vector<std::uint8_t> expected(block);
+  for (std::size_t i = 0; i < offsets.size(); ++i) {
+    fill_pattern(expected.data(), block, 99, 1234,
+                 5 + static_cast<std::uint32_t>(i / bpl),
+                 static_cast<std::uint32_t>(i % bpl));
+    CHECK(std::equal(expected.begin(), expected.end(),
+                     bytes.begin() + static_cast<std::ptrdiff_t>(offsets[i])));
+  }
+  CHECK_FALSE(pattern.check(offsets, where).has_value());
+}
+
+}  // namespace
+
+TEST_CASE("GPU region: zeroed, and a missing GPU is named with the count") {
+  auto region = memory_region::allocate_cuda(0, 1 << 20, "zeroed");
+  auto bytes = to_host(*region);
+  CHECK(std::all_of(bytes.begin(), bytes.end(),
+                    [](std::uint8_t b) { return b == 0; }));
+  CHECK_THROWS_WITH_AS(memory_region::allocate_cuda(999, 4096, "pool"),
+                       doctest::Contains("GPU 999 requested, but this "
+                                         "machine has"),
+                       transport::gpu_error);
+}
+
+TEST_CASE("GPU kv pattern writes the host pattern") {
+  check_matches_host(65536, 0);  // the demo's block size
+  check_matches_host(1000, 0);   // tail bytes
+  check_matches_host(1000, 3);   // misaligned blocks: byte path
+}
+
+TEST_CASE("GPU kv pattern check finds one corrupted byte") {
+  constexpr std::uint64_t block = 65536;
+  auto region = memory_region::allocate_cuda(0, 64 * block, "kv");
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets;
+  for (std::uint64_t i = 0; i < 64; ++i)
+    offsets.push_back((i * 37 % 64) * block);  // scattered, all distinct
+  pattern_blocks where{3, 77, 0, 16, block};
+  pattern.fill(offsets, where);
+  REQUIRE_FALSE(pattern.check(offsets, where).has_value());
+  flip_byte(*region, offsets[41] + block - 1);  // last byte of block 41
+  flip_byte(*region, offsets[50] + 8);
+  auto bad = pattern.check(offsets, where);
+  REQUIRE(bad.has_value());
+  CHECK(*bad == 41);  // the first of the two
+  // A request with another id does not match at all.
+  where.request_id = 78;
+  CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
+}
+
+#endif

@@ -1,0 +1,153 @@
+// The CPU side of the GPU wiring (issue #5): which data path a transfer
+// actor picks for a peer, the KV pattern on host memory (the reference the
+// GPU kernels must match), and the errors of --gpu / --transport where no
+// GPU (or no CUDA) is available. The GPU side: tests/gpu/gpu_kv_test.cpp.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/transport/gpu_info.hpp"
+
+using namespace kvferry;
+
+namespace {
+
+proto::endpoint gpu_peer(const std::string& host_id) {
+  proto::endpoint ep;
+  ep.name = "decode-0";
+  ep.host_id = host_id;
+  ep.gpu = 0;
+  ep.ipc_handle = "0:4096:00";  // only its presence matters here
+  return ep;
+}
+
+struct run_result {
+  int status = -1;
+  std::string output;
+};
+
+run_result run_kvferry(const std::string& args) {
+  std::string cmd = "timeout -k 5 60 " KVFERRY_BINARY_DIR "/bin/kvferry " +
+                    args + " 2>&1";
+  run_result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  std::array<char, 4096> buf;
+  while (auto n = fread(buf.data(), 1, buf.size(), pipe))
+    r.output.append(buf.data(), n);
+  int raw = pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return r;
+}
+
+bool has_gpu() { return !transport::list_gpus().devices.empty(); }
+
+const std::string worker_args =
+  "worker --name w0 --role prefill --directory 127.0.0.1:1 --pool-blocks 4 ";
+
+}  // namespace
+
+TEST_CASE("data path: CUDA IPC only between same-host GPU regions") {
+  auto peer = gpu_peer("hostA/boot1");
+  CHECK(choose_data_path(true, memory_kind::cuda, "hostA/boot1", peer) ==
+        data_path::cuda_ipc);
+  // Host memory here: the plugin, whatever the peer offers.
+  CHECK(choose_data_path(true, memory_kind::host, "hostA/boot1", peer) ==
+        data_path::plugin);
+  // Another host (or the same name after a reboot: other boot id).
+  CHECK(choose_data_path(true, memory_kind::cuda, "hostA/boot2", peer) ==
+        data_path::plugin);
+  // --transport net here.
+  CHECK(choose_data_path(false, memory_kind::cuda, "hostA/boot1", peer) ==
+        data_path::plugin);
+  // The peer offers no handle (host memory, or --transport net there).
+  peer.ipc_handle.clear();
+  CHECK(choose_data_path(true, memory_kind::cuda, "hostA/boot1", peer) ==
+        data_path::plugin);
+  // No host identity is never "the same host".
+  auto anonymous = gpu_peer("");
+  CHECK(choose_data_path(true, memory_kind::cuda, "", anonymous) ==
+        data_path::plugin);
+}
+
+TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
+  constexpr std::uint64_t block = 1000;  // not a multiple of 8: tail bytes
+  auto region = memory_region::allocate_host(16 * block, "pattern");
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets{5 * block, 0, 9 * block, 2 * block};
+  pattern_blocks where{7, 42, 3, 2, block};
+  pattern.fill(offsets, where);
+  CHECK_FALSE(pattern.check(offsets, where).has_value());
+  // Block 2 of the list is block 0 of layer 4: same bytes as fill_pattern.
+  std::vector<std::uint8_t> expected(block);
+  fill_pattern(expected.data(), block, 7, 42, 4, 0);
+  CHECK(std::equal(expected.begin(), expected.end(),
+                   region->data() + 9 * block));
+  region->data()[9 * block + 999] ^= 1;
+  auto bad = pattern.check(offsets, where);
+  REQUIRE(bad.has_value());
+  CHECK(*bad == 2);
+  // Another seed is another pattern.
+  region->data()[9 * block + 999] ^= 1;
+  where.seed = 8;
+  CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
+}
+
+TEST_CASE("kv pattern refuses a block outside the region") {
+  auto region = memory_region::allocate_host(4096, "small");
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets{0, 4000};
+  CHECK_THROWS_WITH_AS(pattern.fill(offsets, {1, 1, 0, 1, 512}),
+                       doctest::Contains("block 1 at offset 4000"),
+                       std::out_of_range);
+}
+
+TEST_CASE("a GPU region without a usable GPU fails naming the ordinal") {
+  if (has_gpu())
+    return;  // covered on the GPU by tests/gpu/gpu_kv_test.cpp
+  CHECK_THROWS_WITH_AS(memory_region::allocate_cuda(0, 4096, "pool"),
+                       doctest::Contains("GPU 0"), transport::gpu_error);
+}
+
+TEST_CASE("worker --gpu and --transport: bad values exit 2 naming them") {
+  auto r = run_kvferry(worker_args + "--gpu fast");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--gpu 'fast'") != std::string::npos);
+  r = run_kvferry(worker_args + "--transport rdma");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--transport 'rdma'") != std::string::npos);
+  r = run_kvferry("demo --gpu fast");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--gpu 'fast'") != std::string::npos);
+}
+
+TEST_CASE("worker --gpu 0 without a GPU (or without CUDA) fails clearly") {
+  if (has_gpu())
+    return;
+  auto r = run_kvferry(worker_args + "--gpu 0");
+  INFO(r.output);
+#ifdef KVFERRY_HAVE_CUDA
+  // CUDA build, no device: the allocation names the ordinal.
+  CHECK(r.status == 1);
+  CHECK(r.output.find("GPU 0 requested") != std::string::npos);
+#else
+  CHECK(r.status == 2);
+  CHECK(r.output.find("no CUDA support") != std::string::npos);
+#endif
+}
+
+TEST_CASE("demo --gpu auto falls back to host memory without a GPU") {
+  if (has_gpu())
+    return;
+  auto r = run_kvferry("demo --requests 3 --max-tokens 128 --quiet");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("using host memory") != std::string::npos);
+  CHECK(r.output.find("| host memory, kvsock | 3 | 0 |") != std::string::npos);
+}
