@@ -28,8 +28,10 @@ struct run_result {
   std::string output;
 };
 
-run_result run_kvferry(const std::string& args) {
-  auto cmd = "timeout -k 5 150 " + kvferry_binary() + " " + args + " 2>&1";
+// `env` (e.g. "KVSOCK_FAULT_CORRUPT=1") reaches the demo's workers too.
+run_result run_kvferry(const std::string& args, const std::string& env = "") {
+  auto cmd = "env " + env + " timeout -k 5 150 " + kvferry_binary() + " " +
+             args + " 2>&1";
   run_result r;
   FILE* pipe = popen(cmd.c_str(), "r");
   REQUIRE(pipe != nullptr);
@@ -67,6 +69,21 @@ TEST_CASE("GPU demo over CUDA IPC: pull") {
 
 TEST_CASE("GPU demo over kvsock with GPU memory (--transport net)") {
   check_gpu_demo("--transport net", "GPU 0 memory, kvsock (GPU memory)");
+}
+
+TEST_CASE("GPU demo: a byte corrupted in flight is caught on the GPU") {
+  // kvsock flips one byte of the first send of each comm (sender side); the
+  // producer is on a GPU so it sends no XXH3, and the consumer regenerates
+  // the pattern and compares on its GPU.
+  auto r = run_kvferry(
+    "demo --gpu 0 --transport net --requests 5 --max-tokens 256 --quiet",
+    "KVSOCK_FAULT_CORRUPT=1");
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("FAILED") != std::string::npos);
+  CHECK(r.output.find("differs from what the producer wrote") !=
+        std::string::npos);
+  CHECK(r.output.find("in GPU 0 memory") != std::string::npos);
 }
 
 TEST_CASE("demo --gpu auto picks GPU 0") {

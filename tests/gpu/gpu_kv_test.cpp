@@ -74,8 +74,8 @@ TEST_CASE("GPU region: zeroed, and a missing GPU is named with the count") {
 
 TEST_CASE("GPU kv pattern writes the host pattern") {
   check_matches_host(65536, 0);  // the demo's block size
-  check_matches_host(1000, 0);   // tail bytes
-  check_matches_host(1000, 3);   // misaligned blocks: byte path
+  check_matches_host(1004, 0);   // tail bytes; odd blocks misaligned
+  check_matches_host(1004, 3);   // no block 8-byte aligned: byte path
 }
 
 TEST_CASE("GPU kv pattern check finds one corrupted byte") {

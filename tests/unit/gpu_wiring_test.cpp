@@ -77,7 +77,7 @@ TEST_CASE("data path: CUDA IPC only between same-host GPU regions") {
 }
 
 TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
-  constexpr std::uint64_t block = 1000;  // not a multiple of 8: tail bytes
+  constexpr std::uint64_t block = 1004;  // not a multiple of 8: tail bytes
   auto region = memory_region::allocate_host(16 * block, "pattern");
   kv_pattern pattern{region};
   std::vector<std::uint64_t> offsets{5 * block, 0, 9 * block, 2 * block};
@@ -89,12 +89,12 @@ TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
   fill_pattern(expected.data(), block, 7, 42, 4, 0);
   CHECK(std::equal(expected.begin(), expected.end(),
                    region->data() + 9 * block));
-  region->data()[9 * block + 999] ^= 1;
+  region->data()[9 * block + 1003] ^= 1;
   auto bad = pattern.check(offsets, where);
   REQUIRE(bad.has_value());
   CHECK(*bad == 2);
   // Another seed is another pattern.
-  region->data()[9 * block + 999] ^= 1;
+  region->data()[9 * block + 1003] ^= 1;
   where.seed = 8;
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
 }
