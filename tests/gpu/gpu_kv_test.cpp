@@ -9,8 +9,12 @@
 
 #include <vector>
 
+#include <caf/all.hpp>
+
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
 
 using namespace kvferry;
 
@@ -70,6 +74,37 @@ TEST_CASE("GPU region: zeroed, and a missing GPU is named with the count") {
                        doctest::Contains("GPU 999 requested, but this "
                                          "machine has"),
                        transport::gpu_error);
+}
+
+TEST_CASE("a GPU transfer endpoint advertises its pool's IPC handle") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  transfer_config tc;
+  tc.name = "decode-0";
+  tc.region = memory_region::allocate_cuda(0, 1 << 20, "pool");
+  tc.host_id = local_host_id();
+  caf::scoped_actor self{sys};
+  for (bool ipc : {true, false}) {
+    CAPTURE(ipc);
+    tc.use_ipc = ipc;
+    auto transfer = spawn_transfer(sys, tc);
+    self
+      ->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
+      .receive(
+        [&](proto::endpoint& ep) {
+          CHECK(ep.gpu == 0);
+          CHECK(ep.host_id == local_host_id());
+          // --transport net: no handle, so no peer picks CUDA IPC.
+          REQUIRE(ep.ipc_handle.empty() == !ipc);
+          if (ipc) {
+            auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
+            CHECK(handle.region_bytes == 1 << 20);
+            CHECK(handle.device == 0);
+          }
+        },
+        [&](const caf::error& err) { FAIL(render(err)); });
+    self->send_exit(transfer, caf::exit_reason::user_shutdown);
+  }
 }
 
 TEST_CASE("GPU kv pattern writes the host pattern") {

@@ -10,8 +10,11 @@
 #include <cstdio>
 #include <string>
 
+#include <caf/all.hpp>
+
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 
 using namespace kvferry;
@@ -74,6 +77,28 @@ TEST_CASE("data path: CUDA IPC only between same-host GPU regions") {
   auto anonymous = gpu_peer("");
   CHECK(choose_data_path(true, memory_kind::cuda, "", anonymous) ==
         data_path::plugin);
+}
+
+TEST_CASE("a host-memory transfer endpoint offers no IPC handle") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  transfer_config tc;
+  tc.name = "prefill-0";
+  tc.region = memory_region::allocate_host(8192, "pool");
+  tc.host_id = "hostA/boot1";
+  auto transfer = spawn_transfer(sys, tc);
+  caf::scoped_actor self{sys};
+  self->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
+    .receive(
+      [&](proto::endpoint& ep) {
+        CHECK(ep.name == "prefill-0");
+        CHECK(ep.host_id == "hostA/boot1");
+        CHECK(ep.gpu == -1);
+        CHECK(ep.region_bytes == 8192);
+        CHECK(ep.ipc_handle.empty());  // peers reach it through the plugin
+      },
+      [&](const caf::error& err) { FAIL(render(err)); });
+  self->send_exit(transfer, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
