@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
+#include "cuda.hpp"
+#include "kvferry/transport/net_v7.h"
 #include "log.hpp"
 
 namespace kvsock {
@@ -25,7 +28,24 @@ int64_t env_int(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   return value;
 }
 
+// KVSOCK_PTR_SUPPORT: "auto" (or unset) or "host".
+bool env_host_only() {
+  const char* text = std::getenv("KVSOCK_PTR_SUPPORT");
+  if (text == nullptr || *text == '\0' || std::strcmp(text, "auto") == 0)
+    return false;
+  if (std::strcmp(text, "host") == 0)
+    return true;
+  KVSOCK_WARN(
+      "ignoring KVSOCK_PTR_SUPPORT=\"%s\": expected \"host\" or \"auto\"",
+      text);
+  return false;
+}
+
 } // namespace
+
+int Config::ptr_support() const {
+  return NCCL_PTR_HOST | (!host_only && cuda::available() ? NCCL_PTR_CUDA : 0);
+}
 
 Config Config::from_env() {
   Config c;
@@ -42,6 +62,7 @@ Config Config::from_env() {
   c.connect_timeout_ms = static_cast<int>(
       env_int("KVSOCK_CONNECT_TIMEOUT_MS", c.connect_timeout_ms, 1, 3600000));
   c.unpack = env_int("KVSOCK_UNPACK", 0, 0, 1) == 1;
+  c.host_only = env_host_only();
   c.spin_us =
       static_cast<int>(env_int("KVSOCK_SPIN_US", c.spin_us, 0, 1000000));
   c.wait_us = static_cast<int>(env_int("KVSOCK_WAIT_US", c.wait_us, 0, 100000));

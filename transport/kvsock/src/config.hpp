@@ -29,6 +29,11 @@ struct Config {
       4 << 20; // KVSOCK_CUDA_STAGING: pinned bytes per data socket (CUDA only)
   int connect_timeout_ms = 20000; // KVSOCK_CONNECT_TIMEOUT_MS
   bool unpack = false;            // KVSOCK_UNPACK=1
+  // KVSOCK_PTR_SUPPORT=host: declare and accept host memory only, even with a
+  // CUDA device, so that a caller's staging path for host-only plugins can be
+  // tested against a real plugin. "auto" (default): HOST, plus CUDA when
+  // CUDA is available.
+  bool host_only = false;
   int spin_us =
       10; // KVSOCK_SPIN_US: test() spins this long without progress...
   int wait_us = 200; // KVSOCK_WAIT_US: ...then sleeps up to this long per call
@@ -41,6 +46,9 @@ struct Config {
       0; // KVSOCK_FAULT_CORRUPT: flip one byte of the Nth send (1-based)
 
   static Config from_env();
+
+  // The NCCL_PTR_* bits getProperties declares and regMr accepts.
+  int ptr_support() const;
 };
 
 } // namespace kvsock

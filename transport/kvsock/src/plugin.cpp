@@ -48,6 +48,10 @@ RecvComm* as_recv(void* comm) {
                                           : nullptr;
 }
 
+const char* ptr_support_name(int bits) {
+  return (bits & NCCL_PTR_CUDA) ? "HOST|CUDA" : "HOST";
+}
+
 // A registered region of `comm` that holds [data, data+size).
 const Region* region_for(const CommBase* comm, void* mhandle, const void* data,
                          size_t size) {
@@ -66,7 +70,7 @@ ncclResult_t kvsock_init(ncclDebugLogger_t logger) {
   return guarded("init", [] {
     cuda::probe();
     KVSOCK_INFO("kvsock ready: ptrSupport=%s",
-                cuda::available() ? "HOST|CUDA" : "HOST");
+                ptr_support_name(Config::from_env().ptr_support()));
     return ncclSuccess;
   });
 }
@@ -87,7 +91,7 @@ ncclResult_t kvsock_get_properties(int dev, ncclNetProperties_v7_t* props) {
   props->name = name;
   props->pciPath = nullptr;
   props->guid = 0x6b76736f636bull; // "kvsock"
-  props->ptrSupport = NCCL_PTR_HOST | (cuda::available() ? NCCL_PTR_CUDA : 0);
+  props->ptrSupport = config.ptr_support();
   props->speed = 100000; // Mbit/s: a loopback-class virtual NIC
   props->port = 0;
   props->latency = 0;
@@ -133,9 +137,10 @@ ncclResult_t kvsock_reg_mr(void* comm_ptr, void* data, int size, int type,
                 comm_ptr, data, size);
     return ncclInvalidArgument;
   }
-  if (type != NCCL_PTR_HOST && !(type == NCCL_PTR_CUDA && cuda::available())) {
+  const int supported = comm->config.ptr_support();
+  if ((type != NCCL_PTR_HOST && type != NCCL_PTR_CUDA) || !(type & supported)) {
     KVSOCK_WARN("regMr: memory type %d is not supported (ptrSupport is %s)",
-                type, cuda::available() ? "HOST|CUDA" : "HOST");
+                type, ptr_support_name(supported));
     return ncclInvalidArgument;
   }
   return guarded("regMr", [&] {
