@@ -39,3 +39,8 @@ add_dependencies(test_netcheck kvferry nccl-net-kvsock)
 kvferry_transport_test(test_bench_net SOURCES integration/bench_net_test.cpp
   LIBS kvferry_transport LABELS integration TIMEOUT 300)
 add_dependencies(test_bench_net kvferry nccl-net-kvsock)
+# Staging CUDA memory through pinned bounce slots for host-only plugins, with
+# host copiers standing in for CUDA (the GPU version is tests/gpu).
+kvferry_transport_test(test_transport_staging SOURCES unit/transport_staging_test.cpp
+  LIBS kvferry_transport LABELS unit TIMEOUT 120)
+add_dependencies(test_transport_staging nccl-net-kvsock)

@@ -8,11 +8,19 @@
 //   KVFERRY_FAKE_CONNECT_ROUNDS=r    connect and accept return a NULL comm r times first
 //   KVFERRY_FAKE_MAX_RECVS=n         maxRecvs (default 4)
 //   KVFERRY_FAKE_MAX_REQUESTS=m      requests a comm takes before answering NULL (default 64)
+// Its ptrSupport is NCCL_PTR_HOST only: regMr of any other type fails, as a
+// host-only TCP plugin's does (the channel must stage CUDA memory).
 // Counters for tests: kvferry_fake_null_requests, kvferry_fake_live_mrs,
-// kvferry_fake_open_comms, kvferry_fake_max_chunk (largest isend size).
+// kvferry_fake_open_comms, kvferry_fake_max_chunk (largest isend size),
+// kvferry_fake_refused_mrs (regMr calls refused for their memory type),
+// kvferry_fake_sends_posted (isends taken). A test that sets
+// kvferry_fake_fail_send_at to n makes the isend that brings sends_posted to
+// n complete with an error in test (never matched: the peer's receive waits).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <vector>
 #include <mutex>
 
 #include "kvferry/transport/net_v7.h"
@@ -22,6 +30,9 @@ __attribute__((visibility("default"))) long kvferry_fake_null_requests = 0;
 __attribute__((visibility("default"))) long kvferry_fake_live_mrs = 0;
 __attribute__((visibility("default"))) long kvferry_fake_open_comms = 0;
 __attribute__((visibility("default"))) long kvferry_fake_max_chunk = 0;
+__attribute__((visibility("default"))) long kvferry_fake_refused_mrs = 0;
+__attribute__((visibility("default"))) long kvferry_fake_sends_posted = 0;
+__attribute__((visibility("default"))) long kvferry_fake_fail_send_at = 0;
 }
 
 namespace {
@@ -41,16 +52,28 @@ struct request {
   int got[8] = {};
   int filled = 0;
   int* pending = nullptr;  // the comm's count of outstanding requests
+  struct pair_state* pair = nullptr;
 };
 
 struct pair_state {
   std::deque<request*> sends, recvs;
+  std::vector<request*> live;  // not yet reported by test: freed with the pair
   bool connected = false;
   int send_outstanding = 0, recv_outstanding = 0;
   int refs = 1;  // the listen comm and both endpoints
 };
 void unref(pair_state* pair) {
-  if (--pair->refs == 0) delete pair;
+  if (--pair->refs > 0) return;
+  for (request* r : pair->live) delete r;  // a failed channel drops its requests
+  delete pair;
+}
+request* new_request(kind what, pair_state* pair, int* pending) {
+  auto* r = new request{what};
+  r->pair = pair;
+  r->pending = pending;
+  ++*pending;
+  pair->live.push_back(r);
+  return r;
 }
 struct listen_comm {
   pair_state* pair;
@@ -176,9 +199,13 @@ ncclResult_t fake_accept(void* listen, void** recv, ncclNetDeviceHandle_v7_t**) 
   ++kvferry_fake_open_comms;
   return ncclSuccess;
 }
-ncclResult_t fake_reg(void* comm, void* data, int size, int, void** mh) {
+ncclResult_t fake_reg(void* comm, void* data, int size, int type, void** mh) {
   if (!comm || !data || size < 0) return ncclInvalidArgument;
   std::lock_guard<std::mutex> lock(mutex);
+  if (type != NCCL_PTR_HOST) {
+    ++kvferry_fake_refused_mrs;
+    return ncclInvalidArgument;
+  }
   *mh = std::malloc(1);
   ++kvferry_fake_live_mrs;
   return ncclSuccess;
@@ -195,12 +222,15 @@ ncclResult_t fake_isend(void* comm, void* data, int size, int tag, void* mh, voi
   if (!e || !e->send || !mh || size < 0) return ncclInvalidUsage;
   *req = nullptr;
   if (refuse_post(e->pair->send_outstanding)) return ncclSuccess;
-  auto* r = new request{kind::send};
+  auto* r = new_request(kind::send, e->pair, &e->pair->send_outstanding);
   r->data[0] = data;
   r->sizes[0] = size;
   r->tags[0] = tag;
-  r->pending = &e->pair->send_outstanding;
-  ++*r->pending;
+  if (++kvferry_fake_sends_posted == kvferry_fake_fail_send_at) {
+    r->done = r->failed = true;
+    *req = r;
+    return ncclSuccess;
+  }
   if (size > kvferry_fake_max_chunk) kvferry_fake_max_chunk = size;
   e->pair->sends.push_back(r);
   match(e->pair);
@@ -214,20 +244,16 @@ ncclResult_t fake_irecv(void* comm, int n, void** data, int* sizes, int* tags, v
   if (!e || e->send || n < 1 || n > max_recvs) return ncclInvalidUsage;
   *req = nullptr;
   if (refuse_post(e->pair->recv_outstanding)) return ncclSuccess;
-  auto* r = new request{kind::recv};
+  for (int i = 0; i < n; ++i)
+    if (!mh[i]) return ncclInvalidUsage;
+  auto* r = new_request(kind::recv, e->pair, &e->pair->recv_outstanding);
   r->n = n;
   for (int i = 0; i < n; ++i) {
-    if (!mh[i]) {
-      delete r;
-      return ncclInvalidUsage;
-    }
     r->data[i] = data[i];
     r->sizes[i] = sizes[i];
     r->tags[i] = tags[i];
     r->got[i] = -1;
   }
-  r->pending = &e->pair->recv_outstanding;
-  ++*r->pending;
   e->pair->recvs.push_back(r);
   match(e->pair);
   *req = r;
@@ -247,6 +273,8 @@ ncclResult_t fake_test(void* req, int* done, int* sizes) {
   if (sizes)
     for (int i = 0; i < r->n; ++i) sizes[i] = r->what == kind::send ? r->sizes[i] : r->got[i];
   --*r->pending;
+  auto& live = r->pair->live;
+  live.erase(std::find(live.begin(), live.end(), r));
   delete r;
   return failed ? ncclInvalidUsage : ncclSuccess;
 }

@@ -28,6 +28,7 @@ class fifo {
   bool empty() const { return count_ == 0; }
   size_t size() const { return count_; }
   T& front() { return items_[head_]; }
+  T& at(size_t i) { return items_[(head_ + i) % items_.size()]; }
   void pop() {
     head_ = (head_ + 1) % items_.size();
     --count_;
@@ -65,7 +66,14 @@ struct chunk {
   bool flushing = false;  // `request` is the iflush request
   size_t received = 0;
   void* request = nullptr;
+  // Staging: buffer k stands for the caller's user_data[k] and travels
+  // through bounce slot staged_slot[k] (-1: not staged, or no slot yet).
+  bool staged = false;
+  unsigned copying = 0;  // bit k: a copy of buffer k is in flight
+  int staged_slot[max_group] = {-1, -1, -1, -1, -1, -1, -1, -1};
+  void* user_data[max_group] = {};
 };
+static_assert(max_group == 8, "chunk::staged_slot lists one -1 per group buffer");
 
 }  // namespace
 
@@ -74,8 +82,21 @@ struct comm_slot {
   std::unique_ptr<ncclNetDeviceHandle_v7_t> device_storage;
   ncclNetDeviceHandle_v7_t* device = nullptr;
   fifo<chunk> waiting;      // not posted yet, in posting order
+  size_t prepared = 0;      // head chunks of `waiting` holding their bounce slots
   std::vector<chunk> out;   // posted, request outstanding (<= max_inflight)
+  std::vector<chunk> unstaging;  // received, host-to-device copies in flight
+  std::vector<int> free_slots;   // this comm's free bounce slots
   std::string failure;      // set once; ops point into it
+};
+
+// The pinned bounce slots of a staging channel: comm c owns slots
+// c*slots_per_comm .. (c+1)*slots_per_comm-1, each registered on comm c only.
+struct staging_ring {
+  std::unique_ptr<staging_copier> copier;
+  char* memory = nullptr;
+  size_t slot_bytes = 0;
+  std::vector<void*> mhandles;  // [slot]
+  char* slot_memory(int slot) const { return memory + static_cast<size_t>(slot) * slot_bytes; }
 };
 
 struct op_slot {
@@ -85,6 +106,7 @@ struct op_slot {
   size_t chunks_left = 0;
   size_t bytes = 0;
   const char* error = nullptr;
+  std::string own_error;  // a failure of this op alone (a staged copy)
   struct kept_request {
     int comm, n;
     void* request;
@@ -97,6 +119,7 @@ struct registration_slot {
   char* data = nullptr;
   size_t size = 0;
   int type = NCCL_PTR_HOST;
+  bool staged = false;  // nothing registered: travels through bounce slots
   size_t windows = 0;
   std::vector<void*> handles;  // [comm * windows + window]
 };
@@ -109,6 +132,8 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   direction dir = direction::send;
   channel_options options;
   bool unpack = false;
+  bool stage_cuda = false;  // the plugin lacks NCCL_PTR_CUDA
+  staging_ring staging;     // empty until the first staged registration
   std::vector<comm_slot> comms;
   std::vector<op_slot> ops;
   std::vector<uint32_t> free_ops;
@@ -123,6 +148,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                 channel_options options_)
       : net(std::move(plugin_)), dev(dev_), dir(dir_), options(std::move(options_)) {
     unpack = dir == direction::recv && net->device(dev).is_unpack();
+    stage_cuda = !net->device(dev).supports_cuda();
     ops.resize(std::max<size_t>(options.initial_ops, 1));
     for (size_t i = ops.size(); i-- > 0;) free_ops.push_back(static_cast<uint32_t>(i));
     finished.reserve(ops.size());
@@ -139,6 +165,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                      net->name(), dir_name(), options.peer, regs[r].size);
         deregister(static_cast<int>(r));
       }
+    deregister_staging();
     auto& table = net->net();
     for (size_t c = 0; c < comms.size(); ++c) {
       if (!comms[c].comm) continue;
@@ -149,6 +176,8 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                      dir == direction::send ? "closeSend" : "closeRecv", where(c),
                      result_name(rc));
     }
+    // Only now: the plugin may write into bounce slots until its comm closed.
+    free_staging();
   }
 
   const char* dir_name() const { return dir == direction::send ? "send" : "recv"; }
@@ -161,18 +190,13 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       throw transport_error(fmt::format("plugin {}: register_memory on the channel to {}: "
                                         "empty buffer ({} bytes at {})",
                                         net->name(), options.peer, bytes, data));
-    int slot;
-    if (free_regs.empty()) {
-      slot = static_cast<int>(regs.size());
-      regs.emplace_back();
-    } else {
-      slot = free_regs.back();
-      free_regs.pop_back();
-    }
+    if (type == NCCL_PTR_CUDA && stage_cuda) return register_staged(data, bytes);
+    int slot = take_registration_slot();
     auto& reg = regs[slot];
     reg.data = static_cast<char*>(data);
     reg.size = bytes;
     reg.type = type;
+    reg.staged = false;
     reg.windows = bytes <= size_t(INT_MAX) ? 1 : 0;
     if (!reg.windows)
       for (size_t start = 0;; start += window_step) {
@@ -196,13 +220,127 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
         }
       }
     reg.live = true;
+    return handle_of(slot);
+  }
+
+  int take_registration_slot() {
+    if (free_regs.empty()) {
+      regs.emplace_back();
+      return static_cast<int>(regs.size() - 1);
+    }
+    int slot = free_regs.back();
+    free_regs.pop_back();
+    return slot;
+  }
+
+  registration handle_of(int slot) {
+    auto& reg = regs[slot];
     registration out;
     out.state_ = weak_from_this();
     out.slot_ = slot;
-    out.data_ = data;
-    out.size_ = bytes;
-    out.type_ = type;
+    out.data_ = reg.data;
+    out.size_ = reg.size;
+    out.type_ = reg.type;
+    out.staged_ = reg.staged;
     return out;
+  }
+
+  // ---- staging (CUDA memory on a plugin without NCCL_PTR_CUDA) ------------------
+
+  std::string staging_context() const {
+    return fmt::format("plugin {}: staging CUDA memory on the {} channel to {}", net->name(),
+                       dir_name(), options.peer);
+  }
+
+  registration register_staged(void* data, size_t bytes) {
+    if (unpack)
+      throw transport_error(fmt::format(
+        "{}: an UNPACK receiver can't stage (its unpack kernel writes the destination); "
+        "this plugin must declare NCCL_PTR_CUDA",
+        staging_context()));
+    if (options.staging_slots == 0)
+      throw transport_error(fmt::format("{}: the plugin lacks NCCL_PTR_CUDA and staging is "
+                                        "off (channel_options::staging_slots is 0)",
+                                        staging_context()));
+    if (!staging.memory) open_staging(data);
+    int slot = take_registration_slot();
+    auto& reg = regs[slot];
+    reg.data = static_cast<char*>(data);
+    reg.size = bytes;
+    reg.type = NCCL_PTR_CUDA;
+    reg.staged = true;
+    reg.windows = 0;
+    reg.handles.clear();
+    reg.live = true;
+    return handle_of(slot);
+  }
+
+  // Once per channel: the copier, comms x staging_slots bounce slots of
+  // chunk_bytes, each registered as host memory on its comm.
+  void open_staging(const void* device_memory) {
+    const int per_comm = options.staging_slots;
+    const int total = per_comm * static_cast<int>(comms.size());
+    staging.slot_bytes = options.chunk_bytes;
+    try {
+      staging.copier = options.staging_copier ? options.staging_copier()
+                                              : make_cuda_staging_copier();
+      staging.copier->open(total, device_memory);
+      staging.memory =
+        static_cast<char*>(staging.copier->allocate_host(static_cast<size_t>(total) *
+                                                         staging.slot_bytes));
+    } catch (const std::exception& e) {
+      free_staging();
+      throw transport_error(fmt::format("{}: setting up {} bounce slots of {} bytes: {}",
+                                        staging_context(), total, staging.slot_bytes,
+                                        e.what()));
+    }
+    staging.mhandles.assign(static_cast<size_t>(total), nullptr);
+    auto& table = net->net();
+    for (int slot = 0; slot < total; ++slot) {
+      size_t c = static_cast<size_t>(slot / per_comm);
+      auto rc = table.regMr(comms[c].comm, staging.slot_memory(slot),
+                            static_cast<int>(staging.slot_bytes), NCCL_PTR_HOST,
+                            &staging.mhandles[static_cast<size_t>(slot)]);
+      if (rc != ncclSuccess) {
+        deregister_staging();
+        free_staging();
+        throw plugin_error(net->name(), "regMr",
+                           rc, fmt::format("{}, bounce slot {} ({} bytes of pinned memory)",
+                                           where(c), slot, staging.slot_bytes));
+      }
+    }
+    for (size_t c = 0; c < comms.size(); ++c) {
+      auto& free = comms[c].free_slots;
+      free.clear();
+      for (int i = per_comm; i-- > 0;) free.push_back(static_cast<int>(c) * per_comm + i);
+      comms[c].unstaging.reserve(static_cast<size_t>(per_comm));  // one slot each at least
+    }
+    spdlog::info("plugin {} lacks NCCL_PTR_CUDA: the {} channel to {} stages CUDA memory "
+                 "through {} pinned bounce slots of {} bytes",
+                 net->name(), dir_name(), options.peer, total, staging.slot_bytes);
+  }
+
+  void deregister_staging() {
+    if (staging.mhandles.empty()) return;
+    auto& table = net->net();
+    const size_t per_comm = static_cast<size_t>(options.staging_slots);
+    for (size_t slot = 0; slot < staging.mhandles.size(); ++slot) {
+      if (!staging.mhandles[slot]) continue;
+      size_t c = slot / per_comm;
+      if (auto rc = table.deregMr(comms[c].comm, staging.mhandles[slot]); rc != ncclSuccess)
+        spdlog::warn("plugin {}: deregMr({}, bounce slot {}) failed: {}", net->name(), where(c),
+                     slot, result_name(rc));
+    }
+    staging.mhandles.clear();
+  }
+
+  // Waits for copies still in flight, then frees the bounce memory.
+  void free_staging() noexcept {
+    if (!staging.copier) return;
+    staging.copier->wait_all();
+    if (staging.memory) staging.copier->free_host(staging.memory);
+    staging.memory = nullptr;
+    staging.copier.reset();
   }
 
   void deregister(int slot) {
@@ -236,6 +374,22 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
         "bytes at {}",
         net->name(), call, options.peer, bytes, data, reg.size, static_cast<void*>(reg.data)));
     return reg;
+  }
+
+  // Buffer k of a chunk: the caller's memory, or (staged) a bounce slot
+  // that prepare() assigns later.
+  void describe_buffer(chunk& ch, int k, const registration_slot& reg, size_t comm,
+                       char* at) const {
+    if (reg.staged) {
+      ch.staged = true;
+      ch.user_data[k] = at;
+      ch.data[k] = nullptr;
+      ch.mhandles[k] = nullptr;
+      return;
+    }
+    ch.data[k] = at;
+    ch.mhandles[k] = handle_for(reg, comm, at);
+    ch.cuda = ch.cuda || (dir == direction::recv && reg.type == NCCL_PTR_CUDA);
   }
 
   void* handle_for(const registration_slot& reg, size_t comm, const char* at) const {
@@ -289,11 +443,9 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       size_t c = take_comm();
       chunk ch;
       ch.op = slot;
-      ch.data[0] = data + offset;
       ch.sizes[0] = static_cast<int>(len);
       ch.tags[0] = tag;
-      ch.mhandles[0] = handle_for(reg, c, data + offset);
-      ch.cuda = dir == direction::recv && reg.type == NCCL_PTR_CUDA;
+      describe_buffer(ch, 0, reg, c, data + offset);
       comms[c].waiting.push(ch);
     }
     pump_all();
@@ -309,6 +461,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                                         "this device groups 1 to {}",
                                         net->name(), call, options.peer, count, limit));
     // Check every buffer before anything is queued: a bad one posts nothing.
+    int staged_buffers = 0;
     for (int i = 0; i < count; ++i) {
       auto& b = buffers[i];
       size_t bytes = byte_count(b);
@@ -317,8 +470,14 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                                           "{} bytes (at most {}) or no registration",
                                           net->name(), call, options.peer, i, bytes,
                                           options.chunk_bytes));
-      checked_registration(*b.mr, b.data, bytes, call);
+      staged_buffers += checked_registration(*b.mr, b.data, bytes, call).staged;
     }
+    // A grouped receive holds a bounce slot per staged buffer at once.
+    if (dir == direction::recv && staged_buffers > options.staging_slots)
+      throw transport_error(fmt::format("{}: {}: {} staged buffers in one group, but a comm "
+                                        "has only {} bounce slots (staging_slots)",
+                                        staging_context(), call, staged_buffers,
+                                        options.staging_slots));
     size_t c = take_comm();
     bool send = dir == direction::send;
     uint32_t slot = allocate_op(send ? count : 1);
@@ -330,21 +489,17 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       size_t bytes = byte_count(b);
       auto* data = static_cast<char*>(const_cast<void*>(static_cast<const void*>(b.data)));
       auto& reg = regs[b.mr->slot_];
-      chunk ch;
-      ch.op = slot;
-      ch.data[0] = data;
-      ch.sizes[0] = static_cast<int>(bytes);
-      ch.tags[0] = b.tag;
-      ch.mhandles[0] = handle_for(reg, c, data);
-      ch.cuda = !send && reg.type == NCCL_PTR_CUDA;
       if (send) {
+        chunk ch;
+        ch.op = slot;
+        ch.sizes[0] = static_cast<int>(bytes);
+        ch.tags[0] = b.tag;
+        describe_buffer(ch, 0, reg, c, data);
         comms[c].waiting.push(ch);
       } else {
-        grouped.data[i] = ch.data[0];
-        grouped.sizes[i] = ch.sizes[0];
-        grouped.tags[i] = ch.tags[0];
-        grouped.mhandles[i] = ch.mhandles[0];
-        grouped.cuda = grouped.cuda || ch.cuda;
+        grouped.sizes[i] = static_cast<int>(bytes);
+        grouped.tags[i] = b.tag;
+        describe_buffer(grouped, i, reg, c, data);
       }
     }
     if (!send) comms[c].waiting.push(grouped);
@@ -366,8 +521,19 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   void fail_chunk(const comm_slot& comm, const chunk& ch) {
     auto& op = ops[ch.op];
     op.failed = true;
-    op.error = comm.failure.c_str();
+    if (!op.error) op.error = comm.failure.c_str();
     if (--op.chunks_left == 0) finished.push(ch.op);
+  }
+
+  // One operation failed on its own (a host-to-device copy): the comm and
+  // its matching are intact. The first error wins.
+  void fail_op(uint32_t slot, std::string why) {
+    auto& op = ops[slot];
+    op.failed = true;
+    if (op.error) return;
+    op.own_error = std::move(why);
+    op.error = op.own_error.c_str();
+    spdlog::error("{}", op.own_error);
   }
 
   void fail_comm(size_t c, std::string why) {
@@ -376,11 +542,119 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       comm.failure = std::move(why);
       spdlog::error("{}", comm.failure);
     }
+    // Bounce slots of these chunks are never reused: the plugin may still
+    // write into a receive's slot, a copy may still read a send's. Chunks in
+    // `unstaging` finish on their own (their copies don't need the comm).
     for (auto& ch : comm.out) fail_chunk(comm, ch);
     comm.out.clear();
     while (!comm.waiting.empty()) {
       fail_chunk(comm, comm.waiting.front());
       comm.waiting.pop();
+    }
+    comm.prepared = 0;
+  }
+
+  std::string staging_failure(size_t c, const char* what, const std::exception& e) const {
+    return fmt::format("{}, {}: {}: {}", staging_context(), where(c), what, e.what());
+  }
+
+  static int staged_buffers(const chunk& ch) {
+    int count = 0;
+    for (int k = 0; k < ch.n; ++k) count += ch.user_data[k] != nullptr;
+    return count;
+  }
+
+  // Gives the chunks at the head of comm c's FIFO their bounce slots, in
+  // posting order, and starts the device-to-host copies of staged sends. A
+  // chunk that finds too few free slots stops it: nothing overtakes it.
+  // False when the comm failed.
+  bool prepare(size_t c) {
+    auto& comm = comms[c];
+    while (comm.prepared < comm.waiting.size()) {
+      chunk& ch = comm.waiting.at(comm.prepared);
+      if (ch.staged) {
+        if (comm.free_slots.size() < static_cast<size_t>(staged_buffers(ch))) return true;
+        for (int k = 0; k < ch.n; ++k)
+          if (ch.user_data[k] && !take_slot(c, ch, k)) return false;
+      }
+      ++comm.prepared;
+    }
+    return true;
+  }
+
+  bool take_slot(size_t c, chunk& ch, int k) {
+    auto& comm = comms[c];
+    int slot = comm.free_slots.back();
+    comm.free_slots.pop_back();
+    ch.staged_slot[k] = slot;
+    ch.data[k] = staging.slot_memory(slot);
+    ch.mhandles[k] = staging.mhandles[static_cast<size_t>(slot)];
+    if (dir == direction::recv || ch.sizes[k] == 0) return true;
+    try {
+      staging.copier->start(slot, ch.data[k], ch.user_data[k], static_cast<size_t>(ch.sizes[k]));
+    } catch (const std::exception& e) {
+      // Skipping this chunk would shift the peer's matching: the comm fails.
+      fail_comm(c, staging_failure(c, "device-to-host copy of a send", e));
+      return false;
+    }
+    ch.copying |= 1u << k;
+    return true;
+  }
+
+  // Polls the copies of `ch` still in flight; true once none is left. A
+  // failed copy throws (the caller decides what fails).
+  bool copies_done(chunk& ch) {
+    for (int k = 0; k < ch.n; ++k)
+      if ((ch.copying & (1u << k)) && staging.copier->done(ch.staged_slot[k]))
+        ch.copying &= ~(1u << k);
+    return ch.copying == 0;
+  }
+
+  void release_slots(size_t c, chunk& ch) {
+    for (int k = 0; k < ch.n; ++k)
+      if (ch.staged_slot[k] >= 0) {
+        comms[c].free_slots.push_back(ch.staged_slot[k]);
+        ch.staged_slot[k] = -1;
+      }
+  }
+
+  // A staged receive landed in its bounce slots: copy each buffer to the
+  // caller's memory; the chunk finishes once the copies did.
+  void start_unstaging(size_t c, chunk& ch) {
+    for (int k = 0; k < ch.n; ++k) {
+      if (ch.staged_slot[k] < 0 || ch.sizes[k] <= 0) continue;
+      try {
+        staging.copier->start(ch.staged_slot[k], ch.user_data[k], ch.data[k],
+                              static_cast<size_t>(ch.sizes[k]));
+        ch.copying |= 1u << k;
+      } catch (const std::exception& e) {
+        fail_op(ch.op, staging_failure(c, "host-to-device copy of a receive", e));
+      }
+    }
+    if (ch.copying) {
+      comms[c].unstaging.push_back(ch);
+    } else {
+      release_slots(c, ch);
+      finish_chunk(c, ch, ch.received);
+    }
+  }
+
+  void finish_unstaged(size_t c) {
+    auto& list = comms[c].unstaging;
+    for (size_t i = 0; i < list.size();) {
+      chunk& ch = list[i];
+      try {
+        if (!copies_done(ch)) {
+          ++i;
+          continue;
+        }
+      } catch (const std::exception& e) {
+        fail_op(ch.op, staging_failure(c, "host-to-device copy of a receive", e));
+        ch.copying = 0;  // a failed copy is over; CUDA errors are sticky anyway
+      }
+      release_slots(c, ch);
+      finish_chunk(c, ch, ch.received);
+      list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
     }
   }
 
@@ -389,10 +663,15 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   void pump(size_t c) {
     auto& comm = comms[c];
     if (!comm.failure.empty()) return fail_comm(c, comm.failure);
+    if (!prepare(c)) return;
     auto& table = net->net();
-    while (!comm.waiting.empty() &&
-           comm.out.size() < static_cast<size_t>(options.max_inflight)) {
+    while (comm.prepared > 0 && comm.out.size() < static_cast<size_t>(options.max_inflight)) {
       chunk& ch = comm.waiting.front();
+      try {
+        if (!copies_done(ch)) return;  // a staged send's bytes aren't in its slot yet
+      } catch (const std::exception& e) {
+        return fail_comm(c, staging_failure(c, "device-to-host copy of a send", e));
+      }
       ch.request = nullptr;
       ncclResult_t rc;
       if (dir == direction::send)
@@ -407,6 +686,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
       if (!ch.request) return;  // flow control: try again from the next poll
       comm.out.push_back(ch);
       comm.waiting.pop();
+      --comm.prepared;
     }
   }
 
@@ -452,7 +732,12 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
           }
         }
       }
-      finish_chunk(c, ch, ch.received);
+      if (ch.staged && dir == direction::recv) {
+        start_unstaging(c, ch);
+      } else {
+        release_slots(c, ch);
+        finish_chunk(c, ch, ch.received);
+      }
       comm.out.erase(comm.out.begin() + static_cast<std::ptrdiff_t>(i));
     }
   }
@@ -460,6 +745,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   size_t poll(completion_fn on_done, void* context) {
     for (size_t c = 0; c < comms.size(); ++c) {
       test_outstanding(c);
+      if (staging.copier) finish_unstaged(c);
       pump(c);
     }
     size_t reported = 0;
@@ -508,6 +794,9 @@ std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net, int dev, 
                                       options.peer, options.chunk_bytes, max_chunk_bytes));
   if (options.max_inflight < 1)
     throw transport_error(fmt::format("channel to {}: max_inflight must be >= 1", options.peer));
+  if (options.staging_slots < 0 || options.staging_slots > max_staging_slots)
+    throw transport_error(fmt::format("channel to {}: staging_slots {} outside 0..{}",
+                                      options.peer, options.staging_slots, max_staging_slots));
   options.comms = static_cast<int>(comm_count);
   auto state = std::make_shared<channel_state>(std::move(net), dev, dir, std::move(options));
   state->comms.resize(comm_count);
@@ -544,6 +833,7 @@ registration& registration::operator=(registration&& other) noexcept {
     data_ = other.data_;
     size_ = other.size_;
     type_ = other.type_;
+    staged_ = other.staged_;
   }
   return *this;
 }
@@ -572,6 +862,13 @@ registration channel::register_memory(void* data, size_t bytes, int type) {
 size_t channel::poll_raw(detail::completion_fn on_done, void* context) {
   if (!state_) return 0;
   return state_->poll(on_done, context);
+}
+
+bool channel::stages_cuda() const noexcept { return state_ && state_->stage_cuda; }
+
+size_t channel::staging_bytes() const noexcept {
+  if (!state_ || !state_->staging.memory) return 0;
+  return state_->staging.mhandles.size() * state_->staging.slot_bytes;
 }
 
 size_t channel::in_flight() const noexcept { return state_ ? state_->in_flight : 0; }

@@ -27,6 +27,22 @@
 // requests plus a FIFO of waiting chunks that grows only when the caller
 // posts faster than the plugin drains (then it stays at its high-water mark).
 //
+// CUDA memory on a plugin without NCCL_PTR_CUDA in its ptrSupport is
+// *staged*: register_memory(p, n, NCCL_PTR_CUDA) then registers nothing with
+// the plugin; the channel instead owns a ring of pinned host bounce slots
+// (staging_slots per comm, chunk_bytes each, allocated and registered as host
+// memory once per channel, at its first staged registration). A staged send
+// chunk is copied device-to-host into a free slot and posted from there once
+// the copy completed; a staged receive chunk lands in a slot and is copied
+// host-to-device before its operation is reported. Posting order on every
+// comm stays the caller's: a chunk that finds no free slot waits at the head
+// of its comm's FIFO and everything behind it waits too. Callers see no
+// difference except registration::staged() and the extra latency of a copy.
+// A failed device-to-host copy fails its comm (the peer's matching would
+// break if the chunk were skipped); a failed host-to-device copy fails its
+// receive only. UNPACK receivers are never staged (their kernel writes the
+// destination).
+//
 // Threading: a channel and its registrations belong to one thread at a time
 // (the transfer actor's). Errors: a failing plugin call throws plugin_error
 // from post_* or fails the affected operations through their completion (the
@@ -42,6 +58,7 @@
 #include <vector>
 
 #include "kvferry/transport/plugin.hpp"
+#include "kvferry/transport/staging.hpp"
 
 namespace kvferry::transport {
 
@@ -53,7 +70,16 @@ struct channel_options {
   int max_inflight = NCCL_NET_MAX_REQUESTS;  // plugin requests out per comm
   size_t initial_ops = 256;             // op table size before it has to grow
   std::string peer = "peer";            // named in every error message
+  // Staging (plugins without NCCL_PTR_CUDA): bounce slots per comm, each
+  // chunk_bytes, so the pinned memory of a channel is at most
+  // comms x staging_slots x chunk_bytes (16 MiB by default). 0 refuses to
+  // stage: CUDA registrations on such a plugin then fail.
+  int staging_slots = 4;
+  // Makes the copier of a staging channel; empty means the CUDA copier
+  // (make_cuda_staging_copier). Tests pass make_host_staging_copier.
+  staging_copier_factory staging_copier;
 };
+constexpr int max_staging_slots = 64;
 // Largest chunk: registrations above 2^31-1 bytes are made of overlapping
 // 1 GiB windows every 512 MiB, so any chunk of <= 512 MiB fits in one window.
 constexpr size_t max_chunk_bytes = size_t{512} << 20;
@@ -87,6 +113,9 @@ class registration {
   void* data() const noexcept { return data_; }
   size_t size() const noexcept { return size_; }
   int type() const noexcept { return type_; }
+  // True for CUDA memory the plugin can't take: it travels through the
+  // channel's pinned bounce slots (nothing was registered with the plugin).
+  bool staged() const noexcept { return staged_; }
 
  private:
   friend struct detail::channel_state;
@@ -95,6 +124,7 @@ class registration {
   void* data_ = nullptr;
   size_t size_ = 0;
   int type_ = NCCL_PTR_HOST;
+  bool staged_ = false;
   void reset() noexcept;
 };
 
@@ -105,8 +135,13 @@ class channel {
   channel& operator=(channel&&) noexcept;
   ~channel();  // deregisters what is left, then closes every comm
 
-  // regMr on every comm. `type` is NCCL_PTR_HOST or NCCL_PTR_CUDA.
+  // regMr on every comm. `type` is NCCL_PTR_HOST or NCCL_PTR_CUDA; CUDA
+  // memory on a plugin without NCCL_PTR_CUDA is staged (see above).
   registration register_memory(void* data, size_t bytes, int type = NCCL_PTR_HOST);
+  // True when CUDA registrations on this channel are staged.
+  bool stages_cuda() const noexcept;
+  // Pinned bounce memory this channel holds (0 until a staged registration).
+  size_t staging_bytes() const noexcept;
 
   // Posts what waits, tests what is out, and calls on_done(const completion&)
   // once per finished operation. Returns how many finished. Never blocks.
