@@ -22,3 +22,8 @@ kvferry_add_test(NAME test_gpu_kv SOURCES gpu/gpu_kv_test.cpp
 kvferry_add_test(NAME test_gpu_demo SOURCES gpu/gpu_demo_test.cpp
   LIBS kvferry_build_flags GPU LABELS integration TIMEOUT 600)
 add_dependencies(test_gpu_demo kvferry)
+# kvsock forced host-only (KVSOCK_PTR_SUPPORT=host): the channel stages CUDA
+# regions through pinned bounce slots with CUDA copies; every byte verified.
+kvferry_add_test(NAME test_gpu_staging_kvsock SOURCES gpu/gpu_staging_kvsock_test.cpp
+  LIBS kvferry_transport GPU LABELS integration TIMEOUT 180)
+add_dependencies(test_gpu_staging_kvsock nccl-net-kvsock)

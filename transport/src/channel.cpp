@@ -555,7 +555,7 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   }
 
   std::string staging_failure(size_t c, const char* what, const std::exception& e) const {
-    return fmt::format("{}, {}: {}: {}", staging_context(), where(c), what, e.what());
+    return fmt::format("{}, comm {}: {}: {}", staging_context(), c, what, e.what());
   }
 
   static int staged_buffers(const chunk& ch) {
