@@ -6,13 +6,13 @@
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+#include <cuda_runtime_api.h>
 
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -32,22 +32,31 @@ struct pair_of_channels {
 };
 
 pair_of_channels connect_kvsock() {
-  ::setenv("KVSOCK_PTR_SUPPORT", "host", 1);  // read at getProperties and per comm
-  auto net = plugin::load("kvsock");         // KVFERRY_PLUGIN_PATH is set by ctest
-  REQUIRE_MESSAGE(!net->device(0).supports_cuda(),
-                  "kvsock still declares NCCL_PTR_CUDA with KVSOCK_PTR_SUPPORT=host");
+  ::setenv("KVSOCK_PTR_SUPPORT", "host",
+           1); // read at getProperties and per comm
+  // No probe child: this process already initialised CUDA (the GPU check in
+  // main), and CUDA in a child forked after that is undefined.
+  load_options no_probe;
+  no_probe.probe_first = false;
+  auto net =
+      plugin::load("kvsock", no_probe); // KVFERRY_PLUGIN_PATH is set by ctest
+  REQUIRE_MESSAGE(
+      !net->device(0).supports_cuda(),
+      "kvsock still declares NCCL_PTR_CUDA with KVSOCK_PTR_SUPPORT=host");
   channel_options options;
   options.comms = comms;
   options.chunk_bytes = chunk;
-  options.staging_slots = slots;  // default copier: CUDA
+  options.staging_slots = slots; // default copier: CUDA
   options.peer = "kvsock-loopback";
   channel_listener listener(net, 0, options);
   channel_connector connector(net, 0, listener.handles(), options);
   bool sent = false, accepted = false;
   auto deadline = std::chrono::steady_clock::now() + 20s;
   while (!(sent && accepted) && std::chrono::steady_clock::now() < deadline) {
-    if (!sent) sent = connector.try_connect();
-    if (!accepted) accepted = listener.try_accept();
+    if (!sent)
+      sent = connector.try_connect();
+    if (!accepted)
+      accepted = listener.try_accept();
   }
   REQUIRE(sent);
   REQUIRE(accepted);
@@ -67,24 +76,29 @@ std::vector<unsigned char> pattern(size_t bytes, unsigned seed) {
 }
 
 // A region of `kind` filled with `content` (device or pinned host).
-gpu_region make_region(memory_kind kind, const std::vector<unsigned char>& content) {
-  auto region = kind == memory_kind::cuda ? gpu_region::allocate_device(gpu, content.size())
-                                          : gpu_region::allocate_host(content.size());
-  REQUIRE(cudaMemcpy(region.data(), content.data(), content.size(), cudaMemcpyDefault) ==
-          cudaSuccess);
+gpu_region make_region(memory_kind kind,
+                       const std::vector<unsigned char>& content) {
+  auto region = kind == memory_kind::cuda
+                    ? gpu_region::allocate_device(gpu, content.size())
+                    : gpu_region::allocate_host(content.size());
+  REQUIRE(cudaMemcpy(region.data(), content.data(), content.size(),
+                     cudaMemcpyDefault) == cudaSuccess);
   return region;
 }
 
 std::vector<unsigned char> read_back(const gpu_region& region) {
   std::vector<unsigned char> out(region.size());
-  REQUIRE(cudaMemcpy(out.data(), region.data(), out.size(), cudaMemcpyDefault) == cudaSuccess);
+  REQUIRE(cudaMemcpy(out.data(), region.data(), out.size(),
+                     cudaMemcpyDefault) == cudaSuccess);
   return out;
 }
 
 int nccl_type(memory_kind kind) {
   return kind == memory_kind::cuda ? NCCL_PTR_CUDA : NCCL_PTR_HOST;
 }
-const char* name_of(memory_kind kind) { return kind == memory_kind::cuda ? "GPU" : "host"; }
+const char* name_of(memory_kind kind) {
+  return kind == memory_kind::cuda ? "GPU" : "host";
+}
 
 // Sends `sizes` back to back from one region to another (all posted before
 // any completes, so bounce slots run out), waits for every completion
@@ -92,7 +106,8 @@ const char* name_of(memory_kind kind) { return kind == memory_kind::cuda ? "GPU"
 void check_transfer(pair_of_channels& ch, memory_kind from, memory_kind to,
                     const std::vector<size_t>& sizes, const char* what) {
   size_t total = 0;
-  for (size_t s : sizes) total += s;
+  for (size_t s : sizes)
+    total += s;
   auto expected = pattern(total, static_cast<unsigned>(total));
   auto source = make_region(from, expected);
   auto sink = make_region(to, std::vector<unsigned char>(total, 0));
@@ -114,24 +129,28 @@ void check_transfer(pair_of_channels& ch, memory_kind from, memory_kind to,
          std::chrono::steady_clock::now() < deadline) {
     ch.tx.poll([&](const completion& c) {
       c.ok ? ++sends_ok : ++failed;
-      if (!c.ok && first_error.empty()) first_error = c.error;
+      if (!c.ok && first_error.empty())
+        first_error = c.error;
     });
     ch.rx.poll([&](const completion& c) {
       c.ok ? ++receives_ok : ++failed;
-      if (!c.ok && first_error.empty()) first_error = c.error;
+      if (!c.ok && first_error.empty())
+        first_error = c.error;
       received_bytes += c.bytes;
     });
   }
   auto got = read_back(sink);
   size_t wrong = 0;
-  for (size_t i = 0; i < total; ++i) wrong += got[i] != expected[i];
-  bool pass = sends_ok == sizes.size() && receives_ok == sizes.size() && wrong == 0 &&
-              received_bytes == total;
+  for (size_t i = 0; i < total; ++i)
+    wrong += got[i] != expected[i];
+  bool pass = sends_ok == sizes.size() && receives_ok == sizes.size() &&
+              wrong == 0 && received_bytes == total;
   std::printf("staging check: %-44s %s -> %s, %zu operations, %zu bytes moved, "
               "%zu wrong bytes, %zu failed operations: %s\n",
-              what, name_of(from), name_of(to), sizes.size(), received_bytes, wrong, failed,
-              pass ? "PASS" : "FAIL");
-  if (!first_error.empty()) std::printf("  first error: %s\n", first_error.c_str());
+              what, name_of(from), name_of(to), sizes.size(), received_bytes,
+              wrong, failed, pass ? "PASS" : "FAIL");
+  if (!first_error.empty())
+    std::printf("  first error: %s\n", first_error.c_str());
   std::fflush(stdout);
   CHECK(sends_ok == sizes.size());
   CHECK(receives_ok == sizes.size());
@@ -139,31 +158,38 @@ void check_transfer(pair_of_channels& ch, memory_kind from, memory_kind to,
   CHECK(wrong == 0);
 }
 
-}  // namespace
+} // namespace
 
-TEST_CASE("kvsock forced host-only carries CUDA regions through pinned staging, every byte") {
-  std::printf("staging check: kvsock with KVSOCK_PTR_SUPPORT=host, %d comms, %zu-byte chunks, "
+TEST_CASE("kvsock forced host-only carries CUDA regions through pinned "
+          "staging, every byte") {
+  std::printf("staging check: kvsock with KVSOCK_PTR_SUPPORT=host, %d comms, "
+              "%zu-byte chunks, "
               "%d bounce slots per comm (%zu pinned bytes per channel)\n",
               comms, chunk, slots, comms * slots * chunk);
   auto ch = connect_kvsock();
   CHECK(ch.tx.stages_cuda());
   CHECK(ch.rx.stages_cuda());
 
-  check_transfer(ch, memory_kind::cuda, memory_kind::cuda, {1, 4097, chunk, 7 * chunk + 3},
+  check_transfer(ch, memory_kind::cuda, memory_kind::cuda,
+                 {1, 4097, chunk, 7 * chunk + 3},
                  "odd sizes, one and several chunks");
   CHECK(ch.tx.staging_bytes() == comms * slots * chunk);
-  check_transfer(ch, memory_kind::cuda, memory_kind::cuda, std::vector<size_t>(64, chunk + 5),
+  check_transfer(ch, memory_kind::cuda, memory_kind::cuda,
+                 std::vector<size_t>(64, chunk + 5),
                  "64 operations posted at once (slots run out)");
   check_transfer(ch, memory_kind::cuda, memory_kind::cuda, {size_t{256} << 20},
                  "one 256 MiB operation");
-  check_transfer(ch, memory_kind::cuda, memory_kind::host, {3 * chunk + 1, 100, 5 * chunk},
+  check_transfer(ch, memory_kind::cuda, memory_kind::host,
+                 {3 * chunk + 1, 100, 5 * chunk},
                  "staged sender, host receiver");
-  check_transfer(ch, memory_kind::host, memory_kind::cuda, {3 * chunk + 1, 100, 5 * chunk},
+  check_transfer(ch, memory_kind::host, memory_kind::cuda,
+                 {3 * chunk + 1, 100, 5 * chunk},
                  "host sender, staged receiver");
   CHECK(ch.tx.in_flight() == 0);
   CHECK(ch.rx.in_flight() == 0);
 }
 
 #else
-TEST_CASE("the staging GPU test needs a CUDA build") {}
+TEST_CASE("the staging GPU test needs a CUDA build") {
+}
 #endif
