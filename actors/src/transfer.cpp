@@ -647,19 +647,12 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
 
 // ---- the progress loop -----------------------------------------------------------
 
-// The whole region, once per channel. GPU memory only where the plugin
-// takes NCCL_PTR_CUDA (kvsock stages it through host memory itself).
-registration register_region(transfer_state& st, transport::channel& channel,
-                             const std::string& peer) {
+// The whole region, once per channel. GPU memory goes to the plugin as
+// NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel stages it
+// through pinned bounce buffers (docs/gpu.md, "Staging"): nothing to decide
+// here.
+registration register_region(transfer_state& st, transport::channel& channel) {
   auto& region = *st.cfg.region;
-  if (region.kind() == memory_kind::cuda &&
-      !st.cfg.net->device(st.cfg.device).supports_cuda())
-    throw std::runtime_error(fmt::format(
-      "plugin {} (device {}) does not take GPU memory (no NCCL_PTR_CUDA in "
-      "ptrSupport), so region '{}' on GPU {} cannot go to '{}' over it; use "
-      "host memory (--gpu none), CUDA IPC for same-host peers, or a plugin "
-      "with NCCL_PTR_CUDA",
-      st.cfg.net->name(), st.cfg.device, region.name(), region.gpu(), peer));
   return channel.register_memory(region.data(), region.size(),
                                  region.nccl_ptr_type());
 }
@@ -708,7 +701,7 @@ bool progress_out(self_ptr self) {
         if (p.connector->try_connect()) {
           p.channel.emplace(p.connector->take());
           p.connector.reset();
-          p.reg = register_region(st, *p.channel, name);
+          p.reg = register_region(st, *p.channel);
           st.stats.comms_opened += st.cfg.comms_per_peer;
           st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
           ++st.stats.registrations;
@@ -758,7 +751,7 @@ bool progress_in(self_ptr self) {
           p.channel.emplace(p.listener->take());
           p.listener.reset();
           st.metrics.peer(name).comms->set(p.channel->comm_count());
-          p.reg = register_region(st, *p.channel, name);
+          p.reg = register_region(st, *p.channel);
           ++st.stats.registrations;
           progressed = true;
           while (!p.waiting.empty()) {

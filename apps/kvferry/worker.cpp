@@ -89,21 +89,16 @@ std::shared_ptr<memory_region> allocate_pool(const worker_command& cmd,
                  : memory_region::allocate_cuda(gpu, bytes, name);
 }
 
-// A GPU pool must reach peers: the plugin has to take CUDA memory unless
-// every peer is a same-host GPU worker reached over CUDA IPC.
-std::string check_plugin_takes(const worker_command& cmd,
-                               const transport::plugin& net, int gpu) {
+// A GPU pool reaches net peers either way: registered with the plugin where
+// its ptrSupport has NCCL_PTR_CUDA, else staged by the channel wrapper.
+void note_gpu_path(const worker_command& cmd, const transport::plugin& net,
+                   int gpu) {
   if (gpu < 0 || net.device(0).supports_cuda())
-    return {};
-  auto why = fmt::format("plugin {} does not take GPU memory (no "
-                         "NCCL_PTR_CUDA in its ptrSupport)",
-                         net.name());
-  if (cmd.transport == "net")
-    return why + "; --transport net needs it (use --gpu none)";
-  spdlog::warn("worker {}: {}: only same-host GPU peers (CUDA IPC) can "
-               "exchange KV with this worker",
-               cmd.name, why);
-  return {};
+    return;
+  spdlog::info("worker {}: plugin {} does not take GPU memory (no "
+               "NCCL_PTR_CUDA in its ptrSupport): KV for net peers is staged "
+               "through pinned host buffers by the channel wrapper",
+               cmd.name, net.name());
 }
 
 region_info describe_region(const memory_region& region,
@@ -192,10 +187,7 @@ int run_worker(worker_command& cmd) {
   if (!exporter)
     return 1;
   auto gpu = resolve_gpu(cmd.gpu, "worker " + cmd.name);
-  if (auto bad = check_plugin_takes(cmd, *net, gpu); !bad.empty()) {
-    spdlog::error("worker {}: {}", cmd.name, bad);
-    return 1;
-  }
+  note_gpu_path(cmd, *net, gpu);
   std::shared_ptr<memory_region> region;
   try {
     region = allocate_pool(cmd, gpu);

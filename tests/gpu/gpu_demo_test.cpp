@@ -71,6 +71,20 @@ TEST_CASE("GPU demo over kvsock with GPU memory (--transport net)") {
   check_gpu_demo("--transport net", "GPU 0 memory, kvsock (GPU memory)");
 }
 
+TEST_CASE("GPU demo over kvsock forced host-only (channel staging)") {
+  // KVSOCK_PTR_SUPPORT=host: kvsock declares no NCCL_PTR_CUDA, so the
+  // workers' channel wrappers copy the GPU pools through pinned bounce slots.
+  auto r = run_kvferry("demo --gpu 0 --transport net --requests 20 "
+                       "--max-tokens 512 --quiet",
+                       "KVSOCK_PTR_SUPPORT=host");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 20 requests verified") !=
+        std::string::npos);
+  CHECK(r.output.find("| GPU 0 memory, kvsock (GPU memory) | 20 | 0 |") !=
+        std::string::npos);
+}
+
 TEST_CASE("GPU demo: a byte corrupted in flight is caught on the GPU") {
   // kvsock flips one byte of the first send of each comm (sender side); the
   // producer is on a GPU so it sends no XXH3, and the consumer regenerates
