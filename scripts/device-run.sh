@@ -8,6 +8,9 @@
 #   bash scripts/device-run.sh device (there) run every bundled test, then the
 #                                          GPU benchmarks; logs to $OUT
 #
+#   bash scripts/device-run.sh multi  (there) with >= 2 GPUs: the runs across
+#                                          GPUs 0 and 1 only (issue #7), below
+#
 # The device call is then:  run(command="bash scripts/device-run.sh device",
 #                               carry=[".bundle"])
 #
@@ -24,6 +27,9 @@
 #           BENCH_NET_ARGS / DEMO_ARGS (override the GPU options detected from --help;
 #           DEMO_ARGS runs one demo with exactly those arguments),
 #           SKIP_BENCH=1 (tests only), SKIP_TESTS=1 (benchmarks only)
+#   multi:  OUT, MULTI_BUDGET_S (default 390: every step's timeout is cut to
+#           what is left of it, so the call ends inside the device limit),
+#           MULTI_NET_ARGS (default: --memory both --gpu 0 --peer-gpu 1)
 #
 # Benchmarks run under peak_rss (below): their logs end with the peak RSS of
 # the largest process of the run (the demo's workers included), for
@@ -178,8 +184,93 @@ sys.exit(rc)' "$@"
   ! grep -qE " (FAIL|TIMEOUT) " "$summary"
 }
 
+# Two GPUs of one host (issue #7): nvidia-smi topo -m and the peer-access
+# matrix, bench ipc from GPU 0 to GPU 1 (ceiling: cudaMemcpyPeerAsync of the
+# same total, in the same run), the demo on GPU 0 alone (the same-GPU
+# baseline) and across GPUs 0 and 1 over CUDA IPC and over kvsock, bench net
+# with GPU 0 sending and GPU 1 receiving, then the two-GPU tests. Benchmarks
+# run under peak_rss; everything under a total budget (MULTI_BUDGET_S).
+multi() {
+  local b=$bundle_dir
+  [ -x "$b/bin/kvferry" ] || { echo "device-run: $b/bin/kvferry missing: carry .bundle"; exit 2; }
+  local out=${OUT:-$repo_root/.device-out}
+  mkdir -p "$out"
+  export LD_LIBRARY_PATH="$b/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export KVFERRY_PLUGIN_PATH="$b/lib"
+  local summary=$out/summary.txt budget=${MULTI_BUDGET_S:-390}
+  : >"$summary"
+  row() { printf '%-58s %-8s %s\n' "$1" "$2" "$3" | tee -a "$summary" >/dev/null; }
+  # A step's timeout: its own limit, cut to what is left of the budget.
+  limit() {
+    local left=$((budget - SECONDS - 5))
+    [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
+  }
+  peak_rss() {
+    python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[1:])
+print("peak RSS of the largest process: %.0f MiB" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0), flush=True)
+sys.exit(rc)' "$@"
+  }
+  # step NAME LOG SECONDS COMMAND...: runs it under peak_rss, logs, one row.
+  step() {
+    local name=$1 log=$2 secs; secs=$(limit "$3"); shift 3
+    echo "== $name (limit ${secs}s)"
+    peak_rss timeout -k 5 "$secs" "$@" 2>&1 | tee "$out/$log"
+    local rc=${PIPESTATUS[0]}
+    row "$name" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "$log"
+  }
+
+  {
+    echo "== $(tr '\n' ' ' <"$b/MANIFEST")"
+    nvidia-smi -L
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+    echo "== nvidia-smi topo -m"
+    nvidia-smi topo -m
+    echo "== nvidia-smi nvlink --status"
+    nvidia-smi nvlink --status 2>&1 | head -40
+    echo "== kvferry info"
+    "$b/bin/kvferry" info
+  } 2>&1 | tee "$out/device.log"
+  local gpus; gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+  if [ "$gpus" -lt 2 ]; then
+    echo "device-run multi: this machine has $gpus GPU(s); the multi step needs 2"
+    return 1
+  fi
+
+  local k=$b/bin/kvferry across="--prefill-gpu 0 --decode-gpu 1"
+  step "bench ipc --src-gpu 0 --dst-gpu 1" bench_ipc_0_1.log 150 \
+    "$k" bench ipc --src-gpu 0 --dst-gpu 1 --sizes 4K,16K,64K,2M --json "$out/bench_ipc_0_1.json"
+  step "demo --gpu 0 (same-GPU baseline)" demo_gpu0.log 60 "$k" demo --gpu 0 --quiet
+  # shellcheck disable=SC2086
+  step "demo $across (CUDA IPC)" demo_0_1_ipc.log 60 "$k" demo $across --quiet
+  # shellcheck disable=SC2086
+  step "demo $across --transport net" demo_0_1_net.log 60 "$k" demo $across --transport net --quiet
+  # shellcheck disable=SC2086
+  step "bench net ${MULTI_NET_ARGS:---memory both --gpu 0 --peer-gpu 1}" bench_net_0_1.log 120 \
+    "$k" bench net ${MULTI_NET_ARGS:---memory both --gpu 0 --peer-gpu 1} --json "$out/bench_net_0_1.json"
+  local t rc secs
+  for t in test_bench_ipc_two_gpus test_gpu_demo_two_gpus; do
+    [ -x "$b/tests/$t" ] || { row "$t" n/a "not in the bundle"; continue; }
+    secs=$(limit 180)
+    timeout -k 5 "$secs" "$b/tests/$t" >"$out/$t.log" 2>&1
+    rc=$?
+    case $rc in
+      0) row "$t" pass "$t.log" ;;
+      77) row "$t" skipped "$(head -1 "$out/$t.log")" ;;
+      124) row "$t" TIMEOUT "${secs}s" ;;
+      *) row "$t" FAIL "rc=$rc (see $t.log)" ;;
+    esac
+  done
+
+  echo
+  echo "== summary ($gpus GPUs: $(nvidia-smi -L 2>/dev/null | head -1))"
+  cat "$summary"
+  ! grep -qE " (FAIL|TIMEOUT|rc=[0-9]+) " "$summary"
+}
+
 case "${1:-}" in
   bundle) bundle ;;
   device) device ;;
-  *) echo "usage: $0 bundle|device" >&2; exit 2 ;;
+  multi) multi ;;
+  *) echo "usage: $0 bundle|device|multi" >&2; exit 2 ;;
 esac

@@ -28,7 +28,9 @@
 // checked before it launches), polls the kernel's event from the progress
 // loop and then tells the receiving transfer actor `landed`, which completes
 // the recv order as a plugin completion would. Pull is the same: the
-// producer's transfer actor copies. At most max_ipc_copies kernels are in
+// producer's transfer actor copies. A peer pool on another GPU of this host
+// is written over peer access (NVLink or PCIe) by the kernel on the sender's
+// GPU; access is checked and enabled when the region is mapped. At most max_ipc_copies kernels are in
 // flight (the engine's event slots bound them); later sends queue per peer.
 #include <chrono>
 #include <cstring>
@@ -50,6 +52,7 @@
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
+#include "kvferry/transport/gpu_topology.hpp"
 
 namespace kvferry {
 namespace {
@@ -345,6 +348,20 @@ void open_channel(self_ptr self, const std::string& name) {
 
 // ---- sending over CUDA IPC -------------------------------------------------------
 
+// A peer pool on another GPU of this host: our kernel (on our GPU) writes it
+// directly, which needs peer access from our GPU to the peer's. The IPC open
+// below (cudaIpcMemLazyEnablePeerAccess) would enable it too; enabling it
+// here first, as NCCL does, fails with both GPUs named instead of an opaque
+// IPC or launch error. Once per peer region (map_peer_region).
+void enable_access_to_peer_gpu(int ours, int peers) {
+  if (peers < 0 || peers == ours)
+    return;
+  auto gpus = transport::system_gpu_topology();
+  transport::check_gpu_ordinal(*gpus, peers, "the peer's pool on GPU");
+  transport::check_ipc_peer_access(*gpus, ours, peers);
+  gpus->enable_peer_access(ours, peers);
+}
+
 // Maps the peer's region on first use (once per peer region: the cache).
 void map_peer_region(transfer_state& st, peer_out& p) {
   if (p.mapped)
@@ -355,6 +372,7 @@ void map_peer_region(transfer_state& st, peer_out& p) {
     st.engine = std::make_unique<transport::gpu_copy_engine>(gpu);
   }
   auto handle = transport::ipc_handle::from_hex(p.ep.ipc_handle);
+  enable_access_to_peer_gpu(gpu, handle.device);
   auto mapped = st.ipc_regions->open(handle);
   if (mapped.bytes < p.ep.region_bytes)
     throw std::invalid_argument(fmt::format(
@@ -378,14 +396,16 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
 }
 
 caf::error ipc_failure(const transfer_state& st, const std::string& peer,
-                       std::uint64_t id, const std::exception& e) {
+                       int peer_gpu, std::uint64_t id,
+                       const std::exception& e) {
   auto code = dynamic_cast<const transport::gpu_error*>(&e) != nullptr
                 ? ec::cuda_error
                 : ec::invalid_argument;
   return make_error(code,
-                    fmt::format("transfer {} to '{}' over CUDA IPC (GPU {}): "
-                                "{}",
-                                id, peer, st.cfg.region->gpu(), e.what()));
+                    fmt::format("transfer {} to '{}' over CUDA IPC (GPU {} to "
+                                "its pool on GPU {}): {}",
+                                id, peer, st.cfg.region->gpu(), peer_gpu,
+                                e.what()));
 }
 
 // Starts (or queues, when max_ipc_copies are running) one IPC transfer; a
@@ -402,7 +422,7 @@ void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
     launch_ipc_copy(st, p, id, extents);
   } catch (const std::exception& e) {
     auto t = p.transfers.find(id);
-    fail(t->second, st, ipc_failure(st, p.ep.name, id, e), p.ep.name);
+    fail(t->second, st, ipc_failure(st, p.ep.name, p.ep.gpu, id, e), p.ep.name);
     p.transfers.erase(t);
   }
 }
@@ -420,7 +440,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
         continue;
       }
     } catch (const std::exception& e) {
-      failure = ipc_failure(st, name, copy.id, e);
+      failure = ipc_failure(st, name, p.ep.gpu, copy.id, e);
     }
     p.copies[k] = p.copies.back();
     p.copies.pop_back();
@@ -449,7 +469,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
       launch_ipc_copy(st, p, w.id, w.chunks);
     } catch (const std::exception& e) {
       auto t = p.transfers.find(w.id);
-      fail(t->second, st, ipc_failure(st, name, w.id, e), name);
+      fail(t->second, st, ipc_failure(st, name, p.ep.gpu, w.id, e), name);
       p.transfers.erase(t);
     }
     progressed = true;

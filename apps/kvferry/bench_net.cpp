@@ -10,7 +10,8 @@
 // --memory host|cuda|both: the plugin rounds read and write host memory, GPU
 // memory (registered as NCCL_PTR_CUDA: kvsock stages it through pinned
 // buffers) or both, side by side in the same run so that the cost of the GPU
-// memory is the ratio of two columns measured together.
+// memory is the ratio of two columns measured together. The sender's GPU
+// memory is on --gpu, the receiver's on --peer-gpu (default: the same GPU).
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
@@ -59,6 +60,7 @@ struct bench_options {
   // host, cuda or both; empty: both where a GPU exists, else host.
   std::string memory;
   int gpu = 0;
+  int peer_gpu = -1;  // the receiver's GPU; -1: --gpu
   int serve_fd = -1;  // set in the receiver process only
 };
 
@@ -81,7 +83,8 @@ struct memory_choice {
 // An explicit --memory is obeyed or fails naming why; without it both
 // memories are measured where a GPU exists, host memory otherwise.
 memory_choice choose_memories(const std::string& requested,
-                              const tp::gpu_topology& gpus, int gpu) {
+                              const tp::gpu_topology& gpus, int gpu,
+                              int peer_gpu) {
   if (requested == "host")
     return {{bench_memory::host}, "memory: host (as requested)"};
   if (requested != "" && requested != "cuda" && requested != "both")
@@ -93,11 +96,17 @@ memory_choice choose_memories(const std::string& requested,
   if (gpus.device_count() == 0)
     fail("--memory " + requested + " needs a CUDA GPU: " + gpus.why_none());
   tp::check_gpu_ordinal(gpus, gpu, "--gpu");
+  if (peer_gpu != -1)
+    tp::check_gpu_ordinal(gpus, peer_gpu, "--peer-gpu");
+  const auto where = peer_gpu < 0 || peer_gpu == gpu
+                         ? fmt::format("GPU {}", gpu)
+                         : fmt::format("GPU {} (sender) and GPU {} (receiver)",
+                                       gpu, peer_gpu);
   if (requested == "cuda")
-    return {{bench_memory::cuda}, fmt::format("memory: cuda on GPU {}", gpu)};
+    return {{bench_memory::cuda}, "memory: cuda on " + where};
   return {{bench_memory::host, bench_memory::cuda},
           fmt::format(
-              "memory: host and cuda on GPU {}, side by side{}", gpu,
+              "memory: host and cuda on {}, side by side{}", where,
               requested.empty()
                   ? " (default where a GPU exists; --memory host for host only)"
                   : "")};
@@ -395,7 +404,8 @@ int serve(const bench_options& o) {
   const size_t largest = *std::max_element(sizes.begin(), sizes.end());
   std::vector<receive_pool> pools;
   for (auto memory :
-       choose_memories(o.memory, *tp::system_gpu_topology(), o.gpu).memories)
+       choose_memories(o.memory, *tp::system_gpu_topology(), o.gpu, -1)
+           .memories)
     pools.push_back(make_receive_pool(memory, o.gpu, pool_bytes(sizes, o.depth),
                                       largest, rx));
   // The TCP baseline reads into host memory: the host pool where there is one.
@@ -554,7 +564,7 @@ struct receiver_process {
       add("--chunk-bytes", std::to_string(o.chunk_bytes));
       add("--timeout-s", std::to_string(o.timeout_s));
       add("--memory", memory);
-      add("--gpu", std::to_string(o.gpu));
+      add("--gpu", std::to_string(o.peer_gpu < 0 ? o.gpu : o.peer_gpu));
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -596,7 +606,8 @@ class sender {
   int run() {
     if (o_.depth < 1 || o_.comms < 1 || o_.repeat < 1)
       fail("bench net: --depth, --comms and --repeat must be >= 1");
-    memories_ = choose_memories(o_.memory, *tp::system_gpu_topology(), o_.gpu);
+    memories_ = choose_memories(o_.memory, *tp::system_gpu_topology(), o_.gpu,
+                                o_.peer_gpu);
     net_ = tp::plugin::load(o_.plugin_name);
     fmt::print("kvferry bench net: plugin {} ({}), depth {}, comms {}, chunk {}, {} rounds per size\n",
                net_->name(), net_->path(), o_.depth, o_.comms, human(o_.chunk_bytes), o_.repeat);
@@ -875,10 +886,15 @@ class sender {
       doc["memories"].push_back(name_of(m));
     if (uses(bench_memory::cuda)) {
       doc["cuda_path"] = plugin_takes_cuda() ? "plugin" : "wrapper-staged";
+      const int peer_gpu = o_.peer_gpu < 0 ? o_.gpu : o_.peer_gpu;
       doc["gpu"] = o_.gpu;
+      doc["peer_gpu"] = peer_gpu;
       auto inventory = tp::list_gpus();
       if (static_cast<size_t>(o_.gpu) < inventory.devices.size())
         doc["gpu_name"] = inventory.devices[static_cast<size_t>(o_.gpu)].name;
+      if (static_cast<size_t>(peer_gpu) < inventory.devices.size())
+        doc["peer_gpu_name"] =
+            inventory.devices[static_cast<size_t>(peer_gpu)].name;
     }
     doc["sizes"] = nlohmann::json::array();
     for (auto& r : results) {
@@ -958,8 +974,11 @@ void add_bench_net(CLI::App& bench, int& exit_code) {
                   "(default: both where a CUDA GPU exists, else host)")
       ->check(CLI::IsMember({"host", "cuda", "both"}));
   cmd->add_option("--gpu", o->gpu,
-                  "CUDA device of the GPU memory (both processes)")
+                  "CUDA device of the sender's GPU memory (and the "
+                  "receiver's, without --peer-gpu)")
       ->capture_default_str();
+  cmd->add_option("--peer-gpu", o->peer_gpu,
+                  "CUDA device of the receiver's GPU memory (default: --gpu)");
   cmd->add_option("--serve-fd", o->serve_fd, "(internal: run as the receiver on this fd)")->group("");
   cmd->callback([o, &exit_code] {
     try {

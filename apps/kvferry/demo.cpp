@@ -1,9 +1,9 @@
 // `kvferry demo`: the main job. Starts a directory, one prefill worker and one
 // decode worker as separate processes on this machine — both on GPU 0 with
 // CUDA IPC between them when there is a GPU, else host memory over kvsock on
-// loopback (--gpu, --transport) — or attaches to a running deployment with
-// --directory — and
-// acts as the router: a seeded stream of requests with random prompt
+// loopback (--gpu, --transport; --prefill-gpu / --decode-gpu put the two
+// workers on different GPUs of this host) — or attaches to a running
+// deployment with --directory — and acts as the router: a seeded stream of requests with random prompt
 // lengths, each one's KV blocks filled with a deterministic pattern by the
 // producer, moved by the transfer actors and verified byte for byte (xxhash)
 // by the consumer. Prints progress, then a table. Exits non-zero, naming
@@ -39,6 +39,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/transport/gpu_topology.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -58,6 +59,8 @@ struct demo_command {
   std::string dtype = "fp16";
   std::string plugin;
   std::string gpu = "auto";
+  std::string prefill_gpu;  // empty: --gpu
+  std::string decode_gpu;   // empty: --gpu
   std::string transport = "ipc";
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
@@ -287,11 +290,85 @@ caf::behavior router(caf::event_based_actor* self,
   return {[issue](caf::ok_atom) {}};
 }
 
+// ---- which GPUs the two workers use -------------------------------------------
+
+// Where the two workers' KV pools live: -1 for host memory (both or neither).
+struct worker_gpus {
+  int prefill = -1;
+  int decode = -1;
+  bool on_gpus() const { return prefill >= 0; }
+};
+
+// A worker's --prefill-gpu / --decode-gpu, or --gpu when it is not given.
+struct worker_gpu_option {
+  std::string option;  // as the user wrote it, for messages
+  std::string value;
+};
+
+worker_gpu_option gpu_option_for(const demo_command& cmd,
+                                 const std::string& own_option,
+                                 const std::string& own_value) {
+  if (own_value.empty())
+    return {"--gpu", cmd.gpu};
+  return {own_option, own_value};
+}
+
+// Checks the ordinals against this machine and, over CUDA IPC across two
+// GPUs, that the prefill worker's GPU can write the decode worker's: the
+// producer's transfer actor runs the copy kernel in push and in pull mode.
+std::string check_worker_gpus(const demo_command& cmd, const worker_gpus& g,
+                              const worker_gpu_option& prefill,
+                              const worker_gpu_option& decode) {
+  auto gpus = transport::system_gpu_topology();
+  try {
+    transport::check_gpu_ordinal(*gpus, g.prefill, prefill.option);
+    transport::check_gpu_ordinal(*gpus, g.decode, decode.option);
+    if (cmd.transport == "ipc")
+      transport::check_ipc_peer_access(*gpus, g.prefill, g.decode);
+  } catch (const transport::no_peer_access& e) {
+    return fmt::format("{} {} {} {} over CUDA IPC: {}", prefill.option,
+                       prefill.value, decode.option, decode.value, e.what());
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+
+// Resolves --gpu / --prefill-gpu / --decode-gpu once, before any process
+// starts, so that a missing GPU or an impossible pair fails here (exit 2)
+// naming the option instead of in a worker. Empty on success.
+std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
+  auto prefill = gpu_option_for(cmd, "--prefill-gpu", cmd.prefill_gpu);
+  auto decode = gpu_option_for(cmd, "--decode-gpu", cmd.decode_gpu);
+  for (const auto* o : {&prefill, &decode})
+    if (auto bad = check_gpu_option(o->option, o->value); !bad.empty())
+      return bad;
+  g.prefill = resolve_gpu(prefill.value, "kvferry demo");
+  g.decode = decode.value == prefill.value
+               ? g.prefill
+               : resolve_gpu(decode.value, "kvferry demo");
+  if ((g.prefill < 0) != (g.decode < 0))
+    return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
+                       "in GPU memory or both in host memory",
+                       prefill.option, prefill.value, decode.option,
+                       decode.value);
+  return g.on_gpus() ? check_worker_gpus(cmd, g, prefill, decode)
+                     : std::string{};
+}
+
+// "GPU 0 memory", "host memory", or both GPUs when the workers differ.
+std::string describe_worker_memory(const worker_gpus& g) {
+  if (g.prefill == g.decode)
+    return describe_memory(g.prefill);
+  return fmt::format("prefill GPU {} / decode GPU {} memory", g.prefill,
+                     g.decode);
+}
+
 // How the bytes travel between the demo's two workers.
-std::string via(int gpu, const std::string& transport,
+std::string via(const worker_gpus& g, const std::string& transport,
                 const std::string& plugin) {
   auto net = plugin.empty() ? std::string{"kvsock"} : plugin;
-  if (gpu < 0)
+  if (!g.on_gpus())
     return ", " + net;
   return transport == "ipc" ? ", CUDA IPC" : ", " + net + " (GPU memory)";
 }
@@ -356,20 +433,21 @@ int run_demo(demo_command& cmd) {
     std::uint64_t{cmd.geometry.blocks_for_tokens(cmd.max_tokens)} *
     cmd.geometry.layers;
   auto pool_blocks = max_blocks * cmd.inflight;
-  if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty()) {
-    std::cerr << "kvferry demo: " << bad << "\n";
-    return 2;
-  }
   if (cmd.transport != "ipc" && cmd.transport != "net") {
     std::cerr << "kvferry demo: --transport '" << cmd.transport
               << "': expected ipc or net\n";
     return 2;
   }
-  // Resolved once here so that both workers use the same memory.
-  int gpu = cmd.directory.empty() ? resolve_gpu(cmd.gpu, "kvferry demo") : -1;
-  auto memory = cmd.directory.empty()
-                  ? describe_memory(gpu) + via(gpu, cmd.transport, cmd.plugin)
-                  : std::string{"the deployment's memory"};
+  worker_gpus gpus;
+  if (cmd.directory.empty()) {
+    if (auto bad = choose_worker_gpus(cmd, gpus); !bad.empty()) {
+      std::cerr << "kvferry demo: " << bad << "\n";
+      return 2;
+    }
+  }
+  auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
+                                          via(gpus, cmd.transport, cmd.plugin)
+                                      : std::string{"the deployment's memory"};
 
   std::vector<std::unique_ptr<child_process>> children;
   std::string directory = cmd.directory;
@@ -388,6 +466,7 @@ int run_demo(demo_command& cmd) {
       auto line = children.back()->wait_for_line("listening on", seconds(15));
       directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
       for (auto role : {"prefill", "decode"}) {
+        auto gpu = std::string{role} == "prefill" ? gpus.prefill : gpus.decode;
         std::vector<std::string> args{
           "kvferry", "worker", "--name", fmt::format("demo-{}-0", role),
           "--role", role, "--directory", directory, "--bind", "127.0.0.1",
@@ -551,6 +630,13 @@ void add_demo(CLI::App& root, int& exit_code) {
                   "workers' KV memory: auto (GPU 0 when there is one), a "
                   "CUDA device ordinal, or none (host memory)")
     ->capture_default_str();
+  sub->add_option("--prefill-gpu", cmd->prefill_gpu,
+                  "the prefill worker's GPU (default: --gpu); with "
+                  "--decode-gpu, the two workers on different GPUs of this "
+                  "host (CUDA IPC needs peer access from the prefill GPU to "
+                  "the decode GPU)");
+  sub->add_option("--decode-gpu", cmd->decode_gpu,
+                  "the decode worker's GPU (default: --gpu)");
   sub->add_option("--transport", cmd->transport,
                   "ipc: CUDA IPC between GPU workers; net: the plugin "
                   "(kvsock) even for GPU memory")

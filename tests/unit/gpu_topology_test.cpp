@@ -96,6 +96,19 @@ TEST_CASE("the destination must reach the source: the kernels run on the "
   CHECK(why.find("--src-gpu 1 --dst-gpu 0") != std::string::npos);
 }
 
+TEST_CASE("CUDA IPC between two workers needs peer access from the sender "
+          "to the receiver") {
+  // Only 0 -> 1 is possible: the sender's kernel on 0 may write GPU 1.
+  fake_topology one_way(2, {{0, 1}});
+  CHECK_NOTHROW(check_ipc_peer_access(one_way, 0, 1));
+  CHECK_NOTHROW(check_ipc_peer_access(one_way, 1, 1));
+  CHECK_THROWS_AS(check_ipc_peer_access(one_way, 1, 0), no_peer_access);
+  auto why = message_of([&] { check_ipc_peer_access(one_way, 1, 0); });
+  CHECK(why.find("GPU 1 cannot access GPU 0") != std::string::npos);
+  CHECK(why.find("--transport net") != std::string::npos);
+  CHECK(one_way.enabled.empty()); // a check, not a side effect
+}
+
 TEST_CASE("a pair with a missing GPU names which end is wrong") {
   fake_topology one(1, {});
   CHECK(message_of([&] { plan_gpu_pair(one, 0, 1); }) ==

@@ -176,3 +176,33 @@ TEST_CASE("demo --gpu auto falls back to host memory without a GPU") {
   CHECK(r.output.find("using host memory") != std::string::npos);
   CHECK(r.output.find("| host memory, kvsock | 3 | 0 |") != std::string::npos);
 }
+
+TEST_CASE("demo --prefill-gpu / --decode-gpu: bad values exit 2 naming them") {
+  auto r = run_kvferry("demo --prefill-gpu fast");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--prefill-gpu 'fast'") != std::string::npos);
+  r = run_kvferry("demo --decode-gpu -1");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--decode-gpu '-1'") != std::string::npos);
+}
+
+TEST_CASE("demo across two GPUs without them fails before starting anything") {
+  if (has_gpu())
+    return;  // the real pair: tests/gpu/gpu_demo_two_gpus_test.cpp
+  // A CUDA build finds no GPU 0; a build without CUDA refuses any ordinal.
+  auto r = run_kvferry("demo --prefill-gpu 0 --decode-gpu 1 --requests 1");
+  INFO(r.output);
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--prefill-gpu 0") != std::string::npos);
+}
+
+TEST_CASE("demo: one worker in host memory and one on a GPU is refused") {
+  if (has_gpu())
+    return;
+  auto r = run_kvferry("demo --gpu none --decode-gpu 1 --requests 1");
+  INFO(r.output);
+  CHECK(r.status == 2);
+  // "--gpu none with --decode-gpu 1: ..." (CUDA) or "--decode-gpu 1: this
+  // build of kvferry has no CUDA support" (without CUDA).
+  CHECK(r.output.find("--decode-gpu 1") != std::string::npos);
+}

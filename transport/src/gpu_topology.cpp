@@ -111,6 +111,19 @@ gpu_pair plan_gpu_pair(const gpu_topology& gpus, int src, int dst) {
   return gpu_pair{src, dst, copy_ceiling::peer_memcpy};
 }
 
+void check_ipc_peer_access(const gpu_topology& gpus, int sender,
+                           int receiver) {
+  if (sender == receiver || gpus.can_access_peer(sender, receiver))
+    return;
+  throw no_peer_access(fmt::format(
+      "GPU {} cannot access GPU {}'s memory (cudaDeviceCanAccessPeer says "
+      "no: no NVLink or PCIe peer path between them); over CUDA IPC the "
+      "sending worker's kernel on GPU {} writes the receiver's pool on GPU {} "
+      "directly, so this pair needs --transport net (the plugin, staging "
+      "through host memory); see the peer-access matrix of `kvferry info`",
+      sender, receiver, sender, receiver));
+}
+
 std::vector<std::string> format_peer_matrix(const gpu_topology& gpus) {
   const int count = gpus.device_count();
   std::vector<std::string> lines;

@@ -60,6 +60,13 @@ struct gpu_pair {
 /// --dst-gpu) and, for two GPUs, peer access (no_peer_access naming both).
 gpu_pair plan_gpu_pair(const gpu_topology& gpus, int src, int dst);
 
+/// Two workers' pools for CUDA IPC: the sending worker's copy kernel runs on
+/// `sender` and writes the receiver's pool directly, so two different GPUs need
+/// peer access sender → receiver (one GPU needs nothing). Throws
+/// no_peer_access naming both GPUs and the way around it (the plugin path,
+/// `--transport net`). Ordinals must have been checked already.
+void check_ipc_peer_access(const gpu_topology& gpus, int sender, int receiver);
+
 /// The peer-access matrix as printable lines (a header, then one row per GPU:
 /// "yes"/"no" where the row's GPU can access the column's, "-" on the
 /// diagonal). Empty for fewer than two GPUs: there is nothing to show.
