@@ -188,7 +188,8 @@ sys.exit(rc)' "$@"
 # matrix, bench ipc from GPU 0 to GPU 1 (ceiling: cudaMemcpyPeerAsync of the
 # same total, in the same run), the demo on GPU 0 alone (the same-GPU
 # baseline) and across GPUs 0 and 1 over CUDA IPC and over kvsock, bench net
-# with GPU 0 sending and GPU 1 receiving, then the two-GPU tests. Benchmarks
+# with GPU 0 sending and GPU 1 receiving, the two-GPU tests, then bench ipc
+# from GPU 1 to GPU 0 at 64 KiB (is the link symmetric?). Benchmarks
 # run under peak_rss; everything under a total budget (MULTI_BUDGET_S).
 multi() {
   local b=$bundle_dir
@@ -261,6 +262,10 @@ sys.exit(rc)' "$@"
       *) row "$t" FAIL "rc=$rc (see $t.log)" ;;
     esac
   done
+
+  # The other direction, 64 KiB only: whether the link is symmetric.
+  step "bench ipc --src-gpu 1 --dst-gpu 0 --sizes 64K" bench_ipc_1_0.log 60 \
+    "$k" bench ipc --src-gpu 1 --dst-gpu 0 --sizes 64K --no-unpack --json "$out/bench_ipc_1_0.json"
 
   echo
   echo "== summary ($gpus GPUs: $(nvidia-smi -L 2>/dev/null | head -1))"
