@@ -30,8 +30,9 @@
 // the recv order as a plugin completion would. Pull is the same: the
 // producer's transfer actor copies. A peer pool on another GPU of this host
 // is written over peer access (NVLink or PCIe) by the kernel on the sender's
-// GPU; access is checked and enabled when the region is mapped. At most max_ipc_copies kernels are in
-// flight (the engine's event slots bound them); later sends queue per peer.
+// GPU; access is checked and enabled when the region is mapped. At most
+// max_ipc_copies kernels are in flight (the engine's event slots bound them);
+// later sends queue per peer.
 #include <chrono>
 #include <cstring>
 #include <deque>
