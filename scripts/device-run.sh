@@ -154,6 +154,15 @@ sys.exit(rc)' "$@"
       peak_rss timeout 240 "$b/bin/kvferry" bench net $net_args 2>&1 | tee "$out/bench_net.log"
       rc=${PIPESTATUS[0]}
       row "bench net $net_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "bench_net.log"
+      # The same with kvsock declaring host memory only: the channel wrapper
+      # stages GPU memory through its pinned slots (compare with the run above).
+      if [ "$net_args" = "--memory both" ]; then
+        KVSOCK_PTR_SUPPORT=host peak_rss timeout 240 "$b/bin/kvferry" bench net --memory both \
+          2>&1 | tee "$out/bench_net_staged.log"
+        rc=${PIPESTATUS[0]}
+        row "bench net --memory both (staged)" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" \
+          "bench_net_staged.log"
+      fi
     else
       row "bench net (CUDA memory)" n/a "this build's bench net has no CUDA memory option"
     fi
