@@ -99,6 +99,64 @@ TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned off
   }
 }
 
+namespace {
+
+// Many tiny extents (16 B .. 400 B), so that item -> extent searches take
+// several rounds and warps walk past many extents between their items.
+std::vector<copy_extent> tiny_extents(std::mt19937_64& rng, std::size_t region,
+                                      std::size_t n) {
+  std::vector<copy_extent> plan;
+  std::uniform_int_distribution<std::uint64_t> len(16, 400);
+  std::uint64_t dst = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint64_t l = len(rng);
+    if (dst + l > region)
+      break;
+    plan.push_back(
+        {std::uniform_int_distribution<std::uint64_t>(0, region - l)(rng), dst,
+         l});
+    dst += l + 1; // never adjacent: nothing coalesces
+  }
+  std::shuffle(plan.begin(), plan.end(), rng);
+  return plan;
+}
+
+} // namespace
+
+TEST_CASE(
+    "the default kernel finds every item of packed plans of every shape") {
+  device_buffers bufs{8 << 20};
+  std::mt19937_64 rng{4321};
+  copy_tuning few_warps; // one warp per block, one block per SM: long walks
+  few_warps.threads_per_block = 32;
+  few_warps.blocks_per_sm = 1;
+  copy_tuning small_items;
+  small_items.item_bytes = 16;
+  small_items.unroll = 4;
+  copy_tuning unbalanced;
+  unbalanced.balance_rounds = false;
+  unbalanced.streaming = false;
+  for (const copy_tuning& tuning :
+       {copy_tuning{}, few_warps, small_items, unbalanced}) {
+    CAPTURE(tuning.item_bytes);
+    CAPTURE(tuning.threads_per_block);
+    gpu_copy_engine engine{gpu, tuning};
+    const std::vector<std::vector<copy_extent>> plans{
+        random_extents(rng, bufs.src.size(), true),
+        random_extents(rng, bufs.src.size(), false),
+        tiny_extents(rng, bufs.src.size(), 20000),
+        {{0, 0, bufs.src.size()}},
+        {{3, 1, bufs.src.size() - 5}},
+        {},
+        tiny_extents(rng, bufs.src.size(), 40)};
+    for (const auto& plan : plans) { // small after large: slot buffers reused
+      CAPTURE(plan.size());
+      bufs.refill(rng());
+      check_copy(engine, bufs, plan);
+    }
+  }
+}
+
 TEST_CASE("thousands of equal KV blocks copy in one launch") {
   constexpr std::size_t block = 16384, blocks = 200;
   device_buffers bufs{block * blocks};

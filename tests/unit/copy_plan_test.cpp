@@ -139,3 +139,138 @@ TEST_CASE("an item size that is not a multiple of 16 is refused") {
   CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 100), std::invalid_argument);
   CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 0), std::invalid_argument);
 }
+
+// ---- the packed plan and the kernel's item -> extent search ----
+
+namespace {
+
+// A packed plan in an 8-byte aligned host buffer, as the copy engine stages it.
+struct packed_plan {
+  std::vector<std::uint64_t> buffer;
+  packed_plan_size size;
+  packed_plan_view view;
+  packed_plan(const std::vector<copy_extent>& plan, std::uint32_t item_bytes)
+      : buffer((packed_plan_bytes(plan.size()) + 7) / 8),
+        size(pack_plan(plan, item_bytes, buffer.data())),
+        view(packed_plan_view::in(buffer.data(), size.extents)) {}
+  copy_work_item item(std::uint32_t i, std::uint32_t item_bytes) const {
+    return work_item_of_packed(view.extents, view.first_item, size.extents,
+                               item_bytes, i);
+  }
+};
+
+bool same_item(const copy_work_item& a, const copy_work_item& b) {
+  return a.src_offset == b.src_offset && a.dst_offset == b.dst_offset &&
+         a.length == b.length;
+}
+
+// The extent of `item` counted the kernel's way but probing on the host.
+std::uint32_t find_on_host(const packed_plan& p, std::uint32_t lo,
+                           std::uint32_t item) {
+  return find_extent_of_item(
+      lo, p.size.extents,
+      [&](std::uint32_t l, std::uint32_t step, std::uint32_t h) {
+        std::uint32_t count = 0;
+        for (std::uint32_t k = 0; k < extent_search_fanout; ++k)
+          count += k * step < h - l && p.view.first_item[l + k * step] <= item;
+        return count;
+      });
+}
+
+} // namespace
+
+TEST_CASE("the packed plan maps every item index to the same item the host cut "
+          "would") {
+  std::mt19937_64 rng{11};
+  for (std::uint32_t item_bytes : {16u, 256u, 4096u, 8192u}) {
+    for (std::size_t n : {1u, 2u, 31u, 32u, 33u, 300u, 1100u}) {
+      CAPTURE(item_bytes);
+      CAPTURE(n);
+      const auto plan = random_plan(rng, n);
+      const packed_plan packed{plan, item_bytes};
+      const auto merged = coalesce(plan);
+      REQUIRE(packed.size.extents == merged.size());
+      for (std::uint32_t k = 0; k < packed.size.extents; ++k)
+        CHECK(packed.view.extents[k] == merged[k]);
+      const auto items = partition_into_work_items(merged, item_bytes);
+      REQUIRE(packed.size.items == items.size());
+      CHECK(packed.view.first_item[packed.size.extents] == items.size());
+      bool all_same = true;
+      for (std::uint32_t i = 0; i < items.size(); ++i)
+        all_same &= same_item(packed.item(i, item_bytes), items[i]);
+      CHECK(all_same);
+    }
+  }
+}
+
+TEST_CASE(
+    "many one-item extents need several search rounds and still map exactly") {
+  // 70000 separate 4 KiB blocks with 8 KiB items: one item per extent, and
+  // the search narrows 70000 -> 2188 -> 69 -> 3 -> 1.
+  std::vector<copy_extent> plan;
+  for (std::uint64_t b = 0; b < 70000; ++b)
+    plan.push_back({b * 8192, (69999 - b) * 4096 * 3, 4096});
+  const packed_plan packed{plan, 8192};
+  REQUIRE(packed.size.extents == 70000);
+  REQUIRE(packed.size.items == 70000);
+  bool all_same = true;
+  for (std::uint32_t i = 0; i < 70000; ++i)
+    all_same &= same_item(
+        packed.item(i, 8192),
+        copy_work_item{plan[i].src_offset, plan[i].dst_offset, 4096, 0});
+  CHECK(all_same);
+}
+
+TEST_CASE("a warp's search from its previous extent finds what a fresh search "
+          "finds") {
+  std::mt19937_64 rng{12};
+  const packed_plan packed{random_plan(rng, 2000), 256};
+  for (std::uint32_t stride : {1u, 7u, 2112u, 8448u}) {
+    for (std::uint32_t warp = 0; warp < 3; ++warp) {
+      std::uint32_t extent = 0;
+      bool all_same = true;
+      for (std::uint32_t i = warp; i < packed.size.items; i += stride) {
+        extent = find_on_host(packed, extent, i);
+        all_same &= extent == find_on_host(packed, 0, i);
+        all_same &= packed.view.first_item[extent] <= i &&
+                    i < packed.view.first_item[extent + 1];
+      }
+      CHECK(all_same);
+    }
+  }
+}
+
+TEST_CASE("empty plans pack to no items") {
+  for (const auto& plan : {std::vector<copy_extent>{},
+                           std::vector<copy_extent>{{5, 7, 0}, {0, 0, 0}}}) {
+    const packed_plan packed{plan, 8192};
+    CHECK(packed.size.extents == 0);
+    CHECK(packed.size.items == 0);
+    CHECK(packed.view.first_item[0] == 0);
+    CHECK(packed.size.bytes() == sizeof(std::uint32_t));
+    CHECK_THROWS_AS(packed.item(0, 8192), std::out_of_range);
+  }
+}
+
+TEST_CASE("one huge extent: items at its start, middle and odd-sized end") {
+  const std::uint64_t length = (1ull << 40) + 5; // 1 TiB + 5 bytes
+  const packed_plan packed{{{16, 32, length}}, 8192};
+  REQUIRE(packed.size.extents == 1);
+  REQUIRE(packed.size.items == (1u << 27) + 1);
+  CHECK(same_item(packed.item(0, 8192), copy_work_item{16, 32, 8192, 0}));
+  CHECK(same_item(
+      packed.item(12345, 8192),
+      copy_work_item{16 + 12345ull * 8192, 32 + 12345ull * 8192, 8192, 0}));
+  CHECK(same_item(packed.item(1u << 27, 8192),
+                  copy_work_item{16 + (1ull << 40), 32 + (1ull << 40), 5, 0}));
+  CHECK_THROWS_AS(packed.item((1u << 27) + 1, 8192), std::out_of_range);
+}
+
+TEST_CASE("a plan of 2^32 work items or more is refused, not wrapped") {
+  std::vector<std::uint64_t> buffer(16);
+  const std::vector<copy_extent> plan{
+      {0, 0, 1ull << 44}}; // 2^32 items of 4 KiB
+  CHECK_THROWS_AS(pack_plan(plan, 4096, buffer.data()), std::invalid_argument);
+  CHECK_THROWS_AS(pack_plan({{0, 0, 10}}, 100, buffer.data()),
+                  std::invalid_argument);
+}

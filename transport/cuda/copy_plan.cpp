@@ -1,6 +1,7 @@
 #include "kvferry/transport/copy_plan.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 
@@ -93,6 +94,70 @@ std::vector<copy_work_item> partition_into_work_items(
   items.reserve(count_work_items(extents, item_bytes));
   partition_into_work_items(extents, item_bytes, items);
   return items;
+}
+
+packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
+                           std::uint32_t item_bytes, void* buffer) {
+  require_valid_item_size(item_bytes);
+  auto* out = static_cast<copy_extent*>(buffer);
+  // The item indices are first written past room for every input extent (the
+  // kept count is not known yet), then moved down behind the kept ones.
+  auto* first_item = reinterpret_cast<std::uint32_t*>(out + extents.size());
+  std::size_t kept = 0;
+  std::uint64_t items = 0;
+  auto close_last = [&] { // the last kept extent is complete: count its items
+    first_item[kept - 1] = static_cast<std::uint32_t>(items);
+    items += (out[kept - 1].length + item_bytes - 1) / item_bytes;
+    if (items > std::numeric_limits<std::uint32_t>::max())
+      throw std::invalid_argument(
+          "copy plan: more than 2^32 - 1 work items of " +
+          std::to_string(item_bytes) + " bytes");
+  };
+  for (const auto& e : extents) {
+    if (e.length == 0)
+      continue;
+    if (kept > 0) {
+      auto& last = out[kept - 1];
+      if (last.src_offset + last.length == e.src_offset &&
+          last.dst_offset + last.length == e.dst_offset) {
+        last.length += e.length;
+        continue;
+      }
+      close_last();
+    }
+    out[kept++] = e;
+  }
+  if (kept > 0)
+    close_last();
+  first_item[kept] = static_cast<std::uint32_t>(items);
+  std::memmove(reinterpret_cast<std::uint32_t*>(out + kept), first_item,
+               (kept + 1) * sizeof(std::uint32_t));
+  return packed_plan_size{static_cast<std::uint32_t>(kept),
+                          static_cast<std::uint32_t>(items)};
+}
+
+copy_work_item work_item_of_packed(const copy_extent* extents,
+                                   const std::uint32_t* first_item,
+                                   std::uint32_t extent_count,
+                                   std::uint32_t item_bytes,
+                                   std::uint32_t item) {
+  if (extent_count == 0 || item >= first_item[extent_count])
+    throw std::out_of_range("copy plan: no work item #" + std::to_string(item));
+  const std::uint32_t e = find_extent_of_item(
+      0, extent_count,
+      [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
+        std::uint32_t count = 0;
+        for (std::uint32_t k = 0; k < extent_search_fanout; ++k) {
+          count += k * step < hi - lo && first_item[lo + k * step] <= item;
+        }
+        return count;
+      });
+  const std::uint64_t offset = std::uint64_t{item - first_item[e]} * item_bytes;
+  const auto& extent = extents[e];
+  return copy_work_item{extent.src_offset + offset, extent.dst_offset + offset,
+                        static_cast<std::uint32_t>(std::min<std::uint64_t>(
+                            item_bytes, extent.length - offset)),
+                        0};
 }
 
 std::uint64_t total_bytes(const std::vector<copy_extent>& extents) {

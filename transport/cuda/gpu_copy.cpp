@@ -58,6 +58,11 @@ struct gpu_copy_engine::impl {
   struct plan_slot {
     bool reserved = false;
     std::uint64_t generation = 0;
+    // Default kernel: the packed plan (extents + first item of each), built
+    // straight into pinned staging by one pass and uploaded by one copy.
+    staged_array<std::byte> packed;
+    packed_plan_size packed_size;
+    // Bulk and block-per-item variants: the host-cut work item list.
     staged_array<copy_work_item> items;
     std::vector<copy_work_item> scratch;  // host partitioning buffer, reused
     std::uint32_t item_count = 0;
@@ -115,6 +120,7 @@ struct gpu_copy_engine::impl {
     if (stream)
       cudaStreamSynchronize(stream);
     for (auto& p : plans) {
+      p.packed.free_all();
       p.items.free_all();
       cudaEventDestroy(p.uploaded);
     }
@@ -138,6 +144,45 @@ struct gpu_copy_engine::impl {
                                   " (generation " + std::to_string(id.generation) +
                                   ") is not prepared or was released");
     return plans[id.slot];
+  }
+
+  // Packs the plan into the slot's pinned staging (no per-item host work, no
+  // allocation once the buffers have grown) and uploads it with one copy.
+  void stage_packed_plan(plan_slot& slot,
+                         const std::vector<copy_extent>& extents,
+                         std::uint32_t item_bytes) {
+    slot.packed.reserve(packed_plan_bytes(extents.size()), gpu);
+    slot.packed_size = pack_plan(extents, item_bytes, slot.packed.host);
+    slot.item_count = slot.packed_size.items;
+    if (slot.item_count > 0)
+      check_cuda(cudaMemcpyAsync(slot.packed.device, slot.packed.host,
+                                 slot.packed_size.bytes(),
+                                 cudaMemcpyHostToDevice, stream),
+                 "cudaMemcpyAsync (plan upload)", gpu);
+  }
+
+  // The bulk and block-per-item kernels read every work item from a list.
+  void stage_work_items(plan_slot& slot,
+                        const std::vector<copy_extent>& extents,
+                        const copy_tuning& tuning) {
+    slot.scratch.clear();
+    partition_into_work_items(coalesce(extents), tuning.item_bytes,
+                              slot.scratch);
+    if (slot.scratch.size() > 0xffffffffu)
+      throw std::invalid_argument(
+          "gpu_copy_engine::prepare: plan has more than 2^32 work items");
+    slot.items.reserve(slot.scratch.size(), gpu);
+    if (!slot.scratch.empty()) {
+      std::memcpy(slot.items.host, slot.scratch.data(),
+                  slot.scratch.size() * sizeof(copy_work_item));
+      check_cuda(cudaMemcpyAsync(slot.items.device, slot.items.host,
+                                 slot.scratch.size() * sizeof(copy_work_item),
+                                 cudaMemcpyHostToDevice, stream),
+                 "cudaMemcpyAsync (plan upload)", gpu);
+    }
+    slot.item_count = static_cast<std::uint32_t>(slot.scratch.size());
+    slot.bulk_eligible =
+        tuning.bulk && kernels::bulk_eligible(slot.scratch, tuning.item_bytes);
   }
 
   // Records an event after the work just enqueued and returns its ticket.
@@ -197,23 +242,20 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                     std::to_string(impl_->plans.size()) + " plan slots are in use");
   auto& slot = impl_->plans[index];
   // The previous upload from this staging buffer must have been consumed.
-  check_cuda(cudaEventSynchronize(slot.uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
-  slot.scratch.clear();
-  partition_into_work_items(coalesce(extents), tuning_.item_bytes, slot.scratch);
-  if (slot.scratch.size() > 0xffffffffu)
-    throw std::invalid_argument("gpu_copy_engine::prepare: plan has more than 2^32 work items");
+  check_cuda(cudaEventSynchronize(slot.uploaded),
+             "cudaEventSynchronize (staging reuse)", gpu_);
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  slot.items.reserve(slot.scratch.size(), gpu_);
-  if (!slot.scratch.empty()) {
-    std::memcpy(slot.items.host, slot.scratch.data(), slot.scratch.size() * sizeof(copy_work_item));
-    check_cuda(cudaMemcpyAsync(slot.items.device, slot.items.host,
-                               slot.scratch.size() * sizeof(copy_work_item),
-                               cudaMemcpyHostToDevice, impl_->stream),
-               "cudaMemcpyAsync (plan upload)", gpu_);
+  try {
+    if (kernels::uses_item_list(tuning_))
+      impl_->stage_work_items(slot, extents, tuning_);
+    else
+      impl_->stage_packed_plan(slot, extents, tuning_.item_bytes);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
+                                std::to_string(gpu_) + ": " + e.what());
   }
-  check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
-  slot.item_count = static_cast<std::uint32_t>(slot.scratch.size());
-  slot.bulk_eligible = tuning_.bulk && kernels::bulk_eligible(slot.scratch, tuning_.item_bytes);
+  check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord",
+             gpu_);
   slot.reserved = true;
   slot.generation = impl_->next_generation++;
   return copy_plan_id{index, slot.generation};
@@ -222,10 +264,20 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
 copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base,
                                     std::byte* dst_base) {
   auto& slot = impl_->plan_of(plan);
-  check_cuda(kernels::launch_batched_copy(slot.items.device, slot.item_count, src_base, dst_base,
-                                          tuning_, grid_blocks_, slot.bulk_eligible,
-                                          impl_->stream),
-             "batched copy kernel launch", gpu_);
+  if (kernels::uses_item_list(tuning_)) {
+    check_cuda(kernels::launch_batched_copy(
+                   slot.items.device, slot.item_count, src_base, dst_base,
+                   tuning_, grid_blocks_, slot.bulk_eligible, impl_->stream),
+               "batched copy kernel launch", gpu_);
+  } else {
+    const auto packed =
+        packed_plan_view::in(slot.packed.device, slot.packed_size.extents);
+    check_cuda(kernels::launch_extent_copy(
+                   packed.extents, packed.first_item, slot.packed_size.extents,
+                   slot.item_count, src_base, dst_base, tuning_, grid_blocks_,
+                   impl_->stream),
+               "batched copy kernel launch", gpu_);
+  }
   return impl_->record(-1);
 }
 

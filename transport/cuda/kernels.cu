@@ -1,9 +1,11 @@
 // The batched copy and unpack kernels. Both are memory-bound: the design is
 // about keeping enough 16-byte loads in flight and never idling a warp.
 //
-//  - One warp copies one work item (an equal-size piece of an extent, cut on
-//    the host by partition_into_work_items), so thousands of small blocks and
-//    a few huge ones balance the same way.
+//  - One warp copies one work item (an equal-size piece of an extent), so
+//    thousands of small blocks and a few huge ones balance the same way. The
+//    default kernel finds item i's extent itself in the packed plan (extents +
+//    prefix sum of their item counts, see copy_plan.hpp), so the host never
+//    lists items; the bulk and block-per-item variants read a host-cut list.
 //  - Persistent grid: as many blocks as the SMs keep resident; each warp
 //    strides over the items. No per-block launch, no tail of idle SMs.
 //  - Each lane issues UNROLL independent 16-byte loads before its first
@@ -115,6 +117,40 @@ __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
   }
 }
 
+// The default copy: warp w copies items w, w + warps, ... of the packed plan,
+// finding each one's extent with the 32 lanes probing 32 places of
+// first_item per round (find_extent_of_item). A warp's items only grow, so
+// each search starts at the extent of its previous item.
+template<int Unroll, int Hint>
+__global__ void
+extent_copy_kernel(const copy_extent* __restrict__ extents,
+                   const std::uint32_t* __restrict__ first_item,
+                   std::uint32_t extent_count, std::uint32_t item_count,
+                   std::uint32_t item_bytes, const char* src, char* dst) {
+  const unsigned lane = threadIdx.x % warp_lanes;
+  const std::uint32_t warp =
+      (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
+  std::uint32_t extent = 0;
+  for (std::uint32_t i = warp; i < item_count; i += warps) {
+    extent = find_extent_of_item(
+        extent, extent_count,
+        [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
+          const std::uint32_t ahead = lane * step; // < 32 * step: no overflow
+          const bool at_or_below =
+              ahead < hi - lo && first_item[lo + ahead] <= i;
+          return static_cast<std::uint32_t>(
+              __popc(__ballot_sync(0xffffffffu, at_or_below)));
+        });
+    const copy_extent e = extents[extent];
+    const std::uint64_t offset =
+        std::uint64_t{i - first_item[extent]} * item_bytes;
+    warp_copy<Unroll, Hint>(
+        src + e.src_offset + offset, dst + e.dst_offset + offset,
+        min(std::uint64_t{item_bytes}, e.length - offset), lane);
+  }
+}
+
 // Variant: the whole block copies one item, thread t taking vectors t,
 // t+blockDim, ... so that one load instruction of the block covers 4 KiB of
 // contiguous memory (the warp version covers 512 B).
@@ -164,13 +200,21 @@ cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n, co
   return cudaGetLastError();
 }
 
-template <int Unroll, int Hint>
-int blocks_per_sm_variant(int threads) {
+template<typename Kernel>
+int blocks_per_sm_of(Kernel kernel, int threads) {
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, batched_copy_kernel<Unroll, Hint>, threads, 0) != cudaSuccess)
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads,
+                                                    0) != cudaSuccess)
     return 1;
   return blocks > 0 ? blocks : 1;
+}
+
+// Occupancy of the SIMT kernel this tuning launches.
+template<int Unroll, int Hint>
+int blocks_per_sm_variant(int threads, bool item_list) {
+  return item_list
+             ? blocks_per_sm_of(batched_copy_kernel<Unroll, Hint>, threads)
+             : blocks_per_sm_of(extent_copy_kernel<Unroll, Hint>, threads);
 }
 
 int hint_of(const copy_tuning& t) {
@@ -199,8 +243,30 @@ auto dispatch(const copy_tuning& t, Fn&& fn) {
 
 struct occupancy_query {
   int threads;
-  template <int U, int S>
-  int operator()() const { return blocks_per_sm_variant<U, S>(threads); }
+  bool item_list;
+  template<int U, int S>
+  int operator()() const {
+    return blocks_per_sm_variant<U, S>(threads, item_list);
+  }
+};
+
+struct extent_copy_launch {
+  const copy_extent* extents;
+  const std::uint32_t* first_item;
+  std::uint32_t extent_count;
+  std::uint32_t item_count;
+  std::uint32_t item_bytes;
+  const char* src;
+  char* dst;
+  int threads;
+  int grid;
+  cudaStream_t stream;
+  template<int U, int S>
+  cudaError_t operator()() const {
+    extent_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
+        extents, first_item, extent_count, item_count, item_bytes, src, dst);
+    return cudaGetLastError();
+  }
 };
 
 struct copy_launch {
@@ -527,7 +593,12 @@ int copy_blocks_per_sm(const copy_tuning& tuning) {
     if (blocks > 0)
       return blocks;
   }
-  return dispatch(tuning, occupancy_query{tuning.threads_per_block});
+  return dispatch(tuning, occupancy_query{tuning.threads_per_block,
+                                          uses_item_list(tuning)});
+}
+
+bool uses_item_list(const copy_tuning& tuning) {
+  return tuning.bulk || tuning.cta_per_item;
 }
 
 bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes) {
@@ -564,6 +635,28 @@ cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_
                                       reinterpret_cast<const char*>(src_base),
                                       reinterpret_cast<char*>(dst_base),
                                       tuning.threads_per_block, grid, tuning.cta_per_item, stream});
+}
+
+cudaError_t launch_extent_copy(const copy_extent* extents,
+                               const std::uint32_t* first_item,
+                               std::uint32_t extent_count,
+                               std::uint32_t item_count,
+                               const std::byte* src_base, std::byte* dst_base,
+                               const copy_tuning& tuning, int grid_blocks,
+                               cudaStream_t stream) {
+  if (item_count == 0)
+    return cudaSuccess;
+  const int warps_per_block =
+      tuning.threads_per_block / static_cast<int>(warp_lanes);
+  const int grid = tuning.balance_rounds
+                       ? balanced_grid(item_count, warps_per_block, grid_blocks)
+                       : grid_for(item_count, warps_per_block, grid_blocks);
+  return dispatch(tuning,
+                  extent_copy_launch{extents, first_item, extent_count,
+                                     item_count, tuning.item_bytes,
+                                     reinterpret_cast<const char*>(src_base),
+                                     reinterpret_cast<char*>(dst_base),
+                                     tuning.threads_per_block, grid, stream});
 }
 
 cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream) {

@@ -17,6 +17,20 @@ namespace kvferry::transport::kernels {
 /// Blocks per SM the copy kernel of this tuning can keep resident.
 int copy_blocks_per_sm(const copy_tuning& tuning);
 
+/// True when this tuning's kernel (bulk or block-per-item) reads a host-cut
+/// list of work items; the default kernel reads the packed plan instead.
+bool uses_item_list(const copy_tuning& tuning);
+
+/// The default copy: one launch over the packed plan (copy_plan.hpp, arrays
+/// in device memory); the kernel cuts the extents into items itself.
+cudaError_t launch_extent_copy(const copy_extent* extents,
+                               const std::uint32_t* first_item,
+                               std::uint32_t extent_count,
+                               std::uint32_t item_count,
+                               const std::byte* src_base, std::byte* dst_base,
+                               const copy_tuning& tuning, int grid_blocks,
+                               cudaStream_t stream);
+
 /// True when the bulk (TMA) kernel can copy these items (host-side check of
 /// offsets and lengths; base alignment is checked at launch).
 bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes);

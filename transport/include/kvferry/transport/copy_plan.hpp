@@ -2,10 +2,13 @@
 //
 // A plan is a list of extents (src offset, dst offset, length) relative to a
 // source and a destination region. Before a kernel sees it the plan is checked
-// against the regions' sizes, adjacent extents are coalesced, and the result
-// is cut into equal-size work items (one warp copies one item), so that the
-// kernel's load is balanced whatever the extent sizes are. All of this is plain
-// C++: CI tests it without a GPU.
+// against the regions' sizes and adjacent extents are coalesced. The kernel
+// balances its load by cutting extents into equal-size work items (one warp
+// copies one item) whatever the extent sizes are. The host does not list the
+// items: it uploads the coalesced extents and, per extent, the index of its
+// first item (a prefix sum, one pass); the kernel maps an item index to its
+// extent with find_extent_of_item below. All of this is plain C++ (the search
+// is shared with the kernel): CI tests it without a GPU.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +16,13 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+// Functions the copy kernel shares with the host (compiled for both by nvcc).
+#if defined(__CUDACC__)
+#define KVFERRY_HOST_DEVICE __host__ __device__
+#else
+#define KVFERRY_HOST_DEVICE
+#endif
 
 namespace kvferry::transport {
 
@@ -28,6 +38,8 @@ struct copy_extent {
            a.length == b.length;
   }
 };
+static_assert(sizeof(copy_extent) == 24,
+              "extent layout is shared with the kernel");
 
 /// What the kernel reads: one per warp-task. 24 bytes; the device array of a
 /// plan holds exactly these, uploaded once per plan.
@@ -73,5 +85,80 @@ std::size_t count_work_items(const std::vector<copy_extent>& extents,
 
 /// Total bytes a plan copies.
 std::uint64_t total_bytes(const std::vector<copy_extent>& extents);
+
+// ---- the packed plan: extents + prefix sum of their work items ----
+
+/// Bytes of the packed plan of at most `extent_count` extents: the extents,
+/// then `extent_count + 1` item indices (uint32). The copy engine's staging
+/// and device buffers have this size and are uploaded with one copy.
+constexpr std::size_t packed_plan_bytes(std::size_t extent_count) {
+  return extent_count * sizeof(copy_extent) +
+         (extent_count + 1) * sizeof(std::uint32_t);
+}
+
+/// The two arrays of a packed plan of `extent_count` extents in its buffer.
+struct packed_plan_view {
+  const copy_extent* extents = nullptr;      // extent_count
+  const std::uint32_t* first_item = nullptr; // extent_count + 1
+  static packed_plan_view in(const void* buffer, std::size_t extent_count) {
+    const auto* extents = static_cast<const copy_extent*>(buffer);
+    return {extents,
+            reinterpret_cast<const std::uint32_t*>(extents + extent_count)};
+  }
+};
+
+struct packed_plan_size {
+  std::uint32_t extents = 0; // after coalescing
+  std::uint32_t items = 0;   // work items in all (first_item[extents])
+  std::size_t bytes() const { return packed_plan_bytes(extents); }
+};
+
+/// One pass over `extents` (already checked with check_extents) that writes
+/// the packed plan into `buffer` (packed_plan_bytes(extents.size()) bytes,
+/// 8-byte aligned): empty extents dropped and neighbours coalesced exactly as
+/// coalesce() does, then first_item[k] = the index of extent k's first work
+/// item of `item_bytes`, first_item[kept] = all items. Read it back with
+/// packed_plan_view::in(buffer, result.extents); its first result.bytes()
+/// bytes are the whole plan. Throws std::invalid_argument when item_bytes is
+/// not a positive multiple of 16 or the plan has 2^32 work items or more (the
+/// kernel counts them in 32 bits).
+packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
+                           std::uint32_t item_bytes, void* buffer);
+
+/// How many places the kernel's warp probes at once (one per lane).
+inline constexpr std::uint32_t extent_search_fanout = 32;
+
+/// The extent that holds work item `item`: the last e in [lo, hi) with
+/// first_item[e] <= item, given first_item[lo] <= item (a caller that walks
+/// items in increasing order may start from the previous answer). Each round
+/// asks `count_at_or_below(lo, step, hi)` how many of the probes lo + k*step
+/// (k = 0 .. fanout-1 with k*step < hi - lo, which cannot overflow) have
+/// first_item <= item -- on the GPU
+/// every lane of a warp loads one probe and a ballot counts them -- and
+/// narrows [lo, hi) to one step: about log32(extents) dependent loads, 4 for
+/// 65536 extents, instead of 16 for a binary search.
+template<typename CountAtOrBelow>
+KVFERRY_HOST_DEVICE inline std::uint32_t
+find_extent_of_item(std::uint32_t lo, std::uint32_t hi,
+                    CountAtOrBelow&& count_at_or_below) {
+  while (hi - lo > 1) {
+    const std::uint32_t step =
+        (hi - lo + extent_search_fanout - 1) / extent_search_fanout;
+    const std::uint32_t at_or_below =
+        count_at_or_below(lo, step, hi); // >= 1: probe lo
+    lo += (at_or_below - 1) * step;
+    if (hi - lo > step)
+      hi = lo + step;
+  }
+  return lo;
+}
+
+/// The work item `item` of a packed plan, found as the kernel finds it (host
+/// reference for tests: the same search, probes counted in a loop).
+copy_work_item work_item_of_packed(const copy_extent* extents,
+                                   const std::uint32_t* first_item,
+                                   std::uint32_t extent_count,
+                                   std::uint32_t item_bytes,
+                                   std::uint32_t item);
 
 }  // namespace kvferry::transport
