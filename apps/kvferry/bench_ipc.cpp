@@ -213,7 +213,19 @@ std::vector<kernel_variant> sweep_variants() {
   };
   copy_tuning unbalanced;
   unbalanced.balance_rounds = false;
-  return {{"simt-cs-unbalanced-grid", unbalanced},
+  copy_tuning host_items; // the kernel before issue #5, same knobs
+  host_items.host_item_list = true;
+  auto claiming = [](std::uint32_t item) {
+    copy_tuning t;
+    t.claim_items = true;
+    t.item_bytes = item;
+    return t;
+  };
+  return {{"simt-cs-packed-plan (default)", copy_tuning{}},
+          {"simt-cs-host-item-list (pre-#5)", host_items},
+          {"simt-cs-claim-items", claiming(8192)},
+          {"simt-cs-claim-items", claiming(16384)},
+          {"simt-cs-unbalanced-grid", unbalanced},
           {"simt-plain", simt(8192, 8, false)},
           {"simt-cs", simt(4096, 8)},
           {"simt-cs", simt(16384, 8)},
@@ -263,6 +275,11 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
   const std::vector<copy_extent> whole{{0, 0, bytes}};
   variants.push_back(time_kernel_variant(
       ctx, {"default on one contiguous extent", copy_tuning{}}, whole, bytes,
+      ceiling_s));
+  copy_tuning claiming;
+  claiming.claim_items = true;
+  variants.push_back(time_kernel_variant(
+      ctx, {"claim-items on one contiguous extent", claiming}, whole, bytes,
       ceiling_s));
   return variants;
 }

@@ -80,13 +80,16 @@ TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned off
   std::mt19937_64 rng{1234};
   // SIMT variants, then bulk (TMA) ones; few warps so that each warp's
   // pipeline wraps around its stages many times. Unaligned plans fall back.
-  for (copy_tuning tuning : {copy_tuning{}, copy_tuning{16, 4, false, 128, 0, false, 4},
-                             copy_tuning{4096, 16, true, 256, 0, false, 4},
-                             copy_tuning{65536, 8, true, 512, 1, false, 4},
-                             copy_tuning{4096, 8, true, 32, 1, true, 4},
-                             copy_tuning{8192, 8, true, 64, 1, true, 3},
-                             copy_tuning{16384, 8, true, 128, 0, true, 2},
-                             copy_tuning{8192, 4, true, 128, 0, false, 4, false, true, true}}) {
+  for (copy_tuning tuning :
+       {copy_tuning{}, copy_tuning{16, 4, false, 128, 0, false, 4},
+        copy_tuning{4096, 16, true, 256, 0, false, 4},
+        copy_tuning{65536, 8, true, 512, 1, false, 4},
+        copy_tuning{4096, 8, true, 32, 1, true, 4},
+        copy_tuning{8192, 8, true, 64, 1, true, 3},
+        copy_tuning{16384, 8, true, 128, 0, true, 2},
+        copy_tuning{8192, 4, true, 128, 0, false, 4, false, true, true},
+        copy_tuning{8192, 8, true, 256, 0, false, 4, false, true, false,
+                    true}}) { // host item list (pre-#5 kernel)
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.unroll);
     CAPTURE(tuning.bulk);
@@ -136,10 +139,15 @@ TEST_CASE(
   copy_tuning unbalanced;
   unbalanced.balance_rounds = false;
   unbalanced.streaming = false;
-  for (const copy_tuning& tuning :
-       {copy_tuning{}, few_warps, small_items, unbalanced}) {
+  copy_tuning claiming; // launches after the first start mid-counter
+  claiming.claim_items = true;
+  copy_tuning claiming_few_warps = few_warps;
+  claiming_few_warps.claim_items = true;
+  for (const copy_tuning& tuning : {copy_tuning{}, few_warps, small_items,
+                                    unbalanced, claiming, claiming_few_warps}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.threads_per_block);
+    CAPTURE(tuning.claim_items);
     gpu_copy_engine engine{gpu, tuning};
     const std::vector<std::vector<copy_extent>> plans{
         random_extents(rng, bufs.src.size(), true),

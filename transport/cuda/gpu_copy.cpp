@@ -87,6 +87,7 @@ struct gpu_copy_engine::impl {
 
   int gpu;
   cudaStream_t stream = nullptr;
+  kernels::claim_counter claims; // copy_tuning::claim_items only
   std::vector<plan_slot> plans;
   std::vector<event_slot> events;
   std::vector<unpack_slot> unpacks;
@@ -119,6 +120,8 @@ struct gpu_copy_engine::impl {
     cudaSetDevice(gpu);
     if (stream)
       cudaStreamSynchronize(stream);
+    if (claims.device)
+      cudaFree(claims.device);
     for (auto& p : plans) {
       p.packed.free_all();
       p.items.free_all();
@@ -216,6 +219,14 @@ gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t plan_s
   if (plan_slots == 0 || event_slots == 0)
     throw std::invalid_argument("gpu_copy_engine needs at least one plan slot and one event slot");
   impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots);
+  if (tuning_.claim_items) {
+    auto& counter = impl_->claims.device;
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&counter), sizeof(*counter)),
+               "cudaMalloc (item claim counter)", gpu);
+    // On the engine's stream: its kernels must see the zero.
+    check_cuda(cudaMemsetAsync(counter, 0, sizeof(*counter), impl_->stream),
+               "cudaMemsetAsync (item claim counter)", gpu);
+  }
   int sms = 0;
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, gpu),
              "cudaDeviceGetAttribute(multiprocessors)", gpu);
@@ -275,6 +286,7 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base
     check_cuda(kernels::launch_extent_copy(
                    packed.extents, packed.first_item, slot.packed_size.extents,
                    slot.item_count, src_base, dst_base, tuning_, grid_blocks_,
+                   tuning_.claim_items ? &impl_->claims : nullptr,
                    impl_->stream),
                "batched copy kernel launch", gpu_);
   }

@@ -117,22 +117,54 @@ __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
   }
 }
 
-// The default copy: warp w copies items w, w + warps, ... of the packed plan,
-// finding each one's extent with the 32 lanes probing 32 places of
-// first_item per round (find_extent_of_item). A warp's items only grow, so
-// each search starts at the extent of its previous item.
+// Items of a launch handed out by a counter in device memory: a warp's
+// claims are tickets base, base + 1, ...; every warp claims until it draws a
+// ticket past the items, so a launch draws exactly items + warps tickets and
+// the host knows the next launch's base without resetting the counter.
+struct item_claims {
+  unsigned long long* counter = nullptr; // null: static striding
+  unsigned long long base = 0;
+};
+
+// Lane 0 draws a ticket; the result is read (shuffled to the warp) only
+// after the current item's copy, so the atomic's latency hides behind it.
+__device__ __forceinline__ unsigned long long draw_ticket(const item_claims& c,
+                                                          unsigned lane) {
+  return lane == 0 ? atomicAdd(c.counter, 1ull) : 0ull;
+}
+
+__device__ __forceinline__ std::uint32_t
+item_of_ticket(const item_claims& c, unsigned long long drawn,
+               std::uint32_t item_count) {
+  const unsigned long long ticket = __shfl_sync(0xffffffffu, drawn, 0);
+  const unsigned long long item = ticket - c.base;
+  return item < item_count ? static_cast<std::uint32_t>(item) : item_count;
+}
+
+// The default copy: warp w copies items w, w + warps, ... of the packed plan
+// (or the items it claims, see item_claims), finding each one's extent with
+// the 32 lanes probing 32 places of first_item per round
+// (find_extent_of_item). A warp's items only grow, so each search starts at
+// the extent of its previous item.
 template<int Unroll, int Hint>
-__global__ void
-extent_copy_kernel(const copy_extent* __restrict__ extents,
-                   const std::uint32_t* __restrict__ first_item,
-                   std::uint32_t extent_count, std::uint32_t item_count,
-                   std::uint32_t item_bytes, const char* src, char* dst) {
+__global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
+                                   const std::uint32_t* __restrict__ first_item,
+                                   std::uint32_t extent_count,
+                                   std::uint32_t item_count,
+                                   std::uint32_t item_bytes, const char* src,
+                                   char* dst, item_claims claims) {
   const unsigned lane = threadIdx.x % warp_lanes;
   const std::uint32_t warp =
       (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
+  const bool claiming = claims.counter != nullptr;
+  std::uint32_t i =
+      claiming ? item_of_ticket(claims, draw_ticket(claims, lane), item_count)
+               : warp;
   std::uint32_t extent = 0;
-  for (std::uint32_t i = warp; i < item_count; i += warps) {
+  while (i < item_count) {
+    const unsigned long long next_ticket =
+        claiming ? draw_ticket(claims, lane) : 0ull;
     extent = find_extent_of_item(
         extent, extent_count,
         [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
@@ -148,6 +180,10 @@ extent_copy_kernel(const copy_extent* __restrict__ extents,
     warp_copy<Unroll, Hint>(
         src + e.src_offset + offset, dst + e.dst_offset + offset,
         min(std::uint64_t{item_bytes}, e.length - offset), lane);
+    if (claiming)
+      i = item_of_ticket(claims, next_ticket, item_count);
+    else // i + warps could wrap past 2^32 - 1 on the largest plans
+      i = item_count - i > warps ? i + warps : item_count;
   }
 }
 
@@ -260,11 +296,13 @@ struct extent_copy_launch {
   char* dst;
   int threads;
   int grid;
+  item_claims claims;
   cudaStream_t stream;
   template<int U, int S>
   cudaError_t operator()() const {
     extent_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
-        extents, first_item, extent_count, item_count, item_bytes, src, dst);
+        extents, first_item, extent_count, item_count, item_bytes, src, dst,
+        claims);
     return cudaGetLastError();
   }
 };
@@ -598,7 +636,7 @@ int copy_blocks_per_sm(const copy_tuning& tuning) {
 }
 
 bool uses_item_list(const copy_tuning& tuning) {
-  return tuning.bulk || tuning.cta_per_item;
+  return tuning.bulk || tuning.cta_per_item || tuning.host_item_list;
 }
 
 bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes) {
@@ -643,20 +681,27 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                                std::uint32_t item_count,
                                const std::byte* src_base, std::byte* dst_base,
                                const copy_tuning& tuning, int grid_blocks,
-                               cudaStream_t stream) {
+                               claim_counter* claims, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
   const int warps_per_block =
       tuning.threads_per_block / static_cast<int>(warp_lanes);
-  const int grid = tuning.balance_rounds
+  // Claiming warps balance themselves: every resident warp starts.
+  const int grid = tuning.balance_rounds && claims == nullptr
                        ? balanced_grid(item_count, warps_per_block, grid_blocks)
                        : grid_for(item_count, warps_per_block, grid_blocks);
-  return dispatch(tuning,
-                  extent_copy_launch{extents, first_item, extent_count,
-                                     item_count, tuning.item_bytes,
-                                     reinterpret_cast<const char*>(src_base),
-                                     reinterpret_cast<char*>(dst_base),
-                                     tuning.threads_per_block, grid, stream});
+  const item_claims handed_out =
+      claims ? item_claims{claims->device, claims->drawn} : item_claims{};
+  const cudaError_t err = dispatch(
+      tuning, extent_copy_launch{
+                  extents, first_item, extent_count, item_count,
+                  tuning.item_bytes, reinterpret_cast<const char*>(src_base),
+                  reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
+                  grid, handed_out, stream});
+  if (claims != nullptr && err == cudaSuccess) // every warp draws once more
+    claims->drawn += std::uint64_t{item_count} +
+                     static_cast<std::uint64_t>(grid) * warps_per_block;
+  return err;
 }
 
 cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream) {

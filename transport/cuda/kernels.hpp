@@ -21,15 +21,23 @@ int copy_blocks_per_sm(const copy_tuning& tuning);
 /// list of work items; the default kernel reads the packed plan instead.
 bool uses_item_list(const copy_tuning& tuning);
 
+/// The ticket counter of copy_tuning::claim_items: 8 bytes of device memory
+/// (zeroed once) and how many tickets the launches enqueued so far draw.
+struct claim_counter {
+  unsigned long long* device = nullptr;
+  std::uint64_t drawn = 0;
+};
+
 /// The default copy: one launch over the packed plan (copy_plan.hpp, arrays
-/// in device memory); the kernel cuts the extents into items itself.
+/// in device memory); the kernel cuts the extents into items itself. With
+/// `claims` (launches on one stream only), warps claim items from it.
 cudaError_t launch_extent_copy(const copy_extent* extents,
                                const std::uint32_t* first_item,
                                std::uint32_t extent_count,
                                std::uint32_t item_count,
                                const std::byte* src_base, std::byte* dst_base,
                                const copy_tuning& tuning, int grid_blocks,
-                               cudaStream_t stream);
+                               claim_counter* claims, cudaStream_t stream);
 
 /// True when the bulk (TMA) kernel can copy these items (host-side check of
 /// offsets and lengths; base alignment is checked at launch).

@@ -59,6 +59,16 @@ struct copy_tuning {
   bool balance_rounds = true;
   /// A whole block (not a warp) copies each item (experimental, see docs/gpu.md).
   bool cta_per_item = false;
+  /// The SIMT kernel reads a host-cut list of work items (24 bytes each) as
+  /// before issue #5, instead of the packed plan: kept to compare the two
+  /// kernels in one run (bench ipc --sweep). prepare() then costs a host loop
+  /// per item.
+  bool host_item_list = false;
+  /// Warps claim items from a counter in device memory (one atomic per item,
+  /// issued while the previous item copies) instead of each taking every
+  /// n-th item, so that a warp slowed down takes fewer items and none idles
+  /// at the end (experimental, see docs/gpu.md). Packed plans only.
+  bool claim_items = false;
 };
 
 struct copy_plan_id {
