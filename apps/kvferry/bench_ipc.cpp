@@ -19,6 +19,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "size_list.hpp"
 
 #ifdef KVFERRY_HAVE_CUDA
 #include <algorithm>
@@ -62,27 +63,6 @@ struct bench_ipc_options {
 
 using json = nlohmann::json;
 using namespace kvferry::transport;
-
-std::uint64_t parse_size(const std::string& text) {
-  std::size_t used = 0;
-  const double number = std::stod(text, &used);
-  std::string unit = text.substr(used);
-  std::uint64_t scale = 1;
-  if (unit == "K" || unit == "KiB" || unit == "k") scale = 1ull << 10;
-  else if (unit == "M" || unit == "MiB") scale = 1ull << 20;
-  else if (unit == "G" || unit == "GiB") scale = 1ull << 30;
-  else if (!unit.empty()) throw std::invalid_argument("unknown size unit in '" + text + "'");
-  return static_cast<std::uint64_t>(number * static_cast<double>(scale));
-}
-
-std::vector<std::uint64_t> parse_sizes(const std::string& list) {
-  std::vector<std::uint64_t> sizes;
-  std::stringstream in(list);
-  for (std::string item; std::getline(in, item, ',');)
-    if (!item.empty())
-      sizes.push_back(parse_size(item));
-  return sizes;
-}
 
 long peak_rss_kib() {
   rusage usage{};

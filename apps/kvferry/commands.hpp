@@ -11,6 +11,7 @@ void add_info(CLI::App& root, int& exit_code);
 void add_netcheck(CLI::App& root, int& exit_code);
 void add_bench_net(CLI::App& bench, int& exit_code);
 void add_bench_ipc(CLI::App& bench, int& exit_code);
+void add_bench_plan(CLI::App& bench, int& exit_code);
 void add_demo(CLI::App& root, int& exit_code);
 void add_directory(CLI::App& root, int& exit_code);
 void add_worker(CLI::App& root, int& exit_code);

@@ -11,10 +11,11 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   kvferry::app::add_info(app, exit_code);
   kvferry::app::add_netcheck(app, exit_code);
-  auto* bench = app.add_subcommand("bench", "Benchmarks (net, ipc)");
+  auto* bench = app.add_subcommand("bench", "Benchmarks (net, ipc, plan)");
   bench->require_subcommand(1);
   kvferry::app::add_bench_net(*bench, exit_code);
   kvferry::app::add_bench_ipc(*bench, exit_code);
+  kvferry::app::add_bench_plan(*bench, exit_code);
   kvferry::app::add_demo(app, exit_code);
   kvferry::app::add_directory(app, exit_code);
   kvferry::app::add_worker(app, exit_code);
