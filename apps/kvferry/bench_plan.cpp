@@ -3,9 +3,9 @@
 // For each block size, a plan of total/block blocks at random slots of pools
 // twice the total (as bench ipc builds them) is built, into buffers reused
 // from run to run, the two ways gpu_copy_engine::prepare can:
-//   - packed: check_extents + pack_plan, what prepare() does for the default
-//     kernel apart from its CUDA calls (a staging-reuse event wait, one
-//     upload, one event record);
+//   - packed: pack_plan (bounds checked in its pass), what prepare() does for
+//     the default kernel apart from its CUDA calls (a staging-reuse event
+//     wait, one upload, one event record);
 //   - item list: check_extents + coalesce + partition_into_work_items + the
 //     copy into staging, what prepare() did before issue #5 (and still does
 //     for the bulk and block-per-item kernels).
@@ -91,8 +91,7 @@ json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
   std::vector<std::uint64_t> staging((packed_plan_bytes(blocks) + 7) / 8);
   packed_plan_size packed;
   const double packed_s = median_seconds(opt.repeats, [&] {
-    require_fits(plan, region);
-    packed = pack_plan(plan, opt.item_bytes, staging.data());
+    packed = pack_plan(plan, opt.item_bytes, region, region, staging.data());
   });
 
   std::vector<copy_work_item> scratch;

@@ -144,6 +144,8 @@ TEST_CASE("an item size that is not a multiple of 16 is refused") {
 
 namespace {
 
+constexpr std::uint64_t no_limit = ~0ull; // regions as large as offsets go
+
 // A packed plan in an 8-byte aligned host buffer, as the copy engine stages it.
 struct packed_plan {
   std::vector<std::uint64_t> buffer;
@@ -151,7 +153,7 @@ struct packed_plan {
   packed_plan_view view;
   packed_plan(const std::vector<copy_extent>& plan, std::uint32_t item_bytes)
       : buffer((packed_plan_bytes(plan.size()) + 7) / 8),
-        size(pack_plan(plan, item_bytes, buffer.data())),
+        size(pack_plan(plan, item_bytes, no_limit, no_limit, buffer.data())),
         view(packed_plan_view::in(buffer.data(), size.extents)) {}
   copy_work_item item(std::uint32_t i, std::uint32_t item_bytes) const {
     return work_item_of_packed(view.extents, view.first_item, size.extents,
@@ -270,7 +272,37 @@ TEST_CASE("a plan of 2^32 work items or more is refused, not wrapped") {
   std::vector<std::uint64_t> buffer(16);
   const std::vector<copy_extent> plan{
       {0, 0, 1ull << 44}}; // 2^32 items of 4 KiB
-  CHECK_THROWS_AS(pack_plan(plan, 4096, buffer.data()), std::invalid_argument);
-  CHECK_THROWS_AS(pack_plan({{0, 0, 10}}, 100, buffer.data()),
+  CHECK_THROWS_AS(pack_plan(plan, 4096, no_limit, no_limit, buffer.data()),
                   std::invalid_argument);
+  CHECK_THROWS_AS(
+      pack_plan({{0, 0, 10}}, 100, no_limit, no_limit, buffer.data()),
+      std::invalid_argument);
+}
+
+TEST_CASE(
+    "packing checks the bounds in its pass, with check_extents' message") {
+  std::vector<std::uint64_t> buffer(64);
+  const std::vector<copy_extent> plan{{0, 0, 10}, {10, 10, 10}, {95, 0, 10}};
+  const auto expected = check_extents(plan, 100, 1000);
+  REQUIRE(expected.has_value());
+  CHECK_THROWS_WITH_AS(pack_plan(plan, 4096, 100, 1000, buffer.data()),
+                       expected->c_str(), std::invalid_argument);
+  const std::vector<copy_extent> wraps{{8, ~0ull - 4, 16}};
+  CHECK_THROWS_WITH_AS(pack_plan(wraps, 4096, 100, ~0ull, buffer.data()),
+                       check_extents(wraps, 100, ~0ull)->c_str(),
+                       std::invalid_argument);
+  CHECK(pack_plan(plan, 4096, 105, 1000, buffer.data()).extents == 2);
+}
+
+TEST_CASE("item counts round up for item sizes that are not powers of two") {
+  std::vector<std::uint64_t> buffer(64);
+  // 48-byte items: 100 bytes = 3 items, 96 bytes = 2, 1 byte = 1.
+  const std::vector<copy_extent> plan{
+      {0, 0, 100}, {200, 200, 96}, {400, 400, 1}};
+  const auto size = pack_plan(plan, 48, no_limit, no_limit, buffer.data());
+  CHECK(size.items == 6);
+  CHECK(size.items == count_work_items(plan, 48));
+  const auto view = packed_plan_view::in(buffer.data(), size.extents);
+  CHECK(view.first_item[1] == 3);
+  CHECK(view.first_item[2] == 5);
 }

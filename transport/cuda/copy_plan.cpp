@@ -20,6 +20,45 @@ std::string describe(std::size_t index, const copy_extent& e) {
          std::to_string(e.dst_offset) + ", length " + std::to_string(e.length) + ")";
 }
 
+// check_extents' message for an extent that does not fit, else nullopt.
+std::optional<std::string> misfit(std::size_t index, const copy_extent& e,
+                                  std::uint64_t src_region_bytes,
+                                  std::uint64_t dst_region_bytes) {
+  if (!fits(e.src_offset, e.length, src_region_bytes))
+    return describe(index, e) + " ends past the source region of " +
+           std::to_string(src_region_bytes) + " bytes";
+  if (!fits(e.dst_offset, e.length, dst_region_bytes))
+    return describe(index, e) + " ends past the destination region of " +
+           std::to_string(dst_region_bytes) + " bytes";
+  return std::nullopt;
+}
+
+// Work items in `length` bytes, rounded up without overflow. A shift when
+// item_bytes is a power of two (the default 8192): a 64-bit division per
+// extent is a large part of a plan's host time.
+class item_counter {
+public:
+  explicit item_counter(std::uint32_t item_bytes)
+      : item_bytes_(item_bytes), shift_(log2_if_power_of_two(item_bytes)) {}
+  std::uint64_t operator()(std::uint64_t length) const {
+    if (shift_ >= 0)
+      return (length >> shift_) + ((length & (item_bytes_ - 1)) != 0);
+    return length / item_bytes_ + (length % item_bytes_ != 0);
+  }
+
+private:
+  static int log2_if_power_of_two(std::uint32_t n) {
+    if (n == 0 || (n & (n - 1)) != 0)
+      return -1;
+    int log2 = 0;
+    while ((1u << log2) != n)
+      ++log2;
+    return log2;
+  }
+  std::uint32_t item_bytes_;
+  int shift_; // -1: not a power of two
+};
+
 void require_valid_item_size(std::uint32_t item_bytes) {
   if (item_bytes == 0 || item_bytes % 16 != 0)
     throw std::invalid_argument("copy plan: work item size " +
@@ -32,15 +71,10 @@ void require_valid_item_size(std::uint32_t item_bytes) {
 std::optional<std::string> check_extents(const std::vector<copy_extent>& extents,
                                          std::uint64_t src_region_bytes,
                                          std::uint64_t dst_region_bytes) {
-  for (std::size_t i = 0; i < extents.size(); ++i) {
-    const auto& e = extents[i];
-    if (!fits(e.src_offset, e.length, src_region_bytes))
-      return describe(i, e) + " ends past the source region of " +
-             std::to_string(src_region_bytes) + " bytes";
-    if (!fits(e.dst_offset, e.length, dst_region_bytes))
-      return describe(i, e) + " ends past the destination region of " +
-             std::to_string(dst_region_bytes) + " bytes";
-  }
+  for (std::size_t i = 0; i < extents.size(); ++i)
+    if (auto problem =
+            misfit(i, extents[i], src_region_bytes, dst_region_bytes))
+      return problem;
   return std::nullopt;
 }
 
@@ -97,8 +131,11 @@ std::vector<copy_work_item> partition_into_work_items(
 }
 
 packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
-                           std::uint32_t item_bytes, void* buffer) {
+                           std::uint32_t item_bytes,
+                           std::uint64_t src_region_bytes,
+                           std::uint64_t dst_region_bytes, void* buffer) {
   require_valid_item_size(item_bytes);
+  const item_counter items_in{item_bytes};
   auto* out = static_cast<copy_extent*>(buffer);
   // The item indices are first written past room for every input extent (the
   // kept count is not known yet), then moved down behind the kept ones.
@@ -107,20 +144,26 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
   std::uint64_t items = 0;
   auto close_last = [&] { // the last kept extent is complete: count its items
     first_item[kept - 1] = static_cast<std::uint32_t>(items);
-    items += (out[kept - 1].length + item_bytes - 1) / item_bytes;
+    items += items_in(out[kept - 1].length);
     if (items > std::numeric_limits<std::uint32_t>::max())
       throw std::invalid_argument(
           "copy plan: more than 2^32 - 1 work items of " +
           std::to_string(item_bytes) + " bytes");
   };
-  for (const auto& e : extents) {
+  // Bounds are checked in the same pass (one read of the caller's extents).
+  for (std::size_t index = 0; index < extents.size(); ++index) {
+    const auto& e = extents[index];
+    if (!fits(e.src_offset, e.length, src_region_bytes) ||
+        !fits(e.dst_offset, e.length, dst_region_bytes))
+      throw std::invalid_argument(
+          *misfit(index, e, src_region_bytes, dst_region_bytes));
     if (e.length == 0)
       continue;
     if (kept > 0) {
       auto& last = out[kept - 1];
       if (last.src_offset + last.length == e.src_offset &&
           last.dst_offset + last.length == e.dst_offset) {
-        last.length += e.length;
+        last.length += e.length; // both fit their regions: so does the sum
         continue;
       }
       close_last();

@@ -151,11 +151,15 @@ struct gpu_copy_engine::impl {
 
   // Packs the plan into the slot's pinned staging (no per-item host work, no
   // allocation once the buffers have grown) and uploads it with one copy.
+  // Bounds are checked by the same pass.
   void stage_packed_plan(plan_slot& slot,
                          const std::vector<copy_extent>& extents,
-                         std::uint32_t item_bytes) {
+                         std::uint32_t item_bytes,
+                         std::uint64_t src_region_bytes,
+                         std::uint64_t dst_region_bytes) {
     slot.packed.reserve(packed_plan_bytes(extents.size()), gpu);
-    slot.packed_size = pack_plan(extents, item_bytes, slot.packed.host);
+    slot.packed_size = pack_plan(extents, item_bytes, src_region_bytes,
+                                 dst_region_bytes, slot.packed.host);
     slot.item_count = slot.packed_size.items;
     if (slot.item_count > 0)
       check_cuda(cudaMemcpyAsync(slot.packed.device, slot.packed.host,
@@ -167,7 +171,12 @@ struct gpu_copy_engine::impl {
   // The bulk and block-per-item kernels read every work item from a list.
   void stage_work_items(plan_slot& slot,
                         const std::vector<copy_extent>& extents,
-                        const copy_tuning& tuning) {
+                        const copy_tuning& tuning,
+                        std::uint64_t src_region_bytes,
+                        std::uint64_t dst_region_bytes) {
+    if (auto problem =
+            check_extents(extents, src_region_bytes, dst_region_bytes))
+      throw std::invalid_argument(*problem);
     slot.scratch.clear();
     partition_into_work_items(coalesce(extents), tuning.item_bytes,
                               slot.scratch);
@@ -242,9 +251,6 @@ void* gpu_copy_engine::native_stream() const { return impl_->stream; }
 copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                                       std::uint64_t src_region_bytes,
                                       std::uint64_t dst_region_bytes) {
-  if (auto problem = check_extents(extents, src_region_bytes, dst_region_bytes))
-    throw std::invalid_argument("gpu_copy_engine::prepare on GPU " + std::to_string(gpu_) + ": " +
-                                *problem);
   std::uint32_t index = 0;
   while (index < impl_->plans.size() && impl_->plans[index].reserved)
     ++index;
@@ -256,11 +262,13 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
   check_cuda(cudaEventSynchronize(slot.uploaded),
              "cudaEventSynchronize (staging reuse)", gpu_);
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  try {
+  try { // both check the extents against the regions first
     if (kernels::uses_item_list(tuning_))
-      impl_->stage_work_items(slot, extents, tuning_);
+      impl_->stage_work_items(slot, extents, tuning_, src_region_bytes,
+                              dst_region_bytes);
     else
-      impl_->stage_packed_plan(slot, extents, tuning_.item_bytes);
+      impl_->stage_packed_plan(slot, extents, tuning_.item_bytes,
+                               src_region_bytes, dst_region_bytes);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
                                 std::to_string(gpu_) + ": " + e.what());

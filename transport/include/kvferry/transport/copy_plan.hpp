@@ -113,17 +113,21 @@ struct packed_plan_size {
   std::size_t bytes() const { return packed_plan_bytes(extents); }
 };
 
-/// One pass over `extents` (already checked with check_extents) that writes
-/// the packed plan into `buffer` (packed_plan_bytes(extents.size()) bytes,
-/// 8-byte aligned): empty extents dropped and neighbours coalesced exactly as
-/// coalesce() does, then first_item[k] = the index of extent k's first work
-/// item of `item_bytes`, first_item[kept] = all items. Read it back with
+/// One pass over `extents` that checks them against the regions as
+/// check_extents does (std::invalid_argument with its message for the first
+/// extent that does not fit) and writes the packed plan into `buffer`
+/// (packed_plan_bytes(extents.size()) bytes, 8-byte aligned): empty extents
+/// dropped and neighbours coalesced exactly as coalesce() does, then
+/// first_item[k] = the index of extent k's first work item of `item_bytes`,
+/// first_item[kept] = all items. Read it back with
 /// packed_plan_view::in(buffer, result.extents); its first result.bytes()
-/// bytes are the whole plan. Throws std::invalid_argument when item_bytes is
-/// not a positive multiple of 16 or the plan has 2^32 work items or more (the
-/// kernel counts them in 32 bits).
+/// bytes are the whole plan. Also throws std::invalid_argument when
+/// item_bytes is not a positive multiple of 16 or the plan has 2^32 work
+/// items or more (the kernel counts them in 32 bits).
 packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
-                           std::uint32_t item_bytes, void* buffer);
+                           std::uint32_t item_bytes,
+                           std::uint64_t src_region_bytes,
+                           std::uint64_t dst_region_bytes, void* buffer);
 
 /// How many places the kernel's warp probes at once (one per lane).
 inline constexpr std::uint32_t extent_search_fanout = 32;
