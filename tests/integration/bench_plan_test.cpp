@@ -1,0 +1,71 @@
+// `kvferry bench plan` end to end, tiny: it runs without a GPU, reports both
+// ways of building a plan for every size with the plan's true extent and
+// item counts, and refuses a bad item size clearly. (Times are not asserted:
+// a benchmark is not a timed test.)
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <sys/wait.h>
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct run_result {
+  int exit_code = -1;
+  std::string output;
+};
+
+run_result run_kvferry(const std::string& args) {
+  const std::string command =
+      "timeout 60 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  run_result result;
+  char buffer[4096];
+  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
+    result.output.append(buffer, n);
+  const int raw = ::pclose(pipe);
+  result.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return result;
+}
+
+} // namespace
+
+TEST_CASE("bench plan times the packed plan and the item list per size") {
+  const std::string path = KVFERRY_BINARY_DIR "/tests/bench_plan_test.json";
+  std::remove(path.c_str());
+  const auto run = run_kvferry(
+      "bench plan --sizes 4K,64K --total 4M --repeats 3 --json " + path);
+  INFO(run.output);
+  REQUIRE(run.exit_code == 0);
+  CHECK(run.output.find("peak RSS") != std::string::npos);
+
+  std::ifstream file(path);
+  REQUIRE(file);
+  const auto doc = nlohmann::json::parse(file);
+  REQUIRE(doc["sizes"].size() == 2);
+  // 4 MiB of 4 KiB blocks: 1024 extents of one 8 KiB item each (blocks at
+  // random slots never coalesce); of 64 KiB blocks: 64 extents of 8 items.
+  const auto& small = doc["sizes"][0];
+  CHECK(small["extents"] == 1024);
+  CHECK(small["work_items"] == 1024);
+  const auto& large = doc["sizes"][1];
+  CHECK(large["extents"] == 64);
+  CHECK(large["work_items"] == 512);
+  for (const auto& row : doc["sizes"]) {
+    CHECK(row["packed_seconds"].get<double>() > 0);
+    CHECK(row["item_list_seconds"].get<double>() > 0);
+  }
+}
+
+TEST_CASE("bench plan refuses an item size that is not a multiple of 16") {
+  const auto run =
+      run_kvferry("bench plan --sizes 4K --total 1M --item-bytes 100");
+  INFO(run.output);
+  CHECK(run.exit_code == 1);
+  CHECK(
+      run.output.find("work item size 100 is not a positive multiple of 16") !=
+      std::string::npos);
+}
