@@ -90,8 +90,11 @@ class gpu_copy_engine {
   gpu_copy_engine& operator=(const gpu_copy_engine&) = delete;
 
   /// Checks the extents against the region sizes (std::invalid_argument naming
-  /// the extent), coalesces, partitions into work items and uploads them
-  /// asynchronously on the engine's stream. The plan stays until release().
+  /// the extent), coalesces them and uploads them with the index of each
+  /// one's first work item (copy_plan.hpp's packed plan: one host pass, one
+  /// asynchronous copy on the engine's stream; the kernel cuts the items).
+  /// The bulk, block-per-item and host_item_list tunings upload a host-cut
+  /// work item list instead. The plan stays until release().
   copy_plan_id prepare(const std::vector<copy_extent>& extents,
                        std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes);
   /// One kernel launch of a prepared plan between the given bases (which
