@@ -7,12 +7,22 @@
 // sent, returns the blocks (there is no real decode here) and answers ready.
 // Pull: `advertise` does the same, but the consumer asks the producer's
 // transfer actor to send into the blocks it just allocated.
+//
+// Credit: `reserve` lends a producer blocks ahead of time (a loan, bounded
+// by lend_percent of the pool). The producer writes requests into them
+// without asking and delegates the router's request here (`incoming`); the
+// consumer checks the blocks are ones it lent that producer, waits, verifies
+// and answers the router itself. Freed blocks go back to the producer's
+// credit in batches; a dead producer's loan returns to the pool.
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <unordered_map>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
@@ -33,27 +43,95 @@ struct request_ctx {
   caf::error failure;
   std::optional<proto::arrival_notice> notice;
   std::optional<caf::typed_response_promise<proto::ready_report>> promise;
-  clock_type::time_point start = clock_type::now();
-  std::int64_t transfer_ns = 0;
+  // The data window over all parts, from the transfer actor's recv reports
+  // (steady_clock ns of this process).
+  std::int64_t first_known_ns = std::numeric_limits<std::int64_t>::max();
+  std::int64_t landed_ns = 0;
+  std::int64_t producer_compute_ns = 0;  // credit path: fill + hash there
+  std::uint32_t loan_id = 0;  // blocks return to this loan; 0: to the pool
+  bool answered = false;      // promise already delivered (abort)
   bool released = false;
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
+
+// Blocks lent to one producer. Each lent block is in one of three places:
+// held by the producer, inside a request it delegated here, or freed and
+// waiting in `returning` to go back.
+struct loan {
+  std::string producer;
+  caf::actor producer_actor;
+  std::uint64_t lent = 0;
+  std::uint64_t held = 0;  // by the producer, as far as we know
+  std::vector<std::uint64_t> returning;  // capacity reserved when lending
+  bool alive = true;
+};
 
 struct consumer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
   std::unique_ptr<kv_pattern> pattern;  // verifies GPU memory on the GPU
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
+  std::vector<loan> loans;  // loan id = index + 1; ended loans stay, !alive
+  // Per pool block: the loan it belongs to (0: not lent), and whether it
+  // is inside a delegated request right now. Sized once: checking and
+  // moving lent blocks allocates nothing.
+  std::vector<std::uint32_t> loan_of_block;
+  std::vector<bool> block_in_request;
+  proto::consumer_stats stats;
   static inline const char* name = "kvferry.consumer";
 };
 
 using self_ptr = consumer_actor::stateful_pointer<consumer_state>;
 
-void release_blocks(self_ptr self, request_ctx& ctx) {
-  if (!ctx.released) {
-    ctx.released = true;
-    self->state.pool->release(ctx.blocks);
+std::uint64_t block_index(const consumer_state& st, std::uint64_t offset) {
+  return offset / st.cfg.geometry.layer_block_bytes();
+}
+
+loan& loan_by_id(consumer_state& st, std::uint32_t id) {
+  return st.loans[id - 1];
+}
+
+// Sends the freed blocks back once they are at least as many as the
+// producer still holds: one message per batch, never more than half the
+// loan parked here while the producer runs low, and nothing sent when it
+// has plenty (blocks then simply wait for the next batch).
+void maybe_return_credit(self_ptr self, loan& l) {
+  if (l.returning.empty() || l.returning.size() < l.held)
+    return;
+  self->send(caf::actor_cast<producer_actor>(l.producer_actor),
+             proto::credit_atom::value, l.returning);
+  ++self->state.stats.credit_returns;
+  l.held += l.returning.size();
+  l.returning.clear();  // keeps its capacity
+}
+
+// Blocks of a delegated request are free: back to the loan's producer, or to
+// the pool when that producer is gone.
+void return_lent_blocks(self_ptr self, std::uint32_t loan_id,
+                        const std::vector<std::uint64_t>& blocks) {
+  auto& st = self->state;
+  auto& l = loan_by_id(st, loan_id);
+  for (auto off : blocks)
+    st.block_in_request[block_index(st, off)] = false;
+  if (!l.alive) {
+    for (auto off : blocks)
+      st.loan_of_block[block_index(st, off)] = 0;
+    l.lent -= blocks.size();
+    st.pool->release(blocks);
+    return;
   }
+  l.returning.insert(l.returning.end(), blocks.begin(), blocks.end());
+  maybe_return_credit(self, l);
+}
+
+void release_blocks(self_ptr self, request_ctx& ctx) {
+  if (ctx.released)
+    return;
+  ctx.released = true;
+  if (ctx.loan_id != 0)
+    return_lent_blocks(self, ctx.loan_id, ctx.blocks);
+  else
+    self->state.pool->release(ctx.blocks);
 }
 
 // Hash host memory and compare with the producer's XXH3 when it sent one;
@@ -117,6 +195,8 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
     return;
   auto& st = self->state;
   st.requests.erase(ctx->request_id);
+  if (ctx->answered)  // an abort answered it; the blocks are back now
+    return;
   if (ctx->failure) {
     ctx->promise->deliver(ctx->failure);
     return;
@@ -133,18 +213,26 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   r.request_id = ctx->request_id;
   r.bytes = ctx->bytes;
   r.verified = true;
-  r.transfer_ns = ctx->transfer_ns;
-  r.compute_ns = verify_ns;
+  r.transfer_ns = ctx->landed_ns > ctx->first_known_ns
+                    ? ctx->landed_ns - ctx->first_known_ns
+                    : 0;
+  r.compute_ns = verify_ns + ctx->producer_compute_ns;
   ctx->promise->deliver(std::move(r));
 }
 
-void on_part_done(self_ptr self, const ctx_ptr& ctx, std::uint64_t bytes,
-                  bool counts_bytes) {
-  if (counts_bytes)
-    ctx->bytes += bytes;
-  if (--ctx->pending == 0)
-    ctx->transfer_ns =
-      duration_cast<nanoseconds>(clock_type::now() - ctx->start).count();
+void on_part_landed(self_ptr self, const ctx_ptr& ctx,
+                    const proto::recv_report& rep) {
+  ctx->bytes += rep.bytes;
+  ctx->first_known_ns = std::min(ctx->first_known_ns, rep.first_known_ns);
+  ctx->landed_ns = std::max(ctx->landed_ns, rep.landed_ns);
+  --ctx->pending;
+  maybe_complete(self, ctx);
+}
+
+// Pull: the source's transfer actor finished sending (the bytes and the
+// timing come from our own transfer actor's recv report).
+void on_pull_send_done(self_ptr self, const ctx_ptr& ctx) {
+  --ctx->pending;
   maybe_complete(self, ctx);
 }
 
@@ -166,8 +254,9 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
   self
     ->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
               proto::recv_atom::value, std::move(o))
-    .then([self, ctx](std::uint64_t bytes) { on_part_done(self, ctx, bytes, true); },
-          [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
+    .then(
+      [self, ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
+      [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
 }
 
 caf::expected<ctx_ptr> new_request(self_ptr self, std::uint64_t request_id,
@@ -191,18 +280,26 @@ caf::expected<ctx_ptr> new_request(self_ptr self, std::uint64_t request_id,
   return ctx;
 }
 
+caf::error check_geometry(const consumer_state& st,
+                          const std::string& producer, std::uint32_t layers,
+                          std::uint64_t layer_block_bytes) {
+  auto bb = st.cfg.geometry.layer_block_bytes();
+  if (layer_block_bytes == bb && layers == st.cfg.geometry.layers)
+    return {};
+  return make_error(
+    ec::mismatch,
+    fmt::format("consumer '{}': producer '{}' uses {} layers of {}-byte "
+                "blocks, this worker {} layers of {}-byte blocks (check "
+                "the geometry flags)",
+                st.cfg.name, producer, layers, layer_block_bytes,
+                st.cfg.geometry.layers, bb));
+}
+
 caf::result<proto::grant> on_allocate(self_ptr self,
                                       proto::allocate_request& a) {
   auto& st = self->state;
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  if (a.layer_block_bytes != bb || a.layers != st.cfg.geometry.layers)
-    return make_error(
-      ec::mismatch,
-      fmt::format("consumer '{}': producer '{}' uses {} layers of {}-byte "
-                  "blocks, this worker {} layers of {}-byte blocks (check "
-                  "the geometry flags)",
-                  st.cfg.name, a.producer, a.layers, a.layer_block_bytes,
-                  st.cfg.geometry.layers, bb));
+  if (auto err = check_geometry(st, a.producer, a.layers, a.layer_block_bytes))
+    return err;
   if (a.parts == 0 || a.parts > max_parts)
     return make_error(ec::invalid_argument,
                       fmt::format("request {}: {} parts", a.request_id,
@@ -211,6 +308,7 @@ caf::result<proto::grant> on_allocate(self_ptr self,
                          std::uint64_t{a.blocks_per_layer} * a.layers);
   if (!ctx)
     return ctx.error();
+  ++st.stats.negotiated;
   for (std::uint32_t part = 0; part < a.parts; ++part)
     expect_part(self, *ctx, a.producer, part);
   proto::grant g;
@@ -274,7 +372,7 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
       ->request(source, milliseconds(st.cfg.timeout_ms + 1000),
                 proto::send_atom::value, std::move(o))
       .then(
-        [self, ctx](std::uint64_t bytes) { on_part_done(self, ctx, bytes, false); },
+        [self, ctx](std::uint64_t) { on_pull_send_done(self, ctx); },
         [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
   }
   ctx->notice = std::move(n);
@@ -282,12 +380,214 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
   return *ctx->promise;
 }
 
+// ---- credit ------------------------------------------------------------------
+
+// Ends a loan: the blocks the producer held or that wait here go back to the
+// pool now; those inside requests follow when their requests finish.
+void end_loan(self_ptr self, std::uint32_t id, const std::string& why) {
+  auto& st = self->state;
+  auto& l = loan_by_id(st, id);
+  if (!l.alive)
+    return;
+  l.alive = false;
+  std::vector<std::uint64_t> back;
+  for (std::uint64_t b = 0; b < st.loan_of_block.size(); ++b)
+    if (st.loan_of_block[b] == id && !st.block_in_request[b]) {
+      st.loan_of_block[b] = 0;
+      back.push_back(b * st.cfg.geometry.layer_block_bytes());
+    }
+  st.pool->release(back);
+  l.lent -= back.size();
+  l.held = 0;
+  l.returning.clear();
+  spdlog::info("consumer {}: loan to producer '{}' ended ({}): {} blocks back "
+               "in the pool, {} still in requests",
+               st.cfg.name, l.producer, why, back.size(), l.lent);
+}
+
+std::uint32_t find_loan(const consumer_state& st, const std::string& producer) {
+  for (std::size_t i = 0; i < st.loans.size(); ++i)
+    if (st.loans[i].alive && st.loans[i].producer == producer)
+      return static_cast<std::uint32_t>(i + 1);
+  return 0;
+}
+
+// The live loan of `producer` held by actor `who`; a loan under that name
+// held by another actor (a restarted producer) ends first.
+std::uint32_t loan_for(self_ptr self, const std::string& producer,
+                       const caf::actor& who) {
+  auto& st = self->state;
+  if (auto id = find_loan(st, producer); id != 0) {
+    if (loan_by_id(st, id).producer_actor == who)
+      return id;
+    end_loan(self, id, "a new actor took over the name");
+  }
+  loan l;
+  l.producer = producer;
+  l.producer_actor = who;
+  st.loans.push_back(std::move(l));
+  self->monitor(who);
+  return static_cast<std::uint32_t>(st.loans.size());
+}
+
+caf::result<proto::grant> on_reserve(self_ptr self, proto::reserve_request& r) {
+  auto& st = self->state;
+  if (auto err = check_geometry(st, r.producer, r.layers, r.layer_block_bytes))
+    return err;
+  auto who = caf::actor_cast<caf::actor>(self->current_sender());
+  if (!who || r.producer.empty())
+    return make_error(ec::invalid_argument,
+                      fmt::format("consumer '{}': a reserve needs a named "
+                                  "producer actor as its sender",
+                                  st.cfg.name));
+  auto id = loan_for(self, r.producer, who);
+  auto& l = loan_by_id(st, id);
+  auto cap = st.pool->block_count() * st.cfg.lend_percent / 100;
+  auto room = cap > l.lent ? cap - l.lent : 0;
+  auto lend = std::min({r.blocks, room, st.pool->free_blocks()});
+  proto::grant g;
+  g.receiver = st.cfg.self;
+  st.pool->allocate(lend, g.block_offsets);
+  for (auto off : g.block_offsets)
+    st.loan_of_block[block_index(st, off)] = id;
+  l.lent += lend;
+  l.held += lend;
+  l.returning.reserve(l.lent);
+  return g;
+}
+
+// Why `offset` may not carry a delegated request of loan `id`; empty if it
+// may. Marks it in use when it may.
+std::string claim_lent_block(consumer_state& st, std::uint32_t id,
+                             std::uint64_t offset) {
+  auto bb = st.cfg.geometry.layer_block_bytes();
+  auto b = offset / bb;
+  if (offset % bb != 0 || b >= st.loan_of_block.size() ||
+      st.loan_of_block[b] != id)
+    return "is not a block lent to it";
+  if (st.block_in_request[b])
+    return "is already in use by another of its requests";
+  st.block_in_request[b] = true;
+  return {};
+}
+
+caf::expected<ctx_ptr> open_credit_request(self_ptr self,
+                                           proto::credit_notice& n) {
+  auto& st = self->state;
+  auto bb = st.cfg.geometry.layer_block_bytes();
+  auto count = n.block_offsets.size();
+  if (count == 0 || n.parts == 0 || n.parts > max_parts ||
+      count % n.parts != 0 || n.bytes != count * bb)
+    return make_error(ec::mismatch,
+                      fmt::format("consumer '{}': request {} from producer "
+                                  "'{}' ({} blocks, {} parts, {} bytes) does "
+                                  "not fit {}-byte blocks",
+                                  st.cfg.name, n.request_id, n.producer, count,
+                                  n.parts, n.bytes, bb));
+  if (st.requests.count(n.request_id) != 0)
+    return make_error(ec::duplicate,
+                      fmt::format("consumer '{}': request {} is already in "
+                                  "flight",
+                                  st.cfg.name, n.request_id));
+  auto id = find_loan(st, n.producer);
+  if (id == 0)
+    return make_error(ec::invalid_extent,
+                      fmt::format("consumer '{}': request {} from producer "
+                                  "'{}' uses credit, but nothing is lent to "
+                                  "that producer",
+                                  st.cfg.name, n.request_id, n.producer));
+  for (std::size_t k = 0; k < count; ++k) {
+    auto why = claim_lent_block(st, id, n.block_offsets[k]);
+    if (why.empty())
+      continue;
+    for (std::size_t j = 0; j < k; ++j)  // undo the claims made so far
+      st.block_in_request[block_index(st, n.block_offsets[j])] = false;
+    return make_error(ec::invalid_extent,
+                      fmt::format("consumer '{}': request {} from producer "
+                                  "'{}' names block offset {}, which {}",
+                                  st.cfg.name, n.request_id, n.producer,
+                                  n.block_offsets[k], why));
+  }
+  auto& l = loan_by_id(st, id);
+  l.held = l.held > count ? l.held - count : 0;
+  auto ctx = std::make_shared<request_ctx>();
+  ctx->request_id = n.request_id;
+  ctx->blocks = std::move(n.block_offsets);
+  ctx->loan_id = id;
+  ctx->producer_compute_ns = n.compute_ns;
+  st.requests.emplace(n.request_id, ctx);
+  return ctx;
+}
+
+caf::result<proto::ready_report> on_incoming(self_ptr self,
+                                             proto::credit_notice& n) {
+  auto made = open_credit_request(self, n);
+  if (!made) {
+    // The producer spent these blocks of its credit on a request we refuse:
+    // they stay lent to it until the loan ends (its bytes may still land
+    // in them, so they cannot go back to its credit).
+    ++self->state.stats.refused;
+    spdlog::warn("consumer {}: refused a request on credit: {}",
+                 self->state.cfg.name, render(made.error()));
+    return made.error();
+  }
+  ++self->state.stats.delegated;
+  auto ctx = *made;
+  for (std::uint32_t part = 0; part < n.parts; ++part)
+    expect_part(self, ctx, n.producer, part);
+  proto::arrival_notice expected;
+  expected.request_id = n.request_id;
+  expected.bytes = n.bytes;
+  expected.xxhash = n.xxhash;
+  expected.has_xxhash = n.has_xxhash;
+  expected.pattern_seed = n.pattern_seed;
+  ctx->notice = std::move(expected);
+  ctx->promise = self->make_response_promise<proto::ready_report>();
+  return *ctx->promise;
+}
+
+// The producer's send failed after it delegated: answer the router now; the
+// blocks come back when the transfer actor has resolved the receives.
+void on_abort(self_ptr self, std::uint64_t request_id,
+              const std::string& producer, caf::error& err) {
+  auto& st = self->state;
+  auto i = st.requests.find(request_id);
+  if (i == st.requests.end())
+    return;  // finished or failed already
+  auto ctx = i->second;
+  if (ctx->loan_id == 0 || loan_by_id(st, ctx->loan_id).producer != producer) {
+    spdlog::warn("consumer {}: ignoring an abort of request {} from '{}', "
+                 "which did not send it",
+                 st.cfg.name, request_id, producer);
+    return;
+  }
+  if (!ctx->failure)
+    ctx->failure = err;
+  if (ctx->promise && !ctx->answered) {
+    ctx->answered = true;
+    ctx->promise->deliver(std::move(err));
+  }
+  maybe_complete(self, ctx);
+}
+
+void on_producer_down(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  for (std::size_t i = 0; i < st.loans.size(); ++i)
+    if (st.loans[i].alive && st.loans[i].producer_actor.address() == dm.source)
+      end_loan(self, static_cast<std::uint32_t>(i + 1),
+               "it is down: " + render(dm.reason));
+}
+
 consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
     std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+  self->state.loan_of_block.assign(blocks, 0);
+  self->state.block_in_request.assign(blocks, false);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
+  self->set_down_handler(
+    [self](caf::down_msg& dm) { on_producer_down(self, dm); });
   return {
     [self](proto::allocate_atom, proto::allocate_request& a) {
       return on_allocate(self, a);
@@ -297,6 +597,23 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
     },
     [self](proto::advertise_atom, proto::arrival_notice& n) {
       return on_advertise(self, n);
+    },
+    [self](proto::reserve_atom, proto::reserve_request& r) {
+      return on_reserve(self, r);
+    },
+    [self](proto::incoming_atom, proto::credit_notice& n) {
+      return on_incoming(self, n);
+    },
+    [self](proto::abort_atom, std::uint64_t request_id,
+           const std::string& producer, caf::error& err) {
+      on_abort(self, request_id, producer, err);
+    },
+    [self](proto::stats_atom) {
+      auto stats = self->state.stats;
+      stats.lent_blocks = 0;
+      for (auto& l : self->state.loans)
+        stats.lent_blocks += l.alive ? l.lent : 0;
+      return stats;
     },
   };
 }

@@ -7,14 +7,23 @@
 // that layer is written (--layerwise). In pull mode it advertises its blocks
 // and the consumer's side asks our transfer actor to send. Blocks return to
 // the pool once no plugin request can touch them any more.
+//
+// Credit (push): each consumer lends this producer destination blocks ahead
+// of time (`reserve`, asked on first contact and when short). A request the
+// credit covers is written, its sends ordered, and the router's request
+// delegated to the consumer at once (`incoming`): no allocate/grant and no
+// arrived/ready round trip on the critical path. Otherwise the request takes
+// the allocate/grant path.
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
 #include <xxhash.h>
 
@@ -75,23 +84,50 @@ struct request_ctx {
   clock_type::time_point send_start;
   std::int64_t transfer_ns = 0;
   std::uint32_t sends_left = 0;
+  bool delegated = false;  // the consumer answers the router (credit)
   bool failed = false;
   bool released = false;
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
 
+// Destination blocks one consumer lent us: we may write into them without
+// asking.
+struct credit_line {
+  proto::endpoint receiver;
+  std::vector<std::uint64_t> blocks;
+  bool asked = false;
+  bool reserve_pending = false;
+  // The last reserve lent nothing: ask again only after blocks come back,
+  // so a consumer at its lending cap is not asked on every request.
+  bool dry = false;
+};
+
 struct producer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
   std::unique_ptr<kv_pattern> pattern;  // "prefill" on host or GPU memory
+  std::unordered_map<caf::actor_addr, credit_line> credit;  // by consumer
+  // Requests waiting for source blocks (see on_prefill), oldest first.
+  std::deque<ctx_ptr> parked;
   // Requests not yet answered, to fail them at once when their consumer
   // dies (down message) or leaves the directory.
   std::unordered_map<std::uint64_t, ctx_ptr> active;
   std::unordered_set<caf::actor_addr> monitored;
+  // Decode workers' names by app actor, from the directory (joined): a
+  // request names its consumer before any grant, and a consumer's `left`
+  // fails its requests even when no down message can reach us (its node
+  // died before we ever connected to it).
+  std::unordered_map<caf::actor_addr, std::string> consumer_names;
   static inline const char* name = "kvferry.producer";
 };
 
 using self_ptr = producer_actor::stateful_pointer<producer_state>;
+
+// Requests that may wait for source blocks at once; beyond that the pool is
+// simply too small for the load and a request fails, saying so.
+constexpr std::size_t max_parked = 1024;
+
+void resume_parked(self_ptr self);
 
 void answer(self_ptr self, const ctx_ptr& ctx, proto::ready_report r) {
   self->state.active.erase(ctx->req.request_id);
@@ -106,11 +142,18 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
   if (!ctx.released) {
     ctx.released = true;
     self->state.pool->release(ctx.blocks);
+    resume_parked(self);
   }
 }
 
 void fail_request(self_ptr self, const ctx_ptr& ctx, caf::error err) {
-  if (!ctx->failed) {
+  if (!ctx->failed && ctx->delegated) {
+    // The consumer holds the router's request: it answers with this.
+    ctx->failed = true;
+    self->send(caf::actor_cast<consumer_actor>(ctx->req.consumer),
+               proto::abort_atom::value, ctx->req.request_id,
+               self->state.cfg.name, std::move(err));
+  } else if (!ctx->failed) {
     ctx->failed = true;
     self->state.active.erase(ctx->req.request_id);
     ctx->promise.deliver(std::move(err));
@@ -120,9 +163,9 @@ void fail_request(self_ptr self, const ctx_ptr& ctx, caf::error err) {
 }
 
 // Writes the pattern of layers [first, first + count): one kernel on a GPU.
-// False (the request failed) when the GPU refused.
-bool fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
-                 std::uint32_t count) {
+// An error (naming the request) when the GPU refused.
+caf::error fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
+                       std::uint32_t count) {
   auto& st = self->state;
   auto begin = ctx->blocks.begin() + std::size_t{first} * ctx->bpl;
   std::vector<std::uint64_t> offsets(begin,
@@ -131,14 +174,11 @@ bool fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
     st.pattern->fill(offsets,
                      {ctx->req.pattern_seed, ctx->req.request_id, first,
                       ctx->bpl, st.cfg.geometry.layer_block_bytes()});
-    return true;
+    return {};
   } catch (const std::exception& e) {
-    fail_request(self, ctx,
-                 make_error(ec::cuda_error,
-                            fmt::format("producer '{}': request {}: {}",
-                                        st.cfg.name, ctx->req.request_id,
-                                        e.what())));
-    return false;
+    return make_error(ec::cuda_error,
+                      fmt::format("producer '{}': request {}: {}", st.cfg.name,
+                                  ctx->req.request_id, e.what()));
   }
 }
 
@@ -178,9 +218,9 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
       [self, ctx](proto::ready_report& r) {
         if (ctx->failed)
           return;
-        // Data time: the longer of the sender's view (first send ordered to
-        // last send done) and the receiver's (grant to last byte landed).
-        r.transfer_ns = std::max(r.transfer_ns, ctx->transfer_ns);
+        // Data time is the receiver's view (see ready_report); on this path
+        // its transfer actor learned of the request at allocate, so the
+        // grant and send ordering count as data time here.
         r.compute_ns += ctx->compute_ns;
         answer(self, ctx, std::move(r));
       },
@@ -210,12 +250,38 @@ void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
         }
         ctx->transfer_ns = since(ctx->send_start);
         release_blocks(self, *ctx);
-        notify_arrived(self, ctx);
+        if (!ctx->delegated)
+          notify_arrived(self, ctx);
       },
       [self, ctx](caf::error& err) {
         --ctx->sends_left;
         fail_request(self, ctx, std::move(err));
       });
+}
+
+// Orders the send of every part into the blocks of `g` (filling each layer
+// just before its send when layer by layer). An error when a fill failed
+// (the layers before it are on their way).
+caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
+  ctx->send_start = clock_type::now();
+  ctx->consumer_name = g.receiver.name;
+  if (!ctx->req.layerwise) {  // filled and hashed before allocate
+    send_part(self, ctx, g, 0);
+    return {};
+  }
+  // Layer by layer: each layer goes as soon as it is written.
+  std::int64_t fill_ns = 0;
+  for (std::uint32_t l = 0; l < ctx->parts; ++l) {
+    auto tf = clock_type::now();
+    if (auto err = fill_layers(self, ctx, l, 1))
+      return err;
+    fill_ns += since(tf);
+    send_part(self, ctx, g, l);
+  }
+  auto th = clock_type::now();
+  hash_request(self, *ctx);
+  ctx->compute_ns += fill_ns + since(th);
+  return {};
 }
 
 void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
@@ -229,24 +295,218 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
                              "producer needs {}",
                              ctx->req.request_id, g.block_offsets.size(),
                              ctx->blocks.size())));
-  ctx->send_start = clock_type::now();
-  ctx->consumer_name = g.receiver.name;
-  if (!ctx->req.layerwise) {  // filled and hashed before allocate
-    send_part(self, ctx, g, 0);
+  if (auto err = send_into(self, ctx, g))
+    fail_request(self, ctx, std::move(err));
+}
+
+// ---- credit ------------------------------------------------------------------
+
+// Asks `consumer` to lend blocks ahead of time, off the critical path: on
+// first contact, and again when a request found the credit short (unless a
+// reserve is pending or the last one lent nothing).
+void maybe_reserve(self_ptr self, const caf::actor& consumer,
+                   credit_line& line, std::uint64_t needed) {
+  auto& cfg = self->state.cfg;
+  if (cfg.credit_blocks == 0 || line.reserve_pending)
     return;
+  if (line.asked && (line.blocks.size() >= needed || line.dry))
+    return;
+  line.asked = true;
+  line.reserve_pending = true;
+  proto::reserve_request r;
+  r.producer = cfg.name;
+  r.blocks = cfg.credit_blocks;
+  r.layer_block_bytes = cfg.geometry.layer_block_bytes();
+  r.layers = cfg.geometry.layers;
+  auto addr = consumer.address();
+  self
+    ->request(caf::actor_cast<consumer_actor>(consumer),
+              milliseconds(cfg.timeout_ms), proto::reserve_atom::value,
+              std::move(r))
+    .then(
+      [self, addr](proto::grant& g) {
+        auto i = self->state.credit.find(addr);
+        if (i == self->state.credit.end())
+          return;  // the consumer went down meanwhile
+        auto& line = i->second;
+        line.reserve_pending = false;
+        line.dry = g.block_offsets.empty();
+        line.receiver = std::move(g.receiver);
+        line.blocks.insert(line.blocks.end(), g.block_offsets.begin(),
+                           g.block_offsets.end());
+      },
+      [self, addr](caf::error& err) {
+        auto i = self->state.credit.find(addr);
+        if (i == self->state.credit.end())
+          return;
+        i->second.reserve_pending = false;
+        i->second.dry = true;
+        spdlog::warn("producer {}: a consumer refused to lend blocks ({}); "
+                     "its requests negotiate each time",
+                     self->state.cfg.name, render(err));
+      });
+}
+
+// A request failed before anything was sent for it or delegated: the
+// router's answer, directly or through the promise a parked request holds.
+caf::result<proto::ready_report> answer_failure(const ctx_ptr& ctx,
+                                                caf::error err, bool parked) {
+  if (!parked)
+    return err;
+  ctx->promise.deliver(std::move(err));
+  return ctx->promise;
+}
+
+// Takes the request's destination blocks from the credit, orders the sends
+// and hands the router's request to the consumer, which answers it.
+caf::result<proto::ready_report> send_with_credit(self_ptr self,
+                                                  const ctx_ptr& ctx,
+                                                  credit_line& line,
+                                                  bool parked) {
+  auto n = ctx->blocks.size();
+  proto::grant g;
+  g.request_id = ctx->req.request_id;
+  g.receiver = line.receiver;
+  g.block_offsets.assign(line.blocks.end() - static_cast<std::ptrdiff_t>(n),
+                         line.blocks.end());
+  line.blocks.resize(line.blocks.size() - n);
+  if (auto err = send_into(self, ctx, g)) {
+    // Nothing was delegated: the router hears it from here. The layers sent
+    // before the failure land in the lent blocks, which therefore stay out
+    // of our credit (the consumer gets them back when the loan ends).
+    ctx->failed = true;
+    if (ctx->sends_left == 0)
+      release_blocks(self, *ctx);
+    spdlog::warn("producer {}: {} lent blocks of request {} left unused: {}",
+                 self->state.cfg.name, n, ctx->req.request_id, render(err));
+    return answer_failure(ctx, std::move(err), parked);
   }
-  // Layer by layer: each layer goes as soon as it is written.
-  std::int64_t fill_ns = 0;
-  for (std::uint32_t l = 0; l < ctx->parts; ++l) {
-    auto tf = clock_type::now();
-    if (!fill_layers(self, ctx, l, 1))
+  ctx->delegated = true;
+  proto::credit_notice notice;
+  notice.request_id = ctx->req.request_id;
+  notice.producer = self->state.cfg.name;
+  notice.block_offsets = std::move(g.block_offsets);
+  notice.blocks_per_layer = ctx->bpl;
+  notice.parts = ctx->parts;
+  notice.bytes = ctx->bytes;
+  notice.xxhash = ctx->hash;
+  notice.has_xxhash = ctx->hashed;
+  notice.pattern_seed = ctx->req.pattern_seed;
+  notice.compute_ns = ctx->compute_ns;
+  auto consumer = caf::actor_cast<consumer_actor>(ctx->req.consumer);
+  if (!parked)
+    return self->delegate(consumer, proto::incoming_atom::value,
+                          std::move(notice));
+  // The router's request was answered with a promise when it parked: the
+  // consumer's reply comes back through here (one more hop, only then).
+  self
+    ->request(consumer, milliseconds(3 * self->state.cfg.timeout_ms),
+              proto::incoming_atom::value, std::move(notice))
+    .then([ctx](proto::ready_report& r) { ctx->promise.deliver(std::move(r)); },
+          [ctx](caf::error& err) { ctx->promise.deliver(std::move(err)); });
+  return ctx->promise;
+}
+
+void advertise(self_ptr self, const ctx_ptr& ctx) {
+  auto& st = self->state;
+  auto& r = ctx->req;
+  proto::arrival_notice n;
+  n.request_id = r.request_id;
+  n.bytes = ctx->bytes;
+  n.xxhash = ctx->hash;
+  n.has_xxhash = ctx->hashed;
+  n.pattern_seed = r.pattern_seed;
+  n.source = st.cfg.self;
+  n.block_offsets = ctx->blocks;
+  n.blocks_per_layer = ctx->bpl;
+  n.layers = r.layerwise ? st.cfg.geometry.layers : 0;  // 0: one part
+  self
+    ->request(caf::actor_cast<consumer_actor>(r.consumer),
+              milliseconds(st.cfg.timeout_ms), proto::advertise_atom::value,
+              std::move(n))
+    .then(
+      [self, ctx](proto::ready_report& rep) {
+        release_blocks(self, *ctx);
+        if (ctx->failed)
+          return;
+        rep.compute_ns += ctx->compute_ns;
+        answer(self, ctx, std::move(rep));
+      },
+      [self, ctx](caf::error& err) {
+        // The consumer's side fails only after its transfers resolved
+        // (or its deadline closed the channel), so the blocks are free.
+        fail_request(self, ctx, std::move(err));
+      });
+}
+
+void negotiate(self_ptr self, const ctx_ptr& ctx) {
+  auto& st = self->state;
+  proto::allocate_request a;
+  a.request_id = ctx->req.request_id;
+  a.blocks_per_layer = ctx->bpl;
+  a.layers = st.cfg.geometry.layers;
+  a.layer_block_bytes = st.cfg.geometry.layer_block_bytes();
+  a.producer = st.cfg.name;
+  a.parts = ctx->parts;
+  self
+    ->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
+              milliseconds(st.cfg.timeout_ms), proto::allocate_atom::value,
+              std::move(a))
+    .then([self, ctx](proto::grant& g) { on_grant(self, ctx, g); },
+          [self, ctx](caf::error& err) {
+            fail_request(self, ctx, std::move(err));
+          });
+}
+
+// Runs a request whose source blocks are allocated. A request that waited
+// for blocks (`parked`) already holds the router's promise and cannot be
+// delegated any more: its credit path asks the consumer and relays.
+caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
+                                             bool parked) {
+  auto& st = self->state;
+  auto& geo = st.cfg.geometry;
+  auto& r = ctx->req;
+  if (st.monitored.insert(r.consumer.address()).second)
+    self->monitor(r.consumer);
+  if (auto i = st.consumer_names.find(r.consumer.address());
+      i != st.consumer_names.end())
+    ctx->consumer_name = i->second;
+  if (!r.layerwise || r.pull) {
+    auto t0 = clock_type::now();
+    if (auto err = fill_layers(self, ctx, 0, geo.layers)) {
+      release_blocks(self, *ctx);  // no send touched them
+      return answer_failure(ctx, std::move(err), parked);
+    }
+    hash_request(self, *ctx);
+    ctx->compute_ns = since(t0);
+  }
+  if (!r.pull) {
+    auto& line = st.credit[r.consumer.address()];
+    maybe_reserve(self, r.consumer, line, ctx->blocks.size());
+    if (line.blocks.size() >= ctx->blocks.size())
+      return send_with_credit(self, ctx, line, parked);
+  }
+  if (!parked)
+    ctx->promise = self->make_response_promise<proto::ready_report>();
+  st.active.emplace(r.request_id, ctx);
+  if (r.pull)
+    advertise(self, ctx);
+  else
+    negotiate(self, ctx);
+  return ctx->promise;
+}
+
+// Starts parked requests, oldest first, while their blocks fit.
+void resume_parked(self_ptr self) {
+  auto& st = self->state;
+  while (!st.parked.empty()) {
+    auto ctx = st.parked.front();
+    std::uint64_t n = std::uint64_t{ctx->bpl} * st.cfg.geometry.layers;
+    if (!st.pool->allocate(n, ctx->blocks))
       return;
-    fill_ns += since(tf);
-    send_part(self, ctx, g, l);
+    st.parked.pop_front();
+    run_request(self, ctx, true);
   }
-  auto th = clock_type::now();
-  hash_request(self, *ctx);
-  ctx->compute_ns += fill_ns + since(th);
 }
 
 caf::result<proto::ready_report> on_prefill(self_ptr self,
@@ -269,84 +529,75 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
                       fmt::format("--layerwise supports at most {} layers",
                                   max_parts));
   std::uint64_t n = std::uint64_t{bpl} * geo.layers;
-  if (!st.pool->allocate(n, ctx->blocks))
-    return make_error(
-      ec::invalid_argument,
-      fmt::format("producer '{}': block pool exhausted: request {} needs {} "
-                  "blocks, {} of {} free (raise --pool-blocks)",
-                  st.cfg.name, req.request_id, n, st.pool->free_blocks(),
-                  st.pool->block_count()));
   ctx->req = std::move(req);
   ctx->req.layerwise |= st.cfg.layerwise;
   ctx->req.pull |= st.cfg.pull;
   ctx->bytes = n * geo.layer_block_bytes();
+  if (st.parked.empty() && st.pool->allocate(n, ctx->blocks))
+    return run_request(self, ctx, false);
+  // Short of blocks: those of requests in flight come back once their sends
+  // resolve (done, failed or timed out), so wait for them; with credit the
+  // consumer may answer the router before our send completion is in.
+  if (n > st.pool->block_count() || st.parked.size() >= max_parked)
+    return make_error(
+      ec::invalid_argument,
+      fmt::format("producer '{}': block pool exhausted: request {} needs {} "
+                  "blocks, {} of {} free, {} requests waiting (raise "
+                  "--pool-blocks)",
+                  st.cfg.name, ctx->req.request_id, n, st.pool->free_blocks(),
+                  st.pool->block_count(), st.parked.size()));
   ctx->promise = self->make_response_promise<proto::ready_report>();
-  st.active.emplace(ctx->req.request_id, ctx);
-  if (st.monitored.insert(ctx->req.consumer.address()).second)
-    self->monitor(ctx->req.consumer);
-  auto& r = ctx->req;
-  if (!r.layerwise || r.pull) {
-    auto t0 = clock_type::now();
-    if (!fill_layers(self, ctx, 0, geo.layers))
-      return ctx->promise;
-    hash_request(self, *ctx);
-    ctx->compute_ns = since(t0);
-  }
-  auto consumer = caf::actor_cast<consumer_actor>(r.consumer);
-  if (r.pull) {
-    proto::arrival_notice n_;
-    n_.request_id = r.request_id;
-    n_.bytes = ctx->bytes;
-    n_.xxhash = ctx->hash;
-    n_.has_xxhash = ctx->hashed;
-    n_.pattern_seed = r.pattern_seed;
-    n_.source = st.cfg.self;
-    n_.block_offsets = ctx->blocks;
-    n_.blocks_per_layer = bpl;
-    n_.layers = r.layerwise ? geo.layers : 0;  // 0: one part
-    self
-      ->request(consumer, milliseconds(st.cfg.timeout_ms),
-                proto::advertise_atom::value, std::move(n_))
-      .then(
-        [self, ctx](proto::ready_report& rep) {
-          release_blocks(self, *ctx);
-          if (ctx->failed)
-            return;
-          rep.compute_ns += ctx->compute_ns;
-          answer(self, ctx, std::move(rep));
-        },
-        [self, ctx](caf::error& err) {
-          // The consumer's side fails only after its transfers resolved
-          // (or its deadline closed the channel), so the blocks are free.
-          fail_request(self, ctx, std::move(err));
-        });
-    return ctx->promise;
-  }
-  proto::allocate_request a;
-  a.request_id = r.request_id;
-  a.blocks_per_layer = bpl;
-  a.layers = geo.layers;
-  a.layer_block_bytes = geo.layer_block_bytes();
-  a.producer = st.cfg.name;
-  a.parts = ctx->parts;
-  self
-    ->request(consumer, milliseconds(st.cfg.timeout_ms),
-              proto::allocate_atom::value, std::move(a))
-    .then([self, ctx](proto::grant& g) { on_grant(self, ctx, g); },
-          [self, ctx](caf::error& err) {
-            fail_request(self, ctx, std::move(err));
-          });
+  st.parked.push_back(ctx);
   return ctx->promise;
 }
 
+// Fails the requests in flight or waiting for blocks that `pred` selects.
 template <class Pred>
 void fail_where(self_ptr self, Pred pred, const caf::error& err) {
+  auto& st = self->state;
   std::vector<ctx_ptr> hit;
-  for (auto& [id, ctx] : self->state.active)
+  for (auto& [id, ctx] : st.active)
     if (pred(*ctx))
       hit.push_back(ctx);
+  for (auto i = st.parked.begin(); i != st.parked.end();) {
+    if (pred(**i)) {
+      (*i)->released = true;  // it never got blocks
+      hit.push_back(*i);
+      i = st.parked.erase(i);
+    } else {
+      ++i;
+    }
+  }
   for (auto& ctx : hit)
     fail_request(self, ctx, err);
+}
+
+// A worker left the directory: if it is a consumer of ours, its requests
+// fail now and its credit is gone.
+void on_consumer_left(self_ptr self, const std::string& name,
+                      const caf::error& why) {
+  auto& st = self->state;
+  std::unordered_set<caf::actor_addr> gone;
+  for (auto i = st.consumer_names.begin(); i != st.consumer_names.end();) {
+    if (i->second == name) {
+      gone.insert(i->first);
+      i = st.consumer_names.erase(i);
+    } else {
+      i = std::next(i);
+    }
+  }
+  for (auto i = st.credit.begin(); i != st.credit.end();)
+    i = gone.count(i->first) != 0 || i->second.receiver.name == name
+          ? st.credit.erase(i)
+          : std::next(i);
+  fail_where(self,
+             [&](const request_ctx& c) {
+               return c.consumer_name == name ||
+                      gone.count(c.req.consumer.address()) != 0;
+             },
+             make_error(ec::peer_down,
+                        fmt::format("consumer '{}' left the directory: {}",
+                                    name, render(why))));
 }
 
 producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
@@ -357,6 +608,7 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   self->state.cfg = std::move(cfg);
   self->set_down_handler([self](caf::down_msg& dm) {
     self->state.monitored.erase(dm.source);
+    self->state.credit.erase(dm.source);  // its loan died with it
     std::vector<ctx_ptr> hit;
     for (auto& [id, ctx] : self->state.active)
       if (ctx->req.consumer.address() == dm.source)
@@ -375,13 +627,21 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
     [self](proto::prefill_atom, proto::prefill_request& req) {
       return on_prefill(self, req);
     },
-    [](joined_atom, const worker_info&) {},
+    [self](joined_atom, const worker_info& w) {
+      if (w.role == worker_role::decode && w.app)
+        self->state.consumer_names[w.app.address()] = w.name;
+    },
+    [self](proto::credit_atom, std::vector<std::uint64_t>& blocks) {
+      auto from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      auto i = self->state.credit.find(from);
+      if (i == self->state.credit.end())
+        return;  // a consumer we no longer deal with
+      auto& line = i->second.blocks;
+      line.insert(line.end(), blocks.begin(), blocks.end());
+      i->second.dry = false;
+    },
     [self](left_atom, const std::string& name, const caf::error& why) {
-      fail_where(self,
-                 [&](const request_ctx& c) { return c.consumer_name == name; },
-                 make_error(ec::peer_down,
-                            fmt::format("consumer '{}' left the directory: {}",
-                                        name, render(why))));
+      on_consumer_left(self, name, why);
     },
   };
 }

@@ -41,6 +41,7 @@
 #include <optional>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -68,6 +69,14 @@ using transport::registration;
 using transport::send_channel;
 
 using byte_promise = caf::typed_response_promise<std::uint64_t>;
+using report_promise = caf::typed_response_promise<proto::recv_report>;
+// Who waits for a transfer: a send order (replies bytes) or a recv order
+// (replies a recv_report).
+using waiter_promise = std::variant<byte_promise, report_promise>;
+
+std::int64_t clock_ns(steady_clock::time_point t) {
+  return duration_cast<nanoseconds>(t.time_since_epoch()).count();
+}
 
 struct transfer_entry {
   std::uint64_t bytes = 0;       // done so far
@@ -77,9 +86,16 @@ struct transfer_entry {
   bool done = false;
   caf::error failure;            // set once failed (receiver side, unclaimed)
   bool cancelled = false;        // receiver gave up; bytes must not land
-  std::optional<byte_promise> waiter;
-  steady_clock::time_point started = steady_clock::now();  // for metrics
+  std::optional<waiter_promise> waiter;
+  // When this actor first learned of the transfer (order or announcement)
+  // and when it finished: the data window a recv_report gives.
+  steady_clock::time_point started = steady_clock::now();
+  steady_clock::time_point finished;
 };
+
+proto::recv_report report_of(const transfer_entry& t) {
+  return {t.bytes, clock_ns(t.started), clock_ns(t.finished)};
+}
 
 // Sending side of one peer.
 struct peer_out {
@@ -129,6 +145,12 @@ struct transfer_state {
   // handles are looked up once and then updated lock-free.
   metrics::transfer_metrics metrics;
   bool progress_scheduled = false;
+  // Each progress message carries the loop's generation. New work while a
+  // backed-off (delayed) poll is pending starts a new generation with an
+  // immediate poll; the delayed message, now stale, is ignored when it
+  // fires, so there is never more than one loop.
+  std::uint64_t progress_generation = 0;
+  bool progress_delayed = false;
   unsigned idle_polls = 0;
   // Transfer deadlines: (when, "<peer" or ">peer", transfer id), checked by
   // one short periodic sweep (see arm_deadline).
@@ -155,12 +177,17 @@ caf::error lost(const std::string& peer, const std::string& why) {
                     fmt::format("lost peer '{}': {}", peer, why));
 }
 
+// New work: poll now. When the loop is backed off (its next poll is a
+// delayed message up to 200 us away), that wait would land on the critical
+// path of the transfer that just arrived, so an immediate poll goes too.
 void ensure_progress(self_ptr self) {
-  if (!self->state.progress_scheduled) {
-    self->state.progress_scheduled = true;
-    self->state.idle_polls = 0;
-    self->send(self, proto::progress_atom::value);
-  }
+  auto& st = self->state;
+  st.idle_polls = 0;
+  if (st.progress_scheduled && !st.progress_delayed)
+    return;
+  st.progress_scheduled = true;
+  st.progress_delayed = false;
+  self->send(self, proto::progress_atom::value, ++st.progress_generation);
 }
 
 // Deadlines are kept in the state and checked by one sweep message every
@@ -183,6 +210,7 @@ void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
 void finish(transfer_entry& t, transfer_state& st, bool incoming,
             const std::string& peer) {
   t.done = true;
+  t.finished = steady_clock::now();
   st.metrics.record(peer, !incoming, t.bytes,
                     duration<double>(steady_clock::now() - t.started).count());
   ++st.stats.transfers_done;
@@ -191,7 +219,10 @@ void finish(transfer_entry& t, transfer_state& st, bool incoming,
   else
     st.stats.bytes_sent += t.bytes;
   if (t.waiter) {
-    t.waiter->deliver(t.bytes);
+    if (auto* sender = std::get_if<byte_promise>(&*t.waiter))
+      sender->deliver(t.bytes);
+    else
+      std::get<report_promise>(*t.waiter).deliver(report_of(t));
     t.waiter.reset();
   }
 }
@@ -204,7 +235,7 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
                                  : "other");
   t.failure = err;
   if (t.waiter) {
-    t.waiter->deliver(err);
+    std::visit([&](auto& promise) { promise.deliver(err); }, *t.waiter);
     t.waiter.reset();
   }
 }
@@ -511,7 +542,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto promise = self->make_response_promise<std::uint64_t>();
   auto& t = p.transfers[o.transfer_id];
   t.expected = plan_bytes(o.extents);
-  t.waiter = promise;
+  t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
   if (choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
                        p.ep) == data_path::cuda_ipc) {
@@ -591,22 +622,23 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   ensure_progress(self);
 }
 
-caf::result<std::uint64_t> handle_recv(self_ptr self, proto::recv_order& o) {
+caf::result<proto::recv_report> handle_recv(self_ptr self,
+                                            proto::recv_order& o) {
   auto& st = self->state;
   auto& p = st.in[o.peer_name];
   auto& t = p.transfers[o.transfer_id];
   if (t.done) {
-    auto bytes = t.bytes;
+    auto report = report_of(t);
     p.transfers.erase(o.transfer_id);
-    return bytes;
+    return report;
   }
   if (t.failure) {
     auto err = t.failure;
     p.transfers.erase(o.transfer_id);
     return err;
   }
-  auto promise = self->make_response_promise<std::uint64_t>();
-  t.waiter = promise;
+  auto promise = self->make_response_promise<proto::recv_report>();
+  t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
                o.transfer_id);
   return promise;
@@ -826,9 +858,12 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
-void on_progress(self_ptr self) {
+void on_progress(self_ptr self, std::uint64_t generation) {
   auto& st = self->state;
+  if (generation != st.progress_generation)
+    return;  // superseded by an immediate poll (see ensure_progress)
   st.progress_scheduled = false;
+  st.progress_delayed = false;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
   if (progressed)  // only then can the count have changed
@@ -846,11 +881,13 @@ void on_progress(self_ptr self) {
   // shared core.
   constexpr unsigned spin_polls = 256;
   if (st.idle_polls < spin_polls) {
-    self->send(self, proto::progress_atom::value);
+    self->send(self, proto::progress_atom::value, st.progress_generation);
   } else {
     auto delay =
       microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
-    self->delayed_send(self, delay, proto::progress_atom::value);
+    st.progress_delayed = true;
+    self->delayed_send(self, delay, proto::progress_atom::value,
+                       st.progress_generation);
   }
 }
 
@@ -1004,7 +1041,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       drop_peer_out(self, name, err);
       drop_peer_in(self, name, err);
     },
-    [self](proto::progress_atom) { on_progress(self); },
+    [self](proto::progress_atom, std::uint64_t generation) {
+      on_progress(self, generation);
+    },
     [self](proto::sweep_atom) { on_sweep(self); },
   };
 }

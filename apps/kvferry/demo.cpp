@@ -27,6 +27,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -202,6 +203,7 @@ struct router_plan {
   std::vector<std::uint32_t> tokens;  // one per request
   std::vector<producer_actor> producers;
   std::vector<caf::actor> consumers;
+  std::vector<std::string> consumer_names;  // parallel to consumers
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
@@ -209,12 +211,32 @@ struct router_plan {
   std::uint32_t timeout_ms = 10000;
 };
 
+// Records a failed request (the run has failed: no new request starts),
+// naming the decode worker it was bound for: the producer may not know it.
+void record_failure(results& out, std::uint64_t request_id,
+                    const std::string& consumer, const caf::error& err) {
+  std::lock_guard<std::mutex> guard{out.mtx};
+  ++out.done;
+  ++out.failed;
+  out.errors.push_back(fmt::format("request {} (to decode worker '{}'): {}",
+                                   request_id, consumer, render(err)));
+}
+
+// Requests in flight at the router: which consumer each is bound for, so a
+// consumer's death fails its requests at once. With credit the consumer,
+// not the producer, answers a request, and a dead one answers nothing.
+struct in_flight {
+  std::unordered_map<std::uint64_t, std::size_t> consumer_of;  // by request
+  std::uint64_t count = 0;
+};
+
 caf::behavior router(caf::event_based_actor* self,
                      std::shared_ptr<router_plan> plan,
                      std::shared_ptr<results> out,
-                     std::shared_ptr<std::promise<void>> finished) {
+                     std::shared_ptr<std::promise<void>> finished,
+                     directory_actor dir) {
   auto next = std::make_shared<std::uint64_t>(0);
-  auto outstanding = std::make_shared<std::uint64_t>(0);
+  auto flight = std::make_shared<in_flight>();
   auto stopped = std::make_shared<bool>(false);
   // `issue` starts requests; completions call it again through a weak
   // reference (no self-reference cycle). The behavior below holds the only
@@ -228,15 +250,18 @@ caf::behavior router(caf::event_based_actor* self,
   *issue = [=] {
     // After the first failure no new request starts: the run has failed,
     // and the requests in flight only drain.
-    while (*outstanding < plan->inflight && *next < plan->tokens.size() &&
+    while (flight->count < plan->inflight && *next < plan->tokens.size() &&
            !*stopped) {
       auto i = (*next)++;
-      ++*outstanding;
+      auto id = i + 1;
+      auto consumer = i % plan->consumers.size();
+      ++flight->count;
+      flight->consumer_of.emplace(id, consumer);
       proto::prefill_request req;
-      req.request_id = i + 1;
+      req.request_id = id;
       req.prompt_tokens = plan->tokens[i];
       req.pattern_seed = plan->seed;
-      req.consumer = plan->consumers[i % plan->consumers.size()];
+      req.consumer = plan->consumers[consumer];
       req.layerwise = plan->layerwise;
       req.pull = plan->pull;
       auto& producer = plan->producers[i % plan->producers.size()];
@@ -247,6 +272,8 @@ caf::behavior router(caf::event_based_actor* self,
                   proto::prefill_atom::value, std::move(req))
         .then(
           [=](proto::ready_report& r) {
+            if (flight->consumer_of.erase(id) == 0)
+              return;  // already failed (its consumer went down)
             auto us = duration<double, std::micro>(steady_clock::now() - t0)
                         .count();
             {
@@ -263,31 +290,71 @@ caf::behavior router(caf::event_based_actor* self,
                   fmt::format("request {}: not verified", r.request_id));
               }
             }
-            --*outstanding;
+            --flight->count;
             again();
           },
           [=](caf::error& err) {
+            if (flight->consumer_of.erase(id) == 0)
+              return;
             *stopped = true;
-            {
-              std::lock_guard<std::mutex> guard{out->mtx};
-              ++out->done;
-              ++out->failed;
-              out->errors.push_back(
-                fmt::format("request {}: {}", i + 1, render(err)));
-            }
-            --*outstanding;
+            record_failure(*out, id, plan->consumer_names[consumer], err);
+            --flight->count;
             again();
           });
     }
-    if (*outstanding == 0 && (*next == plan->tokens.size() || *stopped)) {
+    if (flight->count == 0 && (*next == plan->tokens.size() || *stopped)) {
       out->end = steady_clock::now();
       finished->set_value();
       self->quit();
     }
   };
+  // A consumer that is gone fails its requests at once: a down message
+  // (monitor), or the directory's `left` where no down can reach us (its
+  // node died before this process ever connected to it).
+  auto fail_consumer = [=](std::size_t k, const std::string& why) {
+    auto err = make_error(ec::peer_down,
+                          fmt::format("consumer '{}' is gone: {}",
+                                      plan->consumer_names[k], why));
+    std::vector<std::uint64_t> lost;
+    for (auto& [id, consumer] : flight->consumer_of)
+      if (consumer == k)
+        lost.push_back(id);
+    std::sort(lost.begin(), lost.end());
+    for (auto id : lost) {
+      flight->consumer_of.erase(id);
+      record_failure(*out, id, plan->consumer_names[k], err);
+      --flight->count;
+    }
+    *stopped = true;  // its later requests would go nowhere
+    again();
+  };
+  for (auto& c : plan->consumers)
+    self->monitor(c);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& cs = plan->consumers;
+    for (std::size_t k = 0; k < cs.size(); ++k)
+      if (cs[k].address() == dm.source)
+        fail_consumer(k, "down: " + render(dm.reason));
+  });
+  self->request(dir, seconds(10), watch_atom::value,
+                caf::actor_cast<caf::actor>(self))
+    .then([](std::vector<worker_info>&) {},
+          [](caf::error& err) {
+            spdlog::warn("demo router: watching the directory failed: {}",
+                         render(err));
+          });
   out->start = steady_clock::now();
   (*issue)();
-  return {[issue](caf::ok_atom) {}};
+  return {
+    [issue](caf::ok_atom) {},
+    [](joined_atom, const worker_info&) {},
+    [=](left_atom, const std::string& name, const caf::error& why) {
+      auto& names = plan->consumer_names;
+      for (std::size_t k = 0; k < names.size(); ++k)
+        if (names[k] == name)
+          fail_consumer(k, "it left the directory: " + render(why));
+    },
+  };
 }
 
 // ---- which GPUs the two workers use -------------------------------------------
@@ -389,6 +456,7 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
   while (steady_clock::now() < deadline) {
     plan.producers.clear();
     plan.consumers.clear();
+    plan.consumer_names.clear();
     self->request(dir, seconds(5), list_atom::value)
       .receive(
         [&](std::vector<worker_info>& all) {
@@ -397,8 +465,10 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
               continue;
             if (w.role == worker_role::prefill)
               plan.producers.push_back(caf::actor_cast<producer_actor>(w.app));
-            else
+            else {
               plan.consumers.push_back(w.app);
+              plan.consumer_names.push_back(w.name);
+            }
           }
         },
         [&](const caf::error& err) { last_error = render(err); });
@@ -410,6 +480,27 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
                      "after 15 s{}",
                      plan.producers.size(), plan.consumers.size(),
                      last_error.empty() ? "" : " (" + last_error + ")");
+}
+
+// How the consumers' requests came in (credit or negotiated), so that a
+// control figure can be read against the path it measured.
+void print_credit_use(caf::actor_system& sys, const router_plan& plan) {
+  caf::scoped_actor self{sys};
+  for (std::size_t k = 0; k < plan.consumers.size(); ++k)
+    self
+      ->request(caf::actor_cast<consumer_actor>(plan.consumers[k]), seconds(5),
+                proto::stats_atom::value)
+      .receive(
+        [&](const proto::consumer_stats& s) {
+          fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
+                     "{} refused; {} blocks lent, {} credit returns\n",
+                     plan.consumer_names[k], s.delegated, s.negotiated,
+                     s.refused, s.lent_blocks, s.credit_returns);
+        },
+        [&](const caf::error& err) {
+          fmt::print("consumer '{}': no stats ({})\n", plan.consumer_names[k],
+                     render(err));
+        });
 }
 
 int run_demo(demo_command& cmd) {
@@ -448,6 +539,21 @@ int run_demo(demo_command& cmd) {
   auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
                                           via(gpus, cmd.transport, cmd.plugin)
                                       : std::string{"the deployment's memory"};
+  // Credit needs blocks of its own: the decode pool holds what the requests
+  // in flight may negotiate (pool_blocks; a pool that runs dry fails a
+  // request) plus `spare` blocks that it lends the producer ahead of time
+  // (see actors.hpp). The lending percentage is rounded down, so the loan
+  // never eats into pool_blocks. Spare: one of the largest requests, and at
+  // least 64 blocks so that small requests find credit while the previous
+  // batch of returned blocks is still on its way.
+  auto spare = std::max<std::uint64_t>(max_blocks, 64);
+  auto decode_pool_blocks = pool_blocks + spare;
+  auto decode_lend_percent = spare * 100 / decode_pool_blocks;
+  // With credit the consumer answers as soon as the bytes landed, possibly
+  // before the producer's transfer actor has reported its send done and the
+  // source blocks are free again: room for one more of the largest requests
+  // keeps the producer from waiting for them (it would, not fail).
+  auto prefill_pool_blocks = pool_blocks + max_blocks;
 
   std::vector<std::unique_ptr<child_process>> children;
   std::string directory = cmd.directory;
@@ -471,8 +577,9 @@ int run_demo(demo_command& cmd) {
           "kvferry", "worker", "--name", fmt::format("demo-{}-0", role),
           "--role", role, "--directory", directory, "--bind", "127.0.0.1",
           "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-          "--transport", cmd.transport,
-          "--pool-blocks", std::to_string(pool_blocks),
+          "--transport", cmd.transport, "--pool-blocks",
+          std::to_string(std::string{role} == "decode" ? decode_pool_blocks
+                                                       : prefill_pool_blocks),
           "--chunk-bytes", std::to_string(cmd.chunk_bytes),
           "--comms-per-peer", std::to_string(cmd.comms_per_peer),
           "--timeout-ms", std::to_string(cmd.timeout_ms),
@@ -480,6 +587,10 @@ int run_demo(demo_command& cmd) {
           "--log-level", level};
         for (auto& a : geometry_args(cmd))
           args.push_back(a);
+        if (std::string{role} == "decode") {
+          args.push_back("--lend-percent");
+          args.push_back(std::to_string(decode_lend_percent));
+        }
         if (!cmd.plugin.empty()) {
           args.push_back("--plugin");
           args.push_back(cmd.plugin);
@@ -536,7 +647,7 @@ int run_demo(demo_command& cmd) {
              cmd.pull ? "pull" : "push", cmd.layerwise ? ", layer by layer" : "",
              plan->inflight, plan->producers.size(), plan->consumers.size(),
              memory, directory);
-  auto r = sys.spawn(router, plan, out, finished);
+  auto r = sys.spawn(router, plan, out, finished, *dir);
   auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
   bool timed_out = false;
   while (done_future.wait_for(milliseconds(500)) != std::future_status::ready) {
@@ -579,10 +690,15 @@ int run_demo(demo_command& cmd) {
              percentile(out->latency_us, 0.99) / 1e3,
              percentile(out->control_us, 0.5),
              percentile(out->control_us, 0.99));
-  fmt::print("(data GB/s = bytes / the sum of every request's data time, "
-             "first send ordered to last byte landed; control = request "
-             "latency at the router minus the data time and the fill/verify "
-             "time; {} mode{}, chunk {} B, {} comms per peer)\n",
+  fmt::print("(data time = the receiver's view of each request: from when "
+             "its transfer actor first learned of the transfer (the sender's "
+             "announcement or the consumer's recv order, whichever came "
+             "first) to the last byte landed, over all parts; without credit "
+             "the recv order is placed at allocate, so the grant hop counts "
+             "as data. data GB/s = bytes / the sum of the data times; "
+             "control = request latency at the router minus the data time "
+             "and the fill/hash/verify time; {} mode{}, chunk {} B, {} comms "
+             "per peer)\n",
              cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
              cmd.chunk_bytes, cmd.comms_per_peer);
   if (out->failed > 0) {
@@ -594,6 +710,7 @@ int run_demo(demo_command& cmd) {
       std::cerr << "  " << out->errors[k] << "\n";
     return 1;
   }
+  print_credit_use(sys, *plan);
   std::cout << "kvferry demo: OK, every byte of " << out->done
             << " requests verified\n";
   return 0;

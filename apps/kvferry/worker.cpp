@@ -50,6 +50,8 @@ struct worker_command {
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
   std::uint32_t timeout_ms = 10000;
+  std::uint64_t credit_blocks = app_config{}.credit_blocks;
+  std::uint32_t lend_percent = app_config{}.lend_percent;
   runtime::runtime_options runtime;
 };
 
@@ -222,6 +224,8 @@ int run_worker(worker_command& cmd) {
   ac.timeout_ms = cmd.timeout_ms;
   ac.layerwise = cmd.layerwise;
   ac.pull = cmd.mode == "pull";
+  ac.credit_blocks = cmd.credit_blocks;
+  ac.lend_percent = cmd.lend_percent;
   caf::actor app = role == worker_role::prefill
                      ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
                      : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
@@ -283,7 +287,14 @@ int run_worker(worker_command& cmd) {
     watchers.push_back(app);
   for (auto& w : watchers)
     self->request(*dir, std::chrono::seconds(10), watch_atom::value, w)
-      .receive([](std::vector<worker_info>&) {},
+      .receive(
+        [&](std::vector<worker_info>& members) {
+          // The watcher hears of later joins only: tell it who is there
+          // already (the producer learns its consumers' names from these).
+          for (auto& m : members)
+            self->send(caf::actor_cast<directory_watcher_actor>(w),
+                       joined_atom::value, std::move(m));
+        },
                [&](const caf::error& err) {
                  spdlog::warn("worker {}: watching the directory failed: {}",
                               cmd.name, render(err));
@@ -366,6 +377,14 @@ void add_worker(CLI::App& root, int& exit_code) {
   sub->add_option("--timeout-ms", cmd->timeout_ms,
                   "deadline of every remote request and transfer")
     ->capture_default_str();
+  sub->add_option("--credit-blocks", cmd->credit_blocks,
+                  "prefill: blocks to ask each decode worker to lend ahead "
+                  "of time (0: negotiate every request)")
+    ->capture_default_str();
+  sub->add_option("--lend-percent", cmd->lend_percent,
+                  "decode: most of the pool lent to one prefill worker")
+    ->capture_default_str()
+    ->check(CLI::Range(0u, 100u));
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (cmd->secret.empty())

@@ -141,3 +141,51 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
   CHECK(router.text.find("peer_down") != std::string::npos);
   CHECK(router.text.find("fault-decode") != std::string::npos);
 }
+
+// The suspicion of issue #4: a consumer that dies before the producer ever
+// reached it (here: frozen with SIGSTOP while the router starts, so the
+// producer's first allocate and reserve to it, and the router's monitor,
+// are stuck; then killed) must still fail its requests promptly, not after
+// the 30 s deadlines.
+TEST_CASE("a decode worker that dies before the producer first reached it "
+          "fails the requests promptly") {
+  setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  child dir({"directory", "--bind", "127.0.0.1", "--port", "0",
+             "--log-level", "warn"});
+  REQUIRE(dir.read_until("listening on", seconds(20)));
+  auto line = dir.text.substr(dir.text.find("listening on"));
+  auto port = std::stoi(line.substr(line.rfind(':') + 1));
+  auto address = "127.0.0.1:" + std::to_string(port);
+  std::vector<std::string> common{"--directory", address, "--bind",
+                                  "127.0.0.1", "--pool-blocks", "8192",
+                                  "--timeout-ms", "30000", "--log-level",
+                                  "warn"};
+  auto worker = [&](const char* name, const char* role) {
+    std::vector<std::string> args{"worker", "--name", name, "--role", role};
+    args.insert(args.end(), common.begin(), common.end());
+    return args;
+  };
+  child prefill(worker("early-prefill", "prefill"));
+  child decode(worker("early-decode", "decode"));
+  REQUIRE(prefill.read_until(" ready", seconds(30)));
+  REQUIRE(decode.read_until(" ready", seconds(30)));
+  kill(decode.pid, SIGSTOP);
+  child router({"demo", "--directory", address, "--requests", "100",
+                "--inflight", "2", "--timeout-ms", "30000", "--log-level",
+                "warn"});
+  // The router has found both workers and sent its first requests when it
+  // prints its plan; give them a moment to get stuck.
+  REQUIRE(router.read_until("prefill / 1 decode workers", seconds(30)));
+  std::this_thread::sleep_for(milliseconds(500));
+  REQUIRE(router.wait_exit(milliseconds(1)) == -1);  // still waiting
+  auto killed_at = steady_clock::now();
+  kill(decode.pid, SIGKILL);
+  int status = router.wait_exit(seconds(40));
+  auto took = duration_cast<milliseconds>(steady_clock::now() - killed_at);
+  INFO(router.text);
+  INFO("router exited after " << took.count() << " ms");
+  CHECK(status == 1);
+  CHECK(took < seconds(10));
+  CHECK(router.text.find("FAILED") != std::string::npos);
+  CHECK(router.text.find("early-decode") != std::string::npos);
+}

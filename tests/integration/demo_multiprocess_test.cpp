@@ -48,6 +48,19 @@ TEST_CASE("demo: push, layer by layer") { check_demo("--layerwise"); }
 
 TEST_CASE("demo: pull") { check_demo("--pull"); }
 
+// The control-plane benchmark's shape (64 KiB requests, one in flight, so
+// nearly every request rides on credit): checked for correctness only; its
+// timing is measured by running the command, never asserted here.
+TEST_CASE("demo: 64 KiB requests one at a time (the control run)") {
+  auto r = run_kvferry("demo --requests 200 --min-tokens 16 --max-tokens 16 "
+                       "--layers 1 --inflight 1 --quiet");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 200 requests verified") !=
+        std::string::npos);
+  CHECK(r.output.find("| 200 | 0 |") != std::string::npos);
+}
+
 TEST_CASE("demo: bad options fail with a clear message") {
   auto r = run_kvferry("demo --dtype int3");
   CHECK(r.status == 2);

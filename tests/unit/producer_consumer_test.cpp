@@ -23,13 +23,26 @@ struct fake_net {
   std::map<std::string, std::shared_ptr<memory_region>> regions;
   bool corrupt = false;
   int sends = 0;
+  // Bytes move (and are announced) at once, but the sender's completion
+  // waits here until the test sends the sender's fake transfer actor a
+  // sweep_atom: a slow send completion.
+  bool hold_completions = false;
+  std::vector<std::pair<caf::typed_response_promise<std::uint64_t>,
+                        std::uint64_t>>
+    held;
+  void release_completions() {
+    for (auto& [promise, bytes] : held)
+      promise.deliver(bytes);
+    held.clear();
+  }
 };
 
 struct fake_transfer_state {
   std::string worker;
   std::shared_ptr<fake_net> net;
   std::map<std::uint64_t, std::uint64_t> arrived;  // transfer id -> bytes
-  std::map<std::uint64_t, caf::typed_response_promise<std::uint64_t>> waiting;
+  std::map<std::uint64_t, caf::typed_response_promise<proto::recv_report>>
+    waiting;
   static inline const char* name = "fake.transfer";
 };
 
@@ -65,26 +78,32 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       a.chunks = o.extents;
       self->send(caf::actor_cast<transfer_actor>(o.peer.transfer),
                  proto::announce_atom::value, std::move(a));
+      if (net.hold_completions) {
+        auto promise = self->make_response_promise<std::uint64_t>();
+        net.held.emplace_back(promise, bytes);
+        return promise;
+      }
       return bytes;
     },
     [self](proto::announce_atom, proto::announcement& a) {
       auto bytes = plan_bytes(a.chunks);
       auto w = self->state.waiting.find(a.transfer_id);
       if (w != self->state.waiting.end()) {
-        w->second.deliver(bytes);
+        w->second.deliver(proto::recv_report{bytes, 0, 0});
         self->state.waiting.erase(w);
       } else {
         self->state.arrived[a.transfer_id] = bytes;
       }
     },
-    [self](proto::recv_atom, proto::recv_order& o) -> caf::result<std::uint64_t> {
+    [self](proto::recv_atom,
+           proto::recv_order& o) -> caf::result<proto::recv_report> {
       auto i = self->state.arrived.find(o.transfer_id);
       if (i != self->state.arrived.end()) {
         auto bytes = i->second;
         self->state.arrived.erase(i);
-        return bytes;
+        return proto::recv_report{bytes, 0, 0};
       }
-      auto p = self->make_response_promise<std::uint64_t>();
+      auto p = self->make_response_promise<proto::recv_report>();
       self->state.waiting.emplace(o.transfer_id, p);
       return p;
     },
@@ -97,8 +116,10 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
     [](proto::stats_atom) { return proto::transfer_stats{}; },
     [](joined_atom, const worker_info&) {},
     [](left_atom, const std::string&, const caf::error&) {},
-    [](proto::progress_atom) {},
-    [](proto::sweep_atom) {},
+    [](proto::progress_atom, std::uint64_t) {},
+    // Stands in for "the held send completions are in" (see fake_net):
+    // promises are delivered from their own actor's context.
+    [self](proto::sweep_atom) { self->state.net->release_completions(); },
   };
 }
 
@@ -107,6 +128,7 @@ struct fixture : test::actor_fixture {
   kv_geometry geo;
   producer_actor producer;
   consumer_actor consumer;
+  transfer_actor producer_transfer;
   std::vector<caf::actor> spawned;  // stopped at the end: nothing outlives
 
   // Small geometry: 4 layers of 2*2*8*2*4 = 256-byte blocks.
@@ -135,11 +157,14 @@ struct fixture : test::actor_fixture {
   }
 
   void start(std::uint64_t prefill_blocks = 64, std::uint64_t decode_blocks = 64,
-             bool producer_layerwise = false) {
+             bool producer_layerwise = false, std::uint32_t lend_percent = 25) {
     auto p = make_app("prefill-0", prefill_blocks);
     p.layerwise = producer_layerwise;
+    producer_transfer = p.transfer;
     producer = spawn_producer(sys, p);
-    consumer = spawn_consumer(sys, make_app("decode-0", decode_blocks));
+    auto c = make_app("decode-0", decode_blocks);
+    c.lend_percent = lend_percent;
+    consumer = spawn_consumer(sys, c);
     spawned.push_back(caf::actor_cast<caf::actor>(producer));
     spawned.push_back(caf::actor_cast<caf::actor>(consumer));
   }
@@ -205,7 +230,7 @@ TEST_CASE_FIXTURE(fixture, "pull: the consumer fetches what was advertised") {
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks return to both pools: many requests fit") {
-  start(12, 12);  // room for exactly one 3-block-per-layer request
+  start(12, 12, false, 0);  // room for exactly one 3-block-per-layer request
   for (std::uint64_t id = 1; id <= 20; ++id) {
     auto r = prefill(id, 12);
     REQUIRE_MESSAGE(r, render(r.error()));
@@ -245,4 +270,329 @@ TEST_CASE_FIXTURE(fixture, "a geometry mismatch is refused at allocate") {
   auto r = prefill(11, 10);
   REQUIRE_FALSE(r);
   CHECK(is(r.error(), ec::mismatch));
+}
+
+// ---- credit (grant-ahead) ----------------------------------------------------
+
+namespace {
+
+proto::consumer_stats stats_of(fixture& f) {
+  auto s = f.request<proto::consumer_stats>(f.consumer,
+                                            proto::stats_atom::value);
+  REQUIRE(s);
+  return *s;
+}
+
+// A stand-in producer that holds a loan (its sender identity is what the
+// consumer lends to) and lets a test send what a producer would.
+using fake_reserve_atom = caf::atom_constant<caf::atom("fkreserve")>;
+
+caf::behavior fake_producer(caf::event_based_actor* self, consumer_actor c,
+                            std::string name, kv_geometry geo,
+                            std::shared_ptr<std::vector<std::uint64_t>> got) {
+  return {
+    [=](fake_reserve_atom, std::uint64_t blocks) {
+      auto rp = self->make_response_promise<proto::grant>();
+      proto::reserve_request r{name, blocks, geo.layer_block_bytes(),
+                               geo.layers};
+      self->request(c, caf::infinite, proto::reserve_atom::value, r)
+        .then(
+          [rp, got](proto::grant& g) mutable {
+            *got = g.block_offsets;
+            rp.deliver(std::move(g));
+          },
+          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
+    },
+    [=](proto::incoming_atom a, proto::credit_notice& n) {
+      return self->delegate(c, a, std::move(n));
+    },
+    [=](proto::abort_atom a, std::uint64_t id, caf::error& err) {
+      self->send(c, a, id, name, std::move(err));
+    },
+    [](proto::credit_atom, const std::vector<std::uint64_t>&) {},
+  };
+}
+
+// A credit notice of `blocks` (one part, layer-major) for producer `name`.
+proto::credit_notice notice_for(const fixture& f, std::uint64_t id,
+                                const std::string& name,
+                                std::vector<std::uint64_t> blocks) {
+  proto::credit_notice n;
+  n.request_id = id;
+  n.producer = name;
+  n.blocks_per_layer = static_cast<std::uint32_t>(blocks.size() /
+                                                  f.geo.layers);
+  n.bytes = blocks.size() * f.geo.layer_block_bytes();
+  n.block_offsets = std::move(blocks);
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(fixture, "reserve lends at most lend_percent of the pool") {
+  start(64, 64);
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
+  spawned.push_back(p);
+  auto g = request<proto::grant>(p, fake_reserve_atom::value,
+                                 std::uint64_t{1000});
+  REQUIRE_MESSAGE(g, render(g.error()));
+  CHECK(g->block_offsets.size() == 16);  // 25 % of 64
+  CHECK(g->receiver.name == "decode-0");
+  auto more = request<proto::grant>(p, fake_reserve_atom::value,
+                                    std::uint64_t{1000});
+  REQUIRE(more);
+  CHECK(more->block_offsets.empty());  // the cap holds across reserves
+  CHECK(stats_of(*this).lent_blocks == 16);
+  auto few = std::make_shared<std::vector<std::uint64_t>>();
+  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-8"}, geo, few);
+  spawned.push_back(q);
+  auto g2 = request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{3});
+  REQUIRE(g2);
+  CHECK(g2->block_offsets.size() == 3);  // never more than asked
+}
+
+TEST_CASE_FIXTURE(fixture, "a reserve of another geometry is refused") {
+  start();
+  auto cfg = make_app("decode-1", 64);
+  cfg.geometry.layers = 8;
+  auto other = spawn_consumer(sys, cfg);
+  spawned.push_back(caf::actor_cast<caf::actor>(other));
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, other, std::string{"prefill-9"}, geo, got);
+  spawned.push_back(p);
+  auto g = request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{4});
+  REQUIRE_FALSE(g);
+  CHECK(is(g.error(), ec::mismatch));
+}
+
+TEST_CASE_FIXTURE(fixture, "requests within credit take no allocate round "
+                           "trip, and blocks flow back to the credit") {
+  start(64, 64);  // the loan: 16 blocks, room for one 12-block request
+  for (std::uint64_t id = 1; id <= 20; ++id) {
+    auto r = prefill(id, 12);  // 3 blocks per layer, 4 layers
+    REQUIRE_MESSAGE(r, render(r.error()));
+    CHECK(r->verified);
+  }
+  auto s = stats_of(*this);
+  // The first request negotiates while the reserve is in flight; every
+  // later one is delegated, on blocks that came back from the one before.
+  CHECK(s.negotiated == 1);
+  CHECK(s.delegated == 19);
+  CHECK(s.refused == 0);
+  CHECK(s.lent_blocks == 16);
+  CHECK(s.credit_returns >= 18);
+}
+
+TEST_CASE_FIXTURE(fixture, "credit works layer by layer, and the reply "
+                           "counts the producer's fill time") {
+  start(64, 64);
+  REQUIRE(prefill(1, 4, true));
+  auto r = prefill(2, 8, true);  // 2 blocks x 4 layers on credit
+  REQUIRE_MESSAGE(r, render(r.error()));
+  CHECK(r->verified);
+  CHECK(r->bytes == 8 * geo.layer_block_bytes());
+  CHECK(stats_of(*this).delegated == 1);
+  CHECK(net->sends == 4 + 4);
+}
+
+TEST_CASE_FIXTURE(fixture, "a request larger than the credit negotiates") {
+  start(64, 64);
+  REQUIRE(prefill(1, 4));         // first contact: the reserve goes out
+  auto r = prefill(2, 4 * 5);     // 5 blocks x 4 layers = 20 > 16 lent
+  REQUIRE_MESSAGE(r, render(r.error()));
+  CHECK(r->verified);
+  auto s = stats_of(*this);
+  CHECK(s.negotiated == 2);
+  CHECK(s.delegated == 0);
+  auto small = prefill(3, 4);     // fits the credit again
+  REQUIRE(small);
+  CHECK(stats_of(*this).delegated == 1);
+}
+
+TEST_CASE_FIXTURE(fixture, "a producer that disables credit always "
+                           "negotiates") {
+  auto p = make_app("prefill-0", 64);
+  p.credit_blocks = 0;
+  producer = spawn_producer(sys, p);
+  consumer = spawn_consumer(sys, make_app("decode-0", 64));
+  spawned.push_back(caf::actor_cast<caf::actor>(producer));
+  spawned.push_back(caf::actor_cast<caf::actor>(consumer));
+  for (std::uint64_t id = 1; id <= 3; ++id)
+    REQUIRE(prefill(id, 4));
+  auto s = stats_of(*this);
+  CHECK(s.negotiated == 3);
+  CHECK(s.lent_blocks == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
+                           "the producer and the offset") {
+  start(64, 64);
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
+  spawned.push_back(p);
+  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{8}));
+  REQUIRE(got->size() == 8);
+  // Block 40 was never lent: the pool lends its lowest blocks first.
+  auto bb = geo.layer_block_bytes();
+  std::vector<std::uint64_t> blocks(got->begin(), got->begin() + 3);
+  blocks.push_back(40 * bb);
+  auto r = request<proto::ready_report>(
+    p, proto::incoming_atom::value, notice_for(*this, 5, "prefill-9", blocks));
+  REQUIRE_FALSE(r);
+  CHECK(is(r.error(), ec::invalid_extent));
+  auto text = render(r.error());
+  CHECK(text.find("prefill-9") != std::string::npos);
+  CHECK(text.find(std::to_string(40 * bb)) != std::string::npos);
+  // A producer with no loan at all is refused too.
+  auto r2 = request<proto::ready_report>(
+    p, proto::incoming_atom::value,
+    notice_for(*this, 6, "prefill-7",
+               std::vector<std::uint64_t>(got->begin(), got->begin() + 4)));
+  REQUIRE_FALSE(r2);
+  CHECK(render(r2.error()).find("prefill-7") != std::string::npos);
+  // The refused claims were undone: the same lent blocks are usable.
+  auto ok = notice_for(*this, 7, "prefill-9",
+                       std::vector<std::uint64_t>(got->begin(),
+                                                  got->begin() + 4));
+  auto slot = std::make_shared<
+    std::optional<caf::expected<proto::ready_report>>>();
+  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
+                                       proto::incoming_atom,
+                                       proto::credit_notice>,
+            p, slot, proto::incoming_atom::value, ok);
+  run();
+  CHECK_FALSE(*slot);  // accepted: waits for its bytes
+  CHECK(stats_of(*this).refused == 2);
+}
+
+TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
+  start(64, 64);
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
+  spawned.push_back(p);
+  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{8}));
+  auto n = notice_for(*this, 11, "prefill-9",
+                      std::vector<std::uint64_t>(got->begin(),
+                                                 got->begin() + 4));
+  auto slot = std::make_shared<
+    std::optional<caf::expected<proto::ready_report>>>();
+  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
+                                       proto::incoming_atom,
+                                       proto::credit_notice>,
+            p, slot, proto::incoming_atom::value, n);
+  run();
+  REQUIRE_FALSE(*slot);  // waiting for bytes that will not come
+  caf::anon_send(p, proto::abort_atom::value, std::uint64_t{11},
+                 make_error(ec::peer_down, "send to 'decode-0' failed"));
+  run();
+  REQUIRE(*slot);
+  REQUIRE_FALSE(**slot);
+  CHECK(is((*slot)->error(), ec::peer_down));
+  CHECK(render((*slot)->error()).find("send to 'decode-0' failed") !=
+        std::string::npos);
+}
+
+TEST_CASE_FIXTURE(fixture, "a dead producer's loan returns to the pool") {
+  start(64, 16, false, 100);
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
+  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{16}));
+  CHECK(got->size() == 16);  // the whole pool is lent
+  caf::anon_send_exit(p, caf::exit_reason::kill);
+  run();
+  CHECK(stats_of(*this).lent_blocks == 0);
+  // All 16 are back in the pool: a new producer can borrow them all.
+  auto again = std::make_shared<std::vector<std::uint64_t>>();
+  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo,
+                     again);
+  spawned.push_back(q);
+  REQUIRE(request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{16}));
+  CHECK(again->size() == 16);
+}
+
+TEST_CASE_FIXTURE(fixture, "blocks of a dead producer's request in flight "
+                           "return to the pool, not to its credit") {
+  start(64, 16, false, 100);
+  auto got = std::make_shared<std::vector<std::uint64_t>>();
+  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
+  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{16}));
+  auto n = notice_for(*this, 3, "prefill-9",
+                      std::vector<std::uint64_t>(got->begin(),
+                                                 got->begin() + 4));
+  auto slot = std::make_shared<
+    std::optional<caf::expected<proto::ready_report>>>();
+  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
+                                       proto::incoming_atom,
+                                       proto::credit_notice>,
+            p, slot, proto::incoming_atom::value, n);
+  run();
+  caf::anon_send_exit(p, caf::exit_reason::kill);
+  run();
+  CHECK(stats_of(*this).lent_blocks == 0);
+  // Its bytes never come: the consumer's deadline fails the request (the
+  // fake transfer never answers, the request's own timeout does), and the
+  // four blocks go to the pool.
+  advance_time(std::chrono::seconds(3));
+  REQUIRE(*slot);
+  CHECK_FALSE(**slot);
+  auto again = std::make_shared<std::vector<std::uint64_t>>();
+  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo,
+                     again);
+  spawned.push_back(q);
+  REQUIRE(request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{16}));
+  CHECK(again->size() == 16);
+}
+
+TEST_CASE_FIXTURE(fixture, "a consumer that died before the first request "
+                           "fails it at once") {
+  start();
+  caf::anon_send_exit(consumer, caf::exit_reason::kill);
+  run();
+  auto r = prefill(1, 4);  // no virtual time passes: no timeout can fire
+  REQUIRE_FALSE(r);
+  CHECK_FALSE(render(r.error()).find("got no reply") != std::string::npos);
+  INFO(render(r.error()));
+  CHECK(is(r.error(), ec::peer_down));
+}
+
+TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
+                           "answered before its send completed waits for "
+                           "them") {
+  start(4, 64);  // the producer's pool: exactly one 1-block-per-layer request
+  REQUIRE(prefill(1, 4));  // negotiates; the reserve goes out
+  net->hold_completions = true;
+  auto second = prefill(2, 4);  // on credit: the consumer answers at once
+  REQUIRE_MESSAGE(second, render(second.error()));
+  CHECK(second->verified);
+  CHECK(net->held.size() == 1);  // ... while our source blocks are in use
+  auto slot = std::make_shared<
+    std::optional<caf::expected<proto::ready_report>>>();
+  proto::prefill_request r;
+  r.request_id = 3;
+  r.prompt_tokens = 4;
+  r.pattern_seed = 99;
+  r.consumer = caf::actor_cast<caf::actor>(consumer);
+  sys.spawn(test::detail::request_once<proto::ready_report, producer_actor,
+                                       proto::prefill_atom,
+                                       proto::prefill_request>,
+            producer, slot, proto::prefill_atom::value, r);
+  run();
+  CHECK_FALSE(*slot);  // waiting for blocks, not failed
+  net->hold_completions = false;
+  caf::anon_send(producer_transfer, proto::sweep_atom::value);
+  run();
+  REQUIRE(*slot);
+  REQUIRE_MESSAGE(**slot, render((*slot)->error()));
+  CHECK((*slot)->value().verified);
+  CHECK(stats_of(*this).delegated == 2);
+}
+
+TEST_CASE_FIXTURE(fixture, "a request larger than the producer's whole pool "
+                           "still fails at once") {
+  start(4, 64);
+  auto r = prefill(1, 8);  // 2 blocks x 4 layers > 4
+  REQUIRE_FALSE(r);
+  CHECK(render(r.error()).find("pool exhausted") != std::string::npos);
 }

@@ -120,7 +120,29 @@ caf::error parse_host_port(const std::string& text, std::string& host,
 // The three actors that move one request's KV cache (see docs/design and
 // runtime/protocol.hpp for the messages):
 //
-//   router --prefill--> producer --allocate--> consumer          (push)
+// Push with credit (the steady state): each consumer lends each producer a
+// reserve of destination blocks ahead of time (`reserve` -> `grant`, asked on
+// first contact and again when short, never on a request's critical path).
+// A request covered by that credit makes two hops outside the data window:
+//
+//   router --prefill--> producer  (takes lent blocks, fills, orders sends)
+//   producer --send--> transfer ==bytes==> transfer <--recv-- consumer
+//   producer --incoming (delegates the router's request)--> consumer
+//   consumer --ready--> router    (verified; the reply comes from the
+//                                  consumer, not the producer)
+//
+// Freed blocks flow back to that producer's credit in batches (`credit`).
+// A failed send after delegating: producer --abort--> consumer, which fails
+// the router's request with it. A router must therefore watch its consumers
+// too: a dead consumer's requests are answered by nobody. The ready report
+// may also reach the router before the producer's transfer actor reported
+// the send done, i.e. before the request's source blocks are free again:
+// size a producer's pool for more than the router's requests in flight.
+//
+// Push without enough credit (the first request to a consumer, or credit
+// short): the old negotiation, replies through the producer:
+//
+//   router --prefill--> producer --allocate--> consumer
 //                       producer <--grant----- consumer
 //   producer --send--> transfer ==bytes==> transfer <--recv-- consumer
 //                       producer --arrived--> consumer --ready--> (router)
@@ -135,8 +157,10 @@ using transfer_actor = caf::typed_actor<
     caf::replies_to<proto::endpoint_atom>::with<proto::endpoint>,
     // Send extents of the local region to a peer; replies bytes sent.
     caf::replies_to<proto::send_atom, proto::send_order>::with<std::uint64_t>,
-    // Wait for a transfer from a peer to land; replies bytes received.
-    caf::replies_to<proto::recv_atom, proto::recv_order>::with<std::uint64_t>,
+    // Wait for a transfer from a peer to land; replies the bytes received
+    // and this actor's view of when the transfer started and ended.
+    caf::replies_to<proto::recv_atom, proto::recv_order>::with<
+        proto::recv_report>,
     // Transfer actor to transfer actor: open a channel from `sender` with
     // (comms, chunk bytes); replies the listener's handles (128 B each).
     caf::replies_to<proto::open_atom, std::string, std::uint32_t,
@@ -153,8 +177,8 @@ using transfer_actor = caf::typed_actor<
     // fails everything waiting on it with ec::peer_down at once.
     caf::reacts_to<joined_atom, worker_info>,
     caf::reacts_to<left_atom, std::string, caf::error>,
-    // Internal: poll the plugin; a deadline passed.
-    caf::reacts_to<proto::progress_atom>,
+    // Internal: poll the plugin (the loop's generation); a deadline passed.
+    caf::reacts_to<proto::progress_atom, std::uint64_t>,
     caf::reacts_to<proto::sweep_atom>>;
 
 struct transfer_config {
@@ -192,7 +216,10 @@ using producer_actor = caf::typed_actor<
         proto::ready_report>,
     // Directory watcher: requests whose consumer left fail at once.
     caf::reacts_to<joined_atom, worker_info>,
-    caf::reacts_to<left_atom, std::string, caf::error>>;
+    caf::reacts_to<left_atom, std::string, caf::error>,
+    // From a consumer (the sender): these blocks it lent are free again and
+    // back in this producer's credit there.
+    caf::reacts_to<proto::credit_atom, std::vector<std::uint64_t>>>;
 
 /// A decode worker's app: allocates destination blocks, waits for the bytes,
 /// verifies them and answers ready.
@@ -202,7 +229,22 @@ using consumer_actor = caf::typed_actor<
     caf::replies_to<proto::arrived_atom, proto::arrival_notice>::with<
         proto::ready_report>,
     caf::replies_to<proto::advertise_atom, proto::arrival_notice>::with<
-        proto::ready_report>>;
+        proto::ready_report>,
+    // Lend the producer (the sender, monitored) up to n blocks ahead of
+    // time; the grant lists those lent (request_id 0). Errors: mismatch
+    // (geometry).
+    caf::replies_to<proto::reserve_atom, proto::reserve_request>::with<
+        proto::grant>,
+    // A request the producer wrote into lent blocks and delegated here: the
+    // reply (to the router) comes once its bytes landed and verified.
+    // Errors: invalid_extent (an offset not lent to that producer, named),
+    // mismatch, peer_down, timeout, or what the producer's abort says.
+    caf::replies_to<proto::incoming_atom, proto::credit_notice>::with<
+        proto::ready_report>,
+    // Producer -> consumer: the send of a delegated request failed (request
+    // id, producer name, why); its promise fails with that error.
+    caf::reacts_to<proto::abort_atom, std::uint64_t, std::string, caf::error>,
+    caf::replies_to<proto::stats_atom>::with<proto::consumer_stats>>;
 
 struct app_config {
   std::string name;
@@ -213,6 +255,14 @@ struct app_config {
   std::uint32_t timeout_ms = 10000;        // every remote request
   bool layerwise = false;  // producer: ship layer by layer unless asked
   bool pull = false;       // producer: advertise instead of pushing
+  // Producer: destination blocks to ask each consumer to lend ahead of time
+  // (credit; 0 disables it and every request negotiates). The consumer caps
+  // the loan, so the default just means "as much as you lend".
+  std::uint64_t credit_blocks = std::uint64_t{1} << 32;
+  // Consumer: the most of its pool (percent) it lends to one producer. Lent
+  // blocks serve only that producer's requests, so with P producers up to
+  // P * lend_percent of the pool is spoken for; 0 lends nothing.
+  std::uint32_t lend_percent = 25;
 };
 
 producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);

@@ -36,6 +36,10 @@ using sweep_atom = caf::atom_constant<caf::atom("kvsweep")>;
 using stats_atom = caf::atom_constant<caf::atom("kvstats")>;
 using open_atom = caf::atom_constant<caf::atom("kvopen")>;
 using landed_atom = caf::atom_constant<caf::atom("kvlanded")>;
+using reserve_atom = caf::atom_constant<caf::atom("kvreserve")>;
+using incoming_atom = caf::atom_constant<caf::atom("kvincoming")>;
+using credit_atom = caf::atom_constant<caf::atom("kvcredit")>;
+using abort_atom = caf::atom_constant<caf::atom("kvabort")>;
 
 /// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
 /// sender's region to `dst_offset` in the receiver's region.
@@ -105,6 +109,22 @@ typename Inspector::result_type inspect(Inspector& f, recv_order& x) {
            x.peer_name, x.timeout_ms);
 }
 
+/// A transfer actor's answer to a recv order: the bytes that landed, and the
+/// receiver's own view of the data window as steady_clock readings of the
+/// receiver's process (ns since that clock's epoch): when it first learned of
+/// the transfer (the sender's announcement or the recv order, whichever came
+/// first) and when the last byte landed. Comparable only within one process.
+struct recv_report {
+  std::uint64_t bytes = 0;
+  std::int64_t first_known_ns = 0;
+  std::int64_t landed_ns = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
+  return f(caf::meta::type_name("kvferry::proto::recv_report"), x.bytes,
+           x.first_known_ns, x.landed_ns);
+}
+
 /// Sender transfer actor -> receiver transfer actor, before any byte moves:
 /// the chunks (each one isend/irecv pair) in the order the sender posts them.
 /// The receiver posts one receive per chunk in exactly this order on its
@@ -169,6 +189,46 @@ typename Inspector::result_type inspect(Inspector& f, grant& x) {
            x.receiver, x.block_offsets);
 }
 
+/// Producer -> consumer, off the critical path: lend me up to `blocks`
+/// destination blocks ahead of time (credit). The consumer answers with a
+/// `grant` (request_id 0) of the blocks it lends, possibly fewer or none.
+struct reserve_request {
+  std::string producer;  // the producer's (worker's) name
+  std::uint64_t blocks = 0;
+  std::uint64_t layer_block_bytes = 0;  // so a geometry mismatch is caught
+  std::uint32_t layers = 0;
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, reserve_request& x) {
+  return f(caf::meta::type_name("kvferry::proto::reserve_request"),
+           x.producer, x.blocks, x.layer_block_bytes, x.layers);
+}
+
+/// Producer -> consumer, delegating the router's request: the producer has
+/// written a request into blocks the consumer lent it and ordered the
+/// send(s); the consumer waits for them, verifies and answers the router.
+/// `block_offsets[l * blocks_per_layer + b]` is the destination of block b of
+/// layer l; part p is transfer transfer_id_of(request_id, p).
+struct credit_notice {
+  std::uint64_t request_id = 0;
+  std::string producer;
+  std::vector<std::uint64_t> block_offsets;
+  std::uint32_t blocks_per_layer = 0;
+  std::uint32_t parts = 1;
+  std::uint64_t bytes = 0;
+  std::uint64_t xxhash = 0;
+  bool has_xxhash = false;         // as in arrival_notice (GPU memory: no)
+  std::uint64_t pattern_seed = 0;  // the prefill_request's seed
+  std::int64_t compute_ns = 0;     // the producer's fill + hash time
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
+  return f(caf::meta::type_name("kvferry::proto::credit_notice"),
+           x.request_id, x.producer, x.block_offsets, x.blocks_per_layer,
+           x.parts, x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed,
+           x.compute_ns);
+}
+
 /// Producer -> consumer after its sends completed: what it sent (push), or
 /// what it offers to be read (pull: `source` and `block_offsets` set).
 struct arrival_notice {
@@ -199,7 +259,10 @@ struct ready_report {
   std::uint64_t request_id = 0;
   std::uint64_t bytes = 0;
   bool verified = false;
-  std::int64_t transfer_ns = 0;  // first send ordered to last byte moved
+  // The receiver's data window: from when its transfer actor first learned
+  // of the transfer (announcement or recv order) to the last byte landed,
+  // over all parts.
+  std::int64_t transfer_ns = 0;
   std::int64_t compute_ns = 0;   // pattern fill + hashing (not control)
 };
 template <class Inspector>
@@ -224,6 +287,22 @@ typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
            x.transfers_failed, x.comms_opened, x.registrations);
 }
 
+/// Counters of one consumer (for tests and operators): how its push
+/// requests came in, and what it has lent.
+struct consumer_stats {
+  std::uint64_t negotiated = 0;  // allocate/grant requests
+  std::uint64_t delegated = 0;   // requests on credit (incoming)
+  std::uint64_t refused = 0;     // incoming notices refused (bad blocks)
+  std::uint64_t lent_blocks = 0;      // lent to live producers now
+  std::uint64_t credit_returns = 0;   // credit messages sent
+};
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
+  return f(caf::meta::type_name("kvferry::proto::consumer_stats"),
+           x.negotiated, x.delegated, x.refused, x.lent_blocks,
+           x.credit_returns);
+}
+
 /// Registers every type above with a config (call before the system starts).
 void add_protocol_types(caf::actor_system_config& cfg);
 
@@ -241,6 +320,12 @@ CAF_BEGIN_TYPE_ID_BLOCK(kvferry_protocol, 300)
   CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
   CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
   CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_report))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::reserve_request))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::credit_notice))
+  // Block offsets returned to a producer's credit (credit_atom).
+  CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<std::uint64_t>))
+  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::consumer_stats))
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
