@@ -119,6 +119,7 @@ struct peer_out {
   struct ipc_copy {
     transport::copy_ticket ticket;
     std::uint64_t id;
+    steady_clock::time_point launched;  // the receiver's data window starts
   };
   std::vector<ipc_copy> copies;
   std::deque<waiting_send> ipc_waiting;
@@ -422,7 +423,7 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
     st.ipc_extents.push_back({e.src_offset, e.dst_offset, e.length});
   auto ticket = st.engine->copy(st.cfg.region->view(), *p.mapped,
                                 st.ipc_extents);
-  p.copies.push_back({ticket, id});
+  p.copies.push_back({ticket, id, steady_clock::now()});
   ++st.ipc_in_flight;
   p.transfers[id].posted = true;
 }
@@ -487,7 +488,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
       t->second.bytes = t->second.expected;
       self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
                  proto::landed_atom::value, st.cfg.name, copy.id,
-                 t->second.bytes);
+                 t->second.bytes, clock_ns(copy.launched));
       finish(t->second, st, false, name);
     }
     p.transfers.erase(t);
@@ -646,7 +647,7 @@ caf::result<proto::recv_report> handle_recv(self_ptr self,
 
 // CUDA IPC: the sender's kernel wrote transfer `id` into our region.
 void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
-                   std::uint64_t bytes) {
+                   std::uint64_t bytes, std::int64_t launched_ns) {
   auto& st = self->state;
   auto& p = st.in[sender];
   if (!p.sender && self->current_sender()) {
@@ -666,6 +667,11 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   }
   t.expected = bytes;
   t.bytes = bytes;
+  // No announcement precedes an IPC copy: the data window starts at the
+  // sender's kernel launch (one host, one monotonic clock) unless our recv
+  // order came even earlier.
+  auto launched = steady_clock::time_point{nanoseconds{launched_ns}};
+  t.started = std::min(t.started, launched);
   bool claimed = t.waiter.has_value();
   finish(t, st, true, sender);
   if (claimed)
@@ -1033,7 +1039,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       handle_announce(self, a);
     },
     [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
-           std::uint64_t bytes) { handle_landed(self, sender, id, bytes); },
+           std::uint64_t bytes, std::int64_t launched_ns) {
+      handle_landed(self, sender, id, bytes, launched_ns);
+    },
     [self](proto::stats_atom) { return self->state.stats; },
     [](joined_atom, const worker_info&) {},
     [self](left_atom, const std::string& name, const caf::error& why) {
