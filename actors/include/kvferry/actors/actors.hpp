@@ -123,7 +123,9 @@ caf::error parse_host_port(const std::string& text, std::string& host,
 // Push with credit (the steady state): each consumer lends each producer a
 // reserve of destination blocks ahead of time (`reserve` -> `grant`, asked on
 // first contact and again when short, never on a request's critical path).
-// A request covered by that credit makes two hops outside the data window:
+// A request covered by that credit makes no negotiation round trip: the
+// router's two hops, and one producer -> consumer hop that travels while the
+// bytes do (beside the transfer actors' announcement):
 //
 //   router --prefill--> producer  (takes lent blocks, fills, orders sends)
 //   producer --send--> transfer ==bytes==> transfer <--recv-- consumer
@@ -134,10 +136,12 @@ caf::error parse_host_port(const std::string& text, std::string& host,
 // Freed blocks flow back to that producer's credit in batches (`credit`).
 // A failed send after delegating: producer --abort--> consumer, which fails
 // the router's request with it. A router must therefore watch its consumers
-// too: a dead consumer's requests are answered by nobody. The ready report
-// may also reach the router before the producer's transfer actor reported
-// the send done, i.e. before the request's source blocks are free again:
-// size a producer's pool for more than the router's requests in flight.
+// too (the directory's `left`, as the demo does): a dead consumer's requests
+// are answered by nobody. The ready report may also reach the router before
+// the producer's transfer actor reported the send done, i.e. before the
+// request's source blocks are free again: a producer short of blocks then
+// waits for them (it fails only a request larger than its whole pool), so
+// size its pool above the router's requests in flight to avoid the wait.
 //
 // Push without enough credit (the first request to a consumer, or credit
 // short): the old negotiation, replies through the producer:
