@@ -208,12 +208,15 @@ void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
   }
 }
 
+// `finished`: when the last byte moved, if known better than "now" (an IPC
+// copy completes in the sender's process before we hear of it).
 void finish(transfer_entry& t, transfer_state& st, bool incoming,
-            const std::string& peer) {
+            const std::string& peer,
+            std::optional<steady_clock::time_point> finished = std::nullopt) {
   t.done = true;
-  t.finished = steady_clock::now();
+  t.finished = finished.value_or(steady_clock::now());
   st.metrics.record(peer, !incoming, t.bytes,
-                    duration<double>(steady_clock::now() - t.started).count());
+                    duration<double>(t.finished - t.started).count());
   ++st.stats.transfers_done;
   if (incoming)
     st.stats.bytes_received += t.bytes;
@@ -488,7 +491,8 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
       t->second.bytes = t->second.expected;
       self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
                  proto::landed_atom::value, st.cfg.name, copy.id,
-                 t->second.bytes, clock_ns(copy.launched));
+                 t->second.bytes, clock_ns(copy.launched),
+                 clock_ns(steady_clock::now()));
       finish(t->second, st, false, name);
     }
     p.transfers.erase(t);
@@ -647,7 +651,8 @@ caf::result<proto::recv_report> handle_recv(self_ptr self,
 
 // CUDA IPC: the sender's kernel wrote transfer `id` into our region.
 void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
-                   std::uint64_t bytes, std::int64_t launched_ns) {
+                   std::uint64_t bytes, std::int64_t launched_ns,
+                   std::int64_t copied_ns) {
   auto& st = self->state;
   auto& p = st.in[sender];
   if (!p.sender && self->current_sender()) {
@@ -667,13 +672,14 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   }
   t.expected = bytes;
   t.bytes = bytes;
-  // No announcement precedes an IPC copy: the data window starts at the
-  // sender's kernel launch (one host, one monotonic clock) unless our recv
-  // order came even earlier.
+  // The data window of an IPC copy is the time the bytes moved: from the
+  // sender's kernel launch to the sender seeing it complete (one host, one
+  // monotonic clock). Waiting for the sender before, and this `landed`
+  // message after, are control, not data.
   auto launched = steady_clock::time_point{nanoseconds{launched_ns}};
-  t.started = std::min(t.started, launched);
+  t.started = launched;
   bool claimed = t.waiter.has_value();
-  finish(t, st, true, sender);
+  finish(t, st, true, sender, steady_clock::time_point{nanoseconds{copied_ns}});
   if (claimed)
     p.transfers.erase(id);
   else  // kept for its recv order; forgotten if nobody claims it
@@ -1039,8 +1045,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       handle_announce(self, a);
     },
     [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
-           std::uint64_t bytes, std::int64_t launched_ns) {
-      handle_landed(self, sender, id, bytes, launched_ns);
+           std::uint64_t bytes, std::int64_t launched_ns,
+           std::int64_t copied_ns) {
+      handle_landed(self, sender, id, bytes, launched_ns, copied_ns);
     },
     [self](proto::stats_atom) { return self->state.stats; },
     [](joined_atom, const worker_info&) {},

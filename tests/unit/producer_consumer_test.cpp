@@ -108,7 +108,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       return p;
     },
     [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-       std::int64_t) {},
+       std::int64_t, std::int64_t) {},
     [](proto::open_atom, const std::string&, std::uint32_t,
        std::uint64_t) -> caf::result<std::vector<char>> {
       return make_error(ec::invalid_argument, "fake transfer: no channels");
