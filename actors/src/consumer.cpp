@@ -216,6 +216,7 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   r.transfer_ns = ctx->landed_ns > ctx->first_known_ns
                     ? ctx->landed_ns - ctx->first_known_ns
                     : 0;
+  r.data_start_ns = r.transfer_ns > 0 ? ctx->first_known_ns : 0;
   r.compute_ns = verify_ns + ctx->producer_compute_ns;
   ctx->promise->deliver(std::move(r));
 }

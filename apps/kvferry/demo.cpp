@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <tuple>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -194,10 +195,36 @@ struct results {
   std::uint64_t bytes = 0;
   std::vector<double> latency_us;
   std::vector<double> control_us;  // latency minus data movement and hashing
-  double data_s = 0;  // sum of the requests' data movement times
+  // Each request's data window (consumer index, start, end: the consumer
+  // host's steady clock, ns). Requests in flight together share time, so the
+  // data rate divides by the union of each consumer's windows, not the sum.
+  struct data_window {
+    std::size_t consumer;
+    std::int64_t start, end;
+  };
+  std::vector<data_window> data_windows;
   std::vector<std::string> errors;
   steady_clock::time_point start, end;
 };
+
+// Bytes over the time during which some request's bytes were moving: the
+// union of the data windows, per consumer (each has its own clock), summed.
+double data_rate_gbps(results& out) {
+  auto w = out.data_windows;
+  std::sort(w.begin(), w.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.consumer, a.start) < std::tie(b.consumer, b.start);
+  });
+  std::int64_t busy_ns = 0;
+  for (std::size_t i = 0; i < w.size();) {
+    auto start = w[i].start, end = w[i].end;
+    for (++i; i < w.size() && w[i].consumer == w[i - 1].consumer &&
+              w[i].start <= end;
+         ++i)
+      end = std::max(end, w[i].end);
+    busy_ns += end - start;
+  }
+  return busy_ns > 0 ? static_cast<double>(out.bytes) / busy_ns : 0.0;
+}
 
 struct router_plan {
   std::vector<std::uint32_t> tokens;  // one per request
@@ -281,7 +308,9 @@ caf::behavior router(caf::event_based_actor* self,
               ++out->done;
               out->bytes += r.bytes;
               out->latency_us.push_back(us);
-              out->data_s += static_cast<double>(r.transfer_ns) / 1e9;
+              if (r.transfer_ns > 0)
+                out->data_windows.push_back(
+                  {consumer, r.data_start_ns, r.data_start_ns + r.transfer_ns});
               out->control_us.push_back(
                 us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
               if (!r.verified) {
@@ -680,7 +709,7 @@ int run_demo(demo_command& cmd) {
              "| {:.0f} | {:.0f} |\n",
              memory, out->done, out->failed, out->bytes, secs,
              out->bytes / 1e9 / secs,
-             out->data_s > 0 ? out->bytes / 1e9 / out->data_s : 0.0,
+             data_rate_gbps(*out),
              percentile(out->latency_us, 0.5) / 1e3,
              percentile(out->latency_us, 0.99) / 1e3,
              percentile(out->control_us, 0.5),
@@ -692,7 +721,9 @@ int run_demo(demo_command& cmd) {
              "from the sender's copy-kernel launch to the sender seeing it "
              "complete; without credit "
              "the recv order is placed at allocate, so the grant hop counts "
-             "as data. data GB/s = bytes / the sum of the data times; "
+             "as data. data GB/s = bytes / the time during which some "
+             "request's bytes were moving (the union of the data windows: "
+             "requests in flight together are not counted twice); "
              "control = request latency at the router minus the data time "
              "and the fill/hash/verify time; {} mode{}, chunk {} B, {} comms "
              "per peer)\n",

@@ -264,11 +264,16 @@ struct ready_report {
   // over all parts.
   std::int64_t transfer_ns = 0;
   std::int64_t compute_ns = 0;   // pattern fill + hashing (not control)
+  // Where that window starts on the consumer host's steady clock (ns), so
+  // that a router can merge the overlapping windows of one consumer's
+  // concurrent requests instead of counting shared time twice.
+  std::int64_t data_start_ns = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
   return f(caf::meta::type_name("kvferry::proto::ready_report"),
-           x.request_id, x.bytes, x.verified, x.transfer_ns, x.compute_ns);
+           x.request_id, x.bytes, x.verified, x.transfer_ns, x.compute_ns,
+           x.data_start_ns);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).
