@@ -5,31 +5,20 @@
 // so it runs for real on a multi-GPU machine and nowhere else.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_topology.hpp"
+#include "run_kvferry.hpp"
 
 namespace {
 
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
-}
-
-// Next to this test in the build tree (build/tests → build/bin) and in the
-// device bundle (.bundle/tests → .bundle/bin).
-std::string kvferry_binary() {
-  auto here = std::filesystem::read_symlink("/proc/self/exe").parent_path();
-  auto sibling = here.parent_path() / "bin" / "kvferry";
-  if (std::filesystem::exists(sibling))
-    return sibling.string();
-  return KVFERRY_BINARY_DIR "/bin/kvferry";
 }
 
 } // namespace
@@ -38,22 +27,15 @@ TEST_CASE(
     "bench ipc copies from GPU 0 to GPU 1, verified, against cudaMemcpyPeer") {
   const std::string json =
       "/tmp/kvferry_bench_ipc_two_gpus_" + std::to_string(::getpid()) + ".json";
-  const std::string command =
-      "timeout 300 " + kvferry_binary() +
-      " bench ipc --src-gpu 0 --dst-gpu 1 --sizes 64K,2M --total 64M "
+  const std::string args =
+      "bench ipc --src-gpu 0 --dst-gpu 1 --sizes 64K,2M --total 64M "
       "--repeats 5 --no-unpack --json " +
-      json + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  std::string output;
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
-    output.append(buffer, n);
-  const int raw = ::pclose(pipe);
-  INFO(command);
+      json;
+  const auto r = kvferry::test::run_kvferry(args, 300);
+  const auto& output = r.output;
+  INFO(args);
   INFO(output);
-  CHECK(WIFEXITED(raw));
-  CHECK(WEXITSTATUS(raw) == 0);
+  CHECK(r.status == 0);  // exited (not killed), with 0
   CHECK(has(output, "from GPU 0"));
   CHECK(has(output, "to GPU 1"));
   CHECK(has(output, "cudaMemcpyPeerAsync"));

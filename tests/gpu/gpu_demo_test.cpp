@@ -5,42 +5,16 @@
 // (build/tests -> build/bin, or .bundle/tests -> .bundle/bin).
 #include <doctest/doctest.h>
 
-#include <limits.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "run_kvferry.hpp"
 
 namespace {
 
-std::string kvferry_binary() {
-  std::array<char, PATH_MAX> exe{};
-  auto n = readlink("/proc/self/exe", exe.data(), exe.size() - 1);
-  REQUIRE(n > 0);
-  std::string path(exe.data(), static_cast<std::size_t>(n));
-  return path.substr(0, path.rfind('/')) + "/../bin/kvferry";
-}
+using kvferry::test::run_result;
 
-struct run_result {
-  int status = -1;
-  std::string output;
-};
-
-// `env` (e.g. "KVSOCK_FAULT_CORRUPT=1") reaches the demo's workers too.
 run_result run_kvferry(const std::string& args, const std::string& env = "") {
-  auto cmd = "env " + env + " timeout -k 5 150 " + kvferry_binary() + " " +
-             args + " 2>&1";
-  run_result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf;
-  while (auto n = fread(buf.data(), 1, buf.size(), pipe))
-    r.output.append(buf.data(), n);
-  int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
+  return kvferry::test::run_kvferry(args, 150, env);
 }
 
 void check_gpu_demo(const std::string& extra, const std::string& memory) {

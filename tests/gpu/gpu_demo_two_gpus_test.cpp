@@ -8,44 +8,18 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <array>
 #include <cstdio>
-#include <filesystem>
 #include <string>
 
 #include "kvferry/transport/gpu_topology.hpp"
+#include "run_kvferry.hpp"
 
 namespace {
 
-// Next to this test in the build tree (build/tests -> build/bin) and in the
-// device bundle (.bundle/tests -> .bundle/bin).
-std::string kvferry_binary() {
-  auto here = std::filesystem::read_symlink("/proc/self/exe").parent_path();
-  auto sibling = here.parent_path() / "bin" / "kvferry";
-  if (std::filesystem::exists(sibling))
-    return sibling.string();
-  return KVFERRY_BINARY_DIR "/bin/kvferry";
-}
-
-struct run_result {
-  int status = -1;
-  std::string output;
-};
+using kvferry::test::run_result;
 
 run_result run_kvferry(const std::string& args) {
-  auto cmd = "timeout -k 5 150 " + kvferry_binary() + " " + args + " 2>&1";
-  run_result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf;
-  while (auto n = fread(buf.data(), 1, buf.size(), pipe))
-    r.output.append(buf.data(), n);
-  int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
+  return kvferry::test::run_kvferry(args, 150);
 }
 
 bool has(const std::string& text, const std::string& part) {

@@ -2,38 +2,24 @@
 // GPU memory beside host memory where a GPU exists), the JSON fields a
 // dashboard reads, and clear refusals of GPU memory that isn't there. (Timing
 // numbers are not asserted: a benchmark is not a timed test.)
-#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_info.hpp"
+#include "run_kvferry.hpp"
 
 namespace {
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-struct run_result {
-  int exit_code = -1;
-  std::string output;
-};
+using kvferry::test::run_result;
 
 run_result run_kvferry(const std::string& args) {
-  std::string command =
-      "timeout 120 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  run_result result;
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
-    result.output.append(buffer, n);
-  int raw = ::pclose(pipe);
-  result.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
+  return kvferry::test::run_kvferry(args, 120);
 }
 
 std::string read_file(const std::string& path) {
@@ -58,7 +44,7 @@ TEST_CASE("bench net runs kvsock against raw TCP and writes one JSON object "
       "--timeout-s 30 --json " +
       json);
   INFO(run.output);
-  CHECK(run.exit_code == 0);
+  CHECK(run.status == 0);
   CHECK(has(run.output, "8-byte round trip"));
   CHECK(has(run.output, "peak RSS: sender"));
   CHECK_FALSE(has(run.output, "DATA CORRUPT"));
@@ -86,7 +72,7 @@ TEST_CASE("bench net --memory cuda without a GPU fails and says why") {
   auto run = run_kvferry(
       "bench net --plugin kvsock --memory cuda --sizes 4K --iters 4");
   INFO(run.output);
-  CHECK(run.exit_code == 1);
+  CHECK(run.status == 1);
   CHECK(has(run.output, "--memory cuda needs a CUDA GPU"));
 }
 
@@ -95,7 +81,7 @@ TEST_CASE("bench net with GPU memory rejects a GPU that does not exist, naming "
   auto run = run_kvferry(
       "bench net --plugin kvsock --memory both --gpu 99 --sizes 4K --iters 4");
   INFO(run.output);
-  CHECK(run.exit_code == 1);
+  CHECK(run.status == 1);
   if (have_gpu())
     CHECK(has(run.output, "--gpu 99: no such GPU; this machine has "));
   else

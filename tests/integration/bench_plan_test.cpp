@@ -2,33 +2,20 @@
 // ways of building a plan for every size with the plan's true extent and
 // item counts, and refuses a bad item size clearly. (Times are not asserted:
 // a benchmark is not a timed test.)
-#include <cstdio>
 #include <fstream>
 #include <string>
-#include <sys/wait.h>
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include "run_kvferry.hpp"
+
 namespace {
 
-struct run_result {
-  int exit_code = -1;
-  std::string output;
-};
+using kvferry::test::run_result;
 
 run_result run_kvferry(const std::string& args) {
-  const std::string command =
-      "timeout 60 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  run_result result;
-  char buffer[4096];
-  while (std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe))
-    result.output.append(buffer, n);
-  const int raw = ::pclose(pipe);
-  result.exit_code = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return result;
+  return kvferry::test::run_kvferry(args, 60);
 }
 
 } // namespace
@@ -39,7 +26,7 @@ TEST_CASE("bench plan times the packed plan and the item list per size") {
   const auto run = run_kvferry(
       "bench plan --sizes 4K,64K --total 4M --repeats 3 --json " + path);
   INFO(run.output);
-  REQUIRE(run.exit_code == 0);
+  REQUIRE(run.status == 0);
   CHECK(run.output.find("peak RSS") != std::string::npos);
 
   std::ifstream file(path);
@@ -64,7 +51,7 @@ TEST_CASE("bench plan refuses an item size that is not a multiple of 16") {
   const auto run =
       run_kvferry("bench plan --sizes 4K --total 1M --item-bytes 100");
   INFO(run.output);
-  CHECK(run.exit_code == 1);
+  CHECK(run.status == 1);
   CHECK(
       run.output.find("work item size 100 is not a positive multiple of 16") !=
       std::string::npos);

@@ -2,33 +2,16 @@
 // separate processes, KV moved over kvsock and verified byte for byte.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <string>
+
+#include "run_kvferry.hpp"
 
 namespace {
 
-struct run_result {
-  int status = -1;
-  std::string output;
-};
+using kvferry::test::run_result;
 
-// Runs the kvferry binary with `args` under a hard deadline (coreutils
-// timeout), capturing stdout and stderr.
 run_result run_kvferry(const std::string& args) {
-  std::string cmd = "timeout -k 5 100 " KVFERRY_BINARY_DIR "/bin/kvferry " +
-                    args + " 2>&1";
-  run_result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf;
-  while (auto n = fread(buf.data(), 1, buf.size(), pipe))
-    r.output.append(buf.data(), n);
-  int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
+  return kvferry::test::run_kvferry(args, 100);
 }
 
 void check_demo(const std::string& extra) {

@@ -3,28 +3,15 @@
 // and against plugins that must fail with a clear line.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <string>
 
-namespace {
-struct run_result {
-  int status = -1;
-  std::string output;
-};
+#include "run_kvferry.hpp"
 
-// Runs `kvferry <args>` with a shell-level `timeout` so nothing can hang.
-run_result kvferry(const std::string& env, const std::string& args) {
-  std::string command = env + " timeout 60 " KVFERRY_BINARY_DIR "/bin/kvferry " + args + " 2>&1";
-  run_result r;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe);
-  char buffer[4096];
-  while (size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) r.output.append(buffer, n);
-  int raw = ::pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
+namespace {
+using kvferry::test::run_result;
+
+run_result run_with_env(const std::string& env, const std::string& args) {
+  return kvferry::test::run_kvferry(args, 60, env);
 }
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -33,7 +20,7 @@ const std::string fixtures = KVFERRY_FIXTURE_DIR;
 }  // namespace
 
 TEST_CASE("netcheck passes against kvsock, found by name") {
-  auto r = kvferry("", "netcheck --plugin kvsock --connect-timeout-s 20");
+  auto r = run_with_env("", "netcheck --plugin kvsock --connect-timeout-s 20");
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(has(r.output, "PASS  probe in a child process"));
@@ -44,7 +31,7 @@ TEST_CASE("netcheck passes against kvsock, found by name") {
 }
 
 TEST_CASE("netcheck retries thousands of NULL requests and waits out slow connects") {
-  auto r = kvferry("KVFERRY_FAKE_NULL_RUN=50 KVFERRY_FAKE_CONNECT_ROUNDS=200 KVFERRY_FAKE_MAX_RECVS=1",
+  auto r = run_with_env("KVFERRY_FAKE_NULL_RUN=50 KVFERRY_FAKE_CONNECT_ROUNDS=200 KVFERRY_FAKE_MAX_RECVS=1",
                    "netcheck --plugin " + fixtures + "/libnccl-net-fake.so");
   INFO(r.output);
   CHECK(r.status == 0);
@@ -57,13 +44,13 @@ TEST_CASE("netcheck retries thousands of NULL requests and waits out slow connec
 }
 
 TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 table") {
-  auto exits = kvferry("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-exit.so");
+  auto exits = run_with_env("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-exit.so");
   INFO(exits.output);
   CHECK(exits.status == 1);
   CHECK(has(exits.output, "FAIL  probe in a child process"));
   CHECK(has(exits.output, "init exited with status 1 in the probe process"));
 
-  auto v8 = kvferry("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-v8only.so");
+  auto v8 = run_with_env("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-v8only.so");
   INFO(v8.output);
   CHECK(v8.status == 1);
   CHECK(has(v8.output, "it exports ncclNetPlugin_v8 instead"));
@@ -71,14 +58,14 @@ TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 ta
 
 TEST_CASE("netcheck catches corrupted data") {
   // kvsock's fault injection flips one payload byte.
-  auto r = kvferry("KVSOCK_FAULT_CORRUPT=1", "netcheck --plugin kvsock --op-timeout-s 5");
+  auto r = run_with_env("KVSOCK_FAULT_CORRUPT=1", "netcheck --plugin kvsock --op-timeout-s 5");
   INFO(r.output);
   CHECK(r.status == 1);
   CHECK(has(r.output, "differs"));
 }
 
 TEST_CASE("netcheck verifies an UNPACK plugin by gathering its host ring") {
-  auto r = kvferry("KVSOCK_UNPACK=1", "netcheck --plugin kvsock");
+  auto r = run_with_env("KVSOCK_UNPACK=1", "netcheck --plugin kvsock");
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(has(r.output, "UNPACK v7"));

@@ -4,10 +4,6 @@
 // GPU (or no CUDA) is available. The GPU side: tests/gpu/gpu_kv_test.cpp.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <string>
 
 #include <caf/all.hpp>
@@ -16,6 +12,7 @@
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_info.hpp"
+#include "run_kvferry.hpp"
 
 using namespace kvferry;
 
@@ -30,23 +27,10 @@ proto::endpoint gpu_peer(const std::string& host_id) {
   return ep;
 }
 
-struct run_result {
-  int status = -1;
-  std::string output;
-};
+using kvferry::test::run_result;
 
 run_result run_kvferry(const std::string& args) {
-  std::string cmd = "timeout -k 5 60 " KVFERRY_BINARY_DIR "/bin/kvferry " +
-                    args + " 2>&1";
-  run_result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  std::array<char, 4096> buf;
-  while (auto n = fread(buf.data(), 1, buf.size(), pipe))
-    r.output.append(buf.data(), n);
-  int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
+  return kvferry::test::run_kvferry(args, 60);
 }
 
 bool has_gpu() { return !transport::list_gpus().devices.empty(); }
