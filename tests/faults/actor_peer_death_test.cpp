@@ -90,34 +90,50 @@ struct child {
   }
 };
 
-}  // namespace
+// The directory's "HOST:PORT", once it says it is listening.
+std::string directory_address(child& dir) {
+  REQUIRE(dir.read_until("listening on", seconds(20)));
+  auto line = dir.text.substr(dir.text.find("listening on"));
+  auto port = std::stoi(line.substr(line.rfind(':') + 1));
+  return "127.0.0.1:" + std::to_string(port);
+}
+
+std::vector<std::string> worker_args(const std::string& name, const char* role,
+                                     const std::string& directory) {
+  // Deadlines of 30 s: a failure that only a timeout noticed would take that
+  // long; peer_down must come within a few seconds.
+  return {"worker",    "--name",        name,      "--role",
+          role,        "--directory",   directory, "--bind",
+          "127.0.0.1", "--pool-blocks", "8192",    "--timeout-ms",
+          "30000",     "--log-level",   "warn"};
+}
+
+// A directory, a prefill worker `PREFIX-prefill` and a decode worker
+// `PREFIX-decode`, all up and registered (members start in this order).
+struct deployment {
+  child dir{{"directory", "--bind", "127.0.0.1", "--port", "0", "--log-level",
+             "warn"}};
+  std::string address = directory_address(dir);
+  child prefill;
+  child decode;
+
+  explicit deployment(const std::string& prefix)
+      : prefill(worker_args(prefix + "-prefill", "prefill", address)),
+        decode(worker_args(prefix + "-decode", "decode", address)) {
+    REQUIRE(prefill.read_until(" ready", seconds(30)));
+    REQUIRE(decode.read_until(" ready", seconds(30)));
+  }
+};
+
+} // namespace
 
 TEST_CASE("a decode worker killed mid-transfer fails its requests with "
           "peer_down, promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
-  child dir({"directory", "--bind", "127.0.0.1", "--port", "0",
-             "--log-level", "warn"});
-  REQUIRE(dir.read_until("listening on", seconds(20)));
-  auto line = dir.text.substr(dir.text.find("listening on"));
-  auto port = std::stoi(line.substr(line.rfind(':') + 1));
-  auto address = "127.0.0.1:" + std::to_string(port);
-  // Deadlines of 30 s: a failure that only a timeout noticed would take that
-  // long; peer_down must come within a few seconds.
-  std::vector<std::string> common{"--directory", address, "--bind",
-                                  "127.0.0.1", "--pool-blocks", "8192",
-                                  "--timeout-ms", "30000", "--log-level",
-                                  "warn"};
-  auto worker = [&](const char* name, const char* role) {
-    std::vector<std::string> args{"worker", "--name", name, "--role", role};
-    args.insert(args.end(), common.begin(), common.end());
-    return args;
-  };
-  child prefill(worker("fault-prefill", "prefill"));
-  child decode(worker("fault-decode", "decode"));
-  REQUIRE(prefill.read_until(" ready", seconds(30)));
-  REQUIRE(decode.read_until(" ready", seconds(30)));
+  deployment d("fault");
+  auto& decode = d.decode;
 
-  child router({"demo", "--directory", address, "--requests", "100000",
+  child router({"demo", "--directory", d.address, "--requests", "100000",
                 "--inflight", "4", "--timeout-ms", "30000", "--log-level",
                 "warn"});
   // Wait until the router's progress line reports finished requests, so the
@@ -150,27 +166,10 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
 TEST_CASE("a decode worker that dies before the producer first reached it "
           "fails the requests promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
-  child dir({"directory", "--bind", "127.0.0.1", "--port", "0",
-             "--log-level", "warn"});
-  REQUIRE(dir.read_until("listening on", seconds(20)));
-  auto line = dir.text.substr(dir.text.find("listening on"));
-  auto port = std::stoi(line.substr(line.rfind(':') + 1));
-  auto address = "127.0.0.1:" + std::to_string(port);
-  std::vector<std::string> common{"--directory", address, "--bind",
-                                  "127.0.0.1", "--pool-blocks", "8192",
-                                  "--timeout-ms", "30000", "--log-level",
-                                  "warn"};
-  auto worker = [&](const char* name, const char* role) {
-    std::vector<std::string> args{"worker", "--name", name, "--role", role};
-    args.insert(args.end(), common.begin(), common.end());
-    return args;
-  };
-  child prefill(worker("early-prefill", "prefill"));
-  child decode(worker("early-decode", "decode"));
-  REQUIRE(prefill.read_until(" ready", seconds(30)));
-  REQUIRE(decode.read_until(" ready", seconds(30)));
+  deployment d("early");
+  auto& decode = d.decode;
   kill(decode.pid, SIGSTOP);
-  child router({"demo", "--directory", address, "--requests", "100",
+  child router({"demo", "--directory", d.address, "--requests", "100",
                 "--inflight", "2", "--timeout-ms", "30000", "--log-level",
                 "warn"});
   // The router has found both workers and sent its first requests when it
