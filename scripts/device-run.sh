@@ -90,28 +90,36 @@ bundle() {
   ls -1 "$bundle_dir"/bin "$bundle_dir"/lib "$bundle_dir"/tests
 }
 
-device() {
-  local b=$bundle_dir
+# The device side of every step: the bundle's binaries and libraries on the
+# paths, and $out (OUT, default .device-out) for the logs.
+use_bundle() {
+  b=$bundle_dir
   [ -x "$b/bin/kvferry" ] || { echo "device-run: $b/bin/kvferry missing: carry .bundle"; exit 2; }
-  local out=${OUT:-$repo_root/.device-out}
+  out=${OUT:-$repo_root/.device-out}
   mkdir -p "$out"
   export LD_LIBRARY_PATH="$b/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export KVFERRY_PLUGIN_PATH="$b/lib"
-  local summary=$out/summary.txt
-  : >"$summary"
-  row() { printf '%-34s %-8s %s\n' "$1" "$2" "$3" | tee -a "$summary" >/dev/null; }
-  # Runs a command and then prints the peak RSS of its largest process
-  # (getrusage RUSAGE_CHILDREN: children fold in the descendants they reap).
-  peak_rss() {
-    if command -v python3 >/dev/null; then
-      python3 -c 'import resource, subprocess, sys
+}
+
+# Runs a command and then prints the peak RSS of its largest process
+# (getrusage RUSAGE_CHILDREN: children fold in the descendants they reap).
+peak_rss() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import resource, subprocess, sys
 rc = subprocess.call(sys.argv[1:])
 print("peak RSS of the largest process: %.0f MiB" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0), flush=True)
 sys.exit(rc)' "$@"
-    else
-      "$@"
-    fi
-  }
+  else
+    "$@"
+  fi
+}
+
+device() {
+  local b out
+  use_bundle
+  local summary=$out/summary.txt
+  : >"$summary"
+  row() { printf '%-34s %-8s %s\n' "$1" "$2" "$3" | tee -a "$summary" >/dev/null; }
 
   {
     echo "== $(cat "$b/MANIFEST" | tr '\n' ' ')"
@@ -201,12 +209,8 @@ sys.exit(rc)' "$@"
 # from GPU 1 to GPU 0 at 64 KiB (is the link symmetric?). Benchmarks
 # run under peak_rss; everything under a total budget (MULTI_BUDGET_S).
 multi() {
-  local b=$bundle_dir
-  [ -x "$b/bin/kvferry" ] || { echo "device-run: $b/bin/kvferry missing: carry .bundle"; exit 2; }
-  local out=${OUT:-$repo_root/.device-out}
-  mkdir -p "$out"
-  export LD_LIBRARY_PATH="$b/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  export KVFERRY_PLUGIN_PATH="$b/lib"
+  local b out
+  use_bundle
   local summary=$out/summary.txt budget=${MULTI_BUDGET_S:-390}
   : >"$summary"
   row() { printf '%-58s %-8s %s\n' "$1" "$2" "$3" | tee -a "$summary" >/dev/null; }
@@ -214,12 +218,6 @@ multi() {
   limit() {
     local left=$((budget - SECONDS - 5))
     [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"
-  }
-  peak_rss() {
-    python3 -c 'import resource, subprocess, sys
-rc = subprocess.call(sys.argv[1:])
-print("peak RSS of the largest process: %.0f MiB" % (resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0), flush=True)
-sys.exit(rc)' "$@"
   }
   # step NAME LOG SECONDS COMMAND...: runs it under peak_rss, logs, one row.
   step() {
