@@ -14,6 +14,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "channel_pair.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 
@@ -26,10 +27,7 @@ constexpr int gpu = 0;
 constexpr size_t chunk = 1 << 20;
 constexpr int comms = 2, slots = 4;
 
-struct pair_of_channels {
-  send_channel tx;
-  recv_channel rx;
-};
+using pair_of_channels = kvferry::test::channel_pair;
 
 pair_of_channels connect_kvsock() {
   ::setenv("KVSOCK_PTR_SUPPORT", "host",
@@ -48,19 +46,7 @@ pair_of_channels connect_kvsock() {
   options.chunk_bytes = chunk;
   options.staging_slots = slots; // default copier: CUDA
   options.peer = "kvsock-loopback";
-  channel_listener listener(net, 0, options);
-  channel_connector connector(net, 0, listener.handles(), options);
-  bool sent = false, accepted = false;
-  auto deadline = std::chrono::steady_clock::now() + 20s;
-  while (!(sent && accepted) && std::chrono::steady_clock::now() < deadline) {
-    if (!sent)
-      sent = connector.try_connect();
-    if (!accepted)
-      accepted = listener.try_accept();
-  }
-  REQUIRE(sent);
-  REQUIRE(accepted);
-  return {connector.take(), listener.take()};
+  return kvferry::test::connect_channel_pair(net, options, options, 20s);
 }
 
 std::vector<unsigned char> pattern(size_t bytes, unsigned seed) {

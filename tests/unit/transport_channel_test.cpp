@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "channel_pair.hpp"
 #include "kvferry/transport/channel.hpp"
 
 using namespace kvferry::transport;
@@ -246,18 +247,8 @@ TEST_CASE("against kvsock: a chunked transfer striped over 2 comms arrives whole
   options.comms = 2;
   options.chunk_bytes = 64 << 10;
   options.peer = "kvsock-loopback";
-  channel_listener listener(net, 0, options);
-  channel_connector connector(net, 0, listener.handles(), options);
-  bool sent = false, accepted = false;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!(sent && accepted) && std::chrono::steady_clock::now() < deadline) {
-    if (!sent) sent = connector.try_connect();
-    if (!accepted) accepted = listener.try_accept();
-  }
-  REQUIRE(sent);
-  REQUIRE(accepted);
-  auto tx = connector.take();
-  auto rx = listener.take();
+  auto [tx, rx] =
+      kvferry::test::connect_channel_pair(net, options, options, 10s);
   const size_t bytes = (3 << 20) + 777;
   auto source = pattern(bytes, 5);
   std::vector<char> sink(bytes, 0);

@@ -17,6 +17,7 @@
 
 #include <doctest/doctest.h>
 
+#include "channel_pair.hpp"
 #include "kvferry/transport/channel.hpp"
 
 using namespace kvferry::transport;
@@ -42,27 +43,12 @@ long& fake_counter(const char* name) {
   return *value;
 }
 
-struct pair_of_channels {
-  send_channel tx;
-  recv_channel rx;
-};
+using pair_of_channels = kvferry::test::channel_pair;
 
 pair_of_channels connect_pair(std::shared_ptr<plugin> net,
                               const channel_options& tx_options,
                               const channel_options& rx_options) {
-  channel_listener listener(net, 0, rx_options);
-  channel_connector connector(net, 0, listener.handles(), tx_options);
-  bool sent = false, accepted = false;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!(sent && accepted) && std::chrono::steady_clock::now() < deadline) {
-    if (!sent)
-      sent = connector.try_connect();
-    if (!accepted)
-      accepted = listener.try_accept();
-  }
-  REQUIRE(sent);
-  REQUIRE(accepted);
-  return {connector.take(), listener.take()};
+  return kvferry::test::connect_channel_pair(net, tx_options, rx_options, 10s);
 }
 
 pair_of_channels connect_fake(const channel_options& tx_options,

@@ -1,0 +1,42 @@
+// A send channel and a receive channel of one plugin connected to each other
+// in this process, for the transport tests.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/transport/channel.hpp"
+
+namespace kvferry::test {
+
+struct channel_pair {
+  transport::send_channel tx;
+  transport::recv_channel rx;
+};
+
+/// Listens and connects on device 0 of `net`, polling both sides (connect and
+/// accept never block) until both are up; fails the test after `timeout`.
+inline channel_pair
+connect_channel_pair(std::shared_ptr<transport::plugin> net,
+                     const transport::channel_options& tx_options,
+                     const transport::channel_options& rx_options,
+                     std::chrono::milliseconds timeout) {
+  transport::channel_listener listener(net, 0, rx_options);
+  transport::channel_connector connector(net, 0, listener.handles(),
+                                         tx_options);
+  bool sent = false, accepted = false;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!(sent && accepted) && std::chrono::steady_clock::now() < deadline) {
+    if (!sent)
+      sent = connector.try_connect();
+    if (!accepted)
+      accepted = listener.try_accept();
+  }
+  REQUIRE(sent);
+  REQUIRE(accepted);
+  return {connector.take(), listener.take()};
+}
+
+}  // namespace kvferry::test
