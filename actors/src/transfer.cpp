@@ -398,23 +398,63 @@ void enable_access_to_peer_gpu(int ours, int peers) {
   gpus->enable_peer_access(ours, peers);
 }
 
-// Maps the peer's region on first use (once per peer region: the cache).
+// The copy engine and the cache of opened peer regions, made on first need.
+void ensure_ipc_engine(transfer_state& st) {
+  if (st.engine)
+    return;
+  auto gpu = st.cfg.region->gpu();
+  st.ipc_regions = std::make_unique<transport::ipc_region_cache>(gpu);
+  st.engine = std::make_unique<transport::gpu_copy_engine>(gpu);
+}
+
+// Maps the peer's region on first use (once per peer region: the cache; a
+// region mapped ahead when its worker joined is found there).
 void map_peer_region(transfer_state& st, peer_out& p) {
   if (p.mapped)
     return;
-  auto gpu = st.cfg.region->gpu();
-  if (!st.engine) {
-    st.ipc_regions = std::make_unique<transport::ipc_region_cache>(gpu);
-    st.engine = std::make_unique<transport::gpu_copy_engine>(gpu);
-  }
+  ensure_ipc_engine(st);
   auto handle = transport::ipc_handle::from_hex(p.ep.ipc_handle);
-  enable_access_to_peer_gpu(gpu, handle.device);
+  enable_access_to_peer_gpu(st.cfg.region->gpu(), handle.device);
   auto mapped = st.ipc_regions->open(handle);
   if (mapped.bytes < p.ep.region_bytes)
     throw std::invalid_argument(fmt::format(
       "the IPC handle of '{}' maps {} bytes, its endpoint says {}", p.ep.name,
       mapped.bytes, p.ep.region_bytes));
   p.mapped = mapped;
+}
+
+// A same-host decode worker's pool, opened as soon as the directory says it
+// joined (cfg.map_peers_ahead): cudaIpcOpenMemHandle and enabling peer
+// access take milliseconds (tens of them across GPUs), which the first
+// request to that worker would otherwise wait for. A failure here costs
+// nothing: the first transfer maps again and fails with the reason.
+void map_ahead(transfer_state& st, const worker_info& w) {
+  auto& cfg = st.cfg;
+  if (!cfg.map_peers_ahead || w.role != worker_role::decode ||
+      w.name == cfg.name || !cfg.use_ipc ||
+      cfg.region->kind() != memory_kind::cuda || cfg.host_id.empty() ||
+      w.host_id != cfg.host_id)
+    return;
+  for (const auto& r : w.regions) {
+    if (r.kind != memory_kind::cuda ||
+        r.ipc_handle.size() != transport::ipc_handle{}.bytes.size())
+      continue;
+    transport::ipc_handle handle;
+    std::memcpy(handle.bytes.data(), r.ipc_handle.data(), handle.bytes.size());
+    handle.region_bytes = r.size;
+    handle.device = r.gpu;
+    try {
+      ensure_ipc_engine(st);
+      enable_access_to_peer_gpu(cfg.region->gpu(), handle.device);
+      st.ipc_regions->open(handle);
+      spdlog::debug("transfer {}: mapped the pool of '{}' (GPU {}) ahead",
+                    cfg.name, w.name, r.gpu);
+    } catch (const std::exception& e) {
+      spdlog::debug("transfer {}: mapping the pool of '{}' ahead failed "
+                    "(its first transfer will say why): {}",
+                    cfg.name, w.name, e.what());
+    }
+  }
 }
 
 // One kernel for the whole transfer; the engine checks every extent against
@@ -1050,7 +1090,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
       handle_landed(self, sender, id, bytes, launched_ns, copied_ns);
     },
     [self](proto::stats_atom) { return self->state.stats; },
-    [](joined_atom, const worker_info&) {},
+    [self](joined_atom, const worker_info& w) { map_ahead(self->state, w); },
     [self](left_atom, const std::string& name, const caf::error& why) {
       auto err = lost(name, "the directory reports it left: " + render(why));
       drop_peer_out(self, name, err);

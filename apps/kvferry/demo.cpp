@@ -528,7 +528,7 @@ void print_credit_use(caf::actor_system& sys, const router_plan& plan) {
 }
 
 // CAF's own cross-process round trip from this process to the first decode
-// worker (a stats request, answered at once), measured just before the run:
+// worker (a stats request, answered at once), measured right after the run:
 // the baseline beside which the control overhead per request reads, since
 // every request crosses processes at least three times (router -> producer
 // -> consumer -> router). p50 in us, 0 when no reply came.
@@ -540,7 +540,7 @@ double caf_round_trip_us(caf::actor_system& sys, const router_plan& plan) {
   for (int k = 0; k < warm_up + samples; ++k) {
     auto t0 = steady_clock::now();
     bool ok = false;
-    self->request(consumer, seconds(5), proto::stats_atom::value)
+    self->request(consumer, seconds(2), proto::stats_atom::value)
         .receive([&](const proto::consumer_stats&) { ok = true; },
                  [&](const caf::error&) {});
     if (!ok)
@@ -698,7 +698,6 @@ int run_demo(demo_command& cmd) {
              cmd.pull ? "pull" : "push", cmd.layerwise ? ", layer by layer" : "",
              plan->inflight, plan->producers.size(), plan->consumers.size(),
              memory, directory);
-  auto caf_rtt_us = caf_round_trip_us(sys, *plan);
   auto r = sys.spawn(router, plan, out, finished, *dir);
   auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
   bool timed_out = false;
@@ -728,6 +727,8 @@ int run_demo(demo_command& cmd) {
     return 1;
   }
   std::lock_guard<std::mutex> guard{out->mtx};
+  // After a failed run a worker may be gone: no baseline then.
+  auto caf_rtt_us = out->failed == 0 ? caf_round_trip_us(sys, *plan) : 0.0;
   auto secs = duration<double>(out->end - out->start).count();
   fmt::print("\n"
              "| memory | requests | failed | bytes moved | wall s | GB/s | data "
@@ -755,8 +756,9 @@ int run_demo(demo_command& cmd) {
              "requests in flight together are not counted twice); "
              "control = request latency at the router minus the data time "
              "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
-             "from this process to the decode worker, measured just before "
-             "the run: a request crosses processes at least three times; "
+             "from this process to the decode worker, measured right after "
+             "the run (0: not measured, the run failed): a request crosses "
+             "processes at least three times; "
              "{} mode{}, chunk {} B, {} comms per peer)\n",
              cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
              cmd.chunk_bytes, cmd.comms_per_peer);

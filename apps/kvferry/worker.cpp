@@ -206,6 +206,7 @@ int run_worker(worker_command& cmd) {
   tc.open_timeout_ms = cmd.timeout_ms;
   tc.use_ipc = cmd.transport == "ipc";
   tc.host_id = local_host_id();
+  tc.map_peers_ahead = role == worker_role::prefill;
   auto transfer = spawn_transfer(sys, tc);
   caf::scoped_actor self{sys};
   proto::endpoint ep;

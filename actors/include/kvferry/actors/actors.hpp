@@ -199,6 +199,9 @@ struct transfer_config {
   // and both actors take IPC (worker --transport ipc); else the plugin.
   bool use_ipc = true;
   std::string host_id;  // local_host_id(); empty: never IPC
+  // Prefill workers: open a same-host decode worker's IPC handle when the
+  // directory says it joined, not on its first transfer.
+  bool map_peers_ahead = false;
 };
 
 /// How a transfer actor moves bytes to a peer.
