@@ -430,10 +430,7 @@ void map_peer_region(transfer_state& st, peer_out& p) {
 // nothing: the first transfer maps again and fails with the reason.
 void map_ahead(transfer_state& st, const worker_info& w) {
   auto& cfg = st.cfg;
-  if (!cfg.map_peers_ahead || w.role != worker_role::decode ||
-      w.name == cfg.name || !cfg.use_ipc ||
-      cfg.region->kind() != memory_kind::cuda || cfg.host_id.empty() ||
-      w.host_id != cfg.host_id)
+  if (!maps_ahead(cfg, cfg.region->kind(), w))
     return;
   for (const auto& r : w.regions) {
     if (r.kind != memory_kind::cuda ||
@@ -1113,6 +1110,13 @@ data_path choose_data_path(bool use_ipc, memory_kind local,
              !peer.ipc_handle.empty()
            ? data_path::cuda_ipc
            : data_path::plugin;
+}
+
+bool maps_ahead(const transfer_config& cfg, memory_kind local,
+                const worker_info& peer) {
+  return cfg.map_peers_ahead && peer.role == worker_role::decode &&
+         peer.name != cfg.name && cfg.use_ipc && local == memory_kind::cuda &&
+         !cfg.host_id.empty() && peer.host_id == cfg.host_id;
 }
 
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {

@@ -63,6 +63,39 @@ TEST_CASE("data path: CUDA IPC only between same-host GPU regions") {
         data_path::plugin);
 }
 
+TEST_CASE("a prefill worker maps same-host decode pools when they join") {
+  transfer_config cfg;
+  cfg.name = "prefill-0";
+  cfg.host_id = "hostA/boot1";
+  cfg.map_peers_ahead = true;
+  worker_info decode;
+  decode.name = "decode-0";
+  decode.role = worker_role::decode;
+  decode.host_id = "hostA/boot1";
+  CHECK(maps_ahead(cfg, memory_kind::cuda, decode));
+  // Not for our own pool in host memory, another host, --transport net,
+  // a decode worker's transfer actor, or a peer that is not a decode worker.
+  CHECK_FALSE(maps_ahead(cfg, memory_kind::host, decode));
+  auto elsewhere = decode;
+  elsewhere.host_id = "hostB/boot1";
+  CHECK_FALSE(maps_ahead(cfg, memory_kind::cuda, elsewhere));
+  auto net = cfg;
+  net.use_ipc = false;
+  CHECK_FALSE(maps_ahead(net, memory_kind::cuda, decode));
+  auto consumer_side = cfg;
+  consumer_side.map_peers_ahead = false;
+  CHECK_FALSE(maps_ahead(consumer_side, memory_kind::cuda, decode));
+  auto prefill = decode;
+  prefill.role = worker_role::prefill;
+  CHECK_FALSE(maps_ahead(cfg, memory_kind::cuda, prefill));
+  // No host identity is never "the same host".
+  auto anonymous = cfg;
+  anonymous.host_id.clear();
+  auto anonymous_peer = decode;
+  anonymous_peer.host_id.clear();
+  CHECK_FALSE(maps_ahead(anonymous, memory_kind::cuda, anonymous_peer));
+}
+
 TEST_CASE("a host-memory transfer endpoint offers no IPC handle") {
   runtime::system_config cfg;
   caf::actor_system sys{cfg};

@@ -215,6 +215,13 @@ data_path choose_data_path(bool use_ipc, memory_kind local,
                            const std::string& host_id,
                            const proto::endpoint& peer);
 
+/// Whether a transfer actor of `cfg` (its region of kind `local`) opens the
+/// IPC handles of `peer`'s GPU pool as soon as the directory says `peer`
+/// joined: with map_peers_ahead (prefill workers), for a decode worker on the
+/// same host when this actor takes IPC and its own pool is GPU memory.
+bool maps_ahead(const transfer_config& cfg, memory_kind local,
+                const worker_info& peer);
+
 /// Spawns a transfer actor on its own thread.
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 
