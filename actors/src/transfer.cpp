@@ -305,7 +305,7 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
   o.comms = static_cast<int>(comms);
   o.chunk_bytes = chunk;
   o.peer = peer;
-  (void)st;
+  o.staging_slots = static_cast<int>(st.cfg.staging_slots);
   return o;
 }
 

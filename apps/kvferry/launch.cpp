@@ -201,6 +201,7 @@ process_spec worker_process(const topo::deployment& t, const topo::worker_spec& 
             "--mode",        to_string(t.transfer.mode),
             "--chunk-bytes", std::to_string(t.transfer.chunk_bytes),
             "--comms-per-peer", std::to_string(t.transfer.comms_per_peer),
+            "--staging-slots", std::to_string(t.transfer.staging_slots),
             "--timeout-ms",  std::to_string(t.transfer.timeout_ms)};
   if (t.transfer.layerwise) p.args.push_back("--layerwise");
   p.env = w.plugin_env;

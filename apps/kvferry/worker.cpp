@@ -49,6 +49,7 @@ struct worker_command {
   bool layerwise = false;
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
+  std::uint32_t staging_slots = transport::channel_options{}.staging_slots;
   std::uint32_t timeout_ms = 10000;
   std::uint64_t credit_blocks = app_config{}.credit_blocks;
   std::uint32_t lend_percent = app_config{}.lend_percent;
@@ -203,6 +204,7 @@ int run_worker(worker_command& cmd) {
   tc.region = region;
   tc.comms_per_peer = cmd.comms_per_peer;
   tc.chunk_bytes = cmd.chunk_bytes;
+  tc.staging_slots = cmd.staging_slots;
   tc.open_timeout_ms = cmd.timeout_ms;
   tc.use_ipc = cmd.transport == "ipc";
   tc.host_id = local_host_id();
@@ -375,6 +377,13 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "comm pairs striped per peer")
     ->capture_default_str()
     ->check(CLI::Range(1u, 64u));
+  sub->add_option("--staging-slots", cmd->staging_slots,
+                  "pinned bounce slots of --chunk-bytes per comm, for GPU "
+                  "memory over a plugin without NCCL_PTR_CUDA (0 refuses "
+                  "such peers)")
+    ->capture_default_str()
+    ->check(CLI::Range(0u, static_cast<std::uint32_t>(
+                                transport::max_staging_slots)));
   sub->add_option("--timeout-ms", cmd->timeout_ms,
                   "deadline of every remote request and transfer")
     ->capture_default_str();

@@ -22,6 +22,8 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include "kvferry/transport/channel.hpp"
+
 namespace kvferry::topology {
 
 // ---- small public helpers -----------------------------------------------------
@@ -541,7 +543,9 @@ private:
 
   void read_transfer(const YAML::Node& node) {
     if (!expect_map(node, "transfer")) return;
-    check_keys(node, {"mode", "layerwise", "chunk_bytes", "comms_per_peer", "timeout_ms"},
+    check_keys(node,
+               {"mode", "layerwise", "chunk_bytes", "comms_per_peer", "staging_slots",
+                "timeout_ms"},
                "transfer");
     auto& transfer = topo().transfer;
     if (int mode = read_choice(node, "mode", {"push", "pull"}, "transfer"); mode >= 0)
@@ -549,6 +553,8 @@ private:
     read_bool(node, "layerwise", transfer.layerwise, "transfer");
     read_uint(node, "chunk_bytes", transfer.chunk_bytes, 4096, 1ull << 30, "transfer");
     read_uint(node, "comms_per_peer", transfer.comms_per_peer, 1, 64, "transfer");
+    read_uint(node, "staging_slots", transfer.staging_slots, 0,
+              static_cast<std::uint32_t>(transport::max_staging_slots), "transfer");
     read_uint(node, "timeout_ms", transfer.timeout_ms, 1, 3600000, "transfer");
   }
 

@@ -98,7 +98,7 @@ workers:
     metrics_port: 9100
   - {name: d0, role: decode, host: b, gpu: none}
 model: {layers: 80, kv_heads: 8, head_dim: 128, dtype: bf16, block_tokens: 32}
-transfer: {mode: pull, layerwise: true, chunk_bytes: 1048576, comms_per_peer: 4, timeout_ms: 500}
+transfer: {mode: pull, layerwise: true, chunk_bytes: 1048576, comms_per_peer: 4, staging_slots: 8, timeout_ms: 500}
 control: {bind: host, secret_env: MY_SECRET}
 launch: {log_dir: /tmp/logs, max_restarts: 2, restart_backoff_ms: 100, stop_grace_ms: 1000}
 )");
@@ -120,6 +120,7 @@ launch: {log_dir: /tmp/logs, max_restarts: 2, restart_backoff_ms: 100, stop_grac
   CHECK(t.transfer.mode == topo::transfer_mode::pull);
   CHECK(t.transfer.layerwise);
   CHECK(t.transfer.comms_per_peer == 4);
+  CHECK(t.transfer.staging_slots == 8);
   CHECK(t.bind_address_for("b") == "10.0.0.2");
   CHECK(t.workers_on("a").size() == 1);
   CHECK(t.launch.max_restarts == 2);
@@ -148,6 +149,7 @@ workers:
   - {name: p0, role: prefil, gpu: -1}
   - {name: d0, role: decode, pool_blocks: 0}
 model: {dtype: fp8}
+transfer: {staging_slots: 65}
 )");
   INFO(r.report());
   CHECK_FALSE(r.topology.has_value());
@@ -156,7 +158,8 @@ model: {dtype: fp8}
   CHECK(has_error(r, "worker p0.gpu must be a device index"));
   CHECK(has_error(r, "worker d0.pool_blocks must be an integer in [1,"));
   CHECK(has_error(r, "model.dtype must be one of fp16 | bf16 | fp32, got 'fp8'"));
-  CHECK(r.errors.size() >= 5);
+  CHECK(has_error(r, "transfer.staging_slots must be an integer in [0, 64], got '65'"));
+  CHECK(r.errors.size() >= 6);
 }
 
 TEST_CASE("YAML syntax errors carry their position") {

@@ -194,6 +194,9 @@ struct transfer_config {
   std::shared_ptr<memory_region> region;
   std::uint32_t comms_per_peer = 2;  // comm pairs per channel (striped)
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
+  // GPU memory over a plugin without NCCL_PTR_CUDA: pinned bounce slots of
+  // chunk_bytes per comm (see transport::channel_options).
+  std::uint32_t staging_slots = 4;
   std::uint32_t open_timeout_ms = 10000;  // channel setup with a peer
   // Same-host GPU peers: copy over CUDA IPC when both regions are on GPUs
   // and both actors take IPC (worker --transport ipc); else the plugin.

@@ -74,6 +74,8 @@ struct transfer_spec {
   bool layerwise = false;
   std::uint64_t chunk_bytes = 4u << 20;
   std::uint32_t comms_per_peer = 2;
+  // Pinned bounce slots per comm for GPU memory over a host-only plugin.
+  std::uint32_t staging_slots = 4;
   std::uint32_t timeout_ms = 30000;
 };
 
