@@ -160,12 +160,20 @@ struct fixture : test::actor_fixture {
              bool producer_layerwise = false, std::uint32_t lend_percent = 25) {
     auto p = make_app("prefill-0", prefill_blocks);
     p.layerwise = producer_layerwise;
-    producer_transfer = p.transfer;
-    producer = spawn_producer(sys, p);
+    start_producer(p);
     auto c = make_app("decode-0", decode_blocks);
     c.lend_percent = lend_percent;
-    consumer = spawn_consumer(sys, c);
+    start_consumer(c);
+  }
+
+  // The halves of start(), for cases that tune a config start() does not.
+  void start_producer(const app_config& p) {
+    producer_transfer = p.transfer;
+    producer = spawn_producer(sys, p);
     spawned.push_back(caf::actor_cast<caf::actor>(producer));
+  }
+  void start_consumer(const app_config& c) {
+    consumer = spawn_consumer(sys, c);
     spawned.push_back(caf::actor_cast<caf::actor>(consumer));
   }
 
@@ -179,6 +187,16 @@ struct fixture : test::actor_fixture {
                                              std::uint32_t tokens,
                                              bool layerwise = false,
                                              bool pull = false) {
+    return request<proto::ready_report>(
+        producer, proto::prefill_atom::value,
+        make_prefill_request(id, tokens, layerwise, pull));
+  }
+
+  // What prefill() sends, for cases that must not wait for the reply.
+  proto::prefill_request make_prefill_request(std::uint64_t id,
+                                              std::uint32_t tokens,
+                                              bool layerwise = false,
+                                              bool pull = false) const {
     proto::prefill_request r;
     r.request_id = id;
     r.prompt_tokens = tokens;
@@ -186,8 +204,19 @@ struct fixture : test::actor_fixture {
     r.consumer = caf::actor_cast<caf::actor>(consumer);
     r.layerwise = layerwise;
     r.pull = pull;
-    return request<proto::ready_report>(producer, proto::prefill_atom::value,
-                                        std::move(r));
+    return r;
+  }
+
+  // Like request(), but returns once the system is idle, answered or not:
+  // for requests answered only after what the test does next. The reply
+  // lands in the returned slot.
+  template<class T, class Handle, class... Ts>
+  test::detail::reply_slot<T> request_pending(const Handle& dest, Ts... xs) {
+    auto slot = std::make_shared<std::optional<caf::expected<T>>>();
+    sys.spawn(test::detail::request_once<T, Handle, Ts...>, dest, slot,
+              std::move(xs)...);
+    run();
+    return slot;
   }
 };
 
@@ -265,8 +294,7 @@ TEST_CASE_FIXTURE(fixture, "a geometry mismatch is refused at allocate") {
   start();
   auto cfg = make_app("decode-1", 64);
   cfg.geometry.layers = 8;
-  consumer = spawn_consumer(sys, cfg);
-  spawned.push_back(caf::actor_cast<caf::actor>(consumer));
+  start_consumer(cfg);
   auto r = prefill(11, 10);
   REQUIRE_FALSE(r);
   CHECK(is(r.error(), ec::mismatch));
@@ -328,27 +356,59 @@ proto::credit_notice notice_for(const fixture& f, std::uint64_t id,
   return n;
 }
 
+// A fake producer borrowing from a consumer, and the offsets of its last
+// grant: most credit cases need one, stopped with the fixture.
+struct borrower {
+  caf::actor actor;
+  std::shared_ptr<std::vector<std::uint64_t>> granted;
+
+  // The first `n` granted offsets: the blocks of a notice within the loan.
+  std::vector<std::uint64_t> first_granted(std::size_t n) const {
+    return std::vector<std::uint64_t>(
+        granted->begin(), granted->begin() + static_cast<std::ptrdiff_t>(n));
+  }
+};
+
+// Spawns a borrower named `name` whose grants come from `lender`.
+borrower spawn_borrower(fixture& f, const consumer_actor& lender,
+                        std::string name) {
+  borrower b{{}, std::make_shared<std::vector<std::uint64_t>>()};
+  b.actor =
+      f.sys.spawn(fake_producer, lender, std::move(name), f.geo, b.granted);
+  f.spawned.push_back(b.actor);
+  return b;
+}
+
+// A reserve through `b`, as a producer's first contact with a consumer sends.
+caf::expected<proto::grant> reserve(fixture& f, const borrower& b,
+                                    std::uint64_t blocks) {
+  return f.request<proto::grant>(b.actor, fake_reserve_atom::value, blocks);
+}
+
+// Sends `notice` through `b` without waiting: an accepted notice is answered
+// only when its bytes arrive (or the request fails).
+test::detail::reply_slot<proto::ready_report>
+send_notice_pending(fixture& f, const borrower& b,
+                    proto::credit_notice notice) {
+  return f.request_pending<proto::ready_report>(
+      b.actor, proto::incoming_atom::value, std::move(notice));
+}
+
 }  // namespace
 
 TEST_CASE_FIXTURE(fixture, "reserve lends at most lend_percent of the pool") {
   start(64, 64);
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
-  spawned.push_back(p);
-  auto g = request<proto::grant>(p, fake_reserve_atom::value,
-                                 std::uint64_t{1000});
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  auto g = reserve(*this, p, 1000);
   REQUIRE_MESSAGE(g, render(g.error()));
   CHECK(g->block_offsets.size() == 16);  // 25 % of 64
   CHECK(g->receiver.name == "decode-0");
-  auto more = request<proto::grant>(p, fake_reserve_atom::value,
-                                    std::uint64_t{1000});
+  auto more = reserve(*this, p, 1000);
   REQUIRE(more);
   CHECK(more->block_offsets.empty());  // the cap holds across reserves
   CHECK(stats_of(*this).lent_blocks == 16);
-  auto few = std::make_shared<std::vector<std::uint64_t>>();
-  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-8"}, geo, few);
-  spawned.push_back(q);
-  auto g2 = request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{3});
+  auto q = spawn_borrower(*this, consumer, "prefill-8");
+  auto g2 = reserve(*this, q, 3);
   REQUIRE(g2);
   CHECK(g2->block_offsets.size() == 3);  // never more than asked
 }
@@ -359,10 +419,8 @@ TEST_CASE_FIXTURE(fixture, "a reserve of another geometry is refused") {
   cfg.geometry.layers = 8;
   auto other = spawn_consumer(sys, cfg);
   spawned.push_back(caf::actor_cast<caf::actor>(other));
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, other, std::string{"prefill-9"}, geo, got);
-  spawned.push_back(p);
-  auto g = request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{4});
+  auto p = spawn_borrower(*this, other, "prefill-9");
+  auto g = reserve(*this, p, 4);
   REQUIRE_FALSE(g);
   CHECK(is(g.error(), ec::mismatch));
 }
@@ -415,10 +473,8 @@ TEST_CASE_FIXTURE(fixture, "a producer that disables credit always "
                            "negotiates") {
   auto p = make_app("prefill-0", 64);
   p.credit_blocks = 0;
-  producer = spawn_producer(sys, p);
-  consumer = spawn_consumer(sys, make_app("decode-0", 64));
-  spawned.push_back(caf::actor_cast<caf::actor>(producer));
-  spawned.push_back(caf::actor_cast<caf::actor>(consumer));
+  start_producer(p);
+  start_consumer(make_app("decode-0", 64));
   for (std::uint64_t id = 1; id <= 3; ++id)
     REQUIRE(prefill(id, 4));
   auto s = stats_of(*this);
@@ -429,17 +485,16 @@ TEST_CASE_FIXTURE(fixture, "a producer that disables credit always "
 TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
                            "the producer and the offset") {
   start(64, 64);
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
-  spawned.push_back(p);
-  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{8}));
-  REQUIRE(got->size() == 8);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 8));
+  REQUIRE(p.granted->size() == 8);
   // Block 40 was never lent: the pool lends its lowest blocks first.
   auto bb = geo.layer_block_bytes();
-  std::vector<std::uint64_t> blocks(got->begin(), got->begin() + 3);
+  auto blocks = p.first_granted(3);
   blocks.push_back(40 * bb);
-  auto r = request<proto::ready_report>(
-    p, proto::incoming_atom::value, notice_for(*this, 5, "prefill-9", blocks));
+  auto r =
+      request<proto::ready_report>(p.actor, proto::incoming_atom::value,
+                                   notice_for(*this, 5, "prefill-9", blocks));
   REQUIRE_FALSE(r);
   CHECK(is(r.error(), ec::invalid_extent));
   auto text = render(r.error());
@@ -447,44 +502,25 @@ TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
   CHECK(text.find(std::to_string(40 * bb)) != std::string::npos);
   // A producer with no loan at all is refused too.
   auto r2 = request<proto::ready_report>(
-    p, proto::incoming_atom::value,
-    notice_for(*this, 6, "prefill-7",
-               std::vector<std::uint64_t>(got->begin(), got->begin() + 4)));
+      p.actor, proto::incoming_atom::value,
+      notice_for(*this, 6, "prefill-7", p.first_granted(4)));
   REQUIRE_FALSE(r2);
   CHECK(render(r2.error()).find("prefill-7") != std::string::npos);
   // The refused claims were undone: the same lent blocks are usable.
-  auto ok = notice_for(*this, 7, "prefill-9",
-                       std::vector<std::uint64_t>(got->begin(),
-                                                  got->begin() + 4));
-  auto slot = std::make_shared<
-    std::optional<caf::expected<proto::ready_report>>>();
-  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
-                                       proto::incoming_atom,
-                                       proto::credit_notice>,
-            p, slot, proto::incoming_atom::value, ok);
-  run();
+  auto slot = send_notice_pending(
+      *this, p, notice_for(*this, 7, "prefill-9", p.first_granted(4)));
   CHECK_FALSE(*slot);  // accepted: waits for its bytes
   CHECK(stats_of(*this).refused == 2);
 }
 
 TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
   start(64, 64);
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
-  spawned.push_back(p);
-  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{8}));
-  auto n = notice_for(*this, 11, "prefill-9",
-                      std::vector<std::uint64_t>(got->begin(),
-                                                 got->begin() + 4));
-  auto slot = std::make_shared<
-    std::optional<caf::expected<proto::ready_report>>>();
-  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
-                                       proto::incoming_atom,
-                                       proto::credit_notice>,
-            p, slot, proto::incoming_atom::value, n);
-  run();
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 8));
+  auto slot = send_notice_pending(
+      *this, p, notice_for(*this, 11, "prefill-9", p.first_granted(4)));
   REQUIRE_FALSE(*slot);  // waiting for bytes that will not come
-  caf::anon_send(p, proto::abort_atom::value, std::uint64_t{11},
+  caf::anon_send(p.actor, proto::abort_atom::value, std::uint64_t{11},
                  make_error(ec::peer_down, "send to 'decode-0' failed"));
   run();
   REQUIRE(*slot);
@@ -496,39 +532,26 @@ TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
 
 TEST_CASE_FIXTURE(fixture, "a dead producer's loan returns to the pool") {
   start(64, 16, false, 100);
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
-  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{16}));
-  CHECK(got->size() == 16);  // the whole pool is lent
-  caf::anon_send_exit(p, caf::exit_reason::kill);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 16));
+  CHECK(p.granted->size() == 16); // the whole pool is lent
+  caf::anon_send_exit(p.actor, caf::exit_reason::kill);
   run();
   CHECK(stats_of(*this).lent_blocks == 0);
   // All 16 are back in the pool: a new producer can borrow them all.
-  auto again = std::make_shared<std::vector<std::uint64_t>>();
-  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo,
-                     again);
-  spawned.push_back(q);
-  REQUIRE(request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{16}));
-  CHECK(again->size() == 16);
+  auto q = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, q, 16));
+  CHECK(q.granted->size() == 16);
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks of a dead producer's request in flight "
                            "return to the pool, not to its credit") {
   start(64, 16, false, 100);
-  auto got = std::make_shared<std::vector<std::uint64_t>>();
-  auto p = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo, got);
-  REQUIRE(request<proto::grant>(p, fake_reserve_atom::value, std::uint64_t{16}));
-  auto n = notice_for(*this, 3, "prefill-9",
-                      std::vector<std::uint64_t>(got->begin(),
-                                                 got->begin() + 4));
-  auto slot = std::make_shared<
-    std::optional<caf::expected<proto::ready_report>>>();
-  sys.spawn(test::detail::request_once<proto::ready_report, caf::actor,
-                                       proto::incoming_atom,
-                                       proto::credit_notice>,
-            p, slot, proto::incoming_atom::value, n);
-  run();
-  caf::anon_send_exit(p, caf::exit_reason::kill);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 16));
+  auto slot = send_notice_pending(
+      *this, p, notice_for(*this, 3, "prefill-9", p.first_granted(4)));
+  caf::anon_send_exit(p.actor, caf::exit_reason::kill);
   run();
   CHECK(stats_of(*this).lent_blocks == 0);
   // Its bytes never come: the consumer's deadline fails the request (the
@@ -537,12 +560,9 @@ TEST_CASE_FIXTURE(fixture, "blocks of a dead producer's request in flight "
   advance_time(std::chrono::seconds(3));
   REQUIRE(*slot);
   CHECK_FALSE(**slot);
-  auto again = std::make_shared<std::vector<std::uint64_t>>();
-  auto q = sys.spawn(fake_producer, consumer, std::string{"prefill-9"}, geo,
-                     again);
-  spawned.push_back(q);
-  REQUIRE(request<proto::grant>(q, fake_reserve_atom::value, std::uint64_t{16}));
-  CHECK(again->size() == 16);
+  auto q = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, q, 16));
+  CHECK(q.granted->size() == 16);
 }
 
 TEST_CASE_FIXTURE(fixture, "a consumer that died before the first request "
@@ -567,18 +587,8 @@ TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
   REQUIRE_MESSAGE(second, render(second.error()));
   CHECK(second->verified);
   CHECK(net->held.size() == 1);  // ... while our source blocks are in use
-  auto slot = std::make_shared<
-    std::optional<caf::expected<proto::ready_report>>>();
-  proto::prefill_request r;
-  r.request_id = 3;
-  r.prompt_tokens = 4;
-  r.pattern_seed = 99;
-  r.consumer = caf::actor_cast<caf::actor>(consumer);
-  sys.spawn(test::detail::request_once<proto::ready_report, producer_actor,
-                                       proto::prefill_atom,
-                                       proto::prefill_request>,
-            producer, slot, proto::prefill_atom::value, r);
-  run();
+  auto slot = request_pending<proto::ready_report>(
+      producer, proto::prefill_atom::value, make_prefill_request(3, 4));
   CHECK_FALSE(*slot);  // waiting for blocks, not failed
   net->hold_completions = false;
   caf::anon_send(producer_transfer, proto::sweep_atom::value);
