@@ -39,4 +39,18 @@ connect_channel_pair(std::shared_ptr<transport::plugin> net,
   return {connector.take(), listener.take()};
 }
 
+/// For options the channel must refuse once connected: polls connect and
+/// accept (100 rounds at most, done or not), then checks that taking the
+/// send channel throws.
+inline void
+check_send_channel_refused(std::shared_ptr<transport::plugin> net,
+                           const transport::channel_options& options) {
+  transport::channel_listener listener(net, 0, options);
+  transport::channel_connector connector(net, 0, listener.handles(), options);
+  for (int i = 0; i < 100 && !(connector.try_connect() & listener.try_accept());
+       ++i) {
+  }
+  CHECK_THROWS_AS(connector.take(), transport::transport_error);
+}
+
 }  // namespace kvferry::test

@@ -1,41 +1,31 @@
 // The channel wrapper against the deterministic fake plugin, which refuses
 // every third post with a NULL request and makes connect/accept take several
 // rounds, as real plugins do.
-#include <doctest/doctest.h>
-
-#include <dlfcn.h>
-#include <sys/mman.h>
-
 #include <chrono>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <string>
+#include <sys/mman.h>
 #include <vector>
 
+#include <doctest/doctest.h>
+
 #include "channel_pair.hpp"
+#include "fake_plugin.hpp"
 #include "kvferry/transport/channel.hpp"
 
 using namespace kvferry::transport;
 using namespace std::chrono_literals;
+using kvferry::test::fake_counter;
+using kvferry::test::pattern;
 
 namespace {
-const std::string fake_path = std::string(KVFERRY_FIXTURE_DIR) + "/libnccl-net-fake.so";
-
 std::shared_ptr<plugin> fake() {
   ::setenv("KVFERRY_FAKE_NULL_EVERY", "3", 1);
   ::setenv("KVFERRY_FAKE_CONNECT_ROUNDS", "4", 1);
   ::setenv("KVFERRY_FAKE_MAX_RECVS", "4", 1);
-  return plugin::load(fake_path);
-}
-
-long fake_counter(const char* name) {
-  void* lib = ::dlopen(fake_path.c_str(), RTLD_NOW | RTLD_NOLOAD);
-  REQUIRE(lib);
-  auto* value = static_cast<long*>(::dlsym(lib, name));
-  ::dlclose(lib);
-  REQUIRE(value);
-  return *value;
+  return plugin::load(kvferry::test::fake_plugin_path());
 }
 
 struct pair_of_channels {
@@ -67,13 +57,7 @@ std::vector<completion> drive(send_channel& tx, recv_channel& rx, size_t ops) {
   }
   return done;
 }
-
-std::vector<char> pattern(size_t bytes, int seed) {
-  std::vector<char> data(bytes);
-  for (size_t i = 0; i < bytes; ++i) data[i] = static_cast<char>((i * 131 + seed) & 0xff);
-  return data;
-}
-}  // namespace
+} // namespace
 
 TEST_CASE("transfers above chunk_bytes are split into chunks, striped over comms, and arrive whole") {
   channel_options options;
@@ -233,12 +217,7 @@ TEST_CASE("a registration above 2^31-1 bytes is made of 1 GiB windows every 512 
 TEST_CASE("chunk sizes outside 1..512 MiB are refused when the channel is made") {
   channel_options options;
   options.chunk_bytes = max_chunk_bytes + 1;
-  auto net = fake();
-  channel_listener listener(net, 0, options);
-  channel_connector connector(net, 0, listener.handles(), options);
-  for (int i = 0; i < 100 && !(connector.try_connect() & listener.try_accept()); ++i) {
-  }
-  CHECK_THROWS_AS(connector.take(), transport_error);
+  kvferry::test::check_send_channel_refused(fake(), options);
 }
 
 TEST_CASE("against kvsock: a chunked transfer striped over 2 comms arrives whole") {

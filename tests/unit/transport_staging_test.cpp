@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <dlfcn.h>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -18,29 +17,20 @@
 #include <doctest/doctest.h>
 
 #include "channel_pair.hpp"
+#include "fake_plugin.hpp"
 #include "kvferry/transport/channel.hpp"
 
 using namespace kvferry::transport;
 using namespace std::chrono_literals;
+using kvferry::test::fake_counter;
+using kvferry::test::pattern;
 
 namespace {
-const std::string fake_path =
-    std::string(KVFERRY_FIXTURE_DIR) + "/libnccl-net-fake.so";
-
 std::shared_ptr<plugin> fake() {
   ::setenv("KVFERRY_FAKE_NULL_EVERY", "3",
            1); // read once, at the plugin's init
   ::setenv("KVFERRY_FAKE_CONNECT_ROUNDS", "2", 1);
-  return plugin::load(fake_path);
-}
-
-long& fake_counter(const char* name) {
-  void* lib = ::dlopen(fake_path.c_str(), RTLD_NOW | RTLD_NOLOAD);
-  REQUIRE(lib);
-  auto* value = static_cast<long*>(::dlsym(lib, name));
-  ::dlclose(lib);
-  REQUIRE(value);
-  return *value;
+  return plugin::load(kvferry::test::fake_plugin_path());
 }
 
 using pair_of_channels = kvferry::test::channel_pair;
@@ -92,13 +82,6 @@ bool ok_of(const completions& all, op_id id) {
         return c.ok;
   FAIL("no completion for op ", id);
   return false;
-}
-
-std::vector<char> pattern(size_t bytes, int seed) {
-  std::vector<char> data(bytes);
-  for (size_t i = 0; i < bytes; ++i)
-    data[i] = static_cast<char>((i * 131 + seed) & 0xff);
-  return data;
 }
 
 channel_options staged_options(staging_copier_factory copier, int comms,
@@ -510,13 +493,7 @@ TEST_CASE("staging_slots 0 refuses CUDA memory on a host-only plugin with a "
               "lacks NCCL_PTR_CUDA and staging is off") != std::string::npos);
   }
   options.staging_slots = max_staging_slots + 1;
-  auto net = fake();
-  channel_listener listener(net, 0, options);
-  channel_connector connector(net, 0, listener.handles(), options);
-  for (int i = 0; i < 100 && !(connector.try_connect() & listener.try_accept());
-       ++i) {
-  }
-  CHECK_THROWS_AS(connector.take(), transport_error);
+  kvferry::test::check_send_channel_refused(fake(), options);
 }
 
 TEST_CASE("against kvsock with KVSOCK_PTR_SUPPORT=host: staged transfers over "
