@@ -84,6 +84,41 @@ bool ok_of(const completions& all, op_id id) {
   return false;
 }
 
+// A patterned source and a zeroed sink of one size, registered on each side
+// (the source as CUDA memory): what most cases move.
+struct registered_buffers {
+  std::vector<char> source, sink;
+  registration send_mr, recv_mr;
+};
+
+registered_buffers register_buffers(send_channel& tx, recv_channel& rx,
+                                    size_t bytes, int seed,
+                                    int recv_type = NCCL_PTR_CUDA) {
+  registered_buffers b{
+      pattern(bytes, seed), std::vector<char>(bytes, 0), {}, {}};
+  b.send_mr = tx.register_memory(b.source.data(), bytes, NCCL_PTR_CUDA);
+  b.recv_mr = rx.register_memory(b.sink.data(), bytes, recv_type);
+  return b;
+}
+
+struct posted_ops {
+  std::vector<op_id> sends, receives;
+};
+
+// Posts `ops` operations of `each` bytes, operation i at offset i * each,
+// each receive before its send: the order the fake plugin matches by.
+posted_ops post_in_order(send_channel& tx, recv_channel& rx,
+                         registered_buffers& b, size_t ops, size_t each) {
+  posted_ops ids;
+  for (size_t i = 0; i < ops; ++i) {
+    ids.receives.push_back(
+        rx.post_recv(b.sink.data() + i * each, each, b.recv_mr));
+    ids.sends.push_back(
+        tx.post_send(b.source.data() + i * each, each, b.send_mr));
+  }
+  return ids;
+}
+
 channel_options staged_options(staging_copier_factory copier, int comms,
                                size_t chunk, int slots) {
   channel_options o;
@@ -185,20 +220,13 @@ TEST_CASE("CUDA memory on a host-only plugin is staged: many chunks over 3 "
   long refused = fake_counter("kvferry_fake_refused_mrs");
 
   const size_t ops = 16, each = (300 << 10) + 7; // 5 chunks each, 80 in all
-  auto source = pattern(ops * each, 11);
-  std::vector<char> sink(ops * each, 0);
-  auto send_mr =
-      tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_CUDA);
-  CHECK(send_mr.staged());
-  CHECK(recv_mr.staged());
-  CHECK(send_mr.type() == NCCL_PTR_CUDA);
+  auto b = register_buffers(tx, rx, ops * each, 11);
+  CHECK(b.send_mr.staged());
+  CHECK(b.recv_mr.staged());
+  CHECK(b.send_mr.type() == NCCL_PTR_CUDA);
   CHECK(tx.staging_bytes() == 3 * 2 * (64 << 10));
   // Everything is posted at once: far more chunks than the 6 bounce slots.
-  for (size_t i = 0; i < ops; ++i) {
-    rx.post_recv(sink.data() + i * each, each, recv_mr);
-    tx.post_send(source.data() + i * each, each, send_mr);
-  }
+  post_in_order(tx, rx, b, ops, each);
   auto done = drive(tx, rx, ops, ops);
   REQUIRE(done.sent.size() == ops);
   REQUIRE(done.received.size() == ops);
@@ -208,7 +236,7 @@ TEST_CASE("CUDA memory on a host-only plugin is staged: many chunks over 3 "
     CHECK(c.ok);
     CHECK(c.bytes == each);
   }
-  CHECK(sink == source);
+  CHECK(b.sink == b.source);
   CHECK(fake_counter("kvferry_fake_refused_mrs") ==
         refused); // never offered CUDA memory
   CHECK(fake_counter("kvferry_fake_max_chunk") <= (64 << 10));
@@ -265,15 +293,8 @@ TEST_CASE("copies that complete late and out of order never expose a bounce "
   auto [tx, rx] = connect_fake(tx_options, rx_options);
 
   const size_t ops = 200, each = 20000; // 3 chunks each
-  auto source = pattern(ops * each, 9);
-  std::vector<char> sink(source.size(), 0);
-  auto send_mr =
-      tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_CUDA);
-  for (size_t i = 0; i < ops; ++i) {
-    rx.post_recv(sink.data() + i * each, each, recv_mr);
-    tx.post_send(source.data() + i * each, each, send_mr);
-  }
+  auto b = register_buffers(tx, rx, ops * each, 9);
+  post_in_order(tx, rx, b, ops, each);
   auto done = drive(tx, rx, ops, ops);
   REQUIRE(done.sent.size() == ops);
   REQUIRE(done.received.size() == ops);
@@ -281,7 +302,7 @@ TEST_CASE("copies that complete late and out of order never expose a bounce "
     CHECK(c.ok);
   for (auto& c : done.received)
     CHECK(c.ok);
-  CHECK(sink == source);
+  CHECK(b.sink == b.source);
   CHECK(log->completed_out_of_order);
   CHECK(log->most_in_flight > 3);
   CHECK(log->started == 2 * 3 * static_cast<int>(ops));
@@ -298,16 +319,8 @@ TEST_CASE("a failed device-to-host copy fails its comm, naming the copy and "
   auto [tx, rx] = connect_fake(tx_options, rx_options);
 
   const size_t ops = 6;
-  auto source = pattern(ops * 4096, 1);
-  std::vector<char> sink(source.size(), 0);
-  auto send_mr =
-      tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_CUDA);
-  std::vector<op_id> sends;
-  for (size_t i = 0; i < ops; ++i) {
-    rx.post_recv(sink.data() + i * 4096, 4096, recv_mr);
-    sends.push_back(tx.post_send(source.data() + i * 4096, 4096, send_mr));
-  }
+  auto b = register_buffers(tx, rx, ops * 4096, 1);
+  auto sends = post_in_order(tx, rx, b, ops, 4096).sends;
   // The receiver gets the first two; the other four never come. Operation 1
   // may still have been out when its comm failed: then it fails too.
   auto done = drive(tx, rx, ops, 2);
@@ -319,10 +332,11 @@ TEST_CASE("a failed device-to-host copy fails its comm, naming the copy and "
   CHECK(error.find("device-to-host copy of a send") != std::string::npos);
   CHECK(error.find("staging-peer") != std::string::npos);
   CHECK(error.find("cudaMemcpyAsync") != std::string::npos);
-  CHECK(std::equal(sink.begin(), sink.begin() + 2 * 4096, source.begin()));
+  CHECK(
+      std::equal(b.sink.begin(), b.sink.begin() + 2 * 4096, b.source.begin()));
   CHECK(tx.in_flight() == 0);
   // A later send on the failed comm fails at once instead of waiting.
-  auto late_id = tx.post_send(source.data(), 4096, send_mr);
+  auto late_id = tx.post_send(b.source.data(), 4096, b.send_mr);
   auto after = drive(tx, rx, 1, 0);
   REQUIRE(after.sent.size() == 1);
   CHECK(after.sent[0].id == late_id);
@@ -335,16 +349,8 @@ TEST_CASE("a copy that fails when polled fails the send's comm too") {
   auto tx_options = staged_options(late(log, 4), 1, 4096, 2);
   auto rx_options = staged_options(make_host_staging_copier, 1, 4096, 2);
   auto [tx, rx] = connect_fake(tx_options, rx_options);
-  auto source = pattern(3 * 4096, 2);
-  std::vector<char> sink(source.size(), 0);
-  auto send_mr =
-      tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_HOST);
-  std::vector<op_id> sends;
-  for (size_t i = 0; i < 3; ++i) {
-    rx.post_recv(sink.data() + i * 4096, 4096, recv_mr);
-    sends.push_back(tx.post_send(source.data() + i * 4096, 4096, send_mr));
-  }
+  auto b = register_buffers(tx, rx, 3 * 4096, 2, NCCL_PTR_HOST);
+  auto sends = post_in_order(tx, rx, b, 3, 4096).sends;
   // Copies are polled in posting order: the second completion is op 1's.
   auto done = drive(tx, rx, 3, 0);
   REQUIRE(done.sent.size() == 3);
@@ -361,16 +367,8 @@ TEST_CASE("a failed host-to-device copy fails that receive only") {
   auto [tx, rx] = connect_fake(tx_options, rx_options);
 
   const size_t ops = 5;
-  auto source = pattern(ops * 4096, 3);
-  std::vector<char> sink(source.size(), 0);
-  auto send_mr =
-      tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_CUDA);
-  std::vector<op_id> receives;
-  for (size_t i = 0; i < ops; ++i) {
-    receives.push_back(rx.post_recv(sink.data() + i * 4096, 4096, recv_mr));
-    tx.post_send(source.data() + i * 4096, 4096, send_mr);
-  }
+  auto b = register_buffers(tx, rx, ops * 4096, 3);
+  auto receives = post_in_order(tx, rx, b, ops, 4096).receives;
   auto done = drive(tx, rx, ops, ops);
   REQUIRE(done.sent.size() == ops);
   REQUIRE(done.received.size() == ops);
@@ -382,8 +380,8 @@ TEST_CASE("a failed host-to-device copy fails that receive only") {
   CHECK(error.find("host-to-device copy of a receive") != std::string::npos);
   CHECK(error.find("recv channel to staging-peer") != std::string::npos);
   for (size_t i : {0, 2, 3, 4})
-    CHECK(std::equal(sink.begin() + i * 4096, sink.begin() + (i + 1) * 4096,
-                     source.begin() + i * 4096));
+    CHECK(std::equal(b.sink.begin() + i * 4096, b.sink.begin() + (i + 1) * 4096,
+                     b.source.begin() + i * 4096));
 }
 
 TEST_CASE("a failing plugin request fails the staged operations of its comm; "
@@ -392,21 +390,13 @@ TEST_CASE("a failing plugin request fails the staged operations of its comm; "
   {
     auto options = staged_options(make_host_staging_copier, 1, 4096, 2);
     auto [tx, rx] = connect_fake(options, options);
-    auto source = pattern(8 * 4096, 4);
-    std::vector<char> sink(source.size(), 0);
-    auto send_mr =
-        tx.register_memory(source.data(), source.size(), NCCL_PTR_CUDA);
-    auto recv_mr = rx.register_memory(sink.data(), sink.size(), NCCL_PTR_CUDA);
+    auto b = register_buffers(tx, rx, 8 * 4096, 4);
     CHECK(fake_counter("kvferry_fake_live_mrs") ==
           mrs + 4); // 2 sides x 2 bounce slots
     // The 3rd isend from now (operation 2: one comm posts in order) fails.
     fake_counter("kvferry_fake_fail_send_at") =
         fake_counter("kvferry_fake_sends_posted") + 3;
-    std::vector<op_id> sends;
-    for (size_t i = 0; i < 8; ++i) {
-      rx.post_recv(sink.data() + i * 4096, 4096, recv_mr);
-      sends.push_back(tx.post_send(source.data() + i * 4096, 4096, send_mr));
-    }
+    auto sends = post_in_order(tx, rx, b, 8, 4096).sends;
     auto done = drive(tx, rx, 8, 0);
     fake_counter("kvferry_fake_fail_send_at") = 0;
     REQUIRE(done.sent.size() == 8);
@@ -507,21 +497,17 @@ TEST_CASE("against kvsock with KVSOCK_PTR_SUPPORT=host: staged transfers over "
   options.peer = "kvsock-loopback";
   auto [tx, rx] = connect_pair(net, options, options);
   const size_t bytes = (3 << 20) + 777;
-  auto source = pattern(bytes, 6);
-  std::vector<char> sink(bytes, 0);
-  auto send_mr = tx.register_memory(source.data(), bytes, NCCL_PTR_CUDA);
-  auto recv_mr = rx.register_memory(sink.data(), bytes, NCCL_PTR_CUDA);
-  CHECK(send_mr.staged());
+  auto b = register_buffers(tx, rx, bytes, 6);
+  CHECK(b.send_mr.staged());
   for (int round = 0; round < 3; ++round) {
-    rx.post_recv(sink.data(), bytes, recv_mr);
-    tx.post_send(source.data(), bytes, send_mr);
+    post_in_order(tx, rx, b, 1, bytes);
     auto done = drive(tx, rx, 1, 1);
     REQUIRE(done.sent.size() == 1);
     REQUIRE(done.received.size() == 1);
     CHECK(done.sent[0].ok);
     CHECK(done.received[0].ok);
     CHECK(done.received[0].bytes == bytes);
-    CHECK(sink == source);
-    std::fill(sink.begin(), sink.end(), 0);
+    CHECK(b.sink == b.source);
+    std::fill(b.sink.begin(), b.sink.end(), 0);
   }
 }
