@@ -4,6 +4,25 @@
 
 using namespace kvsock_test;
 
+namespace {
+// What one send/receive of `size` bytes gave each end, and how long it took:
+// each fault is judged by both results and, for some, by the time.
+struct transfer_outcome {
+  ncclResult_t send_result, recv_result;
+  Clock::duration took;
+};
+
+transfer_outcome timed_transfer(Pair& p, Buffer& src, Buffer& dst, int size) {
+  transfer_outcome out{};
+  int received = -1;
+  auto start = Clock::now();
+  transfer(p, src, size, dst, size, &received, &out.send_result,
+           &out.recv_result);
+  out.took = Clock::now() - start;
+  return out;
+}
+} // namespace
+
 TEST_CASE(
     "KVSOCK_FAULT_DROP_AFTER closes the connection: both ends fail promptly") {
   for (int size :
@@ -15,13 +34,10 @@ TEST_CASE(
     Pair p;
     Buffer src(p.net, p.send, static_cast<size_t>(size), 1);
     Buffer dst(p.net, p.recv, static_cast<size_t>(size));
-    int got = -1;
-    ncclResult_t sr, rr;
-    auto start = Clock::now();
-    transfer(p, src, size, dst, size, &got, &sr, &rr);
-    CHECK(sr == ncclSystemError);
-    CHECK(rr == ncclRemoteError);
-    CHECK(Clock::now() - start < std::chrono::seconds(3));
+    auto r = timed_transfer(p, src, dst, size);
+    CHECK(r.send_result == ncclSystemError);
+    CHECK(r.recv_result == ncclRemoteError);
+    CHECK(r.took < std::chrono::seconds(3));
     CHECK(warned("KVSOCK_FAULT_DROP_AFTER"));
     // The failed comm refuses new work with the same error.
     void* again = nullptr;
@@ -41,11 +57,9 @@ TEST_CASE("KVSOCK_FAULT_CORRUPT flips exactly one byte of the Nth send") {
     for (int n = 1; n <= 3; ++n) {
       CAPTURE(n);
       std::fill(dst.bytes.begin(), dst.bytes.end(), 0);
-      int got = -1;
-      ncclResult_t sr, rr;
-      transfer(p, src, size, dst, size, &got, &sr, &rr);
-      REQUIRE(sr == ncclSuccess);
-      REQUIRE(rr == ncclSuccess);
+      auto r = timed_transfer(p, src, dst, size);
+      REQUIRE(r.send_result == ncclSuccess);
+      REQUIRE(r.recv_result == ncclSuccess);
       int differing = 0;
       for (int k = 0; k < size; ++k)
         differing += src.bytes[static_cast<size_t>(k)] !=
@@ -62,13 +76,10 @@ TEST_CASE("KVSOCK_FAULT_DELAY_US delays every send, data intact") {
     CAPTURE(size);
     Buffer src(p.net, p.send, static_cast<size_t>(size), 9);
     Buffer dst(p.net, p.recv, static_cast<size_t>(size));
-    int got = -1;
-    ncclResult_t sr, rr;
-    auto start = Clock::now();
-    transfer(p, src, size, dst, size, &got, &sr, &rr);
-    CHECK(Clock::now() - start >= std::chrono::milliseconds(100));
-    CHECK(sr == ncclSuccess);
-    CHECK(rr == ncclSuccess);
+    auto r = timed_transfer(p, src, dst, size);
+    CHECK(r.took >= std::chrono::milliseconds(100));
+    CHECK(r.send_result == ncclSuccess);
+    CHECK(r.recv_result == ncclSuccess);
     CHECK(dst.matches(9, static_cast<size_t>(size)));
   }
 }
