@@ -11,6 +11,11 @@
 #   bash scripts/device-run.sh multi  (there) with >= 2 GPUs: the runs across
 #                                          GPUs 0 and 1 only (issue #7), below
 #
+#   bash scripts/device-run.sh contention (there) issue #5: bench ipc at the
+#                                          demo's block size, then the demo on
+#                                          GPU 0 under each GPU scheduling
+#                                          variant at 2 and 1 in flight, below
+#
 # The device call is then:  run(command="bash scripts/device-run.sh device",
 #                               carry=[".bundle"])
 #
@@ -30,6 +35,13 @@
 #   multi:  OUT, MULTI_BUDGET_S (default 390: every step's timeout is cut to
 #           what is left of it, so the call ends inside the device limit),
 #           MULTI_NET_ARGS (default: --memory both --gpu 0 --peer-gpu 1)
+#   contention: OUT, CONTENTION_BUDGET_S (default 330; CONTENTION_RESERVE_S
+#           of it, default 65, is kept from the demos for what follows them),
+#           CONTENTION_ROUNDS (default 2), BENCH_IPC_SIZES (default 64K; keep
+#           64K in it), BENCH_IPC_ARGS (added to --no-unpack, e.g. --sweep),
+#           CONTENTION_VARIANTS (default: all, below), SKIP_TESTS=0 to run the
+#           bundled tests after them, TRY_MPS=1 to end with the demo under an
+#           MPS daemon (stopped again)
 #
 # Benchmarks run under peak_rss (below): their logs end with the peak RSS of
 # the largest process of the run (the demo's workers included), for
@@ -195,10 +207,158 @@ device() {
     [ ${#demo_runs[@]} -gt 0 ] || row "demo (GPU)" n/a "this build's demo has no GPU option"
   fi
 
+  # Issue #5's target side by side: the first demo (defaults, CUDA IPC)
+  # against bench ipc's kernel at the demo's block size, same call.
+  if [ "${SKIP_BENCH:-0}" != 1 ] && [ -f "$out/demo-1.log" ]; then
+    local ipc; ipc=$(ipc_kernel_64k "$out/bench_ipc.log")
+    {
+      echo "issue #5: bench ipc kernel at 64 KiB $ipc GB/s (same call); target demo data >= 0.8x"
+      target_line "demo ${demo_runs[0]}" "$out/demo-1.log" "$ipc"
+    } >>"$summary"
+  fi
+
   echo
   echo "== summary ($(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
   ! grep -qE " (FAIL|TIMEOUT) " "$summary"
+}
+
+# The demo's table row (| memory | requests | failed | bytes | wall s | GB/s |
+# data GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after kernel
+# us p50 / p99 | p50 ms | ...) of a demo log, as "wall data gpu_copy
+# queued after p50" (the p50 / p99 pairs without spaces): "-" where missing.
+demo_figures() {
+  awk -F'|' '/^\| (GPU|host)/ && NF >= 16 {
+      for (i = 7; i <= 12; i++) { gsub(/ /, "", $i); if ($i == "") $i = "-" }
+      printf "%s %s %s %s %s %s\n", $7, $8, $9, $10, $11, $12
+      found = 1 }
+    END { if (!found) print "- - - - - -" }' "$1"
+}
+
+# bench ipc's default-kernel GB/s at 64 KiB blocks (the demo's block size)
+# from its log; "-" when the row is missing.
+ipc_kernel_64k() {
+  awk '$1 == 65536 && $2 ~ /^[0-9]+$/ { print $3; found = 1 } END { if (!found) print "-" }' "$1"
+}
+
+# "x.xx" = a / b, or "-" when either is not a number.
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+# One line of issue #5's target: a demo log against bench ipc at 64 KiB.
+target_line() {
+  local label=$1 log=$2 ipc=$3 wall data copy queued after p50 rss
+  read -r wall data copy queued after p50 < <(demo_figures "$log")
+  rss=$(sed -n 's/^peak RSS of the largest process: //p' "$log" | tail -1)
+  printf '%-40s wall %7s  data %8s (%5sx)  GPU copy %8s (%5sx)  to kernel %9s us  after %9s us  p50 %6s ms  RSS %s\n' \
+    "$label" "$wall" "$data" "$(ratio "$data" "$ipc")" "$copy" "$(ratio "$copy" "$ipc")" \
+    "$queued" "$after" "$p50" "${rss:--}"
+}
+
+# Issue #5 on one GPU: is the demo's data rate >= 0.8x bench ipc's kernel at
+# the demo's block size (64 KiB), and where does the rest go? bench ipc runs
+# first; then `kvferry demo --gpu 0 --quiet` at --inflight 2 (the default)
+# and 1 under each GPU scheduling variant (docs/gpu.md, "Contention in the
+# demo"), interleaved, CONTENTION_ROUNDS times, so noise shows as spread;
+# each under peak_rss; a side-by-side table at the end. All inside
+# CONTENTION_BUDGET_S: a step that would not fit is skipped, saying so.
+contention() {
+  local b out
+  use_bundle
+  local summary=$out/summary.txt budget=${CONTENTION_BUDGET_S:-330}
+  : >"$summary"
+  {
+    echo "== $(tr '\n' ' ' <"$b/MANIFEST")"
+    nvidia-smi -L
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem,compute_mode --format=csv
+  } 2>&1 | tee "$out/device.log"
+  left() { echo $((budget - SECONDS)); }
+
+  local sizes=${BENCH_IPC_SIZES:-64K}
+  echo "== bench ipc --sizes $sizes --no-unpack ${BENCH_IPC_ARGS:-}"
+  # shellcheck disable=SC2086
+  peak_rss timeout -k 5 150 "$b/bin/kvferry" bench ipc --sizes "$sizes" --no-unpack ${BENCH_IPC_ARGS:-} \
+    --json "$out/bench_ipc.json" 2>&1 | tee "$out/bench_ipc.log"
+  local ipc; ipc=$(ipc_kernel_64k "$out/bench_ipc.log")
+
+  # name=environment (VAR=value, comma-separated; empty: the defaults); the
+  # first is what a user gets.
+  local variants=(${CONTENTION_VARIANTS:-default= back-off=KVFERRY_IPC_SPIN=0 \
+    priority=KVFERRY_GPU_STREAM_PRIORITIES=1 fill-132=KVFERRY_FILL_GRID=132})
+  local round v name env inflight log rows=()
+  for round in $(seq 1 "${CONTENTION_ROUNDS:-2}"); do
+    for inflight in 2 1; do
+      for v in "${variants[@]}"; do
+        name=${v%%=*} env=${v#*=}
+        log=$out/demo-$name-if$inflight-r$round.log
+        if [ "$(left)" -lt "${CONTENTION_RESERVE_S:-65}" ]; then
+          echo "== demo $name --inflight $inflight round $round: skipped, $(left) s of the budget left"
+          continue
+        fi
+        echo "== demo --gpu 0 --quiet --inflight $inflight [$name: ${env:-defaults}] round $round"
+        # shellcheck disable=SC2086
+        ( [ -z "$env" ] || export ${env//,/ }
+          peak_rss timeout -k 5 60 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" ) \
+          >"$log" 2>&1
+        echo "   rc=$? $(grep -m1 '^| GPU' "$log")"
+        rows+=("$(target_line "$name, inflight $inflight, round $round" "$log" "$ipc")")
+      done
+    done
+  done
+
+  # The bundled tests after the measurements, each cut to what is left.
+  if [ "${SKIP_TESTS:-1}" = 0 ]; then
+    echo "== tests" | tee "$out/tests.log"
+    local t rc secs
+    for t in "$b"/tests/*; do
+      secs=$(( $(left) - 10 ))
+      [ "$secs" -gt 180 ] && secs=180
+      if [ "$secs" -lt 20 ]; then
+        printf '%-44s %s\n' "test $(basename "$t")" "not run: budget spent" >>"$summary"
+        continue
+      fi
+      timeout -k 5 "$secs" "$t" >>"$out/tests.log" 2>&1
+      rc=$?
+      echo "-- $(basename "$t") rc=$rc" | tee -a "$out/tests.log"
+      printf '%-44s %s\n' "test $(basename "$t")" \
+        "$(case $rc in 0) echo pass ;; 77) echo skipped ;; 124) echo "TIMEOUT ${secs}s" ;; *) echo "FAIL rc=$rc" ;; esac)" >>"$summary"
+    done
+  fi
+
+  if [ "${TRY_MPS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then
+    # Hypothesis: without MPS the two workers' kernels (the producer's copy,
+    # the consumer's check) never run at once. Under an MPS daemon they can.
+    if command -v nvidia-cuda-mps-control >/dev/null; then
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/kvferry-mps CUDA_MPS_LOG_DIRECTORY=/tmp/kvferry-mps-log
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+      if timeout 20 nvidia-cuda-mps-control -d; then
+        for inflight in 2 1; do
+          log=$out/demo-mps-if$inflight.log
+          echo "== demo --gpu 0 --quiet --inflight $inflight under MPS"
+          peak_rss timeout -k 5 40 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" >"$log" 2>&1
+          echo "   rc=$? $(grep -m1 '^| GPU' "$log")"
+          rows+=("$(target_line "MPS (defaults), inflight $inflight, round 1" "$log" "$ipc")")
+        done
+        echo quit | timeout 20 nvidia-cuda-mps-control
+        cat "$CUDA_MPS_LOG_DIRECTORY"/*.log >"$out/mps.log" 2>/dev/null
+      else
+        rows+=("MPS: nvidia-cuda-mps-control -d failed")
+      fi
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    else
+      rows+=("MPS: nvidia-cuda-mps-control is not on this machine")
+    fi
+  fi
+
+  {
+    echo
+    echo "== issue #5 on $(nvidia-smi -L 2>/dev/null | head -1)"
+    echo "bench ipc default kernel at 64 KiB (same call): $ipc GB/s; ratios below are to it (target: data >= 0.8x)"
+    printf '%s\n' "${rows[@]}"
+  } | tee -a "$summary"
+  echo
+  cat "$summary"
 }
 
 # Two GPUs of one host (issue #7): nvidia-smi topo -m and the peer-access
@@ -284,5 +444,6 @@ case "${1:-}" in
   bundle) bundle ;;
   device) device ;;
   multi) multi ;;
-  *) echo "usage: $0 bundle|device|multi" >&2; exit 2 ;;
+  contention) contention ;;
+  *) echo "usage: $0 bundle|device|multi|contention" >&2; exit 2 ;;
 esac

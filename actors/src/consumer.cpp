@@ -47,6 +47,9 @@ struct request_ctx {
   // (steady_clock ns of this process).
   std::int64_t first_known_ns = std::numeric_limits<std::int64_t>::max();
   std::int64_t landed_ns = 0;
+  // CUDA IPC, summed over parts: launch to kernel start, kernel GPU time.
+  std::int64_t gpu_queued_ns = 0;
+  std::int64_t gpu_copy_ns = 0;
   std::int64_t producer_compute_ns = 0;  // credit path: fill + hash there
   std::uint32_t loan_id = 0;  // blocks return to this loan; 0: to the pool
   bool answered = false;      // promise already delivered (abort)
@@ -217,6 +220,8 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
                     ? ctx->landed_ns - ctx->first_known_ns
                     : 0;
   r.data_start_ns = r.transfer_ns > 0 ? ctx->first_known_ns : 0;
+  r.gpu_copy_ns = ctx->gpu_copy_ns;
+  r.gpu_queued_ns = ctx->gpu_queued_ns;
   r.compute_ns = verify_ns + ctx->producer_compute_ns;
   ctx->promise->deliver(std::move(r));
 }
@@ -226,6 +231,8 @@ void on_part_landed(self_ptr self, const ctx_ptr& ctx,
   ctx->bytes += rep.bytes;
   ctx->first_known_ns = std::min(ctx->first_known_ns, rep.first_known_ns);
   ctx->landed_ns = std::max(ctx->landed_ns, rep.landed_ns);
+  ctx->gpu_copy_ns += rep.gpu_copy_ns;
+  ctx->gpu_queued_ns += rep.gpu_queued_ns;
   --ctx->pending;
   maybe_complete(self, ctx);
 }

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "gpu_knobs.hpp"
 #include "kv_pattern_device.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 
@@ -88,6 +89,7 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
 struct pattern_device {
   int gpu = 0;
   cudaStream_t stream = nullptr;
+  unsigned fill_grid = max_grid;  // KVFERRY_FILL_GRID
   std::uint64_t* offsets_device = nullptr;
   std::uint64_t* offsets_pinned = nullptr;
   std::size_t capacity = 0;  // offsets both buffers hold
@@ -118,9 +120,16 @@ pattern_device* pattern_device_create(int gpu) {
   auto* d = new pattern_device;
   d->gpu = gpu;
   try {
+    d->fill_grid = pattern_fill_grid(max_grid);
     check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
-    check_cuda(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking),
-               "cudaStreamCreate", gpu);
+    // The lowest priority (CUDA's default, made explicit): a transfer's copy
+    // kernel in this process (highest priority) gets SMs first.
+    int lowest = 0, highest = 0;
+    check_cuda(cudaDeviceGetStreamPriorityRange(&lowest, &highest),
+               "cudaDeviceGetStreamPriorityRange", gpu);
+    check_cuda(cudaStreamCreateWithPriority(&d->stream, cudaStreamNonBlocking,
+                                            lowest),
+               "cudaStreamCreateWithPriority", gpu);
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->result_device),
                           sizeof(unsigned long long)),
                "cudaMalloc (mismatch index)", gpu);
@@ -165,7 +174,11 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
                              sizeof(unsigned long long), cudaMemcpyHostToDevice,
                              d.stream),
              "cudaMemcpyAsync (mismatch index)", d.gpu);
-  const auto grid = static_cast<unsigned>(l.count < max_grid ? l.count : max_grid);
+  // A check stays at the full grid: it runs in the consumer's process, so a
+  // copy from the producer's process waits for it to end (time slices) and
+  // a smaller grid would only make it end later.
+  const std::size_t cap = check ? max_grid : d.fill_grid;
+  const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
   pattern_kernel<<<grid, threads, 0, d.stream>>>(
     l.base, d.offsets_device, l.count, l.block_bytes, l.seed, l.request_id,
     l.first_layer, l.blocks_per_layer, check, d.result_device);

@@ -47,6 +47,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "gpu_knobs.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -91,10 +92,14 @@ struct transfer_entry {
   // and when it finished: the data window a recv_report gives.
   steady_clock::time_point started = steady_clock::now();
   steady_clock::time_point finished;
+  // CUDA IPC: launch to kernel start, and the kernel's GPU time (0: unknown).
+  std::int64_t gpu_queued_ns = 0;
+  std::int64_t gpu_copy_ns = 0;
 };
 
 proto::recv_report report_of(const transfer_entry& t) {
-  return {t.bytes, clock_ns(t.started), clock_ns(t.finished)};
+  return {t.bytes, clock_ns(t.started), clock_ns(t.finished), t.gpu_copy_ns,
+          t.gpu_queued_ns};
 }
 
 // Sending side of one peer.
@@ -164,6 +169,7 @@ struct transfer_state {
   std::unique_ptr<transport::ipc_region_cache> ipc_regions;
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
+  bool spin_while_copying = detail::ipc_spin_while_copying();
   std::vector<transport::copy_extent> ipc_extents;  // reused per launch
   static inline const char* name = "kvferry.transfer";
 };
@@ -404,7 +410,9 @@ void ensure_ipc_engine(transfer_state& st) {
     return;
   auto gpu = st.cfg.region->gpu();
   st.ipc_regions = std::make_unique<transport::ipc_region_cache>(gpu);
-  st.engine = std::make_unique<transport::gpu_copy_engine>(gpu);
+  transport::copy_tuning tuning;
+  tuning.high_priority_stream = detail::gpu_stream_priorities();
+  st.engine = std::make_unique<transport::gpu_copy_engine>(gpu, tuning);
 }
 
 // Maps the peer's region on first use (once per peer region: the cache; a
@@ -455,15 +463,27 @@ void map_ahead(transfer_state& st, const worker_info& w) {
 }
 
 // One kernel for the whole transfer; the engine checks every extent against
-// both regions before it launches.
+// both regions before it launches. The data window starts right before the
+// launch call (after the plan is packed and its upload queued): the GPU can
+// start the kernel before that call returns.
 void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
                      const std::vector<extent>& extents) {
   st.ipc_extents.clear();
   for (const auto& e : extents)
     st.ipc_extents.push_back({e.src_offset, e.dst_offset, e.length});
-  auto ticket = st.engine->copy(st.cfg.region->view(), *p.mapped,
-                                st.ipc_extents);
-  p.copies.push_back({ticket, id, steady_clock::now()});
+  auto& engine = *st.engine;
+  const auto& src = st.cfg.region->view();
+  const auto plan = engine.prepare(st.ipc_extents, src.bytes, p.mapped->bytes);
+  const auto launched = steady_clock::now();
+  transport::copy_ticket ticket;
+  try {
+    ticket = engine.launch(plan, src.base, p.mapped->base);
+  } catch (...) {
+    engine.release(plan);
+    throw;
+  }
+  engine.release(plan);  // stream order keeps its buffers for this launch
+  p.copies.push_back({ticket, id, launched});
   ++st.ipc_in_flight;
   p.transfers[id].posted = true;
 }
@@ -500,6 +520,25 @@ void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
   }
 }
 
+// Tells the receiver that a finished copy landed: the window (launch to
+// completion seen) and, from the kernel's CUDA events, launch to kernel
+// start and the kernel's GPU time (0 and 0 when the engine has no timing;
+// its events are reused only 64 launches later, so it has one here).
+void send_landed(self_ptr self, peer_out& p, const peer_out::ipc_copy& copy,
+                 std::uint64_t bytes) {
+  auto& st = self->state;
+  const auto copied = steady_clock::now();
+  std::int64_t queued_ns = 0, gpu_ns = 0;
+  if (const auto timing = st.engine->timing_of(copy.ticket)) {
+    queued_ns = duration_cast<nanoseconds>(timing->started - copy.launched)
+                  .count();
+    gpu_ns = timing->gpu_time.count();
+  }
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::landed_atom::value, st.cfg.name, copy.id, bytes,
+             clock_ns(copy.launched), clock_ns(copied), queued_ns, gpu_ns);
+}
+
 // Completes the transfers whose kernels finished and launches waiting ones.
 bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
   auto& st = self->state;
@@ -526,10 +565,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
       fail(t->second, st, *failure, name);
     } else {
       t->second.bytes = t->second.expected;
-      self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-                 proto::landed_atom::value, st.cfg.name, copy.id,
-                 t->second.bytes, clock_ns(copy.launched),
-                 clock_ns(steady_clock::now()));
+      send_landed(self, p, copy, t->second.bytes);
       finish(t->second, st, false, name);
     }
     p.transfers.erase(t);
@@ -689,7 +725,8 @@ caf::result<proto::recv_report> handle_recv(self_ptr self,
 // CUDA IPC: the sender's kernel wrote transfer `id` into our region.
 void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
                    std::uint64_t bytes, std::int64_t launched_ns,
-                   std::int64_t copied_ns) {
+                   std::int64_t copied_ns, std::int64_t gpu_queued_ns,
+                   std::int64_t gpu_copy_ns) {
   auto& st = self->state;
   auto& p = st.in[sender];
   if (!p.sender && self->current_sender()) {
@@ -715,6 +752,8 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   // message after, are control, not data.
   auto launched = steady_clock::time_point{nanoseconds{launched_ns}};
   t.started = launched;
+  t.gpu_queued_ns = gpu_queued_ns;
+  t.gpu_copy_ns = gpu_copy_ns;
   bool claimed = t.waiter.has_value();
   finish(t, st, true, sender, steady_clock::time_point{nanoseconds{copied_ns}});
   if (claimed)
@@ -929,7 +968,8 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   // has had nothing for a while, so a waiting worker does not burn a
   // shared core.
   constexpr unsigned spin_polls = 256;
-  if (st.idle_polls < spin_polls) {
+  if (st.idle_polls < spin_polls ||
+      (st.spin_while_copying && st.ipc_in_flight > 0)) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
   } else {
     auto delay =
@@ -1083,8 +1123,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) 
     },
     [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
            std::uint64_t bytes, std::int64_t launched_ns,
-           std::int64_t copied_ns) {
-      handle_landed(self, sender, id, bytes, launched_ns, copied_ns);
+           std::int64_t copied_ns, std::int64_t gpu_queued_ns,
+           std::int64_t gpu_copy_ns) {
+      handle_landed(self, sender, id, bytes, launched_ns, copied_ns,
+                    gpu_queued_ns, gpu_copy_ns);
     },
     [self](proto::stats_atom) { return self->state.stats; },
     [self](joined_atom, const worker_info& w) { map_ahead(self->state, w); },

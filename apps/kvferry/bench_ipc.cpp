@@ -165,10 +165,18 @@ struct kernel_variant {
   copy_tuning tuning;
 };
 
+// The SIMT variants stride over the items (each warp takes every n-th), as
+// the default did before claim_items: the sweep's rows keep their meaning.
+copy_tuning striding() {
+  copy_tuning t;
+  t.claim_items = false;
+  return t;
+}
+
 std::vector<kernel_variant> sweep_variants() {
   auto simt = [](std::uint32_t item, int unroll, bool streaming = true,
                  bool prefetch = false) {
-    copy_tuning t;
+    copy_tuning t = striding();
     t.item_bytes = item;
     t.unroll = unroll;
     t.streaming = streaming;
@@ -191,20 +199,16 @@ std::vector<kernel_variant> sweep_variants() {
     t.threads_per_block = threads;
     return t;
   };
-  copy_tuning unbalanced;
+  copy_tuning unbalanced = striding();
   unbalanced.balance_rounds = false;
-  copy_tuning host_items; // the kernel before issue #5, same knobs
+  copy_tuning host_items = striding(); // the kernel before issue #5
   host_items.host_item_list = true;
-  auto claiming = [](std::uint32_t item) {
-    copy_tuning t;
-    t.claim_items = true;
-    t.item_bytes = item;
-    return t;
-  };
-  return {{"simt-cs-packed-plan (default)", copy_tuning{}},
+  copy_tuning claiming_16k;
+  claiming_16k.item_bytes = 16384;
+  return {{"simt-cs-claim-items (default)", copy_tuning{}},
+          {"simt-cs-packed-plan (striding, default before)", striding()},
           {"simt-cs-host-item-list (pre-#5)", host_items},
-          {"simt-cs-claim-items", claiming(8192)},
-          {"simt-cs-claim-items", claiming(16384)},
+          {"simt-cs-claim-items", claiming_16k},
           {"simt-cs-unbalanced-grid", unbalanced},
           {"simt-plain", simt(8192, 8, false)},
           {"simt-cs", simt(4096, 8)},
@@ -254,12 +258,10 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
         time_kernel_variant(ctx, variant, plan, bytes, ceiling_s));
   const std::vector<copy_extent> whole{{0, 0, bytes}};
   variants.push_back(time_kernel_variant(
-      ctx, {"default on one contiguous extent", copy_tuning{}}, whole, bytes,
-      ceiling_s));
-  copy_tuning claiming;
-  claiming.claim_items = true;
+      ctx, {"default (claim-items) on one contiguous extent", copy_tuning{}},
+      whole, bytes, ceiling_s));
   variants.push_back(time_kernel_variant(
-      ctx, {"claim-items on one contiguous extent", claiming}, whole, bytes,
+      ctx, {"striding on one contiguous extent", striding()}, whole, bytes,
       ceiling_s));
   return variants;
 }

@@ -203,6 +203,13 @@ struct results {
     std::int64_t start, end;
   };
   std::vector<data_window> data_windows;
+  // CUDA IPC: the copy kernels' GPU time (ready_report::gpu_copy_ns) and the
+  // bytes of the requests that have one; per request, the launch-to-kernel
+  // time and the rest of its data window after the kernels (us).
+  std::int64_t gpu_copy_ns = 0;
+  std::uint64_t gpu_copy_bytes = 0;
+  std::vector<double> gpu_queued_us;
+  std::vector<double> after_kernel_us;
   std::vector<std::string> errors;
   steady_clock::time_point start, end;
 };
@@ -311,6 +318,16 @@ caf::behavior router(caf::event_based_actor* self,
               if (r.transfer_ns > 0)
                 out->data_windows.push_back(
                   {consumer, r.data_start_ns, r.data_start_ns + r.transfer_ns});
+              if (r.gpu_copy_ns > 0) {
+                out->gpu_copy_ns += r.gpu_copy_ns;
+                out->gpu_copy_bytes += r.bytes;
+                out->gpu_queued_us.push_back(
+                  static_cast<double>(r.gpu_queued_ns) / 1e3);
+                out->after_kernel_us.push_back(
+                  static_cast<double>(r.transfer_ns - r.gpu_queued_ns -
+                                      r.gpu_copy_ns) /
+                  1e3);
+              }
               out->control_us.push_back(
                 us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
               if (!r.verified) {
@@ -469,6 +486,22 @@ double percentile(std::vector<double> v, double p) {
     return 0;
   std::sort(v.begin(), v.end());
   return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
+}
+
+// The GPU copy columns: kernel GB/s (bytes over the kernels' summed GPU
+// time; one sender's kernels run one after another on its stream), then
+// p50 / p99 of launch-to-kernel-start and of the window after the kernels;
+// "-" where no request was timed on the GPU (plugin path).
+std::string gpu_copy_columns(const results& out) {
+  if (out.gpu_copy_ns <= 0)
+    return "- | - | -";
+  return fmt::format("{:.3f} | {:.0f} / {:.0f} | {:.0f} / {:.0f}",
+                     static_cast<double>(out.gpu_copy_bytes) /
+                       static_cast<double>(out.gpu_copy_ns),
+                     percentile(out.gpu_queued_us, 0.5),
+                     percentile(out.gpu_queued_us, 0.99),
+                     percentile(out.after_kernel_us, 0.5),
+                     percentile(out.after_kernel_us, 0.99));
 }
 
 // Finds the workers of both roles, waiting (up to 15 s) for them to register.
@@ -732,14 +765,15 @@ int run_demo(demo_command& cmd) {
   auto secs = duration<double>(out->end - out->start).count();
   fmt::print("\n"
              "| memory | requests | failed | bytes moved | wall s | GB/s | data "
-             "GB/s | p50 ms | p99 ms | control p50 us | control p99 us | CAF RTT "
-             "p50 us |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-             "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} "
-             "| {:.0f} | {:.0f} | {:.0f} |\n",
+             "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
+             "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
+             "control p99 us | CAF RTT p50 us |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+             "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
+             "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
              memory, out->done, out->failed, out->bytes, secs,
              out->bytes / 1e9 / secs,
-             data_rate_gbps(*out),
+             data_rate_gbps(*out), gpu_copy_columns(*out),
              percentile(out->latency_us, 0.5) / 1e3,
              percentile(out->latency_us, 0.99) / 1e3,
              percentile(out->control_us, 0.5),
@@ -753,7 +787,18 @@ int run_demo(demo_command& cmd) {
              "the recv order is placed at allocate, so the grant hop counts "
              "as data. data GB/s = bytes / the time during which some "
              "request's bytes were moving (the union of the data windows: "
-             "requests in flight together are not counted twice); "
+             "requests in flight together are not counted twice). Over CUDA "
+             "IPC the data window is split by CUDA events right before and "
+             "after each copy kernel on the copy stream: GPU copy GB/s = the "
+             "same bytes / the kernels' own GPU time (from when the GPU reached "
+             "the kernel to its end, including waits of its thread blocks for "
+             "SMs that other kernels of the sending process hold); launch to "
+             "kernel = from right before the launch call to the kernel's "
+             "start: the plan upload, earlier copies on the stream, and other "
+             "processes' kernels (without MPS the GPU runs one process's "
+             "kernels at a time); after kernel = the rest of the window: the "
+             "sender seeing completion (and, layer by layer, the gaps between "
+             "parts); per request, summed over parts; - where not measured. "
              "control = request latency at the router minus the data time "
              "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
              "from this process to the decode worker, measured right after "

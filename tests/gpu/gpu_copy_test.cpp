@@ -130,21 +130,23 @@ TEST_CASE(
     "the default kernel finds every item of packed plans of every shape") {
   device_buffers bufs{8 << 20};
   std::mt19937_64 rng{4321};
-  copy_tuning few_warps; // one warp per block, one block per SM: long walks
+  // The default claims items (launches after the first start mid-counter);
+  // the others stride, each warp taking every n-th item.
+  copy_tuning striding;
+  striding.claim_items = false;
+  copy_tuning few_warps = striding; // one warp per block, one per SM: long walks
   few_warps.threads_per_block = 32;
   few_warps.blocks_per_sm = 1;
-  copy_tuning small_items;
+  copy_tuning small_items = striding;
   small_items.item_bytes = 16;
   small_items.unroll = 4;
-  copy_tuning unbalanced;
+  copy_tuning unbalanced = striding;
   unbalanced.balance_rounds = false;
   unbalanced.streaming = false;
-  copy_tuning claiming; // launches after the first start mid-counter
-  claiming.claim_items = true;
   copy_tuning claiming_few_warps = few_warps;
   claiming_few_warps.claim_items = true;
-  for (const copy_tuning& tuning : {copy_tuning{}, few_warps, small_items,
-                                    unbalanced, claiming, claiming_few_warps}) {
+  for (const copy_tuning& tuning : {copy_tuning{}, striding, few_warps, small_items,
+                                    unbalanced, claiming_few_warps}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.threads_per_block);
     CAPTURE(tuning.claim_items);
@@ -200,6 +202,35 @@ TEST_CASE("a prepared plan is launched again at other bases (one per layer)") {
   engine.release(id);
   for (std::size_t l = 0; l < 3; ++l)
     CHECK(gpu_count_mismatches(gpu, bufs.src.data() + l * layer, bufs.dst.data() + l * layer, plan) == 0);
+}
+
+TEST_CASE("a finished copy has its kernel's timing; an unfinished one not yet") {
+  constexpr std::size_t bytes = 64u << 20;
+  device_buffers bufs{bytes};
+  bufs.refill(11);
+  const std::vector<copy_extent> plan{{0, 0, bytes}};
+  for (bool high_priority : {true, false}) {
+    copy_tuning tuning;
+    tuning.high_priority_stream = high_priority;
+    gpu_copy_engine engine{gpu, tuning};
+    const auto before = std::chrono::steady_clock::now();
+    const auto t = engine.copy(bufs.src.view(), bufs.dst.view(), plan);
+    if (!engine.done(t))  // a 64 MiB copy takes ~50 us: usually still running
+      CHECK_FALSE(engine.timing_of(t).has_value());
+    engine.wait(t, 10s);
+    const auto seen = std::chrono::steady_clock::now();
+    const auto timing = engine.timing_of(t);
+    REQUIRE(timing.has_value());
+    // 128 MiB of traffic: at least ~30 us at H100 HBM speed, far below 1 s.
+    CHECK(timing->gpu_time > 1us);
+    CHECK(timing->gpu_time < 1s);
+    CHECK(timing->ended - timing->started == timing->gpu_time);
+    // On the host clock the kernel ran between the call and its completion
+    // seen (the anchor may place it up to a few microseconds late).
+    CHECK(timing->started > before);
+    CHECK(timing->ended < seen + 20us);
+    CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
+  }
 }
 
 TEST_CASE("a plan outside its regions is refused before anything runs") {

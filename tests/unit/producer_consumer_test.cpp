@@ -23,6 +23,13 @@ struct fake_net {
   std::map<std::string, std::shared_ptr<memory_region>> regions;
   bool corrupt = false;
   int sends = 0;
+  // The GPU timing each transfer's recv report carries, as a CUDA IPC copy's
+  // does (recv_report::gpu_copy_ns, gpu_queued_ns); 0 as on a plugin path.
+  std::int64_t gpu_copy_ns = 0;
+  std::int64_t gpu_queued_ns = 0;
+  proto::recv_report report(std::uint64_t bytes) const {
+    return {bytes, 0, 0, gpu_copy_ns, gpu_queued_ns};
+  }
   // Bytes move (and are announced) at once, but the sender's completion
   // waits here until the test sends the sender's fake transfer actor a
   // sweep_atom: a slow send completion.
@@ -89,7 +96,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       auto bytes = plan_bytes(a.chunks);
       auto w = self->state.waiting.find(a.transfer_id);
       if (w != self->state.waiting.end()) {
-        w->second.deliver(proto::recv_report{bytes, 0, 0});
+        w->second.deliver(self->state.net->report(bytes));
         self->state.waiting.erase(w);
       } else {
         self->state.arrived[a.transfer_id] = bytes;
@@ -101,14 +108,14 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       if (i != self->state.arrived.end()) {
         auto bytes = i->second;
         self->state.arrived.erase(i);
-        return proto::recv_report{bytes, 0, 0};
+        return self->state.net->report(bytes);
       }
       auto p = self->make_response_promise<proto::recv_report>();
       self->state.waiting.emplace(o.transfer_id, p);
       return p;
     },
     [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-       std::int64_t, std::int64_t) {},
+       std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
     [](proto::open_atom, const std::string&, std::uint32_t,
        std::uint64_t) -> caf::result<std::vector<char>> {
       return make_error(ec::invalid_argument, "fake transfer: no channels");
@@ -238,6 +245,30 @@ TEST_CASE_FIXTURE(fixture, "push layer by layer: one transfer per layer") {
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->verified);
   CHECK(net->sends == 4);
+}
+
+TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
+                           "every part") {
+  start();
+  net->gpu_copy_ns = 1500;
+  net->gpu_queued_ns = 70;
+  auto whole = prefill(11, 20);
+  REQUIRE_MESSAGE(whole, render(whole.error()));
+  CHECK(whole->gpu_copy_ns == 1500);
+  CHECK(whole->gpu_queued_ns == 70);
+  auto per_layer = prefill(12, 20, true);  // 4 parts, one timing each
+  REQUIRE_MESSAGE(per_layer, render(per_layer.error()));
+  CHECK(per_layer->gpu_copy_ns == 4 * 1500);
+  CHECK(per_layer->gpu_queued_ns == 4 * 70);
+  auto pulled = prefill(13, 20, true, true);
+  REQUIRE_MESSAGE(pulled, render(pulled.error()));
+  CHECK(pulled->gpu_copy_ns == 4 * 1500);
+  net->gpu_copy_ns = 0;  // not measured (a plugin): nothing to report
+  net->gpu_queued_ns = 0;
+  auto plugin = prefill(14, 20);
+  REQUIRE_MESSAGE(plugin, render(plugin.error()));
+  CHECK(plugin->gpu_copy_ns == 0);
+  CHECK(plugin->gpu_queued_ns == 0);
 }
 
 TEST_CASE_FIXTURE(fixture, "the worker's --layerwise default applies") {

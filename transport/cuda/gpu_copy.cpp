@@ -1,6 +1,7 @@
 #include "kvferry/transport/gpu_copy.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 
@@ -69,10 +70,14 @@ struct gpu_copy_engine::impl {
     bool bulk_eligible = false;      // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr;  // staging may be rewritten after this
   };
+  // Both events time (timing_of): a copy's GPU time is their difference.
+  // One pair per slot, made once: timing a launch allocates nothing.
   struct event_slot {
-    cudaEvent_t event = nullptr;
+    cudaEvent_t started = nullptr;  // right before a copy kernel
+    cudaEvent_t event = nullptr;    // after the launch's work: completion
     std::uint64_t generation = 0;
     bool pending = false;
+    bool kernel_timed = false;  // `started` belongs to this launch
     int unpack_slot = -1;  // whose rejected counter to check on completion
   };
   struct unpack_slot {
@@ -95,15 +100,29 @@ struct gpu_copy_engine::impl {
   cudaEvent_t batch_uploaded = nullptr;
   std::uint64_t next_generation = 1;
   std::size_t next_event = 0;
+  // Pairs the GPU's event clock with the host's (kernel_timing).
+  cudaEvent_t anchor = nullptr;
+  std::chrono::steady_clock::time_point anchor_seen;
+  bool anchored = false;
+  static constexpr auto anchor_period = std::chrono::milliseconds(50);
+  static constexpr auto anchor_patience = std::chrono::milliseconds(10);
 
-  impl(int gpu_, std::size_t plan_slots, std::size_t event_slots)
+  impl(int gpu_, std::size_t plan_slots, std::size_t event_slots, bool high_priority)
       : gpu(gpu_), plans(plan_slots), events(event_slots), unpacks(NCCL_NET_UNPACK_SLOTS) {
     check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
-    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate", gpu);
+    int lowest = 0, highest = 0;  // numerically: highest <= lowest
+    check_cuda(cudaDeviceGetStreamPriorityRange(&lowest, &highest),
+               "cudaDeviceGetStreamPriorityRange", gpu);
+    check_cuda(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking,
+                                            high_priority ? highest : 0),
+               "cudaStreamCreateWithPriority", gpu);
     for (auto& p : plans)
       check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
-    for (auto& e : events)
-      check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming), "cudaEventCreate", gpu);
+    for (auto& e : events) {
+      check_cuda(cudaEventCreate(&e.started), "cudaEventCreate", gpu);
+      check_cuda(cudaEventCreate(&e.event), "cudaEventCreate", gpu);
+    }
+    check_cuda(cudaEventCreate(&anchor), "cudaEventCreate", gpu);
     check_cuda(cudaEventCreateWithFlags(&batch_uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
     for (auto& u : unpacks) {
       check_cuda(cudaEventCreateWithFlags(&u.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
@@ -127,8 +146,11 @@ struct gpu_copy_engine::impl {
       p.items.free_all();
       cudaEventDestroy(p.uploaded);
     }
-    for (auto& e : events)
+    for (auto& e : events) {
+      cudaEventDestroy(e.started);
       cudaEventDestroy(e.event);
+    }
+    cudaEventDestroy(anchor);
     batch_tables.free_all();
     cudaEventDestroy(batch_uploaded);
     for (auto& u : unpacks) {
@@ -197,8 +219,47 @@ struct gpu_copy_engine::impl {
         tuning.bulk && kernels::bulk_eligible(slot.scratch, tuning.item_bytes);
   }
 
-  // Records an event after the work just enqueued and returns its ticket.
-  copy_ticket record(int unpack_slot_index) {
+  bool launches_in_flight() {
+    for (auto& e : events)
+      if (e.pending && cudaEventQuery(e.event) == cudaErrorNotReady)
+        return true;
+    return false;
+  }
+
+  // Renews the pairing of the GPU's event clock with the host's: records
+  // `anchor` and spins until it completes, so that the host's reading right
+  // after is within a microsecond or two of the event's GPU timestamp. Only
+  // while no launch is in flight (the spin would wait for it otherwise), and
+  // at most every anchor_period, so that clock drift between the two stays
+  // far below a microsecond and the spin costs nothing noticeable. Another
+  // process holding the GPU delays the anchor; past anchor_patience there is
+  // no timing (timing_of is empty) until a later renewal succeeds.
+  void refresh_anchor() {
+    const auto now = std::chrono::steady_clock::now();
+    if ((anchored && now - anchor_seen < anchor_period) || launches_in_flight())
+      return;
+    anchored = false;
+    check_cuda(cudaEventRecord(anchor, stream), "cudaEventRecord (clock anchor)", gpu);
+    cudaError_t state;
+    while ((state = cudaEventQuery(anchor)) == cudaErrorNotReady)
+      if (std::chrono::steady_clock::now() - now > anchor_patience)
+        return;
+    check_cuda(state, "cudaEventQuery (clock anchor)", gpu);
+    anchor_seen = std::chrono::steady_clock::now();
+    anchored = true;
+  }
+
+  // `event` on the host's steady_clock, through the anchor.
+  std::chrono::steady_clock::time_point host_time_of(cudaEvent_t event) {
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, anchor, event), "cudaEventElapsedTime (copy kernel timing)",
+               gpu);
+    return anchor_seen + std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6)};
+  }
+
+  // The slot the next launch records into, once its previous launch is done
+  // (throws before anything is enqueued when every slot is still in flight).
+  event_slot& next_event_slot() {
     auto& slot = events[next_event];
     if (slot.pending) {
       const auto state = cudaEventQuery(slot.event);
@@ -208,9 +269,24 @@ struct gpu_copy_engine::impl {
       check_cuda(state, "cudaEventQuery", gpu);
       slot.pending = false;
     }
+    return slot;
+  }
+
+  // Marks the start of a copy kernel about to be enqueued (timing_of).
+  void record_kernel_start() {
+    auto& slot = next_event_slot();
+    slot.kernel_timed = false;  // the slot's previous launch loses its time
+    check_cuda(cudaEventRecord(slot.started, stream), "cudaEventRecord", gpu);
+  }
+
+  // Records an event after the work just enqueued and returns its ticket;
+  // `kernel_timed`: record_kernel_start() ran right before that work.
+  copy_ticket record(int unpack_slot_index, bool kernel_timed = false) {
+    auto& slot = next_event_slot();
     check_cuda(cudaEventRecord(slot.event, stream), "cudaEventRecord", gpu);
     slot.generation = next_generation++;
     slot.pending = true;
+    slot.kernel_timed = kernel_timed;
     slot.unpack_slot = unpack_slot_index;
     copy_ticket ticket{static_cast<std::uint32_t>(next_event), slot.generation};
     next_event = (next_event + 1) % events.size();
@@ -227,7 +303,7 @@ gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t plan_s
     throw std::invalid_argument("copy_tuning.threads_per_block must be a multiple of 32");
   if (plan_slots == 0 || event_slots == 0)
     throw std::invalid_argument("gpu_copy_engine needs at least one plan slot and one event slot");
-  impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots);
+  impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots, tuning_.high_priority_stream);
   if (tuning_.claim_items) {
     auto& counter = impl_->claims.device;
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&counter), sizeof(*counter)),
@@ -258,6 +334,7 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
     throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) + ": all " +
                     std::to_string(impl_->plans.size()) + " plan slots are in use");
   auto& slot = impl_->plans[index];
+  impl_->refresh_anchor();  // before this plan's upload joins the stream
   // The previous upload from this staging buffer must have been consumed.
   check_cuda(cudaEventSynchronize(slot.uploaded),
              "cudaEventSynchronize (staging reuse)", gpu_);
@@ -283,6 +360,7 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
 copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base,
                                     std::byte* dst_base) {
   auto& slot = impl_->plan_of(plan);
+  impl_->record_kernel_start();
   if (kernels::uses_item_list(tuning_)) {
     check_cuda(kernels::launch_batched_copy(
                    slot.items.device, slot.item_count, src_base, dst_base,
@@ -298,7 +376,7 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base
                    impl_->stream),
                "batched copy kernel launch", gpu_);
   }
-  return impl_->record(-1);
+  return impl_->record(-1, true);
 }
 
 void gpu_copy_engine::release(copy_plan_id plan) { impl_->plan_of(plan).reserved = false; }
@@ -451,6 +529,24 @@ bool gpu_copy_engine::done(copy_ticket ticket) {
   return true;
 }
 
+std::optional<kernel_timing> gpu_copy_engine::timing_of(copy_ticket ticket) {
+  if (ticket.slot >= impl_->events.size())
+    throw std::invalid_argument("gpu_copy_engine::timing_of: no such ticket slot " +
+                                std::to_string(ticket.slot));
+  const auto& slot = impl_->events[ticket.slot];
+  if (slot.generation != ticket.generation || slot.pending || !slot.kernel_timed ||
+      !impl_->anchored)
+    return std::nullopt;
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, slot.started, slot.event),
+             "cudaEventElapsedTime (copy kernel timing)", gpu_);
+  kernel_timing timing;
+  timing.gpu_time = std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6 + 0.5)};
+  timing.started = impl_->host_time_of(slot.started);
+  timing.ended = timing.started + timing.gpu_time;
+  return timing;
+}
+
 void gpu_copy_engine::wait(copy_ticket ticket, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!done(ticket)) {
@@ -531,6 +627,9 @@ void gpu_copy_engine::require_unpack_slot_free(std::uint64_t) {}
 bool gpu_copy_engine::done(copy_ticket) { throw_no_cuda("gpu_copy_engine::done"); }
 void gpu_copy_engine::wait(copy_ticket, std::chrono::milliseconds) {
   throw_no_cuda("gpu_copy_engine::wait");
+}
+std::optional<kernel_timing> gpu_copy_engine::timing_of(copy_ticket) {
+  throw_no_cuda("gpu_copy_engine::timing_of");
 }
 void gpu_fill_pattern(int, std::byte*, std::size_t, std::uint64_t) {
   throw_no_cuda("gpu_fill_pattern");

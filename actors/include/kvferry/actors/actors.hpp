@@ -175,9 +175,12 @@ using transfer_actor = caf::typed_actor<
     // kernel of transfer `id` finished writing `bytes` into our region
     // (sender name, id, bytes, when the kernel was launched and when the
     // sender saw it complete: steady_clock ns, comparable because IPC peers
-    // share a host); completes the waiting recv order.
+    // share a host; then from the launch to the kernel's start and the
+    // kernel's GPU time, ns, both 0 if unknown); completes the waiting recv
+    // order.
     caf::reacts_to<proto::landed_atom, std::string, std::uint64_t,
-                   std::uint64_t, std::int64_t, std::int64_t>,
+                   std::uint64_t, std::int64_t, std::int64_t, std::int64_t,
+                   std::int64_t>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
     // Directory watcher (see directory_watcher_actor): a peer that left
     // fails everything waiting on it with ec::peer_down at once.

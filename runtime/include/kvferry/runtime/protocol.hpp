@@ -114,15 +114,22 @@ typename Inspector::result_type inspect(Inspector& f, recv_order& x) {
 /// receiver's process (ns since that clock's epoch): when it first learned of
 /// the transfer (the sender's announcement or the recv order, whichever came
 /// first) and when the last byte landed. Comparable only within one process.
+/// Over CUDA IPC the window is the sender's (kernel launch to completion
+/// seen), split by the kernel's CUDA events: `gpu_queued_ns` from the launch
+/// to the kernel's start (waiting for earlier work on the GPU) and
+/// `gpu_copy_ns` the kernel's own GPU time; the rest is seeing completion.
+/// Both 0 where not measured (plugin path).
 struct recv_report {
   std::uint64_t bytes = 0;
   std::int64_t first_known_ns = 0;
   std::int64_t landed_ns = 0;
+  std::int64_t gpu_copy_ns = 0;
+  std::int64_t gpu_queued_ns = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
   return f(caf::meta::type_name("kvferry::proto::recv_report"), x.bytes,
-           x.first_known_ns, x.landed_ns);
+           x.first_known_ns, x.landed_ns, x.gpu_copy_ns, x.gpu_queued_ns);
 }
 
 /// Sender transfer actor -> receiver transfer actor, before any byte moves:
@@ -268,12 +275,17 @@ struct ready_report {
   // that a router can merge the overlapping windows of one consumer's
   // concurrent requests instead of counting shared time twice.
   std::int64_t data_start_ns = 0;
+  // Over CUDA IPC, summed over all parts (see recv_report): the copy
+  // kernels' GPU time inside that window, and the time from each launch to
+  // its kernel's start. 0 where not measured.
+  std::int64_t gpu_copy_ns = 0;
+  std::int64_t gpu_queued_ns = 0;
 };
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
   return f(caf::meta::type_name("kvferry::proto::ready_report"),
            x.request_id, x.bytes, x.verified, x.transfer_ns, x.compute_ns,
-           x.data_start_ns);
+           x.data_start_ns, x.gpu_copy_ns, x.gpu_queued_ns);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).

@@ -31,6 +31,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "kvferry/transport/copy_plan.hpp"
@@ -67,8 +68,18 @@ struct copy_tuning {
   /// Warps claim items from a counter in device memory (one atomic per item,
   /// issued while the previous item copies) instead of each taking every
   /// n-th item, so that a warp slowed down takes fewer items and none idles
-  /// at the end (experimental, see docs/gpu.md). Packed plans only.
-  bool claim_items = false;
+  /// at the end. Packed plans only. The default since three H100 runs put it
+  /// 1.0-1.5% ahead of striding at 64 KiB blocks (and within 0.7% behind at
+  /// 4 and 16 KiB), see docs/gpu.md.
+  bool claim_items = true;
+  /// The engine's stream gets the device's highest priority: when its kernels
+  /// and other kernels of this process (the demo's pattern fill, on a
+  /// lowest-priority stream) wait for SMs at once, the copy's thread blocks
+  /// are dispatched first. Priorities order work within one process only;
+  /// kernels of other processes share the GPU by time slices regardless.
+  /// Off by default: it brought the demo nothing (docs/gpu.md, "Contention
+  /// in the demo").
+  bool high_priority_stream = false;
 };
 
 struct copy_plan_id {
@@ -79,6 +90,22 @@ struct copy_plan_id {
 struct copy_ticket {
   std::uint32_t slot = 0;
   std::uint64_t generation = 0;
+};
+
+/// When a copy kernel ran, from CUDA events recorded on the engine's stream
+/// right before and after it. It starts once the stream reaches the kernel
+/// (earlier launches and the plan upload done, this process's context
+/// scheduled on the GPU) and includes any wait of its thread blocks for SMs
+/// that other kernels of this process hold. `gpu_time` is the exact
+/// difference of the two events; `started`/`ended` place them on this host's
+/// steady_clock through an anchor (an event the engine records and sees
+/// complete by spinning, renewed at most every 50 ms while no launch is in
+/// flight): they can be late by the microsecond or two the host needs to see
+/// an event complete. No timing while the anchor could not be renewed (its
+/// event waited more than 10 ms for the GPU).
+struct kernel_timing {
+  std::chrono::steady_clock::time_point started, ended;
+  std::chrono::nanoseconds gpu_time{0};
 };
 
 class gpu_copy_engine {
@@ -130,6 +157,10 @@ class gpu_copy_engine {
   bool done(copy_ticket ticket);
   /// Polls done() until `timeout`; throws gpu_error when the deadline passes.
   void wait(copy_ticket ticket, std::chrono::milliseconds timeout);
+  /// When the kernel of a finished launch() ran (see kernel_timing). Empty
+  /// for unpack tickets, before done(ticket) returned true, and once the
+  /// ticket's slot was reused (`event_slots` launches later).
+  std::optional<kernel_timing> timing_of(copy_ticket ticket);
 
   int device() const { return gpu_; }
   const copy_tuning& tuning() const { return tuning_; }
