@@ -70,10 +70,13 @@ struct gpu_copy_engine::impl {
     bool bulk_eligible = false;      // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr;  // staging may be rewritten after this
   };
-  // Both events time (timing_of): a copy's GPU time is their difference.
-  // One pair per slot, made once: timing a launch allocates nothing.
+  // `started` and `ended` time a copy kernel (timing_of): its GPU time is
+  // their difference. `event` marks completion and takes no timestamp, so
+  // launches that are not timed (unpack) cost what they did before timing
+  // existed. Made once per slot: timing a launch allocates nothing.
   struct event_slot {
     cudaEvent_t started = nullptr;  // right before a copy kernel
+    cudaEvent_t ended = nullptr;    // right after it
     cudaEvent_t event = nullptr;    // after the launch's work: completion
     std::uint64_t generation = 0;
     bool pending = false;
@@ -120,7 +123,9 @@ struct gpu_copy_engine::impl {
       check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
     for (auto& e : events) {
       check_cuda(cudaEventCreate(&e.started), "cudaEventCreate", gpu);
-      check_cuda(cudaEventCreate(&e.event), "cudaEventCreate", gpu);
+      check_cuda(cudaEventCreate(&e.ended), "cudaEventCreate", gpu);
+      check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming), "cudaEventCreate",
+                 gpu);
     }
     check_cuda(cudaEventCreate(&anchor), "cudaEventCreate", gpu);
     check_cuda(cudaEventCreateWithFlags(&batch_uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
@@ -148,6 +153,7 @@ struct gpu_copy_engine::impl {
     }
     for (auto& e : events) {
       cudaEventDestroy(e.started);
+      cudaEventDestroy(e.ended);
       cudaEventDestroy(e.event);
     }
     cudaEventDestroy(anchor);
@@ -279,6 +285,11 @@ struct gpu_copy_engine::impl {
     check_cuda(cudaEventRecord(slot.started, stream), "cudaEventRecord", gpu);
   }
 
+  // Marks the end of the copy kernel just enqueued (timing_of).
+  void record_kernel_end() {
+    check_cuda(cudaEventRecord(events[next_event].ended, stream), "cudaEventRecord", gpu);
+  }
+
   // Records an event after the work just enqueued and returns its ticket;
   // `kernel_timed`: record_kernel_start() ran right before that work.
   copy_ticket record(int unpack_slot_index, bool kernel_timed = false) {
@@ -376,6 +387,7 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base
                    impl_->stream),
                "batched copy kernel launch", gpu_);
   }
+  impl_->record_kernel_end();
   return impl_->record(-1, true);
 }
 
@@ -538,7 +550,7 @@ std::optional<kernel_timing> gpu_copy_engine::timing_of(copy_ticket ticket) {
       !impl_->anchored)
     return std::nullopt;
   float ms = 0;
-  check_cuda(cudaEventElapsedTime(&ms, slot.started, slot.event),
+  check_cuda(cudaEventElapsedTime(&ms, slot.started, slot.ended),
              "cudaEventElapsedTime (copy kernel timing)", gpu_);
   kernel_timing timing;
   timing.gpu_time = std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6 + 0.5)};
