@@ -38,7 +38,7 @@ using clock_type = steady_clock;
 struct request_ctx {
   std::uint64_t request_id = 0;
   std::vector<std::uint64_t> blocks;
-  std::uint32_t pending = 0;  // replies still expected from transfer actors
+  std::uint32_t pending = 0; // replies still expected from transfer actors
   std::uint64_t bytes = 0;
   caf::error failure;
   std::optional<proto::arrival_notice> notice;
@@ -50,9 +50,9 @@ struct request_ctx {
   // CUDA IPC, summed over parts: launch to kernel start, kernel GPU time.
   std::int64_t gpu_queued_ns = 0;
   std::int64_t gpu_copy_ns = 0;
-  std::int64_t producer_compute_ns = 0;  // credit path: fill + hash there
-  std::uint32_t loan_id = 0;  // blocks return to this loan; 0: to the pool
-  bool answered = false;      // promise already delivered (abort)
+  std::int64_t producer_compute_ns = 0; // credit path: fill + hash there
+  std::uint32_t loan_id = 0; // blocks return to this loan; 0: to the pool
+  bool answered = false;     // promise already delivered (abort)
   bool released = false;
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
@@ -64,17 +64,17 @@ struct loan {
   std::string producer;
   caf::actor producer_actor;
   std::uint64_t lent = 0;
-  std::uint64_t held = 0;  // by the producer, as far as we know
-  std::vector<std::uint64_t> returning;  // capacity reserved when lending
+  std::uint64_t held = 0;               // by the producer, as far as we know
+  std::vector<std::uint64_t> returning; // capacity reserved when lending
   bool alive = true;
 };
 
 struct consumer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
-  std::unique_ptr<kv_pattern> pattern;  // verifies GPU memory on the GPU
+  std::unique_ptr<kv_pattern> pattern; // verifies GPU memory on the GPU
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
-  std::vector<loan> loans;  // loan id = index + 1; ended loans stay, !alive
+  std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
   // Per pool block: the loan it belongs to (0: not lent), and whether it
   // is inside a delegated request right now. Sized once: checking and
   // moving lent blocks allocates nothing.
@@ -105,7 +105,7 @@ void maybe_return_credit(self_ptr self, loan& l) {
              proto::credit_atom::value, l.returning);
   ++self->state.stats.credit_returns;
   l.held += l.returning.size();
-  l.returning.clear();  // keeps its capacity
+  l.returning.clear(); // keeps its capacity
 }
 
 // Blocks of a delegated request are free: back to the loan's producer, or to
@@ -155,30 +155,30 @@ caf::error verify(self_ptr self, request_ctx& ctx) {
     if (got == n.xxhash)
       return {};
     return make_error(
-      ec::mismatch,
-      fmt::format("consumer '{}': request {}: {} bytes arrived with xxhash "
-                  "{:016x}, the producer sent {} bytes with xxhash {:016x}",
-                  st.cfg.name, ctx.request_id, ctx.bytes, got, n.bytes,
-                  n.xxhash));
+        ec::mismatch,
+        fmt::format("consumer '{}': request {}: {} bytes arrived with xxhash "
+                    "{:016x}, the producer sent {} bytes with xxhash {:016x}",
+                    st.cfg.name, ctx.request_id, ctx.bytes, got, n.bytes,
+                    n.xxhash));
   }
   auto layers = st.cfg.geometry.layers;
   auto bpl = static_cast<std::uint32_t>(ctx.blocks.size() / layers);
   try {
     auto first_bad = st.pattern->check(
-      ctx.blocks, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
+        ctx.blocks, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
     if (!first_bad)
       return {};
     return make_error(
-      ec::mismatch,
-      fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
-                  "{} in {} memory) differs from what the producer wrote "
-                  "(pattern seed {})",
-                  st.cfg.name, ctx.request_id, *first_bad % bpl,
-                  *first_bad / bpl, ctx.blocks[*first_bad],
-                  st.cfg.region->host_accessible()
-                    ? std::string{"host"}
-                    : fmt::format("GPU {}", st.cfg.region->gpu()),
-                  n.pattern_seed));
+        ec::mismatch,
+        fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
+                    "{} in {} memory) differs from what the producer wrote "
+                    "(pattern seed {})",
+                    st.cfg.name, ctx.request_id, *first_bad % bpl,
+                    *first_bad / bpl, ctx.blocks[*first_bad],
+                    st.cfg.region->host_accessible()
+                        ? std::string{"host"}
+                        : fmt::format("GPU {}", st.cfg.region->gpu()),
+                    n.pattern_seed));
   } catch (const std::exception& e) {
     return make_error(ec::cuda_error,
                       fmt::format("consumer '{}': verifying request {}: {}",
@@ -198,7 +198,7 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
     return;
   auto& st = self->state;
   st.requests.erase(ctx->request_id);
-  if (ctx->answered)  // an abort answered it; the blocks are back now
+  if (ctx->answered) // an abort answered it; the blocks are back now
     return;
   if (ctx->failure) {
     ctx->promise->deliver(ctx->failure);
@@ -217,8 +217,8 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   r.bytes = ctx->bytes;
   r.verified = true;
   r.transfer_ns = ctx->landed_ns > ctx->first_known_ns
-                    ? ctx->landed_ns - ctx->first_known_ns
-                    : 0;
+                      ? ctx->landed_ns - ctx->first_known_ns
+                      : 0;
   r.data_start_ns = r.transfer_ns > 0 ? ctx->first_known_ns : 0;
   r.gpu_copy_ns = ctx->gpu_copy_ns;
   r.gpu_queued_ns = ctx->gpu_queued_ns;
@@ -259,12 +259,11 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
   o.peer_name = sender;
   o.timeout_ms = cfg.timeout_ms;
   ++ctx->pending;
-  self
-    ->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
-              proto::recv_atom::value, std::move(o))
-    .then(
-      [self, ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
-      [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
+  self->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
+                proto::recv_atom::value, std::move(o))
+      .then([self,
+             ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
+            [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
 }
 
 caf::expected<ctx_ptr> new_request(self_ptr self, std::uint64_t request_id,
@@ -279,28 +278,28 @@ caf::expected<ctx_ptr> new_request(self_ptr self, std::uint64_t request_id,
   ctx->request_id = request_id;
   if (!st.pool->allocate(blocks, ctx->blocks))
     return make_error(
-      ec::invalid_argument,
-      fmt::format("consumer '{}': block pool exhausted: request {} needs {} "
-                  "blocks, {} of {} free (raise --pool-blocks)",
-                  st.cfg.name, request_id, blocks, st.pool->free_blocks(),
-                  st.pool->block_count()));
+        ec::invalid_argument,
+        fmt::format("consumer '{}': block pool exhausted: request {} needs {} "
+                    "blocks, {} of {} free (raise --pool-blocks)",
+                    st.cfg.name, request_id, blocks, st.pool->free_blocks(),
+                    st.pool->block_count()));
   st.requests.emplace(request_id, ctx);
   return ctx;
 }
 
-caf::error check_geometry(const consumer_state& st,
-                          const std::string& producer, std::uint32_t layers,
+caf::error check_geometry(const consumer_state& st, const std::string& producer,
+                          std::uint32_t layers,
                           std::uint64_t layer_block_bytes) {
   auto bb = st.cfg.geometry.layer_block_bytes();
   if (layer_block_bytes == bb && layers == st.cfg.geometry.layers)
     return {};
   return make_error(
-    ec::mismatch,
-    fmt::format("consumer '{}': producer '{}' uses {} layers of {}-byte "
-                "blocks, this worker {} layers of {}-byte blocks (check "
-                "the geometry flags)",
-                st.cfg.name, producer, layers, layer_block_bytes,
-                st.cfg.geometry.layers, bb));
+      ec::mismatch,
+      fmt::format("consumer '{}': producer '{}' uses {} layers of {}-byte "
+                  "blocks, this worker {} layers of {}-byte blocks (check "
+                  "the geometry flags)",
+                  st.cfg.name, producer, layers, layer_block_bytes,
+                  st.cfg.geometry.layers, bb));
 }
 
 caf::result<proto::grant> on_allocate(self_ptr self,
@@ -309,9 +308,8 @@ caf::result<proto::grant> on_allocate(self_ptr self,
   if (auto err = check_geometry(st, a.producer, a.layers, a.layer_block_bytes))
     return err;
   if (a.parts == 0 || a.parts > max_parts)
-    return make_error(ec::invalid_argument,
-                      fmt::format("request {}: {} parts", a.request_id,
-                                  a.parts));
+    return make_error(ec::invalid_argument, fmt::format("request {}: {} parts",
+                                                        a.request_id, a.parts));
   auto ctx = new_request(self, a.request_id,
                          std::uint64_t{a.blocks_per_layer} * a.layers);
   if (!ctx)
@@ -367,7 +365,7 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
     expect_part(self, ctx, n.source.name, part);
     std::vector<std::uint64_t> src(n.block_offsets.begin() + part * per_part,
                                    n.block_offsets.begin() +
-                                     (part + 1) * per_part);
+                                       (part + 1) * per_part);
     std::vector<std::uint64_t> dst(ctx->blocks.begin() + part * per_part,
                                    ctx->blocks.begin() + (part + 1) * per_part);
     proto::send_order o;
@@ -376,19 +374,18 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
     o.extents = plan_blocks(src, dst, bb);
     o.timeout_ms = st.cfg.timeout_ms;
     ++ctx->pending;
-    self
-      ->request(source, milliseconds(st.cfg.timeout_ms + 1000),
-                proto::send_atom::value, std::move(o))
-      .then(
-        [self, ctx](std::uint64_t) { on_pull_send_done(self, ctx); },
-        [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
+    self->request(source, milliseconds(st.cfg.timeout_ms + 1000),
+                  proto::send_atom::value, std::move(o))
+        .then([self, ctx](std::uint64_t) { on_pull_send_done(self, ctx); },
+              [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
   }
   ctx->notice = std::move(n);
   ctx->promise = self->make_response_promise<proto::ready_report>();
   return *ctx->promise;
 }
 
-// ---- credit ------------------------------------------------------------------
+// ---- credit
+// ------------------------------------------------------------------
 
 // Ends a loan: the blocks the producer held or that wait here go back to the
 // pool now; those inside requests follow when their requests finish.
@@ -508,7 +505,7 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
     auto why = claim_lent_block(st, id, n.block_offsets[k]);
     if (why.empty())
       continue;
-    for (std::size_t j = 0; j < k; ++j)  // undo the claims made so far
+    for (std::size_t j = 0; j < k; ++j) // undo the claims made so far
       st.block_in_request[block_index(st, n.block_offsets[j])] = false;
     return make_error(ec::invalid_extent,
                       fmt::format("consumer '{}': request {} from producer "
@@ -561,7 +558,7 @@ void on_abort(self_ptr self, std::uint64_t request_id,
   auto& st = self->state;
   auto i = st.requests.find(request_id);
   if (i == st.requests.end())
-    return;  // finished or failed already
+    return; // finished or failed already
   auto ctx = i->second;
   if (ctx->loan_id == 0 || loan_by_id(st, ctx->loan_id).producer != producer) {
     spdlog::warn("consumer {}: ignoring an abort of request {} from '{}', "
@@ -589,47 +586,46 @@ void on_producer_down(self_ptr self, const caf::down_msg& dm) {
 consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
-    std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+      std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
   self->state.loan_of_block.assign(blocks, 0);
   self->state.block_in_request.assign(blocks, false);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
   self->set_down_handler(
-    [self](caf::down_msg& dm) { on_producer_down(self, dm); });
+      [self](caf::down_msg& dm) { on_producer_down(self, dm); });
   return {
-    [self](proto::allocate_atom, proto::allocate_request& a) {
-      return on_allocate(self, a);
-    },
-    [self](proto::arrived_atom, proto::arrival_notice& n) {
-      return on_arrived(self, n);
-    },
-    [self](proto::advertise_atom, proto::arrival_notice& n) {
-      return on_advertise(self, n);
-    },
-    [self](proto::reserve_atom, proto::reserve_request& r) {
-      return on_reserve(self, r);
-    },
-    [self](proto::incoming_atom, proto::credit_notice& n) {
-      return on_incoming(self, n);
-    },
-    [self](proto::abort_atom, std::uint64_t request_id,
-           const std::string& producer, caf::error& err) {
-      on_abort(self, request_id, producer, err);
-    },
-    [self](proto::stats_atom) {
-      auto stats = self->state.stats;
-      stats.lent_blocks = 0;
-      for (auto& l : self->state.loans)
-        stats.lent_blocks += l.alive ? l.lent : 0;
-      return stats;
-    },
+      [self](proto::allocate_atom, proto::allocate_request& a) {
+        return on_allocate(self, a);
+      },
+      [self](proto::arrived_atom, proto::arrival_notice& n) {
+        return on_arrived(self, n);
+      },
+      [self](proto::advertise_atom, proto::arrival_notice& n) {
+        return on_advertise(self, n);
+      },
+      [self](proto::reserve_atom, proto::reserve_request& r) {
+        return on_reserve(self, r);
+      },
+      [self](proto::incoming_atom, proto::credit_notice& n) {
+        return on_incoming(self, n);
+      },
+      [self](proto::abort_atom, std::uint64_t request_id,
+             const std::string& producer,
+             caf::error& err) { on_abort(self, request_id, producer, err); },
+      [self](proto::stats_atom) {
+        auto stats = self->state.stats;
+        stats.lent_blocks = 0;
+        for (auto& l : self->state.loans)
+          stats.lent_blocks += l.alive ? l.lent : 0;
+        return stats;
+      },
   };
 }
 
-}  // namespace
+} // namespace
 
 consumer_actor spawn_consumer(caf::actor_system& sys, app_config cfg) {
   return sys.spawn(consumer_impl, std::move(cfg));
 }
 
-}  // namespace kvferry
+} // namespace kvferry

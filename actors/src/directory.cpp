@@ -41,8 +41,8 @@ uint64_t new_token() {
 
 std::string as_ms(caf::timespan t) {
   return std::to_string(
-           std::chrono::duration_cast<std::chrono::milliseconds>(t).count())
-         + " ms";
+             std::chrono::duration_cast<std::chrono::milliseconds>(t).count()) +
+         " ms";
 }
 
 caf::error validate(const worker_info& info) {
@@ -50,12 +50,11 @@ caf::error validate(const worker_info& info) {
     return make_error(ec::invalid_argument, "register: empty worker name");
   for (size_t i = 0; i < info.listen_handles.size(); ++i)
     if (info.listen_handles[i].size() != listen_handle_size)
-      return make_error(ec::invalid_argument,
-                        "register '" + info.name + "': listen handle "
-                          + std::to_string(i) + " has "
-                          + std::to_string(info.listen_handles[i].size())
-                          + " bytes, expected "
-                          + std::to_string(listen_handle_size));
+      return make_error(
+          ec::invalid_argument,
+          "register '" + info.name + "': listen handle " + std::to_string(i) +
+              " has " + std::to_string(info.listen_handles[i].size()) +
+              " bytes, expected " + std::to_string(listen_handle_size));
   return caf::none;
 }
 
@@ -112,8 +111,8 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
   auto& st = self->state;
   if (!secret_accepted(st.options.secret, secret))
     return make_error(ec::unauthorized,
-                      "register '" + info.name
-                        + "': wrong deployment secret (check --secret or "
+                      "register '" + info.name +
+                          "': wrong deployment secret (check --secret or "
                           "KVFERRY_SECRET on the worker and the directory)");
   if (auto err = validate(info))
     return err;
@@ -123,10 +122,10 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
     // a different live one holding the name is a configuration error.
     if (!info.app || i->second.info.app != info.app)
       return make_error(ec::duplicate,
-                        "register '" + info.name
-                          + "': the name is held by another live worker "
-                            "(registered from "
-                          + i->second.info.host + ")");
+                        "register '" + info.name +
+                            "': the name is held by another live worker "
+                            "(registered from " +
+                            i->second.info.host + ")");
     i->second.info = std::move(info);
     i->second.deadline = now + st.options.lease;
     monitor_worker(self, i->second.info);
@@ -153,12 +152,12 @@ caf::expected<entry*> find_leased(directory_stateful_pointer self,
                                   uint64_t token) {
   auto i = self->state.workers.find(name);
   if (i == self->state.workers.end())
-    return make_error(ec::not_found, std::string{call} + " '" + name
-                                       + "': no such worker (lease expired "
+    return make_error(ec::not_found, std::string{call} + " '" + name +
+                                         "': no such worker (lease expired "
                                          "or never registered)");
   if (i->second.token != token)
-    return make_error(ec::unauthorized, std::string{call} + " '" + name
-                                          + "': wrong lease token");
+    return make_error(ec::unauthorized,
+                      std::string{call} + " '" + name + "': wrong lease token");
   return &i->second;
 }
 
@@ -174,9 +173,9 @@ void on_expire(directory_stateful_pointer self, const std::string& name,
     return;
   }
   drop(self, name,
-       make_error(ec::lease_expired,
-                  "worker '" + name + "' did not renew its lease of "
-                    + as_ms(self->state.options.lease)));
+       make_error(ec::lease_expired, "worker '" + name +
+                                         "' did not renew its lease of " +
+                                         as_ms(self->state.options.lease)));
 }
 
 // A worker's app or transfer actor died, or a watcher did.
@@ -189,16 +188,16 @@ void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
                     st.watchers.end());
   std::vector<std::string> dead;
   for (auto& [name, e] : st.workers)
-    if ((e.info.app && e.info.app.address() == msg.source)
-        || (e.info.transfer && e.info.transfer.address() == msg.source))
+    if ((e.info.app && e.info.app.address() == msg.source) ||
+        (e.info.transfer && e.info.transfer.address() == msg.source))
       dead.push_back(name);
   for (auto& name : dead)
     drop(self, name,
-         make_error(ec::peer_down, "worker '" + name + "' is down: "
-                                     + render(msg.reason)));
+         make_error(ec::peer_down,
+                    "worker '" + name + "' is down: " + render(msg.reason)));
 }
 
-}  // namespace
+} // namespace
 
 directory_actor::behavior_type directory(directory_stateful_pointer self,
                                          directory_options options) {
@@ -206,60 +205,58 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
   if (self->state.options.secret.empty())
     spdlog::warn("directory: no secret set: any process may register");
   self->set_down_handler(
-    [self](const caf::down_msg& msg) { on_down(self, msg); });
+      [self](const caf::down_msg& msg) { on_down(self, msg); });
   return {
-    [self](register_atom, worker_info& info,
-           const std::string& secret) -> caf::result<lease> {
-      return register_worker(self, info, secret);
-    },
-    [self](renew_atom, const std::string& name,
-           uint64_t token) -> caf::result<caf::ok_atom> {
-      auto e = find_leased(self, "renew", name, token);
-      if (!e)
-        return e.error();
-      (*e)->deadline = self->clock().now() + self->state.options.lease;
-      return caf::ok_atom::value;
-    },
-    [self](leave_atom, const std::string& name,
-           uint64_t token) -> caf::result<caf::ok_atom> {
-      auto e = find_leased(self, "leave", name, token);
-      if (!e)
-        return e.error();
-      drop(self, name, caf::error{});
-      return caf::ok_atom::value;
-    },
-    [self](lookup_atom, const std::string& name) -> caf::result<worker_info> {
-      auto i = self->state.workers.find(name);
-      if (i == self->state.workers.end())
-        return make_error(ec::not_found,
-                          "lookup '" + name + "': no such worker");
-      return i->second.info;
-    },
-    [self](list_atom) -> std::vector<worker_info> {
-      return members(self->state);
-    },
-    [self](list_atom, worker_role role) -> std::vector<worker_info> {
-      return members(self->state, &role);
-    },
-    [self](watch_atom, caf::actor& watcher)
-      -> caf::result<std::vector<worker_info>> {
-      if (!watcher)
-        return make_error(ec::invalid_argument, "watch: null watcher");
-      auto& ws = self->state.watchers;
-      if (std::find(ws.begin(), ws.end(), watcher) == ws.end()) {
-        self->monitor(watcher);
-        ws.push_back(watcher);
-      }
-      return members(self->state);
-    },
-    [self](unwatch_atom, const caf::actor& watcher) -> caf::ok_atom {
-      auto& ws = self->state.watchers;
-      ws.erase(std::remove(ws.begin(), ws.end(), watcher), ws.end());
-      return caf::ok_atom::value;
-    },
-    [self](expire_atom, const std::string& name, uint64_t token) {
-      on_expire(self, name, token);
-    },
+      [self](register_atom, worker_info& info, const std::string& secret)
+          -> caf::result<lease> { return register_worker(self, info, secret); },
+      [self](renew_atom, const std::string& name,
+             uint64_t token) -> caf::result<caf::ok_atom> {
+        auto e = find_leased(self, "renew", name, token);
+        if (!e)
+          return e.error();
+        (*e)->deadline = self->clock().now() + self->state.options.lease;
+        return caf::ok_atom::value;
+      },
+      [self](leave_atom, const std::string& name,
+             uint64_t token) -> caf::result<caf::ok_atom> {
+        auto e = find_leased(self, "leave", name, token);
+        if (!e)
+          return e.error();
+        drop(self, name, caf::error{});
+        return caf::ok_atom::value;
+      },
+      [self](lookup_atom, const std::string& name) -> caf::result<worker_info> {
+        auto i = self->state.workers.find(name);
+        if (i == self->state.workers.end())
+          return make_error(ec::not_found,
+                            "lookup '" + name + "': no such worker");
+        return i->second.info;
+      },
+      [self](list_atom) -> std::vector<worker_info> {
+        return members(self->state);
+      },
+      [self](list_atom, worker_role role) -> std::vector<worker_info> {
+        return members(self->state, &role);
+      },
+      [self](watch_atom,
+             caf::actor& watcher) -> caf::result<std::vector<worker_info>> {
+        if (!watcher)
+          return make_error(ec::invalid_argument, "watch: null watcher");
+        auto& ws = self->state.watchers;
+        if (std::find(ws.begin(), ws.end(), watcher) == ws.end()) {
+          self->monitor(watcher);
+          ws.push_back(watcher);
+        }
+        return members(self->state);
+      },
+      [self](unwatch_atom, const caf::actor& watcher) -> caf::ok_atom {
+        auto& ws = self->state.watchers;
+        ws.erase(std::remove(ws.begin(), ws.end(), watcher), ws.end());
+        return caf::ok_atom::value;
+      },
+      [self](expire_atom, const std::string& name, uint64_t token) {
+        on_expire(self, name, token);
+      },
   };
 }
 
@@ -267,8 +264,7 @@ caf::error parse_host_port(const std::string& text, std::string& host,
                            uint16_t& port) {
   auto colon = text.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == text.size())
-    return make_error(ec::invalid_argument,
-                      "'" + text + "' is not HOST:PORT");
+    return make_error(ec::invalid_argument, "'" + text + "' is not HOST:PORT");
   try {
     size_t used = 0;
     auto value = std::stoul(text.substr(colon + 1), &used);
@@ -283,9 +279,10 @@ caf::error parse_host_port(const std::string& text, std::string& host,
   return caf::none;
 }
 
-caf::expected<directory_actor>
-connect_directory(caf::actor_system& system, const std::string& host,
-                  uint16_t port, caf::timespan timeout) {
+caf::expected<directory_actor> connect_directory(caf::actor_system& system,
+                                                 const std::string& host,
+                                                 uint16_t port,
+                                                 caf::timespan timeout) {
   using clock = std::chrono::steady_clock;
   auto where = host + ":" + std::to_string(port);
   auto deadline = clock::now() + timeout;
@@ -294,26 +291,26 @@ connect_directory(caf::actor_system& system, const std::string& host,
   caf::scoped_actor self{system};
   caf::error last;
   for (;;) {
-    auto left = std::chrono::duration_cast<caf::timespan>(deadline
-                                                          - clock::now());
+    auto left =
+        std::chrono::duration_cast<caf::timespan>(deadline - clock::now());
     if (left <= caf::timespan{0})
       break;
     caf::strong_actor_ptr found;
     std::set<std::string> ifs;
     self->request(mm, left, caf::connect_atom::value, host, port)
-      .receive(
-        [&](caf::node_id&, caf::strong_actor_ptr& ptr,
-            std::set<std::string>& remote_ifs) {
-          found = std::move(ptr);
-          ifs = std::move(remote_ifs);
-        },
-        [&](caf::error& err) { last = std::move(err); });
+        .receive(
+            [&](caf::node_id&, caf::strong_actor_ptr& ptr,
+                std::set<std::string>& remote_ifs) {
+              found = std::move(ptr);
+              ifs = std::move(remote_ifs);
+            },
+            [&](caf::error& err) { last = std::move(err); });
     if (found) {
       if (!std::includes(ifs.begin(), ifs.end(), expected_ifs.begin(),
                          expected_ifs.end()))
         return make_error(ec::mismatch,
-                          "the actor at " + where
-                            + " is not a kvferry directory of this version "
+                          "the actor at " + where +
+                              " is not a kvferry directory of this version "
                               "(its message interface differs)");
       return caf::actor_cast<directory_actor>(std::move(found));
     }
@@ -323,9 +320,9 @@ connect_directory(caf::actor_system& system, const std::string& host,
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return make_error(ec::unreachable,
-                    "cannot reach the directory at " + where + " within "
-                      + as_ms(timeout) + ": "
-                      + (last ? render(last) : std::string{"timed out"}));
+                    "cannot reach the directory at " + where + " within " +
+                        as_ms(timeout) + ": " +
+                        (last ? render(last) : std::string{"timed out"}));
 }
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -47,4 +47,4 @@ inline unsigned pattern_fill_grid(unsigned fallback) {
   return static_cast<unsigned>(blocks);
 }
 
-}  // namespace kvferry::detail
+} // namespace kvferry::detail

@@ -23,13 +23,14 @@ void pattern_device_deleter::operator()(pattern_device* device) const noexcept {
 pattern_device* pattern_device_create(int) {
   transport::throw_no_cuda("kv pattern on a GPU region");
 }
-void pattern_device_destroy(pattern_device*) noexcept {}
+void pattern_device_destroy(pattern_device*) noexcept {
+}
 std::uint64_t pattern_device_run(pattern_device&, const pattern_launch&, bool) {
   transport::throw_no_cuda("kv pattern on a GPU region");
 }
 #endif
 
-}  // namespace detail
+} // namespace detail
 
 namespace {
 
@@ -56,10 +57,11 @@ std::uint32_t block_of(const pattern_blocks& b, std::size_t i) {
   return static_cast<std::uint32_t>(i % b.blocks_per_layer);
 }
 
-}  // namespace
+} // namespace
 
 kv_pattern::kv_pattern(std::shared_ptr<memory_region> region)
-    : region_(std::move(region)) {}
+    : region_(std::move(region)) {
+}
 
 kv_pattern::~kv_pattern() = default;
 
@@ -71,9 +73,9 @@ void kv_pattern::check_bounds(const std::vector<std::uint64_t>& offsets,
     if (offsets[i] > region_->size() ||
         region_->size() - offsets[i] < blocks.block_bytes)
       throw std::out_of_range(fmt::format(
-        "kv pattern: block {} at offset {} (+{} bytes) lies outside region "
-        "'{}' of {} bytes",
-        i, offsets[i], blocks.block_bytes, region_->name(), region_->size()));
+          "kv pattern: block {} at offset {} (+{} bytes) lies outside region "
+          "'{}' of {} bytes",
+          i, offsets[i], blocks.block_bytes, region_->name(), region_->size()));
 }
 
 void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
@@ -111,10 +113,10 @@ kv_pattern::check(const std::vector<std::uint64_t>& offsets,
   if (!device_)
     device_.reset(detail::pattern_device_create(region_->gpu()));
   auto bad = detail::pattern_device_run(
-    *device_, launch_of(*region_, offsets, blocks), true);
+      *device_, launch_of(*region_, offsets, blocks), true);
   if (bad == std::numeric_limits<std::uint64_t>::max())
     return std::nullopt;
   return static_cast<std::size_t>(bad);
 }
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -1,11 +1,11 @@
 // The CUDA side of kv_pattern: one kernel per call fills or checks every
 // block of the call (a CTA per block, grid-strided), using the same formula
 // as fill_pattern in producer.cpp, so either side may be host or GPU memory.
-#include <cuda_runtime_api.h>
-
 #include <cstring>
 #include <limits>
 #include <string>
+
+#include <cuda_runtime_api.h>
 
 #include "gpu_knobs.hpp"
 #include "kv_pattern_device.hpp"
@@ -84,15 +84,15 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
   }
 }
 
-}  // namespace
+} // namespace
 
 struct pattern_device {
   int gpu = 0;
   cudaStream_t stream = nullptr;
-  unsigned fill_grid = max_grid;  // KVFERRY_FILL_GRID
+  unsigned fill_grid = max_grid; // KVFERRY_FILL_GRID
   std::uint64_t* offsets_device = nullptr;
   std::uint64_t* offsets_pinned = nullptr;
-  std::size_t capacity = 0;  // offsets both buffers hold
+  std::size_t capacity = 0; // offsets both buffers hold
   unsigned long long* result_device = nullptr;
   unsigned long long* result_pinned = nullptr;
 
@@ -127,9 +127,9 @@ pattern_device* pattern_device_create(int gpu) {
     int lowest = 0, highest = 0;
     check_cuda(cudaDeviceGetStreamPriorityRange(&lowest, &highest),
                "cudaDeviceGetStreamPriorityRange", gpu);
-    check_cuda(cudaStreamCreateWithPriority(&d->stream, cudaStreamNonBlocking,
-                                            lowest),
-               "cudaStreamCreateWithPriority", gpu);
+    check_cuda(
+        cudaStreamCreateWithPriority(&d->stream, cudaStreamNonBlocking, lowest),
+        "cudaStreamCreateWithPriority", gpu);
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->result_device),
                           sizeof(unsigned long long)),
                "cudaMalloc (mismatch index)", gpu);
@@ -180,10 +180,10 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
   const std::size_t cap = check ? max_grid : d.fill_grid;
   const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
   pattern_kernel<<<grid, threads, 0, d.stream>>>(
-    l.base, d.offsets_device, l.count, l.block_bytes, l.seed, l.request_id,
-    l.first_layer, l.blocks_per_layer, check, d.result_device);
-  check_cuda(cudaGetLastError(), check ? "check kernel launch" : "fill kernel launch",
-             d.gpu);
+      l.base, d.offsets_device, l.count, l.block_bytes, l.seed, l.request_id,
+      l.first_layer, l.blocks_per_layer, check, d.result_device);
+  check_cuda(cudaGetLastError(),
+             check ? "check kernel launch" : "fill kernel launch", d.gpu);
   if (check)
     check_cuda(cudaMemcpyAsync(d.result_pinned, d.result_device,
                                sizeof(unsigned long long),
@@ -194,4 +194,4 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
   return check ? *d.result_pinned : none;
 }
 
-}  // namespace kvferry::detail
+} // namespace kvferry::detail

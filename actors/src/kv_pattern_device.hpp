@@ -16,8 +16,8 @@ pattern_device* pattern_device_create(int gpu);
 void pattern_device_destroy(pattern_device* device) noexcept;
 
 struct pattern_launch {
-  std::uint8_t* base = nullptr;  // device address of the region
-  const std::uint64_t* offsets = nullptr;  // host array
+  std::uint8_t* base = nullptr;           // device address of the region
+  const std::uint64_t* offsets = nullptr; // host array
   std::size_t count = 0;
   std::uint64_t block_bytes = 0;
   std::uint64_t seed = 0;
@@ -32,4 +32,4 @@ struct pattern_launch {
 std::uint64_t pattern_device_run(pattern_device& device,
                                  const pattern_launch& launch, bool check);
 
-}  // namespace kvferry::detail
+} // namespace kvferry::detail

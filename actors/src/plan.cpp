@@ -1,10 +1,10 @@
 #include "kvferry/actors/plan.hpp"
 
-#include <fmt/format.h>
-
 #include <algorithm>
-#include <climits>
 #include <stdexcept>
+
+#include <climits>
+#include <fmt/format.h>
 
 namespace kvferry {
 
@@ -65,9 +65,8 @@ std::vector<extent> split_chunks(const std::vector<extent>& extents,
   return out;
 }
 
-std::string check_extents(const std::vector<extent>& extents,
-                          extent_side side, std::uint64_t region_bytes,
-                          const std::string& peer) {
+std::string check_extents(const std::vector<extent>& extents, extent_side side,
+                          std::uint64_t region_bytes, const std::string& peer) {
   const char* which = side == extent_side::source ? "source" : "destination";
   for (std::size_t i = 0; i < extents.size(); ++i) {
     const auto& e = extents[i];
@@ -90,12 +89,11 @@ std::uint64_t plan_bytes(const std::vector<extent>& extents) {
   return total;
 }
 
-// ---- block_pool --------------------------------------------------------------
+// ---- block_pool
+// --------------------------------------------------------------
 
 block_pool::block_pool(std::uint64_t block_count, std::uint64_t block_bytes)
-    : count_(block_count),
-      block_bytes_(block_bytes),
-      free_(block_count),
+    : count_(block_count), block_bytes_(block_bytes), free_(block_count),
       used_bits_((block_count + 63) / 64, 0) {
   if (block_bytes == 0)
     throw std::invalid_argument("block_pool: block size must be positive");
@@ -143,4 +141,4 @@ void block_pool::release(const std::vector<std::uint64_t>& offsets) {
   }
 }
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -24,7 +24,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
+#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
 #include <xxhash.h>
 
 #include "kvferry/actors/actors.hpp"
@@ -72,19 +72,19 @@ using clock_type = steady_clock;
 // One request in flight at the producer.
 struct request_ctx {
   proto::prefill_request req;
-  std::string consumer_name;  // known once granted
+  std::string consumer_name; // known once granted
   std::uint32_t bpl = 0;
   std::uint32_t parts = 1;
   std::vector<std::uint64_t> blocks;
   caf::typed_response_promise<proto::ready_report> promise;
   std::uint64_t hash = 0;
-  bool hashed = false;  // only host memory is hashed (on the CPU)
+  bool hashed = false; // only host memory is hashed (on the CPU)
   std::uint64_t bytes = 0;
   std::int64_t compute_ns = 0;
   clock_type::time_point send_start;
   std::int64_t transfer_ns = 0;
   std::uint32_t sends_left = 0;
-  bool delegated = false;  // the consumer answers the router (credit)
+  bool delegated = false; // the consumer answers the router (credit)
   bool failed = false;
   bool released = false;
 };
@@ -105,8 +105,8 @@ struct credit_line {
 struct producer_state {
   app_config cfg;
   std::unique_ptr<block_pool> pool;
-  std::unique_ptr<kv_pattern> pattern;  // "prefill" on host or GPU memory
-  std::unordered_map<caf::actor_addr, credit_line> credit;  // by consumer
+  std::unique_ptr<kv_pattern> pattern; // "prefill" on host or GPU memory
+  std::unordered_map<caf::actor_addr, credit_line> credit; // by consumer
   // Requests waiting for source blocks (see on_prefill), oldest first.
   std::deque<ctx_ptr> parked;
   // Requests not yet answered, to fail them at once when their consumer
@@ -210,21 +210,22 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
   n.xxhash = ctx->hash;
   n.has_xxhash = ctx->hashed;
   n.pattern_seed = ctx->req.pattern_seed;
-  self
-    ->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
-              milliseconds(cfg.timeout_ms), proto::arrived_atom::value,
-              std::move(n))
-    .then(
-      [self, ctx](proto::ready_report& r) {
-        if (ctx->failed)
-          return;
-        // Data time is the receiver's view (see ready_report); on this path
-        // its transfer actor learned of the request at allocate, so the
-        // grant and send ordering count as data time here.
-        r.compute_ns += ctx->compute_ns;
-        answer(self, ctx, std::move(r));
-      },
-      [self, ctx](caf::error& err) { fail_request(self, ctx, std::move(err)); });
+  self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
+                milliseconds(cfg.timeout_ms), proto::arrived_atom::value,
+                std::move(n))
+      .then(
+          [self, ctx](proto::ready_report& r) {
+            if (ctx->failed)
+              return;
+            // Data time is the receiver's view (see ready_report); on this path
+            // its transfer actor learned of the request at allocate, so the
+            // grant and send ordering count as data time here.
+            r.compute_ns += ctx->compute_ns;
+            answer(self, ctx, std::move(r));
+          },
+          [self, ctx](caf::error& err) {
+            fail_request(self, ctx, std::move(err));
+          });
 }
 
 void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
@@ -238,25 +239,24 @@ void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
                           part_of(*ctx, g.block_offsets, part),
                           cfg.geometry.layer_block_bytes());
   ++ctx->sends_left;
-  self
-    ->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
-              proto::send_atom::value, std::move(o))
-    .then(
-      [self, ctx](std::uint64_t) {
-        if (--ctx->sends_left > 0 || ctx->failed) {
-          if (ctx->failed && ctx->sends_left == 0)
+  self->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
+                proto::send_atom::value, std::move(o))
+      .then(
+          [self, ctx](std::uint64_t) {
+            if (--ctx->sends_left > 0 || ctx->failed) {
+              if (ctx->failed && ctx->sends_left == 0)
+                release_blocks(self, *ctx);
+              return;
+            }
+            ctx->transfer_ns = since(ctx->send_start);
             release_blocks(self, *ctx);
-          return;
-        }
-        ctx->transfer_ns = since(ctx->send_start);
-        release_blocks(self, *ctx);
-        if (!ctx->delegated)
-          notify_arrived(self, ctx);
-      },
-      [self, ctx](caf::error& err) {
-        --ctx->sends_left;
-        fail_request(self, ctx, std::move(err));
-      });
+            if (!ctx->delegated)
+              notify_arrived(self, ctx);
+          },
+          [self, ctx](caf::error& err) {
+            --ctx->sends_left;
+            fail_request(self, ctx, std::move(err));
+          });
 }
 
 // Orders the send of every part into the blocks of `g` (filling each layer
@@ -265,7 +265,7 @@ void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
 caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
   ctx->send_start = clock_type::now();
   ctx->consumer_name = g.receiver.name;
-  if (!ctx->req.layerwise) {  // filled and hashed before allocate
+  if (!ctx->req.layerwise) { // filled and hashed before allocate
     send_part(self, ctx, g, 0);
     return {};
   }
@@ -289,23 +289,24 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
     return;
   if (g.block_offsets.size() != ctx->blocks.size())
     return fail_request(
-      self, ctx,
-      make_error(ec::mismatch,
-                 fmt::format("request {}: consumer granted {} blocks, the "
-                             "producer needs {}",
-                             ctx->req.request_id, g.block_offsets.size(),
-                             ctx->blocks.size())));
+        self, ctx,
+        make_error(ec::mismatch,
+                   fmt::format("request {}: consumer granted {} blocks, the "
+                               "producer needs {}",
+                               ctx->req.request_id, g.block_offsets.size(),
+                               ctx->blocks.size())));
   if (auto err = send_into(self, ctx, g))
     fail_request(self, ctx, std::move(err));
 }
 
-// ---- credit ------------------------------------------------------------------
+// ---- credit
+// ------------------------------------------------------------------
 
 // Asks `consumer` to lend blocks ahead of time, off the critical path: on
 // first contact, and again when a request found the credit short (unless a
 // reserve is pending or the last one lent nothing).
-void maybe_reserve(self_ptr self, const caf::actor& consumer,
-                   credit_line& line, std::uint64_t needed) {
+void maybe_reserve(self_ptr self, const caf::actor& consumer, credit_line& line,
+                   std::uint64_t needed) {
   auto& cfg = self->state.cfg;
   if (cfg.credit_blocks == 0 || line.reserve_pending)
     return;
@@ -319,32 +320,31 @@ void maybe_reserve(self_ptr self, const caf::actor& consumer,
   r.layer_block_bytes = cfg.geometry.layer_block_bytes();
   r.layers = cfg.geometry.layers;
   auto addr = consumer.address();
-  self
-    ->request(caf::actor_cast<consumer_actor>(consumer),
-              milliseconds(cfg.timeout_ms), proto::reserve_atom::value,
-              std::move(r))
-    .then(
-      [self, addr](proto::grant& g) {
-        auto i = self->state.credit.find(addr);
-        if (i == self->state.credit.end())
-          return;  // the consumer went down meanwhile
-        auto& line = i->second;
-        line.reserve_pending = false;
-        line.dry = g.block_offsets.empty();
-        line.receiver = std::move(g.receiver);
-        line.blocks.insert(line.blocks.end(), g.block_offsets.begin(),
-                           g.block_offsets.end());
-      },
-      [self, addr](caf::error& err) {
-        auto i = self->state.credit.find(addr);
-        if (i == self->state.credit.end())
-          return;
-        i->second.reserve_pending = false;
-        i->second.dry = true;
-        spdlog::warn("producer {}: a consumer refused to lend blocks ({}); "
-                     "its requests negotiate each time",
-                     self->state.cfg.name, render(err));
-      });
+  self->request(caf::actor_cast<consumer_actor>(consumer),
+                milliseconds(cfg.timeout_ms), proto::reserve_atom::value,
+                std::move(r))
+      .then(
+          [self, addr](proto::grant& g) {
+            auto i = self->state.credit.find(addr);
+            if (i == self->state.credit.end())
+              return; // the consumer went down meanwhile
+            auto& line = i->second;
+            line.reserve_pending = false;
+            line.dry = g.block_offsets.empty();
+            line.receiver = std::move(g.receiver);
+            line.blocks.insert(line.blocks.end(), g.block_offsets.begin(),
+                               g.block_offsets.end());
+          },
+          [self, addr](caf::error& err) {
+            auto i = self->state.credit.find(addr);
+            if (i == self->state.credit.end())
+              return;
+            i->second.reserve_pending = false;
+            i->second.dry = true;
+            spdlog::warn("producer {}: a consumer refused to lend blocks ({}); "
+                         "its requests negotiate each time",
+                         self->state.cfg.name, render(err));
+          });
 }
 
 // A request failed before anything was sent for it or delegated: the
@@ -399,10 +399,10 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
                           std::move(notice));
   // The router's request was answered with a promise when it parked: the
   // consumer's reply comes back through here (one more hop, only then).
-  self
-    ->request(consumer, milliseconds(3 * self->state.cfg.timeout_ms),
-              proto::incoming_atom::value, std::move(notice))
-    .then([ctx](proto::ready_report& r) { ctx->promise.deliver(std::move(r)); },
+  self->request(consumer, milliseconds(3 * self->state.cfg.timeout_ms),
+                proto::incoming_atom::value, std::move(notice))
+      .then(
+          [ctx](proto::ready_report& r) { ctx->promise.deliver(std::move(r)); },
           [ctx](caf::error& err) { ctx->promise.deliver(std::move(err)); });
   return ctx->promise;
 }
@@ -419,24 +419,23 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
   n.source = st.cfg.self;
   n.block_offsets = ctx->blocks;
   n.blocks_per_layer = ctx->bpl;
-  n.layers = r.layerwise ? st.cfg.geometry.layers : 0;  // 0: one part
-  self
-    ->request(caf::actor_cast<consumer_actor>(r.consumer),
-              milliseconds(st.cfg.timeout_ms), proto::advertise_atom::value,
-              std::move(n))
-    .then(
-      [self, ctx](proto::ready_report& rep) {
-        release_blocks(self, *ctx);
-        if (ctx->failed)
-          return;
-        rep.compute_ns += ctx->compute_ns;
-        answer(self, ctx, std::move(rep));
-      },
-      [self, ctx](caf::error& err) {
-        // The consumer's side fails only after its transfers resolved
-        // (or its deadline closed the channel), so the blocks are free.
-        fail_request(self, ctx, std::move(err));
-      });
+  n.layers = r.layerwise ? st.cfg.geometry.layers : 0; // 0: one part
+  self->request(caf::actor_cast<consumer_actor>(r.consumer),
+                milliseconds(st.cfg.timeout_ms), proto::advertise_atom::value,
+                std::move(n))
+      .then(
+          [self, ctx](proto::ready_report& rep) {
+            release_blocks(self, *ctx);
+            if (ctx->failed)
+              return;
+            rep.compute_ns += ctx->compute_ns;
+            answer(self, ctx, std::move(rep));
+          },
+          [self, ctx](caf::error& err) {
+            // The consumer's side fails only after its transfers resolved
+            // (or its deadline closed the channel), so the blocks are free.
+            fail_request(self, ctx, std::move(err));
+          });
 }
 
 void negotiate(self_ptr self, const ctx_ptr& ctx) {
@@ -448,14 +447,13 @@ void negotiate(self_ptr self, const ctx_ptr& ctx) {
   a.layer_block_bytes = st.cfg.geometry.layer_block_bytes();
   a.producer = st.cfg.name;
   a.parts = ctx->parts;
-  self
-    ->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
-              milliseconds(st.cfg.timeout_ms), proto::allocate_atom::value,
-              std::move(a))
-    .then([self, ctx](proto::grant& g) { on_grant(self, ctx, g); },
-          [self, ctx](caf::error& err) {
-            fail_request(self, ctx, std::move(err));
-          });
+  self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
+                milliseconds(st.cfg.timeout_ms), proto::allocate_atom::value,
+                std::move(a))
+      .then([self, ctx](proto::grant& g) { on_grant(self, ctx, g); },
+            [self, ctx](caf::error& err) {
+              fail_request(self, ctx, std::move(err));
+            });
 }
 
 // Runs a request whose source blocks are allocated. A request that waited
@@ -474,7 +472,7 @@ caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
   if (!r.layerwise || r.pull) {
     auto t0 = clock_type::now();
     if (auto err = fill_layers(self, ctx, 0, geo.layers)) {
-      release_blocks(self, *ctx);  // no send touched them
+      release_blocks(self, *ctx); // no send touched them
       return answer_failure(ctx, std::move(err), parked);
     }
     hash_request(self, *ctx);
@@ -514,9 +512,9 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   auto& st = self->state;
   auto& geo = st.cfg.geometry;
   if (!req.consumer)
-    return make_error(ec::invalid_argument,
-                      fmt::format("request {}: no consumer named",
-                                  req.request_id));
+    return make_error(
+        ec::invalid_argument,
+        fmt::format("request {}: no consumer named", req.request_id));
   auto bpl = geo.blocks_for_tokens(req.prompt_tokens);
   if (bpl == 0)
     return make_error(ec::invalid_argument,
@@ -525,9 +523,9 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   ctx->bpl = bpl;
   ctx->parts = req.layerwise || st.cfg.layerwise ? geo.layers : 1;
   if (ctx->parts > max_parts)
-    return make_error(ec::invalid_argument,
-                      fmt::format("--layerwise supports at most {} layers",
-                                  max_parts));
+    return make_error(
+        ec::invalid_argument,
+        fmt::format("--layerwise supports at most {} layers", max_parts));
   std::uint64_t n = std::uint64_t{bpl} * geo.layers;
   ctx->req = std::move(req);
   ctx->req.layerwise |= st.cfg.layerwise;
@@ -540,19 +538,19 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   // consumer may answer the router before our send completion is in.
   if (n > st.pool->block_count() || st.parked.size() >= max_parked)
     return make_error(
-      ec::invalid_argument,
-      fmt::format("producer '{}': block pool exhausted: request {} needs {} "
-                  "blocks, {} of {} free, {} requests waiting (raise "
-                  "--pool-blocks)",
-                  st.cfg.name, ctx->req.request_id, n, st.pool->free_blocks(),
-                  st.pool->block_count(), st.parked.size()));
+        ec::invalid_argument,
+        fmt::format("producer '{}': block pool exhausted: request {} needs {} "
+                    "blocks, {} of {} free, {} requests waiting (raise "
+                    "--pool-blocks)",
+                    st.cfg.name, ctx->req.request_id, n, st.pool->free_blocks(),
+                    st.pool->block_count(), st.parked.size()));
   ctx->promise = self->make_response_promise<proto::ready_report>();
   st.parked.push_back(ctx);
   return ctx->promise;
 }
 
 // Fails the requests in flight or waiting for blocks that `pred` selects.
-template <class Pred>
+template<class Pred>
 void fail_where(self_ptr self, Pred pred, const caf::error& err) {
   auto& st = self->state;
   std::vector<ctx_ptr> hit;
@@ -561,7 +559,7 @@ void fail_where(self_ptr self, Pred pred, const caf::error& err) {
       hit.push_back(ctx);
   for (auto i = st.parked.begin(); i != st.parked.end();) {
     if (pred(**i)) {
-      (*i)->released = true;  // it never got blocks
+      (*i)->released = true; // it never got blocks
       hit.push_back(*i);
       i = st.parked.erase(i);
     } else {
@@ -588,68 +586,69 @@ void on_consumer_left(self_ptr self, const std::string& name,
   }
   for (auto i = st.credit.begin(); i != st.credit.end();)
     i = gone.count(i->first) != 0 || i->second.receiver.name == name
-          ? st.credit.erase(i)
-          : std::next(i);
-  fail_where(self,
-             [&](const request_ctx& c) {
-               return c.consumer_name == name ||
-                      gone.count(c.req.consumer.address()) != 0;
-             },
-             make_error(ec::peer_down,
-                        fmt::format("consumer '{}' left the directory: {}",
-                                    name, render(why))));
+            ? st.credit.erase(i)
+            : std::next(i);
+  fail_where(
+      self,
+      [&](const request_ctx& c) {
+        return c.consumer_name == name ||
+               gone.count(c.req.consumer.address()) != 0;
+      },
+      make_error(ec::peer_down,
+                 fmt::format("consumer '{}' left the directory: {}", name,
+                             render(why))));
 }
 
 producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
   self->state.pool =
-    std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+      std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
   self->set_down_handler([self](caf::down_msg& dm) {
     self->state.monitored.erase(dm.source);
-    self->state.credit.erase(dm.source);  // its loan died with it
+    self->state.credit.erase(dm.source); // its loan died with it
     std::vector<ctx_ptr> hit;
     for (auto& [id, ctx] : self->state.active)
       if (ctx->req.consumer.address() == dm.source)
         hit.push_back(ctx);
     for (auto& ctx : hit) {
       auto who = ctx->consumer_name.empty()
-                   ? "of request " + std::to_string(ctx->req.request_id)
-                   : "'" + ctx->consumer_name + "'";
-      fail_request(self, ctx,
-                   make_error(ec::peer_down,
-                              fmt::format("consumer {} is down: {}", who,
-                                          render(dm.reason))));
+                     ? "of request " + std::to_string(ctx->req.request_id)
+                     : "'" + ctx->consumer_name + "'";
+      fail_request(
+          self, ctx,
+          make_error(ec::peer_down, fmt::format("consumer {} is down: {}", who,
+                                                render(dm.reason))));
     }
   });
   return {
-    [self](proto::prefill_atom, proto::prefill_request& req) {
-      return on_prefill(self, req);
-    },
-    [self](joined_atom, const worker_info& w) {
-      if (w.role == worker_role::decode && w.app)
-        self->state.consumer_names[w.app.address()] = w.name;
-    },
-    [self](proto::credit_atom, std::vector<std::uint64_t>& blocks) {
-      auto from = caf::actor_cast<caf::actor_addr>(self->current_sender());
-      auto i = self->state.credit.find(from);
-      if (i == self->state.credit.end())
-        return;  // a consumer we no longer deal with
-      auto& line = i->second.blocks;
-      line.insert(line.end(), blocks.begin(), blocks.end());
-      i->second.dry = false;
-    },
-    [self](left_atom, const std::string& name, const caf::error& why) {
-      on_consumer_left(self, name, why);
-    },
+      [self](proto::prefill_atom, proto::prefill_request& req) {
+        return on_prefill(self, req);
+      },
+      [self](joined_atom, const worker_info& w) {
+        if (w.role == worker_role::decode && w.app)
+          self->state.consumer_names[w.app.address()] = w.name;
+      },
+      [self](proto::credit_atom, std::vector<std::uint64_t>& blocks) {
+        auto from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+        auto i = self->state.credit.find(from);
+        if (i == self->state.credit.end())
+          return; // a consumer we no longer deal with
+        auto& line = i->second.blocks;
+        line.insert(line.end(), blocks.begin(), blocks.end());
+        i->second.dry = false;
+      },
+      [self](left_atom, const std::string& name, const caf::error& why) {
+        on_consumer_left(self, name, why);
+      },
   };
 }
 
-}  // namespace
+} // namespace
 
 producer_actor spawn_producer(caf::actor_system& sys, app_config cfg) {
   return sys.spawn(producer_impl, std::move(cfg));
 }
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -80,13 +80,13 @@ std::int64_t clock_ns(steady_clock::time_point t) {
 }
 
 struct transfer_entry {
-  std::uint64_t bytes = 0;       // done so far
-  std::uint64_t expected = 0;    // announced or ordered
+  std::uint64_t bytes = 0;    // done so far
+  std::uint64_t expected = 0; // announced or ordered
   std::size_t ops_left = 0;
-  bool posted = false;           // plugin requests exist for it
+  bool posted = false; // plugin requests exist for it
   bool done = false;
-  caf::error failure;            // set once failed (receiver side, unclaimed)
-  bool cancelled = false;        // receiver gave up; bytes must not land
+  caf::error failure;     // set once failed (receiver side, unclaimed)
+  bool cancelled = false; // receiver gave up; bytes must not land
   std::optional<waiter_promise> waiter;
   // When this actor first learned of the transfer (order or announcement)
   // and when it finished: the data window a recv_report gives.
@@ -109,7 +109,7 @@ struct peer_out {
   steady_clock::time_point connect_deadline;
   std::unique_ptr<channel_connector> connector;
   std::optional<send_channel> channel;
-  registration reg;  // declared after channel: destroyed before it
+  registration reg; // declared after channel: destroyed before it
   struct waiting_send {
     std::uint64_t id;
     std::vector<extent> chunks;
@@ -124,7 +124,7 @@ struct peer_out {
   struct ipc_copy {
     transport::copy_ticket ticket;
     std::uint64_t id;
-    steady_clock::time_point launched;  // the receiver's data window starts
+    steady_clock::time_point launched; // the receiver's data window starts
   };
   std::vector<ipc_copy> copies;
   std::deque<waiting_send> ipc_waiting;
@@ -161,7 +161,7 @@ struct transfer_state {
   // Transfer deadlines: (when, "<peer" or ">peer", transfer id), checked by
   // one short periodic sweep (see arm_deadline).
   std::multimap<steady_clock::time_point, std::pair<std::string, std::uint64_t>>
-    deadlines;
+      deadlines;
   bool sweep_scheduled = false;
   // CUDA IPC: made on the first same-host GPU send, used from this actor's
   // thread only. ipc_handle is our region's, advertised in the endpoint.
@@ -170,7 +170,7 @@ struct transfer_state {
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
   bool spin_while_copying = detail::ipc_spin_while_copying();
-  std::vector<transport::copy_extent> ipc_extents;  // reused per launch
+  std::vector<transport::copy_extent> ipc_extents; // reused per launch
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -241,8 +241,8 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
           const std::string& peer) {
   ++st.stats.transfers_failed;
   st.metrics.count_error(peer, err.category() == caf::atom("kvferry")
-                                 ? to_string(static_cast<ec>(err.code()))
-                                 : "other");
+                                   ? to_string(static_cast<ec>(err.code()))
+                                   : "other");
   t.failure = err;
   if (t.waiter) {
     std::visit([&](auto& promise) { promise.deliver(err); }, *t.waiter);
@@ -315,7 +315,8 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
   return o;
 }
 
-// ---- sending -------------------------------------------------------------------
+// ---- sending
+// -------------------------------------------------------------------
 
 void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
                 const std::vector<extent>& chunks) {
@@ -349,46 +350,46 @@ void open_channel(self_ptr self, const std::string& name) {
   auto& p = self->state.out[name];
   p.opening = true;
   auto& cfg = self->state.cfg;
-  self
-    ->request(caf::actor_cast<transfer_actor>(p.ep.transfer),
-              milliseconds(cfg.open_timeout_ms), proto::open_atom::value,
-              cfg.name, cfg.comms_per_peer, cfg.chunk_bytes)
-    .then(
-      [self, name](std::vector<char>& flat) {
-        auto i = self->state.out.find(name);
-        if (i == self->state.out.end())
-          return;
-        auto& cfg = self->state.cfg;
-        std::vector<transport::net_handle> handles(flat.size() /
-                                                   NCCL_NET_HANDLE_MAXSIZE);
-        for (std::size_t k = 0; k < handles.size(); ++k)
-          std::memcpy(handles[k].data(),
-                      flat.data() + k * NCCL_NET_HANDLE_MAXSIZE,
-                      NCCL_NET_HANDLE_MAXSIZE);
-        try {
-          i->second.connector = std::make_unique<channel_connector>(
-            cfg.net, cfg.device, std::move(handles),
-            options_for(self->state, name, cfg.comms_per_peer,
-                        cfg.chunk_bytes));
-        } catch (const std::exception& e) {
-          drop_peer_out(self, name,
-                        make_error(ec::plugin_error,
-                                   fmt::format("connect to '{}': {}", name,
-                                               e.what())));
-          return;
-        }
-        i->second.connect_deadline =
-          steady_clock::now() + milliseconds(cfg.open_timeout_ms);
-        ensure_progress(self);
-      },
-      [self, name](caf::error& err) {
-        drop_peer_out(self, name,
-                      lost(name, fmt::format("opening a channel failed: {}",
-                                             render(err))));
-      });
+  self->request(caf::actor_cast<transfer_actor>(p.ep.transfer),
+                milliseconds(cfg.open_timeout_ms), proto::open_atom::value,
+                cfg.name, cfg.comms_per_peer, cfg.chunk_bytes)
+      .then(
+          [self, name](std::vector<char>& flat) {
+            auto i = self->state.out.find(name);
+            if (i == self->state.out.end())
+              return;
+            auto& cfg = self->state.cfg;
+            std::vector<transport::net_handle> handles(flat.size() /
+                                                       NCCL_NET_HANDLE_MAXSIZE);
+            for (std::size_t k = 0; k < handles.size(); ++k)
+              std::memcpy(handles[k].data(),
+                          flat.data() + k * NCCL_NET_HANDLE_MAXSIZE,
+                          NCCL_NET_HANDLE_MAXSIZE);
+            try {
+              i->second.connector = std::make_unique<channel_connector>(
+                  cfg.net, cfg.device, std::move(handles),
+                  options_for(self->state, name, cfg.comms_per_peer,
+                              cfg.chunk_bytes));
+            } catch (const std::exception& e) {
+              drop_peer_out(self, name,
+                            make_error(ec::plugin_error,
+                                       fmt::format("connect to '{}': {}", name,
+                                                   e.what())));
+              return;
+            }
+            i->second.connect_deadline =
+                steady_clock::now() + milliseconds(cfg.open_timeout_ms);
+            ensure_progress(self);
+          },
+          [self, name](caf::error& err) {
+            drop_peer_out(self, name,
+                          lost(name, fmt::format("opening a channel failed: {}",
+                                                 render(err))));
+          });
 }
 
-// ---- sending over CUDA IPC -------------------------------------------------------
+// ---- sending over CUDA IPC
+// -------------------------------------------------------
 
 // A peer pool on another GPU of this host: our kernel (on our GPU) writes it
 // directly, which needs peer access from our GPU to the peer's. The IPC open
@@ -426,8 +427,8 @@ void map_peer_region(transfer_state& st, peer_out& p) {
   auto mapped = st.ipc_regions->open(handle);
   if (mapped.bytes < p.ep.region_bytes)
     throw std::invalid_argument(fmt::format(
-      "the IPC handle of '{}' maps {} bytes, its endpoint says {}", p.ep.name,
-      mapped.bytes, p.ep.region_bytes));
+        "the IPC handle of '{}' maps {} bytes, its endpoint says {}", p.ep.name,
+        mapped.bytes, p.ep.region_bytes));
   p.mapped = mapped;
 }
 
@@ -482,7 +483,7 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
     engine.release(plan);
     throw;
   }
-  engine.release(plan);  // stream order keeps its buffers for this launch
+  engine.release(plan); // stream order keeps its buffers for this launch
   p.copies.push_back({ticket, id, launched});
   ++st.ipc_in_flight;
   p.transfers[id].posted = true;
@@ -492,13 +493,12 @@ caf::error ipc_failure(const transfer_state& st, const std::string& peer,
                        int peer_gpu, std::uint64_t id,
                        const std::exception& e) {
   auto code = dynamic_cast<const transport::gpu_error*>(&e) != nullptr
-                ? ec::cuda_error
-                : ec::invalid_argument;
-  return make_error(code,
-                    fmt::format("transfer {} to '{}' over CUDA IPC (GPU {} to "
-                                "its pool on GPU {}): {}",
-                                id, peer, st.cfg.region->gpu(), peer_gpu,
-                                e.what()));
+                  ? ec::cuda_error
+                  : ec::invalid_argument;
+  return make_error(
+      code, fmt::format("transfer {} to '{}' over CUDA IPC (GPU {} to "
+                        "its pool on GPU {}): {}",
+                        id, peer, st.cfg.region->gpu(), peer_gpu, e.what()));
 }
 
 // Starts (or queues, when max_ipc_copies are running) one IPC transfer; a
@@ -530,8 +530,8 @@ void send_landed(self_ptr self, peer_out& p, const peer_out::ipc_copy& copy,
   const auto copied = steady_clock::now();
   std::int64_t queued_ns = 0, gpu_ns = 0;
   if (const auto timing = st.engine->timing_of(copy.ticket)) {
-    queued_ns = duration_cast<nanoseconds>(timing->started - copy.launched)
-                  .count();
+    queued_ns =
+        duration_cast<nanoseconds>(timing->started - copy.launched).count();
     gpu_ns = timing->gpu_time.count();
   }
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
@@ -559,7 +559,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
     --st.ipc_in_flight;
     progressed = true;
     auto t = p.transfers.find(copy.id);
-    if (t == p.transfers.end())  // failed (timed out) while it ran
+    if (t == p.transfers.end()) // failed (timed out) while it ran
       continue;
     if (failure) {
       fail(t->second, st, *failure, name);
@@ -573,7 +573,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
   while (!p.ipc_waiting.empty() && st.ipc_in_flight < max_ipc_copies) {
     auto w = std::move(p.ipc_waiting.front());
     p.ipc_waiting.pop_front();
-    if (p.transfers.count(w.id) == 0)  // timed out while waiting
+    if (p.transfers.count(w.id) == 0) // timed out while waiting
       continue;
     try {
       launch_ipc_copy(st, p, w.id, w.chunks);
@@ -646,7 +646,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   return promise;
 }
 
-// ---- receiving -------------------------------------------------------------------
+// ---- receiving
+// -------------------------------------------------------------------
 
 void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   auto& st = self->state;
@@ -684,7 +685,7 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     return;
   }
   t.expected = plan_bytes(a.chunks);
-  if (!t.waiter)  // unclaimed transfers still get a deadline
+  if (!t.waiter) // unclaimed transfers still get a deadline
     arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id);
   try {
     if (p.channel)
@@ -692,10 +693,10 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     else
       p.waiting.push_back(std::move(a));
   } catch (const std::exception& e) {
-    drop_peer_in(self, a.sender,
-                 make_error(ec::plugin_error,
-                            fmt::format("receive from '{}': {}", a.sender,
-                                        e.what())));
+    drop_peer_in(
+        self, a.sender,
+        make_error(ec::plugin_error,
+                   fmt::format("receive from '{}': {}", a.sender, e.what())));
   }
   ensure_progress(self);
 }
@@ -758,7 +759,7 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   finish(t, st, true, sender, steady_clock::time_point{nanoseconds{copied_ns}});
   if (claimed)
     p.transfers.erase(id);
-  else  // kept for its recv order; forgotten if nobody claims it
+  else // kept for its recv order; forgotten if nobody claims it
     arm_deadline(self, milliseconds(30000), "<" + sender, id);
 }
 
@@ -770,15 +771,15 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
     drop_peer_in(self, sender,
                  lost(sender, "it opened a new channel (restarted?)"));
   auto& q = st.in[sender];
-  q.sender = self->current_sender() ? caf::actor_cast<caf::actor_addr>(
-                                        self->current_sender())
-                                    : caf::actor_addr{};
+  q.sender = self->current_sender()
+                 ? caf::actor_cast<caf::actor_addr>(self->current_sender())
+                 : caf::actor_addr{};
   if (q.sender)
     self->monitor(caf::actor_cast<caf::actor>(q.sender));
   q.listener = std::make_unique<channel_listener>(
-    st.cfg.net, st.cfg.device, options_for(st, sender, comms, chunk));
+      st.cfg.net, st.cfg.device, options_for(st, sender, comms, chunk));
   q.accept_deadline =
-    steady_clock::now() + milliseconds(st.cfg.open_timeout_ms);
+      steady_clock::now() + milliseconds(st.cfg.open_timeout_ms);
   std::vector<char> flat;
   for (const auto& h : q.listener->handles())
     flat.insert(flat.end(), h.begin(), h.end());
@@ -786,7 +787,8 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
   return flat;
 }
 
-// ---- the progress loop -----------------------------------------------------------
+// ---- the progress loop
+// -----------------------------------------------------------
 
 // The whole region, once per channel. GPU memory goes to the plugin as
 // NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel stages it
@@ -798,7 +800,7 @@ registration register_region(transfer_state& st, transport::channel& channel) {
                                  region.nccl_ptr_type());
 }
 
-template <class Peer>
+template<class Peer>
 bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
                std::optional<caf::error>& failure) {
   auto& st = self->state;
@@ -855,12 +857,11 @@ bool progress_out(self_ptr self) {
               start_send(self, p, w.id, std::move(w.chunks));
           }
         } else if (steady_clock::now() > p.connect_deadline) {
-          failed.emplace_back(name,
-                              make_error(ec::timeout,
-                                         fmt::format("connecting to '{}' took "
-                                                     "more than {} ms",
-                                                     name,
-                                                     st.cfg.open_timeout_ms)));
+          failed.emplace_back(
+              name, make_error(ec::timeout,
+                               fmt::format("connecting to '{}' took "
+                                           "more than {} ms",
+                                           name, st.cfg.open_timeout_ms)));
           continue;
         }
       }
@@ -902,9 +903,9 @@ bool progress_in(self_ptr self) {
           }
         } else if (steady_clock::now() > p.accept_deadline) {
           failed.emplace_back(
-            name, make_error(ec::timeout,
-                             fmt::format("'{}' did not connect within {} ms",
-                                         name, st.cfg.open_timeout_ms)));
+              name, make_error(ec::timeout,
+                               fmt::format("'{}' did not connect within {} ms",
+                                           name, st.cfg.open_timeout_ms)));
           continue;
         }
       }
@@ -949,12 +950,12 @@ std::int64_t count_in_flight(const transfer_state& st) {
 void on_progress(self_ptr self, std::uint64_t generation) {
   auto& st = self->state;
   if (generation != st.progress_generation)
-    return;  // superseded by an immediate poll (see ensure_progress)
+    return; // superseded by an immediate poll (see ensure_progress)
   st.progress_scheduled = false;
   st.progress_delayed = false;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
-  if (progressed)  // only then can the count have changed
+  if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
   if (!has_work(st))
     return;
@@ -973,7 +974,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
   } else {
     auto delay =
-      microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
+        microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
     st.progress_delayed = true;
     self->delayed_send(self, delay, proto::progress_atom::value,
                        st.progress_generation);
@@ -985,8 +986,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
   bool outgoing = key[0] == '>';
   auto name = key.substr(1);
   auto timeout = make_error(
-    ec::timeout, fmt::format("transfer {} {} '{}' did not complete in time", id,
-                             outgoing ? "to" : "from", name));
+      ec::timeout, fmt::format("transfer {} {} '{}' did not complete in time",
+                               id, outgoing ? "to" : "from", name));
   if (outgoing) {
     auto p = st.out.find(name);
     if (p == st.out.end())
@@ -1019,12 +1020,12 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
   if (t == p->second.transfers.end())
     return;
   if (t->second.failure) {
-    if (!t->second.waiter)  // a failure nobody claimed in time: forget it
+    if (!t->second.waiter) // a failure nobody claimed in time: forget it
       p->second.transfers.erase(t);
     return;
   }
   if (t->second.done) {
-    if (!t->second.waiter)  // nobody claimed it in time: forget it
+    if (!t->second.waiter) // nobody claimed it in time: forget it
       p->second.transfers.erase(t);
     return;
   }
@@ -1033,7 +1034,7 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     drop_peer_in(self, name, timeout);
   } else {
     fail(t->second, st, timeout, name);
-    t->second.cancelled = true;  // a later announcement must not land
+    t->second.cancelled = true; // a later announcement must not land
   }
 }
 
@@ -1058,7 +1059,7 @@ void advertise_ipc_handle(transfer_state& st) {
     return;
   try {
     st.ipc_handle =
-      transport::export_ipc_handle(region.device_allocation()).to_hex();
+        transport::export_ipc_handle(region.device_allocation()).to_hex();
   } catch (const std::exception& e) {
     spdlog::warn("transfer {}: region '{}' cannot be shared over CUDA IPC, "
                  "peers will use the plugin: {}",
@@ -1082,76 +1083,78 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     drop_peer_in(self, name, lost(name, why));
 }
 
-transfer_actor::behavior_type transfer_impl(self_ptr self, transfer_config cfg) {
+transfer_actor::behavior_type transfer_impl(self_ptr self,
+                                            transfer_config cfg) {
   self->state.cfg = std::move(cfg);
   self->state.metrics.regions.add(1);
   self->state.metrics.registered_bytes.add(
-    static_cast<std::int64_t>(self->state.cfg.region->size()));
+      static_cast<std::int64_t>(self->state.cfg.region->size()));
   advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
   return {
-    [self](proto::endpoint_atom) {
-      auto& cfg = self->state.cfg;
-      proto::endpoint ep;
-      ep.name = cfg.name;
-      ep.transfer = caf::actor_cast<caf::actor>(self);
-      ep.plugin = cfg.net ? cfg.net->name() : "";
-      ep.region_bytes = cfg.region->size();
-      ep.host_id = cfg.host_id;
-      ep.gpu = cfg.region->gpu();
-      ep.ipc_handle = self->state.ipc_handle;
-      return ep;
-    },
-    [self](proto::send_atom, proto::send_order& o) {
-      return handle_send(self, o);
-    },
-    [self](proto::recv_atom, proto::recv_order& o) {
-      return handle_recv(self, o);
-    },
-    [self](proto::open_atom, const std::string& sender, std::uint32_t comms,
-           std::uint64_t chunk) -> caf::result<std::vector<char>> {
-      try {
-        return handle_open(self, sender, comms, chunk);
-      } catch (const std::exception& e) {
-        return make_error(ec::plugin_error,
-                          fmt::format("transfer {}: listening for '{}': {}",
-                                      self->state.cfg.name, sender, e.what()));
-      }
-    },
-    [self](proto::announce_atom, proto::announcement& a) {
-      handle_announce(self, a);
-    },
-    [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
-           std::uint64_t bytes, std::int64_t launched_ns,
-           std::int64_t copied_ns, std::int64_t gpu_queued_ns,
-           std::int64_t gpu_copy_ns) {
-      handle_landed(self, sender, id, bytes, launched_ns, copied_ns,
-                    gpu_queued_ns, gpu_copy_ns);
-    },
-    [self](proto::stats_atom) { return self->state.stats; },
-    [self](joined_atom, const worker_info& w) { map_ahead(self->state, w); },
-    [self](left_atom, const std::string& name, const caf::error& why) {
-      auto err = lost(name, "the directory reports it left: " + render(why));
-      drop_peer_out(self, name, err);
-      drop_peer_in(self, name, err);
-    },
-    [self](proto::progress_atom, std::uint64_t generation) {
-      on_progress(self, generation);
-    },
-    [self](proto::sweep_atom) { on_sweep(self); },
+      [self](proto::endpoint_atom) {
+        auto& cfg = self->state.cfg;
+        proto::endpoint ep;
+        ep.name = cfg.name;
+        ep.transfer = caf::actor_cast<caf::actor>(self);
+        ep.plugin = cfg.net ? cfg.net->name() : "";
+        ep.region_bytes = cfg.region->size();
+        ep.host_id = cfg.host_id;
+        ep.gpu = cfg.region->gpu();
+        ep.ipc_handle = self->state.ipc_handle;
+        return ep;
+      },
+      [self](proto::send_atom, proto::send_order& o) {
+        return handle_send(self, o);
+      },
+      [self](proto::recv_atom, proto::recv_order& o) {
+        return handle_recv(self, o);
+      },
+      [self](proto::open_atom, const std::string& sender, std::uint32_t comms,
+             std::uint64_t chunk) -> caf::result<std::vector<char>> {
+        try {
+          return handle_open(self, sender, comms, chunk);
+        } catch (const std::exception& e) {
+          return make_error(ec::plugin_error,
+                            fmt::format("transfer {}: listening for '{}': {}",
+                                        self->state.cfg.name, sender,
+                                        e.what()));
+        }
+      },
+      [self](proto::announce_atom, proto::announcement& a) {
+        handle_announce(self, a);
+      },
+      [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
+             std::uint64_t bytes, std::int64_t launched_ns,
+             std::int64_t copied_ns, std::int64_t gpu_queued_ns,
+             std::int64_t gpu_copy_ns) {
+        handle_landed(self, sender, id, bytes, launched_ns, copied_ns,
+                      gpu_queued_ns, gpu_copy_ns);
+      },
+      [self](proto::stats_atom) { return self->state.stats; },
+      [self](joined_atom, const worker_info& w) { map_ahead(self->state, w); },
+      [self](left_atom, const std::string& name, const caf::error& why) {
+        auto err = lost(name, "the directory reports it left: " + render(why));
+        drop_peer_out(self, name, err);
+        drop_peer_in(self, name, err);
+      },
+      [self](proto::progress_atom, std::uint64_t generation) {
+        on_progress(self, generation);
+      },
+      [self](proto::sweep_atom) { on_sweep(self); },
   };
 }
 
-}  // namespace
+} // namespace
 
 data_path choose_data_path(bool use_ipc, memory_kind local,
                            const std::string& host_id,
                            const proto::endpoint& peer) {
   bool same_host = !host_id.empty() && host_id == peer.host_id;
   return use_ipc && local == memory_kind::cuda && same_host &&
-             !peer.ipc_handle.empty()
-           ? data_path::cuda_ipc
-           : data_path::plugin;
+                 !peer.ipc_handle.empty()
+             ? data_path::cuda_ipc
+             : data_path::plugin;
 }
 
 bool maps_ahead(const transfer_config& cfg, memory_kind local,
@@ -1165,4 +1168,4 @@ transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
   return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));
 }
 
-}  // namespace kvferry
+} // namespace kvferry

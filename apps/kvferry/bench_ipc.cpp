@@ -56,7 +56,7 @@ struct bench_ipc_options {
   int dst_gpu = 0; // the consumer's pool; every kernel runs here
   bool sweep = false;
   bool no_unpack = false;
-  std::string child_handle;  // internal: set in the child process
+  std::string child_handle; // internal: set in the child process
 };
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -83,9 +83,9 @@ double median(std::vector<double> v) {
 // Times `enqueue` (work put on `stream`) with CUDA events: `warmup` untimed
 // runs, then repeats until `repeats` samples or `budget_s` seconds are used
 // (slow baselines get fewer samples, at least 3). Returns the median in s.
-template <typename Enqueue>
-double time_on_stream(cudaStream_t stream, int warmup, int repeats, double budget_s,
-                      Enqueue&& enqueue) {
+template<typename Enqueue>
+double time_on_stream(cudaStream_t stream, int warmup, int repeats,
+                      double budget_s, Enqueue&& enqueue) {
   cudaEvent_t start, stop;
   cuda_check(cudaEventCreate(&start), "cudaEventCreate");
   cuda_check(cudaEventCreate(&stop), "cudaEventCreate");
@@ -94,7 +94,8 @@ double time_on_stream(cudaStream_t stream, int warmup, int repeats, double budge
   cuda_check(cudaStreamSynchronize(stream), "warm-up");
   std::vector<double> samples;
   double spent = 0;
-  for (int i = 0; i < repeats && (samples.size() < 3 || spent < budget_s); ++i) {
+  for (int i = 0; i < repeats && (samples.size() < 3 || spent < budget_s);
+       ++i) {
     cuda_check(cudaEventRecord(start, stream), "cudaEventRecord");
     enqueue();
     cuda_check(cudaEventRecord(stop, stream), "cudaEventRecord");
@@ -114,8 +115,8 @@ double gbps(std::uint64_t bytes, double seconds) {
 }
 
 // N distinct block slots out of `slots`, in random order.
-std::vector<std::uint64_t> random_slots(std::mt19937_64& rng, std::uint64_t slots,
-                                        std::uint64_t n) {
+std::vector<std::uint64_t> random_slots(std::mt19937_64& rng,
+                                        std::uint64_t slots, std::uint64_t n) {
   std::vector<std::uint64_t> all(slots);
   std::iota(all.begin(), all.end(), 0ull);
   std::shuffle(all.begin(), all.end(), rng);
@@ -123,18 +124,21 @@ std::vector<std::uint64_t> random_slots(std::mt19937_64& rng, std::uint64_t slot
   return all;
 }
 
-// ---- the child: all measurements ----------------------------------------------
+// ---- the child: all measurements
+// ----------------------------------------------
 
 struct child_context {
   gpu_pair pair;
-  int gpu;            // the destination GPU, where every copy runs
-  memory_region src;  // the parent's pool, opened over IPC
+  int gpu;           // the destination GPU, where every copy runs
+  memory_region src; // the parent's pool, opened over IPC
   gpu_region dst;
   cudaStream_t stream;
   int repeats;
   std::uint64_t poison_seed = 1;
 
-  void poison() { gpu_fill_pattern(gpu, dst.data(), dst.size(), 0xdead0000 + poison_seed++); }
+  void poison() {
+    gpu_fill_pattern(gpu, dst.data(), dst.size(), 0xdead0000 + poison_seed++);
+  }
   std::uint64_t mismatches(const std::vector<copy_extent>& plan) {
     return gpu_count_mismatches(gpu, src.base, dst.data(), plan);
   }
@@ -151,7 +155,8 @@ struct child_context {
   }
 };
 
-json method_result(double seconds, std::uint64_t bytes, double ceiling_s, std::uint64_t bad) {
+json method_result(double seconds, std::uint64_t bytes, double ceiling_s,
+                   std::uint64_t bad) {
   return json{{"seconds", seconds},
               {"gbps", gbps(bytes, seconds)},
               {"ratio_to_contiguous", seconds > 0 ? ceiling_s / seconds : 0.0},
@@ -266,8 +271,8 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
   return variants;
 }
 
-json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t total,
-                        bool sweep, std::mt19937_64& rng) {
+json measure_block_size(child_context& ctx, std::uint64_t block,
+                        std::uint64_t total, bool sweep, std::mt19937_64& rng) {
   const std::uint64_t n = total / block;
   const std::uint64_t bytes = n * block;
   const std::uint64_t slots = ctx.dst.size() / block;
@@ -284,7 +289,8 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
   const double contiguous_s = time_on_stream(
       ctx.stream, 3, r, 2.0, [&] { ctx.enqueue_ceiling_copy(bytes); });
   const std::vector<copy_extent> whole{{0, 0, bytes}};
-  row["contiguous"] = method_result(contiguous_s, bytes, contiguous_s, ctx.mismatches(whole));
+  row["contiguous"] =
+      method_result(contiguous_s, bytes, contiguous_s, ctx.mismatches(whole));
 
   // kvferry: the plan prepared (packed, uploaded) once, then launched.
   {
@@ -292,13 +298,13 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
     auto* s = static_cast<cudaStream_t>(engine.native_stream());
     ctx.poison();
     const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
-    const double kernel_s = time_on_stream(s, 3, r, 2.0, [&] {
-      engine.launch(id, ctx.src.base, ctx.dst.data());
-    });
+    const double kernel_s = time_on_stream(
+        s, 3, r, 2.0, [&] { engine.launch(id, ctx.src.base, ctx.dst.data()); });
     row["work_items"] = engine.work_items(id);
     row["grid_blocks"] = engine.grid_blocks();
     engine.release(id);
-    row["kvferry"] = method_result(kernel_s, bytes, contiguous_s, ctx.mismatches(plan));
+    row["kvferry"] =
+        method_result(kernel_s, bytes, contiguous_s, ctx.mismatches(plan));
 
     // kvferry with the plan built and uploaded each time (host wall clock).
     // Completion is polled without sleeping, as a progress loop with work
@@ -320,10 +326,12 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
       const auto ticket = engine.launch(plan_id, ctx.src.base, ctx.dst.data());
       engine.release(plan_id);
       wait_polling(ticket);
-      samples.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+      samples.push_back(
+          std::chrono::duration<double>(clock::now() - t0).count());
       prepare_samples.push_back(std::chrono::duration<double>(t1 - t0).count());
     }
-    row["kvferry_with_plan"] = method_result(median(samples), bytes, contiguous_s, ctx.mismatches(plan));
+    row["kvferry_with_plan"] = method_result(
+        median(samples), bytes, contiguous_s, ctx.mismatches(plan));
     row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
   }
 
@@ -334,11 +342,13 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
   ctx.poison();
   const double per_block_s = time_on_stream(ctx.stream, 1, r, 1.5, [&] {
     for (const auto& e : plan)
-      cuda_check(cudaMemcpyAsync(ctx.dst.data() + e.dst_offset, ctx.src.base + e.src_offset,
-                                 e.length, cudaMemcpyDeviceToDevice, ctx.stream),
+      cuda_check(cudaMemcpyAsync(ctx.dst.data() + e.dst_offset,
+                                 ctx.src.base + e.src_offset, e.length,
+                                 cudaMemcpyDeviceToDevice, ctx.stream),
                  "per-block cudaMemcpyAsync");
   });
-  row["memcpy_per_block"] = method_result(per_block_s, bytes, contiguous_s, ctx.mismatches(plan));
+  row["memcpy_per_block"] =
+      method_result(per_block_s, bytes, contiguous_s, ctx.mismatches(plan));
 
   // cudaMemcpyBatchAsync: one call for all blocks.
   {
@@ -355,11 +365,12 @@ json measure_block_size(child_context& ctx, std::uint64_t block, std::uint64_t t
     ctx.poison();
     try {
       const double batch_s = time_on_stream(ctx.stream, 1, r, 1.5, [&] {
-        cuda_check(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attrs,
-                                        &attr_index, 1, ctx.stream),
+        cuda_check(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(),
+                                        n, &attrs, &attr_index, 1, ctx.stream),
                    "cudaMemcpyBatchAsync");
       });
-      row["memcpy_batch"] = method_result(batch_s, bytes, contiguous_s, ctx.mismatches(plan));
+      row["memcpy_batch"] =
+          method_result(batch_s, bytes, contiguous_s, ctx.mismatches(plan));
     } catch (const gpu_error& e) {
       cudaGetLastError();
       row["memcpy_batch"] = json{{"error", e.what()}};
@@ -378,11 +389,14 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
   auto meta = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackMeta));
   auto bounce = gpu_region::allocate_device(gpu, all);
   auto dst = gpu_region::allocate_device(gpu, 2 * all);
-  auto handle_mem = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
+  auto handle_mem =
+      gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
   gpu_fill_pattern(gpu, bounce.data(), all, 77);
   ncclNetUnpackHandle handle{reinterpret_cast<ncclNetUnpackMeta*>(meta.data()),
                              reinterpret_cast<char*>(bounce.data()), 0};
-  cuda_check(cudaMemcpy(handle_mem.data(), &handle, sizeof(handle), cudaMemcpyHostToDevice), "handle");
+  cuda_check(cudaMemcpy(handle_mem.data(), &handle, sizeof(handle),
+                        cudaMemcpyHostToDevice),
+             "handle");
   std::vector<std::vector<ncclNetUnpackRecord>> records(slots);
   auto host_meta = std::make_unique<ncclNetUnpackMeta>();
   for (int s = 0; s < slots; ++s) {
@@ -392,12 +406,15 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
     std::shuffle(order.begin(), order.end(), rng);
     for (std::uint64_t p = 0; p < pages; ++p)
       host_meta->records[s][p] = ncclNetUnpackRecord{
-          static_cast<std::uint32_t>(s * receive + order[p] * page), static_cast<std::uint32_t>(page),
-          p * page};
+          static_cast<std::uint32_t>(s * receive + order[p] * page),
+          static_cast<std::uint32_t>(page), p * page};
     host_meta->count[s] = pages;
-    records[s].assign(&host_meta->records[s][0], &host_meta->records[s][0] + pages);
+    records[s].assign(&host_meta->records[s][0],
+                      &host_meta->records[s][0] + pages);
   }
-  cuda_check(cudaMemcpy(meta.data(), host_meta.get(), sizeof(ncclNetUnpackMeta), cudaMemcpyHostToDevice), "meta");
+  cuda_check(cudaMemcpy(meta.data(), host_meta.get(), sizeof(ncclNetUnpackMeta),
+                        cudaMemcpyHostToDevice),
+             "meta");
 
   const std::uint64_t block = 16384;
   const auto block_slots = random_slots(rng, dst.size() / block, all / block);
@@ -415,7 +432,8 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
   auto verify = [&](const std::vector<unpack_destination>& where) {
     std::vector<copy_extent> ext;
     for (int s = 0; s < slots; ++s) {
-      auto e = unpack_records_to_extents(records[s].data(), records[s].size(), where[s]);
+      auto e = unpack_records_to_extents(records[s].data(), records[s].size(),
+                                         where[s]);
       ext.insert(ext.end(), e.begin(), e.end());
     }
     return gpu_count_mismatches(gpu, bounce.data(), dst.data(), ext);
@@ -424,7 +442,8 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
   auto run_unpacks = [&](const std::vector<unpack_destination>& where) {
     std::vector<copy_ticket> tickets;
     for (int s = 0; s < slots; ++s, ++seq)
-      tickets.push_back(engine.unpack(handle_mem.data(), seq, all, dst.view(), where[seq % slots]));
+      tickets.push_back(engine.unpack(handle_mem.data(), seq, all, dst.view(),
+                                      where[seq % slots]));
     return tickets;
   };
   auto timed = [&](const std::vector<unpack_destination>& where) {
@@ -457,7 +476,8 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
     cudaEventCreate(&b);
     for (int i = 0; i < repeats + 2; ++i, seq += slots) {
       cudaEventRecord(a, stream);
-      auto ticket = engine.unpack_batch(handle_mem.data(), seq, where, all, dst.view());
+      auto ticket =
+          engine.unpack_batch(handle_mem.data(), seq, where, all, dst.view());
       cudaEventRecord(b, stream);
       engine.wait(ticket, std::chrono::seconds(10));
       float ms = 0;
@@ -480,26 +500,30 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
 
   const double copies_s = time_on_stream(stream, 2, repeats, 1.0, [&] {
     for (int s = 0; s < slots; ++s)
-      cudaMemcpyAsync(dst.data() + s * receive, bounce.data() + s * receive, receive,
-                      cudaMemcpyDeviceToDevice, stream);
+      cudaMemcpyAsync(dst.data() + s * receive, bounce.data() + s * receive,
+                      receive, cudaMemcpyDeviceToDevice, stream);
   });
   const double one_copy_s = time_on_stream(stream, 2, repeats, 1.0, [&] {
-    cudaMemcpyAsync(dst.data(), bounce.data(), all, cudaMemcpyDeviceToDevice, stream);
+    cudaMemcpyAsync(dst.data(), bounce.data(), all, cudaMemcpyDeviceToDevice,
+                    stream);
   });
   auto entry = [&](double s, std::uint64_t bad) {
     json j = method_result(s, all, copies_s, bad);
     j["ratio_to_one_copy"] = one_copy_s / s;
     return j;
   };
-  return json{{"receives", slots},
-              {"receive_bytes", receive},
-              {"fragment_bytes", page},
-              {"unpack_contiguous", entry(unpack_contig_s, bad_contig)},
-              {"unpack_16k_blocks", entry(unpack_blocks_s, bad_blocks)},
-              {"unpack_batch_contiguous", entry(batch_contig_s, bad_batch_contig)},
-              {"unpack_batch_16k_blocks", entry(batch_blocks_s, bad_batch_blocks)},
-              {"memcpy_16x4MiB", json{{"seconds", copies_s}, {"gbps", gbps(all, copies_s)}}},
-              {"memcpy_one_64MiB", json{{"seconds", one_copy_s}, {"gbps", gbps(all, one_copy_s)}}}};
+  return json{
+      {"receives", slots},
+      {"receive_bytes", receive},
+      {"fragment_bytes", page},
+      {"unpack_contiguous", entry(unpack_contig_s, bad_contig)},
+      {"unpack_16k_blocks", entry(unpack_blocks_s, bad_blocks)},
+      {"unpack_batch_contiguous", entry(batch_contig_s, bad_batch_contig)},
+      {"unpack_batch_16k_blocks", entry(batch_blocks_s, bad_batch_blocks)},
+      {"memcpy_16x4MiB",
+       json{{"seconds", copies_s}, {"gbps", gbps(all, copies_s)}}},
+      {"memcpy_one_64MiB",
+       json{{"seconds", one_copy_s}, {"gbps", gbps(all, one_copy_s)}}}};
 }
 
 int run_child(const bench_ipc_options& opt) {
@@ -518,19 +542,23 @@ int run_child(const bench_ipc_options& opt) {
         gpu_region::allocate_device(pair.dst, handle.region_bytes),
         nullptr,
         opt.repeats};
-    cuda_check(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda_check(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking),
+               "cudaStreamCreate");
     std::mt19937_64 rng{2026};
     // Bring clocks up before the first measurement (the first size measured
     // otherwise reads low): ~0.3 s of large copies.
     for (int i = 0; i < 200; ++i)
-      cuda_check(cudaMemcpyAsync(ctx.dst.data(), ctx.src.base, ctx.dst.size() / 2,
-                                 cudaMemcpyDeviceToDevice, ctx.stream), "warm-up copy");
+      cuda_check(cudaMemcpyAsync(ctx.dst.data(), ctx.src.base,
+                                 ctx.dst.size() / 2, cudaMemcpyDeviceToDevice,
+                                 ctx.stream),
+                 "warm-up copy");
     cuda_check(cudaStreamSynchronize(ctx.stream), "warm-up");
     json result{{"sizes", json::array()}};
     const std::uint64_t total = parse_size(opt.total);
     for (auto block : parse_sizes(opt.sizes)) {
       std::cerr << "bench ipc: block size " << block << " ...\n";
-      result["sizes"].push_back(measure_block_size(ctx, block, total, opt.sweep, rng));
+      result["sizes"].push_back(
+          measure_block_size(ctx, block, total, opt.sweep, rng));
     }
     if (!opt.no_unpack) {
       std::cerr << "bench ipc: unpack ...\n";
@@ -546,11 +574,13 @@ int run_child(const bench_ipc_options& opt) {
   }
 }
 
-// ---- the parent: owns the source pool, runs the child, reports ---------------
+// ---- the parent: owns the source pool, runs the child, reports
+// ---------------
 
 // Starts this binary as the child with its stdout on a pipe; returns what it
 // printed, or throws naming the failure. Kills the child past `timeout`.
-std::string run_child_process(const bench_ipc_options& opt, const std::string& handle_hex,
+std::string run_child_process(const bench_ipc_options& opt,
+                              const std::string& handle_hex,
                               std::chrono::seconds timeout) {
   int out[2];
   if (pipe(out) != 0)
@@ -570,8 +600,10 @@ std::string run_child_process(const bench_ipc_options& opt, const std::string& h
                                 std::to_string(opt.src_gpu),
                                 "--dst-gpu",
                                 std::to_string(opt.dst_gpu)};
-  if (opt.sweep) args.push_back("--sweep");
-  if (opt.no_unpack) args.push_back("--no-unpack");
+  if (opt.sweep)
+    args.push_back("--sweep");
+  if (opt.no_unpack)
+    args.push_back("--no-unpack");
   const pid_t pid = fork();
   if (pid < 0)
     throw std::runtime_error("fork failed");
@@ -580,7 +612,8 @@ std::string run_child_process(const bench_ipc_options& opt, const std::string& h
     close(out[0]);
     close(out[1]);
     std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
+    for (auto& a : args)
+      argv.push_back(a.data());
     argv.push_back(nullptr);
     execv("/proc/self/exe", argv.data());
     _exit(127);
@@ -591,7 +624,8 @@ std::string run_child_process(const bench_ipc_options& opt, const std::string& h
   char buf[65536];
   while (true) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now()).count();
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
     if (left <= 0) {
       kill(pid, SIGKILL);
       waitpid(pid, nullptr, 0);
@@ -611,7 +645,8 @@ std::string run_child_process(const bench_ipc_options& opt, const std::string& h
   int status = 0;
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    throw std::runtime_error("the child process failed (status " + std::to_string(status) +
+    throw std::runtime_error("the child process failed (status " +
+                             std::to_string(status) +
                              "); see its message above");
   return text;
 }
@@ -620,7 +655,8 @@ std::string ratio_cell(const json& m) {
   if (m.contains("error"))
     return "error";
   return fmt::format("{:7.1f} ({:.2f}x){}", m["gbps"].get<double>(),
-                     m["ratio_to_contiguous"].get<double>(), m["verified"].get<bool>() ? "" : " BAD");
+                     m["ratio_to_contiguous"].get<double>(),
+                     m["verified"].get<bool>() ? "" : " BAD");
 }
 
 void print_table(const json& r) {
@@ -655,34 +691,41 @@ void print_table(const json& r) {
         row["contiguous"]["gbps"].get<double>());
     if (row.contains("sweep")) {
       for (const auto& v : row["sweep"])
-        std::cout << fmt::format("    {} item={} unroll={} threads={} stages={} grid={}: {:.1f} GB/s ({:.3f}x){}\n",
-                                 v["kernel"].get<std::string>(), v["item_bytes"].get<int>(),
-                                 v["unroll"].get<int>(), v["threads"].get<int>(),
-                                 v["stages"].get<int>(), v["grid_blocks"].get<int>(),
-                                 v["gbps"].get<double>(), v["ratio_to_contiguous"].get<double>(),
-                                 v["verified"].get<bool>() ? "" : " BAD");
+        std::cout << fmt::format(
+            "    {} item={} unroll={} threads={} stages={} grid={}: {:.1f} "
+            "GB/s ({:.3f}x){}\n",
+            v["kernel"].get<std::string>(), v["item_bytes"].get<int>(),
+            v["unroll"].get<int>(), v["threads"].get<int>(),
+            v["stages"].get<int>(), v["grid_blocks"].get<int>(),
+            v["gbps"].get<double>(), v["ratio_to_contiguous"].get<double>(),
+            v["verified"].get<bool>() ? "" : " BAD");
     }
   }
   if (r.contains("unpack")) {
     const auto& u = r["unpack"];
-    for (const char* k : {"unpack_contiguous", "unpack_16k_blocks", "unpack_batch_contiguous",
-                          "unpack_batch_16k_blocks"})
-      std::cout << fmt::format("{}: 16 x 4 MiB in 4 KiB fragments: {:.1f} GB/s, {:.2f}x of 16 plain 4 MiB "
-                               "copies ({:.1f} GB/s), {:.2f}x of one 64 MiB copy ({:.1f} GB/s){}\n",
-                               k, u[k]["gbps"].get<double>(), u[k]["ratio_to_contiguous"].get<double>(),
-                               u["memcpy_16x4MiB"]["gbps"].get<double>(),
-                               u[k]["ratio_to_one_copy"].get<double>(),
-                               u["memcpy_one_64MiB"]["gbps"].get<double>(),
-                               u[k]["verified"].get<bool>() ? "" : " BAD");
+    for (const char* k : {"unpack_contiguous", "unpack_16k_blocks",
+                          "unpack_batch_contiguous", "unpack_batch_16k_blocks"})
+      std::cout << fmt::format(
+          "{}: 16 x 4 MiB in 4 KiB fragments: {:.1f} GB/s, {:.2f}x of 16 plain "
+          "4 MiB "
+          "copies ({:.1f} GB/s), {:.2f}x of one 64 MiB copy ({:.1f} GB/s){}\n",
+          k, u[k]["gbps"].get<double>(),
+          u[k]["ratio_to_contiguous"].get<double>(),
+          u["memcpy_16x4MiB"]["gbps"].get<double>(),
+          u[k]["ratio_to_one_copy"].get<double>(),
+          u["memcpy_one_64MiB"]["gbps"].get<double>(),
+          u[k]["verified"].get<bool>() ? "" : " BAD");
   }
   std::cout << fmt::format("peak RSS: parent {} KiB, child {} KiB\n",
-                           r["parent_peak_rss_kib"].get<long>(), r["child_peak_rss_kib"].get<long>());
+                           r["parent_peak_rss_kib"].get<long>(),
+                           r["child_peak_rss_kib"].get<long>());
 }
 
 int run_parent(const bench_ipc_options& opt) {
   const auto inventory = list_gpus();
   if (inventory.devices.empty()) {
-    std::cerr << "kvferry bench ipc: needs a CUDA GPU: " << inventory.why_none << "\n";
+    std::cerr << "kvferry bench ipc: needs a CUDA GPU: " << inventory.why_none
+              << "\n";
     return 1;
   }
   try {
@@ -691,16 +734,19 @@ int run_parent(const bench_ipc_options& opt) {
     const std::uint64_t total = parse_size(opt.total);
     const auto sizes = parse_sizes(opt.sizes);
     if (total < (1ull << 20) || sizes.empty())
-      throw std::invalid_argument("--total must be at least 1M and --sizes non-empty");
+      throw std::invalid_argument(
+          "--total must be at least 1M and --sizes non-empty");
     for (auto s : sizes)
       if (s == 0 || s % 16 != 0 || s > total)
-        throw std::invalid_argument("block size " + std::to_string(s) +
-                                    " must be a positive multiple of 16 no larger than --total");
+        throw std::invalid_argument(
+            "block size " + std::to_string(s) +
+            " must be a positive multiple of 16 no larger than --total");
     // Pools twice the total, so blocks scatter with gaps around them.
     auto src = gpu_region::allocate_device(pair.src, 2 * total);
     gpu_fill_pattern(pair.src, src.data(), src.size(), 0xfeed);
     const auto handle = export_ipc_handle(src);
-    const std::string out = run_child_process(opt, handle.to_hex(), std::chrono::seconds(540));
+    const std::string out =
+        run_child_process(opt, handle.to_hex(), std::chrono::seconds(540));
     const auto line = out.find('{');
     if (line == std::string::npos)
       throw std::runtime_error("the child printed no result");
@@ -724,10 +770,12 @@ int run_parent(const bench_ipc_options& opt) {
     }
     bool all_verified = true;
     for (const auto& row : result["sizes"])
-      for (const char* k : {"kvferry", "kvferry_with_plan", "memcpy_per_block", "contiguous"})
+      for (const char* k :
+           {"kvferry", "kvferry_with_plan", "memcpy_per_block", "contiguous"})
         all_verified &= row[k]["verified"].get<bool>();
     if (!all_verified)
-      std::cerr << "kvferry bench ipc: some copies did not verify (see BAD above)\n";
+      std::cerr
+          << "kvferry bench ipc: some copies did not verify (see BAD above)\n";
     return all_verified ? 0 : 3;
   } catch (const std::exception& e) {
     std::cerr << "kvferry bench ipc: " << e.what() << "\n";
@@ -735,20 +783,26 @@ int run_parent(const bench_ipc_options& opt) {
   }
 }
 
-#endif  // KVFERRY_HAVE_CUDA
+#endif // KVFERRY_HAVE_CUDA
 
-}  // namespace
+} // namespace
 
 void add_bench_ipc(CLI::App& bench, int& exit_code) {
   auto opt = std::make_shared<bench_ipc_options>();
   auto* cmd = bench.add_subcommand(
-      "ipc", "Same-host GPU copies across two processes (CUDA IPC): kvferry's batched "
-             "kernel vs per-block cudaMemcpyAsync, cudaMemcpyBatchAsync and one contiguous copy");
-  cmd->add_option("--json", opt->json_path, "Write the full results to this JSON file");
-  cmd->add_option("--sizes", opt->sizes, "Block sizes, comma-separated (K, M suffixes)")
+      "ipc",
+      "Same-host GPU copies across two processes (CUDA IPC): kvferry's batched "
+      "kernel vs per-block cudaMemcpyAsync, cudaMemcpyBatchAsync and one "
+      "contiguous copy");
+  cmd->add_option("--json", opt->json_path,
+                  "Write the full results to this JSON file");
+  cmd->add_option("--sizes", opt->sizes,
+                  "Block sizes, comma-separated (K, M suffixes)")
       ->capture_default_str();
-  cmd->add_option("--total", opt->total, "Bytes copied per run, per block size")->capture_default_str();
-  cmd->add_option("--repeats", opt->repeats, "Timed repeats (median reported)")->capture_default_str();
+  cmd->add_option("--total", opt->total, "Bytes copied per run, per block size")
+      ->capture_default_str();
+  cmd->add_option("--repeats", opt->repeats, "Timed repeats (median reported)")
+      ->capture_default_str();
   auto* src = cmd->add_option("--src-gpu", opt->src_gpu,
                               "CUDA device of the producer's (source) pool")
                   ->capture_default_str();
@@ -761,18 +815,21 @@ void add_bench_ipc(CLI::App& bench, int& exit_code) {
          "Both pools on this CUDA device (same as --src-gpu N --dst-gpu N)")
       ->excludes(src)
       ->excludes(dst);
-  cmd->add_flag("--sweep", opt->sweep, "Also time the kernel's tuning variants");
-  cmd->add_flag("--no-unpack", opt->no_unpack, "Skip the UNPACK kernel measurement");
-  cmd->add_option("--child-handle", opt->child_handle)->group("");  // internal
+  cmd->add_flag("--sweep", opt->sweep,
+                "Also time the kernel's tuning variants");
+  cmd->add_flag("--no-unpack", opt->no_unpack,
+                "Skip the UNPACK kernel measurement");
+  cmd->add_option("--child-handle", opt->child_handle)->group(""); // internal
   cmd->callback([opt, &exit_code] {
 #ifdef KVFERRY_HAVE_CUDA
     exit_code = opt->child_handle.empty() ? run_parent(*opt) : run_child(*opt);
 #else
-    std::cerr << "kvferry bench ipc: this build has no CUDA support (no nvcc at configure "
+    std::cerr << "kvferry bench ipc: this build has no CUDA support (no nvcc "
+                 "at configure "
                  "time); it needs a CUDA build and a GPU\n";
     exit_code = 1;
 #endif
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -51,22 +51,24 @@ struct bench_options {
   std::string sizes = "4K..256M";
   int depth = 32;
   int comms = 1;
-  long iters = 0;  // 0: per size, about 512 MiB or 20000 messages
+  long iters = 0; // 0: per size, about 512 MiB or 20000 messages
   long rtt_iters = 2000;
-  int repeat = 3;  // rounds per size; medians reported
+  int repeat = 3; // rounds per size; medians reported
   size_t chunk_bytes = size_t{4} << 20;
   std::string json_path;
   double timeout_s = 60;
   // host, cuda or both; empty: both where a GPU exists, else host.
   std::string memory;
   int gpu = 0;
-  int peer_gpu = -1;  // the receiver's GPU; -1: --gpu
-  int serve_fd = -1;  // set in the receiver process only
+  int peer_gpu = -1; // the receiver's GPU; -1: --gpu
+  int serve_fd = -1; // set in the receiver process only
 };
 
 constexpr size_t pool_cap = size_t{256} << 20;
 
-[[noreturn]] void fail(const std::string& why) { throw std::runtime_error(why); }
+[[noreturn]] void fail(const std::string& why) {
+  throw std::runtime_error(why);
+}
 
 // ---- which memory the plugin rounds use ------------------------------------
 
@@ -98,10 +100,10 @@ memory_choice choose_memories(const std::string& requested,
   tp::check_gpu_ordinal(gpus, gpu, "--gpu");
   if (peer_gpu != -1)
     tp::check_gpu_ordinal(gpus, peer_gpu, "--peer-gpu");
-  const auto where = peer_gpu < 0 || peer_gpu == gpu
-                         ? fmt::format("GPU {}", gpu)
-                         : fmt::format("GPU {} (sender) and GPU {} (receiver)",
-                                       gpu, peer_gpu);
+  const auto where =
+      peer_gpu < 0 || peer_gpu == gpu
+          ? fmt::format("GPU {}", gpu)
+          : fmt::format("GPU {} (sender) and GPU {} (receiver)", gpu, peer_gpu);
   if (requested == "cuda")
     return {{bench_memory::cuda}, "memory: cuda on " + where};
   return {{bench_memory::host, bench_memory::cuda},
@@ -116,17 +118,22 @@ std::string memory_option(const std::vector<bench_memory>& memories) {
   return memories.size() == 2 ? "both" : name_of(memories.front());
 }
 
-// ---- sizes ----------------------------------------------------------------------------------
+// ---- sizes
+// ----------------------------------------------------------------------------------
 
 size_t parse_size(const std::string& text) {
   size_t pos = 0;
   double value = std::stod(text, &pos);
   std::string unit = text.substr(pos);
   double scale = 1;
-  if (unit == "K" || unit == "KiB" || unit == "k") scale = 1024;
-  else if (unit == "M" || unit == "MiB") scale = 1024.0 * 1024;
-  else if (unit == "G" || unit == "GiB") scale = 1024.0 * 1024 * 1024;
-  else if (!unit.empty() && unit != "B") fail("--sizes: unknown unit in '" + text + "'");
+  if (unit == "K" || unit == "KiB" || unit == "k")
+    scale = 1024;
+  else if (unit == "M" || unit == "MiB")
+    scale = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GiB")
+    scale = 1024.0 * 1024 * 1024;
+  else if (!unit.empty() && unit != "B")
+    fail("--sizes: unknown unit in '" + text + "'");
   return static_cast<size_t>(value * scale);
 }
 
@@ -134,76 +141,102 @@ size_t parse_size(const std::string& text) {
 std::vector<size_t> parse_sizes(const std::string& text) {
   std::vector<size_t> out;
   if (auto dots = text.find(".."); dots != std::string::npos) {
-    size_t low = parse_size(text.substr(0, dots)), high = parse_size(text.substr(dots + 2));
-    if (low == 0 || high < low) fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
-    for (size_t s = low; s <= high; s *= 4) out.push_back(s);
+    size_t low = parse_size(text.substr(0, dots)),
+           high = parse_size(text.substr(dots + 2));
+    if (low == 0 || high < low)
+      fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
+    for (size_t s = low; s <= high; s *= 4)
+      out.push_back(s);
   } else {
     std::stringstream in(text);
     std::string item;
     while (std::getline(in, item, ','))
-      if (!item.empty()) out.push_back(parse_size(item));
+      if (!item.empty())
+        out.push_back(parse_size(item));
   }
   for (auto s : out)
-    if (s == 0 || s > (size_t{1} << 30)) fail("--sizes: each size must be in 1 B..1 GiB");
-  if (out.empty()) fail("--sizes: no sizes");
+    if (s == 0 || s > (size_t{1} << 30))
+      fail("--sizes: each size must be in 1 B..1 GiB");
+  if (out.empty())
+    fail("--sizes: no sizes");
   return out;
 }
 
 std::string human(size_t bytes) {
   if (bytes >= (size_t{1} << 20) && bytes % (size_t{1} << 20) == 0)
     return fmt::format("{}M", bytes >> 20);
-  if (bytes >= 1024 && bytes % 1024 == 0) return fmt::format("{}K", bytes >> 10);
+  if (bytes >= 1024 && bytes % 1024 == 0)
+    return fmt::format("{}K", bytes >> 10);
   return fmt::format("{}", bytes);
 }
 
 long iterations_for(const bench_options& o, size_t size) {
-  if (o.iters > 0) return o.iters;
-  return std::clamp<long>(static_cast<long>((size_t{512} << 20) / size), 4, 20000);
+  if (o.iters > 0)
+    return o.iters;
+  return std::clamp<long>(static_cast<long>((size_t{512} << 20) / size), 4,
+                          20000);
 }
 
-// ---- the control line between the two processes --------------------------------------------
+// ---- the control line between the two processes
+// --------------------------------------------
 
 class control {
- public:
+public:
   explicit control(int fd, double timeout_s) : fd_(fd), timeout_s_(timeout_s) {}
   void send(const std::string& line) {
     std::string text = line + "\n";
     size_t done = 0;
     while (done < text.size()) {
       auto n = ::write(fd_, text.data() + done, text.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail(fmt::format("bench net: the other process is gone ({})", std::strerror(errno)));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        fail(fmt::format("bench net: the other process is gone ({})",
+                         std::strerror(errno)));
       done += static_cast<size_t>(n);
     }
   }
   std::string receive() {
-    auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
-                                          std::chrono::duration<double>(timeout_s_));
+    auto deadline =
+        clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                std::chrono::duration<double>(timeout_s_));
     for (;;) {
       if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
         auto line = buffer_.substr(0, nl);
         buffer_.erase(0, nl + 1);
         return line;
       }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()).count();
-      if (left <= 0) fail(fmt::format("bench net: no word from the other process in {:.0f} s", timeout_s_));
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      deadline - clock_type::now())
+                      .count();
+      if (left <= 0)
+        fail(
+            fmt::format("bench net: no word from the other process in {:.0f} s",
+                        timeout_s_));
       pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) <= 0) continue;
+      if (::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000))) <= 0)
+        continue;
       char chunk[4096];
       auto n = ::read(fd_, chunk, sizeof chunk);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) fail("bench net: the other process closed the control line (did it crash?)");
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        fail("bench net: the other process closed the control line (did it "
+             "crash?)");
       buffer_.append(chunk, static_cast<size_t>(n));
     }
   }
   std::string expect(const std::string& word) {
     auto line = receive();
     if (line.rfind(word, 0) != 0)
-      fail(fmt::format("bench net: expected '{}' from the other process, got '{}'", word, line));
-    return line.size() > word.size() ? line.substr(word.size() + 1) : std::string();
+      fail(fmt::format(
+          "bench net: expected '{}' from the other process, got '{}'", word,
+          line));
+    return line.size() > word.size() ? line.substr(word.size() + 1)
+                                     : std::string();
   }
 
- private:
+private:
   int fd_;
   double timeout_s_;
   std::string buffer_;
@@ -212,19 +245,21 @@ class control {
 std::string to_hex(const std::vector<tp::net_handle>& handles) {
   std::string out;
   for (auto& h : handles)
-    for (char c : h) out += fmt::format("{:02x}", static_cast<unsigned char>(c));
+    for (char c : h)
+      out += fmt::format("{:02x}", static_cast<unsigned char>(c));
   return out;
 }
 std::vector<tp::net_handle> from_hex(const std::string& hex) {
   std::vector<tp::net_handle> out(hex.size() / (2 * NCCL_NET_HANDLE_MAXSIZE));
   for (size_t i = 0; i < out.size(); ++i)
     for (size_t b = 0; b < NCCL_NET_HANDLE_MAXSIZE; ++b)
-      out[i][b] = static_cast<char>(
-        std::stoi(hex.substr((i * NCCL_NET_HANDLE_MAXSIZE + b) * 2, 2), nullptr, 16));
+      out[i][b] = static_cast<char>(std::stoi(
+          hex.substr((i * NCCL_NET_HANDLE_MAXSIZE + b) * 2, 2), nullptr, 16));
   return out;
 }
 
-// ---- TCP baseline sockets ------------------------------------------------------------------
+// ---- TCP baseline sockets
+// ------------------------------------------------------------------
 
 void set_nodelay(int fd) {
   int one = 1;
@@ -234,8 +269,11 @@ void set_nodelay(int fd) {
 void write_all(int fd, const char* data, size_t bytes) {
   while (bytes) {
     auto n = ::send(fd, data, bytes, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail(fmt::format("bench net: TCP baseline write failed: {}", std::strerror(errno)));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      fail(fmt::format("bench net: TCP baseline write failed: {}",
+                       std::strerror(errno)));
     data += n;
     bytes -= static_cast<size_t>(n);
   }
@@ -243,32 +281,44 @@ void write_all(int fd, const char* data, size_t bytes) {
 void read_all(int fd, char* data, size_t bytes) {
   while (bytes) {
     auto n = ::recv(fd, data, bytes, MSG_WAITALL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail(fmt::format("bench net: TCP baseline read failed: {}", n == 0 ? "peer closed" : std::strerror(errno)));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      fail(fmt::format("bench net: TCP baseline read failed: {}",
+                       n == 0 ? "peer closed" : std::strerror(errno)));
     data += n;
     bytes -= static_cast<size_t>(n);
   }
 }
 
-// ---- both sides' plugin state -----------------------------------------------------------------
+// ---- both sides' plugin state
+// -----------------------------------------------------------------
 
 size_t pool_bytes(const std::vector<size_t>& sizes, int depth) {
   size_t largest = *std::max_element(sizes.begin(), sizes.end());
   size_t want = 0;
-  for (auto s : sizes) want = std::max(want, std::min(s * static_cast<size_t>(depth), std::max(s, pool_cap)));
+  for (auto s : sizes)
+    want = std::max(
+        want, std::min(s * static_cast<size_t>(depth), std::max(s, pool_cap)));
   return std::max(want, largest);
 }
-size_t slots_for(size_t pool, size_t size) { return std::max<size_t>(1, pool / size); }
+size_t slots_for(size_t pool, size_t size) {
+  return std::max<size_t>(1, pool / size);
+}
 
-char pattern_byte(size_t i) { return static_cast<char>((i * 7 + (i >> 12)) & 0xff); }
+char pattern_byte(size_t i) {
+  return static_cast<char>((i * 7 + (i >> 12)) & 0xff);
+}
 std::vector<char> pattern(size_t bytes) {
   std::vector<char> out(bytes);
-  for (size_t i = 0; i < bytes; ++i) out[i] = pattern_byte(i);
+  for (size_t i = 0; i < bytes; ++i)
+    out[i] = pattern_byte(i);
   return out;
 }
 bool matches_pattern(const char* data, size_t bytes) {
   for (size_t i = 0; i < bytes; ++i)
-    if (data[i] != pattern_byte(i)) return false;
+    if (data[i] != pattern_byte(i))
+      return false;
   return true;
 }
 // GPU buffers get gpu_fill_pattern's pattern (a prefix of a longer fill is the
@@ -277,16 +327,21 @@ bool matches_pattern(const char* data, size_t bytes) {
 constexpr std::uint64_t cuda_pattern_seed = 0x6b76'6665'7272;
 constexpr std::uint64_t cuda_poison_seed = 0xdead'beef;
 
-template <class Channel>
+template<class Channel>
 void wait_one(Channel& ch, tp::op_id want, double timeout_s, const char* what) {
-  auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(timeout_s));
+  auto deadline =
+      clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                              std::chrono::duration<double>(timeout_s));
   bool done = false;
   while (!done) {
     ch.poll([&](const tp::completion& c) {
-      if (!c.ok) fail(fmt::format("bench net: {} failed: {}", what, c.error));
-      if (c.id == want) done = true;
+      if (!c.ok)
+        fail(fmt::format("bench net: {} failed: {}", what, c.error));
+      if (c.id == want)
+        done = true;
     });
-    if (!done && clock_type::now() > deadline) fail(fmt::format("bench net: {} not done in {:.0f} s", what, timeout_s));
+    if (!done && clock_type::now() > deadline)
+      fail(fmt::format("bench net: {} not done in {:.0f} s", what, timeout_s));
   }
 }
 
@@ -362,7 +417,8 @@ receive_pool& pool_for(std::vector<receive_pool>& pools,
        " memory, which this receiver did not set up");
 }
 
-// ---- the receiver (child process) ----------------------------------------------------------------
+// ---- the receiver (child process)
+// ----------------------------------------------------------------
 
 int serve(const bench_options& o) {
   control ctl(o.serve_fd, o.timeout_s);
@@ -378,10 +434,13 @@ int serve(const bench_options& o) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof addr;
-  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener, 1) != 0 ||
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(listener, 1) != 0 ||
       ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-    fail(fmt::format("bench net receiver: TCP listen on 127.0.0.1 failed: {}", std::strerror(errno)));
-  ctl.send(fmt::format("hello {} {}", ntohs(addr.sin_port), to_hex(forward.handles())));
+    fail(fmt::format("bench net receiver: TCP listen on 127.0.0.1 failed: {}",
+                     std::strerror(errno)));
+  ctl.send(fmt::format("hello {} {}", ntohs(addr.sin_port),
+                       to_hex(forward.handles())));
   auto back_handles = from_hex(ctl.expect("back"));
   tp::channel_options back_opt = copt;
   back_opt.comms = 1;
@@ -389,14 +448,19 @@ int serve(const bench_options& o) {
   bool accepted = false, connected = false;
   auto deadline = clock_type::now() + 30s;
   while (!(accepted && connected)) {
-    if (!accepted) accepted = forward.try_accept();
-    if (!connected) connected = backward.try_connect();
-    if (clock_type::now() > deadline) fail("bench net receiver: plugin connect/accept not done in 30 s");
+    if (!accepted)
+      accepted = forward.try_accept();
+    if (!connected)
+      connected = backward.try_connect();
+    if (clock_type::now() > deadline)
+      fail("bench net receiver: plugin connect/accept not done in 30 s");
   }
   auto rx = forward.take();
   auto tx = backward.take();
   pollfd pl{listener, POLLIN, 0};
-  if (::poll(&pl, 1, 30000) != 1) fail("bench net receiver: the TCP baseline connection did not come in 30 s");
+  if (::poll(&pl, 1, 30000) != 1)
+    fail(
+        "bench net receiver: the TCP baseline connection did not come in 30 s");
   int tcp = ::accept(listener, nullptr, nullptr);
   ::close(listener);
   set_nodelay(tcp);
@@ -441,14 +505,18 @@ int serve(const bench_options& o) {
       ctl.send("ready");
       auto end = clock_type::now() + std::chrono::duration<double>(o.timeout_s);
       while (received < iters) {
-        // Yield when idle: on a small machine the plugin's own threads need the core.
+        // Yield when idle: on a small machine the plugin's own threads need the
+        // core.
         if (!rx.poll([&](const tp::completion& c) {
-              if (!c.ok) fail(fmt::format("bench net receiver: receive failed: {}", c.error));
+              if (!c.ok)
+                fail(fmt::format("bench net receiver: receive failed: {}",
+                                 c.error));
               ++received;
             }))
           std::this_thread::yield();
         post_more();
-        if (clock_type::now() > end) fail("bench net receiver: receives not done in time");
+        if (clock_type::now() > end)
+          fail("bench net receiver: receives not done in time");
       }
       // Report the arrival before verifying: the sender stops its clock at
       // "arrived", so the check (~0.1 s at 256 MiB) is not counted as
@@ -492,7 +560,8 @@ int serve(const bench_options& o) {
   }
 }
 
-// ---- the sender (parent) --------------------------------------------------------------------------
+// ---- the sender (parent)
+// --------------------------------------------------------------------------
 
 struct memory_result {
   bench_memory memory = bench_memory::host;
@@ -525,9 +594,13 @@ struct size_result {
 };
 
 double percentile(std::vector<double>& values, double p) {
-  if (values.empty()) return 0;
-  auto at = static_cast<size_t>(p * static_cast<double>(values.size() - 1) + 0.5);
-  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(at), values.end());
+  if (values.empty())
+    return 0;
+  auto at =
+      static_cast<size_t>(p * static_cast<double>(values.size() - 1) + 0.5);
+  std::nth_element(values.begin(),
+                   values.begin() + static_cast<std::ptrdiff_t>(at),
+                   values.end());
   return values[at];
 }
 
@@ -535,7 +608,8 @@ double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
 
-// The receiver: this binary again, exec'd with --serve-fd; killed if it lingers.
+// The receiver: this binary again, exec'd with --serve-fd; killed if it
+// lingers.
 struct receiver_process {
   pid_t pid = -1;
   int fd = -1;
@@ -545,10 +619,12 @@ struct receiver_process {
              const std::string& memory) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
-      fail(fmt::format("bench net: socketpair failed: {}", std::strerror(errno)));
+      fail(fmt::format("bench net: socketpair failed: {}",
+                       std::strerror(errno)));
     std::fflush(nullptr);
     pid = ::fork();
-    if (pid < 0) fail(fmt::format("bench net: fork failed: {}", std::strerror(errno)));
+    if (pid < 0)
+      fail(fmt::format("bench net: fork failed: {}", std::strerror(errno)));
     if (pid == 0) {
       ::close(sv[0]);
       std::vector<std::string> args{"kvferry", "bench", "net"};
@@ -566,10 +642,12 @@ struct receiver_process {
       add("--memory", memory);
       add("--gpu", std::to_string(o.peer_gpu < 0 ? o.gpu : o.peer_gpu));
       std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
+      for (auto& a : args)
+        argv.push_back(a.data());
       argv.push_back(nullptr);
       ::execv("/proc/self/exe", argv.data());
-      std::fprintf(stderr, "bench net: exec of /proc/self/exe failed: %s\n", std::strerror(errno));
+      std::fprintf(stderr, "bench net: exec of /proc/self/exe failed: %s\n",
+                   std::strerror(errno));
       ::_exit(127);
     }
     ::close(sv[1]);
@@ -577,7 +655,8 @@ struct receiver_process {
   }
 
   void finish() {
-    if (pid <= 0) return;
+    if (pid <= 0)
+      return;
     for (int i = 0; i < 500; ++i) {
       if (::waitpid(pid, &status, WNOHANG) == pid) {
         pid = -1;
@@ -591,7 +670,8 @@ struct receiver_process {
   }
 
   ~receiver_process() {
-    if (fd >= 0) ::close(fd);
+    if (fd >= 0)
+      ::close(fd);
     if (pid > 0) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, nullptr, 0);
@@ -600,8 +680,9 @@ struct receiver_process {
 };
 
 class sender {
- public:
-  explicit sender(bench_options o) : o_(std::move(o)), sizes_(parse_sizes(o_.sizes)) {}
+public:
+  explicit sender(bench_options o)
+      : o_(std::move(o)), sizes_(parse_sizes(o_.sizes)) {}
 
   int run() {
     if (o_.depth < 1 || o_.comms < 1 || o_.repeat < 1)
@@ -609,8 +690,10 @@ class sender {
     memories_ = choose_memories(o_.memory, *tp::system_gpu_topology(), o_.gpu,
                                 o_.peer_gpu);
     net_ = tp::plugin::load(o_.plugin_name);
-    fmt::print("kvferry bench net: plugin {} ({}), depth {}, comms {}, chunk {}, {} rounds per size\n",
-               net_->name(), net_->path(), o_.depth, o_.comms, human(o_.chunk_bytes), o_.repeat);
+    fmt::print("kvferry bench net: plugin {} ({}), depth {}, comms {}, chunk "
+               "{}, {} rounds per size\n",
+               net_->name(), net_->path(), o_.depth, o_.comms,
+               human(o_.chunk_bytes), o_.repeat);
     fmt::print("{}\n", memories_.note);
     if (uses(bench_memory::cuda))
       fmt::print("cuda memory: {}\n", cuda_path());
@@ -633,15 +716,18 @@ class sender {
                "{:.1f}), tcp p50 {:.1f} us (mean {:.1f}), ratio {:.2f}\n",
                rtt.plugin_p50, rtt.plugin_mean, rtt.tcp_p50, rtt.tcp_mean,
                rtt.plugin_p50 / rtt.tcp_p50);
-    fmt::print("peak RSS: sender {:.1f} MiB, receiver {:.1f} MiB (RUSAGE_CHILDREN {:.1f} MiB)\n",
-               sender_rss / 1024.0, receiver_rss / 1024.0, children_rss / 1024.0);
-    if (!o_.json_path.empty()) write_json(results, rtt, sender_rss, receiver_rss);
+    fmt::print("peak RSS: sender {:.1f} MiB, receiver {:.1f} MiB "
+               "(RUSAGE_CHILDREN {:.1f} MiB)\n",
+               sender_rss / 1024.0, receiver_rss / 1024.0,
+               children_rss / 1024.0);
+    if (!o_.json_path.empty())
+      write_json(results, rtt, sender_rss, receiver_rss);
     bool all_ok = std::all_of(results.begin(), results.end(),
                               [](auto& r) { return r.verified(); });
     return all_ok ? 0 : 1;
   }
 
- private:
+private:
   struct rtt_result {
     double plugin_p50 = 0, plugin_mean = 0, tcp_p50 = 0, tcp_mean = 0;
     long iters = 0;
@@ -663,9 +749,12 @@ class sender {
     bool connected = false, accepted = false;
     auto deadline = clock_type::now() + 30s;
     while (!(connected && accepted)) {
-      if (!connected) connected = forward.try_connect();
-      if (!accepted) accepted = backward.try_accept();
-      if (clock_type::now() > deadline) fail("bench net: plugin connect/accept not done in 30 s");
+      if (!connected)
+        connected = forward.try_connect();
+      if (!accepted)
+        accepted = backward.try_accept();
+      if (clock_type::now() > deadline)
+        fail("bench net: plugin connect/accept not done in 30 s");
     }
     tx_ = std::make_unique<tp::send_channel>(forward.take());
     rx_ = std::make_unique<tp::recv_channel>(backward.take());
@@ -675,7 +764,8 @@ class sender {
     addr.sin_port = htons(static_cast<uint16_t>(port));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(tcp_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-      fail(fmt::format("bench net: TCP connect to 127.0.0.1:{} failed: {}", port, std::strerror(errno)));
+      fail(fmt::format("bench net: TCP connect to 127.0.0.1:{} failed: {}",
+                       port, std::strerror(errno)));
     set_nodelay(tcp_);
     ctl.expect("connected");
     const size_t largest = *std::max_element(sizes_.begin(), sizes_.end());
@@ -782,7 +872,8 @@ class sender {
   double plugin_round(control& ctl, size_t size, long iters,
                       bench_memory memory, std::vector<double>& latencies,
                       bool& verified) {
-    std::vector<std::pair<tp::op_id, clock_type::time_point>> out(static_cast<size_t>(o_.depth));
+    std::vector<std::pair<tp::op_id, clock_type::time_point>> out(
+        static_cast<size_t>(o_.depth));
     const bool host = memory == bench_memory::host;
     const void* source =
         host ? static_cast<const void*>(source_.data()) : source_device_.data();
@@ -791,7 +882,7 @@ class sender {
     ctl.expect("ready");
     auto start = clock_type::now();
     auto deadline = start + std::chrono::duration_cast<clock_type::duration>(
-                              std::chrono::duration<double>(o_.timeout_s));
+                                std::chrono::duration<double>(o_.timeout_s));
     long posted = 0, completed = 0;
     while (completed < iters) {
       while (posted < iters && posted - completed < o_.depth) {
@@ -804,25 +895,32 @@ class sender {
         ++posted;
       }
       size_t finished = tx_->poll([&](const tp::completion& c) {
-        if (!c.ok) fail(fmt::format("bench net: send failed: {}", c.error));
+        if (!c.ok)
+          fail(fmt::format("bench net: send failed: {}", c.error));
         auto now = clock_type::now();
         for (auto& slot : out)
           if (slot.first == c.id) {
-            latencies.push_back(std::chrono::duration<double, std::micro>(now - slot.second).count());
+            latencies.push_back(
+                std::chrono::duration<double, std::micro>(now - slot.second)
+                    .count());
             slot.first = 0;
             break;
           }
         ++completed;
       });
-      // Yield when idle: on a small machine the plugin's own threads need the core.
-      if (!finished) std::this_thread::yield();
+      // Yield when idle: on a small machine the plugin's own threads need the
+      // core.
+      if (!finished)
+        std::this_thread::yield();
       if (clock_type::now() > deadline)
-        fail(fmt::format("bench net: {} sends not done in {:.0f} s", human(size), o_.timeout_s));
+        fail(fmt::format("bench net: {} sends not done in {:.0f} s",
+                         human(size), o_.timeout_s));
     }
     ctl.expect("arrived");
     double seconds = seconds_since(start);
     verified = (ctl.expect("done") == "ok") && verified;
-    return static_cast<double>(size) * static_cast<double>(iters) / seconds / 1e9;
+    return static_cast<double>(size) * static_cast<double>(iters) / seconds /
+           1e9;
   }
 
   // The same messages as blocking writes on one loopback TCP connection.
@@ -830,9 +928,11 @@ class sender {
     ctl.send(fmt::format("tcp {} {}", size, iters));
     ctl.expect("ready");
     auto start = clock_type::now();
-    for (long i = 0; i < iters; ++i) write_all(tcp_, source_.data(), size);
+    for (long i = 0; i < iters; ++i)
+      write_all(tcp_, source_.data(), size);
     ctl.expect("done");
-    return static_cast<double>(size) * static_cast<double>(iters) / seconds_since(start) / 1e9;
+    return static_cast<double>(size) * static_cast<double>(iters) /
+           seconds_since(start) / 1e9;
   }
 
   rtt_result round_trips(control& ctl) {
@@ -850,7 +950,10 @@ class sender {
       auto s = tx_->post_send(small_.data(), 8, small_tx_);
       wait_one(*tx_, s, o_.timeout_s, "ping send");
       wait_one(*rx_, r, o_.timeout_s, "pong receive");
-      if (i >= warmup) plugin_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t).count());
+      if (i >= warmup)
+        plugin_us.push_back(
+            std::chrono::duration<double, std::micro>(clock_type::now() - t)
+                .count());
     }
     ctl.send(fmt::format("tcprtt {}", n));
     ctl.expect("ready");
@@ -858,11 +961,15 @@ class sender {
       auto t = clock_type::now();
       write_all(tcp_, small_.data(), 8);
       read_all(tcp_, small_.data() + 32, 8);
-      if (i >= warmup) tcp_us.push_back(std::chrono::duration<double, std::micro>(clock_type::now() - t).count());
+      if (i >= warmup)
+        tcp_us.push_back(
+            std::chrono::duration<double, std::micro>(clock_type::now() - t)
+                .count());
     }
     auto mean = [](const std::vector<double>& v) {
       double sum = 0;
-      for (double x : v) sum += x;
+      for (double x : v)
+        sum += x;
       return v.empty() ? 0 : sum / static_cast<double>(v.size());
     };
     out.plugin_mean = mean(plugin_us);
@@ -872,8 +979,8 @@ class sender {
     return out;
   }
 
-  void write_json(const std::vector<size_result>& results, const rtt_result& rtt, long sender_rss,
-                  long receiver_rss) {
+  void write_json(const std::vector<size_result>& results,
+                  const rtt_result& rtt, long sender_rss, long receiver_rss) {
     nlohmann::json doc;
     doc["plugin"] = net_->name();
     doc["plugin_path"] = net_->path();
@@ -923,7 +1030,8 @@ class sender {
     doc["rss_kb"] = {{"sender", sender_rss}, {"receiver", receiver_rss}};
     std::ofstream file(o_.json_path);
     file << doc.dump(2) << "\n";
-    if (!file) fail("bench net: cannot write " + o_.json_path);
+    if (!file)
+      fail("bench net: cannot write " + o_.json_path);
     fmt::print("wrote {}\n", o_.json_path);
   }
 
@@ -939,35 +1047,47 @@ class sender {
   tp::registration source_mr_, source_device_mr_, small_tx_, small_rx_;
   int tcp_ = -1;
 
- public:
+public:
   ~sender() {
     // Registrations before channels (member order would do the reverse).
     source_mr_ = {};
     source_device_mr_ = {};
     small_tx_ = {};
     small_rx_ = {};
-    if (tcp_ >= 0) ::close(tcp_);
+    if (tcp_ >= 0)
+      ::close(tcp_);
   }
 };
 
-}  // namespace
+} // namespace
 
 void add_bench_net(CLI::App& bench, int& exit_code) {
   auto o = std::make_shared<bench_options>();
   auto* cmd = bench.add_subcommand(
-    "net", "Plugin bandwidth and latency between two local processes, against raw TCP in the same run");
-  cmd->add_option("--plugin", o->plugin_name, "Plugin name or path (default $KVFERRY_NET_PLUGIN or kvsock)");
-  cmd->add_option("--sizes", o->sizes, "LOW..HIGH (factors of 4) or a comma list; K/M/G suffixes")
-    ->capture_default_str();
-  cmd->add_option("--depth", o->depth, "Messages in flight")->capture_default_str();
-  cmd->add_option("--comms", o->comms, "Comm pairs striped per channel")->capture_default_str();
-  cmd->add_option("--iters", o->iters, "Messages per size (default: ~512 MiB or 20000 per size)");
-  cmd->add_option("--repeat", o->repeat, "Rounds per size (plugin then TCP each); medians reported")
-    ->capture_default_str();
-  cmd->add_option("--rtt-iters", o->rtt_iters, "8-byte round trips")->capture_default_str();
-  cmd->add_option("--chunk-bytes", o->chunk_bytes, "Wrapper chunk size")->capture_default_str();
+      "net", "Plugin bandwidth and latency between two local processes, "
+             "against raw TCP in the same run");
+  cmd->add_option(
+      "--plugin", o->plugin_name,
+      "Plugin name or path (default $KVFERRY_NET_PLUGIN or kvsock)");
+  cmd->add_option("--sizes", o->sizes,
+                  "LOW..HIGH (factors of 4) or a comma list; K/M/G suffixes")
+      ->capture_default_str();
+  cmd->add_option("--depth", o->depth, "Messages in flight")
+      ->capture_default_str();
+  cmd->add_option("--comms", o->comms, "Comm pairs striped per channel")
+      ->capture_default_str();
+  cmd->add_option("--iters", o->iters,
+                  "Messages per size (default: ~512 MiB or 20000 per size)");
+  cmd->add_option("--repeat", o->repeat,
+                  "Rounds per size (plugin then TCP each); medians reported")
+      ->capture_default_str();
+  cmd->add_option("--rtt-iters", o->rtt_iters, "8-byte round trips")
+      ->capture_default_str();
+  cmd->add_option("--chunk-bytes", o->chunk_bytes, "Wrapper chunk size")
+      ->capture_default_str();
   cmd->add_option("--json", o->json_path, "Write the results as JSON to FILE");
-  cmd->add_option("--timeout-s", o->timeout_s, "Deadline of every wait")->capture_default_str();
+  cmd->add_option("--timeout-s", o->timeout_s, "Deadline of every wait")
+      ->capture_default_str();
   cmd->add_option("--memory", o->memory,
                   "host, cuda (GPU memory, registered as NCCL_PTR_CUDA) or "
                   "both side by side "
@@ -979,10 +1099,13 @@ void add_bench_net(CLI::App& bench, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--peer-gpu", o->peer_gpu,
                   "CUDA device of the receiver's GPU memory (default: --gpu)");
-  cmd->add_option("--serve-fd", o->serve_fd, "(internal: run as the receiver on this fd)")->group("");
+  cmd->add_option("--serve-fd", o->serve_fd,
+                  "(internal: run as the receiver on this fd)")
+      ->group("");
   cmd->callback([o, &exit_code] {
     try {
-      if (o->plugin_name.empty()) o->plugin_name = tp::default_plugin();
+      if (o->plugin_name.empty())
+        o->plugin_name = tp::default_plugin();
       exit_code = o->serve_fd >= 0 ? serve(*o) : sender(*o).run();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "kvferry bench net: %s\n", e.what());
@@ -991,4 +1114,4 @@ void add_bench_net(CLI::App& bench, int& exit_code) {
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -15,6 +15,6 @@ void add_bench_plan(CLI::App& bench, int& exit_code);
 void add_demo(CLI::App& root, int& exit_code);
 void add_directory(CLI::App& root, int& exit_code);
 void add_worker(CLI::App& root, int& exit_code);
-void add_launch(CLI::App& root, int& exit_code);  // also adds `status`
+void add_launch(CLI::App& root, int& exit_code); // also adds `status`
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

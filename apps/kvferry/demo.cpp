@@ -3,31 +3,31 @@
 // CUDA IPC between them when there is a GPU, else host memory over kvsock on
 // loopback (--gpu, --transport; --prefill-gpu / --decode-gpu put the two
 // workers on different GPUs of this host) — or attaches to a running
-// deployment with --directory — and acts as the router: a seeded stream of requests with random prompt
-// lengths, each one's KV blocks filled with a deterministic pattern by the
-// producer, moved by the transfer actors and verified byte for byte (xxhash)
-// by the consumer. Prints progress, then a table. Exits non-zero, naming
-// what failed, on any mismatch or failure. Children are always reaped.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
+// deployment with --directory — and acts as the router: a seeded stream of
+// requests with random prompt lengths, each one's KV blocks filled with a
+// deterministic pattern by the producer, moved by the transfer actors and
+// verified byte for byte (xxhash) by the consumer. Prints progress, then a
+// table. Exits non-zero, naming what failed, on any mismatch or failure.
+// Children are always reaped.
 #include <algorithm>
-#include <tuple>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <future>
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <poll.h>
 #include <random>
+#include <signal.h>
 #include <string>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <thread>
+#include <tuple>
+#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -53,7 +53,7 @@ struct demo_command {
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
-  std::string directory;  // attach instead of starting processes
+  std::string directory; // attach instead of starting processes
   std::uint32_t min_tokens = 64;
   std::uint32_t max_tokens = 1024;
   std::uint32_t inflight = 2;
@@ -61,23 +61,24 @@ struct demo_command {
   std::string dtype = "fp16";
   std::string plugin;
   std::string gpu = "auto";
-  std::string prefill_gpu;  // empty: --gpu
-  std::string decode_gpu;   // empty: --gpu
+  std::string prefill_gpu; // empty: --gpu
+  std::string decode_gpu;  // empty: --gpu
   std::string transport = "ipc";
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
   std::uint32_t timeout_ms = 10000;
-  std::uint32_t deadline_s = 600;  // the whole run
+  std::uint32_t deadline_s = 600; // the whole run
   bool quiet = false;
   runtime::runtime_options runtime;
 };
 
-// ---- child processes ------------------------------------------------------------
+// ---- child processes
+// ------------------------------------------------------------
 
 // A child `kvferry` process with its stdout on a pipe. Killed (SIGTERM, then
 // SIGKILL) and reaped on destruction, whatever happened.
 class child_process {
- public:
+public:
   child_process(std::string what, const std::vector<std::string>& args)
       : what_(std::move(what)) {
     int fds[2];
@@ -87,7 +88,7 @@ class child_process {
     if (pid_ < 0)
       throw std::runtime_error(what_ + ": fork: " + std::strerror(errno));
     if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the demo
+      prctl(PR_SET_PDEATHSIG, SIGTERM); // never outlive the demo
       dup2(fds[1], STDOUT_FILENO);
       std::vector<char*> argv;
       for (auto& a : args)
@@ -118,17 +119,17 @@ class child_process {
       }
       auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
       if (left.count() <= 0)
-        throw std::runtime_error(fmt::format(
-          "{} did not report '{}' within {} ms", what_, marker,
-          timeout.count()));
+        throw std::runtime_error(
+            fmt::format("{} did not report '{}' within {} ms", what_, marker,
+                        timeout.count()));
       pollfd p{out_, POLLIN, 0};
       if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
         char buf[512];
         auto n = read(out_, buf, sizeof buf);
         if (n <= 0)
-          throw std::runtime_error(fmt::format(
-            "{} exited before reporting '{}' ({})", what_, marker,
-            describe_exit()));
+          throw std::runtime_error(
+              fmt::format("{} exited before reporting '{}' ({})", what_, marker,
+                          describe_exit()));
         buffer_.append(buf, static_cast<std::size_t>(n));
       }
     }
@@ -159,7 +160,7 @@ class child_process {
     out_ = -1;
   }
 
- private:
+private:
   std::string describe_exit() {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
@@ -186,7 +187,8 @@ std::vector<std::string> geometry_args(const demo_command& cmd) {
           "--block-tokens", std::to_string(cmd.geometry.block_tokens)};
 }
 
-// ---- the router -------------------------------------------------------------------
+// ---- the router
+// -------------------------------------------------------------------
 
 struct results {
   std::mutex mtx;
@@ -194,7 +196,7 @@ struct results {
   std::uint64_t failed = 0;
   std::uint64_t bytes = 0;
   std::vector<double> latency_us;
-  std::vector<double> control_us;  // latency minus data movement and hashing
+  std::vector<double> control_us; // latency minus data movement and hashing
   // Each request's data window (consumer index, start, end: the consumer
   // host's steady clock, ns). Requests in flight together share time, so the
   // data rate divides by the union of each consumer's windows, not the sum.
@@ -234,10 +236,10 @@ double data_rate_gbps(results& out) {
 }
 
 struct router_plan {
-  std::vector<std::uint32_t> tokens;  // one per request
+  std::vector<std::uint32_t> tokens; // one per request
   std::vector<producer_actor> producers;
   std::vector<caf::actor> consumers;
-  std::vector<std::string> consumer_names;  // parallel to consumers
+  std::vector<std::string> consumer_names; // parallel to consumers
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
@@ -260,7 +262,7 @@ void record_failure(results& out, std::uint64_t request_id,
 // consumer's death fails its requests at once. With credit the consumer,
 // not the producer, answers a request, and a dead one answers nothing.
 struct in_flight {
-  std::unordered_map<std::uint64_t, std::size_t> consumer_of;  // by request
+  std::unordered_map<std::uint64_t, std::size_t> consumer_of; // by request
   std::uint64_t count = 0;
 };
 
@@ -301,52 +303,53 @@ caf::behavior router(caf::event_based_actor* self,
       auto& producer = plan->producers[i % plan->producers.size()];
       auto t0 = steady_clock::now();
       // Generous: the producer's own deadlines fire first and name the cause.
-      self
-        ->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
-                  proto::prefill_atom::value, std::move(req))
-        .then(
-          [=](proto::ready_report& r) {
-            if (flight->consumer_of.erase(id) == 0)
-              return;  // already failed (its consumer went down)
-            auto us = duration<double, std::micro>(steady_clock::now() - t0)
-                        .count();
-            {
-              std::lock_guard<std::mutex> guard{out->mtx};
-              ++out->done;
-              out->bytes += r.bytes;
-              out->latency_us.push_back(us);
-              if (r.transfer_ns > 0)
-                out->data_windows.push_back(
-                  {consumer, r.data_start_ns, r.data_start_ns + r.transfer_ns});
-              if (r.gpu_copy_ns > 0) {
-                out->gpu_copy_ns += r.gpu_copy_ns;
-                out->gpu_copy_bytes += r.bytes;
-                out->gpu_queued_us.push_back(
-                  static_cast<double>(r.gpu_queued_ns) / 1e3);
-                out->after_kernel_us.push_back(
-                  static_cast<double>(r.transfer_ns - r.gpu_queued_ns -
-                                      r.gpu_copy_ns) /
-                  1e3);
-              }
-              out->control_us.push_back(
-                us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
-              if (!r.verified) {
-                ++out->failed;
-                out->errors.push_back(
-                  fmt::format("request {}: not verified", r.request_id));
-              }
-            }
-            --flight->count;
-            again();
-          },
-          [=](caf::error& err) {
-            if (flight->consumer_of.erase(id) == 0)
-              return;
-            *stopped = true;
-            record_failure(*out, id, plan->consumer_names[consumer], err);
-            --flight->count;
-            again();
-          });
+      self->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
+                    proto::prefill_atom::value, std::move(req))
+          .then(
+              [=](proto::ready_report& r) {
+                if (flight->consumer_of.erase(id) == 0)
+                  return; // already failed (its consumer went down)
+                auto us = duration<double, std::micro>(steady_clock::now() - t0)
+                              .count();
+                {
+                  std::lock_guard<std::mutex> guard{out->mtx};
+                  ++out->done;
+                  out->bytes += r.bytes;
+                  out->latency_us.push_back(us);
+                  if (r.transfer_ns > 0)
+                    out->data_windows.push_back(
+                        {consumer, r.data_start_ns,
+                         r.data_start_ns + r.transfer_ns});
+                  if (r.gpu_copy_ns > 0) {
+                    out->gpu_copy_ns += r.gpu_copy_ns;
+                    out->gpu_copy_bytes += r.bytes;
+                    out->gpu_queued_us.push_back(
+                        static_cast<double>(r.gpu_queued_ns) / 1e3);
+                    out->after_kernel_us.push_back(
+                        static_cast<double>(r.transfer_ns - r.gpu_queued_ns -
+                                            r.gpu_copy_ns) /
+                        1e3);
+                  }
+                  out->control_us.push_back(
+                      us -
+                      static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
+                  if (!r.verified) {
+                    ++out->failed;
+                    out->errors.push_back(
+                        fmt::format("request {}: not verified", r.request_id));
+                  }
+                }
+                --flight->count;
+                again();
+              },
+              [=](caf::error& err) {
+                if (flight->consumer_of.erase(id) == 0)
+                  return;
+                *stopped = true;
+                record_failure(*out, id, plan->consumer_names[consumer], err);
+                --flight->count;
+                again();
+              });
     }
     if (flight->count == 0 && (*next == plan->tokens.size() || *stopped)) {
       out->end = steady_clock::now();
@@ -361,9 +364,9 @@ caf::behavior router(caf::event_based_actor* self,
   // report such a proxy down, remote_link_unreachable, while the consumer
   // is alive; the demo tests caught that.)
   auto fail_consumer = [=](std::size_t k, const std::string& why) {
-    auto err = make_error(ec::peer_down,
-                          fmt::format("consumer '{}' is gone: {}",
-                                      plan->consumer_names[k], why));
+    auto err =
+        make_error(ec::peer_down, fmt::format("consumer '{}' is gone: {}",
+                                              plan->consumer_names[k], why));
     std::vector<std::uint64_t> lost;
     for (auto& [id, consumer] : flight->consumer_of)
       if (consumer == k)
@@ -374,31 +377,32 @@ caf::behavior router(caf::event_based_actor* self,
       record_failure(*out, id, plan->consumer_names[k], err);
       --flight->count;
     }
-    *stopped = true;  // its later requests would go nowhere
+    *stopped = true; // its later requests would go nowhere
     again();
   };
   self->request(dir, seconds(10), watch_atom::value,
                 caf::actor_cast<caf::actor>(self))
-    .then([](std::vector<worker_info>&) {},
-          [](caf::error& err) {
-            spdlog::warn("demo router: watching the directory failed: {}",
-                         render(err));
-          });
+      .then([](std::vector<worker_info>&) {},
+            [](caf::error& err) {
+              spdlog::warn("demo router: watching the directory failed: {}",
+                           render(err));
+            });
   out->start = steady_clock::now();
   (*issue)();
   return {
-    [issue](caf::ok_atom) {},
-    [](joined_atom, const worker_info&) {},
-    [=](left_atom, const std::string& name, const caf::error& why) {
-      auto& names = plan->consumer_names;
-      for (std::size_t k = 0; k < names.size(); ++k)
-        if (names[k] == name)
-          fail_consumer(k, "it left the directory: " + render(why));
-    },
+      [issue](caf::ok_atom) {},
+      [](joined_atom, const worker_info&) {},
+      [=](left_atom, const std::string& name, const caf::error& why) {
+        auto& names = plan->consumer_names;
+        for (std::size_t k = 0; k < names.size(); ++k)
+          if (names[k] == name)
+            fail_consumer(k, "it left the directory: " + render(why));
+      },
   };
 }
 
-// ---- which GPUs the two workers use -------------------------------------------
+// ---- which GPUs the two workers use
+// -------------------------------------------
 
 // Where the two workers' KV pools live: -1 for host memory (both or neither).
 struct worker_gpus {
@@ -409,7 +413,7 @@ struct worker_gpus {
 
 // A worker's --prefill-gpu / --decode-gpu, or --gpu when it is not given.
 struct worker_gpu_option {
-  std::string option;  // as the user wrote it, for messages
+  std::string option; // as the user wrote it, for messages
   std::string value;
 };
 
@@ -453,8 +457,8 @@ std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
       return bad;
   g.prefill = resolve_gpu(prefill.value, "kvferry demo");
   g.decode = decode.value == prefill.value
-               ? g.prefill
-               : resolve_gpu(decode.value, "kvferry demo");
+                 ? g.prefill
+                 : resolve_gpu(decode.value, "kvferry demo");
   if ((g.prefill < 0) != (g.decode < 0))
     return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
                        "in GPU memory or both in host memory",
@@ -497,7 +501,7 @@ std::string gpu_copy_columns(const results& out) {
     return "- | - | -";
   return fmt::format("{:.3f} | {:.0f} / {:.0f} | {:.0f} / {:.0f}",
                      static_cast<double>(out.gpu_copy_bytes) /
-                       static_cast<double>(out.gpu_copy_ns),
+                         static_cast<double>(out.gpu_copy_ns),
                      percentile(out.gpu_queued_us, 0.5),
                      percentile(out.gpu_queued_us, 0.99),
                      percentile(out.after_kernel_us, 0.5),
@@ -515,20 +519,21 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
     plan.consumers.clear();
     plan.consumer_names.clear();
     self->request(dir, seconds(5), list_atom::value)
-      .receive(
-        [&](std::vector<worker_info>& all) {
-          for (auto& w : all) {
-            if (!w.app)
-              continue;
-            if (w.role == worker_role::prefill)
-              plan.producers.push_back(caf::actor_cast<producer_actor>(w.app));
-            else {
-              plan.consumers.push_back(w.app);
-              plan.consumer_names.push_back(w.name);
-            }
-          }
-        },
-        [&](const caf::error& err) { last_error = render(err); });
+        .receive(
+            [&](std::vector<worker_info>& all) {
+              for (auto& w : all) {
+                if (!w.app)
+                  continue;
+                if (w.role == worker_role::prefill)
+                  plan.producers.push_back(
+                      caf::actor_cast<producer_actor>(w.app));
+                else {
+                  plan.consumers.push_back(w.app);
+                  plan.consumer_names.push_back(w.name);
+                }
+              }
+            },
+            [&](const caf::error& err) { last_error = render(err); });
     if (!plan.producers.empty() && !plan.consumers.empty())
       return {};
     std::this_thread::sleep_for(milliseconds(100));
@@ -544,20 +549,19 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
 void print_credit_use(caf::actor_system& sys, const router_plan& plan) {
   caf::scoped_actor self{sys};
   for (std::size_t k = 0; k < plan.consumers.size(); ++k)
-    self
-      ->request(caf::actor_cast<consumer_actor>(plan.consumers[k]), seconds(5),
-                proto::stats_atom::value)
-      .receive(
-        [&](const proto::consumer_stats& s) {
-          fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
-                     "{} refused; {} blocks lent, {} credit returns\n",
-                     plan.consumer_names[k], s.delegated, s.negotiated,
-                     s.refused, s.lent_blocks, s.credit_returns);
-        },
-        [&](const caf::error& err) {
-          fmt::print("consumer '{}': no stats ({})\n", plan.consumer_names[k],
-                     render(err));
-        });
+    self->request(caf::actor_cast<consumer_actor>(plan.consumers[k]),
+                  seconds(5), proto::stats_atom::value)
+        .receive(
+            [&](const proto::consumer_stats& s) {
+              fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
+                         "{} refused; {} blocks lent, {} credit returns\n",
+                         plan.consumer_names[k], s.delegated, s.negotiated,
+                         s.refused, s.lent_blocks, s.credit_returns);
+            },
+            [&](const caf::error& err) {
+              fmt::print("consumer '{}': no stats ({})\n",
+                         plan.consumer_names[k], render(err));
+            });
 }
 
 // CAF's own cross-process round trip from this process to the first decode
@@ -603,8 +607,8 @@ int run_demo(demo_command& cmd) {
   }
   // Both pools must hold `inflight` of the largest requests at once.
   auto max_blocks =
-    std::uint64_t{cmd.geometry.blocks_for_tokens(cmd.max_tokens)} *
-    cmd.geometry.layers;
+      std::uint64_t{cmd.geometry.blocks_for_tokens(cmd.max_tokens)} *
+      cmd.geometry.layers;
   auto pool_blocks = max_blocks * cmd.inflight;
   if (cmd.transport != "ipc" && cmd.transport != "net") {
     std::cerr << "kvferry demo: --transport '" << cmd.transport
@@ -619,7 +623,7 @@ int run_demo(demo_command& cmd) {
     }
   }
   auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
-                                          via(gpus, cmd.transport, cmd.plugin)
+                                            via(gpus, cmd.transport, cmd.plugin)
                                       : std::string{"the deployment's memory"};
   // Credit needs blocks of its own: the decode pool holds what the requests
   // in flight may negotiate (pool_blocks; a pool that runs dry fails a
@@ -643,32 +647,52 @@ int run_demo(demo_command& cmd) {
     if (directory.empty()) {
       // One secret per run, passed through the environment (not argv).
       std::random_device rd;
-      auto secret = fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
-                                std::uint64_t{rd()} << 32 | rd());
+      auto secret =
+          fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
+                      std::uint64_t{rd()} << 32 | rd());
       setenv("KVFERRY_SECRET", secret.c_str(), 1);
-      auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
+      auto level =
+          cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
       children.push_back(std::make_unique<child_process>(
-        "directory", std::vector<std::string>{"kvferry", "directory", "--bind",
-                                              "127.0.0.1", "--port", "0",
-                                              "--log-level", level}));
+          "directory", std::vector<std::string>{"kvferry", "directory",
+                                                "--bind", "127.0.0.1", "--port",
+                                                "0", "--log-level", level}));
       auto line = children.back()->wait_for_line("listening on", seconds(15));
       directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
       for (auto role : {"prefill", "decode"}) {
         auto gpu = std::string{role} == "prefill" ? gpus.prefill : gpus.decode;
         std::vector<std::string> args{
-          "kvferry", "worker", "--name", fmt::format("demo-{}-0", role),
-          "--role", role, "--directory", directory, "--bind", "127.0.0.1",
-          "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-          "--transport", cmd.transport, "--pool-blocks",
-          std::to_string(std::string{role} == "decode" ? decode_pool_blocks
-                                                       : prefill_pool_blocks),
-          "--chunk-bytes", std::to_string(cmd.chunk_bytes),
-          "--comms-per-peer", std::to_string(cmd.comms_per_peer),
-          "--timeout-ms", std::to_string(cmd.timeout_ms),
-          "--scheduler", cmd.runtime.scheduler_policy,
-          "--threads", std::to_string(cmd.runtime.threads),
-          "--io-workers", std::to_string(cmd.runtime.io_workers),
-          "--log-level", level};
+            "kvferry",
+            "worker",
+            "--name",
+            fmt::format("demo-{}-0", role),
+            "--role",
+            role,
+            "--directory",
+            directory,
+            "--bind",
+            "127.0.0.1",
+            "--gpu",
+            gpu < 0 ? std::string{"none"} : std::to_string(gpu),
+            "--transport",
+            cmd.transport,
+            "--pool-blocks",
+            std::to_string(std::string{role} == "decode" ? decode_pool_blocks
+                                                         : prefill_pool_blocks),
+            "--chunk-bytes",
+            std::to_string(cmd.chunk_bytes),
+            "--comms-per-peer",
+            std::to_string(cmd.comms_per_peer),
+            "--timeout-ms",
+            std::to_string(cmd.timeout_ms),
+            "--scheduler",
+            cmd.runtime.scheduler_policy,
+            "--threads",
+            std::to_string(cmd.runtime.threads),
+            "--io-workers",
+            std::to_string(cmd.runtime.io_workers),
+            "--log-level",
+            level};
         for (auto& a : geometry_args(cmd))
           args.push_back(a);
         if (std::string{role} == "decode") {
@@ -680,7 +704,7 @@ int run_demo(demo_command& cmd) {
           args.push_back(cmd.plugin);
         }
         children.push_back(std::make_unique<child_process>(
-          fmt::format("worker demo-{}-0", role), args));
+            fmt::format("worker demo-{}-0", role), args));
       }
       for (std::size_t k = 1; k < children.size(); ++k)
         children[k]->wait_for_line(" ready", seconds(30));
@@ -728,9 +752,9 @@ int run_demo(demo_command& cmd) {
              "{} in flight, {} prefill / {} decode workers on {}, directory "
              "{}\n",
              cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
-             cmd.pull ? "pull" : "push", cmd.layerwise ? ", layer by layer" : "",
-             plan->inflight, plan->producers.size(), plan->consumers.size(),
-             memory, directory);
+             cmd.pull ? "pull" : "push",
+             cmd.layerwise ? ", layer by layer" : "", plan->inflight,
+             plan->producers.size(), plan->consumers.size(), memory, directory);
   auto r = sys.spawn(router, plan, out, finished, *dir);
   auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
   bool timed_out = false;
@@ -763,53 +787,53 @@ int run_demo(demo_command& cmd) {
   // After a failed run a worker may be gone: no baseline then.
   auto caf_rtt_us = out->failed == 0 ? caf_round_trip_us(sys, *plan) : 0.0;
   auto secs = duration<double>(out->end - out->start).count();
-  fmt::print("\n"
-             "| memory | requests | failed | bytes moved | wall s | GB/s | data "
-             "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
-             "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
-             "control p99 us | CAF RTT p50 us |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-             "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
-             "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
-             memory, out->done, out->failed, out->bytes, secs,
-             out->bytes / 1e9 / secs,
-             data_rate_gbps(*out), gpu_copy_columns(*out),
-             percentile(out->latency_us, 0.5) / 1e3,
-             percentile(out->latency_us, 0.99) / 1e3,
-             percentile(out->control_us, 0.5),
-             percentile(out->control_us, 0.99), caf_rtt_us);
-  fmt::print("(data time = the receiver's view of each request: from when "
-             "its transfer actor first learned of the transfer (the sender's "
-             "announcement or the consumer's recv order, whichever came "
-             "first) to the last byte landed, over all parts; over CUDA IPC, "
-             "from right before the sender's copy-kernel launch call to the "
-             "sender seeing the kernel complete; without credit "
-             "the recv order is placed at allocate, so the grant hop counts "
-             "as data. data GB/s = bytes / the time during which some "
-             "request's bytes were moving (the union of the data windows: "
-             "requests in flight together are not counted twice). Over CUDA "
-             "IPC the data window is split by CUDA events right before and "
-             "after each copy kernel on the copy stream: GPU copy GB/s = the "
-             "same bytes / the kernels' own GPU time (from when the GPU reached "
-             "the kernel to its end, including waits of its thread blocks for "
-             "SMs that other kernels of the sending process hold); launch to "
-             "kernel = from right before the launch call to the kernel's "
-             "start: the plan upload, earlier copies on the stream, and other "
-             "processes' kernels (without MPS the GPU runs one process's "
-             "kernels at a time); after kernel = the rest of the window: the "
-             "sender seeing completion (and, layer by layer, the gaps between "
-             "parts); per request, summed over parts; - where not measured. "
-             "control = request latency at the router minus the data time "
-             "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
-             "from this process to the decode worker, measured right after "
-             "the run (0: not measured, the run failed): a request crosses "
-             "processes at least three times; "
-             "{} mode{}, chunk {} B, {} comms per peer)\n",
-             cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
-             cmd.chunk_bytes, cmd.comms_per_peer);
+  fmt::print(
+      "\n"
+      "| memory | requests | failed | bytes moved | wall s | GB/s | data "
+      "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
+      "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
+      "control p99 us | CAF RTT p50 us |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+      "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
+      "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
+      memory, out->done, out->failed, out->bytes, secs, out->bytes / 1e9 / secs,
+      data_rate_gbps(*out), gpu_copy_columns(*out),
+      percentile(out->latency_us, 0.5) / 1e3,
+      percentile(out->latency_us, 0.99) / 1e3, percentile(out->control_us, 0.5),
+      percentile(out->control_us, 0.99), caf_rtt_us);
+  fmt::print(
+      "(data time = the receiver's view of each request: from when "
+      "its transfer actor first learned of the transfer (the sender's "
+      "announcement or the consumer's recv order, whichever came "
+      "first) to the last byte landed, over all parts; over CUDA IPC, "
+      "from right before the sender's copy-kernel launch call to the "
+      "sender seeing the kernel complete; without credit "
+      "the recv order is placed at allocate, so the grant hop counts "
+      "as data. data GB/s = bytes / the time during which some "
+      "request's bytes were moving (the union of the data windows: "
+      "requests in flight together are not counted twice). Over CUDA "
+      "IPC the data window is split by CUDA events right before and "
+      "after each copy kernel on the copy stream: GPU copy GB/s = the "
+      "same bytes / the kernels' own GPU time (from when the GPU reached "
+      "the kernel to its end, including waits of its thread blocks for "
+      "SMs that other kernels of the sending process hold); launch to "
+      "kernel = from right before the launch call to the kernel's "
+      "start: the plan upload, earlier copies on the stream, and other "
+      "processes' kernels (without MPS the GPU runs one process's "
+      "kernels at a time); after kernel = the rest of the window: the "
+      "sender seeing completion (and, layer by layer, the gaps between "
+      "parts); per request, summed over parts; - where not measured. "
+      "control = request latency at the router minus the data time "
+      "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
+      "from this process to the decode worker, measured right after "
+      "the run (0: not measured, the run failed): a request crosses "
+      "processes at least three times; "
+      "{} mode{}, chunk {} B, {} comms per peer)\n",
+      cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
+      cmd.chunk_bytes, cmd.comms_per_peer);
   if (out->failed > 0) {
-    std::cerr << "kvferry demo: FAILED: " << out->failed << " of "
-              << out->done << " requests failed (of " << cmd.requests
+    std::cerr << "kvferry demo: FAILED: " << out->failed << " of " << out->done
+              << " requests failed (of " << cmd.requests
               << " planned); first errors:\n";
     for (std::size_t k = 0; k < std::min<std::size_t>(5, out->errors.size());
          ++k)
@@ -822,13 +846,13 @@ int run_demo(demo_command& cmd) {
   return 0;
 }
 
-}  // namespace
+} // namespace
 
 void add_demo(CLI::App& root, int& exit_code) {
   auto cmd = std::make_shared<demo_command>();
   auto* sub = root.add_subcommand(
-    "demo", "Run a directory, a prefill and a decode worker and move "
-            "verified KV cache between them");
+      "demo", "Run a directory, a prefill and a decode worker and move "
+              "verified KV cache between them");
   sub->add_option("--requests", cmd->requests)->capture_default_str();
   sub->add_flag("--layerwise", cmd->layerwise, "ship layer by layer");
   sub->add_flag("--pull", cmd->pull,
@@ -840,19 +864,19 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--min-tokens", cmd->min_tokens)->capture_default_str();
   sub->add_option("--max-tokens", cmd->max_tokens)->capture_default_str();
   sub->add_option("--inflight", cmd->inflight, "requests in flight")
-    ->capture_default_str()
-    ->check(CLI::Range(1u, 1024u));
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 1024u));
   sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
   sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
   sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
   sub->add_option("--dtype", cmd->dtype)->capture_default_str();
   sub->add_option("--block-tokens", cmd->geometry.block_tokens)
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
   sub->add_option("--gpu", cmd->gpu,
                   "workers' KV memory: auto (GPU 0 when there is one), a "
                   "CUDA device ordinal, or none (host memory)")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--prefill-gpu", cmd->prefill_gpu,
                   "the prefill worker's GPU (default: --gpu); with "
                   "--decode-gpu, the two workers on different GPUs of this "
@@ -863,14 +887,14 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--transport", cmd->transport,
                   "ipc: CUDA IPC between GPU workers; net: the plugin "
                   "(kvsock) even for GPU memory")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--chunk-bytes", cmd->chunk_bytes)->capture_default_str();
   sub->add_option("--comms-per-peer", cmd->comms_per_peer)
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--timeout-ms", cmd->timeout_ms)->capture_default_str();
   sub->add_option("--deadline-s", cmd->deadline_s,
                   "give up (and fail) after this long")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_flag("--quiet", cmd->quiet, "no progress lines");
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
@@ -884,4 +908,4 @@ void add_demo(CLI::App& root, int& exit_code) {
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -4,13 +4,12 @@
 // `kvferry directory --probe HOST:PORT [--count N]` instead measures the
 // control-plane round trip to a running directory (N lookups) and prints
 // percentiles: the cost every cross-process request pays.
-#include <signal.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <signal.h>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -19,11 +18,11 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
-#include "metrics_endpoint.hpp"
-#include "stop_signals.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "metrics_endpoint.hpp"
+#include "stop_signals.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -94,16 +93,16 @@ void run_pings(caf::event_based_actor* self, directory_actor dir,
   auto start = std::chrono::steady_clock::now();
   auto record = [=](bool answered) {
     out->micros.push_back(std::chrono::duration<double, std::micro>(
-                            std::chrono::steady_clock::now() - start)
-                            .count());
+                              std::chrono::steady_clock::now() - start)
+                              .count());
     if (!answered)
       ++out->failures;
     run_pings(self, dir, remaining - 1, out, done);
   };
   self->request(dir, std::chrono::seconds(5), lookup_atom::value,
                 std::string{"probe-no-such-worker"})
-    .then([=](const worker_info&) { record(true); },
-          [=](const caf::error& err) { record(is(err, ec::not_found)); });
+      .then([=](const worker_info&) { record(true); },
+            [=](const caf::error& err) { record(is(err, ec::not_found)); });
 }
 
 // Measures request/response round trips to a remote directory: lookups of a
@@ -131,7 +130,8 @@ int probe(const directory_command& cmd) {
             caf::actor_cast<caf::actor>(waiter));
   bool finished = false;
   // 5 s per request at most, plus slack: never waits forever.
-  auto limit = std::chrono::seconds(10 + 5 * static_cast<long>(cmd.count + warmup));
+  auto limit =
+      std::chrono::seconds(10 + 5 * static_cast<long>(cmd.count + warmup));
   waiter->receive([&](caf::ok_atom) { finished = true; },
                   caf::after(limit) >> [] {});
   if (!finished) {
@@ -150,28 +150,28 @@ int probe(const directory_command& cmd) {
   return result.failures == 0 ? 0 : 1;
 }
 
-}  // namespace
+} // namespace
 
 void add_directory(CLI::App& root, int& exit_code) {
   auto cmd = std::make_shared<directory_command>();
   auto* sub = root.add_subcommand(
-    "directory", "Run the deployment's directory (or --probe a running one)");
+      "directory", "Run the deployment's directory (or --probe a running one)");
   sub->add_option("--bind", cmd->bind, "address to listen on")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--port", cmd->port, "TCP port; 0 picks a free one")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--secret", cmd->secret,
                   "deployment secret workers must present (default: "
                   "$KVFERRY_SECRET; none = anyone may register)");
   sub->add_option("--lease-ms", cmd->lease_ms,
                   "a worker that does not renew within this is dropped")
-    ->capture_default_str()
-    ->check(CLI::Range(size_t{1}, size_t{3600000}));
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{3600000}));
   sub->add_option("--probe", cmd->probe,
                   "HOST:PORT: measure round trips to a running directory");
   sub->add_option("--count", cmd->count, "round trips to measure (--probe)")
-    ->capture_default_str()
-    ->check(CLI::Range(size_t{1}, size_t{10000000}));
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{10000000}));
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (cmd->secret.empty())
@@ -187,4 +187,4 @@ void add_directory(CLI::App& root, int& exit_code) {
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

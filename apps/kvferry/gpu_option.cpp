@@ -19,7 +19,7 @@ bool is_ordinal(const std::string& value) {
   return true;
 }
 
-}  // namespace
+} // namespace
 
 std::string check_gpu_option(const std::string& option,
                              const std::string& value) {
@@ -59,4 +59,4 @@ std::string describe_memory(int gpu) {
                  : fmt::format("GPU {} memory", gpu);
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -19,4 +19,4 @@ int resolve_gpu(const std::string& value, const std::string& who);
 /// "GPU 0 memory" or "host memory".
 std::string describe_memory(int gpu);
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

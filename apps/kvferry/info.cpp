@@ -39,34 +39,39 @@ void print_gpus() {
 // (so a plugin that crashes or exits in init cannot take `info` down).
 void print_plugins() {
   std::string dirs;
-  for (auto& dir : transport::plugin_search_dirs()) dirs += (dirs.empty() ? "" : ":") + dir;
+  for (auto& dir : transport::plugin_search_dirs())
+    dirs += (dirs.empty() ? "" : ":") + dir;
   auto found = transport::discover_plugins();
-  fmt::print("Network plugins: {} found (default: {}; searched {} and LD_LIBRARY_PATH)\n",
+  fmt::print("Network plugins: {} found (default: {}; searched {} and "
+             "LD_LIBRARY_PATH)\n",
              found.size(), transport::default_plugin(), dirs);
   for (auto& where : found) {
     auto report = transport::probe_plugin(where.path, std::chrono::seconds(10));
     if (!report.ok) {
-      fmt::print("  {}  {}\n    unusable: {}\n", where.requested, where.path, report.error);
+      fmt::print("  {}  {}\n    unusable: {}\n", where.requested, where.path,
+                 report.error);
       continue;
     }
-    fmt::print("  {}  {}  (table '{}', {} device(s))\n", where.requested, where.path,
-               report.table_name, report.devices.size());
-    for (auto& dev : report.devices) fmt::print("    {}\n", transport::describe(dev));
+    fmt::print("  {}  {}  (table '{}', {} device(s))\n", where.requested,
+               where.path, report.table_name, report.devices.size());
+    for (auto& dev : report.devices)
+      fmt::print("    {}\n", transport::describe(dev));
   }
 }
 
-}  // namespace
+} // namespace
 
 void add_info(CLI::App& root, int& exit_code) {
   auto* cmd = root.add_subcommand(
-    "info", "Print the version, CUDA devices and network plugins found");
+      "info", "Print the version, CUDA devices and network plugins found");
   cmd->callback([&exit_code] {
     fmt::print("kvferry {} ({})\n", kvferry::version,
-               kvferry::built_with_cuda ? "built with CUDA" : "built without CUDA");
+               kvferry::built_with_cuda ? "built with CUDA"
+                                        : "built without CUDA");
     print_gpus();
     print_plugins();
     exit_code = 0;
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -1,6 +1,5 @@
 // kvferry — one binary, one subcommand per job (see commands.hpp).
 #include "commands.hpp"
-
 #include "kvferry/runtime/version.hpp"
 
 int main(int argc, char** argv) {

@@ -28,4 +28,4 @@ start_metrics_endpoint(const std::string& who) {
   }
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

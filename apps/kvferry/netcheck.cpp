@@ -35,7 +35,8 @@ struct netcheck_options {
 };
 
 double ms_since(clock_type::time_point start) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - start).count();
+  return std::chrono::duration<double, std::milli>(clock_type::now() - start)
+      .count();
 }
 
 // One request the suite waits for; `sizes` gets what test reports.
@@ -52,7 +53,7 @@ struct pending {
 // Calls the raw v7 table with both ends in this process, retrying NULL
 // requests and driving every outstanding request while it waits.
 class harness {
- public:
+public:
   harness(plugin& net, const netcheck_options& options)
       : net_(net), table_(net.net()), options_(options) {}
 
@@ -61,7 +62,8 @@ class harness {
   struct connection {
     harness* owner = nullptr;
     ~connection() {
-      if (owner) owner->close_quietly(*this);
+      if (owner)
+        owner->close_quietly(*this);
     }
     void* listen = nullptr;
     void* send = nullptr;
@@ -76,14 +78,15 @@ class harness {
   // listen, then connect/accept in turns until both comms exist or the
   // connect timeout passes. Records the slowest single call.
   void open(connection& c) {
-    outstanding_.clear();  // what earlier checks waited for is done
+    outstanding_.clear(); // what earlier checks waited for is done
     c.owner = this;
     auto& props = net_.device(options_.device);
     char handle[NCCL_NET_HANDLE_MAXSIZE] = {};
     auto start = clock_type::now();
     call(table_.listen(options_.device, handle, &c.listen), "listen");
     c.slowest_call_ms = ms_since(start);
-    if (!c.listen) throw check_failed("listen returned success with a NULL listen comm");
+    if (!c.listen)
+      throw check_failed("listen returned success with a NULL listen comm");
     c.device_storage.netDeviceType = props.device_type;
     c.device_storage.netDeviceVersion = props.device_version;
     c.recv_device = props.is_unpack() ? &c.device_storage : nullptr;
@@ -93,7 +96,8 @@ class harness {
       if (!c.send) {
         auto t = clock_type::now();
         ncclNetDeviceHandle_v7_t* send_device = nullptr;
-        call(table_.connect(options_.device, handle, &c.send, &send_device), "connect");
+        call(table_.connect(options_.device, handle, &c.send, &send_device),
+             "connect");
         c.slowest_call_ms = std::max(c.slowest_call_ms, ms_since(t));
       }
       if (!c.recv) {
@@ -103,16 +107,18 @@ class harness {
       }
       if (clock_type::now() > deadline)
         throw check_failed(fmt::format(
-          "connect/accept not complete after {:.1f} s ({} rounds; connect {}, accept {}); raise "
-          "--connect-timeout-s for a slow plugin",
-          options_.connect_timeout_s, c.rounds, c.send ? "done" : "pending",
-          c.recv ? "done" : "pending"));
+            "connect/accept not complete after {:.1f} s ({} rounds; connect "
+            "{}, accept {}); raise "
+            "--connect-timeout-s for a slow plugin",
+            options_.connect_timeout_s, c.rounds, c.send ? "done" : "pending",
+            c.recv ? "done" : "pending"));
     }
     c.total_ms = ms_since(start);
     unpack_ = props.is_unpack();
     if (unpack_) {
       if (!c.recv_device || !c.recv_device->handle)
-        throw check_failed("UNPACK plugin: accept left the receive device handle empty");
+        throw check_failed(
+            "UNPACK plugin: accept left the receive device handle empty");
       unpack_comm_ = c.recv;
       unpack_device_ = c.recv_device;
       unpack_seq_ = 0;
@@ -123,27 +129,35 @@ class harness {
   void close(connection& c) {
     drop_registrations(c, true);
     // Cleared before each call so that a failing close is not retried.
-    if (void* send = std::exchange(c.send, nullptr)) call(table_.closeSend(send), "closeSend");
-    if (void* recv = std::exchange(c.recv, nullptr)) call(table_.closeRecv(recv), "closeRecv");
+    if (void* send = std::exchange(c.send, nullptr))
+      call(table_.closeSend(send), "closeSend");
+    if (void* recv = std::exchange(c.recv, nullptr))
+      call(table_.closeRecv(recv), "closeRecv");
     if (void* listen = std::exchange(c.listen, nullptr))
       call(table_.closeListen(listen), "closeListen");
   }
   void close_quietly(connection& c) {
     drop_registrations(c, false);
-    if (c.send) table_.closeSend(c.send);
-    if (c.recv) table_.closeRecv(c.recv);
-    if (c.listen) table_.closeListen(c.listen);
+    if (c.send)
+      table_.closeSend(c.send);
+    if (c.recv)
+      table_.closeRecv(c.recv);
+    if (c.listen)
+      table_.closeListen(c.listen);
     c.send = c.recv = c.listen = nullptr;
   }
 
   void* reg(void* comm, void* data, size_t bytes) {
     void* handle = nullptr;
-    call(table_.regMr(comm, data, static_cast<int>(bytes), NCCL_PTR_HOST, &handle), "regMr");
+    call(table_.regMr(comm, data, static_cast<int>(bytes), NCCL_PTR_HOST,
+                      &handle),
+         "regMr");
     registrations_.push_back({comm, handle});
     return handle;
   }
   void dereg(void* comm, void* handle) {
-    registrations_.erase(std::remove(registrations_.begin(), registrations_.end(),
+    registrations_.erase(std::remove(registrations_.begin(),
+                                     registrations_.end(),
                                      std::make_pair(comm, handle)),
                          registrations_.end());
     call(table_.deregMr(comm, handle), "deregMr");
@@ -155,7 +169,8 @@ class harness {
       return table_.isend(comm, data, bytes, tag, mhandle, request);
     });
   }
-  pending& irecv(void* comm, int n, void** data, int* sizes, int* tags, void** mhandles) {
+  pending& irecv(void* comm, int n, void** data, int* sizes, int* tags,
+                 void** mhandles) {
     auto& p = post("irecv", [&](void** request) {
       return table_.irecv(comm, n, data, sizes, tags, mhandles, request);
     });
@@ -188,12 +203,15 @@ class harness {
   // Tests every outstanding request once.
   void progress() {
     for (auto& p : outstanding_) {
-      if (p.done) continue;
+      if (p.done)
+        continue;
       int done = 0;
       call(table_.test(p.request, &done, p.sizes), "test");
-      if (!done) continue;
+      if (!done)
+        continue;
       p.done = true;
-      if (p.slot >= 0) consume(p);
+      if (p.slot >= 0)
+        consume(p);
     }
   }
 
@@ -202,15 +220,17 @@ class harness {
       auto* ring = static_cast<ncclNetUnpackHandle*>(unpack_device_->handle);
       uint64_t count = ring->meta->count[p.slot];
       if (count > NCCL_NET_UNPACK_RECORDS)
-        throw check_failed(fmt::format("UNPACK ring slot {} claims {} records (at most {})",
-                                       p.slot, count, NCCL_NET_UNPACK_RECORDS));
+        throw check_failed(
+            fmt::format("UNPACK ring slot {} claims {} records (at most {})",
+                        p.slot, count, NCCL_NET_UNPACK_RECORDS));
       for (uint64_t i = 0; i < count; ++i) {
         auto& record = ring->meta->records[p.slot][i];
-        std::memcpy(p.destination + record.dst_off, ring->bounce_buf + record.src_off,
-                    record.len);
+        std::memcpy(p.destination + record.dst_off,
+                    ring->bounce_buf + record.src_off, record.len);
       }
     }
-    if (table_.irecvConsumed) call(table_.irecvConsumed(p.recv_comm, 1, p.request), "irecvConsumed");
+    if (table_.irecvConsumed)
+      call(table_.irecvConsumed(p.recv_comm, 1, p.request), "irecvConsumed");
   }
 
   void wait_all(const char* what) {
@@ -218,11 +238,14 @@ class harness {
     for (;;) {
       progress();
       size_t left = 0;
-      for (auto& p : outstanding_) left += !p.done;
-      if (!left) break;
+      for (auto& p : outstanding_)
+        left += !p.done;
+      if (!left)
+        break;
       if (clock_type::now() > deadline)
-        throw check_failed(fmt::format("{}: {} of {} requests not done after {:.0f} s", what,
-                                       left, outstanding_.size(), options_.op_timeout_s));
+        throw check_failed(
+            fmt::format("{}: {} of {} requests not done after {:.0f} s", what,
+                        left, outstanding_.size(), options_.op_timeout_s));
     }
   }
 
@@ -231,12 +254,14 @@ class harness {
 
   void call(ncclResult_t rc, const char* what) {
     if (rc != ncclSuccess)
-      throw check_failed(fmt::format("{} returned {}", what, transport::result_name(rc)));
+      throw check_failed(
+          fmt::format("{} returned {}", what, transport::result_name(rc)));
   }
 
- private:
+private:
   static clock_type::duration seconds(double s) {
-    return std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(s));
+    return std::chrono::duration_cast<clock_type::duration>(
+        std::chrono::duration<double>(s));
   }
 
   pending& add(void* request) {
@@ -250,17 +275,19 @@ class harness {
     return outstanding_.back();
   }
 
-  template <class Post>
+  template<class Post>
   pending& post(const char* what, Post&& attempt) {
     auto deadline = clock_type::now() + seconds(options_.op_timeout_s);
     for (;;) {
       void* request = nullptr;
       call(attempt(&request), what);
-      if (request) return add(request);
+      if (request)
+        return add(request);
       ++null_requests_;
       if (clock_type::now() > deadline)
-        throw check_failed(fmt::format("{} kept returning a NULL request for {:.0f} s", what,
-                                       options_.op_timeout_s));
+        throw check_failed(
+            fmt::format("{} kept returning a NULL request for {:.0f} s", what,
+                        options_.op_timeout_s));
       progress();
     }
   }
@@ -273,7 +300,8 @@ class harness {
       }
       auto rc = table_.deregMr(it->first, it->second);
       it = registrations_.erase(it);
-      if (strict) call(rc, "deregMr");
+      if (strict)
+        call(rc, "deregMr");
     }
   }
 
@@ -281,9 +309,9 @@ class harness {
   const ncclNet_v7_t& table_;
   std::vector<std::pair<void*, void*>> registrations_;
   bool unpack_ = false, host_ring_ = false;
-  void* unpack_comm_ = nullptr;  // the latest connection's receive comm
+  void* unpack_comm_ = nullptr; // the latest connection's receive comm
   ncclNetDeviceHandle_v7_t* unpack_device_ = nullptr;
-  uint64_t unpack_seq_ = 0;  // (comm, mhandle) not yet deregistered
+  uint64_t unpack_seq_ = 0; // (comm, mhandle) not yet deregistered
   netcheck_options options_;
   std::vector<pending> outstanding_;
   long null_requests_ = 0;
@@ -299,31 +327,38 @@ std::vector<char> pattern(size_t bytes, unsigned seed) {
   return out;
 }
 
-std::string first_difference(const std::vector<char>& want, const char* got, size_t bytes) {
+std::string first_difference(const std::vector<char>& want, const char* got,
+                             size_t bytes) {
   for (size_t i = 0; i < bytes; ++i)
     if (want[i] != got[i])
       return fmt::format("byte {} differs (sent 0x{:02x}, got 0x{:02x})", i,
-                         static_cast<unsigned char>(want[i]), static_cast<unsigned char>(got[i]));
+                         static_cast<unsigned char>(want[i]),
+                         static_cast<unsigned char>(got[i]));
   return {};
 }
 
-// ---- the suite ---------------------------------------------------------------------------
+// ---- the suite
+// ---------------------------------------------------------------------------
 
 class suite {
- public:
+public:
   explicit suite(netcheck_options options) : options_(std::move(options)) {}
 
   int run() {
     fmt::print("kvferry netcheck: plugin {}, device {}\n", options_.plugin_name,
                options_.device);
-    if (!check_probe() || !check_load() || !check_devices() || !check_properties()) {
+    if (!check_probe() || !check_load() || !check_devices() ||
+        !check_properties()) {
       return summary();
     }
     harness h(*net_, options_);
-    if (!check("listen/connect/accept", [&] { return connect_check(h); })) return summary();
-    check("send/recv one message", [&] { return transfer_check(h, {1000}, 1000); });
+    if (!check("listen/connect/accept", [&] { return connect_check(h); }))
+      return summary();
+    check("send/recv one message",
+          [&] { return transfer_check(h, {1000}, 1000); });
     check("zero-byte message", [&] { return transfer_check(h, {0}, 64); });
-    // UNPACK receives take at most 4 MiB (the ring's 2048 pages, halved for slack).
+    // UNPACK receives take at most 4 MiB (the ring's 2048 pages, halved for
+    // slack).
     bool unpack = net_->device(options_.device).is_unpack();
     int large = unpack ? 4 << 20 : 8 << 20;
     check(unpack ? "4 MiB message, verified" : "8 MiB message, verified",
@@ -338,27 +373,35 @@ class suite {
       check("UNPACK device handle", [&] { return unpack_check(h); });
     nulls_seen_ = h.null_requests();
     record(nulls_seen_ > 0 ? "PASS" : "SKIP", "NULL requests tolerated",
-           nulls_seen_ > 0 ? fmt::format("{} NULL requests retried", nulls_seen_)
-                           : "the plugin never returned a NULL request; nothing to retry");
+           nulls_seen_ > 0
+               ? fmt::format("{} NULL requests retried", nulls_seen_)
+               : "the plugin never returned a NULL request; nothing to retry");
     return summary();
   }
 
- private:
-  void record(const char* status, const std::string& name, const std::string& detail) {
+private:
+  void record(const char* status, const std::string& name,
+              const std::string& detail) {
     fmt::print("{:<4}  {:<28} {}\n", status, name, detail);
     std::fflush(stdout);
-    if (!std::strcmp(status, "FAIL")) ++failed_;
-    else if (!std::strcmp(status, "PASS")) ++passed_;
-    else ++skipped_;
+    if (!std::strcmp(status, "FAIL"))
+      ++failed_;
+    else if (!std::strcmp(status, "PASS"))
+      ++passed_;
+    else
+      ++skipped_;
   }
 
   // Runs one check: its function returns the detail ("SKIP: why" to skip),
   // or throws for a failure.
-  bool check(const std::string& name, const std::function<std::string()>& body) {
+  bool check(const std::string& name,
+             const std::function<std::string()>& body) {
     try {
       auto detail = body();
-      if (detail.rfind("SKIP: ", 0) == 0) record("SKIP", name, detail.substr(6));
-      else record("PASS", name, detail);
+      if (detail.rfind("SKIP: ", 0) == 0)
+        record("SKIP", name, detail.substr(6));
+      else
+        record("PASS", name, detail);
       return true;
     } catch (const std::exception& e) {
       record("FAIL", name, e.what());
@@ -367,7 +410,8 @@ class suite {
   }
 
   int summary() {
-    fmt::print("{} passed, {} failed, {} skipped\n", passed_, failed_, skipped_);
+    fmt::print("{} passed, {} failed, {} skipped\n", passed_, failed_,
+               skipped_);
     return failed_ ? 1 : 0;
   }
 
@@ -375,21 +419,24 @@ class suite {
     return check("probe in a child process", [&] {
       auto start = clock_type::now();
       auto report = transport::probe_plugin(options_.plugin_name);
-      if (!report.ok) throw check_failed(report.error);
-      return fmt::format("{} (table '{}'), {} device(s), {:.0f} ms", report.path,
-                         report.table_name, report.devices.size(), ms_since(start));
+      if (!report.ok)
+        throw check_failed(report.error);
+      return fmt::format("{} (table '{}'), {} device(s), {:.0f} ms",
+                         report.path, report.table_name, report.devices.size(),
+                         ms_since(start));
     });
   }
 
   bool check_load() {
     return check("load and init", [&] {
       transport::load_options options;
-      options.probe_first = false;  // just probed
+      options.probe_first = false; // just probed
       net_ = plugin::load(options_.plugin_name, options);
       auto& t = net_->net();
       std::string missing;
       auto need = [&](const void* slot, const char* name) {
-        if (!slot) missing += std::string(missing.empty() ? "" : ", ") + name;
+        if (!slot)
+          missing += std::string(missing.empty() ? "" : ", ") + name;
       };
       need(reinterpret_cast<const void*>(t.listen), "listen");
       need(reinterpret_cast<const void*>(t.connect), "connect");
@@ -402,16 +449,19 @@ class suite {
       need(reinterpret_cast<const void*>(t.closeSend), "closeSend");
       need(reinterpret_cast<const void*>(t.closeRecv), "closeRecv");
       need(reinterpret_cast<const void*>(t.closeListen), "closeListen");
-      if (!missing.empty()) throw check_failed("NULL entries in the v7 table: " + missing);
-      return fmt::format("ncclNetPlugin_v7 '{}' from {}", net_->name(), net_->path());
+      if (!missing.empty())
+        throw check_failed("NULL entries in the v7 table: " + missing);
+      return fmt::format("ncclNetPlugin_v7 '{}' from {}", net_->name(),
+                         net_->path());
     });
   }
 
   bool check_devices() {
     return check("devices > 0", [&] {
       if (options_.device < 0 || options_.device >= net_->device_count())
-        throw check_failed(fmt::format("--device {} but the plugin has {} device(s)",
-                                       options_.device, net_->device_count()));
+        throw check_failed(
+            fmt::format("--device {} but the plugin has {} device(s)",
+                        options_.device, net_->device_count()));
       return fmt::format("{} device(s)", net_->device_count());
     });
   }
@@ -419,27 +469,38 @@ class suite {
   bool check_properties() {
     bool ok = true;
     for (auto& dev : net_->devices())
-      ok = check(fmt::format("properties of device {}", dev.index), [&] {
-             std::vector<std::string> problems;
-             if (dev.name.empty()) problems.push_back("name is empty");
-             if (!dev.supports_host()) problems.push_back("ptrSupport lacks NCCL_PTR_HOST");
-             if (dev.max_recvs < 1) problems.push_back("maxRecvs < 1");
-             if (dev.max_comms < 1) problems.push_back("maxComms < 1");
-             if (dev.speed_mbps <= 0) problems.push_back("speed <= 0");
-             if (dev.is_unpack() && dev.device_version != NCCL_NET_DEVICE_UNPACK_VERSION)
-               problems.push_back(fmt::format("UNPACK device version {} (NCCL requires {})",
-                                              dev.device_version,
-                                              NCCL_NET_DEVICE_UNPACK_VERSION));
-             if (dev.device_type != NCCL_NET_DEVICE_HOST && !dev.is_unpack())
-               problems.push_back(fmt::format("unknown netDeviceType {}",
-                                              static_cast<int>(dev.device_type)));
-             if (!problems.empty()) {
-               std::string all;
-               for (auto& p : problems) all += (all.empty() ? "" : "; ") + p;
-               throw check_failed(all);
-             }
-             return transport::describe(dev);
-           }) && ok;
+      ok = check(fmt::format("properties of device {}", dev.index),
+                 [&] {
+                   std::vector<std::string> problems;
+                   if (dev.name.empty())
+                     problems.push_back("name is empty");
+                   if (!dev.supports_host())
+                     problems.push_back("ptrSupport lacks NCCL_PTR_HOST");
+                   if (dev.max_recvs < 1)
+                     problems.push_back("maxRecvs < 1");
+                   if (dev.max_comms < 1)
+                     problems.push_back("maxComms < 1");
+                   if (dev.speed_mbps <= 0)
+                     problems.push_back("speed <= 0");
+                   if (dev.is_unpack() &&
+                       dev.device_version != NCCL_NET_DEVICE_UNPACK_VERSION)
+                     problems.push_back(fmt::format(
+                         "UNPACK device version {} (NCCL requires {})",
+                         dev.device_version, NCCL_NET_DEVICE_UNPACK_VERSION));
+                   if (dev.device_type != NCCL_NET_DEVICE_HOST &&
+                       !dev.is_unpack())
+                     problems.push_back(
+                         fmt::format("unknown netDeviceType {}",
+                                     static_cast<int>(dev.device_type)));
+                   if (!problems.empty()) {
+                     std::string all;
+                     for (auto& p : problems)
+                       all += (all.empty() ? "" : "; ") + p;
+                     throw check_failed(all);
+                   }
+                   return transport::describe(dev);
+                 }) &&
+           ok;
     return ok;
   }
 
@@ -449,20 +510,25 @@ class suite {
     h.close(c);
     // "Promptly": a call that blocks for a second stalls NCCL's proxy thread.
     if (c.slowest_call_ms > 1000)
-      throw check_failed(fmt::format("a listen/connect/accept call blocked for {:.0f} ms",
-                                     c.slowest_call_ms));
-    return fmt::format("connected in {:.1f} ms over {} rounds; slowest call {:.2f} ms",
-                       c.total_ms, c.rounds, c.slowest_call_ms);
+      throw check_failed(
+          fmt::format("a listen/connect/accept call blocked for {:.0f} ms",
+                      c.slowest_call_ms));
+    return fmt::format(
+        "connected in {:.1f} ms over {} rounds; slowest call {:.2f} ms",
+        c.total_ms, c.rounds, c.slowest_call_ms);
   }
 
   // Sends `sizes` in order into receives of `capacity` bytes each; verifies.
-  std::string transfer_check(harness& h, const std::vector<int>& sizes, int capacity) {
+  std::string transfer_check(harness& h, const std::vector<int>& sizes,
+                             int capacity) {
     harness::connection c;
     h.open(c);
     size_t total_send = 0;
-    for (int s : sizes) total_send += static_cast<size_t>(s);
+    for (int s : sizes)
+      total_send += static_cast<size_t>(s);
     auto source = pattern(std::max<size_t>(total_send, 1), 7);
-    std::vector<char> sink(std::max<size_t>(static_cast<size_t>(capacity) * sizes.size(), 1));
+    std::vector<char> sink(
+        std::max<size_t>(static_cast<size_t>(capacity) * sizes.size(), 1));
     void* smr = h.reg(c.send, source.data(), source.size());
     void* rmr = h.reg(c.recv, sink.data(), sink.size());
     std::vector<pending*> recvs;
@@ -479,12 +545,17 @@ class suite {
     for (size_t i = 0; i < sizes.size(); ++i) {
       int reported = recvs[i]->sizes[0];
       if (reported != sizes[i])
-        throw check_failed(fmt::format("receive {}: test reported {} bytes, {} were sent", i,
-                                       reported, sizes[i]));
-      auto want = std::vector<char>(source.begin() + static_cast<std::ptrdiff_t>(offset),
-                                    source.begin() + static_cast<std::ptrdiff_t>(offset + sizes[i]));
-      if (!h.can_verify()) continue;
-      if (auto diff = first_difference(want, sink.data() + i * capacity, sizes[i]); !diff.empty())
+        throw check_failed(
+            fmt::format("receive {}: test reported {} bytes, {} were sent", i,
+                        reported, sizes[i]));
+      auto want = std::vector<char>(
+          source.begin() + static_cast<std::ptrdiff_t>(offset),
+          source.begin() + static_cast<std::ptrdiff_t>(offset + sizes[i]));
+      if (!h.can_verify())
+        continue;
+      if (auto diff =
+              first_difference(want, sink.data() + i * capacity, sizes[i]);
+          !diff.empty())
         throw check_failed(fmt::format("receive {}: {}", i, diff));
       offset += static_cast<size_t>(sizes[i]);
     }
@@ -492,15 +563,18 @@ class suite {
     h.dereg(c.recv, rmr);
     h.close(c);
     if (!h.can_verify())
-      return fmt::format("{} message(s), {} bytes; sizes checked, bytes NOT verified (the UNPACK "
+      return fmt::format("{} message(s), {} bytes; sizes checked, bytes NOT "
+                         "verified (the UNPACK "
                          "ring is in GPU memory)",
                          sizes.size(), total_send);
-    return fmt::format("{} message(s), {} bytes verified{}", sizes.size(), total_send,
-                       h.unpack() ? " (gathered from the UNPACK ring on the host)" : "");
+    return fmt::format(
+        "{} message(s), {} bytes verified{}", sizes.size(), total_send,
+        h.unpack() ? " (gathered from the UNPACK ring on the host)" : "");
   }
 
   std::string order_check(harness& h) {
-    // Distinct sizes: a receive matched to the wrong send shows in size and data.
+    // Distinct sizes: a receive matched to the wrong send shows in size and
+    // data.
     std::vector<int> sizes{100, 2000, 3, 70000, 512, 1, 4096, 33333};
     transfer_check(h, sizes, 70000);
     return "8 sends of distinct sizes matched the receives in posting order";
@@ -513,7 +587,8 @@ class suite {
 
   std::string grouped_check(harness& h) {
     auto& dev = net_->device(options_.device);
-    if (dev.max_recvs < 2) return "SKIP: maxRecvs is 1: the plugin does not group receives";
+    if (dev.max_recvs < 2)
+      return "SKIP: maxRecvs is 1: the plugin does not group receives";
     int n = std::min(dev.max_recvs, 8);
     harness::connection c;
     h.open(c);
@@ -528,30 +603,37 @@ class suite {
       data[i] = sink.data() + i * each;
       tags[i] = 100 + i;
     }
-    auto& group = h.irecv(c.recv, n, data.data(), caps.data(), tags.data(), mhandles.data());
+    auto& group = h.irecv(c.recv, n, data.data(), caps.data(), tags.data(),
+                          mhandles.data());
     // Send in reverse tag order; sizes differ so a mix-up shows.
     for (int i = n - 1; i >= 0; --i)
       h.isend(c.send, source.data() + i * each, each - i, 100 + i, smr);
     h.wait_all("grouped receive");
     for (int i = 0; i < n; ++i) {
       if (group.sizes[i] != each - i)
-        throw check_failed(fmt::format("buffer with tag {}: test reported {} bytes, sent {}",
-                                       100 + i, group.sizes[i], each - i));
-      std::vector<char> want(source.begin() + i * each, source.begin() + i * each + (each - i));
-      if (auto diff = first_difference(want, sink.data() + i * each, each - i); !diff.empty())
-        throw check_failed(fmt::format("buffer with tag {}: {}", 100 + i, diff));
+        throw check_failed(
+            fmt::format("buffer with tag {}: test reported {} bytes, sent {}",
+                        100 + i, group.sizes[i], each - i));
+      std::vector<char> want(source.begin() + i * each,
+                             source.begin() + i * each + (each - i));
+      if (auto diff = first_difference(want, sink.data() + i * each, each - i);
+          !diff.empty())
+        throw check_failed(
+            fmt::format("buffer with tag {}: {}", 100 + i, diff));
     }
     h.dereg(c.send, smr);
     h.dereg(c.recv, rmr);
     h.close(c);
-    return fmt::format("{} buffers in one irecv, sent in reverse tag order, placed by tag", n);
+    return fmt::format(
+        "{} buffers in one irecv, sent in reverse tag order, placed by tag", n);
   }
 
   std::string inflight_check(harness& h) {
     harness::connection c;
     h.open(c);
     // An UNPACK comm has one ring slot per outstanding receive.
-    const int count = h.unpack() ? NCCL_NET_UNPACK_SLOTS : NCCL_NET_MAX_REQUESTS;
+    const int count =
+        h.unpack() ? NCCL_NET_UNPACK_SLOTS : NCCL_NET_MAX_REQUESTS;
     const int each = 64 << 10;
     auto source = pattern(static_cast<size_t>(count) * each, 5);
     std::vector<char> sink(source.size());
@@ -564,19 +646,23 @@ class suite {
       h.irecv(c.recv, 1, &data, &cap, &tag, &rmr);
     }
     for (int i = 0; i < count; ++i)
-      h.isend(c.send, source.data() + static_cast<size_t>(i) * each, each, 0, smr);
+      h.isend(c.send, source.data() + static_cast<size_t>(i) * each, each, 0,
+              smr);
     h.wait_all("32 in flight");
-    if (h.can_verify() && sink != source) throw check_failed(first_difference(source, sink.data(), sink.size()));
+    if (h.can_verify() && sink != source)
+      throw check_failed(first_difference(source, sink.data(), sink.size()));
     h.dereg(c.send, smr);
     h.dereg(c.recv, rmr);
     h.close(c);
-    return fmt::format("{} receives and {} sends of 64 KiB outstanding, all verified{}", count,
-                       count, h.unpack() ? " (UNPACK: one per ring slot)" : "");
+    return fmt::format(
+        "{} receives and {} sends of 64 KiB outstanding, all verified{}", count,
+        count, h.unpack() ? " (UNPACK: one per ring slot)" : "");
   }
 
   std::string flush_check(harness& h) {
     auto& t = h.table();
-    if (!t.iflush) return "SKIP: iflush is NULL (only CUDA receives need it)";
+    if (!t.iflush)
+      return "SKIP: iflush is NULL (only CUDA receives need it)";
     harness::connection c;
     h.open(c);
     std::vector<char> source = pattern(4096, 3), sink(4096);
@@ -596,7 +682,8 @@ class suite {
       int done = 0;
       while (!done) {
         h.call(t.test(request, &done, nullptr), "test(iflush)");
-        if (clock_type::now() > deadline) throw check_failed("iflush not done after 10 s");
+        if (clock_type::now() > deadline)
+          throw check_failed("iflush not done after 10 s");
       }
       detail = "request completed";
     }
@@ -611,20 +698,27 @@ class suite {
     // Each scenario gets its own connection.
     harness::connection a, b;
     h.open(a);
-    h.call(t.closeSend(std::exchange(a.send, nullptr)), "closeSend (send first)");
-    h.call(t.closeRecv(std::exchange(a.recv, nullptr)), "closeRecv (after send)");
-    h.call(t.closeListen(std::exchange(a.listen, nullptr)), "closeListen (last)");
+    h.call(t.closeSend(std::exchange(a.send, nullptr)),
+           "closeSend (send first)");
+    h.call(t.closeRecv(std::exchange(a.recv, nullptr)),
+           "closeRecv (after send)");
+    h.call(t.closeListen(std::exchange(a.listen, nullptr)),
+           "closeListen (last)");
     h.open(b);
-    h.call(t.closeListen(std::exchange(b.listen, nullptr)), "closeListen (first)");
-    h.call(t.closeRecv(std::exchange(b.recv, nullptr)), "closeRecv (recv first)");
-    h.call(t.closeSend(std::exchange(b.send, nullptr)), "closeSend (after recv)");
+    h.call(t.closeListen(std::exchange(b.listen, nullptr)),
+           "closeListen (first)");
+    h.call(t.closeRecv(std::exchange(b.recv, nullptr)),
+           "closeRecv (recv first)");
+    h.call(t.closeSend(std::exchange(b.send, nullptr)),
+           "closeSend (after recv)");
     // A listen nobody connected to, and a connection after data moved.
     char handle[NCCL_NET_HANDLE_MAXSIZE] = {};
     void* lonely = nullptr;
     h.call(t.listen(options_.device, handle, &lonely), "listen");
     h.call(t.closeListen(lonely), "closeListen (never connected)");
     transfer_check(h, {4096, 4096}, 4096);
-    return "send-first, recv-first, listen-first, unconnected listen, after traffic";
+    return "send-first, recv-first, listen-first, unconnected listen, after "
+           "traffic";
   }
 
   std::string unpack_check(harness& h) {
@@ -632,16 +726,21 @@ class suite {
     h.open(c);
     std::string detail;
     if (!c.recv_device)
-      throw check_failed("UNPACK plugin: accept left the receive device handle NULL");
+      throw check_failed(
+          "UNPACK plugin: accept left the receive device handle NULL");
     if (c.recv_device->netDeviceType != NCCL_NET_DEVICE_UNPACK ||
         c.recv_device->netDeviceVersion != NCCL_NET_DEVICE_UNPACK_VERSION)
-      throw check_failed(fmt::format("device handle type {} version {}",
-                                     static_cast<int>(c.recv_device->netDeviceType),
-                                     c.recv_device->netDeviceVersion));
-    if (!c.recv_device->handle) throw check_failed("device handle's `handle` is NULL");
-    if (!h.table().irecvConsumed) throw check_failed("irecvConsumed is NULL");
-    detail = fmt::format("device handle {} bytes, needsProxyProgress {}", c.recv_device->size,
-                         c.recv_device->needsProxyProgress);
+      throw check_failed(
+          fmt::format("device handle type {} version {}",
+                      static_cast<int>(c.recv_device->netDeviceType),
+                      c.recv_device->netDeviceVersion));
+    if (!c.recv_device->handle)
+      throw check_failed("device handle's `handle` is NULL");
+    if (!h.table().irecvConsumed)
+      throw check_failed("irecvConsumed is NULL");
+    detail =
+        fmt::format("device handle {} bytes, needsProxyProgress {}",
+                    c.recv_device->size, c.recv_device->needsProxyProgress);
     h.close(c);
     return detail;
   }
@@ -652,26 +751,30 @@ class suite {
   int passed_ = 0, failed_ = 0, skipped_ = 0;
 };
 
-}  // namespace
+} // namespace
 
 void add_netcheck(CLI::App& root, int& exit_code) {
   auto options = std::make_shared<netcheck_options>();
-  auto* cmd = root.add_subcommand(
-    "netcheck", "Check that an NCCL net plugin (ABI v7) honours the contract kvferry relies on");
-  cmd->add_option("--plugin", options->plugin_name,
-                  "Plugin name (libnccl-net-NAME.so on the search path) or path; default "
-                  "$KVFERRY_NET_PLUGIN or kvsock");
-  cmd->add_option("--device", options->device, "Device index")->capture_default_str();
+  auto* cmd =
+      root.add_subcommand("netcheck", "Check that an NCCL net plugin (ABI v7) "
+                                      "honours the contract kvferry relies on");
+  cmd->add_option(
+      "--plugin", options->plugin_name,
+      "Plugin name (libnccl-net-NAME.so on the search path) or path; default "
+      "$KVFERRY_NET_PLUGIN or kvsock");
+  cmd->add_option("--device", options->device, "Device index")
+      ->capture_default_str();
   cmd->add_option("--connect-timeout-s", options->connect_timeout_s,
                   "How long connect/accept may take")
-    ->capture_default_str();
+      ->capture_default_str();
   cmd->add_option("--op-timeout-s", options->op_timeout_s,
                   "How long one check's transfers may take")
-    ->capture_default_str();
+      ->capture_default_str();
   cmd->callback([options, &exit_code] {
-    if (options->plugin_name.empty()) options->plugin_name = transport::default_plugin();
+    if (options->plugin_name.empty())
+      options->plugin_name = transport::default_plugin();
     exit_code = suite(*options).run();
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

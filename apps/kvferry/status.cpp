@@ -39,35 +39,50 @@ std::string lease_age(const worker_info& info) {
 }
 
 row registered_row(const worker_info& info, const std::string& state) {
-  return {info.name, state, to_string(info.role), info.host,
-          info.gpu < 0 ? "none" : std::to_string(info.gpu), info.plugin, lease_age(info)};
+  return {info.name,
+          state,
+          to_string(info.role),
+          info.host,
+          info.gpu < 0 ? "none" : std::to_string(info.gpu),
+          info.plugin,
+          lease_age(info)};
 }
 
 row missing_row(const topo::worker_spec& w) {
-  return {w.name, "DOWN", topo::to_string(w.role), w.host,
-          w.gpu ? std::to_string(*w.gpu) : "none", w.plugin, "-"};
+  return {w.name,
+          "DOWN",
+          topo::to_string(w.role),
+          w.host,
+          w.gpu ? std::to_string(*w.gpu) : "none",
+          w.plugin,
+          "-"};
 }
 
 void print_table(const std::vector<row>& rows) {
-  std::vector<row> all{{"NAME", "STATE", "ROLE", "HOST", "GPU", "PLUGIN", "LEASE AGE"}};
+  std::vector<row> all{
+      {"NAME", "STATE", "ROLE", "HOST", "GPU", "PLUGIN", "LEASE AGE"}};
   all.insert(all.end(), rows.begin(), rows.end());
   std::size_t w[7] = {};
   for (auto& r : all) {
-    const std::string* cells[7] = {&r.name, &r.state, &r.role, &r.host, &r.gpu, &r.plugin, &r.lease};
-    for (int i = 0; i < 7; ++i) w[i] = std::max(w[i], cells[i]->size());
+    const std::string* cells[7] = {&r.name, &r.state,  &r.role, &r.host,
+                                   &r.gpu,  &r.plugin, &r.lease};
+    for (int i = 0; i < 7; ++i)
+      w[i] = std::max(w[i], cells[i]->size());
   }
   for (auto& r : all)
-    std::cout << fmt::format("{:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", r.name, w[0],
-                             r.state, w[1], r.role, w[2], r.host, w[3], r.gpu, w[4], r.plugin,
-                             w[5], r.lease);
+    std::cout << fmt::format(
+        "{:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", r.name, w[0],
+        r.state, w[1], r.role, w[2], r.host, w[3], r.gpu, w[4], r.plugin, w[5],
+        r.lease);
 }
 
 int run_status(const status_command& cmd) {
   topo::load_options options;
-  options.allow_missing_plugins = true;  // status does not load plugins
+  options.allow_missing_plugins = true; // status does not load plugins
   auto loaded = topo::load_file(cmd.file, options);
   if (!loaded.ok()) {
-    std::cerr << loaded.report() << "kvferry status: " << cmd.file << " is invalid\n";
+    std::cerr << loaded.report() << "kvferry status: " << cmd.file
+              << " is invalid\n";
     return 3;
   }
   auto& t = *loaded.topology;
@@ -87,15 +102,18 @@ int run_status(const status_command& cmd) {
   std::vector<worker_info> registered;
   caf::error failure;
   self->request(*dir, timeout, list_atom::value)
-    .receive([&](std::vector<worker_info>& list) { registered = std::move(list); },
-             [&](caf::error& err) { failure = std::move(err); });
+      .receive(
+          [&](std::vector<worker_info>& list) { registered = std::move(list); },
+          [&](caf::error& err) { failure = std::move(err); });
   if (failure) {
-    std::cerr << fmt::format("kvferry status: the directory at {}:{} did not answer 'list': {}\n",
-                             address, t.directory.port, render(failure));
+    std::cerr << fmt::format(
+        "kvferry status: the directory at {}:{} did not answer 'list': {}\n",
+        address, t.directory.port, render(failure));
     return 1;
   }
   std::map<std::string, const worker_info*> by_name;
-  for (auto& info : registered) by_name[info.name] = &info;
+  for (auto& info : registered)
+    by_name[info.name] = &info;
   std::vector<row> rows;
   int down = 0;
   for (auto& w : t.workers) {
@@ -108,23 +126,28 @@ int run_status(const status_command& cmd) {
     rows.push_back(registered_row(*it->second, "up"));
     by_name.erase(it);
   }
-  for (auto& [name, info] : by_name) rows.push_back(registered_row(*info, "up (not in file)"));
-  std::cout << fmt::format("deployment '{}': directory {}:{}, {} of {} worker(s) up\n", t.name,
-                           address, t.directory.port, t.workers.size() - down, t.workers.size());
+  for (auto& [name, info] : by_name)
+    rows.push_back(registered_row(*info, "up (not in file)"));
+  std::cout << fmt::format(
+      "deployment '{}': directory {}:{}, {} of {} worker(s) up\n", t.name,
+      address, t.directory.port, t.workers.size() - down, t.workers.size());
   print_table(rows);
   return down == 0 ? 0 : 4;
 }
 
-}  // namespace
+} // namespace
 
 void add_status(CLI::App& root, int& exit_code) {
   auto cmd = std::make_shared<status_command>();
-  auto* sub = root.add_subcommand("status", "Ask a deployment's directory who is up");
-  sub->add_option("file", cmd->file, "topology YAML of the deployment")->required();
-  sub->add_option("--timeout-ms", cmd->timeout_ms, "how long to try to reach the directory")
-    ->capture_default_str()
-    ->check(CLI::Range(std::size_t{1}, std::size_t{600000}));
+  auto* sub =
+      root.add_subcommand("status", "Ask a deployment's directory who is up");
+  sub->add_option("file", cmd->file, "topology YAML of the deployment")
+      ->required();
+  sub->add_option("--timeout-ms", cmd->timeout_ms,
+                  "how long to try to reach the directory")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{600000}));
   sub->callback([cmd, &exit_code] { exit_code = run_status(*cmd); });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

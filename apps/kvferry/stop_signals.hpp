@@ -19,4 +19,4 @@ inline sigset_t block_stop_signals() {
   return set;
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

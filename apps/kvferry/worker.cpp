@@ -4,14 +4,13 @@
 // decode), registers both with the directory and serves until SIGINT or
 // SIGTERM, renewing its lease. `kvferry launch` and `kvferry demo` spawn it
 // with exactly these flags.
-#include <signal.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <signal.h>
 #include <string>
+#include <unistd.h>
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
@@ -20,8 +19,6 @@
 
 #include "commands.hpp"
 #include "gpu_option.hpp"
-#include "metrics_endpoint.hpp"
-#include "stop_signals.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -29,6 +26,8 @@
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 #include "kvferry/transport/plugin.hpp"
+#include "metrics_endpoint.hpp"
+#include "stop_signals.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -73,8 +72,7 @@ std::string validate(worker_command& cmd, worker_role& role) {
   if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty())
     return bad;
   if (cmd.transport != "ipc" && cmd.transport != "net")
-    return fmt::format("--transport '{}': expected ipc or net",
-                       cmd.transport);
+    return fmt::format("--transport '{}': expected ipc or net", cmd.transport);
   if (cmd.pool_blocks == 0)
     return "--pool-blocks must be positive";
   if (cmd.chunk_bytes == 0 || cmd.chunk_bytes > transport::max_chunk_bytes)
@@ -106,8 +104,12 @@ void note_gpu_path(const worker_command& cmd, const transport::plugin& net,
 
 region_info describe_region(const memory_region& region,
                             const proto::endpoint& ep) {
-  region_info r{0, reinterpret_cast<std::uint64_t>(region.data()),
-                region.size(), region.kind(), region.gpu(), {}};
+  region_info r{0,
+                reinterpret_cast<std::uint64_t>(region.data()),
+                region.size(),
+                region.kind(),
+                region.gpu(),
+                {}};
   if (!ep.ipc_handle.empty()) {
     auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
     r.ipc_handle.assign(handle.bytes.begin(), handle.bytes.end());
@@ -131,11 +133,11 @@ int serve_until_signal(caf::actor_system& sys, const directory_actor& dir,
       return sig;
     self->request(dir, std::chrono::seconds(5), renew_atom::value, name,
                   granted.token)
-      .receive([](caf::ok_atom) {},
-               [&](const caf::error& err) {
-                 spdlog::warn("worker {}: lease renewal failed: {}", name,
-                              render(err));
-               });
+        .receive([](caf::ok_atom) {},
+                 [&](const caf::error& err) {
+                   spdlog::warn("worker {}: lease renewal failed: {}", name,
+                                render(err));
+                 });
   }
 }
 
@@ -145,10 +147,11 @@ void await_termination(caf::scoped_actor& self, int count,
   auto deadline = std::chrono::steady_clock::now() + limit;
   for (int i = 0; i < count; ++i) {
     bool timed_out = false;
-    self->receive([](const caf::down_msg&) {},
-                  caf::after(std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now()))
-                    >> [&] { timed_out = true; });
+    self->receive(
+        [](const caf::down_msg&) {},
+        caf::after(std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now())) >>
+            [&] { timed_out = true; });
     if (timed_out) {
       spdlog::warn("worker {}: actors did not stop within {} s", name,
                    limit.count());
@@ -213,11 +216,11 @@ int run_worker(worker_command& cmd) {
   caf::scoped_actor self{sys};
   proto::endpoint ep;
   self->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
-    .receive([&](proto::endpoint& e) { ep = std::move(e); },
-             [&](const caf::error& err) {
-               spdlog::error("worker {}: transfer actor: {}", cmd.name,
-                             render(err));
-             });
+      .receive([&](proto::endpoint& e) { ep = std::move(e); },
+               [&](const caf::error& err) {
+                 spdlog::error("worker {}: transfer actor: {}", cmd.name,
+                               render(err));
+               });
   app_config ac;
   ac.name = cmd.name;
   ac.geometry = cmd.geometry;
@@ -230,8 +233,8 @@ int run_worker(worker_command& cmd) {
   ac.credit_blocks = cmd.credit_blocks;
   ac.lend_percent = cmd.lend_percent;
   caf::actor app = role == worker_role::prefill
-                     ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
-                     : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
+                       ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
+                       : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
   auto stop_all = [&] {
     self->send_exit(app, caf::exit_reason::user_shutdown);
     self->send_exit(transfer, caf::exit_reason::user_shutdown);
@@ -262,23 +265,23 @@ int run_worker(worker_command& cmd) {
   info.app = app;
   info.regions.push_back(describe_region(*region, ep));
   info.attributes = {
-    {"memory", describe_memory(gpu)},
-    {"transport", cmd.transport},
-    {"mode", cmd.mode},
-    {"layerwise", cmd.layerwise ? "true" : "false"},
-    {"layers", std::to_string(cmd.geometry.layers)},
-    {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
-    {"pool_blocks", std::to_string(cmd.pool_blocks)},
+      {"memory", describe_memory(gpu)},
+      {"transport", cmd.transport},
+      {"mode", cmd.mode},
+      {"layerwise", cmd.layerwise ? "true" : "false"},
+      {"layers", std::to_string(cmd.geometry.layers)},
+      {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
+      {"pool_blocks", std::to_string(cmd.pool_blocks)},
   };
   std::optional<lease> granted;
   self->request(*dir, std::chrono::seconds(10), register_atom::value, info,
                 cmd.secret)
-    .receive([&](lease& l) { granted = l; },
-             [&](const caf::error& err) {
-               spdlog::error("worker {}: registering with the directory at "
-                             "{} failed: {}",
-                             cmd.name, cmd.directory, render(err));
-             });
+      .receive([&](lease& l) { granted = l; },
+               [&](const caf::error& err) {
+                 spdlog::error("worker {}: registering with the directory at "
+                               "{} failed: {}",
+                               cmd.name, cmd.directory, render(err));
+               });
   if (!granted) {
     stop_all();
     return 1;
@@ -290,18 +293,18 @@ int run_worker(worker_command& cmd) {
     watchers.push_back(app);
   for (auto& w : watchers)
     self->request(*dir, std::chrono::seconds(10), watch_atom::value, w)
-      .receive(
-        [&](std::vector<worker_info>& members) {
-          // The watcher hears of later joins only: tell it who is there
-          // already (the producer learns its consumers' names from these).
-          for (auto& m : members)
-            self->send(caf::actor_cast<directory_watcher_actor>(w),
-                       joined_atom::value, std::move(m));
-        },
-               [&](const caf::error& err) {
-                 spdlog::warn("worker {}: watching the directory failed: {}",
-                              cmd.name, render(err));
-               });
+        .receive(
+            [&](std::vector<worker_info>& members) {
+              // The watcher hears of later joins only: tell it who is there
+              // already (the producer learns its consumers' names from these).
+              for (auto& m : members)
+                self->send(caf::actor_cast<directory_watcher_actor>(w),
+                           joined_atom::value, std::move(m));
+            },
+            [&](const caf::error& err) {
+              spdlog::warn("worker {}: watching the directory failed: {}",
+                           cmd.name, render(err));
+            });
   // A parent process (demo, launch, tests) waits for this line.
   std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
             << ", plugin " << net->name() << ", " << describe_memory(gpu)
@@ -313,7 +316,7 @@ int run_worker(worker_command& cmd) {
                sig == SIGINT ? "SIGINT" : "SIGTERM");
   self->request(*dir, std::chrono::seconds(2), leave_atom::value, cmd.name,
                 granted->token)
-    .receive([](caf::ok_atom) {}, [](const caf::error&) {});
+      .receive([](caf::ok_atom) {}, [](const caf::error&) {});
   self->monitor(app);
   self->monitor(transfer);
   stop_all();
@@ -330,71 +333,71 @@ int run_worker(worker_command& cmd) {
   std::_Exit(0);
 }
 
-}  // namespace
+} // namespace
 
 void add_worker(CLI::App& root, int& exit_code) {
   auto cmd = std::make_shared<worker_command>();
   auto* sub = root.add_subcommand(
-    "worker", "Run a prefill or decode worker until SIGINT/SIGTERM");
+      "worker", "Run a prefill or decode worker until SIGINT/SIGTERM");
   sub->add_option("--name", cmd->name, "unique worker name")->required();
   sub->add_option("--role", cmd->role, "prefill or decode")->required();
-  sub->add_option("--directory", cmd->directory,
-                  "HOST:PORT of the directory")->required();
+  sub->add_option("--directory", cmd->directory, "HOST:PORT of the directory")
+      ->required();
   sub->add_option("--secret", cmd->secret,
                   "deployment secret (default: $KVFERRY_SECRET)");
   sub->add_option("--bind", cmd->bind,
                   "address peers reach this worker's actors on")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--gpu", cmd->gpu,
                   "KV pool memory: a CUDA device ordinal, auto (GPU 0 when "
                   "there is one, else host memory) or none (host memory)")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--transport", cmd->transport,
                   "ipc: CUDA IPC to same-host GPU peers, the plugin to the "
                   "rest; net: the plugin for every peer")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--plugin", cmd->plugin,
                   "net plugin name or path (default $KVFERRY_NET_PLUGIN, "
                   "else kvsock)");
   sub->add_option("--pool-blocks", cmd->pool_blocks,
                   "KV block pool size in layer-blocks")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
   sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
   sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
   sub->add_option("--dtype", cmd->dtype, "fp16, bf16 or fp32")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--block-tokens", cmd->geometry.block_tokens)
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--mode", cmd->mode, "push or pull (producer's default)")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_flag("--layerwise", cmd->layerwise,
                 "ship each layer as soon as it is written (producer default)");
   sub->add_option("--chunk-bytes", cmd->chunk_bytes,
                   "largest single plugin send/receive")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--comms-per-peer", cmd->comms_per_peer,
                   "comm pairs striped per peer")
-    ->capture_default_str()
-    ->check(CLI::Range(1u, 64u));
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 64u));
   sub->add_option("--staging-slots", cmd->staging_slots,
                   "pinned bounce slots of --chunk-bytes per comm, for GPU "
                   "memory over a plugin without NCCL_PTR_CUDA (0 refuses "
                   "such peers)")
-    ->capture_default_str()
-    ->check(CLI::Range(0u, static_cast<std::uint32_t>(
-                                transport::max_staging_slots)));
+      ->capture_default_str()
+      ->check(CLI::Range(
+          0u, static_cast<std::uint32_t>(transport::max_staging_slots)));
   sub->add_option("--timeout-ms", cmd->timeout_ms,
                   "deadline of every remote request and transfer")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--credit-blocks", cmd->credit_blocks,
                   "prefill: blocks to ask each decode worker to lend ahead "
                   "of time (0: negotiate every request)")
-    ->capture_default_str();
+      ->capture_default_str();
   sub->add_option("--lend-percent", cmd->lend_percent,
                   "decode: most of the pool lent to one prefill worker")
-    ->capture_default_str()
-    ->check(CLI::Range(0u, 100u));
+      ->capture_default_str()
+      ->check(CLI::Range(0u, 100u));
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (cmd->secret.empty())
@@ -411,4 +414,4 @@ void add_worker(CLI::App& root, int& exit_code) {
   });
 }
 
-}  // namespace kvferry::app
+} // namespace kvferry::app

@@ -1,8 +1,7 @@
 #include "kvferry/runtime/directory_types.hpp"
 
-#include <unistd.h>
-
 #include <fstream>
+#include <unistd.h>
 
 namespace kvferry {
 
@@ -40,4 +39,4 @@ std::string local_host_id() {
   return local_hostname() + "/" + (boot_id.empty() ? "no-boot-id" : boot_id);
 }
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -6,20 +6,34 @@ namespace kvferry {
 
 const char* to_string(ec code) {
   switch (code) {
-    case ec::none: return "none";
-    case ec::timeout: return "timeout";
-    case ec::peer_down: return "peer_down";
-    case ec::unauthorized: return "unauthorized";
-    case ec::invalid_extent: return "invalid_extent";
-    case ec::plugin_error: return "plugin_error";
-    case ec::mismatch: return "mismatch";
-    case ec::not_found: return "not_found";
-    case ec::duplicate: return "duplicate";
-    case ec::invalid_argument: return "invalid_argument";
-    case ec::cuda_error: return "cuda_error";
-    case ec::unreachable: return "unreachable";
-    case ec::config_error: return "config_error";
-    case ec::lease_expired: return "lease_expired";
+  case ec::none:
+    return "none";
+  case ec::timeout:
+    return "timeout";
+  case ec::peer_down:
+    return "peer_down";
+  case ec::unauthorized:
+    return "unauthorized";
+  case ec::invalid_extent:
+    return "invalid_extent";
+  case ec::plugin_error:
+    return "plugin_error";
+  case ec::mismatch:
+    return "mismatch";
+  case ec::not_found:
+    return "not_found";
+  case ec::duplicate:
+    return "duplicate";
+  case ec::invalid_argument:
+    return "invalid_argument";
+  case ec::cuda_error:
+    return "cuda_error";
+  case ec::unreachable:
+    return "unreachable";
+  case ec::config_error:
+    return "config_error";
+  case ec::lease_expired:
+    return "lease_expired";
   }
   return "unknown";
 }
@@ -45,7 +59,7 @@ std::string render_context(const caf::message& context) {
   return caf::to_string(context);
 }
 
-}  // namespace
+} // namespace
 
 std::string render(const caf::error& err) {
   if (!err)
@@ -63,8 +77,8 @@ std::string render(const caf::error& err) {
 }
 
 bool is(const caf::error& err, ec code) {
-  return err.category() == ec_category
-         && err.code() == static_cast<uint8_t>(code);
+  return err.category() == ec_category &&
+         err.code() == static_cast<uint8_t>(code);
 }
 
-}  // namespace kvferry
+} // namespace kvferry

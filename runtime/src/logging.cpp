@@ -22,7 +22,7 @@ std::string effective_level(const std::string& level) {
   return "info";
 }
 
-}  // namespace
+} // namespace
 
 caf::error setup_logging(const std::string& level, const std::string& log_file,
                          const std::string& process_name) {
@@ -31,18 +31,18 @@ caf::error setup_logging(const std::string& level, const std::string& log_file,
   // from_str maps anything unknown to "off"; only accept "off" when asked.
   if (parsed == spdlog::level::off && name != "off")
     return make_error(ec::invalid_argument,
-                      "unknown log level '" + name
-                        + "' (use trace, debug, info, warn, error, critical "
+                      "unknown log level '" + name +
+                          "' (use trace, debug, info, warn, error, critical "
                           "or off)");
   std::vector<spdlog::sink_ptr> sinks;
   sinks.push_back(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
   if (!log_file.empty()) {
     try {
       sinks.push_back(
-        std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_file));
+          std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_file));
     } catch (const spdlog::spdlog_ex& ex) {
-      return make_error(ec::config_error, "cannot open log file '" + log_file
-                                            + "': " + ex.what());
+      return make_error(ec::config_error, "cannot open log file '" + log_file +
+                                              "': " + ex.what());
     }
   }
   auto logger = std::make_shared<spdlog::logger>(process_name, sinks.begin(),
@@ -54,4 +54,4 @@ caf::error setup_logging(const std::string& level, const std::string& log_file,
   return caf::none;
 }
 
-}  // namespace kvferry::runtime
+} // namespace kvferry::runtime

@@ -6,4 +6,4 @@ void add_protocol_types(caf::actor_system_config& cfg) {
   cfg.add_message_types<caf::id_block::kvferry_protocol>();
 }
 
-}  // namespace kvferry::proto
+} // namespace kvferry::proto

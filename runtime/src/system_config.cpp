@@ -9,8 +9,8 @@
 // The transfer engineer's message block (ids 300..399) lives in protocol.hpp;
 // it is registered here as soon as that header exists.
 #if __has_include("kvferry/runtime/protocol.hpp")
-#  include "kvferry/runtime/protocol.hpp"
-#  define KVFERRY_HAVE_PROTOCOL_BLOCK 1
+#include "kvferry/runtime/protocol.hpp"
+#define KVFERRY_HAVE_PROTOCOL_BLOCK 1
 #endif
 
 namespace kvferry::runtime {
@@ -23,7 +23,7 @@ void add_runtime_options(CLI::App& cmd, runtime_options& options) {
                  "also append the log to this file");
   cmd.add_option("--scheduler", options.scheduler_policy,
                  "CAF scheduler policy: sharing (default) or stealing")
-    ->check(CLI::IsMember({"sharing", "stealing"}));
+      ->check(CLI::IsMember({"sharing", "stealing"}));
   cmd.add_option("--threads", options.threads,
                  "scheduler threads (0 = one per core)");
   cmd.add_option("--io-workers", options.io_workers,
@@ -49,12 +49,12 @@ void system_config::register_types() {
 #ifdef KVFERRY_HAVE_PROTOCOL_BLOCK
   add_message_types<caf::id_block::kvferry_protocol>();
 #endif
-  add_error_category(ec_category,
-                     [](uint8_t code, caf::atom_value, const caf::message& ctx) {
-                       // kvferry::render: unqualified, the static
-                       // actor_system_config::render would be found.
-                       return kvferry::render(caf::error{code, ec_category, ctx});
-                     });
+  add_error_category(
+      ec_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+        // kvferry::render: unqualified, the static
+        // actor_system_config::render would be found.
+        return kvferry::render(caf::error{code, ec_category, ctx});
+      });
 }
 
 void system_config::apply(const runtime_options& options) {
@@ -80,4 +80,4 @@ void system_config::use_test_coordinator() {
   set("middleman.workers", size_t{0});
 }
 
-}  // namespace kvferry::runtime
+} // namespace kvferry::runtime

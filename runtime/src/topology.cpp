@@ -10,8 +10,8 @@
 #include <arpa/inet.h>
 #include <cctype>
 #include <cerrno>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -26,10 +26,12 @@
 
 namespace kvferry::topology {
 
-// ---- small public helpers -----------------------------------------------------
+// ---- small public helpers
+// -----------------------------------------------------
 
 std::string location::str() const {
-  if (line <= 0) return file;
+  if (line <= 0)
+    return file;
   return fmt::format("{}:{}:{}", file, line, column);
 }
 
@@ -43,7 +45,9 @@ const char* to_string(transfer_mode mode) {
   return mode == transfer_mode::push ? "push" : "pull";
 }
 
-std::uint32_t model_spec::dtype_bytes() const { return dtype == "fp32" ? 4 : 2; }
+std::uint32_t model_spec::dtype_bytes() const {
+  return dtype == "fp32" ? 4 : 2;
+}
 
 std::uint64_t model_spec::block_bytes_per_layer() const {
   return 2ull * kv_heads * head_dim * block_tokens * dtype_bytes();
@@ -51,38 +55,47 @@ std::uint64_t model_spec::block_bytes_per_layer() const {
 
 const host_spec* deployment::find_host(const std::string& host_name) const {
   for (auto& host : hosts)
-    if (host.name == host_name) return &host;
+    if (host.name == host_name)
+      return &host;
   return nullptr;
 }
 
-const worker_spec* deployment::find_worker(const std::string& worker_name) const {
+const worker_spec*
+deployment::find_worker(const std::string& worker_name) const {
   for (auto& worker : workers)
-    if (worker.name == worker_name) return &worker;
+    if (worker.name == worker_name)
+      return &worker;
   return nullptr;
 }
 
-std::vector<const worker_spec*> deployment::workers_on(const std::string& host) const {
+std::vector<const worker_spec*>
+deployment::workers_on(const std::string& host) const {
   std::vector<const worker_spec*> result;
   for (auto& worker : workers)
-    if (worker.host == host) result.push_back(&worker);
+    if (worker.host == host)
+      result.push_back(&worker);
   return result;
 }
 
 std::string deployment::directory_endpoint() const {
   auto* host = find_host(directory.host);
-  return fmt::format("{}:{}", host ? host->address : directory.host, directory.port);
+  return fmt::format("{}:{}", host ? host->address : directory.host,
+                     directory.port);
 }
 
 std::string deployment::bind_address_for(const std::string& host_name) const {
-  if (control.bind != "host") return control.bind;
+  if (control.bind != "host")
+    return control.bind;
   auto* host = find_host(host_name);
   return host ? host->address : "127.0.0.1";
 }
 
 std::string load_result::report() const {
   std::string text;
-  for (auto& e : errors) text += "error: " + e + "\n";
-  for (auto& w : warnings) text += "warning: " + w + "\n";
+  for (auto& e : errors)
+    text += "error: " + e + "\n";
+  for (auto& w : warnings)
+    text += "warning: " + w + "\n";
   return text;
 }
 
@@ -91,14 +104,17 @@ namespace {
 // Optimal string alignment distance: a swapped pair of letters ("pluign")
 // counts as one edit, the commonest typo.
 std::size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::vector<std::size_t>> d(a.size() + 1,
-                                          std::vector<std::size_t>(b.size() + 1));
-  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  std::vector<std::vector<std::size_t>> d(
+      a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i)
+    d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j)
+    d[0][j] = j;
   for (std::size_t i = 1; i <= a.size(); ++i)
     for (std::size_t j = 1; j <= b.size(); ++j) {
       std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      d[i][j] =
+          std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
       if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
         d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
@@ -112,32 +128,40 @@ bool file_exists(const std::string& path) {
 
 std::vector<std::string> split_path_list(const char* value) {
   std::vector<std::string> dirs;
-  if (value == nullptr) return dirs;
+  if (value == nullptr)
+    return dirs;
   std::stringstream stream(value);
   std::string dir;
   while (std::getline(stream, dir, ':'))
-    if (!dir.empty()) dirs.push_back(dir);
+    if (!dir.empty())
+      dirs.push_back(dir);
   return dirs;
 }
 
 std::string self_exe_dir() {
   char buf[4096];
   auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0) return {};
+  if (n <= 0)
+    return {};
   std::string path(buf, static_cast<std::size_t>(n));
   auto slash = path.rfind('/');
   return slash == std::string::npos ? std::string{} : path.substr(0, slash);
 }
 
 bool is_valid_name(const std::string& name) {
-  if (name.empty() || name.size() > 64) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
-  }) && name[0] != '.';
+  if (name.empty() || name.size() > 64)
+    return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) {
+                       return std::isalnum(static_cast<unsigned char>(c)) ||
+                              c == '-' || c == '_' || c == '.';
+                     }) &&
+         name[0] != '.';
 }
 
 bool is_env_name(const std::string& name) {
-  if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0]))) return false;
+  if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0])))
+    return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
   });
@@ -149,12 +173,14 @@ bool is_ipv4(const std::string& text) {
 }
 
 bool is_loopback(const std::string& address) {
-  return address == "localhost" || address.rfind("127.", 0) == 0 || address == "::1";
+  return address == "localhost" || address.rfind("127.", 0) == 0 ||
+         address == "::1";
 }
 
-}  // namespace
+} // namespace
 
-std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
+std::string nearest(const std::string& word,
+                    const std::vector<std::string>& candidates) {
   // Allow about one edit per three letters, at least one, so that short keys
   // are not "corrected" into unrelated ones.
   std::size_t best_distance = std::max<std::size_t>(1, word.size() / 3) + 1;
@@ -169,35 +195,44 @@ std::string nearest(const std::string& word, const std::vector<std::string>& can
   return best;
 }
 
-std::string find_plugin(const std::string& plugin, const load_options& options) {
-  if (plugin.find('/') != std::string::npos) return file_exists(plugin) ? plugin : "";
+std::string find_plugin(const std::string& plugin,
+                        const load_options& options) {
+  if (plugin.find('/') != std::string::npos)
+    return file_exists(plugin) ? plugin : "";
   std::vector<std::string> dirs = options.plugin_dirs;
-  if (dirs.empty()) dirs = split_path_list(std::getenv("KVFERRY_PLUGIN_PATH"));
+  if (dirs.empty())
+    dirs = split_path_list(std::getenv("KVFERRY_PLUGIN_PATH"));
   auto exe_dir = options.exe_dir.empty() ? self_exe_dir() : options.exe_dir;
   if (!exe_dir.empty()) {
     dirs.push_back(exe_dir + "/../lib");
     dirs.push_back(exe_dir + "/../lib64");
     dirs.push_back(exe_dir);
   }
-  for (auto& dir : split_path_list(std::getenv("LD_LIBRARY_PATH"))) dirs.push_back(dir);
-  for (const char* dir : {"/usr/local/lib", "/usr/local/lib64", "/usr/lib/x86_64-linux-gnu",
-                          "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib"})
+  for (auto& dir : split_path_list(std::getenv("LD_LIBRARY_PATH")))
+    dirs.push_back(dir);
+  for (const char* dir :
+       {"/usr/local/lib", "/usr/local/lib64", "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib"})
     dirs.emplace_back(dir);
   auto file_name = "libnccl-net-" + plugin + ".so";
   for (auto& dir : dirs) {
     auto candidate = dir + "/" + file_name;
-    if (file_exists(candidate)) return candidate;
+    if (file_exists(candidate))
+      return candidate;
   }
   return {};
 }
 
-std::optional<std::string> read_secret(const control_spec& control, std::string& why) {
-  if (!control.secret.empty()) return control.secret;
+std::optional<std::string> read_secret(const control_spec& control,
+                                       std::string& why) {
+  if (!control.secret.empty())
+    return control.secret;
   if (!control.secret_env.empty()) {
     const char* value = std::getenv(control.secret_env.c_str());
     if (value == nullptr || *value == '\0') {
-      why = fmt::format("control.secret_env names ${} but it is not set (at {})",
-                        control.secret_env, control.where.str());
+      why =
+          fmt::format("control.secret_env names ${} but it is not set (at {})",
+                      control.secret_env, control.where.str());
       return std::nullopt;
     }
     return std::string(value);
@@ -206,9 +241,10 @@ std::optional<std::string> read_secret(const control_spec& control, std::string&
     std::ifstream in(control.secret_file);
     std::string line;
     if (!in || !std::getline(in, line) || line.empty()) {
-      why = fmt::format("cannot read the secret from control.secret_file '{}' (at {}): {}",
-                        control.secret_file, control.where.str(),
-                        in ? "the first line is empty" : std::strerror(errno));
+      why = fmt::format(
+          "cannot read the secret from control.secret_file '{}' (at {}): {}",
+          control.secret_file, control.where.str(),
+          in ? "the first line is empty" : std::strerror(errno));
       return std::nullopt;
     }
     return line;
@@ -216,14 +252,15 @@ std::optional<std::string> read_secret(const control_spec& control, std::string&
   return std::string{};
 }
 
-// ---- the parser -----------------------------------------------------------------
+// ---- the parser
+// -----------------------------------------------------------------
 
 namespace {
 
 class parser {
 public:
   parser(std::string file, load_options options)
-    : file_(std::move(file)), options_(std::move(options)) {
+      : file_(std::move(file)), options_(std::move(options)) {
     result_.topology.emplace();
     topo().source_file = file_;
   }
@@ -237,8 +274,9 @@ public:
       return finish();
     }
     if (!root.IsMap()) {
-      error(root.Mark(), "expected a mapping at the top level (keys: name, directory, "
-                         "hosts, workers, model, transfer, control, launch)");
+      error(root.Mark(),
+            "expected a mapping at the top level (keys: name, directory, "
+            "hosts, workers, model, transfer, control, launch)");
       return finish();
     }
     read_root(root);
@@ -250,75 +288,95 @@ private:
   deployment& topo() { return *result_.topology; }
 
   location at(const YAML::Mark& mark) const {
-    if (mark.is_null()) return {file_, 0, 0};
+    if (mark.is_null())
+      return {file_, 0, 0};
     return {file_, mark.line + 1, mark.column + 1};
   }
 
   void error(const YAML::Mark& mark, const std::string& what) {
     error(at(mark), what);
   }
-  void error(const location& where, const std::string& what, const std::string& hint = {}) {
-    result_.errors.push_back(fmt::format("{} at {}{}", what, where.str(), hint));
+  void error(const location& where, const std::string& what,
+             const std::string& hint = {}) {
+    result_.errors.push_back(
+        fmt::format("{} at {}{}", what, where.str(), hint));
   }
   void warning(const location& where, const std::string& what) {
     result_.warnings.push_back(fmt::format("{} at {}", what, where.str()));
   }
 
   load_result finish() {
-    if (!result_.errors.empty()) result_.topology.reset();
+    if (!result_.errors.empty())
+      result_.topology.reset();
     return std::move(result_);
   }
 
   // Rejects keys outside `allowed` (suggesting the nearest) and repeated keys.
-  void check_keys(const YAML::Node& map, const std::vector<std::string>& allowed,
+  void check_keys(const YAML::Node& map,
+                  const std::vector<std::string>& allowed,
                   const std::string& context) {
     std::set<std::string> seen;
     for (auto it = map.begin(); it != map.end(); ++it) {
-      auto key = it->first.IsScalar() ? it->first.Scalar() : std::string("<non-scalar>");
+      auto key = it->first.IsScalar() ? it->first.Scalar()
+                                      : std::string("<non-scalar>");
       if (!seen.insert(key).second) {
-        error(it->first.Mark(), fmt::format("key '{}' repeated in {}", key, context));
+        error(it->first.Mark(),
+              fmt::format("key '{}' repeated in {}", key, context));
         continue;
       }
-      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+      if (std::find(allowed.begin(), allowed.end(), key) != allowed.end())
+        continue;
       auto suggestion = nearest(key, allowed);
       auto where = at(it->first.Mark()).str();
       if (suggestion.empty())
-        result_.errors.push_back(fmt::format("unknown key '{}' in {} at {}; valid keys: {}",
-                                             key, context, where, fmt::join(allowed, ", ")));
+        result_.errors.push_back(
+            fmt::format("unknown key '{}' in {} at {}; valid keys: {}", key,
+                        context, where, fmt::join(allowed, ", ")));
       else
-        result_.errors.push_back(fmt::format("unknown key '{}' at {}; did you mean '{}'?",
-                                             key, where, suggestion));
+        result_.errors.push_back(
+            fmt::format("unknown key '{}' at {}; did you mean '{}'?", key,
+                        where, suggestion));
     }
   }
 
-  // A present, mapping-valued key; reports and returns an invalid node otherwise.
+  // A present, mapping-valued key; reports and returns an invalid node
+  // otherwise.
   bool expect_map(const YAML::Node& node, const std::string& what) {
-    if (node.IsMap()) return true;
-    error(node.Mark(), fmt::format("{} must be a mapping ({}: {{key: value, ...}})", what, what));
+    if (node.IsMap())
+      return true;
+    error(node.Mark(),
+          fmt::format("{} must be a mapping ({}: {{key: value, ...}})", what,
+                      what));
     return false;
   }
 
   bool read_string(const YAML::Node& map, const char* key, std::string& out,
                    const std::string& context) {
     auto node = map[key];
-    if (!node) return false;
+    if (!node)
+      return false;
     if (!node.IsScalar() || node.Scalar().empty()) {
-      error(node.Mark(), fmt::format("{}.{} must be a non-empty string", context, key));
+      error(node.Mark(),
+            fmt::format("{}.{} must be a non-empty string", context, key));
       return false;
     }
     out = node.Scalar();
     return true;
   }
 
-  template <class Int>
-  bool read_uint(const YAML::Node& map, const char* key, Int& out, std::uint64_t min,
-                 std::uint64_t max, const std::string& context) {
+  template<class Int>
+  bool read_uint(const YAML::Node& map, const char* key, Int& out,
+                 std::uint64_t min, std::uint64_t max,
+                 const std::string& context) {
     auto node = map[key];
-    if (!node) return false;
+    if (!node)
+      return false;
     std::uint64_t value = 0;
     if (!parse_uint(node, value) || value < min || value > max) {
-      error(node.Mark(), fmt::format("{}.{} must be an integer in [{}, {}], got '{}'", context,
-                                     key, min, max, node.IsScalar() ? node.Scalar() : "<not a scalar>"));
+      error(node.Mark(),
+            fmt::format("{}.{} must be an integer in [{}, {}], got '{}'",
+                        context, key, min, max,
+                        node.IsScalar() ? node.Scalar() : "<not a scalar>"));
       return false;
     }
     out = static_cast<Int>(value);
@@ -326,57 +384,74 @@ private:
   }
 
   static bool parse_uint(const YAML::Node& node, std::uint64_t& value) {
-    if (!node.IsScalar()) return false;
+    if (!node.IsScalar())
+      return false;
     auto& text = node.Scalar();
-    if (text.empty() || !std::all_of(text.begin(), text.end(),
-                                          [](char c) { return c >= '0' && c <= '9'; })) return false;
+    if (text.empty() || !std::all_of(text.begin(), text.end(), [](char c) {
+          return c >= '0' && c <= '9';
+        }))
+      return false;
     errno = 0;
     value = std::strtoull(text.c_str(), nullptr, 10);
     return errno == 0;
   }
 
-  bool read_bool(const YAML::Node& map, const char* key, bool& out, const std::string& context) {
+  bool read_bool(const YAML::Node& map, const char* key, bool& out,
+                 const std::string& context) {
     auto node = map[key];
-    if (!node) return false;
+    if (!node)
+      return false;
     auto text = node.IsScalar() ? node.Scalar() : "";
-    if (text == "true" || text == "yes" || text == "on") out = true;
-    else if (text == "false" || text == "no" || text == "off") out = false;
+    if (text == "true" || text == "yes" || text == "on")
+      out = true;
+    else if (text == "false" || text == "no" || text == "off")
+      out = false;
     else {
-      error(node.Mark(), fmt::format("{}.{} must be true or false, got '{}'", context, key, text));
+      error(node.Mark(), fmt::format("{}.{} must be true or false, got '{}'",
+                                     context, key, text));
       return false;
     }
     return true;
   }
 
   // A string that must be one of `choices`; returns its index or -1.
-  int read_choice(const YAML::Node& map, const char* key, const std::vector<std::string>& choices,
+  int read_choice(const YAML::Node& map, const char* key,
+                  const std::vector<std::string>& choices,
                   const std::string& context) {
     auto node = map[key];
-    if (!node) return -1;
+    if (!node)
+      return -1;
     auto text = node.IsScalar() ? node.Scalar() : "";
     for (std::size_t i = 0; i < choices.size(); ++i)
-      if (text == choices[i]) return static_cast<int>(i);
+      if (text == choices[i])
+        return static_cast<int>(i);
     auto hint = nearest(text, choices);
     error(at(node.Mark()),
-          fmt::format("{}.{} must be one of {}, got '{}'", context, key, fmt::join(choices, " | "),
-                      text),
+          fmt::format("{}.{} must be one of {}, got '{}'", context, key,
+                      fmt::join(choices, " | "), text),
           hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint));
     return -1;
   }
 
   void read_root(const YAML::Node& root) {
-    check_keys(root, {"name", "directory", "hosts", "workers", "model", "transfer", "control",
-                      "launch"},
+    check_keys(root,
+               {"name", "directory", "hosts", "workers", "model", "transfer",
+                "control", "launch"},
                "the top level");
-    if (read_string(root, "name", topo().name, "deployment") && !is_valid_name(topo().name))
-      error(root["name"].Mark(), "name must be 1-64 letters, digits, '-', '_' or '.'");
+    if (read_string(root, "name", topo().name, "deployment") &&
+        !is_valid_name(topo().name))
+      error(root["name"].Mark(),
+            "name must be 1-64 letters, digits, '-', '_' or '.'");
     read_hosts(root["hosts"]);
     read_directory(root["directory"]);
     read_workers(root["workers"]);
-    if (auto node = root["model"]) read_model(node);
-    if (auto node = root["transfer"]) read_transfer(node);
+    if (auto node = root["model"])
+      read_model(node);
+    if (auto node = root["transfer"])
+      read_transfer(node);
     read_control(root["control"]);
-    if (auto node = root["launch"]) read_launch(node);
+    if (auto node = root["launch"])
+      read_launch(node);
   }
 
   void read_hosts(const YAML::Node& node) {
@@ -390,7 +465,8 @@ private:
       return;
     }
     for (const auto& entry : node) {
-      if (!expect_map(entry, "a hosts entry")) continue;
+      if (!expect_map(entry, "a hosts entry"))
+        continue;
       check_keys(entry, {"name", "address"}, "a hosts entry");
       host_spec host;
       host.where = at(entry.Mark());
@@ -399,8 +475,10 @@ private:
         continue;
       }
       if (!is_valid_name(host.name))
-        error(entry["name"].Mark(), fmt::format("host name '{}' must be 1-64 letters, digits, "
-                                                "'-', '_' or '.'", host.name));
+        error(entry["name"].Mark(),
+              fmt::format("host name '{}' must be 1-64 letters, digits, "
+                          "'-', '_' or '.'",
+                          host.name));
       // A host without an address is dialled by its name (DNS / /etc/hosts).
       if (!read_string(entry, "address", host.address, "host " + host.name))
         host.address = host.name == "localhost" ? "127.0.0.1" : host.name;
@@ -410,10 +488,13 @@ private:
 
   void read_directory(const YAML::Node& node) {
     auto& dir = topo().directory;
-    if (!topo().hosts.empty()) dir.host = topo().hosts.front().name;
+    if (!topo().hosts.empty())
+      dir.host = topo().hosts.front().name;
     dir.where = {file_, 0, 0};
-    if (!node) return;
-    if (!expect_map(node, "directory")) return;
+    if (!node)
+      return;
+    if (!expect_map(node, "directory"))
+      return;
     dir.where = at(node.Mark());
     check_keys(node, {"host", "port"}, "directory");
     read_string(node, "host", dir.host, "directory");
@@ -422,8 +503,9 @@ private:
 
   void read_workers(const YAML::Node& node) {
     if (!node) {
-      error(location{file_, 0, 0}, "no workers: the file needs a 'workers' list with at least "
-                                   "one prefill and one decode worker");
+      error(location{file_, 0, 0},
+            "no workers: the file needs a 'workers' list with at least "
+            "one prefill and one decode worker");
       return;
     }
     if (!node.IsSequence() || node.size() == 0) {
@@ -431,14 +513,16 @@ private:
       return;
     }
     for (const auto& entry : node) {
-      if (!expect_map(entry, "a workers entry")) continue;
+      if (!expect_map(entry, "a workers entry"))
+        continue;
       read_worker(entry);
     }
   }
 
   void read_worker(const YAML::Node& entry) {
-    check_keys(entry, {"name", "role", "host", "gpu", "plugin", "plugin_env", "devices",
-                       "pool_blocks", "restart", "metrics_port"},
+    check_keys(entry,
+               {"name", "role", "host", "gpu", "plugin", "plugin_env",
+                "devices", "pool_blocks", "restart", "metrics_port"},
                "a workers entry");
     worker_spec worker;
     worker.where = at(entry.Mark());
@@ -449,11 +533,16 @@ private:
     auto context = "worker " + worker.name;
     if (!is_valid_name(worker.name) || worker.name == "directory")
       error(entry["name"].Mark(),
-            fmt::format("worker name '{}' must be 1-64 letters, digits, '-', '_' or '.', and "
-                        "not 'directory' (it names the log file)", worker.name));
+            fmt::format("worker name '{}' must be 1-64 letters, digits, '-', "
+                        "'_' or '.', and "
+                        "not 'directory' (it names the log file)",
+                        worker.name));
     if (!entry["role"])
-      error(entry.Mark(), fmt::format("worker '{}' needs a role: prefill or decode", worker.name));
-    if (int role = read_choice(entry, "role", {"prefill", "decode"}, context); role >= 0)
+      error(entry.Mark(),
+            fmt::format("worker '{}' needs a role: prefill or decode",
+                        worker.name));
+    if (int role = read_choice(entry, "role", {"prefill", "decode"}, context);
+        role >= 0)
       worker.role = role == 0 ? worker_role::prefill : worker_role::decode;
     read_worker_host(entry, worker);
     read_gpu(entry, worker, context);
@@ -461,76 +550,102 @@ private:
     read_plugin_env(entry, worker, context);
     read_devices(entry, worker, context);
     read_uint(entry, "pool_blocks", worker.pool_blocks, 1, 1u << 24, context);
-    if (int policy = read_choice(entry, "restart", {"never", "on-failure"}, context); policy >= 0)
-      worker.restart = policy == 0 ? restart_policy::never : restart_policy::on_failure;
+    if (int policy =
+            read_choice(entry, "restart", {"never", "on-failure"}, context);
+        policy >= 0)
+      worker.restart =
+          policy == 0 ? restart_policy::never : restart_policy::on_failure;
     read_uint(entry, "metrics_port", worker.metrics_port, 0, 65535, context);
     topo().workers.push_back(std::move(worker));
   }
 
   void read_worker_host(const YAML::Node& entry, worker_spec& worker) {
-    if (read_string(entry, "host", worker.host, "worker " + worker.name)) return;
+    if (read_string(entry, "host", worker.host, "worker " + worker.name))
+      return;
     if (topo().hosts.size() == 1) {
       worker.host = topo().hosts.front().name;
       return;
     }
     std::vector<std::string> names;
-    for (auto& host : topo().hosts) names.push_back(host.name);
-    error(entry.Mark(), fmt::format("worker '{}' needs a host: this file has several ({})",
-                                    worker.name, fmt::join(names, ", ")));
+    for (auto& host : topo().hosts)
+      names.push_back(host.name);
+    error(entry.Mark(),
+          fmt::format("worker '{}' needs a host: this file has several ({})",
+                      worker.name, fmt::join(names, ", ")));
   }
 
-  void read_gpu(const YAML::Node& entry, worker_spec& worker, const std::string& context) {
+  void read_gpu(const YAML::Node& entry, worker_spec& worker,
+                const std::string& context) {
     auto node = entry["gpu"];
-    if (!node) return;
-    if (node.IsScalar() && node.Scalar() == "none") return;
+    if (!node)
+      return;
+    if (node.IsScalar() && node.Scalar() == "none")
+      return;
     std::uint64_t index = 0;
     if (!parse_uint(node, index) || index > 1023) {
-      error(node.Mark(), fmt::format("{}.gpu must be a device index (0, 1, ...) or 'none', "
-                                     "got '{}'", context, node.IsScalar() ? node.Scalar() : "?"));
+      error(node.Mark(),
+            fmt::format("{}.gpu must be a device index (0, 1, ...) or 'none', "
+                        "got '{}'",
+                        context, node.IsScalar() ? node.Scalar() : "?"));
       return;
     }
     worker.gpu = static_cast<int>(index);
   }
 
-  void read_plugin_env(const YAML::Node& entry, worker_spec& worker, const std::string& context) {
+  void read_plugin_env(const YAML::Node& entry, worker_spec& worker,
+                       const std::string& context) {
     auto node = entry["plugin_env"];
-    if (!node) return;
-    if (!expect_map(node, context + ".plugin_env")) return;
+    if (!node)
+      return;
+    if (!expect_map(node, context + ".plugin_env"))
+      return;
     for (auto it = node.begin(); it != node.end(); ++it) {
       auto name = it->first.IsScalar() ? it->first.Scalar() : "";
       if (!is_env_name(name)) {
-        error(it->first.Mark(), fmt::format("{}.plugin_env: '{}' is not an environment variable "
-                                            "name", context, name));
+        error(it->first.Mark(),
+              fmt::format("{}.plugin_env: '{}' is not an environment variable "
+                          "name",
+                          context, name));
         continue;
       }
       if (!it->second.IsScalar()) {
-        error(it->second.Mark(), fmt::format("{}.plugin_env.{} must be a string or number",
-                                             context, name));
+        error(it->second.Mark(),
+              fmt::format("{}.plugin_env.{} must be a string or number",
+                          context, name));
         continue;
       }
       worker.plugin_env[name] = it->second.Scalar();
     }
   }
 
-  void read_devices(const YAML::Node& entry, worker_spec& worker, const std::string& context) {
+  void read_devices(const YAML::Node& entry, worker_spec& worker,
+                    const std::string& context) {
     auto node = entry["devices"];
-    if (!node) return;
+    if (!node)
+      return;
     if (!node.IsSequence()) {
-      error(node.Mark(), fmt::format("{}.devices must be a list of plugin device names or "
-                                     "indexes", context));
+      error(node.Mark(),
+            fmt::format("{}.devices must be a list of plugin device names or "
+                        "indexes",
+                        context));
       return;
     }
     for (const auto& device : node) {
       if (!device.IsScalar() || device.Scalar().empty())
-        error(device.Mark(), fmt::format("{}.devices entries must be names or indexes", context));
+        error(device.Mark(),
+              fmt::format("{}.devices entries must be names or indexes",
+                          context));
       else
         worker.devices.push_back(device.Scalar());
     }
   }
 
   void read_model(const YAML::Node& node) {
-    if (!expect_map(node, "model")) return;
-    check_keys(node, {"layers", "kv_heads", "head_dim", "dtype", "block_tokens"}, "model");
+    if (!expect_map(node, "model"))
+      return;
+    check_keys(node,
+               {"layers", "kv_heads", "head_dim", "dtype", "block_tokens"},
+               "model");
     auto& model = topo().model;
     read_uint(node, "layers", model.layers, 1, 1024, "model");
     read_uint(node, "kv_heads", model.kv_heads, 1, 1024, "model");
@@ -542,56 +657,74 @@ private:
   }
 
   void read_transfer(const YAML::Node& node) {
-    if (!expect_map(node, "transfer")) return;
+    if (!expect_map(node, "transfer"))
+      return;
     check_keys(node,
-               {"mode", "layerwise", "chunk_bytes", "comms_per_peer", "staging_slots",
-                "timeout_ms"},
+               {"mode", "layerwise", "chunk_bytes", "comms_per_peer",
+                "staging_slots", "timeout_ms"},
                "transfer");
     auto& transfer = topo().transfer;
-    if (int mode = read_choice(node, "mode", {"push", "pull"}, "transfer"); mode >= 0)
+    if (int mode = read_choice(node, "mode", {"push", "pull"}, "transfer");
+        mode >= 0)
       transfer.mode = mode == 0 ? transfer_mode::push : transfer_mode::pull;
     read_bool(node, "layerwise", transfer.layerwise, "transfer");
-    read_uint(node, "chunk_bytes", transfer.chunk_bytes, 4096, 1ull << 30, "transfer");
-    read_uint(node, "comms_per_peer", transfer.comms_per_peer, 1, 64, "transfer");
+    read_uint(node, "chunk_bytes", transfer.chunk_bytes, 4096, 1ull << 30,
+              "transfer");
+    read_uint(node, "comms_per_peer", transfer.comms_per_peer, 1, 64,
+              "transfer");
     read_uint(node, "staging_slots", transfer.staging_slots, 0,
-              static_cast<std::uint32_t>(transport::max_staging_slots), "transfer");
+              static_cast<std::uint32_t>(transport::max_staging_slots),
+              "transfer");
     read_uint(node, "timeout_ms", transfer.timeout_ms, 1, 3600000, "transfer");
   }
 
   void read_control(const YAML::Node& node) {
     auto& control = topo().control;
     control.where = {file_, 0, 0};
-    if (!node) return;
-    if (!expect_map(node, "control")) return;
+    if (!node)
+      return;
+    if (!expect_map(node, "control"))
+      return;
     control.where = at(node.Mark());
-    check_keys(node, {"bind", "secret", "secret_file", "secret_env"}, "control");
-    if (read_string(node, "bind", control.bind, "control") && control.bind != "host" &&
-        !is_ipv4(control.bind))
-      error(node["bind"].Mark(), fmt::format("control.bind must be an IPv4 address or 'host' "
-                                             "(each host's address), got '{}'", control.bind));
-    int sources = int(read_string(node, "secret", control.secret, "control")) +
-                  int(read_string(node, "secret_file", control.secret_file, "control")) +
-                  int(read_string(node, "secret_env", control.secret_env, "control"));
+    check_keys(node, {"bind", "secret", "secret_file", "secret_env"},
+               "control");
+    if (read_string(node, "bind", control.bind, "control") &&
+        control.bind != "host" && !is_ipv4(control.bind))
+      error(node["bind"].Mark(),
+            fmt::format("control.bind must be an IPv4 address or 'host' "
+                        "(each host's address), got '{}'",
+                        control.bind));
+    int sources =
+        int(read_string(node, "secret", control.secret, "control")) +
+        int(read_string(node, "secret_file", control.secret_file, "control")) +
+        int(read_string(node, "secret_env", control.secret_env, "control"));
     if (sources > 1)
-      error(node.Mark(), "control: give at most one of secret, secret_file, secret_env");
+      error(node.Mark(),
+            "control: give at most one of secret, secret_file, secret_env");
     if (!control.secret_env.empty() && !is_env_name(control.secret_env))
-      error(node["secret_env"].Mark(), fmt::format("control.secret_env '{}' is not an "
-                                                   "environment variable name",
-                                                   control.secret_env));
+      error(node["secret_env"].Mark(),
+            fmt::format("control.secret_env '{}' is not an "
+                        "environment variable name",
+                        control.secret_env));
   }
 
   void read_launch(const YAML::Node& node) {
-    if (!expect_map(node, "launch")) return;
-    check_keys(node, {"log_dir", "max_restarts", "restart_backoff_ms", "stop_grace_ms"},
-               "launch");
+    if (!expect_map(node, "launch"))
+      return;
+    check_keys(
+        node,
+        {"log_dir", "max_restarts", "restart_backoff_ms", "stop_grace_ms"},
+        "launch");
     auto& launch = topo().launch;
     read_string(node, "log_dir", launch.log_dir, "launch");
     read_uint(node, "max_restarts", launch.max_restarts, 0, 1000, "launch");
-    read_uint(node, "restart_backoff_ms", launch.restart_backoff_ms, 0, 600000, "launch");
+    read_uint(node, "restart_backoff_ms", launch.restart_backoff_ms, 0, 600000,
+              "launch");
     read_uint(node, "stop_grace_ms", launch.stop_grace_ms, 0, 600000, "launch");
   }
 
-  // ---- checks across the whole deployment --------------------------------------
+  // ---- checks across the whole deployment
+  // --------------------------------------
 
   void cross_check() {
     check_unique_hosts();
@@ -606,14 +739,16 @@ private:
 
   std::vector<std::string> host_names() const {
     std::vector<std::string> names;
-    for (auto& host : result_.topology->hosts) names.push_back(host.name);
+    for (auto& host : result_.topology->hosts)
+      names.push_back(host.name);
     return names;
   }
 
   std::string unknown_host_hint(const std::string& name) const {
     auto names = host_names();
     auto suggestion = nearest(name, names);
-    if (!suggestion.empty()) return fmt::format("; did you mean '{}'?", suggestion);
+    if (!suggestion.empty())
+      return fmt::format("; did you mean '{}'?", suggestion);
     return fmt::format("; hosts are: {}", fmt::join(names, ", "));
   }
 
@@ -621,13 +756,14 @@ private:
     std::map<std::string, const host_spec*> by_name, by_address;
     for (auto& host : topo().hosts) {
       if (auto [it, fresh] = by_name.emplace(host.name, &host); !fresh)
-        error(host.where, fmt::format("duplicate host name '{}' (first at {})", host.name,
-                                      it->second->where.str()));
+        error(host.where, fmt::format("duplicate host name '{}' (first at {})",
+                                      host.name, it->second->where.str()));
       if (auto [it, fresh] = by_address.emplace(host.address, &host);
           !fresh && it->second->name != host.name)
-        warning(host.where, fmt::format("hosts '{}' and '{}' share the address {}; "
-                                        "`kvferry launch` needs --host there",
-                                        it->second->name, host.name, host.address));
+        warning(host.where,
+                fmt::format("hosts '{}' and '{}' share the address {}; "
+                            "`kvferry launch` needs --host there",
+                            it->second->name, host.name, host.address));
     }
   }
 
@@ -635,65 +771,83 @@ private:
     std::map<std::string, const worker_spec*> by_name;
     for (auto& worker : topo().workers)
       if (auto [it, fresh] = by_name.emplace(worker.name, &worker); !fresh)
-        error(worker.where, fmt::format("duplicate worker name '{}' (first at {})", worker.name,
-                                        it->second->where.str()));
+        error(worker.where,
+              fmt::format("duplicate worker name '{}' (first at {})",
+                          worker.name, it->second->where.str()));
   }
 
   void check_worker_hosts() {
     auto& dir = topo().directory;
     if (!dir.host.empty() && !topo().find_host(dir.host))
-      error(dir.where, fmt::format("directory.host '{}' is not in hosts", dir.host),
+      error(dir.where,
+            fmt::format("directory.host '{}' is not in hosts", dir.host),
             unknown_host_hint(dir.host));
     for (auto& worker : topo().workers)
       if (!worker.host.empty() && !topo().find_host(worker.host))
-        error(worker.where, fmt::format("worker '{}' is on unknown host '{}'", worker.name,
-                                        worker.host),
+        error(worker.where,
+              fmt::format("worker '{}' is on unknown host '{}'", worker.name,
+                          worker.host),
               unknown_host_hint(worker.host));
   }
 
   void check_gpus() {
     std::map<std::pair<std::string, int>, const worker_spec*> owners;
     for (auto& worker : topo().workers) {
-      if (!worker.gpu) continue;
-      auto [it, fresh] = owners.emplace(std::make_pair(worker.host, *worker.gpu), &worker);
+      if (!worker.gpu)
+        continue;
+      auto [it, fresh] =
+          owners.emplace(std::make_pair(worker.host, *worker.gpu), &worker);
       if (!fresh)
-        error(worker.where, fmt::format("workers '{}' and '{}' both use GPU {} of host '{}'; "
-                                        "one GPU serves one worker", it->second->name,
-                                        worker.name, *worker.gpu, worker.host));
+        error(worker.where,
+              fmt::format("workers '{}' and '{}' both use GPU {} of host '{}'; "
+                          "one GPU serves one worker",
+                          it->second->name, worker.name, *worker.gpu,
+                          worker.host));
     }
   }
 
   void check_roles() {
     std::vector<std::string> prefill, decode;
     for (auto& worker : topo().workers)
-      (worker.role == worker_role::prefill ? prefill : decode).push_back(worker.name);
-    if (topo().workers.empty()) return;
+      (worker.role == worker_role::prefill ? prefill : decode)
+          .push_back(worker.name);
+    if (topo().workers.empty())
+      return;
     if (prefill.empty())
       error(topo().workers.front().where,
-            fmt::format("decode worker(s) {} have no prefill worker to feed them; add a worker "
-                        "with role: prefill", fmt::join(decode, ", ")));
+            fmt::format("decode worker(s) {} have no prefill worker to feed "
+                        "them; add a worker "
+                        "with role: prefill",
+                        fmt::join(decode, ", ")));
     if (decode.empty())
       error(topo().workers.front().where,
-            fmt::format("prefill worker(s) {} have no decode worker to send to; add a worker "
-                        "with role: decode", fmt::join(prefill, ", ")));
+            fmt::format("prefill worker(s) {} have no decode worker to send "
+                        "to; add a worker "
+                        "with role: decode",
+                        fmt::join(prefill, ", ")));
   }
 
   void check_plugins() {
     for (auto& worker : topo().workers) {
       worker.plugin_file = find_plugin(worker.plugin, options_);
-      if (!worker.plugin_file.empty()) continue;
-      auto what = worker.plugin.find('/') != std::string::npos
-                    ? fmt::format("worker '{}': plugin file '{}' does not exist", worker.name,
-                                  worker.plugin)
-                    : fmt::format("worker '{}': plugin '{}' not found (looked for "
-                                  "libnccl-net-{}.so in $KVFERRY_PLUGIN_PATH, the kvferry "
-                                  "binary's ../lib, $LD_LIBRARY_PATH and the system library "
-                                  "dirs)", worker.name, worker.plugin, worker.plugin);
+      if (!worker.plugin_file.empty())
+        continue;
+      auto what =
+          worker.plugin.find('/') != std::string::npos
+              ? fmt::format("worker '{}': plugin file '{}' does not exist",
+                            worker.name, worker.plugin)
+              : fmt::format(
+                    "worker '{}': plugin '{}' not found (looked for "
+                    "libnccl-net-{}.so in $KVFERRY_PLUGIN_PATH, the kvferry "
+                    "binary's ../lib, $LD_LIBRARY_PATH and the system library "
+                    "dirs)",
+                    worker.name, worker.plugin, worker.plugin);
       if (options_.allow_missing_plugins)
         warning(worker.where, what);
       else
         error(worker.where, what,
-              "; pass --allow-missing-plugins to check a file meant for another machine");
+              "; pass --allow-missing-plugins to check a file meant for "
+              "another machine");
     }
   }
 
@@ -703,35 +857,47 @@ private:
     auto& dir = topo().directory;
     owners[{dir.host, dir.port}] = "the directory";
     for (auto& worker : topo().workers) {
-      if (worker.metrics_port == 0) continue;
-      auto [it, fresh] = owners.emplace(std::make_pair(worker.host, int(worker.metrics_port)),
-                                        "worker '" + worker.name + "'");
+      if (worker.metrics_port == 0)
+        continue;
+      auto [it, fresh] =
+          owners.emplace(std::make_pair(worker.host, int(worker.metrics_port)),
+                         "worker '" + worker.name + "'");
       if (!fresh)
-        error(worker.where, fmt::format("worker '{}': metrics_port {} on host '{}' is already "
-                                        "used by {}", worker.name, worker.metrics_port,
-                                        worker.host, it->second));
+        error(worker.where,
+              fmt::format(
+                  "worker '{}': metrics_port {} on host '{}' is already "
+                  "used by {}",
+                  worker.name, worker.metrics_port, worker.host, it->second));
     }
   }
 
   void check_control() {
     auto& control = topo().control;
-    bool remote_hosts = std::any_of(topo().hosts.begin(), topo().hosts.end(),
-                                    [](auto& host) { return !is_loopback(host.address); });
+    bool remote_hosts =
+        std::any_of(topo().hosts.begin(), topo().hosts.end(),
+                    [](auto& host) { return !is_loopback(host.address); });
     if (remote_hosts && topo().hosts.size() > 1 && is_loopback(control.bind))
-      error(control.where, fmt::format("control.bind is {} but the hosts are on other machines, "
-                                       "which cannot reach a loopback address; use bind: host "
-                                       "(each host's address) or 0.0.0.0", control.bind));
+      error(
+          control.where,
+          fmt::format("control.bind is {} but the hosts are on other machines, "
+                      "which cannot reach a loopback address; use bind: host "
+                      "(each host's address) or 0.0.0.0",
+                      control.bind));
     bool has_secret = !control.secret.empty() || !control.secret_env.empty() ||
                       !control.secret_file.empty();
     if (!has_secret && !is_loopback(control.bind))
-      warning(control.where, "the control plane listens beyond loopback without a secret; set "
-                             "control.secret_env or control.secret_file");
+      warning(control.where,
+              "the control plane listens beyond loopback without a secret; set "
+              "control.secret_env or control.secret_file");
     if (!control.secret.empty())
-      warning(control.where, "control.secret puts the secret in the file; prefer secret_env "
-                             "or secret_file");
-    if (!control.secret_file.empty() && ::access(control.secret_file.c_str(), R_OK) != 0)
-      warning(control.where, fmt::format("control.secret_file '{}' is not readable here",
-                                         control.secret_file));
+      warning(control.where,
+              "control.secret puts the secret in the file; prefer secret_env "
+              "or secret_file");
+    if (!control.secret_file.empty() &&
+        ::access(control.secret_file.c_str(), R_OK) != 0)
+      warning(control.where,
+              fmt::format("control.secret_file '{}' is not readable here",
+                          control.secret_file));
   }
 
   std::string file_;
@@ -739,7 +905,7 @@ private:
   load_result result_;
 };
 
-}  // namespace
+} // namespace
 
 load_result parse(const std::string& yaml_text, const std::string& file_name,
                   const load_options& options) {
@@ -750,8 +916,8 @@ load_result load_file(const std::string& path, const load_options& options) {
   std::ifstream in(path);
   if (!in) {
     load_result result;
-    result.errors.push_back(fmt::format("cannot open topology file '{}': {}", path,
-                                        std::strerror(errno)));
+    result.errors.push_back(fmt::format("cannot open topology file '{}': {}",
+                                        path, std::strerror(errno)));
     return result;
   }
   std::stringstream text;
@@ -759,4 +925,4 @@ load_result load_file(const std::string& path, const load_options& options) {
   return parse(text.str(), path, options);
 }
 
-}  // namespace kvferry::topology
+} // namespace kvferry::topology

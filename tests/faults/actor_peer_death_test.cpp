@@ -2,20 +2,19 @@
 // waiting on it fails promptly with kvferry.peer_down naming the peer — long
 // before any timeout — and the router (kvferry demo --directory) exits
 // non-zero saying so.
-#include <doctest/doctest.h>
-
+#include <chrono>
 #include <fcntl.h>
 #include <poll.h>
+#include <regex>
 #include <signal.h>
+#include <string>
 #include <sys/prctl.h>
 #include <sys/wait.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <regex>
-#include <string>
 #include <thread>
+#include <unistd.h>
 #include <vector>
+
+#include <doctest/doctest.h>
 
 namespace {
 
@@ -141,11 +140,11 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
   // loaded or sanitized run), then kill the receiver without warning.
   const std::regex some_done{R"(\n  [1-9][0-9]*/100000 requests)"};
   auto started_by = steady_clock::now() + seconds(30);
-  while (!std::regex_search(router.text, some_done)
-         && steady_clock::now() < started_by)
+  while (!std::regex_search(router.text, some_done) &&
+         steady_clock::now() < started_by)
     router.read_until("\x01never", milliseconds(200));
   REQUIRE(std::regex_search(router.text, some_done));
-  REQUIRE(router.wait_exit(milliseconds(1)) == -1);  // still running
+  REQUIRE(router.wait_exit(milliseconds(1)) == -1); // still running
   auto killed_at = steady_clock::now();
   kill(decode.pid, SIGKILL);
   int status = router.wait_exit(seconds(25));
@@ -176,7 +175,7 @@ TEST_CASE("a decode worker that dies before the producer first reached it "
   // prints its plan; give them a moment to get stuck.
   REQUIRE(router.read_until("prefill / 1 decode workers", seconds(30)));
   std::this_thread::sleep_for(milliseconds(500));
-  REQUIRE(router.wait_exit(milliseconds(1)) == -1);  // still waiting
+  REQUIRE(router.wait_exit(milliseconds(1)) == -1); // still waiting
   auto killed_at = steady_clock::now();
   kill(decode.pid, SIGKILL);
   int status = router.wait_exit(seconds(40));

@@ -35,7 +35,7 @@ TEST_CASE(
   const auto& output = r.output;
   INFO(args);
   INFO(output);
-  CHECK(r.status == 0);  // exited (not killed), with 0
+  CHECK(r.status == 0); // exited (not killed), with 0
   CHECK(has(output, "from GPU 0"));
   CHECK(has(output, "to GPU 1"));
   CHECK(has(output, "cudaMemcpyPeerAsync"));

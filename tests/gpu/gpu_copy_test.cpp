@@ -3,13 +3,13 @@
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <random>
+
+#include <cuda_runtime_api.h>
 
 #include "kvferry/transport/gpu_copy.hpp"
 
@@ -20,7 +20,9 @@ namespace {
 
 constexpr int gpu = 0;
 
-void cuda_ok(cudaError_t err) { REQUIRE_MESSAGE(err == cudaSuccess, cudaGetErrorString(err)); }
+void cuda_ok(cudaError_t err) {
+  REQUIRE_MESSAGE(err == cudaSuccess, cudaGetErrorString(err));
+}
 
 std::vector<unsigned char> to_host(const std::byte* p, std::size_t n) {
   std::vector<unsigned char> v(n);
@@ -30,7 +32,8 @@ std::vector<unsigned char> to_host(const std::byte* p, std::size_t n) {
 
 // Random extents with odd lengths and unaligned offsets; destinations never
 // overlap (so the expected result is unambiguous), sources may.
-std::vector<copy_extent> random_extents(std::mt19937_64& rng, std::size_t region, bool aligned) {
+std::vector<copy_extent> random_extents(std::mt19937_64& rng,
+                                        std::size_t region, bool aligned) {
   std::vector<copy_extent> plan;
   std::uniform_int_distribution<std::uint64_t> len(1, 20000), gap(0, 300);
   std::uint64_t dst = gap(rng);
@@ -42,7 +45,8 @@ std::vector<copy_extent> random_extents(std::mt19937_64& rng, std::size_t region
       dst = (dst + 15) / 16 * 16;
     if (dst + l > region)
       break;
-    std::uint64_t src = std::uniform_int_distribution<std::uint64_t>(0, region - l)(rng);
+    std::uint64_t src =
+        std::uniform_int_distribution<std::uint64_t>(0, region - l)(rng);
     if (aligned)
       src = src / 16 * 16;
     plan.push_back({src, dst, l});
@@ -55,27 +59,31 @@ std::vector<copy_extent> random_extents(std::mt19937_64& rng, std::size_t region
 struct device_buffers {
   gpu_region src, dst;
   explicit device_buffers(std::size_t bytes)
-      : src(gpu_region::allocate_device(gpu, bytes)), dst(gpu_region::allocate_device(gpu, bytes)) {}
+      : src(gpu_region::allocate_device(gpu, bytes)),
+        dst(gpu_region::allocate_device(gpu, bytes)) {}
   void refill(std::uint64_t seed) {
     gpu_fill_pattern(gpu, src.data(), src.size(), seed);
-    gpu_fill_pattern(gpu, dst.data(), dst.size(), ~seed);  // poison
+    gpu_fill_pattern(gpu, dst.data(), dst.size(), ~seed); // poison
   }
 };
 
-void check_copy(gpu_copy_engine& engine, device_buffers& bufs, const std::vector<copy_extent>& plan) {
+void check_copy(gpu_copy_engine& engine, device_buffers& bufs,
+                const std::vector<copy_extent>& plan) {
   const auto src = to_host(bufs.src.data(), bufs.src.size());
   auto expected = to_host(bufs.dst.data(), bufs.dst.size());
   for (const auto& e : plan)
-    std::memcpy(expected.data() + e.dst_offset, src.data() + e.src_offset, e.length);
+    std::memcpy(expected.data() + e.dst_offset, src.data() + e.src_offset,
+                e.length);
   const auto ticket = engine.copy(bufs.src.view(), bufs.dst.view(), plan);
   engine.wait(ticket, 10s);
   CHECK(to_host(bufs.dst.data(), bufs.dst.size()) == expected);
   CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
 }
 
-}  // namespace
+} // namespace
 
-TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned offsets") {
+TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned "
+          "offsets") {
   device_buffers bufs{4 << 20};
   std::mt19937_64 rng{1234};
   // SIMT variants, then bulk (TMA) ones; few warps so that each warp's
@@ -134,7 +142,8 @@ TEST_CASE(
   // the others stride, each warp taking every n-th item.
   copy_tuning striding;
   striding.claim_items = false;
-  copy_tuning few_warps = striding; // one warp per block, one per SM: long walks
+  copy_tuning few_warps =
+      striding; // one warp per block, one per SM: long walks
   few_warps.threads_per_block = 32;
   few_warps.blocks_per_sm = 1;
   copy_tuning small_items = striding;
@@ -145,8 +154,9 @@ TEST_CASE(
   unbalanced.streaming = false;
   copy_tuning claiming_few_warps = few_warps;
   claiming_few_warps.claim_items = true;
-  for (const copy_tuning& tuning : {copy_tuning{}, striding, few_warps, small_items,
-                                    unbalanced, claiming_few_warps}) {
+  for (const copy_tuning& tuning :
+       {copy_tuning{}, striding, few_warps, small_items, unbalanced,
+        claiming_few_warps}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.threads_per_block);
     CAPTURE(tuning.claim_items);
@@ -176,7 +186,8 @@ TEST_CASE("thousands of equal KV blocks copy in one launch") {
   std::shuffle(perm.begin(), perm.end(), std::mt19937_64{5});
   std::vector<copy_extent> plan;
   for (std::uint32_t i = 0; i < blocks; ++i)
-    plan.push_back({std::uint64_t{i} * block, std::uint64_t{perm[i]} * block, block});
+    plan.push_back(
+        {std::uint64_t{i} * block, std::uint64_t{perm[i]} * block, block});
   for (bool bulk : {false, true}) {
     copy_tuning tuning;
     tuning.bulk = bulk;
@@ -196,15 +207,18 @@ TEST_CASE("a prepared plan is launched again at other bases (one per layer)") {
   const auto id = engine.prepare(plan, layer, layer);
   std::vector<copy_ticket> tickets;
   for (std::size_t l = 0; l < 3; ++l)
-    tickets.push_back(engine.launch(id, bufs.src.data() + l * layer, bufs.dst.data() + l * layer));
+    tickets.push_back(engine.launch(id, bufs.src.data() + l * layer,
+                                    bufs.dst.data() + l * layer));
   for (auto t : tickets)
     engine.wait(t, 10s);
   engine.release(id);
   for (std::size_t l = 0; l < 3; ++l)
-    CHECK(gpu_count_mismatches(gpu, bufs.src.data() + l * layer, bufs.dst.data() + l * layer, plan) == 0);
+    CHECK(gpu_count_mismatches(gpu, bufs.src.data() + l * layer,
+                               bufs.dst.data() + l * layer, plan) == 0);
 }
 
-TEST_CASE("a finished copy has its kernel's timing; an unfinished one not yet") {
+TEST_CASE(
+    "a finished copy has its kernel's timing; an unfinished one not yet") {
   constexpr std::size_t bytes = 64u << 20;
   device_buffers bufs{bytes};
   bufs.refill(11);
@@ -215,7 +229,7 @@ TEST_CASE("a finished copy has its kernel's timing; an unfinished one not yet") 
     gpu_copy_engine engine{gpu, tuning};
     const auto before = std::chrono::steady_clock::now();
     const auto t = engine.copy(bufs.src.view(), bufs.dst.view(), plan);
-    if (!engine.done(t))  // a 64 MiB copy takes ~50 us: usually still running
+    if (!engine.done(t)) // a 64 MiB copy takes ~50 us: usually still running
       CHECK_FALSE(engine.timing_of(t).has_value());
     engine.wait(t, 10s);
     const auto seen = std::chrono::steady_clock::now();
@@ -229,15 +243,17 @@ TEST_CASE("a finished copy has its kernel's timing; an unfinished one not yet") 
     // seen (the anchor may place it up to a few microseconds late).
     CHECK(timing->started > before);
     CHECK(timing->ended < seen + 20us);
-    CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
+    CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) ==
+          0);
   }
 }
 
 TEST_CASE("a plan outside its regions is refused before anything runs") {
   device_buffers bufs{4096};
   gpu_copy_engine engine{gpu};
-  CHECK_THROWS_WITH_AS(engine.copy(bufs.src.view(), bufs.dst.view(), {{0, 4000, 200}}),
-                       doctest::Contains("extent #0"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      engine.copy(bufs.src.view(), bufs.dst.view(), {{0, 4000, 200}}),
+      doctest::Contains("extent #0"), std::invalid_argument);
 }
 
 namespace {
@@ -246,7 +262,8 @@ namespace {
 struct device_ring {
   gpu_region meta = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackMeta));
   gpu_region bounce;
-  gpu_region handle = gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
+  gpu_region handle =
+      gpu_region::allocate_device(gpu, sizeof(ncclNetUnpackHandle));
   explicit device_ring(std::size_t bounce_bytes)
       : bounce(gpu_region::allocate_device(gpu, bounce_bytes)) {
     ncclNetUnpackHandle h{reinterpret_cast<ncclNetUnpackMeta*>(meta.data()),
@@ -255,18 +272,23 @@ struct device_ring {
   }
   void post(int slot, const std::vector<ncclNetUnpackRecord>& recs) {
     auto* m = reinterpret_cast<ncclNetUnpackMeta*>(meta.data());
-    cuda_ok(cudaMemcpy(&m->records[slot][0], recs.data(), recs.size() * sizeof(recs[0]),
-                       cudaMemcpyHostToDevice));
+    cuda_ok(cudaMemcpy(&m->records[slot][0], recs.data(),
+                       recs.size() * sizeof(recs[0]), cudaMemcpyHostToDevice));
     const std::uint64_t count = recs.size();
-    cuda_ok(cudaMemcpy(&m->count[slot], &count, sizeof(count), cudaMemcpyHostToDevice));
+    cuda_ok(cudaMemcpy(&m->count[slot], &count, sizeof(count),
+                       cudaMemcpyHostToDevice));
   }
 };
 
 // 4 KiB pages of a receive of `bytes`, shuffled in the bounce buffer.
-std::vector<ncclNetUnpackRecord> shuffled_pages(std::uint64_t bytes, std::mt19937_64& rng) {
+std::vector<ncclNetUnpackRecord> shuffled_pages(std::uint64_t bytes,
+                                                std::mt19937_64& rng) {
   std::vector<ncclNetUnpackRecord> recs;
   for (std::uint64_t off = 0; off < bytes; off += NCCL_NET_UNPACK_PAGE)
-    recs.push_back({0, static_cast<std::uint32_t>(std::min<std::uint64_t>(NCCL_NET_UNPACK_PAGE, bytes - off)), off});
+    recs.push_back({0,
+                    static_cast<std::uint32_t>(std::min<std::uint64_t>(
+                        NCCL_NET_UNPACK_PAGE, bytes - off)),
+                    off});
   std::vector<std::uint32_t> page(recs.size());
   std::iota(page.begin(), page.end(), 0u);
   std::shuffle(page.begin(), page.end(), rng);
@@ -276,7 +298,8 @@ std::vector<ncclNetUnpackRecord> shuffled_pages(std::uint64_t bytes, std::mt1993
   return recs;
 }
 
-void check_unpack(const unpack_destination& where, std::uint64_t bytes, std::uint64_t seq) {
+void check_unpack(const unpack_destination& where, std::uint64_t bytes,
+                  std::uint64_t seq) {
   std::mt19937_64 rng{seq};
   device_ring ring{8 << 20};
   gpu_fill_pattern(gpu, ring.bounce.data(), ring.bounce.size(), seq);
@@ -288,21 +311,24 @@ void check_unpack(const unpack_destination& where, std::uint64_t bytes, std::uin
                                   ring.bounce.size(), where, dst.size()));
   auto expected = to_host(dst.data(), dst.size());
   const auto bounce = to_host(ring.bounce.data(), ring.bounce.size());
-  unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(), where);
+  unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(),
+                 where);
 
   gpu_copy_engine engine{gpu};
-  const auto t = engine.unpack(ring.handle.data(), seq, ring.bounce.size(), dst.view(), where);
+  const auto t = engine.unpack(ring.handle.data(), seq, ring.bounce.size(),
+                               dst.view(), where);
   engine.wait(t, 10s);
   CHECK(to_host(dst.data(), dst.size()) == expected);
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("unpack into a contiguous destination") {
   check_unpack(unpack_destination::contiguous(4096 * 3), 4 << 20, 17);
 }
 
-TEST_CASE("unpack into scattered KV blocks, pages straddling block boundaries") {
+TEST_CASE(
+    "unpack into scattered KV blocks, pages straddling block boundaries") {
   // 6000-byte blocks: 4 KiB pages straddle them.
   std::vector<std::uint64_t> offsets;
   for (std::uint64_t b = 0; b < 700; ++b)
@@ -310,16 +336,18 @@ TEST_CASE("unpack into scattered KV blocks, pages straddling block boundaries") 
   check_unpack(unpack_destination::blocks(6000, offsets), 4100 * 1000, 3);
 }
 
-TEST_CASE("one launch unpacks all 16 ring slots, contiguous and block destinations mixed") {
+TEST_CASE("one launch unpacks all 16 ring slots, contiguous and block "
+          "destinations mixed") {
   constexpr std::uint64_t receive = 1 << 20;
   std::mt19937_64 rng{21};
   device_ring ring{NCCL_NET_UNPACK_SLOTS * receive};
   gpu_fill_pattern(gpu, ring.bounce.data(), ring.bounce.size(), 21);
-  auto dst = gpu_region::allocate_device(gpu, 2 * NCCL_NET_UNPACK_SLOTS * receive);
+  auto dst =
+      gpu_region::allocate_device(gpu, 2 * NCCL_NET_UNPACK_SLOTS * receive);
   gpu_fill_pattern(gpu, dst.data(), dst.size(), 22);
   auto expected = to_host(dst.data(), dst.size());
   const auto bounce = to_host(ring.bounce.data(), ring.bounce.size());
-  const std::uint64_t first_seq = 37;  // starts mid-ring: slots 5..15, then 0..4
+  const std::uint64_t first_seq = 37; // starts mid-ring: slots 5..15, then 0..4
   std::vector<unpack_destination> where;
   for (std::uint64_t k = 0; k < NCCL_NET_UNPACK_SLOTS; ++k) {
     auto recs = shuffled_pages(receive, rng);
@@ -329,28 +357,36 @@ TEST_CASE("one launch unpacks all 16 ring slots, contiguous and block destinatio
     if (k % 2 == 0) {
       where.push_back(unpack_destination::contiguous(k * 2 * receive));
     } else {
-      std::vector<std::uint64_t> offsets;  // 16 KiB blocks, reversed, in this receive's 2 MiB
+      std::vector<std::uint64_t>
+          offsets; // 16 KiB blocks, reversed, in this receive's 2 MiB
       for (std::uint64_t b = 0; b < receive / 16384; ++b)
-        offsets.push_back(k * 2 * receive + (2 * receive / 16384 - 1 - b) * 16384);
+        offsets.push_back(k * 2 * receive +
+                          (2 * receive / 16384 - 1 - b) * 16384);
       where.push_back(unpack_destination::blocks(16384, offsets));
     }
-    unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(), where.back());
+    unpack_on_host(recs.data(), recs.size(), bounce.data(), expected.data(),
+                   where.back());
   }
   gpu_copy_engine engine{gpu};
-  engine.wait(engine.unpack_batch(ring.handle.data(), first_seq, where, ring.bounce.size(), dst.view()), 10s);
+  engine.wait(engine.unpack_batch(ring.handle.data(), first_seq, where,
+                                  ring.bounce.size(), dst.view()),
+              10s);
   CHECK(to_host(dst.data(), dst.size()) == expected);
   // The slots are busy until that launch is done, free after.
-  CHECK_NOTHROW(engine.wait(engine.unpack(ring.handle.data(), first_seq + 16, ring.bounce.size(), dst.view(),
-                                          where[0]), 10s));
+  CHECK_NOTHROW(
+      engine.wait(engine.unpack(ring.handle.data(), first_seq + 16,
+                                ring.bounce.size(), dst.view(), where[0]),
+                  10s));
 }
 
-TEST_CASE("unpack reports records outside the bounce buffer instead of copying them") {
+TEST_CASE("unpack reports records outside the bounce buffer instead of copying "
+          "them") {
   device_ring ring{1 << 20};
   auto dst = gpu_region::allocate_device(gpu, 1 << 20);
   ring.post(2, {{0, 4096, 0}, {(1 << 20) - 100, 4096, 4096}});
   gpu_copy_engine engine{gpu};
-  const auto t = engine.unpack(ring.handle.data(), 18, ring.bounce.size(), dst.view(),
-                               unpack_destination::contiguous());
+  const auto t = engine.unpack(ring.handle.data(), 18, ring.bounce.size(),
+                               dst.view(), unpack_destination::contiguous());
   bool threw = false;
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   try {
@@ -364,5 +400,6 @@ TEST_CASE("unpack reports records outside the bounce buffer instead of copying t
 }
 
 #else
-TEST_CASE("GPU copy tests need a CUDA build") {}
+TEST_CASE("GPU copy tests need a CUDA build") {
+}
 #endif

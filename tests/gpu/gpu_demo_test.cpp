@@ -3,9 +3,9 @@
 // actors over CUDA IPC (or kvsock with --transport net) and verified on the
 // GPU by the consumer. Finds the kvferry binary next to this test
 // (build/tests -> build/bin, or .bundle/tests -> .bundle/bin).
-#include <doctest/doctest.h>
-
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "run_kvferry.hpp"
 
@@ -23,7 +23,7 @@ run_result run_kvferry(const std::string& args, const std::string& env = "") {
 void check_gpu_demo(const std::string& extra, const std::string& memory,
                     const std::string& env = "") {
   auto r = run_kvferry(
-    "demo --gpu 0 --requests 20 --max-tokens 512 --quiet " + extra, env);
+      "demo --gpu 0 --requests 20 --max-tokens 512 --quiet " + extra, env);
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 20 requests verified") !=
@@ -33,7 +33,7 @@ void check_gpu_demo(const std::string& extra, const std::string& memory,
   CHECK((r.output.find(" | - | - | - | ") == std::string::npos) == ipc);
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("GPU demo over CUDA IPC: push") {
   check_gpu_demo("", "GPU 0 memory, CUDA IPC");
@@ -86,8 +86,8 @@ TEST_CASE("GPU demo: a byte corrupted in flight is caught on the GPU") {
   // producer is on a GPU so it sends no XXH3, and the consumer regenerates
   // the pattern and compares on its GPU.
   auto r = run_kvferry(
-    "demo --gpu 0 --transport net --requests 5 --max-tokens 256 --quiet",
-    "KVSOCK_FAULT_CORRUPT=1");
+      "demo --gpu 0 --transport net --requests 5 --max-tokens 256 --quiet",
+      "KVSOCK_FAULT_CORRUPT=1");
   INFO(r.output);
   CHECK(r.status == 1);
   CHECK(r.output.find("FAILED") != std::string::npos);

@@ -6,10 +6,10 @@
 // the IPC cases check the demo's refusal instead. Its own main: below two
 // GPUs it skips (77) saying how many there are.
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <doctest/doctest.h>
-
 #include <cstdio>
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_topology.hpp"
 #include "run_kvferry.hpp"
@@ -43,8 +43,7 @@ bool peer_access_0_to_1() {
 
 void check_ipc_across(const std::string& extra) {
   if (peer_access_0_to_1()) {
-    check_demo_across(extra,
-                      "prefill GPU 0 / decode GPU 1 memory, CUDA IPC");
+    check_demo_across(extra, "prefill GPU 0 / decode GPU 1 memory, CUDA IPC");
     return;
   }
   auto r = run_kvferry(across + small_run + extra);
@@ -54,7 +53,7 @@ void check_ipc_across(const std::string& extra) {
   CHECK(has(r.output, "--transport net"));
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("demo across GPUs 0 and 1 over CUDA IPC: push") {
   check_ipc_across("");

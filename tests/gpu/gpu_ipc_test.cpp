@@ -5,14 +5,13 @@
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
+#include <signal.h>
 #include <string>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 
 #include "kvferry/transport/gpu_copy.hpp"
 
@@ -26,7 +25,8 @@ constexpr std::size_t region_bytes = 8 << 20;
 constexpr std::uint64_t seed = 0x5eed;
 const char* const child_env = "KVFERRY_TEST_IPC_HANDLE";
 
-std::vector<copy_extent> blocks_plan(std::size_t block, std::size_t count, bool reversed) {
+std::vector<copy_extent> blocks_plan(std::size_t block, std::size_t count,
+                                     bool reversed) {
   std::vector<copy_extent> plan;
   for (std::size_t i = 0; i < count; ++i) {
     const std::size_t j = reversed ? count - 1 - i : i;
@@ -41,7 +41,8 @@ int run_child(const std::string& handle_hex) {
   REQUIRE(pid >= 0);
   if (pid == 0) {
     setenv(child_env, handle_hex.c_str(), 1);
-    execl("/proc/self/exe", "gpu_ipc_child", "--test-case=ipc child*", "--no-version", nullptr);
+    execl("/proc/self/exe", "gpu_ipc_child", "--test-case=ipc child*",
+          "--no-version", nullptr);
     _exit(127);
   }
   const auto deadline = std::chrono::steady_clock::now() + 60s;
@@ -57,7 +58,7 @@ int run_child(const std::string& handle_hex) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("ipc child (runs only when started by the IPC test)") {
   const char* hex = std::getenv(child_env);
@@ -66,13 +67,14 @@ TEST_CASE("ipc child (runs only when started by the IPC test)") {
   ipc_region_cache cache{gpu};
   const auto handle = ipc_handle::from_hex(hex);
   const auto peer = cache.open(handle);
-  CHECK(cache.open(handle).base == peer.base);  // opened once, cached
+  CHECK(cache.open(handle).base == peer.base); // opened once, cached
   CHECK(cache.open_count() == 1);
   REQUIRE(peer.bytes == region_bytes);
 
   auto mine = gpu_region::allocate_device(gpu, region_bytes);
   gpu_copy_engine engine{gpu};
-  // Read across the process boundary: the peer's first half into ours, reversed.
+  // Read across the process boundary: the peer's first half into ours,
+  // reversed.
   const auto plan = blocks_plan(16384, region_bytes / 2 / 16384, true);
   engine.wait(engine.copy(peer, mine.view(), plan), 10s);
   CHECK(gpu_count_mismatches(gpu, peer.base, mine.data(), plan) == 0);
@@ -82,7 +84,8 @@ TEST_CASE("ipc child (runs only when started by the IPC test)") {
   CHECK(gpu_count_mismatches(gpu, mine.data(), peer.base, back) == 0);
 }
 
-TEST_CASE("a region exported over CUDA IPC is read and written by another process") {
+TEST_CASE(
+    "a region exported over CUDA IPC is read and written by another process") {
   auto region = gpu_region::allocate_device(gpu, region_bytes);
   gpu_fill_pattern(gpu, region.data(), region_bytes, seed);
   const auto handle = export_ipc_handle(region);
@@ -96,5 +99,6 @@ TEST_CASE("a region exported over CUDA IPC is read and written by another proces
 }
 
 #else
-TEST_CASE("GPU IPC tests need a CUDA build") {}
+TEST_CASE("GPU IPC tests need a CUDA build") {
+}
 #endif

@@ -5,11 +5,10 @@
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include <vector>
 
 #include <caf/all.hpp>
+#include <cuda_runtime_api.h>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
@@ -47,7 +46,7 @@ void check_matches_host(std::uint64_t block, std::uint64_t base_shift) {
   CHECK_FALSE(region->host_accessible());
   kv_pattern pattern{region};
   std::vector<std::uint64_t> offsets;
-  for (std::uint64_t i : {7, 2, 11, 0, 5, 9})  // 2 layers of 3 blocks
+  for (std::uint64_t i : {7, 2, 11, 0, 5, 9}) // 2 layers of 3 blocks
     offsets.push_back(base_shift + i * block);
   pattern_blocks where{99, 1234, 5, bpl, block};
   pattern.fill(offsets, where);
@@ -63,7 +62,7 @@ void check_matches_host(std::uint64_t block, std::uint64_t base_shift) {
   CHECK_FALSE(pattern.check(offsets, where).has_value());
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("GPU region: zeroed, and a missing GPU is named with the count") {
   auto region = memory_region::allocate_cuda(0, 1 << 20, "zeroed");
@@ -88,29 +87,29 @@ TEST_CASE("a GPU transfer endpoint advertises its pool's IPC handle") {
     CAPTURE(ipc);
     tc.use_ipc = ipc;
     auto transfer = spawn_transfer(sys, tc);
-    self
-      ->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
-      .receive(
-        [&](proto::endpoint& ep) {
-          CHECK(ep.gpu == 0);
-          CHECK(ep.host_id == local_host_id());
-          // --transport net: no handle, so no peer picks CUDA IPC.
-          REQUIRE(ep.ipc_handle.empty() == !ipc);
-          if (ipc) {
-            auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
-            CHECK(handle.region_bytes == 1 << 20);
-            CHECK(handle.device == 0);
-          }
-        },
-        [&](const caf::error& err) { FAIL(render(err)); });
+    self->request(transfer, std::chrono::seconds(5),
+                  proto::endpoint_atom::value)
+        .receive(
+            [&](proto::endpoint& ep) {
+              CHECK(ep.gpu == 0);
+              CHECK(ep.host_id == local_host_id());
+              // --transport net: no handle, so no peer picks CUDA IPC.
+              REQUIRE(ep.ipc_handle.empty() == !ipc);
+              if (ipc) {
+                auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
+                CHECK(handle.region_bytes == 1 << 20);
+                CHECK(handle.device == 0);
+              }
+            },
+            [&](const caf::error& err) { FAIL(render(err)); });
     self->send_exit(transfer, caf::exit_reason::user_shutdown);
   }
 }
 
 TEST_CASE("GPU kv pattern writes the host pattern") {
-  check_matches_host(65536, 0);  // the demo's block size
-  check_matches_host(1004, 0);   // tail bytes; odd blocks misaligned
-  check_matches_host(1004, 3);   // no block 8-byte aligned: byte path
+  check_matches_host(65536, 0); // the demo's block size
+  check_matches_host(1004, 0);  // tail bytes; odd blocks misaligned
+  check_matches_host(1004, 3);  // no block 8-byte aligned: byte path
 }
 
 TEST_CASE("GPU kv pattern check finds one corrupted byte") {
@@ -119,15 +118,15 @@ TEST_CASE("GPU kv pattern check finds one corrupted byte") {
   kv_pattern pattern{region};
   std::vector<std::uint64_t> offsets;
   for (std::uint64_t i = 0; i < 64; ++i)
-    offsets.push_back((i * 37 % 64) * block);  // scattered, all distinct
+    offsets.push_back((i * 37 % 64) * block); // scattered, all distinct
   pattern_blocks where{3, 77, 0, 16, block};
   pattern.fill(offsets, where);
   REQUIRE_FALSE(pattern.check(offsets, where).has_value());
-  flip_byte(*region, offsets[41] + block - 1);  // last byte of block 41
+  flip_byte(*region, offsets[41] + block - 1); // last byte of block 41
   flip_byte(*region, offsets[50] + 8);
   auto bad = pattern.check(offsets, where);
   REQUIRE(bad.has_value());
-  CHECK(*bad == 41);  // the first of the two
+  CHECK(*bad == 41); // the first of the two
   // A request with another id does not match at all.
   where.request_id = 78;
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});

@@ -1,8 +1,8 @@
 // `kvferry demo` end to end: a directory, a prefill and a decode worker as
 // separate processes, KV moved over kvsock and verified byte for byte.
-#include <doctest/doctest.h>
-
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "run_kvferry.hpp"
 
@@ -23,13 +23,19 @@ void check_demo(const std::string& extra) {
   CHECK(r.output.find("| 20 | 0 |") != std::string::npos);
 }
 
-}  // namespace
+} // namespace
 
-TEST_CASE("demo: push, whole requests") { check_demo(""); }
+TEST_CASE("demo: push, whole requests") {
+  check_demo("");
+}
 
-TEST_CASE("demo: push, layer by layer") { check_demo("--layerwise"); }
+TEST_CASE("demo: push, layer by layer") {
+  check_demo("--layerwise");
+}
 
-TEST_CASE("demo: pull") { check_demo("--pull"); }
+TEST_CASE("demo: pull") {
+  check_demo("--pull");
+}
 
 // The control-plane benchmark's shape (64 KiB requests, one in flight, so
 // nearly every request rides on credit): checked for correctness only; its

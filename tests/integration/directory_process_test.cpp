@@ -2,21 +2,19 @@
 // register, look up and watch through the middleman (TCP), and learn of a
 // worker whose process (here: actor system) goes away. Every wait has a
 // deadline; the child is always reaped.
-#include <doctest/doctest.h>
-
-#include <poll.h>
-#include <sys/prctl.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <optional>
+#include <poll.h>
+#include <signal.h>
 #include <string>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
+#include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -42,9 +40,9 @@ public:
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
       close(out[1]);
-      execl(KVFERRY_BINARY_DIR "/bin/kvferry", "kvferry", "directory",
-            "--bind", "127.0.0.1", "--port", "0", "--secret", secret,
-            "--lease-ms", "5000", "--log-level", "warn", nullptr);
+      execl(KVFERRY_BINARY_DIR "/bin/kvferry", "kvferry", "directory", "--bind",
+            "127.0.0.1", "--port", "0", "--secret", secret, "--lease-ms",
+            "5000", "--log-level", "warn", nullptr);
       _exit(127);
     }
     close(out[1]);
@@ -75,8 +73,8 @@ public:
         continue;
       }
       auto colon = line.rfind(':');
-      if (line.rfind("kvferry directory listening on ", 0) == 0
-          && colon != std::string::npos)
+      if (line.rfind("kvferry directory listening on ", 0) == 0 &&
+          colon != std::string::npos)
         return static_cast<uint16_t>(std::stoi(line.substr(colon + 1)));
       line.clear();
     }
@@ -122,14 +120,14 @@ worker_info make_worker(caf::actor_system& sys, std::string name) {
   return info;
 }
 
-template <class T, class... Ts>
+template<class T, class... Ts>
 caf::expected<T> ask(caf::actor_system& sys, const directory_actor& dir,
                      Ts&&... xs) {
   caf::scoped_actor self{sys};
   std::optional<caf::expected<T>> result;
   self->request(dir, 5s, std::forward<Ts>(xs)...)
-    .receive([&](T& value) { result = std::move(value); },
-             [&](caf::error& err) { result = std::move(err); });
+      .receive([&](T& value) { result = std::move(value); },
+               [&](caf::error& err) { result = std::move(err); });
   return std::move(*result);
 }
 
@@ -146,7 +144,7 @@ bool gone_within(caf::actor_system& sys, const directory_actor& dir,
   return false;
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("kvferry directory serves remote clients through the middleman") {
   directory_process proc;
@@ -159,13 +157,13 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
   REQUIRE_MESSAGE(dir, render(dir.error()));
 
   auto w = make_worker(sys, "decode-0");
-  auto granted = ask<lease>(sys, *dir, register_atom::value, w,
-                            std::string{secret});
+  auto granted =
+      ask<lease>(sys, *dir, register_atom::value, w, std::string{secret});
   REQUIRE_MESSAGE(granted, render(granted.error()));
   CHECK(granted->duration == std::chrono::milliseconds(5000));
 
-  auto found = ask<worker_info>(sys, *dir, lookup_atom::value,
-                                std::string{"decode-0"});
+  auto found =
+      ask<worker_info>(sys, *dir, lookup_atom::value, std::string{"decode-0"});
   REQUIRE_MESSAGE(found, render(found.error()));
   CHECK(found->host_id == local_host_id());
   CHECK(found->listen_handles.at(0).size() == listen_handle_size);

@@ -1,9 +1,9 @@
 // `kvferry netcheck` as a user runs it: against the bundled kvsock plugin,
 // against the fake plugin in its awkward mode (NULL requests, slow connects),
 // and against plugins that must fail with a clear line.
-#include <doctest/doctest.h>
-
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "run_kvferry.hpp"
 
@@ -17,7 +17,7 @@ bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 const std::string fixtures = KVFERRY_FIXTURE_DIR;
-}  // namespace
+} // namespace
 
 TEST_CASE("netcheck passes against kvsock, found by name") {
   auto r = run_with_env("", "netcheck --plugin kvsock --connect-timeout-s 20");
@@ -30,8 +30,11 @@ TEST_CASE("netcheck passes against kvsock, found by name") {
   CHECK_FALSE(has(r.output, "FAIL"));
 }
 
-TEST_CASE("netcheck retries thousands of NULL requests and waits out slow connects") {
-  auto r = run_with_env("KVFERRY_FAKE_NULL_RUN=50 KVFERRY_FAKE_CONNECT_ROUNDS=200 KVFERRY_FAKE_MAX_RECVS=1",
+TEST_CASE(
+    "netcheck retries thousands of NULL requests and waits out slow connects") {
+  auto r =
+      run_with_env("KVFERRY_FAKE_NULL_RUN=50 KVFERRY_FAKE_CONNECT_ROUNDS=200 "
+                   "KVFERRY_FAKE_MAX_RECVS=1",
                    "netcheck --plugin " + fixtures + "/libnccl-net-fake.so");
   INFO(r.output);
   CHECK(r.status == 0);
@@ -43,14 +46,17 @@ TEST_CASE("netcheck retries thousands of NULL requests and waits out slow connec
   CHECK(has(r.output, "maxRecvs is 1"));
 }
 
-TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 table") {
-  auto exits = run_with_env("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-exit.so");
+TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 "
+          "table") {
+  auto exits = run_with_env("", "netcheck --plugin " + fixtures +
+                                    "/libnccl-net-bad-exit.so");
   INFO(exits.output);
   CHECK(exits.status == 1);
   CHECK(has(exits.output, "FAIL  probe in a child process"));
   CHECK(has(exits.output, "init exited with status 1 in the probe process"));
 
-  auto v8 = run_with_env("", "netcheck --plugin " + fixtures + "/libnccl-net-bad-v8only.so");
+  auto v8 = run_with_env("", "netcheck --plugin " + fixtures +
+                                 "/libnccl-net-bad-v8only.so");
   INFO(v8.output);
   CHECK(v8.status == 1);
   CHECK(has(v8.output, "it exports ncclNetPlugin_v8 instead"));
@@ -58,7 +64,8 @@ TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 ta
 
 TEST_CASE("netcheck catches corrupted data") {
   // kvsock's fault injection flips one payload byte.
-  auto r = run_with_env("KVSOCK_FAULT_CORRUPT=1", "netcheck --plugin kvsock --op-timeout-s 5");
+  auto r = run_with_env("KVSOCK_FAULT_CORRUPT=1",
+                        "netcheck --plugin kvsock --op-timeout-s 5");
   INFO(r.output);
   CHECK(r.status == 1);
   CHECK(has(r.output, "differs"));

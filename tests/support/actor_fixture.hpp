@@ -40,9 +40,7 @@ namespace kvferry::test {
 
 /// Builds the config before the system (members initialise in order).
 struct test_config : runtime::system_config {
-  test_config() {
-    use_test_coordinator();
-  }
+  test_config() { use_test_coordinator(); }
 };
 
 namespace detail {
@@ -57,36 +55,35 @@ using collector_noop_atom = caf::atom_constant<caf::atom("kvfcolnop")>;
 inline caf::behavior collect_messages(caf::event_based_actor* self,
                                       message_log log) {
   self->set_default_handler(
-    [log](caf::scheduled_actor*, caf::message_view& x)
-      -> caf::result<caf::message> {
-      log->push_back(x.move_content_to_message());
-      return caf::message{};
-    });
+      [log](caf::scheduled_actor*,
+            caf::message_view& x) -> caf::result<caf::message> {
+        log->push_back(x.move_content_to_message());
+        return caf::message{};
+      });
   return {[](collector_noop_atom) {}};
 }
 
-template <class T>
+template<class T>
 using reply_slot = std::shared_ptr<std::optional<caf::expected<T>>>;
 
 // Sends one request and stores the reply or the error in `out`.
-template <class T, class Handle, class... Ts>
-void request_once(caf::event_based_actor* self, Handle dest,
-                  reply_slot<T> out, Ts... xs) {
+template<class T, class Handle, class... Ts>
+void request_once(caf::event_based_actor* self, Handle dest, reply_slot<T> out,
+                  Ts... xs) {
   self->request(dest, caf::infinite, std::move(xs)...)
-    .then([out](T& value) { *out = std::move(value); },
-          [out](caf::error& err) { *out = std::move(err); });
+      .then([out](T& value) { *out = std::move(value); },
+            [out](caf::error& err) { *out = std::move(err); });
 }
 
-}  // namespace detail
+} // namespace detail
 
 class actor_fixture {
 public:
   using scheduler_type = caf::scheduler::test_coordinator;
 
   actor_fixture()
-    : sys(cfg),
-      sched(dynamic_cast<scheduler_type&>(sys.scheduler())),
-      log_(std::make_shared<std::vector<caf::message>>()) {
+      : sys(cfg), sched(dynamic_cast<scheduler_type&>(sys.scheduler())),
+        log_(std::make_shared<std::vector<caf::message>>()) {
     // Timers at t=0 would be indistinguishable from "unset" in logs.
     sched.clock().current_time += std::chrono::hours(1);
     collector = sys.spawn(detail::collect_messages, log_);
@@ -103,9 +100,7 @@ public:
 
   /// Runs every actor until no message is left. Returns how many messages
   /// were handled.
-  size_t run() {
-    return sched.run();
-  }
+  size_t run() { return sched.run(); }
 
   /// Moves virtual time forward (firing due timers), then runs.
   size_t advance_time(caf::timespan by) {
@@ -116,7 +111,7 @@ public:
   /// Sends a request from a fresh actor, runs the system and returns the
   /// reply: the value, or the error. An actor that never answers gives
   /// ec::timeout, never a hang.
-  template <class T, class Handle, class... Ts>
+  template<class T, class Handle, class... Ts>
   caf::expected<T> request(const Handle& dest, Ts&&... xs) {
     auto out = std::make_shared<std::optional<caf::expected<T>>>();
     sys.spawn(detail::request_once<T, Handle, std::decay_t<Ts>...>, dest, out,
@@ -146,4 +141,4 @@ private:
   detail::message_log log_;
 };
 
-}  // namespace kvferry::test
+} // namespace kvferry::test

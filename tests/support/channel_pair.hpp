@@ -53,4 +53,4 @@ check_send_channel_refused(std::shared_ptr<transport::plugin> net,
   CHECK_THROWS_AS(connector.take(), transport::transport_error);
 }
 
-}  // namespace kvferry::test
+} // namespace kvferry::test

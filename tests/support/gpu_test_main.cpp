@@ -1,9 +1,9 @@
 // main() for GPU tests: without a usable CUDA device the whole executable is
 // skipped (exit 77, which ctest reports as "skipped") with the reason.
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <doctest/doctest.h>
-
 #include <cstdio>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_info.hpp"
 

@@ -3,19 +3,18 @@
 // with stdout and stderr captured together.
 #pragma once
 
-#include <sys/wait.h>
-
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <sys/wait.h>
 
 #include <doctest/doctest.h>
 
 namespace kvferry::test {
 
 struct run_result {
-  int status = -1;  // the exit code; -1 when killed by a signal
+  int status = -1; // the exit code; -1 when killed by a signal
   std::string output;
 };
 
@@ -47,4 +46,4 @@ inline run_result run_kvferry(const std::string& args, int timeout_s,
   return r;
 }
 
-}  // namespace kvferry::test
+} // namespace kvferry::test

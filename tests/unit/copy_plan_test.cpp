@@ -1,11 +1,11 @@
 // Copy plans: bounds checks, coalescing and the work-item partition the GPU
 // kernel relies on (every byte copied exactly once).
-#include <doctest/doctest.h>
-
 #include <algorithm>
 #include <map>
-#include <stdexcept>
 #include <random>
+#include <stdexcept>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/transport/copy_plan.hpp"
 
@@ -13,8 +13,10 @@ using namespace kvferry::transport;
 
 namespace {
 
-// Byte-level map dst offset -> src offset of a plan; fails on a byte written twice.
-std::map<std::uint64_t, std::uint64_t> byte_map_of_extents(const std::vector<copy_extent>& plan) {
+// Byte-level map dst offset -> src offset of a plan; fails on a byte written
+// twice.
+std::map<std::uint64_t, std::uint64_t>
+byte_map_of_extents(const std::vector<copy_extent>& plan) {
   std::map<std::uint64_t, std::uint64_t> m;
   bool each_byte_once = true;
   for (const auto& e : plan)
@@ -24,7 +26,8 @@ std::map<std::uint64_t, std::uint64_t> byte_map_of_extents(const std::vector<cop
   return m;
 }
 
-std::map<std::uint64_t, std::uint64_t> byte_map_of_items(const std::vector<copy_work_item>& items) {
+std::map<std::uint64_t, std::uint64_t>
+byte_map_of_items(const std::vector<copy_work_item>& items) {
   std::map<std::uint64_t, std::uint64_t> m;
   bool each_byte_once = true;
   for (const auto& it : items)
@@ -41,14 +44,14 @@ std::vector<copy_extent> random_plan(std::mt19937_64& rng, std::size_t n) {
   for (std::size_t i = 0; i < n; ++i) {
     const auto l = len(rng);
     plan.push_back({src, dst, l});
-    src += l + gap(rng) * 7;  // sometimes adjacent, sometimes not
+    src += l + gap(rng) * 7; // sometimes adjacent, sometimes not
     dst += l + gap(rng) * 5;
   }
   std::shuffle(plan.begin(), plan.end(), rng);
   return plan;
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("extents inside both regions pass the bounds check") {
   std::vector<copy_extent> plan{{0, 0, 100}, {100, 900, 100}, {1000, 0, 0}};
@@ -75,20 +78,24 @@ TEST_CASE("offsets that would wrap around are rejected, not wrapped") {
   CHECK(check_extents(plan, ~0ull, ~0ull).has_value());
 }
 
-TEST_CASE("coalescing merges runs contiguous on both sides and keeps every byte") {
-  std::vector<copy_extent> plan{{4096, 0, 4096}, {8192, 4096, 4096}, {0, 8192, 4096},
-                                {4096 * 3, 4096 * 3, 0}, {4096, 8192 + 4096, 4096},
-                                {8192, 8192 + 8192, 100}};
+TEST_CASE(
+    "coalescing merges runs contiguous on both sides and keeps every byte") {
+  std::vector<copy_extent> plan{
+      {4096, 0, 4096},           {8192, 4096, 4096},
+      {0, 8192, 4096},           {4096 * 3, 4096 * 3, 0},
+      {4096, 8192 + 4096, 4096}, {8192, 8192 + 8192, 100}};
   const auto merged = coalesce(plan);
-  // {4096->0}+{8192->4096} continue each other, {0->8192}+{4096->12288}+{8192->16384}
-  // too (the empty extent between them is dropped).
+  // {4096->0}+{8192->4096} continue each other,
+  // {0->8192}+{4096->12288}+{8192->16384} too (the empty extent between them is
+  // dropped).
   REQUIRE(merged.size() == 2);
   CHECK(merged[0] == copy_extent{4096, 0, 8192});
   CHECK(merged[1] == copy_extent{0, 8192, 8192 + 100});
   CHECK(byte_map_of_extents(merged) == byte_map_of_extents(plan));
 }
 
-TEST_CASE("coalescing keeps extents that are not neighbours in plan order apart") {
+TEST_CASE(
+    "coalescing keeps extents that are not neighbours in plan order apart") {
   std::vector<copy_extent> plan{{0, 0, 16}, {32, 32, 16}, {16, 16, 16}};
   CHECK(coalesce(plan).size() == 3);
 }
@@ -97,8 +104,9 @@ TEST_CASE("coalescing random plans never changes the bytes copied") {
   std::mt19937_64 rng{42};
   for (int round = 0; round < 8; ++round) {
     auto plan = random_plan(rng, 40);
-    if (round % 2 == 0)  // in order: many neighbours merge
-      std::sort(plan.begin(), plan.end(), [](auto& a, auto& b) { return a.src_offset < b.src_offset; });
+    if (round % 2 == 0) // in order: many neighbours merge
+      std::sort(plan.begin(), plan.end(),
+                [](auto& a, auto& b) { return a.src_offset < b.src_offset; });
     const auto merged = coalesce(plan);
     CHECK(merged.size() <= plan.size());
     CHECK(total_bytes(merged) == total_bytes(plan));
@@ -106,7 +114,8 @@ TEST_CASE("coalescing random plans never changes the bytes copied") {
   }
 }
 
-TEST_CASE("work items cover every byte exactly once and none exceeds the item size") {
+TEST_CASE(
+    "work items cover every byte exactly once and none exceeds the item size") {
   std::mt19937_64 rng{7};
   for (std::uint32_t item_bytes : {16u, 256u, 4096u, 8192u}) {
     const auto plan = coalesce(random_plan(rng, 30));
@@ -123,7 +132,8 @@ TEST_CASE("work items cover every byte exactly once and none exceeds the item si
   }
 }
 
-TEST_CASE("pieces of an aligned extent stay 16-byte aligned; only the last is short") {
+TEST_CASE("pieces of an aligned extent stay 16-byte aligned; only the last is "
+          "short") {
   const std::vector<copy_extent> plan{{16 * 3, 16 * 1000, 10000}};
   const auto items = partition_into_work_items(plan, 4096);
   REQUIRE(items.size() == 3);
@@ -136,8 +146,10 @@ TEST_CASE("pieces of an aligned extent stay 16-byte aligned; only the last is sh
 }
 
 TEST_CASE("an item size that is not a multiple of 16 is refused") {
-  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 100), std::invalid_argument);
-  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 0), std::invalid_argument);
+  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 100),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(partition_into_work_items({{0, 0, 10}}, 0),
+                  std::invalid_argument);
 }
 
 // ---- the packed plan and the kernel's item -> extent search ----

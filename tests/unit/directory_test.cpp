@@ -1,10 +1,10 @@
 // The directory actor under CAF's deterministic test coordinator: every
 // request gets a reply or an error, joins and leaves reach watchers, leases
 // expire in virtual time, dead workers are dropped.
-#include <doctest/doctest.h>
-
 #include <chrono>
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
@@ -51,8 +51,8 @@ struct directory_fixture : test::actor_fixture {
     info.host_id = "host-a/boot";
     info.plugin = "kvsock";
     info.listen_handles.push_back(std::vector<char>(listen_handle_size, 'h'));
-    info.regions.push_back(region_info{1, 0x1000, 1 << 20, memory_kind::host,
-                                       -1, {}});
+    info.regions.push_back(
+        region_info{1, 0x1000, 1 << 20, memory_kind::host, -1, {}});
     info.app = sys.spawn(idle_worker, 0);
     info.attributes["model"] = "llama-3-8b";
     return info;
@@ -70,8 +70,8 @@ struct directory_fixture : test::actor_fixture {
       if (msg.match_elements<joined_atom, worker_info>())
         result.push_back("joined " + msg.get_as<worker_info>(1).name);
       else if (msg.match_elements<left_atom, std::string, caf::error>())
-        result.push_back("left " + msg.get_as<std::string>(1) + " ("
-                         + render(msg.get_as<caf::error>(2)) + ")");
+        result.push_back("left " + msg.get_as<std::string>(1) + " (" +
+                         render(msg.get_as<caf::error>(2)) + ")");
       else
         result.push_back("other " + caf::to_string(msg));
     }
@@ -81,7 +81,7 @@ struct directory_fixture : test::actor_fixture {
   directory_actor dir;
 };
 
-}  // namespace
+} // namespace
 
 TEST_CASE_FIXTURE(directory_fixture, "register, lookup and list") {
   auto prefill = make_worker("prefill-0", worker_role::prefill);
@@ -92,8 +92,8 @@ TEST_CASE_FIXTURE(directory_fixture, "register, lookup and list") {
   CHECK(l1->token != 0);
   REQUIRE(enroll(decode));
 
-  auto found = request<worker_info>(dir, lookup_atom::value,
-                                    std::string{"prefill-0"});
+  auto found =
+      request<worker_info>(dir, lookup_atom::value, std::string{"prefill-0"});
   REQUIRE(found);
   CHECK(found->name == "prefill-0");
   CHECK(found->role == worker_role::prefill);
@@ -117,8 +117,8 @@ TEST_CASE_FIXTURE(directory_fixture, "register, lookup and list") {
 
 TEST_CASE_FIXTURE(directory_fixture, "every request is answered") {
   SUBCASE("lookup of an unknown name") {
-    auto found = request<worker_info>(dir, lookup_atom::value,
-                                      std::string{"nobody"});
+    auto found =
+        request<worker_info>(dir, lookup_atom::value, std::string{"nobody"});
     REQUIRE(!found);
     CHECK(is(found.error(), ec::not_found));
     CHECK(render(found.error()).find("nobody") != std::string::npos);
@@ -151,21 +151,22 @@ TEST_CASE_FIXTURE(directory_fixture, "every request is answered") {
     CHECK(render(l.error()).find("bad-handle") != std::string::npos);
   }
   SUBCASE("watch with a null actor") {
-    auto r = request<std::vector<worker_info>>(dir, watch_atom::value,
-                                               caf::actor{});
+    auto r =
+        request<std::vector<worker_info>>(dir, watch_atom::value, caf::actor{});
     REQUIRE(!r);
     CHECK(is(r.error(), ec::invalid_argument));
   }
 }
 
-TEST_CASE_FIXTURE(directory_fixture, "a wrong secret is rejected, naming the worker") {
+TEST_CASE_FIXTURE(directory_fixture,
+                  "a wrong secret is rejected, naming the worker") {
   auto w = make_worker("prefill-7", worker_role::prefill);
   auto l = enroll(w, "guess");
   REQUIRE(!l);
   CHECK(is(l.error(), ec::unauthorized));
   CHECK(render(l.error()).find("prefill-7") != std::string::npos);
-  CHECK(!request<worker_info>(dir, lookup_atom::value,
-                              std::string{"prefill-7"}));
+  CHECK(
+      !request<worker_info>(dir, lookup_atom::value, std::string{"prefill-7"}));
 }
 
 TEST_CASE_FIXTURE(directory_fixture, "duplicate names") {
@@ -178,11 +179,11 @@ TEST_CASE_FIXTURE(directory_fixture, "duplicate names") {
     CHECK(is(l.error(), ec::duplicate));
   }
   SUBCASE("the same worker registering again updates its entry") {
-    first.regions.push_back(region_info{2, 0x9000, 4096, memory_kind::host,
-                                        -1, {}});
+    first.regions.push_back(
+        region_info{2, 0x9000, 4096, memory_kind::host, -1, {}});
     REQUIRE(enroll(first));
-    auto found = request<worker_info>(dir, lookup_atom::value,
-                                      std::string{"decode-0"});
+    auto found =
+        request<worker_info>(dir, lookup_atom::value, std::string{"decode-0"});
     REQUIRE(found);
     CHECK(found->regions.size() == 2);
   }
@@ -194,12 +195,13 @@ TEST_CASE_FIXTURE(directory_fixture, "duplicate names") {
   }
 }
 
-TEST_CASE_FIXTURE(directory_fixture, "watchers get the members, then joins and leaves") {
+TEST_CASE_FIXTURE(directory_fixture,
+                  "watchers get the members, then joins and leaves") {
   auto a = make_worker("a", worker_role::prefill);
   auto la = enroll(a);
   REQUIRE(la);
-  auto current = request<std::vector<worker_info>>(
-    dir, watch_atom::value, collector);
+  auto current =
+      request<std::vector<worker_info>>(dir, watch_atom::value, collector);
   REQUIRE(current);
   REQUIRE(current->size() == 1);
   CHECK(current->at(0).name == "a");
@@ -213,18 +215,17 @@ TEST_CASE_FIXTURE(directory_fixture, "watchers get the members, then joins and l
   CHECK(seen[0] == "joined b");
   CHECK(seen[1] == "left a (no error)");
 
-  REQUIRE(request<caf::ok_atom>(dir, unwatch_atom::value,
-                                collector));
+  REQUIRE(request<caf::ok_atom>(dir, unwatch_atom::value, collector));
   REQUIRE(enroll(make_worker("c", worker_role::decode)));
   CHECK(events().empty());
 }
 
-TEST_CASE_FIXTURE(directory_fixture, "a worker whose actor dies is dropped and watchers told") {
+TEST_CASE_FIXTURE(directory_fixture,
+                  "a worker whose actor dies is dropped and watchers told") {
   auto w = make_worker("decode-1", worker_role::decode);
   w.transfer = sys.spawn(idle_worker, 0);
   REQUIRE(enroll(w));
-  REQUIRE(request<std::vector<worker_info>>(dir, watch_atom::value,
-                                            collector));
+  REQUIRE(request<std::vector<worker_info>>(dir, watch_atom::value, collector));
   SUBCASE("its app actor") {
     caf::anon_send_exit(w.app, caf::exit_reason::kill);
   }
@@ -235,16 +236,15 @@ TEST_CASE_FIXTURE(directory_fixture, "a worker whose actor dies is dropped and w
   auto seen = events();
   REQUIRE(seen.size() == 1);
   CHECK(seen[0].rfind("left decode-1 (kvferry.peer_down", 0) == 0);
-  CHECK(!request<worker_info>(dir, lookup_atom::value,
-                              std::string{"decode-1"}));
+  CHECK(
+      !request<worker_info>(dir, lookup_atom::value, std::string{"decode-1"}));
 }
 
 TEST_CASE_FIXTURE(directory_fixture, "leases expire unless renewed") {
   auto w = make_worker("prefill-0", worker_role::prefill);
   auto l = enroll(w);
   REQUIRE(l);
-  REQUIRE(request<std::vector<worker_info>>(dir, watch_atom::value,
-                                            collector));
+  REQUIRE(request<std::vector<worker_info>>(dir, watch_atom::value, collector));
   // Renewing every 6 s keeps a 10 s lease alive for as long as we like.
   for (int i = 0; i < 5; ++i) {
     advance_time(6s);
@@ -252,8 +252,8 @@ TEST_CASE_FIXTURE(directory_fixture, "leases expire unless renewed") {
                                   std::string{"prefill-0"}, l->token));
   }
   CHECK(events().empty());
-  CHECK(request<worker_info>(dir, lookup_atom::value,
-                             std::string{"prefill-0"}));
+  CHECK(
+      request<worker_info>(dir, lookup_atom::value, std::string{"prefill-0"}));
   // Silence: dropped once the lease runs out, not before.
   advance_time(9s);
   CHECK(events().empty());
@@ -261,8 +261,8 @@ TEST_CASE_FIXTURE(directory_fixture, "leases expire unless renewed") {
   auto seen = events();
   REQUIRE(seen.size() == 1);
   CHECK(seen[0].rfind("left prefill-0 (kvferry.lease_expired", 0) == 0);
-  auto found = request<worker_info>(dir, lookup_atom::value,
-                                    std::string{"prefill-0"});
+  auto found =
+      request<worker_info>(dir, lookup_atom::value, std::string{"prefill-0"});
   REQUIRE(!found);
   CHECK(is(found.error(), ec::not_found));
 }

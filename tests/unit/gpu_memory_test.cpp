@@ -1,8 +1,8 @@
 // GPU memory pieces that need no GPU: block pools over a host region, the
 // text form of IPC handles, and the clear error of a build without CUDA.
-#include <doctest/doctest.h>
-
 #include <set>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_memory.hpp"
 
@@ -28,13 +28,17 @@ TEST_CASE("releasing a free or unknown block is an error naming it") {
   auto b = pool.acquire();
   REQUIRE(b);
   pool.release(*b);
-  CHECK_THROWS_WITH_AS(pool.release(*b), doctest::Contains("is not in use"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(pool.release(99), doctest::Contains("out of range"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(pool.release(*b), doctest::Contains("is not in use"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(pool.release(99), doctest::Contains("out of range"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("a block pool refuses block sizes the copy kernel cannot vectorise") {
-  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(4096), 100), std::invalid_argument);
-  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(64), 4096), std::invalid_argument);
+  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(4096), 100),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(64), 4096),
+                  std::invalid_argument);
 }
 
 TEST_CASE("an IPC handle survives its text form") {
@@ -56,12 +60,13 @@ TEST_CASE("moving a region moves ownership") {
   auto* base = a.data();
   gpu_region b = std::move(a);
   CHECK(b.data() == base);
-  CHECK_FALSE(static_cast<bool>(a));  // NOLINT(bugprone-use-after-move): the point of the test
+  CHECK_FALSE(static_cast<bool>(
+      a)); // NOLINT(bugprone-use-after-move): the point of the test
 }
 
 #ifndef KVFERRY_HAVE_CUDA
 TEST_CASE("without CUDA, device memory is refused with the reason") {
-  CHECK_THROWS_WITH_AS(gpu_region::allocate_device(0, 4096), doctest::Contains("no CUDA support"),
-                       gpu_error);
+  CHECK_THROWS_WITH_AS(gpu_region::allocate_device(0, 4096),
+                       doctest::Contains("no CUDA support"), gpu_error);
 }
 #endif

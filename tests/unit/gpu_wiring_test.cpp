@@ -2,11 +2,10 @@
 // actor picks for a peer, the KV pattern on host memory (the reference the
 // GPU kernels must match), and the errors of --gpu / --transport where no
 // GPU (or no CUDA) is available. The GPU side: tests/gpu/gpu_kv_test.cpp.
-#include <doctest/doctest.h>
-
 #include <string>
 
 #include <caf/all.hpp>
+#include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
@@ -23,7 +22,7 @@ proto::endpoint gpu_peer(const std::string& host_id) {
   ep.name = "decode-0";
   ep.host_id = host_id;
   ep.gpu = 0;
-  ep.ipc_handle = "0:4096:00";  // only its presence matters here
+  ep.ipc_handle = "0:4096:00"; // only its presence matters here
   return ep;
 }
 
@@ -33,12 +32,14 @@ run_result run_kvferry(const std::string& args) {
   return kvferry::test::run_kvferry(args, 60);
 }
 
-bool has_gpu() { return !transport::list_gpus().devices.empty(); }
+bool has_gpu() {
+  return !transport::list_gpus().devices.empty();
+}
 
 const std::string worker_args =
-  "worker --name w0 --role prefill --directory 127.0.0.1:1 --pool-blocks 4 ";
+    "worker --name w0 --role prefill --directory 127.0.0.1:1 --pool-blocks 4 ";
 
-}  // namespace
+} // namespace
 
 TEST_CASE("data path: CUDA IPC only between same-host GPU regions") {
   auto peer = gpu_peer("hostA/boot1");
@@ -106,20 +107,20 @@ TEST_CASE("a host-memory transfer endpoint offers no IPC handle") {
   auto transfer = spawn_transfer(sys, tc);
   caf::scoped_actor self{sys};
   self->request(transfer, std::chrono::seconds(5), proto::endpoint_atom::value)
-    .receive(
-      [&](proto::endpoint& ep) {
-        CHECK(ep.name == "prefill-0");
-        CHECK(ep.host_id == "hostA/boot1");
-        CHECK(ep.gpu == -1);
-        CHECK(ep.region_bytes == 8192);
-        CHECK(ep.ipc_handle.empty());  // peers reach it through the plugin
-      },
-      [&](const caf::error& err) { FAIL(render(err)); });
+      .receive(
+          [&](proto::endpoint& ep) {
+            CHECK(ep.name == "prefill-0");
+            CHECK(ep.host_id == "hostA/boot1");
+            CHECK(ep.gpu == -1);
+            CHECK(ep.region_bytes == 8192);
+            CHECK(ep.ipc_handle.empty()); // peers reach it through the plugin
+          },
+          [&](const caf::error& err) { FAIL(render(err)); });
   self->send_exit(transfer, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
-  constexpr std::uint64_t block = 1004;  // not a multiple of 8: tail bytes
+  constexpr std::uint64_t block = 1004; // not a multiple of 8: tail bytes
   auto region = memory_region::allocate_host(16 * block, "pattern");
   kv_pattern pattern{region};
   std::vector<std::uint64_t> offsets{5 * block, 0, 9 * block, 2 * block};
@@ -129,8 +130,8 @@ TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
   // Block 2 of the list is block 0 of layer 4: same bytes as fill_pattern.
   std::vector<std::uint8_t> expected(block);
   fill_pattern(expected.data(), block, 7, 42, 4, 0);
-  CHECK(std::equal(expected.begin(), expected.end(),
-                   region->data() + 9 * block));
+  CHECK(
+      std::equal(expected.begin(), expected.end(), region->data() + 9 * block));
   region->data()[9 * block + 1003] ^= 1;
   auto bad = pattern.check(offsets, where);
   REQUIRE(bad.has_value());
@@ -152,7 +153,7 @@ TEST_CASE("kv pattern refuses a block outside the region") {
 
 TEST_CASE("a GPU region without a usable GPU fails naming the ordinal") {
   if (has_gpu())
-    return;  // covered on the GPU by tests/gpu/gpu_kv_test.cpp
+    return; // covered on the GPU by tests/gpu/gpu_kv_test.cpp
   CHECK_THROWS_WITH_AS(memory_region::allocate_cuda(0, 4096, "pool"),
                        doctest::Contains("GPU 0"), transport::gpu_error);
 }
@@ -205,7 +206,7 @@ TEST_CASE("demo --prefill-gpu / --decode-gpu: bad values exit 2 naming them") {
 
 TEST_CASE("demo across two GPUs without them fails before starting anything") {
   if (has_gpu())
-    return;  // the real pair: tests/gpu/gpu_demo_two_gpus_test.cpp
+    return; // the real pair: tests/gpu/gpu_demo_two_gpus_test.cpp
   // A CUDA build finds no GPU 0; a build without CUDA refuses any ordinal.
   auto r = run_kvferry("demo --prefill-gpu 0 --decode-gpu 1 --requests 1");
   INFO(r.output);

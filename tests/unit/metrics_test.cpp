@@ -1,16 +1,15 @@
 // Metrics: the text format a Prometheus server parses (HELP/TYPE, label
 // escaping, histogram buckets/sum/count), the series bound, concurrent
 // increments, and a real scrape over loopback.
-#include <doctest/doctest.h>
-
 #include <arpa/inet.h>
+#include <cstdlib>
 #include <netinet/in.h>
+#include <stdexcept>
 #include <sys/socket.h>
+#include <thread>
 #include <unistd.h>
 
-#include <cstdlib>
-#include <stdexcept>
-#include <thread>
+#include <doctest/doctest.h>
 
 #include "kvferry/runtime/metrics.hpp"
 
@@ -37,70 +36,84 @@ std::string http_request(std::uint16_t port, const std::string& request) {
           static_cast<ssize_t>(request.size()));
   std::string reply;
   char buf[4096];
-  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) reply.append(buf, std::size_t(n));
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+    reply.append(buf, std::size_t(n));
   ::close(fd);
   return reply;
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("counters and gauges render with HELP and TYPE lines") {
   m::registry reg;
   reg.get_counter("kvferry_test_total", "Things done", {{"peer", "d0"}}).inc(3);
   reg.get_counter("kvferry_test_total", "Things done", {{"peer", "d0"}}).inc();
-  auto& g = reg.get_gauge("kvferry_test_open", "Open things\nsecond line \\ here");
+  auto& g =
+      reg.get_gauge("kvferry_test_open", "Open things\nsecond line \\ here");
   g.set(7);
   g.sub(2);
   auto text = reg.render();
-  CHECK(contains(text, "# HELP kvferry_test_total Things done\n# TYPE kvferry_test_total counter\n"
+  CHECK(contains(text, "# HELP kvferry_test_total Things done\n# TYPE "
+                       "kvferry_test_total counter\n"
                        "kvferry_test_total{peer=\"d0\"} 4\n"));
-  CHECK(contains(text, "# HELP kvferry_test_open Open things\\nsecond line \\\\ here\n"
-                       "# TYPE kvferry_test_open gauge\nkvferry_test_open 5\n"));
+  CHECK(contains(
+      text, "# HELP kvferry_test_open Open things\\nsecond line \\\\ here\n"
+            "# TYPE kvferry_test_open gauge\nkvferry_test_open 5\n"));
   CHECK(text.back() == '\n');
 }
 
 TEST_CASE("label values are escaped") {
   m::registry reg;
-  reg.get_counter("kvferry_esc_total", "x", {{"reason", "say \"hi\"\\now\nthen"}}).inc();
-  CHECK(contains(reg.render(), "kvferry_esc_total{reason=\"say \\\"hi\\\"\\\\now\\nthen\"} 1\n"));
+  reg.get_counter("kvferry_esc_total", "x",
+                  {{"reason", "say \"hi\"\\now\nthen"}})
+      .inc();
+  CHECK(contains(
+      reg.render(),
+      "kvferry_esc_total{reason=\"say \\\"hi\\\"\\\\now\\nthen\"} 1\n"));
   CHECK(m::escape_label_value("plain") == "plain");
 }
 
 TEST_CASE("histograms: cumulative buckets, +Inf, sum and count") {
   m::registry reg;
-  auto& h = reg.get_histogram("kvferry_lat_seconds", "Latency", {0.001, 0.01, 0.1},
-                              {{"peer", "p0"}});
+  auto& h = reg.get_histogram("kvferry_lat_seconds", "Latency",
+                              {0.001, 0.01, 0.1}, {{"peer", "p0"}});
   h.observe(0.0005);
-  h.observe(0.001);  // on the bound: counts in le="0.001"
+  h.observe(0.001); // on the bound: counts in le="0.001"
   h.observe(0.05);
   h.observe(3);
   auto text = reg.render();
   CHECK(contains(text, "# TYPE kvferry_lat_seconds histogram\n"));
-  CHECK(contains(text, "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.001\"} 2\n"
-                       "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.01\"} 2\n"
-                       "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.1\"} 3\n"
-                       "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"+Inf\"} 4\n"
-                       "kvferry_lat_seconds_sum{peer=\"p0\"} 3.0515\n"
-                       "kvferry_lat_seconds_count{peer=\"p0\"} 4\n"));
+  CHECK(contains(text,
+                 "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.001\"} 2\n"
+                 "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.01\"} 2\n"
+                 "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"0.1\"} 3\n"
+                 "kvferry_lat_seconds_bucket{peer=\"p0\",le=\"+Inf\"} 4\n"
+                 "kvferry_lat_seconds_sum{peer=\"p0\"} 3.0515\n"
+                 "kvferry_lat_seconds_count{peer=\"p0\"} 4\n"));
 }
 
 TEST_CASE("misuse is refused with the metric's name") {
   m::registry reg;
   reg.get_counter("kvferry_x_total", "x", {{"peer", "a"}});
-  CHECK_THROWS_WITH_AS(reg.get_gauge("kvferry_x_total", "x"),
-                       doctest::Contains("'kvferry_x_total' is already registered as a counter"),
-                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      reg.get_gauge("kvferry_x_total", "x"),
+      doctest::Contains("'kvferry_x_total' is already registered as a counter"),
+      std::invalid_argument);
   CHECK_THROWS_AS(reg.get_counter("kvferry_x_total", "x", {{"reason", "a"}}),
                   std::invalid_argument);
   CHECK_THROWS_AS(reg.get_counter("bad name", "x"), std::invalid_argument);
-  CHECK_THROWS_AS(reg.get_counter("kvferry_y_total", "x", {{"le", "1"}}), std::invalid_argument);
-  CHECK_THROWS_AS(reg.get_histogram("kvferry_h", "x", {1, 0.5}), std::invalid_argument);
+  CHECK_THROWS_AS(reg.get_counter("kvferry_y_total", "x", {{"le", "1"}}),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(reg.get_histogram("kvferry_h", "x", {1, 0.5}),
+                  std::invalid_argument);
 }
 
 TEST_CASE("a family holds a bounded number of series") {
   m::registry reg;
   for (std::size_t i = 0; i < m::registry::max_series_per_family + 10; ++i)
-    reg.get_counter("kvferry_many_total", "x", {{"peer", "p" + std::to_string(i)}}).inc();
+    reg.get_counter("kvferry_many_total", "x",
+                    {{"peer", "p" + std::to_string(i)}})
+        .inc();
   auto text = reg.render();
   CHECK(contains(text, "kvferry_many_total{peer=\"_other\"} 10\n"));
   CHECK(contains(text, "kvferry_metrics_series_dropped_total 10\n"));
@@ -109,7 +122,8 @@ TEST_CASE("a family holds a bounded number of series") {
 TEST_CASE("concurrent increments are all counted") {
   m::registry reg;
   auto& c = reg.get_counter("kvferry_conc_total", "x");
-  auto& h = reg.get_histogram("kvferry_conc_seconds", "x", m::duration_buckets());
+  auto& h =
+      reg.get_histogram("kvferry_conc_seconds", "x", m::duration_buckets());
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t)
     threads.emplace_back([&] {
@@ -118,7 +132,8 @@ TEST_CASE("concurrent increments are all counted") {
         h.observe(0.5);
       }
     });
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   CHECK(c.value() == 40000);
   auto s = h.read();
   CHECK(s.count == 40000);
@@ -134,10 +149,15 @@ TEST_CASE("the transfer metric set") {
   tm.peer("decode-0").comms->set(2);
   tm.regions.set(1);
   auto text = reg.render();
-  CHECK(contains(text, "kvferry_transfers_total{peer=\"decode-0\",direction=\"send\"} 2\n"));
-  CHECK(contains(text, "kvferry_transfer_bytes_total{peer=\"decode-0\",direction=\"send\"} 131072\n"));
-  CHECK(contains(text, "kvferry_transfer_errors_total{peer=\"decode-0\",reason=\"timeout\"} 1\n"));
-  CHECK(contains(text, "kvferry_transfer_duration_seconds_count{peer=\"decode-0\",direction=\"send\"} 2\n"));
+  CHECK(contains(
+      text,
+      "kvferry_transfers_total{peer=\"decode-0\",direction=\"send\"} 2\n"));
+  CHECK(contains(text, "kvferry_transfer_bytes_total{peer=\"decode-0\","
+                       "direction=\"send\"} 131072\n"));
+  CHECK(contains(text, "kvferry_transfer_errors_total{peer=\"decode-0\",reason="
+                       "\"timeout\"} 1\n"));
+  CHECK(contains(text, "kvferry_transfer_duration_seconds_count{peer=\"decode-"
+                       "0\",direction=\"send\"} 2\n"));
   CHECK(contains(text, "kvferry_comms{peer=\"decode-0\"} 2\n"));
   CHECK(contains(text, "kvferry_registered_regions 1\n"));
 }
@@ -148,15 +168,18 @@ TEST_CASE("a scrape over loopback") {
   m::http_exporter exporter(reg, {});
   REQUIRE(exporter.port() != 0);
 
-  auto reply = http_request(exporter.port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto reply =
+      http_request(exporter.port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   CHECK(contains(reply, "HTTP/1.1 200 OK\r\n"));
   CHECK(contains(reply, "Content-Type: text/plain; version=0.0.4"));
   CHECK(contains(reply, "\r\n\r\n# HELP"));
   CHECK(contains(reply, "kvferry_scraped_total 42\n"));
   CHECK(exporter.requests_served() == 1);
 
-  CHECK(contains(http_request(exporter.port(), "GET /nope HTTP/1.1\r\n\r\n"), "404"));
-  CHECK(contains(http_request(exporter.port(), "POST /metrics HTTP/1.1\r\n\r\n"), "405"));
+  CHECK(contains(http_request(exporter.port(), "GET /nope HTTP/1.1\r\n\r\n"),
+                 "404"));
+  CHECK(contains(
+      http_request(exporter.port(), "POST /metrics HTTP/1.1\r\n\r\n"), "405"));
   CHECK(contains(http_request(exporter.port(), std::string(9000, 'x')), "400"));
 }
 
@@ -166,16 +189,18 @@ TEST_CASE("a port already taken is a clear error") {
   m::http_exporter::options same;
   same.port = first.port();
   auto expected = "cannot listen on 127.0.0.1:" + std::to_string(first.port());
-  CHECK_THROWS_WITH_AS(m::http_exporter(reg, same), doctest::Contains(expected.c_str()),
-                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(m::http_exporter(reg, same),
+                       doctest::Contains(expected.c_str()), std::runtime_error);
 }
 
-TEST_CASE("the exporter from the environment (how launch passes metrics_port)") {
+TEST_CASE(
+    "the exporter from the environment (how launch passes metrics_port)") {
   m::registry reg;
   ::unsetenv("KVFERRY_METRICS_PORT");
   CHECK(m::exporter_from_env(reg) == nullptr);
   ::setenv("KVFERRY_METRICS_PORT", "not-a-port", 1);
-  CHECK_THROWS_WITH_AS(m::exporter_from_env(reg), doctest::Contains("KVFERRY_METRICS_PORT"),
+  CHECK_THROWS_WITH_AS(m::exporter_from_env(reg),
+                       doctest::Contains("KVFERRY_METRICS_PORT"),
                        std::runtime_error);
   // Find a free port, release it, then ask for it through the environment.
   std::uint16_t port = 0;
@@ -188,6 +213,7 @@ TEST_CASE("the exporter from the environment (how launch passes metrics_port)") 
   REQUIRE(exporter != nullptr);
   CHECK(exporter->port() == port);
   reg.get_counter("kvferry_env_total", "x").inc();
-  CHECK(contains(http_request(port, "GET /metrics HTTP/1.0\r\n\r\n"), "kvferry_env_total 1\n"));
+  CHECK(contains(http_request(port, "GET /metrics HTTP/1.0\r\n\r\n"),
+                 "kvferry_env_total 1\n"));
   ::unsetenv("KVFERRY_METRICS_PORT");
 }

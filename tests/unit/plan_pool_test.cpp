@@ -1,8 +1,8 @@
 // Transfer plans and the block pool: what the transfer actor relies on.
-#include <doctest/doctest.h>
+#include <stdexcept>
 
 #include <climits>
-#include <stdexcept>
+#include <doctest/doctest.h>
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/kv_geometry.hpp"
@@ -25,8 +25,8 @@ TEST_CASE("default geometry is Llama-3-8B with 64 KiB layer-blocks") {
 
 TEST_CASE("plan_blocks coalesces runs contiguous on both sides") {
   // src blocks 0,1,2 then 7; dst blocks 10,11 then 20,21 (block = 100 B)
-  auto plan = kvferry::plan_blocks({0, 100, 200, 700}, {1000, 1100, 2000, 2100},
-                                   100);
+  auto plan =
+      kvferry::plan_blocks({0, 100, 200, 700}, {1000, 1100, 2000, 2100}, 100);
   REQUIRE(plan.size() == 3);
   CHECK(plan[0] == extent{0, 1000, 200});
   CHECK(plan[1] == extent{200, 2000, 100});
@@ -36,8 +36,8 @@ TEST_CASE("plan_blocks coalesces runs contiguous on both sides") {
 }
 
 TEST_CASE("coalesce merges neighbours, keeps order, drops empties") {
-  std::vector<extent> in{{0, 0, 10}, {10, 10, 5}, {15, 15, 0}, {15, 30, 5},
-                         {20, 35, 5}};
+  std::vector<extent> in{
+      {0, 0, 10}, {10, 10, 5}, {15, 15, 0}, {15, 30, 5}, {20, 35, 5}};
   auto out = kvferry::coalesce(in);
   REQUIRE(out.size() == 2);
   CHECK(out[0] == extent{0, 0, 15});
@@ -87,10 +87,10 @@ TEST_CASE("block pool allocates lowest blocks first and reuses freed ones") {
   std::vector<std::uint64_t> again;
   REQUIRE(pool.allocate(3, again));
   CHECK(again == a);
-  CHECK_THROWS_AS(pool.release({5}), std::invalid_argument);    // not a block
+  CHECK_THROWS_AS(pool.release({5}), std::invalid_argument); // not a block
   CHECK_THROWS_AS(pool.release({130 * 64}), std::invalid_argument);
   pool.release({0});
-  CHECK_THROWS_AS(pool.release({0}), std::invalid_argument);    // double free
+  CHECK_THROWS_AS(pool.release({0}), std::invalid_argument); // double free
 }
 
 TEST_CASE("a fresh pool yields contiguous blocks, so plans coalesce") {

@@ -3,11 +3,11 @@
 // memcpys between the regions of two "workers" living in this process. What
 // is tested is the negotiation (allocate/grant/arrived, advertise),
 // layer-by-layer parts, verification and the errors a router sees.
-#include <doctest/doctest.h>
-
 #include <cstring>
 #include <map>
 #include <memory>
+
+#include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
@@ -34,9 +34,9 @@ struct fake_net {
   // waits here until the test sends the sender's fake transfer actor a
   // sweep_atom: a slow send completion.
   bool hold_completions = false;
-  std::vector<std::pair<caf::typed_response_promise<std::uint64_t>,
-                        std::uint64_t>>
-    held;
+  std::vector<
+      std::pair<caf::typed_response_promise<std::uint64_t>, std::uint64_t>>
+      held;
   void release_completions() {
     for (auto& [promise, bytes] : held)
       promise.deliver(bytes);
@@ -47,9 +47,9 @@ struct fake_net {
 struct fake_transfer_state {
   std::string worker;
   std::shared_ptr<fake_net> net;
-  std::map<std::uint64_t, std::uint64_t> arrived;  // transfer id -> bytes
+  std::map<std::uint64_t, std::uint64_t> arrived; // transfer id -> bytes
   std::map<std::uint64_t, caf::typed_response_promise<proto::recv_report>>
-    waiting;
+      waiting;
   static inline const char* name = "fake.transfer";
 };
 
@@ -59,74 +59,75 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
   self->state.worker = name;
   self->state.net = net;
   return {
-    [self](proto::endpoint_atom) {
-      proto::endpoint ep;
-      ep.name = self->state.worker;
-      ep.transfer = caf::actor_cast<caf::actor>(self);
-      ep.region_bytes = self->state.net->regions[self->state.worker]->size();
-      return ep;
-    },
-    [self](proto::send_atom, proto::send_order& o) -> caf::result<std::uint64_t> {
-      auto& net = *self->state.net;
-      auto& src = net.regions[self->state.worker];
-      auto& dst = net.regions[o.peer.name];
-      std::uint64_t bytes = 0;
-      for (auto& e : o.extents) {
-        std::memcpy(dst->data() + e.dst_offset, src->data() + e.src_offset,
-                    e.length);
-        bytes += e.length;
-      }
-      if (net.corrupt && !o.extents.empty())
-        dst->data()[o.extents[0].dst_offset] ^= 0xff;
-      ++net.sends;
-      proto::announcement a;
-      a.transfer_id = o.transfer_id;
-      a.sender = self->state.worker;
-      a.chunks = o.extents;
-      self->send(caf::actor_cast<transfer_actor>(o.peer.transfer),
-                 proto::announce_atom::value, std::move(a));
-      if (net.hold_completions) {
-        auto promise = self->make_response_promise<std::uint64_t>();
-        net.held.emplace_back(promise, bytes);
-        return promise;
-      }
-      return bytes;
-    },
-    [self](proto::announce_atom, proto::announcement& a) {
-      auto bytes = plan_bytes(a.chunks);
-      auto w = self->state.waiting.find(a.transfer_id);
-      if (w != self->state.waiting.end()) {
-        w->second.deliver(self->state.net->report(bytes));
-        self->state.waiting.erase(w);
-      } else {
-        self->state.arrived[a.transfer_id] = bytes;
-      }
-    },
-    [self](proto::recv_atom,
-           proto::recv_order& o) -> caf::result<proto::recv_report> {
-      auto i = self->state.arrived.find(o.transfer_id);
-      if (i != self->state.arrived.end()) {
-        auto bytes = i->second;
-        self->state.arrived.erase(i);
-        return self->state.net->report(bytes);
-      }
-      auto p = self->make_response_promise<proto::recv_report>();
-      self->state.waiting.emplace(o.transfer_id, p);
-      return p;
-    },
-    [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-       std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
-    [](proto::open_atom, const std::string&, std::uint32_t,
-       std::uint64_t) -> caf::result<std::vector<char>> {
-      return make_error(ec::invalid_argument, "fake transfer: no channels");
-    },
-    [](proto::stats_atom) { return proto::transfer_stats{}; },
-    [](joined_atom, const worker_info&) {},
-    [](left_atom, const std::string&, const caf::error&) {},
-    [](proto::progress_atom, std::uint64_t) {},
-    // Stands in for "the held send completions are in" (see fake_net):
-    // promises are delivered from their own actor's context.
-    [self](proto::sweep_atom) { self->state.net->release_completions(); },
+      [self](proto::endpoint_atom) {
+        proto::endpoint ep;
+        ep.name = self->state.worker;
+        ep.transfer = caf::actor_cast<caf::actor>(self);
+        ep.region_bytes = self->state.net->regions[self->state.worker]->size();
+        return ep;
+      },
+      [self](proto::send_atom,
+             proto::send_order& o) -> caf::result<std::uint64_t> {
+        auto& net = *self->state.net;
+        auto& src = net.regions[self->state.worker];
+        auto& dst = net.regions[o.peer.name];
+        std::uint64_t bytes = 0;
+        for (auto& e : o.extents) {
+          std::memcpy(dst->data() + e.dst_offset, src->data() + e.src_offset,
+                      e.length);
+          bytes += e.length;
+        }
+        if (net.corrupt && !o.extents.empty())
+          dst->data()[o.extents[0].dst_offset] ^= 0xff;
+        ++net.sends;
+        proto::announcement a;
+        a.transfer_id = o.transfer_id;
+        a.sender = self->state.worker;
+        a.chunks = o.extents;
+        self->send(caf::actor_cast<transfer_actor>(o.peer.transfer),
+                   proto::announce_atom::value, std::move(a));
+        if (net.hold_completions) {
+          auto promise = self->make_response_promise<std::uint64_t>();
+          net.held.emplace_back(promise, bytes);
+          return promise;
+        }
+        return bytes;
+      },
+      [self](proto::announce_atom, proto::announcement& a) {
+        auto bytes = plan_bytes(a.chunks);
+        auto w = self->state.waiting.find(a.transfer_id);
+        if (w != self->state.waiting.end()) {
+          w->second.deliver(self->state.net->report(bytes));
+          self->state.waiting.erase(w);
+        } else {
+          self->state.arrived[a.transfer_id] = bytes;
+        }
+      },
+      [self](proto::recv_atom,
+             proto::recv_order& o) -> caf::result<proto::recv_report> {
+        auto i = self->state.arrived.find(o.transfer_id);
+        if (i != self->state.arrived.end()) {
+          auto bytes = i->second;
+          self->state.arrived.erase(i);
+          return self->state.net->report(bytes);
+        }
+        auto p = self->make_response_promise<proto::recv_report>();
+        self->state.waiting.emplace(o.transfer_id, p);
+        return p;
+      },
+      [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
+         std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
+      [](proto::open_atom, const std::string&, std::uint32_t,
+         std::uint64_t) -> caf::result<std::vector<char>> {
+        return make_error(ec::invalid_argument, "fake transfer: no channels");
+      },
+      [](proto::stats_atom) { return proto::transfer_stats{}; },
+      [](joined_atom, const worker_info&) {},
+      [](left_atom, const std::string&, const caf::error&) {},
+      [](proto::progress_atom, std::uint64_t) {},
+      // Stands in for "the held send completions are in" (see fake_net):
+      // promises are delivered from their own actor's context.
+      [self](proto::sweep_atom) { self->state.net->release_completions(); },
   };
 }
 
@@ -136,7 +137,7 @@ struct fixture : test::actor_fixture {
   producer_actor producer;
   consumer_actor consumer;
   transfer_actor producer_transfer;
-  std::vector<caf::actor> spawned;  // stopped at the end: nothing outlives
+  std::vector<caf::actor> spawned; // stopped at the end: nothing outlives
 
   // Small geometry: 4 layers of 2*2*8*2*4 = 256-byte blocks.
   fixture() {
@@ -147,8 +148,8 @@ struct fixture : test::actor_fixture {
   }
 
   app_config make_app(const std::string& name, std::uint64_t blocks) {
-    net->regions[name] = memory_region::allocate_host(
-      blocks * geo.layer_block_bytes(), name);
+    net->regions[name] =
+        memory_region::allocate_host(blocks * geo.layer_block_bytes(), name);
     auto t = sys.spawn(fake_transfer, name, net);
     spawned.push_back(caf::actor_cast<caf::actor>(t));
     auto ep = request<proto::endpoint>(t, proto::endpoint_atom::value);
@@ -163,8 +164,9 @@ struct fixture : test::actor_fixture {
     return cfg;
   }
 
-  void start(std::uint64_t prefill_blocks = 64, std::uint64_t decode_blocks = 64,
-             bool producer_layerwise = false, std::uint32_t lend_percent = 25) {
+  void start(std::uint64_t prefill_blocks = 64,
+             std::uint64_t decode_blocks = 64, bool producer_layerwise = false,
+             std::uint32_t lend_percent = 25) {
     auto p = make_app("prefill-0", prefill_blocks);
     p.layerwise = producer_layerwise;
     start_producer(p);
@@ -227,16 +229,16 @@ struct fixture : test::actor_fixture {
   }
 };
 
-}  // namespace
+} // namespace
 
 TEST_CASE_FIXTURE(fixture, "push: a request arrives verified") {
   start();
-  auto r = prefill(1, 10);  // 3 blocks per layer, 4 layers
+  auto r = prefill(1, 10); // 3 blocks per layer, 4 layers
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->request_id == 1);
   CHECK(r->verified);
   CHECK(r->bytes == 3 * 4 * geo.layer_block_bytes());
-  CHECK(net->sends == 1);  // one coalesced plan for the whole request
+  CHECK(net->sends == 1); // one coalesced plan for the whole request
 }
 
 TEST_CASE_FIXTURE(fixture, "push layer by layer: one transfer per layer") {
@@ -256,14 +258,14 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
   REQUIRE_MESSAGE(whole, render(whole.error()));
   CHECK(whole->gpu_copy_ns == 1500);
   CHECK(whole->gpu_queued_ns == 70);
-  auto per_layer = prefill(12, 20, true);  // 4 parts, one timing each
+  auto per_layer = prefill(12, 20, true); // 4 parts, one timing each
   REQUIRE_MESSAGE(per_layer, render(per_layer.error()));
   CHECK(per_layer->gpu_copy_ns == 4 * 1500);
   CHECK(per_layer->gpu_queued_ns == 4 * 70);
   auto pulled = prefill(13, 20, true, true);
   REQUIRE_MESSAGE(pulled, render(pulled.error()));
   CHECK(pulled->gpu_copy_ns == 4 * 1500);
-  net->gpu_copy_ns = 0;  // not measured (a plugin): nothing to report
+  net->gpu_copy_ns = 0; // not measured (a plugin): nothing to report
   net->gpu_queued_ns = 0;
   auto plugin = prefill(14, 20);
   REQUIRE_MESSAGE(plugin, render(plugin.error()));
@@ -284,13 +286,13 @@ TEST_CASE_FIXTURE(fixture, "pull: the consumer fetches what was advertised") {
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->verified);
   CHECK(r->bytes == 9 * 4 * geo.layer_block_bytes());
-  auto r2 = prefill(5, 33, true, true);  // pull, per layer
+  auto r2 = prefill(5, 33, true, true); // pull, per layer
   REQUIRE_MESSAGE(r2, render(r2.error()));
   CHECK(net->sends == 1 + 4);
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks return to both pools: many requests fit") {
-  start(12, 12, false, 0);  // room for exactly one 3-block-per-layer request
+  start(12, 12, false, 0); // room for exactly one 3-block-per-layer request
   for (std::uint64_t id = 1; id <= 20; ++id) {
     auto r = prefill(id, 12);
     REQUIRE_MESSAGE(r, render(r.error()));
@@ -306,7 +308,7 @@ TEST_CASE_FIXTURE(fixture, "a corrupted byte fails verification, naming the "
   CHECK(is(r.error(), ec::mismatch));
   CHECK(render(r.error()).find("request 7") != std::string::npos);
   net->corrupt = false;
-  auto again = prefill(8, 10);  // the blocks of the failed request are back
+  auto again = prefill(8, 10); // the blocks of the failed request are back
   CHECK(again);
 }
 
@@ -331,13 +333,14 @@ TEST_CASE_FIXTURE(fixture, "a geometry mismatch is refused at allocate") {
   CHECK(is(r.error(), ec::mismatch));
 }
 
-// ---- credit (grant-ahead) ----------------------------------------------------
+// ---- credit (grant-ahead)
+// ----------------------------------------------------
 
 namespace {
 
 proto::consumer_stats stats_of(fixture& f) {
-  auto s = f.request<proto::consumer_stats>(f.consumer,
-                                            proto::stats_atom::value);
+  auto s =
+      f.request<proto::consumer_stats>(f.consumer, proto::stats_atom::value);
   REQUIRE(s);
   return *s;
 }
@@ -350,26 +353,26 @@ caf::behavior fake_producer(caf::event_based_actor* self, consumer_actor c,
                             std::string name, kv_geometry geo,
                             std::shared_ptr<std::vector<std::uint64_t>> got) {
   return {
-    [=](fake_reserve_atom, std::uint64_t blocks) {
-      auto rp = self->make_response_promise<proto::grant>();
-      proto::reserve_request r{name, blocks, geo.layer_block_bytes(),
-                               geo.layers};
-      self->request(c, caf::infinite, proto::reserve_atom::value, r)
-        .then(
-          [rp, got](proto::grant& g) mutable {
-            *got = g.block_offsets;
-            rp.deliver(std::move(g));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-      return rp;
-    },
-    [=](proto::incoming_atom a, proto::credit_notice& n) {
-      return self->delegate(c, a, std::move(n));
-    },
-    [=](proto::abort_atom a, std::uint64_t id, caf::error& err) {
-      self->send(c, a, id, name, std::move(err));
-    },
-    [](proto::credit_atom, const std::vector<std::uint64_t>&) {},
+      [=](fake_reserve_atom, std::uint64_t blocks) {
+        auto rp = self->make_response_promise<proto::grant>();
+        proto::reserve_request r{name, blocks, geo.layer_block_bytes(),
+                                 geo.layers};
+        self->request(c, caf::infinite, proto::reserve_atom::value, r)
+            .then(
+                [rp, got](proto::grant& g) mutable {
+                  *got = g.block_offsets;
+                  rp.deliver(std::move(g));
+                },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [=](proto::incoming_atom a, proto::credit_notice& n) {
+        return self->delegate(c, a, std::move(n));
+      },
+      [=](proto::abort_atom a, std::uint64_t id, caf::error& err) {
+        self->send(c, a, id, name, std::move(err));
+      },
+      [](proto::credit_atom, const std::vector<std::uint64_t>&) {},
   };
 }
 
@@ -380,8 +383,7 @@ proto::credit_notice notice_for(const fixture& f, std::uint64_t id,
   proto::credit_notice n;
   n.request_id = id;
   n.producer = name;
-  n.blocks_per_layer = static_cast<std::uint32_t>(blocks.size() /
-                                                  f.geo.layers);
+  n.blocks_per_layer = static_cast<std::uint32_t>(blocks.size() / f.geo.layers);
   n.bytes = blocks.size() * f.geo.layer_block_bytes();
   n.block_offsets = std::move(blocks);
   return n;
@@ -425,23 +427,23 @@ send_notice_pending(fixture& f, const borrower& b,
       b.actor, proto::incoming_atom::value, std::move(notice));
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE_FIXTURE(fixture, "reserve lends at most lend_percent of the pool") {
   start(64, 64);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   auto g = reserve(*this, p, 1000);
   REQUIRE_MESSAGE(g, render(g.error()));
-  CHECK(g->block_offsets.size() == 16);  // 25 % of 64
+  CHECK(g->block_offsets.size() == 16); // 25 % of 64
   CHECK(g->receiver.name == "decode-0");
   auto more = reserve(*this, p, 1000);
   REQUIRE(more);
-  CHECK(more->block_offsets.empty());  // the cap holds across reserves
+  CHECK(more->block_offsets.empty()); // the cap holds across reserves
   CHECK(stats_of(*this).lent_blocks == 16);
   auto q = spawn_borrower(*this, consumer, "prefill-8");
   auto g2 = reserve(*this, q, 3);
   REQUIRE(g2);
-  CHECK(g2->block_offsets.size() == 3);  // never more than asked
+  CHECK(g2->block_offsets.size() == 3); // never more than asked
 }
 
 TEST_CASE_FIXTURE(fixture, "a reserve of another geometry is refused") {
@@ -458,9 +460,9 @@ TEST_CASE_FIXTURE(fixture, "a reserve of another geometry is refused") {
 
 TEST_CASE_FIXTURE(fixture, "requests within credit take no allocate round "
                            "trip, and blocks flow back to the credit") {
-  start(64, 64);  // the loan: 16 blocks, room for one 12-block request
+  start(64, 64); // the loan: 16 blocks, room for one 12-block request
   for (std::uint64_t id = 1; id <= 20; ++id) {
-    auto r = prefill(id, 12);  // 3 blocks per layer, 4 layers
+    auto r = prefill(id, 12); // 3 blocks per layer, 4 layers
     REQUIRE_MESSAGE(r, render(r.error()));
     CHECK(r->verified);
   }
@@ -478,7 +480,7 @@ TEST_CASE_FIXTURE(fixture, "credit works layer by layer, and the reply "
                            "counts the producer's fill time") {
   start(64, 64);
   REQUIRE(prefill(1, 4, true));
-  auto r = prefill(2, 8, true);  // 2 blocks x 4 layers on credit
+  auto r = prefill(2, 8, true); // 2 blocks x 4 layers on credit
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->verified);
   CHECK(r->bytes == 8 * geo.layer_block_bytes());
@@ -488,14 +490,14 @@ TEST_CASE_FIXTURE(fixture, "credit works layer by layer, and the reply "
 
 TEST_CASE_FIXTURE(fixture, "a request larger than the credit negotiates") {
   start(64, 64);
-  REQUIRE(prefill(1, 4));         // first contact: the reserve goes out
-  auto r = prefill(2, 4 * 5);     // 5 blocks x 4 layers = 20 > 16 lent
+  REQUIRE(prefill(1, 4));     // first contact: the reserve goes out
+  auto r = prefill(2, 4 * 5); // 5 blocks x 4 layers = 20 > 16 lent
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->verified);
   auto s = stats_of(*this);
   CHECK(s.negotiated == 2);
   CHECK(s.delegated == 0);
-  auto small = prefill(3, 4);     // fits the credit again
+  auto small = prefill(3, 4); // fits the credit again
   REQUIRE(small);
   CHECK(stats_of(*this).delegated == 1);
 }
@@ -540,7 +542,7 @@ TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
   // The refused claims were undone: the same lent blocks are usable.
   auto slot = send_notice_pending(
       *this, p, notice_for(*this, 7, "prefill-9", p.first_granted(4)));
-  CHECK_FALSE(*slot);  // accepted: waits for its bytes
+  CHECK_FALSE(*slot); // accepted: waits for its bytes
   CHECK(stats_of(*this).refused == 2);
 }
 
@@ -550,7 +552,7 @@ TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
   REQUIRE(reserve(*this, p, 8));
   auto slot = send_notice_pending(
       *this, p, notice_for(*this, 11, "prefill-9", p.first_granted(4)));
-  REQUIRE_FALSE(*slot);  // waiting for bytes that will not come
+  REQUIRE_FALSE(*slot); // waiting for bytes that will not come
   caf::anon_send(p.actor, proto::abort_atom::value, std::uint64_t{11},
                  make_error(ec::peer_down, "send to 'decode-0' failed"));
   run();
@@ -601,7 +603,7 @@ TEST_CASE_FIXTURE(fixture, "a consumer that died before the first request "
   start();
   caf::anon_send_exit(consumer, caf::exit_reason::kill);
   run();
-  auto r = prefill(1, 4);  // no virtual time passes: no timeout can fire
+  auto r = prefill(1, 4); // no virtual time passes: no timeout can fire
   REQUIRE_FALSE(r);
   CHECK_FALSE(render(r.error()).find("got no reply") != std::string::npos);
   INFO(render(r.error()));
@@ -611,16 +613,16 @@ TEST_CASE_FIXTURE(fixture, "a consumer that died before the first request "
 TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
                            "answered before its send completed waits for "
                            "them") {
-  start(4, 64);  // the producer's pool: exactly one 1-block-per-layer request
-  REQUIRE(prefill(1, 4));  // negotiates; the reserve goes out
+  start(4, 64); // the producer's pool: exactly one 1-block-per-layer request
+  REQUIRE(prefill(1, 4)); // negotiates; the reserve goes out
   net->hold_completions = true;
-  auto second = prefill(2, 4);  // on credit: the consumer answers at once
+  auto second = prefill(2, 4); // on credit: the consumer answers at once
   REQUIRE_MESSAGE(second, render(second.error()));
   CHECK(second->verified);
-  CHECK(net->held.size() == 1);  // ... while our source blocks are in use
+  CHECK(net->held.size() == 1); // ... while our source blocks are in use
   auto slot = request_pending<proto::ready_report>(
       producer, proto::prefill_atom::value, make_prefill_request(3, 4));
-  CHECK_FALSE(*slot);  // waiting for blocks, not failed
+  CHECK_FALSE(*slot); // waiting for blocks, not failed
   net->hold_completions = false;
   caf::anon_send(producer_transfer, proto::sweep_atom::value);
   run();
@@ -633,7 +635,7 @@ TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
 TEST_CASE_FIXTURE(fixture, "a request larger than the producer's whole pool "
                            "still fails at once") {
   start(4, 64);
-  auto r = prefill(1, 8);  // 2 blocks x 4 layers > 4
+  auto r = prefill(1, 8); // 2 blocks x 4 layers > 4
   REQUIRE_FALSE(r);
   CHECK(render(r.error()).find("pool exhausted") != std::string::npos);
 }

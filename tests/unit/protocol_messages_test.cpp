@@ -1,10 +1,9 @@
 // The protocol messages survive CAF serialization unchanged (what crosses
 // processes) and own the type IDs 300..399.
-#include <doctest/doctest.h>
-
 #include <caf/all.hpp>
 #include <caf/binary_deserializer.hpp>
 #include <caf/binary_serializer.hpp>
+#include <doctest/doctest.h>
 
 #include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -13,7 +12,7 @@ using namespace kvferry::proto;
 
 namespace {
 
-template <class T>
+template<class T>
 T roundtrip(caf::actor_system& sys, T x) {
   std::vector<char> buf;
   caf::binary_serializer sink{sys, buf};
@@ -26,7 +25,7 @@ T roundtrip(caf::actor_system& sys, T x) {
   return y;
 }
 
-}  // namespace
+} // namespace
 
 TEST_CASE("protocol type ids live in 300..399") {
   CHECK(caf::id_block::kvferry_protocol::begin == 300);

@@ -1,7 +1,6 @@
 // kvferry's error category: codes, context and rendering.
-#include <doctest/doctest.h>
-
 #include <caf/actor_system.hpp>
+#include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -16,7 +15,8 @@ TEST_CASE("errors carry their code and context") {
   CHECK(is(err, ec::unauthorized));
   CHECK(!is(err, ec::timeout));
   CHECK(err.category() == ec_category);
-  CHECK(render(err) == "kvferry.unauthorized: register 'prefill-0': wrong secret");
+  CHECK(render(err) ==
+        "kvferry.unauthorized: register 'prefill-0': wrong secret");
   CHECK(render(make_error(ec::timeout)) == "kvferry.timeout");
   CHECK(render(caf::error{}) == "no error");
 }
@@ -27,26 +27,28 @@ TEST_CASE("CAF's own errors render through CAF") {
 }
 
 TEST_CASE("every code has a name") {
-  for (uint8_t code = 0; code <= static_cast<uint8_t>(ec::lease_expired); ++code)
+  for (uint8_t code = 0; code <= static_cast<uint8_t>(ec::lease_expired);
+       ++code)
     CHECK(std::string{to_string(static_cast<ec>(code))} != "unknown");
 }
 
-TEST_CASE_FIXTURE(test::actor_fixture, "the actor system renders kvferry errors as text") {
+TEST_CASE_FIXTURE(test::actor_fixture,
+                  "the actor system renders kvferry errors as text") {
   auto err = make_error(ec::peer_down, "worker 'decode-0' is down");
   CHECK(sys.render(err) == "kvferry.peer_down: worker 'decode-0' is down");
 }
 
 TEST_CASE_FIXTURE(test::actor_fixture, "message types are registered by name") {
-  CHECK(sys.types().portable_name(0, &typeid(worker_info))
-        == "kvferry::worker_info");
+  CHECK(sys.types().portable_name(0, &typeid(worker_info)) ==
+        "kvferry::worker_info");
   CHECK(sys.types().portable_name(0, &typeid(lease)) == "kvferry::lease");
 }
 
 #if __has_include("kvferry/runtime/protocol.hpp")
-#  include "kvferry/runtime/protocol.hpp"
+#include "kvferry/runtime/protocol.hpp"
 TEST_CASE_FIXTURE(test::actor_fixture, "the protocol block is registered too") {
-  CHECK(sys.types().portable_name(0, &typeid(proto::extent))
-        == "kvferry::proto::extent");
+  CHECK(sys.types().portable_name(0, &typeid(proto::extent)) ==
+        "kvferry::proto::extent");
 }
 #endif
 

@@ -10,15 +10,15 @@ namespace probe {
 struct unregistered_message {
   int value = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, unregistered_message& x) {
   return f(x.value);
 }
-}  // namespace probe
+} // namespace probe
 
 #ifdef KVFERRY_REGISTER_PROBE
 CAF_BEGIN_TYPE_ID_BLOCK(kvferry_probe, 399)
-  CAF_ADD_TYPE_ID(kvferry_probe, (probe::unregistered_message))
+CAF_ADD_TYPE_ID(kvferry_probe, (probe::unregistered_message))
 CAF_END_TYPE_ID_BLOCK(kvferry_probe)
 #endif
 

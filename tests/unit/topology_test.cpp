@@ -1,11 +1,11 @@
 // The topology file: defaults, every kind of error a user can make (with the
 // file:line:col they rely on to find it), and the example configs.
-#include <doctest/doctest.h>
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/runtime/topology.hpp"
 
@@ -17,7 +17,8 @@ namespace {
 // Plugins are looked up only in a scratch dir holding a fake kvsock plugin,
 // so that the tests do not depend on what is built or installed.
 struct plugin_dir {
-  fs::path dir = fs::temp_directory_path() / ("kvferry-topo-test-" + std::to_string(::getpid()));
+  fs::path dir = fs::temp_directory_path() /
+                 ("kvferry-topo-test-" + std::to_string(::getpid()));
   plugin_dir() {
     fs::create_directories(dir);
     std::ofstream(dir / "libnccl-net-kvsock.so") << "not really a library";
@@ -43,7 +44,8 @@ topo::load_result parse(const std::string& text, bool allow_missing = false) {
 
 bool has_error(const topo::load_result& r, const std::string& fragment) {
   for (auto& e : r.errors)
-    if (e.find(fragment) != std::string::npos) return true;
+    if (e.find(fragment) != std::string::npos)
+      return true;
   return false;
 }
 
@@ -52,9 +54,10 @@ const char* two_workers = R"(workers:
   - {name: d0, role: decode}
 )";
 
-}  // namespace
+} // namespace
 
-TEST_CASE("a file with just two workers is valid and gets one-machine defaults") {
+TEST_CASE(
+    "a file with just two workers is valid and gets one-machine defaults") {
   auto r = parse(two_workers);
   INFO(r.report());
   REQUIRE(r.ok());
@@ -69,7 +72,8 @@ TEST_CASE("a file with just two workers is valid and gets one-machine defaults")
   CHECK(t.workers[1].role == topo::worker_role::decode);
   CHECK_FALSE(t.workers[0].gpu.has_value());
   CHECK(t.workers[0].plugin == "kvsock");
-  CHECK(t.workers[0].plugin_file.find("libnccl-net-kvsock.so") != std::string::npos);
+  CHECK(t.workers[0].plugin_file.find("libnccl-net-kvsock.so") !=
+        std::string::npos);
   CHECK(t.model.layers == 32);
   CHECK(t.model.kv_heads == 8);
   CHECK(t.model.head_dim == 128);
@@ -135,12 +139,14 @@ TEST_CASE("an unknown key names file:line:col and suggests the nearest key") {
     pluign: kvsock
 )");
   REQUIRE_FALSE(r.ok());
-  CHECK(has_error(r, "unknown key 'pluign' at topo.yaml:6:5; did you mean 'plugin'?"));
+  CHECK(has_error(
+      r, "unknown key 'pluign' at topo.yaml:6:5; did you mean 'plugin'?"));
 }
 
 TEST_CASE("an unknown key with nothing close lists the valid keys") {
   auto r = parse(std::string(two_workers) + "zebra: 1\n");
-  CHECK(has_error(r, "unknown key 'zebra' in the top level at topo.yaml:4:1; valid keys:"));
+  CHECK(has_error(
+      r, "unknown key 'zebra' in the top level at topo.yaml:4:1; valid keys:"));
 }
 
 TEST_CASE("all errors are collected, not just the first") {
@@ -153,12 +159,16 @@ transfer: {staging_slots: 65}
 )");
   INFO(r.report());
   CHECK_FALSE(r.topology.has_value());
-  CHECK(has_error(r, "directory.port must be an integer in [1, 65535], got '70000' at topo.yaml:1:19"));
-  CHECK(has_error(r, "worker p0.role must be one of prefill | decode, got 'prefil' at topo.yaml:3:22; did you mean 'prefill'?"));
+  CHECK(has_error(r, "directory.port must be an integer in [1, 65535], got "
+                     "'70000' at topo.yaml:1:19"));
+  CHECK(has_error(r, "worker p0.role must be one of prefill | decode, got "
+                     "'prefil' at topo.yaml:3:22; did you mean 'prefill'?"));
   CHECK(has_error(r, "worker p0.gpu must be a device index"));
   CHECK(has_error(r, "worker d0.pool_blocks must be an integer in [1,"));
-  CHECK(has_error(r, "model.dtype must be one of fp16 | bf16 | fp32, got 'fp8'"));
-  CHECK(has_error(r, "transfer.staging_slots must be an integer in [0, 64], got '65'"));
+  CHECK(
+      has_error(r, "model.dtype must be one of fp16 | bf16 | fp32, got 'fp8'"));
+  CHECK(has_error(
+      r, "transfer.staging_slots must be an integer in [0, 64], got '65'"));
   CHECK(r.errors.size() >= 6);
 }
 
@@ -175,10 +185,12 @@ TEST_CASE("cross-checks: names, hosts, GPUs, roles, ports") {
   - {name: p0, role: prefill}
   - {name: p0, role: decode}
 )");
-    CHECK(has_error(r, "duplicate worker name 'p0' (first at topo.yaml:2:5) at topo.yaml:3:5"));
+    CHECK(has_error(r, "duplicate worker name 'p0' (first at topo.yaml:2:5) at "
+                       "topo.yaml:3:5"));
   }
   SUBCASE("duplicate host names") {
-    auto r = parse(R"(hosts: [{name: a, address: 10.0.0.1}, {name: a, address: 10.0.0.2}]
+    auto r = parse(
+        R"(hosts: [{name: a, address: 10.0.0.1}, {name: a, address: 10.0.0.2}]
 control: {bind: host}
 workers:
   - {name: p0, role: prefill, host: a}
@@ -187,22 +199,26 @@ workers:
     CHECK(has_error(r, "duplicate host name 'a'"));
   }
   SUBCASE("a worker on an unknown host gets a suggestion") {
-    auto r = parse(R"(hosts: [{name: alpha, address: 10.0.0.1}, {name: beta, address: 10.0.0.2}]
+    auto r = parse(
+        R"(hosts: [{name: alpha, address: 10.0.0.1}, {name: beta, address: 10.0.0.2}]
 control: {bind: host}
 workers:
   - {name: p0, role: prefill, host: alpha}
   - {name: d0, role: decode, host: betta}
 )");
-    CHECK(has_error(r, "worker 'd0' is on unknown host 'betta' at topo.yaml:5:5; did you mean 'beta'?"));
+    CHECK(has_error(r, "worker 'd0' is on unknown host 'betta' at "
+                       "topo.yaml:5:5; did you mean 'beta'?"));
   }
   SUBCASE("several hosts: a worker must say which") {
-    auto r = parse(R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+    auto r = parse(
+        R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
 control: {bind: host}
 workers:
   - {name: p0, role: prefill, host: a}
   - {name: d0, role: decode}
 )");
-    CHECK(has_error(r, "worker 'd0' needs a host: this file has several (a, b)"));
+    CHECK(
+        has_error(r, "worker 'd0' needs a host: this file has several (a, b)"));
   }
   SUBCASE("two workers on one GPU of one host") {
     auto r = parse(R"(workers:
@@ -212,7 +228,8 @@ workers:
     CHECK(has_error(r, "workers 'p0' and 'd0' both use GPU 0 of host 'local'"));
   }
   SUBCASE("the same GPU index on two hosts is fine") {
-    auto r = parse(R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+    auto r = parse(
+        R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
 control: {bind: host}
 workers:
   - {name: p0, role: prefill, host: a, gpu: 0}
@@ -222,12 +239,15 @@ workers:
     CHECK(r.ok());
   }
   SUBCASE("decode with no prefill") {
-    auto r = parse("workers:\n  - {name: d0, role: decode}\n  - {name: d1, role: decode}\n");
-    CHECK(has_error(r, "decode worker(s) d0, d1 have no prefill worker to feed them"));
+    auto r = parse("workers:\n  - {name: d0, role: decode}\n  - {name: d1, "
+                   "role: decode}\n");
+    CHECK(has_error(
+        r, "decode worker(s) d0, d1 have no prefill worker to feed them"));
   }
   SUBCASE("prefill with no decode") {
     auto r = parse("workers:\n  - {name: p0, role: prefill}\n");
-    CHECK(has_error(r, "prefill worker(s) p0 have no decode worker to send to"));
+    CHECK(
+        has_error(r, "prefill worker(s) p0 have no decode worker to send to"));
   }
   SUBCASE("a metrics port clashing with the directory's") {
     auto r = parse(R"(directory: {port: 9000}
@@ -235,30 +255,37 @@ workers:
   - {name: p0, role: prefill, metrics_port: 9000}
   - {name: d0, role: decode}
 )");
-    CHECK(has_error(r, "worker 'p0': metrics_port 9000 on host 'local' is already used by the directory"));
+    CHECK(has_error(r, "worker 'p0': metrics_port 9000 on host 'local' is "
+                       "already used by the directory"));
   }
   SUBCASE("loopback bind with remote hosts") {
-    auto r = parse(R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+    auto r = parse(
+        R"(hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
 workers:
   - {name: p0, role: prefill, host: a}
   - {name: d0, role: decode, host: b}
 )");
-    CHECK(has_error(r, "control.bind is 127.0.0.1 but the hosts are on other machines"));
+    CHECK(has_error(
+        r, "control.bind is 127.0.0.1 but the hosts are on other machines"));
   }
   SUBCASE("more than one secret source") {
-    auto r = parse(std::string(two_workers) + "control: {secret: x, secret_env: Y}\n");
+    auto r = parse(std::string(two_workers) +
+                   "control: {secret: x, secret_env: Y}\n");
     CHECK(has_error(r, "give at most one of secret, secret_file, secret_env"));
   }
 }
 
-TEST_CASE("plugins: found by name, paths must exist, missing ones can be allowed") {
+TEST_CASE(
+    "plugins: found by name, paths must exist, missing ones can be allowed") {
   auto missing = std::string(R"(workers:
   - {name: p0, role: prefill, plugin: nosuch}
   - {name: d0, role: decode, plugin: /no/such/libnccl-net.so}
 )");
   auto r = parse(missing);
-  CHECK(has_error(r, "worker 'p0': plugin 'nosuch' not found (looked for libnccl-net-nosuch.so"));
-  CHECK(has_error(r, "worker 'd0': plugin file '/no/such/libnccl-net.so' does not exist"));
+  CHECK(has_error(r, "worker 'p0': plugin 'nosuch' not found (looked for "
+                     "libnccl-net-nosuch.so"));
+  CHECK(has_error(
+      r, "worker 'd0': plugin file '/no/such/libnccl-net.so' does not exist"));
   auto relaxed = parse(missing, /*allow_missing=*/true);
   CHECK(relaxed.ok());
   CHECK(relaxed.warnings.size() == 2);
@@ -266,7 +293,8 @@ TEST_CASE("plugins: found by name, paths must exist, missing ones can be allowed
 
 TEST_CASE("the nearest-key helper") {
   CHECK(topo::nearest("pluign", {"plugin", "pool_blocks"}) == "plugin");
-  CHECK(topo::nearest("metrics_prot", {"metrics_port", "name"}) == "metrics_port");
+  CHECK(topo::nearest("metrics_prot", {"metrics_port", "name"}) ==
+        "metrics_port");
   CHECK(topo::nearest("xyz", {"plugin", "role"}).empty());
 }
 
@@ -286,9 +314,11 @@ TEST_CASE("every example config in configs/ validates") {
   auto dir = fs::path(KVFERRY_SOURCE_DIR) / "configs";
   int checked = 0;
   for (auto& entry : fs::directory_iterator(dir)) {
-    if (entry.path().extension() != ".yaml") continue;
+    if (entry.path().extension() != ".yaml")
+      continue;
     // Plugins that live on other machines (GPUDirect-TCPX) are warnings.
-    auto r = topo::load_file(entry.path().string(), fake_plugins().options(true));
+    auto r =
+        topo::load_file(entry.path().string(), fake_plugins().options(true));
     INFO(entry.path().string() << "\n" << r.report());
     CHECK(r.ok());
     for (auto& warning : r.warnings)

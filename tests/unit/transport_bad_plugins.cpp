@@ -11,7 +11,9 @@
 
 namespace {
 #if KVFERRY_BAD_PLUGIN_KIND == 1
-ncclResult_t bad_init(ncclDebugLogger_t) { std::exit(1); }
+ncclResult_t bad_init(ncclDebugLogger_t) {
+  std::exit(1);
+}
 #elif KVFERRY_BAD_PLUGIN_KIND == 2
 volatile int* volatile nowhere = nullptr;
 ncclResult_t bad_init(ncclDebugLogger_t) {
@@ -20,21 +22,26 @@ ncclResult_t bad_init(ncclDebugLogger_t) {
 }
 #else
 ncclResult_t bad_init(ncclDebugLogger_t) {
-  for (;;) ::pause();
+  for (;;)
+    ::pause();
 }
 #endif
 ncclResult_t bad_devices(int* n) {
   *n = 1;
   return ncclSuccess;
 }
-}  // namespace
+} // namespace
 
 #if KVFERRY_BAD_PLUGIN_KIND == 3
-extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlugin_v8 = {
-  "newer", bad_init, bad_devices, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-  nullptr, nullptr,   nullptr,     nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+extern "C" __attribute__((visibility("default")))
+const ncclNet_v7_t ncclNetPlugin_v8 = {
+    "newer", bad_init, bad_devices, nullptr, nullptr, nullptr, nullptr,
+    nullptr, nullptr,  nullptr,     nullptr, nullptr, nullptr, nullptr,
+    nullptr, nullptr,  nullptr,     nullptr, nullptr};
 #else
-extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlugin_v7 = {
-  "bad",   bad_init, bad_devices, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-  nullptr, nullptr,  nullptr,     nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+extern "C" __attribute__((visibility("default")))
+const ncclNet_v7_t ncclNetPlugin_v7 = {
+    "bad",   bad_init, bad_devices, nullptr, nullptr, nullptr, nullptr,
+    nullptr, nullptr,  nullptr,     nullptr, nullptr, nullptr, nullptr,
+    nullptr, nullptr,  nullptr,     nullptr, nullptr};
 #endif

@@ -39,8 +39,10 @@ pair_of_channels connect_pair(const channel_options& options) {
   channel_connector connector(net, 0, listener.handles(), options);
   bool sent = false, accepted = false;
   for (int round = 0; round < 1000 && !(sent && accepted); ++round) {
-    if (!sent) sent = connector.try_connect();
-    if (!accepted) accepted = listener.try_accept();
+    if (!sent)
+      sent = connector.try_connect();
+    if (!accepted)
+      accepted = listener.try_accept();
   }
   REQUIRE(sent);
   REQUIRE(accepted);
@@ -59,7 +61,8 @@ std::vector<completion> drive(send_channel& tx, recv_channel& rx, size_t ops) {
 }
 } // namespace
 
-TEST_CASE("transfers above chunk_bytes are split into chunks, striped over comms, and arrive whole") {
+TEST_CASE("transfers above chunk_bytes are split into chunks, striped over "
+          "comms, and arrive whole") {
   channel_options options;
   options.comms = 3;
   options.chunk_bytes = 64 << 10;
@@ -87,11 +90,12 @@ TEST_CASE("transfers above chunk_bytes are split into chunks, striped over comms
   CHECK(rx.in_flight() == 0);
 }
 
-TEST_CASE("NULL requests are retried from poll and many operations stay in flight") {
+TEST_CASE(
+    "NULL requests are retried from poll and many operations stay in flight") {
   channel_options options;
   options.chunk_bytes = 4096;
   options.max_inflight = 8;
-  options.initial_ops = 4;  // forces the op table to grow once
+  options.initial_ops = 4; // forces the op table to grow once
   auto [tx, rx] = connect_pair(options);
   long nulls_before = fake_counter("kvferry_fake_null_requests");
 
@@ -107,7 +111,8 @@ TEST_CASE("NULL requests are retried from poll and many operations stay in fligh
   CHECK(tx.in_flight() == ops);
   auto done = drive(tx, rx, 2 * ops);
   CHECK(done.size() == 2 * ops);
-  for (auto& c : done) CHECK(c.ok);
+  for (auto& c : done)
+    CHECK(c.ok);
   CHECK(sink == source);
   CHECK(fake_counter("kvferry_fake_null_requests") > nulls_before);
 }
@@ -123,26 +128,30 @@ TEST_CASE("a receive larger than its send reports the true size") {
   auto done = drive(tx, rx, 2);
   REQUIRE(done.size() == 2);
   for (auto& c : done)
-    if (c.id == recv_id) CHECK(c.bytes == 600);
+    if (c.id == recv_id)
+      CHECK(c.bytes == 600);
   CHECK(std::equal(source.begin(), source.end(), sink.begin()));
 }
 
 TEST_CASE("grouped receives place each send by its tag") {
   auto [tx, rx] = connect_pair({});
-  std::vector<std::vector<char>> sources{pattern(100, 1), pattern(200, 2), pattern(300, 3)};
+  std::vector<std::vector<char>> sources{pattern(100, 1), pattern(200, 2),
+                                         pattern(300, 3)};
   std::vector<std::vector<char>> sinks(3, std::vector<char>(512, 0));
   std::vector<registration> send_mrs, recv_mrs;
   for (int i = 0; i < 3; ++i) {
-    send_mrs.push_back(tx.register_memory(sources[i].data(), sources[i].size()));
+    send_mrs.push_back(
+        tx.register_memory(sources[i].data(), sources[i].size()));
     recv_mrs.push_back(rx.register_memory(sinks[i].data(), sinks[i].size()));
   }
   recv_channel::recv_buffer group[3];
-  for (int i = 0; i < 3; ++i) group[i] = {sinks[i].data(), 512, 10 + i, &recv_mrs[i]};
+  for (int i = 0; i < 3; ++i)
+    group[i] = {sinks[i].data(), 512, 10 + i, &recv_mrs[i]};
   // Sent in another order than the receive lists them: tags decide.
   send_channel::send_buffer sends[3] = {
-    {sources[2].data(), 300, 12, &send_mrs[2]},
-    {sources[0].data(), 100, 10, &send_mrs[0]},
-    {sources[1].data(), 200, 11, &send_mrs[1]},
+      {sources[2].data(), 300, 12, &send_mrs[2]},
+      {sources[0].data(), 100, 10, &send_mrs[0]},
+      {sources[1].data(), 200, 11, &send_mrs[1]},
   };
   auto recv_id = rx.post_recv_group(group, 3);
   tx.post_send_group(sends, 3);
@@ -150,11 +159,13 @@ TEST_CASE("grouped receives place each send by its tag") {
   REQUIRE(done.size() == 2);
   for (auto& c : done) {
     CHECK(c.ok);
-    if (c.id == recv_id) CHECK(c.bytes == 600);
+    if (c.id == recv_id)
+      CHECK(c.bytes == 600);
   }
   for (int i = 0; i < 3; ++i)
     CHECK(std::equal(sources[i].begin(), sources[i].end(), sinks[i].begin()));
-  CHECK_THROWS_AS(rx.post_recv_group(group, 5), transport_error);  // maxRecvs is 4
+  CHECK_THROWS_AS(rx.post_recv_group(group, 5),
+                  transport_error); // maxRecvs is 4
 }
 
 TEST_CASE("registrations and comms are released, registrations first") {
@@ -166,9 +177,11 @@ TEST_CASE("registrations and comms are released, registrations first") {
     auto [tx, rx] = connect_pair({});
     auto mr = tx.register_memory(buffer.data(), buffer.size());
     CHECK(fake_counter("kvferry_fake_live_mrs") == mrs + 1);
-    CHECK_THROWS_AS(tx.post_send(buffer.data() + 100, 4096, mr), transport_error);
+    CHECK_THROWS_AS(tx.post_send(buffer.data() + 100, 4096, mr),
+                    transport_error);
     outlives_its_channel = rx.register_memory(buffer.data(), buffer.size());
-    CHECK_THROWS_AS(tx.post_send(buffer.data(), 10, outlives_its_channel), transport_error);
+    CHECK_THROWS_AS(tx.post_send(buffer.data(), 10, outlives_its_channel),
+                    transport_error);
     // rx closes before `outlives_its_channel`: it deregisters it first.
   }
   CHECK(fake_counter("kvferry_fake_live_mrs") == mrs);
@@ -183,11 +196,13 @@ TEST_CASE("an accept nobody connects to times out naming the peer") {
     listener.accept(50ms);
     FAIL("accept returned");
   } catch (const timeout_error& e) {
-    CHECK(std::string(e.what()).find("accept from decode-7") != std::string::npos);
+    CHECK(std::string(e.what()).find("accept from decode-7") !=
+          std::string::npos);
   }
 }
 
-TEST_CASE("a registration above 2^31-1 bytes is made of 1 GiB windows every 512 MiB") {
+TEST_CASE("a registration above 2^31-1 bytes is made of 1 GiB windows every "
+          "512 MiB") {
   // 3 GiB of address space, untouched except for the pages the transfer uses.
   const size_t bytes = size_t{3} << 30;
   void* raw = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
@@ -201,27 +216,32 @@ TEST_CASE("a registration above 2^31-1 bytes is made of 1 GiB windows every 512 
     // Windows start at 0, 0.5, 1, 1.5 and 2 GiB; the last reaches the end.
     CHECK(fake_counter("kvferry_fake_live_mrs") == before + 5);
     auto recv_mr = rx.register_memory(region, bytes);
-    const size_t from = (size_t{11} << 28) + 12345, to = (size_t{5} << 28) + 7;  // 2.75 / 1.25 GiB
+    const size_t from = (size_t{11} << 28) + 12345,
+                 to = (size_t{5} << 28) + 7; // 2.75 / 1.25 GiB
     auto source = pattern(8192, 9);
     std::memcpy(region + from, source.data(), source.size());
     rx.post_recv(region + to, 8192, recv_mr);
     tx.post_send(region + from, 8192, send_mr);
     auto done = drive(tx, rx, 2);
     REQUIRE(done.size() == 2);
-    for (auto& c : done) CHECK(c.ok);
+    for (auto& c : done)
+      CHECK(c.ok);
     CHECK(std::memcmp(region + to, source.data(), source.size()) == 0);
   }
   ::munmap(raw, bytes);
 }
 
-TEST_CASE("chunk sizes outside 1..512 MiB are refused when the channel is made") {
+TEST_CASE(
+    "chunk sizes outside 1..512 MiB are refused when the channel is made") {
   channel_options options;
   options.chunk_bytes = max_chunk_bytes + 1;
   kvferry::test::check_send_channel_refused(fake(), options);
 }
 
-TEST_CASE("against kvsock: a chunked transfer striped over 2 comms arrives whole") {
-  auto net = plugin::load("kvsock");  // found on KVFERRY_PLUGIN_PATH (set by ctest)
+TEST_CASE(
+    "against kvsock: a chunked transfer striped over 2 comms arrives whole") {
+  auto net =
+      plugin::load("kvsock"); // found on KVFERRY_PLUGIN_PATH (set by ctest)
   channel_options options;
   options.comms = 2;
   options.chunk_bytes = 64 << 10;

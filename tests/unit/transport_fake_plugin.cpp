@@ -3,11 +3,12 @@
 // (the handle carries a pointer), bytes are copied on `test`.
 //
 // Its awkward habits are switched on by environment variables, read at init:
-//   KVFERRY_FAKE_NULL_EVERY=k        every k-th isend/irecv returns a NULL request
-//   KVFERRY_FAKE_NULL_RUN=r          only one post in r+1 is taken: r NULLs in a row
-//   KVFERRY_FAKE_CONNECT_ROUNDS=r    connect and accept return a NULL comm r times first
-//   KVFERRY_FAKE_MAX_RECVS=n         maxRecvs (default 4)
-//   KVFERRY_FAKE_MAX_REQUESTS=m      requests a comm takes before answering NULL (default 64)
+//   KVFERRY_FAKE_NULL_EVERY=k        every k-th isend/irecv returns a NULL
+//   request KVFERRY_FAKE_NULL_RUN=r          only one post in r+1 is taken: r
+//   NULLs in a row KVFERRY_FAKE_CONNECT_ROUNDS=r    connect and accept return a
+//   NULL comm r times first KVFERRY_FAKE_MAX_RECVS=n         maxRecvs (default
+//   4) KVFERRY_FAKE_MAX_REQUESTS=m      requests a comm takes before answering
+//   NULL (default 64)
 // Its ptrSupport is NCCL_PTR_HOST only: regMr of any other type fails, as a
 // host-only TCP plugin's does (the channel must stage CUDA memory).
 // Counters for tests: kvferry_fake_null_requests, kvferry_fake_live_mrs,
@@ -20,8 +21,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <vector>
 #include <mutex>
+#include <vector>
 
 #include "kvferry/transport/net_v7.h"
 
@@ -38,7 +39,8 @@ __attribute__((visibility("default"))) long kvferry_fake_fail_send_at = 0;
 namespace {
 
 std::mutex mutex;
-long null_every = 0, null_run = 0, connect_rounds = 0, max_recvs = 4, max_requests = 64, post_calls = 0;
+long null_every = 0, null_run = 0, connect_rounds = 0, max_recvs = 4,
+     max_requests = 64, post_calls = 0;
 
 enum class kind { send, recv, flush };
 struct request {
@@ -47,24 +49,26 @@ struct request {
   bool failed = false;
   int n = 1;
   void* data[8] = {};
-  int sizes[8] = {};  // capacity (recv) or size (send)
+  int sizes[8] = {}; // capacity (recv) or size (send)
   int tags[8] = {};
   int got[8] = {};
   int filled = 0;
-  int* pending = nullptr;  // the comm's count of outstanding requests
+  int* pending = nullptr; // the comm's count of outstanding requests
   struct pair_state* pair = nullptr;
 };
 
 struct pair_state {
   std::deque<request*> sends, recvs;
-  std::vector<request*> live;  // not yet reported by test: freed with the pair
+  std::vector<request*> live; // not yet reported by test: freed with the pair
   bool connected = false;
   int send_outstanding = 0, recv_outstanding = 0;
-  int refs = 1;  // the listen comm and both endpoints
+  int refs = 1; // the listen comm and both endpoints
 };
 void unref(pair_state* pair) {
-  if (--pair->refs > 0) return;
-  for (request* r : pair->live) delete r;  // a failed channel drops its requests
+  if (--pair->refs > 0)
+    return;
+  for (request* r : pair->live)
+    delete r; // a failed channel drops its requests
   delete pair;
 }
 request* new_request(kind what, pair_state* pair, int* pending) {
@@ -108,7 +112,8 @@ void match(pair_state* pair) {
     if (slot < 0 || s->sizes[0] > r->sizes[slot]) {
       s->failed = r->failed = true;
     } else {
-      if (s->sizes[0] > 0) std::memcpy(r->data[slot], s->data[0], s->sizes[0]);
+      if (s->sizes[0] > 0)
+        std::memcpy(r->data[slot], s->data[0], s->sizes[0]);
       r->got[slot] = s->sizes[0];
     }
     s->done = true;
@@ -116,7 +121,8 @@ void match(pair_state* pair) {
     if (++r->filled == r->n || r->failed) {
       r->done = true;
       for (int i = 0; i < r->n; ++i)
-        if (r->got[i] < 0) r->got[i] = 0;
+        if (r->got[i] < 0)
+          r->got[i] = 0;
       pair->recvs.pop_front();
     }
   }
@@ -124,7 +130,8 @@ void match(pair_state* pair) {
 
 bool refuse_post(int outstanding) {
   ++post_calls;
-  if (outstanding >= max_requests || (null_every > 0 && post_calls % null_every == 0) ||
+  if (outstanding >= max_requests ||
+      (null_every > 0 && post_calls % null_every == 0) ||
       (null_run > 0 && post_calls % (null_run + 1) != 0)) {
     ++kvferry_fake_null_requests;
     return true;
@@ -138,7 +145,9 @@ ncclResult_t fake_init(ncclDebugLogger_t log) {
   connect_rounds = env_long("KVFERRY_FAKE_CONNECT_ROUNDS", 0);
   max_recvs = env_long("KVFERRY_FAKE_MAX_RECVS", 4);
   max_requests = env_long("KVFERRY_FAKE_MAX_REQUESTS", 64);
-  if (log) log(NCCL_LOG_INFO, 0, __FILE__, __LINE__, "fake plugin: init (%ld max recvs)", max_recvs);
+  if (log)
+    log(NCCL_LOG_INFO, 0, __FILE__, __LINE__,
+        "fake plugin: init (%ld max recvs)", max_recvs);
   return ncclSuccess;
 }
 ncclResult_t fake_devices(int* n) {
@@ -146,7 +155,8 @@ ncclResult_t fake_devices(int* n) {
   return ncclSuccess;
 }
 ncclResult_t fake_properties(int dev, ncclNetProperties_v7_t* p) {
-  if (dev != 0) return ncclInvalidArgument;
+  if (dev != 0)
+    return ncclInvalidArgument;
   static char name[] = "fake0";
   std::memset(p, 0, sizeof *p);
   p->name = name;
@@ -168,13 +178,15 @@ ncclResult_t fake_listen(int, void* handle, void** listen) {
   ++kvferry_fake_open_comms;
   return ncclSuccess;
 }
-ncclResult_t fake_connect(int, void* handle, void** send, ncclNetDeviceHandle_v7_t**) {
+ncclResult_t fake_connect(int, void* handle, void** send,
+                          ncclNetDeviceHandle_v7_t**) {
   std::lock_guard<std::mutex> lock(mutex);
   handle_layout h;
   std::memcpy(&h, handle, sizeof h);
-  if (h.magic != magic) return ncclInvalidArgument;
+  if (h.magic != magic)
+    return ncclInvalidArgument;
   *send = nullptr;
-  if (h.rounds_left > 0) {  // state kept in the caller's handle between calls
+  if (h.rounds_left > 0) { // state kept in the caller's handle between calls
     --h.rounds_left;
     std::memcpy(handle, &h, sizeof h);
     return ncclSuccess;
@@ -185,7 +197,8 @@ ncclResult_t fake_connect(int, void* handle, void** send, ncclNetDeviceHandle_v7
   ++kvferry_fake_open_comms;
   return ncclSuccess;
 }
-ncclResult_t fake_accept(void* listen, void** recv, ncclNetDeviceHandle_v7_t**) {
+ncclResult_t fake_accept(void* listen, void** recv,
+                         ncclNetDeviceHandle_v7_t**) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* l = static_cast<listen_comm*>(listen);
   *recv = nullptr;
@@ -193,14 +206,16 @@ ncclResult_t fake_accept(void* listen, void** recv, ncclNetDeviceHandle_v7_t**) 
     --l->rounds;
     return ncclSuccess;
   }
-  if (!l->pair->connected) return ncclSuccess;
+  if (!l->pair->connected)
+    return ncclSuccess;
   ++l->pair->refs;
   *recv = new endpoint{l->pair, false};
   ++kvferry_fake_open_comms;
   return ncclSuccess;
 }
 ncclResult_t fake_reg(void* comm, void* data, int size, int type, void** mh) {
-  if (!comm || !data || size < 0) return ncclInvalidArgument;
+  if (!comm || !data || size < 0)
+    return ncclInvalidArgument;
   std::lock_guard<std::mutex> lock(mutex);
   if (type != NCCL_PTR_HOST) {
     ++kvferry_fake_refused_mrs;
@@ -216,12 +231,15 @@ ncclResult_t fake_dereg(void*, void* mh) {
   --kvferry_fake_live_mrs;
   return ncclSuccess;
 }
-ncclResult_t fake_isend(void* comm, void* data, int size, int tag, void* mh, void** req) {
+ncclResult_t fake_isend(void* comm, void* data, int size, int tag, void* mh,
+                        void** req) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* e = static_cast<endpoint*>(comm);
-  if (!e || !e->send || !mh || size < 0) return ncclInvalidUsage;
+  if (!e || !e->send || !mh || size < 0)
+    return ncclInvalidUsage;
   *req = nullptr;
-  if (refuse_post(e->pair->send_outstanding)) return ncclSuccess;
+  if (refuse_post(e->pair->send_outstanding))
+    return ncclSuccess;
   auto* r = new_request(kind::send, e->pair, &e->pair->send_outstanding);
   r->data[0] = data;
   r->sizes[0] = size;
@@ -231,21 +249,25 @@ ncclResult_t fake_isend(void* comm, void* data, int size, int tag, void* mh, voi
     *req = r;
     return ncclSuccess;
   }
-  if (size > kvferry_fake_max_chunk) kvferry_fake_max_chunk = size;
+  if (size > kvferry_fake_max_chunk)
+    kvferry_fake_max_chunk = size;
   e->pair->sends.push_back(r);
   match(e->pair);
   *req = r;
   return ncclSuccess;
 }
-ncclResult_t fake_irecv(void* comm, int n, void** data, int* sizes, int* tags, void** mh,
-                        void** req) {
+ncclResult_t fake_irecv(void* comm, int n, void** data, int* sizes, int* tags,
+                        void** mh, void** req) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* e = static_cast<endpoint*>(comm);
-  if (!e || e->send || n < 1 || n > max_recvs) return ncclInvalidUsage;
+  if (!e || e->send || n < 1 || n > max_recvs)
+    return ncclInvalidUsage;
   *req = nullptr;
-  if (refuse_post(e->pair->recv_outstanding)) return ncclSuccess;
+  if (refuse_post(e->pair->recv_outstanding))
+    return ncclSuccess;
   for (int i = 0; i < n; ++i)
-    if (!mh[i]) return ncclInvalidUsage;
+    if (!mh[i])
+      return ncclInvalidUsage;
   auto* r = new_request(kind::recv, e->pair, &e->pair->recv_outstanding);
   r->n = n;
   for (int i = 0; i < n; ++i) {
@@ -260,18 +282,21 @@ ncclResult_t fake_irecv(void* comm, int n, void** data, int* sizes, int* tags, v
   return ncclSuccess;
 }
 ncclResult_t fake_iflush(void*, int, void**, int*, void**, void** req) {
-  *req = nullptr;  // host memory: nothing to flush
+  *req = nullptr; // host memory: nothing to flush
   return ncclSuccess;
 }
 ncclResult_t fake_test(void* req, int* done, int* sizes) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* r = static_cast<request*>(req);
-  if (!r) return ncclInvalidArgument;
+  if (!r)
+    return ncclInvalidArgument;
   *done = r->done;
-  if (!r->done) return ncclSuccess;
+  if (!r->done)
+    return ncclSuccess;
   bool failed = r->failed;
   if (sizes)
-    for (int i = 0; i < r->n; ++i) sizes[i] = r->what == kind::send ? r->sizes[i] : r->got[i];
+    for (int i = 0; i < r->n; ++i)
+      sizes[i] = r->what == kind::send ? r->sizes[i] : r->got[i];
   --*r->pending;
   auto& live = r->pair->live;
   live.erase(std::find(live.begin(), live.end(), r));
@@ -295,11 +320,12 @@ ncclResult_t fake_close_listen(void* listen) {
   return ncclSuccess;
 }
 
-}  // namespace
+} // namespace
 
-extern "C" __attribute__((visibility("default"))) const ncclNet_v7_t ncclNetPlugin_v7 = {
-  "fake",         fake_init,   fake_devices, fake_properties, fake_listen, fake_connect,
-  fake_accept,    fake_reg,    nullptr,      fake_dereg,      fake_isend,  fake_irecv,
-  fake_iflush,    fake_test,   fake_close,   fake_close,      fake_close_listen,
-  nullptr,        nullptr,
+extern "C" __attribute__((visibility("default")))
+const ncclNet_v7_t ncclNetPlugin_v7 = {
+    "fake",       fake_init,         fake_devices, fake_properties, fake_listen,
+    fake_connect, fake_accept,       fake_reg,     nullptr,         fake_dereg,
+    fake_isend,   fake_irecv,        fake_iflush,  fake_test,       fake_close,
+    fake_close,   fake_close_listen, nullptr,      nullptr,
 };

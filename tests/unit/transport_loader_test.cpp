@@ -1,9 +1,9 @@
 // The loader's promises: errors name the plugin and what went wrong; a plugin
 // that exits, crashes or hangs in init fails its probe instead of killing us.
-#include <doctest/doctest.h>
-
 #include <cstdlib>
 #include <string>
+
+#include <doctest/doctest.h>
 
 #include "kvferry/transport/plugin.hpp"
 
@@ -23,7 +23,7 @@ std::string load_error(const std::string& what, load_options options = {}) {
 bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
-}  // namespace
+} // namespace
 
 TEST_CASE("a missing file, a bad name and an unknown name are clear errors") {
   auto missing = load_error("/nonexistent/libnccl-net-x.so");
@@ -39,7 +39,8 @@ TEST_CASE("a missing file, a bad name and an unknown name are clear errors") {
   CHECK(has(unknown, "dlopen"));
 }
 
-TEST_CASE("a library without ncclNetPlugin_v7 names the tables it does export") {
+TEST_CASE(
+    "a library without ncclNetPlugin_v7 names the tables it does export") {
   auto error = load_error(fixtures + "/libnccl-net-bad-v8only.so");
   INFO(error);
   CHECK(has(error, "does not export ncclNetPlugin_v7"));
@@ -49,11 +50,13 @@ TEST_CASE("a library without ncclNetPlugin_v7 names the tables it does export") 
 TEST_CASE("the probe survives a plugin that calls exit() in init") {
   auto report = probe_plugin(fixtures + "/libnccl-net-bad-exit.so");
   CHECK_FALSE(report.ok);
-  CHECK(report.error == "plugin " + fixtures +
-                          "/libnccl-net-bad-exit.so: init exited with status 1 in the probe "
-                          "process");
+  CHECK(report.error ==
+        "plugin " + fixtures +
+            "/libnccl-net-bad-exit.so: init exited with status 1 in the probe "
+            "process");
   // load() probes first, so the same plugin cannot take this process down.
-  CHECK(has(load_error(fixtures + "/libnccl-net-bad-exit.so"), "init exited with status 1"));
+  CHECK(has(load_error(fixtures + "/libnccl-net-bad-exit.so"),
+            "init exited with status 1"));
 }
 
 TEST_CASE("the probe survives a plugin that crashes in init") {
@@ -62,14 +65,18 @@ TEST_CASE("the probe survives a plugin that crashes in init") {
   CHECK_FALSE(report.ok);
   CHECK(has(report.error, ": init "));
   CHECK(has(report.error, "in the probe process"));
-  // Plain build: signal 11; under ASan the sanitizer reports and ends the child.
-  CHECK((has(report.error, "crashed with signal") || has(report.error, "exited with status")));
+  // Plain build: signal 11; under ASan the sanitizer reports and ends the
+  // child.
+  CHECK((has(report.error, "crashed with signal") ||
+         has(report.error, "exited with status")));
 }
 
 TEST_CASE("the probe kills a plugin whose init hangs, at the deadline") {
-  auto report = probe_plugin(fixtures + "/libnccl-net-bad-hang.so", std::chrono::milliseconds(300));
+  auto report = probe_plugin(fixtures + "/libnccl-net-bad-hang.so",
+                             std::chrono::milliseconds(300));
   CHECK_FALSE(report.ok);
-  CHECK(has(report.error, "init did not return within 0.3 s in the probe process (killed)"));
+  CHECK(has(report.error,
+            "init did not return within 0.3 s in the probe process (killed)"));
 }
 
 TEST_CASE("plugins are found by name on KVFERRY_PLUGIN_PATH and loaded once") {
@@ -93,7 +100,8 @@ TEST_CASE("plugins are found by name on KVFERRY_PLUGIN_PATH and loaded once") {
   CHECK_THROWS_AS(first->device(1), transport_error);
 
   bool found = false;
-  for (auto& p : discover_plugins()) found = found || p.requested == "fake";
+  for (auto& p : discover_plugins())
+    found = found || p.requested == "fake";
   CHECK(found);
 
   ::setenv("KVFERRY_NET_PLUGIN", "fake", 1);
@@ -105,7 +113,9 @@ TEST_CASE("plugins are found by name on KVFERRY_PLUGIN_PATH and loaded once") {
 
 TEST_CASE("plugin errors name the plugin, the call and the result code") {
   plugin_error e("tcpx", "isend", ncclSystemError, "comm 0 to decode-1");
-  CHECK(std::string(e.what()) == "plugin tcpx: isend(comm 0 to decode-1) failed: ncclSystemError");
+  CHECK(std::string(e.what()) ==
+        "plugin tcpx: isend(comm 0 to decode-1) failed: ncclSystemError");
   CHECK(e.code() == ncclSystemError);
-  CHECK(std::string(result_name(static_cast<ncclResult_t>(42))) == "ncclResult(42)");
+  CHECK(std::string(result_name(static_cast<ncclResult_t>(42))) ==
+        "ncclResult(42)");
 }

@@ -17,7 +17,8 @@ bool fits(std::uint64_t offset, std::uint64_t length, std::uint64_t region) {
 std::string describe(std::size_t index, const copy_extent& e) {
   return "extent #" + std::to_string(index) + " (src_offset " +
          std::to_string(e.src_offset) + ", dst_offset " +
-         std::to_string(e.dst_offset) + ", length " + std::to_string(e.length) + ")";
+         std::to_string(e.dst_offset) + ", length " + std::to_string(e.length) +
+         ")";
 }
 
 // check_extents' message for an extent that does not fit, else nullopt.
@@ -66,11 +67,11 @@ void require_valid_item_size(std::uint32_t item_bytes) {
                                 " is not a positive multiple of 16");
 }
 
-}  // namespace
+} // namespace
 
-std::optional<std::string> check_extents(const std::vector<copy_extent>& extents,
-                                         std::uint64_t src_region_bytes,
-                                         std::uint64_t dst_region_bytes) {
+std::optional<std::string>
+check_extents(const std::vector<copy_extent>& extents,
+              std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes) {
   for (std::size_t i = 0; i < extents.size(); ++i)
     if (auto problem =
             misfit(i, extents[i], src_region_bytes, dst_region_bytes))
@@ -122,8 +123,9 @@ void partition_into_work_items(const std::vector<copy_extent>& extents,
   }
 }
 
-std::vector<copy_work_item> partition_into_work_items(
-    const std::vector<copy_extent>& extents, std::uint32_t item_bytes) {
+std::vector<copy_work_item>
+partition_into_work_items(const std::vector<copy_extent>& extents,
+                          std::uint32_t item_bytes) {
   std::vector<copy_work_item> items;
   items.reserve(count_work_items(extents, item_bytes));
   partition_into_work_items(extents, item_bytes, items);
@@ -210,4 +212,4 @@ std::uint64_t total_bytes(const std::vector<copy_extent>& extents) {
   return sum;
 }
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

@@ -6,9 +6,9 @@
 #include <thread>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include <cstring>
+
+#include <cuda_runtime_api.h>
 
 #include "cuda_check.hpp"
 #include "kernels.hpp"
@@ -22,7 +22,7 @@ namespace {
 
 // A pinned host buffer and a device buffer of T that grow to the largest
 // request and are then reused: steady state allocates nothing.
-template <typename T>
+template<typename T>
 struct staged_array {
   T* host = nullptr;
   T* device = nullptr;
@@ -36,8 +36,9 @@ struct staged_array {
       grown *= 2;
     // cudaFree waits for kernels still reading the old buffer.
     free_all();
-    check_cuda(cudaMallocHost(reinterpret_cast<void**>(&host), grown * sizeof(T)),
-               "cudaMallocHost (plan staging)", gpu);
+    check_cuda(
+        cudaMallocHost(reinterpret_cast<void**>(&host), grown * sizeof(T)),
+        "cudaMallocHost (plan staging)", gpu);
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&device), grown * sizeof(T)),
                "cudaMalloc (plan descriptors)", gpu);
     capacity = grown;
@@ -53,7 +54,7 @@ struct staged_array {
   }
 };
 
-}  // namespace
+} // namespace
 
 struct gpu_copy_engine::impl {
   struct plan_slot {
@@ -65,27 +66,27 @@ struct gpu_copy_engine::impl {
     packed_plan_size packed_size;
     // Bulk and block-per-item variants: the host-cut work item list.
     staged_array<copy_work_item> items;
-    std::vector<copy_work_item> scratch;  // host partitioning buffer, reused
+    std::vector<copy_work_item> scratch; // host partitioning buffer, reused
     std::uint32_t item_count = 0;
-    bool bulk_eligible = false;      // every item suits the bulk (TMA) kernel
-    cudaEvent_t uploaded = nullptr;  // staging may be rewritten after this
+    bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
+    cudaEvent_t uploaded = nullptr; // staging may be rewritten after this
   };
   // `started` and `ended` time a copy kernel (timing_of): its GPU time is
   // their difference. `event` marks completion and takes no timestamp, so
   // launches that are not timed (unpack) cost what they did before timing
   // existed. Made once per slot: timing a launch allocates nothing.
   struct event_slot {
-    cudaEvent_t started = nullptr;  // right before a copy kernel
-    cudaEvent_t ended = nullptr;    // right after it
-    cudaEvent_t event = nullptr;    // after the launch's work: completion
+    cudaEvent_t started = nullptr; // right before a copy kernel
+    cudaEvent_t ended = nullptr;   // right after it
+    cudaEvent_t event = nullptr;   // after the launch's work: completion
     std::uint64_t generation = 0;
     bool pending = false;
-    bool kernel_timed = false;  // `started` belongs to this launch
-    int unpack_slot = -1;  // whose rejected counter to check on completion
+    bool kernel_timed = false; // `started` belongs to this launch
+    int unpack_slot = -1;      // whose rejected counter to check on completion
   };
   struct unpack_slot {
     staged_array<std::uint64_t> blocks;
-    unsigned* rejected = nullptr;  // pinned, mapped: the kernel counts into it
+    unsigned* rejected = nullptr; // pinned, mapped: the kernel counts into it
     unsigned* rejected_device = nullptr;
     cudaEvent_t uploaded = nullptr;
     std::uint32_t last_event = 0;
@@ -99,7 +100,7 @@ struct gpu_copy_engine::impl {
   std::vector<plan_slot> plans;
   std::vector<event_slot> events;
   std::vector<unpack_slot> unpacks;
-  staged_array<std::uint64_t> batch_tables;  // block tables of unpack_batch
+  staged_array<std::uint64_t> batch_tables; // block tables of unpack_batch
   cudaEvent_t batch_uploaded = nullptr;
   std::uint64_t next_generation = 1;
   std::size_t next_event = 0;
@@ -110,32 +111,40 @@ struct gpu_copy_engine::impl {
   static constexpr auto anchor_period = std::chrono::milliseconds(50);
   static constexpr auto anchor_patience = std::chrono::milliseconds(10);
 
-  impl(int gpu_, std::size_t plan_slots, std::size_t event_slots, bool high_priority)
-      : gpu(gpu_), plans(plan_slots), events(event_slots), unpacks(NCCL_NET_UNPACK_SLOTS) {
+  impl(int gpu_, std::size_t plan_slots, std::size_t event_slots,
+       bool high_priority)
+      : gpu(gpu_), plans(plan_slots), events(event_slots),
+        unpacks(NCCL_NET_UNPACK_SLOTS) {
     check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
-    int lowest = 0, highest = 0;  // numerically: highest <= lowest
+    int lowest = 0, highest = 0; // numerically: highest <= lowest
     check_cuda(cudaDeviceGetStreamPriorityRange(&lowest, &highest),
                "cudaDeviceGetStreamPriorityRange", gpu);
     check_cuda(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking,
                                             high_priority ? highest : 0),
                "cudaStreamCreateWithPriority", gpu);
     for (auto& p : plans)
-      check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
+      check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming),
+                 "cudaEventCreate", gpu);
     for (auto& e : events) {
       check_cuda(cudaEventCreate(&e.started), "cudaEventCreate", gpu);
       check_cuda(cudaEventCreate(&e.ended), "cudaEventCreate", gpu);
-      check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming), "cudaEventCreate",
-                 gpu);
+      check_cuda(cudaEventCreateWithFlags(&e.event, cudaEventDisableTiming),
+                 "cudaEventCreate", gpu);
     }
     check_cuda(cudaEventCreate(&anchor), "cudaEventCreate", gpu);
-    check_cuda(cudaEventCreateWithFlags(&batch_uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
+    check_cuda(
+        cudaEventCreateWithFlags(&batch_uploaded, cudaEventDisableTiming),
+        "cudaEventCreate", gpu);
     for (auto& u : unpacks) {
-      check_cuda(cudaEventCreateWithFlags(&u.uploaded, cudaEventDisableTiming), "cudaEventCreate", gpu);
-      check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&u.rejected), sizeof(unsigned),
-                               cudaHostAllocMapped),
+      check_cuda(cudaEventCreateWithFlags(&u.uploaded, cudaEventDisableTiming),
+                 "cudaEventCreate", gpu);
+      check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&u.rejected),
+                               sizeof(unsigned), cudaHostAllocMapped),
                  "cudaHostAlloc (unpack error counter)", gpu);
-      check_cuda(cudaHostGetDevicePointer(reinterpret_cast<void**>(&u.rejected_device), u.rejected, 0),
-                 "cudaHostGetDevicePointer", gpu);
+      check_cuda(
+          cudaHostGetDevicePointer(reinterpret_cast<void**>(&u.rejected_device),
+                                   u.rejected, 0),
+          "cudaHostGetDevicePointer", gpu);
       *u.rejected = 0;
     }
   }
@@ -171,8 +180,9 @@ struct gpu_copy_engine::impl {
   plan_slot& plan_of(copy_plan_id id) {
     if (id.slot >= plans.size() || !plans[id.slot].reserved ||
         plans[id.slot].generation != id.generation)
-      throw std::invalid_argument("gpu_copy_engine: copy plan #" + std::to_string(id.slot) +
-                                  " (generation " + std::to_string(id.generation) +
+      throw std::invalid_argument("gpu_copy_engine: copy plan #" +
+                                  std::to_string(id.slot) + " (generation " +
+                                  std::to_string(id.generation) +
                                   ") is not prepared or was released");
     return plans[id.slot];
   }
@@ -245,7 +255,8 @@ struct gpu_copy_engine::impl {
     if ((anchored && now - anchor_seen < anchor_period) || launches_in_flight())
       return;
     anchored = false;
-    check_cuda(cudaEventRecord(anchor, stream), "cudaEventRecord (clock anchor)", gpu);
+    check_cuda(cudaEventRecord(anchor, stream),
+               "cudaEventRecord (clock anchor)", gpu);
     cudaError_t state;
     while ((state = cudaEventQuery(anchor)) == cudaErrorNotReady)
       if (std::chrono::steady_clock::now() - now > anchor_patience)
@@ -258,9 +269,10 @@ struct gpu_copy_engine::impl {
   // `event` on the host's steady_clock, through the anchor.
   std::chrono::steady_clock::time_point host_time_of(cudaEvent_t event) {
     float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, anchor, event), "cudaEventElapsedTime (copy kernel timing)",
-               gpu);
-    return anchor_seen + std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6)};
+    check_cuda(cudaEventElapsedTime(&ms, anchor, event),
+               "cudaEventElapsedTime (copy kernel timing)", gpu);
+    return anchor_seen +
+           std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6)};
   }
 
   // The slot the next launch records into, once its previous launch is done
@@ -270,8 +282,9 @@ struct gpu_copy_engine::impl {
     if (slot.pending) {
       const auto state = cudaEventQuery(slot.event);
       if (state == cudaErrorNotReady)
-        throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) + ": more than " +
-                        std::to_string(events.size()) + " launches in flight");
+        throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) +
+                        ": more than " + std::to_string(events.size()) +
+                        " launches in flight");
       check_cuda(state, "cudaEventQuery", gpu);
       slot.pending = false;
     }
@@ -281,13 +294,14 @@ struct gpu_copy_engine::impl {
   // Marks the start of a copy kernel about to be enqueued (timing_of).
   void record_kernel_start() {
     auto& slot = next_event_slot();
-    slot.kernel_timed = false;  // the slot's previous launch loses its time
+    slot.kernel_timed = false; // the slot's previous launch loses its time
     check_cuda(cudaEventRecord(slot.started, stream), "cudaEventRecord", gpu);
   }
 
   // Marks the end of the copy kernel just enqueued (timing_of).
   void record_kernel_end() {
-    check_cuda(cudaEventRecord(events[next_event].ended, stream), "cudaEventRecord", gpu);
+    check_cuda(cudaEventRecord(events[next_event].ended, stream),
+               "cudaEventRecord", gpu);
   }
 
   // Records an event after the work just enqueued and returns its ticket;
@@ -305,16 +319,21 @@ struct gpu_copy_engine::impl {
   }
 };
 
-gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t plan_slots,
+gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning,
+                                 std::size_t plan_slots,
                                  std::size_t event_slots)
     : gpu_(gpu), tuning_(tuning) {
   if (tuning_.item_bytes == 0 || tuning_.item_bytes % 16 != 0)
-    throw std::invalid_argument("copy_tuning.item_bytes must be a positive multiple of 16");
+    throw std::invalid_argument(
+        "copy_tuning.item_bytes must be a positive multiple of 16");
   if (tuning_.threads_per_block < 32 || tuning_.threads_per_block % 32 != 0)
-    throw std::invalid_argument("copy_tuning.threads_per_block must be a multiple of 32");
+    throw std::invalid_argument(
+        "copy_tuning.threads_per_block must be a multiple of 32");
   if (plan_slots == 0 || event_slots == 0)
-    throw std::invalid_argument("gpu_copy_engine needs at least one plan slot and one event slot");
-  impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots, tuning_.high_priority_stream);
+    throw std::invalid_argument(
+        "gpu_copy_engine needs at least one plan slot and one event slot");
+  impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots,
+                                 tuning_.high_priority_stream);
   if (tuning_.claim_items) {
     auto& counter = impl_->claims.device;
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&counter), sizeof(*counter)),
@@ -326,14 +345,17 @@ gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t plan_s
   int sms = 0;
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, gpu),
              "cudaDeviceGetAttribute(multiprocessors)", gpu);
-  const int per_sm =
-      tuning_.blocks_per_sm > 0 ? tuning_.blocks_per_sm : kernels::copy_blocks_per_sm(tuning_);
+  const int per_sm = tuning_.blocks_per_sm > 0
+                         ? tuning_.blocks_per_sm
+                         : kernels::copy_blocks_per_sm(tuning_);
   grid_blocks_ = sms * per_sm;
 }
 
 gpu_copy_engine::~gpu_copy_engine() = default;
 
-void* gpu_copy_engine::native_stream() const { return impl_->stream; }
+void* gpu_copy_engine::native_stream() const {
+  return impl_->stream;
+}
 
 copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                                       std::uint64_t src_region_bytes,
@@ -342,10 +364,11 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
   while (index < impl_->plans.size() && impl_->plans[index].reserved)
     ++index;
   if (index == impl_->plans.size())
-    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) + ": all " +
-                    std::to_string(impl_->plans.size()) + " plan slots are in use");
+    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) +
+                    ": all " + std::to_string(impl_->plans.size()) +
+                    " plan slots are in use");
   auto& slot = impl_->plans[index];
-  impl_->refresh_anchor();  // before this plan's upload joins the stream
+  impl_->refresh_anchor(); // before this plan's upload joins the stream
   // The previous upload from this staging buffer must have been consumed.
   check_cuda(cudaEventSynchronize(slot.uploaded),
              "cudaEventSynchronize (staging reuse)", gpu_);
@@ -368,7 +391,8 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
   return copy_plan_id{index, slot.generation};
 }
 
-copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base,
+copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
+                                    const std::byte* src_base,
                                     std::byte* dst_base) {
   auto& slot = impl_->plan_of(plan);
   impl_->record_kernel_start();
@@ -391,13 +415,16 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan, const std::byte* src_base
   return impl_->record(-1, true);
 }
 
-void gpu_copy_engine::release(copy_plan_id plan) { impl_->plan_of(plan).reserved = false; }
+void gpu_copy_engine::release(copy_plan_id plan) {
+  impl_->plan_of(plan).reserved = false;
+}
 
 std::size_t gpu_copy_engine::work_items(copy_plan_id plan) const {
   return impl_->plan_of(plan).item_count;
 }
 
-copy_ticket gpu_copy_engine::copy(const memory_region& src, const memory_region& dst,
+copy_ticket gpu_copy_engine::copy(const memory_region& src,
+                                  const memory_region& dst,
                                   const std::vector<copy_extent>& extents) {
   const auto plan = prepare(extents, src.bytes, dst.bytes);
   copy_ticket ticket;
@@ -407,56 +434,68 @@ copy_ticket gpu_copy_engine::copy(const memory_region& src, const memory_region&
     release(plan);
     throw;
   }
-  release(plan);  // stream order keeps its buffers valid for this launch
+  release(plan); // stream order keeps its buffers valid for this launch
   return ticket;
 }
 
 void gpu_copy_engine::require_unpack_slot_free(std::uint64_t seq) {
   const int slot_index = unpack_slot_of(seq);
   auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
-  if (slot.last_generation != 0 && !done(copy_ticket{slot.last_event, slot.last_generation}))
-    throw gpu_error("gpu_copy_engine::unpack on GPU " + std::to_string(gpu_) + ": receive " +
-                    std::to_string(seq) + " reuses ring slot " + std::to_string(slot_index) +
-                    " while receive " + std::to_string(slot.seq) + " is still unpacking");
+  if (slot.last_generation != 0 &&
+      !done(copy_ticket{slot.last_event, slot.last_generation}))
+    throw gpu_error("gpu_copy_engine::unpack on GPU " + std::to_string(gpu_) +
+                    ": receive " + std::to_string(seq) + " reuses ring slot " +
+                    std::to_string(slot_index) + " while receive " +
+                    std::to_string(slot.seq) + " is still unpacking");
 }
 
-copy_ticket gpu_copy_engine::unpack_batch(const void* device_handle, std::uint64_t first_seq,
-                                          const std::vector<unpack_destination>& where,
-                                          std::uint64_t bounce_bytes,
-                                          const memory_region& dst_region) {
+copy_ticket gpu_copy_engine::unpack_batch(
+    const void* device_handle, std::uint64_t first_seq,
+    const std::vector<unpack_destination>& where, std::uint64_t bounce_bytes,
+    const memory_region& dst_region) {
   if (where.empty() || where.size() > NCCL_NET_UNPACK_SLOTS)
-    throw std::invalid_argument("gpu_copy_engine::unpack_batch: " + std::to_string(where.size()) +
-                                " receives; a batch holds 1 to 16");
+    throw std::invalid_argument(
+        "gpu_copy_engine::unpack_batch: " + std::to_string(where.size()) +
+        " receives; a batch holds 1 to 16");
   std::size_t table_entries = 0;
   for (std::size_t k = 0; k < where.size(); ++k) {
     require_unpack_slot_free(first_seq + k);
     if (where[k].block_bytes != 0 && where[k].block_offsets.empty())
-      throw std::invalid_argument("gpu_copy_engine::unpack_batch: block destination without blocks");
+      throw std::invalid_argument(
+          "gpu_copy_engine::unpack_batch: block destination without blocks");
     table_entries += where[k].block_offsets.size();
   }
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  kernels::unpack_batch_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
-                                  bounce_bytes, dst_region.base, dst_region.bytes, nullptr,
-                                  static_cast<std::uint32_t>(where.size()), {}};
+  kernels::unpack_batch_args args{
+      static_cast<const ncclNetUnpackHandle*>(device_handle),
+      bounce_bytes,
+      dst_region.base,
+      dst_region.bytes,
+      nullptr,
+      static_cast<std::uint32_t>(where.size()),
+      {}};
   auto& tables = impl_->batch_tables;
   if (table_entries > 0) {
-    check_cuda(cudaEventSynchronize(impl_->batch_uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
+    check_cuda(cudaEventSynchronize(impl_->batch_uploaded),
+               "cudaEventSynchronize (staging reuse)", gpu_);
     tables.reserve(table_entries, gpu_);
   }
   std::size_t at = 0;
   for (std::size_t k = 0; k < where.size(); ++k) {
     const auto& w = where[k];
-    args.receive[k] = kernels::unpack_receive{unpack_slot_of(first_seq + k), w.base_offset,
-                                              w.block_bytes, tables.device + at,
-                                              w.block_offsets.size()};
+    args.receive[k] = kernels::unpack_receive{
+        unpack_slot_of(first_seq + k), w.base_offset, w.block_bytes,
+        tables.device + at, w.block_offsets.size()};
     std::copy(w.block_offsets.begin(), w.block_offsets.end(), tables.host + at);
     at += w.block_offsets.size();
   }
   if (table_entries > 0) {
-    check_cuda(cudaMemcpyAsync(tables.device, tables.host, table_entries * sizeof(std::uint64_t),
+    check_cuda(cudaMemcpyAsync(tables.device, tables.host,
+                               table_entries * sizeof(std::uint64_t),
                                cudaMemcpyHostToDevice, impl_->stream),
                "cudaMemcpyAsync (unpack block tables)", gpu_);
-    check_cuda(cudaEventRecord(impl_->batch_uploaded, impl_->stream), "cudaEventRecord", gpu_);
+    check_cuda(cudaEventRecord(impl_->batch_uploaded, impl_->stream),
+               "cudaEventRecord", gpu_);
   }
   const int first_slot = unpack_slot_of(first_seq);
   auto& counter_slot = impl_->unpacks[static_cast<std::size_t>(first_slot)];
@@ -466,7 +505,8 @@ copy_ticket gpu_copy_engine::unpack_batch(const void* device_handle, std::uint64
              "unpack batch kernel launch", gpu_);
   const auto ticket = impl_->record(first_slot);
   for (std::size_t k = 0; k < where.size(); ++k) {
-    auto& slot = impl_->unpacks[static_cast<std::size_t>(unpack_slot_of(first_seq + k))];
+    auto& slot =
+        impl_->unpacks[static_cast<std::size_t>(unpack_slot_of(first_seq + k))];
     slot.last_event = ticket.slot;
     slot.last_generation = ticket.generation;
     slot.seq = first_seq + k;
@@ -474,31 +514,38 @@ copy_ticket gpu_copy_engine::unpack_batch(const void* device_handle, std::uint64
   return ticket;
 }
 
-copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq,
-                                    std::uint64_t bounce_bytes, const memory_region& dst_region,
+copy_ticket gpu_copy_engine::unpack(const void* device_handle,
+                                    std::uint64_t seq,
+                                    std::uint64_t bounce_bytes,
+                                    const memory_region& dst_region,
                                     const unpack_destination& dst) {
   const int slot_index = unpack_slot_of(seq);
   auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
   require_unpack_slot_free(seq);
   if (dst.block_bytes != 0 && dst.block_offsets.empty())
-    throw std::invalid_argument("gpu_copy_engine::unpack: block destination without blocks");
+    throw std::invalid_argument(
+        "gpu_copy_engine::unpack: block destination without blocks");
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  kernels::unpack_args args{static_cast<const ncclNetUnpackHandle*>(device_handle),
-                            slot_index,
-                            bounce_bytes,
-                            dst_region.base,
-                            dst_region.bytes,
-                            dst.base_offset,
-                            dst.block_bytes,
-                            nullptr,
-                            dst.block_offsets.size(),
-                            slot.rejected_device,
-                            {}};
-  const bool table_inline = dst.block_offsets.size() <= kernels::unpack_args::inline_blocks;
+  kernels::unpack_args args{
+      static_cast<const ncclNetUnpackHandle*>(device_handle),
+      slot_index,
+      bounce_bytes,
+      dst_region.base,
+      dst_region.bytes,
+      dst.base_offset,
+      dst.block_bytes,
+      nullptr,
+      dst.block_offsets.size(),
+      slot.rejected_device,
+      {}};
+  const bool table_inline =
+      dst.block_offsets.size() <= kernels::unpack_args::inline_blocks;
   if (table_inline) {
-    std::copy(dst.block_offsets.begin(), dst.block_offsets.end(), args.inline_offsets);
+    std::copy(dst.block_offsets.begin(), dst.block_offsets.end(),
+              args.inline_offsets);
   } else {
-    check_cuda(cudaEventSynchronize(slot.uploaded), "cudaEventSynchronize (staging reuse)", gpu_);
+    check_cuda(cudaEventSynchronize(slot.uploaded),
+               "cudaEventSynchronize (staging reuse)", gpu_);
     slot.blocks.reserve(dst.block_offsets.size(), gpu_);
     std::memcpy(slot.blocks.host, dst.block_offsets.data(),
                 dst.block_offsets.size() * sizeof(std::uint64_t));
@@ -506,11 +553,13 @@ copy_ticket gpu_copy_engine::unpack(const void* device_handle, std::uint64_t seq
                                dst.block_offsets.size() * sizeof(std::uint64_t),
                                cudaMemcpyHostToDevice, impl_->stream),
                "cudaMemcpyAsync (unpack block table)", gpu_);
-    check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord", gpu_);
+    check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord",
+               gpu_);
     args.block_offsets = slot.blocks.device;
   }
   *slot.rejected = 0;
-  check_cuda(kernels::launch_unpack(args, impl_->stream), "unpack kernel launch", gpu_);
+  check_cuda(kernels::launch_unpack(args, impl_->stream),
+             "unpack kernel launch", gpu_);
   const auto ticket = impl_->record(slot_index);
   slot.last_event = ticket.slot;
   slot.last_generation = ticket.generation;
@@ -524,58 +573,68 @@ bool gpu_copy_engine::done(copy_ticket ticket) {
                                 std::to_string(ticket.slot));
   auto& slot = impl_->events[ticket.slot];
   if (slot.generation != ticket.generation || !slot.pending)
-    return true;  // completed earlier (its slot was only reused after completion)
+    return true; // completed earlier (its slot was only reused after
+                 // completion)
   const auto state = cudaEventQuery(slot.event);
   if (state == cudaErrorNotReady)
     return false;
   check_cuda(state, "copy completion (cudaEventQuery)", gpu_);
   slot.pending = false;
   if (slot.unpack_slot >= 0) {
-    const unsigned rejected = *impl_->unpacks[static_cast<std::size_t>(slot.unpack_slot)].rejected;
+    const unsigned rejected =
+        *impl_->unpacks[static_cast<std::size_t>(slot.unpack_slot)].rejected;
     if (rejected != 0)
-      throw gpu_error("unpack of ring slot " + std::to_string(slot.unpack_slot) + " on GPU " +
-                      std::to_string(gpu_) + ": " + std::to_string(rejected) +
-                      " record(s) pointed outside the bounce buffer or the destination and "
-                      "were not copied");
+      throw gpu_error(
+          "unpack of ring slot " + std::to_string(slot.unpack_slot) +
+          " on GPU " + std::to_string(gpu_) + ": " + std::to_string(rejected) +
+          " record(s) pointed outside the bounce buffer or the destination and "
+          "were not copied");
   }
   return true;
 }
 
 std::optional<kernel_timing> gpu_copy_engine::timing_of(copy_ticket ticket) {
   if (ticket.slot >= impl_->events.size())
-    throw std::invalid_argument("gpu_copy_engine::timing_of: no such ticket slot " +
-                                std::to_string(ticket.slot));
+    throw std::invalid_argument(
+        "gpu_copy_engine::timing_of: no such ticket slot " +
+        std::to_string(ticket.slot));
   const auto& slot = impl_->events[ticket.slot];
-  if (slot.generation != ticket.generation || slot.pending || !slot.kernel_timed ||
-      !impl_->anchored)
+  if (slot.generation != ticket.generation || slot.pending ||
+      !slot.kernel_timed || !impl_->anchored)
     return std::nullopt;
   float ms = 0;
   check_cuda(cudaEventElapsedTime(&ms, slot.started, slot.ended),
              "cudaEventElapsedTime (copy kernel timing)", gpu_);
   kernel_timing timing;
-  timing.gpu_time = std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6 + 0.5)};
+  timing.gpu_time =
+      std::chrono::nanoseconds{static_cast<std::int64_t>(ms * 1e6 + 0.5)};
   timing.started = impl_->host_time_of(slot.started);
   timing.ended = timing.started + timing.gpu_time;
   return timing;
 }
 
-void gpu_copy_engine::wait(copy_ticket ticket, std::chrono::milliseconds timeout) {
+void gpu_copy_engine::wait(copy_ticket ticket,
+                           std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!done(ticket)) {
     if (std::chrono::steady_clock::now() > deadline)
       throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) +
-                      ": copy did not complete within " + std::to_string(timeout.count()) + " ms");
+                      ": copy did not complete within " +
+                      std::to_string(timeout.count()) + " ms");
     std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
 }
 
-void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes, std::uint64_t seed) {
+void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes,
+                      std::uint64_t seed) {
   check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
-  check_cuda(kernels::launch_fill_pattern(data, bytes, seed, nullptr), "fill kernel launch", gpu);
+  check_cuda(kernels::launch_fill_pattern(data, bytes, seed, nullptr),
+             "fill kernel launch", gpu);
   check_cuda(cudaStreamSynchronize(nullptr), "fill kernel", gpu);
 }
 
-std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base, const std::byte* dst_base,
+std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base,
+                                   const std::byte* dst_base,
                                    const std::vector<copy_extent>& extents) {
   check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
   const auto items = partition_into_work_items(extents, 1u << 16);
@@ -583,60 +642,77 @@ std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base, const std
     return 0;
   copy_work_item* device_items = nullptr;
   unsigned long long* device_count = nullptr;
-  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_items), items.size() * sizeof(items[0])),
+  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_items),
+                        items.size() * sizeof(items[0])),
              "cudaMalloc (verify)", gpu);
-  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_count), sizeof(unsigned long long)),
+  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device_count),
+                        sizeof(unsigned long long)),
              "cudaMalloc (verify)", gpu);
   unsigned long long mismatches = 0;
-  cudaError_t err = cudaMemcpy(device_items, items.data(), items.size() * sizeof(items[0]),
-                               cudaMemcpyHostToDevice);
+  cudaError_t err =
+      cudaMemcpy(device_items, items.data(), items.size() * sizeof(items[0]),
+                 cudaMemcpyHostToDevice);
   if (err == cudaSuccess)
     err = cudaMemset(device_count, 0, sizeof(unsigned long long));
   if (err == cudaSuccess)
-    err = kernels::launch_count_mismatches(device_items, static_cast<std::uint32_t>(items.size()),
-                                           src_base, dst_base, device_count, nullptr);
+    err = kernels::launch_count_mismatches(
+        device_items, static_cast<std::uint32_t>(items.size()), src_base,
+        dst_base, device_count, nullptr);
   if (err == cudaSuccess)
-    err = cudaMemcpy(&mismatches, device_count, sizeof(mismatches), cudaMemcpyDeviceToHost);
+    err = cudaMemcpy(&mismatches, device_count, sizeof(mismatches),
+                     cudaMemcpyDeviceToHost);
   cudaFree(device_items);
   cudaFree(device_count);
   check_cuda(err, "verification kernel", gpu);
   return mismatches;
 }
 
-#else  // no CUDA: the API exists, every entry point says why it cannot work
+#else // no CUDA: the API exists, every entry point says why it cannot work
 
 struct gpu_copy_engine::impl {};
 
-gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t, std::size_t)
+gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t,
+                                 std::size_t)
     : gpu_(gpu), tuning_(tuning) {
   throw_no_cuda("gpu_copy_engine");
 }
 gpu_copy_engine::~gpu_copy_engine() = default;
-void* gpu_copy_engine::native_stream() const { return nullptr; }
-copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&, std::uint64_t,
-                                      std::uint64_t) {
+void* gpu_copy_engine::native_stream() const {
+  return nullptr;
+}
+copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&,
+                                      std::uint64_t, std::uint64_t) {
   throw_no_cuda("gpu_copy_engine::prepare");
 }
-copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*, std::byte*) {
+copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*,
+                                    std::byte*) {
   throw_no_cuda("gpu_copy_engine::launch");
 }
-void gpu_copy_engine::release(copy_plan_id) {}
-std::size_t gpu_copy_engine::work_items(copy_plan_id) const { return 0; }
+void gpu_copy_engine::release(copy_plan_id) {
+}
+std::size_t gpu_copy_engine::work_items(copy_plan_id) const {
+  return 0;
+}
 copy_ticket gpu_copy_engine::copy(const memory_region&, const memory_region&,
                                   const std::vector<copy_extent>&) {
   throw_no_cuda("gpu_copy_engine::copy");
 }
 copy_ticket gpu_copy_engine::unpack(const void*, std::uint64_t, std::uint64_t,
-                                    const memory_region&, const unpack_destination&) {
+                                    const memory_region&,
+                                    const unpack_destination&) {
   throw_no_cuda("gpu_copy_engine::unpack");
 }
-copy_ticket gpu_copy_engine::unpack_batch(const void*, std::uint64_t,
-                                          const std::vector<unpack_destination>&, std::uint64_t,
-                                          const memory_region&) {
+copy_ticket
+gpu_copy_engine::unpack_batch(const void*, std::uint64_t,
+                              const std::vector<unpack_destination>&,
+                              std::uint64_t, const memory_region&) {
   throw_no_cuda("gpu_copy_engine::unpack_batch");
 }
-void gpu_copy_engine::require_unpack_slot_free(std::uint64_t) {}
-bool gpu_copy_engine::done(copy_ticket) { throw_no_cuda("gpu_copy_engine::done"); }
+void gpu_copy_engine::require_unpack_slot_free(std::uint64_t) {
+}
+bool gpu_copy_engine::done(copy_ticket) {
+  throw_no_cuda("gpu_copy_engine::done");
+}
 void gpu_copy_engine::wait(copy_ticket, std::chrono::milliseconds) {
   throw_no_cuda("gpu_copy_engine::wait");
 }
@@ -653,4 +729,4 @@ std::uint64_t gpu_count_mismatches(int, const std::byte*, const std::byte*,
 
 #endif
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

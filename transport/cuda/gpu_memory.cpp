@@ -5,9 +5,9 @@
 #include <utility>
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include <cstring>
+
+#include <cuda_runtime_api.h>
 
 #include "cuda_check.hpp"
 #endif
@@ -15,15 +15,20 @@
 namespace kvferry::transport {
 
 void throw_no_cuda(const char* what) {
-  throw gpu_error(std::string{what} + ": this build of kvferry has no CUDA support");
+  throw gpu_error(std::string{what} +
+                  ": this build of kvferry has no CUDA support");
 }
 
-// ---- gpu_region ---------------------------------------------------------------
+// ---- gpu_region
+// ---------------------------------------------------------------
 
-gpu_region::~gpu_region() { release(); }
+gpu_region::~gpu_region() {
+  release();
+}
 
 gpu_region::gpu_region(gpu_region&& other) noexcept
-    : region_(std::exchange(other.region_, memory_region{})) {}
+    : region_(std::exchange(other.region_, memory_region{})) {
+}
 
 gpu_region& gpu_region::operator=(gpu_region&& other) noexcept {
   if (this != &other) {
@@ -59,7 +64,8 @@ gpu_region gpu_region::allocate_host(std::size_t bytes) {
   if (p == nullptr)
     throw std::bad_alloc();
   gpu_region r;
-  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p), bytes, false};
+  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p),
+                            bytes, false};
   return r;
 }
 
@@ -68,27 +74,33 @@ gpu_region gpu_region::allocate_host(std::size_t bytes) {
 gpu_region gpu_region::allocate_device(int gpu, std::size_t bytes) {
   check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
   void* p = nullptr;
-  check_cuda(cudaMalloc(&p, bytes), "cudaMalloc of " + std::to_string(bytes) + " bytes", gpu);
+  check_cuda(cudaMalloc(&p, bytes),
+             "cudaMalloc of " + std::to_string(bytes) + " bytes", gpu);
   gpu_region r;
-  r.region_ = memory_region{memory_kind::cuda, gpu, static_cast<std::byte*>(p), bytes, false};
+  r.region_ = memory_region{memory_kind::cuda, gpu, static_cast<std::byte*>(p),
+                            bytes, false};
   return r;
 }
 
 gpu_region gpu_region::allocate_pinned_host(std::size_t bytes) {
   void* p = nullptr;
-  check_cuda(cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped),
-             "cudaHostAlloc of " + std::to_string(bytes) + " bytes", -1);
+  check_cuda(
+      cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped),
+      "cudaHostAlloc of " + std::to_string(bytes) + " bytes", -1);
   gpu_region r;
-  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p), bytes, true};
+  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p),
+                            bytes, true};
   return r;
 }
 
 ipc_handle export_ipc_handle(const gpu_region& region) {
   if (region.kind() != memory_kind::cuda)
-    throw gpu_error("export_ipc_handle: only device regions can be exported over CUDA IPC");
+    throw gpu_error(
+        "export_ipc_handle: only device regions can be exported over CUDA IPC");
   check_cuda(cudaSetDevice(region.device()), "cudaSetDevice", region.device());
   cudaIpcMemHandle_t raw{};
-  check_cuda(cudaIpcGetMemHandle(&raw, region.data()), "cudaIpcGetMemHandle", region.device());
+  check_cuda(cudaIpcGetMemHandle(&raw, region.data()), "cudaIpcGetMemHandle",
+             region.device());
   ipc_handle handle;
   static_assert(sizeof(raw) == sizeof(handle.bytes));
   std::memcpy(handle.bytes.data(), &raw, sizeof(raw));
@@ -106,10 +118,12 @@ memory_region ipc_region_cache::open(const ipc_handle& handle) {
   std::memcpy(&raw, handle.bytes.data(), sizeof(raw));
   void* p = nullptr;
   check_cuda(cudaIpcOpenMemHandle(&p, raw, cudaIpcMemLazyEnablePeerAccess),
-             "cudaIpcOpenMemHandle (peer region of " + std::to_string(handle.region_bytes) +
-                 " bytes on device " + std::to_string(handle.device) + ")",
+             "cudaIpcOpenMemHandle (peer region of " +
+                 std::to_string(handle.region_bytes) + " bytes on device " +
+                 std::to_string(handle.device) + ")",
              local_gpu_);
-  memory_region region{memory_kind::cuda, handle.device, static_cast<std::byte*>(p),
+  memory_region region{memory_kind::cuda, handle.device,
+                       static_cast<std::byte*>(p),
                        static_cast<std::size_t>(handle.region_bytes), false};
   opened_.emplace(handle, region);
   return region;
@@ -132,30 +146,42 @@ ipc_region_cache::~ipc_region_cache() {
   }
 }
 
-#else  // no CUDA
+#else // no CUDA
 
-gpu_region gpu_region::allocate_device(int, std::size_t) { throw_no_cuda("cudaMalloc"); }
-gpu_region gpu_region::allocate_pinned_host(std::size_t) { throw_no_cuda("cudaHostAlloc"); }
-ipc_handle export_ipc_handle(const gpu_region&) { throw_no_cuda("cudaIpcGetMemHandle"); }
-memory_region ipc_region_cache::open(const ipc_handle&) { throw_no_cuda("cudaIpcOpenMemHandle"); }
-void ipc_region_cache::close(const ipc_handle&) {}
+gpu_region gpu_region::allocate_device(int, std::size_t) {
+  throw_no_cuda("cudaMalloc");
+}
+gpu_region gpu_region::allocate_pinned_host(std::size_t) {
+  throw_no_cuda("cudaHostAlloc");
+}
+ipc_handle export_ipc_handle(const gpu_region&) {
+  throw_no_cuda("cudaIpcGetMemHandle");
+}
+memory_region ipc_region_cache::open(const ipc_handle&) {
+  throw_no_cuda("cudaIpcOpenMemHandle");
+}
+void ipc_region_cache::close(const ipc_handle&) {
+}
 ipc_region_cache::~ipc_region_cache() = default;
 
 #endif
 
-ipc_region_cache::ipc_region_cache(int local_gpu) : local_gpu_(local_gpu) {}
+ipc_region_cache::ipc_region_cache(int local_gpu) : local_gpu_(local_gpu) {
+}
 
 std::size_t ipc_region_cache::open_count() const {
   std::lock_guard lock{mutex_};
   return opened_.size();
 }
 
-// ---- ipc_handle text form -------------------------------------------------------
+// ---- ipc_handle text form
+// -------------------------------------------------------
 // "<device>:<region bytes>:<128 hex digits>"
 
 std::string ipc_handle::to_hex() const {
   static const char digits[] = "0123456789abcdef";
-  std::string out = std::to_string(device) + ":" + std::to_string(region_bytes) + ":";
+  std::string out =
+      std::to_string(device) + ":" + std::to_string(region_bytes) + ":";
   for (auto b : bytes) {
     out.push_back(digits[b >> 4]);
     out.push_back(digits[b & 15]);
@@ -165,7 +191,8 @@ std::string ipc_handle::to_hex() const {
 
 ipc_handle ipc_handle::from_hex(const std::string& text) {
   const auto first = text.find(':');
-  const auto second = first == std::string::npos ? first : text.find(':', first + 1);
+  const auto second =
+      first == std::string::npos ? first : text.find(':', first + 1);
   if (second == std::string::npos)
     throw std::invalid_argument("IPC handle '" + text.substr(0, 40) +
                                 "': expected <device>:<bytes>:<hex>");
@@ -174,35 +201,45 @@ ipc_handle ipc_handle::from_hex(const std::string& text) {
     h.device = std::stoi(text.substr(0, first));
     h.region_bytes = std::stoull(text.substr(first + 1, second - first - 1));
   } catch (const std::exception&) {
-    throw std::invalid_argument("IPC handle: device or size is not a number in '" +
-                                text.substr(0, second) + "'");
+    throw std::invalid_argument(
+        "IPC handle: device or size is not a number in '" +
+        text.substr(0, second) + "'");
   }
   const std::string hex = text.substr(second + 1);
   if (hex.size() != 2 * h.bytes.size())
-    throw std::invalid_argument("IPC handle: expected " + std::to_string(2 * h.bytes.size()) +
-                                " hex digits, got " + std::to_string(hex.size()));
+    throw std::invalid_argument(
+        "IPC handle: expected " + std::to_string(2 * h.bytes.size()) +
+        " hex digits, got " + std::to_string(hex.size()));
   auto nibble = [&](char c) -> unsigned {
-    if (c >= '0' && c <= '9') return static_cast<unsigned>(c - '0');
-    if (c >= 'a' && c <= 'f') return static_cast<unsigned>(c - 'a' + 10);
-    if (c >= 'A' && c <= 'F') return static_cast<unsigned>(c - 'A' + 10);
-    throw std::invalid_argument(std::string{"IPC handle: '"} + c + "' is not a hex digit");
+    if (c >= '0' && c <= '9')
+      return static_cast<unsigned>(c - '0');
+    if (c >= 'a' && c <= 'f')
+      return static_cast<unsigned>(c - 'a' + 10);
+    if (c >= 'A' && c <= 'F')
+      return static_cast<unsigned>(c - 'A' + 10);
+    throw std::invalid_argument(std::string{"IPC handle: '"} + c +
+                                "' is not a hex digit");
   };
   for (std::size_t i = 0; i < h.bytes.size(); ++i)
-    h.bytes[i] = static_cast<std::uint8_t>(nibble(hex[2 * i]) << 4 | nibble(hex[2 * i + 1]));
+    h.bytes[i] = static_cast<std::uint8_t>(nibble(hex[2 * i]) << 4 |
+                                           nibble(hex[2 * i + 1]));
   return h;
 }
 
-// ---- kv_block_pool --------------------------------------------------------------
+// ---- kv_block_pool
+// --------------------------------------------------------------
 
 kv_block_pool::kv_block_pool(gpu_region region, std::size_t block_bytes)
     : region_(std::move(region)), block_bytes_(block_bytes) {
   if (block_bytes_ == 0 || block_bytes_ % 16 != 0)
-    throw std::invalid_argument("kv_block_pool: block size " + std::to_string(block_bytes_) +
+    throw std::invalid_argument("kv_block_pool: block size " +
+                                std::to_string(block_bytes_) +
                                 " is not a positive multiple of 16");
   const std::size_t blocks = region_.size() / block_bytes_;
   if (blocks == 0)
-    throw std::invalid_argument("kv_block_pool: region of " + std::to_string(region_.size()) +
-                                " bytes holds no block of " + std::to_string(block_bytes_));
+    throw std::invalid_argument(
+        "kv_block_pool: region of " + std::to_string(region_.size()) +
+        " bytes holds no block of " + std::to_string(block_bytes_));
   in_use_.assign(blocks, false);
   free_.reserve(blocks);
   // Lowest ids are handed out first (the free list is a stack).
@@ -221,10 +258,11 @@ std::optional<std::uint32_t> kv_block_pool::acquire() {
 
 void kv_block_pool::release(std::uint32_t block) {
   if (block >= in_use_.size() || !in_use_[block])
-    throw std::invalid_argument("kv_block_pool: block " + std::to_string(block) +
-                                (block >= in_use_.size() ? " is out of range" : " is not in use"));
+    throw std::invalid_argument(
+        "kv_block_pool: block " + std::to_string(block) +
+        (block >= in_use_.size() ? " is out of range" : " is not in use"));
   in_use_[block] = false;
   free_.push_back(block);
 }
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

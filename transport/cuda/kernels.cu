@@ -13,9 +13,9 @@
 //    items keep all their loads in flight too.
 //  - Streaming hints (__ldcs/__stcs): copied bytes are touched once, so they
 //    should not evict anything from L2.
-#include "kernels.hpp"
-
 #include <cuda_runtime.h>
+
+#include "kernels.hpp"
 
 namespace kvferry::transport::kernels {
 
@@ -27,22 +27,23 @@ constexpr unsigned warp_lanes = 32;
 //   0 plain loads and stores; 1 streaming (__ldcs/__stcs: evict first);
 //   2 non-coherent loads that prefetch whole 256-byte L2 sectors, streaming
 //     stores; 3 the same loads with plain stores.
-template <int Hint>
+template<int Hint>
 __device__ __forceinline__ uint4 load16(const uint4* p) {
   if constexpr (Hint == 1) {
     return __ldcs(p);
   } else if constexpr (Hint >= 2) {
     uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
+    asm volatile(
+        "ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
     return v;
   } else {
     return *p;
   }
 }
 
-template <int Hint>
+template<int Hint>
 __device__ __forceinline__ void store16(uint4* p, uint4 v) {
   if constexpr (Hint == 1 || Hint == 2)
     __stcs(p, v);
@@ -53,9 +54,9 @@ __device__ __forceinline__ void store16(uint4* p, uint4 v) {
 // The whole warp copies `len` bytes from s to d. Fast path when both are
 // 16-byte aligned (KV blocks always are); 4-byte and byte paths keep odd
 // plans correct.
-template <int Unroll, int Hint>
-__device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t len,
-                                          unsigned lane) {
+template<int Unroll, int Hint>
+__device__ __forceinline__ void warp_copy(const char* s, char* d,
+                                          std::uint64_t len, unsigned lane) {
   const auto s_addr = reinterpret_cast<std::uintptr_t>(s);
   const auto d_addr = reinterpret_cast<std::uintptr_t>(d);
   if (((s_addr | d_addr) & 15u) == 0) {
@@ -73,7 +74,7 @@ __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t 
       for (int k = 0; k < Unroll; ++k)
         store16<Hint>(vd + v + k * warp_lanes + lane, r[k]);
     }
-    if (v < vectors) {  // one predicated partial pass
+    if (v < vectors) { // one predicated partial pass
       uint4 r[Unroll];
 #pragma unroll
       for (int k = 0; k < Unroll; ++k) {
@@ -104,16 +105,18 @@ __device__ __forceinline__ void warp_copy(const char* s, char* d, std::uint64_t 
   }
 }
 
-template <int Unroll, int Hint>
+template<int Unroll, int Hint>
 __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
-                                    std::uint32_t item_count, const char* src, char* dst) {
+                                    std::uint32_t item_count, const char* src,
+                                    char* dst) {
   const unsigned lane = threadIdx.x % warp_lanes;
-  const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warp =
+      (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
   for (std::uint32_t i = warp; i < item_count; i += warps) {
     const copy_work_item item = items[i];
-    warp_copy<Unroll, Hint>(src + item.src_offset, dst + item.dst_offset, item.length,
-                                 lane);
+    warp_copy<Unroll, Hint>(src + item.src_offset, dst + item.dst_offset,
+                            item.length, lane);
   }
 }
 
@@ -190,14 +193,16 @@ __global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
 // Variant: the whole block copies one item, thread t taking vectors t,
 // t+blockDim, ... so that one load instruction of the block covers 4 KiB of
 // contiguous memory (the warp version covers 512 B).
-template <int Unroll, int Hint>
+template<int Unroll, int Hint>
 __global__ void cta_copy_kernel(const copy_work_item* __restrict__ items,
-                                std::uint32_t item_count, const char* src, char* dst) {
+                                std::uint32_t item_count, const char* src,
+                                char* dst) {
   for (std::uint32_t i = blockIdx.x; i < item_count; i += gridDim.x) {
     const copy_work_item item = items[i];
     const char* s = src + item.src_offset;
     char* d = dst + item.dst_offset;
-    const auto addr = reinterpret_cast<std::uintptr_t>(s) | reinterpret_cast<std::uintptr_t>(d);
+    const auto addr = reinterpret_cast<std::uintptr_t>(s) |
+                      reinterpret_cast<std::uintptr_t>(d);
     if ((addr & 15u) != 0) {
       for (std::uint64_t b = threadIdx.x; b < item.length; b += blockDim.x)
         d[b] = s[b];
@@ -221,18 +226,22 @@ __global__ void cta_copy_kernel(const copy_work_item* __restrict__ items,
           store16<Hint>(vd + j, r[k]);
       }
     }
-    for (std::uint64_t b = (std::uint64_t{vectors} << 4) + threadIdx.x; b < item.length; b += blockDim.x)
+    for (std::uint64_t b = (std::uint64_t{vectors} << 4) + threadIdx.x;
+         b < item.length; b += blockDim.x)
       d[b] = s[b];
   }
 }
 
-template <int Unroll, int Hint>
-cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n, const char* src,
-                                char* dst, int threads, int grid, bool cta, cudaStream_t stream) {
+template<int Unroll, int Hint>
+cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n,
+                                const char* src, char* dst, int threads,
+                                int grid, bool cta, cudaStream_t stream) {
   if (cta)
-    cta_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
+    cta_copy_kernel<Unroll, Hint>
+        <<<grid, threads, 0, stream>>>(items, n, src, dst);
   else
-    batched_copy_kernel<Unroll, Hint><<<grid, threads, 0, stream>>>(items, n, src, dst);
+    batched_copy_kernel<Unroll, Hint>
+        <<<grid, threads, 0, stream>>>(items, n, src, dst);
   return cudaGetLastError();
 }
 
@@ -257,18 +266,22 @@ int hint_of(const copy_tuning& t) {
   return t.prefetch_l2_256 ? (t.streaming ? 2 : 3) : (t.streaming ? 1 : 0);
 }
 
-template <int Unroll, typename Fn>
+template<int Unroll, typename Fn>
 auto dispatch_hint(int hint, Fn&& fn) {
   switch (hint) {
-    case 0: return fn.template operator()<Unroll, 0>();
-    case 2: return fn.template operator()<Unroll, 2>();
-    case 3: return fn.template operator()<Unroll, 3>();
-    default: return fn.template operator()<Unroll, 1>();
+  case 0:
+    return fn.template operator()<Unroll, 0>();
+  case 2:
+    return fn.template operator()<Unroll, 2>();
+  case 3:
+    return fn.template operator()<Unroll, 3>();
+  default:
+    return fn.template operator()<Unroll, 1>();
   }
 }
 
 // Runs `fn.template operator()<Unroll, Hint>()` for the tuning's variant.
-template <typename Fn>
+template<typename Fn>
 auto dispatch(const copy_tuning& t, Fn&& fn) {
   if (t.unroll <= 4)
     return dispatch_hint<4>(hint_of(t), fn);
@@ -316,18 +329,19 @@ struct copy_launch {
   int grid;
   bool cta;
   cudaStream_t stream;
-  template <int U, int S>
+  template<int U, int S>
   cudaError_t operator()() const {
-    return launch_copy_variant<U, S>(items, n, src, dst, threads, grid, cta, stream);
+    return launch_copy_variant<U, S>(items, n, src, dst, threads, grid, cta,
+                                     stream);
   }
 };
 
-
-// ---- bulk (TMA) copy ------------------------------------------------------------
-// One lane per warp keeps `Stages` bulk loads in flight (global -> shared,
-// completing on an mbarrier) and streams each finished stage back out with a
-// bulk store (shared -> global). The copy engine moves the bytes; the SM only
-// issues a few instructions per item.
+// ---- bulk (TMA) copy
+// ------------------------------------------------------------ One lane per
+// warp keeps `Stages` bulk loads in flight (global -> shared, completing on an
+// mbarrier) and streams each finished stage back out with a bulk store (shared
+// -> global). The copy engine moves the bytes; the SM only issues a few
+// instructions per item.
 
 constexpr int bulk_max_warps = 8;
 
@@ -339,46 +353,56 @@ __device__ __forceinline__ void mbar_init(std::uint64_t* bar) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
 }
 
-__device__ __forceinline__ void bulk_load(void* smem, const void* gmem, std::uint32_t bytes,
+__device__ __forceinline__ void bulk_load(void* smem, const void* gmem,
+                                          std::uint32_t bytes,
                                           std::uint64_t* bar) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
-               ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-      ::"r"(smem_addr(smem)), "l"(gmem), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
+                   smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::"
+               "bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(smem)),
+               "l"(gmem), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
 }
 
-__device__ __forceinline__ void mbar_wait(std::uint64_t* bar, std::uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "wait_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait_%=;\n"
-      "}\n" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+__device__ __forceinline__ void mbar_wait(std::uint64_t* bar,
+                                          std::uint32_t parity) {
+  asm volatile("{\n"
+               ".reg .pred done;\n"
+               "wait_%=:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+               "@!done bra wait_%=;\n"
+               "}\n" ::"r"(smem_addr(bar)),
+               "r"(parity)
+               : "memory");
 }
 
-__device__ __forceinline__ void bulk_store(void* gmem, const void* smem, std::uint32_t bytes) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
-               ::"l"(gmem), "r"(smem_addr(smem)), "r"(bytes) : "memory");
+__device__ __forceinline__ void bulk_store(void* gmem, const void* smem,
+                                           std::uint32_t bytes) {
+  asm volatile(
+      "cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(gmem),
+      "r"(smem_addr(smem)), "r"(bytes)
+      : "memory");
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
 }
 
 // Waits until at most N bulk stores still read shared memory.
-template <int N>
+template<int N>
 __device__ __forceinline__ void bulk_wait_read() {
   asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 
-template <int Stages>
-__global__ void bulk_copy_kernel(const copy_work_item* __restrict__ items, std::uint32_t n,
-                                 const char* src, char* dst, std::uint32_t stage_bytes) {
+template<int Stages>
+__global__ void bulk_copy_kernel(const copy_work_item* __restrict__ items,
+                                 std::uint32_t n, const char* src, char* dst,
+                                 std::uint32_t stage_bytes) {
   extern __shared__ __align__(128) unsigned char stage_memory[];
   __shared__ __align__(8) std::uint64_t barriers[bulk_max_warps * Stages];
   const unsigned lane = threadIdx.x % warp_lanes;
   const unsigned warp_in_block = threadIdx.x / warp_lanes;
   if (lane != 0)
-    return;  // one issuing lane per warp; the bulk engine does the copying
+    return; // one issuing lane per warp; the bulk engine does the copying
   const std::uint32_t warps_per_block = blockDim.x / warp_lanes;
   const std::uint32_t warp = blockIdx.x * warps_per_block + warp_in_block;
   const std::uint32_t warps = gridDim.x * warps_per_block;
@@ -393,8 +417,8 @@ __global__ void bulk_copy_kernel(const copy_work_item* __restrict__ items, std::
     const std::uint64_t i = warp + std::uint64_t{k} * warps;
     if (i < n) {
       const copy_work_item item = items[i];
-      bulk_load(buffers + (k % Stages) * stage_bytes, src + item.src_offset, item.length,
-                bar + (k % Stages));
+      bulk_load(buffers + (k % Stages) * stage_bytes, src + item.src_offset,
+                item.length, bar + (k % Stages));
     }
   };
   for (std::uint32_t k = 0; k < Stages; ++k)
@@ -416,80 +440,100 @@ __global__ void bulk_copy_kernel(const copy_work_item* __restrict__ items, std::
   asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
-std::size_t bulk_smem_bytes(int warps_per_block, int stages, std::uint32_t stage_bytes) {
+std::size_t bulk_smem_bytes(int warps_per_block, int stages,
+                            std::uint32_t stage_bytes) {
   return static_cast<std::size_t>(warps_per_block) * stages * stage_bytes;
 }
 
-template <int Stages>
-cudaError_t launch_bulk_variant(const copy_work_item* items, std::uint32_t n, const char* src,
-                                char* dst, int threads, int grid, std::uint32_t stage_bytes,
+template<int Stages>
+cudaError_t launch_bulk_variant(const copy_work_item* items, std::uint32_t n,
+                                const char* src, char* dst, int threads,
+                                int grid, std::uint32_t stage_bytes,
                                 cudaStream_t stream) {
-  const std::size_t smem = bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
+  const std::size_t smem =
+      bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
   auto err = cudaFuncSetAttribute(bulk_copy_kernel<Stages>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(smem));
   if (err != cudaSuccess)
     return err;
-  bulk_copy_kernel<Stages><<<grid, threads, smem, stream>>>(items, n, src, dst, stage_bytes);
+  bulk_copy_kernel<Stages>
+      <<<grid, threads, smem, stream>>>(items, n, src, dst, stage_bytes);
   return cudaGetLastError();
 }
 
-template <int Stages>
+template<int Stages>
 int bulk_blocks_per_sm_variant(int threads, std::uint32_t stage_bytes) {
-  const std::size_t smem = bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
+  const std::size_t smem =
+      bulk_smem_bytes(threads / warp_lanes, Stages, stage_bytes);
   int device = 0, limit = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                             device) != cudaSuccess ||
       smem > static_cast<std::size_t>(limit))
-    return 0;  // this shape does not fit: the SIMT kernel runs instead
-  if (cudaFuncSetAttribute(bulk_copy_kernel<Stages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    return 0; // this shape does not fit: the SIMT kernel runs instead
+  if (cudaFuncSetAttribute(bulk_copy_kernel<Stages>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem)) != cudaSuccess) {
-    cudaGetLastError();  // don't leave the failure for the next launch to report
+    cudaGetLastError(); // don't leave the failure for the next launch to report
     return 0;
   }
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, bulk_copy_kernel<Stages>, threads,
-                                                    smem) != cudaSuccess)
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, bulk_copy_kernel<Stages>, threads, smem) != cudaSuccess)
     return 0;
   return blocks;
 }
 
 bool bulk_usable(const copy_tuning& t) {
-  return t.bulk && t.threads_per_block / static_cast<int>(warp_lanes) <= bulk_max_warps;
+  return t.bulk &&
+         t.threads_per_block / static_cast<int>(warp_lanes) <= bulk_max_warps;
 }
 
 int bulk_blocks_per_sm(const copy_tuning& t) {
   switch (t.bulk_stages) {
-    case 2: return bulk_blocks_per_sm_variant<2>(t.threads_per_block, t.item_bytes);
-    case 3: return bulk_blocks_per_sm_variant<3>(t.threads_per_block, t.item_bytes);
-    default: return bulk_blocks_per_sm_variant<4>(t.threads_per_block, t.item_bytes);
+  case 2:
+    return bulk_blocks_per_sm_variant<2>(t.threads_per_block, t.item_bytes);
+  case 3:
+    return bulk_blocks_per_sm_variant<3>(t.threads_per_block, t.item_bytes);
+  default:
+    return bulk_blocks_per_sm_variant<4>(t.threads_per_block, t.item_bytes);
   }
 }
 
-cudaError_t launch_bulk(const copy_work_item* items, std::uint32_t n, const char* src, char* dst,
-                        const copy_tuning& t, int grid, cudaStream_t stream) {
+cudaError_t launch_bulk(const copy_work_item* items, std::uint32_t n,
+                        const char* src, char* dst, const copy_tuning& t,
+                        int grid, cudaStream_t stream) {
   switch (t.bulk_stages) {
-    case 2: return launch_bulk_variant<2>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
-    case 3: return launch_bulk_variant<3>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
-    default: return launch_bulk_variant<4>(items, n, src, dst, t.threads_per_block, grid, t.item_bytes, stream);
+  case 2:
+    return launch_bulk_variant<2>(items, n, src, dst, t.threads_per_block, grid,
+                                  t.item_bytes, stream);
+  case 3:
+    return launch_bulk_variant<3>(items, n, src, dst, t.threads_per_block, grid,
+                                  t.item_bytes, stream);
+  default:
+    return launch_bulk_variant<4>(items, n, src, dst, t.threads_per_block, grid,
+                                  t.item_bytes, stream);
   }
 }
 
 // ---- unpack -----------------------------------------------------------------
 
-__device__ __forceinline__ bool fits(std::uint64_t off, std::uint64_t len, std::uint64_t size) {
+__device__ __forceinline__ bool fits(std::uint64_t off, std::uint64_t len,
+                                     std::uint64_t size) {
   return off <= size && len <= size - off;
 }
 
 // Copies one ring record into its destination, split at block boundaries;
 // returns false when any piece falls outside the bounce buffer or the
 // destination (pieces before it were copied, the rest is not).
-template <typename BlockOffset>
-__device__ __forceinline__ bool unpack_record(const ncclNetUnpackRecord& r, const char* bounce,
-                                              std::uint64_t bounce_bytes, char* dst,
-                                              std::uint64_t dst_bytes, std::uint64_t base_offset,
-                                              std::uint64_t block_bytes, std::uint64_t block_count,
-                                              BlockOffset&& block_offset, unsigned lane) {
+template<typename BlockOffset>
+__device__ __forceinline__ bool
+unpack_record(const ncclNetUnpackRecord& r, const char* bounce,
+              std::uint64_t bounce_bytes, char* dst, std::uint64_t dst_bytes,
+              std::uint64_t base_offset, std::uint64_t block_bytes,
+              std::uint64_t block_count, BlockOffset&& block_offset,
+              unsigned lane) {
   if (!fits(r.src_off, r.len, bounce_bytes))
     return false;
   if (block_bytes == 0) {
@@ -503,7 +547,8 @@ __device__ __forceinline__ bool unpack_record(const ncclNetUnpackRecord& r, cons
     const std::uint64_t logical = r.dst_off + done;
     const std::uint64_t block = logical / block_bytes;
     const std::uint64_t within = logical % block_bytes;
-    const std::uint64_t piece = min(std::uint64_t{r.len} - done, block_bytes - within);
+    const std::uint64_t piece =
+        min(std::uint64_t{r.len} - done, block_bytes - within);
     if (block >= block_count)
       return false;
     const std::uint64_t off = block_offset(block) + within;
@@ -515,13 +560,16 @@ __device__ __forceinline__ bool unpack_record(const ncclNetUnpackRecord& r, cons
   return true;
 }
 
-__device__ __forceinline__ void reject_slot_count(unsigned* rejected, std::uint64_t count) {
-  atomicAdd(rejected, static_cast<unsigned>(count > 0xffffffffu ? 0xffffffffu : count));
+__device__ __forceinline__ void reject_slot_count(unsigned* rejected,
+                                                  std::uint64_t count) {
+  atomicAdd(rejected,
+            static_cast<unsigned>(count > 0xffffffffu ? 0xffffffffu : count));
 }
 
 __global__ void unpack_kernel(unpack_args a) {
   const unsigned lane = threadIdx.x % warp_lanes;
-  const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warp =
+      (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
   const ncclNetUnpackMeta* meta = a.handle->meta;
   const char* bounce = a.handle->bounce_buf;
@@ -535,9 +583,10 @@ __global__ void unpack_kernel(unpack_args a) {
     return a.block_offsets ? a.block_offsets[b] : a.inline_offsets[b];
   };
   for (std::uint64_t i = warp; i < count; i += warps) {
-    const bool ok = unpack_record(meta->records[a.slot][i], bounce, a.bounce_bytes,
-                                  reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
-                                  a.base_offset, a.block_bytes, a.block_count, block_offset, lane);
+    const bool ok = unpack_record(
+        meta->records[a.slot][i], bounce, a.bounce_bytes,
+        reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
+        a.base_offset, a.block_bytes, a.block_count, block_offset, lane);
     if (!ok && lane == 0)
       atomicAdd(a.rejected, 1u);
   }
@@ -547,13 +596,14 @@ __global__ void unpack_kernel(unpack_args a) {
 // record) positions; positions past a slot's count are skipped.
 __global__ void unpack_batch_kernel(unpack_batch_args a) {
   const unsigned lane = threadIdx.x % warp_lanes;
-  const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warp =
+      (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
   const ncclNetUnpackMeta* meta = a.handle->meta;
   const char* bounce = a.handle->bounce_buf;
   const std::uint32_t positions = a.receives * NCCL_NET_UNPACK_RECORDS;
   for (std::uint32_t g = warp; g < positions; g += warps) {
-    const std::uint32_t i = g / a.receives;  // record index
+    const std::uint32_t i = g / a.receives; // record index
     const unpack_receive& rcv = a.receive[g % a.receives];
     const std::uint64_t count = meta->count[rcv.slot];
     if (count > NCCL_NET_UNPACK_RECORDS) {
@@ -564,16 +614,18 @@ __global__ void unpack_batch_kernel(unpack_batch_args a) {
     if (i >= count)
       continue;
     const std::uint64_t* table = rcv.block_offsets;
-    const bool ok = unpack_record(meta->records[rcv.slot][i], bounce, a.bounce_bytes,
-                                  reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
-                                  rcv.base_offset, rcv.block_bytes, rcv.block_count,
-                                  [table](std::uint64_t b) { return table[b]; }, lane);
+    const bool ok = unpack_record(
+        meta->records[rcv.slot][i], bounce, a.bounce_bytes,
+        reinterpret_cast<char*>(a.dst_region), a.dst_region_bytes,
+        rcv.base_offset, rcv.block_bytes, rcv.block_count,
+        [table](std::uint64_t b) { return table[b]; }, lane);
     if (!ok && lane == 0)
       atomicAdd(a.rejected, 1u);
   }
 }
 
-// ---- test helpers -------------------------------------------------------------
+// ---- test helpers
+// -------------------------------------------------------------
 
 __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -582,20 +634,25 @@ __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
   return x ^ (x >> 31);
 }
 
-__global__ void fill_pattern_kernel(unsigned char* data, std::size_t bytes, std::uint64_t seed) {
+__global__ void fill_pattern_kernel(unsigned char* data, std::size_t bytes,
+                                    std::uint64_t seed) {
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i * 8 < bytes; i += stride) {
+  for (std::size_t i = blockIdx.x * blockDim.x + threadIdx.x; i * 8 < bytes;
+       i += stride) {
     const std::uint64_t word = splitmix64(seed ^ (i * 0x2545f4914f6cdd1dull));
     for (int b = 0; b < 8 && i * 8 + b < bytes; ++b)
       data[i * 8 + b] = static_cast<unsigned char>(word >> (8 * b));
   }
 }
 
-__global__ void count_mismatches_kernel(const copy_work_item* items, std::uint32_t n,
-                                        const unsigned char* src, const unsigned char* dst,
+__global__ void count_mismatches_kernel(const copy_work_item* items,
+                                        std::uint32_t n,
+                                        const unsigned char* src,
+                                        const unsigned char* dst,
                                         unsigned long long* mismatches) {
   const unsigned lane = threadIdx.x % warp_lanes;
-  const std::uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
+  const std::uint32_t warp =
+      (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
   const std::uint32_t warps = (gridDim.x * blockDim.x) / warp_lanes;
   unsigned long long local = 0;
   for (std::uint32_t i = warp; i < n; i += warps) {
@@ -609,7 +666,9 @@ __global__ void count_mismatches_kernel(const copy_work_item* items, std::uint32
 
 int grid_for(std::uint64_t units, int threads, int cap) {
   const std::uint64_t blocks = (units + threads - 1) / threads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > static_cast<std::uint64_t>(cap) ? cap : blocks));
+  return static_cast<int>(
+      blocks < 1 ? 1
+                 : (blocks > static_cast<std::uint64_t>(cap) ? cap : blocks));
 }
 
 // Grid for `items` spread over warps: each warp strides over items, so the
@@ -623,7 +682,7 @@ int balanced_grid(std::uint64_t items, int warps_per_block, int max_blocks) {
   return grid_for(warps, warps_per_block, max_blocks);
 }
 
-}  // namespace
+} // namespace
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
   if (bulk_usable(tuning)) {
@@ -639,14 +698,17 @@ bool uses_item_list(const copy_tuning& tuning) {
   return tuning.bulk || tuning.cta_per_item || tuning.host_item_list;
 }
 
-bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes) {
+bool bulk_eligible(const std::vector<copy_work_item>& items,
+                   std::uint32_t item_bytes) {
   for (const auto& it : items)
-    if ((it.src_offset | it.dst_offset | it.length) % 16 != 0 || it.length > item_bytes)
+    if ((it.src_offset | it.dst_offset | it.length) % 16 != 0 ||
+        it.length > item_bytes)
       return false;
   return true;
 }
 
-cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_count,
+cudaError_t launch_batched_copy(const copy_work_item* items,
+                                std::uint32_t item_count,
                                 const std::byte* src_base, std::byte* dst_base,
                                 const copy_tuning& tuning, int grid_blocks,
                                 bool items_bulk_eligible, cudaStream_t stream) {
@@ -656,23 +718,29 @@ cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_
                      reinterpret_cast<std::uintptr_t>(dst_base);
   if (items_bulk_eligible && bulk_usable(tuning) && bases % 16 == 0 &&
       bulk_blocks_per_sm(tuning) > 0) {
-    const int warps_per_block = tuning.threads_per_block / static_cast<int>(warp_lanes);
-    return launch_bulk(items, item_count, reinterpret_cast<const char*>(src_base),
-                       reinterpret_cast<char*>(dst_base), tuning,
-                       tuning.balance_rounds
-                           ? balanced_grid(item_count, warps_per_block, grid_blocks)
-                           : grid_for(item_count, warps_per_block, grid_blocks),
-                       stream);
+    const int warps_per_block =
+        tuning.threads_per_block / static_cast<int>(warp_lanes);
+    return launch_bulk(
+        items, item_count, reinterpret_cast<const char*>(src_base),
+        reinterpret_cast<char*>(dst_base), tuning,
+        tuning.balance_rounds
+            ? balanced_grid(item_count, warps_per_block, grid_blocks)
+            : grid_for(item_count, warps_per_block, grid_blocks),
+        stream);
   }
   // Never launch warps that would find no item at all.
   const int units_per_block =
-      tuning.cta_per_item ? 1 : tuning.threads_per_block / static_cast<int>(warp_lanes);
-  const int grid = tuning.balance_rounds ? balanced_grid(item_count, units_per_block, grid_blocks)
-                                         : grid_for(item_count, units_per_block, grid_blocks);
+      tuning.cta_per_item
+          ? 1
+          : tuning.threads_per_block / static_cast<int>(warp_lanes);
+  const int grid = tuning.balance_rounds
+                       ? balanced_grid(item_count, units_per_block, grid_blocks)
+                       : grid_for(item_count, units_per_block, grid_blocks);
   return dispatch(tuning, copy_launch{items, item_count,
                                       reinterpret_cast<const char*>(src_base),
                                       reinterpret_cast<char*>(dst_base),
-                                      tuning.threads_per_block, grid, tuning.cta_per_item, stream});
+                                      tuning.threads_per_block, grid,
+                                      tuning.cta_per_item, stream});
 }
 
 cudaError_t launch_extent_copy(const copy_extent* extents,
@@ -714,30 +782,35 @@ cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream) {
 cudaError_t launch_unpack_batch(const unpack_batch_args& args, int grid_blocks,
                                 cudaStream_t stream) {
   constexpr int threads = 256;
-  const std::uint64_t positions = std::uint64_t(args.receives) * NCCL_NET_UNPACK_RECORDS;
-  unpack_batch_kernel<<<grid_for(positions * warp_lanes, threads, grid_blocks), threads, 0, stream>>>(args);
+  const std::uint64_t positions =
+      std::uint64_t(args.receives) * NCCL_NET_UNPACK_RECORDS;
+  unpack_batch_kernel<<<grid_for(positions * warp_lanes, threads, grid_blocks),
+                        threads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
-cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes, std::uint64_t seed,
-                                cudaStream_t stream) {
+cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes,
+                                std::uint64_t seed, cudaStream_t stream) {
   constexpr int threads = 256;
-  fill_pattern_kernel<<<grid_for(bytes / 8 + 1, threads, 4096), threads, 0, stream>>>(
-      reinterpret_cast<unsigned char*>(data), bytes, seed);
+  fill_pattern_kernel<<<grid_for(bytes / 8 + 1, threads, 4096), threads, 0,
+                        stream>>>(reinterpret_cast<unsigned char*>(data), bytes,
+                                  seed);
   return cudaGetLastError();
 }
 
-cudaError_t launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
-                                    const std::byte* src_base, const std::byte* dst_base,
-                                    unsigned long long* mismatches, cudaStream_t stream) {
+cudaError_t
+launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
+                        const std::byte* src_base, const std::byte* dst_base,
+                        unsigned long long* mismatches, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
   constexpr int threads = 256;
-  count_mismatches_kernel<<<grid_for(std::uint64_t{item_count} * warp_lanes, threads, 4096),
+  count_mismatches_kernel<<<grid_for(std::uint64_t{item_count} * warp_lanes,
+                                     threads, 4096),
                             threads, 0, stream>>>(
       items, item_count, reinterpret_cast<const unsigned char*>(src_base),
       reinterpret_cast<const unsigned char*>(dst_base), mismatches);
   return cudaGetLastError();
 }
 
-}  // namespace kvferry::transport::kernels
+} // namespace kvferry::transport::kernels

@@ -2,11 +2,11 @@
 // compiled in CUDA builds.
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <vector>
+
+#include <cuda_runtime_api.h>
 
 #include "kvferry/transport/copy_plan.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
@@ -41,15 +41,17 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
 
 /// True when the bulk (TMA) kernel can copy these items (host-side check of
 /// offsets and lengths; base alignment is checked at launch).
-bool bulk_eligible(const std::vector<copy_work_item>& items, std::uint32_t item_bytes);
+bool bulk_eligible(const std::vector<copy_work_item>& items,
+                   std::uint32_t item_bytes);
 
-cudaError_t launch_batched_copy(const copy_work_item* items, std::uint32_t item_count,
+cudaError_t launch_batched_copy(const copy_work_item* items,
+                                std::uint32_t item_count,
                                 const std::byte* src_base, std::byte* dst_base,
                                 const copy_tuning& tuning, int grid_blocks,
                                 bool items_bulk_eligible, cudaStream_t stream);
 
 struct unpack_args {
-  const ncclNetUnpackHandle* handle;  // device-visible
+  const ncclNetUnpackHandle* handle; // device-visible
   int slot;
   std::uint64_t bounce_bytes;
   std::byte* dst_region;
@@ -58,7 +60,7 @@ struct unpack_args {
   std::uint64_t block_bytes;          // 0: contiguous
   const std::uint64_t* block_offsets; // device array, block_count entries
   std::uint64_t block_count;
-  unsigned int* rejected;             // device-visible counter of bad records
+  unsigned int* rejected; // device-visible counter of bad records
   // Small block tables travel in the kernel's parameters instead: no upload.
   static constexpr int inline_blocks = 384;
   std::uint64_t inline_offsets[inline_blocks];
@@ -68,8 +70,8 @@ cudaError_t launch_unpack(const unpack_args& args, cudaStream_t stream);
 struct unpack_receive {
   int slot;
   std::uint64_t base_offset;
-  std::uint64_t block_bytes;           // 0: contiguous
-  const std::uint64_t* block_offsets;  // device array
+  std::uint64_t block_bytes;          // 0: contiguous
+  const std::uint64_t* block_offsets; // device array
   std::uint64_t block_count;
 };
 struct unpack_batch_args {
@@ -78,16 +80,17 @@ struct unpack_batch_args {
   std::byte* dst_region;
   std::uint64_t dst_region_bytes;
   unsigned int* rejected;
-  std::uint32_t receives;              // 1..NCCL_NET_UNPACK_SLOTS
+  std::uint32_t receives; // 1..NCCL_NET_UNPACK_SLOTS
   unpack_receive receive[NCCL_NET_UNPACK_SLOTS];
 };
 cudaError_t launch_unpack_batch(const unpack_batch_args& args, int grid_blocks,
                                 cudaStream_t stream);
 
-cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes, std::uint64_t seed,
-                                cudaStream_t stream);
-cudaError_t launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
-                                    const std::byte* src_base, const std::byte* dst_base,
-                                    unsigned long long* mismatches, cudaStream_t stream);
+cudaError_t launch_fill_pattern(std::byte* data, std::size_t bytes,
+                                std::uint64_t seed, cudaStream_t stream);
+cudaError_t
+launch_count_mismatches(const copy_work_item* items, std::uint32_t item_count,
+                        const std::byte* src_base, const std::byte* dst_base,
+                        unsigned long long* mismatches, cudaStream_t stream);
 
-}  // namespace kvferry::transport::kernels
+} // namespace kvferry::transport::kernels

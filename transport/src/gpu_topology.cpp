@@ -111,8 +111,7 @@ gpu_pair plan_gpu_pair(const gpu_topology& gpus, int src, int dst) {
   return gpu_pair{src, dst, copy_ceiling::peer_memcpy};
 }
 
-void check_ipc_peer_access(const gpu_topology& gpus, int sender,
-                           int receiver) {
+void check_ipc_peer_access(const gpu_topology& gpus, int sender, int receiver) {
   if (sender == receiver || gpus.can_access_peer(sender, receiver))
     return;
   throw no_peer_access(fmt::format(

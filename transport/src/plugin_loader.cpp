@@ -1,30 +1,29 @@
 // Finding, probing and loading NCCL net plugins (ABI v7). See plugin.hpp.
-#include "kvferry/transport/plugin.hpp"
-
-#include <dirent.h>
-#include <dlfcn.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <climits>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dirent.h>
+#include <dlfcn.h>
 #include <map>
 #include <mutex>
+#include <poll.h>
 #include <set>
+#include <signal.h>
 #include <sstream>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 
+#include <climits>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+
+#include "kvferry/transport/plugin.hpp"
 
 #ifndef KVFERRY_INSTALL_LIBDIR
 #define KVFERRY_INSTALL_LIBDIR "/usr/local/lib"
@@ -32,20 +31,29 @@
 
 namespace kvferry::transport {
 
-// ---- names and errors ----------------------------------------------------------
+// ---- names and errors
+// ----------------------------------------------------------
 
 const char* result_name(ncclResult_t code) noexcept {
   switch (code) {
-    case ncclSuccess: return "ncclSuccess";
-    case ncclUnhandledCudaError: return "ncclUnhandledCudaError";
-    case ncclSystemError: return "ncclSystemError";
-    case ncclInternalError: return "ncclInternalError";
-    case ncclInvalidArgument: return "ncclInvalidArgument";
-    case ncclInvalidUsage: return "ncclInvalidUsage";
-    case ncclRemoteError: return "ncclRemoteError";
+  case ncclSuccess:
+    return "ncclSuccess";
+  case ncclUnhandledCudaError:
+    return "ncclUnhandledCudaError";
+  case ncclSystemError:
+    return "ncclSystemError";
+  case ncclInternalError:
+    return "ncclInternalError";
+  case ncclInvalidArgument:
+    return "ncclInvalidArgument";
+  case ncclInvalidUsage:
+    return "ncclInvalidUsage";
+  case ncclRemoteError:
+    return "ncclRemoteError";
   }
   static thread_local char unknown[32];
-  std::snprintf(unknown, sizeof unknown, "ncclResult(%d)", static_cast<int>(code));
+  std::snprintf(unknown, sizeof unknown, "ncclResult(%d)",
+                static_cast<int>(code));
   return unknown;
 }
 
@@ -54,7 +62,8 @@ plugin_error::plugin_error(const std::string& plugin, const std::string& call,
     : transport_error(fmt::format("plugin {}: {}{} failed: {}", plugin, call,
                                   context.empty() ? "" : "(" + context + ")",
                                   result_name(code))),
-      plugin_(plugin), call_(call), code_(code) {}
+      plugin_(plugin), call_(call), code_(code) {
+}
 
 device_properties to_properties(int index, const ncclNetProperties_v7_t& raw) {
   device_properties dev;
@@ -77,8 +86,10 @@ namespace {
 std::string pointer_kinds(int bits) {
   std::string out;
   auto add = [&](int bit, const char* name) {
-    if (!(bits & bit)) return;
-    if (!out.empty()) out += '|';
+    if (!(bits & bit))
+      return;
+    if (!out.empty())
+      out += '|';
     out += name;
   };
   add(NCCL_PTR_HOST, "HOST");
@@ -86,43 +97,53 @@ std::string pointer_kinds(int bits) {
   add(NCCL_PTR_DMABUF, "DMABUF");
   return out.empty() ? "none" : out;
 }
-}  // namespace
+} // namespace
 
 std::string describe(const device_properties& dev) {
-  return fmt::format(
-    "[{}] {}  ptr={}  {} Mbit/s  port {}  latency {:.1f} us  maxComms {}  maxRecvs {}  {}{}{}",
-    dev.index, dev.name.empty() ? "(no name)" : dev.name, pointer_kinds(dev.ptr_support),
-    dev.speed_mbps, dev.port, dev.latency_us, dev.max_comms, dev.max_recvs,
-    dev.is_unpack() ? fmt::format("UNPACK v{}", dev.device_version) : std::string("HOST"),
-    dev.pci_path.empty() ? "" : "  pci ", dev.pci_path);
+  return fmt::format("[{}] {}  ptr={}  {} Mbit/s  port {}  latency {:.1f} us  "
+                     "maxComms {}  maxRecvs {}  {}{}{}",
+                     dev.index, dev.name.empty() ? "(no name)" : dev.name,
+                     pointer_kinds(dev.ptr_support), dev.speed_mbps, dev.port,
+                     dev.latency_us, dev.max_comms, dev.max_recvs,
+                     dev.is_unpack()
+                         ? fmt::format("UNPACK v{}", dev.device_version)
+                         : std::string("HOST"),
+                     dev.pci_path.empty() ? "" : "  pci ", dev.pci_path);
 }
 
 const device_properties& plugin::device(int dev) const {
   if (dev < 0 || dev >= device_count())
-    throw transport_error(fmt::format("plugin {}: no device {} (it has {})", name_, dev,
-                                      device_count()));
+    throw transport_error(fmt::format("plugin {}: no device {} (it has {})",
+                                      name_, dev, device_count()));
   return devices_[dev];
 }
 
-void plugin::check(ncclResult_t code, const char* call, const std::string& context) const {
-  if (code != ncclSuccess) throw plugin_error(name_, call, code, context);
+void plugin::check(ncclResult_t code, const char* call,
+                   const std::string& context) const {
+  if (code != ncclSuccess)
+    throw plugin_error(name_, call, code, context);
 }
 
 plugin::plugin(std::string name, std::string path, const ncclNet_v7_t* net,
                std::vector<device_properties> devices)
-    : name_(std::move(name)), path_(std::move(path)), net_(net), devices_(std::move(devices)) {}
+    : name_(std::move(name)), path_(std::move(path)), net_(net),
+      devices_(std::move(devices)) {
+}
 
-// ---- finding plugins -------------------------------------------------------------
+// ---- finding plugins
+// -------------------------------------------------------------
 
 namespace {
 
 std::vector<std::string> split_colon_list(const char* list) {
   std::vector<std::string> out;
-  if (!list) return out;
+  if (!list)
+    return out;
   std::stringstream in(list);
   std::string item;
   while (std::getline(in, item, ':'))
-    if (!item.empty()) out.push_back(item);
+    if (!item.empty())
+      out.push_back(item);
   return out;
 }
 
@@ -134,35 +155,42 @@ bool is_file(const std::string& path) {
 std::string executable_lib_dir() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return {};
+  if (n <= 0)
+    return {};
   std::string exe(buf, static_cast<size_t>(n));
   auto slash = exe.rfind('/');
-  if (slash == std::string::npos) return {};
+  if (slash == std::string::npos)
+    return {};
   auto lib = exe.substr(0, slash) + "/../lib";
   char resolved[PATH_MAX];
   return ::realpath(lib.c_str(), resolved) ? std::string(resolved) : lib;
 }
 
 bool valid_plugin_name(const std::string& name) {
-  if (name.empty()) return false;
+  if (name.empty())
+    return false;
   for (char c : name)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
+          c == '.'))
       return false;
   return true;
 }
 
-}  // namespace
+} // namespace
 
 std::string default_plugin() {
   const char* env = std::getenv("KVFERRY_NET_PLUGIN");
   return env && *env ? env : "kvsock";
 }
 
-std::string plugin_file_name(const std::string& name) { return "libnccl-net-" + name + ".so"; }
+std::string plugin_file_name(const std::string& name) {
+  return "libnccl-net-" + name + ".so";
+}
 
 std::vector<std::string> plugin_search_dirs() {
   auto dirs = split_colon_list(std::getenv("KVFERRY_PLUGIN_PATH"));
-  if (auto exe_lib = executable_lib_dir(); !exe_lib.empty()) dirs.push_back(exe_lib);
+  if (auto exe_lib = executable_lib_dir(); !exe_lib.empty())
+    dirs.push_back(exe_lib);
   dirs.push_back(KVFERRY_INSTALL_LIBDIR);
   return dirs;
 }
@@ -171,16 +199,17 @@ plugin_location locate_plugin(const std::string& name_or_path) {
   plugin_location where{name_or_path, {}};
   if (name_or_path.find('/') != std::string::npos) {
     if (!is_file(name_or_path))
-      throw plugin_load_error(
-        fmt::format("plugin {}: no such file ({})", name_or_path, std::strerror(ENOENT)));
+      throw plugin_load_error(fmt::format("plugin {}: no such file ({})",
+                                          name_or_path, std::strerror(ENOENT)));
     where.path = name_or_path;
     return where;
   }
   if (!valid_plugin_name(name_or_path))
-    throw plugin_load_error(fmt::format(
-      "plugin '{}': not a plugin name (letters, digits, '_', '-', '.') nor a path "
-      "(contains '/')",
-      name_or_path));
+    throw plugin_load_error(
+        fmt::format("plugin '{}': not a plugin name (letters, digits, '_', "
+                    "'-', '.') nor a path "
+                    "(contains '/')",
+                    name_or_path));
   auto file = plugin_file_name(name_or_path);
   auto dirs = plugin_search_dirs();
   for (auto& dir : dirs)
@@ -202,39 +231,45 @@ plugin_location locate_plugin(const std::string& name_or_path) {
 
 std::vector<plugin_location> discover_plugins() {
   auto dirs = plugin_search_dirs();
-  for (auto& dir : split_colon_list(std::getenv("LD_LIBRARY_PATH"))) dirs.push_back(dir);
+  for (auto& dir : split_colon_list(std::getenv("LD_LIBRARY_PATH")))
+    dirs.push_back(dir);
   std::vector<plugin_location> found;
   std::set<std::string> names;
   const std::string prefix = "libnccl-net-", suffix = ".so";
   for (auto& dir : dirs) {
     DIR* d = ::opendir(dir.c_str());
-    if (!d) continue;
+    if (!d)
+      continue;
     std::vector<std::string> files;
     while (auto* entry = ::readdir(d)) {
       std::string file = entry->d_name;
-      if (file.size() > prefix.size() + suffix.size() && file.rfind(prefix, 0) == 0 &&
+      if (file.size() > prefix.size() + suffix.size() &&
+          file.rfind(prefix, 0) == 0 &&
           file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0)
         files.push_back(file);
     }
     ::closedir(d);
     std::sort(files.begin(), files.end());
     for (auto& file : files) {
-      auto name = file.substr(prefix.size(), file.size() - prefix.size() - suffix.size());
-      if (names.insert(name).second) found.push_back({name, dir + "/" + file});
+      auto name = file.substr(prefix.size(),
+                              file.size() - prefix.size() - suffix.size());
+      if (names.insert(name).second)
+        found.push_back({name, dir + "/" + file});
     }
   }
   return found;
 }
 
-// ---- opening a plugin file (in the probe child or in this process) --------------
+// ---- opening a plugin file (in the probe child or in this process)
+// --------------
 
 namespace {
 
 // Where the plugin's log lines go: spdlog normally, the probe pipe in a child.
 int probe_log_fd = -1;
 
-void forward_plugin_log(ncclDebugLogLevel level, unsigned long /*flags*/, const char* file,
-                        int line, const char* format, ...) {
+void forward_plugin_log(ncclDebugLogLevel level, unsigned long /*flags*/,
+                        const char* file, int line, const char* format, ...) {
   char message[1024];
   va_list args;
   va_start(args, format);
@@ -243,7 +278,8 @@ void forward_plugin_log(ncclDebugLogLevel level, unsigned long /*flags*/, const 
   if (probe_log_fd >= 0) {
     if (level == NCCL_LOG_WARN || level == NCCL_LOG_ABORT) {
       for (char* c = message; *c; ++c)
-        if (*c == '\n' || *c == '\t') *c = ' ';
+        if (*c == '\n' || *c == '\t')
+          *c = ' ';
       auto text = fmt::format("log {}\n", message);
       [[maybe_unused]] auto n = ::write(probe_log_fd, text.data(), text.size());
     }
@@ -251,21 +287,33 @@ void forward_plugin_log(ncclDebugLogLevel level, unsigned long /*flags*/, const 
   }
   const char* where = file ? file : "?";
   switch (level) {
-    case NCCL_LOG_WARN: spdlog::warn("net plugin: {} ({}:{})", message, where, line); break;
-    case NCCL_LOG_ABORT: spdlog::error("net plugin: {} ({}:{})", message, where, line); break;
-    case NCCL_LOG_INFO: spdlog::debug("net plugin: {}", message); break;
-    case NCCL_LOG_TRACE: spdlog::trace("net plugin: {}", message); break;
-    default: spdlog::debug("net plugin: {}", message); break;
+  case NCCL_LOG_WARN:
+    spdlog::warn("net plugin: {} ({}:{})", message, where, line);
+    break;
+  case NCCL_LOG_ABORT:
+    spdlog::error("net plugin: {} ({}:{})", message, where, line);
+    break;
+  case NCCL_LOG_INFO:
+    spdlog::debug("net plugin: {}", message);
+    break;
+  case NCCL_LOG_TRACE:
+    spdlog::trace("net plugin: {}", message);
+    break;
+  default:
+    spdlog::debug("net plugin: {}", message);
+    break;
   }
 }
 
 // The names a plugin might export instead of the v7 table.
 std::string other_table_symbols(void* lib) {
   std::string found;
-  for (const char* prefix : {"ncclNetPlugin_v", "ncclCollNetPlugin_v", "ncclNet_v"})
+  for (const char* prefix :
+       {"ncclNetPlugin_v", "ncclCollNetPlugin_v", "ncclNet_v"})
     for (int version = 1; version <= 20; ++version) {
       auto symbol = fmt::format("{}{}", prefix, version);
-      if (::dlsym(lib, symbol.c_str())) found += (found.empty() ? "" : ", ") + symbol;
+      if (::dlsym(lib, symbol.c_str()))
+        found += (found.empty() ? "" : ", ") + symbol;
     }
   return found;
 }
@@ -282,45 +330,57 @@ opened_table open_table(const std::string& label, const std::string& path) {
     const char* why = ::dlerror();
     std::string searched;
     if (path.find('/') == std::string::npos) {
-      for (auto& dir : plugin_search_dirs()) searched += (searched.empty() ? "" : ", ") + dir;
-      searched = fmt::format(" (searched {}, LD_LIBRARY_PATH and the ld.so cache)", searched);
+      for (auto& dir : plugin_search_dirs())
+        searched += (searched.empty() ? "" : ", ") + dir;
+      searched = fmt::format(
+          " (searched {}, LD_LIBRARY_PATH and the ld.so cache)", searched);
     }
-    throw plugin_load_error(fmt::format("plugin {}: dlopen({}) failed: {}{}", label, path,
+    throw plugin_load_error(fmt::format("plugin {}: dlopen({}) failed: {}{}",
+                                        label, path,
                                         why ? why : "unknown error", searched));
   }
-  out.net = static_cast<const ncclNet_v7_t*>(::dlsym(out.lib, "ncclNetPlugin_v7"));
+  out.net =
+      static_cast<const ncclNet_v7_t*>(::dlsym(out.lib, "ncclNetPlugin_v7"));
   if (!out.net) {
     auto others = other_table_symbols(out.lib);
     throw plugin_load_error(fmt::format(
-      "plugin {}: {} does not export ncclNetPlugin_v7 (the v7 table kvferry needs){}", label,
-      path, others.empty() ? "; it exports no other NCCL net table either"
-                           : "; it exports " + others + " instead"));
+        "plugin {}: {} does not export ncclNetPlugin_v7 (the v7 table kvferry "
+        "needs){}",
+        label, path,
+        others.empty() ? "; it exports no other NCCL net table either"
+                       : "; it exports " + others + " instead"));
   }
   return out;
 }
 
 // The calls both the probe child and load() make, reported stage by stage so
 // a child that dies can be blamed on the call it was in.
-template <class StageFn>
-std::vector<device_properties> init_and_list(const std::string& label, const ncclNet_v7_t& net,
+template<class StageFn>
+std::vector<device_properties> init_and_list(const std::string& label,
+                                             const ncclNet_v7_t& net,
                                              StageFn&& stage) {
-  auto fail = [&](const char* call, ncclResult_t code, const std::string& what = {}) {
+  auto fail = [&](const char* call, ncclResult_t code,
+                  const std::string& what = {}) {
     throw plugin_error(label, call, code, what);
   };
   auto require = [&](const void* slot, const char* call) {
     if (!slot)
-      throw plugin_load_error(fmt::format("plugin {}: its v7 table has no {} (NULL)", label, call));
+      throw plugin_load_error(
+          fmt::format("plugin {}: its v7 table has no {} (NULL)", label, call));
   };
   require(reinterpret_cast<const void*>(net.init), "init");
   stage("init");
-  if (auto rc = net.init(&forward_plugin_log); rc != ncclSuccess) fail("init", rc);
+  if (auto rc = net.init(&forward_plugin_log); rc != ncclSuccess)
+    fail("init", rc);
   require(reinterpret_cast<const void*>(net.devices), "devices");
   stage("devices");
   int count = 0;
-  if (auto rc = net.devices(&count); rc != ncclSuccess) fail("devices", rc);
+  if (auto rc = net.devices(&count); rc != ncclSuccess)
+    fail("devices", rc);
   if (count <= 0)
     throw plugin_load_error(
-      fmt::format("plugin {}: devices() reported {} devices: nothing to use", label, count));
+        fmt::format("plugin {}: devices() reported {} devices: nothing to use",
+                    label, count));
   require(reinterpret_cast<const void*>(net.getProperties), "getProperties");
   std::vector<device_properties> devices;
   for (int dev = 0; dev < count; ++dev) {
@@ -333,35 +393,43 @@ std::vector<device_properties> init_and_list(const std::string& label, const ncc
   return devices;
 }
 
-std::string table_label(const ncclNet_v7_t& net) { return net.name ? net.name : "(unnamed)"; }
+std::string table_label(const ncclNet_v7_t& net) {
+  return net.name ? net.name : "(unnamed)";
+}
 
-// ---- the probe: wire format (one line per record, tab-separated fields) --------
+// ---- the probe: wire format (one line per record, tab-separated fields)
+// --------
 
 void write_all(int fd, const std::string& text) {
   size_t done = 0;
   while (done < text.size()) {
     auto n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
     done += static_cast<size_t>(n);
   }
 }
 
 std::string clean(std::string text) {
   for (auto& c : text)
-    if (c == '\t' || c == '\n') c = ' ';
+    if (c == '\t' || c == '\n')
+      c = ' ';
   return text;
 }
 
 std::string encode_device(const device_properties& d) {
-  return fmt::format("dev\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", d.index,
-                     clean(d.name), clean(d.pci_path), d.guid, d.ptr_support, d.speed_mbps,
-                     d.port, d.latency_us, d.max_comms, d.max_recvs,
-                     static_cast<int>(d.device_type), d.device_version);
+  return fmt::format("dev\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                     d.index, clean(d.name), clean(d.pci_path), d.guid,
+                     d.ptr_support, d.speed_mbps, d.port, d.latency_us,
+                     d.max_comms, d.max_recvs, static_cast<int>(d.device_type),
+                     d.device_version);
 }
 
 bool decode_device(const std::vector<std::string>& f, device_properties& d) {
-  if (f.size() != 13) return false;
+  if (f.size() != 13)
+    return false;
   try {
     d.index = std::stoi(f[1]);
     d.name = f[2];
@@ -387,17 +455,20 @@ std::vector<std::string> split_tabs(const std::string& line) {
   for (;;) {
     auto tab = line.find('\t', start);
     out.push_back(line.substr(start, tab - start));
-    if (tab == std::string::npos) return out;
+    if (tab == std::string::npos)
+      return out;
     start = tab + 1;
   }
 }
 
-[[noreturn]] void run_probe_child(int fd, const std::string& label, const std::string& path) {
+[[noreturn]] void run_probe_child(int fd, const std::string& label,
+                                  const std::string& path) {
   probe_log_fd = fd;
   // A crash must end the child with its signal, not run handlers inherited
   // from the parent (test frameworks, sanitizers); and what the plugin prints
   // must not land in the parent's stdout (it may be a JSON report).
-  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::signal(sig, SIG_DFL);
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT})
+    ::signal(sig, SIG_DFL);
   ::dup2(STDERR_FILENO, STDOUT_FILENO);
   try {
     write_all(fd, "stage\tdlopen\n");
@@ -406,7 +477,8 @@ std::vector<std::string> split_tabs(const std::string& line) {
     auto devices = init_and_list(label, *opened.net, [&](const char* call) {
       write_all(fd, fmt::format("stage\t{}\n", call));
     });
-    for (auto& dev : devices) write_all(fd, encode_device(dev));
+    for (auto& dev : devices)
+      write_all(fd, encode_device(dev));
     write_all(fd, "done\n");
   } catch (const std::exception& e) {
     write_all(fd, fmt::format("error\t{}\n", clean(e.what())));
@@ -417,16 +489,18 @@ std::vector<std::string> split_tabs(const std::string& line) {
 }
 
 std::string describe_child_end(int status) {
-  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  if (WIFEXITED(status))
+    return fmt::format("exited with status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status))
     return fmt::format("crashed with signal {} ({})", WTERMSIG(status),
                        ::strsignal(WTERMSIG(status)));
   return fmt::format("ended with wait status {}", status);
 }
 
-}  // namespace
+} // namespace
 
-probe_report probe_plugin(const std::string& name_or_path, std::chrono::milliseconds timeout) {
+probe_report probe_plugin(const std::string& name_or_path,
+                          std::chrono::milliseconds timeout) {
   probe_report report;
   plugin_location where;
   try {
@@ -438,15 +512,15 @@ probe_report probe_plugin(const std::string& name_or_path, std::chrono::millisec
   report.path = where.path;
   int fds[2];
   if (::pipe(fds) != 0) {
-    report.error = fmt::format("plugin {}: pipe() for the probe failed: {}", name_or_path,
-                               std::strerror(errno));
+    report.error = fmt::format("plugin {}: pipe() for the probe failed: {}",
+                               name_or_path, std::strerror(errno));
     return report;
   }
-  std::fflush(nullptr);  // the child must not flush our buffered output again
+  std::fflush(nullptr); // the child must not flush our buffered output again
   pid_t child = ::fork();
   if (child < 0) {
-    report.error = fmt::format("plugin {}: fork() for the probe failed: {}", name_or_path,
-                               std::strerror(errno));
+    report.error = fmt::format("plugin {}: fork() for the probe failed: {}",
+                               name_or_path, std::strerror(errno));
     ::close(fds[0]);
     ::close(fds[1]);
     return report;
@@ -463,29 +537,37 @@ probe_report probe_plugin(const std::string& name_or_path, std::chrono::millisec
   bool timed_out = false;
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                  deadline - std::chrono::steady_clock::now()).count();
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
     if (left <= 0) {
       timed_out = true;
       break;
     }
     pollfd pfd{fds[0], POLLIN, 0};
-    int ready = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) continue;
+    int ready =
+        ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    if (ready < 0 && errno == EINTR)
+      continue;
+    if (ready <= 0)
+      continue;
     char buf[4096];
     auto n = ::read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // EOF: the child closed or died
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break; // EOF: the child closed or died
     received.append(buf, static_cast<size_t>(n));
   }
   ::close(fds[0]);
-  if (timed_out) ::kill(child, SIGKILL);
+  if (timed_out)
+    ::kill(child, SIGKILL);
   int status = 0;
   // After EOF the child is exiting (or a grandchild holds the pipe): wait with
   // the same deadline, then kill.
   for (;;) {
     auto r = ::waitpid(child, &status, WNOHANG);
-    if (r == child || (r < 0 && errno != EINTR)) break;
+    if (r == child || (r < 0 && errno != EINTR))
+      break;
     if (std::chrono::steady_clock::now() > deadline + std::chrono::seconds(2)) {
       ::kill(child, SIGKILL);
       ::waitpid(child, &status, 0);
@@ -501,14 +583,20 @@ probe_report probe_plugin(const std::string& name_or_path, std::chrono::millisec
   std::string line;
   while (std::getline(lines, line)) {
     auto f = split_tabs(line);
-    if (f[0] == "stage" && f.size() > 1) stage = f[1];
-    else if (f[0] == "table" && f.size() > 1) report.table_name = f[1];
-    else if (f[0] == "log" || line.rfind("log ", 0) == 0) report.log.push_back(line.substr(4));
-    else if (f[0] == "error" && f.size() > 1) child_error = f[1];
-    else if (f[0] == "done") done = true;
+    if (f[0] == "stage" && f.size() > 1)
+      stage = f[1];
+    else if (f[0] == "table" && f.size() > 1)
+      report.table_name = f[1];
+    else if (f[0] == "log" || line.rfind("log ", 0) == 0)
+      report.log.push_back(line.substr(4));
+    else if (f[0] == "error" && f.size() > 1)
+      child_error = f[1];
+    else if (f[0] == "done")
+      done = true;
     else if (f[0] == "dev") {
       device_properties dev;
-      if (decode_device(f, dev)) report.devices.push_back(dev);
+      if (decode_device(f, dev))
+        report.devices.push_back(dev);
     }
   }
   if (done) {
@@ -516,44 +604,48 @@ probe_report probe_plugin(const std::string& name_or_path, std::chrono::millisec
   } else if (!child_error.empty()) {
     report.error = child_error;
   } else if (timed_out) {
-    report.error = fmt::format(
-      "plugin {}: {} did not return within {:.1f} s in the probe process (killed)",
-      name_or_path, stage, timeout.count() / 1000.0);
+    report.error = fmt::format("plugin {}: {} did not return within {:.1f} s "
+                               "in the probe process (killed)",
+                               name_or_path, stage, timeout.count() / 1000.0);
   } else {
-    report.error = fmt::format("plugin {}: {} {} in the probe process", name_or_path, stage,
-                               describe_child_end(status));
+    report.error = fmt::format("plugin {}: {} {} in the probe process",
+                               name_or_path, stage, describe_child_end(status));
   }
   return report;
 }
 
-// ---- load into this process --------------------------------------------------------
+// ---- load into this process
+// --------------------------------------------------------
 
 std::shared_ptr<plugin> plugin::load(const std::string& name_or_path,
                                      const load_options& options) {
   static std::mutex mutex;
-  static std::map<void*, std::shared_ptr<plugin>> loaded;  // by dlopen handle
+  static std::map<void*, std::shared_ptr<plugin>> loaded; // by dlopen handle
 
   auto requested = name_or_path.empty() ? default_plugin() : name_or_path;
   auto where = locate_plugin(requested);
   std::lock_guard<std::mutex> lock(mutex);
   // Already in this process? Then it was probed and initialised before.
   if (void* lib = ::dlopen(where.path.c_str(), RTLD_NOW | RTLD_NOLOAD)) {
-    ::dlclose(lib);  // drop the reference NOLOAD took
-    if (auto it = loaded.find(lib); it != loaded.end()) return it->second;
+    ::dlclose(lib); // drop the reference NOLOAD took
+    if (auto it = loaded.find(lib); it != loaded.end())
+      return it->second;
   }
   if (options.probe_first) {
     auto report = probe_plugin(requested, options.probe_timeout);
-    if (!report.ok) throw plugin_load_error(report.error);
+    if (!report.ok)
+      throw plugin_load_error(report.error);
   }
   auto opened = open_table(requested, where.path);
-  if (auto it = loaded.find(opened.lib); it != loaded.end()) return it->second;
+  if (auto it = loaded.find(opened.lib); it != loaded.end())
+    return it->second;
   auto devices = init_and_list(requested, *opened.net, [](const char*) {});
-  auto made = std::make_shared<plugin>(table_label(*opened.net), where.path, opened.net,
-                                       std::move(devices));
+  auto made = std::make_shared<plugin>(table_label(*opened.net), where.path,
+                                       opened.net, std::move(devices));
   loaded.emplace(opened.lib, made);
-  spdlog::debug("loaded net plugin {} from {} ({} devices)", made->name(), where.path,
-                made->device_count());
+  spdlog::debug("loaded net plugin {} from {} ({} devices)", made->name(),
+                where.path, made->device_count());
   return made;
 }
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

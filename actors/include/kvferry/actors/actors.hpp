@@ -21,8 +21,8 @@
 
 #include "kvferry/actors/memory_region.hpp"
 #include "kvferry/runtime/directory_types.hpp"
-#include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/type_ids.hpp"
 
@@ -41,37 +41,37 @@ namespace kvferry {
 
 /// The directory's interface.
 using directory_actor = caf::typed_actor<
-  // Registers `worker` under its name, authenticated by the deployment's
-  // shared secret. Errors: unauthorized (wrong secret), duplicate (the name
-  // is held by another live worker), invalid_argument (empty name, listen
-  // handle not listen_handle_size bytes). Registering again with the same
-  // app actor updates the entry. Renew before lease.duration passes.
-  caf::replies_to<register_atom, worker_info, std::string>::with<lease>,
-  // Extends the lease of (name, token). Errors: not_found, unauthorized.
-  caf::replies_to<renew_atom, std::string, uint64_t>::with<caf::ok_atom>,
-  // Removes (name, token); watchers get `left`. Errors: not_found,
-  // unauthorized.
-  caf::replies_to<leave_atom, std::string, uint64_t>::with<caf::ok_atom>,
-  // One worker by name. Errors: not_found.
-  caf::replies_to<lookup_atom, std::string>::with<worker_info>,
-  // All workers, sorted by name.
-  caf::replies_to<list_atom>::with<std::vector<worker_info>>,
-  // The workers of one role, sorted by name.
-  caf::replies_to<list_atom, worker_role>::with<std::vector<worker_info>>,
-  // Subscribes `watcher` (any actor handling the two messages of
-  // directory_watcher_actor): replies with the current members (sorted by
-  // name); afterwards pushes (joined_atom, worker_info) and
-  // (left_atom, std::string name, caf::error why). A dead watcher is dropped.
-  caf::replies_to<watch_atom, caf::actor>::with<std::vector<worker_info>>,
-  caf::replies_to<unwatch_atom, caf::actor>::with<caf::ok_atom>,
-  // Internal: the lease timer of (name, token); a no-op if renewed since.
-  caf::reacts_to<expire_atom, std::string, uint64_t>>;
+    // Registers `worker` under its name, authenticated by the deployment's
+    // shared secret. Errors: unauthorized (wrong secret), duplicate (the name
+    // is held by another live worker), invalid_argument (empty name, listen
+    // handle not listen_handle_size bytes). Registering again with the same
+    // app actor updates the entry. Renew before lease.duration passes.
+    caf::replies_to<register_atom, worker_info, std::string>::with<lease>,
+    // Extends the lease of (name, token). Errors: not_found, unauthorized.
+    caf::replies_to<renew_atom, std::string, uint64_t>::with<caf::ok_atom>,
+    // Removes (name, token); watchers get `left`. Errors: not_found,
+    // unauthorized.
+    caf::replies_to<leave_atom, std::string, uint64_t>::with<caf::ok_atom>,
+    // One worker by name. Errors: not_found.
+    caf::replies_to<lookup_atom, std::string>::with<worker_info>,
+    // All workers, sorted by name.
+    caf::replies_to<list_atom>::with<std::vector<worker_info>>,
+    // The workers of one role, sorted by name.
+    caf::replies_to<list_atom, worker_role>::with<std::vector<worker_info>>,
+    // Subscribes `watcher` (any actor handling the two messages of
+    // directory_watcher_actor): replies with the current members (sorted by
+    // name); afterwards pushes (joined_atom, worker_info) and
+    // (left_atom, std::string name, caf::error why). A dead watcher is dropped.
+    caf::replies_to<watch_atom, caf::actor>::with<std::vector<worker_info>>,
+    caf::replies_to<unwatch_atom, caf::actor>::with<caf::ok_atom>,
+    // Internal: the lease timer of (name, token); a no-op if renewed since.
+    caf::reacts_to<expire_atom, std::string, uint64_t>>;
 
 /// What a directory watcher must handle (pass it to `watch` as caf::actor,
 /// e.g. caf::actor_cast<caf::actor>(self)).
-using directory_watcher_actor = caf::typed_actor<
-  caf::reacts_to<joined_atom, worker_info>,
-  caf::reacts_to<left_atom, std::string, caf::error>>;
+using directory_watcher_actor =
+    caf::typed_actor<caf::reacts_to<joined_atom, worker_info>,
+                     caf::reacts_to<left_atom, std::string, caf::error>>;
 
 struct directory_options {
   /// The deployment's shared secret; empty accepts every registration (the
@@ -95,7 +95,7 @@ struct directory_state {
 };
 
 using directory_stateful_pointer =
-  directory_actor::stateful_pointer<directory_state>;
+    directory_actor::stateful_pointer<directory_state>;
 
 /// The directory actor's behaviour: spawn with
 /// `system.spawn(kvferry::directory, options)`.
@@ -163,8 +163,8 @@ using transfer_actor = caf::typed_actor<
     caf::replies_to<proto::send_atom, proto::send_order>::with<std::uint64_t>,
     // Wait for a transfer from a peer to land; replies the bytes received
     // and this actor's view of when the transfer started and ended.
-    caf::replies_to<proto::recv_atom, proto::recv_order>::with<
-        proto::recv_report>,
+    caf::replies_to<proto::recv_atom,
+                    proto::recv_order>::with<proto::recv_report>,
     // Transfer actor to transfer actor: open a channel from `sender` with
     // (comms, chunk bytes); replies the listener's handles (128 B each).
     caf::replies_to<proto::open_atom, std::string, std::uint32_t,
@@ -191,20 +191,20 @@ using transfer_actor = caf::typed_actor<
     caf::reacts_to<proto::sweep_atom>>;
 
 struct transfer_config {
-  std::string name;                 // the worker's name: peers know us by it
+  std::string name; // the worker's name: peers know us by it
   std::shared_ptr<transport::plugin> net;
-  int device = 0;                   // plugin device index
+  int device = 0; // plugin device index
   std::shared_ptr<memory_region> region;
-  std::uint32_t comms_per_peer = 2;  // comm pairs per channel (striped)
+  std::uint32_t comms_per_peer = 2; // comm pairs per channel (striped)
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   // GPU memory over a plugin without NCCL_PTR_CUDA: pinned bounce slots of
   // chunk_bytes per comm (see transport::channel_options).
   std::uint32_t staging_slots = 4;
-  std::uint32_t open_timeout_ms = 10000;  // channel setup with a peer
+  std::uint32_t open_timeout_ms = 10000; // channel setup with a peer
   // Same-host GPU peers: copy over CUDA IPC when both regions are on GPUs
   // and both actors take IPC (worker --transport ipc); else the plugin.
   bool use_ipc = true;
-  std::string host_id;  // local_host_id(); empty: never IPC
+  std::string host_id; // local_host_id(); empty: never IPC
   // Prefill workers: open a same-host decode worker's IPC handle when the
   // directory says it joined, not on its first transfer.
   bool map_peers_ahead = false;
@@ -234,8 +234,8 @@ transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 /// A prefill worker's app: owns the KV block pool, "prefills" (writes a
 /// deterministic pattern), negotiates and ships each request.
 using producer_actor = caf::typed_actor<
-    caf::replies_to<proto::prefill_atom, proto::prefill_request>::with<
-        proto::ready_report>,
+    caf::replies_to<proto::prefill_atom,
+                    proto::prefill_request>::with<proto::ready_report>,
     // Directory watcher: requests whose consumer left fail at once.
     caf::reacts_to<joined_atom, worker_info>,
     caf::reacts_to<left_atom, std::string, caf::error>,
@@ -246,23 +246,23 @@ using producer_actor = caf::typed_actor<
 /// A decode worker's app: allocates destination blocks, waits for the bytes,
 /// verifies them and answers ready.
 using consumer_actor = caf::typed_actor<
-    caf::replies_to<proto::allocate_atom, proto::allocate_request>::with<
-        proto::grant>,
-    caf::replies_to<proto::arrived_atom, proto::arrival_notice>::with<
-        proto::ready_report>,
-    caf::replies_to<proto::advertise_atom, proto::arrival_notice>::with<
-        proto::ready_report>,
+    caf::replies_to<proto::allocate_atom,
+                    proto::allocate_request>::with<proto::grant>,
+    caf::replies_to<proto::arrived_atom,
+                    proto::arrival_notice>::with<proto::ready_report>,
+    caf::replies_to<proto::advertise_atom,
+                    proto::arrival_notice>::with<proto::ready_report>,
     // Lend the producer (the sender, monitored) up to n blocks ahead of
     // time; the grant lists those lent (request_id 0). Errors: mismatch
     // (geometry).
-    caf::replies_to<proto::reserve_atom, proto::reserve_request>::with<
-        proto::grant>,
+    caf::replies_to<proto::reserve_atom,
+                    proto::reserve_request>::with<proto::grant>,
     // A request the producer wrote into lent blocks and delegated here: the
     // reply (to the router) comes once its bytes landed and verified.
     // Errors: invalid_extent (an offset not lent to that producer, named),
     // mismatch, peer_down, timeout, or what the producer's abort says.
-    caf::replies_to<proto::incoming_atom, proto::credit_notice>::with<
-        proto::ready_report>,
+    caf::replies_to<proto::incoming_atom,
+                    proto::credit_notice>::with<proto::ready_report>,
     // Producer -> consumer: the send of a delegated request failed (request
     // id, producer name, why); its promise fails with that error.
     caf::reacts_to<proto::abort_atom, std::uint64_t, std::string, caf::error>,
@@ -271,12 +271,12 @@ using consumer_actor = caf::typed_actor<
 struct app_config {
   std::string name;
   kv_geometry geometry;
-  std::shared_ptr<memory_region> region;  // pool_blocks * layer_block_bytes
+  std::shared_ptr<memory_region> region; // pool_blocks * layer_block_bytes
   transfer_actor transfer;
-  proto::endpoint self;                    // this worker's transfer endpoint
-  std::uint32_t timeout_ms = 10000;        // every remote request
-  bool layerwise = false;  // producer: ship layer by layer unless asked
-  bool pull = false;       // producer: advertise instead of pushing
+  proto::endpoint self;             // this worker's transfer endpoint
+  std::uint32_t timeout_ms = 10000; // every remote request
+  bool layerwise = false; // producer: ship layer by layer unless asked
+  bool pull = false;      // producer: advertise instead of pushing
   // Producer: destination blocks to ask each consumer to lend ahead of time
   // (credit; 0 disables it and every request negotiates). The consumer caps
   // the loan, so the default just means "as much as you lend".
@@ -303,10 +303,9 @@ constexpr std::uint64_t transfer_id_of(std::uint64_t request_id,
 }
 constexpr std::uint32_t max_parts = 4096;
 
-
 /// XXH3-64 of the blocks at `offsets` (each `block_bytes`), in that order.
 std::uint64_t hash_blocks(const std::uint8_t* base,
                           const std::vector<std::uint64_t>& offsets,
                           std::uint64_t block_bytes);
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -16,11 +16,11 @@
 namespace kvferry {
 
 namespace detail {
-struct pattern_device;  // stream and reused buffers of the CUDA path
+struct pattern_device; // stream and reused buffers of the CUDA path
 struct pattern_device_deleter {
   void operator()(pattern_device* device) const noexcept;
 };
-}  // namespace detail
+} // namespace detail
 
 /// What a call covers: block i of the offsets list is block
 /// `i % blocks_per_layer` of layer `first_layer + i / blocks_per_layer` of
@@ -34,7 +34,7 @@ struct pattern_blocks {
 };
 
 class kv_pattern {
- public:
+public:
   explicit kv_pattern(std::shared_ptr<memory_region> region);
   ~kv_pattern();
   kv_pattern(const kv_pattern&) = delete;
@@ -50,13 +50,13 @@ class kv_pattern {
   std::optional<std::size_t> check(const std::vector<std::uint64_t>& offsets,
                                    const pattern_blocks& blocks);
 
- private:
+private:
   void check_bounds(const std::vector<std::uint64_t>& offsets,
                     const pattern_blocks& blocks) const;
   std::shared_ptr<memory_region> region_;
-  std::vector<std::uint8_t> host_scratch_;  // one block, for host checks
+  std::vector<std::uint8_t> host_scratch_; // one block, for host checks
   std::unique_ptr<detail::pattern_device, detail::pattern_device_deleter>
-    device_;  // made on first use
+      device_; // made on first use
 };
 
-}  // namespace kvferry
+} // namespace kvferry

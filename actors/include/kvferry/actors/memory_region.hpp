@@ -16,7 +16,7 @@
 namespace kvferry {
 
 class memory_region {
- public:
+public:
   /// Page-aligned host memory, touched once so that no transfer pays for
   /// page faults. Throws std::bad_alloc with the size in the message.
   static std::shared_ptr<memory_region> allocate_host(std::uint64_t bytes,
@@ -25,9 +25,8 @@ class memory_region {
   /// transport::gpu_error naming the ordinal and how many GPUs exist when
   /// `gpu` is not one of them, and the CUDA error otherwise; in a build
   /// without CUDA it throws saying so.
-  static std::shared_ptr<memory_region> allocate_cuda(int gpu,
-                                                      std::uint64_t bytes,
-                                                      std::string name);
+  static std::shared_ptr<memory_region>
+  allocate_cuda(int gpu, std::uint64_t bytes, std::string name);
 
   ~memory_region();
   memory_region(const memory_region&) = delete;
@@ -50,14 +49,14 @@ class memory_region {
   /// The transport's view of this region (what the copy engine takes).
   transport::memory_region view() const;
 
- private:
+private:
   memory_region(memory_kind kind, std::uint8_t* data, std::uint64_t size,
                 std::string name);
   memory_kind kind_;
   std::uint8_t* data_;
   std::uint64_t size_;
   std::string name_;
-  transport::gpu_region device_;  // owns data_ for cuda regions
+  transport::gpu_region device_; // owns data_ for cuda regions
 };
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -40,9 +40,8 @@ enum class extent_side { source, destination };
 /// Empty if every extent's `side` lies inside [0, region_bytes), else a
 /// message naming `peer`, the offending extent and the region size (the
 /// caller wraps it in ec::invalid_extent). Overflow-safe.
-std::string check_extents(const std::vector<extent>& extents,
-                          extent_side side, std::uint64_t region_bytes,
-                          const std::string& peer);
+std::string check_extents(const std::vector<extent>& extents, extent_side side,
+                          std::uint64_t region_bytes, const std::string& peer);
 
 /// Total bytes of a plan.
 std::uint64_t plan_bytes(const std::vector<extent>& extents);
@@ -53,7 +52,7 @@ std::uint64_t plan_bytes(const std::vector<extent>& extents);
 /// nothing per allocation; no heap allocation after construction except in
 /// the caller's output vector (which callers reuse).
 class block_pool {
- public:
+public:
   block_pool(std::uint64_t block_count, std::uint64_t block_bytes);
 
   /// Appends the offsets of `n` blocks to `out`; false (and `out`
@@ -70,12 +69,12 @@ class block_pool {
   std::uint64_t block_bytes() const { return block_bytes_; }
   std::uint64_t region_bytes() const { return count_ * block_bytes_; }
 
- private:
+private:
   std::uint64_t count_;
   std::uint64_t block_bytes_;
   std::uint64_t free_;
-  std::vector<std::uint64_t> used_bits_;  // bit set = block in use
+  std::vector<std::uint64_t> used_bits_; // bit set = block in use
   std::uint64_t first_maybe_free_word_ = 0;
 };
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -39,7 +39,7 @@ struct region_info {
   std::vector<char> ipc_handle;
 };
 
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, region_info& x) {
   return f(caf::meta::type_name("kvferry::region_info"), x.id, x.base, x.size,
            x.kind, x.gpu, x.ipc_handle);
@@ -74,11 +74,11 @@ struct worker_info {
   std::map<std::string, std::string> attributes;
 };
 
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_info& x) {
-  return f(caf::meta::type_name("kvferry::worker_info"), x.name, x.role,
-           x.host, x.host_id, x.gpu, x.plugin, x.listen_handles,
-           x.ipc_capable, x.regions, x.transfer, x.app, x.attributes);
+  return f(caf::meta::type_name("kvferry::worker_info"), x.name, x.role, x.host,
+           x.host_id, x.gpu, x.plugin, x.listen_handles, x.ipc_capable,
+           x.regions, x.transfer, x.app, x.attributes);
 }
 
 /// What a successful registration grants: the token that authorises renew
@@ -88,7 +88,7 @@ struct lease {
   caf::timespan duration{0};
 };
 
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, lease& x) {
   return f(caf::meta::type_name("kvferry::lease"), x.token, x.duration);
 }
@@ -99,4 +99,4 @@ std::string local_host_id();
 /// This machine's hostname.
 std::string local_hostname();
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -63,4 +63,4 @@ std::string render(const caf::error& err);
 /// True if `err` belongs to kvferry's category and has code `code`.
 bool is(const caf::error& err, ec code);
 
-}  // namespace kvferry
+} // namespace kvferry

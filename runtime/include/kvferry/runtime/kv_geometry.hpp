@@ -22,17 +22,23 @@ inline std::size_t dtype_bytes(kv_dtype t) {
 
 inline std::string_view to_string(kv_dtype t) {
   switch (t) {
-    case kv_dtype::fp16: return "fp16";
-    case kv_dtype::bf16: return "bf16";
-    case kv_dtype::fp32: return "fp32";
+  case kv_dtype::fp16:
+    return "fp16";
+  case kv_dtype::bf16:
+    return "bf16";
+  case kv_dtype::fp32:
+    return "fp32";
   }
   return "?";
 }
 
 inline std::optional<kv_dtype> parse_dtype(std::string_view s) {
-  if (s == "fp16") return kv_dtype::fp16;
-  if (s == "bf16") return kv_dtype::bf16;
-  if (s == "fp32") return kv_dtype::fp32;
+  if (s == "fp16")
+    return kv_dtype::fp16;
+  if (s == "bf16")
+    return kv_dtype::bf16;
+  if (s == "fp32")
+    return kv_dtype::fp32;
   return std::nullopt;
 }
 
@@ -75,4 +81,4 @@ struct kv_geometry {
   bool operator!=(const kv_geometry& o) const { return !(*this == o); }
 };
 
-}  // namespace kvferry
+} // namespace kvferry

@@ -14,4 +14,4 @@ namespace kvferry::runtime {
 caf::error setup_logging(const std::string& level, const std::string& log_file,
                          const std::string& process_name = "kvferry");
 
-}  // namespace kvferry::runtime
+} // namespace kvferry::runtime

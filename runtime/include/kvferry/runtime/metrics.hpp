@@ -29,8 +29,12 @@ using labels = std::vector<std::pair<std::string, std::string>>;
 
 class counter {
 public:
-  void inc(std::uint64_t n = 1) noexcept { value_.fetch_add(n, std::memory_order_relaxed); }
-  std::uint64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
+  void inc(std::uint64_t n = 1) noexcept {
+    value_.fetch_add(n, std::memory_order_relaxed);
+  }
+  std::uint64_t value() const noexcept {
+    return value_.load(std::memory_order_relaxed);
+  }
 
 private:
   std::atomic<std::uint64_t> value_{0};
@@ -38,10 +42,18 @@ private:
 
 class gauge {
 public:
-  void set(std::int64_t v) noexcept { value_.store(v, std::memory_order_relaxed); }
-  void add(std::int64_t d) noexcept { value_.fetch_add(d, std::memory_order_relaxed); }
-  void sub(std::int64_t d) noexcept { value_.fetch_sub(d, std::memory_order_relaxed); }
-  std::int64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
+  void set(std::int64_t v) noexcept {
+    value_.store(v, std::memory_order_relaxed);
+  }
+  void add(std::int64_t d) noexcept {
+    value_.fetch_add(d, std::memory_order_relaxed);
+  }
+  void sub(std::int64_t d) noexcept {
+    value_.fetch_sub(d, std::memory_order_relaxed);
+  }
+  std::int64_t value() const noexcept {
+    return value_.load(std::memory_order_relaxed);
+  }
 
 private:
   std::atomic<std::int64_t> value_{0};
@@ -55,7 +67,7 @@ public:
 
   struct snapshot {
     std::vector<double> upper_bounds;
-    std::vector<std::uint64_t> cumulative;  // one per bound, then +Inf
+    std::vector<std::uint64_t> cumulative; // one per bound, then +Inf
     double sum = 0;
     std::uint64_t count = 0;
   };
@@ -64,8 +76,8 @@ public:
 
 private:
   std::vector<double> bounds_;
-  std::unique_ptr<std::atomic<std::uint64_t>[]> buckets_;  // bounds_.size() + 1
-  std::atomic<std::uint64_t> sum_bits_{0};  // a double, updated by CAS
+  std::unique_ptr<std::atomic<std::uint64_t>[]> buckets_; // bounds_.size() + 1
+  std::atomic<std::uint64_t> sum_bits_{0}; // a double, updated by CAS
   std::atomic<std::uint64_t> count_{0};
 };
 
@@ -124,7 +136,7 @@ public:
   struct peer_series {
     direction_series send;
     direction_series recv;
-    gauge* comms;  // plugin comms open to this peer
+    gauge* comms; // plugin comms open to this peer
   };
 
   explicit transfer_metrics(registry& reg = registry::global());
@@ -133,12 +145,13 @@ public:
   // Errors are rare: a registry lookup per call is fine.
   void count_error(const std::string& peer, const std::string& reason);
 
-  gauge& regions;           // registered memory regions
-  gauge& registered_bytes;  // bytes in registered regions
-  gauge& in_flight;         // transfers started and not yet finished
+  gauge& regions;          // registered memory regions
+  gauge& registered_bytes; // bytes in registered regions
+  gauge& in_flight;        // transfers started and not yet finished
 
   // One finished transfer: counts it, its bytes and its duration.
-  void record(const std::string& peer, bool sent, std::uint64_t bytes, double seconds);
+  void record(const std::string& peer, bool sent, std::uint64_t bytes,
+              double seconds);
 
 private:
   registry& registry_;
@@ -153,15 +166,15 @@ private:
 class http_exporter {
 public:
   struct options {
-    std::string bind = "127.0.0.1";  // loopback unless asked otherwise
-    std::uint16_t port = 0;          // 0: any free port (see port())
+    std::string bind = "127.0.0.1"; // loopback unless asked otherwise
+    std::uint16_t port = 0;         // 0: any free port (see port())
     int io_timeout_ms = 2000;
   };
 
   // Binds and starts serving. Throws std::runtime_error naming the address
   // and the reason when the socket cannot be bound.
   http_exporter(registry& reg, options opts);
-  ~http_exporter();  // stops the thread and closes the socket
+  ~http_exporter(); // stops the thread and closes the socket
   http_exporter(const http_exporter&) = delete;
   http_exporter& operator=(const http_exporter&) = delete;
 
@@ -186,6 +199,7 @@ private:
 // $KVFERRY_METRICS_BIND or 127.0.0.1. Returns nullptr when the port is unset
 // or 0; throws std::runtime_error naming the variable for a bad value, or
 // naming the address when the port cannot be bound.
-std::unique_ptr<http_exporter> exporter_from_env(registry& reg = registry::global());
+std::unique_ptr<http_exporter>
+exporter_from_env(registry& reg = registry::global());
 
-}  // namespace kvferry::metrics
+} // namespace kvferry::metrics

@@ -52,7 +52,7 @@ struct extent {
            length == o.length;
   }
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, extent& x) {
   return f(caf::meta::type_name("kvferry::proto::extent"), x.src_offset,
            x.dst_offset, x.length);
@@ -64,21 +64,21 @@ typename Inspector::result_type inspect(Inspector& f, extent& x) {
 /// straight into the region behind `ipc_handle` instead of using the plugin.
 struct endpoint {
   std::string name;
-  caf::actor transfer;  // the peer's transfer actor
-  std::string plugin;   // plugin name, so both sides can refuse a mismatch
-  std::vector<char> listen_handle;  // 128 bytes (v7 handle)
+  caf::actor transfer; // the peer's transfer actor
+  std::string plugin;  // plugin name, so both sides can refuse a mismatch
+  std::vector<char> listen_handle; // 128 bytes (v7 handle)
   std::uint64_t region_bytes = 0;
-  std::string host_id;  // same-host detection (local_host_id())
-  std::int32_t gpu = -1;  // CUDA device of the region, -1: host memory
+  std::string host_id;   // same-host detection (local_host_id())
+  std::int32_t gpu = -1; // CUDA device of the region, -1: host memory
   // transport::ipc_handle::to_hex() of the region; empty when the region is
   // not on a GPU or the worker does not take CUDA IPC (--transport net).
   std::string ipc_handle;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, endpoint& x) {
-  return f(caf::meta::type_name("kvferry::proto::endpoint"), x.name,
-           x.transfer, x.plugin, x.listen_handle, x.region_bytes, x.host_id,
-           x.gpu, x.ipc_handle);
+  return f(caf::meta::type_name("kvferry::proto::endpoint"), x.name, x.transfer,
+           x.plugin, x.listen_handle, x.region_bytes, x.host_id, x.gpu,
+           x.ipc_handle);
 }
 
 /// Asks a transfer actor to send `extents` of its region to `peer`.
@@ -90,7 +90,7 @@ struct send_order {
   std::vector<extent> extents;
   std::uint32_t timeout_ms = 10000;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, send_order& x) {
   return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
            x.peer, x.extents, x.timeout_ms);
@@ -103,7 +103,7 @@ struct recv_order {
   std::string peer_name;
   std::uint32_t timeout_ms = 10000;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recv_order& x) {
   return f(caf::meta::type_name("kvferry::proto::recv_order"), x.transfer_id,
            x.peer_name, x.timeout_ms);
@@ -126,7 +126,7 @@ struct recv_report {
   std::int64_t gpu_copy_ns = 0;
   std::int64_t gpu_queued_ns = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
   return f(caf::meta::type_name("kvferry::proto::recv_report"), x.bytes,
            x.first_known_ns, x.landed_ns, x.gpu_copy_ns, x.gpu_queued_ns);
@@ -142,24 +142,24 @@ struct announcement {
   std::string sender;
   std::uint32_t comms = 1;
   std::uint32_t first_comm = 0;
-  std::vector<extent> chunks;  // dst_offset/length matter to the receiver
+  std::vector<extent> chunks; // dst_offset/length matter to the receiver
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, announcement& x) {
-  return f(caf::meta::type_name("kvferry::proto::announcement"),
-           x.transfer_id, x.sender, x.comms, x.first_comm, x.chunks);
+  return f(caf::meta::type_name("kvferry::proto::announcement"), x.transfer_id,
+           x.sender, x.comms, x.first_comm, x.chunks);
 }
 
 /// Router -> producer: prefill this prompt and ship its KV to `consumer`.
 struct prefill_request {
   std::uint64_t request_id = 0;
   std::uint32_t prompt_tokens = 0;
-  std::uint64_t pattern_seed = 0;  // what "prefill" writes (checked later)
+  std::uint64_t pattern_seed = 0; // what "prefill" writes (checked later)
   caf::actor consumer;
   bool layerwise = false;
   bool pull = false;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, prefill_request& x) {
   return f(caf::meta::type_name("kvferry::proto::prefill_request"),
            x.request_id, x.prompt_tokens, x.pattern_seed, x.consumer,
@@ -171,11 +171,11 @@ struct allocate_request {
   std::uint64_t request_id = 0;
   std::uint32_t blocks_per_layer = 0;
   std::uint32_t layers = 0;
-  std::uint64_t layer_block_bytes = 0;  // so a geometry mismatch is caught
-  std::string producer;                 // sender's endpoint name
-  std::uint32_t parts = 1;              // transfers to expect (layers if layerwise)
+  std::uint64_t layer_block_bytes = 0; // so a geometry mismatch is caught
+  std::string producer;                // sender's endpoint name
+  std::uint32_t parts = 1; // transfers to expect (layers if layerwise)
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, allocate_request& x) {
   return f(caf::meta::type_name("kvferry::proto::allocate_request"),
            x.request_id, x.blocks_per_layer, x.layers, x.layer_block_bytes,
@@ -190,7 +190,7 @@ struct grant {
   endpoint receiver;
   std::vector<std::uint64_t> block_offsets;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, grant& x) {
   return f(caf::meta::type_name("kvferry::proto::grant"), x.request_id,
            x.receiver, x.block_offsets);
@@ -200,15 +200,15 @@ typename Inspector::result_type inspect(Inspector& f, grant& x) {
 /// destination blocks ahead of time (credit). The consumer answers with a
 /// `grant` (request_id 0) of the blocks it lends, possibly fewer or none.
 struct reserve_request {
-  std::string producer;  // the producer's (worker's) name
+  std::string producer; // the producer's (worker's) name
   std::uint64_t blocks = 0;
-  std::uint64_t layer_block_bytes = 0;  // so a geometry mismatch is caught
+  std::uint64_t layer_block_bytes = 0; // so a geometry mismatch is caught
   std::uint32_t layers = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, reserve_request& x) {
-  return f(caf::meta::type_name("kvferry::proto::reserve_request"),
-           x.producer, x.blocks, x.layer_block_bytes, x.layers);
+  return f(caf::meta::type_name("kvferry::proto::reserve_request"), x.producer,
+           x.blocks, x.layer_block_bytes, x.layers);
 }
 
 /// Producer -> consumer, delegating the router's request: the producer has
@@ -224,16 +224,15 @@ struct credit_notice {
   std::uint32_t parts = 1;
   std::uint64_t bytes = 0;
   std::uint64_t xxhash = 0;
-  bool has_xxhash = false;         // as in arrival_notice (GPU memory: no)
-  std::uint64_t pattern_seed = 0;  // the prefill_request's seed
-  std::int64_t compute_ns = 0;     // the producer's fill + hash time
+  bool has_xxhash = false;        // as in arrival_notice (GPU memory: no)
+  std::uint64_t pattern_seed = 0; // the prefill_request's seed
+  std::int64_t compute_ns = 0;    // the producer's fill + hash time
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
-  return f(caf::meta::type_name("kvferry::proto::credit_notice"),
-           x.request_id, x.producer, x.block_offsets, x.blocks_per_layer,
-           x.parts, x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed,
-           x.compute_ns);
+  return f(caf::meta::type_name("kvferry::proto::credit_notice"), x.request_id,
+           x.producer, x.block_offsets, x.blocks_per_layer, x.parts, x.bytes,
+           x.xxhash, x.has_xxhash, x.pattern_seed, x.compute_ns);
 }
 
 /// Producer -> consumer after its sends completed: what it sent (push), or
@@ -241,23 +240,22 @@ typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
 struct arrival_notice {
   std::uint64_t request_id = 0;
   std::uint64_t bytes = 0;
-  std::uint64_t xxhash = 0;  // XXH3-64 of the bytes in (layer, block) order
+  std::uint64_t xxhash = 0; // XXH3-64 of the bytes in (layer, block) order
   // False when the producer could not hash on the CPU (GPU memory): the
   // consumer then regenerates the pattern from `pattern_seed` and compares.
   bool has_xxhash = false;
-  std::uint64_t pattern_seed = 0;  // the prefill_request's seed
+  std::uint64_t pattern_seed = 0; // the prefill_request's seed
   // pull mode only:
   endpoint source;
   std::vector<std::uint64_t> block_offsets;
   std::uint32_t blocks_per_layer = 0;
   std::uint32_t layers = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
-  return f(caf::meta::type_name("kvferry::proto::arrival_notice"),
-           x.request_id, x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed,
-           x.source, x.block_offsets,
-           x.blocks_per_layer, x.layers);
+  return f(caf::meta::type_name("kvferry::proto::arrival_notice"), x.request_id,
+           x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.source,
+           x.block_offsets, x.blocks_per_layer, x.layers);
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and
@@ -270,7 +268,7 @@ struct ready_report {
   // of the transfer (announcement or recv order) to the last byte landed,
   // over all parts.
   std::int64_t transfer_ns = 0;
-  std::int64_t compute_ns = 0;   // pattern fill + hashing (not control)
+  std::int64_t compute_ns = 0; // pattern fill + hashing (not control)
   // Where that window starts on the consumer host's steady clock (ns), so
   // that a router can merge the overlapping windows of one consumer's
   // concurrent requests instead of counting shared time twice.
@@ -281,11 +279,11 @@ struct ready_report {
   std::int64_t gpu_copy_ns = 0;
   std::int64_t gpu_queued_ns = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
-  return f(caf::meta::type_name("kvferry::proto::ready_report"),
-           x.request_id, x.bytes, x.verified, x.transfer_ns, x.compute_ns,
-           x.data_start_ns, x.gpu_copy_ns, x.gpu_queued_ns);
+  return f(caf::meta::type_name("kvferry::proto::ready_report"), x.request_id,
+           x.bytes, x.verified, x.transfer_ns, x.compute_ns, x.data_start_ns,
+           x.gpu_copy_ns, x.gpu_queued_ns);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).
@@ -297,52 +295,51 @@ struct transfer_stats {
   std::uint64_t comms_opened = 0;
   std::uint64_t registrations = 0;
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
-  return f(caf::meta::type_name("kvferry::proto::transfer_stats"),
-           x.bytes_sent, x.bytes_received, x.transfers_done,
-           x.transfers_failed, x.comms_opened, x.registrations);
+  return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
+           x.bytes_received, x.transfers_done, x.transfers_failed,
+           x.comms_opened, x.registrations);
 }
 
 /// Counters of one consumer (for tests and operators): how its push
 /// requests came in, and what it has lent.
 struct consumer_stats {
-  std::uint64_t negotiated = 0;  // allocate/grant requests
-  std::uint64_t delegated = 0;   // requests on credit (incoming)
-  std::uint64_t refused = 0;     // incoming notices refused (bad blocks)
-  std::uint64_t lent_blocks = 0;      // lent to live producers now
-  std::uint64_t credit_returns = 0;   // credit messages sent
+  std::uint64_t negotiated = 0;     // allocate/grant requests
+  std::uint64_t delegated = 0;      // requests on credit (incoming)
+  std::uint64_t refused = 0;        // incoming notices refused (bad blocks)
+  std::uint64_t lent_blocks = 0;    // lent to live producers now
+  std::uint64_t credit_returns = 0; // credit messages sent
 };
-template <class Inspector>
+template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
-  return f(caf::meta::type_name("kvferry::proto::consumer_stats"),
-           x.negotiated, x.delegated, x.refused, x.lent_blocks,
-           x.credit_returns);
+  return f(caf::meta::type_name("kvferry::proto::consumer_stats"), x.negotiated,
+           x.delegated, x.refused, x.lent_blocks, x.credit_returns);
 }
 
 /// Registers every type above with a config (call before the system starts).
 void add_protocol_types(caf::actor_system_config& cfg);
 
-}  // namespace kvferry::proto
+} // namespace kvferry::proto
 
 CAF_BEGIN_TYPE_ID_BLOCK(kvferry_protocol, 300)
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::extent))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::send_order))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_order))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcement))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::prefill_request))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::allocate_request))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::grant))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_report))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::reserve_request))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::credit_notice))
-  // Block offsets returned to a producer's credit (credit_atom).
-  CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<std::uint64_t>))
-  CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::consumer_stats))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::extent))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::send_order))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_order))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcement))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::prefill_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::allocate_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::grant))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_report))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::reserve_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::credit_notice))
+// Block offsets returned to a producer's credit (credit_atom).
+CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<std::uint64_t>))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::consumer_stats))
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,

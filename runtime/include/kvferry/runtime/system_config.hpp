@@ -59,4 +59,4 @@ private:
   void apply(const runtime_options& options);
 };
 
-}  // namespace kvferry::runtime
+} // namespace kvferry::runtime

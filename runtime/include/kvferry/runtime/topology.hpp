@@ -19,7 +19,7 @@ struct location {
   std::string file;
   int line = 0;
   int column = 0;
-  std::string str() const;  // "file:line:col", or "file" when unknown
+  std::string str() const; // "file:line:col", or "file" when unknown
 };
 
 enum class worker_role { prefill, decode };
@@ -32,27 +32,28 @@ const char* to_string(transfer_mode mode);
 
 struct host_spec {
   std::string name;
-  std::string address;  // what the other hosts dial: an IP or a DNS name
+  std::string address; // what the other hosts dial: an IP or a DNS name
   location where;
 };
 
 struct worker_spec {
   std::string name;
   worker_role role = worker_role::prefill;
-  std::string host;         // a host_spec::name
-  std::optional<int> gpu;   // nullopt: no GPU, host memory only
-  std::string plugin = "kvsock";  // a name (libnccl-net-NAME.so) or a path
-  std::string plugin_file;  // the resolved .so, empty if it was not found
-  std::map<std::string, std::string> plugin_env;  // set in the worker's environment
-  std::vector<std::string> devices;  // plugin device names to use; empty: all
-  std::uint32_t pool_blocks = 4096;  // layer-blocks; the worker's default too
+  std::string host;              // a host_spec::name
+  std::optional<int> gpu;        // nullopt: no GPU, host memory only
+  std::string plugin = "kvsock"; // a name (libnccl-net-NAME.so) or a path
+  std::string plugin_file;       // the resolved .so, empty if it was not found
+  std::map<std::string, std::string>
+      plugin_env;                   // set in the worker's environment
+  std::vector<std::string> devices; // plugin device names to use; empty: all
+  std::uint32_t pool_blocks = 4096; // layer-blocks; the worker's default too
   restart_policy restart = restart_policy::on_failure;
-  std::uint16_t metrics_port = 0;  // 0: no metrics endpoint
+  std::uint16_t metrics_port = 0; // 0: no metrics endpoint
   location where;
 };
 
 struct directory_spec {
-  std::string host;  // a host_spec::name
+  std::string host; // a host_spec::name
   std::uint16_t port = 7470;
   location where;
 };
@@ -62,7 +63,7 @@ struct model_spec {
   std::uint32_t layers = 32;
   std::uint32_t kv_heads = 8;
   std::uint32_t head_dim = 128;
-  std::string dtype = "fp16";  // fp16 | bf16 | fp32
+  std::string dtype = "fp16"; // fp16 | bf16 | fp32
   std::uint32_t block_tokens = 16;
   std::uint32_t dtype_bytes() const;
   // Bytes of one block of one layer, K and V together.
@@ -84,9 +85,9 @@ struct control_spec {
   // Address the control sockets bind to: an IP, or "host" for the address of
   // the host the process runs on (what a multi-host deployment wants).
   std::string bind = "127.0.0.1";
-  std::string secret;       // inline (discouraged: it sits in the file)
-  std::string secret_file;  // first line of this file
-  std::string secret_env;   // name of an environment variable
+  std::string secret;      // inline (discouraged: it sits in the file)
+  std::string secret_file; // first line of this file
+  std::string secret_env;  // name of an environment variable
   location where;
 };
 
@@ -94,8 +95,8 @@ struct control_spec {
 struct launch_spec {
   std::string log_dir = "./kvferry-logs";
   std::uint32_t max_restarts = 5;         // per worker, then it failed for good
-  std::uint32_t restart_backoff_ms = 500;  // doubles per restart, capped at 30 s
-  std::uint32_t stop_grace_ms = 5000;      // SIGTERM, wait this long, SIGKILL
+  std::uint32_t restart_backoff_ms = 500; // doubles per restart, capped at 30 s
+  std::uint32_t stop_grace_ms = 5000;     // SIGTERM, wait this long, SIGKILL
 };
 
 struct deployment {
@@ -130,8 +131,8 @@ struct load_options {
 };
 
 struct load_result {
-  std::optional<deployment> topology;  // set when there are no errors
-  std::vector<std::string> errors;     // each names file:line:col
+  std::optional<deployment> topology; // set when there are no errors
+  std::vector<std::string> errors;    // each names file:line:col
   std::vector<std::string> warnings;
   bool ok() const { return errors.empty(); }
   // Errors then warnings, one per line, prefixed "error: " / "warning: ".
@@ -142,7 +143,8 @@ struct load_result {
 // first. `file_name` is only used in messages.
 load_result parse(const std::string& yaml_text, const std::string& file_name,
                   const load_options& options = {});
-load_result load_file(const std::string& path, const load_options& options = {});
+load_result load_file(const std::string& path,
+                      const load_options& options = {});
 
 // Finds a plugin: a value with a '/' is a path that must exist; otherwise
 // libnccl-net-NAME.so in options.plugin_dirs (or $KVFERRY_PLUGIN_PATH), the
@@ -151,11 +153,13 @@ load_result load_file(const std::string& path, const load_options& options = {})
 std::string find_plugin(const std::string& plugin, const load_options& options);
 
 // The closest of `candidates` to `word` within a small edit distance, or "".
-std::string nearest(const std::string& word, const std::vector<std::string>& candidates);
+std::string nearest(const std::string& word,
+                    const std::vector<std::string>& candidates);
 
 // Reads the control secret the file names (inline, file or environment).
 // Returns nullopt with `why` set when a named source is unreadable/unset;
 // an empty string when the file configures no secret.
-std::optional<std::string> read_secret(const control_spec& control, std::string& why);
+std::optional<std::string> read_secret(const control_spec& control,
+                                       std::string& why);
 
-}  // namespace kvferry::topology
+} // namespace kvferry::topology

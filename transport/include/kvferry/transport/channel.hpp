@@ -6,11 +6,11 @@
 // one direction: a send_channel on one side, a recv_channel on the other.
 // Receiving side                          Sending side
 //   channel_listener l(net, dev, opts);
-//   send l.handles() to the peer  ----->  channel_connector c(net, dev, handles, opts);
-//   auto rx = l.accept(10s);              auto tx = c.connect(10s);
-//   auto mr = rx.register_memory(p, n);   auto mr = tx.register_memory(q, n);
-//   auto id = rx.post_recv(p, n, mr);     auto id = tx.post_send(q, n, mr);
-//   rx.poll([](const completion& c){..}); tx.poll(...);
+//   send l.handles() to the peer  ----->  channel_connector c(net, dev,
+//   handles, opts); auto rx = l.accept(10s);              auto tx =
+//   c.connect(10s); auto mr = rx.register_memory(p, n);   auto mr =
+//   tx.register_memory(q, n); auto id = rx.post_recv(p, n, mr);     auto id =
+//   tx.post_send(q, n, mr); rx.poll([](const completion& c){..}); tx.poll(...);
 // Moving the handles between the peers is the caller's job (out of band).
 //
 // Matching rule (the plugin's, lifted to channels): the k-th operation posted
@@ -65,11 +65,12 @@ namespace kvferry::transport {
 using op_id = uint64_t;
 
 struct channel_options {
-  int comms = 1;                        // comm pairs striped, same on both sides
-  size_t chunk_bytes = size_t{4} << 20; // split size, same on both sides; <= max_chunk_bytes
-  int max_inflight = NCCL_NET_MAX_REQUESTS;  // plugin requests out per comm
-  size_t initial_ops = 256;             // op table size before it has to grow
-  std::string peer = "peer";            // named in every error message
+  int comms = 1; // comm pairs striped, same on both sides
+  size_t chunk_bytes =
+      size_t{4} << 20; // split size, same on both sides; <= max_chunk_bytes
+  int max_inflight = NCCL_NET_MAX_REQUESTS; // plugin requests out per comm
+  size_t initial_ops = 256;  // op table size before it has to grow
+  std::string peer = "peer"; // named in every error message
   // Staging (plugins without NCCL_PTR_CUDA): bounce slots per comm, each
   // chunk_bytes, so the pinned memory of a channel is at most
   // comms x staging_slots x chunk_bytes (16 MiB by default). 0 refuses to
@@ -87,21 +88,21 @@ constexpr size_t max_chunk_bytes = size_t{512} << 20;
 struct completion {
   op_id id = 0;
   bool ok = true;
-  size_t bytes = 0;              // bytes sent, or bytes really received
-  const char* error = nullptr;   // set when !ok; valid during the callback only
+  size_t bytes = 0;            // bytes sent, or bytes really received
+  const char* error = nullptr; // set when !ok; valid during the callback only
 };
 
 namespace detail {
 struct channel_state;
 using completion_fn = void (*)(void* context, const completion& done);
-}  // namespace detail
+} // namespace detail
 
 // A buffer registered (regMr) on every comm of one channel. Move-only;
 // deregMr runs on destruction. Destroy registrations before their channel: a
 // channel that goes first deregisters what is left (with a warning) and the
 // registration becomes inert.
 class registration {
- public:
+public:
   registration() = default;
   registration(registration&&) noexcept;
   registration& operator=(registration&&) noexcept;
@@ -117,7 +118,7 @@ class registration {
   // channel's pinned bounce slots (nothing was registered with the plugin).
   bool staged() const noexcept { return staged_; }
 
- private:
+private:
   friend struct detail::channel_state;
   std::weak_ptr<detail::channel_state> state_;
   int slot_ = -1;
@@ -130,14 +131,15 @@ class registration {
 
 // What send_channel and recv_channel share.
 class channel {
- public:
+public:
   channel(channel&&) noexcept;
   channel& operator=(channel&&) noexcept;
-  ~channel();  // deregisters what is left, then closes every comm
+  ~channel(); // deregisters what is left, then closes every comm
 
   // regMr on every comm. `type` is NCCL_PTR_HOST or NCCL_PTR_CUDA; CUDA
   // memory on a plugin without NCCL_PTR_CUDA is staged (see above).
-  registration register_memory(void* data, size_t bytes, int type = NCCL_PTR_HOST);
+  registration register_memory(void* data, size_t bytes,
+                               int type = NCCL_PTR_HOST);
   // True when CUDA registrations on this channel are staged.
   bool stages_cuda() const noexcept;
   // Pinned bounce memory this channel holds (0 until a staged registration).
@@ -145,31 +147,32 @@ class channel {
 
   // Posts what waits, tests what is out, and calls on_done(const completion&)
   // once per finished operation. Returns how many finished. Never blocks.
-  template <class F>
+  template<class F>
   size_t poll(F&& on_done) {
     using fn_type = std::remove_reference_t<F>;
     return poll_raw(
-      [](void* context, const completion& done) {
-        (*static_cast<fn_type*>(context))(done);
-      },
-      &on_done);
+        [](void* context, const completion& done) {
+          (*static_cast<fn_type*>(context))(done);
+        },
+        &on_done);
   }
   size_t poll_raw(detail::completion_fn on_done, void* context);
 
-  size_t in_flight() const noexcept;  // operations posted and not yet reported
+  size_t in_flight() const noexcept; // operations posted and not yet reported
   int comm_count() const noexcept;
   const channel_options& options() const noexcept;
   const std::shared_ptr<plugin>& net() const noexcept;
 
- protected:
+protected:
   explicit channel(std::shared_ptr<detail::channel_state> state);
   std::shared_ptr<detail::channel_state> state_;
 };
 
 class send_channel : public channel {
- public:
+public:
   // `bytes` may be anything (0 too); above chunk_bytes it is split.
-  op_id post_send(const void* data, size_t bytes, const registration& mr, int tag = 0);
+  op_id post_send(const void* data, size_t bytes, const registration& mr,
+                  int tag = 0);
 
   // Up to maxRecvs sends on ONE comm, matching one post_recv_group of the
   // peer (tags choose the buffer). Each buffer <= chunk_bytes. One completion.
@@ -181,16 +184,17 @@ class send_channel : public channel {
   };
   op_id post_send_group(const send_buffer* buffers, int count);
 
- private:
+private:
   friend class channel_connector;
   using channel::channel;
 };
 
 class recv_channel : public channel {
- public:
+public:
   // `capacity` may exceed the peer's send within one chunk; the completion
   // reports the bytes really received.
-  op_id post_recv(void* data, size_t capacity, const registration& mr, int tag = 0);
+  op_id post_recv(void* data, size_t capacity, const registration& mr,
+                  int tag = 0);
 
   // One grouped irecv of `count` (<= maxRecvs) buffers on one comm.
   struct recv_buffer {
@@ -209,16 +213,17 @@ class recv_channel : public channel {
   // wrapper keeps the plugin's requests of a finished receive until this call.
   void irecv_consumed(op_id id);
 
- private:
+private:
   friend class channel_listener;
   using channel::channel;
 };
 
 // The receiving side's setup: one listen per comm.
 class channel_listener {
- public:
-  channel_listener(std::shared_ptr<plugin> net, int dev, channel_options options = {});
-  ~channel_listener();  // closes listen comms (and any accepted comm not taken)
+public:
+  channel_listener(std::shared_ptr<plugin> net, int dev,
+                   channel_options options = {});
+  ~channel_listener(); // closes listen comms (and any accepted comm not taken)
   channel_listener(channel_listener&&) noexcept;
   channel_listener(const channel_listener&) = delete;
 
@@ -226,20 +231,22 @@ class channel_listener {
   const std::vector<net_handle>& handles() const noexcept;
   // One non-blocking round of accept calls; true once every comm is accepted.
   bool try_accept();
-  recv_channel take();  // after try_accept() returned true
-  // try_accept until done or the deadline; throws timeout_error naming the peer.
+  recv_channel take(); // after try_accept() returned true
+  // try_accept until done or the deadline; throws timeout_error naming the
+  // peer.
   recv_channel accept(std::chrono::milliseconds timeout);
 
- private:
+private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
 
 // The sending side's setup: one connect per peer handle.
 class channel_connector {
- public:
+public:
   channel_connector(std::shared_ptr<plugin> net, int dev,
-                    std::vector<net_handle> peer_handles, channel_options options = {});
+                    std::vector<net_handle> peer_handles,
+                    channel_options options = {});
   ~channel_connector();
   channel_connector(channel_connector&&) noexcept;
   channel_connector(const channel_connector&) = delete;
@@ -248,9 +255,9 @@ class channel_connector {
   send_channel take();
   send_channel connect(std::chrono::milliseconds timeout);
 
- private:
+private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

@@ -49,15 +49,16 @@ struct copy_work_item {
   std::uint32_t length;   // at most copy_tuning::item_bytes
   std::uint32_t reserved; // keeps the struct 8-byte aligned without padding
 };
-static_assert(sizeof(copy_work_item) == 24, "work item layout is shared with the kernel");
+static_assert(sizeof(copy_work_item) == 24,
+              "work item layout is shared with the kernel");
 
 /// Returns a description of the first extent that falls outside its region
 /// (naming its index and both bounds), or nullopt when every extent fits.
 /// Zero-length extents are allowed and copy nothing. Overflowing offsets are
 /// reported, never wrapped.
-std::optional<std::string> check_extents(const std::vector<copy_extent>& extents,
-                                         std::uint64_t src_region_bytes,
-                                         std::uint64_t dst_region_bytes);
+std::optional<std::string>
+check_extents(const std::vector<copy_extent>& extents,
+              std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes);
 
 /// Returns an equivalent plan with fewer extents: zero-length extents dropped
 /// and each extent merged into its predecessor in plan order when both its
@@ -70,8 +71,9 @@ std::vector<copy_extent> coalesce(std::vector<copy_extent> extents);
 /// extent may be shorter). Every byte of every extent appears in exactly one
 /// item, in order. `item_bytes` must be a positive multiple of 16 so that
 /// pieces of an aligned extent stay 16-byte aligned.
-std::vector<copy_work_item> partition_into_work_items(
-    const std::vector<copy_extent>& extents, std::uint32_t item_bytes);
+std::vector<copy_work_item>
+partition_into_work_items(const std::vector<copy_extent>& extents,
+                          std::uint32_t item_bytes);
 
 /// Same, appending to `out` (callers that keep a buffer between plans use
 /// this one so that steady state allocates nothing).
@@ -165,4 +167,4 @@ copy_work_item work_item_of_packed(const copy_extent* extents,
                                    std::uint32_t item_bytes,
                                    std::uint32_t item);
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

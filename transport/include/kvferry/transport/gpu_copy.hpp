@@ -1,9 +1,9 @@
 // The same-host GPU data path: one kernel launch gathers and scatters all the
 // blocks of a transfer plan (thousands of extents), and one kernel unpacks an
 // UNPACK plugin's ring slot (or up to 16 completed slots) into scattered KV
-// blocks. See docs/gpu.md for the design, wiring and H100 measurements. Completion is a CUDA
-// event the caller polls (done()) from its progress loop, never a blocking
-// call on a scheduler thread.
+// blocks. See docs/gpu.md for the design, wiring and H100 measurements.
+// Completion is a CUDA event the caller polls (done()) from its progress loop,
+// never a blocking call on a scheduler thread.
 //
 // Typical use by a transfer actor, for a same-host peer whose region was
 // opened with ipc_region_cache:
@@ -11,13 +11,15 @@
 //   gpu_copy_engine engine{gpu};                       // once per GPU
 //   auto ticket = engine.copy(peer_region, my_region, extents);
 //   ... later, in the progress loop ...
-//   if (engine.done(ticket)) reply_arrived();          // throws gpu_error on failure
+//   if (engine.done(ticket)) reply_arrived();          // throws gpu_error on
+//   failure
 //
 // or, when the same block list is copied for every layer:
 //
 //   auto plan = engine.prepare(extents, src_layer_bytes, dst_layer_bytes);
-//   for (layer...) tickets.push_back(engine.launch(plan, src_layer_base, dst_layer_base));
-//   engine.release(plan);                              // after the last launch
+//   for (layer...) tickets.push_back(engine.launch(plan, src_layer_base,
+//   dst_layer_base)); engine.release(plan);                              //
+//   after the last launch
 //
 // Bounds (documented, fixed at construction): at most `plan_slots` prepared
 // plans at once (default 8) and `event_slots` launches in flight (default 64);
@@ -43,11 +45,11 @@ namespace kvferry::transport {
 /// Knobs of the copy kernel (defaults are the ones measured best on the H100,
 /// see docs/gpu.md).
 struct copy_tuning {
-  std::uint32_t item_bytes = 8192;  // bytes per warp task (multiple of 16)
-  int unroll = 8;                   // 16-byte loads in flight per lane: 4, 8 or 16
-  bool streaming = true;            // __ldcs/__stcs: don't keep copied bytes in L2
+  std::uint32_t item_bytes = 8192; // bytes per warp task (multiple of 16)
+  int unroll = 8;        // 16-byte loads in flight per lane: 4, 8 or 16
+  bool streaming = true; // __ldcs/__stcs: don't keep copied bytes in L2
   int threads_per_block = 256;
-  int blocks_per_sm = 0;            // 0: as many as occupancy allows
+  int blocks_per_sm = 0; // 0: as many as occupancy allows
   /// Hopper bulk copies (cp.async.bulk global->shared->global, completion on
   /// an mbarrier): one lane per warp drives a `bulk_stages`-deep pipeline of
   /// item_bytes pieces. Used only when every item and both bases are 16-byte
@@ -58,7 +60,8 @@ struct copy_tuning {
   bool prefetch_l2_256 = false;
   /// Launch only the warps the item rounds need (see kernels.cu balanced_grid).
   bool balance_rounds = true;
-  /// A whole block (not a warp) copies each item (experimental, see docs/gpu.md).
+  /// A whole block (not a warp) copies each item (experimental, see
+  /// docs/gpu.md).
   bool cta_per_item = false;
   /// The SIMT kernel reads a host-cut list of work items (24 bytes each) as
   /// before issue #5, instead of the packed plan: kept to compare the two
@@ -109,8 +112,9 @@ struct kernel_timing {
 };
 
 class gpu_copy_engine {
- public:
-  explicit gpu_copy_engine(int gpu, copy_tuning tuning = {}, std::size_t plan_slots = 8,
+public:
+  explicit gpu_copy_engine(int gpu, copy_tuning tuning = {},
+                           std::size_t plan_slots = 8,
                            std::size_t event_slots = 64);
   ~gpu_copy_engine();
   gpu_copy_engine(const gpu_copy_engine&) = delete;
@@ -123,10 +127,12 @@ class gpu_copy_engine {
   /// The bulk, block-per-item and host_item_list tunings upload a host-cut
   /// work item list instead. The plan stays until release().
   copy_plan_id prepare(const std::vector<copy_extent>& extents,
-                       std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes);
+                       std::uint64_t src_region_bytes,
+                       std::uint64_t dst_region_bytes);
   /// One kernel launch of a prepared plan between the given bases (which
   /// must be regions at least as large as the plan was checked against).
-  copy_ticket launch(copy_plan_id plan, const std::byte* src_base, std::byte* dst_base);
+  copy_ticket launch(copy_plan_id plan, const std::byte* src_base,
+                     std::byte* dst_base);
   /// Frees the plan's slot for reuse; launches already made still complete.
   void release(copy_plan_id plan);
 
@@ -140,7 +146,8 @@ class gpu_copy_engine {
   /// in; `bounce_bytes` bounds its bounce buffer. Records that fall outside
   /// bounce or destination are skipped and reported by done() as gpu_error.
   copy_ticket unpack(const void* device_handle, std::uint64_t seq,
-                     std::uint64_t bounce_bytes, const memory_region& dst_region,
+                     std::uint64_t bounce_bytes,
+                     const memory_region& dst_region,
                      const unpack_destination& dst);
 
   /// Unpacks receives first_seq .. first_seq + where.size() - 1 (at most 16,
@@ -149,7 +156,8 @@ class gpu_copy_engine {
   /// done at once (each launch costs a few microseconds, a 4 MiB receive ~3).
   copy_ticket unpack_batch(const void* device_handle, std::uint64_t first_seq,
                            const std::vector<unpack_destination>& where,
-                           std::uint64_t bounce_bytes, const memory_region& dst_region);
+                           std::uint64_t bounce_bytes,
+                           const memory_region& dst_region);
 
   /// True once the launch finished; throws gpu_error if it failed (CUDA error
   /// or rejected unpack records). A ticket older than `event_slots` launches
@@ -171,7 +179,7 @@ class gpu_copy_engine {
   /// Blocks the copy kernel is launched with (persistent grid).
   int grid_blocks() const { return grid_blocks_; }
 
- private:
+private:
   void require_unpack_slot_free(std::uint64_t seq);
   struct impl;
   int gpu_;
@@ -182,9 +190,11 @@ class gpu_copy_engine {
 
 /// Test and benchmark helpers (device memory only).
 /// Fills [data, data+bytes) with a pseudo-random pattern derived from `seed`.
-void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes, std::uint64_t seed);
+void gpu_fill_pattern(int gpu, std::byte* data, std::size_t bytes,
+                      std::uint64_t seed);
 /// Bytes of dst that differ from src over every extent (synchronous).
-std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base, const std::byte* dst_base,
+std::uint64_t gpu_count_mismatches(int gpu, const std::byte* src_base,
+                                   const std::byte* dst_base,
                                    const std::vector<copy_extent>& extents);
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

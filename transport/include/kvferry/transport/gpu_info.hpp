@@ -26,4 +26,4 @@ struct gpu_inventory {
 /// Enumerates CUDA devices; never throws and never aborts.
 gpu_inventory list_gpus();
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

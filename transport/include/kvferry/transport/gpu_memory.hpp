@@ -22,7 +22,7 @@ namespace kvferry::transport {
 /// Thrown by GPU memory and copy calls; the message names the CUDA call, the
 /// device and CUDA's own error string.
 class gpu_error : public std::runtime_error {
- public:
+public:
   using std::runtime_error::runtime_error;
 };
 
@@ -32,15 +32,15 @@ enum class memory_kind { host, cuda };
 /// with plugins (kind cuda → NCCL_PTR_CUDA, host → NCCL_PTR_HOST).
 struct memory_region {
   memory_kind kind = memory_kind::host;
-  int device = -1;           // CUDA device for kind cuda; -1 for host
+  int device = -1; // CUDA device for kind cuda; -1 for host
   std::byte* base = nullptr;
   std::size_t bytes = 0;
-  bool pinned = false;       // host memory the GPU can DMA (cudaHostAlloc)
+  bool pinned = false; // host memory the GPU can DMA (cudaHostAlloc)
 };
 
 /// Owns one allocation, freed with the call that made it. Move-only.
 class gpu_region {
- public:
+public:
   gpu_region() = default;
   ~gpu_region();
   gpu_region(gpu_region&& other) noexcept;
@@ -62,7 +62,7 @@ class gpu_region {
   int device() const { return region_.device; }
   explicit operator bool() const { return region_.base != nullptr; }
 
- private:
+private:
   void release() noexcept;
   memory_region region_{};
 };
@@ -70,7 +70,7 @@ class gpu_region {
 /// Fixed-size blocks carved from one region; a free list of block ids.
 /// Acquiring and releasing never allocates after construction.
 class kv_block_pool {
- public:
+public:
   /// Takes the region; `block_bytes` must divide into it at least once and be
   /// a multiple of 16 (the copy kernel's vector width).
   kv_block_pool(gpu_region region, std::size_t block_bytes);
@@ -79,13 +79,21 @@ class kv_block_pool {
   /// Throws std::invalid_argument for an id that is out of range or free.
   void release(std::uint32_t block);
   std::size_t block_bytes() const { return block_bytes_; }
-  std::uint32_t block_count() const { return static_cast<std::uint32_t>(in_use_.size()); }
-  std::uint32_t free_count() const { return static_cast<std::uint32_t>(free_.size()); }
-  std::uint64_t offset_of(std::uint32_t block) const { return std::uint64_t{block} * block_bytes_; }
-  std::byte* address_of(std::uint32_t block) const { return region_.data() + offset_of(block); }
+  std::uint32_t block_count() const {
+    return static_cast<std::uint32_t>(in_use_.size());
+  }
+  std::uint32_t free_count() const {
+    return static_cast<std::uint32_t>(free_.size());
+  }
+  std::uint64_t offset_of(std::uint32_t block) const {
+    return std::uint64_t{block} * block_bytes_;
+  }
+  std::byte* address_of(std::uint32_t block) const {
+    return region_.data() + offset_of(block);
+  }
   const memory_region& region() const { return region_.view(); }
 
- private:
+private:
   gpu_region region_;
   std::size_t block_bytes_;
   std::vector<std::uint32_t> free_;
@@ -95,13 +103,15 @@ class kv_block_pool {
 /// A CUDA IPC handle plus what a peer needs to use it: serialisable to a
 /// hex string for directory metadata.
 struct ipc_handle {
-  std::array<std::uint8_t, 64> bytes{};  // cudaIpcMemHandle_t
+  std::array<std::uint8_t, 64> bytes{}; // cudaIpcMemHandle_t
   std::uint64_t region_bytes = 0;
-  int device = -1;   // exporter's device ordinal (same host)
+  int device = -1; // exporter's device ordinal (same host)
   std::string to_hex() const;
   /// Throws std::invalid_argument naming what is wrong with `text`.
   static ipc_handle from_hex(const std::string& text);
-  friend bool operator<(const ipc_handle& a, const ipc_handle& b) { return a.bytes < b.bytes; }
+  friend bool operator<(const ipc_handle& a, const ipc_handle& b) {
+    return a.bytes < b.bytes;
+  }
 };
 
 /// cudaIpcGetMemHandle for a device region (whole allocation).
@@ -111,7 +121,7 @@ ipc_handle export_ipc_handle(const gpu_region& region);
 /// may only be opened once per process) and closes them all at destruction.
 /// Thread-safe. Bound: one entry per distinct peer region ever opened.
 class ipc_region_cache {
- public:
+public:
   explicit ipc_region_cache(int local_gpu);
   ~ipc_region_cache();
   ipc_region_cache(const ipc_region_cache&) = delete;
@@ -124,7 +134,7 @@ class ipc_region_cache {
   void close(const ipc_handle& handle);
   std::size_t open_count() const;
 
- private:
+private:
   int local_gpu_;
   mutable std::mutex mutex_;
   std::map<ipc_handle, memory_region> opened_;
@@ -134,4 +144,4 @@ class ipc_region_cache {
 /// GPU entry points so callers see one clear reason.
 [[noreturn]] void throw_no_cuda(const char* what);
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

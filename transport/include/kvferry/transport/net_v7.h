@@ -102,14 +102,14 @@ typedef struct {
 } ncclNet_v7_t;
 
 // ---- UNPACK device structures (GPUDirect-TCPX receive path) ----------------
-#define NCCL_NET_UNPACK_SLOTS 16        // one per outstanding irecv
-#define NCCL_NET_UNPACK_RECORDS 2048    // 4 MiB / 4 KiB pages, times two
+#define NCCL_NET_UNPACK_SLOTS 16     // one per outstanding irecv
+#define NCCL_NET_UNPACK_RECORDS 2048 // 4 MiB / 4 KiB pages, times two
 #define NCCL_NET_UNPACK_PAGE 4096
 
 typedef struct alignas(16) {
-  uint32_t src_off;  // fragment offset in the bounce buffer
-  uint32_t len;      // bytes
-  uint64_t dst_off;  // offset in the destination buffer of that irecv
+  uint32_t src_off; // fragment offset in the bounce buffer
+  uint32_t len;     // bytes
+  uint64_t dst_off; // offset in the destination buffer of that irecv
 } ncclNetUnpackRecord;
 
 // The ring: all slots' records first, then one count per slot (the layout
@@ -126,7 +126,7 @@ typedef struct {
   uint64_t head;
 } ncclNetUnpackHandle;
 
-}  // extern "C"
+} // extern "C"
 
 // ---- layout checks: byte-for-byte the v7 ABI --------------------------------
 static_assert(sizeof(ncclNetProperties_v7_t) == 56, "v7 properties size");

@@ -33,7 +33,7 @@ const char* result_name(ncclResult_t code) noexcept;
 
 // Base of every transport failure.
 class transport_error : public std::runtime_error {
- public:
+public:
   using std::runtime_error::runtime_error;
 };
 
@@ -41,28 +41,29 @@ class transport_error : public std::runtime_error {
 // what(): "plugin kvsock: ..." with the reason (searched directories, the
 // symbols the library does export, the child's exit status, ...).
 class plugin_load_error : public transport_error {
- public:
+public:
   using transport_error::transport_error;
 };
 
 // A plugin call returned an error:
-// what(): "plugin kvsock: isend(comm 0, peer decode-1) failed: ncclSystemError".
+// what(): "plugin kvsock: isend(comm 0, peer decode-1) failed:
+// ncclSystemError".
 class plugin_error : public transport_error {
- public:
+public:
   plugin_error(const std::string& plugin, const std::string& call,
                ncclResult_t code, const std::string& context = {});
   const std::string& plugin() const noexcept { return plugin_; }
   const std::string& call() const noexcept { return call_; }
   ncclResult_t code() const noexcept { return code_; }
 
- private:
+private:
   std::string plugin_, call_;
   ncclResult_t code_;
 };
 
 // connect/accept (or any other wait with a deadline) ran out of time.
 class timeout_error : public transport_error {
- public:
+public:
   using transport_error::transport_error;
 };
 
@@ -70,9 +71,9 @@ class timeout_error : public transport_error {
 struct device_properties {
   int index = 0;
   std::string name;
-  std::string pci_path;  // empty for a virtual NIC
+  std::string pci_path; // empty for a virtual NIC
   uint64_t guid = 0;
-  int ptr_support = 0;   // NCCL_PTR_* bits
+  int ptr_support = 0; // NCCL_PTR_* bits
   int speed_mbps = 0;
   int port = 0;
   float latency_us = 0;
@@ -87,7 +88,8 @@ struct device_properties {
 };
 
 device_properties to_properties(int index, const ncclNetProperties_v7_t& raw);
-// One line: "[0] lo  ptr=HOST  100000 Mbit/s  port 0  maxComms 65536  maxRecvs 8  HOST"
+// One line: "[0] lo  ptr=HOST  100000 Mbit/s  port 0  maxComms 65536  maxRecvs
+// 8  HOST"
 std::string describe(const device_properties& dev);
 
 // ---- finding plugins --------------------------------------------------------
@@ -96,13 +98,14 @@ std::string describe(const device_properties& dev);
 std::string default_plugin();
 // "libnccl-net-NAME.so"
 std::string plugin_file_name(const std::string& name);
-// The directories searched before dlopen's own search, in order, existing or not.
+// The directories searched before dlopen's own search, in order, existing or
+// not.
 std::vector<std::string> plugin_search_dirs();
 
 struct plugin_location {
-  std::string requested;  // what the caller asked for
-  std::string path;       // what is passed to dlopen (absolute, or a bare
-                          // file name left to dlopen's own search)
+  std::string requested; // what the caller asked for
+  std::string path;      // what is passed to dlopen (absolute, or a bare
+                         // file name left to dlopen's own search)
 };
 // Resolves a name or path. Throws plugin_load_error naming every directory
 // searched when the file exists nowhere (dlopen's own search is tried last).
@@ -120,16 +123,18 @@ std::vector<plugin_location> discover_plugins();
 // "plugin tcpx: init exited with status 1 in the probe process".
 struct probe_report {
   bool ok = false;
-  std::string error;       // empty when ok
-  std::string path;        // the file loaded
-  std::string table_name;  // ncclNetPlugin_v7->name
+  std::string error;      // empty when ok
+  std::string path;       // the file loaded
+  std::string table_name; // ncclNetPlugin_v7->name
   std::vector<device_properties> devices;
-  std::vector<std::string> log;  // the plugin's WARN/ABORT log lines
+  std::vector<std::string> log; // the plugin's WARN/ABORT log lines
 };
-probe_report probe_plugin(const std::string& name_or_path,
-                          std::chrono::milliseconds timeout = std::chrono::seconds(20));
+probe_report
+probe_plugin(const std::string& name_or_path,
+             std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
-// ---- a loaded plugin ----------------------------------------------------------
+// ---- a loaded plugin
+// ----------------------------------------------------------
 
 struct load_options {
   // Probe in a child first (recommended for a long-lived process): a plugin
@@ -143,29 +148,34 @@ struct load_options {
 // own threads). Thread-safety: the object is immutable after load; the comms
 // made from it belong to whoever made them.
 class plugin {
- public:
+public:
   // Empty name_or_path = default_plugin(). Throws plugin_load_error.
   static std::shared_ptr<plugin> load(const std::string& name_or_path = {},
                                       const load_options& options = {});
 
-  const std::string& name() const noexcept { return name_; }  // table name
+  const std::string& name() const noexcept { return name_; } // table name
   const std::string& path() const noexcept { return path_; }
   const ncclNet_v7_t& net() const noexcept { return *net_; }
-  int device_count() const noexcept { return static_cast<int>(devices_.size()); }
-  const std::vector<device_properties>& devices() const noexcept { return devices_; }
+  int device_count() const noexcept {
+    return static_cast<int>(devices_.size());
+  }
+  const std::vector<device_properties>& devices() const noexcept {
+    return devices_;
+  }
   // Throws transport_error for an index outside [0, device_count()).
   const device_properties& device(int dev) const;
 
   // Throws plugin_error(name(), call, code, context) unless code is success.
-  void check(ncclResult_t code, const char* call, const std::string& context = {}) const;
+  void check(ncclResult_t code, const char* call,
+             const std::string& context = {}) const;
 
   plugin(std::string name, std::string path, const ncclNet_v7_t* net,
          std::vector<device_properties> devices);
 
- private:
+private:
   std::string name_, path_;
   const ncclNet_v7_t* net_;
   std::vector<device_properties> devices_;
 };
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport

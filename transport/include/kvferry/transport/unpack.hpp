@@ -25,9 +25,9 @@ namespace kvferry::transport {
 ///                offset), plus dst_off % block_bytes within that block.
 /// A record that straddles a block boundary is split at it.
 struct unpack_destination {
-  std::uint64_t base_offset = 0;               // contiguous form
-  std::uint64_t block_bytes = 0;               // 0 = contiguous
-  std::vector<std::uint64_t> block_offsets;    // blocks form
+  std::uint64_t base_offset = 0;            // contiguous form
+  std::uint64_t block_bytes = 0;            // 0 = contiguous
+  std::vector<std::uint64_t> block_offsets; // blocks form
 
   static unpack_destination contiguous(std::uint64_t base_offset = 0) {
     return unpack_destination{base_offset, 0, {}};
@@ -57,13 +57,13 @@ std::optional<std::string> check_unpack_slot(const ncclNetUnpackRecord* records,
 
 /// The copies (bounce offset → destination region offset) that unpack a
 /// checked slot; records crossing a block boundary become two extents.
-std::vector<copy_extent> unpack_records_to_extents(const ncclNetUnpackRecord* records,
-                                                   std::uint64_t count,
-                                                   const unpack_destination& dst);
+std::vector<copy_extent>
+unpack_records_to_extents(const ncclNetUnpackRecord* records,
+                          std::uint64_t count, const unpack_destination& dst);
 
 /// Reference unpack on host memory (tests; also usable for a host bounce).
 void unpack_on_host(const ncclNetUnpackRecord* records, std::uint64_t count,
                     const unsigned char* bounce, unsigned char* dst_region,
                     const unpack_destination& dst);
 
-}  // namespace kvferry::transport
+} // namespace kvferry::transport
