@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian 12 machine: installs what the build
-# needs, builds (warnings are errors), runs every test ctest knows, then builds
+# needs, checks the code's format, builds (warnings are errors), runs every test ctest knows, then builds
 # again under AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests
 # that don't need a GPU there too. GPU tests skip with a message without a GPU.
 #
@@ -14,6 +14,11 @@ quick=0
 jobs=$(nproc)
 
 bash scripts/setup-debian.sh
+
+# The style of .clang-format, checked first: it takes seconds.
+echo "== format (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' | head -1))"
+git ls-files '*.cpp' '*.hpp' '*.h' '*.cu' | xargs clang-format --dry-run --Werror \
+  || { echo "run: git ls-files '*.cpp' '*.hpp' '*.h' '*.cu' | xargs clang-format -i"; exit 1; }
 
 configure_and_test() {  # <build dir> <ctest label filter args...> -- <cmake args...>
   local dir=$1; shift
