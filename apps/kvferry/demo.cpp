@@ -661,38 +661,27 @@ int run_demo(demo_command& cmd) {
       directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
       for (auto role : {"prefill", "decode"}) {
         auto gpu = std::string{role} == "prefill" ? gpus.prefill : gpus.decode;
+        // One flag and its value per line.
+        // clang-format off
         std::vector<std::string> args{
-            "kvferry",
-            "worker",
-            "--name",
-            fmt::format("demo-{}-0", role),
-            "--role",
-            role,
-            "--directory",
-            directory,
-            "--bind",
-            "127.0.0.1",
-            "--gpu",
-            gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-            "--transport",
-            cmd.transport,
-            "--pool-blocks",
-            std::to_string(std::string{role} == "decode" ? decode_pool_blocks
-                                                         : prefill_pool_blocks),
-            "--chunk-bytes",
-            std::to_string(cmd.chunk_bytes),
-            "--comms-per-peer",
-            std::to_string(cmd.comms_per_peer),
-            "--timeout-ms",
-            std::to_string(cmd.timeout_ms),
-            "--scheduler",
-            cmd.runtime.scheduler_policy,
-            "--threads",
-            std::to_string(cmd.runtime.threads),
-            "--io-workers",
-            std::to_string(cmd.runtime.io_workers),
-            "--log-level",
-            level};
+            "kvferry", "worker",
+            "--name", fmt::format("demo-{}-0", role),
+            "--role", role,
+            "--directory", directory,
+            "--bind", "127.0.0.1",
+            "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
+            "--transport", cmd.transport,
+            "--pool-blocks", std::to_string(std::string{role} == "decode"
+                                                ? decode_pool_blocks
+                                                : prefill_pool_blocks),
+            "--chunk-bytes", std::to_string(cmd.chunk_bytes),
+            "--comms-per-peer", std::to_string(cmd.comms_per_peer),
+            "--timeout-ms", std::to_string(cmd.timeout_ms),
+            "--scheduler", cmd.runtime.scheduler_policy,
+            "--threads", std::to_string(cmd.runtime.threads),
+            "--io-workers", std::to_string(cmd.runtime.io_workers),
+            "--log-level", level};
+        // clang-format on
         for (auto& a : geometry_args(cmd))
           args.push_back(a);
         if (std::string{role} == "decode") {
