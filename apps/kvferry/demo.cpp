@@ -69,6 +69,7 @@ struct demo_command {
   std::uint32_t timeout_ms = 10000;
   std::uint32_t deadline_s = 600; // the whole run
   bool quiet = false;
+  bool warm_up = true;
   runtime::runtime_options runtime;
 };
 
@@ -245,16 +246,20 @@ struct router_plan {
   std::uint64_t seed = 1;
   std::uint32_t inflight = 2;
   std::uint32_t timeout_ms = 10000;
+  // Tokens of the one warm-up request per producer/consumer pair that runs
+  // before the clock starts; 0: none.
+  std::uint32_t warm_up_tokens = 0;
 };
 
 // Records a failed request (the run has failed: no new request starts),
 // naming the decode worker it was bound for: the producer may not know it.
 void record_failure(results& out, std::uint64_t request_id,
-                    const std::string& consumer, const caf::error& err) {
+                    const std::string& consumer, const caf::error& err,
+                    const char* what = "request") {
   std::lock_guard<std::mutex> guard{out.mtx};
   ++out.done;
   ++out.failed;
-  out.errors.push_back(fmt::format("request {} (to decode worker '{}'): {}",
+  out.errors.push_back(fmt::format("{} {} (to decode worker '{}'): {}", what,
                                    request_id, consumer, render(err)));
 }
 
@@ -266,6 +271,65 @@ struct in_flight {
   std::uint64_t count = 0;
 };
 
+// Before the clock starts, one small request per producer/consumer pair
+// (ids after the run's): the first request to a worker pays one-time set-up
+// (the first credit reserve, opening a channel, mapping a peer's GPU pool:
+// 147 ms across two H100s), which the run's percentiles should not mix with
+// steady-state requests. Its time is printed instead. The requests are in
+// `flight` like any other, so a consumer that leaves fails them at once; a
+// failure stops the run. `done` runs once all succeeded.
+void warm_up(caf::event_based_actor* self,
+             const std::shared_ptr<router_plan>& plan,
+             const std::shared_ptr<in_flight>& flight,
+             const std::shared_ptr<bool>& stopped,
+             const std::shared_ptr<results>& out, std::function<void()> done) {
+  auto t0 = steady_clock::now();
+  auto pairs = plan->producers.size() * plan->consumers.size();
+  auto id = plan->tokens.size();
+  for (auto& producer : plan->producers)
+    for (std::size_t consumer = 0; consumer < plan->consumers.size();
+         ++consumer) {
+      ++id;
+      ++flight->count;
+      flight->consumer_of.emplace(id, consumer);
+      proto::prefill_request req;
+      req.request_id = id;
+      req.prompt_tokens = plan->warm_up_tokens;
+      req.pattern_seed = plan->seed;
+      req.consumer = plan->consumers[consumer];
+      req.layerwise = plan->layerwise;
+      req.pull = plan->pull;
+      auto finish = [=](const caf::error& err) {
+        if (flight->consumer_of.erase(id) == 0)
+          return; // already failed (its consumer went down)
+        if (err) {
+          *stopped = true;
+          record_failure(*out, id, plan->consumer_names[consumer], err,
+                         "warm-up request");
+        }
+        if (--flight->count > 0)
+          return;
+        if (!*stopped)
+          fmt::print(
+              stderr,
+              "kvferry demo: warm-up ({} request(s), one per worker "
+              "pair: first-contact set-up) took {:.1f} ms, not counted "
+              "below\n",
+              pairs,
+              duration<double, std::milli>(steady_clock::now() - t0).count());
+        done();
+      };
+      self->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
+                    proto::prefill_atom::value, std::move(req))
+          .then(
+              [=](proto::ready_report& r) {
+                finish(r.verified ? caf::error{}
+                                  : make_error(ec::mismatch, "not verified"));
+              },
+              [=](caf::error& err) { finish(err); });
+    }
+}
+
 caf::behavior router(caf::event_based_actor* self,
                      std::shared_ptr<router_plan> plan,
                      std::shared_ptr<results> out,
@@ -274,6 +338,7 @@ caf::behavior router(caf::event_based_actor* self,
   auto next = std::make_shared<std::uint64_t>(0);
   auto flight = std::make_shared<in_flight>();
   auto stopped = std::make_shared<bool>(false);
+  auto warming = std::make_shared<bool>(plan->warm_up_tokens > 0);
   // `issue` starts requests; completions call it again through a weak
   // reference (no self-reference cycle). The behavior below holds the only
   // strong reference, so it lives exactly as long as the actor.
@@ -286,8 +351,8 @@ caf::behavior router(caf::event_based_actor* self,
   *issue = [=] {
     // After the first failure no new request starts: the run has failed,
     // and the requests in flight only drain.
-    while (flight->count < plan->inflight && *next < plan->tokens.size() &&
-           !*stopped) {
+    while (!*warming && flight->count < plan->inflight &&
+           *next < plan->tokens.size() && !*stopped) {
       auto i = (*next)++;
       auto id = i + 1;
       auto consumer = i % plan->consumers.size();
@@ -351,7 +416,8 @@ caf::behavior router(caf::event_based_actor* self,
                 again();
               });
     }
-    if (flight->count == 0 && (*next == plan->tokens.size() || *stopped)) {
+    if (flight->count == 0 &&
+        (*stopped || (!*warming && *next == plan->tokens.size()))) {
       out->end = steady_clock::now();
       finished->set_value();
       self->quit();
@@ -388,7 +454,14 @@ caf::behavior router(caf::event_based_actor* self,
                            render(err));
             });
   out->start = steady_clock::now();
-  (*issue)();
+  if (*warming)
+    warm_up(self, plan, flight, stopped, out, [=] {
+      *warming = false;
+      out->start = steady_clock::now();
+      again();
+    });
+  else
+    (*issue)();
   return {
       [issue](caf::ok_atom) {},
       [](joined_atom, const worker_info&) {},
@@ -732,6 +805,7 @@ int run_demo(demo_command& cmd) {
   plan->seed = cmd.seed;
   plan->inflight = std::max<std::uint32_t>(1, cmd.inflight);
   plan->timeout_ms = cmd.timeout_ms;
+  plan->warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
 
   auto out = std::make_shared<results>();
   auto finished = std::make_shared<std::promise<void>>();
@@ -847,6 +921,10 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_flag("--pull", cmd->pull,
                 "the consumer reads what the producer advertises");
   sub->add_option("--seed", cmd->seed)->capture_default_str();
+  sub->add_flag("!--no-warm-up", cmd->warm_up,
+                "count the first request to each worker too (by default one "
+                "small request per worker pair runs before the clock starts, "
+                "its time printed)");
   sub->add_option("--directory", cmd->directory,
                   "HOST:PORT: use a running deployment's workers instead of "
                   "starting processes");
