@@ -42,6 +42,7 @@
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "percentile.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -271,6 +272,27 @@ struct in_flight {
   std::uint64_t count = 0;
 };
 
+// Sends request `id` (`tokens` tokens, bound for consumer `consumer`) to
+// `producer`, counted in `flight` until a handler erases it (a consumer that
+// leaves fails what it still finds there); the caller attaches the handlers.
+auto send_prefill(caf::event_based_actor* self, const router_plan& plan,
+                  in_flight& flight, const producer_actor& producer,
+                  std::uint64_t id, std::uint32_t tokens,
+                  std::size_t consumer) {
+  ++flight.count;
+  flight.consumer_of.emplace(id, consumer);
+  proto::prefill_request req;
+  req.request_id = id;
+  req.prompt_tokens = tokens;
+  req.pattern_seed = plan.seed;
+  req.consumer = plan.consumers[consumer];
+  req.layerwise = plan.layerwise;
+  req.pull = plan.pull;
+  // Generous: the producer's own deadlines fire first and name the cause.
+  return self->request(producer, milliseconds(3 * plan.timeout_ms + 5000),
+                       proto::prefill_atom::value, std::move(req));
+}
+
 // Before the clock starts, one small request per producer/consumer pair
 // (ids after the run's): the first request to a worker pays one-time set-up
 // (the first credit reserve, opening a channel, mapping a peer's GPU pool:
@@ -290,15 +312,6 @@ void warm_up(caf::event_based_actor* self,
     for (std::size_t consumer = 0; consumer < plan->consumers.size();
          ++consumer) {
       ++id;
-      ++flight->count;
-      flight->consumer_of.emplace(id, consumer);
-      proto::prefill_request req;
-      req.request_id = id;
-      req.prompt_tokens = plan->warm_up_tokens;
-      req.pattern_seed = plan->seed;
-      req.consumer = plan->consumers[consumer];
-      req.layerwise = plan->layerwise;
-      req.pull = plan->pull;
       auto finish = [=](const caf::error& err) {
         if (flight->consumer_of.erase(id) == 0)
           return; // already failed (its consumer went down)
@@ -319,8 +332,8 @@ void warm_up(caf::event_based_actor* self,
               duration<double, std::milli>(steady_clock::now() - t0).count());
         done();
       };
-      self->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
-                    proto::prefill_atom::value, std::move(req))
+      send_prefill(self, *plan, *flight, producer, id, plan->warm_up_tokens,
+                   consumer)
           .then(
               [=](proto::ready_report& r) {
                 finish(r.verified ? caf::error{}
@@ -356,20 +369,10 @@ caf::behavior router(caf::event_based_actor* self,
       auto i = (*next)++;
       auto id = i + 1;
       auto consumer = i % plan->consumers.size();
-      ++flight->count;
-      flight->consumer_of.emplace(id, consumer);
-      proto::prefill_request req;
-      req.request_id = id;
-      req.prompt_tokens = plan->tokens[i];
-      req.pattern_seed = plan->seed;
-      req.consumer = plan->consumers[consumer];
-      req.layerwise = plan->layerwise;
-      req.pull = plan->pull;
       auto& producer = plan->producers[i % plan->producers.size()];
       auto t0 = steady_clock::now();
-      // Generous: the producer's own deadlines fire first and name the cause.
-      self->request(producer, milliseconds(3 * plan->timeout_ms + 5000),
-                    proto::prefill_atom::value, std::move(req))
+      send_prefill(self, *plan, *flight, producer, id, plan->tokens[i],
+                   consumer)
           .then(
               [=](proto::ready_report& r) {
                 if (flight->consumer_of.erase(id) == 0)
@@ -556,13 +559,6 @@ std::string via(const worker_gpus& g, const std::string& transport,
   if (!g.on_gpus())
     return ", " + net;
   return transport == "ipc" ? ", CUDA IPC" : ", " + net + " (GPU memory)";
-}
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty())
-    return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<std::size_t>(p * static_cast<double>(v.size() - 1))];
 }
 
 // The GPU copy columns: kernel GB/s (bytes over the kernels' summed GPU

@@ -22,6 +22,7 @@
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "metrics_endpoint.hpp"
+#include "percentile.hpp"
 #include "stop_signals.hpp"
 
 namespace kvferry::app {
@@ -67,13 +68,6 @@ int serve(const directory_command& cmd) {
   sys.middleman().unpublish(dir, *port);
   caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
   return 0;
-}
-
-double percentile(std::vector<double>& sorted, double p) {
-  if (sorted.empty())
-    return 0;
-  auto index = static_cast<size_t>(p * static_cast<double>(sorted.size() - 1));
-  return sorted[index];
 }
 
 struct probe_result {
