@@ -1,9 +1,9 @@
 // `kvferry bench ipc --src-gpu 0 --dst-gpu 1`: the producer's pool on GPU 0,
 // the consumer's on GPU 1, the kernels on GPU 1 reading GPU 0 over peer
 // access, every copy verified, measured against cudaMemcpyPeer. Needs two
-// GPUs that can reach each other: skipped (exit 77) with the reason otherwise,
-// so it runs for real on a multi-GPU machine and nowhere else.
-#define DOCTEST_CONFIG_IMPLEMENT
+// GPUs that can reach each other: skipped (exit 77) with the reason otherwise
+// (support/two_gpu_test_main.cpp), so it runs for real on a multi-GPU machine
+// and nowhere else.
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -12,7 +12,6 @@
 
 #include <doctest/doctest.h>
 
-#include "kvferry/transport/gpu_topology.hpp"
 #include "run_kvferry.hpp"
 
 namespace {
@@ -50,22 +49,4 @@ TEST_CASE(
   CHECK(has(doc, "\"dst_gpu\": 1"));
   CHECK_FALSE(has(doc, "\"verified\": false"));
   std::remove(json.c_str());
-}
-
-int main(int argc, char** argv) {
-  auto gpus = kvferry::transport::system_gpu_topology();
-  if (gpus->device_count() < 2) {
-    std::printf(
-        "SKIPPED: this test needs 2 CUDA GPUs, this machine has %d%s%s\n",
-        gpus->device_count(), gpus->device_count() == 0 ? ": " : "",
-        gpus->device_count() == 0 ? gpus->why_none().c_str() : "");
-    return 77;
-  }
-  if (!gpus->can_access_peer(1, 0)) {
-    std::printf("SKIPPED: GPU 1 cannot access GPU 0's memory (no peer access "
-                "between them)\n");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
 }

@@ -3,10 +3,8 @@
 // on GPU 1. Over CUDA IPC the producer's kernel on GPU 0 writes GPU 1's pool
 // through peer access (push, layer by layer and pull); over --transport net
 // kvsock stages GPU memory through host memory. Without peer access 0 -> 1
-// the IPC cases check the demo's refusal instead. Its own main: below two
-// GPUs it skips (77) saying how many there are.
-#define DOCTEST_CONFIG_IMPLEMENT
-#include <cstdio>
+// the IPC cases check the demo's refusal instead. Below two GPUs it skips
+// (77) saying how many there are (support/two_gpu_test_main.cpp).
 #include <string>
 
 #include <doctest/doctest.h>
@@ -81,17 +79,4 @@ TEST_CASE("demo names a GPU that this machine does not have") {
   CHECK(has(r.output, "--decode-gpu " + std::to_string(count) +
                           ": no such GPU; this machine has " +
                           std::to_string(count)));
-}
-
-int main(int argc, char** argv) {
-  auto gpus = kvferry::transport::system_gpu_topology();
-  if (gpus->device_count() < 2) {
-    std::printf(
-        "SKIPPED: this test needs 2 CUDA GPUs, this machine has %d%s%s\n",
-        gpus->device_count(), gpus->device_count() == 0 ? ": " : "",
-        gpus->device_count() == 0 ? gpus->why_none().c_str() : "");
-    return 77;
-  }
-  doctest::Context context(argc, argv);
-  return context.run();
 }
