@@ -208,12 +208,8 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                       net->name(), options.peer, bytes, data));
     if (type == NCCL_PTR_CUDA && stage_cuda)
       return register_staged(data, bytes);
-    int slot = take_registration_slot();
+    int slot = take_registration_slot(data, bytes, type, false);
     auto& reg = regs[slot];
-    reg.data = static_cast<char*>(data);
-    reg.size = bytes;
-    reg.type = type;
-    reg.staged = false;
     reg.windows = bytes <= size_t(INT_MAX) ? 1 : 0;
     if (!reg.windows)
       for (size_t start = 0;; start += window_step) {
@@ -244,13 +240,22 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
     return handle_of(slot);
   }
 
-  int take_registration_slot() {
+  // A free slot (reused or new) describing `bytes` at `data`; the caller
+  // adds the plugin handles and marks it live.
+  int take_registration_slot(void* data, size_t bytes, int type, bool staged) {
+    int slot;
     if (free_regs.empty()) {
       regs.emplace_back();
-      return static_cast<int>(regs.size() - 1);
+      slot = static_cast<int>(regs.size() - 1);
+    } else {
+      slot = free_regs.back();
+      free_regs.pop_back();
     }
-    int slot = free_regs.back();
-    free_regs.pop_back();
+    auto& reg = regs[slot];
+    reg.data = static_cast<char*>(data);
+    reg.size = bytes;
+    reg.type = type;
+    reg.staged = staged;
     return slot;
   }
 
@@ -288,12 +293,8 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
                       staging_context()));
     if (!staging.memory)
       open_staging(data);
-    int slot = take_registration_slot();
+    int slot = take_registration_slot(data, bytes, NCCL_PTR_CUDA, true);
     auto& reg = regs[slot];
-    reg.data = static_cast<char*>(data);
-    reg.size = bytes;
-    reg.type = NCCL_PTR_CUDA;
-    reg.staged = true;
     reg.windows = 0;
     reg.handles.clear();
     reg.live = true;
