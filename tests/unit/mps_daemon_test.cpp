@@ -1,0 +1,338 @@
+// `kvferry demo --mps` (apps/kvferry/mps_daemon.*): when the demo starts a
+// private MPS daemon, and that daemon's start and stop, run against a fake
+// nvidia-cuda-mps-control that each test puts first on PATH (CI has no GPU
+// and no MPS).
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "mps_daemon.hpp"
+
+namespace fs = std::filesystem;
+using namespace kvferry::app;
+using namespace std::chrono;
+
+namespace {
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Sets an environment variable for one scope, then restores it.
+class scoped_env {
+public:
+  scoped_env(const char* name, const std::string& value) : name_(name) {
+    if (const char* old = std::getenv(name))
+      old_ = old;
+    setenv(name, value.c_str(), 1);
+  }
+  ~scoped_env() {
+    if (old_)
+      setenv(name_, old_->c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+
+private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+// A scratch folder: bin/ holds the fake control program (a shell script
+// whose body is `body`, with $record naming a file it may write), put first
+// on PATH; tmp/ is TMPDIR, where the daemon makes its directories.
+class fake_control {
+public:
+  explicit fake_control(const std::string& body) : root_(make_root()) {
+    fs::create_directories(root_ / "bin");
+    fs::create_directories(tmp());
+    auto script = root_ / "bin" / mps_daemon::control_program;
+    std::ofstream{script} << "#!/bin/sh\nrecord=" << (root_ / "record").string()
+                          << "\n"
+                          << body;
+    fs::permissions(script, fs::perms::owner_all);
+    const char* path = std::getenv("PATH");
+    path_.emplace("PATH", (root_ / "bin").string() + ":" + (path ? path : ""));
+    tmpdir_.emplace("TMPDIR", tmp().string());
+  }
+  ~fake_control() {
+    std::error_code ignored;
+    fs::remove_all(root_, ignored);
+  }
+
+  fs::path tmp() const { return root_ / "tmp"; }
+  bool tmp_is_empty() const { return fs::is_empty(tmp()); }
+  std::string record() const {
+    std::ifstream in{root_ / "record"};
+    return {std::istreambuf_iterator<char>{in}, {}};
+  }
+
+private:
+  static fs::path make_root() {
+    char name[] = "/tmp/kvferry-mps-test-XXXXXX";
+    REQUIRE(mkdtemp(name) != nullptr);
+    return name;
+  }
+  fs::path root_;
+  std::optional<scoped_env> path_, tmpdir_;
+};
+
+// Records its argv, the two variables and its stdin.
+constexpr const char* record_call = R"sh(
+{ echo "argv: $*"
+  echo "pipe: $CUDA_MPS_PIPE_DIRECTORY"
+  echo "log: $CUDA_MPS_LOG_DIRECTORY"
+  echo "stdin: $(cat)"; } >>"$record"
+)sh";
+
+// What the real daemon does that the class relies on: `-d` creates its
+// pipes in the pipe directory.
+constexpr const char* make_pipes =
+    "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n";
+
+std::string record_of(const std::string& argv, const std::string& pipe,
+                      const std::string& log, const std::string& input) {
+  return "argv: " + argv + "\npipe: " + pipe + "\nlog: " + log +
+         "\nstdin: " + input + "\n";
+}
+
+std::string start_error(mps_daemon& daemon) {
+  try {
+    daemon.start();
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  FAIL("start() did not throw");
+  return {};
+}
+
+mps_facts shared_gpu_0(mps_mode mode) {
+  mps_facts f;
+  f.mode = mode;
+  f.shared_gpu = 0;
+  f.control_found = true;
+  return f;
+}
+
+} // namespace
+
+TEST_CASE("--mps takes auto, on or off") {
+  CHECK(parse_mps_mode("auto") == mps_mode::automatic);
+  CHECK(parse_mps_mode("on") == mps_mode::on);
+  CHECK(parse_mps_mode("off") == mps_mode::off);
+  CHECK_FALSE(parse_mps_mode("bogus").has_value());
+  CHECK_FALSE(parse_mps_mode("").has_value());
+}
+
+TEST_CASE("--mps auto starts a daemon only for two workers the demo starts "
+          "on one GPU") {
+  auto f = shared_gpu_0(mps_mode::automatic);
+  auto c = choose_mps(f);
+  CHECK(c.start);
+  CHECK_FALSE(c.callers_daemon);
+  CHECK(c.exit_code == 0);
+  CHECK(c.why.empty());
+
+  SUBCASE("no binary: runs without, saying why") {
+    f.control_found = false;
+    c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.exit_code == 0);
+    CHECK(c.why == "both workers share GPU 0 and nvidia-cuda-mps-control is "
+                   "not on PATH: their kernels will time-slice (docs/gpu.md, "
+                   "'Contention in the demo')");
+  }
+  SUBCASE("the caller's daemon: used, none started") {
+    f.callers_pipe_directory = "/run/mps";
+    c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.callers_daemon);
+    CHECK(contains(c.why, "CUDA_MPS_PIPE_DIRECTORY=/run/mps"));
+  }
+  SUBCASE("workers on two GPUs or in host memory: nothing to share") {
+    f.shared_gpu = -1;
+    c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.why.empty());
+  }
+  SUBCASE("--directory: the demo starts no workers") {
+    f.starts_workers = false;
+    c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.exit_code == 0);
+    CHECK(c.why.empty());
+  }
+}
+
+TEST_CASE("--mps on starts a daemon for any placement, or fails naming why") {
+  auto f = shared_gpu_0(mps_mode::on);
+  f.shared_gpu = -1;
+  CHECK(choose_mps(f).start);
+
+  SUBCASE("no binary: exit 1 naming it") {
+    f.control_found = false;
+    auto c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.exit_code == 1);
+    CHECK(c.why == "--mps on: nvidia-cuda-mps-control is not on PATH");
+  }
+  SUBCASE("--directory: exit 2") {
+    f.starts_workers = false;
+    auto c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.exit_code == 2);
+    CHECK(contains(c.why, "--mps on"));
+    CHECK(contains(c.why, "--directory"));
+  }
+  SUBCASE("the caller's daemon: used, none started") {
+    f.callers_pipe_directory = "/run/mps";
+    auto c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.callers_daemon);
+    CHECK(c.exit_code == 0);
+  }
+}
+
+TEST_CASE("--mps off never starts one, and says when a shared GPU "
+          "time-slices") {
+  auto f = shared_gpu_0(mps_mode::off);
+  auto c = choose_mps(f);
+  CHECK_FALSE(c.start);
+  CHECK(c.exit_code == 0);
+  CHECK(contains(c.why, "both workers share GPU 0 and --mps off: their "
+                        "kernels will time-slice"));
+
+  SUBCASE("the workers still inherit the caller's daemon") {
+    f.callers_pipe_directory = "/run/mps";
+    c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.callers_daemon);
+    CHECK(contains(c.why, "inherit CUDA_MPS_PIPE_DIRECTORY=/run/mps"));
+  }
+  SUBCASE("nothing shared: nothing to say") {
+    f.shared_gpu = -1;
+    CHECK(choose_mps(f).why.empty());
+  }
+}
+
+TEST_CASE("environment_with replaces and adds variables") {
+  scoped_env a{"KVFERRY_MPS_TEST_A", "old"};
+  auto env = environment_with(
+      {{"KVFERRY_MPS_TEST_A", "new"}, {"KVFERRY_MPS_TEST_B", "added"}});
+  int a_count = 0;
+  bool b_added = false;
+  for (auto& e : env) {
+    if (e.rfind("KVFERRY_MPS_TEST_A=", 0) == 0) {
+      ++a_count;
+      CHECK(e == "KVFERRY_MPS_TEST_A=new");
+    }
+    b_added = b_added || e == "KVFERRY_MPS_TEST_B=added";
+  }
+  CHECK(a_count == 1);
+  CHECK(b_added);
+}
+
+TEST_CASE("the daemon starts with -d in private directories and quits with "
+          "the same ones, which are then removed") {
+  fake_control fake{std::string{record_call} + make_pipes + "exit 0\n"};
+  mps_daemon daemon;
+  auto env = daemon.start();
+  auto pipe = daemon.pipe_directory();
+  auto log = daemon.log_directory();
+  REQUIRE(env.size() == 2);
+  CHECK(env[0] ==
+        std::pair<std::string, std::string>{"CUDA_MPS_PIPE_DIRECTORY", pipe});
+  CHECK(env[1] ==
+        std::pair<std::string, std::string>{"CUDA_MPS_LOG_DIRECTORY", log});
+  // Private: fresh, under TMPDIR, one for pipes and one for logs.
+  CHECK(pipe.rfind(fake.tmp().string() + "/kvferry-mps-", 0) == 0);
+  CHECK(fs::is_directory(pipe));
+  CHECK(fs::is_directory(log));
+  CHECK(pipe != log);
+  CHECK(fake.record() == record_of("-d", pipe, log, ""));
+
+  CHECK(daemon.stop().empty());
+  CHECK(fake.record() ==
+        record_of("-d", pipe, log, "") + record_of("", pipe, log, "quit"));
+  CHECK_FALSE(daemon.running());
+  CHECK(fake.tmp_is_empty());
+  CHECK(daemon.stop().empty()); // once only
+}
+
+TEST_CASE("the destructor stops a running daemon") {
+  fake_control fake{std::string{record_call} + make_pipes + "exit 0\n"};
+  std::string pipe;
+  {
+    mps_daemon daemon;
+    daemon.start();
+    pipe = daemon.pipe_directory();
+  }
+  CHECK(contains(fake.record(), "stdin: quit"));
+  CHECK_FALSE(fs::exists(pipe));
+  CHECK(fake.tmp_is_empty());
+}
+
+TEST_CASE("a failing -d names the program, its exit status and output, and "
+          "leaves nothing behind") {
+  fake_control fake{"echo 'An instance of this daemon is already running' "
+                    ">&2\nexit 1\n"};
+  mps_daemon daemon;
+  auto err = start_error(daemon);
+  CHECK(contains(err, "`nvidia-cuda-mps-control -d` failed: exit status 1"));
+  CHECK(contains(err, "An instance of this daemon is already running"));
+  CHECK_FALSE(daemon.running());
+  CHECK(fake.tmp_is_empty());
+}
+
+TEST_CASE("a -d that hangs is killed after the timeout") {
+  fake_control fake{"sleep 30\n"};
+  mps_daemon daemon{milliseconds(300)};
+  auto t0 = steady_clock::now();
+  auto err = start_error(daemon);
+  CHECK(steady_clock::now() - t0 < seconds(5));
+  CHECK(contains(err, "`nvidia-cuda-mps-control -d` did not finish within "
+                      "300 ms (killed)"));
+  CHECK(fake.tmp_is_empty());
+}
+
+TEST_CASE("a -d that exits 0 but never makes its pipes is a failure, and "
+          "gets a quit") {
+  fake_control fake{std::string{record_call} + "exit 0\n"};
+  mps_daemon daemon{milliseconds(200)};
+  auto err = start_error(daemon);
+  CHECK(contains(err, "`nvidia-cuda-mps-control -d` exited 0 but created "
+                      "nothing in"));
+  CHECK(contains(fake.record(), "stdin: quit"));
+  CHECK(fake.tmp_is_empty());
+}
+
+TEST_CASE("a failing quit is reported with how to stop the daemon by hand; "
+          "its directories stay") {
+  fake_control fake{std::string{make_pipes} +
+                    "[ \"$1\" = -d ] && exit 0\nexit 3\n"};
+  mps_daemon daemon;
+  daemon.start();
+  auto pipe = daemon.pipe_directory();
+  auto err = daemon.stop();
+  CHECK(contains(err, "`echo quit | nvidia-cuda-mps-control` failed: exit "
+                      "status 3"));
+  CHECK(contains(err, "CUDA_MPS_PIPE_DIRECTORY=" + pipe));
+  CHECK(fs::is_directory(pipe));
+  CHECK_FALSE(daemon.running());
+}
+
+TEST_CASE("without the program on PATH, start fails naming it") {
+  fake_control fake{"exit 0\n"};
+  scoped_env empty_path{"PATH", fake.tmp().string()};
+  CHECK(find_on_path(mps_daemon::control_program).empty());
+  mps_daemon daemon;
+  CHECK(start_error(daemon) == "nvidia-cuda-mps-control is not on PATH");
+  CHECK(fake.tmp_is_empty());
+}
