@@ -2,7 +2,8 @@
 // decode worker as separate processes on this machine — both on GPU 0 with
 // CUDA IPC between them when there is a GPU, else host memory over kvsock on
 // loopback (--gpu, --transport; --prefill-gpu / --decode-gpu put the two
-// workers on different GPUs of this host) — or attaches to a running
+// workers on different GPUs of this host; two workers on one GPU run under a
+// private MPS daemon, --mps) — or attaches to a running
 // deployment with --directory — and acts as the router: a seeded stream of
 // requests with random prompt lengths, each one's KV blocks filled with a
 // deterministic pattern by the producer, moved by the transfer actors and
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
@@ -19,6 +21,7 @@
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <poll.h>
 #include <random>
 #include <signal.h>
@@ -42,6 +45,7 @@
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "mps_daemon.hpp"
 #include "percentile.hpp"
 
 namespace kvferry::app {
@@ -65,6 +69,7 @@ struct demo_command {
   std::string prefill_gpu; // empty: --gpu
   std::string decode_gpu;  // empty: --gpu
   std::string transport = "ipc";
+  std::string mps = "auto"; // auto, on or off
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   std::uint32_t comms_per_peer = 2;
   std::uint32_t timeout_ms = 10000;
@@ -74,15 +79,61 @@ struct demo_command {
   runtime::runtime_options runtime;
 };
 
+// ---- stop signals
+// ---------------------------------------------------------------
+
+// While a private MPS daemon of ours runs, SIGINT/SIGTERM/SIGHUP must not
+// kill the demo outright: the daemon would outlive it. The handler records
+// the signal; the loops that wait (start-up, the run) see it and return
+// through the normal path, whose destructors stop the workers and then the
+// daemon. A second signal kills at once, as before (SA_RESETHAND).
+volatile std::sig_atomic_t stop_signal = 0;
+
+void record_stop_signal(int sig) {
+  stop_signal = sig;
+}
+
+void catch_stop_signals() {
+  struct sigaction action {};
+  action.sa_handler = record_stop_signal;
+  action.sa_flags = SA_RESETHAND | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    sigaction(sig, nullptr, &old);
+    if (old.sa_handler != SIG_IGN) // under nohup and the like: stays ignored
+      sigaction(sig, &action, nullptr);
+  }
+}
+
+// The exit status for a run stopped by a signal, saying so on stderr.
+int interrupted() {
+  std::cerr << "kvferry demo: interrupted (" << strsignal(stop_signal)
+            << "), stopping the processes it started\n";
+  return 128 + stop_signal;
+}
+
 // ---- child processes
 // ------------------------------------------------------------
 
-// A child `kvferry` process with its stdout on a pipe. Killed (SIGTERM, then
-// SIGKILL) and reaped on destruction, whatever happened.
+// A child `kvferry` process with its stdout on a pipe and `extra_env` added
+// to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
+// destruction, whatever happened.
 class child_process {
 public:
-  child_process(std::string what, const std::vector<std::string>& args)
+  child_process(std::string what, const std::vector<std::string>& args,
+                const env_pairs& extra_env = {})
       : what_(std::move(what)) {
+    // Built before fork: the child only calls async-signal-safe functions.
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    auto env = environment_with(extra_env);
+    std::vector<char*> envp;
+    for (auto& e : env)
+      envp.push_back(e.data());
+    envp.push_back(nullptr);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
       throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));
@@ -92,11 +143,7 @@ public:
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGTERM); // never outlive the demo
       dup2(fds[1], STDOUT_FILENO);
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execv("/proc/self/exe", argv.data());
+      execve("/proc/self/exe", argv.data(), envp.data());
       _exit(127);
     }
     close(fds[1]);
@@ -107,7 +154,8 @@ public:
   child_process& operator=(const child_process&) = delete;
 
   // Reads stdout until a line containing `marker`; returns that line, or
-  // throws naming the child when it exits or the deadline passes first.
+  // throws naming the child when it exits or the deadline passes first (or
+  // a stop signal came).
   std::string wait_for_line(const std::string& marker, milliseconds timeout) {
     auto deadline = steady_clock::now() + timeout;
     for (;;) {
@@ -119,13 +167,16 @@ public:
           return line;
         nl = buffer_.find('\n');
       }
+      if (stop_signal)
+        throw std::runtime_error(what_ + ": interrupted");
       auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
       if (left.count() <= 0)
         throw std::runtime_error(
             fmt::format("{} did not report '{}' within {} ms", what_, marker,
                         timeout.count()));
       pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left.count())) > 0) {
+      auto slice = std::min<milliseconds::rep>(left.count(), 100);
+      if (poll(&p, 1, static_cast<int>(slice)) > 0) {
         char buf[512];
         auto n = read(out_, buf, sizeof buf);
         if (n <= 0)
@@ -658,6 +709,181 @@ double caf_round_trip_us(caf::actor_system& sys, const router_plan& plan) {
   return percentile(std::move(micros), 0.5);
 }
 
+// ---- the processes the demo starts
+// ---------------------------------------------------
+
+// The pool sizes the demo gives its two workers (see run_demo).
+struct worker_pools {
+  std::uint64_t prefill_blocks = 0;
+  std::uint64_t decode_blocks = 0;
+  std::uint64_t decode_lend_percent = 0;
+};
+
+// Starts a directory and the two workers, `worker_env` added to the
+// workers' environment only, and waits until all three are up. Returns the
+// directory's address; throws naming the process that failed. `children`
+// holds whatever started, so that its owner's cleanup stops it.
+std::string
+start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
+                      const worker_pools& pools, const env_pairs& worker_env,
+                      std::vector<std::unique_ptr<child_process>>& children) {
+  // One secret per run, passed through the environment (not argv).
+  std::random_device rd;
+  auto secret = fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
+                            std::uint64_t{rd()} << 32 | rd());
+  setenv("KVFERRY_SECRET", secret.c_str(), 1);
+  auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
+  children.push_back(std::make_unique<child_process>(
+      "directory",
+      std::vector<std::string>{"kvferry", "directory", "--bind", "127.0.0.1",
+                               "--port", "0", "--log-level", level}));
+  auto line = children.back()->wait_for_line("listening on", seconds(15));
+  auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
+  for (auto role : {"prefill", "decode"}) {
+    const bool decode = std::string{role} == "decode";
+    auto gpu = decode ? gpus.decode : gpus.prefill;
+    // One flag and its value per line.
+    // clang-format off
+    std::vector<std::string> args{
+        "kvferry", "worker",
+        "--name", fmt::format("demo-{}-0", role),
+        "--role", role,
+        "--directory", directory,
+        "--bind", "127.0.0.1",
+        "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
+        "--transport", cmd.transport,
+        "--pool-blocks", std::to_string(decode ? pools.decode_blocks
+                                               : pools.prefill_blocks),
+        "--chunk-bytes", std::to_string(cmd.chunk_bytes),
+        "--comms-per-peer", std::to_string(cmd.comms_per_peer),
+        "--timeout-ms", std::to_string(cmd.timeout_ms),
+        "--scheduler", cmd.runtime.scheduler_policy,
+        "--threads", std::to_string(cmd.runtime.threads),
+        "--io-workers", std::to_string(cmd.runtime.io_workers),
+        "--log-level", level};
+    // clang-format on
+    for (auto& a : geometry_args(cmd))
+      args.push_back(a);
+    if (decode) {
+      args.push_back("--lend-percent");
+      args.push_back(std::to_string(pools.decode_lend_percent));
+    }
+    if (!cmd.plugin.empty()) {
+      args.push_back("--plugin");
+      args.push_back(cmd.plugin);
+    }
+    children.push_back(std::make_unique<child_process>(
+        fmt::format("worker demo-{}-0", role), args, worker_env));
+  }
+  for (std::size_t k = 1; k < children.size(); ++k)
+    children[k]->wait_for_line(" ready", seconds(30));
+  return directory;
+}
+
+// Both workers' GPU when they share one (the case MPS is for), else -1.
+int shared_gpu(const worker_gpus& g) {
+  return g.on_gpus() && g.prefill == g.decode ? g.prefill : -1;
+}
+
+mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
+                        const worker_gpus& gpus) {
+  mps_facts facts;
+  facts.mode = mode;
+  facts.starts_workers = cmd.directory.empty();
+  facts.shared_gpu = shared_gpu(gpus);
+  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
+    facts.callers_pipe_directory = pipe;
+  facts.control_found = !find_on_path(mps_daemon::control_program).empty();
+  return facts;
+}
+
+// What the demo started on this machine. Members are destroyed in reverse
+// order: the children stop before the MPS daemon they were clients of.
+struct local_processes {
+  std::optional<mps_daemon> mps;
+  std::vector<std::unique_ptr<child_process>> children;
+  bool under_mps = false; // the workers run under MPS (ours or the caller's)
+};
+
+// Starts the private MPS daemon when `choice` says so; the variables that
+// make the workers its clients, none when it did not start (--mps auto:
+// running without MPS is the fallback). Exit code 1 when --mps on failed.
+int start_private_mps(const demo_command& cmd, const worker_gpus& gpus,
+                      local_processes& local, env_pairs& worker_env) {
+  catch_stop_signals(); // from now on the daemon must be stopped on exit
+  try {
+    worker_env = local.mps.emplace().start();
+  } catch (const std::exception& e) {
+    local.mps.reset();
+    if (cmd.mps == "on") {
+      std::cerr << "kvferry demo: --mps on: " << e.what() << "\n";
+      return 1;
+    }
+    std::cerr << "kvferry demo: could not start a private MPS daemon ("
+              << e.what()
+              << "): the workers run without MPS and their kernels will "
+                 "time-slice (docs/gpu.md, 'Contention in the demo')\n";
+    return 0;
+  }
+  local.under_mps = true;
+  auto gpu = shared_gpu(gpus);
+  fmt::print(stderr,
+             "kvferry demo: started a private MPS daemon for {} (pipe "
+             "directory {}); --mps off to run without\n",
+             gpu >= 0 ? fmt::format("GPU {}", gpu) : std::string{"the workers"},
+             local.mps->pipe_directory());
+  return 0;
+}
+
+// Starts the directory and the workers — under a private MPS daemon when
+// `choice` says so — and sets `directory` to its address. With --mps auto,
+// workers that fail to start under the daemon are started again without it
+// (MPS can fail where CUDA alone works: another user's MPS server on the
+// GPU, a compute mode it refuses). 0, or the demo's exit code.
+int start_locally(const demo_command& cmd, const worker_gpus& gpus,
+                  const worker_pools& pools, const mps_choice& choice,
+                  local_processes& local, std::string& directory) {
+  local.under_mps = choice.callers_daemon;
+  env_pairs worker_env;
+  if (choice.start)
+    if (auto code = start_private_mps(cmd, gpus, local, worker_env))
+      return code;
+  std::string failure;
+  try {
+    directory =
+        start_local_processes(cmd, gpus, pools, worker_env, local.children);
+    return 0;
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  if (stop_signal)
+    return interrupted();
+  if (!local.mps || cmd.mps == "on") {
+    std::cerr << "kvferry demo: "
+              << (local.mps ? "--mps on: under the private MPS daemon: " : "")
+              << failure << "\n";
+    return 1;
+  }
+  local.children.clear();
+  if (auto err = local.mps->stop(); !err.empty())
+    std::cerr << "kvferry demo: stopping the private MPS daemon: " << err
+              << "\n";
+  local.mps.reset();
+  local.under_mps = false;
+  std::cerr << "kvferry demo: MPS did not work: the workers did not start "
+               "under the private MPS daemon ("
+            << failure << "); retrying without MPS\n";
+  try {
+    directory = start_local_processes(cmd, gpus, pools, {}, local.children);
+    return 0;
+  } catch (const std::exception& e) {
+    if (stop_signal)
+      return interrupted();
+    std::cerr << "kvferry demo: " << e.what() << "\n";
+    return 1;
+  }
+}
+
 int run_demo(demo_command& cmd) {
   auto dtype = parse_dtype(cmd.dtype);
   if (!dtype) {
@@ -684,6 +910,12 @@ int run_demo(demo_command& cmd) {
               << "': expected ipc or net\n";
     return 2;
   }
+  auto mode = parse_mps_mode(cmd.mps);
+  if (!mode) {
+    std::cerr << "kvferry demo: --mps '" << cmd.mps
+              << "': expected auto, on or off\n";
+    return 2;
+  }
   worker_gpus gpus;
   if (cmd.directory.empty()) {
     if (auto bad = choose_worker_gpus(cmd, gpus); !bad.empty()) {
@@ -691,6 +923,11 @@ int run_demo(demo_command& cmd) {
       return 2;
     }
   }
+  auto mps = choose_mps(mps_facts_for(cmd, *mode, gpus));
+  if (!mps.why.empty())
+    std::cerr << "kvferry demo: " << mps.why << "\n";
+  if (mps.exit_code != 0)
+    return mps.exit_code;
   auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
                                             via(gpus, cmd.transport, cmd.plugin)
                                       : std::string{"the deployment's memory"};
@@ -710,66 +947,15 @@ int run_demo(demo_command& cmd) {
   // keeps the producer from waiting for them (it would, not fail).
   auto prefill_pool_blocks = pool_blocks + max_blocks;
 
-  std::vector<std::unique_ptr<child_process>> children;
+  local_processes local;
   std::string directory = cmd.directory;
-  try {
-    if (directory.empty()) {
-      // One secret per run, passed through the environment (not argv).
-      std::random_device rd;
-      auto secret =
-          fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
-                      std::uint64_t{rd()} << 32 | rd());
-      setenv("KVFERRY_SECRET", secret.c_str(), 1);
-      auto level =
-          cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
-      children.push_back(std::make_unique<child_process>(
-          "directory", std::vector<std::string>{"kvferry", "directory",
-                                                "--bind", "127.0.0.1", "--port",
-                                                "0", "--log-level", level}));
-      auto line = children.back()->wait_for_line("listening on", seconds(15));
-      directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
-      for (auto role : {"prefill", "decode"}) {
-        auto gpu = std::string{role} == "prefill" ? gpus.prefill : gpus.decode;
-        // One flag and its value per line.
-        // clang-format off
-        std::vector<std::string> args{
-            "kvferry", "worker",
-            "--name", fmt::format("demo-{}-0", role),
-            "--role", role,
-            "--directory", directory,
-            "--bind", "127.0.0.1",
-            "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-            "--transport", cmd.transport,
-            "--pool-blocks", std::to_string(std::string{role} == "decode"
-                                                ? decode_pool_blocks
-                                                : prefill_pool_blocks),
-            "--chunk-bytes", std::to_string(cmd.chunk_bytes),
-            "--comms-per-peer", std::to_string(cmd.comms_per_peer),
-            "--timeout-ms", std::to_string(cmd.timeout_ms),
-            "--scheduler", cmd.runtime.scheduler_policy,
-            "--threads", std::to_string(cmd.runtime.threads),
-            "--io-workers", std::to_string(cmd.runtime.io_workers),
-            "--log-level", level};
-        // clang-format on
-        for (auto& a : geometry_args(cmd))
-          args.push_back(a);
-        if (std::string{role} == "decode") {
-          args.push_back("--lend-percent");
-          args.push_back(std::to_string(decode_lend_percent));
-        }
-        if (!cmd.plugin.empty()) {
-          args.push_back("--plugin");
-          args.push_back(cmd.plugin);
-        }
-        children.push_back(std::make_unique<child_process>(
-            fmt::format("worker demo-{}-0", role), args));
-      }
-      for (std::size_t k = 1; k < children.size(); ++k)
-        children[k]->wait_for_line(" ready", seconds(30));
-    }
-  } catch (const std::exception& e) {
-    std::cerr << "kvferry demo: " << e.what() << "\n";
-    return 1;
+  if (directory.empty()) {
+    worker_pools pools{prefill_pool_blocks, decode_pool_blocks,
+                       decode_lend_percent};
+    if (auto code = start_locally(cmd, gpus, pools, mps, local, directory))
+      return code;
+    if (shared_gpu(gpus) >= 0)
+      memory += local.under_mps ? ", MPS on" : ", MPS off";
   }
 
   std::string host;
@@ -822,7 +1008,11 @@ int run_demo(demo_command& cmd) {
       timed_out = true;
       break;
     }
-    for (auto& c : children)
+    if (stop_signal) {
+      caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+      return interrupted();
+    }
+    for (auto& c : local.children)
       if (!c->running()) {
         std::cerr << "kvferry demo: a child process died; waiting for the "
                      "requests in flight to fail\n";
@@ -950,6 +1140,15 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--transport", cmd->transport,
                   "ipc: CUDA IPC between GPU workers; net: the plugin "
                   "(kvsock) even for GPU memory")
+      ->capture_default_str();
+  sub->add_option("--mps", cmd->mps,
+                  "auto: when both workers share a GPU, run them under a "
+                  "private NVIDIA MPS daemon that the demo starts and stops, "
+                  "so that their kernels run at once (needs "
+                  "nvidia-cuda-mps-control on PATH; with "
+                  "CUDA_MPS_PIPE_DIRECTORY set, the workers use that daemon "
+                  "instead); on: start it for any GPU placement, and fail "
+                  "when it or the workers under it do not start; off: never")
       ->capture_default_str();
   sub->add_option("--chunk-bytes", cmd->chunk_bytes)->capture_default_str();
   sub->add_option("--comms-per-peer", cmd->comms_per_peer)

@@ -3,6 +3,7 @@
 // actors over CUDA IPC (or kvsock with --transport net) and verified on the
 // GPU by the consumer. Finds the kvferry binary next to this test
 // (build/tests -> build/bin, or .bundle/tests -> .bundle/bin).
+#include <filesystem>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -17,6 +18,18 @@ run_result run_kvferry(const std::string& args, const std::string& env = "") {
   return kvferry::test::run_kvferry(args, 150, env);
 }
 
+// The table row of a run with both workers on GPU 0: its memory column ends
+// in ", MPS on" or ", MPS off" (--mps auto: on where this machine's MPS
+// daemon works, off where nvidia-cuda-mps-control is missing or failed).
+bool has_row(const std::string& output, const std::string& memory,
+             int requests) {
+  auto rest = " | " + std::to_string(requests) + " | 0 |";
+  for (auto* mps : {", MPS on", ", MPS off"})
+    if (output.find("| " + memory + mps + rest) != std::string::npos)
+      return true;
+  return false;
+}
+
 // Over CUDA IPC the copy kernels are timed on the GPU, so the table's "GPU
 // copy GB/s", "launch to kernel" and "after kernel" columns have numbers;
 // over a plugin they read "-".
@@ -28,7 +41,7 @@ void check_gpu_demo(const std::string& extra, const std::string& memory,
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 20 requests verified") !=
         std::string::npos);
-  CHECK(r.output.find("| " + memory + " | 20 | 0 |") != std::string::npos);
+  CHECK(has_row(r.output, memory, 20));
   const bool ipc = memory.find("CUDA IPC") != std::string::npos;
   CHECK((r.output.find(" | - | - | - | ") == std::string::npos) == ipc);
 }
@@ -77,8 +90,7 @@ TEST_CASE("GPU demo over kvsock forced host-only (channel staging)") {
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 20 requests verified") !=
         std::string::npos);
-  CHECK(r.output.find("| GPU 0 memory, kvsock (GPU memory) | 20 | 0 |") !=
-        std::string::npos);
+  CHECK(has_row(r.output, "GPU 0 memory, kvsock (GPU memory)", 20));
 }
 
 TEST_CASE("GPU demo: a byte corrupted in flight is caught on the GPU") {
@@ -101,6 +113,41 @@ TEST_CASE("demo --gpu auto picks GPU 0") {
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("--gpu auto: using GPU 0") != std::string::npos);
-  CHECK(r.output.find("| GPU 0 memory, CUDA IPC | 5 | 0 |") !=
+  CHECK(has_row(r.output, "GPU 0 memory, CUDA IPC", 5));
+}
+
+TEST_CASE("demo --mps off: the shared GPU time-slices, and the demo says so") {
+  auto r = run_kvferry("demo --gpu 0 --mps off --requests 5 --max-tokens 256 "
+                       "--quiet");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("both workers share GPU 0 and --mps off") !=
         std::string::npos);
+  CHECK(r.output.find("started a private MPS daemon") == std::string::npos);
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS off | 5 | 0 |") !=
+        std::string::npos);
+}
+
+TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
+          "is gone afterwards") {
+  auto r = run_kvferry("demo --gpu 0 --mps on --requests 20 --max-tokens 512 "
+                       "--quiet");
+  INFO(r.output);
+  if (r.output.find("nvidia-cuda-mps-control is not on PATH") !=
+      std::string::npos) {
+    CHECK(r.status == 1); // nothing more to check on this machine
+    return;
+  }
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 20 requests verified") !=
+        std::string::npos);
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS on | 20 | 0 |") !=
+        std::string::npos);
+  const std::string started =
+      "started a private MPS daemon for GPU 0 (pipe directory ";
+  auto at = r.output.find(started);
+  REQUIRE(at != std::string::npos);
+  auto begin = at + started.size();
+  auto pipe = r.output.substr(begin, r.output.find(')', begin) - begin);
+  CHECK_FALSE(std::filesystem::exists(pipe));
 }

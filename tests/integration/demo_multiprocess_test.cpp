@@ -1,5 +1,9 @@
 // `kvferry demo` end to end: a directory, a prefill and a decode worker as
 // separate processes, KV moved over kvsock and verified byte for byte.
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -13,6 +17,20 @@ using kvferry::test::run_result;
 run_result run_kvferry(const std::string& args) {
   return kvferry::test::run_kvferry(args, 100);
 }
+
+// A scratch folder for PATH tricks, removed afterwards.
+struct scratch_dir {
+  std::filesystem::path path;
+  scratch_dir() {
+    char name[] = "/tmp/kvferry-demo-test-XXXXXX";
+    REQUIRE(mkdtemp(name) != nullptr);
+    path = name;
+  }
+  ~scratch_dir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+};
 
 void check_demo(const std::string& extra) {
   auto r = run_kvferry("demo --requests 20 --max-tokens 512 --quiet " + extra);
@@ -54,4 +72,62 @@ TEST_CASE("demo: bad options fail with a clear message") {
   auto r = run_kvferry("demo --dtype int3");
   CHECK(r.status == 2);
   CHECK(r.output.find("--dtype 'int3'") != std::string::npos);
+}
+
+TEST_CASE("demo --mps: a bad value exits 2 naming the option and the values") {
+  auto r = run_kvferry("demo --mps bogus");
+  CHECK(r.status == 2);
+  CHECK(r.output.find("--mps 'bogus': expected auto, on or off") !=
+        std::string::npos);
+}
+
+TEST_CASE("demo --mps on without nvidia-cuda-mps-control fails naming it") {
+  // A PATH with nothing but `timeout` (which runs kvferry here): no MPS
+  // control program, even on a GPU machine that has one.
+  scratch_dir bin;
+  for (auto* timeout : {"/usr/bin/timeout", "/bin/timeout"})
+    if (std::filesystem::exists(timeout)) {
+      std::filesystem::create_symlink(timeout, bin.path / "timeout");
+      break;
+    }
+  auto r = kvferry::test::run_kvferry("demo --mps on --requests 2 --quiet", 100,
+                                      "PATH=" + bin.path.string());
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("--mps on: nvidia-cuda-mps-control is not on PATH") !=
+        std::string::npos);
+}
+
+TEST_CASE("demo --mps on runs the workers under a private daemon and stops "
+          "it") {
+  // A fake control program first on PATH: records each call, and `-d`
+  // creates the pipe the real daemon would.
+  scratch_dir fake;
+  auto record = fake.path / "record";
+  auto script = fake.path / "nvidia-cuda-mps-control";
+  std::ofstream{script}
+      << "#!/bin/sh\n"
+      << "echo \"$* | $CUDA_MPS_PIPE_DIRECTORY | $(cat)\" >>" << record << "\n"
+      << "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n"
+      << "exit 0\n";
+  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  auto r = kvferry::test::run_kvferry(
+      "demo --mps on --gpu none --requests 5 --max-tokens 256 --quiet", 100,
+      "PATH=" + fake.path.string() + ":$PATH");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 5 requests verified") !=
+        std::string::npos);
+  const std::string started = "started a private MPS daemon for the workers "
+                              "(pipe directory ";
+  auto at = r.output.find(started);
+  REQUIRE(at != std::string::npos);
+  auto pipe_begin = at + started.size();
+  auto pipe =
+      r.output.substr(pipe_begin, r.output.find(')', pipe_begin) - pipe_begin);
+  CHECK(r.output.find("--mps off to run without") != std::string::npos);
+  std::ifstream in{record};
+  std::string calls{std::istreambuf_iterator<char>{in}, {}};
+  CHECK(calls == "-d | " + pipe + " | \n | " + pipe + " | quit\n");
+  CHECK_FALSE(std::filesystem::exists(pipe));
 }
