@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <poll.h>
 #include <random>
@@ -170,11 +171,33 @@ struct kernel_variant {
   copy_tuning tuning;
 };
 
+// The warp kernel (claim_items) whatever the plan's extents: the default
+// for extents under copy_tuning::block_per_item_from.
+copy_tuning warp_kernel() {
+  copy_tuning t;
+  t.block_per_item_from = std::numeric_limits<std::uint64_t>::max();
+  return t;
+}
+
 // The SIMT variants stride over the items (each warp takes every n-th), as
 // the default did before claim_items: the sweep's rows keep their meaning.
 copy_tuning striding() {
-  copy_tuning t;
+  copy_tuning t = warp_kernel();
   t.claim_items = false;
+  return t;
+}
+
+// The block-per-item kernel whatever the plan's extents.
+copy_tuning block_kernel(std::uint32_t item = 8192, int threads = 256) {
+  copy_tuning t;
+  t.block_per_item_from = 0;
+  t.item_bytes = item;
+  t.threads_per_block = threads;
+  return t;
+}
+
+copy_tuning in_destination_order(copy_tuning t) {
+  t.order_by_destination = true;
   return t;
 }
 
@@ -204,29 +227,48 @@ std::vector<kernel_variant> sweep_variants() {
     t.threads_per_block = threads;
     return t;
   };
+  // The warp kernel at another occupancy. Its registers (ptxas, sm_90: 72 /
+  // 118 / 184 per thread at unroll 4 / 8 / 16) cap it at 2 blocks of 256
+  // threads per SM at unroll 8, 1 at 16.
+  auto occupancy = [](int threads, int blocks_per_sm, int unroll) {
+    copy_tuning t = warp_kernel();
+    t.threads_per_block = threads;
+    t.blocks_per_sm = blocks_per_sm;
+    t.unroll = unroll;
+    return t;
+  };
   copy_tuning unbalanced = striding();
   unbalanced.balance_rounds = false;
   copy_tuning host_items = striding(); // the kernel before issue #5
   host_items.host_item_list = true;
-  copy_tuning claiming_16k;
+  copy_tuning claiming_16k = warp_kernel();
   claiming_16k.item_bytes = 16384;
-  return {{"simt-cs-claim-items (default)", copy_tuning{}},
-          {"simt-cs-packed-plan (striding, default before)", striding()},
-          {"simt-cs-host-item-list (pre-#5)", host_items},
-          {"simt-cs-claim-items", claiming_16k},
-          {"simt-cs-unbalanced-grid", unbalanced},
-          {"simt-plain", simt(8192, 8, false)},
-          {"simt-cs", simt(4096, 8)},
-          {"simt-cs", simt(16384, 8)},
-          {"simt-cs", simt(8192, 16)},
-          {"simt-cs", simt(4096, 16)},
-          {"simt-nc256-cs", simt(8192, 8, true, true)},
-          {"simt-cs", simt(4096, 4)},
-          {"bulk", bulk(16384, 32, 4)},
-          {"cta-per-item", cta(32768, 8, 256)},
-          {"cta-per-item", cta(16384, 4, 256)},
-          {"cta-per-item", cta(65536, 8, 512)},
-          {"cta-per-item", cta(65536, 16, 256)}};
+  return {
+      {"default", copy_tuning{}},
+      {"claim-items (warp kernel)", warp_kernel()},
+      {"block-per-item", block_kernel()},
+      {"block-per-item", block_kernel(16384, 512)},
+      {"block-per-item", block_kernel(16384, 256)},
+      {"block-per-item, destination order",
+       in_destination_order(block_kernel())},
+      {"claim-items, destination order", in_destination_order(warp_kernel())},
+      {"simt-cs-packed-plan (striding)", striding()},
+      {"simt-cs-host-item-list (pre-#5)", host_items},
+      {"simt-cs-claim-items", claiming_16k},
+      {"simt-cs-unbalanced-grid", unbalanced},
+      {"simt-plain", simt(8192, 8, false)},
+      {"simt-cs", simt(4096, 8)},
+      {"simt-cs", simt(16384, 8)},
+      {"simt-cs", simt(8192, 16)},
+      {"simt-nc256-cs", simt(8192, 8, true, true)},
+      {"simt-cs", simt(4096, 4)},
+      {"claim-occupancy", occupancy(256, 1, 8)},
+      {"claim-occupancy", occupancy(128, 2, 16)},
+      {"claim-occupancy", occupancy(256, 3, 4)},
+      {"bulk", bulk(16384, 32, 4)},
+      {"bulk", bulk(16384, 32, 2)},
+      {"cta-per-item", cta(32768, 8, 256)},
+      {"cta-per-item", cta(16384, 4, 256)}};
 }
 
 // One kernel variant on `extents`, timed and verified: a row of the sweep.
@@ -262,12 +304,45 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
     variants.push_back(
         time_kernel_variant(ctx, variant, plan, bytes, ceiling_s));
   const std::vector<copy_extent> whole{{0, 0, bytes}};
-  variants.push_back(time_kernel_variant(
-      ctx, {"default (claim-items) on one contiguous extent", copy_tuning{}},
-      whole, bytes, ceiling_s));
-  variants.push_back(time_kernel_variant(
-      ctx, {"striding on one contiguous extent", striding()}, whole, bytes,
-      ceiling_s));
+  for (const auto& variant : std::vector<kernel_variant>{
+           {"default on one contiguous extent", copy_tuning{}},
+           {"claim-items on one contiguous extent", warp_kernel()},
+           {"striding on one contiguous extent", striding()}})
+    variants.push_back(
+        time_kernel_variant(ctx, variant, whole, bytes, ceiling_s));
+  // Which part of "scattered" costs: the gaps, or the random order on the
+  // source or the destination side? The same n blocks in other layouts.
+  const std::uint64_t n = plan.size(), block = plan.front().length;
+  std::vector<std::uint64_t> order(n);
+  std::iota(order.begin(), order.end(), 0ull);
+  std::vector<std::uint64_t> shuffled = order;
+  std::mt19937_64 rng{7};
+  std::shuffle(shuffled.begin(), shuffled.end(), rng);
+  auto layout = [&](auto src_slot, auto dst_slot) {
+    std::vector<copy_extent> p(n);
+    for (std::uint64_t i = 0; i < n; ++i)
+      p[i] = copy_extent{src_slot(i) * block, dst_slot(i) * block, block};
+    return p;
+  };
+  const std::vector<std::pair<const char*, std::vector<copy_extent>>> shapes{
+      {"every other slot, same slots",
+       layout([](auto i) { return 2 * i; }, [](auto i) { return 2 * i; })},
+      {"every other slot, destination one slot on",
+       layout([](auto i) { return 2 * i; }, [](auto i) { return 2 * i + 1; })},
+      {"source in order, destination shuffled",
+       layout([](auto i) { return i; }, [&](auto i) { return shuffled[i]; })},
+      {"source shuffled, destination in order",
+       layout([&](auto i) { return shuffled[i]; }, [](auto i) { return i; })},
+      {"both shuffled alike", layout([&](auto i) { return shuffled[i]; },
+                                     [&](auto i) { return shuffled[i]; })}};
+  for (const auto& [shape, extents] : shapes)
+    for (const auto& [kernel, tuning] :
+         {std::pair{"warp kernel", warp_kernel()},
+          std::pair{"block per item", block_kernel()}})
+      variants.push_back(time_kernel_variant(
+          ctx,
+          {(std::string{"layout: "} + shape + " / " + kernel).c_str(), tuning},
+          extents, bytes, ceiling_s));
   return variants;
 }
 
@@ -335,8 +410,14 @@ json measure_block_size(child_context& ctx, std::uint64_t block,
     row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
   }
 
-  if (sweep)
+  if (sweep) {
     row["sweep"] = sweep_kernels(ctx, plan, bytes, contiguous_s);
+    // The ceiling again: did the GPU's speed drift during the sweep?
+    row["contiguous_after_sweep"] =
+        method_result(time_on_stream(ctx.stream, 3, r, 2.0,
+                                     [&] { ctx.enqueue_ceiling_copy(bytes); }),
+                      bytes, contiguous_s, 0);
+  }
 
   // Per-block cudaMemcpyAsync.
   ctx.poison();
@@ -699,6 +780,12 @@ void print_table(const json& r) {
             v["stages"].get<int>(), v["grid_blocks"].get<int>(),
             v["gbps"].get<double>(), v["ratio_to_contiguous"].get<double>(),
             v["verified"].get<bool>() ? "" : " BAD");
+      const auto& again = row["contiguous_after_sweep"];
+      std::cout << fmt::format(
+          "    contiguous copy again after the sweep: {:.1f} GB/s ({:.3f}x of "
+          "the first)\n",
+          again["gbps"].get<double>(),
+          again["ratio_to_contiguous"].get<double>());
     }
   }
   if (r.contains("unpack")) {

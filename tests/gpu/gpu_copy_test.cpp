@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -138,10 +139,13 @@ TEST_CASE(
     "the default kernel finds every item of packed plans of every shape") {
   device_buffers bufs{8 << 20};
   std::mt19937_64 rng{4321};
-  // The default claims items (launches after the first start mid-counter);
-  // the others stride, each warp taking every n-th item.
+  // The default runs the block-per-item kernel on plans of large extents and
+  // the claiming warp kernel on the others (launches after the first start
+  // mid-counter); the warp variants below stride, each warp taking every
+  // n-th item, whatever the extents.
   copy_tuning striding;
   striding.claim_items = false;
+  striding.block_per_item_from = std::numeric_limits<std::uint64_t>::max();
   copy_tuning few_warps =
       striding; // one warp per block, one per SM: long walks
   few_warps.threads_per_block = 32;
@@ -154,12 +158,28 @@ TEST_CASE(
   unbalanced.streaming = false;
   copy_tuning claiming_few_warps = few_warps;
   claiming_few_warps.claim_items = true;
+  // Block per item whatever the extents: one search per block.
+  copy_tuning blocks;
+  blocks.block_per_item_from = 0;
+  copy_tuning small_blocks = blocks; // one warp per block, 16-byte items
+  small_blocks.threads_per_block = 32;
+  small_blocks.item_bytes = 16;
+  copy_tuning big_blocks = blocks; // several passes per item
+  big_blocks.item_bytes = 65536;
+  big_blocks.threads_per_block = 128;
+  copy_tuning blocks_in_order = blocks;
+  blocks_in_order.order_by_destination = true;
+  copy_tuning claiming_in_order = claiming_few_warps;
+  claiming_in_order.order_by_destination = true;
   for (const copy_tuning& tuning :
        {copy_tuning{}, striding, few_warps, small_items, unbalanced,
-        claiming_few_warps}) {
+        claiming_few_warps, blocks, small_blocks, big_blocks, blocks_in_order,
+        claiming_in_order}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.threads_per_block);
     CAPTURE(tuning.claim_items);
+    CAPTURE(tuning.block_per_item_from);
+    CAPTURE(tuning.order_by_destination);
     gpu_copy_engine engine{gpu, tuning};
     const std::vector<std::vector<copy_extent>> plans{
         random_extents(rng, bufs.src.size(), true),
@@ -254,6 +274,15 @@ TEST_CASE("a plan outside its regions is refused before anything runs") {
   CHECK_THROWS_WITH_AS(
       engine.copy(bufs.src.view(), bufs.dst.view(), {{0, 4000, 200}}),
       doctest::Contains("extent #0"), std::invalid_argument);
+  // An engine that sorts plans by destination names the fault by the
+  // caller's index, not by its place in the sorted copy.
+  copy_tuning in_order;
+  in_order.order_by_destination = true;
+  gpu_copy_engine sorting{gpu, in_order};
+  CHECK_THROWS_WITH_AS(
+      sorting.copy(bufs.src.view(), bufs.dst.view(),
+                   {{0, 1024, 16}, {0, 4000, 200}, {0, 0, 16}}),
+      doctest::Contains("extent #1"), std::invalid_argument);
 }
 
 namespace {

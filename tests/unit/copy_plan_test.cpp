@@ -114,6 +114,31 @@ TEST_CASE("coalescing random plans never changes the bytes copied") {
   }
 }
 
+TEST_CASE("destination order sorts a copy and leaves an ordered plan as it "
+          "is") {
+  std::mt19937_64 rng{11};
+  std::vector<copy_extent> scratch;
+  const auto plan = random_plan(rng, 50); // shuffled
+  const auto& ordered = in_destination_order(plan, scratch);
+  CHECK(&ordered == &scratch);
+  CHECK(std::is_sorted(ordered.begin(), ordered.end(), [](auto& a, auto& b) {
+    return a.dst_offset < b.dst_offset;
+  }));
+  CHECK(byte_map_of_extents(ordered) == byte_map_of_extents(plan));
+  // Already in order (and empty): handed back untouched, nothing copied.
+  const auto sorted = scratch;
+  scratch.clear();
+  CHECK(&in_destination_order(sorted, scratch) == &sorted);
+  CHECK(scratch.empty());
+  const std::vector<copy_extent> none;
+  CHECK(&in_destination_order(none, scratch) == &none);
+  // Sorting again reuses the scratch buffer's capacity.
+  scratch.reserve(plan.size());
+  const auto* storage = scratch.data();
+  in_destination_order(plan, scratch);
+  CHECK(scratch.data() == storage);
+}
+
 TEST_CASE(
     "work items cover every byte exactly once and none exceeds the item size") {
   std::mt19937_64 rng{7};

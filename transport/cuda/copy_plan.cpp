@@ -79,6 +79,19 @@ check_extents(const std::vector<copy_extent>& extents,
   return std::nullopt;
 }
 
+const std::vector<copy_extent>&
+in_destination_order(const std::vector<copy_extent>& extents,
+                     std::vector<copy_extent>& scratch) {
+  auto by_destination = [](const copy_extent& a, const copy_extent& b) {
+    return a.dst_offset < b.dst_offset;
+  };
+  if (std::is_sorted(extents.begin(), extents.end(), by_destination))
+    return extents;
+  scratch.assign(extents.begin(), extents.end());
+  std::sort(scratch.begin(), scratch.end(), by_destination);
+  return scratch;
+}
+
 std::vector<copy_extent> coalesce(std::vector<copy_extent> extents) {
   // One linear pass in plan order, no sort: plans list a request's blocks in
   // order, so runs of consecutive blocks are neighbours already, and sorting

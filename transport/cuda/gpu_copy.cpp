@@ -20,6 +20,29 @@ namespace kvferry::transport {
 
 namespace {
 
+// Whether this tuning's warp kernel draws its items from the claim counter
+// (for plans it runs on: kernels::runs_block_per_item).
+bool claims_items(const copy_tuning& t) {
+  return t.claim_items && !kernels::uses_item_list(t);
+}
+
+// The extents in the order the kernel should take them
+// (copy_tuning::order_by_destination). A fault in a plan that had to be
+// sorted is named by the caller's index, so those are checked first.
+const std::vector<copy_extent>&
+kernel_order(const std::vector<copy_extent>& extents,
+             std::vector<copy_extent>& scratch, const copy_tuning& tuning,
+             std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes) {
+  if (!tuning.order_by_destination)
+    return extents;
+  const auto& ordered = in_destination_order(extents, scratch);
+  if (&ordered != &extents)
+    if (auto problem =
+            check_extents(extents, src_region_bytes, dst_region_bytes))
+      throw std::invalid_argument(*problem);
+  return ordered;
+}
+
 // A pinned host buffer and a device buffer of T that grow to the largest
 // request and are then reused: steady state allocates nothing.
 template<typename T>
@@ -67,6 +90,7 @@ struct gpu_copy_engine::impl {
     // Bulk and block-per-item variants: the host-cut work item list.
     staged_array<copy_work_item> items;
     std::vector<copy_work_item> scratch; // host partitioning buffer, reused
+    std::vector<copy_extent> ordered;    // copy_tuning::order_by_destination
     std::uint32_t item_count = 0;
     bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr; // staging may be rewritten after this
@@ -334,7 +358,7 @@ gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning,
         "gpu_copy_engine needs at least one plan slot and one event slot");
   impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots,
                                  tuning_.high_priority_stream);
-  if (tuning_.claim_items) {
+  if (claims_items(tuning_)) {
     auto& counter = impl_->claims.device;
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&counter), sizeof(*counter)),
                "cudaMalloc (item claim counter)", gpu);
@@ -374,11 +398,13 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
              "cudaEventSynchronize (staging reuse)", gpu_);
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
   try { // both check the extents against the regions first
+    const auto& ordered = kernel_order(extents, slot.ordered, tuning_,
+                                       src_region_bytes, dst_region_bytes);
     if (kernels::uses_item_list(tuning_))
-      impl_->stage_work_items(slot, extents, tuning_, src_region_bytes,
+      impl_->stage_work_items(slot, ordered, tuning_, src_region_bytes,
                               dst_region_bytes);
     else
-      impl_->stage_packed_plan(slot, extents, tuning_.item_bytes,
+      impl_->stage_packed_plan(slot, ordered, tuning_.item_bytes,
                                src_region_bytes, dst_region_bytes);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
@@ -407,7 +433,7 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
     check_cuda(kernels::launch_extent_copy(
                    packed.extents, packed.first_item, slot.packed_size.extents,
                    slot.item_count, src_base, dst_base, tuning_, grid_blocks_,
-                   tuning_.claim_items ? &impl_->claims : nullptr,
+                   claims_items(tuning_) ? &impl_->claims : nullptr,
                    impl_->stream),
                "batched copy kernel launch", gpu_);
   }

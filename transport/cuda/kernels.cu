@@ -190,45 +190,88 @@ __global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
   }
 }
 
-// Variant: the whole block copies one item, thread t taking vectors t,
-// t+blockDim, ... so that one load instruction of the block covers 4 KiB of
-// contiguous memory (the warp version covers 512 B).
+// The whole block copies `len` bytes from s to d, thread t taking vectors t,
+// t + blockDim, ... so that one load instruction of the block covers
+// blockDim * 16 bytes of contiguous memory (a warp's covers 512 B).
+template<int Unroll, int Hint>
+__device__ __forceinline__ void block_copy(const char* s, char* d,
+                                           std::uint64_t len) {
+  const auto addr =
+      reinterpret_cast<std::uintptr_t>(s) | reinterpret_cast<std::uintptr_t>(d);
+  if ((addr & 15u) != 0) {
+    for (std::uint64_t b = threadIdx.x; b < len; b += blockDim.x)
+      d[b] = s[b];
+    return;
+  }
+  const auto* vs = reinterpret_cast<const uint4*>(s);
+  auto* vd = reinterpret_cast<uint4*>(d);
+  const std::uint32_t vectors = static_cast<std::uint32_t>(len >> 4);
+  for (std::uint32_t v = 0; v < vectors; v += blockDim.x * Unroll) {
+    uint4 r[Unroll];
+#pragma unroll
+    for (int k = 0; k < Unroll; ++k) {
+      const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
+      if (j < vectors)
+        r[k] = load16<Hint>(vs + j);
+    }
+#pragma unroll
+    for (int k = 0; k < Unroll; ++k) {
+      const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
+      if (j < vectors)
+        store16<Hint>(vd + j, r[k]);
+    }
+  }
+  for (std::uint64_t b = (std::uint64_t{vectors} << 4) + threadIdx.x; b < len;
+       b += blockDim.x)
+    d[b] = s[b];
+}
+
+// Variant: a persistent grid in which a whole block copies each item of a
+// host-cut list.
 template<int Unroll, int Hint>
 __global__ void cta_copy_kernel(const copy_work_item* __restrict__ items,
                                 std::uint32_t item_count, const char* src,
                                 char* dst) {
   for (std::uint32_t i = blockIdx.x; i < item_count; i += gridDim.x) {
     const copy_work_item item = items[i];
-    const char* s = src + item.src_offset;
-    char* d = dst + item.dst_offset;
-    const auto addr = reinterpret_cast<std::uintptr_t>(s) |
-                      reinterpret_cast<std::uintptr_t>(d);
-    if ((addr & 15u) != 0) {
-      for (std::uint64_t b = threadIdx.x; b < item.length; b += blockDim.x)
-        d[b] = s[b];
-      continue;
-    }
-    const auto* vs = reinterpret_cast<const uint4*>(s);
-    auto* vd = reinterpret_cast<uint4*>(d);
-    const std::uint32_t vectors = item.length >> 4;
-    for (std::uint32_t v = 0; v < vectors; v += blockDim.x * Unroll) {
-      uint4 r[Unroll];
-#pragma unroll
-      for (int k = 0; k < Unroll; ++k) {
-        const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
-        if (j < vectors)
-          r[k] = load16<Hint>(vs + j);
-      }
-#pragma unroll
-      for (int k = 0; k < Unroll; ++k) {
-        const std::uint32_t j = v + k * blockDim.x + threadIdx.x;
-        if (j < vectors)
-          store16<Hint>(vd + j, r[k]);
-      }
-    }
-    for (std::uint64_t b = (std::uint64_t{vectors} << 4) + threadIdx.x;
-         b < item.length; b += blockDim.x)
-      d[b] = s[b];
+    block_copy<Unroll, Hint>(src + item.src_offset, dst + item.dst_offset,
+                             item.length);
+  }
+}
+
+// The default copy: one thread block per work item of the packed plan, and a
+// grid with a block for every item (not a persistent loop). The GPU's block
+// scheduler then hands the items out in plan order as SMs free up, so the
+// items in flight at any moment are neighbours in the plan -- each extent's
+// items run side by side, as a plain copy kernel's blocks cover consecutive
+// memory -- and balancing is the hardware's. Every warp finds its block's
+// extent with the same 32-way search as extent_copy_kernel (from the first
+// extent: the probes after the block's first warp hit L1).
+template<int Unroll, int Hint>
+__global__ void
+extent_block_copy_kernel(const copy_extent* __restrict__ extents,
+                         const std::uint32_t* __restrict__ first_item,
+                         std::uint32_t extent_count, std::uint32_t item_count,
+                         std::uint32_t item_bytes, const char* src, char* dst) {
+  const unsigned lane = threadIdx.x % warp_lanes;
+  for (std::uint32_t i = blockIdx.x; i<item_count; i = item_count - i> gridDim.x
+                                         ? i + gridDim.x
+                                         : item_count) {
+    const std::uint32_t extent = find_extent_of_item(
+        0, extent_count,
+        [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
+          const std::uint32_t ahead = lane * step;
+          const bool at_or_below =
+              ahead < hi - lo && first_item[lo + ahead] <= i;
+          return static_cast<std::uint32_t>(
+              __popc(__ballot_sync(0xffffffffu, at_or_below)));
+        });
+    const copy_extent e = extents[extent];
+    const std::uint64_t offset =
+        std::uint64_t{i - first_item[extent]} * item_bytes;
+    block_copy<Unroll, Hint>(src + e.src_offset + offset,
+                             dst + e.dst_offset + offset,
+                             min(std::uint64_t{item_bytes}, e.length - offset));
   }
 }
 
@@ -296,6 +339,25 @@ struct occupancy_query {
   template<int U, int S>
   int operator()() const {
     return blocks_per_sm_variant<U, S>(threads, item_list);
+  }
+};
+
+struct extent_block_copy_launch {
+  const copy_extent* extents;
+  const std::uint32_t* first_item;
+  std::uint32_t extent_count;
+  std::uint32_t item_count;
+  std::uint32_t item_bytes;
+  const char* src;
+  char* dst;
+  int threads;
+  int grid;
+  cudaStream_t stream;
+  template<int U, int S>
+  cudaError_t operator()() const {
+    extent_block_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
+        extents, first_item, extent_count, item_count, item_bytes, src, dst);
+    return cudaGetLastError();
   }
 };
 
@@ -743,6 +805,13 @@ cudaError_t launch_batched_copy(const copy_work_item* items,
                                       tuning.cta_per_item, stream});
 }
 
+bool runs_block_per_item(const copy_tuning& tuning, std::uint32_t extent_count,
+                         std::uint32_t item_count) {
+  return extent_count > 0 &&
+         std::uint64_t{item_count} * tuning.item_bytes / extent_count >=
+             tuning.block_per_item_from;
+}
+
 cudaError_t launch_extent_copy(const copy_extent* extents,
                                const std::uint32_t* first_item,
                                std::uint32_t extent_count,
@@ -752,6 +821,22 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                                claim_counter* claims, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
+  if (runs_block_per_item(tuning, extent_count, item_count)) {
+    constexpr std::uint32_t max_grid = 0x7fffffffu;
+    // Loads per thread that copy an item in one pass.
+    const std::uint32_t block_bytes = 16u * tuning.threads_per_block;
+    copy_tuning shape = tuning;
+    shape.unroll =
+        static_cast<int>((tuning.item_bytes + block_bytes - 1) / block_bytes);
+    return dispatch(
+        shape,
+        extent_block_copy_launch{
+            extents, first_item, extent_count, item_count, tuning.item_bytes,
+            reinterpret_cast<const char*>(src_base),
+            reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
+            static_cast<int>(item_count < max_grid ? item_count : max_grid),
+            stream});
+  }
   const int warps_per_block =
       tuning.threads_per_block / static_cast<int>(warp_lanes);
   // Claiming warps balance themselves: every resident warp starts.

@@ -28,6 +28,11 @@ struct claim_counter {
   std::uint64_t drawn = 0;
 };
 
+/// True when launch_extent_copy runs the block-per-item kernel for a packed
+/// plan of this shape (copy_tuning::block_per_item_from).
+bool runs_block_per_item(const copy_tuning& tuning, std::uint32_t extent_count,
+                         std::uint32_t item_count);
+
 /// The default copy: one launch over the packed plan (copy_plan.hpp, arrays
 /// in device memory); the kernel cuts the extents into items itself. With
 /// `claims` (launches on one stream only), warps claim items from it.

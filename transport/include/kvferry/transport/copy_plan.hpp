@@ -131,6 +131,15 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
                            std::uint64_t src_region_bytes,
                            std::uint64_t dst_region_bytes, void* buffer);
 
+/// `extents` in increasing destination offset: `extents` itself when they
+/// already are (checked in one pass), else a copy sorted into `scratch`,
+/// whose capacity is reused (no allocation once it has grown). Extents of
+/// one plan never overlap at the destination, so their order does not
+/// change what is copied, only which bytes the kernel moves together.
+const std::vector<copy_extent>&
+in_destination_order(const std::vector<copy_extent>& extents,
+                     std::vector<copy_extent>& scratch);
+
 /// How many places the kernel's warp probes at once (one per lane).
 inline constexpr std::uint32_t extent_search_fanout = 32;
 

@@ -75,6 +75,22 @@ struct copy_tuning {
   /// 1.0-1.5% ahead of striding at 64 KiB blocks (and within 0.7% behind at
   /// 4 and 16 KiB), see docs/gpu.md.
   bool claim_items = true;
+  /// Plans whose coalesced extents average at least this many bytes run the
+  /// block-per-item kernel instead: one thread block (not a warp) per work
+  /// item of the packed plan, and a grid with a block for every item instead
+  /// of a persistent one. The GPU then hands the items out in plan order, so
+  /// the items in flight are neighbours (see kernels.cu): +1-3% at 16 KiB to
+  /// 2 MiB blocks on the H100, but -10% at 4 KiB, where each block would
+  /// search 65536 extents for 4 KiB of copying (docs/gpu.md, v9). A block
+  /// copies its item in item_bytes / (threads_per_block * 16) loads per
+  /// thread; `unroll` and `claim_items` are the warp kernel's. 0: always;
+  /// UINT64_MAX: never.
+  std::uint64_t block_per_item_from = 16384;
+  /// prepare() hands the kernel the extents in increasing destination offset
+  /// (sorted into a buffer of the plan slot, unless they already are): the
+  /// items in flight together then write neighbouring memory. Costs a sort
+  /// on the host, ~10 ns per extent, paid once per prepared plan.
+  bool order_by_destination = false;
   /// The engine's stream gets the device's highest priority: when its kernels
   /// and other kernels of this process (the demo's pattern fill, on a
   /// lowest-priority stream) wait for SMs at once, the copy's thread blocks
