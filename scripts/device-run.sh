@@ -39,9 +39,9 @@
 #           of it, default 65, is kept from the demos for what follows them),
 #           CONTENTION_ROUNDS (default 2), BENCH_IPC_SIZES (default 64K; keep
 #           64K in it), BENCH_IPC_ARGS (added to --no-unpack, e.g. --sweep),
-#           CONTENTION_VARIANTS (default: all, below), SKIP_TESTS=0 to run the
-#           bundled tests after them, TRY_MPS=1 to end with the demo under an
-#           MPS daemon (stopped again)
+#           CONTENTION_VARIANTS (default: the demo as is and with --mps=off,
+#           see contention() below), SKIP_TESTS=0 to run the
+#           bundled tests after them
 #
 # Benchmarks run under peak_rss (below): their logs end with the peak RSS of
 # the largest process of the run (the demo's workers included), for
@@ -282,24 +282,31 @@ contention() {
     --json "$out/bench_ipc.json" 2>&1 | tee "$out/bench_ipc.log"
   local ipc; ipc=$(ipc_kernel_64k "$out/bench_ipc.log")
 
-  # name=environment (VAR=value, comma-separated; empty: the defaults); the
-  # first is what a user gets.
-  local variants=(${CONTENTION_VARIANTS:-default= back-off=KVFERRY_IPC_SPIN=0 \
-    priority=KVFERRY_GPU_STREAM_PRIORITIES=1 fill-132=KVFERRY_FILL_GRID=132})
-  local round v name env inflight log rows=()
+  # name=settings, comma-separated: VAR=value goes to the environment,
+  # --flag=value to the demo's command line; empty: the defaults, which the
+  # first variant should be (what a user gets). Other variants measured
+  # before: back-off=KVFERRY_IPC_SPIN=0 priority=KVFERRY_GPU_STREAM_PRIORITIES=1
+  # fill-132=KVFERRY_FILL_GRID=132 (docs/gpu.md, "Contention in the demo").
+  local variants=(${CONTENTION_VARIANTS:-default= no-mps=--mps=off})
+  local round v name env flags inflight log rows=()
   for round in $(seq 1 "${CONTENTION_ROUNDS:-2}"); do
     for inflight in 2 1; do
       for v in "${variants[@]}"; do
-        name=${v%%=*} env=${v#*=}
+        name=${v%%=*} env= flags=
+        local item items
+        IFS=, read -r -a items <<<"${v#*=}"
+        for item in "${items[@]}"; do
+          case $item in --*) flags+=" $item" ;; ?*) env+=" $item" ;; esac
+        done
         log=$out/demo-$name-if$inflight-r$round.log
         if [ "$(left)" -lt "${CONTENTION_RESERVE_S:-65}" ]; then
           echo "== demo $name --inflight $inflight round $round: skipped, $(left) s of the budget left"
           continue
         fi
-        echo "== demo --gpu 0 --quiet --inflight $inflight [$name: ${env:-defaults}] round $round"
+        echo "== demo --gpu 0 --quiet --inflight $inflight$flags [$name:${env:- defaults}] round $round"
         # shellcheck disable=SC2086
-        ( [ -z "$env" ] || export ${env//,/ }
-          peak_rss timeout -k 5 60 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" ) \
+        ( [ -z "$env" ] || export $env
+          peak_rss timeout -k 5 60 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" $flags ) \
           >"$log" 2>&1
         echo "   rc=$? $(grep -m1 '^| GPU' "$log")"
         rows+=("$(target_line "$name, inflight $inflight, round $round" "$log" "$ipc")")
@@ -324,31 +331,6 @@ contention() {
       printf '%-44s %s\n' "test $(basename "$t")" \
         "$(case $rc in 0) echo pass ;; 77) echo skipped ;; 124) echo "TIMEOUT ${secs}s" ;; *) echo "FAIL rc=$rc" ;; esac)" >>"$summary"
     done
-  fi
-
-  if [ "${TRY_MPS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then
-    # Hypothesis: without MPS the two workers' kernels (the producer's copy,
-    # the consumer's check) never run at once. Under an MPS daemon they can.
-    if command -v nvidia-cuda-mps-control >/dev/null; then
-      export CUDA_MPS_PIPE_DIRECTORY=/tmp/kvferry-mps CUDA_MPS_LOG_DIRECTORY=/tmp/kvferry-mps-log
-      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-      if timeout 20 nvidia-cuda-mps-control -d; then
-        for inflight in 2 1; do
-          log=$out/demo-mps-if$inflight.log
-          echo "== demo --gpu 0 --quiet --inflight $inflight under MPS"
-          peak_rss timeout -k 5 40 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" >"$log" 2>&1
-          echo "   rc=$? $(grep -m1 '^| GPU' "$log")"
-          rows+=("$(target_line "MPS (defaults), inflight $inflight, round 1" "$log" "$ipc")")
-        done
-        echo quit | timeout 20 nvidia-cuda-mps-control
-        cat "$CUDA_MPS_LOG_DIRECTORY"/*.log >"$out/mps.log" 2>/dev/null
-      else
-        rows+=("MPS: nvidia-cuda-mps-control -d failed")
-      fi
-      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-    else
-      rows+=("MPS: nvidia-cuda-mps-control is not on this machine")
-    fi
   fi
 
   {

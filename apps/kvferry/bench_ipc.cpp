@@ -201,6 +201,14 @@ copy_tuning in_destination_order(copy_tuning t) {
   return t;
 }
 
+// Cache hints (kernels.cu load16/store16): 0 plain, 1 streaming (the
+// default), 2 L2::256B loads + streaming stores, 3 those loads + plain stores.
+copy_tuning cached(copy_tuning t, int hint) {
+  t.streaming = hint == 1 || hint == 2;
+  t.prefetch_l2_256 = hint >= 2;
+  return t;
+}
+
 std::vector<kernel_variant> sweep_variants() {
   auto simt = [](std::uint32_t item, int unroll, bool streaming = true,
                  bool prefetch = false) {
@@ -252,6 +260,12 @@ std::vector<kernel_variant> sweep_variants() {
       {"block-per-item, destination order",
        in_destination_order(block_kernel())},
       {"claim-items, destination order", in_destination_order(warp_kernel())},
+      {"block-per-item, plain stores", cached(block_kernel(), 0)},
+      {"block-per-item, nc L2::256B loads", cached(block_kernel(), 2)},
+      {"block-per-item, nc L2::256B loads, plain stores",
+       cached(block_kernel(), 3)},
+      {"block-per-item, destination order, plain stores",
+       cached(in_destination_order(block_kernel()), 0)},
       {"simt-cs-packed-plan (striding)", striding()},
       {"simt-cs-host-item-list (pre-#5)", host_items},
       {"simt-cs-claim-items", claiming_16k},
