@@ -1,13 +1,17 @@
 // The batched copy and unpack kernels. Both are memory-bound: the design is
 // about keeping enough 16-byte loads in flight and never idling a warp.
 //
-//  - One warp copies one work item (an equal-size piece of an extent), so
-//    thousands of small blocks and a few huge ones balance the same way. The
-//    default kernel finds item i's extent itself in the packed plan (extents +
+//  - Work is cut into equal-size items (pieces of extents), so thousands of
+//    small blocks and a few huge ones balance the same way. The two default
+//    kernels find item i's extent themselves in the packed plan (extents +
 //    prefix sum of their item counts, see copy_plan.hpp), so the host never
-//    lists items; the bulk and block-per-item variants read a host-cut list.
-//  - Persistent grid: as many blocks as the SMs keep resident; each warp
-//    strides over the items. No per-block launch, no tail of idle SMs.
+//    lists items; the bulk and cta-per-item variants read a host-cut list.
+//  - Extents of 16 KiB and more (copy_tuning::block_per_item_from): a thread
+//    block per item and a grid with a block for every item, which the GPU
+//    hands out in plan order -- the items in flight are neighbours in memory.
+//  - Smaller extents: one warp per item in a persistent grid (as many blocks
+//    as the SMs keep resident), warps claiming items from a counter: one
+//    search per 4 KiB block would cost more than the copy.
 //  - Each lane issues UNROLL independent 16-byte loads before its first
 //    store; the last partial pass is predicated rather than looped so small
 //    items keep all their loads in flight too.
@@ -342,25 +346,7 @@ struct occupancy_query {
   }
 };
 
-struct extent_block_copy_launch {
-  const copy_extent* extents;
-  const std::uint32_t* first_item;
-  std::uint32_t extent_count;
-  std::uint32_t item_count;
-  std::uint32_t item_bytes;
-  const char* src;
-  char* dst;
-  int threads;
-  int grid;
-  cudaStream_t stream;
-  template<int U, int S>
-  cudaError_t operator()() const {
-    extent_block_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
-        extents, first_item, extent_count, item_count, item_bytes, src, dst);
-    return cudaGetLastError();
-  }
-};
-
+// Either packed-plan kernel: a block per item, or the warp kernel.
 struct extent_copy_launch {
   const copy_extent* extents;
   const std::uint32_t* first_item;
@@ -371,13 +357,18 @@ struct extent_copy_launch {
   char* dst;
   int threads;
   int grid;
-  item_claims claims;
+  item_claims claims; // warp kernel only
   cudaStream_t stream;
+  bool block_per_item = false;
   template<int U, int S>
   cudaError_t operator()() const {
-    extent_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
-        extents, first_item, extent_count, item_count, item_bytes, src, dst,
-        claims);
+    if (block_per_item)
+      extent_block_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
+          extents, first_item, extent_count, item_count, item_bytes, src, dst);
+    else
+      extent_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
+          extents, first_item, extent_count, item_count, item_bytes, src, dst,
+          claims);
     return cudaGetLastError();
   }
 };
@@ -830,12 +821,12 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
         static_cast<int>((tuning.item_bytes + block_bytes - 1) / block_bytes);
     return dispatch(
         shape,
-        extent_block_copy_launch{
+        extent_copy_launch{
             extents, first_item, extent_count, item_count, tuning.item_bytes,
             reinterpret_cast<const char*>(src_base),
             reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
             static_cast<int>(item_count < max_grid ? item_count : max_grid),
-            stream});
+            item_claims{}, stream, true});
   }
   const int warps_per_block =
       tuning.threads_per_block / static_cast<int>(warp_lanes);
@@ -850,7 +841,7 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                   extents, first_item, extent_count, item_count,
                   tuning.item_bytes, reinterpret_cast<const char*>(src_base),
                   reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
-                  grid, handed_out, stream});
+                  grid, handed_out, stream, false});
   if (claims != nullptr && err == cudaSuccess) // every warp draws once more
     claims->drawn += std::uint64_t{item_count} +
                      static_cast<std::uint64_t>(grid) * warps_per_block;
