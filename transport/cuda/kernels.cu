@@ -258,9 +258,8 @@ extent_block_copy_kernel(const copy_extent* __restrict__ extents,
                          std::uint32_t extent_count, std::uint32_t item_count,
                          std::uint32_t item_bytes, const char* src, char* dst) {
   const unsigned lane = threadIdx.x % warp_lanes;
-  for (std::uint32_t i = blockIdx.x; i<item_count; i = item_count - i> gridDim.x
-                                         ? i + gridDim.x
-                                         : item_count) {
+  std::uint32_t i = blockIdx.x; // a grid smaller than the items loops
+  while (i < item_count) {
     const std::uint32_t extent = find_extent_of_item(
         0, extent_count,
         [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
@@ -276,6 +275,8 @@ extent_block_copy_kernel(const copy_extent* __restrict__ extents,
     block_copy<Unroll, Hint>(src + e.src_offset + offset,
                              dst + e.dst_offset + offset,
                              min(std::uint64_t{item_bytes}, e.length - offset));
+    // i + gridDim.x could wrap past 2^32 - 1 on the largest plans.
+    i = item_count - i > gridDim.x ? i + gridDim.x : item_count;
   }
 }
 
