@@ -124,6 +124,23 @@ __global__ void batched_copy_kernel(const copy_work_item* __restrict__ items,
   }
 }
 
+// The extent of work item i (find_extent_of_item), searched by the whole
+// warp from extent `from`: each lane loads one of the 32 probes and a ballot
+// counts those at or below i.
+__device__ __forceinline__ std::uint32_t
+warp_find_extent(const std::uint32_t* __restrict__ first_item,
+                 std::uint32_t from, std::uint32_t extent_count,
+                 std::uint32_t i, unsigned lane) {
+  return find_extent_of_item(
+      from, extent_count,
+      [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
+        const std::uint32_t ahead = lane * step; // < 32 * step: no overflow
+        const bool at_or_below = ahead < hi - lo && first_item[lo + ahead] <= i;
+        return static_cast<std::uint32_t>(
+            __popc(__ballot_sync(0xffffffffu, at_or_below)));
+      });
+}
+
 // Items of a launch handed out by a counter in device memory: a warp's
 // claims are tickets base, base + 1, ...; every warp claims until it draws a
 // ticket past the items, so a launch draws exactly items + warps tickets and
@@ -172,15 +189,7 @@ __global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
   while (i < item_count) {
     const unsigned long long next_ticket =
         claiming ? draw_ticket(claims, lane) : 0ull;
-    extent = find_extent_of_item(
-        extent, extent_count,
-        [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
-          const std::uint32_t ahead = lane * step; // < 32 * step: no overflow
-          const bool at_or_below =
-              ahead < hi - lo && first_item[lo + ahead] <= i;
-          return static_cast<std::uint32_t>(
-              __popc(__ballot_sync(0xffffffffu, at_or_below)));
-        });
+    extent = warp_find_extent(first_item, extent, extent_count, i, lane);
     const copy_extent e = extents[extent];
     const std::uint64_t offset =
         std::uint64_t{i - first_item[extent]} * item_bytes;
@@ -260,15 +269,8 @@ extent_block_copy_kernel(const copy_extent* __restrict__ extents,
   const unsigned lane = threadIdx.x % warp_lanes;
   std::uint32_t i = blockIdx.x; // a grid smaller than the items loops
   while (i < item_count) {
-    const std::uint32_t extent = find_extent_of_item(
-        0, extent_count,
-        [&](std::uint32_t lo, std::uint32_t step, std::uint32_t hi) {
-          const std::uint32_t ahead = lane * step;
-          const bool at_or_below =
-              ahead < hi - lo && first_item[lo + ahead] <= i;
-          return static_cast<std::uint32_t>(
-              __popc(__ballot_sync(0xffffffffu, at_or_below)));
-        });
+    const std::uint32_t extent =
+        warp_find_extent(first_item, 0, extent_count, i, lane);
     const copy_extent e = extents[extent];
     const std::uint64_t offset =
         std::uint64_t{i - first_item[extent]} * item_bytes;
