@@ -19,6 +19,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "exec_vector.hpp"
 #include "size_list.hpp"
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -706,10 +707,7 @@ std::string run_child_process(const bench_ipc_options& opt,
     dup2(out[1], STDOUT_FILENO);
     close(out[0]);
     close(out[1]);
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(a.data());
-    argv.push_back(nullptr);
+    auto argv = exec_vector(args);
     execv("/proc/self/exe", argv.data());
     _exit(127);
   }

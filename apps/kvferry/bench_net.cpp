@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "exec_vector.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
@@ -641,10 +642,7 @@ struct receiver_process {
       add("--timeout-s", std::to_string(o.timeout_s));
       add("--memory", memory);
       add("--gpu", std::to_string(o.peer_gpu < 0 ? o.gpu : o.peer_gpu));
-      std::vector<char*> argv;
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
+      auto argv = exec_vector(args);
       ::execv("/proc/self/exe", argv.data());
       std::fprintf(stderr, "bench net: exec of /proc/self/exe failed: %s\n",
                    std::strerror(errno));

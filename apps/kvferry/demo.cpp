@@ -40,6 +40,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "exec_vector.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
@@ -125,15 +126,9 @@ public:
                 const env_pairs& extra_env = {})
       : what_(std::move(what)) {
     // Built before fork: the child only calls async-signal-safe functions.
-    std::vector<char*> argv;
-    for (auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    auto env = environment_with(extra_env);
-    std::vector<char*> envp;
-    for (auto& e : env)
-      envp.push_back(e.data());
-    envp.push_back(nullptr);
+    auto argv = exec_vector(args);
+    const auto env = environment_with(extra_env);
+    auto envp = exec_vector(env);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
       throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));

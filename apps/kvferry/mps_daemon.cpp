@@ -19,6 +19,8 @@
 
 #include <fmt/format.h>
 
+#include "exec_vector.hpp"
+
 extern char** environ;
 
 namespace kvferry::app {
@@ -284,15 +286,9 @@ std::string mps_daemon::run_control(const std::string& args,
   std::vector<std::string> argv_text{program_};
   if (!args.empty())
     argv_text.push_back(args);
-  std::vector<char*> argv;
-  for (auto& a : argv_text)
-    argv.push_back(a.data());
-  argv.push_back(nullptr);
-  auto env_text = environment_with(environment());
-  std::vector<char*> envp;
-  for (auto& e : env_text)
-    envp.push_back(e.data());
-  envp.push_back(nullptr);
+  auto argv = exec_vector(argv_text);
+  const auto env_text = environment_with(environment());
+  auto envp = exec_vector(env_text);
   pid_t pid = -1;
   int rc = posix_spawn(&pid, program_.c_str(), &actions, &attr, argv.data(),
                        envp.data());
