@@ -143,11 +143,6 @@ TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
         std::string::npos);
   CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS on | 20 | 0 |") !=
         std::string::npos);
-  const std::string started =
-      "started a private MPS daemon for GPU 0 (pipe directory ";
-  auto at = r.output.find(started);
-  REQUIRE(at != std::string::npos);
-  auto begin = at + started.size();
-  auto pipe = r.output.substr(begin, r.output.find(')', begin) - begin);
+  auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
   CHECK_FALSE(std::filesystem::exists(pipe));
 }

@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "run_kvferry.hpp"
+#include "scratch_dir.hpp"
 
 namespace {
 
@@ -17,20 +18,6 @@ using kvferry::test::run_result;
 run_result run_kvferry(const std::string& args) {
   return kvferry::test::run_kvferry(args, 100);
 }
-
-// A scratch folder for PATH tricks, removed afterwards.
-struct scratch_dir {
-  std::filesystem::path path;
-  scratch_dir() {
-    char name[] = "/tmp/kvferry-demo-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    path = name;
-  }
-  ~scratch_dir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
 
 void check_demo(const std::string& extra) {
   auto r = run_kvferry("demo --requests 20 --max-tokens 512 --quiet " + extra);
@@ -84,7 +71,7 @@ TEST_CASE("demo --mps: a bad value exits 2 naming the option and the values") {
 TEST_CASE("demo --mps on without nvidia-cuda-mps-control fails naming it") {
   // A PATH with nothing but `timeout` (which runs kvferry here): no MPS
   // control program, even on a GPU machine that has one.
-  scratch_dir bin;
+  kvferry::test::scratch_dir bin{"kvferry-demo-test"};
   for (auto* timeout : {"/usr/bin/timeout", "/bin/timeout"})
     if (std::filesystem::exists(timeout)) {
       std::filesystem::create_symlink(timeout, bin.path / "timeout");
@@ -102,7 +89,7 @@ TEST_CASE("demo --mps on runs the workers under a private daemon and stops "
           "it") {
   // A fake control program first on PATH: records each call, and `-d`
   // creates the pipe the real daemon would.
-  scratch_dir fake;
+  kvferry::test::scratch_dir fake{"kvferry-demo-test"};
   auto record = fake.path / "record";
   auto script = fake.path / "nvidia-cuda-mps-control";
   std::ofstream{script}
@@ -118,13 +105,7 @@ TEST_CASE("demo --mps on runs the workers under a private daemon and stops "
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 5 requests verified") !=
         std::string::npos);
-  const std::string started = "started a private MPS daemon for the workers "
-                              "(pipe directory ";
-  auto at = r.output.find(started);
-  REQUIRE(at != std::string::npos);
-  auto pipe_begin = at + started.size();
-  auto pipe =
-      r.output.substr(pipe_begin, r.output.find(')', pipe_begin) - pipe_begin);
+  auto pipe = kvferry::test::private_mps_pipe(r.output, "the workers");
   CHECK(r.output.find("--mps off to run without") != std::string::npos);
   std::ifstream in{record};
   std::string calls{std::istreambuf_iterator<char>{in}, {}};

@@ -46,4 +46,17 @@ inline run_result run_kvferry(const std::string& args, int timeout_s,
   return r;
 }
 
+/// The pipe directory that `kvferry demo` printed for its private MPS daemon
+/// ("started a private MPS daemon for <who> (pipe directory <dir>); ..."),
+/// requiring that line.
+inline std::string private_mps_pipe(const std::string& output,
+                                    const std::string& who) {
+  const std::string started =
+      "started a private MPS daemon for " + who + " (pipe directory ";
+  auto at = output.find(started);
+  REQUIRE(at != std::string::npos);
+  auto begin = at + started.size();
+  return output.substr(begin, output.find(')', begin) - begin);
+}
+
 } // namespace kvferry::test

@@ -14,6 +14,7 @@
 #include <doctest/doctest.h>
 
 #include "mps_daemon.hpp"
+#include "scratch_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace kvferry::app;
@@ -50,7 +51,7 @@ private:
 // on PATH; tmp/ is TMPDIR, where the daemon makes its directories.
 class fake_control {
 public:
-  explicit fake_control(const std::string& body) : root_(make_root()) {
+  explicit fake_control(const std::string& body) : root_(scratch_.path) {
     fs::create_directories(root_ / "bin");
     fs::create_directories(tmp());
     auto script = root_ / "bin" / mps_daemon::control_program;
@@ -62,11 +63,6 @@ public:
     path_.emplace("PATH", (root_ / "bin").string() + ":" + (path ? path : ""));
     tmpdir_.emplace("TMPDIR", tmp().string());
   }
-  ~fake_control() {
-    std::error_code ignored;
-    fs::remove_all(root_, ignored);
-  }
-
   fs::path tmp() const { return root_ / "tmp"; }
   bool tmp_is_empty() const { return fs::is_empty(tmp()); }
   std::string record() const {
@@ -75,11 +71,7 @@ public:
   }
 
 private:
-  static fs::path make_root() {
-    char name[] = "/tmp/kvferry-mps-test-XXXXXX";
-    REQUIRE(mkdtemp(name) != nullptr);
-    return name;
-  }
+  kvferry::test::scratch_dir scratch_{"kvferry-mps-test"};
   fs::path root_;
   std::optional<scoped_env> path_, tmpdir_;
 };
