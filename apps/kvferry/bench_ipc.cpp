@@ -328,9 +328,8 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
   // Which part of "scattered" costs: the gaps, or the random order on the
   // source or the destination side? The same n blocks in other layouts.
   const std::uint64_t n = plan.size(), block = plan.front().length;
-  std::vector<std::uint64_t> order(n);
-  std::iota(order.begin(), order.end(), 0ull);
-  std::vector<std::uint64_t> shuffled = order;
+  std::vector<std::uint64_t> shuffled(n);
+  std::iota(shuffled.begin(), shuffled.end(), 0ull);
   std::mt19937_64 rng{7};
   std::shuffle(shuffled.begin(), shuffled.end(), rng);
   auto layout = [&](auto src_slot, auto dst_slot) {
