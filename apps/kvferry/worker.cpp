@@ -22,6 +22,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -65,20 +66,18 @@ std::string validate(worker_command& cmd, worker_role& role) {
   if (!dtype)
     return fmt::format("--dtype '{}': expected fp16, bf16 or fp32", cmd.dtype);
   cmd.geometry.dtype = *dtype;
-  if (auto bad = cmd.geometry.validate(); !bad.empty())
-    return bad;
   if (cmd.mode != "push" && cmd.mode != "pull")
     return fmt::format("--mode '{}': expected push or pull", cmd.mode);
   if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty())
     return bad;
   if (cmd.transport != "ipc" && cmd.transport != "net")
     return fmt::format("--transport '{}': expected ipc or net", cmd.transport);
-  if (cmd.pool_blocks == 0)
-    return "--pool-blocks must be positive";
-  if (cmd.chunk_bytes == 0 || cmd.chunk_bytes > transport::max_chunk_bytes)
-    return fmt::format("--chunk-bytes must be in 1..{}",
-                       transport::max_chunk_bytes);
-  return {};
+  // The rules a topology's workers are checked against (launch --dry-run).
+  runtime::worker_params params{
+      cmd.geometry,       cmd.pool_blocks,   cmd.gpu != "none", cmd.chunk_bytes,
+      cmd.comms_per_peer, cmd.staging_slots, cmd.timeout_ms};
+  return runtime::describe_as_flags(
+      runtime::check_worker_params(params, runtime::physical_memory_bytes()));
 }
 
 // The KV pool in host or GPU memory, as --gpu says (already resolved).
