@@ -21,6 +21,7 @@
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
@@ -172,6 +173,7 @@ int run_worker(worker_command& cmd) {
     return 2;
   }
   auto stop_signals = block_stop_signals();
+  runtime::raise_open_files_limit("worker " + cmd.name);
   runtime::system_config cfg{cmd.runtime};
   // Workers talk to each other directly, not through the directory's node.
   cfg.set("middleman.enable-automatic-connections", true);
