@@ -775,8 +775,10 @@ void on_abort(self_ptr self, std::uint64_t request_id,
 
 // A producer is gone: what waits for its blocks fails, its requests in
 // flight fail at once naming it (their blocks return when the transfer
-// actor let go of them: it drops the peer too), and its loan ends. `from`
-// selects by actor (a down message), else by name (the directory's left).
+// actor let go of them: it drops the peer too). `from` selects by actor (a
+// down message), else by name (the directory's left). Only a down message
+// ends its loan: `left` may mean no more than a lost lease, and a producer
+// still alive would go on writing into the blocks it was lent.
 void on_producer_gone(self_ptr self, const std::string& name,
                       const caf::actor_addr& from, const std::string& why) {
   auto& st = self->state;
@@ -792,9 +794,9 @@ void on_producer_gone(self_ptr self, const std::string& name,
   drop_waiting(
       self, [&](const waiter& w) { return hit(w.producer, w.from); },
       [&](const waiter& w) { return error_for(w.request_id); });
-  for (std::size_t i = 0; i < st.loans.size(); ++i) {
+  for (std::size_t i = 0; from && i < st.loans.size(); ++i) {
     auto& l = st.loans[i];
-    if (l.alive && hit(l.producer, l.producer_actor.address()))
+    if (l.alive && l.producer_actor.address() == from)
       end_loan(self, static_cast<std::uint32_t>(i + 1), why);
   }
   std::vector<ctx_ptr> lost;
