@@ -54,6 +54,8 @@ struct worker_command {
   std::uint32_t timeout_ms = 10000;
   std::uint64_t credit_blocks = app_config{}.credit_blocks;
   std::uint32_t lend_percent = app_config{}.lend_percent;
+  std::uint32_t queue_limit = app_config{}.queue_limit;
+  std::uint32_t queue_wait_ms = app_config{}.queue_wait_ms;
   runtime::runtime_options runtime;
 };
 
@@ -233,6 +235,8 @@ int run_worker(worker_command& cmd) {
   ac.pull = cmd.mode == "pull";
   ac.credit_blocks = cmd.credit_blocks;
   ac.lend_percent = cmd.lend_percent;
+  ac.queue_limit = cmd.queue_limit;
+  ac.queue_wait_ms = cmd.queue_wait_ms;
   caf::actor app = role == worker_role::prefill
                        ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
                        : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
@@ -289,9 +293,9 @@ int run_worker(worker_command& cmd) {
   }
   // The directory sees a peer's process die first (it holds a connection to
   // every worker); its `left` fails what waits on that peer at once.
-  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer)};
-  if (role == worker_role::prefill)
-    watchers.push_back(app);
+  // Both app actors watch: a producer fails requests of a consumer that
+  // left, a consumer those of a producer that left (and frees their blocks).
+  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer), app};
   for (auto& w : watchers)
     self->request(*dir, std::chrono::seconds(10), watch_atom::value, w)
         .receive(
@@ -399,6 +403,13 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "decode: most of the pool lent to one prefill worker")
       ->capture_default_str()
       ->check(CLI::Range(0u, 100u));
+  sub->add_option("--queue-limit", cmd->queue_limit,
+                  "requests that may wait for free blocks at once "
+                  "(back-pressure); more fail at once")
+      ->capture_default_str();
+  sub->add_option("--queue-wait-ms", cmd->queue_wait_ms,
+                  "how long a request may wait for free blocks")
+      ->capture_default_str();
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (cmd->secret.empty())
