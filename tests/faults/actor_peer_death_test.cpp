@@ -16,6 +16,8 @@
 
 #include <doctest/doctest.h>
 
+#include "test_pki.hpp"
+
 namespace {
 
 using namespace std::chrono;
@@ -129,6 +131,7 @@ struct deployment {
 TEST_CASE("a decode worker killed mid-transfer fails its requests with "
           "peer_down, promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{{"directory", "fault-prefill", "fault-decode"}};
   deployment d("fault");
   auto& decode = d.decode;
 
@@ -165,6 +168,7 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
 TEST_CASE("a decode worker that dies before the producer first reached it "
           "fails the requests promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{{"directory", "early-prefill", "early-decode"}};
   deployment d("early");
   auto& decode = d.decode;
   kill(decode.pid, SIGSTOP);
