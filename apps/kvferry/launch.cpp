@@ -669,10 +669,12 @@ int run_launch(const launch_command& cmd) {
   std::vector<std::string> names;
   for (auto& p : plan)
     names.push_back(p.name);
-  if (auto err = prepare_launch_tls(t, names)) {
-    say(render(err));
+  auto tls_note = prepare_launch_tls(t, names);
+  if (!tls_note) {
+    say(render(tls_note.error()));
     return launch_cannot_start;
   }
+  say(*tls_note);
   say(fmt::format("deployment '{}' on host '{}': {} process(es), logs in {}",
                   t.name, host, plan.size(), log_dir));
   return supervisor(t, std::move(plan), exe, *secret).run();

@@ -9,7 +9,6 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "commands.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -34,16 +33,15 @@ std::vector<std::string> tls_args(const runtime::tls_options& tls) {
   return {"--tls-dir", tls.dir};
 }
 
-caf::error prepare_launch_tls(const topology::deployment& t,
-                              const std::vector<std::string>& names) {
+caf::expected<std::string>
+prepare_launch_tls(const topology::deployment& t,
+                   const std::vector<std::string>& names) {
   auto tls = tls_for(t);
-  if (tls.insecure_plaintext) {
-    spdlog::warn("deployment '{}': TLS is OFF (tls: off in {}): the control "
-                 "plane is plain TCP; anyone who reaches its ports can drive "
-                 "it (docs/security.md)",
-                 t.name, t.source_file);
-    return caf::none;
-  }
+  if (tls.insecure_plaintext)
+    return fmt::format("WARNING: TLS is OFF (tls: off in {}): the control "
+                       "plane is plain TCP; anyone who reaches its ports can "
+                       "drive the deployment (docs/security.md)",
+                       t.source_file);
   std::vector<std::string> issued;
   if (auto err = runtime::ensure_pki(tls.dir, names, &issued))
     return err;
@@ -52,10 +50,11 @@ caf::error prepare_launch_tls(const topology::deployment& t,
   if (fs::exists(fs::path{tls.dir} / "ca.key"))
     if (auto err = runtime::ensure_pki(tls.dir, {client_identity}, &issued))
       return err;
-  if (!issued.empty())
-    spdlog::info("TLS dir {}: issued certificates for {}", tls.dir,
-                 fmt::join(issued, ", "));
-  return caf::none;
+  return fmt::format("control plane over mutual TLS, certificates in {}{}",
+                     tls.dir,
+                     issued.empty() ? std::string{}
+                                    : fmt::format(" (issued now: {})",
+                                                  fmt::join(issued, ", ")));
 }
 
 throwaway_pki::~throwaway_pki() {

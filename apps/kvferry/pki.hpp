@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <caf/error.hpp>
+#include <caf/expected.hpp>
 
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/runtime/topology.hpp"
@@ -27,10 +28,12 @@ std::vector<std::string> tls_args(const runtime::tls_options& tls);
 /// Before `kvferry launch` starts `names` (its processes on this host): makes
 /// sure the topology's TLS dir holds a certificate for each of them, and one
 /// for clients where the CA key is at hand, creating the deployment CA when
-/// the dir has none. Says what it created or that TLS is off. Errors name
-/// the file at fault.
-caf::error prepare_launch_tls(const topology::deployment& t,
-                              const std::vector<std::string>& names);
+/// the dir has none. Returns the line for launch to say (where the
+/// certificates are, what was issued, or a warning that TLS is off). Errors
+/// name the file at fault.
+caf::expected<std::string>
+prepare_launch_tls(const topology::deployment& t,
+                   const std::vector<std::string>& names);
 
 /// A CA and certificates in a fresh private temp dir, removed with this
 /// object: for a demo that starts its own processes.

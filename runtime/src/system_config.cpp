@@ -103,6 +103,12 @@ caf::error system_config::secure(const tls_options& tls,
                     name, id.ca_file, name));
   if (auto err = check_identity(id))
     return err;
+  auto key_mode = std::filesystem::status(id.key_file).permissions();
+  using perms = std::filesystem::perms;
+  if ((key_mode & (perms::group_all | perms::others_all)) != perms::none)
+    spdlog::warn("{}: the private key {} is readable by other users (chmod "
+                 "600 it)",
+                 name, id.key_file);
   // CAF's OpenSSL module needs the error-queue fix linked in (see there).
   detail::link_openssl_error_queue_fix();
   load<caf::openssl::manager>();
