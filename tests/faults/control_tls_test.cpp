@@ -4,10 +4,12 @@
 // 0.17 down (a BASP client_handshake header announcing no payload: SIGSEGV;
 // a header announcing 4 GiB: a 4 GiB allocation on the I/O thread). Each must
 // end in a refused handshake, with the process alive and a client holding a
-// certificate still served. Clients without a certificate of the deployment
+// certificate still served (its open connection answers, a demo verifies KV
+// cache through both workers). Clients without a certificate of the deployment
 // CA (a plain CAF client, another deployment's CA, `kvferry status` and
 // `kvferry demo --directory` without files) are refused with a clear error;
-// the plaintext opt-out is logged; every listener is bound where configured.
+// the plaintext opt-out is logged; every socket of the directory and the
+// workers (CAF's, kvsock's) is bound where configured.
 #include <arpa/inet.h>
 #include <array>
 #include <chrono>
@@ -110,7 +112,8 @@ struct deployment_files {
   std::string other_pki = (scratch.path / "other-pki").string();
   std::string empty = (scratch.path / "empty").string();
   deployment_files() {
-    REQUIRE(!runtime::ensure_pki(pki, {"directory", "decode-0", "client"}));
+    REQUIRE(!runtime::ensure_pki(
+        pki, {"directory", "prefill-0", "decode-0", "client"}));
     REQUIRE(!runtime::ensure_pki(other_pki, {"client"}));
     std::filesystem::create_directory(empty);
   }
@@ -121,32 +124,23 @@ uint16_t port_of(const std::string& line) {
   return static_cast<uint16_t>(std::stoi(line.substr(line.rfind(':') + 1)));
 }
 
-std::vector<std::string> worker_args(const std::string& name, uint16_t dir,
+// A worker with a small model (the demo below uses the same geometry).
+// clang-format off
+std::vector<std::string> worker_args(const std::string& name,
+                                     const std::string& role, uint16_t dir,
                                      const std::string& tls_dir) {
-  return {"worker",
-          "--name",
-          name,
-          "--role",
-          "decode",
-          "--directory",
-          "127.0.0.1:" + std::to_string(dir),
-          "--bind",
-          "127.0.0.1",
-          "--gpu",
-          "none",
-          "--pool-blocks",
-          "16",
-          "--layers",
-          "2",
-          "--kv-heads",
-          "1",
-          "--head-dim",
-          "8",
-          "--tls-dir",
-          tls_dir,
-          "--log-level",
-          "warn"};
+  return {"worker", "--name", name, "--role", role,
+          "--directory", "127.0.0.1:" + std::to_string(dir),
+          "--bind", "127.0.0.1",
+          "--gpu", "none",
+          "--pool-blocks", "512",
+          "--layers", "2", "--kv-heads", "1", "--head-dim", "8",
+          "--tls-dir", tls_dir,
+          "--log-level", "warn"};
 }
+const std::string demo_geometry =
+    " --layers 2 --kv-heads 1 --head-dim 8 --max-tokens 64 --inflight 1";
+// clang-format on
 
 // A client actor system presenting `name`'s certificate of `dir`.
 struct tls_client {
@@ -161,10 +155,15 @@ struct tls_client {
   }
 };
 
-// "ADDR" of every listening TCP socket the process `pid` owns (IPv4 and
-// IPv6), read from /proc: the socket inodes among its fds, matched against
-// the kernel's table of its network namespace.
-std::vector<std::string> listening_addresses(pid_t pid) {
+struct tcp_socket {
+  std::string local; // "ADDR" (IPv6: "[ipv6 HEX]")
+  bool listening = false;
+};
+
+// Every TCP socket the process `pid` owns (IPv4 and IPv6), read from /proc:
+// the socket inodes among its fds, matched against the kernel's tables of
+// its network namespace.
+std::vector<tcp_socket> tcp_sockets(pid_t pid) {
   std::set<std::string> inodes;
   auto fd_dir = "/proc/" + std::to_string(pid) + "/fd";
   if (DIR* d = opendir(fd_dir.c_str())) {
@@ -178,7 +177,7 @@ std::vector<std::string> listening_addresses(pid_t pid) {
     }
     closedir(d);
   }
-  std::vector<std::string> found;
+  std::vector<tcp_socket> found;
   for (const char* table : {"tcp", "tcp6"}) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + table);
     std::string line;
@@ -189,20 +188,38 @@ std::vector<std::string> listening_addresses(pid_t pid) {
           inode;
       fields >> slot >> local >> remote >> state >> queues >> timer >> retr >>
           uid >> timeout >> inode;
-      if (state != "0A" || inodes.count(inode) == 0) // 0A: LISTEN
+      if (inodes.count(inode) == 0)
         continue;
+      tcp_socket sock;
+      sock.listening = state == "0A";
       auto hex = local.substr(0, local.find(':'));
       if (hex.size() == 8) {
         in_addr a{static_cast<in_addr_t>(std::stoul(hex, nullptr, 16))};
         char text[INET_ADDRSTRLEN];
         inet_ntop(AF_INET, &a, text, sizeof text);
-        found.push_back(text);
+        sock.local = text;
       } else {
-        found.push_back("[ipv6 " + hex + "]");
+        sock.local = "[ipv6 " + hex + "]";
       }
+      found.push_back(sock);
     }
   }
   return found;
+}
+
+// Every socket of `who` is on the configured 127.0.0.1: its listeners, and
+// the connections it accepted or made (an accepted socket's local address is
+// where its listener was bound, e.g. kvsock's, which close once their peers
+// are connected). Returns the number of listeners.
+size_t check_all_on_loopback(pid_t pid, const std::string& who) {
+  size_t listeners = 0;
+  for (auto& sock : tcp_sockets(pid)) {
+    std::string what = who + (sock.listening ? " listens" : " has a socket") +
+                       " on " + sock.local;
+    CHECK_MESSAGE(sock.local == "127.0.0.1", what);
+    listeners += sock.listening ? 1 : 0;
+  }
+  return listeners;
 }
 
 std::string status_file(const test::scratch_dir& scratch, uint16_t port) {
@@ -221,44 +238,51 @@ TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
   kvferry_child dir{{"directory", "--bind", "127.0.0.1", "--port", "0",
                      "--tls-dir", files.pki, "--log-level", "warn"}};
   auto dir_port = port_of(dir.wait_for_line("listening on", 20s));
-  kvferry_child worker{worker_args("decode-0", dir_port, files.pki)};
-  REQUIRE_MESSAGE(!worker.wait_for_line(" ready", 30s).empty(),
-                  worker.output());
+  kvferry_child prefill{
+      worker_args("prefill-0", "prefill", dir_port, files.pki)};
+  kvferry_child decode{worker_args("decode-0", "decode", dir_port, files.pki)};
+  REQUIRE_MESSAGE(!prefill.wait_for_line(" ready", 30s).empty(),
+                  prefill.output());
+  REQUIRE_MESSAGE(!decode.wait_for_line(" ready", 30s).empty(),
+                  decode.output());
 
   tls_client client{files.pki, "client"};
   auto directory = connect_directory(*client.sys, "127.0.0.1", dir_port, 10s);
   REQUIRE_MESSAGE(directory, render(directory.error()));
   caf::scoped_actor self{*client.sys};
-  worker_info decode;
+  worker_info decode_info;
   self->request(*directory, 5s, lookup_atom::value, std::string{"decode-0"})
-      .receive([&](worker_info& w) { decode = std::move(w); },
+      .receive([&](worker_info& w) { decode_info = std::move(w); },
                [&](caf::error& err) { FAIL(render(err)); });
-  auto control = decode.attributes.at(control_attribute);
+  auto control = decode_info.attributes.at(control_attribute);
   CHECK(control.rfind("127.0.0.1:", 0) == 0);
   auto worker_port = port_of(control);
 
   expect_refused_handshake(dir_port, "directory");
   expect_refused_handshake(worker_port, "worker decode-0");
   CHECK(dir.alive());
-  CHECK(worker.alive());
+  CHECK(prefill.alive());
+  CHECK(decode.alive());
 
-  // Still served: the directory answers, the worker's port takes a client.
+  // Still served: the directory answers the connection opened before the
+  // junk, the worker's port takes a client, and a demo with the client
+  // certificate moves and verifies KV cache through both workers.
   self->request(*directory, 5s, list_atom::value)
-      .receive([&](std::vector<worker_info>& all) { CHECK(all.size() == 1); },
+      .receive([&](std::vector<worker_info>& all) { CHECK(all.size() == 2); },
                [&](caf::error& err) { FAIL(render(err)); });
-  CHECK(connect_peers(*client.sys, {decode}, 5s).empty());
+  CHECK(connect_peers(*client.sys, {decode_info}, 5s).empty());
+  auto demo = test::run_kvferry(
+      "demo --directory 127.0.0.1:" + std::to_string(dir_port) + " --tls-dir " +
+          files.pki + " --requests 5 --quiet" + demo_geometry,
+      120);
+  CHECK_MESSAGE(demo.status == 0, demo.output);
 
-  // Every listener of both (CAF's, kvsock's) is bound to the configured
-  // 127.0.0.1: no plain listener for automatic connections, no kvsock socket
-  // on the first non-loopback interface.
-  auto dir_listeners = listening_addresses(dir.pid());
-  auto worker_listeners = listening_addresses(worker.pid());
-  CHECK(dir_listeners.size() >= 1);
-  CHECK(worker_listeners.size() >= 1);
-  for (auto& a : dir_listeners)
-    CHECK_MESSAGE(a == "127.0.0.1", "directory listens on " << a);
-  for (auto& a : worker_listeners)
-    CHECK_MESSAGE(a == "127.0.0.1", "worker listens on " << a);
+  // Nothing listens or connects anywhere but the configured 127.0.0.1: no
+  // plain listener for CAF's automatic connections, no kvsock socket on the
+  // first non-loopback interface.
+  CHECK(check_all_on_loopback(dir.pid(), "the directory") == 1);
+  CHECK(check_all_on_loopback(prefill.pid(), "worker prefill-0") >= 1);
+  CHECK(check_all_on_loopback(decode.pid(), "worker decode-0") >= 1);
 }
 
 TEST_CASE("clients without a certificate of the deployment CA are refused") {
