@@ -155,6 +155,18 @@ struct tls_client {
   }
 };
 
+// The process's resident memory (VmRSS), in MiB.
+long resident_mib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  long kib = 0;
+  while (in >> key)
+    if (key == "VmRSS:" && in >> kib)
+      return kib / 1024;
+  FAIL("no VmRSS for pid " << pid);
+  return 0;
+}
+
 struct tcp_socket {
   std::string local; // "ADDR" (IPv6: "[ipv6 HEX]")
   bool listening = false;
@@ -263,6 +275,9 @@ TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
   CHECK(dir.alive());
   CHECK(prefill.alive());
   CHECK(decode.alive());
+  // Nothing allocated the 4 GiB the second header announced.
+  CHECK(resident_mib(dir.pid()) < 512);
+  CHECK(resident_mib(decode.pid()) < 512);
 
   // Still served: the directory answers the connection opened before the
   // junk, the worker's port takes a client, and a demo with the client
