@@ -1,5 +1,6 @@
 #include "kvferry/runtime/tls.hpp"
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -299,6 +301,27 @@ caf::error make_dir(const fs::path& dir) {
   return caf::none;
 }
 
+// An exclusive flock on DIR/.lock, released when the returned fd closes.
+struct fd_close {
+  void operator()(int* fd) const {
+    ::close(*fd);
+    delete fd;
+  }
+};
+using fd_ptr = std::unique_ptr<int, fd_close>;
+
+caf::expected<fd_ptr> lock_dir(const fs::path& dir) {
+  auto path = dir / ".lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 || ::flock(fd, LOCK_EX) != 0) {
+    auto why = std::strerror(errno);
+    if (fd >= 0)
+      ::close(fd);
+    return tls_error(fmt::format("cannot lock {}: {}", path.string(), why));
+  }
+  return fd_ptr{new int{fd}};
+}
+
 } // namespace
 
 bool valid_identity_name(const std::string& name) {
@@ -322,6 +345,11 @@ caf::error ensure_pki(const std::string& dir_name,
           name));
   if (auto err = make_dir(dir))
     return err;
+  // Two launches on one host starting at once: one issues, the other then
+  // finds everything there.
+  auto lock = lock_dir(dir);
+  if (!lock)
+    return lock.error();
   auto ca_crt = (dir / "ca.crt").string();
   auto ca_key_file = (dir / "ca.key").string();
   x509_ptr ca;

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 #include <sys/stat.h>
+#include <thread>
 
 #include <doctest/doctest.h>
 
@@ -47,6 +48,22 @@ TEST_CASE("ensure_pki issues what is missing, private files private") {
   auto bad = runtime::ensure_pki(dir.string(), {"../escape"});
   REQUIRE(bad);
   CHECK(render(bad).find("../escape") != std::string::npos);
+}
+
+TEST_CASE("ensure_pki from two launches at once makes one CA") {
+  test::scratch_dir scratch{"kvferry-tls-unit"};
+  auto dir = (scratch.path / "pki").string();
+  caf::error first, second;
+  std::thread a{[&] { first = runtime::ensure_pki(dir, {"directory", "a"}); }};
+  std::thread b{[&] { second = runtime::ensure_pki(dir, {"directory", "b"}); }};
+  a.join();
+  b.join();
+  CHECK_MESSAGE(!first, render(first));
+  CHECK_MESSAGE(!second, render(second));
+  // Both certificates verify against the one CA that is there.
+  CHECK(!runtime::check_identity(runtime::identity_in(dir, "a")));
+  CHECK(!runtime::check_identity(runtime::identity_in(dir, "b")));
+  CHECK(!runtime::check_identity(runtime::identity_in(dir, "directory")));
 }
 
 TEST_CASE("check_identity names the file at fault") {
