@@ -2,7 +2,9 @@
 # (headers and shared libraries, but no CMake package configuration).
 #
 # Provides the imported targets CAF::core, CAF::io and CAF::openssl and sets
-# CAF_FOUND and CAF_VERSION.
+# CAF_FOUND and CAF_VERSION. `find_package(CAF COMPONENTS openssl)` makes the
+# OpenSSL module (libcaf_openssl, Debian libcaf-openssl0.17; headers in
+# libcaf-dev) required: kvferry's control plane runs over it.
 include(FindPackageHandleStandardArgs)
 
 find_path(CAF_INCLUDE_DIR NAMES caf/config.hpp)
@@ -21,12 +23,20 @@ if(CAF_INCLUDE_DIR AND EXISTS "${CAF_INCLUDE_DIR}/caf/config.hpp")
   set(CAF_VERSION "${_caf_major}.${_caf_minor}.${_caf_patch}")
 endif()
 
+if(CAF_OPENSSL_LIBRARY AND EXISTS "${CAF_INCLUDE_DIR}/caf/openssl/manager.hpp")
+  set(CAF_openssl_FOUND TRUE)
+endif()
+
 find_package_handle_standard_args(CAF
   REQUIRED_VARS CAF_INCLUDE_DIR CAF_CORE_LIBRARY CAF_IO_LIBRARY
-  VERSION_VAR CAF_VERSION)
+  VERSION_VAR CAF_VERSION
+  HANDLE_COMPONENTS)
 
 if(CAF_FOUND AND NOT TARGET CAF::core)
   find_package(Threads REQUIRED)
+  if(CAF_openssl_FOUND)
+    find_package(OpenSSL REQUIRED)
+  endif()
   add_library(CAF::core SHARED IMPORTED)
   set_target_properties(CAF::core PROPERTIES
     IMPORTED_LOCATION "${CAF_CORE_LIBRARY}"
@@ -36,11 +46,11 @@ if(CAF_FOUND AND NOT TARGET CAF::core)
   set_target_properties(CAF::io PROPERTIES
     IMPORTED_LOCATION "${CAF_IO_LIBRARY}"
     INTERFACE_LINK_LIBRARIES CAF::core)
-  if(CAF_OPENSSL_LIBRARY)
+  if(CAF_openssl_FOUND)
     add_library(CAF::openssl SHARED IMPORTED)
     set_target_properties(CAF::openssl PROPERTIES
       IMPORTED_LOCATION "${CAF_OPENSSL_LIBRARY}"
-      INTERFACE_LINK_LIBRARIES CAF::io)
+      INTERFACE_LINK_LIBRARIES "CAF::io;OpenSSL::SSL;OpenSSL::Crypto")
   endif()
 endif()
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build ccache pkg-config git
-  libcaf-dev libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
+  libcaf-dev libcaf-openssl0.17 libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
   libxxhash-dev libssl-dev libcli11-dev nlohmann-json3-dev iproute2 procps
   clang-format)
 

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/tls.hpp"
 
 namespace kvferry {
 
@@ -287,7 +288,8 @@ caf::expected<directory_actor> connect_directory(caf::actor_system& system,
   auto where = host + ":" + std::to_string(port);
   auto deadline = clock::now() + timeout;
   auto expected_ifs = system.message_types<directory_actor>();
-  auto mm = system.middleman().actor_handle();
+  // TLS where the system has it (runtime::system_config::secure).
+  auto mm = runtime::control_middleman(system);
   caf::scoped_actor self{system};
   caf::error last;
   for (;;) {

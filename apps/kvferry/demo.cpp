@@ -48,6 +48,7 @@
 #include "kvferry/transport/gpu_topology.hpp"
 #include "mps_daemon.hpp"
 #include "percentile.hpp"
+#include "pki.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -770,10 +771,13 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
                             std::uint64_t{rd()} << 32 | rd());
   setenv("KVFERRY_SECRET", secret.c_str(), 1);
   auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
-  children.push_back(std::make_unique<child_process>(
-      "directory",
-      std::vector<std::string>{"kvferry", "directory", "--bind", "127.0.0.1",
-                               "--port", "0", "--log-level", level}));
+  std::vector<std::string> dir_args{"kvferry",     "directory", "--bind",
+                                    "127.0.0.1",   "--port",    "0",
+                                    "--log-level", level};
+  if (cmd.runtime.tls.insecure_plaintext)
+    dir_args.push_back("--insecure-plaintext");
+  children.push_back(
+      std::make_unique<child_process>("directory", std::move(dir_args)));
   auto line = children.back()->wait_for_line("listening on", seconds(15));
   auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
   for (auto role : {"prefill", "decode"}) {
@@ -809,6 +813,8 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
       args.push_back("--plugin");
       args.push_back(cmd.plugin);
     }
+    if (cmd.runtime.tls.insecure_plaintext)
+      args.push_back("--insecure-plaintext");
     children.push_back(std::make_unique<child_process>(
         fmt::format("worker demo-{}-0", role), args, worker_env));
   }
@@ -984,6 +990,17 @@ int run_demo(demo_command& cmd) {
   // keeps the producer from waiting for them (it would, not fail).
   auto prefill_pool_blocks = pool_blocks + max_blocks;
 
+  // Outlives `local`: the children read their certificates from it.
+  throwaway_pki pki;
+  if (cmd.directory.empty() && !cmd.runtime.tls.insecure_plaintext) {
+    if (auto err =
+            pki.create({"directory", "demo-prefill-0", "demo-decode-0"})) {
+      std::cerr << "kvferry demo: " << render(err) << "\n";
+      return 1;
+    }
+    setenv("KVFERRY_TLS_DIR", pki.dir().c_str(), 1); // for the children
+    cmd.runtime.tls.dir = pki.dir();
+  }
   local_processes local;
   std::string directory = cmd.directory;
   if (directory.empty()) {
@@ -1002,7 +1019,10 @@ int run_demo(demo_command& cmd) {
     return 2;
   }
   runtime::system_config cfg{cmd.runtime};
-  cfg.set("middleman.enable-automatic-connections", true);
+  if (auto err = cfg.secure(cmd.runtime.tls, client_identity)) {
+    std::cerr << "kvferry demo: " << render(err) << "\n";
+    return 1;
+  }
   caf::actor_system sys{cfg};
   auto dir = connect_directory(sys, host, port);
   if (!dir) {
@@ -1015,6 +1035,8 @@ int run_demo(demo_command& cmd) {
     return 1;
   }
   plan->directory = directory;
+  // Straight to the workers, not through the directory's node.
+  connect_members(sys, *dir, std::nullopt, seconds(5));
   std::mt19937_64 rng{cmd.seed};
   std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
                                                       cmd.max_tokens};

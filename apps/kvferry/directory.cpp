@@ -1,5 +1,6 @@
 // `kvferry directory`: runs the deployment's directory actor, published on a
-// TCP port through CAF's middleman, until SIGINT/SIGTERM.
+// TCP port through CAF's middleman (mutual TLS unless --insecure-plaintext),
+// until SIGINT/SIGTERM.
 //
 // `kvferry directory --probe HOST:PORT [--count N]` instead measures the
 // control-plane round trip to a running directory (N lookups) and prints
@@ -43,6 +44,10 @@ int serve(const directory_command& cmd) {
   auto stop_signals = block_stop_signals();
   runtime::raise_open_files_limit("directory");
   runtime::system_config cfg{cmd.runtime};
+  if (auto err = cfg.secure(cmd.runtime.tls, "directory")) {
+    spdlog::error("directory: {}", render(err));
+    return 1;
+  }
   auto exporter = start_metrics_endpoint("directory");
   if (!exporter)
     return 1;
@@ -51,7 +56,7 @@ int serve(const directory_command& cmd) {
   options.secret = cmd.secret;
   options.lease = std::chrono::milliseconds(cmd.lease_ms);
   auto dir = sys.spawn(directory, options);
-  auto port = sys.middleman().publish(dir, cmd.port, cmd.bind.c_str(), true);
+  auto port = runtime::publish_control(dir, cmd.port, cmd.bind);
   if (!port) {
     spdlog::error("directory: cannot listen on {}:{}: {}", cmd.bind, cmd.port,
                   render(port.error()));
@@ -61,13 +66,14 @@ int serve(const directory_command& cmd) {
   // A parent process (launch, demo, tests) reads this line to find the port.
   std::cout << "kvferry directory listening on " << cmd.bind << ":" << *port
             << std::endl;
-  spdlog::info("directory: lease {} ms, scheduler {}", cmd.lease_ms,
-               cmd.runtime.scheduler_policy);
+  spdlog::info("directory: lease {} ms, scheduler {}, control plane over {}",
+               cmd.lease_ms, cmd.runtime.scheduler_policy,
+               runtime::tls_enabled(sys) ? "mutual TLS" : "PLAIN TCP");
   int sig = 0;
   sigwait(&stop_signals, &sig);
   spdlog::info("directory: {} received, shutting down",
                sig == SIGINT ? "SIGINT" : "SIGTERM");
-  sys.middleman().unpublish(dir, *port);
+  runtime::unpublish_control(sys, dir.address(), *port);
   caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
   return 0;
 }
@@ -112,6 +118,10 @@ int probe(const directory_command& cmd) {
     return 2;
   }
   runtime::system_config cfg{cmd.runtime};
+  if (auto err = cfg.secure(cmd.runtime.tls, "client")) {
+    std::cerr << "kvferry directory --probe: " << render(err) << "\n";
+    return 2;
+  }
   caf::actor_system sys{cfg};
   auto dir = connect_directory(sys, host, port, std::chrono::seconds(10));
   if (!dir) {

@@ -39,7 +39,9 @@
 #include <fmt/format.h>
 
 #include "commands.hpp"
+#include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/topology.hpp"
+#include "pki.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -246,8 +248,11 @@ std::vector<process_spec> plan_for_host(const topo::deployment& t,
     plan.push_back(directory_process(t, host));
   for (auto* w : t.workers_on(host))
     plan.push_back(worker_process(t, *w));
-  for (auto& p : plan)
+  auto tls = tls_args(tls_for(t));
+  for (auto& p : plan) {
     p.log_path = log_dir + "/" + p.name + ".log";
+    p.args.insert(p.args.end(), tls.begin(), tls.end());
+  }
   return plan;
 }
 
@@ -661,6 +666,15 @@ int run_launch(const launch_command& cmd) {
     say(why);
     return launch_cannot_start;
   }
+  std::vector<std::string> names;
+  for (auto& p : plan)
+    names.push_back(p.name);
+  auto tls_note = prepare_launch_tls(t, names);
+  if (!tls_note) {
+    say(render(tls_note.error()));
+    return launch_cannot_start;
+  }
+  say(*tls_note);
   say(fmt::format("deployment '{}' on host '{}': {} process(es), logs in {}",
                   t.name, host, plan.size(), log_dir));
   return supervisor(t, std::move(plan), exe, *secret).run();

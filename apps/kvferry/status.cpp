@@ -16,6 +16,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/topology.hpp"
+#include "pki.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -25,6 +26,7 @@ namespace topo = kvferry::topology;
 struct status_command {
   std::string file;
   std::size_t timeout_ms = 3000;
+  runtime::tls_options tls; // default: the topology's tls section
 };
 
 struct row {
@@ -91,6 +93,14 @@ int run_status(const status_command& cmd) {
   runtime::runtime_options runtime;
   runtime.log_level = "warn";
   runtime::system_config cfg{runtime};
+  auto tls = tls_for(t);
+  if (!cmd.tls.dir.empty())
+    tls.dir = cmd.tls.dir;
+  tls.insecure_plaintext |= cmd.tls.insecure_plaintext;
+  if (auto err = cfg.secure(tls, client_identity)) {
+    std::cerr << "kvferry status: " << render(err) << "\n";
+    return 1;
+  }
   caf::actor_system sys{cfg};
   auto timeout = std::chrono::milliseconds(cmd.timeout_ms);
   auto dir = connect_directory(sys, address, t.directory.port, timeout);
@@ -147,6 +157,7 @@ void add_status(CLI::App& root, int& exit_code) {
                   "how long to try to reach the directory")
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{600000}));
+  runtime::add_tls_options(*sub, cmd->tls);
   sub->callback([cmd, &exit_code] { exit_code = run_status(*cmd); });
 }
 

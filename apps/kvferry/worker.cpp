@@ -24,6 +24,7 @@
 #include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/worker_limits.hpp"
+#include "kvferry/runtime/tls.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -119,6 +120,35 @@ region_info describe_region(const memory_region& region,
   return r;
 }
 
+// kvsock listens where the control plane does (not on the first non-loopback
+// interface) unless the environment (the topology's plugin_env) names the
+// data interface. Before any thread starts: setenv is not thread-safe.
+void default_data_address(const std::string& bind) {
+  if (bind == "0.0.0.0" || std::getenv("KVSOCK_IFADDR") != nullptr ||
+      std::getenv("NCCL_SOCKET_IFNAME") != nullptr)
+    return;
+  ::setenv("KVSOCK_IFADDR", bind.c_str(), 0);
+}
+
+// Where peers dial this worker's published port: the bind address, or this
+// host's name when bound to every interface.
+std::string control_address(const std::string& bind, std::uint16_t port) {
+  auto host = bind == "0.0.0.0" ? local_hostname() : bind;
+  return host + ":" + std::to_string(port);
+}
+
+// Opens direct connections to the workers of the other role already there,
+// before registering: by the time anyone hears of this worker (and sends to
+// it), the direct route exists, so no message of a pair takes the detour
+// through the directory and then overtakes it. Later joiners dial us.
+void connect_to_peers(caf::actor_system& sys, const directory_actor& dir,
+                      worker_role role) {
+  connect_members(sys, dir,
+                  role == worker_role::prefill ? worker_role::decode
+                                               : worker_role::prefill,
+                  std::chrono::seconds(5));
+}
+
 // Keeps the lease alive until a stop signal; returns the signal.
 int serve_until_signal(caf::actor_system& sys, const directory_actor& dir,
                        const std::string& name, const lease& granted,
@@ -176,9 +206,15 @@ int run_worker(worker_command& cmd) {
   }
   auto stop_signals = block_stop_signals();
   runtime::raise_open_files_limit("worker " + cmd.name);
+  default_data_address(cmd.bind);
   runtime::system_config cfg{cmd.runtime};
-  // Workers talk to each other directly, not through the directory's node.
-  cfg.set("middleman.enable-automatic-connections", true);
+  if (auto err = cfg.secure(cmd.runtime.tls, cmd.name)) {
+    spdlog::error("worker {}: {}", cmd.name, render(err));
+    return 1;
+  }
+  // No automatic connections: CAF would open a second, plain listener on
+  // every interface for them. Workers dial each other (connect_peers).
+  cfg.set("middleman.enable-automatic-connections", false);
   caf::actor_system sys{cfg};
   std::shared_ptr<transport::plugin> net;
   try {
@@ -244,8 +280,8 @@ int run_worker(worker_command& cmd) {
     self->send_exit(app, caf::exit_reason::user_shutdown);
     self->send_exit(transfer, caf::exit_reason::user_shutdown);
   };
-  // A published port lets peers reach this node directly.
-  auto port = sys.middleman().publish(app, 0, cmd.bind.c_str(), true);
+  // A published port lets peers reach this node directly (over TLS).
+  auto port = runtime::publish_control(app, 0, cmd.bind);
   if (!port) {
     spdlog::error("worker {}: cannot listen on {}: {}", cmd.name, cmd.bind,
                   render(port.error()));
@@ -277,7 +313,9 @@ int run_worker(worker_command& cmd) {
       {"layers", std::to_string(cmd.geometry.layers)},
       {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
       {"pool_blocks", std::to_string(cmd.pool_blocks)},
+      {control_attribute, control_address(cmd.bind, *port)},
   };
+  connect_to_peers(sys, *dir, role);
   std::optional<lease> granted;
   self->request(*dir, std::chrono::seconds(10), register_atom::value, info,
                 cmd.secret)

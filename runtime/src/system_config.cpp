@@ -1,7 +1,12 @@
 #include "kvferry/runtime/system_config.hpp"
 
+#include <filesystem>
+
 #include <CLI/CLI.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/type_ids.hpp"
@@ -14,6 +19,10 @@
 #endif
 
 namespace kvferry::runtime {
+
+namespace detail {
+void link_openssl_error_queue_fix(); // openssl_error_queue.cpp
+} // namespace detail
 
 void add_runtime_options(CLI::App& cmd, runtime_options& options) {
   cmd.add_option("--log-level", options.log_level,
@@ -31,6 +40,7 @@ void add_runtime_options(CLI::App& cmd, runtime_options& options) {
                  "-1 = CAF's default)");
   cmd.add_option("--heartbeat-ms", options.heartbeat_ms,
                  "heartbeat between connected processes (0 = off)");
+  add_tls_options(cmd, options.tls);
 }
 
 system_config::system_config() {
@@ -70,6 +80,46 @@ void system_config::apply(const runtime_options& options) {
   // CAF's own logger stays quiet: kvferry logs through spdlog.
   set("logger.file-verbosity", caf::atom("quiet"));
   set("logger.console-verbosity", caf::atom("quiet"));
+}
+
+caf::error system_config::secure(const tls_options& tls,
+                                 const std::string& name) {
+  if (tls.insecure_plaintext) {
+    spdlog::warn("{}: TLS is OFF (--insecure-plaintext): the control plane "
+                 "is plain TCP and anyone who reaches its ports can read and "
+                 "drive this deployment (docs/security.md)",
+                 name);
+    return caf::none;
+  }
+  auto dir = tls.dir.empty() ? default_tls_dir() : tls.dir;
+  auto id = identity_in(dir, name);
+  if (!std::filesystem::exists(id.ca_file))
+    return make_error(
+        ec::invalid_argument,
+        fmt::format("{}: no TLS certificates: {} does not exist. Pass "
+                    "--tls-dir DIR (a folder made by `kvferry pki init DIR "
+                    "{}`, or by `kvferry launch`), set $KVFERRY_TLS_DIR, or "
+                    "opt out with --insecure-plaintext",
+                    name, id.ca_file, name));
+  if (auto err = check_identity(id))
+    return err;
+  auto key_mode = std::filesystem::status(id.key_file).permissions();
+  using perms = std::filesystem::perms;
+  if ((key_mode & (perms::group_all | perms::others_all)) != perms::none)
+    spdlog::warn("{}: the private key {} is readable by other users (chmod "
+                 "600 it)",
+                 name, id.key_file);
+  // CAF's OpenSSL module needs the error-queue fix linked in (see there).
+  detail::link_openssl_error_queue_fix();
+  load<caf::openssl::manager>();
+  // Any of these set turns on CAF's peer authentication: certificates
+  // required on both sides, verified against the CA file.
+  openssl_certificate = id.cert_file;
+  openssl_key = id.key_file;
+  openssl_cafile = id.ca_file;
+  spdlog::debug("{}: control plane over mutual TLS ({}, CA {})", name,
+                id.cert_file, id.ca_file);
+  return caf::none;
 }
 
 void system_config::use_test_coordinator() {

@@ -507,7 +507,7 @@ private:
   void read_root(const YAML::Node& root) {
     check_keys(root,
                {"name", "directory", "hosts", "workers", "model", "transfer",
-                "control", "launch"},
+                "control", "tls", "launch"},
                "the top level");
     if (read_string(root, "name", topo().name, "deployment") &&
         !is_valid_name(topo().name))
@@ -521,6 +521,8 @@ private:
     if (auto node = root["transfer"])
       read_transfer(node);
     read_control(root["control"]);
+    if (auto node = root["tls"])
+      read_tls(node);
     if (auto node = root["launch"])
       read_launch(node);
   }
@@ -786,6 +788,26 @@ private:
             fmt::format("control.secret_env '{}' is not an "
                         "environment variable name",
                         control.secret_env));
+  }
+
+  // `tls: off|on` or `tls: {dir: PATH}`.
+  void read_tls(const YAML::Node& node) {
+    auto& tls = topo().tls;
+    tls.where = at(node.Mark());
+    if (node.IsScalar()) {
+      auto text = node.Scalar();
+      if (text == "off" || text == "on")
+        tls.enabled = text == "on";
+      else
+        error(node.Mark(),
+              fmt::format("tls must be off, on or a map with dir, got '{}'",
+                          text));
+      return;
+    }
+    if (!expect_map(node, "tls"))
+      return;
+    check_keys(node, {"dir"}, "tls");
+    read_string(node, "dir", tls.dir, "tls");
   }
 
   void read_launch(const YAML::Node& node) {

@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry_processes.hpp"
+#include "test_pki.hpp"
 
 namespace {
 
@@ -24,6 +25,7 @@ using kvferry::test::deployment;
 TEST_CASE("a decode worker killed mid-transfer fails its requests with "
           "peer_down, promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{{"directory", "fault-prefill", "fault-decode"}};
   deployment d("fault");
   auto& decode = d.decode;
 
@@ -60,6 +62,7 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
 TEST_CASE("a decode worker that dies before the producer first reached it "
           "fails the requests promptly") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{{"directory", "early-prefill", "early-decode"}};
   deployment d("early");
   auto& decode = d.decode;
   kill(decode.pid, SIGSTOP);

@@ -18,6 +18,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "test_pki.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -120,6 +121,16 @@ worker_info make_worker(caf::actor_system& sys, std::string name) {
   return info;
 }
 
+// A client presenting the test deployment's "client" certificate.
+struct client_config : runtime::system_config {
+  explicit client_config(const test::test_pki& pki) {
+    runtime::tls_options tls;
+    tls.dir = pki.dir;
+    auto err = secure(tls, "client");
+    REQUIRE_MESSAGE(!err, render(err));
+  }
+};
+
 template<class T, class... Ts>
 caf::expected<T> ask(caf::actor_system& sys, const directory_actor& dir,
                      Ts&&... xs) {
@@ -147,11 +158,12 @@ bool gone_within(caf::actor_system& sys, const directory_actor& dir,
 } // namespace
 
 TEST_CASE("kvferry directory serves remote clients through the middleman") {
+  test::test_pki pki{{"directory"}}; // the child finds it in $KVFERRY_TLS_DIR
   directory_process proc;
   auto port = proc.wait_for_port(20s);
   REQUIRE_MESSAGE(port, "kvferry directory did not print its port in time");
 
-  runtime::system_config cfg;
+  client_config cfg{pki};
   caf::actor_system sys{cfg};
   auto dir = connect_directory(sys, "127.0.0.1", *port, 10s);
   REQUIRE_MESSAGE(dir, render(dir.error()));
@@ -183,7 +195,7 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
   }
   SUBCASE("a worker whose process goes away is dropped") {
     {
-      runtime::system_config other_cfg;
+      client_config other_cfg{pki};
       caf::actor_system other{other_cfg};
       auto other_dir = connect_directory(other, "127.0.0.1", *port, 10s);
       REQUIRE(other_dir);

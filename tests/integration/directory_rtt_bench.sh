@@ -5,6 +5,8 @@
 # A benchmark, not a ctest test (results in docs/benchmarks.md).
 B=$(realpath "${KVFERRY:-build/bin/kvferry}")
 cd "$(mktemp -d)"
+# Mutual TLS as deployed: both sides find ./kvferry-pki (docs/security.md).
+$B pki init kvferry-pki directory client >/dev/null
 nproc; uptime
 run_matrix() {  # <taskset cpus or empty>
   local ts=$1 pre=""

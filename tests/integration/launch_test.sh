@@ -14,6 +14,9 @@ set -uo pipefail
 
 KVFERRY=${1:?usage: launch_test.sh <kvferry binary>}
 WORK=$(mktemp -d /tmp/kvferry-launch-test.XXXXXX)
+# launch creates the deployment's certificates in ./kvferry-pki (the default
+# tls.dir); the real directory and status below find them there too.
+cd "$WORK" || exit 1
 PORT=$((20000 + RANDOM % 20000))
 launch_pid=""
 cleanup() {

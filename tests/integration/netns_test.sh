@@ -72,9 +72,14 @@ workers:
 model: {layers: 4, kv_heads: 2, head_dim: 64, dtype: fp16, block_tokens: 16}
 transfer: {mode: push, chunk_bytes: 1048576, comms_per_peer: 2, timeout_ms: 10000}
 control: {bind: host, secret_env: KVFERRY_SECRET}
+tls: {dir: $WORK/pki}
 launch: {log_dir: $WORK/logs, stop_grace_ms: 3000}
 EOF
 export KVFERRY_SECRET="netns-test-$tag-$RANDOM"
+# Certificates made once, before either host starts (docs/deploy.md, "TLS"):
+# the two launches share this folder, as hosts would share copies of it.
+"$KVFERRY" pki init "$WORK/pki" directory prefill-0 decode-0 client >/dev/null \
+  || { echo "FAIL: kvferry pki init"; exit 1; }
 
 ip netns exec "$NS_A" "$KVFERRY" launch "$WORK/topology.yaml" --host ns-a \
   >"$WORK/launch-a.out" 2>"$WORK/launch-a.err" &
@@ -102,7 +107,7 @@ until ip netns exec "$NS_B" "$KVFERRY" status "$WORK/topology.yaml" --timeout-ms
 done
 cat "$WORK/status.out"
 
-ip netns exec "$NS_A" timeout 120 "$KVFERRY" demo --directory "$ADDR_A:7470" \
+ip netns exec "$NS_A" timeout 120 "$KVFERRY" demo --directory "$ADDR_A:7470" --tls-dir "$WORK/pki" \
   --requests "$REQUESTS" --layers 4 --kv-heads 2 --head-dim 64 --dtype fp16 --block-tokens 16 \
   --deadline-s 100 --quiet >"$WORK/demo.out" 2>&1
 rc=$?

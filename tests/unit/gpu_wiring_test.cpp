@@ -36,8 +36,11 @@ bool has_gpu() {
   return !transport::list_gpus().devices.empty();
 }
 
+// Plain TCP: these workers fail on their GPU options before any peer
+// connects, so they need no certificates.
 const std::string worker_args =
-    "worker --name w0 --role prefill --directory 127.0.0.1:1 --pool-blocks 4 ";
+    "worker --name w0 --role prefill --directory 127.0.0.1:1 --pool-blocks 4 "
+    "--insecure-plaintext ";
 
 } // namespace
 

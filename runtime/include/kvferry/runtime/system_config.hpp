@@ -9,6 +9,8 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/timespan.hpp>
 
+#include "kvferry/runtime/tls.hpp"
+
 namespace CLI {
 class App;
 }
@@ -38,10 +40,13 @@ struct runtime_options {
   std::string log_level;
   /// Also write the log to this file (appends); empty = stderr only.
   std::string log_file;
+  /// Mutual TLS on the control plane (the default) or plain TCP.
+  tls_options tls;
 };
 
-/// Adds --log-level, --log-file, --scheduler, --threads, --io-workers and
-/// --heartbeat-ms to a CLI11 (sub)command.
+/// Adds --log-level, --log-file, --scheduler, --threads, --io-workers,
+/// --heartbeat-ms, --tls-dir and --insecure-plaintext to a CLI11
+/// (sub)command.
 void add_runtime_options(CLI::App& cmd, runtime_options& options);
 
 /// kvferry's actor_system_config. Construct, then pass to caf::actor_system.
@@ -53,6 +58,14 @@ public:
   /// Switches to CAF's deterministic test coordinator (virtual time, no
   /// threads, no network backend): for unit tests (tests/support).
   void use_test_coordinator();
+
+  /// Secures the control plane as `tls` says, presenting the certificate
+  /// `name` of the TLS dir (docs/security.md): checks the files first
+  /// (errors name the file at fault) and loads CAF's OpenSSL module, which
+  /// then refuses any peer without a certificate of the deployment CA before
+  /// a byte of it reaches CAF's BASP parser. Under --insecure-plaintext it
+  /// warns instead. Call before constructing the actor_system; log set up.
+  caf::error secure(const tls_options& tls, const std::string& name);
 
 private:
   void register_types();

@@ -92,6 +92,17 @@ struct control_spec {
   location where;
 };
 
+// Mutual TLS of the control plane (docs/security.md): `tls: off`, or
+// `tls: {dir: PATH}`.
+struct tls_spec {
+  bool enabled = true; // off: plain TCP, logged at warn by every process
+  // ca.crt and NAME.crt/NAME.key per process ("directory", each worker,
+  // "client"); empty: $KVFERRY_TLS_DIR, else ./kvferry-pki. `kvferry launch`
+  // creates what is missing there.
+  std::string dir;
+  location where;
+};
+
 // How `kvferry launch` supervises this host's processes.
 struct launch_spec {
   std::string log_dir = "./kvferry-logs";
@@ -109,6 +120,7 @@ struct deployment {
   model_spec model;
   transfer_spec transfer;
   control_spec control;
+  tls_spec tls;
   launch_spec launch;
 
   const host_spec* find_host(const std::string& name) const;
