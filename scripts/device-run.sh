@@ -113,6 +113,41 @@ use_bundle() {
   export KVFERRY_PLUGIN_PATH="$b/lib"
 }
 
+# One bundled test's outcome from its exit status: "pass" (", N case(s)
+# skipped" when cases skipped themselves, tests/support/skip_case.hpp), "skipped:
+# <reason>" (77, the reason from the SKIPPED line the test printed: no GPU,
+# one GPU, no peer access, ...), "TIMEOUT <s>s" (124) or "FAIL rc=N".
+test_outcome() {
+  local rc=$1 log=$2 secs=$3 why n
+  case $rc in
+    0) n=$(grep -c '^SKIPPED: ' "$log")
+       if [ "$n" -gt 0 ]; then echo "pass, $n case(s) skipped"; else echo pass; fi ;;
+    77) why=$(sed -n 's/^SKIPPED: //p' "$log" | head -1)
+        echo "skipped: ${why:-the test printed no reason}" ;;
+    124) echo "TIMEOUT ${secs}s" ;;
+    *) echo "FAIL rc=$rc" ;;
+  esac
+}
+
+# test_row NAME RC LOG SECS NOTE: the summary row of one test (row is each
+# mode's own formatter); a failure points at its log.
+test_row() {
+  local outcome; outcome=$(test_outcome "$2" "$3" "$4")
+  case $outcome in
+    pass*) row "$1" pass "$5${outcome#pass}" ;;
+    skipped:*) row "$1" skipped "${outcome#skipped: }" ;;
+    TIMEOUT*) row "$1" TIMEOUT "${4}s" ;;
+    *) row "$1" FAIL "rc=$2 (see $(basename "$3"))" ;;
+  esac
+}
+
+# Whether every row of a summary passed: a test FAIL or TIMEOUT, or a
+# benchmark or demo step that ended with rc=N (its status column), fails
+# the whole run, so the device call itself exits non-zero.
+summary_passed() {
+  ! grep -qE " (FAIL|TIMEOUT|rc=[0-9]+) " "$1"
+}
+
 # Runs a command and then prints the peak RSS of its largest process
 # (getrusage RUSAGE_CHILDREN: children fold in the descendants they reap).
 peak_rss() {
@@ -140,20 +175,16 @@ device() {
   } 2>&1 | tee "$out/device.log"
 
   echo "== tests" | tee "$out/tests.log"
-  local t rc start
+  local t rc start name
   for t in "$b"/tests/*; do
     [ "${SKIP_TESTS:-0}" = 1 ] && break
+    name=$(basename "$t")
     start=$(date +%s%N)
-    timeout 180 "$t" >>"$out/tests.log" 2>&1
+    timeout 180 "$t" >"$out/$name.log" 2>&1
     rc=$?
-    local secs; secs=$(( ($(date +%s%N) - start) / 1000000 ))m
-    case $rc in
-      0) row "$(basename "$t")" pass "${secs}s" ;;
-      77) row "$(basename "$t")" skipped "no GPU" ;;
-      124) row "$(basename "$t")" TIMEOUT "180s" ;;
-      *) row "$(basename "$t")" FAIL "rc=$rc (see tests.log)" ;;
-    esac
-    echo "-- $(basename "$t") rc=$rc" >>"$out/tests.log"
+    local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    test_row "$name" "$rc" "$out/$name.log" 180 "${ms} ms"
+    { cat "$out/$name.log"; echo "-- $name rc=$rc"; } >>"$out/tests.log"
   done
 
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -220,7 +251,7 @@ device() {
   echo
   echo "== summary ($(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
-  ! grep -qE " (FAIL|TIMEOUT) " "$summary"
+  summary_passed "$summary"
 }
 
 # The demo's table row (| memory | requests | failed | bytes | wall s | GB/s |
@@ -325,11 +356,12 @@ contention() {
         printf '%-44s %s\n' "test $(basename "$t")" "not run: budget spent" >>"$summary"
         continue
       fi
-      timeout -k 5 "$secs" "$t" >>"$out/tests.log" 2>&1
+      timeout -k 5 "$secs" "$t" >"$out/$(basename "$t").log" 2>&1
       rc=$?
-      echo "-- $(basename "$t") rc=$rc" | tee -a "$out/tests.log"
-      printf '%-44s %s\n' "test $(basename "$t")" \
-        "$(case $rc in 0) echo pass ;; 77) echo skipped ;; 124) echo "TIMEOUT ${secs}s" ;; *) echo "FAIL rc=$rc" ;; esac)" >>"$summary"
+      { cat "$out/$(basename "$t").log"; echo "-- $(basename "$t") rc=$rc"; } >>"$out/tests.log"
+      echo "-- $(basename "$t") rc=$rc"
+      printf '%-44s %s\n' "test $(basename "$t")" "$(test_outcome "$rc" "$out/$(basename "$t").log" "$secs")" \
+        >>"$summary"
     done
   fi
 
@@ -403,13 +435,7 @@ multi() {
     [ -x "$b/tests/$t" ] || { row "$t" n/a "not in the bundle"; continue; }
     secs=$(limit 180)
     timeout -k 5 "$secs" "$b/tests/$t" >"$out/$t.log" 2>&1
-    rc=$?
-    case $rc in
-      0) row "$t" pass "$t.log" ;;
-      77) row "$t" skipped "$(head -1 "$out/$t.log")" ;;
-      124) row "$t" TIMEOUT "${secs}s" ;;
-      *) row "$t" FAIL "rc=$rc (see $t.log)" ;;
-    esac
+    test_row "$t" $? "$out/$t.log" "$secs" "$t.log"
   done
 
   # The other direction, 64 KiB only: whether the link is symmetric.
@@ -419,7 +445,7 @@ multi() {
   echo
   echo "== summary ($gpus GPUs: $(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
-  ! grep -qE " (FAIL|TIMEOUT|rc=[0-9]+) " "$summary"
+  summary_passed "$summary"
 }
 
 case "${1:-}" in
