@@ -11,6 +11,11 @@
 #   bash scripts/device-run.sh multi  (there) with >= 2 GPUs: the runs across
 #                                          GPUs 0 and 1 only (issue #7), below
 #
+#   bash scripts/device-run.sh broken-driver (there) issue #19's mutation
+#                                          check: GPU tests whose CUDA init
+#                                          fails (not "no device") must FAIL,
+#                                          below
+#
 #   bash scripts/device-run.sh contention (there) issue #5: bench ipc at the
 #                                          demo's block size, then the demo on
 #                                          GPU 0 under each GPU scheduling
@@ -92,6 +97,13 @@ bundle() {
     done || true
   done
   cp "$repo_root/scripts/device-run.sh" "$bundle_dir/"
+  # The toolkit's stub driver, for the broken-driver check (never on the
+  # library path otherwise).
+  local nvcc_dir; nvcc_dir=$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")
+  if [ -f "$nvcc_dir/../lib64/stubs/libcuda.so" ]; then
+    mkdir -p "$bundle_dir/stub"
+    cp -L "$nvcc_dir/../lib64/stubs/libcuda.so" "$bundle_dir/stub/libcuda.so.1"
+  fi
   {
     echo "commit: $(git -C "$src" rev-parse --short HEAD 2>/dev/null ||
                     echo "not a checkout; $repo_root is at $(git -C "$repo_root" rev-parse --short HEAD)")"
@@ -448,10 +460,41 @@ multi() {
   summary_passed "$summary"
 }
 
+# Issue #19's mutation check, on a GPU host: a GPU test whose CUDA init
+# fails with anything but "no device" must fail, not skip (its main:
+# tests/support/gpu_presence.hpp). The bundled stub libcuda.so.1 (the
+# toolkit's, which answers every call with CUDA_ERROR_STUB_LIBRARY) in front
+# of the real driver makes cudaGetDeviceCount fail with cudaErrorStubLibrary,
+# as on a host whose driver install is broken. Runs one single-GPU and one
+# two-GPU test that way, then once normally; exit 0 only when both went red
+# (rc 1, naming the CUDA error) and the normal run did not fail.
+broken_driver() {
+  local b out
+  use_bundle
+  [ -f "$b/stub/libcuda.so.1" ] || { echo "device-run: $b/stub/libcuda.so.1 missing (bundle built without the CUDA toolkit's stubs)"; return 2; }
+  local t rc ok=0
+  for t in test_gpu_smoke test_bench_ipc_two_gpus; do
+    [ -x "$b/tests/$t" ] || { echo "$t: not in the bundle"; ok=1; continue; }
+    LD_LIBRARY_PATH="$b/stub:$LD_LIBRARY_PATH" timeout -k 5 60 "$b/tests/$t" >"$out/broken-$t.log" 2>&1
+    rc=$?
+    if [ "$rc" = 1 ] && grep -q "cudaErrorStubLibrary" "$out/broken-$t.log"; then
+      echo "$t with a broken driver: FAIL (rc 1) as it must: $(grep -m1 '^FAILED' "$out/broken-$t.log")"
+    else
+      echo "$t with a broken driver: rc=$rc, NOT red (see broken-$t.log)"; ok=1
+    fi
+  done
+  timeout -k 5 60 "$b/tests/test_gpu_smoke" >"$out/normal-test_gpu_smoke.log" 2>&1
+  rc=$?
+  echo "test_gpu_smoke with the real driver: rc=$rc ($(test_outcome "$rc" "$out/normal-test_gpu_smoke.log" 60))"
+  [ "$rc" = 1 ] && ok=1
+  return $ok
+}
+
 case "${1:-}" in
   bundle) bundle ;;
   device) device ;;
+  broken-driver) broken_driver ;;
   multi) multi ;;
   contention) contention ;;
-  *) echo "usage: $0 bundle|device|multi|contention" >&2; exit 2 ;;
+  *) echo "usage: $0 bundle|device|multi|contention|broken-driver" >&2; exit 2 ;;
 esac
