@@ -11,6 +11,11 @@
 #   bash scripts/device-run.sh multi  (there) with >= 2 GPUs: the runs across
 #                                          GPUs 0 and 1 only (issue #7), below
 #
+#   bash scripts/device-run.sh broken-driver (there) issue #19's mutation
+#                                          check: GPU tests whose CUDA init
+#                                          fails (not "no device") must FAIL,
+#                                          below
+#
 #   bash scripts/device-run.sh contention (there) issue #5: bench ipc at the
 #                                          demo's block size, then the demo on
 #                                          GPU 0 under each GPU scheduling
@@ -92,6 +97,13 @@ bundle() {
     done || true
   done
   cp "$repo_root/scripts/device-run.sh" "$bundle_dir/"
+  # The toolkit's stub driver, for the broken-driver check (never on the
+  # library path otherwise).
+  local nvcc_dir; nvcc_dir=$(dirname "$(command -v nvcc 2>/dev/null || echo /usr/local/cuda/bin/nvcc)")
+  if [ -f "$nvcc_dir/../lib64/stubs/libcuda.so" ]; then
+    mkdir -p "$bundle_dir/stub"
+    cp -L "$nvcc_dir/../lib64/stubs/libcuda.so" "$bundle_dir/stub/libcuda.so.1"
+  fi
   {
     echo "commit: $(git -C "$src" rev-parse --short HEAD 2>/dev/null ||
                     echo "not a checkout; $repo_root is at $(git -C "$repo_root" rev-parse --short HEAD)")"
@@ -111,6 +123,41 @@ use_bundle() {
   mkdir -p "$out"
   export LD_LIBRARY_PATH="$b/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export KVFERRY_PLUGIN_PATH="$b/lib"
+}
+
+# One bundled test's outcome from its exit status: "pass" (", N case(s)
+# skipped" when cases skipped themselves, tests/support/skip_case.hpp), "skipped:
+# <reason>" (77, the reason from the SKIPPED line the test printed: no GPU,
+# one GPU, no peer access, ...), "TIMEOUT <s>s" (124) or "FAIL rc=N".
+test_outcome() {
+  local rc=$1 log=$2 secs=$3 why n
+  case $rc in
+    0) n=$(grep -c '^SKIPPED: ' "$log")
+       if [ "$n" -gt 0 ]; then echo "pass, $n case(s) skipped"; else echo pass; fi ;;
+    77) why=$(sed -n 's/^SKIPPED: //p' "$log" | head -1)
+        echo "skipped: ${why:-the test printed no reason}" ;;
+    124) echo "TIMEOUT ${secs}s" ;;
+    *) echo "FAIL rc=$rc" ;;
+  esac
+}
+
+# test_row NAME RC LOG SECS NOTE: the summary row of one test (row is each
+# mode's own formatter); a failure points at its log.
+test_row() {
+  local outcome; outcome=$(test_outcome "$2" "$3" "$4")
+  case $outcome in
+    pass*) row "$1" pass "$5${outcome#pass}" ;;
+    skipped:*) row "$1" skipped "${outcome#skipped: }" ;;
+    TIMEOUT*) row "$1" TIMEOUT "${4}s" ;;
+    *) row "$1" FAIL "rc=$2 (see $(basename "$3"))" ;;
+  esac
+}
+
+# Whether every row of a summary passed: a test FAIL or TIMEOUT, or a
+# benchmark or demo step that ended with rc=N (its status column), fails
+# the whole run, so the device call itself exits non-zero.
+summary_passed() {
+  ! grep -qE " (FAIL|TIMEOUT|rc=[0-9]+) " "$1"
 }
 
 # Runs a command and then prints the peak RSS of its largest process
@@ -140,20 +187,16 @@ device() {
   } 2>&1 | tee "$out/device.log"
 
   echo "== tests" | tee "$out/tests.log"
-  local t rc start
+  local t rc start name
   for t in "$b"/tests/*; do
     [ "${SKIP_TESTS:-0}" = 1 ] && break
+    name=$(basename "$t")
     start=$(date +%s%N)
-    timeout 180 "$t" >>"$out/tests.log" 2>&1
+    timeout 180 "$t" >"$out/$name.log" 2>&1
     rc=$?
-    local secs; secs=$(( ($(date +%s%N) - start) / 1000000 ))m
-    case $rc in
-      0) row "$(basename "$t")" pass "${secs}s" ;;
-      77) row "$(basename "$t")" skipped "no GPU" ;;
-      124) row "$(basename "$t")" TIMEOUT "180s" ;;
-      *) row "$(basename "$t")" FAIL "rc=$rc (see tests.log)" ;;
-    esac
-    echo "-- $(basename "$t") rc=$rc" >>"$out/tests.log"
+    local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    test_row "$name" "$rc" "$out/$name.log" 180 "${ms} ms"
+    { cat "$out/$name.log"; echo "-- $name rc=$rc"; } >>"$out/tests.log"
   done
 
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
@@ -220,7 +263,7 @@ device() {
   echo
   echo "== summary ($(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
-  ! grep -qE " (FAIL|TIMEOUT) " "$summary"
+  summary_passed "$summary"
 }
 
 # The demo's table row (| memory | requests | failed | bytes | wall s | GB/s |
@@ -325,11 +368,12 @@ contention() {
         printf '%-44s %s\n' "test $(basename "$t")" "not run: budget spent" >>"$summary"
         continue
       fi
-      timeout -k 5 "$secs" "$t" >>"$out/tests.log" 2>&1
+      timeout -k 5 "$secs" "$t" >"$out/$(basename "$t").log" 2>&1
       rc=$?
-      echo "-- $(basename "$t") rc=$rc" | tee -a "$out/tests.log"
-      printf '%-44s %s\n' "test $(basename "$t")" \
-        "$(case $rc in 0) echo pass ;; 77) echo skipped ;; 124) echo "TIMEOUT ${secs}s" ;; *) echo "FAIL rc=$rc" ;; esac)" >>"$summary"
+      { cat "$out/$(basename "$t").log"; echo "-- $(basename "$t") rc=$rc"; } >>"$out/tests.log"
+      echo "-- $(basename "$t") rc=$rc"
+      printf '%-44s %s\n' "test $(basename "$t")" "$(test_outcome "$rc" "$out/$(basename "$t").log" "$secs")" \
+        >>"$summary"
     done
   fi
 
@@ -403,13 +447,7 @@ multi() {
     [ -x "$b/tests/$t" ] || { row "$t" n/a "not in the bundle"; continue; }
     secs=$(limit 180)
     timeout -k 5 "$secs" "$b/tests/$t" >"$out/$t.log" 2>&1
-    rc=$?
-    case $rc in
-      0) row "$t" pass "$t.log" ;;
-      77) row "$t" skipped "$(head -1 "$out/$t.log")" ;;
-      124) row "$t" TIMEOUT "${secs}s" ;;
-      *) row "$t" FAIL "rc=$rc (see $t.log)" ;;
-    esac
+    test_row "$t" $? "$out/$t.log" "$secs" "$t.log"
   done
 
   # The other direction, 64 KiB only: whether the link is symmetric.
@@ -419,13 +457,44 @@ multi() {
   echo
   echo "== summary ($gpus GPUs: $(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
-  ! grep -qE " (FAIL|TIMEOUT|rc=[0-9]+) " "$summary"
+  summary_passed "$summary"
+}
+
+# Issue #19's mutation check, on a GPU host: a GPU test whose CUDA init
+# fails with anything but "no device" must fail, not skip (its main:
+# tests/support/gpu_presence.hpp). The bundled stub libcuda.so.1 (the
+# toolkit's, which answers every call with CUDA_ERROR_STUB_LIBRARY) in front
+# of the real driver makes cudaGetDeviceCount fail with cudaErrorStubLibrary,
+# as on a host whose driver install is broken. Runs one single-GPU and one
+# two-GPU test that way, then once normally; exit 0 only when both went red
+# (rc 1, naming the CUDA error) and the normal run did not fail.
+broken_driver() {
+  local b out
+  use_bundle
+  [ -f "$b/stub/libcuda.so.1" ] || { echo "device-run: $b/stub/libcuda.so.1 missing (bundle built without the CUDA toolkit's stubs)"; return 2; }
+  local t rc ok=0
+  for t in test_gpu_smoke test_bench_ipc_two_gpus; do
+    [ -x "$b/tests/$t" ] || { echo "$t: not in the bundle"; ok=1; continue; }
+    LD_LIBRARY_PATH="$b/stub:$LD_LIBRARY_PATH" timeout -k 5 60 "$b/tests/$t" >"$out/broken-$t.log" 2>&1
+    rc=$?
+    if [ "$rc" = 1 ] && grep -q "cudaErrorStubLibrary" "$out/broken-$t.log"; then
+      echo "$t with a broken driver: FAIL (rc 1) as it must: $(grep -m1 '^FAILED' "$out/broken-$t.log")"
+    else
+      echo "$t with a broken driver: rc=$rc, NOT red (see broken-$t.log)"; ok=1
+    fi
+  done
+  timeout -k 5 60 "$b/tests/test_gpu_smoke" >"$out/normal-test_gpu_smoke.log" 2>&1
+  rc=$?
+  echo "test_gpu_smoke with the real driver: rc=$rc ($(test_outcome "$rc" "$out/normal-test_gpu_smoke.log" 60))"
+  [ "$rc" = 1 ] && ok=1
+  return $ok
 }
 
 case "${1:-}" in
   bundle) bundle ;;
   device) device ;;
+  broken-driver) broken_driver ;;
   multi) multi ;;
   contention) contention ;;
-  *) echo "usage: $0 bundle|device|multi|contention" >&2; exit 2 ;;
+  *) echo "usage: $0 bundle|device|multi|contention|broken-driver" >&2; exit 2 ;;
 esac

@@ -20,6 +20,11 @@ echo "== format (clang-format $(clang-format --version | grep -o '[0-9][0-9.]*' 
 git ls-files '*.cpp' '*.hpp' '*.h' '*.cu' | xargs clang-format --dry-run --Werror \
   || { echo "run: git ls-files '*.cpp' '*.hpp' '*.h' '*.cu' | xargs clang-format -i"; exit 1; }
 
+# docs/benchmarks.md keeps its own rules (cited commits exist, rows
+# complete): no build needed, so it runs before the builds too.
+echo "== benchmarks doc"
+bash scripts/check-benchmarks.sh
+
 configure_and_test() {  # <build dir> <ctest label filter args...> -- <cmake args...>
   local dir=$1; shift
   local ctest_args=()

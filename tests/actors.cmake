@@ -3,11 +3,13 @@ kvferry_add_test(NAME test_plan_pool SOURCES unit/plan_pool_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 30)
 kvferry_add_test(NAME test_protocol_messages SOURCES unit/protocol_messages_test.cpp
   LIBS kvferry_runtime LABELS unit TIMEOUT 30)
+# slow: > 20 s (68 s on the 2-core CI machine: seven demo runs of 3 processes).
 kvferry_add_test(NAME test_demo_multiprocess SOURCES integration/demo_multiprocess_test.cpp
-  LIBS kvferry_build_flags LABELS integration TIMEOUT 400)
+  LIBS kvferry_build_flags LABELS integration slow TIMEOUT 400)
 add_dependencies(test_demo_multiprocess kvferry)
+# slow: ~30 s (two deployments of 3 processes each, a kill and its notice).
 kvferry_add_test(NAME test_actor_peer_death SOURCES faults/actor_peer_death_test.cpp
-  LIBS kvferry_build_flags LABELS faults integration TIMEOUT 120)
+  LIBS kvferry_build_flags LABELS faults integration slow TIMEOUT 120)
 add_dependencies(test_actor_peer_death kvferry)
 kvferry_add_test(NAME test_producer_death SOURCES faults/producer_death_test.cpp
   LIBS kvferry_build_flags LABELS faults integration TIMEOUT 300)
@@ -18,3 +20,8 @@ kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test
 kvferry_add_test(NAME test_gpu_wiring SOURCES unit/gpu_wiring_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 120)
 add_dependencies(test_gpu_wiring kvferry)
+# Two real transfer actors over kvsock: extents from a peer that leave the
+# registered region are refused (the trust boundary), nothing written.
+kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
+add_dependencies(test_transfer_bounds nccl-net-kvsock)

@@ -1,6 +1,7 @@
 # Transport: the plugin loader, the channel wrapper, netcheck and bench net.
 # Fixture plugins are built into <build>/tests/fixtures: a deterministic
-# in-process fake (libnccl-net-fake.so) and four misbehaving ones.
+# in-process fake (libnccl-net-fake.so), four plugins that misbehave at load
+# and six builds of the fake that each break one rule netcheck checks.
 set(KVFERRY_FIXTURE_DIR ${PROJECT_BINARY_DIR}/tests/fixtures)
 
 function(kvferry_fixture_plugin name source)
@@ -19,11 +20,23 @@ foreach(_index RANGE 1 4)
   target_compile_definitions(nccl-net-bad-${_kind} PRIVATE KVFERRY_BAD_PLUGIN_KIND=${_index})
 endforeach()
 
+# The fake, each build breaking one rule of the v7 contract that a netcheck
+# check guards (KVFERRY_FAKE_BREAKS, see transport_fake_plugin.cpp).
+set(_broken_rules order tags sizes close iflush table)
+set(_broken_plugins)
+foreach(_index RANGE 1 6)
+  math(EXPR _at "${_index} - 1")
+  list(GET _broken_rules ${_at} _rule)
+  kvferry_fixture_plugin(nccl-net-broken-${_rule} unit/transport_fake_plugin.cpp)
+  target_compile_definitions(nccl-net-broken-${_rule} PRIVATE KVFERRY_FAKE_BREAKS=${_index})
+  list(APPEND _broken_plugins nccl-net-broken-${_rule})
+endforeach()
+
 function(kvferry_transport_test name)
   kvferry_add_test(NAME ${name} ${ARGN})
   target_compile_definitions(${name} PRIVATE KVFERRY_FIXTURE_DIR="${KVFERRY_FIXTURE_DIR}")
   add_dependencies(${name} nccl-net-fake nccl-net-bad-exit nccl-net-bad-segv
-                   nccl-net-bad-v8only nccl-net-bad-hang)
+                   nccl-net-bad-v8only nccl-net-bad-hang ${_broken_plugins})
 endfunction()
 
 kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.cpp

@@ -256,7 +256,6 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   proto::ready_report r;
   r.request_id = ctx->request_id;
   r.bytes = ctx->bytes;
-  r.verified = true;
   r.transfer_ns = ctx->landed_ns > ctx->first_known_ns
                       ? ctx->landed_ns - ctx->first_known_ns
                       : 0;

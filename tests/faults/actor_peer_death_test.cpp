@@ -6,7 +6,10 @@
 #include <regex>
 #include <signal.h>
 #include <string>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include <doctest/doctest.h>
@@ -48,7 +51,9 @@ TEST_CASE("a decode worker killed mid-transfer fails its requests with "
   auto took = duration_cast<milliseconds>(steady_clock::now() - killed_at);
   INFO(router.text);
   CHECK(status == 1);
-  CHECK(took < seconds(10));
+  // Promptly: by peer_down, not by the 30 s request deadlines (the bound is
+  // the behaviour; generous for a loaded, sanitized run).
+  CHECK(took < seconds(20));
   CHECK(router.text.find("FAILED") != std::string::npos);
   CHECK(router.text.find("peer_down") != std::string::npos);
   CHECK(router.text.find("fault-decode") != std::string::npos);
@@ -70,9 +75,10 @@ TEST_CASE("a decode worker that dies before the producer first reached it "
                 "--inflight", "2", "--timeout-ms", "30000", "--log-level",
                 "warn"});
   // The router has found both workers and sent its first requests when it
-  // prints its plan; give them a moment to get stuck.
+  // prints its plan. Kill at once: whether the producer's first allocate
+  // and reserve have left by then or not, the frozen consumer never got
+  // them, so either order is the case under test (no sleep needed).
   REQUIRE(router.read_until("prefill / 1 decode workers", seconds(30)));
-  std::this_thread::sleep_for(milliseconds(500));
   REQUIRE(router.wait_exit(milliseconds(1)) == -1); // still waiting
   auto killed_at = steady_clock::now();
   kill(decode.pid, SIGKILL);
@@ -81,7 +87,7 @@ TEST_CASE("a decode worker that dies before the producer first reached it "
   INFO(router.text);
   INFO("router exited after " << took.count() << " ms");
   CHECK(status == 1);
-  CHECK(took < seconds(10));
+  CHECK(took < seconds(20)); // not the 30 s deadlines
   CHECK(router.text.find("FAILED") != std::string::npos);
   CHECK(router.text.find("early-decode") != std::string::npos);
 }

@@ -41,7 +41,9 @@ TEST_CASE(
     auto r = timed_transfer(p, src, dst, size);
     CHECK(r.send_result == ncclSystemError);
     CHECK(r.recv_result == ncclRemoteError);
-    CHECK(r.took < std::chrono::seconds(3));
+    // Promptly: from the closed connection, not from a timeout (kvsock has
+    // none on a blocked receive); generous for a loaded, sanitized run.
+    CHECK(r.took < std::chrono::seconds(10));
     CHECK(warned("KVSOCK_FAULT_DROP_AFTER"));
     // The failed comm refuses new work with the same error.
     void* again = nullptr;

@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "run_kvferry.hpp"
+#include "skip_case.hpp"
 
 namespace {
 
@@ -135,8 +136,10 @@ TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
   INFO(r.output);
   if (r.output.find("nvidia-cuda-mps-control is not on PATH") !=
       std::string::npos) {
-    CHECK(r.status == 1); // nothing more to check on this machine
-    return;
+    CHECK(r.status == 1); // the refusal is all this machine can show
+    return kvferry::test::skip_case(
+        "nvidia-cuda-mps-control is not on PATH: the demo's refusal was "
+        "checked, MPS itself was not");
   }
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 20 requests verified") !=

@@ -10,6 +10,7 @@
 
 #include "kvferry/transport/gpu_info.hpp"
 #include "run_kvferry.hpp"
+#include "skip_case.hpp"
 
 namespace {
 bool has(const std::string& text, const std::string& part) {
@@ -68,7 +69,8 @@ TEST_CASE("bench net runs kvsock against raw TCP and writes one JSON object "
 
 TEST_CASE("bench net --memory cuda without a GPU fails and says why") {
   if (have_gpu())
-    return; // the case above covers CUDA memory where a GPU exists
+    return kvferry::test::skip_case(
+        "this machine has a GPU (the case above covers CUDA memory there)");
   auto run = run_kvferry(
       "bench net --plugin kvsock --memory cuda --sizes 4K --iters 4");
   INFO(run.output);

@@ -55,6 +55,25 @@ TEST_CASE("demo: 64 KiB requests one at a time (the control run)") {
   CHECK(r.output.find("| 200 | 0 |") != std::string::npos);
 }
 
+// The consumer's xxhash check, end to end on CPU: kvsock flips one byte of
+// the first send on the wire, the producer (host memory) sent the XXH3 of
+// what it wrote, and the consumer must refuse the request naming both
+// hashes. A consumer that skipped the hash (or fell back to the pattern
+// compare) would pass or name the pattern instead.
+TEST_CASE("demo: a byte corrupted on the wire fails the request, naming "
+          "xxhash") {
+  auto r = kvferry::test::run_kvferry(
+      "demo --gpu none --requests 5 --max-tokens 256 --quiet", 100,
+      "KVSOCK_FAULT_CORRUPT=1");
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("FAILED") != std::string::npos);
+  CHECK(r.output.find("arrived with xxhash") != std::string::npos);
+  CHECK(r.output.find("the producer sent") != std::string::npos);
+  CHECK(r.output.find("differs from what the producer wrote") ==
+        std::string::npos);
+}
+
 TEST_CASE("demo: bad options fail with a clear message") {
   auto r = run_kvferry("demo --dtype int3");
   CHECK(r.status == 2);

@@ -43,7 +43,7 @@ public:
       close(out[1]);
       execl(KVFERRY_BINARY_DIR "/bin/kvferry", "kvferry", "directory", "--bind",
             "127.0.0.1", "--port", "0", "--secret", secret, "--lease-ms",
-            "5000", "--log-level", "warn", nullptr);
+            "10000", "--log-level", "warn", nullptr);
       _exit(127);
     }
     close(out[1]);
@@ -172,7 +172,7 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
   auto granted =
       ask<lease>(sys, *dir, register_atom::value, w, std::string{secret});
   REQUIRE_MESSAGE(granted, render(granted.error()));
-  CHECK(granted->duration == std::chrono::milliseconds(5000));
+  CHECK(granted->duration == std::chrono::milliseconds(10000));
 
   auto found =
       ask<worker_info>(sys, *dir, lookup_atom::value, std::string{"decode-0"});
@@ -188,10 +188,11 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
   CHECK(is(rejected.error(), ec::unauthorized));
   CHECK(render(rejected.error()).find("decode-9") != std::string::npos);
 
-  // Death must be noticed well before the 5 s lease could run out.
+  // Death must be noticed well before the 10 s lease could run out (the
+  // bound is the behaviour; 6 s leaves room for a loaded, sanitized run).
   SUBCASE("a worker whose actor dies is dropped") {
     caf::anon_send_exit(w.app, caf::exit_reason::kill);
-    CHECK(gone_within(sys, *dir, "decode-0", 2500ms));
+    CHECK(gone_within(sys, *dir, "decode-0", 6s));
   }
   SUBCASE("a worker whose process goes away is dropped") {
     {
@@ -206,12 +207,12 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
                              std::string{"prefill-0"}));
       caf::anon_send_exit(v.app, caf::exit_reason::user_shutdown);
     } // `other` shuts down: its connection closes
-    CHECK(gone_within(sys, *dir, "prefill-0", 2500ms));
+    CHECK(gone_within(sys, *dir, "prefill-0", 6s));
   }
   SUBCASE("an unrenewed lease expires") {
     auto start = std::chrono::steady_clock::now();
-    CHECK(gone_within(sys, *dir, "decode-0", 15s));
-    CHECK(std::chrono::steady_clock::now() - start > 3s);
+    CHECK(gone_within(sys, *dir, "decode-0", 30s));
+    CHECK(std::chrono::steady_clock::now() - start > 6s);
   }
 
   caf::anon_send_exit(w.app, caf::exit_reason::user_shutdown);

@@ -79,3 +79,39 @@ TEST_CASE("netcheck verifies an UNPACK plugin by gathering its host ring") {
   CHECK(has(r.output, "PASS  UNPACK device handle"));
   CHECK(has(r.output, "gathered from the UNPACK ring on the host"));
 }
+
+// netcheck's own checks, each seen to fail: a build of the fake plugin that
+// breaks exactly one rule of the v7 contract (transport_fake_plugin.cpp)
+// must make the check that guards it FAIL, naming what went wrong, while the
+// plugin's other behaviour still passes.
+TEST_CASE("each netcheck check fails on a plugin that breaks its rule") {
+  struct broken {
+    const char* rule;
+    const char* check;
+    const char* detail;
+  };
+  const broken cases[] = {
+      {"order", "FAIL  posting-order matching",
+       "receive 0: test reported 33333 bytes, 100 were sent"},
+      {"tags", "FAIL  grouped receive with tags", "buffer with tag 100:"},
+      {"sizes", "FAIL  receive larger than send",
+       "test reported 65536 bytes, 1000 were sent"},
+      {"close", "FAIL  close in every order",
+       "closeRecv (recv first) returned"},
+      {"iflush", "FAIL  iflush", "iflush returned"},
+      {"table", "FAIL  load and init", "NULL entries in the v7 table: test"},
+  };
+  for (const auto& b : cases) {
+    CAPTURE(b.rule);
+    auto r = run_with_env("", "netcheck --plugin " + fixtures +
+                                  "/libnccl-net-broken-" + b.rule + ".so");
+    INFO(r.output);
+    CHECK(r.status == 1);
+    auto line = r.output.find(b.check);
+    REQUIRE(line != std::string::npos);
+    auto end = r.output.find('\n', line);
+    CHECK(has(r.output.substr(line, end - line), b.detail));
+    if (std::string{b.rule} != "table") // the rest of the suite runs
+      CHECK(has(r.output, "PASS  send/recv one message"));
+  }
+}

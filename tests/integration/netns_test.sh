@@ -48,8 +48,13 @@ trap cleanup EXIT
 if ! ip netns add "$NS_A" 2>"$WORK/err"; then
   skip "cannot create a network namespace: $(cat "$WORK/err")"
 fi
-ip netns add "$NS_B" || skip "cannot create a second network namespace"
-ip link add "$VETH_A" type veth peer name "$VETH_B" || skip "cannot create a veth pair"
+# The first namespace proved this machine may create them: a second one that
+# fails is a failure, not a reason to skip.
+ip netns add "$NS_B" 2>"$WORK/err" \
+  || { echo "FAIL: created $NS_A but not a second namespace: $(cat "$WORK/err")"; exit 1; }
+# A kernel without the veth driver is an environment limit: skip, saying so.
+ip link add "$VETH_A" type veth peer name "$VETH_B" 2>"$WORK/err" \
+  || skip "cannot create a veth pair: $(cat "$WORK/err")"
 ip link set "$VETH_A" netns "$NS_A" && ip link set "$VETH_B" netns "$NS_B" || exit 1
 ip -n "$NS_A" addr add "$ADDR_A/24" dev "$VETH_A" && ip -n "$NS_B" addr add "$ADDR_B/24" dev "$VETH_B" || exit 1
 for ns in "$NS_A" "$NS_B"; do

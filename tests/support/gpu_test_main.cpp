@@ -1,19 +1,19 @@
-// main() for GPU tests: without a usable CUDA device the whole executable is
-// skipped (exit 77, which ctest reports as "skipped") with the reason.
+// main() for GPU tests: on a machine without a CUDA device the whole
+// executable is skipped (exit 77, which ctest reports as "skipped") with the
+// reason; a CUDA error other than "no device" (a broken or too old driver)
+// fails it (gpu_presence.hpp says which is which).
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <cstdio>
-
 #include <doctest/doctest.h>
 
-#include "kvferry/transport/gpu_info.hpp"
+#include "gpu_presence.hpp"
+#include "skip_case.hpp"
+
+REGISTER_LISTENER("kvferry_cases", 1, kvferry::test::case_counter);
 
 int main(int argc, char** argv) {
-  auto inventory = kvferry::transport::list_gpus();
-  if (inventory.devices.empty()) {
-    std::printf("SKIPPED: this test needs a CUDA GPU: %s\n",
-                inventory.why_none.c_str());
-    return 77;
-  }
+  auto gpus = kvferry::test::probe_gpus();
+  if (gpus.what != kvferry::test::gpu_presence::verdict::run)
+    return kvferry::test::skip_or_fail(gpus, "this test needs a CUDA GPU");
   doctest::Context context(argc, argv);
-  return context.run();
+  return kvferry::test::finish_run(context.run());
 }

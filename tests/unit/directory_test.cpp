@@ -269,10 +269,16 @@ TEST_CASE_FIXTURE(directory_fixture, "leases expire unless renewed") {
 
 TEST_CASE_FIXTURE(directory_fixture, "a dead watcher is forgotten") {
   auto watcher = sys.spawn(silent_watcher, 0);
+  const caf::actor_addr address = watcher.address(); // a weak reference
   REQUIRE(request<std::vector<worker_info>>(dir, watch_atom::value, watcher));
-  caf::anon_send_exit(watcher, caf::exit_reason::kill);
+  watcher = nullptr;
+  // Alive and watched, it is held by the directory's watcher list.
+  REQUIRE(caf::actor_cast<caf::actor>(address) != nullptr);
+  caf::anon_send_exit(address, caf::exit_reason::kill);
   run();
-  // Nothing to assert on the dead actor itself; the directory must keep
-  // answering (and ASan would flag a use of the dropped handle).
+  // Forgotten: the directory let go of its handle when the down message came
+  // (the list was the last strong reference, so nothing can reach the actor
+  // any more), and a later join is pushed to nobody.
+  CHECK(caf::actor_cast<caf::actor>(address) == nullptr);
   CHECK(enroll(make_worker("x", worker_role::decode)));
 }

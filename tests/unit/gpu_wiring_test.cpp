@@ -12,6 +12,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "run_kvferry.hpp"
+#include "skip_case.hpp"
 
 using namespace kvferry;
 
@@ -156,7 +157,8 @@ TEST_CASE("kv pattern refuses a block outside the region") {
 
 TEST_CASE("a GPU region without a usable GPU fails naming the ordinal") {
   if (has_gpu())
-    return; // covered on the GPU by tests/gpu/gpu_kv_test.cpp
+    return kvferry::test::skip_case(
+        "this machine has a GPU (covered there by tests/gpu/gpu_kv_test.cpp)");
   CHECK_THROWS_WITH_AS(memory_region::allocate_cuda(0, 4096, "pool"),
                        doctest::Contains("GPU 0"), transport::gpu_error);
 }
@@ -175,7 +177,7 @@ TEST_CASE("worker --gpu and --transport: bad values exit 2 naming them") {
 
 TEST_CASE("worker --gpu 0 without a GPU (or without CUDA) fails clearly") {
   if (has_gpu())
-    return;
+    return kvferry::test::skip_case("this machine has a GPU");
   auto r = run_kvferry(worker_args + "--gpu 0");
   INFO(r.output);
 #ifdef KVFERRY_HAVE_CUDA
@@ -190,7 +192,9 @@ TEST_CASE("worker --gpu 0 without a GPU (or without CUDA) fails clearly") {
 
 TEST_CASE("demo --gpu auto falls back to host memory without a GPU") {
   if (has_gpu())
-    return;
+    return kvferry::test::skip_case(
+        "this machine has a GPU (tests/gpu/gpu_demo_test.cpp checks --gpu "
+        "auto picks it)");
   auto r = run_kvferry("demo --requests 3 --max-tokens 128 --quiet");
   INFO(r.output);
   CHECK(r.status == 0);
@@ -209,7 +213,8 @@ TEST_CASE("demo --prefill-gpu / --decode-gpu: bad values exit 2 naming them") {
 
 TEST_CASE("demo across two GPUs without them fails before starting anything") {
   if (has_gpu())
-    return; // the real pair: tests/gpu/gpu_demo_two_gpus_test.cpp
+    return kvferry::test::skip_case("this machine has a GPU (the real pair: "
+                                    "tests/gpu/gpu_demo_two_gpus_test.cpp)");
   // A CUDA build finds no GPU 0; a build without CUDA refuses any ordinal.
   auto r = run_kvferry("demo --prefill-gpu 0 --decode-gpu 1 --requests 1");
   INFO(r.output);
@@ -219,7 +224,7 @@ TEST_CASE("demo across two GPUs without them fails before starting anything") {
 
 TEST_CASE("demo: one worker in host memory and one on a GPU is refused") {
   if (has_gpu())
-    return;
+    return kvferry::test::skip_case("this machine has a GPU");
   auto r = run_kvferry("demo --gpu none --decode-gpu 1 --requests 1");
   INFO(r.output);
   CHECK(r.status == 2);

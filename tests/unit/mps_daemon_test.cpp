@@ -288,7 +288,9 @@ TEST_CASE("a -d that hangs is killed after the timeout") {
   mps_daemon daemon{milliseconds(300)};
   auto t0 = steady_clock::now();
   auto err = start_error(daemon);
-  CHECK(steady_clock::now() - t0 < seconds(5));
+  // Killed, not waited for: far below the fake's 30 s, with room for a
+  // loaded, sanitized run.
+  CHECK(steady_clock::now() - t0 < seconds(15));
   CHECK(contains(err, "`nvidia-cuda-mps-control -d` did not finish within "
                       "300 ms (killed)"));
   CHECK(fake.tmp_is_empty());

@@ -1,19 +1,28 @@
-# Proves CAF_ENABLE_TYPE_ID_CHECKS is on for kvferry's message types: the
-# probe must fail to compile with CAF's "has no type ID" error, and compile
-# once the probe type is registered.
-#   cmake -DCXX=... -DINCLUDE=... -DSOURCE=... -P runtime_type_id_check.cmake
-set(flags -std=c++17 -fsyntax-only -DCAF_ENABLE_TYPE_ID_CHECKS -I${INCLUDE})
-execute_process(COMMAND ${CXX} ${flags} ${SOURCE}
-  RESULT_VARIABLE unregistered_rc ERROR_VARIABLE unregistered_err)
+# Proves CAF_ENABLE_TYPE_ID_CHECKS is on for kvferry's message types in the
+# real build: the probe (runtime_type_id_check.cpp), compiled with the flags
+# kvferry_runtime exports (tests/runtime.cmake), must fail with CAF's "has
+# no type ID" error, and compile once the probe type is registered.
+#   cmake -DBUILD_DIR=<build tree> -P runtime_type_id_check.cmake
+function(build_probe name rc_var out_var)
+  execute_process(
+    COMMAND ${CMAKE_COMMAND} --build ${BUILD_DIR} --target ${name}
+    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  set(${rc_var} ${rc} PARENT_SCOPE)
+  set(${out_var} "${out}" PARENT_SCOPE)
+endfunction()
+
+build_probe(kvferry_type_id_probe_unregistered unregistered_rc unregistered_out)
 if(unregistered_rc EQUAL 0)
-  message(FATAL_ERROR "sending an unregistered type compiled: type-ID checks are off")
+  message(FATAL_ERROR "sending an unregistered type compiled with "
+    "kvferry_runtime's flags: type-ID checks are off")
 endif()
-if(NOT unregistered_err MATCHES "has no type ID")
-  message(FATAL_ERROR "the probe failed for another reason than the type-ID check:\n${unregistered_err}")
+if(NOT unregistered_out MATCHES "has no type ID")
+  message(FATAL_ERROR "the probe failed for another reason than the type-ID "
+    "check:\n${unregistered_out}")
 endif()
-execute_process(COMMAND ${CXX} ${flags} -DKVFERRY_REGISTER_PROBE ${SOURCE}
-  RESULT_VARIABLE registered_rc ERROR_VARIABLE registered_err)
+build_probe(kvferry_type_id_probe_registered registered_rc registered_out)
 if(NOT registered_rc EQUAL 0)
-  message(FATAL_ERROR "the registered probe does not compile:\n${registered_err}")
+  message(FATAL_ERROR "the registered probe does not compile:\n${registered_out}")
 endif()
-message(STATUS "type-ID checks: unregistered type rejected at compile time, registered type accepted")
+message(STATUS "type-ID checks: unregistered type rejected at compile time "
+  "with kvferry_runtime's flags, registered type accepted")

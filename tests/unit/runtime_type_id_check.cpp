@@ -1,4 +1,5 @@
-// Compiled by tests/unit/runtime_type_id_check.cmake, not linked: sending a
+// Compiled by tests/unit/runtime_type_id_check.cmake (as object libraries
+// with kvferry_runtime's flags, tests/runtime.cmake), not linked: sending a
 // type without a CAF type id must not compile in kvferry's targets
 // (CAF_ENABLE_TYPE_ID_CHECKS). With -DKVFERRY_REGISTER_PROBE the type gets an
 // id and the file must compile, which shows the failure is the check's.

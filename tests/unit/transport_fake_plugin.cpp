@@ -17,6 +17,11 @@
 // kvferry_fake_sends_posted (isends taken). A test that sets
 // kvferry_fake_fail_send_at to n makes the isend that brings sends_posted to
 // n complete with an error in test (never matched: the peer's receive waits).
+//
+// Misbehaving builds, for netcheck's own tests (tests/transport.cmake builds
+// libnccl-net-broken-<rule>.so with KVFERRY_FAKE_BREAKS=<n>): each breaks
+// one rule of the v7 contract that a netcheck check guards, and otherwise
+// behaves, so that exactly that check is seen to fail.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -37,6 +42,21 @@ __attribute__((visibility("default"))) long kvferry_fake_fail_send_at = 0;
 }
 
 namespace {
+
+enum class rule {
+  none,
+  order,  // 1: matches the newest queued send first, not in posting order
+  tags,   // 2: a grouped receive fills its buffers in arrival order,
+          //    ignoring their tags
+  sizes,  // 3: test reports a receive's capacity, not the bytes received
+  close,  // 4: closeRecv fails while the send comm is still open
+  iflush, // 5: iflush fails
+  table,  // 6: the table's `test` slot is NULL
+};
+#ifndef KVFERRY_FAKE_BREAKS
+#define KVFERRY_FAKE_BREAKS 0
+#endif
+constexpr rule breaks = static_cast<rule>(KVFERRY_FAKE_BREAKS);
 
 std::mutex mutex;
 long null_every = 0, null_run = 0, connect_rounds = 0, max_recvs = 4,
@@ -61,6 +81,7 @@ struct pair_state {
   std::deque<request*> sends, recvs;
   std::vector<request*> live; // not yet reported by test: freed with the pair
   bool connected = false;
+  bool send_open = false;
   int send_outstanding = 0, recv_outstanding = 0;
   int refs = 1; // the listen comm and both endpoints
 };
@@ -99,13 +120,17 @@ long env_long(const char* name, long fallback) {
   return text && *text ? std::atol(text) : fallback;
 }
 
+// Pairs queued sends with queued receives: the k-th send with the k-th
+// receive, a grouped receive's buffers by tag.
 void match(pair_state* pair) {
   while (!pair->sends.empty() && !pair->recvs.empty()) {
     request* r = pair->recvs.front();
-    request* s = pair->sends.front();
+    request* s =
+        breaks == rule::order ? pair->sends.back() : pair->sends.front();
     int slot = -1;
     for (int i = 0; i < r->n; ++i)
-      if (r->got[i] < 0 && (r->n == 1 || r->tags[i] == s->tags[0])) {
+      if (r->got[i] < 0 &&
+          (r->n == 1 || breaks == rule::tags || r->tags[i] == s->tags[0])) {
         slot = i;
         break;
       }
@@ -117,7 +142,10 @@ void match(pair_state* pair) {
       r->got[slot] = s->sizes[0];
     }
     s->done = true;
-    pair->sends.pop_front();
+    if (breaks == rule::order)
+      pair->sends.pop_back();
+    else
+      pair->sends.pop_front();
     if (++r->filled == r->n || r->failed) {
       r->done = true;
       for (int i = 0; i < r->n; ++i)
@@ -192,6 +220,7 @@ ncclResult_t fake_connect(int, void* handle, void** send,
     return ncclSuccess;
   }
   h.pair->connected = true;
+  h.pair->send_open = true;
   ++h.pair->refs;
   *send = new endpoint{h.pair, true};
   ++kvferry_fake_open_comms;
@@ -252,7 +281,8 @@ ncclResult_t fake_isend(void* comm, void* data, int size, int tag, void* mh,
   if (size > kvferry_fake_max_chunk)
     kvferry_fake_max_chunk = size;
   e->pair->sends.push_back(r);
-  match(e->pair);
+  if (breaks != rule::order) // that build matches in test, newest first
+    match(e->pair);
   *req = r;
   return ncclSuccess;
 }
@@ -277,26 +307,30 @@ ncclResult_t fake_irecv(void* comm, int n, void** data, int* sizes, int* tags,
     r->got[i] = -1;
   }
   e->pair->recvs.push_back(r);
-  match(e->pair);
+  if (breaks != rule::order)
+    match(e->pair);
   *req = r;
   return ncclSuccess;
 }
 ncclResult_t fake_iflush(void*, int, void**, int*, void**, void** req) {
   *req = nullptr; // host memory: nothing to flush
-  return ncclSuccess;
+  return breaks == rule::iflush ? ncclSystemError : ncclSuccess;
 }
 ncclResult_t fake_test(void* req, int* done, int* sizes) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* r = static_cast<request*>(req);
   if (!r)
     return ncclInvalidArgument;
+  if (breaks == rule::order)
+    match(r->pair);
   *done = r->done;
   if (!r->done)
     return ncclSuccess;
   bool failed = r->failed;
   if (sizes)
     for (int i = 0; i < r->n; ++i)
-      sizes[i] = r->what == kind::send ? r->sizes[i] : r->got[i];
+      sizes[i] = r->what == kind::send || breaks == rule::sizes ? r->sizes[i]
+                                                                : r->got[i];
   --*r->pending;
   auto& live = r->pair->live;
   live.erase(std::find(live.begin(), live.end(), r));
@@ -306,6 +340,10 @@ ncclResult_t fake_test(void* req, int* done, int* sizes) {
 ncclResult_t fake_close(void* comm) {
   std::lock_guard<std::mutex> lock(mutex);
   auto* e = static_cast<endpoint*>(comm);
+  if (breaks == rule::close && !e->send && e->pair->send_open)
+    return ncclInvalidUsage;
+  if (e->send)
+    e->pair->send_open = false;
   unref(e->pair);
   delete e;
   --kvferry_fake_open_comms;
@@ -324,8 +362,23 @@ ncclResult_t fake_close_listen(void* listen) {
 
 extern "C" __attribute__((visibility("default")))
 const ncclNet_v7_t ncclNetPlugin_v7 = {
-    "fake",       fake_init,         fake_devices, fake_properties, fake_listen,
-    fake_connect, fake_accept,       fake_reg,     nullptr,         fake_dereg,
-    fake_isend,   fake_irecv,        fake_iflush,  fake_test,       fake_close,
-    fake_close,   fake_close_listen, nullptr,      nullptr,
+    "fake",
+    fake_init,
+    fake_devices,
+    fake_properties,
+    fake_listen,
+    fake_connect,
+    fake_accept,
+    fake_reg,
+    nullptr,
+    fake_dereg,
+    fake_isend,
+    fake_irecv,
+    fake_iflush,
+    breaks == rule::table ? nullptr : fake_test,
+    fake_close,
+    fake_close,
+    fake_close_listen,
+    nullptr,
+    nullptr,
 };

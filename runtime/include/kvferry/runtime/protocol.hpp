@@ -259,11 +259,12 @@ typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and
-/// verified, ready for decode.
+/// verified, ready for decode. A request whose bytes fail verification gets
+/// an error reply (ec::mismatch), never a ready_report: receiving one is the
+/// verdict.
 struct ready_report {
   std::uint64_t request_id = 0;
   std::uint64_t bytes = 0;
-  bool verified = false;
   // The receiver's data window: from when its transfer actor first learned
   // of the transfer (announcement or recv order) to the last byte landed,
   // over all parts.
@@ -282,8 +283,8 @@ struct ready_report {
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
   return f(caf::meta::type_name("kvferry::proto::ready_report"), x.request_id,
-           x.bytes, x.verified, x.transfer_ns, x.compute_ns, x.data_start_ns,
-           x.gpu_copy_ns, x.gpu_queued_ns);
+           x.bytes, x.transfer_ns, x.compute_ns, x.data_start_ns, x.gpu_copy_ns,
+           x.gpu_queued_ns);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).

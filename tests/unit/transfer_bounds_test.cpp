@@ -1,0 +1,201 @@
+// The transfer actor's trust boundary (issue #19): extents that come from a
+// peer are checked against the registered region before any byte moves.
+// Every producer/consumer test swaps in a fake transfer actor, so this test
+// runs two real ones in one process, over the real kvsock plugin on
+// loopback, and hands them extents that leave the region:
+//   - a send order whose destination leaves the peer's region (a consumer's
+//     grant) or whose source leaves ours (a remote consumer's pull):
+//     refused by the sender (handle_send);
+//   - an announcement whose destination leaves the receiver's region (a
+//     sender that trusts a wrong endpoint, or lies): refused by the receiver
+//     (handle_announce), which fails the transfer's recv order.
+// Each is ec::invalid_extent naming the peer and the extent, and no byte of
+// the receiver's memory changes.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <doctest/doctest.h>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/transport/plugin.hpp"
+
+using namespace kvferry;
+using namespace std::chrono_literals;
+using proto::extent;
+
+namespace {
+
+// Not a multiple of the page: allocate_host rounds the allocation up, so an
+// extent that overruns the region by less than `slack` stays inside the
+// allocation and a missing check shows as changed bytes, not as a crash.
+constexpr std::uint64_t region_bytes = 4 * 4096 - 512;
+constexpr std::uint64_t allocated_bytes = 4 * 4096;
+constexpr std::uint8_t sentinel = 0x5a;
+
+caf::error no_reply() {
+  return make_error(ec::timeout, "no reply");
+}
+
+struct pair_fixture {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  std::shared_ptr<memory_region> src_region =
+      memory_region::allocate_host(region_bytes, "prefill pool");
+  std::shared_ptr<memory_region> dst_region =
+      memory_region::allocate_host(region_bytes, "decode pool");
+  transfer_actor sender;
+  transfer_actor receiver;
+
+  pair_fixture() {
+    auto net = transport::plugin::load("kvsock"); // KVFERRY_PLUGIN_PATH
+    std::fill_n(src_region->data(), allocated_bytes, std::uint8_t{0xa5});
+    std::fill_n(dst_region->data(), allocated_bytes, sentinel);
+    sender = spawn_transfer(sys, config("prefill-0", net, src_region));
+    receiver = spawn_transfer(sys, config("decode-0", net, dst_region));
+  }
+
+  ~pair_fixture() {
+    self->send_exit(sender, caf::exit_reason::user_shutdown);
+    self->send_exit(receiver, caf::exit_reason::user_shutdown);
+  }
+
+  static transfer_config config(std::string name,
+                                std::shared_ptr<transport::plugin> net,
+                                std::shared_ptr<memory_region> region) {
+    transfer_config tc;
+    tc.name = std::move(name);
+    tc.net = std::move(net);
+    tc.region = std::move(region);
+    tc.comms_per_peer = 1;
+    tc.chunk_bytes = 64 << 10;
+    tc.open_timeout_ms = 5000;
+    return tc; // no host_id: never CUDA IPC
+  }
+
+  proto::endpoint receiver_endpoint() {
+    proto::endpoint ep;
+    self->request(receiver, 10s, proto::endpoint_atom::value)
+        .receive([&](proto::endpoint& e) { ep = std::move(e); },
+                 [&](caf::error& err) { FAIL(render(err)); });
+    return ep;
+  }
+
+  // The sender's reply to `order`: bytes sent or the error.
+  caf::expected<std::uint64_t> send(proto::send_order order) {
+    caf::expected<std::uint64_t> result{no_reply()};
+    self->request(sender, 30s, proto::send_atom::value, std::move(order))
+        .receive([&](std::uint64_t bytes) { result = bytes; },
+                 [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  caf::expected<proto::recv_report> recv(std::uint64_t id) {
+    proto::recv_order order;
+    order.transfer_id = id;
+    order.peer_name = "prefill-0";
+    order.timeout_ms = 10000;
+    caf::expected<proto::recv_report> result{no_reply()};
+    self->request(receiver, 30s, proto::recv_atom::value, order)
+        .receive([&](proto::recv_report& r) { result = r; },
+                 [&](caf::error& err) { result = std::move(err); });
+    return result;
+  }
+
+  // No byte of the receiver's allocation (the region and the slack past
+  // its end) changed.
+  bool receiver_untouched() const {
+    const auto* d = dst_region->data();
+    return std::all_of(d, d + allocated_bytes,
+                       [](std::uint8_t b) { return b == sentinel; });
+  }
+};
+
+// One valid extent, then one that overruns the destination region by 256
+// bytes (still inside the allocation's slack).
+std::vector<extent> plan_leaving_destination() {
+  return {{0, 0, 1024}, {1024, region_bytes - 256, 512}};
+}
+
+proto::send_order order_to(proto::endpoint peer, std::uint64_t id,
+                           std::vector<extent> extents) {
+  proto::send_order o;
+  o.transfer_id = id;
+  o.peer = std::move(peer);
+  o.extents = std::move(extents);
+  o.timeout_ms = 5000;
+  return o;
+}
+
+bool names(const caf::error& err, const std::string& what) {
+  return render(err).find(what) != std::string::npos;
+}
+
+} // namespace
+
+TEST_CASE_FIXTURE(pair_fixture, "a well-formed transfer lands (the baseline "
+                                "the refusals below are measured against)") {
+  auto ep = receiver_endpoint();
+  REQUIRE(ep.region_bytes == region_bytes);
+  auto sent = send(order_to(ep, 1, {{0, 4096, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  CHECK(*sent == 1024);
+  auto got = recv(1);
+  REQUIRE_MESSAGE(got, render(got.error()));
+  CHECK(got->bytes == 1024);
+  CHECK(dst_region->data()[4096] == 0xa5);
+  CHECK(dst_region->data()[4096 - 1] == sentinel);
+}
+
+TEST_CASE_FIXTURE(pair_fixture,
+                  "a send order whose destination leaves the peer's region is "
+                  "refused before anything moves, naming peer and extent") {
+  auto sent =
+      send(order_to(receiver_endpoint(), 2, plan_leaving_destination()));
+  REQUIRE_FALSE(sent);
+  INFO(render(sent.error()));
+  CHECK(is(sent.error(), ec::invalid_extent));
+  CHECK(names(sent.error(), "extent #1 from peer 'decode-0'"));
+  CHECK(names(sent.error(), "destination offset 15616, length 512"));
+  CHECK(receiver_untouched());
+}
+
+TEST_CASE_FIXTURE(pair_fixture,
+                  "a send order whose source leaves our region (a pull from a "
+                  "remote consumer) is refused, naming peer and extent") {
+  auto sent = send(order_to(receiver_endpoint(), 3,
+                            {{0, 0, 1024}, {region_bytes - 100, 2048, 200}}));
+  REQUIRE_FALSE(sent);
+  INFO(render(sent.error()));
+  CHECK(is(sent.error(), ec::invalid_extent));
+  CHECK(names(sent.error(), "extent #1 from peer 'decode-0'"));
+  CHECK(names(sent.error(), "source offset 15772, length 200"));
+  CHECK(receiver_untouched());
+}
+
+TEST_CASE_FIXTURE(pair_fixture,
+                  "an announcement whose destination leaves the receiver's "
+                  "region fails the transfer there, naming peer and extent, "
+                  "and writes nothing") {
+  // The sender believes (or claims) the receiver's region is larger: its
+  // own check passes and the receiver is the last line of defence.
+  auto ep = receiver_endpoint();
+  ep.region_bytes = allocated_bytes * 2;
+  // The sender's own outcome depends on how far its sends got before the
+  // receiver dropped the channel (a plugin may complete a send once it is on
+  // the wire); what matters is the receiver's verdict and its memory.
+  (void)send(order_to(ep, 4, plan_leaving_destination()));
+  auto got = recv(4);
+  REQUIRE_FALSE(got);
+  INFO(render(got.error()));
+  CHECK(is(got.error(), ec::invalid_extent));
+  CHECK(names(got.error(), "extent #1 from peer 'prefill-0'"));
+  CHECK(names(got.error(), "destination offset 15616, length 512"));
+  CHECK(receiver_untouched());
+}
