@@ -57,6 +57,7 @@
 #include <spdlog/spdlog.h>
 
 #include "gpu_knobs.hpp"
+#include "ipc_test_hold.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/ipc_quarantine.hpp"
 #include "kvferry/actors/plan.hpp"
@@ -181,7 +182,8 @@ struct transfer_state {
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
   bool spin_while_copying = detail::ipc_spin_while_copying();
-  std::vector<transport::copy_extent> ipc_extents; // reused per launch
+  std::vector<transport::copy_extent> ipc_extents;          // reused per launch
+  std::string ipc_test_hold = detail::ipc_test_hold_file(); // tests only
   // CUDA IPC quarantine, sending side: copies whose transfer is gone (timed
   // out here, or the peer was dropped) but whose kernel may still run, and
   // receivers' status questions waiting for such a kernel to end.
@@ -529,6 +531,8 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
   const auto launched = steady_clock::now();
   transport::copy_ticket ticket;
   try {
+    if (!st.ipc_test_hold.empty()) // a hung GPU, for the quarantine's test
+      detail::hold_stream_for_test(engine.native_stream(), st.ipc_test_hold);
     ticket = engine.launch(plan, src.base, p.mapped->base);
   } catch (...) {
     engine.release(plan);
