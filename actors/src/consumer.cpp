@@ -121,6 +121,9 @@ struct consumer_state {
       "kvferry_ipc_quarantined_blocks",
       "Pool blocks of failed requests held out of use until no CUDA IPC copy "
       "can still write into them");
+  ~consumer_state() {
+    quarantined_gauge->sub(static_cast<std::int64_t>(stats.quarantined_blocks));
+  }
   static inline const char* name = "kvferry.consumer";
 };
 

@@ -198,6 +198,14 @@ struct transfer_state {
     caf::typed_response_promise<caf::ok_atom> promise;
   };
   std::vector<status_waiter> status_waiters;
+  // Transfers a receiver gave up on before their send order reached us
+  // (peer -> (id, when)): a send order for one that comes later is stale
+  // (e.g. its producer was stuck on a hung GPU) and is refused once, so that
+  // it cannot write into blocks the receiver has reused.
+  std::unordered_map<
+      std::string,
+      std::deque<std::pair<std::uint64_t, steady_clock::time_point>>>
+      given_up;
   // Receiving side: timed-out transfers a sender's kernel may still write,
   // and the transfer actors of workers the directory announced (to ask them).
   ipc_quarantine quarantine;
@@ -207,6 +215,7 @@ struct transfer_state {
       "Timed-out CUDA IPC transfers whose destination stays out of use until "
       "their sender confirms no copy kernel still writes it");
   std::int64_t quarantine_reported = 0; // our share of the gauge
+  ~transfer_state() { quarantine_gauge->sub(quarantine_reported); }
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -719,6 +728,44 @@ std::size_t forget_waiting_ipc(peer_out& p, std::uint64_t id) {
   return before - p.ipc_waiting.size();
 }
 
+// Bounds of transfer_state::given_up: per receiver, the most remembered and
+// for how long (a send order later than that is no longer told from a new
+// one with the same id).
+constexpr std::size_t max_given_up = 1024;
+constexpr auto given_up_for = minutes(10);
+
+void remember_given_up(transfer_state& st, const std::string& peer,
+                       std::uint64_t id) {
+  auto& ids = st.given_up[peer];
+  auto now = steady_clock::now();
+  while (!ids.empty() && (ids.size() >= max_given_up ||
+                          now - ids.front().second > given_up_for))
+    ids.pop_front();
+  ids.emplace_back(id, now);
+}
+
+// A send order for a transfer its receiver gave up on before the order came:
+// the error that refuses it (once), or none.
+caf::error refuse_if_given_up(transfer_state& st, const std::string& peer,
+                              std::uint64_t id) {
+  auto i = st.given_up.find(peer);
+  if (i == st.given_up.end())
+    return {};
+  auto& ids = i->second;
+  auto hit = std::find_if(ids.begin(), ids.end(),
+                          [id](const auto& x) { return x.first == id; });
+  if (hit == ids.end() || steady_clock::now() - hit->second > given_up_for)
+    return {};
+  auto ago = duration<double>(steady_clock::now() - hit->second).count();
+  ids.erase(hit);
+  return make_error(
+      ec::timeout,
+      fmt::format("transfer {} to '{}': the receiver gave up on it {:.1f} s "
+                  "before this send order came; refused so that its CUDA IPC "
+                  "copy cannot write into blocks the receiver may have reused",
+                  id, peer, ago));
+}
+
 // Receiver `peer` gave up on transfer `id` and asks whether our copy can
 // still write into its region. A copy not launched yet never will be (it
 // fails here too); a running one is answered for when its kernel ends.
@@ -737,8 +784,12 @@ handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id) {
       p->second.transfers.erase(t);
     }
   }
-  if (!copy_running(st, peer, id))
+  if (!copy_running(st, peer, id)) {
+    if (auto p = st.out.find(peer);
+        p == st.out.end() || p->second.transfers.count(id) == 0)
+      remember_given_up(st, peer, id);
     return caf::ok_atom::value;
+  }
   spdlog::warn("transfer {}: '{}' gave up on transfer {} while its CUDA IPC "
                "copy kernel still runs; it keeps the destination blocks out of "
                "use until the kernel ends",
@@ -779,13 +830,18 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
+  const bool ipc =
+      choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
+                       p.ep) == data_path::cuda_ipc;
+  if (ipc)
+    if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
+      return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
   auto& t = p.transfers[o.transfer_id];
   t.expected = plan_bytes(o.extents);
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
-  if (choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
-                       p.ep) == data_path::cuda_ipc) {
+  if (ipc) {
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
     ensure_progress(self);
     return promise;

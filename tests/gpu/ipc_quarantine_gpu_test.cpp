@@ -9,8 +9,9 @@
 // Checked: the request fails at once with the timeout naming the sender;
 // its blocks stay quarantined (not reused: the next request gets others)
 // while the kernel is held; a timed-out request with no kernel behind it is
-// released at once; once the kernel runs, the blocks come back only after it
-// wrote them (the destination holds the source's bytes when they do).
+// released at once, and a send order for it arriving later is refused; once
+// the kernel runs, the blocks come back only after it wrote them (the
+// destination holds the source's bytes when they do).
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -285,6 +286,22 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   CHECK(is(arrived(2, second.size()), ec::timeout));
   CHECK(eventually([&] { return quarantined() == 8; }, seconds(10)));
   CHECK(blocks_zero(*rc.region, first, bb)); // the kernel has not run
+
+  // A send order for request 2 that reaches the sender only now (its
+  // producer stuck, say on the hung GPU) is refused: its receiver gave up
+  // on it and its blocks are back in the pool.
+  proto::send_order late = o;
+  late.transfer_id = transfer_id_of(2, 0);
+  late.extents = plan_blocks(src, second, bb);
+  self->request(*sender, seconds(10), proto::send_atom::value, late)
+      .receive(
+          [&](std::uint64_t) { FAIL("a stale send order was carried out"); },
+          [&](const caf::error& err) {
+            CHECK_MESSAGE(is(err, ec::timeout), render(err));
+            CHECK_MESSAGE(render(err).find("gave up") != std::string::npos,
+                          render(err));
+          });
+  CHECK(blocks_zero(*rc.region, second, bb));
   CHECK(sent_reply.wait_for(seconds(0)) == std::future_status::timeout);
 
   // The GPU "recovers": the kernel runs, the sender sees it end, answers;

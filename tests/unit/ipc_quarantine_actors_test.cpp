@@ -15,6 +15,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/runtime/metrics.hpp"
 #include "kvferry/runtime/system_config.hpp"
 
 using namespace kvferry;
@@ -250,6 +251,14 @@ TEST_CASE("ipc quarantine: a timed-out request's blocks wait for the "
   auto first = f.time_out_request(1);
   CHECK(f.consumer_stats().quarantined_blocks == 8);
   CHECK(f.quarantined_transfers() == 1);
+  // The first case of this process: the gauges are ours alone.
+  auto metrics = metrics::registry::global().render();
+  CHECK_MESSAGE(metrics.find("\nkvferry_ipc_quarantined_blocks 8\n") !=
+                    std::string::npos,
+                metrics);
+  CHECK_MESSAGE(metrics.find("\nkvferry_ipc_quarantined_transfers 1\n") !=
+                    std::string::npos,
+                metrics);
   REQUIRE(f.eventually_asked(1));
   {
     std::lock_guard<std::mutex> guard{f.log->mutex};
@@ -267,6 +276,9 @@ TEST_CASE("ipc quarantine: a timed-out request's blocks wait for the "
   f.self->send(f.sender, proto::sweep_atom::value);
   CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
   CHECK(f.quarantined_transfers() == 0);
+  metrics = metrics::registry::global().render();
+  CHECK(metrics.find("\nkvferry_ipc_quarantined_blocks 0\n") !=
+        std::string::npos);
   auto all = f.allocate(3, 4); // the whole pool
   CHECK(all.size() == fixture::pool_blocks);
 }
