@@ -772,9 +772,11 @@ caf::error refuse_if_given_up(transfer_state& st, const std::string& peer,
 caf::result<caf::ok_atom>
 handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id) {
   auto& st = self->state;
-  if (auto p = st.out.find(peer);
-      p != st.out.end() && forget_waiting_ipc(p->second, id) > 0) {
-    if (auto t = p->second.transfers.find(id); t != p->second.transfers.end()) {
+  bool ordered = false; // its send order reached us
+  if (auto p = st.out.find(peer); p != st.out.end()) {
+    auto t = p->second.transfers.find(id);
+    ordered = t != p->second.transfers.end();
+    if (ordered && forget_waiting_ipc(p->second, id) > 0) {
       fail(t->second, st,
            make_error(ec::timeout,
                       fmt::format("transfer {} to '{}': the receiver gave up "
@@ -785,16 +787,20 @@ handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id) {
     }
   }
   if (!copy_running(st, peer, id)) {
-    if (auto p = st.out.find(peer);
-        p == st.out.end() || p->second.transfers.count(id) == 0)
+    if (!ordered)
       remember_given_up(st, peer, id);
     return caf::ok_atom::value;
   }
+  auto promise = self->make_response_promise<caf::ok_atom>();
+  for (auto& w : st.status_waiters)
+    if (w.peer == peer && w.id == id) { // asked again (30 s passed)
+      w.promise = promise;
+      return promise;
+    }
   spdlog::warn("transfer {}: '{}' gave up on transfer {} while its CUDA IPC "
                "copy kernel still runs; it keeps the destination blocks out of "
                "use until the kernel ends",
                st.cfg.name, peer, id);
-  auto promise = self->make_response_promise<caf::ok_atom>();
   st.status_waiters.push_back({peer, id, promise});
   ensure_progress(self);
   return promise;
