@@ -34,17 +34,27 @@ bool ipc_quarantine::release(token t) {
   return true;
 }
 
-std::size_t ipc_quarantine::release_peer(const std::string& peer) {
+template<class Pred>
+std::size_t ipc_quarantine::release_if(Pred pred) {
   std::size_t n = 0;
   for (auto i = holds_.begin(); i != holds_.end();) {
     auto next = std::next(i);
-    if (i->second.what.first == peer) {
+    if (pred(i->second)) {
       end(i);
       ++n;
     }
     i = next;
   }
   return n;
+}
+
+std::size_t ipc_quarantine::release_peer(const std::string& peer) {
+  return release_if([&](const entry& e) { return e.what.first == peer; });
+}
+
+std::size_t ipc_quarantine::release_unasked(const std::string& peer) {
+  return release_if(
+      [&](const entry& e) { return e.what.first == peer && !e.asked; });
 }
 
 // Erases the hold, then runs the waiters of its transfer if no other hold

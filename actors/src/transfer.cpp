@@ -40,7 +40,8 @@
 // which holds the destination blocks out of use, is answered only once the
 // sender says no copy of that transfer can still write (ipc_status: at once
 // when none runs, else when its kernel's event completed) or the sender is
-// gone (down, or left the directory). The request itself fails at once.
+// down (a sender never asked: also when it left the directory). The request
+// itself fails at once.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -210,6 +211,14 @@ struct transfer_state {
   // and the transfer actors of workers the directory announced (to ask them).
   ipc_quarantine quarantine;
   std::unordered_map<std::string, caf::actor_addr> known_transfers;
+  // Holds whose sender was asked, and which actor: its down message ends
+  // them (whatever became of the name meanwhile).
+  struct asked_hold {
+    caf::actor_addr sender;
+    std::string peer;
+    ipc_quarantine::hold_ref hold;
+  };
+  std::unordered_map<ipc_quarantine::token, asked_hold> asked;
   metrics::gauge* quarantine_gauge = &metrics::registry::global().get_gauge(
       "kvferry_ipc_quarantined_transfers",
       "Timed-out CUDA IPC transfers whose destination stays out of use until "
@@ -1023,6 +1032,7 @@ caf::actor sender_actor(self_ptr self, const std::string& name) {
 void end_hold(self_ptr self, const std::string& peer,
               const ipc_quarantine::hold_ref& h, const std::string& why) {
   auto& st = self->state;
+  st.asked.erase(h.id);
   auto since = st.quarantine.since(h.id);
   if (!st.quarantine.release(h.id))
     return; // ended already (the sender was gone first)
@@ -1033,10 +1043,16 @@ void end_hold(self_ptr self, const std::string& peer,
                duration<double>(steady_clock::now() - since).count(), why);
 }
 
+// Ends the holds of `peer` (all, or only those nobody asked about).
 void release_quarantine_of(self_ptr self, const std::string& peer,
-                           const std::string& why) {
+                           const std::string& why, bool unasked_only = false) {
   auto& st = self->state;
-  if (auto n = st.quarantine.release_peer(peer); n > 0) {
+  auto& q = st.quarantine;
+  if (auto n = unasked_only ? q.release_unasked(peer) : q.release_peer(peer);
+      n > 0) {
+    for (auto i = st.asked.begin(); i != st.asked.end();)
+      i = q.since(i->first) == steady_clock::time_point{} ? st.asked.erase(i)
+                                                          : std::next(i);
     note_quarantine(st);
     spdlog::info("transfer {}: {} quarantined transfers from '{}' released: "
                  "{}",
@@ -1048,6 +1064,37 @@ void release_quarantine_of(self_ptr self, const std::string& peer,
 // (a hung GPU keeps a kernel running indefinitely; each repeat logs it).
 constexpr auto status_ask_timeout = seconds(30);
 
+// Asks `sender` about hold `h` (again every status_ask_timeout while it
+// neither answers nor dies: a hung GPU may never finish the kernel).
+void ask(self_ptr self, const std::string& peer, const transfer_actor& sender,
+         const ipc_quarantine::hold_ref& h) {
+  self->state.asked[h.id] = {caf::actor_cast<caf::actor_addr>(sender), peer, h};
+  self->request(sender, status_ask_timeout, proto::ipc_status_atom::value,
+                self->state.cfg.name, h.transfer)
+      .then(
+          [self, peer, h](caf::ok_atom) {
+            end_hold(self, peer, h, "its sender says no copy of it runs");
+          },
+          [self, peer, h, sender](caf::error& err) {
+            if (err.category() == caf::atom("system") &&
+                err.code() ==
+                    static_cast<std::uint8_t>(caf::sec::request_timeout)) {
+              if (self->state.quarantine.since(h.id) ==
+                  steady_clock::time_point{})
+                return; // ended meanwhile (the sender is gone)
+              spdlog::warn("transfer {}: transfer {} from '{}' stays in "
+                           "quarantine: its sender has not confirmed for {} s "
+                           "that its copy ended; asking again",
+                           self->state.cfg.name, h.transfer, peer,
+                           status_ask_timeout.count());
+              ask(self, peer, sender, h);
+              return;
+            }
+            end_hold(self, peer, h,
+                     "asking its sender failed (" + render(err) + ")");
+          });
+}
+
 // Asks `peer` about each of its quarantined transfers not asked yet. An
 // unknown sender is asked once it becomes known (hello, joined) or its
 // transfers are released when it leaves.
@@ -1057,34 +1104,11 @@ void ask_sender(self_ptr self, const std::string& peer) {
   if (holds.empty())
     return;
   auto sender = caf::actor_cast<transfer_actor>(sender_actor(self, peer));
-  if (!sender) {
-    for (const auto& h : holds)
-      q.ask_again(h.id);
-    return;
-  }
   for (const auto& h : holds)
-    self->request(sender, status_ask_timeout, proto::ipc_status_atom::value,
-                  self->state.cfg.name, h.transfer)
-        .then(
-            [self, peer, h](caf::ok_atom) {
-              end_hold(self, peer, h, "its sender says no copy of it runs");
-            },
-            [self, peer, h](caf::error& err) {
-              if (err.category() == caf::atom("system") &&
-                  err.code() ==
-                      static_cast<std::uint8_t>(caf::sec::request_timeout)) {
-                spdlog::warn("transfer {}: transfer {} from '{}' stays in "
-                             "quarantine: its sender has not confirmed for "
-                             "{} s that its copy ended; asking again",
-                             self->state.cfg.name, h.transfer, peer,
-                             status_ask_timeout.count());
-                self->state.quarantine.ask_again(h.id);
-                ask_sender(self, peer);
-                return;
-              }
-              end_hold(self, peer, h,
-                       "asking its sender failed (" + render(err) + ")");
-            });
+    if (sender)
+      ask(self, peer, sender, h);
+    else
+      q.ask_again(h.id);
 }
 
 // A transfer from `peer` timed out before anything announced it: the
@@ -1473,6 +1497,12 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     drop_peer_in(self, name, lost(name, why));
     release_quarantine_of(self, name, why);
   }
+  std::vector<transfer_state::asked_hold> gone;
+  for (auto& [token, a] : st.asked)
+    if (a.sender == dm.source)
+      gone.push_back(a);
+  for (auto& a : gone)
+    end_hold(self, a.peer, a.hold, why);
 }
 
 transfer_actor::behavior_type transfer_impl(self_ptr self,
@@ -1546,9 +1576,12 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         drop_peer_out(self, name, err);
         drop_peer_in(self, name, err);
         forget_failures_from(self->state, name);
+        // Only what nobody could ask about: a sender that was asked may
+        // have lost no more than its lease and still run the kernel; it
+        // answers when that ended, and its death ends the holds too.
         self->state.known_transfers.erase(name);
-        release_quarantine_of(self, name,
-                              "the directory reports it left: " + render(why));
+        release_quarantine_of(
+            self, name, "the directory reports it left: " + render(why), true);
       },
       [self](proto::progress_atom, std::uint64_t generation) {
         on_progress(self, generation);

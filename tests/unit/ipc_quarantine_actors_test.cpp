@@ -295,16 +295,31 @@ TEST_CASE("ipc quarantine: the sender's death releases the blocks") {
   CHECK(f.allocate(2, 4).size() == fixture::pool_blocks);
 }
 
-TEST_CASE("ipc quarantine: the sender leaving the directory releases the "
-          "blocks") {
-  fixture f;
-  f.announce_sender();
+TEST_CASE("ipc quarantine: a sender that leaves the directory before anyone "
+          "could ask it releases the blocks") {
+  fixture f; // the directory never said who prefill-0 is: nobody to ask
   f.time_out_request(1);
   CHECK(f.consumer_stats().quarantined_blocks == 8);
   f.self->send(f.receiver, left_atom::value, std::string{"prefill-0"},
                make_error(ec::lease_expired, "test"));
   CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
   CHECK(f.allocate(2, 4).size() == fixture::pool_blocks);
+}
+
+TEST_CASE("ipc quarantine: a sender that was asked and then left (a lost "
+          "lease) is still waited for") {
+  fixture f;
+  f.announce_sender();
+  f.time_out_request(1);
+  REQUIRE(f.eventually_asked(1));
+  f.self->send(f.receiver, left_atom::value, std::string{"prefill-0"},
+               make_error(ec::lease_expired, "test"));
+  // Handled in order after `left`: the transfer is still held.
+  CHECK(f.quarantined_transfers() == 1);
+  CHECK(f.consumer_stats().quarantined_blocks == 8);
+  f.self->send(f.sender, proto::sweep_atom::value); // its kernel ended
+  CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
+  CHECK(f.quarantined_transfers() == 0);
 }
 
 TEST_CASE("ipc quarantine: a sender unknown at the timeout is asked once it "

@@ -107,3 +107,18 @@ TEST_CASE("a waiter may start a new hold from its callback") {
   CHECK(q.holds("prefill-0", 5)); // the new hold, untouched by the old
   CHECK(q.size() == 1);
 }
+
+TEST_CASE("leaving ends only the holds nobody could ask about") {
+  // The directory's `left` may mean a lost lease of a live sender: what it
+  // was asked about, it answers when its kernel ended.
+  ipc_quarantine q;
+  auto asked = q.hold("prefill-0", 1, t0);
+  q.take_unasked("prefill-0");
+  q.hold("prefill-0", 2, t0); // its sender was not known at the time
+  q.hold("prefill-1", 3, t0);
+  CHECK(q.release_unasked("prefill-0") == 1);
+  CHECK(q.holds("prefill-0", 1));
+  CHECK_FALSE(q.holds("prefill-0", 2));
+  CHECK(q.holds("prefill-1", 3));
+  CHECK(q.release(asked));
+}

@@ -49,6 +49,11 @@ public:
   /// The peer is gone: all its holds end. Returns how many there were.
   std::size_t release_peer(const std::string& peer);
 
+  /// The peer left the directory (perhaps only its lease ran out): its
+  /// holds nobody could ask end; those asked wait for the answer or the
+  /// peer's death. Returns how many ended.
+  std::size_t release_unasked(const std::string& peer);
+
   /// Runs `settled` once no hold of (peer, transfer) is left: at once when
   /// there is none now.
   void when_settled(const std::string& peer, std::uint64_t transfer,
@@ -70,6 +75,8 @@ private:
     bool asked = false;
   };
   void end(std::map<token, entry>::iterator i);
+  template<class Pred>
+  std::size_t release_if(Pred pred);
 
   std::map<token, entry> holds_; // ordered: oldest first
   std::multimap<key, std::function<void()>> waiters_;
