@@ -336,7 +336,16 @@ void on_part_failed(self_ptr self, const ctx_ptr& ctx, caf::error& err) {
   maybe_complete(self, ctx);
 }
 
-// A part failed: its blocks go back only once the transfer actor says no
+// Only a timed-out transfer can be quarantined (the transfer actor's own
+// deadline, or ours if it was too slow to report it); other failures
+// (a peer gone, a plugin error) free the blocks at once, as before.
+bool may_be_quarantined(const caf::error& err) {
+  return is(err, ec::timeout) ||
+         (err.category() == caf::atom("system") &&
+          err.code() == static_cast<std::uint8_t>(caf::sec::request_timeout));
+}
+
+// A part timed out: its blocks go back only once the transfer actor says no
 // CUDA IPC copy of it can still write them (at once unless quarantined).
 void settle_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
                  std::uint64_t transfer_id) {
@@ -369,7 +378,8 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
       .then([self,
              ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
             [self, ctx, sender, id](caf::error& err) {
-              settle_part(self, ctx, sender, id);
+              if (may_be_quarantined(err))
+                settle_part(self, ctx, sender, id);
               on_part_failed(self, ctx, err);
             });
 }
