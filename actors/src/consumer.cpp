@@ -38,6 +38,7 @@
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/metrics.hpp"
 
 namespace kvferry {
 namespace {
@@ -67,6 +68,12 @@ struct request_ctx {
   bool answered = false;     // promise already delivered (abort)
   bool released = false;
   bool orphaned = false; // its producer is gone: no `arrived` will come
+  // CUDA IPC quarantine: failed parts whose settle the transfer actor has
+  // not answered yet, and whether the blocks wait for them (counted in
+  // quarantined_blocks).
+  std::uint32_t unsettled = 0;
+  bool quarantined = false;
+  clock_type::time_point quarantined_since;
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
 
@@ -110,6 +117,13 @@ struct consumer_state {
   // Producer actors that sent allocate/advertise, monitored once each.
   std::unordered_map<caf::actor_addr, std::string> producers;
   proto::consumer_stats stats;
+  metrics::gauge* quarantined_gauge = &metrics::registry::global().get_gauge(
+      "kvferry_ipc_quarantined_blocks",
+      "Pool blocks of failed requests held out of use until no CUDA IPC copy "
+      "can still write into them");
+  ~consumer_state() {
+    quarantined_gauge->sub(static_cast<std::int64_t>(stats.quarantined_blocks));
+  }
   static inline const char* name = "kvferry.consumer";
 };
 
@@ -164,9 +178,39 @@ void return_lent_blocks(self_ptr self, std::uint32_t loan_id,
   maybe_return_credit(self, l);
 }
 
+// Blocks that a timed-out CUDA IPC copy may still write stay out of use
+// (neither pool nor credit) until their parts are settled (docs/gpu.md).
+// The transfer actor logs why a transfer is held; the blocks' return is
+// logged here when the hold was more than the settle round trip.
+void quarantine_blocks(self_ptr self, request_ctx& ctx, bool on) {
+  if (ctx.quarantined == on)
+    return;
+  ctx.quarantined = on;
+  auto& st = self->state;
+  auto n = static_cast<std::int64_t>(ctx.blocks.size());
+  st.quarantined_gauge->add(on ? n : -n);
+  if (on) {
+    st.stats.quarantined_blocks += ctx.blocks.size();
+    ctx.quarantined_since = clock_type::now();
+    return;
+  }
+  st.stats.quarantined_blocks -= ctx.blocks.size();
+  auto held = duration<double>(clock_type::now() - ctx.quarantined_since);
+  if (held > milliseconds(100))
+    spdlog::info("consumer {}: {} blocks of failed request {} are back after "
+                 "{:.1f} s in quarantine ({} blocks still quarantined)",
+                 st.cfg.name, n, ctx.request_id, held.count(),
+                 st.stats.quarantined_blocks);
+}
+
 void release_blocks(self_ptr self, request_ctx& ctx) {
   if (ctx.released)
     return;
+  if (ctx.unsettled > 0) {
+    quarantine_blocks(self, ctx, true);
+    return;
+  }
+  quarantine_blocks(self, ctx, false);
   ctx.released = true;
   if (ctx.loan_id != 0)
     return_lent_blocks(self, ctx.loan_id, ctx.blocks);
@@ -291,6 +335,34 @@ void on_part_failed(self_ptr self, const ctx_ptr& ctx, caf::error& err) {
   maybe_complete(self, ctx);
 }
 
+// Only a timed-out transfer can be quarantined (the transfer actor's own
+// deadline, or ours if it was too slow to report it); other failures
+// (a peer gone, a plugin error) free the blocks at once, as before.
+bool may_be_quarantined(const caf::error& err) {
+  return is(err, ec::timeout) ||
+         (err.category() == caf::atom("system") &&
+          err.code() == static_cast<std::uint8_t>(caf::sec::request_timeout));
+}
+
+// A part timed out: its blocks go back only once the transfer actor says no
+// CUDA IPC copy of it can still write them (at once unless quarantined).
+void settle_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
+                 std::uint64_t transfer_id) {
+  ++ctx->unsettled;
+  auto settled = [self, ctx] {
+    if (--ctx->unsettled == 0 && ctx->quarantined)
+      release_blocks(self, *ctx);
+  };
+  self->request(self->state.cfg.transfer, caf::infinite,
+                proto::settle_atom::value, sender, transfer_id)
+      .then([settled](caf::ok_atom) { settled(); },
+            [self, ctx, settled](caf::error& err) {
+              spdlog::warn("consumer {}: settling request {}: {}",
+                           self->state.cfg.name, ctx->request_id, render(err));
+              settled();
+            });
+}
+
 void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
                  std::uint32_t part) {
   auto& cfg = self->state.cfg;
@@ -299,11 +371,16 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
   o.peer_name = sender;
   o.timeout_ms = cfg.timeout_ms;
   ++ctx->pending;
+  auto id = o.transfer_id;
   self->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
                 proto::recv_atom::value, std::move(o))
       .then([self,
              ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
-            [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
+            [self, ctx, sender, id](caf::error& err) {
+              if (may_be_quarantined(err))
+                settle_part(self, ctx, sender, id);
+              on_part_failed(self, ctx, err);
+            });
 }
 
 bool in_flight_or_waiting(const consumer_state& st, std::uint64_t id) {

@@ -33,6 +33,16 @@
 // GPU; access is checked and enabled when the region is mapped. At most
 // max_ipc_copies kernels are in flight (the engine's event slots bound them);
 // later sends queue per peer.
+//
+// Timed-out IPC copies (docs/gpu.md). A kernel cannot be recalled, so a
+// receiver whose transfer times out before anything announced it keeps the
+// transfer in quarantine (ipc_quarantine): its consumer's settle request,
+// which holds the destination blocks out of use, is answered only once the
+// sender says no copy of that transfer can still write (ipc_status: at once
+// when none runs, else when its kernel's event completed) or the sender is
+// down (a sender never asked: also when it left the directory). The request
+// itself fails at once.
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -48,7 +58,9 @@
 #include <spdlog/spdlog.h>
 
 #include "gpu_knobs.hpp"
+#include "ipc_test_hold.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/ipc_quarantine.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/metrics.hpp"
@@ -128,6 +140,7 @@ struct peer_out {
   };
   std::vector<ipc_copy> copies;
   std::deque<waiting_send> ipc_waiting;
+  bool said_hello = false; // ipc_hello sent to the peer
 };
 
 // Receiving side of one peer.
@@ -170,7 +183,48 @@ struct transfer_state {
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
   bool spin_while_copying = detail::ipc_spin_while_copying();
-  std::vector<transport::copy_extent> ipc_extents; // reused per launch
+  std::vector<transport::copy_extent> ipc_extents;          // reused per launch
+  std::string ipc_test_hold = detail::ipc_test_hold_file(); // tests only
+  // CUDA IPC quarantine, sending side: copies whose transfer is gone (timed
+  // out here, or the peer was dropped) but whose kernel may still run, and
+  // receivers' status questions waiting for such a kernel to end.
+  struct orphan_copy {
+    std::string peer;
+    peer_out::ipc_copy copy;
+  };
+  std::vector<orphan_copy> ipc_orphans;
+  struct status_waiter {
+    std::string peer;
+    std::uint64_t id;
+    caf::typed_response_promise<caf::ok_atom> promise;
+  };
+  std::vector<status_waiter> status_waiters;
+  // Transfers a receiver gave up on before their send order reached us
+  // (peer -> (id, when)): a send order for one that comes later is stale
+  // (e.g. its producer was stuck on a hung GPU) and is refused once, so that
+  // it cannot write into blocks the receiver has reused.
+  std::unordered_map<
+      std::string,
+      std::deque<std::pair<std::uint64_t, steady_clock::time_point>>>
+      given_up;
+  // Receiving side: timed-out transfers a sender's kernel may still write,
+  // and the transfer actors of workers the directory announced (to ask them).
+  ipc_quarantine quarantine;
+  std::unordered_map<std::string, caf::actor_addr> known_transfers;
+  // Holds whose sender was asked, and which actor: its down message ends
+  // them (whatever became of the name meanwhile).
+  struct asked_hold {
+    caf::actor_addr sender;
+    std::string peer;
+    ipc_quarantine::hold_ref hold;
+  };
+  std::unordered_map<ipc_quarantine::token, asked_hold> asked;
+  metrics::gauge* quarantine_gauge = &metrics::registry::global().get_gauge(
+      "kvferry_ipc_quarantined_transfers",
+      "Timed-out CUDA IPC transfers whose destination stays out of use until "
+      "their sender confirms no copy kernel still writes it");
+  std::int64_t quarantine_reported = 0; // our share of the gauge
+  ~transfer_state() { quarantine_gauge->sub(quarantine_reported); }
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -250,6 +304,23 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
   }
 }
 
+// Copies of `p` (all, or those of transfer `id`) whose transfer is gone
+// while their kernels may still run: polled on as orphans (progress_orphans)
+// so that a receiver asking about them is answered only when they end, and
+// their event slots stay counted in ipc_in_flight meanwhile.
+void orphan_copies(transfer_state& st, const std::string& peer, peer_out& p,
+                   std::optional<std::uint64_t> id = std::nullopt) {
+  for (std::size_t k = 0; k < p.copies.size();) {
+    if (id && p.copies[k].id != *id) {
+      ++k;
+      continue;
+    }
+    st.ipc_orphans.push_back({peer, p.copies[k]});
+    p.copies[k] = p.copies.back();
+    p.copies.pop_back();
+  }
+}
+
 // Fails everything sent to `name` and forgets its channel (the next send
 // opens a fresh one).
 void drop_peer_out(self_ptr self, const std::string& name,
@@ -271,7 +342,7 @@ void drop_peer_out(self_ptr self, const std::string& name,
   self->state.metrics.peer(name).comms->set(0);
   // Copy kernels still running finish on their own; their mapping of the
   // peer's region stays open in the cache, so they never touch freed memory.
-  self->state.ipc_in_flight -= i->second.copies.size();
+  orphan_copies(self->state, name, i->second);
   self->state.out.erase(i);
 }
 
@@ -478,6 +549,8 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
   const auto launched = steady_clock::now();
   transport::copy_ticket ticket;
   try {
+    if (!st.ipc_test_hold.empty()) // a hung GPU, for the quarantine's test
+      detail::hold_stream_for_test(engine.native_stream(), st.ipc_test_hold);
     ticket = engine.launch(plan, src.base, p.mapped->base);
   } catch (...) {
     engine.release(plan);
@@ -508,6 +581,11 @@ void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
   auto& st = self->state;
   try {
     map_peer_region(st, p);
+    if (!p.said_hello) { // so that it can ask us if a transfer times out
+      p.said_hello = true;
+      self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+                 proto::ipc_hello_atom::value, st.cfg.name);
+    }
     if (st.ipc_in_flight >= max_ipc_copies || !p.ipc_waiting.empty()) {
       p.ipc_waiting.push_back({id, std::move(extents)});
       return;
@@ -587,6 +665,156 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
   return progressed;
 }
 
+// ---- CUDA IPC quarantine, sending side
+// --------------------------------------
+
+bool copy_running(const transfer_state& st, const std::string& peer,
+                  std::uint64_t id) {
+  if (auto p = st.out.find(peer); p != st.out.end())
+    for (const auto& c : p->second.copies)
+      if (c.id == id)
+        return true;
+  for (const auto& o : st.ipc_orphans)
+    if (o.peer == peer && o.copy.id == id)
+      return true;
+  return false;
+}
+
+// Polls the orphaned copies; true if one ended.
+bool progress_orphans(self_ptr self) {
+  auto& st = self->state;
+  bool progressed = false;
+  for (std::size_t k = 0; k < st.ipc_orphans.size();) {
+    auto& o = st.ipc_orphans[k];
+    bool ended = true;
+    try {
+      ended = st.engine->done(o.copy.ticket);
+    } catch (const std::exception& e) {
+      spdlog::warn("transfer {}: the copy kernel of transfer {} to '{}' "
+                   "failed after its transfer was given up: {}",
+                   st.cfg.name, o.copy.id, o.peer, e.what());
+    }
+    if (!ended) {
+      ++k;
+      continue;
+    }
+    spdlog::info(
+        "transfer {}: the copy kernel of given-up transfer {} to "
+        "'{}' has ended ({:.1f} s after its launch)",
+        st.cfg.name, o.copy.id, o.peer,
+        duration<double>(steady_clock::now() - o.copy.launched).count());
+    st.ipc_orphans[k] = std::move(st.ipc_orphans.back());
+    st.ipc_orphans.pop_back();
+    --st.ipc_in_flight;
+    progressed = true;
+  }
+  return progressed;
+}
+
+// Answers the receivers whose transfer's kernels have all ended.
+void answer_status_waiters(transfer_state& st) {
+  for (std::size_t k = 0; k < st.status_waiters.size();) {
+    auto& w = st.status_waiters[k];
+    if (copy_running(st, w.peer, w.id)) {
+      ++k;
+      continue;
+    }
+    w.promise.deliver(caf::ok_atom::value);
+    st.status_waiters[k] = std::move(st.status_waiters.back());
+    st.status_waiters.pop_back();
+  }
+}
+
+// Drops the IPC sends of transfer `id` that wait for an engine slot (they
+// must never launch now); returns how many there were.
+std::size_t forget_waiting_ipc(peer_out& p, std::uint64_t id) {
+  auto before = p.ipc_waiting.size();
+  p.ipc_waiting.erase(std::remove_if(p.ipc_waiting.begin(), p.ipc_waiting.end(),
+                                     [id](const peer_out::waiting_send& w) {
+                                       return w.id == id;
+                                     }),
+                      p.ipc_waiting.end());
+  return before - p.ipc_waiting.size();
+}
+
+// Bounds of transfer_state::given_up: per receiver, the most remembered and
+// for how long (a send order later than that is no longer told from a new
+// one with the same id).
+constexpr std::size_t max_given_up = 1024;
+constexpr auto given_up_for = minutes(10);
+
+void remember_given_up(transfer_state& st, const std::string& peer,
+                       std::uint64_t id) {
+  auto& ids = st.given_up[peer];
+  auto now = steady_clock::now();
+  while (!ids.empty() && (ids.size() >= max_given_up ||
+                          now - ids.front().second > given_up_for))
+    ids.pop_front();
+  ids.emplace_back(id, now);
+}
+
+// A send order for a transfer its receiver gave up on before the order came:
+// the error that refuses it (once), or none.
+caf::error refuse_if_given_up(transfer_state& st, const std::string& peer,
+                              std::uint64_t id) {
+  auto i = st.given_up.find(peer);
+  if (i == st.given_up.end())
+    return {};
+  auto& ids = i->second;
+  auto hit = std::find_if(ids.begin(), ids.end(),
+                          [id](const auto& x) { return x.first == id; });
+  if (hit == ids.end() || steady_clock::now() - hit->second > given_up_for)
+    return {};
+  auto ago = duration<double>(steady_clock::now() - hit->second).count();
+  ids.erase(hit);
+  return make_error(
+      ec::timeout,
+      fmt::format("transfer {} to '{}': the receiver gave up on it {:.1f} s "
+                  "before this send order came; refused so that its CUDA IPC "
+                  "copy cannot write into blocks the receiver may have reused",
+                  id, peer, ago));
+}
+
+// Receiver `peer` gave up on transfer `id` and asks whether our copy can
+// still write into its region. A copy not launched yet never will be (it
+// fails here too); a running one is answered for when its kernel ends.
+caf::result<caf::ok_atom>
+handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id) {
+  auto& st = self->state;
+  bool ordered = false; // its send order reached us
+  if (auto p = st.out.find(peer); p != st.out.end()) {
+    auto t = p->second.transfers.find(id);
+    ordered = t != p->second.transfers.end();
+    if (ordered && forget_waiting_ipc(p->second, id) > 0) {
+      fail(t->second, st,
+           make_error(ec::timeout,
+                      fmt::format("transfer {} to '{}': the receiver gave up "
+                                  "on it before its CUDA IPC copy started",
+                                  id, peer)),
+           peer);
+      p->second.transfers.erase(t);
+    }
+  }
+  if (!copy_running(st, peer, id)) {
+    if (!ordered)
+      remember_given_up(st, peer, id);
+    return caf::ok_atom::value;
+  }
+  auto promise = self->make_response_promise<caf::ok_atom>();
+  for (auto& w : st.status_waiters)
+    if (w.peer == peer && w.id == id) { // asked again (30 s passed)
+      w.promise = promise;
+      return promise;
+    }
+  spdlog::warn("transfer {}: '{}' gave up on transfer {} while its CUDA IPC "
+               "copy kernel still runs; it keeps the destination blocks out of "
+               "use until the kernel ends",
+               st.cfg.name, peer, id);
+  st.status_waiters.push_back({peer, id, promise});
+  ensure_progress(self);
+  return promise;
+}
+
 caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& st = self->state;
   const auto& peer = o.peer.name;
@@ -617,13 +845,18 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
+  const bool ipc =
+      choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
+                       p.ep) == data_path::cuda_ipc;
+  if (ipc)
+    if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
+      return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
   auto& t = p.transfers[o.transfer_id];
   t.expected = plan_bytes(o.extents);
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
-  if (choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
-                       p.ep) == data_path::cuda_ipc) {
+  if (ipc) {
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
     ensure_progress(self);
     return promise;
@@ -761,6 +994,162 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
     p.transfers.erase(id);
   else // kept for its recv order; forgotten if nobody claims it
     arm_deadline(self, milliseconds(30000), "<" + sender, id);
+}
+
+// ---- CUDA IPC quarantine, receiving side
+// ------------------------------------
+
+// Any transfer from a sender may be a CUDA IPC copy when we advertise an
+// IPC handle: the sender chooses the path, and no announcement precedes a
+// copy.
+bool quarantines(const transfer_state& st) {
+  return st.cfg.force_ipc_quarantine || !st.ipc_handle.empty();
+}
+
+// Updates stats and our share of the process-wide gauge.
+void note_quarantine(transfer_state& st) {
+  auto n = static_cast<std::int64_t>(st.quarantine.size());
+  st.quarantine_gauge->add(n - st.quarantine_reported);
+  st.quarantine_reported = n;
+  st.stats.ipc_quarantined = static_cast<std::uint64_t>(n);
+}
+
+// The transfer actor of sender `name`, when known: its hello, landed or
+// open told us (peer_in::sender), or the directory did (then it is watched
+// from now on, so that its death releases what it holds).
+caf::actor sender_actor(self_ptr self, const std::string& name) {
+  auto& st = self->state;
+  auto& p = st.in[name];
+  if (!p.sender)
+    if (auto k = st.known_transfers.find(name); k != st.known_transfers.end()) {
+      p.sender = k->second;
+      if (auto a = caf::actor_cast<caf::actor>(p.sender))
+        self->monitor(a);
+    }
+  return caf::actor_cast<caf::actor>(p.sender);
+}
+
+void end_hold(self_ptr self, const std::string& peer,
+              const ipc_quarantine::hold_ref& h, const std::string& why) {
+  auto& st = self->state;
+  st.asked.erase(h.id);
+  auto since = st.quarantine.since(h.id);
+  if (!st.quarantine.release(h.id))
+    return; // ended already (the sender was gone first)
+  note_quarantine(st);
+  spdlog::info("transfer {}: transfer {} from '{}' leaves quarantine after "
+               "{:.1f} s: {}",
+               st.cfg.name, h.transfer, peer,
+               duration<double>(steady_clock::now() - since).count(), why);
+}
+
+// Ends the holds of `peer` (all, or only those nobody asked about).
+void release_quarantine_of(self_ptr self, const std::string& peer,
+                           const std::string& why, bool unasked_only = false) {
+  auto& st = self->state;
+  auto& q = st.quarantine;
+  if (auto n = unasked_only ? q.release_unasked(peer) : q.release_peer(peer);
+      n > 0) {
+    for (auto i = st.asked.begin(); i != st.asked.end();)
+      i = q.since(i->first) == steady_clock::time_point{} ? st.asked.erase(i)
+                                                          : std::next(i);
+    note_quarantine(st);
+    spdlog::info("transfer {}: {} quarantined transfers from '{}' released: "
+                 "{}",
+                 st.cfg.name, n, peer, why);
+  }
+}
+
+// How long one status question may go unanswered before it is asked again
+// (a hung GPU keeps a kernel running indefinitely; each repeat logs it).
+constexpr auto status_ask_timeout = seconds(30);
+
+// Asks `sender` about hold `h` (again every status_ask_timeout while it
+// neither answers nor dies: a hung GPU may never finish the kernel).
+void ask(self_ptr self, const std::string& peer, const transfer_actor& sender,
+         const ipc_quarantine::hold_ref& h) {
+  self->state.asked[h.id] = {caf::actor_cast<caf::actor_addr>(sender), peer, h};
+  self->request(sender, status_ask_timeout, proto::ipc_status_atom::value,
+                self->state.cfg.name, h.transfer)
+      .then(
+          [self, peer, h](caf::ok_atom) {
+            end_hold(self, peer, h, "its sender says no copy of it runs");
+          },
+          [self, peer, h, sender](caf::error& err) {
+            if (err.category() == caf::atom("system") &&
+                err.code() ==
+                    static_cast<std::uint8_t>(caf::sec::request_timeout)) {
+              if (self->state.quarantine.since(h.id) ==
+                  steady_clock::time_point{})
+                return; // ended meanwhile (the sender is gone)
+              spdlog::warn("transfer {}: transfer {} from '{}' stays in "
+                           "quarantine: its sender has not confirmed for {} s "
+                           "that its copy ended; asking again",
+                           self->state.cfg.name, h.transfer, peer,
+                           status_ask_timeout.count());
+              ask(self, peer, sender, h);
+              return;
+            }
+            end_hold(self, peer, h,
+                     "asking its sender failed (" + render(err) + ")");
+          });
+}
+
+// Asks `peer` about each of its quarantined transfers not asked yet. An
+// unknown sender is asked once it becomes known (hello, joined) or its
+// transfers are released when it leaves.
+void ask_sender(self_ptr self, const std::string& peer) {
+  auto& q = self->state.quarantine;
+  auto holds = q.take_unasked(peer);
+  if (holds.empty())
+    return;
+  auto sender = caf::actor_cast<transfer_actor>(sender_actor(self, peer));
+  for (const auto& h : holds)
+    if (sender)
+      ask(self, peer, sender, h);
+    else
+      q.ask_again(h.id);
+}
+
+// A transfer from `peer` timed out before anything announced it: the
+// sender's CUDA IPC kernel may still be writing its destination.
+void quarantine_transfer(self_ptr self, const std::string& peer,
+                         std::uint64_t id) {
+  auto& st = self->state;
+  st.quarantine.hold(peer, id, steady_clock::now());
+  note_quarantine(st);
+  spdlog::warn("transfer {}: transfer {} from '{}' timed out; its destination "
+               "stays in quarantine until '{}' confirms no CUDA IPC copy of "
+               "it still writes (or is gone){}",
+               st.cfg.name, id, peer, peer,
+               sender_actor(self, peer) ? ""
+                                        : "; its transfer actor is not known "
+                                          "yet");
+  ask_sender(self, peer);
+}
+
+// Answered once the destination of transfer `id` from `peer` is safe.
+caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
+                                        std::uint64_t id) {
+  auto& q = self->state.quarantine;
+  if (!q.holds(peer, id))
+    return caf::ok_atom::value;
+  auto promise = self->make_response_promise<caf::ok_atom>();
+  q.when_settled(peer, id,
+                 [promise]() mutable { promise.deliver(caf::ok_atom::value); });
+  return promise;
+}
+
+// Sender `name` writes into our region over CUDA IPC (it is the current
+// sender: a restarted one replaces the old, whose asks then fail).
+void handle_ipc_hello(self_ptr self, const std::string& name) {
+  auto& p = self->state.in[name];
+  auto addr = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  if (addr && p.sender != addr) {
+    p.sender = addr;
+    self->monitor(caf::actor_cast<caf::actor>(addr));
+  }
+  ask_sender(self, name);
 }
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
@@ -932,7 +1321,7 @@ bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.in)
     if (p.listener || !p.ops.empty())
       return true;
-  return false;
+  return !st.ipc_orphans.empty();
 }
 
 // Transfers started and neither finished nor failed, for the in-flight gauge.
@@ -955,6 +1344,10 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   st.progress_delayed = false;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
+  if (!st.ipc_orphans.empty())
+    progressed |= progress_orphans(self);
+  if (!st.status_waiters.empty())
+    answer_status_waiters(st);
   if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
   if (!has_work(st))
@@ -967,10 +1360,11 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   // Spin while bytes flow (a completion found within ~a few hundred polls
   // keeps latency at the plugin's); back off up to 200 us when the plugin
   // has had nothing for a while, so a waiting worker does not burn a
-  // shared core.
+  // shared core. Orphaned copies (their transfer given up, perhaps on a
+  // hung GPU) are polled without spinning.
   constexpr unsigned spin_polls = 256;
   if (st.idle_polls < spin_polls ||
-      (st.spin_while_copying && st.ipc_in_flight > 0)) {
+      (st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size())) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
   } else {
     auto delay =
@@ -997,9 +1391,13 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
       return;
     if (p->second.mapped) {
       // CUDA IPC: a running kernel cannot be recalled and the peer has no
-      // channel to close; this transfer fails, the peer stays usable.
+      // channel to close; this transfer fails, the peer stays usable. Its
+      // kernel, if launched, is watched on as an orphan (the receiver may
+      // ask about it); if not launched yet, it never will be.
       fail(t->second, st, timeout, name);
       p->second.transfers.erase(t);
+      orphan_copies(st, name, p->second, id);
+      forget_waiting_ipc(p->second, id);
       return;
     }
     if (t->second.posted) {
@@ -1033,6 +1431,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     fail(t->second, st, timeout, name);
     drop_peer_in(self, name, timeout);
   } else {
+    if (quarantines(st)) // before the failure reaches the consumer
+      quarantine_transfer(self, name, id);
     fail(t->second, st, timeout, name);
     t->second.cancelled = true; // a later announcement must not land
   }
@@ -1093,8 +1493,16 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
   auto why = fmt::format("its transfer actor is down ({})", render(dm.reason));
   for (auto& name : outs)
     drop_peer_out(self, name, lost(name, why));
-  for (auto& name : ins)
+  for (auto& name : ins) {
     drop_peer_in(self, name, lost(name, why));
+    release_quarantine_of(self, name, why);
+  }
+  std::vector<transfer_state::asked_hold> gone;
+  for (auto& [token, a] : st.asked)
+    if (a.sender == dm.source)
+      gone.push_back(a);
+  for (auto& a : gone)
+    end_hold(self, a.peer, a.hold, why);
 }
 
 transfer_actor::behavior_type transfer_impl(self_ptr self,
@@ -1146,12 +1554,34 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
                       gpu_queued_ns, gpu_copy_ns);
       },
       [self](proto::stats_atom) { return self->state.stats; },
-      [self](joined_atom, const worker_info& w) { map_ahead(self->state, w); },
+      [self](proto::ipc_hello_atom, const std::string& sender) {
+        handle_ipc_hello(self, sender);
+      },
+      [self](proto::ipc_status_atom, const std::string& receiver,
+             std::uint64_t id) {
+        return handle_ipc_status(self, receiver, id);
+      },
+      [self](proto::settle_atom, const std::string& peer, std::uint64_t id) {
+        return handle_settle(self, peer, id);
+      },
+      [self](joined_atom, const worker_info& w) {
+        map_ahead(self->state, w);
+        if (w.transfer && w.name != self->state.cfg.name) {
+          self->state.known_transfers[w.name] = w.transfer.address();
+          ask_sender(self, w.name);
+        }
+      },
       [self](left_atom, const std::string& name, const caf::error& why) {
         auto err = lost(name, "the directory reports it left: " + render(why));
         drop_peer_out(self, name, err);
         drop_peer_in(self, name, err);
         forget_failures_from(self->state, name);
+        // Only what nobody could ask about: a sender that was asked may
+        // have lost no more than its lease and still run the kernel; it
+        // answers when that ended, and its death ends the holds too.
+        self->state.known_transfers.erase(name);
+        release_quarantine_of(
+            self, name, "the directory reports it left: " + render(why), true);
       },
       [self](proto::progress_atom, std::uint64_t generation) {
         on_progress(self, generation);

@@ -117,6 +117,14 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       },
       [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
          std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
+      // No CUDA IPC here: nothing is ever quarantined.
+      [](proto::ipc_hello_atom, const std::string&) {},
+      [](proto::ipc_status_atom, const std::string&, std::uint64_t) {
+        return caf::ok_atom::value;
+      },
+      [](proto::settle_atom, const std::string&, std::uint64_t) {
+        return caf::ok_atom::value;
+      },
       [](proto::open_atom, const std::string&, std::uint32_t,
          std::uint64_t) -> caf::result<std::vector<char>> {
         return make_error(ec::invalid_argument, "fake transfer: no channels");

@@ -205,6 +205,22 @@ using transfer_actor = caf::typed_actor<
                    std::uint64_t, std::int64_t, std::int64_t, std::int64_t,
                    std::int64_t>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
+    // CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies"). Sender to
+    // receiver, once per mapping of the receiver's pool: "I, `sender`, write
+    // into your region over CUDA IPC" (so a receiver whose transfer from us
+    // times out knows whom to ask).
+    caf::reacts_to<proto::ipc_hello_atom, std::string>,
+    // Receiver to sender: transfer `id` to receiver `name` timed out there;
+    // answered once no copy kernel of it can still write into the
+    // receiver's region (at once when none runs; one not yet launched is
+    // cancelled).
+    caf::replies_to<proto::ipc_status_atom, std::string,
+                    std::uint64_t>::with<caf::ok_atom>,
+    // Consumer to its own transfer actor, after a recv order for transfer
+    // `id` from `peer` failed: answered once the destination blocks are
+    // safe to reuse (at once unless that transfer is quarantined).
+    caf::replies_to<proto::settle_atom, std::string,
+                    std::uint64_t>::with<caf::ok_atom>,
     // Directory watcher (see directory_watcher_actor): a peer that left
     // fails everything waiting on it with ec::peer_down at once.
     caf::reacts_to<joined_atom, worker_info>,
@@ -231,6 +247,11 @@ struct transfer_config {
   // Prefill workers: open a same-host decode worker's IPC handle when the
   // directory says it joined, not on its first transfer.
   bool map_peers_ahead = false;
+  // Quarantine the destination of a timed-out transfer that no announcement
+  // covered (a CUDA IPC copy may still be writing it) until its sender
+  // answers or is gone. Automatic when this actor advertises an IPC handle;
+  // tests without a GPU force it on.
+  bool force_ipc_quarantine = false;
 };
 
 /// How a transfer actor moves bytes to a peer.

@@ -40,6 +40,10 @@ using reserve_atom = caf::atom_constant<caf::atom("kvreserve")>;
 using incoming_atom = caf::atom_constant<caf::atom("kvincoming")>;
 using credit_atom = caf::atom_constant<caf::atom("kvcredit")>;
 using abort_atom = caf::atom_constant<caf::atom("kvabort")>;
+// CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies").
+using ipc_hello_atom = caf::atom_constant<caf::atom("kvipchello")>;
+using ipc_status_atom = caf::atom_constant<caf::atom("kvipcstat")>;
+using settle_atom = caf::atom_constant<caf::atom("kvsettle")>;
 
 /// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
 /// sender's region to `dst_offset` in the receiver's region.
@@ -295,12 +299,15 @@ struct transfer_stats {
   std::uint64_t transfers_failed = 0;
   std::uint64_t comms_opened = 0;
   std::uint64_t registrations = 0;
+  // CUDA IPC quarantine, receiving side: timed-out transfers whose sender
+  // has not yet confirmed that no copy kernel of theirs can still write.
+  std::uint64_t ipc_quarantined = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
-           x.comms_opened, x.registrations);
+           x.comms_opened, x.registrations, x.ipc_quarantined);
 }
 
 /// Counters of one consumer (for tests and operators): how its push
@@ -313,20 +320,25 @@ struct consumer_stats {
   std::uint64_t credit_returns = 0; // credit messages sent
   // The pool now: blocks in all, free, and requests holding blocks or
   // waiting for them (back-pressure). After a quiet spell free_blocks +
-  // lent_blocks == pool_blocks: anything else is a leak.
+  // lent_blocks == pool_blocks (plus quarantined_blocks not lent, while a
+  // CUDA IPC quarantine lasts): anything else is a leak.
   std::uint64_t pool_blocks = 0;
   std::uint64_t free_blocks = 0;
   std::uint64_t in_flight = 0;   // requests open here
   std::uint64_t waiting = 0;     // requests waiting for free blocks now
   std::uint64_t waited = 0;      // requests that ever waited
   std::uint64_t wait_failed = 0; // ... and failed: queue full or wait over
+  // Blocks of failed requests held out of use (neither in the pool nor in
+  // a loan's credit) until the transfer actor says no CUDA IPC copy can
+  // still write into them (docs/gpu.md, "Timed-out IPC copies").
+  std::uint64_t quarantined_blocks = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::consumer_stats"), x.negotiated,
            x.delegated, x.refused, x.lent_blocks, x.credit_returns,
            x.pool_blocks, x.free_blocks, x.in_flight, x.waiting, x.waited,
-           x.wait_failed);
+           x.wait_failed, x.quarantined_blocks);
 }
 
 /// Registers every type above with a config (call before the system starts).
