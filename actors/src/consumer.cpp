@@ -617,6 +617,8 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
         stats.lent_blocks = 0;
         for (auto& l : self->state.loans)
           stats.lent_blocks += l.alive ? l.lent : 0;
+        stats.pool_blocks = self->state.pool->block_count();
+        stats.free_blocks = self->state.pool->free_blocks();
         return stats;
       },
   };

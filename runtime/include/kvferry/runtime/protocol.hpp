@@ -310,11 +310,14 @@ struct consumer_stats {
   std::uint64_t refused = 0;        // incoming notices refused (bad blocks)
   std::uint64_t lent_blocks = 0;    // lent to live producers now
   std::uint64_t credit_returns = 0; // credit messages sent
+  std::uint64_t pool_blocks = 0;    // the pool's size
+  std::uint64_t free_blocks = 0;    // neither lent nor in a request now
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::consumer_stats"), x.negotiated,
-           x.delegated, x.refused, x.lent_blocks, x.credit_returns);
+           x.delegated, x.refused, x.lent_blocks, x.credit_returns,
+           x.pool_blocks, x.free_blocks);
 }
 
 /// Registers every type above with a config (call before the system starts).
