@@ -166,10 +166,11 @@ void on_registered(self_ptr self, lease& granted) {
   renew_soon(self);
 }
 
-// Errors retrying cannot fix until someone changes a configuration.
+// Errors retrying cannot fix until someone changes a configuration. (A
+// duplicate name may be this worker's previous process, which the directory
+// drops once its connection closes or its lease runs out: retried.)
 bool refused(const caf::error& err) {
-  return is(err, ec::unauthorized) || is(err, ec::invalid_argument) ||
-         is(err, ec::duplicate);
+  return is(err, ec::unauthorized) || is(err, ec::invalid_argument);
 }
 
 void register_now(self_ptr self) {

@@ -350,3 +350,28 @@ TEST_CASE_FIXTURE(membership_fixture,
   REQUIRE(list->size() == 1);
   CHECK(list->front().attributes.at("lease_age_ms") == "1200");
 }
+
+TEST_CASE_FIXTURE(membership_fixture,
+                  "a name still held by a previous process is retried until "
+                  "it is free") {
+  auto dir = start_directory();
+  script->current = dir;
+  // The previous process of decode-0 (another app actor), killed without a
+  // word: the directory holds its name until the lease runs out.
+  auto previous = make_worker("decode-0");
+  REQUIRE(
+      request<lease>(dir, register_atom::value, previous, std::string{secret}));
+  auto w = make_worker("decode-0");
+  auto keeper = start_keeper(w);
+  pass(1s);
+  auto line = request<std::string>(keeper, caf::get_atom::value);
+  REQUIRE(line);
+  CHECK(line->find("duplicate") != std::string::npos);
+  // Once the old lease ran out, the new process holds the name.
+  pass(lease_time + 2s);
+  CHECK(request<caf::ok_atom>(keeper, caf::wait_for_atom::value));
+  auto found =
+      request<worker_info>(dir, lookup_atom::value, std::string{"decode-0"});
+  REQUIRE(found);
+  CHECK(found->app == w.app);
+}

@@ -50,8 +50,10 @@ dialer_actor spawn_dialer(caf::actor_system& sys, directory_connect connect);
 using membership_actor = caf::typed_actor<
     // Replies once the worker is registered (at once if it is), or with the
     // error of a registration the directory refused (unauthorized,
-    // invalid_argument, duplicate): the keeper retries those too, since an
-    // operator may fix the directory, but a caller starting up wants to know.
+    // invalid_argument): the keeper retries those too, since an operator may
+    // fix the directory, but a caller starting up wants to know. A duplicate
+    // name is only retried: it may be this worker's previous process, not
+    // yet dropped.
     caf::replies_to<caf::wait_for_atom>::with<caf::ok_atom>,
     // One line for people: the state, the directory and the last problem.
     caf::replies_to<caf::get_atom>::with<std::string>,
