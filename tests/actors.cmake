@@ -9,6 +9,9 @@ add_dependencies(test_demo_multiprocess kvferry)
 kvferry_add_test(NAME test_actor_peer_death SOURCES faults/actor_peer_death_test.cpp
   LIBS kvferry_build_flags LABELS faults integration TIMEOUT 120)
 add_dependencies(test_actor_peer_death kvferry)
+kvferry_add_test(NAME test_producer_death SOURCES faults/producer_death_test.cpp
+  LIBS kvferry_build_flags LABELS faults integration TIMEOUT 300)
+add_dependencies(test_producer_death kvferry)
 kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 # GPU wiring, CPU side: data path choice, host KV pattern, --gpu errors.

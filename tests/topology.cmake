@@ -12,11 +12,21 @@ set_tests_properties(test_launch PROPERTIES LABELS integration TIMEOUT 180)
 set_tests_properties(test_launch PROPERTIES
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
 
+# The README's flow as written: launch configs/1p1d-local.yaml, then
+# `demo --directory 127.0.0.1:7470 --requests 100`, 100/100 verified (in a
+# private network namespace as root; skips when not root and 7470 is taken).
+add_test(NAME test_readme_flow
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/readme_flow_test.sh
+          $<TARGET_FILE:kvferry> ${PROJECT_SOURCE_DIR}/configs/1p1d-local.yaml 100)
+set_tests_properties(test_readme_flow PROPERTIES
+  LABELS "integration;faults" TIMEOUT 600 SKIP_RETURN_CODE 77
+  ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+
 # Two hosts in two network namespaces joined by a veth pair: launch on each,
 # status, then `kvferry demo --directory` verifies requests across them.
 # Skips (77) without root / ip netns, or while worker/demo are placeholders.
 add_test(NAME test_netns_two_hosts
-  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/netns_test.sh $<TARGET_FILE:kvferry> 20)
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/netns_test.sh $<TARGET_FILE:kvferry> 100)
 set_tests_properties(test_netns_two_hosts PROPERTIES
   LABELS integration TIMEOUT 300 SKIP_RETURN_CODE 77
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")

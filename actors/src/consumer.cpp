@@ -14,8 +14,18 @@
 // consumer checks the blocks are ones it lent that producer, waits, verifies
 // and answers the router itself. Freed blocks go back to the producer's
 // credit in batches; a dead producer's loan returns to the pool.
+//
+// Back-pressure: an allocate or advertise that finds too few free blocks
+// waits in a bounded queue (app_config::queue_limit, queue_wait_ms) and is
+// served in arrival order as blocks come back (finished requests, credit
+// returned by a dead producer's loan); it fails only when the queue is full
+// or its wait runs out. A producer that dies (down message, or the
+// directory's `left`) takes its requests with it at once: they fail naming
+// it, and their blocks return once the transfer actor let go of them.
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <unordered_map>
@@ -37,6 +47,8 @@ using clock_type = steady_clock;
 
 struct request_ctx {
   std::uint64_t request_id = 0;
+  std::string producer; // its name, as the request gave it
+  caf::actor_addr from; // the producer actor that asked (allocate/advertise)
   std::vector<std::uint64_t> blocks;
   std::uint32_t pending = 0; // replies still expected from transfer actors
   std::uint64_t bytes = 0;
@@ -54,8 +66,21 @@ struct request_ctx {
   std::uint32_t loan_id = 0; // blocks return to this loan; 0: to the pool
   bool answered = false;     // promise already delivered (abort)
   bool released = false;
+  bool orphaned = false; // its producer is gone: no `arrived` will come
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
+
+// A request that found too few free blocks: it waits, in arrival order,
+// until they come back (start) or its wait runs out (fail).
+struct waiter {
+  std::uint64_t request_id = 0;
+  std::uint64_t blocks = 0;
+  std::string producer;
+  caf::actor_addr from;
+  caf::actor_clock::time_point deadline;
+  std::function<void(const ctx_ptr&)> start; // on its freshly taken blocks
+  std::function<void(caf::error)> fail;
+};
 
 // Blocks lent to one producer. Each lent block is in one of three places:
 // held by the producer, inside a request it delegated here, or freed and
@@ -80,6 +105,10 @@ struct consumer_state {
   // moving lent blocks allocates nothing.
   std::vector<std::uint32_t> loan_of_block;
   std::vector<bool> block_in_request;
+  std::deque<waiter> queue; // back-pressure, oldest first
+  bool queue_timer_armed = false;
+  // Producer actors that sent allocate/advertise, monitored once each.
+  std::unordered_map<caf::actor_addr, std::string> producers;
   proto::consumer_stats stats;
   static inline const char* name = "kvferry.consumer";
 };
@@ -92,6 +121,14 @@ std::uint64_t block_index(const consumer_state& st, std::uint64_t offset) {
 
 loan& loan_by_id(consumer_state& st, std::uint32_t id) {
   return st.loans[id - 1];
+}
+
+void serve_queue(self_ptr self);
+
+// Blocks back in the pool: the requests waiting for them go first.
+void to_pool(self_ptr self, const std::vector<std::uint64_t>& blocks) {
+  self->state.pool->release(blocks);
+  serve_queue(self);
 }
 
 // Sends the freed blocks back once they are at least as many as the
@@ -120,7 +157,7 @@ void return_lent_blocks(self_ptr self, std::uint32_t loan_id,
     for (auto off : blocks)
       st.loan_of_block[block_index(st, off)] = 0;
     l.lent -= blocks.size();
-    st.pool->release(blocks);
+    to_pool(self, blocks);
     return;
   }
   l.returning.insert(l.returning.end(), blocks.begin(), blocks.end());
@@ -134,7 +171,7 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
   if (ctx.loan_id != 0)
     return_lent_blocks(self, ctx.loan_id, ctx.blocks);
   else
-    self->state.pool->release(ctx.blocks);
+    to_pool(self, ctx.blocks);
 }
 
 // Hash host memory and compare with the producer's XXH3 when it sent one;
@@ -194,9 +231,13 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   // No transfer can touch the blocks now; keep them only until verified.
   if (ctx->failure)
     release_blocks(self, *ctx);
+  auto& st = self->state;
+  if (ctx->orphaned && ctx->failure) { // nobody else will finish it
+    st.requests.erase(ctx->request_id);
+    return;
+  }
   if (!ctx->promise || !ctx->notice)
     return;
-  auto& st = self->state;
   st.requests.erase(ctx->request_id);
   if (ctx->answered) // an abort answered it; the blocks are back now
     return;
@@ -266,25 +307,162 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
             [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
 }
 
-caf::expected<ctx_ptr> new_request(self_ptr self, std::uint64_t request_id,
-                                   std::uint64_t blocks) {
+bool in_flight_or_waiting(const consumer_state& st, std::uint64_t id) {
+  return st.requests.count(id) != 0 ||
+         std::any_of(st.queue.begin(), st.queue.end(),
+                     [id](const waiter& w) { return w.request_id == id; });
+}
+
+// Takes `w`'s blocks from the pool (they are free) and opens its request.
+ctx_ptr open_request(self_ptr self, const waiter& w) {
   auto& st = self->state;
-  if (st.requests.count(request_id) != 0)
+  auto ctx = std::make_shared<request_ctx>();
+  ctx->request_id = w.request_id;
+  ctx->producer = w.producer;
+  ctx->from = w.from;
+  st.pool->allocate(w.blocks, ctx->blocks);
+  st.requests.emplace(w.request_id, ctx);
+  return ctx;
+}
+
+// Why `w` fails without waiting: a duplicate id, more blocks than the
+// whole pool, or a full queue. None when it may run or wait.
+caf::error refuse_at_once(const consumer_state& st, const waiter& w) {
+  if (in_flight_or_waiting(st, w.request_id))
     return make_error(ec::duplicate,
                       fmt::format("consumer '{}': request {} is already "
                                   "in flight",
-                                  st.cfg.name, request_id));
-  auto ctx = std::make_shared<request_ctx>();
-  ctx->request_id = request_id;
-  if (!st.pool->allocate(blocks, ctx->blocks))
+                                  st.cfg.name, w.request_id));
+  if (w.blocks > st.pool->block_count())
     return make_error(
         ec::invalid_argument,
         fmt::format("consumer '{}': block pool exhausted: request {} needs {} "
-                    "blocks, {} of {} free (raise --pool-blocks)",
-                    st.cfg.name, request_id, blocks, st.pool->free_blocks(),
+                    "blocks, the pool has {} (raise --pool-blocks)",
+                    st.cfg.name, w.request_id, w.blocks,
                     st.pool->block_count()));
-  st.requests.emplace(request_id, ctx);
-  return ctx;
+  bool runs_now = st.queue.empty() && st.pool->free_blocks() >= w.blocks;
+  if (!runs_now && st.queue.size() >= st.cfg.queue_limit)
+    return make_error(
+        ec::invalid_argument,
+        fmt::format("consumer '{}': block pool exhausted: request {} from "
+                    "producer '{}' needs {} blocks, {} of {} free, and {} "
+                    "requests already wait for blocks (queue limit {})",
+                    st.cfg.name, w.request_id, w.producer, w.blocks,
+                    st.pool->free_blocks(), st.pool->block_count(),
+                    st.queue.size(), st.cfg.queue_limit));
+  return {};
+}
+
+void arm_queue_timer(self_ptr self) {
+  auto& st = self->state;
+  if (st.queue_timer_armed || st.queue.empty())
+    return;
+  st.queue_timer_armed = true;
+  auto wait = st.queue.front().deadline - self->clock().now();
+  self->delayed_send(self, std::max(caf::timespan{0}, wait),
+                     proto::sweep_atom::value);
+}
+
+// Runs `w` now if the pool has its blocks and nobody waits before it, else
+// queues it (bounded); fails it when it can never run or the queue is full.
+void admit(self_ptr self, waiter w) {
+  auto& st = self->state;
+  if (auto err = refuse_at_once(st, w)) {
+    ++st.stats.wait_failed;
+    spdlog::warn("consumer {}: {}", st.cfg.name, render(err));
+    return w.fail(std::move(err));
+  }
+  if (st.queue.empty() && st.pool->free_blocks() >= w.blocks) {
+    auto ctx = open_request(self, w);
+    return w.start(ctx);
+  }
+  w.deadline = self->clock().now() + milliseconds(st.cfg.queue_wait_ms);
+  ++st.stats.waited;
+  st.queue.push_back(std::move(w));
+  arm_queue_timer(self);
+}
+
+// Starts waiting requests, oldest first, while their blocks are free.
+void serve_queue(self_ptr self) {
+  auto& st = self->state;
+  while (!st.queue.empty() &&
+         st.queue.front().blocks <= st.pool->free_blocks()) {
+    auto w = std::move(st.queue.front());
+    st.queue.pop_front();
+    w.start(open_request(self, w));
+  }
+}
+
+// Fails (and forgets) the waiting requests that `pred` selects, with the
+// error `why(w)` gives.
+template<class Pred, class Why>
+void drop_waiting(self_ptr self, Pred pred, Why why) {
+  auto& st = self->state;
+  std::vector<waiter> hit;
+  for (auto i = st.queue.begin(); i != st.queue.end();) {
+    if (pred(*i)) {
+      hit.push_back(std::move(*i));
+      i = st.queue.erase(i);
+    } else {
+      ++i;
+    }
+  }
+  for (auto& w : hit) {
+    ++st.stats.wait_failed;
+    auto err = why(w);
+    spdlog::warn("consumer {}: {}", st.cfg.name, render(err));
+    w.fail(std::move(err));
+  }
+  serve_queue(self); // a dropped head may have held smaller ones back
+}
+
+// The queue timer: requests whose wait ran out fail, naming the shortage.
+void on_queue_timer(self_ptr self) {
+  auto& st = self->state;
+  st.queue_timer_armed = false;
+  auto now = self->clock().now();
+  drop_waiting(
+      self, [now](const waiter& w) { return w.deadline <= now; },
+      [&st](const waiter& w) {
+        return make_error(
+            ec::timeout,
+            fmt::format("consumer '{}': request {} from producer '{}' waited "
+                        "{} ms for {} free blocks (queue_wait_ms); {} of {} "
+                        "free, the rest held by {} requests in flight and "
+                        "lent to producers",
+                        st.cfg.name, w.request_id, w.producer,
+                        st.cfg.queue_wait_ms, w.blocks, st.pool->free_blocks(),
+                        st.pool->block_count(), st.requests.size()));
+      });
+  arm_queue_timer(self);
+}
+
+// Monitors the producer that sent the current message (once per actor): its
+// death fails its requests at once.
+void watch_sender(self_ptr self, const std::string& producer) {
+  auto who = caf::actor_cast<caf::actor>(self->current_sender());
+  if (who && self->state.producers.emplace(who.address(), producer).second)
+    self->monitor(who);
+}
+
+// A waiter for the current message, its sender monitored. Call it before
+// making the message's response promise, which takes the sender over.
+waiter waiter_for(self_ptr self, std::uint64_t request_id, std::uint64_t blocks,
+                  const std::string& producer) {
+  waiter w;
+  w.request_id = request_id;
+  w.blocks = blocks;
+  w.producer = producer;
+  w.from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  watch_sender(self, producer);
+  return w;
+}
+
+// Answers `rp` with the error a waiter fails with.
+template<class T>
+std::function<void(caf::error)>
+fail_through(caf::typed_response_promise<T> rp) {
+  return [rp](caf::error err) mutable { rp.deliver(std::move(err)); };
 }
 
 caf::error check_geometry(const consumer_state& st, const std::string& producer,
@@ -310,18 +488,23 @@ caf::result<proto::grant> on_allocate(self_ptr self,
   if (a.parts == 0 || a.parts > max_parts)
     return make_error(ec::invalid_argument, fmt::format("request {}: {} parts",
                                                         a.request_id, a.parts));
-  auto ctx = new_request(self, a.request_id,
-                         std::uint64_t{a.blocks_per_layer} * a.layers);
-  if (!ctx)
-    return ctx.error();
-  ++st.stats.negotiated;
-  for (std::uint32_t part = 0; part < a.parts; ++part)
-    expect_part(self, *ctx, a.producer, part);
-  proto::grant g;
-  g.request_id = a.request_id;
-  g.receiver = st.cfg.self;
-  g.block_offsets = (*ctx)->blocks;
-  return g;
+  auto w = waiter_for(self, a.request_id,
+                      std::uint64_t{a.blocks_per_layer} * a.layers, a.producer);
+  auto rp = self->make_response_promise<proto::grant>();
+  w.fail = fail_through(rp);
+  w.start = [self, rp, producer = a.producer,
+             parts = a.parts](const ctx_ptr& ctx) mutable {
+    ++self->state.stats.negotiated;
+    for (std::uint32_t part = 0; part < parts; ++part)
+      expect_part(self, ctx, producer, part);
+    proto::grant g;
+    g.request_id = ctx->request_id;
+    g.receiver = self->state.cfg.self;
+    g.block_offsets = ctx->blocks;
+    rp.deliver(std::move(g));
+  };
+  admit(self, std::move(w));
+  return rp;
 }
 
 caf::result<proto::ready_report> on_arrived(self_ptr self,
@@ -330,8 +513,9 @@ caf::result<proto::ready_report> on_arrived(self_ptr self,
   auto i = st.requests.find(n.request_id);
   if (i == st.requests.end())
     return make_error(ec::not_found,
-                      fmt::format("consumer '{}': arrived for unknown request "
-                                  "{}",
+                      fmt::format("consumer '{}': arrived for request {}, "
+                                  "which is not in flight here (never "
+                                  "allocated, or failed already: see its log)",
                                   st.cfg.name, n.request_id));
   auto ctx = i->second;
   ctx->notice = std::move(n);
@@ -341,25 +525,13 @@ caf::result<proto::ready_report> on_arrived(self_ptr self,
   return promise;
 }
 
-caf::result<proto::ready_report> on_advertise(self_ptr self,
-                                              proto::arrival_notice& n) {
+// Pull: asks the source's transfer actor to send each part into the
+// request's blocks, and our own to expect it.
+void pull_into(self_ptr self, const ctx_ptr& ctx, std::uint32_t parts,
+               const proto::arrival_notice& n) {
   auto& st = self->state;
   auto bb = st.cfg.geometry.layer_block_bytes();
-  std::uint32_t parts = std::max<std::uint32_t>(1, n.layers);
-  auto count = n.block_offsets.size();
-  if (count == 0 || count % parts != 0 || parts > max_parts ||
-      n.bytes != count * bb)
-    return make_error(ec::mismatch,
-                      fmt::format("consumer '{}': advert of request {} ({} "
-                                  "blocks, {} parts, {} bytes) does not fit "
-                                  "{}-byte blocks",
-                                  st.cfg.name, n.request_id, count, parts,
-                                  n.bytes, bb));
-  auto made = new_request(self, n.request_id, count);
-  if (!made)
-    return made.error();
-  auto ctx = *made;
-  auto per_part = count / parts;
+  auto per_part = ctx->blocks.size() / parts;
   auto source = caf::actor_cast<transfer_actor>(n.source.transfer);
   for (std::uint32_t part = 0; part < parts; ++part) {
     expect_part(self, ctx, n.source.name, part);
@@ -379,9 +551,32 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
         .then([self, ctx](std::uint64_t) { on_pull_send_done(self, ctx); },
               [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
   }
-  ctx->notice = std::move(n);
-  ctx->promise = self->make_response_promise<proto::ready_report>();
-  return *ctx->promise;
+}
+
+caf::result<proto::ready_report> on_advertise(self_ptr self,
+                                              proto::arrival_notice& n) {
+  auto& st = self->state;
+  auto bb = st.cfg.geometry.layer_block_bytes();
+  std::uint32_t parts = std::max<std::uint32_t>(1, n.layers);
+  auto count = n.block_offsets.size();
+  if (count == 0 || count % parts != 0 || parts > max_parts ||
+      n.bytes != count * bb)
+    return make_error(ec::mismatch,
+                      fmt::format("consumer '{}': advert of request {} ({} "
+                                  "blocks, {} parts, {} bytes) does not fit "
+                                  "{}-byte blocks",
+                                  st.cfg.name, n.request_id, count, parts,
+                                  n.bytes, bb));
+  auto w = waiter_for(self, n.request_id, count, n.source.name);
+  auto rp = self->make_response_promise<proto::ready_report>();
+  w.fail = fail_through(rp);
+  w.start = [self, rp, parts, notice = std::move(n)](const ctx_ptr& ctx) {
+    pull_into(self, ctx, parts, notice);
+    ctx->notice = notice;
+    ctx->promise = rp;
+  };
+  admit(self, std::move(w));
+  return rp;
 }
 
 // ---- credit
@@ -401,13 +596,13 @@ void end_loan(self_ptr self, std::uint32_t id, const std::string& why) {
       st.loan_of_block[b] = 0;
       back.push_back(b * st.cfg.geometry.layer_block_bytes());
     }
-  st.pool->release(back);
   l.lent -= back.size();
   l.held = 0;
   l.returning.clear();
   spdlog::info("consumer {}: loan to producer '{}' ended ({}): {} blocks back "
                "in the pool, {} still in requests",
                st.cfg.name, l.producer, why, back.size(), l.lent);
+  to_pool(self, back);
 }
 
 std::uint32_t find_loan(const consumer_state& st, const std::string& producer) {
@@ -449,7 +644,9 @@ caf::result<proto::grant> on_reserve(self_ptr self, proto::reserve_request& r) {
   auto& l = loan_by_id(st, id);
   auto cap = st.pool->block_count() * st.cfg.lend_percent / 100;
   auto room = cap > l.lent ? cap - l.lent : 0;
-  auto lend = std::min({r.blocks, room, st.pool->free_blocks()});
+  // Requests waiting for blocks come first: lend nothing while any waits.
+  auto spare = st.queue.empty() ? st.pool->free_blocks() : 0;
+  auto lend = std::min({r.blocks, room, spare});
   proto::grant g;
   g.receiver = st.cfg.self;
   st.pool->allocate(lend, g.block_offsets);
@@ -489,7 +686,7 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
                                   "not fit {}-byte blocks",
                                   st.cfg.name, n.request_id, n.producer, count,
                                   n.parts, n.bytes, bb));
-  if (st.requests.count(n.request_id) != 0)
+  if (in_flight_or_waiting(st, n.request_id))
     return make_error(ec::duplicate,
                       fmt::format("consumer '{}': request {} is already in "
                                   "flight",
@@ -519,6 +716,7 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
   ctx->request_id = n.request_id;
   ctx->blocks = std::move(n.block_offsets);
   ctx->loan_id = id;
+  ctx->producer = n.producer;
   ctx->producer_compute_ns = n.compute_ns;
   st.requests.emplace(n.request_id, ctx);
   return ctx;
@@ -575,12 +773,80 @@ void on_abort(self_ptr self, std::uint64_t request_id,
   maybe_complete(self, ctx);
 }
 
+// A producer is gone: what waits for its blocks fails, its requests in
+// flight fail at once naming it (their blocks return when the transfer
+// actor let go of them: it drops the peer too). `from` selects by actor (a
+// down message), else by name (the directory's left). Only a down message
+// ends its loan: `left` may mean no more than a lost lease, and a producer
+// still alive would go on writing into the blocks it was lent.
+void on_producer_gone(self_ptr self, const std::string& name,
+                      const caf::actor_addr& from, const std::string& why) {
+  auto& st = self->state;
+  auto hit = [&](const std::string& producer, const caf::actor_addr& a) {
+    return from ? a == from : producer == name;
+  };
+  auto error_for = [&](std::uint64_t request_id) {
+    return make_error(ec::peer_down,
+                      fmt::format("consumer '{}': producer '{}' of request {} "
+                                  "is gone: {}",
+                                  st.cfg.name, name, request_id, why));
+  };
+  drop_waiting(
+      self, [&](const waiter& w) { return hit(w.producer, w.from); },
+      [&](const waiter& w) { return error_for(w.request_id); });
+  for (std::size_t i = 0; from && i < st.loans.size(); ++i) {
+    auto& l = st.loans[i];
+    if (l.alive && l.producer_actor.address() == from)
+      end_loan(self, static_cast<std::uint32_t>(i + 1), why);
+  }
+  std::vector<ctx_ptr> lost;
+  for (auto& [id, ctx] : st.requests) {
+    auto by_loan = ctx->loan_id != 0 &&
+                   hit(loan_by_id(st, ctx->loan_id).producer,
+                       loan_by_id(st, ctx->loan_id).producer_actor.address());
+    if (by_loan || hit(ctx->producer, ctx->from))
+      lost.push_back(ctx);
+  }
+  if (!lost.empty())
+    spdlog::warn("consumer {}: producer '{}' is gone ({}): failing its {} "
+                 "request(s) in flight",
+                 st.cfg.name, name, why, lost.size());
+  for (auto& ctx : lost) {
+    ctx->orphaned = true;
+    if (!ctx->failure)
+      ctx->failure = error_for(ctx->request_id);
+    if (ctx->promise && !ctx->answered) {
+      ctx->answered = true;
+      ctx->promise->deliver(ctx->failure);
+    }
+    maybe_complete(self, ctx);
+  }
+}
+
 void on_producer_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
-  for (std::size_t i = 0; i < st.loans.size(); ++i)
-    if (st.loans[i].alive && st.loans[i].producer_actor.address() == dm.source)
-      end_loan(self, static_cast<std::uint32_t>(i + 1),
-               "it is down: " + render(dm.reason));
+  std::string name;
+  if (auto i = st.producers.find(dm.source); i != st.producers.end()) {
+    name = i->second;
+    st.producers.erase(i);
+  }
+  for (auto& l : st.loans)
+    if (l.alive && l.producer_actor.address() == dm.source)
+      name = l.producer;
+  if (!name.empty())
+    on_producer_gone(self, name, dm.source, "it is down: " + render(dm.reason));
+}
+
+proto::consumer_stats stats_now(const consumer_state& st) {
+  auto stats = st.stats;
+  stats.lent_blocks = 0;
+  for (auto& l : st.loans)
+    stats.lent_blocks += l.alive ? l.lent : 0;
+  stats.pool_blocks = st.pool->block_count();
+  stats.free_blocks = st.pool->free_blocks();
+  stats.in_flight = st.requests.size();
+  stats.waiting = st.queue.size();
+  return stats;
 }
 
 consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
@@ -612,15 +878,13 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
       [self](proto::abort_atom, std::uint64_t request_id,
              const std::string& producer,
              caf::error& err) { on_abort(self, request_id, producer, err); },
-      [self](proto::stats_atom) {
-        auto stats = self->state.stats;
-        stats.lent_blocks = 0;
-        for (auto& l : self->state.loans)
-          stats.lent_blocks += l.alive ? l.lent : 0;
-        stats.pool_blocks = self->state.pool->block_count();
-        stats.free_blocks = self->state.pool->free_blocks();
-        return stats;
+      [self](proto::stats_atom) { return stats_now(self->state); },
+      [](joined_atom, const worker_info&) {},
+      [self](left_atom, const std::string& name, const caf::error& why) {
+        on_producer_gone(self, name, {},
+                         "it left the directory: " + render(why));
       },
+      [self](proto::sweep_atom) { on_queue_timer(self); },
   };
 }
 

@@ -14,6 +14,11 @@
 // delegated to the consumer at once (`incoming`): no allocate/grant and no
 // arrived/ready round trip on the critical path. Otherwise the request takes
 // the allocate/grant path.
+//
+// Back-pressure: a request short of source blocks waits (app_config::
+// queue_limit requests at most, each queue_wait_ms at most) for those of
+// requests in flight, oldest first; the consumer likewise holds an allocate
+// or advert it has no blocks for, so those replies get queue_wait_ms more.
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -82,6 +87,7 @@ struct request_ctx {
   std::uint64_t bytes = 0;
   std::int64_t compute_ns = 0;
   clock_type::time_point send_start;
+  caf::actor_clock::time_point park_deadline; // while waiting for blocks
   std::int64_t transfer_ns = 0;
   std::uint32_t sends_left = 0;
   bool delegated = false; // the consumer answers the router (credit)
@@ -109,6 +115,7 @@ struct producer_state {
   std::unordered_map<caf::actor_addr, credit_line> credit; // by consumer
   // Requests waiting for source blocks (see on_prefill), oldest first.
   std::deque<ctx_ptr> parked;
+  bool park_timer_armed = false;
   // Requests not yet answered, to fail them at once when their consumer
   // dies (down message) or leaves the directory.
   std::unordered_map<std::uint64_t, ctx_ptr> active;
@@ -123,9 +130,11 @@ struct producer_state {
 
 using self_ptr = producer_actor::stateful_pointer<producer_state>;
 
-// Requests that may wait for source blocks at once; beyond that the pool is
-// simply too small for the load and a request fails, saying so.
-constexpr std::size_t max_parked = 1024;
+// How long a reply from a consumer may take that may wait in its queue
+// for free blocks (allocate, advertise) on top of the usual deadline.
+milliseconds queued_reply_timeout(const app_config& cfg) {
+  return milliseconds(std::uint64_t{cfg.timeout_ms} + cfg.queue_wait_ms);
+}
 
 void resume_parked(self_ptr self);
 
@@ -421,7 +430,7 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
   n.blocks_per_layer = ctx->bpl;
   n.layers = r.layerwise ? st.cfg.geometry.layers : 0; // 0: one part
   self->request(caf::actor_cast<consumer_actor>(r.consumer),
-                milliseconds(st.cfg.timeout_ms), proto::advertise_atom::value,
+                queued_reply_timeout(st.cfg), proto::advertise_atom::value,
                 std::move(n))
       .then(
           [self, ctx](proto::ready_report& rep) {
@@ -448,7 +457,7 @@ void negotiate(self_ptr self, const ctx_ptr& ctx) {
   a.producer = st.cfg.name;
   a.parts = ctx->parts;
   self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
-                milliseconds(st.cfg.timeout_ms), proto::allocate_atom::value,
+                queued_reply_timeout(st.cfg), proto::allocate_atom::value,
                 std::move(a))
       .then([self, ctx](proto::grant& g) { on_grant(self, ctx, g); },
             [self, ctx](caf::error& err) {
@@ -507,6 +516,41 @@ void resume_parked(self_ptr self) {
   }
 }
 
+void arm_park_timer(self_ptr self) {
+  auto& st = self->state;
+  if (st.park_timer_armed || st.parked.empty())
+    return;
+  st.park_timer_armed = true;
+  auto wait = st.parked.front()->park_deadline - self->clock().now();
+  self->delayed_send(self, std::max(caf::timespan{0}, wait),
+                     proto::sweep_atom::value);
+}
+
+// The park timer: requests whose wait for source blocks ran out fail.
+void on_park_timer(self_ptr self) {
+  auto& st = self->state;
+  st.park_timer_armed = false;
+  auto now = self->clock().now();
+  while (!st.parked.empty() && st.parked.front()->park_deadline <= now) {
+    auto ctx = st.parked.front();
+    st.parked.pop_front();
+    ctx->released = true; // it never got blocks
+    fail_request(
+        self, ctx,
+        make_error(
+            ec::timeout,
+            fmt::format("producer '{}': request {} waited {} ms for "
+                        "{} source blocks (queue_wait_ms); {} of {} "
+                        "free, the rest held by requests whose sends "
+                        "are still in flight",
+                        st.cfg.name, ctx->req.request_id, st.cfg.queue_wait_ms,
+                        ctx->bytes / st.cfg.geometry.layer_block_bytes(),
+                        st.pool->free_blocks(), st.pool->block_count())));
+  }
+  resume_parked(self); // a request behind them may fit
+  arm_park_timer(self);
+}
+
 caf::result<proto::ready_report> on_prefill(self_ptr self,
                                             proto::prefill_request& req) {
   auto& st = self->state;
@@ -536,16 +580,19 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
   // Short of blocks: those of requests in flight come back once their sends
   // resolve (done, failed or timed out), so wait for them; with credit the
   // consumer may answer the router before our send completion is in.
-  if (n > st.pool->block_count() || st.parked.size() >= max_parked)
+  if (n > st.pool->block_count() || st.parked.size() >= st.cfg.queue_limit)
     return make_error(
         ec::invalid_argument,
         fmt::format("producer '{}': block pool exhausted: request {} needs {} "
-                    "blocks, {} of {} free, {} requests waiting (raise "
-                    "--pool-blocks)",
+                    "blocks, {} of {} free, {} requests waiting (queue limit "
+                    "{}; raise --pool-blocks)",
                     st.cfg.name, ctx->req.request_id, n, st.pool->free_blocks(),
-                    st.pool->block_count(), st.parked.size()));
+                    st.pool->block_count(), st.parked.size(),
+                    st.cfg.queue_limit));
   ctx->promise = self->make_response_promise<proto::ready_report>();
+  ctx->park_deadline = self->clock().now() + milliseconds(st.cfg.queue_wait_ms);
   st.parked.push_back(ctx);
+  arm_park_timer(self);
   return ctx->promise;
 }
 
@@ -642,6 +689,7 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
       [self](left_atom, const std::string& name, const caf::error& why) {
         on_consumer_left(self, name, why);
       },
+      [self](proto::sweep_atom) { on_park_timer(self); },
   };
 }
 

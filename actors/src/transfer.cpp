@@ -1067,6 +1067,20 @@ void advertise_ipc_handle(transfer_state& st) {
   }
 }
 
+// A peer that left the directory is gone for good, and a later process
+// under its name reuses its transfer ids (the same request ids): none of
+// the old one's failures may fail those. Its receivers heard of the failure
+// already, or hear of the peer's death from the directory themselves.
+void forget_failures_from(transfer_state& st, const std::string& name) {
+  auto i = st.in.find(name);
+  if (i == st.in.end())
+    return;
+  auto& transfers = i->second.transfers;
+  for (auto it = transfers.begin(); it != transfers.end();)
+    it = it->second.failure && !it->second.waiter ? transfers.erase(it)
+                                                  : std::next(it);
+}
+
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
   std::vector<std::string> outs, ins;
@@ -1137,6 +1151,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         auto err = lost(name, "the directory reports it left: " + render(why));
         drop_peer_out(self, name, err);
         drop_peer_in(self, name, err);
+        forget_failures_from(self->state, name);
       },
       [self](proto::progress_atom, std::uint64_t generation) {
         on_progress(self, generation);

@@ -261,6 +261,9 @@ struct results {
   std::vector<double> gpu_queued_us;
   std::vector<double> after_kernel_us;
   std::vector<std::string> errors;
+  // Why the run stopped before its end when no request says it (e.g. the
+  // directory died between requests); empty otherwise.
+  std::string stopped_because;
   steady_clock::time_point start, end;
 };
 
@@ -286,8 +289,10 @@ double data_rate_gbps(results& out) {
 struct router_plan {
   std::vector<std::uint32_t> tokens; // one per request
   std::vector<producer_actor> producers;
+  std::vector<std::string> producer_names; // parallel to producers
   std::vector<caf::actor> consumers;
   std::vector<std::string> consumer_names; // parallel to consumers
+  std::string directory;                   // HOST:PORT, for messages
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
@@ -310,23 +315,30 @@ void record_failure(results& out, std::uint64_t request_id,
                                    request_id, consumer, render(err)));
 }
 
-// Requests in flight at the router: which consumer each is bound for, so a
-// consumer's death fails its requests at once. With credit the consumer,
-// not the producer, answers a request, and a dead one answers nothing.
+// Requests in flight at the router: which workers each one goes through, so
+// a worker's death fails its requests at once. With credit the consumer,
+// not the producer, answers a request, and a dead one answers nothing; a
+// dead producer leaves its requests waiting at the consumer.
 struct in_flight {
-  std::unordered_map<std::uint64_t, std::size_t> consumer_of; // by request
+  struct route {
+    std::size_t producer;
+    std::size_t consumer;
+  };
+  std::unordered_map<std::uint64_t, route> routes; // by request
   std::uint64_t count = 0;
+  // Whether `id` was still in flight (not failed meanwhile).
+  bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
 };
 
 // Sends request `id` (`tokens` tokens, bound for consumer `consumer`) to
-// `producer`, counted in `flight` until a handler erases it (a consumer that
-// leaves fails what it still finds there); the caller attaches the handlers.
+// producer `producer` (indices into the plan), counted in `flight` until a
+// handler forgets it (a worker that leaves fails what it still finds there);
+// the caller attaches the handlers.
 auto send_prefill(caf::event_based_actor* self, const router_plan& plan,
-                  in_flight& flight, const producer_actor& producer,
-                  std::uint64_t id, std::uint32_t tokens,
-                  std::size_t consumer) {
+                  in_flight& flight, std::size_t producer, std::uint64_t id,
+                  std::uint32_t tokens, std::size_t consumer) {
   ++flight.count;
-  flight.consumer_of.emplace(id, consumer);
+  flight.routes.emplace(id, in_flight::route{producer, consumer});
   proto::prefill_request req;
   req.request_id = id;
   req.prompt_tokens = tokens;
@@ -335,7 +347,8 @@ auto send_prefill(caf::event_based_actor* self, const router_plan& plan,
   req.layerwise = plan.layerwise;
   req.pull = plan.pull;
   // Generous: the producer's own deadlines fire first and name the cause.
-  return self->request(producer, milliseconds(3 * plan.timeout_ms + 5000),
+  return self->request(plan.producers[producer],
+                       milliseconds(3 * plan.timeout_ms + 5000),
                        proto::prefill_atom::value, std::move(req));
 }
 
@@ -354,13 +367,13 @@ void warm_up(caf::event_based_actor* self,
   auto t0 = steady_clock::now();
   auto pairs = plan->producers.size() * plan->consumers.size();
   auto id = plan->tokens.size();
-  for (auto& producer : plan->producers)
+  for (std::size_t producer = 0; producer < plan->producers.size(); ++producer)
     for (std::size_t consumer = 0; consumer < plan->consumers.size();
          ++consumer) {
       ++id;
       auto finish = [=](const caf::error& err) {
-        if (flight->consumer_of.erase(id) == 0)
-          return; // already failed (its consumer went down)
+        if (!flight->forget(id))
+          return; // already failed (a worker of it went down)
         if (err) {
           *stopped = true;
           record_failure(*out, id, plan->consumer_names[consumer], err,
@@ -415,14 +428,14 @@ caf::behavior router(caf::event_based_actor* self,
       auto i = (*next)++;
       auto id = i + 1;
       auto consumer = i % plan->consumers.size();
-      auto& producer = plan->producers[i % plan->producers.size()];
+      auto producer = i % plan->producers.size();
       auto t0 = steady_clock::now();
       send_prefill(self, *plan, *flight, producer, id, plan->tokens[i],
                    consumer)
           .then(
               [=](proto::ready_report& r) {
-                if (flight->consumer_of.erase(id) == 0)
-                  return; // already failed (its consumer went down)
+                if (!flight->forget(id))
+                  return; // already failed (a worker of it went down)
                 auto us = duration<double, std::micro>(steady_clock::now() - t0)
                               .count();
                 {
@@ -457,7 +470,7 @@ caf::behavior router(caf::event_based_actor* self,
                 again();
               },
               [=](caf::error& err) {
-                if (flight->consumer_of.erase(id) == 0)
+                if (!flight->forget(id))
                   return;
                 *stopped = true;
                 record_failure(*out, id, plan->consumer_names[consumer], err);
@@ -472,29 +485,55 @@ caf::behavior router(caf::event_based_actor* self,
       self->quit();
     }
   };
-  // A consumer that is gone fails its requests at once. The directory says
-  // so (`left`): it holds a connection to every worker and sees a process
-  // die at once. (A monitor on the consumer is no substitute: this process
-  // reaches it through the directory's node at first, and CAF 0.17 can
-  // report such a proxy down, remote_link_unreachable, while the consumer
-  // is alive; the demo tests caught that.)
-  auto fail_consumer = [=](std::size_t k, const std::string& why) {
-    auto err =
-        make_error(ec::peer_down, fmt::format("consumer '{}' is gone: {}",
-                                              plan->consumer_names[k], why));
+  // A worker that is gone fails its requests at once, naming it. The
+  // directory says so (`left`): it holds a connection to every worker and
+  // sees a process die at once. (A monitor on a worker is no substitute:
+  // this process reaches it through the directory's node at first, and CAF
+  // 0.17 can report such a proxy down, remote_link_unreachable, while the
+  // worker is alive; the demo tests caught that.)
+  auto fail_routes = [=](auto hit, const caf::error& err) {
     std::vector<std::uint64_t> lost;
-    for (auto& [id, consumer] : flight->consumer_of)
-      if (consumer == k)
+    for (auto& [id, route] : flight->routes)
+      if (hit(route))
         lost.push_back(id);
     std::sort(lost.begin(), lost.end());
     for (auto id : lost) {
-      flight->consumer_of.erase(id);
-      record_failure(*out, id, plan->consumer_names[k], err);
+      auto consumer = flight->routes.at(id).consumer;
+      flight->forget(id);
+      record_failure(*out, id, plan->consumer_names[consumer], err);
       --flight->count;
     }
-    *stopped = true; // its later requests would go nowhere
+    *stopped = true; // the run has failed: no new request starts
     again();
   };
+  auto worker_left = [=](const std::string& name, const std::string& why) {
+    auto gone = [&](const char* role) {
+      return make_error(ec::peer_down, fmt::format("{} worker '{}' is gone: {}",
+                                                   role, name, why));
+    };
+    for (std::size_t k = 0; k < plan->consumer_names.size(); ++k)
+      if (plan->consumer_names[k] == name)
+        fail_routes([k](const in_flight::route& r) { return r.consumer == k; },
+                    gone("decode"));
+    for (std::size_t k = 0; k < plan->producer_names.size(); ++k)
+      if (plan->producer_names[k] == name)
+        fail_routes([k](const in_flight::route& r) { return r.producer == k; },
+                    gone("prefill"));
+  };
+  // Without the directory no worker's death can reach us any more: stop
+  // now (every request in flight fails, saying why) rather than run on
+  // blind until the deadlines.
+  self->monitor(dir);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.source != dir.address())
+      return;
+    auto why = fmt::format("the directory at {} is gone ({}): stopping, since "
+                           "worker failures can no longer be seen",
+                           plan->directory, render(dm.reason));
+    out->stopped_because = why;
+    fail_routes([](const in_flight::route&) { return true; },
+                make_error(ec::peer_down, why));
+  });
   self->request(dir, seconds(10), watch_atom::value,
                 caf::actor_cast<caf::actor>(self))
       .then([](std::vector<worker_info>&) {},
@@ -515,10 +554,7 @@ caf::behavior router(caf::event_based_actor* self,
       [issue](caf::ok_atom) {},
       [](joined_atom, const worker_info&) {},
       [=](left_atom, const std::string& name, const caf::error& why) {
-        auto& names = plan->consumer_names;
-        for (std::size_t k = 0; k < names.size(); ++k)
-          if (names[k] == name)
-            fail_consumer(k, "it left the directory: " + render(why));
+        worker_left(name, "it left the directory: " + render(why));
       },
   };
 }
@@ -631,6 +667,7 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
   std::string last_error;
   while (steady_clock::now() < deadline) {
     plan.producers.clear();
+    plan.producer_names.clear();
     plan.consumers.clear();
     plan.consumer_names.clear();
     self->request(dir, seconds(5), list_atom::value)
@@ -639,10 +676,11 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
               for (auto& w : all) {
                 if (!w.app)
                   continue;
-                if (w.role == worker_role::prefill)
+                if (w.role == worker_role::prefill) {
                   plan.producers.push_back(
                       caf::actor_cast<producer_actor>(w.app));
-                else {
+                  plan.producer_names.push_back(w.name);
+                } else {
                   plan.consumers.push_back(w.app);
                   plan.consumer_names.push_back(w.name);
                 }
@@ -669,9 +707,13 @@ void print_credit_use(caf::actor_system& sys, const router_plan& plan) {
         .receive(
             [&](const proto::consumer_stats& s) {
               fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
-                         "{} refused; {} blocks lent, {} credit returns\n",
+                         "{} refused; {} blocks lent, {} credit returns; "
+                         "pool {} free + {} lent of {} blocks, {} requests "
+                         "open; {} waited for blocks, {} of them failed\n",
                          plan.consumer_names[k], s.delegated, s.negotiated,
-                         s.refused, s.lent_blocks, s.credit_returns);
+                         s.refused, s.lent_blocks, s.credit_returns,
+                         s.free_blocks, s.lent_blocks, s.pool_blocks,
+                         s.in_flight, s.waited, s.wait_failed);
             },
             [&](const caf::error& err) {
               fmt::print("consumer '{}': no stats ({})\n",
@@ -972,6 +1014,7 @@ int run_demo(demo_command& cmd) {
     std::cerr << "kvferry demo: " << bad << "\n";
     return 1;
   }
+  plan->directory = directory;
   std::mt19937_64 rng{cmd.seed};
   std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
                                                       cmd.max_tokens};
@@ -1075,6 +1118,8 @@ int run_demo(demo_command& cmd) {
       "{} mode{}, chunk {} B, {} comms per peer)\n",
       cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
       cmd.chunk_bytes, cmd.comms_per_peer);
+  if (!out->stopped_because.empty())
+    std::cerr << "kvferry demo: FAILED: " << out->stopped_because << "\n";
   if (out->failed > 0) {
     std::cerr << "kvferry demo: FAILED: " << out->failed << " of " << out->done
               << " requests failed (of " << cmd.requests
@@ -1084,6 +1129,8 @@ int run_demo(demo_command& cmd) {
       std::cerr << "  " << out->errors[k] << "\n";
     return 1;
   }
+  if (!out->stopped_because.empty())
+    return 1;
   print_credit_use(sys, *plan);
   std::cout << "kvferry demo: OK, every byte of " << out->done
             << " requests verified\n";

@@ -20,6 +20,7 @@
 #include "commands.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "metrics_endpoint.hpp"
 #include "percentile.hpp"
@@ -40,6 +41,7 @@ struct directory_command {
 
 int serve(const directory_command& cmd) {
   auto stop_signals = block_stop_signals();
+  runtime::raise_open_files_limit("directory");
   runtime::system_config cfg{cmd.runtime};
   auto exporter = start_metrics_endpoint("directory");
   if (!exporter)

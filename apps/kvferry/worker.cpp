@@ -23,7 +23,9 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/membership.hpp"
 #include "kvferry/runtime/logging.hpp"
+#include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -54,6 +56,8 @@ struct worker_command {
   std::uint32_t timeout_ms = 10000;
   std::uint64_t credit_blocks = app_config{}.credit_blocks;
   std::uint32_t lend_percent = app_config{}.lend_percent;
+  std::uint32_t queue_limit = app_config{}.queue_limit;
+  std::uint32_t queue_wait_ms = app_config{}.queue_wait_ms;
   runtime::runtime_options runtime;
 };
 
@@ -67,20 +71,18 @@ std::string validate(worker_command& cmd, worker_role& role) {
   if (!dtype)
     return fmt::format("--dtype '{}': expected fp16, bf16 or fp32", cmd.dtype);
   cmd.geometry.dtype = *dtype;
-  if (auto bad = cmd.geometry.validate(); !bad.empty())
-    return bad;
   if (cmd.mode != "push" && cmd.mode != "pull")
     return fmt::format("--mode '{}': expected push or pull", cmd.mode);
   if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty())
     return bad;
   if (cmd.transport != "ipc" && cmd.transport != "net")
     return fmt::format("--transport '{}': expected ipc or net", cmd.transport);
-  if (cmd.pool_blocks == 0)
-    return "--pool-blocks must be positive";
-  if (cmd.chunk_bytes == 0 || cmd.chunk_bytes > transport::max_chunk_bytes)
-    return fmt::format("--chunk-bytes must be in 1..{}",
-                       transport::max_chunk_bytes);
-  return {};
+  // The rules a topology's workers are checked against (launch --dry-run).
+  runtime::worker_params params{
+      cmd.geometry,       cmd.pool_blocks,   cmd.gpu != "none", cmd.chunk_bytes,
+      cmd.comms_per_peer, cmd.staging_slots, cmd.timeout_ms};
+  return runtime::describe_as_flags(
+      runtime::check_worker_params(params, runtime::physical_memory_bytes()));
 }
 
 // The KV pool in host or GPU memory, as --gpu says (already resolved).
@@ -247,6 +249,7 @@ int run_worker(worker_command& cmd) {
     return 2;
   }
   auto stop_signals = block_stop_signals();
+  runtime::raise_open_files_limit("worker " + cmd.name);
   runtime::system_config cfg{cmd.runtime};
   // Workers talk to each other directly, not through the directory's node.
   cfg.set("middleman.enable-automatic-connections", true);
@@ -306,6 +309,8 @@ int run_worker(worker_command& cmd) {
   ac.pull = cmd.mode == "pull";
   ac.credit_blocks = cmd.credit_blocks;
   ac.lend_percent = cmd.lend_percent;
+  ac.queue_limit = cmd.queue_limit;
+  ac.queue_wait_ms = cmd.queue_wait_ms;
   caf::actor app = role == worker_role::prefill
                        ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
                        : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
@@ -326,9 +331,9 @@ int run_worker(worker_command& cmd) {
   info.app = app;
   // The directory sees a peer's process die first (it holds a connection to
   // every worker); its `left` fails what waits on that peer at once.
-  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer)};
-  if (role == worker_role::prefill)
-    watchers.push_back(app);
+  // Both app actors watch: a producer fails requests of a consumer that
+  // left, a consumer those of a producer that left (and frees their blocks).
+  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer), app};
   bool ipc_capable = info.ipc_capable;
   auto keeper = start_membership(sys, cmd, std::move(info), std::move(watchers),
                                  dir_host, dir_port);
@@ -434,6 +439,13 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "decode: most of the pool lent to one prefill worker")
       ->capture_default_str()
       ->check(CLI::Range(0u, 100u));
+  sub->add_option("--queue-limit", cmd->queue_limit,
+                  "requests that may wait for free blocks at once "
+                  "(back-pressure); more fail at once")
+      ->capture_default_str();
+  sub->add_option("--queue-wait-ms", cmd->queue_wait_ms,
+                  "how long a request may wait for free blocks")
+      ->capture_default_str();
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (cmd->secret.empty())

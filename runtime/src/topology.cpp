@@ -20,8 +20,10 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
 
 namespace kvferry::topology {
@@ -257,6 +259,66 @@ std::optional<std::string> read_secret(const control_spec& control,
 
 namespace {
 
+// The file's shape, checked by one event pass before any node is built:
+// nesting deeper than a topology ever needs, or a second document, stop it
+// there (yaml-cpp would recurse 2000 levels deep, then report "bad file", and
+// silently drop every document after the first).
+struct shape_problem {
+  YAML::Mark mark;
+  std::string what;
+};
+
+std::string too_big(const std::string& file, std::uint64_t bytes) {
+  return fmt::format("topology file '{}' is {} bytes, over the limit of {} "
+                     "bytes (1 MiB) for a topology file",
+                     file, bytes, max_topology_bytes);
+}
+
+class shape_checker : public YAML::EventHandler {
+public:
+  void OnDocumentStart(const YAML::Mark& mark) override { start_ = mark; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&,
+                       YAML::anchor_t, YAML::EmitterStyle::value) override {
+    enter(mark);
+  }
+  void OnSequenceEnd() override { --depth_; }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    enter(mark);
+  }
+  void OnMapEnd() override { --depth_; }
+
+  // Throws shape_problem.
+  static void check(const std::string& text) {
+    std::istringstream in(text);
+    YAML::Parser events(in);
+    shape_checker checker;
+    if (!events.HandleNextDocument(checker))
+      return;
+    if (events.HandleNextDocument(checker))
+      throw shape_problem{checker.start_,
+                          "a second YAML document ('---'); a topology file "
+                          "holds exactly one"};
+  }
+
+private:
+  void enter(const YAML::Mark& mark) {
+    if (++depth_ > max_topology_depth)
+      throw shape_problem{
+          mark, fmt::format("nesting depth {} exceeds the limit of {} (a "
+                            "topology needs 4)",
+                            depth_, max_topology_depth)};
+  }
+
+  YAML::Mark start_; // of the latest document
+  int depth_ = 0;
+};
+
 class parser {
 public:
   parser(std::string file, load_options options)
@@ -266,9 +328,17 @@ public:
   }
 
   load_result run(const std::string& text) {
+    if (text.size() > max_topology_bytes) {
+      result_.errors.push_back(too_big(file_, text.size()));
+      return finish();
+    }
     YAML::Node root;
     try {
+      shape_checker::check(text);
       root = YAML::Load(text);
+    } catch (const shape_problem& e) {
+      error(e.mark, e.what);
+      return finish();
     } catch (const YAML::ParserException& e) {
       error(e.mark, fmt::format("YAML syntax error: {}", e.msg));
       return finish();
@@ -371,6 +441,7 @@ private:
     auto node = map[key];
     if (!node)
       return false;
+    key_at_[context + "." + key] = at(node.Mark());
     std::uint64_t value = 0;
     if (!parse_uint(node, value) || value < min || value > max) {
       error(node.Mark(),
@@ -512,6 +583,13 @@ private:
       error(node.Mark(), "workers must be a non-empty list");
       return;
     }
+    if (node.size() > runtime::max_workers) {
+      error(node.Mark(),
+            fmt::format("workers: {} entries, over the limit of {} workers "
+                        "in one deployment",
+                        node.size(), runtime::max_workers));
+      return;
+    }
     for (const auto& entry : node) {
       if (!expect_map(entry, "a workers entry"))
         continue;
@@ -549,7 +627,8 @@ private:
     read_string(entry, "plugin", worker.plugin, context);
     read_plugin_env(entry, worker, context);
     read_devices(entry, worker, context);
-    read_uint(entry, "pool_blocks", worker.pool_blocks, 1, 1u << 24, context);
+    read_uint(entry, "pool_blocks", worker.pool_blocks, 1,
+              runtime::max_pool_blocks, context);
     if (int policy =
             read_choice(entry, "restart", {"never", "on-failure"}, context);
         policy >= 0)
@@ -643,6 +722,7 @@ private:
   void read_model(const YAML::Node& node) {
     if (!expect_map(node, "model"))
       return;
+    key_at_["model"] = at(node.Mark());
     check_keys(node,
                {"layers", "kv_heads", "head_dim", "dtype", "block_tokens"},
                "model");
@@ -668,8 +748,8 @@ private:
         mode >= 0)
       transfer.mode = mode == 0 ? transfer_mode::push : transfer_mode::pull;
     read_bool(node, "layerwise", transfer.layerwise, "transfer");
-    read_uint(node, "chunk_bytes", transfer.chunk_bytes, 4096, 1ull << 30,
-              "transfer");
+    read_uint(node, "chunk_bytes", transfer.chunk_bytes,
+              runtime::min_chunk_bytes, transport::max_chunk_bytes, "transfer");
     read_uint(node, "comms_per_peer", transfer.comms_per_peer, 1, 64,
               "transfer");
     read_uint(node, "staging_slots", transfer.staging_slots, 0,
@@ -735,6 +815,7 @@ private:
     check_plugins();
     check_ports();
     check_control();
+    check_worker_limits();
   }
 
   std::vector<std::string> host_names() const {
@@ -900,9 +981,81 @@ private:
                           control.secret_file));
   }
 
+  // The rules `kvferry worker` applies to its flags (runtime/worker_limits),
+  // applied to what each worker would be started with. A host-memory pool is
+  // held against this machine's memory for workers on a loopback host (this
+  // machine); other hosts' memory is not known here.
+  void check_worker_limits() {
+    std::set<std::string> reported; // model/transfer problems are shared
+    for (auto& worker : topo().workers) {
+      auto host = topo().find_host(worker.host);
+      bool local = host != nullptr && is_loopback(host->address);
+      auto problems = runtime::check_worker_params(
+          worker_params_of(worker),
+          local ? runtime::physical_memory_bytes() : 0);
+      for (auto& problem : problems) {
+        auto [field, where] = field_of(problem.param, worker);
+        auto text = fmt::format("{}: {}", field, problem.what);
+        if (reported.insert(text).second)
+          error(where, text);
+      }
+    }
+  }
+
+  runtime::worker_params worker_params_of(const worker_spec& worker) const {
+    auto& t = *result_.topology;
+    runtime::worker_params p;
+    p.geometry.layers = t.model.layers;
+    p.geometry.kv_heads = t.model.kv_heads;
+    p.geometry.head_dim = t.model.head_dim;
+    p.geometry.dtype = parse_dtype(t.model.dtype).value_or(kv_dtype::fp16);
+    p.geometry.block_tokens = t.model.block_tokens;
+    p.pool_blocks = worker.pool_blocks;
+    p.gpu_pool = worker.gpu.has_value();
+    p.chunk_bytes = t.transfer.chunk_bytes;
+    p.comms_per_peer = t.transfer.comms_per_peer;
+    p.staging_slots = t.transfer.staging_slots;
+    p.timeout_ms = t.transfer.timeout_ms;
+    return p;
+  }
+
+  // The key a worker parameter comes from, and where it is written (the
+  // worker's entry, or the file, when it was defaulted).
+  std::pair<std::string, location> field_of(runtime::worker_param param,
+                                            const worker_spec& worker) const {
+    auto key = [&](const std::string& field, const std::string& context,
+                   const std::string& name, const location& fallback) {
+      auto it = key_at_.find(context);
+      return std::make_pair(field + name,
+                            it != key_at_.end() ? it->second : fallback);
+    };
+    auto file = location{file_, 0, 0};
+    auto in_worker = "worker " + worker.name;
+    switch (param) {
+    case runtime::worker_param::geometry:
+      return key("model", "model", "", file);
+    case runtime::worker_param::pool_blocks:
+      return key(in_worker, in_worker + ".pool_blocks", ".pool_blocks",
+                 worker.where);
+    case runtime::worker_param::chunk_bytes:
+      return key("transfer", "transfer.chunk_bytes", ".chunk_bytes", file);
+    case runtime::worker_param::comms_per_peer:
+      return key("transfer", "transfer.comms_per_peer", ".comms_per_peer",
+                 file);
+    case runtime::worker_param::staging_slots:
+      return key("transfer", "transfer.staging_slots", ".staging_slots", file);
+    case runtime::worker_param::timeout_ms:
+      return key("transfer", "transfer.timeout_ms", ".timeout_ms", file);
+    }
+    return {"?", file};
+  }
+
   std::string file_;
   load_options options_;
   load_result result_;
+  // Where each numeric key was written: "transfer.chunk_bytes", "worker
+  // d0.pool_blocks", and "model" for the model section.
+  std::map<std::string, location> key_at_;
 };
 
 } // namespace
@@ -913,16 +1066,26 @@ load_result parse(const std::string& yaml_text, const std::string& file_name,
 }
 
 load_result load_file(const std::string& path, const load_options& options) {
+  load_result result;
   std::ifstream in(path);
   if (!in) {
-    load_result result;
     result.errors.push_back(fmt::format("cannot open topology file '{}': {}",
                                         path, std::strerror(errno)));
     return result;
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse(text.str(), path, options);
+  // The size is checked before anything is read or parsed, so that a huge
+  // file costs a stat, not minutes and gigabytes. A pipe or a file that
+  // grows is read only up to one byte past the limit.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+      std::uint64_t(st.st_size) > max_topology_bytes) {
+    result.errors.push_back(too_big(path, std::uint64_t(st.st_size)));
+    return result;
+  }
+  std::string text(max_topology_bytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  return parse(text, path, options);
 }
 
 } // namespace kvferry::topology

@@ -14,7 +14,7 @@
 set -uo pipefail
 
 KVFERRY=${1:?usage: netns_test.sh <kvferry binary> [requests]}
-REQUESTS=${2:-20}
+REQUESTS=${2:-100}
 SKIP=77
 skip() { echo "SKIP: $*"; exit $SKIP; }
 

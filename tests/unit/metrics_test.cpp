@@ -1,13 +1,18 @@
 // Metrics: the text format a Prometheus server parses (HELP/TYPE, label
 // escaping, histogram buckets/sum/count), the series bound, concurrent
-// increments, and a real scrape over loopback.
+// increments, a real scrape over loopback, and the exporter's limits: a
+// slow client, idle connections beyond the limit, oversized and junk requests.
 #include <arpa/inet.h>
+#include <chrono>
 #include <cstdlib>
+#include <future>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdexcept>
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -21,17 +26,28 @@ bool contains(const std::string& text, const std::string& fragment) {
   return text.find(fragment) != std::string::npos;
 }
 
-// One HTTP request to 127.0.0.1:port; returns the whole response.
-std::string http_request(std::uint16_t port, const std::string& request) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  timeval tv{2, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+sockaddr_in loopback(std::uint16_t port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return addr;
+}
+
+// A TCP connection to 127.0.0.1:port whose reads give up after 5 s.
+int dial(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto addr = loopback(port);
   REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  return fd;
+}
+
+// One HTTP request to 127.0.0.1:port; returns the whole response.
+std::string http_request(std::uint16_t port, const std::string& request) {
+  int fd = dial(port);
   REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
           static_cast<ssize_t>(request.size()));
   std::string reply;
@@ -202,18 +218,116 @@ TEST_CASE(
   CHECK_THROWS_WITH_AS(m::exporter_from_env(reg),
                        doctest::Contains("KVFERRY_METRICS_PORT"),
                        std::runtime_error);
-  // Find a free port, release it, then ask for it through the environment.
-  std::uint16_t port = 0;
-  {
-    m::http_exporter probe(reg, {});
-    port = probe.port();
-  }
+  // Reserve a free port without listening on it (bound with SO_REUSEADDR,
+  // as the exporter binds): nothing else can take it in between, and the
+  // exporter can still listen there.
+  int reserve = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(reserve >= 0);
+  int one = 1;
+  ::setsockopt(reserve, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  auto addr = loopback(0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::bind(reserve, reinterpret_cast<sockaddr*>(&addr), len) == 0);
+  REQUIRE(::getsockname(reserve, reinterpret_cast<sockaddr*>(&addr), &len) ==
+          0);
+  auto port = ntohs(addr.sin_port);
   ::setenv("KVFERRY_METRICS_PORT", std::to_string(port).c_str(), 1);
   auto exporter = m::exporter_from_env(reg);
+  ::close(reserve);
   REQUIRE(exporter != nullptr);
   CHECK(exporter->port() == port);
   reg.get_counter("kvferry_env_total", "x").inc();
   CHECK(contains(http_request(port, "GET /metrics HTTP/1.0\r\n\r\n"),
                  "kvferry_env_total 1\n"));
   ::unsetenv("KVFERRY_METRICS_PORT");
+}
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+// A slowloris: sends `request` one byte per `every`, until the server closes
+// the connection (or `limit` passes). Returns how long the server let it on.
+steady::duration trickle(std::uint16_t port, const std::string& request,
+                         std::chrono::milliseconds every,
+                         std::chrono::seconds limit) {
+  int fd = dial(port);
+  auto start = steady::now();
+  std::size_t next = 0;
+  while (steady::now() - start < limit) {
+    if (next < request.size())
+      ::send(fd, &request[next++], 1, MSG_NOSIGNAL);
+    // Waiting for the server's close is the pacing: no fixed sleep.
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, int(every.count())) > 0) {
+      char buf[256];
+      if (::recv(fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+        break;
+    }
+  }
+  ::close(fd);
+  return steady::now() - start;
+}
+
+} // namespace
+
+TEST_CASE("a slow client neither blocks a scrape nor outlives its deadline") {
+  m::registry reg;
+  reg.get_counter("kvferry_slow_total", "x").inc(5);
+  m::http_exporter exporter(reg, {}); // 2 s per request, in total
+  // A byte every 500 ms: each read comes well within any per-read limit.
+  auto slow = std::async(std::launch::async, [&] {
+    return trickle(exporter.port(), "GET /metrics HTTP/1.1\r\nHost: slow",
+                   std::chrono::milliseconds(500), std::chrono::seconds(20));
+  });
+  for (int i = 0; i < 3; ++i) {
+    auto start = steady::now();
+    auto reply = http_request(exporter.port(), "GET /metrics HTTP/1.0\r\n\r\n");
+    CHECK(contains(reply, "kvferry_slow_total 5\n"));
+    // Promptly: not after the slow client (generous for ASan and a busy CI).
+    CHECK(steady::now() - start < std::chrono::milliseconds(1500));
+  }
+  auto lasted = slow.get();
+  CHECK(lasted >= std::chrono::milliseconds(1500));
+  CHECK(lasted < std::chrono::seconds(6)); // cut at 2 s, not kept by trickling
+  CHECK(exporter.connections_dropped() >= 1);
+}
+
+TEST_CASE("idle connections beyond the limit give way to a scrape") {
+  m::registry reg;
+  m::http_exporter::options opts;
+  opts.request_timeout_ms = 60000; // only the connection limit can help here
+  m::http_exporter exporter(reg, opts);
+  std::vector<int> idle;
+  for (std::size_t i = 0; i < opts.max_connections * 3; ++i)
+    idle.push_back(dial(exporter.port()));
+  auto start = steady::now();
+  CHECK(contains(http_request(exporter.port(), "GET / HTTP/1.0\r\n\r\n"),
+                 "200 OK"));
+  CHECK(steady::now() - start < std::chrono::seconds(2));
+  CHECK(exporter.connections_dropped() >= opts.max_connections * 2);
+  for (int fd : idle)
+    ::close(fd);
+}
+
+TEST_CASE("a 4 GiB Content-Length and 32 bytes of junk are refused at once") {
+  m::registry reg;
+  reg.get_counter("kvferry_alive_total", "x").inc();
+  m::http_exporter exporter(reg, {});
+  auto start = steady::now();
+  CHECK(contains(http_request(exporter.port(),
+                              "GET /metrics HTTP/1.1\r\nContent-Length: "
+                              "4294967296\r\n\r\n"),
+                 "413 Payload Too Large"));
+  // A binary frame header, as another protocol's client would send it.
+  std::string junk(32, '\0');
+  junk[3] = 1;
+  junk[8] = '\xff';
+  CHECK(contains(http_request(exporter.port(), junk), "400 Bad Request"));
+  CHECK(contains(http_request(exporter.port(), "\x16\x03\x01 TLS hello"),
+                 "400 Bad Request"));
+  CHECK(steady::now() - start < std::chrono::seconds(2)); // no timeout waited
+  // Still serving.
+  CHECK(contains(http_request(exporter.port(), "GET /metrics HTTP/1.0\r\n\r\n"),
+                 "kvferry_alive_total 1\n"));
 }

@@ -639,3 +639,221 @@ TEST_CASE_FIXTURE(fixture, "a request larger than the producer's whole pool "
   REQUIRE_FALSE(r);
   CHECK(render(r.error()).find("pool exhausted") != std::string::npos);
 }
+
+// ---- back-pressure and dead producers
+// -----------------------------------------
+
+namespace {
+
+// A producer that always negotiates (no credit) and a consumer whose pool
+// holds `decode_blocks`, with the consumer's queue bounds given: every
+// request then needs free pool blocks at allocate.
+void start_negotiating(fixture& f, std::uint64_t decode_blocks,
+                       std::uint32_t queue_limit = 256,
+                       std::uint32_t queue_wait_ms = 5000) {
+  auto p = f.make_app("prefill-0", 64);
+  p.credit_blocks = 0;
+  f.start_producer(p);
+  auto c = f.make_app("decode-0", decode_blocks);
+  c.queue_limit = queue_limit;
+  c.queue_wait_ms = queue_wait_ms;
+  f.start_consumer(c);
+}
+
+// Starts request `id` of `tokens` tokens without waiting for its reply.
+test::detail::reply_slot<proto::ready_report>
+prefill_pending(fixture& f, std::uint64_t id, std::uint32_t tokens) {
+  return f.request_pending<proto::ready_report>(
+      f.producer, proto::prefill_atom::value,
+      f.make_prefill_request(id, tokens));
+}
+
+// Lets the held send completions in (see fake_net) and runs to idle.
+void release_sends(fixture& f) {
+  f.net->hold_completions = false;
+  caf::anon_send(f.producer_transfer, proto::sweep_atom::value);
+  f.run();
+}
+
+std::string error_text(const test::detail::reply_slot<proto::ready_report>& s) {
+  REQUIRE(*s);
+  REQUIRE_FALSE(**s);
+  return render((*s)->error());
+}
+
+} // namespace
+
+TEST_CASE_FIXTURE(fixture, "a consumer short of blocks holds requests and "
+                           "serves them in order as blocks come back") {
+  start_negotiating(*this, 8);
+  // Request 1 takes the whole pool (2 blocks x 4 layers) and keeps it: its
+  // producer's `arrived` waits for the held send completion.
+  net->hold_completions = true;
+  auto first = prefill_pending(*this, 1, 8);
+  CHECK_FALSE(*first);
+  auto second = prefill_pending(*this, 2, 8); // 8 more blocks: waits
+  auto third = prefill_pending(*this, 3, 4);  // 4 blocks: waits behind it
+  CHECK_FALSE(*second);
+  CHECK_FALSE(*third);
+  auto s = stats_of(*this);
+  CHECK(s.waiting == 2);
+  CHECK(s.free_blocks == 0);
+  release_sends(*this);
+  for (auto* slot : {&first, &second, &third}) {
+    REQUIRE(**slot);
+    REQUIRE_MESSAGE(***slot, render((**slot)->error()));
+    CHECK((**slot)->value().verified);
+  }
+  s = stats_of(*this);
+  CHECK(s.waited == 2);
+  CHECK(s.wait_failed == 0);
+  CHECK(s.waiting == 0);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
+}
+
+TEST_CASE_FIXTURE(fixture, "a request waits for blocks at most "
+                           "queue_wait_ms, then fails naming the consumer, "
+                           "the request and the reason") {
+  start_negotiating(*this, 8, 256, 500);
+  net->hold_completions = true;
+  auto first = prefill_pending(*this, 1, 8);
+  auto second = prefill_pending(*this, 2, 8);
+  advance_time(std::chrono::milliseconds(400));
+  CHECK_FALSE(*second); // still within its wait
+  advance_time(std::chrono::milliseconds(200));
+  auto text = error_text(second);
+  INFO(text);
+  CHECK(is((*second)->error(), ec::timeout));
+  CHECK(text.find("consumer 'decode-0'") != std::string::npos);
+  CHECK(text.find("request 2") != std::string::npos);
+  CHECK(text.find("queue_wait_ms") != std::string::npos);
+  release_sends(*this);
+  REQUIRE(*first);
+  CHECK(**first);
+  auto s = stats_of(*this);
+  CHECK(s.wait_failed == 1);
+  CHECK(s.free_blocks == s.pool_blocks);
+  CHECK(prefill(3, 8)); // the pool serves again
+}
+
+TEST_CASE_FIXTURE(fixture, "a full wait queue fails the next request at "
+                           "once, saying so") {
+  start_negotiating(*this, 8, 1);
+  net->hold_completions = true;
+  auto first = prefill_pending(*this, 1, 8);
+  auto second = prefill_pending(*this, 2, 4); // waits: the queue's one place
+  auto third = prefill_pending(*this, 3, 4);  // no place left
+  CHECK_FALSE(*second);
+  auto text = error_text(third);
+  INFO(text);
+  CHECK(text.find("consumer 'decode-0'") != std::string::npos);
+  CHECK(text.find("request 3") != std::string::npos);
+  CHECK(text.find("queue limit 1") != std::string::npos);
+  release_sends(*this);
+  REQUIRE(*second);
+  CHECK(**second);
+}
+
+TEST_CASE_FIXTURE(fixture, "a request larger than the consumer's whole pool "
+                           "fails at once instead of waiting") {
+  start_negotiating(*this, 4);
+  auto r = prefill(1, 8); // 8 blocks, the pool has 4
+  REQUIRE_FALSE(r);
+  auto text = render(r.error());
+  CHECK(text.find("decode-0") != std::string::npos);
+  CHECK(text.find("the pool has 4") != std::string::npos);
+  CHECK(stats_of(*this).waited == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "a dead producer's requests fail at once naming "
+                           "it, and the pool is whole again") {
+  start_negotiating(*this, 8);
+  net->hold_completions = true;
+  auto first = prefill_pending(*this, 1, 8);  // landed, `arrived` held back
+  auto second = prefill_pending(*this, 2, 8); // waiting for blocks
+  REQUIRE(stats_of(*this).in_flight == 1);
+  caf::anon_send_exit(producer, caf::exit_reason::kill);
+  run(); // no virtual time passes: no deadline can be the cause
+  auto s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.waiting == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
+  CHECK(s.wait_failed == 1);
+}
+
+TEST_CASE_FIXTURE(fixture, "a producer that left the directory fails its "
+                           "delegated requests at once, naming it; the same "
+                           "request id runs again once its blocks are back") {
+  start(64, 64);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 8));
+  auto slot = send_notice_pending(
+      *this, p, notice_for(*this, 302, "prefill-9", p.first_granted(4)));
+  REQUIRE_FALSE(*slot); // waiting for bytes that will not come
+  caf::anon_send(consumer, left_atom::value, std::string{"prefill-9"},
+                 make_error(ec::peer_down, "its node disconnected"));
+  run();
+  auto text = error_text(slot);
+  INFO(text);
+  CHECK(is((*slot)->error(), ec::peer_down));
+  CHECK(text.find("producer 'prefill-9'") != std::string::npos);
+  CHECK(text.find("request 302") != std::string::npos);
+  // `left` may mean a lost lease only: the loan stays until the producer's
+  // actor is down (it could still write into the lent blocks).
+  CHECK(stats_of(*this).lent_blocks == 8);
+  // The receive still posted for it resolves (the real transfer actor
+  // drops the peer at once; the fake one waits for the deadline): then the
+  // blocks are back and the id is free.
+  advance_time(std::chrono::seconds(3));
+  auto s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks + s.lent_blocks == s.pool_blocks);
+  // Its restarted successor under the same name takes the loan over.
+  auto q = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, q, 8));
+  auto again = send_notice_pending(
+      *this, q, notice_for(*this, 302, "prefill-9", q.first_granted(4)));
+  CHECK_FALSE(*again); // accepted, not a duplicate: waits for its bytes
+  CHECK(stats_of(*this).refused == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "a producer short of source blocks waits at most "
+                           "queue_wait_ms, then fails naming itself") {
+  auto p = make_app("prefill-0", 4); // one 1-block-per-layer request
+  p.queue_wait_ms = 500;
+  start_producer(p);
+  start_consumer(make_app("decode-0", 64));
+  REQUIRE(prefill(1, 4)); // negotiates; the reserve goes out
+  net->hold_completions = true;
+  REQUIRE(prefill(2, 4)); // on credit: answered, its source blocks held
+  auto third = prefill_pending(*this, 3, 4);
+  CHECK_FALSE(*third);
+  advance_time(std::chrono::milliseconds(600));
+  auto text = error_text(third);
+  INFO(text);
+  CHECK(is((*third)->error(), ec::timeout));
+  CHECK(text.find("producer 'prefill-0'") != std::string::npos);
+  CHECK(text.find("request 3") != std::string::npos);
+  release_sends(*this);
+  CHECK(prefill(4, 4)); // the blocks came back
+}
+
+TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
+                           "none of the free ones") {
+  start_negotiating(*this, 12); // lends at most 3 (25 %)
+  net->hold_completions = true;
+  auto first = prefill_pending(*this, 1, 8);  // 8 blocks, held
+  auto second = prefill_pending(*this, 2, 8); // 8 > 4 free: waits
+  REQUIRE(stats_of(*this).waiting == 1);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  auto g = reserve(*this, p, 4);
+  REQUIRE_MESSAGE(g, render(g.error()));
+  CHECK(g->block_offsets.empty()); // 4 are free, but request 2 comes first
+  release_sends(*this);
+  REQUIRE(*second);
+  CHECK(**second);
+  auto later = reserve(*this, p, 4); // nobody waits now
+  REQUIRE(later);
+  CHECK(later->block_offsets.size() == 3);
+}

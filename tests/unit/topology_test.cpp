@@ -1,13 +1,18 @@
 // The topology file: defaults, every kind of error a user can make (with the
-// file:line:col they rely on to find it), and the example configs.
+// file:line:col they rely on to find it), the limits on size, depth, documents
+// and worker parameters (shared with `kvferry worker`), and the example
+// configs.
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include "kvferry/runtime/topology.hpp"
+#include "kvferry/runtime/worker_limits.hpp"
 
 namespace topo = kvferry::topology;
 namespace fs = std::filesystem;
@@ -177,6 +182,124 @@ TEST_CASE("YAML syntax errors carry their position") {
   REQUIRE(r.errors.size() == 1);
   CHECK(r.errors[0].find("YAML syntax error") != std::string::npos);
   CHECK(r.errors[0].find("topo.yaml:") != std::string::npos);
+}
+
+TEST_CASE("a file over the size cap is refused before it is parsed") {
+  auto path = fake_plugins().dir / "huge.yaml";
+  {
+    // 50 MB of valid-looking YAML: parsed, it took minutes and gigabytes.
+    std::ofstream out(path);
+    out << two_workers << "model:\n";
+    std::string line = "  # " + std::string(96, 'x') + "\n";
+    for (int i = 0; i < 500000; ++i)
+      out << line;
+  }
+  auto started = std::chrono::steady_clock::now();
+  auto r = topo::load_file(path.string(), fake_plugins().options());
+  auto took = std::chrono::steady_clock::now() - started;
+  INFO(r.report());
+  REQUIRE(r.errors.size() == 1);
+  CHECK(has_error(r, "topology file '" + path.string() + "' is "));
+  CHECK(has_error(r, "over the limit of 1048576 bytes (1 MiB)"));
+  // A stat, not a parse: far below a second even under ASan on a busy CI.
+  CHECK(took < std::chrono::seconds(2));
+  fs::remove(path);
+  // Text handed to parse() directly meets the same cap.
+  auto text =
+      std::string(two_workers) + std::string(topo::max_topology_bytes, '#');
+  CHECK(has_error(parse(text), "over the limit of 1048576 bytes"));
+}
+
+TEST_CASE("deep nesting is reported as its depth, with the line") {
+  auto text = std::string(two_workers) + "model: " + std::string(100000, '[') +
+              std::string(100000, ']') + "\n";
+  auto r = parse(text);
+  INFO(r.report());
+  REQUIRE(r.errors.size() == 1);
+  CHECK(has_error(r, "nesting depth 17 exceeds the limit of 16 (a topology "
+                     "needs 4) at topo.yaml:4:"));
+  // Block style nesting is counted the same way.
+  std::string deep = std::string(two_workers) + "launch:\n";
+  for (int level = 1; level <= 20; ++level)
+    deep += std::string(std::size_t(level) * 2, ' ') + "k:\n";
+  CHECK(has_error(parse(deep), "nesting depth 17 exceeds the limit of 16"));
+}
+
+TEST_CASE("a second YAML document is refused with its line") {
+  auto r = parse(std::string(two_workers) + "---\nname: other\n");
+  INFO(r.report());
+  REQUIRE(r.errors.size() == 1);
+  CHECK(has_error(r, "a second YAML document ('---'); a topology file holds "
+                     "exactly one at topo.yaml:4:1"));
+  // A leading '---' and a closing '...' are still one document.
+  CHECK(parse(std::string("---\n") + two_workers + "...\n").ok());
+}
+
+TEST_CASE("worker limits: what --dry-run accepts, the worker accepts") {
+  SUBCASE("a layer-block over 1 GiB, at the model section's line") {
+    auto r = parse(std::string(two_workers) +
+                   "model: {kv_heads: 1024, head_dim: 16384, block_tokens: "
+                   "64}\n");
+    INFO(r.report());
+    CHECK(has_error(r, "model: KV geometry: one layer-block (2 x kv-heads "
+                       "1024 x head-dim 16384 x 2 bytes x block-tokens 64) is "
+                       "4294967296 bytes, over the 1 GiB limit at "
+                       "topo.yaml:4:8"));
+    CHECK(r.errors.size() == 1); // once, not once per worker
+  }
+  SUBCASE("a 1 TiB pool, at the worker's pool_blocks") {
+    auto r = parse(R"(workers:
+  - {name: p0, role: prefill, gpu: 0}
+  - {name: d0, role: decode, gpu: 1, pool_blocks: 16777216}
+)");
+    INFO(r.report());
+    REQUIRE(r.errors.size() == 1);
+    CHECK(has_error(r, "worker d0.pool_blocks: 16777216 layer-blocks of 64 "
+                       "KiB make a pool of 1 TiB, over the 512 GiB limit of "
+                       "one worker at topo.yaml:3:51"));
+  }
+  SUBCASE("a host-memory pool larger than this machine") {
+    auto memory = kvferry::runtime::physical_memory_bytes();
+    auto blocks = memory / (64 << 10) + 1;
+    if (memory == 0 || blocks * (64 << 10) > kvferry::runtime::max_pool_bytes)
+      return; // unknown, or more memory than any pool may take
+    auto r = parse(fmt::format(R"(workers:
+  - {{name: p0, role: prefill}}
+  - {{name: d0, role: decode, pool_blocks: {}}}
+  - {{name: d1, role: decode, gpu: 0, pool_blocks: {}}}
+)",
+                               blocks, blocks));
+    INFO(r.report());
+    REQUIRE(r.errors.size() == 1); // d1's pool is in GPU memory
+    CHECK(has_error(r, "worker d0.pool_blocks: "));
+    CHECK(has_error(r, "host-memory pool"));
+    CHECK(has_error(r, "more than this machine's"));
+  }
+  SUBCASE("more workers than a deployment holds") {
+    std::string text = "workers:\n";
+    for (std::size_t i = 0; i <= kvferry::runtime::max_workers; ++i)
+      text += fmt::format("  - {{name: w{}, role: {}}}\n", i,
+                          i % 2 ? "decode" : "prefill");
+    auto r = parse(text);
+    REQUIRE(r.errors.size() == 1);
+    CHECK(has_error(r, "workers: 1025 entries, over the limit of 1024 workers "
+                       "in one deployment at topo.yaml:2:3"));
+  }
+  SUBCASE("the topology and `kvferry worker` share one rule set") {
+    kvferry::runtime::worker_params p;
+    p.pool_blocks = 16777216;
+    p.gpu_pool = true;
+    auto problems = kvferry::runtime::check_worker_params(p, 0);
+    REQUIRE(problems.size() == 1);
+    CHECK(kvferry::runtime::describe_as_flags(problems) ==
+          "--pool-blocks: 16777216 layer-blocks of 64 KiB make a pool of 1 "
+          "TiB, over the 512 GiB limit of one worker");
+    p.pool_blocks = 4096;
+    p.chunk_bytes = std::uint64_t{1} << 30;
+    CHECK(kvferry::runtime::describe_as_flags(
+              kvferry::runtime::check_worker_params(p, 0)) ==
+          "--chunk-bytes: must be in 4096..536870912, got 1073741824");
+  }
 }
 
 TEST_CASE("cross-checks: names, hosts, GPUs, roles, ports") {

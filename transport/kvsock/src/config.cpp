@@ -61,6 +61,10 @@ Config Config::from_env() {
       env_int("KVSOCK_CUDA_STAGING", c.cuda_staging, 64 << 10, 1 << 30));
   c.connect_timeout_ms = static_cast<int>(
       env_int("KVSOCK_CONNECT_TIMEOUT_MS", c.connect_timeout_ms, 1, 3600000));
+  c.hello_timeout_ms = static_cast<int>(
+      env_int("KVSOCK_HELLO_TIMEOUT_MS", c.hello_timeout_ms, 1, 600000));
+  c.reject_log_ms = static_cast<int>(
+      env_int("KVSOCK_REJECT_LOG_MS", c.reject_log_ms, 0, 3600000));
   c.unpack = env_int("KVSOCK_UNPACK", 0, 0, 1) == 1;
   c.host_only = env_host_only();
   c.spin_us =

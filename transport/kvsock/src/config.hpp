@@ -28,7 +28,13 @@ struct Config {
   size_t cuda_staging =
       4 << 20; // KVSOCK_CUDA_STAGING: pinned bytes per data socket (CUDA only)
   int connect_timeout_ms = 20000; // KVSOCK_CONNECT_TIMEOUT_MS
-  bool unpack = false;            // KVSOCK_UNPACK=1
+  // KVSOCK_HELLO_TIMEOUT_MS: an accepted socket that has not sent its 32-byte
+  // hello by then is closed (a stranger or a half-open connection).
+  int hello_timeout_ms = 10000;
+  // KVSOCK_REJECT_LOG_MS: rejected connections beyond a listener's first are
+  // summed up in one warning at most this often (details at INFO).
+  int reject_log_ms = 10000;
+  bool unpack = false; // KVSOCK_UNPACK=1
   // KVSOCK_PTR_SUPPORT=host: declare and accept host memory only, even with a
   // CUDA device, so that a caller's staging path for host-only plugins can be
   // tested against a real plugin. "auto" (default): HOST, plus CUDA when

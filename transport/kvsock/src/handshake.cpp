@@ -13,10 +13,13 @@
 namespace kvsock {
 namespace {
 
-// A half-open connection or group (a client that connects and sends nothing)
-// is dropped after this, so stray connections cannot pin sockets forever.
-constexpr int64_t kHelloTimeoutNs = 10'000'000'000;
-constexpr size_t kMaxPending = 256;    // sockets waiting for their hello
+// Sockets waiting for their hello, and comms waiting for their sockets; at
+// the limit the oldest gives way (a real hello follows its connect within
+// milliseconds, so the oldest is the likeliest stranger). With the hello
+// timeout (Config::hello_timeout_ms) this bounds what strangers cost a
+// listener: kMaxPending sockets and 32-byte hellos, nothing sized by them.
+constexpr size_t kMaxPending = 256;
+constexpr size_t kMaxGroups = 64;
 constexpr size_t kRxBuffer = 64 << 10; // control-socket receive buffer
 
 // One in-progress connect(), kept in the caller's copy of the handle.
@@ -131,7 +134,42 @@ Comm* build_comm(const Config& config, std::vector<int>& fds,
 
 } // namespace
 
+void RejectLog::note(const std::string& listener, const sockaddr_in& from,
+                     const char* why, int period_ms, int64_t now) {
+  ++total;
+  latest = "from " + format_address(from) + ": " + why;
+  KVSOCK_INFO("listener %s rejected a connection %s", listener.c_str(),
+              latest.c_str());
+  if (total == 1) {
+    KVSOCK_WARN("listener %s rejected a connection %s (further rejections "
+                "are summed up at most every %d ms; details at INFO)",
+                listener.c_str(), latest.c_str(), period_ms);
+    next_warning_ns = now + int64_t{period_ms} * 1000000;
+    return;
+  }
+  ++unreported;
+  flush(listener, period_ms, now);
+}
+
+void RejectLog::flush(const std::string& listener, int period_ms, int64_t now,
+                      bool force) {
+  if (unreported == 0 || (!force && now < next_warning_ns))
+    return;
+  KVSOCK_WARN("listener %s rejected %llu more connection(s) (%llu in all); "
+              "latest %s",
+              listener.c_str(), static_cast<unsigned long long>(unreported),
+              static_cast<unsigned long long>(total), latest.c_str());
+  unreported = 0;
+  next_warning_ns = now + int64_t{period_ms} * 1000000;
+}
+
+void ListenComm::reject(const sockaddr_in& from, const char* why, int64_t now) {
+  rejects.note(format_address(address), from, why, config.reject_log_ms, now);
+}
+
 ListenComm::~ListenComm() {
+  rejects.flush(format_address(address), config.reject_log_ms, now_ns(),
+                /*force=*/true);
   if (fd >= 0)
     ::close(fd);
   for (auto& p : pending)
@@ -285,12 +323,10 @@ void read_hellos(ListenComm& listen, int64_t now) {
       }
     } else if (now >= p.deadline_ns) {
       drop = true;
-      why = "no hello within 10 s";
+      why = "no hello within KVSOCK_HELLO_TIMEOUT_MS";
     }
     if (drop) {
-      KVSOCK_WARN("rejected a connection from %s to listener %s: %s",
-                  format_address(p.from).c_str(),
-                  format_address(listen.address).c_str(), why);
+      listen.reject(p.from, why, now);
       ::close(p.fd);
       listen.pending.erase(listen.pending.begin() + static_cast<long>(i));
       continue;
@@ -304,6 +340,12 @@ void read_hellos(ListenComm& listen, int64_t now) {
                                 return g.comm_id == p.hello.comm_id;
                               });
     if (group == listen.groups.end()) {
+      if (listen.groups.size() >= kMaxGroups) {
+        auto& oldest = listen.groups.front();
+        listen.reject(oldest.from, "comm still missing sockets, evicted", now);
+        close_fds(oldest.fds);
+        listen.groups.erase(listen.groups.begin());
+      }
       listen.groups.push_back(ListenComm::Group{
           p.hello.comm_id, std::vector<int>(p.hello.sockets, -1), 0,
           p.deadline_ns, p.from});
@@ -311,9 +353,7 @@ void read_hellos(ListenComm& listen, int64_t now) {
     }
     if (group->fds.size() != p.hello.sockets ||
         group->fds[p.hello.index] >= 0) {
-      KVSOCK_WARN("rejected a connection from %s: inconsistent socket %u of %u",
-                  format_address(p.from).c_str(), p.hello.index,
-                  p.hello.sockets);
+      listen.reject(p.from, "inconsistent socket index or count", now);
       ::close(p.fd);
     } else {
       group->fds[p.hello.index] = p.fd;
@@ -343,26 +383,27 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
       return ncclSystemError;
     }
     if (listen->pending.size() >= kMaxPending) {
-      KVSOCK_WARN("rejected a connection from %s: %zu connections already wait "
-                  "for their hello",
-                  format_address(from).c_str(), kMaxPending);
-      ::close(fd);
-      continue;
+      auto& oldest = listen->pending.front();
+      listen->reject(oldest.from, "no hello yet, evicted by a newer connection",
+                     now);
+      ::close(oldest.fd);
+      listen->pending.erase(listen->pending.begin());
     }
     tune_socket(fd, listen->config);
+    auto timeout_ns = int64_t{listen->config.hello_timeout_ms} * 1000000;
     listen->pending.push_back(
-        ListenComm::Pending{fd, Hello{}, 0, now + kHelloTimeoutNs, from});
+        ListenComm::Pending{fd, Hello{}, 0, now + timeout_ns, from});
   }
   read_hellos(*listen, now);
+  listen->rejects.flush(format_address(listen->address),
+                        listen->config.reject_log_ms, now);
 
   for (size_t i = 0; i < listen->groups.size(); ++i) {
     ListenComm::Group& group = listen->groups[i];
     if (group.have < static_cast<int>(group.fds.size())) {
       if (now >= group.deadline_ns) {
-        KVSOCK_WARN("dropped a half-connected comm from %s: %d of %zu sockets "
-                    "arrived in 10 s",
-                    format_address(group.from).c_str(), group.have,
-                    group.fds.size());
+        listen->reject(group.from,
+                       "comm still missing sockets at its hello deadline", now);
         close_fds(group.fds);
         listen->groups.erase(listen->groups.begin() + static_cast<long>(i));
         --i;

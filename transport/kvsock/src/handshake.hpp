@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <netinet/in.h>
+#include <string>
 #include <vector>
 
 #include "comm.hpp"
@@ -10,6 +11,23 @@
 #include "wire.hpp"
 
 namespace kvsock {
+
+// Connections a listener turned away, logged so that a stranger cannot flood
+// the log: the first one as a warning naming the peer and the reason, the
+// next ones counted into one summary warning at most every reject_log_ms,
+// each one in detail at INFO (kvferry's debug level).
+struct RejectLog {
+  uint64_t total = 0;
+  uint64_t unreported = 0; // since the last warning
+  int64_t next_warning_ns = 0;
+  std::string latest; // "from ADDR: why" of the latest one
+
+  void note(const std::string& listener, const sockaddr_in& from,
+            const char* why, int period_ms, int64_t now);
+  // The summary warning, once the period has passed (or `force`).
+  void flush(const std::string& listener, int period_ms, int64_t now,
+             bool force = false);
+};
 
 struct ListenComm {
   uint32_t magic = kListenCommMagic;
@@ -34,6 +52,9 @@ struct ListenComm {
   };
   std::vector<Pending> pending;
   std::vector<Group> groups;
+  RejectLog rejects;
+
+  void reject(const sockaddr_in& from, const char* why, int64_t now);
 
   ~ListenComm();
 };

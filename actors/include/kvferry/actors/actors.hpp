@@ -255,7 +255,9 @@ using producer_actor = caf::typed_actor<
     caf::reacts_to<left_atom, std::string, caf::error>,
     // From a consumer (the sender): these blocks it lent are free again and
     // back in this producer's credit there.
-    caf::reacts_to<proto::credit_atom, std::vector<std::uint64_t>>>;
+    caf::reacts_to<proto::credit_atom, std::vector<std::uint64_t>>,
+    // Internal: fail the requests whose wait for source blocks ran out.
+    caf::reacts_to<proto::sweep_atom>>;
 
 /// A decode worker's app: allocates destination blocks, waits for the bytes,
 /// verifies them and answers ready.
@@ -280,7 +282,13 @@ using consumer_actor = caf::typed_actor<
     // Producer -> consumer: the send of a delegated request failed (request
     // id, producer name, why); its promise fails with that error.
     caf::reacts_to<proto::abort_atom, std::uint64_t, std::string, caf::error>,
-    caf::replies_to<proto::stats_atom>::with<proto::consumer_stats>>;
+    caf::replies_to<proto::stats_atom>::with<proto::consumer_stats>,
+    // Directory watcher: a producer that left fails its requests here at
+    // once (naming it) and their blocks come back.
+    caf::reacts_to<joined_atom, worker_info>,
+    caf::reacts_to<left_atom, std::string, caf::error>,
+    // Internal: fail the requests whose wait for free blocks ran out.
+    caf::reacts_to<proto::sweep_atom>>;
 
 struct app_config {
   std::string name;
@@ -299,6 +307,16 @@ struct app_config {
   // blocks serve only that producer's requests, so with P producers up to
   // P * lend_percent of the pool is spoken for; 0 lends nothing.
   std::uint32_t lend_percent = 25;
+  // Back-pressure: a request short of blocks (consumer: free pool blocks for
+  // allocate/advertise; producer: source blocks) waits in arrival order
+  // instead of failing, served as blocks come back. At most queue_limit
+  // requests wait at once, each at most queue_wait_ms; beyond either it
+  // fails naming the worker, the request and the reason. The default wait
+  // is the default timeout_ms: as long as the transfer holding the blocks
+  // may take. A producer allows a consumer queue_wait_ms more for each
+  // allocate/advertise reply.
+  std::uint32_t queue_limit = 256;
+  std::uint32_t queue_wait_ms = 10000;
 };
 
 producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);

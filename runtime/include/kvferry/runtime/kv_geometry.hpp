@@ -42,6 +42,9 @@ inline std::optional<kv_dtype> parse_dtype(std::string_view s) {
   return std::nullopt;
 }
 
+/// One layer-block is at most this big (a pool is a whole number of them).
+inline constexpr std::size_t max_layer_block_bytes = std::size_t{1} << 30;
+
 struct kv_geometry {
   std::uint32_t layers = 32;
   std::uint32_t kv_heads = 8;
@@ -64,13 +67,20 @@ struct kv_geometry {
     return std::size_t{blocks_for_tokens(tokens)} * layers *
            layer_block_bytes();
   }
-  /// Empty when usable, else what is wrong (for a clear CLI error).
+  /// Empty when usable, else what is wrong (for a clear CLI error). The
+  /// geometry rule of runtime::check_worker_params (worker_limits.hpp).
   std::string validate() const {
     if (layers == 0 || kv_heads == 0 || head_dim == 0 || block_tokens == 0)
       return "KV geometry: layers, kv-heads, head-dim and block-tokens must "
              "all be positive";
-    if (layer_block_bytes() > (std::size_t{1} << 30))
-      return "KV geometry: one layer-block exceeds 1 GiB";
+    if (layer_block_bytes() > max_layer_block_bytes)
+      return "KV geometry: one layer-block (2 x kv-heads " +
+             std::to_string(kv_heads) + " x head-dim " +
+             std::to_string(head_dim) + " x " +
+             std::to_string(dtype_bytes(dtype)) + " bytes x block-tokens " +
+             std::to_string(block_tokens) + ") is " +
+             std::to_string(layer_block_bytes()) +
+             " bytes, over the 1 GiB limit";
     return {};
   }
   bool operator==(const kv_geometry& o) const {

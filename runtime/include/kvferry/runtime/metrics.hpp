@@ -160,15 +160,18 @@ private:
 };
 
 // Serves GET /metrics (and GET /) from a registry over HTTP/1.0-style
-// one-request connections, on its own thread with plain sockets. One
-// connection at a time; a request over 8 KiB or slower than 2 s is dropped,
-// so a misbehaving scraper cannot pin memory or the thread.
+// one-request connections, on its own thread with plain sockets. Every
+// connection is bounded: its request head to 8 KiB, its whole life (request
+// and response) to `request_timeout_ms`, and at most `max_connections` are
+// open at once; when a new one arrives at the limit the oldest is closed, so a
+// slow or hostile client can neither pin memory nor keep a scraper out.
 class http_exporter {
 public:
   struct options {
     std::string bind = "127.0.0.1"; // loopback unless asked otherwise
     std::uint16_t port = 0;         // 0: any free port (see port())
-    int io_timeout_ms = 2000;
+    int request_timeout_ms = 2000;  // total, from accept to the last byte sent
+    std::size_t max_connections = 16;
   };
 
   // Binds and starts serving. Throws std::runtime_error naming the address
@@ -180,10 +183,13 @@ public:
 
   std::uint16_t port() const noexcept { return port_; }
   std::uint64_t requests_served() const noexcept { return served_.load(); }
+  // Connections closed unanswered: past their deadline, or evicted.
+  std::uint64_t connections_dropped() const noexcept { return dropped_.load(); }
 
 private:
   void serve();
-  void handle(int client);
+  // The response to a complete request head.
+  std::string answer(const std::string& head);
 
   registry& registry_;
   options options_;
@@ -191,6 +197,7 @@ private:
   int wake_fds_[2] = {-1, -1};
   std::uint16_t port_ = 0;
   std::atomic<std::uint64_t> served_{0};
+  std::atomic<std::uint64_t> dropped_{0};
   std::thread thread_;
 };
 

@@ -310,14 +310,22 @@ struct consumer_stats {
   std::uint64_t refused = 0;        // incoming notices refused (bad blocks)
   std::uint64_t lent_blocks = 0;    // lent to live producers now
   std::uint64_t credit_returns = 0; // credit messages sent
-  std::uint64_t pool_blocks = 0;    // the pool's size
-  std::uint64_t free_blocks = 0;    // neither lent nor in a request now
+  // The pool now: blocks in all, free, and requests holding blocks or
+  // waiting for them (back-pressure). After a quiet spell free_blocks +
+  // lent_blocks == pool_blocks: anything else is a leak.
+  std::uint64_t pool_blocks = 0;
+  std::uint64_t free_blocks = 0;
+  std::uint64_t in_flight = 0;   // requests open here
+  std::uint64_t waiting = 0;     // requests waiting for free blocks now
+  std::uint64_t waited = 0;      // requests that ever waited
+  std::uint64_t wait_failed = 0; // ... and failed: queue full or wait over
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::consumer_stats"), x.negotiated,
            x.delegated, x.refused, x.lent_blocks, x.credit_returns,
-           x.pool_blocks, x.free_blocks);
+           x.pool_blocks, x.free_blocks, x.in_flight, x.waiting, x.waited,
+           x.wait_failed);
 }
 
 /// Registers every type above with a config (call before the system starts).

@@ -5,6 +5,7 @@
 // as a missing peer ten minutes later on one of them.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -138,6 +139,12 @@ struct load_result {
   // Errors then warnings, one per line, prefixed "error: " / "warning: ".
   std::string report() const;
 };
+
+// A topology file is at most this many bytes (checked before parsing: a
+// 4-host, 64-worker file is about 8 KiB), nests at most this deep (a topology
+// needs 4 levels) and holds one YAML document.
+inline constexpr std::size_t max_topology_bytes = std::size_t{1} << 20;
+inline constexpr int max_topology_depth = 16;
 
 // Parses and validates; collects every problem rather than stopping at the
 // first. `file_name` is only used in messages.

@@ -1,0 +1,128 @@
+// Real kvferry processes for the fault tests: a child with stdout+stderr on
+// a pipe (killed and reaped at the end), and a deployment of a directory, a
+// prefill and a decode worker, all up and registered. Every wait has a
+// deadline.
+#pragma once
+
+#include <chrono>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+namespace kvferry::test {
+
+using namespace std::chrono;
+
+// A kvferry child with stdout+stderr on a pipe; killed and reaped at the end.
+struct child {
+  pid_t pid = -1;
+  int out = -1;
+  std::string text;
+
+  explicit child(std::vector<std::string> args) {
+    int fds[2];
+    REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
+    pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      dup2(fds[1], STDOUT_FILENO);
+      dup2(fds[1], STDERR_FILENO);
+      std::vector<char*> argv;
+      std::string bin = KVFERRY_BINARY_DIR "/bin/kvferry";
+      argv.push_back(bin.data());
+      for (auto& a : args)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+    close(fds[1]);
+    out = fds[0];
+  }
+  ~child() {
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (out >= 0)
+      close(out);
+  }
+  // Reads until `marker` shows up or the child closes its output/deadline.
+  bool read_until(const std::string& marker, milliseconds timeout) {
+    auto deadline = steady_clock::now() + timeout;
+    while (text.find(marker) == std::string::npos) {
+      auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+      if (left.count() <= 0)
+        return false;
+      pollfd p{out, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(left.count())) <= 0)
+        continue;
+      char buf[1024];
+      auto n = read(out, buf, sizeof buf);
+      if (n <= 0)
+        return text.find(marker) != std::string::npos;
+      text.append(buf, static_cast<size_t>(n));
+    }
+    return true;
+  }
+  // Waits for exit; returns the exit status or -1 on timeout.
+  int wait_exit(milliseconds timeout) {
+    auto deadline = steady_clock::now() + timeout;
+    while (steady_clock::now() < deadline) {
+      read_until("\x01never", milliseconds(50));
+      int status = 0;
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        read_until("\x01never", milliseconds(200));
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+      }
+    }
+    return -1;
+  }
+};
+
+// The directory's "HOST:PORT", once it says it is listening.
+inline std::string directory_address(child& dir) {
+  REQUIRE(dir.read_until("listening on", seconds(20)));
+  auto line = dir.text.substr(dir.text.find("listening on"));
+  auto port = std::stoi(line.substr(line.rfind(':') + 1));
+  return "127.0.0.1:" + std::to_string(port);
+}
+
+inline std::vector<std::string> worker_args(const std::string& name,
+                                            const char* role,
+                                            const std::string& directory) {
+  // Deadlines of 30 s: a failure that only a timeout noticed would take that
+  // long; peer_down must come within a few seconds.
+  return {"worker",    "--name",        name,      "--role",
+          role,        "--directory",   directory, "--bind",
+          "127.0.0.1", "--pool-blocks", "8192",    "--timeout-ms",
+          "30000",     "--log-level",   "warn"};
+}
+
+// A directory, a prefill worker `PREFIX-prefill` and a decode worker
+// `PREFIX-decode`, all up and registered (members start in this order).
+struct deployment {
+  child dir{{"directory", "--bind", "127.0.0.1", "--port", "0", "--log-level",
+             "warn"}};
+  std::string address = directory_address(dir);
+  child prefill;
+  child decode;
+
+  explicit deployment(const std::string& prefix)
+      : prefill(worker_args(prefix + "-prefill", "prefill", address)),
+        decode(worker_args(prefix + "-decode", "decode", address)) {
+    REQUIRE(prefill.read_until(" ready", seconds(30)));
+    REQUIRE(decode.read_until(" ready", seconds(30)));
+  }
+};
+
+} // namespace kvferry::test
