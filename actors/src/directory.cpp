@@ -59,13 +59,20 @@ caf::error validate(const worker_info& info) {
   return caf::none;
 }
 
-std::vector<worker_info> members(const directory_state& st,
+// Sorted by name; each with its "lease_age_ms" (since its last renewal).
+std::vector<worker_info> members(directory_stateful_pointer self,
                                  const worker_role* role = nullptr) {
+  auto& st = self->state;
+  auto now = self->clock().now();
   std::vector<worker_info> result;
   result.reserve(st.workers.size());
   for (auto& [name, e] : st.workers)
-    if (role == nullptr || e.info.role == *role)
+    if (role == nullptr || e.info.role == *role) {
       result.push_back(e.info);
+      result.back().attributes["lease_age_ms"] = std::to_string(
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - e.renewed)
+              .count());
+    }
   std::sort(result.begin(), result.end(),
             [](auto& a, auto& b) { return a.name < b.name; });
   return result;
@@ -106,6 +113,66 @@ void schedule_expiry(directory_stateful_pointer self, const std::string& name,
   self->delayed_send(self, after, expire_atom::value, name, token);
 }
 
+// ---- the stall watchdog --------------------------------------------------
+//
+// A directory that was stopped (SIGSTOP) or starved of CPU finds, when it
+// runs again, its lease timers due and the workers' renewals still queued
+// behind them: judged naively, every worker "did not renew". Whether the
+// directory itself stalled is plain from its own periodic tick arriving late.
+
+caf::timespan tick_interval(const directory_options& options) {
+  return std::max<caf::timespan>(options.stall_tolerance / 4,
+                                 std::chrono::milliseconds(10));
+}
+
+void schedule_tick(directory_stateful_pointer self) {
+  self->delayed_send(self, tick_interval(self->state.options),
+                     caf::tick_atom::value);
+}
+
+// Call before judging any worker: if the directory has not run for longer
+// than the tolerance, every lease gets a full lease of grace from now.
+void check_stall(directory_stateful_pointer self) {
+  auto& st = self->state;
+  if (st.options.stall_tolerance <= caf::timespan{0})
+    return;
+  auto now = self->clock().now();
+  auto gap = now - st.last_tick;
+  st.last_tick = now;
+  auto interval = tick_interval(st.options);
+  if (gap <= interval + st.options.stall_tolerance)
+    return;
+  st.last_stall = gap - interval;
+  st.resumed = now;
+  for (auto& [name, e] : st.workers)
+    e.deadline = std::max(e.deadline, now + st.options.lease);
+  spdlog::warn("directory: this process did not run for {} (stopped, or "
+               "starved of CPU): the directory's pause, not the workers'. "
+               "Every lease ({} workers) runs for another {} so that they "
+               "can renew",
+               as_ms(st.last_stall), st.workers.size(),
+               as_ms(st.options.lease));
+}
+
+// Why a worker whose actor went down is dropped, naming who is at fault: a
+// connection that closed while (or right after) the directory stalled was
+// most likely closed by the worker's side for the directory's silence.
+caf::error down_reason(directory_stateful_pointer self, const std::string& name,
+                       const caf::error& reason) {
+  auto& st = self->state;
+  bool after_stall = st.last_stall > caf::timespan{0} &&
+                     self->clock().now() - st.resumed <= st.options.lease;
+  if (after_stall && reason == caf::exit_reason::remote_link_unreachable)
+    return make_error(
+        ec::peer_down,
+        "worker '" + name + "' was disconnected while the directory did not " +
+            "run for " + as_ms(st.last_stall) +
+            " (the directory's pause, not the worker's fault; it registers "
+            "again by itself)");
+  return make_error(ec::peer_down,
+                    "worker '" + name + "' is down: " + render(reason));
+}
+
 caf::result<lease> register_worker(directory_stateful_pointer self,
                                    worker_info& info,
                                    const std::string& secret) {
@@ -129,6 +196,7 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
                             i->second.info.host + ")");
     i->second.info = std::move(info);
     i->second.deadline = now + st.options.lease;
+    i->second.renewed = now;
     monitor_worker(self, i->second.info);
     notify_joined(self, i->second.info);
     return lease{i->second.token, st.options.lease};
@@ -141,6 +209,7 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
   e.info = std::move(info);
   e.token = token;
   e.deadline = now + st.options.lease;
+  e.renewed = now;
   monitor_worker(self, e.info);
   notify_joined(self, e.info);
   schedule_expiry(self, name, token, st.options.lease);
@@ -164,6 +233,7 @@ caf::expected<entry*> find_leased(directory_stateful_pointer self,
 
 void on_expire(directory_stateful_pointer self, const std::string& name,
                uint64_t token) {
+  check_stall(self);
   auto i = self->state.workers.find(name);
   if (i == self->state.workers.end() || i->second.token != token)
     return; // gone or replaced since the timer was set
@@ -181,6 +251,7 @@ void on_expire(directory_stateful_pointer self, const std::string& name,
 
 // A worker's app or transfer actor died, or a watcher did.
 void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
+  check_stall(self);
   auto& st = self->state;
   st.watchers.erase(std::remove_if(st.watchers.begin(), st.watchers.end(),
                                    [&](const caf::actor& w) {
@@ -193,9 +264,7 @@ void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
         (e.info.transfer && e.info.transfer.address() == msg.source))
       dead.push_back(name);
   for (auto& name : dead)
-    drop(self, name,
-         make_error(ec::peer_down,
-                    "worker '" + name + "' is down: " + render(msg.reason)));
+    drop(self, name, down_reason(self, name, msg.reason));
 }
 
 } // namespace
@@ -207,6 +276,9 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
     spdlog::warn("directory: no secret set: any process may register");
   self->set_down_handler(
       [self](const caf::down_msg& msg) { on_down(self, msg); });
+  self->state.last_tick = self->clock().now();
+  if (self->state.options.stall_tolerance > caf::timespan{0})
+    schedule_tick(self);
   return {
       [self](register_atom, worker_info& info, const std::string& secret)
           -> caf::result<lease> { return register_worker(self, info, secret); },
@@ -215,7 +287,8 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
         auto e = find_leased(self, "renew", name, token);
         if (!e)
           return e.error();
-        (*e)->deadline = self->clock().now() + self->state.options.lease;
+        (*e)->renewed = self->clock().now();
+        (*e)->deadline = (*e)->renewed + self->state.options.lease;
         return caf::ok_atom::value;
       },
       [self](leave_atom, const std::string& name,
@@ -233,11 +306,9 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
                             "lookup '" + name + "': no such worker");
         return i->second.info;
       },
-      [self](list_atom) -> std::vector<worker_info> {
-        return members(self->state);
-      },
+      [self](list_atom) -> std::vector<worker_info> { return members(self); },
       [self](list_atom, worker_role role) -> std::vector<worker_info> {
-        return members(self->state, &role);
+        return members(self, &role);
       },
       [self](watch_atom,
              caf::actor& watcher) -> caf::result<std::vector<worker_info>> {
@@ -248,7 +319,7 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
           self->monitor(watcher);
           ws.push_back(watcher);
         }
-        return members(self->state);
+        return members(self);
       },
       [self](unwatch_atom, const caf::actor& watcher) -> caf::ok_atom {
         auto& ws = self->state.watchers;
@@ -257,6 +328,10 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
       },
       [self](expire_atom, const std::string& name, uint64_t token) {
         on_expire(self, name, token);
+      },
+      [self](caf::tick_atom) {
+        check_stall(self);
+        schedule_tick(self);
       },
   };
 }

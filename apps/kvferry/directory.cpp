@@ -169,20 +169,34 @@ void add_directory(CLI::App& root, int& exit_code) {
   sub->add_option("--secret", cmd->secret,
                   "deployment secret workers must present (default: "
                   "$KVFERRY_SECRET; none = anyone may register)");
-  sub->add_option("--lease-ms", cmd->lease_ms,
-                  "a worker that does not renew within this is dropped")
-      ->capture_default_str()
-      ->check(CLI::Range(size_t{1}, size_t{3600000}));
+  auto* lease = sub->add_option(
+      "--lease-ms", cmd->lease_ms,
+      "a worker that does not renew within this is dropped (default: "
+      "$KVFERRY_LEASE_MS, else 10000)");
+  lease->capture_default_str()->check(CLI::Range(size_t{1}, size_t{3600000}));
   sub->add_option("--probe", cmd->probe,
                   "HOST:PORT: measure round trips to a running directory");
   sub->add_option("--count", cmd->count, "round trips to measure (--probe)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{10000000}));
   runtime::add_runtime_options(*sub, cmd->runtime);
-  sub->callback([cmd, &exit_code] {
+  sub->callback([cmd, lease, &exit_code] {
     if (cmd->secret.empty())
       if (const char* env = std::getenv("KVFERRY_SECRET"))
         cmd->secret = env;
+    // Launch passes its environment on: tests and soaks shorten leases so.
+    if (lease->count() == 0)
+      if (const char* env = std::getenv("KVFERRY_LEASE_MS")) {
+        char* end = nullptr;
+        auto ms = std::strtoul(env, &end, 10);
+        if (*env == '\0' || *end != '\0' || ms == 0 || ms > 3600000) {
+          std::cerr << "kvferry directory: KVFERRY_LEASE_MS='" << env
+                    << "': expected 1..3600000 ms\n";
+          exit_code = 2;
+          return;
+        }
+        cmd->lease_ms = ms;
+      }
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,
                                           cmd->runtime.log_file, "directory")) {
       std::cerr << "kvferry directory: " << render(err) << "\n";

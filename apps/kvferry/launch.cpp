@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
@@ -59,8 +60,14 @@ enum launch_status : int {
   launch_unknown_host = 6,
 };
 
-// A worker that ran this long before failing starts its restart count anew.
-constexpr auto stable_run = std::chrono::seconds(60);
+// The restart budget: a process may be restarted max_restarts times within
+// any window this long; one more failure and it has failed for good. So a
+// crash now and then (a stranger's packet, the OOM killer) never stops the
+// deployment, while a crash loop gives up within a minute.
+constexpr auto restart_window = std::chrono::seconds(60);
+// The backoff doubles per failure that came this soon after its start (a
+// crash loop), and starts from restart_backoff_ms again after a longer run.
+constexpr auto quick_failure = std::chrono::seconds(10);
 constexpr auto max_backoff = milliseconds(30000);
 // How long the directory gets to print its "listening on" line.
 constexpr auto directory_start_timeout = std::chrono::seconds(15);
@@ -355,7 +362,11 @@ bool log_contains(const std::string& path, const std::string& needle) {
 struct child {
   process_spec spec;
   pid_t pid = -1;
-  std::uint32_t failures = 0; // consecutive failures, for backoff and the limit
+  std::uint32_t starts = 0; // for the log's "attempt N" lines
+  // When it was restarted within the last restart_window: the budget used,
+  // and the exponent of the backoff.
+  std::deque<clock_type::time_point> restarts;
+  std::uint32_t quick_failures = 0; // in a row: the backoff's exponent
   clock_type::time_point started{};
   clock_type::time_point restart_at{};
   bool restart_pending = false;
@@ -367,8 +378,10 @@ public:
   supervisor(const topo::deployment& t, std::vector<process_spec> plan,
              std::string exe, std::string secret)
       : topology_(t), exe_(std::move(exe)), secret_(std::move(secret)) {
-    for (auto& p : plan)
-      children_.push_back(child{std::move(p)});
+    for (auto& p : plan) {
+      children_.emplace_back();
+      children_.back().spec = std::move(p);
+    }
   }
 
   int run() {
@@ -423,7 +436,7 @@ private:
     }
     auto header =
         fmt::format("==== kvferry launch: starting {} (attempt {}) ====\n",
-                    c.spec.name, c.failures + 1);
+                    c.spec.name, ++c.starts);
     [[maybe_unused]] auto w = ::write(log_fd, header.data(), header.size());
     pid_t supervisor_pid = ::getpid();
     pid_t pid = ::fork();
@@ -534,27 +547,33 @@ private:
     say(fmt::format("{} {}; last lines of {}:\n{}", c.spec.name,
                     describe_status(status), c.spec.log_path,
                     log_tail(c.spec.log_path, log_tail_lines)));
-    if (clock_type::now() - c.started >= stable_run)
-      c.failures = 0;
-    ++c.failures;
+    auto now = clock_type::now();
+    while (!c.restarts.empty() && now - c.restarts.front() >= restart_window)
+      c.restarts.pop_front();
     bool may_restart = c.spec.is_directory ||
                        c.spec.restart == topo::restart_policy::on_failure;
-    if (may_restart && c.failures <= topology_.launch.max_restarts) {
+    c.quick_failures =
+        now - c.started < quick_failure ? c.quick_failures + 1 : 1;
+    auto budget = topology_.launch.max_restarts;
+    if (may_restart && c.restarts.size() < budget) {
+      c.restarts.push_back(now);
+      auto used = static_cast<std::uint32_t>(c.restarts.size());
       auto backoff = std::min<milliseconds>(
           milliseconds(std::uint64_t(topology_.launch.restart_backoff_ms)
-                       << std::min(c.failures - 1, 20u)),
+                       << std::min(c.quick_failures - 1, 20u)),
           max_backoff);
-      say(fmt::format("restarting {} in {} ms (restart {} of {})", c.spec.name,
-                      backoff.count(), c.failures,
-                      topology_.launch.max_restarts));
+      say(fmt::format("restarting {} in {} ms (restart {} of {}); budget: {} "
+                      "restarts in any {} s",
+                      c.spec.name, backoff.count(), used, budget, budget,
+                      restart_window.count()));
       c.restart_pending = true;
-      c.restart_at = clock_type::now() + backoff;
+      c.restart_at = now + backoff;
       return;
     }
     c.finished = true;
     say(fmt::format("{} failed for good ({})", c.spec.name,
-                    may_restart ? fmt::format("{} restarts used",
-                                              topology_.launch.max_restarts)
+                    may_restart ? fmt::format("{} restarts within {} s used up",
+                                              budget, restart_window.count())
                                 : std::string("restart: never")));
     result_ =
         c.spec.is_directory ? launch_directory_failed : launch_worker_failed;

@@ -2,6 +2,9 @@
 // and prints one row per worker of the file (up or DOWN) plus any registered
 // worker the file does not name. Exit status: 0 every worker up; 1 directory
 // unreachable; 3 invalid file; 4 some worker of the file is not registered.
+// --pools also asks each decode worker for its KV block pool: a pool whose
+// blocks are neither free nor lent once traffic has stopped has leaked.
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 #include <map>
@@ -27,6 +30,7 @@ struct status_command {
   std::string file;
   std::size_t timeout_ms = 3000;
   runtime::tls_options tls; // default: the topology's tls section
+  bool pools = false;
 };
 
 struct row {
@@ -76,6 +80,36 @@ void print_table(const std::vector<row>& rows) {
         "{:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {:<{}}  {}\n", r.name, w[0],
         r.state, w[1], r.role, w[2], r.host, w[3], r.gpu, w[4], r.plugin, w[5],
         r.lease);
+}
+
+// One line per decode worker: its pool, free, lent to producers, and the
+// rest (in requests now; at rest, leaked). Returns how many did not answer.
+int print_pools(caf::actor_system& sys, const std::vector<worker_info>& all,
+                caf::timespan timeout) {
+  caf::scoped_actor self{sys};
+  int silent = 0;
+  for (auto& w : all) {
+    if (w.role != worker_role::decode || !w.app)
+      continue;
+    self->request(caf::actor_cast<consumer_actor>(w.app), timeout,
+                  proto::stats_atom::value)
+        .receive(
+            [&](const proto::consumer_stats& s) {
+              auto taken =
+                  s.pool_blocks -
+                  std::min(s.pool_blocks, s.free_blocks + s.lent_blocks);
+              std::cout << fmt::format(
+                  "pool {}: {} blocks, {} free, {} lent to producers, {} in "
+                  "requests\n",
+                  w.name, s.pool_blocks, s.free_blocks, s.lent_blocks, taken);
+            },
+            [&](const caf::error& err) {
+              ++silent;
+              std::cout << fmt::format("pool {}: no answer ({})\n", w.name,
+                                       render(err));
+            });
+  }
+  return silent;
 }
 
 int run_status(const status_command& cmd) {
@@ -142,6 +176,8 @@ int run_status(const status_command& cmd) {
       "deployment '{}': directory {}:{}, {} of {} worker(s) up\n", t.name,
       address, t.directory.port, t.workers.size() - down, t.workers.size());
   print_table(rows);
+  if (cmd.pools && print_pools(sys, registered, timeout) > 0)
+    ++down;
   return down == 0 ? 0 : 4;
 }
 
@@ -158,6 +194,9 @@ void add_status(CLI::App& root, int& exit_code) {
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{600000}));
   runtime::add_tls_options(*sub, cmd->tls);
+  sub->add_flag("--pools", cmd->pools,
+                "also ask each decode worker for its KV block pool (free, "
+                "lent, in requests)");
   sub->callback([cmd, &exit_code] { exit_code = run_status(*cmd); });
 }
 

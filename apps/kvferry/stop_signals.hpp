@@ -1,7 +1,10 @@
 // Long-running commands (directory, worker) stop on SIGINT/SIGTERM by
-// sigwait-ing for them in main's thread.
+// waiting for them in main's thread. Every wait there is short: a stop
+// signal is honoured within a second wherever main happens to be.
 #pragma once
 
+#include <chrono>
+#include <ctime>
 #include <pthread.h>
 #include <signal.h>
 
@@ -17,6 +20,18 @@ inline sigset_t block_stop_signals() {
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
+}
+
+/// Waits up to `timeout` for one of `set` (blocked by block_stop_signals);
+/// returns the signal, or 0 when none came.
+inline int wait_stop_signal(const sigset_t& set,
+                            std::chrono::milliseconds timeout) {
+  auto secs = std::chrono::duration_cast<std::chrono::seconds>(timeout);
+  timespec wait{
+      static_cast<time_t>(secs.count()),
+      static_cast<long>(std::chrono::nanoseconds(timeout - secs).count())};
+  int sig = sigtimedwait(&set, nullptr, &wait);
+  return sig > 0 ? sig : 0;
 }
 
 } // namespace kvferry::app

@@ -1,8 +1,9 @@
 // `kvferry worker`: a long-lived prefill or decode worker. It loads the
 // network plugin, allocates and registers its KV block pool, spawns its
 // transfer actor and its app actor (producer for prefill, consumer for
-// decode), registers both with the directory and serves until SIGINT or
-// SIGTERM, renewing its lease. `kvferry launch` and `kvferry demo` spawn it
+// decode), registers both with the directory through its membership keeper
+// (which renews the lease and registers again after any loss) and serves
+// until SIGINT or SIGTERM. `kvferry launch` and `kvferry demo` spawn it
 // with exactly these flags.
 #include <chrono>
 #include <cstdlib>
@@ -20,11 +21,12 @@
 #include "commands.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/membership.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
-#include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/runtime/tls.hpp"
+#include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -140,42 +142,122 @@ std::string control_address(const std::string& bind, std::uint16_t port) {
 // Opens direct connections to the workers of the other role already there,
 // before registering: by the time anyone hears of this worker (and sends to
 // it), the direct route exists, so no message of a pair takes the detour
-// through the directory and then overtakes it. Later joiners dial us.
+// through the directory and then overtakes it. Later joiners dial us. The
+// limit keeps a dial plus this inside the keeper's request timeout (5 s); a
+// peer not reached in time is reached through the directory (logged).
 void connect_to_peers(caf::actor_system& sys, const directory_actor& dir,
                       worker_role role) {
   connect_members(sys, dir,
                   role == worker_role::prefill ? worker_role::decode
                                                : worker_role::prefill,
-                  std::chrono::seconds(5));
+                  std::chrono::seconds(2));
 }
 
-// Keeps the lease alive until a stop signal; returns the signal.
-int serve_until_signal(caf::actor_system& sys, const directory_actor& dir,
-                       const std::string& name, const lease& granted,
-                       sigset_t& stop_signals) {
-  caf::scoped_actor self{sys};
-  auto every = std::max<caf::timespan>(granted.duration / 3,
-                                       std::chrono::milliseconds(100));
-  auto secs = std::chrono::duration_cast<std::chrono::seconds>(every);
-  timespec wait{static_cast<time_t>(secs.count()),
-                static_cast<long>((every - secs).count())};
+// What the directory learns about this worker (its actors are added by
+// the caller).
+worker_info describe_worker(const worker_command& cmd, worker_role role,
+                            const transport::plugin& net,
+                            const memory_region& region,
+                            const proto::endpoint& ep, int gpu) {
+  worker_info info;
+  info.name = cmd.name;
+  info.role = role;
+  info.host = local_hostname();
+  info.host_id = local_host_id();
+  info.plugin = net.name();
+  info.gpu = region.gpu();
+  info.ipc_capable = !ep.ipc_handle.empty();
+  info.regions.push_back(describe_region(region, ep));
+  info.attributes = {
+      {"memory", describe_memory(gpu)},
+      {"transport", cmd.transport},
+      {"mode", cmd.mode},
+      {"layerwise", cmd.layerwise ? "true" : "false"},
+      {"layers", std::to_string(cmd.geometry.layers)},
+      {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
+      {"pool_blocks", std::to_string(cmd.pool_blocks)},
+  };
+  return info;
+}
+
+// The first registration must succeed within this (exit 1, naming the
+// directory): a wrong address or secret should not hang a start. After it,
+// the membership keeper heals every loss by itself, without a limit.
+constexpr auto first_registration_limit = std::chrono::seconds(10);
+// One dial of the directory; the keeper retries with backoff.
+constexpr auto dial_attempt = std::chrono::seconds(2);
+// Main waits in slices this short, so a stop signal is taken within 1 s.
+constexpr auto signal_slice = std::chrono::milliseconds(100);
+
+// The keeper that registers this worker and keeps it registered
+// (actors/membership.hpp). This is the one place the worker dials the
+// directory: the keeper dials again through it after every loss.
+membership_actor start_membership(caf::actor_system& sys,
+                                  const worker_command& cmd, worker_info info,
+                                  std::vector<caf::actor> watchers,
+                                  const std::string& dir_host,
+                                  std::uint16_t dir_port) {
+  membership_config mc;
+  mc.info = std::move(info);
+  mc.secret = cmd.secret;
+  mc.directory_name = cmd.directory;
+  mc.watchers = std::move(watchers);
+  auto role = mc.info.role;
+  // After each dial, before the keeper (re-)registers: direct routes to
+  // the peers first (connect_to_peers says why).
+  mc.dialer = spawn_dialer(sys, [&sys, dir_host, dir_port, role] {
+    auto dir = connect_directory(sys, dir_host, dir_port, dial_attempt);
+    if (dir)
+      connect_to_peers(sys, *dir, role);
+    return dir;
+  });
+  return sys.spawn(membership, std::move(mc));
+}
+
+// Waits until the keeper has registered this worker. Returns 0 once it has,
+// the stop signal if one came first, or -1 when the directory refused the
+// worker or the limit passed (logged, naming the directory).
+int await_registration(caf::scoped_actor& self, const membership_actor& keeper,
+                       const sigset_t& stop_signals, const std::string& name) {
+  auto deadline = std::chrono::steady_clock::now() + first_registration_limit;
   for (;;) {
-    int sig = sigtimedwait(&stop_signals, nullptr, &wait);
-    if (sig == SIGINT || sig == SIGTERM)
+    if (int sig = wait_stop_signal(stop_signals, std::chrono::milliseconds(0)))
       return sig;
-    self->request(dir, std::chrono::seconds(5), renew_atom::value, name,
-                  granted.token)
-        .receive([](caf::ok_atom) {},
+    // Short requests, so that main looks at the signals between them.
+    int outcome = 1; // still waiting
+    self->request(keeper, signal_slice, caf::wait_for_atom::value)
+        .receive([&](caf::ok_atom) { outcome = 0; },
                  [&](const caf::error& err) {
-                   spdlog::warn("worker {}: lease renewal failed: {}", name,
-                                render(err));
+                   if (err == caf::sec::request_timeout)
+                     return;
+                   spdlog::error("worker {}: {}", name, render(err));
+                   outcome = -1;
                  });
+    if (outcome != 1)
+      return outcome;
+    if (std::chrono::steady_clock::now() >= deadline)
+      break;
   }
+  std::string why = "no answer";
+  self->request(keeper, std::chrono::seconds(1), caf::get_atom::value)
+      .receive([&](std::string& line) { why = std::move(line); },
+               [](const caf::error&) {});
+  spdlog::error("worker {}: not registered within {} s: {}", name,
+                first_registration_limit.count(), why);
+  return -1;
+}
+
+// Serves until a stop signal; returns it. The keeper renews the lease.
+int serve_until_signal(const sigset_t& stop_signals) {
+  for (;;)
+    if (int sig = wait_stop_signal(stop_signals, std::chrono::seconds(1)))
+      return sig;
 }
 
 // Waits (bounded) for `count` down messages of monitored actors.
 void await_termination(caf::scoped_actor& self, int count,
-                       std::chrono::seconds limit, const std::string& name) {
+                       std::chrono::milliseconds limit,
+                       const std::string& name) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   for (int i = 0; i < count; ++i) {
     bool timed_out = false;
@@ -185,7 +267,7 @@ void await_termination(caf::scoped_actor& self, int count,
             deadline - std::chrono::steady_clock::now())) >>
             [&] { timed_out = true; });
     if (timed_out) {
-      spdlog::warn("worker {}: actors did not stop within {} s", name,
+      spdlog::warn("worker {}: actors did not stop within {} ms", name,
                    limit.count());
       return;
     }
@@ -288,82 +370,43 @@ int run_worker(worker_command& cmd) {
     stop_all();
     return 1;
   }
-  auto dir = connect_directory(sys, dir_host, dir_port);
-  if (!dir) {
-    spdlog::error("worker {}: {}", cmd.name, render(dir.error()));
-    stop_all();
-    return 1;
-  }
-  worker_info info;
-  info.name = cmd.name;
-  info.role = role;
-  info.host = local_hostname();
-  info.host_id = local_host_id();
-  info.plugin = net->name();
-  info.gpu = region->gpu();
-  info.ipc_capable = !ep.ipc_handle.empty();
+  auto info = describe_worker(cmd, role, *net, *region, ep, gpu);
+  info.attributes[control_attribute] = control_address(cmd.bind, *port);
   info.transfer = caf::actor_cast<caf::actor>(transfer);
   info.app = app;
-  info.regions.push_back(describe_region(*region, ep));
-  info.attributes = {
-      {"memory", describe_memory(gpu)},
-      {"transport", cmd.transport},
-      {"mode", cmd.mode},
-      {"layerwise", cmd.layerwise ? "true" : "false"},
-      {"layers", std::to_string(cmd.geometry.layers)},
-      {"layer_block_bytes", std::to_string(cmd.geometry.layer_block_bytes())},
-      {"pool_blocks", std::to_string(cmd.pool_blocks)},
-      {control_attribute, control_address(cmd.bind, *port)},
-  };
-  connect_to_peers(sys, *dir, role);
-  std::optional<lease> granted;
-  self->request(*dir, std::chrono::seconds(10), register_atom::value, info,
-                cmd.secret)
-      .receive([&](lease& l) { granted = l; },
-               [&](const caf::error& err) {
-                 spdlog::error("worker {}: registering with the directory at "
-                               "{} failed: {}",
-                               cmd.name, cmd.directory, render(err));
-               });
-  if (!granted) {
-    stop_all();
-    return 1;
-  }
   // The directory sees a peer's process die first (it holds a connection to
   // every worker); its `left` fails what waits on that peer at once.
   // Both app actors watch: a producer fails requests of a consumer that
   // left, a consumer those of a producer that left (and frees their blocks).
   std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer), app};
-  for (auto& w : watchers)
-    self->request(*dir, std::chrono::seconds(10), watch_atom::value, w)
-        .receive(
-            [&](std::vector<worker_info>& members) {
-              // The watcher hears of later joins only: tell it who is there
-              // already (the producer learns its consumers' names from these).
-              for (auto& m : members)
-                self->send(caf::actor_cast<directory_watcher_actor>(w),
-                           joined_atom::value, std::move(m));
-            },
-            [&](const caf::error& err) {
-              spdlog::warn("worker {}: watching the directory failed: {}",
-                           cmd.name, render(err));
-            });
-  // A parent process (demo, launch, tests) waits for this line.
-  std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
-            << ", plugin " << net->name() << ", " << describe_memory(gpu)
-            << (info.ipc_capable ? ", CUDA IPC for same-host GPU peers" : "")
-            << ", " << cmd.pool_blocks << " blocks of "
-            << cmd.geometry.layer_block_bytes() << " B)" << std::endl;
-  int sig = serve_until_signal(sys, *dir, cmd.name, *granted, stop_signals);
+  bool ipc_capable = info.ipc_capable;
+  auto keeper = start_membership(sys, cmd, std::move(info), std::move(watchers),
+                                 dir_host, dir_port);
+  int sig = await_registration(self, keeper, stop_signals, cmd.name);
+  if (sig < 0) {
+    self->send_exit(keeper, caf::exit_reason::user_shutdown);
+    stop_all();
+    return 1;
+  }
+  if (sig == 0) {
+    // A parent process (demo, launch, tests) waits for this line.
+    std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
+              << ", plugin " << net->name() << ", " << describe_memory(gpu)
+              << (ipc_capable ? ", CUDA IPC for same-host GPU peers" : "")
+              << ", " << cmd.pool_blocks << " blocks of "
+              << cmd.geometry.layer_block_bytes() << " B)" << std::endl;
+    sig = serve_until_signal(stop_signals);
+  }
   spdlog::info("worker {}: {} received, leaving", cmd.name,
                sig == SIGINT ? "SIGINT" : "SIGTERM");
-  self->request(*dir, std::chrono::seconds(2), leave_atom::value, cmd.name,
-                granted->token)
+  // Within 1 s of the signal in all: leave (bounded by the keeper's
+  // leave_timeout), then stop the actors.
+  self->request(keeper, std::chrono::milliseconds(500), leave_atom::value)
       .receive([](caf::ok_atom) {}, [](const caf::error&) {});
   self->monitor(app);
   self->monitor(transfer);
   stop_all();
-  await_termination(self, 2, std::chrono::seconds(5), cmd.name);
+  await_termination(self, 2, std::chrono::milliseconds(400), cmd.name);
   // CAF 0.17's actor_system destructor waits until every detached actor
   // object is destroyed, and a peer node's proxies can keep our transfer
   // actor referenced until that node's connection is torn down too — when

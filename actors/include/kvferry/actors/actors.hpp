@@ -66,7 +66,9 @@ using directory_actor = caf::typed_actor<
     caf::replies_to<watch_atom, caf::actor>::with<std::vector<worker_info>>,
     caf::replies_to<unwatch_atom, caf::actor>::with<caf::ok_atom>,
     // Internal: the lease timer of (name, token); a no-op if renewed since.
-    caf::reacts_to<expire_atom, std::string, uint64_t>>;
+    caf::reacts_to<expire_atom, std::string, uint64_t>,
+    // Internal: the stall watchdog's tick (see directory_options).
+    caf::reacts_to<caf::tick_atom>>;
 
 /// What a directory watcher must handle (pass it to `watch` as caf::actor,
 /// e.g. caf::actor_cast<caf::actor>(self)).
@@ -80,6 +82,11 @@ struct directory_options {
   std::string secret;
   /// How long a registration lives without `renew`.
   caf::timespan lease = std::chrono::seconds(10);
+  /// The directory's own pause (SIGSTOP, a starved CPU) longer than this is
+  /// its fault, not the workers': its timers and their renewals queue up
+  /// alike. After one, every lease gets a full `lease` of grace instead of
+  /// expiring. 0 turns the watchdog off.
+  caf::timespan stall_tolerance = std::chrono::seconds(1);
 };
 
 struct directory_state {
@@ -88,11 +95,18 @@ struct directory_state {
     uint64_t token = 0;
     /// When the lease runs out (actor clock: virtual time in tests).
     caf::actor_clock::time_point deadline;
+    /// The last register or renew (`lease_age_ms` in list replies).
+    caf::actor_clock::time_point renewed;
   };
   static inline const char* name = "kvferry.directory";
   directory_options options;
   std::unordered_map<std::string, entry> workers;
   std::vector<caf::actor> watchers;
+  /// The stall watchdog: when it last ran, and the last stall it saw
+  /// (its length and when the directory resumed).
+  caf::actor_clock::time_point last_tick;
+  caf::timespan last_stall{0};
+  caf::actor_clock::time_point resumed;
 };
 
 using directory_stateful_pointer =
