@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry_processes.hpp"
+#include "test_pki.hpp"
 
 namespace {
 
@@ -44,6 +45,7 @@ void wait_for_progress(child& router) {
 TEST_CASE("a prefill worker killed mid-run fails its requests within 2 s, "
           "naming it; a rerun with the same ids passes, the pool whole") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{{"directory", "pdeath-prefill", "pdeath-decode"}};
   deployment d("pdeath");
   {
     auto router = start_router(d, "100000");
@@ -88,6 +90,8 @@ TEST_CASE("a prefill worker killed mid-run fails its requests within 2 s, "
 TEST_CASE("a router whose directory died stops at once, naming the "
           "directory's address") {
   setenv("KVFERRY_SECRET", "fault-test-secret", 1);
+  kvferry::test::test_pki pki{
+      {"directory", "dirdeath-prefill", "dirdeath-decode"}};
   deployment d("dirdeath");
   auto router = start_router(d, "100000");
   wait_for_progress(router);
