@@ -309,11 +309,20 @@ struct router_plan {
 void record_failure(results& out, std::uint64_t request_id,
                     const std::string& consumer, const caf::error& err,
                     const char* what = "request") {
+  // CAF's own word for a request whose receiver was already gone (the
+  // producer, or the consumer it delegated to) names no party: say who.
+  auto why = err == caf::sec::request_receiver_down
+                 ? make_error(ec::peer_down,
+                              fmt::format("a worker on the request's path (its "
+                                          "prefill worker, or decode worker "
+                                          "'{}') was gone before it answered",
+                                          consumer))
+                 : err;
   std::lock_guard<std::mutex> guard{out.mtx};
   ++out.done;
   ++out.failed;
   out.errors.push_back(fmt::format("{} {} (to decode worker '{}'): {}", what,
-                                   request_id, consumer, render(err)));
+                                   request_id, consumer, render(why)));
 }
 
 // Requests in flight at the router: which workers each one goes through, so
