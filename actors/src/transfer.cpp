@@ -1419,8 +1419,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
     }
     if (t->second.posted) {
       // Requests are out on the comms: only closing them makes the memory
-      // safe to reuse, and the comm order is lost anyway.
-      fail(t->second, st, timeout, name);
+      // safe to reuse, and the comm order is lost anyway. Dropping the peer
+      // fails this transfer too (once, and counted in its log line).
       drop_peer_out(self, name, timeout);
     } else {
       fail(t->second, st, timeout, name);
@@ -1445,8 +1445,7 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
     return;
   }
   if (t->second.posted) {
-    fail(t->second, st, timeout, name);
-    drop_peer_in(self, name, timeout);
+    drop_peer_in(self, name, timeout); // fails this transfer too, counted
   } else {
     if (quarantines(st)) // before the failure reaches the consumer
       quarantine_transfer(self, name, id);
