@@ -22,13 +22,22 @@
 // or its wait runs out. A producer that dies (down message, or the
 // directory's `left`) takes its requests with it at once: they fail naming
 // it, and their blocks return once the transfer actor let go of them.
+//
+// Every request ends: a failed one leaves `requests` (its id free) as soon
+// as no transfer reply is outstanding, whether or not anyone waits for its
+// answer (a push request whose producer's send failed never gets
+// `arrived`); and a last-resort deadline (3 x timeout_ms + 1 s) fails any
+// request still open, naming what it waited for.
 #include <algorithm>
 #include <chrono>
 #include <deque>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -74,6 +83,9 @@ struct request_ctx {
   std::uint32_t unsettled = 0;
   bool quarantined = false;
   clock_type::time_point quarantined_since;
+  // Last resort (see expire_requests): by then the request has failed or
+  // finished, whatever message went missing.
+  caf::actor_clock::time_point deadline;
 };
 using ctx_ptr = std::shared_ptr<request_ctx>;
 
@@ -113,7 +125,13 @@ struct consumer_state {
   std::vector<std::uint32_t> loan_of_block;
   std::vector<bool> block_in_request;
   std::deque<waiter> queue; // back-pressure, oldest first
-  bool queue_timer_armed = false;
+  // One sweep message (sweep_atom) serves the queue's waits and the
+  // requests' deadlines; timer_at: when the earliest one pending fires.
+  bool timer_armed = false;
+  caf::actor_clock::time_point timer_at;
+  // Requests that failed before anyone could be told (a push request whose
+  // producer never sent `arrived`): a late `arrived` gets the reason.
+  std::deque<std::pair<std::uint64_t, caf::error>> failed_unanswered;
   // Producer actors that sent allocate/advertise, monitored once each.
   std::unordered_map<caf::actor_addr, std::string> producers;
   proto::consumer_stats stats;
@@ -267,28 +285,57 @@ caf::error verify(self_ptr self, request_ctx& ctx) {
   }
 }
 
-// Runs whenever a part lands or the notice comes in; finishes the request
-// once both are there.
+// Out of `requests`, so that its id is free again; only if the entry is
+// still this request (a late part of a request that expired must not
+// forget a newer one under the same id).
+void forget(consumer_state& st, const request_ctx& ctx) {
+  auto i = st.requests.find(ctx.request_id);
+  if (i != st.requests.end() && i->second.get() == &ctx)
+    st.requests.erase(i);
+}
+
+// How many failed push requests a late `arrived` can still learn about.
+constexpr std::size_t failed_unanswered_limit = 256;
+
+// A failed request leaves `requests` and its outcome goes out once: to
+// whoever waits for the reply, else (a push request whose producer has not
+// sent `arrived`: its send failed, or it never got the grant) to a late
+// `arrived`, and to the log.
+void finish_failed(self_ptr self, const ctx_ptr& ctx) {
+  auto& st = self->state;
+  forget(st, *ctx);
+  if (ctx->answered)
+    return;
+  ctx->answered = true;
+  if (ctx->promise) {
+    ctx->promise->deliver(ctx->failure);
+    return;
+  }
+  if (ctx->orphaned) // its producer is gone: nobody to tell
+    return;
+  spdlog::warn("consumer {}: request {} of producer '{}' failed before its "
+               "`arrived` came: {}",
+               st.cfg.name, ctx->request_id, ctx->producer,
+               render(ctx->failure));
+  st.failed_unanswered.emplace_back(ctx->request_id, ctx->failure);
+  if (st.failed_unanswered.size() > failed_unanswered_limit)
+    st.failed_unanswered.pop_front();
+}
+
+// Runs whenever a part lands or fails, the notice comes in, or the request
+// fails; finishes the request once no transfer can touch its blocks and,
+// unless it failed, the notice is there.
 void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   if (ctx->pending > 0)
     return;
-  // No transfer can touch the blocks now; keep them only until verified.
-  if (ctx->failure)
+  if (ctx->failure) {
     release_blocks(self, *ctx);
-  auto& st = self->state;
-  if (ctx->orphaned && ctx->failure) { // nobody else will finish it
-    st.requests.erase(ctx->request_id);
+    finish_failed(self, ctx);
     return;
   }
   if (!ctx->promise || !ctx->notice)
     return;
-  st.requests.erase(ctx->request_id);
-  if (ctx->answered) // an abort answered it; the blocks are back now
-    return;
-  if (ctx->failure) {
-    ctx->promise->deliver(ctx->failure);
-    return;
-  }
+  forget(self->state, *ctx);
   auto t0 = clock_type::now();
   auto bad = verify(self, *ctx);
   auto verify_ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
@@ -363,6 +410,21 @@ void settle_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
             });
 }
 
+// The transfer actor's errors name the transfer and the peer; CAF's own
+// (our request's timeout: the transfer actor never answered) name nothing,
+// so the request and what it waited for are added.
+caf::error name_part_error(const consumer_state& st, const request_ctx& ctx,
+                           const std::string& sender, std::uint64_t id,
+                           caf::error& err) {
+  if (err.category() != caf::atom("system"))
+    return std::move(err);
+  return make_error(may_be_quarantined(err) ? ec::timeout : ec::peer_down,
+                    fmt::format("consumer '{}': request {}: transfer {} from "
+                                "'{}' was not reported within {} ms: {}",
+                                st.cfg.name, ctx.request_id, id, sender,
+                                st.cfg.timeout_ms + 1000, render(err)));
+}
+
 void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
                  std::uint32_t part) {
   auto& cfg = self->state.cfg;
@@ -379,7 +441,8 @@ void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
             [self, ctx, sender, id](caf::error& err) {
               if (may_be_quarantined(err))
                 settle_part(self, ctx, sender, id);
-              on_part_failed(self, ctx, err);
+              auto named = name_part_error(self->state, *ctx, sender, id, err);
+              on_part_failed(self, ctx, named);
             });
 }
 
@@ -387,6 +450,30 @@ bool in_flight_or_waiting(const consumer_state& st, std::uint64_t id) {
   return st.requests.count(id) != 0 ||
          std::any_of(st.queue.begin(), st.queue.end(),
                      [id](const waiter& w) { return w.request_id == id; });
+}
+
+void arm_timer(self_ptr self);
+
+// The producer's send, our receive (whose reply has timeout_ms + 1 s) and
+// its `arrived` each take at most timeout_ms: a request open longer than
+// this waits for a message that will not come.
+std::uint64_t request_deadline_ms(const consumer_state& st) {
+  return 3 * std::uint64_t{st.cfg.timeout_ms} + 1000;
+}
+
+// An open request, in `requests` until it is done; it fails at the latest
+// at request_deadline_ms from now.
+void track(self_ptr self, const ctx_ptr& ctx) {
+  auto& st = self->state;
+  ctx->deadline = self->clock().now() + milliseconds(request_deadline_ms(st));
+  st.requests.emplace(ctx->request_id, ctx);
+  auto& failed = st.failed_unanswered; // an earlier request's, now stale
+  failed.erase(std::remove_if(failed.begin(), failed.end(),
+                              [&ctx](const auto& f) {
+                                return f.first == ctx->request_id;
+                              }),
+               failed.end());
+  arm_timer(self);
 }
 
 // Takes `w`'s blocks from the pool (they are free) and opens its request.
@@ -397,7 +484,7 @@ ctx_ptr open_request(self_ptr self, const waiter& w) {
   ctx->producer = w.producer;
   ctx->from = w.from;
   st.pool->allocate(w.blocks, ctx->blocks);
-  st.requests.emplace(w.request_id, ctx);
+  track(self, ctx);
   return ctx;
 }
 
@@ -429,13 +516,29 @@ caf::error refuse_at_once(const consumer_state& st, const waiter& w) {
   return {};
 }
 
-void arm_queue_timer(self_ptr self) {
+// While requests are open, the sweep runs at least this often to expire
+// them: periodic rather than one message per deadline, since CAF 0.17 keeps
+// an actor alive until its delayed messages fire (a stopping worker would
+// wait out every request's deadline).
+constexpr auto request_sweep_period = seconds(1);
+
+// Arms the sweep for the queue's first wait or, while requests are open,
+// the next periodic check, whichever comes first. A message armed before
+// for a later time is stale when it fires (on_sweep ignores it).
+void arm_timer(self_ptr self) {
   auto& st = self->state;
-  if (st.queue_timer_armed || st.queue.empty())
+  auto now = self->clock().now();
+  std::optional<caf::actor_clock::time_point> next;
+  if (!st.queue.empty())
+    next = st.queue.front().deadline;
+  if (!st.requests.empty())
+    next = std::min(next.value_or(now + request_sweep_period),
+                    now + request_sweep_period);
+  if (!next || (st.timer_armed && st.timer_at <= *next))
     return;
-  st.queue_timer_armed = true;
-  auto wait = st.queue.front().deadline - self->clock().now();
-  self->delayed_send(self, std::max(caf::timespan{0}, wait),
+  st.timer_armed = true;
+  st.timer_at = *next;
+  self->delayed_send(self, std::max(caf::timespan{0}, *next - now),
                      proto::sweep_atom::value);
 }
 
@@ -455,7 +558,7 @@ void admit(self_ptr self, waiter w) {
   w.deadline = self->clock().now() + milliseconds(st.cfg.queue_wait_ms);
   ++st.stats.waited;
   st.queue.push_back(std::move(w));
-  arm_queue_timer(self);
+  arm_timer(self);
 }
 
 // Starts waiting requests, oldest first, while their blocks are free.
@@ -492,11 +595,9 @@ void drop_waiting(self_ptr self, Pred pred, Why why) {
   serve_queue(self); // a dropped head may have held smaller ones back
 }
 
-// The queue timer: requests whose wait ran out fail, naming the shortage.
-void on_queue_timer(self_ptr self) {
+// Requests whose wait for blocks ran out fail, naming the shortage.
+void expire_waiters(self_ptr self, caf::actor_clock::time_point now) {
   auto& st = self->state;
-  st.queue_timer_armed = false;
-  auto now = self->clock().now();
   drop_waiting(
       self, [now](const waiter& w) { return w.deadline <= now; },
       [&st](const waiter& w) {
@@ -510,7 +611,56 @@ void on_queue_timer(self_ptr self) {
                         st.cfg.queue_wait_ms, w.blocks, st.pool->free_blocks(),
                         st.pool->block_count(), st.requests.size()));
       });
-  arm_queue_timer(self);
+}
+
+// What an open request still waits for, for its deadline's error.
+std::string waiting_for(const request_ctx& ctx) {
+  std::string what;
+  if (ctx.pending > 0)
+    what = fmt::format("{} transfer reply(s) for its parts", ctx.pending);
+  if (!ctx.notice)
+    what += fmt::format("{}the `arrived` notice of producer '{}'",
+                        what.empty() ? "" : " and ", ctx.producer);
+  return what.empty() ? std::string{"nothing"} : what;
+}
+
+// Last resort, whatever message went missing: a request still open at its
+// deadline fails naming what it waited for, and its id is free at once.
+// Its blocks return once no transfer reply is outstanding (a receive still
+// ordered may write them); every such reply has its own timeout.
+void expire_requests(self_ptr self, caf::actor_clock::time_point now) {
+  auto& st = self->state;
+  std::vector<ctx_ptr> late;
+  for (auto& [id, ctx] : st.requests)
+    if (ctx->deadline <= now)
+      late.push_back(ctx);
+  for (auto& ctx : late) {
+    auto err = make_error(
+        ec::timeout,
+        fmt::format("consumer '{}': request {} of producer '{}' was not done "
+                    "after {} ms (3 x timeout_ms + 1 s); it still waited for "
+                    "{}",
+                    st.cfg.name, ctx->request_id, ctx->producer,
+                    request_deadline_ms(st), waiting_for(*ctx)));
+    spdlog::warn("consumer {}: {}", st.cfg.name, render(err));
+    if (!ctx->failure)
+      ctx->failure = std::move(err);
+    if (ctx->pending == 0)
+      release_blocks(self, *ctx);
+    finish_failed(self, ctx);
+  }
+}
+
+// The sweep: waits for blocks and requests past their deadlines fail.
+void on_sweep(self_ptr self) {
+  auto& st = self->state;
+  auto now = self->clock().now();
+  if (st.timer_armed && now < st.timer_at)
+    return; // stale: armed for a later time before an earlier one
+  st.timer_armed = false;
+  expire_waiters(self, now);
+  expire_requests(self, now);
+  arm_timer(self);
 }
 
 // Monitors the producer that sent the current message (once per actor): its
@@ -587,6 +737,14 @@ caf::result<proto::ready_report> on_arrived(self_ptr self,
                                             proto::arrival_notice& n) {
   auto& st = self->state;
   auto i = st.requests.find(n.request_id);
+  auto failed =
+      std::find_if(st.failed_unanswered.begin(), st.failed_unanswered.end(),
+                   [&n](const auto& f) { return f.first == n.request_id; });
+  if (i == st.requests.end() && failed != st.failed_unanswered.end()) {
+    auto err = std::move(failed->second);
+    st.failed_unanswered.erase(failed);
+    return err;
+  }
   if (i == st.requests.end())
     return make_error(ec::not_found,
                       fmt::format("consumer '{}': arrived for request {}, "
@@ -794,7 +952,7 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
   ctx->loan_id = id;
   ctx->producer = n.producer;
   ctx->producer_compute_ns = n.compute_ns;
-  st.requests.emplace(n.request_id, ctx);
+  track(self, ctx);
   return ctx;
 }
 
@@ -960,7 +1118,7 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
         on_producer_gone(self, name, {},
                          "it left the directory: " + render(why));
       },
-      [self](proto::sweep_atom) { on_queue_timer(self); },
+      [self](proto::sweep_atom) { on_sweep(self); },
   };
 }
 

@@ -43,6 +43,7 @@
 // down (a sender never asked: also when it left the directory). The request
 // itself fails at once.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -91,7 +92,16 @@ std::int64_t clock_ns(steady_clock::time_point t) {
   return duration_cast<nanoseconds>(t.time_since_epoch()).count();
 }
 
+// Each transfer entry's own number: a deadline names the entry it was armed
+// for, so a deadline left over from an earlier transfer under the same id
+// (request ids repeat: every demo run starts at 0) cannot fail a new one.
+std::uint64_t next_transfer_generation() {
+  static std::atomic<std::uint64_t> next{0};
+  return ++next;
+}
+
 struct transfer_entry {
+  std::uint64_t generation = next_transfer_generation();
   std::uint64_t bytes = 0;    // done so far
   std::uint64_t expected = 0; // announced or ordered
   std::size_t ops_left = 0;
@@ -171,10 +181,14 @@ struct transfer_state {
   std::uint64_t progress_generation = 0;
   bool progress_delayed = false;
   unsigned idle_polls = 0;
-  // Transfer deadlines: (when, "<peer" or ">peer", transfer id), checked by
-  // one short periodic sweep (see arm_deadline).
-  std::multimap<steady_clock::time_point, std::pair<std::string, std::uint64_t>>
-      deadlines;
+  // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
+  // entry's generation), checked by one short periodic sweep (arm_deadline).
+  struct deadline {
+    std::string key;
+    std::uint64_t id;
+    std::uint64_t generation;
+  };
+  std::multimap<steady_clock::time_point, deadline> deadlines;
   bool sweep_scheduled = false;
   // CUDA IPC: made on the first same-host GPU send, used from this actor's
   // thread only. ipc_handle is our region's, advertised in the endpoint.
@@ -258,10 +272,11 @@ void ensure_progress(self_ptr self) {
 constexpr auto sweep_period = milliseconds(100);
 
 void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
-                  std::uint64_t id) {
+                  std::uint64_t id, const transfer_entry& t) {
   auto& st = self->state;
-  st.deadlines.emplace(steady_clock::now() + timeout,
-                       std::make_pair(std::move(key), id));
+  st.deadlines.emplace(
+      steady_clock::now() + timeout,
+      transfer_state::deadline{std::move(key), id, t.generation});
   if (!st.sweep_scheduled) {
     st.sweep_scheduled = true;
     self->delayed_send(self, sweep_period, proto::sweep_atom::value);
@@ -855,7 +870,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& t = p.transfers[o.transfer_id];
   t.expected = plan_bytes(o.extents);
   t.waiter = waiter_promise{promise};
-  arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id);
+  arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
   if (ipc) {
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
     ensure_progress(self);
@@ -919,7 +934,7 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   }
   t.expected = plan_bytes(a.chunks);
   if (!t.waiter) // unclaimed transfers still get a deadline
-    arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id);
+    arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
   try {
     if (p.channel)
       post_recvs(self, p, a);
@@ -952,7 +967,7 @@ caf::result<proto::recv_report> handle_recv(self_ptr self,
   auto promise = self->make_response_promise<proto::recv_report>();
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
-               o.transfer_id);
+               o.transfer_id, t);
   return promise;
 }
 
@@ -993,7 +1008,7 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   if (claimed)
     p.transfers.erase(id);
   else // kept for its recv order; forgotten if nobody claims it
-    arm_deadline(self, milliseconds(30000), "<" + sender, id);
+    arm_deadline(self, milliseconds(30000), "<" + sender, id, t);
 }
 
 // ---- CUDA IPC quarantine, receiving side
@@ -1375,7 +1390,8 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   }
 }
 
-void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
+void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
+               std::uint64_t generation) {
   auto& st = self->state;
   bool outgoing = key[0] == '>';
   auto name = key.substr(1);
@@ -1387,7 +1403,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     if (p == st.out.end())
       return;
     auto t = p->second.transfers.find(id);
-    if (t == p->second.transfers.end() || t->second.done)
+    if (t == p->second.transfers.end() || t->second.done ||
+        t->second.generation != generation) // another transfer's deadline
       return;
     if (p->second.mapped) {
       // CUDA IPC: a running kernel cannot be recalled and the peer has no
@@ -1402,8 +1419,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     }
     if (t->second.posted) {
       // Requests are out on the comms: only closing them makes the memory
-      // safe to reuse, and the comm order is lost anyway.
-      fail(t->second, st, timeout, name);
+      // safe to reuse, and the comm order is lost anyway. Dropping the peer
+      // fails this transfer too (once, and counted in its log line).
       drop_peer_out(self, name, timeout);
     } else {
       fail(t->second, st, timeout, name);
@@ -1415,8 +1432,8 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
   if (p == st.in.end())
     return;
   auto t = p->second.transfers.find(id);
-  if (t == p->second.transfers.end())
-    return;
+  if (t == p->second.transfers.end() || t->second.generation != generation)
+    return; // gone, or another transfer under the same id
   if (t->second.failure) {
     if (!t->second.waiter) // a failure nobody claimed in time: forget it
       p->second.transfers.erase(t);
@@ -1428,8 +1445,7 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id) {
     return;
   }
   if (t->second.posted) {
-    fail(t->second, st, timeout, name);
-    drop_peer_in(self, name, timeout);
+    drop_peer_in(self, name, timeout); // fails this transfer too, counted
   } else {
     if (quarantines(st)) // before the failure reaches the consumer
       quarantine_transfer(self, name, id);
@@ -1443,9 +1459,9 @@ void on_sweep(self_ptr self) {
   st.sweep_scheduled = false;
   auto now = steady_clock::now();
   while (!st.deadlines.empty() && st.deadlines.begin()->first <= now) {
-    auto [key, id] = std::move(st.deadlines.begin()->second);
+    auto d = std::move(st.deadlines.begin()->second);
     st.deadlines.erase(st.deadlines.begin());
-    on_expire(self, key, id);
+    on_expire(self, d.key, d.id, d.generation);
   }
   if (!st.deadlines.empty()) {
     st.sweep_scheduled = true;

@@ -353,6 +353,20 @@ proto::consumer_stats stats_of(fixture& f) {
 // A stand-in producer that holds a loan (its sender identity is what the
 // consumer lends to) and lets a test send what a producer would.
 using fake_reserve_atom = caf::atom_constant<caf::atom("fkreserve")>;
+using fake_allocate_atom = caf::atom_constant<caf::atom("fkalloc")>;
+using fake_arrived_atom = caf::atom_constant<caf::atom("fkarrived")>;
+
+// Sends `x` to `c` as `self` (the producer the consumer sees) and answers
+// with the reply.
+template<class T, class... Ts>
+caf::typed_response_promise<T> relay(caf::event_based_actor* self,
+                                     const consumer_actor& c, Ts... xs) {
+  auto rp = self->make_response_promise<T>();
+  self->request(c, caf::infinite, std::move(xs)...)
+      .then([rp](T& x) mutable { rp.deliver(std::move(x)); },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+  return rp;
+}
 
 caf::behavior fake_producer(caf::event_based_actor* self, consumer_actor c,
                             std::string name, kv_geometry geo,
@@ -373,6 +387,15 @@ caf::behavior fake_producer(caf::event_based_actor* self, consumer_actor c,
       },
       [=](proto::incoming_atom a, proto::credit_notice& n) {
         return self->delegate(c, a, std::move(n));
+      },
+      // Push without credit: the producer allocates, then (maybe) sends
+      // its `arrived` notice.
+      [=](fake_allocate_atom, proto::allocate_request& r) {
+        return relay<proto::grant>(self, c, proto::allocate_atom::value, r);
+      },
+      [=](fake_arrived_atom, proto::arrival_notice& n) {
+        return relay<proto::ready_report>(self, c, proto::arrived_atom::value,
+                                          n);
       },
       [=](proto::abort_atom a, std::uint64_t id, caf::error& err) {
         self->send(c, a, id, name, std::move(err));
@@ -855,4 +878,97 @@ TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
   auto later = reserve(*this, p, 4); // nobody waits now
   REQUIRE(later);
   CHECK(later->block_offsets.size() == 3);
+}
+
+// ---- every request ends (soak: ids refused as "already in flight")
+// ---------------------------------------------------------------------
+
+namespace {
+
+// An allocate of one block per layer for request `id`, through `b`.
+caf::expected<proto::grant> allocate_through(fixture& f, const borrower& b,
+                                             std::uint64_t id) {
+  proto::allocate_request r;
+  r.request_id = id;
+  r.blocks_per_layer = 1;
+  r.layers = f.geo.layers;
+  r.layer_block_bytes = f.geo.layer_block_bytes();
+  r.producer = "prefill-9";
+  return f.request<proto::grant>(b.actor, fake_allocate_atom::value, r);
+}
+
+// The `arrived` notice a producer sends once its bytes are out.
+caf::expected<proto::ready_report>
+arrived_through(fixture& f, const borrower& b, std::uint64_t id) {
+  proto::arrival_notice n;
+  n.request_id = id;
+  n.bytes = f.geo.layers * f.geo.layer_block_bytes();
+  return f.request<proto::ready_report>(b.actor, fake_arrived_atom::value, n);
+}
+
+} // namespace
+
+TEST_CASE_FIXTURE(fixture, "a push request whose bytes never come fails once "
+                           "its receive does, though its producer never "
+                           "sends `arrived`; the id runs again") {
+  // The soak's case: the producer got the grant, its send failed (or it
+  // was stopped), so it answered its router and sent no `arrived`; the
+  // producer itself lives on. The request held its id forever.
+  start(64, 64);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(allocate_through(*this, p, 13));
+  CHECK(stats_of(*this).in_flight == 1);
+  // The receive's own timeout (timeout_ms + 1 s): well before the request's
+  // last-resort deadline (3 x timeout_ms + 1 s), so this path ends by itself.
+  advance_time(std::chrono::milliseconds(2500));
+  auto s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
+  // A late `arrived` learns why.
+  auto late = arrived_through(*this, p, 13);
+  REQUIRE_FALSE(late);
+  auto text = render(late.error());
+  INFO(text);
+  CHECK(is(late.error(), ec::timeout));
+  CHECK(text.find("consumer 'decode-0'") != std::string::npos);
+  CHECK(text.find("request 13") != std::string::npos);
+  // The id is free: a new request 13 is granted, not a duplicate.
+  auto again = allocate_through(*this, p, 13);
+  REQUIRE_MESSAGE(again, render(again.error()));
+  CHECK(again->block_offsets.size() == geo.layers);
+}
+
+TEST_CASE_FIXTURE(fixture, "a push request whose `arrived` never comes fails "
+                           "at its deadline naming what it waited for; the "
+                           "id runs again and the blocks are back") {
+  auto c = make_app("decode-0", 64);
+  start_consumer(c);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  auto g = allocate_through(*this, p, 21);
+  REQUIRE(g);
+  // Its bytes land (a fake announcement to the consumer's transfer actor),
+  // then its producer stalls: no `arrived`, and the producer stays alive.
+  proto::announcement a;
+  a.transfer_id = transfer_id_of(21, 0);
+  a.sender = "prefill-9";
+  for (std::size_t k = 0; k < g->block_offsets.size(); ++k)
+    a.chunks.push_back({0, g->block_offsets[k], geo.layer_block_bytes()});
+  caf::anon_send(c.transfer, proto::announce_atom::value, a);
+  run();
+  advance_time(std::chrono::milliseconds(3900));
+  CHECK(stats_of(*this).in_flight == 1); // within 3 x timeout_ms + 1 s
+  advance_time(std::chrono::milliseconds(1200));
+  auto s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
+  auto late = arrived_through(*this, p, 21);
+  REQUIRE_FALSE(late);
+  auto text = render(late.error());
+  INFO(text);
+  CHECK(is(late.error(), ec::timeout));
+  CHECK(text.find("consumer 'decode-0'") != std::string::npos);
+  CHECK(text.find("request 21") != std::string::npos);
+  CHECK(text.find("`arrived` notice of producer 'prefill-9'") !=
+        std::string::npos);
+  CHECK(allocate_through(*this, p, 21));
 }

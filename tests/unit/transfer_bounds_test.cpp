@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -198,4 +199,43 @@ TEST_CASE_FIXTURE(pair_fixture,
   CHECK(names(got.error(), "extent #1 from peer 'prefill-0'"));
   CHECK(names(got.error(), "destination offset 15616, length 512"));
   CHECK(receiver_untouched());
+}
+
+// ---- deadlines belong to one transfer, not to its id
+// ---------------------------------------------------------------------
+// Transfer ids repeat (request id x part: every demo run starts again), and
+// a deadline armed for an earlier transfer under the same id used to fail
+// the new one, then tear the channel down when its bytes were announced
+// ("arrived after the receiver gave up on it"): the soak's decode-0 did so
+// on every new channel from prefill-1. Real time: the old deadline must
+// pass while the new transfer waits for its bytes.
+TEST_CASE_FIXTURE(pair_fixture, "an earlier transfer's deadline does not fail "
+                                "a new transfer under the same id") {
+  auto ep = receiver_endpoint();
+  auto order = [](std::uint64_t id, std::uint32_t timeout_ms) {
+    proto::recv_order o;
+    o.transfer_id = id;
+    o.peer_name = "prefill-0";
+    o.timeout_ms = timeout_ms;
+    return o;
+  };
+  // Transfer 9, first time: its receive's deadline is 1 s away.
+  auto first =
+      self->request(receiver, 30s, proto::recv_atom::value, order(9, 1000));
+  auto sent = send(order_to(ep, 9, {{0, 0, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  first.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                [](caf::error& err) { FAIL(render(err)); });
+  // Transfer 9 again, ordered before its bytes: nothing may end it before
+  // its own 10 s, in particular not the first one's deadline at 1 s. The
+  // wait is not synchronisation: that deadline must pass unnoticed.
+  auto second =
+      self->request(receiver, 30s, proto::recv_atom::value, order(9, 10000));
+  std::this_thread::sleep_for(2500ms);
+  // Its bytes land on the same channel (the receiver did not give up).
+  sent = send(order_to(ep, 9, {{0, 2048, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  second.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                 [](caf::error& err) { FAIL(render(err)); });
+  CHECK(dst_region->data()[2048] == 0xa5);
 }
