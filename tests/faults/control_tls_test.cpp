@@ -30,13 +30,13 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
-#include "kvferry_child.hpp"
+#include "kvferry_processes.hpp"
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
-using kvferry::test::kvferry_child;
+using kvferry::test::child;
 
 namespace {
 
@@ -247,16 +247,13 @@ std::string status_file(const test::scratch_dir& scratch, uint16_t port) {
 
 TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
   deployment_files files;
-  kvferry_child dir{{"directory", "--bind", "127.0.0.1", "--port", "0",
-                     "--tls-dir", files.pki, "--log-level", "warn"}};
+  child dir{{"directory", "--bind", "127.0.0.1", "--port", "0", "--tls-dir",
+             files.pki, "--log-level", "warn"}};
   auto dir_port = port_of(dir.wait_for_line("listening on", 20s));
-  kvferry_child prefill{
-      worker_args("prefill-0", "prefill", dir_port, files.pki)};
-  kvferry_child decode{worker_args("decode-0", "decode", dir_port, files.pki)};
-  REQUIRE_MESSAGE(!prefill.wait_for_line(" ready", 30s).empty(),
-                  prefill.output());
-  REQUIRE_MESSAGE(!decode.wait_for_line(" ready", 30s).empty(),
-                  decode.output());
+  child prefill{worker_args("prefill-0", "prefill", dir_port, files.pki)};
+  child decode{worker_args("decode-0", "decode", dir_port, files.pki)};
+  REQUIRE_MESSAGE(!prefill.wait_for_line(" ready", 30s).empty(), prefill.text);
+  REQUIRE_MESSAGE(!decode.wait_for_line(" ready", 30s).empty(), decode.text);
 
   tls_client client{files.pki, "client"};
   auto directory = connect_directory(*client.sys, "127.0.0.1", dir_port, 10s);
@@ -276,8 +273,8 @@ TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
   CHECK(prefill.alive());
   CHECK(decode.alive());
   // Nothing allocated the 4 GiB the second header announced.
-  CHECK(resident_mib(dir.pid()) < 512);
-  CHECK(resident_mib(decode.pid()) < 512);
+  CHECK(resident_mib(dir.pid) < 512);
+  CHECK(resident_mib(decode.pid) < 512);
 
   // Still served: the directory answers the connection opened before the
   // junk, the worker's port takes a client, and a demo with the client
@@ -295,15 +292,15 @@ TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
   // Nothing listens or connects anywhere but the configured 127.0.0.1: no
   // plain listener for CAF's automatic connections, no kvsock socket on the
   // first non-loopback interface.
-  CHECK(check_all_on_loopback(dir.pid(), "the directory") == 1);
-  CHECK(check_all_on_loopback(prefill.pid(), "worker prefill-0") >= 1);
-  CHECK(check_all_on_loopback(decode.pid(), "worker decode-0") >= 1);
+  CHECK(check_all_on_loopback(dir.pid, "the directory") == 1);
+  CHECK(check_all_on_loopback(prefill.pid, "worker prefill-0") >= 1);
+  CHECK(check_all_on_loopback(decode.pid, "worker decode-0") >= 1);
 }
 
 TEST_CASE("clients without a certificate of the deployment CA are refused") {
   deployment_files files;
-  kvferry_child dir{{"directory", "--bind", "127.0.0.1", "--port", "0",
-                     "--tls-dir", files.pki, "--log-level", "warn"}};
+  child dir{{"directory", "--bind", "127.0.0.1", "--port", "0", "--tls-dir",
+             files.pki, "--log-level", "warn"}};
   auto port = port_of(dir.wait_for_line("listening on", 20s));
   auto where = "127.0.0.1:" + std::to_string(port);
   auto topo = status_file(files.scratch, port);
@@ -392,9 +389,8 @@ TEST_CASE("a bad certificate file is named before anything starts") {
 }
 
 TEST_CASE("the plaintext opt-out is logged at warn") {
-  kvferry_child dir{{"directory", "--bind", "127.0.0.1", "--port", "0",
-                     "--insecure-plaintext", "--log-level", "info"}};
+  child dir{{"directory", "--bind", "127.0.0.1", "--port", "0",
+             "--insecure-plaintext", "--log-level", "info"}};
   REQUIRE(!dir.wait_for_line("listening on", 20s).empty());
-  CHECK_MESSAGE(dir.output().find("TLS is OFF") != std::string::npos,
-                dir.output());
+  CHECK_MESSAGE(dir.text.find("TLS is OFF") != std::string::npos, dir.text);
 }

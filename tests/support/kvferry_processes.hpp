@@ -73,6 +73,27 @@ struct child {
     }
     return true;
   }
+  // The first line of the output that holds `needle`, once it has arrived;
+  // "" if it did not within `timeout`.
+  std::string wait_for_line(const std::string& needle, milliseconds timeout) {
+    if (!read_until(needle, timeout))
+      return {};
+    auto at = text.find(needle);
+    auto begin = text.rfind('\n', at);
+    begin = begin == std::string::npos ? 0 : begin + 1;
+    return text.substr(begin, text.find('\n', at) - begin);
+  }
+  // True while the process has not exited (reaps it once it has).
+  bool alive() {
+    int status = 0;
+    if (pid <= 0)
+      return false;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      pid = -1; // reaped: never signal a recycled pid
+      return false;
+    }
+    return true;
+  }
   // Waits for exit; returns the exit status or -1 on timeout.
   int wait_exit(milliseconds timeout) {
     auto deadline = steady_clock::now() + timeout;
