@@ -358,9 +358,16 @@ int run_worker(worker_command& cmd) {
   caf::actor app = role == worker_role::prefill
                        ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
                        : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
+  // Dials each peer of the other role that joins (spawn_peer_linker says
+  // why the dial before registering is not enough).
+  auto linker = spawn_peer_linker(
+      sys,
+      role == worker_role::prefill ? worker_role::decode : worker_role::prefill,
+      std::chrono::seconds(2));
   auto stop_all = [&] {
     self->send_exit(app, caf::exit_reason::user_shutdown);
     self->send_exit(transfer, caf::exit_reason::user_shutdown);
+    self->send_exit(linker, caf::exit_reason::user_shutdown);
   };
   // A published port lets peers reach this node directly (over TLS).
   auto port = runtime::publish_control(app, 0, cmd.bind);
@@ -378,7 +385,8 @@ int run_worker(worker_command& cmd) {
   // every worker); its `left` fails what waits on that peer at once.
   // Both app actors watch: a producer fails requests of a consumer that
   // left, a consumer those of a producer that left (and frees their blocks).
-  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer), app};
+  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(transfer), app,
+                                   linker};
   bool ipc_capable = info.ipc_capable;
   auto keeper = start_membership(sys, cmd, std::move(info), std::move(watchers),
                                  dir_host, dir_port);
