@@ -60,6 +60,9 @@ struct demo_command {
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
+  // The run's request ids are base+1..base+requests (warm-ups after);
+  // unset: a fresh base per run (request_id_base_for).
+  std::optional<std::uint64_t> request_id_base;
   std::string directory; // attach instead of starting processes
   std::uint32_t min_tokens = 64;
   std::uint32_t max_tokens = 1024;
@@ -287,6 +290,22 @@ double data_rate_gbps(results& out) {
   return busy_ns > 0 ? static_cast<double>(out.bytes) / busy_ns : 0.0;
 }
 
+// Request ids are unique per run: a worker may still hold an earlier run's
+// requests (a router killed, or one whose producer was stopped, leaves them
+// open until the workers' deadlines), and the same ids again would be
+// refused as duplicates. The base is random, below 2^51: transfer ids keep
+// 52 bits of a request id (transfer_id_of), and base + requests stays
+// below that. --request-id-base forces one (tests rerun with the same ids).
+constexpr std::uint64_t request_id_base_limit = std::uint64_t{1} << 51;
+
+std::uint64_t request_id_base_for(const std::optional<std::uint64_t>& forced) {
+  if (forced)
+    return *forced;
+  std::random_device entropy;
+  auto r = (std::uint64_t{entropy()} << 32) ^ entropy();
+  return r % request_id_base_limit;
+}
+
 struct router_plan {
   std::vector<std::uint32_t> tokens; // one per request
   std::vector<producer_actor> producers;
@@ -297,6 +316,7 @@ struct router_plan {
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
+  std::uint64_t id_base = 0; // request i (0-based) has id id_base + i + 1
   std::uint32_t inflight = 2;
   std::uint32_t timeout_ms = 10000;
   // Tokens of the one warm-up request per producer/consumer pair that runs
@@ -376,7 +396,7 @@ void warm_up(caf::event_based_actor* self,
              const std::shared_ptr<results>& out, std::function<void()> done) {
   auto t0 = steady_clock::now();
   auto pairs = plan->producers.size() * plan->consumers.size();
-  auto id = plan->tokens.size();
+  auto id = plan->id_base + plan->tokens.size();
   for (std::size_t producer = 0; producer < plan->producers.size(); ++producer)
     for (std::size_t consumer = 0; consumer < plan->consumers.size();
          ++consumer) {
@@ -432,7 +452,7 @@ caf::behavior router(caf::event_based_actor* self,
     while (!*warming && flight->count < plan->inflight &&
            *next < plan->tokens.size() && !*stopped) {
       auto i = (*next)++;
-      auto id = i + 1;
+      auto id = plan->id_base + i + 1;
       auto consumer = i % plan->consumers.size();
       auto producer = i % plan->producers.size();
       auto t0 = steady_clock::now();
@@ -1045,6 +1065,7 @@ int run_demo(demo_command& cmd) {
   plan->layerwise = cmd.layerwise;
   plan->pull = cmd.pull;
   plan->seed = cmd.seed;
+  plan->id_base = request_id_base_for(cmd.request_id_base);
   plan->inflight = std::max<std::uint32_t>(1, cmd.inflight);
   plan->timeout_ms = cmd.timeout_ms;
   plan->warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
@@ -1053,11 +1074,11 @@ int run_demo(demo_command& cmd) {
   auto finished = std::make_shared<std::promise<void>>();
   auto done_future = finished->get_future();
   fmt::print(stderr,
-             "kvferry demo: {} requests ({}-{} tokens, seed {}), {} mode{}, "
-             "{} in flight, {} prefill / {} decode workers on {}, directory "
-             "{}\n",
+             "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
+             "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
+             "directory {}\n",
              cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
-             cmd.pull ? "pull" : "push",
+             plan->id_base + 1, cmd.pull ? "pull" : "push",
              cmd.layerwise ? ", layer by layer" : "", plan->inflight,
              plan->producers.size(), plan->consumers.size(), memory, directory);
   auto r = sys.spawn(router, plan, out, finished, *dir);
@@ -1171,6 +1192,11 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_flag("--pull", cmd->pull,
                 "the consumer reads what the producer advertises");
   sub->add_option("--seed", cmd->seed)->capture_default_str();
+  sub->add_option("--request-id-base", cmd->request_id_base,
+                  "request ids are BASE+1..BASE+N (warm-ups after); default: "
+                  "a random base per run, so that requests an earlier run "
+                  "left open on the workers cannot collide with this run's")
+      ->check(CLI::Range(std::uint64_t{0}, request_id_base_limit));
   sub->add_flag("!--no-warm-up", cmd->warm_up,
                 "count the first request to each worker too (by default one "
                 "small request per worker pair runs before the clock starts, "
