@@ -39,6 +39,8 @@
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "percentile.hpp"
+#include "size_list.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -122,38 +124,23 @@ std::string memory_option(const std::vector<bench_memory>& memories) {
 // ---- sizes
 // ----------------------------------------------------------------------------------
 
-size_t parse_size(const std::string& text) {
-  size_t pos = 0;
-  double value = std::stod(text, &pos);
-  std::string unit = text.substr(pos);
-  double scale = 1;
-  if (unit == "K" || unit == "KiB" || unit == "k")
-    scale = 1024;
-  else if (unit == "M" || unit == "MiB")
-    scale = 1024.0 * 1024;
-  else if (unit == "G" || unit == "GiB")
-    scale = 1024.0 * 1024 * 1024;
-  else if (!unit.empty() && unit != "B")
-    fail("--sizes: unknown unit in '" + text + "'");
-  return static_cast<size_t>(value * scale);
-}
-
-// "4K..256M" (factors of 4) or "4K,64K,1M".
-std::vector<size_t> parse_sizes(const std::string& text) {
+// "4K..256M" (factors of 4) or "4K,64K,1M"; each size as size_list.hpp
+// parses it for every benchmark.
+std::vector<size_t> bench_sizes(const std::string& text) {
   std::vector<size_t> out;
-  if (auto dots = text.find(".."); dots != std::string::npos) {
-    size_t low = parse_size(text.substr(0, dots)),
-           high = parse_size(text.substr(dots + 2));
-    if (low == 0 || high < low)
-      fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
-    for (size_t s = low; s <= high; s *= 4)
-      out.push_back(s);
-  } else {
-    std::stringstream in(text);
-    std::string item;
-    while (std::getline(in, item, ','))
-      if (!item.empty())
-        out.push_back(parse_size(item));
+  try {
+    if (auto dots = text.find(".."); dots != std::string::npos) {
+      size_t low = parse_size(text.substr(0, dots)),
+             high = parse_size(text.substr(dots + 2));
+      if (low == 0 || high < low)
+        fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
+      for (size_t s = low; s <= high; s *= 4)
+        out.push_back(s);
+    } else {
+      out = parse_sizes(text);
+    }
+  } catch (const std::logic_error& e) { // std::stod's, or an unknown unit
+    fail(std::string("--sizes: ") + e.what());
   }
   for (auto s : out)
     if (s == 0 || s > (size_t{1} << 30))
@@ -423,7 +410,7 @@ receive_pool& pool_for(std::vector<receive_pool>& pools,
 
 int serve(const bench_options& o) {
   control ctl(o.serve_fd, o.timeout_s);
-  auto sizes = parse_sizes(o.sizes);
+  auto sizes = bench_sizes(o.sizes);
   auto net = tp::plugin::load(o.plugin_name);
   tp::channel_options copt;
   copt.comms = o.comms;
@@ -594,17 +581,6 @@ struct size_result {
   }
 };
 
-double percentile(std::vector<double>& values, double p) {
-  if (values.empty())
-    return 0;
-  auto at =
-      static_cast<size_t>(p * static_cast<double>(values.size() - 1) + 0.5);
-  std::nth_element(values.begin(),
-                   values.begin() + static_cast<std::ptrdiff_t>(at),
-                   values.end());
-  return values[at];
-}
-
 double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
@@ -680,7 +656,7 @@ struct receiver_process {
 class sender {
 public:
   explicit sender(bench_options o)
-      : o_(std::move(o)), sizes_(parse_sizes(o_.sizes)) {}
+      : o_(std::move(o)), sizes_(bench_sizes(o_.sizes)) {}
 
   int run() {
     if (o_.depth < 1 || o_.comms < 1 || o_.repeat < 1)
