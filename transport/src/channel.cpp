@@ -523,7 +523,7 @@ std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net, int dev,
                                           size_t comm_count) {
   if (!net)
     throw transport_error("channel: no plugin given");
-  net->device(dev); // throws for a bad index
+  net->usable_device(dev); // throws for a bad index or an unusable device
   if (options.chunk_bytes == 0 || options.chunk_bytes > max_chunk_bytes)
     throw transport_error(
         fmt::format("channel to {}: chunk_bytes {} outside 1..{}", options.peer,

@@ -45,6 +45,8 @@ struct channel_listener::impl {
   std::vector<ncclNetDeviceHandle_v7_t*> device_ptrs;
 
   ~impl() {
+    if (!net) // the constructor threw before anything was opened
+      return;
     auto& table = net->net();
     for (auto* comm : recv_comms)
       if (comm)
@@ -68,7 +70,7 @@ channel_listener::channel_listener(std::shared_ptr<plugin> net, int dev,
     : impl_(std::make_unique<impl>()) {
   if (!net)
     throw transport_error("channel_listener: no plugin given");
-  auto& props = net->device(dev);
+  auto& props = net->usable_device(dev);
   if (options.comms < 1)
     throw transport_error(
         fmt::format("channel to {}: comms must be >= 1", options.peer));
@@ -176,7 +178,7 @@ channel_connector::channel_connector(std::shared_ptr<plugin> net, int dev,
     : impl_(std::make_unique<impl>()) {
   if (!net)
     throw transport_error("channel_connector: no plugin given");
-  net->device(dev);
+  net->usable_device(dev);
   if (peer_handles.empty())
     throw transport_error(fmt::format(
         "channel to {}: no peer handles to connect to", options.peer));
