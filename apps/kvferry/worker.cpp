@@ -301,6 +301,7 @@ int run_worker(worker_command& cmd) {
   std::shared_ptr<transport::plugin> net;
   try {
     net = transport::plugin::load(cmd.plugin);
+    net->usable_device(0); // the transfer actor's device: NCCL's rules
   } catch (const std::exception& e) {
     spdlog::error("worker {}: {}", cmd.name, e.what());
     return 1;
