@@ -295,6 +295,34 @@ cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n,
   return cudaGetLastError();
 }
 
+// The plain kernel (copy_tuning::plain), the baseline issue #18 measured
+// against: a thread block per work item (with item_bytes at least the block
+// size, a block per extent), blocks striding over the list, each thread
+// copying 16 bytes at a time with plain loads and stores. Nothing else: no
+// unrolling, no cache hints, no balancing.
+__global__ void plain_copy_kernel(const copy_work_item* __restrict__ items,
+                                  std::uint32_t item_count, const char* src,
+                                  char* dst) {
+  for (std::uint32_t i = blockIdx.x; i < item_count; i += gridDim.x) {
+    const copy_work_item item = items[i];
+    const char* s = src + item.src_offset;
+    char* d = dst + item.dst_offset;
+    std::uint32_t done = 0;
+    if (((reinterpret_cast<std::uintptr_t>(s) |
+          reinterpret_cast<std::uintptr_t>(d)) &
+         15u) == 0) {
+      const auto* vs = reinterpret_cast<const uint4*>(s);
+      auto* vd = reinterpret_cast<uint4*>(d);
+      const std::uint32_t vectors = item.length >> 4;
+      for (std::uint32_t v = threadIdx.x; v < vectors; v += blockDim.x)
+        vd[v] = vs[v];
+      done = vectors << 4;
+    }
+    for (std::uint32_t b = done + threadIdx.x; b < item.length; b += blockDim.x)
+      d[b] = s[b];
+  }
+}
+
 template<typename Kernel>
 int blocks_per_sm_of(Kernel kernel, int threads) {
   int blocks = 0;
@@ -741,6 +769,8 @@ int balanced_grid(std::uint64_t items, int warps_per_block, int max_blocks) {
 } // namespace
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
+  if (tuning.plain)
+    return blocks_per_sm_of(plain_copy_kernel, tuning.threads_per_block);
   if (bulk_usable(tuning)) {
     const int blocks = bulk_blocks_per_sm(tuning);
     if (blocks > 0)
@@ -751,7 +781,8 @@ int copy_blocks_per_sm(const copy_tuning& tuning) {
 }
 
 bool uses_item_list(const copy_tuning& tuning) {
-  return tuning.bulk || tuning.cta_per_item || tuning.host_item_list;
+  return tuning.bulk || tuning.cta_per_item || tuning.host_item_list ||
+         tuning.plain;
 }
 
 bool bulk_eligible(const std::vector<copy_work_item>& items,
@@ -770,6 +801,13 @@ cudaError_t launch_batched_copy(const copy_work_item* items,
                                 bool items_bulk_eligible, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
+  if (tuning.plain) { // a block per item, never more blocks than items
+    plain_copy_kernel<<<grid_for(item_count, 1, grid_blocks),
+                        tuning.threads_per_block, 0, stream>>>(
+        items, item_count, reinterpret_cast<const char*>(src_base),
+        reinterpret_cast<char*>(dst_base));
+    return cudaGetLastError();
+  }
   const auto bases = reinterpret_cast<std::uintptr_t>(src_base) |
                      reinterpret_cast<std::uintptr_t>(dst_base);
   if (items_bulk_eligible && bulk_usable(tuning) && bases % 16 == 0 &&
