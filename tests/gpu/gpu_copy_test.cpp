@@ -82,8 +82,9 @@ void check_copy(gpu_copy_engine& engine, device_buffers& bufs,
   CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
 }
 
-// The plain kernel with extents cut into many small items and a block
-// smaller than an item's vectors: blocks loop over items and vectors.
+// The plain kernel with extents longer than its items (so items are found
+// by the search, not taken as extents) and a block smaller than an item's
+// vectors: blocks loop over items and vectors.
 copy_tuning small_plain_items() {
   copy_tuning t = plain_copy_tuning();
   t.item_bytes = 4096;

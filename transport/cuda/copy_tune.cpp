@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <numeric>
 #include <random>
@@ -122,6 +124,9 @@ public:
   tune_lock(const std::string& path, std::chrono::milliseconds patience) {
     if (path.empty())
       return;
+    std::error_code ignored; // no directory: no lock, and the write says why
+    std::filesystem::create_directories(
+        std::filesystem::path{path}.parent_path(), ignored);
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     const auto deadline = std::chrono::steady_clock::now() + patience;
     while (fd_ >= 0 && ::flock(fd_, LOCK_EX | LOCK_NB) != 0) {

@@ -66,7 +66,7 @@ namespace {
 // Whether this tuning's warp kernel draws its items from the claim counter
 // (for plans it runs on: kernels::runs_block_per_item).
 bool claims_items(const copy_tuning& t) {
-  return t.claim_items && !kernels::uses_item_list(t);
+  return t.claim_items && !t.plain && !kernels::uses_item_list(t);
 }
 
 // The extents in the order the kernel should take them

@@ -296,30 +296,45 @@ cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n,
 }
 
 // The plain kernel (copy_tuning::plain), the baseline issue #18 measured
-// against: a thread block per work item (with item_bytes at least the block
-// size, a block per extent), blocks striding over the list, each thread
-// copying 16 bytes at a time with plain loads and stores. Nothing else: no
-// unrolling, no cache hints, no balancing.
-__global__ void plain_copy_kernel(const copy_work_item* __restrict__ items,
-                                  std::uint32_t item_count, const char* src,
+// against: a thread block per work item of the packed plan, blocks striding
+// over the items, each thread copying 16 bytes at a time with plain loads
+// and stores. Nothing else: no unrolling, no cache hints, no balancing. With
+// item_bytes at least every extent's length (2 MiB in plain_copy_tuning())
+// an item is an extent -- a block per extent -- and no search is needed;
+// only a plan with longer extents (cut into items) searches, once per warp.
+__global__ void plain_copy_kernel(const copy_extent* __restrict__ extents,
+                                  const std::uint32_t* __restrict__ first_item,
+                                  std::uint32_t extent_count,
+                                  std::uint32_t item_count,
+                                  std::uint32_t item_bytes, const char* src,
                                   char* dst) {
-  for (std::uint32_t i = blockIdx.x; i < item_count; i += gridDim.x) {
-    const copy_work_item item = items[i];
-    const char* s = src + item.src_offset;
-    char* d = dst + item.dst_offset;
-    std::uint32_t done = 0;
+  const unsigned lane = threadIdx.x % warp_lanes;
+  const bool item_is_extent = item_count == extent_count;
+  std::uint32_t i = blockIdx.x;
+  while (i < item_count) {
+    const std::uint32_t k =
+        item_is_extent ? i
+                       : warp_find_extent(first_item, 0, extent_count, i, lane);
+    const copy_extent e = extents[k];
+    const std::uint64_t offset = std::uint64_t{i - first_item[k]} * item_bytes;
+    const char* s = src + e.src_offset + offset;
+    char* d = dst + e.dst_offset + offset;
+    const std::uint64_t len = min(std::uint64_t{item_bytes}, e.length - offset);
+    std::uint64_t done = 0;
     if (((reinterpret_cast<std::uintptr_t>(s) |
           reinterpret_cast<std::uintptr_t>(d)) &
          15u) == 0) {
       const auto* vs = reinterpret_cast<const uint4*>(s);
       auto* vd = reinterpret_cast<uint4*>(d);
-      const std::uint32_t vectors = item.length >> 4;
-      for (std::uint32_t v = threadIdx.x; v < vectors; v += blockDim.x)
+      const std::uint64_t vectors = len >> 4;
+      for (std::uint64_t v = threadIdx.x; v < vectors; v += blockDim.x)
         vd[v] = vs[v];
       done = vectors << 4;
     }
-    for (std::uint32_t b = done + threadIdx.x; b < item.length; b += blockDim.x)
+    for (std::uint64_t b = done + threadIdx.x; b < len; b += blockDim.x)
       d[b] = s[b];
+    // i + gridDim.x could wrap past 2^32 - 1 on the largest plans.
+    i = item_count - i > gridDim.x ? i + gridDim.x : item_count;
   }
 }
 
@@ -781,8 +796,7 @@ int copy_blocks_per_sm(const copy_tuning& tuning) {
 }
 
 bool uses_item_list(const copy_tuning& tuning) {
-  return tuning.bulk || tuning.cta_per_item || tuning.host_item_list ||
-         tuning.plain;
+  return tuning.bulk || tuning.cta_per_item || tuning.host_item_list;
 }
 
 bool bulk_eligible(const std::vector<copy_work_item>& items,
@@ -801,13 +815,6 @@ cudaError_t launch_batched_copy(const copy_work_item* items,
                                 bool items_bulk_eligible, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
-  if (tuning.plain) { // a block per item, never more blocks than items
-    plain_copy_kernel<<<grid_for(item_count, 1, grid_blocks),
-                        tuning.threads_per_block, 0, stream>>>(
-        items, item_count, reinterpret_cast<const char*>(src_base),
-        reinterpret_cast<char*>(dst_base));
-    return cudaGetLastError();
-  }
   const auto bases = reinterpret_cast<std::uintptr_t>(src_base) |
                      reinterpret_cast<std::uintptr_t>(dst_base);
   if (items_bulk_eligible && bulk_usable(tuning) && bases % 16 == 0 &&
@@ -853,6 +860,14 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                                claim_counter* claims, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
+  if (tuning.plain) { // a block per item, never more blocks than items
+    plain_copy_kernel<<<grid_for(item_count, 1, grid_blocks),
+                        tuning.threads_per_block, 0, stream>>>(
+        extents, first_item, extent_count, item_count, tuning.item_bytes,
+        reinterpret_cast<const char*>(src_base),
+        reinterpret_cast<char*>(dst_base));
+    return cudaGetLastError();
+  }
   if (runs_block_per_item(tuning, extent_count, item_count)) {
     constexpr std::uint32_t max_grid = 0x7fffffffu;
     // Loads per thread that copy an item in one pass.

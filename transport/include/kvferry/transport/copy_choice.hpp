@@ -154,10 +154,7 @@ tuning_table tune_copy_kernel(int gpu);
 /// file beside the cache, waited for at most 10 s). Warnings go to the log.
 copy_choice choose_copy_kernel(int gpu);
 
-/// The one call a transfer actor needs: choose_copy_kernel's bands as engine
-/// bands, or `engine_wide` alone (the default kernel) when choosing failed,
-/// with the reason logged.
-std::vector<copy_band> chosen_copy_bands(int gpu,
-                                         const copy_tuning& engine_wide = {});
+// chosen_copy_bands(gpu, engine_wide), the one call a transfer actor needs,
+// is declared in gpu_copy.hpp.
 
 } // namespace kvferry::transport

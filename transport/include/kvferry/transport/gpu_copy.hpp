@@ -100,10 +100,12 @@ struct copy_tuning {
   /// in the demo").
   bool high_priority_stream = false;
   /// The plain kernel (issue #18's baseline): a thread block per work item
-  /// of a host-cut list, blocks striding over it, 16-byte plain loads and
-  /// stores, nothing else. With item_bytes at least the plan's block size
-  /// that is a block per extent; plain_copy_tuning() (copy_choice.hpp) has
-  /// the measured shape (512 threads, 8 blocks per SM, 2 MiB items).
+  /// of the packed plan, blocks striding over the items, 16-byte plain loads
+  /// and stores, nothing else. With item_bytes at least the plan's block
+  /// size that is a block per extent; plain_copy_tuning() (copy_choice.hpp)
+  /// has the measured shape (512 threads, 8 blocks per SM, 2 MiB items).
+  /// `unroll`, `streaming`, `claim_items` and `block_per_item_from` do not
+  /// apply to it.
   bool plain = false;
 };
 
@@ -229,6 +231,14 @@ private:
   std::vector<int> band_grid_blocks_;
   std::unique_ptr<impl> impl_;
 };
+
+/// The bands of the copy kernel chosen for `gpu` (copy_choice.hpp:
+/// KVFERRY_COPY_KERNEL, the cache, or an autotune now), with `engine_wide`'s
+/// stream priority; `engine_wide` alone when choosing failed (logged). What
+/// a transfer actor builds its engine from:
+///   gpu_copy_engine engine{gpu, chosen_copy_bands(gpu, tuning)};
+std::vector<copy_band> chosen_copy_bands(int gpu,
+                                         const copy_tuning& engine_wide = {});
 
 /// Throws std::invalid_argument naming the band that an engine cannot run.
 void check_copy_bands(const std::vector<copy_band>& bands);
