@@ -43,6 +43,8 @@
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "kvferry/transport/copy_choice.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
@@ -671,6 +673,8 @@ json copy_choice_json(const copy_choice& c) {
 }
 
 int run_child(const bench_ipc_options& opt) {
+  // The copy-kernel choice logs; stdout carries the result to the parent.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("bench-ipc"));
   try {
     auto topology = system_gpu_topology();
     const gpu_pair pair = plan_gpu_pair(*topology, opt.src_gpu, opt.dst_gpu);
