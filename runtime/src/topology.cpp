@@ -900,12 +900,14 @@ private:
         continue;
       auto [it, fresh] =
           owners.emplace(std::make_pair(worker.host, *worker.gpu), &worker);
+      // Allowed (the demo runs so), but worth a word: a typo looks the same.
       if (!fresh)
-        error(worker.where,
-              fmt::format("workers '{}' and '{}' both use GPU {} of host '{}'; "
-                          "one GPU serves one worker",
-                          it->second->name, worker.name, *worker.gpu,
-                          worker.host));
+        warning(worker.where,
+                fmt::format("workers '{}' and '{}' share GPU {} of host '{}': "
+                            "kvferry launch runs them under a private MPS "
+                            "daemon (docs/deploy.md)",
+                            it->second->name, worker.name, *worker.gpu,
+                            worker.host));
     }
   }
 
