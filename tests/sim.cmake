@@ -1,0 +1,5 @@
+# The simulator (`kvferry sim`, sim/): trace input, the event engine and its
+# models, and the command end to end on a small trace and the sample traces
+# in ../shared/traces (skipped, saying so, where that folder is absent).
+kvferry_add_test(NAME test_sim_trace SOURCES unit/sim_trace_test.cpp
+  LIBS kvferry_sim_trace LABELS unit TIMEOUT 60)
