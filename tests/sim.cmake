@@ -3,3 +3,5 @@
 # in ../shared/traces (skipped, saying so, where that folder is absent).
 kvferry_add_test(NAME test_sim_trace SOURCES unit/sim_trace_test.cpp
   LIBS kvferry_sim_trace LABELS unit TIMEOUT 60)
+kvferry_add_test(NAME test_sim_engine SOURCES unit/sim_engine_test.cpp
+  LIBS kvferry_sim LABELS unit TIMEOUT 60)
