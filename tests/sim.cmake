@@ -5,3 +5,6 @@ kvferry_add_test(NAME test_sim_trace SOURCES unit/sim_trace_test.cpp
   LIBS kvferry_sim_trace LABELS unit TIMEOUT 60)
 kvferry_add_test(NAME test_sim_engine SOURCES unit/sim_engine_test.cpp
   LIBS kvferry_sim LABELS unit TIMEOUT 60)
+kvferry_add_test(NAME test_sim_cli SOURCES integration/sim_cli_test.cpp
+  LIBS kvferry_sim_trace LABELS integration TIMEOUT 180)
+add_dependencies(test_sim_cli kvferry)
