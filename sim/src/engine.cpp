@@ -241,10 +241,10 @@ private:
     csv_.open(csv_path_, std::ios::binary | std::ios::trunc);
     if (!csv_)
       throw std::runtime_error("cannot write " + csv_path_);
-    buffer_ += "index,line,arrival_ms,input_tokens,output_tokens,"
-               "prefill_worker,decode_worker,path,status,queue_ms,"
-               "prefill_ms,wait_ms,transfer_ms,decode_ms,ttft_ms,"
-               "transfer_total_ms,e2e_ms,bytes_moved,bytes_saved\n";
+    put("index,line,arrival_ms,input_tokens,output_tokens,prefill_worker,"
+        "decode_worker,path,status,queue_ms,prefill_ms,wait_ms,transfer_ms,"
+        "decode_ms,ttft_ms,transfer_total_ms,e2e_ms,bytes_moved,bytes_saved",
+        '\n');
   }
 
   // ---- events --------------------------------------------------------------
@@ -710,35 +710,50 @@ private:
       ++out_.slo_met;
   }
 
-  // "12.345": ms with three decimals, by integer arithmetic (printing
+  // "12.345,": ms with three decimals, by integer arithmetic (printing
   // doubles with a fixed precision was a tenth of the run time).
   void put_ms(ns_t ns) {
     auto us = (std::max<ns_t>(0, ns) + 500) / 1000;
-    fmt::format_to(std::back_inserter(buffer_), "{}.{:03},", us / 1000,
-                   us % 1000);
+    put(std::uint64_t(us / 1000), '.');
+    auto frac = us % 1000;
+    const char tail[4] = {char('0' + frac / 100), char('0' + frac / 10 % 10),
+                          char('0' + frac % 10), ','};
+    buffer_.append(tail, tail + 4);
+  }
+  // A CSV field and what ends it.
+  void put(std::uint64_t value, char end = ',') {
+    fmt::format_int text(value);
+    buffer_.append(text.data(), text.data() + text.size());
+    buffer_.push_back(end);
+  }
+  void put(std::string_view text, char end = ',') {
+    buffer_.append(text.data(), text.data() + text.size());
+    buffer_.push_back(end);
   }
 
   void csv_row(const request& r, const std::string& p, const std::string& d,
                const ns_t* parts) {
     if (csv_path_.empty())
       return;
-    fmt::format_to(std::back_inserter(buffer_), "{},{},", r.trace.index,
-                   r.trace.line);
+    put(r.trace.index);
+    put(r.trace.line);
     put_ms(r.arrival);
-    fmt::format_to(std::back_inserter(buffer_), "{},{},{},{},{},",
-                   r.trace.input_tokens, r.trace.output_tokens, p, d,
-                   r.ipc ? "ipc" : "net");
+    put(r.trace.input_tokens);
+    put(r.trace.output_tokens);
+    put(p);
+    put(d);
+    put(r.ipc ? "ipc" : "net");
     if (parts == nullptr) {
-      buffer_ += "rejected,,,,,,,,,0,0\n";
+      put("rejected,,,,,,,,,0,0", '\n');
     } else {
-      buffer_ += "ok,";
+      put("ok");
       for (int i = 0; i < 5; ++i)
         put_ms(parts[i]);
       put_ms(r.first_token - r.arrival);
       put_ms(r.transfer_done - r.transfer_start);
       put_ms(now_ - r.arrival);
-      fmt::format_to(std::back_inserter(buffer_), "{},{}\n",
-                     std::uint64_t(r.bytes), std::uint64_t(r.saved));
+      put(std::uint64_t(r.bytes));
+      put(std::uint64_t(r.saved), '\n');
     }
     if (buffer_.size() > (1u << 20))
       flush_csv();
@@ -811,7 +826,8 @@ private:
   ns_t net_time_ = 0;
   std::uint32_t net_generation_ = 0;
 
-  std::string csv_path_, buffer_;
+  std::string csv_path_;
+  fmt::memory_buffer buffer_;
   std::ofstream csv_;
   summary out_;
 };
