@@ -165,6 +165,27 @@ workers:
       CHECK(link.bytes == doctest::Approx(2 * 819200));
 }
 
+TEST_CASE("max-min sharing: an uncapped flow takes what a capped one "
+          "leaves") {
+  // A streams layer by layer during its 1.6 s prefill, held to 5.12
+  // bytes/us. B, on another prefill worker, ends its prefill at 160.05 ms
+  // with 563 bytes still to send (it started 0.11 ms after its prefill):
+  // they go at the link's rest, 1 - 0.00512 bytes/ns, in 0.6 us, not at
+  // A's rate (0.11 ms).
+  auto yaml = R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: p1, role: prefill, host: a, gpu: 1}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 2000}
+transfer: {layerwise: true}
+)" + model + sim_section();
+  auto r = simulate(yaml, {{0, 16000, 1}, {10, 1600, 1}});
+  INFO(r.csv);
+  CHECK(r.csv.find("1,2,10.000,1600,1,p1,d0,net,ok,0.050,160.000,0.000,0.001,"
+                   "5.000,") != std::string::npos);
+}
+
 TEST_CASE("same host: CUDA IPC at its own rate, no NIC") {
   auto yaml = R"(
 workers:
