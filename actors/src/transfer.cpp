@@ -142,7 +142,7 @@ struct peer_out {
   std::uint32_t next_comm = 0;
   // CUDA IPC (same-host GPU peer): its region mapped here, the copies in
   // flight and the sends waiting for a free engine slot.
-  std::optional<transport::memory_region> mapped;
+  std::optional<transport::memory_view> mapped;
   struct ipc_copy {
     transport::copy_ticket ticket;
     std::uint64_t id;
