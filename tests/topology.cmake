@@ -30,3 +30,12 @@ add_test(NAME test_netns_two_hosts
 set_tests_properties(test_netns_two_hosts PROPERTIES
   LABELS integration TIMEOUT 300 SKIP_RETURN_CODE 77
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+
+# One plugin search rule: launch's check and the loader find the same file in
+# a build tree and in an installed tree (laid out as the install rules do).
+kvferry_add_test(NAME test_plugin_search SOURCES unit/plugin_search_test.cpp
+  LIBS kvferry_runtime LABELS unit TIMEOUT 30)
+target_compile_definitions(test_plugin_search PRIVATE
+  KVFERRY_TEST_INSTALL_BINDIR="${CMAKE_INSTALL_BINDIR}"
+  KVFERRY_TEST_INSTALL_LIBDIR="${CMAKE_INSTALL_LIBDIR}")
+add_dependencies(test_plugin_search nccl-net-kvsock)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #include <climits>
 #include <fmt/format.h>
@@ -16,38 +17,10 @@ std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,
         fmt::format("plan_blocks: {} source blocks but {} destination blocks",
                     src_offsets.size(), dst_offsets.size()));
   std::vector<extent> out;
-  for (std::size_t i = 0; i < src_offsets.size(); ++i) {
-    extent next{src_offsets[i], dst_offsets[i], block_bytes};
-    if (!out.empty()) {
-      auto& last = out.back();
-      if (last.src_offset + last.length == next.src_offset &&
-          last.dst_offset + last.length == next.dst_offset) {
-        last.length += block_bytes;
-        continue;
-      }
-    }
-    out.push_back(next);
-  }
-  return out;
-}
-
-std::vector<extent> coalesce(const std::vector<extent>& extents) {
-  std::vector<extent> out;
-  out.reserve(extents.size());
-  for (const auto& e : extents) {
-    if (e.length == 0)
-      continue;
-    if (!out.empty()) {
-      auto& last = out.back();
-      if (last.src_offset + last.length == e.src_offset &&
-          last.dst_offset + last.length == e.dst_offset) {
-        last.length += e.length;
-        continue;
-      }
-    }
-    out.push_back(e);
-  }
-  return out;
+  out.reserve(src_offsets.size());
+  for (std::size_t i = 0; i < src_offsets.size(); ++i)
+    out.push_back({src_offsets[i], dst_offsets[i], block_bytes});
+  return coalesce(std::move(out));
 }
 
 std::vector<extent> split_chunks(const std::vector<extent>& extents,
@@ -63,30 +36,6 @@ std::vector<extent> split_chunks(const std::vector<extent>& extents,
     }
   }
   return out;
-}
-
-std::string check_extents(const std::vector<extent>& extents, extent_side side,
-                          std::uint64_t region_bytes, const std::string& peer) {
-  const char* which = side == extent_side::source ? "source" : "destination";
-  for (std::size_t i = 0; i < extents.size(); ++i) {
-    const auto& e = extents[i];
-    auto offset = side == extent_side::source ? e.src_offset : e.dst_offset;
-    // Written as subtraction so that offset + length cannot overflow.
-    bool inside = offset <= region_bytes && e.length <= region_bytes - offset;
-    if (!inside)
-      return fmt::format(
-          "extent #{} from peer '{}' ({} offset {}, length {}) lies outside "
-          "the registered region of {} bytes",
-          i, peer, which, offset, e.length, region_bytes);
-  }
-  return {};
-}
-
-std::uint64_t plan_bytes(const std::vector<extent>& extents) {
-  std::uint64_t total = 0;
-  for (const auto& e : extents)
-    total += e.length;
-  return total;
 }
 
 // ---- block_pool

@@ -142,7 +142,7 @@ struct peer_out {
   std::uint32_t next_comm = 0;
   // CUDA IPC (same-host GPU peer): its region mapped here, the copies in
   // flight and the sends waiting for a free engine slot.
-  std::optional<transport::memory_region> mapped;
+  std::optional<transport::memory_view> mapped;
   struct ipc_copy {
     transport::copy_ticket ticket;
     std::uint64_t id;
@@ -197,7 +197,6 @@ struct transfer_state {
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
   bool spin_while_copying = detail::ipc_spin_while_copying();
-  std::vector<transport::copy_extent> ipc_extents;          // reused per launch
   std::string ipc_test_hold = detail::ipc_test_hold_file(); // tests only
   // CUDA IPC quarantine, sending side: copies whose transfer is gone (timed
   // out here, or the peer was dropped) but whose kernel may still run, and
@@ -555,12 +554,9 @@ void map_ahead(transfer_state& st, const worker_info& w) {
 // start the kernel before that call returns.
 void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
                      const std::vector<extent>& extents) {
-  st.ipc_extents.clear();
-  for (const auto& e : extents)
-    st.ipc_extents.push_back({e.src_offset, e.dst_offset, e.length});
   auto& engine = *st.engine;
   const auto& src = st.cfg.region->view();
-  const auto plan = engine.prepare(st.ipc_extents, src.bytes, p.mapped->bytes);
+  const auto plan = engine.prepare(extents, src.bytes, p.mapped->bytes);
   const auto launched = steady_clock::now();
   transport::copy_ticket ticket;
   try {
@@ -843,14 +839,11 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  if (auto bad = check_extents(o.extents, extent_side::source,
-                               st.cfg.region->size(), peer);
-      !bad.empty())
-    return make_error(ec::invalid_extent, "send order: " + bad);
-  if (auto bad = check_extents(o.extents, extent_side::destination,
-                               o.peer.region_bytes, peer);
-      !bad.empty())
-    return make_error(ec::invalid_extent, "send order: " + bad);
+  if (auto bad =
+          check_extents(o.extents, st.cfg.region->size(), o.peer.region_bytes))
+    return make_error(
+        ec::invalid_extent,
+        fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
   auto& p = st.out[peer];
   if (!p.ep.transfer) {
     p.ep = o.peer;
@@ -868,7 +861,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
       return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
   auto& t = p.transfers[o.transfer_id];
-  t.expected = plan_bytes(o.extents);
+  t.expected = total_bytes(o.extents);
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
   if (ipc) {
@@ -927,12 +920,14 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     return;
   }
   if (auto bad = check_extents(a.chunks, extent_side::destination,
-                               st.cfg.region->size(), a.sender);
-      !bad.empty()) {
-    drop_peer_in(self, a.sender, make_error(ec::invalid_extent, bad));
+                               st.cfg.region->size())) {
+    drop_peer_in(self, a.sender,
+                 make_error(ec::invalid_extent,
+                            fmt::format("transfer {} from '{}': {}",
+                                        a.transfer_id, a.sender, *bad)));
     return;
   }
-  t.expected = plan_bytes(a.chunks);
+  t.expected = total_bytes(a.chunks);
   if (!t.waiter) // unclaimed transfers still get a deadline
     arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
   try {

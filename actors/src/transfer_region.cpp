@@ -16,18 +16,17 @@ namespace kvferry {
 
 std::shared_ptr<memory_region> memory_region::allocate_host(std::uint64_t bytes,
                                                             std::string name) {
-  constexpr std::uint64_t page = 4096;
-  auto rounded = (bytes + page - 1) / page * page;
-  if (rounded == 0)
-    rounded = page;
-  auto* data = static_cast<std::uint8_t*>(std::aligned_alloc(page, rounded));
-  if (data == nullptr)
+  transport::gpu_region memory;
+  try {
+    memory = transport::gpu_region::allocate_host(bytes);
+  } catch (const std::bad_alloc&) {
     throw std::runtime_error(fmt::format(
         "memory region '{}': cannot allocate {} bytes of host memory", name,
-        rounded));
-  std::memset(data, 0, rounded);
+        bytes));
+  }
+  std::memset(memory.data(), 0, bytes); // every page touched once, here
   return std::shared_ptr<memory_region>(
-      new memory_region(memory_kind::host, data, bytes, std::move(name)));
+      new memory_region(std::move(memory), std::move(name)));
 }
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -66,11 +65,8 @@ memory_region::allocate_cuda(int gpu, std::uint64_t bytes, std::string name) {
     throw transport::gpu_error(
         fmt::format("memory region '{}': zeroing {} bytes on GPU {}: {}", name,
                     bytes, gpu, cudaGetErrorString(err)));
-  auto* data = reinterpret_cast<std::uint8_t*>(device.data());
-  std::shared_ptr<memory_region> region(
-      new memory_region(memory_kind::cuda, data, bytes, std::move(name)));
-  region->device_ = std::move(device);
-  return region;
+  return std::shared_ptr<memory_region>(
+      new memory_region(std::move(device), std::move(name)));
 }
 
 #else
@@ -85,29 +81,12 @@ memory_region::allocate_cuda(int gpu, std::uint64_t, std::string name) {
 
 #endif
 
-memory_region::memory_region(memory_kind kind, std::uint8_t* data,
-                             std::uint64_t size, std::string name)
-    : kind_(kind), data_(data), size_(size), name_(std::move(name)) {
-}
-
-memory_region::~memory_region() {
-  if (kind_ == memory_kind::host)
-    std::free(data_);
-  // A cuda region's memory goes with device_ (cudaFree).
+memory_region::memory_region(transport::gpu_region memory, std::string name)
+    : memory_(std::move(memory)), name_(std::move(name)) {
 }
 
 int memory_region::nccl_ptr_type() const {
-  return kind_ == memory_kind::cuda ? NCCL_PTR_CUDA : NCCL_PTR_HOST;
-}
-
-transport::memory_region memory_region::view() const {
-  transport::memory_region v;
-  v.kind = kind_ == memory_kind::cuda ? transport::memory_kind::cuda
-                                      : transport::memory_kind::host;
-  v.device = gpu();
-  v.base = reinterpret_cast<std::byte*>(data_);
-  v.bytes = size_;
-  return v;
+  return kind() == memory_kind::cuda ? NCCL_PTR_CUDA : NCCL_PTR_HOST;
 }
 
 } // namespace kvferry

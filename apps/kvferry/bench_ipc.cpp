@@ -139,8 +139,8 @@ std::vector<std::uint64_t> random_slots(std::mt19937_64& rng,
 
 struct child_context {
   gpu_pair pair;
-  int gpu;           // the destination GPU, where every copy runs
-  memory_region src; // the parent's pool, opened over IPC
+  int gpu;         // the destination GPU, where every copy runs
+  memory_view src; // the parent's pool, opened over IPC
   gpu_region dst;
   cudaStream_t stream;
   int repeats;

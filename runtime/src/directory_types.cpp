@@ -5,10 +5,6 @@
 
 namespace kvferry {
 
-const char* to_string(memory_kind kind) {
-  return kind == memory_kind::cuda ? "cuda" : "host";
-}
-
 const char* to_string(worker_role role) {
   return role == worker_role::decode ? "decode" : "prefill";
 }

@@ -135,33 +135,6 @@ std::size_t edit_distance(const std::string& a, const std::string& b) {
   return d[a.size()][b.size()];
 }
 
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-std::vector<std::string> split_path_list(const char* value) {
-  std::vector<std::string> dirs;
-  if (value == nullptr)
-    return dirs;
-  std::stringstream stream(value);
-  std::string dir;
-  while (std::getline(stream, dir, ':'))
-    if (!dir.empty())
-      dirs.push_back(dir);
-  return dirs;
-}
-
-std::string self_exe_dir() {
-  char buf[4096];
-  auto n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  if (n <= 0)
-    return {};
-  std::string path(buf, static_cast<std::size_t>(n));
-  auto slash = path.rfind('/');
-  return slash == std::string::npos ? std::string{} : path.substr(0, slash);
-}
-
 bool is_valid_name(const std::string& name) {
   if (name.empty() || name.size() > 64)
     return false;
@@ -211,30 +184,7 @@ std::string nearest(const std::string& word,
 
 std::string find_plugin(const std::string& plugin,
                         const load_options& options) {
-  if (plugin.find('/') != std::string::npos)
-    return file_exists(plugin) ? plugin : "";
-  std::vector<std::string> dirs = options.plugin_dirs;
-  if (dirs.empty())
-    dirs = split_path_list(std::getenv("KVFERRY_PLUGIN_PATH"));
-  auto exe_dir = options.exe_dir.empty() ? self_exe_dir() : options.exe_dir;
-  if (!exe_dir.empty()) {
-    dirs.push_back(exe_dir + "/../lib");
-    dirs.push_back(exe_dir + "/../lib64");
-    dirs.push_back(exe_dir);
-  }
-  for (auto& dir : split_path_list(std::getenv("LD_LIBRARY_PATH")))
-    dirs.push_back(dir);
-  for (const char* dir :
-       {"/usr/local/lib", "/usr/local/lib64", "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib"})
-    dirs.emplace_back(dir);
-  auto file_name = "libnccl-net-" + plugin + ".so";
-  for (auto& dir : dirs) {
-    auto candidate = dir + "/" + file_name;
-    if (file_exists(candidate))
-      return candidate;
-  }
-  return {};
+  return transport::find_plugin_file(plugin, options.plugins).value_or("");
 }
 
 std::optional<std::string> read_secret(const control_spec& control,
@@ -1047,8 +997,8 @@ private:
               : fmt::format(
                     "worker '{}': plugin '{}' not found (looked for "
                     "libnccl-net-{}.so in $KVFERRY_PLUGIN_PATH, the kvferry "
-                    "binary's ../lib, $LD_LIBRARY_PATH and the system library "
-                    "dirs)",
+                    "binary's ../lib, the install libdir, $LD_LIBRARY_PATH "
+                    "and the system library dirs)",
                     worker.name, worker.plugin, worker.plugin);
       if (options_.allow_missing_plugins)
         warning(worker.where, what);

@@ -93,15 +93,15 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the "
 
   // Destination: a pool of 64 KiB KV blocks; each receive goes to 64 random
   // ones.
-  kv_block_pool pool{gpu_region::allocate_device(gpu, 4 * receive_bytes),
-                     block_bytes};
+  const auto pool = gpu_region::allocate_device(gpu, 4 * receive_bytes);
+  const auto pool_blocks =
+      static_cast<std::uint32_t>(pool.size() / block_bytes);
   std::vector<unsigned char> sent(receive_bytes);
   void *send_mr = nullptr, *recv_mr = nullptr;
   REQUIRE(net->regMr(send_comm, sent.data(), static_cast<int>(sent.size()),
                      NCCL_PTR_HOST, &send_mr) == ncclSuccess);
-  REQUIRE(net->regMr(recv_comm, pool.region().base,
-                     static_cast<int>(pool.region().bytes), NCCL_PTR_CUDA,
-                     &recv_mr) == ncclSuccess);
+  REQUIRE(net->regMr(recv_comm, pool.data(), static_cast<int>(pool.size()),
+                     NCCL_PTR_CUDA, &recv_mr) == ncclSuccess);
 
   gpu_copy_engine engine{gpu};
   std::mt19937_64 rng{11};
@@ -110,16 +110,16 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the "
     CAPTURE(seq);
     for (auto& b : sent)
       b = static_cast<unsigned char>(rng());
-    std::vector<std::uint32_t> ids(pool.block_count());
+    std::vector<std::uint32_t> ids(pool_blocks);
     std::iota(ids.begin(), ids.end(), 0u);
     std::shuffle(ids.begin(), ids.end(), rng);
     std::vector<std::uint64_t> offsets;
     for (std::size_t b = 0; b < blocks_per_receive; ++b)
-      offsets.push_back(pool.offset_of(ids[b]));
+      offsets.push_back(std::uint64_t{ids[b]} * block_bytes);
 
     void* send_req = nullptr;
     void* recv_req = nullptr;
-    void* dst = pool.region().base;
+    void* dst = pool.data();
     int size = static_cast<int>(receive_bytes), tag = 0;
     const auto post_deadline = std::chrono::steady_clock::now() + 10s;
     while (recv_req == nullptr ||
@@ -136,7 +136,7 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the "
     complete(net, recv_req);
 
     const auto ticket =
-        engine.unpack(recv_dev->handle, seq, bounce_bytes, pool.region(),
+        engine.unpack(recv_dev->handle, seq, bounce_bytes, pool.view(),
                       unpack_destination::blocks(block_bytes, offsets));
     engine.wait(ticket, 10s);
     REQUIRE(net->irecvConsumed(recv_comm, 1, recv_req) == ncclSuccess);
@@ -144,8 +144,8 @@ TEST_CASE("kvsock UNPACK receives land in scattered KV blocks through the "
     std::uint64_t wrong_blocks = 0;
     std::vector<unsigned char> block(block_bytes);
     for (std::size_t b = 0; b < blocks_per_receive; ++b) {
-      REQUIRE(cudaMemcpy(block.data(), pool.region().base + offsets[b],
-                         block_bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
+      REQUIRE(cudaMemcpy(block.data(), pool.data() + offsets[b], block_bytes,
+                         cudaMemcpyDeviceToHost) == cudaSuccess);
       wrong_blocks += std::memcmp(block.data(), sent.data() + b * block_bytes,
                                   block_bytes) != 0;
     }

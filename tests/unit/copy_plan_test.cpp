@@ -13,26 +13,16 @@ using namespace kvferry::transport;
 
 namespace {
 
-// Byte-level map dst offset -> src offset of a plan; fails on a byte written
-// twice.
+// Byte-level map dst offset -> src offset of a plan's extents or work items
+// (both have src_offset, dst_offset, length); fails on a byte written twice.
+template<class Piece>
 std::map<std::uint64_t, std::uint64_t>
-byte_map_of_extents(const std::vector<copy_extent>& plan) {
+byte_map(const std::vector<Piece>& pieces) {
   std::map<std::uint64_t, std::uint64_t> m;
   bool each_byte_once = true;
-  for (const auto& e : plan)
-    for (std::uint64_t b = 0; b < e.length; ++b)
-      each_byte_once &= m.emplace(e.dst_offset + b, e.src_offset + b).second;
-  REQUIRE(each_byte_once);
-  return m;
-}
-
-std::map<std::uint64_t, std::uint64_t>
-byte_map_of_items(const std::vector<copy_work_item>& items) {
-  std::map<std::uint64_t, std::uint64_t> m;
-  bool each_byte_once = true;
-  for (const auto& it : items)
-    for (std::uint64_t b = 0; b < it.length; ++b)
-      each_byte_once &= m.emplace(it.dst_offset + b, it.src_offset + b).second;
+  for (const auto& p : pieces)
+    for (std::uint64_t b = 0; b < p.length; ++b)
+      each_byte_once &= m.emplace(p.dst_offset + b, p.src_offset + b).second;
   REQUIRE(each_byte_once);
   return m;
 }
@@ -71,6 +61,24 @@ TEST_CASE("an extent past either region is named with its index and bounds") {
   CHECK(problem->find("destination region of 1000 bytes") != std::string::npos);
 }
 
+TEST_CASE("a one-sided check looks at that side only, with the same "
+          "message") {
+  // A receiver checks an announcement against its own region: the sender's
+  // source offsets are not its business.
+  const std::vector<copy_extent> plan{{0, 0, 100}, {5000, 900, 100}};
+  CHECK_FALSE(check_extents(plan, extent_side::destination, 1000).has_value());
+  auto problem = check_extents(plan, extent_side::source, 1000);
+  REQUIRE(problem.has_value());
+  CHECK(*problem == check_extents(plan, 1000, 1000));
+  CHECK(problem->find("extent #1 (src_offset 5000, dst_offset 900, length "
+                      "100) ends past the source region of 1000 bytes") !=
+        std::string::npos);
+  // offset + length overflows 64 bits: still rejected.
+  problem = check_extents({{0, ~0ull - 5, 10}}, extent_side::destination, 1000);
+  REQUIRE(problem.has_value());
+  CHECK(problem->find("destination region") != std::string::npos);
+}
+
 TEST_CASE("offsets that would wrap around are rejected, not wrapped") {
   std::vector<copy_extent> plan{{~0ull - 4, 0, 16}};
   CHECK(check_extents(plan, ~0ull, 1000).has_value());
@@ -91,7 +99,7 @@ TEST_CASE(
   REQUIRE(merged.size() == 2);
   CHECK(merged[0] == copy_extent{4096, 0, 8192});
   CHECK(merged[1] == copy_extent{0, 8192, 8192 + 100});
-  CHECK(byte_map_of_extents(merged) == byte_map_of_extents(plan));
+  CHECK(byte_map(merged) == byte_map(plan));
 }
 
 TEST_CASE(
@@ -110,7 +118,7 @@ TEST_CASE("coalescing random plans never changes the bytes copied") {
     const auto merged = coalesce(plan);
     CHECK(merged.size() <= plan.size());
     CHECK(total_bytes(merged) == total_bytes(plan));
-    CHECK(byte_map_of_extents(merged) == byte_map_of_extents(plan));
+    CHECK(byte_map(merged) == byte_map(plan));
   }
 }
 
@@ -124,7 +132,7 @@ TEST_CASE("destination order sorts a copy and leaves an ordered plan as it "
   CHECK(std::is_sorted(ordered.begin(), ordered.end(), [](auto& a, auto& b) {
     return a.dst_offset < b.dst_offset;
   }));
-  CHECK(byte_map_of_extents(ordered) == byte_map_of_extents(plan));
+  CHECK(byte_map(ordered) == byte_map(plan));
   // Already in order (and empty): handed back untouched, nothing copied.
   const auto sorted = scratch;
   scratch.clear();
@@ -153,7 +161,7 @@ TEST_CASE(
       sum += it.length;
     }
     CHECK(sum == total_bytes(plan));
-    CHECK(byte_map_of_items(items) == byte_map_of_extents(plan));
+    CHECK(byte_map(items) == byte_map(plan));
   }
 }
 

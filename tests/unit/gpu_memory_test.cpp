@@ -1,45 +1,11 @@
-// GPU memory pieces that need no GPU: block pools over a host region, the
-// text form of IPC handles, and the clear error of a build without CUDA.
-#include <set>
-
+// GPU memory pieces that need no GPU: the text form of IPC handles, owning
+// regions, and the clear error of a build without CUDA. (KV block pools:
+// plan_pool_test.cpp.)
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/gpu_memory.hpp"
 
 using namespace kvferry::transport;
-
-TEST_CASE("a block pool hands out every block once and takes them back") {
-  kv_block_pool pool{gpu_region::allocate_host(10 * 4096 + 100), 4096};
-  CHECK(pool.block_count() == 10);
-  CHECK(pool.region().kind == memory_kind::host);
-  std::set<std::uint32_t> seen;
-  while (auto b = pool.acquire()) {
-    CHECK(seen.insert(*b).second);
-    CHECK(pool.address_of(*b) == pool.region().base + pool.offset_of(*b));
-  }
-  CHECK(seen.size() == 10);
-  CHECK(pool.free_count() == 0);
-  pool.release(3);
-  CHECK(pool.acquire() == std::optional<std::uint32_t>{3});
-}
-
-TEST_CASE("releasing a free or unknown block is an error naming it") {
-  kv_block_pool pool{gpu_region::allocate_host(4 * 64), 64};
-  auto b = pool.acquire();
-  REQUIRE(b);
-  pool.release(*b);
-  CHECK_THROWS_WITH_AS(pool.release(*b), doctest::Contains("is not in use"),
-                       std::invalid_argument);
-  CHECK_THROWS_WITH_AS(pool.release(99), doctest::Contains("out of range"),
-                       std::invalid_argument);
-}
-
-TEST_CASE("a block pool refuses block sizes the copy kernel cannot vectorise") {
-  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(4096), 100),
-                  std::invalid_argument);
-  CHECK_THROWS_AS(kv_block_pool(gpu_region::allocate_host(64), 4096),
-                  std::invalid_argument);
-}
 
 TEST_CASE("an IPC handle survives its text form") {
   ipc_handle h;
@@ -57,6 +23,7 @@ TEST_CASE("an IPC handle survives its text form") {
 
 TEST_CASE("moving a region moves ownership") {
   auto a = gpu_region::allocate_host(100);
+  CHECK(a.kind() == memory_kind::host);
   auto* base = a.data();
   gpu_region b = std::move(a);
   CHECK(b.data() == base);

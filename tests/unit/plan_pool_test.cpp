@@ -31,17 +31,8 @@ TEST_CASE("plan_blocks coalesces runs contiguous on both sides") {
   CHECK(plan[0] == extent{0, 1000, 200});
   CHECK(plan[1] == extent{200, 2000, 100});
   CHECK(plan[2] == extent{700, 2100, 100});
-  CHECK(kvferry::plan_bytes(plan) == 400);
+  CHECK(kvferry::total_bytes(plan) == 400);
   CHECK_THROWS_AS(kvferry::plan_blocks({0}, {}, 100), std::invalid_argument);
-}
-
-TEST_CASE("coalesce merges neighbours, keeps order, drops empties") {
-  std::vector<extent> in{
-      {0, 0, 10}, {10, 10, 5}, {15, 15, 0}, {15, 30, 5}, {20, 35, 5}};
-  auto out = kvferry::coalesce(in);
-  REQUIRE(out.size() == 2);
-  CHECK(out[0] == extent{0, 0, 15});
-  CHECK(out[1] == extent{15, 30, 10});
 }
 
 TEST_CASE("split_chunks cuts at the chunk size and at the v7 int limit") {
@@ -53,23 +44,8 @@ TEST_CASE("split_chunks cuts at the chunk size and at the v7 int limit") {
                                    std::uint64_t{1} << 40);
   for (auto& e : big)
     CHECK(e.length <= static_cast<std::uint64_t>(INT_MAX));
-  CHECK(kvferry::plan_bytes(big) == std::uint64_t{1} << 32);
+  CHECK(kvferry::total_bytes(big) == std::uint64_t{1} << 32);
   CHECK_THROWS_AS(kvferry::split_chunks({}, 0), std::invalid_argument);
-}
-
-TEST_CASE("check_extents rejects extents outside the region and names them") {
-  using kvferry::extent_side;
-  std::vector<extent> ok{{0, 0, 100}, {900, 0, 100}};
-  CHECK(kvferry::check_extents(ok, extent_side::source, 1000, "p").empty());
-  auto bad = kvferry::check_extents({{950, 0, 100}}, extent_side::source, 1000,
-                                    "prefill-0");
-  CHECK(bad.find("prefill-0") != std::string::npos);
-  CHECK(bad.find("950") != std::string::npos);
-  CHECK(bad.find("source") != std::string::npos);
-  // offset + length overflows 64 bits: still rejected.
-  auto wrap = kvferry::check_extents({{0, ~std::uint64_t{0} - 5, 10}},
-                                     extent_side::destination, 1000, "d");
-  CHECK(wrap.find("destination") != std::string::npos);
 }
 
 TEST_CASE("block pool allocates lowest blocks first and reuses freed ones") {

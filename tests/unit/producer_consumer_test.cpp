@@ -94,7 +94,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         return bytes;
       },
       [self](proto::announce_atom, proto::announcement& a) {
-        auto bytes = plan_bytes(a.chunks);
+        auto bytes = total_bytes(a.chunks);
         auto w = self->state.waiting.find(a.transfer_id);
         if (w != self->state.waiting.end()) {
           w->second.deliver(self->state.net->report(bytes));

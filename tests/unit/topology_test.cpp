@@ -31,8 +31,8 @@ struct plugin_dir {
   ~plugin_dir() { fs::remove_all(dir); }
   topo::load_options options(bool allow_missing = false) const {
     topo::load_options o;
-    o.plugin_dirs = {dir.string()};
-    o.exe_dir = "/nonexistent";
+    o.plugins.first_dirs = std::vector<std::string>{dir.string()};
+    o.plugins.exe_dir = "/nonexistent";
     o.allow_missing_plugins = allow_missing;
     return o;
   }

@@ -162,8 +162,9 @@ TEST_CASE_FIXTURE(pair_fixture,
   REQUIRE_FALSE(sent);
   INFO(render(sent.error()));
   CHECK(is(sent.error(), ec::invalid_extent));
-  CHECK(names(sent.error(), "extent #1 from peer 'decode-0'"));
-  CHECK(names(sent.error(), "destination offset 15616, length 512"));
+  CHECK(names(sent.error(), "send order 2 to 'decode-0'"));
+  CHECK(names(sent.error(), "extent #1 (src_offset 1024, dst_offset 15616, "
+                            "length 512) ends past the destination region"));
   CHECK(receiver_untouched());
 }
 
@@ -175,8 +176,9 @@ TEST_CASE_FIXTURE(pair_fixture,
   REQUIRE_FALSE(sent);
   INFO(render(sent.error()));
   CHECK(is(sent.error(), ec::invalid_extent));
-  CHECK(names(sent.error(), "extent #1 from peer 'decode-0'"));
-  CHECK(names(sent.error(), "source offset 15772, length 200"));
+  CHECK(names(sent.error(), "send order 3 to 'decode-0'"));
+  CHECK(names(sent.error(), "extent #1 (src_offset 15772, dst_offset 2048, "
+                            "length 200) ends past the source region"));
   CHECK(receiver_untouched());
 }
 
@@ -196,8 +198,9 @@ TEST_CASE_FIXTURE(pair_fixture,
   REQUIRE_FALSE(got);
   INFO(render(got.error()));
   CHECK(is(got.error(), ec::invalid_extent));
-  CHECK(names(got.error(), "extent #1 from peer 'prefill-0'"));
-  CHECK(names(got.error(), "destination offset 15616, length 512"));
+  CHECK(names(got.error(), "transfer 4 from 'prefill-0'"));
+  CHECK(names(got.error(), "extent #1 (src_offset 1024, dst_offset 15616, "
+                           "length 512) ends past the destination region"));
   CHECK(receiver_untouched());
 }
 

@@ -21,17 +21,35 @@ std::string describe(std::size_t index, const copy_extent& e) {
          ")";
 }
 
-// check_extents' message for an extent that does not fit, else nullopt.
+// check_extents' message for an extent whose `side` does not fit, else
+// nullopt.
+std::optional<std::string> misfit(std::size_t index, const copy_extent& e,
+                                  extent_side side,
+                                  std::uint64_t region_bytes) {
+  const bool source = side == extent_side::source;
+  if (fits(source ? e.src_offset : e.dst_offset, e.length, region_bytes))
+    return std::nullopt;
+  return describe(index, e) + " ends past the " +
+         (source ? "source" : "destination") + " region of " +
+         std::to_string(region_bytes) + " bytes";
+}
+
 std::optional<std::string> misfit(std::size_t index, const copy_extent& e,
                                   std::uint64_t src_region_bytes,
                                   std::uint64_t dst_region_bytes) {
-  if (!fits(e.src_offset, e.length, src_region_bytes))
-    return describe(index, e) + " ends past the source region of " +
-           std::to_string(src_region_bytes) + " bytes";
-  if (!fits(e.dst_offset, e.length, dst_region_bytes))
-    return describe(index, e) + " ends past the destination region of " +
-           std::to_string(dst_region_bytes) + " bytes";
-  return std::nullopt;
+  if (auto problem = misfit(index, e, extent_side::source, src_region_bytes))
+    return problem;
+  return misfit(index, e, extent_side::destination, dst_region_bytes);
+}
+
+// Coalescing's one rule: `e` joins `last` when it continues it on both sides.
+// True when it did.
+bool merged_into(copy_extent& last, const copy_extent& e) {
+  if (last.src_offset + last.length != e.src_offset ||
+      last.dst_offset + last.length != e.dst_offset)
+    return false;
+  last.length += e.length;
+  return true;
 }
 
 // Work items in `length` bytes, rounded up without overflow. A shift when
@@ -79,6 +97,15 @@ check_extents(const std::vector<copy_extent>& extents,
   return std::nullopt;
 }
 
+std::optional<std::string>
+check_extents(const std::vector<copy_extent>& extents, extent_side side,
+              std::uint64_t region_bytes) {
+  for (std::size_t i = 0; i < extents.size(); ++i)
+    if (auto problem = misfit(i, extents[i], side, region_bytes))
+      return problem;
+  return std::nullopt;
+}
+
 const std::vector<copy_extent>&
 in_destination_order(const std::vector<copy_extent>& extents,
                      std::vector<copy_extent>& scratch) {
@@ -100,14 +127,8 @@ std::vector<copy_extent> coalesce(std::vector<copy_extent> extents) {
   for (const auto& e : extents) {
     if (e.length == 0)
       continue;
-    if (kept > 0) {
-      auto& last = extents[kept - 1];
-      if (last.src_offset + last.length == e.src_offset &&
-          last.dst_offset + last.length == e.dst_offset) {
-        last.length += e.length;
-        continue;
-      }
-    }
+    if (kept > 0 && merged_into(extents[kept - 1], e))
+      continue;
     extents[kept++] = e;
   }
   extents.resize(kept);
@@ -175,12 +196,8 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
     if (e.length == 0)
       continue;
     if (kept > 0) {
-      auto& last = out[kept - 1];
-      if (last.src_offset + last.length == e.src_offset &&
-          last.dst_offset + last.length == e.dst_offset) {
-        last.length += e.length; // both fit their regions: so does the sum
+      if (merged_into(out[kept - 1], e)) // both fit: so does their sum
         continue;
-      }
       close_last();
     }
     out[kept++] = e;

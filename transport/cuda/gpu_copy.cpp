@@ -506,8 +506,8 @@ std::size_t gpu_copy_engine::work_items(copy_plan_id plan) const {
   return impl_->plan_of(plan).item_count;
 }
 
-copy_ticket gpu_copy_engine::copy(const memory_region& src,
-                                  const memory_region& dst,
+copy_ticket gpu_copy_engine::copy(const memory_view& src,
+                                  const memory_view& dst,
                                   const std::vector<copy_extent>& extents) {
   const auto plan = prepare(extents, src.bytes, dst.bytes);
   copy_ticket ticket;
@@ -535,7 +535,7 @@ void gpu_copy_engine::require_unpack_slot_free(std::uint64_t seq) {
 copy_ticket gpu_copy_engine::unpack_batch(
     const void* device_handle, std::uint64_t first_seq,
     const std::vector<unpack_destination>& where, std::uint64_t bounce_bytes,
-    const memory_region& dst_region) {
+    const memory_view& dst_region) {
   if (where.empty() || where.size() > NCCL_NET_UNPACK_SLOTS)
     throw std::invalid_argument(
         "gpu_copy_engine::unpack_batch: " + std::to_string(where.size()) +
@@ -600,7 +600,7 @@ copy_ticket gpu_copy_engine::unpack_batch(
 copy_ticket gpu_copy_engine::unpack(const void* device_handle,
                                     std::uint64_t seq,
                                     std::uint64_t bounce_bytes,
-                                    const memory_region& dst_region,
+                                    const memory_view& dst_region,
                                     const unpack_destination& dst) {
   const int slot_index = unpack_slot_of(seq);
   auto& slot = impl_->unpacks[static_cast<std::size_t>(slot_index)];
@@ -781,19 +781,19 @@ void gpu_copy_engine::release(copy_plan_id) {
 std::size_t gpu_copy_engine::work_items(copy_plan_id) const {
   return 0;
 }
-copy_ticket gpu_copy_engine::copy(const memory_region&, const memory_region&,
+copy_ticket gpu_copy_engine::copy(const memory_view&, const memory_view&,
                                   const std::vector<copy_extent>&) {
   throw_no_cuda("gpu_copy_engine::copy");
 }
 copy_ticket gpu_copy_engine::unpack(const void*, std::uint64_t, std::uint64_t,
-                                    const memory_region&,
+                                    const memory_view&,
                                     const unpack_destination&) {
   throw_no_cuda("gpu_copy_engine::unpack");
 }
 copy_ticket
 gpu_copy_engine::unpack_batch(const void*, std::uint64_t,
                               const std::vector<unpack_destination>&,
-                              std::uint64_t, const memory_region&) {
+                              std::uint64_t, const memory_view&) {
   throw_no_cuda("gpu_copy_engine::unpack_batch");
 }
 void gpu_copy_engine::require_unpack_slot_free(std::uint64_t) {

@@ -27,13 +27,13 @@ gpu_region::~gpu_region() {
 }
 
 gpu_region::gpu_region(gpu_region&& other) noexcept
-    : region_(std::exchange(other.region_, memory_region{})) {
+    : region_(std::exchange(other.region_, memory_view{})) {
 }
 
 gpu_region& gpu_region::operator=(gpu_region&& other) noexcept {
   if (this != &other) {
     release();
-    region_ = std::exchange(other.region_, memory_region{});
+    region_ = std::exchange(other.region_, memory_view{});
   }
   return *this;
 }
@@ -54,7 +54,7 @@ void gpu_region::release() noexcept {
     }
 #endif
   }
-  region_ = memory_region{};
+  region_ = memory_view{};
 }
 
 gpu_region gpu_region::allocate_host(std::size_t bytes) {
@@ -64,8 +64,8 @@ gpu_region gpu_region::allocate_host(std::size_t bytes) {
   if (p == nullptr)
     throw std::bad_alloc();
   gpu_region r;
-  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p),
-                            bytes, false};
+  r.region_ = memory_view{memory_kind::host, -1, static_cast<std::byte*>(p),
+                          bytes, false};
   return r;
 }
 
@@ -77,8 +77,8 @@ gpu_region gpu_region::allocate_device(int gpu, std::size_t bytes) {
   check_cuda(cudaMalloc(&p, bytes),
              "cudaMalloc of " + std::to_string(bytes) + " bytes", gpu);
   gpu_region r;
-  r.region_ = memory_region{memory_kind::cuda, gpu, static_cast<std::byte*>(p),
-                            bytes, false};
+  r.region_ = memory_view{memory_kind::cuda, gpu, static_cast<std::byte*>(p),
+                          bytes, false};
   return r;
 }
 
@@ -88,8 +88,8 @@ gpu_region gpu_region::allocate_pinned_host(std::size_t bytes) {
       cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped),
       "cudaHostAlloc of " + std::to_string(bytes) + " bytes", -1);
   gpu_region r;
-  r.region_ = memory_region{memory_kind::host, -1, static_cast<std::byte*>(p),
-                            bytes, true};
+  r.region_ = memory_view{memory_kind::host, -1, static_cast<std::byte*>(p),
+                          bytes, true};
   return r;
 }
 
@@ -109,7 +109,7 @@ ipc_handle export_ipc_handle(const gpu_region& region) {
   return handle;
 }
 
-memory_region ipc_region_cache::open(const ipc_handle& handle) {
+memory_view ipc_region_cache::open(const ipc_handle& handle) {
   std::lock_guard lock{mutex_};
   if (auto it = opened_.find(handle); it != opened_.end())
     return it->second;
@@ -122,9 +122,9 @@ memory_region ipc_region_cache::open(const ipc_handle& handle) {
                  std::to_string(handle.region_bytes) + " bytes on device " +
                  std::to_string(handle.device) + ")",
              local_gpu_);
-  memory_region region{memory_kind::cuda, handle.device,
-                       static_cast<std::byte*>(p),
-                       static_cast<std::size_t>(handle.region_bytes), false};
+  memory_view region{memory_kind::cuda, handle.device,
+                     static_cast<std::byte*>(p),
+                     static_cast<std::size_t>(handle.region_bytes), false};
   opened_.emplace(handle, region);
   return region;
 }
@@ -157,7 +157,7 @@ gpu_region gpu_region::allocate_pinned_host(std::size_t) {
 ipc_handle export_ipc_handle(const gpu_region&) {
   throw_no_cuda("cudaIpcGetMemHandle");
 }
-memory_region ipc_region_cache::open(const ipc_handle&) {
+memory_view ipc_region_cache::open(const ipc_handle&) {
   throw_no_cuda("cudaIpcOpenMemHandle");
 }
 void ipc_region_cache::close(const ipc_handle&) {
@@ -224,45 +224,6 @@ ipc_handle ipc_handle::from_hex(const std::string& text) {
     h.bytes[i] = static_cast<std::uint8_t>(nibble(hex[2 * i]) << 4 |
                                            nibble(hex[2 * i + 1]));
   return h;
-}
-
-// ---- kv_block_pool
-// --------------------------------------------------------------
-
-kv_block_pool::kv_block_pool(gpu_region region, std::size_t block_bytes)
-    : region_(std::move(region)), block_bytes_(block_bytes) {
-  if (block_bytes_ == 0 || block_bytes_ % 16 != 0)
-    throw std::invalid_argument("kv_block_pool: block size " +
-                                std::to_string(block_bytes_) +
-                                " is not a positive multiple of 16");
-  const std::size_t blocks = region_.size() / block_bytes_;
-  if (blocks == 0)
-    throw std::invalid_argument(
-        "kv_block_pool: region of " + std::to_string(region_.size()) +
-        " bytes holds no block of " + std::to_string(block_bytes_));
-  in_use_.assign(blocks, false);
-  free_.reserve(blocks);
-  // Lowest ids are handed out first (the free list is a stack).
-  for (std::size_t i = blocks; i-- > 0;)
-    free_.push_back(static_cast<std::uint32_t>(i));
-}
-
-std::optional<std::uint32_t> kv_block_pool::acquire() {
-  if (free_.empty())
-    return std::nullopt;
-  const auto id = free_.back();
-  free_.pop_back();
-  in_use_[id] = true;
-  return id;
-}
-
-void kv_block_pool::release(std::uint32_t block) {
-  if (block >= in_use_.size() || !in_use_[block])
-    throw std::invalid_argument(
-        "kv_block_pool: block " + std::to_string(block) +
-        (block >= in_use_.size() ? " is out of range" : " is not in use"));
-  in_use_[block] = false;
-  free_.push_back(block);
 }
 
 } // namespace kvferry::transport

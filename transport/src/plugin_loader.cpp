@@ -29,6 +29,9 @@
 #ifndef KVFERRY_INSTALL_LIBDIR
 #define KVFERRY_INSTALL_LIBDIR "/usr/local/lib"
 #endif
+#ifndef KVFERRY_INSTALL_RELATIVE_LIBDIR
+#define KVFERRY_INSTALL_RELATIVE_LIBDIR "lib"
+#endif
 
 namespace kvferry::transport {
 
@@ -172,18 +175,20 @@ bool is_file(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::string executable_lib_dir() {
+std::string executable_dir() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (n <= 0)
     return {};
   std::string exe(buf, static_cast<size_t>(n));
   auto slash = exe.rfind('/');
-  if (slash == std::string::npos)
-    return {};
-  auto lib = exe.substr(0, slash) + "/../lib";
-  char resolved[PATH_MAX];
-  return ::realpath(lib.c_str(), resolved) ? std::string(resolved) : lib;
+  return slash == std::string::npos ? std::string{} : exe.substr(0, slash);
+}
+
+// `dir` without its "..", when it exists (messages read better).
+std::string resolved(const std::string& dir) {
+  char out[PATH_MAX];
+  return ::realpath(dir.c_str(), out) ? std::string(out) : dir;
 }
 
 bool valid_plugin_name(const std::string& name) {
@@ -207,15 +212,48 @@ std::string plugin_file_name(const std::string& name) {
   return "libnccl-net-" + name + ".so";
 }
 
-std::vector<std::string> plugin_search_dirs() {
-  auto dirs = split_colon_list(std::getenv("KVFERRY_PLUGIN_PATH"));
-  if (auto exe_lib = executable_lib_dir(); !exe_lib.empty())
-    dirs.push_back(exe_lib);
+std::vector<std::string> plugin_search_dirs(const plugin_search& search) {
+  auto dirs = search.first_dirs
+                  ? *search.first_dirs
+                  : split_colon_list(std::getenv("KVFERRY_PLUGIN_PATH"));
+  auto exe_dir = search.exe_dir.empty() ? executable_dir() : search.exe_dir;
+  if (!exe_dir.empty()) {
+    // The build tree puts plugins in lib/ beside bin/; an install in its
+    // libdir, which may be lib64 or lib/<arch>.
+    dirs.push_back(resolved(exe_dir + "/../lib"));
+    const std::string libdir = KVFERRY_INSTALL_RELATIVE_LIBDIR;
+    if (libdir != "lib" && !libdir.empty() && libdir[0] != '/')
+      dirs.push_back(resolved(exe_dir + "/../" + libdir));
+  }
   dirs.push_back(KVFERRY_INSTALL_LIBDIR);
+  auto library_path = search.library_path
+                          ? *search.library_path
+                          : split_colon_list(std::getenv("LD_LIBRARY_PATH"));
+  dirs.insert(dirs.end(), library_path.begin(), library_path.end());
+  // Where dlopen looks by itself on common distributions, named so that a
+  // check that cannot dlopen (launch --dry-run) finds what a worker would.
+  for (const char* dir :
+       {"/usr/local/lib", "/usr/local/lib64", "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib"})
+    dirs.emplace_back(dir);
   return dirs;
 }
 
-plugin_location locate_plugin(const std::string& name_or_path) {
+std::optional<std::string> find_plugin_file(const std::string& name_or_path,
+                                            const plugin_search& search) {
+  if (name_or_path.find('/') != std::string::npos)
+    return is_file(name_or_path) ? std::optional{name_or_path} : std::nullopt;
+  if (!valid_plugin_name(name_or_path))
+    return std::nullopt;
+  const auto file = plugin_file_name(name_or_path);
+  for (auto& dir : plugin_search_dirs(search))
+    if (is_file(dir + "/" + file))
+      return dir + "/" + file;
+  return std::nullopt;
+}
+
+plugin_location locate_plugin(const std::string& name_or_path,
+                              const plugin_search& search) {
   plugin_location where{name_or_path, {}};
   if (name_or_path.find('/') != std::string::npos) {
     if (!is_file(name_or_path))
@@ -230,29 +268,16 @@ plugin_location locate_plugin(const std::string& name_or_path) {
                     "'-', '.') nor a path "
                     "(contains '/')",
                     name_or_path));
-  auto file = plugin_file_name(name_or_path);
-  auto dirs = plugin_search_dirs();
-  for (auto& dir : dirs)
-    if (is_file(dir + "/" + file)) {
-      where.path = dir + "/" + file;
-      return where;
-    }
-  for (auto& dir : split_colon_list(std::getenv("LD_LIBRARY_PATH")))
-    if (is_file(dir + "/" + file)) {
-      where.path = dir + "/" + file;
-      return where;
-    }
-  // Last resort: dlopen's own search (rpath, ld.so cache, /lib, /usr/lib).
-  // Checked here with RTLD_NOLOAD|RTLD_LAZY would not find an unloaded file,
-  // so leave the bare name; the dlopen error then names the searched dirs.
-  where.path = file;
+  // Last resort: dlopen's own search (rpath, ld.so cache). Checked here with
+  // RTLD_NOLOAD|RTLD_LAZY would not find an unloaded file, so leave the bare
+  // name; the dlopen error then names the searched dirs.
+  where.path = find_plugin_file(name_or_path, search)
+                   .value_or(plugin_file_name(name_or_path));
   return where;
 }
 
 std::vector<plugin_location> discover_plugins() {
   auto dirs = plugin_search_dirs();
-  for (auto& dir : split_colon_list(std::getenv("LD_LIBRARY_PATH")))
-    dirs.push_back(dir);
   std::vector<plugin_location> found;
   std::set<std::string> names;
   const std::string prefix = "libnccl-net-", suffix = ".so";
@@ -352,8 +377,7 @@ opened_table open_table(const std::string& label, const std::string& path) {
     if (path.find('/') == std::string::npos) {
       for (auto& dir : plugin_search_dirs())
         searched += (searched.empty() ? "" : ", ") + dir;
-      searched = fmt::format(
-          " (searched {}, LD_LIBRARY_PATH and the ld.so cache)", searched);
+      searched = fmt::format(" (searched {} and the ld.so cache)", searched);
     }
     throw plugin_load_error(fmt::format("plugin {}: dlopen({}) failed: {}{}",
                                         label, path,

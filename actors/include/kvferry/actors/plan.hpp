@@ -4,7 +4,9 @@
 // built from block lists, coalesced where both sides are contiguous (per-block
 // calls are the enemy: a 64 KiB block is too small to move alone), split into
 // chunks no bigger than the plugin accepts in one call, and checked against
-// the registered region before any byte moves.
+// the registered region before any byte moves. Coalescing and the bounds
+// check are the transport's (copy_plan.hpp): the network path and the copy
+// kernel share them.
 #pragma once
 
 #include <cstddef>
@@ -13,10 +15,15 @@
 #include <vector>
 
 #include "kvferry/runtime/protocol.hpp"
+#include "kvferry/transport/copy_plan.hpp"
 
 namespace kvferry {
 
 using proto::extent;
+using transport::check_extents;
+using transport::coalesce;
+using transport::extent_side;
+using transport::total_bytes;
 
 /// Builds the plan that moves block i of `src_offsets` to block i of
 /// `dst_offsets` (each `block_bytes` long), coalesced. Sizes must match.
@@ -24,27 +31,11 @@ std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,
                                 const std::vector<std::uint64_t>& dst_offsets,
                                 std::uint64_t block_bytes);
 
-/// Merges neighbours whose source and destination both continue where the
-/// previous extent ended; drops empty extents. Order is kept.
-std::vector<extent> coalesce(const std::vector<extent>& extents);
-
 /// Splits every extent into chunks of at most `max_chunk` bytes (>0), the
 /// unit of one isend/irecv. v7 sizes are int, so max_chunk is also clamped to
 /// 2^31-1.
 std::vector<extent> split_chunks(const std::vector<extent>& extents,
                                  std::uint64_t max_chunk);
-
-/// Which side of an extent a check is about.
-enum class extent_side { source, destination };
-
-/// Empty if every extent's `side` lies inside [0, region_bytes), else a
-/// message naming `peer`, the offending extent and the region size (the
-/// caller wraps it in ec::invalid_extent). Overflow-safe.
-std::string check_extents(const std::vector<extent>& extents, extent_side side,
-                          std::uint64_t region_bytes, const std::string& peer);
-
-/// Total bytes of a plan.
-std::uint64_t plan_bytes(const std::vector<extent>& extents);
 
 /// A free-list allocator of fixed-size blocks over one registered region.
 /// Allocation prefers the lowest free blocks so that a request's blocks tend

@@ -11,15 +11,17 @@
 #include <caf/meta/type_name.hpp>
 #include <caf/timespan.hpp>
 
+#include "kvferry/transport/memory_kind.hpp"
+
 namespace kvferry {
 
-/// Where an exported region's bytes live.
-enum class memory_kind : uint8_t { host = 0, cuda = 1 };
+/// Where an exported region's bytes live (the transport's enum).
+using transport::memory_kind;
+using transport::to_string;
 
 /// What a worker does in disaggregated serving.
 enum class worker_role : uint8_t { prefill = 0, decode = 1 };
 
-const char* to_string(memory_kind kind);
 const char* to_string(worker_role role);
 
 /// Parses "prefill" or "decode"; false on anything else.

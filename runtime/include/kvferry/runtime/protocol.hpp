@@ -18,6 +18,7 @@
 #include <caf/type_id.hpp>
 
 #include "kvferry/runtime/kv_geometry.hpp"
+#include "kvferry/transport/copy_plan.hpp"
 
 namespace kvferry::proto {
 
@@ -46,21 +47,26 @@ using ipc_status_atom = caf::atom_constant<caf::atom("kvipcstat")>;
 using settle_atom = caf::atom_constant<caf::atom("kvsettle")>;
 
 /// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
-/// sender's region to `dst_offset` in the receiver's region.
-struct extent {
-  std::uint64_t src_offset = 0;
-  std::uint64_t dst_offset = 0;
-  std::uint64_t length = 0;
-  bool operator==(const extent& o) const {
-    return src_offset == o.src_offset && dst_offset == o.dst_offset &&
-           length == o.length;
-  }
-};
+/// sender's region to `dst_offset` in the receiver's region. The transport's
+/// type, so that plans go to the plugin and the copy kernel unconverted; its
+/// `inspect` is below (transport knows nothing of CAF).
+using extent = transport::copy_extent;
+
+} // namespace kvferry::proto
+
+namespace kvferry::transport {
+
+// Found by argument-dependent lookup, so it lives in the type's namespace.
+// The type name is the one this type has always had on the wire.
 template<class Inspector>
-typename Inspector::result_type inspect(Inspector& f, extent& x) {
+typename Inspector::result_type inspect(Inspector& f, copy_extent& x) {
   return f(caf::meta::type_name("kvferry::proto::extent"), x.src_offset,
            x.dst_offset, x.length);
 }
+
+} // namespace kvferry::transport
+
+namespace kvferry::proto {
 
 /// How to reach one transfer actor: its handle, the name it registered, and
 /// the plugin listen handle (128 bytes) that a sender connects to. A sender

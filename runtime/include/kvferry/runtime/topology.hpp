@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "kvferry/transport/plugin_search.hpp"
+
 namespace kvferry::topology {
 
 // Where a value came from, for messages: "topo.yaml:7:5". Line and column are
@@ -169,11 +171,10 @@ struct load_options {
   // A plugin that cannot be found is a warning rather than an error (for
   // checking a file meant for other machines, e.g. the GPUDirect-TCPX one).
   bool allow_missing_plugins = false;
-  // Searched first for libnccl-net-NAME.so; empty: $KVFERRY_PLUGIN_PATH.
-  std::vector<std::string> plugin_dirs;
-  // Directory of the kvferry binary: its ../lib is searched. Empty: found
-  // from /proc/self/exe.
-  std::string exe_dir;
+  // Where plugins are looked for: the loader's own rule
+  // (transport::plugin_search), so that a plugin this check accepts is the
+  // file a worker loads. Default: this process's environment and binary.
+  transport::plugin_search plugins;
 };
 
 struct load_result {
@@ -198,10 +199,10 @@ load_result parse(const std::string& yaml_text, const std::string& file_name,
 load_result load_file(const std::string& path,
                       const load_options& options = {});
 
-// Finds a plugin: a value with a '/' is a path that must exist; otherwise
-// libnccl-net-NAME.so in options.plugin_dirs (or $KVFERRY_PLUGIN_PATH), the
-// exe's ../lib and ../lib64 and the exe's dir, $LD_LIBRARY_PATH, then the
-// system library dirs. Returns the file, or "" if none.
+// Finds a plugin as the loader does (transport::find_plugin_file with
+// options.plugins): a value with a '/' is a path that must exist; otherwise
+// libnccl-net-NAME.so in transport::plugin_search_dirs. Returns the file, or
+// "" if none.
 std::string find_plugin(const std::string& plugin, const load_options& options);
 
 // The closest of `candidates` to `word` within a small edit distance, or "".

@@ -27,7 +27,10 @@
 namespace kvferry::transport {
 
 /// One contiguous piece of a transfer, in bytes, relative to the base of the
-/// source and destination regions.
+/// source and destination regions. The one extent type of kvferry: the
+/// transfer messages carry it (proto::extent is this type; the runtime adds
+/// its CAF inspect, so transport stays free of CAF) and the copy kernel reads
+/// it as it is.
 struct copy_extent {
   std::uint64_t src_offset = 0;
   std::uint64_t dst_offset = 0;
@@ -53,12 +56,21 @@ static_assert(sizeof(copy_work_item) == 24,
               "work item layout is shared with the kernel");
 
 /// Returns a description of the first extent that falls outside its region
-/// (naming its index and both bounds), or nullopt when every extent fits.
-/// Zero-length extents are allowed and copy nothing. Overflowing offsets are
-/// reported, never wrapped.
+/// (naming its index, its offsets and length, and the region's size), or
+/// nullopt when every extent fits. Zero-length extents are allowed and copy
+/// nothing. Overflowing offsets are reported, never wrapped.
 std::optional<std::string>
 check_extents(const std::vector<copy_extent>& extents,
               std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes);
+
+/// Which side of its extents a one-sided check is about.
+enum class extent_side { source, destination };
+
+/// The same check for one side only (a receiver knows its own region, not
+/// the sender's), with the same message.
+std::optional<std::string>
+check_extents(const std::vector<copy_extent>& extents, extent_side side,
+              std::uint64_t region_bytes);
 
 /// Returns an equivalent plan with fewer extents: zero-length extents dropped
 /// and each extent merged into its predecessor in plan order when both its

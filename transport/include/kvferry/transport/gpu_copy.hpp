@@ -176,7 +176,7 @@ public:
 
   /// prepare + launch + release in one call (the plan slot is recycled as
   /// soon as the launch is enqueued: stream order protects its buffers).
-  copy_ticket copy(const memory_region& src, const memory_region& dst,
+  copy_ticket copy(const memory_view& src, const memory_view& dst,
                    const std::vector<copy_extent>& extents);
 
   /// Launches the unpack kernel for receive `seq` of an UNPACK plugin:
@@ -184,8 +184,7 @@ public:
   /// in; `bounce_bytes` bounds its bounce buffer. Records that fall outside
   /// bounce or destination are skipped and reported by done() as gpu_error.
   copy_ticket unpack(const void* device_handle, std::uint64_t seq,
-                     std::uint64_t bounce_bytes,
-                     const memory_region& dst_region,
+                     std::uint64_t bounce_bytes, const memory_view& dst_region,
                      const unpack_destination& dst);
 
   /// Unpacks receives first_seq .. first_seq + where.size() - 1 (at most 16,
@@ -195,7 +194,7 @@ public:
   copy_ticket unpack_batch(const void* device_handle, std::uint64_t first_seq,
                            const std::vector<unpack_destination>& where,
                            std::uint64_t bounce_bytes,
-                           const memory_region& dst_region);
+                           const memory_view& dst_region);
 
   /// True once the launch finished; throws gpu_error if it failed (CUDA error
   /// or rejected unpack records). A ticket older than `event_slots` launches

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kvferry/transport/net_v7.h"
+#include "kvferry/transport/plugin_search.hpp"
 
 namespace kvferry::transport {
 
@@ -113,22 +114,21 @@ std::string describe(const device_properties& dev);
 
 // $KVFERRY_NET_PLUGIN, else "kvsock".
 std::string default_plugin();
-// "libnccl-net-NAME.so"
-std::string plugin_file_name(const std::string& name);
-// The directories searched before dlopen's own search, in order, existing or
-// not.
-std::vector<std::string> plugin_search_dirs();
 
 struct plugin_location {
   std::string requested; // what the caller asked for
   std::string path;      // what is passed to dlopen (absolute, or a bare
                          // file name left to dlopen's own search)
 };
-// Resolves a name or path. Throws plugin_load_error naming every directory
-// searched when the file exists nowhere (dlopen's own search is tried last).
-plugin_location locate_plugin(const std::string& name_or_path);
-// Every libnccl-net-*.so in plugin_search_dirs() and LD_LIBRARY_PATH; the
-// first of a name wins. `requested` is the short NAME.
+// Resolves a name or path with find_plugin_file. Throws plugin_load_error for
+// a path that is no file or a name that is not a plugin name. A name found in
+// none of the directories is left to dlopen's own search (rpath, ld.so
+// cache): `path` is then the bare file name, and a failing dlopen names
+// every directory searched.
+plugin_location locate_plugin(const std::string& name_or_path,
+                              const plugin_search& search = {});
+// Every libnccl-net-*.so in plugin_search_dirs(); the first of a name wins.
+// `requested` is the short NAME.
 std::vector<plugin_location> discover_plugins();
 
 // ---- probing in a child process ---------------------------------------------
