@@ -814,7 +814,6 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
 }
 
 // ---- credit
-// ------------------------------------------------------------------
 
 // Ends a loan: the blocks the producer held or that wait here go back to the
 // pool now; those inside requests follow when their requests finish.

@@ -90,7 +90,6 @@ std::uint64_t plan_bytes(const std::vector<extent>& extents) {
 }
 
 // ---- block_pool
-// --------------------------------------------------------------
 
 block_pool::block_pool(std::uint64_t block_count, std::uint64_t block_bytes)
     : count_(block_count), block_bytes_(block_bytes), free_(block_count),

@@ -309,7 +309,6 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
 }
 
 // ---- credit
-// ------------------------------------------------------------------
 
 // Asks `consumer` to lend blocks ahead of time, off the critical path: on
 // first contact, and again when a request found the credit short (unless a

@@ -120,7 +120,6 @@ std::string memory_option(const std::vector<bench_memory>& memories) {
 }
 
 // ---- sizes
-// ----------------------------------------------------------------------------------
 
 size_t parse_size(const std::string& text) {
   size_t pos = 0;
@@ -179,7 +178,6 @@ long iterations_for(const bench_options& o, size_t size) {
 }
 
 // ---- the control line between the two processes
-// --------------------------------------------
 
 class control {
 public:
@@ -260,7 +258,6 @@ std::vector<tp::net_handle> from_hex(const std::string& hex) {
 }
 
 // ---- TCP baseline sockets
-// ------------------------------------------------------------------
 
 void set_nodelay(int fd) {
   int one = 1;
@@ -293,7 +290,6 @@ void read_all(int fd, char* data, size_t bytes) {
 }
 
 // ---- both sides' plugin state
-// -----------------------------------------------------------------
 
 size_t pool_bytes(const std::vector<size_t>& sizes, int depth) {
   size_t largest = *std::max_element(sizes.begin(), sizes.end());
@@ -419,7 +415,6 @@ receive_pool& pool_for(std::vector<receive_pool>& pools,
 }
 
 // ---- the receiver (child process)
-// ----------------------------------------------------------------
 
 int serve(const bench_options& o) {
   control ctl(o.serve_fd, o.timeout_s);
@@ -562,7 +557,6 @@ int serve(const bench_options& o) {
 }
 
 // ---- the sender (parent)
-// --------------------------------------------------------------------------
 
 struct memory_result {
   bench_memory memory = bench_memory::host;

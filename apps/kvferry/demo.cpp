@@ -82,7 +82,6 @@ struct demo_command {
 };
 
 // ---- stop signals
-// ---------------------------------------------------------------
 
 // While a private MPS daemon of ours runs, SIGINT/SIGTERM/SIGHUP must not
 // kill the demo outright: the daemon would outlive it. The handler records
@@ -116,7 +115,6 @@ int interrupted() {
 }
 
 // ---- child processes
-// ------------------------------------------------------------
 
 // A child `kvferry` process with its stdout on a pipe and `extra_env` added
 // to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
@@ -237,7 +235,6 @@ std::vector<std::string> geometry_args(const demo_command& cmd) {
 }
 
 // ---- the router
-// -------------------------------------------------------------------
 
 struct results {
   std::mutex mtx;
@@ -561,7 +558,6 @@ caf::behavior router(caf::event_based_actor* self,
 }
 
 // ---- which GPUs the two workers use
-// -------------------------------------------
 
 // Where the two workers' KV pools live: -1 for host memory (both or neither).
 struct worker_gpus {
@@ -748,7 +744,6 @@ double caf_round_trip_us(caf::actor_system& sys, const router_plan& plan) {
 }
 
 // ---- the processes the demo starts
-// ---------------------------------------------------
 
 // The pool sizes the demo gives its two workers (see run_demo).
 struct worker_pools {

@@ -86,7 +86,6 @@ void say(const std::string& line) {
 }
 
 // ---- which host am I
-// ---------------------------------------------------------------
 
 std::set<std::string> local_addresses() {
   std::set<std::string> result;
@@ -179,7 +178,6 @@ int identify_host(const topo::deployment& t, const launch_command& cmd,
 }
 
 // ---- what to start
-// -----------------------------------------------------------------
 
 struct process_spec {
   std::string name; // "directory" or the worker's name; names the log file
@@ -311,7 +309,6 @@ void print_plan(const topo::deployment& t, const std::string& host,
 }
 
 // ---- running and watching children
-// ---------------------------------------------------
 
 std::string describe_status(int status) {
   if (WIFEXITED(status))
@@ -642,7 +639,6 @@ private:
 };
 
 // ---- the command
-// ---------------------------------------------------------------------
 
 int run_launch(const launch_command& cmd) {
   topo::load_options options;

@@ -338,7 +338,6 @@ std::string first_difference(const std::vector<char>& want, const char* got,
 }
 
 // ---- the suite
-// ---------------------------------------------------------------------------
 
 class suite {
 public:

@@ -29,7 +29,6 @@
 namespace kvferry::topology {
 
 // ---- small public helpers
-// -----------------------------------------------------
 
 std::string location::str() const {
   if (line <= 0)
@@ -255,7 +254,6 @@ std::optional<std::string> read_secret(const control_spec& control,
 }
 
 // ---- the parser
-// -----------------------------------------------------------------
 
 namespace {
 
@@ -826,7 +824,6 @@ private:
   }
 
   // ---- checks across the whole deployment
-  // --------------------------------------
 
   void cross_check() {
     check_unique_hosts();

@@ -339,7 +339,6 @@ TEST_CASE_FIXTURE(fixture, "a geometry mismatch is refused at allocate") {
 }
 
 // ---- credit (grant-ahead)
-// ----------------------------------------------------
 
 namespace {
 
@@ -664,7 +663,6 @@ TEST_CASE_FIXTURE(fixture, "a request larger than the producer's whole pool "
 }
 
 // ---- back-pressure and dead producers
-// -----------------------------------------
 
 namespace {
 
@@ -881,7 +879,6 @@ TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
 }
 
 // ---- every request ends (soak: ids refused as "already in flight")
-// ---------------------------------------------------------------------
 
 namespace {
 

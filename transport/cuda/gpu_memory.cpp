@@ -20,7 +20,6 @@ void throw_no_cuda(const char* what) {
 }
 
 // ---- gpu_region
-// ---------------------------------------------------------------
 
 gpu_region::~gpu_region() {
   release();
@@ -175,7 +174,6 @@ std::size_t ipc_region_cache::open_count() const {
 }
 
 // ---- ipc_handle text form
-// -------------------------------------------------------
 // "<device>:<region bytes>:<128 hex digits>"
 
 std::string ipc_handle::to_hex() const {
@@ -227,7 +225,6 @@ ipc_handle ipc_handle::from_hex(const std::string& text) {
 }
 
 // ---- kv_block_pool
-// --------------------------------------------------------------
 
 kv_block_pool::kv_block_pool(gpu_region region, std::size_t block_bytes)
     : region_(std::move(region)), block_bytes_(block_bytes) {

@@ -272,7 +272,6 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   }
 
   // ---- staging (CUDA memory on a plugin without NCCL_PTR_CUDA)
-  // ------------------
 
   std::string staging_context() const {
     return fmt::format("plugin {}: staging CUDA memory on the {} channel to {}",
@@ -443,7 +442,6 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   }
 
   // ---- ops
-  // ----------------------------------------------------------------------
 
   uint32_t allocate_op(size_t chunks) {
     if (free_ops.empty()) {
@@ -562,7 +560,6 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   }
 
   // ---- progress
-  // -------------------------------------------------------------------
 
   void finish_chunk(size_t c, const chunk& ch, size_t bytes) {
     auto& op = ops[ch.op];
@@ -921,7 +918,6 @@ bool drive_until(std::chrono::milliseconds timeout, Step&& step) {
 } // namespace detail
 
 // ---- registration
-// -----------------------------------------------------------------
 
 registration::registration(registration&& other) noexcept {
   *this = std::move(other);
@@ -953,7 +949,6 @@ void registration::reset() noexcept {
 }
 
 // ---- channel
-// ----------------------------------------------------------------------
 
 channel::channel(std::shared_ptr<detail::channel_state> state)
     : state_(std::move(state)) {
@@ -1027,7 +1022,6 @@ void recv_channel::irecv_consumed(op_id id) {
 }
 
 // ---- listener (receiving side)
-// ---------------------------------------------------------
 
 struct channel_listener::impl {
   std::shared_ptr<plugin> net;
@@ -1148,7 +1142,6 @@ recv_channel channel_listener::accept(std::chrono::milliseconds timeout) {
 }
 
 // ---- connector (sending side)
-// -----------------------------------------------------------
 
 struct channel_connector::impl {
   std::shared_ptr<plugin> net;
