@@ -55,7 +55,7 @@ int serve(const directory_command& cmd) {
   directory_options options;
   options.secret = cmd.secret;
   options.lease = std::chrono::milliseconds(cmd.lease_ms);
-  auto dir = sys.spawn(directory, options);
+  auto dir = spawn_directory(sys, options);
   auto port = runtime::publish_control(dir, cmd.port, cmd.bind);
   if (!port) {
     spdlog::error("directory: cannot listen on {}:{}: {}", cmd.bind, cmd.port,

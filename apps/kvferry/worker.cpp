@@ -211,7 +211,7 @@ membership_actor start_membership(caf::actor_system& sys,
       connect_to_peers(sys, *dir, role);
     return dir;
   });
-  return sys.spawn(membership, std::move(mc));
+  return spawn_membership(sys, std::move(mc));
 }
 
 // Waits until the keeper has registered this worker. Returns 0 once it has,

@@ -38,7 +38,7 @@ struct directory_fixture : test::actor_fixture {
     // directory's stall watchdog looks like its own pause; the watchdog is
     // tested in membership_test.cpp.
     options.stall_tolerance = caf::timespan{0};
-    dir = sys.spawn(directory, options);
+    dir = spawn_directory(sys, options);
     run();
   }
 

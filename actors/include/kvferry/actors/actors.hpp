@@ -89,33 +89,9 @@ struct directory_options {
   caf::timespan stall_tolerance = std::chrono::seconds(1);
 };
 
-struct directory_state {
-  struct entry {
-    worker_info info;
-    uint64_t token = 0;
-    /// When the lease runs out (actor clock: virtual time in tests).
-    caf::actor_clock::time_point deadline;
-    /// The last register or renew (`lease_age_ms` in list replies).
-    caf::actor_clock::time_point renewed;
-  };
-  static inline const char* name = "kvferry.directory";
-  directory_options options;
-  std::unordered_map<std::string, entry> workers;
-  std::vector<caf::actor> watchers;
-  /// The stall watchdog: when it last ran, and the last stall it saw
-  /// (its length and when the directory resumed).
-  caf::actor_clock::time_point last_tick;
-  caf::timespan last_stall{0};
-  caf::actor_clock::time_point resumed;
-};
-
-using directory_stateful_pointer =
-    directory_actor::stateful_pointer<directory_state>;
-
-/// The directory actor's behaviour: spawn with
-/// `system.spawn(kvferry::directory, options)`.
-directory_actor::behavior_type directory(directory_stateful_pointer self,
-                                         directory_options options);
+/// Spawns a directory (behaviour and state: actors/src/directory.cpp).
+directory_actor spawn_directory(caf::actor_system& system,
+                                directory_options options);
 
 /// Connects to a directory published by `kvferry directory` at host:port
 /// through the middleman, retrying refused connections until `timeout`
