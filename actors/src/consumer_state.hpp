@@ -20,6 +20,7 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/metrics.hpp"

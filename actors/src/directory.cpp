@@ -1,4 +1,6 @@
 // The directory actor: the deployment's membership (see actors.hpp).
+#include "kvferry/actors/directory.hpp"
+
 #include <algorithm>
 #include <random>
 #include <thread>

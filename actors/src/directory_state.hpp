@@ -9,6 +9,7 @@
 #include <caf/actor_clock.hpp>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 
 namespace kvferry::directory_detail {
 

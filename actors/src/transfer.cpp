@@ -3,6 +3,8 @@
 // transfer deadlines. The plugin path (channels, ordering, memory) is in
 // transfer_net.cpp, the CUDA IPC path and its quarantine in transfer_ipc.cpp,
 // the state they share in transfer_state.hpp.
+#include "kvferry/actors/transfer.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <exception>

@@ -26,6 +26,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/ipc_quarantine.hpp"
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"

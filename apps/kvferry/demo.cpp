@@ -43,6 +43,9 @@
 #include "exec_vector.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/connect_peers.hpp"
+#include "kvferry/actors/directory.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
@@ -972,7 +975,7 @@ int run_demo(demo_command& cmd) {
   // Credit needs blocks of its own: the decode pool holds what the requests
   // in flight may negotiate (pool_blocks; a pool that runs dry fails a
   // request) plus `spare` blocks that it lends the producer ahead of time
-  // (see actors.hpp). The lending percentage is rounded down, so the loan
+  // (see app.hpp). The lending percentage is rounded down, so the loan
   // never eats into pool_blocks. Spare: one of the largest requests, and at
   // least 64 blocks so that small requests find credit while the previous
   // batch of returned blocks is still on its way.

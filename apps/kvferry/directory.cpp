@@ -5,6 +5,8 @@
 // `kvferry directory --probe HOST:PORT [--count N]` instead measures the
 // control-plane round trip to a running directory (N lookups) and prints
 // percentiles: the cost every cross-process request pays.
+#include "kvferry/actors/directory.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

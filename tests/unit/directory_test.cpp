@@ -8,6 +8,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;

@@ -15,6 +15,8 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/runtime/system_config.hpp"
 

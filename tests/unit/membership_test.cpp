@@ -11,6 +11,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/membership.hpp"
 
 using namespace kvferry;

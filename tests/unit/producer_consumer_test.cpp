@@ -11,6 +11,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/plan.hpp"
 
 using namespace kvferry;

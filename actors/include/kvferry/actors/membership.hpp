@@ -17,6 +17,7 @@
 // the directory, never this worker, when the directory is the one at fault.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
