@@ -491,12 +491,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::announce_atom, proto::announcement& a) {
         handle_announce(self, a);
       },
-      [self](proto::landed_atom, const std::string& sender, std::uint64_t id,
-             std::uint64_t bytes, std::int64_t launched_ns,
-             std::int64_t copied_ns, std::int64_t gpu_queued_ns,
-             std::int64_t gpu_copy_ns) {
-        handle_landed(self, sender, id, bytes, launched_ns, copied_ns,
-                      gpu_queued_ns, gpu_copy_ns);
+      [self](proto::landed_atom, const proto::landed& l) {
+        handle_landed(self, l);
       },
       [self](proto::stats_atom) { return self->state.stats; },
       [self](proto::ipc_hello_atom, const std::string& sender) {

@@ -215,8 +215,9 @@ void send_landed(self_ptr self, peer_out& p, const peer_out::ipc_copy& copy,
     gpu_ns = timing->gpu_time.count();
   }
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-             proto::landed_atom::value, st.cfg.name, copy.id, bytes,
-             clock_ns(copy.launched), clock_ns(copied), queued_ns, gpu_ns);
+             proto::landed_atom::value,
+             proto::landed{st.cfg.name, copy.id, bytes, clock_ns(copy.launched),
+                           clock_ns(copied), queued_ns, gpu_ns});
 }
 
 } // namespace
@@ -446,11 +447,11 @@ void orphan_copies(transfer_state& st, const std::string& peer, peer_out& p,
 // ---- receiving over CUDA IPC
 
 // The sender's kernel wrote transfer `id` into our region.
-void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
-                   std::uint64_t bytes, std::int64_t launched_ns,
-                   std::int64_t copied_ns, std::int64_t gpu_queued_ns,
-                   std::int64_t gpu_copy_ns) {
+void handle_landed(self_ptr self, const proto::landed& l) {
   auto& st = self->state;
+  const auto& sender = l.sender;
+  const auto id = l.transfer_id;
+  const auto bytes = l.bytes;
   auto& p = st.in[sender];
   if (!p.sender && self->current_sender()) {
     // No channel tells us who the peer is: watch it from its first copy on.
@@ -473,12 +474,13 @@ void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
   // sender's kernel launch to the sender seeing it complete (one host, one
   // monotonic clock). Waiting for the sender before, and this `landed`
   // message after, are control, not data.
-  auto launched = steady_clock::time_point{nanoseconds{launched_ns}};
+  auto launched = steady_clock::time_point{nanoseconds{l.launched_ns}};
   t.started = launched;
-  t.gpu_queued_ns = gpu_queued_ns;
-  t.gpu_copy_ns = gpu_copy_ns;
+  t.gpu_queued_ns = l.gpu_queued_ns;
+  t.gpu_copy_ns = l.gpu_copy_ns;
   bool claimed = t.waiter.has_value();
-  finish(t, st, true, sender, steady_clock::time_point{nanoseconds{copied_ns}});
+  finish(t, st, true, sender,
+         steady_clock::time_point{nanoseconds{l.copied_ns}});
   if (claimed)
     p.transfers.erase(id);
   else // kept for its recv order; forgotten if nobody claims it

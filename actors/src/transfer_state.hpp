@@ -286,10 +286,7 @@ caf::error refuse_if_given_up(transfer_state& st, const std::string& peer,
 caf::result<caf::ok_atom>
 handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id);
 
-void handle_landed(self_ptr self, const std::string& sender, std::uint64_t id,
-                   std::uint64_t bytes, std::int64_t launched_ns,
-                   std::int64_t copied_ns, std::int64_t gpu_queued_ns,
-                   std::int64_t gpu_copy_ns);
+void handle_landed(self_ptr self, const proto::landed& l);
 
 bool quarantines(const transfer_state& st);
 

@@ -116,8 +116,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         self->state.waiting.emplace(o.transfer_id, p);
         return p;
       },
-      [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-         std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
+      [](proto::landed_atom, const proto::landed&) {},
       // No CUDA IPC here: nothing is ever quarantined.
       [](proto::ipc_hello_atom, const std::string&) {},
       [](proto::ipc_status_atom, const std::string&, std::uint64_t) {

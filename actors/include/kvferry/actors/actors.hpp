@@ -122,15 +122,9 @@ using transfer_actor = caf::typed_actor<
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
     // Transfer actor to transfer actor over CUDA IPC: the sender's copy
-    // kernel of transfer `id` finished writing `bytes` into our region
-    // (sender name, id, bytes, when the kernel was launched and when the
-    // sender saw it complete: steady_clock ns, comparable because IPC peers
-    // share a host; then from the launch to the kernel's start and the
-    // kernel's GPU time, ns, both 0 if unknown); completes the waiting recv
-    // order.
-    caf::reacts_to<proto::landed_atom, std::string, std::uint64_t,
-                   std::uint64_t, std::int64_t, std::int64_t, std::int64_t,
-                   std::int64_t>,
+    // kernel finished writing a transfer into our region; completes the
+    // waiting recv order.
+    caf::reacts_to<proto::landed_atom, proto::landed>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
     // CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies"). Sender to
     // receiver, once per mapping of the receiver's pool: "I, `sender`, write
