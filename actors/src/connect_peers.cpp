@@ -1,10 +1,12 @@
-// Direct worker-to-worker control connections (see connect_peers in
-// actors.hpp): dialled explicitly, over TLS, instead of CAF's automatic
-// connections.
+// Direct worker-to-worker control connections (see connect_peers.hpp):
+// dialled explicitly, over TLS, instead of CAF's automatic connections.
+#include "kvferry/actors/connect_peers.hpp"
+
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/tls.hpp"
 
 namespace kvferry {

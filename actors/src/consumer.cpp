@@ -49,7 +49,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "consumer_state.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -59,103 +61,7 @@ namespace kvferry {
 namespace {
 
 using namespace std::chrono;
-using clock_type = steady_clock;
-
-struct request_ctx {
-  std::uint64_t request_id = 0;
-  std::string producer; // its name, as the request gave it
-  caf::actor_addr from; // the producer actor that asked (allocate/advertise)
-  caf::actor_addr requester; // who waits for the answer (see cancel_requests)
-  std::vector<std::uint64_t> blocks;
-  std::uint32_t pending = 0; // replies still expected from transfer actors
-  std::uint64_t bytes = 0;
-  caf::error failure;
-  std::optional<proto::arrival_notice> notice;
-  std::optional<caf::typed_response_promise<proto::ready_report>> promise;
-  // The data window over all parts, from the transfer actor's recv reports
-  // (steady_clock ns of this process).
-  std::int64_t first_known_ns = std::numeric_limits<std::int64_t>::max();
-  std::int64_t landed_ns = 0;
-  // CUDA IPC, summed over parts: launch to kernel start, kernel GPU time.
-  std::int64_t gpu_queued_ns = 0;
-  std::int64_t gpu_copy_ns = 0;
-  std::int64_t producer_compute_ns = 0; // credit path: fill + hash there
-  std::uint32_t loan_id = 0; // blocks return to this loan; 0: to the pool
-  bool answered = false;     // promise already delivered (abort)
-  bool released = false;
-  bool orphaned = false; // its producer is gone: no `arrived` will come
-  // CUDA IPC quarantine: failed parts whose settle the transfer actor has
-  // not answered yet, and whether the blocks wait for them (counted in
-  // quarantined_blocks).
-  std::uint32_t unsettled = 0;
-  bool quarantined = false;
-  clock_type::time_point quarantined_since;
-  // Last resort (see expire_requests): by then the request has failed or
-  // finished, whatever message went missing.
-  caf::actor_clock::time_point deadline;
-};
-using ctx_ptr = std::shared_ptr<request_ctx>;
-
-// A request that found too few free blocks: it waits, in arrival order,
-// until they come back (start) or its wait runs out (fail).
-struct waiter {
-  std::uint64_t request_id = 0;
-  std::uint64_t blocks = 0;
-  std::string producer;
-  caf::actor_addr from;
-  caf::actor_addr requester;
-  caf::actor_clock::time_point deadline;
-  std::function<void(const ctx_ptr&)> start; // on its freshly taken blocks
-  std::function<void(caf::error)> fail;
-};
-
-// Blocks lent to one producer. Each lent block is in one of three places:
-// held by the producer, inside a request it delegated here, or freed and
-// waiting in `returning` to go back.
-struct loan {
-  std::string producer;
-  caf::actor producer_actor;
-  std::uint64_t lent = 0;
-  std::uint64_t held = 0;               // by the producer, as far as we know
-  std::vector<std::uint64_t> returning; // capacity reserved when lending
-  bool alive = true;
-};
-
-struct consumer_state {
-  app_config cfg;
-  std::unique_ptr<block_pool> pool;
-  std::unique_ptr<kv_pattern> pattern; // verifies GPU memory on the GPU
-  std::unordered_map<std::uint64_t, ctx_ptr> requests;
-  std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
-  // Per pool block: the loan it belongs to (0: not lent), and whether it
-  // is inside a delegated request right now. Sized once: checking and
-  // moving lent blocks allocates nothing.
-  std::vector<std::uint32_t> loan_of_block;
-  std::vector<bool> block_in_request;
-  std::deque<waiter> queue; // back-pressure, oldest first
-  // One sweep message (sweep_atom) serves the queue's waits and the
-  // requests' deadlines; timer_at: when the earliest one pending fires.
-  bool timer_armed = false;
-  caf::actor_clock::time_point timer_at;
-  // Requests that failed before anyone could be told (a push request whose
-  // producer never sent `arrived`): a late `arrived` gets the reason.
-  std::deque<std::pair<std::uint64_t, caf::error>> failed_unanswered;
-  // Producer actors that sent allocate/advertise, monitored once each.
-  std::unordered_map<caf::actor_addr, std::string> producers;
-  // Requesters (routers) of open requests, monitored once each.
-  std::unordered_set<caf::actor_addr> requesters;
-  proto::consumer_stats stats;
-  metrics::gauge* quarantined_gauge = &metrics::registry::global().get_gauge(
-      "kvferry_ipc_quarantined_blocks",
-      "Pool blocks of failed requests held out of use until no CUDA IPC copy "
-      "can still write into them");
-  ~consumer_state() {
-    quarantined_gauge->sub(static_cast<std::int64_t>(stats.quarantined_blocks));
-  }
-  static inline const char* name = "kvferry.consumer";
-};
-
-using self_ptr = consumer_actor::stateful_pointer<consumer_state>;
+using namespace consumer_detail;
 
 std::uint64_t block_index(const consumer_state& st, std::uint64_t offset) {
   return offset / st.cfg.geometry.layer_block_bytes();
@@ -837,7 +743,6 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
 }
 
 // ---- credit
-// ------------------------------------------------------------------
 
 // Ends a loan: the blocks the producer held or that wait here go back to the
 // pool now; those inside requests follow when their requests finish.

@@ -1,4 +1,6 @@
 // The directory actor: the deployment's membership (see actors.hpp).
+#include "kvferry/actors/directory.hpp"
+
 #include <algorithm>
 #include <random>
 #include <thread>
@@ -7,6 +9,7 @@
 #include <caf/io/middleman.hpp>
 #include <spdlog/spdlog.h>
 
+#include "directory_state.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/runtime/tls.hpp"
 
@@ -14,6 +17,7 @@ namespace kvferry {
 
 namespace {
 
+using namespace directory_detail;
 using entry = directory_state::entry;
 
 // An empty configured secret accepts everyone (the directory warns at start).
@@ -60,7 +64,7 @@ caf::error validate(const worker_info& info) {
 }
 
 // Sorted by name; each with its "lease_age_ms" (since its last renewal).
-std::vector<worker_info> members(directory_stateful_pointer self,
+std::vector<worker_info> members(self_ptr self,
                                  const worker_role* role = nullptr) {
   auto& st = self->state;
   auto now = self->clock().now();
@@ -84,14 +88,13 @@ directory_watcher_actor as_watcher(const caf::actor& watcher) {
   return caf::actor_cast<directory_watcher_actor>(watcher);
 }
 
-void notify_joined(directory_stateful_pointer self, const worker_info& info) {
+void notify_joined(self_ptr self, const worker_info& info) {
   for (auto& watcher : self->state.watchers)
     self->send(as_watcher(watcher), joined_atom::value, info);
 }
 
 // Removes a worker and tells every watcher why.
-void drop(directory_stateful_pointer self, const std::string& name,
-          const caf::error& why) {
+void drop(self_ptr self, const std::string& name, const caf::error& why) {
   auto i = self->state.workers.find(name);
   if (i == self->state.workers.end())
     return;
@@ -101,15 +104,15 @@ void drop(directory_stateful_pointer self, const std::string& name,
     self->send(as_watcher(watcher), left_atom::value, name, why);
 }
 
-void monitor_worker(directory_stateful_pointer self, const worker_info& info) {
+void monitor_worker(self_ptr self, const worker_info& info) {
   if (info.app)
     self->monitor(info.app);
   if (info.transfer)
     self->monitor(info.transfer);
 }
 
-void schedule_expiry(directory_stateful_pointer self, const std::string& name,
-                     uint64_t token, caf::timespan after) {
+void schedule_expiry(self_ptr self, const std::string& name, uint64_t token,
+                     caf::timespan after) {
   self->delayed_send(self, after, expire_atom::value, name, token);
 }
 
@@ -125,14 +128,14 @@ caf::timespan tick_interval(const directory_options& options) {
                                  std::chrono::milliseconds(10));
 }
 
-void schedule_tick(directory_stateful_pointer self) {
+void schedule_tick(self_ptr self) {
   self->delayed_send(self, tick_interval(self->state.options),
                      caf::tick_atom::value);
 }
 
 // Call before judging any worker: if the directory has not run for longer
 // than the tolerance, every lease gets a full lease of grace from now.
-void check_stall(directory_stateful_pointer self) {
+void check_stall(self_ptr self) {
   auto& st = self->state;
   if (st.options.stall_tolerance <= caf::timespan{0})
     return;
@@ -157,7 +160,7 @@ void check_stall(directory_stateful_pointer self) {
 // Why a worker whose actor went down is dropped, naming who is at fault: a
 // connection that closed while (or right after) the directory stalled was
 // most likely closed by the worker's side for the directory's silence.
-caf::error down_reason(directory_stateful_pointer self, const std::string& name,
+caf::error down_reason(self_ptr self, const std::string& name,
                        const caf::error& reason) {
   auto& st = self->state;
   bool after_stall = st.last_stall > caf::timespan{0} &&
@@ -173,8 +176,7 @@ caf::error down_reason(directory_stateful_pointer self, const std::string& name,
                     "worker '" + name + "' is down: " + render(reason));
 }
 
-caf::result<lease> register_worker(directory_stateful_pointer self,
-                                   worker_info& info,
+caf::result<lease> register_worker(self_ptr self, worker_info& info,
                                    const std::string& secret) {
   auto& st = self->state;
   if (!secret_accepted(st.options.secret, secret))
@@ -217,9 +219,8 @@ caf::result<lease> register_worker(directory_stateful_pointer self,
 }
 
 // Finds (name, token) or says why not.
-caf::expected<entry*> find_leased(directory_stateful_pointer self,
-                                  const char* call, const std::string& name,
-                                  uint64_t token) {
+caf::expected<entry*> find_leased(self_ptr self, const char* call,
+                                  const std::string& name, uint64_t token) {
   auto i = self->state.workers.find(name);
   if (i == self->state.workers.end())
     return make_error(ec::not_found, std::string{call} + " '" + name +
@@ -231,8 +232,7 @@ caf::expected<entry*> find_leased(directory_stateful_pointer self,
   return &i->second;
 }
 
-void on_expire(directory_stateful_pointer self, const std::string& name,
-               uint64_t token) {
+void on_expire(self_ptr self, const std::string& name, uint64_t token) {
   check_stall(self);
   auto i = self->state.workers.find(name);
   if (i == self->state.workers.end() || i->second.token != token)
@@ -250,7 +250,7 @@ void on_expire(directory_stateful_pointer self, const std::string& name,
 }
 
 // A worker's app or transfer actor died, or a watcher did.
-void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
+void on_down(self_ptr self, const caf::down_msg& msg) {
   check_stall(self);
   auto& st = self->state;
   st.watchers.erase(std::remove_if(st.watchers.begin(), st.watchers.end(),
@@ -267,10 +267,8 @@ void on_down(directory_stateful_pointer self, const caf::down_msg& msg) {
     drop(self, name, down_reason(self, name, msg.reason));
 }
 
-} // namespace
-
-directory_actor::behavior_type directory(directory_stateful_pointer self,
-                                         directory_options options) {
+directory_actor::behavior_type directory_impl(self_ptr self,
+                                              directory_options options) {
   self->state.options = std::move(options);
   if (self->state.options.secret.empty())
     spdlog::warn("directory: no secret set: any process may register");
@@ -334,6 +332,13 @@ directory_actor::behavior_type directory(directory_stateful_pointer self,
         schedule_tick(self);
       },
   };
+}
+
+} // namespace
+
+directory_actor spawn_directory(caf::actor_system& system,
+                                directory_options options) {
+  return system.spawn(directory_impl, std::move(options));
 }
 
 caf::error parse_host_port(const std::string& text, std::string& host,

@@ -5,11 +5,42 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
+#include <xxhash.h>
 
 #include "kv_pattern_device.hpp"
-#include "kvferry/actors/actors.hpp"
 
 namespace kvferry {
+
+void fill_pattern(std::uint8_t* data, std::uint64_t bytes, std::uint64_t seed,
+                  std::uint64_t request_id, std::uint32_t layer,
+                  std::uint32_t block) {
+  // splitmix64 of the coordinates, then an arithmetic sequence: unique per
+  // block, and as cheap as a memset.
+  std::uint64_t x = seed ^ (request_id * 0x9E3779B97F4A7C15ull) ^
+                    (std::uint64_t{layer} << 32) ^ block;
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  x ^= x >> 31;
+  auto words = bytes / 8;
+  for (std::uint64_t i = 0; i < words; ++i) {
+    std::uint64_t v = x + i * 0xD1B54A32D192ED03ull;
+    std::memcpy(data + i * 8, &v, 8);
+  }
+  for (auto i = words * 8; i < bytes; ++i)
+    data[i] = static_cast<std::uint8_t>(x >> (8 * (i % 8)));
+}
+
+std::uint64_t hash_blocks(const std::uint8_t* base,
+                          const std::vector<std::uint64_t>& offsets,
+                          std::uint64_t block_bytes) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  for (auto off : offsets)
+    XXH3_64bits_update(&state, base + off, block_bytes);
+  return XXH3_64bits_digest(&state);
+}
 
 namespace detail {
 

@@ -9,11 +9,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "membership_state.hpp"
+
 namespace kvferry {
 
 namespace {
 
-using self_ptr = membership_stateful_pointer;
+using namespace membership_detail;
 using kind = membership_state_kind;
 
 std::string as_text(caf::timespan t) {
@@ -310,8 +312,7 @@ caf::result<caf::ok_atom> on_leave(self_ptr self) {
   return rp;
 }
 
-} // namespace
-
+// The state as the keeper reports and logs it.
 const char* to_string(membership_state_kind k) {
   switch (k) {
   case kind::dialing:
@@ -326,8 +327,8 @@ const char* to_string(membership_state_kind k) {
   return "?";
 }
 
-membership_actor::behavior_type membership(membership_stateful_pointer self,
-                                           membership_config cfg) {
+membership_actor::behavior_type membership_impl(self_ptr self,
+                                                membership_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
   st.rng_state = st.cfg.seed != 0 ? st.cfg.seed : std::random_device{}();
@@ -359,8 +360,6 @@ membership_actor::behavior_type membership(membership_stateful_pointer self,
   };
 }
 
-namespace {
-
 // Blocks its own (detached) thread while it dials, never a scheduler's.
 dialer_actor::behavior_type dialer(dialer_actor::pointer,
                                    directory_connect connect) {
@@ -373,6 +372,11 @@ dialer_actor::behavior_type dialer(dialer_actor::pointer,
 }
 
 } // namespace
+
+membership_actor spawn_membership(caf::actor_system& sys,
+                                  membership_config cfg) {
+  return sys.spawn(membership_impl, std::move(cfg));
+}
 
 dialer_actor spawn_dialer(caf::actor_system& sys, directory_connect connect) {
   return sys.spawn<caf::detached>(dialer, std::move(connect));

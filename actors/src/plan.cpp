@@ -39,7 +39,6 @@ std::vector<extent> split_chunks(const std::vector<extent>& extents,
 }
 
 // ---- block_pool
-// --------------------------------------------------------------
 
 block_pool::block_pool(std::uint64_t block_count, std::uint64_t block_bytes)
     : count_(block_count), block_bytes_(block_bytes), free_(block_count),

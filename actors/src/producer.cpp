@@ -29,107 +29,20 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#define XXH_STATIC_LINKING_ONLY // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "producer_state.hpp"
 
 namespace kvferry {
-
-void fill_pattern(std::uint8_t* data, std::uint64_t bytes, std::uint64_t seed,
-                  std::uint64_t request_id, std::uint32_t layer,
-                  std::uint32_t block) {
-  // splitmix64 of the coordinates, then an arithmetic sequence: unique per
-  // block, and as cheap as a memset.
-  std::uint64_t x = seed ^ (request_id * 0x9E3779B97F4A7C15ull) ^
-                    (std::uint64_t{layer} << 32) ^ block;
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  x ^= x >> 31;
-  auto words = bytes / 8;
-  for (std::uint64_t i = 0; i < words; ++i) {
-    std::uint64_t v = x + i * 0xD1B54A32D192ED03ull;
-    std::memcpy(data + i * 8, &v, 8);
-  }
-  for (auto i = words * 8; i < bytes; ++i)
-    data[i] = static_cast<std::uint8_t>(x >> (8 * (i % 8)));
-}
-
-std::uint64_t hash_blocks(const std::uint8_t* base,
-                          const std::vector<std::uint64_t>& offsets,
-                          std::uint64_t block_bytes) {
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  for (auto off : offsets)
-    XXH3_64bits_update(&state, base + off, block_bytes);
-  return XXH3_64bits_digest(&state);
-}
 
 namespace {
 
 using namespace std::chrono;
-using clock_type = steady_clock;
-
-// One request in flight at the producer.
-struct request_ctx {
-  proto::prefill_request req;
-  caf::actor router;         // who asked: the consumer cancels when it is gone
-  std::string consumer_name; // known once granted
-  std::uint32_t bpl = 0;
-  std::uint32_t parts = 1;
-  std::vector<std::uint64_t> blocks;
-  caf::typed_response_promise<proto::ready_report> promise;
-  std::uint64_t hash = 0;
-  bool hashed = false; // only host memory is hashed (on the CPU)
-  std::uint64_t bytes = 0;
-  std::int64_t compute_ns = 0;
-  clock_type::time_point send_start;
-  caf::actor_clock::time_point park_deadline; // while waiting for blocks
-  std::int64_t transfer_ns = 0;
-  std::uint32_t sends_left = 0;
-  bool delegated = false; // the consumer answers the router (credit)
-  bool failed = false;
-  bool released = false;
-};
-using ctx_ptr = std::shared_ptr<request_ctx>;
-
-// Destination blocks one consumer lent us: we may write into them without
-// asking.
-struct credit_line {
-  proto::endpoint receiver;
-  std::vector<std::uint64_t> blocks;
-  bool asked = false;
-  bool reserve_pending = false;
-  // The last reserve lent nothing: ask again only after blocks come back,
-  // so a consumer at its lending cap is not asked on every request.
-  bool dry = false;
-};
-
-struct producer_state {
-  app_config cfg;
-  std::unique_ptr<block_pool> pool;
-  std::unique_ptr<kv_pattern> pattern; // "prefill" on host or GPU memory
-  std::unordered_map<caf::actor_addr, credit_line> credit; // by consumer
-  // Requests waiting for source blocks (see on_prefill), oldest first.
-  std::deque<ctx_ptr> parked;
-  bool park_timer_armed = false;
-  // Requests not yet answered, to fail them at once when their consumer
-  // dies (down message) or leaves the directory.
-  std::unordered_map<std::uint64_t, ctx_ptr> active;
-  std::unordered_set<caf::actor_addr> monitored;
-  // Decode workers' names by app actor, from the directory (joined): a
-  // request names its consumer before any grant, and a consumer's `left`
-  // fails its requests even when no down message can reach us (its node
-  // died before we ever connected to it).
-  std::unordered_map<caf::actor_addr, std::string> consumer_names;
-  static inline const char* name = "kvferry.producer";
-};
-
-using self_ptr = producer_actor::stateful_pointer<producer_state>;
+using namespace producer_detail;
 
 // How long a reply from a consumer may take that may wait in its queue
 // for free blocks (allocate, advertise) on top of the usual deadline.
@@ -310,7 +223,6 @@ void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
 }
 
 // ---- credit
-// ------------------------------------------------------------------
 
 // Asks `consumer` to lend blocks ahead of time, off the critical path: on
 // first contact, and again when a request found the credit short (unless a

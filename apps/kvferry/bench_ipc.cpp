@@ -135,7 +135,6 @@ std::vector<std::uint64_t> random_slots(std::mt19937_64& rng,
 }
 
 // ---- the child: all measurements
-// ----------------------------------------------
 
 struct child_context {
   gpu_pair pair;
@@ -727,7 +726,6 @@ int run_child(const bench_ipc_options& opt) {
 }
 
 // ---- the parent: owns the source pool, runs the child, reports
-// ---------------
 
 // Starts this binary as the child with its stdout on a pipe; returns what it
 // printed, or throws naming the failure. Kills the child past `timeout`.

@@ -124,7 +124,6 @@ std::string memory_option(const std::vector<bench_memory>& memories) {
 }
 
 // ---- sizes
-// ----------------------------------------------------------------------------------
 
 // "4K..256M" (factors of 4) or "4K,64K,1M"; each size as size_list.hpp
 // parses it for every benchmark.
@@ -168,7 +167,6 @@ long iterations_for(const bench_options& o, size_t size) {
 }
 
 // ---- the control line between the two processes
-// --------------------------------------------
 
 class control {
 public:
@@ -249,7 +247,6 @@ std::vector<tp::net_handle> from_hex(const std::string& hex) {
 }
 
 // ---- TCP baseline sockets
-// ------------------------------------------------------------------
 
 void set_nodelay(int fd) {
   int one = 1;
@@ -331,7 +328,6 @@ void read_all(int fd, char* data, size_t bytes) {
 }
 
 // ---- both sides' plugin state
-// -----------------------------------------------------------------
 
 size_t pool_bytes(const std::vector<size_t>& sizes, int depth) {
   size_t largest = *std::max_element(sizes.begin(), sizes.end());
@@ -457,7 +453,6 @@ receive_pool& pool_for(std::vector<receive_pool>& pools,
 }
 
 // ---- the receiver (child process)
-// ----------------------------------------------------------------
 
 int serve(const bench_options& o) {
   control ctl(o.serve_fd, o.timeout_s);
@@ -602,7 +597,6 @@ int serve(const bench_options& o) {
 }
 
 // ---- the sender (parent)
-// --------------------------------------------------------------------------
 
 struct memory_result {
   bench_memory memory = bench_memory::host;

@@ -43,6 +43,9 @@
 #include "exec_vector.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/connect_peers.hpp"
+#include "kvferry/actors/directory.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
@@ -85,7 +88,6 @@ struct demo_command {
 };
 
 // ---- stop signals
-// ---------------------------------------------------------------
 
 // While a private MPS daemon of ours runs, SIGINT/SIGTERM/SIGHUP must not
 // kill the demo outright: the daemon would outlive it. The handler records
@@ -119,7 +121,6 @@ int interrupted() {
 }
 
 // ---- child processes
-// ------------------------------------------------------------
 
 // A child `kvferry` process with its stdout on a pipe and `extra_env` added
 // to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
@@ -240,7 +241,6 @@ std::vector<std::string> geometry_args(const demo_command& cmd) {
 }
 
 // ---- the router
-// -------------------------------------------------------------------
 
 struct results {
   std::mutex mtx;
@@ -581,7 +581,6 @@ caf::behavior router(caf::event_based_actor* self,
 }
 
 // ---- which GPUs the two workers use
-// -------------------------------------------
 
 // Where the two workers' KV pools live: -1 for host memory (both or neither).
 struct worker_gpus {
@@ -768,7 +767,6 @@ double caf_round_trip_us(caf::actor_system& sys, const router_plan& plan) {
 }
 
 // ---- the processes the demo starts
-// ---------------------------------------------------
 
 // The pool sizes the demo gives its two workers (see run_demo).
 struct worker_pools {
@@ -997,7 +995,7 @@ int run_demo(demo_command& cmd) {
   // Credit needs blocks of its own: the decode pool holds what the requests
   // in flight may negotiate (pool_blocks; a pool that runs dry fails a
   // request) plus `spare` blocks that it lends the producer ahead of time
-  // (see actors.hpp). The lending percentage is rounded down, so the loan
+  // (see app.hpp). The lending percentage is rounded down, so the loan
   // never eats into pool_blocks. Spare: one of the largest requests, and at
   // least 64 blocks so that small requests find credit while the previous
   // batch of returned blocks is still on its way.

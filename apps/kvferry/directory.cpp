@@ -5,6 +5,8 @@
 // `kvferry directory --probe HOST:PORT [--count N]` instead measures the
 // control-plane round trip to a running directory (N lookups) and prints
 // percentiles: the cost every cross-process request pays.
+#include "kvferry/actors/directory.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -55,7 +57,7 @@ int serve(const directory_command& cmd) {
   directory_options options;
   options.secret = cmd.secret;
   options.lease = std::chrono::milliseconds(cmd.lease_ms);
-  auto dir = sys.spawn(directory, options);
+  auto dir = spawn_directory(sys, options);
   auto port = runtime::publish_control(dir, cmd.port, cmd.bind);
   if (!port) {
     spdlog::error("directory: cannot listen on {}:{}: {}", cmd.bind, cmd.port,

@@ -88,7 +88,6 @@ void say(const std::string& line) {
 }
 
 // ---- which host am I
-// ---------------------------------------------------------------
 
 std::set<std::string> local_addresses() {
   std::set<std::string> result;
@@ -181,7 +180,6 @@ int identify_host(const topo::deployment& t, const launch_command& cmd,
 }
 
 // ---- what to start
-// -----------------------------------------------------------------
 
 struct process_spec {
   std::string name; // "directory" or the worker's name; names the log file
@@ -313,7 +311,6 @@ void print_plan(const topo::deployment& t, const std::string& host,
 }
 
 // ---- running and watching children
-// ---------------------------------------------------
 
 std::string describe_status(int status) {
   if (WIFEXITED(status))
@@ -644,7 +641,6 @@ private:
 };
 
 // ---- the command
-// ---------------------------------------------------------------------
 
 // Two workers of this host on one GPU (--mps auto), or any with --mps on:
 // a private MPS daemon in `daemon` and its variables in every GPU worker's

@@ -364,7 +364,6 @@ std::string first_difference(const std::vector<char>& want, const char* got,
 }
 
 // ---- the suite
-// ---------------------------------------------------------------------------
 
 class suite {
 public:

@@ -17,6 +17,7 @@
 
 #include "commands.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/topology.hpp"
 #include "pki.hpp"

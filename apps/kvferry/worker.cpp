@@ -21,7 +21,11 @@
 #include "commands.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
+#include "kvferry/actors/connect_peers.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/membership.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -211,7 +215,7 @@ membership_actor start_membership(caf::actor_system& sys,
       connect_to_peers(sys, *dir, role);
     return dir;
   });
-  return sys.spawn(membership, std::move(mc));
+  return spawn_membership(sys, std::move(mc));
 }
 
 // Waits until the keeper has registered this worker. Returns 0 once it has,

@@ -12,7 +12,6 @@
 namespace kvferry::metrics {
 
 // ---- histogram
-// ------------------------------------------------------------------
 
 histogram::histogram(std::vector<double> upper_bounds)
     : bounds_(std::move(upper_bounds)),
@@ -65,7 +64,6 @@ const std::vector<double>& duration_buckets() {
 }
 
 // ---- names and formatting
-// -------------------------------------------------------
 
 namespace {
 
@@ -177,7 +175,6 @@ std::string escape_label_value(const std::string& value) {
 }
 
 // ---- registry
-// -------------------------------------------------------------------
 
 struct registry::family {
   std::string name;
@@ -349,7 +346,6 @@ std::string registry::render() const {
 }
 
 // ---- the transfer metric set
-// ------------------------------------------------------
 
 transfer_metrics::transfer_metrics(registry& reg)
     : regions(reg.get_gauge(

@@ -1,5 +1,7 @@
 #include "kvferry/runtime/protocol.hpp"
 
+#include "kvferry/runtime/type_ids.hpp"
+
 namespace kvferry::proto {
 
 void add_protocol_types(caf::actor_system_config& cfg) {

@@ -11,13 +11,6 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/type_ids.hpp"
 
-// The transfer engineer's message block (ids 300..399) lives in protocol.hpp;
-// it is registered here as soon as that header exists.
-#if __has_include("kvferry/runtime/protocol.hpp")
-#include "kvferry/runtime/protocol.hpp"
-#define KVFERRY_HAVE_PROTOCOL_BLOCK 1
-#endif
-
 namespace kvferry::runtime {
 
 namespace detail {
@@ -56,9 +49,7 @@ system_config::system_config(const runtime_options& options) {
 void system_config::register_types() {
   load<caf::io::middleman>();
   add_message_types<caf::id_block::kvferry_runtime>();
-#ifdef KVFERRY_HAVE_PROTOCOL_BLOCK
   add_message_types<caf::id_block::kvferry_protocol>();
-#endif
   add_error_category(
       ec_category, [](uint8_t code, caf::atom_value, const caf::message& ctx) {
         // kvferry::render: unqualified, the static

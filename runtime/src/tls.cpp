@@ -191,7 +191,6 @@ void unpublish_control(caf::actor_system& sys, const caf::actor_addr& whom,
 }
 
 // ---- certificates
-// ------------------------------------------------------------
 
 namespace {
 

@@ -30,7 +30,6 @@
 namespace kvferry::topology {
 
 // ---- small public helpers
-// -----------------------------------------------------
 
 std::string location::str() const {
   if (line <= 0)
@@ -217,7 +216,6 @@ std::optional<std::string> read_secret(const control_spec& control,
 }
 
 // ---- the parser
-// -----------------------------------------------------------------
 
 namespace {
 
@@ -879,7 +877,6 @@ private:
   }
 
   // ---- checks across the whole deployment
-  // --------------------------------------
 
   void cross_check() {
     check_unique_hosts();

@@ -28,6 +28,8 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/connect_peers.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry_processes.hpp"

@@ -12,6 +12,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 

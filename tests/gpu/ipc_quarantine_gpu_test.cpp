@@ -32,7 +32,9 @@
 #include <cuda_runtime.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "scratch_dir.hpp"

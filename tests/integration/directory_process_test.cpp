@@ -17,6 +17,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "test_pki.hpp"
 

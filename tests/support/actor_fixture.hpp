@@ -2,7 +2,7 @@
 // threads, virtual time) under kvferry's system_config, usable from doctest.
 //
 //   TEST_CASE_FIXTURE(kvferry::test::actor_fixture, "...") {
-//     auto dir = sys.spawn(kvferry::directory, kvferry::directory_options{});
+//     auto dir = kvferry::spawn_directory(sys, kvferry::directory_options{});
 //     auto reply = request<kvferry::lease>(dir, kvferry::register_atom::value,
 //                                          info, std::string{"secret"});
 //     REQUIRE(reply);                        // caf::expected<lease>

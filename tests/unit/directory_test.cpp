@@ -8,6 +8,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -38,7 +39,7 @@ struct directory_fixture : test::actor_fixture {
     // directory's stall watchdog looks like its own pause; the watchdog is
     // tested in membership_test.cpp.
     options.stall_tolerance = caf::timespan{0};
-    dir = sys.spawn(directory, options);
+    dir = spawn_directory(sys, options);
     run();
   }
 

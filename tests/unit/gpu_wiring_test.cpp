@@ -9,6 +9,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "run_kvferry.hpp"

@@ -15,6 +15,8 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/runtime/system_config.hpp"
 
@@ -66,8 +68,7 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
         return make_error(ec::invalid_argument, "fake sender: no channels");
       },
       [](proto::announce_atom, proto::announcement&) {},
-      [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-         std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
+      [](proto::landed_atom, const proto::landed&) {},
       [](proto::stats_atom) { return proto::transfer_stats{}; },
       [](proto::ipc_hello_atom, const std::string&) {},
       [self](proto::ipc_status_atom, const std::string& receiver,

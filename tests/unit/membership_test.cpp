@@ -11,6 +11,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/membership.hpp"
 
 using namespace kvferry;
@@ -104,7 +105,7 @@ struct membership_fixture : test::actor_fixture {
     options.secret = secret;
     options.lease = lease_time;
     options.stall_tolerance = tolerance;
-    auto dir = sys.spawn(directory, options);
+    auto dir = spawn_directory(sys, options);
     to_stop.push_back(caf::actor_cast<caf::actor>(dir));
     run();
     return dir;
@@ -129,7 +130,7 @@ struct membership_fixture : test::actor_fixture {
     cfg.watchers = {collector};
     cfg.dialer = dialer;
     cfg.seed = 42;
-    auto keeper = sys.spawn(membership, cfg);
+    auto keeper = spawn_membership(sys, cfg);
     to_stop.push_back(caf::actor_cast<caf::actor>(keeper));
     run();
     return keeper;

@@ -11,6 +11,7 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/app.hpp"
 #include "kvferry/actors/plan.hpp"
 
 using namespace kvferry;
@@ -115,8 +116,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         self->state.waiting.emplace(o.transfer_id, p);
         return p;
       },
-      [](proto::landed_atom, const std::string&, std::uint64_t, std::uint64_t,
-         std::int64_t, std::int64_t, std::int64_t, std::int64_t) {},
+      [](proto::landed_atom, const proto::landed&) {},
       // No CUDA IPC here: nothing is ever quarantined.
       [](proto::ipc_hello_atom, const std::string&) {},
       [](proto::ipc_status_atom, const std::string&, std::uint64_t) {
@@ -339,7 +339,6 @@ TEST_CASE_FIXTURE(fixture, "a geometry mismatch is refused at allocate") {
 }
 
 // ---- credit (grant-ahead)
-// ----------------------------------------------------
 
 namespace {
 
@@ -664,7 +663,6 @@ TEST_CASE_FIXTURE(fixture, "a request larger than the producer's whole pool "
 }
 
 // ---- back-pressure and dead producers
-// -----------------------------------------
 
 namespace {
 
@@ -881,7 +879,6 @@ TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
 }
 
 // ---- every request ends (soak: ids refused as "already in flight")
-// ---------------------------------------------------------------------
 
 namespace {
 

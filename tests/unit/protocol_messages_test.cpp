@@ -7,6 +7,7 @@
 
 #include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/type_ids.hpp"
 
 using namespace kvferry::proto;
 
@@ -66,4 +67,15 @@ TEST_CASE("messages roundtrip through CAF's binary serializer") {
   CHECK(r2.request_id == 5);
   CHECK(r2.transfer_ns == -1);
   CHECK(r2.compute_ns == 77);
+
+  // Every field of a CUDA IPC completion crosses, in its own slot.
+  landed l{"prefill-2", 9, 4096, 11, 22, -3, 44};
+  auto l2 = roundtrip(sys, l);
+  CHECK(l2.sender == "prefill-2");
+  CHECK(l2.transfer_id == 9);
+  CHECK(l2.bytes == 4096);
+  CHECK(l2.launched_ns == 11);
+  CHECK(l2.copied_ns == 22);
+  CHECK(l2.gpu_queued_ns == -3);
+  CHECK(l2.gpu_copy_ns == 44);
 }

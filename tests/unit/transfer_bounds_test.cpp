@@ -22,6 +22,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/plugin.hpp"
@@ -205,7 +206,6 @@ TEST_CASE_FIXTURE(pair_fixture,
 }
 
 // ---- deadlines belong to one transfer, not to its id
-// ---------------------------------------------------------------------
 // Transfer ids repeat (request id x part: every demo run starts again), and
 // a deadline armed for an earlier transfer under the same id used to fail
 // the new one, then tear the channel down when its bytes were announced

@@ -724,7 +724,6 @@ __global__ void unpack_batch_kernel(unpack_batch_args a) {
 }
 
 // ---- test helpers
-// -------------------------------------------------------------
 
 __device__ __forceinline__ std::uint64_t splitmix64(std::uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;

@@ -36,7 +36,6 @@
 namespace kvferry::transport {
 
 // ---- names and errors
-// ----------------------------------------------------------
 
 const char* result_name(ncclResult_t code) noexcept {
   switch (code) {
@@ -154,7 +153,6 @@ plugin::plugin(std::string name, std::string path, const ncclNet_v7_t* net,
 }
 
 // ---- finding plugins
-// -------------------------------------------------------------
 
 namespace {
 
@@ -306,7 +304,6 @@ std::vector<plugin_location> discover_plugins() {
 }
 
 // ---- opening a plugin file (in the probe child or in this process)
-// --------------
 
 namespace {
 
@@ -442,7 +439,6 @@ std::string table_label(const ncclNet_v7_t& net) {
 }
 
 // ---- the probe: wire format (one line per record, tab-separated fields)
-// --------
 
 void write_all(int fd, const std::string& text) {
   size_t done = 0;
@@ -659,7 +655,6 @@ probe_report probe_plugin(const std::string& name_or_path,
 }
 
 // ---- load into this process
-// --------------------------------------------------------
 
 std::shared_ptr<plugin> plugin::load(const std::string& name_or_path,
                                      const load_options& options) {

@@ -1,35 +1,24 @@
 // Every actor interface of kvferry, in one place (the Tenzir/Broker style):
-// a typed handle per actor, its state struct and one factory function. The
-// message types and atoms live in the runtime (kvferry/runtime/type_ids.hpp
-// and protocol.hpp) so that every process registers the same ids.
+// the typed handle of each actor, i.e. the messages it takes and what it
+// answers. Nothing else: each actor's configuration and factory have a
+// header of their own (directory.hpp, membership.hpp, transfer.hpp, app.hpp
+// for producer and consumer), its state a private one under actors/src/.
+// The message types live in the runtime (kvferry/runtime/protocol.hpp), their
+// type ids and the atoms in kvferry/runtime/type_ids.hpp, so that every
+// process registers the same ids.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
-#include <memory>
-#include <optional>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include <caf/actor_system.hpp>
-#include <caf/expected.hpp>
 #include <caf/fwd.hpp>
 #include <caf/replies_to.hpp>
-#include <caf/stateful_actor.hpp>
 #include <caf/typed_actor.hpp>
-#include <caf/typed_event_based_actor.hpp>
 
-#include "kvferry/actors/memory_region.hpp"
 #include "kvferry/runtime/directory_types.hpp"
-#include "kvferry/runtime/error.hpp"
-#include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/protocol.hpp"
 #include "kvferry/runtime/type_ids.hpp"
-
-namespace kvferry::transport {
-class plugin;
-}
 
 namespace kvferry {
 
@@ -75,91 +64,6 @@ using directory_actor = caf::typed_actor<
 using directory_watcher_actor =
     caf::typed_actor<caf::reacts_to<joined_atom, worker_info>,
                      caf::reacts_to<left_atom, std::string, caf::error>>;
-
-struct directory_options {
-  /// The deployment's shared secret; empty accepts every registration (the
-  /// directory warns at start).
-  std::string secret;
-  /// How long a registration lives without `renew`.
-  caf::timespan lease = std::chrono::seconds(10);
-  /// The directory's own pause (SIGSTOP, a starved CPU) longer than this is
-  /// its fault, not the workers': its timers and their renewals queue up
-  /// alike. After one, every lease gets a full `lease` of grace instead of
-  /// expiring. 0 turns the watchdog off.
-  caf::timespan stall_tolerance = std::chrono::seconds(1);
-};
-
-struct directory_state {
-  struct entry {
-    worker_info info;
-    uint64_t token = 0;
-    /// When the lease runs out (actor clock: virtual time in tests).
-    caf::actor_clock::time_point deadline;
-    /// The last register or renew (`lease_age_ms` in list replies).
-    caf::actor_clock::time_point renewed;
-  };
-  static inline const char* name = "kvferry.directory";
-  directory_options options;
-  std::unordered_map<std::string, entry> workers;
-  std::vector<caf::actor> watchers;
-  /// The stall watchdog: when it last ran, and the last stall it saw
-  /// (its length and when the directory resumed).
-  caf::actor_clock::time_point last_tick;
-  caf::timespan last_stall{0};
-  caf::actor_clock::time_point resumed;
-};
-
-using directory_stateful_pointer =
-    directory_actor::stateful_pointer<directory_state>;
-
-/// The directory actor's behaviour: spawn with
-/// `system.spawn(kvferry::directory, options)`.
-directory_actor::behavior_type directory(directory_stateful_pointer self,
-                                         directory_options options);
-
-/// Connects to a directory published by `kvferry directory` at host:port
-/// through the middleman, retrying refused connections until `timeout`
-/// passes. Errors: unreachable (naming host:port and the last cause),
-/// mismatch (the actor there is not a directory of this version).
-caf::expected<directory_actor>
-connect_directory(caf::actor_system& system, const std::string& host,
-                  uint16_t port,
-                  caf::timespan timeout = std::chrono::seconds(10));
-
-/// The worker_info attribute holding "HOST:PORT" where a worker publishes
-/// its actors (over TLS unless the deployment opted out).
-constexpr const char* control_attribute = "control";
-
-/// Opens a direct control connection to each of `peers` that advertises a
-/// control_attribute, all at once, each within `timeout`: messages to those
-/// workers' actors then go straight to them instead of through the
-/// directory's node (CAF's automatic connections are off: they would open a
-/// plain listener on every interface). Returns the names of the peers not
-/// reached, each logged at warn (their messages still travel through the
-/// directory). Call from a thread, not from an actor's handler.
-std::vector<std::string> connect_peers(caf::actor_system& system,
-                                       const std::vector<worker_info>& peers,
-                                       caf::timespan timeout);
-
-/// connect_peers for the directory's current members (of `role` only, where
-/// given). A failed listing is logged at warn and reaches nobody.
-std::vector<std::string> connect_members(caf::actor_system& system,
-                                         const directory_actor& dir,
-                                         std::optional<worker_role> role,
-                                         caf::timespan timeout);
-
-/// A directory watcher (add it to the membership keeper's watchers) that
-/// dials every member of `role` it hears of, on a thread of its own. The
-/// dial before registering (connect_members) misses a peer that registers
-/// at the same moment; whichever of the two registers second sees the other
-/// here. Without a direct route, a pair's messages travel through the
-/// directory, and the proxies they made die with it when it restarts.
-caf::actor spawn_peer_linker(caf::actor_system& system, worker_role role,
-                             caf::timespan timeout);
-
-/// Parses "HOST:PORT" (as given to --directory). Errors: invalid_argument.
-caf::error parse_host_port(const std::string& text, std::string& host,
-                           uint16_t& port);
 
 // ---- transfer, producer, consumer ------------------------------------------
 //
@@ -218,15 +122,9 @@ using transfer_actor = caf::typed_actor<
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
     // Transfer actor to transfer actor over CUDA IPC: the sender's copy
-    // kernel of transfer `id` finished writing `bytes` into our region
-    // (sender name, id, bytes, when the kernel was launched and when the
-    // sender saw it complete: steady_clock ns, comparable because IPC peers
-    // share a host; then from the launch to the kernel's start and the
-    // kernel's GPU time, ns, both 0 if unknown); completes the waiting recv
-    // order.
-    caf::reacts_to<proto::landed_atom, std::string, std::uint64_t,
-                   std::uint64_t, std::int64_t, std::int64_t, std::int64_t,
-                   std::int64_t>,
+    // kernel finished writing a transfer into our region; completes the
+    // waiting recv order.
+    caf::reacts_to<proto::landed_atom, proto::landed>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
     // CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies"). Sender to
     // receiver, once per mapping of the receiver's pool: "I, `sender`, write
@@ -251,52 +149,6 @@ using transfer_actor = caf::typed_actor<
     // Internal: poll the plugin (the loop's generation); a deadline passed.
     caf::reacts_to<proto::progress_atom, std::uint64_t>,
     caf::reacts_to<proto::sweep_atom>>;
-
-struct transfer_config {
-  std::string name; // the worker's name: peers know us by it
-  std::shared_ptr<transport::plugin> net;
-  int device = 0; // plugin device index
-  std::shared_ptr<memory_region> region;
-  std::uint32_t comms_per_peer = 2; // comm pairs per channel (striped)
-  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
-  // GPU memory over a plugin without NCCL_PTR_CUDA: pinned bounce slots of
-  // chunk_bytes per comm (see transport::channel_options).
-  std::uint32_t staging_slots = 4;
-  std::uint32_t open_timeout_ms = 10000; // channel setup with a peer
-  // Same-host GPU peers: copy over CUDA IPC when both regions are on GPUs
-  // and both actors take IPC (worker --transport ipc); else the plugin.
-  bool use_ipc = true;
-  std::string host_id; // local_host_id(); empty: never IPC
-  // Prefill workers: open a same-host decode worker's IPC handle when the
-  // directory says it joined, not on its first transfer.
-  bool map_peers_ahead = false;
-  // Quarantine the destination of a timed-out transfer that no announcement
-  // covered (a CUDA IPC copy may still be writing it) until its sender
-  // answers or is gone. Automatic when this actor advertises an IPC handle;
-  // tests without a GPU force it on.
-  bool force_ipc_quarantine = false;
-};
-
-/// How a transfer actor moves bytes to a peer.
-enum class data_path { plugin, cuda_ipc };
-
-/// CUDA IPC when this actor takes IPC (`use_ipc`), its region is GPU
-/// memory, the peer runs on the same host (equal, non-empty host_id) and
-/// advertises an IPC handle (its region is GPU memory and it takes IPC too);
-/// the plugin otherwise.
-data_path choose_data_path(bool use_ipc, memory_kind local,
-                           const std::string& host_id,
-                           const proto::endpoint& peer);
-
-/// Whether a transfer actor of `cfg` (its region of kind `local`) opens the
-/// IPC handles of `peer`'s GPU pool as soon as the directory says `peer`
-/// joined: with map_peers_ahead (prefill workers), for a decode worker on the
-/// same host when this actor takes IPC and its own pool is GPU memory.
-bool maps_ahead(const transfer_config& cfg, memory_kind local,
-                const worker_info& peer);
-
-/// Spawns a transfer actor on its own thread.
-transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 
 /// A prefill worker's app: owns the KV block pool, "prefills" (writes a
 /// deterministic pattern), negotiates and ships each request.
@@ -342,55 +194,5 @@ using consumer_actor = caf::typed_actor<
     caf::reacts_to<left_atom, std::string, caf::error>,
     // Internal: fail the requests whose wait for free blocks ran out.
     caf::reacts_to<proto::sweep_atom>>;
-
-struct app_config {
-  std::string name;
-  kv_geometry geometry;
-  std::shared_ptr<memory_region> region; // pool_blocks * layer_block_bytes
-  transfer_actor transfer;
-  proto::endpoint self;             // this worker's transfer endpoint
-  std::uint32_t timeout_ms = 10000; // every remote request
-  bool layerwise = false; // producer: ship layer by layer unless asked
-  bool pull = false;      // producer: advertise instead of pushing
-  // Producer: destination blocks to ask each consumer to lend ahead of time
-  // (credit; 0 disables it and every request negotiates). The consumer caps
-  // the loan, so the default just means "as much as you lend".
-  std::uint64_t credit_blocks = std::uint64_t{1} << 32;
-  // Consumer: the most of its pool (percent) it lends to one producer. Lent
-  // blocks serve only that producer's requests, so with P producers up to
-  // P * lend_percent of the pool is spoken for; 0 lends nothing.
-  std::uint32_t lend_percent = 25;
-  // Back-pressure: a request short of blocks (consumer: free pool blocks for
-  // allocate/advertise; producer: source blocks) waits in arrival order
-  // instead of failing, served as blocks come back. At most queue_limit
-  // requests wait at once, each at most queue_wait_ms; beyond either it
-  // fails naming the worker, the request and the reason. The default wait
-  // is the default timeout_ms: as long as the transfer holding the blocks
-  // may take. A producer allows a consumer queue_wait_ms more for each
-  // allocate/advertise reply.
-  std::uint32_t queue_limit = 256;
-  std::uint32_t queue_wait_ms = 10000;
-};
-
-producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);
-consumer_actor spawn_consumer(caf::actor_system& sys, app_config cfg);
-
-/// The byte pattern block `block` of layer `layer` of a request gets from its
-/// "prefill": deterministic in (seed, request, layer, block), cheap to write.
-void fill_pattern(std::uint8_t* data, std::uint64_t bytes, std::uint64_t seed,
-                  std::uint64_t request_id, std::uint32_t layer,
-                  std::uint32_t block);
-
-/// Transfer ids: request id and part (layer when layerwise, else 0).
-constexpr std::uint64_t transfer_id_of(std::uint64_t request_id,
-                                       std::uint32_t part) {
-  return (request_id << 12) | part;
-}
-constexpr std::uint32_t max_parts = 4096;
-
-/// XXH3-64 of the blocks at `offsets` (each `block_bytes`), in that order.
-std::uint64_t hash_blocks(const std::uint8_t* base,
-                          const std::vector<std::uint64_t>& offsets,
-                          std::uint64_t block_bytes);
 
 } // namespace kvferry

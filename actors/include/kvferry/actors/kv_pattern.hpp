@@ -1,5 +1,5 @@
 // The deterministic KV pattern a "prefill" writes and a consumer verifies,
-// on either kind of memory: host regions use fill_pattern (actors.hpp) on
+// on either kind of memory: host regions use fill_pattern (below) on
 // the CPU; cuda regions run one kernel per call over all the blocks it
 // covers and compare on the GPU too (only a mismatch index comes back, never
 // the data). One instance per app actor; used from one actor at a time.
@@ -58,5 +58,16 @@ private:
   std::unique_ptr<detail::pattern_device, detail::pattern_device_deleter>
       device_; // made on first use
 };
+
+/// The byte pattern block `block` of layer `layer` of a request gets from its
+/// "prefill": deterministic in (seed, request, layer, block), cheap to write.
+void fill_pattern(std::uint8_t* data, std::uint64_t bytes, std::uint64_t seed,
+                  std::uint64_t request_id, std::uint32_t layer,
+                  std::uint32_t block);
+
+/// XXH3-64 of the blocks at `offsets` (each `block_bytes`), in that order.
+std::uint64_t hash_blocks(const std::uint8_t* base,
+                          const std::vector<std::uint64_t>& offsets,
+                          std::uint64_t block_bytes);
 
 } // namespace kvferry

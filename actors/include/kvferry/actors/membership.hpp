@@ -17,6 +17,7 @@
 // the directory, never this worker, when the directory is the one at fault.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -85,42 +86,9 @@ struct membership_config {
   std::uint64_t seed = 0;
 };
 
-/// The states the keeper reports (get_atom) and logs.
-enum class membership_state_kind { dialing, registering, registered, left };
-
-const char* to_string(membership_state_kind kind);
-
-struct membership_state {
-  static inline const char* name = "kvferry.membership";
-  membership_config cfg;
-  membership_state_kind kind = membership_state_kind::dialing;
-  directory_actor directory;
-  lease granted;
-  /// Bumped on every change of state: timers of an older epoch are stale.
-  std::uint64_t epoch = 0;
-  /// Consecutive failed dials/registrations (the backoff's exponent).
-  std::uint32_t failures = 0;
-  /// The kind of the problem last logged (empty: none), so that each one
-  /// is logged once, when it starts, and its end once.
-  std::string problem;
-  std::string last_error;
-  /// The directory's last refusal (until a registration succeeds): what a
-  /// caller waiting for the registration is told.
-  caf::error refusal;
-  /// A renewal went unanswered; the next answer ends the episode.
-  bool silent = false;
-  bool ever_registered = false;
-  caf::actor_clock::time_point trouble_since;
-  std::vector<caf::typed_response_promise<caf::ok_atom>> waiting;
-  std::uint64_t rng_state = 0;
-};
-
-using membership_stateful_pointer =
-    membership_actor::stateful_pointer<membership_state>;
-
-/// The keeper's behaviour: `sys.spawn(kvferry::membership, cfg)`. It starts
-/// dialling at once.
-membership_actor::behavior_type membership(membership_stateful_pointer self,
-                                           membership_config cfg);
+/// Spawns a keeper (behaviour and state: actors/src/membership.cpp). It
+/// starts dialling at once.
+membership_actor spawn_membership(caf::actor_system& sys,
+                                  membership_config cfg);
 
 } // namespace kvferry

@@ -2,9 +2,10 @@
 //
 // Messages carry descriptors only — offsets, lengths, hashes, handles — never
 // KV bytes. Every type has an `inspect` so that CAF can serialize it between
-// processes, and a type ID in the block `kvferry_protocol` (300–399; the
-// runtime's own block `kvferry_runtime` uses 200–299). Register the block in
-// an actor_system_config with `kvferry::proto::add_protocol_types(cfg)`.
+// processes, and a type ID in the block `kvferry_protocol` (300–399) of
+// type_ids.hpp, which also declares the atoms: include that header to send
+// or handle these messages. Register the block in an actor_system_config
+// with `kvferry::proto::add_protocol_types(cfg)` (system_config does).
 #pragma once
 
 #include <cstdint>
@@ -13,38 +14,12 @@
 
 #include <caf/actor.hpp>
 #include <caf/actor_system_config.hpp>
-#include <caf/atom.hpp>
 #include <caf/meta/type_name.hpp>
-#include <caf/type_id.hpp>
 
 #include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/transport/copy_plan.hpp"
 
 namespace kvferry::proto {
-
-// ---- atoms (CAF 0.17: at most 10 characters) --------------------------------
-using prefill_atom = caf::atom_constant<caf::atom("kvprefill")>;
-using allocate_atom = caf::atom_constant<caf::atom("kvalloc")>;
-using arrived_atom = caf::atom_constant<caf::atom("kvarrived")>;
-using advertise_atom = caf::atom_constant<caf::atom("kvadvert")>;
-using send_atom = caf::atom_constant<caf::atom("kvsend")>;
-using recv_atom = caf::atom_constant<caf::atom("kvrecv")>;
-using announce_atom = caf::atom_constant<caf::atom("kvannounce")>;
-using endpoint_atom = caf::atom_constant<caf::atom("kvendpoint")>;
-using progress_atom = caf::atom_constant<caf::atom("kvprogress")>;
-using expire_atom = caf::atom_constant<caf::atom("kvexpire")>;
-using sweep_atom = caf::atom_constant<caf::atom("kvsweep")>;
-using stats_atom = caf::atom_constant<caf::atom("kvstats")>;
-using open_atom = caf::atom_constant<caf::atom("kvopen")>;
-using landed_atom = caf::atom_constant<caf::atom("kvlanded")>;
-using reserve_atom = caf::atom_constant<caf::atom("kvreserve")>;
-using incoming_atom = caf::atom_constant<caf::atom("kvincoming")>;
-using credit_atom = caf::atom_constant<caf::atom("kvcredit")>;
-using abort_atom = caf::atom_constant<caf::atom("kvabort")>;
-// CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies").
-using ipc_hello_atom = caf::atom_constant<caf::atom("kvipchello")>;
-using ipc_status_atom = caf::atom_constant<caf::atom("kvipcstat")>;
-using settle_atom = caf::atom_constant<caf::atom("kvsettle")>;
 
 /// One contiguous piece of a transfer: `length` bytes from `src_offset` in the
 /// sender's region to `dst_offset` in the receiver's region. The transport's
@@ -140,6 +115,28 @@ template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
   return f(caf::meta::type_name("kvferry::proto::recv_report"), x.bytes,
            x.first_known_ns, x.landed_ns, x.gpu_copy_ns, x.gpu_queued_ns);
+}
+
+/// Transfer actor to transfer actor over CUDA IPC: the sender's copy kernel
+/// of transfer `transfer_id` finished writing `bytes` into the receiver's
+/// region. When the kernel was launched and when the sender saw it complete
+/// (steady_clock ns, comparable because IPC peers share a host); from the
+/// launch to the kernel's start and the kernel's GPU time (ns, both 0 if
+/// unknown). Completes the receiver's waiting recv order.
+struct landed {
+  std::string sender;
+  std::uint64_t transfer_id = 0;
+  std::uint64_t bytes = 0;
+  std::int64_t launched_ns = 0;
+  std::int64_t copied_ns = 0;
+  std::int64_t gpu_queued_ns = 0;
+  std::int64_t gpu_copy_ns = 0;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, landed& x) {
+  return f(caf::meta::type_name("kvferry::proto::landed"), x.sender,
+           x.transfer_id, x.bytes, x.launched_ns, x.copied_ns, x.gpu_queued_ns,
+           x.gpu_copy_ns);
 }
 
 /// Sender transfer actor -> receiver transfer actor, before any byte moves:
@@ -356,26 +353,3 @@ typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
 void add_protocol_types(caf::actor_system_config& cfg);
 
 } // namespace kvferry::proto
-
-CAF_BEGIN_TYPE_ID_BLOCK(kvferry_protocol, 300)
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::extent))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::send_order))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_order))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcement))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::prefill_request))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::allocate_request))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::grant))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_report))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::reserve_request))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::credit_notice))
-// Block offsets returned to a producer's credit (credit_atom).
-CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<std::uint64_t>))
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::consumer_stats))
-CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
-
-static_assert(caf::id_block::kvferry_protocol::end <= 400,
-              "kvferry_protocol owns type IDs 300-399");

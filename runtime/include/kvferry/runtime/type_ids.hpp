@@ -1,11 +1,17 @@
-// The CAF type-ID block of the runtime (ids 200..299). Every type sent as a
-// top-level message element must have an id here (or in the protocol block,
-// kvferry_protocol, ids 300..399, in protocol.hpp): our targets compile with
+// Every CAF type ID and every atom of kvferry, in one place (the model:
+// Zeek Broker's fwd.hh). Two blocks: `kvferry_runtime` (ids 200..299: the
+// directory's types) and `kvferry_protocol` (ids 300..399: the messages of
+// the transfer, producer and consumer actors, protocol.hpp). Every type sent
+// as a top-level message element needs an id here: our targets compile with
 // CAF_ENABLE_TYPE_ID_CHECKS, so sending an unregistered type fails to
-// compile. Include this header (not directory_types.hpp alone) wherever
-// messages are sent.
+// compile. Ids are on the wire: append to a block, never reorder it. Atoms
+// (CAF 0.17: no id, at most 10 characters, the text is on the wire) are all
+// declared with CAF_ADD_ATOM, grouped by the actor that receives them.
+// Include this header wherever messages are sent or handled.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -13,6 +19,9 @@
 
 #include "kvferry/runtime/directory_types.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/protocol.hpp"
+
+// ---- kvferry_runtime: the directory and its watchers
 
 CAF_BEGIN_TYPE_ID_BLOCK(kvferry_runtime, caf::first_custom_type_id)
 
@@ -28,20 +37,76 @@ CAF_ADD_TYPE_ID(kvferry_runtime, (std::vector<std::string>))
 CAF_ADD_TYPE_ID(kvferry_runtime, (std::vector<char>))
 CAF_ADD_TYPE_ID(kvferry_runtime, (std::map<std::string, std::string>))
 
-// Atoms (CAF 0.17: atoms carry their own identity, they use no id).
+// The directory receives (expire: its own lease timer).
 CAF_ADD_ATOM(kvferry_runtime, kvferry, register_atom, "register")
+CAF_ADD_ATOM(kvferry_runtime, kvferry, renew_atom, "renew")
+CAF_ADD_ATOM(kvferry_runtime, kvferry, leave_atom, "leave")
 CAF_ADD_ATOM(kvferry_runtime, kvferry, lookup_atom, "lookup")
 CAF_ADD_ATOM(kvferry_runtime, kvferry, list_atom, "list")
 CAF_ADD_ATOM(kvferry_runtime, kvferry, watch_atom, "watch")
 CAF_ADD_ATOM(kvferry_runtime, kvferry, unwatch_atom, "unwatch")
-CAF_ADD_ATOM(kvferry_runtime, kvferry, renew_atom, "renew")
-CAF_ADD_ATOM(kvferry_runtime, kvferry, leave_atom, "leave")
+CAF_ADD_ATOM(kvferry_runtime, kvferry, expire_atom, "expire")
+// Directory watchers (transfer, producer and consumer actors) receive.
 CAF_ADD_ATOM(kvferry_runtime, kvferry, joined_atom, "joined")
 CAF_ADD_ATOM(kvferry_runtime, kvferry, left_atom, "left")
-CAF_ADD_ATOM(kvferry_runtime, kvferry, expire_atom, "expire")
 
 CAF_END_TYPE_ID_BLOCK(kvferry_runtime)
 
 static_assert(caf::id_block::kvferry_runtime::end <= 300,
               "kvferry_runtime ids must stay below 300 (300..399 belong to "
               "kvferry_protocol)");
+
+// ---- kvferry_protocol: the transfer, producer and consumer actors
+
+CAF_BEGIN_TYPE_ID_BLOCK(kvferry_protocol, 300)
+
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::extent))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::send_order))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_order))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcement))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::prefill_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::allocate_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::grant))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::arrival_notice))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ready_report))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::transfer_stats))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::recv_report))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::reserve_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::credit_notice))
+// Block offsets returned to a producer's credit (credit_atom).
+CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<std::uint64_t>))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::consumer_stats))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::landed))
+
+// The transfer actor receives (progress: its own polling loop).
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, endpoint_atom, "kvendpoint")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, send_atom, "kvsend")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, recv_atom, "kvrecv")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, open_atom, "kvopen")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, announce_atom, "kvannounce")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, landed_atom, "kvlanded")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, progress_atom, "kvprogress")
+// ... and for the CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies").
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ipc_hello_atom, "kvipchello")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ipc_status_atom, "kvipcstat")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settle_atom, "kvsettle")
+// The producer receives.
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, prefill_atom, "kvprefill")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, credit_atom, "kvcredit")
+// The consumer receives.
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, allocate_atom, "kvalloc")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, arrived_atom, "kvarrived")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, advertise_atom, "kvadvert")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, reserve_atom, "kvreserve")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, incoming_atom, "kvincoming")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, abort_atom, "kvabort")
+// Several receive: stats (transfer and consumer), sweep (the periodic
+// deadline check of the transfer, producer and consumer actors).
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, stats_atom, "kvstats")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, sweep_atom, "kvsweep")
+
+CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
+
+static_assert(caf::id_block::kvferry_protocol::end <= 400,
+              "kvferry_protocol owns type IDs 300-399");

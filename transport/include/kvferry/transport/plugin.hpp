@@ -151,7 +151,6 @@ probe_plugin(const std::string& name_or_path,
              std::chrono::milliseconds timeout = std::chrono::seconds(20));
 
 // ---- a loaded plugin
-// ----------------------------------------------------------
 
 struct load_options {
   // Probe in a child first (recommended for a long-lived process): a plugin

@@ -1,0 +1,368 @@
+// The transfer actor's plugin path (transfer_state.hpp): channels to peers
+// on other hosts, or whenever CUDA IPC does not apply.
+//
+// Channels. A channel (transport/channel.hpp) is `comms_per_peer` comm pairs
+// in one direction. The sender opens one lazily, the first time it sends to a
+// peer: it asks the peer's transfer actor to listen (`open`), gets the 128-B
+// listen handles back, and connects; both sides poll connect/accept from the
+// progress loop, never blocking. Channels are cached per peer name and torn
+// down when the peer dies (a down message), when a transfer on them times
+// out, or when the plugin fails a request on them.
+//
+// Ordering. The plugin matches the k-th send with the k-th receive of a comm
+// pair. The sender announces every transfer (its chunks, in posting order)
+// to the receiver *before* posting the sends, over the same CAF connection
+// that carries every other message between the two actors; CAF keeps
+// messages between two actors in order, so the receiver posts its receives
+// in exactly the order the sender posts its sends.
+//
+// Memory. One registration of the whole region per channel, made when the
+// channel opens; a transfer in steady state registers and allocates nothing
+// but its table entries. Bounds per channel: the wrapper's max_inflight
+// requests per comm, plus the chunks callers posted faster than the plugin
+// drains (bounded by the producer's and consumer's block pools). A GPU
+// region goes to the plugin as NCCL_PTR_CUDA when the plugin takes it.
+#include <cstring>
+#include <exception>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "transfer_state.hpp"
+
+namespace kvferry::transfer_detail {
+namespace {
+
+using namespace std::chrono;
+using transport::channel_options;
+
+channel_options options_for(const transfer_state& st, const std::string& peer,
+                            std::uint32_t comms, std::uint64_t chunk) {
+  channel_options o;
+  o.comms = static_cast<int>(comms);
+  o.chunk_bytes = chunk;
+  o.peer = peer;
+  o.staging_slots = static_cast<int>(st.cfg.staging_slots);
+  return o;
+}
+
+// ---- sending
+
+void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
+                const std::vector<extent>& chunks) {
+  auto& t = p.transfers[id];
+  auto* base = self->state.cfg.region->data();
+  for (const auto& c : chunks) {
+    auto op = p.channel->post_send(base + c.src_offset, c.length, p.reg);
+    p.ops.emplace(op, id);
+    ++t.ops_left;
+  }
+  t.posted = true;
+  if (t.ops_left == 0)
+    finish(t, self->state, false, p.ep.name);
+}
+
+// Announces, then posts: the announcement must reach the receiver before it
+// could see any later transfer's announcement (CAF keeps order per pair).
+void start_send(self_ptr self, peer_out& p, std::uint64_t id,
+                std::vector<extent> chunks) {
+  proto::announcement a;
+  a.transfer_id = id;
+  a.sender = self->state.cfg.name;
+  a.comms = self->state.cfg.comms_per_peer;
+  a.chunks = chunks;
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::announce_atom::value, std::move(a));
+  post_sends(self, p, id, chunks);
+}
+
+void open_channel(self_ptr self, const std::string& name) {
+  auto& p = self->state.out[name];
+  p.opening = true;
+  auto& cfg = self->state.cfg;
+  self->request(caf::actor_cast<transfer_actor>(p.ep.transfer),
+                milliseconds(cfg.open_timeout_ms), proto::open_atom::value,
+                cfg.name, cfg.comms_per_peer, cfg.chunk_bytes)
+      .then(
+          [self, name](std::vector<char>& flat) {
+            auto i = self->state.out.find(name);
+            if (i == self->state.out.end())
+              return;
+            auto& cfg = self->state.cfg;
+            std::vector<transport::net_handle> handles(flat.size() /
+                                                       NCCL_NET_HANDLE_MAXSIZE);
+            for (std::size_t k = 0; k < handles.size(); ++k)
+              std::memcpy(handles[k].data(),
+                          flat.data() + k * NCCL_NET_HANDLE_MAXSIZE,
+                          NCCL_NET_HANDLE_MAXSIZE);
+            try {
+              i->second.connector = std::make_unique<channel_connector>(
+                  cfg.net, cfg.device, std::move(handles),
+                  options_for(self->state, name, cfg.comms_per_peer,
+                              cfg.chunk_bytes));
+            } catch (const std::exception& e) {
+              drop_peer_out(self, name,
+                            make_error(ec::plugin_error,
+                                       fmt::format("connect to '{}': {}", name,
+                                                   e.what())));
+              return;
+            }
+            i->second.connect_deadline =
+                steady_clock::now() + milliseconds(cfg.open_timeout_ms);
+            ensure_progress(self);
+          },
+          [self, name](caf::error& err) {
+            drop_peer_out(self, name,
+                          lost(name, fmt::format("opening a channel failed: {}",
+                                                 render(err))));
+          });
+}
+
+} // namespace
+
+void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
+                       std::uint64_t id, const std::vector<extent>& extents) {
+  auto chunks = coalesce(extents);
+  try {
+    if (p.channel) {
+      start_send(self, p, id, std::move(chunks));
+    } else {
+      p.waiting.push_back({id, std::move(chunks)});
+      if (!p.opening)
+        open_channel(self, peer);
+    }
+  } catch (const std::exception& e) {
+    drop_peer_out(self, peer,
+                  make_error(ec::plugin_error,
+                             fmt::format("send to '{}': {}", peer, e.what())));
+  }
+}
+
+// ---- receiving
+
+namespace {
+
+void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
+  auto& st = self->state;
+  auto& t = p.transfers[a.transfer_id];
+  auto* base = st.cfg.region->data();
+  for (const auto& c : a.chunks) {
+    auto op = p.channel->post_recv(base + c.dst_offset, c.length, p.reg);
+    p.ops.emplace(op, a.transfer_id);
+    ++t.ops_left;
+  }
+  t.posted = true;
+  if (t.ops_left == 0)
+    finish(t, st, true, a.sender);
+}
+
+} // namespace
+
+void handle_announce(self_ptr self, proto::announcement& a) {
+  auto& st = self->state;
+  auto& p = st.in[a.sender];
+  auto& t = p.transfers[a.transfer_id];
+  if (t.cancelled || t.failure) {
+    // The receiver gave up on it; its sends are coming anyway, so the comm
+    // order is broken: tear the channel down and let the sender fail.
+    drop_peer_in(self, a.sender,
+                 make_error(ec::timeout,
+                            fmt::format("transfer {} from '{}' arrived after "
+                                        "the receiver gave up on it",
+                                        a.transfer_id, a.sender)));
+    st.in[a.sender].transfers.erase(a.transfer_id);
+    return;
+  }
+  if (auto bad = check_extents(a.chunks, extent_side::destination,
+                               st.cfg.region->size())) {
+    drop_peer_in(self, a.sender,
+                 make_error(ec::invalid_extent,
+                            fmt::format("transfer {} from '{}': {}",
+                                        a.transfer_id, a.sender, *bad)));
+    return;
+  }
+  t.expected = total_bytes(a.chunks);
+  if (!t.waiter) // unclaimed transfers still get a deadline
+    arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
+  try {
+    if (p.channel)
+      post_recvs(self, p, a);
+    else
+      p.waiting.push_back(std::move(a));
+  } catch (const std::exception& e) {
+    drop_peer_in(
+        self, a.sender,
+        make_error(ec::plugin_error,
+                   fmt::format("receive from '{}': {}", a.sender, e.what())));
+  }
+  ensure_progress(self);
+}
+
+namespace {
+
+// Announcements that wait for a channel while none is open or accepting
+// belong to the sender's previous channel (it announces only on an open
+// one, and CAF keeps order per pair): their bytes went there and will never
+// come on the next. Posted on the next channel, they would take its bytes
+// out of order, and each one's deadline would later tear that channel down
+// too, failing the next run's transfers in turn (the soak found this
+// cascade). They fail instead, naming why; recv orders not yet announced
+// are untouched (they may be for the new channel).
+void fail_stale_announcements(self_ptr self, peer_in& p,
+                              const std::string& sender) {
+  if (p.waiting.empty())
+    return;
+  auto err = lost(sender, "its transfer was announced on a channel that is "
+                          "gone (its bytes will not come)");
+  for (const auto& a : p.waiting)
+    if (auto t = p.transfers.find(a.transfer_id);
+        t != p.transfers.end() && !t->second.done && !t->second.failure)
+      fail(t->second, self->state, err, sender);
+  spdlog::warn("transfer {}: {} transfer(s) from '{}' announced on its "
+               "previous channel failed: {}",
+               self->state.cfg.name, p.waiting.size(), sender, render(err));
+  p.waiting.clear();
+}
+
+} // namespace
+
+std::vector<char> handle_open(self_ptr self, const std::string& sender,
+                              std::uint32_t comms, std::uint64_t chunk) {
+  auto& st = self->state;
+  auto& p = st.in[sender];
+  if (p.channel || p.listener)
+    drop_peer_in(self, sender,
+                 lost(sender, "it opened a new channel (restarted?)"));
+  else
+    fail_stale_announcements(self, p, sender);
+  auto& q = st.in[sender];
+  q.sender = self->current_sender()
+                 ? caf::actor_cast<caf::actor_addr>(self->current_sender())
+                 : caf::actor_addr{};
+  if (q.sender)
+    self->monitor(caf::actor_cast<caf::actor>(q.sender));
+  q.listener = std::make_unique<channel_listener>(
+      st.cfg.net, st.cfg.device, options_for(st, sender, comms, chunk));
+  q.accept_deadline =
+      steady_clock::now() + milliseconds(st.cfg.open_timeout_ms);
+  std::vector<char> flat;
+  for (const auto& h : q.listener->handles())
+    flat.insert(flat.end(), h.begin(), h.end());
+  ensure_progress(self);
+  return flat;
+}
+
+// ---- polling (transfer.cpp's progress loop calls these)
+
+// The whole region, once per channel. GPU memory goes to the plugin as
+// NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel stages it
+// through pinned bounce buffers (docs/gpu.md, "Staging"): nothing to decide
+// here.
+namespace {
+
+registration register_region(transfer_state& st, transport::channel& channel) {
+  auto& region = *st.cfg.region;
+  return channel.register_memory(region.data(), region.size(),
+                                 region.nccl_ptr_type());
+}
+
+template<class Peer>
+bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
+               std::optional<caf::error>& failure) {
+  auto& st = self->state;
+  bool progressed = false;
+  p.channel->poll([&](const transport::completion& c) {
+    progressed = true;
+    auto op = p.ops.find(c.id);
+    if (op == p.ops.end())
+      return;
+    auto id = op->second;
+    p.ops.erase(op);
+    if (!c.ok) {
+      if (!failure)
+        failure = lost(name, fmt::format("{} of transfer {} failed: {}",
+                                         incoming ? "receive" : "send", id,
+                                         c.error ? c.error : "?"));
+      return;
+    }
+    auto t = p.transfers.find(id);
+    if (t == p.transfers.end())
+      return;
+    t->second.bytes += c.bytes;
+    if (--t->second.ops_left == 0) {
+      // A receiver's entry outlives completion until a recv order claims it.
+      bool claimed = t->second.waiter.has_value();
+      finish(t->second, st, incoming, name);
+      if (!incoming || claimed)
+        p.transfers.erase(t);
+    }
+  });
+  return progressed;
+}
+
+} // namespace
+
+bool progress_send_channel(self_ptr self, const std::string& name, peer_out& p,
+                           std::optional<caf::error>& failure) {
+  auto& st = self->state;
+  bool progressed = false;
+  if (p.connector) {
+    if (p.connector->try_connect()) {
+      p.channel.emplace(p.connector->take());
+      p.connector.reset();
+      p.reg = register_region(st, *p.channel);
+      st.stats.comms_opened += st.cfg.comms_per_peer;
+      st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
+      ++st.stats.registrations;
+      p.opening = false;
+      progressed = true;
+      while (!p.waiting.empty()) {
+        auto w = std::move(p.waiting.front());
+        p.waiting.pop_front();
+        if (p.transfers.count(w.id) != 0)
+          start_send(self, p, w.id, std::move(w.chunks));
+      }
+    } else if (steady_clock::now() > p.connect_deadline) {
+      failure = make_error(
+          ec::timeout, fmt::format("connecting to '{}' took more than {} ms",
+                                   name, st.cfg.open_timeout_ms));
+      return progressed;
+    }
+  }
+  if (p.channel)
+    progressed |= poll_peer(self, name, p, false, failure);
+  return progressed;
+}
+
+bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
+                           std::optional<caf::error>& failure) {
+  auto& st = self->state;
+  bool progressed = false;
+  if (p.listener) {
+    if (p.listener->try_accept()) {
+      p.channel.emplace(p.listener->take());
+      p.listener.reset();
+      st.metrics.peer(name).comms->set(p.channel->comm_count());
+      p.reg = register_region(st, *p.channel);
+      ++st.stats.registrations;
+      progressed = true;
+      while (!p.waiting.empty()) {
+        auto a = std::move(p.waiting.front());
+        p.waiting.pop_front();
+        post_recvs(self, p, a);
+      }
+    } else if (steady_clock::now() > p.accept_deadline) {
+      failure = make_error(ec::timeout,
+                           fmt::format("'{}' did not connect within {} ms",
+                                       name, st.cfg.open_timeout_ms));
+      return progressed;
+    }
+  }
+  if (p.channel)
+    progressed |= poll_peer(self, name, p, true, failure);
+  return progressed;
+}
+
+} // namespace kvferry::transfer_detail

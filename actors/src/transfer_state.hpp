@@ -1,0 +1,308 @@
+// The transfer actor's state and the functions its three files share
+// (private to actors/). transfer.cpp: the behaviour, the progress loop and
+// the deadlines; transfer_net.cpp: the plugin path (channels);
+// transfer_ipc.cpp: the CUDA IPC path and its quarantine.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <caf/actor_addr.hpp>
+#include <caf/error.hpp>
+#include <caf/typed_response_promise.hpp>
+
+#include "gpu_knobs.hpp"
+#include "ipc_test_hold.hpp"
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/ipc_quarantine.hpp"
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
+#include "kvferry/runtime/metrics.hpp"
+#include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/gpu_copy.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
+
+namespace kvferry::transfer_detail {
+
+using std::chrono::steady_clock;
+using transport::channel_connector;
+using transport::channel_listener;
+using transport::op_id;
+using transport::recv_channel;
+using transport::registration;
+using transport::send_channel;
+
+using byte_promise = caf::typed_response_promise<std::uint64_t>;
+using report_promise = caf::typed_response_promise<proto::recv_report>;
+// Who waits for a transfer: a send order (replies bytes) or a recv order
+// (replies a recv_report).
+using waiter_promise = std::variant<byte_promise, report_promise>;
+
+inline std::int64_t clock_ns(steady_clock::time_point t) {
+  using namespace std::chrono;
+  return duration_cast<nanoseconds>(t.time_since_epoch()).count();
+}
+
+// Each transfer entry's own number: a deadline names the entry it was armed
+// for, so a deadline left over from an earlier transfer under the same id
+// (request ids repeat: every demo run starts at 0) cannot fail a new one.
+inline std::uint64_t next_transfer_generation() {
+  static std::atomic<std::uint64_t> next{0};
+  return ++next;
+}
+
+struct transfer_entry {
+  std::uint64_t generation = next_transfer_generation();
+  std::uint64_t bytes = 0;    // done so far
+  std::uint64_t expected = 0; // announced or ordered
+  std::size_t ops_left = 0;
+  bool posted = false; // plugin requests exist for it
+  bool done = false;
+  caf::error failure;     // set once failed (receiver side, unclaimed)
+  bool cancelled = false; // receiver gave up; bytes must not land
+  std::optional<waiter_promise> waiter;
+  // When this actor first learned of the transfer (order or announcement)
+  // and when it finished: the data window a recv_report gives.
+  steady_clock::time_point started = steady_clock::now();
+  steady_clock::time_point finished;
+  // CUDA IPC: launch to kernel start, and the kernel's GPU time (0: unknown).
+  std::int64_t gpu_queued_ns = 0;
+  std::int64_t gpu_copy_ns = 0;
+};
+
+inline proto::recv_report report_of(const transfer_entry& t) {
+  return {t.bytes, clock_ns(t.started), clock_ns(t.finished), t.gpu_copy_ns,
+          t.gpu_queued_ns};
+}
+
+// Sending side of one peer.
+struct peer_out {
+  proto::endpoint ep;
+  bool opening = false;
+  steady_clock::time_point connect_deadline;
+  std::unique_ptr<channel_connector> connector;
+  std::optional<send_channel> channel;
+  registration reg; // declared after channel: destroyed before it
+  struct waiting_send {
+    std::uint64_t id;
+    std::vector<extent> chunks;
+  };
+  std::deque<waiting_send> waiting;
+  std::unordered_map<op_id, std::uint64_t> ops;
+  std::unordered_map<std::uint64_t, transfer_entry> transfers;
+  std::uint32_t next_comm = 0;
+  // CUDA IPC (same-host GPU peer): its region mapped here, the copies in
+  // flight and the sends waiting for a free engine slot.
+  std::optional<transport::memory_view> mapped;
+  struct ipc_copy {
+    transport::copy_ticket ticket;
+    std::uint64_t id;
+    steady_clock::time_point launched; // the receiver's data window starts
+  };
+  std::vector<ipc_copy> copies;
+  std::deque<waiting_send> ipc_waiting;
+  bool said_hello = false; // ipc_hello sent to the peer
+};
+
+// Receiving side of one peer.
+struct peer_in {
+  caf::actor_addr sender;
+  steady_clock::time_point accept_deadline;
+  std::unique_ptr<channel_listener> listener;
+  std::optional<recv_channel> channel;
+  registration reg;
+  std::deque<proto::announcement> waiting;
+  std::unordered_map<op_id, std::uint64_t> ops;
+  std::unordered_map<std::uint64_t, transfer_entry> transfers;
+};
+
+struct transfer_state {
+  transfer_config cfg;
+  std::unordered_map<std::string, peer_out> out;
+  std::unordered_map<std::string, peer_in> in;
+  proto::transfer_stats stats;
+  // Prometheus series (served when the process runs an exporter); per-peer
+  // handles are looked up once and then updated lock-free.
+  metrics::transfer_metrics metrics;
+  bool progress_scheduled = false;
+  // Each progress message carries the loop's generation. New work while a
+  // backed-off (delayed) poll is pending starts a new generation with an
+  // immediate poll; the delayed message, now stale, is ignored when it
+  // fires, so there is never more than one loop.
+  std::uint64_t progress_generation = 0;
+  bool progress_delayed = false;
+  unsigned idle_polls = 0;
+  // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
+  // entry's generation), checked by one short periodic sweep (arm_deadline).
+  struct deadline {
+    std::string key;
+    std::uint64_t id;
+    std::uint64_t generation;
+  };
+  std::multimap<steady_clock::time_point, deadline> deadlines;
+  bool sweep_scheduled = false;
+  // CUDA IPC: made on the first same-host GPU send, used from this actor's
+  // thread only. ipc_handle is our region's, advertised in the endpoint.
+  std::string ipc_handle;
+  std::unique_ptr<transport::ipc_region_cache> ipc_regions;
+  std::unique_ptr<transport::gpu_copy_engine> engine;
+  std::size_t ipc_in_flight = 0;
+  bool spin_while_copying = detail::ipc_spin_while_copying();
+  std::string ipc_test_hold = detail::ipc_test_hold_file(); // tests only
+  // CUDA IPC quarantine, sending side: copies whose transfer is gone (timed
+  // out here, or the peer was dropped) but whose kernel may still run, and
+  // receivers' status questions waiting for such a kernel to end.
+  struct orphan_copy {
+    std::string peer;
+    peer_out::ipc_copy copy;
+  };
+  std::vector<orphan_copy> ipc_orphans;
+  struct status_waiter {
+    std::string peer;
+    std::uint64_t id;
+    caf::typed_response_promise<caf::ok_atom> promise;
+  };
+  std::vector<status_waiter> status_waiters;
+  // Transfers a receiver gave up on before their send order reached us
+  // (peer -> (id, when)): a send order for one that comes later is stale
+  // (e.g. its producer was stuck on a hung GPU) and is refused once, so that
+  // it cannot write into blocks the receiver has reused.
+  std::unordered_map<
+      std::string,
+      std::deque<std::pair<std::uint64_t, steady_clock::time_point>>>
+      given_up;
+  // Receiving side: timed-out transfers a sender's kernel may still write,
+  // and the transfer actors of workers the directory announced (to ask them).
+  ipc_quarantine quarantine;
+  std::unordered_map<std::string, caf::actor_addr> known_transfers;
+  // Holds whose sender was asked, and which actor: its down message ends
+  // them (whatever became of the name meanwhile).
+  struct asked_hold {
+    caf::actor_addr sender;
+    std::string peer;
+    ipc_quarantine::hold_ref hold;
+  };
+  std::unordered_map<ipc_quarantine::token, asked_hold> asked;
+  metrics::gauge* quarantine_gauge = &metrics::registry::global().get_gauge(
+      "kvferry_ipc_quarantined_transfers",
+      "Timed-out CUDA IPC transfers whose destination stays out of use until "
+      "their sender confirms no copy kernel still writes it");
+  std::int64_t quarantine_reported = 0; // our share of the gauge
+  ~transfer_state() { quarantine_gauge->sub(quarantine_reported); }
+  static inline const char* name = "kvferry.transfer";
+};
+
+// Below the engine's 64 event slots, so a launch never finds them all busy.
+constexpr std::size_t max_ipc_copies = 48;
+
+using self_ptr = transfer_actor::stateful_pointer<transfer_state>;
+
+// ---- transfer.cpp: bookkeeping every path shares
+
+caf::error lost(const std::string& peer, const std::string& why);
+
+/// New work: poll now (see transfer.cpp).
+void ensure_progress(self_ptr self);
+
+/// Fails transfer `id` of `key` ("<peer" receiving, ">peer" sending) unless
+/// it completed within `timeout`.
+void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
+                  std::string key, std::uint64_t id, const transfer_entry& t);
+
+/// `finished`: when the last byte moved, if known better than "now" (an IPC
+/// copy completes in the sender's process before we hear of it).
+void finish(transfer_entry& t, transfer_state& st, bool incoming,
+            const std::string& peer,
+            std::optional<steady_clock::time_point> finished = std::nullopt);
+
+void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
+          const std::string& peer);
+
+/// Fails everything sent to `name` and forgets its channel (the next send
+/// opens a fresh one).
+void drop_peer_out(self_ptr self, const std::string& name,
+                   const caf::error& err);
+
+/// Fails everything awaited from `name` and closes its channel.
+void drop_peer_in(self_ptr self, const std::string& name,
+                  const caf::error& err);
+
+// ---- transfer_net.cpp: the plugin path
+
+/// Sends `extents` of transfer `id` to `peer` (`p`) over its channel,
+/// opening the channel first if there is none.
+void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
+                       std::uint64_t id, const std::vector<extent>& extents);
+
+void handle_announce(self_ptr self, proto::announcement& a);
+
+std::vector<char> handle_open(self_ptr self, const std::string& sender,
+                              std::uint32_t comms, std::uint64_t chunk);
+
+/// Connects and polls the send channel of `p`; sets `failure` when the
+/// channel is lost. Throws what the plugin throws.
+bool progress_send_channel(self_ptr self, const std::string& name, peer_out& p,
+                           std::optional<caf::error>& failure);
+
+/// Accepts and polls the receive channel of `p`, likewise.
+bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
+                           std::optional<caf::error>& failure);
+
+// ---- transfer_ipc.cpp: the CUDA IPC path and its quarantine
+
+/// Our region's IPC handle for the endpoint (stays empty unless shareable).
+void advertise_ipc_handle(transfer_state& st);
+
+void map_ahead(transfer_state& st, const worker_info& w);
+
+void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
+                    std::vector<extent> extents);
+
+bool progress_ipc(self_ptr self, const std::string& name, peer_out& p);
+
+void orphan_copies(transfer_state& st, const std::string& peer, peer_out& p,
+                   std::optional<std::uint64_t> id = std::nullopt);
+
+bool progress_orphans(self_ptr self);
+
+void answer_status_waiters(transfer_state& st);
+
+std::size_t forget_waiting_ipc(peer_out& p, std::uint64_t id);
+
+caf::error refuse_if_given_up(transfer_state& st, const std::string& peer,
+                              std::uint64_t id);
+
+caf::result<caf::ok_atom>
+handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id);
+
+void handle_landed(self_ptr self, const proto::landed& l);
+
+bool quarantines(const transfer_state& st);
+
+void quarantine_transfer(self_ptr self, const std::string& peer,
+                         std::uint64_t id);
+
+void end_hold(self_ptr self, const std::string& peer,
+              const ipc_quarantine::hold_ref& h, const std::string& why);
+
+void release_quarantine_of(self_ptr self, const std::string& peer,
+                           const std::string& why, bool unasked_only = false);
+
+void ask_sender(self_ptr self, const std::string& peer);
+
+caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
+                                        std::uint64_t id);
+
+void handle_ipc_hello(self_ptr self, const std::string& name);
+
+} // namespace kvferry::transfer_detail
