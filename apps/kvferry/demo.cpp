@@ -40,6 +40,7 @@
 #include "gpu_option.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/router.hpp"
+#include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
