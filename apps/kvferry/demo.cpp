@@ -11,23 +11,14 @@
 // table. Exits non-zero, naming what failed, on any mismatch or failure.
 // Children are always reaped.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
-#include <fcntl.h>
 #include <iostream>
 #include <memory>
 #include <optional>
-#include <poll.h>
 #include <random>
-#include <signal.h>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -36,15 +27,12 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
-#include "exec_vector.hpp"
-#include "gpu_option.hpp"
+#include "demo_local.hpp"
+#include "geometry_flags.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/router.hpp"
-#include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
-#include "kvferry/transport/gpu_topology.hpp"
-#include "mps_daemon.hpp"
 #include "percentile.hpp"
 #include "pki.hpp"
 
@@ -52,271 +40,6 @@ namespace kvferry::app {
 namespace {
 
 using namespace std::chrono;
-
-struct demo_command {
-  std::uint64_t requests = 100;
-  bool layerwise = false;
-  bool pull = false;
-  std::uint64_t seed = 1;
-  std::string directory; // attach instead of starting processes
-  std::uint32_t min_tokens = 64;
-  std::uint32_t max_tokens = 1024;
-  std::uint32_t inflight = 2;
-  kv_geometry geometry;
-  std::string dtype = "fp16";
-  std::string plugin;
-  std::string gpu = "auto";
-  std::string prefill_gpu; // empty: --gpu
-  std::string decode_gpu;  // empty: --gpu
-  std::string transport = "ipc";
-  std::string mps = "auto"; // auto, on or off
-  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
-  std::uint32_t comms_per_peer = 2;
-  std::uint32_t timeout_ms = 10000;
-  std::uint32_t deadline_s = 600; // the whole run
-  bool quiet = false;
-  bool warm_up = true;
-  runtime::runtime_options runtime;
-};
-
-// ---- stop signals
-// ---------------------------------------------------------------
-
-// While a private MPS daemon of ours runs, SIGINT/SIGTERM/SIGHUP must not
-// kill the demo outright: the daemon would outlive it. The handler records
-// the signal; the loops that wait (start-up, the run) see it and return
-// through the normal path, whose destructors stop the workers and then the
-// daemon. A second signal kills at once, as before (SA_RESETHAND).
-volatile std::sig_atomic_t stop_signal = 0;
-
-void record_stop_signal(int sig) {
-  stop_signal = sig;
-}
-
-void catch_stop_signals() {
-  struct sigaction action {};
-  action.sa_handler = record_stop_signal;
-  action.sa_flags = SA_RESETHAND | SA_RESTART;
-  sigemptyset(&action.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
-    struct sigaction old {};
-    sigaction(sig, nullptr, &old);
-    if (old.sa_handler != SIG_IGN) // under nohup and the like: stays ignored
-      sigaction(sig, &action, nullptr);
-  }
-}
-
-// The exit status for a run stopped by a signal, saying so on stderr.
-int interrupted() {
-  std::cerr << "kvferry demo: interrupted (" << strsignal(stop_signal)
-            << "), stopping the processes it started\n";
-  return 128 + stop_signal;
-}
-
-// ---- child processes
-// ------------------------------------------------------------
-
-// A child `kvferry` process with its stdout on a pipe and `extra_env` added
-// to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
-// destruction, whatever happened.
-class child_process {
-public:
-  child_process(std::string what, const std::vector<std::string>& args,
-                const env_pairs& extra_env = {})
-      : what_(std::move(what)) {
-    // Built before fork: the child only calls async-signal-safe functions.
-    auto argv = exec_vector(args);
-    const auto env = environment_with(extra_env);
-    auto envp = exec_vector(env);
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-      throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));
-    pid_ = fork();
-    if (pid_ < 0)
-      throw std::runtime_error(what_ + ": fork: " + std::strerror(errno));
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM); // never outlive the demo
-      dup2(fds[1], STDOUT_FILENO);
-      execve("/proc/self/exe", argv.data(), envp.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    out_ = fds[0];
-  }
-  ~child_process() { stop(); }
-  child_process(const child_process&) = delete;
-  child_process& operator=(const child_process&) = delete;
-
-  // Reads stdout until a line containing `marker`; returns that line, or
-  // throws naming the child when it exits or the deadline passes first (or
-  // a stop signal came).
-  std::string wait_for_line(const std::string& marker, milliseconds timeout) {
-    auto deadline = steady_clock::now() + timeout;
-    for (;;) {
-      auto nl = buffer_.find('\n');
-      while (nl != std::string::npos) {
-        auto line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        if (line.find(marker) != std::string::npos)
-          return line;
-        nl = buffer_.find('\n');
-      }
-      if (stop_signal)
-        throw std::runtime_error(what_ + ": interrupted");
-      auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
-      if (left.count() <= 0)
-        throw std::runtime_error(
-            fmt::format("{} did not report '{}' within {} ms", what_, marker,
-                        timeout.count()));
-      pollfd p{out_, POLLIN, 0};
-      auto slice = std::min<milliseconds::rep>(left.count(), 100);
-      if (poll(&p, 1, static_cast<int>(slice)) > 0) {
-        char buf[512];
-        auto n = read(out_, buf, sizeof buf);
-        if (n <= 0)
-          throw std::runtime_error(
-              fmt::format("{} exited before reporting '{}' ({})", what_, marker,
-                          describe_exit()));
-        buffer_.append(buf, static_cast<std::size_t>(n));
-      }
-    }
-  }
-
-  bool running() {
-    if (pid_ <= 0)
-      return false;
-    return waitpid(pid_, &status_, WNOHANG) == 0;
-  }
-
-  void stop() {
-    if (pid_ <= 0)
-      return;
-    kill(pid_, SIGTERM);
-    auto deadline = steady_clock::now() + seconds(5);
-    while (waitpid(pid_, &status_, WNOHANG) == 0) {
-      if (steady_clock::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status_, 0);
-        break;
-      }
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    pid_ = -1;
-    if (out_ >= 0)
-      close(out_);
-    out_ = -1;
-  }
-
-private:
-  std::string describe_exit() {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (WIFEXITED(status))
-        return fmt::format("exit status {}", WEXITSTATUS(status));
-      if (WIFSIGNALED(status))
-        return fmt::format("killed by signal {}", WTERMSIG(status));
-    }
-    return "closed its output";
-  }
-  std::string what_;
-  pid_t pid_ = -1;
-  int out_ = -1;
-  int status_ = 0;
-  std::string buffer_;
-};
-
-std::vector<std::string> geometry_args(const demo_command& cmd) {
-  return {"--layers",       std::to_string(cmd.geometry.layers),
-          "--kv-heads",     std::to_string(cmd.geometry.kv_heads),
-          "--head-dim",     std::to_string(cmd.geometry.head_dim),
-          "--dtype",        cmd.dtype,
-          "--block-tokens", std::to_string(cmd.geometry.block_tokens)};
-}
-
-// ---- which GPUs the two workers use
-// -------------------------------------------
-
-// Where the two workers' KV pools live: -1 for host memory (both or neither).
-struct worker_gpus {
-  int prefill = -1;
-  int decode = -1;
-  bool on_gpus() const { return prefill >= 0; }
-};
-
-// A worker's --prefill-gpu / --decode-gpu, or --gpu when it is not given.
-struct worker_gpu_option {
-  std::string option; // as the user wrote it, for messages
-  std::string value;
-};
-
-worker_gpu_option gpu_option_for(const demo_command& cmd,
-                                 const std::string& own_option,
-                                 const std::string& own_value) {
-  if (own_value.empty())
-    return {"--gpu", cmd.gpu};
-  return {own_option, own_value};
-}
-
-// Checks the ordinals against this machine and, over CUDA IPC across two
-// GPUs, that the prefill worker's GPU can write the decode worker's: the
-// producer's transfer actor runs the copy kernel in push and in pull mode.
-std::string check_worker_gpus(const demo_command& cmd, const worker_gpus& g,
-                              const worker_gpu_option& prefill,
-                              const worker_gpu_option& decode) {
-  auto gpus = transport::system_gpu_topology();
-  try {
-    transport::check_gpu_ordinal(*gpus, g.prefill, prefill.option);
-    transport::check_gpu_ordinal(*gpus, g.decode, decode.option);
-    if (cmd.transport == "ipc")
-      transport::check_ipc_peer_access(*gpus, g.prefill, g.decode);
-  } catch (const transport::no_peer_access& e) {
-    return fmt::format("{} {} {} {} over CUDA IPC: {}", prefill.option,
-                       prefill.value, decode.option, decode.value, e.what());
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return {};
-}
-
-// Resolves --gpu / --prefill-gpu / --decode-gpu once, before any process
-// starts, so that a missing GPU or an impossible pair fails here (exit 2)
-// naming the option instead of in a worker. Empty on success.
-std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
-  auto prefill = gpu_option_for(cmd, "--prefill-gpu", cmd.prefill_gpu);
-  auto decode = gpu_option_for(cmd, "--decode-gpu", cmd.decode_gpu);
-  for (const auto* o : {&prefill, &decode})
-    if (auto bad = check_gpu_option(o->option, o->value); !bad.empty())
-      return bad;
-  g.prefill = resolve_gpu(prefill.value, "kvferry demo");
-  g.decode = decode.value == prefill.value
-                 ? g.prefill
-                 : resolve_gpu(decode.value, "kvferry demo");
-  if ((g.prefill < 0) != (g.decode < 0))
-    return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
-                       "in GPU memory or both in host memory",
-                       prefill.option, prefill.value, decode.option,
-                       decode.value);
-  return g.on_gpus() ? check_worker_gpus(cmd, g, prefill, decode)
-                     : std::string{};
-}
-
-// "GPU 0 memory", "host memory", or both GPUs when the workers differ.
-std::string describe_worker_memory(const worker_gpus& g) {
-  if (g.prefill == g.decode)
-    return describe_memory(g.prefill);
-  return fmt::format("prefill GPU {} / decode GPU {} memory", g.prefill,
-                     g.decode);
-}
-
-// How the bytes travel between the demo's two workers.
-std::string via(const worker_gpus& g, const std::string& transport,
-                const std::string& plugin) {
-  auto net = plugin.empty() ? std::string{"kvsock"} : plugin;
-  if (!g.on_gpus())
-    return ", " + net;
-  return transport == "ipc" ? ", CUDA IPC" : ", " + net + " (GPU memory)";
-}
 
 // The GPU copy columns: kernel GB/s (bytes over the kernels' summed GPU
 // time; one sender's kernels run one after another on its stream), then
@@ -416,186 +139,6 @@ double caf_round_trip_us(caf::actor_system& sys, const router_config& plan) {
   return percentile(std::move(micros), 0.5);
 }
 
-// ---- the processes the demo starts
-// ---------------------------------------------------
-
-// The pool sizes the demo gives its two workers (see run_demo).
-struct worker_pools {
-  std::uint64_t prefill_blocks = 0;
-  std::uint64_t decode_blocks = 0;
-  std::uint64_t decode_lend_percent = 0;
-};
-
-// Starts a directory and the two workers, `worker_env` added to the
-// workers' environment only, and waits until all three are up. Returns the
-// directory's address; throws naming the process that failed. `children`
-// holds whatever started, so that its owner's cleanup stops it.
-std::string
-start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
-                      const worker_pools& pools, const env_pairs& worker_env,
-                      std::vector<std::unique_ptr<child_process>>& children) {
-  // One secret per run, passed through the environment (not argv).
-  std::random_device rd;
-  auto secret = fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
-                            std::uint64_t{rd()} << 32 | rd());
-  setenv("KVFERRY_SECRET", secret.c_str(), 1);
-  auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
-  std::vector<std::string> dir_args{"kvferry",     "directory", "--bind",
-                                    "127.0.0.1",   "--port",    "0",
-                                    "--log-level", level};
-  if (cmd.runtime.tls.insecure_plaintext)
-    dir_args.push_back("--insecure-plaintext");
-  children.push_back(
-      std::make_unique<child_process>("directory", std::move(dir_args)));
-  auto line = children.back()->wait_for_line("listening on", seconds(15));
-  auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
-  for (auto role : {"prefill", "decode"}) {
-    const bool decode = std::string{role} == "decode";
-    auto gpu = decode ? gpus.decode : gpus.prefill;
-    // One flag and its value per line.
-    // clang-format off
-    std::vector<std::string> args{
-        "kvferry", "worker",
-        "--name", fmt::format("demo-{}-0", role),
-        "--role", role,
-        "--directory", directory,
-        "--bind", "127.0.0.1",
-        "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-        "--transport", cmd.transport,
-        "--pool-blocks", std::to_string(decode ? pools.decode_blocks
-                                               : pools.prefill_blocks),
-        "--chunk-bytes", std::to_string(cmd.chunk_bytes),
-        "--comms-per-peer", std::to_string(cmd.comms_per_peer),
-        "--timeout-ms", std::to_string(cmd.timeout_ms),
-        "--scheduler", cmd.runtime.scheduler_policy,
-        "--threads", std::to_string(cmd.runtime.threads),
-        "--io-workers", std::to_string(cmd.runtime.io_workers),
-        "--log-level", level};
-    // clang-format on
-    for (auto& a : geometry_args(cmd))
-      args.push_back(a);
-    if (decode) {
-      args.push_back("--lend-percent");
-      args.push_back(std::to_string(pools.decode_lend_percent));
-    }
-    if (!cmd.plugin.empty()) {
-      args.push_back("--plugin");
-      args.push_back(cmd.plugin);
-    }
-    if (cmd.runtime.tls.insecure_plaintext)
-      args.push_back("--insecure-plaintext");
-    children.push_back(std::make_unique<child_process>(
-        fmt::format("worker demo-{}-0", role), args, worker_env));
-  }
-  for (std::size_t k = 1; k < children.size(); ++k)
-    children[k]->wait_for_line(" ready", seconds(30));
-  return directory;
-}
-
-// Both workers' GPU when they share one (the case MPS is for), else -1.
-int shared_gpu(const worker_gpus& g) {
-  return g.on_gpus() && g.prefill == g.decode ? g.prefill : -1;
-}
-
-mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
-                        const worker_gpus& gpus) {
-  mps_facts facts;
-  facts.mode = mode;
-  facts.starts_workers = cmd.directory.empty();
-  facts.shared_gpu = shared_gpu(gpus);
-  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
-    facts.callers_pipe_directory = pipe;
-  facts.control_found = !find_on_path(mps_daemon::control_program).empty();
-  return facts;
-}
-
-// What the demo started on this machine. Members are destroyed in reverse
-// order: the children stop before the MPS daemon they were clients of.
-struct local_processes {
-  std::optional<mps_daemon> mps;
-  std::vector<std::unique_ptr<child_process>> children;
-  bool under_mps = false; // the workers run under MPS (ours or the caller's)
-};
-
-// Starts the private MPS daemon when `choice` says so; the variables that
-// make the workers its clients, none when it did not start (--mps auto:
-// running without MPS is the fallback). Exit code 1 when --mps on failed.
-int start_private_mps(const demo_command& cmd, const worker_gpus& gpus,
-                      local_processes& local, env_pairs& worker_env) {
-  catch_stop_signals(); // from now on the daemon must be stopped on exit
-  try {
-    worker_env = local.mps.emplace().start();
-  } catch (const std::exception& e) {
-    local.mps.reset();
-    if (cmd.mps == "on") {
-      std::cerr << "kvferry demo: --mps on: " << e.what() << "\n";
-      return 1;
-    }
-    std::cerr << "kvferry demo: could not start a private MPS daemon ("
-              << e.what()
-              << "): the workers run without MPS and their kernels will "
-                 "time-slice (docs/gpu.md, 'Contention in the demo')\n";
-    return 0;
-  }
-  local.under_mps = true;
-  auto gpu = shared_gpu(gpus);
-  fmt::print(stderr,
-             "kvferry demo: started a private MPS daemon for {} (pipe "
-             "directory {}); --mps off to run without\n",
-             gpu >= 0 ? fmt::format("GPU {}", gpu) : std::string{"the workers"},
-             local.mps->pipe_directory());
-  return 0;
-}
-
-// Starts the directory and the workers — under a private MPS daemon when
-// `choice` says so — and sets `directory` to its address. With --mps auto,
-// workers that fail to start under the daemon are started again without it
-// (MPS can fail where CUDA alone works: another user's MPS server on the
-// GPU, a compute mode it refuses). 0, or the demo's exit code.
-int start_locally(const demo_command& cmd, const worker_gpus& gpus,
-                  const worker_pools& pools, const mps_choice& choice,
-                  local_processes& local, std::string& directory) {
-  local.under_mps = choice.callers_daemon;
-  env_pairs worker_env;
-  if (choice.start)
-    if (auto code = start_private_mps(cmd, gpus, local, worker_env))
-      return code;
-  std::string failure;
-  try {
-    directory =
-        start_local_processes(cmd, gpus, pools, worker_env, local.children);
-    return 0;
-  } catch (const std::exception& e) {
-    failure = e.what();
-  }
-  if (stop_signal)
-    return interrupted();
-  if (!local.mps || cmd.mps == "on") {
-    std::cerr << "kvferry demo: "
-              << (local.mps ? "--mps on: under the private MPS daemon: " : "")
-              << failure << "\n";
-    return 1;
-  }
-  local.children.clear();
-  if (auto err = local.mps->stop(); !err.empty())
-    std::cerr << "kvferry demo: stopping the private MPS daemon: " << err
-              << "\n";
-  local.mps.reset();
-  local.under_mps = false;
-  std::cerr << "kvferry demo: MPS did not work: the workers did not start "
-               "under the private MPS daemon ("
-            << failure << "); retrying without MPS\n";
-  try {
-    directory = start_local_processes(cmd, gpus, pools, {}, local.children);
-    return 0;
-  } catch (const std::exception& e) {
-    if (stop_signal)
-      return interrupted();
-    std::cerr << "kvferry demo: " << e.what() << "\n";
-    return 1;
-  }
-}
-
 // The run's requests (seeded prompt lengths) and how the router sends them.
 void plan_requests(const demo_command& cmd, router_config& plan) {
   std::mt19937_64 rng{cmd.seed};
@@ -629,7 +172,7 @@ std::optional<int> await_run(const demo_command& cmd, const router_run& run,
                 << cmd.deadline_s << " s\n";
       return 1;
     }
-    if (stop_signal)
+    if (caught_stop_signal() != 0)
       return interrupted();
     for (auto& c : local.children)
       if (!c->running()) {
@@ -699,13 +242,10 @@ void print_table(const demo_command& cmd, const std::string& memory,
 }
 
 int run_demo(demo_command& cmd) {
-  auto dtype = parse_dtype(cmd.dtype);
-  if (!dtype) {
-    std::cerr << "kvferry demo: --dtype '" << cmd.dtype
-              << "': expected fp16, bf16 or fp32\n";
+  if (auto bad = resolve_dtype(cmd.geometry, cmd.dtype); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
     return 2;
   }
-  cmd.geometry.dtype = *dtype;
   if (auto bad = cmd.geometry.validate(); !bad.empty()) {
     std::cerr << "kvferry demo: " << bad << "\n";
     return 2;
@@ -870,12 +410,7 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--inflight", cmd->inflight, "requests in flight")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1024u));
-  sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
-  sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
-  sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
-  sub->add_option("--dtype", cmd->dtype)->capture_default_str();
-  sub->add_option("--block-tokens", cmd->geometry.block_tokens)
-      ->capture_default_str();
+  add_geometry_flags(*sub, cmd->geometry, cmd->dtype);
   sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
   sub->add_option("--gpu", cmd->gpu,
                   "workers' KV memory: auto (GPU 0 when there is one), a "

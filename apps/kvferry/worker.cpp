@@ -21,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
+#include "geometry_flags.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/process_limits.hpp"
@@ -68,10 +69,8 @@ std::string validate(worker_command& cmd, worker_role& role) {
     return "--name is required";
   if (!parse_role(cmd.role, role))
     return fmt::format("--role '{}': expected prefill or decode", cmd.role);
-  auto dtype = parse_dtype(cmd.dtype);
-  if (!dtype)
-    return fmt::format("--dtype '{}': expected fp16, bf16 or fp32", cmd.dtype);
-  cmd.geometry.dtype = *dtype;
+  if (auto bad = resolve_dtype(cmd.geometry, cmd.dtype); !bad.empty())
+    return bad;
   if (cmd.mode != "push" && cmd.mode != "pull")
     return fmt::format("--mode '{}': expected push or pull", cmd.mode);
   if (auto bad = check_gpu_option("--gpu", cmd.gpu); !bad.empty())
@@ -235,13 +234,7 @@ void add_worker(CLI::App& root, int& exit_code) {
   sub->add_option("--pool-blocks", cmd->pool_blocks,
                   "KV block pool size in layer-blocks")
       ->capture_default_str();
-  sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
-  sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
-  sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
-  sub->add_option("--dtype", cmd->dtype, "fp16, bf16 or fp32")
-      ->capture_default_str();
-  sub->add_option("--block-tokens", cmd->geometry.block_tokens)
-      ->capture_default_str();
+  add_geometry_flags(*sub, cmd->geometry, cmd->dtype);
   sub->add_option("--mode", cmd->mode, "push or pull (producer's default)")
       ->capture_default_str();
   sub->add_flag("--layerwise", cmd->layerwise,
