@@ -69,4 +69,19 @@ std::vector<std::string> connect_members(caf::actor_system& system,
   return connect_peers(system, members, timeout);
 }
 
+caf::actor spawn_peer_linker(caf::actor_system& system, worker_role role,
+                             caf::timespan timeout) {
+  // Detached: connect_peers blocks while it dials. A repeated dial of a
+  // connected peer is answered from the middleman's cache.
+  return system.spawn<caf::detached>([&system, role, timeout] {
+    return caf::behavior{
+        [&system, role, timeout](joined_atom, const worker_info& peer) {
+          if (peer.role == role)
+            connect_peers(system, {peer}, timeout);
+        },
+        [](left_atom, const std::string&, const caf::error&) {},
+    };
+  });
+}
+
 } // namespace kvferry

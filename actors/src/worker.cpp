@@ -23,6 +23,12 @@ constexpr auto dial_attempt = std::chrono::seconds(2);
 // await_registration asks its `interrupted` this often.
 constexpr auto registration_slice = std::chrono::milliseconds(100);
 
+// The role a worker of `role` moves KV to or from.
+worker_role peer_role(worker_role role) {
+  return role == worker_role::prefill ? worker_role::decode
+                                      : worker_role::prefill;
+}
+
 caf::error worker_error(ec code, const worker_options& opts,
                         const std::string& what) {
   return make_error(code, fmt::format("worker {}: {}", opts.name, what));
@@ -169,8 +175,7 @@ membership_actor start_membership(caf::actor_system& sys,
   mc.directory_name =
       opts.directory_host + ":" + std::to_string(opts.directory_port);
   mc.watchers = std::move(watchers);
-  auto peers = opts.role == worker_role::prefill ? worker_role::decode
-                                                 : worker_role::prefill;
+  auto peers = peer_role(opts.role);
   mc.dialer = spawn_dialer(sys, [&sys, host = opts.directory_host,
                                  port = opts.directory_port, peers] {
     auto dir = connect_directory(sys, host, port, dial_attempt);
@@ -214,11 +219,16 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
   w.app = opts.role == worker_role::prefill
               ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
               : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
+  // Dials each peer of the other role that joins (spawn_peer_linker says
+  // why the dial before registering is not enough).
+  w.linker =
+      spawn_peer_linker(sys, peer_role(opts.role), std::chrono::seconds(2));
   // A published port lets peers reach this node directly (over TLS).
   auto port = runtime::publish_control(w.app, 0, opts.bind);
   if (!port) {
     self->send_exit(w.app, caf::exit_reason::user_shutdown);
     self->send_exit(w.transfer, caf::exit_reason::user_shutdown);
+    self->send_exit(w.linker, caf::exit_reason::user_shutdown);
     return worker_error(ec::unreachable, opts,
                         fmt::format("cannot listen on {}: {}", opts.bind,
                                     render(port.error())));
@@ -233,7 +243,7 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
   // app actors watch: a producer fails requests of a consumer that left, a
   // consumer those of a producer that left (and frees their blocks).
   std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(w.transfer),
-                                   w.app};
+                                   w.app, w.linker};
   w.keeper = start_membership(sys, opts, w.info, std::move(watchers));
   return w;
 }
@@ -289,6 +299,7 @@ void worker_handle::stop() {
   self->monitor(transfer);
   self->send_exit(app, caf::exit_reason::user_shutdown);
   self->send_exit(transfer, caf::exit_reason::user_shutdown);
+  self->send_exit(linker, caf::exit_reason::user_shutdown);
   constexpr auto limit = std::chrono::milliseconds(400);
   auto deadline = std::chrono::steady_clock::now() + limit;
   for (int i = 0; i < 2; ++i) {

@@ -154,6 +154,8 @@ struct deployment {
   void check_recovery(clock_type::time_point ended) const {
     INFO("launch output:\n" << slurp(launch_out));
     INFO("directory log:\n" << log_of("directory"));
+    INFO("prefill-0 log:\n" << log_of("prefill-0"));
+    INFO("decode-0 log:\n" << log_of("decode-0"));
     REQUIRE(eventually([&] { return all_up(); }, recovery_bound + seconds(5)));
     auto recovered = clock_type::now();
     auto took = duration_cast<milliseconds>(recovered - ended);

@@ -34,7 +34,7 @@ pass() { echo "ok   - $1"; }
 fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
 expect() {  # <description> <command...>: passes when the command succeeds
   local what=$1; shift
-  if "$@"; then pass "$what"; else fail "$what"; fi
+  if "$@"; then pass "$what"; else fail "$what"; return 1; fi
 }
 contains() { grep -qF -- "$2" "$1"; }
 wait_for() {  # <seconds> <command...>: polls until the command succeeds
@@ -61,7 +61,9 @@ fi
 [ "\$cmd" = directory ] && echo "kvferry directory listening on 127.0.0.1:$PORT"
 case \$name in
   crashy) echo "crashy: about to fail"; exit 3 ;;
-  stubborn) trap 'echo "stubborn ignores TERM"' TERM ;;
+  # Ignored, not trapped: its sleeps inherit that, so the group's TERM
+  # cannot end one of them mid-fork and take the script down with it.
+  stubborn) trap '' TERM ;;
   *) trap 'echo "\$name got TERM"; exit 0' TERM ;;
 esac
 echo "\$name ready"   # the trap is in place: TERM from now on is handled
@@ -167,7 +169,8 @@ rc=$?
 launch_pid=""
 expect "SIGINT with a stubborn worker still exits 0 (got $rc)" test $rc -eq 0
 expect "the stubborn worker is killed after the grace period" \
-  contains "$WORK/err" "stubborn (pid $(cat "$WORK/stubborn.pid")) did not stop within 500 ms; sending SIGKILL"
+  contains "$WORK/err" "stubborn (pid $(cat "$WORK/stubborn.pid")) did not stop within 500 ms; sending SIGKILL" \
+  || { echo "---- launch stderr of this case"; cat "$WORK/err"; }
 rm -rf "$WORK/logs"
 
 # ---- 6. which host am I -------------------------------------------------------------

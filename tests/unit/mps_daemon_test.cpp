@@ -299,7 +299,9 @@ TEST_CASE("a -d that hangs is killed after the timeout") {
 TEST_CASE("a -d that exits 0 but never makes its pipes is a failure, and "
           "gets a quit") {
   fake_control fake{std::string{record_call} + "exit 0\n"};
-  mps_daemon daemon{milliseconds(200)};
+  // The quit runs under the same limit: room for a loaded machine to start
+  // the fake (a shell script) and let it record.
+  mps_daemon daemon{milliseconds(1500)};
   auto err = start_error(daemon);
   CHECK(contains(err, "`nvidia-cuda-mps-control -d` exited 0 but created "
                       "nothing in"));

@@ -148,6 +148,15 @@ std::vector<std::string> connect_members(caf::actor_system& system,
                                          std::optional<worker_role> role,
                                          caf::timespan timeout);
 
+/// A directory watcher (add it to the membership keeper's watchers) that
+/// dials every member of `role` it hears of, on a thread of its own. The
+/// dial before registering (connect_members) misses a peer that registers
+/// at the same moment; whichever of the two registers second sees the other
+/// here. Without a direct route, a pair's messages travel through the
+/// directory, and the proxies they made die with it when it restarts.
+caf::actor spawn_peer_linker(caf::actor_system& system, worker_role role,
+                             caf::timespan timeout);
+
 /// Parses "HOST:PORT" (as given to --directory). Errors: invalid_argument.
 caf::error parse_host_port(const std::string& text, std::string& host,
                            uint16_t& port);

@@ -83,6 +83,8 @@ public:
   transfer_actor transfer;
   caf::actor app; // producer_actor or consumer_actor, by role
   membership_actor keeper;
+  /// Dials each peer of the other role that joins (spawn_peer_linker).
+  caf::actor linker;
   std::shared_ptr<transport::plugin> net;
   std::shared_ptr<memory_region> region;
   /// What the directory learns (the actors included).
