@@ -227,6 +227,15 @@ fi
 echo "hangs: $hangs"
 echo "pools after traffic (kvferry status --pools):"; sed 's/^/  /' "$work/pools.txt" | grep pool
 echo "blocks leaked (neither free nor lent): $leaked"
+# Peak RSS (VmHWM) of the deployment's processes alive now (one restarted
+# by launch counts from its restart).
+rss=""
+for name in directory prefill-0 prefill-1 decode-0 decode-1; do
+  pid=$(pid_of "$name")
+  kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  [ -n "$kb" ] && rss="$rss $name $((kb / 1024)) MiB,"
+done
+echo "peak RSS of the processes alive at the end (VmHWM):${rss%,}"
 echo "after the last fault ($(tail -1 "$work/faults.txt")): every worker up again (kvferry status) after ${members_back:-none within 60 s} ms"
 echo "recovery after the last fault (a demo verified): ${recovered:-none within 60 s} ms"
 ok=1

@@ -4,5 +4,4 @@ kvferry_add_test(NAME test_kvsock_plugin SOURCES unit/kvsock_plugin_test.cpp
 add_dependencies(test_kvsock_plugin nccl-net-kvsock)
 kvferry_add_test(NAME test_kvsock_faults SOURCES faults/kvsock_faults_test.cpp
   LIBS kvsock_headers ${CMAKE_DL_LIBS} LABELS faults TIMEOUT 120)
-target_include_directories(test_kvsock_faults PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/unit)
 add_dependencies(test_kvsock_faults nccl-net-kvsock)

@@ -1,7 +1,8 @@
 # Transport: the plugin loader, the channel wrapper, netcheck and bench net.
 # Fixture plugins are built into <build>/tests/fixtures: a deterministic
-# in-process fake (libnccl-net-fake.so), four plugins that misbehave at load
-# and six builds of the fake that each break one rule netcheck checks.
+# in-process fake (libnccl-net-fake.so), four plugins that misbehave at load,
+# six builds of the fake that each break one rule netcheck checks and three
+# with a habit NCCL tolerates.
 set(KVFERRY_FIXTURE_DIR ${PROJECT_BINARY_DIR}/tests/fixtures)
 
 function(kvferry_fixture_plugin name source)
@@ -32,11 +33,24 @@ foreach(_index RANGE 1 6)
   list(APPEND _broken_plugins nccl-net-broken-${_rule})
 endforeach()
 
+# The fake with a third-party habit that NCCL tolerates (KVFERRY_FAKE_QUIRK):
+# netcheck, the loader and the channel must tolerate it too.
+set(_quirks speed0 slow-listen nocomms)
+set(_quirk_plugins)
+foreach(_index RANGE 1 3)
+  math(EXPR _at "${_index} - 1")
+  list(GET _quirks ${_at} _quirk)
+  kvferry_fixture_plugin(nccl-net-quirk-${_quirk} unit/transport_fake_plugin.cpp)
+  target_compile_definitions(nccl-net-quirk-${_quirk} PRIVATE KVFERRY_FAKE_QUIRK=${_index})
+  list(APPEND _quirk_plugins nccl-net-quirk-${_quirk})
+endforeach()
+
 function(kvferry_transport_test name)
   kvferry_add_test(NAME ${name} ${ARGN})
   target_compile_definitions(${name} PRIVATE KVFERRY_FIXTURE_DIR="${KVFERRY_FIXTURE_DIR}")
   add_dependencies(${name} nccl-net-fake nccl-net-bad-exit nccl-net-bad-segv
-                   nccl-net-bad-v8only nccl-net-bad-hang ${_broken_plugins})
+                   nccl-net-bad-v8only nccl-net-bad-hang ${_broken_plugins}
+                   ${_quirk_plugins})
 endfunction()
 
 kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.cpp

@@ -23,6 +23,11 @@
 // directory's `left`) takes its requests with it at once: they fail naming
 // it, and their blocks return once the transfer actor let go of them.
 //
+// A request whose requester (the router waiting for its answer) is gone
+// (down message: it quit, or its node disconnected) is cancelled at once:
+// nobody will take its answer, and a stalled producer may never send
+// `arrived`. Its blocks return as soon as no transfer reply is outstanding.
+//
 // Every request ends: a failed one leaves `requests` (its id free) as soon
 // as no transfer reply is outstanding, whether or not anyone waits for its
 // answer (a push request whose producer's send failed never gets
@@ -37,6 +42,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -59,6 +65,7 @@ struct request_ctx {
   std::uint64_t request_id = 0;
   std::string producer; // its name, as the request gave it
   caf::actor_addr from; // the producer actor that asked (allocate/advertise)
+  caf::actor_addr requester; // who waits for the answer (see cancel_requests)
   std::vector<std::uint64_t> blocks;
   std::uint32_t pending = 0; // replies still expected from transfer actors
   std::uint64_t bytes = 0;
@@ -96,6 +103,7 @@ struct waiter {
   std::uint64_t blocks = 0;
   std::string producer;
   caf::actor_addr from;
+  caf::actor_addr requester;
   caf::actor_clock::time_point deadline;
   std::function<void(const ctx_ptr&)> start; // on its freshly taken blocks
   std::function<void(caf::error)> fail;
@@ -134,6 +142,8 @@ struct consumer_state {
   std::deque<std::pair<std::uint64_t, caf::error>> failed_unanswered;
   // Producer actors that sent allocate/advertise, monitored once each.
   std::unordered_map<caf::actor_addr, std::string> producers;
+  // Requesters (routers) of open requests, monitored once each.
+  std::unordered_set<caf::actor_addr> requesters;
   proto::consumer_stats stats;
   metrics::gauge* quarantined_gauge = &metrics::registry::global().get_gauge(
       "kvferry_ipc_quarantined_blocks",
@@ -483,6 +493,7 @@ ctx_ptr open_request(self_ptr self, const waiter& w) {
   ctx->request_id = w.request_id;
   ctx->producer = w.producer;
   ctx->from = w.from;
+  ctx->requester = w.requester;
   st.pool->allocate(w.blocks, ctx->blocks);
   track(self, ctx);
   return ctx;
@@ -671,15 +682,26 @@ void watch_sender(self_ptr self, const std::string& producer) {
     self->monitor(who);
 }
 
-// A waiter for the current message, its sender monitored. Call it before
-// making the message's response promise, which takes the sender over.
+// Monitors `who`, who waits for the answer of a request here (once per
+// actor): its death cancels its requests (cancel_requests). Returns its
+// address; none for an empty handle.
+caf::actor_addr watch_requester(self_ptr self, const caf::actor& who) {
+  if (who && self->state.requesters.insert(who.address()).second)
+    self->monitor(who);
+  return who ? who.address() : caf::actor_addr{};
+}
+
+// A waiter for the current message, its sender monitored, and `requester`
+// (the router behind the producer) too. Call it before making the message's
+// response promise, which takes the sender over.
 waiter waiter_for(self_ptr self, std::uint64_t request_id, std::uint64_t blocks,
-                  const std::string& producer) {
+                  const std::string& producer, const caf::actor& requester) {
   waiter w;
   w.request_id = request_id;
   w.blocks = blocks;
   w.producer = producer;
   w.from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  w.requester = watch_requester(self, requester);
   watch_sender(self, producer);
   return w;
 }
@@ -715,7 +737,8 @@ caf::result<proto::grant> on_allocate(self_ptr self,
     return make_error(ec::invalid_argument, fmt::format("request {}: {} parts",
                                                         a.request_id, a.parts));
   auto w = waiter_for(self, a.request_id,
-                      std::uint64_t{a.blocks_per_layer} * a.layers, a.producer);
+                      std::uint64_t{a.blocks_per_layer} * a.layers, a.producer,
+                      a.requester);
   auto rp = self->make_response_promise<proto::grant>();
   w.fail = fail_through(rp);
   w.start = [self, rp, producer = a.producer,
@@ -801,7 +824,7 @@ caf::result<proto::ready_report> on_advertise(self_ptr self,
                                   "{}-byte blocks",
                                   st.cfg.name, n.request_id, count, parts,
                                   n.bytes, bb));
-  auto w = waiter_for(self, n.request_id, count, n.source.name);
+  auto w = waiter_for(self, n.request_id, count, n.source.name, n.requester);
   auto rp = self->make_response_promise<proto::ready_report>();
   w.fail = fail_through(rp);
   w.start = [self, rp, parts, notice = std::move(n)](const ctx_ptr& ctx) {
@@ -970,6 +993,12 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   }
   ++self->state.stats.delegated;
   auto ctx = *made;
+  // Delegated: the sender is the router, whose request this answers. (A
+  // producer that parked the request asks itself: its loan watches it.)
+  auto who = caf::actor_cast<caf::actor>(self->current_sender());
+  if (ctx->loan_id == 0 ||
+      loan_by_id(self->state, ctx->loan_id).producer_actor != who)
+    ctx->requester = watch_requester(self, who);
   for (std::uint32_t part = 0; part < n.parts; ++part)
     expect_part(self, ctx, n.producer, part);
   proto::arrival_notice expected;
@@ -1071,6 +1100,48 @@ void on_producer_down(self_ptr self, const caf::down_msg& dm) {
     on_producer_gone(self, name, dm.source, "it is down: " + render(dm.reason));
 }
 
+// The requester (router) of some requests is gone: nobody takes their
+// answers, so they are cancelled now rather than held to their deadline (a
+// producer stalled past its router's end may never send `arrived`). Their
+// blocks return as soon as no transfer can still write them: at once when
+// none is outstanding.
+void cancel_requests(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  if (st.requesters.erase(dm.source) == 0)
+    return;
+  auto who = caf::to_string(dm.source);
+  auto error_for = [&](std::uint64_t request_id) {
+    return make_error(ec::peer_down,
+                      fmt::format("consumer '{}': request {} cancelled: its "
+                                  "requester {} is gone ({})",
+                                  st.cfg.name, request_id, who,
+                                  render(dm.reason)));
+  };
+  auto waiting = st.queue.size();
+  drop_waiting(
+      self, [&](const waiter& w) { return w.requester == dm.source; },
+      [&](const waiter& w) { return error_for(w.request_id); });
+  waiting -= st.queue.size();
+  std::vector<ctx_ptr> open;
+  for (auto& [id, ctx] : st.requests)
+    if (ctx->requester == dm.source && !ctx->failure)
+      open.push_back(ctx);
+  if (open.empty() && waiting == 0)
+    return; // the usual end of a router: every request answered
+  spdlog::warn("consumer {}: requester {} is gone ({}): cancelled its {} "
+               "open request(s) and {} waiting for blocks",
+               st.cfg.name, who, render(dm.reason), open.size(), waiting);
+  for (auto& ctx : open) {
+    ctx->orphaned = true; // nobody to tell, a late `arrived` included
+    ctx->failure = error_for(ctx->request_id);
+    if (ctx->promise && !ctx->answered) {
+      ctx->answered = true;
+      ctx->promise->deliver(ctx->failure);
+    }
+    maybe_complete(self, ctx);
+  }
+}
+
 proto::consumer_stats stats_now(const consumer_state& st) {
   auto stats = st.stats;
   stats.lent_blocks = 0;
@@ -1091,8 +1162,10 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   self->state.block_in_request.assign(blocks, false);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
-  self->set_down_handler(
-      [self](caf::down_msg& dm) { on_producer_down(self, dm); });
+  self->set_down_handler([self](caf::down_msg& dm) {
+    on_producer_down(self, dm);
+    cancel_requests(self, dm);
+  });
   return {
       [self](proto::allocate_atom, proto::allocate_request& a) {
         return on_allocate(self, a);

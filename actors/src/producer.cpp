@@ -77,6 +77,7 @@ using clock_type = steady_clock;
 // One request in flight at the producer.
 struct request_ctx {
   proto::prefill_request req;
+  caf::actor router;         // who asked: the consumer cancels when it is gone
   std::string consumer_name; // known once granted
   std::uint32_t bpl = 0;
   std::uint32_t parts = 1;
@@ -429,6 +430,7 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
   n.block_offsets = ctx->blocks;
   n.blocks_per_layer = ctx->bpl;
   n.layers = r.layerwise ? st.cfg.geometry.layers : 0; // 0: one part
+  n.requester = ctx->router;
   self->request(caf::actor_cast<consumer_actor>(r.consumer),
                 queued_reply_timeout(st.cfg), proto::advertise_atom::value,
                 std::move(n))
@@ -456,6 +458,7 @@ void negotiate(self_ptr self, const ctx_ptr& ctx) {
   a.layer_block_bytes = st.cfg.geometry.layer_block_bytes();
   a.producer = st.cfg.name;
   a.parts = ctx->parts;
+  a.requester = ctx->router;
   self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
                 queued_reply_timeout(st.cfg), proto::allocate_atom::value,
                 std::move(a))
@@ -564,6 +567,7 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
     return make_error(ec::invalid_argument,
                       fmt::format("request {}: empty prompt", req.request_id));
   auto ctx = std::make_shared<request_ctx>();
+  ctx->router = caf::actor_cast<caf::actor>(self->current_sender());
   ctx->bpl = bpl;
   ctx->parts = req.layerwise || st.cfg.layerwise ? geo.layers : 1;
   if (ctx->parts > max_parts)

@@ -39,6 +39,7 @@ load_plugin(const worker_options& opts) {
   std::shared_ptr<transport::plugin> net;
   try {
     net = transport::plugin::load(opts.plugin);
+    net->usable_device(0); // the transfer actor's device: NCCL's rules
   } catch (const std::exception& e) {
     return worker_error(ec::plugin_error, opts, e.what());
   }

@@ -25,6 +25,7 @@
 #include <string>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -39,6 +40,8 @@
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "percentile.hpp"
+#include "size_list.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -58,6 +61,7 @@ struct bench_options {
   size_t chunk_bytes = size_t{4} << 20;
   std::string json_path;
   double timeout_s = 60;
+  int tcp_depth = 8; // the TCP baseline's messages in flight
   // host, cuda or both; empty: both where a GPU exists, else host.
   std::string memory;
   int gpu = 0;
@@ -122,38 +126,23 @@ std::string memory_option(const std::vector<bench_memory>& memories) {
 // ---- sizes
 // ----------------------------------------------------------------------------------
 
-size_t parse_size(const std::string& text) {
-  size_t pos = 0;
-  double value = std::stod(text, &pos);
-  std::string unit = text.substr(pos);
-  double scale = 1;
-  if (unit == "K" || unit == "KiB" || unit == "k")
-    scale = 1024;
-  else if (unit == "M" || unit == "MiB")
-    scale = 1024.0 * 1024;
-  else if (unit == "G" || unit == "GiB")
-    scale = 1024.0 * 1024 * 1024;
-  else if (!unit.empty() && unit != "B")
-    fail("--sizes: unknown unit in '" + text + "'");
-  return static_cast<size_t>(value * scale);
-}
-
-// "4K..256M" (factors of 4) or "4K,64K,1M".
-std::vector<size_t> parse_sizes(const std::string& text) {
+// "4K..256M" (factors of 4) or "4K,64K,1M"; each size as size_list.hpp
+// parses it for every benchmark.
+std::vector<size_t> bench_sizes(const std::string& text) {
   std::vector<size_t> out;
-  if (auto dots = text.find(".."); dots != std::string::npos) {
-    size_t low = parse_size(text.substr(0, dots)),
-           high = parse_size(text.substr(dots + 2));
-    if (low == 0 || high < low)
-      fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
-    for (size_t s = low; s <= high; s *= 4)
-      out.push_back(s);
-  } else {
-    std::stringstream in(text);
-    std::string item;
-    while (std::getline(in, item, ','))
-      if (!item.empty())
-        out.push_back(parse_size(item));
+  try {
+    if (auto dots = text.find(".."); dots != std::string::npos) {
+      size_t low = parse_size(text.substr(0, dots)),
+             high = parse_size(text.substr(dots + 2));
+      if (low == 0 || high < low)
+        fail("--sizes: expected LOW..HIGH with 0 < LOW <= HIGH");
+      for (size_t s = low; s <= high; s *= 4)
+        out.push_back(s);
+    } else {
+      out = parse_sizes(text);
+    }
+  } catch (const std::logic_error& e) { // std::stod's, or an unknown unit
+    fail(std::string("--sizes: ") + e.what());
   }
   for (auto s : out)
     if (s == 0 || s > (size_t{1} << 30))
@@ -265,6 +254,55 @@ std::vector<tp::net_handle> from_hex(const std::string& hex) {
 void set_nodelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+// The raw-TCP baseline's loop, either side: `iters` messages of `size` bytes
+// over one stream, `depth` in flight. Each sendmsg/recvmsg (MSG_DONTWAIT)
+// covers the rest of the current message and up to depth-1 more, message m
+// at buffer(m); on EAGAIN it polls again, yielding the core as the plugin
+// rounds' progress loops do. A blocking write of one whole message at a time
+// understates TCP (issue #18): this is what a polling TCP transport does.
+template<class Buffer>
+void stream_messages(int fd, bool sending, size_t size, long iters, int depth,
+                     double timeout_s, Buffer&& buffer) {
+  std::vector<iovec> iov(static_cast<size_t>(std::max(depth, 1)));
+  auto deadline =
+      clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                              std::chrono::duration<double>(timeout_s));
+  long message = 0;
+  size_t offset = 0; // bytes of `message` already moved
+  while (message < iters) {
+    size_t count = 0;
+    for (long m = message; m < iters && count < iov.size(); ++m, ++count) {
+      size_t skip = m == message ? offset : 0;
+      iov[count] = {buffer(m) + skip, size - skip};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = count;
+    auto n = sending ? ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+                     : ::recvmsg(fd, &msg, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      if (clock_type::now() > deadline)
+        fail(fmt::format("bench net: TCP baseline {} not done in {:.0f} s",
+                         sending ? "sends" : "receives", timeout_s));
+      std::this_thread::yield();
+      continue;
+    }
+    if (n <= 0)
+      fail(fmt::format("bench net: TCP baseline {} failed: {}",
+                       sending ? "send" : "receive",
+                       n == 0 ? "peer closed" : std::strerror(errno)));
+    for (auto left = static_cast<size_t>(n); left > 0;) {
+      size_t step = std::min(left, size - offset);
+      offset += step;
+      left -= step;
+      if (offset == size) {
+        ++message;
+        offset = 0;
+      }
+    }
+  }
 }
 
 void write_all(int fd, const char* data, size_t bytes) {
@@ -423,7 +461,7 @@ receive_pool& pool_for(std::vector<receive_pool>& pools,
 
 int serve(const bench_options& o) {
   control ctl(o.serve_fd, o.timeout_s);
-  auto sizes = parse_sizes(o.sizes);
+  auto sizes = bench_sizes(o.sizes);
   auto net = tp::plugin::load(o.plugin_name);
   tp::channel_options copt;
   copt.comms = o.comms;
@@ -527,11 +565,13 @@ int serve(const bench_options& o) {
     } else if (cmd == "tcp") {
       size_t size;
       long iters;
-      line >> size >> iters;
+      int depth;
+      line >> size >> iters >> depth;
       size_t slots = slots_for(tcp_pool.size(), size);
       ctl.send("ready");
-      for (long i = 0; i < iters; ++i)
-        read_all(tcp, tcp_pool.data() + (i % slots) * size, size);
+      stream_messages(tcp, false, size, iters, depth, o.timeout_s, [&](long m) {
+        return tcp_pool.data() + (static_cast<size_t>(m) % slots) * size;
+      });
       ctl.send("done ok");
     } else if (cmd == "rtt") {
       long n;
@@ -593,17 +633,6 @@ struct size_result {
     return host && cuda && host->gbps > 0 ? cuda->gbps / host->gbps : 0;
   }
 };
-
-double percentile(std::vector<double>& values, double p) {
-  if (values.empty())
-    return 0;
-  auto at =
-      static_cast<size_t>(p * static_cast<double>(values.size() - 1) + 0.5);
-  std::nth_element(values.begin(),
-                   values.begin() + static_cast<std::ptrdiff_t>(at),
-                   values.end());
-  return values[at];
-}
 
 double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
@@ -680,7 +709,7 @@ struct receiver_process {
 class sender {
 public:
   explicit sender(bench_options o)
-      : o_(std::move(o)), sizes_(parse_sizes(o_.sizes)) {}
+      : o_(std::move(o)), sizes_(bench_sizes(o_.sizes)) {}
 
   int run() {
     if (o_.depth < 1 || o_.comms < 1 || o_.repeat < 1)
@@ -692,6 +721,7 @@ public:
                "{}, {} rounds per size\n",
                net_->name(), net_->path(), o_.depth, o_.comms,
                human(o_.chunk_bytes), o_.repeat);
+    fmt::print("baseline: {}\n", baseline_name());
     fmt::print("{}\n", memories_.note);
     if (uses(bench_memory::cuda))
       fmt::print("cuda memory: {}\n", cuda_path());
@@ -921,13 +951,20 @@ private:
            1e9;
   }
 
-  // The same messages as blocking writes on one loopback TCP connection.
+  std::string baseline_name() const {
+    return fmt::format("raw TCP, one loopback connection, {} messages in "
+                       "flight, non-blocking and polling",
+                       o_.tcp_depth);
+  }
+
+  // The same messages over one loopback TCP connection, --tcp-depth in
+  // flight, polling (stream_messages).
   double tcp_round(control& ctl, size_t size, long iters) {
-    ctl.send(fmt::format("tcp {} {}", size, iters));
+    ctl.send(fmt::format("tcp {} {} {}", size, iters, o_.tcp_depth));
     ctl.expect("ready");
     auto start = clock_type::now();
-    for (long i = 0; i < iters; ++i)
-      write_all(tcp_, source_.data(), size);
+    stream_messages(tcp_, true, size, iters, o_.tcp_depth, o_.timeout_s,
+                    [&](long) { return source_.data(); });
     ctl.expect("done");
     return static_cast<double>(size) * static_cast<double>(iters) /
            seconds_since(start) / 1e9;
@@ -983,6 +1020,7 @@ private:
     doc["plugin"] = net_->name();
     doc["plugin_path"] = net_->path();
     doc["depth"] = o_.depth;
+    doc["baseline"] = baseline_name();
     doc["comms"] = o_.comms;
     doc["chunk_bytes"] = o_.chunk_bytes;
     doc["repeat"] = o_.repeat;
@@ -1074,6 +1112,10 @@ void add_bench_net(CLI::App& bench, int& exit_code) {
       ->capture_default_str();
   cmd->add_option("--comms", o->comms, "Comm pairs striped per channel")
       ->capture_default_str();
+  cmd->add_option("--tcp-depth", o->tcp_depth,
+                  "Messages in flight on the raw-TCP baseline's connection")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--iters", o->iters,
                   "Messages per size (default: ~512 MiB or 20000 per size)");
   cmd->add_option("--repeat", o->repeat,

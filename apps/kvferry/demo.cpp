@@ -139,6 +139,22 @@ double caf_round_trip_us(caf::actor_system& sys, const router_config& plan) {
   return percentile(std::move(micros), 0.5);
 }
 
+// Request ids are unique per run: a worker may still hold an earlier run's
+// requests (a router killed, or one whose producer was stopped, leaves them
+// open until the workers' deadlines), and the same ids again would be
+// refused as duplicates. The base is random, below 2^51: transfer ids keep
+// 52 bits of a request id (transfer_id_of), and base + requests stays
+// below that. --request-id-base forces one (tests rerun with the same ids).
+constexpr std::uint64_t request_id_base_limit = std::uint64_t{1} << 51;
+
+std::uint64_t request_id_base_for(const std::optional<std::uint64_t>& forced) {
+  if (forced)
+    return *forced;
+  std::random_device entropy;
+  auto r = (std::uint64_t{entropy()} << 32) ^ entropy();
+  return r % request_id_base_limit;
+}
+
 // The run's requests (seeded prompt lengths) and how the router sends them.
 void plan_requests(const demo_command& cmd, router_config& plan) {
   std::mt19937_64 rng{cmd.seed};
@@ -149,6 +165,8 @@ void plan_requests(const demo_command& cmd, router_config& plan) {
   plan.layerwise = cmd.layerwise;
   plan.pull = cmd.pull;
   plan.seed = cmd.seed;
+  // Request i (0-based) has id base + i + 1.
+  plan.first_request_id = request_id_base_for(cmd.request_id_base) + 1;
   plan.inflight = std::max<std::uint32_t>(1, cmd.inflight);
   plan.timeout_ms = cmd.timeout_ms;
   plan.warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
@@ -351,11 +369,11 @@ int run_demo(demo_command& cmd) {
   connect_members(sys, *dir, std::nullopt, seconds(5));
   plan_requests(cmd, plan);
   fmt::print(stderr,
-             "kvferry demo: {} requests ({}-{} tokens, seed {}), {} mode{}, "
-             "{} in flight, {} prefill / {} decode workers on {}, directory "
-             "{}\n",
+             "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
+             "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
+             "directory {}\n",
              cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
-             cmd.pull ? "pull" : "push",
+             plan.first_request_id, cmd.pull ? "pull" : "push",
              cmd.layerwise ? ", layer by layer" : "", plan.inflight,
              plan.producers.size(), plan.consumers.size(), memory, directory);
   auto run = std::make_shared<router_run>();
@@ -398,6 +416,11 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_flag("--pull", cmd->pull,
                 "the consumer reads what the producer advertises");
   sub->add_option("--seed", cmd->seed)->capture_default_str();
+  sub->add_option("--request-id-base", cmd->request_id_base,
+                  "request ids are BASE+1..BASE+N (warm-ups after); default: "
+                  "a random base per run, so that requests an earlier run "
+                  "left open on the workers cannot collide with this run's")
+      ->check(CLI::Range(std::uint64_t{0}, request_id_base_limit));
   sub->add_flag("!--no-warm-up", cmd->warm_up,
                 "count the first request to each worker too (by default one "
                 "small request per worker pair runs before the clock starts, "

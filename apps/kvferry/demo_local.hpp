@@ -21,6 +21,9 @@ struct demo_command {
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1;
+  // The run's request ids are base+1..base+requests (warm-ups after);
+  // unset: a fresh base per run (request_id_base_for).
+  std::optional<std::uint64_t> request_id_base;
   std::string directory; // attach instead of starting processes
   std::uint32_t min_tokens = 64;
   std::uint32_t max_tokens = 1024;

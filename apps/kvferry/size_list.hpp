@@ -1,5 +1,5 @@
-// Byte sizes on the command line ("4K", "256M", "1.5G"; lists "4K,16K,64K"),
-// shared by the benchmarks that take block sizes and totals.
+// Byte sizes on the command line ("4K", "256M", "1.5G", "512B"; lists
+// "4K,16K,64K"), shared by the benchmarks that take block sizes and totals.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +21,7 @@ inline std::uint64_t parse_size(const std::string& text) {
     scale = 1ull << 20;
   else if (unit == "G" || unit == "GiB")
     scale = 1ull << 30;
-  else if (!unit.empty())
+  else if (!unit.empty() && unit != "B")
     throw std::invalid_argument("unknown size unit in '" + text + "'");
   return static_cast<std::uint64_t>(number * static_cast<double>(scale));
 }

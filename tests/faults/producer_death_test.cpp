@@ -21,11 +21,12 @@ using kvferry::test::child;
 using kvferry::test::deployment;
 using kvferry::test::worker_args;
 
-// A router of `requests` requests (seed 7: the same request ids every run).
+// A router of `requests` requests, with the same request ids every run (a
+// forced --request-id-base; by default each run draws a fresh one).
 child start_router(const deployment& d, const std::string& requests) {
   return child({"demo", "--directory", d.address, "--requests", requests,
-                "--inflight", "4", "--seed", "7", "--timeout-ms", "30000",
-                "--log-level", "warn"});
+                "--inflight", "4", "--seed", "7", "--request-id-base", "0",
+                "--timeout-ms", "30000", "--log-level", "warn"});
 }
 
 // Waits until the router's progress line reports finished requests, so that

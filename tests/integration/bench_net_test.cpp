@@ -49,12 +49,16 @@ TEST_CASE("bench net runs kvsock against raw TCP and writes one JSON object "
   CHECK(has(run.output, "8-byte round trip"));
   CHECK(has(run.output, "peak RSS: sender"));
   CHECK_FALSE(has(run.output, "DATA CORRUPT"));
+  // The baseline is a polling TCP loop with messages in flight (issue #18).
+  CHECK(has(run.output, "baseline: raw TCP, one loopback connection, 8 "
+                        "messages in flight, non-blocking and polling"));
 
   auto doc = read_file(json);
   for (auto key :
        {"\"size\": 4096", "\"size\": 1048576", "\"host\": {", "\"gbps\"",
         "\"baseline_gbps\"", "\"p50_us\"", "\"p99_us\"", "\"ratio\"",
-        "\"rss_kb\"", "\"rtt_8b\"", "\"verified\": true", "\"memories\""})
+        "\"rss_kb\"", "\"rtt_8b\"", "\"verified\": true", "\"memories\"",
+        "\"baseline\": \"raw TCP"})
     CHECK_MESSAGE(has(doc, key), key);
   CHECK_FALSE(has(doc, "\"verified\": false"));
   // Where a GPU exists both memories run side by side by default.

@@ -115,3 +115,45 @@ TEST_CASE("each netcheck check fails on a plugin that breaks its rule") {
       CHECK(has(r.output, "PASS  send/recv one message"));
   }
 }
+
+// A real third-party plugin reports speed 0 where it cannot read the link
+// speed, and sets up lazily in its first listen: NCCL runs with both, so
+// netcheck must pass it, warning where a default was substituted.
+TEST_CASE("netcheck warns about defaults NCCL substitutes and passes the data "
+          "checks") {
+  auto speed0 = run_with_env("", "netcheck --plugin " + fixtures +
+                                     "/libnccl-net-quirk-speed0.so");
+  INFO(speed0.output);
+  CHECK(speed0.status == 0);
+  CHECK(has(speed0.output, "WARN  properties of device 0"));
+  CHECK(has(speed0.output, "speed 0 Mbit/s: taken as 10000 Mbit/s"));
+  CHECK(has(speed0.output, "maxRecvs 0: taken as 1"));
+  CHECK(has(speed0.output, "latency -1 us: taken as 0"));
+  CHECK(has(speed0.output, "PASS  8 MiB message, verified"));
+  CHECK(has(speed0.output, "SKIP  grouped receive with tags"));
+  CHECK(has(speed0.output, " 0 failed"));
+
+  // Its first listen takes 1.5 s: over the 1 s limit of later calls, within
+  // the 5 s allowed to the first call of each kind.
+  auto slow = run_with_env("", "netcheck --plugin " + fixtures +
+                                   "/libnccl-net-quirk-slow-listen.so");
+  INFO(slow.output);
+  CHECK(slow.status == 0);
+  CHECK(has(slow.output, "PASS  listen/connect/accept"));
+  CHECK(has(slow.output, "first calls: listen 1"));
+  CHECK(has(slow.output, " 0 failed"));
+}
+
+TEST_CASE("a property NCCL refuses fails its check, and every data check still "
+          "runs") {
+  auto r = run_with_env("", "netcheck --plugin " + fixtures +
+                                "/libnccl-net-quirk-nocomms.so");
+  INFO(r.output);
+  CHECK(r.status == 1);
+  CHECK(has(r.output, "FAIL  properties of device 0"));
+  CHECK(has(r.output, "maxComms 0"));
+  CHECK(has(r.output, "PASS  send/recv one message"));
+  CHECK(has(r.output, "PASS  32 requests in flight"));
+  CHECK(has(r.output, "PASS  close in every order"));
+  CHECK(has(r.output, " 1 failed"));
+}

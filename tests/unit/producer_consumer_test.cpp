@@ -885,16 +885,38 @@ TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
 
 namespace {
 
-// An allocate of one block per layer for request `id`, through `b`.
+// An allocate of one block per layer for request `id`, through `b`, asked
+// on behalf of `requester` (the router), if any.
 caf::expected<proto::grant> allocate_through(fixture& f, const borrower& b,
-                                             std::uint64_t id) {
+                                             std::uint64_t id,
+                                             caf::actor requester = {}) {
   proto::allocate_request r;
   r.request_id = id;
   r.blocks_per_layer = 1;
   r.layers = f.geo.layers;
   r.layer_block_bytes = f.geo.layer_block_bytes();
   r.producer = "prefill-9";
+  r.requester = std::move(requester);
   return f.request<proto::grant>(b.actor, fake_allocate_atom::value, r);
+}
+
+// Lands the bytes of grant `g` (request `id`, one part) at the consumer's
+// transfer actor, as a producer's send would.
+void land(fixture& f, const transfer_actor& consumer_transfer, std::uint64_t id,
+          const proto::grant& g) {
+  proto::announcement a;
+  a.transfer_id = transfer_id_of(id, 0);
+  a.sender = "prefill-9";
+  for (auto off : g.block_offsets)
+    a.chunks.push_back({0, off, f.geo.layer_block_bytes()});
+  caf::anon_send(consumer_transfer, proto::announce_atom::value, a);
+  f.run();
+}
+
+// A stand-in router: it only has to live, and then die. (One dummy
+// argument: see actor_fixture.hpp.)
+caf::behavior idle_router(caf::event_based_actor*, int) {
+  return {[](fake_reserve_atom, std::uint64_t) {}};
 }
 
 // The `arrived` notice a producer sends once its bytes are out.
@@ -971,4 +993,67 @@ TEST_CASE_FIXTURE(fixture, "a push request whose `arrived` never comes fails "
   CHECK(text.find("`arrived` notice of producer 'prefill-9'") !=
         std::string::npos);
   CHECK(allocate_through(*this, p, 21));
+}
+
+TEST_CASE_FIXTURE(fixture, "a push request whose router dies is cancelled at "
+                           "once: its blocks are back and its id is free") {
+  // The soak's case: the router that asked is gone (its run failed, the
+  // process exited) while its producer, stopped, has not sent `arrived`.
+  // The consumer must not hold the request to its last-resort deadline.
+  auto c = make_app("decode-0", 64);
+  start_consumer(c);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  auto router = sys.spawn(idle_router, 0);
+  auto g = allocate_through(*this, p, 31, router);
+  REQUIRE(g);
+  land(*this, c.transfer, 31, *g); // no transfer outstanding any more
+  auto s = stats_of(*this);
+  REQUIRE(s.in_flight == 1);
+  REQUIRE(s.free_blocks + g->block_offsets.size() == s.pool_blocks);
+  caf::anon_send_exit(router, caf::exit_reason::kill);
+  run(); // no virtual time passes: no deadline can fire
+  s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
+  // The id is free: a new request 31 is granted, not a duplicate.
+  auto again = allocate_through(*this, p, 31);
+  REQUIRE_MESSAGE(again, render(again.error()));
+}
+
+TEST_CASE_FIXTURE(fixture, "a router's death cancels only its own requests; "
+                           "one whose bytes are still on the way keeps its "
+                           "blocks until they land") {
+  auto c = make_app("decode-0", 64);
+  start_consumer(c);
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  auto gone = sys.spawn(idle_router, 0);
+  auto alive = sys.spawn(idle_router, 0);
+  spawned.push_back(alive);
+  auto landed = allocate_through(*this, p, 41, gone);
+  auto on_the_way = allocate_through(*this, p, 42, gone);
+  auto other = allocate_through(*this, p, 43, alive);
+  REQUIRE(landed);
+  REQUIRE(on_the_way);
+  REQUIRE(other);
+  land(*this, c.transfer, 41, *landed);
+  land(*this, c.transfer, 43, *other);
+  caf::anon_send_exit(gone, caf::exit_reason::kill);
+  run();
+  auto s = stats_of(*this);
+  // 41 is done; 42's receive may still write its blocks: they stay taken
+  // until it resolves; 43 belongs to a live router and waits on.
+  CHECK(s.in_flight == 2);
+  CHECK(s.free_blocks + 2 * geo.layers == s.pool_blocks);
+  land(*this, c.transfer, 42, *on_the_way);
+  s = stats_of(*this);
+  CHECK(s.in_flight == 1);
+  CHECK(s.free_blocks + geo.layers == s.pool_blocks);
+  // 43 was not cancelled: its `arrived` gets the verdict on its bytes (a
+  // mismatch: the fake landing moved no pattern), then its blocks are back.
+  auto rep = arrived_through(*this, p, 43);
+  REQUIRE_FALSE(rep);
+  CHECK(is(rep.error(), ec::mismatch));
+  s = stats_of(*this);
+  CHECK(s.in_flight == 0);
+  CHECK(s.free_blocks == s.pool_blocks);
 }

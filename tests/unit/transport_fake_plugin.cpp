@@ -18,15 +18,25 @@
 // kvferry_fake_fail_send_at to n makes the isend that brings sends_posted to
 // n complete with an error in test (never matched: the peer's receive waits).
 //
+// Third-party habits that NCCL tolerates (KVFERRY_FAKE_QUIRK=<n>, builds
+// libnccl-net-quirk-<habit>.so): the plugin works, only what it declares or
+// how long it takes is unusual. 1 speed0: speed 0, latency -1, maxRecvs 0
+// (NCCL substitutes a default for each); 2 slow-listen: the first listen takes
+// 1.5 s (lazy setup, as a real plugin's took 370 ms); 3 nocomms: maxComms 0
+// (NCCL skips such a NIC: a property check fails, the data still moves).
+//
 // Misbehaving builds, for netcheck's own tests (tests/transport.cmake builds
 // libnccl-net-broken-<rule>.so with KVFERRY_FAKE_BREAKS=<n>): each breaks
 // one rule of the v7 contract that a netcheck check guards, and otherwise
 // behaves, so that exactly that check is seen to fail.
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "kvferry/transport/net_v7.h"
@@ -57,6 +67,12 @@ enum class rule {
 #define KVFERRY_FAKE_BREAKS 0
 #endif
 constexpr rule breaks = static_cast<rule>(KVFERRY_FAKE_BREAKS);
+
+enum class quirk { none, speed0, slow_listen, nocomms };
+#ifndef KVFERRY_FAKE_QUIRK
+#define KVFERRY_FAKE_QUIRK 0
+#endif
+constexpr quirk habit = static_cast<quirk>(KVFERRY_FAKE_QUIRK);
 
 std::mutex mutex;
 long null_every = 0, null_run = 0, connect_rounds = 0, max_recvs = 4,
@@ -193,10 +209,20 @@ ncclResult_t fake_properties(int dev, ncclNetProperties_v7_t* p) {
   p->latency = 1;
   p->maxComms = 1024;
   p->maxRecvs = static_cast<int>(max_recvs);
+  if (habit == quirk::speed0) { // irecv still takes max_recvs buffers
+    p->speed = 0;
+    p->latency = -1;
+    p->maxRecvs = 0;
+  }
+  if (habit == quirk::nocomms)
+    p->maxComms = 0;
   p->netDeviceType = NCCL_NET_DEVICE_HOST;
   return ncclSuccess;
 }
 ncclResult_t fake_listen(int, void* handle, void** listen) {
+  static bool first = true;
+  if (habit == quirk::slow_listen && std::exchange(first, false))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   std::lock_guard<std::mutex> lock(mutex);
   auto* pair = new pair_state;
   handle_layout h{magic, pair, connect_rounds};

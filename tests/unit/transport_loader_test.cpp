@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/plugin.hpp"
 
 using namespace kvferry::transport;
@@ -118,4 +119,73 @@ TEST_CASE("plugin errors name the plugin, the call and the result code") {
   CHECK(e.code() == ncclSystemError);
   CHECK(std::string(result_name(static_cast<ncclResult_t>(42))) ==
         "ncclResult(42)");
+}
+
+// One rule for device properties (NCCL 2.28's), used by the loader, the
+// channel wrapper and netcheck alike.
+TEST_CASE("properties: NCCL's defaults are substituted with a warning") {
+  device_properties dev;
+  dev.name = "eth0";
+  dev.ptr_support = NCCL_PTR_HOST;
+  dev.speed_mbps = 0;
+  dev.latency_us = -1;
+  dev.max_comms = 16;
+  dev.max_recvs = 0;
+  auto check = check_properties(dev);
+  CHECK(check.usable());
+  CHECK(check.used.speed_mbps == nccl_default_speed_mbps);
+  CHECK(check.used.latency_us == 0);
+  CHECK(check.used.max_recvs == 1);
+  CHECK(check.reported.speed_mbps == 0);
+  REQUIRE(check.warnings.size() == 3);
+  CHECK(has(check.warnings[0], "speed 0 Mbit/s: taken as 10000 Mbit/s"));
+
+  dev.speed_mbps = -1; // "some NICs define speed = -1" (NCCL's comment)
+  CHECK(check_properties(dev).used.speed_mbps == nccl_default_speed_mbps);
+  dev.speed_mbps = 25000;
+  dev.latency_us = 2;
+  dev.max_recvs = 8;
+  auto clean = check_properties(dev);
+  CHECK(clean.warnings.empty());
+  CHECK(clean.used.speed_mbps == 25000);
+}
+
+TEST_CASE("properties: what NCCL would not use is an error") {
+  device_properties dev;
+  dev.name = "nic";
+  dev.ptr_support = NCCL_PTR_CUDA;
+  dev.speed_mbps = 100000;
+  dev.max_comms = 0;
+  dev.max_recvs = 1;
+  dev.device_type = NCCL_NET_DEVICE_UNPACK;
+  dev.device_version = 6;
+  auto check = check_properties(dev);
+  CHECK_FALSE(check.usable());
+  REQUIRE(check.errors.size() == 3);
+  CHECK(has(check.errors[0], "NCCL_PTR_HOST"));
+  CHECK(has(check.errors[1], "maxComms 0"));
+  CHECK(has(check.errors[2], "UNPACK device version 6"));
+}
+
+TEST_CASE("the loader keeps NCCL's defaults; a channel refuses an unusable "
+          "device") {
+  auto speed0 = plugin::load(fixtures + "/libnccl-net-quirk-speed0.so");
+  CHECK(speed0->device(0).speed_mbps == nccl_default_speed_mbps);
+  CHECK(speed0->device(0).max_recvs == 1);
+  CHECK(speed0->properties_check(0).reported.speed_mbps == 0);
+  CHECK(speed0->usable_device(0).speed_mbps == nccl_default_speed_mbps);
+  channel_listener fine(speed0, 0, channel_options{});
+  CHECK(fine.handles().size() == 1);
+
+  auto nocomms = plugin::load(fixtures + "/libnccl-net-quirk-nocomms.so");
+  CHECK(nocomms->device(0).max_comms == 0);
+  std::string error;
+  try {
+    nocomms->usable_device(0);
+  } catch (const transport_error& e) {
+    error = e.what();
+  }
+  CHECK(has(error, "device 0 (fake0) is unusable: maxComms 0"));
+  CHECK_THROWS_AS(channel_listener(nocomms, 0, channel_options{}),
+                  transport_error);
 }

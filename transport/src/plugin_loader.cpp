@@ -21,6 +21,7 @@
 
 #include <climits>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "kvferry/transport/plugin.hpp"
@@ -112,10 +113,24 @@ std::string describe(const device_properties& dev) {
 }
 
 const device_properties& plugin::device(int dev) const {
+  return properties_check(dev).used;
+}
+
+const property_check& plugin::properties_check(int dev) const {
   if (dev < 0 || dev >= device_count())
     throw transport_error(fmt::format("plugin {}: no device {} (it has {})",
                                       name_, dev, device_count()));
-  return devices_[dev];
+  return checks_[static_cast<size_t>(dev)];
+}
+
+const device_properties& plugin::usable_device(int dev) const {
+  auto& check = properties_check(dev);
+  if (!check.usable())
+    throw transport_error(fmt::format(
+        "plugin {}: device {} ({}) is unusable: {}", name_, dev,
+        check.reported.name.empty() ? "no name" : check.reported.name,
+        fmt::join(check.errors, "; ")));
+  return check.used;
 }
 
 void plugin::check(ncclResult_t code, const char* call,
@@ -125,9 +140,14 @@ void plugin::check(ncclResult_t code, const char* call,
 }
 
 plugin::plugin(std::string name, std::string path, const ncclNet_v7_t* net,
-               std::vector<device_properties> devices)
-    : name_(std::move(name)), path_(std::move(path)), net_(net),
-      devices_(std::move(devices)) {
+               const std::vector<device_properties>& reported)
+    : name_(std::move(name)), path_(std::move(path)), net_(net) {
+  for (auto& dev : reported) {
+    checks_.push_back(check_properties(dev));
+    devices_.push_back(checks_.back().used);
+    for (auto& warning : checks_.back().warnings)
+      spdlog::warn("plugin {}: device {}: {}", name_, dev.index, warning);
+  }
 }
 
 // ---- finding plugins

@@ -337,28 +337,35 @@ ncclResult_t kvsock_irecv_consumed(void* comm_ptr, int, void* request_ptr) {
   return ncclSuccess;
 }
 
+// The export table, each slot named (as NCCL's example plugin names them with
+// designated initializers, which C++17 lacks). constexpr: the table is
+// constant-initialised, so it is complete before any loader's dlsym.
+constexpr ncclNet_v7_t export_table() {
+  ncclNet_v7_t t{};
+  t.name = "kvsock";
+  t.init = kvsock_init;
+  t.devices = kvsock_devices;
+  t.getProperties = kvsock_get_properties;
+  t.listen = kvsock_listen;
+  t.connect = kvsock_connect;
+  t.accept = kvsock_accept;
+  t.regMr = kvsock_reg_mr;
+  t.regMrDmaBuf = nullptr; // no DMA-BUF support (ptrSupport has no DMABUF bit)
+  t.deregMr = kvsock_dereg_mr;
+  t.isend = kvsock_isend;
+  t.irecv = kvsock_irecv;
+  t.iflush = kvsock_iflush;
+  t.test = kvsock_test;
+  t.closeSend = kvsock_close_send;
+  t.closeRecv = kvsock_close_recv;
+  t.closeListen = kvsock_close_listen;
+  t.getDeviceMr = nullptr; // no device-side memory handles
+  t.irecvConsumed = kvsock_irecv_consumed;
+  return t;
+}
+
 } // namespace
 } // namespace kvsock
 
 extern "C" __attribute__((visibility("default")))
-const ncclNet_v7_t ncclNetPlugin_v7 = {
-    "kvsock",
-    kvsock::kvsock_init,
-    kvsock::kvsock_devices,
-    kvsock::kvsock_get_properties,
-    kvsock::kvsock_listen,
-    kvsock::kvsock_connect,
-    kvsock::kvsock_accept,
-    kvsock::kvsock_reg_mr,
-    nullptr, // regMrDmaBuf: no DMA-BUF support (ptrSupport has no DMABUF bit)
-    kvsock::kvsock_dereg_mr,
-    kvsock::kvsock_isend,
-    kvsock::kvsock_irecv,
-    kvsock::kvsock_iflush,
-    kvsock::kvsock_test,
-    kvsock::kvsock_close_send,
-    kvsock::kvsock_close_recv,
-    kvsock::kvsock_close_listen,
-    nullptr, // getDeviceMr: no device-side memory handles
-    kvsock::kvsock_irecv_consumed,
-};
+const ncclNet_v7_t ncclNetPlugin_v7 = kvsock::export_table();

@@ -178,12 +178,16 @@ struct allocate_request {
   std::uint64_t layer_block_bytes = 0; // so a geometry mismatch is caught
   std::string producer;                // sender's endpoint name
   std::uint32_t parts = 1; // transfers to expect (layers if layerwise)
+  // Who waits for the request's answer (the router): once it is gone, the
+  // consumer cancels the request instead of holding its blocks to its
+  // deadline. Empty: unknown.
+  caf::actor requester;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, allocate_request& x) {
   return f(caf::meta::type_name("kvferry::proto::allocate_request"),
            x.request_id, x.blocks_per_layer, x.layers, x.layer_block_bytes,
-           x.producer, x.parts);
+           x.producer, x.parts, x.requester);
 }
 
 /// Consumer -> producer: where the blocks go, and how to reach the receiver.
@@ -254,12 +258,13 @@ struct arrival_notice {
   std::vector<std::uint64_t> block_offsets;
   std::uint32_t blocks_per_layer = 0;
   std::uint32_t layers = 0;
+  caf::actor requester; // as in allocate_request (pull: the advert)
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::arrival_notice"), x.request_id,
            x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.source,
-           x.block_offsets, x.blocks_per_layer, x.layers);
+           x.block_offsets, x.blocks_per_layer, x.layers, x.requester);
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and

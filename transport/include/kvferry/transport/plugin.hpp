@@ -88,6 +88,23 @@ struct device_properties {
 };
 
 device_properties to_properties(int index, const ncclNetProperties_v7_t& raw);
+
+// What kvferry makes of one device's properties, by NCCL's rules (2.28, v7
+// plugins): where NCCL substitutes a default for a value it cannot use, so
+// does kvferry, with a warning; where NCCL would not use the device at all,
+// it is an error. The loader keeps `used` as the plugin's device; netcheck
+// prints warnings and errors; a channel (and so a worker) refuses a device
+// with errors. docs/netcheck.md lists the rules.
+struct property_check {
+  device_properties reported;        // as the plugin reported them
+  device_properties used;            // NCCL's defaults substituted
+  std::vector<std::string> warnings; // one per substituted default
+  std::vector<std::string> errors;   // why NCCL (and kvferry) would not use it
+  bool usable() const noexcept { return errors.empty(); }
+};
+property_check check_properties(const device_properties& reported);
+// NCCL's speed for a device that reports none (speed <= 0): 10 Gb/s.
+constexpr int nccl_default_speed_mbps = 10000;
 // One line: "[0] lo  ptr=HOST  100000 Mbit/s  port 0  maxComms 65536  maxRecvs
 // 8  HOST"
 std::string describe(const device_properties& dev);
@@ -163,19 +180,28 @@ public:
     return devices_;
   }
   // Throws transport_error for an index outside [0, device_count()).
+  // The properties as kvferry uses them (check_properties's `used`).
   const device_properties& device(int dev) const;
+  // What check_properties said about device `dev` (same throw).
+  const property_check& properties_check(int dev) const;
+  // device(dev), or transport_error naming the plugin, the device and every
+  // property that makes it unusable. Whoever opens comms on a device asks
+  // this (the channel wrapper does).
+  const device_properties& usable_device(int dev) const;
 
   // Throws plugin_error(name(), call, code, context) unless code is success.
   void check(ncclResult_t code, const char* call,
              const std::string& context = {}) const;
 
+  // Checks every device (check_properties) and logs its warnings once.
   plugin(std::string name, std::string path, const ncclNet_v7_t* net,
-         std::vector<device_properties> devices);
+         const std::vector<device_properties>& reported);
 
 private:
   std::string name_, path_;
   const ncclNet_v7_t* net_;
-  std::vector<device_properties> devices_;
+  std::vector<device_properties> devices_; // checks_[i].used
+  std::vector<property_check> checks_;
 };
 
 } // namespace kvferry::transport
