@@ -4,9 +4,8 @@
 #include <chrono>
 #include <string>
 
-#include <doctest/doctest.h>
-
 #include <caf/all.hpp>
+#include <doctest/doctest.h>
 
 #include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/system_config.hpp"
