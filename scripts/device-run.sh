@@ -16,6 +16,11 @@
 #                                          fails (not "no device") must FAIL,
 #                                          below
 #
+#   bash scripts/device-run.sh kernel-choice (there) issue #18: the
+#                                          copy-kernel choice's tests, then
+#                                          bench ipc tuned, cached and with
+#                                          the plain kernel forced, below
+#
 #   bash scripts/device-run.sh contention (there) issue #5: bench ipc at the
 #                                          demo's block size, then the demo on
 #                                          GPU 0 under each GPU scheduling
@@ -75,7 +80,7 @@ bundle() {
   # The GPU-labelled tests, plus the CPU tests of the GPU data path.
   local tests
   tests=$(cd "$build" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
-  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host ${EXTRA_TESTS:-}"
+  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice ${EXTRA_TESTS:-}"
   local targets=(kvferry nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
   echo "== build ${targets[*]}"
@@ -490,11 +495,53 @@ broken_driver() {
   return $ok
 }
 
+# Issue #18 on one GPU: the per-GPU copy-kernel choice (docs/gpu.md, "Kernel
+# choice"). Its tests, then bench ipc at 4 KiB .. 2 MiB three times with a
+# fresh cache in $OUT/cache: tuned now (--copy-kernel tune), from the cache
+# it wrote, and with the plain kernel forced. Each table has "default
+# kernel" and "plain kernel" columns measured in the same run, "vs best"
+# (the better of the two over the chosen kernel's time: >= 1.00x is the
+# goal) and the kernel chosen per block size. KERNEL_CHOICE_TOTAL: bytes per
+# size (default 512M, as the issue measured).
+kernel_choice() {
+  local b out
+  use_bundle
+  local summary=$out/summary.txt
+  : >"$summary"
+  {
+    echo "== $(tr '\n' ' ' <"$b/MANIFEST")"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+  } 2>&1 | tee "$out/device.log"
+  export XDG_CACHE_HOME=$out/cache
+  local t rc
+  for t in test_copy_choice test_gpu_copy_choice test_gpu_copy; do
+    timeout -k 5 170 "$b/tests/$t" >"$out/$t.log" 2>&1
+    rc=$?
+    echo "$t $(test_outcome "$rc" "$out/$t.log" 170)" | tee -a "$summary"
+  done
+  local run args
+  for run in tuned cached plain; do
+    case $run in
+      tuned) args="--copy-kernel tune" ;;
+      cached) args="" ;;
+      plain) args="--copy-kernel plain" ;;
+    esac
+    echo "== bench ipc ($run) $args"
+    # shellcheck disable=SC2086
+    peak_rss timeout -k 5 170 "$b/bin/kvferry" bench ipc --sizes 4K,16K,64K,256K,2M \
+      --total "${KERNEL_CHOICE_TOTAL:-512M}" --no-unpack $args \
+      --json "$out/bench_ipc_$run.json" 2>&1 | tee "$out/bench_ipc_$run.log"
+    echo "bench ipc ($run) rc=${PIPESTATUS[0]}" | tee -a "$summary"
+  done
+  cat "$XDG_CACHE_HOME/kvferry/copy-kernels.txt" 2>&1 | tee -a "$summary"
+}
+
 case "${1:-}" in
   bundle) bundle ;;
+  kernel-choice) kernel_choice ;;
   device) device ;;
   broken-driver) broken_driver ;;
   multi) multi ;;
   contention) contention ;;
-  *) echo "usage: $0 bundle|device|multi|contention|broken-driver" >&2; exit 2 ;;
+  *) echo "usage: $0 bundle|device|multi|contention|kernel-choice|broken-driver" >&2; exit 2 ;;
 esac

@@ -27,3 +27,11 @@ add_dependencies(test_gpu_demo kvferry)
 kvferry_add_test(NAME test_gpu_staging_kvsock SOURCES gpu/gpu_staging_kvsock_test.cpp
   LIBS kvferry_transport GPU LABELS integration TIMEOUT 180)
 add_dependencies(test_gpu_staging_kvsock nccl-net-kvsock)
+# The per-GPU copy-kernel choice without a GPU: cache file, key, choosing
+# from timings, override precedence (copy_choice.hpp).
+kvferry_add_test(NAME test_copy_choice SOURCES unit/copy_choice_test.cpp
+  LIBS kvferry_transport LABELS unit)
+# The same choice on a GPU: a real autotune, its cache entry, and engines
+# running the chosen (and the plain) kernels, every byte verified.
+kvferry_add_test(NAME test_gpu_copy_choice SOURCES gpu/gpu_copy_choice_test.cpp
+  LIBS kvferry_transport GPU LABELS integration TIMEOUT 180)

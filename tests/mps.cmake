@@ -5,3 +5,9 @@ kvferry_add_test(NAME test_mps_daemon
   SOURCES unit/mps_daemon_test.cpp ${PROJECT_SOURCE_DIR}/apps/kvferry/mps_daemon.cpp
   LIBS fmt::fmt LABELS unit TIMEOUT 60)
 target_include_directories(test_mps_daemon PRIVATE ${PROJECT_SOURCE_DIR}/apps/kvferry)
+
+# `kvferry launch` starts a private MPS daemon for two workers of this host
+# on one GPU and stops it after them (stand-in control program and workers).
+add_test(NAME test_launch_mps
+  COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/launch_mps_test.sh $<TARGET_FILE:kvferry>)
+set_tests_properties(test_launch_mps PROPERTIES LABELS integration TIMEOUT 180)

@@ -1167,6 +1167,30 @@ void handle_ipc_hello(self_ptr self, const std::string& name) {
   ask_sender(self, name);
 }
 
+// Announcements that wait for a channel while none is open or accepting
+// belong to the sender's previous channel (it announces only on an open
+// one, and CAF keeps order per pair): their bytes went there and will never
+// come on the next. Posted on the next channel, they would take its bytes
+// out of order, and each one's deadline would later tear that channel down
+// too, failing the next run's transfers in turn (the soak found this
+// cascade). They fail instead, naming why; recv orders not yet announced
+// are untouched (they may be for the new channel).
+void fail_stale_announcements(self_ptr self, peer_in& p,
+                              const std::string& sender) {
+  if (p.waiting.empty())
+    return;
+  auto err = lost(sender, "its transfer was announced on a channel that is "
+                          "gone (its bytes will not come)");
+  for (const auto& a : p.waiting)
+    if (auto t = p.transfers.find(a.transfer_id);
+        t != p.transfers.end() && !t->second.done && !t->second.failure)
+      fail(t->second, self->state, err, sender);
+  spdlog::warn("transfer {}: {} transfer(s) from '{}' announced on its "
+               "previous channel failed: {}",
+               self->state.cfg.name, p.waiting.size(), sender, render(err));
+  p.waiting.clear();
+}
+
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk) {
   auto& st = self->state;
@@ -1174,6 +1198,8 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
   if (p.channel || p.listener)
     drop_peer_in(self, sender,
                  lost(sender, "it opened a new channel (restarted?)"));
+  else
+    fail_stale_announcements(self, p, sender);
   auto& q = st.in[sender];
   q.sender = self->current_sender()
                  ? caf::actor_cast<caf::actor_addr>(self->current_sender())

@@ -6,8 +6,12 @@
 // destination pool on --dst-gpu and, for each block size, copies
 // N blocks scattered at random in the source pool to N random places in its
 // own pool with, in the same run:
-//   - kvferry's batched kernel (one launch; plan uploaded once, and again with
-//     the plan's preparation and upload counted),
+//   - kvferry's batched kernel as the workers run it: the kernel chosen for
+//     this GPU and block size (copy_choice.hpp: KVFERRY_COPY_KERNEL, the
+//     cache, or an autotune now) -- one launch; plan uploaded once, and again
+//     with the plan's preparation and upload counted,
+//   - the two kernels the choice must match or beat: kvferry's default
+//     kernel and the plain kernel (a block per extent, issue #18),
 //   - a per-block cudaMemcpyAsync loop,
 //   - cudaMemcpyBatchAsync (CUDA 12.8+),
 //   - one contiguous copy of the same total (the ceiling): cudaMemcpyAsync on
@@ -39,7 +43,10 @@
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
+#include "kvferry/transport/copy_choice.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
@@ -58,6 +65,7 @@ struct bench_ipc_options {
   int dst_gpu = 0; // the consumer's pool; every kernel runs here
   bool sweep = false;
   bool no_unpack = false;
+  std::string copy_kernel;  // sets KVFERRY_COPY_KERNEL for this run
   std::string child_handle; // internal: set in the child process
 };
 
@@ -136,6 +144,7 @@ struct child_context {
   gpu_region dst;
   cudaStream_t stream;
   int repeats;
+  std::vector<named_band> chosen; // the copy kernel per block size
   std::uint64_t poison_seed = 1;
 
   void poison() {
@@ -360,6 +369,22 @@ json sweep_kernels(child_context& ctx, const std::vector<copy_extent>& plan,
   return variants;
 }
 
+// One kernel on the plan, launched as the kvferry column is (plan prepared
+// once): the same-run baselines of the chosen kernel.
+json time_baseline_kernel(child_context& ctx, const copy_tuning& tuning,
+                          const std::vector<copy_extent>& plan,
+                          std::uint64_t bytes, double contiguous_s) {
+  gpu_copy_engine engine{ctx.gpu, tuning};
+  auto* s = static_cast<cudaStream_t>(engine.native_stream());
+  ctx.poison();
+  const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
+  const double sec = time_on_stream(s, 3, ctx.repeats, 2.0, [&] {
+    engine.launch(id, ctx.src.base, ctx.dst.data());
+  });
+  engine.release(id);
+  return method_result(sec, bytes, contiguous_s, ctx.mismatches(plan));
+}
+
 json measure_block_size(child_context& ctx, std::uint64_t block,
                         std::uint64_t total, bool sweep, std::mt19937_64& rng) {
   const std::uint64_t n = total / block;
@@ -383,7 +408,9 @@ json measure_block_size(child_context& ctx, std::uint64_t block,
 
   // kvferry: the plan prepared (packed, uploaded) once, then launched.
   {
-    gpu_copy_engine engine{ctx.gpu};
+    const auto bands = copy_bands_of(ctx.chosen);
+    row["kernel"] = ctx.chosen[band_for_extents(bands, plan)].kernel;
+    gpu_copy_engine engine{ctx.gpu, bands};
     auto* s = static_cast<cudaStream_t>(engine.native_stream());
     ctx.poison();
     const auto id = engine.prepare(plan, ctx.src.bytes, ctx.dst.size());
@@ -423,6 +450,16 @@ json measure_block_size(child_context& ctx, std::uint64_t block,
         median(samples), bytes, contiguous_s, ctx.mismatches(plan));
     row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
   }
+  // The baselines the choice must match or beat (issue #18), and the ratio
+  // of the better one to the chosen kernel's time.
+  row["default_kernel"] =
+      time_baseline_kernel(ctx, copy_tuning{}, plan, bytes, contiguous_s);
+  row["plain_kernel"] =
+      time_baseline_kernel(ctx, plain_copy_tuning(), plan, bytes, contiguous_s);
+  row["kvferry_vs_best_baseline"] =
+      std::min(row["default_kernel"]["seconds"].get<double>(),
+               row["plain_kernel"]["seconds"].get<double>()) /
+      row["kvferry"]["seconds"].get<double>();
 
   if (sweep) {
     row["sweep"] = sweep_kernels(ctx, plan, bytes, contiguous_s);
@@ -621,7 +658,23 @@ json measure_unpack(int gpu, int repeats, std::mt19937_64& rng) {
        json{{"seconds", one_copy_s}, {"gbps", gbps(all, one_copy_s)}}}};
 }
 
+json copy_choice_json(const copy_choice& c) {
+  json j{
+      {"bands", format_bands(c.bands)}, {"source", c.source}, {"why", c.why}};
+  if (c.table) {
+    json table = json::object();
+    for (std::size_t k = 0; k < c.table->kernels.size(); ++k)
+      for (std::size_t s = 0; s < c.table->block_bytes.size(); ++s)
+        table[c.table->kernels[k]][std::to_string(c.table->block_bytes[s])] =
+            c.table->seconds[k][s];
+    j["tuned_seconds"] = table;
+  }
+  return j;
+}
+
 int run_child(const bench_ipc_options& opt) {
+  // The copy-kernel choice logs; stdout carries the result to the parent.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("bench-ipc"));
   try {
     auto topology = system_gpu_topology();
     const gpu_pair pair = plan_gpu_pair(*topology, opt.src_gpu, opt.dst_gpu);
@@ -636,9 +689,12 @@ int run_child(const bench_ipc_options& opt) {
         cache.open(handle),
         gpu_region::allocate_device(pair.dst, handle.region_bytes),
         nullptr,
-        opt.repeats};
+        opt.repeats,
+        {}};
     cuda_check(cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking),
                "cudaStreamCreate");
+    const auto choice = choose_copy_kernel(pair.dst);
+    ctx.chosen = choice.bands;
     std::mt19937_64 rng{2026};
     // Bring clocks up before the first measurement (the first size measured
     // otherwise reads low): ~0.3 s of large copies.
@@ -648,7 +704,8 @@ int run_child(const bench_ipc_options& opt) {
                                  ctx.stream),
                  "warm-up copy");
     cuda_check(cudaStreamSynchronize(ctx.stream), "warm-up");
-    json result{{"sizes", json::array()}};
+    json result{{"sizes", json::array()},
+                {"copy_choice", copy_choice_json(choice)}};
     const std::uint64_t total = parse_size(opt.total);
     for (auto block : parse_sizes(opt.sizes)) {
       std::cerr << "bench ipc: block size " << block << " ...\n";
@@ -767,20 +824,33 @@ void print_table(const json& r) {
       r["ceiling"].get<std::string>());
   // "prepare us": host time of gpu_copy_engine::prepare per plan (median),
   // the part of kvferry+plan that is not the kernel.
+  // "kernel": the copy kernel chosen for this block size; "vs best": the
+  // better of the default and the plain kernel's time over kvferry's
+  // (>= 1: kvferry is at least as fast as both, issue #18's goal).
+  const auto& choice = r["copy_choice"];
   std::cout << fmt::format(
-      "{:>8} {:>7} {:>18} {:>18} {:>10} {:>18} {:>18} {:>8}\n", "block",
-      "blocks", "kvferry kernel", "kvferry+plan", "prepare us",
-      "memcpy per block", "memcpyBatch", "ceiling");
+      "copy kernel: {} ({}: {})\n", choice["bands"].get<std::string>(),
+      choice["source"].get<std::string>(), choice["why"].get<std::string>());
+  std::cout << fmt::format(
+      "{:>8} {:>7} {:>18} {:>18} {:>10} {:>18} {:>18} {:>7} {:>18} {:>18} "
+      "{:>8}  {}\n",
+      "block", "blocks", "kvferry kernel", "kvferry+plan", "prepare us",
+      "default kernel", "plain kernel", "vs best", "memcpy per block",
+      "memcpyBatch", "ceiling", "kernel");
   for (const auto& row : r["sizes"]) {
     const double prepare_us =
         row["kvferry_with_plan"]["prepare_host_seconds"].get<double>() * 1e6;
     std::cout << fmt::format(
-        "{:>8} {:>7} {:>18} {:>18} {:>10.1f} {:>18} {:>18} {:>8.1f}\n",
+        "{:>8} {:>7} {:>18} {:>18} {:>10.1f} {:>18} {:>18} {:>6.3f}x {:>18} "
+        "{:>18} {:>8.1f}  {}\n",
         row["block_bytes"].get<std::uint64_t>(),
         row["blocks"].get<std::uint64_t>(), ratio_cell(row["kvferry"]),
         ratio_cell(row["kvferry_with_plan"]), prepare_us,
+        ratio_cell(row["default_kernel"]), ratio_cell(row["plain_kernel"]),
+        row["kvferry_vs_best_baseline"].get<double>(),
         ratio_cell(row["memcpy_per_block"]), ratio_cell(row["memcpy_batch"]),
-        row["contiguous"]["gbps"].get<double>());
+        row["contiguous"]["gbps"].get<double>(),
+        row["kernel"].get<std::string>());
     if (row.contains("sweep")) {
       for (const auto& v : row["sweep"])
         std::cout << fmt::format(
@@ -829,6 +899,12 @@ int run_parent(const bench_ipc_options& opt) {
   try {
     const gpu_pair pair =
         plan_gpu_pair(*system_gpu_topology(), opt.src_gpu, opt.dst_gpu);
+    if (!opt.copy_kernel.empty()) { // the child inherits it
+      if (opt.copy_kernel != "tune" && !parse_bands(opt.copy_kernel))
+        throw std::invalid_argument("--copy-kernel '" + opt.copy_kernel +
+                                    "': not a kernel name, bands or 'tune'");
+      setenv(copy_kernel_variable, opt.copy_kernel.c_str(), 1);
+    }
     const std::uint64_t total = parse_size(opt.total);
     const auto sizes = parse_sizes(opt.sizes);
     if (total < (1ull << 20) || sizes.empty())
@@ -868,8 +944,8 @@ int run_parent(const bench_ipc_options& opt) {
     }
     bool all_verified = true;
     for (const auto& row : result["sizes"])
-      for (const char* k :
-           {"kvferry", "kvferry_with_plan", "memcpy_per_block", "contiguous"})
+      for (const char* k : {"kvferry", "kvferry_with_plan", "default_kernel",
+                            "plain_kernel", "memcpy_per_block", "contiguous"})
         all_verified &= row[k]["verified"].get<bool>();
     if (!all_verified)
       std::cerr
@@ -917,6 +993,12 @@ void add_bench_ipc(CLI::App& bench, int& exit_code) {
                 "Also time the kernel's tuning variants");
   cmd->add_flag("--no-unpack", opt->no_unpack,
                 "Skip the UNPACK kernel measurement");
+  cmd->add_option("--copy-kernel", opt->copy_kernel,
+                  "The kvferry column's kernel: a name (default, warp, block, "
+                  "block-16k-512, plain), bands ('0:default,65536:plain') or "
+                  "'tune' to tune again and rewrite the cache; sets "
+                  "KVFERRY_COPY_KERNEL for this run (docs/gpu.md, 'Kernel "
+                  "choice')");
   cmd->add_option("--child-handle", opt->child_handle)->group(""); // internal
   cmd->callback([opt, &exit_code] {
 #ifdef KVFERRY_HAVE_CUDA

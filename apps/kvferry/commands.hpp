@@ -17,5 +17,6 @@ void add_directory(CLI::App& root, int& exit_code);
 void add_worker(CLI::App& root, int& exit_code);
 void add_launch(CLI::App& root, int& exit_code); // also adds `status`
 void add_pki(CLI::App& root, int& exit_code);
+void add_sim(CLI::App& root, int& exit_code);
 
 } // namespace kvferry::app

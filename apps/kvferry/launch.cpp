@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <netdb.h>
+#include <optional>
 #include <set>
 #include <signal.h>
 #include <string>
@@ -42,6 +43,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/topology.hpp"
 #include "launch_supervisor.hpp"
+#include "mps_daemon.hpp"
 #include "pki.hpp"
 
 namespace kvferry::app {
@@ -57,6 +59,7 @@ struct launch_command {
   std::string log_dir;
   bool dry_run = false;
   bool allow_missing_plugins = false;
+  std::string mps = "auto"; // auto, on or off
 };
 
 // ---- which host am I
@@ -275,6 +278,37 @@ void print_plan(const topo::deployment& t, const std::string& host,
 // ---- the command
 // ---------------------------------------------------------------------
 
+// Two workers of this host on one GPU (--mps auto), or any with --mps on:
+// a private MPS daemon in `daemon` and its variables in every GPU worker's
+// environment (docs/deploy.md). 0, or launch's exit code.
+int start_mps_for_workers(const topo::deployment& t, const std::string& host,
+                          const launch_command& cmd,
+                          std::vector<process_spec>& plan,
+                          std::optional<mps_daemon>& daemon) {
+  const auto mode = parse_mps_mode(cmd.mps);
+  if (!mode) {
+    say(fmt::format("--mps '{}': expected auto, on or off", cmd.mps));
+    return launch_cannot_start;
+  }
+  std::vector<std::optional<int>> gpus;
+  for (auto* w : t.workers_on(host))
+    gpus.push_back(w->gpu);
+  mps_facts facts;
+  facts.mode = *mode;
+  facts.shared_gpu = shared_gpu_of(gpus);
+  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
+    facts.callers_pipe_directory = pipe;
+  facts.control_found = !find_on_path(mps_daemon::control_program).empty();
+  auto setup = set_up_mps(facts, daemon);
+  for (auto& line : setup.lines)
+    say(line);
+  for (auto& p : plan)
+    if (auto* w = t.find_worker(p.name); !p.is_directory && w && w->gpu)
+      for (auto& [name, value] : setup.env)
+        p.env[name] = value;
+  return setup.exit_code == 0 ? launch_ok : launch_cannot_start;
+}
+
 int run_launch(const launch_command& cmd) {
   topo::load_options options;
   options.allow_missing_plugins = cmd.allow_missing_plugins;
@@ -327,6 +361,11 @@ int run_launch(const launch_command& cmd) {
   say(*tls_note);
   say(fmt::format("deployment '{}' on host '{}': {} process(es), logs in {}",
                   t.name, host, plan.size(), log_dir));
+  // Workers sharing a GPU run under a private MPS daemon, which outlives the
+  // supervisor: destroyed after it, it stops once the workers have.
+  std::optional<mps_daemon> mps;
+  if (int code = start_mps_for_workers(t, host, cmd, plan, mps))
+    return code;
   return supervise(t, std::move(plan), exe, *secret);
 }
 
@@ -351,6 +390,10 @@ void add_launch(CLI::App& root, int& exit_code) {
                 "other machines)");
   sub->add_option("--log-dir", cmd->log_dir,
                   "override the file's launch.log_dir");
+  sub->add_option("--mps", cmd->mps,
+                  "auto: a private MPS daemon when two workers of this host "
+                  "share a GPU (stopped with launch); on: always; off: never")
+      ->capture_default_str();
   sub->callback([cmd, &exit_code] { exit_code = run_launch(*cmd); });
   add_status(root, exit_code);
 }

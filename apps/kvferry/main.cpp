@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   kvferry::app::add_worker(app, exit_code);
   kvferry::app::add_launch(app, exit_code);
   kvferry::app::add_pki(app, exit_code);
+  kvferry::app::add_sim(app, exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

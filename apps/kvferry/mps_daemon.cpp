@@ -129,6 +129,48 @@ mps_choice choose_mps(const mps_facts& f) {
   return c;
 }
 
+int shared_gpu_of(const std::vector<std::optional<int>>& gpus) {
+  for (std::size_t i = 0; i < gpus.size(); ++i)
+    for (std::size_t j = i + 1; j < gpus.size(); ++j)
+      if (gpus[i] && gpus[i] == gpus[j])
+        return *gpus[i];
+  return -1;
+}
+
+mps_setup set_up_mps(const mps_facts& facts,
+                     std::optional<mps_daemon>& daemon) {
+  const auto choice = choose_mps(facts);
+  mps_setup setup;
+  setup.exit_code = choice.exit_code;
+  if (!choice.why.empty())
+    setup.lines.push_back(choice.why);
+  if (!choice.start || choice.exit_code != 0)
+    return setup;
+  const auto gpu = facts.shared_gpu >= 0
+                       ? fmt::format("GPU {}", facts.shared_gpu)
+                       : std::string{"the workers"};
+  try {
+    setup.env = daemon.emplace().start();
+    setup.lines.push_back(
+        fmt::format("started a private MPS daemon for {} (pipe directory {}); "
+                    "--mps off to run without",
+                    gpu, daemon->pipe_directory()));
+  } catch (const std::exception& e) {
+    daemon.reset();
+    if (facts.mode == mps_mode::on) {
+      setup.exit_code = 1;
+      setup.lines.push_back(fmt::format("--mps on: {}", e.what()));
+    } else {
+      setup.lines.push_back(fmt::format(
+          "could not start a private MPS daemon ({}): the workers on {} run "
+          "without MPS and their kernels will time-slice (docs/gpu.md, "
+          "'Contention in the demo')",
+          e.what(), gpu));
+    }
+  }
+  return setup;
+}
+
 std::string find_on_path(const std::string& program) {
   const char* path = std::getenv("PATH");
   std::string dirs = path ? path : "";

@@ -39,6 +39,10 @@ struct mps_choice {
 /// The decision, without side effects.
 mps_choice choose_mps(const mps_facts& facts);
 
+/// The GPU that two or more of `gpus` share (one entry per worker of a
+/// host; nothing: a host-memory pool), or -1: the case MPS is for.
+int shared_gpu_of(const std::vector<std::optional<int>>& gpus);
+
 /// The program's full path when PATH has an executable of that name; empty
 /// otherwise.
 std::string find_on_path(const std::string& program);
@@ -87,5 +91,18 @@ private:
   std::string pipe_;
   std::string log_;
 };
+
+/// What a supervisor of local workers (`kvferry launch`) needs of MPS.
+struct mps_setup {
+  env_pairs env;                  // for the workers; empty: no daemon
+  std::vector<std::string> lines; // for stderr, in order
+  int exit_code = 0; // non-zero: --mps on cannot be honoured; start nothing
+};
+
+/// Decides with choose_mps and, when it says so, starts a private daemon
+/// into `daemon` (which then stops it when destroyed: keep it until the
+/// workers have stopped). A daemon that does not start leaves the workers
+/// without MPS, said in `lines`; with --mps on that is exit_code 1.
+mps_setup set_up_mps(const mps_facts& facts, std::optional<mps_daemon>& daemon);
 
 } // namespace kvferry::app

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -45,6 +46,17 @@ const char* to_string(restart_policy policy) {
 }
 const char* to_string(transfer_mode mode) {
   return mode == transfer_mode::push ? "push" : "pull";
+}
+const char* to_string(sim_routing routing) {
+  switch (routing) {
+  case sim_routing::round_robin:
+    return "round-robin";
+  case sim_routing::least_loaded:
+    return "least-loaded";
+  case sim_routing::prefix_aware:
+    return "prefix-aware";
+  }
+  return "?";
 }
 
 std::uint32_t model_spec::dtype_bytes() const {
@@ -507,7 +519,7 @@ private:
   void read_root(const YAML::Node& root) {
     check_keys(root,
                {"name", "directory", "hosts", "workers", "model", "transfer",
-                "control", "tls", "launch"},
+                "control", "tls", "launch", "sim"},
                "the top level");
     if (read_string(root, "name", topo().name, "deployment") &&
         !is_valid_name(topo().name))
@@ -525,6 +537,8 @@ private:
       read_tls(node);
     if (auto node = root["launch"])
       read_launch(node);
+    if (auto node = root["sim"])
+      read_sim(node);
   }
 
   void read_hosts(const YAML::Node& node) {
@@ -825,6 +839,95 @@ private:
     read_uint(node, "stop_grace_ms", launch.stop_grace_ms, 0, 600000, "launch");
   }
 
+  // ---- the simulator's section (docs/sim.md) ------------------------------
+
+  bool read_double(const YAML::Node& map, const char* key, double& out,
+                   double min, double max, const std::string& context) {
+    auto node = map[key];
+    if (!node)
+      return false;
+    if (!parse_double(node, out) || out < min || out > max) {
+      error(node.Mark(),
+            fmt::format("{}.{} must be a number in [{}, {}], got '{}'", context,
+                        key, min, max,
+                        node.IsScalar() ? node.Scalar() : "<not a scalar>"));
+      return false;
+    }
+    return true;
+  }
+
+  static bool parse_double(const YAML::Node& node, double& value) {
+    if (!node.IsScalar() || node.Scalar().empty())
+      return false;
+    char* end = nullptr;
+    errno = 0;
+    value = std::strtod(node.Scalar().c_str(), &end);
+    return errno == 0 && *end == '\0' && std::isfinite(value);
+  }
+
+  // A table [[x, ms], ...]: at least one point, x > 0 strictly increasing,
+  // ms >= 0 (piecewise linear in between, docs/sim.md).
+  void read_table(const YAML::Node& map, const char* key,
+                  std::vector<sim_point>& out, const char* x_name) {
+    auto node = map[key];
+    if (!node)
+      return;
+    auto bad = [&](const YAML::Node& at_node, const std::string& why) {
+      error(at_node.Mark(),
+            fmt::format("sim.{} must be a list of [{}, ms] pairs with {} > 0 "
+                        "increasing and ms >= 0: {}",
+                        key, x_name, x_name, why));
+    };
+    if (!node.IsSequence() || node.size() == 0)
+      return bad(node, "not a non-empty list");
+    std::vector<sim_point> table;
+    for (const auto& pair : node) {
+      sim_point point;
+      if (!pair.IsSequence() || pair.size() != 2 ||
+          !parse_double(pair[0], point.x) || !parse_double(pair[1], point.ms))
+        return bad(pair, "an entry is not a pair of numbers");
+      if (point.x <= 0 || point.ms < 0)
+        return bad(pair,
+                   fmt::format("[{}, {}] is out of range", point.x, point.ms));
+      if (!table.empty() && point.x <= table.back().x)
+        return bad(pair,
+                   fmt::format("{} {} does not increase", x_name, point.x));
+      table.push_back(point);
+    }
+    out = std::move(table);
+  }
+
+  void read_sim(const YAML::Node& node) {
+    if (!expect_map(node, "sim"))
+      return;
+    auto& sim = topo().sim;
+    sim.where = at(node.Mark());
+    check_keys(node,
+               {"nic_gbit_per_s", "nics_per_host", "latency_us", "message_us",
+                "block_us", "ipc_gbyte_per_s", "hop_us", "prefill_ms",
+                "decode_step_ms", "decode_max_batch", "routing",
+                "prefix_reuse"},
+               "sim");
+    read_double(node, "nic_gbit_per_s", sim.nic_gbit_per_s, 0.001, 1e6, "sim");
+    read_uint(node, "nics_per_host", sim.nics_per_host, 1, 64, "sim");
+    read_double(node, "latency_us", sim.latency_us, 0, 1e7, "sim");
+    read_double(node, "message_us", sim.message_us, 0, 1e7, "sim");
+    read_double(node, "block_us", sim.block_us, 0, 1e7, "sim");
+    read_double(node, "ipc_gbyte_per_s", sim.ipc_gbyte_per_s, 0.001, 1e6,
+                "sim");
+    read_double(node, "hop_us", sim.hop_us, 0, 1e7, "sim");
+    read_table(node, "prefill_ms", sim.prefill_ms, "tokens");
+    read_table(node, "decode_step_ms", sim.decode_step_ms, "batch");
+    read_uint(node, "decode_max_batch", sim.decode_max_batch, 1, 1u << 20,
+              "sim");
+    if (int r =
+            read_choice(node, "routing",
+                        {"round-robin", "least-loaded", "prefix-aware"}, "sim");
+        r >= 0)
+      sim.routing = static_cast<sim_routing>(r);
+    read_bool(node, "prefix_reuse", sim.prefix_reuse, "sim");
+  }
+
   // ---- checks across the whole deployment
   // --------------------------------------
 
@@ -900,12 +1003,14 @@ private:
         continue;
       auto [it, fresh] =
           owners.emplace(std::make_pair(worker.host, *worker.gpu), &worker);
+      // Allowed (the demo runs so), but worth a word: a typo looks the same.
       if (!fresh)
-        error(worker.where,
-              fmt::format("workers '{}' and '{}' both use GPU {} of host '{}'; "
-                          "one GPU serves one worker",
-                          it->second->name, worker.name, *worker.gpu,
-                          worker.host));
+        warning(worker.where,
+                fmt::format("workers '{}' and '{}' share GPU {} of host '{}': "
+                            "kvferry launch runs them under a private MPS "
+                            "daemon (docs/deploy.md)",
+                            it->second->name, worker.name, *worker.gpu,
+                            worker.host));
     }
   }
 

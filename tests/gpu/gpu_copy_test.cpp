@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kvferry/transport/copy_choice.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 
 using namespace kvferry::transport;
@@ -81,6 +82,17 @@ void check_copy(gpu_copy_engine& engine, device_buffers& bufs,
   CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
 }
 
+// The plain kernel with extents longer than its items (so items are found
+// by the search, not taken as extents) and a block smaller than an item's
+// vectors: blocks loop over items and vectors.
+copy_tuning small_plain_items() {
+  copy_tuning t = plain_copy_tuning();
+  t.item_bytes = 4096;
+  t.threads_per_block = 64;
+  t.blocks_per_sm = 1;
+  return t;
+}
+
 } // namespace
 
 TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned "
@@ -98,7 +110,8 @@ TEST_CASE("batched copy of random scattered extents, odd sizes and unaligned "
         copy_tuning{16384, 8, true, 128, 0, true, 2},
         copy_tuning{8192, 4, true, 128, 0, false, 4, false, true, true},
         copy_tuning{8192, 8, true, 256, 0, false, 4, false, true, false,
-                    true}}) { // host item list (pre-#5 kernel)
+                    true}, // host item list (pre-#5 kernel)
+        plain_copy_tuning(), small_plain_items()}) {
     CAPTURE(tuning.item_bytes);
     CAPTURE(tuning.unroll);
     CAPTURE(tuning.bulk);

@@ -332,3 +332,73 @@ TEST_CASE("without the program on PATH, start fails naming it") {
   CHECK(start_error(daemon) == "nvidia-cuda-mps-control is not on PATH");
   CHECK(fake.tmp_is_empty());
 }
+
+TEST_CASE("launch: the GPU two workers of a host share") {
+  CHECK(shared_gpu_of({0, 1}) == -1);
+  CHECK(shared_gpu_of({std::nullopt, std::nullopt}) == -1);
+  CHECK(shared_gpu_of({1, std::nullopt, 0, 1}) == 1);
+  CHECK(shared_gpu_of({}) == -1);
+}
+
+TEST_CASE("launch: set_up_mps starts a daemon for a shared GPU, hands out "
+          "its variables, and the daemon stops with its holder") {
+  fake_control fake{std::string{record_call} + make_pipes + "exit 0\n"};
+  std::string pipe;
+  {
+    std::optional<mps_daemon> daemon;
+    auto setup = set_up_mps(shared_gpu_0(mps_mode::automatic), daemon);
+    CHECK(setup.exit_code == 0);
+    REQUIRE(daemon);
+    pipe = daemon->pipe_directory();
+    REQUIRE(setup.env.size() == 2);
+    CHECK(setup.env[0].second == pipe);
+    REQUIRE(setup.lines.size() == 1);
+    CHECK(contains(setup.lines[0],
+                   "started a private MPS daemon for GPU 0 (pipe directory " +
+                       pipe));
+    CHECK(contains(fake.record(), "argv: -d"));
+  }
+  CHECK(contains(fake.record(), "stdin: quit"));
+  CHECK_FALSE(fs::exists(pipe));
+}
+
+TEST_CASE("launch: set_up_mps without a shared GPU, with --mps off, or with "
+          "the caller's daemon starts nothing") {
+  fake_control fake{std::string{record_call} + make_pipes + "exit 0\n"};
+  std::optional<mps_daemon> daemon;
+  auto f = shared_gpu_0(mps_mode::automatic);
+  f.shared_gpu = -1;
+  auto setup = set_up_mps(f, daemon);
+  CHECK_FALSE(daemon);
+  CHECK(setup.env.empty());
+  CHECK(setup.lines.empty());
+  setup = set_up_mps(shared_gpu_0(mps_mode::off), daemon);
+  CHECK_FALSE(daemon);
+  CHECK(setup.env.empty());
+  REQUIRE(setup.lines.size() == 1);
+  CHECK(contains(setup.lines[0], "time-slice"));
+  f = shared_gpu_0(mps_mode::automatic);
+  f.callers_pipe_directory = "/run/mps";
+  setup = set_up_mps(f, daemon);
+  CHECK_FALSE(daemon);
+  CHECK(setup.env.empty()); // the workers inherit the caller's variable
+  CHECK(fake.record().empty());
+}
+
+TEST_CASE("launch: a daemon that fails to start leaves the workers without "
+          "MPS with --mps auto, and stops launch with --mps on") {
+  fake_control fake{"echo 'no GPU here' >&2; exit 1\n"};
+  std::optional<mps_daemon> daemon;
+  auto setup = set_up_mps(shared_gpu_0(mps_mode::automatic), daemon);
+  CHECK(setup.exit_code == 0);
+  CHECK_FALSE(daemon);
+  CHECK(setup.env.empty());
+  REQUIRE(setup.lines.size() == 1);
+  CHECK(contains(setup.lines[0], "could not start a private MPS daemon"));
+  CHECK(contains(setup.lines[0], "no GPU here"));
+  setup = set_up_mps(shared_gpu_0(mps_mode::on), daemon);
+  CHECK(setup.exit_code == 1);
+  CHECK_FALSE(daemon);
+  CHECK(contains(setup.lines.back(), "--mps on: "));
+  CHECK(fake.tmp_is_empty());
+}

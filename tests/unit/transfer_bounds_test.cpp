@@ -239,3 +239,40 @@ TEST_CASE_FIXTURE(pair_fixture, "an earlier transfer's deadline does not fail "
                  [](caf::error& err) { FAIL(render(err)); });
   CHECK(dst_region->data()[2048] == 0xa5);
 }
+
+// ---- announcements of a channel that is gone
+// ---------------------------------------------------------------------
+// A sender announced transfer 5 on a channel the receiver had already
+// dropped (the receiver was stopped past its lease): the announcement waits,
+// with no channel, for bytes that went to the dead channel. Posted on the
+// sender's next channel, it took that channel's bytes (transfer 6's), and its
+// deadline later tore the new channel down, failing the next run's transfers
+// in turn: the soak's cascade. It must fail when the new channel opens.
+TEST_CASE_FIXTURE(pair_fixture, "an announcement of the sender's previous "
+                                "channel fails when it opens a new one; the "
+                                "new channel's bytes land where they belong") {
+  auto ep = receiver_endpoint();
+  proto::recv_order o;
+  o.transfer_id = 5;
+  o.peer_name = "prefill-0";
+  o.timeout_ms = 10000;
+  auto stale = self->request(receiver, 30s, proto::recv_atom::value, o);
+  proto::announcement a;
+  a.transfer_id = 5;
+  a.sender = "prefill-0";
+  a.chunks = {{0, 0, 1024}};
+  self->send(receiver, proto::announce_atom::value, a);
+  auto sent = send(order_to(ep, 6, {{0, 2048, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  auto got = recv(6);
+  REQUIRE_MESSAGE(got, render(got.error()));
+  CHECK(got->bytes == 1024);
+  CHECK(dst_region->data()[2048] == 0xa5);
+  CHECK(dst_region->data()[0] == sentinel); // transfer 5's block: untouched
+  stale.receive([](proto::recv_report&) { FAIL("transfer 5 landed"); },
+                [](caf::error& err) {
+                  INFO(render(err));
+                  CHECK(is(err, ec::peer_down));
+                  CHECK(names(err, "announced on a channel that is gone"));
+                });
+}

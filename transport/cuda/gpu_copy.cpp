@@ -16,6 +16,49 @@
 
 namespace kvferry::transport {
 
+void check_copy_bands(const std::vector<copy_band>& bands) {
+  if (bands.empty() || bands.front().from_bytes != 0)
+    throw std::invalid_argument(
+        "gpu_copy_engine: the first copy band must start at 0 bytes");
+  for (std::size_t k = 0; k < bands.size(); ++k) {
+    const auto& t = bands[k].tuning;
+    const std::string which = "copy band " + std::to_string(k) + " (from " +
+                              std::to_string(bands[k].from_bytes) + " bytes): ";
+    if (k > 0 && bands[k].from_bytes <= bands[k - 1].from_bytes)
+      throw std::invalid_argument(which +
+                                  "bands must start at increasing sizes");
+    if (t.item_bytes == 0 || t.item_bytes % 16 != 0)
+      throw std::invalid_argument(
+          which + "copy_tuning.item_bytes must be a positive multiple of 16");
+    if (t.threads_per_block < 32 || t.threads_per_block % 32 != 0)
+      throw std::invalid_argument(
+          which + "copy_tuning.threads_per_block must be a multiple of 32");
+  }
+}
+
+std::size_t band_for_extents(const std::vector<copy_band>& bands,
+                             const std::vector<copy_extent>& extents) {
+  if (bands.size() < 2 || extents.empty())
+    return 0;
+  // A sample keeps prepare() free of a pass over every extent; KV plans are
+  // blocks of one size, so a few of them tell the size.
+  constexpr std::size_t samples = 64;
+  const std::size_t n = extents.size(), k = std::min(n, samples);
+  std::uint64_t sum = 0;
+  for (std::size_t j = 0; j < k; ++j)
+    sum += extents[j * n / k].length;
+  const std::uint64_t average = sum / k;
+  std::size_t band = 0;
+  while (band + 1 < bands.size() && bands[band + 1].from_bytes <= average)
+    ++band;
+  return band;
+}
+
+std::size_t
+gpu_copy_engine::band_of(const std::vector<copy_extent>& extents) const {
+  return band_for_extents(bands_, extents);
+}
+
 #ifdef KVFERRY_HAVE_CUDA
 
 namespace {
@@ -23,7 +66,7 @@ namespace {
 // Whether this tuning's warp kernel draws its items from the claim counter
 // (for plans it runs on: kernels::runs_block_per_item).
 bool claims_items(const copy_tuning& t) {
-  return t.claim_items && !kernels::uses_item_list(t);
+  return t.claim_items && !t.plain && !kernels::uses_item_list(t);
 }
 
 // The extents in the order the kernel should take them
@@ -92,6 +135,7 @@ struct gpu_copy_engine::impl {
     std::vector<copy_work_item> scratch; // host partitioning buffer, reused
     std::vector<copy_extent> ordered;    // copy_tuning::order_by_destination
     std::uint32_t item_count = 0;
+    std::size_t band = 0;           // whose kernel runs this plan
     bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr; // staging may be rewritten after this
   };
@@ -346,19 +390,25 @@ struct gpu_copy_engine::impl {
 gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning,
                                  std::size_t plan_slots,
                                  std::size_t event_slots)
-    : gpu_(gpu), tuning_(tuning) {
-  if (tuning_.item_bytes == 0 || tuning_.item_bytes % 16 != 0)
-    throw std::invalid_argument(
-        "copy_tuning.item_bytes must be a positive multiple of 16");
-  if (tuning_.threads_per_block < 32 || tuning_.threads_per_block % 32 != 0)
-    throw std::invalid_argument(
-        "copy_tuning.threads_per_block must be a multiple of 32");
+    : gpu_copy_engine(gpu, std::vector<copy_band>{copy_band{0, tuning}},
+                      plan_slots, event_slots) {
+}
+
+gpu_copy_engine::gpu_copy_engine(int gpu, std::vector<copy_band> bands,
+                                 std::size_t plan_slots,
+                                 std::size_t event_slots)
+    : gpu_(gpu), bands_(std::move(bands)) {
+  check_copy_bands(bands_);
+  tuning_ = bands_.front().tuning;
   if (plan_slots == 0 || event_slots == 0)
     throw std::invalid_argument(
         "gpu_copy_engine needs at least one plan slot and one event slot");
   impl_ = std::make_unique<impl>(gpu, plan_slots, event_slots,
                                  tuning_.high_priority_stream);
-  if (claims_items(tuning_)) {
+  const bool any_claims =
+      std::any_of(bands_.begin(), bands_.end(),
+                  [](const copy_band& b) { return claims_items(b.tuning); });
+  if (any_claims) {
     auto& counter = impl_->claims.device;
     check_cuda(cudaMalloc(reinterpret_cast<void**>(&counter), sizeof(*counter)),
                "cudaMalloc (item claim counter)", gpu);
@@ -369,10 +419,13 @@ gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning,
   int sms = 0;
   check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, gpu),
              "cudaDeviceGetAttribute(multiprocessors)", gpu);
-  const int per_sm = tuning_.blocks_per_sm > 0
-                         ? tuning_.blocks_per_sm
-                         : kernels::copy_blocks_per_sm(tuning_);
-  grid_blocks_ = sms * per_sm;
+  for (const auto& band : bands_) {
+    const int per_sm = band.tuning.blocks_per_sm > 0
+                           ? band.tuning.blocks_per_sm
+                           : kernels::copy_blocks_per_sm(band.tuning);
+    band_grid_blocks_.push_back(sms * per_sm);
+  }
+  grid_blocks_ = band_grid_blocks_.front();
 }
 
 gpu_copy_engine::~gpu_copy_engine() = default;
@@ -392,19 +445,21 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                     ": all " + std::to_string(impl_->plans.size()) +
                     " plan slots are in use");
   auto& slot = impl_->plans[index];
+  slot.band = band_of(extents);
+  const copy_tuning& tuning = bands_[slot.band].tuning;
   impl_->refresh_anchor(); // before this plan's upload joins the stream
   // The previous upload from this staging buffer must have been consumed.
   check_cuda(cudaEventSynchronize(slot.uploaded),
              "cudaEventSynchronize (staging reuse)", gpu_);
   check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
   try { // both check the extents against the regions first
-    const auto& ordered = kernel_order(extents, slot.ordered, tuning_,
+    const auto& ordered = kernel_order(extents, slot.ordered, tuning,
                                        src_region_bytes, dst_region_bytes);
-    if (kernels::uses_item_list(tuning_))
-      impl_->stage_work_items(slot, ordered, tuning_, src_region_bytes,
+    if (kernels::uses_item_list(tuning))
+      impl_->stage_work_items(slot, ordered, tuning, src_region_bytes,
                               dst_region_bytes);
     else
-      impl_->stage_packed_plan(slot, ordered, tuning_.item_bytes,
+      impl_->stage_packed_plan(slot, ordered, tuning.item_bytes,
                                src_region_bytes, dst_region_bytes);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
@@ -421,19 +476,21 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
                                     const std::byte* src_base,
                                     std::byte* dst_base) {
   auto& slot = impl_->plan_of(plan);
+  const copy_tuning& tuning = bands_[slot.band].tuning;
+  const int grid = band_grid_blocks_[slot.band];
   impl_->record_kernel_start();
-  if (kernels::uses_item_list(tuning_)) {
-    check_cuda(kernels::launch_batched_copy(
-                   slot.items.device, slot.item_count, src_base, dst_base,
-                   tuning_, grid_blocks_, slot.bulk_eligible, impl_->stream),
+  if (kernels::uses_item_list(tuning)) {
+    check_cuda(kernels::launch_batched_copy(slot.items.device, slot.item_count,
+                                            src_base, dst_base, tuning, grid,
+                                            slot.bulk_eligible, impl_->stream),
                "batched copy kernel launch", gpu_);
   } else {
     const auto packed =
         packed_plan_view::in(slot.packed.device, slot.packed_size.extents);
     check_cuda(kernels::launch_extent_copy(
                    packed.extents, packed.first_item, slot.packed_size.extents,
-                   slot.item_count, src_base, dst_base, tuning_, grid_blocks_,
-                   claims_items(tuning_) ? &impl_->claims : nullptr,
+                   slot.item_count, src_base, dst_base, tuning, grid,
+                   claims_items(tuning) ? &impl_->claims : nullptr,
                    impl_->stream),
                "batched copy kernel launch", gpu_);
   }
@@ -700,6 +757,11 @@ struct gpu_copy_engine::impl {};
 gpu_copy_engine::gpu_copy_engine(int gpu, copy_tuning tuning, std::size_t,
                                  std::size_t)
     : gpu_(gpu), tuning_(tuning) {
+  throw_no_cuda("gpu_copy_engine");
+}
+gpu_copy_engine::gpu_copy_engine(int gpu, std::vector<copy_band> bands,
+                                 std::size_t, std::size_t)
+    : gpu_(gpu), bands_(std::move(bands)) {
   throw_no_cuda("gpu_copy_engine");
 }
 gpu_copy_engine::~gpu_copy_engine() = default;

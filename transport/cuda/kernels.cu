@@ -295,6 +295,49 @@ cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n,
   return cudaGetLastError();
 }
 
+// The plain kernel (copy_tuning::plain), the baseline issue #18 measured
+// against: a thread block per work item of the packed plan, blocks striding
+// over the items, each thread copying 16 bytes at a time with plain loads
+// and stores. Nothing else: no unrolling, no cache hints, no balancing. With
+// item_bytes at least every extent's length (2 MiB in plain_copy_tuning())
+// an item is an extent -- a block per extent -- and no search is needed;
+// only a plan with longer extents (cut into items) searches, once per warp.
+__global__ void plain_copy_kernel(const copy_extent* __restrict__ extents,
+                                  const std::uint32_t* __restrict__ first_item,
+                                  std::uint32_t extent_count,
+                                  std::uint32_t item_count,
+                                  std::uint32_t item_bytes, const char* src,
+                                  char* dst) {
+  const unsigned lane = threadIdx.x % warp_lanes;
+  const bool item_is_extent = item_count == extent_count;
+  std::uint32_t i = blockIdx.x;
+  while (i < item_count) {
+    const std::uint32_t k =
+        item_is_extent ? i
+                       : warp_find_extent(first_item, 0, extent_count, i, lane);
+    const copy_extent e = extents[k];
+    const std::uint64_t offset = std::uint64_t{i - first_item[k]} * item_bytes;
+    const char* s = src + e.src_offset + offset;
+    char* d = dst + e.dst_offset + offset;
+    const std::uint64_t len = min(std::uint64_t{item_bytes}, e.length - offset);
+    std::uint64_t done = 0;
+    if (((reinterpret_cast<std::uintptr_t>(s) |
+          reinterpret_cast<std::uintptr_t>(d)) &
+         15u) == 0) {
+      const auto* vs = reinterpret_cast<const uint4*>(s);
+      auto* vd = reinterpret_cast<uint4*>(d);
+      const std::uint64_t vectors = len >> 4;
+      for (std::uint64_t v = threadIdx.x; v < vectors; v += blockDim.x)
+        vd[v] = vs[v];
+      done = vectors << 4;
+    }
+    for (std::uint64_t b = done + threadIdx.x; b < len; b += blockDim.x)
+      d[b] = s[b];
+    // i + gridDim.x could wrap past 2^32 - 1 on the largest plans.
+    i = item_count - i > gridDim.x ? i + gridDim.x : item_count;
+  }
+}
+
 template<typename Kernel>
 int blocks_per_sm_of(Kernel kernel, int threads) {
   int blocks = 0;
@@ -741,6 +784,8 @@ int balanced_grid(std::uint64_t items, int warps_per_block, int max_blocks) {
 } // namespace
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
+  if (tuning.plain)
+    return blocks_per_sm_of(plain_copy_kernel, tuning.threads_per_block);
   if (bulk_usable(tuning)) {
     const int blocks = bulk_blocks_per_sm(tuning);
     if (blocks > 0)
@@ -815,6 +860,14 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                                claim_counter* claims, cudaStream_t stream) {
   if (item_count == 0)
     return cudaSuccess;
+  if (tuning.plain) { // a block per item, never more blocks than items
+    plain_copy_kernel<<<grid_for(item_count, 1, grid_blocks),
+                        tuning.threads_per_block, 0, stream>>>(
+        extents, first_item, extent_count, item_count, tuning.item_bytes,
+        reinterpret_cast<const char*>(src_base),
+        reinterpret_cast<char*>(dst_base));
+    return cudaGetLastError();
+  }
   if (runs_block_per_item(tuning, extent_count, item_count)) {
     constexpr std::uint32_t max_grid = 0x7fffffffu;
     // Loads per thread that copy an item in one pass.

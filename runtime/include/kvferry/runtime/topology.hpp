@@ -111,6 +111,38 @@ struct launch_spec {
   std::uint32_t stop_grace_ms = 5000;     // SIGTERM, wait this long, SIGKILL
 };
 
+// `kvferry sim` only (docs/sim.md): the modelled hardware and policies. The
+// defaults, and where each comes from, are in docs/sim.md; a launch ignores
+// this section.
+enum class sim_routing { round_robin, least_loaded, prefix_aware };
+const char* to_string(sim_routing routing);
+
+// One point of a piecewise-linear table: x (prompt tokens, batch size) -> ms.
+struct sim_point {
+  double x = 0;
+  double ms = 0;
+};
+
+struct sim_spec {
+  double nic_gbit_per_s = 100;     // one NIC, each direction
+  std::uint32_t nics_per_host = 1; // a host's NICs act as one pipe
+  double latency_us = 10;          // one way, host to host
+  double message_us = 5;           // per plugin message (chunk) sent
+  double block_us = 0.004;         // per layer-block in a transfer plan
+  double ipc_gbyte_per_s = 1330;   // same-host CUDA IPC copy, per GPU
+  double hop_us = 50;              // one CAF message between processes
+  // Prefill time by prompt tokens; decode step time by batch size.
+  std::vector<sim_point> prefill_ms = {{1, 4.8},      {512, 20.6},
+                                       {2048, 84.7},  {8192, 371.6},
+                                       {32768, 2014}, {131072, 16503}};
+  std::vector<sim_point> decode_step_ms = {
+      {1, 6}, {16, 7}, {64, 9}, {128, 12}, {256, 18}};
+  std::uint32_t decode_max_batch = 256;
+  sim_routing routing = sim_routing::round_robin;
+  bool prefix_reuse = true; // decode workers keep blocks of earlier requests
+  location where;
+};
+
 struct deployment {
   std::string name = "kvferry";
   std::string source_file;
@@ -122,6 +154,7 @@ struct deployment {
   control_spec control;
   tls_spec tls;
   launch_spec launch;
+  sim_spec sim;
 
   const host_spec* find_host(const std::string& name) const;
   const worker_spec* find_worker(const std::string& name) const;

@@ -99,6 +99,22 @@ struct copy_tuning {
   /// Off by default: it brought the demo nothing (docs/gpu.md, "Contention
   /// in the demo").
   bool high_priority_stream = false;
+  /// The plain kernel (issue #18's baseline): a thread block per work item
+  /// of the packed plan, blocks striding over the items, 16-byte plain loads
+  /// and stores, nothing else. With item_bytes at least the plan's block
+  /// size that is a block per extent; plain_copy_tuning() (copy_choice.hpp)
+  /// has the measured shape (512 threads, 8 blocks per SM, 2 MiB items).
+  /// `unroll`, `streaming`, `claim_items` and `block_per_item_from` do not
+  /// apply to it.
+  bool plain = false;
+};
+
+/// The kernel for plans whose extents average at least `from_bytes` (until
+/// the next band's): an engine can run a different kernel per block size.
+/// copy_choice.hpp picks the bands per GPU.
+struct copy_band {
+  std::uint64_t from_bytes = 0;
+  copy_tuning tuning;
 };
 
 struct copy_plan_id {
@@ -132,6 +148,12 @@ public:
   explicit gpu_copy_engine(int gpu, copy_tuning tuning = {},
                            std::size_t plan_slots = 8,
                            std::size_t event_slots = 64);
+  /// One kernel per band of block sizes: prepare() picks the band of the
+  /// plan's average extent length (sampled from at most 64 extents). Bands
+  /// in increasing from_bytes, the first from 0; the stream's priority is
+  /// the first band's.
+  gpu_copy_engine(int gpu, std::vector<copy_band> bands,
+                  std::size_t plan_slots = 8, std::size_t event_slots = 64);
   ~gpu_copy_engine();
   gpu_copy_engine(const gpu_copy_engine&) = delete;
   gpu_copy_engine& operator=(const gpu_copy_engine&) = delete;
@@ -187,22 +209,42 @@ public:
   std::optional<kernel_timing> timing_of(copy_ticket ticket);
 
   int device() const { return gpu_; }
+  /// The first band's tuning (the only one for a single-tuning engine).
   const copy_tuning& tuning() const { return tuning_; }
+  const std::vector<copy_band>& bands() const { return bands_; }
   /// The engine's cudaStream_t (as void*), for callers that time or chain.
   void* native_stream() const;
   /// Work items the kernel of `plan` runs (for benchmarks).
   std::size_t work_items(copy_plan_id plan) const;
-  /// Blocks the copy kernel is launched with (persistent grid).
+  /// Blocks the copy kernel is launched with (persistent grid; the first
+  /// band's).
   int grid_blocks() const { return grid_blocks_; }
 
 private:
   void require_unpack_slot_free(std::uint64_t seq);
+  std::size_t band_of(const std::vector<copy_extent>& extents) const;
   struct impl;
   int gpu_;
+  std::vector<copy_band> bands_;
   copy_tuning tuning_;
   int grid_blocks_ = 0;
+  std::vector<int> band_grid_blocks_;
   std::unique_ptr<impl> impl_;
 };
+
+/// The bands of the copy kernel chosen for `gpu` (copy_choice.hpp:
+/// KVFERRY_COPY_KERNEL, the cache, or an autotune now), with `engine_wide`'s
+/// stream priority; `engine_wide` alone when choosing failed (logged). What
+/// a transfer actor builds its engine from:
+///   gpu_copy_engine engine{gpu, chosen_copy_bands(gpu, tuning)};
+std::vector<copy_band> chosen_copy_bands(int gpu,
+                                         const copy_tuning& engine_wide = {});
+
+/// Throws std::invalid_argument naming the band that an engine cannot run.
+void check_copy_bands(const std::vector<copy_band>& bands);
+/// The band whose kernel runs these extents (gpu_copy_engine::prepare).
+std::size_t band_for_extents(const std::vector<copy_band>& bands,
+                             const std::vector<copy_extent>& extents);
 
 /// Test and benchmark helpers (device memory only).
 /// Fills [data, data+bytes) with a pseudo-random pattern derived from `seed`.

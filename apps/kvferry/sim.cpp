@@ -1,0 +1,103 @@
+// `kvferry sim`: flags in, the simulator library (sim/) called, the report
+// out. Everything the simulation does lives in sim/; see docs/sim.md.
+#include "kvferry/sim/sim.hpp"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <unistd.h>
+
+#include "commands.hpp"
+#include "kvferry/runtime/topology.hpp"
+
+namespace kvferry::app {
+
+namespace {
+
+struct sim_command {
+  std::string trace, topology, out_dir;
+  double ttft_slo_ms = 0;
+  bool progress = false;
+};
+
+void write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out.flush())
+    throw std::runtime_error("cannot write " + path);
+}
+
+int run_sim(const sim_command& cmd) {
+  // Plugins are not loaded in a simulation: a file written for other
+  // machines (e.g. GPUDirect-TCPX) is fine here.
+  topology::load_options load;
+  load.allow_missing_plugins = true;
+  auto loaded = topology::load_file(cmd.topology, load);
+  if (!loaded.ok()) {
+    std::cerr << loaded.report();
+    return 1;
+  }
+  try {
+    if (!cmd.out_dir.empty())
+      std::filesystem::create_directories(cmd.out_dir);
+    sim::trace_reader trace(cmd.trace);
+    sim::run_options options;
+    options.out_dir = cmd.out_dir;
+    options.ttft_slo_ms = cmd.ttft_slo_ms;
+    bool progress = cmd.progress || ::isatty(STDERR_FILENO);
+    if (progress)
+      options.progress = [](double fraction, std::uint64_t done) {
+        std::fprintf(stderr,
+                     "\rsim: %5.1f %% of the trace read, %llu "
+                     "requests done",
+                     100 * fraction, static_cast<unsigned long long>(done));
+        std::fflush(stderr);
+      };
+    auto summary = sim::run(trace, *loaded.topology, options);
+    if (progress)
+      std::fprintf(stderr,
+                   "\rsim: 100.0 %% of the trace read, %llu "
+                   "requests done\n",
+                   static_cast<unsigned long long>(summary.requests));
+    auto table = sim::format_table(summary);
+    std::cout << table;
+    if (!cmd.out_dir.empty()) {
+      write_file(cmd.out_dir + "/summary.json", sim::to_json(summary));
+      write_file(cmd.out_dir + "/summary.txt", table);
+      std::cout << "\nwrote " << cmd.out_dir << "/requests.csv, " << cmd.out_dir
+                << "/summary.json, " << cmd.out_dir << "/summary.txt\n";
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+} // namespace
+
+void add_sim(CLI::App& root, int& exit_code) {
+  auto cmd = std::make_shared<sim_command>();
+  auto* sub = root.add_subcommand(
+      "sim", "Replay a request trace against a topology in virtual time "
+             "(docs/sim.md)");
+  sub->add_option("--trace", cmd->trace,
+                  "Mooncake JSONL or Azure CSV trace (format detected)")
+      ->required();
+  sub->add_option("--topology", cmd->topology,
+                  "topology YAML, with an optional sim: section "
+                  "(docs/topology.md, docs/sim.md)")
+      ->required();
+  sub->add_option("--out", cmd->out_dir,
+                  "write requests.csv, summary.json and summary.txt here");
+  sub->add_option("--ttft-slo", cmd->ttft_slo_ms,
+                  "report the share of requests with TTFT <= this many ms")
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("--progress", cmd->progress,
+                "progress line on stderr even when it is not a terminal");
+  sub->callback([cmd, &exit_code] { exit_code = run_sim(*cmd); });
+}
+
+} // namespace kvferry::app

@@ -1,0 +1,888 @@
+// The discrete-event core of `kvferry sim` (docs/sim.md, "How it works").
+//
+// Virtual time is integer nanoseconds; events with equal times run in the
+// order they were scheduled (a sequence number), so a run is deterministic.
+// A request's path mirrors the real push protocol (docs/architecture.md):
+// router -> producer (one CAF hop); the producer prefills in FIFO order and,
+// as it starts, asks the consumer to allocate (one hop); the consumer grants
+// when its pool has the blocks (FIFO, one hop back); the bytes move as a
+// flow through the links they cross, whole after prefill or layer by layer
+// during it; the consumer's decode worker takes the request into its next
+// continuous-batching step, and the request leaves after its output tokens,
+// freeing its blocks.
+//
+// The parts are plain classes driven by events (router policy, producer,
+// consumer, network); docs/sim.md says how the real actors replace them.
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <list>
+#include <queue>
+#include <stdexcept>
+#include <tuple>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "kvferry/sim/sim.hpp"
+
+namespace kvferry::sim {
+
+double interpolate(const std::vector<topology::sim_point>& table, double x) {
+  if (table.empty())
+    return 0;
+  if (table.size() == 1)
+    return table.front().ms * (x / table.front().x); // proportional
+  std::size_t i = 1;
+  while (i + 1 < table.size() && x > table[i].x)
+    ++i;
+  auto& a = table[i - 1];
+  auto& b = table[i];
+  double y = a.ms + (b.ms - a.ms) * (x - a.x) / (b.x - a.x);
+  return y < 0 ? 0 : y;
+}
+
+namespace {
+
+using ns_t = std::int64_t;
+constexpr double infinity = std::numeric_limits<double>::infinity();
+
+ns_t from_us(double us) {
+  return static_cast<ns_t>(std::llround(us * 1e3));
+}
+ns_t from_ms(double ms) {
+  return static_cast<ns_t>(std::llround(ms * 1e6));
+}
+
+enum class ev : std::uint8_t {
+  arrival,       // the next trace request arrives at the router
+  at_producer,   // a request reaches its prefill worker
+  prefill_done,  // a (prefill worker)'s current prefill ends
+  allocate,      // the consumer receives `allocate`
+  grant,         // the producer receives `grant`
+  flow_start,    // a transfer's first byte may go
+  network,       // the earliest flow may have finished (a)
+  transfer_done, // the KV cache is complete at the consumer
+  step_done,     // a decode worker's batch step ends
+};
+
+struct event {
+  ns_t at;
+  std::uint64_t seq;
+  ev kind;
+  std::uint32_t a; // request slot, worker index or network generation
+};
+
+struct later {
+  bool operator()(const event& x, const event& y) const {
+    return x.at != y.at ? x.at > y.at : x.seq > y.seq;
+  }
+};
+
+struct request {
+  trace_request trace;
+  std::uint32_t prefill = 0, decode = 0;
+  ns_t arrival = 0, prefill_start = -1, prefill_end = -1, grant = -1;
+  ns_t transfer_start = -1, transfer_done = -1, first_token = -1;
+  ns_t prefill_ns = 0, tail_ns = 0;
+  std::uint64_t blocks = 0; // layer-blocks held at the consumer
+  double bytes = 0, saved = 0;
+  std::uint64_t last_step = 0; // its decode worker's step giving its last token
+  bool ipc = false, rejected = false, flow_ended = false;
+};
+
+struct resource {
+  std::string name;
+  double capacity = 0; // bytes per ns (= GB/s)
+  double bytes = 0;    // carried so far
+  // Scratch of one max-min computation: the rates of its frozen flows, its
+  // unfrozen flows, and the version of its entry in the saturation heap.
+  double frozen_sum = 0;
+  int unfrozen = 0;
+  std::uint64_t stamp = 0, version = 0;
+  std::vector<std::uint32_t> flows; // indexes into flows_
+};
+
+struct flow {
+  std::uint32_t request;
+  std::uint32_t res[2];
+  double remaining, cap, rate = 0;
+  bool frozen = false;
+};
+
+// A decode worker's memory of which prefix blocks (trace hash_ids) it holds:
+// least recently used first out.
+class prefix_cache {
+public:
+  explicit prefix_cache(std::size_t capacity) : capacity_(capacity) {}
+  // Leading ids of `ids` present, without touching them.
+  std::size_t leading(const std::vector<std::uint64_t>& ids) const {
+    std::size_t n = 0;
+    while (n < ids.size() && where_.count(ids[n]))
+      ++n;
+    return n;
+  }
+  void touch(const std::vector<std::uint64_t>& ids) {
+    for (auto id : ids) {
+      if (auto it = where_.find(id); it != where_.end()) {
+        order_.splice(order_.begin(), order_, it->second);
+        continue;
+      }
+      if (capacity_ == 0)
+        return;
+      if (where_.size() == capacity_) {
+        where_.erase(order_.back());
+        order_.pop_back();
+      }
+      order_.push_front(id);
+      where_[id] = order_.begin();
+    }
+  }
+
+private:
+  std::size_t capacity_;
+  std::list<std::uint64_t> order_;
+  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
+};
+
+struct prefill_worker {
+  std::string name;
+  std::uint32_t host = 0, ipc_out = 0;
+  std::deque<std::uint32_t> queue;
+  std::int64_t current = -1;
+  double routed_ms = 0; // the router's view: prefill work sent, not done
+};
+
+struct decode_worker {
+  std::string name;
+  std::uint32_t host = 0, ipc_in = 0;
+  std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0;
+  std::uint64_t routed_blocks = 0; // the router's view
+  std::deque<std::uint32_t> waiting, ready;
+  // The batch, kept so that a step costs what joins and leaves, not the
+  // batch size: requests by the step that gives their last token.
+  using leaving = std::pair<std::uint64_t, std::uint32_t>; // (step, slot)
+  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
+      running;
+  std::vector<std::uint32_t> joined; // their first token ends this step
+  std::uint64_t steps = 0;           // steps completed
+  bool stepping = false;
+  prefix_cache cache;
+  double used_integral = 0; // block-ns
+  ns_t last_change = 0;
+  explicit decode_worker(std::size_t cache_blocks) : cache(cache_blocks) {}
+};
+
+class engine {
+public:
+  engine(trace_reader& trace, const topology::deployment& topo,
+         const run_options& options)
+      : trace_(trace), topo_(topo), sim_(topo.sim), options_(options) {
+    lbb_ = double(topo.model.block_bytes_per_layer());
+    build_workers();
+    open_csv();
+  }
+
+  summary run() {
+    if (read_next())
+      schedule(pending_.arrival_ns, ev::arrival, 0);
+    while (!events_.empty()) {
+      auto e = events_.top();
+      events_.pop();
+      now_ = e.at;
+      dispatch(e);
+    }
+    return finish();
+  }
+
+private:
+  // ---- setup ---------------------------------------------------------------
+
+  void build_workers() {
+    std::unordered_map<std::string, std::uint32_t> host_index;
+    double nic = sim_.nic_gbit_per_s * sim_.nics_per_host / 8.0;
+    for (auto& host : topo_.hosts) {
+      host_index[host.name] = std::uint32_t(host_index.size());
+      add_resource("nic-out " + host.name, nic);
+      add_resource("nic-in " + host.name, nic);
+    }
+    auto layers = topo_.model.layers;
+    for (auto& w : topo_.workers) {
+      auto host = host_index.at(w.host);
+      if (w.role == topology::worker_role::prefill) {
+        prefill_worker p;
+        p.name = w.name;
+        p.host = host;
+        p.ipc_out = add_resource("ipc-out " + w.name, sim_.ipc_gbyte_per_s);
+        prefills_.push_back(std::move(p));
+      } else {
+        // The cache remembers as many prefix blocks as the pool holds.
+        std::uint64_t tokens =
+            std::uint64_t(w.pool_blocks) / layers * topo_.model.block_tokens;
+        decode_worker d(tokens / hash_block_tokens);
+        d.name = w.name;
+        d.host = host;
+        d.capacity = w.pool_blocks;
+        d.ipc_in = add_resource("ipc-in " + w.name, sim_.ipc_gbyte_per_s);
+        decodes_.push_back(std::move(d));
+      }
+    }
+  }
+
+  std::uint32_t add_resource(std::string name, double capacity) {
+    resources_.emplace_back();
+    resources_.back().name = std::move(name);
+    resources_.back().capacity = capacity;
+    return std::uint32_t(resources_.size() - 1);
+  }
+
+  void open_csv() {
+    if (options_.out_dir.empty())
+      return;
+    csv_path_ = options_.out_dir + "/requests.csv";
+    csv_.open(csv_path_, std::ios::binary | std::ios::trunc);
+    if (!csv_)
+      throw std::runtime_error("cannot write " + csv_path_);
+    put("index,line,arrival_ms,input_tokens,output_tokens,prefill_worker,"
+        "decode_worker,path,status,queue_ms,prefill_ms,wait_ms,transfer_ms,"
+        "decode_ms,ttft_ms,transfer_total_ms,e2e_ms,bytes_moved,bytes_saved",
+        '\n');
+  }
+
+  // ---- events --------------------------------------------------------------
+
+  void schedule(ns_t at, ev kind, std::uint32_t a) {
+    events_.push({at, seq_++, kind, a});
+  }
+
+  void dispatch(const event& e) {
+    switch (e.kind) {
+    case ev::arrival:
+      return on_arrival();
+    case ev::at_producer:
+      return on_at_producer(e.a);
+    case ev::prefill_done:
+      return on_prefill_done(e.a);
+    case ev::allocate:
+      return on_allocate(e.a);
+    case ev::grant:
+      return on_grant(e.a);
+    case ev::flow_start:
+      return on_flow_start(e.a);
+    case ev::network:
+      return on_network(e.a);
+    case ev::transfer_done:
+      return on_transfer_done(e.a);
+    case ev::step_done:
+      return on_step_done(e.a);
+    }
+  }
+
+  bool read_next() {
+    if (!trace_.next(pending_))
+      return false;
+    ++read_;
+    if (options_.progress && (read_ & 0xffff) == 0)
+      options_.progress(trace_.total_bytes()
+                            ? double(trace_.bytes_read()) / trace_.total_bytes()
+                            : 0,
+                        done_);
+    return true;
+  }
+
+  std::uint32_t new_slot() {
+    if (!free_.empty()) {
+      auto slot = free_.back();
+      free_.pop_back();
+      return slot;
+    }
+    slots_.emplace_back();
+    return std::uint32_t(slots_.size() - 1);
+  }
+
+  void on_arrival() {
+    auto slot = new_slot();
+    auto& r = slots_[slot];
+    r = request{};
+    std::swap(r.trace, pending_);
+    r.arrival = now_;
+    r.prefill_ns = from_ms(interpolate(sim_.prefill_ms, r.trace.input_tokens));
+    r.blocks =
+        std::uint64_t(blocks_of(r.trace.input_tokens)) * topo_.model.layers;
+    route(r);
+    schedule(now_ + from_us(sim_.hop_us), ev::at_producer, slot);
+    if (read_next())
+      schedule(pending_.arrival_ns, ev::arrival, 0);
+  }
+
+  std::uint64_t blocks_of(std::uint64_t tokens) const {
+    auto bt = topo_.model.block_tokens;
+    return (tokens + bt - 1) / bt;
+  }
+
+  // ---- the router ----------------------------------------------------------
+
+  void route(request& r) {
+    using topology::sim_routing;
+    switch (sim_.routing) {
+    case sim_routing::round_robin:
+      r.prefill = std::uint32_t(rr_prefill_++ % prefills_.size());
+      r.decode = std::uint32_t(rr_decode_++ % decodes_.size());
+      break;
+    case sim_routing::least_loaded:
+      r.prefill = least_loaded_prefill();
+      r.decode = least_loaded_decode(nullptr);
+      break;
+    case sim_routing::prefix_aware:
+      r.prefill = least_loaded_prefill();
+      r.decode = least_loaded_decode(&r.trace.hash_ids);
+      break;
+    }
+    prefills_[r.prefill].routed_ms += double(r.prefill_ns) / 1e6;
+    decodes_[r.decode].routed_blocks += r.blocks;
+    r.ipc = prefills_[r.prefill].host == decodes_[r.decode].host;
+  }
+
+  std::uint32_t least_loaded_prefill() const {
+    std::uint32_t best = 0;
+    for (std::uint32_t i = 1; i < prefills_.size(); ++i)
+      if (prefills_[i].routed_ms < prefills_[best].routed_ms)
+        best = i;
+    return best;
+  }
+
+  // With `ids`: the longest leading prefix held wins; the load breaks ties.
+  std::uint32_t least_loaded_decode(const std::vector<std::uint64_t>* ids) {
+    std::uint32_t best = 0;
+    std::size_t best_match = 0;
+    for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
+      std::size_t match = ids ? decodes_[i].cache.leading(*ids) : 0;
+      if (i == 0 || match > best_match ||
+          (match == best_match &&
+           decodes_[i].routed_blocks < decodes_[best].routed_blocks)) {
+        best = i;
+        best_match = match;
+      }
+    }
+    return best;
+  }
+
+  // ---- the producer (prefill worker) ---------------------------------------
+
+  void on_at_producer(std::uint32_t slot) {
+    auto& p = prefills_[slots_[slot].prefill];
+    p.queue.push_back(slot);
+    if (p.current < 0)
+      start_prefill(slots_[slot].prefill);
+  }
+
+  void start_prefill(std::uint32_t worker) {
+    auto& p = prefills_[worker];
+    if (p.queue.empty())
+      return;
+    auto slot = p.queue.front();
+    p.queue.pop_front();
+    p.current = slot;
+    auto& r = slots_[slot];
+    r.prefill_start = now_;
+    schedule(now_ + r.prefill_ns, ev::prefill_done, worker);
+    schedule(now_ + from_us(sim_.hop_us), ev::allocate, slot);
+  }
+
+  void on_prefill_done(std::uint32_t worker) {
+    auto& p = prefills_[worker];
+    auto slot = std::uint32_t(p.current);
+    p.current = -1;
+    auto& r = slots_[slot];
+    r.prefill_end = now_;
+    p.routed_ms -= double(r.prefill_ns) / 1e6;
+    start_prefill(worker);
+    if (r.rejected)
+      return finalize(slot);
+    if (r.grant < 0)
+      return; // the grant starts the transfer
+    if (!topo_.transfer.layerwise)
+      return start_transfer(slot);
+    if (r.flow_ended) // streamed as fast as produced: the last layer's tail
+      return schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+    lift_cap(slot);
+  }
+
+  void on_grant(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    r.grant = now_;
+    if (topo_.transfer.layerwise || r.prefill_end >= 0)
+      start_transfer(slot);
+  }
+
+  // ---- the transfer: fixed costs, then a flow through the links -----------
+
+  void start_transfer(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    r.transfer_start = now_;
+    auto& t = topo_.transfer;
+    auto layers = topo_.model.layers;
+    double chunk = double(t.chunk_bytes);
+    double messages = t.layerwise ? layers * std::ceil(r.bytes / layers / chunk)
+                                  : std::ceil(r.bytes / chunk);
+    double blocks = r.bytes / lbb_;
+    // Per-message and per-block costs are the sender's: serial before the
+    // flow for a whole request; for layer-wise, all but the last layer's
+    // share hide under prefill.
+    double overhead_us = messages * sim_.message_us + blocks * sim_.block_us;
+    double setup_us = r.ipc ? sim_.message_us : sim_.latency_us;
+    if (t.layerwise) {
+      r.tail_ns = from_us(overhead_us / layers);
+    } else {
+      setup_us += overhead_us;
+      r.tail_ns = 0;
+    }
+    if (r.bytes <= 0) {
+      r.flow_ended = true;
+      if (r.prefill_end >= 0)
+        schedule(now_ + from_us(setup_us) + r.tail_ns, ev::transfer_done, slot);
+      return;
+    }
+    schedule(now_ + from_us(setup_us), ev::flow_start, slot);
+  }
+
+  void on_flow_start(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    auto& p = prefills_[r.prefill];
+    auto& d = decodes_[r.decode];
+    flow f{};
+    f.request = slot;
+    if (r.ipc) {
+      f.res[0] = p.ipc_out;
+      f.res[1] = d.ipc_in;
+    } else {
+      f.res[0] = 2 * p.host;
+      f.res[1] = 2 * d.host + 1;
+    }
+    f.remaining = r.bytes;
+    // Layer-wise during prefill: no faster than the layers are produced.
+    f.cap = r.prefill_end < 0 ? r.bytes / double(r.prefill_ns) : infinity;
+    advance_network();
+    flows_.push_back(f);
+    reshare();
+  }
+
+  void lift_cap(std::uint32_t slot) {
+    for (auto& f : flows_)
+      if (f.request == slot) {
+        advance_network();
+        f.cap = infinity;
+        reshare();
+        return;
+      }
+  }
+
+  // Moves every flow on by its rate since the last change.
+  void advance_network() {
+    double dt = double(now_ - net_time_);
+    net_time_ = now_;
+    if (dt <= 0)
+      return;
+    for (auto& f : flows_) {
+      double moved = std::min(f.remaining, f.rate * dt);
+      f.remaining -= moved;
+      for (auto r : f.res)
+        resources_[r].bytes += moved;
+    }
+  }
+
+  // Max-min fair rates by progressive filling: every unfrozen flow's rate
+  // rises together (the "level") until a link it crosses is full or it hits
+  // its cap; then it is frozen at that rate. A link with frozen rates F and
+  // n unfrozen flows fills at level (capacity - F) / n, which stays put
+  // until one of its flows freezes, so the links wait in a heap by that
+  // level and the capped flows in order of their caps: O((flows + links)
+  // log) per change, not flows x links (1,000-worker topologies).
+  void reshare() {
+    ++stamp_;
+    touched_.clear();
+    capped_.clear();
+    for (std::uint32_t i = 0; i < flows_.size(); ++i) {
+      auto& f = flows_[i];
+      f.frozen = false;
+      f.rate = 0;
+      if (f.cap < infinity)
+        capped_.push_back(i);
+      for (auto r : f.res) {
+        auto& res = resources_[r];
+        if (res.stamp != stamp_) {
+          res.stamp = stamp_;
+          res.frozen_sum = 0;
+          res.unfrozen = 0;
+          res.flows.clear();
+          touched_.push_back(r);
+        }
+        ++res.unfrozen;
+        res.flows.push_back(i);
+      }
+    }
+    std::sort(capped_.begin(), capped_.end(),
+              [this](std::uint32_t a, std::uint32_t b) {
+                return flows_[a].cap != flows_[b].cap
+                           ? flows_[a].cap < flows_[b].cap
+                           : a < b;
+              });
+    saturation_ = {};
+    for (auto r : touched_)
+      push_saturation(r);
+    std::size_t next_cap = 0, left = flows_.size();
+    while (left > 0) {
+      while (next_cap < capped_.size() && flows_[capped_[next_cap]].frozen)
+        ++next_cap;
+      drop_stale_saturation();
+      double link_level =
+          saturation_.empty() ? infinity : std::get<0>(saturation_.top());
+      if (next_cap < capped_.size() &&
+          flows_[capped_[next_cap]].cap <= link_level) {
+        auto i = capped_[next_cap++];
+        freeze(i, flows_[i].cap);
+        --left;
+        continue;
+      }
+      auto r = std::get<1>(saturation_.top());
+      saturation_.pop();
+      for (auto i : resources_[r].flows)
+        if (!flows_[i].frozen) {
+          freeze(i, link_level);
+          --left;
+        }
+    }
+    schedule_network_check();
+  }
+
+  void push_saturation(std::uint32_t r) {
+    auto& res = resources_[r];
+    ++res.version;
+    if (res.unfrozen > 0)
+      saturation_.emplace(
+          std::max(0.0, (res.capacity - res.frozen_sum) / res.unfrozen), r,
+          res.version);
+  }
+
+  void drop_stale_saturation() {
+    while (!saturation_.empty() &&
+           std::get<2>(saturation_.top()) !=
+               resources_[std::get<1>(saturation_.top())].version)
+      saturation_.pop();
+  }
+
+  void freeze(std::uint32_t i, double rate) {
+    auto& f = flows_[i];
+    f.frozen = true;
+    f.rate = rate;
+    for (auto r : f.res) {
+      resources_[r].frozen_sum += rate;
+      --resources_[r].unfrozen;
+      push_saturation(r);
+    }
+  }
+
+  void schedule_network_check() {
+    ++net_generation_;
+    double soonest = infinity;
+    for (auto& f : flows_)
+      if (f.rate > 0)
+        soonest = std::min(soonest, f.remaining / f.rate);
+    if (soonest < infinity)
+      schedule(now_ + static_cast<ns_t>(std::ceil(soonest)), ev::network,
+               net_generation_);
+  }
+
+  void on_network(std::uint32_t generation) {
+    if (generation != net_generation_)
+      return; // the rates changed since; a newer check is scheduled
+    advance_network();
+    std::vector<std::uint32_t> finished;
+    auto done = [](const flow& f) { return f.remaining < 1.0; };
+    for (auto& f : flows_)
+      if (done(f))
+        finished.push_back(f.request);
+    flows_.erase(std::remove_if(flows_.begin(), flows_.end(), done),
+                 flows_.end());
+    for (auto slot : finished) {
+      auto& r = slots_[slot];
+      r.flow_ended = true;
+      if (r.prefill_end >= 0)
+        schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+    }
+    reshare();
+  }
+
+  // ---- the consumer (decode worker) ----------------------------------------
+
+  void on_allocate(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    auto& d = decodes_[r.decode];
+    auto layers = topo_.model.layers;
+    std::uint64_t reused_blocks = 0;
+    if (sim_.prefix_reuse) {
+      std::uint64_t tokens = std::min<std::uint64_t>(
+          d.cache.leading(r.trace.hash_ids) * std::uint64_t(hash_block_tokens),
+          r.trace.input_tokens);
+      reused_blocks = tokens / topo_.model.block_tokens * layers;
+    }
+    r.bytes = double(r.blocks - reused_blocks) * lbb_;
+    r.saved = double(reused_blocks) * lbb_;
+    if (r.blocks > d.capacity) {
+      r.rejected = true; // waiting cannot help (architecture.md)
+      if (r.prefill_end >= 0)
+        finalize(slot);
+      return;
+    }
+    if (d.waiting.empty() && d.used + r.blocks <= d.capacity)
+      return grant(slot);
+    ++d.waited;
+    d.waiting.push_back(slot);
+  }
+
+  void grant(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    set_used(decodes_[r.decode], decodes_[r.decode].used + r.blocks);
+    schedule(now_ + from_us(sim_.hop_us), ev::grant, slot);
+  }
+
+  void set_used(decode_worker& d, std::uint64_t used) {
+    d.used_integral += double(d.used) * double(now_ - d.last_change);
+    d.last_change = now_;
+    d.used = used;
+    d.peak = std::max(d.peak, used);
+  }
+
+  void on_transfer_done(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    r.transfer_done = now_;
+    auto& d = decodes_[r.decode];
+    if (sim_.prefix_reuse)
+      d.cache.touch(r.trace.hash_ids);
+    d.ready.push_back(slot);
+    if (!d.stepping)
+      start_step(r.decode);
+  }
+
+  void start_step(std::uint32_t worker) {
+    auto& d = decodes_[worker];
+    while (!d.ready.empty() && d.running.size() < sim_.decode_max_batch) {
+      auto slot = d.ready.front();
+      d.ready.pop_front();
+      auto tokens =
+          std::max<std::uint32_t>(1, slots_[slot].trace.output_tokens);
+      slots_[slot].last_step = d.steps + tokens;
+      d.running.push({slots_[slot].last_step, slot});
+      d.joined.push_back(slot);
+    }
+    d.stepping = !d.running.empty();
+    if (d.stepping)
+      schedule(now_ + from_ms(interpolate(sim_.decode_step_ms,
+                                          double(d.running.size()))),
+               ev::step_done, worker);
+  }
+
+  void on_step_done(std::uint32_t worker) {
+    auto& d = decodes_[worker];
+    ++d.steps;
+    for (auto slot : d.joined)
+      slots_[slot].first_token = now_;
+    d.joined.clear();
+    std::uint64_t freed = 0;
+    while (!d.running.empty() && d.running.top().first == d.steps) {
+      auto slot = d.running.top().second;
+      d.running.pop();
+      freed += slots_[slot].blocks;
+      d.routed_blocks -= slots_[slot].blocks;
+      finalize(slot);
+    }
+    if (freed > 0) {
+      set_used(d, d.used - freed);
+      while (!d.waiting.empty() &&
+             d.used + slots_[d.waiting.front()].blocks <= d.capacity) {
+        auto next = d.waiting.front();
+        d.waiting.pop_front();
+        grant(next);
+      }
+    }
+    start_step(worker);
+  }
+
+  // ---- results -------------------------------------------------------------
+
+  void finalize(std::uint32_t slot) {
+    auto& r = slots_[slot];
+    ++done_;
+    last_event_ = std::max(last_event_, now_);
+    auto& p = prefills_[r.prefill];
+    auto& d = decodes_[r.decode];
+    if (r.rejected) {
+      ++rejected_;
+      d.routed_blocks -= r.blocks;
+      csv_row(r, p.name, d.name, nullptr);
+    } else {
+      ns_t parts[5] = {r.prefill_start - r.arrival,
+                       r.prefill_end - r.prefill_start,
+                       std::max<ns_t>(0, r.grant - r.prefill_end),
+                       r.transfer_done - std::max(r.prefill_end, r.grant),
+                       r.first_token - r.transfer_done};
+      record(r, parts);
+      csv_row(r, p.name, d.name, parts);
+    }
+    r.trace.hash_ids.clear(); // keeps its capacity for the next request
+    free_.push_back(slot);
+  }
+
+  void record(const request& r, const ns_t (&parts)[5]) {
+    auto& t = out_.ttft;
+    histogram* hs[5] = {&t.queue, &t.prefill, &t.wait, &t.transfer, &t.decode};
+    for (int i = 0; i < 5; ++i)
+      hs[i]->add(std::uint64_t(std::max<ns_t>(0, parts[i])));
+    auto ttft = r.first_token - r.arrival;
+    t.total.add(std::uint64_t(ttft));
+    out_.transfer_time.add(std::uint64_t(r.transfer_done - r.transfer_start));
+    out_.e2e.add(std::uint64_t(now_ - r.arrival));
+    out_.bytes_moved += r.bytes;
+    out_.bytes_saved += r.saved;
+    ++(r.ipc ? out_.ipc_transfers : out_.net_transfers);
+    if (options_.ttft_slo_ms > 0 && double(ttft) <= options_.ttft_slo_ms * 1e6)
+      ++out_.slo_met;
+  }
+
+  // "12.345,": ms with three decimals, by integer arithmetic (printing
+  // doubles with a fixed precision was a tenth of the run time).
+  void put_ms(ns_t ns) {
+    auto us = (std::max<ns_t>(0, ns) + 500) / 1000;
+    put(std::uint64_t(us / 1000), '.');
+    auto frac = us % 1000;
+    const char tail[4] = {char('0' + frac / 100), char('0' + frac / 10 % 10),
+                          char('0' + frac % 10), ','};
+    buffer_.append(tail, tail + 4);
+  }
+  // A CSV field and what ends it.
+  void put(std::uint64_t value, char end = ',') {
+    fmt::format_int text(value);
+    buffer_.append(text.data(), text.data() + text.size());
+    buffer_.push_back(end);
+  }
+  void put(std::string_view text, char end = ',') {
+    buffer_.append(text.data(), text.data() + text.size());
+    buffer_.push_back(end);
+  }
+
+  void csv_row(const request& r, const std::string& p, const std::string& d,
+               const ns_t* parts) {
+    if (csv_path_.empty())
+      return;
+    put(r.trace.index);
+    put(r.trace.line);
+    put_ms(r.arrival);
+    put(r.trace.input_tokens);
+    put(r.trace.output_tokens);
+    put(p);
+    put(d);
+    put(r.ipc ? "ipc" : "net");
+    if (parts == nullptr) {
+      put("rejected,,,,,,,,,0,0", '\n');
+    } else {
+      put("ok");
+      for (int i = 0; i < 5; ++i)
+        put_ms(parts[i]);
+      put_ms(r.first_token - r.arrival);
+      put_ms(r.transfer_done - r.transfer_start);
+      put_ms(now_ - r.arrival);
+      put(std::uint64_t(r.bytes));
+      put(std::uint64_t(r.saved), '\n');
+    }
+    if (buffer_.size() > (1u << 20))
+      flush_csv();
+  }
+
+  void flush_csv() {
+    csv_.write(buffer_.data(), std::streamsize(buffer_.size()));
+    buffer_.clear();
+    if (!csv_)
+      throw std::runtime_error("cannot write " + csv_path_);
+  }
+
+  summary finish() {
+    if (!csv_path_.empty()) {
+      flush_csv();
+      csv_.close();
+    }
+    auto& s = out_;
+    s.trace = trace_.path();
+    s.trace_format = to_string(trace_.format());
+    s.topology = topo_.source_file;
+    s.routing = topology::to_string(sim_.routing);
+    s.layerwise = topo_.transfer.layerwise;
+    s.prefix_reuse = sim_.prefix_reuse;
+    s.prefill_workers = prefills_.size();
+    s.decode_workers = decodes_.size();
+    s.hosts = topo_.hosts.size();
+    s.requests = read_;
+    s.completed = done_ - rejected_;
+    s.rejected = rejected_;
+    s.span_s = double(last_event_) / 1e9;
+    s.ttft_slo_ms = options_.ttft_slo_ms;
+    double span = double(std::max<ns_t>(1, last_event_));
+    for (auto& res : resources_)
+      s.links.push_back({res.name, res.capacity, res.bytes,
+                         res.bytes / (res.capacity * span)});
+    for (auto& d : decodes_) {
+      now_ = last_event_;
+      set_used(d, d.used);
+      s.pools.push_back({d.name, d.capacity,
+                         d.used_integral / (double(d.capacity) * span), d.peak,
+                         d.waited});
+    }
+    return std::move(out_);
+  }
+
+  trace_reader& trace_;
+  const topology::deployment& topo_;
+  const topology::sim_spec& sim_;
+  const run_options& options_;
+  double lbb_ = 0; // bytes of one layer-block
+
+  std::priority_queue<event, std::vector<event>, later> events_;
+  std::uint64_t seq_ = 0;
+  ns_t now_ = 0, last_event_ = 0;
+
+  trace_request pending_; // the next request, read ahead by one
+  std::uint64_t read_ = 0, done_ = 0, rejected_ = 0;
+  std::vector<request> slots_;
+  std::vector<std::uint32_t> free_;
+
+  std::vector<prefill_worker> prefills_;
+  std::vector<decode_worker> decodes_;
+  std::uint64_t rr_prefill_ = 0, rr_decode_ = 0;
+
+  std::vector<resource> resources_;
+  std::vector<flow> flows_;
+  std::vector<std::uint32_t> touched_, capped_; // scratch of reshare()
+  using saturation = std::tuple<double, std::uint32_t, std::uint64_t>;
+  std::priority_queue<saturation, std::vector<saturation>,
+                      std::greater<saturation>>
+      saturation_; // (level, link, version)
+  std::uint64_t stamp_ = 0;
+  ns_t net_time_ = 0;
+  std::uint32_t net_generation_ = 0;
+
+  std::string csv_path_;
+  fmt::memory_buffer buffer_;
+  std::ofstream csv_;
+  summary out_;
+};
+
+} // namespace
+
+summary run(trace_reader& trace, const topology::deployment& topology,
+            const run_options& options) {
+  return engine(trace, topology, options).run();
+}
+
+} // namespace kvferry::sim

@@ -1,0 +1,129 @@
+// `kvferry sim` as a user runs it: a small trace and the sample traces in
+// ../shared/traces through configs/sim-4p4d.yaml, writing the report files;
+// run twice, the outputs are byte-identical; a bad trace line and a bad
+// topology fail naming file and line.
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "run_kvferry.hpp"
+#include "scratch_dir.hpp"
+#include "skip_case.hpp"
+
+using kvferry::test::run_kvferry;
+using kvferry::test::scratch_dir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+const std::string topology = KVFERRY_SOURCE_DIR "/configs/sim-4p4d.yaml";
+
+// Runs the trace twice into two folders; checks the files and that both
+// runs wrote the same bytes; returns the first run's stdout.
+std::string run_twice(const std::string& trace, const std::string& extra,
+                      const scratch_dir& dir) {
+  std::string first;
+  for (const char* name : {"a", "b"}) {
+    auto out = dir.path / name;
+    auto r = run_kvferry("sim --trace " + trace + " --topology " + topology +
+                             " --out " + out.string() + " " + extra,
+                         120);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    if (first.empty())
+      first = r.output;
+    for (auto file : {"requests.csv", "summary.json", "summary.txt"})
+      REQUIRE(fs::file_size(out / file) > 0);
+  }
+  for (auto file : {"requests.csv", "summary.json", "summary.txt"}) {
+    CAPTURE(file);
+    CHECK(slurp(dir.path / "a" / file) == slurp(dir.path / "b" / file));
+  }
+  return first;
+}
+
+std::size_t lines(const std::string& text) {
+  return std::size_t(std::count(text.begin(), text.end(), '\n'));
+}
+
+std::string shared_traces() {
+  return KVFERRY_SOURCE_DIR "/../shared/traces";
+}
+
+} // namespace
+
+TEST_CASE("kvferry sim on a small trace: table, CSV, JSON, deterministic") {
+  scratch_dir dir("sim-cli");
+  auto trace = (dir.path / "small.jsonl").string();
+  {
+    std::ofstream out(trace);
+    for (int i = 0; i < 50; ++i)
+      out << "{\"timestamp\": " << i * 20
+          << ", \"input_length\": " << 500 + 97 * i
+          << ", \"output_length\": " << 1 + i % 9 << ", \"hash_ids\": ["
+          << i % 3 << ", " << 100 + i << "]}\n";
+  }
+  auto output = run_twice(trace, "--ttft-slo 500", dir);
+  CHECK(output.find("50 requests: 50 completed, 0 rejected") !=
+        std::string::npos);
+  CHECK(output.find("TTFT SLO 500.000 ms: met by") != std::string::npos);
+  CHECK(output.find("nic-in d-host") != std::string::npos);
+  auto csv = slurp(dir.path / "a" / "requests.csv");
+  CHECK(lines(csv) == 51); // header + one row per request
+  CHECK(csv.rfind("index,line,arrival_ms,", 0) == 0);
+  auto json = slurp(dir.path / "a" / "summary.json");
+  CHECK(json.find("\"requests\": 50,") != std::string::npos);
+  CHECK(json.find("\"routing\": \"prefix-aware\"") != std::string::npos);
+  // No terminal and no --progress: no progress line.
+  CHECK(output.find("of the trace read") == std::string::npos);
+}
+
+TEST_CASE("kvferry sim on the sample traces (Mooncake and Azure)") {
+  if (!fs::exists(shared_traces())) {
+    kvferry::test::skip_case(shared_traces() +
+                             " is absent: clone the shared folder beside "
+                             "the repository");
+    return;
+  }
+  scratch_dir mooncake("sim-cli");
+  auto out = run_twice(shared_traces() + "/mooncake_synthetic_trace.jsonl",
+                       "--progress", mooncake);
+  CHECK(out.find("3993 requests: 3993 completed") != std::string::npos);
+  CHECK(out.find("100.0 % of the trace read") != std::string::npos);
+  CHECK(lines(slurp(mooncake.path / "a" / "requests.csv")) == 3994);
+  // Mooncake's prefixes repeat: prefix-aware routing reuses some.
+  CHECK(out.find("prefix reuse saved 0.000 GB") == std::string::npos);
+
+  scratch_dir azure("sim-cli");
+  out = run_twice(shared_traces() + "/AzureLLMInferenceTrace_code.csv", "",
+                  azure);
+  CHECK(out.find("8819 requests: 8819 completed") != std::string::npos);
+}
+
+TEST_CASE("kvferry sim: a bad trace line or topology key fails naming it") {
+  scratch_dir dir("sim-cli");
+  auto trace = (dir.path / "bad.jsonl").string();
+  std::ofstream(trace) << "{\"timestamp\": 0, \"input_length\": 5, "
+                          "\"output_length\": 1}\n{\"timestamp\": 1}\n";
+  auto r = run_kvferry("sim --trace " + trace + " --topology " + topology, 60);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("error: " + trace + ":2: a Mooncake line needs") !=
+        std::string::npos);
+
+  auto topo = (dir.path / "t.yaml").string();
+  std::ofstream(topo) << "workers:\n  - {name: p0, role: prefill}\n  - "
+                         "{name: d0, role: decode}\nsim: {routing: "
+                         "random}\n";
+  r = run_kvferry("sim --trace " + trace + " --topology " + topo, 60);
+  CHECK(r.status == 1);
+  CHECK(r.output.find("sim.routing must be one of") != std::string::npos);
+  CHECK(r.output.find(topo + ":4:16") != std::string::npos);
+}

@@ -1,0 +1,347 @@
+// The simulator's models, each checked against figures worked out by hand on
+// a topology small enough to do so: the TTFT parts of one request, layer-wise
+// overlap, max-min sharing of a decode host's NIC (incast), KV pool admission
+// and rejection, decode-side prefix reuse and prefix-aware routing; and the
+// topology's sim: section with its file:line errors.
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/sim/sim.hpp"
+#include "scratch_dir.hpp"
+
+namespace sim = kvferry::sim;
+namespace topo = kvferry::topology;
+using kvferry::test::scratch_dir;
+
+namespace {
+
+// One layer of one 128-wide KV head in fp16, 16-token blocks: 8 KiB per
+// layer-block, so 1600 tokens = 100 blocks = 819,200 bytes. NICs of
+// 8 Gbit/s = 1 byte/ns; no per-message or per-block cost; prefill 0.1 ms
+// per token; a decode step 5 ms per request in the batch. (Control sockets
+// on each host's address, as a file with several hosts needs.)
+const std::string model = R"(
+control: {bind: host}
+model: {layers: 1, kv_heads: 1, head_dim: 128, dtype: fp16, block_tokens: 16}
+)";
+std::string sim_section(const std::string& extra = "") {
+  return R"(
+sim:
+  nic_gbit_per_s: 8
+  latency_us: 10
+  message_us: 0
+  block_us: 0
+  hop_us: 50
+  prefill_ms: [[1000, 100]]
+  decode_step_ms: [[1, 5]]
+)" + extra;
+}
+
+const std::string two_hosts = R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 1000}
+)";
+
+topo::deployment parse(const std::string& yaml) {
+  topo::load_options options;
+  options.allow_missing_plugins = true;
+  auto loaded = topo::parse(yaml, "t.yaml", options);
+  INFO(loaded.report());
+  REQUIRE(loaded.ok());
+  return *loaded.topology;
+}
+
+struct run_result {
+  sim::summary summary;
+  std::string csv;
+};
+
+// One Mooncake line per request: {time ms, input tokens, output tokens,
+// hash ids}.
+struct req {
+  double ms;
+  int input, output;
+  std::string hash_ids = "[]";
+};
+
+// Writes the trace and the outputs in `dir`.
+run_result simulate_in(const scratch_dir& dir, const std::string& yaml,
+                       const std::vector<req>& reqs) {
+  auto trace = (dir.path / "t.jsonl").string();
+  {
+    std::ofstream out(trace);
+    for (auto& r : reqs)
+      out << "{\"timestamp\": " << r.ms << ", \"input_length\": " << r.input
+          << ", \"output_length\": " << r.output
+          << ", \"hash_ids\": " << r.hash_ids << "}\n";
+  }
+  auto topology = parse(yaml);
+  sim::trace_reader reader(trace);
+  sim::run_options options;
+  options.out_dir = dir.path.string();
+  run_result result{sim::run(reader, topology, options), {}};
+  std::ifstream csv(dir.path / "requests.csv");
+  result.csv.assign(std::istreambuf_iterator<char>(csv), {});
+  return result;
+}
+
+run_result simulate(const std::string& yaml, const std::vector<req>& reqs) {
+  scratch_dir dir("sim-engine");
+  return simulate_in(dir, yaml, reqs);
+}
+
+double ms(double ns) {
+  return ns / 1e6;
+}
+
+} // namespace
+
+TEST_CASE("one request: the TTFT parts as worked out by hand") {
+  auto r = simulate(two_hosts + model + sim_section(), {{0, 1600, 1}});
+  auto& t = r.summary.ttft;
+  REQUIRE(r.summary.completed == 1);
+  CHECK(ms(t.queue.mean()) == doctest::Approx(0.050));   // router hop
+  CHECK(ms(t.prefill.mean()) == doctest::Approx(160.0)); // 1600 x 0.1 ms
+  CHECK(ms(t.wait.mean()) == doctest::Approx(0.0)); // granted during prefill
+  // After prefill: 10 us latency + 819,200 bytes at 1 byte/ns.
+  CHECK(ms(t.transfer.mean()) == doctest::Approx(0.8292));
+  CHECK(ms(t.decode.mean()) == doctest::Approx(5.0)); // one step, batch 1
+  CHECK(ms(t.total.mean()) == doctest::Approx(0.050 + 160.0 + 0.8292 + 5.0));
+  CHECK(r.summary.bytes_moved == 819200);
+  CHECK(r.summary.net_transfers == 1);
+  CHECK(r.csv.find("0,1,0.000,1600,1,p0,d0,net,ok,0.050,160.000,0.000,0.829,"
+                   "5.000,165.879,0.829,165.879,819200,0") !=
+        std::string::npos);
+  // The links it crossed carried its bytes.
+  for (auto& link : r.summary.links)
+    if (link.name == "nic-out a" || link.name == "nic-in b")
+      CHECK(link.bytes == doctest::Approx(819200));
+}
+
+TEST_CASE("layer-wise streaming hides the transfer under prefill") {
+  auto yaml =
+      two_hosts + model + "transfer: {layerwise: true}\n" + sim_section();
+  auto r = simulate(yaml, {{0, 1600, 1}});
+  auto& t = r.summary.ttft;
+  // The bytes go as the layers are made (5 bytes/us < 1 byte/ns): the
+  // last one lands with the end of prefill.
+  CHECK(ms(t.transfer.mean()) < 0.001);
+  CHECK(ms(t.total.mean()) == doctest::Approx(0.050 + 160.0 + 5.0));
+  // The whole transfer took as long as the prefill it overlapped.
+  CHECK(ms(r.summary.transfer_time.mean()) ==
+        doctest::Approx(160.05 - 0.15).epsilon(0.0001));
+}
+
+TEST_CASE("incast: two prefill hosts sending to one decode host share its "
+          "NIC fairly") {
+  auto layout = [](bool one_decode_host) {
+    return std::string(R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2},
+        {name: c, address: 10.0.0.3}, {name: d, address: 10.0.0.4}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: p1, role: prefill, host: b, gpu: 0}
+  - {name: d0, role: decode, host: c, gpu: 0, pool_blocks: 1000}
+)") + (one_decode_host
+           ? "  - {name: d1, role: decode, host: c, gpu: 1, pool_blocks: "
+             "1000}\n"
+           : "  - {name: d1, role: decode, host: d, gpu: 0, pool_blocks: "
+             "1000}\n");
+  };
+  std::vector<req> two_at_once = {{0, 1600, 1}, {0, 1600, 1}};
+  auto shared = simulate(layout(true) + model + sim_section(), two_at_once);
+  auto apart = simulate(layout(false) + model + sim_section(), two_at_once);
+  // Apart: each at the full 1 byte/ns. Shared: half each, twice as long.
+  CHECK(ms(apart.summary.ttft.transfer.mean()) == doctest::Approx(0.8292));
+  CHECK(ms(shared.summary.ttft.transfer.mean()) ==
+        doctest::Approx(0.010 + 2 * 0.8192));
+  for (auto& link : shared.summary.links)
+    if (link.name == "nic-in c")
+      CHECK(link.bytes == doctest::Approx(2 * 819200));
+}
+
+TEST_CASE("max-min sharing: an uncapped flow takes what a capped one "
+          "leaves") {
+  // A streams layer by layer during its 1.6 s prefill, held to 5.12
+  // bytes/us. B, on another prefill worker, ends its prefill at 160.05 ms
+  // with 563 bytes still to send (it started 0.11 ms after its prefill):
+  // they go at the link's rest, 1 - 0.00512 bytes/ns, in 0.6 us, not at
+  // A's rate (0.11 ms).
+  auto yaml = R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: p1, role: prefill, host: a, gpu: 1}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 2000}
+transfer: {layerwise: true}
+)" + model + sim_section();
+  auto r = simulate(yaml, {{0, 16000, 1}, {10, 1600, 1}});
+  INFO(r.csv);
+  CHECK(r.csv.find("1,2,10.000,1600,1,p1,d0,net,ok,0.050,160.000,0.000,0.001,"
+                   "5.000,") != std::string::npos);
+}
+
+TEST_CASE("same host: CUDA IPC at its own rate, no NIC") {
+  auto yaml = R"(
+workers:
+  - {name: p0, role: prefill, gpu: 0}
+  - {name: d0, role: decode, gpu: 1, pool_blocks: 1000}
+)" + model + sim_section("  ipc_gbyte_per_s: 100\n");
+  auto r = simulate(yaml, {{0, 1600, 1}});
+  CHECK(r.summary.ipc_transfers == 1);
+  CHECK(r.summary.net_transfers == 0);
+  // No latency; 819,200 bytes at 100 bytes/ns; message_us is 0 here.
+  CHECK(ms(r.summary.ttft.transfer.mean()) ==
+        doctest::Approx(0.008192).epsilon(0.001));
+}
+
+TEST_CASE("a full decode pool makes admission wait; a request larger than "
+          "the pool is rejected") {
+  // A pool of 150 blocks holds one 100-block request at a time.
+  auto yaml = R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: p1, role: prefill, host: a, gpu: 1}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 150}
+)" + model + sim_section();
+  // Both prefill at once (two prefill workers); the second's grant waits
+  // for the first to finish its 10 output tokens (10 steps of 5 ms).
+  auto r = simulate(yaml, {{0, 1600, 10}, {0, 1600, 10}, {0, 3200, 1}});
+  CHECK(r.summary.completed == 2);
+  CHECK(r.summary.rejected == 1);
+  REQUIRE(r.summary.pools.size() == 1);
+  CHECK(r.summary.pools[0].waited == 1);
+  CHECK(r.summary.pools[0].peak_blocks == 100);
+  // First: done at 0.05 + 160 + 0.8292 + 50 ms; the second's grant comes
+  // one hop after that, so it waited 50.8292 + 0.05 ms past its prefill.
+  CHECK(ms(r.summary.ttft.wait.max()) ==
+        doctest::Approx(0.8292 + 50 + 0.05).epsilon(0.0001));
+  CHECK(r.csv.find(",rejected,") != std::string::npos);
+}
+
+TEST_CASE("decode-side prefix reuse moves only the blocks the decode worker "
+          "lacks") {
+  // 1100 tokens: 69 blocks; its two 512-token hash blocks are 64 of them.
+  std::vector<req> reqs = {{0, 1100, 1, "[7, 8]"},
+                           {1000, 1100, 1, "[7, 8, 9]"}};
+  auto on = simulate(two_hosts + model + sim_section(), reqs);
+  CHECK(on.summary.bytes_saved == 64 * 8192);
+  CHECK(on.summary.bytes_moved == (69 + 5) * 8192);
+  auto off = simulate(
+      two_hosts + model + sim_section("  prefix_reuse: false\n"), reqs);
+  CHECK(off.summary.bytes_saved == 0);
+  CHECK(off.summary.bytes_moved == 2 * 69 * 8192);
+}
+
+TEST_CASE("prefix-aware routing sends a request where its prefix is") {
+  auto yaml = [](const char* routing) {
+    return R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 1000}
+  - {name: d1, role: decode, host: b, gpu: 1, pool_blocks: 1000}
+)" + model +
+           sim_section(std::string("  routing: ") + routing + "\n");
+  };
+  // The first request is still decoding (1000 steps) when the second, with
+  // the same prefix, arrives: least-loaded picks the idle d1, prefix-aware
+  // the d0 that holds the prefix.
+  std::vector<req> reqs = {{0, 1100, 1000, "[7, 8]"},
+                           {1000, 1100, 1, "[7, 8]"}};
+  auto least = simulate(yaml("least-loaded"), reqs);
+  auto prefix = simulate(yaml("prefix-aware"), reqs);
+  CHECK(least.summary.bytes_saved == 0);
+  CHECK(least.csv.find(",p0,d1,") != std::string::npos);
+  CHECK(prefix.summary.bytes_saved == 64 * 8192);
+  CHECK(prefix.csv.find(",p0,d1,") == std::string::npos);
+  auto rr = simulate(yaml("round-robin"), reqs);
+  CHECK(rr.csv.find(",p0,d1,") != std::string::npos);
+}
+
+TEST_CASE("the same inputs give the same bytes") {
+  std::vector<req> reqs;
+  for (int i = 0; i < 200; ++i)
+    reqs.push_back({i * 3.5, 100 + (i * 37) % 3000, 1 + i % 17,
+                    "[" + std::to_string(i % 5) + "]"});
+  auto yaml = two_hosts + model + "transfer: {layerwise: true}\n" +
+              sim_section("  routing: prefix-aware\n");
+  scratch_dir dir("sim-engine"); // the same trace path: it is in the report
+  auto a = simulate_in(dir, yaml, reqs);
+  auto b = simulate_in(dir, yaml, reqs);
+  CHECK(a.summary.completed == 200);
+  CHECK(a.csv == b.csv);
+  CHECK(sim::to_json(a.summary) == sim::to_json(b.summary));
+  CHECK(sim::format_table(a.summary) == sim::format_table(b.summary));
+}
+
+TEST_CASE("tables are piecewise linear, extended along the end segments") {
+  std::vector<topo::sim_point> t = {{1, 10}, {11, 20}, {21, 40}};
+  CHECK(sim::interpolate(t, 6) == doctest::Approx(15));
+  CHECK(sim::interpolate(t, 16) == doctest::Approx(30));
+  CHECK(sim::interpolate(t, 31) == doctest::Approx(60));
+  CHECK(sim::interpolate(t, 0) == doctest::Approx(9));
+  CHECK(sim::interpolate({{1, 10}, {2, 0}}, 5) == 0); // never below 0
+  CHECK(sim::interpolate({{100, 10}}, 50) == doctest::Approx(5));
+}
+
+TEST_CASE("the topology's sim: section: defaults, values, errors at "
+          "file:line") {
+  auto base = R"(workers:
+  - {name: p0, role: prefill}
+  - {name: d0, role: decode}
+)";
+  auto plain = parse(base);
+  CHECK(plain.sim.nic_gbit_per_s == 100);
+  CHECK(plain.sim.routing == topo::sim_routing::round_robin);
+  CHECK(plain.sim.prefix_reuse);
+  CHECK(plain.sim.prefill_ms.size() == 6);
+
+  auto set = parse(std::string(base) + R"(sim:
+  nic_gbit_per_s: 400
+  nics_per_host: 4
+  routing: least-loaded
+  prefix_reuse: off
+  decode_step_ms: [[1, 2], [8, 3.5]]
+)");
+  CHECK(set.sim.nic_gbit_per_s == 400);
+  CHECK(set.sim.nics_per_host == 4);
+  CHECK(set.sim.routing == topo::sim_routing::least_loaded);
+  CHECK_FALSE(set.sim.prefix_reuse);
+  REQUIRE(set.sim.decode_step_ms.size() == 2);
+  CHECK(set.sim.decode_step_ms[1].ms == 3.5);
+
+  topo::load_options options;
+  options.allow_missing_plugins = true;
+  auto bad = topo::parse(std::string(base) + R"(sim:
+  nic_gbit_per_sec: 400
+  latency_us: -1
+  routing: prefix
+  prefill_ms: [[10, 1], [5, 2]]
+  decode_step_ms: [[1, 2, 3]]
+)",
+                         "t.yaml", options);
+  auto report = bad.report();
+  INFO(report);
+  CHECK_FALSE(bad.ok());
+  CHECK(
+      report.find("unknown key 'nic_gbit_per_sec' at t.yaml:5:3; did you mean "
+                  "'nic_gbit_per_s'?") != std::string::npos);
+  CHECK(report.find("sim.latency_us must be a number in [0, 10000000], got "
+                    "'-1' at t.yaml:6:15") != std::string::npos);
+  CHECK(report.find("sim.routing must be one of round-robin | least-loaded | "
+                    "prefix-aware, got 'prefix' at t.yaml:7:12") !=
+        std::string::npos);
+  CHECK(report.find("sim.prefill_ms must be a list of [tokens, ms] pairs") !=
+        std::string::npos);
+  CHECK(report.find("tokens 5 does not increase at t.yaml:8:25") !=
+        std::string::npos);
+  CHECK(report.find("an entry is not a pair of numbers at t.yaml:9:20") !=
+        std::string::npos);
+}
