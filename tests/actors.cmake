@@ -25,3 +25,10 @@ add_dependencies(test_gpu_wiring kvferry)
 kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 add_dependencies(test_transfer_bounds nccl-net-kvsock)
+# The router under the deterministic scheduler (virtual time, fake producers).
+kvferry_add_test(NAME test_router SOURCES unit/router_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
+# start_worker in the test's own actor system: registration, leave, errors.
+kvferry_add_test(NAME test_worker_start SOURCES unit/worker_start_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
+add_dependencies(test_worker_start nccl-net-kvsock)

@@ -27,6 +27,7 @@
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"

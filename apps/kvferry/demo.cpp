@@ -11,27 +11,14 @@
 // table. Exits non-zero, naming what failed, on any mismatch or failure.
 // Children are always reaped.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
-#include <fcntl.h>
-#include <future>
 #include <iostream>
 #include <memory>
-#include <mutex>
 #include <optional>
-#include <poll.h>
 #include <random>
-#include <signal.h>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
-#include <tuple>
-#include <unistd.h>
-#include <unordered_map>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -40,16 +27,14 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.hpp"
-#include "exec_vector.hpp"
-#include "gpu_option.hpp"
+#include "demo_local.hpp"
+#include "geometry_flags.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/connect_peers.hpp"
 #include "kvferry/actors/directory.hpp"
-#include "kvferry/runtime/kv_geometry.hpp"
+#include "kvferry/actors/router.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
-#include "kvferry/transport/gpu_topology.hpp"
-#include "mps_daemon.hpp"
 #include "percentile.hpp"
 #include "pki.hpp"
 
@@ -58,236 +43,102 @@ namespace {
 
 using namespace std::chrono;
 
-struct demo_command {
-  std::uint64_t requests = 100;
-  bool layerwise = false;
-  bool pull = false;
-  std::uint64_t seed = 1;
-  // The run's request ids are base+1..base+requests (warm-ups after);
-  // unset: a fresh base per run (request_id_base_for).
-  std::optional<std::uint64_t> request_id_base;
-  std::string directory; // attach instead of starting processes
-  std::uint32_t min_tokens = 64;
-  std::uint32_t max_tokens = 1024;
-  std::uint32_t inflight = 2;
-  kv_geometry geometry;
-  std::string dtype = "fp16";
-  std::string plugin;
-  std::string gpu = "auto";
-  std::string prefill_gpu; // empty: --gpu
-  std::string decode_gpu;  // empty: --gpu
-  std::string transport = "ipc";
-  std::string mps = "auto"; // auto, on or off
-  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
-  std::uint32_t comms_per_peer = 2;
-  std::uint32_t timeout_ms = 10000;
-  std::uint32_t deadline_s = 600; // the whole run
-  bool quiet = false;
-  bool warm_up = true;
-  runtime::runtime_options runtime;
-};
-
-// ---- stop signals
-
-// While a private MPS daemon of ours runs, SIGINT/SIGTERM/SIGHUP must not
-// kill the demo outright: the daemon would outlive it. The handler records
-// the signal; the loops that wait (start-up, the run) see it and return
-// through the normal path, whose destructors stop the workers and then the
-// daemon. A second signal kills at once, as before (SA_RESETHAND).
-volatile std::sig_atomic_t stop_signal = 0;
-
-void record_stop_signal(int sig) {
-  stop_signal = sig;
+// The GPU copy columns: kernel GB/s (bytes over the kernels' summed GPU
+// time; one sender's kernels run one after another on its stream), then
+// p50 / p99 of launch-to-kernel-start and of the window after the kernels;
+// "-" where no request was timed on the GPU (plugin path).
+std::string gpu_copy_columns(const router_results& out) {
+  if (out.gpu_copy_ns <= 0)
+    return "- | - | -";
+  return fmt::format("{:.3f} | {:.0f} / {:.0f} | {:.0f} / {:.0f}",
+                     static_cast<double>(out.gpu_copy_bytes) /
+                         static_cast<double>(out.gpu_copy_ns),
+                     percentile(out.gpu_queued_us, 0.5),
+                     percentile(out.gpu_queued_us, 0.99),
+                     percentile(out.after_kernel_us, 0.5),
+                     percentile(out.after_kernel_us, 0.99));
 }
 
-void catch_stop_signals() {
-  struct sigaction action {};
-  action.sa_handler = record_stop_signal;
-  action.sa_flags = SA_RESETHAND | SA_RESTART;
-  sigemptyset(&action.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
-    struct sigaction old {};
-    sigaction(sig, nullptr, &old);
-    if (old.sa_handler != SIG_IGN) // under nohup and the like: stays ignored
-      sigaction(sig, &action, nullptr);
+// Finds the workers of both roles, waiting (up to 15 s) for them to register.
+std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
+                         router_config& plan) {
+  caf::scoped_actor self{sys};
+  auto deadline = steady_clock::now() + seconds(15);
+  std::string last_error;
+  while (steady_clock::now() < deadline) {
+    plan.producers.clear();
+    plan.consumers.clear();
+    self->request(dir, seconds(5), list_atom::value)
+        .receive(
+            [&](std::vector<worker_info>& all) {
+              for (auto& w : all) {
+                if (!w.app)
+                  continue;
+                if (w.role == worker_role::prefill)
+                  plan.producers.push_back(
+                      {w.name, caf::actor_cast<producer_actor>(w.app)});
+                else
+                  plan.consumers.push_back({w.name, w.app});
+              }
+            },
+            [&](const caf::error& err) { last_error = render(err); });
+    if (!plan.producers.empty() && !plan.consumers.empty())
+      return {};
+    std::this_thread::sleep_for(milliseconds(100));
   }
+  return fmt::format("the directory lists {} prefill and {} decode workers "
+                     "after 15 s{}",
+                     plan.producers.size(), plan.consumers.size(),
+                     last_error.empty() ? "" : " (" + last_error + ")");
 }
 
-// The exit status for a run stopped by a signal, saying so on stderr.
-int interrupted() {
-  std::cerr << "kvferry demo: interrupted (" << strsignal(stop_signal)
-            << "), stopping the processes it started\n";
-  return 128 + stop_signal;
+// How the consumers' requests came in (credit or negotiated), so that a
+// control figure can be read against the path it measured.
+void print_credit_use(caf::actor_system& sys, const router_config& plan) {
+  caf::scoped_actor self{sys};
+  for (std::size_t k = 0; k < plan.consumers.size(); ++k)
+    self->request(caf::actor_cast<consumer_actor>(plan.consumers[k].app),
+                  seconds(5), proto::stats_atom::value)
+        .receive(
+            [&](const proto::consumer_stats& s) {
+              fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
+                         "{} refused; {} blocks lent, {} credit returns; "
+                         "pool {} free + {} lent of {} blocks, {} requests "
+                         "open; {} waited for blocks, {} of them failed\n",
+                         plan.consumers[k].name, s.delegated, s.negotiated,
+                         s.refused, s.lent_blocks, s.credit_returns,
+                         s.free_blocks, s.lent_blocks, s.pool_blocks,
+                         s.in_flight, s.waited, s.wait_failed);
+            },
+            [&](const caf::error& err) {
+              fmt::print("consumer '{}': no stats ({})\n",
+                         plan.consumers[k].name, render(err));
+            });
 }
 
-// ---- child processes
-
-// A child `kvferry` process with its stdout on a pipe and `extra_env` added
-// to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
-// destruction, whatever happened.
-class child_process {
-public:
-  child_process(std::string what, const std::vector<std::string>& args,
-                const env_pairs& extra_env = {})
-      : what_(std::move(what)) {
-    // Built before fork: the child only calls async-signal-safe functions.
-    auto argv = exec_vector(args);
-    const auto env = environment_with(extra_env);
-    auto envp = exec_vector(env);
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
-      throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));
-    pid_ = fork();
-    if (pid_ < 0)
-      throw std::runtime_error(what_ + ": fork: " + std::strerror(errno));
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM); // never outlive the demo
-      dup2(fds[1], STDOUT_FILENO);
-      execve("/proc/self/exe", argv.data(), envp.data());
-      _exit(127);
-    }
-    close(fds[1]);
-    out_ = fds[0];
+// CAF's own cross-process round trip from this process to the first decode
+// worker (a stats request, answered at once), measured right after the run:
+// the baseline beside which the control overhead per request reads, since
+// every request crosses processes at least three times (router -> producer
+// -> consumer -> router). p50 in us, 0 when no reply came.
+double caf_round_trip_us(caf::actor_system& sys, const router_config& plan) {
+  constexpr int warm_up = 20, samples = 300;
+  caf::scoped_actor self{sys};
+  auto consumer = caf::actor_cast<consumer_actor>(plan.consumers.front().app);
+  std::vector<double> micros;
+  for (int k = 0; k < warm_up + samples; ++k) {
+    auto t0 = steady_clock::now();
+    bool ok = false;
+    self->request(consumer, seconds(2), proto::stats_atom::value)
+        .receive([&](const proto::consumer_stats&) { ok = true; },
+                 [&](const caf::error&) {});
+    if (!ok)
+      return 0;
+    if (k >= warm_up)
+      micros.push_back(
+          duration<double, std::micro>(steady_clock::now() - t0).count());
   }
-  ~child_process() { stop(); }
-  child_process(const child_process&) = delete;
-  child_process& operator=(const child_process&) = delete;
-
-  // Reads stdout until a line containing `marker`; returns that line, or
-  // throws naming the child when it exits or the deadline passes first (or
-  // a stop signal came).
-  std::string wait_for_line(const std::string& marker, milliseconds timeout) {
-    auto deadline = steady_clock::now() + timeout;
-    for (;;) {
-      auto nl = buffer_.find('\n');
-      while (nl != std::string::npos) {
-        auto line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        if (line.find(marker) != std::string::npos)
-          return line;
-        nl = buffer_.find('\n');
-      }
-      if (stop_signal)
-        throw std::runtime_error(what_ + ": interrupted");
-      auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
-      if (left.count() <= 0)
-        throw std::runtime_error(
-            fmt::format("{} did not report '{}' within {} ms", what_, marker,
-                        timeout.count()));
-      pollfd p{out_, POLLIN, 0};
-      auto slice = std::min<milliseconds::rep>(left.count(), 100);
-      if (poll(&p, 1, static_cast<int>(slice)) > 0) {
-        char buf[512];
-        auto n = read(out_, buf, sizeof buf);
-        if (n <= 0)
-          throw std::runtime_error(
-              fmt::format("{} exited before reporting '{}' ({})", what_, marker,
-                          describe_exit()));
-        buffer_.append(buf, static_cast<std::size_t>(n));
-      }
-    }
-  }
-
-  bool running() {
-    if (pid_ <= 0)
-      return false;
-    return waitpid(pid_, &status_, WNOHANG) == 0;
-  }
-
-  void stop() {
-    if (pid_ <= 0)
-      return;
-    kill(pid_, SIGTERM);
-    auto deadline = steady_clock::now() + seconds(5);
-    while (waitpid(pid_, &status_, WNOHANG) == 0) {
-      if (steady_clock::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status_, 0);
-        break;
-      }
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    pid_ = -1;
-    if (out_ >= 0)
-      close(out_);
-    out_ = -1;
-  }
-
-private:
-  std::string describe_exit() {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (WIFEXITED(status))
-        return fmt::format("exit status {}", WEXITSTATUS(status));
-      if (WIFSIGNALED(status))
-        return fmt::format("killed by signal {}", WTERMSIG(status));
-    }
-    return "closed its output";
-  }
-  std::string what_;
-  pid_t pid_ = -1;
-  int out_ = -1;
-  int status_ = 0;
-  std::string buffer_;
-};
-
-std::vector<std::string> geometry_args(const demo_command& cmd) {
-  return {"--layers",       std::to_string(cmd.geometry.layers),
-          "--kv-heads",     std::to_string(cmd.geometry.kv_heads),
-          "--head-dim",     std::to_string(cmd.geometry.head_dim),
-          "--dtype",        cmd.dtype,
-          "--block-tokens", std::to_string(cmd.geometry.block_tokens)};
-}
-
-// ---- the router
-
-struct results {
-  std::mutex mtx;
-  std::uint64_t done = 0;
-  std::uint64_t failed = 0;
-  std::uint64_t bytes = 0;
-  std::vector<double> latency_us;
-  std::vector<double> control_us; // latency minus data movement and hashing
-  // Each request's data window (consumer index, start, end: the consumer
-  // host's steady clock, ns). Requests in flight together share time, so the
-  // data rate divides by the union of each consumer's windows, not the sum.
-  struct data_window {
-    std::size_t consumer;
-    std::int64_t start, end;
-  };
-  std::vector<data_window> data_windows;
-  // CUDA IPC: the copy kernels' GPU time (ready_report::gpu_copy_ns) and the
-  // bytes of the requests that have one; per request, the launch-to-kernel
-  // time and the rest of its data window after the kernels (us).
-  std::int64_t gpu_copy_ns = 0;
-  std::uint64_t gpu_copy_bytes = 0;
-  std::vector<double> gpu_queued_us;
-  std::vector<double> after_kernel_us;
-  std::vector<std::string> errors;
-  // Why the run stopped before its end when no request says it (e.g. the
-  // directory died between requests); empty otherwise.
-  std::string stopped_because;
-  steady_clock::time_point start, end;
-};
-
-// Bytes over the time during which some request's bytes were moving: the
-// union of the data windows, per consumer (each has its own clock), summed.
-double data_rate_gbps(results& out) {
-  auto w = out.data_windows;
-  std::sort(w.begin(), w.end(), [](const auto& a, const auto& b) {
-    return std::tie(a.consumer, a.start) < std::tie(b.consumer, b.start);
-  });
-  std::int64_t busy_ns = 0;
-  for (std::size_t i = 0; i < w.size();) {
-    auto start = w[i].start, end = w[i].end;
-    for (++i; i < w.size() && w[i].consumer == w[i - 1].consumer &&
-              w[i].start <= end;
-         ++i)
-      end = std::max(end, w[i].end);
-    busy_ns += end - start;
-  }
-  return busy_ns > 0 ? static_cast<double>(out.bytes) / busy_ns : 0.0;
+  return percentile(std::move(micros), 0.5);
 }
 
 // Request ids are unique per run: a worker may still hold an earlier run's
@@ -306,653 +157,115 @@ std::uint64_t request_id_base_for(const std::optional<std::uint64_t>& forced) {
   return r % request_id_base_limit;
 }
 
-struct router_plan {
-  std::vector<std::uint32_t> tokens; // one per request
-  std::vector<producer_actor> producers;
-  std::vector<std::string> producer_names; // parallel to producers
-  std::vector<caf::actor> consumers;
-  std::vector<std::string> consumer_names; // parallel to consumers
-  std::string directory;                   // HOST:PORT, for messages
-  bool layerwise = false;
-  bool pull = false;
-  std::uint64_t seed = 1;
-  std::uint64_t id_base = 0; // request i (0-based) has id id_base + i + 1
-  std::uint32_t inflight = 2;
-  std::uint32_t timeout_ms = 10000;
-  // Tokens of the one warm-up request per producer/consumer pair that runs
-  // before the clock starts; 0: none.
-  std::uint32_t warm_up_tokens = 0;
-};
-
-// Records a failed request (the run has failed: no new request starts),
-// naming the decode worker it was bound for: the producer may not know it.
-void record_failure(results& out, std::uint64_t request_id,
-                    const std::string& consumer, const caf::error& err,
-                    const char* what = "request") {
-  // CAF's own word for a request whose receiver was already gone (the
-  // producer, or the consumer it delegated to) names no party: say who.
-  auto why = err == caf::sec::request_receiver_down
-                 ? make_error(ec::peer_down,
-                              fmt::format("a worker on the request's path (its "
-                                          "prefill worker, or decode worker "
-                                          "'{}') was gone before it answered",
-                                          consumer))
-                 : err;
-  std::lock_guard<std::mutex> guard{out.mtx};
-  ++out.done;
-  ++out.failed;
-  out.errors.push_back(fmt::format("{} {} (to decode worker '{}'): {}", what,
-                                   request_id, consumer, render(why)));
-}
-
-// Requests in flight at the router: which workers each one goes through, so
-// a worker's death fails its requests at once. With credit the consumer,
-// not the producer, answers a request, and a dead one answers nothing; a
-// dead producer leaves its requests waiting at the consumer.
-struct in_flight {
-  struct route {
-    std::size_t producer;
-    std::size_t consumer;
-  };
-  std::unordered_map<std::uint64_t, route> routes; // by request
-  std::uint64_t count = 0;
-  // Whether `id` was still in flight (not failed meanwhile).
-  bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
-};
-
-// Sends request `id` (`tokens` tokens, bound for consumer `consumer`) to
-// producer `producer` (indices into the plan), counted in `flight` until a
-// handler forgets it (a worker that leaves fails what it still finds there);
-// the caller attaches the handlers.
-auto send_prefill(caf::event_based_actor* self, const router_plan& plan,
-                  in_flight& flight, std::size_t producer, std::uint64_t id,
-                  std::uint32_t tokens, std::size_t consumer) {
-  ++flight.count;
-  flight.routes.emplace(id, in_flight::route{producer, consumer});
-  proto::prefill_request req;
-  req.request_id = id;
-  req.prompt_tokens = tokens;
-  req.pattern_seed = plan.seed;
-  req.consumer = plan.consumers[consumer];
-  req.layerwise = plan.layerwise;
-  req.pull = plan.pull;
-  // Generous: the producer's own deadlines fire first and name the cause.
-  return self->request(plan.producers[producer],
-                       milliseconds(3 * plan.timeout_ms + 5000),
-                       proto::prefill_atom::value, std::move(req));
-}
-
-// Before the clock starts, one small request per producer/consumer pair
-// (ids after the run's): the first request to a worker pays one-time set-up
-// (the first credit reserve, opening a channel, mapping a peer's GPU pool:
-// 147 ms across two H100s), which the run's percentiles should not mix with
-// steady-state requests. Its time is printed instead. The requests are in
-// `flight` like any other, so a consumer that leaves fails them at once; a
-// failure stops the run. `done` runs once all succeeded.
-void warm_up(caf::event_based_actor* self,
-             const std::shared_ptr<router_plan>& plan,
-             const std::shared_ptr<in_flight>& flight,
-             const std::shared_ptr<bool>& stopped,
-             const std::shared_ptr<results>& out, std::function<void()> done) {
-  auto t0 = steady_clock::now();
-  auto pairs = plan->producers.size() * plan->consumers.size();
-  auto id = plan->id_base + plan->tokens.size();
-  for (std::size_t producer = 0; producer < plan->producers.size(); ++producer)
-    for (std::size_t consumer = 0; consumer < plan->consumers.size();
-         ++consumer) {
-      ++id;
-      auto finish = [=](const caf::error& err) {
-        if (!flight->forget(id))
-          return; // already failed (a worker of it went down)
-        if (err) {
-          *stopped = true;
-          record_failure(*out, id, plan->consumer_names[consumer], err,
-                         "warm-up request");
-        }
-        if (--flight->count > 0)
-          return;
-        if (!*stopped)
-          fmt::print(
-              stderr,
-              "kvferry demo: warm-up ({} request(s), one per worker "
-              "pair: first-contact set-up) took {:.1f} ms, not counted "
-              "below\n",
-              pairs,
-              duration<double, std::milli>(steady_clock::now() - t0).count());
-        done();
-      };
-      send_prefill(self, *plan, *flight, producer, id, plan->warm_up_tokens,
-                   consumer)
-          .then([=](proto::ready_report&) { finish(caf::error{}); },
-                [=](caf::error& err) { finish(err); });
-    }
-}
-
-caf::behavior router(caf::event_based_actor* self,
-                     std::shared_ptr<router_plan> plan,
-                     std::shared_ptr<results> out,
-                     std::shared_ptr<std::promise<void>> finished,
-                     directory_actor dir) {
-  auto next = std::make_shared<std::uint64_t>(0);
-  auto flight = std::make_shared<in_flight>();
-  auto stopped = std::make_shared<bool>(false);
-  auto warming = std::make_shared<bool>(plan->warm_up_tokens > 0);
-  // `issue` starts requests; completions call it again through a weak
-  // reference (no self-reference cycle). The behavior below holds the only
-  // strong reference, so it lives exactly as long as the actor.
-  auto issue = std::make_shared<std::function<void()>>();
-  std::weak_ptr<std::function<void()>> weak_issue = issue;
-  auto again = [weak_issue] {
-    if (auto f = weak_issue.lock())
-      (*f)();
-  };
-  *issue = [=] {
-    // After the first failure no new request starts: the run has failed,
-    // and the requests in flight only drain.
-    while (!*warming && flight->count < plan->inflight &&
-           *next < plan->tokens.size() && !*stopped) {
-      auto i = (*next)++;
-      auto id = plan->id_base + i + 1;
-      auto consumer = i % plan->consumers.size();
-      auto producer = i % plan->producers.size();
-      auto t0 = steady_clock::now();
-      send_prefill(self, *plan, *flight, producer, id, plan->tokens[i],
-                   consumer)
-          .then(
-              [=](proto::ready_report& r) {
-                if (!flight->forget(id))
-                  return; // already failed (a worker of it went down)
-                auto us = duration<double, std::micro>(steady_clock::now() - t0)
-                              .count();
-                {
-                  std::lock_guard<std::mutex> guard{out->mtx};
-                  ++out->done;
-                  out->bytes += r.bytes;
-                  out->latency_us.push_back(us);
-                  if (r.transfer_ns > 0)
-                    out->data_windows.push_back(
-                        {consumer, r.data_start_ns,
-                         r.data_start_ns + r.transfer_ns});
-                  if (r.gpu_copy_ns > 0) {
-                    out->gpu_copy_ns += r.gpu_copy_ns;
-                    out->gpu_copy_bytes += r.bytes;
-                    out->gpu_queued_us.push_back(
-                        static_cast<double>(r.gpu_queued_ns) / 1e3);
-                    out->after_kernel_us.push_back(
-                        static_cast<double>(r.transfer_ns - r.gpu_queued_ns -
-                                            r.gpu_copy_ns) /
-                        1e3);
-                  }
-                  out->control_us.push_back(
-                      us -
-                      static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
-                }
-                --flight->count;
-                again();
-              },
-              [=](caf::error& err) {
-                if (!flight->forget(id))
-                  return;
-                *stopped = true;
-                record_failure(*out, id, plan->consumer_names[consumer], err);
-                --flight->count;
-                again();
-              });
-    }
-    if (flight->count == 0 &&
-        (*stopped || (!*warming && *next == plan->tokens.size()))) {
-      out->end = steady_clock::now();
-      finished->set_value();
-      self->quit();
-    }
-  };
-  // A worker that is gone fails its requests at once, naming it. The
-  // directory says so (`left`): it holds a connection to every worker and
-  // sees a process die at once. (A monitor on a worker is no substitute:
-  // this process reaches it through the directory's node at first, and CAF
-  // 0.17 can report such a proxy down, remote_link_unreachable, while the
-  // worker is alive; the demo tests caught that.)
-  auto fail_routes = [=](auto hit, const caf::error& err) {
-    std::vector<std::uint64_t> lost;
-    for (auto& [id, route] : flight->routes)
-      if (hit(route))
-        lost.push_back(id);
-    std::sort(lost.begin(), lost.end());
-    for (auto id : lost) {
-      auto consumer = flight->routes.at(id).consumer;
-      flight->forget(id);
-      record_failure(*out, id, plan->consumer_names[consumer], err);
-      --flight->count;
-    }
-    *stopped = true; // the run has failed: no new request starts
-    again();
-  };
-  auto worker_left = [=](const std::string& name, const std::string& why) {
-    auto gone = [&](const char* role) {
-      return make_error(ec::peer_down, fmt::format("{} worker '{}' is gone: {}",
-                                                   role, name, why));
-    };
-    for (std::size_t k = 0; k < plan->consumer_names.size(); ++k)
-      if (plan->consumer_names[k] == name)
-        fail_routes([k](const in_flight::route& r) { return r.consumer == k; },
-                    gone("decode"));
-    for (std::size_t k = 0; k < plan->producer_names.size(); ++k)
-      if (plan->producer_names[k] == name)
-        fail_routes([k](const in_flight::route& r) { return r.producer == k; },
-                    gone("prefill"));
-  };
-  // Without the directory no worker's death can reach us any more: stop
-  // now (every request in flight fails, saying why) rather than run on
-  // blind until the deadlines.
-  self->monitor(dir);
-  self->set_down_handler([=](caf::down_msg& dm) {
-    if (dm.source != dir.address())
-      return;
-    auto why = fmt::format("the directory at {} is gone ({}): stopping, since "
-                           "worker failures can no longer be seen",
-                           plan->directory, render(dm.reason));
-    out->stopped_because = why;
-    fail_routes([](const in_flight::route&) { return true; },
-                make_error(ec::peer_down, why));
-  });
-  self->request(dir, seconds(10), watch_atom::value,
-                caf::actor_cast<caf::actor>(self))
-      .then([](std::vector<worker_info>&) {},
-            [](caf::error& err) {
-              spdlog::warn("demo router: watching the directory failed: {}",
-                           render(err));
-            });
-  out->start = steady_clock::now();
-  if (*warming)
-    warm_up(self, plan, flight, stopped, out, [=] {
-      *warming = false;
-      out->start = steady_clock::now();
-      again();
-    });
-  else
-    (*issue)();
-  return {
-      [issue](caf::ok_atom) {},
-      [](joined_atom, const worker_info&) {},
-      [=](left_atom, const std::string& name, const caf::error& why) {
-        worker_left(name, "it left the directory: " + render(why));
-      },
+// The run's requests (seeded prompt lengths) and how the router sends them.
+void plan_requests(const demo_command& cmd, router_config& plan) {
+  std::mt19937_64 rng{cmd.seed};
+  std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
+                                                      cmd.max_tokens};
+  for (std::uint64_t i = 0; i < cmd.requests; ++i)
+    plan.tokens.push_back(length(rng));
+  plan.layerwise = cmd.layerwise;
+  plan.pull = cmd.pull;
+  plan.seed = cmd.seed;
+  // Request i (0-based) has id base + i + 1.
+  plan.first_request_id = request_id_base_for(cmd.request_id_base) + 1;
+  plan.inflight = std::max<std::uint32_t>(1, cmd.inflight);
+  plan.timeout_ms = cmd.timeout_ms;
+  plan.warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
+  plan.on_warm_up = [](std::size_t pairs, caf::timespan took) {
+    fmt::print(stderr,
+               "kvferry demo: warm-up ({} request(s), one per worker "
+               "pair: first-contact set-up) took {:.1f} ms, not counted "
+               "below\n",
+               pairs, duration<double, std::milli>(took).count());
   };
 }
 
-// ---- which GPUs the two workers use
-
-// Where the two workers' KV pools live: -1 for host memory (both or neither).
-struct worker_gpus {
-  int prefill = -1;
-  int decode = -1;
-  bool on_gpus() const { return prefill >= 0; }
-};
-
-// A worker's --prefill-gpu / --decode-gpu, or --gpu when it is not given.
-struct worker_gpu_option {
-  std::string option; // as the user wrote it, for messages
-  std::string value;
-};
-
-worker_gpu_option gpu_option_for(const demo_command& cmd,
-                                 const std::string& own_option,
-                                 const std::string& own_value) {
-  if (own_value.empty())
-    return {"--gpu", cmd.gpu};
-  return {own_option, own_value};
-}
-
-// Checks the ordinals against this machine and, over CUDA IPC across two
-// GPUs, that the prefill worker's GPU can write the decode worker's: the
-// producer's transfer actor runs the copy kernel in push and in pull mode.
-std::string check_worker_gpus(const demo_command& cmd, const worker_gpus& g,
-                              const worker_gpu_option& prefill,
-                              const worker_gpu_option& decode) {
-  auto gpus = transport::system_gpu_topology();
-  try {
-    transport::check_gpu_ordinal(*gpus, g.prefill, prefill.option);
-    transport::check_gpu_ordinal(*gpus, g.decode, decode.option);
-    if (cmd.transport == "ipc")
-      transport::check_ipc_peer_access(*gpus, g.prefill, g.decode);
-  } catch (const transport::no_peer_access& e) {
-    return fmt::format("{} {} {} {} over CUDA IPC: {}", prefill.option,
-                       prefill.value, decode.option, decode.value, e.what());
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return {};
-}
-
-// Resolves --gpu / --prefill-gpu / --decode-gpu once, before any process
-// starts, so that a missing GPU or an impossible pair fails here (exit 2)
-// naming the option instead of in a worker. Empty on success.
-std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
-  auto prefill = gpu_option_for(cmd, "--prefill-gpu", cmd.prefill_gpu);
-  auto decode = gpu_option_for(cmd, "--decode-gpu", cmd.decode_gpu);
-  for (const auto* o : {&prefill, &decode})
-    if (auto bad = check_gpu_option(o->option, o->value); !bad.empty())
-      return bad;
-  g.prefill = resolve_gpu(prefill.value, "kvferry demo");
-  g.decode = decode.value == prefill.value
-                 ? g.prefill
-                 : resolve_gpu(decode.value, "kvferry demo");
-  if ((g.prefill < 0) != (g.decode < 0))
-    return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
-                       "in GPU memory or both in host memory",
-                       prefill.option, prefill.value, decode.option,
-                       decode.value);
-  return g.on_gpus() ? check_worker_gpus(cmd, g, prefill, decode)
-                     : std::string{};
-}
-
-// "GPU 0 memory", "host memory", or both GPUs when the workers differ.
-std::string describe_worker_memory(const worker_gpus& g) {
-  if (g.prefill == g.decode)
-    return describe_memory(g.prefill);
-  return fmt::format("prefill GPU {} / decode GPU {} memory", g.prefill,
-                     g.decode);
-}
-
-// How the bytes travel between the demo's two workers.
-std::string via(const worker_gpus& g, const std::string& transport,
-                const std::string& plugin) {
-  auto net = plugin.empty() ? std::string{"kvsock"} : plugin;
-  if (!g.on_gpus())
-    return ", " + net;
-  return transport == "ipc" ? ", CUDA IPC" : ", " + net + " (GPU memory)";
-}
-
-// The GPU copy columns: kernel GB/s (bytes over the kernels' summed GPU
-// time; one sender's kernels run one after another on its stream), then
-// p50 / p99 of launch-to-kernel-start and of the window after the kernels;
-// "-" where no request was timed on the GPU (plugin path).
-std::string gpu_copy_columns(const results& out) {
-  if (out.gpu_copy_ns <= 0)
-    return "- | - | -";
-  return fmt::format("{:.3f} | {:.0f} / {:.0f} | {:.0f} / {:.0f}",
-                     static_cast<double>(out.gpu_copy_bytes) /
-                         static_cast<double>(out.gpu_copy_ns),
-                     percentile(out.gpu_queued_us, 0.5),
-                     percentile(out.gpu_queued_us, 0.99),
-                     percentile(out.after_kernel_us, 0.5),
-                     percentile(out.after_kernel_us, 0.99));
-}
-
-// Finds the workers of both roles, waiting (up to 15 s) for them to register.
-std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
-                         router_plan& plan) {
-  caf::scoped_actor self{sys};
-  auto deadline = steady_clock::now() + seconds(15);
-  std::string last_error;
-  while (steady_clock::now() < deadline) {
-    plan.producers.clear();
-    plan.producer_names.clear();
-    plan.consumers.clear();
-    plan.consumer_names.clear();
-    self->request(dir, seconds(5), list_atom::value)
-        .receive(
-            [&](std::vector<worker_info>& all) {
-              for (auto& w : all) {
-                if (!w.app)
-                  continue;
-                if (w.role == worker_role::prefill) {
-                  plan.producers.push_back(
-                      caf::actor_cast<producer_actor>(w.app));
-                  plan.producer_names.push_back(w.name);
-                } else {
-                  plan.consumers.push_back(w.app);
-                  plan.consumer_names.push_back(w.name);
-                }
-              }
-            },
-            [&](const caf::error& err) { last_error = render(err); });
-    if (!plan.producers.empty() && !plan.consumers.empty())
-      return {};
-    std::this_thread::sleep_for(milliseconds(100));
-  }
-  return fmt::format("the directory lists {} prefill and {} decode workers "
-                     "after 15 s{}",
-                     plan.producers.size(), plan.consumers.size(),
-                     last_error.empty() ? "" : " (" + last_error + ")");
-}
-
-// How the consumers' requests came in (credit or negotiated), so that a
-// control figure can be read against the path it measured.
-void print_credit_use(caf::actor_system& sys, const router_plan& plan) {
-  caf::scoped_actor self{sys};
-  for (std::size_t k = 0; k < plan.consumers.size(); ++k)
-    self->request(caf::actor_cast<consumer_actor>(plan.consumers[k]),
-                  seconds(5), proto::stats_atom::value)
-        .receive(
-            [&](const proto::consumer_stats& s) {
-              fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
-                         "{} refused; {} blocks lent, {} credit returns; "
-                         "pool {} free + {} lent of {} blocks, {} requests "
-                         "open; {} waited for blocks, {} of them failed\n",
-                         plan.consumer_names[k], s.delegated, s.negotiated,
-                         s.refused, s.lent_blocks, s.credit_returns,
-                         s.free_blocks, s.lent_blocks, s.pool_blocks,
-                         s.in_flight, s.waited, s.wait_failed);
-            },
-            [&](const caf::error& err) {
-              fmt::print("consumer '{}': no stats ({})\n",
-                         plan.consumer_names[k], render(err));
-            });
-}
-
-// CAF's own cross-process round trip from this process to the first decode
-// worker (a stats request, answered at once), measured right after the run:
-// the baseline beside which the control overhead per request reads, since
-// every request crosses processes at least three times (router -> producer
-// -> consumer -> router). p50 in us, 0 when no reply came.
-double caf_round_trip_us(caf::actor_system& sys, const router_plan& plan) {
-  constexpr int warm_up = 20, samples = 300;
-  caf::scoped_actor self{sys};
-  auto consumer = caf::actor_cast<consumer_actor>(plan.consumers.front());
-  std::vector<double> micros;
-  for (int k = 0; k < warm_up + samples; ++k) {
-    auto t0 = steady_clock::now();
-    bool ok = false;
-    self->request(consumer, seconds(2), proto::stats_atom::value)
-        .receive([&](const proto::consumer_stats&) { ok = true; },
-                 [&](const caf::error&) {});
-    if (!ok)
-      return 0;
-    if (k >= warm_up)
-      micros.push_back(
-          duration<double, std::micro>(steady_clock::now() - t0).count());
-  }
-  return percentile(std::move(micros), 0.5);
-}
-
-// ---- the processes the demo starts
-
-// The pool sizes the demo gives its two workers (see run_demo).
-struct worker_pools {
-  std::uint64_t prefill_blocks = 0;
-  std::uint64_t decode_blocks = 0;
-  std::uint64_t decode_lend_percent = 0;
-};
-
-// Starts a directory and the two workers, `worker_env` added to the
-// workers' environment only, and waits until all three are up. Returns the
-// directory's address; throws naming the process that failed. `children`
-// holds whatever started, so that its owner's cleanup stops it.
-std::string
-start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
-                      const worker_pools& pools, const env_pairs& worker_env,
-                      std::vector<std::unique_ptr<child_process>>& children) {
-  // One secret per run, passed through the environment (not argv).
-  std::random_device rd;
-  auto secret = fmt::format("{:016x}{:016x}", std::uint64_t{rd()} << 32 | rd(),
-                            std::uint64_t{rd()} << 32 | rd());
-  setenv("KVFERRY_SECRET", secret.c_str(), 1);
-  auto level = cmd.runtime.log_level.empty() ? "warn" : cmd.runtime.log_level;
-  std::vector<std::string> dir_args{"kvferry",     "directory", "--bind",
-                                    "127.0.0.1",   "--port",    "0",
-                                    "--log-level", level};
-  if (cmd.runtime.tls.insecure_plaintext)
-    dir_args.push_back("--insecure-plaintext");
-  children.push_back(
-      std::make_unique<child_process>("directory", std::move(dir_args)));
-  auto line = children.back()->wait_for_line("listening on", seconds(15));
-  auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
-  for (auto role : {"prefill", "decode"}) {
-    const bool decode = std::string{role} == "decode";
-    auto gpu = decode ? gpus.decode : gpus.prefill;
-    // One flag and its value per line.
-    // clang-format off
-    std::vector<std::string> args{
-        "kvferry", "worker",
-        "--name", fmt::format("demo-{}-0", role),
-        "--role", role,
-        "--directory", directory,
-        "--bind", "127.0.0.1",
-        "--gpu", gpu < 0 ? std::string{"none"} : std::to_string(gpu),
-        "--transport", cmd.transport,
-        "--pool-blocks", std::to_string(decode ? pools.decode_blocks
-                                               : pools.prefill_blocks),
-        "--chunk-bytes", std::to_string(cmd.chunk_bytes),
-        "--comms-per-peer", std::to_string(cmd.comms_per_peer),
-        "--timeout-ms", std::to_string(cmd.timeout_ms),
-        "--scheduler", cmd.runtime.scheduler_policy,
-        "--threads", std::to_string(cmd.runtime.threads),
-        "--io-workers", std::to_string(cmd.runtime.io_workers),
-        "--log-level", level};
-    // clang-format on
-    for (auto& a : geometry_args(cmd))
-      args.push_back(a);
-    if (decode) {
-      args.push_back("--lend-percent");
-      args.push_back(std::to_string(pools.decode_lend_percent));
-    }
-    if (!cmd.plugin.empty()) {
-      args.push_back("--plugin");
-      args.push_back(cmd.plugin);
-    }
-    if (cmd.runtime.tls.insecure_plaintext)
-      args.push_back("--insecure-plaintext");
-    children.push_back(std::make_unique<child_process>(
-        fmt::format("worker demo-{}-0", role), args, worker_env));
-  }
-  for (std::size_t k = 1; k < children.size(); ++k)
-    children[k]->wait_for_line(" ready", seconds(30));
-  return directory;
-}
-
-// Both workers' GPU when they share one (the case MPS is for), else -1.
-int shared_gpu(const worker_gpus& g) {
-  return g.on_gpus() && g.prefill == g.decode ? g.prefill : -1;
-}
-
-mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
-                        const worker_gpus& gpus) {
-  mps_facts facts;
-  facts.mode = mode;
-  facts.starts_workers = cmd.directory.empty();
-  facts.shared_gpu = shared_gpu(gpus);
-  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
-    facts.callers_pipe_directory = pipe;
-  facts.control_found = !find_on_path(mps_daemon::control_program).empty();
-  return facts;
-}
-
-// What the demo started on this machine. Members are destroyed in reverse
-// order: the children stop before the MPS daemon they were clients of.
-struct local_processes {
-  std::optional<mps_daemon> mps;
-  std::vector<std::unique_ptr<child_process>> children;
-  bool under_mps = false; // the workers run under MPS (ours or the caller's)
-};
-
-// Starts the private MPS daemon when `choice` says so; the variables that
-// make the workers its clients, none when it did not start (--mps auto:
-// running without MPS is the fallback). Exit code 1 when --mps on failed.
-int start_private_mps(const demo_command& cmd, const worker_gpus& gpus,
-                      local_processes& local, env_pairs& worker_env) {
-  catch_stop_signals(); // from now on the daemon must be stopped on exit
-  try {
-    worker_env = local.mps.emplace().start();
-  } catch (const std::exception& e) {
-    local.mps.reset();
-    if (cmd.mps == "on") {
-      std::cerr << "kvferry demo: --mps on: " << e.what() << "\n";
+// Waits for the router's run to end, printing progress every 500 ms. None
+// once it ended; the exit code when a stop signal or --deadline-s came first.
+std::optional<int> await_run(const demo_command& cmd, const router_run& run,
+                             local_processes& local) {
+  auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
+  while (!run.wait_finished(milliseconds(500))) {
+    if (steady_clock::now() > deadline) {
+      std::cerr << "kvferry demo: FAILED: requests still in flight after "
+                << cmd.deadline_s << " s\n";
       return 1;
     }
-    std::cerr << "kvferry demo: could not start a private MPS daemon ("
-              << e.what()
-              << "): the workers run without MPS and their kernels will "
-                 "time-slice (docs/gpu.md, 'Contention in the demo')\n";
-    return 0;
+    if (caught_stop_signal() != 0)
+      return interrupted();
+    for (auto& c : local.children)
+      if (!c->running()) {
+        std::cerr << "kvferry demo: a child process died; waiting for the "
+                     "requests in flight to fail\n";
+        break;
+      }
+    if (!cmd.quiet) {
+      auto r = run.snapshot();
+      auto secs = duration<double>(steady_clock::now() - r.start).count();
+      fmt::print(stderr, "  {}/{} requests, {:.2f} GB moved, {:.2f} GB/s\n",
+                 r.done, cmd.requests, r.bytes / 1e9,
+                 r.bytes / 1e9 / std::max(secs, 1e-9));
+    }
   }
-  local.under_mps = true;
-  auto gpu = shared_gpu(gpus);
-  fmt::print(stderr,
-             "kvferry demo: started a private MPS daemon for {} (pipe "
-             "directory {}); --mps off to run without\n",
-             gpu >= 0 ? fmt::format("GPU {}", gpu) : std::string{"the workers"},
-             local.mps->pipe_directory());
-  return 0;
+  return std::nullopt;
 }
 
-// Starts the directory and the workers — under a private MPS daemon when
-// `choice` says so — and sets `directory` to its address. With --mps auto,
-// workers that fail to start under the daemon are started again without it
-// (MPS can fail where CUDA alone works: another user's MPS server on the
-// GPU, a compute mode it refuses). 0, or the demo's exit code.
-int start_locally(const demo_command& cmd, const worker_gpus& gpus,
-                  const worker_pools& pools, const mps_choice& choice,
-                  local_processes& local, std::string& directory) {
-  local.under_mps = choice.callers_daemon;
-  env_pairs worker_env;
-  if (choice.start)
-    if (auto code = start_private_mps(cmd, gpus, local, worker_env))
-      return code;
-  std::string failure;
-  try {
-    directory =
-        start_local_processes(cmd, gpus, pools, worker_env, local.children);
-    return 0;
-  } catch (const std::exception& e) {
-    failure = e.what();
-  }
-  if (stop_signal)
-    return interrupted();
-  if (!local.mps || cmd.mps == "on") {
-    std::cerr << "kvferry demo: "
-              << (local.mps ? "--mps on: under the private MPS daemon: " : "")
-              << failure << "\n";
-    return 1;
-  }
-  local.children.clear();
-  if (auto err = local.mps->stop(); !err.empty())
-    std::cerr << "kvferry demo: stopping the private MPS daemon: " << err
-              << "\n";
-  local.mps.reset();
-  local.under_mps = false;
-  std::cerr << "kvferry demo: MPS did not work: the workers did not start "
-               "under the private MPS daemon ("
-            << failure << "); retrying without MPS\n";
-  try {
-    directory = start_local_processes(cmd, gpus, pools, {}, local.children);
-    return 0;
-  } catch (const std::exception& e) {
-    if (stop_signal)
-      return interrupted();
-    std::cerr << "kvferry demo: " << e.what() << "\n";
-    return 1;
-  }
+// The result table and what its columns mean.
+void print_table(const demo_command& cmd, const std::string& memory,
+                 const router_results& r, double caf_rtt_us) {
+  auto secs = duration<double>(r.end - r.start).count();
+  fmt::print(
+      "\n"
+      "| memory | requests | failed | bytes moved | wall s | GB/s | data "
+      "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
+      "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
+      "control p99 us | CAF RTT p50 us |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+      "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
+      "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
+      memory, r.done, r.failed, r.bytes, secs, r.bytes / 1e9 / secs,
+      data_rate_gbps(r), gpu_copy_columns(r),
+      percentile(r.latency_us, 0.5) / 1e3, percentile(r.latency_us, 0.99) / 1e3,
+      percentile(r.control_us, 0.5), percentile(r.control_us, 0.99),
+      caf_rtt_us);
+  fmt::print(
+      "(data time = the receiver's view of each request: from when "
+      "its transfer actor first learned of the transfer (the sender's "
+      "announcement or the consumer's recv order, whichever came "
+      "first) to the last byte landed, over all parts; over CUDA IPC, "
+      "from right before the sender's copy-kernel launch call to the "
+      "sender seeing the kernel complete; without credit "
+      "the recv order is placed at allocate, so the grant hop counts "
+      "as data. data GB/s = bytes / the time during which some "
+      "request's bytes were moving (the union of the data windows: "
+      "requests in flight together are not counted twice). Over CUDA "
+      "IPC the data window is split by CUDA events right before and "
+      "after each copy kernel on the copy stream: GPU copy GB/s = the "
+      "same bytes / the kernels' own GPU time (from when the GPU reached "
+      "the kernel to its end, including waits of its thread blocks for "
+      "SMs that other kernels of the sending process hold); launch to "
+      "kernel = from right before the launch call to the kernel's "
+      "start: the plan upload, earlier copies on the stream, and other "
+      "processes' kernels (without MPS the GPU runs one process's "
+      "kernels at a time); after kernel = the rest of the window: the "
+      "sender seeing completion (and, layer by layer, the gaps between "
+      "parts); per request, summed over parts; - where not measured. "
+      "control = request latency at the router minus the data time "
+      "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
+      "from this process to the decode worker, measured right after "
+      "the run (0: not measured, the run failed): a request crosses "
+      "processes at least three times; "
+      "{} mode{}, chunk {} B, {} comms per peer)\n",
+      cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
+      cmd.chunk_bytes, cmd.comms_per_peer);
 }
 
 int run_demo(demo_command& cmd) {
-  auto dtype = parse_dtype(cmd.dtype);
-  if (!dtype) {
-    std::cerr << "kvferry demo: --dtype '" << cmd.dtype
-              << "': expected fp16, bf16 or fp32\n";
+  if (auto bad = resolve_dtype(cmd.geometry, cmd.dtype); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
     return 2;
   }
-  cmd.geometry.dtype = *dtype;
   if (auto bad = cmd.geometry.validate(); !bad.empty()) {
     std::cerr << "kvferry demo: " << bad << "\n";
     return 2;
@@ -1047,133 +360,48 @@ int run_demo(demo_command& cmd) {
     std::cerr << "kvferry demo: " << render(dir.error()) << "\n";
     return 1;
   }
-  auto plan = std::make_shared<router_plan>();
-  if (auto bad = find_workers(sys, *dir, *plan); !bad.empty()) {
+  router_config plan;
+  if (auto bad = find_workers(sys, *dir, plan); !bad.empty()) {
     std::cerr << "kvferry demo: " << bad << "\n";
     return 1;
   }
-  plan->directory = directory;
+  plan.directory = *dir;
+  plan.directory_name = directory;
   // Straight to the workers, not through the directory's node.
   connect_members(sys, *dir, std::nullopt, seconds(5));
-  std::mt19937_64 rng{cmd.seed};
-  std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
-                                                      cmd.max_tokens};
-  for (std::uint64_t i = 0; i < cmd.requests; ++i)
-    plan->tokens.push_back(length(rng));
-  plan->layerwise = cmd.layerwise;
-  plan->pull = cmd.pull;
-  plan->seed = cmd.seed;
-  plan->id_base = request_id_base_for(cmd.request_id_base);
-  plan->inflight = std::max<std::uint32_t>(1, cmd.inflight);
-  plan->timeout_ms = cmd.timeout_ms;
-  plan->warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
-
-  auto out = std::make_shared<results>();
-  auto finished = std::make_shared<std::promise<void>>();
-  auto done_future = finished->get_future();
+  plan_requests(cmd, plan);
   fmt::print(stderr,
              "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
              "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
              "directory {}\n",
              cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
-             plan->id_base + 1, cmd.pull ? "pull" : "push",
-             cmd.layerwise ? ", layer by layer" : "", plan->inflight,
-             plan->producers.size(), plan->consumers.size(), memory, directory);
-  auto r = sys.spawn(router, plan, out, finished, *dir);
-  auto deadline = steady_clock::now() + seconds(cmd.deadline_s);
-  bool timed_out = false;
-  while (done_future.wait_for(milliseconds(500)) != std::future_status::ready) {
-    if (steady_clock::now() > deadline) {
-      timed_out = true;
-      break;
-    }
-    if (stop_signal) {
-      caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
-      return interrupted();
-    }
-    for (auto& c : local.children)
-      if (!c->running()) {
-        std::cerr << "kvferry demo: a child process died; waiting for the "
-                     "requests in flight to fail\n";
-        break;
-      }
-    if (!cmd.quiet) {
-      std::lock_guard<std::mutex> guard{out->mtx};
-      auto secs = duration<double>(steady_clock::now() - out->start).count();
-      fmt::print(stderr, "  {}/{} requests, {:.2f} GB moved, {:.2f} GB/s\n",
-                 out->done, cmd.requests, out->bytes / 1e9,
-                 out->bytes / 1e9 / std::max(secs, 1e-9));
-    }
+             plan.first_request_id, cmd.pull ? "pull" : "push",
+             cmd.layerwise ? ", layer by layer" : "", plan.inflight,
+             plan.producers.size(), plan.consumers.size(), memory, directory);
+  auto run = std::make_shared<router_run>();
+  auto router = spawn_router(sys, plan, run);
+  if (auto code = await_run(cmd, *run, local)) {
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    return *code;
   }
-  if (timed_out) {
-    caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
-    std::cerr << "kvferry demo: FAILED: requests still in flight after "
-              << cmd.deadline_s << " s\n";
-    return 1;
-  }
-  std::lock_guard<std::mutex> guard{out->mtx};
+  auto r = run->snapshot();
   // After a failed run a worker may be gone: no baseline then.
-  auto caf_rtt_us = out->failed == 0 ? caf_round_trip_us(sys, *plan) : 0.0;
-  auto secs = duration<double>(out->end - out->start).count();
-  fmt::print(
-      "\n"
-      "| memory | requests | failed | bytes moved | wall s | GB/s | data "
-      "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
-      "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
-      "control p99 us | CAF RTT p50 us |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-      "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
-      "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
-      memory, out->done, out->failed, out->bytes, secs, out->bytes / 1e9 / secs,
-      data_rate_gbps(*out), gpu_copy_columns(*out),
-      percentile(out->latency_us, 0.5) / 1e3,
-      percentile(out->latency_us, 0.99) / 1e3, percentile(out->control_us, 0.5),
-      percentile(out->control_us, 0.99), caf_rtt_us);
-  fmt::print(
-      "(data time = the receiver's view of each request: from when "
-      "its transfer actor first learned of the transfer (the sender's "
-      "announcement or the consumer's recv order, whichever came "
-      "first) to the last byte landed, over all parts; over CUDA IPC, "
-      "from right before the sender's copy-kernel launch call to the "
-      "sender seeing the kernel complete; without credit "
-      "the recv order is placed at allocate, so the grant hop counts "
-      "as data. data GB/s = bytes / the time during which some "
-      "request's bytes were moving (the union of the data windows: "
-      "requests in flight together are not counted twice). Over CUDA "
-      "IPC the data window is split by CUDA events right before and "
-      "after each copy kernel on the copy stream: GPU copy GB/s = the "
-      "same bytes / the kernels' own GPU time (from when the GPU reached "
-      "the kernel to its end, including waits of its thread blocks for "
-      "SMs that other kernels of the sending process hold); launch to "
-      "kernel = from right before the launch call to the kernel's "
-      "start: the plan upload, earlier copies on the stream, and other "
-      "processes' kernels (without MPS the GPU runs one process's "
-      "kernels at a time); after kernel = the rest of the window: the "
-      "sender seeing completion (and, layer by layer, the gaps between "
-      "parts); per request, summed over parts; - where not measured. "
-      "control = request latency at the router minus the data time "
-      "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
-      "from this process to the decode worker, measured right after "
-      "the run (0: not measured, the run failed): a request crosses "
-      "processes at least three times; "
-      "{} mode{}, chunk {} B, {} comms per peer)\n",
-      cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
-      cmd.chunk_bytes, cmd.comms_per_peer);
-  if (!out->stopped_because.empty())
-    std::cerr << "kvferry demo: FAILED: " << out->stopped_because << "\n";
-  if (out->failed > 0) {
-    std::cerr << "kvferry demo: FAILED: " << out->failed << " of " << out->done
+  auto caf_rtt_us = r.failed == 0 ? caf_round_trip_us(sys, plan) : 0.0;
+  print_table(cmd, memory, r, caf_rtt_us);
+  if (!r.stopped_because.empty())
+    std::cerr << "kvferry demo: FAILED: " << r.stopped_because << "\n";
+  if (r.failed > 0) {
+    std::cerr << "kvferry demo: FAILED: " << r.failed << " of " << r.done
               << " requests failed (of " << cmd.requests
               << " planned); first errors:\n";
-    for (std::size_t k = 0; k < std::min<std::size_t>(5, out->errors.size());
-         ++k)
-      std::cerr << "  " << out->errors[k] << "\n";
+    for (std::size_t k = 0; k < std::min<std::size_t>(5, r.errors.size()); ++k)
+      std::cerr << "  " << r.errors[k] << "\n";
     return 1;
   }
-  if (!out->stopped_because.empty())
+  if (!r.stopped_because.empty())
     return 1;
-  print_credit_use(sys, *plan);
-  std::cout << "kvferry demo: OK, every byte of " << out->done
+  print_credit_use(sys, plan);
+  std::cout << "kvferry demo: OK, every byte of " << r.done
             << " requests verified\n";
   return 0;
 }
@@ -1207,12 +435,7 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--inflight", cmd->inflight, "requests in flight")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1024u));
-  sub->add_option("--layers", cmd->geometry.layers)->capture_default_str();
-  sub->add_option("--kv-heads", cmd->geometry.kv_heads)->capture_default_str();
-  sub->add_option("--head-dim", cmd->geometry.head_dim)->capture_default_str();
-  sub->add_option("--dtype", cmd->dtype)->capture_default_str();
-  sub->add_option("--block-tokens", cmd->geometry.block_tokens)
-      ->capture_default_str();
+  add_geometry_flags(*sub, cmd->geometry, cmd->dtype);
   sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
   sub->add_option("--gpu", cmd->gpu,
                   "workers' KV memory: auto (GPU 0 when there is one), a "

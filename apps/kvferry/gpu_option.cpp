@@ -54,9 +54,4 @@ int resolve_gpu(const std::string& value, const std::string& who) {
   return first.index;
 }
 
-std::string describe_memory(int gpu) {
-  return gpu < 0 ? std::string{"host memory"}
-                 : fmt::format("GPU {} memory", gpu);
-}
-
 } // namespace kvferry::app

@@ -16,7 +16,4 @@ std::string check_gpu_option(const std::string& option,
 /// sees one and says which it chose (on stderr, prefixed with `who`).
 int resolve_gpu(const std::string& value, const std::string& who);
 
-/// "GPU 0 memory" or "host memory".
-std::string describe_memory(int gpu);
-
 } // namespace kvferry::app

@@ -1,9 +1,12 @@
+// How a command stops on a signal: one rule for each kind of command.
 // Long-running commands (directory, worker) stop on SIGINT/SIGTERM by
 // waiting for them in main's thread. Every wait there is short: a stop
-// signal is honoured within a second wherever main happens to be.
+// signal is honoured within a second wherever main happens to be. Commands
+// that own child processes catch them instead (catch_stop_signals below).
 #pragma once
 
 #include <chrono>
+#include <csignal>
 #include <ctime>
 #include <pthread.h>
 #include <signal.h>
@@ -32,6 +35,42 @@ inline int wait_stop_signal(const sigset_t& set,
       static_cast<long>(std::chrono::nanoseconds(timeout - secs).count())};
   int sig = sigtimedwait(&set, nullptr, &wait);
   return sig > 0 ? sig : 0;
+}
+
+// ---- commands that own child processes -------------------------------------
+//
+// A command that started processes it must stop (the demo's workers and its
+// private MPS daemon) cannot block the signals for sigwait: it waits in many
+// places (a child's output, a run). It catches them instead: the handler
+// records the signal; the loops that wait look at caught_stop_signal() and
+// return through the normal path, whose destructors stop what was started.
+// A second signal kills at once (SA_RESETHAND).
+
+namespace detail {
+inline volatile std::sig_atomic_t caught_stop_signal = 0;
+inline void record_stop_signal(int sig) {
+  caught_stop_signal = sig;
+}
+} // namespace detail
+
+/// Installs the recording handler for SIGINT, SIGTERM and SIGHUP (a signal
+/// ignored under nohup and the like stays ignored).
+inline void catch_stop_signals() {
+  struct sigaction action {};
+  action.sa_handler = detail::record_stop_signal;
+  action.sa_flags = SA_RESETHAND | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
+    struct sigaction old {};
+    sigaction(sig, nullptr, &old);
+    if (old.sa_handler != SIG_IGN)
+      sigaction(sig, &action, nullptr);
+  }
+}
+
+/// The signal catch_stop_signals recorded, or 0.
+inline int caught_stop_signal() {
+  return detail::caught_stop_signal;
 }
 
 } // namespace kvferry::app

@@ -244,7 +244,6 @@ TEST_CASE_FIXTURE(pair_fixture, "an earlier transfer's deadline does not fail "
 }
 
 // ---- announcements of a channel that is gone
-// ---------------------------------------------------------------------
 // A sender announced transfer 5 on a channel the receiver had already
 // dropped (the receiver was stopped past its lease): the announcement waits,
 // with no channel, for bytes that went to the dead channel. Posted on the

@@ -20,7 +20,6 @@ void throw_no_cuda(const char* what) {
 }
 
 // ---- gpu_region
-// ---------------------------------------------------------------
 
 gpu_region::~gpu_region() {
   release();
@@ -175,7 +174,6 @@ std::size_t ipc_region_cache::open_count() const {
 }
 
 // ---- ipc_handle text form
-// -------------------------------------------------------
 // "<device>:<region bytes>:<128 hex digits>"
 
 std::string ipc_handle::to_hex() const {

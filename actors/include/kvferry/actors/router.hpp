@@ -1,0 +1,141 @@
+// The router: drives a stream of requests through prefill and decode
+// workers and tallies what came back.
+//
+// Given the requests (prompt tokens each), the producers and the consumers,
+// it sends request i to producer i % P bound for consumer i % C, keeps at
+// most `inflight` requests open, and records each one's latency, bytes and
+// data window. It watches the directory: a worker that leaves fails the
+// requests that go through it at once, naming the worker; a directory that
+// dies stops the run (nobody could tell of a worker's death any more). After
+// the first failure no new request starts and the run only drains.
+//
+// Time comes from CAF's actor clock only (never the wall clock), so the
+// router runs unchanged under the deterministic test coordinator (virtual
+// time: the unit tests, the simulator). `kvferry demo` is its command-line
+// front end.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <caf/actor_clock.hpp>
+#include <caf/actor_system.hpp>
+
+#include "kvferry/actors/actors.hpp"
+
+namespace kvferry {
+
+/// The router's interface: a directory watcher (it learns of workers that
+/// leave from the directory, which sees a process die first).
+using router_actor = directory_watcher_actor;
+
+/// A named worker the router sends to.
+template<class Handle>
+struct router_worker {
+  std::string name;
+  Handle app;
+};
+
+struct router_config {
+  /// One entry per request: its prompt length in tokens.
+  std::vector<std::uint32_t> tokens;
+  /// The id of the first request; request i gets first_request_id + i, the
+  /// warm-up requests the ids after the last one.
+  std::uint64_t first_request_id = 1;
+  std::vector<router_worker<producer_actor>> producers;
+  std::vector<router_worker<caf::actor>> consumers;
+  /// Watched for workers that leave; a null handle watches nothing.
+  directory_actor directory;
+  std::string directory_name; // for messages, e.g. "127.0.0.1:7470"
+  bool layerwise = false;
+  bool pull = false;
+  std::uint64_t seed = 1; // of the KV pattern the producers fill
+  std::uint32_t inflight = 2;
+  /// The workers' own deadline; the router allows 3x this plus 5 s for a
+  /// reply, so that the workers' deadlines fire first and name the cause.
+  std::uint32_t timeout_ms = 10000;
+  /// Tokens of the one warm-up request per producer/consumer pair that runs
+  /// before the clock starts (first contact: credit, channels, mapping a
+  /// peer's pool); 0: none.
+  std::uint32_t warm_up_tokens = 0;
+  /// Called (on the router's thread) once every warm-up request succeeded:
+  /// how many there were and how long they took.
+  std::function<void(std::size_t, caf::timespan)> on_warm_up;
+};
+
+/// What a run produced so far.
+struct router_results {
+  std::uint64_t done = 0;   // answered, failed ones included
+  std::uint64_t failed = 0; // warm-up failures included
+  std::uint64_t bytes = 0;
+  std::vector<double> latency_us;
+  std::vector<double> control_us; // latency minus data movement and hashing
+  // Each request's data window (consumer index, start, end: the consumer
+  // host's steady clock, ns). Requests in flight together share time, so the
+  // data rate divides by the union of each consumer's windows, not the sum.
+  struct data_window {
+    std::size_t consumer;
+    std::int64_t start, end;
+  };
+  std::vector<data_window> data_windows;
+  // CUDA IPC: the copy kernels' GPU time (ready_report::gpu_copy_ns) and the
+  // bytes of the requests that have one; per request, the launch-to-kernel
+  // time and the rest of its data window after the kernels (us).
+  std::int64_t gpu_copy_ns = 0;
+  std::uint64_t gpu_copy_bytes = 0;
+  std::vector<double> gpu_queued_us;
+  std::vector<double> after_kernel_us;
+  /// "request 7 (to decode worker 'decode-0'): kvferry.mismatch: ...", in
+  /// the order the failures came.
+  std::vector<std::string> errors;
+  /// Why the run stopped before its end when no request says it (e.g. the
+  /// directory died between requests); empty otherwise.
+  std::string stopped_because;
+  /// The actor clock when the measured requests began (after the warm-up)
+  /// and when the last one ended.
+  caf::actor_clock::time_point start, end;
+};
+
+/// Bytes over the time during which some request's bytes were moving: the
+/// union of the data windows, per consumer (each has its own clock), summed.
+/// Bytes per ns = GB/s; 0 without windows.
+double data_rate_gbps(const router_results& r);
+
+/// A run's results, shared between the router (which writes them) and its
+/// owner (which may read them from another thread while the run goes on).
+class router_run {
+public:
+  /// A copy of the results so far.
+  router_results snapshot() const;
+  /// Whether the run has ended (every request answered, or stopped).
+  bool finished() const;
+  /// Waits up to `timeout` for the end of the run; true once it ended.
+  bool wait_finished(std::chrono::milliseconds timeout) const;
+
+  // The router's side.
+  template<class F>
+  void update(F&& f) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    f(results_);
+  }
+  void finish(caf::actor_clock::time_point end);
+
+private:
+  mutable std::mutex mtx_;
+  mutable std::condition_variable cv_;
+  router_results results_;
+  bool finished_ = false;
+};
+
+/// Spawns a router that starts `cfg`'s requests at once and quits when the
+/// run ends; `run` receives its results.
+router_actor spawn_router(caf::actor_system& sys, router_config cfg,
+                          std::shared_ptr<router_run> run);
+
+} // namespace kvferry

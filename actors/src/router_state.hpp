@@ -1,0 +1,40 @@
+// The router's state (private: only router.cpp and its tests' build see it).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+
+#include <caf/actor_clock.hpp>
+
+#include "kvferry/actors/router.hpp"
+
+namespace kvferry {
+
+struct router_state {
+  router_config cfg;
+  std::shared_ptr<router_run> run;
+  /// Index (into cfg.tokens) of the next request to start.
+  std::size_t next = 0;
+  /// Requests in flight: which workers each one goes through, so that a
+  /// worker's death fails its requests at once. With credit the consumer,
+  /// not the producer, answers a request, and a dead one answers nothing; a
+  /// dead producer leaves its requests waiting at the consumer.
+  struct route {
+    std::size_t producer;
+    std::size_t consumer;
+  };
+  std::unordered_map<std::uint64_t, route> routes; // by request id
+  /// After the first failure no new request starts: the run has failed.
+  bool stopped = false;
+  /// The warm-up requests run; the measured ones wait for them.
+  bool warming = false;
+  caf::actor_clock::time_point warm_up_start;
+
+  /// Whether `id` was still in flight (not failed meanwhile); forgets it.
+  bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
+
+  static inline const char* name = "kvferry.router";
+};
+
+} // namespace kvferry

@@ -1,0 +1,326 @@
+// Worker assembly (worker.hpp): what `kvferry worker` and, later, the
+// embedding facade start.
+#include "kvferry/actors/worker.hpp"
+
+#include <exception>
+#include <utility>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvferry/actors/app.hpp"
+#include "kvferry/actors/connect_peers.hpp"
+#include "kvferry/actors/directory.hpp"
+#include "kvferry/actors/transfer.hpp"
+#include "kvferry/runtime/tls.hpp"
+#include "kvferry/transport/gpu_memory.hpp"
+#include "kvferry/transport/plugin.hpp"
+
+namespace kvferry {
+
+namespace {
+
+// One dial of the directory; the keeper retries with backoff.
+constexpr auto dial_attempt = std::chrono::seconds(2);
+// await_registration asks its `interrupted` this often.
+constexpr auto registration_slice = std::chrono::milliseconds(100);
+
+// The role a worker of `role` moves KV to or from.
+worker_role peer_role(worker_role role) {
+  return role == worker_role::prefill ? worker_role::decode
+                                      : worker_role::prefill;
+}
+
+caf::error worker_error(ec code, const worker_options& opts,
+                        const std::string& what) {
+  return make_error(code, fmt::format("worker {}: {}", opts.name, what));
+}
+
+caf::expected<std::shared_ptr<transport::plugin>>
+load_plugin(const worker_options& opts) {
+  std::shared_ptr<transport::plugin> net;
+  try {
+    net = transport::plugin::load(opts.plugin);
+    net->usable_device(0); // the transfer actor's device: NCCL's rules
+  } catch (const std::exception& e) {
+    return worker_error(ec::plugin_error, opts, e.what());
+  }
+  if (net->device_count() == 0)
+    return worker_error(
+        ec::plugin_error, opts,
+        fmt::format("plugin {} reports no devices", net->name()));
+  // A GPU pool reaches net peers either way: registered with the plugin
+  // where its ptrSupport has NCCL_PTR_CUDA, else staged by the channel
+  // wrapper.
+  if (opts.gpu >= 0 && !net->device(0).supports_cuda())
+    spdlog::info("worker {}: plugin {} does not take GPU memory (no "
+                 "NCCL_PTR_CUDA in its ptrSupport): KV for net peers is "
+                 "staged through pinned host buffers by the channel wrapper",
+                 opts.name, net->name());
+  return net;
+}
+
+// The KV pool in host or GPU memory.
+caf::expected<std::shared_ptr<memory_region>>
+allocate_pool(const worker_options& opts) {
+  auto bytes = opts.pool_blocks * opts.geometry.layer_block_bytes();
+  auto name = opts.name + "/kv-pool";
+  try {
+    return opts.gpu < 0 ? memory_region::allocate_host(bytes, name)
+                        : memory_region::allocate_cuda(opts.gpu, bytes, name);
+  } catch (const std::exception& e) {
+    return worker_error(opts.gpu < 0 ? ec::invalid_argument : ec::cuda_error,
+                        opts, e.what());
+  }
+}
+
+region_info describe_region(const memory_region& region,
+                            const proto::endpoint& ep) {
+  region_info r{0,
+                reinterpret_cast<std::uint64_t>(region.data()),
+                region.size(),
+                region.kind(),
+                region.gpu(),
+                {}};
+  if (!ep.ipc_handle.empty()) {
+    auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
+    r.ipc_handle.assign(handle.bytes.begin(), handle.bytes.end());
+  }
+  return r;
+}
+
+// Where peers dial this worker's published port: the bind address, or this
+// host's name when bound to every interface.
+std::string control_address(const std::string& bind, std::uint16_t port) {
+  auto host = bind == "0.0.0.0" ? local_hostname() : bind;
+  return host + ":" + std::to_string(port);
+}
+
+// What the directory learns about this worker (its actors are added by
+// the caller).
+worker_info describe_worker(const worker_options& opts,
+                            const transport::plugin& net,
+                            const memory_region& region,
+                            const proto::endpoint& ep) {
+  worker_info info;
+  info.name = opts.name;
+  info.role = opts.role;
+  info.host = local_hostname();
+  info.host_id = local_host_id();
+  info.plugin = net.name();
+  info.gpu = region.gpu();
+  info.ipc_capable = !ep.ipc_handle.empty();
+  info.regions.push_back(describe_region(region, ep));
+  info.attributes = {
+      {"memory", describe_memory(opts.gpu)},
+      {"transport", opts.use_ipc ? "ipc" : "net"},
+      {"mode", opts.pull ? "pull" : "push"},
+      {"layerwise", opts.layerwise ? "true" : "false"},
+      {"layers", std::to_string(opts.geometry.layers)},
+      {"layer_block_bytes", std::to_string(opts.geometry.layer_block_bytes())},
+      {"pool_blocks", std::to_string(opts.pool_blocks)},
+  };
+  return info;
+}
+
+transfer_config make_transfer_config(const worker_options& opts,
+                                     std::shared_ptr<transport::plugin> net,
+                                     std::shared_ptr<memory_region> region) {
+  transfer_config tc;
+  tc.name = opts.name;
+  tc.net = std::move(net);
+  tc.region = std::move(region);
+  tc.comms_per_peer = opts.comms_per_peer;
+  tc.chunk_bytes = opts.chunk_bytes;
+  tc.staging_slots = opts.staging_slots;
+  tc.open_timeout_ms = opts.timeout_ms;
+  tc.use_ipc = opts.use_ipc;
+  tc.host_id = local_host_id();
+  tc.map_peers_ahead = opts.role == worker_role::prefill;
+  return tc;
+}
+
+app_config make_app_config(const worker_options& opts,
+                           std::shared_ptr<memory_region> region,
+                           transfer_actor transfer, proto::endpoint ep) {
+  app_config ac;
+  ac.name = opts.name;
+  ac.geometry = opts.geometry;
+  ac.region = std::move(region);
+  ac.transfer = std::move(transfer);
+  ac.self = std::move(ep);
+  ac.timeout_ms = opts.timeout_ms;
+  ac.layerwise = opts.layerwise;
+  ac.pull = opts.pull;
+  ac.credit_blocks = opts.credit_blocks;
+  ac.lend_percent = opts.lend_percent;
+  ac.queue_limit = opts.queue_limit;
+  ac.queue_wait_ms = opts.queue_wait_ms;
+  return ac;
+}
+
+// The keeper that registers this worker and keeps it registered
+// (membership.hpp). This is the one place the worker dials the directory:
+// the keeper dials again through it after every loss. After each dial,
+// before the keeper (re-)registers, it opens direct connections to the
+// workers of the other role already there: by the time anyone hears of this
+// worker (and sends to it), the direct route exists, so no message of a
+// pair takes the detour through the directory and then overtakes it. Later
+// joiners dial us. The limit keeps a dial plus this inside the keeper's
+// request timeout (5 s); a peer not reached in time is reached through the
+// directory (logged).
+membership_actor start_membership(caf::actor_system& sys,
+                                  const worker_options& opts, worker_info info,
+                                  std::vector<caf::actor> watchers) {
+  membership_config mc;
+  mc.info = std::move(info);
+  mc.secret = opts.secret;
+  mc.directory_name =
+      opts.directory_host + ":" + std::to_string(opts.directory_port);
+  mc.watchers = std::move(watchers);
+  auto peers = peer_role(opts.role);
+  mc.dialer = spawn_dialer(sys, [&sys, host = opts.directory_host,
+                                 port = opts.directory_port, peers] {
+    auto dir = connect_directory(sys, host, port, dial_attempt);
+    if (dir)
+      connect_members(sys, *dir, peers, std::chrono::seconds(2));
+    return dir;
+  });
+  return spawn_membership(sys, std::move(mc));
+}
+
+} // namespace
+
+std::string describe_memory(int gpu) {
+  return gpu < 0 ? std::string{"host memory"}
+                 : fmt::format("GPU {} memory", gpu);
+}
+
+caf::expected<worker_handle> start_worker(caf::actor_system& sys,
+                                          const worker_options& opts) {
+  auto net = load_plugin(opts);
+  if (!net)
+    return std::move(net.error());
+  auto region = allocate_pool(opts);
+  if (!region)
+    return std::move(region.error());
+  worker_handle w;
+  w.sys_ = &sys;
+  w.net = *net;
+  w.region = *region;
+  w.transfer = spawn_transfer(sys, make_transfer_config(opts, *net, *region));
+  caf::scoped_actor self{sys};
+  proto::endpoint ep;
+  self->request(w.transfer, std::chrono::seconds(5),
+                proto::endpoint_atom::value)
+      .receive([&](proto::endpoint& e) { ep = std::move(e); },
+               [&](const caf::error& err) {
+                 spdlog::error("worker {}: transfer actor: {}", opts.name,
+                               render(err));
+               });
+  auto ac = make_app_config(opts, *region, w.transfer, ep);
+  w.app = opts.role == worker_role::prefill
+              ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
+              : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));
+  // Dials each peer of the other role that joins (spawn_peer_linker says
+  // why the dial before registering is not enough).
+  w.linker =
+      spawn_peer_linker(sys, peer_role(opts.role), std::chrono::seconds(2));
+  // A published port lets peers reach this node directly (over TLS).
+  auto port = runtime::publish_control(w.app, 0, opts.bind);
+  if (!port) {
+    self->send_exit(w.app, caf::exit_reason::user_shutdown);
+    self->send_exit(w.transfer, caf::exit_reason::user_shutdown);
+    self->send_exit(w.linker, caf::exit_reason::user_shutdown);
+    return worker_error(ec::unreachable, opts,
+                        fmt::format("cannot listen on {}: {}", opts.bind,
+                                    render(port.error())));
+  }
+  w.port = *port;
+  w.info = describe_worker(opts, **net, **region, ep);
+  w.info.attributes[control_attribute] = control_address(opts.bind, w.port);
+  w.info.transfer = caf::actor_cast<caf::actor>(w.transfer);
+  w.info.app = w.app;
+  // The directory sees a peer's process die first (it holds a connection to
+  // every worker); its `left` fails what waits on that peer at once. Both
+  // app actors watch: a producer fails requests of a consumer that left, a
+  // consumer those of a producer that left (and frees their blocks).
+  std::vector<caf::actor> watchers{caf::actor_cast<caf::actor>(w.transfer),
+                                   w.app, w.linker};
+  w.keeper = start_membership(sys, opts, w.info, std::move(watchers));
+  return w;
+}
+
+caf::error
+worker_handle::await_registration(caf::timespan limit,
+                                  const std::function<bool()>& interrupted) {
+  caf::scoped_actor self{*sys_};
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (interrupted && interrupted())
+      break;
+    // Short requests, so that `interrupted` is asked between them.
+    int outcome = 1; // still waiting
+    caf::error refused;
+    self->request(keeper, registration_slice, caf::wait_for_atom::value)
+        .receive([&](caf::ok_atom) { outcome = 0; },
+                 [&](caf::error& err) {
+                   if (err == caf::sec::request_timeout)
+                     return;
+                   refused = std::move(err);
+                   outcome = -1;
+                 });
+    if (outcome == 0)
+      return caf::none;
+    if (outcome < 0)
+      return refused;
+    if (std::chrono::steady_clock::now() >= deadline)
+      break;
+  }
+  std::string why = "no answer";
+  self->request(keeper, std::chrono::seconds(1), caf::get_atom::value)
+      .receive([&](std::string& line) { why = std::move(line); },
+               [](const caf::error&) {});
+  return make_error(
+      ec::timeout,
+      fmt::format(
+          "worker {}: not registered within {} ms: {}", info.name,
+          std::chrono::duration_cast<std::chrono::milliseconds>(limit).count(),
+          why));
+}
+
+void worker_handle::stop() {
+  if (sys_ == nullptr)
+    return;
+  caf::scoped_actor self{*sys_};
+  // Within 1 s in all: leave (bounded by the keeper's leave_timeout), then
+  // stop the actors.
+  self->request(keeper, std::chrono::milliseconds(500), leave_atom::value)
+      .receive([](caf::ok_atom) {}, [](const caf::error&) {});
+  self->send_exit(keeper, caf::exit_reason::user_shutdown);
+  self->monitor(app);
+  self->monitor(transfer);
+  self->send_exit(app, caf::exit_reason::user_shutdown);
+  self->send_exit(transfer, caf::exit_reason::user_shutdown);
+  self->send_exit(linker, caf::exit_reason::user_shutdown);
+  constexpr auto limit = std::chrono::milliseconds(400);
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (int i = 0; i < 2; ++i) {
+    bool timed_out = false;
+    self->receive(
+        [](const caf::down_msg&) {},
+        caf::after(std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now())) >>
+            [&] { timed_out = true; });
+    if (timed_out) {
+      spdlog::warn("worker {}: actors did not stop within {} ms", info.name,
+                   limit.count());
+      break;
+    }
+  }
+  sys_ = nullptr;
+}
+
+} // namespace kvferry

@@ -1,0 +1,101 @@
+// `kvferry demo` on this machine: its options, which GPUs its two workers
+// use, and the processes it starts (a directory and two workers, under a
+// private MPS daemon where that helps). demo.cpp runs the requests.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "child_process.hpp"
+#include "kvferry/runtime/kv_geometry.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "mps_daemon.hpp"
+
+namespace kvferry::app {
+
+struct demo_command {
+  std::uint64_t requests = 100;
+  bool layerwise = false;
+  bool pull = false;
+  std::uint64_t seed = 1;
+  // The run's request ids are base+1..base+requests (warm-ups after);
+  // unset: a fresh base per run (request_id_base_for).
+  std::optional<std::uint64_t> request_id_base;
+  std::string directory; // attach instead of starting processes
+  std::uint32_t min_tokens = 64;
+  std::uint32_t max_tokens = 1024;
+  std::uint32_t inflight = 2;
+  kv_geometry geometry;
+  std::string dtype = "fp16";
+  std::string plugin;
+  std::string gpu = "auto";
+  std::string prefill_gpu; // empty: --gpu
+  std::string decode_gpu;  // empty: --gpu
+  std::string transport = "ipc";
+  std::string mps = "auto"; // auto, on or off
+  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
+  std::uint32_t comms_per_peer = 2;
+  std::uint32_t timeout_ms = 10000;
+  std::uint32_t deadline_s = 600; // the whole run
+  bool quiet = false;
+  bool warm_up = true;
+  runtime::runtime_options runtime;
+};
+
+// Where the two workers' KV pools live: -1 for host memory (both or neither).
+struct worker_gpus {
+  int prefill = -1;
+  int decode = -1;
+  bool on_gpus() const { return prefill >= 0; }
+};
+
+// The pool sizes the demo gives its two workers (see run_demo).
+struct worker_pools {
+  std::uint64_t prefill_blocks = 0;
+  std::uint64_t decode_blocks = 0;
+  std::uint64_t decode_lend_percent = 0;
+};
+
+// What the demo started on this machine. Members are destroyed in reverse
+// order: the children stop before the MPS daemon they were clients of.
+struct local_processes {
+  std::optional<mps_daemon> mps;
+  std::vector<std::unique_ptr<child_process>> children;
+  bool under_mps = false; // the workers run under MPS (ours or the caller's)
+};
+
+// Resolves --gpu / --prefill-gpu / --decode-gpu once, before any process
+// starts, so that a missing GPU or an impossible pair fails here (exit 2)
+// naming the option instead of in a worker. Empty on success.
+std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g);
+
+// "GPU 0 memory", "host memory", or both GPUs when the workers differ.
+std::string describe_worker_memory(const worker_gpus& g);
+
+// How the bytes travel between the demo's two workers.
+std::string via(const worker_gpus& g, const std::string& transport,
+                const std::string& plugin);
+
+// Both workers' GPU when they share one (the case MPS is for), else -1.
+int shared_gpu(const worker_gpus& g);
+
+/// What --mps decides from.
+mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
+                        const worker_gpus& gpus);
+
+// Starts the directory and the workers — under a private MPS daemon when
+// `choice` says so — and sets `directory` to its address. With --mps auto,
+// workers that fail to start under the daemon are started again without it
+// (MPS can fail where CUDA alone works: another user's MPS server on the
+// GPU, a compute mode it refuses). 0, or the demo's exit code.
+int start_locally(const demo_command& cmd, const worker_gpus& gpus,
+                  const worker_pools& pools, const mps_choice& choice,
+                  local_processes& local, std::string& directory);
+
+/// The exit status for a run stopped by a signal, saying so on stderr.
+int interrupted();
+
+} // namespace kvferry::app

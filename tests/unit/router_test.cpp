@@ -1,0 +1,302 @@
+// The router (actors/router.hpp) under CAF's deterministic scheduler, in
+// virtual time, against fake producers that answer when the test says: what
+// it sends where, how many requests it keeps open, what it measures, and how
+// it names a failure (a failed reply, a worker that left, a dead directory,
+// a producer that never answers).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "actor_fixture.hpp"
+#include "kvferry/actors/router.hpp"
+
+using namespace kvferry;
+using namespace std::chrono_literals;
+
+namespace {
+
+// What the fake producers saw and hold: every request, in arrival order,
+// with the promise that answers it.
+struct fake_prefill {
+  std::string producer;
+  producer_actor owner;
+  proto::prefill_request request;
+  caf::typed_response_promise<proto::ready_report> reply;
+  // Set by answer(); the owner delivers it (a promise is delivered from its
+  // own actor's context).
+  bool answered = false;
+  bool delivered = false;
+  caf::error error;
+};
+
+struct fake_workers {
+  std::vector<fake_prefill> held;
+  std::uint64_t bytes_per_request = 1000;
+
+  // Answers the held request at `k` with success (its bytes) or `err`
+  // (through its producer: run() delivers it).
+  void answer(std::size_t k, caf::error err = {}) {
+    auto& h = held.at(k);
+    h.answered = true;
+    h.error = std::move(err);
+    caf::anon_send(h.owner, proto::sweep_atom::value);
+  }
+  // The owner's side of answer().
+  void deliver_answers(const std::string& producer) {
+    for (auto& h : held) {
+      if (h.producer != producer || !h.answered || h.delivered)
+        continue;
+      h.delivered = true;
+      if (h.error)
+        h.reply.deliver(h.error);
+      else
+        h.reply.deliver(report(h.request.request_id));
+    }
+  }
+  proto::ready_report report(std::uint64_t id) const {
+    proto::ready_report r;
+    r.request_id = id;
+    r.bytes = bytes_per_request;
+    r.transfer_ns = 1000; // 1 us of data time
+    r.data_start_ns = static_cast<std::int64_t>(id) * 10000;
+    return r;
+  }
+};
+
+producer_actor::behavior_type fake_producer(producer_actor::pointer self,
+                                            std::string name,
+                                            std::shared_ptr<fake_workers> w) {
+  return {
+      [=](proto::prefill_atom,
+          proto::prefill_request& r) -> caf::result<proto::ready_report> {
+        auto rp = self->make_response_promise<proto::ready_report>();
+        fake_prefill h;
+        h.producer = name;
+        h.owner = caf::actor_cast<producer_actor>(self);
+        h.request = r;
+        h.reply = rp;
+        w->held.push_back(std::move(h));
+        return rp;
+      },
+      [](joined_atom, const worker_info&) {},
+      [](left_atom, const std::string&, const caf::error&) {},
+      [](proto::credit_atom, const std::vector<std::uint64_t>&) {},
+      // Stands in for "the test answered": see fake_workers::answer.
+      [=](proto::sweep_atom) { w->deliver_answers(name); },
+  };
+}
+
+struct fixture : test::actor_fixture {
+  std::shared_ptr<fake_workers> workers = std::make_shared<fake_workers>();
+  std::shared_ptr<router_run> result = std::make_shared<router_run>();
+  directory_actor dir;
+  router_config cfg;
+  router_actor router;
+  std::vector<caf::actor> spawned;
+
+  fixture() {
+    dir = sys.spawn(directory, directory_options{});
+    spawned.push_back(caf::actor_cast<caf::actor>(dir));
+    cfg.directory = dir;
+    cfg.directory_name = "127.0.0.1:7470";
+    cfg.timeout_ms = 1000;
+  }
+  ~fixture() override {
+    for (auto& a : spawned)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    if (router)
+      caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    run();
+  }
+
+  void add_producer(const std::string& name) {
+    auto p = sys.spawn(fake_producer, name, workers);
+    spawned.push_back(caf::actor_cast<caf::actor>(p));
+    cfg.producers.push_back({name, p});
+  }
+  // A consumer the router only passes on (the fake producers answer).
+  void add_consumer(const std::string& name) {
+    cfg.consumers.push_back({name, collector});
+  }
+  void start(std::vector<std::uint32_t> tokens) {
+    if (cfg.producers.empty())
+      add_producer("prefill-0");
+    if (cfg.consumers.empty())
+      add_consumer("decode-0");
+    cfg.tokens = std::move(tokens);
+    router = spawn_router(sys, cfg, result);
+    run();
+  }
+  router_results results() { return result->snapshot(); }
+};
+
+} // namespace
+
+TEST_CASE_FIXTURE(fixture, "requests go round-robin with consecutive ids, "
+                           "at most `inflight` open at once") {
+  add_producer("prefill-0");
+  add_producer("prefill-1");
+  add_consumer("decode-0");
+  add_consumer("decode-1");
+  add_consumer("decode-2");
+  cfg.first_request_id = 5000;
+  cfg.inflight = 2;
+  cfg.seed = 77;
+  cfg.pull = true;
+  start({10, 20, 30, 40, 50});
+  REQUIRE(workers->held.size() == 2); // the window is full
+  for (std::size_t k = 0; k < 5; ++k) {
+    REQUIRE(workers->held.size() > k);
+    auto& h = workers->held[k];
+    CHECK(h.request.request_id == 5000 + k);
+    CHECK(h.request.prompt_tokens == 10 * (k + 1));
+    CHECK(h.request.pattern_seed == 77);
+    CHECK(h.request.pull);
+    CHECK(h.producer == "prefill-" + std::to_string(k % 2));
+    CHECK(h.request.consumer == cfg.consumers[k % 3].app);
+    workers->answer(k); // frees one slot: the next request starts
+    run();
+    CHECK(workers->held.size() == std::min<std::size_t>(5, k + 3));
+  }
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.done == 5);
+  CHECK(r.failed == 0);
+  CHECK(r.bytes == 5 * workers->bytes_per_request);
+  CHECK(r.errors.empty());
+}
+
+TEST_CASE_FIXTURE(fixture, "latency is measured on the actor clock "
+                           "(virtual time here)") {
+  start({64});
+  REQUIRE(workers->held.size() == 1);
+  advance_time(250ms);
+  workers->answer(0);
+  run();
+  REQUIRE(result->finished());
+  auto r = results();
+  REQUIRE(r.latency_us.size() == 1);
+  CHECK(r.latency_us[0] == doctest::Approx(250000.0));
+  // Control time: latency minus the reported data (1 us) and compute time.
+  CHECK(r.control_us[0] == doctest::Approx(249999.0));
+  CHECK(r.end - r.start == std::chrono::milliseconds(250));
+  CHECK(data_rate_gbps(r) == doctest::Approx(1.0)); // 1000 B in 1000 ns
+}
+
+TEST_CASE_FIXTURE(fixture, "a failed request names its id and decode worker; "
+                           "no new request starts, the open ones drain") {
+  cfg.inflight = 2;
+  start({8, 8, 8, 8});
+  REQUIRE(workers->held.size() == 2);
+  workers->answer(0, make_error(ec::mismatch, "block 3 differs"));
+  run();
+  CHECK(workers->held.size() == 2); // nothing new after a failure
+  CHECK_FALSE(result->finished());  // request 2 is still open
+  workers->answer(1);
+  run();
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.done == 2);
+  CHECK(r.failed == 1);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].find("request 1 (to decode worker 'decode-0')") == 0);
+  CHECK(r.errors[0].find("block 3 differs") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(fixture, "a worker that left fails its open requests at "
+                           "once, naming it") {
+  add_producer("prefill-0");
+  add_consumer("decode-0");
+  add_consumer("decode-1");
+  cfg.inflight = 2;
+  start({8, 8, 8});
+  REQUIRE(workers->held.size() == 2);
+  caf::anon_send(router, left_atom::value, std::string{"decode-1"},
+                 make_error(ec::peer_down, "its node disconnected"));
+  run();
+  auto r = results();
+  REQUIRE(r.failed == 1);
+  CHECK(r.errors[0].find("request 2 (to decode worker 'decode-1')") == 0);
+  CHECK(r.errors[0].find("decode worker 'decode-1' is gone") !=
+        std::string::npos);
+  CHECK(workers->held.size() == 2); // the run has failed: nothing new
+  workers->answer(1); // the late reply of the failed request is ignored
+  workers->answer(0);
+  run();
+  REQUIRE(result->finished());
+  CHECK(results().failed == 1);
+  CHECK(results().done == 2);
+}
+
+TEST_CASE_FIXTURE(fixture, "a dead directory stops the run, saying why") {
+  start({8, 8});
+  REQUIRE(workers->held.size() == 2);
+  caf::anon_send_exit(dir, caf::exit_reason::kill);
+  run();
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.failed == 2);
+  CHECK(r.stopped_because.find("the directory at 127.0.0.1:7470 is gone") == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "a producer that never answers fails the request "
+                           "after 3x the workers' timeout plus 5 s") {
+  cfg.timeout_ms = 1000;
+  start({8});
+  advance_time(7900ms);
+  CHECK_FALSE(result->finished());
+  advance_time(200ms);
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.failed == 1);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].find("request 1 (to decode worker 'decode-0')") == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "warm-up: one request per worker pair before the "
+                           "clock starts, ids after the run's, not counted") {
+  add_producer("prefill-0");
+  add_consumer("decode-0");
+  add_consumer("decode-1");
+  cfg.warm_up_tokens = 16;
+  auto warmed = std::make_shared<std::size_t>(0);
+  cfg.on_warm_up = [warmed](std::size_t n, caf::timespan) { *warmed = n; };
+  start({100, 200, 300});
+  REQUIRE(workers->held.size() == 2); // the warm-up only
+  CHECK(workers->held[0].request.request_id == 4);
+  CHECK(workers->held[1].request.request_id == 5);
+  CHECK(workers->held[0].request.prompt_tokens == 16);
+  advance_time(1s);
+  workers->answer(0);
+  workers->answer(1);
+  run();
+  CHECK(*warmed == 2);
+  // The measured requests, 1 to 3 (held grows as slots free up).
+  for (std::size_t k = 2; k < workers->held.size(); ++k) {
+    CHECK(workers->held[k].request.request_id == k - 1);
+    workers->answer(k);
+    run();
+  }
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.done == 3);
+  CHECK(r.failed == 0);
+  CHECK(r.bytes == 3 * workers->bytes_per_request);
+}
+
+TEST_CASE_FIXTURE(fixture, "a failed warm-up request stops the run") {
+  cfg.warm_up_tokens = 16;
+  start({100, 200});
+  REQUIRE(workers->held.size() == 1);
+  workers->answer(0, make_error(ec::timeout, "no grant"));
+  run();
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.failed == 1);
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].find("warm-up request 3 (to decode worker 'decode-0')") ==
+        0);
+  CHECK(workers->held.size() == 1);
+}
