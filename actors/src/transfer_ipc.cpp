@@ -78,7 +78,10 @@ void ensure_ipc_engine(transfer_state& st) {
   st.ipc_regions = std::make_unique<transport::ipc_region_cache>(gpu);
   transport::copy_tuning tuning;
   tuning.high_priority_stream = detail::gpu_stream_priorities();
-  st.engine = std::make_unique<transport::gpu_copy_engine>(gpu, tuning);
+  // The kernel chosen for this GPU model (docs/gpu.md, "Kernel choice per
+  // GPU"): cached, overridden, or tuned now, once per GPU model and driver.
+  st.engine = std::make_unique<transport::gpu_copy_engine>(
+      gpu, transport::chosen_copy_bands(gpu, tuning));
 }
 
 // Maps the peer's region on first use (once per peer region: the cache; a
