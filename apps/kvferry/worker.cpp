@@ -5,6 +5,7 @@
 // (which renews the lease and registers again after any loss) and serves
 // until SIGINT or SIGTERM. `kvferry launch` and `kvferry demo` spawn it
 // with exactly these flags.
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/worker.hpp"
 
 #include <chrono>

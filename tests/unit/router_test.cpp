@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/router.hpp"
 
 using namespace kvferry;
@@ -97,7 +98,7 @@ struct fixture : test::actor_fixture {
   std::vector<caf::actor> spawned;
 
   fixture() {
-    dir = sys.spawn(directory, directory_options{});
+    dir = spawn_directory(sys, directory_options{});
     spawned.push_back(caf::actor_cast<caf::actor>(dir));
     cfg.directory = dir;
     cfg.directory_name = "127.0.0.1:7470";

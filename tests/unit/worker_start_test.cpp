@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 #include <doctest/doctest.h>
 
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
@@ -53,7 +54,7 @@ TEST_CASE("start_worker: the worker registers with the directory and leaves "
   runtime::system_config cfg;
   cfg.set("middleman.enable-automatic-connections", false);
   caf::actor_system sys{cfg};
-  auto dir = sys.spawn(directory, directory_options{});
+  auto dir = spawn_directory(sys, directory_options{});
   auto port = runtime::publish_control(dir, 0, "127.0.0.1");
   REQUIRE_MESSAGE(port, render(port.error()));
   auto w = start_worker(sys, small_worker("decode-0", *port));
