@@ -5,7 +5,6 @@
 // (which renews the lease and registers again after any loss) and serves
 // until SIGINT or SIGTERM. `kvferry launch` and `kvferry demo` spawn it
 // with exactly these flags.
-#include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/worker.hpp"
 
 #include <chrono>
@@ -24,6 +23,7 @@
 #include "commands.hpp"
 #include "geometry_flags.hpp"
 #include "gpu_option.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
