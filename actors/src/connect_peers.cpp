@@ -71,19 +71,28 @@ std::vector<std::string> connect_members(caf::actor_system& system,
   return connect_peers(system, members, timeout);
 }
 
+namespace {
+
+// Detached: connect_peers blocks while it dials. A repeated dial of a
+// connected peer is answered from the middleman's cache.
+caf::behavior peer_linker(caf::event_based_actor* self, worker_role role,
+                          caf::timespan timeout) {
+  return {
+      [self, role, timeout](joined_atom, const worker_info& peer) {
+        if (peer.role == role)
+          connect_peers(self->system(), {peer}, timeout);
+      },
+      [](left_atom, const std::string&, const caf::error&) {},
+  };
+}
+
+} // namespace
+
+// Spawned with arguments: CAF 0.17.6 binds a null reference (UBSan) when a
+// function actor takes none.
 caf::actor spawn_peer_linker(caf::actor_system& system, worker_role role,
                              caf::timespan timeout) {
-  // Detached: connect_peers blocks while it dials. A repeated dial of a
-  // connected peer is answered from the middleman's cache.
-  return system.spawn<caf::detached>([&system, role, timeout] {
-    return caf::behavior{
-        [&system, role, timeout](joined_atom, const worker_info& peer) {
-          if (peer.role == role)
-            connect_peers(system, {peer}, timeout);
-        },
-        [](left_atom, const std::string&, const caf::error&) {},
-    };
-  });
+  return system.spawn<caf::detached>(peer_linker, role, timeout);
 }
 
 } // namespace kvferry
