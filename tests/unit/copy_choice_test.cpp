@@ -11,33 +11,14 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/copy_choice.hpp"
+#include "scoped_env.hpp"
 #include "scratch_dir.hpp"
 
 using namespace kvferry::transport;
 
 namespace {
 
-class scoped_env {
-public:
-  scoped_env(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name))
-      old_ = old;
-    if (value)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~scoped_env() {
-    if (old_)
-      setenv(name_, old_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-
-private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
+using kvferry::test::scoped_env;
 
 std::string read_all(const std::filesystem::path& p) {
   std::ifstream in{p};

@@ -14,6 +14,7 @@
 #include <doctest/doctest.h>
 
 #include "mps_daemon.hpp"
+#include "scoped_env.hpp"
 #include "scratch_dir.hpp"
 
 namespace fs = std::filesystem;
@@ -22,29 +23,11 @@ using namespace std::chrono;
 
 namespace {
 
+using kvferry::test::scoped_env;
+
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
-
-// Sets an environment variable for one scope, then restores it.
-class scoped_env {
-public:
-  scoped_env(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name))
-      old_ = old;
-    setenv(name, value.c_str(), 1);
-  }
-  ~scoped_env() {
-    if (old_)
-      setenv(name_, old_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-
-private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // A scratch folder: bin/ holds the fake control program (a shell script
 // whose body is `body`, with $record naming a file it may write), put first
