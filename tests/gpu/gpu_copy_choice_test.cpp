@@ -61,16 +61,22 @@ TEST_CASE("the autotune measures every candidate, caches its choice, and "
           "the chosen kernels copy right") {
   kvferry::test::scratch_dir cache{"kvferry-gpu-copy-choice"};
   setenv("XDG_CACHE_HOME", cache.path.c_str(), 1);
-  unsetenv(copy_kernel_variable);
+  // Known models (H100, H200) would take the measured choice: tune anyway.
+  setenv(copy_kernel_variable, "tune", 1);
 
   const auto choice = choose_copy_kernel(gpu);
+  unsetenv(copy_kernel_variable);
   CHECK(choice.source == "tuned");
   MESSAGE("chosen: " << format_bands(choice.bands) << " (" << choice.why
                      << ")");
   REQUIRE(choice.table);
   const auto& t = *choice.table;
-  CHECK(t.kernels == std::vector<std::string>{"default", "warp", "block",
-                                              "block-16k-512", "plain"});
+  std::vector<std::string> every_candidate;
+  for (const auto& c : copy_candidates())
+    every_candidate.push_back(c.name);
+  CHECK(t.kernels == every_candidate);
+  CHECK(every_candidate.size() == 7); // default, warp, block, block-16k-512,
+                                      // plain, plain-256, plain-128
   CHECK(t.block_bytes.front() == 4096);
   CHECK(t.block_bytes.back() == (2u << 20));
   for (std::size_t k = 0; k < t.kernels.size(); ++k)
@@ -78,8 +84,8 @@ TEST_CASE("the autotune measures every candidate, caches its choice, and "
       CAPTURE(t.kernels[k]);
       CAPTURE(t.block_bytes[s]);
       CHECK(t.seconds[k][s] > 0);
-      MESSAGE(t.kernels[k] << " at " << t.block_bytes[s]
-                           << " B: " << 64.0 * (1 << 20) / t.seconds[k][s] / 1e9
+      MESSAGE(t.kernels[k] << " at " << t.block_bytes[s] << " B: "
+                           << 256.0 * (1 << 20) / t.seconds[k][s] / 1e9
                            << " GB/s");
     }
 
@@ -94,6 +100,7 @@ TEST_CASE("the autotune measures every candidate, caches its choice, and "
   std::vector<std::string> warnings;
   const auto again = resolve_copy_choice(
       "", key, entries,
+      measured_copy_choice(copy_choice_key_for(gpu).gpu_model),
       []() -> tuning_table {
         FAIL("tuned although cached");
         return {};

@@ -263,7 +263,7 @@ TEST_CASE("cache file: written atomically, entries kept, corrupt ignored") {
   CHECK_FALSE(write_choice_cache_entry("", "k", "plain").empty());
 }
 
-TEST_CASE("precedence: override, then cache, then tune") {
+TEST_CASE("precedence: override, then cache, then measured, then tune") {
   const std::string key = "NVIDIA H200|driver 1|kvferry 0.1.0 kernels 1";
   const std::map<std::string, std::string> cache{
       {key, "0:default,16384:plain"}};
@@ -275,23 +275,26 @@ TEST_CASE("precedence: override, then cache, then tune") {
   };
 
   SUBCASE("an override wins over the cache, and nothing is tuned") {
-    auto c = resolve_copy_choice("default", key, cache, no_tune, warnings);
+    auto c = resolve_copy_choice("default", key, cache, std::nullopt, no_tune,
+                                 warnings);
     CHECK(c.source == "override");
     CHECK(c.bands == std::vector<named_band>{{0, "default"}});
     CHECK(c.why == "KVFERRY_COPY_KERNEL=default");
-    c = resolve_copy_choice("0:plain,65536:block", key, cache, no_tune,
-                            warnings);
+    c = resolve_copy_choice("0:plain,65536:block", key, cache, std::nullopt,
+                            no_tune, warnings);
     CHECK(c.bands == std::vector<named_band>{{0, "plain"}, {65536, "block"}});
     CHECK(warnings.empty());
   }
   SUBCASE("the cache entry of this key is used without tuning") {
-    const auto c = resolve_copy_choice("", key, cache, no_tune, warnings);
+    const auto c =
+        resolve_copy_choice("", key, cache, std::nullopt, no_tune, warnings);
     CHECK(c.source == "cached");
     CHECK(c.bands == std::vector<named_band>{{0, "default"}, {16384, "plain"}});
     CHECK_FALSE(c.table);
   }
   SUBCASE("another GPU's entry does not count: tuned") {
-    const auto c = resolve_copy_choice("", "other GPU", cache, tune, warnings);
+    const auto c = resolve_copy_choice("", "other GPU", cache, std::nullopt,
+                                       tune, warnings);
     CHECK(c.source == "tuned");
     CHECK(tunes == 1);
     CHECK(c.bands == std::vector<named_band>{{0, "plain"}});
@@ -299,22 +302,50 @@ TEST_CASE("precedence: override, then cache, then tune") {
     CHECK(c.table->kernels.size() == 2);
   }
   SUBCASE("'tune' tunes again although the cache has an entry") {
-    const auto c = resolve_copy_choice("tune", key, cache, tune, warnings);
+    const auto c =
+        resolve_copy_choice("tune", key, cache, std::nullopt, tune, warnings);
     CHECK(c.source == "tuned");
     CHECK(tunes == 1);
     CHECK(c.why.find("KVFERRY_COPY_KERNEL=tune") != std::string::npos);
   }
   SUBCASE("a malformed override warns and falls back to the cache") {
-    const auto c =
-        resolve_copy_choice("fastest", key, cache, no_tune, warnings);
+    const auto c = resolve_copy_choice("fastest", key, cache, std::nullopt,
+                                       no_tune, warnings);
     CHECK(c.source == "cached");
     REQUIRE(warnings.size() == 1);
     CHECK(warnings[0].find("KVFERRY_COPY_KERNEL='fastest'") !=
           std::string::npos);
   }
+  SUBCASE("a model measured across two processes takes that choice, "
+          "untuned, unless cached or overridden") {
+    const std::optional<std::string> measured{"0:plain-256,1048576:block"};
+    auto c = resolve_copy_choice("", "other GPU", cache, measured, no_tune,
+                                 warnings);
+    CHECK(c.source == "measured");
+    CHECK(c.bands ==
+          std::vector<named_band>{{0, "plain-256"}, {1048576, "block"}});
+    CHECK(resolve_copy_choice("", key, cache, measured, no_tune, warnings)
+              .source == "cached");
+    CHECK(resolve_copy_choice("plain", key, cache, measured, no_tune, warnings)
+              .source == "override");
+    c = resolve_copy_choice("tune", "other GPU", cache, measured, tune,
+                            warnings);
+    CHECK(c.source == "tuned");
+    CHECK(tunes == 1);
+    CHECK(warnings.empty());
+  }
+  SUBCASE("the measured choices name known kernels") {
+    for (const char* model : {"NVIDIA H200", "NVIDIA H100 80GB HBM3"}) {
+      const auto m = measured_copy_choice(model);
+      REQUIRE(m);
+      CHECK(parse_bands(*m));
+    }
+    CHECK_FALSE(measured_copy_choice("NVIDIA A100-SXM4-80GB"));
+  }
   SUBCASE("a cached entry that no longer parses is tuned again") {
     const std::map<std::string, std::string> stale{{key, "retired-kernel"}};
-    const auto c = resolve_copy_choice("", key, stale, tune, warnings);
+    const auto c =
+        resolve_copy_choice("", key, stale, std::nullopt, tune, warnings);
     CHECK(c.source == "tuned");
     CHECK(tunes == 1);
     CHECK(warnings.size() == 1);

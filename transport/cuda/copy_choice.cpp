@@ -23,7 +23,7 @@ namespace {
 
 // Bump when a candidate is added or a kernel changes: cached choices made
 // with the old list are then tuned again.
-constexpr int candidates_revision = 1;
+constexpr int candidates_revision = 2;
 
 std::optional<std::uint64_t> parse_count(const std::string& text) {
   if (text.empty() || text.size() > 19 ||
@@ -66,11 +66,25 @@ const std::vector<copy_candidate>& copy_candidates() {
     copy_tuning block_16k = block;
     block_16k.item_bytes = 16384;
     block_16k.threads_per_block = 512;
+    // The plain kernel with narrower blocks: at 512 threads a 4 KiB extent
+    // keeps half of each block idle and only 4 blocks fit on an SM (2048
+    // threads), so 4 extents per SM are in flight; at 256 threads (8 per SM)
+    // 8 are, at 128 threads (16 per SM) 16 are. Small blocks want that.
+    // Their items are 256 KiB, so that a few large extents still make many
+    // items: at 2 MiB items 256 extents of 2 MiB give 2 narrow blocks per SM.
+    copy_tuning plain_256 = plain_copy_tuning();
+    plain_256.threads_per_block = 256;
+    plain_256.item_bytes = 256u << 10;
+    copy_tuning plain_128 = plain_256;
+    plain_128.threads_per_block = 128;
+    plain_128.blocks_per_sm = 16;
     return std::vector<copy_candidate>{{"default", copy_tuning{}},
                                        {"warp", warp},
                                        {"block", block},
                                        {"block-16k-512", block_16k},
-                                       {"plain", plain_copy_tuning()}};
+                                       {"plain", plain_copy_tuning()},
+                                       {"plain-256", plain_256},
+                                       {"plain-128", plain_128}};
   }();
   return all;
 }
@@ -268,9 +282,28 @@ std::string write_choice_cache_entry(const std::string& path,
   return {};
 }
 
+std::optional<std::string> measured_copy_choice(const std::string& gpu_model) {
+  // bench ipc across two processes, 512 MiB of shuffled blocks, every
+  // candidate forced in turn (docs/benchmarks.md, 2026-12-05, driver
+  // 580.159.04). H200: the narrow plain kernel is within 1% of the best
+  // candidate from 4 KiB to 256 KiB (0.88-0.91x of a contiguous copy; the
+  // default 0.73-0.87x), block-16k-512 the best at 2 MiB (0.92x); the
+  // in-process autotune put warp and default ahead at 64-256 KiB, 2-4%
+  // behind in two processes. H100: the default is within 1% of the best at
+  // every size, as the autotune also finds.
+  static const std::map<std::string, std::string> measured{
+      {"NVIDIA H200", "0:plain-256,1048576:block-16k-512"},
+      {"NVIDIA H100 80GB HBM3", "default"},
+  };
+  if (auto it = measured.find(gpu_model); it != measured.end())
+    return it->second;
+  return std::nullopt;
+}
+
 copy_choice resolve_copy_choice(const std::string& override_text,
                                 const std::string& key,
                                 const std::map<std::string, std::string>& cache,
+                                const std::optional<std::string>& measured,
                                 const std::function<tuning_table()>& tune,
                                 std::vector<std::string>& warnings) {
   copy_choice choice;
@@ -285,7 +318,8 @@ copy_choice resolve_copy_choice(const std::string& override_text,
     warnings.push_back(std::string{copy_kernel_variable} + "='" +
                        override_text +
                        "' is not a kernel name (default, warp, block, "
-                       "block-16k-512, plain), bands such as "
+                       "block-16k-512, plain, plain-256, plain-128), bands "
+                       "such as "
                        "'0:default,65536:plain' or 'tune'; ignoring it");
   }
   if (!retune) {
@@ -297,7 +331,16 @@ copy_choice resolve_copy_choice(const std::string& override_text,
         return choice;
       }
       warnings.push_back("copy-kernel cache entry for " + key + " ('" +
-                         it->second + "') is not valid; tuning again");
+                         it->second + "') is not valid; ignoring it");
+    }
+    if (measured) {
+      if (auto bands = parse_bands(*measured)) {
+        choice.bands = *bands;
+        choice.source = "measured";
+        choice.why = "measured for this GPU model across two processes "
+                     "(docs/gpu.md, \"Kernel choice\")";
+        return choice;
+      }
     }
   }
   choice.table = tune();

@@ -15,6 +15,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "kvferry/transport/copy_choice.hpp"
@@ -35,13 +36,17 @@ namespace kvferry::transport {
 
 namespace {
 
+// Bytes copied per tuned size (see tuned_sizes below).
+constexpr std::uint64_t tuned_total = 256ull << 20;
+
 #ifdef KVFERRY_HAVE_CUDA
 
 // The sizes of issue #18's goal, and enough bytes per size that the copy
-// does not fit in L2 (50 MiB on the H100 and H200) twice over.
+// does not fit in L2 (50 MiB on the H100 and H200) ten times over: at 64 MiB
+// an H200 tune put block-16k-512 ahead of plain at 256 KiB blocks, which bench
+// ipc over 512 MiB then measured 2-3% behind.
 const std::vector<std::uint64_t> tuned_sizes{4096, 16384, 65536, 262144,
                                              2097152};
-constexpr std::uint64_t tuned_total = 64ull << 20;
 constexpr int timed_runs = 3; // per round; two rounds, the better median kept
 
 // `n` blocks of `block` bytes at distinct random slots of both pools (twice
@@ -152,6 +157,22 @@ private:
   int fd_ = -1;
 };
 
+// One line per candidate, GB/s per tuned size: why the choice is what it is.
+void log_tuning_table(int gpu, const tuning_table& t) {
+  for (std::size_t k = 0; k < t.kernels.size(); ++k) {
+    std::string row;
+    for (std::size_t s = 0; s < t.block_bytes.size(); ++s) {
+      const double sec = t.seconds[k][s];
+      const double bytes = static_cast<double>(t.block_bytes[s]) *
+                           static_cast<double>(tuned_total / t.block_bytes[s]);
+      row += fmt::format(" {}K:{:.0f}", t.block_bytes[s] / 1024,
+                         sec > 0 ? bytes / sec / 1e9 : 0.0);
+    }
+    spdlog::info("copy-kernel autotune on GPU {}: {:<14} GB/s{}", gpu,
+                 t.kernels[k], row);
+  }
+}
+
 } // namespace
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -224,7 +245,7 @@ copy_choice choose_copy_kernel(int gpu) {
     if (!warning.empty())
       warnings.push_back(warning);
     return resolve_copy_choice(
-        override_text, key.text(), cache,
+        override_text, key.text(), cache, measured_copy_choice(key.gpu_model),
         [gpu] {
           const auto t0 = std::chrono::steady_clock::now();
           auto table = tune_copy_kernel(gpu);
@@ -232,6 +253,7 @@ copy_choice choose_copy_kernel(int gpu) {
                        std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::steady_clock::now() - t0)
                            .count());
+          log_tuning_table(gpu, table);
           return table;
         },
         warnings);

@@ -125,18 +125,27 @@ std::string write_choice_cache_entry(const std::string& path,
 /// The choice and where it came from.
 struct copy_choice {
   std::vector<named_band> bands;
-  std::string source;                // "override", "cached" or "tuned"
-  std::string why;                   // one line for a report
+  std::string source; // "override", "cached", "measured" or "tuned"
+  std::string why;    // one line for a report
   std::optional<tuning_table> table; // when tuned here
 };
 
+/// The choice measured across two processes for a GPU model, where one was
+/// (bands text), else nothing. The in-process autotune cannot see what an
+/// IPC-mapped peer pool costs: on an H200 it ranks kernels 2-4% differently
+/// from two processes at 64-256 KiB blocks. So known models use what was
+/// measured the way workers copy; other GPUs tune.
+std::optional<std::string> measured_copy_choice(const std::string& gpu_model);
+
 /// The precedence, without side effects: a valid override
-/// (KVFERRY_COPY_KERNEL) wins; "tune" (or nothing cached for `key`, or a
-/// cached entry that no longer parses) calls `tune`; else the cache. A
-/// malformed override is a warning and is ignored. Warnings are appended.
+/// (KVFERRY_COPY_KERNEL) wins; "tune" calls `tune`; else this key's cache
+/// entry; else `measured` (measured_copy_choice of the GPU model); else
+/// (or a cached entry that no longer parses and nothing measured) `tune`.
+/// A malformed override is a warning and is ignored. Warnings are appended.
 copy_choice resolve_copy_choice(const std::string& override_text,
                                 const std::string& key,
                                 const std::map<std::string, std::string>& cache,
+                                const std::optional<std::string>& measured,
                                 const std::function<tuning_table()>& tune,
                                 std::vector<std::string>& warnings);
 
@@ -144,7 +153,7 @@ copy_choice resolve_copy_choice(const std::string& override_text,
 std::optional<std::string> parse_nvidia_driver_version(const std::string& text);
 
 /// Needs a GPU: times every candidate on `gpu` at 4 KiB .. 2 MiB blocks
-/// (shuffled source and destination blocks, 64 MiB per size). Throws
+/// (shuffled source and destination blocks, 256 MiB per size). Throws
 /// gpu_error without CUDA or a GPU.
 tuning_table tune_copy_kernel(int gpu);
 
