@@ -280,6 +280,20 @@ TEST_CASE_FIXTURE(pair_fixture, "an announcement of the sender's previous "
 }
 
 // ---- one end of a channel dropped: the other end learns at once
+
+namespace {
+
+// A receive of transfer `id` from the fixture's sender, 10 s to land.
+proto::recv_order recv_order_from_sender(std::uint64_t id) {
+  proto::recv_order o;
+  o.transfer_id = id;
+  o.peer_name = "prefill-0";
+  o.timeout_ms = 10000;
+  return o;
+}
+
+} // namespace
+
 // The soak (f9a0d03): decode-0, stopped past its lease, kept its ends of the
 // producers' channels while the producers dropped theirs. After its return a
 // producer's new channel dropped the old end, and with it the recv order its
@@ -293,11 +307,8 @@ TEST_CASE_FIXTURE(pair_fixture, "a recv order awaiting its announcement "
   auto ep = receiver_endpoint();
   REQUIRE(send(order_to(ep, 11, {{0, 0, 1024}}))); // the channel opens
   REQUIRE(recv(11));
-  proto::recv_order o;
-  o.transfer_id = 12;
-  o.peer_name = "prefill-0";
-  o.timeout_ms = 10000;
-  auto pending = self->request(receiver, 30s, proto::recv_atom::value, o);
+  auto pending = self->request(receiver, 30s, proto::recv_atom::value,
+                               recv_order_from_sender(12));
   // The sender hears that the receiver left (its lease ran out) and drops
   // its end; the receiver keeps its own until told.
   self->send(sender, left_atom::value, std::string{"decode-0"},
@@ -326,13 +337,8 @@ TEST_CASE_FIXTURE(pair_fixture, "a receiver that drops its end of a channel "
   self->request(receiver, 10s, proto::stats_atom::value)
       .receive([](const proto::transfer_stats&) {},
                [](caf::error& err) { FAIL(render(err)); });
-  auto pending = self->request(receiver, 30s, proto::recv_atom::value, [] {
-    proto::recv_order o;
-    o.transfer_id = 22;
-    o.peer_name = "prefill-0";
-    o.timeout_ms = 10000;
-    return o;
-  }());
+  auto pending = self->request(receiver, 30s, proto::recv_atom::value,
+                               recv_order_from_sender(22));
   auto sent = send(order_to(ep, 22, {{0, 4096, 1024}}));
   REQUIRE_MESSAGE(sent, render(sent.error()));
   pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
