@@ -162,6 +162,8 @@ fault() {
 
 # ---- start ----------------------------------------------------------------
 say "kvferry $kvferry, seed $seed, $minutes minute(s), work folder $work"
+# The machine may be shared: its load belongs next to the figures.
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 KVFERRY_LEASE_MS=3000 "$kvferry" launch "$topology" >"$work/launch.out" 2>"$work/launch.err" &
 launch_pid=$!
 if ! wait_all_up 60; then
@@ -211,6 +213,7 @@ hangs=$(grep -c '^hang' "$work/reasons.txt")
 unnamed=$(grep -c '^unnamed' "$work/reasons.txt")
 echo
 echo "==== soak report (seed $seed, $minutes min, kvferry $("$kvferry" --version 2>/dev/null | head -1))"
+echo "load average (1, 5, 15 min): at the start $load_start, at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "faults: $(wc -l <"$work/faults.txt") ($(sort "$work/faults.txt" | awk '{print $1}' | uniq -c | xargs))"
 echo "         by target: $(awk '{print $2}' "$work/faults.txt" | sort | uniq -c | xargs)"
 echo "launch restarts: $(grep -c '^kvferry launch: restarting' "$work/launch.err")," \

@@ -111,6 +111,7 @@ void drop_peer_out(self_ptr self, const std::string& name,
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
+  tell_closed(self, i->second.ep.transfer, i->second.channel_id, err);
   // Copy kernels still running finish on their own; their mapping of the
   // peer's region stays open in the cache, so they never touch freed memory.
   orphan_copies(self->state, name, i->second);
@@ -136,6 +137,8 @@ void drop_peer_in(self_ptr self, const std::string& name,
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
+  tell_closed(self, caf::actor_cast<caf::actor>(p.sender), p.channel_id, err);
+  p.channel_id = 0;
   p.ops.clear();
   p.waiting.clear();
   p.reg = registration{};
@@ -440,6 +443,21 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     end_hold(self, a.peer, a.hold, why);
 }
 
+// Messages outside transfer_actor's typed interface: a peer's notice that
+// it dropped its end of a channel (tell_closed); anything else is dropped
+// with CAF's usual log line.
+caf::result<caf::message>
+handle_unlisted(self_ptr self, caf::scheduled_actor* a, caf::message_view& x) {
+  const auto& m = x.content();
+  if (m.match_elements<caf::close_atom, std::string, std::uint64_t,
+                       caf::error>()) {
+    handle_closed(self, m.get_as<std::string>(1), m.get_as<std::uint64_t>(2),
+                  m.get_as<caf::error>(3));
+    return caf::message{};
+  }
+  return caf::print_and_drop(a, x);
+}
+
 } // namespace
 } // namespace transfer_detail
 
@@ -455,6 +473,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       static_cast<std::int64_t>(self->state.cfg.region->size()));
   advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
+  self->set_default_handler(
+      [self](caf::scheduled_actor* a, caf::message_view& x) {
+        return handle_unlisted(self, a, x);
+      });
   return {
       [self](proto::endpoint_atom) {
         auto& cfg = self->state.cfg;

@@ -5,9 +5,16 @@
 // in one direction. The sender opens one lazily, the first time it sends to a
 // peer: it asks the peer's transfer actor to listen (`open`), gets the 128-B
 // listen handles back, and connects; both sides poll connect/accept from the
-// progress loop, never blocking. Channels are cached per peer name and torn
-// down when the peer dies (a down message), when a transfer on them times
-// out, or when the plugin fails a request on them.
+// progress loop, never blocking. Both ends name the channel by a hash of
+// those handles (channel_id_of).
+// Channels are cached per peer name and torn down when the peer dies (a
+// down message), when the directory reports it left, when a transfer on
+// them times out, or when the plugin fails a request on them. Whichever end
+// drops a channel tells the other (tell_closed: close_atom with the
+// channel's id), which
+// drops its end at once: a plugin may not notice a peer's closed end until
+// its next write, and a receiver paused past its lease (SIGSTOP) otherwise
+// kept ends its senders had long dropped.
 //
 // Ordering. The plugin matches the k-th send with the k-th receive of a comm
 // pair. The sender announces every transfer (its chunks, in posting order)
@@ -79,6 +86,19 @@ void start_send(self_ptr self, peer_out& p, std::uint64_t id,
   post_sends(self, p, id, chunks);
 }
 
+// A channel's id, the same at both ends without a message saying it: FNV-1a
+// of the listener's handles (their addresses and ports), which the receiver
+// made and the sender got back from `open`. It tells a channel from the
+// next one between the same two actors; 0 means "no channel".
+std::uint64_t channel_id_of(const std::vector<char>& flat_handles) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (char c : flat_handles) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h == 0 ? 1 : h;
+}
+
 void open_channel(self_ptr self, const std::string& name) {
   auto& p = self->state.out[name];
   p.opening = true;
@@ -91,6 +111,7 @@ void open_channel(self_ptr self, const std::string& name) {
             auto i = self->state.out.find(name);
             if (i == self->state.out.end())
               return;
+            i->second.channel_id = channel_id_of(flat);
             auto& cfg = self->state.cfg;
             std::vector<transport::net_handle> handles(flat.size() /
                                                        NCCL_NET_HANDLE_MAXSIZE);
@@ -227,17 +248,79 @@ void fail_stale_announcements(self_ptr self, peer_in& p,
   p.waiting.clear();
 }
 
+// Recv orders with no announcement yet wait for the sender's next channel
+// (it announces only on an open one): dropping the previous channel must
+// not fail them. The soak found this: a decode worker stopped past its
+// lease kept its ends of the producers' channels; after its return, a
+// producer's new channel dropped them, failing the recv order its consumer
+// had just made for that very channel, whose announcement then tore the new
+// channel down too.
+bool awaits_announcement(const transfer_entry& t) {
+  return t.waiter && !t.done && !t.failure && !t.posted && t.expected == 0;
+}
+
+// Drops the receive channel from `sender` (failing what was announced on
+// it) but keeps the recv orders that await an announcement.
+void drop_previous_channel(self_ptr self, const std::string& sender,
+                           const caf::error& err) {
+  auto& transfers = self->state.in[sender].transfers;
+  std::vector<std::pair<std::uint64_t, transfer_entry>> kept;
+  for (auto it = transfers.begin(); it != transfers.end();)
+    if (awaits_announcement(it->second)) {
+      kept.emplace_back(it->first, std::move(it->second));
+      it = transfers.erase(it);
+    } else {
+      ++it;
+    }
+  drop_peer_in(self, sender, err);
+  for (auto& [id, t] : kept)
+    self->state.in[sender].transfers.emplace(id, std::move(t));
+}
+
 } // namespace
+
+// Sent anonymously on a dynamically typed handle: the notice is not part of
+// transfer_actor's typed interface (close_atom is CAF's own atom, so no
+// header that every target includes changes, and CAF lets a typed actor
+// send such a message only anonymously); it names its sender itself. The
+// receiving actor's default handler takes it (handle_unlisted in
+// transfer.cpp).
+void tell_closed(self_ptr self, const caf::actor& other,
+                 std::uint64_t channel_id, const caf::error& why) {
+  if (other && channel_id != 0)
+    caf::anon_send(other, caf::close_atom::value, self->state.cfg.name,
+                   channel_id, why);
+}
+
+void handle_closed(self_ptr self, const std::string& peer,
+                   std::uint64_t channel_id, const caf::error& why) {
+  auto& st = self->state;
+  auto err = lost(
+      peer, fmt::format("it dropped its end of our channel ({})", render(why)));
+  // channel_id = 0 before each drop: the peer knows, nothing to tell it.
+  if (auto o = st.out.find(peer);
+      o != st.out.end() && o->second.channel_id == channel_id) {
+    o->second.channel_id = 0;
+    drop_peer_out(self, peer, err);
+  }
+  if (auto i = st.in.find(peer);
+      i != st.in.end() && i->second.channel_id == channel_id) {
+    i->second.channel_id = 0;
+    drop_previous_channel(self, peer, err);
+  }
+}
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk) {
   auto& st = self->state;
   auto& p = st.in[sender];
-  if (p.channel || p.listener)
-    drop_peer_in(self, sender,
-                 lost(sender, "it opened a new channel (restarted?)"));
-  else
+  if (p.channel || p.listener) {
+    p.channel_id = 0; // the sender has dropped its end: nobody to tell
+    drop_previous_channel(self, sender,
+                          lost(sender, "it opened a new channel"));
+  } else {
     fail_stale_announcements(self, p, sender);
+  }
   auto& q = st.in[sender];
   q.sender = self->current_sender()
                  ? caf::actor_cast<caf::actor_addr>(self->current_sender())
@@ -251,6 +334,7 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
   std::vector<char> flat;
   for (const auto& h : q.listener->handles())
     flat.insert(flat.end(), h.begin(), h.end());
+  q.channel_id = channel_id_of(flat);
   ensure_progress(self);
   return flat;
 }

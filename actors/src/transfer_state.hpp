@@ -89,6 +89,7 @@ inline proto::recv_report report_of(const transfer_entry& t) {
 struct peer_out {
   proto::endpoint ep;
   bool opening = false;
+  std::uint64_t channel_id = 0; // see channel_id_of; 0: none (yet)
   steady_clock::time_point connect_deadline;
   std::unique_ptr<channel_connector> connector;
   std::optional<send_channel> channel;
@@ -117,6 +118,7 @@ struct peer_out {
 // Receiving side of one peer.
 struct peer_in {
   caf::actor_addr sender;
+  std::uint64_t channel_id = 0; // see channel_id_of; 0: none
   steady_clock::time_point accept_deadline;
   std::unique_ptr<channel_listener> listener;
   std::optional<recv_channel> channel;
@@ -248,6 +250,18 @@ void handle_announce(self_ptr self, proto::announcement& a);
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk);
+
+/// Tells `other`, the transfer actor at the other end of channel
+/// `channel_id`, that this end is gone (drop_peer_out and drop_peer_in call
+/// it), so that it drops its end at once instead of when its next request
+/// fails.
+void tell_closed(self_ptr self, const caf::actor& other,
+                 std::uint64_t channel_id, const caf::error& why);
+
+/// `peer` dropped its end of channel `channel_id`: drop ours if it is the
+/// same channel (a newer one stays).
+void handle_closed(self_ptr self, const std::string& peer,
+                   std::uint64_t channel_id, const caf::error& why);
 
 /// Connects and polls the send channel of `p`; sets `failure` when the
 /// channel is lost. Throws what the plugin throws.

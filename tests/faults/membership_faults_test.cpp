@@ -223,6 +223,56 @@ TEST_CASE("a worker stopped past its lease registers again after SIGCONT") {
   CHECK(d.log_of("decode-0").find("registered again") != std::string::npos);
 }
 
+// The soak's finding (docs/benchmarks.md, f9a0d03): a decode worker stopped
+// past its lease while its data channels were open. The producers drop
+// their channels to it when the directory reports it left; it keeps its own
+// ends until it learns otherwise. After SIGCONT the next demo must verify
+// within 5 s of its re-registration, not wait for the old channels to fail.
+void warm_channels(const deployment& d) {
+  std::string output;
+  INFO("warm-up demo output:\n" << output);
+  REQUIRE(d.demo_verifies(output)); // opens prefill-0's channel to decode-0
+}
+
+void stop_past_lease(const deployment& d, pid_t pid) {
+  REQUIRE(kill(pid, SIGSTOP) == 0);
+  bool dropped = eventually([&] { return !d.all_up(); }, lease * 3);
+  // One more lease: the producers have heard it left and dropped channels.
+  std::this_thread::sleep_for(lease);
+  REQUIRE(kill(pid, SIGCONT) == 0);
+  REQUIRE(dropped);
+}
+
+TEST_CASE("a decode worker stopped past its lease with open data channels: "
+          "a demo verifies within 5 s of its return") {
+  deployment d;
+  warm_channels(d);
+  auto decode = d.pid_of("decode-0");
+  REQUIRE(decode > 0);
+  stop_past_lease(d, decode);
+  d.check_recovery(clock_type::now());
+  auto log = d.log_of("decode-0");
+  INFO("decode-0 log:\n" << log);
+  CHECK(log.find("registered again") != std::string::npos);
+}
+
+TEST_CASE("a decode worker stopped past its lease, then the directory "
+          "stopped: a demo verifies within 5 s of recovery") {
+  deployment d;
+  warm_channels(d);
+  auto decode = d.pid_of("decode-0");
+  auto dir = d.pid_of("directory");
+  REQUIRE(decode > 0);
+  REQUIRE(dir > 0);
+  stop_past_lease(d, decode);
+  REQUIRE(eventually([&] { return d.all_up(); }, seconds(10)));
+  // As in the soak: the directory stops soon after the worker is back.
+  REQUIRE(kill(dir, SIGSTOP) == 0);
+  std::this_thread::sleep_for(lease * 3);
+  REQUIRE(kill(dir, SIGCONT) == 0);
+  d.check_recovery(clock_type::now());
+}
+
 namespace {
 
 // A kvferry process started directly, its output in a file.

@@ -278,3 +278,76 @@ TEST_CASE_FIXTURE(pair_fixture, "an announcement of the sender's previous "
                   CHECK(names(err, "announced on a channel that is gone"));
                 });
 }
+
+// ---- one end of a channel dropped: the other end learns at once
+
+namespace {
+
+// A receive of transfer `id` from the fixture's sender, 10 s to land.
+proto::recv_order recv_order_from_sender(std::uint64_t id) {
+  proto::recv_order o;
+  o.transfer_id = id;
+  o.peer_name = "prefill-0";
+  o.timeout_ms = 10000;
+  return o;
+}
+
+} // namespace
+
+// The soak (f9a0d03): decode-0, stopped past its lease, kept its ends of the
+// producers' channels while the producers dropped theirs. After its return a
+// producer's new channel dropped the old end, and with it the recv order its
+// consumer had just made for that new channel; the announcement then found
+// the transfer failed and tore the new channel down too, and the producer
+// sent into it for 20 s until a write failed. A recv order with no
+// announcement yet belongs to the next channel and must survive.
+TEST_CASE_FIXTURE(pair_fixture, "a recv order awaiting its announcement "
+                                "survives the drop of the sender's previous "
+                                "channel and lands on the next one") {
+  auto ep = receiver_endpoint();
+  REQUIRE(send(order_to(ep, 11, {{0, 0, 1024}}))); // the channel opens
+  REQUIRE(recv(11));
+  auto pending = self->request(receiver, 30s, proto::recv_atom::value,
+                               recv_order_from_sender(12));
+  // The sender hears that the receiver left (its lease ran out) and drops
+  // its end; the receiver keeps its own until told.
+  self->send(sender, left_atom::value, std::string{"decode-0"},
+             make_error(ec::lease_expired, "test: decode-0's lease"));
+  auto sent = send(order_to(ep, 12, {{0, 2048, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                  [](caf::error& err) { FAIL(render(err)); });
+  CHECK(dst_region->data()[2048] == 0xa5);
+}
+
+// The other direction: the receiver drops its end (the directory told it
+// the sender left; or a deadline, or a plugin error), and tells the sender,
+// which drops its end at once: the next transfer opens a fresh channel
+// instead of sending into one nobody reads.
+TEST_CASE_FIXTURE(pair_fixture, "a receiver that drops its end of a channel "
+                                "tells the sender; the next transfer goes "
+                                "over a fresh channel and lands") {
+  auto ep = receiver_endpoint();
+  REQUIRE(send(order_to(ep, 21, {{0, 0, 1024}})));
+  REQUIRE(recv(21));
+  self->send(receiver, left_atom::value, std::string{"prefill-0"},
+             make_error(ec::lease_expired, "test: prefill-0's lease"));
+  // Once the receiver answers, it has dropped its end and its notice is in
+  // the sender's mailbox (one process), ahead of the next send order.
+  self->request(receiver, 10s, proto::stats_atom::value)
+      .receive([](const proto::transfer_stats&) {},
+               [](caf::error& err) { FAIL(render(err)); });
+  auto pending = self->request(receiver, 30s, proto::recv_atom::value,
+                               recv_order_from_sender(22));
+  auto sent = send(order_to(ep, 22, {{0, 4096, 1024}}));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                  [](caf::error& err) { FAIL(render(err)); });
+  CHECK(dst_region->data()[4096] == 0xa5);
+  self->request(sender, 10s, proto::stats_atom::value)
+      .receive(
+          [](const proto::transfer_stats& s) {
+            CHECK(s.comms_opened == 2); // one comm per channel here
+          },
+          [](caf::error& err) { FAIL(render(err)); });
+}
