@@ -67,13 +67,15 @@ enum class ev : std::uint8_t {
   network,       // the earliest flow may have finished (a)
   transfer_done, // the KV cache is complete at the consumer
   step_done,     // a decode worker's batch step ends
+  fault,         // run_options::faults[a] happens
 };
 
 struct event {
   ns_t at;
   std::uint64_t seq;
   ev kind;
-  std::uint32_t a; // request slot, worker index or network generation
+  std::uint32_t a;   // request slot, worker index or network generation
+  std::uint32_t gen; // for a slot: its occupant (request::gen) when scheduled
 };
 
 struct later {
@@ -91,12 +93,17 @@ struct request {
   std::uint64_t blocks = 0; // layer-blocks held at the consumer
   double bytes = 0, saved = 0;
   std::uint64_t last_step = 0; // its decode worker's step giving its last token
+  // Bumped when the slot is freed, so that the events of a request that
+  // failed (a fault) do not reach the slot's next occupant.
+  std::uint32_t gen = 0;
   bool ipc = false, rejected = false, flow_ended = false;
+  bool live = false, holds_blocks = false, waiting = false;
 };
 
 struct resource {
   std::string name;
-  double capacity = 0; // bytes per ns (= GB/s)
+  double capacity = 0; // bytes per ns (= GB/s), now
+  double nominal = 0;  // as built (a fault may slow it): for busy %
   double bytes = 0;    // carried so far
   // Scratch of one max-min computation: the rates of its frozen flows, its
   // unfrozen flows, and the version of its entry in the saturation heap.
@@ -148,11 +155,16 @@ private:
   std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
 };
 
+// prefill_worker::current when no request is being prefilled, and when the
+// GPU is still busy with one that failed (its compute runs to the end).
+constexpr std::int64_t idle = -1, busy_failed = -2;
+
 struct prefill_worker {
   std::string name;
   std::uint32_t host = 0, ipc_out = 0;
   std::deque<std::uint32_t> queue;
-  std::int64_t current = -1;
+  std::int64_t current = -1; // slot, idle, or busy_failed
+  bool dead = false;
   double routed_ms = 0; // the router's view: prefill work sent, not done
 };
 
@@ -169,7 +181,7 @@ struct decode_worker {
       running;
   std::vector<std::uint32_t> joined; // their first token ends this step
   std::uint64_t steps = 0;           // steps completed
-  bool stepping = false;
+  bool stepping = false, dead = false;
   prefix_cache cache;
   double used_integral = 0; // block-ns
   ns_t last_change = 0;
@@ -180,13 +192,17 @@ class engine {
 public:
   engine(trace_reader& trace, const topology::deployment& topo,
          const run_options& options)
-      : trace_(trace), topo_(topo), sim_(topo.sim), options_(options) {
+      : trace_(trace), topo_(topo), sim_(topo.sim), options_(options),
+        nics_(2 * topo.hosts.size()), timeline_(nics_ + 2) {
     lbb_ = double(topo.model.block_bytes_per_layer());
     build_workers();
+    check_faults();
     open_csv();
   }
 
   summary run() {
+    for (std::uint32_t i = 0; i < options_.faults.size(); ++i)
+      schedule(from_ms(options_.faults[i].at_s * 1e3), ev::fault, i);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
     while (!events_.empty()) {
@@ -218,6 +234,7 @@ private:
         p.host = host;
         p.ipc_out = add_resource("ipc-out " + w.name, sim_.ipc_gbyte_per_s);
         prefills_.push_back(std::move(p));
+        ++live_prefills_;
       } else {
         // The cache remembers as many prefix blocks as the pool holds.
         std::uint64_t tokens =
@@ -228,6 +245,7 @@ private:
         d.capacity = w.pool_blocks;
         d.ipc_in = add_resource("ipc-in " + w.name, sim_.ipc_gbyte_per_s);
         decodes_.push_back(std::move(d));
+        ++live_decodes_;
       }
     }
   }
@@ -236,7 +254,27 @@ private:
     resources_.emplace_back();
     resources_.back().name = std::move(name);
     resources_.back().capacity = capacity;
+    resources_.back().nominal = capacity;
     return std::uint32_t(resources_.size() - 1);
+  }
+
+  // Every fault names a worker or host of this topology.
+  void check_faults() {
+    for (auto& f : options_.faults) {
+      bool found = false;
+      if (f.what == fault::kind::worker_down) {
+        for (auto& w : topo_.workers)
+          found = found || w.name == f.target;
+      } else {
+        for (auto& h : topo_.hosts)
+          found = found || h.name == f.target;
+      }
+      if (!found)
+        throw std::runtime_error(fmt::format(
+            "--fault {}: {} has no {} named '{}'", f.text, topo_.source_file,
+            f.what == fault::kind::worker_down ? "worker" : "host", f.target));
+      out_.faults.push_back({f.text, 0});
+    }
   }
 
   void open_csv() {
@@ -255,10 +293,21 @@ private:
   // ---- events --------------------------------------------------------------
 
   void schedule(ns_t at, ev kind, std::uint32_t a) {
-    events_.push({at, seq_++, kind, a});
+    events_.push({at, seq_++, kind, a, 0});
+  }
+  // An event for the request in `slot`, dropped if it fails meanwhile.
+  void schedule_slot(ns_t at, ev kind, std::uint32_t slot) {
+    events_.push({at, seq_++, kind, slot, slots_[slot].gen});
+  }
+  bool for_slot(ev kind) const {
+    return kind == ev::at_producer || kind == ev::allocate ||
+           kind == ev::grant || kind == ev::flow_start ||
+           kind == ev::transfer_done;
   }
 
   void dispatch(const event& e) {
+    if (for_slot(e.kind) && slots_[e.a].gen != e.gen)
+      return; // its request failed (a fault)
     switch (e.kind) {
     case ev::arrival:
       return on_arrival();
@@ -278,6 +327,8 @@ private:
       return on_transfer_done(e.a);
     case ev::step_done:
       return on_step_done(e.a);
+    case ev::fault:
+      return on_fault(e.a);
     }
   }
 
@@ -306,14 +357,19 @@ private:
   void on_arrival() {
     auto slot = new_slot();
     auto& r = slots_[slot];
+    auto gen = r.gen;
     r = request{};
+    r.gen = gen;
+    r.live = true;
     std::swap(r.trace, pending_);
     r.arrival = now_;
     r.prefill_ns = from_ms(interpolate(sim_.prefill_ms, r.trace.input_tokens));
     r.blocks =
         std::uint64_t(blocks_of(r.trace.input_tokens)) * topo_.model.layers;
-    route(r);
-    schedule(now_ + from_us(sim_.hop_us), ev::at_producer, slot);
+    if (route(r))
+      schedule_slot(now_ + from_us(sim_.hop_us), ev::at_producer, slot);
+    else
+      fail_unroutable(slot);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
   }
@@ -325,12 +381,17 @@ private:
 
   // ---- the router ----------------------------------------------------------
 
-  void route(request& r) {
+  // Picks live workers only: the real router hears of a worker's death
+  // from the directory (`left`) and routes around it. False when faults
+  // left no prefill or no decode worker.
+  bool route(request& r) {
     using topology::sim_routing;
+    if (live_prefills_ == 0 || live_decodes_ == 0)
+      return false;
     switch (sim_.routing) {
     case sim_routing::round_robin:
-      r.prefill = std::uint32_t(rr_prefill_++ % prefills_.size());
-      r.decode = std::uint32_t(rr_decode_++ % decodes_.size());
+      r.prefill = next_live(prefills_, rr_prefill_);
+      r.decode = next_live(decodes_, rr_decode_);
       break;
     case sim_routing::least_loaded:
       r.prefill = least_loaded_prefill();
@@ -344,30 +405,44 @@ private:
     prefills_[r.prefill].routed_ms += double(r.prefill_ns) / 1e6;
     decodes_[r.decode].routed_blocks += r.blocks;
     r.ipc = prefills_[r.prefill].host == decodes_[r.decode].host;
+    return true;
+  }
+
+  template<class Workers>
+  static std::uint32_t next_live(const Workers& workers,
+                                 std::uint64_t& counter) {
+    std::uint32_t i;
+    do
+      i = std::uint32_t(counter++ % workers.size());
+    while (workers[i].dead);
+    return i;
   }
 
   std::uint32_t least_loaded_prefill() const {
-    std::uint32_t best = 0;
-    for (std::uint32_t i = 1; i < prefills_.size(); ++i)
-      if (prefills_[i].routed_ms < prefills_[best].routed_ms)
+    std::int64_t best = -1;
+    for (std::uint32_t i = 0; i < prefills_.size(); ++i)
+      if (!prefills_[i].dead &&
+          (best < 0 || prefills_[i].routed_ms < prefills_[best].routed_ms))
         best = i;
-    return best;
+    return std::uint32_t(best);
   }
 
   // With `ids`: the longest leading prefix held wins; the load breaks ties.
   std::uint32_t least_loaded_decode(const std::vector<std::uint64_t>* ids) {
-    std::uint32_t best = 0;
+    std::int64_t best = -1;
     std::size_t best_match = 0;
     for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
+      if (decodes_[i].dead)
+        continue;
       std::size_t match = ids ? decodes_[i].cache.leading(*ids) : 0;
-      if (i == 0 || match > best_match ||
+      if (best < 0 || match > best_match ||
           (match == best_match &&
            decodes_[i].routed_blocks < decodes_[best].routed_blocks)) {
         best = i;
         best_match = match;
       }
     }
-    return best;
+    return std::uint32_t(best);
   }
 
   // ---- the producer (prefill worker) ---------------------------------------
@@ -375,7 +450,8 @@ private:
   void on_at_producer(std::uint32_t slot) {
     auto& p = prefills_[slots_[slot].prefill];
     p.queue.push_back(slot);
-    if (p.current < 0)
+    count_queued(prefill_queue, 1);
+    if (p.current == idle)
       start_prefill(slots_[slot].prefill);
   }
 
@@ -385,17 +461,24 @@ private:
       return;
     auto slot = p.queue.front();
     p.queue.pop_front();
+    count_queued(prefill_queue, -1);
     p.current = slot;
     auto& r = slots_[slot];
     r.prefill_start = now_;
     schedule(now_ + r.prefill_ns, ev::prefill_done, worker);
-    schedule(now_ + from_us(sim_.hop_us), ev::allocate, slot);
+    schedule_slot(now_ + from_us(sim_.hop_us), ev::allocate, slot);
   }
 
   void on_prefill_done(std::uint32_t worker) {
     auto& p = prefills_[worker];
+    if (p.dead)
+      return;
+    if (p.current == busy_failed) {
+      p.current = idle;
+      return start_prefill(worker);
+    }
     auto slot = std::uint32_t(p.current);
-    p.current = -1;
+    p.current = idle;
     auto& r = slots_[slot];
     r.prefill_end = now_;
     p.routed_ms -= double(r.prefill_ns) / 1e6;
@@ -407,7 +490,7 @@ private:
     if (!topo_.transfer.layerwise)
       return start_transfer(slot);
     if (r.flow_ended) // streamed as fast as produced: the last layer's tail
-      return schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+      return schedule_slot(now_ + r.tail_ns, ev::transfer_done, slot);
     lift_cap(slot);
   }
 
@@ -443,10 +526,11 @@ private:
     if (r.bytes <= 0) {
       r.flow_ended = true;
       if (r.prefill_end >= 0)
-        schedule(now_ + from_us(setup_us) + r.tail_ns, ev::transfer_done, slot);
+        schedule_slot(now_ + from_us(setup_us) + r.tail_ns, ev::transfer_done,
+                      slot);
       return;
     }
-    schedule(now_ + from_us(setup_us), ev::flow_start, slot);
+    schedule_slot(now_ + from_us(setup_us), ev::flow_start, slot);
   }
 
   void on_flow_start(std::uint32_t slot) {
@@ -483,14 +567,18 @@ private:
   // Moves every flow on by its rate since the last change.
   void advance_network() {
     double dt = double(now_ - net_time_);
+    auto since = net_time_;
     net_time_ = now_;
     if (dt <= 0)
       return;
     for (auto& f : flows_) {
       double moved = std::min(f.remaining, f.rate * dt);
       f.remaining -= moved;
-      for (auto r : f.res)
+      for (auto r : f.res) {
         resources_[r].bytes += moved;
+        if (r < nics_) // the plots show the NICs
+          timeline_.add(r, since, now_, f.rate);
+      }
     }
   }
 
@@ -611,7 +699,7 @@ private:
       auto& r = slots_[slot];
       r.flow_ended = true;
       if (r.prefill_end >= 0)
-        schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+        schedule_slot(now_ + r.tail_ns, ev::transfer_done, slot);
     }
     reshare();
   }
@@ -640,13 +728,17 @@ private:
     if (d.waiting.empty() && d.used + r.blocks <= d.capacity)
       return grant(slot);
     ++d.waited;
+    r.waiting = true;
     d.waiting.push_back(slot);
+    count_queued(pool_queue, 1);
   }
 
   void grant(std::uint32_t slot) {
     auto& r = slots_[slot];
+    r.waiting = false;
+    r.holds_blocks = true;
     set_used(decodes_[r.decode], decodes_[r.decode].used + r.blocks);
-    schedule(now_ + from_us(sim_.hop_us), ev::grant, slot);
+    schedule_slot(now_ + from_us(sim_.hop_us), ev::grant, slot);
   }
 
   void set_used(decode_worker& d, std::uint64_t used) {
@@ -699,19 +791,164 @@ private:
       d.routed_blocks -= slots_[slot].blocks;
       finalize(slot);
     }
-    if (freed > 0) {
-      set_used(d, d.used - freed);
-      while (!d.waiting.empty() &&
-             d.used + slots_[d.waiting.front()].blocks <= d.capacity) {
-        auto next = d.waiting.front();
-        d.waiting.pop_front();
-        grant(next);
-      }
-    }
+    if (freed > 0)
+      release(d, freed);
     start_step(worker);
   }
 
+  // Blocks freed: requests waiting for them are granted, in arrival order.
+  void release(decode_worker& d, std::uint64_t blocks) {
+    set_used(d, d.used - blocks);
+    while (!d.waiting.empty() &&
+           d.used + slots_[d.waiting.front()].blocks <= d.capacity) {
+      auto next = d.waiting.front();
+      d.waiting.pop_front();
+      count_queued(pool_queue, -1);
+      grant(next);
+    }
+  }
+
+  // ---- faults
+  // ---------------------------------------------------------------- As the
+  // real actors do (docs/sim.md, "Faults"): the directory sees a worker's
+  // process die at once and tells the router (`left`), which fails every
+  // request routed through that worker (peer_down, naming it), routes no more
+  // to it, and retries nothing; a consumer frees the blocks of a dead
+  // producer's requests, a producer drops its requests for a dead consumer. A
+  // slower link only slows the flows crossing it.
+
+  void on_fault(std::uint32_t index) {
+    auto& f = options_.faults[index];
+    advance_network();
+    if (f.what == fault::kind::link_slow)
+      slow_host(f);
+    else
+      kill_worker(f.target, index);
+    reshare();
+  }
+
+  void slow_host(const fault& f) {
+    for (std::uint32_t h = 0; h < topo_.hosts.size(); ++h)
+      if (topo_.hosts[h].name == f.target)
+        for (auto r : {2 * h, 2 * h + 1}) // its nic-out and nic-in
+          resources_[r].capacity = f.gbit_per_s / 8.0;
+  }
+
+  void kill_worker(const std::string& name, std::uint32_t fault) {
+    for (std::uint32_t i = 0; i < prefills_.size(); ++i) {
+      auto& p = prefills_[i];
+      if (p.name != name || p.dead)
+        continue;
+      p.dead = true;
+      --live_prefills_;
+      p.queue.clear();
+      count_queued(prefill_queue, -std::int64_t(p.queue.size()));
+      p.current = idle;
+      // Requests whose KV had not all landed lose their producer.
+      for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
+        if (slots_[slot].live && slots_[slot].prefill == i &&
+            slots_[slot].transfer_done < 0)
+          fail(slot, fault);
+    }
+    for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
+      auto& d = decodes_[i];
+      if (d.name != name || d.dead)
+        continue;
+      d.dead = true;
+      --live_decodes_;
+      for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
+        if (slots_[slot].live && slots_[slot].decode == i)
+          fail(slot, fault);
+      count_queued(pool_queue, -std::int64_t(d.waiting.size()));
+      d.waiting.clear();
+      d.ready.clear();
+      d.joined.clear();
+      d.running = {};
+      d.stepping = false;
+      set_used(d, 0);
+    }
+  }
+
+  // Fails a request routed through a worker that died: out of its prefill
+  // queue, its flow off the links (the caller re-shares them), its decode
+  // blocks back to a live pool.
+  void fail(std::uint32_t slot, std::uint32_t fault) {
+    auto& r = slots_[slot];
+    auto& p = prefills_[r.prefill];
+    auto& d = decodes_[r.decode];
+    if (r.prefill_end < 0) {
+      p.routed_ms -= double(r.prefill_ns) / 1e6;
+      if (p.current == std::int64_t(slot))
+        p.current = busy_failed; // the GPU finishes what it started
+      else
+        count_queued(prefill_queue, -erase(p.queue, slot));
+    }
+    if (!r.flow_ended)
+      flows_.erase(
+          std::remove_if(flows_.begin(), flows_.end(),
+                         [slot](const flow& f) { return f.request == slot; }),
+          flows_.end());
+    if (r.waiting)
+      count_queued(pool_queue, -erase(d.waiting, slot));
+    if (r.holds_blocks && !d.dead)
+      release(d, r.blocks);
+    d.routed_blocks -= r.blocks;
+    ++out_.faults[fault].failed;
+    ++failed_;
+    ++done_;
+    last_event_ = std::max(last_event_, now_);
+    csv_row(r, p.name, d.name, nullptr);
+    free_slot(slot);
+  }
+
+  // How many it removed (0 or 1).
+  static std::int64_t erase(std::deque<std::uint32_t>& queue,
+                            std::uint32_t slot) {
+    auto size = queue.size();
+    queue.erase(std::remove(queue.begin(), queue.end(), slot), queue.end());
+    return std::int64_t(size - queue.size());
+  }
+
+  // Arrived after faults killed every prefill or every decode worker.
+  void fail_unroutable(std::uint32_t slot) {
+    ++unroutable_;
+    ++failed_;
+    ++done_;
+    last_event_ = std::max(last_event_, now_);
+    csv_row(slots_[slot], "", "", nullptr);
+    free_slot(slot);
+  }
+
   // ---- results -------------------------------------------------------------
+
+  // The queue lengths over time (the plots): `which` is prefill_queue or
+  // pool_queue.
+  void count_queued(std::size_t which, std::int64_t delta) {
+    timeline_.add(nics_ + which, queued_since_[which], now_,
+                  double(queued_[which]));
+    queued_since_[which] = now_;
+    queued_[which] += delta;
+  }
+
+  void fill_over_time(summary& s) {
+    for (std::size_t q : {prefill_queue, pool_queue})
+      count_queued(q, 0); // up to the end
+    s.bucket_s = double(timeline_.width_ns()) / 1e9;
+    auto buckets = std::size_t((last_event_ + timeline_.width_ns() - 1) /
+                               timeline_.width_ns());
+    auto values = [&](std::size_t series, double scale) {
+      std::vector<double> v(buckets);
+      for (std::size_t b = 0; b < buckets; ++b)
+        v[b] = timeline_.mean(series, b) * scale;
+      return v;
+    };
+    for (std::uint32_t r = 0; r < nics_; ++r)
+      if (resources_[r].bytes > 0)
+        s.link_busy.push_back(
+            {resources_[r].name, values(r, 100 / resources_[r].nominal)});
+    s.prefill_queue = {"waiting for a prefill GPU", values(nics_, 1)};
+    s.pool_queue = {"waiting for KV-pool blocks", values(nics_ + 1, 1)};
+  }
 
   void finalize(std::uint32_t slot) {
     auto& r = slots_[slot];
@@ -732,7 +969,14 @@ private:
       record(r, parts);
       csv_row(r, p.name, d.name, parts);
     }
+    free_slot(slot);
+  }
+
+  void free_slot(std::uint32_t slot) {
+    auto& r = slots_[slot];
     r.trace.hash_ids.clear(); // keeps its capacity for the next request
+    r.live = false;
+    ++r.gen; // its pending events, if any, are void
     free_.push_back(slot);
   }
 
@@ -786,7 +1030,7 @@ private:
     put(d);
     put(r.ipc ? "ipc" : "net");
     if (parts == nullptr) {
-      put("rejected,,,,,,,,,0,0", '\n');
+      put(r.rejected ? "rejected,,,,,,,,,0,0" : "failed,,,,,,,,,0,0", '\n');
     } else {
       put("ok");
       for (int i = 0; i < 5; ++i)
@@ -824,14 +1068,17 @@ private:
     s.decode_workers = decodes_.size();
     s.hosts = topo_.hosts.size();
     s.requests = read_;
-    s.completed = done_ - rejected_;
+    s.completed = done_ - rejected_ - failed_;
     s.rejected = rejected_;
+    s.failed = failed_;
+    s.unroutable = unroutable_;
     s.span_s = double(last_event_) / 1e9;
     s.ttft_slo_ms = options_.ttft_slo_ms;
+    fill_over_time(s);
     double span = double(std::max<ns_t>(1, last_event_));
     for (auto& res : resources_)
-      s.links.push_back({res.name, res.capacity, res.bytes,
-                         res.bytes / (res.capacity * span)});
+      s.links.push_back(
+          {res.name, res.nominal, res.bytes, res.bytes / (res.nominal * span)});
     for (auto& d : decodes_) {
       now_ = last_event_;
       set_used(d, d.used);
@@ -853,7 +1100,9 @@ private:
   ns_t now_ = 0, last_event_ = 0;
 
   trace_request pending_; // the next request, read ahead by one
-  std::uint64_t read_ = 0, done_ = 0, rejected_ = 0;
+  std::uint64_t read_ = 0, done_ = 0, rejected_ = 0, failed_ = 0,
+                unroutable_ = 0;
+  std::uint32_t live_prefills_ = 0, live_decodes_ = 0;
   std::vector<request> slots_;
   std::vector<std::uint32_t> free_;
 
@@ -861,7 +1110,12 @@ private:
   std::vector<decode_worker> decodes_;
   std::uint64_t rr_prefill_ = 0, rr_decode_ = 0;
 
-  std::vector<resource> resources_;
+  std::vector<resource> resources_; // the NICs first: 2 per host
+  std::uint32_t nics_;
+  timeline timeline_; // the NICs' rates, then the two queues
+  static constexpr std::size_t prefill_queue = 0, pool_queue = 1;
+  std::int64_t queued_[2] = {0, 0};
+  ns_t queued_since_[2] = {0, 0};
   std::vector<flow> flows_;
   std::vector<std::uint32_t> touched_, capped_; // scratch of reshare()
   using saturation = std::tuple<double, std::uint32_t, std::uint64_t>;
