@@ -204,16 +204,20 @@ workers:
         doctest::Approx(0.008192).epsilon(0.001));
 }
 
-TEST_CASE("a full decode pool makes admission wait; a request larger than "
-          "the pool is rejected") {
-  // A pool of 150 blocks holds one 100-block request at a time.
-  auto yaml = R"(
+// Two prefill workers and one decode pool of 150 blocks: it holds one
+// 100-block (1600-token) request at a time.
+const std::string two_prefills_small_pool = R"(
 hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
 workers:
   - {name: p0, role: prefill, host: a, gpu: 0}
   - {name: p1, role: prefill, host: a, gpu: 1}
   - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 150}
-)" + model + sim_section();
+)";
+
+TEST_CASE("a full decode pool makes admission wait; a request larger than "
+          "the pool is rejected") {
+  // A pool of 150 blocks holds one 100-block request at a time.
+  auto yaml = two_prefills_small_pool + model + sim_section();
   // Both prefill at once (two prefill workers); the second's grant waits
   // for the first to finish its 10 output tokens (10 steps of 5 ms).
   auto r = simulate(yaml, {{0, 1600, 10}, {0, 1600, 10}, {0, 3200, 1}});
@@ -389,13 +393,7 @@ TEST_CASE("a prefill worker dies: its requests fail and free their decode "
   // it; the second (p1) waits for it. p0 dies at 50 ms: the first fails,
   // its blocks go to the second, which completes without waiting for the
   // first to decode.
-  auto yaml = R"(
-hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
-workers:
-  - {name: p0, role: prefill, host: a, gpu: 0}
-  - {name: p1, role: prefill, host: a, gpu: 1}
-  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 150}
-)" + model + sim_section();
+  auto yaml = two_prefills_small_pool + model + sim_section();
   auto r = simulate(yaml, {{0, 1600, 10}, {0, 1600, 10}}, {"down=p0,at=0.05"});
   INFO(r.csv);
   CHECK(r.summary.completed == 1);
