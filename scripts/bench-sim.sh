@@ -29,8 +29,10 @@ trap 'rm -rf "$work"' EXIT
 measure() { # trace label requests [topology]
   local start end wall rss
   start=$(date +%s.%N)
+  # PATH without gnuplot: the plots are skipped, so that the figures are
+  # the simulator's alone (time counts a process's children too).
   /usr/bin/time -f '%M %U %S' -o "$work/rss" \
-    "$kvferry" sim --trace "$1" --topology "${4:-$topology}" --out "$work/out" >/dev/null
+    env PATH=/nonexistent "$kvferry" sim --trace "$1" --topology "${4:-$topology}" --out "$work/out" >/dev/null
   end=$(date +%s.%N)
   wall=$(echo "$end - $start" | bc -l)
   read -r rss user sys <"$work/rss"
