@@ -11,7 +11,11 @@
 # tokens, 1-4 hash ids from a pool of 2,000 so prefixes repeat), then runs
 #   kvferry sim --trace T --topology configs/sim-4p4d.yaml --out DIR
 # under /usr/bin/time and prints wall seconds, requests per second and peak
-# RSS; then the same for the sample trace in ../shared/traces if present.
+# RSS; then the same for the sample trace in ../shared/traces if present;
+# then the scale case: a 1,000-worker topology written here (125 hosts of 8
+# GPUs, 4 x 200 Gbit/s each; 512 prefill GPUs on the first 64 hosts, 488
+# decode GPUs on the rest; least-loaded; layer-wise) under 100,000 requests
+# at one per 0.25 ms (about 400 transfers in flight).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 kvferry=${1:-$repo/build/bin/kvferry}
@@ -22,11 +26,13 @@ topology=$repo/configs/sim-4p4d.yaml
 work=$(mktemp -d /tmp/bench-sim-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-measure() { # trace label requests
+measure() { # trace label requests [topology]
   local start end wall rss
   start=$(date +%s.%N)
+  # PATH without gnuplot: the plots are skipped, so that the figures are
+  # the simulator's alone (time counts a process's children too).
   /usr/bin/time -f '%M %U %S' -o "$work/rss" \
-    "$kvferry" sim --trace "$1" --topology "$topology" --out "$work/out" >/dev/null
+    env PATH=/nonexistent "$kvferry" sim --trace "$1" --topology "${4:-$topology}" --out "$work/out" >/dev/null
   end=$(date +%s.%N)
   wall=$(echo "$end - $start" | bc -l)
   read -r rss user sys <"$work/rss"
@@ -36,19 +42,37 @@ measure() { # trace label requests
 }
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores shared with other work: wall time includes waiting for a core)"
 
-for n in "${counts[@]}"; do
-  awk -v n="$n" 'BEGIN {
+synthetic() { # requests interval_ms
+  awk -v n="$1" -v every="$2" 'BEGIN {
     srand(17);
     for (i = 0; i < n; i++) {
       input = 128 + int(rand() * 4096); output = 1 + int(rand() * 400);
       ids = ""; k = 1 + int(rand() * 4);
       for (j = 0; j < k; j++) ids = ids (j ? ", " : "") int(rand() * 2000);
-      printf "{\"timestamp\": %d, \"input_length\": %d, \"output_length\": %d, \"hash_ids\": [%s]}\n", i * 30, input, output, ids;
+      printf "{\"timestamp\": %.2f, \"input_length\": %d, \"output_length\": %d, \"hash_ids\": [%s]}\n", i * every, input, output, ids;
     } }' >"$work/trace.jsonl"
+}
+
+for n in "${counts[@]}"; do
+  synthetic "$n" 30
   measure "$work/trace.jsonl" "synthetic (awk, seed 17)" "$n"
 done
 sample=$repo/../shared/traces/mooncake_synthetic_trace.jsonl
 [ -f "$sample" ] && measure "$sample" "mooncake_synthetic_trace" 3993
 sample=$repo/../shared/traces/AzureLLMInferenceTrace_code.csv
 [ -f "$sample" ] && measure "$sample" "AzureLLMInferenceTrace_code" 8819
+
+awk 'BEGIN {
+  print "name: sim-1000\nhosts:";
+  for (h = 0; h < 125; h++) printf "  - {name: h%d, address: 10.1.%d.%d}\n", h, int(h / 200), h % 200 + 1;
+  print "directory: {host: h0}\nworkers:";
+  for (w = 0; w < 1000; w++)
+    printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
+      w < 512 ? "prefill" : "decode", w, w < 512 ? "prefill" : "decode", int(w / 8), w % 8,
+      w < 512 ? 100000 : 700000;
+  print "transfer: {layerwise: true}\ncontrol: {bind: host}";
+  print "sim: {nic_gbit_per_s: 200, nics_per_host: 4, routing: least-loaded}";
+}' >"$work/sim-1000.yaml"
+synthetic 100000 0.25
+measure "$work/trace.jsonl" "1,000 workers, 1 per 0.25 ms" 100000 "$work/sim-1000.yaml"
 exit 0

@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(build-essential cmake ninja-build ccache pkg-config git
   libcaf-dev libcaf-openssl0.17 libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
   libxxhash-dev libssl-dev libcli11-dev nlohmann-json3-dev iproute2 procps
-  clang-format)
+  clang-format
+  gnuplot-nox) # `kvferry sim --out` draws its plots with it (docs/sim.md)
 
 missing=()
 for p in "${packages[@]}"; do

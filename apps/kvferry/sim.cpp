@@ -18,6 +18,7 @@ namespace {
 
 struct sim_command {
   std::string trace, topology, out_dir;
+  std::vector<std::string> faults, sweeps;
   double ttft_slo_ms = 0;
   bool progress = false;
 };
@@ -27,6 +28,26 @@ void write_file(const std::string& path, const std::string& text) {
   out << text;
   if (!out.flush())
     throw std::runtime_error("cannot write " + path);
+}
+
+// --sweep: one table and one plot instead of one run's report.
+void run_sweep(const sim_command& cmd, const topology::deployment& topology,
+               const sim::run_options& options, bool progress) {
+  std::vector<sim::sweep_axis> axes;
+  for (auto& text : cmd.sweeps)
+    axes.push_back(sim::parse_sweep(text));
+  auto result = sim::run_sweep(
+      cmd.trace, topology, axes, options,
+      [progress](std::size_t i, std::size_t n, const std::string& label) {
+        if (progress)
+          std::fprintf(stderr, "sim: run %zu of %zu: %s\n", i + 1, n,
+                       label.c_str());
+      });
+  std::cout << result.table;
+  if (!cmd.out_dir.empty())
+    std::cout << "\nwrote " << cmd.out_dir << "/sweep.txt, " << cmd.out_dir
+              << "/sweep.csv\n"
+              << result.plots << "\n";
 }
 
 int run_sim(const sim_command& cmd) {
@@ -42,11 +63,17 @@ int run_sim(const sim_command& cmd) {
   try {
     if (!cmd.out_dir.empty())
       std::filesystem::create_directories(cmd.out_dir);
-    sim::trace_reader trace(cmd.trace);
     sim::run_options options;
     options.out_dir = cmd.out_dir;
     options.ttft_slo_ms = cmd.ttft_slo_ms;
+    for (auto& text : cmd.faults)
+      options.faults.push_back(sim::parse_fault(text));
     bool progress = cmd.progress || ::isatty(STDERR_FILENO);
+    if (!cmd.sweeps.empty()) {
+      run_sweep(cmd, *loaded.topology, options, progress);
+      return 0;
+    }
+    sim::trace_reader trace(cmd.trace);
     if (progress)
       options.progress = [](double fraction, std::uint64_t done) {
         std::fprintf(stderr,
@@ -67,7 +94,8 @@ int run_sim(const sim_command& cmd) {
       write_file(cmd.out_dir + "/summary.json", sim::to_json(summary));
       write_file(cmd.out_dir + "/summary.txt", table);
       std::cout << "\nwrote " << cmd.out_dir << "/requests.csv, " << cmd.out_dir
-                << "/summary.json, " << cmd.out_dir << "/summary.txt\n";
+                << "/summary.json, " << cmd.out_dir << "/summary.txt\n"
+                << sim::write_plots(summary, cmd.out_dir) << "\n";
     }
     return 0;
   } catch (const std::exception& e) {
@@ -91,10 +119,20 @@ void add_sim(CLI::App& root, int& exit_code) {
                   "(docs/topology.md, docs/sim.md)")
       ->required();
   sub->add_option("--out", cmd->out_dir,
-                  "write requests.csv, summary.json and summary.txt here");
+                  "write requests.csv, summary.json, summary.txt and the plots "
+                  "(PNG, with gnuplot) here");
   sub->add_option("--ttft-slo", cmd->ttft_slo_ms,
                   "report the share of requests with TTFT <= this many ms")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--fault", cmd->faults,
+                  "down=WORKER,at=SECONDS: the worker dies then; "
+                  "slow=HOST,gbit=RATE,at=SECONDS: the host's NICs run at "
+                  "RATE Gbit/s from then (virtual time; repeatable)");
+  sub->add_option("--sweep", cmd->sweeps,
+                  std::string("KEY=V1,V2,...: run every combination and print "
+                              "one comparison table (and with --out one "
+                              "plot); KEY: ") +
+                      sim::sweep_keys + " (repeatable)");
   sub->add_flag("--progress", cmd->progress,
                 "progress line on stderr even when it is not a terminal");
   sub->callback([cmd, &exit_code] { exit_code = run_sim(*cmd); });

@@ -21,6 +21,7 @@
 #include <limits>
 #include <list>
 #include <queue>
+#include <set>
 #include <stdexcept>
 #include <tuple>
 #include <unordered_map>
@@ -64,16 +65,18 @@ enum class ev : std::uint8_t {
   allocate,      // the consumer receives `allocate`
   grant,         // the producer receives `grant`
   flow_start,    // a transfer's first byte may go
-  network,       // the earliest flow may have finished (a)
+  network,       // flow a may have finished (if still at version gen)
   transfer_done, // the KV cache is complete at the consumer
   step_done,     // a decode worker's batch step ends
+  fault,         // run_options::faults[a] happens
 };
 
 struct event {
   ns_t at;
   std::uint64_t seq;
   ev kind;
-  std::uint32_t a; // request slot, worker index or network generation
+  std::uint32_t a;   // request slot, worker index or network generation
+  std::uint32_t gen; // for a slot: its occupant (request::gen) when scheduled
 };
 
 struct later {
@@ -91,25 +94,39 @@ struct request {
   std::uint64_t blocks = 0; // layer-blocks held at the consumer
   double bytes = 0, saved = 0;
   std::uint64_t last_step = 0; // its decode worker's step giving its last token
+  // Bumped when the slot is freed, so that the events of a request that
+  // failed (a fault) do not reach the slot's next occupant.
+  std::uint32_t gen = 0;
   bool ipc = false, rejected = false, flow_ended = false;
+  bool live = false, holds_blocks = false, waiting = false;
+  std::int64_t flow = -1; // its flow in the network, while there is one
 };
 
 struct resource {
   std::string name;
-  double capacity = 0; // bytes per ns (= GB/s)
+  double capacity = 0; // bytes per ns (= GB/s), now
+  double nominal = 0;  // as built (a fault may slow it): for busy %
   double bytes = 0;    // carried so far
+  std::vector<std::uint32_t> members; // the flows crossing it (flows_)
   // Scratch of one max-min computation: the rates of its frozen flows, its
-  // unfrozen flows, and the version of its entry in the saturation heap.
+  // unfrozen flows, the version of its entry in the saturation heap, the
+  // computation it was last seen by and whether it constrained it.
   double frozen_sum = 0;
   int unfrozen = 0;
   std::uint64_t stamp = 0, version = 0;
-  std::vector<std::uint32_t> flows; // indexes into flows_
+  bool constraint = false;
 };
 
 struct flow {
-  std::uint32_t request;
-  std::uint32_t res[2];
-  double remaining, cap, rate = 0;
+  std::uint32_t request = 0;
+  std::uint32_t res[2] = {0, 0};
+  double remaining = 0, cap = 0, rate = 0;
+  ns_t updated = 0;          // `remaining` is as of this time
+  std::uint32_t version = 0; // of its pending finish event
+  bool live = false;
+  // Scratch of a max-min computation (reshare_from).
+  double next_rate = 0;
+  std::uint64_t stamp = 0;
   bool frozen = false;
 };
 
@@ -148,19 +165,26 @@ private:
   std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
 };
 
+// prefill_worker::current when no request is being prefilled, and when the
+// GPU is still busy with one that failed (its compute runs to the end).
+constexpr std::int64_t idle = -1, busy_failed = -2;
+
 struct prefill_worker {
   std::string name;
   std::uint32_t host = 0, ipc_out = 0;
   std::deque<std::uint32_t> queue;
-  std::int64_t current = -1;
+  std::int64_t current = -1; // slot, idle, or busy_failed
+  bool dead = false;
   double routed_ms = 0; // the router's view: prefill work sent, not done
+  double& load() { return routed_ms; }
 };
 
 struct decode_worker {
   std::string name;
   std::uint32_t host = 0, ipc_in = 0;
   std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0;
-  std::uint64_t routed_blocks = 0; // the router's view
+  std::int64_t routed_blocks = 0; // the router's view
+  std::int64_t& load() { return routed_blocks; }
   std::deque<std::uint32_t> waiting, ready;
   // The batch, kept so that a step costs what joins and leaves, not the
   // batch size: requests by the step that gives their last token.
@@ -169,7 +193,7 @@ struct decode_worker {
       running;
   std::vector<std::uint32_t> joined; // their first token ends this step
   std::uint64_t steps = 0;           // steps completed
-  bool stepping = false;
+  bool stepping = false, dead = false;
   prefix_cache cache;
   double used_integral = 0; // block-ns
   ns_t last_change = 0;
@@ -180,13 +204,17 @@ class engine {
 public:
   engine(trace_reader& trace, const topology::deployment& topo,
          const run_options& options)
-      : trace_(trace), topo_(topo), sim_(topo.sim), options_(options) {
+      : trace_(trace), topo_(topo), sim_(topo.sim), options_(options),
+        nics_(2 * topo.hosts.size()), timeline_(nics_ + 2) {
     lbb_ = double(topo.model.block_bytes_per_layer());
     build_workers();
+    check_faults();
     open_csv();
   }
 
   summary run() {
+    for (std::uint32_t i = 0; i < options_.faults.size(); ++i)
+      schedule(from_ms(options_.faults[i].at_s * 1e3), ev::fault, i);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
     while (!events_.empty()) {
@@ -217,7 +245,9 @@ private:
         p.name = w.name;
         p.host = host;
         p.ipc_out = add_resource("ipc-out " + w.name, sim_.ipc_gbyte_per_s);
+        prefill_order_.insert({0.0, std::uint32_t(prefills_.size())});
         prefills_.push_back(std::move(p));
+        ++live_prefills_;
       } else {
         // The cache remembers as many prefix blocks as the pool holds.
         std::uint64_t tokens =
@@ -227,7 +257,9 @@ private:
         d.host = host;
         d.capacity = w.pool_blocks;
         d.ipc_in = add_resource("ipc-in " + w.name, sim_.ipc_gbyte_per_s);
+        decode_order_.insert({0, std::uint32_t(decodes_.size())});
         decodes_.push_back(std::move(d));
+        ++live_decodes_;
       }
     }
   }
@@ -236,7 +268,27 @@ private:
     resources_.emplace_back();
     resources_.back().name = std::move(name);
     resources_.back().capacity = capacity;
+    resources_.back().nominal = capacity;
     return std::uint32_t(resources_.size() - 1);
+  }
+
+  // Every fault names a worker or host of this topology.
+  void check_faults() {
+    for (auto& f : options_.faults) {
+      bool found = false;
+      if (f.what == fault::kind::worker_down) {
+        for (auto& w : topo_.workers)
+          found = found || w.name == f.target;
+      } else {
+        for (auto& h : topo_.hosts)
+          found = found || h.name == f.target;
+      }
+      if (!found)
+        throw std::runtime_error(fmt::format(
+            "--fault {}: {} has no {} named '{}'", f.text, topo_.source_file,
+            f.what == fault::kind::worker_down ? "worker" : "host", f.target));
+      out_.faults.push_back({f.text, 0});
+    }
   }
 
   void open_csv() {
@@ -254,11 +306,22 @@ private:
 
   // ---- events --------------------------------------------------------------
 
-  void schedule(ns_t at, ev kind, std::uint32_t a) {
-    events_.push({at, seq_++, kind, a});
+  void schedule(ns_t at, ev kind, std::uint32_t a, std::uint32_t gen = 0) {
+    events_.push({at, seq_++, kind, a, gen});
+  }
+  // An event for the request in `slot`, dropped if it fails meanwhile.
+  void schedule_slot(ns_t at, ev kind, std::uint32_t slot) {
+    events_.push({at, seq_++, kind, slot, slots_[slot].gen});
+  }
+  bool for_slot(ev kind) const {
+    return kind == ev::at_producer || kind == ev::allocate ||
+           kind == ev::grant || kind == ev::flow_start ||
+           kind == ev::transfer_done;
   }
 
   void dispatch(const event& e) {
+    if (for_slot(e.kind) && slots_[e.a].gen != e.gen)
+      return; // its request failed (a fault)
     switch (e.kind) {
     case ev::arrival:
       return on_arrival();
@@ -273,11 +336,13 @@ private:
     case ev::flow_start:
       return on_flow_start(e.a);
     case ev::network:
-      return on_network(e.a);
+      return on_network(e.a, e.gen);
     case ev::transfer_done:
       return on_transfer_done(e.a);
     case ev::step_done:
       return on_step_done(e.a);
+    case ev::fault:
+      return on_fault(e.a);
     }
   }
 
@@ -306,14 +371,19 @@ private:
   void on_arrival() {
     auto slot = new_slot();
     auto& r = slots_[slot];
+    auto gen = r.gen;
     r = request{};
+    r.gen = gen;
+    r.live = true;
     std::swap(r.trace, pending_);
     r.arrival = now_;
     r.prefill_ns = from_ms(interpolate(sim_.prefill_ms, r.trace.input_tokens));
     r.blocks =
         std::uint64_t(blocks_of(r.trace.input_tokens)) * topo_.model.layers;
-    route(r);
-    schedule(now_ + from_us(sim_.hop_us), ev::at_producer, slot);
+    if (route(r))
+      schedule_slot(now_ + from_us(sim_.hop_us), ev::at_producer, slot);
+    else
+      fail_unroutable(slot);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
   }
@@ -325,12 +395,17 @@ private:
 
   // ---- the router ----------------------------------------------------------
 
-  void route(request& r) {
+  // Picks live workers only: the real router hears of a worker's death
+  // from the directory (`left`) and routes around it. False when faults
+  // left no prefill or no decode worker.
+  bool route(request& r) {
     using topology::sim_routing;
+    if (live_prefills_ == 0 || live_decodes_ == 0)
+      return false;
     switch (sim_.routing) {
     case sim_routing::round_robin:
-      r.prefill = std::uint32_t(rr_prefill_++ % prefills_.size());
-      r.decode = std::uint32_t(rr_decode_++ % decodes_.size());
+      r.prefill = next_live(prefills_, rr_prefill_);
+      r.decode = next_live(decodes_, rr_decode_);
       break;
     case sim_routing::least_loaded:
       r.prefill = least_loaded_prefill();
@@ -341,33 +416,59 @@ private:
       r.decode = least_loaded_decode(&r.trace.hash_ids);
       break;
     }
-    prefills_[r.prefill].routed_ms += double(r.prefill_ns) / 1e6;
-    decodes_[r.decode].routed_blocks += r.blocks;
+    add_load(prefills_, prefill_order_, r.prefill, double(r.prefill_ns) / 1e6);
+    add_load(decodes_, decode_order_, r.decode, r.blocks);
     r.ipc = prefills_[r.prefill].host == decodes_[r.decode].host;
+    return true;
+  }
+
+  template<class Workers>
+  static std::uint32_t next_live(const Workers& workers,
+                                 std::uint64_t& counter) {
+    std::uint32_t i;
+    do
+      i = std::uint32_t(counter++ % workers.size());
+    while (workers[i].dead);
+    return i;
   }
 
   std::uint32_t least_loaded_prefill() const {
-    std::uint32_t best = 0;
-    for (std::uint32_t i = 1; i < prefills_.size(); ++i)
-      if (prefills_[i].routed_ms < prefills_[best].routed_ms)
-        best = i;
-    return best;
+    return prefill_order_.begin()->second;
   }
 
   // With `ids`: the longest leading prefix held wins; the load breaks ties.
   std::uint32_t least_loaded_decode(const std::vector<std::uint64_t>* ids) {
-    std::uint32_t best = 0;
+    if (ids == nullptr)
+      return decode_order_.begin()->second;
+    std::int64_t best = -1;
     std::size_t best_match = 0;
     for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
-      std::size_t match = ids ? decodes_[i].cache.leading(*ids) : 0;
-      if (i == 0 || match > best_match ||
+      if (decodes_[i].dead)
+        continue;
+      std::size_t match = decodes_[i].cache.leading(*ids);
+      if (best < 0 || match > best_match ||
           (match == best_match &&
            decodes_[i].routed_blocks < decodes_[best].routed_blocks)) {
         best = i;
         best_match = match;
       }
     }
-    return best;
+    return std::uint32_t(best);
+  }
+
+  // The router's view of a worker's load (`load`: routed_ms or
+  // routed_blocks) changes by `delta`; `order` keeps the live workers by
+  // (load, index), so that least-loaded is the first, ties going to the first
+  // in the file, without a scan of 1,000 workers per request.
+  template<class Workers, class Order, class Delta>
+  static void add_load(Workers& workers, Order& order, std::uint32_t i,
+                       Delta delta) {
+    auto& w = workers[i];
+    if (!w.dead)
+      order.erase({w.load(), i});
+    w.load() += delta;
+    if (!w.dead)
+      order.insert({w.load(), i});
   }
 
   // ---- the producer (prefill worker) ---------------------------------------
@@ -375,7 +476,8 @@ private:
   void on_at_producer(std::uint32_t slot) {
     auto& p = prefills_[slots_[slot].prefill];
     p.queue.push_back(slot);
-    if (p.current < 0)
+    count_queued(prefill_queue, 1);
+    if (p.current == idle)
       start_prefill(slots_[slot].prefill);
   }
 
@@ -385,20 +487,27 @@ private:
       return;
     auto slot = p.queue.front();
     p.queue.pop_front();
+    count_queued(prefill_queue, -1);
     p.current = slot;
     auto& r = slots_[slot];
     r.prefill_start = now_;
     schedule(now_ + r.prefill_ns, ev::prefill_done, worker);
-    schedule(now_ + from_us(sim_.hop_us), ev::allocate, slot);
+    schedule_slot(now_ + from_us(sim_.hop_us), ev::allocate, slot);
   }
 
   void on_prefill_done(std::uint32_t worker) {
     auto& p = prefills_[worker];
+    if (p.dead)
+      return;
+    if (p.current == busy_failed) {
+      p.current = idle;
+      return start_prefill(worker);
+    }
     auto slot = std::uint32_t(p.current);
-    p.current = -1;
+    p.current = idle;
     auto& r = slots_[slot];
     r.prefill_end = now_;
-    p.routed_ms -= double(r.prefill_ns) / 1e6;
+    add_load(prefills_, prefill_order_, worker, -double(r.prefill_ns) / 1e6);
     start_prefill(worker);
     if (r.rejected)
       return finalize(slot);
@@ -407,7 +516,7 @@ private:
     if (!topo_.transfer.layerwise)
       return start_transfer(slot);
     if (r.flow_ended) // streamed as fast as produced: the last layer's tail
-      return schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+      return schedule_slot(now_ + r.tail_ns, ev::transfer_done, slot);
     lift_cap(slot);
   }
 
@@ -443,18 +552,32 @@ private:
     if (r.bytes <= 0) {
       r.flow_ended = true;
       if (r.prefill_end >= 0)
-        schedule(now_ + from_us(setup_us) + r.tail_ns, ev::transfer_done, slot);
+        schedule_slot(now_ + from_us(setup_us) + r.tail_ns, ev::transfer_done,
+                      slot);
       return;
     }
-    schedule(now_ + from_us(setup_us), ev::flow_start, slot);
+    schedule_slot(now_ + from_us(setup_us), ev::flow_start, slot);
   }
 
   void on_flow_start(std::uint32_t slot) {
     auto& r = slots_[slot];
     auto& p = prefills_[r.prefill];
     auto& d = decodes_[r.decode];
-    flow f{};
+    std::uint32_t id;
+    if (!free_flows_.empty()) {
+      id = free_flows_.back();
+      free_flows_.pop_back();
+    } else {
+      id = std::uint32_t(flows_.size());
+      flows_.emplace_back();
+    }
+    auto& f = flows_[id];
+    auto version = f.version;
+    f = flow{};
+    f.version = version;
+    f.live = true;
     f.request = slot;
+    f.updated = now_;
     if (r.ipc) {
       f.res[0] = p.ipc_out;
       f.res[1] = d.ipc_in;
@@ -465,64 +588,134 @@ private:
     f.remaining = r.bytes;
     // Layer-wise during prefill: no faster than the layers are produced.
     f.cap = r.prefill_end < 0 ? r.bytes / double(r.prefill_ns) : infinity;
-    advance_network();
-    flows_.push_back(f);
-    reshare();
+    for (auto res : f.res)
+      resources_[res].members.push_back(id);
+    r.flow = std::int64_t(id);
+    reshare_from(f.res[0], f.res[1]);
   }
 
   void lift_cap(std::uint32_t slot) {
-    for (auto& f : flows_)
-      if (f.request == slot) {
-        advance_network();
-        f.cap = infinity;
-        reshare();
-        return;
-      }
+    auto id = slots_[slot].flow;
+    if (id < 0)
+      return;
+    auto& f = flows_[std::size_t(id)];
+    f.cap = infinity;
+    reshare_from(f.res[0], f.res[1]);
   }
 
-  // Moves every flow on by its rate since the last change.
-  void advance_network() {
-    double dt = double(now_ - net_time_);
-    net_time_ = now_;
-    if (dt <= 0)
-      return;
-    for (auto& f : flows_) {
+  // Takes a flow off its links (finished, or its request failed) and
+  // re-shares what it leaves.
+  void remove_flow(std::uint32_t id) {
+    auto& f = flows_[id];
+    settle(f);
+    for (auto res : f.res) {
+      auto& m = resources_[res].members;
+      m.erase(std::find(m.begin(), m.end(), id));
+    }
+    f.live = false;
+    ++f.version; // its finish event is void
+    slots_[f.request].flow = -1;
+    free_flows_.push_back(id);
+    reshare_from(f.res[0], f.res[1]);
+  }
+
+  // Brings a flow's bytes, and its links' carried bytes, up to now at the
+  // rate it has had since `updated` (flows move on lazily: only those whose
+  // rate changes are touched, not every flow at every change).
+  void settle(flow& f) {
+    double dt = double(now_ - f.updated);
+    if (dt > 0 && f.rate > 0) {
       double moved = std::min(f.remaining, f.rate * dt);
       f.remaining -= moved;
-      for (auto r : f.res)
+      for (auto r : f.res) {
         resources_[r].bytes += moved;
+        if (r < nics_) // the plots show the NICs
+          timeline_.add(r, f.updated, now_, f.rate);
+      }
+    }
+    f.updated = now_;
+  }
+
+  // A link whose flows together could want more than it carries: only such
+  // a link ties its flows' rates together. On any other, every flow gets
+  // what its cap and its other link allow, as if the link were not there.
+  bool contested(const resource& res) const {
+    double want = 0;
+    for (auto i : res.members) {
+      want += flows_[i].cap;
+      if (want > res.capacity)
+        return true;
+    }
+    return false;
+  }
+
+  // Max-min fair rates, recomputed for the flows whose rates a change on
+  // links `a` and `b` can move: the flows on them, and everything connected
+  // to those through contested links (a connected component; flows apart
+  // from it keep their rates, which max-min fairness guarantees).
+  void reshare_from(std::uint32_t a, std::uint32_t b) {
+    ++stamp_;
+    comp_flows_.clear();
+    comp_links_.clear();
+    stack_.clear();
+    visit_link(a, true);
+    visit_link(b, true);
+    while (!stack_.empty()) {
+      auto r = stack_.back();
+      stack_.pop_back();
+      visit_link(r, false);
+    }
+    fill();
+    for (auto i : comp_flows_) {
+      auto& f = flows_[i];
+      if (f.next_rate == f.rate)
+        continue;
+      settle(f);
+      f.rate = f.next_rate;
+      ++f.version;
+      if (f.rate > 0)
+        schedule(now_ + static_cast<ns_t>(std::ceil(f.remaining / f.rate)),
+                 ev::network, i, f.version);
     }
   }
 
-  // Max-min fair rates by progressive filling: every unfrozen flow's rate
-  // rises together (the "level") until a link it crosses is full or it hits
-  // its cap; then it is frozen at that rate. A link with frozen rates F and
-  // n unfrozen flows fills at level (capacity - F) / n, which stays put
-  // until one of its flows freezes, so the links wait in a heap by that
-  // level and the capped flows in order of their caps: O((flows + links)
-  // log) per change, not flows x links (1,000-worker topologies).
-  void reshare() {
-    ++stamp_;
-    touched_.clear();
+  // A seed link's flows always join; another link's only when it is
+  // contested, and then it constrains them (fill()).
+  void visit_link(std::uint32_t r, bool seed) {
+    auto& res = resources_[r];
+    if (res.stamp == stamp_ || !(seed || contested(res)))
+      return;
+    res.stamp = stamp_;
+    res.constraint = contested(res);
+    if (res.constraint)
+      comp_links_.push_back(r);
+    for (auto i : res.members) {
+      auto& f = flows_[i];
+      if (f.stamp == stamp_)
+        continue;
+      f.stamp = stamp_;
+      comp_flows_.push_back(i);
+      for (auto other : f.res)
+        if (other != r)
+          stack_.push_back(other);
+    }
+  }
+
+  // Progressive filling over the component: every unfrozen flow's rate
+  // rises together (the "level") until a contested link it crosses is full
+  // or it hits its cap; then it is frozen at that rate. A link with frozen
+  // rates F and n unfrozen flows fills at level (capacity - F) / n, which
+  // stays put until one of its flows freezes, so the links wait in a heap
+  // by that level and the capped flows in order of their caps:
+  // O(flows log flows) for the component's flows.
+  void fill() {
     capped_.clear();
-    for (std::uint32_t i = 0; i < flows_.size(); ++i) {
+    for (auto i : comp_flows_) {
       auto& f = flows_[i];
       f.frozen = false;
-      f.rate = 0;
+      f.next_rate = 0;
       if (f.cap < infinity)
         capped_.push_back(i);
-      for (auto r : f.res) {
-        auto& res = resources_[r];
-        if (res.stamp != stamp_) {
-          res.stamp = stamp_;
-          res.frozen_sum = 0;
-          res.unfrozen = 0;
-          res.flows.clear();
-          touched_.push_back(r);
-        }
-        ++res.unfrozen;
-        res.flows.push_back(i);
-      }
     }
     std::sort(capped_.begin(), capped_.end(),
               [this](std::uint32_t a, std::uint32_t b) {
@@ -531,9 +724,13 @@ private:
                            : a < b;
               });
     saturation_ = {};
-    for (auto r : touched_)
+    for (auto r : comp_links_) {
+      auto& res = resources_[r];
+      res.frozen_sum = 0;
+      res.unfrozen = int(res.members.size());
       push_saturation(r);
-    std::size_t next_cap = 0, left = flows_.size();
+    }
+    std::size_t next_cap = 0, left = comp_flows_.size();
     while (left > 0) {
       while (next_cap < capped_.size() && flows_[capped_[next_cap]].frozen)
         ++next_cap;
@@ -549,13 +746,12 @@ private:
       }
       auto r = std::get<1>(saturation_.top());
       saturation_.pop();
-      for (auto i : resources_[r].flows)
+      for (auto i : resources_[r].members)
         if (!flows_[i].frozen) {
           freeze(i, link_level);
           --left;
         }
     }
-    schedule_network_check();
   }
 
   void push_saturation(std::uint32_t r) {
@@ -577,43 +773,35 @@ private:
   void freeze(std::uint32_t i, double rate) {
     auto& f = flows_[i];
     f.frozen = true;
-    f.rate = rate;
+    f.next_rate = rate;
     for (auto r : f.res) {
-      resources_[r].frozen_sum += rate;
-      --resources_[r].unfrozen;
+      auto& res = resources_[r];
+      if (res.stamp != stamp_ || !res.constraint)
+        continue;
+      res.frozen_sum += rate;
+      --res.unfrozen;
       push_saturation(r);
     }
   }
 
-  void schedule_network_check() {
-    ++net_generation_;
-    double soonest = infinity;
-    for (auto& f : flows_)
-      if (f.rate > 0)
-        soonest = std::min(soonest, f.remaining / f.rate);
-    if (soonest < infinity)
-      schedule(now_ + static_cast<ns_t>(std::ceil(soonest)), ev::network,
-               net_generation_);
-  }
-
-  void on_network(std::uint32_t generation) {
-    if (generation != net_generation_)
-      return; // the rates changed since; a newer check is scheduled
-    advance_network();
-    std::vector<std::uint32_t> finished;
-    auto done = [](const flow& f) { return f.remaining < 1.0; };
-    for (auto& f : flows_)
-      if (done(f))
-        finished.push_back(f.request);
-    flows_.erase(std::remove_if(flows_.begin(), flows_.end(), done),
-                 flows_.end());
-    for (auto slot : finished) {
-      auto& r = slots_[slot];
-      r.flow_ended = true;
-      if (r.prefill_end >= 0)
-        schedule(now_ + r.tail_ns, ev::transfer_done, slot);
+  // A flow's projected end: void if its rate changed since (version).
+  void on_network(std::uint32_t id, std::uint32_t version) {
+    auto& f = flows_[id];
+    if (!f.live || f.version != version)
+      return;
+    settle(f);
+    if (f.remaining >= 1.0) { // rounding: not quite there yet
+      ++f.version;
+      schedule(now_ + std::max<ns_t>(1, ns_t(std::ceil(f.remaining / f.rate))),
+               ev::network, id, f.version);
+      return;
     }
-    reshare();
+    auto slot = f.request;
+    remove_flow(id);
+    auto& r = slots_[slot];
+    r.flow_ended = true;
+    if (r.prefill_end >= 0)
+      schedule_slot(now_ + r.tail_ns, ev::transfer_done, slot);
   }
 
   // ---- the consumer (decode worker) ----------------------------------------
@@ -640,13 +828,17 @@ private:
     if (d.waiting.empty() && d.used + r.blocks <= d.capacity)
       return grant(slot);
     ++d.waited;
+    r.waiting = true;
     d.waiting.push_back(slot);
+    count_queued(pool_queue, 1);
   }
 
   void grant(std::uint32_t slot) {
     auto& r = slots_[slot];
+    r.waiting = false;
+    r.holds_blocks = true;
     set_used(decodes_[r.decode], decodes_[r.decode].used + r.blocks);
-    schedule(now_ + from_us(sim_.hop_us), ev::grant, slot);
+    schedule_slot(now_ + from_us(sim_.hop_us), ev::grant, slot);
   }
 
   void set_used(decode_worker& d, std::uint64_t used) {
@@ -696,22 +888,168 @@ private:
       auto slot = d.running.top().second;
       d.running.pop();
       freed += slots_[slot].blocks;
-      d.routed_blocks -= slots_[slot].blocks;
+      add_load(decodes_, decode_order_, worker,
+               -std::int64_t(slots_[slot].blocks));
       finalize(slot);
     }
-    if (freed > 0) {
-      set_used(d, d.used - freed);
-      while (!d.waiting.empty() &&
-             d.used + slots_[d.waiting.front()].blocks <= d.capacity) {
-        auto next = d.waiting.front();
-        d.waiting.pop_front();
-        grant(next);
-      }
-    }
+    if (freed > 0)
+      release(d, freed);
     start_step(worker);
   }
 
+  // Blocks freed: requests waiting for them are granted, in arrival order.
+  void release(decode_worker& d, std::uint64_t blocks) {
+    set_used(d, d.used - blocks);
+    while (!d.waiting.empty() &&
+           d.used + slots_[d.waiting.front()].blocks <= d.capacity) {
+      auto next = d.waiting.front();
+      d.waiting.pop_front();
+      count_queued(pool_queue, -1);
+      grant(next);
+    }
+  }
+
+  // ---- faults
+  // ---------------------------------------------------------------- As the
+  // real actors do (docs/sim.md, "Faults"): the directory sees a worker's
+  // process die at once and tells the router (`left`), which fails every
+  // request routed through that worker (peer_down, naming it), routes no more
+  // to it, and retries nothing; a consumer frees the blocks of a dead
+  // producer's requests, a producer drops its requests for a dead consumer. A
+  // slower link only slows the flows crossing it.
+
+  void on_fault(std::uint32_t index) {
+    auto& f = options_.faults[index];
+    if (f.what == fault::kind::link_slow)
+      slow_host(f);
+    else
+      kill_worker(f.target, index);
+  }
+
+  void slow_host(const fault& f) {
+    for (std::uint32_t h = 0; h < topo_.hosts.size(); ++h)
+      if (topo_.hosts[h].name == f.target)
+        for (auto r : {2 * h, 2 * h + 1}) { // its nic-out and nic-in
+          resources_[r].capacity = f.gbit_per_s / 8.0;
+          reshare_from(r, r);
+        }
+  }
+
+  void kill_worker(const std::string& name, std::uint32_t fault) {
+    for (std::uint32_t i = 0; i < prefills_.size(); ++i) {
+      auto& p = prefills_[i];
+      if (p.name != name || p.dead)
+        continue;
+      prefill_order_.erase({p.routed_ms, i});
+      p.dead = true;
+      --live_prefills_;
+      p.queue.clear();
+      count_queued(prefill_queue, -std::int64_t(p.queue.size()));
+      p.current = idle;
+      // Requests whose KV had not all landed lose their producer.
+      for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
+        if (slots_[slot].live && slots_[slot].prefill == i &&
+            slots_[slot].transfer_done < 0)
+          fail(slot, fault);
+    }
+    for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
+      auto& d = decodes_[i];
+      if (d.name != name || d.dead)
+        continue;
+      decode_order_.erase({d.routed_blocks, i});
+      d.dead = true;
+      --live_decodes_;
+      for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
+        if (slots_[slot].live && slots_[slot].decode == i)
+          fail(slot, fault);
+      count_queued(pool_queue, -std::int64_t(d.waiting.size()));
+      d.waiting.clear();
+      d.ready.clear();
+      d.joined.clear();
+      d.running = {};
+      d.stepping = false;
+      set_used(d, 0);
+    }
+  }
+
+  // Fails a request routed through a worker that died: out of its prefill
+  // queue, its flow off the links, its decode
+  // blocks back to a live pool.
+  void fail(std::uint32_t slot, std::uint32_t fault) {
+    auto& r = slots_[slot];
+    auto& p = prefills_[r.prefill];
+    auto& d = decodes_[r.decode];
+    if (r.prefill_end < 0) {
+      add_load(prefills_, prefill_order_, r.prefill,
+               -double(r.prefill_ns) / 1e6);
+      if (p.current == std::int64_t(slot))
+        p.current = busy_failed; // the GPU finishes what it started
+      else
+        count_queued(prefill_queue, -erase(p.queue, slot));
+    }
+    if (r.flow >= 0)
+      remove_flow(std::uint32_t(r.flow));
+    if (r.waiting)
+      count_queued(pool_queue, -erase(d.waiting, slot));
+    if (r.holds_blocks && !d.dead)
+      release(d, r.blocks);
+    add_load(decodes_, decode_order_, r.decode, -std::int64_t(r.blocks));
+    ++out_.faults[fault].failed;
+    ++failed_;
+    ++done_;
+    last_event_ = std::max(last_event_, now_);
+    csv_row(r, p.name, d.name, nullptr);
+    free_slot(slot);
+  }
+
+  // How many it removed (0 or 1).
+  static std::int64_t erase(std::deque<std::uint32_t>& queue,
+                            std::uint32_t slot) {
+    auto size = queue.size();
+    queue.erase(std::remove(queue.begin(), queue.end(), slot), queue.end());
+    return std::int64_t(size - queue.size());
+  }
+
+  // Arrived after faults killed every prefill or every decode worker.
+  void fail_unroutable(std::uint32_t slot) {
+    ++unroutable_;
+    ++failed_;
+    ++done_;
+    last_event_ = std::max(last_event_, now_);
+    csv_row(slots_[slot], "", "", nullptr);
+    free_slot(slot);
+  }
+
   // ---- results -------------------------------------------------------------
+
+  // The queue lengths over time (the plots): `which` is prefill_queue or
+  // pool_queue.
+  void count_queued(std::size_t which, std::int64_t delta) {
+    timeline_.add(nics_ + which, queued_since_[which], now_,
+                  double(queued_[which]));
+    queued_since_[which] = now_;
+    queued_[which] += delta;
+  }
+
+  void fill_over_time(summary& s) {
+    for (std::size_t q : {prefill_queue, pool_queue})
+      count_queued(q, 0); // up to the end
+    s.bucket_s = double(timeline_.width_ns()) / 1e9;
+    auto buckets = std::size_t((last_event_ + timeline_.width_ns() - 1) /
+                               timeline_.width_ns());
+    auto values = [&](std::size_t series, double scale) {
+      std::vector<double> v(buckets);
+      for (std::size_t b = 0; b < buckets; ++b)
+        v[b] = timeline_.mean(series, b) * scale;
+      return v;
+    };
+    for (std::uint32_t r = 0; r < nics_; ++r)
+      if (resources_[r].bytes > 0)
+        s.link_busy.push_back(
+            {resources_[r].name, values(r, 100 / resources_[r].nominal)});
+    s.prefill_queue = {"waiting for a prefill GPU", values(nics_, 1)};
+    s.pool_queue = {"waiting for KV-pool blocks", values(nics_ + 1, 1)};
+  }
 
   void finalize(std::uint32_t slot) {
     auto& r = slots_[slot];
@@ -721,7 +1059,7 @@ private:
     auto& d = decodes_[r.decode];
     if (r.rejected) {
       ++rejected_;
-      d.routed_blocks -= r.blocks;
+      add_load(decodes_, decode_order_, r.decode, -std::int64_t(r.blocks));
       csv_row(r, p.name, d.name, nullptr);
     } else {
       ns_t parts[5] = {r.prefill_start - r.arrival,
@@ -732,7 +1070,14 @@ private:
       record(r, parts);
       csv_row(r, p.name, d.name, parts);
     }
+    free_slot(slot);
+  }
+
+  void free_slot(std::uint32_t slot) {
+    auto& r = slots_[slot];
     r.trace.hash_ids.clear(); // keeps its capacity for the next request
+    r.live = false;
+    ++r.gen; // its pending events, if any, are void
     free_.push_back(slot);
   }
 
@@ -786,7 +1131,7 @@ private:
     put(d);
     put(r.ipc ? "ipc" : "net");
     if (parts == nullptr) {
-      put("rejected,,,,,,,,,0,0", '\n');
+      put(r.rejected ? "rejected,,,,,,,,,0,0" : "failed,,,,,,,,,0,0", '\n');
     } else {
       put("ok");
       for (int i = 0; i < 5; ++i)
@@ -824,14 +1169,17 @@ private:
     s.decode_workers = decodes_.size();
     s.hosts = topo_.hosts.size();
     s.requests = read_;
-    s.completed = done_ - rejected_;
+    s.completed = done_ - rejected_ - failed_;
     s.rejected = rejected_;
+    s.failed = failed_;
+    s.unroutable = unroutable_;
     s.span_s = double(last_event_) / 1e9;
     s.ttft_slo_ms = options_.ttft_slo_ms;
+    fill_over_time(s);
     double span = double(std::max<ns_t>(1, last_event_));
     for (auto& res : resources_)
-      s.links.push_back({res.name, res.capacity, res.bytes,
-                         res.bytes / (res.capacity * span)});
+      s.links.push_back(
+          {res.name, res.nominal, res.bytes, res.bytes / (res.nominal * span)});
     for (auto& d : decodes_) {
       now_ = last_event_;
       set_used(d, d.used);
@@ -853,24 +1201,33 @@ private:
   ns_t now_ = 0, last_event_ = 0;
 
   trace_request pending_; // the next request, read ahead by one
-  std::uint64_t read_ = 0, done_ = 0, rejected_ = 0;
+  std::uint64_t read_ = 0, done_ = 0, rejected_ = 0, failed_ = 0,
+                unroutable_ = 0;
+  std::uint32_t live_prefills_ = 0, live_decodes_ = 0;
   std::vector<request> slots_;
   std::vector<std::uint32_t> free_;
 
   std::vector<prefill_worker> prefills_;
   std::vector<decode_worker> decodes_;
   std::uint64_t rr_prefill_ = 0, rr_decode_ = 0;
+  std::set<std::pair<double, std::uint32_t>> prefill_order_; // add_load()
+  std::set<std::pair<std::int64_t, std::uint32_t>> decode_order_;
 
-  std::vector<resource> resources_;
-  std::vector<flow> flows_;
-  std::vector<std::uint32_t> touched_, capped_; // scratch of reshare()
+  std::vector<resource> resources_; // the NICs first: 2 per host
+  std::uint32_t nics_;
+  timeline timeline_; // the NICs' rates, then the two queues
+  static constexpr std::size_t prefill_queue = 0, pool_queue = 1;
+  std::int64_t queued_[2] = {0, 0};
+  ns_t queued_since_[2] = {0, 0};
+  std::vector<flow> flows_; // by id; free ids in free_flows_
+  std::vector<std::uint32_t> free_flows_;
+  // Scratch of reshare_from().
+  std::vector<std::uint32_t> comp_flows_, comp_links_, stack_, capped_;
   using saturation = std::tuple<double, std::uint32_t, std::uint64_t>;
   std::priority_queue<saturation, std::vector<saturation>,
                       std::greater<saturation>>
       saturation_; // (level, link, version)
   std::uint64_t stamp_ = 0;
-  ns_t net_time_ = 0;
-  std::uint32_t net_generation_ = 0;
 
   std::string csv_path_;
   fmt::memory_buffer buffer_;

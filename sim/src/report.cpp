@@ -60,6 +60,21 @@ const char* json_key(const char* name) {
   return name;
 }
 
+template<class Out>
+void format_faults(Out o, const summary& s) {
+  if (s.faults.empty())
+    return;
+  fmt::format_to(o,
+                 "faults    {} request(s) failed (peer_down, not retried: "
+                 "docs/sim.md, \"Faults\")\n",
+                 s.failed);
+  for (auto& f : s.faults)
+    fmt::format_to(o, "  {:<40} {:>8} failed\n", f.fault, f.failed);
+  if (s.unroutable > 0)
+    fmt::format_to(o, "  {:<40} {:>8} failed\n",
+                   "(no live prefill or decode worker left)", s.unroutable);
+}
+
 } // namespace
 
 std::string format_table(const summary& s) {
@@ -67,15 +82,18 @@ std::string format_table(const summary& s) {
   auto o = std::back_inserter(out);
   fmt::format_to(o,
                  "trace     {} ({}), {} requests: {} completed, {} "
-                 "rejected (larger than a decode pool)\n",
-                 s.trace, s.trace_format, s.requests, s.completed, s.rejected);
+                 "rejected (larger than a decode pool){}\n",
+                 s.trace, s.trace_format, s.requests, s.completed, s.rejected,
+                 s.failed ? fmt::format(", {} failed", s.failed) : "");
   fmt::format_to(o,
                  "topology  {}: {} prefill, {} decode worker(s) on {} "
                  "host(s); routing {}, layer-wise {}, prefix reuse {}\n",
                  s.topology, s.prefill_workers, s.decode_workers, s.hosts,
                  s.routing, s.layerwise ? "on" : "off",
                  s.prefix_reuse ? "on" : "off");
-  fmt::format_to(o, "simulated {:.3f} s of virtual time\n\n", s.span_s);
+  fmt::format_to(o, "simulated {:.3f} s of virtual time\n", s.span_s);
+  format_faults(o, s);
+  fmt::format_to(o, "\n");
   fmt::format_to(o, "{:<20} {:>10} {:>10} {:>10} {:>10}\n",
                  "time to first token", "mean ms", "p50 ms", "p90 ms",
                  "p99 ms");
@@ -133,8 +151,15 @@ std::string to_json(const summary& s) {
                  s.hosts, s.prefill_workers, s.decode_workers);
   fmt::format_to(o,
                  "  \"requests\": {},\n  \"completed\": {},\n  "
-                 "\"rejected\": {},\n  \"span_s\": {:.6f},\n",
-                 s.requests, s.completed, s.rejected, s.span_s);
+                 "\"rejected\": {},\n  \"failed\": {},\n  "
+                 "\"unroutable\": {},\n  \"span_s\": {:.6f},\n",
+                 s.requests, s.completed, s.rejected, s.failed, s.unroutable,
+                 s.span_s);
+  fmt::format_to(o, "  \"faults\": [");
+  for (std::size_t i = 0; i < s.faults.size(); ++i)
+    fmt::format_to(o, "{}\n    {{\"fault\": {}, \"failed\": {}}}", i ? "," : "",
+                   json_string(s.faults[i].fault), s.faults[i].failed);
+  fmt::format_to(o, "{}],\n", s.faults.empty() ? "" : "\n  ");
   fmt::format_to(o, "  \"ttft\": {{\n");
   auto rows = ttft_rows(s);
   for (std::size_t i = 0; i < rows.size(); ++i)

@@ -69,9 +69,10 @@ struct req {
   std::string hash_ids = "[]";
 };
 
-// Writes the trace and the outputs in `dir`.
+// Writes the trace and the outputs in `dir`. `faults` as --fault takes them.
 run_result simulate_in(const scratch_dir& dir, const std::string& yaml,
-                       const std::vector<req>& reqs) {
+                       const std::vector<req>& reqs,
+                       const std::vector<std::string>& faults = {}) {
   auto trace = (dir.path / "t.jsonl").string();
   {
     std::ofstream out(trace);
@@ -84,15 +85,18 @@ run_result simulate_in(const scratch_dir& dir, const std::string& yaml,
   sim::trace_reader reader(trace);
   sim::run_options options;
   options.out_dir = dir.path.string();
+  for (auto& f : faults)
+    options.faults.push_back(sim::parse_fault(f));
   run_result result{sim::run(reader, topology, options), {}};
   std::ifstream csv(dir.path / "requests.csv");
   result.csv.assign(std::istreambuf_iterator<char>(csv), {});
   return result;
 }
 
-run_result simulate(const std::string& yaml, const std::vector<req>& reqs) {
+run_result simulate(const std::string& yaml, const std::vector<req>& reqs,
+                    const std::vector<std::string>& faults = {}) {
   scratch_dir dir("sim-engine");
-  return simulate_in(dir, yaml, reqs);
+  return simulate_in(dir, yaml, reqs, faults);
 }
 
 double ms(double ns) {
@@ -200,16 +204,20 @@ workers:
         doctest::Approx(0.008192).epsilon(0.001));
 }
 
-TEST_CASE("a full decode pool makes admission wait; a request larger than "
-          "the pool is rejected") {
-  // A pool of 150 blocks holds one 100-block request at a time.
-  auto yaml = R"(
+// Two prefill workers and one decode pool of 150 blocks: it holds one
+// 100-block (1600-token) request at a time.
+const std::string two_prefills_small_pool = R"(
 hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
 workers:
   - {name: p0, role: prefill, host: a, gpu: 0}
   - {name: p1, role: prefill, host: a, gpu: 1}
   - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 150}
-)" + model + sim_section();
+)";
+
+TEST_CASE("a full decode pool makes admission wait; a request larger than "
+          "the pool is rejected") {
+  // A pool of 150 blocks holds one 100-block request at a time.
+  auto yaml = two_prefills_small_pool + model + sim_section();
   // Both prefill at once (two prefill workers); the second's grant waits
   // for the first to finish its 10 output tokens (10 steps of 5 ms).
   auto r = simulate(yaml, {{0, 1600, 10}, {0, 1600, 10}, {0, 3200, 1}});
@@ -344,4 +352,105 @@ TEST_CASE("the topology's sim: section: defaults, values, errors at "
         std::string::npos);
   CHECK(report.find("an entry is not a pair of numbers at t.yaml:9:20") !=
         std::string::npos);
+}
+
+// ---- faults (docs/sim.md, "Faults") ----------------------------------------
+
+const std::string two_decodes = R"(
+hosts: [{name: a, address: 10.0.0.1}, {name: b, address: 10.0.0.2}]
+workers:
+  - {name: p0, role: prefill, host: a, gpu: 0}
+  - {name: d0, role: decode, host: b, gpu: 0, pool_blocks: 1000}
+  - {name: d1, role: decode, host: b, gpu: 1, pool_blocks: 1000}
+)";
+
+TEST_CASE("a decode worker dies: its request in flight fails, later ones "
+          "go to the live one") {
+  // Round-robin: the first to d0 (dies at 100 ms, during the prefill), the
+  // second to d1; the third would be d0's turn but goes to d1.
+  auto r = simulate(two_decodes + model + sim_section(),
+                    {{0, 1600, 1}, {0, 1600, 1}, {200, 1600, 1}},
+                    {"down=d0,at=0.1"});
+  INFO(r.csv);
+  CHECK(r.summary.completed == 2);
+  CHECK(r.summary.failed == 1);
+  REQUIRE(r.summary.faults.size() == 1);
+  CHECK(r.summary.faults[0].fault == "down=d0,at=0.1");
+  CHECK(r.summary.faults[0].failed == 1);
+  CHECK(r.csv.find("0,1,0.000,1600,1,p0,d0,net,failed,") != std::string::npos);
+  CHECK(r.csv.find(",d0,net,ok,") == std::string::npos);
+  // The prefill GPU still finished the failed request's prefill (160.05
+  // ms) before the second's: the second queued 160 ms.
+  CHECK(r.csv.find("1,2,0.000,1600,1,p0,d1,net,ok,160.050,") !=
+        std::string::npos);
+  auto table = sim::format_table(r.summary);
+  CHECK(table.find("1 failed") != std::string::npos);
+}
+
+TEST_CASE("a prefill worker dies: its requests fail and free their decode "
+          "blocks for those waiting") {
+  // A pool of 150 blocks holds one 100-block request. The first (p0) holds
+  // it; the second (p1) waits for it. p0 dies at 50 ms: the first fails,
+  // its blocks go to the second, which completes without waiting for the
+  // first to decode.
+  auto yaml = two_prefills_small_pool + model + sim_section();
+  auto r = simulate(yaml, {{0, 1600, 10}, {0, 1600, 10}}, {"down=p0,at=0.05"});
+  INFO(r.csv);
+  CHECK(r.summary.completed == 1);
+  CHECK(r.summary.failed == 1);
+  CHECK(r.summary.pools[0].waited == 1);
+  // Granted one hop after the failure at 50 ms, long before its prefill ends.
+  CHECK(ms(r.summary.ttft.wait.max()) == 0);
+  CHECK(r.csv.find(",p0,d0,net,failed,") != std::string::npos);
+}
+
+TEST_CASE("every decode worker dead: later requests fail as unroutable") {
+  auto r = simulate(two_hosts + model + sim_section(),
+                    {{0, 1600, 1}, {500, 1600, 1}}, {"down=d0,at=0.2"});
+  CHECK(r.summary.completed == 1);
+  CHECK(r.summary.failed == 1);
+  CHECK(r.summary.unroutable == 1);
+  CHECK(r.summary.faults[0].failed == 0);
+}
+
+TEST_CASE("a link slows: the transfer crossing it takes longer, nothing "
+          "fails") {
+  // Host b's NIC at 4 Gbit/s (0.5 byte/ns) from the start: 819,200 bytes
+  // after prefill in 1.6384 ms instead of 0.8192.
+  auto r = simulate(two_hosts + model + sim_section(), {{0, 1600, 1}},
+                    {"slow=b,gbit=4,at=0"});
+  CHECK(r.summary.failed == 0);
+  CHECK(ms(r.summary.ttft.transfer.mean()) == doctest::Approx(0.010 + 1.6384));
+  // Half way through the transfer: the rest at half the rate.
+  auto mid = simulate(two_hosts + model + sim_section(), {{0, 1600, 1}},
+                      {"slow=b,gbit=4,at=0.1604696"});
+  CHECK(ms(mid.summary.ttft.transfer.mean()) ==
+        doctest::Approx(0.010 + 0.4096 + 0.8192).epsilon(0.0001));
+}
+
+TEST_CASE("--fault: what it takes and what it refuses") {
+  auto f = sim::parse_fault("slow=host-1,gbit=25,at=12.5s");
+  CHECK(f.what == sim::fault::kind::link_slow);
+  CHECK(f.target == "host-1");
+  CHECK(f.gbit_per_s == 25);
+  CHECK(f.at_s == 12.5);
+  CHECK(sim::parse_fault("down=decode-3,at=300").what ==
+        sim::fault::kind::worker_down);
+  CHECK_THROWS_WITH_AS(sim::parse_fault("down=d0"),
+                       doctest::Contains("needs down=WORKER,at=SECONDS"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sim::parse_fault("slow=b,at=1"),
+                       doctest::Contains("needs gbit=RATE > 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sim::parse_fault("down=d0,at=soon"),
+                       doctest::Contains("at must be a number"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sim::parse_fault("kill=d0,at=1"),
+                       doctest::Contains("unknown key 'kill'"),
+                       std::invalid_argument);
+  // A name the topology lacks is an error naming the file.
+  CHECK_THROWS_WITH_AS(simulate(two_hosts + model + sim_section(),
+                                {{0, 1600, 1}}, {"down=d9,at=1"}),
+                       doctest::Contains("t.yaml has no worker named 'd9'"),
+                       std::runtime_error);
 }

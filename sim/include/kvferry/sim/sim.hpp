@@ -11,13 +11,29 @@
 
 #include "kvferry/runtime/topology.hpp"
 #include "kvferry/sim/histogram.hpp"
+#include "kvferry/sim/timeline.hpp"
 #include "kvferry/sim/trace.hpp"
 
 namespace kvferry::sim {
 
+// A fault at a virtual time (docs/sim.md, "Faults"): a worker dies, or a
+// host's NICs slow down (both directions).
+struct fault {
+  enum class kind { worker_down, link_slow } what = kind::worker_down;
+  std::string target;    // the worker's name, or the host's
+  double at_s = 0;       // virtual seconds after the trace's first request
+  double gbit_per_s = 0; // link_slow: the host's NIC rate from then on
+  std::string text;      // as written, for the report
+};
+
+/// "down=WORKER,at=SECONDS" or "slow=HOST,gbit=RATE,at=SECONDS" (the
+/// `--fault` flag). Throws std::invalid_argument saying what is wrong.
+fault parse_fault(const std::string& text);
+
 struct run_options {
-  std::string out_dir;    // requests.csv and summary.json here; "" = none
-  double ttft_slo_ms = 0; // 0: no SLO attainment figure
+  std::string out_dir;       // requests.csv and summary.json here; "" = none
+  double ttft_slo_ms = 0;    // 0: no SLO attainment figure
+  std::vector<fault> faults; // in any order; each names a worker or host
   // Called now and then with the fraction of the trace read (0..1) and
   // the requests done, for a progress line; may be empty.
   std::function<void(double, std::uint64_t)> progress;
@@ -49,11 +65,27 @@ struct pool_use {
   std::uint64_t waited = 0; // requests whose allocation had to wait
 };
 
+// A quantity over the run (link utilisation %, a queue's length), one mean
+// per bucket of summary::bucket_s seconds, for the plots.
+struct series {
+  std::string name;
+  std::vector<double> values;
+};
+
+struct fault_outcome {
+  std::string fault;        // as written
+  std::uint64_t failed = 0; // requests in flight it failed (peer_down)
+};
+
 struct summary {
   std::string trace, trace_format, topology, routing;
   bool layerwise = false, prefix_reuse = false;
   std::uint64_t prefill_workers = 0, decode_workers = 0, hosts = 0;
   std::uint64_t requests = 0, completed = 0, rejected = 0;
+  // failed: by a fault (peer_down: faults[i].failed) or, after faults
+  // killed every prefill or decode worker, finding none (`unroutable`).
+  std::uint64_t failed = 0, unroutable = 0;
+  std::vector<fault_outcome> faults;
   double span_s = 0; // virtual time from first arrival to last completion
   ttft_parts ttft;
   histogram transfer_time; // first byte scheduled -> last byte landed
@@ -64,6 +96,12 @@ struct summary {
   std::uint64_t slo_met = 0;
   std::vector<resource_use> links;
   std::vector<pool_use> pools;
+  double bucket_s = 0;
+  // Busy % of each NIC pipe that carried bytes ("nic-in d-host"), in the
+  // order of `links`.
+  std::vector<series> link_busy;
+  // Requests waiting for a prefill GPU, and for decode KV-pool blocks.
+  series prefill_queue, pool_queue;
 };
 
 /// Runs the whole trace. Throws trace_error for a bad trace line and
@@ -75,6 +113,56 @@ summary run(trace_reader& trace, const topology::deployment& topology,
 std::string format_table(const summary& s);
 /// The summary as JSON (stable key order, fixed precision).
 std::string to_json(const summary& s);
+
+/// The plots (docs/sim.md, "Plots"): writes their data (*.dat) and gnuplot
+/// script (plots.gp) into `dir`, then draws ttft-cdf.png, transfer-cdf.png,
+/// links.png and queues.png there with gnuplot. Returns a line for the user
+/// saying what it drew, or that the plots were skipped and why (gnuplot not
+/// installed or failing: the run itself still succeeds).
+std::string write_plots(const summary& s, const std::string& dir);
+
+// The pieces write_plots is made of, for --sweep's plot (sweep.cpp).
+struct cdf_line {
+  std::string file, title, data;
+};
+extern const char* plot_preamble;
+std::string cdf_data(const histogram& h); // "ms fraction" rows
+void write_text(const std::string& path, const std::string& text);
+void write_cdfs(const std::string& dir, const std::vector<cdf_line>& lines);
+/// A CDF plot of the lines that have data; "" when none has.
+std::string cdf_plot(const std::string& png, const std::string& title,
+                     const std::string& xlabel,
+                     const std::vector<cdf_line>& lines);
+/// Runs gnuplot on `script` in `dir`; the line write_plots returns.
+std::string draw(const std::string& dir, const std::string& script,
+                 const std::string& what);
+
+/// One `--sweep KEY=V1,V2,...`: the run is repeated for each value.
+struct sweep_axis {
+  std::string key;
+  std::vector<std::string> values;
+};
+extern const char* sweep_keys; // the keys --sweep takes, for messages
+/// Parses and checks every value; throws std::invalid_argument naming the
+/// flag and what it takes.
+sweep_axis parse_sweep(const std::string& text);
+/// Sets KEY=VALUE on a topology (worker counts copy the file's workers).
+void apply_sweep(topology::deployment& t, const std::string& key,
+                 const std::string& value);
+
+struct sweep_result {
+  std::string table; // one row per combination, the first axis slowest
+  std::string plots; // write_plots' line; "" without options.out_dir
+};
+/// Every combination of the axes' values, each a whole run of the trace
+/// (options.faults apply to each). With options.out_dir: sweep.txt,
+/// sweep.csv and sweep-ttft-cdf.png there, no per-run files. `each`, if
+/// set, is called before each run with (index, runs, label).
+sweep_result run_sweep(
+    const std::string& trace_path, const topology::deployment& base,
+    const std::vector<sweep_axis>& axes, const run_options& options,
+    const std::function<void(std::size_t, std::size_t, const std::string&)>&
+        each);
 
 /// y at x on a piecewise-linear table (linear beyond both ends along the
 /// nearest segment, never below 0). Exposed for tests.

@@ -1,0 +1,66 @@
+// The `--fault` flag's text (docs/sim.md, "Faults").
+#include <cstdlib>
+#include <stdexcept>
+
+#include "kvferry/sim/sim.hpp"
+
+namespace kvferry::sim {
+
+namespace {
+
+// A number >= 0 (a trailing "s" allowed for seconds), all of `text`.
+double number(const std::string& flag, const std::string& key,
+              std::string text) {
+  if (key == "at" && !text.empty() && text.back() == 's')
+    text.pop_back();
+  char* end = nullptr;
+  double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(value >= 0))
+    throw std::invalid_argument("--fault " + flag + ": " + key +
+                                " must be a number >= 0, not '" + text + "'");
+  return value;
+}
+
+} // namespace
+
+fault parse_fault(const std::string& text) {
+  fault f;
+  f.text = text;
+  bool has_at = false, has_gbit = false;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto comma = text.find(',', start);
+    auto item = text.substr(
+        start, comma == std::string::npos ? std::string::npos : comma - start);
+    start = comma == std::string::npos ? text.size() + 1 : comma + 1;
+    auto eq = item.find('=');
+    auto key = item.substr(0, eq);
+    auto value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    if (key == "down" || key == "slow") {
+      f.what =
+          key == "down" ? fault::kind::worker_down : fault::kind::link_slow;
+      f.target = value;
+    } else if (key == "at") {
+      f.at_s = number(text, key, value);
+      has_at = true;
+    } else if (key == "gbit") {
+      f.gbit_per_s = number(text, key, value);
+      has_gbit = true;
+    } else {
+      throw std::invalid_argument("--fault " + text + ": unknown key '" + key +
+                                  "' (down=WORKER,at=SECONDS or "
+                                  "slow=HOST,gbit=RATE,at=SECONDS)");
+    }
+  }
+  if (f.target.empty() || !has_at)
+    throw std::invalid_argument("--fault " + text +
+                                ": needs down=WORKER,at=SECONDS or "
+                                "slow=HOST,gbit=RATE,at=SECONDS");
+  if (f.what == fault::kind::link_slow && !(has_gbit && f.gbit_per_s > 0))
+    throw std::invalid_argument("--fault " + text +
+                                ": slow=HOST needs gbit=RATE > 0 (the host's "
+                                "NIC rate from then on, Gbit/s)");
+  return f;
+}
+
+} // namespace kvferry::sim
