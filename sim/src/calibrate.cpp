@@ -10,14 +10,13 @@
 //   largest block size; the per-block cost is the host time to build and
 //   upload a copy plan, per block (median over the block sizes).
 // - a demo run's requests.csv (`kvferry demo --trace --out`): the real actors
-//   end to end. The transfer time against the bytes (least squares, per
+//   end to end. The transfer time against the bytes (a robust line, per
 //   path) gives the rate and fixed cost a transfer really sees, which the
 //   simulator's flows should reproduce; what is left of each request's
-//   latency after its router wait, compute and transfer is control: two CAF
-//   hops on a credit request's critical path (router -> producer, consumer
-//   -> router), so hop_us is half its median. The compute time (pattern
-//   fill, hashing, verification) against the prompt gives a prefill table
-//   for that demo — not a model's prefill.
+//   latency after its compute and transfer is control (the router's own
+//   wait to send included), from which hop_us is fitted (effective_hop). The
+//   compute time (pattern fill, hashing, verification) against the prompt gives
+//   a prefill table for that demo — not a model's prefill.
 #include "kvferry/sim/calibrate.hpp"
 
 #include <algorithm>
@@ -67,6 +66,41 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   auto n = v.size();
   return n == 0 ? 0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// The same line, fitted robustly (Theil-Sen: the median of the slopes
+// between all pairs of points with distinct x, then the median intercept):
+// a demo on a loaded machine has a few requests many times slower than the
+// rest, which would drag a least-squares line. O(n^2): demo runs are small.
+line_fit fit_line_robust(const std::vector<double>& x,
+                         const std::vector<double>& y) {
+  line_fit f;
+  std::vector<double> slopes;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    for (std::size_t j = i + 1; j < x.size(); ++j)
+      if (x[i] != x[j])
+        slopes.push_back((y[j] - y[i]) / (x[j] - x[i]));
+  if (slopes.empty())
+    return f;
+  f.slope = median(std::move(slopes));
+  std::vector<double> intercepts;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    intercepts.push_back(y[i] - f.slope * x[i]);
+  f.intercept = median(std::move(intercepts));
+  f.ok = true;
+  return f;
+}
+
+// The hop that makes the simulator's control path add up to a request's
+// measured control time C: the simulator charges a hop to the producer,
+// sends allocate as prefill (P) starts and waits for the grant (two hops)
+// if prefill is shorter, and `sim compare` adds the answer's hop to the
+// router: 2h + max(P, 2h) - P = C, so h = C / 2 when P >= C, else
+// (C + P) / 4. (The demo's requests use credit, which has no grant round
+// trip; the simulator models the negotiated path, so this is an effective
+// hop for it, not CAF's round trip halved.)
+double effective_hop(double control, double prefill) {
+  return prefill >= control ? control / 2 : (control + prefill) / 4;
 }
 
 json read_json(const std::string& path) {
@@ -166,8 +200,7 @@ void from_demo(const std::string& path, calibration& c) {
   auto status = t.column("status"), kind = t.column("path"),
        bytes = t.column("bytes_moved"),
        transfer = t.column("transfer_total_ms"), ready = t.column("ready_ms"),
-       queue = t.column("queue_ms"), compute = t.column("prefill_ms"),
-       tokens = t.column("input_tokens");
+       compute = t.column("prefill_ms"), tokens = t.column("input_tokens");
   std::vector<double> net_bytes, net_us, ipc_bytes, ipc_us, control_us, prompt,
       compute_ms;
   for (std::size_t row = 0; row < t.size(); ++row) {
@@ -176,21 +209,25 @@ void from_demo(const std::string& path, calibration& c) {
     bool ipc = t.text(row, kind) == "ipc";
     (ipc ? ipc_bytes : net_bytes).push_back(t.number(row, bytes));
     (ipc ? ipc_us : net_us).push_back(t.number(row, transfer) * 1e3);
-    control_us.push_back((t.number(row, ready) - t.number(row, queue) -
-                          t.number(row, compute) - t.number(row, transfer)) *
-                         1e3);
+    // The router's wait before sending counts as control: the simulator's
+    // router has no timer lag (nor, at a light load, a full window).
+    auto control =
+        t.number(row, ready) - t.number(row, compute) - t.number(row, transfer);
+    control_us.push_back(
+        effective_hop(std::max(0.0, control), t.number(row, compute)) * 1e3);
     prompt.push_back(t.number(row, tokens));
     compute_ms.push_back(t.number(row, compute));
   }
   if (control_us.size() < 2)
     throw std::runtime_error(path + ": fewer than two completed requests");
   auto n = control_us.size();
-  c.hop_us = std::max(0.0, median(control_us) / 2);
-  c.notes.push_back(fmt::format("hop_us: half the median control time (latency "
-                                "less router wait, compute and transfer) of {} "
-                                "requests (demo, {})",
-                                n, path));
-  auto net = fit_line(net_bytes, net_us);
+  c.hop_us = median(control_us);
+  c.notes.push_back(fmt::format(
+      "hop_us: the median effective hop that makes the simulator's control "
+      "path match each request's control time (latency less compute and "
+      "transfer) of {} requests (demo, {})",
+      n, path));
+  auto net = fit_line_robust(net_bytes, net_us);
   if (net.ok && net.slope > 0) {
     // A one-chunk transfer pays the latency and one message before its bytes.
     c.latency_us = std::max(
@@ -198,20 +235,20 @@ void from_demo(const std::string& path, calibration& c) {
         net.intercept - c.message_us.value_or(topology::sim_spec{}.message_us));
     c.nic_gbit_per_s = 8 / (net.slope * 1e3);
     c.notes.push_back(fmt::format(
-        "latency_us, nic_gbit_per_s (overriding bench net): least-squares "
-        "transfer time against bytes of {} requests over the network (demo, "
+        "latency_us, nic_gbit_per_s (overriding bench net): transfer time "
+        "against bytes, robust fit, of {} requests over the network (demo, "
         "{})",
         net_bytes.size(), path));
   }
-  auto ipc = fit_line(ipc_bytes, ipc_us);
+  auto ipc = fit_line_robust(ipc_bytes, ipc_us);
   if (ipc.ok && ipc.slope > 0) {
     c.ipc_gbyte_per_s = 1 / (ipc.slope * 1e3);
     c.notes.push_back(fmt::format(
-        "ipc_gbyte_per_s (overriding bench ipc): least-squares transfer time "
-        "against bytes of {} requests over CUDA IPC (demo, {})",
+        "ipc_gbyte_per_s (overriding bench ipc): transfer time against bytes, "
+        "robust fit, of {} requests over CUDA IPC (demo, {})",
         ipc_bytes.size(), path));
   }
-  auto prefill = fit_line(prompt, compute_ms);
+  auto prefill = fit_line_robust(prompt, compute_ms);
   auto low = *std::min_element(prompt.begin(), prompt.end());
   auto high = *std::max_element(prompt.begin(), prompt.end());
   if (prefill.ok) {
@@ -224,7 +261,8 @@ void from_demo(const std::string& path, calibration& c) {
   }
   c.notes.push_back(fmt::format(
       "prefill_ms: the demo's compute (pattern fill, hashing, verification) "
-      "against prompt tokens of {} requests: a stand-in for the demo, not a "
+      "against prompt tokens, robust fit, of {} requests: a stand-in for the "
+      "demo, not a "
       "model's prefill (demo, {})",
       n, path));
 }

@@ -40,7 +40,8 @@ std::string bench_net_json() {
 }
 
 // A demo's requests.csv: transfers of 0.1 ms + 1 ms per MB (1 GB/s), 0.4 ms
-// of control each, compute 0.01 ms per 100 tokens.
+// of control each, compute 0.01 ms per 100 tokens; and one request 20 times
+// slower than the line, which the robust fit ignores.
 std::string demo_csv() {
   std::string out =
       "index,line,arrival_ms,input_tokens,output_tokens,prefill_worker,"
@@ -57,6 +58,8 @@ std::string demo_csv() {
            std::to_string(int(bytes)) + ",0," + std::to_string(ready) + "," +
            std::to_string(int(tokens)) + "\n";
   }
+  out += "5,6,0,250,1,prefill-0,decode-0,net,ok,0.2,0.025,,,,,52,,2500000,0,"
+         "52.625,250\n";
   // A failed request is left out of every fit.
   out += "4,5,0,100,1,prefill-0,decode-0,net,failed,0,,,,,,,,,,,100\n";
   return out;
@@ -92,7 +95,10 @@ TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
   auto c = calibrate(in);
   CHECK(*c.nic_gbit_per_s == doctest::Approx(8));    // 1 GB/s
   CHECK(*c.latency_us == doctest::Approx(100 - 10)); // less one message
-  CHECK(*c.hop_us == doctest::Approx(200));          // 0.4 ms over two hops
+  // 0.6 ms of control (0.2 at the router, 0.4 after) with 0.01-0.04 ms of
+  // prefill: the simulator charges four hops less the prefill (its grant
+  // wait), so (0.6 + P) / 4 each.
+  CHECK(*c.hop_us == doctest::Approx(156.25));
   REQUIRE(c.prefill_ms.size() == 2);
   CHECK(c.prefill_ms[0].x == 100);
   CHECK(c.prefill_ms[0].ms == doctest::Approx(0.01));
@@ -125,10 +131,10 @@ TEST_CASE("calibrate: a bad input names its file, and line for the CSV") {
                        std::runtime_error);
   in.bench_net_json.clear();
   auto csv = demo_csv();
-  csv.replace(csv.find(",ok,0.2,"), 8, ",ok,x,");
+  csv.replace(csv.find(",0.2,0.010000,"), 14, ",0.2,x,");
   in.demo_csv = write(dir, "demo.csv", csv);
   CHECK_THROWS_WITH_AS(calibrate(in),
-                       doctest::Contains("demo.csv:2: column queue_ms: 'x'"),
+                       doctest::Contains("demo.csv:2: column prefill_ms: 'x'"),
                        std::runtime_error);
 }
 
@@ -146,7 +152,7 @@ TEST_CASE("compare: joins by index, and reports the quantiles' and the "
            std::to_string(ready * 0.8 + 1) + ",1\n";
   }
   auto c = compare(demo, write(dir, "sim.csv", sim));
-  CHECK(c.demo_rows == 5);
+  CHECK(c.demo_rows == 6);
   CHECK(c.sim_rows == 4);
   CHECK(c.matched == 3);
   CHECK(c.transfer.error_p50 == doctest::Approx(0.1).epsilon(1e-4));
