@@ -35,7 +35,8 @@ constexpr const char* csv_header =
     "decode_ms,ttft_ms,transfer_total_ms,e2e_ms,bytes_moved,bytes_saved,"
     "ready_ms,trace_input_tokens";
 
-// One row. queue_ms: waiting at the router for a free `--inflight` slot;
+// One row. queue_ms: arrival time -> the router sends it (a full
+// `--inflight` window, or its timer firing late on a busy machine);
 // prefill_ms: the pattern fill and hashing at the producer plus the
 // verification at the consumer (the demo's stand-in for prefill compute).
 std::string csv_row(const demo_trace::request& q, const router_request& r,
