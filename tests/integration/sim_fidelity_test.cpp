@@ -114,8 +114,9 @@ TEST_CASE("a trace slice through the demo and the simulator, calibrated "
   REQUIRE(cal.status == 0);
   std::ifstream in(p("calibrated.yaml"));
   std::string calibrated{std::istreambuf_iterator<char>(in), {}};
-  for (auto key : {"nic_gbit_per_s:", "latency_us:", "message_us:", "hop_us:",
-                   "prefill_ms:"})
+  // (message_us only when bench net's sizes fit a rising line: noise on
+  // loopback may not; these always come.)
+  for (auto key : {"nic_gbit_per_s:", "latency_us:", "hop_us:", "prefill_ms:"})
     CHECK(calibrated.find(key) != std::string::npos);
   write_topology(dir.path / "topology.yaml", calibrated);
 
