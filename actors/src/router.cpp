@@ -17,8 +17,6 @@ namespace {
 
 using self_ptr = router_actor::stateful_pointer<router_state>;
 
-// Records a failed request (the run has failed: no new request starts),
-// naming the decode worker it was bound for: the producer may not know it.
 // Adds request `id`'s row to the per-request report (warm-up requests have
 // none): its route and times, and what the consumer reported (zeros when it
 // failed).
@@ -42,6 +40,8 @@ void add_row(self_ptr self, std::uint64_t id, const router_state::route& route,
   st.run->update([&](router_results& r) { r.requests.push_back(row); });
 }
 
+// Records a failed request (the run has failed: no new request starts),
+// naming the decode worker it was bound for: the producer may not know it.
 void record_failure(self_ptr self, std::uint64_t id,
                     const router_state::route& route, const caf::error& err,
                     const char* what = "request") {
@@ -154,22 +154,18 @@ void issue(self_ptr self) {
     send_prefill(self, producer, id, st.cfg.tokens[i], consumer)
         .then(
             [=](proto::ready_report& r) {
-              auto route = self->state.routes.find(id);
-              if (route == self->state.routes.end())
+              auto route = self->state.take(id);
+              if (!route)
                 return; // already failed (a worker of it went down)
-              auto done = route->second;
-              self->state.forget(id);
-              record_success(self, id, done, r);
+              record_success(self, id, *route, r);
               issue(self);
             },
             [=](caf::error& err) {
-              auto route = self->state.routes.find(id);
-              if (route == self->state.routes.end())
+              auto route = self->state.take(id);
+              if (!route)
                 return;
-              auto done = route->second;
-              self->state.forget(id);
               self->state.stopped = true;
-              record_failure(self, id, done, err);
+              record_failure(self, id, *route, err);
               issue(self);
             });
   }
@@ -229,11 +225,8 @@ void fail_routes(self_ptr self, Predicate hit, const caf::error& err) {
     if (hit(route))
       lost.push_back(id);
   std::sort(lost.begin(), lost.end());
-  for (auto id : lost) {
-    auto route = st.routes.at(id);
-    st.forget(id);
-    record_failure(self, id, route, err);
-  }
+  for (auto id : lost)
+    record_failure(self, id, *st.take(id), err);
   st.stopped = true;
   issue(self);
 }

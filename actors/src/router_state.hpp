@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include <caf/actor_clock.hpp>
@@ -38,6 +39,15 @@ struct router_state {
 
   /// Whether `id` was still in flight (not failed meanwhile); forgets it.
   bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
+  /// The route of `id` if it was still in flight; forgets it.
+  std::optional<route> take(std::uint64_t id) {
+    auto it = routes.find(id);
+    if (it == routes.end())
+      return std::nullopt;
+    auto r = it->second;
+    routes.erase(it);
+    return r;
+  }
 
   static inline const char* name = "kvferry.router";
 };
