@@ -17,10 +17,36 @@ namespace {
 
 using self_ptr = router_actor::stateful_pointer<router_state>;
 
+// Adds request `id`'s row to the per-request report (warm-up requests have
+// none): its route and times, and what the consumer reported (zeros when it
+// failed).
+void add_row(self_ptr self, std::uint64_t id, const router_state::route& route,
+             const proto::ready_report* report) {
+  const auto& st = self->state;
+  auto index = id - st.cfg.first_request_id;
+  if (index >= st.cfg.tokens.size())
+    return;
+  router_request row;
+  row.index = index;
+  row.producer = route.producer;
+  row.consumer = route.consumer;
+  if (index < st.cfg.arrivals.size())
+    row.due = st.cfg.arrivals[index];
+  row.sent = route.sent - st.start;
+  row.answered = self->clock().now() - st.start;
+  row.ok = report != nullptr;
+  if (report)
+    row.report = *report;
+  st.run->update([&](router_results& r) { r.requests.push_back(row); });
+}
+
 // Records a failed request (the run has failed: no new request starts),
 // naming the decode worker it was bound for: the producer may not know it.
-void record_failure(self_ptr self, std::uint64_t id, std::size_t consumer,
-                    const caf::error& err, const char* what = "request") {
+void record_failure(self_ptr self, std::uint64_t id,
+                    const router_state::route& route, const caf::error& err,
+                    const char* what = "request") {
+  add_row(self, id, route, nullptr);
+  auto consumer = route.consumer;
   const auto& name = self->state.cfg.consumers[consumer].name;
   // CAF's own word for a request whose receiver was already gone (the
   // producer, or the consumer it delegated to) names no party: say who.
@@ -39,10 +65,13 @@ void record_failure(self_ptr self, std::uint64_t id, std::size_t consumer,
   });
 }
 
-void record_success(self_ptr self, std::size_t consumer,
-                    caf::actor_clock::time_point t0,
+void record_success(self_ptr self, std::uint64_t id,
+                    const router_state::route& route,
                     const proto::ready_report& r) {
   using namespace std::chrono;
+  add_row(self, id, route, &r);
+  auto consumer = route.consumer;
+  auto t0 = route.sent;
   auto us = duration<double, std::micro>(self->clock().now() - t0).count();
   self->state.run->update([&](router_results& out) {
     ++out.done;
@@ -71,7 +100,8 @@ void record_success(self_ptr self, std::size_t consumer,
 auto send_prefill(self_ptr self, std::size_t producer, std::uint64_t id,
                   std::uint32_t tokens, std::size_t consumer) {
   const auto& cfg = self->state.cfg;
-  self->state.routes.emplace(id, router_state::route{producer, consumer});
+  self->state.routes.emplace(
+      id, router_state::route{producer, consumer, self->clock().now()});
   proto::prefill_request req;
   req.request_id = id;
   req.prompt_tokens = tokens;
@@ -96,29 +126,46 @@ void maybe_finish(self_ptr self) {
   }
 }
 
-// Starts requests while fewer than `inflight` are open.
+// Whether request `i` has arrived; if not, sets the timer (one at a time:
+// arrivals do not decrease, so the next request's time is the earliest).
+bool arrived(self_ptr self, std::size_t i) {
+  auto& st = self->state;
+  if (i >= st.cfg.arrivals.size())
+    return true;
+  auto wait = st.start + st.cfg.arrivals[i] - self->clock().now();
+  if (wait <= caf::timespan{0})
+    return true;
+  if (!st.timer_set) {
+    st.timer_set = true;
+    self->delayed_send(self, wait, proto::sweep_atom::value);
+  }
+  return false;
+}
+
+// Starts requests that have arrived while fewer than `inflight` are open.
 void issue(self_ptr self) {
   auto& st = self->state;
   while (!st.warming && !st.stopped && st.routes.size() < st.cfg.inflight &&
-         st.next < st.cfg.tokens.size()) {
+         st.next < st.cfg.tokens.size() && arrived(self, st.next)) {
     auto i = st.next++;
     auto id = st.cfg.first_request_id + i;
     auto consumer = i % st.cfg.consumers.size();
     auto producer = i % st.cfg.producers.size();
-    auto t0 = self->clock().now();
     send_prefill(self, producer, id, st.cfg.tokens[i], consumer)
         .then(
             [=](proto::ready_report& r) {
-              if (!self->state.forget(id))
+              auto route = self->state.take(id);
+              if (!route)
                 return; // already failed (a worker of it went down)
-              record_success(self, consumer, t0, r);
+              record_success(self, id, *route, r);
               issue(self);
             },
             [=](caf::error& err) {
-              if (!self->state.forget(id))
+              auto route = self->state.take(id);
+              if (!route)
                 return;
               self->state.stopped = true;
-              record_failure(self, id, consumer, err);
+              record_failure(self, id, *route, err);
               issue(self);
             });
   }
@@ -146,7 +193,8 @@ void warm_up(self_ptr self) {
           return; // already failed (a worker of it went down)
         if (err) {
           st.stopped = true;
-          record_failure(self, this_id, consumer, err, "warm-up request");
+          record_failure(self, this_id, {producer, consumer, {}}, err,
+                         "warm-up request");
         }
         if (!st.routes.empty())
           return;
@@ -156,6 +204,7 @@ void warm_up(self_ptr self) {
           if (st.cfg.on_warm_up)
             st.cfg.on_warm_up(st.cfg.producers.size() * st.cfg.consumers.size(),
                               now - st.warm_up_start);
+          st.start = now;
           st.run->update([&](router_results& r) { r.start = now; });
         }
         issue(self);
@@ -176,11 +225,8 @@ void fail_routes(self_ptr self, Predicate hit, const caf::error& err) {
     if (hit(route))
       lost.push_back(id);
   std::sort(lost.begin(), lost.end());
-  for (auto id : lost) {
-    auto consumer = st.routes.at(id).consumer;
-    st.forget(id);
-    record_failure(self, id, consumer, err);
-  }
+  for (auto id : lost)
+    record_failure(self, id, *st.take(id), err);
   st.stopped = true;
   issue(self);
 }
@@ -246,8 +292,8 @@ router_actor::behavior_type router(self_ptr self, router_config cfg,
   st.cfg.inflight = std::max<std::uint32_t>(1, st.cfg.inflight);
   st.run = std::move(run);
   watch_directory(self);
-  auto now = self->clock().now();
-  st.run->update([&](router_results& r) { r.start = now; });
+  st.start = self->clock().now();
+  st.run->update([&](router_results& r) { r.start = self->state.start; });
   if (st.cfg.producers.empty() || st.cfg.consumers.empty()) {
     st.run->update([](router_results& r) {
       r.stopped_because = "the router has no prefill or no decode worker";
@@ -260,6 +306,10 @@ router_actor::behavior_type router(self_ptr self, router_config cfg,
     issue(self);
   return {
       [](joined_atom, const worker_info&) {},
+      [self](proto::sweep_atom) {
+        self->state.timer_set = false;
+        issue(self);
+      },
       [self](left_atom, const std::string& name, const caf::error& why) {
         worker_left(self, name, "it left the directory: " + render(why));
       },

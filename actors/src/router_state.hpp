@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include <caf/actor_clock.hpp>
@@ -23,6 +24,7 @@ struct router_state {
   struct route {
     std::size_t producer;
     std::size_t consumer;
+    caf::actor_clock::time_point sent;
   };
   std::unordered_map<std::uint64_t, route> routes; // by request id
   /// After the first failure no new request starts: the run has failed.
@@ -30,9 +32,22 @@ struct router_state {
   /// The warm-up requests run; the measured ones wait for them.
   bool warming = false;
   caf::actor_clock::time_point warm_up_start;
+  /// When the measured requests began (arrival times count from here), and
+  /// whether a timer for the next arrival is set.
+  caf::actor_clock::time_point start;
+  bool timer_set = false;
 
   /// Whether `id` was still in flight (not failed meanwhile); forgets it.
   bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
+  /// The route of `id` if it was still in flight; forgets it.
+  std::optional<route> take(std::uint64_t id) {
+    auto it = routes.find(id);
+    if (it == routes.end())
+      return std::nullopt;
+    auto r = it->second;
+    routes.erase(it);
+    return r;
+  }
 
   static inline const char* name = "kvferry.router";
 };

@@ -18,5 +18,7 @@ void add_worker(CLI::App& root, int& exit_code);
 void add_launch(CLI::App& root, int& exit_code); // also adds `status`
 void add_pki(CLI::App& root, int& exit_code);
 void add_sim(CLI::App& root, int& exit_code);
+// `sim calibrate` and `sim compare` (sim_fidelity.cpp), under `sim`.
+void add_sim_fidelity(CLI::App& sim, int& exit_code);
 
 } // namespace kvferry::app

@@ -5,7 +5,8 @@
 // workers on different GPUs of this host; two workers on one GPU run under a
 // private MPS daemon, --mps) — or attaches to a running
 // deployment with --directory — and acts as the router: a seeded stream of
-// requests with random prompt lengths, each one's KV blocks filled with a
+// requests with random prompt lengths (or a trace's requests at their times,
+// --trace: demo_trace.hpp), each one's KV blocks filled with a
 // deterministic pattern by the producer, moved by the transfer actors and
 // verified byte for byte (xxhash) by the consumer. Prints progress, then a
 // table. Exits non-zero, naming what failed, on any mismatch or failure.
@@ -28,6 +29,7 @@
 
 #include "commands.hpp"
 #include "demo_local.hpp"
+#include "demo_trace.hpp"
 #include "geometry_flags.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/connect_peers.hpp"
@@ -157,12 +159,15 @@ std::uint64_t request_id_base_for(const std::optional<std::uint64_t>& forced) {
   return r % request_id_base_limit;
 }
 
-// The run's requests (seeded prompt lengths) and how the router sends them.
-void plan_requests(const demo_command& cmd, router_config& plan) {
+// The run's requests (a trace's, or seeded prompt lengths) and how the
+// router sends them.
+void plan_requests(const demo_command& cmd, const demo_trace& trace,
+                   router_config& plan) {
   std::mt19937_64 rng{cmd.seed};
   std::uniform_int_distribution<std::uint32_t> length{cmd.min_tokens,
                                                       cmd.max_tokens};
-  for (std::uint64_t i = 0; i < cmd.requests; ++i)
+  plan_trace_requests(trace, plan);
+  for (std::uint64_t i = 0; i < cmd.requests && cmd.trace.file.empty(); ++i)
     plan.tokens.push_back(length(rng));
   plan.layerwise = cmd.layerwise;
   plan.pull = cmd.pull;
@@ -270,6 +275,12 @@ int run_demo(demo_command& cmd) {
     std::cerr << "kvferry demo: " << bad << "\n";
     return 2;
   }
+  demo_trace trace; // --trace: its requests set the token range
+  if (auto bad = cmd.trace.file.empty() ? "" : load_demo_trace(cmd, trace);
+      !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
+    return 2;
+  }
   if (cmd.min_tokens == 0 || cmd.min_tokens > cmd.max_tokens) {
     std::cerr << "kvferry demo: need 0 < --min-tokens <= --max-tokens\n";
     return 2;
@@ -369,7 +380,7 @@ int run_demo(demo_command& cmd) {
   plan.directory_name = directory;
   // Straight to the workers, not through the directory's node.
   connect_members(sys, *dir, std::nullopt, seconds(5));
-  plan_requests(cmd, plan);
+  plan_requests(cmd, trace, plan);
   fmt::print(stderr,
              "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
              "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
@@ -388,6 +399,10 @@ int run_demo(demo_command& cmd) {
   // After a failed run a worker may be gone: no baseline then.
   auto caf_rtt_us = r.failed == 0 ? caf_round_trip_us(sys, plan) : 0.0;
   print_table(cmd, memory, r, caf_rtt_us);
+  if (auto bad = write_demo_trace(cmd, trace, plan, r); !bad.empty()) {
+    std::cerr << "kvferry demo: FAILED: " << bad << "\n";
+    return 1;
+  }
   if (!r.stopped_because.empty())
     std::cerr << "kvferry demo: FAILED: " << r.stopped_because << "\n";
   if (r.failed > 0) {
@@ -469,6 +484,7 @@ void add_demo(CLI::App& root, int& exit_code) {
                   "give up (and fail) after this long")
       ->capture_default_str();
   sub->add_flag("--quiet", cmd->quiet, "no progress lines");
+  add_demo_trace_options(*sub, cmd->trace);
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "child_process.hpp"
+#include "demo_trace.hpp"
 #include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "mps_daemon.hpp"
@@ -42,6 +43,7 @@ struct demo_command {
   std::uint32_t deadline_s = 600; // the whole run
   bool quiet = false;
   bool warm_up = true;
+  demo_trace_options trace; // --trace: replay a request trace
   runtime::runtime_options runtime;
 };
 

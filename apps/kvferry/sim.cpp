@@ -111,13 +111,13 @@ void add_sim(CLI::App& root, int& exit_code) {
   auto* sub = root.add_subcommand(
       "sim", "Replay a request trace against a topology in virtual time "
              "(docs/sim.md)");
-  sub->add_option("--trace", cmd->trace,
-                  "Mooncake JSONL or Azure CSV trace (format detected)")
-      ->required();
-  sub->add_option("--topology", cmd->topology,
-                  "topology YAML, with an optional sim: section "
-                  "(docs/topology.md, docs/sim.md)")
-      ->required();
+  // Required unless a subcommand (calibrate, compare) runs: checked below.
+  auto* trace =
+      sub->add_option("--trace", cmd->trace,
+                      "Mooncake JSONL or Azure CSV trace (format detected)");
+  auto* topology = sub->add_option("--topology", cmd->topology,
+                                   "topology YAML, with an optional sim: "
+                                   "section (docs/topology.md, docs/sim.md)");
   sub->add_option("--out", cmd->out_dir,
                   "write requests.csv, summary.json, summary.txt and the plots "
                   "(PNG, with gnuplot) here");
@@ -135,7 +135,15 @@ void add_sim(CLI::App& root, int& exit_code) {
                       sim::sweep_keys + " (repeatable)");
   sub->add_flag("--progress", cmd->progress,
                 "progress line on stderr even when it is not a terminal");
-  sub->callback([cmd, &exit_code] { exit_code = run_sim(*cmd); });
+  add_sim_fidelity(*sub, exit_code);
+  sub->callback([cmd, sub, trace, topology, &exit_code] {
+    if (!sub->get_subcommands().empty())
+      return; // calibrate or compare ran
+    for (auto* option : {trace, topology})
+      if (option->count() == 0)
+        throw CLI::RequiredError(option->get_name());
+    exit_code = run_sim(*cmd);
+  });
 }
 
 } // namespace kvferry::app

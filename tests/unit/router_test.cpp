@@ -186,6 +186,67 @@ TEST_CASE_FIXTURE(fixture, "latency is measured on the actor clock "
   CHECK(data_rate_gbps(r) == doctest::Approx(1.0)); // 1000 B in 1000 ns
 }
 
+TEST_CASE_FIXTURE(fixture, "with arrival times a request starts at its "
+                           "time, not before, and each gets its own row") {
+  cfg.inflight = 3;
+  cfg.first_request_id = 100;
+  cfg.arrivals = {0ms, 100ms, 100ms, 300ms};
+  start({8, 16, 24, 32});
+  CHECK(workers->held.size() == 1); // only the first has arrived
+  advance_time(99ms);
+  CHECK(workers->held.size() == 1);
+  advance_time(1ms);
+  REQUIRE(workers->held.size() == 3); // both due at 100 ms
+  advance_time(50ms);
+  workers->answer(1); // request 101 done at 150 ms
+  run();
+  CHECK(workers->held.size() == 3); // the fourth is not due before 300 ms
+  workers->answer(0);
+  workers->answer(2);
+  run();
+  advance_time(150ms);
+  REQUIRE(workers->held.size() == 4);
+  advance_time(20ms);
+  workers->answer(3, make_error(ec::mismatch, "block 0 differs"));
+  run();
+  REQUIRE(result->finished());
+  auto r = results();
+  REQUIRE(r.requests.size() == 4);
+  auto& first = r.requests[0]; // answered first: request 101
+  CHECK(first.index == 1);
+  CHECK(first.ok);
+  CHECK(first.due == 100ms);
+  CHECK(first.sent == 100ms);
+  CHECK(first.answered == 150ms);
+  CHECK(first.report.bytes == workers->bytes_per_request);
+  auto& last = r.requests[3];
+  CHECK(last.index == 3);
+  CHECK_FALSE(last.ok);
+  CHECK(last.due == 300ms);
+  CHECK(last.sent == 300ms);
+  CHECK(last.answered == 320ms);
+  CHECK(last.producer == 0);
+  CHECK(last.consumer == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "a request due while `inflight` are open waits "
+                           "for a free slot") {
+  cfg.inflight = 1;
+  cfg.arrivals = {0ms, 10ms};
+  start({8, 8});
+  advance_time(50ms);
+  CHECK(workers->held.size() == 1);
+  workers->answer(0);
+  run();
+  REQUIRE(workers->held.size() == 2);
+  workers->answer(1);
+  run();
+  auto r = results();
+  REQUIRE(r.requests.size() == 2);
+  CHECK(r.requests[1].due == 10ms);
+  CHECK(r.requests[1].sent == 50ms);
+}
+
 TEST_CASE_FIXTURE(fixture, "a failed request names its id and decode worker; "
                            "no new request starts, the open ones drain") {
   cfg.inflight = 2;

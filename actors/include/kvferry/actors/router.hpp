@@ -3,8 +3,9 @@
 //
 // Given the requests (prompt tokens each), the producers and the consumers,
 // it sends request i to producer i % P bound for consumer i % C, keeps at
-// most `inflight` requests open, and records each one's latency, bytes and
-// data window. It watches the directory: a worker that leaves fails the
+// most `inflight` requests open (and, with arrival times, starts none before
+// its time: a trace replay), and records each one's latency, bytes and data
+// window. It watches the directory: a worker that leaves fails the
 // requests that go through it at once, naming the worker; a directory that
 // dies stops the run (nobody could tell of a worker's death any more). After
 // the first failure no new request starts and the run only drains.
@@ -32,8 +33,10 @@
 namespace kvferry {
 
 /// The router's interface: a directory watcher (it learns of workers that
-/// leave from the directory, which sees a process die first).
-using router_actor = directory_watcher_actor;
+/// leave from the directory, which sees a process die first), and its own
+/// timer (internal: the next request's arrival time has come).
+using router_actor =
+    directory_watcher_actor::extend<caf::reacts_to<proto::sweep_atom>>;
 
 /// A named worker the router sends to.
 template<class Handle>
@@ -45,6 +48,11 @@ struct router_worker {
 struct router_config {
   /// One entry per request: its prompt length in tokens.
   std::vector<std::uint32_t> tokens;
+  /// Empty, or one entry per request (non-decreasing): when request i
+  /// arrives, after the measured run's start. It is sent then, or once
+  /// fewer than `inflight` are open if that is later (`kvferry demo
+  /// --trace`). Empty: every request is due at once.
+  std::vector<caf::timespan> arrivals;
   /// The id of the first request; request i gets first_request_id + i, the
   /// warm-up requests the ids after the last one.
   std::uint64_t first_request_id = 1;
@@ -69,6 +77,18 @@ struct router_config {
   std::function<void(std::size_t, caf::timespan)> on_warm_up;
 };
 
+/// One measured request that was answered (or failed), for a per-request
+/// report. Times are since the measured run's start (router_results::start).
+struct router_request {
+  std::size_t index = 0; // into router_config::tokens
+  std::size_t producer = 0, consumer = 0;
+  caf::timespan due{};      // its arrival (0 without arrivals)
+  caf::timespan sent{};     // the router sent it to the producer
+  caf::timespan answered{}; // the answer (or failure) came
+  bool ok = false;
+  proto::ready_report report; // zeros when it failed
+};
+
 /// What a run produced so far.
 struct router_results {
   std::uint64_t done = 0;   // answered, failed ones included
@@ -91,6 +111,8 @@ struct router_results {
   std::uint64_t gpu_copy_bytes = 0;
   std::vector<double> gpu_queued_us;
   std::vector<double> after_kernel_us;
+  /// The measured requests, in the order they were answered.
+  std::vector<router_request> requests;
   /// "request 7 (to decode worker 'decode-0'): kvferry.mismatch: ...", in
   /// the order the failures came.
   std::vector<std::string> errors;

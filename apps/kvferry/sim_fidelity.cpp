@@ -1,0 +1,109 @@
+// `kvferry sim calibrate` and `kvferry sim compare`: flags in, the
+// simulator's fidelity library (sim/include/kvferry/sim/calibrate.hpp)
+// called, the result out. What they fit and compare: docs/sim.md,
+// "Calibration" and "Fidelity".
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "commands.hpp"
+#include "kvferry/runtime/topology.hpp"
+#include "kvferry/sim/calibrate.hpp"
+
+namespace kvferry::app {
+
+namespace {
+
+struct calibrate_command {
+  sim::calibration_inputs in;
+  std::string out;
+};
+
+struct compare_command {
+  std::string demo, sim, topology, json;
+};
+
+int write_or_print(const std::string& path, const std::string& text) {
+  if (path.empty()) {
+    std::cout << text;
+    return 0;
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out.flush()) {
+    std::cerr << "error: cannot write " << path << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+int run_calibrate(const calibrate_command& cmd) {
+  if (cmd.in.bench_net_json.empty() && cmd.in.bench_ipc_json.empty() &&
+      cmd.in.demo_csv.empty()) {
+    std::cerr << "error: give at least one of --bench-net, --bench-ipc, "
+                 "--demo-csv\n";
+    return 2;
+  }
+  try {
+    auto yaml = sim::to_yaml(sim::calibrate(cmd.in));
+    if (!cmd.out.empty())
+      std::cout << yaml;
+    return write_or_print(cmd.out, yaml);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int run_compare(const compare_command& cmd) {
+  double hop_ms = 0;
+  if (!cmd.topology.empty()) {
+    topology::load_options load;
+    load.allow_missing_plugins = true;
+    auto loaded = topology::load_file(cmd.topology, load);
+    if (!loaded.ok()) {
+      std::cerr << loaded.report();
+      return 1;
+    }
+    hop_ms = loaded.topology->sim.hop_us / 1e3;
+  }
+  try {
+    auto c = sim::compare(cmd.demo, cmd.sim, hop_ms);
+    std::cout << sim::format_comparison(c);
+    return cmd.json.empty() ? 0 : write_or_print(cmd.json, sim::to_json(c));
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+} // namespace
+
+void add_sim_fidelity(CLI::App& sim_command, int& exit_code) {
+  auto cal = std::make_shared<calibrate_command>();
+  auto* c = sim_command.add_subcommand(
+      "calibrate", "Fit the simulator's link and control costs to "
+                   "measurements; prints a sim: YAML fragment (docs/sim.md)");
+  c->add_option("--bench-net", cal->in.bench_net_json,
+                "`kvferry bench net --json` output");
+  c->add_option("--bench-ipc", cal->in.bench_ipc_json,
+                "`kvferry bench ipc --json` output");
+  c->add_option("--demo-csv", cal->in.demo_csv,
+                "requests.csv of `kvferry demo --trace FILE --out DIR`");
+  c->add_option("--out", cal->out, "also write the fragment to this file");
+  c->callback([cal, &exit_code] { exit_code = run_calibrate(*cal); });
+
+  auto cmp = std::make_shared<compare_command>();
+  auto* p = sim_command.add_subcommand(
+      "compare", "Compare a demo run with a simulation of the same requests, "
+                 "request by request (docs/sim.md)");
+  p->add_option("--demo", cmp->demo, "the demo's requests.csv")->required();
+  p->add_option("--sim", cmp->sim, "the simulator's requests.csv")->required();
+  p->add_option("--topology", cmp->topology,
+                "the simulated topology: its hop_us is added to each "
+                "simulated latency for the answer's hop to the router");
+  p->add_option("--json", cmp->json, "also write the figures as JSON here");
+  p->callback([cmp, &exit_code] { exit_code = run_compare(*cmp); });
+}
+
+} // namespace kvferry::app

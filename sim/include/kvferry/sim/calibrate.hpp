@@ -1,0 +1,72 @@
+// `kvferry sim calibrate` and `kvferry sim compare` (docs/sim.md,
+// "Fidelity"): fitting the simulator's link and control costs to this
+// machine's measurements, and comparing a simulated run with a real one
+// request by request.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvferry/runtime/topology.hpp"
+
+namespace kvferry::sim {
+
+/// The measurements `calibrate` reads; any may be empty (not given).
+struct calibration_inputs {
+  std::string bench_net_json; // `kvferry bench net --json FILE`
+  std::string bench_ipc_json; // `kvferry bench ipc --json FILE`
+  std::string demo_csv;       // `kvferry demo --trace ... --out DIR`'s
+                              // requests.csv
+};
+
+/// The fitted `sim:` keys; a key without a value was not fitted (its input
+/// was not given). `notes` says where each value came from, one line each.
+struct calibration {
+  std::optional<double> latency_us, message_us, block_us, nic_gbit_per_s,
+      ipc_gbyte_per_s, hop_us;
+  std::vector<topology::sim_point> prefill_ms; // empty: not fitted
+  std::vector<std::string> notes;
+};
+
+/// Fits what the inputs allow. Throws std::runtime_error naming the file
+/// (and line, for the CSV) that cannot be read or holds too little to fit.
+calibration calibrate(const calibration_inputs& inputs);
+
+/// A `sim:` YAML fragment: each fitted key with its source as a comment.
+std::string to_yaml(const calibration& c);
+
+/// One figure of a comparison: the measured and predicted distributions'
+/// p50 and p99 and their relative errors ((predicted - measured) /
+/// measured), and the p50 / p99 of the per-request absolute relative
+/// errors.
+struct fidelity_figure {
+  std::size_t requests = 0;
+  double measured_p50 = 0, predicted_p50 = 0, error_p50 = 0;
+  double measured_p99 = 0, predicted_p99 = 0, error_p99 = 0;
+  double per_request_p50 = 0, per_request_p99 = 0;
+};
+
+struct comparison {
+  std::string demo_csv, sim_csv;
+  std::size_t demo_rows = 0, sim_rows = 0, matched = 0;
+  double reply_hop_ms = 0;  // added to each simulated latency
+  fidelity_figure transfer; // transfer_total_ms on both sides
+  fidelity_figure latency;  // demo ready_ms vs simulated ttft_ms - decode_ms
+};
+
+/// Joins the demo's and the simulator's requests.csv by `index` (requests
+/// that completed on both sides) and compares them. The simulated latency
+/// ends when the KV is complete at the decode worker; the demo's when the
+/// router holds the answer: `reply_hop_ms` (the topology's hop_us) is added
+/// to the simulated one for that last message. Throws
+/// std::runtime_error naming the file and line of a bad row, or when no
+/// request is in both.
+comparison compare(const std::string& demo_csv, const std::string& sim_csv,
+                   double reply_hop_ms = 0);
+
+std::string format_comparison(const comparison& c);
+std::string to_json(const comparison& c);
+
+} // namespace kvferry::sim

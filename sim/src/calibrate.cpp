@@ -1,0 +1,308 @@
+// `kvferry sim calibrate` (calibrate.hpp; docs/sim.md, "Calibration"): the
+// simulator's link and control costs fitted to this machine's measurements.
+//
+// Three sources, each optional, later ones refining earlier ones:
+// - `bench net --json`: the plugin alone. Latency is half the 8-byte round
+//   trip; the per-message cost and the rate are the intercept and slope of a
+//   least-squares line through the time per message (size / throughput) at
+//   each size.
+// - `bench ipc --json`: CUDA IPC. The rate is kvferry's copy kernel at the
+//   largest block size; the per-block cost is the host time to build and
+//   upload a copy plan, per block (median over the block sizes).
+// - a demo run's requests.csv (`kvferry demo --trace --out`): the real actors
+//   end to end. The transfer time against the bytes (a robust line, per
+//   path) gives the rate and fixed cost a transfer really sees, which the
+//   simulator's flows should reproduce; what is left of each request's
+//   latency after its compute and transfer is control (the router's own
+//   wait to send included), from which hop_us is fitted (effective_hop). The
+//   compute time (pattern fill, hashing, verification) against the prompt gives
+//   a prefill table for that demo — not a model's prefill.
+#include "kvferry/sim/calibrate.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "csv_table.hpp"
+
+namespace kvferry::sim {
+
+namespace {
+
+using json = nlohmann::json;
+
+// y = intercept + slope * x by least squares; needs two distinct x.
+struct line_fit {
+  double intercept = 0, slope = 0;
+  bool ok = false;
+};
+
+line_fit fit_line(const std::vector<double>& x, const std::vector<double>& y) {
+  line_fit f;
+  auto n = static_cast<double>(x.size());
+  if (x.size() < 2)
+    return f;
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    sx += x[i];
+    sy += y[i];
+    sxx += x[i] * x[i];
+    sxy += x[i] * y[i];
+  }
+  double d = n * sxx - sx * sx;
+  if (!(std::abs(d) > 1e-12 * n * sxx))
+    return f; // all x equal
+  f.slope = (n * sxy - sx * sy) / d;
+  f.intercept = (sy - f.slope * sx) / n;
+  f.ok = true;
+  return f;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  auto n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// The same line, fitted robustly (Theil-Sen: the median of the slopes
+// between all pairs of points with distinct x, then the median intercept):
+// a demo on a loaded machine has a few requests many times slower than the
+// rest, which would drag a least-squares line. O(n^2): demo runs are small.
+line_fit fit_line_robust(const std::vector<double>& x,
+                         const std::vector<double>& y) {
+  line_fit f;
+  std::vector<double> slopes;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    for (std::size_t j = i + 1; j < x.size(); ++j)
+      if (x[i] != x[j])
+        slopes.push_back((y[j] - y[i]) / (x[j] - x[i]));
+  if (slopes.empty())
+    return f;
+  f.slope = median(std::move(slopes));
+  std::vector<double> intercepts;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    intercepts.push_back(y[i] - f.slope * x[i]);
+  f.intercept = median(std::move(intercepts));
+  f.ok = true;
+  return f;
+}
+
+// The hop that makes the simulator's control path add up to a request's
+// measured control time C: the simulator charges a hop to the producer,
+// sends allocate as prefill (P) starts and waits for the grant (two hops)
+// if prefill is shorter, and `sim compare` adds the answer's hop to the
+// router: 2h + max(P, 2h) - P = C, so h = C / 2 when P >= C, else
+// (C + P) / 4. (The demo's requests use credit, which has no grant round
+// trip; the simulator models the negotiated path, so this is an effective
+// hop for it, not CAF's round trip halved.)
+double effective_hop(double control, double prefill) {
+  return prefill >= control ? control / 2 : (control + prefill) / 4;
+}
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  if (!in)
+    throw std::runtime_error(path + ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(path + ": not JSON: " + e.what());
+  }
+}
+
+// A value at a JSON path, or an error naming the file and the key.
+double number_at(const json& doc, const std::string& path,
+                 std::initializer_list<const char*> keys) {
+  const json* node = &doc;
+  std::string where;
+  for (auto key : keys) {
+    where += where.empty() ? key : std::string{"."} + key;
+    if (!node->is_object() || !node->contains(key))
+      throw std::runtime_error(path + ": no '" + where + "'");
+    node = &(*node)[key];
+  }
+  if (!node->is_number())
+    throw std::runtime_error(path + ": '" + where + "' is not a number");
+  return node->get<double>();
+}
+
+void from_bench_net(const std::string& path, calibration& c) {
+  auto doc = read_json(path);
+  // GPU memory when it was measured: what a deployment's KV crosses.
+  std::string memory = "host";
+  for (const auto& m : doc.value("memories", json::array()))
+    if (m == "cuda")
+      memory = "cuda";
+  c.latency_us = number_at(doc, path, {"rtt_8b", "plugin_p50_us"}) / 2;
+  c.notes.push_back(fmt::format("latency_us: half the 8-byte round trip "
+                                "(bench net, {})",
+                                path));
+  std::vector<double> size, us;
+  for (const auto& row : doc.value("sizes", json::array())) {
+    auto bytes = number_at(row, path, {"size"});
+    auto gbps = number_at(row, path, {memory.c_str(), "gbps"});
+    if (gbps > 0) {
+      size.push_back(bytes);
+      us.push_back(bytes / (gbps * 1e3)); // GB/s = 1e3 bytes per us
+    }
+  }
+  if (size.empty())
+    throw std::runtime_error(path + ": no size with a positive rate");
+  auto f = fit_line(size, us);
+  if (f.ok && f.slope > 0) {
+    c.message_us = std::max(0.0, f.intercept);
+    c.nic_gbit_per_s = 8 / (f.slope * 1e3);
+    c.notes.push_back(fmt::format(
+        "message_us, nic_gbit_per_s: least-squares time per message against "
+        "its size over {} sizes, {} memory (bench net, {})",
+        size.size(), memory, path));
+  } else {
+    c.nic_gbit_per_s = 8 * size.back() / (us.back() * 1e3);
+    c.notes.push_back(fmt::format("nic_gbit_per_s: the rate at {} bytes, {} "
+                                  "memory (bench net, {}; one size: no "
+                                  "per-message cost fitted)",
+                                  size.back(), memory, path));
+  }
+}
+
+void from_bench_ipc(const std::string& path, calibration& c) {
+  auto doc = read_json(path);
+  double largest = -1;
+  std::vector<double> per_block_us;
+  for (const auto& row : doc.value("sizes", json::array())) {
+    auto block = number_at(row, path, {"block_bytes"});
+    auto blocks = number_at(row, path, {"blocks"});
+    if (block > largest) {
+      largest = block;
+      c.ipc_gbyte_per_s = number_at(row, path, {"kvferry", "gbps"});
+    }
+    if (blocks > 0)
+      per_block_us.push_back(
+          number_at(row, path, {"kvferry_with_plan", "prepare_host_seconds"}) *
+          1e6 / blocks);
+  }
+  if (largest < 0)
+    throw std::runtime_error(path + ": no 'sizes' rows");
+  c.block_us = median(per_block_us);
+  c.notes.push_back(fmt::format(
+      "ipc_gbyte_per_s: kvferry's copy kernel at {}-byte blocks; block_us: "
+      "median plan build + upload time per block (bench ipc, {})",
+      largest, path));
+}
+
+// The demo's requests, by path: bytes and transfer time; and the rest.
+void from_demo(const std::string& path, calibration& c) {
+  detail::csv_table t(path);
+  auto status = t.column("status"), kind = t.column("path"),
+       bytes = t.column("bytes_moved"),
+       transfer = t.column("transfer_total_ms"), ready = t.column("ready_ms"),
+       compute = t.column("prefill_ms"), tokens = t.column("input_tokens");
+  std::vector<double> net_bytes, net_us, ipc_bytes, ipc_us, control_us, prompt,
+      compute_ms;
+  for (std::size_t row = 0; row < t.size(); ++row) {
+    if (t.text(row, status) != "ok")
+      continue;
+    bool ipc = t.text(row, kind) == "ipc";
+    (ipc ? ipc_bytes : net_bytes).push_back(t.number(row, bytes));
+    (ipc ? ipc_us : net_us).push_back(t.number(row, transfer) * 1e3);
+    // The router's wait before sending counts as control: the simulator's
+    // router has no timer lag (nor, at a light load, a full window).
+    auto control =
+        t.number(row, ready) - t.number(row, compute) - t.number(row, transfer);
+    control_us.push_back(
+        effective_hop(std::max(0.0, control), t.number(row, compute)) * 1e3);
+    prompt.push_back(t.number(row, tokens));
+    compute_ms.push_back(t.number(row, compute));
+  }
+  if (control_us.size() < 2)
+    throw std::runtime_error(path + ": fewer than two completed requests");
+  auto n = control_us.size();
+  c.hop_us = median(control_us);
+  c.notes.push_back(fmt::format(
+      "hop_us: the median effective hop that makes the simulator's control "
+      "path match each request's control time (latency less compute and "
+      "transfer) of {} requests (demo, {})",
+      n, path));
+  auto net = fit_line_robust(net_bytes, net_us);
+  if (net.ok && net.slope > 0) {
+    // A one-chunk transfer pays the latency and one message before its bytes.
+    c.latency_us = std::max(
+        0.0,
+        net.intercept - c.message_us.value_or(topology::sim_spec{}.message_us));
+    c.nic_gbit_per_s = 8 / (net.slope * 1e3);
+    c.notes.push_back(fmt::format(
+        "latency_us, nic_gbit_per_s (overriding bench net): transfer time "
+        "against bytes, robust fit, of {} requests over the network (demo, "
+        "{})",
+        net_bytes.size(), path));
+  }
+  auto ipc = fit_line_robust(ipc_bytes, ipc_us);
+  if (ipc.ok && ipc.slope > 0) {
+    c.ipc_gbyte_per_s = 1 / (ipc.slope * 1e3);
+    c.notes.push_back(fmt::format(
+        "ipc_gbyte_per_s (overriding bench ipc): transfer time against bytes, "
+        "robust fit, of {} requests over CUDA IPC (demo, {})",
+        ipc_bytes.size(), path));
+  }
+  auto prefill = fit_line_robust(prompt, compute_ms);
+  auto low = *std::min_element(prompt.begin(), prompt.end());
+  auto high = *std::max_element(prompt.begin(), prompt.end());
+  if (prefill.ok) {
+    auto at = [&](double x) {
+      return std::max(0.0, prefill.intercept + prefill.slope * x);
+    };
+    c.prefill_ms = {{low, at(low)}, {high, at(high)}};
+  } else {
+    c.prefill_ms = {{low, median(compute_ms)}}; // one size: proportional
+  }
+  c.notes.push_back(fmt::format(
+      "prefill_ms: the demo's compute (pattern fill, hashing, verification) "
+      "against prompt tokens, robust fit, of {} requests: a stand-in for the "
+      "demo, not a "
+      "model's prefill (demo, {})",
+      n, path));
+}
+
+} // namespace
+
+calibration calibrate(const calibration_inputs& in) {
+  calibration c;
+  if (!in.bench_net_json.empty())
+    from_bench_net(in.bench_net_json, c);
+  if (!in.bench_ipc_json.empty())
+    from_bench_ipc(in.bench_ipc_json, c);
+  if (!in.demo_csv.empty())
+    from_demo(in.demo_csv, c);
+  return c;
+}
+
+std::string to_yaml(const calibration& c) {
+  std::string out = "# kvferry sim calibrate (docs/sim.md, \"Calibration\"):\n";
+  for (const auto& note : c.notes)
+    out += "#   " + note + "\n";
+  out += "sim:\n";
+  auto key = [&](const char* name, const std::optional<double>& v) {
+    if (v)
+      out += fmt::format("  {}: {:.6g}\n", name, *v);
+  };
+  key("nic_gbit_per_s", c.nic_gbit_per_s);
+  key("latency_us", c.latency_us);
+  key("message_us", c.message_us);
+  key("block_us", c.block_us);
+  key("ipc_gbyte_per_s", c.ipc_gbyte_per_s);
+  key("hop_us", c.hop_us);
+  if (!c.prefill_ms.empty()) {
+    out += "  prefill_ms: [";
+    for (std::size_t i = 0; i < c.prefill_ms.size(); ++i)
+      out += fmt::format("{}[{:.6g}, {:.6g}]", i ? ", " : "", c.prefill_ms[i].x,
+                         c.prefill_ms[i].ms);
+    out += "]\n";
+  }
+  return out;
+}
+
+} // namespace kvferry::sim

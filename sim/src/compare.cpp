@@ -1,0 +1,156 @@
+// `kvferry sim compare` (calibrate.hpp; docs/sim.md, "Fidelity"): a demo
+// run and a simulation of the same requests, joined by trace index.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "csv_table.hpp"
+#include "kvferry/sim/calibrate.hpp"
+
+namespace kvferry::sim {
+
+namespace {
+
+// One side's figures for one request, ms.
+struct times {
+  double transfer = 0, latency = 0;
+};
+
+// The completed requests of a requests.csv by index; `latency` reads the
+// latency column(s) of that side.
+template<class Latency>
+std::map<std::uint64_t, times> completed(const detail::csv_table& t,
+                                         const char* ok, Latency latency) {
+  auto index = t.column("index"), status = t.column("status"),
+       transfer = t.column("transfer_total_ms");
+  std::map<std::uint64_t, times> out;
+  for (std::size_t row = 0; row < t.size(); ++row)
+    if (t.text(row, status) == ok)
+      out[static_cast<std::uint64_t>(t.number(row, index))] = {
+          t.number(row, transfer), latency(row)};
+  return out;
+}
+
+// Nearest-rank quantile of sorted values.
+double quantile(const std::vector<double>& sorted, double p) {
+  if (sorted.empty())
+    return 0;
+  auto rank = static_cast<std::size_t>(std::ceil(p * double(sorted.size())));
+  return sorted[std::min(sorted.size(), std::max<std::size_t>(rank, 1)) - 1];
+}
+
+double relative(double predicted, double measured) {
+  return measured > 0 ? (predicted - measured) / measured : 0;
+}
+
+fidelity_figure figure(std::vector<double> measured,
+                       std::vector<double> predicted) {
+  fidelity_figure f;
+  f.requests = measured.size();
+  std::vector<double> errors;
+  for (std::size_t i = 0; i < measured.size(); ++i)
+    if (measured[i] > 0)
+      errors.push_back(std::abs(relative(predicted[i], measured[i])));
+  std::sort(measured.begin(), measured.end());
+  std::sort(predicted.begin(), predicted.end());
+  std::sort(errors.begin(), errors.end());
+  f.measured_p50 = quantile(measured, 0.5);
+  f.predicted_p50 = quantile(predicted, 0.5);
+  f.error_p50 = relative(f.predicted_p50, f.measured_p50);
+  f.measured_p99 = quantile(measured, 0.99);
+  f.predicted_p99 = quantile(predicted, 0.99);
+  f.error_p99 = relative(f.predicted_p99, f.measured_p99);
+  f.per_request_p50 = quantile(errors, 0.5);
+  f.per_request_p99 = quantile(errors, 0.99);
+  return f;
+}
+
+} // namespace
+
+comparison compare(const std::string& demo_csv, const std::string& sim_csv,
+                   double reply_hop_ms) {
+  detail::csv_table demo(demo_csv), sim(sim_csv);
+  comparison c;
+  c.demo_csv = demo_csv;
+  c.sim_csv = sim_csv;
+  c.demo_rows = demo.size();
+  c.sim_rows = sim.size();
+  auto ready = demo.column("ready_ms");
+  auto measured = completed(
+      demo, "ok", [&](std::size_t r) { return demo.number(r, ready); });
+  // Arrival -> KV complete at the decode worker: TTFT less its first step,
+  // plus the answer's hop to the router, which the demo's figure includes.
+  auto ttft = sim.column("ttft_ms"), step = sim.column("decode_ms");
+  auto predicted = completed(sim, "ok", [&](std::size_t r) {
+    return sim.number(r, ttft) - sim.number(r, step) + reply_hop_ms;
+  });
+  std::vector<double> mt, pt, ml, pl;
+  for (const auto& [index, m] : measured) {
+    auto p = predicted.find(index);
+    if (p == predicted.end())
+      continue;
+    mt.push_back(m.transfer);
+    pt.push_back(p->second.transfer);
+    ml.push_back(m.latency);
+    pl.push_back(p->second.latency);
+  }
+  c.matched = mt.size();
+  c.reply_hop_ms = reply_hop_ms;
+  if (c.matched == 0)
+    throw std::runtime_error(fmt::format(
+        "no request completed in both {} ({} rows) and {} ({} rows): not "
+        "the same trace?",
+        demo_csv, c.demo_rows, sim_csv, c.sim_rows));
+  c.transfer = figure(mt, pt);
+  c.latency = figure(ml, pl);
+  return c;
+}
+
+std::string format_comparison(const comparison& c) {
+  auto out = fmt::format(
+      "demo      {} ({} rows)\nsimulated {} ({} rows)\ncompared  {} requests "
+      "completed in both\n\n"
+      "{:<24}{:>12}{:>12}{:>9}{:>12}{:>12}{:>9}{:>22}\n",
+      c.demo_csv, c.demo_rows, c.sim_csv, c.sim_rows, c.matched, "", "demo p50",
+      "sim p50", "error", "demo p99", "sim p99", "error",
+      "|error| per request");
+  auto row = [&](const char* name, const fidelity_figure& f) {
+    out += fmt::format(
+        "{:<24}{:>12.3f}{:>12.3f}{:>8.1f}%{:>12.3f}{:>12.3f}{:>8.1f}%"
+        "{:>10.1f}% / {:>6.1f}%\n",
+        name, f.measured_p50, f.predicted_p50, 100 * f.error_p50,
+        f.measured_p99, f.predicted_p99, 100 * f.error_p99,
+        100 * f.per_request_p50, 100 * f.per_request_p99);
+  };
+  row("transfer time (ms)", c.transfer);
+  row("request latency (ms)", c.latency);
+  out += fmt::format(
+      "(error = (simulated - demo) / demo; |error| per request: p50 / p99 "
+      "of each request's own; latency = arrival -> the router holds the "
+      "decode worker's answer: the simulated one is TTFT less the first "
+      "decode step, plus {:.3f} ms for the answer's hop)\n",
+      c.reply_hop_ms);
+  return out;
+}
+
+std::string to_json(const comparison& c) {
+  auto fig = [](const fidelity_figure& f) {
+    return fmt::format(
+        "{{\"requests\": {}, \"demo_p50_ms\": {:.6f}, \"sim_p50_ms\": {:.6f}, "
+        "\"error_p50\": {:.6f}, \"demo_p99_ms\": {:.6f}, \"sim_p99_ms\": "
+        "{:.6f}, \"error_p99\": {:.6f}, \"per_request_error_p50\": {:.6f}, "
+        "\"per_request_error_p99\": {:.6f}}}",
+        f.requests, f.measured_p50, f.predicted_p50, f.error_p50,
+        f.measured_p99, f.predicted_p99, f.error_p99, f.per_request_p50,
+        f.per_request_p99);
+  };
+  return fmt::format("{{\"demo_rows\": {}, \"sim_rows\": {}, \"matched\": {}, "
+                     "\"transfer\": {}, \"latency\": {}}}\n",
+                     c.demo_rows, c.sim_rows, c.matched, fig(c.transfer),
+                     fig(c.latency));
+}
+
+} // namespace kvferry::sim

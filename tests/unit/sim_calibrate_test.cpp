@@ -1,0 +1,180 @@
+// `kvferry sim calibrate` and `sim compare` (sim/calibrate.hpp) on
+// measurements made by hand with known answers: each fit recovers the
+// figures the inputs were made from, a bad input names its file (and line),
+// and the comparison joins by index and reports the right errors.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/sim/calibrate.hpp"
+#include "scratch_dir.hpp"
+
+using namespace kvferry::sim;
+using kvferry::test::scratch_dir;
+
+namespace {
+
+std::string write(const scratch_dir& dir, const char* name,
+                  const std::string& text) {
+  auto path = (dir.path / name).string();
+  std::ofstream(path) << text;
+  return path;
+}
+
+// bench net's JSON for a link of 10 us per message and 2 GB/s (time per
+// message = 10 + size / 2000 us), 30 us round trips.
+std::string bench_net_json() {
+  std::string sizes;
+  for (double size : {65536.0, 262144.0, 1048576.0}) {
+    double us = 10 + size / 2000;
+    sizes += std::string(sizes.empty() ? "" : ",") +
+             "{\"size\": " + std::to_string(size) +
+             ", \"host\": {\"gbps\": " + std::to_string(size / (us * 1e3)) +
+             "}}";
+  }
+  return "{\"memories\": [\"host\"], \"sizes\": [" + sizes +
+         "], \"rtt_8b\": {\"plugin_p50_us\": 30}}";
+}
+
+// A demo's requests.csv: transfers of 0.1 ms + 1 ms per MB (1 GB/s), 0.4 ms
+// of control each, compute 0.01 ms per 100 tokens; and one request 20 times
+// slower than the line, which the robust fit ignores.
+std::string demo_csv() {
+  std::string out =
+      "index,line,arrival_ms,input_tokens,output_tokens,prefill_worker,"
+      "decode_worker,path,status,queue_ms,prefill_ms,wait_ms,transfer_ms,"
+      "decode_ms,ttft_ms,transfer_total_ms,e2e_ms,bytes_moved,bytes_saved,"
+      "ready_ms,trace_input_tokens\n";
+  for (int i = 0; i < 4; ++i) {
+    double tokens = 100.0 * (i + 1), bytes = 1e6 * (i + 1);
+    double compute = tokens / 1e4, transfer = 0.1 + bytes / 1e6;
+    double ready = 0.2 + compute + transfer + 0.4;
+    out += std::to_string(i) + "," + std::to_string(i + 1) + ",0," +
+           std::to_string(int(tokens)) + ",1,prefill-0,decode-0,net,ok,0.2," +
+           std::to_string(compute) + ",,,,," + std::to_string(transfer) + ",," +
+           std::to_string(int(bytes)) + ",0," + std::to_string(ready) + "," +
+           std::to_string(int(tokens)) + "\n";
+  }
+  out += "5,6,0,250,1,prefill-0,decode-0,net,ok,0.2,0.025,,,,,52,,2500000,0,"
+         "52.625,250\n";
+  // A failed request is left out of every fit.
+  out += "4,5,0,100,1,prefill-0,decode-0,net,failed,0,,,,,,,,,,,100\n";
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("calibrate: bench net gives latency, per-message cost and rate") {
+  scratch_dir dir("kvferry-calibrate");
+  calibration_inputs in;
+  in.bench_net_json = write(dir, "net.json", bench_net_json());
+  auto c = calibrate(in);
+  REQUIRE(c.latency_us);
+  CHECK(*c.latency_us == doctest::Approx(15));
+  REQUIRE(c.message_us);
+  CHECK(*c.message_us == doctest::Approx(10).epsilon(0.01));
+  REQUIRE(c.nic_gbit_per_s);
+  CHECK(*c.nic_gbit_per_s == doctest::Approx(16).epsilon(0.01));
+  CHECK_FALSE(c.hop_us);
+  CHECK(c.prefill_ms.empty());
+  auto yaml = to_yaml(c);
+  CHECK(yaml.find("sim:\n") != std::string::npos);
+  CHECK(yaml.find("  message_us: 10") != std::string::npos);
+  CHECK(yaml.find("hop_us") == std::string::npos);
+}
+
+TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
+          "the hop and a prefill table") {
+  scratch_dir dir("kvferry-calibrate");
+  calibration_inputs in;
+  in.bench_net_json = write(dir, "net.json", bench_net_json());
+  in.demo_csv = write(dir, "demo.csv", demo_csv());
+  auto c = calibrate(in);
+  CHECK(*c.nic_gbit_per_s == doctest::Approx(8));    // 1 GB/s
+  CHECK(*c.latency_us == doctest::Approx(100 - 10)); // less one message
+  // 0.6 ms of control (0.2 at the router, 0.4 after) with 0.01-0.04 ms of
+  // prefill: the simulator charges four hops less the prefill (its grant
+  // wait), so (0.6 + P) / 4 each.
+  CHECK(*c.hop_us == doctest::Approx(156.25));
+  REQUIRE(c.prefill_ms.size() == 2);
+  CHECK(c.prefill_ms[0].x == 100);
+  CHECK(c.prefill_ms[0].ms == doctest::Approx(0.01));
+  CHECK(c.prefill_ms[1].x == 400);
+  CHECK(c.prefill_ms[1].ms == doctest::Approx(0.04));
+  CHECK(to_yaml(c).find("  prefill_ms: [[100, 0.01], [400, 0.04]]") !=
+        std::string::npos);
+}
+
+TEST_CASE("calibrate: bench ipc gives the copy rate and the per-block cost") {
+  scratch_dir dir("kvferry-calibrate");
+  calibration_inputs in;
+  in.bench_ipc_json = write(
+      dir, "ipc.json",
+      "{\"sizes\": [{\"block_bytes\": 4096, \"blocks\": 1000, \"kvferry\": "
+      "{\"gbps\": 500}, \"kvferry_with_plan\": {\"prepare_host_seconds\": "
+      "0.004}}, {\"block_bytes\": 65536, \"blocks\": 100, \"kvferry\": "
+      "{\"gbps\": 1300}, \"kvferry_with_plan\": {\"prepare_host_seconds\": "
+      "0.0002}}]}");
+  auto c = calibrate(in);
+  CHECK(*c.ipc_gbyte_per_s == doctest::Approx(1300));
+  CHECK(*c.block_us == doctest::Approx(3)); // median of 4 and 2 us
+}
+
+TEST_CASE("calibrate: a bad input names its file, and line for the CSV") {
+  scratch_dir dir("kvferry-calibrate");
+  calibration_inputs in;
+  in.bench_net_json = write(dir, "net.json", "{\"sizes\": [");
+  CHECK_THROWS_WITH_AS(calibrate(in), doctest::Contains("net.json: not JSON"),
+                       std::runtime_error);
+  in.bench_net_json.clear();
+  auto csv = demo_csv();
+  csv.replace(csv.find(",0.2,0.010000,"), 14, ",0.2,x,");
+  in.demo_csv = write(dir, "demo.csv", csv);
+  CHECK_THROWS_WITH_AS(calibrate(in),
+                       doctest::Contains("demo.csv:2: column prefill_ms: 'x'"),
+                       std::runtime_error);
+}
+
+TEST_CASE("compare: joins by index, and reports the quantiles' and the "
+          "requests' own errors") {
+  scratch_dir dir("kvferry-calibrate");
+  auto demo = write(dir, "demo.csv", demo_csv());
+  // The simulator's rows, in another order, one more and one missing:
+  // transfers 10 % long, latency (ttft - decode) 20 % short.
+  std::string sim = "index,status,transfer_total_ms,ttft_ms,decode_ms\n";
+  for (int i : {3, 1, 0, 7}) {
+    double transfer = 0.1 + (i + 1);
+    double ready = 0.2 + (i + 1) / 100.0 + transfer + 0.4;
+    sim += std::to_string(i) + ",ok," + std::to_string(transfer * 1.1) + "," +
+           std::to_string(ready * 0.8 + 1) + ",1\n";
+  }
+  auto c = compare(demo, write(dir, "sim.csv", sim));
+  CHECK(c.demo_rows == 6);
+  CHECK(c.sim_rows == 4);
+  CHECK(c.matched == 3);
+  CHECK(c.transfer.error_p50 == doctest::Approx(0.1).epsilon(1e-4));
+  CHECK(c.transfer.per_request_p99 == doctest::Approx(0.1).epsilon(1e-4));
+  CHECK(c.latency.error_p50 == doctest::Approx(-0.2).epsilon(1e-4));
+  CHECK(c.latency.per_request_p50 == doctest::Approx(0.2).epsilon(1e-4));
+  auto table = format_comparison(c);
+  CHECK(table.find("transfer time (ms)") != std::string::npos);
+  CHECK(to_json(c).find("\"matched\": 3") != std::string::npos);
+  // The reply hop is added to every simulated latency.
+  auto shifted = compare(demo, dir.path.string() + "/sim.csv", 0.5);
+  CHECK(shifted.latency.predicted_p50 ==
+        doctest::Approx(c.latency.predicted_p50 + 0.5));
+}
+
+TEST_CASE("compare: no request in both is an error naming both files") {
+  scratch_dir dir("kvferry-calibrate");
+  auto demo = write(dir, "demo.csv", demo_csv());
+  auto sim = write(dir, "sim.csv",
+                   "index,status,transfer_total_ms,ttft_ms,decode_ms\n"
+                   "9,ok,1,2,0\n");
+  CHECK_THROWS_WITH_AS(compare(demo, sim),
+                       doctest::Contains("not the same trace"),
+                       std::runtime_error);
+}
