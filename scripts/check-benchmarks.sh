@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Checks docs/benchmarks.md against its own rules (issue #19):
-#   - every commit it cites (a word of 7-40 hex digits, see below)
-#     exists in this repository (`git cat-file -e <sha>^{commit}`), so that
-#     anyone can build the code a figure came from;
+#   - every commit it cites (a word of 7-40 hex digits, see below) is in
+#     the history of the checked-out commit (`git merge-base --is-ancestor
+#     <sha> HEAD`; on main: an ancestor of main), so that anyone with a
+#     clone can build the code a figure came from (a commit that exists only
+#     on a side branch or in someone's object store is not enough);
 #   - every row of its results table has the six fields (date, machine,
 #     command, result, baseline in the same run, peak RSS), the date first.
 # Exit status 1 naming each problem (line number and what), 0 otherwise.
@@ -32,8 +34,11 @@ shallow=$(git -C "$repo_root" rev-parse --is-shallow-repository 2>/dev/null || e
 # so that none is taken for a commit.
 while IFS=: read -r line sha; do
   case $sha in *[0-9]*) ;; *) continue ;; esac
-  git -C "$repo_root" cat-file -e "$sha^{commit}" 2>/dev/null ||
+  if ! git -C "$repo_root" cat-file -e "$sha^{commit}" 2>/dev/null; then
     problem "$line" "commit $sha is not in this repository"
+  elif ! git -C "$repo_root" merge-base --is-ancestor "$sha" HEAD; then
+    problem "$line" "commit $sha is not in the history of HEAD ($(git -C "$repo_root" rev-parse --short HEAD))"
+  fi
 done < <([ "$shallow" = true ] || grep -noE '\b[0-9a-f]{7,40}\b' "$doc")
 
 # Table rows: | date | machine | command | result | baseline | peak RSS |
@@ -53,5 +58,5 @@ fi
 if [ "$shallow" = true ]; then
   echo "check-benchmarks: $doc: rows complete (commits not checked: shallow clone)"
 else
-  echo "check-benchmarks: $doc follows its rules (cited commits exist, rows complete)"
+  echo "check-benchmarks: $doc follows its rules (cited commits in the history of HEAD, rows complete)"
 fi

@@ -3,7 +3,7 @@ kvferry_add_test(NAME test_plan_pool SOURCES unit/plan_pool_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 30)
 kvferry_add_test(NAME test_protocol_messages SOURCES unit/protocol_messages_test.cpp
   LIBS kvferry_runtime LABELS unit TIMEOUT 30)
-# slow: > 20 s (68 s on the 2-core CI machine: seven demo runs of 3 processes).
+# slow: 44-68 s on the 2-core CI machine (seven demo runs of 3 processes).
 kvferry_add_test(NAME test_demo_multiprocess SOURCES integration/demo_multiprocess_test.cpp
   LIBS kvferry_build_flags LABELS integration slow TIMEOUT 400)
 add_dependencies(test_demo_multiprocess kvferry)
@@ -11,8 +11,9 @@ add_dependencies(test_demo_multiprocess kvferry)
 kvferry_add_test(NAME test_actor_peer_death SOURCES faults/actor_peer_death_test.cpp
   LIBS kvferry_build_flags LABELS faults integration slow TIMEOUT 120)
 add_dependencies(test_actor_peer_death kvferry)
+# slow: 16-38 s (deployments of 3 processes, a producer killed mid-run).
 kvferry_add_test(NAME test_producer_death SOURCES faults/producer_death_test.cpp
-  LIBS kvferry_build_flags LABELS faults integration TIMEOUT 300)
+  LIBS kvferry_build_flags LABELS faults integration slow TIMEOUT 300)
 add_dependencies(test_producer_death kvferry)
 kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)

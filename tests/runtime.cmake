@@ -24,4 +24,5 @@ target_compile_definitions(kvferry_type_id_probe_registered PRIVATE
 add_test(NAME test_runtime_type_id_checks
   COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${PROJECT_BINARY_DIR}
     -P ${CMAKE_CURRENT_SOURCE_DIR}/unit/runtime_type_id_check.cmake)
-set_tests_properties(test_runtime_type_id_checks PROPERTIES LABELS unit TIMEOUT 120)
+# slow: 20-35 s (two compiles of a CAF translation unit).
+set_tests_properties(test_runtime_type_id_checks PROPERTIES LABELS "unit;slow" TIMEOUT 120)

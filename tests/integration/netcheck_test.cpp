@@ -1,6 +1,7 @@
 // `kvferry netcheck` as a user runs it: against the bundled kvsock plugin,
 // against the fake plugin in its awkward mode (NULL requests, slow connects),
 // and against plugins that must fail with a clear line.
+#include <initializer_list>
 #include <string>
 
 #include <doctest/doctest.h>
@@ -17,17 +18,105 @@ bool has(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 const std::string fixtures = KVFERRY_FIXTURE_DIR;
+
+// netcheck as a user runs it, one row per plugin and environment: the exit
+// status, lines that must be in its report and lines that must not.
+struct run_case {
+  const char* what;
+  const char* env;
+  std::string args;
+  int status;
+  std::initializer_list<const char*> has;
+  std::initializer_list<const char*> lacks;
+};
+
+void check_run(const run_case& c) {
+  CAPTURE(c.what);
+  auto r = run_with_env(c.env, c.args);
+  INFO(r.output);
+  CHECK(r.status == c.status);
+  for (const char* part : c.has)
+    CHECK_MESSAGE(has(r.output, part), "missing: ", part);
+  for (const char* part : c.lacks)
+    CHECK_MESSAGE(!has(r.output, part), "unexpected: ", part);
+}
+
+std::string fixture(const std::string& name) {
+  return "netcheck --plugin " + fixtures + "/libnccl-net-" + name + ".so";
+}
 } // namespace
 
-TEST_CASE("netcheck passes against kvsock, found by name") {
-  auto r = run_with_env("", "netcheck --plugin kvsock --connect-timeout-s 20");
-  INFO(r.output);
-  CHECK(r.status == 0);
-  CHECK(has(r.output, "PASS  probe in a child process"));
-  CHECK(has(r.output, "PASS  32 requests in flight"));
-  CHECK(has(r.output, "PASS  grouped receive with tags"));
-  CHECK(has(r.output, " 0 failed"));
-  CHECK_FALSE(has(r.output, "FAIL"));
+TEST_CASE("netcheck passes kvsock and NCCL's quirks, fails what NCCL "
+          "refuses, each with a clear line") {
+  const run_case cases[] = {
+      {"kvsock, found by name",
+       "",
+       "netcheck --plugin kvsock --connect-timeout-s 20",
+       0,
+       {"PASS  probe in a child process", "PASS  32 requests in flight",
+        "PASS  grouped receive with tags", " 0 failed"},
+       {"FAIL"}},
+      {"a plugin that exits in init",
+       "",
+       fixture("bad-exit"),
+       1,
+       {"FAIL  probe in a child process",
+        "init exited with status 1 in the probe process"},
+       {}},
+      {"a plugin with no v7 table",
+       "",
+       fixture("bad-v8only"),
+       1,
+       {"it exports ncclNetPlugin_v8 instead"},
+       {}},
+      // kvsock's fault injection flips one payload byte.
+      {"corrupted data",
+       "KVSOCK_FAULT_CORRUPT=1",
+       "netcheck --plugin kvsock --op-timeout-s 5",
+       1,
+       {"differs"},
+       {}},
+      {"an UNPACK plugin, verified by gathering its host ring",
+       "KVSOCK_UNPACK=1",
+       "netcheck --plugin kvsock",
+       0,
+       {"UNPACK v7", "PASS  UNPACK device handle",
+        "gathered from the UNPACK ring on the host"},
+       {}},
+      // A real third-party plugin reports speed 0 where it cannot read the
+      // link speed, and sets up lazily in its first listen: NCCL runs with
+      // both, so netcheck must pass it, warning where a default was
+      // substituted.
+      {"speed 0, maxRecvs 0, latency -1: NCCL's defaults, a warning",
+       "",
+       fixture("quirk-speed0"),
+       0,
+       {"WARN  properties of device 0", "speed 0 Mbit/s: taken as 10000 Mbit/s",
+        "maxRecvs 0: taken as 1", "latency -1 us: taken as 0",
+        "PASS  8 MiB message, verified", "SKIP  grouped receive with tags",
+        " 0 failed"},
+       {}},
+      // Its first listen takes 1.5 s: over the 1 s limit of later calls,
+      // within the 5 s allowed to the first call of each kind.
+      {"a slow first listen",
+       "",
+       fixture("quirk-slow-listen"),
+       0,
+       {"PASS  listen/connect/accept", "first calls: listen 1", " 0 failed"},
+       {}},
+      // A property NCCL refuses fails its check, and every data check still
+      // runs.
+      {"maxComms 0",
+       "",
+       fixture("quirk-nocomms"),
+       1,
+       {"FAIL  properties of device 0", "maxComms 0",
+        "PASS  send/recv one message", "PASS  32 requests in flight",
+        "PASS  close in every order", " 1 failed"},
+       {}},
+  };
+  for (const auto& c : cases)
+    check_run(c);
 }
 
 TEST_CASE(
@@ -35,7 +124,7 @@ TEST_CASE(
   auto r =
       run_with_env("KVFERRY_FAKE_NULL_RUN=50 KVFERRY_FAKE_CONNECT_ROUNDS=200 "
                    "KVFERRY_FAKE_MAX_RECVS=1",
-                   "netcheck --plugin " + fixtures + "/libnccl-net-fake.so");
+                   fixture("fake"));
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(has(r.output, "over 201 rounds"));
@@ -44,40 +133,6 @@ TEST_CASE(
   CHECK(std::stol(nulls) >= 1000);
   CHECK(has(r.output, "SKIP  grouped receive with tags"));
   CHECK(has(r.output, "maxRecvs is 1"));
-}
-
-TEST_CASE("netcheck fails clearly on a plugin that exits in init or has no v7 "
-          "table") {
-  auto exits = run_with_env("", "netcheck --plugin " + fixtures +
-                                    "/libnccl-net-bad-exit.so");
-  INFO(exits.output);
-  CHECK(exits.status == 1);
-  CHECK(has(exits.output, "FAIL  probe in a child process"));
-  CHECK(has(exits.output, "init exited with status 1 in the probe process"));
-
-  auto v8 = run_with_env("", "netcheck --plugin " + fixtures +
-                                 "/libnccl-net-bad-v8only.so");
-  INFO(v8.output);
-  CHECK(v8.status == 1);
-  CHECK(has(v8.output, "it exports ncclNetPlugin_v8 instead"));
-}
-
-TEST_CASE("netcheck catches corrupted data") {
-  // kvsock's fault injection flips one payload byte.
-  auto r = run_with_env("KVSOCK_FAULT_CORRUPT=1",
-                        "netcheck --plugin kvsock --op-timeout-s 5");
-  INFO(r.output);
-  CHECK(r.status == 1);
-  CHECK(has(r.output, "differs"));
-}
-
-TEST_CASE("netcheck verifies an UNPACK plugin by gathering its host ring") {
-  auto r = run_with_env("KVSOCK_UNPACK=1", "netcheck --plugin kvsock");
-  INFO(r.output);
-  CHECK(r.status == 0);
-  CHECK(has(r.output, "UNPACK v7"));
-  CHECK(has(r.output, "PASS  UNPACK device handle"));
-  CHECK(has(r.output, "gathered from the UNPACK ring on the host"));
 }
 
 // netcheck's own checks, each seen to fail: a build of the fake plugin that
@@ -103,8 +158,7 @@ TEST_CASE("each netcheck check fails on a plugin that breaks its rule") {
   };
   for (const auto& b : cases) {
     CAPTURE(b.rule);
-    auto r = run_with_env("", "netcheck --plugin " + fixtures +
-                                  "/libnccl-net-broken-" + b.rule + ".so");
+    auto r = run_with_env("", fixture(std::string{"broken-"} + b.rule));
     INFO(r.output);
     CHECK(r.status == 1);
     auto line = r.output.find(b.check);
@@ -114,46 +168,4 @@ TEST_CASE("each netcheck check fails on a plugin that breaks its rule") {
     if (std::string{b.rule} != "table") // the rest of the suite runs
       CHECK(has(r.output, "PASS  send/recv one message"));
   }
-}
-
-// A real third-party plugin reports speed 0 where it cannot read the link
-// speed, and sets up lazily in its first listen: NCCL runs with both, so
-// netcheck must pass it, warning where a default was substituted.
-TEST_CASE("netcheck warns about defaults NCCL substitutes and passes the data "
-          "checks") {
-  auto speed0 = run_with_env("", "netcheck --plugin " + fixtures +
-                                     "/libnccl-net-quirk-speed0.so");
-  INFO(speed0.output);
-  CHECK(speed0.status == 0);
-  CHECK(has(speed0.output, "WARN  properties of device 0"));
-  CHECK(has(speed0.output, "speed 0 Mbit/s: taken as 10000 Mbit/s"));
-  CHECK(has(speed0.output, "maxRecvs 0: taken as 1"));
-  CHECK(has(speed0.output, "latency -1 us: taken as 0"));
-  CHECK(has(speed0.output, "PASS  8 MiB message, verified"));
-  CHECK(has(speed0.output, "SKIP  grouped receive with tags"));
-  CHECK(has(speed0.output, " 0 failed"));
-
-  // Its first listen takes 1.5 s: over the 1 s limit of later calls, within
-  // the 5 s allowed to the first call of each kind.
-  auto slow = run_with_env("", "netcheck --plugin " + fixtures +
-                                   "/libnccl-net-quirk-slow-listen.so");
-  INFO(slow.output);
-  CHECK(slow.status == 0);
-  CHECK(has(slow.output, "PASS  listen/connect/accept"));
-  CHECK(has(slow.output, "first calls: listen 1"));
-  CHECK(has(slow.output, " 0 failed"));
-}
-
-TEST_CASE("a property NCCL refuses fails its check, and every data check still "
-          "runs") {
-  auto r = run_with_env("", "netcheck --plugin " + fixtures +
-                                "/libnccl-net-quirk-nocomms.so");
-  INFO(r.output);
-  CHECK(r.status == 1);
-  CHECK(has(r.output, "FAIL  properties of device 0"));
-  CHECK(has(r.output, "maxComms 0"));
-  CHECK(has(r.output, "PASS  send/recv one message"));
-  CHECK(has(r.output, "PASS  32 requests in flight"));
-  CHECK(has(r.output, "PASS  close in every order"));
-  CHECK(has(r.output, " 1 failed"));
 }
