@@ -220,9 +220,8 @@ TEST_CASE_FIXTURE(pair_fixture,
                            "length 512) ends past the destination region"));
   CHECK(receiver_untouched());
   // The refused bytes broke that channel's comm order, so the receiver
-  // dropped it: the sender learns so only when its next send fails (named,
-  // peer_down), and the send after that opens a new channel and lands. (A
-  // sender told at once would spare that one send: not done yet.)
+  // dropped it and told the sender. A send racing that notice fails, named
+  // (peer_down); one after it lands on a new channel.
   auto next = send(order_to(receiver_endpoint(), 14, {{0, 8192, 1024}}));
   if (!next) {
     INFO(render(next.error()));
