@@ -13,37 +13,9 @@
 set -uo pipefail
 
 KVFERRY=${1:?usage: launch_test.sh <kvferry binary>}
-WORK=$(mktemp -d /tmp/kvferry-launch-test.XXXXXX)
 # launch creates the deployment's certificates in ./kvferry-pki (the default
-# tls.dir); the real directory and status below find them there too.
-cd "$WORK" || exit 1
-PORT=$((20000 + RANDOM % 20000))
-launch_pid=""
-cleanup() {
-  [ -n "$launch_pid" ] && kill -KILL "$launch_pid" 2>/dev/null
-  # Stand-ins left behind by a failed test run: only ours, by their marker.
-  for pidfile in "$WORK"/*.pid; do
-    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-failures=0
-pass() { echo "ok   - $1"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
-expect() {  # <description> <command...>: passes when the command succeeds
-  local what=$1; shift
-  if "$@"; then pass "$what"; else fail "$what"; return 1; fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-wait_for() {  # <seconds> <command...>: polls until the command succeeds
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.1
-  done
-}
+# tls.dir) of $WORK; the real directory and status below find them there too.
+source "$(dirname "$0")/lib.sh" kvferry-launch-test
 
 # ---- the stand-in for `kvferry directory|worker` -----------------------------------
 cat >"$WORK/fake-kvferry" <<EOF
