@@ -3,8 +3,8 @@
 // transfer actor and its app actor (producer for prefill, consumer for
 // decode), registers both with the directory through its membership keeper
 // (which renews the lease and registers again after any loss) and serves
-// until SIGINT or SIGTERM. `kvferry launch` and `kvferry demo` spawn it
-// with exactly these flags.
+// until a stop signal (stop_signals.hpp). `kvferry launch` and `kvferry demo`
+// spawn it with exactly these flags.
 #include "kvferry/actors/worker.hpp"
 
 #include <chrono>
@@ -127,9 +127,9 @@ worker_options library_options(const worker_command& cmd, worker_role role,
 }
 
 // Serves until a stop signal; returns it. The keeper renews the lease.
-int serve_until_signal(const sigset_t& stop_signals) {
+int serve_until_signal() {
   for (;;)
-    if (int sig = wait_stop_signal(stop_signals, std::chrono::seconds(1)))
+    if (int sig = wait_stop_signal(std::chrono::seconds(1)))
       return sig;
 }
 
@@ -145,7 +145,7 @@ int run_worker(worker_command& cmd) {
     std::cerr << "kvferry worker: --directory: " << render(err) << "\n";
     return 2;
   }
-  auto stop_signals = block_stop_signals();
+  stop_gracefully();
   runtime::raise_open_files_limit("worker " + cmd.name);
   default_data_address(cmd.bind);
   runtime::system_config cfg{cmd.runtime};
@@ -171,7 +171,7 @@ int run_worker(worker_command& cmd) {
   }
   int sig = 0;
   auto err = worker->await_registration(first_registration_limit, [&] {
-    sig = wait_stop_signal(stop_signals, std::chrono::milliseconds(0));
+    sig = stop_signal();
     return sig != 0;
   });
   if (err && sig == 0) {
@@ -189,10 +189,10 @@ int run_worker(worker_command& cmd) {
                       : "")
               << ", " << cmd.pool_blocks << " blocks of "
               << cmd.geometry.layer_block_bytes() << " B)" << std::endl;
-    sig = serve_until_signal(stop_signals);
+    sig = serve_until_signal();
   }
   spdlog::info("worker {}: {} received, leaving", cmd.name,
-               sig == SIGINT ? "SIGINT" : "SIGTERM");
+               stop_signal_name(sig));
   worker->stop(); // within 1 s
   // CAF 0.17's actor_system destructor waits until every detached actor
   // object is destroyed, and a peer node's proxies can keep our transfer

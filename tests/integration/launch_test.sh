@@ -145,6 +145,29 @@ expect "the stubborn worker is killed after the grace period" \
   || { echo "---- launch stderr of this case"; cat "$WORK/err"; }
 rm -rf "$WORK/logs"
 
+# ---- 5b. a second signal stops at once: the stubborn worker is killed with it -----
+topology "$WORK/stubborn.yaml" "{name: stubborn, role: decode}"
+sed -i 's/stop_grace_ms: 500/stop_grace_ms: 60000/' "$WORK/stubborn.yaml"
+"$KVFERRY" launch "$WORK/stubborn.yaml" >"$WORK/out" 2>"$WORK/err" &
+launch_pid=$!
+wait_for 20 contains "$WORK/err" "started stubborn"
+expect "the stubborn worker is ready again" wait_for 20 contains "$WORK/logs/stubborn.log" "stubborn ready"
+kill -INT "$launch_pid"
+expect "the first signal starts a graceful stop" wait_for 10 contains "$WORK/err" "SIGINT received, stopping"
+second=$(date +%s%N)
+kill -INT "$launch_pid"
+timeout 20 tail --pid="$launch_pid" -s 0.02 -f /dev/null
+took_ms=$((($(date +%s%N) - second) / 1000000))
+wait "$launch_pid"
+rc=$?
+launch_pid=""
+expect "the second signal ends launch within 1 s, not after the 60 s grace (took $took_ms ms)" \
+  test $took_ms -lt 1000
+expect "by that signal (got $rc)" test $rc -eq $((128 + 2))
+expect "and kills the stubborn worker with it" \
+  wait_for 5 bash -c "! kill -0 $(cat "$WORK/stubborn.pid") 2>/dev/null"
+rm -rf "$WORK/logs"
+
 # ---- 6. which host am I -------------------------------------------------------------
 cat >"$WORK/remote.yaml" <<EOF
 hosts: [{name: far-a, address: 10.255.255.1}, {name: far-b, address: 10.255.255.2}]
