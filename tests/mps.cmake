@@ -3,6 +3,7 @@
 # GPU or MPS needed). The app source is compiled in: apps/ has no library.
 kvferry_add_test(NAME test_mps_daemon
   SOURCES unit/mps_daemon_test.cpp ${PROJECT_SOURCE_DIR}/apps/kvferry/mps_daemon.cpp
+    ${PROJECT_SOURCE_DIR}/apps/kvferry/subprocess.cpp ${PROJECT_SOURCE_DIR}/apps/kvferry/stop_signals.cpp
   LIBS fmt::fmt LABELS unit TIMEOUT 60)
 target_include_directories(test_mps_daemon PRIVATE ${PROJECT_SOURCE_DIR}/apps/kvferry)
 
@@ -11,3 +12,12 @@ target_include_directories(test_mps_daemon PRIVATE ${PROJECT_SOURCE_DIR}/apps/kv
 add_test(NAME test_launch_mps
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/launch_mps_test.sh $<TARGET_FILE:kvferry>)
 set_tests_properties(test_launch_mps PROPERTIES LABELS integration TIMEOUT 180)
+
+# A command's child processes (spawn, exit status, process group, SIGKILL
+# after the deadline) and the one stop-signal rule of every command (first
+# signal: graceful; second: now, with the children), against /bin/sh.
+kvferry_add_test(NAME test_subprocess
+  SOURCES unit/subprocess_test.cpp ${PROJECT_SOURCE_DIR}/apps/kvferry/subprocess.cpp
+    ${PROJECT_SOURCE_DIR}/apps/kvferry/stop_signals.cpp
+  LIBS fmt::fmt LABELS unit TIMEOUT 60)
+target_include_directories(test_subprocess PRIVATE ${PROJECT_SOURCE_DIR}/apps/kvferry)

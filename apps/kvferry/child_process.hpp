@@ -8,46 +8,37 @@
 #include <cstring>
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdexcept>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <thread>
 #include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "exec_vector.hpp"
-#include "mps_daemon.hpp"
 #include "stop_signals.hpp"
+#include "subprocess.hpp"
 
 namespace kvferry::app {
 
-// A child `kvferry` process with its stdout on a pipe and `extra_env` added
-// to its environment. Killed (SIGTERM, then SIGKILL) and reaped on
-// destruction, whatever happened.
+// A child `kvferry` process (a subprocess) with its stdout on a pipe and
+// `extra_env` added to its environment. Stopped (SIGTERM, then SIGKILL after
+// five seconds) and reaped on destruction, whatever happened.
 class child_process {
 public:
   child_process(std::string what, const std::vector<std::string>& args,
                 const env_pairs& extra_env = {})
       : what_(std::move(what)) {
-    // Built before fork: the child only calls async-signal-safe functions.
-    auto argv = exec_vector(args);
-    const auto env = environment_with(extra_env);
-    auto envp = exec_vector(env);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
       throw std::runtime_error(what_ + ": pipe: " + std::strerror(errno));
-    pid_ = fork();
-    if (pid_ < 0)
-      throw std::runtime_error(what_ + ": fork: " + std::strerror(errno));
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGTERM); // never outlive the demo
-      dup2(fds[1], STDOUT_FILENO);
-      execve("/proc/self/exe", argv.data(), envp.data());
-      _exit(127);
+    spawn_spec spec{"/proc/self/exe", args, extra_env};
+    spec.stdout_fd = fds[1];
+    try {
+      process_ = subprocess(spec);
+    } catch (...) {
+      close(fds[0]);
+      close(fds[1]);
+      throw;
     }
     close(fds[1]);
     out_ = fds[0];
@@ -72,7 +63,7 @@ public:
           return line;
         nl = buffer_.find('\n');
       }
-      if (caught_stop_signal() != 0)
+      if (stop_signal() != 0)
         throw std::runtime_error(what_ + ": interrupted");
       auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
       if (left.count() <= 0)
@@ -93,27 +84,10 @@ public:
     }
   }
 
-  bool running() {
-    if (pid_ <= 0)
-      return false;
-    return waitpid(pid_, &status_, WNOHANG) == 0;
-  }
+  bool running() { return process_.running(); }
 
   void stop() {
-    using namespace std::chrono;
-    if (pid_ <= 0)
-      return;
-    kill(pid_, SIGTERM);
-    auto deadline = steady_clock::now() + seconds(5);
-    while (waitpid(pid_, &status_, WNOHANG) == 0) {
-      if (steady_clock::now() > deadline) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status_, 0);
-        break;
-      }
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    pid_ = -1;
+    process_.stop(std::chrono::seconds(5));
     if (out_ >= 0)
       close(out_);
     out_ = -1;
@@ -121,20 +95,13 @@ public:
 
 private:
   std::string describe_exit() {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      if (WIFEXITED(status))
-        return fmt::format("exit status {}", WEXITSTATUS(status));
-      if (WIFSIGNALED(status))
-        return fmt::format("killed by signal {}", WTERMSIG(status));
-    }
-    return "closed its output";
+    if (process_.running())
+      return "closed its output";
+    return app::describe_exit(*process_.exit_status());
   }
   std::string what_;
-  pid_t pid_ = -1;
+  subprocess process_;
   int out_ = -1;
-  int status_ = 0;
   std::string buffer_;
 };
 

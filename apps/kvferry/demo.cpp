@@ -197,7 +197,7 @@ std::optional<int> await_run(const demo_command& cmd, const router_run& run,
                 << cmd.deadline_s << " s\n";
       return 1;
     }
-    if (caught_stop_signal() != 0)
+    if (stop_signal() != 0)
       return interrupted();
     for (auto& c : local.children)
       if (!c->running()) {
@@ -343,6 +343,8 @@ int run_demo(demo_command& cmd) {
     setenv("KVFERRY_TLS_DIR", pki.dir().c_str(), 1); // for the children
     cmd.runtime.tls.dir = pki.dir();
   }
+  // From here on there is something to stop: processes, then a run.
+  stop_gracefully();
   local_processes local;
   std::string directory = cmd.directory;
   if (directory.empty()) {
@@ -380,6 +382,8 @@ int run_demo(demo_command& cmd) {
   plan.directory_name = directory;
   // Straight to the workers, not through the directory's node.
   connect_members(sys, *dir, std::nullopt, seconds(5));
+  if (stop_signal() != 0)
+    return interrupted();
   plan_requests(cmd, trace, plan);
   fmt::print(stderr,
              "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "

@@ -124,7 +124,6 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
 // running without MPS is the fallback). Exit code 1 when --mps on failed.
 int start_private_mps(const demo_command& cmd, const worker_gpus& gpus,
                       local_processes& local, env_pairs& worker_env) {
-  catch_stop_signals(); // from now on the daemon must be stopped on exit
   try {
     worker_env = local.mps.emplace().start();
   } catch (const std::exception& e) {
@@ -152,7 +151,7 @@ int start_private_mps(const demo_command& cmd, const worker_gpus& gpus,
 } // namespace
 
 int interrupted() {
-  int sig = caught_stop_signal();
+  int sig = stop_signal();
   std::cerr << "kvferry demo: interrupted (" << strsignal(sig)
             << "), stopping the processes it started\n";
   return 128 + sig;
@@ -235,7 +234,7 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
   } catch (const std::exception& e) {
     failure = e.what();
   }
-  if (caught_stop_signal() != 0)
+  if (stop_signal() != 0)
     return interrupted();
   if (!local.mps || cmd.mps == "on") {
     std::cerr << "kvferry demo: "
@@ -256,7 +255,7 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
     directory = start_local_processes(cmd, gpus, pools, {}, local.children);
     return 0;
   } catch (const std::exception& e) {
-    if (caught_stop_signal() != 0)
+    if (stop_signal() != 0)
       return interrupted();
     std::cerr << "kvferry demo: " << e.what() << "\n";
     return 1;

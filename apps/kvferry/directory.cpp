@@ -43,7 +43,7 @@ struct directory_command {
 };
 
 int serve(const directory_command& cmd) {
-  auto stop_signals = block_stop_signals();
+  stop_gracefully();
   runtime::raise_open_files_limit("directory");
   runtime::system_config cfg{cmd.runtime};
   if (auto err = cfg.secure(cmd.runtime.tls, "directory")) {
@@ -72,9 +72,9 @@ int serve(const directory_command& cmd) {
                cmd.lease_ms, cmd.runtime.scheduler_policy,
                runtime::tls_enabled(sys) ? "mutual TLS" : "PLAIN TCP");
   int sig = 0;
-  sigwait(&stop_signals, &sig);
-  spdlog::info("directory: {} received, shutting down",
-               sig == SIGINT ? "SIGINT" : "SIGTERM");
+  while (sig == 0)
+    sig = wait_stop_signal(std::chrono::seconds(1));
+  spdlog::info("directory: {} received, shutting down", stop_signal_name(sig));
   runtime::unpublish_control(sys, dir.address(), *port);
   caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
   return 0;

@@ -1,6 +1,7 @@
 // `kvferry launch`'s supervisor (launch_supervisor.hpp). The supervisor is
-// one thread: it waits for signals with a short timeout, reaps children, and
-// schedules restarts with exponential backoff.
+// one thread: it waits for a stop signal with a short timeout, reaps
+// children, and schedules restarts with exponential backoff. The children
+// are subprocesses; a second stop signal kills them (stop_signals.hpp).
 #include "launch_supervisor.hpp"
 
 #include <algorithm>
@@ -13,11 +14,14 @@
 #include <fstream>
 #include <iostream>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 #include <fmt/format.h>
+
+#include "stop_signals.hpp"
+#include "subprocess.hpp"
 
 namespace kvferry::app {
 
@@ -43,16 +47,6 @@ constexpr auto max_backoff = milliseconds(30000);
 // How long the directory gets to print its "listening on" line.
 constexpr auto directory_start_timeout = std::chrono::seconds(15);
 constexpr std::size_t log_tail_lines = 15;
-
-std::string describe_status(int status) {
-  if (WIFEXITED(status))
-    return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return fmt::format("was killed by signal {} ({}){}", WTERMSIG(status),
-                       ::strsignal(WTERMSIG(status)),
-                       WCOREDUMP(status) ? ", core dumped" : "");
-  return fmt::format("changed state ({:#x})", status);
-}
 
 // The last `lines` lines of a log, to show why a process died.
 std::string log_tail(const std::string& path, std::size_t lines) {
@@ -92,7 +86,7 @@ bool log_contains(const std::string& path, const std::string& needle) {
 
 struct child {
   process_spec spec;
-  pid_t pid = -1;
+  subprocess process;
   std::uint32_t starts = 0; // for the log's "attempt N" lines
   // When it was restarted within the last restart_window: the budget used,
   // and the exponent of the backoff.
@@ -116,7 +110,7 @@ public:
   }
 
   int run() {
-    block_signals();
+    stop_gracefully();
     for (auto& c : children_) {
       if (!start(c))
         return shutdown(launch_cannot_start);
@@ -132,25 +126,13 @@ public:
   }
 
 private:
-  void block_signals() {
-    sigemptyset(&signals_);
-    sigaddset(&signals_, SIGINT);
-    sigaddset(&signals_, SIGTERM);
-    sigaddset(&signals_, SIGHUP); // the terminal went away: stop, don't orphan
-    sigaddset(&signals_, SIGCHLD);
-    ::sigprocmask(SIG_BLOCK, &signals_, &old_mask_);
-  }
-
-  // Waits up to `timeout` for INT/TERM (sets stop_requested_) or CHLD.
+  // Waits up to `timeout` for a stop signal (sets stop_requested_).
   void wait_for_signal(milliseconds timeout) {
-    timespec ts{static_cast<time_t>(timeout.count() / 1000),
-                static_cast<long>((timeout.count() % 1000) * 1000000)};
-    int sig = ::sigtimedwait(&signals_, nullptr, &ts);
-    if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
-      if (stop_requested_)
-        escalate_ = true; // a second ^C: no more grace
+    if (stop_requested_)
+      return;
+    if (int sig = wait_stop_signal(timeout)) {
       stop_requested_ = true;
-      say(fmt::format("SIG{} received, stopping", ::sigabbrev_np(sig)));
+      say(fmt::format("{} received, stopping", stop_signal_name(sig)));
     }
   }
 
@@ -169,56 +151,28 @@ private:
         fmt::format("==== kvferry launch: starting {} (attempt {}) ====\n",
                     c.spec.name, ++c.starts);
     [[maybe_unused]] auto w = ::write(log_fd, header.data(), header.size());
-    pid_t supervisor_pid = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      say(fmt::format("fork for {} failed: {}", c.spec.name,
-                      std::strerror(errno)));
-      ::close(log_fd);
-      return false;
+    int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    std::vector<std::string> argv{exe_};
+    argv.insert(argv.end(), c.spec.args.begin(), c.spec.args.end());
+    spawn_spec spawn{exe_, std::move(argv), {}, null_fd, log_fd, log_fd};
+    spawn.env.assign(c.spec.env.begin(), c.spec.env.end());
+    if (!secret_.empty())
+      spawn.env.emplace_back("KVFERRY_SECRET", secret_);
+    try {
+      c.process = subprocess(spawn);
+    } catch (const std::exception& e) {
+      say(fmt::format("{}: {}", c.spec.name, e.what()));
     }
-    if (pid == 0)
-      exec_child(c.spec, log_fd, supervisor_pid); // does not return
-    ::setpgid(pid, pid); // also here: a stop right after fork must reach it
     ::close(log_fd);
-    c.pid = pid;
+    if (null_fd >= 0)
+      ::close(null_fd);
+    if (c.process.pid() <= 0)
+      return false;
     c.started = clock_type::now();
     c.restart_pending = false;
-    say(fmt::format("started {} (pid {}), log {}", c.spec.name, pid,
+    say(fmt::format("started {} (pid {}), log {}", c.spec.name, c.process.pid(),
                     c.spec.log_path));
     return true;
-  }
-
-  [[noreturn]] void exec_child(const process_spec& spec, int log_fd,
-                               pid_t supervisor_pid) {
-    // Own process group: a terminal's ^C reaches only the supervisor, which
-    // then stops the children in order; and kill(-pgid) reaches grandchildren.
-    ::setpgid(0, 0);
-    // If the supervisor itself is killed (SIGKILL, OOM), its children get
-    // SIGTERM instead of running on unsupervised.
-    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (::getppid() != supervisor_pid)
-      ::_exit(128 + SIGTERM);
-    ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
-    ::dup2(log_fd, STDOUT_FILENO);
-    ::dup2(log_fd, STDERR_FILENO);
-    int null_fd = ::open("/dev/null", O_RDONLY);
-    if (null_fd >= 0)
-      ::dup2(null_fd, STDIN_FILENO);
-    for (auto& [name, value] : spec.env)
-      ::setenv(name.c_str(), value.c_str(), 1);
-    if (!secret_.empty())
-      ::setenv("KVFERRY_SECRET", secret_.c_str(), 1);
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(exe_.c_str()));
-    for (auto& arg : spec.args)
-      argv.push_back(const_cast<char*>(arg.c_str()));
-    argv.push_back(nullptr);
-    ::execv(exe_.c_str(), argv.data());
-    auto msg = fmt::format("kvferry launch: cannot execute {}: {}\n", exe_,
-                           std::strerror(errno));
-    [[maybe_unused]] auto w = ::write(STDERR_FILENO, msg.data(), msg.size());
-    ::_exit(127);
   }
 
   // Workers dial the directory at start: give it time to listen first.
@@ -230,12 +184,10 @@ private:
       wait_for_signal(milliseconds(50));
       if (stop_requested_)
         return false;
-      int status = 0;
-      if (::waitpid(dir.pid, &status, WNOHANG) == dir.pid) {
-        dir.pid = -1;
+      if (!dir.process.running()) {
         say(fmt::format(
             "the directory {} before listening; last lines of {}:\n{}",
-            describe_status(status), dir.spec.log_path,
+            describe_exit(*dir.process.exit_status()), dir.spec.log_path,
             log_tail(dir.spec.log_path, log_tail_lines)));
         result_ = launch_directory_failed;
         return false;
@@ -256,18 +208,12 @@ private:
   }
 
   void reap() {
-    int status = 0;
-    pid_t pid;
-    while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0)
-      for (auto& c : children_)
-        if (c.pid == pid)
-          on_exit(c, status);
+    for (auto& c : children_)
+      if (c.process.pid() > 0 && !c.process.running())
+        on_exit(c, *c.process.exit_status());
   }
 
   void on_exit(child& c, int status) {
-    c.pid = -1;
-    if (stopping_)
-      return;
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (clean && !c.spec.is_directory) {
       say(fmt::format("{} exited cleanly (status 0); not restarted",
@@ -276,7 +222,7 @@ private:
       return;
     }
     say(fmt::format("{} {}; last lines of {}:\n{}", c.spec.name,
-                    describe_status(status), c.spec.log_path,
+                    describe_exit(status), c.spec.log_path,
                     log_tail(c.spec.log_path, log_tail_lines)));
     auto now = clock_type::now();
     while (!c.restarts.empty() && now - c.restarts.front() >= restart_window)
@@ -321,40 +267,34 @@ private:
 
   // Workers first (they may leave the directory cleanly), then the directory.
   int shutdown(int status) {
-    stopping_ = true;
     auto workers = stop_group(false);
     auto directory = stop_group(true);
     say(fmt::format("stopped; {} process(es) needed SIGKILL",
                     workers + directory));
-    ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
     return status;
   }
 
-  // TERM, wait up to the grace period, then KILL. Returns how many were killed.
+  // TERM, wait up to the grace period, then KILL. Returns how many were
+  // killed. (A second stop signal kills them all at once.)
   int stop_group(bool directory) {
-    auto in_group = [directory](const child& c) {
-      return c.spec.is_directory == directory && c.pid > 0;
+    auto in_group = [directory](child& c) {
+      return c.spec.is_directory == directory && c.process.running();
     };
     for (auto& c : children_)
       if (in_group(c))
-        ::kill(-c.pid, SIGTERM);
+        c.process.signal(SIGTERM);
     auto deadline =
         clock_type::now() + milliseconds(topology_.launch.stop_grace_ms);
     while (std::any_of(children_.begin(), children_.end(), in_group) &&
-           !escalate_ && clock_type::now() < deadline) {
-      wait_for_signal(milliseconds(20));
-      reap();
-    }
+           clock_type::now() < deadline)
+      std::this_thread::sleep_for(milliseconds(20));
     int killed = 0;
     for (auto& c : children_)
       if (in_group(c)) {
         say(fmt::format(
             "{} (pid {}) did not stop within {} ms; sending SIGKILL",
-            c.spec.name, c.pid, topology_.launch.stop_grace_ms));
-        ::kill(-c.pid, SIGKILL);
-        int status = 0;
-        ::waitpid(c.pid, &status, 0);
-        c.pid = -1;
+            c.spec.name, c.process.pid(), topology_.launch.stop_grace_ms));
+        c.process.kill_now();
         ++killed;
       }
     return killed;
@@ -364,11 +304,7 @@ private:
   std::string exe_;
   std::string secret_;
   std::vector<child> children_;
-  sigset_t signals_{};
-  sigset_t old_mask_{};
   bool stop_requested_ = false;
-  bool escalate_ = false;
-  bool stopping_ = false;
   int result_ = launch_ok;
 };
 

@@ -1,8 +1,10 @@
 // kvferry — one binary, one subcommand per job (see commands.hpp).
 #include "commands.hpp"
 #include "kvferry/runtime/version.hpp"
+#include "stop_signals.hpp"
 
 int main(int argc, char** argv) {
+  kvferry::app::install_stop_signals(); // one rule for every command
   CLI::App app{"kvferry: moves KV cache between the GPUs of disaggregated "
                "LLM serving"};
   app.set_version_flag("--version", kvferry::version);

@@ -10,7 +10,6 @@
 #include <iostream>
 #include <iterator>
 #include <signal.h>
-#include <spawn.h>
 #include <stdexcept>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,8 +19,6 @@
 #include <fmt/format.h>
 
 #include "exec_vector.hpp"
-
-extern char** environ;
 
 namespace kvferry::app {
 namespace {
@@ -35,14 +32,6 @@ std::string time_slice_note(int gpu, const std::string& cause) {
   return fmt::format("both workers share GPU {} and {}: their kernels will "
                      "time-slice (docs/gpu.md, 'Contention in the demo')",
                      gpu, cause);
-}
-
-std::string describe_status(int status) {
-  if (WIFEXITED(status))
-    return fmt::format("exit status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return fmt::format("killed by signal {}", WTERMSIG(status));
-  return "stopped";
 }
 
 // " (its output: ...)" with the last few hundred characters of `path` on
@@ -189,22 +178,6 @@ std::string find_on_path(const std::string& program) {
   return {};
 }
 
-std::vector<std::string> environment_with(const env_pairs& overrides) {
-  std::vector<std::string> env;
-  for (char** e = environ; e && *e; ++e) {
-    std::string entry{*e};
-    auto name = entry.substr(0, entry.find('='));
-    bool replaced = false;
-    for (auto& [key, value] : overrides)
-      replaced = replaced || key == name;
-    if (!replaced)
-      env.push_back(std::move(entry));
-  }
-  for (auto& [key, value] : overrides)
-    env.push_back(key + "=" + value);
-  return env;
-}
-
 mps_daemon::mps_daemon(milliseconds timeout) : timeout_(timeout) {
 }
 
@@ -305,61 +278,37 @@ std::string mps_daemon::run_control(const std::string& args,
     close(in[0]);
     return fmt::format("{}: open {}: {}", what, out_path, std::strerror(errno));
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, in[0], STDIN_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, out, STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, out, STDERR_FILENO);
-  // Its own process group (a timeout kills everything it started) with
-  // default signal handling, as from a shell.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE})
-    sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP |
-                                      POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-  std::vector<std::string> argv_text{program_};
+  // Its own process group (a timeout kills everything it started), no
+  // signal blocked, as from a shell.
+  std::vector<std::string> argv{program_};
   if (!args.empty())
-    argv_text.push_back(args);
-  auto argv = exec_vector(argv_text);
-  const auto env_text = environment_with(environment());
-  auto envp = exec_vector(env_text);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, program_.c_str(), &actions, &attr, argv.data(),
-                       envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
+    argv.push_back(args);
+  spawn_spec spec{program_, std::move(argv), environment()};
+  spec.stdin_fd = in[0];
+  spec.stdout_fd = out;
+  spec.stderr_fd = out;
+  std::optional<subprocess> control;
+  try {
+    control.emplace(spec);
+  } catch (const std::exception& e) {
+    close(in[0]);
+    close(out);
+    return fmt::format("{}: {}", what, e.what());
+  }
   close(in[0]);
   close(out);
-  if (rc != 0)
-    return fmt::format("{}: cannot run {}: {}", what, program_,
-                       std::strerror(rc));
-  auto deadline = steady_clock::now() + timeout_;
-  int status = 0;
-  for (;;) {
-    auto r = waitpid(pid, &status, WNOHANG);
-    if (r == pid)
-      break;
-    if (r < 0 && errno != EINTR)
-      return fmt::format("{}: waitpid: {}", what, std::strerror(errno));
-    if (steady_clock::now() > deadline) {
-      kill(-pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return fmt::format("{} did not finish within {} ms (killed){}", what,
-                         timeout_.count(), output_note(out_path));
-    }
-    std::this_thread::sleep_for(milliseconds(5));
+  if (!control->wait(timeout_)) {
+    control->kill_now();
+    return fmt::format("{} did not finish within {} ms (killed){}", what,
+                       timeout_.count(), output_note(out_path));
   }
+  auto status = *control->exit_status();
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
     return {};
-  return fmt::format("{} failed: {}{}", what, describe_status(status),
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+    return fmt::format("{}: cannot run {}{}", what, program_,
+                       output_note(out_path));
+  return fmt::format("{} failed: {}{}", what, describe_exit(status),
                      output_note(out_path));
 }
 

@@ -10,10 +10,9 @@
 #include <utility>
 #include <vector>
 
-namespace kvferry::app {
+#include "subprocess.hpp"
 
-/// Environment variables as name/value pairs.
-using env_pairs = std::vector<std::pair<std::string, std::string>>;
+namespace kvferry::app {
 
 enum class mps_mode { automatic, on, off };
 
@@ -46,10 +45,6 @@ int shared_gpu_of(const std::vector<std::optional<int>>& gpus);
 /// The program's full path when PATH has an executable of that name; empty
 /// otherwise.
 std::string find_on_path(const std::string& program);
-
-/// This process's environment as NAME=VALUE strings, with `overrides`
-/// replacing (or adding) those names: what a child gets through execve.
-std::vector<std::string> environment_with(const env_pairs& overrides);
 
 /// A private MPS control daemon: its own pipe and log directories, so it
 /// meets no other daemon and is reached only by processes given its

@@ -1,76 +1,48 @@
-// How a command stops on a signal: one rule for each kind of command.
-// Long-running commands (directory, worker) stop on SIGINT/SIGTERM by
-// waiting for them in main's thread. Every wait there is short: a stop
-// signal is honoured within a second wherever main happens to be. Commands
-// that own child processes catch them instead (catch_stop_signals below).
+// How every `kvferry` command stops on a signal: one rule.
+//
+//  - SIGINT and SIGTERM always count (also where a shell ignored SIGINT for a
+//    background job); SIGHUP counts unless it is ignored (nohup).
+//  - A command with a clean way to stop (the directory leaves, a worker
+//    deregisters, launch and demo stop their children) calls
+//    stop_gracefully(); the first signal is then only recorded, and the
+//    command looks at it in every wait (wait_stop_signal, at most a second
+//    apart) and stops through its normal path.
+//  - A second signal, or the first one in a command without a clean way to
+//    stop (info, sim, bench ...), stops now: every child process group that
+//    subprocess started is killed (SIGKILL) and the process dies of that
+//    signal, as without any handler.
+//
+// The handler only records, writes to a pipe (which wakes wait_stop_signal)
+// and, to stop now, kills and re-raises: all async-signal-safe, whichever
+// thread (CAF's included) it runs on.
 #pragma once
 
 #include <chrono>
-#include <csignal>
-#include <ctime>
-#include <pthread.h>
-#include <signal.h>
+#include <sys/types.h>
 
 namespace kvferry::app {
 
-/// Blocks SIGINT and SIGTERM in the calling thread and returns the set for
-/// sigwait. Call it *before* the actor system (or any other thread) starts:
-/// threads inherit the mask, so no other thread can take the signal.
-inline sigset_t block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return set;
-}
+/// Installs the handler (main() does, before any command runs). Idempotent.
+void install_stop_signals();
 
-/// Waits up to `timeout` for one of `set` (blocked by block_stop_signals);
-/// returns the signal, or 0 when none came.
-inline int wait_stop_signal(const sigset_t& set,
-                            std::chrono::milliseconds timeout) {
-  auto secs = std::chrono::duration_cast<std::chrono::seconds>(timeout);
-  timespec wait{
-      static_cast<time_t>(secs.count()),
-      static_cast<long>(std::chrono::nanoseconds(timeout - secs).count())};
-  int sig = sigtimedwait(&set, nullptr, &wait);
-  return sig > 0 ? sig : 0;
-}
+/// The calling command stops cleanly on a first signal (see above).
+void stop_gracefully();
 
-// ---- commands that own child processes -------------------------------------
-//
-// A command that started processes it must stop (the demo's workers and its
-// private MPS daemon) cannot block the signals for sigwait: it waits in many
-// places (a child's output, a run). It catches them instead: the handler
-// records the signal; the loops that wait look at caught_stop_signal() and
-// return through the normal path, whose destructors stop what was started.
-// A second signal kills at once (SA_RESETHAND).
+/// The first stop signal received, or 0.
+int stop_signal();
 
-namespace detail {
-inline volatile std::sig_atomic_t caught_stop_signal = 0;
-inline void record_stop_signal(int sig) {
-  caught_stop_signal = sig;
-}
-} // namespace detail
+/// Waits up to `timeout` for a first stop signal; returns stop_signal().
+int wait_stop_signal(std::chrono::milliseconds timeout);
 
-/// Installs the recording handler for SIGINT, SIGTERM and SIGHUP (a signal
-/// ignored under nohup and the like stays ignored).
-inline void catch_stop_signals() {
-  struct sigaction action {};
-  action.sa_handler = detail::record_stop_signal;
-  action.sa_flags = SA_RESETHAND | SA_RESTART;
-  sigemptyset(&action.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) {
-    struct sigaction old {};
-    sigaction(sig, nullptr, &old);
-    if (old.sa_handler != SIG_IGN)
-      sigaction(sig, &action, nullptr);
-  }
-}
+/// "SIGINT", "SIGTERM", "SIGHUP" (or "signal N").
+const char* stop_signal_name(int sig);
 
-/// The signal catch_stop_signals recorded, or 0.
-inline int caught_stop_signal() {
-  return detail::caught_stop_signal;
-}
+/// The process groups a second signal kills (subprocess keeps them here).
+void track_child_group(pid_t pgid);
+void forget_child_group(pid_t pgid);
+
+/// Resets the stop signals to their default action (a freshly forked child
+/// calls it before exec, so that a signal there cannot run our handler).
+void default_stop_signals_in_child();
 
 } // namespace kvferry::app

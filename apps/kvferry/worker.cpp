@@ -3,8 +3,8 @@
 // transfer actor and its app actor (producer for prefill, consumer for
 // decode), registers both with the directory through its membership keeper
 // (which renews the lease and registers again after any loss) and serves
-// until SIGINT or SIGTERM. `kvferry launch` and `kvferry demo` spawn it
-// with exactly these flags.
+// until a stop signal (stop_signals.hpp). `kvferry launch` and `kvferry demo`
+// spawn it with exactly these flags.
 #include "kvferry/actors/worker.hpp"
 
 #include <chrono>
@@ -39,38 +39,27 @@
 namespace kvferry::app {
 namespace {
 
+// The flags. Those the library takes as they are bind to `options`
+// directly (one set of defaults: worker_options'); the rest are words that
+// run_worker turns into options.
 struct worker_command {
-  std::string name;
+  worker_options options;
   std::string role;
   std::string directory;
-  std::string secret;
-  std::string bind = "0.0.0.0";
   std::string gpu = "none";
   std::string transport = "ipc";
-  std::string plugin;
-  std::uint64_t pool_blocks = 4096;
-  kv_geometry geometry;
   std::string dtype = "fp16";
   std::string mode = "push";
-  bool layerwise = false;
-  std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
-  std::uint32_t comms_per_peer = 2;
-  std::uint32_t staging_slots = transport::channel_options{}.staging_slots;
-  std::uint32_t timeout_ms = 10000;
-  std::uint64_t credit_blocks = app_config{}.credit_blocks;
-  std::uint32_t lend_percent = app_config{}.lend_percent;
-  std::uint32_t queue_limit = app_config{}.queue_limit;
-  std::uint32_t queue_wait_ms = app_config{}.queue_wait_ms;
   runtime::runtime_options runtime;
 };
 
 // Everything that can be checked before any resource is taken.
 std::string validate(worker_command& cmd, worker_role& role) {
-  if (cmd.name.empty())
+  if (cmd.options.name.empty())
     return "--name is required";
   if (!parse_role(cmd.role, role))
     return fmt::format("--role '{}': expected prefill or decode", cmd.role);
-  if (auto bad = resolve_dtype(cmd.geometry, cmd.dtype); !bad.empty())
+  if (auto bad = resolve_dtype(cmd.options.geometry, cmd.dtype); !bad.empty())
     return bad;
   if (cmd.mode != "push" && cmd.mode != "pull")
     return fmt::format("--mode '{}': expected push or pull", cmd.mode);
@@ -80,8 +69,10 @@ std::string validate(worker_command& cmd, worker_role& role) {
     return fmt::format("--transport '{}': expected ipc or net", cmd.transport);
   // The rules a topology's workers are checked against (launch --dry-run).
   runtime::worker_params params{
-      cmd.geometry,       cmd.pool_blocks,   cmd.gpu != "none", cmd.chunk_bytes,
-      cmd.comms_per_peer, cmd.staging_slots, cmd.timeout_ms};
+      cmd.options.geometry,       cmd.options.pool_blocks,
+      cmd.gpu != "none",          cmd.options.chunk_bytes,
+      cmd.options.comms_per_peer, cmd.options.staging_slots,
+      cmd.options.timeout_ms};
   return runtime::describe_as_flags(
       runtime::check_worker_params(params, runtime::physical_memory_bytes()));
 }
@@ -103,33 +94,18 @@ constexpr auto first_registration_limit = std::chrono::seconds(10);
 
 worker_options library_options(const worker_command& cmd, worker_role role,
                                int gpu) {
-  worker_options o;
-  o.name = cmd.name;
+  worker_options o = cmd.options;
   o.role = role;
-  o.secret = cmd.secret;
-  o.bind = cmd.bind;
   o.gpu = gpu;
-  o.pool_blocks = cmd.pool_blocks;
-  o.geometry = cmd.geometry;
   o.use_ipc = cmd.transport == "ipc";
-  o.plugin = cmd.plugin;
   o.pull = cmd.mode == "pull";
-  o.layerwise = cmd.layerwise;
-  o.chunk_bytes = cmd.chunk_bytes;
-  o.comms_per_peer = cmd.comms_per_peer;
-  o.staging_slots = cmd.staging_slots;
-  o.timeout_ms = cmd.timeout_ms;
-  o.credit_blocks = cmd.credit_blocks;
-  o.lend_percent = cmd.lend_percent;
-  o.queue_limit = cmd.queue_limit;
-  o.queue_wait_ms = cmd.queue_wait_ms;
   return o;
 }
 
 // Serves until a stop signal; returns it. The keeper renews the lease.
-int serve_until_signal(const sigset_t& stop_signals) {
+int serve_until_signal() {
   for (;;)
-    if (int sig = wait_stop_signal(stop_signals, std::chrono::seconds(1)))
+    if (int sig = wait_stop_signal(std::chrono::seconds(1)))
       return sig;
 }
 
@@ -145,22 +121,22 @@ int run_worker(worker_command& cmd) {
     std::cerr << "kvferry worker: --directory: " << render(err) << "\n";
     return 2;
   }
-  auto stop_signals = block_stop_signals();
-  runtime::raise_open_files_limit("worker " + cmd.name);
-  default_data_address(cmd.bind);
+  stop_gracefully();
+  runtime::raise_open_files_limit("worker " + cmd.options.name);
+  default_data_address(cmd.options.bind);
   runtime::system_config cfg{cmd.runtime};
-  if (auto err = cfg.secure(cmd.runtime.tls, cmd.name)) {
-    spdlog::error("worker {}: {}", cmd.name, render(err));
+  if (auto err = cfg.secure(cmd.runtime.tls, cmd.options.name)) {
+    spdlog::error("worker {}: {}", cmd.options.name, render(err));
     return 1;
   }
   // No automatic connections: CAF would open a second, plain listener on
   // every interface for them. Workers dial each other (connect_peers).
   cfg.set("middleman.enable-automatic-connections", false);
   caf::actor_system sys{cfg};
-  auto exporter = start_metrics_endpoint("worker " + cmd.name);
+  auto exporter = start_metrics_endpoint("worker " + cmd.options.name);
   if (!exporter)
     return 1;
-  auto gpu = resolve_gpu(cmd.gpu, "worker " + cmd.name);
+  auto gpu = resolve_gpu(cmd.gpu, "worker " + cmd.options.name);
   auto opts = library_options(cmd, role, gpu);
   opts.directory_host = dir_host;
   opts.directory_port = dir_port;
@@ -171,7 +147,7 @@ int run_worker(worker_command& cmd) {
   }
   int sig = 0;
   auto err = worker->await_registration(first_registration_limit, [&] {
-    sig = wait_stop_signal(stop_signals, std::chrono::milliseconds(0));
+    sig = stop_signal();
     return sig != 0;
   });
   if (err && sig == 0) {
@@ -181,18 +157,18 @@ int run_worker(worker_command& cmd) {
   }
   if (sig == 0) {
     // A parent process (demo, launch, tests) waits for this line.
-    std::cout << "kvferry worker " << cmd.name << " ready (" << cmd.role
+    std::cout << "kvferry worker " << cmd.options.name << " ready (" << cmd.role
               << ", plugin " << worker->net->name() << ", "
               << describe_memory(gpu)
               << (worker->info.ipc_capable
                       ? ", CUDA IPC for same-host GPU peers"
                       : "")
-              << ", " << cmd.pool_blocks << " blocks of "
-              << cmd.geometry.layer_block_bytes() << " B)" << std::endl;
-    sig = serve_until_signal(stop_signals);
+              << ", " << cmd.options.pool_blocks << " blocks of "
+              << cmd.options.geometry.layer_block_bytes() << " B)" << std::endl;
+    sig = serve_until_signal();
   }
-  spdlog::info("worker {}: {} received, leaving", cmd.name,
-               sig == SIGINT ? "SIGINT" : "SIGTERM");
+  spdlog::info("worker {}: {} received, leaving", cmd.options.name,
+               stop_signal_name(sig));
   worker->stop(); // within 1 s
   // CAF 0.17's actor_system destructor waits until every detached actor
   // object is destroyed, and a peer node's proxies can keep our transfer
@@ -200,7 +176,7 @@ int run_worker(worker_command& cmd) {
   // the whole deployment stops at once this stalled shutdown for seconds.
   // Our actors have stopped and left the directory; the plugin's sockets
   // and memory go with the process, so end it here.
-  spdlog::info("worker {}: stopped", cmd.name);
+  spdlog::info("worker {}: stopped", cmd.options.name);
   spdlog::shutdown();
   std::cout.flush();
   std::_Exit(0);
@@ -212,13 +188,14 @@ void add_worker(CLI::App& root, int& exit_code) {
   auto cmd = std::make_shared<worker_command>();
   auto* sub = root.add_subcommand(
       "worker", "Run a prefill or decode worker until SIGINT/SIGTERM");
-  sub->add_option("--name", cmd->name, "unique worker name")->required();
+  sub->add_option("--name", cmd->options.name, "unique worker name")
+      ->required();
   sub->add_option("--role", cmd->role, "prefill or decode")->required();
   sub->add_option("--directory", cmd->directory, "HOST:PORT of the directory")
       ->required();
-  sub->add_option("--secret", cmd->secret,
+  sub->add_option("--secret", cmd->options.secret,
                   "deployment secret (default: $KVFERRY_SECRET)");
-  sub->add_option("--bind", cmd->bind,
+  sub->add_option("--bind", cmd->options.bind,
                   "address peers reach this worker's actors on")
       ->capture_default_str();
   sub->add_option("--gpu", cmd->gpu,
@@ -229,57 +206,57 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "ipc: CUDA IPC to same-host GPU peers, the plugin to the "
                   "rest; net: the plugin for every peer")
       ->capture_default_str();
-  sub->add_option("--plugin", cmd->plugin,
+  sub->add_option("--plugin", cmd->options.plugin,
                   "net plugin name or path (default $KVFERRY_NET_PLUGIN, "
                   "else kvsock)");
-  sub->add_option("--pool-blocks", cmd->pool_blocks,
+  sub->add_option("--pool-blocks", cmd->options.pool_blocks,
                   "KV block pool size in layer-blocks")
       ->capture_default_str();
-  add_geometry_flags(*sub, cmd->geometry, cmd->dtype);
+  add_geometry_flags(*sub, cmd->options.geometry, cmd->dtype);
   sub->add_option("--mode", cmd->mode, "push or pull (producer's default)")
       ->capture_default_str();
-  sub->add_flag("--layerwise", cmd->layerwise,
+  sub->add_flag("--layerwise", cmd->options.layerwise,
                 "ship each layer as soon as it is written (producer default)");
-  sub->add_option("--chunk-bytes", cmd->chunk_bytes,
+  sub->add_option("--chunk-bytes", cmd->options.chunk_bytes,
                   "largest single plugin send/receive")
       ->capture_default_str();
-  sub->add_option("--comms-per-peer", cmd->comms_per_peer,
+  sub->add_option("--comms-per-peer", cmd->options.comms_per_peer,
                   "comm pairs striped per peer")
       ->capture_default_str()
       ->check(CLI::Range(1u, 64u));
-  sub->add_option("--staging-slots", cmd->staging_slots,
+  sub->add_option("--staging-slots", cmd->options.staging_slots,
                   "pinned bounce slots of --chunk-bytes per comm, for GPU "
                   "memory over a plugin without NCCL_PTR_CUDA (0 refuses "
                   "such peers)")
       ->capture_default_str()
       ->check(CLI::Range(
           0u, static_cast<std::uint32_t>(transport::max_staging_slots)));
-  sub->add_option("--timeout-ms", cmd->timeout_ms,
+  sub->add_option("--timeout-ms", cmd->options.timeout_ms,
                   "deadline of every remote request and transfer")
       ->capture_default_str();
-  sub->add_option("--credit-blocks", cmd->credit_blocks,
+  sub->add_option("--credit-blocks", cmd->options.credit_blocks,
                   "prefill: blocks to ask each decode worker to lend ahead "
                   "of time (0: negotiate every request)")
       ->capture_default_str();
-  sub->add_option("--lend-percent", cmd->lend_percent,
+  sub->add_option("--lend-percent", cmd->options.lend_percent,
                   "decode: most of the pool lent to one prefill worker")
       ->capture_default_str()
       ->check(CLI::Range(0u, 100u));
-  sub->add_option("--queue-limit", cmd->queue_limit,
+  sub->add_option("--queue-limit", cmd->options.queue_limit,
                   "requests that may wait for free blocks at once "
                   "(back-pressure); more fail at once")
       ->capture_default_str();
-  sub->add_option("--queue-wait-ms", cmd->queue_wait_ms,
+  sub->add_option("--queue-wait-ms", cmd->options.queue_wait_ms,
                   "how long a request may wait for free blocks")
       ->capture_default_str();
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
-    if (cmd->secret.empty())
+    if (cmd->options.secret.empty())
       if (const char* env = std::getenv("KVFERRY_SECRET"))
-        cmd->secret = env;
+        cmd->options.secret = env;
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,
                                           cmd->runtime.log_file,
-                                          "worker " + cmd->name)) {
+                                          "worker " + cmd->options.name)) {
       std::cerr << "kvferry worker: " << render(err) << "\n";
       exit_code = 2;
       return;

@@ -22,6 +22,7 @@
 
 #include <doctest/doctest.h>
 
+#include "eventually.hpp"
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
 
@@ -43,16 +44,7 @@ std::string slurp(const std::filesystem::path& path) {
   return text.str();
 }
 
-// Polls `done` every 100 ms until it holds or `limit` passes.
-bool eventually(const std::function<bool()>& done, milliseconds limit) {
-  auto deadline = clock_type::now() + limit;
-  while (!done()) {
-    if (clock_type::now() >= deadline)
-      return false;
-    std::this_thread::sleep_for(milliseconds(100));
-  }
-  return true;
-}
+using kvferry::test::eventually;
 
 // A port nobody listens on right now (the kernel's pick).
 int free_port() {

@@ -31,6 +31,7 @@
 #include <caf/io/all.hpp>
 #include <cuda_runtime.h>
 
+#include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/plan.hpp"
@@ -59,16 +60,7 @@ kv_geometry geometry() { // 4 layers of 64 KiB blocks
   return g;
 }
 
-template<class F>
-bool eventually(F done, milliseconds limit) {
-  auto deadline = steady_clock::now() + limit;
-  while (!done()) {
-    if (steady_clock::now() > deadline)
-      return false;
-    std::this_thread::sleep_for(milliseconds(5));
-  }
-  return true;
-}
+using kvferry::test::eventually;
 
 // Starts the sender child: its hold file and port file live in `dir`. Its
 // environment is built before fork(): this process runs threads already.

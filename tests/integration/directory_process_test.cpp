@@ -4,21 +4,19 @@
 // deadline; the child is always reaped.
 #include <chrono>
 #include <optional>
-#include <poll.h>
 #include <signal.h>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
-#include <unistd.h>
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
 #include <doctest/doctest.h>
 
+#include "idle_worker.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry_processes.hpp"
 #include "test_pki.hpp"
 
 using namespace kvferry;
@@ -28,87 +26,7 @@ namespace {
 
 constexpr auto secret = "integration-secret";
 
-// The directory as a child process; SIGTERM and reaped on destruction.
-class directory_process {
-public:
-  directory_process() {
-    int out[2];
-    REQUIRE(pipe(out) == 0);
-    pid_ = fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      // Dies with the test, even if the test crashes or is killed.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      execl(KVFERRY_BINARY_DIR "/bin/kvferry", "kvferry", "directory", "--bind",
-            "127.0.0.1", "--port", "0", "--secret", secret, "--lease-ms",
-            "10000", "--log-level", "warn", nullptr);
-      _exit(127);
-    }
-    close(out[1]);
-    stdout_ = out[0];
-  }
-
-  ~directory_process() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    close(stdout_);
-  }
-
-  // Reads "kvferry directory listening on ADDR:PORT" within `timeout`.
-  std::optional<uint16_t> wait_for_port(std::chrono::milliseconds timeout) {
-    std::string line;
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      pollfd p{stdout_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0)
-        continue;
-      char c;
-      if (read(stdout_, &c, 1) != 1)
-        return std::nullopt;
-      if (c != '\n') {
-        line += c;
-        continue;
-      }
-      auto colon = line.rfind(':');
-      if (line.rfind("kvferry directory listening on ", 0) == 0 &&
-          colon != std::string::npos)
-        return static_cast<uint16_t>(std::stoi(line.substr(colon + 1)));
-      line.clear();
-    }
-    return std::nullopt;
-  }
-
-  // SIGTERM, then the exit status within `timeout` (-1: had to kill).
-  int stop(std::chrono::milliseconds timeout) {
-    kill(pid_, SIGTERM);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    int status = 0;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(20ms);
-    }
-    return -1;
-  }
-
-private:
-  pid_t pid_ = -1;
-  int stdout_ = -1;
-};
-
-// Stands in for a worker's app actor. (Function actors get one argument:
-// CAF 0.17.6 dereferences a null argument tuple for spawn(f) with none,
-// which UBSan reports.)
-caf::behavior idle_worker(caf::event_based_actor*, int) {
-  return {[](caf::ok_atom) {}};
-}
+using kvferry::test::idle_worker;
 
 worker_info make_worker(caf::actor_system& sys, std::string name) {
   worker_info info;
@@ -160,13 +78,16 @@ bool gone_within(caf::actor_system& sys, const directory_actor& dir,
 
 TEST_CASE("kvferry directory serves remote clients through the middleman") {
   test::test_pki pki{{"directory"}}; // the child finds it in $KVFERRY_TLS_DIR
-  directory_process proc;
-  auto port = proc.wait_for_port(20s);
-  REQUIRE_MESSAGE(port, "kvferry directory did not print its port in time");
+  test::child proc{{"directory", "--bind", "127.0.0.1", "--port", "0",
+                    "--secret", secret, "--lease-ms", "10000", "--log-level",
+                    "warn"}};
+  auto address = test::directory_address(proc); // within 20 s
+  auto port =
+      static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
 
   client_config cfg{pki};
   caf::actor_system sys{cfg};
-  auto dir = connect_directory(sys, "127.0.0.1", *port, 10s);
+  auto dir = connect_directory(sys, "127.0.0.1", port, 10s);
   REQUIRE_MESSAGE(dir, render(dir.error()));
 
   auto w = make_worker(sys, "decode-0");
@@ -199,7 +120,7 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
     {
       client_config other_cfg{pki};
       caf::actor_system other{other_cfg};
-      auto other_dir = connect_directory(other, "127.0.0.1", *port, 10s);
+      auto other_dir = connect_directory(other, "127.0.0.1", port, 10s);
       REQUIRE(other_dir);
       auto v = make_worker(other, "prefill-0");
       REQUIRE(ask<lease>(other, *other_dir, register_atom::value, v,
@@ -218,7 +139,8 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
 
   caf::anon_send_exit(w.app, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(intruder.app, caf::exit_reason::user_shutdown);
-  CHECK(proc.stop(10s) == 0);
+  kill(proc.pid, SIGTERM);
+  CHECK(proc.wait_exit(10s) == 0);
 }
 
 TEST_CASE("connecting to a port nobody listens on fails in time, naming it") {

@@ -11,34 +11,7 @@
 set -uo pipefail
 
 KVFERRY=${1:?usage: launch_mps_test.sh <kvferry binary>}
-WORK=$(mktemp -d /tmp/kvferry-launch-mps-test.XXXXXX)
-cd "$WORK" || exit 1
-PORT=$((20000 + RANDOM % 20000))
-launch_pid=""
-cleanup() {
-  [ -n "$launch_pid" ] && kill -KILL "$launch_pid" 2>/dev/null
-  for pidfile in "$WORK"/*.pid; do
-    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-failures=0
-pass() { echo "ok   - $1"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
-expect() {
-  local what=$1; shift
-  if "$@"; then pass "$what"; else fail "$what"; fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-wait_for() {
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.1
-  done
-}
+source "$(dirname "$0")/lib.sh" kvferry-launch-mps-test
 
 # The MPS control program: records each call; `-d` makes the pipe the real
 # daemon would.

@@ -13,37 +13,9 @@
 set -uo pipefail
 
 KVFERRY=${1:?usage: launch_test.sh <kvferry binary>}
-WORK=$(mktemp -d /tmp/kvferry-launch-test.XXXXXX)
 # launch creates the deployment's certificates in ./kvferry-pki (the default
-# tls.dir); the real directory and status below find them there too.
-cd "$WORK" || exit 1
-PORT=$((20000 + RANDOM % 20000))
-launch_pid=""
-cleanup() {
-  [ -n "$launch_pid" ] && kill -KILL "$launch_pid" 2>/dev/null
-  # Stand-ins left behind by a failed test run: only ours, by their marker.
-  for pidfile in "$WORK"/*.pid; do
-    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-failures=0
-pass() { echo "ok   - $1"; }
-fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
-expect() {  # <description> <command...>: passes when the command succeeds
-  local what=$1; shift
-  if "$@"; then pass "$what"; else fail "$what"; return 1; fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-wait_for() {  # <seconds> <command...>: polls until the command succeeds
-  local deadline=$((SECONDS + $1)); shift
-  until "$@"; do
-    [ $SECONDS -ge $deadline ] && return 1
-    sleep 0.1
-  done
-}
+# tls.dir) of $WORK; the real directory and status below find them there too.
+source "$(dirname "$0")/lib.sh" kvferry-launch-test
 
 # ---- the stand-in for `kvferry directory|worker` -----------------------------------
 cat >"$WORK/fake-kvferry" <<EOF
@@ -171,6 +143,29 @@ expect "SIGINT with a stubborn worker still exits 0 (got $rc)" test $rc -eq 0
 expect "the stubborn worker is killed after the grace period" \
   contains "$WORK/err" "stubborn (pid $(cat "$WORK/stubborn.pid")) did not stop within 500 ms; sending SIGKILL" \
   || { echo "---- launch stderr of this case"; cat "$WORK/err"; }
+rm -rf "$WORK/logs"
+
+# ---- 5b. a second signal stops at once: the stubborn worker is killed with it -----
+topology "$WORK/stubborn.yaml" "{name: stubborn, role: decode}"
+sed -i 's/stop_grace_ms: 500/stop_grace_ms: 60000/' "$WORK/stubborn.yaml"
+"$KVFERRY" launch "$WORK/stubborn.yaml" >"$WORK/out" 2>"$WORK/err" &
+launch_pid=$!
+wait_for 20 contains "$WORK/err" "started stubborn"
+expect "the stubborn worker is ready again" wait_for 20 contains "$WORK/logs/stubborn.log" "stubborn ready"
+kill -INT "$launch_pid"
+expect "the first signal starts a graceful stop" wait_for 10 contains "$WORK/err" "SIGINT received, stopping"
+second=$(date +%s%N)
+kill -INT "$launch_pid"
+timeout 20 tail --pid="$launch_pid" -s 0.02 -f /dev/null
+took_ms=$((($(date +%s%N) - second) / 1000000))
+wait "$launch_pid"
+rc=$?
+launch_pid=""
+expect "the second signal ends launch within 1 s, not after the 60 s grace (took $took_ms ms)" \
+  test $took_ms -lt 1000
+expect "by that signal (got $rc)" test $rc -eq $((128 + 2))
+expect "and kills the stubborn worker with it" \
+  wait_for 5 bash -c "! kill -0 $(cat "$WORK/stubborn.pid") 2>/dev/null"
 rm -rf "$WORK/logs"
 
 # ---- 6. which host am I -------------------------------------------------------------

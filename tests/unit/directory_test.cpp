@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
+#include "idle_worker.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/directory.hpp"
 
@@ -18,12 +19,7 @@ namespace {
 constexpr auto secret = "s3cret";
 constexpr auto lease_time = std::chrono::seconds(10);
 
-// Stands in for a worker's app/transfer actor: lives until told to exit.
-// (Function actors get one argument: CAF 0.17.6 dereferences a null
-// argument tuple for spawn(f) with none, which UBSan reports.)
-caf::behavior idle_worker(caf::event_based_actor*, int) {
-  return {[](caf::ok_atom) {}};
-}
+using kvferry::test::idle_worker;
 
 caf::behavior silent_watcher(caf::event_based_actor*, int) {
   return {[](joined_atom, const worker_info&) {},

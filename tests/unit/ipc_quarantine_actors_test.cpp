@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 #include <doctest/doctest.h>
 
+#include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/transfer.hpp"
@@ -98,18 +99,7 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
   };
 }
 
-// Polls `done` until it holds or `limit` passes (the actors run on their
-// own threads; this waits for a state, with a deadline).
-template<class F>
-bool eventually(F done, milliseconds limit = milliseconds(10000)) {
-  auto deadline = steady_clock::now() + limit;
-  while (!done()) {
-    if (steady_clock::now() > deadline)
-      return false;
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return true;
-}
+using kvferry::test::eventually; // the actors run on their own threads
 
 struct fixture {
   runtime::system_config cfg;

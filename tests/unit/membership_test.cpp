@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
+#include "idle_worker.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/membership.hpp"
@@ -22,11 +23,7 @@ namespace {
 constexpr auto secret = "s3cret";
 constexpr auto lease_time = std::chrono::seconds(3);
 
-// Stands in for a worker's app actor. (Function actors get one argument:
-// CAF 0.17.6 dereferences a null argument tuple for spawn(f) with none.)
-caf::behavior idle_worker(caf::event_based_actor*, int) {
-  return {[](caf::ok_atom) {}};
-}
+using kvferry::test::idle_worker;
 
 // What the test dialer hands out: the directory "at the address" now, or
 // a failure for the next `fail_next` dials; when each dial came.

@@ -260,7 +260,8 @@ TEST_CASE("a failing -d names the program, its exit status and output, and "
                     ">&2\nexit 1\n"};
   mps_daemon daemon;
   auto err = start_error(daemon);
-  CHECK(contains(err, "`nvidia-cuda-mps-control -d` failed: exit status 1"));
+  CHECK(contains(err,
+                 "`nvidia-cuda-mps-control -d` failed: exited with status 1"));
   CHECK(contains(err, "An instance of this daemon is already running"));
   CHECK_FALSE(daemon.running());
   CHECK(fake.tmp_is_empty());
@@ -300,8 +301,8 @@ TEST_CASE("a failing quit is reported with how to stop the daemon by hand; "
   daemon.start();
   auto pipe = daemon.pipe_directory();
   auto err = daemon.stop();
-  CHECK(contains(err, "`echo quit | nvidia-cuda-mps-control` failed: exit "
-                      "status 3"));
+  CHECK(contains(err, "`echo quit | nvidia-cuda-mps-control` failed: exited "
+                      "with status 3"));
   CHECK(contains(err, "CUDA_MPS_PIPE_DIRECTORY=" + pipe));
   CHECK(fs::is_directory(pipe));
   CHECK_FALSE(daemon.running());

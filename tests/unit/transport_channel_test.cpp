@@ -28,25 +28,8 @@ std::shared_ptr<plugin> fake() {
   return plugin::load(kvferry::test::fake_plugin_path());
 }
 
-struct pair_of_channels {
-  send_channel tx;
-  recv_channel rx;
-};
-
-pair_of_channels connect_pair(const channel_options& options) {
-  auto net = fake();
-  channel_listener listener(net, 0, options);
-  channel_connector connector(net, 0, listener.handles(), options);
-  bool sent = false, accepted = false;
-  for (int round = 0; round < 1000 && !(sent && accepted); ++round) {
-    if (!sent)
-      sent = connector.try_connect();
-    if (!accepted)
-      accepted = listener.try_accept();
-  }
-  REQUIRE(sent);
-  REQUIRE(accepted);
-  return {connector.take(), listener.take()};
+kvferry::test::channel_pair connect_pair(const channel_options& options) {
+  return kvferry::test::connect_channel_pair(fake(), options, options, 10s);
 }
 
 // Polls both sides until `ops` completions arrived in all, or 5 s passed.

@@ -1,0 +1,35 @@
+# Shared set-up of the shell tests that drive `kvferry launch` (sourced:
+# `source "$(dirname "$0")/lib.sh" <scratch name>`): a scratch directory
+# $WORK that is also the working directory, a random $PORT, a cleanup on
+# exit of whatever the test started (launch in $launch_pid, stand-ins by
+# their $WORK/*.pid files), and the checks. Every wait has a deadline.
+
+WORK=$(mktemp -d "/tmp/${1:?usage: source lib.sh <scratch name>}.XXXXXX")
+cd "$WORK" || exit 1
+PORT=$((20000 + RANDOM % 20000))
+launch_pid=""
+cleanup() {
+  [ -n "$launch_pid" ] && kill -KILL "$launch_pid" 2>/dev/null
+  # Stand-ins left behind by a failed test run: only ours, by their marker.
+  for pidfile in "$WORK"/*.pid; do
+    [ -f "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+failures=0
+pass() { echo "ok   - $1"; }
+fail() { echo "FAIL - $1"; failures=$((failures + 1)); }
+expect() {  # <description> <command...>: passes when the command succeeds
+  local what=$1; shift
+  if "$@"; then pass "$what"; else fail "$what"; return 1; fi
+}
+contains() { grep -qF -- "$2" "$1"; }
+wait_for() {  # <seconds> <command...>: polls until the command succeeds
+  local deadline=$((SECONDS + $1)); shift
+  until "$@"; do
+    [ $SECONDS -ge $deadline ] && return 1
+    sleep 0.1
+  done
+}
