@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
@@ -30,6 +31,7 @@
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/device_choice.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 #include "kvferry/transport/plugin.hpp"
@@ -48,6 +50,7 @@ struct worker_command {
   std::string gpu = "none";
   std::string transport = "ipc";
   std::string plugin;
+  std::vector<std::string> devices;
   std::uint64_t pool_blocks = 4096;
   kv_geometry geometry;
   std::string dtype = "fp16";
@@ -113,6 +116,7 @@ worker_options library_options(const worker_command& cmd, worker_role role,
   o.geometry = cmd.geometry;
   o.use_ipc = cmd.transport == "ipc";
   o.plugin = cmd.plugin;
+  o.devices = cmd.devices;
   o.pull = cmd.mode == "pull";
   o.layerwise = cmd.layerwise;
   o.chunk_bytes = cmd.chunk_bytes;
@@ -232,6 +236,11 @@ void add_worker(CLI::App& root, int& exit_code) {
   sub->add_option("--plugin", cmd->plugin,
                   "net plugin name or path (default $KVFERRY_NET_PLUGIN, "
                   "else kvsock)");
+  sub->add_option("--devices", cmd->devices,
+                  "plugin devices (NICs) to stripe transfers over: indexes, "
+                  "names or all, comma separated (default "
+                  "$KVFERRY_NET_DEVICES, else the one nearest the GPU)")
+      ->delimiter(',');
   sub->add_option("--pool-blocks", cmd->pool_blocks,
                   "KV block pool size in layer-blocks")
       ->capture_default_str();
@@ -277,6 +286,10 @@ void add_worker(CLI::App& root, int& exit_code) {
     if (cmd->secret.empty())
       if (const char* env = std::getenv("KVFERRY_SECRET"))
         cmd->secret = env;
+    // What `kvferry launch` passes from the topology's `devices`.
+    if (cmd->devices.empty())
+      if (const char* env = std::getenv("KVFERRY_NET_DEVICES"))
+        cmd->devices = transport::parse_device_list(env);
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,
                                           cmd->runtime.log_file,
                                           "worker " + cmd->name)) {
