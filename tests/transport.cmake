@@ -58,6 +58,13 @@ kvferry_transport_test(test_transport_loader SOURCES unit/transport_loader_test.
 kvferry_transport_test(test_transport_channel SOURCES unit/transport_channel_test.cpp
   LIBS kvferry_transport LABELS unit TIMEOUT 60)
 add_dependencies(test_transport_channel nccl-net-kvsock)  # one case runs over kvsock
+# Several NICs: a channel striped over two kvsock devices (loopback
+# addresses), and how a worker chooses its devices.
+kvferry_transport_test(test_channel_devices SOURCES unit/channel_devices_test.cpp
+  LIBS kvferry_transport LABELS unit TIMEOUT 60)
+add_dependencies(test_channel_devices nccl-net-kvsock)
+kvferry_add_test(NAME test_device_choice SOURCES unit/device_choice_test.cpp
+  LIBS kvferry_transport LABELS unit TIMEOUT 30)
 
 # Integration: the kvferry binary's netcheck and bench net.
 kvferry_transport_test(test_netcheck SOURCES integration/netcheck_test.cpp

@@ -121,7 +121,7 @@ void open_channel(self_ptr self, const std::string& name) {
                           NCCL_NET_HANDLE_MAXSIZE);
             try {
               i->second.connector = std::make_unique<channel_connector>(
-                  cfg.net, cfg.device, std::move(handles),
+                  cfg.net, cfg.devices, std::move(handles),
                   options_for(self->state, name, cfg.comms_per_peer,
                               cfg.chunk_bytes));
             } catch (const std::exception& e) {
@@ -328,7 +328,7 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
   if (q.sender)
     self->monitor(caf::actor_cast<caf::actor>(q.sender));
   q.listener = std::make_unique<channel_listener>(
-      st.cfg.net, st.cfg.device, options_for(st, sender, comms, chunk));
+      st.cfg.net, st.cfg.devices, options_for(st, sender, comms, chunk));
   q.accept_deadline =
       steady_clock::now() + milliseconds(st.cfg.open_timeout_ms);
   std::vector<char> flat;

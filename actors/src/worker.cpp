@@ -2,12 +2,14 @@
 // embedding facade start.
 #include "kvferry/actors/worker.hpp"
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 #include <vector>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "kvferry/actors/app.hpp"
@@ -15,6 +17,8 @@
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/tls.hpp"
+#include "kvferry/transport/device_choice.hpp"
+#include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 #include "kvferry/transport/plugin.hpp"
 
@@ -43,7 +47,6 @@ load_plugin(const worker_options& opts) {
   std::shared_ptr<transport::plugin> net;
   try {
     net = transport::plugin::load(opts.plugin);
-    net->usable_device(0); // the transfer actor's device: NCCL's rules
   } catch (const std::exception& e) {
     return worker_error(ec::plugin_error, opts, e.what());
   }
@@ -51,15 +54,61 @@ load_plugin(const worker_options& opts) {
     return worker_error(
         ec::plugin_error, opts,
         fmt::format("plugin {} reports no devices", net->name()));
+  return net;
+}
+
+// The sysfs path of the worker's GPU ("" for host memory or when unknown).
+std::string gpu_pci_path(int gpu) {
+  if (gpu < 0)
+    return {};
+  auto inventory = transport::list_gpus();
+  if (static_cast<std::size_t>(gpu) >= inventory.devices.size())
+    return {};
+  return transport::pci_device_path(
+      inventory.devices[static_cast<std::size_t>(gpu)].pci_bus_id);
+}
+
+// The transfer actor's plugin devices (NICs): opts.devices, else the one
+// nearest the GPU (device_choice.hpp); each usable by NCCL's rules. Logged
+// once.
+caf::expected<std::vector<int>>
+choose_net_devices(const worker_options& opts, const transport::plugin& net) {
+  transport::device_choice choice;
+  try {
+    choice = transport::choose_devices(net.devices(), opts.devices,
+                                       gpu_pci_path(opts.gpu), opts.gpu >= 0);
+    for (int d : choice.devices)
+      net.usable_device(d);
+  } catch (const std::exception& e) {
+    return worker_error(ec::plugin_error, opts, e.what());
+  }
+  std::vector<std::string> named;
+  for (int d : choice.devices)
+    named.push_back(fmt::format("{} '{}'", d, net.device(d).name));
+  spdlog::info("worker {}: plugin {} device(s) {}: {}", opts.name, net.name(),
+               fmt::join(named, ", "), choice.why);
   // A GPU pool reaches net peers either way: registered with the plugin
   // where its ptrSupport has NCCL_PTR_CUDA, else staged by the channel
   // wrapper.
-  if (opts.gpu >= 0 && !net->device(0).supports_cuda())
+  if (opts.gpu >= 0 && !net.device(choice.devices.front()).supports_cuda())
     spdlog::info("worker {}: plugin {} does not take GPU memory (no "
                  "NCCL_PTR_CUDA in its ptrSupport): KV for net peers is "
                  "staged through pinned host buffers by the channel wrapper",
-                 opts.name, net->name());
-  return net;
+                 opts.name, net.name());
+  return choice.devices;
+}
+
+// Comm pairs per peer: at least one per device and a multiple of their
+// count, so that chunk c (on comm c mod N, device (c mod N) mod n) gives
+// every device an equal share of each transfer.
+std::uint32_t comms_for(const worker_options& opts, std::size_t devices) {
+  auto n = static_cast<std::uint32_t>(devices);
+  auto comms = (std::max(opts.comms_per_peer, n) + n - 1) / n * n;
+  if (comms != opts.comms_per_peer)
+    spdlog::info("worker {}: {} comm pairs per peer instead of {}: a multiple "
+                 "of its {} devices",
+                 opts.name, comms, opts.comms_per_peer, n);
+  return comms;
 }
 
 // The KV pool in host or GPU memory.
@@ -127,12 +176,14 @@ worker_info describe_worker(const worker_options& opts,
 
 transfer_config make_transfer_config(const worker_options& opts,
                                      std::shared_ptr<transport::plugin> net,
+                                     std::vector<int> devices,
                                      std::shared_ptr<memory_region> region) {
   transfer_config tc;
   tc.name = opts.name;
   tc.net = std::move(net);
+  tc.comms_per_peer = comms_for(opts, devices.size());
+  tc.devices = std::move(devices);
   tc.region = std::move(region);
-  tc.comms_per_peer = opts.comms_per_peer;
   tc.chunk_bytes = opts.chunk_bytes;
   tc.staging_slots = opts.staging_slots;
   tc.open_timeout_ms = opts.timeout_ms;
@@ -203,6 +254,9 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
   auto net = load_plugin(opts);
   if (!net)
     return std::move(net.error());
+  auto devices = choose_net_devices(opts, **net);
+  if (!devices)
+    return std::move(devices.error());
   auto region = allocate_pool(opts);
   if (!region)
     return std::move(region.error());
@@ -210,7 +264,8 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
   w.sys_ = &sys;
   w.net = *net;
   w.region = *region;
-  w.transfer = spawn_transfer(sys, make_transfer_config(opts, *net, *region));
+  w.transfer = spawn_transfer(
+      sys, make_transfer_config(opts, *net, std::move(*devices), *region));
   caf::scoped_actor self{sys};
   proto::endpoint ep;
   self->request(w.transfer, std::chrono::seconds(5),

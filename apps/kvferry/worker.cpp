@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 #include <caf/all.hpp>
 #include <caf/io/middleman.hpp>
@@ -30,6 +31,7 @@
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/runtime/worker_limits.hpp"
 #include "kvferry/transport/channel.hpp"
+#include "kvferry/transport/device_choice.hpp"
 #include "kvferry/transport/gpu_info.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 #include "kvferry/transport/plugin.hpp"
@@ -209,6 +211,11 @@ void add_worker(CLI::App& root, int& exit_code) {
   sub->add_option("--plugin", cmd->options.plugin,
                   "net plugin name or path (default $KVFERRY_NET_PLUGIN, "
                   "else kvsock)");
+  sub->add_option("--devices", cmd->options.devices,
+                  "plugin devices (NICs) to stripe transfers over: indexes, "
+                  "names or all, comma separated (default "
+                  "$KVFERRY_NET_DEVICES, else the one nearest the GPU)")
+      ->delimiter(',');
   sub->add_option("--pool-blocks", cmd->options.pool_blocks,
                   "KV block pool size in layer-blocks")
       ->capture_default_str();
@@ -254,6 +261,10 @@ void add_worker(CLI::App& root, int& exit_code) {
     if (cmd->options.secret.empty())
       if (const char* env = std::getenv("KVFERRY_SECRET"))
         cmd->options.secret = env;
+    // What `kvferry launch` passes from the topology's `devices`.
+    if (cmd->options.devices.empty())
+      if (const char* env = std::getenv("KVFERRY_NET_DEVICES"))
+        cmd->options.devices = transport::parse_device_list(env);
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,
                                           cmd->runtime.log_file,
                                           "worker " + cmd->options.name)) {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -16,15 +17,17 @@ struct channel_pair {
   transport::recv_channel rx;
 };
 
-/// Listens and connects on device 0 of `net`, polling both sides (connect and
-/// accept never block) until both are up; fails the test after `timeout`.
+/// Listens and connects on `devices` of `net` (both sides), polling both
+/// sides (connect and accept never block) until both are up; fails the test
+/// after `timeout`.
 inline channel_pair
 connect_channel_pair(std::shared_ptr<transport::plugin> net,
                      const transport::channel_options& tx_options,
                      const transport::channel_options& rx_options,
-                     std::chrono::milliseconds timeout) {
-  transport::channel_listener listener(net, 0, rx_options);
-  transport::channel_connector connector(net, 0, listener.handles(),
+                     std::chrono::milliseconds timeout,
+                     const std::vector<int>& devices = {0}) {
+  transport::channel_listener listener(net, devices, rx_options);
+  transport::channel_connector connector(net, devices, listener.handles(),
                                          tx_options);
   bool sent = false, accepted = false;
   auto deadline = std::chrono::steady_clock::now() + timeout;

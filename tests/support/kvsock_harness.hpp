@@ -94,8 +94,8 @@ struct Pair {
   char handle[NCCL_NET_HANDLE_MAXSIZE] = {};
   int connect_polls = 0;
 
-  explicit Pair(bool unpack_device_handle = false) {
-    REQUIRE(net->listen(0, handle, &listen) == ncclSuccess);
+  explicit Pair(bool unpack_device_handle = false, int device = 0) {
+    REQUIRE(net->listen(device, handle, &listen) == ncclSuccess);
     REQUIRE(listen != nullptr);
     char peer_copy[NCCL_NET_HANDLE_MAXSIZE];
     std::memcpy(peer_copy, handle, sizeof peer_copy); // travels out of band
@@ -106,7 +106,8 @@ struct Pair {
     auto deadline = Clock::now() + kDeadline;
     while ((send == nullptr || recv == nullptr) && Clock::now() < deadline) {
       if (send == nullptr) {
-        REQUIRE(net->connect(0, peer_copy, &send, &send_dev) == ncclSuccess);
+        REQUIRE(net->connect(device, peer_copy, &send, &send_dev) ==
+                ncclSuccess);
         ++connect_polls;
       }
       if (recv == nullptr)

@@ -17,10 +17,10 @@ TEST_CASE("the table names kvsock and describes one host device") {
   CHECK(std::string(net->name) == "kvsock");
   int ndev = 0;
   REQUIRE(net->devices(&ndev) == ncclSuccess);
-  CHECK(ndev == 1);
+  CHECK(ndev == 1); // neither KVSOCK_IFADDR nor NCCL_SOCKET_IFNAME: one NIC
   ncclNetProperties_v7_t props{};
   REQUIRE(net->getProperties(0, &props) == ncclSuccess);
-  CHECK(std::string(props.name) == "kvsock");
+  CHECK(std::string(props.name) != ""); // the interface, e.g. eth0 or lo
   CHECK((props.ptrSupport & NCCL_PTR_HOST) != 0);
   CHECK(props.maxRecvs == 8);
   CHECK(props.netDeviceType == NCCL_NET_DEVICE_HOST);
@@ -475,6 +475,28 @@ TEST_CASE("connect to a listener that is gone fails within its deadline") {
   CHECK(Clock::now() - start < std::chrono::seconds(2));
 }
 
+namespace {
+// The address `p` listened on (network order).
+in_addr_t listened_address(const Pair& p) {
+  sockaddr_in listened{};
+  std::memcpy(&listened, p.handle + 8, sizeof listened); // Handle::address
+  return listened.sin_addr.s_addr;
+}
+
+// `size` bytes of pattern `seed` go from p.send to p.recv intact.
+void check_moves(Pair& p, int size, int seed) {
+  Buffer src(p.net, p.send, static_cast<size_t>(size), seed);
+  Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+  int got = -1;
+  ncclResult_t sr, rr;
+  transfer(p, src, size, dst, size, &got, &sr, &rr);
+  CHECK(sr == ncclSuccess);
+  CHECK(rr == ncclSuccess);
+  CHECK(got == size);
+  CHECK(dst.matches(seed, static_cast<size_t>(size)));
+}
+} // namespace
+
 TEST_CASE("KVSOCK_IFADDR chooses the listen address; KVSOCK_NSOCKS the data "
           "sockets") {
   EnvGuard address("KVSOCK_IFADDR", "127.0.0.1");
@@ -482,20 +504,48 @@ TEST_CASE("KVSOCK_IFADDR chooses the listen address; KVSOCK_NSOCKS the data "
     CAPTURE(sockets);
     EnvGuard nsocks("KVSOCK_NSOCKS", sockets);
     Pair p;
-    sockaddr_in listened{};
-    std::memcpy(&listened, p.handle + 8, sizeof listened); // Handle::address
-    CHECK(listened.sin_addr.s_addr == htonl(INADDR_LOOPBACK));
-    constexpr int kSize = 3 << 20;
-    Buffer src(p.net, p.send, kSize, 11);
-    Buffer dst(p.net, p.recv, kSize);
-    int got = -1;
-    ncclResult_t sr, rr;
-    transfer(p, src, kSize, dst, kSize, &got, &sr, &rr);
-    CHECK(sr == ncclSuccess);
-    CHECK(rr == ncclSuccess);
-    CHECK(got == kSize);
-    CHECK(dst.matches(11, kSize));
+    CHECK(listened_address(p) == htonl(INADDR_LOOPBACK));
+    check_moves(p, 3 << 20, 11);
   }
+}
+
+TEST_CASE("KVSOCK_IFADDR lists one device per entry, each listening on its "
+          "own address") {
+  ncclNet_v7_t* net = plugin();
+  EnvGuard address("KVSOCK_IFADDR", "127.0.0.1,no-such-if0,lo,127.0.0.2");
+  int ndev = 0;
+  REQUIRE(net->devices(&ndev) == ncclSuccess);
+  CHECK(ndev == 3); // the entry that is neither address nor interface skipped
+  CHECK(warned("no-such-if0"));
+  ncclNetProperties_v7_t props[3] = {};
+  for (int d = 0; d < 3; ++d)
+    REQUIRE(net->getProperties(d, &props[d]) == ncclSuccess);
+  CHECK(std::string(props[0].name) == "lo"); // the interface of 127.0.0.1
+  CHECK(std::string(props[1].name) == "lo");
+  CHECK(std::string(props[2].name) == "127.0.0.2"); // no interface holds it
+  CHECK(props[0].pciPath == nullptr);               // lo is virtual
+  CHECK(props[0].guid != props[2].guid);
+  ncclNetProperties_v7_t beyond{};
+  CHECK(net->getProperties(3, &beyond) == ncclInvalidArgument);
+  char handle[NCCL_NET_HANDLE_MAXSIZE];
+  void* listen = nullptr;
+  CHECK(net->listen(3, handle, &listen) == ncclInvalidArgument);
+
+  // A comm on device 2 listens on 127.0.0.2 and carries bytes.
+  Pair p(false, 2);
+  CHECK(listened_address(p) == htonl(INADDR_LOOPBACK + 1));
+  check_moves(p, 1 << 20, 17);
+}
+
+TEST_CASE("NCCL_SOCKET_IFNAME makes one device per matching interface") {
+  ncclNet_v7_t* net = plugin();
+  EnvGuard names("NCCL_SOCKET_IFNAME", "=lo");
+  int ndev = 0;
+  REQUIRE(net->devices(&ndev) == ncclSuccess);
+  CHECK(ndev == 1);
+  ncclNetProperties_v7_t props{};
+  REQUIRE(net->getProperties(0, &props) == ncclSuccess);
+  CHECK(std::string(props.name) == "lo");
 }
 
 TEST_CASE("KVSOCK_WAIT_US=0: pure polling moves the same bytes") {
@@ -503,14 +553,6 @@ TEST_CASE("KVSOCK_WAIT_US=0: pure polling moves the same bytes") {
   Pair p;
   for (int size : {8, 70000, 2 << 20}) {
     CAPTURE(size);
-    Buffer src(p.net, p.send, static_cast<size_t>(size), 13);
-    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
-    int got = -1;
-    ncclResult_t sr, rr;
-    transfer(p, src, size, dst, size, &got, &sr, &rr);
-    CHECK(sr == ncclSuccess);
-    CHECK(rr == ncclSuccess);
-    CHECK(got == size);
-    CHECK(dst.matches(13, static_cast<size_t>(size)));
+    check_moves(p, size, 13);
   }
 }

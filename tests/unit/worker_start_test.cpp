@@ -49,6 +49,22 @@ TEST_CASE("start_worker: a plugin that does not load is an error naming the "
   CHECK(text.find("libnccl-net-nothing") != std::string::npos);
 }
 
+TEST_CASE("start_worker: a device the plugin lacks is an error naming the "
+          "worker and the devices there are") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  auto opts = small_worker("decode-8", 1);
+  opts.devices = {"eth-nonexistent"};
+  auto w = start_worker(sys, opts);
+  REQUIRE_FALSE(w);
+  CHECK(is(w.error(), ec::plugin_error));
+  auto text = render(w.error());
+  CHECK(text.find("worker decode-8") != std::string::npos);
+  CHECK(text.find("'eth-nonexistent' is no device of the plugin") !=
+        std::string::npos);
+  CHECK(text.find("it has 0 '") != std::string::npos);
+}
+
 TEST_CASE("start_worker: the worker registers with the directory and leaves "
           "on stop") {
   runtime::system_config cfg;

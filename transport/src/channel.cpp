@@ -14,12 +14,18 @@
 namespace kvferry::transport {
 namespace detail {
 
-channel_state::channel_state(std::shared_ptr<plugin> plugin_, int dev_,
-                             direction dir_, channel_options options_)
-    : net(std::move(plugin_)), dev(dev_), dir(dir_),
+channel_state::channel_state(std::shared_ptr<plugin> plugin_,
+                             std::vector<int> devs_, direction dir_,
+                             channel_options options_)
+    : net(std::move(plugin_)), devs(std::move(devs_)), dir(dir_),
       options(std::move(options_)) {
-  unpack = dir == direction::recv && net->device(dev).is_unpack();
-  stage_cuda = !net->device(dev).supports_cuda();
+  // check_devices made sure every device agrees on these.
+  const auto& first = net->device(devs.front());
+  unpack = dir == direction::recv && first.is_unpack();
+  stage_cuda = !first.supports_cuda();
+  max_recvs = first.max_recvs;
+  for (int d : devs)
+    max_recvs = std::min(max_recvs, net->device(d).max_recvs);
   ops.resize(std::max<size_t>(options.initial_ops, 1));
   for (size_t i = ops.size(); i-- > 0;)
     free_ops.push_back(static_cast<uint32_t>(i));
@@ -60,7 +66,9 @@ const char* channel_state::dir_name() const {
 }
 
 std::string channel_state::where(size_t c) const {
-  return fmt::format("comm {} to {}", c, options.peer);
+  if (devs.size() == 1)
+    return fmt::format("comm {} to {}", c, options.peer);
+  return fmt::format("comm {} (dev {}) to {}", c, dev_of(c), options.peer);
 }
 
 registration channel_state::register_memory(void* data, size_t bytes,
@@ -260,7 +268,7 @@ template<class Buffer>
 op_id channel_state::post_group(const Buffer* buffers, int count,
                                 const char* call) {
   check_open(call);
-  int limit = std::min(max_group, std::max(1, net->device(dev).max_recvs));
+  int limit = std::min(max_group, std::max(1, max_recvs));
   if (count < 1 || count > limit)
     throw transport_error(
         fmt::format("plugin {}: {} on the channel to {}: {} buffers, "
@@ -517,13 +525,33 @@ void channel_state::irecv_consumed(op_id id) {
   release_op(slot);
 }
 
-std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net, int dev,
-                                          direction dir,
+std::vector<int> check_devices(const plugin& net, std::vector<int> devs,
+                               const std::string& peer) {
+  if (devs.empty())
+    throw transport_error(
+        fmt::format("channel to {}: no plugin device given", peer));
+  // Throws for a bad index or an unusable device.
+  const auto& first = net.usable_device(devs.front());
+  for (int d : devs) {
+    const auto& dev = net.usable_device(d);
+    if (dev.supports_cuda() != first.supports_cuda() ||
+        dev.is_unpack() != first.is_unpack())
+      throw transport_error(fmt::format(
+          "plugin {}: channel to {} over devices {} and {}: they differ in "
+          "ptrSupport (CUDA) or device type (HOST/UNPACK), which one channel "
+          "treats alike; use devices of one kind",
+          net.name(), peer, describe(first), describe(dev)));
+  }
+  return devs;
+}
+
+std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,
+                                          std::vector<int> devs, direction dir,
                                           channel_options options,
                                           size_t comm_count) {
   if (!net)
     throw transport_error("channel: no plugin given");
-  net->usable_device(dev); // throws for a bad index or an unusable device
+  devs = check_devices(*net, std::move(devs), options.peer);
   if (options.chunk_bytes == 0 || options.chunk_bytes > max_chunk_bytes)
     throw transport_error(
         fmt::format("channel to {}: chunk_bytes {} outside 1..{}", options.peer,
@@ -536,8 +564,8 @@ std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net, int dev,
         fmt::format("channel to {}: staging_slots {} outside 0..{}",
                     options.peer, options.staging_slots, max_staging_slots));
   options.comms = static_cast<int>(comm_count);
-  auto state = std::make_shared<channel_state>(std::move(net), dev, dir,
-                                               std::move(options));
+  auto state = std::make_shared<channel_state>(std::move(net), std::move(devs),
+                                               dir, std::move(options));
   state->comms.resize(comm_count);
   for (auto& comm : state->comms)
     comm.out.reserve(state->options.max_inflight);

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "channel_state.hpp"
@@ -37,12 +38,14 @@ bool drive_until(std::chrono::milliseconds timeout, Step&& step) {
 
 struct channel_listener::impl {
   std::shared_ptr<plugin> net;
-  int dev;
+  std::vector<int> devs; // comm i on devs[i % devs.size()]
   channel_options options;
   std::vector<net_handle> handles;
   std::vector<void*> listen_comms, recv_comms;
   std::vector<std::unique_ptr<ncclNetDeviceHandle_v7_t>> device_storage;
   std::vector<ncclNetDeviceHandle_v7_t*> device_ptrs;
+
+  int dev_of(size_t i) const { return devs[i % devs.size()]; }
 
   ~impl() {
     if (!net) // the constructor threw before anything was opened
@@ -67,21 +70,29 @@ struct channel_listener::impl {
 
 channel_listener::channel_listener(std::shared_ptr<plugin> net, int dev,
                                    channel_options options)
+    : channel_listener(std::move(net), std::vector<int>{dev},
+                       std::move(options)) {
+}
+
+channel_listener::channel_listener(std::shared_ptr<plugin> net,
+                                   std::vector<int> devices,
+                                   channel_options options)
     : impl_(std::make_unique<impl>()) {
   if (!net)
     throw transport_error("channel_listener: no plugin given");
-  auto& props = net->usable_device(dev);
+  devices = detail::check_devices(*net, std::move(devices), options.peer);
   if (options.comms < 1)
     throw transport_error(
         fmt::format("channel to {}: comms must be >= 1", options.peer));
   impl_->net = net;
-  impl_->dev = dev;
+  impl_->devs = std::move(devices);
   impl_->options = options;
   size_t n = static_cast<size_t>(options.comms);
   impl_->handles.assign(n, net_handle{});
   impl_->listen_comms.assign(n, nullptr);
   impl_->recv_comms.assign(n, nullptr);
   for (size_t i = 0; i < n; ++i) {
+    auto& props = net->device(impl_->dev_of(i));
     auto storage = std::make_unique<ncclNetDeviceHandle_v7_t>();
     storage->netDeviceType = props.device_type;
     storage->netDeviceVersion = props.device_version;
@@ -90,6 +101,7 @@ channel_listener::channel_listener(std::shared_ptr<plugin> net, int dev,
   }
   auto& table = net->net();
   for (size_t i = 0; i < n; ++i) {
+    int dev = impl_->dev_of(i);
     net->check(
         table.listen(dev, impl_->handles[i].data(), &impl_->listen_comms[i]),
         "listen", fmt::format("dev {}, comm {} for {}", dev, i, options.peer));
@@ -130,7 +142,7 @@ recv_channel channel_listener::take() {
           fmt::format("channel from {}: take() before every comm was accepted",
                       impl_->options.peer));
   auto state =
-      detail::make_state(impl_->net, impl_->dev, detail::direction::recv,
+      detail::make_state(impl_->net, impl_->devs, detail::direction::recv,
                          impl_->options, impl_->recv_comms.size());
   for (size_t i = 0; i < impl_->recv_comms.size(); ++i) {
     state->comms[i].comm = std::exchange(impl_->recv_comms[i], nullptr);
@@ -149,8 +161,8 @@ recv_channel channel_listener::accept(std::chrono::milliseconds timeout) {
     throw timeout_error(fmt::format(
         "plugin {}: accept from {} on dev {}: {} of {} comms not accepted "
         "within {:.1f} s",
-        impl_->net->name(), impl_->options.peer, impl_->dev, pending,
-        impl_->recv_comms.size(), timeout.count() / 1000.0));
+        impl_->net->name(), impl_->options.peer, fmt::join(impl_->devs, ","),
+        pending, impl_->recv_comms.size(), timeout.count() / 1000.0));
   }
   return take();
 }
@@ -159,11 +171,13 @@ recv_channel channel_listener::accept(std::chrono::milliseconds timeout) {
 
 struct channel_connector::impl {
   std::shared_ptr<plugin> net;
-  int dev;
+  std::vector<int> devs; // comm i on devs[i % devs.size()]
   channel_options options;
   std::vector<net_handle>
       handles; // the plugin may keep state in them between calls
   std::vector<void*> send_comms;
+
+  int dev_of(size_t i) const { return devs[i % devs.size()]; }
 
   ~impl() {
     for (auto* comm : send_comms)
@@ -175,15 +189,23 @@ struct channel_connector::impl {
 channel_connector::channel_connector(std::shared_ptr<plugin> net, int dev,
                                      std::vector<net_handle> peer_handles,
                                      channel_options options)
+    : channel_connector(std::move(net), std::vector<int>{dev},
+                        std::move(peer_handles), std::move(options)) {
+}
+
+channel_connector::channel_connector(std::shared_ptr<plugin> net,
+                                     std::vector<int> devices,
+                                     std::vector<net_handle> peer_handles,
+                                     channel_options options)
     : impl_(std::make_unique<impl>()) {
   if (!net)
     throw transport_error("channel_connector: no plugin given");
-  net->usable_device(dev);
+  devices = detail::check_devices(*net, std::move(devices), options.peer);
   if (peer_handles.empty())
     throw transport_error(fmt::format(
         "channel to {}: no peer handles to connect to", options.peer));
   impl_->net = std::move(net);
-  impl_->dev = dev;
+  impl_->devs = std::move(devices);
   impl_->options = std::move(options);
   impl_->handles = std::move(peer_handles);
   impl_->send_comms.assign(impl_->handles.size(), nullptr);
@@ -199,7 +221,7 @@ bool channel_connector::try_connect() {
     if (impl_->send_comms[i])
       continue;
     ncclNetDeviceHandle_v7_t* device = nullptr;
-    impl_->net->check(table.connect(impl_->dev, impl_->handles[i].data(),
+    impl_->net->check(table.connect(impl_->dev_of(i), impl_->handles[i].data(),
                                     &impl_->send_comms[i], &device),
                       "connect",
                       fmt::format("comm {} to {}", i, impl_->options.peer));
@@ -215,7 +237,7 @@ send_channel channel_connector::take() {
           fmt::format("channel to {}: take() before every comm connected",
                       impl_->options.peer));
   auto state =
-      detail::make_state(impl_->net, impl_->dev, detail::direction::send,
+      detail::make_state(impl_->net, impl_->devs, detail::direction::send,
                          impl_->options, impl_->send_comms.size());
   for (size_t i = 0; i < impl_->send_comms.size(); ++i)
     state->comms[i].comm = std::exchange(impl_->send_comms[i], nullptr);
@@ -230,8 +252,8 @@ send_channel channel_connector::connect(std::chrono::milliseconds timeout) {
     throw timeout_error(fmt::format(
         "plugin {}: connect to {} on dev {}: {} of {} comms not connected "
         "within {:.1f} s",
-        impl_->net->name(), impl_->options.peer, impl_->dev, pending,
-        impl_->send_comms.size(), timeout.count() / 1000.0));
+        impl_->net->name(), impl_->options.peer, fmt::join(impl_->devs, ","),
+        pending, impl_->send_comms.size(), timeout.count() / 1000.0));
   }
   return take();
 }

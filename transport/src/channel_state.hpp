@@ -131,7 +131,8 @@ enum class direction { send, recv };
 
 struct channel_state : std::enable_shared_from_this<channel_state> {
   std::shared_ptr<plugin> net;
-  int dev = 0;
+  std::vector<int> devs; // comm c is on devs[c % devs.size()]
+  int max_recvs = 1;     // the smallest maxRecvs of `devs`
   direction dir = direction::send;
   channel_options options;
   bool unpack = false;
@@ -147,8 +148,9 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   uint64_t generation = 0;
   size_t in_flight = 0;
 
-  channel_state(std::shared_ptr<plugin> plugin_, int dev_, direction dir_,
-                channel_options options_);
+  channel_state(std::shared_ptr<plugin> plugin_, std::vector<int> devs_,
+                direction dir_, channel_options options_);
+  int dev_of(size_t c) const { return devs[c % devs.size()]; }
   ~channel_state();
 
   const char* dir_name() const;
@@ -208,9 +210,16 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   void finish_unstaged(size_t c);
 };
 
+// The devices of one channel, checked: at least one, each usable
+// (plugin::usable_device), and alike in what a channel treats as one thing
+// for all its comms (ptrSupport's CUDA bit, HOST or UNPACK). Throws
+// transport_error naming the peer and the devices.
+std::vector<int> check_devices(const plugin& net, std::vector<int> devs,
+                               const std::string& peer);
+
 // A channel's state over `comm_count` comms, options checked (channel.cpp).
-std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net, int dev,
-                                          direction dir,
+std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,
+                                          std::vector<int> devs, direction dir,
                                           channel_options options,
                                           size_t comm_count);
 

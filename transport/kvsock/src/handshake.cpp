@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "devices.hpp"
 #include "log.hpp"
 #include "socket.hpp"
 
@@ -178,13 +179,13 @@ ListenComm::~ListenComm() {
     close_fds(g.fds);
 }
 
-ncclResult_t do_listen(void* handle_out, void** listen_comm) {
+ncclResult_t do_listen(const Device& device, void* handle_out,
+                       void** listen_comm) {
   auto listen = std::make_unique<ListenComm>();
   listen->config = Config::from_env();
-  std::string why;
-  if (!choose_listen_address(&listen->address, &why))
-    return ncclSystemError;
+  listen->address = device.address;
   listen->address.sin_port = 0;
+  const std::string why = device.name + ", " + device.why;
   listen->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen->fd < 0) {
     KVSOCK_WARN("listen: socket() failed: %s", strerror(errno));

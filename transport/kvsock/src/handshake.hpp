@@ -59,7 +59,9 @@ struct ListenComm {
   ~ListenComm();
 };
 
-ncclResult_t do_listen(void* handle, void** listen_comm);
+// Listens on `device`'s address (devices.hpp).
+struct Device;
+ncclResult_t do_listen(const Device& device, void* handle, void** listen_comm);
 ncclResult_t do_connect(void* handle, void** send_comm);
 ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
                        ncclNetDeviceHandle_v7_t** dev_handle);

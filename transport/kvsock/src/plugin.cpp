@@ -2,12 +2,15 @@
 // every exception (nothing may cross the C boundary) and returns a result code.
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <sched.h>
+#include <string>
 
 #include "comm.hpp"
 #include "config.hpp"
 #include "cuda.hpp"
+#include "devices.hpp"
 #include "handshake.hpp"
 #include "log.hpp"
 
@@ -75,47 +78,105 @@ ncclResult_t kvsock_init(ncclDebugLogger_t logger) {
   });
 }
 
+// Devices are read from the environment at each call (devices.hpp); a
+// device index is checked against the list as it is now.
+bool device_at(int dev, Device* out) {
+  auto devices = list_devices();
+  if (dev < 0 || static_cast<size_t>(dev) >= devices.size())
+    return false;
+  if (out != nullptr)
+    *out = std::move(devices[static_cast<size_t>(dev)]);
+  return true;
+}
+
 ncclResult_t kvsock_devices(int* ndev) {
   if (ndev == nullptr)
     return ncclInvalidArgument;
-  *ndev = 1; // one virtual NIC: the kernel's TCP stack
-  return ncclSuccess;
+  return guarded("devices", [&] {
+    *ndev = static_cast<int>(list_devices().size()); // one per interface
+    return ncclSuccess;
+  });
+}
+
+// A device's name and PCI path, owned here: v7 properties carry bare
+// pointers that must outlive the call. One slot per device index, written
+// under a lock and kept for the process (kMaxDevices small strings).
+struct PropertyStrings {
+  std::mutex mu;
+  std::string names[kMaxDevices];
+  std::string paths[kMaxDevices];
+};
+PropertyStrings& property_strings() {
+  static auto* strings = new PropertyStrings; // never destroyed: callers may
+                                              // hold the pointers to the end
+  return *strings;
 }
 
 ncclResult_t kvsock_get_properties(int dev, ncclNetProperties_v7_t* props) {
-  if (dev != 0 || props == nullptr)
+  if (props == nullptr)
     return ncclInvalidArgument;
-  Config config = Config::from_env();
-  static char name[] = "kvsock";
-  std::memset(props, 0, sizeof *props);
-  props->name = name;
-  props->pciPath = nullptr;
-  props->guid = 0x6b76736f636bull; // "kvsock"
-  props->ptrSupport = config.ptr_support();
-  props->speed = 100000; // Mbit/s: a loopback-class virtual NIC
-  props->port = 0;
-  props->latency = 0;
-  props->maxComms = 65536;
-  props->maxRecvs = config.unpack ? 1 : kMaxRecvs;
-  props->netDeviceType =
-      config.unpack ? NCCL_NET_DEVICE_UNPACK : NCCL_NET_DEVICE_HOST;
-  props->netDeviceVersion = config.unpack ? NCCL_NET_DEVICE_UNPACK_VERSION : 0;
-  return ncclSuccess;
+  return guarded("getProperties", [&] {
+    Device device;
+    if (!device_at(dev, &device))
+      return ncclInvalidArgument;
+    Config config = Config::from_env();
+    auto& strings = property_strings();
+    std::lock_guard<std::mutex> lock(strings.mu);
+    auto& name = strings.names[dev];
+    auto& path = strings.paths[dev];
+    // Rewritten only when it changed: a pointer handed out earlier stays
+    // valid while the device stays what it was.
+    if (name != device.name)
+      name = device.name;
+    if (path != device.pci_path)
+      path = device.pci_path;
+    std::memset(props, 0, sizeof *props);
+    props->name = const_cast<char*>(name.c_str());
+    props->pciPath = path.empty() ? nullptr : const_cast<char*>(path.c_str());
+    // "kvsock" plus the device index: distinct ports have distinct guids.
+    props->guid = 0x6b76736f636b0000ull + static_cast<uint64_t>(dev);
+    props->ptrSupport = config.ptr_support();
+    props->speed = 100000; // Mbit/s: a loopback-class virtual NIC
+    props->port = 0;
+    props->latency = 0;
+    props->maxComms = 65536;
+    props->maxRecvs = config.unpack ? 1 : kMaxRecvs;
+    props->netDeviceType =
+        config.unpack ? NCCL_NET_DEVICE_UNPACK : NCCL_NET_DEVICE_HOST;
+    props->netDeviceVersion =
+        config.unpack ? NCCL_NET_DEVICE_UNPACK_VERSION : 0;
+    return ncclSuccess;
+  });
 }
 
 ncclResult_t kvsock_listen(int dev, void* handle, void** listen_comm) {
-  if (dev != 0 || handle == nullptr || listen_comm == nullptr)
+  if (handle == nullptr || listen_comm == nullptr)
     return ncclInvalidArgument;
-  return guarded("listen", [&] { return do_listen(handle, listen_comm); });
+  return guarded("listen", [&] {
+    Device device;
+    if (!device_at(dev, &device)) {
+      KVSOCK_WARN("listen: no device %d; kvsock has %zu (KVSOCK_IFADDR, "
+                  "NCCL_SOCKET_IFNAME)",
+                  dev, list_devices().size());
+      return ncclInvalidArgument;
+    }
+    return do_listen(device, handle, listen_comm);
+  });
 }
 
+// TCP needs nothing of the local device to connect: the kernel routes by the
+// peer's address (the listener chose its NIC); the index is only checked.
 ncclResult_t kvsock_connect(int dev, void* handle, void** send_comm,
                             ncclNetDeviceHandle_v7_t** send_dev) {
-  if (dev != 0 || handle == nullptr || send_comm == nullptr)
+  if (handle == nullptr || send_comm == nullptr)
     return ncclInvalidArgument;
   if (send_dev != nullptr)
     *send_dev = nullptr; // only an UNPACK receiver has a device handle
-  return guarded("connect", [&] { return do_connect(handle, send_comm); });
+  return guarded("connect", [&] {
+    if (!device_at(dev, nullptr))
+      return ncclInvalidArgument;
+    return do_connect(handle, send_comm);
+  });
 }
 
 ncclResult_t kvsock_accept(void* listen_comm, void** recv_comm,

@@ -6,8 +6,6 @@
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <netinet/tcp.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -18,100 +16,6 @@
 #include "log.hpp"
 
 namespace kvsock {
-namespace {
-
-bool interface_address(const char* name_prefixes, bool exact,
-                       sockaddr_in* out) {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0)
-    return false;
-  bool found = false;
-  std::string prefixes(name_prefixes);
-  for (ifaddrs* it = list; it != nullptr && !found; it = it->ifa_next) {
-    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET)
-      continue;
-    if ((it->ifa_flags & IFF_UP) == 0)
-      continue;
-    size_t start = 0;
-    while (start <= prefixes.size() && !found) {
-      size_t comma = prefixes.find(',', start);
-      std::string want =
-          prefixes.substr(start, comma == std::string::npos ? std::string::npos
-                                                            : comma - start);
-      start = comma == std::string::npos ? prefixes.size() + 1 : comma + 1;
-      if (want.empty())
-        continue;
-      bool match =
-          exact ? want == it->ifa_name
-                : std::strncmp(it->ifa_name, want.c_str(), want.size()) == 0;
-      if (match) {
-        std::memcpy(out, it->ifa_addr, sizeof(sockaddr_in));
-        found = true;
-      }
-    }
-  }
-  freeifaddrs(list);
-  return found;
-}
-
-bool first_non_loopback(sockaddr_in* out) {
-  ifaddrs* list = nullptr;
-  if (getifaddrs(&list) != 0)
-    return false;
-  bool found = false;
-  for (ifaddrs* it = list; it != nullptr; it = it->ifa_next) {
-    if (it->ifa_addr == nullptr || it->ifa_addr->sa_family != AF_INET)
-      continue;
-    if ((it->ifa_flags & IFF_UP) == 0 || (it->ifa_flags & IFF_LOOPBACK) != 0)
-      continue;
-    std::memcpy(out, it->ifa_addr, sizeof(sockaddr_in));
-    found = true;
-    break;
-  }
-  freeifaddrs(list);
-  return found;
-}
-
-} // namespace
-
-bool choose_listen_address(sockaddr_in* out, std::string* why) {
-  std::memset(out, 0, sizeof *out);
-  out->sin_family = AF_INET;
-  if (const char* ifaddr = std::getenv("KVSOCK_IFADDR");
-      ifaddr != nullptr && *ifaddr != '\0') {
-    if (inet_pton(AF_INET, ifaddr, &out->sin_addr) == 1) {
-      *why = std::string("KVSOCK_IFADDR=") + ifaddr;
-      return true;
-    }
-    if (interface_address(ifaddr, true, out)) {
-      *why = std::string("KVSOCK_IFADDR=") + ifaddr + " (interface)";
-      return true;
-    }
-    KVSOCK_WARN("KVSOCK_IFADDR=\"%s\" is neither an IPv4 address nor an "
-                "interface with one",
-                ifaddr);
-    return false;
-  }
-  if (const char* names = std::getenv("NCCL_SOCKET_IFNAME");
-      names != nullptr && *names != '\0') {
-    bool exact = names[0] == '=';
-    if (interface_address(exact ? names + 1 : names, exact, out)) {
-      *why = std::string("NCCL_SOCKET_IFNAME=") + names;
-      return true;
-    }
-    KVSOCK_WARN("NCCL_SOCKET_IFNAME=\"%s\" matches no IPv4 interface that is "
-                "up; using the default",
-                names);
-  }
-  if (first_non_loopback(out)) {
-    *why = "first non-loopback IPv4 interface";
-    return true;
-  }
-  out->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  *why = "loopback (no other IPv4 interface)";
-  return true;
-}
-
 std::string format_address(const sockaddr_in& address) {
   char text[INET_ADDRSTRLEN] = "?";
   inet_ntop(AF_INET, &address.sin_addr, text, sizeof text);

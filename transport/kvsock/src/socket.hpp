@@ -11,12 +11,6 @@
 
 namespace kvsock {
 
-// The IPv4 address to listen on: KVSOCK_IFADDR (an address or an interface
-// name), else NCCL_SOCKET_IFNAME (interface name prefixes, comma separated),
-// else the first non-loopback IPv4 interface that is up, else 127.0.0.1.
-// `why` says which rule chose it (for logs).
-bool choose_listen_address(sockaddr_in* out, std::string* why);
-
 std::string format_address(const sockaddr_in& address); // "1.2.3.4:5678"
 
 // TCP_NODELAY and socket buffers; SO_* buffer sizes must be set before

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <caf/actor_system.hpp>
 
@@ -20,7 +21,10 @@ namespace kvferry {
 struct transfer_config {
   std::string name; // the worker's name: peers know us by it
   std::shared_ptr<transport::plugin> net;
-  int device = 0; // plugin device index
+  // Plugin device indexes (NICs): comm k of every channel is on
+  // devices[k mod n], so one transfer is striped over all of them
+  // (transport::channel_listener). start_worker fills it in (worker.hpp).
+  std::vector<int> devices{0};
   std::shared_ptr<memory_region> region;
   std::uint32_t comms_per_peer = 2; // comm pairs per channel (striped)
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;

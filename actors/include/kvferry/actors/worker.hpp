@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
@@ -51,6 +52,11 @@ struct worker_options {
   bool use_ipc = true;
   /// Net plugin name or path; empty: $KVFERRY_NET_PLUGIN, else kvsock.
   std::string plugin;
+  /// The plugin devices (NICs) to use: indexes, names or "all"; one
+  /// transfer is striped over them (comms_per_peer is raised to a multiple
+  /// of their count). Empty: the device nearest the GPU by PCIe topology
+  /// (device 0 for host memory). transport/device_choice.hpp.
+  std::vector<std::string> devices;
   /// Producer defaults: advertise instead of push, ship layer by layer.
   bool pull = false;
   bool layerwise = false;

@@ -21,6 +21,13 @@
 // chunk_bytes, and post operations of the same sizes in the same order; a
 // receive may be larger than its send only when both fit in one chunk.
 //
+// Several devices (NICs): a listener or connector given a list of plugin
+// devices puts comm k on devices[k mod n], so chunk c of a transfer goes to
+// comm c mod N and so to device (c mod N) mod n: with N a multiple of n every
+// device carries an equal share of the bytes. The two sides choose their
+// devices independently (each its own NICs); all devices of one channel must
+// agree on ptrSupport's CUDA bit and on HOST/UNPACK.
+//
 // Posting never blocks: a chunk the plugin can't take now (a NULL request,
 // or max_inflight requests already out on that comm) waits in the comm's FIFO
 // and is posted from poll(). Memory bounds per comm: max_inflight plugin
@@ -221,6 +228,9 @@ private:
 // The receiving side's setup: one listen per comm.
 class channel_listener {
 public:
+  // Comm k listens on devices[k mod devices.size()].
+  channel_listener(std::shared_ptr<plugin> net, std::vector<int> devices,
+                   channel_options options = {});
   channel_listener(std::shared_ptr<plugin> net, int dev,
                    channel_options options = {});
   ~channel_listener(); // closes listen comms (and any accepted comm not taken)
@@ -244,6 +254,10 @@ private:
 // The sending side's setup: one connect per peer handle.
 class channel_connector {
 public:
+  // Comm k connects from devices[k mod devices.size()].
+  channel_connector(std::shared_ptr<plugin> net, std::vector<int> devices,
+                    std::vector<net_handle> peer_handles,
+                    channel_options options = {});
   channel_connector(std::shared_ptr<plugin> net, int dev,
                     std::vector<net_handle> peer_handles,
                     channel_options options = {});
