@@ -35,3 +35,8 @@ kvferry_add_test(NAME test_copy_choice SOURCES unit/copy_choice_test.cpp
 # running the chosen (and the plain) kernels, every byte verified.
 kvferry_add_test(NAME test_gpu_copy_choice SOURCES gpu/gpu_copy_choice_test.cpp
   LIBS kvferry_transport GPU LABELS integration TIMEOUT 180)
+# The caller's GPU memory registered in place, three regions per side, over
+# kvsock (issue #15; the host variant is test_region_table).
+kvferry_add_test(NAME test_region_table_gpu SOURCES gpu/region_table_gpu_test.cpp
+  LIBS kvferry_actors GPU LABELS integration TIMEOUT 120)
+add_dependencies(test_region_table_gpu nccl-net-kvsock)

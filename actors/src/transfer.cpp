@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <stdexcept>
 #include <utility>
 
 #include <caf/all.hpp>
@@ -23,6 +24,23 @@ namespace kvferry {
 namespace transfer_detail {
 
 using namespace std::chrono;
+
+std::vector<std::shared_ptr<memory_region>>
+region_table_of(const transfer_config& cfg) {
+  std::vector<std::shared_ptr<memory_region>> table{cfg.region};
+  table.insert(table.end(), cfg.more_regions.begin(), cfg.more_regions.end());
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    if (!table[i])
+      throw std::invalid_argument(fmt::format(
+          "transfer {}: region {} of its table is missing", cfg.name, i));
+    if (table[i]->size() >= max_region_bytes)
+      throw std::invalid_argument(fmt::format(
+          "transfer {}: region {} ('{}') has {} bytes; a region "
+          "of a table must be smaller than 2^{}",
+          cfg.name, i, table[i]->name(), table[i]->size(), region_shift));
+  }
+  return table;
+}
 
 caf::error lost(const std::string& peer, const std::string& why) {
   return make_error(ec::peer_down,
@@ -138,7 +156,7 @@ void drop_peer_in(self_ptr self, const std::string& name,
   self->state.metrics.peer(name).comms->set(0);
   p.ops.clear();
   p.waiting.clear();
-  p.reg = registration{};
+  p.regs.clear(); // before the channel they belong to
   p.channel.reset();
   p.listener.reset();
   p.sender = caf::actor_addr{};
@@ -164,8 +182,12 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  if (auto bad =
-          check_extents(o.extents, st.cfg.region->size(), o.peer.region_bytes))
+  auto bad =
+      check_table_extents(o.extents, extent_side::source, st.region_sizes);
+  if (!bad)
+    bad = check_table_extents(o.extents, extent_side::destination,
+                              proto::region_sizes_of(o.peer));
+  if (bad)
     return make_error(
         ec::invalid_extent,
         fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
@@ -179,6 +201,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
   const bool ipc =
+      st.regions.size() == 1 && // IPC takes one-region tables for now
       choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
                        p.ep) == data_path::cuda_ipc;
   if (ipc)
@@ -449,10 +472,14 @@ using namespace transfer_detail;
 
 transfer_actor::behavior_type transfer_impl(self_ptr self,
                                             transfer_config cfg) {
-  self->state.cfg = std::move(cfg);
-  self->state.metrics.regions.add(1);
-  self->state.metrics.registered_bytes.add(
-      static_cast<std::int64_t>(self->state.cfg.region->size()));
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.regions = region_table_of(st.cfg);
+  for (const auto& r : st.regions) {
+    st.region_sizes.push_back(r->size());
+    st.metrics.regions.add(1);
+    st.metrics.registered_bytes.add(static_cast<std::int64_t>(r->size()));
+  }
   advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
   return {
@@ -466,6 +493,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         ep.host_id = cfg.host_id;
         ep.gpu = cfg.region->gpu();
         ep.ipc_handle = self->state.ipc_handle;
+        ep.more_region_sizes.assign(self->state.region_sizes.begin() + 1,
+                                    self->state.region_sizes.end());
         return ep;
       },
       [self](proto::send_atom, proto::send_order& o) {
@@ -548,6 +577,7 @@ bool maps_ahead(const transfer_config& cfg, memory_kind local,
 }
 
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
+  transfer_detail::region_table_of(cfg); // refuse a bad table here
   return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));
 }
 

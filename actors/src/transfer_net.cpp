@@ -16,12 +16,13 @@
 // messages between two actors in order, so the receiver posts its receives
 // in exactly the order the sender posts its sends.
 //
-// Memory. One registration of the whole region per channel, made when the
-// channel opens; a transfer in steady state registers and allocates nothing
-// but its table entries. Bounds per channel: the wrapper's max_inflight
-// requests per comm, plus the chunks callers posted faster than the plugin
-// drains (bounded by the producer's and consumer's block pools). A GPU
-// region goes to the plugin as NCCL_PTR_CUDA when the plugin takes it.
+// Memory. One registration of each whole region of the table per channel,
+// made when the channel opens (extent offsets are virtual: plan.hpp); a
+// transfer in steady state registers and allocates nothing but its table
+// entries. Bounds per channel: the wrapper's max_inflight requests per comm,
+// plus the chunks callers posted faster than the plugin drains (bounded by the
+// producer's and consumer's block pools). A GPU region goes to the plugin as
+// NCCL_PTR_CUDA when the plugin takes it.
 #include <cstring>
 #include <exception>
 
@@ -54,9 +55,11 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
 void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
                 const std::vector<extent>& chunks) {
   auto& t = p.transfers[id];
-  auto* base = self->state.cfg.region->data();
+  const auto& regions = self->state.regions;
   for (const auto& c : chunks) {
-    auto op = p.channel->post_send(base + c.src_offset, c.length, p.reg);
+    const auto at = locate(c.src_offset); // checked by handle_send
+    auto op = p.channel->post_send(regions[at.region]->data() + at.offset,
+                                   c.length, p.regs[at.region]);
     p.ops.emplace(op, id);
     ++t.ops_left;
   }
@@ -148,9 +151,10 @@ namespace {
 void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   auto& st = self->state;
   auto& t = p.transfers[a.transfer_id];
-  auto* base = st.cfg.region->data();
   for (const auto& c : a.chunks) {
-    auto op = p.channel->post_recv(base + c.dst_offset, c.length, p.reg);
+    const auto at = locate(c.dst_offset); // checked by handle_announce
+    auto op = p.channel->post_recv(st.regions[at.region]->data() + at.offset,
+                                   c.length, p.regs[at.region]);
     p.ops.emplace(op, a.transfer_id);
     ++t.ops_left;
   }
@@ -176,8 +180,8 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     st.in[a.sender].transfers.erase(a.transfer_id);
     return;
   }
-  if (auto bad = check_extents(a.chunks, extent_side::destination,
-                               st.cfg.region->size())) {
+  if (auto bad = check_table_extents(a.chunks, extent_side::destination,
+                                     st.region_sizes)) {
     drop_peer_in(self, a.sender,
                  make_error(ec::invalid_extent,
                             fmt::format("transfer {} from '{}': {}",
@@ -257,16 +261,22 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
 
 // ---- polling (transfer.cpp's progress loop calls these)
 
-// The whole region, once per channel. GPU memory goes to the plugin as
-// NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel stages it
-// through pinned bounce buffers (docs/gpu.md, "Staging"): nothing to decide
-// here.
+// Every region of the table, whole, once per channel. GPU memory goes to the
+// plugin as NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel
+// stages it through pinned bounce buffers (docs/gpu.md, "Staging"): nothing
+// to decide here.
 namespace {
 
-registration register_region(transfer_state& st, transport::channel& channel) {
-  auto& region = *st.cfg.region;
-  return channel.register_memory(region.data(), region.size(),
-                                 region.nccl_ptr_type());
+std::vector<registration> register_regions(transfer_state& st,
+                                           transport::channel& channel) {
+  std::vector<registration> regs;
+  regs.reserve(st.regions.size());
+  for (const auto& region : st.regions) {
+    regs.push_back(channel.register_memory(region->data(), region->size(),
+                                           region->nccl_ptr_type()));
+    ++st.stats.registrations;
+  }
+  return regs;
 }
 
 template<class Peer>
@@ -313,10 +323,9 @@ bool progress_send_channel(self_ptr self, const std::string& name, peer_out& p,
     if (p.connector->try_connect()) {
       p.channel.emplace(p.connector->take());
       p.connector.reset();
-      p.reg = register_region(st, *p.channel);
+      p.regs = register_regions(st, *p.channel);
       st.stats.comms_opened += st.cfg.comms_per_peer;
       st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
-      ++st.stats.registrations;
       p.opening = false;
       progressed = true;
       while (!p.waiting.empty()) {
@@ -346,8 +355,7 @@ bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
       p.channel.emplace(p.listener->take());
       p.listener.reset();
       st.metrics.peer(name).comms->set(p.channel->comm_count());
-      p.reg = register_region(st, *p.channel);
-      ++st.stats.registrations;
+      p.regs = register_regions(st, *p.channel);
       progressed = true;
       while (!p.waiting.empty()) {
         auto a = std::move(p.waiting.front());
