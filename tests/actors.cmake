@@ -37,3 +37,6 @@ add_dependencies(test_worker_start nccl-net-kvsock)
 kvferry_add_test(NAME test_region_table SOURCES unit/region_table_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 add_dependencies(test_region_table nccl-net-kvsock)
+# kv_layout and plan_kv against a byte-by-byte reference copy (issue #15).
+kvferry_add_test(NAME test_kv_layout SOURCES unit/kv_layout_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)

@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "../support/region_table_pair.hpp"
+#include "kvferry/actors/kv_layout.hpp"
 
 using namespace kvferry;
 using kvferry::test::region_table_pair;
@@ -165,4 +166,75 @@ TEST_CASE_FIXTURE(pair, "the receiver refuses an announcement whose extent "
   CHECK(names(got.error(), "transfer 5 from 'prefill-0'"));
   CHECK(names(got.error(), "leaves destination region 1 of 12288 bytes"));
   CHECK(receiver_bytes() == dst_before);
+}
+
+// ---- a KV cache in the caller's memory, planned with kv_layout
+
+namespace {
+
+constexpr std::uint32_t kv_layers = 3;
+constexpr std::uint64_t kv_blocks = 16;
+constexpr std::uint64_t kv_half_bytes = 1536;
+
+const kv_layout& prefill_layout() { // vLLM: one [2, blocks, ...] per layer
+  static const auto l =
+      kv_layout::vllm_per_layer(kv_layers, kv_blocks, kv_half_bytes);
+  return l;
+}
+const kv_layout& decode_layout() { // one allocation, block-major
+  static const auto l =
+      kv_layout::block_major(kv_layers, kv_blocks, kv_half_bytes);
+  return l;
+}
+
+struct kv_pair : region_table_pair<host_memory> {
+  kv_pair()
+      : region_table_pair(
+            std::vector<std::uint64_t>(prefill_layout().region_count(),
+                                       prefill_layout().region_bytes()),
+            std::vector<std::uint64_t>(decode_layout().region_count(),
+                                       decode_layout().region_bytes())) {}
+};
+
+} // namespace
+
+TEST_CASE_FIXTURE(kv_pair, "a request's KV blocks move from a vLLM per-layer "
+                           "cache to a block-major one, all layers at once and "
+                           "layer by layer") {
+  auto ep = receiver_endpoint();
+  struct request {
+    std::vector<std::uint64_t> src, dst;
+  };
+  const std::vector<request> requests{{{3, 4, 5, 11, 0}, {8, 9, 10, 2, 15}},
+                                      {{6, 7, 12}, {0, 1, 3}}};
+  // Request 0 in one send of all layers; request 1 layer by layer, as a
+  // prefill that streams each layer when it is written.
+  std::vector<std::vector<extent>> sends{plan_kv(
+      prefill_layout(), requests[0].src, decode_layout(), requests[0].dst)};
+  for (std::uint32_t l = 0; l < kv_layers; ++l)
+    sends.push_back(plan_kv(prefill_layout(), requests[1].src, decode_layout(),
+                            requests[1].dst, l));
+  for (std::size_t k = 0; k < sends.size(); ++k) {
+    auto sent = send(ep, 10 + k, sends[k]);
+    REQUIRE_MESSAGE(sent, render(sent.error()));
+    auto got = recv(10 + k);
+    REQUIRE_MESSAGE(got, render(got.error()));
+    CHECK(got->bytes == total_bytes(sends[k]));
+  }
+  // The reference: each block half copied byte by byte to where the
+  // destination layout keeps it.
+  auto want = dst_before;
+  for (const auto& r : requests)
+    for (std::uint32_t l = 0; l < kv_layers; ++l)
+      for (auto h : {kv_half::k, kv_half::v})
+        for (std::size_t i = 0; i < r.src.size(); ++i) {
+          auto s = prefill_layout().locate(l, h, r.src[i]);
+          auto d = decode_layout().locate(l, h, r.dst[i]);
+          std::copy_n(src_bytes[s.region].begin() +
+                          static_cast<std::ptrdiff_t>(s.offset),
+                      kv_half_bytes,
+                      want[d.region].begin() +
+                          static_cast<std::ptrdiff_t>(d.offset));
+        }
+  CHECK(receiver_bytes() == want);
 }
