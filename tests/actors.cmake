@@ -33,3 +33,11 @@ kvferry_add_test(NAME test_router SOURCES unit/router_test.cpp
 kvferry_add_test(NAME test_worker_start SOURCES unit/worker_start_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 add_dependencies(test_worker_start nccl-net-kvsock)
+# The caller's memory registered in place (issue #15): two real transfer
+# actors over kvsock, each with a table of three wrapped host regions.
+kvferry_add_test(NAME test_region_table SOURCES unit/region_table_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
+add_dependencies(test_region_table nccl-net-kvsock)
+# kv_layout and plan_kv against a byte-by-byte reference copy (issue #15).
+kvferry_add_test(NAME test_kv_layout SOURCES unit/kv_layout_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)

@@ -59,3 +59,9 @@ endif()
 add_test(NAME test_device_run_script
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/device_run_test.sh ${PROJECT_SOURCE_DIR})
 set_tests_properties(test_device_run_script PROPERTIES LABELS unit TIMEOUT 60)
+
+# The caller's GPU memory registered in place, three regions per side, over
+# kvsock (issue #15; the host variant is test_region_table).
+kvferry_add_test(NAME test_region_table_gpu SOURCES gpu/region_table_gpu_test.cpp
+  LIBS kvferry_actors GPU LABELS integration TIMEOUT 120)
+add_dependencies(test_region_table_gpu nccl-net-kvsock)

@@ -38,6 +38,33 @@ std::vector<extent> split_chunks(const std::vector<extent>& extents,
   return out;
 }
 
+std::optional<std::string>
+check_table_extents(const std::vector<extent>& extents, extent_side side,
+                    const std::vector<std::uint64_t>& region_sizes) {
+  if (region_sizes.size() == 1)
+    return check_extents(extents, side, region_sizes[0]);
+  const bool source = side == extent_side::source;
+  for (std::size_t i = 0; i < extents.size(); ++i) {
+    const auto& e = extents[i];
+    const auto at = locate(source ? e.src_offset : e.dst_offset);
+    auto what = [&] {
+      return fmt::format(
+          "extent #{} ({} offset {} = region {} + {}, length {})", i,
+          source ? "source" : "destination",
+          source ? e.src_offset : e.dst_offset, at.region, at.offset, e.length);
+    };
+    if (at.region >= region_sizes.size())
+      return fmt::format("{} names region {}, but the {} table has {} regions",
+                         what(), at.region, source ? "source" : "destination",
+                         region_sizes.size());
+    const auto size = region_sizes[at.region];
+    if (at.offset > size || e.length > size - at.offset)
+      return fmt::format("{} leaves {} region {} of {} bytes", what(),
+                         source ? "source" : "destination", at.region, size);
+  }
+  return std::nullopt;
+}
+
 // ---- block_pool
 
 block_pool::block_pool(std::uint64_t block_count, std::uint64_t block_bytes)

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <stdexcept>
 #include <utility>
 
 #include <caf/all.hpp>
@@ -23,6 +24,23 @@ namespace kvferry {
 namespace transfer_detail {
 
 using namespace std::chrono;
+
+std::vector<std::shared_ptr<memory_region>>
+region_table_of(const transfer_config& cfg) {
+  std::vector<std::shared_ptr<memory_region>> table{cfg.region};
+  table.insert(table.end(), cfg.more_regions.begin(), cfg.more_regions.end());
+  for (std::size_t i = 0; i < table.size(); ++i) {
+    if (!table[i])
+      throw std::invalid_argument(fmt::format(
+          "transfer {}: region {} of its table is missing", cfg.name, i));
+    if (table[i]->size() >= max_region_bytes)
+      throw std::invalid_argument(fmt::format(
+          "transfer {}: region {} ('{}') has {} bytes; a region "
+          "of a table must be smaller than 2^{}",
+          cfg.name, i, table[i]->name(), table[i]->size(), region_shift));
+  }
+  return table;
+}
 
 caf::error lost(const std::string& peer, const std::string& why) {
   return make_error(ec::peer_down,
@@ -141,7 +159,7 @@ void drop_peer_in(self_ptr self, const std::string& name,
   p.channel_id = 0;
   p.ops.clear();
   p.waiting.clear();
-  p.reg = registration{};
+  p.regs.clear(); // before the channel they belong to
   p.channel.reset();
   p.listener.reset();
   p.sender = caf::actor_addr{};
@@ -167,8 +185,12 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  if (auto bad =
-          check_extents(o.extents, st.cfg.region->size(), o.peer.region_bytes))
+  auto bad =
+      check_table_extents(o.extents, extent_side::source, st.region_sizes);
+  if (!bad)
+    bad = check_table_extents(o.extents, extent_side::destination,
+                              proto::region_sizes_of(o.peer));
+  if (bad)
     return make_error(
         ec::invalid_extent,
         fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
@@ -182,6 +204,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
   const bool ipc =
+      st.regions.size() == 1 && // IPC takes one-region tables for now
       choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
                        p.ep) == data_path::cuda_ipc;
   if (ipc)
@@ -443,21 +466,6 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     end_hold(self, a.peer, a.hold, why);
 }
 
-// Messages outside transfer_actor's typed interface: a peer's notice that
-// it dropped its end of a channel (tell_closed); anything else is dropped
-// with CAF's usual log line.
-caf::result<caf::message>
-handle_unlisted(self_ptr self, caf::scheduled_actor* a, caf::message_view& x) {
-  const auto& m = x.content();
-  if (m.match_elements<caf::close_atom, std::string, std::uint64_t,
-                       caf::error>()) {
-    handle_closed(self, m.get_as<std::string>(1), m.get_as<std::uint64_t>(2),
-                  m.get_as<caf::error>(3));
-    return caf::message{};
-  }
-  return caf::print_and_drop(a, x);
-}
-
 } // namespace
 } // namespace transfer_detail
 
@@ -467,16 +475,16 @@ using namespace transfer_detail;
 
 transfer_actor::behavior_type transfer_impl(self_ptr self,
                                             transfer_config cfg) {
-  self->state.cfg = std::move(cfg);
-  self->state.metrics.regions.add(1);
-  self->state.metrics.registered_bytes.add(
-      static_cast<std::int64_t>(self->state.cfg.region->size()));
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.regions = region_table_of(st.cfg);
+  for (const auto& r : st.regions) {
+    st.region_sizes.push_back(r->size());
+    st.metrics.regions.add(1);
+    st.metrics.registered_bytes.add(static_cast<std::int64_t>(r->size()));
+  }
   advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
-  self->set_default_handler(
-      [self](caf::scheduled_actor* a, caf::message_view& x) {
-        return handle_unlisted(self, a, x);
-      });
   return {
       [self](proto::endpoint_atom) {
         auto& cfg = self->state.cfg;
@@ -488,6 +496,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         ep.host_id = cfg.host_id;
         ep.gpu = cfg.region->gpu();
         ep.ipc_handle = self->state.ipc_handle;
+        ep.more_region_sizes.assign(self->state.region_sizes.begin() + 1,
+                                    self->state.region_sizes.end());
         return ep;
       },
       [self](proto::send_atom, proto::send_order& o) {
@@ -509,6 +519,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       },
       [self](proto::announce_atom, proto::announcement& a) {
         handle_announce(self, a);
+      },
+      [self](proto::closed_atom, const std::string& peer,
+             std::uint64_t channel_id, const caf::error& why) {
+        handle_closed(self, peer, channel_id, why);
       },
       [self](proto::landed_atom, const proto::landed& l) {
         handle_landed(self, l);
@@ -570,6 +584,7 @@ bool maps_ahead(const transfer_config& cfg, memory_kind local,
 }
 
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
+  transfer_detail::region_table_of(cfg); // refuse a bad table here
   return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));
 }
 

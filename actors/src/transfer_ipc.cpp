@@ -40,7 +40,11 @@ using namespace std::chrono;
 
 void advertise_ipc_handle(transfer_state& st) {
   auto& region = *st.cfg.region;
-  if (!st.cfg.use_ipc || region.kind() != memory_kind::cuda)
+  // Only a table of one region kvferry allocated: a wrapped region's
+  // allocation base is the caller's, and several regions need one handle
+  // each (the plugin moves those for now).
+  if (!st.cfg.use_ipc || region.kind() != memory_kind::cuda ||
+      st.regions.size() != 1 || !region.owned())
     return;
   try {
     st.ipc_handle =

@@ -10,11 +10,10 @@
 // Channels are cached per peer name and torn down when the peer dies (a
 // down message), when the directory reports it left, when a transfer on
 // them times out, or when the plugin fails a request on them. Whichever end
-// drops a channel tells the other (tell_closed: close_atom with the
-// channel's id), which
-// drops its end at once: a plugin may not notice a peer's closed end until
-// its next write, and a receiver paused past its lease (SIGSTOP) otherwise
-// kept ends its senders had long dropped.
+// drops a channel tells the other (tell_closed: `closed` with the channel's
+// id), which drops its end at once: a plugin may not notice a peer's closed end
+// until its next write, and a receiver paused past its lease (SIGSTOP)
+// otherwise kept ends its senders had long dropped.
 //
 // Ordering. The plugin matches the k-th send with the k-th receive of a comm
 // pair. The sender announces every transfer (its chunks, in posting order)
@@ -23,12 +22,13 @@
 // messages between two actors in order, so the receiver posts its receives
 // in exactly the order the sender posts its sends.
 //
-// Memory. One registration of the whole region per channel, made when the
-// channel opens; a transfer in steady state registers and allocates nothing
-// but its table entries. Bounds per channel: the wrapper's max_inflight
-// requests per comm, plus the chunks callers posted faster than the plugin
-// drains (bounded by the producer's and consumer's block pools). A GPU
-// region goes to the plugin as NCCL_PTR_CUDA when the plugin takes it.
+// Memory. One registration of each whole region of the table per channel,
+// made when the channel opens (extent offsets are virtual: plan.hpp); a
+// transfer in steady state registers and allocates nothing but its table
+// entries. Bounds per channel: the wrapper's max_inflight requests per comm,
+// plus the chunks callers posted faster than the plugin drains (bounded by the
+// producer's and consumer's block pools). A GPU region goes to the plugin as
+// NCCL_PTR_CUDA when the plugin takes it.
 #include <cstring>
 #include <exception>
 
@@ -61,9 +61,11 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
 void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
                 const std::vector<extent>& chunks) {
   auto& t = p.transfers[id];
-  auto* base = self->state.cfg.region->data();
+  const auto& regions = self->state.regions;
   for (const auto& c : chunks) {
-    auto op = p.channel->post_send(base + c.src_offset, c.length, p.reg);
+    const auto at = locate(c.src_offset); // checked by handle_send
+    auto op = p.channel->post_send(regions[at.region]->data() + at.offset,
+                                   c.length, p.regs[at.region]);
     p.ops.emplace(op, id);
     ++t.ops_left;
   }
@@ -169,9 +171,10 @@ namespace {
 void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   auto& st = self->state;
   auto& t = p.transfers[a.transfer_id];
-  auto* base = st.cfg.region->data();
   for (const auto& c : a.chunks) {
-    auto op = p.channel->post_recv(base + c.dst_offset, c.length, p.reg);
+    const auto at = locate(c.dst_offset); // checked by handle_announce
+    auto op = p.channel->post_recv(st.regions[at.region]->data() + at.offset,
+                                   c.length, p.regs[at.region]);
     p.ops.emplace(op, a.transfer_id);
     ++t.ops_left;
   }
@@ -197,8 +200,8 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     st.in[a.sender].transfers.erase(a.transfer_id);
     return;
   }
-  if (auto bad = check_extents(a.chunks, extent_side::destination,
-                               st.cfg.region->size())) {
+  if (auto bad = check_table_extents(a.chunks, extent_side::destination,
+                                     st.region_sizes)) {
     drop_peer_in(self, a.sender,
                  make_error(ec::invalid_extent,
                             fmt::format("transfer {} from '{}': {}",
@@ -279,17 +282,14 @@ void drop_previous_channel(self_ptr self, const std::string& sender,
 
 } // namespace
 
-// Sent anonymously on a dynamically typed handle: the notice is not part of
-// transfer_actor's typed interface (close_atom is CAF's own atom, so no
-// header that every target includes changes, and CAF lets a typed actor
-// send such a message only anonymously); it names its sender itself. The
-// receiving actor's default handler takes it (handle_unlisted in
-// transfer.cpp).
+// Named by its sender, as every transfer-actor-to-transfer-actor message is
+// (peers know each other by name).
 void tell_closed(self_ptr self, const caf::actor& other,
                  std::uint64_t channel_id, const caf::error& why) {
   if (other && channel_id != 0)
-    caf::anon_send(other, caf::close_atom::value, self->state.cfg.name,
-                   channel_id, why);
+    self->send(caf::actor_cast<transfer_actor>(other),
+               proto::closed_atom::value, self->state.cfg.name, channel_id,
+               why);
 }
 
 void handle_closed(self_ptr self, const std::string& peer,
@@ -341,16 +341,22 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
 
 // ---- polling (transfer.cpp's progress loop calls these)
 
-// The whole region, once per channel. GPU memory goes to the plugin as
-// NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel stages it
-// through pinned bounce buffers (docs/gpu.md, "Staging"): nothing to decide
-// here.
+// Every region of the table, whole, once per channel. GPU memory goes to the
+// plugin as NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel
+// stages it through pinned bounce buffers (docs/gpu.md, "Staging"): nothing
+// to decide here.
 namespace {
 
-registration register_region(transfer_state& st, transport::channel& channel) {
-  auto& region = *st.cfg.region;
-  return channel.register_memory(region.data(), region.size(),
-                                 region.nccl_ptr_type());
+std::vector<registration> register_regions(transfer_state& st,
+                                           transport::channel& channel) {
+  std::vector<registration> regs;
+  regs.reserve(st.regions.size());
+  for (const auto& region : st.regions) {
+    regs.push_back(channel.register_memory(region->data(), region->size(),
+                                           region->nccl_ptr_type()));
+    ++st.stats.registrations;
+  }
+  return regs;
 }
 
 template<class Peer>
@@ -397,10 +403,9 @@ bool progress_send_channel(self_ptr self, const std::string& name, peer_out& p,
     if (p.connector->try_connect()) {
       p.channel.emplace(p.connector->take());
       p.connector.reset();
-      p.reg = register_region(st, *p.channel);
+      p.regs = register_regions(st, *p.channel);
       st.stats.comms_opened += st.cfg.comms_per_peer;
       st.metrics.peer(name).comms->set(st.cfg.comms_per_peer);
-      ++st.stats.registrations;
       p.opening = false;
       progressed = true;
       while (!p.waiting.empty()) {
@@ -430,8 +435,7 @@ bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
       p.channel.emplace(p.listener->take());
       p.listener.reset();
       st.metrics.peer(name).comms->set(p.channel->comm_count());
-      p.reg = register_region(st, *p.channel);
-      ++st.stats.registrations;
+      p.regs = register_regions(st, *p.channel);
       progressed = true;
       while (!p.waiting.empty()) {
         auto a = std::move(p.waiting.front());

@@ -81,8 +81,37 @@ memory_region::allocate_cuda(int gpu, std::uint64_t, std::string name) {
 
 #endif
 
+std::shared_ptr<memory_region> memory_region::wrap(void* data,
+                                                   std::uint64_t bytes,
+                                                   memory_kind kind, int gpu,
+                                                   std::string name) {
+  if (data == nullptr || bytes == 0)
+    throw std::invalid_argument(
+        fmt::format("memory region '{}': wrapping {} bytes at {} (need a "
+                    "non-null pointer and a positive size)",
+                    name, bytes, data));
+  if ((kind == memory_kind::cuda) != (gpu >= 0))
+    throw std::invalid_argument(fmt::format(
+        "memory region '{}': {} memory with gpu {} (cuda memory needs its "
+        "device ordinal, host memory -1)",
+        name, to_string(kind), gpu));
+  transport::memory_view view;
+  view.kind = kind;
+  view.device = gpu;
+  view.base = static_cast<std::byte*>(data);
+  view.bytes = bytes;
+  return std::shared_ptr<memory_region>(
+      new memory_region(view, std::move(name)));
+}
+
 memory_region::memory_region(transport::gpu_region memory, std::string name)
-    : memory_(std::move(memory)), name_(std::move(name)) {
+    : memory_(std::move(memory)), view_(memory_.view()),
+      name_(std::move(name)) {
+}
+
+memory_region::memory_region(const transport::memory_view& view,
+                             std::string name)
+    : view_(view), name_(std::move(name)) {
 }
 
 int memory_region::nccl_ptr_type() const {

@@ -93,7 +93,8 @@ struct peer_out {
   steady_clock::time_point connect_deadline;
   std::unique_ptr<channel_connector> connector;
   std::optional<send_channel> channel;
-  registration reg; // declared after channel: destroyed before it
+  // One per region of the table; declared after channel: destroyed before it.
+  std::vector<registration> regs;
   struct waiting_send {
     std::uint64_t id;
     std::vector<extent> chunks;
@@ -122,7 +123,7 @@ struct peer_in {
   steady_clock::time_point accept_deadline;
   std::unique_ptr<channel_listener> listener;
   std::optional<recv_channel> channel;
-  registration reg;
+  std::vector<registration> regs; // one per region of the table
   std::deque<proto::announcement> waiting;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
@@ -130,6 +131,9 @@ struct peer_in {
 
 struct transfer_state {
   transfer_config cfg;
+  // The region table (plan.hpp): cfg.region, then cfg.more_regions.
+  std::vector<std::shared_ptr<memory_region>> regions;
+  std::vector<std::uint64_t> region_sizes;
   std::unordered_map<std::string, peer_out> out;
   std::unordered_map<std::string, peer_in> in;
   proto::transfer_stats stats;
@@ -210,6 +214,12 @@ constexpr std::size_t max_ipc_copies = 48;
 using self_ptr = transfer_actor::stateful_pointer<transfer_state>;
 
 // ---- transfer.cpp: bookkeeping every path shares
+
+/// The region table of `cfg` (region, then more_regions). Throws
+/// std::invalid_argument naming the region when one is missing or not
+/// smaller than max_region_bytes (spawn_transfer calls it first).
+std::vector<std::shared_ptr<memory_region>>
+region_table_of(const transfer_config& cfg);
 
 caf::error lost(const std::string& peer, const std::string& why);
 

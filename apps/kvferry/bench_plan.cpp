@@ -9,6 +9,10 @@
 //   - item list: check_extents + coalesce + partition_into_work_items + the
 //     copy into staging, what prepare() did before issue #5 (and still does
 //     for the bulk and block-per-item kernels).
+// Then KV planning (issue #15's budget: at most 1 us of host time per block):
+// plan_kv for a request of --kv-blocks blocks out of a cache four times that
+// size, all --kv-layers layers, K and V, between the named layouts, blocks
+// consecutive and scattered; each reported as us per block.
 // Host clock, one warm-up, median of --repeats.
 #include <algorithm>
 #include <chrono>
@@ -24,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/transport/copy_plan.hpp"
 #include "size_list.hpp"
 
@@ -39,6 +44,10 @@ struct bench_plan_options {
   std::string total = "256M";
   std::uint32_t item_bytes = 8192;
   int repeats = 50;
+  std::uint64_t kv_blocks = 1000;
+  std::uint32_t kv_layers = 32;
+  std::uint64_t kv_block_bytes =
+      16 * 8 * 128 * 2; // 16 tokens, 8 heads, 128 fp16
   std::string json_path;
 };
 
@@ -117,6 +126,64 @@ json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
               {"item_list_over_packed", items_s / packed_s}};
 }
 
+// plan_kv for one request between two layouts, into a reused list.
+json measure_kv_plan(const bench_plan_options& opt, const kv_layout& src,
+                     const kv_layout& dst, bool scattered,
+                     std::mt19937_64& rng) {
+  std::vector<std::uint64_t> all(src.num_blocks());
+  std::iota(all.begin(), all.end(), 0ull);
+  auto blocks = [&] {
+    if (scattered)
+      std::shuffle(all.begin(), all.end(), rng);
+    return std::vector<std::uint64_t>(all.begin(), all.begin() + opt.kv_blocks);
+  };
+  const auto src_blocks = blocks(), dst_blocks = blocks();
+  std::vector<extent> plan;
+  const double s = median_seconds(opt.repeats, [&] {
+    plan.clear();
+    plan_kv(src, src_blocks, dst, dst_blocks, std::nullopt, plan);
+  });
+  return json{{"src_layout", src.name()},
+              {"dst_layout", dst.name()},
+              {"blocks", opt.kv_blocks},
+              {"layers", src.layers()},
+              {"scattered", scattered},
+              {"extents", plan.size()},
+              {"seconds", s},
+              {"us_per_block", s * 1e6 / static_cast<double>(opt.kv_blocks)}};
+}
+
+json measure_kv_plans(const bench_plan_options& opt, std::mt19937_64& rng) {
+  if (opt.kv_blocks == 0 || opt.kv_layers == 0 || opt.kv_block_bytes == 0)
+    throw std::invalid_argument(
+        "--kv-blocks, --kv-layers and --kv-block-bytes must be positive");
+  const auto cache = 4 * opt.kv_blocks;
+  const auto vllm =
+      kv_layout::vllm_per_layer(opt.kv_layers, cache, opt.kv_block_bytes);
+  const auto major =
+      kv_layout::block_major(opt.kv_layers, cache, opt.kv_block_bytes);
+  std::cout << fmt::format(
+      "KV plans: {} blocks of a {}-block cache, {} layers, K and V, "
+      "{}-byte block halves\n",
+      opt.kv_blocks, cache, opt.kv_layers, opt.kv_block_bytes);
+  std::cout << fmt::format("{:>22} {:>22} {:>10} {:>8} {:>12} {:>10}\n", "from",
+                           "to", "blocks", "extents", "plan us", "us/block");
+  json rows = json::array();
+  for (const auto* from : {&vllm, &major})
+    for (const auto* to : {&vllm, &major})
+      for (bool scattered : {false, true}) {
+        auto row = measure_kv_plan(opt, *from, *to, scattered, rng);
+        std::cout << fmt::format(
+            "{:>22} {:>22} {:>10} {:>8} {:>12.1f} {:>10.3f}\n", from->name(),
+            to->name(), scattered ? "scattered" : "in a row",
+            row["extents"].get<std::uint64_t>(),
+            row["seconds"].get<double>() * 1e6,
+            row["us_per_block"].get<double>());
+        rows.push_back(std::move(row));
+      }
+  return rows;
+}
+
 long peak_rss_kib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -153,6 +220,7 @@ int run_bench_plan(const bench_plan_options& opt) {
           row["item_list_over_packed"].get<double>());
       result["sizes"].push_back(row);
     }
+    result["kv_plans"] = measure_kv_plans(opt, rng);
     result["peak_rss_kib"] = peak_rss_kib();
     std::cout << fmt::format("peak RSS: {} KiB\n",
                              result["peak_rss_kib"].get<long>());
@@ -184,6 +252,14 @@ void add_bench_plan(CLI::App& bench, int& exit_code) {
                   "Work item size (a positive multiple of 16)")
       ->capture_default_str();
   cmd->add_option("--repeats", opt->repeats, "Timed runs (median reported)")
+      ->capture_default_str();
+  cmd->add_option("--kv-blocks", opt->kv_blocks,
+                  "KV plans: blocks per request (the cache has 4x)")
+      ->capture_default_str();
+  cmd->add_option("--kv-layers", opt->kv_layers, "KV plans: layers")
+      ->capture_default_str();
+  cmd->add_option("--kv-block-bytes", opt->kv_block_bytes,
+                  "KV plans: bytes of one block's K (or V) in one layer")
       ->capture_default_str();
   cmd->add_option("--json", opt->json_path,
                   "Write the results to this JSON file");

@@ -24,7 +24,9 @@ TEST_CASE("bench plan times the packed plan and the item list per size") {
   const std::string path = KVFERRY_BINARY_DIR "/tests/bench_plan_test.json";
   std::remove(path.c_str());
   const auto run = run_kvferry(
-      "bench plan --sizes 4K,64K --total 4M --repeats 3 --json " + path);
+      "bench plan --sizes 4K,64K --total 4M --repeats 3 --kv-blocks 100 "
+      "--kv-layers 4 --json " +
+      path);
   INFO(run.output);
   REQUIRE(run.status == 0);
   CHECK(run.output.find("peak RSS") != std::string::npos);
@@ -45,6 +47,18 @@ TEST_CASE("bench plan times the packed plan and the item list per size") {
     CHECK(row["packed_seconds"].get<double>() > 0);
     CHECK(row["item_list_seconds"].get<double>() > 0);
   }
+  // KV plans: 2 x 2 layouts, blocks in a row and scattered. In a row, the
+  // per-layer layout coalesces to one extent per layer and half, block-major
+  // to one in all.
+  REQUIRE(doc["kv_plans"].size() == 8);
+  const auto& in_a_row = doc["kv_plans"][0];
+  CHECK(in_a_row["src_layout"] == "vllm_per_layer");
+  CHECK(in_a_row["scattered"] == false);
+  CHECK(in_a_row["extents"] == 4 * 2);
+  CHECK(doc["kv_plans"][6]["src_layout"] == "block_major");
+  CHECK(doc["kv_plans"][6]["extents"] == 1);
+  for (const auto& row : doc["kv_plans"])
+    CHECK(row["us_per_block"].get<double>() > 0);
 }
 
 TEST_CASE("bench plan refuses an item size that is not a multiple of 16") {

@@ -121,6 +121,11 @@ using transfer_actor = caf::typed_actor<
                     std::uint64_t>::with<std::vector<char>>,
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
+    // Transfer actor to transfer actor: I, `name`, dropped my end of the
+    // channel `id` between us (a hash of its listen handles), because of
+    // `why`; drop yours and fail what is in flight on it. A notice about a
+    // channel already replaced does nothing.
+    caf::reacts_to<proto::closed_atom, std::string, std::uint64_t, caf::error>,
     // Transfer actor to transfer actor over CUDA IPC: the sender's copy
     // kernel finished writing a transfer into our region; completes the
     // waiting recv order.

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,43 @@ using transport::check_extents;
 using transport::coalesce;
 using transport::extent_side;
 using transport::total_bytes;
+
+// ---- region tables
+//
+// A worker's memory is a table of regions (e.g. a serving stack's KV cache,
+// one allocation per layer). Extent offsets are virtual: region i occupies
+// [i << 40, (i << 40) + size_i), so a one-region table's offsets are plain
+// offsets, coalescing never merges across regions (a region is smaller than
+// 2^40 bytes, so the next one never continues it), and the wire form of an
+// extent stays 24 bytes.
+
+inline constexpr unsigned region_shift = 40;
+inline constexpr std::uint64_t max_region_bytes = std::uint64_t{1}
+                                                  << region_shift;
+
+/// Virtual offset of byte `offset` of region `region`.
+constexpr std::uint64_t table_offset(std::size_t region, std::uint64_t offset) {
+  return (static_cast<std::uint64_t>(region) << region_shift) + offset;
+}
+
+/// A virtual offset split into its region and the offset inside it.
+struct region_offset {
+  std::size_t region;
+  std::uint64_t offset;
+};
+constexpr region_offset locate(std::uint64_t table_offset) {
+  return {static_cast<std::size_t>(table_offset >> region_shift),
+          table_offset & (max_region_bytes - 1)};
+}
+
+/// check_extents for one side of a region table of `region_sizes` (region
+/// i's bytes): every extent must lie inside one region. A one-region table
+/// gives check_extents' own message; otherwise the message names the extent,
+/// the region and its size ("... leaves region 1 of 4096 bytes" or "... names
+/// region 3, but the table has 2 regions").
+std::optional<std::string>
+check_table_extents(const std::vector<extent>& extents, extent_side side,
+                    const std::vector<std::uint64_t>& region_sizes);
 
 /// Builds the plan that moves block i of `src_offsets` to block i of
 /// `dst_offsets` (each `block_bytes` long), coalesced. Sizes must match.

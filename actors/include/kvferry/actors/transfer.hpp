@@ -25,7 +25,14 @@ struct transfer_config {
   // devices[k mod n], so one transfer is striped over all of them
   // (transport::channel_listener). start_worker fills it in (worker.hpp).
   std::vector<int> devices{0};
+  // The memory transfers read and write: a region table (plan.hpp) of
+  // `region` (region 0, offsets as they are) and `more_regions` (region i at
+  // virtual offset i << 40), e.g. a serving stack's per-layer KV tensors
+  // wrapped in place (memory_region::wrap). Each region is registered once
+  // per channel. A table of more than one region moves over the plugin
+  // (CUDA IPC takes one-region tables for now).
   std::shared_ptr<memory_region> region;
+  std::vector<std::shared_ptr<memory_region>> more_regions;
   std::uint32_t comms_per_peer = 2; // comm pairs per channel (striped)
   std::uint64_t chunk_bytes = std::uint64_t{4} << 20;
   // GPU memory over a plugin without NCCL_PTR_CUDA: pinned bounce slots of

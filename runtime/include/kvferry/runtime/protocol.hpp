@@ -58,12 +58,23 @@ struct endpoint {
   // transport::ipc_handle::to_hex() of the region; empty when the region is
   // not on a GPU or the worker does not take CUDA IPC (--transport net).
   std::string ipc_handle;
+  // The sizes of regions 1.. of the peer's region table (plan.hpp), after
+  // region 0 of region_bytes; empty for a one-region table.
+  std::vector<std::uint64_t> more_region_sizes;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, endpoint& x) {
   return f(caf::meta::type_name("kvferry::proto::endpoint"), x.name, x.transfer,
            x.plugin, x.listen_handle, x.region_bytes, x.host_id, x.gpu,
-           x.ipc_handle);
+           x.ipc_handle, x.more_region_sizes);
+}
+
+/// The sizes of `ep`'s region table, region 0 first.
+inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
+  std::vector<std::uint64_t> sizes{ep.region_bytes};
+  sizes.insert(sizes.end(), ep.more_region_sizes.begin(),
+               ep.more_region_sizes.end());
+  return sizes;
 }
 
 /// Asks a transfer actor to send `extents` of its region to `peer`.
