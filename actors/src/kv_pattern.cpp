@@ -72,11 +72,7 @@ detail::pattern_launch launch_of(const memory_region& region,
   l.base = region.data();
   l.offsets = offsets.data();
   l.count = offsets.size();
-  l.block_bytes = b.block_bytes;
-  l.seed = b.seed;
-  l.request_id = b.request_id;
-  l.first_layer = b.first_layer;
-  l.blocks_per_layer = b.blocks_per_layer;
+  l.blocks = b;
   return l;
 }
 

@@ -180,8 +180,9 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
   const std::size_t cap = check ? max_grid : d.fill_grid;
   const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
   pattern_kernel<<<grid, threads, 0, d.stream>>>(
-      l.base, d.offsets_device, l.count, l.block_bytes, l.seed, l.request_id,
-      l.first_layer, l.blocks_per_layer, check, d.result_device);
+      l.base, d.offsets_device, l.count, l.blocks.block_bytes, l.blocks.seed,
+      l.blocks.request_id, l.blocks.first_layer, l.blocks.blocks_per_layer,
+      check, d.result_device);
   check_cuda(cudaGetLastError(),
              check ? "check kernel launch" : "fill kernel launch", d.gpu);
   if (check)

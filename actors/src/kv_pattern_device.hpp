@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kvferry/actors/pattern_blocks.hpp"
+
 namespace kvferry::detail {
 
 struct pattern_device;
@@ -19,11 +21,7 @@ struct pattern_launch {
   std::uint8_t* base = nullptr;           // device address of the region
   const std::uint64_t* offsets = nullptr; // host array
   std::size_t count = 0;
-  std::uint64_t block_bytes = 0;
-  std::uint64_t seed = 0;
-  std::uint64_t request_id = 0;
-  std::uint32_t first_layer = 0;
-  std::uint32_t blocks_per_layer = 1;
+  pattern_blocks blocks;
 };
 
 /// One kernel over all blocks, then waits for it. Fill: writes the pattern,

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvferry/actors/memory_region.hpp"
+#include "kvferry/actors/pattern_blocks.hpp"
 
 namespace kvferry {
 
@@ -21,17 +22,6 @@ struct pattern_device_deleter {
   void operator()(pattern_device* device) const noexcept;
 };
 } // namespace detail
-
-/// What a call covers: block i of the offsets list is block
-/// `i % blocks_per_layer` of layer `first_layer + i / blocks_per_layer` of
-/// request `request_id`, each `block_bytes` long.
-struct pattern_blocks {
-  std::uint64_t seed = 0;
-  std::uint64_t request_id = 0;
-  std::uint32_t first_layer = 0;
-  std::uint32_t blocks_per_layer = 1;
-  std::uint64_t block_bytes = 0;
-};
 
 class kv_pattern {
 public:
