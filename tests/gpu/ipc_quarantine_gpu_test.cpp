@@ -31,6 +31,7 @@
 #include <caf/io/all.hpp>
 #include <cuda_runtime.h>
 
+#include "disjoint.hpp"
 #include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
@@ -113,14 +114,7 @@ int stop_sender(pid_t pid, const fs::path& dir) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-bool disjoint(std::vector<std::uint64_t> a, std::vector<std::uint64_t> b) {
-  std::sort(a.begin(), a.end());
-  std::sort(b.begin(), b.end());
-  std::vector<std::uint64_t> both;
-  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(),
-                        std::back_inserter(both));
-  return both.empty();
-}
+using kvferry::test::disjoint;
 
 // True when every byte of the given blocks of a device pool is zero.
 bool blocks_zero(const memory_region& pool,

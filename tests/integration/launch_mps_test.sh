@@ -39,11 +39,7 @@ trap 'echo "\$name got TERM"; echo "\$name stopped" >>"$WORK/record"; exit 0' TE
 echo "\$name ready"
 for _ in \$(seq 600); do sleep 0.1; done
 EOF
-chmod +x "$WORK/fake-kvferry"
-export KVFERRY_LAUNCH_EXE="$WORK/fake-kvferry"
-mkdir -p "$WORK/plugins"
-touch "$WORK/plugins/libnccl-net-kvsock.so"
-export KVFERRY_PLUGIN_PATH="$WORK/plugins"
+use_fake_kvferry
 export TEST_SECRET=hunter2
 
 topology() {  # <file> <gpu of p0> <gpu of d0>

@@ -41,11 +41,7 @@ esac
 echo "\$name ready"   # the trap is in place: TERM from now on is handled
 for _ in \$(seq 600); do sleep 0.1; done
 EOF
-chmod +x "$WORK/fake-kvferry"
-export KVFERRY_LAUNCH_EXE="$WORK/fake-kvferry"
-mkdir -p "$WORK/plugins"
-touch "$WORK/plugins/libnccl-net-kvsock.so"
-export KVFERRY_PLUGIN_PATH="$WORK/plugins"
+use_fake_kvferry
 
 topology() {  # <file> <extra worker lines...>: a one-host file
   local file=$1; shift

@@ -33,3 +33,13 @@ wait_for() {  # <seconds> <command...>: polls until the command succeeds
     sleep 0.1
   done
 }
+
+# Launch runs $WORK/fake-kvferry (the test's stand-in, written just before)
+# instead of kvferry, and finds a (dummy) kvsock plugin in $WORK/plugins.
+use_fake_kvferry() {
+  chmod +x "$WORK/fake-kvferry"
+  export KVFERRY_LAUNCH_EXE="$WORK/fake-kvferry"
+  mkdir -p "$WORK/plugins"
+  touch "$WORK/plugins/libnccl-net-kvsock.so"
+  export KVFERRY_PLUGIN_PATH="$WORK/plugins"
+}

@@ -14,6 +14,7 @@
 #include <caf/all.hpp>
 #include <doctest/doctest.h>
 
+#include "disjoint.hpp"
 #include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
@@ -224,14 +225,7 @@ struct fixture {
   }
 };
 
-bool disjoint(std::vector<std::uint64_t> a, std::vector<std::uint64_t> b) {
-  std::sort(a.begin(), a.end());
-  std::sort(b.begin(), b.end());
-  std::vector<std::uint64_t> both;
-  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(),
-                        std::back_inserter(both));
-  return both.empty();
-}
+using kvferry::test::disjoint;
 
 } // namespace
 
