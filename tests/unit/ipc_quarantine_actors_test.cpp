@@ -70,6 +70,8 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
         return make_error(ec::invalid_argument, "fake sender: no channels");
       },
       [](proto::announce_atom, proto::announcement&) {},
+      [](proto::closed_atom, const std::string&, std::uint64_t,
+         const caf::error&) {},
       [](proto::landed_atom, const proto::landed&) {},
       [](proto::stats_atom) { return proto::transfer_stats{}; },
       [](proto::ipc_hello_atom, const std::string&) {},

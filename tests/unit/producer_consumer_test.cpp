@@ -104,6 +104,9 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
           self->state.arrived[a.transfer_id] = bytes;
         }
       },
+      // The fake has no channels to drop.
+      [](proto::closed_atom, const std::string&, std::uint64_t,
+         const caf::error&) {},
       [self](proto::recv_atom,
              proto::recv_order& o) -> caf::result<proto::recv_report> {
         auto i = self->state.arrived.find(o.transfer_id);
