@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <sched.h>
 
 #include "cuda.hpp"
 #include "kvferry/transport/net_v7.h"
@@ -41,7 +42,24 @@ bool env_host_only() {
   return false;
 }
 
+// The CPUs this process may run on (taskset, cpusets), not the machine's.
+int usable_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    return std::max(1, CPU_COUNT(&set));
+  return 1;
+}
+
 } // namespace
+
+size_t default_inline_max(int cores) {
+  // A send handed to a data-socket thread costs a thread hand-off; on few
+  // cores that thread competes with the caller for a core, and writing the
+  // message inline on the control socket wins up to 1 MiB (2 cores, quiet:
+  // 256 KiB 0.65-0.71x of raw TCP handed off, 0.79-1.07x inline;
+  // docs/benchmarks.md). Larger machines keep the 64 KiB they were tuned at.
+  return cores <= 4 ? size_t{1} << 20 : size_t{64} << 10;
+}
 
 int Config::ptr_support() const {
   return NCCL_PTR_HOST | (!host_only && cuda::available() ? NCCL_PTR_CUDA : 0);
@@ -49,6 +67,7 @@ int Config::ptr_support() const {
 
 Config Config::from_env() {
   Config c;
+  c.inline_max = default_inline_max(usable_cores());
   c.data_sockets =
       static_cast<int>(env_int("KVSOCK_NSOCKS", c.data_sockets, 1, kMaxLanes));
   c.inline_max = static_cast<size_t>(

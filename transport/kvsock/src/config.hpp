@@ -17,10 +17,15 @@ constexpr int kUnpackSlots = 16; // receives outstanding in UNPACK mode
 constexpr size_t kUnpackMaxRecvBytes = 4u << 20; // one UNPACK irecv
 constexpr size_t kUnpackPage = 4096;
 
+/// Host sends up to this size go inline (the default of KVSOCK_INLINE_MAX):
+/// 1 MiB on up to 4 usable cores, else 64 KiB.
+size_t default_inline_max(int cores);
+
 struct Config {
   int data_sockets = 2; // KVSOCK_NSOCKS: data sockets (+1 control socket)
-  size_t inline_max = 64 << 10; // KVSOCK_INLINE_MAX: sends up to this go inline
-                                // on the control socket
+  // KVSOCK_INLINE_MAX: host sends up to this go inline on the control
+  // socket; default default_inline_max(the usable cores).
+  size_t inline_max = 64 << 10;
   size_t min_part =
       256 << 10; // KVSOCK_MIN_PART: smallest piece a large send is split into
   int socket_buffer =
