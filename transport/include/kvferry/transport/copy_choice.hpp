@@ -1,11 +1,12 @@
 // Which copy kernel runs on this GPU, per block size (issue #18): the
 // default kernel was tuned on an H100 and is slower than a plain kernel on an
-// H200, so the choice is made per GPU model by a short autotune at first use
-// (every candidate on shuffled plans of 4 KiB .. 2 MiB blocks, a few ms of
+// H200, so the choice is made per GPU model: measured across two processes
+// for the models in measured_copy_choice, else by a short autotune at first
+// use (every candidate on shuffled plans of 4 KiB .. 2 MiB blocks, ~100 ms of
 // GPU time), cached in a small file per GPU model, driver and kvferry
 // version, and can be overridden. See docs/gpu.md, "Kernel choice".
 //
-//   auto choice = choose_copy_kernel(gpu);        // override, cache or tune
+//   auto choice = choose_copy_kernel(gpu); // override, cache, measured, tune
 //   gpu_copy_engine engine{gpu, copy_bands_of(choice.bands)};
 //
 // The CPU side (cache format, key, choosing from timings, precedence) is
@@ -158,7 +159,8 @@ std::optional<std::string> parse_nvidia_driver_version(const std::string& text);
 tuning_table tune_copy_kernel(int gpu);
 
 /// The choice for `gpu`: KVFERRY_COPY_KERNEL, else this GPU's cache entry,
-/// else a tune whose result is cached. Once per GPU per process (later calls
+/// else the measured choice of its model, else a tune whose result is
+/// cached. Once per GPU per process (later calls
 /// return the first answer); concurrent processes tune one at a time (a lock
 /// file beside the cache, waited for at most 10 s). Warnings go to the log.
 copy_choice choose_copy_kernel(int gpu);
