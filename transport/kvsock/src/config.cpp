@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sched.h>
+#include <thread>
 
 #include "cuda.hpp"
 #include "kvferry/transport/net_v7.h"
@@ -47,7 +48,7 @@ int usable_cores() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0)
     return std::max(1, CPU_COUNT(&set));
-  return 1;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
 } // namespace
@@ -56,8 +57,9 @@ size_t default_inline_max(int cores) {
   // A send handed to a data-socket thread costs a thread hand-off; on few
   // cores that thread competes with the caller for a core, and writing the
   // message inline on the control socket wins up to 1 MiB (2 cores, quiet:
-  // 256 KiB 0.65-0.71x of raw TCP handed off, 0.79-1.07x inline;
-  // docs/benchmarks.md). Larger machines keep the 64 KiB they were tuned at.
+  // 256 KiB 0.67-0.71x of raw TCP handed off, 0.75-0.90x inline; 1 MiB
+  // 0.88-0.90x against 1.22-1.31x; docs/benchmarks.md). Larger machines keep
+  // the 64 KiB they were tuned at.
   return cores <= 4 ? size_t{1} << 20 : size_t{64} << 10;
 }
 
