@@ -28,6 +28,10 @@
 #
 # The device call is then:  run(command="bash scripts/device-run.sh device",
 #                               carry=[".bundle"])
+# The device call carries at most 64 MiB (tree and bundle together); when the
+# bundle outgrows that, carry the packed copy bundle also writes instead:
+#   run(command="tar -xJf .bundle-packed/bundle.tar.xz && bash .bundle/device-run.sh device",
+#       carry=[".bundle-packed"])
 #
 # .bundle/ = bin/kvferry, lib/ (libnccl-net-kvsock.so and every shared library
 # the binaries need per ldd, except the C/C++ runtime: the device image is a
@@ -116,6 +120,9 @@ bundle() {
     echo "source: $src"
   } >"$bundle_dir/MANIFEST"
   echo "== .bundle: $(du -sh "$bundle_dir" | cut -f1)"
+  mkdir -p "$repo_root/.bundle-packed"
+  tar -C "$(dirname "$bundle_dir")" -cJf "$repo_root/.bundle-packed/bundle.tar.xz" "$(basename "$bundle_dir")"
+  echo "== .bundle-packed/bundle.tar.xz: $(du -sh "$repo_root/.bundle-packed/bundle.tar.xz" | cut -f1)"
   ls -1 "$bundle_dir"/bin "$bundle_dir"/lib "$bundle_dir"/tests
 }
 
