@@ -1,6 +1,7 @@
 #include "kvferry/runtime/error.hpp"
 
 #include <caf/actor_system_config.hpp>
+#include <caf/sec.hpp>
 
 namespace kvferry {
 
@@ -34,6 +35,8 @@ const char* to_string(ec code) {
     return "config_error";
   case ec::lease_expired:
     return "lease_expired";
+  case ec::internal:
+    return "internal";
   }
   return "unknown";
 }
@@ -79,6 +82,23 @@ std::string render(const caf::error& err) {
 bool is(const caf::error& err, ec code) {
   return err.category() == ec_category &&
          err.code() == static_cast<uint8_t>(code);
+}
+
+status to_status(const caf::error& err) {
+  if (!err)
+    return {};
+  if (err.category() == ec_category)
+    return {static_cast<ec>(err.code()), render_context(err.context())};
+  if (err == caf::sec::request_timeout)
+    return {ec::timeout, render(err)};
+  if (err == caf::sec::request_receiver_down ||
+      err == caf::sec::no_route_to_receiving_node ||
+      err == caf::sec::cannot_forward_to_invalid_actor)
+    return {ec::peer_down, render(err)};
+  if (err == caf::sec::no_actor_published_at_port ||
+      err == caf::sec::cannot_connect_to_node)
+    return {ec::unreachable, render(err)};
+  return {ec::internal, render(err)};
 }
 
 } // namespace kvferry

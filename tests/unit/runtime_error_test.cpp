@@ -27,9 +27,49 @@ TEST_CASE("CAF's own errors render through CAF") {
 }
 
 TEST_CASE("every code has a name") {
-  for (uint8_t code = 0; code <= static_cast<uint8_t>(ec::lease_expired);
-       ++code)
+  for (uint8_t code = 0; code <= static_cast<uint8_t>(ec::internal); ++code)
     CHECK(std::string{to_string(static_cast<ec>(code))} != "unknown");
+}
+
+TEST_CASE("a status is a code and a reason, rendered as errors are") {
+  status ok;
+  CHECK(ok.ok());
+  CHECK(ok.message() == "ok");
+  status bad{ec::peer_down, "worker 'decode-0' is down"};
+  CHECK(!bad.ok());
+  CHECK(bad.code() == ec::peer_down);
+  CHECK(bad.message() ==
+        render(make_error(ec::peer_down, "worker 'decode-0' is down")));
+}
+
+TEST_CASE("a result holds a value or the status that says why not") {
+  result<int> good{7};
+  REQUIRE(good.ok());
+  CHECK(*good == 7);
+  CHECK(good.error().ok());
+  result<int> bad{status{ec::timeout, "no reply from 'decode-0' in 2 s"}};
+  CHECK(!bad.ok());
+  CHECK(bad.error().code() == ec::timeout);
+  CHECK_THROWS_WITH_AS(bad.value(),
+                       "kvferry::result::value() of a failure: "
+                       "kvferry.timeout: no reply from 'decode-0' in 2 s",
+                       std::logic_error);
+  result<int> confused{status{}};
+  CHECK(confused.error().code() == ec::internal);
+}
+
+TEST_CASE("caf errors become statuses") {
+  CHECK(to_status(caf::error{}).ok());
+  auto mine = to_status(make_error(ec::mismatch, "geometry of 'decode-1'"));
+  CHECK(mine.code() == ec::mismatch);
+  CHECK(mine.reason() == "geometry of 'decode-1'");
+  CHECK(to_status(caf::make_error(caf::sec::request_timeout)).code() ==
+        ec::timeout);
+  CHECK(to_status(caf::make_error(caf::sec::request_receiver_down)).code() ==
+        ec::peer_down);
+  auto other = to_status(caf::make_error(caf::sec::unexpected_message));
+  CHECK(other.code() == ec::internal);
+  CHECK(other.reason().find("unexpected_message") != std::string::npos);
 }
 
 TEST_CASE_FIXTURE(test::actor_fixture,
