@@ -5,3 +5,7 @@
 kvferry_add_test(NAME test_ipc_table SOURCES unit/ipc_table_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 # Two processes on GPU 0, wrapped tables with regions inside one allocation:
+# push, one-sided read, event waits (IPC and kvsock); every byte verified.
+kvferry_add_test(NAME test_ipc_table_gpu SOURCES gpu/ipc_table_gpu_test.cpp
+  LIBS kvferry_actors GPU LABELS integration TIMEOUT 180)
+add_dependencies(test_ipc_table_gpu nccl-net-kvsock)
