@@ -30,7 +30,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -339,11 +341,16 @@ struct ipc_table_pair {
   void push_after_event(std::uint64_t id, const proto::endpoint& to,
                         const table_move& m, unsigned salt) {
     const auto fresh = fresh_bytes(m.length, salt);
+    // Pinned, so that the copy waits on the stream, not in the call.
+    void* pinned = nullptr;
+    cuda_ok(cudaMallocHost(&pinned, fresh.size()), "cudaMallocHost");
+    std::unique_ptr<void, cudaError_t (*)(void*)> pinned_owner{pinned,
+                                                               &cudaFreeHost};
+    std::memcpy(pinned, fresh.data(), fresh.size());
     gate g;
     write_behind_gate(g, [&] {
-      cuda_ok(cudaMemcpyAsync(ours.regions[m.src_region] + m.src_offset,
-                              fresh.data(), fresh.size(),
-                              cudaMemcpyHostToDevice, stream),
+      cuda_ok(cudaMemcpyAsync(ours.regions[m.src_region] + m.src_offset, pinned,
+                              fresh.size(), cudaMemcpyHostToDevice, stream),
               "cudaMemcpyAsync");
     });
     proto::send_order o;
@@ -360,6 +367,18 @@ struct ipc_table_pair {
               expected[m.src_region].begin() + m.src_offset);
     std::copy(fresh.begin(), fresh.end(),
               owner_bytes[m.dst_region].begin() + m.dst_offset);
+  }
+
+  // Waits until transfer `id` from us has landed at the child (a plugin
+  // send completes at the sender before its receiver has every byte).
+  void landed_at_owner(std::uint64_t id) {
+    proto::recv_order o;
+    o.transfer_id = id;
+    o.peer_name = "decode-0";
+    o.timeout_ms = 30000;
+    self->request(owner, seconds(60), proto::recv_atom::value, o)
+        .receive([&](const proto::recv_report&) {},
+                 [&](caf::error& err) { FAIL(render(err)); });
   }
 
   // Reads `m` from the child's table into ours and checks all of ours.
@@ -477,6 +496,7 @@ TEST_CASE_FIXTURE(ipc_table_pair,
     const auto opened = stats_of(transfer).comms_opened;
     push_after_event(6, elsewhere, {1, 300000, 0, 900000, 32768}, 5);
     CHECK(stats_of(transfer).comms_opened > opened); // the plugin moved it
+    landed_at_owner(6);
     read_back(7, {0, 900000, 0, 700000, 32768});
   }
 

@@ -172,13 +172,16 @@ ipc_region export_ipc_region(const memory_view& view) {
     throw gpu_error("host memory cannot be shared over CUDA IPC");
   check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
   const auto f = facts_of(view.base, gpu);
-  if (f.memory_type != CU_MEMORYTYPE_DEVICE)
-    throw gpu_error("the memory is host memory to CUDA (memory type " +
-                    std::to_string(f.memory_type) +
-                    "), which CUDA IPC cannot share");
-  if (f.managed)
+  if (f.managed) // first: its memory type may read device or unified
     throw gpu_error("managed memory (cudaMallocManaged) cannot be shared "
                     "over CUDA IPC");
+  if (f.memory_type == CU_MEMORYTYPE_HOST)
+    throw gpu_error("the memory is host memory to CUDA (pinned or "
+                    "registered), which CUDA IPC cannot share");
+  if (f.memory_type != CU_MEMORYTYPE_DEVICE)
+    throw gpu_error("the memory is not device memory to CUDA (memory type " +
+                    std::to_string(f.memory_type) +
+                    "), which CUDA IPC cannot share");
   if (!f.legacy_ipc)
     throw gpu_error("the allocation was not made by cudaMalloc (cuMemCreate "
                     "/ virtual memory management, e.g. PyTorch's expandable "
