@@ -317,6 +317,10 @@ struct ipc_table_pair {
   template<class Reply, class Atom, class Order, class Release>
   caf::expected<Reply> behind_gate(const transfer_actor& to, Atom atom,
                                    const Order& order, Release release) {
+    struct released { // also when a check throws: the stream never hangs
+      Release& release;
+      ~released() { release(); }
+    } on_exit{release};
     auto pending = self->request(to, seconds(60), atom, order);
     stats_of(to);
     release();
