@@ -84,7 +84,7 @@ bundle() {
   # The GPU-labelled tests, plus the CPU tests of the GPU data path.
   local tests
   tests=$(cd "$build" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
-  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice ${EXTRA_TESTS:-}"
+  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice test_ipc_table ${EXTRA_TESTS:-}"
   local targets=(kvferry nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
   echo "== build ${targets[*]}"

@@ -115,6 +115,10 @@ using transfer_actor = caf::typed_actor<
     // and this actor's view of when the transfer started and ended.
     caf::replies_to<proto::recv_atom,
                     proto::recv_order>::with<proto::recv_report>,
+    // One-sided read over CUDA IPC from a same-host peer's table into ours
+    // (protocol.hpp, read_order); replies when the copy kernel finished.
+    caf::replies_to<proto::read_atom,
+                    proto::read_order>::with<proto::recv_report>,
     // Transfer actor to transfer actor: open a channel from `sender` with
     // (comms, chunk bytes); replies the listener's handles (128 B each).
     caf::replies_to<proto::open_atom, std::string, std::uint32_t,

@@ -107,6 +107,9 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, abort_atom, "kvabort")
 // deadline check of the transfer, producer and consumer actors).
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, stats_atom, "kvstats")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, sweep_atom, "kvsweep")
+// one-sided read (the transfer actor receives it from its own process).
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::read_order))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, read_atom, "kvread")
 
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
