@@ -175,8 +175,8 @@ public:
   }
 
   summary run() {
-    for (std::uint32_t i = 0; i < options_.faults.size(); ++i)
-      schedule(from_ms(options_.faults[i].at_s * 1e3), ev::fault, i);
+    for (std::uint32_t i = 0; i < faults_.size(); ++i)
+      schedule(from_ms(faults_[i].at_s * 1e3), ev::fault, i);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
     while (!events_.empty()) {
@@ -245,9 +245,13 @@ private:
     return std::uint32_t(resources_.size() - 1);
   }
 
-  // Every fault names a worker or host of this topology.
+  // The topology's faults, then the caller's (--fault); every one names a
+  // worker or host of this topology.
   void check_faults() {
-    for (auto& f : options_.faults) {
+    faults_ = topology_faults(topo_);
+    faults_.insert(faults_.end(), options_.faults.begin(),
+                   options_.faults.end());
+    for (auto& f : faults_) {
       bool found = false;
       if (f.what == fault::kind::worker_down) {
         for (auto& w : topo_.workers)
@@ -258,7 +262,8 @@ private:
       }
       if (!found)
         throw std::runtime_error(fmt::format(
-            "--fault {}: {} has no {} named '{}'", f.text, topo_.source_file,
+            "{} {}: {} has no {} named '{}'", f.origin, f.text,
+            topo_.source_file,
             f.what == fault::kind::worker_down ? "worker" : "host", f.target));
       out_.faults.push_back({f.text, 0});
     }
@@ -835,7 +840,7 @@ private:
   // slower link only slows the flows crossing it.
 
   void on_fault(std::uint32_t index) {
-    auto& f = options_.faults[index];
+    auto& f = faults_[index];
     if (f.what == fault::kind::link_slow)
       slow_host(f);
     else
@@ -1107,7 +1112,8 @@ private:
   const topology::deployment& topo_;
   const topology::sim_spec& sim_;
   const run_options& options_;
-  double lbb_ = 0; // bytes of one layer-block
+  std::vector<fault> faults_; // check_faults()
+  double lbb_ = 0;            // bytes of one layer-block
 
   std::priority_queue<event, std::vector<event>, later> events_;
   std::uint64_t seq_ = 0;
