@@ -1,6 +1,8 @@
 // The routing policies (route_policy.hpp).
 #include "kvferry/actors/route_policy.hpp"
 
+#include <algorithm>
+
 namespace kvferry {
 
 std::optional<routing> parse_routing(std::string_view text) {
@@ -13,20 +15,93 @@ std::optional<routing> parse_routing(std::string_view text) {
   return std::nullopt;
 }
 
+std::uint32_t prefix_cache::find(std::uint64_t id) const {
+  if (slots_.empty())
+    return npos;
+  auto mask = slots_.size() - 1;
+  for (auto i = home(id);; i = (i + 1) & mask) {
+    if (slots_[i] == 0)
+      return npos;
+    if (nodes_[slots_[i] - 1].id == id)
+      return std::uint32_t(i);
+  }
+}
+
+void prefix_cache::unlink(std::uint32_t n) {
+  auto& x = nodes_[n];
+  (x.newer == npos ? newest_ : nodes_[x.newer].older) = x.older;
+  (x.older == npos ? oldest_ : nodes_[x.older].newer) = x.newer;
+}
+
+void prefix_cache::push_newest(std::uint32_t n) {
+  nodes_[n].newer = npos;
+  nodes_[n].older = newest_;
+  (newest_ == npos ? oldest_ : nodes_[newest_].newer) = n;
+  newest_ = n;
+}
+
+// Empties `slot`, moving back the entries after it that probed past it, so
+// that every lookup still finds its id before an empty slot.
+void prefix_cache::erase_slot(std::size_t slot) {
+  auto mask = slots_.size() - 1;
+  slots_[slot] = 0;
+  for (auto i = (slot + 1) & mask; slots_[i] != 0; i = (i + 1) & mask) {
+    auto want = home(nodes_[slots_[i] - 1].id);
+    // Its home is cyclically in (slot, i]: it stays; otherwise it moves.
+    bool stays =
+        slot < i ? (slot < want && want <= i) : (slot < want || want <= i);
+    if (!stays) {
+      slots_[slot] = slots_[i];
+      slots_[i] = 0;
+      slot = i;
+    }
+  }
+}
+
+void prefix_cache::insert_slot(std::uint32_t n) {
+  auto mask = slots_.size() - 1;
+  auto i = home(nodes_[n].id);
+  while (slots_[i] != 0)
+    i = (i + 1) & mask;
+  slots_[i] = n + 1;
+}
+
+// Doubles the table (at least 16 slots), keeping it at most half full.
+void prefix_cache::grow() {
+  auto size = std::max<std::size_t>(16, 2 * slots_.size());
+  slots_.assign(size, 0);
+  shift_ = 64;
+  for (auto s = size; s > 1; s >>= 1)
+    --shift_;
+  for (std::uint32_t n = 0; n < nodes_.size(); ++n)
+    insert_slot(n);
+}
+
 void prefix_cache::touch(const std::vector<std::uint64_t>& ids) {
   for (auto id : ids) {
-    if (auto it = where_.find(id); it != where_.end()) {
-      order_.splice(order_.begin(), order_, it->second);
+    if (auto slot = find(id); slot != npos) {
+      auto n = slots_[slot] - 1;
+      unlink(n);
+      push_newest(n);
       continue;
     }
     if (capacity_ == 0)
       return;
-    if (where_.size() == capacity_) {
-      where_.erase(order_.back());
-      order_.pop_back();
+    std::uint32_t n;
+    if (nodes_.size() == capacity_) { // the oldest makes room
+      n = oldest_;
+      erase_slot(find(nodes_[n].id));
+      unlink(n);
+    } else {
+      n = std::uint32_t(nodes_.size());
+      nodes_.push_back({id, npos, npos});
+      if (2 * nodes_.size() > slots_.size())
+        grow(); // inserts the new node too
     }
-    order_.push_front(id);
-    where_[id] = order_.begin();
+    nodes_[n].id = id;
+    if (find(id) == npos)
+      insert_slot(n);
+    push_newest(n);
   }
 }
 

@@ -3,7 +3,9 @@
 // least-loaded and prefix-aware routing, that ties go to the first worker,
 // that dead workers are never picked, and that the same calls give the same
 // choices.
+#include <algorithm>
 #include <cstdint>
+#include <random>
 #include <utility>
 #include <vector>
 
@@ -95,6 +97,44 @@ TEST_CASE("a prefix cache forgets the least recently used ids first") {
   prefix_cache none{0};
   none.touch({1});
   CHECK(none.leading({1}) == 0);
+}
+
+TEST_CASE("a prefix cache agrees with a plain LRU list over many touches") {
+  // The reference: most recent first, at most `capacity` ids.
+  struct reference {
+    std::size_t capacity;
+    std::vector<std::uint64_t> order;
+    void touch(const ids& xs) {
+      for (auto x : xs) {
+        auto it = std::find(order.begin(), order.end(), x);
+        if (it != order.end())
+          order.erase(it);
+        else if (order.size() == capacity)
+          order.pop_back();
+        order.insert(order.begin(), x);
+      }
+    }
+    std::size_t leading(const ids& xs) const {
+      std::size_t n = 0;
+      while (n < xs.size() &&
+             std::find(order.begin(), order.end(), xs[n]) != order.end())
+        ++n;
+      return n;
+    }
+  };
+  for (std::size_t capacity : {1, 7, 40}) {
+    prefix_cache cache{capacity};
+    reference ref{capacity, {}};
+    std::mt19937_64 rng{capacity};
+    for (int step = 0; step < 5000; ++step) {
+      ids xs(1 + rng() % 4);
+      for (auto& x : xs)
+        x = rng() % 100; // ids repeat: hits, misses and evictions
+      REQUIRE(cache.leading(xs) == ref.leading(xs));
+      cache.touch(xs);
+      ref.touch(xs);
+    }
+  }
 }
 
 TEST_CASE("no live worker of a role: no route") {

@@ -10,11 +10,9 @@
 #pragma once
 
 #include <cstdint>
-#include <list>
 #include <optional>
 #include <set>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -32,13 +30,19 @@ std::optional<routing> parse_routing(std::string_view text);
 /// What a decode worker holds of earlier requests' prefixes (trace
 /// `hash_ids`, 512-token blocks), least recently used first out, like
 /// vLLM's prefix cache of evictable free pages.
+///
+/// Flat, since the simulator touches one per request at 1,000 workers: the
+/// ids in a vector of nodes linked in use order, found through an
+/// open-addressing table of node indices (linear probing, deletion by
+/// backward shift), both grown as ids come, up to the capacity; no
+/// allocation per id.
 class prefix_cache {
 public:
   explicit prefix_cache(std::size_t capacity = 0) : capacity_(capacity) {}
   /// How many of `ids`' leading ids it holds (without touching them).
   std::size_t leading(const std::vector<std::uint64_t>& ids) const {
     std::size_t n = 0;
-    while (n < ids.size() && where_.count(ids[n]))
+    while (n < ids.size() && find(ids[n]) != npos)
       ++n;
     return n;
   }
@@ -47,9 +51,27 @@ public:
   void touch(const std::vector<std::uint64_t>& ids);
 
 private:
+  static constexpr std::uint32_t npos = 0xffffffff;
+  struct node {
+    std::uint64_t id;
+    std::uint32_t newer, older; // npos at the ends
+  };
+  std::size_t home(std::uint64_t id) const {
+    return std::size_t((id * 0x9e3779b97f4a7c15ull) >> shift_);
+  }
+  // The slot holding `id`'s node, or npos.
+  std::uint32_t find(std::uint64_t id) const;
+  void unlink(std::uint32_t n);
+  void push_newest(std::uint32_t n);
+  void erase_slot(std::size_t slot);
+  void insert_slot(std::uint32_t n);
+  void grow();
+
   std::size_t capacity_;
-  std::list<std::uint64_t> order_;
-  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
+  std::vector<node> nodes_;
+  std::uint32_t newest_ = npos, oldest_ = npos;
+  std::vector<std::uint32_t> slots_; // node index + 1; 0: empty
+  int shift_ = 64;
 };
 
 class route_policy {
