@@ -863,8 +863,8 @@ private:
         continue;
       router_->prefill_down(i);
       p.dead = true;
-      p.queue.clear();
       count_queued(prefill_queue, -std::int64_t(p.queue.size()));
+      p.queue.clear();
       p.current = idle;
       // Requests whose KV had not all landed lose their producer.
       for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)

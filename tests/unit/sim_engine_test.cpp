@@ -404,6 +404,21 @@ TEST_CASE("a prefill worker dies: its requests fail and free their decode "
   CHECK(r.csv.find(",p0,d0,net,failed,") != std::string::npos);
 }
 
+TEST_CASE("a prefill worker dies with requests queued: they leave the "
+          "prefill queue's series") {
+  // Three requests at 0 ms: one prefilling (160 ms), two queued, when p0
+  // dies at 50 ms; a fourth at 300 ms finds no prefill worker.
+  auto r = simulate(two_hosts + model + sim_section(),
+                    {{0, 1600, 1}, {0, 1600, 1}, {0, 1600, 1}, {300, 1600, 1}},
+                    {"down=p0,at=0.05"});
+  CHECK(r.summary.failed == 4);
+  CHECK(r.summary.unroutable == 1);
+  auto& queue = r.summary.prefill_queue.values;
+  REQUIRE_FALSE(queue.empty());
+  CHECK(queue.front() > 0);
+  CHECK(queue.back() == 0); // none waits after the worker died
+}
+
 TEST_CASE("every decode worker dead: later requests fail as unroutable") {
   auto r = simulate(two_hosts + model + sim_section(),
                     {{0, 1600, 1}, {500, 1600, 1}}, {"down=d0,at=0.2"});
