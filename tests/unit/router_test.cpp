@@ -131,6 +131,14 @@ struct fixture : test::actor_fixture {
     run();
   }
   router_results results() { return result->snapshot(); }
+  // Answers the held requests from `first` on; the run's results.
+  router_results answer_from(std::size_t first) {
+    for (auto k = first; k < workers->held.size(); ++k)
+      workers->answer(k);
+    run();
+    REQUIRE(result->finished());
+    return results();
+  }
 };
 
 } // namespace
@@ -195,11 +203,7 @@ TEST_CASE_FIXTURE(fixture, "least-loaded routing: to the workers with the "
   run();
   REQUIRE(workers->held.size() == 4);
   CHECK(workers->held[3].producer == "prefill-0");
-  for (std::size_t k = 1; k < 4; ++k)
-    workers->answer(k);
-  run();
-  REQUIRE(result->finished());
-  auto r = results();
+  auto r = answer_from(1);
   CHECK(consumer_of(r, 0) == 0);
   CHECK(consumer_of(r, 1) == 1);
   CHECK(consumer_of(r, 2) == 1);
@@ -219,11 +223,7 @@ TEST_CASE_FIXTURE(fixture, "prefix-aware routing: to the decode worker "
   workers->answer(0);                 // decode-0 now holds prefix {1, 2}
   run();
   REQUIRE(workers->held.size() == 4);
-  for (std::size_t k = 1; k < 4; ++k)
-    workers->answer(k);
-  run();
-  REQUIRE(result->finished());
-  auto r = results();
+  auto r = answer_from(1);
   CHECK(consumer_of(r, 0) == 0);
   CHECK(consumer_of(r, 1) == 1);
   CHECK(consumer_of(r, 2) == 0);
