@@ -26,6 +26,9 @@ add_dependencies(test_gpu_wiring kvferry)
 kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 add_dependencies(test_transfer_bounds nccl-net-kvsock)
+# The routing policies the router and the simulator share (plain code).
+kvferry_add_test(NAME test_route_policy SOURCES unit/route_policy_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
 # The router under the deterministic scheduler (virtual time, fake producers).
 kvferry_add_test(NAME test_router SOURCES unit/router_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)

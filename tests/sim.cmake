@@ -5,6 +5,9 @@ kvferry_add_test(NAME test_sim_trace SOURCES unit/sim_trace_test.cpp
   LIBS kvferry_sim_trace LABELS unit TIMEOUT 60)
 kvferry_add_test(NAME test_sim_engine SOURCES unit/sim_engine_test.cpp
   LIBS kvferry_sim LABELS unit TIMEOUT 60)
+# The real actors in virtual time with the simulated transfer actor.
+kvferry_add_test(NAME test_sim_actors SOURCES unit/sim_actors_test.cpp
+  LIBS kvferry_sim LABELS unit TIMEOUT 60)
 kvferry_add_test(NAME test_sim_cli SOURCES integration/sim_cli_test.cpp
   LIBS kvferry_sim_trace LABELS integration TIMEOUT 180)
 add_dependencies(test_sim_cli kvferry)

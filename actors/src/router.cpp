@@ -65,11 +65,21 @@ void record_failure(self_ptr self, std::uint64_t id,
   });
 }
 
+// Request `index`'s leading prefix ids; none without them.
+const std::vector<std::uint64_t>& prefix_ids(const router_config& cfg,
+                                             std::size_t index) {
+  static const std::vector<std::uint64_t> none;
+  return index < cfg.prefix_ids.size() ? cfg.prefix_ids[index] : none;
+}
+
 void record_success(self_ptr self, std::uint64_t id,
                     const router_state::route& route,
                     const proto::ready_report& r) {
   using namespace std::chrono;
   add_row(self, id, route, &r);
+  auto& st = self->state;
+  if (auto index = id - st.cfg.first_request_id; index < st.cfg.tokens.size())
+    st.policy->landed(std::uint32_t(route.consumer), prefix_ids(st.cfg, index));
   auto consumer = route.consumer;
   auto t0 = route.sent;
   auto us = duration<double, std::micro>(self->clock().now() - t0).count();
@@ -96,12 +106,14 @@ void record_success(self_ptr self, std::uint64_t id,
 // Sends request `id` (`tokens` tokens, bound for consumer `consumer`) to
 // producer `producer` (indices into the config), in flight until a handler
 // forgets it (a worker that leaves fails what it still finds there); the
-// caller attaches the handlers.
+// caller attaches the handlers. `load`: what the routing policy counted
+// against the two workers (given back when the request leaves).
 auto send_prefill(self_ptr self, std::size_t producer, std::uint64_t id,
-                  std::uint32_t tokens, std::size_t consumer) {
+                  std::uint32_t tokens, std::size_t consumer,
+                  std::uint32_t load = 0) {
   const auto& cfg = self->state.cfg;
   self->state.routes.emplace(
-      id, router_state::route{producer, consumer, self->clock().now()});
+      id, router_state::route{producer, consumer, self->clock().now(), load});
   proto::prefill_request req;
   req.request_id = id;
   req.prompt_tokens = tokens;
@@ -149,9 +161,13 @@ void issue(self_ptr self) {
          st.next < st.cfg.tokens.size() && arrived(self, st.next)) {
     auto i = st.next++;
     auto id = st.cfg.first_request_id + i;
-    auto consumer = i % st.cfg.consumers.size();
-    auto producer = i % st.cfg.producers.size();
-    send_prefill(self, producer, id, st.cfg.tokens[i], consumer)
+    auto tokens = st.cfg.tokens[i];
+    auto to = st.policy->pick(tokens, tokens, prefix_ids(st.cfg, i));
+    // No live worker of a role: only faults do that, and the first one
+    // already stopped the run.
+    if (!to)
+      break;
+    send_prefill(self, to->prefill, id, tokens, to->decode, tokens)
         .then(
             [=](proto::ready_report& r) {
               auto route = self->state.take(id);
@@ -245,15 +261,19 @@ void worker_left(self_ptr self, const std::string& name,
                                                  role, name, why));
   };
   for (std::size_t k = 0; k < cfg.consumers.size(); ++k)
-    if (cfg.consumers[k].name == name)
+    if (cfg.consumers[k].name == name) {
+      self->state.policy->decode_down(std::uint32_t(k));
       fail_routes(
           self, [k](const router_state::route& r) { return r.consumer == k; },
           gone("decode"));
+    }
   for (std::size_t k = 0; k < cfg.producers.size(); ++k)
-    if (cfg.producers[k].name == name)
+    if (cfg.producers[k].name == name) {
+      self->state.policy->prefill_down(std::uint32_t(k));
       fail_routes(
           self, [k](const router_state::route& r) { return r.producer == k; },
           gone("prefill"));
+    }
 }
 
 // Without the directory no worker's death can reach us any more: stop now
@@ -291,6 +311,9 @@ router_actor::behavior_type router(self_ptr self, router_config cfg,
   st.cfg = std::move(cfg);
   st.cfg.inflight = std::max<std::uint32_t>(1, st.cfg.inflight);
   st.run = std::move(run);
+  st.policy.emplace(st.cfg.routing_policy, st.cfg.producers.size(),
+                    std::vector<std::size_t>(st.cfg.consumers.size(),
+                                             st.cfg.prefix_capacity));
   watch_directory(self);
   st.start = self->clock().now();
   st.run->update([&](router_results& r) { r.start = self->state.start; });

@@ -25,8 +25,11 @@ struct router_state {
     std::size_t producer;
     std::size_t consumer;
     caf::actor_clock::time_point sent;
+    std::uint32_t load = 0; // prompt tokens counted by the policy (0: none)
   };
   std::unordered_map<std::uint64_t, route> routes; // by request id
+  /// Where requests go; its loads drop when a request leaves `routes`.
+  std::optional<route_policy> policy;
   /// After the first failure no new request starts: the run has failed.
   bool stopped = false;
   /// The warm-up requests run; the measured ones wait for them.
@@ -38,14 +41,17 @@ struct router_state {
   bool timer_set = false;
 
   /// Whether `id` was still in flight (not failed meanwhile); forgets it.
-  bool forget(std::uint64_t id) { return routes.erase(id) != 0; }
-  /// The route of `id` if it was still in flight; forgets it.
+  bool forget(std::uint64_t id) { return take(id).has_value(); }
+  /// The route of `id` if it was still in flight; forgets it (its load no
+  /// longer counts).
   std::optional<route> take(std::uint64_t id) {
     auto it = routes.find(id);
     if (it == routes.end())
       return std::nullopt;
     auto r = it->second;
     routes.erase(it);
+    policy->prefill_done(std::uint32_t(r.producer), r.load);
+    policy->decode_done(std::uint32_t(r.consumer), r.load);
     return r;
   }
 

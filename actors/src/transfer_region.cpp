@@ -114,6 +114,16 @@ memory_region::memory_region(const transport::memory_view& view,
     : view_(view), name_(std::move(name)) {
 }
 
+std::shared_ptr<memory_region> memory_region::model_only(std::uint64_t bytes,
+                                                         std::string name) {
+  transport::memory_view view;
+  view.bytes = bytes; // no base: nothing may touch it
+  auto region =
+      std::shared_ptr<memory_region>(new memory_region(view, std::move(name)));
+  region->model_only_ = true;
+  return region;
+}
+
 int memory_region::nccl_ptr_type() const {
   return kind() == memory_kind::cuda ? NCCL_PTR_CUDA : NCCL_PTR_HOST;
 }

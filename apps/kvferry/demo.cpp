@@ -175,6 +175,7 @@ void plan_requests(const demo_command& cmd, const demo_trace& trace,
   // Request i (0-based) has id base + i + 1.
   plan.first_request_id = request_id_base_for(cmd.request_id_base) + 1;
   plan.inflight = std::max<std::uint32_t>(1, cmd.inflight);
+  plan.routing_policy = *parse_routing(cmd.routing); // checked by the flag
   plan.timeout_ms = cmd.timeout_ms;
   plan.warm_up_tokens = cmd.warm_up ? cmd.geometry.block_tokens : 0;
   plan.on_warm_up = [](std::size_t pairs, caf::timespan took) {
@@ -455,6 +456,13 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--inflight", cmd->inflight, "requests in flight")
       ->capture_default_str()
       ->check(CLI::Range(1u, 1024u));
+  sub->add_option("--routing", cmd->routing,
+                  "which prefill and decode worker each request goes to "
+                  "(with several, e.g. --directory): round-robin, "
+                  "least-loaded (fewest prompt tokens in flight) or "
+                  "prefix-aware")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"round-robin", "least-loaded", "prefix-aware"}));
   add_geometry_flags(*sub, cmd->geometry, cmd->dtype);
   sub->add_option("--plugin", cmd->plugin, "net plugin for the workers");
   sub->add_option("--gpu", cmd->gpu,

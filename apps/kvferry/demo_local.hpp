@@ -29,6 +29,7 @@ struct demo_command {
   std::uint32_t min_tokens = 64;
   std::uint32_t max_tokens = 1024;
   std::uint32_t inflight = 2;
+  std::string routing = "round-robin"; // route_policy.hpp
   kv_geometry geometry;
   std::string dtype = "fp16";
   std::string plugin;

@@ -853,8 +853,8 @@ private:
     check_keys(node,
                {"nic_gbit_per_s", "nics_per_host", "latency_us", "message_us",
                 "block_us", "ipc_gbyte_per_s", "hop_us", "prefill_ms",
-                "decode_step_ms", "decode_max_batch", "routing",
-                "prefix_reuse"},
+                "decode_step_ms", "decode_max_batch", "routing", "prefix_reuse",
+                "faults"},
                "sim");
     read_double(node, "nic_gbit_per_s", sim.nic_gbit_per_s, 0.001, 1e6, "sim");
     read_uint(node, "nics_per_host", sim.nics_per_host, 1, 64, "sim");
@@ -874,6 +874,30 @@ private:
         r >= 0)
       sim.routing = static_cast<sim_routing>(r);
     read_bool(node, "prefix_reuse", sim.prefix_reuse, "sim");
+    read_faults(node["faults"], sim.faults);
+  }
+
+  // sim.faults: strings in --fault's form, kept with their place; what
+  // they say is the simulator's to check (sim/src/fault.cpp), and it names
+  // a bad one by that place.
+  void read_faults(const YAML::Node& node, std::vector<sim_fault>& out) {
+    if (!node)
+      return;
+    const char* form =
+        "down=WORKER,at=SECONDS or slow=HOST,gbit=RATE,at=SECONDS";
+    if (!node.IsSequence())
+      return error(
+          node.Mark(),
+          fmt::format("sim.faults must be a list of faults ({})", form));
+    for (const auto& entry : node) {
+      if (!entry.IsScalar() || entry.Scalar().empty()) {
+        error(entry.Mark(), fmt::format("sim.faults: an entry is not a "
+                                        "string like {}",
+                                        form));
+        continue;
+      }
+      out.push_back({entry.Scalar(), at(entry.Mark())});
+    }
   }
 
   // ---- checks across the whole deployment

@@ -19,15 +19,15 @@
 #include <fstream>
 #include <functional>
 #include <limits>
-#include <list>
+#include <optional>
 #include <queue>
-#include <set>
 #include <stdexcept>
 #include <tuple>
 #include <unordered_map>
 
 #include <fmt/format.h>
 
+#include "kvferry/actors/route_policy.hpp"
 #include "kvferry/sim/sim.hpp"
 
 namespace kvferry::sim {
@@ -130,41 +130,6 @@ struct flow {
   bool frozen = false;
 };
 
-// A decode worker's memory of which prefix blocks (trace hash_ids) it holds:
-// least recently used first out.
-class prefix_cache {
-public:
-  explicit prefix_cache(std::size_t capacity) : capacity_(capacity) {}
-  // Leading ids of `ids` present, without touching them.
-  std::size_t leading(const std::vector<std::uint64_t>& ids) const {
-    std::size_t n = 0;
-    while (n < ids.size() && where_.count(ids[n]))
-      ++n;
-    return n;
-  }
-  void touch(const std::vector<std::uint64_t>& ids) {
-    for (auto id : ids) {
-      if (auto it = where_.find(id); it != where_.end()) {
-        order_.splice(order_.begin(), order_, it->second);
-        continue;
-      }
-      if (capacity_ == 0)
-        return;
-      if (where_.size() == capacity_) {
-        where_.erase(order_.back());
-        order_.pop_back();
-      }
-      order_.push_front(id);
-      where_[id] = order_.begin();
-    }
-  }
-
-private:
-  std::size_t capacity_;
-  std::list<std::uint64_t> order_;
-  std::unordered_map<std::uint64_t, std::list<std::uint64_t>::iterator> where_;
-};
-
 // prefill_worker::current when no request is being prefilled, and when the
 // GPU is still busy with one that failed (its compute runs to the end).
 constexpr std::int64_t idle = -1, busy_failed = -2;
@@ -175,16 +140,12 @@ struct prefill_worker {
   std::deque<std::uint32_t> queue;
   std::int64_t current = -1; // slot, idle, or busy_failed
   bool dead = false;
-  double routed_ms = 0; // the router's view: prefill work sent, not done
-  double& load() { return routed_ms; }
 };
 
 struct decode_worker {
   std::string name;
   std::uint32_t host = 0, ipc_in = 0;
   std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0;
-  std::int64_t routed_blocks = 0; // the router's view
-  std::int64_t& load() { return routed_blocks; }
   std::deque<std::uint32_t> waiting, ready;
   // The batch, kept so that a step costs what joins and leaves, not the
   // batch size: requests by the step that gives their last token.
@@ -194,7 +155,7 @@ struct decode_worker {
   std::vector<std::uint32_t> joined; // their first token ends this step
   std::uint64_t steps = 0;           // steps completed
   bool stepping = false, dead = false;
-  prefix_cache cache;
+  prefix_cache cache;       // the blocks it holds (prefix reuse)
   double used_integral = 0; // block-ns
   ns_t last_change = 0;
   explicit decode_worker(std::size_t cache_blocks) : cache(cache_blocks) {}
@@ -208,13 +169,14 @@ public:
         nics_(2 * topo.hosts.size()), timeline_(nics_ + 2) {
     lbb_ = double(topo.model.block_bytes_per_layer());
     build_workers();
+    build_router();
     check_faults();
     open_csv();
   }
 
   summary run() {
-    for (std::uint32_t i = 0; i < options_.faults.size(); ++i)
-      schedule(from_ms(options_.faults[i].at_s * 1e3), ev::fault, i);
+    for (std::uint32_t i = 0; i < faults_.size(); ++i)
+      schedule(from_ms(faults_[i].at_s * 1e3), ev::fault, i);
     if (read_next())
       schedule(pending_.arrival_ns, ev::arrival, 0);
     while (!events_.empty()) {
@@ -237,7 +199,6 @@ private:
       add_resource("nic-out " + host.name, nic);
       add_resource("nic-in " + host.name, nic);
     }
-    auto layers = topo_.model.layers;
     for (auto& w : topo_.workers) {
       auto host = host_index.at(w.host);
       if (w.role == topology::worker_role::prefill) {
@@ -245,23 +206,35 @@ private:
         p.name = w.name;
         p.host = host;
         p.ipc_out = add_resource("ipc-out " + w.name, sim_.ipc_gbyte_per_s);
-        prefill_order_.insert({0.0, std::uint32_t(prefills_.size())});
         prefills_.push_back(std::move(p));
-        ++live_prefills_;
       } else {
-        // The cache remembers as many prefix blocks as the pool holds.
-        std::uint64_t tokens =
-            std::uint64_t(w.pool_blocks) / layers * topo_.model.block_tokens;
-        decode_worker d(tokens / hash_block_tokens);
+        decode_worker d(prefix_blocks(w));
         d.name = w.name;
         d.host = host;
         d.capacity = w.pool_blocks;
         d.ipc_in = add_resource("ipc-in " + w.name, sim_.ipc_gbyte_per_s);
-        decode_order_.insert({0, std::uint32_t(decodes_.size())});
         decodes_.push_back(std::move(d));
-        ++live_decodes_;
       }
     }
+  }
+
+  // A decode worker remembers as many prefix blocks as its pool holds.
+  std::uint64_t prefix_blocks(const topology::worker_spec& w) const {
+    std::uint64_t tokens = std::uint64_t(w.pool_blocks) / topo_.model.layers *
+                           topo_.model.block_tokens;
+    return tokens / hash_block_tokens;
+  }
+
+  // The router's policy; for prefix-aware routing it remembers what landed
+  // at each decode worker (the same blocks as the worker's own cache here:
+  // both learn of them when a transfer completes).
+  void build_router() {
+    std::vector<std::size_t> remembered;
+    for (auto& w : topo_.workers)
+      if (w.role != topology::worker_role::prefill)
+        remembered.push_back(
+            sim_.routing == routing::prefix_aware ? prefix_blocks(w) : 0);
+    router_.emplace(sim_.routing, prefills_.size(), remembered);
   }
 
   std::uint32_t add_resource(std::string name, double capacity) {
@@ -272,9 +245,13 @@ private:
     return std::uint32_t(resources_.size() - 1);
   }
 
-  // Every fault names a worker or host of this topology.
+  // The topology's faults, then the caller's (--fault); every one names a
+  // worker or host of this topology.
   void check_faults() {
-    for (auto& f : options_.faults) {
+    faults_ = topology_faults(topo_);
+    faults_.insert(faults_.end(), options_.faults.begin(),
+                   options_.faults.end());
+    for (auto& f : faults_) {
       bool found = false;
       if (f.what == fault::kind::worker_down) {
         for (auto& w : topo_.workers)
@@ -285,7 +262,8 @@ private:
       }
       if (!found)
         throw std::runtime_error(fmt::format(
-            "--fault {}: {} has no {} named '{}'", f.text, topo_.source_file,
+            "{} {}: {} has no {} named '{}'", f.origin, f.text,
+            topo_.source_file,
             f.what == fault::kind::worker_down ? "worker" : "host", f.target));
       out_.faults.push_back({f.text, 0});
     }
@@ -395,80 +373,23 @@ private:
 
   // ---- the router ----------------------------------------------------------
 
-  // Picks live workers only: the real router hears of a worker's death
-  // from the directory (`left`) and routes around it. False when faults
-  // left no prefill or no decode worker.
+  // The router's policy (actors/route_policy.hpp, the real router's) picks
+  // live workers only: the real router hears of a worker's death from the
+  // directory (`left`) and routes around it. Its loads: prefill ms routed
+  // and not done, decode layer-blocks routed and not freed. False when
+  // faults left no prefill or no decode worker.
   bool route(request& r) {
-    using topology::sim_routing;
-    if (live_prefills_ == 0 || live_decodes_ == 0)
+    auto to = router_->pick(prefill_load(r), std::int64_t(r.blocks),
+                            r.trace.hash_ids);
+    if (!to)
       return false;
-    switch (sim_.routing) {
-    case sim_routing::round_robin:
-      r.prefill = next_live(prefills_, rr_prefill_);
-      r.decode = next_live(decodes_, rr_decode_);
-      break;
-    case sim_routing::least_loaded:
-      r.prefill = least_loaded_prefill();
-      r.decode = least_loaded_decode(nullptr);
-      break;
-    case sim_routing::prefix_aware:
-      r.prefill = least_loaded_prefill();
-      r.decode = least_loaded_decode(&r.trace.hash_ids);
-      break;
-    }
-    add_load(prefills_, prefill_order_, r.prefill, double(r.prefill_ns) / 1e6);
-    add_load(decodes_, decode_order_, r.decode, r.blocks);
+    r.prefill = to->prefill;
+    r.decode = to->decode;
     r.ipc = prefills_[r.prefill].host == decodes_[r.decode].host;
     return true;
   }
-
-  template<class Workers>
-  static std::uint32_t next_live(const Workers& workers,
-                                 std::uint64_t& counter) {
-    std::uint32_t i;
-    do
-      i = std::uint32_t(counter++ % workers.size());
-    while (workers[i].dead);
-    return i;
-  }
-
-  std::uint32_t least_loaded_prefill() const {
-    return prefill_order_.begin()->second;
-  }
-
-  // With `ids`: the longest leading prefix held wins; the load breaks ties.
-  std::uint32_t least_loaded_decode(const std::vector<std::uint64_t>* ids) {
-    if (ids == nullptr)
-      return decode_order_.begin()->second;
-    std::int64_t best = -1;
-    std::size_t best_match = 0;
-    for (std::uint32_t i = 0; i < decodes_.size(); ++i) {
-      if (decodes_[i].dead)
-        continue;
-      std::size_t match = decodes_[i].cache.leading(*ids);
-      if (best < 0 || match > best_match ||
-          (match == best_match &&
-           decodes_[i].routed_blocks < decodes_[best].routed_blocks)) {
-        best = i;
-        best_match = match;
-      }
-    }
-    return std::uint32_t(best);
-  }
-
-  // The router's view of a worker's load (`load`: routed_ms or
-  // routed_blocks) changes by `delta`; `order` keeps the live workers by
-  // (load, index), so that least-loaded is the first, ties going to the first
-  // in the file, without a scan of 1,000 workers per request.
-  template<class Workers, class Order, class Delta>
-  static void add_load(Workers& workers, Order& order, std::uint32_t i,
-                       Delta delta) {
-    auto& w = workers[i];
-    if (!w.dead)
-      order.erase({w.load(), i});
-    w.load() += delta;
-    if (!w.dead)
-      order.insert({w.load(), i});
+  static double prefill_load(const request& r) {
+    return double(r.prefill_ns) / 1e6;
   }
 
   // ---- the producer (prefill worker) ---------------------------------------
@@ -507,7 +428,7 @@ private:
     p.current = idle;
     auto& r = slots_[slot];
     r.prefill_end = now_;
-    add_load(prefills_, prefill_order_, worker, -double(r.prefill_ns) / 1e6);
+    router_->prefill_done(worker, prefill_load(r));
     start_prefill(worker);
     if (r.rejected)
       return finalize(slot);
@@ -854,6 +775,7 @@ private:
     auto& d = decodes_[r.decode];
     if (sim_.prefix_reuse)
       d.cache.touch(r.trace.hash_ids);
+    router_->landed(r.decode, r.trace.hash_ids);
     d.ready.push_back(slot);
     if (!d.stepping)
       start_step(r.decode);
@@ -888,8 +810,7 @@ private:
       auto slot = d.running.top().second;
       d.running.pop();
       freed += slots_[slot].blocks;
-      add_load(decodes_, decode_order_, worker,
-               -std::int64_t(slots_[slot].blocks));
+      router_->decode_done(worker, std::int64_t(slots_[slot].blocks));
       finalize(slot);
     }
     if (freed > 0)
@@ -919,7 +840,7 @@ private:
   // slower link only slows the flows crossing it.
 
   void on_fault(std::uint32_t index) {
-    auto& f = options_.faults[index];
+    auto& f = faults_[index];
     if (f.what == fault::kind::link_slow)
       slow_host(f);
     else
@@ -940,11 +861,10 @@ private:
       auto& p = prefills_[i];
       if (p.name != name || p.dead)
         continue;
-      prefill_order_.erase({p.routed_ms, i});
+      router_->prefill_down(i);
       p.dead = true;
-      --live_prefills_;
-      p.queue.clear();
       count_queued(prefill_queue, -std::int64_t(p.queue.size()));
+      p.queue.clear();
       p.current = idle;
       // Requests whose KV had not all landed lose their producer.
       for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
@@ -956,9 +876,8 @@ private:
       auto& d = decodes_[i];
       if (d.name != name || d.dead)
         continue;
-      decode_order_.erase({d.routed_blocks, i});
+      router_->decode_down(i);
       d.dead = true;
-      --live_decodes_;
       for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
         if (slots_[slot].live && slots_[slot].decode == i)
           fail(slot, fault);
@@ -980,8 +899,7 @@ private:
     auto& p = prefills_[r.prefill];
     auto& d = decodes_[r.decode];
     if (r.prefill_end < 0) {
-      add_load(prefills_, prefill_order_, r.prefill,
-               -double(r.prefill_ns) / 1e6);
+      router_->prefill_done(r.prefill, prefill_load(r));
       if (p.current == std::int64_t(slot))
         p.current = busy_failed; // the GPU finishes what it started
       else
@@ -993,7 +911,7 @@ private:
       count_queued(pool_queue, -erase(d.waiting, slot));
     if (r.holds_blocks && !d.dead)
       release(d, r.blocks);
-    add_load(decodes_, decode_order_, r.decode, -std::int64_t(r.blocks));
+    router_->decode_done(r.decode, std::int64_t(r.blocks));
     ++out_.faults[fault].failed;
     ++failed_;
     ++done_;
@@ -1059,7 +977,7 @@ private:
     auto& d = decodes_[r.decode];
     if (r.rejected) {
       ++rejected_;
-      add_load(decodes_, decode_order_, r.decode, -std::int64_t(r.blocks));
+      router_->decode_done(r.decode, std::int64_t(r.blocks));
       csv_row(r, p.name, d.name, nullptr);
     } else {
       ns_t parts[5] = {r.prefill_start - r.arrival,
@@ -1194,7 +1112,8 @@ private:
   const topology::deployment& topo_;
   const topology::sim_spec& sim_;
   const run_options& options_;
-  double lbb_ = 0; // bytes of one layer-block
+  std::vector<fault> faults_; // check_faults()
+  double lbb_ = 0;            // bytes of one layer-block
 
   std::priority_queue<event, std::vector<event>, later> events_;
   std::uint64_t seq_ = 0;
@@ -1203,15 +1122,12 @@ private:
   trace_request pending_; // the next request, read ahead by one
   std::uint64_t read_ = 0, done_ = 0, rejected_ = 0, failed_ = 0,
                 unroutable_ = 0;
-  std::uint32_t live_prefills_ = 0, live_decodes_ = 0;
   std::vector<request> slots_;
   std::vector<std::uint32_t> free_;
 
   std::vector<prefill_worker> prefills_;
   std::vector<decode_worker> decodes_;
-  std::uint64_t rr_prefill_ = 0, rr_decode_ = 0;
-  std::set<std::pair<double, std::uint32_t>> prefill_order_; // add_load()
-  std::set<std::pair<std::int64_t, std::uint32_t>> decode_order_;
+  std::optional<route_policy> router_;
 
   std::vector<resource> resources_; // the NICs first: 2 per host
   std::uint32_t nics_;

@@ -1,4 +1,5 @@
-// The `--fault` flag's text (docs/sim.md, "Faults").
+// The `--fault` flag's text, also the form of the topology's `sim.faults`
+// entries (docs/sim.md, "Faults").
 #include <cstdlib>
 #include <stdexcept>
 
@@ -9,23 +10,25 @@ namespace kvferry::sim {
 namespace {
 
 // A number >= 0 (a trailing "s" allowed for seconds), all of `text`.
-double number(const std::string& flag, const std::string& key,
+double number(const std::string& what, const std::string& key,
               std::string text) {
   if (key == "at" && !text.empty() && text.back() == 's')
     text.pop_back();
   char* end = nullptr;
   double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !(value >= 0))
-    throw std::invalid_argument("--fault " + flag + ": " + key +
+    throw std::invalid_argument(what + ": " + key +
                                 " must be a number >= 0, not '" + text + "'");
   return value;
 }
 
 } // namespace
 
-fault parse_fault(const std::string& text) {
+fault parse_fault(const std::string& text, const std::string& origin) {
   fault f;
   f.text = text;
+  f.origin = origin;
+  auto what = origin + " " + text; // what an error starts with
   bool has_at = false, has_gbit = false;
   std::size_t start = 0;
   while (start <= text.size()) {
@@ -41,26 +44,33 @@ fault parse_fault(const std::string& text) {
           key == "down" ? fault::kind::worker_down : fault::kind::link_slow;
       f.target = value;
     } else if (key == "at") {
-      f.at_s = number(text, key, value);
+      f.at_s = number(what, key, value);
       has_at = true;
     } else if (key == "gbit") {
-      f.gbit_per_s = number(text, key, value);
+      f.gbit_per_s = number(what, key, value);
       has_gbit = true;
     } else {
-      throw std::invalid_argument("--fault " + text + ": unknown key '" + key +
+      throw std::invalid_argument(what + ": unknown key '" + key +
                                   "' (down=WORKER,at=SECONDS or "
                                   "slow=HOST,gbit=RATE,at=SECONDS)");
     }
   }
   if (f.target.empty() || !has_at)
-    throw std::invalid_argument("--fault " + text +
-                                ": needs down=WORKER,at=SECONDS or "
-                                "slow=HOST,gbit=RATE,at=SECONDS");
+    throw std::invalid_argument(what + ": needs down=WORKER,at=SECONDS or "
+                                       "slow=HOST,gbit=RATE,at=SECONDS");
   if (f.what == fault::kind::link_slow && !(has_gbit && f.gbit_per_s > 0))
-    throw std::invalid_argument("--fault " + text +
+    throw std::invalid_argument(what +
                                 ": slow=HOST needs gbit=RATE > 0 (the host's "
                                 "NIC rate from then on, Gbit/s)");
   return f;
+}
+
+std::vector<fault> topology_faults(const topology::deployment& t) {
+  std::vector<fault> out;
+  for (const auto& entry : t.sim.faults)
+    out.push_back(
+        parse_fault(entry.text, entry.where.str() + ": sim.faults entry"));
+  return out;
 }
 
 } // namespace kvferry::sim

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "kvferry/actors/route_policy.hpp"
 #include "kvferry/sim/sim.hpp"
 
 namespace kvferry::sim {
@@ -53,13 +54,8 @@ void set_count(topology::deployment& t, topology::worker_role role,
 }
 
 topology::sim_routing routing_of(const std::string& value) {
-  using topology::sim_routing;
-  if (value == "rr" || value == "round-robin")
-    return sim_routing::round_robin;
-  if (value == "ll" || value == "least-loaded")
-    return sim_routing::least_loaded;
-  if (value == "prefix" || value == "prefix-aware")
-    return sim_routing::prefix_aware;
+  if (auto r = parse_routing(value))
+    return *r;
   bad("routing=" + value, "rr|round-robin, ll|least-loaded or "
                           "prefix|prefix-aware");
 }

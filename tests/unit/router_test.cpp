@@ -131,6 +131,14 @@ struct fixture : test::actor_fixture {
     run();
   }
   router_results results() { return result->snapshot(); }
+  // Answers the held requests from `first` on; the run's results.
+  router_results answer_from(std::size_t first) {
+    for (auto k = first; k < workers->held.size(); ++k)
+      workers->answer(k);
+    run();
+    REQUIRE(result->finished());
+    return results();
+  }
 };
 
 } // namespace
@@ -167,6 +175,61 @@ TEST_CASE_FIXTURE(fixture, "requests go round-robin with consecutive ids, "
   CHECK(r.failed == 0);
   CHECK(r.bytes == 5 * workers->bytes_per_request);
   CHECK(r.errors.empty());
+}
+
+// The decode worker (consumer index) of request `index`, from the rows.
+static std::size_t consumer_of(const router_results& r, std::size_t index) {
+  for (auto& row : r.requests)
+    if (row.index == index)
+      return row.consumer;
+  FAIL("no row for request " << index);
+  return 0;
+}
+
+TEST_CASE_FIXTURE(fixture, "least-loaded routing: to the workers with the "
+                           "fewest prompt tokens in flight") {
+  add_producer("prefill-0");
+  add_producer("prefill-1");
+  add_consumer("decode-0");
+  add_consumer("decode-1");
+  cfg.routing_policy = routing::least_loaded;
+  cfg.inflight = 3;
+  start({100, 10, 10, 10});
+  REQUIRE(workers->held.size() == 3);
+  CHECK(workers->held[0].producer == "prefill-0");
+  CHECK(workers->held[1].producer == "prefill-1");
+  CHECK(workers->held[2].producer == "prefill-1"); // 10 tokens against 100
+  workers->answer(0); // prefill-0's 100 tokens no longer count
+  run();
+  REQUIRE(workers->held.size() == 4);
+  CHECK(workers->held[3].producer == "prefill-0");
+  auto r = answer_from(1);
+  CHECK(consumer_of(r, 0) == 0);
+  CHECK(consumer_of(r, 1) == 1);
+  CHECK(consumer_of(r, 2) == 1);
+  CHECK(consumer_of(r, 3) == 0);
+}
+
+TEST_CASE_FIXTURE(fixture, "prefix-aware routing: to the decode worker "
+                           "whose answered requests share the prefix") {
+  add_producer("prefill-0");
+  add_consumer("decode-0");
+  add_consumer("decode-1");
+  cfg.routing_policy = routing::prefix_aware;
+  cfg.prefix_ids = {{1, 2}, {7}, {8}, {1, 2, 3}};
+  cfg.inflight = 3;
+  start({10, 10, 50, 10});
+  REQUIRE(workers->held.size() == 3); // to decode-0, decode-1, decode-0
+  workers->answer(0);                 // decode-0 now holds prefix {1, 2}
+  run();
+  REQUIRE(workers->held.size() == 4);
+  auto r = answer_from(1);
+  CHECK(consumer_of(r, 0) == 0);
+  CHECK(consumer_of(r, 1) == 1);
+  CHECK(consumer_of(r, 2) == 0);
+  // decode-0 has 50 tokens in flight against decode-1's 10, but holds the
+  // prefix.
+  CHECK(consumer_of(r, 3) == 0);
 }
 
 TEST_CASE_FIXTURE(fixture, "latency is measured on the actor clock "

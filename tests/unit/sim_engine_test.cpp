@@ -404,6 +404,21 @@ TEST_CASE("a prefill worker dies: its requests fail and free their decode "
   CHECK(r.csv.find(",p0,d0,net,failed,") != std::string::npos);
 }
 
+TEST_CASE("a prefill worker dies with requests queued: they leave the "
+          "prefill queue's series") {
+  // Three requests at 0 ms: one prefilling (160 ms), two queued, when p0
+  // dies at 50 ms; a fourth at 300 ms finds no prefill worker.
+  auto r = simulate(two_hosts + model + sim_section(),
+                    {{0, 1600, 1}, {0, 1600, 1}, {0, 1600, 1}, {300, 1600, 1}},
+                    {"down=p0,at=0.05"});
+  CHECK(r.summary.failed == 4);
+  CHECK(r.summary.unroutable == 1);
+  auto& queue = r.summary.prefill_queue.values;
+  REQUIRE_FALSE(queue.empty());
+  CHECK(queue.front() > 0);
+  CHECK(queue.back() == 0); // none waits after the worker died
+}
+
 TEST_CASE("every decode worker dead: later requests fail as unroutable") {
   auto r = simulate(two_hosts + model + sim_section(),
                     {{0, 1600, 1}, {500, 1600, 1}}, {"down=d0,at=0.2"});
@@ -453,4 +468,62 @@ TEST_CASE("--fault: what it takes and what it refuses") {
                                 {{0, 1600, 1}}, {"down=d9,at=1"}),
                        doctest::Contains("t.yaml has no worker named 'd9'"),
                        std::runtime_error);
+}
+
+TEST_CASE("sim.faults in the topology: the same as --fault, merged with the "
+          "flags, a bad entry named by file and line") {
+  // The first fault test's fault, written in the file: the same outcome.
+  auto yaml =
+      two_decodes + model + sim_section("  faults:\n    - down=d0,at=0.1\n");
+  auto r = simulate(yaml, {{0, 1600, 1}, {0, 1600, 1}, {200, 1600, 1}});
+  CHECK(r.summary.completed == 2);
+  REQUIRE(r.summary.faults.size() == 1);
+  CHECK(r.summary.faults[0].fault == "down=d0,at=0.1");
+  CHECK(r.summary.faults[0].failed == 1);
+  auto flag = simulate(two_decodes + model + sim_section(),
+                       {{0, 1600, 1}, {0, 1600, 1}, {200, 1600, 1}},
+                       {"down=d0,at=0.1"});
+  CHECK(r.csv == flag.csv);
+
+  // The file's faults first, then the flags' (a quoted entry in a flow
+  // list: unquoted, its commas would split it).
+  auto both = simulate(two_hosts + model +
+                           sim_section("  faults: ['slow=b,gbit=4,at=0']\n"),
+                       {{0, 1600, 1}}, {"down=d0,at=5"});
+  REQUIRE(both.summary.faults.size() == 2);
+  CHECK(both.summary.faults[0].fault == "slow=b,gbit=4,at=0");
+  CHECK(both.summary.faults[1].fault == "down=d0,at=5");
+  CHECK(ms(both.summary.ttft.transfer.mean()) ==
+        doctest::Approx(0.010 + 1.6384)); // the slow link, as with the flag
+
+  // What the entry says is checked when the run starts, naming where it is.
+  CHECK_THROWS_WITH_AS(
+      simulate(
+          two_hosts + model +
+              sim_section("  faults:\n    - down=d0,at=1\n    - down=d0\n"),
+          {{0, 1600, 1}}),
+      doctest::Contains("t.yaml:20:7: sim.faults entry down=d0: needs "
+                        "down=WORKER,at=SECONDS"),
+      std::invalid_argument);
+  CHECK_THROWS_WITH_AS(
+      simulate(two_hosts + model +
+                   sim_section("  faults:\n    - down=d9,at=1\n"),
+               {{0, 1600, 1}}),
+      doctest::Contains("t.yaml:19:7: sim.faults entry down=d9,at=1: t.yaml "
+                        "has no worker named 'd9'"),
+      std::runtime_error);
+  // Its shape is the topology loader's.
+  topo::load_options options;
+  options.allow_missing_plugins = true;
+  auto bad = topo::parse(two_hosts + model + sim_section("  faults: down=d0\n"),
+                         "t.yaml", options);
+  CHECK(bad.report().find("sim.faults must be a list of faults") !=
+        std::string::npos);
+  auto entry = topo::parse(two_hosts + model +
+                               sim_section("  faults:\n    - {down: d0}\n"),
+                           "t.yaml", options);
+  CHECK(entry.report().find("sim.faults: an entry is not a string like "
+                            "down=WORKER,at=SECONDS or "
+                            "slow=HOST,gbit=RATE,at=SECONDS at t.yaml:19:7") !=
+        std::string::npos);
 }

@@ -41,6 +41,13 @@ public:
                                              memory_kind kind, int gpu,
                                              std::string name);
 
+  /// A size without memory, for the simulator (docs/sim.md, "How it
+  /// works"): producers and consumers plan their block pools over it, while
+  /// nothing is written or read: the KV pattern's fill and check do nothing
+  /// on it, and it is not host_accessible (so nothing hashes it).
+  static std::shared_ptr<memory_region> model_only(std::uint64_t bytes,
+                                                   std::string name);
+
   memory_region(const memory_region&) = delete;
   memory_region& operator=(const memory_region&) = delete;
 
@@ -58,7 +65,11 @@ public:
   /// NCCL_PTR_HOST or NCCL_PTR_CUDA: what regMr needs.
   int nccl_ptr_type() const;
   /// True when the CPU may read and write data() directly.
-  bool host_accessible() const { return kind() == memory_kind::host; }
+  bool host_accessible() const {
+    return kind() == memory_kind::host && !model_only_;
+  }
+  /// True for model_only() regions.
+  bool is_model_only() const { return model_only_; }
   /// The owning allocation (a cuda region's is what CUDA IPC exports);
   /// empty for wrap()ped memory.
   const transport::gpu_region& device_allocation() const { return memory_; }
@@ -71,6 +82,7 @@ private:
   transport::gpu_region memory_; // empty when wrapped
   transport::memory_view view_;
   std::string name_;
+  bool model_only_ = false;
 };
 
 } // namespace kvferry

@@ -2,9 +2,11 @@
 // workers and tallies what came back.
 //
 // Given the requests (prompt tokens each), the producers and the consumers,
-// it sends request i to producer i % P bound for consumer i % C, keeps at
-// most `inflight` requests open (and, with arrival times, starts none before
-// its time: a trace replay), and records each one's latency, bytes and data
+// it sends each request to the producer and consumer its routing policy
+// picks (route_policy.hpp; round-robin by default: request i to producer
+// i % P bound for consumer i % C), keeps at most `inflight` requests open
+// (and, with arrival times, starts none before its time: a trace replay),
+// and records each one's latency, bytes and data
 // window. It watches the directory: a worker that leaves fails the
 // requests that go through it at once, naming the worker; a directory that
 // dies stops the run (nobody could tell of a worker's death any more). After
@@ -29,6 +31,7 @@
 #include <caf/actor_system.hpp>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/route_policy.hpp"
 
 namespace kvferry {
 
@@ -58,6 +61,15 @@ struct router_config {
   std::uint64_t first_request_id = 1;
   std::vector<router_worker<producer_actor>> producers;
   std::vector<router_worker<caf::actor>> consumers;
+  /// Which producer and consumer each request goes to (route_policy.hpp).
+  /// The router's loads are prompt tokens routed and not yet answered, per
+  /// worker (it cannot see a prefill end or a decode finish).
+  routing routing_policy = routing::round_robin;
+  /// Empty, or one entry per request: its leading prefix ids (a trace's
+  /// `hash_ids`), for prefix-aware routing; the router remembers, per
+  /// consumer, up to `prefix_capacity` ids of the requests answered there.
+  std::vector<std::vector<std::uint64_t>> prefix_ids;
+  std::size_t prefix_capacity = 65536;
   /// Watched for workers that leave; a null handle watches nothing.
   directory_actor directory;
   std::string directory_name; // for messages, e.g. "127.0.0.1:7470"

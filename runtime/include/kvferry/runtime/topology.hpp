@@ -125,6 +125,13 @@ struct sim_point {
   double ms = 0;
 };
 
+// One entry of `sim.faults`: the text as `kvferry sim --fault` takes it
+// (the simulator reads it: sim/src/fault.cpp) and where it was written.
+struct sim_fault {
+  std::string text;
+  location where;
+};
+
 struct sim_spec {
   double nic_gbit_per_s = 100;     // one NIC, each direction
   std::uint32_t nics_per_host = 1; // a host's NICs act as one pipe
@@ -142,6 +149,7 @@ struct sim_spec {
   std::uint32_t decode_max_batch = 256;
   sim_routing routing = sim_routing::round_robin;
   bool prefix_reuse = true; // decode workers keep blocks of earlier requests
+  std::vector<sim_fault> faults; // happen in every run, beside --fault's
   location where;
 };
 

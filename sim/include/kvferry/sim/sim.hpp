@@ -24,16 +24,26 @@ struct fault {
   double at_s = 0;       // virtual seconds after the trace's first request
   double gbit_per_s = 0; // link_slow: the host's NIC rate from then on
   std::string text;      // as written, for the report
+  // Where it was written: "--fault", or "FILE:LINE:COL: sim.faults entry".
+  std::string origin = "--fault";
 };
 
 /// "down=WORKER,at=SECONDS" or "slow=HOST,gbit=RATE,at=SECONDS" (the
-/// `--fault` flag). Throws std::invalid_argument saying what is wrong.
-fault parse_fault(const std::string& text);
+/// `--fault` flag, or an entry of the topology's `sim.faults` written at
+/// `origin`). Throws std::invalid_argument starting with the origin and the
+/// text, saying what is wrong.
+fault parse_fault(const std::string& text,
+                  const std::string& origin = "--fault");
+/// The topology's `sim.faults`, parsed (parse_fault, each naming its
+/// file:line:col).
+std::vector<fault> topology_faults(const topology::deployment& t);
 
 struct run_options {
-  std::string out_dir;       // requests.csv and summary.json here; "" = none
-  double ttft_slo_ms = 0;    // 0: no SLO attainment figure
-  std::vector<fault> faults; // in any order; each names a worker or host
+  std::string out_dir;    // requests.csv and summary.json here; "" = none
+  double ttft_slo_ms = 0; // 0: no SLO attainment figure
+  // In any order; each names a worker or host. The topology's sim.faults
+  // come first, then these.
+  std::vector<fault> faults;
   // Called now and then with the fraction of the trace read (0..1) and
   // the requests done, for a progress line; may be empty.
   std::function<void(double, std::uint64_t)> progress;
