@@ -4,3 +4,9 @@
 kvferry_add_test(NAME test_node SOURCES unit/node_test.cpp
   LIBS kvferry_node LABELS unit TIMEOUT 120)
 add_dependencies(test_node nccl-net-kvsock)
+# Two processes (the test binary runs itself as the prefill): push and pull
+# verified byte for byte; a prefill killed (SIGKILL) mid-pull fails the pull
+# within 2 s, naming it.
+kvferry_add_test(NAME test_node_process SOURCES integration/node_process_test.cpp
+  LIBS kvferry_node LABELS integration faults TIMEOUT 120)
+add_dependencies(test_node_process nccl-net-kvsock)
