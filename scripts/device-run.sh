@@ -84,7 +84,7 @@ bundle() {
   # The GPU-labelled tests, plus the CPU tests of the GPU data path.
   local tests
   tests=$(cd "$build" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
-  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice ${EXTRA_TESTS:-}"
+  tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice test_ipc_table ${EXTRA_TESTS:-}"
   local targets=(kvferry nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
   echo "== build ${targets[*]}"
@@ -255,7 +255,7 @@ device() {
     for demo_args in "${demo_runs[@]}"; do
       k=$((k + 1))
       # shellcheck disable=SC2086
-      peak_rss timeout 240 "$b/bin/kvferry" demo $demo_args 2>&1 | tee "$out/demo-$k.log"
+      peak_rss timeout 240 "$b/bin/kvferry" demo $demo_args $(breakdown_flag "$b") 2>&1 | tee "$out/demo-$k.log"
       rc=${PIPESTATUS[0]}
       row "demo $demo_args" "$([ "$rc" = 0 ] && echo ok || echo "rc=$rc")" "demo-$k.log"
     done
@@ -276,6 +276,12 @@ device() {
   echo "== summary ($(nvidia-smi -L 2>/dev/null | head -1))"
   cat "$summary"
   summary_passed "$summary"
+}
+
+# "--breakdown" where the bundled demo has it (the full table, which
+# demo_figures reads; older builds print it by default).
+breakdown_flag() {
+  "$1/bin/kvferry" demo --help 2>&1 | grep -q -- "--breakdown" && echo --breakdown
 }
 
 # The demo's table row (| memory | requests | failed | bytes | wall s | GB/s |
@@ -361,7 +367,7 @@ contention() {
         echo "== demo --gpu 0 --quiet --inflight $inflight$flags [$name:${env:- defaults}] round $round"
         # shellcheck disable=SC2086
         ( [ -z "$env" ] || export $env
-          peak_rss timeout -k 5 60 "$b/bin/kvferry" demo --gpu 0 --quiet --inflight "$inflight" $flags ) \
+          peak_rss timeout -k 5 60 "$b/bin/kvferry" demo --gpu 0 --quiet $(breakdown_flag "$b") --inflight "$inflight" $flags ) \
           >"$log" 2>&1
         echo "   rc=$? $(grep -m1 '^| GPU' "$log")"
         rows+=("$(target_line "$name, inflight $inflight, round $round" "$log" "$ipc")")
@@ -446,11 +452,11 @@ multi() {
   local k=$b/bin/kvferry across="--prefill-gpu 0 --decode-gpu 1"
   step "bench ipc --src-gpu 0 --dst-gpu 1" bench_ipc_0_1.log 150 \
     "$k" bench ipc --src-gpu 0 --dst-gpu 1 --sizes 4K,16K,64K,2M --json "$out/bench_ipc_0_1.json"
-  step "demo --gpu 0 (same-GPU baseline)" demo_gpu0.log 60 "$k" demo --gpu 0 --quiet
+  step "demo --gpu 0 (same-GPU baseline)" demo_gpu0.log 60 "$k" demo --gpu 0 --quiet $(breakdown_flag "$b")
   # shellcheck disable=SC2086
-  step "demo $across (CUDA IPC)" demo_0_1_ipc.log 60 "$k" demo $across --quiet
+  step "demo $across (CUDA IPC)" demo_0_1_ipc.log 60 "$k" demo $across --quiet $(breakdown_flag "$b")
   # shellcheck disable=SC2086
-  step "demo $across --transport net" demo_0_1_net.log 60 "$k" demo $across --transport net --quiet
+  step "demo $across --transport net" demo_0_1_net.log 60 "$k" demo $across --transport net --quiet $(breakdown_flag "$b")
   # shellcheck disable=SC2086
   step "bench net ${MULTI_NET_ARGS:---memory both --gpu 0 --peer-gpu 1}" bench_net_0_1.log 120 \
     "$k" bench net ${MULTI_NET_ARGS:---memory both --gpu 0 --peer-gpu 1} --json "$out/bench_net_0_1.json"

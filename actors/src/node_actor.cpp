@@ -154,6 +154,8 @@ void post_part(self_ptr self, const request_key& key, outgoing_request& r,
   o.peer = peer->transfer;
   o.extents = st.scratch;
   o.timeout_ms = st.cfg.timeout_ms;
+  if (part > 0)
+    o.wait_event = r.events[part - 1];
   r.posted[part] = true;
   if (r.start_ns == 0)
     r.start_ns = now_ns();
@@ -213,6 +215,7 @@ start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   r.parts = r.layerwise ? layers : 1;
   r.posted.assign(r.layerwise ? layers + 1 : 1, false);
   r.ready.assign(layers, false);
+  r.events.assign(layers, 0);
   post_ready_parts(self, key);
   return promise;
 }
@@ -228,7 +231,8 @@ void on_want(self_ptr self, proto::node_request& want) {
 }
 
 caf::result<caf::ok_atom> on_layer_ready(self_ptr self, std::uint64_t id,
-                                         std::uint32_t layer) {
+                                         std::uint32_t layer,
+                                         std::uint64_t event) {
   auto& st = self->state;
   if (layer >= st.cfg.layout.layers())
     return node_error(self, ec::invalid_argument,
@@ -244,6 +248,7 @@ caf::result<caf::ok_atom> on_layer_ready(self_ptr self, std::uint64_t id,
                                     "layerwise",
                                     id));
     r.ready[layer] = true;
+    r.events[layer] = event;
     auto k = key; // post_ready_parts may erase the entry
     post_ready_parts(self, k);
     return caf::ok_atom::value;
@@ -450,8 +455,9 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](proto::node_advertise_atom, proto::node_request& req) {
         return start_outgoing(self, req, false);
       },
-      [self](proto::node_layer_atom, std::uint64_t id, std::uint32_t layer) {
-        return on_layer_ready(self, id, layer);
+      [self](proto::node_layer_atom, std::uint64_t id, std::uint32_t layer,
+             std::uint64_t event) {
+        return on_layer_ready(self, id, layer, event);
       },
       [self](proto::node_receive_atom, proto::node_request& req) {
         return start_incoming(self, req, false);

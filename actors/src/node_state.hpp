@@ -33,8 +33,9 @@ struct outgoing_request {
   bool layerwise = false;
   std::vector<std::uint64_t> src_blocks;
   std::vector<std::uint64_t> dst_blocks;
-  std::vector<bool> ready;  // layerwise: layer l written
-  std::vector<bool> posted; // part p posted (p = 0, or layer + 1)
+  std::vector<bool> ready;           // layerwise: layer l written
+  std::vector<std::uint64_t> events; // ... once this CUDA event is (0: is)
+  std::vector<bool> posted;          // part p posted (p = 0, or layer + 1)
   std::uint32_t parts = 1;
   std::uint32_t parts_done = 0;
   std::uint64_t bytes = 0;

@@ -194,6 +194,9 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     return make_error(
         ec::invalid_extent,
         fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
+  if (auto err =
+          refuse_remote_event(self, o.wait_event, "send order", o.transfer_id))
+    return err;
   auto& p = st.out[peer];
   if (!p.ep.transfer) {
     p.ep = o.peer;
@@ -203,10 +206,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
-  const bool ipc =
-      st.regions.size() == 1 && // IPC takes one-region tables for now
-      choose_data_path(st.cfg.use_ipc, st.cfg.region->kind(), st.cfg.host_id,
-                       p.ep) == data_path::cuda_ipc;
+  const bool ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id,
+                                    p.ep) == data_path::cuda_ipc;
   if (ipc)
     if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
       return stale;
@@ -216,7 +217,10 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
   if (ipc)
-    start_ipc_send(self, p, o.transfer_id, std::move(o.extents));
+    start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
+  else if (o.wait_event != 0) // posted once the event completed
+    st.event_waits.push_back(
+        {peer, o.transfer_id, std::move(o.extents), o.wait_event});
   else
     start_plugin_send(self, peer, p, o.transfer_id, o.extents);
   ensure_progress(self);
@@ -295,7 +299,7 @@ bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.in)
     if (p.listener || !p.ops.empty())
       return true;
-  return !st.ipc_orphans.empty();
+  return !st.ipc_orphans.empty() || ipc_has_work(st);
 }
 
 // Transfers started and neither finished nor failed, for the in-flight gauge.
@@ -318,6 +322,10 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   st.progress_delayed = false;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
+  if (!st.reads.empty())
+    progressed |= progress_reads(self);
+  if (!st.event_waits.empty())
+    progressed |= progress_event_waits(self);
   if (!st.ipc_orphans.empty())
     progressed |= progress_orphans(self);
   if (!st.status_waiters.empty())
@@ -352,6 +360,10 @@ void on_progress(self_ptr self, std::uint64_t generation) {
 void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
                std::uint64_t generation) {
   auto& st = self->state;
+  if (key[0] == '^') { // a one-sided read (transfer_ipc.cpp)
+    expire_read(self, key.substr(1), id, generation);
+    return;
+  }
   bool outgoing = key[0] == '>';
   auto name = key.substr(1);
   auto timeout = make_error(
@@ -444,16 +456,21 @@ void forget_failures_from(transfer_state& st, const std::string& name) {
 
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
-  std::vector<std::string> outs, ins;
+  std::vector<std::string> outs, ins, reads;
   for (auto& [name, p] : st.out)
     if (p.ep.transfer && p.ep.transfer.address() == dm.source)
       outs.push_back(name);
+  for (auto& [name, p] : st.reads)
+    if (p.ep.transfer && p.ep.transfer.address() == dm.source)
+      reads.push_back(name);
   for (auto& [name, p] : st.in)
     if (p.sender && p.sender == dm.source)
       ins.push_back(name);
   auto why = fmt::format("its transfer actor is down ({})", render(dm.reason));
   for (auto& name : outs)
     drop_peer_out(self, name, lost(name, why));
+  for (auto& name : reads)
+    drop_reads(self, name, lost(name, why));
   for (auto& name : ins) {
     drop_peer_in(self, name, lost(name, why));
     release_quarantine_of(self, name, why);
@@ -506,6 +523,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::recv_atom, proto::recv_order& o) {
         return handle_recv(self, o);
       },
+      [self](proto::read_atom, proto::read_order& o) {
+        return handle_read(self, o);
+      },
       [self](proto::open_atom, const std::string& sender, std::uint32_t comms,
              std::uint64_t chunk) -> caf::result<std::vector<char>> {
         try {
@@ -549,6 +569,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         auto err = lost(name, "the directory reports it left: " + render(why));
         drop_peer_out(self, name, err);
         drop_peer_in(self, name, err);
+        drop_reads(self, name, err);
         forget_failures_from(self->state, name);
         // Only what nobody could ask about: a sender that was asked may
         // have lost no more than its lease and still run the kernel; it

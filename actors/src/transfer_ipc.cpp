@@ -31,6 +31,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/gpu_event.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
 #include "transfer_state.hpp"
 
@@ -38,21 +39,73 @@ namespace kvferry::transfer_detail {
 
 using namespace std::chrono;
 
+namespace {
+
+std::uint64_t address_of(const void* p) {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p));
+}
+
+// Why this table cannot take CUDA IPC at all (empty: it can): every region
+// must be GPU memory on region 0's GPU, where this actor's kernel runs.
+std::string why_not_ipc(const transfer_state& st) {
+  const int gpu = st.cfg.region->gpu();
+  for (std::size_t i = 0; i < st.regions.size(); ++i) {
+    const auto& r = *st.regions[i];
+    if (r.kind() != memory_kind::cuda)
+      return fmt::format("region {} ('{}') is host memory", i, r.name());
+    if (r.gpu() != gpu)
+      return fmt::format("region {} ('{}') is on GPU {}, region 0 on GPU {}", i,
+                         r.name(), r.gpu(), gpu);
+  }
+  return {};
+}
+
+// Each region's export, regions of one allocation sharing its handle (a
+// peer opens each allocation once). Throws gpu_error naming the region
+// that cannot be exported.
+std::vector<transport::ipc_region> export_table(const transfer_state& st) {
+  std::vector<transport::ipc_region> table;
+  for (std::size_t i = 0; i < st.regions.size(); ++i) {
+    try {
+      auto r = transport::export_ipc_region(st.regions[i]->view());
+      for (const auto& earlier : table)
+        if (earlier.allocation == r.allocation)
+          r.handle = earlier.handle;
+      table.push_back(r);
+    } catch (const transport::gpu_error& e) {
+      throw transport::gpu_error(fmt::format("region {} ('{}'): {}", i,
+                                             st.regions[i]->name(), e.what()));
+    }
+  }
+  return table;
+}
+
+} // namespace
+
+// Our table's addresses, and its IPC export for the endpoint when every
+// region can be shared: kvferry's own pool, or the caller's cudaMalloc'd
+// memory wrapped in place (a region may lie inside a larger allocation).
+// One log line says why a GPU table cannot (peers then use the plugin).
 void advertise_ipc_handle(transfer_state& st) {
-  auto& region = *st.cfg.region;
-  // Only a table of one region kvferry allocated: a wrapped region's
-  // allocation base is the caller's, and several regions need one handle
-  // each (the plugin moves those for now).
-  if (!st.cfg.use_ipc || region.kind() != memory_kind::cuda ||
-      st.regions.size() != 1 || !region.owned())
+  for (const auto& r : st.regions) {
+    st.local_addresses.bases.push_back(address_of(r->data()));
+    st.local_addresses.sizes.push_back(r->size());
+  }
+  const auto why = why_not_ipc(st);
+  st.ipc_kind = why.empty() ? memory_kind::cuda : memory_kind::host;
+  if (!st.cfg.use_ipc || st.ipc_kind != memory_kind::cuda) {
+    if (st.cfg.use_ipc && st.cfg.region->kind() == memory_kind::cuda)
+      spdlog::warn("transfer {}: its table cannot take CUDA IPC ({}); peers "
+                   "and this worker use the plugin",
+                   st.cfg.name, why);
     return;
+  }
   try {
-    st.ipc_handle =
-        transport::export_ipc_handle(region.device_allocation()).to_hex();
+    st.ipc_handle = transport::ipc_table_to_text(export_table(st));
   } catch (const std::exception& e) {
-    spdlog::warn("transfer {}: region '{}' cannot be shared over CUDA IPC, "
-                 "peers will use the plugin: {}",
-                 st.cfg.name, region.name(), e.what());
+    spdlog::warn("transfer {}: its table cannot be shared over CUDA IPC, "
+                 "peers will use the plugin to write it: {}",
+                 st.cfg.name, e.what());
   }
 }
 
@@ -88,20 +141,33 @@ void ensure_ipc_engine(transfer_state& st) {
       gpu, transport::chosen_copy_bands(gpu, tuning));
 }
 
-// Maps the peer's region on first use (once per peer region: the cache; a
-// region mapped ahead when its worker joined is found there).
+// Maps the peer's region table on first use: each allocation once (the
+// cache; one mapped ahead when its worker joined is found there), each
+// region at its offset in its allocation.
 void map_peer_region(transfer_state& st, peer_out& p) {
   if (p.mapped)
     return;
   ensure_ipc_engine(st);
-  auto handle = transport::ipc_handle::from_hex(p.ep.ipc_handle);
-  enable_access_to_peer_gpu(st.cfg.region->gpu(), handle.device);
-  auto mapped = st.ipc_regions->open(handle);
-  if (mapped.bytes < p.ep.region_bytes)
-    throw std::invalid_argument(fmt::format(
-        "the IPC handle of '{}' maps {} bytes, its endpoint says {}", p.ep.name,
-        mapped.bytes, p.ep.region_bytes));
-  p.mapped = mapped;
+  const auto exported = transport::ipc_table_from_text(p.ep.ipc_handle);
+  const auto sizes = proto::region_sizes_of(p.ep);
+  if (exported.size() != sizes.size())
+    throw std::invalid_argument(
+        fmt::format("the IPC table of '{}' has {} regions, its endpoint {}",
+                    p.ep.name, exported.size(), sizes.size()));
+  address_table t;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto& r = exported[i];
+    if (r.bytes < sizes[i])
+      throw std::invalid_argument(
+          fmt::format("the IPC handle of region {} of '{}' maps {} bytes, "
+                      "its endpoint says {}",
+                      i, p.ep.name, r.bytes, sizes[i]));
+    enable_access_to_peer_gpu(st.cfg.region->gpu(), r.handle.device);
+    t.bases.push_back(address_of(st.ipc_regions->open(r.handle).base) +
+                      r.offset);
+    t.sizes.push_back(sizes[i]);
+  }
+  p.mapped = std::move(t);
 }
 
 } // namespace
@@ -113,7 +179,7 @@ void map_peer_region(transfer_state& st, peer_out& p) {
 // nothing: the first transfer maps again and fails with the reason.
 void map_ahead(transfer_state& st, const worker_info& w) {
   auto& cfg = st.cfg;
-  if (!maps_ahead(cfg, cfg.region->kind(), w))
+  if (!maps_ahead(cfg, st.ipc_kind, w))
     return;
   for (const auto& r : w.regions) {
     if (r.kind != memory_kind::cuda ||
@@ -139,95 +205,142 @@ void map_ahead(transfer_state& st, const worker_info& w) {
 
 namespace {
 
-// One kernel for the whole transfer; the engine checks every extent against
-// both regions before it launches. The data window starts right before the
-// launch call (after the plan is packed and its upload queued): the GPU can
-// start the kernel before that call returns.
-void launch_ipc_copy(transfer_state& st, peer_out& p, std::uint64_t id,
-                     const std::vector<extent>& extents) {
+std::byte* pointer_at(std::uint64_t address) {
+  return reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(address));
+}
+
+// One kernel for the whole transfer, whatever the regions: the extents'
+// virtual offsets become offsets from one origin per side (ipc_table.hpp),
+// checked against both tables before anything launches. A push copies our
+// table into the peer's, a read the peer's into ours. The copy stream waits
+// for `wait_event` first (on the GPU). The data window starts right before
+// the launch call (after the plan is packed and its upload queued): the GPU
+// can start the kernel before that call returns.
+void launch_ipc_copy(transfer_state& st, peer_out& p,
+                     const peer_out::waiting_send& w, bool read) {
   auto& engine = *st.engine;
-  const auto& src = st.cfg.region->view();
-  const auto plan = engine.prepare(extents, src.bytes, p.mapped->bytes);
+  const auto plan =
+      read ? to_address_plan(w.chunks, *p.mapped, st.local_addresses)
+           : to_address_plan(w.chunks, st.local_addresses, *p.mapped);
+  const auto prepared =
+      engine.prepare(plan.extents, plan.src_span, plan.dst_span);
   const auto launched = steady_clock::now();
   transport::copy_ticket ticket;
   try {
+    if (w.wait_event != 0)
+      engine.wait_event(w.wait_event);
     if (!st.ipc_test_hold.empty()) // a hung GPU, for the quarantine's test
       detail::hold_stream_for_test(engine.native_stream(), st.ipc_test_hold);
-    ticket = engine.launch(plan, src.base, p.mapped->base);
+    ticket = engine.launch(prepared, pointer_at(plan.src_origin),
+                           pointer_at(plan.dst_origin));
   } catch (...) {
-    engine.release(plan);
+    engine.release(prepared);
     throw;
   }
-  engine.release(plan); // stream order keeps its buffers for this launch
-  p.copies.push_back({ticket, id, launched});
+  engine.release(prepared); // stream order keeps its buffers for this launch
+  p.copies.push_back({ticket, w.id, launched});
   ++st.ipc_in_flight;
-  p.transfers[id].posted = true;
+  p.transfers[w.id].posted = true;
 }
 
 caf::error ipc_failure(const transfer_state& st, const std::string& peer,
-                       int peer_gpu, std::uint64_t id,
-                       const std::exception& e) {
+                       int peer_gpu, std::uint64_t id, const std::exception& e,
+                       bool read = false) {
   auto code = dynamic_cast<const transport::gpu_error*>(&e) != nullptr
                   ? ec::cuda_error
                   : ec::invalid_argument;
   return make_error(
-      code, fmt::format("transfer {} to '{}' over CUDA IPC (GPU {} to "
-                        "its pool on GPU {}): {}",
-                        id, peer, st.cfg.region->gpu(), peer_gpu, e.what()));
+      code, fmt::format("{} {} {} '{}' over CUDA IPC (GPU {} {} its pool on "
+                        "GPU {}): {}",
+                        read ? "read" : "transfer", id, read ? "from" : "to",
+                        peer, st.cfg.region->gpu(), read ? "from" : "to",
+                        peer_gpu, e.what()));
 }
 
 } // namespace
 
-// Starts (or queues, when max_ipc_copies are running) one IPC transfer; a
-// failure to map or launch fails that transfer only.
-void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
-                    std::vector<extent> extents) {
-  auto& st = self->state;
+namespace {
+
+// Starts (or queues, when max_ipc_copies are running) one IPC copy of `p`
+// (a push to it, or a read from it); a failure to map or launch fails that
+// transfer only.
+void start_ipc_copy(transfer_state& st, peer_out& p, peer_out::waiting_send w,
+                    bool read) {
   try {
     map_peer_region(st, p);
-    if (!p.said_hello) { // so that it can ask us if a transfer times out
-      p.said_hello = true;
-      self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-                 proto::ipc_hello_atom::value, st.cfg.name);
-    }
     if (st.ipc_in_flight >= max_ipc_copies || !p.ipc_waiting.empty()) {
-      p.ipc_waiting.push_back({id, std::move(extents)});
+      p.ipc_waiting.push_back(std::move(w));
       return;
     }
-    launch_ipc_copy(st, p, id, extents);
+    launch_ipc_copy(st, p, w, read);
   } catch (const std::exception& e) {
-    auto t = p.transfers.find(id);
-    fail(t->second, st, ipc_failure(st, p.ep.name, p.ep.gpu, id, e), p.ep.name);
+    auto t = p.transfers.find(w.id);
+    fail(t->second, st, ipc_failure(st, p.ep.name, p.ep.gpu, w.id, e, read),
+         p.ep.name);
     p.transfers.erase(t);
   }
 }
 
+} // namespace
+
+void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
+                    std::vector<extent> extents, std::uint64_t wait_event) {
+  auto& st = self->state;
+  try {
+    map_peer_region(st, p);
+  } catch (const std::exception&) {
+    // start_ipc_copy maps again and fails the transfer with the reason
+  }
+  if (p.mapped && !p.said_hello) { // before the first copy: so that it can
+    p.said_hello = true;           // ask us when a transfer times out
+    self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+               proto::ipc_hello_atom::value, st.cfg.name);
+  }
+  start_ipc_copy(st, p, {id, std::move(extents), wait_event}, false);
+}
+
 namespace {
 
+// From the kernel's CUDA events: launch to kernel start, and the kernel's GPU
+// time (0 and 0 when the engine has no timing; its events are reused only
+// 64 launches later, so it has one here).
+std::pair<std::int64_t, std::int64_t>
+gpu_times(transfer_state& st, const peer_out::ipc_copy& copy) {
+  if (const auto timing = st.engine->timing_of(copy.ticket))
+    return {duration_cast<nanoseconds>(timing->started - copy.launched).count(),
+            timing->gpu_time.count()};
+  return {0, 0};
+}
+
 // Tells the receiver that a finished copy landed: the window (launch to
-// completion seen) and, from the kernel's CUDA events, launch to kernel
-// start and the kernel's GPU time (0 and 0 when the engine has no timing;
-// its events are reused only 64 launches later, so it has one here).
+// completion seen) and the kernel's times.
 void send_landed(self_ptr self, peer_out& p, const peer_out::ipc_copy& copy,
                  std::uint64_t bytes) {
   auto& st = self->state;
   const auto copied = steady_clock::now();
-  std::int64_t queued_ns = 0, gpu_ns = 0;
-  if (const auto timing = st.engine->timing_of(copy.ticket)) {
-    queued_ns =
-        duration_cast<nanoseconds>(timing->started - copy.launched).count();
-    gpu_ns = timing->gpu_time.count();
-  }
+  const auto [queued_ns, gpu_ns] = gpu_times(st, copy);
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
              proto::landed_atom::value,
              proto::landed{st.cfg.name, copy.id, bytes, clock_ns(copy.launched),
                            clock_ns(copied), queued_ns, gpu_ns});
 }
 
+// A read's kernel finished: its reply is the report a recv order gets, the
+// window from the launch to the completion seen.
+void finish_read(transfer_state& st, const std::string& name, transfer_entry& t,
+                 const peer_out::ipc_copy& copy) {
+  t.bytes = t.expected;
+  t.started = copy.launched;
+  std::tie(t.gpu_queued_ns, t.gpu_copy_ns) = gpu_times(st, copy);
+  finish(t, st, true, name);
+}
+
 } // namespace
 
-// Completes the transfers whose kernels finished and launches waiting ones.
-bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
+// Completes the transfers whose kernels finished (a push tells its receiver,
+// a read replies to its order) and launches waiting ones.
+bool progress_ipc(self_ptr self, const std::string& name, peer_out& p,
+                  bool read) {
   auto& st = self->state;
   bool progressed = false;
   for (std::size_t k = 0; k < p.copies.size();) {
@@ -239,7 +352,7 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
         continue;
       }
     } catch (const std::exception& e) {
-      failure = ipc_failure(st, name, p.ep.gpu, copy.id, e);
+      failure = ipc_failure(st, name, p.ep.gpu, copy.id, e, read);
     }
     p.copies[k] = p.copies.back();
     p.copies.pop_back();
@@ -250,6 +363,8 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
       continue;
     if (failure) {
       fail(t->second, st, *failure, name);
+    } else if (read) {
+      finish_read(st, name, t->second, copy);
     } else {
       t->second.bytes = t->second.expected;
       send_landed(self, p, copy, t->second.bytes);
@@ -263,10 +378,10 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
     if (p.transfers.count(w.id) == 0) // timed out while waiting
       continue;
     try {
-      launch_ipc_copy(st, p, w.id, w.chunks);
+      launch_ipc_copy(st, p, w, read);
     } catch (const std::exception& e) {
       auto t = p.transfers.find(w.id);
-      fail(t->second, st, ipc_failure(st, name, p.ep.gpu, w.id, e), name);
+      fail(t->second, st, ipc_failure(st, name, p.ep.gpu, w.id, e, read), name);
       p.transfers.erase(t);
     }
     progressed = true;
@@ -278,14 +393,17 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p) {
 
 namespace {
 
+// Whether a kernel of push `id` to `peer` (or of read `id` from it) may
+// still run.
 bool copy_running(const transfer_state& st, const std::string& peer,
-                  std::uint64_t id) {
-  if (auto p = st.out.find(peer); p != st.out.end())
+                  std::uint64_t id, bool read = false) {
+  const auto& peers = read ? st.reads : st.out;
+  if (auto p = peers.find(peer); p != peers.end())
     for (const auto& c : p->second.copies)
       if (c.id == id)
         return true;
   for (const auto& o : st.ipc_orphans)
-    if (o.peer == peer && o.copy.id == id)
+    if (o.read == read && o.peer == peer && o.copy.id == id)
       return true;
   return false;
 }
@@ -311,9 +429,10 @@ bool progress_orphans(self_ptr self) {
       continue;
     }
     spdlog::info(
-        "transfer {}: the copy kernel of given-up transfer {} to "
+        "transfer {}: the copy kernel of given-up {} {} {} "
         "'{}' has ended ({:.1f} s after its launch)",
-        st.cfg.name, o.copy.id, o.peer,
+        st.cfg.name, o.read ? "read" : "transfer", o.copy.id,
+        o.read ? "from" : "to", o.peer,
         duration<double>(steady_clock::now() - o.copy.launched).count());
     st.ipc_orphans[k] = std::move(st.ipc_orphans.back());
     st.ipc_orphans.pop_back();
@@ -327,7 +446,7 @@ bool progress_orphans(self_ptr self) {
 void answer_status_waiters(transfer_state& st) {
   for (std::size_t k = 0; k < st.status_waiters.size();) {
     auto& w = st.status_waiters[k];
-    if (copy_running(st, w.peer, w.id)) {
+    if (copy_running(st, w.peer, w.id, w.read)) {
       ++k;
       continue;
     }
@@ -436,13 +555,13 @@ handle_ipc_status(self_ptr self, const std::string& peer, std::uint64_t id) {
 // so that a receiver asking about them is answered only when they end, and
 // their event slots stay counted in ipc_in_flight meanwhile.
 void orphan_copies(transfer_state& st, const std::string& peer, peer_out& p,
-                   std::optional<std::uint64_t> id) {
+                   std::optional<std::uint64_t> id, bool read) {
   for (std::size_t k = 0; k < p.copies.size();) {
     if (id && p.copies[k].id != *id) {
       ++k;
       continue;
     }
-    st.ipc_orphans.push_back({peer, p.copies[k]});
+    st.ipc_orphans.push_back({peer, p.copies[k], read});
     p.copies[k] = p.copies.back();
     p.copies.pop_back();
   }
@@ -630,10 +749,19 @@ void quarantine_transfer(self_ptr self, const std::string& peer,
   ask_sender(self, peer);
 }
 
-// Answered once the destination of transfer `id` from `peer` is safe.
+// Answered once the destination of transfer `id` from `peer` is safe: no
+// quarantined push of the sender's, and no kernel of a failed read of ours
+// (its reply came at its deadline; the kernel may run on).
 caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
                                         std::uint64_t id) {
-  auto& q = self->state.quarantine;
+  auto& st = self->state;
+  if (copy_running(st, peer, id, true)) {
+    auto promise = self->make_response_promise<caf::ok_atom>();
+    st.status_waiters.push_back({peer, id, promise, true});
+    ensure_progress(self);
+    return promise;
+  }
+  auto& q = st.quarantine;
   if (!q.holds(peer, id))
     return caf::ok_atom::value;
   auto promise = self->make_response_promise<caf::ok_atom>();
@@ -652,6 +780,185 @@ void handle_ipc_hello(self_ptr self, const std::string& name) {
     self->monitor(caf::actor_cast<caf::actor>(addr));
   }
   ask_sender(self, name);
+}
+
+// ---- one-sided reads over CUDA IPC
+
+namespace {
+
+// Why `peer`'s table cannot be read over CUDA IPC from here (empty: it can).
+std::string why_no_read(const transfer_state& st, const proto::endpoint& peer) {
+  if (!st.cfg.use_ipc)
+    return "this transfer actor does not take CUDA IPC";
+  if (st.ipc_kind != memory_kind::cuda)
+    return "its own table is not GPU memory on one GPU (" + why_not_ipc(st) +
+           ")";
+  if (st.cfg.host_id.empty() || st.cfg.host_id != peer.host_id)
+    return fmt::format("'{}' is not on this host (host id '{}', ours '{}')",
+                       peer.name, peer.host_id, st.cfg.host_id);
+  if (peer.ipc_handle.empty())
+    return fmt::format("'{}' exports no CUDA IPC handles (host memory, "
+                       "memory CUDA IPC cannot share, or it does not take "
+                       "CUDA IPC)",
+                       peer.name);
+  return {};
+}
+
+} // namespace
+
+bool from_remote_sender(self_ptr self) {
+  const auto& sender = self->current_sender();
+  return sender && sender->node() != self->node();
+}
+
+caf::error refuse_remote_event(self_ptr self, std::uint64_t wait_event,
+                               const char* what, std::uint64_t id) {
+  if (wait_event == 0 || !from_remote_sender(self))
+    return {};
+  return make_error(
+      ec::invalid_argument,
+      fmt::format("transfer {}: {} {} carries a wait_event from another "
+                  "process; a CUDA event is meaningful only in the process "
+                  "that made it",
+                  self->state.cfg.name, what, id));
+}
+
+caf::result<proto::recv_report> handle_read(self_ptr self,
+                                            proto::read_order& o) {
+  auto& st = self->state;
+  const auto& peer = o.peer.name;
+  auto refuse = [&](ec code, const std::string& why) {
+    return make_error(code, fmt::format("transfer {}: read {} from '{}': {}",
+                                        st.cfg.name, o.transfer_id, peer, why));
+  };
+  if (!o.peer.transfer || peer.empty() || peer == st.cfg.name)
+    return refuse(ec::invalid_argument,
+                  "the order names no peer transfer actor but this one's");
+  if (auto err =
+          refuse_remote_event(self, o.wait_event, "read order", o.transfer_id))
+    return err;
+  if (auto why = why_no_read(st, o.peer); !why.empty())
+    return refuse(ec::unreachable, why + "; use the push path");
+  auto bad = check_table_extents(o.extents, extent_side::source,
+                                 proto::region_sizes_of(o.peer));
+  if (!bad)
+    bad = check_table_extents(o.extents, extent_side::destination,
+                              st.region_sizes);
+  if (bad)
+    return refuse(ec::invalid_extent, *bad);
+  auto& p = st.reads[peer];
+  if (!p.ep.transfer) { // its death or departure drops the entry (mapping)
+    p.ep = o.peer;
+    self->monitor(p.ep.transfer);
+  }
+  if (p.transfers.count(o.transfer_id) != 0)
+    return refuse(ec::duplicate, "a read with this id is in flight");
+  auto promise = self->make_response_promise<proto::recv_report>();
+  auto& t = p.transfers[o.transfer_id];
+  t.expected = total_bytes(o.extents);
+  t.waiter = waiter_promise{promise};
+  arm_deadline(self, milliseconds(o.timeout_ms), "^" + peer, o.transfer_id, t);
+  start_ipc_copy(st, p, {o.transfer_id, std::move(o.extents), o.wait_event},
+                 true);
+  ensure_progress(self);
+  return promise;
+}
+
+// A read's deadline: it fails now; a kernel already launched cannot be
+// recalled and may still write our destination, so it is watched on as an
+// orphan and a settle for it waits until it ended.
+void expire_read(self_ptr self, const std::string& peer, std::uint64_t id,
+                 std::uint64_t generation) {
+  auto& st = self->state;
+  auto p = st.reads.find(peer);
+  if (p == st.reads.end())
+    return;
+  auto t = p->second.transfers.find(id);
+  if (t == p->second.transfers.end() || t->second.done ||
+      t->second.generation != generation)
+    return;
+  fail(t->second, st,
+       make_error(ec::timeout,
+                  fmt::format("read {} from '{}' did not complete in time; "
+                              "its destination is safe to reuse once settle "
+                              "answers",
+                              id, peer)),
+       peer);
+  p->second.transfers.erase(t);
+  orphan_copies(st, peer, p->second, id, true);
+  forget_waiting_ipc(p->second, id);
+}
+
+// Fails the reads from `peer` (it died or left) and forgets its mapping.
+void drop_reads(self_ptr self, const std::string& peer, const caf::error& err) {
+  auto& st = self->state;
+  auto i = st.reads.find(peer);
+  if (i == st.reads.end())
+    return;
+  for (auto& [id, t] : i->second.transfers)
+    if (!t.done)
+      fail(t, st, err, peer);
+  orphan_copies(st, peer, i->second, std::nullopt, true);
+  st.reads.erase(i);
+}
+
+bool progress_reads(self_ptr self) {
+  bool progressed = false;
+  for (auto& [name, p] : self->state.reads)
+    if (!p.copies.empty() || !p.ipc_waiting.empty())
+      progressed |= progress_ipc(self, name, p, true);
+  return progressed;
+}
+
+// ---- plugin sends that wait for a CUDA event
+
+// Posts the plugin sends whose event completed (polled, never waited for);
+// a failed event fails its transfer, a transfer gone (timed out, peer
+// dropped) drops its wait.
+bool progress_event_waits(self_ptr self) {
+  auto& st = self->state;
+  bool progressed = false;
+  for (std::size_t k = 0; k < st.event_waits.size();) {
+    auto& w = st.event_waits[k];
+    auto p = st.out.find(w.peer);
+    transfer_entry* t = nullptr;
+    if (p != st.out.end())
+      if (auto i = p->second.transfers.find(w.id);
+          i != p->second.transfers.end() && !i->second.done &&
+          !i->second.failure)
+        t = &i->second;
+    bool ready = t != nullptr;
+    if (ready) {
+      try {
+        if (!transport::gpu_event_done(w.event)) {
+          ++k;
+          continue;
+        }
+      } catch (const std::exception& e) {
+        fail(*t, st,
+             make_error(ec::cuda_error,
+                        fmt::format("transfer {} to '{}': its wait_event: {}",
+                                    w.id, w.peer, e.what())),
+             w.peer);
+        p->second.transfers.erase(w.id);
+        ready = false;
+      }
+    }
+    auto done = std::move(w);
+    st.event_waits[k] = std::move(st.event_waits.back());
+    st.event_waits.pop_back();
+    progressed = true;
+    if (ready)
+      start_plugin_send(self, done.peer, p->second, done.id, done.extents);
+  }
+  return progressed;
+}
+
+bool ipc_has_work(const transfer_state& st) {
+  for (const auto& [name, p] : st.reads)
+    if (!p.copies.empty() || !p.ipc_waiting.empty())
+      return true;
+  return !st.event_waits.empty();
 }
 
 } // namespace kvferry::transfer_detail

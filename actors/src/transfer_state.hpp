@@ -25,6 +25,7 @@
 #include "ipc_test_hold.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/ipc_quarantine.hpp"
+#include "kvferry/actors/ipc_table.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
@@ -98,14 +99,17 @@ struct peer_out {
   struct waiting_send {
     std::uint64_t id;
     std::vector<extent> chunks;
+    std::uint64_t wait_event = 0; // CUDA IPC: the copy stream waits for it
   };
   std::deque<waiting_send> waiting;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
   std::uint32_t next_comm = 0;
-  // CUDA IPC (same-host GPU peer): its region mapped here, the copies in
-  // flight and the sends waiting for a free engine slot.
-  std::optional<transport::memory_view> mapped;
+  // CUDA IPC (same-host GPU peer): its region table mapped here (each
+  // region's address in this process), the copies in flight and the sends
+  // waiting for a free engine slot. The same struct serves one-sided reads
+  // from a peer (transfer_state::reads): no channel, copies only.
+  std::optional<address_table> mapped;
   struct ipc_copy {
     transport::copy_ticket ticket;
     std::uint64_t id;
@@ -158,8 +162,25 @@ struct transfer_state {
   std::multimap<steady_clock::time_point, deadline> deadlines;
   bool sweep_scheduled = false;
   // CUDA IPC: made on the first same-host GPU send, used from this actor's
-  // thread only. ipc_handle is our region's, advertised in the endpoint.
+  // thread only. ipc_handle is our table's (ipc_table_to_text), advertised
+  // in the endpoint; local_addresses our regions' addresses (every copy's
+  // source, or a read's destination).
   std::string ipc_handle;
+  address_table local_addresses;
+  // cuda when every region is GPU memory on region 0's GPU (IPC possible).
+  memory_kind ipc_kind = memory_kind::host;
+  // One-sided reads over CUDA IPC, per peer we read from (transfer ids of
+  // their own: a read and a push with one id are different transfers).
+  std::unordered_map<std::string, peer_out> reads;
+  // Plugin sends whose order carried a CUDA event: posted once it completed
+  // (polled by the progress loop, never waited for).
+  struct event_wait {
+    std::string peer;
+    std::uint64_t id;
+    std::vector<extent> extents;
+    std::uint64_t event;
+  };
+  std::vector<event_wait> event_waits;
   std::unique_ptr<transport::ipc_region_cache> ipc_regions;
   std::unique_ptr<transport::gpu_copy_engine> engine;
   std::size_t ipc_in_flight = 0;
@@ -171,12 +192,14 @@ struct transfer_state {
   struct orphan_copy {
     std::string peer;
     peer_out::ipc_copy copy;
+    bool read = false; // a read's kernel (writes our own region)
   };
   std::vector<orphan_copy> ipc_orphans;
   struct status_waiter {
     std::string peer;
     std::uint64_t id;
     caf::typed_response_promise<caf::ok_atom> promise;
+    bool read = false; // a settle waiting for a failed read's kernel
   };
   std::vector<status_waiter> status_waiters;
   // Transfers a receiver gave up on before their send order reached us
@@ -289,13 +312,18 @@ void advertise_ipc_handle(transfer_state& st);
 
 void map_ahead(transfer_state& st, const worker_info& w);
 
+/// Starts the CUDA IPC copy of a push; its stream waits for `wait_event`
+/// (an event of this process, 0: none) first.
 void start_ipc_send(self_ptr self, peer_out& p, std::uint64_t id,
-                    std::vector<extent> extents);
+                    std::vector<extent> extents, std::uint64_t wait_event);
 
-bool progress_ipc(self_ptr self, const std::string& name, peer_out& p);
+/// Polls the copies of `p`, a push peer or (`read`) a peer read from.
+bool progress_ipc(self_ptr self, const std::string& name, peer_out& p,
+                  bool read = false);
 
 void orphan_copies(transfer_state& st, const std::string& peer, peer_out& p,
-                   std::optional<std::uint64_t> id = std::nullopt);
+                   std::optional<std::uint64_t> id = std::nullopt,
+                   bool read = false);
 
 bool progress_orphans(self_ptr self);
 
@@ -328,5 +356,27 @@ caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
                                         std::uint64_t id);
 
 void handle_ipc_hello(self_ptr self, const std::string& name);
+
+/// The current message comes from an actor of another process.
+bool from_remote_sender(self_ptr self);
+
+/// The error refusing an order whose wait_event came from another process
+/// (a CUDA event is a pointer of the process that made it); none otherwise.
+caf::error refuse_remote_event(self_ptr self, std::uint64_t wait_event,
+                               const char* what, std::uint64_t id);
+
+// One-sided reads (proto::read_order): deadlines keyed "^peer".
+caf::result<proto::recv_report> handle_read(self_ptr self,
+                                            proto::read_order& o);
+void expire_read(self_ptr self, const std::string& peer, std::uint64_t id,
+                 std::uint64_t generation);
+void drop_reads(self_ptr self, const std::string& peer, const caf::error& err);
+bool progress_reads(self_ptr self);
+
+/// Plugin sends waiting for their order's CUDA event (event_waits).
+bool progress_event_waits(self_ptr self);
+
+/// Reads in flight or plugin sends waiting for an event: keep polling.
+bool ipc_has_work(const transfer_state& st);
 
 } // namespace kvferry::transfer_detail

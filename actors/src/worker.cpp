@@ -133,8 +133,8 @@ region_info describe_region(const memory_region& region,
                 region.kind(),
                 region.gpu(),
                 {}};
-  if (!ep.ipc_handle.empty()) {
-    auto handle = transport::ipc_handle::from_hex(ep.ipc_handle);
+  if (!ep.ipc_handle.empty()) { // the pool: the table's one region
+    auto handle = transport::ipc_table_from_text(ep.ipc_handle).at(0).handle;
     r.ipc_handle.assign(handle.bytes.begin(), handle.bytes.end());
   }
   return r;

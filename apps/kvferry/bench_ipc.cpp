@@ -17,6 +17,10 @@
 //   - one contiguous copy of the same total (the ceiling): cudaMemcpyAsync on
 //     one GPU, cudaMemcpyPeerAsync between two (the kernels run on the
 //     destination GPU and read the source over peer access).
+// The same blocks also move over region tables of --table-layers regions per
+// side (a serving stack's per-layer KV tensors, wrapped in place: one launch
+// through the address translation the transfer actor uses), beside the
+// one-pool kernel of the same row.
 // Then the UNPACK kernel on a synthetic ring (4 KiB fragments) against plain
 // copies of the same bytes. Every method's destination is poisoned before
 // and verified after its timed runs. Times: CUDA events, warm-up, median.
@@ -46,6 +50,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "kvferry/actors/ipc_table.hpp"
 #include "kvferry/transport/copy_choice.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_info.hpp"
@@ -65,6 +70,7 @@ struct bench_ipc_options {
   int dst_gpu = 0; // the consumer's pool; every kernel runs here
   bool sweep = false;
   bool no_unpack = false;
+  int table_layers = 32;    // 0: no region-table case
   std::string copy_kernel;  // sets KVFERRY_COPY_KERNEL for this run
   std::string child_handle; // internal: set in the child process
 };
@@ -144,6 +150,7 @@ struct child_context {
   cudaStream_t stream;
   int repeats;
   std::vector<named_band> chosen; // the copy kernel per block size
+  int table_layers = 0;           // regions per side of the table case
   std::uint64_t poison_seed = 1;
 
   void poison() {
@@ -384,6 +391,65 @@ json time_baseline_kernel(child_context& ctx, const copy_tuning& tuning,
   return method_result(sec, bytes, contiguous_s, ctx.mismatches(plan));
 }
 
+std::uint64_t address_of(const void* p) {
+  return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p));
+}
+
+std::byte* pointer_at(std::uint64_t address) {
+  return reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(address));
+}
+
+// The row's blocks between region tables of ctx.table_layers regions per
+// side, as a serving stack registers its per-layer KV tensors: the source
+// pool seen as that many slices (regions inside one IPC allocation), the
+// destination as that many allocations of their own (vLLM: one per layer).
+// Slot k of a side is block k % per-region of region k / per-region. The
+// plan's virtual offsets become ONE launch through to_address_plan, as in
+// the transfer actor; the kernel is the row's choice.
+json time_over_table(child_context& ctx, std::uint64_t block,
+                     const std::vector<std::uint64_t>& src_slots,
+                     const std::vector<std::uint64_t>& dst_slots,
+                     double contiguous_s) {
+  const auto layers = static_cast<std::uint64_t>(ctx.table_layers);
+  const std::uint64_t src_total = ctx.src.bytes / block;
+  const std::uint64_t dst_total = ctx.dst.size() / block;
+  const std::uint64_t src_per = (src_total + layers - 1) / layers;
+  const std::uint64_t dst_per = (dst_total + layers - 1) / layers;
+  address_table src, dst;
+  std::vector<gpu_region> layer_memory;
+  for (std::uint64_t l = 0; l < layers; ++l) {
+    const auto first = std::min(l * src_per, src_total);
+    src.bases.push_back(address_of(ctx.src.base) + first * block);
+    src.sizes.push_back((std::min(first + src_per, src_total) - first) * block);
+    layer_memory.push_back(
+        gpu_region::allocate_device(ctx.gpu, dst_per * block));
+    gpu_fill_pattern(ctx.gpu, layer_memory.back().data(),
+                     layer_memory.back().size(), 0xbad0000 + l);
+    dst.bases.push_back(address_of(layer_memory.back().data()));
+    dst.sizes.push_back(dst_per * block);
+  }
+  std::vector<extent> virt(src_slots.size());
+  for (std::size_t i = 0; i < virt.size(); ++i)
+    virt[i] = {
+        table_offset(src_slots[i] / src_per, src_slots[i] % src_per * block),
+        table_offset(dst_slots[i] / dst_per, dst_slots[i] % dst_per * block),
+        block};
+  const auto plan = to_address_plan(virt, src, dst);
+  gpu_copy_engine engine{ctx.gpu, copy_bands_of(ctx.chosen)};
+  auto* stream = static_cast<cudaStream_t>(engine.native_stream());
+  const auto id = engine.prepare(plan.extents, plan.src_span, plan.dst_span);
+  const double seconds = time_on_stream(stream, 3, ctx.repeats, 2.0, [&] {
+    engine.launch(id, pointer_at(plan.src_origin), pointer_at(plan.dst_origin));
+  });
+  engine.release(id);
+  const auto bad =
+      gpu_count_mismatches(ctx.gpu, pointer_at(plan.src_origin),
+                           pointer_at(plan.dst_origin), plan.extents);
+  auto result = method_result(seconds, total_bytes(virt), contiguous_s, bad);
+  result["layers"] = layers;
+  return result;
+}
+
 json measure_block_size(child_context& ctx, std::uint64_t block,
                         std::uint64_t total, bool sweep, std::mt19937_64& rng) {
   const std::uint64_t n = total / block;
@@ -448,6 +514,12 @@ json measure_block_size(child_context& ctx, std::uint64_t block,
     row["kvferry_with_plan"] = method_result(
         median(samples), bytes, contiguous_s, ctx.mismatches(plan));
     row["kvferry_with_plan"]["prepare_host_seconds"] = median(prepare_samples);
+    if (ctx.table_layers > 0) {
+      row["kvferry_table"] =
+          time_over_table(ctx, block, src_slots, dst_slots, contiguous_s);
+      row["kvferry_table"]["vs_one_pool"] =
+          kernel_s / row["kvferry_table"]["seconds"].get<double>();
+    }
   }
   // The baselines the choice must match or beat (issue #18), and the ratio
   // of the better one to the chosen kernel's time.
@@ -694,6 +766,7 @@ int run_child(const bench_ipc_options& opt) {
                "cudaStreamCreate");
     const auto choice = choose_copy_kernel(pair.dst);
     ctx.chosen = choice.bands;
+    ctx.table_layers = opt.table_layers;
     std::mt19937_64 rng{2026};
     // Bring clocks up before the first measurement (the first size measured
     // otherwise reads low): ~0.3 s of large copies.
@@ -754,6 +827,8 @@ std::string run_child_process(const bench_ipc_options& opt,
     args.push_back("--sweep");
   if (opt.no_unpack)
     args.push_back("--no-unpack");
+  args.push_back("--table-layers");
+  args.push_back(std::to_string(opt.table_layers));
   const pid_t pid = fork();
   if (pid < 0)
     throw std::runtime_error("fork failed");
@@ -849,6 +924,13 @@ void print_table(const json& r) {
         ratio_cell(row["memcpy_per_block"]), ratio_cell(row["memcpy_batch"]),
         row["contiguous"]["gbps"].get<double>(),
         row["kernel"].get<std::string>());
+    if (row.contains("kvferry_table"))
+      std::cout << fmt::format(
+          "    over a table of {} regions per side (per-layer allocations): "
+          "{}, {:.3f}x of one pool\n",
+          row["kvferry_table"]["layers"].get<int>(),
+          ratio_cell(row["kvferry_table"]),
+          row["kvferry_table"]["vs_one_pool"].get<double>());
     if (row.contains("sweep")) {
       for (const auto& v : row["sweep"])
         std::cout << fmt::format(
@@ -991,6 +1073,11 @@ void add_bench_ipc(CLI::App& bench, int& exit_code) {
                 "Also time the kernel's tuning variants");
   cmd->add_flag("--no-unpack", opt->no_unpack,
                 "Skip the UNPACK kernel measurement");
+  cmd->add_option("--table-layers", opt->table_layers,
+                  "Also copy the blocks between region tables of this many "
+                  "regions per side (per-layer KV tensors; 0: not)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
   cmd->add_option("--copy-kernel", opt->copy_kernel,
                   "The kvferry column's kernel: a name (default, warp, block, "
                   "block-16k-512, plain), bands ('0:default,65536:plain') or "

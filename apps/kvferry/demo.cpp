@@ -104,8 +104,8 @@ void print_credit_use(caf::actor_system& sys, const router_config& plan) {
         .receive(
             [&](const proto::consumer_stats& s) {
               fmt::print("consumer '{}': {} requests on credit, {} negotiated, "
-                         "{} refused; {} blocks lent, {} credit returns; "
-                         "pool {} free + {} lent of {} blocks, {} requests "
+                         "{} refused; {} blocks lent, {} credit returns;\n"
+                         "  pool {} free + {} lent of {} blocks, {} requests "
                          "open; {} waited for blocks, {} of them failed\n",
                          plan.consumers[k].name, s.delegated, s.negotiated,
                          s.refused, s.lent_blocks, s.credit_returns,
@@ -216,12 +216,34 @@ std::optional<int> await_run(const demo_command& cmd, const router_run& run,
   return std::nullopt;
 }
 
-// The result table and what its columns mean.
-void print_table(const demo_command& cmd, const std::string& memory,
-                 const router_results& r, double caf_rtt_us) {
+// The run's settings, one line above either table.
+void print_settings(const demo_command& cmd, const std::string& memory) {
+  fmt::print("\n{}, {}{}, chunk {} B, {} comms per peer; columns: "
+             "docs/deploy.md\n",
+             memory, cmd.pull ? "pull" : "push",
+             cmd.layerwise ? " by layer" : "", cmd.chunk_bytes,
+             cmd.comms_per_peer);
+}
+
+// The default table: what a user checks first, within 100 columns.
+void print_summary_table(const router_results& r, double caf_rtt_us) {
+  auto secs = duration<double>(r.end - r.start).count();
+  fmt::print("| requests | failed | GB | wall s | GB/s | data GB/s | p50 ms | "
+             "p99 ms | ctrl p50 us | CAF RTT us |\n"
+             "|---|---|---|---|---|---|---|---|---|---|\n"
+             "| {} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | "
+             "{:.3f} | {:.0f} | {:.0f} |\n",
+             r.done, r.failed, r.bytes / 1e9, secs, r.bytes / 1e9 / secs,
+             data_rate_gbps(r), percentile(r.latency_us, 0.5) / 1e3,
+             percentile(r.latency_us, 0.99) / 1e3,
+             percentile(r.control_us, 0.5), caf_rtt_us);
+}
+
+// --breakdown: every column, the GPU copy split included (scripts read it).
+void print_breakdown_table(const std::string& memory, const router_results& r,
+                           double caf_rtt_us) {
   auto secs = duration<double>(r.end - r.start).count();
   fmt::print(
-      "\n"
       "| memory | requests | failed | bytes moved | wall s | GB/s | data "
       "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
       "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
@@ -234,36 +256,15 @@ void print_table(const demo_command& cmd, const std::string& memory,
       percentile(r.latency_us, 0.5) / 1e3, percentile(r.latency_us, 0.99) / 1e3,
       percentile(r.control_us, 0.5), percentile(r.control_us, 0.99),
       caf_rtt_us);
-  fmt::print(
-      "(data time = the receiver's view of each request: from when "
-      "its transfer actor first learned of the transfer (the sender's "
-      "announcement or the consumer's recv order, whichever came "
-      "first) to the last byte landed, over all parts; over CUDA IPC, "
-      "from right before the sender's copy-kernel launch call to the "
-      "sender seeing the kernel complete; without credit "
-      "the recv order is placed at allocate, so the grant hop counts "
-      "as data. data GB/s = bytes / the time during which some "
-      "request's bytes were moving (the union of the data windows: "
-      "requests in flight together are not counted twice). Over CUDA "
-      "IPC the data window is split by CUDA events right before and "
-      "after each copy kernel on the copy stream: GPU copy GB/s = the "
-      "same bytes / the kernels' own GPU time (from when the GPU reached "
-      "the kernel to its end, including waits of its thread blocks for "
-      "SMs that other kernels of the sending process hold); launch to "
-      "kernel = from right before the launch call to the kernel's "
-      "start: the plan upload, earlier copies on the stream, and other "
-      "processes' kernels (without MPS the GPU runs one process's "
-      "kernels at a time); after kernel = the rest of the window: the "
-      "sender seeing completion (and, layer by layer, the gaps between "
-      "parts); per request, summed over parts; - where not measured. "
-      "control = request latency at the router minus the data time "
-      "and the fill/hash/verify time; CAF RTT = CAF's own round trip "
-      "from this process to the decode worker, measured right after "
-      "the run (0: not measured, the run failed): a request crosses "
-      "processes at least three times; "
-      "{} mode{}, chunk {} B, {} comms per peer)\n",
-      cmd.pull ? "pull" : "push", cmd.layerwise ? " layer by layer" : "",
-      cmd.chunk_bytes, cmd.comms_per_peer);
+}
+
+void print_table(const demo_command& cmd, const std::string& memory,
+                 const router_results& r, double caf_rtt_us) {
+  print_settings(cmd, memory);
+  if (cmd.breakdown)
+    print_breakdown_table(memory, r, caf_rtt_us);
+  else
+    print_summary_table(r, caf_rtt_us);
 }
 
 int run_demo(demo_command& cmd) {
@@ -488,6 +489,9 @@ void add_demo(CLI::App& root, int& exit_code) {
                   "give up (and fail) after this long")
       ->capture_default_str();
   sub->add_flag("--quiet", cmd->quiet, "no progress lines");
+  sub->add_flag("--breakdown", cmd->breakdown,
+                "the full table: bytes, GPU copy rate, launch-to-kernel and "
+                "after-kernel times, control p99 (docs/deploy.md)");
   add_demo_trace_options(*sub, cmd->trace);
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {

@@ -42,6 +42,7 @@ struct demo_command {
   std::uint32_t timeout_ms = 10000;
   std::uint32_t deadline_s = 600; // the whole run
   bool quiet = false;
+  bool breakdown = false; // the full result table
   bool warm_up = true;
   demo_trace_options trace; // --trace: replay a request trace
   runtime::runtime_options runtime;

@@ -31,10 +31,6 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 
-#ifdef KVFERRY_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
-
 namespace kvferry {
 
 using clock_type = std::chrono::steady_clock;
@@ -148,8 +144,8 @@ caf::behavior bridge_impl(caf::event_based_actor* self, node_actor node,
       // Through here, so that they reach the node actor after the requests
       // the caller made before (advertise, then layer_ready).
       [self, node](proto::node_layer_atom a, std::uint64_t id,
-                   std::uint32_t layer) {
-        return self->delegate(node, a, id, layer);
+                   std::uint32_t layer, std::uint64_t event) {
+        return self->delegate(node, a, id, layer, event);
       },
       [self, node](proto::node_notify_atom a, std::string& to,
                    std::string& payload) {
@@ -512,32 +508,6 @@ completion submit(detail::node_impl& impl, Atom atom, proto::node_request req) {
   return completion{std::move(state)};
 }
 
-// Marks layer `layer` ready once the caller's CUDA event completed. No send
-// order takes an event yet (the "ipc" work's wait_event is not on main), so
-// a thread of the node's, not the caller's, waits for it on the host and
-// then marks the layer; errors after that point are logged, not returned.
-status mark_after_event(detail::node_impl& impl, std::uint64_t id,
-                        std::uint32_t layer, void* cuda_event) {
-#ifdef KVFERRY_HAVE_CUDA
-  std::thread{[bridge = impl.bridge, name = impl.name, id, layer,
-               event = static_cast<cudaEvent_t>(cuda_event)] {
-    if (auto err = cudaEventSynchronize(event); err != cudaSuccess) {
-      spdlog::error("node {}: request {} layer {}: waiting for its CUDA "
-                    "event failed: {}",
-                    name, id, layer, cudaGetErrorString(err));
-      return;
-    }
-    caf::anon_send(bridge, proto::node_layer_atom::value, id, layer);
-  }}.detach();
-  return {};
-#else
-  (void)cuda_event;
-  return invalid(fmt::format("node {}: request {} layer {}: a CUDA event, but "
-                             "kvferry was built without CUDA",
-                             impl.name, id, layer));
-#endif
-}
-
 } // namespace
 
 completion node::send(std::uint64_t id, const std::string& to,
@@ -562,10 +532,12 @@ completion node::advertise(std::uint64_t id, const std::string& to,
 
 status node::layer_ready(std::uint64_t id, std::uint32_t layer,
                          void* cuda_event) {
-  if (cuda_event != nullptr)
-    return mark_after_event(*impl_, id, layer, cuda_event);
+  // The layer's send order carries the event: the copy waits for it (on the
+  // GPU over CUDA IPC; over a plugin the transfer actor polls it).
+  auto event = reinterpret_cast<std::uintptr_t>(cuda_event);
   auto ok = ask<caf::ok_atom>(*impl_->sys, impl_->bridge, impl_->timeout,
-                              proto::node_layer_atom::value, id, layer);
+                              proto::node_layer_atom::value, id, layer,
+                              std::uint64_t{event});
   return ok.ok() ? status{} : ok.error();
 }
 

@@ -20,12 +20,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <future>
-#include <signal.h>
 #include <string>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <thread>
-#include <unistd.h>
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -40,6 +36,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "scratch_dir.hpp"
+#include "test_child.hpp"
 
 using namespace kvferry;
 using namespace std::chrono;
@@ -63,56 +60,15 @@ kv_geometry geometry() { // 4 layers of 64 KiB blocks
 
 using kvferry::test::eventually;
 
-// Starts the sender child: its hold file and port file live in `dir`. Its
-// environment is built before fork(): this process runs threads already.
+// Starts the sender child: its hold file and port file live in `dir`.
 pid_t start_sender(const fs::path& dir) {
-  std::vector<std::string> env{std::string{child_env} + "=" + dir.string(),
-                               "KVFERRY_IPC_TEST_HOLD=" +
-                                   (dir / "hold").string()};
-  for (char** e = environ; *e != nullptr; ++e)
-    env.emplace_back(*e);
-  std::vector<char*> envp;
-  for (auto& e : env)
-    envp.push_back(e.data());
-  envp.push_back(nullptr);
-  char name[] = "ipc_quarantine_sender";
-  char filter[] = "--test-case=ipc quarantine sender*";
-  char no_skip[] = "--no-skip";
-  char no_version[] = "--no-version";
-  char* argv[] = {name, filter, no_skip, no_version, nullptr};
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL); // never outlives a failed test
-    execve("/proc/self/exe", argv, envp.data());
-    _exit(127);
-  }
-  return pid;
+  return test::start_test_child(
+      "ipc quarantine sender*",
+      {std::string{child_env} + "=" + dir.string(),
+       "KVFERRY_IPC_TEST_HOLD=" + (dir / "hold").string()});
 }
 
-// Kills the child if the test leaves early (a failed REQUIRE).
-struct child_guard {
-  pid_t pid;
-  ~child_guard() {
-    if (pid > 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, nullptr, 0);
-    }
-  }
-};
-
-// Waits for the child (it stops once `dir/stop` exists), at most 30 s.
-int stop_sender(pid_t pid, const fs::path& dir) {
-  std::ofstream{dir / "stop"};
-  int status = 0;
-  if (!eventually([&] { return waitpid(pid, &status, WNOHANG) == pid; },
-                  seconds(30))) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+using test::child_guard;
 
 using kvferry::test::disjoint;
 
@@ -154,12 +110,7 @@ TEST_CASE("ipc quarantine sender (runs only when started by the test)" *
   auto transfer = spawn_transfer(sys, tc);
   auto port = sys.middleman().publish(transfer, 0, "127.0.0.1", true);
   REQUIRE_MESSAGE(port, render(port.error()));
-  {
-    std::ofstream out{fs::path{dir} / "port.tmp"};
-    out << *port << "\n";
-  }
-  fs::rename(fs::path{dir} / "port.tmp", fs::path{dir} / "port");
-  eventually([&] { return fs::exists(fs::path{dir} / "stop"); }, seconds(150));
+  test::serve_until_stopped(dir, *port, seconds(150));
   // The parent's proxy of our transfer actor would hold the actor system's
   // shutdown until that connection closes (see worker.cpp): end here.
   std::_Exit(0);
@@ -199,10 +150,8 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   ac.lend_percent = 0;
   auto consumer = spawn_consumer(sys, ac);
 
-  REQUIRE(
-      eventually([&] { return fs::exists(dir.path / "port"); }, seconds(60)));
-  std::uint16_t port = 0;
-  std::ifstream{dir.path / "port"} >> port;
+  const auto port = test::child_port(dir.path);
+  REQUIRE(port != 0);
   auto sender = sys.middleman().remote_actor<transfer_actor>("127.0.0.1", port);
   REQUIRE_MESSAGE(sender, render(sender.error()));
 
@@ -315,7 +264,7 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
             reinterpret_cast<std::byte*>(rc.region->data()), plan) == 0);
   CHECK(allocate(3, 4).size() == pool_blocks); // every block is back
 
-  CHECK(stop_sender(child.pid, dir.path) == 0);
+  CHECK(test::stop_test_child(child.pid, dir.path) == 0);
   child.pid = 0;
   self->send_exit(consumer, caf::exit_reason::user_shutdown);
   self->send_exit(receiver, caf::exit_reason::user_shutdown);

@@ -70,6 +70,10 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
         return make_error(ec::invalid_argument, "fake sender: no channels");
       },
       [](proto::announce_atom, proto::announcement&) {},
+      [](proto::read_atom,
+         proto::read_order&) -> caf::result<proto::recv_report> {
+        return make_error(ec::invalid_argument, "fake sender: no reads");
+      },
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
       [](proto::landed_atom, const proto::landed&) {},

@@ -79,7 +79,7 @@ caf::behavior driver(caf::event_based_actor* self, node_handles prefill,
           on_error);
   for (std::uint32_t l = layers; l-- > 0;)
     self->request(prefill.node, caf::infinite, proto::node_layer_atom::value,
-                  std::uint64_t{7}, l)
+                  std::uint64_t{7}, l, std::uint64_t{0})
         .then([](caf::ok_atom) {}, on_error);
   return {};
 }

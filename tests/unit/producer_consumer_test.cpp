@@ -104,9 +104,13 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
           self->state.arrived[a.transfer_id] = bytes;
         }
       },
-      // The fake has no channels to drop.
+      // The fake has no channels to drop, and reads nothing.
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
+      [](proto::read_atom,
+         proto::read_order&) -> caf::result<proto::recv_report> {
+        return make_error(ec::invalid_argument, "fake transfer: no reads");
+      },
       [self](proto::recv_atom,
              proto::recv_order& o) -> caf::result<proto::recv_report> {
         auto i = self->state.arrived.find(o.transfer_id);

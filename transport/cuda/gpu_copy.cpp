@@ -502,6 +502,14 @@ void gpu_copy_engine::release(copy_plan_id plan) {
   impl_->plan_of(plan).reserved = false;
 }
 
+void gpu_copy_engine::wait_event(std::uint64_t event) {
+  check_cuda(
+      cudaStreamWaitEvent(
+          impl_->stream,
+          reinterpret_cast<cudaEvent_t>(static_cast<std::uintptr_t>(event)), 0),
+      "cudaStreamWaitEvent (the event to wait for)", gpu_);
+}
+
 std::size_t gpu_copy_engine::work_items(copy_plan_id plan) const {
   return impl_->plan_of(plan).item_count;
 }
@@ -777,6 +785,9 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*,
   throw_no_cuda("gpu_copy_engine::launch");
 }
 void gpu_copy_engine::release(copy_plan_id) {
+}
+void gpu_copy_engine::wait_event(std::uint64_t) {
+  throw_no_cuda("gpu_copy_engine::wait_event");
 }
 std::size_t gpu_copy_engine::work_items(copy_plan_id) const {
   return 0;

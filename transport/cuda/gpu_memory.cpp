@@ -7,6 +7,7 @@
 #ifdef KVFERRY_HAVE_CUDA
 #include <cstring>
 
+#include <cuda.h> // types only: the driver is reached through the runtime
 #include <cuda_runtime_api.h>
 
 #include "cuda_check.hpp"
@@ -108,6 +109,107 @@ ipc_handle export_ipc_handle(const gpu_region& region) {
   return handle;
 }
 
+namespace {
+
+// A driver API function, reached through the runtime (which has loaded the
+// driver already): linking libcuda itself would make every binary need a
+// driver at load time, also on machines without a GPU.
+template<typename Fn>
+Fn driver_function(const char* symbol) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  check_cuda(cudaGetDriverEntryPointByVersion(symbol, &fn, 12000,
+                                              cudaEnableDefault, &found),
+             std::string{"cudaGetDriverEntryPointByVersion("} + symbol + ")",
+             -1);
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+    throw gpu_error(std::string{"the CUDA driver has no "} + symbol);
+  return reinterpret_cast<Fn>(fn);
+}
+
+void check_driver(CUresult r, const std::string& call, int device) {
+  if (r != CUDA_SUCCESS)
+    throw gpu_error(call + " failed on GPU " + std::to_string(device) +
+                    " (CUresult " + std::to_string(static_cast<int>(r)) + ")");
+}
+
+// What CUDA says about the allocation behind `p`.
+struct pointer_facts {
+  unsigned int memory_type = 0; // CUmemorytype
+  int managed = 0;
+  int legacy_ipc = 0; // cudaIpcGetMemHandle can share it
+  int device = -1;
+  CUdeviceptr base = 0;
+  std::size_t size = 0;
+};
+
+pointer_facts facts_of(const void* p, int device) {
+  using attributes_fn =
+      CUresult (*)(unsigned, CUpointer_attribute*, void**, CUdeviceptr);
+  using range_fn = CUresult (*)(CUdeviceptr*, std::size_t*, CUdeviceptr);
+  static const auto attributes =
+      driver_function<attributes_fn>("cuPointerGetAttributes");
+  static const auto range = driver_function<range_fn>("cuMemGetAddressRange");
+  pointer_facts f;
+  CUpointer_attribute which[] = {
+      CU_POINTER_ATTRIBUTE_MEMORY_TYPE, CU_POINTER_ATTRIBUTE_IS_MANAGED,
+      CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE,
+      CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL};
+  void* out[] = {&f.memory_type, &f.managed, &f.legacy_ipc, &f.device};
+  const auto ptr = reinterpret_cast<CUdeviceptr>(p);
+  check_driver(attributes(4, which, out, ptr), "cuPointerGetAttributes",
+               device);
+  if (f.memory_type == CU_MEMORYTYPE_DEVICE && !f.managed && f.legacy_ipc)
+    check_driver(range(&f.base, &f.size, ptr), "cuMemGetAddressRange", device);
+  return f;
+}
+
+} // namespace
+
+ipc_region export_ipc_region(const memory_view& view) {
+  const int gpu = view.device;
+  if (view.kind != memory_kind::cuda)
+    throw gpu_error("host memory cannot be shared over CUDA IPC");
+  check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+  const auto f = facts_of(view.base, gpu);
+  if (f.managed) // first: its memory type may read device or unified
+    throw gpu_error("managed memory (cudaMallocManaged) cannot be shared "
+                    "over CUDA IPC");
+  if (f.memory_type == CU_MEMORYTYPE_HOST)
+    throw gpu_error("the memory is host memory to CUDA (pinned or "
+                    "registered), which CUDA IPC cannot share");
+  if (f.memory_type != CU_MEMORYTYPE_DEVICE)
+    throw gpu_error("the memory is not device memory to CUDA (memory type " +
+                    std::to_string(f.memory_type) +
+                    "), which CUDA IPC cannot share");
+  if (!f.legacy_ipc)
+    throw gpu_error("the allocation was not made by cudaMalloc (cuMemCreate "
+                    "/ virtual memory management, e.g. PyTorch's expandable "
+                    "segments, or a stream-ordered pool): legacy CUDA IPC "
+                    "cannot share it");
+  if (f.device != gpu)
+    throw gpu_error("the memory is on GPU " + std::to_string(f.device) +
+                    ", not on GPU " + std::to_string(gpu) +
+                    " as its region says");
+  const auto start = reinterpret_cast<CUdeviceptr>(view.base);
+  ipc_region out;
+  out.allocation = f.base;
+  out.offset = start - f.base;
+  out.bytes = view.bytes;
+  if (out.offset > f.size || view.bytes > f.size - out.offset)
+    throw gpu_error("the region of " + std::to_string(view.bytes) +
+                    " bytes at offset " + std::to_string(out.offset) +
+                    " leaves its allocation of " + std::to_string(f.size) +
+                    " bytes");
+  cudaIpcMemHandle_t raw{};
+  check_cuda(cudaIpcGetMemHandle(&raw, reinterpret_cast<void*>(f.base)),
+             "cudaIpcGetMemHandle", gpu);
+  std::memcpy(out.handle.bytes.data(), &raw, sizeof(raw));
+  out.handle.region_bytes = f.size;
+  out.handle.device = gpu;
+  return out;
+}
+
 memory_view ipc_region_cache::open(const ipc_handle& handle) {
   std::lock_guard lock{mutex_};
   if (auto it = opened_.find(handle); it != opened_.end())
@@ -154,6 +256,9 @@ gpu_region gpu_region::allocate_pinned_host(std::size_t) {
   throw_no_cuda("cudaHostAlloc");
 }
 ipc_handle export_ipc_handle(const gpu_region&) {
+  throw_no_cuda("cudaIpcGetMemHandle");
+}
+ipc_region export_ipc_region(const memory_view&) {
   throw_no_cuda("cudaIpcGetMemHandle");
 }
 memory_view ipc_region_cache::open(const ipc_handle&) {
@@ -222,6 +327,84 @@ ipc_handle ipc_handle::from_hex(const std::string& text) {
     h.bytes[i] = static_cast<std::uint8_t>(nibble(hex[2 * i]) << 4 |
                                            nibble(hex[2 * i + 1]));
   return h;
+}
+
+// ---- the text form of an exported region table
+// "<handle text>[@<offset>+<bytes>],<handle text>[...],..."
+
+std::string ipc_table_to_text(const std::vector<ipc_region>& table) {
+  std::string out;
+  for (const auto& r : table) {
+    if (!out.empty())
+      out += ',';
+    out += r.handle.to_hex();
+    if (r.offset != 0 || r.bytes != r.handle.region_bytes)
+      out += '@' + std::to_string(r.offset) + '+' + std::to_string(r.bytes);
+  }
+  return out;
+}
+
+namespace {
+
+std::uint64_t number_in(const std::string& text, std::size_t entry,
+                        const char* what) {
+  std::size_t used = 0;
+  std::uint64_t n = 0;
+  try {
+    n = std::stoull(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || text[0] == '-')
+    throw std::invalid_argument("IPC table entry " + std::to_string(entry) +
+                                ": " + what + " '" + text +
+                                "' is not a number");
+  return n;
+}
+
+ipc_region region_from_text(const std::string& text, std::size_t entry) {
+  ipc_region r;
+  const auto at = text.find('@');
+  try {
+    r.handle = ipc_handle::from_hex(text.substr(0, at));
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("IPC table entry " + std::to_string(entry) +
+                                ": " + e.what());
+  }
+  r.bytes = r.handle.region_bytes;
+  if (at != std::string::npos) {
+    const auto plus = text.find('+', at);
+    if (plus == std::string::npos)
+      throw std::invalid_argument("IPC table entry " + std::to_string(entry) +
+                                  ": expected @<offset>+<bytes> after the "
+                                  "handle");
+    r.offset = number_in(text.substr(at + 1, plus - at - 1), entry, "offset");
+    r.bytes = number_in(text.substr(plus + 1), entry, "size");
+  }
+  if (r.offset > r.handle.region_bytes ||
+      r.bytes > r.handle.region_bytes - r.offset)
+    throw std::invalid_argument(
+        "IPC table entry " + std::to_string(entry) + ": a region of " +
+        std::to_string(r.bytes) + " bytes at offset " +
+        std::to_string(r.offset) + " leaves its allocation of " +
+        std::to_string(r.handle.region_bytes) + " bytes");
+  return r;
+}
+
+} // namespace
+
+std::vector<ipc_region> ipc_table_from_text(const std::string& text) {
+  std::vector<ipc_region> table;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find(',', start);
+    if (end == std::string::npos)
+      end = text.size();
+    table.push_back(
+        region_from_text(text.substr(start, end - start), table.size()));
+    start = end + 1;
+  }
+  return table;
 }
 
 } // namespace kvferry::transport

@@ -115,6 +115,10 @@ using transfer_actor = caf::typed_actor<
     // and this actor's view of when the transfer started and ended.
     caf::replies_to<proto::recv_atom,
                     proto::recv_order>::with<proto::recv_report>,
+    // One-sided read over CUDA IPC from a same-host peer's table into ours
+    // (protocol.hpp, read_order); replies when the copy kernel finished.
+    caf::replies_to<proto::read_atom,
+                    proto::read_order>::with<proto::recv_report>,
     // Transfer actor to transfer actor: open a channel from `sender` with
     // (comms, chunk bytes); replies the listener's handles (128 B each).
     caf::replies_to<proto::open_atom, std::string, std::uint32_t,
@@ -240,9 +244,12 @@ using node_actor = caf::typed_actor<
     caf::replies_to<proto::node_advertise_atom,
                     proto::node_request>::with<proto::node_report>,
     // Caller, prefill side: layer `layer` of advertised request `id` is
-    // written. Errors: not_found, invalid_argument.
-    caf::replies_to<proto::node_layer_atom, std::uint64_t,
-                    std::uint32_t>::with<caf::ok_atom>,
+    // written, or will be once the caller's CUDA event `wait_event` (a
+    // cudaEvent_t of this process as an integer, 0: none) completed: the
+    // layer's send order carries it (send_order::wait_event). Errors:
+    // not_found, invalid_argument.
+    caf::replies_to<proto::node_layer_atom, std::uint64_t, std::uint32_t,
+                    std::uint64_t>::with<caf::ok_atom>,
     // Caller, decode side: wait for `peer`'s push of request `id`; replies
     // once every byte landed.
     caf::replies_to<proto::node_receive_atom,

@@ -33,9 +33,10 @@ public:
   /// [data, data + bytes) alive while any transfer actor holds the region.
   /// `gpu` is the CUDA device of cuda memory (-1 for host memory). Throws
   /// std::invalid_argument naming the region on a null pointer, zero bytes,
-  /// or a kind and gpu that disagree. A wrapped cuda region is not exported
-  /// over CUDA IPC (its allocation base is the caller's); peers use the
-  /// plugin for it.
+  /// or a kind and gpu that disagree. A wrapped cuda region is exported
+  /// over CUDA IPC when CUDA can share its allocation (cudaMalloc'd memory,
+  /// also inside a larger allocation; not cuMemCreate/VMM or managed
+  /// memory): docs/gpu.md, "Region tables over CUDA IPC".
   static std::shared_ptr<memory_region> wrap(void* data, std::uint64_t bytes,
                                              memory_kind kind, int gpu,
                                              std::string name);

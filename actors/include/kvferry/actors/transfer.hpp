@@ -29,8 +29,8 @@ struct transfer_config {
   // `region` (region 0, offsets as they are) and `more_regions` (region i at
   // virtual offset i << 40), e.g. a serving stack's per-layer KV tensors
   // wrapped in place (memory_region::wrap). Each region is registered once
-  // per channel. A table of more than one region moves over the plugin
-  // (CUDA IPC takes one-region tables for now).
+  // per channel. Same-host peers use CUDA IPC when every region of both
+  // tables is GPU memory that CUDA IPC can share (docs/gpu.md).
   std::shared_ptr<memory_region> region;
   std::vector<std::shared_ptr<memory_region>> more_regions;
   std::uint32_t comms_per_peer = 2; // comm pairs per channel (striped)

@@ -55,8 +55,12 @@ struct endpoint {
   std::uint64_t region_bytes = 0;
   std::string host_id;   // same-host detection (local_host_id())
   std::int32_t gpu = -1; // CUDA device of the region, -1: host memory
-  // transport::ipc_handle::to_hex() of the region; empty when the region is
-  // not on a GPU or the worker does not take CUDA IPC (--transport net).
+  // The region table exported over CUDA IPC (transport::ipc_table_to_text:
+  // one entry per region, each its allocation's handle and, for a region
+  // inside a larger allocation, its offset and size; a one-region pool's is
+  // the single ipc_handle::to_hex() it always was). Empty when a region is
+  // not on a GPU, cannot be exported, or the worker does not take CUDA IPC
+  // (--transport net).
   std::string ipc_handle;
   // The sizes of regions 1.. of the peer's region table (plan.hpp), after
   // region 0 of region_bytes; empty for a one-region table.
@@ -80,16 +84,23 @@ inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
 /// Asks a transfer actor to send `extents` of its region to `peer`.
 /// Comes from the local producer (push) or a remote consumer (pull); the
 /// source extents are checked against the local region either way.
+/// `wait_event`: 0, or a cudaEvent_t of the ORDERING process (cast to an
+/// integer; meaningless in any other process, so a transfer actor refuses
+/// one from a remote sender) that the copy must wait for, e.g. "layer l is
+/// written" recorded on the model's stream. Over CUDA IPC the copy stream
+/// waits for it on the GPU; over a plugin the transfer actor polls it and
+/// posts the send once it completed (docs/gpu.md, "Waiting on the GPU").
 struct send_order {
   std::uint64_t transfer_id = 0;
   endpoint peer;
   std::vector<extent> extents;
   std::uint32_t timeout_ms = 10000;
+  std::uint64_t wait_event = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, send_order& x) {
   return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
-           x.peer, x.extents, x.timeout_ms);
+           x.peer, x.extents, x.timeout_ms, x.wait_event);
 }
 
 /// Asks the local transfer actor to report when transfer `transfer_id` from
@@ -358,6 +369,26 @@ typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
            x.delegated, x.refused, x.lent_blocks, x.credit_returns,
            x.pool_blocks, x.free_blocks, x.in_flight, x.waiting, x.waited,
            x.wait_failed, x.quarantined_blocks);
+}
+
+/// One-sided read over CUDA IPC (same host): asks the LOCAL transfer actor to
+/// copy `extents` from `peer`'s region table (src offsets: the peer's virtual
+/// offsets) into its own (dst offsets: ours) with its own copy kernel; the
+/// peer's transfer actor gets no message. It maps the peer's table once.
+/// Replied with a recv_report when the kernel has finished. Refused with
+/// ec::unreachable when the peer is not on this host or exports no IPC
+/// handles (the caller then uses the push path), ec::invalid_extent,
+/// ec::invalid_argument (a wait_event from a remote sender). The owner must
+/// have said the source blocks are ready and must not reuse them until the
+/// read replied; after a failed read, until the reader's settle for (peer,
+/// id) answered (its kernel may still run; docs/gpu.md, "One-sided reads").
+/// The fields are a send_order's (`wait_event`: an event of the reader's
+/// process), the extents' sides swapped: source the peer's, destination ours.
+struct read_order : send_order {};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, read_order& x) {
+  return f(caf::meta::type_name("kvferry::proto::read_order"),
+           static_cast<send_order&>(x));
 }
 
 // ---- kvferry::node (issue #15): node actor to node actor, and a caller to

@@ -107,6 +107,9 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, abort_atom, "kvabort")
 // deadline check of the transfer, producer and consumer actors).
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, stats_atom, "kvstats")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, sweep_atom, "kvsweep")
+// one-sided read (the transfer actor receives it from its own process).
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::read_order))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, read_atom, "kvread")
 
 // node (kvferry::node, issue #15): node actor to node actor, and a caller
 // to its node actor.

@@ -196,6 +196,11 @@ public:
                            std::uint64_t bounce_bytes,
                            const memory_view& dst_region);
 
+  /// Makes the engine's stream wait for `event` (a cudaEvent_t of this
+  /// process, as std::uint64_t; gpu_event.hpp) before the work queued after
+  /// this call, e.g. the next launch: the GPU waits, no host thread does.
+  void wait_event(std::uint64_t event);
+
   /// True once the launch finished; throws gpu_error if it failed (CUDA error
   /// or rejected unpack records). A ticket older than `event_slots` launches
   /// reads as done.

@@ -84,6 +84,38 @@ struct ipc_handle {
 /// cudaIpcGetMemHandle for a device region (whole allocation).
 ipc_handle export_ipc_handle(const gpu_region& region);
 
+/// One region of a region table exported over CUDA IPC. cudaIpcGetMemHandle
+/// names an allocation, and a region may lie inside a larger one (the
+/// caller's memory wrapped in place, e.g. a segment of PyTorch's caching
+/// allocator): the handle is its allocation's, the region starts `offset`
+/// bytes into it.
+struct ipc_region {
+  ipc_handle handle;        // handle.region_bytes: the allocation's size
+  std::uint64_t offset = 0; // region start - allocation base
+  std::uint64_t bytes = 0;  // the region's size
+  // The allocation's base in the exporting process (export_ipc_region; not
+  // in the text form): regions of one allocation share its handle.
+  std::uint64_t allocation = 0;
+};
+
+/// Exports device memory [view.base, view.base + view.bytes): finds the
+/// allocation holding it (cuPointerGetAttributes, cuMemGetAddressRange) and
+/// gets that allocation's handle. Throws gpu_error saying why the memory
+/// cannot be exported: host memory, managed memory, memory that legacy CUDA
+/// IPC cannot share (cuMemCreate / VMM, e.g. PyTorch's expandable segments,
+/// or cudaMallocAsync pools), or a range that leaves its allocation.
+ipc_region export_ipc_region(const memory_view& view);
+
+/// The text form of an exported region table (proto::endpoint::ipc_handle):
+/// one entry per region, separated by ','; an entry is the allocation's
+/// ipc_handle::to_hex(), followed by "@<offset>+<bytes>" unless the region
+/// is its whole allocation, so a one-region pool's text is the single
+/// handle it always was.
+std::string ipc_table_to_text(const std::vector<ipc_region>& table);
+/// Parses ipc_table_to_text(); throws std::invalid_argument naming the
+/// entry at fault (and a region that leaves its allocation).
+std::vector<ipc_region> ipc_table_from_text(const std::string& text);
+
 /// Opens peers' IPC handles once each (cudaIpcOpenMemHandle is expensive and
 /// may only be opened once per process) and closes them all at destruction.
 /// Thread-safe. Bound: one entry per distinct peer region ever opened.
