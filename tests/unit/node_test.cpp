@@ -284,4 +284,3 @@ TEST_CASE("start refuses a cache that does not match its layout") {
   o.name.clear();
   CHECK(node::start(o).error().code() == ec::invalid_argument);
 }
-
