@@ -43,6 +43,9 @@ struct kv_location {
 
 class kv_layout {
 public:
+  /// An empty layout (no layers), to assign one of the named ones to
+  /// (kvferry::node refuses it).
+  kv_layout() = default;
   static kv_layout vllm_per_layer(std::uint32_t layers,
                                   std::uint64_t num_blocks,
                                   std::uint64_t block_bytes);
@@ -93,7 +96,6 @@ public:
   bool region_per_layer() const { return region_per_layer_; }
 
 private:
-  kv_layout() = default;
   std::uint32_t layers_ = 0;
   std::uint64_t num_blocks_ = 0;
   std::uint64_t block_bytes_ = 0;
