@@ -3,3 +3,16 @@
 kvferry_add_test(NAME test_endpoint SOURCES unit/endpoint_test.cpp
   LIBS kvferry_engine LABELS unit TIMEOUT 120)
 add_dependencies(test_endpoint nccl-net-kvsock)
+
+# The C API from C99 (-pedantic, warnings are errors): both sides in one
+# process, bad input included. The same program is one side of
+# test_endpoint_peers (two processes).
+add_executable(endpoint_peer_c integration/endpoint_peer.c)
+set_target_properties(endpoint_peer_c PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON
+  C_EXTENSIONS OFF RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+target_compile_options(endpoint_peer_c PRIVATE -pedantic -Wall -Wextra -Werror)
+target_link_libraries(endpoint_peer_c PRIVATE kvferry_c)
+add_test(NAME test_endpoint_c COMMAND endpoint_peer_c both)
+set_tests_properties(test_endpoint_c PROPERTIES LABELS unit TIMEOUT 60
+  ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+add_dependencies(endpoint_peer_c nccl-net-kvsock)
