@@ -16,3 +16,15 @@ add_test(NAME test_endpoint_c COMMAND endpoint_peer_c both)
 set_tests_properties(test_endpoint_c PROPERTIES LABELS unit TIMEOUT 60
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
 add_dependencies(endpoint_peer_c nccl-net-kvsock)
+
+# The Python module over libkvferry.so, with Debian's python3 and numpy:
+# both sides in one process (vector form, timeout, raw pointers, errors).
+find_program(KVFERRY_TEST_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+if(NOT KVFERRY_TEST_PYTHON)
+  find_program(KVFERRY_TEST_PYTHON NAMES python3)
+endif()
+add_test(NAME test_endpoint_python
+  COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peer.py both)
+set_tests_properties(test_endpoint_python PROPERTIES LABELS unit TIMEOUT 60
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python")
+
