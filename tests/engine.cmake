@@ -28,3 +28,13 @@ add_test(NAME test_endpoint_python
 set_tests_properties(test_endpoint_python PROPERTIES LABELS unit TIMEOUT 60
   ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python")
 
+# Two processes through each surface (C++, C, Python, and mixed) on kvsock.
+add_executable(endpoint_peer_cpp integration/endpoint_peer.cpp)
+target_link_libraries(endpoint_peer_cpp PRIVATE kvferry_engine kvferry_build_flags)
+set_target_properties(endpoint_peer_cpp PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+add_dependencies(endpoint_peer_cpp nccl-net-kvsock)
+add_test(NAME test_endpoint_peers
+  COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peers.sh
+          $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> ${KVFERRY_TEST_PYTHON})
+set_tests_properties(test_endpoint_peers PROPERTIES LABELS integration TIMEOUT 300
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
