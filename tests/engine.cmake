@@ -38,3 +38,14 @@ add_test(NAME test_endpoint_peers
           $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> ${KVFERRY_TEST_PYTHON})
 set_tests_properties(test_endpoint_peers PROPERTIES LABELS integration TIMEOUT 300
   ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+
+# GPU memory (skip without a GPU): C++ endpoints on cudaMalloc'd buffers, and
+# Python with torch/cupy tensors (__cuda_array_interface__); both over kvsock.
+kvferry_add_test(NAME test_endpoint_gpu SOURCES gpu/endpoint_gpu_test.cpp
+  LIBS kvferry_engine GPU LABELS integration TIMEOUT 120)
+add_dependencies(test_endpoint_gpu nccl-net-kvsock)
+# A target of the same name, so that device-run.sh's bundle builds it.
+add_custom_target(test_endpoint_torch DEPENDS kvferry_c nccl-net-kvsock)
+add_test(NAME test_endpoint_torch COMMAND ${PROJECT_BINARY_DIR}/tests/test_endpoint_torch)
+set_tests_properties(test_endpoint_torch PROPERTIES LABELS "gpu;integration" TIMEOUT 120
+  SKIP_RETURN_CODE 77 ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib;KVFERRY_PYTHON=${KVFERRY_TEST_PYTHON}")
