@@ -45,7 +45,7 @@ def _candidates():
         yield os.environ["KVFERRY_LIBRARY"]
     try:  # an installation (cmake --install writes _install.py)
         from . import _install
-        yield os.path.join(_install.LIBDIR, "libkvferry.so")
+        yield os.path.join(here, _install.LIBDIR, "libkvferry.so")
     except ImportError:
         pass
     # The build tree: build/python/kvferry -> build/lib.
