@@ -37,7 +37,8 @@
 # the binaries need per ldd, except the C/C++ runtime: the device image is a
 # newer Ubuntu whose glibc/libstdc++ are newer than Debian 12's, so ours would
 # only shadow theirs), tests/ (GPU-labelled tests plus the unit tests of the
-# GPU data path), this script, and MANIFEST (git commit, build time).
+# GPU data path), python/ (the module kvferry, for test_endpoint_torch), this
+# script, and MANIFEST (git commit, build time).
 #
 # Environment knobs:
 #   bundle: SRC_DIR (default: repo root), BUILD_DIR (default: $SRC_DIR/build-device),
@@ -97,6 +98,13 @@ bundle() {
   for t in $tests; do
     if [ -x "$build/tests/$t" ]; then cp "$build/tests/$t" "$bundle_dir/tests/"; fi
   done
+  # The Python module and libkvferry.so, for test_endpoint_torch (issue #16:
+  # the device's python3 with torch and cupy; the wrapper finds both
+  # relative to itself).
+  if [ -f "$build/lib/libkvferry.so" ] && [ -d "$build/python" ]; then
+    cp "$build/lib/libkvferry.so" "$bundle_dir/lib/"
+    cp -r "$build/python" "$bundle_dir/"
+  fi
   # Every non-system library any shipped ELF needs.
   local lib path
   for elf in "$bundle_dir"/bin/* "$bundle_dir"/lib/*.so "$bundle_dir"/tests/*; do

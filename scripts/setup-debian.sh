@@ -7,6 +7,7 @@ packages=(build-essential cmake ninja-build ccache pkg-config git
   libcaf-dev libcaf-openssl0.17 libyaml-cpp-dev libspdlog-dev libfmt-dev doctest-dev
   libxxhash-dev libssl-dev libcli11-dev nlohmann-json3-dev iproute2 procps
   clang-format
+  python3 python3-numpy # the Python module kvferry's tests (docs/engine-api.md)
   gnuplot-nox) # `kvferry sim --out` draws its plots with it (docs/sim.md)
 
 missing=()

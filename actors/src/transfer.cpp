@@ -141,21 +141,25 @@ void drop_peer_in(self_ptr self, const std::string& name,
   auto i = self->state.in.find(name);
   if (i == self->state.in.end())
     return;
+  auto& p = i->second;
+  // The sender hears first, before any failure reply leaves: whoever learns
+  // of a failure through a reply (kvferry::endpoint's write, on the
+  // sender's node) then finds the sender's channel already dropped, not
+  // dropped under its next transfer.
+  tell_closed(self, caf::actor_cast<caf::actor>(p.sender), p.channel_id, err);
   std::size_t failed = 0;
-  for (auto& [id, t] : i->second.transfers)
+  for (auto& [id, t] : p.transfers)
     if (!t.done && !t.failure) {
       fail(t, self->state, err, name);
       ++failed;
     }
   // Failed-but-unclaimed entries keep their error for a later recv order;
   // the channel and the bookkeeping of posted requests go.
-  auto& p = i->second;
   spdlog::log(failed > 0 ? spdlog::level::warn : spdlog::level::info,
               "transfer {}: dropping receive channel from '{}' ({} transfers "
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
-  tell_closed(self, caf::actor_cast<caf::actor>(p.sender), p.channel_id, err);
   p.channel_id = 0;
   p.ops.clear();
   p.waiting.clear();
@@ -582,6 +586,13 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         on_progress(self, generation);
       },
       [self](proto::sweep_atom) { on_sweep(self); },
+      [self](proto::region_add_atom, std::uint64_t address, std::uint64_t bytes,
+             std::int32_t gpu) {
+        return handle_add_region(self, address, bytes, gpu);
+      },
+      [self](proto::region_remove_atom, std::uint64_t index) {
+        return handle_remove_region(self, index);
+      },
   };
 }
 
@@ -606,6 +617,8 @@ bool maps_ahead(const transfer_config& cfg, memory_kind local,
 
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg) {
   transfer_detail::region_table_of(cfg); // refuse a bad table here
+  if (!cfg.detached)
+    return sys.spawn(transfer_impl, std::move(cfg));
   return sys.spawn<caf::detached>(transfer_impl, std::move(cfg));
 }
 

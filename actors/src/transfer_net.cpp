@@ -61,11 +61,11 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
 void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
                 const std::vector<extent>& chunks) {
   auto& t = p.transfers[id];
-  const auto& regions = self->state.regions;
   for (const auto& c : chunks) {
     const auto at = locate(c.src_offset); // checked by handle_send
-    auto op = p.channel->post_send(regions[at.region]->data() + at.offset,
-                                   c.length, p.regs[at.region]);
+    auto op =
+        p.channel->post_send(region_data(self->state, at.region, at.offset),
+                             c.length, p.regs[at.region]);
     p.ops.emplace(op, id);
     ++t.ops_left;
   }
@@ -173,7 +173,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   auto& t = p.transfers[a.transfer_id];
   for (const auto& c : a.chunks) {
     const auto at = locate(c.dst_offset); // checked by handle_announce
-    auto op = p.channel->post_recv(st.regions[at.region]->data() + at.offset,
+    auto op = p.channel->post_recv(region_data(st, at.region, at.offset),
                                    c.length, p.regs[at.region]);
     p.ops.emplace(op, a.transfer_id);
     ++t.ops_left;
@@ -345,17 +345,23 @@ std::vector<char> handle_open(self_ptr self, const std::string& sender,
 // plugin as NCCL_PTR_CUDA where its ptrSupport has it; otherwise the channel
 // stages it through pinned bounce buffers (docs/gpu.md, "Staging"): nothing
 // to decide here.
+registration register_region(transfer_state& st, transport::channel& channel,
+                             const memory_region* region) {
+  if (!region) // removed (transfer_table.cpp): keeps its index
+    return {};
+  ++st.stats.registrations;
+  return channel.register_memory(region->data(), region->size(),
+                                 region->nccl_ptr_type());
+}
+
 namespace {
 
 std::vector<registration> register_regions(transfer_state& st,
                                            transport::channel& channel) {
   std::vector<registration> regs;
   regs.reserve(st.regions.size());
-  for (const auto& region : st.regions) {
-    regs.push_back(channel.register_memory(region->data(), region->size(),
-                                           region->nccl_ptr_type()));
-    ++st.stats.registrations;
-  }
+  for (const auto& region : st.regions)
+    regs.push_back(register_region(st, channel, region.get()));
   return regs;
 }
 

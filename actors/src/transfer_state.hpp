@@ -272,7 +272,28 @@ void drop_peer_out(self_ptr self, const std::string& name,
 void drop_peer_in(self_ptr self, const std::string& name,
                   const caf::error& err);
 
+// ---- transfer_table.cpp: the region table at runtime (endpoint)
+
+/// Region `index`'s memory at `offset`; throws std::runtime_error when the
+/// region was removed meanwhile (callers drop the channel, failing its
+/// transfers).
+std::uint8_t* region_data(const transfer_state& st, std::size_t index,
+                          std::uint64_t offset);
+
+caf::result<std::uint64_t> handle_add_region(self_ptr self,
+                                             std::uint64_t address,
+                                             std::uint64_t bytes,
+                                             std::int32_t gpu);
+
+caf::result<caf::ok_atom> handle_remove_region(self_ptr self,
+                                               std::uint64_t index);
+
 // ---- transfer_net.cpp: the plugin path
+
+/// Registers `region` (whole) with `channel`; an empty registration for a
+/// removed region (nullptr).
+registration register_region(transfer_state& st, transport::channel& channel,
+                             const memory_region* region);
 
 /// Sends `extents` of transfer `id` to `peer` (`p`) over its channel,
 /// opening the channel first if there is none.

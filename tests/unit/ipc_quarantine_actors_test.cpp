@@ -103,6 +103,14 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
           p.deliver(caf::ok_atom::value);
         self->state.held.clear();
       },
+      [](proto::region_add_atom, std::uint64_t, std::uint64_t,
+         std::int32_t) -> caf::result<std::uint64_t> {
+        return make_error(ec::invalid_argument, "fake sender: no regions");
+      },
+      [](proto::region_remove_atom,
+         std::uint64_t) -> caf::result<caf::ok_atom> {
+        return make_error(ec::not_found, "fake sender: no regions");
+      },
   };
 }
 

@@ -143,6 +143,14 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       // Stands in for "the held send completions are in" (see fake_net):
       // promises are delivered from their own actor's context.
       [self](proto::sweep_atom) { self->state.net->release_completions(); },
+      [](proto::region_add_atom, std::uint64_t, std::uint64_t,
+         std::int32_t) -> caf::result<std::uint64_t> {
+        return make_error(ec::invalid_argument, "fake transfer: no regions");
+      },
+      [](proto::region_remove_atom,
+         std::uint64_t) -> caf::result<caf::ok_atom> {
+        return make_error(ec::not_found, "fake transfer: no regions");
+      },
   };
 }
 

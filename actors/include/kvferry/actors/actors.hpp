@@ -157,7 +157,18 @@ using transfer_actor = caf::typed_actor<
     caf::reacts_to<left_atom, std::string, caf::error>,
     // Internal: poll the plugin (the loop's generation); a deadline passed.
     caf::reacts_to<proto::progress_atom, std::uint64_t>,
-    caf::reacts_to<proto::sweep_atom>>;
+    caf::reacts_to<proto::sweep_atom>,
+    // endpoint (engine/): from an actor of this process only (refused with
+    // unauthorized otherwise). Appends [address, address + bytes) of CUDA
+    // device `gpu` (-1: host memory) to the region table, registered with
+    // every open channel, and replies its index (never reused).
+    caf::replies_to<proto::region_add_atom, std::uint64_t, std::uint64_t,
+                    std::int32_t>::with<std::uint64_t>,
+    // ... and removes region `index` (not region 0): its size becomes 0, so
+    // every later extent into it is refused; its registrations go. Errors:
+    // not_found. Transfers in flight on it must have ended.
+    caf::replies_to<proto::region_remove_atom,
+                    std::uint64_t>::with<caf::ok_atom>>;
 
 /// A prefill worker's app: owns the KV block pool, "prefills" (writes a
 /// deterministic pattern), negotiates and ships each request.

@@ -51,6 +51,11 @@ struct transfer_config {
   // answers or is gone. Automatic when this actor advertises an IPC handle;
   // tests without a GPU force it on.
   bool force_ipc_quarantine = false;
+  // Its own thread (the default). kvferry::endpoint runs it on the
+  // scheduler instead: its actor system stops with the endpoint, and CAF
+  // 0.17's shutdown can wait forever for a detached actor that another node
+  // referred to (actor-framework issues #1110, #1196).
+  bool detached = true;
 };
 
 /// How a transfer actor moves bytes to a peer.
@@ -71,7 +76,7 @@ data_path choose_data_path(bool use_ipc, memory_kind local,
 bool maps_ahead(const transfer_config& cfg, memory_kind local,
                 const worker_info& peer);
 
-/// Spawns a transfer actor on its own thread.
+/// Spawns a transfer actor (on its own thread unless cfg.detached is off).
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 
 } // namespace kvferry

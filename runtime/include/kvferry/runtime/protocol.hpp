@@ -476,6 +476,59 @@ typename Inspector::result_type inspect(Inspector& f, node_part& x) {
            x.part, x.parts);
 }
 
+// ---- endpoint (kvferry::endpoint, engine/; docs/engine-api.md) -------------
+
+/// Endpoint control actor to endpoint control actor, both ways when one
+/// connects to the other: who I am (`name`, the transfer actor's name too),
+/// which endpoint instance (descriptors carry it), my control actor and my
+/// transfer actor's endpoint.
+struct peer_hello {
+  std::string name;
+  std::uint64_t instance = 0;
+  caf::actor control;
+  endpoint transfer;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, peer_hello& x) {
+  return f(caf::meta::type_name("kvferry::proto::peer_hello"), x.name,
+           x.instance, x.control, x.transfer);
+}
+
+/// Receiver's endpoint -> sender's endpoint (two-sided): a receive was
+/// posted as transfer `transfer_id` (chosen by the receiver) into `ranges`
+/// of the receiver's region table (dst_offset and length matter).
+struct posted_recv {
+  std::string receiver;
+  std::uint64_t transfer_id = 0;
+  std::vector<extent> ranges;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, posted_recv& x) {
+  return f(caf::meta::type_name("kvferry::proto::posted_recv"), x.receiver,
+           x.transfer_id, x.ranges);
+}
+
+/// What an endpoint asks of its own control actor (in-process only).
+enum class endpoint_op : std::uint8_t { write = 0, read, send, recv };
+
+/// One asynchronous endpoint operation: `op` number `id` on connection
+/// `conn`. write/read: `extents` map the source side to the destination side
+/// (virtual offsets, plan.hpp), `dst_sizes` is the destination's region
+/// table as far as the caller knows it. send/recv: `extents` are the local
+/// ranges (src_offset for send, dst_offset for recv).
+struct endpoint_order {
+  std::uint8_t op = 0; // an endpoint_op
+  std::uint64_t id = 0;
+  std::uint64_t conn = 0;
+  std::vector<extent> extents;
+  std::vector<std::uint64_t> dst_sizes;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, endpoint_order& x) {
+  return f(caf::meta::type_name("kvferry::proto::endpoint_order"), x.op, x.id,
+           x.conn, x.extents, x.dst_sizes);
+}
+
 /// Registers every type above with a config (call before the system starts).
 void add_protocol_types(caf::actor_system_config& cfg);
 

@@ -132,6 +132,21 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_notify_atom, "kvnnotify")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_note_atom, "kvnnote")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_listen_atom, "kvnlisten")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_peers_atom, "kvnpeers")
+// endpoint (kvferry::endpoint, engine/): the transfer actor's region table
+// grows and shrinks at runtime (local senders only); the endpoint control
+// actors' messages.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::peer_hello))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::posted_recv))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::endpoint_order))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, region_add_atom, "kvregadd")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, region_remove_atom, "kvregrm")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_hello_atom, "kvephello")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_order_atom, "kveporder")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_post_atom, "kveppost")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_landed_atom, "kveplanded")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_notify_atom, "kvepnote")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_connect_atom, "kvepconn")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,

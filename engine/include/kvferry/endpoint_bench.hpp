@@ -1,0 +1,39 @@
+// The measurement behind `kvferry bench endpoint` (apps/kvferry/
+// bench_endpoint.cpp): two endpoints in this process over the plugin, each
+// operation at each size and depth, every byte verified afterwards.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvferry/runtime/status.hpp"
+
+namespace kvferry {
+
+struct endpoint_bench_options {
+  std::vector<std::uint64_t> sizes{256,     4 << 10,  64 << 10,
+                                   1 << 20, 16 << 20, 256 << 20};
+  std::vector<int> depths{1, 16};                        // transfers in flight
+  std::vector<std::string> ops{"write", "read", "send"}; // send: + recv
+  std::uint64_t bytes_per_point = 512 << 20; // ops = this / size ...
+  std::uint64_t min_ops = 4, max_ops = 2000; // ... within these
+  std::string plugin;                        // empty: kvsock
+};
+
+struct endpoint_bench_row {
+  std::string op;
+  std::uint64_t size = 0;
+  int depth = 1;
+  std::uint64_t ops = 0;
+  double gbps = 0;      // payload bytes / elapsed
+  double us_per_op = 0; // elapsed / ops
+  double p50_us = 0;    // issue to completion, per operation
+  bool verified = false;
+};
+
+/// Runs every (op, size, depth); an error names the step that failed.
+result<std::vector<endpoint_bench_row>>
+run_endpoint_bench(const endpoint_bench_options& options);
+
+} // namespace kvferry

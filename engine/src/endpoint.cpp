@@ -1,0 +1,494 @@
+// kvferry::endpoint (endpoint.hpp): the calling threads' side. Checks every
+// argument here, where the error can name it, enters each operation as
+// pending in the shared state and hands it to the control actor
+// (endpoint_control.cpp); poll and wait read the shared state.
+#include "kvferry/endpoint.hpp"
+
+#include <atomic>
+#include <exception>
+#include <random>
+#include <set>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <fmt/format.h>
+
+#include "endpoint_state.hpp"
+#include "kvferry/actors/memory_region.hpp"
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
+#include "kvferry/runtime/directory_types.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/tls.hpp"
+#include "kvferry/transport/plugin.hpp"
+
+namespace kvferry {
+
+using namespace engine_detail;
+
+struct endpoint::impl {
+  endpoint_options options;
+  runtime::system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  std::shared_ptr<transport::plugin> net;
+  transfer_actor transfer;
+  caf::actor control;
+  std::shared_ptr<shared_state> shared = std::make_shared<shared_state>();
+  endpoint_metadata meta;
+  std::atomic<std::uint64_t> next_op{1};
+
+  // The control actor first (its state holds the transfer actor's handle),
+  // each awaited. The system's destructor waits for a detached actor (the
+  // transfer actor) until nothing refers to it any more, and CAF 0.17 keeps
+  // every actor it sent to another node in the registry until erased
+  // (actor-framework issue #1110): hence the erase.
+  ~impl() {
+    if (!sys)
+      return;
+    {
+      caf::scoped_actor self{*sys};
+      if (control) {
+        if (meta.port != 0)
+          runtime::unpublish_control(*sys, control.address(), meta.port);
+        self->send_exit(control, caf::exit_reason::user_shutdown);
+        self->wait_for(control);
+        sys->registry().erase(control.id());
+        control = nullptr;
+      }
+      if (transfer) {
+        self->send_exit(transfer, caf::exit_reason::user_shutdown);
+        self->wait_for(transfer);
+        sys->registry().erase(transfer.id());
+        transfer = nullptr;
+      }
+    }
+    sys.reset();
+  }
+
+  caf::timespan limit() const { return options.connect_timeout; }
+
+  // One request from this (non-actor) thread, answered within limit().
+  template<class Reply, class Handle, class... Ts>
+  result<Reply> ask(const Handle& whom, Ts&&... xs) {
+    caf::scoped_actor self{*sys};
+    std::optional<result<Reply>> out;
+    self->request(whom, limit(), std::forward<Ts>(xs)...)
+        .receive([&](Reply& r) { out.emplace(std::move(r)); },
+                 [&](caf::error& err) { out.emplace(to_status(err)); });
+    return std::move(*out);
+  }
+
+  // The connection's peer, or why it cannot be used.
+  result<conn_entry> peer_of(conn_id conn) {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    auto i = shared->conns.find(conn);
+    if (i == shared->conns.end())
+      return status{
+          ec::not_found,
+          fmt::format("endpoint '{}': no connection {}", meta.name, conn)};
+    if (!i->second.down.ok())
+      return i->second.down;
+    return i->second;
+  }
+
+  // Where local slice `s` (number `index` of the call) lies in the region
+  // table, or why it does not.
+  result<std::uint64_t> local_offset(const slice& s, std::size_t index) {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    auto& sizes = shared->region_sizes;
+    if (s.region == 0 || s.region >= sizes.size() || sizes[s.region] == 0)
+      return status{ec::not_found,
+                    fmt::format("local slice #{}: no registered region {}",
+                                index, s.region)};
+    if (s.offset > sizes[s.region] || s.size > sizes[s.region] - s.offset)
+      return status{ec::invalid_extent,
+                    fmt::format("local slice #{} (offset {}, {} bytes) leaves "
+                                "region {} of {} bytes",
+                                index, s.offset, s.size, s.region,
+                                sizes[s.region])};
+    return table_offset(s.region, s.offset);
+  }
+
+  // Enters the operation as pending and hands it to the control actor.
+  xfer_id start(proto::endpoint_op op, conn_id conn,
+                std::vector<extent> extents,
+                std::vector<std::uint64_t> dst_sizes = {}) {
+    auto id = next_op.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lock(shared->mu);
+      shared->ops.emplace(id, op_entry{});
+    }
+    proto::endpoint_order o;
+    o.op = static_cast<std::uint8_t>(op);
+    o.id = id;
+    o.conn = conn;
+    o.extents = std::move(extents);
+    o.dst_sizes = std::move(dst_sizes);
+    caf::anon_send(control, proto::ep_order_atom::value, std::move(o));
+    return id;
+  }
+
+  result<xfer_id> one_sided(proto::endpoint_op op, conn_id conn,
+                            items<slice> local, items<descriptor> remote);
+  result<xfer_id> two_sided(proto::endpoint_op op, conn_id conn,
+                            items<slice> local);
+};
+
+namespace {
+
+std::string default_name() {
+  static std::atomic<unsigned> n{0};
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return fmt::format("ep-{}-{}-{}", host, ::getpid(), n++);
+}
+
+std::uint64_t random_instance() {
+  std::random_device rd;
+  std::uint64_t x = (std::uint64_t{rd()} << 32) ^ rd();
+  return x == 0 ? 1 : x;
+}
+
+status invalid(std::string why) {
+  return status{ec::invalid_argument, std::move(why)};
+}
+
+} // namespace
+
+// ---- life
+
+endpoint::endpoint(std::unique_ptr<impl> p) : impl_(std::move(p)) {
+}
+endpoint::endpoint(endpoint&&) noexcept = default;
+endpoint& endpoint::operator=(endpoint&&) noexcept = default;
+endpoint::~endpoint() = default;
+
+result<endpoint> endpoint::create(const endpoint_options& options) {
+  auto p = std::make_unique<impl>();
+  p->options = options;
+  auto& m = p->meta;
+  m.name = options.name.empty() ? default_name() : options.name;
+  m.instance = random_instance();
+  m.address = options.address;
+  m.gpu = options.gpu;
+  m.host_id = local_host_id();
+  if (options.transfer_timeout.count() <= 0 ||
+      options.transfer_timeout.count() > 3600 * 1000)
+    return invalid(fmt::format("endpoint '{}': transfer_timeout {} ms must "
+                               "lie in (0, 1 h]",
+                               m.name, options.transfer_timeout.count()));
+  try {
+    p->net = transport::plugin::load(options.plugin);
+  } catch (const std::exception& e) {
+    return status{ec::plugin_error,
+                  fmt::format("endpoint '{}': {}", m.name, e.what())};
+  }
+  m.plugin = p->net->name();
+  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  transfer_config tc;
+  tc.name = m.name;
+  tc.net = p->net;
+  // Region 0 of the table is a placeholder; reg() appends the caller's.
+  tc.region = memory_region::allocate_host(4096, m.name + " placeholder");
+  tc.host_id = m.host_id;
+  tc.detached = false; // see transfer_config::detached
+  tc.open_timeout_ms =
+      static_cast<std::uint32_t>(options.connect_timeout.count());
+  p->transfer = spawn_transfer(*p->sys, std::move(tc));
+  auto self_ep =
+      p->ask<proto::endpoint>(p->transfer, proto::endpoint_atom::value);
+  if (!self_ep.ok())
+    return self_ep.error();
+  p->shared->region_sizes = {self_ep->region_bytes};
+  control_config cc;
+  cc.name = m.name;
+  cc.instance = m.instance;
+  cc.transfer = p->transfer;
+  cc.self_ep = *self_ep;
+  cc.timeout_ms = static_cast<std::uint32_t>(options.transfer_timeout.count());
+  cc.shared = p->shared;
+  p->control = spawn_control(*p->sys, std::move(cc));
+  auto port = runtime::publish_control(p->control, options.port, m.address);
+  if (!port)
+    return status{ec::unreachable,
+                  fmt::format("endpoint '{}': cannot listen on {}:{}: {}",
+                              m.name, m.address, options.port,
+                              render(port.error()))};
+  m.port = *port;
+  return endpoint{std::move(p)};
+}
+
+std::vector<std::uint8_t> endpoint::metadata() const {
+  return impl_->meta.to_bytes();
+}
+
+const endpoint_metadata& endpoint::info() const {
+  return impl_->meta;
+}
+
+// ---- connections
+
+result<conn_id> endpoint::connect(items<std::uint8_t> metadata) {
+  auto& p = *impl_;
+  auto peer = endpoint_metadata::parse(metadata.begin(), metadata.size());
+  if (!peer.ok())
+    return peer.error();
+  auto where =
+      fmt::format("'{}' at {}:{}", peer->name, peer->address, peer->port);
+  if (peer->plugin != p.meta.plugin)
+    return status{ec::mismatch,
+                  fmt::format("connect to {}: it moves bytes with plugin "
+                              "'{}', this endpoint with '{}'",
+                              where, peer->plugin, p.meta.plugin)};
+  if (peer->name == p.meta.name)
+    return invalid(fmt::format("connect to {}: that is this endpoint's own "
+                               "name",
+                               where));
+  caf::scoped_actor self{*p.sys};
+  caf::actor other;
+  caf::error err;
+  self->request(runtime::control_middleman(*p.sys), p.limit(),
+                caf::connect_atom::value, peer->address, peer->port)
+      .receive(
+          [&](caf::node_id&, caf::strong_actor_ptr& ptr,
+              std::set<std::string>&) {
+            other = caf::actor_cast<caf::actor>(std::move(ptr));
+          },
+          [&](caf::error& e) { err = std::move(e); });
+  if (!other)
+    return status{ec::unreachable,
+                  fmt::format("connect to {}: {}", where,
+                              err ? render(err) : "no actor published there")};
+  auto conn = p.ask<conn_id>(p.control, proto::ep_connect_atom::value, other);
+  if (!conn.ok())
+    return status{conn.error().code(), fmt::format("connect to {}: {}", where,
+                                                   conn.error().reason())};
+  return conn;
+}
+
+result<conn_id> endpoint::accept(std::chrono::milliseconds timeout) {
+  auto& s = *impl_->shared;
+  std::unique_lock<std::mutex> lock(s.mu);
+  if (!s.changed.wait_for(lock, timeout, [&] { return !s.accepted.empty(); }))
+    return status{ec::timeout,
+                  fmt::format("endpoint '{}': no peer connected within {} ms",
+                              impl_->meta.name, timeout.count())};
+  auto conn = s.accepted.front();
+  s.accepted.pop_front();
+  return conn;
+}
+
+// ---- memory
+
+result<region_id> endpoint::reg(void* ptr, std::size_t size) {
+  return reg(ptr, size, impl_->options.gpu);
+}
+
+result<region_id> endpoint::reg(void* ptr, std::size_t size, int gpu) {
+  auto& p = *impl_;
+  if (ptr == nullptr || size == 0)
+    return invalid(fmt::format("reg: {} bytes at {} (need a non-null pointer "
+                               "and a positive size)",
+                               size, ptr));
+  auto index = p.ask<std::uint64_t>(
+      p.transfer, proto::region_add_atom::value,
+      static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(ptr)),
+      static_cast<std::uint64_t>(size), static_cast<std::int32_t>(gpu));
+  if (!index.ok())
+    return index.error();
+  std::lock_guard<std::mutex> lock(p.shared->mu);
+  auto& sizes = p.shared->region_sizes;
+  if (sizes.size() <= *index)
+    sizes.resize(*index + 1, 0);
+  sizes[*index] = size;
+  return *index;
+}
+
+status endpoint::dereg(region_id region) {
+  auto& p = *impl_;
+  {
+    std::lock_guard<std::mutex> lock(p.shared->mu);
+    auto& sizes = p.shared->region_sizes;
+    if (region == 0 || region >= sizes.size() || sizes[region] == 0)
+      return status{ec::not_found,
+                    fmt::format("dereg: no registered region {}", region)};
+    sizes[region] = 0; // refused here from now on
+  }
+  auto done = p.ask<caf::ok_atom>(p.transfer, proto::region_remove_atom::value,
+                                  static_cast<std::uint64_t>(region));
+  return done.ok() ? status{} : done.error();
+}
+
+result<descriptor> endpoint::advertise(region_id region, std::uint64_t offset,
+                                       std::uint64_t size) const {
+  auto where = impl_->local_offset(slice{region, offset, size}, 0);
+  if (!where.ok())
+    return status{where.error().code(), "advertise: " + where.error().reason()};
+  descriptor d;
+  d.owner = impl_->meta.instance;
+  d.region = region;
+  {
+    std::lock_guard<std::mutex> lock(impl_->shared->mu);
+    d.region_bytes = impl_->shared->region_sizes[region];
+  }
+  d.offset = offset;
+  d.size = size;
+  return d;
+}
+
+// ---- transfers
+
+result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
+                                          items<slice> local,
+                                          items<descriptor> remote) {
+  const char* what = op == proto::endpoint_op::write ? "write" : "read";
+  auto peer = peer_of(conn);
+  if (!peer.ok())
+    return peer.error();
+  if (local.size() != remote.size() || local.empty())
+    return invalid(fmt::format("{}: {} local slices and {} descriptors (need "
+                               "as many of each, at least one)",
+                               what, local.size(), remote.size()));
+  std::vector<extent> extents;
+  std::vector<std::uint64_t> remote_sizes;
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    const auto& d = remote[i];
+    if (d.owner != peer->instance)
+      return invalid(fmt::format("{}: descriptor #{} belongs to another "
+                                 "endpoint than connection {} ('{}')",
+                                 what, i, conn, peer->peer));
+    if (local[i].size != d.size)
+      return invalid(fmt::format("{}: local slice #{} has {} bytes, its "
+                                 "descriptor {}",
+                                 what, i, local[i].size, d.size));
+    auto here = local_offset(local[i], i);
+    if (!here.ok())
+      return status{here.error().code(),
+                    fmt::format("{}: {}", what, here.error().reason())};
+    if (remote_sizes.size() <= d.region)
+      remote_sizes.resize(d.region + 1, 0);
+    remote_sizes[d.region] = d.region_bytes;
+    auto there = table_offset(d.region, d.offset);
+    if (op == proto::endpoint_op::write)
+      extents.push_back({*here, there, d.size});
+    else
+      extents.push_back({there, *here, d.size});
+  }
+  std::vector<std::uint64_t> dst_sizes;
+  if (op == proto::endpoint_op::write) {
+    dst_sizes = std::move(remote_sizes);
+  } else {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    dst_sizes = shared->region_sizes;
+  }
+  return start(op, conn, std::move(extents), std::move(dst_sizes));
+}
+
+result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
+                                          items<slice> local) {
+  const char* what = op == proto::endpoint_op::send ? "send" : "recv";
+  auto peer = peer_of(conn);
+  if (!peer.ok())
+    return peer.error();
+  if (local.empty())
+    return invalid(fmt::format("{}: no local slices", what));
+  std::vector<extent> ranges;
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    auto here = local_offset(local[i], i);
+    if (!here.ok())
+      return status{here.error().code(),
+                    fmt::format("{}: {}", what, here.error().reason())};
+    if (op == proto::endpoint_op::send)
+      ranges.push_back({*here, 0, local[i].size});
+    else
+      ranges.push_back({0, *here, local[i].size});
+  }
+  return start(op, conn, std::move(ranges));
+}
+
+result<xfer_id> endpoint::write(conn_id conn, items<slice> local,
+                                items<descriptor> remote) {
+  return impl_->one_sided(proto::endpoint_op::write, conn, local, remote);
+}
+
+result<xfer_id> endpoint::read(conn_id conn, items<slice> local,
+                               items<descriptor> remote) {
+  return impl_->one_sided(proto::endpoint_op::read, conn, local, remote);
+}
+
+result<xfer_id> endpoint::send(conn_id conn, items<slice> local) {
+  return impl_->two_sided(proto::endpoint_op::send, conn, local);
+}
+
+result<xfer_id> endpoint::recv(conn_id conn, items<slice> local) {
+  return impl_->two_sided(proto::endpoint_op::recv, conn, local);
+}
+
+result<std::optional<std::uint64_t>> endpoint::poll(xfer_id id) {
+  auto& s = *impl_->shared;
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto i = s.ops.find(id);
+  if (i == s.ops.end())
+    return status{ec::not_found, fmt::format("no transfer {} (finished "
+                                             "transfers are forgotten once "
+                                             "reported)",
+                                             id)};
+  if (!i->second.error.ok()) {
+    auto why = i->second.error;
+    s.ops.erase(i);
+    return why;
+  }
+  if (!i->second.done)
+    return std::optional<std::uint64_t>{};
+  auto bytes = i->second.bytes;
+  s.ops.erase(i);
+  return std::optional<std::uint64_t>{bytes};
+}
+
+result<std::uint64_t> endpoint::wait(xfer_id id,
+                                     std::chrono::milliseconds timeout) {
+  auto& s = *impl_->shared;
+  {
+    std::unique_lock<std::mutex> lock(s.mu);
+    auto settled = [&] {
+      auto i = s.ops.find(id);
+      return i == s.ops.end() || i->second.done || !i->second.error.ok();
+    };
+    if (!s.changed.wait_for(lock, timeout, settled))
+      return status{ec::timeout,
+                    fmt::format("transfer {} still in flight after {} ms "
+                                "(wait again, or poll)",
+                                id, timeout.count())};
+  }
+  auto r = poll(id);
+  if (!r.ok())
+    return r.error();
+  return **r;
+}
+
+// ---- notifications
+
+status endpoint::notify(conn_id conn, items<std::uint8_t> bytes) {
+  auto& p = *impl_;
+  auto peer = p.peer_of(conn);
+  if (!peer.ok())
+    return peer.error();
+  if (bytes.size() > max_notification_bytes)
+    return invalid(fmt::format("notify: {} bytes, at most {}", bytes.size(),
+                               max_notification_bytes));
+  caf::anon_send(p.control, proto::ep_notify_atom::value, conn,
+                 std::vector<char>(bytes.begin(), bytes.end()));
+  return {};
+}
+
+std::vector<notification> endpoint::take_notifications() {
+  auto& s = *impl_->shared;
+  std::lock_guard<std::mutex> lock(s.mu);
+  std::vector<notification> out;
+  out.swap(s.notes);
+  return out;
+}
+
+} // namespace kvferry

@@ -1,0 +1,196 @@
+// run_endpoint_bench (endpoint_bench.hpp): per (op, size, depth), `depth`
+// transfers kept in flight over slots of one registered buffer per side,
+// the oldest awaited before the next is issued; afterwards the slots used
+// are compared byte for byte with the source.
+#include "kvferry/endpoint_bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <deque>
+
+#include <fmt/format.h>
+
+#include "kvferry/endpoint.hpp"
+
+namespace kvferry {
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+constexpr auto limit = std::chrono::milliseconds(60000);
+constexpr std::uint64_t buffer_cap = std::uint64_t{256} << 20;
+
+struct bench_pair {
+  bench_pair(endpoint x, endpoint y) : a(std::move(x)), b(std::move(y)) {}
+  endpoint a, b;
+  conn_id ab = 0, ba = 0;
+  std::vector<std::uint8_t> abuf, bbuf;
+  region_id ar = 0, br = 0;
+  descriptor adesc, bdesc;
+};
+
+result<bench_pair> make_pair(const endpoint_bench_options& o,
+                             std::uint64_t bytes) {
+  endpoint_options eo;
+  eo.plugin = o.plugin;
+  eo.transfer_timeout = limit;
+  auto a = endpoint::create(eo);
+  if (!a.ok())
+    return a.error();
+  auto b = endpoint::create(eo);
+  if (!b.ok())
+    return b.error();
+  bench_pair p{std::move(a).value(), std::move(b).value()};
+  auto ab = p.a.connect(p.b.metadata());
+  if (!ab.ok())
+    return ab.error();
+  auto ba = p.b.accept(limit);
+  if (!ba.ok())
+    return ba.error();
+  p.ab = *ab;
+  p.ba = *ba;
+  p.abuf.resize(bytes);
+  for (std::size_t i = 0; i < bytes; ++i)
+    p.abuf[i] = static_cast<std::uint8_t>(i * 7 + i / 4093);
+  p.bbuf.assign(bytes, 0);
+  auto ar = p.a.reg(p.abuf.data(), bytes, -1);
+  auto br = p.b.reg(p.bbuf.data(), bytes, -1);
+  if (!ar.ok())
+    return ar.error();
+  if (!br.ok())
+    return br.error();
+  p.ar = *ar;
+  p.br = *br;
+  p.adesc = p.a.advertise(p.ar, 0, bytes).value();
+  p.bdesc = p.b.advertise(p.br, 0, bytes).value();
+  return p;
+}
+
+// Issues operation k (slot `off`); the ids to await, the last one
+// completing it (send: the recv).
+result<std::vector<xfer_id>> issue(bench_pair& p, const std::string& op,
+                                   std::uint64_t off, std::uint64_t size) {
+  std::vector<xfer_id> ids;
+  auto add = [&](result<xfer_id> r) {
+    if (r.ok())
+      ids.push_back(*r);
+    return r.ok() ? status{} : r.error();
+  };
+  status s;
+  if (op == "write") {
+    s = add(
+        p.a.write(p.ab, {{p.ar, off, size}}, {p.bdesc.sub(off, size).value()}));
+  } else if (op == "read") { // b pulls a's bytes
+    s = add(
+        p.b.read(p.ba, {{p.br, off, size}}, {p.adesc.sub(off, size).value()}));
+  } else {
+    s = add(p.b.recv(p.ba, {{p.br, off, size}}));
+    if (s.ok())
+      s = add(p.a.send(p.ab, {{p.ar, off, size}}));
+  }
+  if (!s.ok())
+    return s;
+  return ids;
+}
+
+status await(bench_pair& p, const std::string& op,
+             const std::vector<xfer_id>& ids) {
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    // send's ids: the recv's on b, then the send's on a.
+    auto& ep = (op == "write" || (op == "send" && i == 1)) ? p.a : p.b;
+    auto r = ep.wait(ids[i], limit);
+    if (!r.ok())
+      return r.error();
+  }
+  return {};
+}
+
+result<endpoint_bench_row> measure(bench_pair& p,
+                                   const endpoint_bench_options& o,
+                                   const std::string& op, std::uint64_t size,
+                                   int depth) {
+  const std::uint64_t slots = std::max<std::uint64_t>(
+      1, std::min<std::uint64_t>(static_cast<std::uint64_t>(depth),
+                                 p.abuf.size() / size));
+  const std::uint64_t n = std::clamp<std::uint64_t>(
+      o.bytes_per_point / size, std::max<std::uint64_t>(o.min_ops, slots),
+      o.max_ops);
+  std::memset(p.bbuf.data(), 0, slots * size);
+  struct flight {
+    std::vector<xfer_id> ids;
+    clock_type::time_point issued;
+  };
+  std::deque<flight> in_flight;
+  std::vector<double> lat;
+  lat.reserve(n);
+  auto start = clock_type::now();
+  for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
+    if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
+      auto ids = issue(p, op, (k % slots) * size, size);
+      if (!ids.ok())
+        return status{
+            ids.error().code(),
+            fmt::format("{} of {} B: {}", op, size, ids.error().reason())};
+      in_flight.push_back({std::move(*ids), clock_type::now()});
+      ++k;
+      continue;
+    }
+    auto f = std::move(in_flight.front());
+    in_flight.pop_front();
+    auto s = await(p, op, f.ids);
+    if (!s.ok())
+      return status{s.code(),
+                    fmt::format("{} of {} B: {}", op, size, s.reason())};
+    lat.push_back(
+        std::chrono::duration<double, std::micro>(clock_type::now() - f.issued)
+            .count());
+  }
+  double secs =
+      std::chrono::duration<double>(clock_type::now() - start).count();
+  std::sort(lat.begin(), lat.end());
+  endpoint_bench_row row;
+  row.op = op;
+  row.size = size;
+  row.depth = depth;
+  row.ops = n;
+  row.gbps = static_cast<double>(n * size) / secs / 1e9;
+  row.us_per_op = secs * 1e6 / static_cast<double>(n);
+  row.p50_us = lat[lat.size() / 2];
+  row.verified = std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) == 0;
+  return row;
+}
+
+} // namespace
+
+result<std::vector<endpoint_bench_row>>
+run_endpoint_bench(const endpoint_bench_options& o) {
+  if (o.sizes.empty() || o.depths.empty() || o.ops.empty())
+    return status{ec::invalid_argument, "bench endpoint: nothing to measure"};
+  for (const auto& op : o.ops)
+    if (op != "write" && op != "read" && op != "send")
+      return status{ec::invalid_argument,
+                    "bench endpoint: unknown operation '" + op +
+                        "' (write, read, send)"};
+  auto biggest = *std::max_element(o.sizes.begin(), o.sizes.end());
+  auto p = make_pair(
+      o, std::min(buffer_cap, std::max<std::uint64_t>(biggest, 256 << 10)));
+  if (!p.ok())
+    return p.error();
+  if (biggest > p->abuf.size() ||
+      *std::min_element(o.sizes.begin(), o.sizes.end()) == 0)
+    return status{
+        ec::invalid_argument,
+        fmt::format("bench endpoint: sizes must lie in [1, {}]", buffer_cap)};
+  std::vector<endpoint_bench_row> rows;
+  for (const auto& op : o.ops)
+    for (auto size : o.sizes)
+      for (int depth : o.depths) {
+        auto row = measure(*p, o, op, size, depth);
+        if (!row.ok())
+          return row.error();
+        rows.push_back(*row);
+      }
+  return rows;
+}
+
+} // namespace kvferry

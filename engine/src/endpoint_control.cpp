@@ -1,0 +1,394 @@
+// The endpoint's control actor (endpoint_state.hpp): one per endpoint, the
+// only code that talks to peers' endpoints. Each operation becomes orders to
+// the transfer actors, which move the bytes as they do for every worker:
+//
+//   write: our transfer actor sends (src here, dst in the peer's table), and
+//          the peer's control actor claims the arrival from its transfer
+//          actor (recv order), so "done" means landed;
+//   read:  the peer's transfer actor sends into our table (a pull), our
+//          transfer actor reports the arrival;
+//   recv:  our transfer actor waits for the arrival, and the peer's control
+//          actor learns where it may write (posted_recv);
+//   send:  waits for the peer's next posted receive on the connection, then
+//          our transfer actor sends into it.
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include <caf/all.hpp>
+#include <fmt/format.h>
+
+#include "endpoint_state.hpp"
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/runtime/error.hpp"
+
+namespace kvferry::engine_detail {
+namespace {
+
+using proto::endpoint_op;
+
+struct peer {
+  std::string name;
+  caf::actor control;
+  proto::endpoint ep;
+  std::deque<proto::posted_recv> posted;   // the peer's, not yet filled
+  std::deque<proto::endpoint_order> sends; // ours, waiting for a post
+  struct op {
+    int replies_due = 0;
+    std::uint64_t bytes = 0;
+  };
+  std::unordered_map<xfer_id, op> inflight;
+  bool alive = true;
+};
+
+struct control_state {
+  control_config cfg;
+  std::unordered_map<conn_id, peer> conns;
+  std::unordered_map<std::string, conn_id> by_name;
+  conn_id next_conn = 1;
+  static inline const char* name = "kvferry.endpoint";
+};
+
+using self_ptr = caf::stateful_actor<control_state>*;
+
+// The peer's endpoint as a send order needs it: its region table as far as
+// this side knows it (the receiver checks against its own table anyway).
+proto::endpoint with_sizes(proto::endpoint ep,
+                           const std::vector<std::uint64_t>& sizes) {
+  ep.region_bytes = sizes.empty() ? 0 : sizes[0];
+  ep.more_region_sizes.assign(sizes.begin() + (sizes.empty() ? 0 : 1),
+                              sizes.end());
+  return ep;
+}
+
+// A table just large enough for `ranges` (destination side).
+std::vector<std::uint64_t> sizes_covering(const std::vector<extent>& ranges) {
+  std::vector<std::uint64_t> sizes;
+  for (const auto& r : ranges) {
+    auto at = locate(r.dst_offset);
+    if (sizes.size() <= at.region)
+      sizes.resize(at.region + 1, 0);
+    sizes[at.region] = std::max(sizes[at.region], at.offset + r.length);
+  }
+  return sizes;
+}
+
+// The send's ranges (src_offset, length) laid into the receive's ranges
+// (dst_offset, length) in order: the extents of one transfer. Nullopt when
+// the send is larger than the receive.
+std::optional<std::vector<extent>> zip_ranges(const std::vector<extent>& src,
+                                              const std::vector<extent>& dst) {
+  std::vector<extent> out;
+  std::size_t d = 0;
+  std::uint64_t used = 0; // of dst[d]
+  for (const auto& s : src) {
+    std::uint64_t done = 0;
+    while (done < s.length) {
+      if (d == dst.size())
+        return std::nullopt;
+      auto n = std::min(s.length - done, dst[d].length - used);
+      out.push_back({s.src_offset + done, dst[d].dst_offset + used, n});
+      done += n;
+      used += n;
+      if (used == dst[d].length) {
+        ++d;
+        used = 0;
+      }
+    }
+  }
+  return out;
+}
+
+peer* find_peer(self_ptr self, conn_id conn) {
+  auto i = self->state.conns.find(conn);
+  return i == self->state.conns.end() ? nullptr : &i->second;
+}
+
+void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
+  p.inflight.erase(id);
+  self->state.cfg.shared->fail(id, std::move(why));
+}
+
+// One of the op's replies came; done when it was the last.
+void part_done(self_ptr self, conn_id conn, xfer_id id,
+               std::optional<std::uint64_t> bytes) {
+  auto* p = find_peer(self, conn);
+  if (!p)
+    return;
+  auto i = p->inflight.find(id);
+  if (i == p->inflight.end())
+    return; // failed already
+  if (bytes)
+    i->second.bytes = *bytes;
+  if (--i->second.replies_due > 0)
+    return;
+  auto total = i->second.bytes;
+  p->inflight.erase(i);
+  self->state.cfg.shared->complete(id, total);
+}
+
+void part_failed(self_ptr self, conn_id conn, xfer_id id,
+                 const caf::error& err) {
+  if (auto* p = find_peer(self, conn); p && p->inflight.count(id) != 0)
+    fail_op(self, *p, id, to_status(err));
+}
+
+caf::timespan request_limit(const control_state& st) {
+  // The transfer actors' own deadlines answer first; this only catches a
+  // peer that never answers at all.
+  return std::chrono::milliseconds(st.cfg.timeout_ms + 5000);
+}
+
+void order_send(self_ptr self, conn_id conn, xfer_id op_id,
+                std::uint64_t transfer_id, const transfer_actor& from,
+                proto::endpoint to, std::vector<extent> extents,
+                bool counts_bytes) {
+  proto::send_order o;
+  o.transfer_id = transfer_id;
+  o.peer = std::move(to);
+  o.extents = std::move(extents);
+  o.timeout_ms = self->state.cfg.timeout_ms;
+  self->request(from, request_limit(self->state), proto::send_atom::value,
+                std::move(o))
+      .then(
+          [self, conn, op_id, counts_bytes](std::uint64_t bytes) {
+            part_done(self, conn, op_id,
+                      counts_bytes ? std::optional<std::uint64_t>{bytes}
+                                   : std::nullopt);
+          },
+          [self, conn, op_id](caf::error& err) {
+            part_failed(self, conn, op_id, err);
+          });
+}
+
+void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
+                std::uint64_t transfer_id, const std::string& sender) {
+  proto::recv_order o;
+  o.transfer_id = transfer_id;
+  o.peer_name = sender;
+  o.timeout_ms = self->state.cfg.timeout_ms;
+  self->request(self->state.cfg.transfer, request_limit(self->state),
+                proto::recv_atom::value, std::move(o))
+      .then(
+          [self, conn, op_id](proto::recv_report& r) {
+            part_done(self, conn, op_id, r.bytes);
+          },
+          [self, conn, op_id](caf::error& err) {
+            part_failed(self, conn, op_id, err);
+          });
+}
+
+// Pairs our waiting sends with the peer's posted receives, in order.
+void match_sends(self_ptr self, conn_id conn, peer& p) {
+  auto& st = self->state;
+  while (!p.sends.empty() && !p.posted.empty()) {
+    auto o = std::move(p.sends.front());
+    p.sends.pop_front();
+    auto r = std::move(p.posted.front());
+    p.posted.pop_front();
+    auto extents = zip_ranges(o.extents, r.ranges);
+    if (!extents) {
+      fail_op(self, p, o.id,
+              status{ec::invalid_argument,
+                     fmt::format("send {} to '{}': {} bytes do not fit its "
+                                 "receive of {} bytes",
+                                 o.id, p.name, total_bytes(o.extents),
+                                 total_bytes(r.ranges))});
+      continue;
+    }
+    auto to = with_sizes(p.ep, sizes_covering(*extents));
+    order_send(self, conn, o.id, r.transfer_id, st.cfg.transfer, std::move(to),
+               std::move(*extents), true);
+  }
+}
+
+void start_order(self_ptr self, proto::endpoint_order& o) {
+  auto& st = self->state;
+  auto* p = find_peer(self, o.conn);
+  if (!p) {
+    st.cfg.shared->fail(
+        o.id, status{ec::not_found, fmt::format("no connection {}", o.conn)});
+    return;
+  }
+  if (!p->alive) {
+    st.cfg.shared->fail(
+        o.id, status{ec::peer_down, fmt::format("connection {} to '{}' is "
+                                                "down",
+                                                o.conn, p->name)});
+    return;
+  }
+  switch (static_cast<endpoint_op>(o.op)) {
+  case endpoint_op::write:
+    p->inflight[o.id].replies_due = 2;
+    order_send(self, o.conn, o.id, o.id, st.cfg.transfer,
+               with_sizes(p->ep, o.dst_sizes), std::move(o.extents), true);
+    self->request(p->control, request_limit(st), proto::ep_landed_atom::value,
+                  st.cfg.name, o.id)
+        .then(
+            [self, conn = o.conn, id = o.id](proto::recv_report&) {
+              part_done(self, conn, id, std::nullopt);
+            },
+            [self, conn = o.conn, id = o.id](caf::error& err) {
+              part_failed(self, conn, id, err);
+            });
+    break;
+  case endpoint_op::read: {
+    auto transfer_id = o.id | receiver_chosen;
+    p->inflight[o.id].replies_due = 2;
+    order_send(self, o.conn, o.id, transfer_id,
+               caf::actor_cast<transfer_actor>(p->ep.transfer),
+               with_sizes(st.cfg.self_ep, o.dst_sizes), std::move(o.extents),
+               false);
+    order_recv(self, o.conn, o.id, transfer_id, p->name);
+    break;
+  }
+  case endpoint_op::recv: {
+    auto transfer_id = o.id | receiver_chosen;
+    p->inflight[o.id].replies_due = 1;
+    order_recv(self, o.conn, o.id, transfer_id, p->name);
+    self->send(
+        p->control, proto::ep_post_atom::value,
+        proto::posted_recv{st.cfg.name, transfer_id, std::move(o.extents)});
+    break;
+  }
+  case endpoint_op::send:
+    p->inflight[o.id].replies_due = 1;
+    p->sends.push_back(std::move(o));
+    match_sends(self, p->sends.back().conn, *p);
+    break;
+  }
+}
+
+conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
+  auto& st = self->state;
+  auto id = st.next_conn++;
+  auto& p = st.conns[id];
+  p.name = h.name;
+  p.control = h.control;
+  p.ep = h.transfer;
+  st.by_name[h.name] = id;
+  self->monitor(h.control);
+  std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
+  st.cfg.shared->conns[id] = conn_entry{h.name, h.instance, {}};
+  return id;
+}
+
+proto::peer_hello hello_of(self_ptr self) {
+  auto& cfg = self->state.cfg;
+  return {cfg.name, cfg.instance, caf::actor_cast<caf::actor>(self),
+          cfg.self_ep};
+}
+
+void on_down(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  for (auto& [id, p] : st.conns) {
+    if (!p.alive || p.control.address() != dm.source)
+      continue;
+    p.alive = false;
+    status why{ec::peer_down,
+               fmt::format("lost peer '{}' (connection {}): its endpoint is "
+                           "gone ({})",
+                           p.name, id, render(dm.reason))};
+    for (auto& [op, entry] : p.inflight)
+      st.cfg.shared->fail(op, why);
+    p.inflight.clear();
+    p.sends.clear();
+    p.posted.clear();
+    {
+      std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
+      st.cfg.shared->conns[id].down = why;
+    }
+    st.cfg.shared->changed.notify_all();
+  }
+}
+
+caf::behavior control_impl(self_ptr self, control_config cfg) {
+  self->state.cfg = std::move(cfg);
+  // Drop every handle when told to end, so that the endpoint's
+  // actor system (which waits for its detached transfer actor until nothing
+  // refers to it) can stop.
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    self->state.conns.clear();
+    self->state.by_name.clear();
+    self->state.cfg.transfer = nullptr;
+    self->state.cfg.self_ep = proto::endpoint{};
+    self->quit(msg.reason);
+  });
+  self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
+  return {
+      // From our endpoint: connect to the control actor `other`.
+      [self](proto::ep_connect_atom, const caf::actor& other) {
+        auto promise = self->make_response_promise<conn_id>();
+        self->request(other, request_limit(self->state),
+                      proto::ep_hello_atom::value, hello_of(self))
+            .then(
+                [self, promise](proto::peer_hello& h) mutable {
+                  promise.deliver(add_peer(self, h));
+                },
+                [promise](caf::error& err) mutable { promise.deliver(err); });
+        return promise;
+      },
+      // From a peer that connects to us.
+      [self](proto::ep_hello_atom, proto::peer_hello& h) {
+        auto id = add_peer(self, h);
+        {
+          std::lock_guard<std::mutex> lock(self->state.cfg.shared->mu);
+          self->state.cfg.shared->accepted.push_back(id);
+        }
+        self->state.cfg.shared->changed.notify_all();
+        return hello_of(self);
+      },
+      [self](proto::ep_order_atom, proto::endpoint_order& o) {
+        start_order(self, o);
+      },
+      // From a peer: it posted a receive for our next send.
+      [self](proto::ep_post_atom, proto::posted_recv& r) {
+        auto i = self->state.by_name.find(r.receiver);
+        if (i == self->state.by_name.end())
+          return;
+        auto& p = self->state.conns[i->second];
+        p.posted.push_back(std::move(r));
+        match_sends(self, i->second, p);
+      },
+      // From a peer whose write to us is under way: answer once it landed.
+      [self](proto::ep_landed_atom, const std::string& sender,
+             std::uint64_t id) {
+        proto::recv_order o;
+        o.transfer_id = id;
+        o.peer_name = sender;
+        o.timeout_ms = self->state.cfg.timeout_ms;
+        return self->delegate(self->state.cfg.transfer, proto::recv_atom::value,
+                              std::move(o));
+      },
+      // From our endpoint: pass a notification to the peer of `conn`.
+      [self](proto::ep_notify_atom, conn_id conn, std::vector<char>& bytes) {
+        if (auto* p = find_peer(self, conn); p && p->alive)
+          self->send(p->control, proto::ep_notify_atom::value,
+                     self->state.cfg.name, std::move(bytes));
+      },
+      [self](proto::ep_notify_atom, const std::string& sender,
+             std::vector<char>& bytes) {
+        auto i = self->state.by_name.find(sender);
+        if (i == self->state.by_name.end())
+          return;
+        auto& shared = *self->state.cfg.shared;
+        {
+          std::lock_guard<std::mutex> lock(shared.mu);
+          shared.notes.push_back(
+              notification{i->second, {bytes.begin(), bytes.end()}});
+        }
+        shared.changed.notify_all();
+      },
+  };
+}
+
+} // namespace
+
+caf::actor spawn_control(caf::actor_system& sys, control_config cfg) {
+  return sys.spawn(control_impl, std::move(cfg));
+}
+
+} // namespace kvferry::engine_detail

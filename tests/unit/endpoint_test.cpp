@@ -1,0 +1,354 @@
+// kvferry::endpoint (issue #16), two endpoints in one process over kvsock on
+// host memory: one-sided write and read, two-sided send/recv, the vector
+// forms and notifications, every byte checked; and bad input (malformed
+// metadata and descriptors, a descriptor outside the peer's region, a wait
+// that times out, a dead peer) gives an error naming the cause and leaves
+// the endpoint usable.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <doctest/doctest.h>
+
+#include "kvferry/endpoint.hpp"
+
+using namespace kvferry;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto limit = std::chrono::milliseconds(20000);
+
+std::vector<std::uint8_t> pattern(std::size_t n, unsigned seed) {
+  std::vector<std::uint8_t> out(n);
+  for (std::size_t i = 0; i < n; ++i)
+    out[i] = static_cast<std::uint8_t>(i * 131 + seed * 71 + i / 251);
+  return out;
+}
+
+endpoint make(const std::string& name) {
+  endpoint_options o;
+  o.name = name;
+  o.transfer_timeout = std::chrono::milliseconds(10000);
+  auto ep = endpoint::create(o);
+  REQUIRE_MESSAGE(ep.ok(), ep.error().message());
+  return std::move(ep).value();
+}
+
+bool says(const status& s, const std::string& what) {
+  return s.message().find(what) != std::string::npos;
+}
+
+// Two connected endpoints, each with a registered buffer.
+struct pair {
+  endpoint a = make("ep-test-a");
+  endpoint b = make("ep-test-b");
+  conn_id ab = 0, ba = 0;
+  std::vector<std::uint8_t> abuf = pattern(256 << 10, 1);
+  std::vector<std::uint8_t> bbuf = std::vector<std::uint8_t>(256 << 10, 0x5a);
+  region_id ar = 0, br = 0;
+
+  pair() {
+    auto c = a.connect(b.metadata());
+    REQUIRE_MESSAGE(c.ok(), c.error().message());
+    ab = *c;
+    auto d = b.accept(limit);
+    REQUIRE_MESSAGE(d.ok(), d.error().message());
+    ba = *d;
+    auto r = a.reg(abuf.data(), abuf.size());
+    REQUIRE_MESSAGE(r.ok(), r.error().message());
+    ar = *r;
+    r = b.reg(bbuf.data(), bbuf.size());
+    REQUIRE_MESSAGE(r.ok(), r.error().message());
+    br = *r;
+  }
+
+  std::uint64_t done(endpoint& ep, result<xfer_id> id) {
+    REQUIRE_MESSAGE(id.ok(), id.error().message());
+    auto bytes = ep.wait(*id, limit);
+    REQUIRE_MESSAGE(bytes.ok(), bytes.error().message());
+    return *bytes;
+  }
+};
+
+} // namespace
+
+TEST_CASE("metadata and descriptors round-trip; malformed ones are named") {
+  endpoint_metadata m;
+  m.name = "ep-x";
+  m.instance = 42;
+  m.address = "127.0.0.1";
+  m.port = 4242;
+  m.gpu = 3;
+  m.plugin = "kvsock";
+  m.host_id = "h/boot";
+  auto bytes = m.to_bytes();
+  auto back = endpoint_metadata::parse(bytes.data(), bytes.size());
+  REQUIRE(back.ok());
+  CHECK(back->name == "ep-x");
+  CHECK(back->instance == 42);
+  CHECK(back->port == 4242);
+  CHECK(back->gpu == 3);
+  CHECK(back->host_id == "h/boot");
+
+  auto bad = bytes;
+  bad[0] = 'X';
+  auto r = endpoint_metadata::parse(bad.data(), bad.size());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code() == ec::invalid_argument);
+  CHECK(says(r.error(), "bytes 0-3 are not the magic 'KVFM'"));
+  r = endpoint_metadata::parse(bytes.data(), bytes.size() - 3);
+  REQUIRE_FALSE(r.ok());
+  CHECK(says(r.error(), "field 'host_id' at byte"));
+  bad = bytes;
+  bad[4] = 9;
+  r = endpoint_metadata::parse(bad.data(), bad.size());
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.error().code() == ec::mismatch);
+  CHECK(says(r.error(), "bytes 4-5: version 9"));
+  bad = bytes;
+  bad.push_back(0);
+  r = endpoint_metadata::parse(bad.data(), bad.size());
+  REQUIRE_FALSE(r.ok());
+  CHECK(says(r.error(), "1 unexpected bytes after the last field"));
+
+  descriptor d{7, 2, 4096, 1024, 512};
+  auto blob = d.to_bytes();
+  CHECK(blob.size() == descriptor::wire_bytes);
+  auto e = descriptor::parse(blob.data(), blob.size());
+  REQUIRE(e.ok());
+  CHECK(e->owner == 7);
+  CHECK(e->region == 2);
+  CHECK(e->offset == 1024);
+  CHECK(e->size == 512);
+  auto s = e->sub(256, 256);
+  REQUIRE(s.ok());
+  CHECK(s->offset == 1280);
+  CHECK_FALSE(e->sub(256, 257).ok());
+  CHECK_FALSE(descriptor::parse(blob.data(), 47).ok());
+  d.size = 4000; // leaves the region
+  blob = d.to_bytes();
+  auto out = descriptor::parse(blob.data(), blob.size());
+  REQUIRE_FALSE(out.ok());
+  CHECK(says(out.error(), "leaves its region of 4096 bytes"));
+}
+
+TEST_CASE("one-sided write and read, vector forms, every byte checked") {
+  pair p;
+  // b advertises its whole buffer; a writes three pieces of its own into
+  // three places of it (one descriptor, narrowed per piece).
+  auto whole = p.b.advertise(p.br, 0, p.bbuf.size());
+  REQUIRE(whole.ok());
+  auto blob = whole->to_bytes(); // as it travels out of band
+  auto remote = descriptor::parse(blob.data(), blob.size()).value();
+  std::vector<slice> local{
+      {p.ar, 0, 1000}, {p.ar, 4096, 65536}, {p.ar, 100000, 1}};
+  std::vector<descriptor> there{remote.sub(200000, 1000).value(),
+                                remote.sub(0, 65536).value(),
+                                remote.sub(262143, 1).value()};
+  CHECK(p.done(p.a, p.a.write(p.ab, local, there)) == 66537);
+  auto expect = std::vector<std::uint8_t>(256 << 10, 0x5a);
+  auto copy = [&](std::size_t from, std::size_t to, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i)
+      expect[to + i] = p.abuf[from + i];
+  };
+  copy(0, 200000, 1000);
+  copy(4096, 0, 65536);
+  copy(100000, 262143, 1);
+  CHECK(p.bbuf == expect); // done means landed
+
+  // a reads back from b into a fresh region of its own.
+  std::vector<std::uint8_t> back(70000, 0);
+  auto rr = p.a.reg(back.data(), back.size());
+  REQUIRE(rr.ok());
+  CHECK(p.done(p.a, p.a.read(p.ab, {{*rr, 10, 65536}},
+                             {remote.sub(0, 65536).value()})) == 65536);
+  CHECK(std::equal(back.begin() + 10, back.begin() + 10 + 65536,
+                   p.abuf.begin() + 4096));
+  CHECK(back[9] == 0);
+  CHECK(back[10 + 65536] == 0);
+
+  // The other direction on the same connection: b writes into a.
+  auto mine = p.a.advertise(*rr, 0, back.size()).value();
+  auto id = p.b.write(p.ba, {{p.br, 0, 70000}}, {mine});
+  CHECK(p.done(p.b, id) == 70000);
+  CHECK(std::equal(back.begin(), back.end(), p.bbuf.begin()));
+
+  // 16 in flight at once, polled.
+  std::vector<xfer_id> ids;
+  for (std::uint64_t k = 0; k < 16; ++k) {
+    auto w = p.a.write(p.ab, {{p.ar, k * 4096, 4096}},
+                       {remote.sub(k * 4096, 4096).value()});
+    REQUIRE(w.ok());
+    ids.push_back(*w);
+  }
+  for (auto i : ids)
+    CHECK(p.a.wait(i, limit).ok());
+  CHECK(std::equal(p.bbuf.begin(), p.bbuf.begin() + 65536, p.abuf.begin()));
+  auto gone = p.a.poll(ids[0]);
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.error().code() == ec::not_found);
+}
+
+TEST_CASE("two-sided send and recv in order, with notifications") {
+  pair p;
+  // Two receives posted on b, then two sends from a (scattered sources):
+  // the k-th send fills the k-th receive.
+  auto r1 = p.b.recv(p.ba, {{p.br, 0, 3000}, {p.br, 50000, 5000}});
+  auto r2 = p.b.recv(p.ba, {{p.br, 100000, 20000}});
+  REQUIRE(r1.ok());
+  REQUIRE(r2.ok());
+  auto s1 = p.a.send(p.ab, {{p.ar, 0, 4000}, {p.ar, 10000, 4000}});
+  auto s2 = p.a.send(p.ab, {{p.ar, 20000, 12345}});
+  CHECK(p.done(p.a, s1) == 8000);
+  CHECK(p.done(p.a, s2) == 12345);
+  CHECK(p.done(p.b, r1) == 8000);
+  CHECK(p.done(p.b, r2) == 12345);
+  std::vector<std::uint8_t> sent(p.abuf.begin(), p.abuf.begin() + 4000);
+  sent.insert(sent.end(), p.abuf.begin() + 10000, p.abuf.begin() + 14000);
+  CHECK(std::equal(sent.begin(), sent.begin() + 3000, p.bbuf.begin()));
+  CHECK(std::equal(sent.begin() + 3000, sent.end(), p.bbuf.begin() + 50000));
+  CHECK(std::equal(p.abuf.begin() + 20000, p.abuf.begin() + 32345,
+                   p.bbuf.begin() + 100000));
+  CHECK(p.bbuf[100000 + 12345] == 0x5a); // the rest of the receive untouched
+
+  // A send posted before its receive waits for it.
+  auto s3 = p.b.send(p.ba, {{p.br, 0, 777}});
+  REQUIRE(s3.ok());
+  auto r3 = p.a.recv(p.ab, {{p.ar, 200000, 1000}});
+  CHECK(p.done(p.a, r3) == 777);
+  CHECK(p.done(p.b, s3) == 777);
+  CHECK(std::equal(p.bbuf.begin(), p.bbuf.begin() + 777,
+                   p.abuf.begin() + 200000));
+
+  // Notifications, in order, after the transfer they follow.
+  std::vector<std::uint8_t> note{'h', 'i'};
+  CHECK(p.a.notify(p.ab, note).ok());
+  CHECK(p.a.notify(p.ab, std::vector<std::uint8_t>{'2'}).ok());
+  std::vector<notification> got;
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (got.size() < 2 && std::chrono::steady_clock::now() < until) {
+    auto more = p.b.take_notifications();
+    got.insert(got.end(), more.begin(), more.end());
+  }
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].conn == p.ba);
+  CHECK(got[0].bytes == note);
+  CHECK(got[1].bytes == std::vector<std::uint8_t>{'2'});
+  auto big = p.a.notify(
+      p.ab, std::vector<std::uint8_t>(endpoint::max_notification_bytes + 1));
+  CHECK(big.code() == ec::invalid_argument);
+}
+
+TEST_CASE("bad input gives a clear error and leaves the endpoint usable") {
+  pair p;
+  auto whole = p.b.advertise(p.br, 0, p.bbuf.size()).value();
+
+  SUBCASE("malformed metadata") {
+    std::vector<std::uint8_t> junk{'K', 'V', 'F', 'M', 1, 0, 3};
+    auto c = p.a.connect(junk);
+    REQUIRE_FALSE(c.ok());
+    CHECK(says(c.error(), "truncated at byte 6 in field 'instance'"));
+  }
+  SUBCASE("arguments checked before anything moves") {
+    CHECK(p.a.write(p.ab, {{p.ar, 0, 10}}, {whole.sub(0, 11).value()})
+              .error()
+              .code() == ec::invalid_argument);
+    CHECK(p.a.write(p.ab, {{p.ar, p.abuf.size() - 5, 10}},
+                    {whole.sub(0, 10).value()})
+              .error()
+              .code() == ec::invalid_extent);
+    CHECK(p.a.write(99, {{p.ar, 0, 10}}, {whole.sub(0, 10).value()})
+              .error()
+              .code() == ec::not_found);
+    auto foreign = whole;
+    foreign.owner ^= 1;
+    auto w = p.a.write(p.ab, {{p.ar, 0, 10}}, {foreign.sub(0, 10).value()});
+    REQUIRE_FALSE(w.ok());
+    CHECK(says(w.error(), "belongs to another endpoint"));
+    CHECK(p.a.advertise(p.ar, 0, p.abuf.size() + 1).error().code() ==
+          ec::invalid_extent);
+  }
+  SUBCASE("a descriptor outside the peer's region: the receiver refuses") {
+    // A forged descriptor that claims a larger region: the sender's check
+    // passes, the receiver's own table refuses, nothing is written.
+    auto forged = whole;
+    forged.region_bytes = 1 << 20;
+    forged.offset = 300000;
+    forged.size = 4096;
+    auto w = p.a.write(p.ab, {{p.ar, 0, 4096}}, {forged});
+    REQUIRE(w.ok());
+    auto r = p.a.wait(*w, limit);
+    REQUIRE_FALSE(r.ok());
+    CHECK(says(r.error(), "leaves"));
+    CHECK(std::all_of(p.bbuf.begin(), p.bbuf.end(),
+                      [](std::uint8_t x) { return x == 0x5a; }));
+    // A region the peer deregistered is refused the same way.
+    std::vector<std::uint8_t> spare(4096, 1);
+    auto sr = p.b.reg(spare.data(), spare.size()).value();
+    auto old = p.b.advertise(sr, 0, 4096).value();
+    CHECK(p.b.dereg(sr).ok());
+    auto late = p.a.write(p.ab, {{p.ar, 0, 4096}}, {old});
+    REQUIRE(late.ok());
+    auto lr = p.a.wait(*late, limit);
+    REQUIRE_FALSE(lr.ok());
+    CHECK(says(lr.error(), "region"));
+    CHECK(spare == std::vector<std::uint8_t>(4096, 1));
+  }
+  SUBCASE("a wait that times out leaves the transfer pending") {
+    auto r = p.b.recv(p.ba, {{p.br, 0, 100}});
+    REQUIRE(r.ok());
+    auto w = p.b.wait(*r, 50ms);
+    REQUIRE_FALSE(w.ok());
+    CHECK(w.error().code() == ec::timeout);
+    CHECK(says(w.error(), "still in flight"));
+    auto still = p.b.poll(*r);
+    REQUIRE(still.ok());
+    CHECK_FALSE(still->has_value());
+    CHECK(p.done(p.a, p.a.send(p.ab, {{p.ar, 0, 100}})) == 100);
+    CHECK(p.done(p.b, r) == 100);
+    auto a = p.a.accept(10ms);
+    CHECK(a.error().code() == ec::timeout);
+  }
+  // After any of these: a normal write still works.
+  CHECK(p.done(p.a, p.a.write(p.ab, {{p.ar, 0, 8192}},
+                              {whole.sub(8192, 8192).value()})) == 8192);
+  CHECK(
+      std::equal(p.abuf.begin(), p.abuf.begin() + 8192, p.bbuf.begin() + 8192));
+}
+
+TEST_CASE("a dead peer fails what waits on it, naming it") {
+  auto a = make("ep-test-live");
+  std::optional<endpoint> b{make("ep-test-dying")};
+  auto c = a.connect(b->metadata());
+  REQUIRE(c.ok());
+  REQUIRE(b->accept(limit).ok());
+  std::vector<std::uint8_t> buf(4096, 3);
+  auto r = a.reg(buf.data(), buf.size()).value();
+  auto pending = a.recv(*c, {{r, 0, 4096}});
+  REQUIRE(pending.ok());
+  b.reset(); // the peer goes away
+  auto w = a.wait(*pending, limit);
+  REQUIRE_FALSE(w.ok());
+  CHECK(w.error().code() == ec::peer_down);
+  CHECK(says(w.error(), "ep-test-dying"));
+  auto later = a.send(*c, {{r, 0, 10}});
+  REQUIRE_FALSE(later.ok());
+  CHECK(later.error().code() == ec::peer_down);
+  // Still usable: a new peer connects and moves bytes.
+  auto d = make("ep-test-new");
+  auto c2 = d.connect(a.metadata());
+  REQUIRE(c2.ok());
+  auto back = a.accept(limit);
+  REQUIRE(back.ok());
+  std::vector<std::uint8_t> dst(4096, 0);
+  auto dr = d.reg(dst.data(), dst.size()).value();
+  auto desc = d.advertise(dr, 0, 4096).value();
+  auto w2 = a.write(*back, {{r, 0, 4096}}, {desc});
+  REQUIRE(w2.ok());
+  REQUIRE(a.wait(*w2, limit).ok());
+  CHECK(dst == buf);
+}
