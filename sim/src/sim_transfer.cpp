@@ -150,6 +150,19 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::progress_atom, std::uint64_t) {},
       [self](proto::sweep_atom) { sweep(self); },
+      // Models no CUDA IPC reads and no runtime regions (kvferry::endpoint).
+      [](proto::read_atom,
+         proto::read_order&) -> caf::result<proto::recv_report> {
+        return make_error(ec::invalid_argument, "sim transfer: no reads");
+      },
+      [](proto::region_add_atom, std::uint64_t, std::uint64_t,
+         std::int32_t) -> caf::result<std::uint64_t> {
+        return make_error(ec::invalid_argument, "sim transfer: no regions");
+      },
+      [](proto::region_remove_atom,
+         std::uint64_t) -> caf::result<caf::ok_atom> {
+        return make_error(ec::not_found, "sim transfer: no regions");
+      },
   };
 }
 
