@@ -16,5 +16,5 @@ run_step("install" ${CMAKE_COMMAND} --install "${BINARY_DIR}" --prefix "${WORK_D
 run_step("configure example" ${CMAKE_COMMAND} -S "${SOURCE_DIR}/apps/embedding-example"
   -B "${WORK_DIR}/build" -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
 run_step("build example" ${CMAKE_COMMAND} --build "${WORK_DIR}/build")
-run_step("run example" "${WORK_DIR}/build/embedding-example")
+run_step("run example" "${WORK_DIR}/build/kvferry-embedding-example" --help)
 message(STATUS "${step_output}")
