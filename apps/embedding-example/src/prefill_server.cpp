@@ -115,6 +115,7 @@ void prefill_server::on_message(const std::string& from, const message& m) {
   } else if (m.verb == "bye") {
     bye_ = true;
   } else if (m.verb == "abort") {
+    send(from, "bye-ok");
     fatal_ = "decode server '" + from + "' gave up: " + m.text;
   }
 }

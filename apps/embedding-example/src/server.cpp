@@ -40,6 +40,11 @@ void server::start_node(kvferry::node_options o) {
 }
 
 bool server::peer_gone(const std::string& peer) {
+  // Asked at most every 100 ms: peers() asks the node's actors.
+  const auto t = clock::now();
+  if (t - last_peers_check_ < std::chrono::milliseconds(100))
+    return false;
+  last_peers_check_ = t;
   auto peers = node_->peers();
   bool there = std::find(peers.begin(), peers.end(), peer) != peers.end();
   if (there)

@@ -33,7 +33,8 @@ protected:
   /// on_message on the server's thread. Throws fatal.
   void start_node(kvferry::node_options o);
   virtual void on_message(const std::string& from, const message& m) = 0;
-  /// Once `peer` was among the node's peers and no longer is.
+  /// Once `peer` was among the node's peers and no longer is (checked at
+  /// most every 100 ms; false in between).
   bool peer_gone(const std::string& peer);
   void send(const std::string& to, const std::string& line);
   /// "host memory" or "GPU n".
@@ -47,6 +48,7 @@ protected:
   std::unique_ptr<gpu_model> model_; // with a GPU cache
   mailbox box_;
   std::string seen_peer_;
+  clock::time_point last_peers_check_;
   std::optional<kvferry::node> node_; // last: stopped first
 };
 
