@@ -1,6 +1,7 @@
 #include "server.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <unistd.h>
 
 #include "gpu.hpp"
@@ -25,6 +26,7 @@ void server::start_node(kvferry::node_options o) {
   o.name = options_.name;
   o.cache = {cache_.layout(), cache_.bases(), gpu_};
   o.timeout = options_.timeout;
+  o.plugin = default_plugin();
   auto started = kvferry::node::start(std::move(o));
   if (!started.ok())
     throw fatal("cannot start kvferry node '" + options_.name +
@@ -37,6 +39,16 @@ void server::start_node(kvferry::node_options o) {
             on_message(from, *m);
         });
       });
+}
+
+// Unless the environment says where plugins are, the kvsock plugin of the
+// kvferry this was built against (its package's libdir, or its build tree),
+// wherever the example's binary lies; "" lets kvferry search.
+std::string server::default_plugin() {
+  if (std::getenv("KVFERRY_NET_PLUGIN") || std::getenv("KVFERRY_PLUGIN_PATH"))
+    return {};
+  std::string path = EXAMPLE_PLUGIN_DIR "/libnccl-net-kvsock.so";
+  return ::access(path.c_str(), R_OK) == 0 ? path : std::string{};
 }
 
 bool server::peer_gone(const std::string& peer) {

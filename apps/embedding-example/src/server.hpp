@@ -37,6 +37,7 @@ protected:
   /// most every 100 ms; false in between).
   bool peer_gone(const std::string& peer);
   void send(const std::string& to, const std::string& line);
+  static std::string default_plugin();
   /// "host memory" or "GPU n".
   std::string memory() const;
 
