@@ -98,6 +98,10 @@ prefill_options parse_prefill(int argc, char** argv) {
     o.accept_timeout =
         std::chrono::milliseconds(number("--accept-timeout-ms", v));
   };
+  setters["--prefill-tokens-per-s"] = [&](auto& v) {
+    o.prefill_tokens_per_s =
+        v == "0" ? 0 : positive("--prefill-tokens-per-s", v);
+  };
   parse(argc, argv, setters);
   check_geometry(o);
   return o;
@@ -155,7 +159,7 @@ std::string usage() {
 on kvferry::node (docs/embedding.md, "The example").
 
   kvferry-embedding-example prefill [--port P] [--port-file F] [--bind ADDR]
-      [--accept-timeout-ms MS]
+      [--accept-timeout-ms MS] [--prefill-tokens-per-s R]
   kvferry-embedding-example decode --peer HOST:PORT --trace FILE
       [--requests N] [--time-scale X] [--max-prompt-blocks B]
       [--decode-step-us US] [--max-decode-steps S]
@@ -165,6 +169,8 @@ Both: [--layers 8] [--blocks 2048] [--block-tokens 16] [--token-bytes 512]
       [--gpu auto|none|N] [--name NAME] [--timeout-ms 10000]
 
 The prefill server serves one decode run and exits when it says bye.
+--prefill-tokens-per-s models the prefill's compute: one request at a time,
+each layer taking tokens / R / layers (default 0: only the stand-in's writes).
 )";
 }
 

@@ -24,6 +24,8 @@ struct prefill_options : common_options {
   std::uint16_t port = 0;
   std::string port_file; // where to write the port once listening
   std::chrono::milliseconds accept_timeout{60000};
+  /// The modelled model's prefill rate (tokens/s, all layers); 0: none.
+  double prefill_tokens_per_s = 0;
 };
 
 struct decode_options : common_options {

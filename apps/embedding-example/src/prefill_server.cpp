@@ -3,6 +3,7 @@
 // few), offers them to the decode side with node::advertise (layer by
 // layer), runs the model step one layer at a time marking each layer ready,
 // and frees the blocks when kvferry says the pull is over.
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <fstream>
@@ -37,12 +38,17 @@ private:
   struct open_request {
     std::vector<std::uint64_t> blocks;
     std::int64_t queue_ns = 0, compute_ns = 0;
+    std::uint32_t next_layer = 0;       // the next layer the model writes
+    clock::time_point start, layer_due; // its slot on the model
+    clock::duration per_layer{0};       // modelled time of one layer
   };
 
   void on_message(const std::string& from, const message& m) override;
   void start_waiting();
   void prefill(const waiting& w, std::vector<std::uint64_t> blocks);
-  void model_step(std::uint64_t id, open_request& r);
+  void run_model();
+  void write_layer(std::uint64_t id, open_request& r);
+  clock::time_point next_layer_due() const;
   void freed(std::uint64_t id,
              const kvferry::result<kvferry::request_stats>& r);
 
@@ -53,6 +59,7 @@ private:
   std::string fatal_;
   bool bye_ = false;
   std::uint64_t served_ = 0, bytes_ = 0;
+  clock::time_point model_free_; // the modelled model is busy until then
 };
 
 int prefill_server::run() {
@@ -71,7 +78,8 @@ int prefill_server::run() {
 
   const auto started = clock::now();
   while (!bye_ && fatal_.empty()) {
-    box_.run_until(clock::now() + std::chrono::milliseconds(200));
+    box_.run_until(next_layer_due());
+    run_model();
     if (decode_.empty() && clock::now() - started > o_.accept_timeout)
       fatal_ = "no decode server said hello within " +
                std::to_string(o_.accept_timeout.count()) + " ms";
@@ -135,33 +143,62 @@ void prefill_server::prefill(const waiting& w,
                              std::vector<std::uint64_t> blocks) {
   auto& r = open_[w.id];
   r.blocks = std::move(blocks);
-  r.queue_ns = since(w.since);
+  // The model computes one request at a time, layer after layer: this one
+  // gets the model once it is free (--prefill-tokens-per-s; 0: no modelled
+  // time, each layer as fast as the stand-in writes it).
+  const auto layers = options_.geometry.layers;
+  if (o_.prefill_tokens_per_s > 0)
+    r.per_layer = std::chrono::duration_cast<clock::duration>(
+        std::chrono::duration<double>(static_cast<double>(w.tokens) /
+                                      o_.prefill_tokens_per_s / layers));
+  r.start = std::max(clock::now(), model_free_);
+  r.layer_due = r.start + r.per_layer;
+  model_free_ = r.start + r.per_layer * layers;
+  r.queue_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(r.start - w.since)
+          .count();
   auto done = node_->advertise(w.id, decode_, r.blocks, /*layerwise=*/true);
   done.on_done([this, id = w.id](const auto& result) {
     box_.post([this, id, result] { freed(id, result); });
   });
-  model_step(w.id, r);
+  if (model_)
+    model_->begin(w.id, r.blocks);
+  run_model();
 }
 
-// The stand-in model: one layer after the other, each marked ready as soon
-// as it is written (on a GPU: queued, with the event kvferry's copy waits
+// The stand-in model: every layer whose slot has come is written and marked
+// ready at once (on a GPU: queued, with the event kvferry's copy waits
 // for), so the first layers move while the last are computed.
-void prefill_server::model_step(std::uint64_t id, open_request& r) {
-  const auto start = clock::now();
+void prefill_server::run_model() {
+  const auto now = clock::now();
+  for (auto& [id, r] : open_)
+    while (r.next_layer < options_.geometry.layers && r.layer_due <= now) {
+      write_layer(id, r);
+      r.layer_due += r.per_layer;
+    }
+}
+
+void prefill_server::write_layer(std::uint64_t id, open_request& r) {
+  const auto l = r.next_layer++;
+  void* event = nullptr;
   if (model_)
-    model_->begin(id, r.blocks);
-  for (std::uint32_t l = 0; l < options_.geometry.layers; ++l) {
-    void* event = nullptr;
-    if (model_)
-      event = model_->write_layer(id, l);
-    else
-      write_layer_host(cache_.layout(), cache_.bases(), id, l, r.blocks);
-    auto ready = node_->layer_ready(id, l, event);
-    if (!ready.ok())
-      throw fatal("request " + std::to_string(id) + ": layer_ready(" +
-                  std::to_string(l) + "): " + ready.message());
-  }
-  r.compute_ns = since(start); // host; a GPU's time comes at the end
+    event = model_->write_layer(id, l);
+  else
+    write_layer_host(cache_.layout(), cache_.bases(), id, l, r.blocks);
+  auto ready = node_->layer_ready(id, l, event);
+  if (!ready.ok())
+    throw fatal("request " + std::to_string(id) + ": layer_ready(" +
+                std::to_string(l) + "): " + ready.message());
+  if (r.next_layer == options_.geometry.layers)
+    r.compute_ns = since(r.start); // a GPU's own time comes at the end
+}
+
+clock::time_point prefill_server::next_layer_due() const {
+  auto t = clock::now() + std::chrono::milliseconds(200);
+  for (const auto& [id, r] : open_)
+    if (r.next_layer < options_.geometry.layers)
+      t = std::min(t, r.layer_due);
+  return t;
 }
 
 void prefill_server::freed(
@@ -171,8 +208,8 @@ void prefill_server::freed(
     return;
   auto r = std::move(it->second);
   open_.erase(it);
-  if (model_)
-    r.compute_ns = model_->end(id);
+  if (model_) // the kernels' time, unless the modelled time is longer
+    r.compute_ns = std::max(r.compute_ns, model_->end(id));
   blocks_.release(r.blocks);
   if (!result.ok()) {
     fatal_ = "request " + std::to_string(id) + " for '" + decode_ +
