@@ -10,6 +10,7 @@
 #include <doctest/doctest.h>
 
 #include "content.hpp"
+#include "options.hpp"
 #include "paged_cache.hpp"
 #include "protocol.hpp"
 #include "report.hpp"
@@ -251,4 +252,59 @@ TEST_CASE("the servers' notifications read back as written") {
         "prefill 5 layers x 16 blocks x 4 tokens x 16 B");
   CHECK(hello_mismatch(*parse_message("hello 1 2"), g).find("without the 4") !=
         std::string::npos);
+}
+
+namespace {
+
+// parse_* on a command line written as one string.
+template<class F>
+auto parse_line(F parse, std::string line) {
+  std::vector<std::string> words{"kvferry-embedding-example"};
+  for (std::size_t at = 0; at < line.size();) {
+    auto end = line.find(' ', at);
+    words.push_back(line.substr(at, end - at));
+    at = end == std::string::npos ? line.size() : end + 1;
+  }
+  std::vector<char*> argv;
+  for (auto& w : words)
+    argv.push_back(w.data());
+  return parse(static_cast<int>(argv.size()), argv.data());
+}
+
+} // namespace
+
+TEST_CASE("the command line: defaults, and errors that name the option") {
+  auto d = parse_line(parse_decode, "decode --peer 10.0.0.5:7000 --trace t "
+                                    "--blocks 400 --requests 50");
+  CHECK(d.peer_host == "10.0.0.5");
+  CHECK(d.peer_port == 7000);
+  CHECK(d.requests == 50);
+  CHECK(d.max_prompt_blocks == 100); // a quarter of the cache
+  CHECK(d.geometry.block_bytes() == 16 * 512);
+  auto p = parse_line(parse_prefill, "prefill --port 7000 --layers 2");
+  CHECK(p.port == 7000);
+  CHECK(p.geometry.layers == 2);
+  CHECK(p.prefill_tokens_per_s == 0);
+
+  auto refused = [](auto parse, const char* line, const char* why) {
+    CAPTURE(line);
+    CHECK_THROWS_WITH_AS(parse_line(parse, line), doctest::Contains(why),
+                         std::invalid_argument);
+  };
+  refused(parse_decode, "decode --trace t", "decode needs --peer");
+  refused(parse_decode, "decode --peer h:1", "decode needs --trace");
+  refused(parse_decode, "decode --peer h --trace t", "expected HOST:PORT");
+  refused(parse_decode, "decode --peer h:70000 --trace t", "not a port");
+  refused(parse_decode, "decode --peer h:1 --trace t --max-prompt-blocks 9999",
+          "more than the cache's --blocks 2048");
+  refused(parse_decode, "decode --peer h:1 --trace t --time-scale 0",
+          "--time-scale 0: expected a positive number");
+  refused(parse_prefill, "prefill --port", "--port needs a value");
+  refused(parse_prefill, "prefill --wat 1", "unknown option --wat");
+  refused(parse_prefill, "prefill --layers x", "--layers x: expected a whole");
+  refused(parse_prefill, "prefill --block-tokens 3 --token-bytes 2",
+          "multiple of 8 bytes");
+  CHECK(choose_gpu("none") == -1);
+  CHECK_THROWS_WITH_AS(choose_gpu("99"), doctest::Contains("--gpu 99"),
+                       std::invalid_argument);
 }
