@@ -58,6 +58,7 @@ private:
   int gpu_;
   gpu_cache_view cache_;
   void* stream_ = nullptr;
+  void* first_device_ = nullptr; // the verifier's result, one word a layer
   std::map<std::uint64_t, request_state*> open_;
 };
 

@@ -134,6 +134,8 @@ gpu_model::gpu_model(int gpu, gpu_cache_view cache)
   check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking),
         "cudaStreamCreate", gpu_);
   stream_ = s;
+  check(cudaMalloc(&first_device_, cache_.layer_base.size() * 8), "cudaMalloc",
+        gpu_);
 }
 
 gpu_model::~gpu_model() {
@@ -146,6 +148,7 @@ gpu_model::~gpu_model() {
     cudaFreeHost(r->ids);
     delete r;
   }
+  cudaFree(first_device_);
   cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
@@ -214,8 +217,9 @@ std::string gpu_model::verify(std::uint64_t request,
   auto s = static_cast<cudaStream_t>(stream_);
   const auto layers = static_cast<std::uint32_t>(cache_.layer_base.size());
   const std::uint64_t words = cache_.block_bytes / 8;
-  // Pinned host memory: the ids the kernels read, then the first mismatch
-  // of each layer that the kernels write.
+  // Pinned host memory: the ids the kernels read, and the first mismatch of
+  // each layer, copied back from first_device_ (where the kernels' atomics
+  // stay in GPU memory).
   std::uint64_t* ids = nullptr;
   unsigned long long* first = nullptr;
   check(cudaHostAlloc(reinterpret_cast<void**>(&ids), blocks.size() * 8,
@@ -224,23 +228,24 @@ std::string gpu_model::verify(std::uint64_t request,
   std::unique_ptr<std::uint64_t, cudaError_t (*)(void*)> free_ids(ids,
                                                                   cudaFreeHost);
   check(cudaHostAlloc(reinterpret_cast<void**>(&first), layers * 8,
-                      cudaHostAllocMapped),
+                      cudaHostAllocDefault),
         "cudaHostAlloc", gpu_);
   std::unique_ptr<unsigned long long, cudaError_t (*)(void*)> free_first(
       first, cudaFreeHost);
   std::copy(blocks.begin(), blocks.end(), ids);
-  std::fill(first, first + layers, no_mismatch);
   std::uint64_t* d_ids = nullptr;
-  unsigned long long* d_first = nullptr;
   check(cudaHostGetDevicePointer(reinterpret_cast<void**>(&d_ids), ids, 0),
         "cudaHostGetDevicePointer", gpu_);
-  check(cudaHostGetDevicePointer(reinterpret_cast<void**>(&d_first), first, 0),
-        "cudaHostGetDevicePointer", gpu_);
+  auto* d_first = static_cast<unsigned long long*>(first_device_);
+  check(cudaMemsetAsync(d_first, 0xFF, layers * 8, s), "cudaMemsetAsync",
+        gpu_); // every entry no_mismatch
   for (std::uint32_t l = 0; l < layers; ++l)
     verify_kernel<<<grid_for(blocks.size()), threads, 0, s>>>(
         cache_.layer_base[l], cache_.kv_stride, cache_.block_stride, words,
         d_ids, blocks.size(), request, l, d_first + l);
   check(cudaGetLastError(), "the verifier's kernel launch", gpu_);
+  check(cudaMemcpyAsync(first, d_first, layers * 8, cudaMemcpyDeviceToHost, s),
+        "cudaMemcpyAsync", gpu_);
   cudaEvent_t done = nullptr;
   check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming),
         "cudaEventCreate", gpu_);
