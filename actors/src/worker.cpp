@@ -174,24 +174,33 @@ worker_info describe_worker(const worker_options& opts,
   return info;
 }
 
-transfer_config make_transfer_config(const worker_options& opts,
-                                     std::shared_ptr<transport::plugin> net,
-                                     std::vector<int> devices,
-                                     std::shared_ptr<memory_region> region) {
+} // namespace
+
+caf::expected<transfer_config>
+worker_transfer_config(const worker_options& opts,
+                       std::vector<std::shared_ptr<memory_region>> regions) {
+  auto net = load_plugin(opts);
+  if (!net)
+    return std::move(net.error());
+  auto devices = choose_net_devices(opts, **net);
+  if (!devices)
+    return std::move(devices.error());
   transfer_config tc;
   tc.name = opts.name;
-  tc.net = std::move(net);
-  tc.comms_per_peer = comms_for(opts, devices.size());
-  tc.devices = std::move(devices);
-  tc.region = std::move(region);
+  tc.net = std::move(*net);
+  tc.comms_per_peer = comms_for(opts, devices->size());
+  tc.devices = std::move(*devices);
+  tc.region = regions.at(0);
+  tc.more_regions.assign(regions.begin() + 1, regions.end());
   tc.chunk_bytes = opts.chunk_bytes;
   tc.staging_slots = opts.staging_slots;
   tc.open_timeout_ms = opts.timeout_ms;
   tc.use_ipc = opts.use_ipc;
   tc.host_id = local_host_id();
-  tc.map_peers_ahead = opts.role == worker_role::prefill;
   return tc;
 }
+
+namespace {
 
 app_config make_app_config(const worker_options& opts,
                            std::shared_ptr<memory_region> region,
@@ -251,21 +260,18 @@ std::string describe_memory(int gpu) {
 
 caf::expected<worker_handle> start_worker(caf::actor_system& sys,
                                           const worker_options& opts) {
-  auto net = load_plugin(opts);
-  if (!net)
-    return std::move(net.error());
-  auto devices = choose_net_devices(opts, **net);
-  if (!devices)
-    return std::move(devices.error());
   auto region = allocate_pool(opts);
   if (!region)
     return std::move(region.error());
+  auto tc = worker_transfer_config(opts, {*region});
+  if (!tc)
+    return std::move(tc.error());
+  tc->map_peers_ahead = opts.role == worker_role::prefill;
   worker_handle w;
   w.sys_ = &sys;
-  w.net = *net;
+  w.net = tc->net;
   w.region = *region;
-  w.transfer = spawn_transfer(
-      sys, make_transfer_config(opts, *net, std::move(*devices), *region));
+  w.transfer = spawn_transfer(sys, std::move(*tc));
   caf::scoped_actor self{sys};
   proto::endpoint ep;
   self->request(w.transfer, std::chrono::seconds(5),
@@ -294,7 +300,7 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
                                     render(port.error())));
   }
   w.port = *port;
-  w.info = describe_worker(opts, **net, **region, ep);
+  w.info = describe_worker(opts, *w.net, **region, ep);
   w.info.attributes[control_attribute] = control_address(opts.bind, w.port);
   w.info.transfer = caf::actor_cast<caf::actor>(w.transfer);
   w.info.app = w.app;

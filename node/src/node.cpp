@@ -1,12 +1,45 @@
-// kvferry::node (node.hpp): the facade over the node's actors.
+// kvferry::node (node.hpp): a thin facade over the node's actors. It owns
+// an actor system, a transfer actor over the caller's cache and the node
+// actor (actors.hpp, node_actor), and talks to them as any CAF caller would:
+// a "bridge" actor sends each request and finishes its completion with the
+// reply; blocking calls (connect, layer_ready, notify) use a scoped actor
+// with a deadline.
 #include "kvferry/node.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <thread>
+#include <unordered_map>
 #include <utility>
 
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvferry/actors/memory_region.hpp"
+#include "kvferry/actors/node_actor.hpp"
+#include "kvferry/actors/transfer.hpp"
+#include "kvferry/actors/worker.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/tls.hpp"
+
+#ifdef KVFERRY_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace kvferry {
+
+using clock_type = std::chrono::steady_clock;
+using done_fn = std::function<void(const result<request_stats>&)>;
+using note_fn =
+    std::function<void(const std::string& from, const std::string& payload)>;
 
 namespace detail {
 
@@ -14,14 +47,15 @@ namespace detail {
 struct completion_state {
   explicit completion_state(std::uint64_t request) : id(request) {}
   const std::uint64_t id;
+  const clock_type::time_point start = clock_type::now();
   std::mutex mtx;
   std::condition_variable cv;
   std::optional<result<request_stats>> outcome;
-  std::function<void(const result<request_stats>&)> callback;
+  done_fn callback;
 
   /// Records the outcome (the first one wins) and runs the callback.
   void finish(result<request_stats> r) {
-    std::function<void(const result<request_stats>&)> f;
+    done_fn f;
     {
       std::lock_guard<std::mutex> guard{mtx};
       if (outcome)
@@ -35,24 +69,275 @@ struct completion_state {
   }
 };
 
+/// The requests in flight (by ticket) and the notification callback: what
+/// the bridge actor and the caller's threads share.
+struct node_shared {
+  std::mutex mtx;
+  std::uint64_t next_ticket = 0;
+  std::unordered_map<std::uint64_t, std::shared_ptr<completion_state>> open;
+  note_fn on_note;
+  bool listening = false;
+
+  std::uint64_t add(std::shared_ptr<completion_state> state) {
+    std::lock_guard<std::mutex> guard{mtx};
+    open.emplace(++next_ticket, std::move(state));
+    return next_ticket;
+  }
+  std::shared_ptr<completion_state> take(std::uint64_t ticket) {
+    std::lock_guard<std::mutex> guard{mtx};
+    auto i = open.find(ticket);
+    if (i == open.end())
+      return nullptr;
+    auto state = std::move(i->second);
+    open.erase(i);
+    return state;
+  }
+  std::vector<std::shared_ptr<completion_state>> take_all() {
+    std::lock_guard<std::mutex> guard{mtx};
+    std::vector<std::shared_ptr<completion_state>> all;
+    for (auto& [ticket, state] : open)
+      all.push_back(std::move(state));
+    open.clear();
+    return all;
+  }
+};
+
+/// The request's stats from the node actor's report.
+request_stats stats_of(const completion_state& state,
+                       const proto::node_report& rep) {
+  request_stats s;
+  s.id = rep.id;
+  s.bytes = rep.bytes;
+  s.total = clock_type::now() - state.start;
+  if (rep.data_end_ns > rep.data_start_ns && rep.data_start_ns > 0)
+    s.data = std::chrono::nanoseconds{rep.data_end_ns - rep.data_start_ns};
+  s.data = std::min(s.data, s.total);
+  s.control = s.total - s.data;
+  s.ipc = rep.ipc;
+  return s;
+}
+
+// The bridge: sends each request (atom, request, ticket) to the node actor
+// and finishes the ticket's completion with the reply; delivers
+// notifications to the caller's callback. Callbacks run here, one at a time.
+caf::behavior bridge_impl(caf::event_based_actor* self, node_actor node,
+                          std::shared_ptr<node_shared> shared) {
+  auto forward = [self, node, shared](auto atom, proto::node_request& req,
+                                      std::uint64_t ticket) {
+    self->request(node, caf::infinite, atom, std::move(req))
+        .then(
+            [shared, ticket](const proto::node_report& rep) {
+              if (auto state = shared->take(ticket))
+                state->finish(stats_of(*state, rep));
+            },
+            [shared, ticket](const caf::error& err) {
+              if (auto state = shared->take(ticket))
+                state->finish(to_status(err));
+            });
+  };
+  return {
+      [forward](proto::node_send_atom a, proto::node_request& r,
+                std::uint64_t t) { forward(a, r, t); },
+      [forward](proto::node_advertise_atom a, proto::node_request& r,
+                std::uint64_t t) { forward(a, r, t); },
+      [forward](proto::node_receive_atom a, proto::node_request& r,
+                std::uint64_t t) { forward(a, r, t); },
+      [forward](proto::node_pull_atom a, proto::node_request& r,
+                std::uint64_t t) { forward(a, r, t); },
+      // Through here, so that they reach the node actor after the requests
+      // the caller made before (advertise, then layer_ready).
+      [self, node](proto::node_layer_atom a, std::uint64_t id,
+                   std::uint32_t layer) {
+        return self->delegate(node, a, id, layer);
+      },
+      [self, node](proto::node_notify_atom a, std::string& to,
+                   std::string& payload) {
+        return self->delegate(node, a, std::move(to), std::move(payload));
+      },
+      [shared](proto::node_note_atom, const std::string& from,
+               const std::string& payload) {
+        note_fn f;
+        {
+          std::lock_guard<std::mutex> guard{shared->mtx};
+          f = shared->on_note;
+        }
+        if (f)
+          f(from, payload);
+      },
+  };
+}
+
 class node_impl {
 public:
   std::string name;
+  std::chrono::milliseconds timeout{10000};
+  std::uint16_t port = 0;
+  std::shared_ptr<node_shared> shared = std::make_shared<node_shared>();
+  // Declared in the order they are built; destroyed in reverse.
+  std::unique_ptr<runtime::system_config> cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  transfer_actor transfer;
+  node_actor actor;
+  caf::actor bridge;
+  std::atomic<bool> stopped{false};
+
+  ~node_impl() {
+    shutdown();
+    // Handles first: the actor system waits for its actors as it goes.
+    bridge = nullptr;
+    actor = nullptr;
+    transfer = nullptr;
+    close_system();
+  }
+
+  void close_system();
+
+  void shutdown();
+  void wait_down(caf::scoped_actor& self, const caf::actor_addr& who,
+                 const char* what);
 };
+
+// Stops the bridge (open requests fail, naming this node), the node actor
+// and the transfer actor, each waited for (bounded): once this returns the
+// caller's cache is not touched again.
+void node_impl::shutdown() {
+  if (stopped || !sys)
+    return;
+  stopped = true;
+  caf::scoped_actor self{*sys};
+  // The bridge first: what the caller is still waiting for fails here,
+  // saying so, not with whatever a request to a stopped actor says.
+  if (bridge) {
+    self->send_exit(bridge, caf::exit_reason::user_shutdown);
+    wait_down(self, bridge.address(), "bridge");
+  }
+  for (auto& state : shared->take_all())
+    state->finish(status{ec::peer_down, "node '" + name + "' stopped"});
+  if (actor) {
+    if (port != 0)
+      runtime::unpublish_control(*sys, actor.address(), port);
+    self->send_exit(actor, caf::exit_reason::user_shutdown);
+    wait_down(self, actor.address(), "node actor");
+  }
+  if (transfer) {
+    self->send_exit(transfer, caf::exit_reason::user_shutdown);
+    wait_down(self, transfer.address(), "transfer actor");
+    // A detached actor left in the registry (where the middleman put it
+    // when its handle went to a peer) blocks ~actor_system in CAF 0.17
+    // (actor-framework issue #1110): take it out.
+    sys->registry().erase(transfer->id());
+  }
+  if (actor)
+    sys->registry().erase(actor->id());
+}
+
+// Destroys the actor system, waiting at most `limit`. CAF 0.17's
+// ~actor_system sometimes never returns once a detached actor (the transfer
+// actor) had its handle sent to another actor system (actor-framework issues
+// #1110 and #1196, fixed in CAF 0.18): every actor is down by now and the
+// caller's cache is no longer touched, so a system that does not finish in
+// time is left to finish (or not) on a thread of its own, with a warning.
+void node_impl::close_system() {
+  if (!sys)
+    return;
+  constexpr auto limit = std::chrono::seconds(2);
+  // This thread's reference to the system's logger (CAF keeps one per
+  // thread that started a system) would keep ~actor_system waiting for it.
+  caf::logger::set_current_actor_system(nullptr);
+  std::promise<void> closed;
+  auto done = closed.get_future();
+  std::thread closer{[s = std::move(sys), c = std::move(cfg),
+                      p = std::move(closed)]() mutable {
+    s.reset();
+    c.reset();
+    p.set_value();
+  }};
+  if (done.wait_for(limit) == std::future_status::ready) {
+    closer.join();
+    return;
+  }
+  spdlog::warn("node {}: its actor system did not shut down within {} s "
+               "(CAF 0.17, actor-framework issue #1196); leaving it to a "
+               "thread of its own",
+               name, limit.count());
+  closer.detach();
+}
+
+void node_impl::wait_down(caf::scoped_actor& self, const caf::actor_addr& who,
+                          const char* what) {
+  constexpr auto limit = std::chrono::seconds(5);
+  self->monitor(who);
+  bool down = false;
+  self->receive_while([&] { return !down; })(
+      [&](const caf::down_msg& dm) { down = dm.source == who; },
+      caf::after(limit) >>
+          [&] {
+            spdlog::warn("node {}: {} did not stop within {} s", name, what,
+                         limit.count());
+            down = true;
+          });
+}
 
 } // namespace detail
 
 namespace {
 
-status not_yet(const char* what) {
-  return {ec::internal,
-          std::string{"kvferry::node::"} + what + ": not implemented yet"};
+status invalid(const std::string& what) {
+  return {ec::invalid_argument, what};
 }
 
 completion failed(std::uint64_t id, status why) {
   auto state = std::make_shared<detail::completion_state>(id);
   state->finish(std::move(why));
   return completion{std::move(state)};
+}
+
+// The caller's cache as a region table, one region per layout region.
+result<std::vector<std::shared_ptr<memory_region>>>
+wrap_cache(const node_options& opts) {
+  const auto& c = opts.cache;
+  if (c.layout.layers() == 0)
+    return invalid("node " + opts.name + ": the cache has no layout");
+  if (c.bases.size() != c.layout.region_count())
+    return invalid(fmt::format("node {}: layout {} has {} regions, but {} "
+                               "bases were given",
+                               opts.name, c.layout.name(),
+                               c.layout.region_count(), c.bases.size()));
+  std::vector<std::shared_ptr<memory_region>> regions;
+  try {
+    for (std::size_t i = 0; i < c.bases.size(); ++i)
+      regions.push_back(memory_region::wrap(
+          c.bases[i], c.layout.region_bytes(),
+          c.gpu < 0 ? memory_kind::host : memory_kind::cuda, c.gpu,
+          fmt::format("{}/kv region {}", opts.name, i)));
+  } catch (const std::exception& e) {
+    return invalid(fmt::format("node {}: {}", opts.name, e.what()));
+  }
+  return regions;
+}
+
+worker_options worker_options_of(const node_options& opts) {
+  worker_options w;
+  w.name = opts.name;
+  w.gpu = opts.cache.gpu;
+  w.plugin = opts.plugin;
+  w.devices = opts.devices;
+  w.use_ipc = opts.use_ipc;
+  w.bind = opts.bind;
+  w.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
+  return w;
+}
+
+// A request of the caller's thread to an actor, waited for at most `limit`.
+template<class Result, class Handle, class... Ts>
+result<Result> ask(caf::actor_system& sys, const Handle& whom,
+                   std::chrono::milliseconds limit, Ts&&... xs) {
+  std::optional<result<Result>> out;
+  caf::scoped_actor self{sys};
+  self->request(whom, limit, std::forward<Ts>(xs)...)
+      .receive([&](Result& r) { out.emplace(std::move(r)); },
+               [&](const caf::error& err) { out.emplace(to_status(err)); });
+  return std::move(*out);
 }
 
 } // namespace
@@ -88,7 +373,7 @@ result<request_stats> completion::wait(std::chrono::milliseconds limit) const {
   return *state_->outcome;
 }
 
-void completion::on_done(std::function<void(const result<request_stats>&)> f) {
+void completion::on_done(done_fn f) {
   std::unique_lock<std::mutex> lock{state_->mtx};
   if (!state_->outcome) {
     state_->callback = std::move(f);
@@ -102,19 +387,56 @@ void completion::on_done(std::function<void(const result<request_stats>&)> f) {
 // --------------------------------------------------------------------
 
 result<node> node::start(node_options opts) {
-  (void)opts;
-  return not_yet("start");
+  if (opts.name.empty())
+    return invalid("a node needs a name");
+  if (!opts.directory.empty())
+    return status{ec::internal, "node " + opts.name +
+                                    ": directory mode is not implemented yet"};
+  auto regions = wrap_cache(opts);
+  if (!regions.ok())
+    return regions.error();
+  auto impl = std::make_unique<detail::node_impl>();
+  impl->name = opts.name;
+  impl->timeout = opts.timeout;
+  runtime::runtime_options ro;
+  ro.threads = 2; // bookkeeping only: the transfer actor has its own thread
+  impl->cfg = std::make_unique<runtime::system_config>(ro);
+  impl->sys = std::make_unique<caf::actor_system>(*impl->cfg);
+  auto& sys = *impl->sys;
+  auto tc = worker_transfer_config(worker_options_of(opts), *regions);
+  if (!tc)
+    return to_status(tc.error());
+  impl->transfer = spawn_transfer(sys, std::move(*tc));
+  auto ep = ask<proto::endpoint>(sys, impl->transfer, opts.timeout,
+                                 proto::endpoint_atom::value);
+  if (!ep.ok())
+    return ep.error();
+  node_actor_config nc;
+  nc.name = opts.name;
+  nc.transfer = impl->transfer;
+  nc.self = std::move(*ep);
+  nc.layout = opts.cache.layout;
+  nc.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
+  impl->actor = spawn_node_actor(sys, std::move(nc));
+  impl->bridge = sys.spawn(detail::bridge_impl, impl->actor, impl->shared);
+  auto port = runtime::publish_control(impl->actor, opts.port, opts.bind);
+  if (!port)
+    return status{ec::unreachable,
+                  fmt::format("node {}: cannot listen on {}:{}: {}", opts.name,
+                              opts.bind, opts.port, render(port.error()))};
+  impl->port = *port;
+  return node{std::move(impl)};
 }
 
 node::node(std::unique_ptr<detail::node_impl> impl) : impl_(std::move(impl)) {
 }
 node::node(node&&) noexcept = default;
 node& node::operator=(node&&) noexcept = default;
-node::~node() {
-  stop();
-}
+node::~node() = default; // node_impl's destructor stops
 
 void node::stop() {
+  if (impl_)
+    impl_->shutdown();
 }
 
 const std::string& node::name() const {
@@ -122,48 +444,141 @@ const std::string& node::name() const {
 }
 
 std::uint16_t node::port() const {
-  return 0;
+  return impl_->port;
 }
 
-result<std::string> node::connect(const std::string&, std::uint16_t) {
-  return not_yet("connect");
+result<std::string> node::connect(const std::string& host, std::uint16_t port) {
+  auto& sys = *impl_->sys;
+  caf::strong_actor_ptr peer;
+  status why;
+  caf::scoped_actor self{sys};
+  self->request(runtime::control_middleman(sys), impl_->timeout,
+                caf::connect_atom::value, host, port)
+      .receive([&](const caf::node_id&, caf::strong_actor_ptr& ptr,
+                   const std::set<std::string>&) { peer = std::move(ptr); },
+               [&](const caf::error& err) { why = to_status(err); });
+  if (!peer)
+    return status{
+        ec::unreachable,
+        fmt::format("node {}: cannot reach a node at {}:{}: {}", impl_->name,
+                    host, port,
+                    why.ok() ? "nothing published there" : why.message())};
+  return ask<std::string>(sys, impl_->actor, impl_->timeout,
+                          proto::node_connect_atom::value,
+                          caf::actor_cast<caf::actor>(peer));
 }
 
 std::vector<std::string> node::peers() const {
+  auto names = ask<std::vector<std::string>>(
+      *impl_->sys, impl_->actor, impl_->timeout, proto::node_peers_atom::value);
+  return names.ok() ? std::move(*names) : std::vector<std::string>{};
+}
+
+namespace {
+
+// Hands request `req` to the bridge under a new ticket.
+template<class Atom>
+completion submit(detail::node_impl& impl, Atom atom, proto::node_request req) {
+  auto state = std::make_shared<detail::completion_state>(req.id);
+  if (impl.stopped) {
+    state->finish(status{ec::peer_down, "node '" + impl.name + "' stopped"});
+    return completion{std::move(state)};
+  }
+  auto ticket = impl.shared->add(state);
+  caf::anon_send(impl.bridge, atom, std::move(req), ticket);
+  return completion{std::move(state)};
+}
+
+// Marks layer `layer` ready once the caller's CUDA event completed. No send
+// order takes an event yet (the "ipc" work's wait_event is not on main), so
+// a thread of the node's, not the caller's, waits for it on the host and
+// then marks the layer; errors after that point are logged, not returned.
+status mark_after_event(detail::node_impl& impl, std::uint64_t id,
+                        std::uint32_t layer, void* cuda_event) {
+#ifdef KVFERRY_HAVE_CUDA
+  std::thread{[bridge = impl.bridge, name = impl.name, id, layer,
+               event = static_cast<cudaEvent_t>(cuda_event)] {
+    if (auto err = cudaEventSynchronize(event); err != cudaSuccess) {
+      spdlog::error("node {}: request {} layer {}: waiting for its CUDA "
+                    "event failed: {}",
+                    name, id, layer, cudaGetErrorString(err));
+      return;
+    }
+    caf::anon_send(bridge, proto::node_layer_atom::value, id, layer);
+  }}.detach();
   return {};
+#else
+  (void)cuda_event;
+  return invalid(fmt::format("node {}: request {} layer {}: a CUDA event, but "
+                             "kvferry was built without CUDA",
+                             impl.name, id, layer));
+#endif
 }
 
-completion node::send(std::uint64_t id, const std::string&,
-                      const std::vector<std::uint64_t>&,
-                      const std::vector<std::uint64_t>&) {
-  return failed(id, not_yet("send"));
+} // namespace
+
+completion node::send(std::uint64_t id, const std::string& to,
+                      const std::vector<std::uint64_t>& src_blocks,
+                      const std::vector<std::uint64_t>& dst_blocks) {
+  if (src_blocks.size() != dst_blocks.size())
+    return failed(
+        id, invalid(fmt::format("node {}: request {}: {} source blocks but {} "
+                                "destination blocks",
+                                impl_->name, id, src_blocks.size(),
+                                dst_blocks.size())));
+  return submit(*impl_, proto::node_send_atom::value,
+                {id, to, src_blocks, dst_blocks, false});
 }
 
-completion node::advertise(std::uint64_t id, const std::string&,
-                           const std::vector<std::uint64_t>&, bool) {
-  return failed(id, not_yet("advertise"));
+completion node::advertise(std::uint64_t id, const std::string& to,
+                           const std::vector<std::uint64_t>& src_blocks,
+                           bool layerwise) {
+  return submit(*impl_, proto::node_advertise_atom::value,
+                {id, to, src_blocks, {}, layerwise});
 }
 
-status node::layer_ready(std::uint64_t, std::uint32_t, void*) {
-  return not_yet("layer_ready");
+status node::layer_ready(std::uint64_t id, std::uint32_t layer,
+                         void* cuda_event) {
+  if (cuda_event != nullptr)
+    return mark_after_event(*impl_, id, layer, cuda_event);
+  auto ok = ask<caf::ok_atom>(*impl_->sys, impl_->bridge, impl_->timeout,
+                              proto::node_layer_atom::value, id, layer);
+  return ok.ok() ? status{} : ok.error();
 }
 
-completion node::receive(std::uint64_t id, const std::string&,
-                         const std::vector<std::uint64_t>&) {
-  return failed(id, not_yet("receive"));
+completion node::receive(std::uint64_t id, const std::string& from,
+                         const std::vector<std::uint64_t>& dst_blocks) {
+  return submit(*impl_, proto::node_receive_atom::value,
+                {id, from, dst_blocks, {}, false});
 }
 
-completion node::pull(std::uint64_t id, const std::string&,
-                      const std::vector<std::uint64_t>&) {
-  return failed(id, not_yet("pull"));
+completion node::pull(std::uint64_t id, const std::string& from,
+                      const std::vector<std::uint64_t>& dst_blocks) {
+  return submit(*impl_, proto::node_pull_atom::value,
+                {id, from, dst_blocks, {}, false});
 }
 
-status node::notify(const std::string&, std::string) {
-  return not_yet("notify");
+status node::notify(const std::string& to, std::string payload) {
+  constexpr std::size_t max_payload = 64 << 10;
+  if (payload.size() > max_payload)
+    return invalid(fmt::format("node {}: a notification of {} bytes for '{}' "
+                               "(at most {})",
+                               impl_->name, payload.size(), to, max_payload));
+  auto ok =
+      ask<caf::ok_atom>(*impl_->sys, impl_->bridge, impl_->timeout,
+                        proto::node_notify_atom::value, to, std::move(payload));
+  return ok.ok() ? status{} : ok.error();
 }
 
-void node::on_notification(
-    std::function<void(const std::string&, const std::string&)>) {
+void node::on_notification(note_fn f) {
+  bool first = false;
+  {
+    std::lock_guard<std::mutex> guard{impl_->shared->mtx};
+    impl_->shared->on_note = std::move(f);
+    first = !std::exchange(impl_->shared->listening, true);
+  }
+  if (first)
+    caf::anon_send(impl_->actor, proto::node_listen_atom::value, impl_->bridge);
 }
 
 } // namespace kvferry

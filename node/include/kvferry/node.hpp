@@ -157,8 +157,11 @@ public:
                        bool layerwise);
   /// Layer `layer` of request `id` is written. GPU: `cuda_event` (a
   /// cudaEvent_t recorded on the model's stream after the write, or null):
-  /// the copy waits for it. Errors: not_found (no such advertised request),
-  /// invalid_argument (layer out of range, or the request is not layerwise).
+  /// the layer moves once the event completed, never blocking the caller
+  /// (for now a node thread waits for the event on the host, then marks the
+  /// layer; errors after that are logged). Errors: not_found (no such
+  /// advertised request), invalid_argument (layer out of range, the request
+  /// is not layerwise, or an event in a build without CUDA).
   status layer_ready(std::uint64_t id, std::uint32_t layer,
                      void* cuda_event = nullptr);
 

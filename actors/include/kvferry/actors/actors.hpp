@@ -200,4 +200,78 @@ using consumer_actor = caf::typed_actor<
     // Internal: fail the requests whose wait for free blocks ran out.
     caf::reacts_to<proto::sweep_atom>>;
 
+// ---- node (kvferry::node, issue #15) ---------------------------------------
+//
+// One per kvferry::node: the request bookkeeping over the caller's own KV
+// cache (a kv_layout over the caller's allocations); its transfer actor moves
+// the bytes. Nodes reach each other point-to-point (connect) or through a
+// directory. Requests name the peer node by name and blocks by id; the
+// sending side plans the extents of both sides (plan_kv) from the two
+// layouts exchanged on connect.
+//
+//   push:  caller --send--> node --send order--> transfer ==bytes==>
+//          node --part--> peer node --recv order--> peer transfer
+//   pull:  caller --pull--> node --want--> prefill node (one message), which
+//          posts each layer's send as soon as the layer is ready and the
+//          want is known, each with a `part` note as in push.
+//
+// A peer node that dies, leaves the directory or stops fails every request
+// with it at once (ec::peer_down naming it); the node stays usable.
+
+/// A node's interface: requests of its caller (replies when the request
+/// finished, or an error naming the request and peer) and messages of peer
+/// nodes.
+using node_actor = caf::typed_actor<
+    // Caller: reach the node actor `peer` (hello both ways); replies its
+    // name. Errors: duplicate (our own name), mismatch (layers or block
+    // size differ), timeout.
+    caf::replies_to<proto::node_connect_atom, caf::actor>::with<std::string>,
+    // Node to node: my hello for yours.
+    caf::replies_to<proto::node_hello_atom,
+                    proto::node_hello>::with<proto::node_hello>,
+    // Caller, prefill side: push blocks -> peer_blocks of `peer`; replies
+    // once the bytes left this cache. Errors: not_found (unknown peer),
+    // invalid_argument (block ids), and the transfer's.
+    caf::replies_to<proto::node_send_atom,
+                    proto::node_request>::with<proto::node_report>,
+    // Caller, prefill side: offer blocks for `peer` to pull (layerwise: as
+    // node_layer_atom says each layer is written); replies once the source
+    // blocks are free again.
+    caf::replies_to<proto::node_advertise_atom,
+                    proto::node_request>::with<proto::node_report>,
+    // Caller, prefill side: layer `layer` of advertised request `id` is
+    // written. Errors: not_found, invalid_argument.
+    caf::replies_to<proto::node_layer_atom, std::uint64_t,
+                    std::uint32_t>::with<caf::ok_atom>,
+    // Caller, decode side: wait for `peer`'s push of request `id`; replies
+    // once every byte landed.
+    caf::replies_to<proto::node_receive_atom,
+                    proto::node_request>::with<proto::node_report>,
+    // Caller, decode side: pull request `id` of `peer` into `blocks`.
+    caf::replies_to<proto::node_pull_atom,
+                    proto::node_request>::with<proto::node_report>,
+    // Decode node to prefill node: the pull (peer = the puller, blocks =
+    // its destination blocks).
+    caf::reacts_to<proto::node_want_atom, proto::node_request>,
+    // Sending node to receiving node: a part was posted.
+    caf::reacts_to<proto::node_part_atom, proto::node_part>,
+    // Node to node: request `id` with me, `from`, failed because of `why`.
+    caf::reacts_to<proto::node_fail_atom, std::string, std::uint64_t,
+                   caf::error>,
+    // Caller: a small message for `to` (ordered per peer). Errors:
+    // not_found.
+    caf::replies_to<proto::node_notify_atom, std::string,
+                    std::string>::with<caf::ok_atom>,
+    // Node to node: a small message (from, payload).
+    caf::reacts_to<proto::node_note_atom, std::string, std::string>,
+    // Caller: deliver (node_note_atom, from, payload) to `listener` from now
+    // on (those that came before first); replaces an earlier listener.
+    caf::reacts_to<proto::node_listen_atom, caf::actor>,
+    // Caller: the peers it can address, sorted.
+    caf::replies_to<proto::node_peers_atom>::with<std::vector<std::string>>,
+    // Directory watcher (directory mode): joins are peers; a peer that left
+    // fails its requests.
+    caf::reacts_to<joined_atom, worker_info>,
+    caf::reacts_to<left_atom, std::string, caf::error>>;
+
 } // namespace kvferry

@@ -116,6 +116,14 @@ private:
 caf::expected<worker_handle> start_worker(caf::actor_system& sys,
                                           const worker_options& opts);
 
+/// The transfer actor's configuration for a worker of `opts` over the region
+/// table `regions` (region 0 first, at least one): loads the plugin and
+/// chooses its devices (logged). What start_worker and kvferry::node share;
+/// errors as start_worker's (plugin_error). Not set: map_peers_ahead.
+caf::expected<transfer_config>
+worker_transfer_config(const worker_options& opts,
+                       std::vector<std::shared_ptr<memory_region>> regions);
+
 /// "GPU 0 memory" or "host memory".
 std::string describe_memory(int gpu);
 

@@ -360,6 +360,91 @@ typename Inspector::result_type inspect(Inspector& f, consumer_stats& x) {
            x.wait_failed, x.quarantined_blocks);
 }
 
+// ---- kvferry::node (issue #15): node actor to node actor, and a caller to
+// its node actor (actors.hpp, node_actor).
+
+/// A kv_layout (actors/kv_layout.hpp) on the wire: its strided parameters.
+struct kv_layout_desc {
+  std::uint32_t layers = 0;
+  std::uint64_t num_blocks = 0;
+  std::uint64_t block_bytes = 0;
+  bool region_per_layer = false;
+  std::uint64_t layer_stride = 0;
+  std::uint64_t kv_stride = 0;
+  std::uint64_t block_stride = 0;
+  std::string name;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, kv_layout_desc& x) {
+  return f(caf::meta::type_name("kvferry::proto::kv_layout_desc"), x.layers,
+           x.num_blocks, x.block_bytes, x.region_per_layer, x.layer_stride,
+           x.kv_stride, x.block_stride, x.name);
+}
+
+/// Node to node when they connect (both ways): who I am, my node actor, my
+/// transfer actor's endpoint and my cache's layout (the sender plans the
+/// extents of both sides from the two layouts).
+struct node_hello {
+  std::string name;
+  caf::actor node;
+  endpoint transfer;
+  kv_layout_desc layout;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
+  return f(caf::meta::type_name("kvferry::proto::node_hello"), x.name, x.node,
+           x.transfer, x.layout);
+}
+
+/// One request of a caller to its node actor (send, receive, advertise,
+/// pull), and a pull's message to the prefill node (`peer` then names the
+/// puller). `blocks` are this side's block ids; `peer_blocks` the other
+/// side's where this side plans (send).
+struct node_request {
+  std::uint64_t id = 0;
+  std::string peer;
+  std::vector<std::uint64_t> blocks;
+  std::vector<std::uint64_t> peer_blocks;
+  bool layerwise = false;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_request& x) {
+  return f(caf::meta::type_name("kvferry::proto::node_request"), x.id, x.peer,
+           x.blocks, x.peer_blocks, x.layerwise);
+}
+
+/// A node actor's answer to a finished request: the bytes and this node's
+/// data window (steady_clock ns of this process): from the first send order
+/// posted (sender) or the first announcement known (receiver) to the last
+/// byte sent or landed.
+struct node_report {
+  std::uint64_t id = 0;
+  std::uint64_t bytes = 0;
+  std::int64_t data_start_ns = 0;
+  std::int64_t data_end_ns = 0;
+  bool ipc = false;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_report& x) {
+  return f(caf::meta::type_name("kvferry::proto::node_report"), x.id, x.bytes,
+           x.data_start_ns, x.data_end_ns, x.ipc);
+}
+
+/// Sending node -> receiving node, as it posts part `part` of request `id`
+/// (the transfer actors' announcement travels beside it): the receiver
+/// posts the matching recv order. `parts` in all (layers if layerwise).
+struct node_part {
+  std::uint64_t id = 0;
+  std::string sender;
+  std::uint32_t part = 0;
+  std::uint32_t parts = 1;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_part& x) {
+  return f(caf::meta::type_name("kvferry::proto::node_part"), x.id, x.sender,
+           x.part, x.parts);
+}
+
 /// Registers every type above with a config (call before the system starts).
 void add_protocol_types(caf::actor_system_config& cfg);
 

@@ -108,6 +108,27 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, abort_atom, "kvabort")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, stats_atom, "kvstats")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, sweep_atom, "kvsweep")
 
+// node (kvferry::node, issue #15): node actor to node actor, and a caller
+// to its node actor.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::kv_layout_desc))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::node_hello))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::node_request))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::node_report))
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::node_part))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_connect_atom, "kvnconnect")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_hello_atom, "kvnhello")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_send_atom, "kvnsend")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_receive_atom, "kvnrecv")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_advertise_atom, "kvnadvert")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_pull_atom, "kvnpull")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_want_atom, "kvnwant")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_layer_atom, "kvnlayer")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_part_atom, "kvnpart")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_fail_atom, "kvnfail")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_notify_atom, "kvnnotify")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_note_atom, "kvnnote")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_listen_atom, "kvnlisten")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_peers_atom, "kvnpeers")
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,

@@ -1,0 +1,32 @@
+// The node actor's configuration and factory (its interface: node_actor in
+// actors.hpp; the actor: actors/src/node_actor.cpp). kvferry::node (node/)
+// spawns it beside a transfer actor over the caller's KV cache.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <caf/actor_system.hpp>
+
+#include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/kv_layout.hpp"
+
+namespace kvferry {
+
+struct node_actor_config {
+  std::string name;        // the node's name: peers address it by it
+  transfer_actor transfer; // moves the bytes of this node's cache
+  proto::endpoint self;    // that transfer actor's endpoint
+  kv_layout layout;        // the cache the transfer actor's regions hold
+  std::uint32_t timeout_ms = 10000; // one part's transfer, once posted
+};
+
+/// Spawns a node actor (on the scheduler: it only does bookkeeping).
+node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg);
+
+/// A layout's wire form, and back (throws std::invalid_argument as
+/// kv_layout::strided does for a description no layout has).
+proto::kv_layout_desc describe_layout(const kv_layout& layout);
+kv_layout layout_of(const proto::kv_layout_desc& desc);
+
+} // namespace kvferry

@@ -1,0 +1,532 @@
+// The node actor (actors.hpp, node_actor): the request bookkeeping of one
+// kvferry::node. It plans (plan_kv, from the two sides' layouts) and posts
+// send and recv orders to its transfer actor, which moves the bytes; peers
+// are other node actors, met by hello (connect or the directory).
+#include <algorithm>
+#include <chrono>
+#include <exception>
+#include <optional>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kvferry/actors/app.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "node_state.hpp"
+
+namespace kvferry {
+
+namespace {
+
+using self_ptr = node_actor::stateful_pointer<node_state>;
+
+// Notifications kept while the caller has no listener.
+constexpr std::size_t max_kept_notes = 4096;
+
+std::int64_t now_ns() {
+  using namespace std::chrono;
+  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch())
+      .count();
+}
+
+caf::error node_error(self_ptr self, ec code, const std::string& what) {
+  return make_error(code,
+                    fmt::format("node {}: {}", self->state.cfg.name, what));
+}
+
+proto::node_hello hello_of(self_ptr self) {
+  return {self->state.cfg.name, caf::actor_cast<caf::actor>(self),
+          self->state.cfg.self, describe_layout(self->state.cfg.layout)};
+}
+
+// ---- peers
+
+// Records a peer's hello (monitoring its node actor); an error when its
+// name or cache does not fit ours.
+caf::error add_peer(self_ptr self, const proto::node_hello& h) {
+  auto& st = self->state;
+  if (h.name == st.cfg.name)
+    return node_error(self, ec::duplicate,
+                      fmt::format("peer node has our name '{}'", h.name));
+  kv_layout layout;
+  try {
+    layout = layout_of(h.layout);
+  } catch (const std::exception& e) {
+    return node_error(self, ec::mismatch,
+                      fmt::format("peer node '{}': {}", h.name, e.what()));
+  }
+  if (layout.layers() != st.cfg.layout.layers() ||
+      layout.block_bytes() != st.cfg.layout.block_bytes())
+    return node_error(
+        self, ec::mismatch,
+        fmt::format("peer node '{}' caches {} layers of {}-byte block halves, "
+                    "this node {} of {}",
+                    h.name, layout.layers(), layout.block_bytes(),
+                    st.cfg.layout.layers(), st.cfg.layout.block_bytes()));
+  self->monitor(h.node);
+  st.peers[h.name] = node_peer{caf::actor_cast<node_actor>(h.node), h.transfer,
+                               std::move(layout)};
+  return {};
+}
+
+const node_peer* find_peer(self_ptr self, const std::string& name) {
+  auto i = self->state.peers.find(name);
+  return i == self->state.peers.end() ? nullptr : &i->second;
+}
+
+caf::error unknown_peer(self_ptr self, const std::string& name) {
+  return node_error(self, ec::not_found,
+                    fmt::format("no peer node '{}' (connect to it first, or "
+                                "it is not in the directory)",
+                                name));
+}
+
+caf::error check_blocks(self_ptr self, const std::vector<std::uint64_t>& ids,
+                        std::uint64_t id) {
+  auto n = self->state.cfg.layout.num_blocks();
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= n)
+      return node_error(self, ec::invalid_argument,
+                        fmt::format("request {}: block id #{} is {}, past "
+                                    "this cache's {} blocks",
+                                    id, i, ids[i], n));
+  return {};
+}
+
+// ---- the sending side (send, advertise)
+
+void fail_outgoing(self_ptr self, const request_key& key, caf::error why,
+                   bool tell_peer = true) {
+  auto& st = self->state;
+  auto i = st.out.find(key);
+  if (i == st.out.end())
+    return;
+  if (i->second.promise)
+    i->second.promise->deliver(why);
+  st.out.erase(i);
+  if (tell_peer)
+    if (auto* peer = find_peer(self, key.first))
+      self->send(peer->node, proto::node_fail_atom::value, st.cfg.name,
+                 key.second, why);
+}
+
+void on_part_sent(self_ptr self, const request_key& key, std::uint64_t bytes) {
+  auto& st = self->state;
+  auto i = st.out.find(key);
+  if (i == st.out.end())
+    return; // failed meanwhile
+  auto& r = i->second;
+  r.bytes += bytes;
+  r.end_ns = now_ns();
+  if (++r.parts_done < r.parts)
+    return;
+  if (r.promise)
+    r.promise->deliver(
+        proto::node_report{key.second, r.bytes, r.start_ns, r.end_ns, false});
+  st.out.erase(i);
+}
+
+// Plans part `part` (0: every layer; else layer part - 1) and posts it: the
+// send order to our transfer actor, the part note to the peer node, whose
+// recv order then waits for it.
+void post_part(self_ptr self, const request_key& key, outgoing_request& r,
+               std::uint32_t part) {
+  auto& st = self->state;
+  auto* peer = find_peer(self, key.first);
+  if (peer == nullptr)
+    return fail_outgoing(self, key, unknown_peer(self, key.first), false);
+  proto::send_order o;
+  try {
+    std::optional<std::uint32_t> layer;
+    if (part > 0)
+      layer = part - 1;
+    st.scratch.clear();
+    plan_kv(st.cfg.layout, r.src_blocks, peer->layout, r.dst_blocks, layer,
+            st.scratch);
+  } catch (const std::exception& e) {
+    return fail_outgoing(
+        self, key,
+        node_error(self, ec::invalid_argument,
+                   fmt::format("request {} to '{}': {}", key.second, key.first,
+                               e.what())));
+  }
+  o.transfer_id = transfer_id_of(key.second, part);
+  o.peer = peer->transfer;
+  o.extents = st.scratch;
+  o.timeout_ms = st.cfg.timeout_ms;
+  r.posted[part] = true;
+  if (r.start_ns == 0)
+    r.start_ns = now_ns();
+  self->send(peer->node, proto::node_part_atom::value,
+             proto::node_part{key.second, st.cfg.name, part, r.parts});
+  self->request(st.cfg.transfer, caf::infinite, proto::send_atom::value,
+                std::move(o))
+      .then(
+          [self, key](std::uint64_t bytes) { on_part_sent(self, key, bytes); },
+          [self, key](caf::error& err) {
+            fail_outgoing(self, key, std::move(err));
+          });
+}
+
+// Posts every part that may go now: the caller advertised or sent, the
+// destination is known and (layerwise) the layer is written.
+void post_ready_parts(self_ptr self, const request_key& key) {
+  auto i = self->state.out.find(key);
+  if (i == self->state.out.end())
+    return;
+  auto& r = i->second;
+  if (!r.advertised || !r.want_known)
+    return;
+  for (std::uint32_t part = r.layerwise ? 1 : 0; part < r.posted.size();
+       ++part) {
+    if (r.posted[part] || (r.layerwise && !r.ready[part - 1]))
+      continue;
+    post_part(self, key, r, part);
+    if (self->state.out.count(key) == 0)
+      return; // planning failed it
+  }
+}
+
+caf::result<proto::node_report>
+start_outgoing(self_ptr self, proto::node_request& req, bool push) {
+  auto& st = self->state;
+  if (find_peer(self, req.peer) == nullptr)
+    return unknown_peer(self, req.peer);
+  if (auto err = check_blocks(self, req.blocks, req.id))
+    return err;
+  request_key key{req.peer, req.id};
+  auto& r = st.out[key];
+  if (r.advertised)
+    return node_error(
+        self, ec::duplicate,
+        fmt::format("request {} to '{}' is already open", req.id, req.peer));
+  auto promise = self->make_response_promise<proto::node_report>();
+  r.promise = promise;
+  r.advertised = true;
+  r.layerwise = !push && req.layerwise;
+  r.src_blocks = std::move(req.blocks);
+  if (push) {
+    r.dst_blocks = std::move(req.peer_blocks);
+    r.want_known = true;
+  }
+  auto layers = st.cfg.layout.layers();
+  r.parts = r.layerwise ? layers : 1;
+  r.posted.assign(r.layerwise ? layers + 1 : 1, false);
+  r.ready.assign(layers, false);
+  post_ready_parts(self, key);
+  return promise;
+}
+
+// A puller's want: the destination blocks of an advertised request (or of
+// one the caller advertises later).
+void on_want(self_ptr self, proto::node_request& want) {
+  request_key key{want.peer, want.id};
+  auto& r = self->state.out[key];
+  r.dst_blocks = std::move(want.blocks);
+  r.want_known = true;
+  post_ready_parts(self, key);
+}
+
+caf::result<caf::ok_atom> on_layer_ready(self_ptr self, std::uint64_t id,
+                                         std::uint32_t layer) {
+  auto& st = self->state;
+  if (layer >= st.cfg.layout.layers())
+    return node_error(self, ec::invalid_argument,
+                      fmt::format("request {}: layer {} of a cache of {} "
+                                  "layers",
+                                  id, layer, st.cfg.layout.layers()));
+  for (auto& [key, r] : st.out) {
+    if (key.second != id || !r.advertised)
+      continue;
+    if (!r.layerwise)
+      return node_error(self, ec::invalid_argument,
+                        fmt::format("request {} was not advertised "
+                                    "layerwise",
+                                    id));
+    r.ready[layer] = true;
+    auto k = key; // post_ready_parts may erase the entry
+    post_ready_parts(self, k);
+    return caf::ok_atom::value;
+  }
+  return node_error(self, ec::not_found,
+                    fmt::format("no advertised request {} is open", id));
+}
+
+// ---- the receiving side (receive, pull)
+
+void finish_incoming(self_ptr self, const request_key& key) {
+  auto& st = self->state;
+  auto i = st.in.find(key);
+  if (i == st.in.end() || !i->second.promise)
+    return;
+  auto& r = i->second;
+  if (r.failure) {
+    r.promise->deliver(r.failure);
+  } else if (r.parts > 0 && r.parts_done == r.parts) {
+    r.promise->deliver(
+        proto::node_report{key.second, r.bytes, r.start_ns, r.end_ns, false});
+  } else {
+    return;
+  }
+  st.in.erase(i);
+}
+
+void fail_incoming(self_ptr self, const request_key& key, caf::error why) {
+  auto i = self->state.in.find(key);
+  if (i == self->state.in.end() || i->second.failure)
+    return;
+  i->second.failure = std::move(why);
+  finish_incoming(self, key);
+}
+
+void on_part(self_ptr self, const proto::node_part& p) {
+  auto& st = self->state;
+  request_key key{p.sender, p.id};
+  auto& r = st.in[key];
+  r.parts = p.parts;
+  proto::recv_order o;
+  o.transfer_id = transfer_id_of(p.id, p.part);
+  o.peer_name = p.sender;
+  o.timeout_ms = st.cfg.timeout_ms;
+  self->request(st.cfg.transfer, caf::infinite, proto::recv_atom::value, o)
+      .then(
+          [self, key](const proto::recv_report& rep) {
+            auto i = self->state.in.find(key);
+            if (i == self->state.in.end())
+              return;
+            auto& r = i->second;
+            r.bytes += rep.bytes;
+            r.start_ns = std::min(r.start_ns, rep.first_known_ns);
+            r.end_ns = std::max(r.end_ns, rep.landed_ns);
+            ++r.parts_done;
+            finish_incoming(self, key);
+          },
+          [self, key](caf::error& err) {
+            fail_incoming(self, key, err);
+            if (auto* peer = find_peer(self, key.first))
+              self->send(peer->node, proto::node_fail_atom::value,
+                         self->state.cfg.name, key.second, err);
+          });
+}
+
+caf::result<proto::node_report>
+start_incoming(self_ptr self, proto::node_request& req, bool pull) {
+  auto& st = self->state;
+  auto* peer = find_peer(self, req.peer);
+  if (peer == nullptr)
+    return unknown_peer(self, req.peer);
+  if (auto err = check_blocks(self, req.blocks, req.id))
+    return err;
+  request_key key{req.peer, req.id};
+  auto& r = st.in[key];
+  if (r.promise)
+    return node_error(
+        self, ec::duplicate,
+        fmt::format("request {} from '{}' is already open", req.id, req.peer));
+  auto promise = self->make_response_promise<proto::node_report>();
+  r.promise = promise;
+  if (pull)
+    self->send(peer->node, proto::node_want_atom::value,
+               proto::node_request{
+                   req.id, st.cfg.name, std::move(req.blocks), {}, false});
+  finish_incoming(self, key); // its parts may have landed already
+  return promise;
+}
+
+// ---- failures of whole peers
+
+// Fails every request with `peer` (a node that died, left or stopped).
+void fail_peer(self_ptr self, const std::string& peer, const caf::error& why) {
+  auto& st = self->state;
+  std::vector<request_key> outs, ins;
+  for (auto& [key, r] : st.out)
+    if (key.first == peer)
+      outs.push_back(key);
+  for (auto& [key, r] : st.in)
+    if (key.first == peer)
+      ins.push_back(key);
+  for (auto& key : outs)
+    fail_outgoing(self, key, why, false);
+  for (auto& key : ins) {
+    fail_incoming(self, key, why);
+    auto i = st.in.find(key);
+    if (i != st.in.end() && !i->second.promise)
+      st.in.erase(i); // nobody asked for it (yet): nobody will
+  }
+}
+
+void on_peer_down(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  for (auto i = st.peers.begin(); i != st.peers.end(); ++i) {
+    if (i->second.node.address() != dm.source)
+      continue;
+    auto name = i->first;
+    st.peers.erase(i);
+    spdlog::warn("node {}: peer node '{}' is down: {}", st.cfg.name, name,
+                 render(dm.reason));
+    fail_peer(self, name,
+              node_error(self, ec::peer_down,
+                         fmt::format("peer node '{}' is down: {}", name,
+                                     render(dm.reason))));
+    return;
+  }
+}
+
+// The caller stops this node: what is open fails, naming this node.
+void on_stop(self_ptr self, const caf::exit_msg& msg) {
+  auto& st = self->state;
+  auto why = node_error(self, ec::peer_down,
+                        fmt::format("node '{}' stopped", st.cfg.name));
+  for (auto& [key, r] : st.out)
+    if (r.promise)
+      r.promise->deliver(why);
+  for (auto& [key, r] : st.in)
+    if (r.promise)
+      r.promise->deliver(why);
+  st.out.clear();
+  st.in.clear();
+  self->quit(msg.reason);
+}
+
+// ---- notifications
+
+void deliver_notes(self_ptr self) {
+  auto& st = self->state;
+  while (st.listener && !st.notes.empty()) {
+    auto& [from, payload] = st.notes.front();
+    caf::anon_send(st.listener, proto::node_note_atom::value, std::move(from),
+                   std::move(payload));
+    st.notes.pop_front();
+  }
+}
+
+void on_note(self_ptr self, std::string& from, std::string& payload) {
+  auto& st = self->state;
+  if (st.notes.size() == max_kept_notes) {
+    spdlog::warn("node {}: {} notifications wait for a listener; dropping the "
+                 "oldest (from '{}')",
+                 st.cfg.name, max_kept_notes, st.notes.front().first);
+    st.notes.pop_front();
+  }
+  st.notes.emplace_back(std::move(from), std::move(payload));
+  deliver_notes(self);
+}
+
+node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
+  self->state.cfg = std::move(cfg);
+  self->set_down_handler([self](caf::down_msg& dm) { on_peer_down(self, dm); });
+  self->set_exit_handler([self](caf::exit_msg& msg) { on_stop(self, msg); });
+  return {
+      [self](proto::node_connect_atom,
+             const caf::actor& peer) -> caf::result<std::string> {
+        auto promise = self->make_response_promise<std::string>();
+        self->request(peer,
+                      std::chrono::milliseconds(self->state.cfg.timeout_ms),
+                      proto::node_hello_atom::value, hello_of(self))
+            .then(
+                [self, promise](const proto::node_hello& h) mutable {
+                  if (auto err = add_peer(self, h))
+                    promise.deliver(std::move(err));
+                  else
+                    promise.deliver(h.name);
+                },
+                [self, promise](caf::error& err) mutable {
+                  promise.deliver(
+                      node_error(self, ec::unreachable,
+                                 fmt::format("no hello from the peer node: {}",
+                                             render(err))));
+                });
+        return promise;
+      },
+      [self](proto::node_hello_atom,
+             const proto::node_hello& h) -> caf::result<proto::node_hello> {
+        if (auto err = add_peer(self, h))
+          return err;
+        return hello_of(self);
+      },
+      [self](proto::node_send_atom, proto::node_request& req) {
+        return start_outgoing(self, req, true);
+      },
+      [self](proto::node_advertise_atom, proto::node_request& req) {
+        return start_outgoing(self, req, false);
+      },
+      [self](proto::node_layer_atom, std::uint64_t id, std::uint32_t layer) {
+        return on_layer_ready(self, id, layer);
+      },
+      [self](proto::node_receive_atom, proto::node_request& req) {
+        return start_incoming(self, req, false);
+      },
+      [self](proto::node_pull_atom, proto::node_request& req) {
+        return start_incoming(self, req, true);
+      },
+      [self](proto::node_want_atom, proto::node_request& want) {
+        on_want(self, want);
+      },
+      [self](proto::node_part_atom, const proto::node_part& p) {
+        on_part(self, p);
+      },
+      [self](proto::node_fail_atom, const std::string& from, std::uint64_t id,
+             const caf::error& why) {
+        request_key key{from, id};
+        auto& st = self->state;
+        if (st.out.count(key) > 0)
+          fail_outgoing(self, key, why, false);
+        else if (st.in.count(key) > 0)
+          fail_incoming(self, key, why);
+        else
+          st.in[key].failure = why; // kept for the caller's receive or pull
+      },
+      [self](proto::node_notify_atom, const std::string& to,
+             std::string& payload) -> caf::result<caf::ok_atom> {
+        auto* peer = find_peer(self, to);
+        if (peer == nullptr)
+          return unknown_peer(self, to);
+        self->send(peer->node, proto::node_note_atom::value,
+                   self->state.cfg.name, std::move(payload));
+        return caf::ok_atom::value;
+      },
+      [self](proto::node_note_atom, std::string& from, std::string& payload) {
+        on_note(self, from, payload);
+      },
+      [self](proto::node_listen_atom, const caf::actor& listener) {
+        self->state.listener = listener;
+        deliver_notes(self);
+      },
+      [self](proto::node_peers_atom) {
+        std::vector<std::string> names;
+        for (auto& [name, peer] : self->state.peers)
+          names.push_back(name);
+        return names;
+      },
+      [](joined_atom, const worker_info&) {},
+      [self](left_atom, const std::string& name, const caf::error& why) {
+        if (self->state.peers.erase(name) == 0)
+          return;
+        fail_peer(self, name,
+                  node_error(self, ec::peer_down,
+                             fmt::format("peer node '{}' left the directory: "
+                                         "{}",
+                                         name, render(why))));
+      },
+  };
+}
+
+} // namespace
+
+node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg) {
+  return sys.spawn(node_impl, std::move(cfg));
+}
+
+proto::kv_layout_desc describe_layout(const kv_layout& l) {
+  return {l.layers(),           l.num_blocks(),   l.block_bytes(),
+          l.region_per_layer(), l.layer_stride(), l.kv_stride(),
+          l.block_stride(),     l.name()};
+}
+
+kv_layout layout_of(const proto::kv_layout_desc& d) {
+  return kv_layout::strided(d.layers, d.num_blocks, d.block_bytes,
+                            d.region_per_layer, d.layer_stride, d.kv_stride,
+                            d.block_stride, d.name);
+}
+
+} // namespace kvferry
