@@ -4,3 +4,14 @@
 kvferry_add_test(NAME test_node SOURCES unit/node_test.cpp
   LIBS kvferry_node LABELS unit TIMEOUT 120)
 add_dependencies(test_node nccl-net-kvsock)
+# Two processes (the test binary runs itself as the prefill): push and pull
+# verified byte for byte; a prefill killed (SIGKILL) mid-pull fails the pull
+# within 2 s, naming it.
+kvferry_add_test(NAME test_node_process SOURCES integration/node_process_test.cpp
+  LIBS kvferry_node LABELS integration faults TIMEOUT 120)
+add_dependencies(test_node_process nccl-net-kvsock)
+# The CAF level (node_actors.hpp): nodes' actors in the caller's own actor
+# system, driven by the caller's own actor.
+kvferry_add_test(NAME test_node_actors SOURCES unit/node_actors_test.cpp
+  LIBS kvferry_node LABELS unit TIMEOUT 60)
+add_dependencies(test_node_actors nccl-net-kvsock)

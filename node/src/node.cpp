@@ -26,6 +26,7 @@
 #include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/actors/worker.hpp"
+#include "kvferry/node_actors.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
@@ -386,15 +387,52 @@ void completion::on_done(done_fn f) {
 // ---- node
 // --------------------------------------------------------------------
 
-result<node> node::start(node_options opts) {
+caf::expected<node_handles> spawn_node(caf::actor_system& sys,
+                                       const node_options& opts) {
   if (opts.name.empty())
-    return invalid("a node needs a name");
+    return make_error(ec::invalid_argument, "a node needs a name");
   if (!opts.directory.empty())
-    return status{ec::internal, "node " + opts.name +
-                                    ": directory mode is not implemented yet"};
+    return make_error(ec::invalid_argument,
+                      "node " + opts.name +
+                          ": directory mode is not implemented yet (connect "
+                          "point to point)");
   auto regions = wrap_cache(opts);
   if (!regions.ok())
-    return regions.error();
+    return make_error(regions.error().code(), regions.error().reason());
+  auto tc = worker_transfer_config(worker_options_of(opts), *regions);
+  if (!tc)
+    return std::move(tc.error());
+  node_handles h;
+  h.transfer = spawn_transfer(sys, std::move(*tc));
+  caf::error failure;
+  node_actor_config nc;
+  caf::scoped_actor self{sys};
+  self->request(h.transfer, opts.timeout, proto::endpoint_atom::value)
+      .receive([&](proto::endpoint& ep) { nc.self = std::move(ep); },
+               [&](caf::error& err) { failure = std::move(err); });
+  if (failure) {
+    self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
+    return failure;
+  }
+  nc.name = opts.name;
+  nc.transfer = h.transfer;
+  nc.layout = opts.cache.layout;
+  nc.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
+  h.node = spawn_node_actor(sys, std::move(nc));
+  auto port = runtime::publish_control(h.node, opts.port, opts.bind);
+  if (!port) {
+    self->send_exit(h.node, caf::exit_reason::user_shutdown);
+    self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
+    return make_error(ec::unreachable,
+                      fmt::format("node {}: cannot listen on {}:{}: {}",
+                                  opts.name, opts.bind, opts.port,
+                                  render(port.error())));
+  }
+  h.port = *port;
+  return h;
+}
+
+result<node> node::start(node_options opts) {
   auto impl = std::make_unique<detail::node_impl>();
   impl->name = opts.name;
   impl->timeout = opts.timeout;
@@ -402,29 +440,14 @@ result<node> node::start(node_options opts) {
   ro.threads = 2; // bookkeeping only: the transfer actor has its own thread
   impl->cfg = std::make_unique<runtime::system_config>(ro);
   impl->sys = std::make_unique<caf::actor_system>(*impl->cfg);
-  auto& sys = *impl->sys;
-  auto tc = worker_transfer_config(worker_options_of(opts), *regions);
-  if (!tc)
-    return to_status(tc.error());
-  impl->transfer = spawn_transfer(sys, std::move(*tc));
-  auto ep = ask<proto::endpoint>(sys, impl->transfer, opts.timeout,
-                                 proto::endpoint_atom::value);
-  if (!ep.ok())
-    return ep.error();
-  node_actor_config nc;
-  nc.name = opts.name;
-  nc.transfer = impl->transfer;
-  nc.self = std::move(*ep);
-  nc.layout = opts.cache.layout;
-  nc.timeout_ms = static_cast<std::uint32_t>(opts.timeout.count());
-  impl->actor = spawn_node_actor(sys, std::move(nc));
-  impl->bridge = sys.spawn(detail::bridge_impl, impl->actor, impl->shared);
-  auto port = runtime::publish_control(impl->actor, opts.port, opts.bind);
-  if (!port)
-    return status{ec::unreachable,
-                  fmt::format("node {}: cannot listen on {}:{}: {}", opts.name,
-                              opts.bind, opts.port, render(port.error()))};
-  impl->port = *port;
+  auto h = spawn_node(*impl->sys, opts);
+  if (!h)
+    return to_status(h.error());
+  impl->transfer = std::move(h->transfer);
+  impl->actor = std::move(h->node);
+  impl->port = h->port;
+  impl->bridge =
+      impl->sys->spawn(detail::bridge_impl, impl->actor, impl->shared);
   return node{std::move(impl)};
 }
 

@@ -26,9 +26,19 @@ struct child {
   int out = -1;
   std::string text;
 
-  explicit child(std::vector<std::string> args) {
+  // `bin` (the kvferry command unless given) with `args`, and `env` (e.g.
+  // "NAME=value") added to this process's environment.
+  explicit child(std::vector<std::string> args,
+                 std::string bin = KVFERRY_BINARY_DIR "/bin/kvferry",
+                 std::vector<std::string> env = {}) {
     int fds[2];
     REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
+    std::vector<char*> envp; // built before fork: the child only execs
+    for (char** e = environ; *e != nullptr; ++e)
+      envp.push_back(*e);
+    for (auto& e : env)
+      envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -36,12 +46,11 @@ struct child {
       dup2(fds[1], STDOUT_FILENO);
       dup2(fds[1], STDERR_FILENO);
       std::vector<char*> argv;
-      std::string bin = KVFERRY_BINARY_DIR "/bin/kvferry";
       argv.push_back(bin.data());
       for (auto& a : args)
         argv.push_back(a.data());
       argv.push_back(nullptr);
-      execv(bin.c_str(), argv.data());
+      execve(bin.c_str(), argv.data(), envp.data());
       _exit(127);
     }
     close(fds[1]);

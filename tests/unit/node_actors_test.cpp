@@ -1,0 +1,109 @@
+// kvferry::node at the CAF level (node_actors.hpp, issue #15): two nodes'
+// actors spawned into the caller's own actor system, connected by handle,
+// and driven from the caller's own actor with the typed messages: a push
+// and a layer-by-layer pull land byte for byte.
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <doctest/doctest.h>
+
+#include "kvferry/node_actors.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "node_cache.hpp"
+
+using namespace kvferry;
+using namespace std::chrono_literals;
+using kvferry::test::host_cache;
+
+namespace {
+
+constexpr std::uint32_t layers = 2;
+constexpr std::uint64_t blocks = 8;
+constexpr std::uint64_t half_bytes = 2048;
+
+struct caller_system {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  host_cache src{kv_layout::vllm_per_layer(layers, blocks, half_bytes), 5};
+  host_cache dst{kv_layout::layer_major(layers, blocks, half_bytes), 0};
+  node_handles prefill = spawn("prefill-0", src);
+  node_handles decode = spawn("decode-0", dst);
+
+  node_handles spawn(const std::string& name, host_cache& cache) {
+    node_options o;
+    o.name = name;
+    o.cache = cache.cache();
+    auto h = spawn_node(sys, o);
+    REQUIRE_MESSAGE(h, render(h.error()));
+    return *h;
+  }
+
+  ~caller_system() {
+    for (auto* h : {&prefill, &decode}) {
+      self->send_exit(h->node, caf::exit_reason::user_shutdown);
+      self->wait_for(h->node);
+      self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+      self->wait_for(h->transfer); // before the caches go
+    }
+  }
+};
+
+// The caller's own actor: pulls request `id` layer by layer while the
+// prefill's layers become ready, and reports both replies to `report_to`.
+caf::behavior driver(caf::event_based_actor* self, node_handles prefill,
+                     node_handles decode, caf::actor report_to,
+                     std::vector<std::uint64_t> src_blocks,
+                     std::vector<std::uint64_t> dst_blocks) {
+  auto report = [self, report_to](std::string what) {
+    self->send(report_to, std::move(what));
+  };
+  auto on_error = [report](const caf::error& err) { report(render(err)); };
+  self->request(decode.node, caf::infinite, proto::node_pull_atom::value,
+                proto::node_request{7, "prefill-0", dst_blocks, {}, false})
+      .then(
+          [report](const proto::node_report& r) {
+            report("pulled " + std::to_string(r.bytes));
+          },
+          on_error);
+  self->request(prefill.node, caf::infinite, proto::node_advertise_atom::value,
+                proto::node_request{7, "decode-0", src_blocks, {}, true})
+      .then(
+          [report](const proto::node_report& r) {
+            report("offered " + std::to_string(r.bytes));
+          },
+          on_error);
+  for (std::uint32_t l = layers; l-- > 0;)
+    self->request(prefill.node, caf::infinite, proto::node_layer_atom::value,
+                  std::uint64_t{7}, l)
+        .then([](caf::ok_atom) {}, on_error);
+  return {};
+}
+
+} // namespace
+
+TEST_CASE_FIXTURE(caller_system, "a caller's own actor drives two nodes' "
+                                 "actors in its actor system") {
+  std::string peer;
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([&](const std::string& name) { peer = name; },
+               [&](const caf::error& err) { FAIL(render(err)); });
+  CHECK(peer == "prefill-0");
+  CHECK(prefill.port != 0);
+  std::vector<std::uint64_t> s{0, 1, 6}, d{3, 4, 7};
+  auto before = dst.regions;
+  sys.spawn(driver, prefill, decode, caf::actor_cast<caf::actor>(self), s, d);
+  auto bytes = std::to_string(s.size() * layers * 2 * half_bytes);
+  std::vector<std::string> got;
+  for (int i = 0; i < 2; ++i)
+    self->receive([&](const std::string& line) { got.push_back(line); },
+                  caf::after(30s) >> [&] { got.push_back("timeout"); });
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<std::string>{"offered " + bytes, "pulled " + bytes});
+  CHECK(dst.regions == dst.expected(before, src, s, d));
+}
