@@ -89,8 +89,9 @@ bundle() {
   local tests
   tests=$(cd "$build" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
   tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice ${EXTRA_TESTS:-}"
-  local targets=(kvferry nccl-net-kvsock kvferry-embedding-example)
+  local targets=(kvferry nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
+  targets+=(kvferry-embedding-example) # issue #15 (the example mode)
   echo "== build ${targets[*]}"
   cmake --build "$build" -j2 --target "${targets[@]}"
 
