@@ -21,6 +21,10 @@
 #                                          bench ipc as chosen, tuned, and with
 #                                          the plain kernel forced, below
 #
+#   bash scripts/device-run.sh example (there) issue #15: the embedding
+#                                          example's two servers on GPU 0 over
+#                                          a Mooncake slice, below
+#
 #   bash scripts/device-run.sh contention (there) issue #5: bench ipc at the
 #                                          demo's block size, then the demo on
 #                                          GPU 0 under each GPU scheduling
@@ -88,6 +92,7 @@ bundle() {
   tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice test_ipc_table ${EXTRA_TESTS:-}"
   local targets=(kvferry nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
+  targets+=(kvferry-embedding-example) # issue #15 (the example mode)
   echo "== build ${targets[*]}"
   cmake --build "$build" -j2 --target "${targets[@]}"
 
@@ -95,6 +100,11 @@ bundle() {
   mkdir -p "$bundle_dir/bin" "$bundle_dir/lib" "$bundle_dir/tests"
   cp "$build/bin/kvferry" "$bundle_dir/bin/"
   cp "$build/lib/libnccl-net-kvsock.so" "$bundle_dir/lib/"
+  # The embedding example (issue #15) and the trace it replays.
+  cp "$build/apps/embedding-example/kvferry-embedding-example" "$bundle_dir/bin/"
+  mkdir -p "$bundle_dir/traces"
+  cp "$src/../shared/traces/mooncake_synthetic_trace.jsonl" "$bundle_dir/traces/" 2>/dev/null ||
+    echo "== no ../shared/traces beside $src: the example mode will have no trace"
   for t in $tests; do
     if [ -x "$build/tests/$t" ]; then cp "$build/tests/$t" "$bundle_dir/tests/"; fi
   done
@@ -559,6 +569,34 @@ kernel_choice() {
   cat "$XDG_CACHE_HOME/kvferry/copy-kernels.txt" 2>&1 | tee -a "$summary"
 }
 
+# Issue #15 on one GPU: the embedding example's prefill and decode servers,
+# two processes with their KV caches on GPU 0 (CUDA IPC between them), over
+# the first EXAMPLE_REQUESTS (default 200) requests of the bundled Mooncake
+# trace; then the same on host memory (kvsock) for comparison. Each exits 0
+# only when every byte of every request was verified. EXAMPLE_ARGS: more
+# options for both servers (e.g. "--layers 32 --token-bytes 1024").
+example() {
+  local b out
+  use_bundle
+  local exe=$b/bin/kvferry-embedding-example rc=0 gpu
+  for gpu in 0 none; do
+    rm -f "$out/example-port"
+    # shellcheck disable=SC2086
+    timeout -k 5 200 "$exe" prefill --port 0 --port-file "$out/example-port" --gpu "$gpu" \
+      ${EXAMPLE_ARGS:-} >"$out/example-prefill-$gpu.log" 2>&1 &
+    local prefill=$! waited=0
+    until [ -s "$out/example-port" ] || [ $waited -ge 300 ]; do sleep 0.1; waited=$((waited + 1)); done
+    # shellcheck disable=SC2086
+    peak_rss timeout -k 5 180 "$exe" decode --peer "127.0.0.1:$(cat "$out/example-port" 2>/dev/null)" \
+      --trace "$b/traces/mooncake_synthetic_trace.jsonl" --requests "${EXAMPLE_REQUESTS:-200}" \
+      --gpu "$gpu" ${EXAMPLE_ARGS:-} 2>&1 | tee "$out/example-decode-$gpu.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    wait "$prefill" || rc=1
+    cat "$out/example-prefill-$gpu.log"
+  done
+  return $rc
+}
+
 # Sourced (tests/integration/device_run_test.sh tests the functions above
 # against a fake bundle): define them, run nothing.
 (return 0 2>/dev/null) && return 0
@@ -570,5 +608,6 @@ case "${1:-}" in
   broken-driver) broken_driver ;;
   multi) multi ;;
   contention) contention ;;
-  *) echo "usage: $0 bundle|device|multi|contention|kernel-choice|broken-driver" >&2; exit 2 ;;
+  example) example ;;
+  *) echo "usage: $0 bundle|device|multi|contention|kernel-choice|broken-driver|example" >&2; exit 2 ;;
 esac

@@ -4,11 +4,5 @@ kvferry_add_test(NAME test_abi_layout SOURCES unit/abi_layout_test.cpp
 kvferry_add_test(NAME test_gpu_smoke SOURCES gpu/gpu_smoke_test.cpp
   LIBS kvferry_transport GPU LABELS gpu)
 
-# Installs kvferry into a scratch prefix and builds the embedding example
-# against it with find_package(kvferry), as an outside project would.
-add_test(NAME test_install_find_package
-  COMMAND ${CMAKE_COMMAND}
-    -DSOURCE_DIR=${PROJECT_SOURCE_DIR} -DBINARY_DIR=${PROJECT_BINARY_DIR}
-    -DWORK_DIR=${PROJECT_BINARY_DIR}/install-test
-    -P ${CMAKE_CURRENT_SOURCE_DIR}/integration/install_find_package.cmake)
-set_tests_properties(test_install_find_package PROPERTIES LABELS "integration;install;slow" TIMEOUT 600)
+# The installed package (find_package(kvferry)) is tested with the
+# embedding example built against it: tests/embedding_example.cmake.
