@@ -11,7 +11,9 @@ add_executable(endpoint_peer_c integration/endpoint_peer.c)
 set_target_properties(endpoint_peer_c PROPERTIES C_STANDARD 99 C_STANDARD_REQUIRED ON
   C_EXTENSIONS OFF RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
 target_compile_options(endpoint_peer_c PRIVATE -pedantic -Wall -Wextra -Werror)
-target_link_libraries(endpoint_peer_c PRIVATE kvferry_c)
+# kvferry_build_flags: under KVFERRY_SANITIZE the program must bring the
+# sanitizer runtimes that libkvferry.so was built against.
+target_link_libraries(endpoint_peer_c PRIVATE kvferry_c kvferry_build_flags)
 add_test(NAME test_endpoint_c COMMAND endpoint_peer_c both)
 set_tests_properties(test_endpoint_c PROPERTIES LABELS unit TIMEOUT 60
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
@@ -23,10 +25,24 @@ find_program(KVFERRY_TEST_PYTHON NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
 if(NOT KVFERRY_TEST_PYTHON)
   find_program(KVFERRY_TEST_PYTHON NAMES python3)
 endif()
+# Under KVFERRY_SANITIZE, python3 loads an instrumented libkvferry.so: the
+# sanitizer runtimes must come first (preloaded), and the interpreter's own
+# allocations are not ours to leak-check.
+set(KVFERRY_PYTHON_TEST_ENV "")
+set(KVFERRY_PEERS_PYTHON_ENV "")
+if(KVFERRY_SANITIZE)
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libasan.so
+                  OUTPUT_VARIABLE _asan OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libubsan.so
+                  OUTPUT_VARIABLE _ubsan OUTPUT_STRIP_TRAILING_WHITESPACE)
+  set(KVFERRY_PYTHON_TEST_ENV "LD_PRELOAD=${_asan}:${_ubsan};ASAN_OPTIONS=detect_leaks=0")
+  # endpoint_peers.sh puts these before its python3 only (env).
+  set(KVFERRY_PEERS_PYTHON_ENV "KVFERRY_PYTHON_ENV=LD_PRELOAD=${_asan}:${_ubsan} ASAN_OPTIONS=detect_leaks=0")
+endif()
 add_test(NAME test_endpoint_python
   COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peer.py both)
 set_tests_properties(test_endpoint_python PROPERTIES LABELS unit TIMEOUT 60
-  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python")
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;${KVFERRY_PYTHON_TEST_ENV}")
 
 # Two processes through each surface (C++, C, Python, and mixed) on kvsock.
 add_executable(endpoint_peer_cpp integration/endpoint_peer.cpp)
@@ -37,7 +53,7 @@ add_test(NAME test_endpoint_peers
   COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peers.sh
           $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> ${KVFERRY_TEST_PYTHON})
 set_tests_properties(test_endpoint_peers PROPERTIES LABELS integration TIMEOUT 300
-  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib;${KVFERRY_PEERS_PYTHON_ENV}")
 
 # GPU memory (skip without a GPU): C++ endpoints on cudaMalloc'd buffers, and
 # Python with torch/cupy tensors (__cuda_array_interface__); both over kvsock.

@@ -18,7 +18,9 @@ side() {  # <language> <role> <dir>
   case $1 in
     cpp) timeout 60 "$cpp" "$2" "$3" ;;
     c) timeout 60 "$c" "$2" "$3" ;;
-    py) timeout 60 "$py" "$here/endpoint_peer.py" "$2" "$3" ;;
+    # KVFERRY_PYTHON_ENV: e.g. the sanitizer runtimes to preload (engine.cmake)
+    # shellcheck disable=SC2086
+    py) timeout 60 env ${KVFERRY_PYTHON_ENV:-} "$py" "$here/endpoint_peer.py" "$2" "$3" ;;
   esac
 }
 failures=0

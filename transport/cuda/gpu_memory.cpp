@@ -258,7 +258,9 @@ gpu_region gpu_region::allocate_pinned_host(std::size_t) {
 ipc_handle export_ipc_handle(const gpu_region&) {
   throw_no_cuda("cudaIpcGetMemHandle");
 }
-ipc_region export_ipc_region(const memory_view&) {
+ipc_region export_ipc_region(const memory_view& view) {
+  if (view.kind != memory_kind::cuda) // the same answer as with CUDA
+    throw gpu_error("host memory cannot be shared over CUDA IPC");
   throw_no_cuda("cudaIpcGetMemHandle");
 }
 memory_view ipc_region_cache::open(const ipc_handle&) {
