@@ -104,6 +104,10 @@ static void serve(kvf_endpoint* ep, uint64_t conn) {
   check(kvf_dereg(ep, ir), "dereg");
   free(target);
   free(inbox);
+  /* Tell the client it may go: a send completes once its bytes left the
+   * sender, and an endpoint destroyed before the peer's receive finished
+   * fails that receive (docs/engine-api.md, Limits). */
+  check(kvf_notify(ep, conn, (const uint8_t*)"bye", 3), "notify");
   printf("server: verified %u + %u bytes\n", WRITE_BYTES, SEND_BYTES);
 }
 
@@ -140,6 +144,10 @@ static void visit(kvf_endpoint* ep, uint64_t conn) {
   check(kvf_send(ep, conn, &s, 1, &id), "send");
   check(kvf_wait(ep, id, LIMIT_MS, &bytes), "wait send");
   check(kvf_notify(ep, conn, (const uint8_t*)"done", 4), "notify");
+  if (take(ep, desc, sizeof desc) != 3 || memcmp(desc, "bye", 3) != 0) {
+    fprintf(stderr, "client: expected the notification 'bye'\n");
+    exit(1);
+  }
   free(mine);
   free(back);
   free(out);

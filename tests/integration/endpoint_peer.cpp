@@ -73,6 +73,10 @@ void serve(endpoint& ep, conn_id conn) {
     die("server: expected the notification 'done'");
   if (target != pattern(write_bytes, 1))
     die("server: the one-sided bytes differ");
+  // The client may go (docs/engine-api.md, Limits: an endpoint destroyed
+  // before the peer's receive finished fails that receive).
+  std::vector<std::uint8_t> bye{'b', 'y', 'e'};
+  must(ep.notify(conn, bye), "notify");
   std::printf("server: verified %zu + %zu bytes\n", write_bytes, send_bytes);
 }
 
@@ -96,6 +100,9 @@ void visit(endpoint& ep, conn_id conn) {
        "wait send");
   std::vector<std::uint8_t> done{'d', 'o', 'n', 'e'};
   must(ep.notify(conn, done), "notify");
+  auto bye = take(ep).bytes;
+  if (std::string(bye.begin(), bye.end()) != "bye")
+    die("client: expected the notification 'bye'");
   std::printf("client: wrote, read back and sent %zu + %zu bytes\n",
               write_bytes, send_bytes);
 }
