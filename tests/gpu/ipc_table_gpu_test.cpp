@@ -29,11 +29,13 @@
 #ifdef KVFERRY_HAVE_CUDA
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -174,27 +176,49 @@ TEST_CASE("ipc table owner (runs only when started by the test)" *
   // "Layer written" as a prefill stack would signal it to a reader in
   // another process: an interprocess event recorded after a write that
   // waits for the parent's `release` file; its handle goes in `event`.
-  const fs::path release = fs::path{dir} / "release";
-  cudaStream_t stream = nullptr;
-  cudaEvent_t written = nullptr;
-  cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  cuda_ok(cudaEventCreateWithFlags(&written, cudaEventInterprocess |
-                                                 cudaEventDisableTiming),
-          "interprocess event");
-  cuda_ok(cudaLaunchHostFunc(stream, &hold_until_file,
-                             const_cast<fs::path*>(&release)),
-          "cudaLaunchHostFunc");
-  cuda_ok(cudaMemsetAsync(mine.regions[1] + gated_offset, gated_value,
-                          gated_bytes, stream),
-          "cudaMemsetAsync");
-  cuda_ok(cudaEventRecord(written, stream), "cudaEventRecord");
-  {
-    std::ofstream out{fs::path{dir} / "event.tmp"};
-    out << transport::export_ipc_event(
-        static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(written)),
-        gpu);
-  }
-  fs::rename(fs::path{dir} / "event.tmp", fs::path{dir} / "event");
+  // Armed only when the parent reaches that step (its `arm` file): a stream
+  // held by a host function from the start stalled this process's own copy
+  // kernels of the earlier steps on the H200 (the kernel launched, its event
+  // never completed while the host function ran; two streams sharing one of
+  // CUDA's hardware queues would do that), which a test of the transfer
+  // actor must not depend on.
+  static const fs::path release = fs::path{dir} / "release"; // outlives us
+  std::byte* const gated = mine.regions[1] + gated_offset;
+  std::thread{[dir = fs::path{dir}, gated] {
+    if (!test::eventually([&] { return fs::exists(dir / "arm"); },
+                          seconds(150)))
+      return;
+    // No doctest assertion off the test's thread: a failure leaves `event`
+    // unwritten, which the parent reports.
+    auto ok = [](cudaError_t err, const char* what) {
+      if (err != cudaSuccess)
+        std::fprintf(stderr, "ipc table owner: %s: %s\n", what,
+                     cudaGetErrorString(err));
+      return err == cudaSuccess;
+    };
+    cudaStream_t stream = nullptr;
+    cudaEvent_t written = nullptr;
+    if (!ok(cudaSetDevice(gpu), "cudaSetDevice") ||
+        !ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            "stream") ||
+        !ok(cudaEventCreateWithFlags(&written, cudaEventInterprocess |
+                                                   cudaEventDisableTiming),
+            "interprocess event") ||
+        !ok(cudaLaunchHostFunc(stream, &hold_until_file,
+                               const_cast<fs::path*>(&release)),
+            "cudaLaunchHostFunc") ||
+        !ok(cudaMemsetAsync(gated, gated_value, gated_bytes, stream),
+            "cudaMemsetAsync") ||
+        !ok(cudaEventRecord(written, stream), "cudaEventRecord"))
+      return;
+    {
+      std::ofstream out{dir / "event.tmp"};
+      out << transport::export_ipc_event(
+          static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(written)),
+          gpu);
+    }
+    fs::rename(dir / "event.tmp", dir / "event");
+  }}.detach();
   auto transfer = spawn_transfer(sys, mine.config("prefill-0"));
   auto port = sys.middleman().publish(transfer, 0, "127.0.0.1", true);
   REQUIRE_MESSAGE(port, render(port.error()));
@@ -508,6 +532,11 @@ TEST_CASE_FIXTURE(ipc_table_pair,
   // once (ipc_event_cache): the child writes its source behind a file this
   // test creates only after our transfer actor has taken the read.
   {
+    std::ofstream{dir.path / "arm"};
+    REQUIRE_MESSAGE(
+        test::eventually([&] { return fs::exists(dir.path / "event"); },
+                         seconds(30)),
+        "the child exported no event (see its output)");
     std::string text;
     std::ifstream{dir.path / "event"} >> text;
     transport::ipc_event_cache events;
