@@ -115,7 +115,8 @@ KVF_API int kvf_write(kvf_endpoint* endpoint, uint64_t conn,
 KVF_API int kvf_read(kvf_endpoint* endpoint, uint64_t conn,
                      const kvf_slice* local, const uint8_t* descriptors,
                      size_t count, uint64_t* xfer);
-/* Two-sided, matched in order per connection. */
+/* Two-sided, matched in order per connection; a send is done once its bytes
+ * landed in the peer's receive (the endpoint may be destroyed then). */
 KVF_API int kvf_send(kvf_endpoint* endpoint, uint64_t conn,
                      const kvf_slice* local, size_t count, uint64_t* xfer);
 KVF_API int kvf_recv(kvf_endpoint* endpoint, uint64_t conn,

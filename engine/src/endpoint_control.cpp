@@ -10,7 +10,10 @@
 //   recv:  our transfer actor waits for the arrival, and the peer's control
 //          actor learns where it may write (posted_recv);
 //   send:  waits for the peer's next posted receive on the connection, then
-//          our transfer actor sends into it.
+//          our transfer actor sends into it; done once the peer's control
+//          actor says the receive finished (a receipt), so "done" means
+//          landed, as for write: the sender may go right away and the peer
+//          still gets every byte (its teardown notice cannot overtake them).
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -39,8 +42,13 @@ struct peer {
   struct op {
     int replies_due = 0;
     std::uint64_t bytes = 0;
+    std::uint64_t receipt = 0; // a recv: the transfer id the peer's send
+                               // awaits a receipt for (0: none)
+    std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
   };
   std::unordered_map<xfer_id, op> inflight;
+  // Our matched sends awaiting the peer's receipt: transfer id -> op.
+  std::unordered_map<std::uint64_t, xfer_id> receipts;
   bool alive = true;
 };
 
@@ -107,8 +115,24 @@ peer* find_peer(self_ptr self, conn_id conn) {
   return i == self->state.conns.end() ? nullptr : &i->second;
 }
 
+// A recv settled: tell the sender, whose send is done only then (the
+// receipt; an empty error: landed).
+void send_receipt(self_ptr self, peer& p, const peer::op& o,
+                  const caf::error& err) {
+  if (o.receipt != 0 && p.alive)
+    self->send(p.control, proto::ep_landed_atom::value, self->state.cfg.name,
+               o.receipt, err);
+}
+
 void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
-  p.inflight.erase(id);
+  if (auto i = p.inflight.find(id); i != p.inflight.end()) {
+    send_receipt(
+        self, p, i->second,
+        make_error(why.code(), fmt::format("at '{}': {}", self->state.cfg.name,
+                                           why.reason())));
+    p.receipts.erase(i->second.awaits);
+    p.inflight.erase(i);
+  }
   self->state.cfg.shared->fail(id, std::move(why));
 }
 
@@ -126,6 +150,7 @@ void part_done(self_ptr self, conn_id conn, xfer_id id,
   if (--i->second.replies_due > 0)
     return;
   auto total = i->second.bytes;
+  send_receipt(self, *p, i->second, caf::error{});
   p->inflight.erase(i);
   self->state.cfg.shared->complete(id, total);
 }
@@ -199,6 +224,8 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
                                  total_bytes(r.ranges))});
       continue;
     }
+    p.receipts[r.transfer_id] = o.id;
+    p.inflight[o.id].awaits = r.transfer_id;
     auto to = with_sizes(p.ep, sizes_covering(*extents));
     order_send(self, conn, o.id, r.transfer_id, st.cfg.transfer, std::move(to),
                std::move(*extents), true);
@@ -248,6 +275,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   case endpoint_op::recv: {
     auto transfer_id = o.id | receiver_chosen;
     p->inflight[o.id].replies_due = 1;
+    p->inflight[o.id].receipt = transfer_id;
     order_recv(self, o.conn, o.id, transfer_id, p->name);
     self->send(
         p->control, proto::ep_post_atom::value,
@@ -255,11 +283,28 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   }
   case endpoint_op::send:
-    p->inflight[o.id].replies_due = 1;
+    p->inflight[o.id].replies_due = 2; // our transfer actor, the receipt
     p->sends.push_back(std::move(o));
     match_sends(self, p->sends.back().conn, *p);
     break;
   }
+}
+
+void on_receipt(self_ptr self, const std::string& receiver,
+                std::uint64_t transfer_id, const caf::error& err) {
+  auto c = self->state.by_name.find(receiver);
+  if (c == self->state.by_name.end())
+    return;
+  auto& p = self->state.conns[c->second];
+  auto r = p.receipts.find(transfer_id);
+  if (r == p.receipts.end())
+    return; // the send failed here already
+  auto op = r->second;
+  p.receipts.erase(r);
+  if (err)
+    part_failed(self, c->second, op, err);
+  else
+    part_done(self, c->second, op, std::nullopt);
 }
 
 conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
@@ -295,6 +340,7 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     for (auto& [op, entry] : p.inflight)
       st.cfg.shared->fail(op, why);
     p.inflight.clear();
+    p.receipts.clear();
     p.sends.clear();
     p.posted.clear();
     {
@@ -362,6 +408,12 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
         o.timeout_ms = self->state.cfg.timeout_ms;
         return self->delegate(self->state.cfg.transfer, proto::recv_atom::value,
                               std::move(o));
+      },
+      // From a peer: the receive our send filled settled there (`err`
+      // empty: every byte landed).
+      [self](proto::ep_landed_atom, const std::string& receiver,
+             std::uint64_t transfer_id, const caf::error& err) {
+        on_receipt(self, receiver, transfer_id, err);
       },
       // From our endpoint: pass a notification to the peer of `conn`.
       [self](proto::ep_notify_atom, conn_id conn, std::vector<char>& bytes) {

@@ -352,3 +352,34 @@ TEST_CASE("a dead peer fails what waits on it, naming it") {
   REQUIRE(a.wait(*w2, limit).ok());
   CHECK(dst == buf);
 }
+
+TEST_CASE("an endpoint may go as soon as its send completed") {
+  // A send is done once the peer's receive finished (its receipt), so the
+  // sender's teardown can never overtake its last bytes: no goodbye needed.
+  auto b = make("ep-test-stays");
+  std::vector<std::uint8_t> inbox(64 << 10, 0);
+  auto ir = b.reg(inbox.data(), inbox.size()).value();
+  for (unsigned round = 0; round < 20; ++round) {
+    auto out = pattern(inbox.size() - round * 1000, round);
+    xfer_id recv_id = 0;
+    {
+      auto a = make("ep-test-goes-" + std::to_string(round));
+      auto c = a.connect(b.metadata());
+      REQUIRE_MESSAGE(c.ok(), c.error().message());
+      auto ba = b.accept(limit);
+      REQUIRE(ba.ok());
+      auto r = b.recv(*ba, {{ir, 0, inbox.size()}});
+      REQUIRE(r.ok());
+      recv_id = *r;
+      auto ar = a.reg(out.data(), out.size()).value();
+      auto s = a.send(*c, {{ar, 0, out.size()}});
+      REQUIRE(s.ok());
+      auto sent = a.wait(*s, limit);
+      REQUIRE_MESSAGE(sent.ok(), sent.error().message());
+    } // `a` destroyed at once
+    auto got = b.wait(recv_id, limit);
+    REQUIRE_MESSAGE(got.ok(), "round ", round, ": ", got.error().message());
+    CHECK(*got == out.size());
+    CHECK(std::equal(out.begin(), out.end(), inbox.begin()));
+  }
+}

@@ -191,7 +191,8 @@ public:
                        items<descriptor> remote);
   /// Two-sided: the k-th send on a connection fills the peer's k-th recv on
   /// it, in order, local slices concatenated; at most as many bytes as the
-  /// receive has room for.
+  /// receive has room for. A send is done once its bytes landed in the
+  /// peer's receive (its receipt), so the endpoint may be destroyed then.
   result<xfer_id> send(conn_id conn, items<slice> local);
   result<xfer_id> recv(conn_id conn, items<slice> local);
 
