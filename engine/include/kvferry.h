@@ -129,6 +129,16 @@ KVF_API int kvf_poll(kvf_endpoint* endpoint, uint64_t xfer, uint64_t* bytes);
 KVF_API int kvf_wait(kvf_endpoint* endpoint, uint64_t xfer, uint32_t timeout_ms,
                      uint64_t* bytes);
 
+/* Transfers done since create, and their bytes, per path: the loaded
+ * plugin, or CUDA IPC (same-host endpoints of GPU memory). */
+typedef struct kvf_stats {
+  uint64_t plugin_transfers;
+  uint64_t plugin_bytes;
+  uint64_t ipc_transfers;
+  uint64_t ipc_bytes;
+} kvf_stats;
+KVF_API int kvf_stats_get(kvf_endpoint* endpoint, kvf_stats* out);
+
 KVF_API int kvf_notify(kvf_endpoint* endpoint, uint64_t conn,
                        const uint8_t* bytes, size_t size);
 /* The oldest notification received: KVF_NOT_FOUND when there is none;

@@ -333,6 +333,21 @@ int kvf_poll(kvf_endpoint* e, uint64_t xfer, uint64_t* bytes) {
   });
 }
 
+int kvf_stats_get(kvf_endpoint* e, kvf_stats* out) {
+  return guard("kvf_stats_get", [&] {
+    int code = 0;
+    if (missing(e, "kvf_stats_get", "endpoint", code) ||
+        missing(out, "kvf_stats_get", "out", code))
+      return code;
+    auto s = e->ep.stats();
+    out->plugin_transfers = s.plugin_transfers;
+    out->plugin_bytes = s.plugin_bytes;
+    out->ipc_transfers = s.ipc_transfers;
+    out->ipc_bytes = s.ipc_bytes;
+    return ok();
+  });
+}
+
 int kvf_wait(kvf_endpoint* e, uint64_t xfer, uint32_t timeout_ms,
              uint64_t* bytes) {
   return guard("kvf_wait", [&] {

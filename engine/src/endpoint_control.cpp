@@ -24,6 +24,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 
+#include "endpoint_path.hpp"
 #include "endpoint_state.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -37,6 +38,7 @@ struct peer {
   std::string name;
   caf::actor control;
   proto::endpoint ep;
+  bool one_process = false;                // endpoint_path.hpp, same_process
   std::deque<proto::posted_recv> posted;   // the peer's, not yet filled
   std::deque<proto::endpoint_order> sends; // ours, waiting for a post
   struct op {
@@ -61,28 +63,6 @@ struct control_state {
 };
 
 using self_ptr = caf::stateful_actor<control_state>*;
-
-// The peer's endpoint as a send order needs it: its region table as far as
-// this side knows it (the receiver checks against its own table anyway).
-proto::endpoint with_sizes(proto::endpoint ep,
-                           const std::vector<std::uint64_t>& sizes) {
-  ep.region_bytes = sizes.empty() ? 0 : sizes[0];
-  ep.more_region_sizes.assign(sizes.begin() + (sizes.empty() ? 0 : 1),
-                              sizes.end());
-  return ep;
-}
-
-// A table just large enough for `ranges` (destination side).
-std::vector<std::uint64_t> sizes_covering(const std::vector<extent>& ranges) {
-  std::vector<std::uint64_t> sizes;
-  for (const auto& r : ranges) {
-    auto at = locate(r.dst_offset);
-    if (sizes.size() <= at.region)
-      sizes.resize(at.region + 1, 0);
-    sizes[at.region] = std::max(sizes[at.region], at.offset + r.length);
-  }
-  return sizes;
-}
 
 // The send's ranges (src_offset, length) laid into the receive's ranges
 // (dst_offset, length) in order: the extents of one transfer. Nullopt when
@@ -226,10 +206,50 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
     }
     p.receipts[r.transfer_id] = o.id;
     p.inflight[o.id].awaits = r.transfer_id;
-    auto to = with_sizes(p.ep, sizes_covering(*extents));
+    auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
+    auto to = order_peer(
+        p.ep, sizes_covering(*extents, extent_side::destination), path);
+    st.cfg.shared->set_path(o.id, path);
     order_send(self, conn, o.id, r.transfer_id, st.cfg.transfer, std::move(to),
                std::move(*extents), true);
   }
+}
+
+// A read: over CUDA IPC our own kernel copies out of the peer's mapped table
+// (read_order, the peer's transfer actor gets no message); otherwise the
+// peer's transfer actor pushes into our table and ours reports the arrival.
+void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
+  auto& st = self->state;
+  auto transfer_id = o.id | receiver_chosen;
+  auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
+  auto from =
+      order_peer(p.ep, sizes_covering(o.extents, extent_side::source), path);
+  st.cfg.shared->set_path(o.id, path);
+  if (path == transfer_path::cuda_ipc) {
+    p.inflight[o.id].replies_due = 1;
+    proto::read_order r;
+    r.transfer_id = transfer_id;
+    r.peer = std::move(from);
+    r.extents = std::move(o.extents);
+    r.timeout_ms = st.cfg.timeout_ms;
+    self->request(st.cfg.transfer, request_limit(st), proto::read_atom::value,
+                  std::move(r))
+        .then(
+            [self, conn = o.conn, id = o.id](proto::recv_report& rep) {
+              part_done(self, conn, id, rep.bytes);
+            },
+            [self, conn = o.conn, id = o.id](caf::error& err) {
+              part_failed(self, conn, id, err);
+            });
+    return;
+  }
+  p.inflight[o.id].replies_due = 2;
+  auto plugin = transfer_path::plugin;
+  order_send(self, o.conn, o.id, transfer_id,
+             caf::actor_cast<transfer_actor>(p.ep.transfer),
+             order_peer(st.cfg.self_ep, o.dst_sizes, plugin),
+             std::move(o.extents), false);
+  order_recv(self, o.conn, o.id, transfer_id, p.name);
 }
 
 void start_order(self_ptr self, proto::endpoint_order& o) {
@@ -248,10 +268,13 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     return;
   }
   switch (static_cast<endpoint_op>(o.op)) {
-  case endpoint_op::write:
+  case endpoint_op::write: {
     p->inflight[o.id].replies_due = 2;
-    order_send(self, o.conn, o.id, o.id, st.cfg.transfer,
-               with_sizes(p->ep, o.dst_sizes), std::move(o.extents), true);
+    auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
+    auto to = order_peer(p->ep, o.dst_sizes, path);
+    st.cfg.shared->set_path(o.id, path);
+    order_send(self, o.conn, o.id, o.id, st.cfg.transfer, std::move(to),
+               std::move(o.extents), true);
     self->request(p->control, request_limit(st), proto::ep_landed_atom::value,
                   st.cfg.name, o.id)
         .then(
@@ -262,20 +285,17 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
               part_failed(self, conn, id, err);
             });
     break;
-  case endpoint_op::read: {
-    auto transfer_id = o.id | receiver_chosen;
-    p->inflight[o.id].replies_due = 2;
-    order_send(self, o.conn, o.id, transfer_id,
-               caf::actor_cast<transfer_actor>(p->ep.transfer),
-               with_sizes(st.cfg.self_ep, o.dst_sizes), std::move(o.extents),
-               false);
-    order_recv(self, o.conn, o.id, transfer_id, p->name);
-    break;
   }
+  case endpoint_op::read:
+    start_read(self, *p, o);
+    break;
   case endpoint_op::recv: {
     auto transfer_id = o.id | receiver_chosen;
     p->inflight[o.id].replies_due = 1;
     p->inflight[o.id].receipt = transfer_id;
+    // The peer's send takes this path (its control actor decides alike).
+    st.cfg.shared->set_path(
+        o.id, path_between(p->ep, st.cfg.self_ep, p->one_process));
     order_recv(self, o.conn, o.id, transfer_id, p->name);
     self->send(
         p->control, proto::ep_post_atom::value,
@@ -314,6 +334,7 @@ conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
   p.name = h.name;
   p.control = h.control;
   p.ep = h.transfer;
+  p.one_process = same_process(st.cfg.self_ep, p.ep);
   st.by_name[h.name] = id;
   self->monitor(h.control);
   std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
@@ -386,6 +407,23 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
         }
         self->state.cfg.shared->changed.notify_all();
         return hello_of(self);
+      },
+      // From our endpoint, after reg/dereg: our transfer actor's table now;
+      // every peer hears it (a renewed hello) before anything we send later.
+      [self](proto::ep_hello_atom, proto::endpoint& ep) {
+        auto& st = self->state;
+        st.cfg.self_ep = std::move(ep);
+        for (auto& [id, p] : st.conns)
+          if (p.alive)
+            self->send(p.control, proto::ep_hello_atom::value, st.cfg.name,
+                       st.cfg.self_ep);
+      },
+      // From a peer: its table changed.
+      [self](proto::ep_hello_atom, const std::string& name,
+             proto::endpoint& ep) {
+        auto i = self->state.by_name.find(name);
+        if (i != self->state.by_name.end())
+          self->state.conns[i->second].ep = std::move(ep);
       },
       [self](proto::ep_order_atom, proto::endpoint_order& o) {
         start_order(self, o);

@@ -134,6 +134,14 @@ _two_sided = {
     "recv": _declare("kvf_recv", _ep, ctypes.c_uint64, ctypes.POINTER(_Slice),
                      ctypes.c_size_t, _u64p),
 }
+class _Stats(ctypes.Structure):
+    _fields_ = [("plugin_transfers", ctypes.c_uint64),
+                ("plugin_bytes", ctypes.c_uint64),
+                ("ipc_transfers", ctypes.c_uint64),
+                ("ipc_bytes", ctypes.c_uint64)]
+
+
+_stats = _declare("kvf_stats_get", _ep, ctypes.POINTER(_Stats))
 _poll = _declare("kvf_poll", _ep, ctypes.c_uint64, _u64p)
 _wait = _declare("kvf_wait", _ep, ctypes.c_uint64, ctypes.c_uint32, _u64p)
 _notify = _declare("kvf_notify", _ep, ctypes.c_uint64, _bytes, ctypes.c_size_t)
@@ -329,6 +337,14 @@ class Endpoint:
         moved = ctypes.c_uint64(0)
         _check(_wait(self._h, xfer, int(timeout * 1000), ctypes.byref(moved)))
         return moved.value
+
+    def stats(self):
+        """Transfers done and their bytes per path: {"plugin_transfers",
+        "plugin_bytes", "ipc_transfers", "ipc_bytes"} (CUDA IPC: same-host
+        endpoints of GPU memory)."""
+        out = _Stats()
+        _check(_stats(self._h, ctypes.byref(out)))
+        return {name: getattr(out, name) for name, _ in _Stats._fields_}
 
     def notify(self, conn, data):
         data = bytes(data)

@@ -3,7 +3,8 @@
 // forms and notifications, every byte checked; and bad input (malformed
 // metadata and descriptors, a descriptor outside the peer's region, a wait
 // that times out, a dead peer) gives an error naming the cause and leaves
-// the endpoint usable.
+// the endpoint usable; the path choice (CUDA IPC or the plugin) and the
+// per-path counters; senders that go right after their send.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -14,6 +15,9 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/endpoint.hpp"
+
+// The path choice (private to engine/): pure functions.
+#include "../../engine/src/endpoint_path.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -191,6 +195,85 @@ TEST_CASE("one-sided write and read, vector forms, every byte checked") {
   auto gone = p.a.poll(ids[0]);
   REQUIRE_FALSE(gone.ok());
   CHECK(gone.error().code() == ec::not_found);
+
+  // Host memory: every transfer took the plugin, counted per path.
+  auto stats = p.a.stats();
+  CHECK(stats.plugin_transfers == 18); // a write, a read, 16 writes by a
+  CHECK(stats.plugin_bytes == 66537 + 65536 + 16 * 4096);
+  CHECK(stats.ipc_transfers == 0);
+  CHECK(stats.ipc_bytes == 0);
+  auto w = p.a.write(p.ab, {{p.ar, 0, 10}}, {remote.sub(0, 10).value()});
+  REQUIRE(w.ok());
+  std::optional<transfer_path> path;
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!path && std::chrono::steady_clock::now() < until) {
+    auto known = p.a.path(*w);
+    REQUIRE(known.ok());
+    path = *known;
+  }
+  CHECK(path == transfer_path::plugin);
+  CHECK(p.done(p.a, w) == 10);
+  CHECK(p.a.path(*w).error().code() == ec::not_found);
+}
+
+TEST_CASE("the path: CUDA IPC between GPU tables of one host, else the "
+          "plugin") {
+  using engine_detail::path_between;
+  proto::endpoint a, b; // both export their tables over CUDA IPC
+  a.host_id = b.host_id = "host-1";
+  a.ipc_handle = "a's table";
+  b.ipc_handle = "b's table";
+  CHECK(path_between(a, b, false) == transfer_path::cuda_ipc);
+  CHECK(path_between(b, a, false) == transfer_path::cuda_ipc);
+  // One process: CUDA IPC cannot open its own handles.
+  CHECK(path_between(a, b, true) == transfer_path::plugin);
+  auto host = b; // host memory somewhere in its table: nothing exported
+  host.ipc_handle.clear();
+  CHECK(path_between(a, host, false) == transfer_path::plugin);
+  CHECK(path_between(host, a, false) == transfer_path::plugin);
+  auto far = b;
+  far.host_id = "host-2";
+  CHECK(path_between(a, far, false) == transfer_path::plugin);
+  auto unknown_a = a, unknown_b = b; // no host id: never IPC
+  unknown_a.host_id.clear();
+  unknown_b.host_id.clear();
+  CHECK(path_between(unknown_a, unknown_b, false) == transfer_path::plugin);
+}
+
+TEST_CASE("an order names the peer's table; its IPC handle only for the "
+          "path reported") {
+  using engine_detail::order_peer;
+  using engine_detail::sizes_covering;
+  proto::endpoint ep;
+  ep.ipc_handle = "table";
+  ep.region_bytes = 4096;                // the placeholder
+  ep.more_region_sizes = {1000, 0, 500}; // region 2 deregistered
+  auto path = transfer_path::cuda_ipc;
+  auto to = order_peer(ep, {0, 1000, 0, 20}, path);
+  CHECK(path == transfer_path::cuda_ipc);
+  CHECK(to.ipc_handle == "table");
+  CHECK(proto::region_sizes_of(to) ==
+        std::vector<std::uint64_t>{4096, 1000, 0, 500});
+  // A descriptor of a region announced later (it came out of band first):
+  // the plugin, the table grown for the sender's checks.
+  to = order_peer(ep, {0, 0, 0, 0, 64}, path);
+  CHECK(path == transfer_path::plugin);
+  CHECK(to.ipc_handle.empty());
+  CHECK(proto::region_sizes_of(to) ==
+        std::vector<std::uint64_t>{4096, 1000, 0, 500, 64});
+  path = transfer_path::cuda_ipc;
+  to = order_peer(ep, {0, 1001}, path); // larger than announced
+  CHECK(path == transfer_path::plugin);
+  CHECK(proto::region_sizes_of(to)[1] == 1001);
+  path = transfer_path::plugin; // the plugin chosen: the handle goes
+  CHECK(order_peer(ep, {}, path).ipc_handle.empty());
+  // What an order's extents reach, per side.
+  std::vector<extent> x{{table_offset(1, 10), table_offset(3, 0), 90},
+                        {table_offset(1, 0), table_offset(3, 200), 5}};
+  CHECK(sizes_covering(x, extent_side::source) ==
+        std::vector<std::uint64_t>{0, 100});
+  CHECK(sizes_covering(x, extent_side::destination) ==
+        std::vector<std::uint64_t>{0, 0, 0, 205});
 }
 
 TEST_CASE("two-sided send and recv in order, with notifications") {

@@ -122,6 +122,22 @@ struct endpoint_metadata {
                                          std::size_t size);
 };
 
+/// How a transfer's bytes moved: the loaded plugin, or CUDA IPC (same-host
+/// endpoints whose regions are all GPU memory IPC can share: the initiator's
+/// own copy kernel writes or reads the peer's memory, mapped once).
+enum class transfer_path : std::uint8_t { plugin = 0, cuda_ipc = 1 };
+
+/// "plugin" or "cuda_ipc".
+const char* to_string(transfer_path path);
+
+/// Transfers done since create(), and their bytes, per path.
+struct endpoint_stats {
+  std::uint64_t plugin_transfers = 0;
+  std::uint64_t plugin_bytes = 0;
+  std::uint64_t ipc_transfers = 0;
+  std::uint64_t ipc_bytes = 0;
+};
+
 /// A small message from a peer (notify()), in arrival order per connection.
 struct notification {
   conn_id conn = 0;
@@ -203,6 +219,13 @@ public:
   /// The bytes once done, or the transfer's error; timeout (the transfer
   /// stays pending, wait again) when `timeout` passes first.
   result<std::uint64_t> wait(xfer_id id, std::chrono::milliseconds timeout);
+
+  /// The path a transfer takes, once chosen (nullopt before: a send waiting
+  /// for the peer's receive), while its id is known (not_found after its
+  /// outcome was reported). A recv reports the path the peer's send takes.
+  result<std::optional<transfer_path>> path(xfer_id id) const;
+  /// Per-path counters of the transfers done so far.
+  endpoint_stats stats() const;
 
   /// A small message to the peer, after everything this thread's earlier
   /// completed transfers on `conn` wrote (at most max_notification_bytes).
