@@ -69,7 +69,8 @@ set_tests_properties(test_endpoint_torch PROPERTIES LABELS "gpu;integration" TIM
 # The send/teardown race: 50 clients in a row destroy their endpoint as soon
 # as their send completed (no goodbye); the server verifies every send.
 add_test(NAME test_endpoint_teardown
-  COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_teardown.sh
-          $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> 50)
+  COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peers.sh
+          $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> ${KVFERRY_TEST_PYTHON}
+          teardown 50)
 set_tests_properties(test_endpoint_teardown PROPERTIES LABELS integration TIMEOUT 300
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
