@@ -2,7 +2,7 @@
 # Two endpoints in one process over kvsock, host memory.
 kvferry_add_test(NAME test_endpoint SOURCES unit/endpoint_test.cpp
   LIBS kvferry_engine LABELS unit TIMEOUT 120)
-add_dependencies(test_endpoint nccl-net-kvsock)
+add_dependencies(test_endpoint nccl-net-kvsock kvferry) # kvferry pki init
 
 # The C API from C99 (-pedantic, warnings are errors): both sides in one
 # process, bad input included. The same program is one side of

@@ -60,6 +60,9 @@ typedef struct kvf_options {
   const char* name;             /* NULL or "": generated */
   uint32_t transfer_timeout_ms; /* 0: 30000 */
   uint32_t connect_timeout_ms;  /* 0: 10000 */
+  const char* tls_dir;  /* mutual TLS on the control port (docs/security.md):
+                           a folder of `kvferry pki init`; NULL or "": plain */
+  const char* tls_name; /* the certificate presented; NULL or "": name */
 } kvf_options;
 
 /* Bytes [offset, offset + size) of a registered region. */

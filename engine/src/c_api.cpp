@@ -178,6 +178,10 @@ int kvf_endpoint_create(const kvf_options* options, kvf_endpoint** out) {
       if (options->connect_timeout_ms != 0)
         o.connect_timeout =
             std::chrono::milliseconds(options->connect_timeout_ms);
+      if (options->tls_dir != nullptr)
+        o.tls_dir = options->tls_dir;
+      if (options->tls_name != nullptr)
+        o.tls_name = options->tls_name;
     }
     auto ep = kvferry::endpoint::create(o);
     if (!ep.ok())

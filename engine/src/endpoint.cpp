@@ -197,6 +197,16 @@ result<endpoint> endpoint::create(const endpoint_options& options) {
                   fmt::format("endpoint '{}': {}", m.name, e.what())};
   }
   m.plugin = p->net->name();
+  if (!options.tls_dir.empty()) {
+    runtime::tls_options tls;
+    tls.dir = options.tls_dir;
+    const auto& who = options.tls_name.empty() ? m.name : options.tls_name;
+    if (auto err = p->cfg.secure(tls, who)) {
+      auto why = to_status(err);
+      return status{why.code(), fmt::format("endpoint '{}': TLS: {}", m.name,
+                                            why.reason())};
+    }
+  }
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   transfer_config tc;
   tc.name = m.name;

@@ -80,7 +80,8 @@ class _Options(ctypes.Structure):
                 ("address", ctypes.c_char_p), ("port", ctypes.c_uint16),
                 ("name", ctypes.c_char_p),
                 ("transfer_timeout_ms", ctypes.c_uint32),
-                ("connect_timeout_ms", ctypes.c_uint32)]
+                ("connect_timeout_ms", ctypes.c_uint32),
+                ("tls_dir", ctypes.c_char_p), ("tls_name", ctypes.c_char_p)]
 
 
 class _Slice(ctypes.Structure):
@@ -221,11 +222,17 @@ class Endpoint:
     transfer actor. Close it (or use `with`) when done."""
 
     def __init__(self, gpu=-1, plugin=None, address=None, port=0, name=None,
-                 transfer_timeout_ms=0, connect_timeout_ms=0):
+                 transfer_timeout_ms=0, connect_timeout_ms=0, tls_dir=None,
+                 tls_name=None):
+        """tls_dir: mutual TLS on the control port (a folder made by
+        `kvferry pki init`, presenting tls_name's certificate, default
+        name); None: plain TCP."""
         o = _Options(gpu, plugin.encode() if plugin else None,
                      address.encode() if address else None, port,
                      name.encode() if name else None, transfer_timeout_ms,
-                     connect_timeout_ms)
+                     connect_timeout_ms,
+                     tls_dir.encode() if tls_dir else None,
+                     tls_name.encode() if tls_name else None)
         handle = _ep()
         _check(_create(ctypes.byref(o), ctypes.byref(handle)))
         self._h = handle

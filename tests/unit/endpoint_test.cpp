@@ -15,6 +15,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/endpoint.hpp"
+#include "test_pki.hpp"
 
 // The path choice (private to engine/): pure functions.
 #include "../../engine/src/endpoint_path.hpp"
@@ -465,4 +466,43 @@ TEST_CASE("an endpoint may go as soon as its send completed") {
     CHECK(*got == out.size());
     CHECK(std::equal(out.begin(), out.end(), inbox.begin()));
   }
+}
+
+TEST_CASE("mutual TLS on the control port") {
+  test::test_pki pki({"ep-tls-a", "ep-tls-b"});
+  auto secure = [&](const std::string& name) {
+    endpoint_options o;
+    o.name = name;
+    o.tls_dir = pki.dir;
+    return endpoint::create(o);
+  };
+  auto a = secure("ep-tls-a");
+  REQUIRE_MESSAGE(a.ok(), a.error().message());
+  auto b = secure("ep-tls-b");
+  REQUIRE_MESSAGE(b.ok(), b.error().message());
+  auto ab = a->connect(b->metadata());
+  REQUIRE_MESSAGE(ab.ok(), ab.error().message());
+  auto ba = b->accept(limit);
+  REQUIRE(ba.ok());
+  std::vector<std::uint8_t> src = pattern(100000, 9), dst(100000, 0);
+  auto sr = a->reg(src.data(), src.size()).value();
+  auto dr = b->reg(dst.data(), dst.size()).value();
+  auto w = a->write(*ab, {{sr, 0, src.size()}},
+                    {b->advertise(dr, 0, dst.size()).value()});
+  REQUIRE(w.ok());
+  REQUIRE(a->wait(*w, limit).ok());
+  CHECK(dst == src);
+  // A peer without a certificate of the CA does not get in; the TLS
+  // endpoints stay usable.
+  auto plain = make("ep-tls-plain");
+  auto refused = plain.connect(b->metadata());
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code() == ec::unreachable);
+  auto again = a->write(*ab, {{sr, 0, 10}}, {b->advertise(dr, 0, 10).value()});
+  REQUIRE(again.ok());
+  CHECK(a->wait(*again, limit).ok());
+  // No certificate for this name: create says which file.
+  auto nobody = secure("ep-tls-nobody");
+  REQUIRE_FALSE(nobody.ok());
+  CHECK(says(nobody.error(), "ep-tls-nobody"));
 }

@@ -150,7 +150,7 @@ struct endpoint_options {
   /// v7 plugin name or path; empty: kvsock (the default plugin search).
   std::string plugin;
   /// The control port's address (also what metadata() advertises) and port
-  /// (0: any free one). Plain TCP: see docs/engine-api.md, "Limits".
+  /// (0: any free one). Plain TCP unless tls_dir is set.
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;
   /// Unique per process pair; empty: "ep-<hostname>-<pid>-<n>".
@@ -158,6 +158,13 @@ struct endpoint_options {
   /// A transfer (or a posted receive) not done by then fails with timeout.
   std::chrono::milliseconds transfer_timeout{30000};
   std::chrono::milliseconds connect_timeout{10000};
+  /// Mutual TLS on the control port, as `kvferry worker` has it
+  /// (docs/security.md): a TLS dir made by `kvferry pki init DIR NAME...`
+  /// holding ca.crt and tls_name's certificate and key; peers must present
+  /// a certificate of the same CA. Empty: plain TCP (docs/engine-api.md).
+  std::string tls_dir;
+  /// The certificate presented (tls_dir/NAME.crt, .key); empty: `name`.
+  std::string tls_name;
 };
 
 class endpoint {
