@@ -317,8 +317,17 @@ void on_receipt(self_ptr self, const std::string& receiver,
     return;
   auto& p = self->state.conns[c->second];
   auto r = p.receipts.find(transfer_id);
-  if (r == p.receipts.end())
-    return; // the send failed here already
+  if (r == p.receipts.end()) {
+    // No send of ours filled that receive (or ours failed here already):
+    // a receive that failed there (its deadline) must not take a later send.
+    if (err)
+      p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
+                                    [&](const proto::posted_recv& x) {
+                                      return x.transfer_id == transfer_id;
+                                    }),
+                     p.posted.end());
+    return;
+  }
   auto op = r->second;
   p.receipts.erase(r);
   if (err)

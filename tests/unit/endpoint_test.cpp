@@ -506,3 +506,42 @@ TEST_CASE("mutual TLS on the control port") {
   REQUIRE_FALSE(nobody.ok());
   CHECK(says(nobody.error(), "ep-tls-nobody"));
 }
+
+TEST_CASE("a receive that failed at its deadline does not take a later send") {
+  auto a = make("ep-test-sender");
+  endpoint_options o;
+  o.name = "ep-test-impatient";
+  o.transfer_timeout = std::chrono::milliseconds(300);
+  auto b = endpoint::create(o);
+  REQUIRE_MESSAGE(b.ok(), b.error().message());
+  auto ab = a.connect(b->metadata());
+  REQUIRE(ab.ok());
+  auto ba = b->accept(limit);
+  REQUIRE(ba.ok());
+  auto src = pattern(100, 4);
+  std::vector<std::uint8_t> dst(100, 0);
+  auto ar = a.reg(src.data(), src.size()).value();
+  auto br = b->reg(dst.data(), dst.size()).value();
+  auto r1 = b->recv(*ba, {{br, 0, 100}});
+  REQUIRE(r1.ok());
+  auto failed = b->wait(*r1, limit);
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.error().code() == ec::timeout);
+  // The failure's receipt travels ahead of this notification.
+  REQUIRE(b->notify(*ba, std::vector<std::uint8_t>{'x'}).ok());
+  bool heard = false;
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!heard && std::chrono::steady_clock::now() < until)
+    heard = !a.take_notifications().empty();
+  REQUIRE(heard);
+  auto s = a.send(*ab, {{ar, 0, 100}});
+  REQUIRE(s.ok());
+  auto r2 = b->recv(*ba, {{br, 0, 100}});
+  REQUIRE(r2.ok());
+  auto sent = a.wait(*s, limit);
+  REQUIRE_MESSAGE(sent.ok(), sent.error().message());
+  auto got = b->wait(*r2, limit);
+  REQUIRE_MESSAGE(got.ok(), got.error().message());
+  CHECK(*got == 100);
+  CHECK(dst == src);
+}
