@@ -1,8 +1,9 @@
 // kvferry::endpoint: the point-to-point engine surface (docs/engine-api.md),
 // for programs that speak the shape of UCCL's P2P Endpoint or NIXL's agent
 // and do not want actors. A small control layer over one transfer actor: the
-// bytes move exactly as everywhere else in kvferry (its region table, the
-// loaded v7 plugin, kvsock by default). No CAF type appears here.
+// bytes move exactly as everywhere else in kvferry (its region table; CUDA
+// IPC between same-host GPU endpoints of two processes, else the loaded v7
+// plugin, kvsock by default). No CAF type appears here.
 //
 //   auto ep = kvferry::endpoint::create({});            // host memory
 //   auto conn = ep->connect(peer_metadata);              // or ep->accept(10s)
