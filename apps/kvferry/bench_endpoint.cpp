@@ -288,17 +288,8 @@ endpoint_bench_row ipc_measure(ipc_bench& b, bool write, std::uint64_t size,
   all_ipc &= b.ep.stats().ipc_transfers - before == n;
   if (write) // read the peer's slots back to check them
     b.finish(b.start(false, b.dr, 0, slots * size));
-  std::sort(lat.begin(), lat.end());
-  endpoint_bench_row row;
-  row.op = write ? "write" : "read";
-  row.size = size;
-  row.depth = depth;
-  row.ops = n;
-  row.gbps = static_cast<double>(n * size) / secs / 1e9;
-  row.us_per_op = secs * 1e6 / static_cast<double>(n);
-  row.p50_us = lat[lat.size() / 2];
-  row.verified = b.dst_matches(slots * size);
-  return row;
+  return bench_row(write ? "write" : "read", size, depth, n, secs,
+                   std::move(lat), b.dst_matches(slots * size));
 }
 
 // The IPC rows: writes, then reads (of the peer's buffer, written whole
