@@ -2,7 +2,7 @@
 # Two endpoints in one process over kvsock, host memory.
 kvferry_add_test(NAME test_endpoint SOURCES unit/endpoint_test.cpp
   LIBS kvferry_engine LABELS unit TIMEOUT 120)
-add_dependencies(test_endpoint nccl-net-kvsock)
+add_dependencies(test_endpoint nccl-net-kvsock kvferry) # kvferry pki init
 
 # The C API from C99 (-pedantic, warnings are errors): both sides in one
 # process, bad input included. The same program is one side of
@@ -65,3 +65,12 @@ add_custom_target(test_endpoint_torch DEPENDS kvferry_c nccl-net-kvsock)
 add_test(NAME test_endpoint_torch COMMAND ${PROJECT_BINARY_DIR}/tests/test_endpoint_torch)
 set_tests_properties(test_endpoint_torch PROPERTIES LABELS "gpu;integration" TIMEOUT 120
   SKIP_RETURN_CODE 77 ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib;KVFERRY_PYTHON=${KVFERRY_TEST_PYTHON}")
+
+# The send/teardown race: 50 clients in a row destroy their endpoint as soon
+# as their send completed (no goodbye); the server verifies every send.
+add_test(NAME test_endpoint_teardown
+  COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peers.sh
+          $<TARGET_FILE:endpoint_peer_cpp> $<TARGET_FILE:endpoint_peer_c> ${KVFERRY_TEST_PYTHON}
+          teardown 50)
+set_tests_properties(test_endpoint_teardown PROPERTIES LABELS integration TIMEOUT 300
+  ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")

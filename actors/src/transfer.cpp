@@ -202,10 +202,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
           refuse_remote_event(self, o.wait_event, "send order", o.transfer_id))
     return err;
   auto& p = st.out[peer];
-  if (!p.ep.transfer) {
-    p.ep = o.peer;
-    self->monitor(p.ep.transfer);
-  }
+  adopt_peer(self, p, o.peer);
   if (p.transfers.count(o.transfer_id) != 0)
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",

@@ -50,6 +50,8 @@ std::uint64_t address_of(const void* p) {
 std::string why_not_ipc(const transfer_state& st) {
   const int gpu = st.cfg.region->gpu();
   for (std::size_t i = 0; i < st.regions.size(); ++i) {
+    if (!st.regions[i])
+      continue; // removed (transfer_table.cpp)
     const auto& r = *st.regions[i];
     if (r.kind() != memory_kind::cuda)
       return fmt::format("region {} ('{}') is host memory", i, r.name());
@@ -66,6 +68,13 @@ std::string why_not_ipc(const transfer_state& st) {
 std::vector<transport::ipc_region> export_table(const transfer_state& st) {
   std::vector<transport::ipc_region> table;
   for (std::size_t i = 0; i < st.regions.size(); ++i) {
+    if (!st.regions[i]) { // removed: an entry of no bytes keeps the indexes
+      auto gone = table.front();
+      gone.offset = 0;
+      gone.bytes = 0;
+      table.push_back(gone);
+      continue;
+    }
     try {
       auto r = transport::export_ipc_region(st.regions[i]->view());
       for (const auto& earlier : table)
@@ -86,10 +95,14 @@ std::vector<transport::ipc_region> export_table(const transfer_state& st) {
 // region can be shared: kvferry's own pool, or the caller's cudaMalloc'd
 // memory wrapped in place (a region may lie inside a larger allocation).
 // One log line says why a GPU table cannot (peers then use the plugin).
+// Again whenever the table changes at runtime (an endpoint's reg/dereg): a
+// removed region is an entry of no bytes.
 void advertise_ipc_handle(transfer_state& st) {
+  st.local_addresses = {};
+  st.ipc_handle.clear();
   for (const auto& r : st.regions) {
-    st.local_addresses.bases.push_back(address_of(r->data()));
-    st.local_addresses.sizes.push_back(r->size());
+    st.local_addresses.bases.push_back(r ? address_of(r->data()) : 0);
+    st.local_addresses.sizes.push_back(r ? r->size() : 0);
   }
   const auto why = why_not_ipc(st);
   st.ipc_kind = why.empty() ? memory_kind::cuda : memory_kind::host;
@@ -157,6 +170,11 @@ void map_peer_region(transfer_state& st, peer_out& p) {
   address_table t;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const auto& r = exported[i];
+    if (sizes[i] == 0) { // a removed region: nothing to open
+      t.bases.push_back(0);
+      t.sizes.push_back(0);
+      continue;
+    }
     if (r.bytes < sizes[i])
       throw std::invalid_argument(
           fmt::format("the IPC handle of region {} of '{}' maps {} bytes, "
@@ -171,6 +189,22 @@ void map_peer_region(transfer_state& st, peer_out& p) {
 }
 
 } // namespace
+
+void adopt_peer(self_ptr self, peer_out& p, const proto::endpoint& ep) {
+  if (!p.ep.transfer) {
+    p.ep = ep;
+    self->monitor(p.ep.transfer);
+    return;
+  }
+  if (ep.transfer != p.ep.transfer) // a later actor of that name: as before
+    return;
+  if (ep.ipc_handle != p.ep.ipc_handle ||
+      ep.region_bytes != p.ep.region_bytes ||
+      ep.more_region_sizes != p.ep.more_region_sizes) {
+    p.ep = ep;
+    p.mapped.reset(); // its allocations stay open in the cache
+  }
+}
 
 // A same-host decode worker's pool, opened as soon as the directory says it
 // joined (cfg.map_peers_ahead): cudaIpcOpenMemHandle and enabling peer
@@ -846,11 +880,8 @@ caf::result<proto::recv_report> handle_read(self_ptr self,
                               st.region_sizes);
   if (bad)
     return refuse(ec::invalid_extent, *bad);
-  auto& p = st.reads[peer];
-  if (!p.ep.transfer) { // its death or departure drops the entry (mapping)
-    p.ep = o.peer;
-    self->monitor(p.ep.transfer);
-  }
+  auto& p = st.reads[peer]; // its death or departure drops the entry
+  adopt_peer(self, p, o.peer);
   if (p.transfers.count(o.transfer_id) != 0)
     return refuse(ec::duplicate, "a read with this id is in flight");
   auto promise = self->make_response_promise<proto::recv_report>();

@@ -328,8 +328,14 @@ bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
 
 // ---- transfer_ipc.cpp: the CUDA IPC path and its quarantine
 
-/// Our region's IPC handle for the endpoint (stays empty unless shareable).
+/// Our table's addresses and IPC export for the endpoint (stays empty
+/// unless shareable); again after every change of the table at runtime.
 void advertise_ipc_handle(transfer_state& st);
+
+/// The peer as an order names it: the first order's endpoint, monitored; a
+/// later order's when its table differs (an endpoint's table grows at
+/// runtime), whose mapping is then made again on the next copy.
+void adopt_peer(self_ptr self, peer_out& p, const proto::endpoint& ep);
 
 void map_ahead(transfer_state& st, const worker_info& w);
 

@@ -3,6 +3,8 @@
 // a stale descriptor can never reach the next region registered) and
 // registered with every open channel; a removed region keeps its index with
 // size 0, so the bounds checks of both sides refuse every extent into it.
+// Either change exports the table again over CUDA IPC where it can be
+// (advertise_ipc_handle), so same-host GPU peers map the new regions.
 #include <stdexcept>
 #include <string>
 
@@ -90,6 +92,7 @@ caf::result<std::uint64_t> handle_add_region(self_ptr self,
   st.region_sizes.push_back(bytes);
   st.metrics.regions.add(1);
   st.metrics.registered_bytes.add(static_cast<std::int64_t>(bytes));
+  advertise_ipc_handle(st); // the endpoint_atom reply shows the new table
   return static_cast<std::uint64_t>(index);
 }
 
@@ -114,6 +117,7 @@ caf::result<caf::ok_atom> handle_remove_region(self_ptr self,
       static_cast<std::int64_t>(st.region_sizes[index]));
   st.regions[index].reset();
   st.region_sizes[index] = 0;
+  advertise_ipc_handle(st);
   return caf::ok_atom::value;
 }
 

@@ -3,7 +3,11 @@
 // byte verified), beside, in the same run, the plugin's own figure from
 // `kvferry bench net` (a child process: the ceiling) and the same small
 // writes from Python (a child python3 running kvferry.bench: Python's added
-// cost per call).
+// cost per call). With --gpu N, CUDA IPC rows too: this process and a peer
+// process (this binary again, --ipc-peer) on GPU N, one-sided writes and
+// reads (every byte verified, the path checked through stats()), beside
+// `kvferry bench ipc`'s batched kernel and contiguous-copy ceiling for the
+// same sizes, run as a child in the same run.
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -18,6 +22,20 @@
 #include "kvferry/endpoint_bench.hpp"
 #include "size_list.hpp"
 
+#ifdef KVFERRY_HAVE_CUDA
+#include <algorithm>
+#include <chrono>
+#include <deque>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "child_process.hpp"
+#include "kvferry/endpoint.hpp"
+#endif
+
 namespace kvferry::app {
 namespace {
 
@@ -30,6 +48,9 @@ struct options {
   std::string python_sizes = "256,4K";
   bool net = true;
   std::string json_path;
+  int gpu = -1;                 // >= 0: CUDA IPC rows on this GPU
+  bool ipc_peer = false;        // internal: be the IPC rows' peer process
+  std::uint64_t peer_bytes = 0; // internal: the peer's buffer
 };
 
 std::string self_dir() {
@@ -98,6 +119,294 @@ std::map<std::uint64_t, double> python_rows(const options& o) {
   return out;
 }
 
+#ifdef KVFERRY_HAVE_CUDA
+
+// ---- CUDA IPC rows: this process and a peer process on one GPU
+
+constexpr auto ipc_limit = std::chrono::milliseconds(60000);
+
+void cuda_check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(
+        fmt::format("{}: {}", what, cudaGetErrorString(e)));
+}
+
+template<class T>
+T must(result<T> r, const char* what) {
+  if (!r.ok())
+    throw std::runtime_error(fmt::format("{}: {}", what, r.error().message()));
+  return std::move(r).value();
+}
+
+void must(const status& s, const char* what) {
+  if (!s.ok())
+    throw std::runtime_error(fmt::format("{}: {}", what, s.message()));
+}
+
+struct device_buffer {
+  device_buffer(int gpu, std::uint64_t n) {
+    cuda_check(cudaSetDevice(gpu), "cudaSetDevice");
+    cuda_check(cudaMalloc(&data, n), "cudaMalloc");
+    cuda_check(cudaMemset(data, 0, n), "cudaMemset");
+    cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  }
+  ~device_buffer() { cudaFree(data); }
+  device_buffer(const device_buffer&) = delete;
+  device_buffer& operator=(const device_buffer&) = delete;
+  void* data = nullptr;
+};
+
+endpoint make_gpu_endpoint(int gpu, const char* name) {
+  endpoint_options eo;
+  eo.gpu = gpu;
+  eo.name = fmt::format("{}-{}", name, ::getpid());
+  eo.transfer_timeout = ipc_limit;
+  return must(endpoint::create(eo), "create an endpoint");
+}
+
+std::vector<std::uint8_t> take_note(endpoint& ep) {
+  auto until = std::chrono::steady_clock::now() + ipc_limit;
+  while (std::chrono::steady_clock::now() < until) {
+    auto notes = ep.take_notifications();
+    if (!notes.empty())
+      return notes.front().bytes;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  throw std::runtime_error("no notification from the peer within 60 s");
+}
+
+// The peer process: a GPU buffer advertised to whoever connects first; its
+// metadata on stdout (hex); ends once told "done".
+int run_ipc_peer(const options& o) {
+  try {
+    auto ep = make_gpu_endpoint(o.gpu, "bench-ipc-peer");
+    device_buffer buf(o.gpu, o.peer_bytes);
+    auto region = must(ep.reg(buf.data, o.peer_bytes), "reg");
+    std::string hex;
+    for (auto b : ep.metadata())
+      hex += fmt::format("{:02x}", b);
+    std::printf("ipc-peer meta %s\n", hex.c_str());
+    std::fflush(stdout);
+    auto conn = must(ep.accept(ipc_limit), "accept");
+    auto desc = must(ep.advertise(region, 0, o.peer_bytes), "advertise");
+    auto blob = desc.to_bytes();
+    must(ep.notify(conn, {blob.data(), blob.size()}), "notify");
+    // Until "done" (the parent stops this process should it not say so).
+    auto until = std::chrono::steady_clock::now() + std::chrono::hours(1);
+    while (std::chrono::steady_clock::now() < until) {
+      for (const auto& note : ep.take_notifications())
+        if (std::string(note.bytes.begin(), note.bytes.end()) == "done")
+          return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench endpoint (IPC peer): %s\n", e.what());
+    return 1;
+  }
+}
+
+// Members in this order: the endpoint goes before the memory it registered,
+// the peer process last.
+struct ipc_bench {
+  int gpu;
+  std::uint64_t bytes;
+  std::unique_ptr<child_process> peer;
+  device_buffer src, dst;
+  endpoint ep;
+  conn_id conn = 0;
+  descriptor remote;
+  std::vector<std::uint8_t> pattern;
+  region_id sr = 0, dr = 0;
+
+  ipc_bench(int g, std::uint64_t n, std::unique_ptr<child_process> p,
+            const std::vector<std::uint8_t>& meta)
+      : gpu(g), bytes(n), peer(std::move(p)), src(g, n), dst(g, n),
+        ep(make_gpu_endpoint(g, "bench-ipc")) {
+    conn = must(ep.connect(meta), "connect to the IPC peer");
+    auto blob = take_note(ep);
+    remote = must(descriptor::parse(blob.data(), blob.size()), "descriptor");
+    pattern.resize(n);
+    for (std::size_t i = 0; i < n; ++i)
+      pattern[i] = static_cast<std::uint8_t>(i * 7 + i / 4093);
+    cuda_check(cudaMemcpy(src.data, pattern.data(), n, cudaMemcpyHostToDevice),
+               "cudaMemcpy");
+    sr = must(ep.reg(src.data, n), "reg");
+    dr = must(ep.reg(dst.data, n), "reg");
+  }
+
+  xfer_id start(bool write, region_id local, std::uint64_t off,
+                std::uint64_t size) {
+    auto there = must(remote.sub(off, size), "descriptor");
+    return write ? must(ep.write(conn, {{local, off, size}}, there), "write")
+                 : must(ep.read(conn, {{local, off, size}}, there), "read");
+  }
+  void finish(xfer_id id) { must(ep.wait(id, ipc_limit), "wait"); }
+
+  // dst[0, n) (device) equals the pattern's first n bytes.
+  bool dst_matches(std::uint64_t n) {
+    std::vector<std::uint8_t> host(n);
+    cuda_check(cudaMemcpy(host.data(), dst.data, n, cudaMemcpyDeviceToHost),
+               "cudaMemcpy");
+    return std::equal(host.begin(), host.end(), pattern.begin());
+  }
+};
+
+endpoint_bench_row ipc_measure(ipc_bench& b, bool write, std::uint64_t size,
+                               int depth, bool& all_ipc) {
+  const std::uint64_t slots = std::max<std::uint64_t>(
+      1, std::min<std::uint64_t>(static_cast<std::uint64_t>(depth),
+                                 b.bytes / size));
+  const std::uint64_t n =
+      std::clamp<std::uint64_t>((std::uint64_t{512} << 20) / size,
+                                std::max<std::uint64_t>(4, slots), 2000);
+  // Poisoned first: the peer's slots (writes) or ours (reads).
+  cuda_check(cudaMemset(b.dst.data, 0, slots * size), "cudaMemset");
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  if (write)
+    b.finish(b.start(true, b.dr, 0, slots * size));
+  const auto before = b.ep.stats().ipc_transfers;
+  using clock_type = std::chrono::steady_clock;
+  std::deque<std::pair<xfer_id, clock_type::time_point>> in_flight;
+  std::vector<double> lat;
+  auto t0 = clock_type::now();
+  for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
+    if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
+      in_flight.emplace_back(
+          b.start(write, write ? b.sr : b.dr, (k % slots) * size, size),
+          clock_type::now());
+      ++k;
+      continue;
+    }
+    b.finish(in_flight.front().first);
+    lat.push_back(std::chrono::duration<double, std::micro>(
+                      clock_type::now() - in_flight.front().second)
+                      .count());
+    in_flight.pop_front();
+  }
+  double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  all_ipc &= b.ep.stats().ipc_transfers - before == n;
+  if (write) // read the peer's slots back to check them
+    b.finish(b.start(false, b.dr, 0, slots * size));
+  return bench_row(write ? "write" : "read", size, depth, n, secs,
+                   std::move(lat), b.dst_matches(slots * size));
+}
+
+// The IPC rows: writes, then reads (of the peer's buffer, written whole
+// with the pattern first). `all_ipc`: every timed transfer took CUDA IPC.
+std::vector<endpoint_bench_row>
+ipc_rows(const options& o, const std::vector<std::uint64_t>& sizes,
+         const std::vector<int>& depths, bool& all_ipc) {
+  auto biggest = *std::max_element(sizes.begin(), sizes.end());
+  std::uint64_t bytes = std::clamp<std::uint64_t>(
+      biggest * 4, std::uint64_t{64} << 20, std::uint64_t{1} << 30);
+  bytes = std::max(bytes, biggest);
+  auto peer = std::make_unique<child_process>(
+      "bench endpoint's IPC peer",
+      std::vector<std::string>{"kvferry", "bench", "endpoint", "--ipc-peer",
+                               "--gpu", std::to_string(o.gpu), "--peer-bytes",
+                               std::to_string(bytes)});
+  auto line = peer->wait_for_line("ipc-peer meta ", ipc_limit);
+  auto hex = line.substr(line.find("meta ") + 5);
+  std::vector<std::uint8_t> meta;
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+    meta.push_back(
+        static_cast<std::uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
+  ipc_bench b(o.gpu, bytes, std::move(peer), meta);
+  std::vector<endpoint_bench_row> rows;
+  all_ipc = true;
+  for (auto size : sizes)
+    for (int depth : depths)
+      rows.push_back(ipc_measure(b, true, size, depth, all_ipc));
+  b.finish(b.start(true, b.sr, 0, bytes)); // the peer's buffer: the pattern
+  for (auto size : sizes)
+    for (int depth : depths)
+      rows.push_back(ipc_measure(b, false, size, depth, all_ipc));
+  must(b.ep.notify(b.conn, std::vector<std::uint8_t>{'d', 'o', 'n', 'e'}),
+       "notify");
+  return rows;
+}
+
+// size -> (bench ipc's batched kernel GB/s, its contiguous-copy ceiling).
+std::map<std::uint64_t, std::pair<double, double>>
+ipc_figures(const options& o) {
+  auto file = temp_file("ipc");
+  auto cmd = fmt::format("'{}/kvferry' bench ipc --sizes '{}' --src-gpu {} "
+                         "--dst-gpu {} --no-unpack --json '{}' > /dev/null",
+                         self_dir(), o.sizes, o.gpu, o.gpu, file);
+  std::map<std::uint64_t, std::pair<double, double>> out;
+  auto doc = run_json(cmd, file, "bench ipc");
+  if (doc.is_object())
+    for (auto& row : doc["sizes"])
+      if (row.contains("kvferry") && row.contains("contiguous"))
+        out[row["block_bytes"].get<std::uint64_t>()] = {
+            row["kvferry"]["gbps"].get<double>(),
+            row["contiguous"]["gbps"].get<double>()};
+  return out;
+}
+
+#endif
+
+// Prints (and adds to `doc`) the CUDA IPC rows; false when a row failed.
+bool report_ipc(const options& o, const endpoint_bench_options& bo,
+                nlohmann::json& doc) {
+#ifdef KVFERRY_HAVE_CUDA
+  std::vector<endpoint_bench_row> rows;
+  bool all_ipc = false;
+  try {
+    rows = ipc_rows(o, bo.sizes, bo.depths, all_ipc);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench endpoint: CUDA IPC rows: %s\n", e.what());
+    return false;
+  }
+  auto fig = ipc_figures(o);
+  std::printf("\nCUDA IPC, two processes on GPU %d (path: %s)\n", o.gpu,
+              all_ipc ? "cuda_ipc for every transfer" : "NOT ALL CUDA IPC");
+  std::printf("%-6s %9s %5s %9s %9s %9s %8s %9s %9s %6s\n", "op", "size",
+              "depth", "GB/s", "us/op", "p50 us", "verified", "ipc GB/s",
+              "ceiling", "ratio");
+  bool ok = all_ipc;
+  for (const auto& r : rows) {
+    ok &= r.verified;
+    auto f = fig.find(r.size);
+    std::string k = "-", c = "-", ratio = "-";
+    if (f != fig.end()) {
+      k = fmt::format("{:.1f}", f->second.first);
+      c = fmt::format("{:.1f}", f->second.second);
+      if (r.depth == 16)
+        ratio = fmt::format("{:.2f}", r.gbps / f->second.first);
+    }
+    std::printf("%-6s %9llu %5d %9.3f %9.1f %9.1f %8s %9s %9s %6s\n",
+                r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth,
+                r.gbps, r.us_per_op, r.p50_us, r.verified ? "yes" : "NO",
+                k.c_str(), c.c_str(), ratio.c_str());
+    nlohmann::json row = {{"op", r.op},         {"size", r.size},
+                          {"depth", r.depth},   {"ops", r.ops},
+                          {"gbps", r.gbps},     {"us_per_op", r.us_per_op},
+                          {"p50_us", r.p50_us}, {"verified", r.verified},
+                          {"path", "cuda_ipc"}};
+    if (f != fig.end()) {
+      row["ipc_kernel_gbps"] = f->second.first;
+      row["ipc_contiguous_gbps"] = f->second.second;
+    }
+    doc.push_back(row);
+  }
+  std::printf("(ipc: `kvferry bench ipc` on GPU %d in the same run, its "
+              "batched kernel over blocks of that size; ceiling: its one "
+              "contiguous copy of the same total; ratio = endpoint / ipc at "
+              "depth 16)\n",
+              o.gpu);
+  return ok;
+#else
+  (void)bo;
+  (void)doc;
+  std::fprintf(stderr,
+               "bench endpoint: --gpu %d: this build has no CUDA support\n",
+               o.gpu);
+  return false;
+#endif
+}
+
 int run(const options& o) {
   endpoint_bench_options bo;
   bo.sizes = parse_sizes(o.sizes);
@@ -154,12 +463,15 @@ int run(const options& o) {
   std::printf("(net: `kvferry bench net --memory host --depth 16`, the "
               "plugin's raw figure, in the same run; ratio = endpoint / net "
               "at depth 16; py: the same writes from Python, depth 1)\n");
+  if (o.gpu >= 0 && !report_ipc(o, bo, doc))
+    all_verified = false;
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
     f << doc.dump(2) << "\n";
   }
   if (!all_verified) {
-    std::fprintf(stderr, "bench endpoint: bytes differ (see 'verified')\n");
+    std::fprintf(stderr, "bench endpoint: bytes differ or a row failed (see "
+                         "'verified' and the messages above)\n");
     return 1;
   }
   return 0;
@@ -189,7 +501,21 @@ void add_bench_endpoint(CLI::App& bench, int& exit_code) {
       ->capture_default_str();
   cmd->add_flag("!--no-net", o->net, "Leave out bench net's ceiling");
   cmd->add_option("--json", o->json_path, "Write the rows as JSON to FILE");
-  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+  cmd->add_option("--gpu", o->gpu,
+                  "Also CUDA IPC rows: this process and a peer process on "
+                  "this GPU, beside `bench ipc`'s figures (-1: none)")
+      ->capture_default_str();
+  cmd->add_flag("--ipc-peer", o->ipc_peer)->group("");       // internal
+  cmd->add_option("--peer-bytes", o->peer_bytes)->group(""); // internal
+  cmd->callback([o, &exit_code] {
+#ifdef KVFERRY_HAVE_CUDA
+    if (o->ipc_peer) {
+      exit_code = run_ipc_peer(*o);
+      return;
+    }
+#endif
+    exit_code = run(*o);
+  });
 }
 
 } // namespace kvferry::app

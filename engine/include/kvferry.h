@@ -60,6 +60,9 @@ typedef struct kvf_options {
   const char* name;             /* NULL or "": generated */
   uint32_t transfer_timeout_ms; /* 0: 30000 */
   uint32_t connect_timeout_ms;  /* 0: 10000 */
+  const char* tls_dir;  /* mutual TLS on the control port (docs/security.md):
+                           a folder of `kvferry pki init`; NULL or "": plain */
+  const char* tls_name; /* the certificate presented; NULL or "": name */
 } kvf_options;
 
 /* Bytes [offset, offset + size) of a registered region. */
@@ -115,7 +118,8 @@ KVF_API int kvf_write(kvf_endpoint* endpoint, uint64_t conn,
 KVF_API int kvf_read(kvf_endpoint* endpoint, uint64_t conn,
                      const kvf_slice* local, const uint8_t* descriptors,
                      size_t count, uint64_t* xfer);
-/* Two-sided, matched in order per connection. */
+/* Two-sided, matched in order per connection; a send is done once its bytes
+ * landed in the peer's receive (the endpoint may be destroyed then). */
 KVF_API int kvf_send(kvf_endpoint* endpoint, uint64_t conn,
                      const kvf_slice* local, size_t count, uint64_t* xfer);
 KVF_API int kvf_recv(kvf_endpoint* endpoint, uint64_t conn,
@@ -127,6 +131,16 @@ KVF_API int kvf_poll(kvf_endpoint* endpoint, uint64_t xfer, uint64_t* bytes);
 /* KVF_OK once done, the transfer's error, or KVF_TIMEOUT (still pending). */
 KVF_API int kvf_wait(kvf_endpoint* endpoint, uint64_t xfer, uint32_t timeout_ms,
                      uint64_t* bytes);
+
+/* Transfers done since create, and their bytes, per path: the loaded
+ * plugin, or CUDA IPC (same-host endpoints of GPU memory). */
+typedef struct kvf_stats {
+  uint64_t plugin_transfers;
+  uint64_t plugin_bytes;
+  uint64_t ipc_transfers;
+  uint64_t ipc_bytes;
+} kvf_stats;
+KVF_API int kvf_stats_get(kvf_endpoint* endpoint, kvf_stats* out);
 
 KVF_API int kvf_notify(kvf_endpoint* endpoint, uint64_t conn,
                        const uint8_t* bytes, size_t size);

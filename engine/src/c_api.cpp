@@ -178,6 +178,10 @@ int kvf_endpoint_create(const kvf_options* options, kvf_endpoint** out) {
       if (options->connect_timeout_ms != 0)
         o.connect_timeout =
             std::chrono::milliseconds(options->connect_timeout_ms);
+      if (options->tls_dir != nullptr)
+        o.tls_dir = options->tls_dir;
+      if (options->tls_name != nullptr)
+        o.tls_name = options->tls_name;
     }
     auto ep = kvferry::endpoint::create(o);
     if (!ep.ok())
@@ -329,6 +333,21 @@ int kvf_poll(kvf_endpoint* e, uint64_t xfer, uint64_t* bytes) {
     }
     if (bytes != nullptr)
       *bytes = **r;
+    return ok();
+  });
+}
+
+int kvf_stats_get(kvf_endpoint* e, kvf_stats* out) {
+  return guard("kvf_stats_get", [&] {
+    int code = 0;
+    if (missing(e, "kvf_stats_get", "endpoint", code) ||
+        missing(out, "kvf_stats_get", "out", code))
+      return code;
+    auto s = e->ep.stats();
+    out->plugin_transfers = s.plugin_transfers;
+    out->plugin_bytes = s.plugin_bytes;
+    out->ipc_transfers = s.ipc_transfers;
+    out->ipc_bytes = s.ipc_bytes;
     return ok();
   });
 }

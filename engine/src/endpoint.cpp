@@ -130,6 +130,17 @@ struct endpoint::impl {
     return id;
   }
 
+  // After reg/dereg: the control actor and, through it, every peer learn
+  // the table (a peer maps new regions over CUDA IPC from it). Sent before
+  // this thread's later orders and notifications, so those follow it.
+  status announce_table() {
+    auto ep = ask<proto::endpoint>(transfer, proto::endpoint_atom::value);
+    if (!ep.ok())
+      return ep.error();
+    caf::anon_send(control, proto::ep_hello_atom::value, std::move(*ep));
+    return {};
+  }
+
   result<xfer_id> one_sided(proto::endpoint_op op, conn_id conn,
                             items<slice> local, items<descriptor> remote);
   result<xfer_id> two_sided(proto::endpoint_op op, conn_id conn,
@@ -186,12 +197,34 @@ result<endpoint> endpoint::create(const endpoint_options& options) {
                   fmt::format("endpoint '{}': {}", m.name, e.what())};
   }
   m.plugin = p->net->name();
+  if (!options.tls_dir.empty()) {
+    runtime::tls_options tls;
+    tls.dir = options.tls_dir;
+    const auto& who = options.tls_name.empty() ? m.name : options.tls_name;
+    if (auto err = p->cfg.secure(tls, who)) {
+      auto why = to_status(err);
+      return status{why.code(), fmt::format("endpoint '{}': TLS: {}", m.name,
+                                            why.reason())};
+    }
+  }
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   transfer_config tc;
   tc.name = m.name;
   tc.net = p->net;
-  // Region 0 of the table is a placeholder; reg() appends the caller's.
-  tc.region = memory_region::allocate_host(4096, m.name + " placeholder");
+  // Region 0 of the table is a placeholder; reg() appends the caller's. On
+  // a GPU endpoint it is GPU memory of that device: a table of GPU memory
+  // only is what CUDA IPC takes (transfer_ipc.cpp, why_not_ipc), and
+  // region 0's device is where the copy kernels run.
+  try {
+    tc.region =
+        options.gpu >= 0
+            ? memory_region::allocate_cuda(options.gpu, 4096,
+                                           m.name + " placeholder")
+            : memory_region::allocate_host(4096, m.name + " placeholder");
+  } catch (const std::exception& e) {
+    return status{ec::cuda_error, fmt::format("endpoint '{}' on GPU {}: {}",
+                                              m.name, options.gpu, e.what())};
+  }
   tc.host_id = m.host_id;
   tc.detached = false; // see transfer_config::detached
   tc.open_timeout_ms =
@@ -298,11 +331,15 @@ result<region_id> endpoint::reg(void* ptr, std::size_t size, int gpu) {
       static_cast<std::uint64_t>(size), static_cast<std::int32_t>(gpu));
   if (!index.ok())
     return index.error();
-  std::lock_guard<std::mutex> lock(p.shared->mu);
-  auto& sizes = p.shared->region_sizes;
-  if (sizes.size() <= *index)
-    sizes.resize(*index + 1, 0);
-  sizes[*index] = size;
+  {
+    std::lock_guard<std::mutex> lock(p.shared->mu);
+    auto& sizes = p.shared->region_sizes;
+    if (sizes.size() <= *index)
+      sizes.resize(*index + 1, 0);
+    sizes[*index] = size;
+  }
+  if (auto told = p.announce_table(); !told.ok())
+    return told;
   return *index;
 }
 
@@ -318,7 +355,7 @@ status endpoint::dereg(region_id region) {
   }
   auto done = p.ask<caf::ok_atom>(p.transfer, proto::region_remove_atom::value,
                                   static_cast<std::uint64_t>(region));
-  return done.ok() ? status{} : done.error();
+  return done.ok() ? p.announce_table() : done.error();
 }
 
 result<descriptor> endpoint::advertise(region_id region, std::uint64_t offset,
@@ -466,6 +503,28 @@ result<std::uint64_t> endpoint::wait(xfer_id id,
   if (!r.ok())
     return r.error();
   return **r;
+}
+
+result<std::optional<transfer_path>> endpoint::path(xfer_id id) const {
+  auto& s = *impl_->shared;
+  std::lock_guard<std::mutex> lock(s.mu);
+  auto i = s.ops.find(id);
+  if (i == s.ops.end())
+    return status{ec::not_found,
+                  fmt::format("no transfer {} (finished transfers are "
+                              "forgotten once reported)",
+                              id)};
+  return i->second.path;
+}
+
+endpoint_stats endpoint::stats() const {
+  auto& s = *impl_->shared;
+  std::lock_guard<std::mutex> lock(s.mu);
+  return s.stats;
+}
+
+const char* to_string(transfer_path path) {
+  return path == transfer_path::cuda_ipc ? "cuda_ipc" : "plugin";
 }
 
 // ---- notifications

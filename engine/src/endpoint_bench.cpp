@@ -147,20 +147,28 @@ result<endpoint_bench_row> measure(bench_pair& p,
   }
   double secs =
       std::chrono::duration<double>(clock_type::now() - start).count();
-  std::sort(lat.begin(), lat.end());
-  endpoint_bench_row row;
-  row.op = op;
-  row.size = size;
-  row.depth = depth;
-  row.ops = n;
-  row.gbps = static_cast<double>(n * size) / secs / 1e9;
-  row.us_per_op = secs * 1e6 / static_cast<double>(n);
-  row.p50_us = lat[lat.size() / 2];
-  row.verified = std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) == 0;
-  return row;
+  return bench_row(op, size, depth, n, secs, std::move(lat),
+                   std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) ==
+                       0);
 }
 
 } // namespace
+
+endpoint_bench_row bench_row(std::string op, std::uint64_t size, int depth,
+                             std::uint64_t ops, double seconds,
+                             std::vector<double> latencies_us, bool verified) {
+  std::sort(latencies_us.begin(), latencies_us.end());
+  endpoint_bench_row row;
+  row.op = std::move(op);
+  row.size = size;
+  row.depth = depth;
+  row.ops = ops;
+  row.gbps = static_cast<double>(ops * size) / seconds / 1e9;
+  row.us_per_op = seconds * 1e6 / static_cast<double>(ops);
+  row.p50_us = latencies_us.empty() ? 0 : latencies_us[latencies_us.size() / 2];
+  row.verified = verified;
+  return row;
+}
 
 result<std::vector<endpoint_bench_row>>
 run_endpoint_bench(const endpoint_bench_options& o) {

@@ -10,7 +10,10 @@
 //   recv:  our transfer actor waits for the arrival, and the peer's control
 //          actor learns where it may write (posted_recv);
 //   send:  waits for the peer's next posted receive on the connection, then
-//          our transfer actor sends into it.
+//          our transfer actor sends into it; done once the peer's control
+//          actor says the receive finished (a receipt), so "done" means
+//          landed, as for write: the sender may go right away and the peer
+//          still gets every byte (its teardown notice cannot overtake them).
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -21,6 +24,7 @@
 #include <caf/all.hpp>
 #include <fmt/format.h>
 
+#include "endpoint_path.hpp"
 #include "endpoint_state.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
@@ -34,13 +38,19 @@ struct peer {
   std::string name;
   caf::actor control;
   proto::endpoint ep;
+  bool one_process = false;                // endpoint_path.hpp, same_process
   std::deque<proto::posted_recv> posted;   // the peer's, not yet filled
   std::deque<proto::endpoint_order> sends; // ours, waiting for a post
   struct op {
     int replies_due = 0;
     std::uint64_t bytes = 0;
+    std::uint64_t receipt = 0; // a recv: the transfer id the peer's send
+                               // awaits a receipt for (0: none)
+    std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
   };
   std::unordered_map<xfer_id, op> inflight;
+  // Our matched sends awaiting the peer's receipt: transfer id -> op.
+  std::unordered_map<std::uint64_t, xfer_id> receipts;
   bool alive = true;
 };
 
@@ -53,28 +63,6 @@ struct control_state {
 };
 
 using self_ptr = caf::stateful_actor<control_state>*;
-
-// The peer's endpoint as a send order needs it: its region table as far as
-// this side knows it (the receiver checks against its own table anyway).
-proto::endpoint with_sizes(proto::endpoint ep,
-                           const std::vector<std::uint64_t>& sizes) {
-  ep.region_bytes = sizes.empty() ? 0 : sizes[0];
-  ep.more_region_sizes.assign(sizes.begin() + (sizes.empty() ? 0 : 1),
-                              sizes.end());
-  return ep;
-}
-
-// A table just large enough for `ranges` (destination side).
-std::vector<std::uint64_t> sizes_covering(const std::vector<extent>& ranges) {
-  std::vector<std::uint64_t> sizes;
-  for (const auto& r : ranges) {
-    auto at = locate(r.dst_offset);
-    if (sizes.size() <= at.region)
-      sizes.resize(at.region + 1, 0);
-    sizes[at.region] = std::max(sizes[at.region], at.offset + r.length);
-  }
-  return sizes;
-}
 
 // The send's ranges (src_offset, length) laid into the receive's ranges
 // (dst_offset, length) in order: the extents of one transfer. Nullopt when
@@ -107,8 +95,24 @@ peer* find_peer(self_ptr self, conn_id conn) {
   return i == self->state.conns.end() ? nullptr : &i->second;
 }
 
+// A recv settled: tell the sender, whose send is done only then (the
+// receipt; an empty error: landed).
+void send_receipt(self_ptr self, peer& p, const peer::op& o,
+                  const caf::error& err) {
+  if (o.receipt != 0 && p.alive)
+    self->send(p.control, proto::ep_landed_atom::value, self->state.cfg.name,
+               o.receipt, err);
+}
+
 void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
-  p.inflight.erase(id);
+  if (auto i = p.inflight.find(id); i != p.inflight.end()) {
+    send_receipt(
+        self, p, i->second,
+        make_error(why.code(), fmt::format("at '{}': {}", self->state.cfg.name,
+                                           why.reason())));
+    p.receipts.erase(i->second.awaits);
+    p.inflight.erase(i);
+  }
   self->state.cfg.shared->fail(id, std::move(why));
 }
 
@@ -126,6 +130,7 @@ void part_done(self_ptr self, conn_id conn, xfer_id id,
   if (--i->second.replies_due > 0)
     return;
   auto total = i->second.bytes;
+  send_receipt(self, *p, i->second, caf::error{});
   p->inflight.erase(i);
   self->state.cfg.shared->complete(id, total);
 }
@@ -199,10 +204,52 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
                                  total_bytes(r.ranges))});
       continue;
     }
-    auto to = with_sizes(p.ep, sizes_covering(*extents));
+    p.receipts[r.transfer_id] = o.id;
+    p.inflight[o.id].awaits = r.transfer_id;
+    auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
+    auto to = order_peer(
+        p.ep, sizes_covering(*extents, extent_side::destination), path);
+    st.cfg.shared->set_path(o.id, path);
     order_send(self, conn, o.id, r.transfer_id, st.cfg.transfer, std::move(to),
                std::move(*extents), true);
   }
+}
+
+// A read: over CUDA IPC our own kernel copies out of the peer's mapped table
+// (read_order, the peer's transfer actor gets no message); otherwise the
+// peer's transfer actor pushes into our table and ours reports the arrival.
+void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
+  auto& st = self->state;
+  auto transfer_id = o.id | receiver_chosen;
+  auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
+  auto from =
+      order_peer(p.ep, sizes_covering(o.extents, extent_side::source), path);
+  st.cfg.shared->set_path(o.id, path);
+  if (path == transfer_path::cuda_ipc) {
+    p.inflight[o.id].replies_due = 1;
+    proto::read_order r;
+    r.transfer_id = transfer_id;
+    r.peer = std::move(from);
+    r.extents = std::move(o.extents);
+    r.timeout_ms = st.cfg.timeout_ms;
+    self->request(st.cfg.transfer, request_limit(st), proto::read_atom::value,
+                  std::move(r))
+        .then(
+            [self, conn = o.conn, id = o.id](proto::recv_report& rep) {
+              part_done(self, conn, id, rep.bytes);
+            },
+            [self, conn = o.conn, id = o.id](caf::error& err) {
+              part_failed(self, conn, id, err);
+            });
+    return;
+  }
+  p.inflight[o.id].replies_due = 2;
+  auto plugin = transfer_path::plugin;
+  order_send(self, o.conn, o.id, transfer_id,
+             caf::actor_cast<transfer_actor>(p.ep.transfer),
+             order_peer(st.cfg.self_ep, o.dst_sizes, plugin),
+             std::move(o.extents), false);
+  order_recv(self, o.conn, o.id, transfer_id, p.name);
 }
 
 void start_order(self_ptr self, proto::endpoint_order& o) {
@@ -221,10 +268,13 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     return;
   }
   switch (static_cast<endpoint_op>(o.op)) {
-  case endpoint_op::write:
+  case endpoint_op::write: {
     p->inflight[o.id].replies_due = 2;
-    order_send(self, o.conn, o.id, o.id, st.cfg.transfer,
-               with_sizes(p->ep, o.dst_sizes), std::move(o.extents), true);
+    auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
+    auto to = order_peer(p->ep, o.dst_sizes, path);
+    st.cfg.shared->set_path(o.id, path);
+    order_send(self, o.conn, o.id, o.id, st.cfg.transfer, std::move(to),
+               std::move(o.extents), true);
     self->request(p->control, request_limit(st), proto::ep_landed_atom::value,
                   st.cfg.name, o.id)
         .then(
@@ -235,19 +285,17 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
               part_failed(self, conn, id, err);
             });
     break;
-  case endpoint_op::read: {
-    auto transfer_id = o.id | receiver_chosen;
-    p->inflight[o.id].replies_due = 2;
-    order_send(self, o.conn, o.id, transfer_id,
-               caf::actor_cast<transfer_actor>(p->ep.transfer),
-               with_sizes(st.cfg.self_ep, o.dst_sizes), std::move(o.extents),
-               false);
-    order_recv(self, o.conn, o.id, transfer_id, p->name);
-    break;
   }
+  case endpoint_op::read:
+    start_read(self, *p, o);
+    break;
   case endpoint_op::recv: {
     auto transfer_id = o.id | receiver_chosen;
     p->inflight[o.id].replies_due = 1;
+    p->inflight[o.id].receipt = transfer_id;
+    // The peer's send takes this path (its control actor decides alike).
+    st.cfg.shared->set_path(
+        o.id, path_between(p->ep, st.cfg.self_ep, p->one_process));
     order_recv(self, o.conn, o.id, transfer_id, p->name);
     self->send(
         p->control, proto::ep_post_atom::value,
@@ -255,11 +303,37 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   }
   case endpoint_op::send:
-    p->inflight[o.id].replies_due = 1;
+    p->inflight[o.id].replies_due = 2; // our transfer actor, the receipt
     p->sends.push_back(std::move(o));
     match_sends(self, p->sends.back().conn, *p);
     break;
   }
+}
+
+void on_receipt(self_ptr self, const std::string& receiver,
+                std::uint64_t transfer_id, const caf::error& err) {
+  auto c = self->state.by_name.find(receiver);
+  if (c == self->state.by_name.end())
+    return;
+  auto& p = self->state.conns[c->second];
+  auto r = p.receipts.find(transfer_id);
+  if (r == p.receipts.end()) {
+    // No send of ours filled that receive (or ours failed here already):
+    // a receive that failed there (its deadline) must not take a later send.
+    if (err)
+      p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
+                                    [&](const proto::posted_recv& x) {
+                                      return x.transfer_id == transfer_id;
+                                    }),
+                     p.posted.end());
+    return;
+  }
+  auto op = r->second;
+  p.receipts.erase(r);
+  if (err)
+    part_failed(self, c->second, op, err);
+  else
+    part_done(self, c->second, op, std::nullopt);
 }
 
 conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
@@ -269,6 +343,7 @@ conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
   p.name = h.name;
   p.control = h.control;
   p.ep = h.transfer;
+  p.one_process = same_process(st.cfg.self_ep, p.ep);
   st.by_name[h.name] = id;
   self->monitor(h.control);
   std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
@@ -295,6 +370,7 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     for (auto& [op, entry] : p.inflight)
       st.cfg.shared->fail(op, why);
     p.inflight.clear();
+    p.receipts.clear();
     p.sends.clear();
     p.posted.clear();
     {
@@ -341,6 +417,23 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
         self->state.cfg.shared->changed.notify_all();
         return hello_of(self);
       },
+      // From our endpoint, after reg/dereg: our transfer actor's table now;
+      // every peer hears it (a renewed hello) before anything we send later.
+      [self](proto::ep_hello_atom, proto::endpoint& ep) {
+        auto& st = self->state;
+        st.cfg.self_ep = std::move(ep);
+        for (auto& [id, p] : st.conns)
+          if (p.alive)
+            self->send(p.control, proto::ep_hello_atom::value, st.cfg.name,
+                       st.cfg.self_ep);
+      },
+      // From a peer: its table changed.
+      [self](proto::ep_hello_atom, const std::string& name,
+             proto::endpoint& ep) {
+        auto i = self->state.by_name.find(name);
+        if (i != self->state.by_name.end())
+          self->state.conns[i->second].ep = std::move(ep);
+      },
       [self](proto::ep_order_atom, proto::endpoint_order& o) {
         start_order(self, o);
       },
@@ -362,6 +455,12 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
         o.timeout_ms = self->state.cfg.timeout_ms;
         return self->delegate(self->state.cfg.transfer, proto::recv_atom::value,
                               std::move(o));
+      },
+      // From a peer: the receive our send filled settled there (`err`
+      // empty: every byte landed).
+      [self](proto::ep_landed_atom, const std::string& receiver,
+             std::uint64_t transfer_id, const caf::error& err) {
+        on_receipt(self, receiver, transfer_id, err);
       },
       // From our endpoint: pass a notification to the peer of `conn`.
       [self](proto::ep_notify_atom, conn_id conn, std::vector<char>& bytes) {

@@ -31,7 +31,8 @@ constexpr std::uint64_t receiver_chosen = std::uint64_t{1} << 63;
 struct op_entry {
   bool done = false;
   std::uint64_t bytes = 0;
-  status error; // not ok: failed
+  status error;                      // not ok: failed
+  std::optional<transfer_path> path; // set by the control actor
 };
 
 struct conn_entry {
@@ -50,6 +51,7 @@ struct shared_state {
   // The local region table: index -> bytes (0: removed; region 0 is the
   // transfer actor's placeholder).
   std::vector<std::uint64_t> region_sizes;
+  endpoint_stats stats;
 
   void complete(xfer_id id, std::uint64_t bytes) {
     {
@@ -59,8 +61,16 @@ struct shared_state {
         return;
       i->second.done = true;
       i->second.bytes = bytes;
+      bool ipc = i->second.path == transfer_path::cuda_ipc;
+      ++(ipc ? stats.ipc_transfers : stats.plugin_transfers);
+      (ipc ? stats.ipc_bytes : stats.plugin_bytes) += bytes;
     }
     changed.notify_all();
+  }
+  void set_path(xfer_id id, transfer_path path) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto i = ops.find(id); i != ops.end())
+      i->second.path = path;
   }
   void fail(xfer_id id, status why) {
     {

@@ -80,7 +80,8 @@ class _Options(ctypes.Structure):
                 ("address", ctypes.c_char_p), ("port", ctypes.c_uint16),
                 ("name", ctypes.c_char_p),
                 ("transfer_timeout_ms", ctypes.c_uint32),
-                ("connect_timeout_ms", ctypes.c_uint32)]
+                ("connect_timeout_ms", ctypes.c_uint32),
+                ("tls_dir", ctypes.c_char_p), ("tls_name", ctypes.c_char_p)]
 
 
 class _Slice(ctypes.Structure):
@@ -134,6 +135,14 @@ _two_sided = {
     "recv": _declare("kvf_recv", _ep, ctypes.c_uint64, ctypes.POINTER(_Slice),
                      ctypes.c_size_t, _u64p),
 }
+class _Stats(ctypes.Structure):
+    _fields_ = [("plugin_transfers", ctypes.c_uint64),
+                ("plugin_bytes", ctypes.c_uint64),
+                ("ipc_transfers", ctypes.c_uint64),
+                ("ipc_bytes", ctypes.c_uint64)]
+
+
+_stats = _declare("kvf_stats_get", _ep, ctypes.POINTER(_Stats))
 _poll = _declare("kvf_poll", _ep, ctypes.c_uint64, _u64p)
 _wait = _declare("kvf_wait", _ep, ctypes.c_uint64, ctypes.c_uint32, _u64p)
 _notify = _declare("kvf_notify", _ep, ctypes.c_uint64, _bytes, ctypes.c_size_t)
@@ -213,11 +222,17 @@ class Endpoint:
     transfer actor. Close it (or use `with`) when done."""
 
     def __init__(self, gpu=-1, plugin=None, address=None, port=0, name=None,
-                 transfer_timeout_ms=0, connect_timeout_ms=0):
+                 transfer_timeout_ms=0, connect_timeout_ms=0, tls_dir=None,
+                 tls_name=None):
+        """tls_dir: mutual TLS on the control port (a folder made by
+        `kvferry pki init`, presenting tls_name's certificate, default
+        name); None: plain TCP."""
         o = _Options(gpu, plugin.encode() if plugin else None,
                      address.encode() if address else None, port,
                      name.encode() if name else None, transfer_timeout_ms,
-                     connect_timeout_ms)
+                     connect_timeout_ms,
+                     tls_dir.encode() if tls_dir else None,
+                     tls_name.encode() if tls_name else None)
         handle = _ep()
         _check(_create(ctypes.byref(o), ctypes.byref(handle)))
         self._h = handle
@@ -329,6 +344,14 @@ class Endpoint:
         moved = ctypes.c_uint64(0)
         _check(_wait(self._h, xfer, int(timeout * 1000), ctypes.byref(moved)))
         return moved.value
+
+    def stats(self):
+        """Transfers done and their bytes per path: {"plugin_transfers",
+        "plugin_bytes", "ipc_transfers", "ipc_bytes"} (CUDA IPC: same-host
+        endpoints of GPU memory)."""
+        out = _Stats()
+        _check(_stats(self._h, ctypes.byref(out)))
+        return {name: getattr(out, name) for name, _ in _Stats._fields_}
 
     def notify(self, conn, data):
         data = bytes(data)

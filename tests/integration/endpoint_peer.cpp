@@ -3,10 +3,20 @@
 //
 //   endpoint_peer_cpp server DIR | client DIR
 //
+// and the teardown exchange (docs/engine-api.md, "Semantics": an endpoint
+// may go as soon as its sends completed):
+//
+//   endpoint_peer_cpp teardown-server DIR N | teardown-client DIR N
+//
+// where the client, N times, creates an endpoint, connects, sends, waits and
+// destroys it at once (no goodbye), and the server receives every send.
+//
 // Exit 0 when every byte matched.
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -73,10 +83,6 @@ void serve(endpoint& ep, conn_id conn) {
     die("server: expected the notification 'done'");
   if (target != pattern(write_bytes, 1))
     die("server: the one-sided bytes differ");
-  // The client may go (docs/engine-api.md, Limits: an endpoint destroyed
-  // before the peer's receive finished fails that receive).
-  std::vector<std::uint8_t> bye{'b', 'y', 'e'};
-  must(ep.notify(conn, bye), "notify");
   std::printf("server: verified %zu + %zu bytes\n", write_bytes, send_bytes);
 }
 
@@ -98,38 +104,24 @@ void visit(endpoint& ep, conn_id conn) {
     die("client: the bytes read back differ");
   must(ep.wait(must(ep.send(conn, {{orr, 0, send_bytes}}), "send"), limit),
        "wait send");
+  // No goodbye: the send is done once it landed, so the client may go.
   std::vector<std::uint8_t> done{'d', 'o', 'n', 'e'};
   must(ep.notify(conn, done), "notify");
-  auto bye = take(ep).bytes;
-  if (std::string(bye.begin(), bye.end()) != "bye")
-    die("client: expected the notification 'bye'");
   std::printf("client: wrote, read back and sent %zu + %zu bytes\n",
               write_bytes, send_bytes);
 }
 
-} // namespace
+void publish(const endpoint& ep, const std::string& meta) {
+  auto blob = ep.metadata();
+  {
+    std::ofstream f(meta + ".tmp", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(blob.data()),
+            static_cast<std::streamsize>(blob.size()));
+  }
+  std::rename((meta + ".tmp").c_str(), meta.c_str());
+}
 
-int main(int argc, char** argv) {
-  if (argc != 3 ||
-      (std::string{argv[1]} != "server" && std::string{argv[1]} != "client")) {
-    std::fprintf(stderr, "usage: %s server DIR | client DIR\n", argv[0]);
-    return 2;
-  }
-  std::string meta = std::string{argv[2]} + "/meta";
-  endpoint_options o;
-  o.name = std::string{"cpp-"} + argv[1];
-  auto ep = must(endpoint::create(o), "create");
-  if (std::string{argv[1]} == "server") {
-    auto blob = ep.metadata();
-    {
-      std::ofstream f(meta + ".tmp", std::ios::binary);
-      f.write(reinterpret_cast<const char*>(blob.data()),
-              static_cast<std::streamsize>(blob.size()));
-    }
-    std::rename((meta + ".tmp").c_str(), meta.c_str());
-    serve(ep, must(ep.accept(limit), "accept"));
-    return 0;
-  }
+std::vector<std::uint8_t> wait_for_metadata(const std::string& meta) {
   auto until = std::chrono::steady_clock::now() + limit;
   std::ifstream f;
   while (std::chrono::steady_clock::now() < until) {
@@ -140,8 +132,77 @@ int main(int argc, char** argv) {
   }
   if (!f)
     die("client: no " + meta + " in time");
-  std::vector<std::uint8_t> blob((std::istreambuf_iterator<char>(f)),
-                                 std::istreambuf_iterator<char>());
-  visit(ep, must(ep.connect(blob), "connect"));
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+// Round r's send: its size and bytes vary with r.
+std::size_t teardown_bytes(int r) {
+  return (std::size_t{64} << 10) + static_cast<std::size_t>(r) * 4099u;
+}
+
+void teardown_server(endpoint& ep, int rounds) {
+  std::vector<std::uint8_t> inbox(teardown_bytes(rounds));
+  auto ir = must(ep.reg(inbox.data(), inbox.size()), "reg");
+  for (int r = 0; r < rounds; ++r) {
+    auto conn = must(ep.accept(limit), "accept");
+    auto n = must(
+        ep.wait(must(ep.recv(conn, {{ir, 0, inbox.size()}}), "recv"), limit),
+        "wait recv");
+    auto want = pattern(teardown_bytes(r), static_cast<unsigned>(r));
+    if (n != want.size() ||
+        !std::equal(want.begin(), want.end(), inbox.begin()))
+      die("server: round " + std::to_string(r) + ": the bytes differ");
+  }
+  std::printf("server: verified %d sends from endpoints destroyed at once\n",
+              rounds);
+}
+
+void teardown_client(const std::vector<std::uint8_t>& meta, int rounds) {
+  for (int r = 0; r < rounds; ++r) {
+    endpoint_options o;
+    o.name = "cpp-teardown-client-" + std::to_string(r);
+    auto ep = must(endpoint::create(o), "create");
+    auto conn = must(ep.connect(meta), "connect");
+    auto out = pattern(teardown_bytes(r), static_cast<unsigned>(r));
+    auto orr = must(ep.reg(out.data(), out.size()), "reg");
+    must(ep.wait(must(ep.send(conn, {{orr, 0, out.size()}}), "send"), limit),
+         "wait send");
+  } // destroyed right after its send completed
+  std::printf("client: sent %d rounds, each endpoint destroyed at once\n",
+              rounds);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  std::string role = argc > 1 ? argv[1] : "";
+  bool teardown = role.rfind("teardown-", 0) == 0;
+  if (argc != (teardown ? 4 : 3) ||
+      (role != "server" && role != "client" && role != "teardown-server" &&
+       role != "teardown-client")) {
+    std::fprintf(stderr,
+                 "usage: %s server DIR | client DIR | teardown-server DIR N "
+                 "| teardown-client DIR N\n",
+                 argv[0]);
+    return 2;
+  }
+  std::string meta = std::string{argv[2]} + "/meta";
+  int rounds = teardown ? std::atoi(argv[3]) : 0;
+  if (role == "teardown-client") {
+    teardown_client(wait_for_metadata(meta), rounds);
+    return 0;
+  }
+  endpoint_options o;
+  o.name = "cpp-" + role;
+  auto ep = must(endpoint::create(o), "create");
+  if (role == "server" || role == "teardown-server") {
+    publish(ep, meta);
+    if (teardown)
+      teardown_server(ep, rounds);
+    else
+      serve(ep, must(ep.accept(limit), "accept"));
+    return 0;
+  }
+  visit(ep, must(ep.connect(wait_for_metadata(meta)), "connect"));
   return 0;
 }

@@ -49,9 +49,6 @@ def serve(ep, conn):
         sys.exit("server: expected the notification 'done', got %r" % notes)
     if not np.array_equal(target, pattern(WRITE_BYTES, 1)):
         sys.exit("server: the one-sided bytes differ")
-    # The client may go (docs/engine-api.md, Limits: an endpoint destroyed
-    # before the peer's receive finished fails that receive).
-    ep.notify(conn, b"bye")
     print("server: verified %d + %d bytes" % (WRITE_BYTES, SEND_BYTES))
 
 
@@ -67,9 +64,7 @@ def visit(ep, conn):
     if not np.array_equal(back, mine):
         sys.exit("client: the bytes read back differ")
     ep.wait(ep.send(conn, (orr, 0, SEND_BYTES)), LIMIT)
-    ep.notify(conn, b"done")
-    if take(ep)[0][1] != b"bye":
-        sys.exit("client: expected the notification 'bye'")
+    ep.notify(conn, b"done")  # no goodbye: the send landed, the client may go
     print("client: wrote, read back and sent %d + %d bytes" %
           (WRITE_BYTES, SEND_BYTES))
 

@@ -3,7 +3,8 @@
 // forms and notifications, every byte checked; and bad input (malformed
 // metadata and descriptors, a descriptor outside the peer's region, a wait
 // that times out, a dead peer) gives an error naming the cause and leaves
-// the endpoint usable.
+// the endpoint usable; the path choice (CUDA IPC or the plugin) and the
+// per-path counters; senders that go right after their send.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -14,6 +15,10 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/endpoint.hpp"
+#include "test_pki.hpp"
+
+// The path choice (private to engine/): pure functions.
+#include "../../engine/src/endpoint_path.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -191,6 +196,85 @@ TEST_CASE("one-sided write and read, vector forms, every byte checked") {
   auto gone = p.a.poll(ids[0]);
   REQUIRE_FALSE(gone.ok());
   CHECK(gone.error().code() == ec::not_found);
+
+  // Host memory: every transfer took the plugin, counted per path.
+  auto stats = p.a.stats();
+  CHECK(stats.plugin_transfers == 18); // a write, a read, 16 writes by a
+  CHECK(stats.plugin_bytes == 66537 + 65536 + 16 * 4096);
+  CHECK(stats.ipc_transfers == 0);
+  CHECK(stats.ipc_bytes == 0);
+  auto w = p.a.write(p.ab, {{p.ar, 0, 10}}, {remote.sub(0, 10).value()});
+  REQUIRE(w.ok());
+  std::optional<transfer_path> path;
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!path && std::chrono::steady_clock::now() < until) {
+    auto known = p.a.path(*w);
+    REQUIRE(known.ok());
+    path = *known;
+  }
+  CHECK(path == transfer_path::plugin);
+  CHECK(p.done(p.a, w) == 10);
+  CHECK(p.a.path(*w).error().code() == ec::not_found);
+}
+
+TEST_CASE("the path: CUDA IPC between GPU tables of one host, else the "
+          "plugin") {
+  using engine_detail::path_between;
+  proto::endpoint a, b; // both export their tables over CUDA IPC
+  a.host_id = b.host_id = "host-1";
+  a.ipc_handle = "a's table";
+  b.ipc_handle = "b's table";
+  CHECK(path_between(a, b, false) == transfer_path::cuda_ipc);
+  CHECK(path_between(b, a, false) == transfer_path::cuda_ipc);
+  // One process: CUDA IPC cannot open its own handles.
+  CHECK(path_between(a, b, true) == transfer_path::plugin);
+  auto host = b; // host memory somewhere in its table: nothing exported
+  host.ipc_handle.clear();
+  CHECK(path_between(a, host, false) == transfer_path::plugin);
+  CHECK(path_between(host, a, false) == transfer_path::plugin);
+  auto far = b;
+  far.host_id = "host-2";
+  CHECK(path_between(a, far, false) == transfer_path::plugin);
+  auto unknown_a = a, unknown_b = b; // no host id: never IPC
+  unknown_a.host_id.clear();
+  unknown_b.host_id.clear();
+  CHECK(path_between(unknown_a, unknown_b, false) == transfer_path::plugin);
+}
+
+TEST_CASE("an order names the peer's table; its IPC handle only for the "
+          "path reported") {
+  using engine_detail::order_peer;
+  using engine_detail::sizes_covering;
+  proto::endpoint ep;
+  ep.ipc_handle = "table";
+  ep.region_bytes = 4096;                // the placeholder
+  ep.more_region_sizes = {1000, 0, 500}; // region 2 deregistered
+  auto path = transfer_path::cuda_ipc;
+  auto to = order_peer(ep, {0, 1000, 0, 20}, path);
+  CHECK(path == transfer_path::cuda_ipc);
+  CHECK(to.ipc_handle == "table");
+  CHECK(proto::region_sizes_of(to) ==
+        std::vector<std::uint64_t>{4096, 1000, 0, 500});
+  // A descriptor of a region announced later (it came out of band first):
+  // the plugin, the table grown for the sender's checks.
+  to = order_peer(ep, {0, 0, 0, 0, 64}, path);
+  CHECK(path == transfer_path::plugin);
+  CHECK(to.ipc_handle.empty());
+  CHECK(proto::region_sizes_of(to) ==
+        std::vector<std::uint64_t>{4096, 1000, 0, 500, 64});
+  path = transfer_path::cuda_ipc;
+  to = order_peer(ep, {0, 1001}, path); // larger than announced
+  CHECK(path == transfer_path::plugin);
+  CHECK(proto::region_sizes_of(to)[1] == 1001);
+  path = transfer_path::plugin; // the plugin chosen: the handle goes
+  CHECK(order_peer(ep, {}, path).ipc_handle.empty());
+  // What an order's extents reach, per side.
+  std::vector<extent> x{{table_offset(1, 10), table_offset(3, 0), 90},
+                        {table_offset(1, 0), table_offset(3, 200), 5}};
+  CHECK(sizes_covering(x, extent_side::source) ==
+        std::vector<std::uint64_t>{0, 100});
+  CHECK(sizes_covering(x, extent_side::destination) ==
+        std::vector<std::uint64_t>{0, 0, 0, 205});
 }
 
 TEST_CASE("two-sided send and recv in order, with notifications") {
@@ -351,4 +435,113 @@ TEST_CASE("a dead peer fails what waits on it, naming it") {
   REQUIRE(w2.ok());
   REQUIRE(a.wait(*w2, limit).ok());
   CHECK(dst == buf);
+}
+
+TEST_CASE("an endpoint may go as soon as its send completed") {
+  // A send is done once the peer's receive finished (its receipt), so the
+  // sender's teardown can never overtake its last bytes: no goodbye needed.
+  auto b = make("ep-test-stays");
+  std::vector<std::uint8_t> inbox(64 << 10, 0);
+  auto ir = b.reg(inbox.data(), inbox.size()).value();
+  for (unsigned round = 0; round < 20; ++round) {
+    auto out = pattern(inbox.size() - round * 1000, round);
+    xfer_id recv_id = 0;
+    {
+      auto a = make("ep-test-goes-" + std::to_string(round));
+      auto c = a.connect(b.metadata());
+      REQUIRE_MESSAGE(c.ok(), c.error().message());
+      auto ba = b.accept(limit);
+      REQUIRE(ba.ok());
+      auto r = b.recv(*ba, {{ir, 0, inbox.size()}});
+      REQUIRE(r.ok());
+      recv_id = *r;
+      auto ar = a.reg(out.data(), out.size()).value();
+      auto s = a.send(*c, {{ar, 0, out.size()}});
+      REQUIRE(s.ok());
+      auto sent = a.wait(*s, limit);
+      REQUIRE_MESSAGE(sent.ok(), sent.error().message());
+    } // `a` destroyed at once
+    auto got = b.wait(recv_id, limit);
+    REQUIRE_MESSAGE(got.ok(), "round ", round, ": ", got.error().message());
+    CHECK(*got == out.size());
+    CHECK(std::equal(out.begin(), out.end(), inbox.begin()));
+  }
+}
+
+TEST_CASE("mutual TLS on the control port") {
+  test::test_pki pki({"ep-tls-a", "ep-tls-b"});
+  auto secure = [&](const std::string& name) {
+    endpoint_options o;
+    o.name = name;
+    o.tls_dir = pki.dir;
+    return endpoint::create(o);
+  };
+  auto a = secure("ep-tls-a");
+  REQUIRE_MESSAGE(a.ok(), a.error().message());
+  auto b = secure("ep-tls-b");
+  REQUIRE_MESSAGE(b.ok(), b.error().message());
+  auto ab = a->connect(b->metadata());
+  REQUIRE_MESSAGE(ab.ok(), ab.error().message());
+  auto ba = b->accept(limit);
+  REQUIRE(ba.ok());
+  std::vector<std::uint8_t> src = pattern(100000, 9), dst(100000, 0);
+  auto sr = a->reg(src.data(), src.size()).value();
+  auto dr = b->reg(dst.data(), dst.size()).value();
+  auto w = a->write(*ab, {{sr, 0, src.size()}},
+                    {b->advertise(dr, 0, dst.size()).value()});
+  REQUIRE(w.ok());
+  REQUIRE(a->wait(*w, limit).ok());
+  CHECK(dst == src);
+  // A peer without a certificate of the CA does not get in; the TLS
+  // endpoints stay usable.
+  auto plain = make("ep-tls-plain");
+  auto refused = plain.connect(b->metadata());
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code() == ec::unreachable);
+  auto again = a->write(*ab, {{sr, 0, 10}}, {b->advertise(dr, 0, 10).value()});
+  REQUIRE(again.ok());
+  CHECK(a->wait(*again, limit).ok());
+  // No certificate for this name: create says which file.
+  auto nobody = secure("ep-tls-nobody");
+  REQUIRE_FALSE(nobody.ok());
+  CHECK(says(nobody.error(), "ep-tls-nobody"));
+}
+
+TEST_CASE("a receive that failed at its deadline does not take a later send") {
+  auto a = make("ep-test-sender");
+  endpoint_options o;
+  o.name = "ep-test-impatient";
+  o.transfer_timeout = std::chrono::milliseconds(300);
+  auto b = endpoint::create(o);
+  REQUIRE_MESSAGE(b.ok(), b.error().message());
+  auto ab = a.connect(b->metadata());
+  REQUIRE(ab.ok());
+  auto ba = b->accept(limit);
+  REQUIRE(ba.ok());
+  auto src = pattern(100, 4);
+  std::vector<std::uint8_t> dst(100, 0);
+  auto ar = a.reg(src.data(), src.size()).value();
+  auto br = b->reg(dst.data(), dst.size()).value();
+  auto r1 = b->recv(*ba, {{br, 0, 100}});
+  REQUIRE(r1.ok());
+  auto failed = b->wait(*r1, limit);
+  REQUIRE_FALSE(failed.ok());
+  CHECK(failed.error().code() == ec::timeout);
+  // The failure's receipt travels ahead of this notification.
+  REQUIRE(b->notify(*ba, std::vector<std::uint8_t>{'x'}).ok());
+  bool heard = false;
+  auto until = std::chrono::steady_clock::now() + limit;
+  while (!heard && std::chrono::steady_clock::now() < until)
+    heard = !a.take_notifications().empty();
+  REQUIRE(heard);
+  auto s = a.send(*ab, {{ar, 0, 100}});
+  REQUIRE(s.ok());
+  auto r2 = b->recv(*ba, {{br, 0, 100}});
+  REQUIRE(r2.ok());
+  auto sent = a.wait(*s, limit);
+  REQUIRE_MESSAGE(sent.ok(), sent.error().message());
+  auto got = b->wait(*r2, limit);
+  REQUIRE_MESSAGE(got.ok(), got.error().message());
+  CHECK(*got == 100);
+  CHECK(dst == src);
 }

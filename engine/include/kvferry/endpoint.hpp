@@ -1,8 +1,9 @@
 // kvferry::endpoint: the point-to-point engine surface (docs/engine-api.md),
 // for programs that speak the shape of UCCL's P2P Endpoint or NIXL's agent
 // and do not want actors. A small control layer over one transfer actor: the
-// bytes move exactly as everywhere else in kvferry (its region table, the
-// loaded v7 plugin, kvsock by default). No CAF type appears here.
+// bytes move exactly as everywhere else in kvferry (its region table; CUDA
+// IPC between same-host GPU endpoints of two processes, else the loaded v7
+// plugin, kvsock by default). No CAF type appears here.
 //
 //   auto ep = kvferry::endpoint::create({});            // host memory
 //   auto conn = ep->connect(peer_metadata);              // or ep->accept(10s)
@@ -122,6 +123,22 @@ struct endpoint_metadata {
                                          std::size_t size);
 };
 
+/// How a transfer's bytes moved: the loaded plugin, or CUDA IPC (same-host
+/// endpoints whose regions are all GPU memory IPC can share: the initiator's
+/// own copy kernel writes or reads the peer's memory, mapped once).
+enum class transfer_path : std::uint8_t { plugin = 0, cuda_ipc = 1 };
+
+/// "plugin" or "cuda_ipc".
+const char* to_string(transfer_path path);
+
+/// Transfers done since create(), and their bytes, per path.
+struct endpoint_stats {
+  std::uint64_t plugin_transfers = 0;
+  std::uint64_t plugin_bytes = 0;
+  std::uint64_t ipc_transfers = 0;
+  std::uint64_t ipc_bytes = 0;
+};
+
 /// A small message from a peer (notify()), in arrival order per connection.
 struct notification {
   conn_id conn = 0;
@@ -134,7 +151,7 @@ struct endpoint_options {
   /// v7 plugin name or path; empty: kvsock (the default plugin search).
   std::string plugin;
   /// The control port's address (also what metadata() advertises) and port
-  /// (0: any free one). Plain TCP: see docs/engine-api.md, "Limits".
+  /// (0: any free one). Plain TCP unless tls_dir is set.
   std::string address = "127.0.0.1";
   std::uint16_t port = 0;
   /// Unique per process pair; empty: "ep-<hostname>-<pid>-<n>".
@@ -142,6 +159,13 @@ struct endpoint_options {
   /// A transfer (or a posted receive) not done by then fails with timeout.
   std::chrono::milliseconds transfer_timeout{30000};
   std::chrono::milliseconds connect_timeout{10000};
+  /// Mutual TLS on the control port, as `kvferry worker` has it
+  /// (docs/security.md): a TLS dir made by `kvferry pki init DIR NAME...`
+  /// holding ca.crt and tls_name's certificate and key; peers must present
+  /// a certificate of the same CA. Empty: plain TCP (docs/engine-api.md).
+  std::string tls_dir;
+  /// The certificate presented (tls_dir/NAME.crt, .key); empty: `name`.
+  std::string tls_name;
 };
 
 class endpoint {
@@ -191,7 +215,8 @@ public:
                        items<descriptor> remote);
   /// Two-sided: the k-th send on a connection fills the peer's k-th recv on
   /// it, in order, local slices concatenated; at most as many bytes as the
-  /// receive has room for.
+  /// receive has room for. A send is done once its bytes landed in the
+  /// peer's receive (its receipt), so the endpoint may be destroyed then.
   result<xfer_id> send(conn_id conn, items<slice> local);
   result<xfer_id> recv(conn_id conn, items<slice> local);
 
@@ -202,6 +227,13 @@ public:
   /// The bytes once done, or the transfer's error; timeout (the transfer
   /// stays pending, wait again) when `timeout` passes first.
   result<std::uint64_t> wait(xfer_id id, std::chrono::milliseconds timeout);
+
+  /// The path a transfer takes, once chosen (nullopt before: a send waiting
+  /// for the peer's receive), while its id is known (not_found after its
+  /// outcome was reported). A recv reports the path the peer's send takes.
+  result<std::optional<transfer_path>> path(xfer_id id) const;
+  /// Per-path counters of the transfers done so far.
+  endpoint_stats stats() const;
 
   /// A small message to the peer, after everything this thread's earlier
   /// completed transfers on `conn` wrote (at most max_notification_bytes).

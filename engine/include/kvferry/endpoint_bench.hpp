@@ -32,6 +32,12 @@ struct endpoint_bench_row {
   bool verified = false;
 };
 
+/// A row from `ops` operations of `size` bytes that took `seconds`, with
+/// each one's issue-to-completion time (microseconds, any order).
+endpoint_bench_row bench_row(std::string op, std::uint64_t size, int depth,
+                             std::uint64_t ops, double seconds,
+                             std::vector<double> latencies_us, bool verified);
+
 /// Runs every (op, size, depth); an error names the step that failed.
 result<std::vector<endpoint_bench_row>>
 run_endpoint_bench(const endpoint_bench_options& options);
