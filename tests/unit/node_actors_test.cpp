@@ -8,6 +8,8 @@
 #include <vector>
 
 #include <caf/all.hpp>
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
 #include <doctest/doctest.h>
 
 #include "kvferry/actors/node_actor.hpp"
@@ -147,4 +149,22 @@ TEST_CASE("a pull is a one-sided CUDA IPC read only on one host with both "
     CHECK(why.find("'decode-3' exports no CUDA IPC handles") !=
           std::string::npos);
   }
+}
+
+TEST_CASE("a one-sided pull's ready note crosses processes whole") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  proto::node_ready note{7, "prefill-0", 3, 8, {4, 5, 9}, "event-text"};
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  REQUIRE_FALSE(sink(note));
+  proto::node_ready back;
+  caf::binary_deserializer source{sys, buf};
+  REQUIRE_FALSE(source(back));
+  CHECK(back.id == 7);
+  CHECK(back.sender == "prefill-0");
+  CHECK(back.part == 3);
+  CHECK(back.parts == 8);
+  CHECK(back.blocks == note.blocks);
+  CHECK(back.event == "event-text");
 }
