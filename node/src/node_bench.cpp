@@ -8,6 +8,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <sys/resource.h>
 #include <thread>
 #include <vector>
 
@@ -27,6 +28,14 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 constexpr int rtt_samples = 300;
+
+// Voluntary context switches of this process so far (every thread): each is
+// a thread that blocked, mostly a hand-off between two actors' threads.
+long switches() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_nvcsw;
+}
 
 double us(clock_type::duration d) {
   return std::chrono::duration<double, std::micro>(d).count();
@@ -143,25 +152,32 @@ struct bench {
     auto src = scattered(n, 7, o.cache_blocks);
     auto dst = scattered(n, 13, o.cache_blocks);
     std::vector<double> rtt, control, total, data;
+    long rtt_switches = 0, pull_switches = 0;
     auto one_rtt = [&] {
+      auto s0 = switches();
       auto t0 = clock_type::now();
       ask<std::vector<std::string>>(b, prefill_remote,
                                     proto::node_peers_atom::value);
       rtt.push_back(us(clock_type::now() - t0));
+      rtt_switches += switches() - s0;
     };
     for (int i = 0; i < 20; ++i) // warm-up: channel, registrations
       one_rtt();
     rtt.clear();
+    rtt_switches = 0;
     for (int r = 0; r < o.repeats + 2; ++r) {
       ++id;
       // The prefill advertised before the decode pulls (as a stack does).
       a->send(prefill.h.node, proto::node_advertise_atom::value,
               proto::node_request{id, "decode-0", src, {}, false});
+      auto s0 = switches();
       auto t0 = clock_type::now();
       auto rep = ask<proto::node_report>(
           b, decode.h.node, proto::node_pull_atom::value,
           proto::node_request{id, "prefill-0", dst, {}, false});
       auto t = us(clock_type::now() - t0);
+      if (r >= 2)
+        pull_switches += switches() - s0;
       expect<proto::node_report>(a, "advertise");
       row.ipc = rep.ipc;
       auto d = static_cast<double>(rep.data_end_ns - rep.data_start_ns) / 1e3;
@@ -180,6 +196,11 @@ struct bench {
     row.rtt_p99_us = pct(rtt, 0.99);
     row.total_p50_us = pct(total, 0.5);
     row.data_p50_us = pct(data, 0.5);
+    row.switches_per_pull =
+        static_cast<double>(pull_switches) / static_cast<double>(o.repeats);
+    row.switches_per_rtt =
+        static_cast<double>(rtt_switches) /
+        static_cast<double>(std::max<std::size_t>(1, rtt.size()));
     row.post_us_per_block = plan_and_post(n, src, dst);
     return row;
   }

@@ -12,7 +12,10 @@
 //   - the prefill's host time per block to plan and post a request (plan_kv
 //     of every layer, the send order, the part note): the time the node
 //     actor takes for an advertise whose pull is already known, minus a
-//     local round trip to it.
+//     local round trip to it;
+//   - the thread hand-offs (voluntary context switches of the process) per
+//     pull and per round trip: where a request's control time goes on a
+//     machine whose cores are busy (each hand-off waits for a core).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +43,9 @@ struct node_bench_row {
   double total_p50_us = 0, data_p50_us = 0;
   double post_us_per_block = 0; // median over the planning rounds
   bool ipc = false;             // the path the pulls took (request_stats)
+  // Voluntary context switches of the process (both nodes' threads) per
+  // pull and per CAF round trip: the thread hand-offs each costs.
+  double switches_per_pull = 0, switches_per_rtt = 0;
 };
 
 /// Runs every size; an error names the step that failed.
