@@ -98,6 +98,20 @@ caf::error check_blocks(self_ptr self, const std::vector<std::uint64_t>& ids,
   return {};
 }
 
+// Plans part `part` of a request (0: every layer; else layer part - 1) into
+// st.scratch. Throws what plan_kv throws.
+void plan_part(node_state& st, const kv_layout& src,
+               const std::vector<std::uint64_t>& src_blocks,
+               const kv_layout& dst,
+               const std::vector<std::uint64_t>& dst_blocks,
+               std::uint32_t part) {
+  std::optional<std::uint32_t> layer;
+  if (part > 0)
+    layer = part - 1;
+  st.scratch.clear();
+  plan_kv(src, src_blocks, dst, dst_blocks, layer, st.scratch);
+}
+
 // ---- the sending side (send, advertise)
 
 void fail_outgoing(self_ptr self, const request_key& key, caf::error why,
@@ -228,12 +242,8 @@ void post_part(self_ptr self, const request_key& key, outgoing_request& r,
     return fail_outgoing(self, key, unknown_peer(self, key.first), false);
   proto::send_order o;
   try {
-    std::optional<std::uint32_t> layer;
-    if (part > 0)
-      layer = part - 1;
-    st.scratch.clear();
-    plan_kv(st.cfg.layout, r.src_blocks, peer->layout, r.dst_blocks, layer,
-            st.scratch);
+    plan_part(st, st.cfg.layout, r.src_blocks, peer->layout, r.dst_blocks,
+              part);
   } catch (const std::exception& e) {
     return fail_outgoing(
         self, key,
@@ -449,12 +459,7 @@ bool post_read(self_ptr self, const request_key& key, incoming_request& r,
   auto& st = self->state;
   proto::read_order o;
   try {
-    std::optional<std::uint32_t> layer;
-    if (part > 0)
-      layer = part - 1;
-    st.scratch.clear();
-    plan_kv(peer.layout, r.src_blocks, st.cfg.layout, r.dst_blocks, layer,
-            st.scratch);
+    plan_part(st, peer.layout, r.src_blocks, st.cfg.layout, r.dst_blocks, part);
   } catch (const std::exception& e) {
     fail_and_tell(self, key,
                   node_error(self, ec::invalid_argument,

@@ -26,8 +26,8 @@
 #include <cuda_runtime.h>
 #include <doctest/doctest.h>
 
-#include "kvferry_processes.hpp"
 #include "node_cache.hpp"
+#include "node_peer_process.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -151,32 +151,9 @@ void serve_as_prefill(const std::string& name) {
   o.cache = cache.cache();
   auto n = node::start(std::move(o));
   REQUIRE_MESSAGE(n.ok(), n.error().message());
-  std::mutex mtx;
-  std::condition_variable cv;
-  std::deque<std::pair<std::string, std::string>> orders;
-  n->on_notification([&](const std::string& from, const std::string& p) {
-    std::lock_guard<std::mutex> guard{mtx};
-    orders.emplace_back(from, p);
-    cv.notify_all();
-  });
-  std::printf("port %u\n", static_cast<unsigned>(n->port()));
-  std::fflush(stdout);
-  auto deadline = std::chrono::steady_clock::now() + 120s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::unique_lock<std::mutex> lock{mtx};
-    if (!cv.wait_until(lock, deadline, [&] { return !orders.empty(); }))
-      break;
-    auto [from, order] = orders.front();
-    orders.pop_front();
-    lock.unlock();
-    std::istringstream in{order};
-    std::string verb;
-    std::uint64_t id = 0;
-    in >> verb >> id;
-    if (verb == "quit")
-      break;
-    auto offer = n->advertise(id, from, src_ids, true);
-    m.run(*n, id, cache);
+  test::serve_orders(*n, [&](const test::node_order& order) {
+    auto offer = n->advertise(order.id, order.from, src_ids, true);
+    m.run(*n, order.id, cache);
     auto r = offer.wait(patience);
     REQUIRE_MESSAGE(r.ok(), r.error().message());
     // The source is free once the read finished: the reset cannot race it.
@@ -184,19 +161,17 @@ void serve_as_prefill(const std::string& name) {
     for (auto* p : cache.regions)
       cuda_ok(cudaMemset(p, test::node_sentinel, cache.layout.region_bytes()),
               "reset");
-    REQUIRE(n->notify(from, "done " + std::to_string(id) +
-                                (r->ipc ? " ipc" : " plugin"))
+    REQUIRE(n->notify(order.from, "done " + std::to_string(order.id) +
+                                      (r->ipc ? " ipc" : " plugin"))
                 .ok());
-  }
+  });
 }
 
 struct decode_side {
   host_cache reference{prefill_layout(), seed};
   host_cache sentinel{decode_layout(), 0};
   gpu_cache dst{decode_layout(), test::node_sentinel};
-  std::mutex mtx;
-  std::condition_variable cv;
-  std::vector<std::string> notes;
+  test::note_log log;
 
   node start(bool use_ipc) {
     node_options o;
@@ -205,33 +180,15 @@ struct decode_side {
     o.use_ipc = use_ipc;
     auto n = node::start(std::move(o));
     REQUIRE_MESSAGE(n.ok(), n.error().message());
-    n->on_notification([this](const std::string&, const std::string& p) {
-      std::lock_guard<std::mutex> guard{mtx};
-      notes.push_back(p);
-      cv.notify_all();
-    });
+    log.listen(*n);
     return std::move(*n);
-  }
-
-  bool heard(const std::string& note) {
-    std::unique_lock<std::mutex> lock{mtx};
-    return cv.wait_for(lock, patience, [&] {
-      return std::find(notes.begin(), notes.end(), note) != notes.end();
-    });
   }
 
   // Pulls request `id` layer by layer from a new prefill process; checks
   // every byte and the path both sides say the request took.
   void pull_and_check(bool use_ipc, std::uint64_t id) {
     auto decode = start(use_ipc);
-    test::child prefill{{"-tc=node peer process*"},
-                        "/proc/self/exe",
-                        {"KVFERRY_NODE_PEER=prefill-1"}};
-    auto line = prefill.wait_for_line("port ", patience);
-    REQUIRE_MESSAGE(!line.empty(), prefill.text);
-    auto port = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
-    auto peer = decode.connect("127.0.0.1", port);
-    REQUIRE_MESSAGE(peer.ok(), peer.error().message());
+    auto prefill = test::spawn_peer_process(decode, "prefill-1", patience);
     auto before = dst.read_back();
     auto pulled = decode.pull(id, "prefill-1", dst_ids);
     REQUIRE(decode.notify("prefill-1", "advertise " + std::to_string(id)).ok());
@@ -245,9 +202,10 @@ struct decode_side {
       CAPTURE(k);
       CHECK(got[k] == want[k]);
     }
-    CHECK(heard("done " + std::to_string(id) + (use_ipc ? " ipc" : " plugin")));
+    auto done = "done " + std::to_string(id) + (use_ipc ? " ipc" : " plugin");
+    CHECK(log.heard(done, patience));
     CHECK(decode.notify("prefill-1", "quit").ok());
-    CHECK(prefill.wait_exit(patience) == 0);
+    CHECK(prefill->wait_exit(patience) == 0);
     std::printf("node GPU pull %llu: %s, %llu bytes, data %.1f us, control "
                 "%.1f us\n",
                 static_cast<unsigned long long>(id),
