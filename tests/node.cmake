@@ -15,3 +15,9 @@ add_dependencies(test_node_process nccl-net-kvsock)
 kvferry_add_test(NAME test_node_actors SOURCES unit/node_actors_test.cpp
   LIBS kvferry_node LABELS unit TIMEOUT 60)
 add_dependencies(test_node_actors nccl-net-kvsock)
+# Two processes on GPU 0 (gpu: skipped without one): a layer-by-layer pull is
+# a one-sided CUDA IPC read waiting for each layer's CUDA event (interprocess
+# or polled); with use_ipc off the plugin path; every byte verified.
+kvferry_add_test(NAME test_node_gpu SOURCES gpu/node_gpu_test.cpp
+  LIBS kvferry_node GPU LABELS integration TIMEOUT 180)
+add_dependencies(test_node_gpu nccl-net-kvsock)

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <exception>
 #include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -64,8 +65,12 @@ caf::error add_peer(self_ptr self, const proto::node_hello& h) {
                     h.name, layout.layers(), layout.block_bytes(),
                     st.cfg.layout.layers(), st.cfg.layout.block_bytes()));
   self->monitor(h.node);
+  auto why_not = why_not_one_sided(st.cfg.self, h.transfer);
+  spdlog::debug("node {}: pulls from '{}' take {}", st.cfg.name, h.name,
+                why_not.empty() ? "one-sided CUDA IPC reads"
+                                : "the plugin path (" + why_not + ")");
   st.peers[h.name] = node_peer{caf::actor_cast<node_actor>(h.node), h.transfer,
-                               std::move(layout)};
+                               std::move(layout), why_not.empty()};
   return {};
 }
 
@@ -91,6 +96,20 @@ caf::error check_blocks(self_ptr self, const std::vector<std::uint64_t>& ids,
                                     "this cache's {} blocks",
                                     id, i, ids[i], n));
   return {};
+}
+
+// Plans part `part` of a request (0: every layer; else layer part - 1) into
+// st.scratch. Throws what plan_kv throws.
+void plan_part(node_state& st, const kv_layout& src,
+               const std::vector<std::uint64_t>& src_blocks,
+               const kv_layout& dst,
+               const std::vector<std::uint64_t>& dst_blocks,
+               std::uint32_t part) {
+  std::optional<std::uint32_t> layer;
+  if (part > 0)
+    layer = part - 1;
+  st.scratch.clear();
+  plan_kv(src, src_blocks, dst, dst_blocks, layer, st.scratch);
 }
 
 // ---- the sending side (send, advertise)
@@ -126,23 +145,105 @@ void on_part_sent(self_ptr self, const request_key& key, std::uint64_t bytes) {
   st.out.erase(i);
 }
 
+// ---- one-sided pull, prefill side: ready notes, no send orders
+
+void send_ready_note(self_ptr self, const request_key& key, outgoing_request& r,
+                     std::uint32_t part, std::string event) {
+  auto& st = self->state;
+  auto* peer = find_peer(self, key.first);
+  if (peer == nullptr)
+    return fail_outgoing(self, key, unknown_peer(self, key.first), false);
+  proto::node_ready note{key.second, st.cfg.name, part,
+                         r.parts,    {},          std::move(event)};
+  if (!std::exchange(r.blocks_told, true))
+    note.blocks = r.src_blocks; // the first note only: they arrive in order
+  self->send(peer->node, proto::node_ready_atom::value, std::move(note));
+}
+
+void start_polling(self_ptr self) {
+  if (std::exchange(self->state.polling, true))
+    return;
+  self->delayed_send(self, std::chrono::microseconds(20),
+                     proto::node_poll_atom::value);
+}
+
+// Tells the puller that part `part` may be read. A layer's CUDA event goes
+// with the note when it is an interprocess one (the puller's copy waits for
+// it on the GPU); any other event is polled here before the note goes.
+void post_ready_note(self_ptr self, const request_key& key, outgoing_request& r,
+                     std::uint32_t part) {
+  r.posted[part] = true;
+  if (r.start_ns == 0)
+    r.start_ns = now_ns();
+  std::string text;
+  if (auto event = part > 0 ? r.events[part - 1] : 0; event != 0) {
+    try {
+      text = transport::export_ipc_event(event, self->state.cfg.self.gpu);
+    } catch (const std::exception&) {
+      self->state.held.push_back({key, part, event});
+      return start_polling(self);
+    }
+  }
+  send_ready_note(self, key, r, part, std::move(text));
+}
+
+// Sends the held notes whose event completed; polls again while any wait.
+void poll_held_notes(self_ptr self) {
+  auto& st = self->state;
+  st.polling = false;
+  for (std::size_t k = 0; k < st.held.size();) {
+    auto h = st.held[k];
+    if (auto i = st.out.find(h.key); i != st.out.end()) {
+      try {
+        if (!transport::gpu_event_done(h.event)) {
+          ++k;
+          continue;
+        }
+        send_ready_note(self, h.key, i->second, h.part, {});
+      } catch (const std::exception& e) {
+        fail_outgoing(self, h.key,
+                      node_error(self, ec::cuda_error,
+                                 fmt::format("request {} to '{}': layer {}'s "
+                                             "CUDA event: {}",
+                                             h.key.second, h.key.first,
+                                             h.part - 1, e.what())));
+      }
+    }
+    st.held.erase(st.held.begin() + static_cast<std::ptrdiff_t>(k));
+  }
+  if (!st.held.empty())
+    start_polling(self);
+}
+
+// The puller read every part: the source blocks are free.
+void on_read_done(self_ptr self, const std::string& from,
+                  const proto::node_report& rep) {
+  auto& st = self->state;
+  auto i = st.out.find({from, rep.id});
+  if (i == st.out.end() || !i->second.one_sided)
+    return;
+  if (i->second.promise)
+    i->second.promise->deliver(rep);
+  st.out.erase(i);
+}
+
+// ---- the sending side's posts
+
 // Plans part `part` (0: every layer; else layer part - 1) and posts it: the
 // send order to our transfer actor, the part note to the peer node, whose
-// recv order then waits for it.
+// recv order then waits for it. One-sided: the ready note only.
 void post_part(self_ptr self, const request_key& key, outgoing_request& r,
                std::uint32_t part) {
+  if (r.one_sided)
+    return post_ready_note(self, key, r, part);
   auto& st = self->state;
   auto* peer = find_peer(self, key.first);
   if (peer == nullptr)
     return fail_outgoing(self, key, unknown_peer(self, key.first), false);
   proto::send_order o;
   try {
-    std::optional<std::uint32_t> layer;
-    if (part > 0)
-      layer = part - 1;
-    st.scratch.clear();
-    plan_kv(st.cfg.layout, r.src_blocks, peer->layout, r.dst_blocks, layer,
-            st.scratch);
+    plan_part(st, st.cfg.layout, r.src_blocks, peer->layout, r.dst_blocks,
+              part);
   } catch (const std::exception& e) {
     return fail_outgoing(
         self, key,
@@ -192,7 +293,8 @@ void post_ready_parts(self_ptr self, const request_key& key) {
 caf::result<proto::node_report>
 start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   auto& st = self->state;
-  if (find_peer(self, req.peer) == nullptr)
+  auto* peer = find_peer(self, req.peer);
+  if (peer == nullptr)
     return unknown_peer(self, req.peer);
   if (auto err = check_blocks(self, req.blocks, req.id))
     return err;
@@ -209,6 +311,9 @@ start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   r.src_blocks = std::move(req.blocks);
   if (push) {
     r.dst_blocks = std::move(req.peer_blocks);
+    r.want_known = true;
+  } else if (peer->one_sided) {
+    r.one_sided = true; // the puller plans; it sends no want
     r.want_known = true;
   }
   auto layers = st.cfg.layout.layers();
@@ -268,8 +373,12 @@ void finish_incoming(self_ptr self, const request_key& key) {
   if (r.failure) {
     r.promise->deliver(r.failure);
   } else if (r.parts > 0 && r.parts_done == r.parts) {
-    r.promise->deliver(
-        proto::node_report{key.second, r.bytes, r.start_ns, r.end_ns, false});
+    proto::node_report rep{key.second, r.bytes, r.start_ns, r.end_ns,
+                           r.one_sided};
+    if (r.one_sided) // read: the prefill's source blocks are free
+      if (auto* peer = find_peer(self, key.first))
+        self->send(peer->node, proto::node_done_atom::value, st.cfg.name, rep);
+    r.promise->deliver(rep);
   } else {
     return;
   }
@@ -284,6 +393,29 @@ void fail_incoming(self_ptr self, const request_key& key, caf::error why) {
   finish_incoming(self, key);
 }
 
+// A part landed (a recv order's or a read's report).
+void on_landed(self_ptr self, const request_key& key,
+               const proto::recv_report& rep) {
+  auto i = self->state.in.find(key);
+  if (i == self->state.in.end())
+    return;
+  auto& r = i->second;
+  r.bytes += rep.bytes;
+  r.start_ns = std::min(r.start_ns, rep.first_known_ns);
+  r.end_ns = std::max(r.end_ns, rep.landed_ns);
+  ++r.parts_done;
+  finish_incoming(self, key);
+}
+
+// Fails the request here and tells the sending node (its blocks are free).
+void fail_and_tell(self_ptr self, const request_key& key,
+                   const caf::error& err) {
+  fail_incoming(self, key, err);
+  if (auto* peer = find_peer(self, key.first))
+    self->send(peer->node, proto::node_fail_atom::value, self->state.cfg.name,
+               key.second, err);
+}
+
 void on_part(self_ptr self, const proto::node_part& p) {
   auto& st = self->state;
   request_key key{p.sender, p.id};
@@ -294,24 +426,102 @@ void on_part(self_ptr self, const proto::node_part& p) {
   o.peer_name = p.sender;
   o.timeout_ms = st.cfg.timeout_ms;
   self->request(st.cfg.transfer, caf::infinite, proto::recv_atom::value, o)
-      .then(
-          [self, key](const proto::recv_report& rep) {
-            auto i = self->state.in.find(key);
-            if (i == self->state.in.end())
-              return;
-            auto& r = i->second;
-            r.bytes += rep.bytes;
-            r.start_ns = std::min(r.start_ns, rep.first_known_ns);
-            r.end_ns = std::max(r.end_ns, rep.landed_ns);
-            ++r.parts_done;
-            finish_incoming(self, key);
-          },
-          [self, key](caf::error& err) {
-            fail_incoming(self, key, err);
-            if (auto* peer = find_peer(self, key.first))
-              self->send(peer->node, proto::node_fail_atom::value,
-                         self->state.cfg.name, key.second, err);
-          });
+      .then([self,
+             key](const proto::recv_report& rep) { on_landed(self, key, rep); },
+            [self, key](caf::error& err) { fail_and_tell(self, key, err); });
+}
+
+// ---- one-sided pull, decode side: reads over CUDA IPC
+
+// A read failed: its kernel may still run (reading the prefill's blocks,
+// writing ours), so the failure is told once our transfer actor's settle
+// says it ended (bounded by the request timeout).
+void fail_read(self_ptr self, const request_key& key, const node_peer& peer,
+               std::uint64_t transfer_id, caf::error why) {
+  auto& st = self->state;
+  self->request(st.cfg.transfer, std::chrono::milliseconds(st.cfg.timeout_ms),
+                proto::settle_atom::value, peer.transfer.name, transfer_id)
+      .then([self, key, why](caf::ok_atom) { fail_and_tell(self, key, why); },
+            [self, key, why](caf::error& err) {
+              spdlog::warn("node {}: request {} from '{}': its failed read "
+                           "did not settle: {}",
+                           self->state.cfg.name, key.second, key.first,
+                           render(err));
+              fail_and_tell(self, key, why);
+            });
+}
+
+// Plans part `part` of a one-sided pull (the prefill's layout and blocks as
+// source) and orders our transfer actor to read it; false when it failed.
+bool post_read(self_ptr self, const request_key& key, incoming_request& r,
+               const node_peer& peer, std::uint32_t part,
+               const std::string& event) {
+  auto& st = self->state;
+  proto::read_order o;
+  try {
+    plan_part(st, peer.layout, r.src_blocks, st.cfg.layout, r.dst_blocks, part);
+  } catch (const std::exception& e) {
+    fail_and_tell(self, key,
+                  node_error(self, ec::invalid_argument,
+                             fmt::format("request {} from '{}': {}", key.second,
+                                         key.first, e.what())));
+    return false;
+  }
+  try {
+    if (!event.empty())
+      o.wait_event = st.events->open(event);
+  } catch (const std::exception& e) {
+    fail_and_tell(
+        self, key,
+        node_error(self, ec::cuda_error,
+                   fmt::format("request {} from '{}': layer {}'s "
+                               "CUDA event: {}",
+                               key.second, key.first, part - 1, e.what())));
+    return false;
+  }
+  o.transfer_id = transfer_id_of(key.second, part);
+  o.peer = peer.transfer;
+  o.extents = st.scratch;
+  o.timeout_ms = st.cfg.timeout_ms;
+  self->request(st.cfg.transfer, caf::infinite, proto::read_atom::value,
+                std::move(o))
+      .then([self,
+             key](const proto::recv_report& rep) { on_landed(self, key, rep); },
+            [self, key, tid = o.transfer_id](caf::error& err) {
+              if (auto* p = find_peer(self, key.first))
+                fail_read(self, key, *p, tid, std::move(err));
+              else
+                fail_incoming(self, key, std::move(err));
+            });
+  return true;
+}
+
+// Reads the parts known ready, once the caller pulled.
+void post_reads(self_ptr self, const request_key& key) {
+  auto i = self->state.in.find(key);
+  if (i == self->state.in.end() || !i->second.promise || i->second.failure)
+    return;
+  auto* peer = find_peer(self, key.first);
+  if (peer == nullptr)
+    return; // fail_peer failed it
+  auto ready = std::move(i->second.ready);
+  i->second.ready.clear();
+  for (auto& [part, event] : ready)
+    if (!post_read(self, key, i->second, *peer, part, event))
+      return;
+}
+
+void on_ready(self_ptr self, proto::node_ready& note) {
+  request_key key{note.sender, note.id};
+  auto& r = self->state.in[key];
+  if (r.failure)
+    return;
+  r.one_sided = true;
+  r.parts = note.parts;
+  if (!note.blocks.empty())
+    r.src_blocks = std::move(note.blocks);
+  r.ready.emplace_back(note.part, std::move(note.event));
+  post_reads(self, key);
 }
 
 caf::result<proto::node_report>
@@ -330,10 +540,15 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
         fmt::format("request {} from '{}' is already open", req.id, req.peer));
   auto promise = self->make_response_promise<proto::node_report>();
   r.promise = promise;
-  if (pull)
+  if (pull && peer->one_sided) {
+    r.one_sided = true; // no message: the prefill's ready notes come anyway
+    r.dst_blocks = std::move(req.blocks);
+    post_reads(self, key);
+  } else if (pull) {
     self->send(peer->node, proto::node_want_atom::value,
                proto::node_request{
                    req.id, st.cfg.name, std::move(req.blocks), {}, false});
+  }
   finish_incoming(self, key); // its parts may have landed already
   return promise;
 }
@@ -471,6 +686,12 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](proto::node_part_atom, const proto::node_part& p) {
         on_part(self, p);
       },
+      [self](proto::node_ready_atom, proto::node_ready& note) {
+        on_ready(self, note);
+      },
+      [self](proto::node_done_atom, const std::string& from,
+             const proto::node_report& rep) { on_read_done(self, from, rep); },
+      [self](proto::node_poll_atom) { poll_held_notes(self); },
       [self](proto::node_fail_atom, const std::string& from, std::uint64_t id,
              const caf::error& why) {
         request_key key{from, id};
@@ -521,6 +742,18 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
 
 node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg) {
   return sys.spawn(node_impl, std::move(cfg));
+}
+
+std::string why_not_one_sided(const proto::endpoint& a,
+                              const proto::endpoint& b) {
+  if (a.host_id.empty() || a.host_id != b.host_id)
+    return fmt::format("'{}' and '{}' are not on one host", a.name, b.name);
+  for (const auto* e : {&a, &b})
+    if (e->ipc_handle.empty())
+      return fmt::format("'{}' exports no CUDA IPC handles (host memory, "
+                         "memory CUDA IPC cannot share, or use_ipc off)",
+                         e->name);
+  return {};
 }
 
 proto::kv_layout_desc describe_layout(const kv_layout& l) {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,16 +13,19 @@
 #include <caf/all.hpp>
 
 #include "kvferry/actors/node_actor.hpp"
+#include "kvferry/transport/gpu_event.hpp"
 
 namespace kvferry {
 
 using report_promise_t = caf::typed_response_promise<proto::node_report>;
+using request_key = std::pair<std::string, std::uint64_t>; // (peer, id)
 
 /// A node this node has exchanged hellos with.
 struct node_peer {
   node_actor node;
   proto::endpoint transfer;
   kv_layout layout;
+  bool one_sided = false; // pulls are CUDA IPC reads (why_not_one_sided)
 };
 
 /// A request whose bytes leave this cache: a send (push) or an advertise
@@ -41,6 +45,16 @@ struct outgoing_request {
   std::uint64_t bytes = 0;
   std::int64_t start_ns = 0; // first send order posted
   std::int64_t end_ns = 0;   // last one finished
+  bool one_sided = false;    // the puller reads it; ready notes, no sends
+  bool blocks_told = false;  // one-sided: src_blocks went with a ready note
+};
+
+/// One-sided pull, prefill side: a ready note held until the layer's CUDA
+/// event (not an interprocess one) completed.
+struct held_note {
+  request_key key;
+  std::uint32_t part = 0;
+  std::uint64_t event = 0;
 };
 
 /// A request whose bytes land in this cache: a receive or a pull. It may
@@ -53,9 +67,13 @@ struct incoming_request {
   std::uint64_t bytes = 0;
   std::int64_t start_ns = std::numeric_limits<std::int64_t>::max();
   std::int64_t end_ns = 0;
+  // One-sided pull (read over CUDA IPC): the blocks of both sides, and the
+  // parts known ready (part, event text) but not read yet.
+  bool one_sided = false;
+  std::vector<std::uint64_t> src_blocks; // the prefill's, from its note
+  std::vector<std::uint64_t> dst_blocks; // ours, once the caller pulled
+  std::vector<std::pair<std::uint32_t, std::string>> ready;
 };
-
-using request_key = std::pair<std::string, std::uint64_t>; // (peer, id)
 
 struct node_state {
   static inline const char* name = "kvferry.node";
@@ -67,6 +85,12 @@ struct node_state {
   caf::actor listener;
   std::deque<std::pair<std::string, std::string>> notes;
   std::vector<extent> scratch; // plan_kv's output, reused
+  // One-sided pulls: the prefill's notes waiting for a CUDA event (polled
+  // while any wait), and the decode's interprocess events opened once each.
+  std::vector<held_note> held;
+  bool polling = false;
+  std::unique_ptr<transport::ipc_event_cache> events =
+      std::make_unique<transport::ipc_event_cache>();
 };
 
 } // namespace kvferry

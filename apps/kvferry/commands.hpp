@@ -13,6 +13,7 @@ void add_bench_net(CLI::App& bench, int& exit_code);
 void add_bench_ipc(CLI::App& bench, int& exit_code);
 void add_bench_plan(CLI::App& bench, int& exit_code);
 void add_bench_endpoint(CLI::App& bench, int& exit_code); // issue #16
+void add_bench_node(CLI::App& bench, int& exit_code);     // issue #15
 void add_demo(CLI::App& root, int& exit_code);
 void add_directory(CLI::App& root, int& exit_code);
 void add_worker(CLI::App& root, int& exit_code);

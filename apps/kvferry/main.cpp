@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   kvferry::app::add_bench_ipc(*bench, exit_code);
   kvferry::app::add_bench_plan(*bench, exit_code);
   kvferry::app::add_bench_endpoint(*bench, exit_code);
+  kvferry::app::add_bench_node(*bench, exit_code);
   kvferry::app::add_demo(app, exit_code);
   kvferry::app::add_directory(app, exit_code);
   kvferry::app::add_worker(app, exit_code);

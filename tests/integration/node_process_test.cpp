@@ -20,8 +20,8 @@
 
 #include <doctest/doctest.h>
 
-#include "kvferry_processes.hpp"
 #include "node_cache.hpp"
+#include "node_peer_process.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -51,56 +51,32 @@ void serve_as_prefill(const std::string& name) {
   o.cache = cache.cache();
   auto n = node::start(std::move(o));
   REQUIRE_MESSAGE(n.ok(), n.error().message());
-  std::mutex mtx;
-  std::condition_variable cv;
-  std::deque<std::pair<std::string, std::string>> orders;
-  n->on_notification([&](const std::string& from, const std::string& p) {
-    std::lock_guard<std::mutex> guard{mtx};
-    orders.emplace_back(from, p);
-    cv.notify_all();
-  });
-  std::printf("port %u\n", static_cast<unsigned>(n->port()));
-  std::fflush(stdout);
-  auto deadline = std::chrono::steady_clock::now() + 120s;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::unique_lock<std::mutex> lock{mtx};
-    if (!cv.wait_until(lock, deadline, [&] { return !orders.empty(); }))
-      break;
-    auto [from, order] = orders.front();
-    orders.pop_front();
-    lock.unlock();
-    std::istringstream in{order};
-    std::string verb;
-    std::uint64_t id = 0;
-    in >> verb >> id;
-    if (verb == "quit")
-      break;
-    if (verb == "send") {
-      auto r = n->send(id, from, src_ids, dst_ids).wait(patience);
+  test::serve_orders(*n, [&](const test::node_order& order) {
+    auto id = order.id;
+    if (order.verb == "send") {
+      auto r = n->send(id, order.from, src_ids, dst_ids).wait(patience);
       REQUIRE_MESSAGE(r.ok(), r.error().message());
-    } else if (verb == "advertise" || verb == "hold") {
-      auto offer = n->advertise(id, from, src_ids, true);
-      REQUIRE(n->layer_ready(id, 0).ok());
-      if (verb == "hold") {
-        REQUIRE(n->notify(from, "held " + std::to_string(id)).ok());
-        continue;
-      }
-      for (std::uint32_t l = layers - 1; l > 0; --l)
-        REQUIRE(n->layer_ready(id, l).ok());
-      auto r = offer.wait(patience);
-      REQUIRE_MESSAGE(r.ok(), r.error().message());
+      return;
     }
-  }
+    auto offer = n->advertise(id, order.from, src_ids, true);
+    REQUIRE(n->layer_ready(id, 0).ok());
+    if (order.verb == "hold") {
+      REQUIRE(n->notify(order.from, "held " + std::to_string(id)).ok());
+      return;
+    }
+    for (std::uint32_t l = layers - 1; l > 0; --l)
+      REQUIRE(n->layer_ready(id, l).ok());
+    auto r = offer.wait(patience);
+    REQUIRE_MESSAGE(r.ok(), r.error().message());
+  });
 }
 
 // The decode side: a node and its cache, and a prefill process to talk to.
 struct decode_side {
   host_cache prefill_copy{prefill_layout(), seed}; // the reference
   host_cache dst{kv_layout::block_major(layers, blocks, half_bytes), 0};
+  test::note_log log;
   node decode = start();
-  std::mutex mtx;
-  std::condition_variable cv;
-  std::vector<std::string> notes;
 
   node start() {
     node_options o;
@@ -108,34 +84,16 @@ struct decode_side {
     o.cache = dst.cache();
     auto n = node::start(std::move(o));
     REQUIRE_MESSAGE(n.ok(), n.error().message());
-    n->on_notification([this](const std::string&, const std::string& p) {
-      std::lock_guard<std::mutex> guard{mtx};
-      notes.push_back(p);
-      cv.notify_all();
-    });
+    log.listen(*n);
     return std::move(*n);
   }
 
   // Starts a prefill process named `name` and connects to it.
   std::unique_ptr<test::child> spawn_prefill(const std::string& name) {
-    auto c = std::make_unique<test::child>(
-        std::vector<std::string>{"-tc=node peer process*"}, "/proc/self/exe",
-        std::vector<std::string>{"KVFERRY_NODE_PEER=" + name});
-    auto line = c->wait_for_line("port ", patience);
-    REQUIRE_MESSAGE(!line.empty(), c->text);
-    auto port = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
-    auto peer = decode.connect("127.0.0.1", port);
-    REQUIRE_MESSAGE(peer.ok(), peer.error().message());
-    CHECK(*peer == name);
-    return c;
+    return test::spawn_peer_process(decode, name, patience);
   }
 
-  bool heard(const std::string& note) {
-    std::unique_lock<std::mutex> lock{mtx};
-    return cv.wait_for(lock, patience, [&] {
-      return std::find(notes.begin(), notes.end(), note) != notes.end();
-    });
-  }
+  bool heard(const std::string& note) { return log.heard(note, patience); }
 
   void check_landed(const std::vector<std::vector<std::uint8_t>>& before) {
     auto want = dst.expected(before, prefill_copy, src_ids, dst_ids);

@@ -8,8 +8,11 @@
 #include <vector>
 
 #include <caf/all.hpp>
+#include <caf/binary_deserializer.hpp>
+#include <caf/binary_serializer.hpp>
 #include <doctest/doctest.h>
 
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/node_actors.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -106,4 +109,62 @@ TEST_CASE_FIXTURE(caller_system, "a caller's own actor drives two nodes' "
   std::sort(got.begin(), got.end());
   CHECK(got == std::vector<std::string>{"offered " + bytes, "pulled " + bytes});
   CHECK(dst.regions == dst.expected(before, src, s, d));
+}
+
+namespace {
+
+proto::endpoint endpoint_of(std::string name, std::string host,
+                            std::string ipc) {
+  proto::endpoint e;
+  e.name = std::move(name);
+  e.host_id = std::move(host);
+  e.ipc_handle = std::move(ipc);
+  e.gpu = ipc.empty() ? -1 : 0;
+  return e;
+}
+
+} // namespace
+
+TEST_CASE("a pull is a one-sided CUDA IPC read only on one host with both "
+          "tables exported; both sides choose alike") {
+  auto prefill = endpoint_of("prefill-0", "host-a", "table-p");
+  auto decode = endpoint_of("decode-0", "host-a", "table-d");
+  CHECK(why_not_one_sided(decode, prefill).empty());
+  CHECK(why_not_one_sided(prefill, decode).empty());
+
+  auto far = endpoint_of("decode-1", "host-b", "table-d");
+  for (const auto& why :
+       {why_not_one_sided(far, prefill), why_not_one_sided(prefill, far)}) {
+    CHECK(why.find("not on one host") != std::string::npos);
+    CHECK(why.find("decode-1") != std::string::npos);
+  }
+  // No host id known: never assumed to be the same host.
+  auto unknown = endpoint_of("decode-2", "", "table-d");
+  CHECK_FALSE(why_not_one_sided(unknown, endpoint_of("p", "", "t")).empty());
+
+  // Host memory, memory CUDA IPC cannot share, or use_ipc off: no export.
+  auto host = endpoint_of("decode-3", "host-a", "");
+  for (const auto& why :
+       {why_not_one_sided(host, prefill), why_not_one_sided(prefill, host)}) {
+    CHECK(why.find("'decode-3' exports no CUDA IPC handles") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("a one-sided pull's ready note crosses processes whole") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  proto::node_ready note{7, "prefill-0", 3, 8, {4, 5, 9}, "event-text"};
+  std::vector<char> buf;
+  caf::binary_serializer sink{sys, buf};
+  REQUIRE_FALSE(sink(note));
+  proto::node_ready back;
+  caf::binary_deserializer source{sys, buf};
+  REQUIRE_FALSE(source(back));
+  CHECK(back.id == 7);
+  CHECK(back.sender == "prefill-0");
+  CHECK(back.part == 3);
+  CHECK(back.parts == 8);
+  CHECK(back.blocks == note.blocks);
+  CHECK(back.event == "event-text");
 }

@@ -80,7 +80,13 @@ struct request_stats {
   std::chrono::nanoseconds total{0};   // call to completion
   std::chrono::nanoseconds data{0};    // first byte posted to last landed
   std::chrono::nanoseconds control{0}; // total - data
-  bool ipc = false;                    // over CUDA IPC (else the plugin)
+  // The path: a pull (and its advertise) between GPU caches on one host
+  // that both export CUDA IPC handles is a one-sided read (true): the
+  // decode maps the prefill's cache once and its own copy kernel reads each
+  // layer, the prefill's ready notice its only control message. Otherwise
+  // (false) the transfer actors' push path: the plugin, or for a send to a
+  // same-host GPU peer their own CUDA IPC copy.
+  bool ipc = false;
 };
 
 namespace detail {
@@ -171,7 +177,9 @@ public:
                      const std::vector<std::uint64_t>& dst_blocks);
   /// Pull request `id` that `from` advertised (or will advertise) into
   /// dst_blocks, layer by layer as the layers become ready: one message to
-  /// `from` plus the bytes. Completes when every layer landed.
+  /// `from` plus the bytes; on one host with both caches on the GPU a
+  /// one-sided CUDA IPC read, with no message at all (request_stats::ipc).
+  /// Completes when every layer landed.
   completion pull(std::uint64_t id, const std::string& from,
                   const std::vector<std::uint64_t>& dst_blocks);
 

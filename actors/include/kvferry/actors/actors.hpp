@@ -229,6 +229,12 @@ using consumer_actor = caf::typed_actor<
 //   pull:  caller --pull--> node --want--> prefill node (one message), which
 //          posts each layer's send as soon as the layer is ready and the
 //          want is known, each with a `part` note as in push.
+//   pull, one host, GPU caches both exported over CUDA IPC (one_sided_pull):
+//          prefill node --ready--> decode node (per layer, as it is ready),
+//          whose own transfer actor reads it (read_order: the decode maps
+//          the prefill's table once and runs the copy kernel itself); the
+//          decode node's --done--> frees the prefill's source blocks. The
+//          pull sends no message; both sides choose the path alike.
 //
 // A peer node that dies, leaves the directory or stops fails every request
 // with it at once (ec::peer_down naming it); the node stays usable.
@@ -273,6 +279,13 @@ using node_actor = caf::typed_actor<
     caf::reacts_to<proto::node_want_atom, proto::node_request>,
     // Sending node to receiving node: a part was posted.
     caf::reacts_to<proto::node_part_atom, proto::node_part>,
+    // One-sided pull: prefill node to decode node, a part is ready to read.
+    caf::reacts_to<proto::node_ready_atom, proto::node_ready>,
+    // One-sided pull: decode node to prefill node, request `id` was read
+    // (its source blocks are free).
+    caf::reacts_to<proto::node_done_atom, std::string, proto::node_report>,
+    // Internal: poll the CUDA events of layers whose ready note waits.
+    caf::reacts_to<proto::node_poll_atom>,
     // Node to node: request `id` with me, `from`, failed because of `why`.
     caf::reacts_to<proto::node_fail_atom, std::string, std::uint64_t,
                    caf::error>,

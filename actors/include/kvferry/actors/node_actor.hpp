@@ -24,6 +24,15 @@ struct node_actor_config {
 /// Spawns a node actor (on the scheduler: it only does bookkeeping).
 node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg);
 
+/// Whether a pull between the nodes whose transfer actors have endpoints
+/// `a` and `b` is a one-sided CUDA IPC read (the puller's transfer actor
+/// copies from the other's table): both on one host and both exporting
+/// their tables over CUDA IPC (GPU memory CUDA IPC can share, use_ipc on).
+/// Symmetric: both nodes choose alike without asking. Empty: yes; else why
+/// not (the plugin path is taken).
+std::string why_not_one_sided(const proto::endpoint& a,
+                              const proto::endpoint& b);
+
 /// A layout's wire form, and back (throws std::invalid_argument as
 /// kv_layout::strided does for a description no layout has).
 proto::kv_layout_desc describe_layout(const kv_layout& layout);

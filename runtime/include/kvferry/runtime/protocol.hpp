@@ -476,6 +476,27 @@ typename Inspector::result_type inspect(Inspector& f, node_part& x) {
            x.part, x.parts);
 }
 
+/// Prefill node -> decode node on one host (a one-sided pull, see
+/// node_actor): part `part` of advertised request `id` is written (`parts`
+/// in all: layers if layerwise, else 1); the decode node reads it itself
+/// over CUDA IPC. `blocks`: the prefill's source block ids, in the first
+/// note of a request only (notes arrive in order). `event`: the text of an
+/// interprocess CUDA event (transport::export_ipc_event) the read's copy
+/// waits for on the GPU; empty: the part is written already.
+struct node_ready {
+  std::uint64_t id = 0;
+  std::string sender;
+  std::uint32_t part = 0;
+  std::uint32_t parts = 1;
+  std::vector<std::uint64_t> blocks;
+  std::string event;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_ready& x) {
+  return f(caf::meta::type_name("kvferry::proto::node_ready"), x.id, x.sender,
+           x.part, x.parts, x.blocks, x.event);
+}
+
 // ---- endpoint (kvferry::endpoint, engine/; docs/engine-api.md) -------------
 
 /// Endpoint control actor to endpoint control actor, both ways when one

@@ -147,6 +147,14 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_landed_atom, "kveplanded")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_notify_atom, "kvepnote")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_connect_atom, "kvepconn")
 
+// kvferry::node, one-sided pull over CUDA IPC (issue #15): the prefill's
+// ready notes, the decode's "read done" (which frees the source blocks) and
+// the node actor's CUDA event poll.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::node_ready))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_ready_atom, "kvnready")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_done_atom, "kvndone")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_poll_atom, "kvnpoll")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,

@@ -1,0 +1,103 @@
+// `kvferry bench node`: what a kvferry::node request costs beyond its bytes
+// (run_node_bench, node_bench.hpp): a pull's control overhead beside the
+// same run's CAF round trip between the two actor systems, and the host
+// time per block to plan and post, per request size; then peak RSS.
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <sys/resource.h>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "kvferry/node_bench.hpp"
+#include "size_list.hpp"
+
+namespace kvferry::app {
+namespace {
+
+struct options {
+  std::string blocks = "1,64,1000";
+  int repeats = 50;
+  std::string plugin;
+  std::string json_path;
+};
+
+int run(const options& o) {
+  node_bench_options bo;
+  bo.blocks = parse_sizes(o.blocks);
+  bo.repeats = o.repeats;
+  bo.plugin = o.plugin;
+  std::printf("bench node: %u layers, %llu-byte halves, vLLM per-layer -> "
+              "block-major, host memory, %s over loopback, %d repeats\n",
+              bo.layers, static_cast<unsigned long long>(bo.half_bytes),
+              o.plugin.empty() ? "kvsock" : o.plugin.c_str(), o.repeats);
+  std::fflush(stdout);
+  auto rows = run_node_bench(bo);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "%s\n", rows.error().message().c_str());
+    return 1;
+  }
+  std::printf("%6s %9s %9s %9s %8s %8s %7s %9s %9s %8s %6s %11s\n", "blocks",
+              "MiB", "ctl p50", "ctl p99", "RTT p50", "RTT p99", "ctl/RTT",
+              "total p50", "data p50", "us/block", "path", "cs pull/RTT");
+  nlohmann::json doc = nlohmann::json::array();
+  for (const auto& r : *rows) {
+    std::printf("%6llu %9.2f %9.1f %9.1f %8.1f %8.1f %6.2fx %9.1f %9.1f %8.3f "
+                "%6s %5.1f/%-5.1f\n",
+                static_cast<unsigned long long>(r.blocks),
+                static_cast<double>(r.bytes) / (1 << 20), r.control_p50_us,
+                r.control_p99_us, r.rtt_p50_us, r.rtt_p99_us,
+                r.control_p50_us / r.rtt_p50_us, r.total_p50_us, r.data_p50_us,
+                r.post_us_per_block, r.ipc ? "ipc" : "plugin",
+                r.switches_per_pull, r.switches_per_rtt);
+    doc.push_back({{"blocks", r.blocks},
+                   {"bytes", r.bytes},
+                   {"control_p50_us", r.control_p50_us},
+                   {"control_p99_us", r.control_p99_us},
+                   {"rtt_p50_us", r.rtt_p50_us},
+                   {"rtt_p99_us", r.rtt_p99_us},
+                   {"total_p50_us", r.total_p50_us},
+                   {"data_p50_us", r.data_p50_us},
+                   {"post_us_per_block", r.post_us_per_block},
+                   {"ipc", r.ipc},
+                   {"switches_per_pull", r.switches_per_pull},
+                   {"switches_per_rtt", r.switches_per_rtt}});
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  std::printf("(ctl: a pull's total - data, the decode's call to its reply "
+              "minus its data window; RTT: an empty CAF request between the "
+              "two systems, interleaved in the same run; us/block: the "
+              "prefill's host time to plan and post, median; cs: voluntary "
+              "context switches of the process, both nodes' threads, per pull "
+              "/ per round trip)\npeak RSS %.1f "
+              "MiB\n",
+              ru.ru_maxrss / 1024.0);
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    f << doc.dump(2) << "\n";
+  }
+  return 0;
+}
+
+} // namespace
+
+void add_bench_node(CLI::App& bench, int& exit_code) {
+  auto o = std::make_shared<options>();
+  auto* cmd = bench.add_subcommand(
+      "node", "A kvferry::node pull's control overhead beside the same run's "
+              "CAF round trip, and the host time per block to plan and post");
+  cmd->add_option("--blocks", o->blocks, "Blocks per request, comma list")
+      ->capture_default_str();
+  cmd->add_option("--repeats", o->repeats, "Requests per size")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  cmd->add_option("--plugin", o->plugin,
+                  "Plugin name or path (default kvsock)");
+  cmd->add_option("--json", o->json_path, "Write the rows as JSON to FILE");
+  cmd->callback([o, &exit_code] { exit_code = run(*o); });
+}
+
+} // namespace kvferry::app

@@ -1,0 +1,55 @@
+// The measurement behind `kvferry bench node` (apps/kvferry/bench_node.cpp):
+// what a kvferry::node request costs beyond its bytes (issue #15). Two actor
+// systems in this process, each with a node's actors (node_actors.hpp) over
+// its own host-memory cache (vLLM per-layer on the prefill, block-major on
+// the decode), connected over loopback TCP through CAF's middleman as two
+// processes are. Per request size:
+//   - a pull's control overhead, total - data (the decode's call to its
+//     reply, minus its data window: first announcement known to the last
+//     byte landed), p50 and p99, beside the SAME RUN's CAF round trip
+//     between the two systems (an empty request and its reply, interleaved
+//     with the requests so that both see the same load);
+//   - the prefill's host time per block to plan and post a request (plan_kv
+//     of every layer, the send order, the part note): the time the node
+//     actor takes for an advertise whose pull is already known, minus a
+//     local round trip to it;
+//   - the thread hand-offs (voluntary context switches of the process) per
+//     pull and per round trip: where a request's control time goes on a
+//     machine whose cores are busy (each hand-off waits for a core).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvferry/runtime/status.hpp"
+
+namespace kvferry {
+
+struct node_bench_options {
+  std::vector<std::uint64_t> blocks{1, 64, 1000}; // blocks per request
+  int repeats = 50;                               // requests per size
+  std::uint32_t layers = 8;
+  std::uint64_t cache_blocks = 2048;
+  std::uint64_t half_bytes = 2048; // 16 tokens x 64 B
+  std::string plugin;              // empty: kvsock
+};
+
+struct node_bench_row {
+  std::uint64_t blocks = 0;
+  std::uint64_t bytes = 0; // per request
+  double control_p50_us = 0, control_p99_us = 0;
+  double rtt_p50_us = 0, rtt_p99_us = 0; // same-run CAF round trip
+  double total_p50_us = 0, data_p50_us = 0;
+  double post_us_per_block = 0; // median over the planning rounds
+  bool ipc = false;             // the path the pulls took (request_stats)
+  // Voluntary context switches of the process (both nodes' threads) per
+  // pull and per CAF round trip: the thread hand-offs each costs.
+  double switches_per_pull = 0, switches_per_rtt = 0;
+};
+
+/// Runs every size; an error names the step that failed.
+result<std::vector<node_bench_row>>
+run_node_bench(const node_bench_options& options);
+
+} // namespace kvferry

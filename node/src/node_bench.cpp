@@ -1,0 +1,261 @@
+// run_node_bench (node_bench.hpp): the measurement behind `kvferry bench
+// node`. A benchmark, not a test: it sleeps where it must let a message
+// land (the planning rounds).
+#include "kvferry/node_bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <sys/resource.h>
+#include <thread>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+
+#include "kvferry/actors/kv_layout.hpp"
+#include "kvferry/node_actors.hpp"
+#include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/tls.hpp"
+
+namespace kvferry {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+constexpr int rtt_samples = 300;
+
+// Voluntary context switches of this process so far (every thread): each is
+// a thread that blocked, mostly a hand-off between two actors' threads.
+long switches() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_nvcsw;
+}
+
+double us(clock_type::duration d) {
+  return std::chrono::duration<double, std::micro>(d).count();
+}
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty())
+    return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * v.size()))];
+}
+
+// A failed step: run_node_bench turns it into its error.
+struct bench_failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// One node's actors in an actor system of its own, over a host-memory cache.
+struct side {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  std::vector<std::uint8_t> memory;
+  std::vector<void*> bases;
+  node_handles h;
+
+  side(const std::string& name, kv_layout layout, const std::string& plugin) {
+    memory.assign(layout.region_bytes() * layout.region_count(), 1);
+    for (std::size_t r = 0; r < layout.region_count(); ++r)
+      bases.push_back(memory.data() + r * layout.region_bytes());
+    node_options o;
+    o.name = name;
+    o.cache = {layout, bases, -1};
+    o.plugin = plugin;
+    auto spawned = spawn_node(sys, o);
+    if (!spawned)
+      throw bench_failure(name + ": " + render(spawned.error()));
+    h = *spawned;
+  }
+  ~side() {
+    caf::scoped_actor self{sys};
+    self->send_exit(h.node, caf::exit_reason::user_shutdown);
+    self->wait_for(h.node);
+    self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
+    self->wait_for(h.transfer);
+    sys.registry().erase(h.transfer->id()); // CAF #1110
+    caf::logger::set_current_actor_system(nullptr);
+  }
+};
+
+template<class Result, class Handle, class... Ts>
+Result ask(caf::scoped_actor& self, const Handle& to, Ts&&... xs) {
+  Result out{};
+  self->request(to, std::chrono::seconds(30), std::forward<Ts>(xs)...)
+      .receive([&](Result& r) { out = std::move(r); },
+               [&](const caf::error& e) { throw bench_failure(render(e)); });
+  return out;
+}
+
+template<class Result>
+void expect(caf::scoped_actor& self, const char* what) {
+  self->receive([](const Result&) {},
+                [&](const caf::error& e) {
+                  throw bench_failure(std::string{what} + ": " + render(e));
+                },
+                caf::after(std::chrono::seconds(30)) >>
+                    [&] {
+                      throw bench_failure(std::string{what} +
+                                          ": no reply within 30 s");
+                    });
+}
+
+std::vector<std::uint64_t> scattered(std::uint64_t n, std::uint64_t stride,
+                                     std::uint64_t cache_blocks) {
+  std::vector<std::uint64_t> ids(n);
+  for (std::uint64_t i = 0; i < n; ++i)
+    ids[i] = (i * stride) % cache_blocks;
+  return ids;
+}
+
+struct bench {
+  const node_bench_options& o;
+  side prefill{
+      "prefill-0",
+      kv_layout::vllm_per_layer(o.layers, o.cache_blocks, o.half_bytes),
+      o.plugin};
+  side decode{"decode-0",
+              kv_layout::block_major(o.layers, o.cache_blocks, o.half_bytes),
+              o.plugin};
+  caf::scoped_actor a{prefill.sys}, b{decode.sys};
+  node_actor
+      prefill_remote; // the prefill's node as the decode's system sees it
+  std::uint64_t id = 0;
+
+  explicit bench(const node_bench_options& opts) : o(opts) {
+    // The decode system reaches the prefill's node over loopback TCP.
+    caf::strong_actor_ptr remote;
+    b->request(runtime::control_middleman(decode.sys), std::chrono::seconds(10),
+               caf::connect_atom::value, std::string{"127.0.0.1"},
+               prefill.h.port)
+        .receive([&](const caf::node_id&, caf::strong_actor_ptr& p,
+                     const std::set<std::string>&) { remote = std::move(p); },
+                 [&](const caf::error& e) {
+                   throw bench_failure("connect: " + render(e));
+                 });
+    prefill_remote = caf::actor_cast<node_actor>(remote);
+    ask<std::string>(b, decode.h.node, proto::node_connect_atom::value,
+                     caf::actor_cast<caf::actor>(prefill_remote));
+  }
+
+  node_bench_row run(std::uint64_t n) {
+    node_bench_row row;
+    row.blocks = n;
+    row.bytes = n * o.layers * 2 * o.half_bytes;
+    auto src = scattered(n, 7, o.cache_blocks);
+    auto dst = scattered(n, 13, o.cache_blocks);
+    std::vector<double> rtt, control, total, data;
+    long rtt_switches = 0, pull_switches = 0;
+    auto one_rtt = [&] {
+      auto s0 = switches();
+      auto t0 = clock_type::now();
+      ask<std::vector<std::string>>(b, prefill_remote,
+                                    proto::node_peers_atom::value);
+      rtt.push_back(us(clock_type::now() - t0));
+      rtt_switches += switches() - s0;
+    };
+    for (int i = 0; i < 20; ++i) // warm-up: channel, registrations
+      one_rtt();
+    rtt.clear();
+    rtt_switches = 0;
+    for (int r = 0; r < o.repeats + 2; ++r) {
+      ++id;
+      // The prefill advertised before the decode pulls (as a stack does).
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{id, "decode-0", src, {}, false});
+      auto s0 = switches();
+      auto t0 = clock_type::now();
+      auto rep = ask<proto::node_report>(
+          b, decode.h.node, proto::node_pull_atom::value,
+          proto::node_request{id, "prefill-0", dst, {}, false});
+      auto t = us(clock_type::now() - t0);
+      if (r >= 2)
+        pull_switches += switches() - s0;
+      expect<proto::node_report>(a, "advertise");
+      row.ipc = rep.ipc;
+      auto d = static_cast<double>(rep.data_end_ns - rep.data_start_ns) / 1e3;
+      if (r >= 2) { // two warm-ups
+        total.push_back(t);
+        data.push_back(d);
+        control.push_back(t - d);
+      }
+      // Interleaved: the round trips see the same load as the requests.
+      for (int k = 0; k < rtt_samples / o.repeats + 1; ++k)
+        one_rtt();
+    }
+    row.control_p50_us = pct(control, 0.5);
+    row.control_p99_us = pct(control, 0.99);
+    row.rtt_p50_us = pct(rtt, 0.5);
+    row.rtt_p99_us = pct(rtt, 0.99);
+    row.total_p50_us = pct(total, 0.5);
+    row.data_p50_us = pct(data, 0.5);
+    row.switches_per_pull =
+        static_cast<double>(pull_switches) / static_cast<double>(o.repeats);
+    row.switches_per_rtt =
+        static_cast<double>(rtt_switches) /
+        static_cast<double>(std::max<std::size_t>(1, rtt.size()));
+    row.post_us_per_block = plan_and_post(n, src, dst);
+    return row;
+  }
+
+  // Host time to plan and post: the pull is known first, then the
+  // advertise's handler plans every layer and posts; a local request
+  // queued behind it answers once it is done.
+  double plan_and_post(std::uint64_t n, const std::vector<std::uint64_t>& src,
+                       const std::vector<std::uint64_t>& dst) {
+    std::vector<double> post;
+    for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
+      ++id;
+      b->send(decode.h.node, proto::node_pull_atom::value,
+              proto::node_request{id, "prefill-0", dst, {}, false});
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      auto t0 = clock_type::now();
+      ask<std::vector<std::string>>(a, prefill.h.node,
+                                    proto::node_peers_atom::value);
+      auto local = clock_type::now() - t0;
+      t0 = clock_type::now();
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{id, "decode-0", src, {}, false});
+      ask<std::vector<std::string>>(a, prefill.h.node,
+                                    proto::node_peers_atom::value);
+      post.push_back(us(clock_type::now() - t0 - local) /
+                     static_cast<double>(n));
+      expect<proto::node_report>(a, "advertise");
+      expect<proto::node_report>(b, "pull");
+    }
+    return pct(post, 0.5);
+  }
+};
+
+} // namespace
+
+result<std::vector<node_bench_row>>
+run_node_bench(const node_bench_options& options) {
+  if (options.repeats < 1 || options.layers == 0 || options.blocks.empty())
+    return status{ec::invalid_argument,
+                  "bench node: needs repeats >= 1, layers >= 1 and a size"};
+  for (auto n : options.blocks)
+    if (n == 0 || n > options.cache_blocks)
+      return status{ec::invalid_argument,
+                    "bench node: " + std::to_string(n) +
+                        " blocks per request (1 to " +
+                        std::to_string(options.cache_blocks) + ")"};
+  try {
+    bench b{options};
+    std::vector<node_bench_row> rows;
+    for (auto n : options.blocks)
+      rows.push_back(b.run(n));
+    return rows;
+  } catch (const std::exception& e) {
+    return status{ec::internal, std::string{"bench node: "} + e.what()};
+  }
+}
+
+} // namespace kvferry
