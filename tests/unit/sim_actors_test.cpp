@@ -43,7 +43,7 @@ caf::timespan transfer_time(std::uint64_t bytes) {
 
 struct fixture : test::actor_fixture {
   std::shared_ptr<sim::sim_network> network =
-      std::make_shared<sim::sim_network>(
+      std::make_shared<sim::fixed_network>(
           [](const std::string&, const std::string&, std::uint64_t bytes) {
             return transfer_time(bytes);
           });
