@@ -83,13 +83,16 @@ struct request_state {
   ns_t landed = -1;
   double bytes = 0;
   bool ipc = false, routed = false;
+  std::vector<std::uint32_t> held; // send orders waiting for the prefill
 };
 
 struct worker_model {
   std::string name;
   bool prefill = false;
   std::uint32_t host = 0, ipc_link = 0; // ipc-out (prefill) or ipc-in
-  ns_t gpu_free = 0;                    // prefill: its GPU's FIFO
+  std::deque<std::uint32_t> queue;      // prefill: requests for its GPU
+  bool busy = false, dead = false;
+  ns_t died = -1;
 };
 
 // The models the actors meet: timers, the GPUs, the network.
@@ -153,39 +156,68 @@ public:
     return requests.at(request_id - first_request_id);
   }
 
-  // The relay delivers a prefill request to its producer: onto the GPU.
+  // The relay delivers a prefill request to its producer: onto the GPU's
+  // queue (not for a dead worker: the router failed it already).
   void prefill_arrives(std::uint32_t producer, std::uint64_t request_id,
                        const caf::actor& consumer_relay) {
-    auto& r = request_of(request_id);
-    auto& gpu = workers[producer];
+    auto index = std::uint32_t(request_id - first_request_id);
+    auto& r = requests.at(index);
     r.routed = true;
     r.prefill = producer;
     r.decode = consumer_of_relay.at(consumer_relay.address());
-    r.ipc = gpu.host == workers[r.decode].host;
+    r.ipc = workers[producer].host == workers[r.decode].host;
     r.at_producer = now();
-    r.prefill_start = std::max(now(), gpu.gpu_free);
-    r.prefill_end = r.prefill_start + r.prefill_ns;
-    gpu.gpu_free = r.prefill_end;
+    if (workers[producer].dead || workers[r.decode].dead)
+      return;
+    auto& gpu = workers[producer];
+    gpu.queue.push_back(index);
+    if (!gpu.busy)
+      start_prefill(producer);
   }
 
   // A send order: held until its layers are computed, then the fixed
   // costs, then a flow through the links (or nothing, for no bytes).
   void start(order o) override {
     auto& r = request_of(o.transfer_id >> 12);
-    auto part = o.transfer_id & (max_parts - 1);
     if (r.first_order < 0)
       r.first_order = now();
-    std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
-    ns_t ready = parts == 1 ? r.prefill_end
-                            : r.prefill_start +
-                                  r.prefill_ns * ns_t(part + 1) / ns_t(parts);
-    double bytes = double(o.bytes);
-    double messages = std::ceil(bytes / double(topo_.transfer.chunk_bytes));
-    double fixed_us = (r.ipc ? sim_.message_us : sim_.latency_us) +
-                      messages * sim_.message_us + bytes / lbb_ * sim_.block_us;
-    auto go = std::max(now(), ready) + from_us(fixed_us);
     auto slot = take_slot(std::move(o));
-    at(go, [this, slot] { start_flow(slot); });
+    if (r.prefill_start < 0)
+      r.held.push_back(slot); // released when its prefill starts
+    else
+      release(slot);
+  }
+
+  // A worker dies (a fault): its actors go (the directory sees them go and
+  // tells the router, which fails their requests), the flows to and from it
+  // leave the links, its GPU's queue empties; requests bound for a dead
+  // decode worker leave the other GPUs' queues.
+  void kill(std::uint32_t worker, const std::vector<caf::actor>& actors) {
+    auto& w = workers[worker];
+    w.dead = true;
+    w.died = now();
+    for (auto& a : actors)
+      caf::anon_send_exit(a, caf::exit_reason::kill);
+    for (std::uint32_t slot = 0; slot < orders_.size(); ++slot) {
+      auto& o = orders_[slot];
+      if (o.live && (o.sender == w.name || o.receiver == w.name))
+        drop(slot);
+    }
+    for (auto& gpu : workers) {
+      auto& q = gpu.queue;
+      q.erase(std::remove_if(q.begin(), q.end(),
+                             [&](std::uint32_t i) {
+                               return requests[i].prefill == worker ||
+                                      requests[i].decode == worker;
+                             }),
+              q.end());
+    }
+  }
+
+  // A host's NICs run at `gbit_per_s` from now on (a fault).
+  void slow(std::uint32_t host, double gbit_per_s) {
+    for (auto link : {2 * host, 2 * host + 1})
+      net_.set_capacity(now(), link, gbit_per_s / 8.0);
   }
 
   // The link figures for the summary.
@@ -193,15 +225,71 @@ public:
   timeline& rates() { return rates_; }
 
 private:
+  // One prefill at a time, first come first served; a prefill that started
+  // runs to its end even if its request failed meanwhile.
+  void start_prefill(std::uint32_t producer) {
+    auto& gpu = workers[producer];
+    gpu.busy = !gpu.queue.empty() && !gpu.dead;
+    if (!gpu.busy)
+      return;
+    auto& r = requests[gpu.queue.front()];
+    gpu.queue.pop_front();
+    r.prefill_start = now();
+    r.prefill_end = now() + r.prefill_ns;
+    for (auto slot : r.held)
+      release(slot);
+    r.held.clear();
+    at(r.prefill_end, [this, producer] { start_prefill(producer); });
+  }
+
+  // A send order of a request whose prefill has started: its part (a layer,
+  // or the whole) is computed at its share of the prefill; then the fixed
+  // costs.
+  void release(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    auto& r = request_of(o.transfer_id >> 12);
+    auto part = o.transfer_id & (max_parts - 1);
+    std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
+    ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
+    double bytes = double(o.bytes);
+    double messages = std::ceil(bytes / double(topo_.transfer.chunk_bytes));
+    double fixed_us = (r.ipc ? sim_.message_us : sim_.latency_us) +
+                      messages * sim_.message_us + bytes / lbb_ * sim_.block_us;
+    auto go = std::max(now(), ready) + from_us(fixed_us);
+    at(go, [this, slot, gen = o.gen] {
+      if (orders_[slot].live && orders_[slot].gen == gen)
+        start_flow(slot);
+    });
+  }
+
+  // An order whose sender or receiver died: off the links, forgotten.
+  void drop(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    if (o.flow >= 0)
+      net_.remove(now(), std::uint32_t(o.flow));
+    free_order(slot);
+  }
+
+  void free_order(std::uint32_t slot) {
+    auto gen = orders_[slot].gen + 1;
+    orders_[slot] = live_order{};
+    orders_[slot].gen = gen;
+    free_orders_.push_back(slot);
+  }
+
   std::uint32_t take_slot(order o) {
+    std::uint32_t slot;
     if (!free_orders_.empty()) {
-      auto slot = free_orders_.back();
+      slot = free_orders_.back();
       free_orders_.pop_back();
-      orders_[slot] = std::move(o);
-      return slot;
+    } else {
+      slot = std::uint32_t(orders_.size());
+      orders_.emplace_back();
     }
-    orders_.push_back(std::move(o));
-    return std::uint32_t(orders_.size() - 1);
+    static_cast<order&>(orders_[slot]) = std::move(o);
+    orders_[slot].live = true;
+    orders_[slot].flow = -1;
+    return slot;
   }
 
   void start_flow(std::uint32_t slot) {
@@ -213,7 +301,8 @@ private:
     bool ipc = from.host == to.host;
     auto a = ipc ? from.ipc_link : 2 * from.host;
     auto b = ipc ? to.ipc_link : 2 * to.host + 1;
-    net_.start(now(), slot, a, b, double(o.bytes), flow_network::unlimited);
+    o.flow = std::int64_t(net_.start(now(), slot, a, b, double(o.bytes),
+                                     flow_network::unlimited));
   }
 
   void on_flow_at(ns_t t, std::uint32_t id, std::uint32_t version) {
@@ -229,8 +318,7 @@ private:
     r.landed = std::max(r.landed, now());
     r.bytes += double(o.bytes);
     land(o, now());
-    o = order{};
-    free_orders_.push_back(slot);
+    free_order(slot);
   }
 
   const topology::deployment& topo_;
@@ -242,7 +330,14 @@ private:
   double lbb_ = 0;
   std::map<std::uint64_t, std::function<void()>> timers_;
   std::uint64_t next_timer_ = 0;
-  std::vector<order> orders_;
+  // Send orders by slot (the flows' tags); `gen` voids a dropped order's
+  // timer.
+  struct live_order : order {
+    bool live = false;
+    std::int64_t flow = -1;
+    std::uint32_t gen = 0;
+  };
+  std::vector<live_order> orders_;
   std::vector<std::uint32_t> free_orders_;
 };
 
@@ -349,10 +444,7 @@ public:
         sched_(
             dynamic_cast<caf::scheduler::test_coordinator&>(sys_.scheduler())),
         models_(topo, sys_) {
-    if (!topology_faults(topo).empty() || !options.faults.empty())
-      throw std::runtime_error(
-          "--engine actors: faults are not simulated by the actors engine "
-          "yet (docs/sim.md, \"Not yet\"); use the model engine");
+    faults_ = checked_faults(topo, options);
     geometry_.layers = topo.model.layers;
     geometry_.kv_heads = topo.model.kv_heads;
     geometry_.head_dim = topo.model.head_dim;
@@ -379,6 +471,7 @@ public:
     spawned_.push_back(timer_);
     models_.build(timer_);
     start_workers();
+    schedule_faults();
     auto run = std::make_shared<router_run>();
     auto router = spawn_router(sys_, router_config_(), run);
     spawned_.push_back(caf::actor_cast<caf::actor>(router));
@@ -434,12 +527,16 @@ private:
     d.stall_tolerance = caf::timespan{0};
     dir_ = spawn_directory(sys_, d);
     spawned_.push_back(caf::actor_cast<caf::actor>(dir_));
-    // The model engine does not model the prefill workers' pools: give
-    // them room for every decode pool's worth of blocks.
+    // The model engine does not model the prefill workers' pools; the real
+    // producer takes a request's source blocks when the request comes, so
+    // its queue holds blocks: give each room for four of the largest decode
+    // pools (a bit per block), beyond which a request would wait for source
+    // blocks here and not in the model engine.
     std::uint64_t decode_blocks = 0;
     for (auto& w : topo_.workers)
       if (w.role != topology::worker_role::prefill)
-        decode_blocks += w.pool_blocks;
+        decode_blocks =
+            std::max<std::uint64_t>(decode_blocks, 4 * w.pool_blocks);
     std::vector<worker_info> infos;
     std::uint32_t index = 0;
     for (auto& w : topo_.workers) {
@@ -461,6 +558,9 @@ private:
       info.app = target;
       infos.push_back(std::move(info));
       auto r = add_relay(target, index);
+      worker_actors_.push_back(
+          {target, r, caf::actor_cast<caf::actor>(a.transfer)});
+      (prefill ? producer_worker_ : consumer_worker_).push_back(index);
       if (prefill) {
         producers_.push_back({w.name, caf::actor_cast<producer_actor>(r)});
       } else {
@@ -471,6 +571,22 @@ private:
     }
     spawned_.push_back(sys_.spawn(enrol, dir_, std::move(infos)));
     sched_.run();
+  }
+
+  // At its virtual time each fault happens to the models and the actors.
+  void schedule_faults() {
+    for (auto& f : faults_) {
+      auto at = from_ms(f.at_s * 1e3);
+      if (f.what == fault::kind::link_slow) {
+        for (std::uint32_t h = 0; h < topo_.hosts.size(); ++h)
+          if (topo_.hosts[h].name == f.target)
+            models_.at(
+                at, [this, h, rate = f.gbit_per_s] { models_.slow(h, rate); });
+      } else {
+        auto w = models_.by_name.at(f.target);
+        models_.at(at, [this, w] { models_.kill(w, worker_actors_[w]); });
+      }
+    }
   }
 
   router_config router_config_() {
@@ -516,9 +632,8 @@ private:
         options_.progress(total ? double(done) / double(total) : 1, done);
       }
     }
-    if (!run.finished())
-      throw std::runtime_error("--engine actors: the run stopped with "
-                               "requests open and nothing left to happen");
+    // Not finished: faults left no prefill or no decode worker, and the
+    // router cannot route the rest (report(): unroutable).
   }
 
   summary report(const router_results& results) {
@@ -529,8 +644,18 @@ private:
     std::vector<ns_t> first(reqs.size(), -1), last(reqs.size(), -1);
     std::vector<std::vector<decode_job>> jobs(models_.workers.size());
     std::vector<bool> ok(reqs.size(), false);
-    for (auto& row : results.requests)
+    for (auto& row : results.requests) {
       ok[row.index] = row.ok;
+      // Where the router sent it (a request may fail before any relay saw
+      // it).
+      auto& r = reqs[row.index];
+      r.routed = true;
+      r.prefill = producer_worker_[row.producer];
+      r.decode = consumer_worker_[row.consumer];
+      r.ipc = models_.workers[r.prefill].host == models_.workers[r.decode].host;
+    }
+    for (auto& f : faults_)
+      s.faults.push_back({f.text, 0});
     for (std::size_t i = 0; i < reqs.size(); ++i)
       if (ok[i])
         jobs[reqs[i].decode].push_back(
@@ -551,9 +676,10 @@ private:
         row.prefill = models_.workers[r.prefill].name;
         row.decode = models_.workers[r.decode].name;
       }
-      if (!ok[i]) {
+      if (!ok[i] || decoding_when_died(r, last[i])) {
         row.what = request_row::status::failed;
         ++failed;
+        count_failure(s, r);
       } else {
         // The grant reached the producer when it ordered the first send.
         auto grant = r.first_order;
@@ -592,6 +718,31 @@ private:
     s.ttft_slo_ms = options_.ttft_slo_ms;
     links(s, end);
     return s;
+  }
+
+  // A request answered before its decode worker died, whose last token
+  // would have come after: the model engine fails it (its KV is gone).
+  bool decoding_when_died(const request_state& r, ns_t last) const {
+    auto& d = models_.workers[r.decode];
+    return r.routed && d.dead && last > d.died;
+  }
+
+  // Which fault failed a request: the death of its prefill or decode
+  // worker; none when it was never routed (unroutable).
+  void count_failure(summary& s, const request_state& r) {
+    if (!r.routed) {
+      ++s.unroutable;
+      return;
+    }
+    for (std::size_t i = 0; i < faults_.size(); ++i) {
+      auto& f = faults_[i];
+      if (f.what == fault::kind::worker_down &&
+          (f.target == models_.workers[r.prefill].name ||
+           f.target == models_.workers[r.decode].name)) {
+        ++s.faults[i].failed;
+        return;
+      }
+    }
   }
 
   void links(summary& s, ns_t end) {
@@ -640,6 +791,11 @@ private:
   std::vector<router_worker<producer_actor>> producers_;
   std::vector<router_worker<caf::actor>> consumers_;
   std::vector<caf::actor> spawned_;
+  std::vector<fault> faults_;
+  // The router's producers and consumers: their worker indexes.
+  std::vector<std::uint32_t> producer_worker_, consumer_worker_;
+  // Per worker: its app actor, its relay, its transfer actor.
+  std::vector<std::vector<caf::actor>> worker_actors_;
 };
 
 } // namespace

@@ -220,28 +220,10 @@ private:
     return net_.add_link(std::move(name), capacity);
   }
 
-  // The topology's faults, then the caller's (--fault); every one names a
-  // worker or host of this topology.
   void check_faults() {
-    faults_ = topology_faults(topo_);
-    faults_.insert(faults_.end(), options_.faults.begin(),
-                   options_.faults.end());
-    for (auto& f : faults_) {
-      bool found = false;
-      if (f.what == fault::kind::worker_down) {
-        for (auto& w : topo_.workers)
-          found = found || w.name == f.target;
-      } else {
-        for (auto& h : topo_.hosts)
-          found = found || h.name == f.target;
-      }
-      if (!found)
-        throw std::runtime_error(fmt::format(
-            "{} {}: {} has no {} named '{}'", f.origin, f.text,
-            topo_.source_file,
-            f.what == fault::kind::worker_down ? "worker" : "host", f.target));
+    faults_ = checked_faults(topo_, options_);
+    for (auto& f : faults_)
       out_.faults.push_back({f.text, 0});
-    }
   }
 
   // ---- events --------------------------------------------------------------

@@ -115,6 +115,11 @@ struct summary {
   series prefill_queue, pool_queue;
 };
 
+/// The topology's faults, then the options' (--fault), each checked to name
+/// a worker or host of `t` (std::runtime_error naming where it was written).
+std::vector<fault> checked_faults(const topology::deployment& t,
+                                  const run_options& options);
+
 /// Runs the whole trace. Throws trace_error for a bad trace line and
 /// std::runtime_error for an output file that cannot be written.
 summary run(trace_reader& trace, const topology::deployment& topology,
