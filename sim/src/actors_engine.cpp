@@ -690,10 +690,13 @@ private:
         row.parts[3] = r.landed - ready;
         row.parts[4] = first[i] - r.landed;
         row.ttft = first[i] - r.trace.arrival_ns;
-        // As the model engine: layer-wise from the grant, else from when
-        // both prefill and grant are done.
-        row.transfer_total =
-            r.landed - (topo_.transfer.layerwise ? grant : ready);
+        // Layer-wise from when the grant is in and the prefill has begun
+        // (the model engine asks for the grant as the prefill begins; the
+        // real producer as the request comes), else from when both the
+        // prefill and the grant are done.
+        row.transfer_total = r.landed - (topo_.transfer.layerwise
+                                             ? std::max(grant, r.prefill_start)
+                                             : ready);
         row.e2e = last[i] - r.trace.arrival_ns;
         row.bytes = r.bytes;
         record(s, row, options_.ttft_slo_ms);
