@@ -14,10 +14,11 @@
 //   hold every message `hop_us` before passing it on; replies go straight
 //   back (one hop per request-reply pair, where the model engine charges
 //   allocate and grant one each);
-// - decode: after the run, from the times each request's last byte landed
-//   at its consumer (its recv orders answered), by the engine's
-//   continuous-batching model. The consumer frees a request's blocks when it
-//   answers, not after decode: pools fill less than in the model engine.
+// - decode: once a request's last byte landed at its consumer (its recv
+//   orders answered) it joins the engine's continuous-batching model; the
+//   consumer keeps its blocks (keep_blocks_until_decoded) until the model
+//   says it left decode (`decoded_atom`), so admission waits as in the
+//   model engine.
 //
 // One clock: every model event is a delayed message to a timer actor, so
 // the test coordinator's clock (trigger_timeout, earliest first, ties in
@@ -84,6 +85,8 @@ struct request_state {
   double bytes = 0;
   bool ipc = false, routed = false;
   std::vector<std::uint32_t> held; // send orders waiting for the prefill
+  std::uint32_t parts_landed = 0;
+  ns_t first_token = -1, last_token = -1;
 };
 
 struct worker_model {
@@ -93,6 +96,17 @@ struct worker_model {
   std::deque<std::uint32_t> queue;      // prefill: requests for its GPU
   bool busy = false, dead = false;
   ns_t died = -1;
+  // Decode: the consumer to tell, requests whose KV is complete, the batch
+  // (by the step giving their last token), those whose first token ends
+  // this step.
+  caf::actor app;
+  std::deque<std::uint32_t> ready;
+  using leaving = std::pair<std::uint64_t, std::uint32_t>; // (step, request)
+  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
+      running;
+  std::vector<std::uint32_t> joined;
+  std::uint64_t steps = 0;
+  bool stepping = false;
 };
 
 // The models the actors meet: timers, the GPUs, the network.
@@ -196,6 +210,10 @@ public:
     auto& w = workers[worker];
     w.dead = true;
     w.died = now();
+    decoding_ -= w.ready.size() + w.running.size();
+    w.ready.clear();
+    w.running = {};
+    w.joined.clear();
     for (auto& a : actors)
       caf::anon_send_exit(a, caf::exit_reason::kill);
     for (std::uint32_t slot = 0; slot < orders_.size(); ++slot) {
@@ -219,6 +237,10 @@ public:
     for (auto link : {2 * host, 2 * host + 1})
       net_.set_capacity(now(), link, gbit_per_s / 8.0);
   }
+
+  /// Requests in a live decode worker's batch or waiting for it: the run
+  /// goes on until they leave, after the router has its answers.
+  std::uint64_t decoding() const { return decoding_; }
 
   // The link figures for the summary.
   const flow_network& network() const { return net_; }
@@ -319,6 +341,59 @@ private:
     r.bytes += double(o.bytes);
     land(o, now());
     free_order(slot);
+    std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
+    if (++r.parts_landed == parts)
+      join_decode(std::uint32_t(&r - requests.data()));
+  }
+
+  // ---- decode: the model engine's continuous batching (engine.cpp,
+  // start_step / on_step_done); a request that leaves frees its blocks at
+  // the consumer (`decoded`, keep_blocks_until_decoded).
+
+  void join_decode(std::uint32_t index) {
+    auto& d = workers[requests[index].decode];
+    if (d.dead)
+      return;
+    d.ready.push_back(index);
+    ++decoding_;
+    if (!d.stepping)
+      start_step(requests[index].decode);
+  }
+
+  void start_step(std::uint32_t worker) {
+    auto& d = workers[worker];
+    while (!d.ready.empty() && d.running.size() < sim_.decode_max_batch) {
+      auto index = d.ready.front();
+      d.ready.pop_front();
+      auto tokens =
+          std::max<std::uint32_t>(1, requests[index].trace.output_tokens);
+      d.running.push({d.steps + tokens, index});
+      d.joined.push_back(index);
+    }
+    d.stepping = !d.running.empty();
+    if (d.stepping)
+      at(now() + from_ms(interpolate(sim_.decode_step_ms,
+                                     double(d.running.size()))),
+         [this, worker] { step_done(worker); });
+  }
+
+  void step_done(std::uint32_t worker) {
+    auto& d = workers[worker];
+    if (d.dead)
+      return;
+    ++d.steps;
+    for (auto index : d.joined)
+      requests[index].first_token = now();
+    d.joined.clear();
+    while (!d.running.empty() && d.running.top().first == d.steps) {
+      auto index = d.running.top().second;
+      d.running.pop();
+      requests[index].last_token = now();
+      --decoding_;
+      caf::anon_send(d.app, proto::decoded_atom::value,
+                     first_request_id + index);
+    }
+    start_step(worker);
   }
 
   const topology::deployment& topo_;
@@ -330,6 +405,7 @@ private:
   double lbb_ = 0;
   std::map<std::uint64_t, std::function<void()>> timers_;
   std::uint64_t next_timer_ = 0;
+  std::uint64_t decoding_ = 0;
   // Send orders by slot (the flows' tags); `gen` voids a dropped order's
   // timer.
   struct live_order : order {
@@ -389,51 +465,6 @@ caf::behavior enrol(caf::event_based_actor* self, directory_actor dir,
                   std::string{"sim"})
         .then([](lease&) {}, [](caf::error&) {});
   return {[](proto::sweep_atom) {}};
-}
-
-// The engine's continuous batching (engine.cpp, start_step/on_step_done),
-// replayed for one decode worker over the times its requests' KV was
-// complete (in that order): each request's first-token and last-token
-// times.
-struct decode_job {
-  ns_t ready;
-  std::uint32_t tokens;
-  std::size_t request;
-};
-void replay_decode(std::vector<decode_job>& jobs, const topology::sim_spec& sim,
-                   std::vector<ns_t>& first, std::vector<ns_t>& last) {
-  std::stable_sort(jobs.begin(), jobs.end(),
-                   [](const decode_job& a, const decode_job& b) {
-                     return a.ready < b.ready;
-                   });
-  using leaving = std::pair<std::uint64_t, std::size_t>; // (step, request)
-  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
-      running;
-  std::deque<std::size_t> ready;
-  std::size_t next = 0;
-  std::uint64_t steps = 0;
-  ns_t now = 0;
-  while (next < jobs.size() || !ready.empty() || !running.empty()) {
-    if (running.empty() && ready.empty())
-      now = std::max(now, jobs[next].ready);
-    while (next < jobs.size() && jobs[next].ready <= now)
-      ready.push_back(next++);
-    std::vector<std::size_t> joined;
-    while (!ready.empty() && running.size() < sim.decode_max_batch) {
-      auto& j = jobs[ready.front()];
-      ready.pop_front();
-      running.push({steps + std::max<std::uint32_t>(1, j.tokens), j.request});
-      joined.push_back(j.request);
-    }
-    now += from_ms(interpolate(sim.decode_step_ms, double(running.size())));
-    ++steps;
-    for (auto r : joined)
-      first[r] = now;
-    while (!running.empty() && running.top().first == steps) {
-      last[running.top().second] = now;
-      running.pop();
-    }
-  }
 }
 
 class actors_engine {
@@ -510,6 +541,9 @@ private:
     // The model engine negotiates every request (allocate/grant): no credit.
     a.credit_blocks = 0;
     a.lend_percent = 0;
+    // The decode model says when a request leaves decode and its blocks
+    // are free, as the model engine holds them.
+    a.keep_blocks_until_decoded = true;
     return a;
   }
 
@@ -555,6 +589,7 @@ private:
       else
         target = caf::actor_cast<caf::actor>(spawn_consumer(sys_, a));
       spawned_.push_back(target);
+      models_.workers[index].app = target;
       info.app = target;
       infos.push_back(std::move(info));
       auto r = add_relay(target, index);
@@ -624,7 +659,8 @@ private:
     sched_.run();
     std::uint64_t timers = 0;
     auto total = models_.requests.size();
-    while (!run.finished() && sched_.has_pending_timeout()) {
+    while ((!run.finished() || models_.decoding() > 0) &&
+           sched_.has_pending_timeout()) {
       sched_.trigger_timeout();
       sched_.run();
       if (options_.progress && (++timers & 0xffff) == 0) {
@@ -640,9 +676,6 @@ private:
     summary s;
     s.engine = "actors";
     auto& reqs = models_.requests;
-    // Decode, per worker, from the times each request's KV was complete.
-    std::vector<ns_t> first(reqs.size(), -1), last(reqs.size(), -1);
-    std::vector<std::vector<decode_job>> jobs(models_.workers.size());
     std::vector<bool> ok(reqs.size(), false);
     for (auto& row : results.requests) {
       ok[row.index] = row.ok;
@@ -656,12 +689,6 @@ private:
     }
     for (auto& f : faults_)
       s.faults.push_back({f.text, 0});
-    for (std::size_t i = 0; i < reqs.size(); ++i)
-      if (ok[i])
-        jobs[reqs[i].decode].push_back(
-            {reqs[i].landed, reqs[i].trace.output_tokens, i});
-    for (auto& j : jobs)
-      replay_decode(j, topo_.sim, first, last);
     request_csv csv(options_.out_dir);
     ns_t end = 0;
     std::uint64_t failed = 0;
@@ -676,7 +703,10 @@ private:
         row.prefill = models_.workers[r.prefill].name;
         row.decode = models_.workers[r.decode].name;
       }
-      if (!ok[i] || decoding_when_died(r, last[i])) {
+      if (!ok[i] && larger_than_pool(r)) {
+        row.what = request_row::status::rejected; // the consumer refused it
+        ++s.rejected;
+      } else if (!ok[i] || decoding_when_died(r)) {
         row.what = request_row::status::failed;
         ++failed;
         count_failure(s, r);
@@ -688,8 +718,8 @@ private:
         row.parts[1] = r.prefill_ns;
         row.parts[2] = std::max<ns_t>(0, grant - r.prefill_end);
         row.parts[3] = r.landed - ready;
-        row.parts[4] = first[i] - r.landed;
-        row.ttft = first[i] - r.trace.arrival_ns;
+        row.parts[4] = r.first_token - r.landed;
+        row.ttft = r.first_token - r.trace.arrival_ns;
         // Layer-wise from when the grant is in and the prefill has begun
         // (the model engine asks for the grant as the prefill begins; the
         // real producer as the request comes), else from when both the
@@ -697,10 +727,10 @@ private:
         row.transfer_total = r.landed - (topo_.transfer.layerwise
                                              ? std::max(grant, r.prefill_start)
                                              : ready);
-        row.e2e = last[i] - r.trace.arrival_ns;
+        row.e2e = r.last_token - r.trace.arrival_ns;
         row.bytes = r.bytes;
         record(s, row, options_.ttft_slo_ms);
-        end = std::max(end, last[i]);
+        end = std::max(end, r.last_token);
       }
       csv.row(row);
     }
@@ -716,18 +746,29 @@ private:
     s.hosts = topo_.hosts.size();
     s.requests = reqs.size();
     s.failed = failed;
-    s.completed = reqs.size() - failed;
+    s.completed = reqs.size() - failed - s.rejected;
     s.span_s = double(end) / 1e9;
     s.ttft_slo_ms = options_.ttft_slo_ms;
     links(s, end);
     return s;
   }
 
+  // More layer-blocks than its decode worker's whole pool: the consumer
+  // refuses it at once (waiting cannot help); the model engine calls it
+  // rejected.
+  bool larger_than_pool(const request_state& r) const {
+    if (!r.routed)
+      return false;
+    auto bt = topo_.model.block_tokens;
+    std::uint64_t blocks = (r.trace.input_tokens + bt - 1) / bt;
+    return blocks * topo_.model.layers > topo_.workers[r.decode].pool_blocks;
+  }
+
   // A request answered before its decode worker died, whose last token
-  // would have come after: the model engine fails it (its KV is gone).
-  bool decoding_when_died(const request_state& r, ns_t last) const {
+  // had not come: the model engine fails it too (its KV is gone).
+  bool decoding_when_died(const request_state& r) const {
     auto& d = models_.workers[r.decode];
-    return r.routed && d.dead && last > d.died;
+    return r.routed && d.dead && (r.last_token < 0 || r.last_token > d.died);
   }
 
   // Which fault failed a request: the death of its prefill or decode
