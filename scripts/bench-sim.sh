@@ -63,17 +63,23 @@ sample=$repo/../shared/traces/mooncake_synthetic_trace.jsonl
 sample=$repo/../shared/traces/AzureLLMInferenceTrace_code.csv
 [ -f "$sample" ] && measure "$sample" "AzureLLMInferenceTrace_code" 8819
 
-awk 'BEGIN {
-  print "name: sim-1000\nhosts:";
-  for (h = 0; h < 125; h++) printf "  - {name: h%d, address: 10.1.%d.%d}\n", h, int(h / 200), h % 200 + 1;
-  print "directory: {host: h0}\nworkers:";
-  for (w = 0; w < 1000; w++)
-    printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
-      w < 512 ? "prefill" : "decode", w, w < 512 ? "prefill" : "decode", int(w / 8), w % 8,
-      w < 512 ? 100000 : 700000;
-  print "transfer: {layerwise: true}\ncontrol: {bind: host}";
-  print "sim: {nic_gbit_per_s: 200, nics_per_host: 4, routing: least-loaded}";
-}' >"$work/sim-1000.yaml"
+# A topology of WORKERS GPUs, PER_HOST to a host with NICS NICs of 200
+# Gbit/s each, the first PREFILL of them prefill GPUs (least-loaded,
+# layer-wise).
+write_topology() { # file workers per_host prefill nics
+  awk -v name="$(basename "$1" .yaml)" -v n="$2" -v per="$3" -v p="$4" -v nics="$5" 'BEGIN {
+    printf "name: %s\nhosts:\n", name;
+    for (h = 0; h < n / per; h++) printf "  - {name: h%d, address: 10.1.%d.%d}\n", h, int(h / 200), h % 200 + 1;
+    print "directory: {host: h0}\nworkers:";
+    for (w = 0; w < n; w++)
+      printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
+        w < p ? "prefill" : "decode", w, w < p ? "prefill" : "decode", int(w / per), w % per,
+        w < p ? 100000 : 700000;
+    print "transfer: {layerwise: true}\ncontrol: {bind: host}";
+    printf "sim: {nic_gbit_per_s: 200, nics_per_host: %d, routing: least-loaded}\n", nics;
+  }' >"$1"
+}
+write_topology "$work/sim-1000.yaml" 1000 8 512 4
 synthetic 100000 0.25
 measure "$work/trace.jsonl" "1,000 workers, 1 per 0.25 ms" 100000 "$work/sim-1000.yaml"
 
@@ -84,17 +90,7 @@ measure "$work/trace.jsonl" "1,000 workers, 1 per 0.25 ms" 100000 "$work/sim-100
 # GPUs, 2 x 200 Gbit/s each; 52 prefill GPUs on 13 hosts, 48 decode on 12;
 # least-loaded, layer-wise; one request per 2 ms).
 actors_requests=${ACTORS_REQUESTS:-10000}
-awk 'BEGIN {
-  print "name: sim-100\nhosts:";
-  for (h = 0; h < 25; h++) printf "  - {name: h%d, address: 10.2.0.%d}\n", h, h + 1;
-  print "directory: {host: h0}\nworkers:";
-  for (w = 0; w < 100; w++)
-    printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
-      w < 52 ? "prefill" : "decode", w, w < 52 ? "prefill" : "decode", int(w / 4), w % 4,
-      w < 52 ? 100000 : 700000;
-  print "transfer: {layerwise: true}\ncontrol: {bind: host}";
-  print "sim: {nic_gbit_per_s: 200, nics_per_host: 2, routing: least-loaded}";
-}' >"$work/sim-100.yaml"
+write_topology "$work/sim-100.yaml" 100 4 52 2
 for engine in model actors; do
   synthetic "$actors_requests" 30
   measure "$work/trace.jsonl" "8 workers, $engine engine" "$actors_requests" "$topology" "$engine"

@@ -40,6 +40,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "decode_batch.hpp"
 #include "flow_network.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/directory.hpp"
@@ -100,13 +101,7 @@ struct worker_model {
   // (by the step giving their last token), those whose first token ends
   // this step.
   caf::actor app;
-  std::deque<std::uint32_t> ready;
-  using leaving = std::pair<std::uint64_t, std::uint32_t>; // (step, request)
-  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
-      running;
-  std::vector<std::uint32_t> joined;
-  std::uint64_t steps = 0;
-  bool stepping = false;
+  decode_batch batch; // requests (indexes) whose KV is complete
 };
 
 // The models the actors meet: timers, the GPUs, the network.
@@ -210,10 +205,8 @@ public:
     auto& w = workers[worker];
     w.dead = true;
     w.died = now();
-    decoding_ -= w.ready.size() + w.running.size();
-    w.ready.clear();
-    w.running = {};
-    w.joined.clear();
+    decoding_ -= w.batch.size();
+    w.batch.clear();
     for (auto& a : actors)
       caf::anon_send_exit(a, caf::exit_reason::kill);
     for (std::uint32_t slot = 0; slot < orders_.size(); ++slot) {
@@ -354,26 +347,19 @@ private:
     auto& d = workers[requests[index].decode];
     if (d.dead)
       return;
-    d.ready.push_back(index);
+    d.batch.ready.push_back(index);
     ++decoding_;
-    if (!d.stepping)
+    if (!d.batch.stepping)
       start_step(requests[index].decode);
   }
 
   void start_step(std::uint32_t worker) {
-    auto& d = workers[worker];
-    while (!d.ready.empty() && d.running.size() < sim_.decode_max_batch) {
-      auto index = d.ready.front();
-      d.ready.pop_front();
-      auto tokens =
-          std::max<std::uint32_t>(1, requests[index].trace.output_tokens);
-      d.running.push({d.steps + tokens, index});
-      d.joined.push_back(index);
-    }
-    d.stepping = !d.running.empty();
-    if (d.stepping)
-      at(now() + from_ms(interpolate(sim_.decode_step_ms,
-                                     double(d.running.size()))),
+    auto size = workers[worker].batch.start(
+        sim_.decode_max_batch, [this](std::uint32_t index) {
+          return requests[index].trace.output_tokens;
+        });
+    if (size > 0)
+      at(now() + from_ms(interpolate(sim_.decode_step_ms, double(size))),
          [this, worker] { step_done(worker); });
   }
 
@@ -381,18 +367,14 @@ private:
     auto& d = workers[worker];
     if (d.dead)
       return;
-    ++d.steps;
-    for (auto index : d.joined)
-      requests[index].first_token = now();
-    d.joined.clear();
-    while (!d.running.empty() && d.running.top().first == d.steps) {
-      auto index = d.running.top().second;
-      d.running.pop();
-      requests[index].last_token = now();
-      --decoding_;
-      caf::anon_send(d.app, proto::decoded_atom::value,
-                     first_request_id + index);
-    }
+    d.batch.step_done(
+        [this](std::uint32_t index) { requests[index].first_token = now(); },
+        [&](std::uint32_t index) {
+          requests[index].last_token = now();
+          --decoding_;
+          caf::anon_send(d.app, proto::decoded_atom::value,
+                         first_request_id + index);
+        });
     start_step(worker);
   }
 

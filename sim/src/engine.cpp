@@ -27,6 +27,7 @@
 
 #include <fmt/format.h>
 
+#include "decode_batch.hpp"
 #include "flow_network.hpp"
 #include "kvferry/actors/route_policy.hpp"
 #include "kvferry/sim/sim.hpp"
@@ -94,7 +95,6 @@ struct request {
   ns_t prefill_ns = 0, tail_ns = 0;
   std::uint64_t blocks = 0; // layer-blocks held at the consumer
   double bytes = 0, saved = 0;
-  std::uint64_t last_step = 0; // its decode worker's step giving its last token
   // Bumped when the slot is freed, so that the events of a request that
   // failed (a fault) do not reach the slot's next occupant.
   std::uint32_t gen = 0;
@@ -119,15 +119,9 @@ struct decode_worker {
   std::string name;
   std::uint32_t host = 0, ipc_in = 0;
   std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0;
-  std::deque<std::uint32_t> waiting, ready;
-  // The batch, kept so that a step costs what joins and leaves, not the
-  // batch size: requests by the step that gives their last token.
-  using leaving = std::pair<std::uint64_t, std::uint32_t>; // (step, slot)
-  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
-      running;
-  std::vector<std::uint32_t> joined; // their first token ends this step
-  std::uint64_t steps = 0;           // steps completed
-  bool stepping = false, dead = false;
+  std::deque<std::uint32_t> waiting;
+  decode_batch batch; // requests (slots) whose KV is complete
+  bool dead = false;
   prefix_cache cache;       // the blocks it holds (prefix reuse)
   double used_integral = 0; // block-ns
   ns_t last_change = 0;
@@ -506,43 +500,31 @@ private:
     if (sim_.prefix_reuse)
       d.cache.touch(r.trace.hash_ids);
     router_->landed(r.decode, r.trace.hash_ids);
-    d.ready.push_back(slot);
-    if (!d.stepping)
+    d.batch.ready.push_back(slot);
+    if (!d.batch.stepping)
       start_step(r.decode);
   }
 
   void start_step(std::uint32_t worker) {
-    auto& d = decodes_[worker];
-    while (!d.ready.empty() && d.running.size() < sim_.decode_max_batch) {
-      auto slot = d.ready.front();
-      d.ready.pop_front();
-      auto tokens =
-          std::max<std::uint32_t>(1, slots_[slot].trace.output_tokens);
-      slots_[slot].last_step = d.steps + tokens;
-      d.running.push({slots_[slot].last_step, slot});
-      d.joined.push_back(slot);
-    }
-    d.stepping = !d.running.empty();
-    if (d.stepping)
-      schedule(now_ + from_ms(interpolate(sim_.decode_step_ms,
-                                          double(d.running.size()))),
+    auto size = decodes_[worker].batch.start(
+        sim_.decode_max_batch, [this](std::uint32_t slot) {
+          return slots_[slot].trace.output_tokens;
+        });
+    if (size > 0)
+      schedule(now_ + from_ms(interpolate(sim_.decode_step_ms, double(size))),
                ev::step_done, worker);
   }
 
   void on_step_done(std::uint32_t worker) {
     auto& d = decodes_[worker];
-    ++d.steps;
-    for (auto slot : d.joined)
-      slots_[slot].first_token = now_;
-    d.joined.clear();
     std::uint64_t freed = 0;
-    while (!d.running.empty() && d.running.top().first == d.steps) {
-      auto slot = d.running.top().second;
-      d.running.pop();
-      freed += slots_[slot].blocks;
-      router_->decode_done(worker, std::int64_t(slots_[slot].blocks));
-      finalize(slot);
-    }
+    d.batch.step_done(
+        [this](std::uint32_t slot) { slots_[slot].first_token = now_; },
+        [&](std::uint32_t slot) {
+          freed += slots_[slot].blocks;
+          router_->decode_done(worker, std::int64_t(slots_[slot].blocks));
+          finalize(slot);
+        });
     if (freed > 0)
       release(d, freed);
     start_step(worker);
@@ -612,10 +594,7 @@ private:
           fail(slot, fault);
       count_queued(pool_queue, -std::int64_t(d.waiting.size()));
       d.waiting.clear();
-      d.ready.clear();
-      d.joined.clear();
-      d.running = {};
-      d.stepping = false;
+      d.batch.clear();
       set_used(d, 0);
     }
   }

@@ -142,26 +142,30 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
 
 } // namespace
 
-void sim_network::land(const order& o, std::int64_t landed_ns) {
+namespace {
+
+// What both ends hear when `o`'s bytes landed at `landed_ns`.
+proto::landed landed_of(const sim_network::order& o, std::int64_t landed_ns) {
   proto::landed l;
   l.sender = o.sender;
   l.transfer_id = o.transfer_id;
   l.bytes = o.bytes;
   l.launched_ns = o.ordered_ns;
   l.copied_ns = landed_ns;
+  return l;
+}
+
+} // namespace
+
+void sim_network::land(const order& o, std::int64_t landed_ns) {
+  auto l = landed_of(o, landed_ns);
   caf::anon_send(o.to, proto::landed_atom::value, l);
   caf::anon_send(o.from, proto::landed_atom::value, std::move(l));
 }
 
 void fixed_network::start(order o) {
   auto took = model_(o.sender, o.receiver, o.bytes);
-  auto landed = o.ordered_ns + took.count();
-  proto::landed l;
-  l.sender = o.sender;
-  l.transfer_id = o.transfer_id;
-  l.bytes = o.bytes;
-  l.launched_ns = o.ordered_ns;
-  l.copied_ns = landed;
+  auto l = landed_of(o, o.ordered_ns + took.count());
   caf::delayed_anon_send(o.to, took, proto::landed_atom::value, l);
   caf::delayed_anon_send(o.from, took, proto::landed_atom::value, std::move(l));
 }

@@ -13,21 +13,27 @@
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
 #include "skip_case.hpp"
+#include "slurp.hpp"
 
 using kvferry::test::run_kvferry;
 using kvferry::test::scratch_dir;
+using kvferry::test::slurp;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
 const std::string topology = KVFERRY_SOURCE_DIR "/configs/sim-2p2d.yaml";
 const std::string sample =
     KVFERRY_SOURCE_DIR "/../shared/traces/mooncake_synthetic_trace.jsonl";
+
+// True (and the case skipped, saying why) without ../shared/traces.
+bool sample_missing() {
+  if (fs::exists(sample))
+    return false;
+  kvferry::test::skip_case(sample + " is absent: clone the shared folder "
+                                    "beside the repository");
+  return true;
+}
 
 // The sample's first `n` lines.
 std::string head(const scratch_dir& dir, std::size_t n) {
@@ -89,11 +95,8 @@ std::size_t completed(const std::string& csv) {
 } // namespace
 
 TEST_CASE("the model and the actors engine agree request by request") {
-  if (!fs::exists(sample)) {
-    kvferry::test::skip_case(sample + " is absent: clone the shared folder "
-                                      "beside the repository");
+  if (sample_missing())
     return;
-  }
   scratch_dir dir("sim-engines");
   auto trace = head(dir, 200);
   sim(trace, "model", dir.path / "model");
@@ -125,11 +128,8 @@ TEST_CASE("the model and the actors engine agree request by request") {
 
 TEST_CASE("the two engines agree with a worker death: the same requests "
           "fail, the rest agree request by request") {
-  if (!fs::exists(sample)) {
-    kvferry::test::skip_case(sample + " is absent: clone the shared folder "
-                                      "beside the repository");
+  if (sample_missing())
     return;
-  }
   scratch_dir dir("sim-engines-fault");
   auto trace = head(dir, 200);
   // decode-1 dies 30 s into the trace, with requests queued, prefilling,
@@ -153,11 +153,8 @@ TEST_CASE("the two engines agree with a worker death: the same requests "
 
 TEST_CASE("the two engines agree when decode pools run short: requests wait "
           "for blocks held by requests still decoding") {
-  if (!fs::exists(sample)) {
-    kvferry::test::skip_case(sample + " is absent: clone the shared folder "
-                                      "beside the repository");
+  if (sample_missing())
     return;
-  }
   scratch_dir dir("sim-engines-pools");
   auto trace = head(dir, 200);
   // sim-2p2d.yaml with pools of 150,000 layer-blocks: some requests wait,
