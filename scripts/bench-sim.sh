@@ -15,7 +15,8 @@
 # then the scale case: a 1,000-worker topology written here (125 hosts of 8
 # GPUs, 4 x 200 Gbit/s each; 512 prefill GPUs on the first 64 hosts, 488
 # decode GPUs on the rest; least-loaded; layer-wise) under 100,000 requests
-# at one per 0.25 ms (about 400 transfers in flight).
+# at one per 0.25 ms (about 400 transfers in flight). Last, the model and
+# the actors engine side by side at 8 and 100 workers (below).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 kvferry=${1:-$repo/build/bin/kvferry}
@@ -26,13 +27,13 @@ topology=$repo/configs/sim-4p4d.yaml
 work=$(mktemp -d /tmp/bench-sim-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-measure() { # trace label requests [topology]
+measure() { # trace label requests [topology [engine]]
   local start end wall rss
   start=$(date +%s.%N)
   # PATH without gnuplot: the plots are skipped, so that the figures are
   # the simulator's alone (time counts a process's children too).
   /usr/bin/time -f '%M %U %S' -o "$work/rss" \
-    env PATH=/nonexistent "$kvferry" sim --trace "$1" --topology "${4:-$topology}" --out "$work/out" >/dev/null
+    env PATH=/nonexistent "$kvferry" sim --engine "${5:-model}" --trace "$1" --topology "${4:-$topology}" --out "$work/out" >/dev/null
   end=$(date +%s.%N)
   wall=$(echo "$end - $start" | bc -l)
   read -r rss user sys <"$work/rss"
@@ -62,17 +63,38 @@ sample=$repo/../shared/traces/mooncake_synthetic_trace.jsonl
 sample=$repo/../shared/traces/AzureLLMInferenceTrace_code.csv
 [ -f "$sample" ] && measure "$sample" "AzureLLMInferenceTrace_code" 8819
 
-awk 'BEGIN {
-  print "name: sim-1000\nhosts:";
-  for (h = 0; h < 125; h++) printf "  - {name: h%d, address: 10.1.%d.%d}\n", h, int(h / 200), h % 200 + 1;
-  print "directory: {host: h0}\nworkers:";
-  for (w = 0; w < 1000; w++)
-    printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
-      w < 512 ? "prefill" : "decode", w, w < 512 ? "prefill" : "decode", int(w / 8), w % 8,
-      w < 512 ? 100000 : 700000;
-  print "transfer: {layerwise: true}\ncontrol: {bind: host}";
-  print "sim: {nic_gbit_per_s: 200, nics_per_host: 4, routing: least-loaded}";
-}' >"$work/sim-1000.yaml"
+# A topology of WORKERS GPUs, PER_HOST to a host with NICS NICs of 200
+# Gbit/s each, the first PREFILL of them prefill GPUs (least-loaded,
+# layer-wise).
+write_topology() { # file workers per_host prefill nics
+  awk -v name="$(basename "$1" .yaml)" -v n="$2" -v per="$3" -v p="$4" -v nics="$5" 'BEGIN {
+    printf "name: %s\nhosts:\n", name;
+    for (h = 0; h < n / per; h++) printf "  - {name: h%d, address: 10.1.%d.%d}\n", h, int(h / 200), h % 200 + 1;
+    print "directory: {host: h0}\nworkers:";
+    for (w = 0; w < n; w++)
+      printf "  - {name: %s-%d, role: %s, host: h%d, gpu: %d, pool_blocks: %d}\n",
+        w < p ? "prefill" : "decode", w, w < p ? "prefill" : "decode", int(w / per), w % per,
+        w < p ? 100000 : 700000;
+    print "transfer: {layerwise: true}\ncontrol: {bind: host}";
+    printf "sim: {nic_gbit_per_s: 200, nics_per_host: %d, routing: least-loaded}\n", nics;
+  }' >"$1"
+}
+write_topology "$work/sim-1000.yaml" 1000 8 512 4
 synthetic 100000 0.25
 measure "$work/trace.jsonl" "1,000 workers, 1 per 0.25 ms" 100000 "$work/sim-1000.yaml"
+
+# The two engines in the same run (docs/sim.md, "The actors engine"): the
+# model engine and `--engine actors` (the real actors under CAF's test
+# coordinator) on ACTORS_REQUESTS (default 10,000) synthetic requests, at 8
+# workers (configs/sim-4p4d.yaml) and at 100 (written here: 25 hosts of 4
+# GPUs, 2 x 200 Gbit/s each; 52 prefill GPUs on 13 hosts, 48 decode on 12;
+# least-loaded, layer-wise; one request per 2 ms).
+actors_requests=${ACTORS_REQUESTS:-10000}
+write_topology "$work/sim-100.yaml" 100 4 52 2
+for engine in model actors; do
+  synthetic "$actors_requests" 30
+  measure "$work/trace.jsonl" "8 workers, $engine engine" "$actors_requests" "$topology" "$engine"
+  synthetic "$actors_requests" 2
+  measure "$work/trace.jsonl" "100 workers, $engine engine" "$actors_requests" "$work/sim-100.yaml" "$engine"
+done
 exit 0

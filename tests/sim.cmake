@@ -11,3 +11,8 @@ kvferry_add_test(NAME test_sim_actors SOURCES unit/sim_actors_test.cpp
 kvferry_add_test(NAME test_sim_cli SOURCES integration/sim_cli_test.cpp
   LIBS kvferry_sim_trace LABELS integration TIMEOUT 180)
 add_dependencies(test_sim_cli kvferry)
+# The model engine and the actors engine on the same trace, request by
+# request (docs/sim.md, "The two engines").
+kvferry_add_test(NAME test_sim_engines SOURCES integration/sim_engines_test.cpp
+  LIBS kvferry_sim_fidelity LABELS integration TIMEOUT 300)
+add_dependencies(test_sim_engines kvferry)

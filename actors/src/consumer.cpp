@@ -255,7 +255,10 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   auto t0 = clock_type::now();
   auto bad = verify(self, *ctx);
   auto verify_ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
-  release_blocks(self, *ctx);
+  if (!bad && self->state.cfg.keep_blocks_until_decoded)
+    self->state.decoding.emplace(ctx->request_id, ctx); // until `decoded`
+  else
+    release_blocks(self, *ctx);
   if (bad) {
     ctx->promise->deliver(std::move(bad));
     return;
@@ -1097,6 +1100,15 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
                          "it left the directory: " + render(why));
       },
       [self](proto::sweep_atom) { on_sweep(self); },
+      [self](proto::decoded_atom, std::uint64_t id) {
+        auto& decoding = self->state.decoding;
+        auto i = decoding.find(id);
+        if (i == decoding.end())
+          return; // not kept (the option is off, or it failed)
+        auto ctx = std::move(i->second);
+        decoding.erase(i);
+        release_blocks(self, *ctx);
+      },
   };
 }
 

@@ -95,6 +95,8 @@ struct consumer_state {
   std::unique_ptr<block_pool> pool;
   std::unique_ptr<kv_pattern> pattern; // verifies GPU memory on the GPU
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
+  // keep_blocks_until_decoded: answered requests still decoding.
+  std::unordered_map<std::uint64_t, ctx_ptr> decoding;
   std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
   // Per pool block: the loan it belongs to (0: not lent), and whether it
   // is inside a delegated request right now. Sized once: checking and

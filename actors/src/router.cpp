@@ -180,7 +180,7 @@ void issue(self_ptr self) {
               auto route = self->state.take(id);
               if (!route)
                 return;
-              self->state.stopped = true;
+              self->state.stopped = !self->state.cfg.go_on_after_failure;
               record_failure(self, id, *route, err);
               issue(self);
             });
@@ -243,7 +243,7 @@ void fail_routes(self_ptr self, Predicate hit, const caf::error& err) {
   std::sort(lost.begin(), lost.end());
   for (auto id : lost)
     record_failure(self, id, *st.take(id), err);
-  st.stopped = true;
+  st.stopped = !st.cfg.go_on_after_failure;
   issue(self);
 }
 

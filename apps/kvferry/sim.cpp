@@ -18,6 +18,7 @@ namespace {
 
 struct sim_command {
   std::string trace, topology, out_dir;
+  std::string engine = "model"; // or "actors"
   std::vector<std::string> faults, sweeps;
   double ttft_slo_ms = 0;
   bool progress = false;
@@ -69,6 +70,8 @@ int run_sim(const sim_command& cmd) {
     for (auto& text : cmd.faults)
       options.faults.push_back(sim::parse_fault(text));
     bool progress = cmd.progress || ::isatty(STDERR_FILENO);
+    if (!cmd.sweeps.empty() && cmd.engine != "model")
+      throw std::invalid_argument("--sweep runs the model engine only");
     if (!cmd.sweeps.empty()) {
       run_sweep(cmd, *loaded.topology, options, progress);
       return 0;
@@ -82,7 +85,9 @@ int run_sim(const sim_command& cmd) {
                      100 * fraction, static_cast<unsigned long long>(done));
         std::fflush(stderr);
       };
-    auto summary = sim::run(trace, *loaded.topology, options);
+    auto summary = cmd.engine == "actors"
+                       ? sim::run_actors(trace, *loaded.topology, options)
+                       : sim::run(trace, *loaded.topology, options);
     if (progress)
       std::fprintf(stderr,
                    "\rsim: 100.0 %% of the trace read, %llu "
@@ -133,6 +138,12 @@ void add_sim(CLI::App& root, int& exit_code) {
                               "one comparison table (and with --out one "
                               "plot); KEY: ") +
                       sim::sweep_keys + " (repeatable)");
+  sub->add_option("--engine", cmd->engine,
+                  "model: the discrete-event engine (default); actors: "
+                  "kvferry's real directory, router, producer and consumer "
+                  "in virtual time, the same models behind them (slower; "
+                  "docs/sim.md)")
+      ->check(CLI::IsMember({"model", "actors"}));
   sub->add_flag("--progress", cmd->progress,
                 "progress line on stderr even when it is not a terminal");
   add_sim_fidelity(*sub, exit_code);

@@ -20,7 +20,8 @@ struct calibrate_command {
 };
 
 struct compare_command {
-  std::string demo, sim, topology, json;
+  std::string demo, sim, actors, topology, json;
+  bool per_request = false;
 };
 
 int write_or_print(const std::string& path, const std::string& text) {
@@ -55,7 +56,26 @@ int run_calibrate(const calibrate_command& cmd) {
   }
 }
 
+// --actors: the model engine's run (--sim) against the actors engine's.
+int run_compare_engines(const compare_command& cmd) {
+  try {
+    auto c = sim::compare_engines(cmd.sim, cmd.actors);
+    std::cout << sim::format_comparison(c, cmd.per_request);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
 int run_compare(const compare_command& cmd) {
+  if (cmd.demo.empty() == cmd.actors.empty()) {
+    std::cerr << "error: give --demo (a demo run) or --actors (the actors "
+                 "engine's run), not both\n";
+    return 2;
+  }
+  if (!cmd.actors.empty())
+    return run_compare_engines(cmd);
   double hop_ms = 0;
   if (!cmd.topology.empty()) {
     topology::load_options load;
@@ -95,10 +115,17 @@ void add_sim_fidelity(CLI::App& sim_command, int& exit_code) {
 
   auto cmp = std::make_shared<compare_command>();
   auto* p = sim_command.add_subcommand(
-      "compare", "Compare a demo run with a simulation of the same requests, "
-                 "request by request (docs/sim.md)");
-  p->add_option("--demo", cmp->demo, "the demo's requests.csv")->required();
-  p->add_option("--sim", cmp->sim, "the simulator's requests.csv")->required();
+      "compare", "Compare a demo run (--demo) or the actors engine's run "
+                 "(--actors) with a simulation of the same requests, request "
+                 "by request (docs/sim.md)");
+  p->add_option("--demo", cmp->demo, "the demo's requests.csv");
+  p->add_option("--actors", cmp->actors,
+                "the requests.csv of `kvferry sim --engine actors`");
+  p->add_option("--sim", cmp->sim,
+                "the simulator's requests.csv (the model engine's)")
+      ->required();
+  p->add_flag("--per-request", cmp->per_request,
+              "with --actors: one line per request (transfer time, TTFT)");
   p->add_option("--topology", cmp->topology,
                 "the simulated topology: its hop_us is added to each "
                 "simulated latency for the answer's hop to the router");

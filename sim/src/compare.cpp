@@ -153,4 +153,76 @@ std::string to_json(const comparison& c) {
                      fig(c.latency));
 }
 
+engine_comparison compare_engines(const std::string& model_csv,
+                                  const std::string& actors_csv) {
+  detail::csv_table model(model_csv), actors(actors_csv);
+  engine_comparison c;
+  c.model_csv = model_csv;
+  c.actors_csv = actors_csv;
+  c.model_rows = model.size();
+  c.actors_rows = actors.size();
+  auto ttft_of = [](const detail::csv_table& t) {
+    auto ttft = t.column("ttft_ms");
+    return completed(t, "ok",
+                     [&t, ttft](std::size_t r) { return t.number(r, ttft); });
+  };
+  auto a = ttft_of(model), b = ttft_of(actors);
+  std::vector<double> mt, at, ml, al;
+  for (const auto& [index, m] : a) {
+    auto p = b.find(index);
+    if (p == b.end())
+      continue;
+    c.rows.push_back(
+        {index, m.transfer, p->second.transfer, m.latency, p->second.latency});
+    mt.push_back(m.transfer);
+    at.push_back(p->second.transfer);
+    ml.push_back(m.latency);
+    al.push_back(p->second.latency);
+    c.max_transfer_diff_ms = std::max(
+        c.max_transfer_diff_ms, std::abs(p->second.transfer - m.transfer));
+    c.max_ttft_diff_ms =
+        std::max(c.max_ttft_diff_ms, std::abs(p->second.latency - m.latency));
+  }
+  if (c.rows.empty())
+    throw std::runtime_error(fmt::format(
+        "no request completed in both {} ({} rows) and {} ({} rows): not "
+        "the same trace?",
+        model_csv, c.model_rows, actors_csv, c.actors_rows));
+  c.transfer = figure(mt, at);
+  c.ttft = figure(ml, al);
+  return c;
+}
+
+std::string format_comparison(const engine_comparison& c, bool per_request) {
+  auto out = fmt::format(
+      "model engine  {} ({} rows)\nactors engine {} ({} rows)\ncompared      "
+      "{} requests completed in both\n\n"
+      "{:<20}{:>12}{:>12}{:>9}{:>12}{:>12}{:>9}{:>22}{:>12}\n",
+      c.model_csv, c.model_rows, c.actors_csv, c.actors_rows, c.rows.size(), "",
+      "model p50", "actors p50", "diff", "model p99", "actors p99", "diff",
+      "|diff| per request", "max |diff|");
+  auto row = [&](const char* name, const fidelity_figure& f, double max_ms) {
+    out += fmt::format(
+        "{:<20}{:>12.3f}{:>12.3f}{:>8.1f}%{:>12.3f}{:>12.3f}{:>8.1f}%"
+        "{:>10.2f}% / {:>6.2f}%{:>9.3f} ms\n",
+        name, f.measured_p50, f.predicted_p50, 100 * f.error_p50,
+        f.measured_p99, f.predicted_p99, 100 * f.error_p99,
+        100 * f.per_request_p50, 100 * f.per_request_p99, max_ms);
+  };
+  row("transfer time (ms)", c.transfer, c.max_transfer_diff_ms);
+  row("TTFT (ms)", c.ttft, c.max_ttft_diff_ms);
+  out += "(diff = (actors - model) / model; |diff| per request: p50 / p99 of "
+         "each request's own)\n";
+  if (!per_request)
+    return out;
+  out += fmt::format("\n{:>8}{:>16}{:>16}{:>14}{:>14}\n", "index",
+                     "transfer model", "transfer actors", "TTFT model",
+                     "TTFT actors");
+  for (auto& r : c.rows)
+    out += fmt::format("{:>8}{:>16.3f}{:>16.3f}{:>14.3f}{:>14.3f}\n", r.index,
+                       r.model_transfer, r.actors_transfer, r.model_ttft,
+                       r.actors_ttft);
+  return out;
+}
+
 } // namespace kvferry::sim

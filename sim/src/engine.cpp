@@ -27,8 +27,11 @@
 
 #include <fmt/format.h>
 
+#include "decode_batch.hpp"
+#include "flow_network.hpp"
 #include "kvferry/actors/route_policy.hpp"
 #include "kvferry/sim/sim.hpp"
+#include "request_rows.hpp"
 
 namespace kvferry::sim {
 
@@ -49,7 +52,6 @@ double interpolate(const std::vector<topology::sim_point>& table, double x) {
 namespace {
 
 using ns_t = std::int64_t;
-constexpr double infinity = std::numeric_limits<double>::infinity();
 
 ns_t from_us(double us) {
   return static_cast<ns_t>(std::llround(us * 1e3));
@@ -93,41 +95,12 @@ struct request {
   ns_t prefill_ns = 0, tail_ns = 0;
   std::uint64_t blocks = 0; // layer-blocks held at the consumer
   double bytes = 0, saved = 0;
-  std::uint64_t last_step = 0; // its decode worker's step giving its last token
   // Bumped when the slot is freed, so that the events of a request that
   // failed (a fault) do not reach the slot's next occupant.
   std::uint32_t gen = 0;
   bool ipc = false, rejected = false, flow_ended = false;
   bool live = false, holds_blocks = false, waiting = false;
   std::int64_t flow = -1; // its flow in the network, while there is one
-};
-
-struct resource {
-  std::string name;
-  double capacity = 0; // bytes per ns (= GB/s), now
-  double nominal = 0;  // as built (a fault may slow it): for busy %
-  double bytes = 0;    // carried so far
-  std::vector<std::uint32_t> members; // the flows crossing it (flows_)
-  // Scratch of one max-min computation: the rates of its frozen flows, its
-  // unfrozen flows, the version of its entry in the saturation heap, the
-  // computation it was last seen by and whether it constrained it.
-  double frozen_sum = 0;
-  int unfrozen = 0;
-  std::uint64_t stamp = 0, version = 0;
-  bool constraint = false;
-};
-
-struct flow {
-  std::uint32_t request = 0;
-  std::uint32_t res[2] = {0, 0};
-  double remaining = 0, cap = 0, rate = 0;
-  ns_t updated = 0;          // `remaining` is as of this time
-  std::uint32_t version = 0; // of its pending finish event
-  bool live = false;
-  // Scratch of a max-min computation (reshare_from).
-  double next_rate = 0;
-  std::uint64_t stamp = 0;
-  bool frozen = false;
 };
 
 // prefill_worker::current when no request is being prefilled, and when the
@@ -146,15 +119,9 @@ struct decode_worker {
   std::string name;
   std::uint32_t host = 0, ipc_in = 0;
   std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0;
-  std::deque<std::uint32_t> waiting, ready;
-  // The batch, kept so that a step costs what joins and leaves, not the
-  // batch size: requests by the step that gives their last token.
-  using leaving = std::pair<std::uint64_t, std::uint32_t>; // (step, slot)
-  std::priority_queue<leaving, std::vector<leaving>, std::greater<leaving>>
-      running;
-  std::vector<std::uint32_t> joined; // their first token ends this step
-  std::uint64_t steps = 0;           // steps completed
-  bool stepping = false, dead = false;
+  std::deque<std::uint32_t> waiting;
+  decode_batch batch; // requests (slots) whose KV is complete
+  bool dead = false;
   prefix_cache cache;       // the blocks it holds (prefix reuse)
   double used_integral = 0; // block-ns
   ns_t last_change = 0;
@@ -166,12 +133,18 @@ public:
   engine(trace_reader& trace, const topology::deployment& topo,
          const run_options& options)
       : trace_(trace), topo_(topo), sim_(topo.sim), options_(options),
-        nics_(2 * topo.hosts.size()), timeline_(nics_ + 2) {
+        timeline_(2 * topo.hosts.size() + 2),
+        nics_(std::uint32_t(2 * topo.hosts.size())),
+        net_(
+            [this](ns_t at, std::uint32_t id, std::uint32_t version) {
+              schedule(at, ev::network, id, version);
+            },
+            &timeline_, nics_),
+        csv_(options.out_dir) {
     lbb_ = double(topo.model.block_bytes_per_layer());
     build_workers();
     build_router();
     check_faults();
-    open_csv();
   }
 
   summary run() {
@@ -238,48 +211,13 @@ private:
   }
 
   std::uint32_t add_resource(std::string name, double capacity) {
-    resources_.emplace_back();
-    resources_.back().name = std::move(name);
-    resources_.back().capacity = capacity;
-    resources_.back().nominal = capacity;
-    return std::uint32_t(resources_.size() - 1);
+    return net_.add_link(std::move(name), capacity);
   }
 
-  // The topology's faults, then the caller's (--fault); every one names a
-  // worker or host of this topology.
   void check_faults() {
-    faults_ = topology_faults(topo_);
-    faults_.insert(faults_.end(), options_.faults.begin(),
-                   options_.faults.end());
-    for (auto& f : faults_) {
-      bool found = false;
-      if (f.what == fault::kind::worker_down) {
-        for (auto& w : topo_.workers)
-          found = found || w.name == f.target;
-      } else {
-        for (auto& h : topo_.hosts)
-          found = found || h.name == f.target;
-      }
-      if (!found)
-        throw std::runtime_error(fmt::format(
-            "{} {}: {} has no {} named '{}'", f.origin, f.text,
-            topo_.source_file,
-            f.what == fault::kind::worker_down ? "worker" : "host", f.target));
+    faults_ = checked_faults(topo_, options_);
+    for (auto& f : faults_)
       out_.faults.push_back({f.text, 0});
-    }
-  }
-
-  void open_csv() {
-    if (options_.out_dir.empty())
-      return;
-    csv_path_ = options_.out_dir + "/requests.csv";
-    csv_.open(csv_path_, std::ios::binary | std::ios::trunc);
-    if (!csv_)
-      throw std::runtime_error("cannot write " + csv_path_);
-    put("index,line,arrival_ms,input_tokens,output_tokens,prefill_worker,"
-        "decode_worker,path,status,queue_ms,prefill_ms,wait_ms,transfer_ms,"
-        "decode_ms,ttft_ms,transfer_total_ms,e2e_ms,bytes_moved,bytes_saved",
-        '\n');
   }
 
   // ---- events --------------------------------------------------------------
@@ -484,242 +422,28 @@ private:
     auto& r = slots_[slot];
     auto& p = prefills_[r.prefill];
     auto& d = decodes_[r.decode];
-    std::uint32_t id;
-    if (!free_flows_.empty()) {
-      id = free_flows_.back();
-      free_flows_.pop_back();
-    } else {
-      id = std::uint32_t(flows_.size());
-      flows_.emplace_back();
-    }
-    auto& f = flows_[id];
-    auto version = f.version;
-    f = flow{};
-    f.version = version;
-    f.live = true;
-    f.request = slot;
-    f.updated = now_;
-    if (r.ipc) {
-      f.res[0] = p.ipc_out;
-      f.res[1] = d.ipc_in;
-    } else {
-      f.res[0] = 2 * p.host;
-      f.res[1] = 2 * d.host + 1;
-    }
-    f.remaining = r.bytes;
+    auto a = r.ipc ? p.ipc_out : 2 * p.host;
+    auto b = r.ipc ? d.ipc_in : 2 * d.host + 1;
     // Layer-wise during prefill: no faster than the layers are produced.
-    f.cap = r.prefill_end < 0 ? r.bytes / double(r.prefill_ns) : infinity;
-    for (auto res : f.res)
-      resources_[res].members.push_back(id);
-    r.flow = std::int64_t(id);
-    reshare_from(f.res[0], f.res[1]);
+    double cap = r.prefill_end < 0 ? r.bytes / double(r.prefill_ns)
+                                   : flow_network::unlimited;
+    r.flow = std::int64_t(net_.start(now_, slot, a, b, r.bytes, cap));
   }
 
   void lift_cap(std::uint32_t slot) {
     auto id = slots_[slot].flow;
-    if (id < 0)
-      return;
-    auto& f = flows_[std::size_t(id)];
-    f.cap = infinity;
-    reshare_from(f.res[0], f.res[1]);
+    if (id >= 0)
+      net_.lift_cap(now_, std::uint32_t(id));
   }
 
-  // Takes a flow off its links (finished, or its request failed) and
-  // re-shares what it leaves.
-  void remove_flow(std::uint32_t id) {
-    auto& f = flows_[id];
-    settle(f);
-    for (auto res : f.res) {
-      auto& m = resources_[res].members;
-      m.erase(std::find(m.begin(), m.end(), id));
-    }
-    f.live = false;
-    ++f.version; // its finish event is void
-    slots_[f.request].flow = -1;
-    free_flows_.push_back(id);
-    reshare_from(f.res[0], f.res[1]);
-  }
-
-  // Brings a flow's bytes, and its links' carried bytes, up to now at the
-  // rate it has had since `updated` (flows move on lazily: only those whose
-  // rate changes are touched, not every flow at every change).
-  void settle(flow& f) {
-    double dt = double(now_ - f.updated);
-    if (dt > 0 && f.rate > 0) {
-      double moved = std::min(f.remaining, f.rate * dt);
-      f.remaining -= moved;
-      for (auto r : f.res) {
-        resources_[r].bytes += moved;
-        if (r < nics_) // the plots show the NICs
-          timeline_.add(r, f.updated, now_, f.rate);
-      }
-    }
-    f.updated = now_;
-  }
-
-  // A link whose flows together could want more than it carries: only such
-  // a link ties its flows' rates together. On any other, every flow gets
-  // what its cap and its other link allow, as if the link were not there.
-  bool contested(const resource& res) const {
-    double want = 0;
-    for (auto i : res.members) {
-      want += flows_[i].cap;
-      if (want > res.capacity)
-        return true;
-    }
-    return false;
-  }
-
-  // Max-min fair rates, recomputed for the flows whose rates a change on
-  // links `a` and `b` can move: the flows on them, and everything connected
-  // to those through contested links (a connected component; flows apart
-  // from it keep their rates, which max-min fairness guarantees).
-  void reshare_from(std::uint32_t a, std::uint32_t b) {
-    ++stamp_;
-    comp_flows_.clear();
-    comp_links_.clear();
-    stack_.clear();
-    visit_link(a, true);
-    visit_link(b, true);
-    while (!stack_.empty()) {
-      auto r = stack_.back();
-      stack_.pop_back();
-      visit_link(r, false);
-    }
-    fill();
-    for (auto i : comp_flows_) {
-      auto& f = flows_[i];
-      if (f.next_rate == f.rate)
-        continue;
-      settle(f);
-      f.rate = f.next_rate;
-      ++f.version;
-      if (f.rate > 0)
-        schedule(now_ + static_cast<ns_t>(std::ceil(f.remaining / f.rate)),
-                 ev::network, i, f.version);
-    }
-  }
-
-  // A seed link's flows always join; another link's only when it is
-  // contested, and then it constrains them (fill()).
-  void visit_link(std::uint32_t r, bool seed) {
-    auto& res = resources_[r];
-    if (res.stamp == stamp_ || !(seed || contested(res)))
-      return;
-    res.stamp = stamp_;
-    res.constraint = contested(res);
-    if (res.constraint)
-      comp_links_.push_back(r);
-    for (auto i : res.members) {
-      auto& f = flows_[i];
-      if (f.stamp == stamp_)
-        continue;
-      f.stamp = stamp_;
-      comp_flows_.push_back(i);
-      for (auto other : f.res)
-        if (other != r)
-          stack_.push_back(other);
-    }
-  }
-
-  // Progressive filling over the component: every unfrozen flow's rate
-  // rises together (the "level") until a contested link it crosses is full
-  // or it hits its cap; then it is frozen at that rate. A link with frozen
-  // rates F and n unfrozen flows fills at level (capacity - F) / n, which
-  // stays put until one of its flows freezes, so the links wait in a heap
-  // by that level and the capped flows in order of their caps:
-  // O(flows log flows) for the component's flows.
-  void fill() {
-    capped_.clear();
-    for (auto i : comp_flows_) {
-      auto& f = flows_[i];
-      f.frozen = false;
-      f.next_rate = 0;
-      if (f.cap < infinity)
-        capped_.push_back(i);
-    }
-    std::sort(capped_.begin(), capped_.end(),
-              [this](std::uint32_t a, std::uint32_t b) {
-                return flows_[a].cap != flows_[b].cap
-                           ? flows_[a].cap < flows_[b].cap
-                           : a < b;
-              });
-    saturation_ = {};
-    for (auto r : comp_links_) {
-      auto& res = resources_[r];
-      res.frozen_sum = 0;
-      res.unfrozen = int(res.members.size());
-      push_saturation(r);
-    }
-    std::size_t next_cap = 0, left = comp_flows_.size();
-    while (left > 0) {
-      while (next_cap < capped_.size() && flows_[capped_[next_cap]].frozen)
-        ++next_cap;
-      drop_stale_saturation();
-      double link_level =
-          saturation_.empty() ? infinity : std::get<0>(saturation_.top());
-      if (next_cap < capped_.size() &&
-          flows_[capped_[next_cap]].cap <= link_level) {
-        auto i = capped_[next_cap++];
-        freeze(i, flows_[i].cap);
-        --left;
-        continue;
-      }
-      auto r = std::get<1>(saturation_.top());
-      saturation_.pop();
-      for (auto i : resources_[r].members)
-        if (!flows_[i].frozen) {
-          freeze(i, link_level);
-          --left;
-        }
-    }
-  }
-
-  void push_saturation(std::uint32_t r) {
-    auto& res = resources_[r];
-    ++res.version;
-    if (res.unfrozen > 0)
-      saturation_.emplace(
-          std::max(0.0, (res.capacity - res.frozen_sum) / res.unfrozen), r,
-          res.version);
-  }
-
-  void drop_stale_saturation() {
-    while (!saturation_.empty() &&
-           std::get<2>(saturation_.top()) !=
-               resources_[std::get<1>(saturation_.top())].version)
-      saturation_.pop();
-  }
-
-  void freeze(std::uint32_t i, double rate) {
-    auto& f = flows_[i];
-    f.frozen = true;
-    f.next_rate = rate;
-    for (auto r : f.res) {
-      auto& res = resources_[r];
-      if (res.stamp != stamp_ || !res.constraint)
-        continue;
-      res.frozen_sum += rate;
-      --res.unfrozen;
-      push_saturation(r);
-    }
-  }
-
-  // A flow's projected end: void if its rate changed since (version).
+  // A flow's projected end (flow_network::on_event).
   void on_network(std::uint32_t id, std::uint32_t version) {
-    auto& f = flows_[id];
-    if (!f.live || f.version != version)
+    auto done = net_.on_event(now_, id, version);
+    if (!done)
       return;
-    settle(f);
-    if (f.remaining >= 1.0) { // rounding: not quite there yet
-      ++f.version;
-      schedule(now_ + std::max<ns_t>(1, ns_t(std::ceil(f.remaining / f.rate))),
-               ev::network, id, f.version);
-      return;
-    }
-    auto slot = f.request;
-    remove_flow(id);
+    auto slot = *done;
     auto& r = slots_[slot];
+    r.flow = -1;
     r.flow_ended = true;
     if (r.prefill_end >= 0)
       schedule_slot(now_ + r.tail_ns, ev::transfer_done, slot);
@@ -776,43 +500,31 @@ private:
     if (sim_.prefix_reuse)
       d.cache.touch(r.trace.hash_ids);
     router_->landed(r.decode, r.trace.hash_ids);
-    d.ready.push_back(slot);
-    if (!d.stepping)
+    d.batch.ready.push_back(slot);
+    if (!d.batch.stepping)
       start_step(r.decode);
   }
 
   void start_step(std::uint32_t worker) {
-    auto& d = decodes_[worker];
-    while (!d.ready.empty() && d.running.size() < sim_.decode_max_batch) {
-      auto slot = d.ready.front();
-      d.ready.pop_front();
-      auto tokens =
-          std::max<std::uint32_t>(1, slots_[slot].trace.output_tokens);
-      slots_[slot].last_step = d.steps + tokens;
-      d.running.push({slots_[slot].last_step, slot});
-      d.joined.push_back(slot);
-    }
-    d.stepping = !d.running.empty();
-    if (d.stepping)
-      schedule(now_ + from_ms(interpolate(sim_.decode_step_ms,
-                                          double(d.running.size()))),
+    auto size = decodes_[worker].batch.start(
+        sim_.decode_max_batch, [this](std::uint32_t slot) {
+          return slots_[slot].trace.output_tokens;
+        });
+    if (size > 0)
+      schedule(now_ + from_ms(interpolate(sim_.decode_step_ms, double(size))),
                ev::step_done, worker);
   }
 
   void on_step_done(std::uint32_t worker) {
     auto& d = decodes_[worker];
-    ++d.steps;
-    for (auto slot : d.joined)
-      slots_[slot].first_token = now_;
-    d.joined.clear();
     std::uint64_t freed = 0;
-    while (!d.running.empty() && d.running.top().first == d.steps) {
-      auto slot = d.running.top().second;
-      d.running.pop();
-      freed += slots_[slot].blocks;
-      router_->decode_done(worker, std::int64_t(slots_[slot].blocks));
-      finalize(slot);
-    }
+    d.batch.step_done(
+        [this](std::uint32_t slot) { slots_[slot].first_token = now_; },
+        [&](std::uint32_t slot) {
+          freed += slots_[slot].blocks;
+          router_->decode_done(worker, std::int64_t(slots_[slot].blocks));
+          finalize(slot);
+        });
     if (freed > 0)
       release(d, freed);
     start_step(worker);
@@ -851,8 +563,7 @@ private:
     for (std::uint32_t h = 0; h < topo_.hosts.size(); ++h)
       if (topo_.hosts[h].name == f.target)
         for (auto r : {2 * h, 2 * h + 1}) { // its nic-out and nic-in
-          resources_[r].capacity = f.gbit_per_s / 8.0;
-          reshare_from(r, r);
+          net_.set_capacity(now_, r, f.gbit_per_s / 8.0);
         }
   }
 
@@ -883,10 +594,7 @@ private:
           fail(slot, fault);
       count_queued(pool_queue, -std::int64_t(d.waiting.size()));
       d.waiting.clear();
-      d.ready.clear();
-      d.joined.clear();
-      d.running = {};
-      d.stepping = false;
+      d.batch.clear();
       set_used(d, 0);
     }
   }
@@ -906,7 +614,8 @@ private:
         count_queued(prefill_queue, -erase(p.queue, slot));
     }
     if (r.flow >= 0)
-      remove_flow(std::uint32_t(r.flow));
+      net_.remove(now_, std::uint32_t(r.flow));
+    r.flow = -1;
     if (r.waiting)
       count_queued(pool_queue, -erase(d.waiting, slot));
     if (r.holds_blocks && !d.dead)
@@ -962,9 +671,9 @@ private:
       return v;
     };
     for (std::uint32_t r = 0; r < nics_; ++r)
-      if (resources_[r].bytes > 0)
+      if (net_.at(r).bytes > 0)
         s.link_busy.push_back(
-            {resources_[r].name, values(r, 100 / resources_[r].nominal)});
+            {net_.at(r).name, values(r, 100 / net_.at(r).nominal)});
     s.prefill_queue = {"waiting for a prefill GPU", values(nics_, 1)};
     s.pool_queue = {"waiting for KV-pool blocks", values(nics_ + 1, 1)};
   }
@@ -985,7 +694,6 @@ private:
                        std::max<ns_t>(0, r.grant - r.prefill_end),
                        r.transfer_done - std::max(r.prefill_end, r.grant),
                        r.first_token - r.transfer_done};
-      record(r, parts);
       csv_row(r, p.name, d.name, parts);
     }
     free_slot(slot);
@@ -999,83 +707,32 @@ private:
     free_.push_back(slot);
   }
 
-  void record(const request& r, const ns_t (&parts)[5]) {
-    auto& t = out_.ttft;
-    histogram* hs[5] = {&t.queue, &t.prefill, &t.wait, &t.transfer, &t.decode};
-    for (int i = 0; i < 5; ++i)
-      hs[i]->add(std::uint64_t(std::max<ns_t>(0, parts[i])));
-    auto ttft = r.first_token - r.arrival;
-    t.total.add(std::uint64_t(ttft));
-    out_.transfer_time.add(std::uint64_t(r.transfer_done - r.transfer_start));
-    out_.e2e.add(std::uint64_t(now_ - r.arrival));
-    out_.bytes_moved += r.bytes;
-    out_.bytes_saved += r.saved;
-    ++(r.ipc ? out_.ipc_transfers : out_.net_transfers);
-    if (options_.ttft_slo_ms > 0 && double(ttft) <= options_.ttft_slo_ms * 1e6)
-      ++out_.slo_met;
-  }
-
-  // "12.345,": ms with three decimals, by integer arithmetic (printing
-  // doubles with a fixed precision was a tenth of the run time).
-  void put_ms(ns_t ns) {
-    auto us = (std::max<ns_t>(0, ns) + 500) / 1000;
-    put(std::uint64_t(us / 1000), '.');
-    auto frac = us % 1000;
-    const char tail[4] = {char('0' + frac / 100), char('0' + frac / 10 % 10),
-                          char('0' + frac % 10), ','};
-    buffer_.append(tail, tail + 4);
-  }
-  // A CSV field and what ends it.
-  void put(std::uint64_t value, char end = ',') {
-    fmt::format_int text(value);
-    buffer_.append(text.data(), text.data() + text.size());
-    buffer_.push_back(end);
-  }
-  void put(std::string_view text, char end = ',') {
-    buffer_.append(text.data(), text.data() + text.size());
-    buffer_.push_back(end);
-  }
-
+  // The request's row of requests.csv; with `parts` (ok) its figures too.
   void csv_row(const request& r, const std::string& p, const std::string& d,
                const ns_t* parts) {
-    if (csv_path_.empty())
-      return;
-    put(r.trace.index);
-    put(r.trace.line);
-    put_ms(r.arrival);
-    put(r.trace.input_tokens);
-    put(r.trace.output_tokens);
-    put(p);
-    put(d);
-    put(r.ipc ? "ipc" : "net");
+    request_row row;
+    row.trace = &r.trace;
+    row.arrival = r.arrival;
+    row.prefill = p;
+    row.decode = d;
+    row.ipc = r.ipc;
     if (parts == nullptr) {
-      put(r.rejected ? "rejected,,,,,,,,,0,0" : "failed,,,,,,,,,0,0", '\n');
+      row.what = r.rejected ? request_row::status::rejected
+                            : request_row::status::failed;
     } else {
-      put("ok");
-      for (int i = 0; i < 5; ++i)
-        put_ms(parts[i]);
-      put_ms(r.first_token - r.arrival);
-      put_ms(r.transfer_done - r.transfer_start);
-      put_ms(now_ - r.arrival);
-      put(std::uint64_t(r.bytes));
-      put(std::uint64_t(r.saved), '\n');
+      std::copy(parts, parts + 5, row.parts);
+      row.ttft = r.first_token - r.arrival;
+      row.transfer_total = r.transfer_done - r.transfer_start;
+      row.e2e = now_ - r.arrival;
+      row.bytes = r.bytes;
+      row.saved = r.saved;
+      record(out_, row, options_.ttft_slo_ms);
     }
-    if (buffer_.size() > (1u << 20))
-      flush_csv();
-  }
-
-  void flush_csv() {
-    csv_.write(buffer_.data(), std::streamsize(buffer_.size()));
-    buffer_.clear();
-    if (!csv_)
-      throw std::runtime_error("cannot write " + csv_path_);
+    csv_.row(row);
   }
 
   summary finish() {
-    if (!csv_path_.empty()) {
-      flush_csv();
-      csv_.close();
-    }
+    csv_.close();
     auto& s = out_;
     s.trace = trace_.path();
     s.trace_format = to_string(trace_.format());
@@ -1095,9 +752,11 @@ private:
     s.ttft_slo_ms = options_.ttft_slo_ms;
     fill_over_time(s);
     double span = double(std::max<ns_t>(1, last_event_));
-    for (auto& res : resources_)
+    for (std::uint32_t i = 0; i < net_.links(); ++i) {
+      auto& res = net_.at(i);
       s.links.push_back(
           {res.name, res.nominal, res.bytes, res.bytes / (res.nominal * span)});
+    }
     for (auto& d : decodes_) {
       now_ = last_event_;
       set_used(d, d.used);
@@ -1129,25 +788,14 @@ private:
   std::vector<decode_worker> decodes_;
   std::optional<route_policy> router_;
 
-  std::vector<resource> resources_; // the NICs first: 2 per host
-  std::uint32_t nics_;
-  timeline timeline_; // the NICs' rates, then the two queues
+  timeline timeline_;  // the NICs' rates, then the two queues
+  std::uint32_t nics_; // the network's first links: 2 per host
+  flow_network net_;
   static constexpr std::size_t prefill_queue = 0, pool_queue = 1;
   std::int64_t queued_[2] = {0, 0};
   ns_t queued_since_[2] = {0, 0};
-  std::vector<flow> flows_; // by id; free ids in free_flows_
-  std::vector<std::uint32_t> free_flows_;
-  // Scratch of reshare_from().
-  std::vector<std::uint32_t> comp_flows_, comp_links_, stack_, capped_;
-  using saturation = std::tuple<double, std::uint32_t, std::uint64_t>;
-  std::priority_queue<saturation, std::vector<saturation>,
-                      std::greater<saturation>>
-      saturation_; // (level, link, version)
-  std::uint64_t stamp_ = 0;
 
-  std::string csv_path_;
-  fmt::memory_buffer buffer_;
-  std::ofstream csv_;
+  request_csv csv_;
   summary out_;
 };
 

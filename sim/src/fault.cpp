@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include <fmt/format.h>
+
 #include "kvferry/sim/sim.hpp"
 
 namespace kvferry::sim {
@@ -71,6 +73,27 @@ std::vector<fault> topology_faults(const topology::deployment& t) {
     out.push_back(
         parse_fault(entry.text, entry.where.str() + ": sim.faults entry"));
   return out;
+}
+
+std::vector<fault> checked_faults(const topology::deployment& t,
+                                  const run_options& options) {
+  auto faults = topology_faults(t);
+  faults.insert(faults.end(), options.faults.begin(), options.faults.end());
+  for (auto& f : faults) {
+    bool found = false;
+    if (f.what == fault::kind::worker_down) {
+      for (auto& w : t.workers)
+        found = found || w.name == f.target;
+    } else {
+      for (auto& h : t.hosts)
+        found = found || h.name == f.target;
+    }
+    if (!found)
+      throw std::runtime_error(fmt::format(
+          "{} {}: {} has no {} named '{}'", f.origin, f.text, t.source_file,
+          f.what == fault::kind::worker_down ? "worker" : "host", f.target));
+  }
+  return faults;
 }
 
 } // namespace kvferry::sim

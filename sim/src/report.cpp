@@ -91,7 +91,8 @@ std::string format_table(const summary& s) {
                  s.topology, s.prefill_workers, s.decode_workers, s.hosts,
                  s.routing, s.layerwise ? "on" : "off",
                  s.prefix_reuse ? "on" : "off");
-  fmt::format_to(o, "simulated {:.3f} s of virtual time\n", s.span_s);
+  fmt::format_to(o, "simulated {:.3f} s of virtual time{}\n", s.span_s,
+                 s.engine == "model" ? "" : " (" + s.engine + " engine)");
   format_faults(o, s);
   fmt::format_to(o, "\n");
   fmt::format_to(o, "{:<20} {:>10} {:>10} {:>10} {:>10}\n",
@@ -127,6 +128,8 @@ std::string format_table(const summary& s) {
       fmt::format_to(o, "  {:<26} {:>10.1f} {:>12.3f} {:>8.2f}\n", l.name,
                      l.capacity_gbyte_per_s, l.bytes / 1e9,
                      100 * l.busy_fraction);
+  if (s.pools.empty()) // the actors engine does not track them
+    return out;
   fmt::format_to(o, "\n{:<28} {:>10} {:>12} {:>8}\n", "decode pool", "blocks",
                  "peak", "mean %");
   for (auto& p : s.pools)
@@ -143,6 +146,7 @@ std::string to_json(const summary& s) {
                  json_string(s.trace), json_string(s.trace_format));
   fmt::format_to(o, "  \"topology\": {},\n  \"routing\": {},\n",
                  json_string(s.topology), json_string(s.routing));
+  fmt::format_to(o, "  \"engine\": {},\n", json_string(s.engine));
   fmt::format_to(o, "  \"layerwise\": {},\n  \"prefix_reuse\": {},\n",
                  s.layerwise, s.prefix_reuse);
   fmt::format_to(o,

@@ -3,7 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
-#include <optional>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -13,123 +13,98 @@ namespace kvferry::sim {
 
 namespace {
 
+std::int64_t ns_of(caf::actor_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             t.time_since_epoch())
+      .count();
+}
+
 struct sim_transfer_state {
   proto::endpoint self;
   std::shared_ptr<sim_network> network;
-  // Send orders in flight, in the order they came: answered when due.
-  struct send {
-    std::uint64_t id;
-    std::string receiver;
-    caf::actor receiver_actor; // poked when the bytes land
-    std::uint64_t bytes;
-    std::int64_t start_ns, due_ns;
-    caf::typed_response_promise<std::uint64_t> reply;
-  };
-  std::vector<send> sends;
-  // Recv orders whose transfer has not landed yet.
+  // Send orders whose bytes have not landed yet, by transfer id.
+  std::map<std::uint64_t, caf::typed_response_promise<std::uint64_t>> sends;
+  // Recv orders whose transfer has not landed yet, and landed transfers no
+  // recv order claimed yet, by (sender, transfer id).
+  using key = std::pair<std::string, std::uint64_t>;
   struct recv {
-    std::uint64_t id;
-    std::string sender;
     std::int64_t known_ns;
     caf::typed_response_promise<proto::recv_report> reply;
   };
-  std::vector<recv> recvs;
+  std::map<key, recv> recvs;
+  std::map<key, proto::landed> landed;
   static inline const char* name = "kvferry.sim_transfer";
 };
 
 using self_ptr = transfer_actor::stateful_pointer<sim_transfer_state>;
 
-std::int64_t now_ns(self_ptr self) {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             self->clock().now().time_since_epoch())
-      .count();
-}
-
-std::uint64_t bytes_of(const proto::send_order& o) {
-  std::uint64_t n = 0;
-  for (const auto& e : o.extents)
-    n += e.length;
-  return n;
-}
-
-// The recv order's answer, once its transfer has landed (taken from the
-// network: each transfer is received once).
-std::optional<proto::recv_report> claim(self_ptr self,
-                                        const std::string& sender,
-                                        std::uint64_t id,
-                                        std::int64_t known_ns) {
-  auto& landed = self->state.network->landed;
-  auto it = landed.find({sender, self->state.self.name, id});
-  if (it == landed.end())
-    return std::nullopt;
+proto::recv_report report_of(const proto::landed& l, std::int64_t known_ns) {
   proto::recv_report r;
-  r.bytes = it->second.bytes;
-  r.first_known_ns = std::min(known_ns, it->second.start_ns);
-  r.landed_ns = it->second.landed_ns;
-  landed.erase(it);
+  r.bytes = l.bytes;
+  r.first_known_ns = std::min(known_ns, l.launched_ns);
+  r.landed_ns = l.copied_ns;
   return r;
 }
 
-// Answers the sends whose bytes have landed (and tells their receivers) and
-// the recv orders whose transfers have, in the order they came.
-void sweep(self_ptr self) {
+// The network says a transfer landed: ours (answer the send order) or one
+// to us (answer its recv order, or keep it for the order to come).
+void on_landed(self_ptr self, proto::landed& l) {
   auto& st = self->state;
-  auto now = now_ns(self);
-  std::vector<sim_transfer_state::send> waiting;
-  for (auto& s : st.sends) {
-    if (s.due_ns > now) {
-      waiting.push_back(std::move(s));
-      continue;
+  if (l.sender == st.self.name) {
+    auto i = st.sends.find(l.transfer_id);
+    if (i != st.sends.end()) {
+      i->second.deliver(l.bytes);
+      st.sends.erase(i);
     }
-    st.network->landed[{st.self.name, s.receiver, s.id}] = {s.bytes, s.start_ns,
-                                                            s.due_ns};
-    s.reply.deliver(s.bytes);
-    self->send(caf::actor_cast<transfer_actor>(s.receiver_actor),
-               proto::sweep_atom::value);
+    return;
   }
-  st.sends = std::move(waiting);
-  std::vector<sim_transfer_state::recv> open;
-  for (auto& r : st.recvs) {
-    if (auto report = claim(self, r.sender, r.id, r.known_ns))
-      r.reply.deliver(*report);
-    else
-      open.push_back(std::move(r));
+  sim_transfer_state::key k{l.sender, l.transfer_id};
+  auto i = st.recvs.find(k);
+  if (i == st.recvs.end()) {
+    st.landed.emplace(std::move(k), std::move(l));
+    return;
   }
-  st.recvs = std::move(open);
+  i->second.reply.deliver(report_of(l, i->second.known_ns));
+  st.recvs.erase(i);
 }
 
 transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
                                            std::uint64_t region_bytes,
                                            std::shared_ptr<sim_network> net) {
   auto& st = self->state;
-  st.self.name = std::move(name);
-  st.self.transfer = caf::actor_cast<caf::actor>(self);
-  st.self.plugin = "sim";
-  st.self.listen_handle.assign(128, 0);
-  st.self.region_bytes = region_bytes;
+  st.self =
+      sim_endpoint(name, region_bytes, caf::actor_cast<transfer_actor>(self));
   st.network = std::move(net);
   return {
       [self](proto::endpoint_atom) { return self->state.self; },
       [self](proto::send_atom, proto::send_order& o) {
         auto& st = self->state;
-        auto bytes = bytes_of(o);
-        auto start = now_ns(self);
-        auto took = st.network->duration(st.self.name, o.peer.name, bytes);
+        std::uint64_t bytes = 0;
+        for (const auto& e : o.extents)
+          bytes += e.length;
         auto rp = self->make_response_promise<std::uint64_t>();
-        st.sends.push_back({o.transfer_id, o.peer.name, o.peer.transfer, bytes,
-                            start, start + took.count(), rp});
-        self->delayed_send(self, took, proto::sweep_atom::value);
+        st.sends.emplace(o.transfer_id, rp);
+        st.network->start({st.self.name, o.peer.name, o.transfer_id, bytes,
+                           caf::actor_cast<transfer_actor>(self),
+                           caf::actor_cast<transfer_actor>(o.peer.transfer),
+                           ns_of(self->clock().now())});
         return rp;
       },
       [self](proto::recv_atom,
              proto::recv_order& o) -> caf::result<proto::recv_report> {
-        auto known = now_ns(self);
-        if (auto report = claim(self, o.peer_name, o.transfer_id, known))
-          return *report;
+        auto& st = self->state;
+        auto known = ns_of(self->clock().now());
+        sim_transfer_state::key k{o.peer_name, o.transfer_id};
+        if (auto i = st.landed.find(k); i != st.landed.end()) {
+          auto r = report_of(i->second, known);
+          st.landed.erase(i);
+          return r;
+        }
         auto rp = self->make_response_promise<proto::recv_report>();
-        self->state.recvs.push_back({o.transfer_id, o.peer_name, known, rp});
+        st.recvs.emplace(std::move(k), sim_transfer_state::recv{known, rp});
         return rp;
       },
+      [self](proto::landed_atom, proto::landed& l) { on_landed(self, l); },
       // Channels, announcements, CUDA IPC: nothing to do without bytes.
       [](proto::open_atom, const std::string&, std::uint32_t, std::uint64_t) {
         return std::vector<char>(128, 0);
@@ -137,7 +112,6 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](proto::announce_atom, const proto::announcement&) {},
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
-      [](proto::landed_atom, const proto::landed&) {},
       [](proto::stats_atom) { return proto::transfer_stats{}; },
       [](proto::ipc_hello_atom, const std::string&) {},
       [](proto::ipc_status_atom, const std::string&, std::uint64_t) {
@@ -149,7 +123,7 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](joined_atom, const worker_info&) {},
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::progress_atom, std::uint64_t) {},
-      [self](proto::sweep_atom) { sweep(self); },
+      [](proto::sweep_atom) {},
       // Models no CUDA IPC reads and no runtime regions (kvferry::endpoint).
       [](proto::read_atom,
          proto::read_order&) -> caf::result<proto::recv_report> {
@@ -167,6 +141,46 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
 }
 
 } // namespace
+
+namespace {
+
+// What both ends hear when `o`'s bytes landed at `landed_ns`.
+proto::landed landed_of(const sim_network::order& o, std::int64_t landed_ns) {
+  proto::landed l;
+  l.sender = o.sender;
+  l.transfer_id = o.transfer_id;
+  l.bytes = o.bytes;
+  l.launched_ns = o.ordered_ns;
+  l.copied_ns = landed_ns;
+  return l;
+}
+
+} // namespace
+
+void sim_network::land(const order& o, std::int64_t landed_ns) {
+  auto l = landed_of(o, landed_ns);
+  caf::anon_send(o.to, proto::landed_atom::value, l);
+  caf::anon_send(o.from, proto::landed_atom::value, std::move(l));
+}
+
+void fixed_network::start(order o) {
+  auto took = model_(o.sender, o.receiver, o.bytes);
+  auto l = landed_of(o, o.ordered_ns + took.count());
+  caf::delayed_anon_send(o.to, took, proto::landed_atom::value, l);
+  caf::delayed_anon_send(o.from, took, proto::landed_atom::value, std::move(l));
+}
+
+proto::endpoint sim_endpoint(const std::string& name,
+                             std::uint64_t region_bytes,
+                             const transfer_actor& transfer) {
+  proto::endpoint e;
+  e.name = name;
+  e.transfer = caf::actor_cast<caf::actor>(transfer);
+  e.plugin = "sim";
+  e.listen_handle.assign(128, 0);
+  e.region_bytes = region_bytes;
+  return e;
+}
 
 transfer_actor spawn_sim_transfer(caf::actor_system& sys, std::string name,
                                   std::uint64_t region_bytes,

@@ -13,17 +13,14 @@
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
 #include "skip_case.hpp"
+#include "slurp.hpp"
 
 using kvferry::test::run_kvferry;
 using kvferry::test::scratch_dir;
+using kvferry::test::slurp;
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 const std::string topology = KVFERRY_SOURCE_DIR "/configs/sim-4p4d.yaml";
 

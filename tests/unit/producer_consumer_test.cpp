@@ -1069,3 +1069,31 @@ TEST_CASE_FIXTURE(fixture, "a router's death cancels only its own requests; "
   CHECK(s.in_flight == 0);
   CHECK(s.free_blocks == s.pool_blocks);
 }
+
+TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a request's blocks "
+                           "stay taken after ready until `decoded`") {
+  auto p = make_app("prefill-0", 64);
+  p.credit_blocks = 0;
+  start_producer(p);
+  auto c = make_app("decode-0", 8); // 2 blocks x 4 layers
+  c.keep_blocks_until_decoded = true;
+  start_consumer(c);
+  auto r = prefill(1, 8); // the whole pool
+  REQUIRE_MESSAGE(r, render(r.error()));
+  CHECK(stats_of(*this).free_blocks == 0); // still decoding
+  // A second request waits for the blocks the first still holds.
+  auto second = request_pending<proto::ready_report>(
+      producer, proto::prefill_atom::value, make_prefill_request(2, 4));
+  CHECK_FALSE(*second);
+  CHECK(stats_of(*this).waiting == 1);
+  caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{1});
+  run();
+  REQUIRE(*second);
+  REQUIRE_MESSAGE(**second, render((*second)->error()));
+  caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{2});
+  caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{7});
+  run(); // an unknown id is ignored
+  auto s = stats_of(*this);
+  CHECK(s.free_blocks == s.pool_blocks);
+  CHECK(s.waited == 1);
+}

@@ -330,6 +330,27 @@ TEST_CASE_FIXTURE(fixture, "a failed request names its id and decode worker; "
   CHECK(r.errors[0].find("block 3 differs") != std::string::npos);
 }
 
+TEST_CASE_FIXTURE(fixture, "go_on_after_failure: a failed request does not "
+                           "stop the run (a serving router, the simulator)") {
+  cfg.inflight = 2;
+  cfg.go_on_after_failure = true;
+  start({8, 8, 8, 8});
+  REQUIRE(workers->held.size() == 2);
+  workers->answer(0, make_error(ec::mismatch, "block 3 differs"));
+  run();
+  CHECK(workers->held.size() == 3); // the next request started
+  for (std::size_t i = 1; i < 4; ++i) {
+    REQUIRE(workers->held.size() > i);
+    workers->answer(i);
+    run();
+  }
+  REQUIRE(result->finished());
+  auto r = results();
+  CHECK(r.done == 4);
+  CHECK(r.failed == 1);
+  CHECK(r.requests.size() == 4);
+}
+
 TEST_CASE_FIXTURE(fixture, "a worker that left fails its open requests at "
                            "once, naming it") {
   add_producer("prefill-0");

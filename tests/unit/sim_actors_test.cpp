@@ -2,11 +2,11 @@
 // coordinator in virtual time, moving no bytes: model-only KV pools
 // (memory_region::model_only) and the simulator's transfer actor
 // (sim/sim_transfer.hpp), which answers send and recv orders when its
-// network model says the bytes have landed (docs/sim.md, "How it works").
-// The first slice of `kvferry sim --engine actors`: it checks that the
-// actors run there unchanged and that a request's latency is the modelled
-// transfer, exactly; the engine's own models (prefill, links, decode, hops)
-// are not wired in yet.
+// network model says the bytes have landed (docs/sim.md, "The actors
+// engine"). The seam alone, with a fixed-rate network (sim::fixed_network):
+// the actors run there unchanged and a request's latency is the modelled
+// transfer, exactly. `kvferry sim --engine actors` puts the engine's models
+// behind it (test_sim_engines).
 #include <chrono>
 #include <memory>
 #include <string>
@@ -43,7 +43,7 @@ caf::timespan transfer_time(std::uint64_t bytes) {
 
 struct fixture : test::actor_fixture {
   std::shared_ptr<sim::sim_network> network =
-      std::make_shared<sim::sim_network>(
+      std::make_shared<sim::fixed_network>(
           [](const std::string&, const std::string&, std::uint64_t bytes) {
             return transfer_time(bytes);
           });

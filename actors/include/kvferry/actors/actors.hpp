@@ -213,7 +213,10 @@ using consumer_actor = caf::typed_actor<
     caf::reacts_to<joined_atom, worker_info>,
     caf::reacts_to<left_atom, std::string, caf::error>,
     // Internal: fail the requests whose wait for free blocks ran out.
-    caf::reacts_to<proto::sweep_atom>>;
+    caf::reacts_to<proto::sweep_atom>,
+    // With app_config::keep_blocks_until_decoded: request `id` left decode,
+    // its blocks are free (the simulator's decode model says so).
+    caf::reacts_to<proto::decoded_atom, std::uint64_t>>;
 
 // ---- node (kvferry::node, issue #15) ---------------------------------------
 //

@@ -42,6 +42,11 @@ struct app_config {
   // allocate/advertise reply.
   std::uint32_t queue_limit = 256;
   std::uint32_t queue_wait_ms = 10000;
+  // Consumer: keep a request's blocks after answering `ready` until told it
+  // left decode (`decoded_atom`), as a serving engine holds the KV while it
+  // decodes; kvferry itself does no decode, so only the simulator's decode
+  // model sets it (docs/sim.md, "The actors engine").
+  bool keep_blocks_until_decoded = false;
 };
 
 producer_actor spawn_producer(caf::actor_system& sys, app_config cfg);

@@ -77,6 +77,9 @@ struct router_config {
   bool pull = false;
   std::uint64_t seed = 1; // of the KV pattern the producers fill
   std::uint32_t inflight = 2;
+  /// After a failed request, go on issuing the rest (a serving router, the
+  /// simulator) instead of stopping the run (the demo's rule).
+  bool go_on_after_failure = false;
   /// The workers' own deadline; the router allows 3x this plus 5 s for a
   /// reply, so that the workers' deadlines fire first and name the cause.
   std::uint32_t timeout_ms = 10000;

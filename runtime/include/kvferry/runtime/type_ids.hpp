@@ -146,6 +146,9 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_post_atom, "kveppost")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_landed_atom, "kveplanded")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_notify_atom, "kvepnote")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_connect_atom, "kvepconn")
+// simulator (issue #17, `kvferry sim --engine actors`): a request left
+// decode, its blocks are free (app_config::keep_blocks_until_decoded).
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, decoded_atom, "kvdecoded")
 
 // kvferry::node, one-sided pull over CUDA IPC (issue #15): the prefill's
 // ready notes, the decode's "read done" (which frees the source blocks) and

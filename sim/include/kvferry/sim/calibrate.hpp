@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -68,5 +69,29 @@ comparison compare(const std::string& demo_csv, const std::string& sim_csv,
 
 std::string format_comparison(const comparison& c);
 std::string to_json(const comparison& c);
+
+/// The two engines on the same inputs (docs/sim.md, "The two engines"):
+/// each request's transfer time (transfer_total_ms) and TTFT (ttft_ms) in
+/// the model engine's requests.csv and the actors engine's, joined by index.
+struct engine_comparison {
+  std::string model_csv, actors_csv;
+  std::size_t model_rows = 0, actors_rows = 0;
+  // "measured" is the model engine, "predicted" the actors engine.
+  fidelity_figure transfer, ttft;
+  struct row {
+    std::uint64_t index = 0;
+    double model_transfer = 0, actors_transfer = 0; // ms
+    double model_ttft = 0, actors_ttft = 0;         // ms
+  };
+  std::vector<row> rows; // requests completed in both, by index
+  double max_transfer_diff_ms = 0, max_ttft_diff_ms = 0; // |actors - model|
+};
+
+/// Throws std::runtime_error naming the file and line of a bad row, or when
+/// no request completed in both.
+engine_comparison compare_engines(const std::string& model_csv,
+                                  const std::string& actors_csv);
+/// The figures, and with `per_request` one line per request.
+std::string format_comparison(const engine_comparison& c, bool per_request);
 
 } // namespace kvferry::sim

@@ -89,6 +89,7 @@ struct fault_outcome {
 
 struct summary {
   std::string trace, trace_format, topology, routing;
+  std::string engine = "model"; // or "actors" (run_actors)
   bool layerwise = false, prefix_reuse = false;
   std::uint64_t prefill_workers = 0, decode_workers = 0, hosts = 0;
   std::uint64_t requests = 0, completed = 0, rejected = 0;
@@ -114,10 +115,22 @@ struct summary {
   series prefill_queue, pool_queue;
 };
 
+/// The topology's faults, then the options' (--fault), each checked to name
+/// a worker or host of `t` (std::runtime_error naming where it was written).
+std::vector<fault> checked_faults(const topology::deployment& t,
+                                  const run_options& options);
+
 /// Runs the whole trace. Throws trace_error for a bad trace line and
 /// std::runtime_error for an output file that cannot be written.
 summary run(trace_reader& trace, const topology::deployment& topology,
             const run_options& options);
+
+/// The same run through kvferry's real directory, router, producer and
+/// consumer actors under CAF's test coordinator, the models behind the seams
+/// (docs/sim.md, "The actors engine"). The trace is read whole; faults are
+/// refused (std::runtime_error). Same throws as run().
+summary run_actors(trace_reader& trace, const topology::deployment& topology,
+                   const run_options& options);
 
 /// The summary as a person reads it (fixed-width table, ms).
 std::string format_table(const summary& s);

@@ -1,0 +1,834 @@
+// `kvferry sim --engine actors` (docs/sim.md, "The actors engine"): the
+// trace through kvferry's real directory, router, producer and consumer
+// actors under CAF's test coordinator, in virtual time, with the model
+// engine's models behind the seams:
+//
+// - the network: each send order is a flow of the engine's flow_network
+//   (per-host NIC pipes shared max-min fairly, CUDA IPC ports on one host),
+//   after the engine's fixed costs (latency, per message, per block);
+// - prefill: a relay in front of each producer puts each request on its
+//   worker's modelled GPU (FIFO, `prefill_ms`) as it delivers it, and the
+//   network holds the worker's send orders until the GPU finished the
+//   request's prefill (layer-wise: layer l at (l + 1) / L of it);
+// - CAF hops: those relays (one in front of each producer and consumer)
+//   hold every message `hop_us` before passing it on; replies go straight
+//   back (one hop per request-reply pair, where the model engine charges
+//   allocate and grant one each);
+// - decode: once a request's last byte landed at its consumer (its recv
+//   orders answered) it joins the engine's continuous-batching model; the
+//   consumer keeps its blocks (keep_blocks_until_decoded) until the model
+//   says it left decode (`decoded_atom`), so admission waits as in the
+//   model engine.
+//
+// One clock: every model event is a delayed message to a timer actor, so
+// the test coordinator's clock (trigger_timeout, earliest first, ties in
+// the order scheduled) is the event queue. Deterministic.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <queue>
+#include <stdexcept>
+#include <unordered_map>
+
+#include <caf/all.hpp>
+#include <caf/scheduler/test_coordinator.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "decode_batch.hpp"
+#include "flow_network.hpp"
+#include "kvferry/actors/app.hpp"
+#include "kvferry/actors/directory.hpp"
+#include "kvferry/actors/router.hpp"
+#include "kvferry/runtime/system_config.hpp"
+#include "kvferry/sim/sim.hpp"
+#include "kvferry/sim/sim_transfer.hpp"
+#include "request_rows.hpp"
+
+namespace kvferry::sim {
+
+namespace {
+
+using ns_t = std::int64_t;
+using namespace std::chrono;
+
+constexpr std::uint64_t first_request_id = 1;
+// Deadlines far beyond any wait a trace can cause: the model engine lets a
+// request wait however long it takes (docs/sim.md, "Not yet").
+constexpr std::uint32_t patient_ms = 100'000'000; // 27.8 hours
+
+ns_t from_ms(double ms) {
+  return static_cast<ns_t>(std::llround(ms * 1e6));
+}
+ns_t from_us(double us) {
+  return static_cast<ns_t>(std::llround(us * 1e3));
+}
+
+struct sim_system_config : runtime::system_config {
+  sim_system_config() { use_test_coordinator(); }
+};
+
+// What the models learn of one trace request.
+struct request_state {
+  trace_request trace;
+  std::uint32_t prefill = 0, decode = 0; // worker indexes
+  ns_t prefill_ns = 0;
+  ns_t at_producer = -1, prefill_start = -1, prefill_end = -1;
+  ns_t first_order = -1; // its first send order: the grant has come
+  // Its last byte landed: the consumer's recv orders are answered, its KV
+  // is complete (the engine's transfer_done).
+  ns_t landed = -1;
+  double bytes = 0;
+  bool ipc = false, routed = false;
+  std::vector<std::uint32_t> held; // send orders waiting for the prefill
+  std::uint32_t parts_landed = 0;
+  ns_t first_token = -1, last_token = -1;
+};
+
+struct worker_model {
+  std::string name;
+  bool prefill = false;
+  std::uint32_t host = 0, ipc_link = 0; // ipc-out (prefill) or ipc-in
+  std::deque<std::uint32_t> queue;      // prefill: requests for its GPU
+  bool busy = false, dead = false;
+  ns_t died = -1;
+  // Decode: the consumer to tell, requests whose KV is complete, the batch
+  // (by the step giving their last token), those whose first token ends
+  // this step.
+  caf::actor app;
+  decode_batch batch; // requests (indexes) whose KV is complete
+};
+
+// The models the actors meet: timers, the GPUs, the network.
+class models : public sim_network {
+public:
+  models(const topology::deployment& topo, caf::actor_system& sys)
+      : topo_(topo), sim_(topo.sim), sys_(sys),
+        rates_(2 * topo.hosts.size() + 1), // the NICs, then the prefill queue
+        net_([this](ns_t at, std::uint32_t id,
+                    std::uint32_t version) { on_flow_at(at, id, version); },
+             &rates_, std::uint32_t(2 * topo.hosts.size())) {
+    lbb_ = double(topo.model.block_bytes_per_layer());
+  }
+
+  std::vector<request_state> requests;
+  std::vector<worker_model> workers;
+  std::unordered_map<std::string, std::uint32_t> by_name;
+  std::map<caf::actor_addr, std::uint32_t> consumer_of_relay;
+
+  void build(const caf::actor& timer) {
+    timer_ = timer;
+    std::unordered_map<std::string, std::uint32_t> host_index;
+    double nic = sim_.nic_gbit_per_s * sim_.nics_per_host / 8.0;
+    for (auto& host : topo_.hosts) {
+      host_index[host.name] = std::uint32_t(host_index.size());
+      net_.add_link("nic-out " + host.name, nic);
+      net_.add_link("nic-in " + host.name, nic);
+    }
+    for (auto& w : topo_.workers) {
+      worker_model m;
+      m.name = w.name;
+      m.prefill = w.role == topology::worker_role::prefill;
+      m.host = host_index.at(w.host);
+      m.ipc_link = net_.add_link((m.prefill ? "ipc-out " : "ipc-in ") + w.name,
+                                 sim_.ipc_gbyte_per_s);
+      by_name[w.name] = std::uint32_t(workers.size());
+      workers.push_back(std::move(m));
+    }
+  }
+
+  ns_t now() const {
+    return duration_cast<nanoseconds>(sys_.clock().now().time_since_epoch())
+        .count();
+  }
+
+  // Runs `f` at virtual time `at` (a delayed message to the timer actor).
+  void at(ns_t at, std::function<void()> f) {
+    auto key = next_timer_++;
+    timers_.emplace(key, std::move(f));
+    caf::delayed_anon_send(timer_, nanoseconds(std::max<ns_t>(0, at - now())),
+                           proto::sweep_atom::value, key);
+  }
+  void fire(std::uint64_t key) {
+    auto i = timers_.find(key);
+    auto f = std::move(i->second);
+    timers_.erase(i);
+    f();
+  }
+
+  request_state& request_of(std::uint64_t request_id) {
+    return requests.at(request_id - first_request_id);
+  }
+
+  // The relay delivers a prefill request to its producer: onto the GPU's
+  // queue (not for a dead worker: the router failed it already).
+  void prefill_arrives(std::uint32_t producer, std::uint64_t request_id,
+                       const caf::actor& consumer_relay) {
+    auto index = std::uint32_t(request_id - first_request_id);
+    auto& r = requests.at(index);
+    r.routed = true;
+    r.prefill = producer;
+    r.decode = consumer_of_relay.at(consumer_relay.address());
+    r.ipc = workers[producer].host == workers[r.decode].host;
+    r.at_producer = now();
+    if (workers[producer].dead || workers[r.decode].dead)
+      return;
+    auto& gpu = workers[producer];
+    gpu.queue.push_back(index);
+    if (!gpu.busy)
+      start_prefill(producer);
+  }
+
+  // A send order: held until its layers are computed, then the fixed
+  // costs, then a flow through the links (or nothing, for no bytes).
+  void start(order o) override {
+    auto& r = request_of(o.transfer_id >> 12);
+    if (r.first_order < 0)
+      r.first_order = now();
+    auto slot = take_slot(std::move(o));
+    if (r.prefill_start < 0)
+      r.held.push_back(slot); // released when its prefill starts
+    else
+      release(slot);
+  }
+
+  // A worker dies (a fault): its actors go (the directory sees them go and
+  // tells the router, which fails their requests), the flows to and from it
+  // leave the links, its GPU's queue empties; requests bound for a dead
+  // decode worker leave the other GPUs' queues.
+  void kill(std::uint32_t worker, const std::vector<caf::actor>& actors) {
+    auto& w = workers[worker];
+    w.dead = true;
+    w.died = now();
+    decoding_ -= w.batch.size();
+    w.batch.clear();
+    for (auto& a : actors)
+      caf::anon_send_exit(a, caf::exit_reason::kill);
+    for (std::uint32_t slot = 0; slot < orders_.size(); ++slot) {
+      auto& o = orders_[slot];
+      if (o.live && (o.sender == w.name || o.receiver == w.name))
+        drop(slot);
+    }
+    for (auto& gpu : workers) {
+      auto& q = gpu.queue;
+      q.erase(std::remove_if(q.begin(), q.end(),
+                             [&](std::uint32_t i) {
+                               return requests[i].prefill == worker ||
+                                      requests[i].decode == worker;
+                             }),
+              q.end());
+    }
+  }
+
+  // A host's NICs run at `gbit_per_s` from now on (a fault).
+  void slow(std::uint32_t host, double gbit_per_s) {
+    for (auto link : {2 * host, 2 * host + 1})
+      net_.set_capacity(now(), link, gbit_per_s / 8.0);
+  }
+
+  /// Requests in a live decode worker's batch or waiting for it: the run
+  /// goes on until they leave, after the router has its answers.
+  std::uint64_t decoding() const { return decoding_; }
+
+  // The link figures for the summary.
+  const flow_network& network() const { return net_; }
+  timeline& rates() { return rates_; }
+
+private:
+  // One prefill at a time, first come first served; a prefill that started
+  // runs to its end even if its request failed meanwhile.
+  void start_prefill(std::uint32_t producer) {
+    auto& gpu = workers[producer];
+    gpu.busy = !gpu.queue.empty() && !gpu.dead;
+    if (!gpu.busy)
+      return;
+    auto& r = requests[gpu.queue.front()];
+    gpu.queue.pop_front();
+    r.prefill_start = now();
+    r.prefill_end = now() + r.prefill_ns;
+    for (auto slot : r.held)
+      release(slot);
+    r.held.clear();
+    at(r.prefill_end, [this, producer] { start_prefill(producer); });
+  }
+
+  // A send order of a request whose prefill has started: its part (a layer,
+  // or the whole) is computed at its share of the prefill; then the fixed
+  // costs.
+  void release(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    auto& r = request_of(o.transfer_id >> 12);
+    auto part = o.transfer_id & (max_parts - 1);
+    std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
+    ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
+    double bytes = double(o.bytes);
+    double messages = std::ceil(bytes / double(topo_.transfer.chunk_bytes));
+    double fixed_us = (r.ipc ? sim_.message_us : sim_.latency_us) +
+                      messages * sim_.message_us + bytes / lbb_ * sim_.block_us;
+    auto go = std::max(now(), ready) + from_us(fixed_us);
+    at(go, [this, slot, gen = o.gen] {
+      if (orders_[slot].live && orders_[slot].gen == gen)
+        start_flow(slot);
+    });
+  }
+
+  // An order whose sender or receiver died: off the links, forgotten.
+  void drop(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    if (o.flow >= 0)
+      net_.remove(now(), std::uint32_t(o.flow));
+    free_order(slot);
+  }
+
+  void free_order(std::uint32_t slot) {
+    auto gen = orders_[slot].gen + 1;
+    orders_[slot] = live_order{};
+    orders_[slot].gen = gen;
+    free_orders_.push_back(slot);
+  }
+
+  std::uint32_t take_slot(order o) {
+    std::uint32_t slot;
+    if (!free_orders_.empty()) {
+      slot = free_orders_.back();
+      free_orders_.pop_back();
+    } else {
+      slot = std::uint32_t(orders_.size());
+      orders_.emplace_back();
+    }
+    static_cast<order&>(orders_[slot]) = std::move(o);
+    orders_[slot].live = true;
+    orders_[slot].flow = -1;
+    return slot;
+  }
+
+  void start_flow(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    if (o.bytes == 0)
+      return landed(slot);
+    auto& from = workers[by_name.at(o.sender)];
+    auto& to = workers[by_name.at(o.receiver)];
+    bool ipc = from.host == to.host;
+    auto a = ipc ? from.ipc_link : 2 * from.host;
+    auto b = ipc ? to.ipc_link : 2 * to.host + 1;
+    o.flow = std::int64_t(net_.start(now(), slot, a, b, double(o.bytes),
+                                     flow_network::unlimited));
+  }
+
+  void on_flow_at(ns_t t, std::uint32_t id, std::uint32_t version) {
+    at(t, [this, id, version] {
+      if (auto slot = net_.on_event(now(), id, version))
+        landed(*slot);
+    });
+  }
+
+  void landed(std::uint32_t slot) {
+    auto& o = orders_[slot];
+    auto& r = request_of(o.transfer_id >> 12);
+    r.landed = std::max(r.landed, now());
+    r.bytes += double(o.bytes);
+    land(o, now());
+    free_order(slot);
+    std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
+    if (++r.parts_landed == parts)
+      join_decode(std::uint32_t(&r - requests.data()));
+  }
+
+  // ---- decode: the model engine's continuous batching (engine.cpp,
+  // start_step / on_step_done); a request that leaves frees its blocks at
+  // the consumer (`decoded`, keep_blocks_until_decoded).
+
+  void join_decode(std::uint32_t index) {
+    auto& d = workers[requests[index].decode];
+    if (d.dead)
+      return;
+    d.batch.ready.push_back(index);
+    ++decoding_;
+    if (!d.batch.stepping)
+      start_step(requests[index].decode);
+  }
+
+  void start_step(std::uint32_t worker) {
+    auto size = workers[worker].batch.start(
+        sim_.decode_max_batch, [this](std::uint32_t index) {
+          return requests[index].trace.output_tokens;
+        });
+    if (size > 0)
+      at(now() + from_ms(interpolate(sim_.decode_step_ms, double(size))),
+         [this, worker] { step_done(worker); });
+  }
+
+  void step_done(std::uint32_t worker) {
+    auto& d = workers[worker];
+    if (d.dead)
+      return;
+    d.batch.step_done(
+        [this](std::uint32_t index) { requests[index].first_token = now(); },
+        [&](std::uint32_t index) {
+          requests[index].last_token = now();
+          --decoding_;
+          caf::anon_send(d.app, proto::decoded_atom::value,
+                         first_request_id + index);
+        });
+    start_step(worker);
+  }
+
+  const topology::deployment& topo_;
+  const topology::sim_spec& sim_;
+  caf::actor_system& sys_;
+  caf::actor timer_;
+  timeline rates_;
+  flow_network net_;
+  double lbb_ = 0;
+  std::map<std::uint64_t, std::function<void()>> timers_;
+  std::uint64_t next_timer_ = 0;
+  std::uint64_t decoding_ = 0;
+  // Send orders by slot (the flows' tags); `gen` voids a dropped order's
+  // timer.
+  struct live_order : order {
+    bool live = false;
+    std::int64_t flow = -1;
+    std::uint32_t gen = 0;
+  };
+  std::vector<live_order> orders_;
+  std::vector<std::uint32_t> free_orders_;
+};
+
+caf::behavior timer_actor(caf::event_based_actor*, models* m) {
+  return {[m](proto::sweep_atom, std::uint64_t key) { m->fire(key); }};
+}
+
+// A CAF hop between processes: holds each message `hop` before passing it
+// on (replies go straight back to the sender). In front of a producer it
+// puts each prefill request on the worker's GPU as it delivers it.
+caf::behavior relay(caf::event_based_actor* self, caf::actor target,
+                    caf::timespan hop, models* m, std::uint32_t worker) {
+  struct held {
+    caf::message msg;
+    caf::response_promise reply;
+  };
+  auto pending = std::make_shared<std::map<std::uint64_t, held>>();
+  auto next = std::make_shared<std::uint64_t>(0);
+  self->set_default_handler(
+      [=](caf::scheduled_actor*,
+          caf::message_view& x) -> caf::result<caf::message> {
+        auto key = (*next)++;
+        pending->emplace(key, held{x.move_content_to_message(),
+                                   self->make_response_promise()});
+        self->delayed_send(self, hop, proto::sweep_atom::value, key);
+        return caf::message{};
+      });
+  return {[=](proto::sweep_atom, std::uint64_t key) {
+    auto i = pending->find(key);
+    auto h = std::move(i->second);
+    pending->erase(i);
+    if (h.msg.match_elements<proto::prefill_atom, proto::prefill_request>()) {
+      auto& req = h.msg.get_as<proto::prefill_request>(1);
+      m->prefill_arrives(worker, req.request_id, req.consumer);
+    }
+    if (h.reply.async())
+      self->send(target, std::move(h.msg));
+    else
+      h.reply.delegate(target, std::move(h.msg));
+  }};
+}
+
+// Registers the workers with the directory (replies ignored: a refusal
+// would show as a worker the router never hears of).
+caf::behavior enrol(caf::event_based_actor* self, directory_actor dir,
+                    std::vector<worker_info> infos) {
+  for (auto& info : infos)
+    self->request(dir, caf::infinite, register_atom::value, info,
+                  std::string{"sim"})
+        .then([](lease&) {}, [](caf::error&) {});
+  return {[](proto::sweep_atom) {}};
+}
+
+class actors_engine {
+public:
+  actors_engine(trace_reader& trace, const topology::deployment& topo,
+                const run_options& options)
+      : trace_(trace), topo_(topo), options_(options), sys_(config_),
+        sched_(
+            dynamic_cast<caf::scheduler::test_coordinator&>(sys_.scheduler())),
+        models_(topo, sys_) {
+    faults_ = checked_faults(topo, options);
+    geometry_.layers = topo.model.layers;
+    geometry_.kv_heads = topo.model.kv_heads;
+    geometry_.head_dim = topo.model.head_dim;
+    geometry_.dtype = parse_dtype(topo.model.dtype).value_or(kv_dtype::fp16);
+    geometry_.block_tokens = topo.model.block_tokens;
+  }
+
+  ~actors_engine() {
+    for (auto& a : spawned_)
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    sched_.run();
+  }
+
+  summary run() {
+    // The actors' own log (workers joining, ...) is not the report.
+    auto level = spdlog::get_level();
+    spdlog::set_level(spdlog::level::warn);
+    struct restore {
+      spdlog::level::level_enum level;
+      ~restore() { spdlog::set_level(level); }
+    } restore_level{level};
+    read_trace();
+    timer_ = sys_.spawn(timer_actor, &models_);
+    spawned_.push_back(timer_);
+    models_.build(timer_);
+    start_workers();
+    schedule_faults();
+    auto run = std::make_shared<router_run>();
+    auto router = spawn_router(sys_, router_config_(), run);
+    spawned_.push_back(caf::actor_cast<caf::actor>(router));
+    drive(*run);
+    return report(run->snapshot());
+  }
+
+private:
+  void read_trace() {
+    trace_request t;
+    while (trace_.next(t)) {
+      request_state r;
+      r.prefill_ns = from_ms(interpolate(topo_.sim.prefill_ms, t.input_tokens));
+      r.trace = std::move(t);
+      models_.requests.push_back(std::move(r));
+      t = trace_request{};
+    }
+  }
+
+  app_config app(const topology::worker_spec& w, std::uint64_t blocks) {
+    app_config a;
+    a.name = w.name;
+    a.geometry = geometry_;
+    auto bytes = blocks * geometry_.layer_block_bytes();
+    a.region = memory_region::model_only(bytes, w.name);
+    // The shared_ptr is the models themselves (not owned: they outlive the
+    // actors).
+    std::shared_ptr<sim_network> net(std::shared_ptr<sim_network>{}, &models_);
+    a.transfer = spawn_sim_transfer(sys_, w.name, bytes, net);
+    spawned_.push_back(caf::actor_cast<caf::actor>(a.transfer));
+    a.self = sim_endpoint(w.name, bytes, a.transfer);
+    a.timeout_ms = patient_ms;
+    a.queue_wait_ms = patient_ms;
+    a.queue_limit = std::numeric_limits<std::uint32_t>::max();
+    a.layerwise = topo_.transfer.layerwise;
+    // The model engine negotiates every request (allocate/grant): no credit.
+    a.credit_blocks = 0;
+    a.lend_percent = 0;
+    // The decode model says when a request leaves decode and its blocks
+    // are free, as the model engine holds them.
+    a.keep_blocks_until_decoded = true;
+    return a;
+  }
+
+  caf::actor add_relay(const caf::actor& target, std::uint32_t worker) {
+    auto r = sys_.spawn(relay, target, caf::timespan{from_us(topo_.sim.hop_us)},
+                        &models_, worker);
+    spawned_.push_back(r);
+    return r;
+  }
+
+  void start_workers() {
+    directory_options d;
+    d.secret = "sim";
+    d.lease = hours(24 * 365);
+    d.stall_tolerance = caf::timespan{0};
+    dir_ = spawn_directory(sys_, d);
+    spawned_.push_back(caf::actor_cast<caf::actor>(dir_));
+    // The model engine does not model the prefill workers' pools; the real
+    // producer takes a request's source blocks when the request comes, so
+    // its queue holds blocks: give each room for four of the largest decode
+    // pools (a bit per block), beyond which a request would wait for source
+    // blocks here and not in the model engine.
+    std::uint64_t decode_blocks = 0;
+    for (auto& w : topo_.workers)
+      if (w.role != topology::worker_role::prefill)
+        decode_blocks =
+            std::max<std::uint64_t>(decode_blocks, 4 * w.pool_blocks);
+    std::vector<worker_info> infos;
+    std::uint32_t index = 0;
+    for (auto& w : topo_.workers) {
+      bool prefill = w.role == topology::worker_role::prefill;
+      auto a =
+          app(w, prefill ? std::max<std::uint64_t>(w.pool_blocks, decode_blocks)
+                         : w.pool_blocks);
+      worker_info info;
+      info.name = w.name;
+      info.role = prefill ? worker_role::prefill : worker_role::decode;
+      info.listen_handles = {std::vector<char>(128, 0)};
+      info.transfer = caf::actor_cast<caf::actor>(a.transfer);
+      caf::actor target;
+      if (prefill)
+        target = caf::actor_cast<caf::actor>(spawn_producer(sys_, a));
+      else
+        target = caf::actor_cast<caf::actor>(spawn_consumer(sys_, a));
+      spawned_.push_back(target);
+      models_.workers[index].app = target;
+      info.app = target;
+      infos.push_back(std::move(info));
+      auto r = add_relay(target, index);
+      worker_actors_.push_back(
+          {target, r, caf::actor_cast<caf::actor>(a.transfer)});
+      (prefill ? producer_worker_ : consumer_worker_).push_back(index);
+      if (prefill) {
+        producers_.push_back({w.name, caf::actor_cast<producer_actor>(r)});
+      } else {
+        models_.consumer_of_relay[r.address()] = index;
+        consumers_.push_back({w.name, r});
+      }
+      ++index;
+    }
+    spawned_.push_back(sys_.spawn(enrol, dir_, std::move(infos)));
+    sched_.run();
+  }
+
+  // At its virtual time each fault happens to the models and the actors.
+  void schedule_faults() {
+    for (auto& f : faults_) {
+      auto at = from_ms(f.at_s * 1e3);
+      if (f.what == fault::kind::link_slow) {
+        for (std::uint32_t h = 0; h < topo_.hosts.size(); ++h)
+          if (topo_.hosts[h].name == f.target)
+            models_.at(
+                at, [this, h, rate = f.gbit_per_s] { models_.slow(h, rate); });
+      } else {
+        auto w = models_.by_name.at(f.target);
+        models_.at(at, [this, w] { models_.kill(w, worker_actors_[w]); });
+      }
+    }
+  }
+
+  router_config router_config_() {
+    router_config c;
+    c.first_request_id = first_request_id;
+    c.producers = producers_;
+    c.consumers = consumers_;
+    c.routing_policy = topo_.sim.routing;
+    c.directory = dir_;
+    c.directory_name = "simulated";
+    c.layerwise = topo_.transfer.layerwise;
+    c.inflight = std::numeric_limits<std::uint32_t>::max();
+    c.timeout_ms = patient_ms;
+    c.go_on_after_failure = true;
+    // The router remembers as many prefix ids per decode worker as the
+    // largest pool holds 512-token blocks (the model engine: each its own).
+    std::size_t capacity = 0;
+    for (auto& w : topo_.workers)
+      if (w.role != topology::worker_role::prefill)
+        capacity = std::max<std::size_t>(
+            capacity, std::uint64_t(w.pool_blocks) / topo_.model.layers *
+                          topo_.model.block_tokens / hash_block_tokens);
+    c.prefix_capacity = capacity;
+    for (auto& r : models_.requests) {
+      c.tokens.push_back(r.trace.input_tokens);
+      c.arrivals.push_back(caf::timespan{r.trace.arrival_ns});
+      if (topo_.sim.routing == routing::prefix_aware)
+        c.prefix_ids.push_back(r.trace.hash_ids);
+    }
+    return c;
+  }
+
+  // The event loop: run every message due, then jump to the next timer.
+  void drive(const router_run& run) {
+    sched_.run();
+    std::uint64_t timers = 0;
+    auto total = models_.requests.size();
+    while ((!run.finished() || models_.decoding() > 0) &&
+           sched_.has_pending_timeout()) {
+      sched_.trigger_timeout();
+      sched_.run();
+      if (options_.progress && (++timers & 0xffff) == 0) {
+        auto done = run.snapshot().done;
+        options_.progress(total ? double(done) / double(total) : 1, done);
+      }
+    }
+    // Not finished: faults left no prefill or no decode worker, and the
+    // router cannot route the rest (report(): unroutable).
+  }
+
+  summary report(const router_results& results) {
+    summary s;
+    s.engine = "actors";
+    auto& reqs = models_.requests;
+    std::vector<bool> ok(reqs.size(), false);
+    for (auto& row : results.requests) {
+      ok[row.index] = row.ok;
+      // Where the router sent it (a request may fail before any relay saw
+      // it).
+      auto& r = reqs[row.index];
+      r.routed = true;
+      r.prefill = producer_worker_[row.producer];
+      r.decode = consumer_worker_[row.consumer];
+      r.ipc = models_.workers[r.prefill].host == models_.workers[r.decode].host;
+    }
+    for (auto& f : faults_)
+      s.faults.push_back({f.text, 0});
+    request_csv csv(options_.out_dir);
+    ns_t end = 0;
+    std::uint64_t failed = 0;
+    // Rows in trace order (the model engine's are in the order they end).
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      auto& r = reqs[i];
+      request_row row;
+      row.trace = &r.trace;
+      row.arrival = r.trace.arrival_ns;
+      row.ipc = r.ipc;
+      if (r.routed) {
+        row.prefill = models_.workers[r.prefill].name;
+        row.decode = models_.workers[r.decode].name;
+      }
+      if (!ok[i] && larger_than_pool(r)) {
+        row.what = request_row::status::rejected; // the consumer refused it
+        ++s.rejected;
+      } else if (!ok[i] || decoding_when_died(r)) {
+        row.what = request_row::status::failed;
+        ++failed;
+        count_failure(s, r);
+      } else {
+        // The grant reached the producer when it ordered the first send.
+        auto grant = r.first_order;
+        auto ready = std::max(r.prefill_end, grant);
+        row.parts[0] = r.prefill_start - r.trace.arrival_ns;
+        row.parts[1] = r.prefill_ns;
+        row.parts[2] = std::max<ns_t>(0, grant - r.prefill_end);
+        row.parts[3] = r.landed - ready;
+        row.parts[4] = r.first_token - r.landed;
+        row.ttft = r.first_token - r.trace.arrival_ns;
+        // Layer-wise from when the grant is in and the prefill has begun
+        // (the model engine asks for the grant as the prefill begins; the
+        // real producer as the request comes), else from when both the
+        // prefill and the grant are done.
+        row.transfer_total = r.landed - (topo_.transfer.layerwise
+                                             ? std::max(grant, r.prefill_start)
+                                             : ready);
+        row.e2e = r.last_token - r.trace.arrival_ns;
+        row.bytes = r.bytes;
+        record(s, row, options_.ttft_slo_ms);
+        end = std::max(end, r.last_token);
+      }
+      csv.row(row);
+    }
+    csv.close();
+    s.trace = trace_.path();
+    s.trace_format = to_string(trace_.format());
+    s.topology = topo_.source_file;
+    s.routing = topology::to_string(topo_.sim.routing);
+    s.layerwise = topo_.transfer.layerwise;
+    s.prefix_reuse = false; // the consumer keeps no prefix cache
+    for (auto& w : models_.workers)
+      ++(w.prefill ? s.prefill_workers : s.decode_workers);
+    s.hosts = topo_.hosts.size();
+    s.requests = reqs.size();
+    s.failed = failed;
+    s.completed = reqs.size() - failed - s.rejected;
+    s.span_s = double(end) / 1e9;
+    s.ttft_slo_ms = options_.ttft_slo_ms;
+    links(s, end);
+    return s;
+  }
+
+  // More layer-blocks than its decode worker's whole pool: the consumer
+  // refuses it at once (waiting cannot help); the model engine calls it
+  // rejected.
+  bool larger_than_pool(const request_state& r) const {
+    if (!r.routed)
+      return false;
+    auto bt = topo_.model.block_tokens;
+    std::uint64_t blocks = (r.trace.input_tokens + bt - 1) / bt;
+    return blocks * topo_.model.layers > topo_.workers[r.decode].pool_blocks;
+  }
+
+  // A request answered before its decode worker died, whose last token
+  // had not come: the model engine fails it too (its KV is gone).
+  bool decoding_when_died(const request_state& r) const {
+    auto& d = models_.workers[r.decode];
+    return r.routed && d.dead && (r.last_token < 0 || r.last_token > d.died);
+  }
+
+  // Which fault failed a request: the death of its prefill or decode
+  // worker; none when it was never routed (unroutable).
+  void count_failure(summary& s, const request_state& r) {
+    if (!r.routed) {
+      ++s.unroutable;
+      return;
+    }
+    for (std::size_t i = 0; i < faults_.size(); ++i) {
+      auto& f = faults_[i];
+      if (f.what == fault::kind::worker_down &&
+          (f.target == models_.workers[r.prefill].name ||
+           f.target == models_.workers[r.decode].name)) {
+        ++s.faults[i].failed;
+        return;
+      }
+    }
+  }
+
+  void links(summary& s, ns_t end) {
+    auto& net = models_.network();
+    double span = double(std::max<ns_t>(1, end));
+    for (std::uint32_t i = 0; i < net.links(); ++i) {
+      auto& l = net.at(i);
+      s.links.push_back(
+          {l.name, l.nominal, l.bytes, l.bytes / (l.nominal * span)});
+    }
+    auto& rates = models_.rates();
+    // Requests waiting for a prefill GPU: from reaching the producer to
+    // their prefill's start.
+    auto queue = 2 * topo_.hosts.size();
+    for (auto& r : models_.requests)
+      if (r.routed)
+        rates.add(queue, r.at_producer, r.prefill_start, 1.0);
+    s.bucket_s = double(rates.width_ns()) / 1e9;
+    auto buckets = std::size_t((end + rates.width_ns() - 1) / rates.width_ns());
+    for (std::uint32_t r = 0; r < 2 * topo_.hosts.size(); ++r) {
+      if (net.at(r).bytes <= 0)
+        continue;
+      std::vector<double> v(buckets);
+      for (std::size_t b = 0; b < buckets; ++b)
+        v[b] = rates.mean(r, b) * 100 / net.at(r).nominal;
+      s.link_busy.push_back({net.at(r).name, std::move(v)});
+    }
+    s.prefill_queue.name = "waiting for a prefill GPU";
+    s.pool_queue.name = "waiting for KV-pool blocks (not tracked: 0)";
+    for (std::size_t b = 0; b < buckets; ++b) {
+      s.prefill_queue.values.push_back(rates.mean(queue, b));
+      s.pool_queue.values.push_back(0);
+    }
+  }
+
+  trace_reader& trace_;
+  const topology::deployment& topo_;
+  const run_options& options_;
+  kv_geometry geometry_;
+  sim_system_config config_;
+  caf::actor_system sys_;
+  caf::scheduler::test_coordinator& sched_;
+  models models_;
+  caf::actor timer_;
+  directory_actor dir_;
+  std::vector<router_worker<producer_actor>> producers_;
+  std::vector<router_worker<caf::actor>> consumers_;
+  std::vector<caf::actor> spawned_;
+  std::vector<fault> faults_;
+  // The router's producers and consumers: their worker indexes.
+  std::vector<std::uint32_t> producer_worker_, consumer_worker_;
+  // Per worker: its app actor, its relay, its transfer actor.
+  std::vector<std::vector<caf::actor>> worker_actors_;
+};
+
+} // namespace
+
+summary run_actors(trace_reader& trace, const topology::deployment& topology,
+                   const run_options& options) {
+  return actors_engine(trace, topology, options).run();
+}
+
+} // namespace kvferry::sim
