@@ -661,9 +661,18 @@ pid_t start_probe_helper(const std::string& helper, const std::string& label,
     argv.insert(argv.end(), {"--exe-dir", exe_dir.c_str()});
   argv.insert(argv.end(), {"--", label.c_str(), path.c_str(), nullptr});
 
+  // From a descriptor above 0-3, so that no dup2 below overwrites it (a
+  // process may have closed its stdout) nor is a no-op that keeps
+  // close-on-exec.
+  const int source = ::fcntl(records, F_DUPFD_CLOEXEC, 10);
+  if (source < 0) {
+    error = fmt::format("plugin {}: fcntl() for the probe failed: {}", label,
+                        std::strerror(errno));
+    return -1;
+  }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, records, records_fd);
+  posix_spawn_file_actions_adddup2(&actions, source, records_fd);
   if (::fcntl(STDERR_FILENO, F_GETFD) != -1)
     posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
   else
@@ -687,6 +696,7 @@ pid_t start_probe_helper(const std::string& helper, const std::string& label,
                          const_cast<char* const*>(argv.data()), environ);
   posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
+  ::close(source);
   if (rc != 0) {
     error = fmt::format("plugin {}: could not start the probe helper {}: {}",
                         label, helper, std::strerror(rc));
