@@ -37,7 +37,8 @@
 #   run(command="tar -xJf .bundle-packed/bundle.tar.xz && bash .bundle/device-run.sh device",
 #       carry=[".bundle-packed"])
 #
-# .bundle/ = bin/kvferry, lib/ (libnccl-net-kvsock.so and every shared library
+# .bundle/ = bin/kvferry and bin/kvferry-plugin-probe (the plugin probe's
+# helper program), lib/ (libnccl-net-kvsock.so and every shared library
 # the binaries need per ldd, except the C/C++ runtime: the device image is a
 # newer Ubuntu whose glibc/libstdc++ are newer than Debian 12's, so ours would
 # only shadow theirs), tests/ (GPU-labelled tests plus the unit tests of the
@@ -90,7 +91,7 @@ bundle() {
   local tests
   tests=$(cd "$build" && ctest -N -L gpu | sed -n 's/^ *Test *#[0-9]*: *//p')
   tests="$tests test_copy_plan test_unpack_mapping test_gpu_memory_host test_copy_choice test_ipc_table ${EXTRA_TESTS:-}"
-  local targets=(kvferry nccl-net-kvsock)
+  local targets=(kvferry kvferry-plugin-probe nccl-net-kvsock)
   for t in $tests; do targets+=("$t"); done
   targets+=(kvferry-embedding-example) # issue #15 (the example mode)
   echo "== build ${targets[*]}"
@@ -98,7 +99,7 @@ bundle() {
 
   rm -rf "$bundle_dir"
   mkdir -p "$bundle_dir/bin" "$bundle_dir/lib" "$bundle_dir/tests"
-  cp "$build/bin/kvferry" "$bundle_dir/bin/"
+  cp "$build/bin/kvferry" "$build/bin/kvferry-plugin-probe" "$bundle_dir/bin/"
   cp "$build/lib/libnccl-net-kvsock.so" "$bundle_dir/lib/"
   # The embedding example (issue #15) and the trace it replays.
   cp "$build/apps/embedding-example/kvferry-embedding-example" "$bundle_dir/bin/"
@@ -153,6 +154,9 @@ use_bundle() {
   mkdir -p "$out"
   export LD_LIBRARY_PATH="$b/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export KVFERRY_PLUGIN_PATH="$b/lib"
+  # bin/kvferry finds the probe helper beside itself; the tests, the example
+  # and libkvferry.so would look in the build tree's path, absent there.
+  export KVFERRY_PLUGIN_PROBE="$b/bin/kvferry-plugin-probe"
 }
 
 # One bundled test's outcome from its exit status: "pass" (", N case(s)

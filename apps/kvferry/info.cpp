@@ -45,6 +45,11 @@ void print_plugins() {
   fmt::print("Network plugins: {} found (default: {}; searched {} and "
              "LD_LIBRARY_PATH)\n",
              found.size(), transport::default_plugin(), dirs);
+  try {
+    fmt::print("Probe helper: {}\n", transport::probe_helper());
+  } catch (const std::exception& e) {
+    fmt::print("Probe helper: none: {}\n", e.what());
+  }
   for (auto& where : found) {
     auto report = transport::probe_plugin(where.path, std::chrono::seconds(10));
     if (!report.ok) {

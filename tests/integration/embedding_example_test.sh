@@ -19,6 +19,15 @@ step() {  # <what> <command...>: runs it, logging; the test stops on failure
   fi
 }
 step "install into a scratch prefix" cmake --install "$bin" --prefix "$WORK/prefix"
+# The plugin probe's helper program is installed, and the installed kvferry
+# runs that one (found relative to itself), not the build tree's.
+probe=$(cd "$WORK/prefix" && pwd -P)/libexec/kvferry/kvferry-plugin-probe
+expect "the probe helper is installed" test -x "$probe"
+env -u KVFERRY_PLUGIN_PATH -u KVFERRY_PLUGIN_PROBE "$WORK/prefix/bin/kvferry" info >"$WORK/info.log" 2>&1
+expect "the installed kvferry uses the installed probe helper" \
+  contains "$WORK/info.log" "Probe helper: $probe"
+expect "... and probes the installed kvsock plugin with it" \
+  contains "$WORK/info.log" "(table 'kvsock'"
 launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache)
 step "configure the example against it" cmake -S "$src/apps/embedding-example" -B "$WORK/build" \

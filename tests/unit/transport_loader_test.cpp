@@ -1,14 +1,22 @@
 // The loader's promises: errors name the plugin and what went wrong; a plugin
-// that exits, crashes or hangs in init fails its probe instead of killing us.
+// that exits, crashes or hangs in init fails its probe instead of killing us;
+// a probe from a busy, threaded process does not hang.
+#include <atomic>
 #include <cstdlib>
+#include <link.h>
+#include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/plugin.hpp"
+#include "scoped_env.hpp"
 
 using namespace kvferry::transport;
+using kvferry::test::scoped_env;
 
 namespace {
 const std::string fixtures = KVFERRY_FIXTURE_DIR;
@@ -73,11 +81,89 @@ TEST_CASE("the probe survives a plugin that crashes in init") {
 }
 
 TEST_CASE("the probe kills a plugin whose init hangs, at the deadline") {
+  // The deadline leaves the helper program time to start on a loaded
+  // machine (and under ASan) before the plugin's init begins.
   auto report = probe_plugin(fixtures + "/libnccl-net-bad-hang.so",
-                             std::chrono::milliseconds(300));
+                             std::chrono::seconds(5));
   CHECK_FALSE(report.ok);
   CHECK(has(report.error,
-            "init did not return within 0.3 s in the probe process (killed)"));
+            "init did not return within 5.0 s in the probe process (killed)"));
+}
+
+namespace {
+// Threads that keep the allocator and the dynamic loader's lock busy until
+// they are destroyed: the state in which a fork of this process could
+// inherit a held lock and block on it for good.
+class busy_threads {
+public:
+  explicit busy_threads(int allocating) {
+    for (int t = 0; t < allocating; ++t)
+      threads_.emplace_back([this, t] {
+        std::vector<std::unique_ptr<char[]>> held(64);
+        for (size_t i = 0; !stop_.load(std::memory_order_relaxed); ++i)
+          held[i % held.size()].reset(
+              new char[16 + (i * 61 + static_cast<size_t>(t)) % 8192]);
+      });
+    threads_.emplace_back([this] {
+      while (!stop_.load(std::memory_order_relaxed))
+        ::dl_iterate_phdr([](dl_phdr_info*, size_t, void*) { return 0; },
+                          nullptr);
+    });
+  }
+  busy_threads(const busy_threads&) = delete;
+  busy_threads& operator=(const busy_threads&) = delete;
+  ~busy_threads() {
+    stop_ = true;
+    for (auto& thread : threads_)
+      thread.join();
+  }
+
+private:
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+} // namespace
+
+TEST_CASE("the probe works from a process whose threads hold malloc and the "
+          "loader's lock in a loop") {
+  busy_threads busy(4);
+  int failed = 0;
+  std::string first_error;
+  for (int i = 0; i < 20; ++i) {
+    auto report = probe_plugin(fixtures + "/libnccl-net-fake.so");
+    if (!report.ok && failed++ == 0)
+      first_error = report.error;
+  }
+  INFO(first_error);
+  CHECK(failed == 0);
+}
+
+TEST_CASE("without its helper program the probe fails, naming where it "
+          "looked") {
+  const std::string plugin = fixtures + "/libnccl-net-quirk-slow-listen.so";
+  {
+    scoped_env env("KVFERRY_PLUGIN_PROBE", "/nonexistent/kvferry-plugin-probe");
+    auto report = probe_plugin(plugin);
+    CHECK_FALSE(report.ok);
+    CHECK(report.error == "plugin " + plugin +
+                              ": cannot probe: "
+                              "KVFERRY_PLUGIN_PROBE=/nonexistent/"
+                              "kvferry-plugin-probe is not an executable file "
+                              "(No such file or directory)");
+    // No fallback to a fork: load() refuses the plugin with the same error.
+    CHECK(has(load_error(plugin), "KVFERRY_PLUGIN_PROBE=/nonexistent/"));
+  }
+  {
+    // A helper that ends before it reports anything.
+    scoped_env env("KVFERRY_PLUGIN_PROBE", "/bin/false");
+    auto report = probe_plugin(plugin);
+    CHECK(report.error == "plugin " + plugin +
+                              ": the probe helper /bin/false exited with "
+                              "status 1 before it began (its stderr says why)");
+  }
+  // The one found by default works.
+  auto report = probe_plugin(plugin);
+  CHECK_MESSAGE(report.ok, report.error);
 }
 
 TEST_CASE("plugins are found by name on KVFERRY_PLUGIN_PATH and loaded once") {

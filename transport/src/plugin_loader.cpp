@@ -8,11 +8,13 @@
 #include <cstring>
 #include <dirent.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <map>
 #include <mutex>
 #include <poll.h>
 #include <set>
 #include <signal.h>
+#include <spawn.h>
 #include <sstream>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +27,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvferry/transport/plugin.hpp"
+#include "probe_child.hpp"
 
 #ifndef KVFERRY_INSTALL_LIBDIR
 #define KVFERRY_INSTALL_LIBDIR "/usr/local/lib"
@@ -32,6 +35,17 @@
 #ifndef KVFERRY_INSTALL_RELATIVE_LIBDIR
 #define KVFERRY_INSTALL_RELATIVE_LIBDIR "lib"
 #endif
+#ifndef KVFERRY_INSTALL_RELATIVE_BINDIR
+#define KVFERRY_INSTALL_RELATIVE_BINDIR "bin"
+#endif
+#ifndef KVFERRY_INSTALL_RELATIVE_LIBEXECDIR
+#define KVFERRY_INSTALL_RELATIVE_LIBEXECDIR "libexec"
+#endif
+#ifndef KVFERRY_INSTALL_LIBEXECDIR
+#define KVFERRY_INSTALL_LIBEXECDIR "/usr/local/libexec"
+#endif
+
+extern char** environ;
 
 namespace kvferry::transport {
 
@@ -365,14 +379,17 @@ struct opened_table {
   const ncclNet_v7_t* net = nullptr;
 };
 
-opened_table open_table(const std::string& label, const std::string& path) {
+// `search`: whose directories a failing dlopen of a bare file name names
+// (the prober's, when this runs in the probe helper).
+opened_table open_table(const std::string& label, const std::string& path,
+                        const plugin_search& search = {}) {
   opened_table out;
   out.lib = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!out.lib) {
     const char* why = ::dlerror();
     std::string searched;
     if (path.find('/') == std::string::npos) {
-      for (auto& dir : plugin_search_dirs())
+      for (auto& dir : plugin_search_dirs(search))
         searched += (searched.empty() ? "" : ", ") + dir;
       searched = fmt::format(" (searched {} and the ld.so cache)", searched);
     }
@@ -501,18 +518,27 @@ std::vector<std::string> split_tabs(const std::string& line) {
   }
 }
 
-[[noreturn]] void run_probe_child(int fd, const std::string& label,
-                                  const std::string& path) {
+std::string describe_child_end(int status) {
+  if (WIFEXITED(status))
+    return fmt::format("exited with status {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status))
+    return fmt::format("crashed with signal {} ({})", WTERMSIG(status),
+                       ::strsignal(WTERMSIG(status)));
+  return fmt::format("ended with wait status {}", status);
+}
+
+} // namespace
+
+// ---- the probe's child side (run by kvferry-plugin-probe)
+
+namespace detail {
+
+void run_probe_child(int fd, const std::string& label, const std::string& path,
+                     const plugin_search& search) {
   probe_log_fd = fd;
-  // A crash must end the child with its signal, not run handlers inherited
-  // from the parent (test frameworks, sanitizers); and what the plugin prints
-  // must not land in the parent's stdout (it may be a JSON report).
-  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT})
-    ::signal(sig, SIG_DFL);
-  ::dup2(STDERR_FILENO, STDOUT_FILENO);
   try {
     write_all(fd, "stage\tdlopen\n");
-    auto opened = open_table(label, path);
+    auto opened = open_table(label, path, search);
     write_all(fd, fmt::format("table\t{}\n", clean(table_label(*opened.net))));
     auto devices = init_and_list(label, *opened.net, [&](const char* call) {
       write_all(fd, fmt::format("stage\t{}\n", call));
@@ -524,17 +550,210 @@ std::vector<std::string> split_tabs(const std::string& line) {
     write_all(fd, fmt::format("error\t{}\n", clean(e.what())));
   }
   ::close(fd);
-  // _exit: no atexit handlers or static destructors of the parent's copy.
+  // _exit: the plugin may run threads (no static destructors under them),
+  // and what it leaked is not ours to report (no leak check at exit).
+  std::fflush(nullptr);
   ::_exit(0);
 }
 
-std::string describe_child_end(int status) {
-  if (WIFEXITED(status))
-    return fmt::format("exited with status {}", WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return fmt::format("crashed with signal {} ({})", WTERMSIG(status),
-                       ::strsignal(WTERMSIG(status)));
-  return fmt::format("ended with wait status {}", status);
+} // namespace detail
+
+// ---- the probe helper: where it is and how it is started
+
+namespace {
+
+bool is_executable(const std::string& path) {
+  return is_file(path) && ::access(path.c_str(), X_OK) == 0;
+}
+
+// `dir` with one ".." per component of `relative`: the install prefix of a
+// directory that is <prefix>/<relative> ("lib/x86_64-linux-gnu": two).
+std::string install_prefix_of(const std::string& dir,
+                              const std::string& relative) {
+  std::string prefix = dir;
+  std::stringstream parts(relative);
+  std::string part;
+  while (std::getline(parts, part, '/'))
+    if (!part.empty())
+      prefix += "/..";
+  return resolved(prefix);
+}
+
+// The shared library this code was linked into (libkvferry.so), or empty
+// when it is part of the executable (the static library).
+std::string loader_shared_library() {
+  Dl_info info{};
+  if (::dladdr(reinterpret_cast<const void*>(&probe_plugin), &info) == 0 ||
+      !info.dli_fname || !std::strchr(info.dli_fname, '/'))
+    return {};
+  auto file = resolved(info.dli_fname);
+  return file == resolved("/proc/self/exe") ? std::string{} : file;
+}
+
+// Where the helper may be, in the order tried (after $KVFERRY_PLUGIN_PROBE):
+// installed beside the library or executable that holds this code, this
+// build tree's, the configured install prefix's.
+std::vector<std::string> probe_helper_candidates() {
+  const std::string libexec = KVFERRY_INSTALL_RELATIVE_LIBEXECDIR;
+  const std::string in_libexec =
+      libexec + "/kvferry/" + detail::probe_helper_name;
+  const bool relocatable = !libexec.empty() && libexec[0] != '/';
+  std::vector<std::string> out;
+  if (auto lib = loader_shared_library(); !lib.empty()) {
+    if (relocatable)
+      out.push_back(install_prefix_of(lib.substr(0, lib.rfind('/')),
+                                      KVFERRY_INSTALL_RELATIVE_LIBDIR) +
+                    "/" + in_libexec);
+  } else if (auto exe_dir = executable_dir(); !exe_dir.empty()) {
+    out.push_back(exe_dir + "/" + detail::probe_helper_name);
+    if (relocatable)
+      out.push_back(
+          install_prefix_of(exe_dir, KVFERRY_INSTALL_RELATIVE_BINDIR) + "/" +
+          in_libexec);
+  }
+#ifdef KVFERRY_BUILD_PLUGIN_PROBE
+  out.emplace_back(KVFERRY_BUILD_PLUGIN_PROBE);
+#endif
+  out.push_back(std::string(KVFERRY_INSTALL_LIBEXECDIR) + "/kvferry/" +
+                detail::probe_helper_name);
+  return out;
+}
+
+} // namespace
+
+std::string probe_helper() {
+  const char* env = std::getenv(detail::probe_helper_env);
+  if (env && *env) {
+    if (is_executable(env))
+      return env;
+    throw plugin_load_error(fmt::format(
+        "{}={} is not an executable file ({})", detail::probe_helper_env, env,
+        std::strerror(is_file(env) ? EACCES : ENOENT)));
+  }
+  auto candidates = probe_helper_candidates();
+  for (auto& path : candidates)
+    if (is_executable(path))
+      return path;
+  throw plugin_load_error(fmt::format(
+      "the probe helper {} is in none of {}; ${} is unset (set it to the "
+      "helper's path)",
+      detail::probe_helper_name, fmt::join(candidates, ", "),
+      detail::probe_helper_env));
+}
+
+namespace {
+
+// Starts `helper` on the plugin (`label`, `path`): its records come on
+// `records` (its fd 3), its stdout goes to our stderr (what a plugin prints
+// must not land in a JSON report on our stdout), its stdin is /dev/null and
+// crash signals kill it even where we ignore them. posix_spawn, not fork: no
+// code of ours runs between the fork and the exec. Returns the pid, or -1
+// with `error` set.
+pid_t start_probe_helper(const std::string& helper, const std::string& label,
+                         const std::string& path, int records,
+                         std::string& error) {
+  constexpr int records_fd = 3;
+  const std::string exe_dir = executable_dir();
+  const std::string records_arg = std::to_string(records_fd);
+  std::vector<const char*> argv{helper.c_str(), "--records-fd",
+                                records_arg.c_str()};
+  if (!exe_dir.empty())
+    argv.insert(argv.end(), {"--exe-dir", exe_dir.c_str()});
+  argv.insert(argv.end(), {"--", label.c_str(), path.c_str(), nullptr});
+
+  // From a descriptor above 0-3, so that no dup2 below overwrites it (a
+  // process may have closed its stdout) nor is a no-op that keeps
+  // close-on-exec.
+  const int source = ::fcntl(records, F_DUPFD_CLOEXEC, 10);
+  if (source < 0) {
+    error = fmt::format("plugin {}: fcntl() for the probe failed: {}", label,
+                        std::strerror(errno));
+    return -1;
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, source, records_fd);
+  if (::fcntl(STDERR_FILENO, F_GETFD) != -1)
+    posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
+  else
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null",
+                                     O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
+                                   O_RDONLY, 0);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, crash;
+  sigemptyset(&none);
+  sigemptyset(&crash);
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGPIPE})
+    sigaddset(&crash, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &crash);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, helper.c_str(), &actions, &attr,
+                         const_cast<char* const*>(argv.data()), environ);
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(source);
+  if (rc != 0) {
+    error = fmt::format("plugin {}: could not start the probe helper {}: {}",
+                        label, helper, std::strerror(rc));
+    return -1;
+  }
+  return pid;
+}
+
+// Everything the helper writes to `fd` until EOF or `deadline`; `timed_out`
+// says which.
+std::string read_records(int fd, std::chrono::steady_clock::time_point deadline,
+                         bool& timed_out) {
+  std::string received;
+  timed_out = false;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    if (left <= 0) {
+      timed_out = true;
+      return received;
+    }
+    pollfd pfd{fd, POLLIN, 0};
+    int ready =
+        ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    if (ready <= 0)
+      continue; // EINTR or a second without news: check the deadline
+    char buf[4096];
+    auto n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return received; // EOF: the helper closed or died
+    received.append(buf, static_cast<size_t>(n));
+  }
+}
+
+// The helper's wait status. After EOF it is exiting (or a grandchild holds
+// the pipe): wait until `deadline` + 2 s, then kill; `timed_out` is set then.
+int reap_probe_helper(pid_t child,
+                      std::chrono::steady_clock::time_point deadline,
+                      bool& timed_out) {
+  if (timed_out)
+    ::kill(child, SIGKILL);
+  int status = 0;
+  for (;;) {
+    auto r = ::waitpid(child, &status, WNOHANG);
+    if (r == child || (r < 0 && errno != EINTR))
+      return status;
+    if (std::chrono::steady_clock::now() > deadline + std::chrono::seconds(2)) {
+      ::kill(child, SIGKILL);
+      ::waitpid(child, &status, 0);
+      timed_out = true;
+      return status;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 } // namespace
@@ -550,74 +769,37 @@ probe_report probe_plugin(const std::string& name_or_path,
     return report;
   }
   report.path = where.path;
+  std::string helper;
+  try {
+    helper = probe_helper(); // no fallback to a fork of this process
+  } catch (const std::exception& e) {
+    report.error =
+        fmt::format("plugin {}: cannot probe: {}", name_or_path, e.what());
+    return report;
+  }
+  report.helper = helper;
+  // Close-on-exec, so that no other child this process starts meanwhile
+  // holds the write end open; the helper gets its own copy as fd 3.
   int fds[2];
-  if (::pipe(fds) != 0) {
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
     report.error = fmt::format("plugin {}: pipe() for the probe failed: {}",
                                name_or_path, std::strerror(errno));
     return report;
   }
-  std::fflush(nullptr); // the child must not flush our buffered output again
-  pid_t child = ::fork();
+  pid_t child = start_probe_helper(helper, name_or_path, where.path, fds[1],
+                                   report.error);
+  ::close(fds[1]);
   if (child < 0) {
-    report.error = fmt::format("plugin {}: fork() for the probe failed: {}",
-                               name_or_path, std::strerror(errno));
     ::close(fds[0]);
-    ::close(fds[1]);
     return report;
   }
-  if (child == 0) {
-    ::close(fds[0]);
-    run_probe_child(fds[1], name_or_path, where.path);
-  }
-  ::close(fds[1]);
-
-  // Read until EOF or the deadline.
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::string received;
   bool timed_out = false;
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now())
-                    .count();
-    if (left <= 0) {
-      timed_out = true;
-      break;
-    }
-    pollfd pfd{fds[0], POLLIN, 0};
-    int ready =
-        ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
-    if (ready < 0 && errno == EINTR)
-      continue;
-    if (ready <= 0)
-      continue;
-    char buf[4096];
-    auto n = ::read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      break; // EOF: the child closed or died
-    received.append(buf, static_cast<size_t>(n));
-  }
+  std::string received = read_records(fds[0], deadline, timed_out);
   ::close(fds[0]);
-  if (timed_out)
-    ::kill(child, SIGKILL);
-  int status = 0;
-  // After EOF the child is exiting (or a grandchild holds the pipe): wait with
-  // the same deadline, then kill.
-  for (;;) {
-    auto r = ::waitpid(child, &status, WNOHANG);
-    if (r == child || (r < 0 && errno != EINTR))
-      break;
-    if (std::chrono::steady_clock::now() > deadline + std::chrono::seconds(2)) {
-      ::kill(child, SIGKILL);
-      ::waitpid(child, &status, 0);
-      timed_out = true;
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
+  int status = reap_probe_helper(child, deadline, timed_out);
 
-  std::string stage = "dlopen", child_error;
+  std::string stage, child_error;
   bool done = false;
   std::stringstream lines(received);
   std::string line;
@@ -643,6 +825,14 @@ probe_report probe_plugin(const std::string& name_or_path,
     report.ok = true;
   } else if (!child_error.empty()) {
     report.error = child_error;
+  } else if (stage.empty()) { // it never began: a loader error, say
+    report.error = fmt::format(
+        "plugin {}: the probe helper {} {} before it began (its stderr says "
+        "why)",
+        name_or_path, helper,
+        timed_out ? fmt::format("did not start within {:.1f} s (killed)",
+                                timeout.count() / 1000.0)
+                  : describe_child_end(status));
   } else if (timed_out) {
     report.error = fmt::format("plugin {}: {} did not return within {:.1f} s "
                                "in the probe process (killed)",

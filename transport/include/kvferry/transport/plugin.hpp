@@ -133,15 +133,25 @@ std::vector<plugin_location> discover_plugins();
 
 // ---- probing in a child process ---------------------------------------------
 
-// What a probe found out. The child forks from the caller, loads the plugin,
-// calls init, devices and getProperties, and reports over a pipe; the parent
-// waits at most `timeout` and kills it after that. A plugin that exits,
-// crashes or hangs in any call produces ok=false with an error like
-// "plugin tcpx: init exited with status 1 in the probe process".
+// What a probe found out. The caller starts the helper program
+// kvferry-plugin-probe (posix_spawn; never a fork of the caller, whose other
+// threads may hold locks a forked child would wait on for good), which loads
+// the plugin, calls init, devices and getProperties, and reports over a
+// pipe; the caller waits at most `timeout` and kills it after that. A plugin
+// that exits, crashes or hangs in any call produces ok=false with an error
+// like "plugin tcpx: init exited with status 1 in the probe process".
+//
+// The helper is, in this order: $KVFERRY_PLUGIN_PROBE (when set, only that);
+// <prefix>/libexec/kvferry/kvferry-plugin-probe of the install holding the
+// shared library this code is in (libkvferry.so), or, linked statically,
+// beside the executable or in its install's libexec/kvferry; this build
+// tree's; the configured install prefix's. Found nowhere, the probe fails
+// naming every place looked in.
 struct probe_report {
   bool ok = false;
   std::string error;      // empty when ok
   std::string path;       // the file loaded
+  std::string helper;     // the probe helper program that ran
   std::string table_name; // ncclNetPlugin_v7->name
   std::vector<device_properties> devices;
   std::vector<std::string> log; // the plugin's WARN/ABORT log lines
@@ -149,12 +159,17 @@ struct probe_report {
 probe_report
 probe_plugin(const std::string& name_or_path,
              std::chrono::milliseconds timeout = std::chrono::seconds(20));
+// The helper program probe_plugin runs, found as above; plugin_load_error
+// naming every place looked in (or the unusable $KVFERRY_PLUGIN_PROBE) when
+// there is none.
+std::string probe_helper();
 
 // ---- a loaded plugin
 
 struct load_options {
   // Probe in a child first (recommended for a long-lived process): a plugin
   // that would kill the process in init fails the probe with a clear error.
+  // Safe to do from a process that already runs threads (probe_plugin).
   bool probe_first = true;
   std::chrono::milliseconds probe_timeout = std::chrono::seconds(20);
 };
