@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The simulator against the real thing (docs/sim.md, "Fidelity"), as one
+# command: here over kvsock (--gpu none, the default) or on a GPU machine
+# over CUDA IPC (--gpu 0). It measures the link (bench net; bench ipc on a
+# GPU), replays the first N requests of a trace for real twice with
+# `kvferry demo --trace` (run A, then run B), calibrates the simulator on
+# run A, simulates the same requests on the demo's topology and compares
+# the simulation with run A (fitted) and with run B (held out).
+#
+#   scripts/sim-fidelity.sh [--kvferry BIN] [--gpu none|N] [--trace FILE]
+#                           [--requests N] [--time-scale X] [--out DIR]
+#
+# Defaults: build-ci/release/bin/kvferry, ../shared/traces'
+# mooncake_synthetic_trace.jsonl, 200 requests at time x0.1, --out
+# ./fidelity-out. The demo's geometry is its default (32 layers, 8 KV heads
+# of 128, fp16, 16-token blocks), so the topology's model is that too.
+# Prints both comparisons; their figures go in docs/benchmarks.md.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "$0")/.." && pwd)
+kvferry=$repo_root/build-ci/release/bin/kvferry
+gpu=none
+trace=$repo_root/../shared/traces/mooncake_synthetic_trace.jsonl
+requests=200
+scale=0.1
+out=./fidelity-out
+while [ $# -gt 0 ]; do
+  case $1 in
+    --kvferry) kvferry=$2; shift 2 ;;
+    --gpu) gpu=$2; shift 2 ;;
+    --trace) trace=$2; shift 2 ;;
+    --requests) requests=$2; shift 2 ;;
+    --time-scale) scale=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "sim-fidelity: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+[ -x "$kvferry" ] || { echo "sim-fidelity: $kvferry is not executable (--kvferry)" >&2; exit 2; }
+[ -f "$trace" ] || { echo "sim-fidelity: trace $trace not found (--trace)" >&2; exit 2; }
+mkdir -p "$out"
+
+step() { echo "== $*"; }
+
+# 1. The link: kvsock on host memory here, CUDA IPC's kernel on a GPU.
+link_args=(--bench-net "$out/net.json")
+step "bench net (kvsock)"
+"$kvferry" bench net --plugin kvsock --sizes 64K,256K,1M --json "$out/net.json" >"$out/net.log" 2>&1 ||
+  { cat "$out/net.log"; exit 1; }
+if [ "$gpu" != none ]; then
+  step "bench ipc (GPU $gpu)"
+  "$kvferry" bench ipc --gpu "$gpu" --sizes 64K --total 256M --json "$out/ipc.json" \
+    >"$out/ipc.log" 2>&1 || { cat "$out/ipc.log"; exit 1; }
+  link_args+=(--bench-ipc "$out/ipc.json")
+fi
+
+# 2. The real thing, twice.
+transport=net
+[ "$gpu" != none ] && transport=ipc
+for run in A B; do
+  step "demo run $run: $requests requests of $(basename "$trace") at time x$scale, GPU $gpu over $transport"
+  "$kvferry" demo --gpu "$gpu" --transport "$transport" --quiet --trace "$trace" \
+    --requests "$requests" --time-scale "$scale" --inflight 8 --out "$out/demo-$run" \
+    >"$out/demo-$run.log" 2>&1 || { cat "$out/demo-$run.log"; exit 1; }
+  grep -E "verified|requests/s" "$out/demo-$run.log" || true
+done
+
+# 3. Calibrated on run A.
+step "sim calibrate (run A)"
+"$kvferry" sim calibrate "${link_args[@]}" --demo-csv "$out/demo-A/requests.csv" \
+  --out "$out/calibrated.yaml" >"$out/calibrate.log" 2>&1 || { cat "$out/calibrate.log"; exit 1; }
+cat "$out/calibrated.yaml"
+
+# 4. The demo's topology: over kvsock its two workers on two "hosts" (the
+# simulator takes two workers of one host for CUDA IPC), on a GPU both on one.
+{
+  echo "name: fidelity"
+  echo "hosts:"
+  echo "  - {name: p-host, address: 127.0.0.1}"
+  [ "$gpu" = none ] && echo "  - {name: d-host, address: 127.0.0.2}"
+  echo "directory: {host: p-host}"
+  echo "model: {layers: 32, kv_heads: 8, head_dim: 128, dtype: fp16, block_tokens: 16}"
+  echo "workers:"
+  if [ "$gpu" = none ]; then
+    echo "  - {name: prefill-0, role: prefill, host: p-host, gpu: none, pool_blocks: 4096}"
+    echo "  - {name: decode-0, role: decode, host: d-host, gpu: none, pool_blocks: 4096}"
+  else
+    echo "  - {name: prefill-0, role: prefill, host: p-host, gpu: $gpu, pool_blocks: 4096}"
+    echo "  - {name: decode-0, role: decode, host: p-host, gpu: $gpu, pool_blocks: 4096}"
+  fi
+  cat "$out/calibrated.yaml"
+  echo "  decode_step_ms: [[1, 0]]" # the demo does not decode
+  echo "  routing: round-robin"
+} >"$out/topology.yaml"
+
+# 5. The same requests simulated (run A's replayed trace; B's is the same).
+step "sim"
+"$kvferry" sim --trace "$out/demo-A/trace.jsonl" --topology "$out/topology.yaml" \
+  --out "$out/sim" >"$out/sim.log" 2>&1 || { cat "$out/sim.log"; exit 1; }
+
+# 6. Compared: run A (the calibration's own run) and run B (held out).
+for run in A B; do
+  step "sim compare: demo run $run"
+  "$kvferry" sim compare --demo "$out/demo-$run/requests.csv" --sim "$out/sim/requests.csv" \
+    --topology "$out/topology.yaml" --json "$out/compare-$run.json"
+done
