@@ -6,7 +6,11 @@
 
 WORK=$(mktemp -d "/tmp/${1:?usage: source lib.sh <scratch name>}.XXXXXX")
 cd "$WORK" || exit 1
-PORT=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral range (32768 and up by default): a port there
+# can be taken by any outgoing connection of a test running beside this one
+# (CI runs them in parallel), as 38054 once was under the directory.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+PORT=$((20000 + RANDOM % (ephemeral_low - 20000 - 2)))
 launch_pid=""
 cleanup() {
   [ -n "$launch_pid" ] && kill -KILL "$launch_pid" 2>/dev/null
