@@ -71,6 +71,7 @@ caf::error add_peer(self_ptr self, const proto::node_hello& h) {
                                 : "the plugin path (" + why_not + ")");
   st.peers[h.name] = node_peer{caf::actor_cast<node_actor>(h.node), h.transfer,
                                std::move(layout), why_not.empty()};
+  st.gone.erase(h.name);
   return {};
 }
 
@@ -80,10 +81,20 @@ const node_peer* find_peer(self_ptr self, const std::string& name) {
 }
 
 caf::error unknown_peer(self_ptr self, const std::string& name) {
+  if (auto i = self->state.gone.find(name); i != self->state.gone.end())
+    return i->second;
   return node_error(self, ec::not_found,
                     fmt::format("no peer node '{}' (connect to it first, or "
                                 "it is not in the directory)",
                                 name));
+}
+
+void remember_gone(self_ptr self, const std::string& name,
+                   const caf::error& why) {
+  auto& gone = self->state.gone;
+  if (gone.size() >= node_state::gone_limit && gone.count(name) == 0)
+    gone.erase(gone.begin()); // any one: only a late order's reason is lost
+  gone[name] = why;
 }
 
 caf::error check_blocks(self_ptr self, const std::vector<std::uint64_t>& ids,
@@ -584,10 +595,11 @@ void on_peer_down(self_ptr self, const caf::down_msg& dm) {
     st.peers.erase(i);
     spdlog::warn("node {}: peer node '{}' is down: {}", st.cfg.name, name,
                  render(dm.reason));
-    fail_peer(self, name,
-              node_error(self, ec::peer_down,
-                         fmt::format("peer node '{}' is down: {}", name,
-                                     render(dm.reason))));
+    auto why = node_error(
+        self, ec::peer_down,
+        fmt::format("peer node '{}' is down: {}", name, render(dm.reason)));
+    remember_gone(self, name, why);
+    fail_peer(self, name, why);
     return;
   }
 }
@@ -729,11 +741,12 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](left_atom, const std::string& name, const caf::error& why) {
         if (self->state.peers.erase(name) == 0)
           return;
-        fail_peer(self, name,
-                  node_error(self, ec::peer_down,
-                             fmt::format("peer node '{}' left the directory: "
-                                         "{}",
-                                         name, render(why))));
+        auto reason = node_error(self, ec::peer_down,
+                                 fmt::format("peer node '{}' left the "
+                                             "directory: {}",
+                                             name, render(why)));
+        remember_gone(self, name, reason);
+        fail_peer(self, name, reason);
       },
   };
 }

@@ -79,6 +79,12 @@ struct node_state {
   static inline const char* name = "kvferry.node";
   node_actor_config cfg;
   std::map<std::string, node_peer> peers;
+  // Why each peer that went is gone, until a peer of that name connects
+  // again: an order the caller made while the peer was still there can
+  // reach this actor after its down message, and must fail with that
+  // reason (peer_down), not as "no such peer". At most gone_limit names.
+  std::map<std::string, caf::error> gone;
+  static constexpr std::size_t gone_limit = 256;
   std::map<request_key, outgoing_request> out;
   std::map<request_key, incoming_request> in;
   // Notifications: delivered to `listener`, kept until there is one.
