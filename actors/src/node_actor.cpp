@@ -109,6 +109,14 @@ caf::error check_blocks(self_ptr self, const std::vector<std::uint64_t>& ids,
   return {};
 }
 
+// What every request checks first, sending or receiving: its peer is
+// connected and its block ids lie in this cache.
+caf::error check_request(self_ptr self, const proto::node_request& req) {
+  if (find_peer(self, req.peer) == nullptr)
+    return unknown_peer(self, req.peer);
+  return check_blocks(self, req.blocks, req.id);
+}
+
 // Plans part `part` of a request (0: every layer; else layer part - 1) into
 // st.scratch. Throws what plan_kv throws.
 void plan_part(node_state& st, const kv_layout& src,
@@ -304,11 +312,9 @@ void post_ready_parts(self_ptr self, const request_key& key) {
 caf::result<proto::node_report>
 start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   auto& st = self->state;
-  auto* peer = find_peer(self, req.peer);
-  if (peer == nullptr)
-    return unknown_peer(self, req.peer);
-  if (auto err = check_blocks(self, req.blocks, req.id))
+  if (auto err = check_request(self, req))
     return err;
+  const auto* peer = find_peer(self, req.peer);
   request_key key{req.peer, req.id};
   auto& r = st.out[key];
   if (r.advertised)
@@ -538,11 +544,9 @@ void on_ready(self_ptr self, proto::node_ready& note) {
 caf::result<proto::node_report>
 start_incoming(self_ptr self, proto::node_request& req, bool pull) {
   auto& st = self->state;
-  auto* peer = find_peer(self, req.peer);
-  if (peer == nullptr)
-    return unknown_peer(self, req.peer);
-  if (auto err = check_blocks(self, req.blocks, req.id))
+  if (auto err = check_request(self, req))
     return err;
+  const auto* peer = find_peer(self, req.peer);
   request_key key{req.peer, req.id};
   auto& r = st.in[key];
   if (r.promise)
