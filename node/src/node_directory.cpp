@@ -40,7 +40,7 @@ worker_info describe_node(const node_options& opts, const node_handles& h,
   info.app = caf::actor_cast<caf::actor>(h.node);
   const auto& l = opts.cache.layout;
   info.attributes = {
-      {"kind", node_kind},
+      {kind_attribute, node_kind}, // is_node: what other nodes greet
       {"memory", describe_memory(opts.cache.gpu)},
       {"layout", l.name()},
       {"layers", std::to_string(l.layers())},
@@ -86,9 +86,7 @@ caf::behavior agent(caf::stateful_actor<agent_state>* self,
       },
       [self](joined_atom, const worker_info& peer) {
         auto& st = self->state;
-        auto kind = peer.attributes.find("kind");
-        if (peer.name == st.self_name || !peer.app ||
-            kind == peer.attributes.end() || kind->second != node_kind)
+        if (peer.name == st.self_name || !peer.app || !is_node(peer))
           return;
         connect_peers(self->system(), {peer}, st.timeout);
         self->request(st.node, st.timeout, proto::node_connect_atom::value,

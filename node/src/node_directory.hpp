@@ -14,10 +14,6 @@
 
 namespace kvferry::detail {
 
-/// The worker_info attribute "kind" of a node's registration: what the
-/// other nodes in the directory say hello to (workers are not nodes).
-constexpr const char* node_kind = "node";
-
 /// Registers the node `h` (published on h.port) with opts.directory under
 /// opts.name, within opts.timeout, and starts the agent that says hello to
 /// the other nodes there. Returns the keeper (leave through it). The agent

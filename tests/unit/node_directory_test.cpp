@@ -15,6 +15,7 @@
 #include "eventually.hpp"
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/node.hpp"
+#include "kvferry/node_actors.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
@@ -176,4 +177,50 @@ TEST_CASE_FIXTURE(directory_fixture, "registration problems are errors of "
   auto bad = node::start(std::move(o));
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.error().code() == ec::invalid_argument);
+}
+
+TEST_CASE_FIXTURE(directory_fixture, "CAF level: spawn_node registers the "
+                                     "node; its keeper ends with the node "
+                                     "actor, and the directory drops it") {
+  host_cache cache{kv_layout::block_major(layers, blocks, half_bytes), 0};
+  runtime::system_config caller_cfg; // the caller's own system
+  caf::actor_system caller_sys{caller_cfg};
+  node_options o;
+  o.name = "decode-5";
+  o.cache = cache.cache();
+  o.directory = where;
+  o.secret = secret;
+  auto h = spawn_node(caller_sys, o);
+  REQUIRE_MESSAGE(h, render(h.error()));
+  REQUIRE(h->keeper);
+  caf::scoped_actor dir_side{sys};
+  auto listed = [&] {
+    bool node_there = false;
+    dir_side->request(dir, 5s, lookup_atom::value, std::string{"decode-5"})
+        .receive(
+            [&](const worker_info& w) {
+              node_there =
+                  is_node(w) && w.app == caf::actor_cast<caf::actor>(h->node);
+            },
+            [](const caf::error&) {});
+    return node_there;
+  };
+  CHECK(listed());
+  caf::scoped_actor caller{caller_sys};
+  caller->monitor(h->keeper);
+  caller->send_exit(h->node, caf::exit_reason::user_shutdown);
+  bool keeper_down = false;
+  caller->receive(
+      [&](const caf::down_msg& dm) {
+        keeper_down = dm.source == h->keeper.address();
+      },
+      caf::after(patience) >> [] {});
+  CHECK(keeper_down);
+  CHECK(eventually([&] { return !listed(); }, patience));
+  caller->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+  caller->wait_for(h->transfer); // before the cache goes
+  // Handles that went to another system sit in the registry, which blocks
+  // ~actor_system in CAF 0.17 (actor-framework issue #1110).
+  caller_sys.registry().erase(h->node->id());
+  caller_sys.registry().erase(h->transfer->id());
 }
