@@ -91,21 +91,20 @@ struct node_pair : directory_fixture {
     REQUIRE(eventually([&] { return knows(decode, "prefill-0"); }, patience));
   }
 
-  void check_landed(const std::vector<std::vector<std::uint8_t>>& before,
-                    const std::vector<std::uint64_t>& s,
-                    const std::vector<std::uint64_t>& d) {
-    auto want = dst.expected(before, src, s, d);
-    for (std::size_t r = 0; r < want.size(); ++r) {
-      CAPTURE(r);
-      CHECK(dst.regions[r] == want[r]);
-    }
+  // Every byte of the decode cache is `before` with src's blocks `s` copied
+  // to `d` (the reference copy).
+  bool landed(const std::vector<std::vector<std::uint8_t>>& before,
+              const std::vector<std::uint64_t>& s,
+              const std::vector<std::uint64_t>& d) const {
+    return dst.regions == dst.expected(before, src, s, d);
   }
 };
 
+// The request's stats; its failure ends the test case, saying why.
 request_stats done(const completion& c) {
-  auto r = c.wait(patience);
-  REQUIRE_MESSAGE(r.ok(), r.error().message());
-  return *r;
+  auto outcome = c.wait(patience);
+  REQUIRE_MESSAGE(outcome.ok(), outcome.error().message());
+  return *outcome;
 }
 
 bool names(const status& s, const std::string& what) {
@@ -121,7 +120,7 @@ TEST_CASE_FIXTURE(node_pair, "two nodes meet through the directory: push and "
   auto rx = decode.receive(1, "prefill-0", d);
   done(prefill.send(1, "decode-0", s, d));
   CHECK(done(rx).bytes == 4 * layers * 2 * half_bytes);
-  check_landed(before, s, d);
+  CHECK(landed(before, s, d));
 
   before = dst.regions;
   std::vector<std::uint64_t> s2{4, 7, 8}, d2{1, 2, 3};
@@ -131,7 +130,7 @@ TEST_CASE_FIXTURE(node_pair, "two nodes meet through the directory: push and "
     CHECK(prefill.layer_ready(2, l).ok());
   CHECK(done(pulled).bytes == 3 * layers * 2 * half_bytes);
   done(offer);
-  check_landed(before, s2, d2);
+  CHECK(landed(before, s2, d2));
 }
 
 TEST_CASE_FIXTURE(node_pair, "a node that leaves mid-request fails what waits "
