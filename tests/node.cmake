@@ -21,3 +21,9 @@ add_dependencies(test_node_actors nccl-net-kvsock)
 kvferry_add_test(NAME test_node_gpu SOURCES gpu/node_gpu_test.cpp
   LIBS kvferry_node GPU LABELS integration TIMEOUT 180)
 add_dependencies(test_node_gpu nccl-net-kvsock)
+# Directory mode: two nodes meet through a real directory (in this process),
+# push and pull verified byte for byte; a node leaving mid-request fails the
+# pull naming it; a wrong secret, a taken name are errors of start().
+kvferry_add_test(NAME test_node_directory SOURCES unit/node_directory_test.cpp
+  LIBS kvferry_node LABELS unit TIMEOUT 120)
+add_dependencies(test_node_directory nccl-net-kvsock)

@@ -140,13 +140,6 @@ region_info describe_region(const memory_region& region,
   return r;
 }
 
-// Where peers dial this worker's published port: the bind address, or this
-// host's name when bound to every interface.
-std::string control_address(const std::string& bind, std::uint16_t port) {
-  auto host = bind == "0.0.0.0" ? local_hostname() : bind;
-  return host + ":" + std::to_string(port);
-}
-
 // What the directory learns about this worker (its actors are added by
 // the caller).
 worker_info describe_worker(const worker_options& opts,
@@ -240,18 +233,28 @@ membership_actor start_membership(caf::actor_system& sys,
   mc.directory_name =
       opts.directory_host + ":" + std::to_string(opts.directory_port);
   mc.watchers = std::move(watchers);
-  auto peers = peer_role(opts.role);
-  mc.dialer = spawn_dialer(sys, [&sys, host = opts.directory_host,
-                                 port = opts.directory_port, peers] {
-    auto dir = connect_directory(sys, host, port, dial_attempt);
-    if (dir)
-      connect_members(sys, *dir, peers, std::chrono::seconds(2));
-    return dir;
-  });
+  mc.dialer = spawn_worker_dialer(sys, opts.directory_host, opts.directory_port,
+                                  peer_role(opts.role));
   return spawn_membership(sys, std::move(mc));
 }
 
 } // namespace
+
+dialer_actor spawn_worker_dialer(caf::actor_system& sys, std::string host,
+                                 std::uint16_t port,
+                                 std::optional<worker_role> members) {
+  return spawn_dialer(sys, [&sys, host = std::move(host), port, members] {
+    auto dir = connect_directory(sys, host, port, dial_attempt);
+    if (dir)
+      connect_members(sys, *dir, members, std::chrono::seconds(2));
+    return dir;
+  });
+}
+
+std::string control_address(const std::string& bind, std::uint16_t port) {
+  auto host = bind == "0.0.0.0" ? local_hostname() : bind;
+  return host + ":" + std::to_string(port);
+}
 
 std::string describe_memory(int gpu) {
   return gpu < 0 ? std::string{"host memory"}

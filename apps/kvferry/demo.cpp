@@ -74,7 +74,7 @@ std::string find_workers(caf::actor_system& sys, const directory_actor& dir,
         .receive(
             [&](std::vector<worker_info>& all) {
               for (auto& w : all) {
-                if (!w.app)
+                if (!w.app || is_node(w)) // a kvferry::node: no app
                   continue;
                 if (w.role == worker_role::prefill)
                   plan.producers.push_back(

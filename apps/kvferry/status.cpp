@@ -48,7 +48,7 @@ std::string lease_age(const worker_info& info) {
 row registered_row(const worker_info& info, const std::string& state) {
   return {info.name,
           state,
-          to_string(info.role),
+          is_node(info) ? node_kind : to_string(info.role),
           info.host,
           info.gpu < 0 ? "none" : std::to_string(info.gpu),
           info.plugin,

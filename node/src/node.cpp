@@ -30,6 +30,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
+#include "node_directory.hpp"
 
 namespace kvferry {
 
@@ -175,6 +176,7 @@ public:
   std::unique_ptr<caf::actor_system> sys;
   transfer_actor transfer;
   node_actor actor;
+  membership_actor keeper; // directory mode only
   caf::actor bridge;
   std::atomic<bool> stopped{false};
 
@@ -182,6 +184,7 @@ public:
     shutdown();
     // Handles first: the actor system waits for its actors as it goes.
     bridge = nullptr;
+    keeper = nullptr;
     actor = nullptr;
     transfer = nullptr;
     close_system();
@@ -210,6 +213,12 @@ void node_impl::shutdown() {
   }
   for (auto& state : shared->take_all())
     state->finish(status{ec::peer_down, "node '" + name + "' stopped"});
+  // Leave the directory before the actors go, so that the other nodes hear
+  // `left` (bounded by the keeper's leave timeout); the keeper then ends
+  // with the node actor.
+  if (keeper)
+    self->request(keeper, std::chrono::seconds(1), leave_atom::value)
+        .receive([](caf::ok_atom) {}, [](const caf::error&) {});
   if (actor) {
     if (port != 0)
       runtime::unpublish_control(*sys, actor.address(), port);
@@ -387,11 +396,6 @@ caf::expected<node_handles> spawn_node(caf::actor_system& sys,
                                        const node_options& opts) {
   if (opts.name.empty())
     return make_error(ec::invalid_argument, "a node needs a name");
-  if (!opts.directory.empty())
-    return make_error(ec::invalid_argument,
-                      "node " + opts.name +
-                          ": directory mode is not implemented yet (connect "
-                          "point to point)");
   auto regions = wrap_cache(opts);
   if (!regions.ok())
     return make_error(regions.error().code(), regions.error().reason());
@@ -425,6 +429,15 @@ caf::expected<node_handles> spawn_node(caf::actor_system& sys,
                                   render(port.error())));
   }
   h.port = *port;
+  if (!opts.directory.empty()) {
+    auto keeper = detail::join_directory(sys, opts, h);
+    if (!keeper) {
+      self->send_exit(h.node, caf::exit_reason::user_shutdown);
+      self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
+      return std::move(keeper.error());
+    }
+    h.keeper = std::move(*keeper);
+  }
   return h;
 }
 
@@ -442,6 +455,7 @@ result<node> node::start(node_options opts) {
   impl->transfer = std::move(h->transfer);
   impl->actor = std::move(h->node);
   impl->port = h->port;
+  impl->keeper = std::move(h->keeper);
   impl->bridge =
       impl->sys->spawn(detail::bridge_impl, impl->actor, impl->shared);
   return node{std::move(impl)};

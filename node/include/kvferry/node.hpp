@@ -55,6 +55,8 @@ struct node_options {
   std::string name;
   kv_cache cache;
   /// "host:port" of a kvferry directory; "" = point-to-point (connect()).
+  /// With one, start() registers the node there and it meets every other
+  /// node of the directory by itself (docs/embedding.md, "Directory mode").
   std::string directory;
   /// The deployment's secret (directory mode).
   std::string secret;
@@ -143,7 +145,8 @@ public:
   /// its name. Errors: unreachable, duplicate (it has this node's name),
   /// mismatch (its layout's layers or block size differ).
   result<std::string> connect(const std::string& host, std::uint16_t port);
-  /// The peers this node can address: connected, or in the directory.
+  /// The peers this node can address: connected, or met through the
+  /// directory (a node that just joined it shows up shortly after).
   std::vector<std::string> peers() const;
 
   // --- prefill side --------------------------------------------------------

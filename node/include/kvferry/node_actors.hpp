@@ -20,6 +20,7 @@
 #include <caf/expected.hpp>
 
 #include "kvferry/actors/actors.hpp"
+#include "kvferry/actors/membership.hpp"
 #include "kvferry/node.hpp"
 
 namespace kvferry {
@@ -32,13 +33,17 @@ struct node_handles {
   node_actor node;
   /// Where node_actor is published (opts.bind); peers connect to it.
   std::uint16_t port = 0;
+  /// Directory mode: the keeper of the node's registration (membership.hpp;
+  /// send it leave_atom for a prompt leave). It ends with the node actor.
+  membership_actor keeper;
 };
 
 /// Wraps opts.cache in place, spawns the transfer actor over it and the node
 /// actor, and publishes the node actor on opts.bind:opts.port (0: any free
 /// port). Errors as node::start's, as caf::error (kvferry's category). The
 /// caller stops both actors (send_exit, then wait for them) before freeing
-/// the cache. opts.directory is not supported yet (invalid_argument).
+/// the cache. With opts.directory it returns once the node is registered
+/// there (within opts.timeout), and meets the other nodes there by hello.
 caf::expected<node_handles> spawn_node(caf::actor_system& sys,
                                        const node_options& opts);
 

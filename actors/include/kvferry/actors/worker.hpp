@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,20 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
 caf::expected<transfer_config>
 worker_transfer_config(const worker_options& opts,
                        std::vector<std::shared_ptr<memory_region>> regions);
+
+/// The keeper's dialer (membership_config::dialer) for the directory at
+/// host:port: after each dial, before the keeper (re-)registers, it opens
+/// direct control connections to the members already there (of role
+/// `members` only, where given), so that no message of a pair takes the
+/// detour through the directory. What workers and directory-mode nodes
+/// share.
+dialer_actor spawn_worker_dialer(caf::actor_system& sys, std::string host,
+                                 std::uint16_t port,
+                                 std::optional<worker_role> members);
+
+/// Where peers dial a port published on `bind` (the control_attribute):
+/// the bind address, or this host's name when bound to every interface.
+std::string control_address(const std::string& bind, std::uint16_t port);
 
 /// "GPU 0 memory" or "host memory".
 std::string describe_memory(int gpu);

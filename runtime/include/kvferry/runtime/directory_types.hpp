@@ -76,6 +76,17 @@ struct worker_info {
   std::map<std::string, std::string> attributes;
 };
 
+/// The attribute (value "node") of a kvferry::node registered in directory
+/// mode: its app is a node actor, not a producer or consumer, and its role
+/// means nothing. Workers and routers pass such members by.
+constexpr const char* kind_attribute = "kind";
+constexpr const char* node_kind = "node";
+
+inline bool is_node(const worker_info& w) {
+  auto i = w.attributes.find(kind_attribute);
+  return i != w.attributes.end() && i->second == node_kind;
+}
+
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, worker_info& x) {
   return f(caf::meta::type_name("kvferry::worker_info"), x.name, x.role, x.host,
