@@ -6,6 +6,9 @@ set_target_properties(nic_stripe_peer PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJ
 add_dependencies(nic_stripe_peer nccl-net-kvsock)
 add_test(NAME test_nic_stripe
   COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/integration/nic_stripe_test.sh $<TARGET_FILE:nic_stripe_peer>)
+# RUN_SERIAL: it compares two rates, and beside other tests on a 2-core
+# machine a starved sender leaves the links idle (1.76-1.78x seen in CI and
+# under builds, 1.91-1.96x alone).
 set_tests_properties(test_nic_stripe PROPERTIES
-  LABELS integration TIMEOUT 300 SKIP_RETURN_CODE ${KVFERRY_SKIP_CODE}
+  RUN_SERIAL TRUE LABELS integration TIMEOUT 300 SKIP_RETURN_CODE ${KVFERRY_SKIP_CODE}
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
