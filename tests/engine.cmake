@@ -43,6 +43,12 @@ add_test(NAME test_endpoint_python
   COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peer.py both)
 set_tests_properties(test_endpoint_python PROPERTIES LABELS unit TIMEOUT 60
   ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;${KVFERRY_PYTHON_TEST_ENV}")
+# A library without the C API (the plugin) stands for a stale libkvferry.so.
+add_test(NAME test_endpoint_python_stale_library
+  COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/python_stale_library.py
+          $<TARGET_FILE:nccl-net-kvsock>)
+set_tests_properties(test_endpoint_python_stale_library PROPERTIES LABELS unit TIMEOUT 60
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;${KVFERRY_PYTHON_TEST_ENV}")
 
 # Two processes through each surface (C++, C, Python, and mixed) on kvsock.
 add_executable(endpoint_peer_cpp integration/endpoint_peer.cpp)

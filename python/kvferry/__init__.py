@@ -95,21 +95,26 @@ _bytes = ctypes.c_char_p
 _ep = ctypes.c_void_p
 
 
-def _declare(name, *args):
-    f = getattr(_lib, name)
+def _declare(name, *args, restype=ctypes.c_int):
+    try:
+        f = getattr(_lib, name)
+    except AttributeError:
+        # Seen with a build tree whose libkvferry.so was older than the
+        # module beside it: name both, not ctypes' bare "undefined symbol".
+        raise ImportError(
+            "kvferry: %s has no %s: it is older than this module (%s); "
+            "rebuild it (target kvferry_c) or set KVFERRY_LIBRARY" %
+            (library_path, name, os.path.abspath(__file__))) from None
     f.argtypes = list(args)
-    f.restype = ctypes.c_int
+    f.restype = restype
     return f
 
 
-_lib.kvf_last_error.restype = ctypes.c_char_p
-_lib.kvf_last_error.argtypes = []
-_lib.kvf_status_name.restype = ctypes.c_char_p
-_lib.kvf_status_name.argtypes = [ctypes.c_int]
-_lib.kvf_version.restype = ctypes.c_char_p
-_lib.kvf_version.argtypes = []
-_lib.kvf_endpoint_destroy.restype = None
-_lib.kvf_endpoint_destroy.argtypes = [_ep]
+_last_error = _declare("kvf_last_error", restype=ctypes.c_char_p)
+_status_name = _declare("kvf_status_name", ctypes.c_int,
+                        restype=ctypes.c_char_p)
+_version = _declare("kvf_version", restype=ctypes.c_char_p)
+_destroy = _declare("kvf_endpoint_destroy", _ep, restype=None)
 _create = _declare("kvf_endpoint_create", ctypes.POINTER(_Options),
                    ctypes.POINTER(_ep))
 _metadata = _declare("kvf_metadata", _ep, ctypes.c_char_p, ctypes.c_size_t,
@@ -151,8 +156,8 @@ _take = _declare("kvf_take_notification", _ep, _u64p, ctypes.c_char_p,
 
 
 def _raise(code):
-    raise Error(code, _lib.kvf_status_name(code).decode(),
-                _lib.kvf_last_error().decode(errors="replace"))
+    raise Error(code, _status_name(code).decode(),
+                _last_error().decode(errors="replace"))
 
 
 def _check(code):
@@ -161,7 +166,7 @@ def _check(code):
 
 
 def version():
-    return _lib.kvf_version().decode()
+    return _version().decode()
 
 
 def descriptor_sub(descriptor, offset, size):
@@ -240,7 +245,7 @@ class Endpoint:
 
     def close(self):
         if self._h:
-            _lib.kvf_endpoint_destroy(self._h)
+            _destroy(self._h)
             self._h = None
             self._regions.clear()
 
