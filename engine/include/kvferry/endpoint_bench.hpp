@@ -26,9 +26,10 @@ struct endpoint_bench_row {
   std::uint64_t size = 0;
   int depth = 1;
   std::uint64_t ops = 0;
-  double gbps = 0;      // payload bytes / elapsed
-  double us_per_op = 0; // elapsed / ops
-  double p50_us = 0;    // issue to completion, per operation
+  double gbps = 0;        // payload bytes / elapsed
+  double us_per_op = 0;   // elapsed / ops
+  double p50_us = 0;      // issue to completion, per operation
+  double call_p50_us = 0; // the issuing call alone (write, read, send, recv)
   bool verified = false;
 };
 
