@@ -558,8 +558,9 @@ int run(const options& o) {
       "--depth 16` (the plugin's raw figure), then Python; figures are "
       "medians over the rounds. ratio = endpoint / net at depth 16, the "
       "median of the rounds' ratios, ratios: their range. call us: the "
-      "issuing call alone, p50; py call: the same write call from Python "
-      "(depth 1), p50; py added = py call - call us, Python's cost per call)\n",
+      "issuing call alone, p50 over bursts of back-to-back calls; py call: "
+      "the same write call from Python, alike; py added = py call - call us, "
+      "Python's cost per call)\n",
       rounds.size());
   if (o.gpu >= 0 && !report_ipc(o, bo, doc))
     all_verified = false;

@@ -113,6 +113,36 @@ status await(bench_pair& p, const std::string& op,
   return {};
 }
 
+// The issuing call's own cost (p50, microseconds per call): bursts of 16
+// back-to-back calls, each timed, then awaited; apart from the timed loop,
+// where each call follows a wait and so mostly times the machine (the
+// threads that just finished the transfer still hold the cores). Python's
+// bench times its calls alike (python/kvferry/bench.py, call_cost).
+result<double> call_cost(bench_pair& p, const std::string& op,
+                         std::uint64_t size, std::uint64_t slots) {
+  constexpr int bursts = 16, burst = 16;
+  std::vector<double> calls;
+  for (int b = 0; b < bursts; ++b) {
+    std::vector<std::vector<xfer_id>> issued;
+    for (int k = 0; k < burst; ++k) {
+      auto before = clock_type::now();
+      auto ids = issue(p, op, (k % slots) * size, size);
+      auto after = clock_type::now();
+      if (!ids.ok())
+        return ids.error();
+      // A send is two calls (recv, send).
+      calls.push_back(
+          std::chrono::duration<double, std::micro>(after - before).count() /
+          static_cast<double>(ids->size()));
+      issued.push_back(std::move(*ids));
+    }
+    for (const auto& ids : issued)
+      if (auto s = await(p, op, ids); !s.ok())
+        return s;
+  }
+  return median(std::move(calls));
+}
+
 result<endpoint_bench_row> measure(bench_pair& p,
                                    const endpoint_bench_options& o,
                                    const std::string& op, std::uint64_t size,
@@ -129,31 +159,28 @@ result<endpoint_bench_row> measure(bench_pair& p,
   if (auto s = warm.ok() ? await(p, op, *warm) : warm.error(); !s.ok())
     return status{s.code(), fmt::format("{} of {} B (warm-up): {}", op, size,
                                         s.reason())};
+  auto call = call_cost(p, op, size, slots);
+  if (!call.ok())
+    return status{
+        call.error().code(),
+        fmt::format("{} of {} B (calls): {}", op, size, call.error().reason())};
   std::memset(p.bbuf.data(), 0, slots * size);
   struct flight {
     std::vector<xfer_id> ids;
     clock_type::time_point issued;
   };
   std::deque<flight> in_flight;
-  std::vector<double> lat, calls;
+  std::vector<double> lat;
   lat.reserve(n);
-  calls.reserve(n);
   auto start = clock_type::now();
   for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
     if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
-      auto before = clock_type::now();
       auto ids = issue(p, op, (k % slots) * size, size);
-      auto issued = clock_type::now();
       if (!ids.ok())
         return status{
             ids.error().code(),
             fmt::format("{} of {} B: {}", op, size, ids.error().reason())};
-      // The call alone (a send's issue is two: recv, send), each right
-      // after a wait at depth 1, as Python's bench times its own.
-      calls.push_back(
-          std::chrono::duration<double, std::micro>(issued - before).count() /
-          static_cast<double>(ids->size()));
-      in_flight.push_back({std::move(*ids), issued});
+      in_flight.push_back({std::move(*ids), clock_type::now()});
       ++k;
       continue;
     }
@@ -172,7 +199,7 @@ result<endpoint_bench_row> measure(bench_pair& p,
   auto row =
       bench_row(op, size, depth, n, secs, std::move(lat),
                 std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) == 0);
-  row.call_p50_us = median(std::move(calls));
+  row.call_p50_us = *call;
   return row;
 }
 

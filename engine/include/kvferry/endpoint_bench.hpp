@@ -26,10 +26,12 @@ struct endpoint_bench_row {
   std::uint64_t size = 0;
   int depth = 1;
   std::uint64_t ops = 0;
-  double gbps = 0;        // payload bytes / elapsed
-  double us_per_op = 0;   // elapsed / ops
-  double p50_us = 0;      // issue to completion, per operation
-  double call_p50_us = 0; // the issuing call alone (write, read, send, recv)
+  double gbps = 0;      // payload bytes / elapsed
+  double us_per_op = 0; // elapsed / ops
+  double p50_us = 0;    // issue to completion, per operation
+  // The issuing call alone (write, read; send + recv per call), p50, from
+  // bursts of back-to-back calls apart from the timed ones.
+  double call_p50_us = 0;
   bool verified = false;
 };
 
