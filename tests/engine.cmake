@@ -43,6 +43,12 @@ add_test(NAME test_endpoint_python
   COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/endpoint_peer.py both)
 set_tests_properties(test_endpoint_python PROPERTIES LABELS unit TIMEOUT 60
   ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;${KVFERRY_PYTHON_TEST_ENV}")
+# A library without the C API (the plugin) stands for a stale libkvferry.so.
+add_test(NAME test_endpoint_python_stale_library
+  COMMAND ${KVFERRY_TEST_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/integration/python_stale_library.py
+          $<TARGET_FILE:nccl-net-kvsock>)
+set_tests_properties(test_endpoint_python_stale_library PROPERTIES LABELS unit TIMEOUT 60
+  ENVIRONMENT "PYTHONPATH=${PROJECT_BINARY_DIR}/python;${KVFERRY_PYTHON_TEST_ENV}")
 
 # Two processes through each surface (C++, C, Python, and mixed) on kvsock.
 add_executable(endpoint_peer_cpp integration/endpoint_peer.cpp)
@@ -74,3 +80,17 @@ add_test(NAME test_endpoint_teardown
           teardown 50)
 set_tests_properties(test_endpoint_teardown PROPERTIES LABELS integration TIMEOUT 300
   ENVIRONMENT "KVFERRY_PLUGIN_PATH=${PROJECT_BINARY_DIR}/lib")
+
+# `kvferry bench endpoint` end to end (rounds, bench net, the Python column).
+kvferry_add_test(NAME test_bench_endpoint SOURCES integration/bench_endpoint_test.cpp
+  LIBS nlohmann_json::nlohmann_json LABELS integration TIMEOUT 300)
+# Under KVFERRY_SANITIZE the Python column is left out (its python3 would
+# load an instrumented libkvferry.so without the runtimes preloaded).
+if(KVFERRY_SANITIZE)
+  set(_bench_python "")
+else()
+  set(_bench_python "${KVFERRY_TEST_PYTHON}")
+endif()
+target_compile_definitions(test_bench_endpoint PRIVATE
+  KVFERRY_TEST_PYTHON="${_bench_python}")
+add_dependencies(test_bench_endpoint kvferry nccl-net-kvsock)

@@ -8,12 +8,14 @@
 // reads (every byte verified, the path checked through stats()), beside
 // `kvferry bench ipc`'s batched kernel and contiguous-copy ceiling for the
 // same sizes, run as a child in the same run.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <string>
 #include <unistd.h>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -23,12 +25,10 @@
 #include "size_list.hpp"
 
 #ifdef KVFERRY_HAVE_CUDA
-#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <stdexcept>
 #include <thread>
-#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -47,6 +47,7 @@ struct options {
   std::string python = "python3"; // empty: no Python column
   std::string python_sizes = "256,4K";
   bool net = true;
+  int rounds = 1; // of (endpoint rows, bench net, Python), alternated
   std::string json_path;
   int gpu = -1;                 // >= 0: CUDA IPC rows on this GPU
   bool ipc_peer = false;        // internal: be the IPC rows' peer process
@@ -102,8 +103,14 @@ std::map<std::uint64_t, double> net_ceiling(const options& o) {
   return out;
 }
 
-// size -> Python's us per write at depth 1.
-std::map<std::uint64_t, double> python_rows(const options& o) {
+// Python's depth-1 writes of one size: us per op, and the write call alone
+// (p50).
+struct py_row {
+  double us_per_op = 0;
+  double call_p50_us = 0;
+};
+
+std::map<std::uint64_t, py_row> python_rows(const options& o) {
   auto file = temp_file("python");
   auto dir = self_dir();
   auto cmd = fmt::format(
@@ -111,12 +118,21 @@ std::map<std::uint64_t, double> python_rows(const options& o) {
       "${{PYTHONPATH:+:$PYTHONPATH}} '{1}' -m kvferry.bench --sizes '{2}' "
       "--json '{3}' > /dev/null",
       dir, o.python, o.python_sizes, file);
-  std::map<std::uint64_t, double> out;
+  std::map<std::uint64_t, py_row> out;
   auto doc = run_json(cmd, file, "the Python run");
   if (doc.is_array())
     for (auto& row : doc)
-      out[row["size"].get<std::uint64_t>()] = row["us_per_op"].get<double>();
+      out[row["size"].get<std::uint64_t>()] = {
+          row["us_per_op"].get<double>(), row["call_p50_us"].get<double>()};
   return out;
+}
+
+double median(std::vector<double> xs) {
+  if (xs.empty())
+    return 0;
+  std::sort(xs.begin(), xs.end());
+  auto m = xs.size() / 2;
+  return xs.size() % 2 == 1 ? xs[m] : (xs[m - 1] + xs[m]) / 2;
 }
 
 #ifdef KVFERRY_HAVE_CUDA
@@ -407,6 +423,62 @@ bool report_ipc(const options& o, const endpoint_bench_options& bo,
 #endif
 }
 
+// One round: the endpoint's rows, then bench net, then Python. Rounds
+// alternate the sides (A B C A B C): on a shared machine the load moves
+// between them, and one run of each would credit the load to one side.
+struct round_result {
+  std::vector<endpoint_bench_row> rows;
+  std::map<std::uint64_t, double> net;
+  std::map<std::uint64_t, py_row> py;
+};
+
+// Row `i` over the rounds: its medians and its per-round ratios to net.
+struct row_summary {
+  endpoint_bench_row row; // medians; verified: in every round
+  std::vector<double> gbps, net, ratios;
+  std::vector<double> py_call, py_added, py_us; // write, depth 1 only
+};
+
+row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
+  row_summary out;
+  out.row = rounds.front().rows[i];
+  std::vector<double> us, p50, call;
+  for (const auto& r : rounds) {
+    const auto& row = r.rows[i];
+    out.row.verified &= row.verified;
+    out.gbps.push_back(row.gbps);
+    us.push_back(row.us_per_op);
+    p50.push_back(row.p50_us);
+    call.push_back(row.call_p50_us);
+    if (auto n = r.net.find(row.size); n != r.net.end()) {
+      out.net.push_back(n->second);
+      out.ratios.push_back(row.gbps / n->second);
+    }
+    auto p = r.py.find(row.size);
+    if (p != r.py.end() && row.op == "write" && row.depth == 1) {
+      out.py_us.push_back(p->second.us_per_op);
+      out.py_call.push_back(p->second.call_p50_us);
+      out.py_added.push_back(p->second.call_p50_us - row.call_p50_us);
+    }
+  }
+  out.row.gbps = median(out.gbps);
+  out.row.us_per_op = median(us);
+  out.row.p50_us = median(p50);
+  out.row.call_p50_us = median(call);
+  return out;
+}
+
+std::string fixed(const std::vector<double>& xs, const char* format) {
+  return xs.empty() ? "-" : fmt::format(format, median(xs));
+}
+
+std::string range(const std::vector<double>& xs) {
+  if (xs.size() < 2)
+    return "-";
+  auto [lo, hi] = std::minmax_element(xs.begin(), xs.end());
+  return fmt::format("{:.2f}-{:.2f}", *lo, *hi);
+}
+
 int run(const options& o) {
   endpoint_bench_options bo;
   bo.sizes = parse_sizes(o.sizes);
@@ -418,51 +490,78 @@ int run(const options& o) {
   for (std::string op; std::getline(in, op, ',');)
     bo.ops.push_back(op);
   bo.plugin = o.plugin;
-  auto rows = run_endpoint_bench(bo);
-  if (!rows.ok()) {
-    std::fprintf(stderr, "bench endpoint: %s\n",
-                 rows.error().message().c_str());
+  if (o.rounds < 1) {
+    std::fprintf(stderr, "bench endpoint: --rounds must be >= 1\n");
     return 1;
   }
-  auto net = o.net ? net_ceiling(o) : std::map<std::uint64_t, double>{};
-  auto py =
-      o.python.empty() ? std::map<std::uint64_t, double>{} : python_rows(o);
-  std::printf("%-6s %9s %5s %9s %9s %9s %8s %9s %6s %9s %9s\n", "op", "size",
-              "depth", "GB/s", "us/op", "p50 us", "verified", "net GB/s",
-              "ratio", "py us/op", "py added");
+  std::vector<round_result> rounds;
+  for (int k = 0; k < o.rounds; ++k) {
+    auto rows = run_endpoint_bench(bo);
+    if (!rows.ok()) {
+      std::fprintf(stderr, "bench endpoint: %s\n",
+                   rows.error().message().c_str());
+      return 1;
+    }
+    round_result r;
+    r.rows = std::move(*rows);
+    if (o.net)
+      r.net = net_ceiling(o);
+    if (!o.python.empty())
+      r.py = python_rows(o);
+    rounds.push_back(std::move(r));
+  }
+  std::printf("%-6s %9s %5s %9s %9s %9s %7s %8s %9s %6s %11s %8s %8s\n", "op",
+              "size", "depth", "GB/s", "us/op", "p50 us", "call us", "verified",
+              "net GB/s", "ratio", "ratios", "py call", "py added");
   bool all_verified = true;
   nlohmann::json doc = nlohmann::json::array();
-  for (const auto& r : *rows) {
+  for (std::size_t i = 0; i < rounds.front().rows.size(); ++i) {
+    auto s = summarise(rounds, i);
+    const auto& r = s.row;
     all_verified &= r.verified;
-    auto n = net.find(r.size);
-    std::string net_col = "-", ratio_col = "-", py_col = "-", added_col = "-";
-    if (n != net.end() && r.depth == 16) {
-      net_col = fmt::format("{:.3f}", n->second);
-      ratio_col = fmt::format("{:.2f}", r.gbps / n->second);
+    bool ceiling = r.depth == 16;
+    std::printf(
+        "%-6s %9llu %5d %9.3f %9.1f %9.1f %7.2f %8s %9s %6s %11s %8s %8s\n",
+        r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth, r.gbps,
+        r.us_per_op, r.p50_us, r.call_p50_us, r.verified ? "yes" : "NO",
+        ceiling ? fixed(s.net, "{:.3f}").c_str() : "-",
+        ceiling ? fixed(s.ratios, "{:.2f}").c_str() : "-",
+        ceiling ? range(s.ratios).c_str() : "-",
+        fixed(s.py_call, "{:.2f}").c_str(),
+        fixed(s.py_added, "{:.2f}").c_str());
+    nlohmann::json row = {{"op", r.op},
+                          {"size", r.size},
+                          {"depth", r.depth},
+                          {"ops", r.ops},
+                          {"rounds", rounds.size()},
+                          {"gbps", r.gbps},
+                          {"gbps_rounds", s.gbps},
+                          {"us_per_op", r.us_per_op},
+                          {"p50_us", r.p50_us},
+                          {"call_p50_us", r.call_p50_us},
+                          {"verified", r.verified}};
+    if (!s.net.empty()) {
+      row["net_gbps"] = median(s.net);
+      row["net_gbps_rounds"] = s.net;
+      row["ratio"] = median(s.ratios);
+      row["ratio_rounds"] = s.ratios;
     }
-    auto p = py.find(r.size);
-    if (p != py.end() && r.op == "write" && r.depth == 1) {
-      py_col = fmt::format("{:.1f}", p->second);
-      added_col = fmt::format("{:.1f}", p->second - r.us_per_op);
+    if (!s.py_call.empty()) {
+      row["python_us_per_op"] = median(s.py_us);
+      row["python_call_p50_us"] = median(s.py_call);
+      row["python_added_us"] = median(s.py_added);
     }
-    std::printf("%-6s %9llu %5d %9.3f %9.1f %9.1f %8s %9s %6s %9s %9s\n",
-                r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth,
-                r.gbps, r.us_per_op, r.p50_us, r.verified ? "yes" : "NO",
-                net_col.c_str(), ratio_col.c_str(), py_col.c_str(),
-                added_col.c_str());
-    nlohmann::json row = {{"op", r.op},         {"size", r.size},
-                          {"depth", r.depth},   {"ops", r.ops},
-                          {"gbps", r.gbps},     {"us_per_op", r.us_per_op},
-                          {"p50_us", r.p50_us}, {"verified", r.verified}};
-    if (n != net.end())
-      row["net_gbps"] = n->second;
-    if (p != py.end() && r.op == "write" && r.depth == 1)
-      row["python_us_per_op"] = p->second;
     doc.push_back(row);
   }
-  std::printf("(net: `kvferry bench net --memory host --depth 16`, the "
-              "plugin's raw figure, in the same run; ratio = endpoint / net "
-              "at depth 16; py: the same writes from Python, depth 1)\n");
+  std::printf(
+      "(%zu round(s), each: these rows, then `kvferry bench net --memory host "
+      "--depth 16` (the plugin's raw figure), then Python; figures are "
+      "medians over the rounds. ratio = endpoint / net at depth 16, the "
+      "median of the rounds' ratios, ratios: their range. call us: the "
+      "issuing call alone, p50 over bursts of back-to-back calls; py call: "
+      "the same write call from Python, alike; py added = py call - call us, "
+      "Python's cost per call)\n",
+      rounds.size());
   if (o.gpu >= 0 && !report_ipc(o, bo, doc))
     all_verified = false;
   if (!o.json_path.empty()) {
@@ -500,6 +599,10 @@ void add_bench_endpoint(CLI::App& bench, int& exit_code) {
                   "Sizes of the Python column")
       ->capture_default_str();
   cmd->add_flag("!--no-net", o->net, "Leave out bench net's ceiling");
+  cmd->add_option("--rounds", o->rounds,
+                  "Rounds of (endpoint rows, bench net, Python), alternated; "
+                  "figures are medians over them")
+      ->capture_default_str();
   cmd->add_option("--json", o->json_path, "Write the rows as JSON to FILE");
   cmd->add_option("--gpu", o->gpu,
                   "Also CUDA IPC rows: this process and a peer process on "

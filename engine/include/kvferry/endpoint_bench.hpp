@@ -29,6 +29,9 @@ struct endpoint_bench_row {
   double gbps = 0;      // payload bytes / elapsed
   double us_per_op = 0; // elapsed / ops
   double p50_us = 0;    // issue to completion, per operation
+  // The issuing call alone (write, read; send + recv per call), p50, from
+  // bursts of back-to-back calls apart from the timed ones.
+  double call_p50_us = 0;
   bool verified = false;
 };
 
