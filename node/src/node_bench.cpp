@@ -151,7 +151,7 @@ struct bench {
     row.bytes = n * o.layers * 2 * o.half_bytes;
     auto src = scattered(n, 7, o.cache_blocks);
     auto dst = scattered(n, 13, o.cache_blocks);
-    std::vector<double> rtt, control, total, data;
+    std::vector<double> rtt, control, total, data, node_rtt, transfer_rtt;
     long rtt_switches = 0, pull_switches = 0;
     auto one_rtt = [&] {
       auto s0 = switches();
@@ -160,10 +160,23 @@ struct bench {
                                     proto::node_peers_atom::value);
       rtt.push_back(us(clock_type::now() - t0));
       rtt_switches += switches() - s0;
+      // The hops a pull has beyond the round trip, priced alike: the
+      // caller to its node actor (a scheduler thread) and to its transfer
+      // actor (a thread of its own), each and back.
+      t0 = clock_type::now();
+      ask<std::vector<std::string>>(b, decode.h.node,
+                                    proto::node_peers_atom::value);
+      node_rtt.push_back(us(clock_type::now() - t0));
+      t0 = clock_type::now();
+      ask<proto::transfer_stats>(b, decode.h.transfer,
+                                 proto::stats_atom::value);
+      transfer_rtt.push_back(us(clock_type::now() - t0));
     };
     for (int i = 0; i < 20; ++i) // warm-up: channel, registrations
       one_rtt();
     rtt.clear();
+    node_rtt.clear();
+    transfer_rtt.clear();
     rtt_switches = 0;
     for (int r = 0; r < o.repeats + 2; ++r) {
       ++id;
@@ -194,6 +207,8 @@ struct bench {
     row.control_p99_us = pct(control, 0.99);
     row.rtt_p50_us = pct(rtt, 0.5);
     row.rtt_p99_us = pct(rtt, 0.99);
+    row.node_rtt_p50_us = pct(node_rtt, 0.5);
+    row.transfer_rtt_p50_us = pct(transfer_rtt, 0.5);
     row.total_p50_us = pct(total, 0.5);
     row.data_p50_us = pct(data, 0.5);
     row.switches_per_pull =
@@ -202,7 +217,38 @@ struct bench {
         static_cast<double>(rtt_switches) /
         static_cast<double>(std::max<std::size_t>(1, rtt.size()));
     row.post_us_per_block = plan_and_post(n, src, dst);
+    row.pull_post_us_per_block = pull_plan_and_post(n, src, dst);
     return row;
+  }
+
+  // The decode's host time to plan and post an offered pull (the advertise
+  // landed first, as in the pulls above): its node actor plans both sides
+  // and sends the send order and the recv order; a local request queued
+  // behind the pull answers once that is done.
+  double pull_plan_and_post(std::uint64_t n,
+                            const std::vector<std::uint64_t>& src,
+                            const std::vector<std::uint64_t>& dst) {
+    std::vector<double> post;
+    for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
+      ++id;
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{id, "decode-0", src, {}, false});
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      auto t0 = clock_type::now();
+      ask<std::vector<std::string>>(b, decode.h.node,
+                                    proto::node_peers_atom::value);
+      auto local = clock_type::now() - t0;
+      t0 = clock_type::now();
+      b->send(decode.h.node, proto::node_pull_atom::value,
+              proto::node_request{id, "prefill-0", dst, {}, false});
+      ask<std::vector<std::string>>(b, decode.h.node,
+                                    proto::node_peers_atom::value);
+      post.push_back(us(clock_type::now() - t0 - local) /
+                     static_cast<double>(n));
+      expect<proto::node_report>(b, "pull");
+      expect<proto::node_report>(a, "advertise");
+    }
+    return pct(post, 0.5);
   }
 
   // Host time to plan and post: the pull is known first, then the
