@@ -216,60 +216,43 @@ struct bench {
     row.switches_per_rtt =
         static_cast<double>(rtt_switches) /
         static_cast<double>(std::max<std::size_t>(1, rtt.size()));
-    row.post_us_per_block = plan_and_post(n, src, dst);
-    row.pull_post_us_per_block = pull_plan_and_post(n, src, dst);
+    row.post_us_per_block = plan_and_post(n, src, dst, false);
+    row.pull_post_us_per_block = plan_and_post(n, src, dst, true);
     return row;
   }
 
-  // The decode's host time to plan and post an offered pull (the advertise
-  // landed first, as in the pulls above): its node actor plans both sides
-  // and sends the send order and the recv order; a local request queued
-  // behind the pull answers once that is done.
-  double pull_plan_and_post(std::uint64_t n,
-                            const std::vector<std::uint64_t>& src,
-                            const std::vector<std::uint64_t>& dst) {
-    std::vector<double> post;
-    for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
-      ++id;
-      a->send(prefill.h.node, proto::node_advertise_atom::value,
-              proto::node_request{id, "decode-0", src, {}, false});
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      auto t0 = clock_type::now();
-      ask<std::vector<std::string>>(b, decode.h.node,
-                                    proto::node_peers_atom::value);
-      auto local = clock_type::now() - t0;
-      t0 = clock_type::now();
-      b->send(decode.h.node, proto::node_pull_atom::value,
-              proto::node_request{id, "prefill-0", dst, {}, false});
-      ask<std::vector<std::string>>(b, decode.h.node,
-                                    proto::node_peers_atom::value);
-      post.push_back(us(clock_type::now() - t0 - local) /
-                     static_cast<double>(n));
-      expect<proto::node_report>(b, "pull");
-      expect<proto::node_report>(a, "advertise");
-    }
-    return pct(post, 0.5);
-  }
-
-  // Host time to plan and post: the pull is known first, then the
-  // advertise's handler plans every layer and posts; a local request
-  // queued behind it answers once it is done.
+  // Host time per block to plan and post: the prefill's (the pull is known
+  // first, its advertise plans every layer and posts) or, with
+  // `decode_plans`, the decode's (the advertise is known first: an offered
+  // pull plans both sides and orders the prefill's transfer actor). The
+  // other side's message lands first; a local request to the planning node
+  // queued behind the timed one answers once it is done, minus a local
+  // round trip.
   double plan_and_post(std::uint64_t n, const std::vector<std::uint64_t>& src,
-                       const std::vector<std::uint64_t>& dst) {
+                       const std::vector<std::uint64_t>& dst,
+                       bool decode_plans) {
+    auto pull = [&] {
+      b->send(decode.h.node, proto::node_pull_atom::value,
+              proto::node_request{id, "prefill-0", dst, {}, false});
+    };
+    auto advertise = [&] {
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{id, "decode-0", src, {}, false});
+    };
+    auto& planner = decode_plans ? b : a;
+    const auto& node = decode_plans ? decode.h.node : prefill.h.node;
     std::vector<double> post;
     for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
       ++id;
-      b->send(decode.h.node, proto::node_pull_atom::value,
-              proto::node_request{id, "prefill-0", dst, {}, false});
+      decode_plans ? advertise() : pull();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       auto t0 = clock_type::now();
-      ask<std::vector<std::string>>(a, prefill.h.node,
+      ask<std::vector<std::string>>(planner, node,
                                     proto::node_peers_atom::value);
       auto local = clock_type::now() - t0;
       t0 = clock_type::now();
-      a->send(prefill.h.node, proto::node_advertise_atom::value,
-              proto::node_request{id, "decode-0", src, {}, false});
-      ask<std::vector<std::string>>(a, prefill.h.node,
+      decode_plans ? pull() : advertise();
+      ask<std::vector<std::string>>(planner, node,
                                     proto::node_peers_atom::value);
       post.push_back(us(clock_type::now() - t0 - local) /
                      static_cast<double>(n));
