@@ -234,12 +234,13 @@ void poll_held_notes(self_ptr self) {
     start_polling(self);
 }
 
-// The puller read every part: the source blocks are free.
-void on_read_done(self_ptr self, const std::string& from,
+// The puller has every part (read, or landed after it ordered our transfer
+// actor itself): the source blocks are free.
+void on_pull_done(self_ptr self, const std::string& from,
                   const proto::node_report& rep) {
   auto& st = self->state;
   auto i = st.out.find({from, rep.id});
-  if (i == st.out.end() || !i->second.one_sided)
+  if (i == st.out.end() || !(i->second.one_sided || i->second.offered))
     return;
   if (i->second.promise)
     i->second.promise->deliver(rep);
@@ -338,6 +339,16 @@ start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   r.posted.assign(r.layerwise ? layers + 1 : 1, false);
   r.ready.assign(layers, false);
   r.events.assign(layers, 0);
+  if (!push && !r.one_sided && !r.layerwise && !r.want_known) {
+    // Offered: the puller plans and orders our transfer actor itself, which
+    // takes this node off the pull's path; a want (it pulled before the
+    // offer came) posts here instead.
+    r.offered = true;
+    self->send(
+        peer->node, proto::node_offer_atom::value,
+        proto::node_request{req.id, st.cfg.name, r.src_blocks, {}, false});
+    return promise;
+  }
   post_ready_parts(self, key);
   return promise;
 }
@@ -392,22 +403,24 @@ void finish_incoming(self_ptr self, const request_key& key) {
   } else if (r.parts > 0 && r.parts_done == r.parts) {
     proto::node_report rep{key.second, r.bytes, r.start_ns, r.end_ns,
                            r.one_sided};
-    if (r.one_sided) // read: the prefill's source blocks are free
+    r.promise->deliver(rep);      // first: the caller waits, the prefill less
+    if (r.one_sided || r.offered) // the prefill's source blocks are free
       if (auto* peer = find_peer(self, key.first))
         self->send(peer->node, proto::node_done_atom::value, st.cfg.name, rep);
-    r.promise->deliver(rep);
   } else {
     return;
   }
   st.in.erase(i);
 }
 
-void fail_incoming(self_ptr self, const request_key& key, caf::error why) {
+// False when there was nothing to fail (finished, or failed already).
+bool fail_incoming(self_ptr self, const request_key& key, caf::error why) {
   auto i = self->state.in.find(key);
   if (i == self->state.in.end() || i->second.failure)
-    return;
+    return false;
   i->second.failure = std::move(why);
   finish_incoming(self, key);
+  return true;
 }
 
 // A part landed (a recv order's or a read's report).
@@ -418,34 +431,86 @@ void on_landed(self_ptr self, const request_key& key,
     return;
   auto& r = i->second;
   r.bytes += rep.bytes;
-  r.start_ns = std::min(r.start_ns, rep.first_known_ns);
+  // The data window starts with the sender's announcement (our recv order
+  // may have waited for it: an offered pull posts it at once).
+  r.start_ns = std::min(r.start_ns, rep.announced_ns != 0 ? rep.announced_ns
+                                                          : rep.first_known_ns);
   r.end_ns = std::max(r.end_ns, rep.landed_ns);
   ++r.parts_done;
   finish_incoming(self, key);
 }
 
-// Fails the request here and tells the sending node (its blocks are free).
+// Fails the request here and tells the sending node (its blocks are free),
+// once: an offered pull's send and recv orders may both fail.
 void fail_and_tell(self_ptr self, const request_key& key,
                    const caf::error& err) {
-  fail_incoming(self, key, err);
+  if (!fail_incoming(self, key, err))
+    return;
   if (auto* peer = find_peer(self, key.first))
     self->send(peer->node, proto::node_fail_atom::value, self->state.cfg.name,
                key.second, err);
 }
 
-void on_part(self_ptr self, const proto::node_part& p) {
+// Orders our transfer actor to report part `part` of the request once it
+// landed.
+void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
   auto& st = self->state;
-  request_key key{p.sender, p.id};
-  auto& r = st.in[key];
-  r.parts = p.parts;
   proto::recv_order o;
-  o.transfer_id = transfer_id_of(p.id, p.part);
-  o.peer_name = p.sender;
+  o.transfer_id = transfer_id_of(key.second, part);
+  o.peer_name = key.first;
   o.timeout_ms = st.cfg.timeout_ms;
   self->request(st.cfg.transfer, caf::infinite, proto::recv_atom::value, o)
       .then([self,
              key](const proto::recv_report& rep) { on_landed(self, key, rep); },
             [self, key](caf::error& err) { fail_and_tell(self, key, err); });
+}
+
+void on_part(self_ptr self, const proto::node_part& p) {
+  request_key key{p.sender, p.id};
+  self->state.in[key].parts = p.parts;
+  post_recv(self, key, p.part);
+}
+
+// ---- offered pull (plugin path): the decode orders the prefill's transfer
+// actor itself
+
+// The prefill's offer of an advertised request: kept until the caller
+// pulls. Moot when our want went first (the prefill posts then).
+void on_offer(self_ptr self, proto::node_request& offer) {
+  auto& r = self->state.in[{offer.peer, offer.id}];
+  if (r.failure || r.wanted || r.promise)
+    return;
+  r.offered = true;
+  r.src_blocks = std::move(offer.blocks);
+}
+
+// Plans both sides' extents (the prefill's layout and blocks as source),
+// sends the send order to the prefill's transfer actor (the pull's one
+// message) and posts our recv order beside it.
+void pull_offered(self_ptr self, const request_key& key, incoming_request& r,
+                  const node_peer& peer,
+                  const std::vector<std::uint64_t>& dst_blocks) {
+  auto& st = self->state;
+  try {
+    plan_part(st, peer.layout, r.src_blocks, st.cfg.layout, dst_blocks, 0);
+  } catch (const std::exception& e) {
+    return fail_and_tell(
+        self, key,
+        node_error(self, ec::invalid_argument,
+                   fmt::format("request {} from '{}': {}", key.second,
+                               key.first, e.what())));
+  }
+  r.parts = 1;
+  proto::send_order o;
+  o.transfer_id = transfer_id_of(key.second, 0);
+  o.peer = st.cfg.self;
+  o.extents = st.scratch;
+  o.timeout_ms = st.cfg.timeout_ms;
+  self->request(caf::actor_cast<transfer_actor>(peer.transfer.transfer),
+                caf::infinite, proto::send_atom::value, std::move(o))
+      .then([](std::uint64_t) {}, // the bytes count where they land
+            [self, key](caf::error& err) { fail_and_tell(self, key, err); });
+  post_recv(self, key, 0);
 }
 
 // ---- one-sided pull, decode side: reads over CUDA IPC
@@ -559,7 +624,10 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
     r.one_sided = true; // no message: the prefill's ready notes come anyway
     r.dst_blocks = std::move(req.blocks);
     post_reads(self, key);
+  } else if (pull && r.offered) {
+    pull_offered(self, key, r, *peer, req.blocks);
   } else if (pull) {
+    r.wanted = true;
     self->send(peer->node, proto::node_want_atom::value,
                proto::node_request{
                    req.id, st.cfg.name, std::move(req.blocks), {}, false});
@@ -699,6 +767,9 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](proto::node_want_atom, proto::node_request& want) {
         on_want(self, want);
       },
+      [self](proto::node_offer_atom, proto::node_request& offer) {
+        on_offer(self, offer);
+      },
       [self](proto::node_part_atom, const proto::node_part& p) {
         on_part(self, p);
       },
@@ -706,7 +777,7 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
         on_ready(self, note);
       },
       [self](proto::node_done_atom, const std::string& from,
-             const proto::node_report& rep) { on_read_done(self, from, rep); },
+             const proto::node_report& rep) { on_pull_done(self, from, rep); },
       [self](proto::node_poll_atom) { poll_held_notes(self); },
       [self](proto::node_fail_atom, const std::string& from, std::uint64_t id,
              const caf::error& why) {

@@ -47,6 +47,9 @@ struct outgoing_request {
   std::int64_t end_ns = 0;   // last one finished
   bool one_sided = false;    // the puller reads it; ready notes, no sends
   bool blocks_told = false;  // one-sided: src_blocks went with a ready note
+  // Offered to the puller (node_offer): its node orders our transfer actor
+  // itself and says done; a want instead (it pulled first) posts here.
+  bool offered = false;
 };
 
 /// One-sided pull, prefill side: a ready note held until the layer's CUDA
@@ -70,7 +73,12 @@ struct incoming_request {
   // One-sided pull (read over CUDA IPC): the blocks of both sides, and the
   // parts known ready (part, event text) but not read yet.
   bool one_sided = false;
-  std::vector<std::uint64_t> src_blocks; // the prefill's, from its note
+  // Plugin pull: the prefill offered it (src_blocks from its offer), so the
+  // pull orders the prefill's transfer actor itself; or a want went first
+  // (the prefill plans and posts; its offer is then moot).
+  bool offered = false;
+  bool wanted = false;
+  std::vector<std::uint64_t> src_blocks; // the prefill's, from its note/offer
   std::vector<std::uint64_t> dst_blocks; // ours, once the caller pulled
   std::vector<std::pair<std::uint32_t, std::string>> ready;
 };

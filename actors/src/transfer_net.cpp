@@ -209,6 +209,7 @@ void handle_announce(self_ptr self, proto::announcement& a) {
     return;
   }
   t.expected = total_bytes(a.chunks);
+  t.announced = steady_clock::now();
   if (!t.waiter) // unclaimed transfers still get a deadline
     arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
   try {

@@ -76,14 +76,18 @@ struct transfer_entry {
   // and when it finished: the data window a recv_report gives.
   steady_clock::time_point started = steady_clock::now();
   steady_clock::time_point finished;
+  steady_clock::time_point announced; // plugin path: the announcement came
   // CUDA IPC: launch to kernel start, and the kernel's GPU time (0: unknown).
   std::int64_t gpu_queued_ns = 0;
   std::int64_t gpu_copy_ns = 0;
 };
 
 inline proto::recv_report report_of(const transfer_entry& t) {
-  return {t.bytes, clock_ns(t.started), clock_ns(t.finished), t.gpu_copy_ns,
-          t.gpu_queued_ns};
+  auto announced = t.announced == steady_clock::time_point{}
+                       ? std::int64_t{0}
+                       : clock_ns(t.announced);
+  return {t.bytes,       clock_ns(t.started), clock_ns(t.finished),
+          t.gpu_copy_ns, t.gpu_queued_ns,     announced};
 }
 
 // Sending side of one peer.

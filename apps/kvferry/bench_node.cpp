@@ -39,19 +39,21 @@ int run(const options& o) {
     std::fprintf(stderr, "%s\n", rows.error().message().c_str());
     return 1;
   }
-  std::printf("%6s %9s %9s %9s %8s %8s %7s %9s %9s %8s %6s %11s\n", "blocks",
-              "MiB", "ctl p50", "ctl p99", "RTT p50", "RTT p99", "ctl/RTT",
-              "total p50", "data p50", "us/block", "path", "cs pull/RTT");
+  std::printf("%6s %9s %9s %9s %8s %8s %7s %9s %9s %8s %8s %6s %11s %13s\n",
+              "blocks", "MiB", "ctl p50", "ctl p99", "RTT p50", "RTT p99",
+              "ctl/RTT", "total p50", "data p50", "us/block", "pull us", "path",
+              "cs pull/RTT", "node/xfer RTT");
   nlohmann::json doc = nlohmann::json::array();
   for (const auto& r : *rows) {
     std::printf("%6llu %9.2f %9.1f %9.1f %8.1f %8.1f %6.2fx %9.1f %9.1f %8.3f "
-                "%6s %5.1f/%-5.1f\n",
+                "%8.3f %6s %5.1f/%-5.1f %6.1f/%-6.1f\n",
                 static_cast<unsigned long long>(r.blocks),
                 static_cast<double>(r.bytes) / (1 << 20), r.control_p50_us,
                 r.control_p99_us, r.rtt_p50_us, r.rtt_p99_us,
                 r.control_p50_us / r.rtt_p50_us, r.total_p50_us, r.data_p50_us,
-                r.post_us_per_block, r.ipc ? "ipc" : "plugin",
-                r.switches_per_pull, r.switches_per_rtt);
+                r.post_us_per_block, r.pull_post_us_per_block,
+                r.ipc ? "ipc" : "plugin", r.switches_per_pull,
+                r.switches_per_rtt, r.node_rtt_p50_us, r.transfer_rtt_p50_us);
     doc.push_back({{"blocks", r.blocks},
                    {"bytes", r.bytes},
                    {"control_p50_us", r.control_p50_us},
@@ -61,6 +63,9 @@ int run(const options& o) {
                    {"total_p50_us", r.total_p50_us},
                    {"data_p50_us", r.data_p50_us},
                    {"post_us_per_block", r.post_us_per_block},
+                   {"pull_post_us_per_block", r.pull_post_us_per_block},
+                   {"node_rtt_p50_us", r.node_rtt_p50_us},
+                   {"transfer_rtt_p50_us", r.transfer_rtt_p50_us},
                    {"ipc", r.ipc},
                    {"switches_per_pull", r.switches_per_pull},
                    {"switches_per_rtt", r.switches_per_rtt}});
@@ -70,9 +75,12 @@ int run(const options& o) {
   std::printf("(ctl: a pull's total - data, the decode's call to its reply "
               "minus its data window; RTT: an empty CAF request between the "
               "two systems, interleaved in the same run; us/block: the "
-              "prefill's host time to plan and post, median; cs: voluntary "
+              "prefill's host time to plan and post, median, and pull us: the "
+              "decode's for a pull whose advertise is known; cs: voluntary "
               "context switches of the process, both nodes' threads, per pull "
-              "/ per round trip)\npeak RSS %.1f "
+              "/ per round trip; node/xfer RTT: p50 of the caller's round "
+              "trip to its own node actor / transfer actor, the hops a pull "
+              "has beyond the round trip)\npeak RSS %.1f "
               "MiB\n",
               ru.ru_maxrss / 1024.0);
   if (!o.json_path.empty()) {

@@ -151,7 +151,7 @@ struct bench {
     row.bytes = n * o.layers * 2 * o.half_bytes;
     auto src = scattered(n, 7, o.cache_blocks);
     auto dst = scattered(n, 13, o.cache_blocks);
-    std::vector<double> rtt, control, total, data;
+    std::vector<double> rtt, control, total, data, node_rtt, transfer_rtt;
     long rtt_switches = 0, pull_switches = 0;
     auto one_rtt = [&] {
       auto s0 = switches();
@@ -160,10 +160,23 @@ struct bench {
                                     proto::node_peers_atom::value);
       rtt.push_back(us(clock_type::now() - t0));
       rtt_switches += switches() - s0;
+      // The hops a pull has beyond the round trip, priced alike: the
+      // caller to its node actor (a scheduler thread) and to its transfer
+      // actor (a thread of its own), each and back.
+      t0 = clock_type::now();
+      ask<std::vector<std::string>>(b, decode.h.node,
+                                    proto::node_peers_atom::value);
+      node_rtt.push_back(us(clock_type::now() - t0));
+      t0 = clock_type::now();
+      ask<proto::transfer_stats>(b, decode.h.transfer,
+                                 proto::stats_atom::value);
+      transfer_rtt.push_back(us(clock_type::now() - t0));
     };
     for (int i = 0; i < 20; ++i) // warm-up: channel, registrations
       one_rtt();
     rtt.clear();
+    node_rtt.clear();
+    transfer_rtt.clear();
     rtt_switches = 0;
     for (int r = 0; r < o.repeats + 2; ++r) {
       ++id;
@@ -194,6 +207,8 @@ struct bench {
     row.control_p99_us = pct(control, 0.99);
     row.rtt_p50_us = pct(rtt, 0.5);
     row.rtt_p99_us = pct(rtt, 0.99);
+    row.node_rtt_p50_us = pct(node_rtt, 0.5);
+    row.transfer_rtt_p50_us = pct(transfer_rtt, 0.5);
     row.total_p50_us = pct(total, 0.5);
     row.data_p50_us = pct(data, 0.5);
     row.switches_per_pull =
@@ -201,29 +216,43 @@ struct bench {
     row.switches_per_rtt =
         static_cast<double>(rtt_switches) /
         static_cast<double>(std::max<std::size_t>(1, rtt.size()));
-    row.post_us_per_block = plan_and_post(n, src, dst);
+    row.post_us_per_block = plan_and_post(n, src, dst, false);
+    row.pull_post_us_per_block = plan_and_post(n, src, dst, true);
     return row;
   }
 
-  // Host time to plan and post: the pull is known first, then the
-  // advertise's handler plans every layer and posts; a local request
-  // queued behind it answers once it is done.
+  // Host time per block to plan and post: the prefill's (the pull is known
+  // first, its advertise plans every layer and posts) or, with
+  // `decode_plans`, the decode's (the advertise is known first: an offered
+  // pull plans both sides and orders the prefill's transfer actor). The
+  // other side's message lands first; a local request to the planning node
+  // queued behind the timed one answers once it is done, minus a local
+  // round trip.
   double plan_and_post(std::uint64_t n, const std::vector<std::uint64_t>& src,
-                       const std::vector<std::uint64_t>& dst) {
+                       const std::vector<std::uint64_t>& dst,
+                       bool decode_plans) {
+    auto pull = [&] {
+      b->send(decode.h.node, proto::node_pull_atom::value,
+              proto::node_request{id, "prefill-0", dst, {}, false});
+    };
+    auto advertise = [&] {
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{id, "decode-0", src, {}, false});
+    };
+    auto& planner = decode_plans ? b : a;
+    const auto& node = decode_plans ? decode.h.node : prefill.h.node;
     std::vector<double> post;
     for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
       ++id;
-      b->send(decode.h.node, proto::node_pull_atom::value,
-              proto::node_request{id, "prefill-0", dst, {}, false});
+      decode_plans ? advertise() : pull();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       auto t0 = clock_type::now();
-      ask<std::vector<std::string>>(a, prefill.h.node,
+      ask<std::vector<std::string>>(planner, node,
                                     proto::node_peers_atom::value);
       auto local = clock_type::now() - t0;
       t0 = clock_type::now();
-      a->send(prefill.h.node, proto::node_advertise_atom::value,
-              proto::node_request{id, "decode-0", src, {}, false});
-      ask<std::vector<std::string>>(a, prefill.h.node,
+      decode_plans ? pull() : advertise();
+      ask<std::vector<std::string>>(planner, node,
                                     proto::node_peers_atom::value);
       post.push_back(us(clock_type::now() - t0 - local) /
                      static_cast<double>(n));

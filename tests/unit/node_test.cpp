@@ -132,6 +132,48 @@ TEST_CASE_FIXTURE(node_pair, "pull, all at once: the advert may come before or "
   check_landed(before, s, d);
 }
 
+TEST_CASE_FIXTURE(node_pair, "pull of an advert the decode knows: it orders "
+                             "the prefill's transfer actor itself, and the "
+                             "advert completes once the bytes landed") {
+  std::mutex mtx;
+  std::condition_variable cv;
+  std::uint64_t notes = 0;
+  decode.on_notification([&](const std::string&, const std::string&) {
+    std::lock_guard<std::mutex> guard{mtx};
+    ++notes;
+    cv.notify_all();
+  });
+  for (std::uint64_t id : {20, 21}) {
+    CAPTURE(id);
+    auto before = dst.regions;
+    auto offer = prefill.advertise(id, "decode-0", src_ids, false);
+    // The prefill node sends its offer before this note (one sender, one
+    // receiver: in order), so the pull below finds the offer.
+    REQUIRE(prefill.notify("decode-0", "offered").ok());
+    {
+      std::unique_lock<std::mutex> lock{mtx};
+      REQUIRE(cv.wait_for(lock, patience, [&] { return notes == id - 19; }));
+    }
+    auto got = done(decode.pull(id, "prefill-0", dst_ids));
+    CHECK(got.bytes == request_bytes);
+    CHECK(got.data > std::chrono::nanoseconds{0});
+    auto freed = done(offer); // the decode's report: the bytes landed
+    CHECK(freed.bytes == request_bytes);
+    check_landed(before, src_ids, dst_ids);
+  }
+  // A pull into blocks the plan cannot fill fails on both sides.
+  auto offer = prefill.advertise(22, "decode-0", src_ids, false);
+  REQUIRE(prefill.notify("decode-0", "offered").ok());
+  {
+    std::unique_lock<std::mutex> lock{mtx};
+    REQUIRE(cv.wait_for(lock, patience, [&] { return notes == 3; }));
+  }
+  auto short_pull = failure(decode.pull(22, "prefill-0", {1, 2}));
+  CHECK(short_pull.code() == ec::invalid_argument);
+  CHECK(names(short_pull, "request 22"));
+  CHECK(failure(offer).code() == ec::invalid_argument);
+}
+
 TEST_CASE_FIXTURE(node_pair,
                   "pull, layer by layer: each layer moves once it is "
                   "ready, out of order and late") {

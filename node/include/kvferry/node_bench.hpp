@@ -12,7 +12,10 @@
 //   - the prefill's host time per block to plan and post a request (plan_kv
 //     of every layer, the send order, the part note): the time the node
 //     actor takes for an advertise whose pull is already known, minus a
-//     local round trip to it;
+//     local round trip to it; likewise the decode's for a pull whose
+//     advertise is known (it plans and orders the prefill's transfer actor);
+//   - the prices of the hops a pull has beyond the round trip: the caller's
+//     round trip to its own node actor and to its own transfer actor;
 //   - the thread hand-offs (voluntary context switches of the process) per
 //     pull and per round trip: where a request's control time goes on a
 //     machine whose cores are busy (each hand-off waits for a core).
@@ -41,8 +44,11 @@ struct node_bench_row {
   double control_p50_us = 0, control_p99_us = 0;
   double rtt_p50_us = 0, rtt_p99_us = 0; // same-run CAF round trip
   double total_p50_us = 0, data_p50_us = 0;
-  double post_us_per_block = 0; // median over the planning rounds
-  bool ipc = false;             // the path the pulls took (request_stats)
+  double node_rtt_p50_us = 0;        // caller -> its node actor -> caller
+  double transfer_rtt_p50_us = 0;    // caller -> its transfer actor -> caller
+  double post_us_per_block = 0;      // median over the planning rounds
+  double pull_post_us_per_block = 0; // the decode's, for an offered pull
+  bool ipc = false;                  // the path the pulls took (request_stats)
   // Voluntary context switches of the process (both nodes' threads) per
   // pull and per CAF round trip: the thread hand-offs each costs.
   double switches_per_pull = 0, switches_per_rtt = 0;

@@ -229,9 +229,15 @@ using consumer_actor = caf::typed_actor<
 //
 //   push:  caller --send--> node --send order--> transfer ==bytes==>
 //          node --part--> peer node --recv order--> peer transfer
-//   pull:  caller --pull--> node --want--> prefill node (one message), which
-//          posts each layer's send as soon as the layer is ready and the
-//          want is known, each with a `part` note as in push.
+//   pull:  prefill node --offer--> decode node as the caller advertises
+//          (all layers at once); the decode's pull then plans and sends the
+//          send order to the prefill's transfer actor itself and posts its
+//          recv order at once (no hop through the prefill node); its --done-->
+//          frees the prefill's source blocks.
+//   pull, layer by layer or before the offer came: caller --pull--> node
+//          --want--> prefill node (one message), which posts each layer's
+//          send as soon as the layer is ready and the want is known, each
+//          with a `part` note as in push.
 //   pull, one host, GPU caches both exported over CUDA IPC (one_sided_pull):
 //          prefill node --ready--> decode node (per layer, as it is ready),
 //          whose own transfer actor reads it (read_order: the decode maps
@@ -280,12 +286,16 @@ using node_actor = caf::typed_actor<
     // Decode node to prefill node: the pull (peer = the puller, blocks =
     // its destination blocks).
     caf::reacts_to<proto::node_want_atom, proto::node_request>,
+    // Prefill node to decode node: an advertised request (peer = the
+    // prefill, blocks = its source blocks), so that the pull orders the
+    // prefill's transfer actor itself.
+    caf::reacts_to<proto::node_offer_atom, proto::node_request>,
     // Sending node to receiving node: a part was posted.
     caf::reacts_to<proto::node_part_atom, proto::node_part>,
     // One-sided pull: prefill node to decode node, a part is ready to read.
     caf::reacts_to<proto::node_ready_atom, proto::node_ready>,
-    // One-sided pull: decode node to prefill node, request `id` was read
-    // (its source blocks are free).
+    // One-sided or offered pull: decode node to prefill node, request `id`
+    // landed (its source blocks are free).
     caf::reacts_to<proto::node_done_atom, std::string, proto::node_report>,
     // Internal: poll the CUDA events of layers whose ready note waits.
     caf::reacts_to<proto::node_poll_atom>,

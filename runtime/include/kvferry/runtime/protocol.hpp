@@ -125,18 +125,23 @@ typename Inspector::result_type inspect(Inspector& f, recv_order& x) {
 /// seen), split by the kernel's CUDA events: `gpu_queued_ns` from the launch
 /// to the kernel's start (waiting for earlier work on the GPU) and
 /// `gpu_copy_ns` the kernel's own GPU time; the rest is seeing completion.
-/// Both 0 where not measured (plugin path).
+/// Both 0 where not measured (plugin path). `announced_ns`: when the
+/// sender's announcement came (plugin path; 0: none), which starts the
+/// window where the recv order came well before it (a puller that posts its
+/// receive as it asks for the bytes).
 struct recv_report {
   std::uint64_t bytes = 0;
   std::int64_t first_known_ns = 0;
   std::int64_t landed_ns = 0;
   std::int64_t gpu_copy_ns = 0;
   std::int64_t gpu_queued_ns = 0;
+  std::int64_t announced_ns = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
   return f(caf::meta::type_name("kvferry::proto::recv_report"), x.bytes,
-           x.first_known_ns, x.landed_ns, x.gpu_copy_ns, x.gpu_queued_ns);
+           x.first_known_ns, x.landed_ns, x.gpu_copy_ns, x.gpu_queued_ns,
+           x.announced_ns);
 }
 
 /// Transfer actor to transfer actor over CUDA IPC: the sender's copy kernel

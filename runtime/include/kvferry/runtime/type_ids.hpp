@@ -158,6 +158,10 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_ready_atom, "kvnready")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_done_atom, "kvndone")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_poll_atom, "kvnpoll")
 
+// kvferry::node, plugin pull (issue #15, session 10): the prefill's offer of
+// an advertised request, so that the puller orders its transfer actor.
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_offer_atom, "kvnoffer")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
