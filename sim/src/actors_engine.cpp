@@ -173,15 +173,21 @@ public:
 
   // Runs `f` at virtual time `at` (a delayed message to the timer actor).
   void at(ns_t at, std::function<void()> f) {
-    auto key = next_timer_++;
-    timers_.emplace(key, std::move(f));
+    std::uint64_t key;
+    if (free_timers_.empty()) {
+      key = timers_.size();
+      timers_.push_back(std::move(f));
+    } else {
+      key = free_timers_.back();
+      free_timers_.pop_back();
+      timers_[key] = std::move(f);
+    }
     caf::delayed_anon_send(timer_, nanoseconds(std::max<ns_t>(0, at - now())),
                            proto::sweep_atom::value, key);
   }
   void fire(std::uint64_t key) {
-    auto i = timers_.find(key);
-    auto f = std::move(i->second);
-    timers_.erase(i);
+    auto f = std::move(timers_[key]);
+    free_timers_.push_back(key); // before f: it may set a timer
     f();
   }
 
@@ -501,8 +507,9 @@ private:
   timeline rates_;
   flow_network net_;
   double lbb_ = 0;
-  std::map<std::uint64_t, std::function<void()>> timers_;
-  std::uint64_t next_timer_ = 0;
+  // The timers set, by key (a slot, reused once it fired).
+  std::vector<std::function<void()>> timers_;
+  std::vector<std::uint64_t> free_timers_;
   std::uint64_t decoding_ = 0;
   // The requests read and not yet reported, in trace order: request `i` at
   // window_[i - base_].
