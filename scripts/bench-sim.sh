@@ -16,7 +16,8 @@
 # GPUs, 4 x 200 Gbit/s each; 512 prefill GPUs on the first 64 hosts, 488
 # decode GPUs on the rest; least-loaded; layer-wise) under 100,000 requests
 # at one per 0.25 ms (about 400 transfers in flight). Last, the model and
-# the actors engine side by side at 8 and 100 workers (below).
+# the actors engine side by side at 8 and 100 workers, and with
+# ACTORS_FLAT=N the actors engine's memory at N requests (below).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 kvferry=${1:-$repo/build/bin/kvferry}
@@ -97,4 +98,11 @@ for engine in model actors; do
   synthetic "$actors_requests" 2
   measure "$work/trace.jsonl" "100 workers, $engine engine" "$actors_requests" "$work/sim-100.yaml" "$engine"
 done
+# ACTORS_FLAT=N (e.g. 100000): the actors engine on N requests at 8
+# workers too, to compare its peak RSS with the run above (the trace is
+# streamed: memory should not grow with N; ~35 s of CPU per 100,000).
+if [ -n "${ACTORS_FLAT:-}" ]; then
+  synthetic "$ACTORS_FLAT" 30
+  measure "$work/trace.jsonl" "8 workers, actors engine" "$ACTORS_FLAT" "$topology" actors
+fi
 exit 0

@@ -20,24 +20,25 @@ using self_ptr = router_actor::stateful_pointer<router_state>;
 // Adds request `id`'s row to the per-request report (warm-up requests have
 // none): its route and times, and what the consumer reported (zeros when it
 // failed).
-void add_row(self_ptr self, std::uint64_t id, const router_state::route& route,
+void add_row(self_ptr self, const router_state::route& route,
              const proto::ready_report* report) {
   const auto& st = self->state;
-  auto index = id - st.cfg.first_request_id;
-  if (index >= st.cfg.tokens.size())
+  if (route.index == router_state::warm_up)
     return;
   router_request row;
-  row.index = index;
+  row.index = route.index;
   row.producer = route.producer;
   row.consumer = route.consumer;
-  if (index < st.cfg.arrivals.size())
-    row.due = st.cfg.arrivals[index];
+  row.due = route.due;
   row.sent = route.sent - st.start;
   row.answered = self->clock().now() - st.start;
   row.ok = report != nullptr;
   if (report)
     row.report = *report;
-  st.run->update([&](router_results& r) { r.requests.push_back(row); });
+  if (st.cfg.on_request)
+    st.cfg.on_request(row);
+  else
+    st.run->update([&](router_results& r) { r.requests.push_back(row); });
 }
 
 // Records a failed request (the run has failed: no new request starts),
@@ -45,7 +46,7 @@ void add_row(self_ptr self, std::uint64_t id, const router_state::route& route,
 void record_failure(self_ptr self, std::uint64_t id,
                     const router_state::route& route, const caf::error& err,
                     const char* what = "request") {
-  add_row(self, id, route, nullptr);
+  add_row(self, route, nullptr);
   auto consumer = route.consumer;
   const auto& name = self->state.cfg.consumers[consumer].name;
   // CAF's own word for a request whose receiver was already gone (the
@@ -65,34 +66,31 @@ void record_failure(self_ptr self, std::uint64_t id,
   });
 }
 
-// Request `index`'s leading prefix ids; none without them.
-const std::vector<std::uint64_t>& prefix_ids(const router_config& cfg,
-                                             std::size_t index) {
-  static const std::vector<std::uint64_t> none;
-  return index < cfg.prefix_ids.size() ? cfg.prefix_ids[index] : none;
-}
-
-void record_success(self_ptr self, std::uint64_t id,
-                    const router_state::route& route,
+void record_success(self_ptr self, const router_state::route& route,
                     const proto::ready_report& r) {
   using namespace std::chrono;
-  add_row(self, id, route, &r);
+  add_row(self, route, &r);
   auto& st = self->state;
-  if (auto index = id - st.cfg.first_request_id; index < st.cfg.tokens.size())
-    st.policy->landed(std::uint32_t(route.consumer), prefix_ids(st.cfg, index));
+  if (route.index != router_state::warm_up)
+    st.policy->landed(std::uint32_t(route.consumer), route.prefix_ids);
   auto consumer = route.consumer;
   auto t0 = route.sent;
   auto us = duration<double, std::micro>(self->clock().now() - t0).count();
+  bool samples = !st.cfg.on_request; // kept per request
   self->state.run->update([&](router_results& out) {
     ++out.done;
     out.bytes += r.bytes;
+    if (r.gpu_copy_ns > 0) {
+      out.gpu_copy_ns += r.gpu_copy_ns;
+      out.gpu_copy_bytes += r.bytes;
+    }
+    if (!samples)
+      return;
     out.latency_us.push_back(us);
     if (r.transfer_ns > 0)
       out.data_windows.push_back(
           {consumer, r.data_start_ns, r.data_start_ns + r.transfer_ns});
     if (r.gpu_copy_ns > 0) {
-      out.gpu_copy_ns += r.gpu_copy_ns;
-      out.gpu_copy_bytes += r.bytes;
       out.gpu_queued_us.push_back(static_cast<double>(r.gpu_queued_ns) / 1e3);
       out.after_kernel_us.push_back(
           static_cast<double>(r.transfer_ns - r.gpu_queued_ns - r.gpu_copy_ns) /
@@ -103,28 +101,49 @@ void record_success(self_ptr self, std::uint64_t id,
   });
 }
 
-// Sends request `id` (`tokens` tokens, bound for consumer `consumer`) to
-// producer `producer` (indices into the config), in flight until a handler
-// forgets it (a worker that leaves fails what it still finds there); the
-// caller attaches the handlers. `load`: what the routing policy counted
+// Sends request `id` (`tokens` tokens) along `route` (its producer and
+// consumer: indices into the config), in flight until a handler forgets it
+// (a worker that leaves fails what it still finds there); the caller
+// attaches the handlers. `route.load`: what the routing policy counted
 // against the two workers (given back when the request leaves).
-auto send_prefill(self_ptr self, std::size_t producer, std::uint64_t id,
-                  std::uint32_t tokens, std::size_t consumer,
-                  std::uint32_t load = 0) {
+auto send_prefill(self_ptr self, std::uint64_t id, std::uint32_t tokens,
+                  router_state::route route) {
   const auto& cfg = self->state.cfg;
-  self->state.routes.emplace(
-      id, router_state::route{producer, consumer, self->clock().now(), load});
+  auto producer = route.producer;
   proto::prefill_request req;
   req.request_id = id;
   req.prompt_tokens = tokens;
   req.pattern_seed = cfg.seed;
-  req.consumer = cfg.consumers[consumer].app;
+  req.consumer = cfg.consumers[route.consumer].app;
   req.layerwise = cfg.layerwise;
   req.pull = cfg.pull;
+  route.sent = self->clock().now();
+  self->state.routes.emplace(id, std::move(route));
   // Generous: the producer's own deadlines fire first and name the cause.
   return self->request(cfg.producers[producer].app,
                        std::chrono::milliseconds(3 * cfg.timeout_ms + 5000),
                        proto::prefill_atom::value, std::move(req));
+}
+
+// Reads the next request (st.next_input) unless it is read already: from
+// the source, or the config's vectors. False when there is none.
+bool read_next(router_state& st) {
+  if (st.has_next || st.drained)
+    return st.has_next;
+  auto& in = st.next_input;
+  const auto& cfg = st.cfg;
+  if (cfg.source) {
+    in.prefix_ids.clear();
+    st.has_next = cfg.source(in);
+  } else if (auto i = st.next; i < cfg.tokens.size()) {
+    in.tokens = cfg.tokens[i];
+    in.arrival = i < cfg.arrivals.size() ? cfg.arrivals[i] : caf::timespan{};
+    in.prefix_ids = i < cfg.prefix_ids.size() ? cfg.prefix_ids[i]
+                                              : std::vector<std::uint64_t>{};
+    st.has_next = true;
+  }
+  st.drained = !st.has_next;
+  return st.has_next;
 }
 
 // Ends the run once nothing is in flight and nothing more will start.
@@ -132,19 +151,18 @@ void maybe_finish(self_ptr self) {
   auto& st = self->state;
   if (!st.routes.empty())
     return;
-  if (st.stopped || (!st.warming && st.next == st.cfg.tokens.size())) {
+  if (st.stopped || (!st.warming && !read_next(st))) {
     st.run->finish(self->clock().now());
     self->quit();
   }
 }
 
-// Whether request `i` has arrived; if not, sets the timer (one at a time:
-// arrivals do not decrease, so the next request's time is the earliest).
-bool arrived(self_ptr self, std::size_t i) {
+// Whether the next request has arrived; if not, sets the timer (one at a
+// time: arrivals do not decrease, so the next request's time is the
+// earliest).
+bool arrived(self_ptr self) {
   auto& st = self->state;
-  if (i >= st.cfg.arrivals.size())
-    return true;
-  auto wait = st.start + st.cfg.arrivals[i] - self->clock().now();
+  auto wait = st.start + st.next_input.arrival - self->clock().now();
   if (wait <= caf::timespan{0})
     return true;
   if (!st.timer_set) {
@@ -158,22 +176,28 @@ bool arrived(self_ptr self, std::size_t i) {
 void issue(self_ptr self) {
   auto& st = self->state;
   while (!st.warming && !st.stopped && st.routes.size() < st.cfg.inflight &&
-         st.next < st.cfg.tokens.size() && arrived(self, st.next)) {
+         read_next(st) && arrived(self)) {
     auto i = st.next++;
+    st.has_next = false;
     auto id = st.cfg.first_request_id + i;
-    auto tokens = st.cfg.tokens[i];
-    auto to = st.policy->pick(tokens, tokens, prefix_ids(st.cfg, i));
+    auto& in = st.next_input;
+    auto tokens = in.tokens;
+    auto to = st.policy->pick(tokens, tokens, in.prefix_ids);
     // No live worker of a role: only faults do that, and the first one
     // already stopped the run.
     if (!to)
       break;
-    send_prefill(self, to->prefill, id, tokens, to->decode, tokens)
+    router_state::route route{to->prefill, to->decode, tokens};
+    route.index = i;
+    route.due = in.arrival;
+    route.prefix_ids = std::move(in.prefix_ids);
+    send_prefill(self, id, tokens, std::move(route))
         .then(
             [=](proto::ready_report& r) {
               auto route = self->state.take(id);
               if (!route)
                 return; // already failed (a worker of it went down)
-              record_success(self, id, *route, r);
+              record_success(self, *route, r);
               issue(self);
             },
             [=](caf::error& err) {
@@ -198,7 +222,9 @@ void warm_up(self_ptr self) {
   auto& st = self->state;
   st.warming = true;
   st.warm_up_start = self->clock().now();
-  auto id = st.cfg.first_request_id + st.cfg.tokens.size();
+  // After the measured ids (a source's count is not known: 2^32 on).
+  auto id = st.cfg.first_request_id +
+            (st.cfg.source ? std::uint64_t{1} << 32 : st.cfg.tokens.size());
   for (std::size_t producer = 0; producer < st.cfg.producers.size(); ++producer)
     for (std::size_t consumer = 0; consumer < st.cfg.consumers.size();
          ++consumer) {
@@ -209,7 +235,7 @@ void warm_up(self_ptr self) {
           return; // already failed (a worker of it went down)
         if (err) {
           st.stopped = true;
-          record_failure(self, this_id, {producer, consumer, {}}, err,
+          record_failure(self, this_id, {producer, consumer}, err,
                          "warm-up request");
         }
         if (!st.routes.empty())
@@ -225,7 +251,7 @@ void warm_up(self_ptr self) {
         }
         issue(self);
       };
-      send_prefill(self, producer, this_id, st.cfg.warm_up_tokens, consumer)
+      send_prefill(self, this_id, st.cfg.warm_up_tokens, {producer, consumer})
           .then([=](proto::ready_report&) { finish(caf::error{}); },
                 [=](caf::error& err) { finish(err); });
     }

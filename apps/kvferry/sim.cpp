@@ -43,7 +43,8 @@ void run_sweep(const sim_command& cmd, const topology::deployment& topology,
         if (progress)
           std::fprintf(stderr, "sim: run %zu of %zu: %s\n", i + 1, n,
                        label.c_str());
-      });
+      },
+      cmd.engine == "actors" ? sim::run_actors : sim::run);
   std::cout << result.table;
   if (!cmd.out_dir.empty())
     std::cout << "\nwrote " << cmd.out_dir << "/sweep.txt, " << cmd.out_dir
@@ -70,8 +71,6 @@ int run_sim(const sim_command& cmd) {
     for (auto& text : cmd.faults)
       options.faults.push_back(sim::parse_fault(text));
     bool progress = cmd.progress || ::isatty(STDERR_FILENO);
-    if (!cmd.sweeps.empty() && cmd.engine != "model")
-      throw std::invalid_argument("--sweep runs the model engine only");
     if (!cmd.sweeps.empty()) {
       run_sweep(cmd, *loaded.topology, options, progress);
       return 0;

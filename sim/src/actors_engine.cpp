@@ -20,6 +20,13 @@
 //   says it left decode (`decoded_atom`), so admission waits as in the
 //   model engine.
 //
+// The trace streams through: the router pulls each request from the trace
+// reader as it sends it (router_config::source), and a request's state lives
+// from then until its row is written (in trace order), so memory follows the
+// requests in flight, not the trace. The decode pools' figures are the real
+// consumers' (their stats reply), read at the end of each virtual instant
+// in which a consumer may have changed them.
+//
 // One clock: every model event is a delayed message to a timer actor, so
 // the test coordinator's clock (trigger_timeout, earliest first, ties in
 // the order scheduled) is the event queue. Deterministic.
@@ -31,6 +38,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <queue>
 #include <stdexcept>
 #include <unordered_map>
@@ -46,6 +54,7 @@
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/actors/router.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/sim/answered_timeouts.hpp"
 #include "kvferry/sim/sim.hpp"
 #include "kvferry/sim/sim_transfer.hpp"
 #include "request_rows.hpp"
@@ -75,7 +84,7 @@ struct sim_system_config : runtime::system_config {
 
 // What the models learn of one trace request.
 struct request_state {
-  trace_request trace;
+  trace_request trace;                   // its hash_ids went to the router
   std::uint32_t prefill = 0, decode = 0; // worker indexes
   ns_t prefill_ns = 0;
   ns_t at_producer = -1, prefill_start = -1, prefill_end = -1;
@@ -85,9 +94,23 @@ struct request_state {
   ns_t landed = -1;
   double bytes = 0;
   bool ipc = false, routed = false;
+  // The router's answer came (`ok`: the KV is in place), and whether a GPU
+  // queue or a decode batch still holds it: until the three say it is over,
+  // the models may still write here (models::complete).
+  bool answered = false, ok = false;
+  bool queued = false, decoding = false;
   std::vector<std::uint32_t> held; // send orders waiting for the prefill
   std::uint32_t parts_landed = 0;
   ns_t first_token = -1, last_token = -1;
+};
+
+// A decode worker's pool as its consumer reports it (consumer_stats), over
+// time: the summary's pool_use.
+struct pool_seen {
+  std::uint64_t capacity = 0, used = 0, peak = 0, waited = 0, waiting = 0;
+  double used_integral = 0; // block-ns
+  ns_t since = 0;           // `used` holds from then on
+  bool dirty = false;       // a message reached the consumer since
 };
 
 struct worker_model {
@@ -102,6 +125,7 @@ struct worker_model {
   // this step.
   caf::actor app;
   decode_batch batch; // requests (indexes) whose KV is complete
+  pool_seen pool;     // decode
 };
 
 // The models the actors meet: timers, the GPUs, the network.
@@ -109,14 +133,14 @@ class models : public sim_network {
 public:
   models(const topology::deployment& topo, caf::actor_system& sys)
       : topo_(topo), sim_(topo.sim), sys_(sys),
-        rates_(2 * topo.hosts.size() + 1), // the NICs, then the prefill queue
+        // The NICs, then the queues for a prefill GPU and for pool blocks.
+        rates_(2 * topo.hosts.size() + 2),
         net_([this](ns_t at, std::uint32_t id,
                     std::uint32_t version) { on_flow_at(at, id, version); },
              &rates_, std::uint32_t(2 * topo.hosts.size())) {
     lbb_ = double(topo.model.block_bytes_per_layer());
   }
 
-  std::vector<request_state> requests;
   std::vector<worker_model> workers;
   std::unordered_map<std::string, std::uint32_t> by_name;
   std::map<caf::actor_addr, std::uint32_t> consumer_of_relay;
@@ -149,28 +173,68 @@ public:
 
   // Runs `f` at virtual time `at` (a delayed message to the timer actor).
   void at(ns_t at, std::function<void()> f) {
-    auto key = next_timer_++;
-    timers_.emplace(key, std::move(f));
+    std::uint64_t key;
+    if (free_timers_.empty()) {
+      key = timers_.size();
+      timers_.push_back(std::move(f));
+    } else {
+      key = free_timers_.back();
+      free_timers_.pop_back();
+      timers_[key] = std::move(f);
+    }
     caf::delayed_anon_send(timer_, nanoseconds(std::max<ns_t>(0, at - now())),
                            proto::sweep_atom::value, key);
   }
   void fire(std::uint64_t key) {
-    auto i = timers_.find(key);
-    auto f = std::move(i->second);
-    timers_.erase(i);
+    auto f = std::move(timers_[key]);
+    free_timers_.push_back(key); // before f: it may set a timer
     f();
   }
 
-  request_state& request_of(std::uint64_t request_id) {
-    return requests.at(request_id - first_request_id);
+  // ---- the requests between the trace and their rows
+
+  // A request read from the trace (it is the next index).
+  void add(request_state r) { window_.push_back(std::move(r)); }
+
+  // Request `index` (trace order) or, when its row is written, none.
+  request_state* find(std::uint64_t index) {
+    return index >= base_ && index - base_ < window_.size()
+               ? &window_[index - base_]
+               : nullptr;
+  }
+  request_state* find_id(std::uint64_t request_id) {
+    return find(request_id - first_request_id);
+  }
+
+  // Over: the router answered it, and nothing holds it any more (a GPU
+  // queue, a decode batch), or it decoded its last token, or its decode
+  // worker died with it.
+  bool complete(const request_state& r) const {
+    if (!r.answered || r.queued || r.decoding)
+      return false;
+    return !r.ok || r.last_token >= 0 || workers[r.decode].dead;
+  }
+
+  // Hands the requests that are over to `report`, in trace order, and
+  // forgets them; with `all`, every one read (the run has ended).
+  template<class Report>
+  void settle(Report report, bool all = false) {
+    while (!window_.empty() && (all || complete(window_.front()))) {
+      report(window_.front());
+      window_.pop_front();
+      ++base_;
+    }
   }
 
   // The relay delivers a prefill request to its producer: onto the GPU's
   // queue (not for a dead worker: the router failed it already).
   void prefill_arrives(std::uint32_t producer, std::uint64_t request_id,
                        const caf::actor& consumer_relay) {
+    auto* found = find_id(request_id);
+    if (found == nullptr)
+      return; // failed and reported already (a worker of it died)
     auto index = std::uint32_t(request_id - first_request_id);
-    auto& r = requests.at(index);
+    auto& r = *found;
     r.routed = true;
     r.prefill = producer;
     r.decode = consumer_of_relay.at(consumer_relay.address());
@@ -180,6 +244,7 @@ public:
       return;
     auto& gpu = workers[producer];
     gpu.queue.push_back(index);
+    r.queued = true;
     if (!gpu.busy)
       start_prefill(producer);
   }
@@ -187,7 +252,10 @@ public:
   // A send order: held until its layers are computed, then the fixed
   // costs, then a flow through the links (or nothing, for no bytes).
   void start(order o) override {
-    auto& r = request_of(o.transfer_id >> 12);
+    auto* found = find_id(o.transfer_id >> 12);
+    if (found == nullptr)
+      return; // its request failed and was reported: it moves nothing
+    auto& r = *found;
     if (r.first_order < 0)
       r.first_order = now();
     auto slot = take_slot(std::move(o));
@@ -207,6 +275,9 @@ public:
     w.died = now();
     decoding_ -= w.batch.size();
     w.batch.clear();
+    for (auto& r : window_)
+      if (r.decode == worker)
+        r.decoding = false;
     for (auto& a : actors)
       caf::anon_send_exit(a, caf::exit_reason::kill);
     for (std::uint32_t slot = 0; slot < orders_.size(); ++slot) {
@@ -218,11 +289,16 @@ public:
       auto& q = gpu.queue;
       q.erase(std::remove_if(q.begin(), q.end(),
                              [&](std::uint32_t i) {
-                               return requests[i].prefill == worker ||
-                                      requests[i].decode == worker;
+                               auto& r = *find(i);
+                               r.queued =
+                                   r.prefill != worker && r.decode != worker;
+                               return !r.queued;
                              }),
               q.end());
     }
+    // The consumers' pools: a producer's death frees blocks at each.
+    for (auto& d : workers)
+      d.pool.dirty = !d.prefill && !d.dead;
   }
 
   // A host's NICs run at `gbit_per_s` from now on (a fault).
@@ -234,6 +310,40 @@ public:
   /// Requests in a live decode worker's batch or waiting for it: the run
   /// goes on until they leave, after the router has its answers.
   std::uint64_t decoding() const { return decoding_; }
+
+  // ---- the decode pools, as the consumers report them
+
+  // A message reached decode worker `worker`'s consumer: its pool may have
+  // changed (read at the end of the instant: read_pools).
+  void touch_pool(std::uint32_t worker) {
+    auto& w = workers[worker];
+    w.pool.dirty = !w.prefill && !w.dead;
+  }
+  bool pools_dirty() const {
+    return std::any_of(workers.begin(), workers.end(),
+                       [](const worker_model& w) { return w.pool.dirty; });
+  }
+  // What the consumer of `worker` says now.
+  void pool_now(std::uint32_t worker, const proto::consumer_stats& s) {
+    auto& p = workers[worker].pool;
+    pool_until(p, now());
+    p.capacity = s.pool_blocks;
+    p.used = s.pool_blocks - s.free_blocks;
+    p.peak = std::max(p.peak, p.used);
+    p.waited = s.waited;
+    waiting_ += std::int64_t(s.waiting) - std::int64_t(p.waiting);
+    p.waiting = s.waiting;
+  }
+  // Brings the pools' use and the queue for blocks up to `t`.
+  void pool_until(pool_seen& p, ns_t t) {
+    auto series = 2 * topo_.hosts.size() + 1;
+    if (t > waiting_since_) {
+      rates_.add(series, waiting_since_, t, double(waiting_));
+      waiting_since_ = t;
+    }
+    p.used_integral += double(p.used) * double(t - p.since);
+    p.since = t;
+  }
 
   // The link figures for the summary.
   const flow_network& network() const { return net_; }
@@ -247,8 +357,11 @@ private:
     gpu.busy = !gpu.queue.empty() && !gpu.dead;
     if (!gpu.busy)
       return;
-    auto& r = requests[gpu.queue.front()];
+    auto& r = *find(gpu.queue.front());
     gpu.queue.pop_front();
+    r.queued = false;
+    // Waiting for a prefill GPU: from reaching the producer until now.
+    rates_.add(2 * topo_.hosts.size(), r.at_producer, now(), 1.0);
     r.prefill_start = now();
     r.prefill_end = now() + r.prefill_ns;
     for (auto slot : r.held)
@@ -262,7 +375,7 @@ private:
   // costs.
   void release(std::uint32_t slot) {
     auto& o = orders_[slot];
-    auto& r = request_of(o.transfer_id >> 12);
+    auto& r = *find_id(o.transfer_id >> 12); // holds the order
     auto part = o.transfer_id & (max_parts - 1);
     std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
     ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
@@ -329,14 +442,18 @@ private:
 
   void landed(std::uint32_t slot) {
     auto& o = orders_[slot];
-    auto& r = request_of(o.transfer_id >> 12);
-    r.landed = std::max(r.landed, now());
-    r.bytes += double(o.bytes);
+    auto index = (o.transfer_id >> 12) - first_request_id;
+    auto bytes = double(o.bytes);
     land(o, now());
     free_order(slot);
+    auto* r = find(index);
+    if (r == nullptr)
+      return; // failed and reported (a fault)
+    r->landed = std::max(r->landed, now());
+    r->bytes += bytes;
     std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
-    if (++r.parts_landed == parts)
-      join_decode(std::uint32_t(&r - requests.data()));
+    if (++r->parts_landed == parts)
+      join_decode(std::uint32_t(index));
   }
 
   // ---- decode: the model engine's continuous batching (engine.cpp,
@@ -344,19 +461,21 @@ private:
   // the consumer (`decoded`, keep_blocks_until_decoded).
 
   void join_decode(std::uint32_t index) {
-    auto& d = workers[requests[index].decode];
+    auto& r = *find(index);
+    auto& d = workers[r.decode];
     if (d.dead)
       return;
     d.batch.ready.push_back(index);
+    r.decoding = true;
     ++decoding_;
     if (!d.batch.stepping)
-      start_step(requests[index].decode);
+      start_step(r.decode);
   }
 
   void start_step(std::uint32_t worker) {
     auto size = workers[worker].batch.start(
         sim_.decode_max_batch, [this](std::uint32_t index) {
-          return requests[index].trace.output_tokens;
+          return find(index)->trace.output_tokens;
         });
     if (size > 0)
       at(now() + from_ms(interpolate(sim_.decode_step_ms, double(size))),
@@ -368,12 +487,15 @@ private:
     if (d.dead)
       return;
     d.batch.step_done(
-        [this](std::uint32_t index) { requests[index].first_token = now(); },
+        [this](std::uint32_t index) { find(index)->first_token = now(); },
         [&](std::uint32_t index) {
-          requests[index].last_token = now();
+          auto& r = *find(index);
+          r.last_token = now();
+          r.decoding = false;
           --decoding_;
           caf::anon_send(d.app, proto::decoded_atom::value,
                          first_request_id + index);
+          touch_pool(worker);
         });
     start_step(worker);
   }
@@ -385,9 +507,17 @@ private:
   timeline rates_;
   flow_network net_;
   double lbb_ = 0;
-  std::map<std::uint64_t, std::function<void()>> timers_;
-  std::uint64_t next_timer_ = 0;
+  // The timers set, by key (a slot, reused once it fired).
+  std::vector<std::function<void()>> timers_;
+  std::vector<std::uint64_t> free_timers_;
   std::uint64_t decoding_ = 0;
+  // The requests read and not yet reported, in trace order: request `i` at
+  // window_[i - base_].
+  std::deque<request_state> window_;
+  std::uint64_t base_ = 0;
+  // Requests waiting for pool blocks at all consumers, since when.
+  std::int64_t waiting_ = 0;
+  ns_t waiting_since_ = 0;
   // Send orders by slot (the flows' tags); `gen` voids a dropped order's
   // timer.
   struct live_order : order {
@@ -435,6 +565,23 @@ caf::behavior relay(caf::event_based_actor* self, caf::actor target,
       self->send(target, std::move(h.msg));
     else
       h.reply.delegate(target, std::move(h.msg));
+    m->touch_pool(worker);
+  }};
+}
+
+// Reads the pools of the consumers whose pool may have changed (their stats
+// reply), once the instant's other messages are done: it perturbs nothing.
+caf::behavior pool_reader(caf::event_based_actor* self, models* m) {
+  return {[=](proto::sweep_atom) {
+    for (std::uint32_t w = 0; w < m->workers.size(); ++w) {
+      auto& worker = m->workers[w];
+      if (!worker.pool.dirty)
+        continue;
+      worker.pool.dirty = false;
+      self->request(worker.app, caf::infinite, proto::stats_atom::value)
+          .then([m, w](const proto::consumer_stats& s) { m->pool_now(w, s); },
+                [](caf::error&) {}); // it died meanwhile: its pool is gone
+    }
   }};
 }
 
@@ -479,29 +626,62 @@ public:
       spdlog::level::level_enum level;
       ~restore() { spdlog::set_level(level); }
     } restore_level{level};
-    read_trace();
     timer_ = sys_.spawn(timer_actor, &models_);
     spawned_.push_back(timer_);
+    pool_reader_ = sys_.spawn(pool_reader, &models_);
+    spawned_.push_back(pool_reader_);
     models_.build(timer_);
     start_workers();
     schedule_faults();
+    for (auto& f : faults_)
+      out_.faults.push_back({f.text, 0});
+    csv_.emplace(options_.out_dir);
     auto run = std::make_shared<router_run>();
     auto router = spawn_router(sys_, router_config_(), run);
     spawned_.push_back(caf::actor_cast<caf::actor>(router));
     drive(*run);
-    return report(run->snapshot());
+    return finish();
   }
 
 private:
-  void read_trace() {
-    trace_request t;
-    while (trace_.next(t)) {
-      request_state r;
-      r.prefill_ns = from_ms(interpolate(topo_.sim.prefill_ms, t.input_tokens));
-      r.trace = std::move(t);
-      models_.requests.push_back(std::move(r));
-      t = trace_request{};
+  // The router's source: the next trace request, its state kept from now
+  // until its row is written. A bad line ends the requests here and is
+  // thrown when the run is over (not through the router's handler).
+  bool next_request(router_input& in) {
+    if (bad_trace_)
+      return false;
+    request_state r;
+    try {
+      if (!trace_.next(r.trace))
+        return false;
+    } catch (...) {
+      bad_trace_ = std::current_exception();
+      return false;
     }
+    ++read_;
+    r.prefill_ns =
+        from_ms(interpolate(topo_.sim.prefill_ms, r.trace.input_tokens));
+    in.tokens = r.trace.input_tokens;
+    in.arrival = caf::timespan{r.trace.arrival_ns};
+    if (topo_.sim.routing == routing::prefix_aware)
+      in.prefix_ids = std::move(r.trace.hash_ids);
+    r.trace.hash_ids = {}; // the row does not need them
+    models_.add(std::move(r));
+    return true;
+  }
+
+  // The router's row of a request: where it went and whether its KV is in
+  // place.
+  void answered(const router_request& row) {
+    auto& r = *models_.find(row.index);
+    r.answered = true;
+    r.ok = row.ok;
+    // Where the router sent it (a request may fail before any relay saw
+    // it).
+    r.routed = true;
+    r.prefill = producer_worker_[row.producer];
+    r.decode = consumer_worker_[row.consumer];
+    r.ipc = models_.workers[r.prefill].host == models_.workers[r.decode].host;
   }
 
   app_config app(const topology::worker_spec& w, std::uint64_t blocks) {
@@ -627,96 +807,108 @@ private:
             capacity, std::uint64_t(w.pool_blocks) / topo_.model.layers *
                           topo_.model.block_tokens / hash_block_tokens);
     c.prefix_capacity = capacity;
-    for (auto& r : models_.requests) {
-      c.tokens.push_back(r.trace.input_tokens);
-      c.arrivals.push_back(caf::timespan{r.trace.arrival_ns});
-      if (topo_.sim.routing == routing::prefix_aware)
-        c.prefix_ids.push_back(r.trace.hash_ids);
-    }
+    c.source = [this](router_input& in) { return next_request(in); };
+    c.on_request = [this](const router_request& row) { answered(row); };
     return c;
   }
 
-  // The event loop: run every message due, then jump to the next timer.
+  // The event loop: run every message due, read the pools that changed,
+  // report the requests that are over, then jump to the next timer.
   void drive(const router_run& run) {
-    sched_.run();
+    instant();
     std::uint64_t timers = 0;
-    auto total = models_.requests.size();
     while ((!run.finished() || models_.decoding() > 0) &&
            sched_.has_pending_timeout()) {
       sched_.trigger_timeout();
-      sched_.run();
-      if (options_.progress && (++timers & 0xffff) == 0) {
-        auto done = run.snapshot().done;
-        options_.progress(total ? double(done) / double(total) : 1, done);
-      }
+      instant();
+      if (options_.progress && (++timers & 0xffff) == 0)
+        options_.progress(trace_.total_bytes()
+                              ? double(trace_.bytes_read()) /
+                                    double(trace_.total_bytes())
+                              : 0,
+                          reported_);
     }
     // Not finished: faults left no prefill or no decode worker, and the
-    // router cannot route the rest (report(): unroutable).
+    // router cannot route the rest (row(): unroutable).
   }
 
-  summary report(const router_results& results) {
-    summary s;
+  void instant() {
+    sched_.run();
+    if (models_.pools_dirty()) {
+      caf::anon_send(pool_reader_, proto::sweep_atom::value);
+      sched_.run();
+    }
+    models_.settle([this](request_state& r) { row(r); });
+    // Each time the clock's schedule doubled: amortised O(1) per entry.
+    auto& clock = sched_.clock();
+    if (clock.schedule().size() > sweep_at_) {
+      drop_answered_timeouts(clock);
+      sweep_at_ = std::max<std::size_t>(4096, 2 * clock.schedule().size());
+    }
+  }
+
+  summary finish() {
+    // What is left never finished: failed, or never routed (unroutable).
+    models_.settle([this](request_state& r) { row(r); }, true);
+    if (bad_trace_)
+      std::rethrow_exception(bad_trace_);
+    request_state r;
+    while (trace_.next(r.trace)) {
+      ++read_;
+      row(r);
+    }
+    csv_->close();
+    return report();
+  }
+
+  // Request `r`'s row of requests.csv and its share of the summary, in
+  // trace order (the model engine's rows are in the order they end).
+  void row(request_state& r) {
+    ++reported_;
+    auto& s = out_;
+    request_row row;
+    row.trace = &r.trace;
+    row.arrival = r.trace.arrival_ns;
+    row.ipc = r.ipc;
+    if (r.routed) {
+      row.prefill = models_.workers[r.prefill].name;
+      row.decode = models_.workers[r.decode].name;
+    }
+    if (!r.ok && larger_than_pool(r)) {
+      row.what = request_row::status::rejected; // the consumer refused it
+      ++s.rejected;
+    } else if (!r.ok || decoding_when_died(r)) {
+      row.what = request_row::status::failed;
+      ++s.failed;
+      count_failure(s, r);
+    } else {
+      // The grant reached the producer when it ordered the first send.
+      auto grant = r.first_order;
+      auto ready = std::max(r.prefill_end, grant);
+      row.parts[0] = r.prefill_start - r.trace.arrival_ns;
+      row.parts[1] = r.prefill_ns;
+      row.parts[2] = std::max<ns_t>(0, grant - r.prefill_end);
+      row.parts[3] = r.landed - ready;
+      row.parts[4] = r.first_token - r.landed;
+      row.ttft = r.first_token - r.trace.arrival_ns;
+      // Layer-wise from when the grant is in and the prefill has begun
+      // (the model engine asks for the grant as the prefill begins; the
+      // real producer as the request comes), else from when both the
+      // prefill and the grant are done.
+      row.transfer_total =
+          r.landed -
+          (topo_.transfer.layerwise ? std::max(grant, r.prefill_start) : ready);
+      row.e2e = r.last_token - r.trace.arrival_ns;
+      row.bytes = r.bytes;
+      record(s, row, options_.ttft_slo_ms);
+      end_ = std::max(end_, r.last_token);
+    }
+    csv_->row(row);
+  }
+
+  summary report() {
+    auto& s = out_;
     s.engine = "actors";
-    auto& reqs = models_.requests;
-    std::vector<bool> ok(reqs.size(), false);
-    for (auto& row : results.requests) {
-      ok[row.index] = row.ok;
-      // Where the router sent it (a request may fail before any relay saw
-      // it).
-      auto& r = reqs[row.index];
-      r.routed = true;
-      r.prefill = producer_worker_[row.producer];
-      r.decode = consumer_worker_[row.consumer];
-      r.ipc = models_.workers[r.prefill].host == models_.workers[r.decode].host;
-    }
-    for (auto& f : faults_)
-      s.faults.push_back({f.text, 0});
-    request_csv csv(options_.out_dir);
-    ns_t end = 0;
-    std::uint64_t failed = 0;
-    // Rows in trace order (the model engine's are in the order they end).
-    for (std::size_t i = 0; i < reqs.size(); ++i) {
-      auto& r = reqs[i];
-      request_row row;
-      row.trace = &r.trace;
-      row.arrival = r.trace.arrival_ns;
-      row.ipc = r.ipc;
-      if (r.routed) {
-        row.prefill = models_.workers[r.prefill].name;
-        row.decode = models_.workers[r.decode].name;
-      }
-      if (!ok[i] && larger_than_pool(r)) {
-        row.what = request_row::status::rejected; // the consumer refused it
-        ++s.rejected;
-      } else if (!ok[i] || decoding_when_died(r)) {
-        row.what = request_row::status::failed;
-        ++failed;
-        count_failure(s, r);
-      } else {
-        // The grant reached the producer when it ordered the first send.
-        auto grant = r.first_order;
-        auto ready = std::max(r.prefill_end, grant);
-        row.parts[0] = r.prefill_start - r.trace.arrival_ns;
-        row.parts[1] = r.prefill_ns;
-        row.parts[2] = std::max<ns_t>(0, grant - r.prefill_end);
-        row.parts[3] = r.landed - ready;
-        row.parts[4] = r.first_token - r.landed;
-        row.ttft = r.first_token - r.trace.arrival_ns;
-        // Layer-wise from when the grant is in and the prefill has begun
-        // (the model engine asks for the grant as the prefill begins; the
-        // real producer as the request comes), else from when both the
-        // prefill and the grant are done.
-        row.transfer_total = r.landed - (topo_.transfer.layerwise
-                                             ? std::max(grant, r.prefill_start)
-                                             : ready);
-        row.e2e = r.last_token - r.trace.arrival_ns;
-        row.bytes = r.bytes;
-        record(s, row, options_.ttft_slo_ms);
-        end = std::max(end, r.last_token);
-      }
-      csv.row(row);
-    }
-    csv.close();
     s.trace = trace_.path();
     s.trace_format = to_string(trace_.format());
     s.topology = topo_.source_file;
@@ -726,13 +918,13 @@ private:
     for (auto& w : models_.workers)
       ++(w.prefill ? s.prefill_workers : s.decode_workers);
     s.hosts = topo_.hosts.size();
-    s.requests = reqs.size();
-    s.failed = failed;
-    s.completed = reqs.size() - failed - s.rejected;
-    s.span_s = double(end) / 1e9;
+    s.requests = read_;
+    s.completed = read_ - s.failed - s.rejected;
+    s.span_s = double(end_) / 1e9;
     s.ttft_slo_ms = options_.ttft_slo_ms;
-    links(s, end);
-    return s;
+    links(s, end_);
+    pools(s, end_);
+    return std::move(s);
   }
 
   // More layer-blocks than its decode worker's whole pool: the consumer
@@ -780,12 +972,7 @@ private:
           {l.name, l.nominal, l.bytes, l.bytes / (l.nominal * span)});
     }
     auto& rates = models_.rates();
-    // Requests waiting for a prefill GPU: from reaching the producer to
-    // their prefill's start.
-    auto queue = 2 * topo_.hosts.size();
-    for (auto& r : models_.requests)
-      if (r.routed)
-        rates.add(queue, r.at_producer, r.prefill_start, 1.0);
+    auto queue = 2 * topo_.hosts.size(); // then the queue for pool blocks
     s.bucket_s = double(rates.width_ns()) / 1e9;
     auto buckets = std::size_t((end + rates.width_ns() - 1) / rates.width_ns());
     for (std::uint32_t r = 0; r < 2 * topo_.hosts.size(); ++r) {
@@ -797,10 +984,25 @@ private:
       s.link_busy.push_back({net.at(r).name, std::move(v)});
     }
     s.prefill_queue.name = "waiting for a prefill GPU";
-    s.pool_queue.name = "waiting for KV-pool blocks (not tracked: 0)";
+    s.pool_queue.name = "waiting for KV-pool blocks";
     for (std::size_t b = 0; b < buckets; ++b) {
       s.prefill_queue.values.push_back(rates.mean(queue, b));
-      s.pool_queue.values.push_back(0);
+      s.pool_queue.values.push_back(rates.mean(queue + 1, b));
+    }
+  }
+
+  // Each decode pool as its consumer reported it, up to `end`.
+  void pools(summary& s, ns_t end) {
+    double span = double(std::max<ns_t>(1, end));
+    for (auto& w : models_.workers) {
+      if (w.prefill)
+        continue;
+      auto& p = w.pool;
+      models_.pool_until(p, std::max(p.since, end));
+      auto capacity = double(std::max<std::uint64_t>(1, p.capacity));
+      s.pools.push_back({w.name, p.capacity,
+                         p.used_integral / (capacity * span), p.peak,
+                         p.waited});
     }
   }
 
@@ -812,7 +1014,7 @@ private:
   caf::actor_system sys_;
   caf::scheduler::test_coordinator& sched_;
   models models_;
-  caf::actor timer_;
+  caf::actor timer_, pool_reader_;
   directory_actor dir_;
   std::vector<router_worker<producer_actor>> producers_;
   std::vector<router_worker<caf::actor>> consumers_;
@@ -822,6 +1024,16 @@ private:
   std::vector<std::uint32_t> producer_worker_, consumer_worker_;
   // Per worker: its app actor, its relay, its transfer actor.
   std::vector<std::vector<caf::actor>> worker_actors_;
+  // The report so far: requests read from the trace and reported (rows
+  // written), the last token's time, the CSV.
+  summary out_;
+  std::uint64_t read_ = 0, reported_ = 0;
+  // The clock's schedule size at which answered requests' timeouts go next
+  // (answered_timeouts.hpp).
+  std::size_t sweep_at_ = 4096;
+  ns_t end_ = 0;
+  std::optional<request_csv> csv_;
+  std::exception_ptr bad_trace_; // thrown by the trace, rethrown at the end
 };
 
 } // namespace

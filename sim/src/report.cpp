@@ -128,7 +128,7 @@ std::string format_table(const summary& s) {
       fmt::format_to(o, "  {:<26} {:>10.1f} {:>12.3f} {:>8.2f}\n", l.name,
                      l.capacity_gbyte_per_s, l.bytes / 1e9,
                      100 * l.busy_fraction);
-  if (s.pools.empty()) // the actors engine does not track them
+  if (s.pools.empty())
     return out;
   fmt::format_to(o, "\n{:<28} {:>10} {:>12} {:>8}\n", "decode pool", "blocks",
                  "peak", "mean %");

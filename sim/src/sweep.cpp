@@ -183,7 +183,8 @@ sweep_result run_sweep(
     const std::string& trace_path, const topology::deployment& base,
     const std::vector<sweep_axis>& axes, const run_options& options,
     const std::function<void(std::size_t, std::size_t, const std::string&)>&
-        each) {
+        each,
+    engine_fn engine) {
   std::vector<std::vector<std::size_t>> rows(1);
   for (auto& a : axes) { // every combination, the first axis slowest
     std::vector<std::vector<std::size_t>> next;
@@ -206,7 +207,7 @@ sweep_result run_sweep(
     trace_reader trace(trace_path);
     auto one = options;
     one.out_dir.clear(); // no per-run CSV
-    runs.push_back(run(trace, variant, one));
+    runs.push_back(engine(trace, variant, one));
     lines.push_back({fmt::format("sweep-{}.dat", r), label,
                      cdf_data(runs.back().ttft.total)});
   }

@@ -3,9 +3,12 @@
 // configs/sim-2p2d.yaml through the model engine and through the real
 // actors (`--engine actors`), compared request by request; the actors
 // engine run twice writes the same bytes.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -169,11 +172,61 @@ TEST_CASE("the two engines agree when decode pools run short: requests wait "
   auto actors = sim(trace, "actors", dir.path / "actors", "", small);
   INFO(model);
   INFO(actors);
-  // Both pools made requests wait (the model engine counts them).
-  CHECK(model.find(" waited)") != std::string::npos);
-  CHECK(model.find("(0 waited)") == std::string::npos);
+  // Both pools made requests wait: the model engine counts them, and the
+  // real consumers (their stats) say so too, in the same table.
+  for (auto* out : {&model, &actors}) {
+    CHECK(out->find("decode pool                      blocks") !=
+          std::string::npos);
+    CHECK(out->find("  decode-1                       150000") !=
+          std::string::npos);
+    CHECK(out->find(" waited)") != std::string::npos);
+    CHECK(out->find("(0 waited)") == std::string::npos);
+  }
   const std::string counts = "200 requests: 199 completed, 1 rejected";
   CHECK(model.find(counts) != std::string::npos);
   CHECK(actors.find(counts) != std::string::npos);
   check_agreement(dir.path / "model", dir.path / "actors", 199);
+}
+
+TEST_CASE("--sweep through the actors engine: the model engine's table, "
+          "run by the real actors") {
+  if (sample_missing())
+    return;
+  scratch_dir dir("sim-engines-sweep");
+  auto trace = head(dir, 200);
+  auto sweep = [&](const std::string& engine) {
+    sim(trace, engine, dir.path / engine, "--sweep decode=1,2");
+    return slurp(dir.path / engine / "sweep.csv");
+  };
+  auto model = sweep("model");
+  auto actors = sweep("actors");
+  INFO(model);
+  INFO(actors);
+  CHECK(fs::exists(dir.path / "actors" / "sweep.txt"));
+  // decode,completed,failed,TTFT p50,...: the same rows, the same counts,
+  // the TTFT p50 within the tolerance of the per-request comparison.
+  auto rows = [](const std::string& csv) {
+    std::vector<std::vector<std::string>> out;
+    std::istringstream lines(csv);
+    for (std::string line; std::getline(lines, line);) {
+      out.emplace_back();
+      std::istringstream fields(line);
+      for (std::string f; std::getline(fields, f, ',');)
+        out.back().push_back(f);
+    }
+    return out;
+  };
+  auto m = rows(model), a = rows(actors);
+  REQUIRE(m.size() == 3); // the header and decode=1, decode=2
+  REQUIRE(a.size() == m.size());
+  CHECK(a[0] == m[0]);
+  for (std::size_t r = 1; r < m.size(); ++r) {
+    CAPTURE(r);
+    REQUIRE(a[r].size() == m[r].size());
+    CHECK(a[r][0] == m[r][0]); // decode
+    CHECK(a[r][1] == m[r][1]); // completed
+    CHECK(a[r][2] == m[r][2]); // failed
+    auto p50 = std::stod(m[r][3]);
+    CHECK(std::abs(std::stod(a[r][3]) - p50) <= 0.01 * p50 + 0.1);
+  }
 }

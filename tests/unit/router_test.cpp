@@ -446,3 +446,57 @@ TEST_CASE_FIXTURE(fixture, "a failed warm-up request stops the run") {
         0);
   CHECK(workers->held.size() == 1);
 }
+
+TEST_CASE_FIXTURE(fixture, "a source: requests are read as they are sent, at "
+                           "most one ahead, and their rows handed over, not "
+                           "kept (a trace streamed in flat memory)") {
+  constexpr std::size_t n = 1000;
+  cfg.inflight = 4;
+  cfg.first_request_id = 10;
+  // Request i: 8 + i tokens at i ms, prefix id i.
+  auto read = std::make_shared<std::size_t>(0);
+  cfg.source = [read](router_input& in) {
+    if (*read == n)
+      return false;
+    auto i = (*read)++;
+    in.tokens = std::uint32_t(8 + i);
+    in.arrival = std::chrono::milliseconds(i);
+    in.prefix_ids = {i};
+    return true;
+  };
+  auto rows = std::make_shared<std::vector<router_request>>();
+  cfg.on_request = [rows](const router_request& row) { rows->push_back(row); };
+  start({});
+  REQUIRE(workers->held.size() == 1); // request 0 is due; 1 read, not due
+  CHECK(*read == 2);
+  std::size_t most_open = 0; // read but not answered
+  for (std::size_t k = 0; k < n; ++k) {
+    advance_time(1ms);
+    REQUIRE(workers->held.size() > k);
+    auto& req = workers->held[k].request;
+    CHECK(req.request_id == 10 + k);
+    CHECK(req.prompt_tokens == 8 + k);
+    // Every other request is answered late, so that several are open.
+    if (k % 2 == 1) {
+      workers->answer(k - 1);
+      workers->answer(k);
+    }
+    run();
+    most_open = std::max(most_open, *read - rows->size());
+  }
+  REQUIRE(result->finished());
+  CHECK(*read == n);
+  CHECK(most_open <= cfg.inflight + 1); // the open ones and one read ahead
+  REQUIRE(rows->size() == n);
+  for (std::size_t i = 0; i < n; ++i) {
+    CHECK((*rows)[i].index == i);
+    CHECK((*rows)[i].due == std::chrono::milliseconds(i));
+    CHECK((*rows)[i].ok);
+  }
+  auto r = results();
+  CHECK(r.done == n);
+  CHECK(r.bytes == n * workers->bytes_per_request);
+  CHECK(r.requests.empty()); // handed over, not kept
+  CHECK(r.latency_us.empty());
+  CHECK(r.data_windows.empty());
+}

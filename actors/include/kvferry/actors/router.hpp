@@ -48,6 +48,17 @@ struct router_worker {
   Handle app;
 };
 
+/// One request as a `router_config::source` gives it.
+struct router_input {
+  std::uint32_t tokens = 0; // prompt length
+  /// When it arrives, after the measured run's start (as `arrivals`).
+  caf::timespan arrival{};
+  std::vector<std::uint64_t> prefix_ids; // as `prefix_ids`
+};
+
+/// One measured request that was answered (or failed): router_request below.
+struct router_request;
+
 struct router_config {
   /// One entry per request: its prompt length in tokens.
   std::vector<std::uint32_t> tokens;
@@ -70,6 +81,20 @@ struct router_config {
   /// consumer, up to `prefix_capacity` ids of the requests answered there.
   std::vector<std::vector<std::uint64_t>> prefix_ids;
   std::size_t prefix_capacity = 65536;
+  /// Instead of `tokens`, `arrivals` and `prefix_ids` (then left empty):
+  /// fills in the next request, in arrival order (request i is the i-th
+  /// call's), or returns false after the last. The router reads at most one
+  /// request ahead of those it has sent, so that a trace of any length
+  /// streams through in flat memory (the simulator). Arrivals must not
+  /// decrease. Warm-up requests then take the ids from first_request_id +
+  /// 2^32 on.
+  std::function<bool(router_input&)> source;
+  /// Called (on the router's thread) with each measured request's row as it
+  /// is answered or fails. When set, the results keep no per-request rows
+  /// or samples (`requests`, `latency_us`, `control_us`, `data_windows`,
+  /// `gpu_queued_us`, `after_kernel_us`), so that memory stays flat however
+  /// many requests run; the counts, bytes and errors are kept.
+  std::function<void(const router_request&)> on_request;
   /// Watched for workers that leave; a null handle watches nothing.
   directory_actor directory;
   std::string directory_name; // for messages, e.g. "127.0.0.1:7470"
@@ -95,7 +120,7 @@ struct router_config {
 /// One measured request that was answered (or failed), for a per-request
 /// report. Times are since the measured run's start (router_results::start).
 struct router_request {
-  std::size_t index = 0; // into router_config::tokens
+  std::size_t index = 0; // into router_config::tokens (or the source's)
   std::size_t producer = 0, consumer = 0;
   caf::timespan due{};      // its arrival (0 without arrivals)
   caf::timespan sent{};     // the router sent it to the producer

@@ -127,8 +127,8 @@ summary run(trace_reader& trace, const topology::deployment& topology,
 
 /// The same run through kvferry's real directory, router, producer and
 /// consumer actors under CAF's test coordinator, the models behind the seams
-/// (docs/sim.md, "The actors engine"). The trace is read whole; faults are
-/// refused (std::runtime_error). Same throws as run().
+/// (docs/sim.md, "The actors engine"), the trace streamed. Same throws as
+/// run().
 summary run_actors(trace_reader& trace, const topology::deployment& topology,
                    const run_options& options);
 
@@ -177,15 +177,19 @@ struct sweep_result {
   std::string table; // one row per combination, the first axis slowest
   std::string plots; // write_plots' line; "" without options.out_dir
 };
+/// An engine: run or run_actors.
+using engine_fn = summary (*)(trace_reader&, const topology::deployment&,
+                              const run_options&);
 /// Every combination of the axes' values, each a whole run of the trace
-/// (options.faults apply to each). With options.out_dir: sweep.txt,
-/// sweep.csv and sweep-ttft-cdf.png there, no per-run files. `each`, if
-/// set, is called before each run with (index, runs, label).
+/// through `engine` (options.faults apply to each). With options.out_dir:
+/// sweep.txt, sweep.csv and sweep-ttft-cdf.png there, no per-run files.
+/// `each`, if set, is called before each run with (index, runs, label).
 sweep_result run_sweep(
     const std::string& trace_path, const topology::deployment& base,
     const std::vector<sweep_axis>& axes, const run_options& options,
     const std::function<void(std::size_t, std::size_t, const std::string&)>&
-        each);
+        each,
+    engine_fn engine = run);
 
 /// y at x on a piecewise-linear table (linear beyond both ends along the
 /// nearest segment, never below 0). Exposed for tests.
