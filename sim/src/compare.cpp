@@ -4,6 +4,8 @@
 #include <cmath>
 #include <map>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -32,6 +34,36 @@ std::map<std::uint64_t, times> completed(const detail::csv_table& t,
       out[static_cast<std::uint64_t>(t.number(row, index))] = {
           t.number(row, transfer), latency(row)};
   return out;
+}
+
+// The requests completed on both sides (a and b), in index order, with each
+// side's figures; an error naming both files when there is none.
+struct joined {
+  std::vector<std::uint64_t> index;
+  std::vector<double> transfer_a, transfer_b, latency_a, latency_b;
+};
+
+joined join_completed(const std::map<std::uint64_t, times>& a,
+                      const std::map<std::uint64_t, times>& b,
+                      const std::string& file_a, std::size_t rows_a,
+                      const std::string& file_b, std::size_t rows_b) {
+  joined j;
+  for (const auto& [index, x] : a) {
+    auto y = b.find(index);
+    if (y == b.end())
+      continue;
+    j.index.push_back(index);
+    j.transfer_a.push_back(x.transfer);
+    j.transfer_b.push_back(y->second.transfer);
+    j.latency_a.push_back(x.latency);
+    j.latency_b.push_back(y->second.latency);
+  }
+  if (j.index.empty())
+    throw std::runtime_error(fmt::format(
+        "no request completed in both {} ({} rows) and {} ({} rows): not "
+        "the same trace?",
+        file_a, rows_a, file_b, rows_b));
+  return j;
 }
 
 // Nearest-rank quantile of sorted values.
@@ -87,25 +119,12 @@ comparison compare(const std::string& demo_csv, const std::string& sim_csv,
   auto predicted = completed(sim, "ok", [&](std::size_t r) {
     return sim.number(r, ttft) - sim.number(r, step) + reply_hop_ms;
   });
-  std::vector<double> mt, pt, ml, pl;
-  for (const auto& [index, m] : measured) {
-    auto p = predicted.find(index);
-    if (p == predicted.end())
-      continue;
-    mt.push_back(m.transfer);
-    pt.push_back(p->second.transfer);
-    ml.push_back(m.latency);
-    pl.push_back(p->second.latency);
-  }
-  c.matched = mt.size();
+  auto j = join_completed(measured, predicted, demo_csv, c.demo_rows, sim_csv,
+                          c.sim_rows);
+  c.matched = j.index.size();
   c.reply_hop_ms = reply_hop_ms;
-  if (c.matched == 0)
-    throw std::runtime_error(fmt::format(
-        "no request completed in both {} ({} rows) and {} ({} rows): not "
-        "the same trace?",
-        demo_csv, c.demo_rows, sim_csv, c.sim_rows));
-  c.transfer = figure(mt, pt);
-  c.latency = figure(ml, pl);
+  c.transfer = figure(j.transfer_a, j.transfer_b);
+  c.latency = figure(j.latency_a, j.latency_b);
   return c;
 }
 
@@ -167,29 +186,18 @@ engine_comparison compare_engines(const std::string& model_csv,
                      [&t, ttft](std::size_t r) { return t.number(r, ttft); });
   };
   auto a = ttft_of(model), b = ttft_of(actors);
-  std::vector<double> mt, at, ml, al;
-  for (const auto& [index, m] : a) {
-    auto p = b.find(index);
-    if (p == b.end())
-      continue;
-    c.rows.push_back(
-        {index, m.transfer, p->second.transfer, m.latency, p->second.latency});
-    mt.push_back(m.transfer);
-    at.push_back(p->second.transfer);
-    ml.push_back(m.latency);
-    al.push_back(p->second.latency);
+  auto j =
+      join_completed(a, b, model_csv, c.model_rows, actors_csv, c.actors_rows);
+  for (std::size_t i = 0; i < j.index.size(); ++i) {
+    c.rows.push_back({j.index[i], j.transfer_a[i], j.transfer_b[i],
+                      j.latency_a[i], j.latency_b[i]});
     c.max_transfer_diff_ms = std::max(
-        c.max_transfer_diff_ms, std::abs(p->second.transfer - m.transfer));
+        c.max_transfer_diff_ms, std::abs(j.transfer_b[i] - j.transfer_a[i]));
     c.max_ttft_diff_ms =
-        std::max(c.max_ttft_diff_ms, std::abs(p->second.latency - m.latency));
+        std::max(c.max_ttft_diff_ms, std::abs(j.latency_b[i] - j.latency_a[i]));
   }
-  if (c.rows.empty())
-    throw std::runtime_error(fmt::format(
-        "no request completed in both {} ({} rows) and {} ({} rows): not "
-        "the same trace?",
-        model_csv, c.model_rows, actors_csv, c.actors_rows));
-  c.transfer = figure(mt, at);
-  c.ttft = figure(ml, al);
+  c.transfer = figure(j.transfer_a, j.transfer_b);
+  c.ttft = figure(j.latency_a, j.latency_b);
   return c;
 }
 
