@@ -852,9 +852,9 @@ private:
     sim.where = at(node.Mark());
     check_keys(node,
                {"nic_gbit_per_s", "nics_per_host", "latency_us", "message_us",
-                "block_us", "ipc_gbyte_per_s", "hop_us", "prefill_ms",
-                "decode_step_ms", "decode_max_batch", "routing", "prefix_reuse",
-                "faults"},
+                "block_us", "ipc_gbyte_per_s", "ipc_setup_us", "hop_us",
+                "prefill_ms", "decode_step_ms", "decode_max_batch", "routing",
+                "prefix_reuse", "faults"},
                "sim");
     read_double(node, "nic_gbit_per_s", sim.nic_gbit_per_s, 0.001, 1e6, "sim");
     read_uint(node, "nics_per_host", sim.nics_per_host, 1, 64, "sim");
@@ -863,6 +863,7 @@ private:
     read_double(node, "block_us", sim.block_us, 0, 1e7, "sim");
     read_double(node, "ipc_gbyte_per_s", sim.ipc_gbyte_per_s, 0.001, 1e6,
                 "sim");
+    read_double(node, "ipc_setup_us", sim.ipc_setup_us, 0, 1e7, "sim");
     read_double(node, "hop_us", sim.hop_us, 0, 1e7, "sim");
     read_table(node, "prefill_ms", sim.prefill_ms, "tokens");
     read_table(node, "decode_step_ms", sim.decode_step_ms, "batch");

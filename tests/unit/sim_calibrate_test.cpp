@@ -123,6 +123,24 @@ TEST_CASE("calibrate: bench ipc gives the copy rate and the per-block cost") {
   CHECK(*c.block_us == doctest::Approx(3)); // median of 4 and 2 us
 }
 
+TEST_CASE("calibrate: the demo's CUDA IPC requests give the copy rate and "
+          "its fixed cost") {
+  scratch_dir dir("kvferry-calibrate");
+  calibration_inputs in;
+  auto csv = demo_csv(); // its network requests, made same-host
+  for (auto at = csv.find(",net,"); at != std::string::npos;
+       at = csv.find(",net,", at))
+    csv.replace(at, 5, ",ipc,");
+  in.demo_csv = write(dir, "demo.csv", csv);
+  auto c = calibrate(in);
+  REQUIRE(c.ipc_gbyte_per_s);
+  CHECK(*c.ipc_gbyte_per_s == doctest::Approx(1)); // 1 ms per MB
+  REQUIRE(c.ipc_setup_us);
+  CHECK(*c.ipc_setup_us == doctest::Approx(100)); // the line's 0.1 ms
+  CHECK_FALSE(c.nic_gbit_per_s);
+  CHECK(to_yaml(c).find("  ipc_setup_us: 100\n") != std::string::npos);
+}
+
 TEST_CASE("calibrate: a bad input names its file, and line for the CSV") {
   scratch_dir dir("kvferry-calibrate");
   calibration_inputs in;

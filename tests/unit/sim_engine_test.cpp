@@ -195,13 +195,21 @@ TEST_CASE("same host: CUDA IPC at its own rate, no NIC") {
 workers:
   - {name: p0, role: prefill, gpu: 0}
   - {name: d0, role: decode, gpu: 1, pool_blocks: 1000}
-)" + model + sim_section("  ipc_gbyte_per_s: 100\n");
-  auto r = simulate(yaml, {{0, 1600, 1}});
+)" + model;
+  auto ipc = sim_section("  ipc_gbyte_per_s: 100\n  ipc_setup_us: 0\n");
+  auto r = simulate(yaml + ipc, {{0, 1600, 1}});
   CHECK(r.summary.ipc_transfers == 1);
   CHECK(r.summary.net_transfers == 0);
-  // No latency; 819,200 bytes at 100 bytes/ns; message_us is 0 here.
+  // No latency; 819,200 bytes at 100 bytes/ns; ipc_setup_us is 0 here.
   CHECK(ms(r.summary.ttft.transfer.mean()) ==
         doctest::Approx(0.008192).epsilon(0.001));
+  // A same-host copy pays its setup once, not message_us per chunk.
+  auto costly = ipc;
+  costly.replace(costly.find("ipc_setup_us: 0"), 15, "ipc_setup_us: 40");
+  costly.replace(costly.find("message_us: 0"), 13, "message_us: 1000");
+  r = simulate(yaml + costly, {{0, 1600, 1}});
+  CHECK(ms(r.summary.ttft.transfer.mean()) ==
+        doctest::Approx(0.048192).epsilon(0.001));
 }
 
 // Two prefill workers and one decode pool of 150 blocks: it holds one

@@ -139,6 +139,7 @@ struct sim_spec {
   double message_us = 5;           // per plugin message (chunk) sent
   double block_us = 0.004;         // per layer-block in a transfer plan
   double ipc_gbyte_per_s = 1330;   // same-host CUDA IPC copy, per GPU
+  double ipc_setup_us = 41;        // per same-host copy (a part), fixed
   double hop_us = 50;              // one CAF message between processes
   // Prefill time by prompt tokens; decode step time by batch size.
   std::vector<sim_point> prefill_ms = {{1, 4.8},      {512, 20.6},

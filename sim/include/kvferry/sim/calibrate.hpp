@@ -26,7 +26,7 @@ struct calibration_inputs {
 /// was not given). `notes` says where each value came from, one line each.
 struct calibration {
   std::optional<double> latency_us, message_us, block_us, nic_gbit_per_s,
-      ipc_gbyte_per_s, hop_us;
+      ipc_gbyte_per_s, ipc_setup_us, hop_us;
   std::vector<topology::sim_point> prefill_ms; // empty: not fitted
   std::vector<std::string> notes;
 };
