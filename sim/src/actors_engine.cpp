@@ -27,10 +27,10 @@
 // consumers' (their stats reply), read at the end of each virtual instant
 // in which a consumer may have changed them.
 //
-// The models keep their own event queue (earliest first, ties in the order
-// scheduled; void flow ends dropped) behind one CAF timer for its earliest
-// event; the test coordinator's clock (trigger_timeout, earliest first)
-// drives that timer and the actors' own timers alike. Deterministic.
+// Two event queues, one loop: the models keep their own (earliest first,
+// ties in the order scheduled; void flow ends dropped), the actors' timers
+// are in the test coordinator's clock, and the engine's loop (next_event)
+// moves virtual time to the earlier of the two. Deterministic.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -146,8 +146,7 @@ public:
   std::unordered_map<std::string, std::uint32_t> by_name;
   std::map<caf::actor_addr, std::uint32_t> consumer_of_relay;
 
-  void build(const caf::actor& timer) {
-    timer_ = timer;
+  void build() {
     std::unordered_map<std::string, std::uint32_t> host_index;
     double nic = sim_.nic_gbit_per_s * sim_.nics_per_host / 8.0;
     for (auto& host : topo_.hosts) {
@@ -174,14 +173,14 @@ public:
 
   // ---- the models' own event queue
   //
-  // Earliest first, ties in the order scheduled, behind one CAF timer for
-  // the earliest event. Not a CAF timer per event: a re-share on a busy link
-  // gives each of its flows a new projected end, and as CAF timers each of
-  // them, void or not, stayed in CAF's clock until its time (the slowed
-  // NIC of docs/sim.md's "Faults" example: thousands of flows, re-shared
-  // at each start and end). Here a void flow end is dropped when it comes
-  // up, and the queue is compacted whenever it doubled (as the model
-  // engine's queue, whose entries are as small).
+  // Earliest first, ties in the order scheduled; the engine's loop runs it
+  // beside CAF's clock (actors_engine::next_event). Not a CAF timer per
+  // event: a re-share on a busy link gives each of its flows a new
+  // projected end, and as CAF timers each of them, void or not, stayed in
+  // CAF's clock until its time (the slowed NIC of docs/sim.md's "Faults"
+  // example: thousands of flows, re-shared at each start and end). Here a
+  // void flow end is dropped when it comes up, and the queue is compacted
+  // whenever it doubled.
 
   // Runs `f` at virtual time `t` (now, if `t` has passed).
   void at(ns_t t, std::function<void()> f) {
@@ -197,11 +196,15 @@ public:
     push({t, 0, key, 0, false});
   }
 
-  // The timer for the earliest event fired: runs every event due, then sets
-  // the timer for the next.
-  void fire() {
-    armed_.pop();
-    firing_ = true;
+  /// The time of the earliest event (none: the queue is empty).
+  std::optional<ns_t> next_event() const {
+    if (events_.empty())
+      return std::nullopt;
+    return events_.front().at;
+  }
+
+  /// Runs every event due now (the engine moved the clock to the earliest).
+  void run_due() {
     auto t = now();
     while (!events_.empty() && events_.front().at <= t) {
       std::pop_heap(events_.begin(), events_.end(), later{});
@@ -209,8 +212,6 @@ public:
       events_.pop_back();
       run(e);
     }
-    firing_ = false;
-    arm();
   }
 
   /// The events queued, live or void (summary::peak_model_events).
@@ -543,8 +544,6 @@ private:
     std::push_heap(events_.begin(), events_.end(), later{});
     if (events_.size() > compact_at_)
       compact();
-    if (!firing_)
-      arm();
   }
 
   void run(const event& e) {
@@ -556,19 +555,6 @@ private:
     auto f = std::move(timers_[e.key]);
     free_timers_.push_back(e.key); // before f: it may set a timer
     f();
-  }
-
-  // One CAF timer for the earliest event, unless one set before comes no
-  // later (it fires, runs what is due and sets the next).
-  void arm() {
-    if (events_.empty())
-      return;
-    auto t = std::max(now(), events_.front().at);
-    if (!armed_.empty() && armed_.top() <= t)
-      return;
-    armed_.push(t);
-    caf::delayed_anon_send(timer_, nanoseconds(t - now()),
-                           proto::sweep_atom::value, std::uint64_t(0));
   }
 
   // Drops the void flow ends (their flow ended or was re-shared since):
@@ -587,20 +573,16 @@ private:
   const topology::deployment& topo_;
   const topology::sim_spec& sim_;
   caf::actor_system& sys_;
-  caf::actor timer_;
   timeline rates_;
   flow_network net_;
   double lbb_ = 0;
   // The event queue (a heap: `later`), the closures of its events by key
-  // (a slot, reused once it ran), the CAF timers set for it (their times,
-  // earliest on top).
+  // (a slot, reused once it ran).
   std::vector<event> events_;
   std::uint64_t seq_ = 0;
   std::size_t compact_at_ = 4096;
   std::vector<std::function<void()>> timers_;
   std::vector<std::uint32_t> free_timers_;
-  std::priority_queue<ns_t, std::vector<ns_t>, std::greater<ns_t>> armed_;
-  bool firing_ = false;
   std::uint64_t decoding_ = 0;
   // The requests read and not yet reported, in trace order: request `i` at
   // window_[i - base_].
@@ -619,10 +601,6 @@ private:
   std::vector<live_order> orders_;
   std::vector<std::uint32_t> free_orders_;
 };
-
-caf::behavior timer_actor(caf::event_based_actor*, models* m) {
-  return {[m](proto::sweep_atom, std::uint64_t) { m->fire(); }};
-}
 
 // A CAF hop between processes: holds each message `hop` before passing it
 // on (replies go straight back to the sender). In front of a producer it
@@ -717,11 +695,9 @@ public:
       spdlog::level::level_enum level;
       ~restore() { spdlog::set_level(level); }
     } restore_level{level};
-    timer_ = sys_.spawn(timer_actor, &models_);
-    spawned_.push_back(timer_);
     pool_reader_ = sys_.spawn(pool_reader, &models_);
     spawned_.push_back(pool_reader_);
-    models_.build(timer_);
+    models_.build();
     start_workers();
     schedule_faults();
     for (auto& f : faults_)
@@ -904,13 +880,11 @@ private:
   }
 
   // The event loop: run every message due, read the pools that changed,
-  // report the requests that are over, then jump to the next timer.
+  // report the requests that are over, then jump to the next event.
   void drive(const router_run& run) {
     instant();
     std::uint64_t timers = 0;
-    while ((!run.finished() || models_.decoding() > 0) &&
-           sched_.has_pending_timeout()) {
-      sched_.trigger_timeout();
+    while ((!run.finished() || models_.decoding() > 0) && next_event()) {
       instant();
       if (options_.progress && (++timers & 0xffff) == 0)
         options_.progress(trace_.total_bytes()
@@ -921,6 +895,27 @@ private:
     }
     // Not finished: faults left no prefill or no decode worker, and the
     // router cannot route the rest (row(): unroutable).
+  }
+
+  // Moves virtual time to the earliest of the models' events and CAF's
+  // timers (the actors' hops and timeouts) and starts what is due then: all
+  // the models' events of that instant, or one CAF timer. At equal times the
+  // models' go first. Two queues, so that a model event is no CAF timer (a
+  // message, an entry in CAF's clock) and a void one costs nothing there.
+  // False when neither holds anything.
+  bool next_event() {
+    auto& clock = sched_.clock();
+    auto model = models_.next_event();
+    if (!model)
+      return sched_.trigger_timeout();
+    auto& caf_timers = clock.schedule();
+    if (!caf_timers.empty() &&
+        caf_timers.begin()->first.time_since_epoch() < nanoseconds(*model))
+      return sched_.trigger_timeout();
+    auto at = caf::actor_clock::time_point{nanoseconds(*model)};
+    clock.current_time = std::max(clock.current_time, at);
+    models_.run_due();
+    return true;
   }
 
   void instant() {
@@ -1109,7 +1104,7 @@ private:
   caf::actor_system sys_;
   caf::scheduler::test_coordinator& sched_;
   models models_;
-  caf::actor timer_, pool_reader_;
+  caf::actor pool_reader_;
   directory_actor dir_;
   std::vector<router_worker<producer_actor>> producers_;
   std::vector<router_worker<caf::actor>> consumers_;

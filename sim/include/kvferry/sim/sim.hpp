@@ -115,8 +115,8 @@ struct summary {
   series prefill_queue, pool_queue;
   // The actors engine's own bookkeeping, not in the outputs: the most
   // entries CAF's clock held at the end of a virtual instant (the actors'
-  // timers and request timeouts, the models' timer), and the most events
-  // the models' queue held (live or void).
+  // timers and request timeouts), and the most events the models' queue
+  // held (live or void).
   std::uint64_t peak_clock_entries = 0, peak_model_events = 0;
 };
 
