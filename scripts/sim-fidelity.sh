@@ -9,13 +9,14 @@
 #
 #   scripts/sim-fidelity.sh [--kvferry BIN] [--gpu none|N] [--trace FILE]
 #                           [--requests N] [--time-scale X] [--layers L]
+#                           [--kv-heads H] [--head-dim D] [--max-blocks B]
 #                           [--skip-ms MS] [--out DIR]
 #
 # Defaults: build-ci/release/bin/kvferry, ../shared/traces'
 # mooncake_synthetic_trace.jsonl, 200 requests at time x0.25, 4 layers,
 # --out ./fidelity-out. The geometry is the demo's default but for the
-# layers (8 KV heads of 128, fp16, 16-token blocks; prompts capped at 1,024
-# tokens): 4 layers make at most 16 MiB a request, which the 2-core CPU
+# layers (8 KV heads of 128, fp16, 16-token blocks; prompts capped at 64
+# blocks = 1,024 tokens): 4 layers make at most 16 MiB a request, which the 2-core CPU
 # machine moves well within the trace's time (32 layers at x0.1, 128 MiB
 # a request, overload it about 6x: the comparison then measures its
 # backlog, not the model). The topology's model is the same. The requests
@@ -36,6 +37,9 @@ trace=$repo_root/../shared/traces/mooncake_synthetic_trace.jsonl
 requests=200
 scale=0.25
 layers=4
+kv_heads=8
+head_dim=128
+max_blocks=64
 skip_ms=1000
 out=./fidelity-out
 while [ $# -gt 0 ]; do
@@ -46,6 +50,9 @@ while [ $# -gt 0 ]; do
     --requests) requests=$2; shift 2 ;;
     --time-scale) scale=$2; shift 2 ;;
     --layers) layers=$2; shift 2 ;;
+    --kv-heads) kv_heads=$2; shift 2 ;;
+    --head-dim) head_dim=$2; shift 2 ;;
+    --max-blocks) max_blocks=$2; shift 2 ;;
     --skip-ms) skip_ms=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     *) echo "sim-fidelity: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -75,7 +82,8 @@ transport=net
 for run in A B; do
   step "demo run $run: $requests requests of $(basename "$trace") at time x$scale, $layers layers, GPU $gpu over $transport"
   "$kvferry" demo --gpu "$gpu" --transport "$transport" --quiet --trace "$trace" \
-    --requests "$requests" --time-scale "$scale" --layers "$layers" --inflight 8 --out "$out/demo-$run" \
+    --requests "$requests" --time-scale "$scale" --layers "$layers" \
+    --kv-heads "$kv_heads" --head-dim "$head_dim" --max-blocks "$max_blocks" --inflight 8 --out "$out/demo-$run" \
     >"$out/demo-$run.log" 2>&1 || { cat "$out/demo-$run.log"; exit 1; }
   grep -E "verified|requests/s" "$out/demo-$run.log" || true
 done
@@ -94,7 +102,7 @@ cat "$out/calibrated.yaml"
   echo "  - {name: p-host, address: 127.0.0.1}"
   [ "$gpu" = none ] && echo "  - {name: d-host, address: 127.0.0.2}"
   echo "directory: {host: p-host}"
-  echo "model: {layers: $layers, kv_heads: 8, head_dim: 128, dtype: fp16, block_tokens: 16}"
+  echo "model: {layers: $layers, kv_heads: $kv_heads, head_dim: $head_dim, dtype: fp16, block_tokens: 16}"
   echo "workers:"
   if [ "$gpu" = none ]; then
     echo "  - {name: prefill-0, role: prefill, host: p-host, gpu: none, pool_blocks: 4096}"
