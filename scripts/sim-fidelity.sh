@@ -13,18 +13,18 @@
 #                           [--skip-ms MS] [--out DIR]
 #
 # Defaults: build-ci/release/bin/kvferry, ../shared/traces'
-# mooncake_synthetic_trace.jsonl, 200 requests at time x0.25, 4 layers,
-# --out ./fidelity-out. The geometry is the demo's default but for the
-# layers (8 KV heads of 128, fp16, 16-token blocks; prompts capped at 64
-# blocks = 1,024 tokens): 4 layers make at most 16 MiB a request, which the 2-core CPU
-# machine moves well within the trace's time (32 layers at x0.1, 128 MiB
-# a request, overload it about 6x: the comparison then measures its
-# backlog, not the model). The topology's model is the same. The requests
-# that arrived in a demo run's first --skip-ms (default 1000) are left out
-# of the comparison: its cold start (the first ~10 requests' transfers take
-# 30-60x the rest's on the CPU machine: connections, first touches of the
-# pools, worker processes still starting), which the simulator does not
-# model; --skip-ms 0 keeps them.
+# mooncake_synthetic_trace.jsonl, 200 requests, --out ./fidelity-out; the
+# demo's geometry (8 KV heads of 128, fp16, 16-token blocks; prompts capped
+# at 64 blocks = 1,024 tokens) with 32 layers at time x0.1 on a GPU, and 4
+# layers at x0.25 on the CPU (--gpu none): at most 16 MiB a request, which
+# the 2-core CPU machine moves well within the trace's time (32 layers at
+# x0.1, 128 MiB a request, overload it about 6x: the comparison then
+# measures its backlog, not the model). The topology's model is the same.
+# The requests that arrived in a demo run's first --skip-ms (default 1000)
+# are left out of the comparison: its cold start (the first ~10 requests'
+# transfers take 30-60x the rest's on the CPU machine: connections, first
+# touches of the pools, worker processes still starting), which the
+# simulator does not model; --skip-ms 0 keeps them.
 # Prints both comparisons and, last, one table of issue #17's targets
 # (measured / predicted / error / met?) for each run (compare.json has the
 # figures); they go in docs/benchmarks.md.
@@ -35,8 +35,8 @@ kvferry=$repo_root/build-ci/release/bin/kvferry
 gpu=none
 trace=$repo_root/../shared/traces/mooncake_synthetic_trace.jsonl
 requests=200
-scale=0.25
-layers=4
+scale= # x0.1 on a GPU, x0.25 on the CPU
+layers= # 32 on a GPU, 4 on the CPU
 kv_heads=8
 head_dim=128
 max_blocks=64
@@ -58,6 +58,8 @@ while [ $# -gt 0 ]; do
     *) echo "sim-fidelity: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
+[ -n "$scale" ] || { [ "$gpu" = none ] && scale=0.25 || scale=0.1; }
+[ -n "$layers" ] || { [ "$gpu" = none ] && layers=4 || layers=32; }
 [ -x "$kvferry" ] || { echo "sim-fidelity: $kvferry is not executable (--kvferry)" >&2; exit 2; }
 [ -f "$trace" ] || { echo "sim-fidelity: trace $trace not found (--trace)" >&2; exit 2; }
 mkdir -p "$out"
