@@ -20,8 +20,9 @@ struct calibrate_command {
 };
 
 struct compare_command {
-  std::string demo, sim, actors, topology, json;
+  std::string demo, held_out, sim, actors, topology, json;
   bool per_request = false;
+  double skip_ms = 0;
 };
 
 int write_or_print(const std::string& path, const std::string& text) {
@@ -88,9 +89,23 @@ int run_compare(const compare_command& cmd) {
     hop_ms = loaded.topology->sim.hop_us / 1e3;
   }
   try {
-    auto c = sim::compare(cmd.demo, cmd.sim, hop_ms);
-    std::cout << sim::format_comparison(c);
-    return cmd.json.empty() ? 0 : write_or_print(cmd.json, sim::to_json(c));
+    std::vector<std::pair<std::string, sim::comparison>> runs;
+    runs.emplace_back(cmd.held_out.empty() ? "demo" : "calibrated",
+                      sim::compare(cmd.demo, cmd.sim, hop_ms, cmd.skip_ms));
+    std::cout << sim::format_comparison(runs.back().second);
+    if (!cmd.held_out.empty()) {
+      runs.emplace_back(
+          "held out", sim::compare(cmd.held_out, cmd.sim, hop_ms, cmd.skip_ms));
+      std::cout << "\nheld out (a demo run the calibration did not see):\n"
+                << sim::format_comparison(runs.back().second);
+    }
+    std::cout << "\n" << sim::format_targets(runs);
+    if (cmd.json.empty())
+      return 0;
+    return write_or_print(
+        cmd.json,
+        sim::to_json(runs.front().second,
+                     runs.size() > 1 ? &runs.back().second : nullptr));
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
@@ -119,6 +134,9 @@ void add_sim_fidelity(CLI::App& sim_command, int& exit_code) {
                  "(--actors) with a simulation of the same requests, request "
                  "by request (docs/sim.md)");
   p->add_option("--demo", cmp->demo, "the demo's requests.csv");
+  p->add_option("--held-out", cmp->held_out,
+                "with --demo: another demo run's requests.csv, of the same "
+                "requests, that the calibration did not see: compared too");
   p->add_option("--actors", cmp->actors,
                 "the requests.csv of `kvferry sim --engine actors`");
   p->add_option("--sim", cmp->sim,
@@ -130,6 +148,9 @@ void add_sim_fidelity(CLI::App& sim_command, int& exit_code) {
                 "the simulated topology: its hop_us is added to each "
                 "simulated latency for the answer's hop to the router");
   p->add_option("--json", cmp->json, "also write the figures as JSON here");
+  p->add_option("--skip-ms", cmp->skip_ms,
+                "with --demo: leave out the requests that arrived in the "
+                "demo's first MS ms (its cold start, not modelled)");
   p->callback([cmp, &exit_code] { exit_code = run_compare(*cmp); });
 }
 

@@ -27,9 +27,10 @@
 // consumers' (their stats reply), read at the end of each virtual instant
 // in which a consumer may have changed them.
 //
-// One clock: every model event is a delayed message to a timer actor, so
-// the test coordinator's clock (trigger_timeout, earliest first, ties in
-// the order scheduled) is the event queue. Deterministic.
+// Two event queues, one loop: the models keep their own (earliest first,
+// ties in the order scheduled; void flow ends dropped), the actors' timers
+// are in the test coordinator's clock, and the engine's loop (next_event)
+// moves virtual time to the earlier of the two. Deterministic.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -145,8 +146,7 @@ public:
   std::unordered_map<std::string, std::uint32_t> by_name;
   std::map<caf::actor_addr, std::uint32_t> consumer_of_relay;
 
-  void build(const caf::actor& timer) {
-    timer_ = timer;
+  void build() {
     std::unordered_map<std::string, std::uint32_t> host_index;
     double nic = sim_.nic_gbit_per_s * sim_.nics_per_host / 8.0;
     for (auto& host : topo_.hosts) {
@@ -171,25 +171,53 @@ public:
         .count();
   }
 
-  // Runs `f` at virtual time `at` (a delayed message to the timer actor).
-  void at(ns_t at, std::function<void()> f) {
-    std::uint64_t key;
+  // ---- the models' own event queue
+  //
+  // Earliest first, ties in the order scheduled; the engine's loop runs it
+  // beside CAF's clock (actors_engine::next_event). Not a CAF timer per
+  // event: a re-share on a busy link gives each of its flows a new
+  // projected end, and as CAF timers each of them, void or not, stayed in
+  // CAF's clock until its time (the slowed NIC of docs/sim.md's "Faults"
+  // example: thousands of flows, re-shared at each start and end). Here a
+  // void flow end is dropped when it comes up, and the queue is compacted
+  // whenever it doubled.
+
+  // Runs `f` at virtual time `t` (now, if `t` has passed).
+  void at(ns_t t, std::function<void()> f) {
+    std::uint32_t key;
     if (free_timers_.empty()) {
-      key = timers_.size();
+      key = std::uint32_t(timers_.size());
       timers_.push_back(std::move(f));
     } else {
       key = free_timers_.back();
       free_timers_.pop_back();
       timers_[key] = std::move(f);
     }
-    caf::delayed_anon_send(timer_, nanoseconds(std::max<ns_t>(0, at - now())),
-                           proto::sweep_atom::value, key);
+    push({t, 0, key, 0, false});
   }
-  void fire(std::uint64_t key) {
-    auto f = std::move(timers_[key]);
-    free_timers_.push_back(key); // before f: it may set a timer
-    f();
+
+  /// The time of the earliest event (none: the queue is empty).
+  std::optional<ns_t> next_event() const {
+    if (events_.empty())
+      return std::nullopt;
+    return events_.front().at;
   }
+
+  /// Runs every event due now (the engine moved the clock to the earliest).
+  void run_due() {
+    auto t = now();
+    while (!events_.empty() && events_.front().at <= t) {
+      std::pop_heap(events_.begin(), events_.end(), later{});
+      auto e = events_.back();
+      events_.pop_back();
+      run(e);
+    }
+  }
+
+  /// The events queued, live or void (summary::peak_model_events).
+  std::size_t queued_events() const { return events_.size(); }
+
+  // ---- the requests between the trace and their rows
 
   // ---- the requests between the trace and their rows
 
@@ -436,10 +464,7 @@ private:
   }
 
   void on_flow_at(ns_t t, std::uint32_t id, std::uint32_t version) {
-    at(t, [this, id, version] {
-      if (auto slot = net_.on_event(now(), id, version))
-        landed(*slot);
-    });
+    push({t, 0, id, version, true});
   }
 
   void landed(std::uint32_t slot) {
@@ -502,16 +527,64 @@ private:
     start_step(worker);
   }
 
+  struct event {
+    ns_t at;
+    std::uint64_t seq;
+    std::uint32_t key;     // timers_' slot, or a flow's id
+    std::uint32_t version; // a flow end: the flow's version then
+    bool flow;             // a flow's projected end (flow_network)
+  };
+  struct later {
+    bool operator()(const event& x, const event& y) const {
+      return x.at != y.at ? x.at > y.at : x.seq > y.seq;
+    }
+  };
+
+  void push(event e) {
+    e.seq = seq_++;
+    events_.push_back(e);
+    std::push_heap(events_.begin(), events_.end(), later{});
+    if (events_.size() > compact_at_)
+      compact();
+  }
+
+  void run(const event& e) {
+    if (e.flow) {
+      if (auto slot = net_.on_event(now(), e.key, e.version))
+        landed(*slot);
+      return;
+    }
+    auto f = std::move(timers_[e.key]);
+    free_timers_.push_back(e.key); // before f: it may set a timer
+    f();
+  }
+
+  // Drops the void flow ends (their flow ended or was re-shared since):
+  // amortised O(1) per event, as the queue doubled since the last time.
+  void compact() {
+    events_.erase(std::remove_if(events_.begin(), events_.end(),
+                                 [this](const event& e) {
+                                   return e.flow &&
+                                          !net_.pending(e.key, e.version);
+                                 }),
+                  events_.end());
+    std::make_heap(events_.begin(), events_.end(), later{});
+    compact_at_ = std::max<std::size_t>(4096, 2 * events_.size());
+  }
+
   const topology::deployment& topo_;
   const topology::sim_spec& sim_;
   caf::actor_system& sys_;
-  caf::actor timer_;
   timeline rates_;
   flow_network net_;
   double lbb_ = 0;
-  // The timers set, by key (a slot, reused once it fired).
+  // The event queue (a heap: `later`), the closures of its events by key
+  // (a slot, reused once it ran).
+  std::vector<event> events_;
+  std::uint64_t seq_ = 0;
+  std::size_t compact_at_ = 4096;
   std::vector<std::function<void()>> timers_;
-  std::vector<std::uint64_t> free_timers_;
+  std::vector<std::uint32_t> free_timers_;
   std::uint64_t decoding_ = 0;
   // The requests read and not yet reported, in trace order: request `i` at
   // window_[i - base_].
@@ -530,10 +603,6 @@ private:
   std::vector<live_order> orders_;
   std::vector<std::uint32_t> free_orders_;
 };
-
-caf::behavior timer_actor(caf::event_based_actor*, models* m) {
-  return {[m](proto::sweep_atom, std::uint64_t key) { m->fire(key); }};
-}
 
 // A CAF hop between processes: holds each message `hop` before passing it
 // on (replies go straight back to the sender). In front of a producer it
@@ -628,11 +697,9 @@ public:
       spdlog::level::level_enum level;
       ~restore() { spdlog::set_level(level); }
     } restore_level{level};
-    timer_ = sys_.spawn(timer_actor, &models_);
-    spawned_.push_back(timer_);
     pool_reader_ = sys_.spawn(pool_reader, &models_);
     spawned_.push_back(pool_reader_);
-    models_.build(timer_);
+    models_.build();
     start_workers();
     schedule_faults();
     for (auto& f : faults_)
@@ -815,13 +882,11 @@ private:
   }
 
   // The event loop: run every message due, read the pools that changed,
-  // report the requests that are over, then jump to the next timer.
+  // report the requests that are over, then jump to the next event.
   void drive(const router_run& run) {
     instant();
     std::uint64_t timers = 0;
-    while ((!run.finished() || models_.decoding() > 0) &&
-           sched_.has_pending_timeout()) {
-      sched_.trigger_timeout();
+    while ((!run.finished() || models_.decoding() > 0) && next_event()) {
       instant();
       if (options_.progress && (++timers & 0xffff) == 0)
         options_.progress(trace_.total_bytes()
@@ -834,6 +899,27 @@ private:
     // router cannot route the rest (row(): unroutable).
   }
 
+  // Moves virtual time to the earliest of the models' events and CAF's
+  // timers (the actors' hops and timeouts) and starts what is due then: all
+  // the models' events of that instant, or one CAF timer. At equal times the
+  // models' go first. Two queues, so that a model event is no CAF timer (a
+  // message, an entry in CAF's clock) and a void one costs nothing there.
+  // False when neither holds anything.
+  bool next_event() {
+    auto& clock = sched_.clock();
+    auto model = models_.next_event();
+    if (!model)
+      return sched_.trigger_timeout();
+    auto& caf_timers = clock.schedule();
+    if (!caf_timers.empty() &&
+        caf_timers.begin()->first.time_since_epoch() < nanoseconds(*model))
+      return sched_.trigger_timeout();
+    auto at = caf::actor_clock::time_point{nanoseconds(*model)};
+    clock.current_time = std::max(clock.current_time, at);
+    models_.run_due();
+    return true;
+  }
+
   void instant() {
     sched_.run();
     if (models_.pools_dirty()) {
@@ -843,6 +929,10 @@ private:
     models_.settle([this](request_state& r) { row(r); });
     // Each time the clock's schedule doubled: amortised O(1) per entry.
     auto& clock = sched_.clock();
+    out_.peak_clock_entries = std::max<std::uint64_t>(out_.peak_clock_entries,
+                                                      clock.schedule().size());
+    out_.peak_model_events = std::max<std::uint64_t>(out_.peak_model_events,
+                                                     models_.queued_events());
     if (clock.schedule().size() > sweep_at_) {
       drop_answered_timeouts(clock);
       sweep_at_ = std::max<std::size_t>(4096, 2 * clock.schedule().size());
@@ -1016,7 +1106,7 @@ private:
   caf::actor_system sys_;
   caf::scheduler::test_coordinator& sched_;
   models models_;
-  caf::actor timer_, pool_reader_;
+  caf::actor pool_reader_;
   directory_actor dir_;
   std::vector<router_worker<producer_actor>> producers_;
   std::vector<router_worker<caf::actor>> consumers_;

@@ -13,8 +13,8 @@
 //   end to end. The transfer time against the bytes (a robust line, per
 //   path) gives the rate and fixed cost a transfer really sees, which the
 //   simulator's flows should reproduce; what is left of each request's
-//   latency after its compute and transfer is control (the router's own
-//   wait to send included), from which hop_us is fitted (effective_hop). The
+//   latency after its wait at the router, its compute and transfer is
+//   control, from which hop_us is fitted (effective_hop). The
 //   compute time (pattern fill, hashing, verification) against the prompt gives
 //   a prefill table for that demo — not a model's prefill.
 #include "kvferry/sim/calibrate.hpp"
@@ -207,7 +207,8 @@ void from_demo(const std::string& path, calibration& c) {
   auto status = t.column("status"), kind = t.column("path"),
        bytes = t.column("bytes_moved"),
        transfer = t.column("transfer_total_ms"), ready = t.column("ready_ms"),
-       compute = t.column("prefill_ms"), tokens = t.column("input_tokens");
+       queue = t.column("queue_ms"), compute = t.column("prefill_ms"),
+       tokens = t.column("input_tokens");
   std::vector<double> net_bytes, net_us, ipc_bytes, ipc_us, control_us, prompt,
       compute_ms;
   for (std::size_t row = 0; row < t.size(); ++row) {
@@ -216,10 +217,12 @@ void from_demo(const std::string& path, calibration& c) {
     bool ipc = t.text(row, kind) == "ipc";
     (ipc ? ipc_bytes : net_bytes).push_back(t.number(row, bytes));
     (ipc ? ipc_us : net_us).push_back(t.number(row, transfer) * 1e3);
-    // The router's wait before sending counts as control: the simulator's
-    // router has no timer lag (nor, at a light load, a full window).
-    auto control =
-        t.number(row, ready) - t.number(row, compute) - t.number(row, transfer);
+    // Not the router's wait before sending (queue_ms): a full window is
+    // queueing, which the simulator models itself (a queue for the prefill
+    // GPU), and a late timer is the loaded machine's, not a hop; counted
+    // as control, an overloaded demo run made each hop seconds long.
+    auto control = t.number(row, ready) - t.number(row, queue) -
+                   t.number(row, compute) - t.number(row, transfer);
     control_us.push_back(
         effective_hop(std::max(0.0, control), t.number(row, compute)) * 1e3);
     prompt.push_back(t.number(row, tokens));
@@ -231,8 +234,8 @@ void from_demo(const std::string& path, calibration& c) {
   c.hop_us = median(control_us);
   c.notes.push_back(fmt::format(
       "hop_us: the median effective hop that makes the simulator's control "
-      "path match each request's control time (latency less compute and "
-      "transfer) of {} requests (demo, {})",
+      "path match each request's control time (latency less the router's "
+      "wait, compute and transfer) of {} requests (demo, {})",
       n, path));
   auto net = fit_line_robust(net_bytes, net_us);
   if (net.ok && net.slope > 0) {

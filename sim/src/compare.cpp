@@ -103,7 +103,7 @@ fidelity_figure figure(std::vector<double> measured,
 } // namespace
 
 comparison compare(const std::string& demo_csv, const std::string& sim_csv,
-                   double reply_hop_ms) {
+                   double reply_hop_ms, double skip_ms) {
   detail::csv_table demo(demo_csv), sim(sim_csv);
   comparison c;
   c.demo_csv = demo_csv;
@@ -113,6 +113,11 @@ comparison compare(const std::string& demo_csv, const std::string& sim_csv,
   auto ready = demo.column("ready_ms");
   auto measured = completed(
       demo, "ok", [&](std::size_t r) { return demo.number(r, ready); });
+  auto index = demo.column("index"), arrival = demo.column("arrival_ms");
+  for (std::size_t r = 0; r < demo.size() && skip_ms > 0; ++r)
+    if (demo.number(r, arrival) < skip_ms)
+      c.skipped += measured.erase(std::uint64_t(demo.number(r, index)));
+  c.skip_ms = skip_ms;
   // Arrival -> KV complete at the decode worker: TTFT less its first step,
   // plus the answer's hop to the router, which the demo's figure includes.
   auto ttft = sim.column("ttft_ms"), step = sim.column("decode_ms");
@@ -131,10 +136,15 @@ comparison compare(const std::string& demo_csv, const std::string& sim_csv,
 std::string format_comparison(const comparison& c) {
   auto out = fmt::format(
       "demo      {} ({} rows)\nsimulated {} ({} rows)\ncompared  {} requests "
-      "completed in both\n\n"
+      "completed in both{}\n\n"
       "{:<24}{:>12}{:>12}{:>9}{:>12}{:>12}{:>9}{:>22}\n",
-      c.demo_csv, c.demo_rows, c.sim_csv, c.sim_rows, c.matched, "", "demo p50",
-      "sim p50", "error", "demo p99", "sim p99", "error",
+      c.demo_csv, c.demo_rows, c.sim_csv, c.sim_rows, c.matched,
+      c.skipped == 0
+          ? std::string{}
+          : fmt::format(" (not the {} that arrived in the demo's first {:g} "
+                        "ms: its cold start)",
+                        c.skipped, c.skip_ms),
+      "", "demo p50", "sim p50", "error", "demo p99", "sim p99", "error",
       "|error| per request");
   auto row = [&](const char* name, const fidelity_figure& f) {
     out += fmt::format(
@@ -155,7 +165,7 @@ std::string format_comparison(const comparison& c) {
   return out;
 }
 
-std::string to_json(const comparison& c) {
+std::string to_json(const comparison& c, const comparison* held_out) {
   auto fig = [](const fidelity_figure& f) {
     return fmt::format(
         "{{\"requests\": {}, \"demo_p50_ms\": {:.6f}, \"sim_p50_ms\": {:.6f}, "
@@ -166,10 +176,59 @@ std::string to_json(const comparison& c) {
         f.measured_p99, f.predicted_p99, f.error_p99, f.per_request_p50,
         f.per_request_p99);
   };
-  return fmt::format("{{\"demo_rows\": {}, \"sim_rows\": {}, \"matched\": {}, "
-                     "\"transfer\": {}, \"latency\": {}}}\n",
-                     c.demo_rows, c.sim_rows, c.matched, fig(c.transfer),
-                     fig(c.latency));
+  auto out = fmt::format("{{\"demo_rows\": {}, \"sim_rows\": {}, "
+                         "\"matched\": {}, \"skipped\": {}, \"transfer\": {}, "
+                         "\"latency\": {}",
+                         c.demo_rows, c.sim_rows, c.matched, c.skipped,
+                         fig(c.transfer), fig(c.latency));
+  if (held_out != nullptr) {
+    auto inner = to_json(*held_out);
+    out += ", \"held_out\": " + inner.substr(0, inner.size() - 1); // no \n
+  }
+  return out + "}\n";
+}
+
+const std::vector<fidelity_target> fidelity_targets = {
+    {"transfer time p50", &comparison::transfer, false, 0.10},
+    {"transfer time p99", &comparison::transfer, true, 0.20},
+    {"request latency p50", &comparison::latency, false, 0.10},
+};
+
+namespace {
+
+struct target_figures {
+  double measured, predicted, error;
+};
+
+target_figures figures(const comparison& c, const fidelity_target& t) {
+  auto& f = c.*(t.figure);
+  if (t.p99)
+    return {f.measured_p99, f.predicted_p99, f.error_p99};
+  return {f.measured_p50, f.predicted_p50, f.error_p50};
+}
+
+} // namespace
+
+bool meets(const comparison& c, const fidelity_target& t) {
+  return std::abs(figures(c, t).error) <= t.limit;
+}
+
+std::string
+format_targets(const std::vector<std::pair<std::string, comparison>>& runs) {
+  auto out = fmt::format("{:<22}{:<14}{:>13}{:>14}{:>11}{:>9}{:>7}\n",
+                         "issue #17 target", "demo run", "measured ms",
+                         "predicted ms", "error", "target", "met?");
+  for (auto& [label, c] : runs)
+    for (auto& t : fidelity_targets) {
+      auto f = figures(c, t);
+      out += fmt::format("{:<22}{:<14}{:>13.3f}{:>14.3f}{:>+10.1f}%{:>7.0f} %"
+                         "{:>7}\n",
+                         t.name, label, f.measured, f.predicted, 100 * f.error,
+                         100 * t.limit, meets(c, t) ? "yes" : "NO");
+    }
+  out += "(error = (predicted - measured) / measured; met: |error| within "
+         "the target)\n";
+  return out;
 }
 
 engine_comparison compare_engines(const std::string& model_csv,

@@ -70,6 +70,11 @@ public:
   /// quite there yet (rounding: it is rescheduled).
   std::optional<std::uint32_t> on_event(ns_t now, std::uint32_t id,
                                         std::uint32_t version);
+  /// Whether the event (id, version) is still the flow's projected end (not
+  /// void): an owner may drop void ones before their time.
+  bool pending(std::uint32_t id, std::uint32_t version) const {
+    return flows_[id].live && flows_[id].version == version;
+  }
 
 private:
   struct flow {

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -95,10 +97,11 @@ TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
   auto c = calibrate(in);
   CHECK(*c.nic_gbit_per_s == doctest::Approx(8));    // 1 GB/s
   CHECK(*c.latency_us == doctest::Approx(100 - 10)); // less one message
-  // 0.6 ms of control (0.2 at the router, 0.4 after) with 0.01-0.04 ms of
+  // 0.4 ms of control after 0.2 ms at the router (its wait to send is not
+  // a hop: the simulator queues requests itself) with 0.01-0.04 ms of
   // prefill: the simulator charges four hops less the prefill (its grant
-  // wait), so (0.6 + P) / 4 each.
-  CHECK(*c.hop_us == doctest::Approx(156.25));
+  // wait), so (0.4 + P) / 4 each.
+  CHECK(*c.hop_us == doctest::Approx(106.25));
   REQUIRE(c.prefill_ms.size() == 2);
   CHECK(c.prefill_ms[0].x == 100);
   CHECK(c.prefill_ms[0].ms == doctest::Approx(0.01));
@@ -184,6 +187,72 @@ TEST_CASE("compare: joins by index, and reports the quantiles' and the "
   auto shifted = compare(demo, dir.path.string() + "/sim.csv", 0.5);
   CHECK(shifted.latency.predicted_p50 ==
         doctest::Approx(c.latency.predicted_p50 + 0.5));
+}
+
+TEST_CASE("the targets of issue #17: met within their limits, one table for "
+          "the calibrated and the held-out run") {
+  comparison fitted, held_out;
+  fitted.transfer.measured_p50 = 1.0;
+  fitted.transfer.predicted_p50 = 0.91;
+  fitted.transfer.error_p50 = -0.09; // within 10 %
+  fitted.transfer.error_p99 = 0.25;  // not within 20 %
+  fitted.latency.error_p50 = 0.10;   // just within 10 %
+  held_out.transfer.error_p50 = -0.72;
+  held_out.transfer.error_p99 = -0.2;
+  held_out.latency.error_p50 = 0.3;
+  REQUIRE(fidelity_targets.size() == 3);
+  std::vector<bool> met;
+  for (auto* c : {&fitted, &held_out})
+    for (auto& t : fidelity_targets)
+      met.push_back(meets(*c, t));
+  CHECK(met == std::vector<bool>{true, false, true, false, true, false});
+  auto table = format_targets({{"calibrated", fitted}, {"held out", held_out}});
+  // A header and one line per target and run, in that order.
+  std::vector<std::string> lines;
+  std::istringstream in(table);
+  for (std::string line; std::getline(in, line);)
+    lines.push_back(line);
+  REQUIRE(lines.size() >= 7);
+  CHECK(lines[0].find("met?") != std::string::npos);
+  CHECK(lines[1].find("transfer time p50") == 0);
+  CHECK(lines[1].find("calibrated") != std::string::npos);
+  CHECK(lines[1].find("1.000") != std::string::npos);
+  CHECK(lines[1].find("0.910") != std::string::npos);
+  CHECK(lines[1].find("-9.0%") != std::string::npos);
+  CHECK(lines[1].find("yes") != std::string::npos);
+  CHECK(lines[2].find("+25.0%") != std::string::npos);
+  CHECK(lines[2].find("NO") != std::string::npos);
+  CHECK(lines[4].find("held out") != std::string::npos);
+  CHECK(lines[4].find("NO") != std::string::npos);
+  // The JSON keeps the held-out run's figures apart.
+  auto json = to_json(fitted, &held_out);
+  CHECK(json.find("\"held_out\": {\"demo_rows\"") != std::string::npos);
+  CHECK(json.back() == '\n');
+}
+
+TEST_CASE("compare: the demo's cold start (its first MS ms) left out") {
+  scratch_dir dir("kvferry-calibrate");
+  // demo_csv()'s four requests, arriving at 0, 10, 20 and 30 ms.
+  std::istringstream in(demo_csv());
+  std::string csv, line;
+  for (int row = -1; std::getline(in, line); ++row) {
+    if (row >= 0) {
+      auto second = line.find(',', line.find(',') + 1);
+      line.replace(second + 1, 1, std::to_string(10 * row));
+    }
+    csv += line + "\n";
+  }
+  auto demo = write(dir, "demo.csv", csv);
+  auto sim = write(dir, "sim.csv",
+                   "index,status,transfer_total_ms,ttft_ms,decode_ms\n"
+                   "0,ok,1,2,0\n1,ok,1,2,0\n2,ok,1,2,0\n3,ok,1,2,0\n");
+  CHECK(compare(demo, sim).matched == 4);
+  auto warm = compare(demo, sim, 0, 15); // not those at 0 and 10 ms
+  CHECK(warm.matched == 2);
+  CHECK(warm.skipped == 2);
+  CHECK(format_comparison(warm).find("not the 2 that arrived in the demo's "
+                                     "first 15 ms") != std::string::npos);
+  CHECK(to_json(warm).find("\"skipped\": 2") != std::string::npos);
 }
 
 TEST_CASE("compare: no request in both is an error naming both files") {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvferry/runtime/topology.hpp"
@@ -53,6 +54,8 @@ struct comparison {
   std::string demo_csv, sim_csv;
   std::size_t demo_rows = 0, sim_rows = 0, matched = 0;
   double reply_hop_ms = 0;  // added to each simulated latency
+  double skip_ms = 0;       // requests that arrived earlier: left out
+  std::size_t skipped = 0;  // how many completed demo requests that was
   fidelity_figure transfer; // transfer_total_ms on both sides
   fidelity_figure latency;  // demo ready_ms vs simulated ttft_ms - decode_ms
 };
@@ -61,14 +64,37 @@ struct comparison {
 /// that completed on both sides) and compares them. The simulated latency
 /// ends when the KV is complete at the decode worker; the demo's when the
 /// router holds the answer: `reply_hop_ms` (the topology's hop_us) is added
-/// to the simulated one for that last message. Throws
-/// std::runtime_error naming the file and line of a bad row, or when no
-/// request is in both.
+/// to the simulated one for that last message. The demo's requests that
+/// arrived in its first `skip_ms` (its cold start: connections, first
+/// touches of the pools, processes still starting, which the simulator
+/// does not model) are left out. Throws std::runtime_error naming the
+/// file and line of a bad row, or when no request is in both.
 comparison compare(const std::string& demo_csv, const std::string& sim_csv,
-                   double reply_hop_ms = 0);
+                   double reply_hop_ms = 0, double skip_ms = 0);
 
 std::string format_comparison(const comparison& c);
-std::string to_json(const comparison& c);
+/// The figures as JSON; with `held_out`, a second demo run's comparison
+/// under "held_out".
+std::string to_json(const comparison& c, const comparison* held_out = nullptr);
+
+/// Issue #17's fidelity targets: the predicted figure within `limit` of
+/// the measured one (|error|), for the transfer time at p50 (10 %) and p99
+/// (20 %) and the request latency at p50 (10 %).
+struct fidelity_target {
+  const char* name;                    // "transfer time p50"
+  fidelity_figure comparison::*figure; // transfer or latency
+  bool p99;                            // else p50
+  double limit;                        // 0.10 = 10 %
+};
+extern const std::vector<fidelity_target> fidelity_targets;
+
+/// Whether a comparison meets one target.
+bool meets(const comparison& c, const fidelity_target& t);
+
+/// One table of every target for each run (a label, e.g. "calibrated" or
+/// "held out", and its comparison): measured, predicted, error, met?.
+std::string
+format_targets(const std::vector<std::pair<std::string, comparison>>& runs);
 
 /// The two engines on the same inputs (docs/sim.md, "The two engines"):
 /// each request's transfer time (transfer_total_ms) and TTFT (ttft_ms) in

@@ -113,6 +113,11 @@ struct summary {
   std::vector<series> link_busy;
   // Requests waiting for a prefill GPU, and for decode KV-pool blocks.
   series prefill_queue, pool_queue;
+  // The actors engine's own bookkeeping, not in the outputs: the most
+  // entries CAF's clock held at the end of a virtual instant (the actors'
+  // timers and request timeouts), and the most events the models' queue
+  // held (live or void).
+  std::uint64_t peak_clock_entries = 0, peak_model_events = 0;
 };
 
 /// The topology's faults, then the options' (--fault), each checked to name
