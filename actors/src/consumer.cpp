@@ -1,12 +1,15 @@
 // The consumer: a decode worker's app actor.
 //
-// Push: `allocate` reserves destination blocks and tells the transfer actor
-// to expect one transfer per part; the grant goes back to the producer. When
-// every part has landed and the producer's `arrived` notice is in, the
-// consumer hashes what arrived, compares it with what the producer says it
-// sent, returns the blocks (there is no real decode here) and answers ready.
-// Pull: `advertise` does the same, but the consumer asks the producer's
-// transfer actor to send into the blocks it just allocated.
+// Its pool is pool_layout's block ids (one id = one block of tokens across
+// all layers); the worker's node actor moves every byte into them.
+// Push: `allocate` reserves destination ids and asks our node to receive
+// the producer's push into them (node_receive: its recv orders are posted
+// at once); the grant goes back to the producer. When the node reports the
+// request landed and the producer's `arrived` notice is in, the consumer
+// hashes what arrived, compares it with what the producer says it sent,
+// returns the blocks (there is no real decode here) and answers ready.
+// Pull: `advertise` does the same, but asks our node to pull the advertised
+// blocks into the ids it just allocated (node_pull).
 //
 // Credit: `reserve` lends a producer blocks ahead of time (a loan, bounded
 // by lend_percent of the pool). The producer writes requests into them
@@ -63,8 +66,10 @@ namespace {
 using namespace std::chrono;
 using namespace consumer_detail;
 
-std::uint64_t block_index(const consumer_state& st, std::uint64_t offset) {
-  return offset / st.cfg.geometry.layer_block_bytes();
+// Pool figures for people (stats, metrics, logs) count layer-blocks, as
+// --pool-blocks does: an id is a block of every layer.
+std::uint64_t layer_blocks(const consumer_state& st, std::uint64_t ids) {
+  return ids * st.cfg.geometry.layers;
 }
 
 loan& loan_by_id(consumer_state& st, std::uint32_t id) {
@@ -100,10 +105,10 @@ void return_lent_blocks(self_ptr self, std::uint32_t loan_id,
   auto& st = self->state;
   auto& l = loan_by_id(st, loan_id);
   for (auto off : blocks)
-    st.block_in_request[block_index(st, off)] = false;
+    st.block_in_request[off] = false;
   if (!l.alive) {
     for (auto off : blocks)
-      st.loan_of_block[block_index(st, off)] = 0;
+      st.loan_of_block[off] = 0;
     l.lent -= blocks.size();
     to_pool(self, blocks);
     return;
@@ -121,14 +126,15 @@ void quarantine_blocks(self_ptr self, request_ctx& ctx, bool on) {
     return;
   ctx.quarantined = on;
   auto& st = self->state;
-  auto n = static_cast<std::int64_t>(ctx.blocks.size());
+  auto layer_blocks_held = layer_blocks(st, ctx.blocks.size());
+  auto n = static_cast<std::int64_t>(layer_blocks_held);
   st.quarantined_gauge->add(on ? n : -n);
   if (on) {
-    st.stats.quarantined_blocks += ctx.blocks.size();
+    st.stats.quarantined_blocks += layer_blocks_held;
     ctx.quarantined_since = clock_type::now();
     return;
   }
-  st.stats.quarantined_blocks -= ctx.blocks.size();
+  st.stats.quarantined_blocks -= layer_blocks_held;
   auto held = duration<double>(clock_type::now() - ctx.quarantined_since);
   if (held > milliseconds(100))
     spdlog::info("consumer {}: {} blocks of failed request {} are back after "
@@ -165,8 +171,9 @@ caf::error verify(self_ptr self, request_ctx& ctx) {
                                   "arrived, the producer sent {}",
                                   st.cfg.name, ctx.request_id, ctx.bytes,
                                   n.bytes));
+  auto offsets = layer_block_offsets(st.layout, ctx.blocks);
   if (n.has_xxhash && st.cfg.region->host_accessible()) {
-    auto got = hash_blocks(st.cfg.region->data(), ctx.blocks, bb);
+    auto got = hash_blocks(st.cfg.region->data(), offsets, bb);
     if (got == n.xxhash)
       return {};
     return make_error(
@@ -176,11 +183,10 @@ caf::error verify(self_ptr self, request_ctx& ctx) {
                     st.cfg.name, ctx.request_id, ctx.bytes, got, n.bytes,
                     n.xxhash));
   }
-  auto layers = st.cfg.geometry.layers;
-  auto bpl = static_cast<std::uint32_t>(ctx.blocks.size() / layers);
+  auto bpl = static_cast<std::uint32_t>(ctx.blocks.size());
   try {
     auto first_bad = st.pattern->check(
-        ctx.blocks, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
+        offsets, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
     if (!first_bad)
       return {};
     return make_error(
@@ -189,7 +195,7 @@ caf::error verify(self_ptr self, request_ctx& ctx) {
                     "{} in {} memory) differs from what the producer wrote "
                     "(pattern seed {})",
                     st.cfg.name, ctx.request_id, *first_bad % bpl,
-                    *first_bad / bpl, ctx.blocks[*first_bad],
+                    *first_bad / bpl, offsets[*first_bad],
                     st.cfg.region->host_accessible()
                         ? std::string{"host"}
                         : fmt::format("GPU {}", st.cfg.region->gpu()),
@@ -276,20 +282,14 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   ctx->promise->deliver(std::move(r));
 }
 
-void on_part_landed(self_ptr self, const ctx_ptr& ctx,
-                    const proto::recv_report& rep) {
+// Our node reports the request landed: its bytes and data window.
+void on_landed(self_ptr self, const ctx_ptr& ctx,
+               const proto::node_report& rep) {
   ctx->bytes += rep.bytes;
-  ctx->first_known_ns = std::min(ctx->first_known_ns, rep.first_known_ns);
-  ctx->landed_ns = std::max(ctx->landed_ns, rep.landed_ns);
+  ctx->first_known_ns = std::min(ctx->first_known_ns, rep.data_start_ns);
+  ctx->landed_ns = std::max(ctx->landed_ns, rep.data_end_ns);
   ctx->gpu_copy_ns += rep.gpu_copy_ns;
   ctx->gpu_queued_ns += rep.gpu_queued_ns;
-  --ctx->pending;
-  maybe_complete(self, ctx);
-}
-
-// Pull: the source's transfer actor finished sending (the bytes and the
-// timing come from our own transfer actor's recv report).
-void on_pull_send_done(self_ptr self, const ctx_ptr& ctx) {
   --ctx->pending;
   maybe_complete(self, ctx);
 }
@@ -299,6 +299,13 @@ void on_part_failed(self_ptr self, const ctx_ptr& ctx, caf::error& err) {
     ctx->failure = std::move(err);
   --ctx->pending;
   maybe_complete(self, ctx);
+}
+
+// How long our node may take to report a request: its recv orders are
+// posted at once (at allocate, or when the request is delegated), each with
+// timeout_ms, as the consumer's own were.
+std::uint64_t node_reply_ms(const consumer_state& st) {
+  return std::uint64_t{st.cfg.timeout_ms} + 1000;
 }
 
 // Only a timed-out transfer can be quarantined (the transfer actor's own
@@ -329,40 +336,54 @@ void settle_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
             });
 }
 
-// The transfer actor's errors name the transfer and the peer; CAF's own
-// (our request's timeout: the transfer actor never answered) name nothing,
+// The node's and transfer actor's errors name the request and the peer;
+// CAF's own (our request's timeout: the node never answered) name nothing,
 // so the request and what it waited for are added.
-caf::error name_part_error(const consumer_state& st, const request_ctx& ctx,
-                           const std::string& sender, std::uint64_t id,
-                           caf::error& err) {
+caf::error name_node_error(const consumer_state& st, const request_ctx& ctx,
+                           const std::string& sender, caf::error& err) {
   if (err.category() != caf::atom("system"))
     return std::move(err);
   return make_error(may_be_quarantined(err) ? ec::timeout : ec::peer_down,
-                    fmt::format("consumer '{}': request {}: transfer {} from "
-                                "'{}' was not reported within {} ms: {}",
-                                st.cfg.name, ctx.request_id, id, sender,
-                                st.cfg.timeout_ms + 1000, render(err)));
+                    fmt::format("consumer '{}': request {} from '{}' was not "
+                                "reported by this worker's node within {} ms: "
+                                "{}",
+                                st.cfg.name, ctx.request_id, sender,
+                                node_reply_ms(st), render(err)));
 }
 
-void expect_part(self_ptr self, const ctx_ptr& ctx, const std::string& sender,
-                 std::uint32_t part) {
-  auto& cfg = self->state.cfg;
-  proto::recv_order o;
-  o.transfer_id = transfer_id_of(ctx->request_id, part);
-  o.peer_name = sender;
-  o.timeout_ms = cfg.timeout_ms;
+// Asks our node to bring request `ctx` from `sender`'s node into its ids:
+// receive its push of `parts` parts (one, or every layer), or pull what it
+// advertised. A failure that may have been a timed-out CUDA IPC copy
+// settles each part's transfer before the blocks go back.
+void expect_request(self_ptr self, const ctx_ptr& ctx,
+                    const std::string& sender, std::uint32_t parts, bool pull) {
+  auto& st = self->state;
   ++ctx->pending;
-  auto id = o.transfer_id;
-  self->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
-                proto::recv_atom::value, std::move(o))
-      .then([self,
-             ctx](proto::recv_report& rep) { on_part_landed(self, ctx, rep); },
-            [self, ctx, sender, id](caf::error& err) {
-              if (may_be_quarantined(err))
-                settle_part(self, ctx, sender, id);
-              auto named = name_part_error(self->state, *ctx, sender, id, err);
-              on_part_failed(self, ctx, named);
-            });
+  proto::node_request r{ctx->request_id, sender, ctx->blocks, {}, parts > 1};
+  auto on_error = [self, ctx, sender, parts](caf::error& err) {
+    if (err == caf::sec::request_timeout) // our node never answered: drop it
+      self->send(self->state.cfg.node, proto::node_fail_atom::value, sender,
+                 ctx->request_id, err);
+    // The node numbers parts 0 (the whole request) or 1..layers.
+    std::uint32_t first = parts > 1 ? 1 : 0, last = parts > 1 ? parts : 0;
+    if (may_be_quarantined(err))
+      for (auto part = first; part <= last; ++part)
+        settle_part(self, ctx, sender, transfer_id_of(ctx->request_id, part));
+    auto named = name_node_error(self->state, *ctx, sender, err);
+    on_part_failed(self, ctx, named);
+  };
+  auto on_report = [self, ctx](const proto::node_report& rep) {
+    on_landed(self, ctx, rep);
+  };
+  auto limit = milliseconds(node_reply_ms(st));
+  if (pull)
+    self->request(st.cfg.node, limit, proto::node_pull_atom::value,
+                  std::move(r))
+        .then(on_report, on_error);
+  else
+    self->request(st.cfg.node, limit, proto::node_receive_atom::value,
+                  std::move(r))
+        .then(on_report, on_error);
 }
 
 bool in_flight_or_waiting(const consumer_state& st, std::uint64_t id) {
@@ -373,9 +394,9 @@ bool in_flight_or_waiting(const consumer_state& st, std::uint64_t id) {
 
 void arm_timer(self_ptr self);
 
-// The producer's send, our receive (whose reply has timeout_ms + 1 s) and
-// its `arrived` each take at most timeout_ms: a request open longer than
-// this waits for a message that will not come.
+// The producer's send, our node's report (node_reply_ms) and the
+// producer's `arrived` each take at most timeout_ms: a request open longer
+// than this waits for a message that will not come.
 std::uint64_t request_deadline_ms(const consumer_state& st) {
   return 3 * std::uint64_t{st.cfg.timeout_ms} + 1000;
 }
@@ -421,8 +442,8 @@ caf::error refuse_at_once(const consumer_state& st, const waiter& w) {
         ec::invalid_argument,
         fmt::format("consumer '{}': block pool exhausted: request {} needs {} "
                     "blocks, the pool has {} (raise --pool-blocks)",
-                    st.cfg.name, w.request_id, w.blocks,
-                    st.pool->block_count()));
+                    st.cfg.name, w.request_id, layer_blocks(st, w.blocks),
+                    layer_blocks(st, st.pool->block_count())));
   bool runs_now = st.queue.empty() && st.pool->free_blocks() >= w.blocks;
   if (!runs_now && st.queue.size() >= st.cfg.queue_limit)
     return make_error(
@@ -430,9 +451,11 @@ caf::error refuse_at_once(const consumer_state& st, const waiter& w) {
         fmt::format("consumer '{}': block pool exhausted: request {} from "
                     "producer '{}' needs {} blocks, {} of {} free, and {} "
                     "requests already wait for blocks (queue limit {})",
-                    st.cfg.name, w.request_id, w.producer, w.blocks,
-                    st.pool->free_blocks(), st.pool->block_count(),
-                    st.queue.size(), st.cfg.queue_limit));
+                    st.cfg.name, w.request_id, w.producer,
+                    layer_blocks(st, w.blocks),
+                    layer_blocks(st, st.pool->free_blocks()),
+                    layer_blocks(st, st.pool->block_count()), st.queue.size(),
+                    st.cfg.queue_limit));
   return {};
 }
 
@@ -528,8 +551,10 @@ void expire_waiters(self_ptr self, caf::actor_clock::time_point now) {
                         "free, the rest held by {} requests in flight and "
                         "lent to producers",
                         st.cfg.name, w.request_id, w.producer,
-                        st.cfg.queue_wait_ms, w.blocks, st.pool->free_blocks(),
-                        st.pool->block_count(), st.requests.size()));
+                        st.cfg.queue_wait_ms, layer_blocks(st, w.blocks),
+                        layer_blocks(st, st.pool->free_blocks()),
+                        layer_blocks(st, st.pool->block_count()),
+                        st.requests.size()));
       });
 }
 
@@ -645,16 +670,14 @@ caf::result<proto::grant> on_allocate(self_ptr self,
   if (a.parts == 0 || a.parts > max_parts)
     return make_error(ec::invalid_argument, fmt::format("request {}: {} parts",
                                                         a.request_id, a.parts));
-  auto w = waiter_for(self, a.request_id,
-                      std::uint64_t{a.blocks_per_layer} * a.layers, a.producer,
-                      a.requester);
+  auto w = waiter_for(self, a.request_id, a.blocks_per_layer, a.producer,
+                      a.requester); // ids: each a block of every layer
   auto rp = self->make_response_promise<proto::grant>();
   w.fail = fail_through(rp);
   w.start = [self, rp, producer = a.producer,
              parts = a.parts](const ctx_ptr& ctx) mutable {
     ++self->state.stats.negotiated;
-    for (std::uint32_t part = 0; part < parts; ++part)
-      expect_part(self, ctx, producer, part);
+    expect_request(self, ctx, producer, parts, false);
     proto::grant g;
     g.request_id = ctx->request_id;
     g.receiver = self->state.cfg.self;
@@ -691,53 +714,25 @@ caf::result<proto::ready_report> on_arrived(self_ptr self,
   return promise;
 }
 
-// Pull: asks the source's transfer actor to send each part into the
-// request's blocks, and our own to expect it.
-void pull_into(self_ptr self, const ctx_ptr& ctx, std::uint32_t parts,
-               const proto::arrival_notice& n) {
-  auto& st = self->state;
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  auto per_part = ctx->blocks.size() / parts;
-  auto source = caf::actor_cast<transfer_actor>(n.source.transfer);
-  for (std::uint32_t part = 0; part < parts; ++part) {
-    expect_part(self, ctx, n.source.name, part);
-    std::vector<std::uint64_t> src(n.block_offsets.begin() + part * per_part,
-                                   n.block_offsets.begin() +
-                                       (part + 1) * per_part);
-    std::vector<std::uint64_t> dst(ctx->blocks.begin() + part * per_part,
-                                   ctx->blocks.begin() + (part + 1) * per_part);
-    proto::send_order o;
-    o.transfer_id = transfer_id_of(n.request_id, part);
-    o.peer = st.cfg.self;
-    o.extents = plan_blocks(src, dst, bb);
-    o.timeout_ms = st.cfg.timeout_ms;
-    ++ctx->pending;
-    self->request(source, milliseconds(st.cfg.timeout_ms + 1000),
-                  proto::send_atom::value, std::move(o))
-        .then([self, ctx](std::uint64_t) { on_pull_send_done(self, ctx); },
-              [self, ctx](caf::error& err) { on_part_failed(self, ctx, err); });
-  }
-}
-
 caf::result<proto::ready_report> on_advertise(self_ptr self,
                                               proto::arrival_notice& n) {
   auto& st = self->state;
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  std::uint32_t parts = std::max<std::uint32_t>(1, n.layers);
-  auto count = n.block_offsets.size();
-  if (count == 0 || count % parts != 0 || parts > max_parts ||
-      n.bytes != count * bb)
+  auto bytes_per_id =
+      st.cfg.geometry.layers * st.cfg.geometry.layer_block_bytes();
+  auto count = n.block_offsets.size(); // the producer's ids
+  if (count == 0 || n.bytes != count * bytes_per_id)
     return make_error(ec::mismatch,
                       fmt::format("consumer '{}': advert of request {} ({} "
-                                  "blocks, {} parts, {} bytes) does not fit "
-                                  "{}-byte blocks",
-                                  st.cfg.name, n.request_id, count, parts,
-                                  n.bytes, bb));
+                                  "blocks, {} bytes) does not fit blocks of "
+                                  "{} bytes ({} layers)",
+                                  st.cfg.name, n.request_id, count, n.bytes,
+                                  bytes_per_id, st.cfg.geometry.layers));
   auto w = waiter_for(self, n.request_id, count, n.source.name, n.requester);
   auto rp = self->make_response_promise<proto::ready_report>();
   w.fail = fail_through(rp);
-  w.start = [self, rp, parts, notice = std::move(n)](const ctx_ptr& ctx) {
-    pull_into(self, ctx, parts, notice);
+  w.start = [self, rp, notice = std::move(n)](const ctx_ptr& ctx) {
+    // The producer's node is named as its transfer actor (the worker).
+    expect_request(self, ctx, notice.source.name, 1, true);
     ctx->notice = notice;
     ctx->promise = rp;
   };
@@ -759,7 +754,7 @@ void end_loan(self_ptr self, std::uint32_t id, const std::string& why) {
   for (std::uint64_t b = 0; b < st.loan_of_block.size(); ++b)
     if (st.loan_of_block[b] == id && !st.block_in_request[b]) {
       st.loan_of_block[b] = 0;
-      back.push_back(b * st.cfg.geometry.layer_block_bytes());
+      back.push_back(b);
     }
   l.lent -= back.size();
   l.held = 0;
@@ -816,21 +811,18 @@ caf::result<proto::grant> on_reserve(self_ptr self, proto::reserve_request& r) {
   g.receiver = st.cfg.self;
   st.pool->allocate(lend, g.block_offsets);
   for (auto off : g.block_offsets)
-    st.loan_of_block[block_index(st, off)] = id;
+    st.loan_of_block[off] = id;
   l.lent += lend;
   l.held += lend;
   l.returning.reserve(l.lent);
   return g;
 }
 
-// Why `offset` may not carry a delegated request of loan `id`; empty if it
+// Why block `b` may not carry a delegated request of loan `id`; empty if it
 // may. Marks it in use when it may.
 std::string claim_lent_block(consumer_state& st, std::uint32_t id,
-                             std::uint64_t offset) {
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  auto b = offset / bb;
-  if (offset % bb != 0 || b >= st.loan_of_block.size() ||
-      st.loan_of_block[b] != id)
+                             std::uint64_t b) {
+  if (b >= st.loan_of_block.size() || st.loan_of_block[b] != id)
     return "is not a block lent to it";
   if (st.block_in_request[b])
     return "is already in use by another of its requests";
@@ -841,16 +833,17 @@ std::string claim_lent_block(consumer_state& st, std::uint32_t id,
 caf::expected<ctx_ptr> open_credit_request(self_ptr self,
                                            proto::credit_notice& n) {
   auto& st = self->state;
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  auto count = n.block_offsets.size();
-  if (count == 0 || n.parts == 0 || n.parts > max_parts ||
-      count % n.parts != 0 || n.bytes != count * bb)
+  auto layers = st.cfg.geometry.layers;
+  auto bytes_per_id = layers * st.cfg.geometry.layer_block_bytes();
+  auto count = n.block_offsets.size(); // ids
+  if (count == 0 || (n.parts != 1 && n.parts != layers) ||
+      n.bytes != count * bytes_per_id)
     return make_error(ec::mismatch,
                       fmt::format("consumer '{}': request {} from producer "
                                   "'{}' ({} blocks, {} parts, {} bytes) does "
-                                  "not fit {}-byte blocks",
+                                  "not fit blocks of {} bytes in {} layers",
                                   st.cfg.name, n.request_id, n.producer, count,
-                                  n.parts, n.bytes, bb));
+                                  n.parts, n.bytes, bytes_per_id, layers));
   if (in_flight_or_waiting(st, n.request_id))
     return make_error(ec::duplicate,
                       fmt::format("consumer '{}': request {} is already in "
@@ -868,10 +861,10 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
     if (why.empty())
       continue;
     for (std::size_t j = 0; j < k; ++j) // undo the claims made so far
-      st.block_in_request[block_index(st, n.block_offsets[j])] = false;
+      st.block_in_request[n.block_offsets[j]] = false;
     return make_error(ec::invalid_extent,
                       fmt::format("consumer '{}': request {} from producer "
-                                  "'{}' names block offset {}, which {}",
+                                  "'{}' names block {}, which {}",
                                   st.cfg.name, n.request_id, n.producer,
                                   n.block_offsets[k], why));
   }
@@ -907,8 +900,7 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   if (ctx->loan_id == 0 ||
       loan_by_id(self->state, ctx->loan_id).producer_actor != who)
     ctx->requester = watch_requester(self, who);
-  for (std::uint32_t part = 0; part < n.parts; ++part)
-    expect_part(self, ctx, n.producer, part);
+  expect_request(self, ctx, n.producer, n.parts, false);
   proto::arrival_notice expected;
   expected.request_id = n.request_id;
   expected.bytes = n.bytes;
@@ -1054,22 +1046,25 @@ proto::consumer_stats stats_now(const consumer_state& st) {
   auto stats = st.stats;
   stats.lent_blocks = 0;
   for (auto& l : st.loans)
-    stats.lent_blocks += l.alive ? l.lent : 0;
-  stats.pool_blocks = st.pool->block_count();
-  stats.free_blocks = st.pool->free_blocks();
+    stats.lent_blocks += layer_blocks(st, l.alive ? l.lent : 0);
+  stats.pool_blocks = layer_blocks(st, st.pool->block_count());
+  stats.free_blocks = layer_blocks(st, st.pool->free_blocks());
   stats.in_flight = st.requests.size();
   stats.waiting = st.queue.size();
   return stats;
 }
 
 consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
-  auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
-  self->state.pool =
-      std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+  self->state.layout = pool_layout(cfg.geometry, cfg.region->size());
+  auto blocks = self->state.layout.num_blocks();
+  // block_bytes 1: the pool's "offsets" are the layout's block ids.
+  self->state.pool = std::make_unique<block_pool>(blocks, 1);
   self->state.loan_of_block.assign(blocks, 0);
   self->state.block_in_request.assign(blocks, false);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
+  if (self->state.cfg.node)
+    self->link_to(self->state.cfg.node);
   self->set_down_handler([self](caf::down_msg& dm) {
     on_producer_down(self, dm);
     cancel_requests(self, dm);
@@ -1108,6 +1103,10 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
         auto ctx = std::move(i->second);
         decoding.erase(i);
         release_blocks(self, *ctx);
+      },
+      [self](proto::node_hello_atom, proto::node_hello& h) {
+        return self->delegate(self->state.cfg.node,
+                              proto::node_hello_atom::value, std::move(h));
       },
   };
 }

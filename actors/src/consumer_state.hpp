@@ -22,6 +22,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
+#include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/metrics.hpp"
@@ -35,8 +36,8 @@ struct request_ctx {
   std::string producer; // its name, as the request gave it
   caf::actor_addr from; // the producer actor that asked (allocate/advertise)
   caf::actor_addr requester; // who waits for the answer (see cancel_requests)
-  std::vector<std::uint64_t> blocks;
-  std::uint32_t pending = 0; // replies still expected from transfer actors
+  std::vector<std::uint64_t> blocks; // pool block ids (pool_layout)
+  std::uint32_t pending = 0;         // replies still expected from our node
   std::uint64_t bytes = 0;
   caf::error failure;
   std::optional<proto::arrival_notice> notice;
@@ -92,7 +93,8 @@ struct loan {
 
 struct consumer_state {
   app_config cfg;
-  std::unique_ptr<block_pool> pool;
+  kv_layout layout;                    // the pool (pool_layout)
+  std::unique_ptr<block_pool> pool;    // of block ids (block_bytes 1)
   std::unique_ptr<kv_pattern> pattern; // verifies GPU memory on the GPU
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
   // keep_blocks_until_decoded: answered requests still decoding.

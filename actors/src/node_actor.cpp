@@ -325,7 +325,7 @@ start_outgoing(self_ptr self, proto::node_request& req, bool push) {
   auto promise = self->make_response_promise<proto::node_report>();
   r.promise = promise;
   r.advertised = true;
-  r.layerwise = !push && req.layerwise;
+  r.layerwise = req.layerwise; // a push streams too (node_layer_atom)
   r.src_blocks = std::move(req.blocks);
   if (push) {
     r.dst_blocks = std::move(req.peer_blocks);
@@ -401,8 +401,8 @@ void finish_incoming(self_ptr self, const request_key& key) {
   if (r.failure) {
     r.promise->deliver(r.failure);
   } else if (r.parts > 0 && r.parts_done == r.parts) {
-    proto::node_report rep{key.second, r.bytes, r.start_ns, r.end_ns,
-                           r.one_sided};
+    proto::node_report rep{key.second,  r.bytes,       r.start_ns,     r.end_ns,
+                           r.one_sided, r.gpu_copy_ns, r.gpu_queued_ns};
     r.promise->deliver(rep);      // first: the caller waits, the prefill less
     if (r.one_sided || r.offered) // the prefill's source blocks are free
       if (auto* peer = find_peer(self, key.first))
@@ -436,6 +436,8 @@ void on_landed(self_ptr self, const request_key& key,
   r.start_ns = std::min(r.start_ns, rep.announced_ns != 0 ? rep.announced_ns
                                                           : rep.first_known_ns);
   r.end_ns = std::max(r.end_ns, rep.landed_ns);
+  r.gpu_copy_ns += rep.gpu_copy_ns;
+  r.gpu_queued_ns += rep.gpu_queued_ns;
   ++r.parts_done;
   finish_incoming(self, key);
 }
@@ -452,9 +454,15 @@ void fail_and_tell(self_ptr self, const request_key& key,
 }
 
 // Orders our transfer actor to report part `part` of the request once it
-// landed.
+// landed (once per part: the caller's receive and the part note both ask).
 void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
   auto& st = self->state;
+  auto& posted = st.in[key].recv_posted;
+  if (posted.size() <= part)
+    posted.resize(part + 1, false);
+  if (posted[part])
+    return;
+  posted[part] = true;
   proto::recv_order o;
   o.transfer_id = transfer_id_of(key.second, part);
   o.peer_name = key.first;
@@ -631,6 +639,17 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
     self->send(peer->node, proto::node_want_atom::value,
                proto::node_request{
                    req.id, st.cfg.name, std::move(req.blocks), {}, false});
+  } else if (!r.failure) {
+    // A receive posts its recv orders at once (the parts the sender streams:
+    // every layer if layerwise, else one), as early as the sender's part
+    // notes could: our transfer actor knows of the request before its
+    // bytes come.
+    auto layers = st.cfg.layout.layers();
+    r.parts = req.layerwise ? layers : 1;
+    if (!req.layerwise)
+      post_recv(self, key, 0);
+    for (std::uint32_t part = 1; req.layerwise && part <= layers; ++part)
+      post_recv(self, key, part);
   }
   finish_incoming(self, key); // its parts may have landed already
   return promise;
@@ -787,8 +806,13 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
           fail_outgoing(self, key, why, false);
         else if (st.in.count(key) > 0)
           fail_incoming(self, key, why);
-        else
+        else if (auto* peer = find_peer(self, from);
+                 peer != nullptr &&
+                 peer->node.address() ==
+                     caf::actor_cast<caf::actor_addr>(self->current_sender()))
           st.in[key].failure = why; // kept for the caller's receive or pull
+        // (From our own app, withdrawing a request of `from` that ended
+        // meanwhile: nothing to keep.)
       },
       [self](proto::node_notify_atom, const std::string& to,
              std::string& payload) -> caf::result<caf::ok_atom> {

@@ -67,7 +67,10 @@ struct incoming_request {
   caf::error failure;                      // failed before the caller asked
   std::uint32_t parts = 0;                 // 0: no part note yet
   std::uint32_t parts_done = 0;
+  std::vector<bool> recv_posted; // part p's recv order is posted
   std::uint64_t bytes = 0;
+  std::int64_t gpu_copy_ns = 0; // CUDA IPC, summed over parts
+  std::int64_t gpu_queued_ns = 0;
   std::int64_t start_ns = std::numeric_limits<std::int64_t>::max();
   std::int64_t end_ns = 0;
   // One-sided pull (read over CUDA IPC): the blocks of both sides, and the

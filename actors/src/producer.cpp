@@ -1,12 +1,16 @@
 // The producer: a prefill worker's app actor.
 //
-// For each request it takes blocks from its pool (blocks[l * bpl + b] holds
-// block b of layer l), "prefills" them with a deterministic pattern, gets
-// destination blocks from the consumer (push) and hands one plan per part to
-// its transfer actor — the whole request, or one layer at a time as soon as
-// that layer is written (--layerwise). In pull mode it advertises its blocks
-// and the consumer's side asks our transfer actor to send. Blocks return to
-// the pool once no plugin request can touch them any more.
+// For each request it takes block ids from its pool (pool_layout: one id =
+// one block of tokens across all layers), "prefills" them with a
+// deterministic pattern, gets destination ids from the consumer (push) and
+// asks the worker's node actor to send them (node_send) — the whole request,
+// or layer by layer as each layer is written (--layerwise, node_layer). In
+// pull mode it advertises them through the node (node_advertise) and tells
+// the consumer, whose node pulls. The node plans and orders the transfer
+// actor; this actor plans nothing. Blocks return to the pool once the node
+// says no transfer can touch them any more. The consumer's node is met on
+// the first request to that consumer (node_connect names the consumer,
+// which forwards the hello to its node).
 //
 // Credit (push): each consumer lends this producer destination blocks ahead
 // of time (`reserve`, asked on first contact and when short). A request the
@@ -33,7 +37,6 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
-#include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "producer_state.hpp"
 
@@ -64,7 +67,7 @@ std::int64_t since(clock_type::time_point t0) {
 void release_blocks(self_ptr self, request_ctx& ctx) {
   if (!ctx.released) {
     ctx.released = true;
-    self->state.pool->release(ctx.blocks);
+    self->state.pool->release(ctx.ids);
     resume_parked(self);
   }
 }
@@ -115,14 +118,15 @@ void hash_request(self_ptr self, request_ctx& ctx) {
   ctx.hashed = true;
 }
 
-// Block offsets of one part (one layer when layerwise, else all).
-std::vector<std::uint64_t> part_of(const request_ctx& ctx,
-                                   const std::vector<std::uint64_t>& all,
-                                   std::uint32_t part) {
-  if (ctx.parts == 1)
-    return all;
-  auto first = all.begin() + std::size_t{part} * ctx.bpl;
-  return {first, first + ctx.bpl};
+// How long our node may take to answer a send: each part's send order has
+// timeout_ms, and every part is posted while send_into runs.
+milliseconds node_reply_timeout(const app_config& cfg) {
+  return milliseconds(std::uint64_t{cfg.timeout_ms} + 1000);
+}
+
+// The consumer's node's name (known: requests wait for the hello).
+const std::string& consumer_node_of(self_ptr self, const request_ctx& ctx) {
+  return self->state.nodes[ctx.req.consumer.address()].name;
 }
 
 void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
@@ -151,55 +155,56 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
           });
 }
 
-void send_part(self_ptr self, const ctx_ptr& ctx, const proto::grant& g,
-               std::uint32_t part) {
-  auto& cfg = self->state.cfg;
-  proto::send_order o;
-  o.transfer_id = transfer_id_of(ctx->req.request_id, part);
-  o.peer = g.receiver;
-  o.timeout_ms = cfg.timeout_ms;
-  o.extents = plan_blocks(part_of(*ctx, ctx->blocks, part),
-                          part_of(*ctx, g.block_offsets, part),
-                          cfg.geometry.layer_block_bytes());
-  ++ctx->sends_left;
-  self->request(cfg.transfer, milliseconds(cfg.timeout_ms + 1000),
-                proto::send_atom::value, std::move(o))
-      .then(
-          [self, ctx](std::uint64_t) {
-            if (--ctx->sends_left > 0 || ctx->failed) {
-              if (ctx->failed && ctx->sends_left == 0)
-                release_blocks(self, *ctx);
-              return;
-            }
-            ctx->transfer_ns = since(ctx->send_start);
-            release_blocks(self, *ctx);
-            if (!ctx->delegated)
-              notify_arrived(self, ctx);
-          },
-          [self, ctx](caf::error& err) {
-            --ctx->sends_left;
-            fail_request(self, ctx, std::move(err));
-          });
+// Our node answered the send: every byte left the source blocks.
+void on_sent(self_ptr self, const ctx_ptr& ctx) {
+  if (--ctx->sends_left > 0 || ctx->failed) {
+    if (ctx->failed && ctx->sends_left == 0)
+      release_blocks(self, *ctx);
+    return;
+  }
+  ctx->transfer_ns = since(ctx->send_start);
+  release_blocks(self, *ctx);
+  if (!ctx->delegated)
+    notify_arrived(self, ctx);
 }
 
-// Orders the send of every part into the blocks of `g` (filling each layer
-// just before its send when layer by layer). An error when a fill failed
-// (the layers before it are on their way).
+// Asks our node to send the request into the ids of `g` (filling each layer
+// and telling the node it is written, when layer by layer). An error when a
+// fill failed (the layers before it are on their way).
 caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
+  auto& cfg = self->state.cfg;
   ctx->send_start = clock_type::now();
   ctx->consumer_name = g.receiver.name;
-  if (!ctx->req.layerwise) { // filled and hashed before allocate
-    send_part(self, ctx, g, 0);
+  auto id = ctx->req.request_id;
+  ++ctx->sends_left;
+  self->request(cfg.node, node_reply_timeout(cfg), proto::node_send_atom::value,
+                proto::node_request{id, consumer_node_of(self, *ctx), ctx->ids,
+                                    g.block_offsets, ctx->parts > 1})
+      .then([self, ctx](const proto::node_report&) { on_sent(self, ctx); },
+            [self, ctx](caf::error& err) {
+              --ctx->sends_left;
+              fail_request(self, ctx, std::move(err));
+            });
+  if (ctx->parts == 1) // filled and hashed before allocate
     return {};
-  }
   // Layer by layer: each layer goes as soon as it is written.
   std::int64_t fill_ns = 0;
   for (std::uint32_t l = 0; l < ctx->parts; ++l) {
     auto tf = clock_type::now();
-    if (auto err = fill_layers(self, ctx, l, 1))
+    if (auto err = fill_layers(self, ctx, l, 1)) {
+      // The layers after it never come: the node fails the send now (and
+      // tells the consumer's), which frees the blocks.
+      self->send(cfg.node, proto::node_fail_atom::value,
+                 consumer_node_of(self, *ctx), id, err);
       return err;
+    }
     fill_ns += since(tf);
-    send_part(self, ctx, g, l);
+    self->request(cfg.node, node_reply_timeout(cfg),
+                  proto::node_layer_atom::value, id, l, std::uint64_t{0})
+        .then([](caf::ok_atom) {},
+              [self, ctx](caf::error& err) {
+                fail_request(self, ctx, std::move(err));
+              });
   }
   auto th = clock_type::now();
   hash_request(self, *ctx);
@@ -210,14 +215,14 @@ caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
 void on_grant(self_ptr self, const ctx_ptr& ctx, proto::grant& g) {
   if (ctx->failed)
     return;
-  if (g.block_offsets.size() != ctx->blocks.size())
+  if (g.block_offsets.size() != ctx->ids.size())
     return fail_request(
         self, ctx,
         make_error(ec::mismatch,
                    fmt::format("request {}: consumer granted {} blocks, the "
                                "producer needs {}",
                                ctx->req.request_id, g.block_offsets.size(),
-                               ctx->blocks.size())));
+                               ctx->ids.size())));
   if (auto err = send_into(self, ctx, g))
     fail_request(self, ctx, std::move(err));
 }
@@ -285,7 +290,7 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
                                                   const ctx_ptr& ctx,
                                                   credit_line& line,
                                                   bool parked) {
-  auto n = ctx->blocks.size();
+  auto n = ctx->ids.size();
   proto::grant g;
   g.request_id = ctx->req.request_id;
   g.receiver = line.receiver;
@@ -329,9 +334,27 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   return ctx->promise;
 }
 
+// Pull: offers the blocks through our node (it answers once the consumer's
+// node has pulled them, or failed: then the blocks are free) and tells the
+// consumer, which pulls and answers.
 void advertise(self_ptr self, const ctx_ptr& ctx) {
   auto& st = self->state;
   auto& r = ctx->req;
+  auto node = consumer_node_of(self, *ctx);
+  ++ctx->sends_left;
+  self->request(st.cfg.node,
+                queued_reply_timeout(st.cfg) + node_reply_timeout(st.cfg),
+                proto::node_advertise_atom::value,
+                proto::node_request{r.request_id, node, ctx->ids, {}, false})
+      .then(
+          [self, ctx](const proto::node_report&) {
+            --ctx->sends_left;
+            release_blocks(self, *ctx);
+          },
+          [self, ctx](caf::error& err) {
+            --ctx->sends_left;
+            fail_request(self, ctx, std::move(err));
+          });
   proto::arrival_notice n;
   n.request_id = r.request_id;
   n.bytes = ctx->bytes;
@@ -339,24 +362,27 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
   n.has_xxhash = ctx->hashed;
   n.pattern_seed = r.pattern_seed;
   n.source = st.cfg.self;
-  n.block_offsets = ctx->blocks;
+  n.block_offsets = ctx->ids;
   n.blocks_per_layer = ctx->bpl;
-  n.layers = r.layerwise ? st.cfg.geometry.layers : 0; // 0: one part
+  n.layers = 0; // one part: every layer was written before the advert
   n.requester = ctx->router;
   self->request(caf::actor_cast<consumer_actor>(r.consumer),
                 queued_reply_timeout(st.cfg), proto::advertise_atom::value,
                 std::move(n))
       .then(
           [self, ctx](proto::ready_report& rep) {
-            release_blocks(self, *ctx);
             if (ctx->failed)
               return;
             rep.compute_ns += ctx->compute_ns;
             answer(self, ctx, std::move(rep));
           },
-          [self, ctx](caf::error& err) {
-            // The consumer's side fails only after its transfers resolved
-            // (or its deadline closed the channel), so the blocks are free.
+          [self, ctx, node](caf::error& err) {
+            // The consumer fails only after its node's pull resolved (or
+            // before it pulled): withdraw the offer, which frees the blocks
+            // once our node lets go of them.
+            if (ctx->sends_left > 0)
+              self->send(self->state.cfg.node, proto::node_fail_atom::value,
+                         node, ctx->req.request_id, err);
             fail_request(self, ctx, std::move(err));
           });
 }
@@ -380,9 +406,66 @@ void negotiate(self_ptr self, const ctx_ptr& ctx) {
             });
 }
 
+// Hands a request whose blocks are written (unless layerwise) to the
+// consumer: through its credit, or allocate/grant, or an advert (pull).
+caf::result<proto::ready_report> dispatch(self_ptr self, const ctx_ptr& ctx,
+                                          bool parked) {
+  auto& st = self->state;
+  auto& r = ctx->req;
+  if (!r.pull) {
+    auto& line = st.credit[r.consumer.address()];
+    maybe_reserve(self, r.consumer, line, ctx->ids.size());
+    if (line.blocks.size() >= ctx->ids.size())
+      return send_with_credit(self, ctx, line, parked);
+  }
+  if (!parked)
+    ctx->promise = self->make_response_promise<proto::ready_report>();
+  st.active.emplace(r.request_id, ctx);
+  if (r.pull)
+    advertise(self, ctx);
+  else
+    negotiate(self, ctx);
+  return ctx->promise;
+}
+
+// Our node meets `consumer`'s (node_connect: the consumer forwards the hello
+// to its node); the requests that waited for it go on, or fail with it.
+void connect_node(self_ptr self, const caf::actor& consumer) {
+  auto& st = self->state;
+  auto addr = consumer.address();
+  auto& peer = st.nodes[addr];
+  if (std::exchange(peer.connecting, true))
+    return;
+  self->request(st.cfg.node, milliseconds(st.cfg.timeout_ms),
+                proto::node_connect_atom::value, consumer)
+      .then(
+          [self, addr](std::string& name) {
+            auto& peer = self->state.nodes[addr];
+            peer.connecting = false;
+            peer.name = std::move(name);
+            auto waiting = std::move(peer.waiting);
+            for (auto& ctx : waiting) {
+              if (ctx->failed)
+                continue;
+              self->state.active.erase(ctx->req.request_id);
+              dispatch(self, ctx, true);
+            }
+          },
+          [self, addr](caf::error& err) {
+            auto i = self->state.nodes.find(addr);
+            if (i == self->state.nodes.end())
+              return; // the consumer went down: its requests failed
+            auto waiting = std::move(i->second.waiting);
+            self->state.nodes.erase(i);
+            for (auto& ctx : waiting) // the node's error names both nodes
+              fail_request(self, ctx, err);
+          });
+}
+
 // Runs a request whose source blocks are allocated. A request that waited
-// for blocks (`parked`) already holds the router's promise and cannot be
-// delegated any more: its credit path asks the consumer and relays.
+// for blocks or for the consumer's node (`parked`) already holds the
+// router's promise and cannot be delegated any more: its credit path asks
+// the consumer and relays.
 caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
                                              bool parked) {
   auto& st = self->state;
@@ -402,20 +485,24 @@ caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
     hash_request(self, *ctx);
     ctx->compute_ns = since(t0);
   }
-  if (!r.pull) {
-    auto& line = st.credit[r.consumer.address()];
-    maybe_reserve(self, r.consumer, line, ctx->blocks.size());
-    if (line.blocks.size() >= ctx->blocks.size())
-      return send_with_credit(self, ctx, line, parked);
-  }
+  auto& peer = st.nodes[r.consumer.address()];
+  if (!peer.name.empty())
+    return dispatch(self, ctx, parked);
   if (!parked)
     ctx->promise = self->make_response_promise<proto::ready_report>();
-  st.active.emplace(r.request_id, ctx);
-  if (r.pull)
-    advertise(self, ctx);
-  else
-    negotiate(self, ctx);
+  st.active.emplace(r.request_id, ctx); // its consumer's death fails it
+  peer.waiting.push_back(ctx);
+  connect_node(self, r.consumer);
   return ctx->promise;
+}
+
+// Takes `ctx`'s source blocks from the pool; false when too few are free.
+bool take_blocks(self_ptr self, request_ctx& ctx) {
+  auto& st = self->state;
+  if (!st.pool->allocate(ctx.bpl, ctx.ids))
+    return false;
+  ctx.blocks = layer_block_offsets(st.layout, ctx.ids);
+  return true;
 }
 
 // Starts parked requests, oldest first, while their blocks fit.
@@ -423,8 +510,7 @@ void resume_parked(self_ptr self) {
   auto& st = self->state;
   while (!st.parked.empty()) {
     auto ctx = st.parked.front();
-    std::uint64_t n = std::uint64_t{ctx->bpl} * st.cfg.geometry.layers;
-    if (!st.pool->allocate(n, ctx->blocks))
+    if (!take_blocks(self, *ctx))
       return;
     st.parked.pop_front();
     run_request(self, ctx, true);
@@ -452,15 +538,15 @@ void on_park_timer(self_ptr self) {
     ctx->released = true; // it never got blocks
     fail_request(
         self, ctx,
-        make_error(
-            ec::timeout,
-            fmt::format("producer '{}': request {} waited {} ms for "
-                        "{} source blocks (queue_wait_ms); {} of {} "
-                        "free, the rest held by requests whose sends "
-                        "are still in flight",
-                        st.cfg.name, ctx->req.request_id, st.cfg.queue_wait_ms,
-                        ctx->bytes / st.cfg.geometry.layer_block_bytes(),
-                        st.pool->free_blocks(), st.pool->block_count())));
+        make_error(ec::timeout,
+                   fmt::format("producer '{}': request {} waited {} ms for "
+                               "{} source blocks (queue_wait_ms); {} of {} "
+                               "free, the rest held by requests whose sends "
+                               "are still in flight",
+                               st.cfg.name, ctx->req.request_id,
+                               st.cfg.queue_wait_ms, ctx->bpl,
+                               st.pool->free_blocks(),
+                               st.pool->block_count())));
   }
   resume_parked(self); // a request behind them may fit
   arm_park_timer(self);
@@ -486,12 +572,12 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
     return make_error(
         ec::invalid_argument,
         fmt::format("--layerwise supports at most {} layers", max_parts));
-  std::uint64_t n = std::uint64_t{bpl} * geo.layers;
+  std::uint64_t n = bpl; // ids: each a block of every layer
   ctx->req = std::move(req);
   ctx->req.layerwise |= st.cfg.layerwise;
   ctx->req.pull |= st.cfg.pull;
-  ctx->bytes = n * geo.layer_block_bytes();
-  if (st.parked.empty() && st.pool->allocate(n, ctx->blocks))
+  ctx->bytes = n * geo.layers * geo.layer_block_bytes();
+  if (st.parked.empty() && take_blocks(self, *ctx))
     return run_request(self, ctx, false);
   // Short of blocks: those of requests in flight come back once their sends
   // resolve (done, failed or timed out), so wait for them; with credit the
@@ -551,6 +637,8 @@ void on_consumer_left(self_ptr self, const std::string& name,
     i = gone.count(i->first) != 0 || i->second.receiver.name == name
             ? st.credit.erase(i)
             : std::next(i);
+  for (auto& addr : gone)
+    st.nodes.erase(addr); // met again (hello) by its next request
   fail_where(
       self,
       [&](const request_ctx& c) {
@@ -563,14 +651,18 @@ void on_consumer_left(self_ptr self, const std::string& name,
 }
 
 producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
-  auto blocks = cfg.region->size() / cfg.geometry.layer_block_bytes();
+  self->state.layout = pool_layout(cfg.geometry, cfg.region->size());
+  // block_bytes 1: the pool's "offsets" are the layout's block ids.
   self->state.pool =
-      std::make_unique<block_pool>(blocks, cfg.geometry.layer_block_bytes());
+      std::make_unique<block_pool>(self->state.layout.num_blocks(), 1);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
+  if (self->state.cfg.node)
+    self->link_to(self->state.cfg.node);
   self->set_down_handler([self](caf::down_msg& dm) {
     self->state.monitored.erase(dm.source);
     self->state.credit.erase(dm.source); // its loan died with it
+    self->state.nodes.erase(dm.source);
     std::vector<ctx_ptr> hit;
     for (auto& [id, ctx] : self->state.active)
       if (ctx->req.consumer.address() == dm.source)

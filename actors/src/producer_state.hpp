@@ -16,6 +16,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
+#include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/plan.hpp"
 
@@ -30,7 +31,8 @@ struct request_ctx {
   std::string consumer_name; // known once granted
   std::uint32_t bpl = 0;
   std::uint32_t parts = 1;
-  std::vector<std::uint64_t> blocks;
+  std::vector<std::uint64_t> ids;    // pool block ids (node requests)
+  std::vector<std::uint64_t> blocks; // their layer-blocks' offsets, by layer
   caf::typed_response_promise<proto::ready_report> promise;
   std::uint64_t hash = 0;
   bool hashed = false; // only host memory is hashed (on the CPU)
@@ -39,8 +41,8 @@ struct request_ctx {
   clock_type::time_point send_start;
   caf::actor_clock::time_point park_deadline; // while waiting for blocks
   std::int64_t transfer_ns = 0;
-  std::uint32_t sends_left = 0;
-  bool delegated = false; // the consumer answers the router (credit)
+  std::uint32_t sends_left = 0; // node requests that may still read blocks
+  bool delegated = false;       // the consumer answers the router (credit)
   bool failed = false;
   bool released = false;
 };
@@ -58,9 +60,18 @@ struct credit_line {
   bool dry = false;
 };
 
+// A consumer's node as our node knows it (met by node_connect on the first
+// request to it); requests to it wait for the hello.
+struct consumer_node {
+  std::string name; // empty until the hello is answered
+  bool connecting = false;
+  std::vector<ctx_ptr> waiting;
+};
+
 struct producer_state {
   app_config cfg;
-  std::unique_ptr<block_pool> pool;
+  kv_layout layout;                    // the pool (pool_layout)
+  std::unique_ptr<block_pool> pool;    // of block ids (block_bytes 1)
   std::unique_ptr<kv_pattern> pattern; // "prefill" on host or GPU memory
   std::unordered_map<caf::actor_addr, credit_line> credit; // by consumer
   // Requests waiting for source blocks (see on_prefill), oldest first.
@@ -75,6 +86,7 @@ struct producer_state {
   // fails its requests even when no down message can reach us (its node
   // died before we ever connected to it).
   std::unordered_map<caf::actor_addr, std::string> consumer_names;
+  std::unordered_map<caf::actor_addr, consumer_node> nodes; // by consumer
   static inline const char* name = "kvferry.producer";
 };
 

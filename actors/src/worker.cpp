@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/connect_peers.hpp"
 #include "kvferry/actors/directory.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/transport/device_choice.hpp"
@@ -193,6 +195,29 @@ worker_transfer_config(const worker_options& opts,
   return tc;
 }
 
+kv_layout pool_layout(const kv_geometry& g, std::uint64_t region_bytes) {
+  auto lbb = g.layer_block_bytes();
+  auto ids = region_bytes / (std::uint64_t{g.layers} * lbb);
+  if (ids == 0)
+    throw std::invalid_argument(fmt::format(
+        "a KV pool of {} bytes holds no block of all {} layers "
+        "({} bytes each): give it at least {} layer-blocks "
+        "(--pool-blocks)",
+        region_bytes, g.layers, std::uint64_t{g.layers} * lbb, g.layers));
+  return kv_layout::block_major(g.layers, ids, lbb / 2);
+}
+
+std::vector<std::uint64_t>
+layer_block_offsets(const kv_layout& pool,
+                    const std::vector<std::uint64_t>& ids) {
+  std::vector<std::uint64_t> out;
+  out.reserve(std::size_t{pool.layers()} * ids.size());
+  for (std::uint32_t l = 0; l < pool.layers(); ++l)
+    for (auto id : ids)
+      out.push_back(pool.locate(l, kv_half::k, id).offset);
+  return out;
+}
+
 namespace {
 
 app_config make_app_config(const worker_options& opts,
@@ -285,6 +310,15 @@ caf::expected<worker_handle> start_worker(caf::actor_system& sys,
                                render(err));
                });
   auto ac = make_app_config(opts, *region, w.transfer, ep);
+  try {
+    w.node = spawn_node_actor(
+        sys, {opts.name, w.transfer, ep,
+              pool_layout(opts.geometry, (*region)->size()), opts.timeout_ms});
+  } catch (const std::exception& e) {
+    self->send_exit(w.transfer, caf::exit_reason::user_shutdown);
+    return worker_error(ec::invalid_argument, opts, e.what());
+  }
+  ac.node = w.node;
   w.app = opts.role == worker_role::prefill
               ? caf::actor_cast<caf::actor>(spawn_producer(sys, ac))
               : caf::actor_cast<caf::actor>(spawn_consumer(sys, ac));

@@ -217,7 +217,8 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "$KVFERRY_NET_DEVICES, else the one nearest the GPU)")
       ->delimiter(',');
   sub->add_option("--pool-blocks", cmd->options.pool_blocks,
-                  "KV block pool size in layer-blocks")
+                  "KV block pool size in layer-blocks (the pool holds "
+                  "this / --layers blocks of every layer)")
       ->capture_default_str();
   add_geometry_flags(*sub, cmd->options.geometry, cmd->dtype);
   sub->add_option("--mode", cmd->mode, "push or pull (producer's default)")
@@ -242,8 +243,8 @@ void add_worker(CLI::App& root, int& exit_code) {
                   "deadline of every remote request and transfer")
       ->capture_default_str();
   sub->add_option("--credit-blocks", cmd->options.credit_blocks,
-                  "prefill: blocks to ask each decode worker to lend ahead "
-                  "of time (0: negotiate every request)")
+                  "prefill: blocks (of every layer) to ask each decode "
+                  "worker to lend ahead of time (0: negotiate every request)")
       ->capture_default_str();
   sub->add_option("--lend-percent", cmd->options.lend_percent,
                   "decode: most of the pool lent to one prefill worker")

@@ -53,6 +53,7 @@
 #include "flow_network.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/directory.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/router.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/sim/answered_timeouts.hpp"
@@ -765,6 +766,11 @@ private:
     a.transfer = spawn_sim_transfer(sys_, w.name, bytes, net);
     spawned_.push_back(caf::actor_cast<caf::actor>(a.transfer));
     a.self = sim_endpoint(w.name, bytes, a.transfer);
+    // The worker's node actor moves its bytes, as in a real worker (linked
+    // to the app: a killed worker's node dies with it).
+    a.node =
+        spawn_node_actor(sys_, {w.name, a.transfer, a.self,
+                                pool_layout(geometry_, bytes), patient_ms});
     a.timeout_ms = patient_ms;
     a.queue_wait_ms = patient_ms;
     a.queue_limit = std::numeric_limits<std::uint32_t>::max();

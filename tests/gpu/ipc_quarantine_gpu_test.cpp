@@ -31,6 +31,7 @@
 #include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -148,12 +149,28 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   ac.self = ep;
   ac.timeout_ms = 1000;
   ac.lend_percent = 0;
+  // The pool's block ids (a block of every layer) and their layer-blocks.
+  const auto layout = pool_layout(geo, rc.region->size());
+  ac.node = spawn_node_actor(sys, {"decode-0", receiver, ep, layout, 1000});
   auto consumer = spawn_consumer(sys, ac);
 
   const auto port = test::child_port(dir.path);
   REQUIRE(port != 0);
   auto sender = sys.middleman().remote_actor<transfer_actor>("127.0.0.1", port);
   REQUIRE_MESSAGE(sender, render(sender.error()));
+  // The consumer receives through its node from prefill-0's node: a
+  // stand-in here over the child's transfer actor (the test orders that
+  // actor itself).
+  proto::endpoint sender_ep;
+  self->request(*sender, seconds(5), proto::endpoint_atom::value)
+      .receive([&](proto::endpoint& x) { sender_ep = x; },
+               [&](const caf::error& err) { FAIL(render(err)); });
+  auto sender_node =
+      spawn_node_actor(sys, {"prefill-0", *sender, sender_ep, layout, 1000});
+  self->request(sender_node, seconds(5), proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(consumer))
+      .receive([](const std::string&) {},
+               [&](const caf::error& err) { FAIL(render(err)); });
 
   auto allocate = [&](std::uint64_t id, std::uint32_t per_layer) {
     proto::allocate_request a;
@@ -188,14 +205,15 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
 
   // Request 1: the sender launches its copy (held back), we time out.
   auto first = allocate(1, 2);
-  REQUIRE(first.size() == 8);
-  std::vector<std::uint64_t> src(first.size());
+  REQUIRE(first.size() == 2); // ids: 8 layer-blocks
+  const auto first_at = layer_block_offsets(layout, first);
+  std::vector<std::uint64_t> src(first_at.size());
   for (std::uint64_t k = 0; k < src.size(); ++k)
     src[k] = k * bb;
   proto::send_order o;
   o.transfer_id = transfer_id_of(1, 0);
   o.peer = ep;
-  o.extents = plan_blocks(src, first, bb);
+  o.extents = plan_blocks(src, first_at, bb);
   o.timeout_ms = 60000; // the sender keeps waiting for its kernel
   // The send order's reply: the bytes once the sender saw its kernel end.
   auto sent = std::make_shared<std::promise<caf::expected<std::uint64_t>>>();
@@ -222,18 +240,19 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   // once that no copy of it runs, and its blocks come back, while request
   // 1's stay out: its kernel is still held.
   auto second = allocate(2, 2);
-  REQUIRE(second.size() == 8);
+  REQUIRE(second.size() == 2);
+  const auto second_at = layer_block_offsets(layout, second);
   CHECK(disjoint(first, second));
   CHECK(is(arrived(2, second.size()), ec::timeout));
   CHECK(eventually([&] { return quarantined() == 8; }, seconds(10)));
-  CHECK(blocks_zero(*rc.region, first, bb)); // the kernel has not run
+  CHECK(blocks_zero(*rc.region, first_at, bb)); // the kernel has not run
 
   // A send order for request 2 that reaches the sender only now (its
   // producer stuck, say on the hung GPU) is refused: its receiver gave up
   // on it and its blocks are back in the pool.
   proto::send_order late = o;
   late.transfer_id = transfer_id_of(2, 0);
-  late.extents = plan_blocks(src, second, bb);
+  late.extents = plan_blocks(src, second_at, bb);
   self->request(*sender, seconds(10), proto::send_atom::value, late)
       .receive(
           [&](std::uint64_t) { FAIL("a stale send order was carried out"); },
@@ -242,7 +261,7 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
             CHECK_MESSAGE(render(err).find("gave up") != std::string::npos,
                           render(err));
           });
-  CHECK(blocks_zero(*rc.region, second, bb));
+  CHECK(blocks_zero(*rc.region, second_at, bb));
   CHECK(sent_reply.wait_for(seconds(0)) == std::future_status::timeout);
 
   // The GPU "recovers": the kernel runs, the sender sees it end, answers;
@@ -262,11 +281,12 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   CHECK(transport::gpu_count_mismatches(
             gpu, expected.data(),
             reinterpret_cast<std::byte*>(rc.region->data()), plan) == 0);
-  CHECK(allocate(3, 4).size() == pool_blocks); // every block is back
+  CHECK(allocate(3, 4).size() == pool_blocks / geo.layers); // all back
 
   CHECK(test::stop_test_child(child.pid, dir.path) == 0);
   child.pid = 0;
   self->send_exit(consumer, caf::exit_reason::user_shutdown);
+  self->send_exit(sender_node, caf::exit_reason::user_shutdown);
   self->send_exit(receiver, caf::exit_reason::user_shutdown);
 }
 #endif

@@ -160,12 +160,14 @@ TEST_CASE("the two engines agree when decode pools run short: requests wait "
     return;
   scratch_dir dir("sim-engines-pools");
   auto trace = head(dir, 200);
-  // sim-2p2d.yaml with pools of 150,000 layer-blocks: some requests wait,
-  // and one prompt (5,000+ blocks a layer) is larger than a whole pool.
+  // sim-2p2d.yaml with pools of 150,016 layer-blocks (4,688 blocks of all
+  // 32 layers: a worker's pool holds whole blocks of every layer, so both
+  // engines count the same): some requests wait, and one prompt (5,000+
+  // blocks a layer) is larger than a whole pool.
   auto text = slurp(topology);
   for (auto at = text.find("700000"); at != std::string::npos;
        at = text.find("700000"))
-    text.replace(at, 6, "150000");
+    text.replace(at, 6, "150016");
   auto small = (dir.path / "small.yaml").string();
   std::ofstream(small) << text;
   auto model = sim(trace, "model", dir.path / "model", "", small);
@@ -177,7 +179,7 @@ TEST_CASE("the two engines agree when decode pools run short: requests wait "
   for (auto* out : {&model, &actors}) {
     CHECK(out->find("decode pool                      blocks") !=
           std::string::npos);
-    CHECK(out->find("  decode-1                       150000") !=
+    CHECK(out->find("  decode-1                       150016") !=
           std::string::npos);
     CHECK(out->find(" waited)") != std::string::npos);
     CHECK(out->find("(0 waited)") == std::string::npos);

@@ -18,6 +18,7 @@
 #include "eventually.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -126,10 +127,13 @@ struct fixture {
   transfer_actor receiver;
   consumer_actor consumer;
   proto::endpoint receiver_ep;
-  static constexpr std::uint64_t pool_blocks = 16;
+  static constexpr std::uint64_t pool_blocks = 16; // layer-blocks
+  static constexpr std::uint64_t pool_ids = 4;     // blocks of all 4 layers
+  node_actor sender_node;
   static constexpr std::uint32_t timeout_ms = 200;
 
-  // 4 layers of 256-byte blocks; a request of 2 blocks per layer takes 8.
+  // 4 layers of 256-byte blocks; a request of 2 blocks per layer takes 2
+  // ids (8 layer-blocks).
   explicit fixture(bool quarantine = true) {
     geo.layers = 4;
     geo.kv_heads = 2;
@@ -154,13 +158,29 @@ struct fixture {
     ac.self = receiver_ep;
     ac.timeout_ms = timeout_ms;
     ac.lend_percent = 0;
+    auto layout = pool_layout(geo, region->size());
+    ac.node = spawn_node_actor(
+        sys, {"decode-0", receiver, receiver_ep, layout, timeout_ms});
     consumer = spawn_consumer(sys, ac);
+    // prefill-0's node over the fake sender, met by the consumer's: the
+    // consumer's receives name it.
+    proto::endpoint sender_ep;
+    self->request(sender, seconds(5), proto::endpoint_atom::value)
+        .receive([&](proto::endpoint& ep) { sender_ep = ep; },
+                 [&](const caf::error& err) { FAIL(render(err)); });
+    sender_node = spawn_node_actor(
+        sys, {"prefill-0", sender, sender_ep, layout, timeout_ms});
+    self->request(sender_node, seconds(5), proto::node_connect_atom::value,
+                  caf::actor_cast<caf::actor>(consumer))
+        .receive([](const std::string&) {},
+                 [&](const caf::error& err) { FAIL(render(err)); });
   }
 
   ~fixture() {
     self->send_exit(consumer, caf::exit_reason::user_shutdown);
     self->send_exit(receiver, caf::exit_reason::user_shutdown);
     self->send_exit(sender, caf::exit_reason::user_shutdown);
+    self->send_exit(sender_node, caf::exit_reason::user_shutdown);
   }
 
   // The directory's word that prefill-0 exists (its transfer actor).
@@ -191,7 +211,7 @@ struct fixture {
   caf::error arrived(std::uint64_t id, std::uint64_t blocks) {
     proto::arrival_notice n;
     n.request_id = id;
-    n.bytes = blocks * geo.layer_block_bytes();
+    n.bytes = blocks * geo.layers * geo.layer_block_bytes();
     caf::error result;
     self->request(consumer, seconds(20), proto::arrived_atom::value, n)
         .receive([&](proto::ready_report&) {},
@@ -224,7 +244,7 @@ struct fixture {
   // and its blocks go into quarantine. Returns its blocks.
   std::vector<std::uint64_t> time_out_request(std::uint64_t id) {
     auto blocks = allocate(id);
-    REQUIRE(blocks.size() == 8);
+    REQUIRE(blocks.size() == 2);
     auto t0 = steady_clock::now();
     auto err = arrived(id, blocks.size());
     auto took = steady_clock::now() - t0;
@@ -264,11 +284,11 @@ TEST_CASE("ipc quarantine: a timed-out request's blocks wait for the "
     CHECK(f.log->asked[0].first == "decode-0");
     CHECK(f.log->asked[0].second == transfer_id_of(1, 0));
   }
-  // Only the other 8 blocks are free: the next request gets those.
+  // Only the other 2 ids are free: the next request gets those.
   auto second = f.allocate(2);
-  REQUIRE(second.size() == 8);
+  REQUIRE(second.size() == 2);
   CHECK(disjoint(first, second));
-  CHECK(is(f.arrived(2, 8), ec::timeout)); // 16 blocks quarantined now
+  CHECK(is(f.arrived(2, 2), ec::timeout)); // 16 layer-blocks quarantined
   CHECK(f.consumer_stats().quarantined_blocks == 16);
   REQUIRE(f.eventually_asked(2));
   // The sender's kernels end: it answers, every block comes back.
@@ -279,7 +299,7 @@ TEST_CASE("ipc quarantine: a timed-out request's blocks wait for the "
   CHECK(metrics.find("\nkvferry_ipc_quarantined_blocks 0\n") !=
         std::string::npos);
   auto all = f.allocate(3, 4); // the whole pool
-  CHECK(all.size() == fixture::pool_blocks);
+  CHECK(all.size() == fixture::pool_ids);
 }
 
 TEST_CASE("ipc quarantine: the sender's death releases the blocks") {
@@ -291,7 +311,7 @@ TEST_CASE("ipc quarantine: the sender's death releases the blocks") {
   f.self->send_exit(f.sender, caf::exit_reason::kill);
   CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
   CHECK(f.quarantined_transfers() == 0);
-  CHECK(f.allocate(2, 4).size() == fixture::pool_blocks);
+  CHECK(f.allocate(2, 4).size() == fixture::pool_ids);
 }
 
 TEST_CASE("ipc quarantine: a sender that leaves the directory before anyone "
@@ -302,7 +322,7 @@ TEST_CASE("ipc quarantine: a sender that leaves the directory before anyone "
   f.self->send(f.receiver, left_atom::value, std::string{"prefill-0"},
                make_error(ec::lease_expired, "test"));
   CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
-  CHECK(f.allocate(2, 4).size() == fixture::pool_blocks);
+  CHECK(f.allocate(2, 4).size() == fixture::pool_ids);
 }
 
 TEST_CASE("ipc quarantine: a sender that was asked and then left (a lost "
@@ -344,7 +364,7 @@ TEST_CASE("ipc quarantine: without CUDA IPC a timed-out request's blocks "
   f.announce_sender();
   f.time_out_request(1);
   CHECK(eventually([&] { return f.consumer_stats().quarantined_blocks == 0; }));
-  CHECK(f.allocate(2, 4).size() == fixture::pool_blocks);
+  CHECK(f.allocate(2, 4).size() == fixture::pool_ids);
   CHECK(f.log->asks() == 0);
 }
 

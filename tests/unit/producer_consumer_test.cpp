@@ -1,8 +1,11 @@
 // The producer/consumer protocol under CAF's deterministic scheduler, with a
 // fake in-process data path: a transfer actor of the real interface that
-// memcpys between the regions of two "workers" living in this process. What
-// is tested is the negotiation (allocate/grant/arrived, advertise),
-// layer-by-layer parts, verification and the errors a router sees.
+// memcpys between the regions of two "workers" living in this process, under
+// each worker's real node actor (which plans and posts the orders). What is
+// tested is the negotiation (allocate/grant/arrived, advertise),
+// layer-by-layer parts, verification and the errors a router sees. Pools
+// are given in layer-blocks (--pool-blocks); block ids, grants and credit
+// count blocks of every layer (pool_layout): 64 layer-blocks = 16 ids.
 #include <cstring>
 #include <map>
 #include <memory>
@@ -12,6 +15,7 @@
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
 
 using namespace kvferry;
@@ -184,6 +188,10 @@ struct fixture : test::actor_fixture {
     cfg.transfer = t;
     cfg.self = *ep;
     cfg.timeout_ms = 1000;
+    cfg.node = spawn_node_actor(
+        sys,
+        {name, t, *ep, pool_layout(geo, cfg.region->size()), cfg.timeout_ms});
+    spawned.push_back(caf::actor_cast<caf::actor>(cfg.node));
     return cfg;
   }
 
@@ -283,9 +291,9 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
   REQUIRE_MESSAGE(per_layer, render(per_layer.error()));
   CHECK(per_layer->gpu_copy_ns == 4 * 1500);
   CHECK(per_layer->gpu_queued_ns == 4 * 70);
-  auto pulled = prefill(13, 20, true, true);
+  auto pulled = prefill(13, 20, true, true); // one part: all layers written
   REQUIRE_MESSAGE(pulled, render(pulled.error()));
-  CHECK(pulled->gpu_copy_ns == 4 * 1500);
+  CHECK(pulled->gpu_copy_ns == 1500);
   net->gpu_copy_ns = 0; // not measured (a plugin): nothing to report
   net->gpu_queued_ns = 0;
   auto plugin = prefill(14, 20);
@@ -306,9 +314,11 @@ TEST_CASE_FIXTURE(fixture, "pull: the consumer fetches what was advertised") {
   auto r = prefill(4, 33, false, true);
   REQUIRE_MESSAGE(r, render(r.error()));
   CHECK(r->bytes == 9 * 4 * geo.layer_block_bytes());
-  auto r2 = prefill(5, 33, true, true); // pull, per layer
+  // A layerwise pull is one transfer too: every layer is written before
+  // the advert.
+  auto r2 = prefill(5, 33, true, true);
   REQUIRE_MESSAGE(r2, render(r2.error()));
-  CHECK(net->sends == 1 + 4);
+  CHECK(net->sends == 1 + 1);
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks return to both pools: many requests fit") {
@@ -418,15 +428,15 @@ caf::behavior fake_producer(caf::event_based_actor* self, consumer_actor c,
   };
 }
 
-// A credit notice of `blocks` (one part, layer-major) for producer `name`.
+// A credit notice of block ids `blocks` (one part) for producer `name`.
 proto::credit_notice notice_for(const fixture& f, std::uint64_t id,
                                 const std::string& name,
                                 std::vector<std::uint64_t> blocks) {
   proto::credit_notice n;
   n.request_id = id;
   n.producer = name;
-  n.blocks_per_layer = static_cast<std::uint32_t>(blocks.size() / f.geo.layers);
-  n.bytes = blocks.size() * f.geo.layer_block_bytes();
+  n.blocks_per_layer = static_cast<std::uint32_t>(blocks.size());
+  n.bytes = blocks.size() * f.geo.layers * f.geo.layer_block_bytes();
   n.block_offsets = std::move(blocks);
   return n;
 }
@@ -444,9 +454,14 @@ struct borrower {
   }
 };
 
-// Spawns a borrower named `name` whose grants come from `lender`.
+// Spawns a borrower named `name` whose grants come from `lender`, with a
+// node of its own that met the lender's (the consumer receives from it).
 borrower spawn_borrower(fixture& f, const consumer_actor& lender,
                         std::string name) {
+  auto cfg = f.make_app(name, 64);
+  auto met = f.request<std::string>(cfg.node, proto::node_connect_atom::value,
+                                    caf::actor_cast<caf::actor>(lender));
+  REQUIRE_MESSAGE(met, render(met.error()));
   borrower b{{}, std::make_shared<std::vector<std::uint64_t>>()};
   b.actor =
       f.sys.spawn(fake_producer, lender, std::move(name), f.geo, b.granted);
@@ -476,12 +491,12 @@ TEST_CASE_FIXTURE(fixture, "reserve lends at most lend_percent of the pool") {
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   auto g = reserve(*this, p, 1000);
   REQUIRE_MESSAGE(g, render(g.error()));
-  CHECK(g->block_offsets.size() == 16); // 25 % of 64
+  CHECK(g->block_offsets.size() == 4); // 25 % of 16 ids
   CHECK(g->receiver.name == "decode-0");
   auto more = reserve(*this, p, 1000);
   REQUIRE(more);
-  CHECK(more->block_offsets.empty()); // the cap holds across reserves
-  CHECK(stats_of(*this).lent_blocks == 16);
+  CHECK(more->block_offsets.empty());       // the cap holds across reserves
+  CHECK(stats_of(*this).lent_blocks == 16); // layer-blocks
   auto q = spawn_borrower(*this, consumer, "prefill-8");
   auto g2 = reserve(*this, q, 3);
   REQUIRE(g2);
@@ -502,7 +517,7 @@ TEST_CASE_FIXTURE(fixture, "a reserve of another geometry is refused") {
 
 TEST_CASE_FIXTURE(fixture, "requests within credit take no allocate round "
                            "trip, and blocks flow back to the credit") {
-  start(64, 64); // the loan: 16 blocks, room for one 12-block request
+  start(64, 64); // the loan: 4 ids, room for one 3-id request
   for (std::uint64_t id = 1; id <= 20; ++id) {
     auto r = prefill(id, 12); // 3 blocks per layer, 4 layers
     REQUIRE_MESSAGE(r, render(r.error()));
@@ -531,7 +546,7 @@ TEST_CASE_FIXTURE(fixture, "credit works layer by layer, and the reply "
 TEST_CASE_FIXTURE(fixture, "a request larger than the credit negotiates") {
   start(64, 64);
   REQUIRE(prefill(1, 4));     // first contact: the reserve goes out
-  auto r = prefill(2, 4 * 5); // 5 blocks x 4 layers = 20 > 16 lent
+  auto r = prefill(2, 4 * 5); // 5 ids > 4 lent
   REQUIRE_MESSAGE(r, render(r.error()));
   auto s = stats_of(*this);
   CHECK(s.negotiated == 2);
@@ -554,16 +569,15 @@ TEST_CASE_FIXTURE(fixture, "a producer that disables credit always "
   CHECK(s.lent_blocks == 0);
 }
 
-TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
-                           "the producer and the offset") {
+TEST_CASE_FIXTURE(fixture, "blocks outside the lent set are refused, naming "
+                           "the producer and the block") {
   start(64, 64);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(reserve(*this, p, 8));
-  REQUIRE(p.granted->size() == 8);
-  // Block 40 was never lent: the pool lends its lowest blocks first.
-  auto bb = geo.layer_block_bytes();
+  REQUIRE(p.granted->size() == 4);
+  // Block 10 was never lent: the pool lends its lowest blocks first.
   auto blocks = p.first_granted(3);
-  blocks.push_back(40 * bb);
+  blocks.push_back(10);
   auto r =
       request<proto::ready_report>(p.actor, proto::incoming_atom::value,
                                    notice_for(*this, 5, "prefill-9", blocks));
@@ -571,7 +585,7 @@ TEST_CASE_FIXTURE(fixture, "offsets outside the lent set are refused, naming "
   CHECK(is(r.error(), ec::invalid_extent));
   auto text = render(r.error());
   CHECK(text.find("prefill-9") != std::string::npos);
-  CHECK(text.find(std::to_string(40 * bb)) != std::string::npos);
+  CHECK(text.find("block 10") != std::string::npos);
   // A producer with no loan at all is refused too.
   auto r2 = request<proto::ready_report>(
       p.actor, proto::incoming_atom::value,
@@ -606,14 +620,14 @@ TEST_CASE_FIXTURE(fixture, "a dead producer's loan returns to the pool") {
   start(64, 16, false, 100);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(reserve(*this, p, 16));
-  CHECK(p.granted->size() == 16); // the whole pool is lent
+  CHECK(p.granted->size() == 4); // the whole pool (4 ids) is lent
   caf::anon_send_exit(p.actor, caf::exit_reason::kill);
   run();
   CHECK(stats_of(*this).lent_blocks == 0);
-  // All 16 are back in the pool: a new producer can borrow them all.
+  // All 4 are back in the pool: a new producer can borrow them all.
   auto q = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(reserve(*this, q, 16));
-  CHECK(q.granted->size() == 16);
+  CHECK(q.granted->size() == 4);
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks of a dead producer's request in flight "
@@ -634,7 +648,7 @@ TEST_CASE_FIXTURE(fixture, "blocks of a dead producer's request in flight "
   CHECK_FALSE(**slot);
   auto q = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(reserve(*this, q, 16));
-  CHECK(q.granted->size() == 16);
+  CHECK(q.granted->size() == 4);
 }
 
 TEST_CASE_FIXTURE(fixture, "a consumer that died before the first request "
@@ -797,7 +811,7 @@ TEST_CASE_FIXTURE(fixture, "a request larger than the consumer's whole pool "
   REQUIRE_FALSE(r);
   auto text = render(r.error());
   CHECK(text.find("decode-0") != std::string::npos);
-  CHECK(text.find("the pool has 4") != std::string::npos);
+  CHECK(text.find("the pool has 4") != std::string::npos); // layer-blocks
   CHECK(stats_of(*this).waited == 0);
 }
 
@@ -836,7 +850,7 @@ TEST_CASE_FIXTURE(fixture, "a producer that left the directory fails its "
   CHECK(text.find("request 302") != std::string::npos);
   // `left` may mean a lost lease only: the loan stays until the producer's
   // actor is down (it could still write into the lent blocks).
-  CHECK(stats_of(*this).lent_blocks == 8);
+  CHECK(stats_of(*this).lent_blocks == 16); // 4 ids of 4 layer-blocks
   // The receive still posted for it resolves (the real transfer actor
   // drops the peer at once; the fake one waits for the deadline): then the
   // blocks are back and the id is free.
@@ -876,21 +890,21 @@ TEST_CASE_FIXTURE(fixture, "a producer short of source blocks waits at most "
 
 TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
                            "none of the free ones") {
-  start_negotiating(*this, 12); // lends at most 3 (25 %)
+  start_negotiating(*this, 16); // 4 ids; lends at most 1 (25 %)
   net->hold_completions = true;
-  auto first = prefill_pending(*this, 1, 8);  // 8 blocks, held
-  auto second = prefill_pending(*this, 2, 8); // 8 > 4 free: waits
+  auto first = prefill_pending(*this, 1, 12); // 3 ids, held
+  auto second = prefill_pending(*this, 2, 8); // 2 ids > 1 free: waits
   REQUIRE(stats_of(*this).waiting == 1);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   auto g = reserve(*this, p, 4);
   REQUIRE_MESSAGE(g, render(g.error()));
-  CHECK(g->block_offsets.empty()); // 4 are free, but request 2 comes first
+  CHECK(g->block_offsets.empty()); // 1 is free, but request 2 comes first
   release_sends(*this);
   REQUIRE(*second);
   CHECK(**second);
   auto later = reserve(*this, p, 4); // nobody waits now
   REQUIRE(later);
-  CHECK(later->block_offsets.size() == 3);
+  CHECK(later->block_offsets.size() == 1);
 }
 
 // ---- every request ends (soak: ids refused as "already in flight")
@@ -919,8 +933,9 @@ void land(fixture& f, const transfer_actor& consumer_transfer, std::uint64_t id,
   proto::announcement a;
   a.transfer_id = transfer_id_of(id, 0);
   a.sender = "prefill-9";
-  for (auto off : g.block_offsets)
-    a.chunks.push_back({0, off, f.geo.layer_block_bytes()});
+  for (auto id : g.block_offsets) // where layer 0 of each id lands
+    a.chunks.push_back({0, id * f.geo.layers * f.geo.layer_block_bytes(),
+                        f.geo.layer_block_bytes()});
   caf::anon_send(consumer_transfer, proto::announce_atom::value, a);
   f.run();
 }
@@ -952,8 +967,9 @@ TEST_CASE_FIXTURE(fixture, "a push request whose bytes never come fails once "
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(allocate_through(*this, p, 13));
   CHECK(stats_of(*this).in_flight == 1);
-  // The receive's own timeout (timeout_ms + 1 s): well before the request's
-  // last-resort deadline (3 x timeout_ms + 1 s), so this path ends by itself.
+  // The node's receive's own timeout (timeout_ms + 1 s): well before the
+  // request's last-resort deadline (3 x timeout_ms + 1 s), so this path ends by
+  // itself.
   advance_time(std::chrono::milliseconds(2500));
   auto s = stats_of(*this);
   CHECK(s.in_flight == 0);
@@ -969,7 +985,7 @@ TEST_CASE_FIXTURE(fixture, "a push request whose bytes never come fails once "
   // The id is free: a new request 13 is granted, not a duplicate.
   auto again = allocate_through(*this, p, 13);
   REQUIRE_MESSAGE(again, render(again.error()));
-  CHECK(again->block_offsets.size() == geo.layers);
+  CHECK(again->block_offsets.size() == 1); // one id: a block of every layer
 }
 
 TEST_CASE_FIXTURE(fixture, "a push request whose `arrived` never comes fails "
@@ -985,8 +1001,9 @@ TEST_CASE_FIXTURE(fixture, "a push request whose `arrived` never comes fails "
   proto::announcement a;
   a.transfer_id = transfer_id_of(21, 0);
   a.sender = "prefill-9";
-  for (std::size_t k = 0; k < g->block_offsets.size(); ++k)
-    a.chunks.push_back({0, g->block_offsets[k], geo.layer_block_bytes()});
+  for (auto id : g->block_offsets)
+    a.chunks.push_back({0, id * geo.layers * geo.layer_block_bytes(),
+                        geo.layer_block_bytes()});
   caf::anon_send(c.transfer, proto::announce_atom::value, a);
   run();
   advance_time(std::chrono::milliseconds(3900));
@@ -1021,7 +1038,8 @@ TEST_CASE_FIXTURE(fixture, "a push request whose router dies is cancelled at "
   land(*this, c.transfer, 31, *g); // no transfer outstanding any more
   auto s = stats_of(*this);
   REQUIRE(s.in_flight == 1);
-  REQUIRE(s.free_blocks + g->block_offsets.size() == s.pool_blocks);
+  REQUIRE(s.free_blocks + g->block_offsets.size() * geo.layers ==
+          s.pool_blocks);
   caf::anon_send_exit(router, caf::exit_reason::kill);
   run(); // no virtual time passes: no deadline can fire
   s = stats_of(*this);

@@ -18,6 +18,7 @@
 #include "actor_fixture.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/directory.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/router.hpp"
 #include "kvferry/sim/answered_timeouts.hpp"
 #include "kvferry/sim/sim_transfer.hpp"
@@ -78,6 +79,9 @@ struct fixture : test::actor_fixture {
     auto ep = request<proto::endpoint>(a.transfer, proto::endpoint_atom::value);
     REQUIRE(ep);
     a.self = *ep;
+    // Its node actor moves the app's bytes (linked to the app).
+    a.node = spawn_node_actor(
+        sys, {name, a.transfer, a.self, pool_layout(a.geometry, bytes)});
     return a;
   }
   void enrol(const std::string& name, worker_role role, caf::actor app,

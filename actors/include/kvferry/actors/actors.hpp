@@ -216,7 +216,11 @@ using consumer_actor = caf::typed_actor<
     caf::reacts_to<proto::sweep_atom>,
     // With app_config::keep_blocks_until_decoded: request `id` left decode,
     // its blocks are free (the simulator's decode model says so).
-    caf::reacts_to<proto::decoded_atom, std::uint64_t>>;
+    caf::reacts_to<proto::decoded_atom, std::uint64_t>,
+    // A producer's node meeting this worker's node (its node_connect names
+    // this actor): forwarded to the node, which answers.
+    caf::replies_to<proto::node_hello_atom,
+                    proto::node_hello>::with<proto::node_hello>>;
 
 // ---- node (kvferry::node, issue #15) ---------------------------------------
 //

@@ -90,7 +90,8 @@ public:
   void stop();
 
   transfer_actor transfer;
-  caf::actor app; // producer_actor or consumer_actor, by role
+  caf::actor app;  // producer_actor or consumer_actor, by role
+  node_actor node; // over the pool; moves the app's bytes (linked to it)
   membership_actor keeper;
   /// Dials each peer of the other role that joins (spawn_peer_linker).
   caf::actor linker;

@@ -221,8 +221,9 @@ typename Inspector::result_type inspect(Inspector& f, allocate_request& x) {
 }
 
 /// Consumer -> producer: where the blocks go, and how to reach the receiver.
-/// `block_offsets[l * blocks_per_layer + b]` is the destination of block b of
-/// layer l in the receiver's region.
+/// `block_offsets` holds the receiver's pool block ids (despite the name:
+/// pool_layout in actors/app.hpp, one id = one block of tokens across all
+/// layers), the destination of the request's blocks in order.
 struct grant {
   std::uint64_t request_id = 0;
   endpoint receiver;
@@ -252,8 +253,8 @@ typename Inspector::result_type inspect(Inspector& f, reserve_request& x) {
 /// Producer -> consumer, delegating the router's request: the producer has
 /// written a request into blocks the consumer lent it and ordered the
 /// send(s); the consumer waits for them, verifies and answers the router.
-/// `block_offsets[l * blocks_per_layer + b]` is the destination of block b of
-/// layer l; part p is transfer transfer_id_of(request_id, p).
+/// `block_offsets` are the destination pool block ids, as in `grant`; `parts`
+/// is 1 or the layer count (layerwise).
 struct credit_notice {
   std::uint64_t request_id = 0;
   std::string producer;
@@ -283,7 +284,8 @@ struct arrival_notice {
   // consumer then regenerates the pattern from `pattern_seed` and compares.
   bool has_xxhash = false;
   std::uint64_t pattern_seed = 0; // the prefill_request's seed
-  // pull mode only:
+  // pull mode only (the source's node is named as its transfer actor;
+  // block_offsets: its pool block ids, as in `grant`):
   endpoint source;
   std::vector<std::uint64_t> block_offsets;
   std::uint32_t blocks_per_layer = 0;
@@ -459,11 +461,15 @@ struct node_report {
   std::int64_t data_start_ns = 0;
   std::int64_t data_end_ns = 0;
   bool ipc = false;
+  // Receiver, CUDA IPC: summed over parts, as in recv_report (0: unknown).
+  std::int64_t gpu_copy_ns = 0;
+  std::int64_t gpu_queued_ns = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_report& x) {
   return f(caf::meta::type_name("kvferry::proto::node_report"), x.id, x.bytes,
-           x.data_start_ns, x.data_end_ns, x.ipc);
+           x.data_start_ns, x.data_end_ns, x.ipc, x.gpu_copy_ns,
+           x.gpu_queued_ns);
 }
 
 /// Sending node -> receiving node, as it posts part `part` of request `id`
