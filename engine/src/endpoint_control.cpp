@@ -499,6 +499,11 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
   // actor system (which waits for its detached transfer actor until nothing
   // refers to it) can stop.
   self->set_exit_handler([self](caf::exit_msg& msg) {
+    // What piled up goes first: a receipt or an answer in an outbox is the
+    // peer's word that its transfer landed here (an endpoint may be
+    // destroyed as soon as its transfers completed).
+    for (auto& [id, p] : self->state.conns)
+      flush(self, p);
     self->state.conns.clear();
     self->state.by_name.clear();
     self->state.cfg.transfer = nullptr;
