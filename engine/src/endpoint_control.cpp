@@ -60,6 +60,7 @@ struct peer {
                                // awaits a receipt for (0: none)
     std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
     std::uint64_t answer = 0;  // a write or read: the answer it may get
+    bool landed = false;       // the peer said every byte landed there
   };
   std::unordered_map<xfer_id, op> inflight;
   // Our matched sends awaiting the peer's receipt: transfer id -> op.
@@ -250,6 +251,7 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
     }
     p.receipts[r.transfer_id] = o.id;
     p.inflight[o.id].awaits = r.transfer_id;
+    p.inflight[o.id].bytes = total_bytes(*extents);
     auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
     auto to = order_peer(
         p.ep, sizes_covering(*extents, extent_side::destination), path);
@@ -327,6 +329,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
+    op.bytes = total_bytes(o.extents); // as our transfer actor will report
     order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents));
     outbox(self, *p).claims.push_back(o.id);
     break;
@@ -354,6 +357,15 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
 }
 
+// The peer's word that op `id`'s bytes landed there (`err` empty): should
+// the peer go before our transfer actor reported the send, the op is done
+// all the same (its bytes are all at the peer; the peer may go as soon as
+// its receive completed).
+void mark_landed(peer& p, xfer_id id, const caf::error& err) {
+  if (auto i = p.inflight.find(id); i != p.inflight.end() && !err)
+    i->second.landed = true;
+}
+
 // The receive that our send filled settled at the peer.
 void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
                 const caf::error& err) {
@@ -371,6 +383,7 @@ void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
   }
   auto op = r->second;
   p.receipts.erase(r);
+  mark_landed(p, op, err);
   if (err)
     part_failed(self, conn, op, err);
   else
@@ -386,6 +399,7 @@ void on_answer(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
     return; // failed here already
   auto op = a->second;
   p.answers.erase(a);
+  mark_landed(p, op, err);
   if (err)
     part_failed(self, conn, op, err);
   else
@@ -478,7 +492,10 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
                            "gone ({})",
                            p.name, id, render(dm.reason))};
     for (auto& [op, entry] : p.inflight)
-      st.cfg.shared->fail(op, why);
+      if (entry.landed)
+        st.cfg.shared->complete(op, entry.bytes);
+      else
+        st.cfg.shared->fail(op, why);
     p.inflight.clear();
     p.receipts.clear();
     p.answers.clear();
