@@ -214,14 +214,21 @@ void order_send(self_ptr self, conn_id conn, xfer_id op_id,
             });
 }
 
-void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
-                std::uint64_t transfer_id, const std::string& sender) {
+// Asks our transfer actor to report when transfer `transfer_id` from
+// `sender` has landed here.
+auto await_arrival(self_ptr self, std::uint64_t transfer_id,
+                   const std::string& sender) {
   proto::recv_order o;
   o.transfer_id = transfer_id;
   o.peer_name = sender;
   o.timeout_ms = self->state.cfg.timeout_ms;
-  self->request(self->state.cfg.transfer, caf::infinite,
-                proto::recv_atom::value, std::move(o))
+  return self->request(self->state.cfg.transfer, caf::infinite,
+                       proto::recv_atom::value, std::move(o));
+}
+
+void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
+                std::uint64_t transfer_id, const std::string& sender) {
+  await_arrival(self, transfer_id, sender)
       .then(
           [self, conn, op_id](proto::recv_report& r) {
             part_done(self, conn, op_id, r.bytes);
@@ -366,44 +373,36 @@ void mark_landed(peer& p, xfer_id id, const caf::error& err) {
     i->second.landed = true;
 }
 
+// The peer's word on one of our ops: `table` (receipts or answers) maps its
+// transfer id to the op. False when no op awaits it (failed here already).
+bool take_word(self_ptr self, conn_id conn, peer& p,
+               std::unordered_map<std::uint64_t, xfer_id>& table,
+               std::uint64_t transfer_id, const caf::error& err) {
+  auto w = table.find(transfer_id);
+  if (w == table.end())
+    return false;
+  auto op = w->second;
+  table.erase(w);
+  mark_landed(p, op, err);
+  if (err)
+    part_failed(self, conn, op, err);
+  else
+    part_done(self, conn, op, std::nullopt);
+  return true;
+}
+
 // The receive that our send filled settled at the peer.
 void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
                 const caf::error& err) {
-  auto r = p.receipts.find(transfer_id);
-  if (r == p.receipts.end()) {
-    // No send of ours filled that receive (or ours failed here already):
-    // a receive that failed there (its deadline) must not take a later send.
-    if (err)
-      p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
-                                    [&](const proto::posted_recv& x) {
-                                      return x.transfer_id == transfer_id;
-                                    }),
-                     p.posted.end());
+  if (take_word(self, conn, p, p.receipts, transfer_id, err) || !err)
     return;
-  }
-  auto op = r->second;
-  p.receipts.erase(r);
-  mark_landed(p, op, err);
-  if (err)
-    part_failed(self, conn, op, err);
-  else
-    part_done(self, conn, op, std::nullopt);
-}
-
-// The peer's answer to a claim (a write landed there, or not) or to a push
-// (a read's: only its failure is answered).
-void on_answer(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
-               const caf::error& err) {
-  auto a = p.answers.find(transfer_id);
-  if (a == p.answers.end())
-    return; // failed here already
-  auto op = a->second;
-  p.answers.erase(a);
-  mark_landed(p, op, err);
-  if (err)
-    part_failed(self, conn, op, err);
-  else
-    part_done(self, conn, op, std::nullopt);
+  // No send of ours filled that receive (or ours failed here already): a
+  // receive that failed there (its deadline) must not take a later send.
+  p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
+                                [&](const proto::posted_recv& x) {
+                                  return x.transfer_id == transfer_id;
+                                }),
+                 p.posted.end());
 }
 
 // Answers the peer's claim or push `transfer_id` (an empty error: landed).
@@ -416,12 +415,7 @@ void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
 // The peer's write `id` lands in our table: answer once it did.
 void claim(self_ptr self, conn_id conn, const std::string& sender,
            std::uint64_t id) {
-  proto::recv_order o;
-  o.transfer_id = id;
-  o.peer_name = sender;
-  o.timeout_ms = self->state.cfg.timeout_ms;
-  self->request(self->state.cfg.transfer, caf::infinite,
-                proto::recv_atom::value, std::move(o))
+  await_arrival(self, id, sender)
       .then([self, conn,
              id](proto::recv_report&) { answer(self, conn, id, caf::error{}); },
             [self, conn, id](caf::error& err) { answer(self, conn, id, err); });
@@ -452,8 +446,10 @@ void on_batch(self_ptr self, proto::ep_batch& b) {
     match_sends(self, conn, p);
   for (const auto& r : b.receipts)
     on_receipt(self, conn, p, r.transfer_id, r.error);
+  // Answers to our claims (a write landed there, or not) and pushes (a
+  // read's: only its failure is answered).
   for (const auto& a : b.answers)
-    on_answer(self, conn, p, a.transfer_id, a.error);
+    take_word(self, conn, p, p.answers, a.transfer_id, a.error);
   for (auto id : b.claims)
     claim(self, conn, b.sender, id);
   for (auto& o : b.pushes)

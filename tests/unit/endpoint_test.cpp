@@ -47,6 +47,15 @@ bool says(const status& s, const std::string& what) {
   return s.message().find(what) != std::string::npos;
 }
 
+// `a` connects to `b`: a's connection, b's.
+std::pair<conn_id, conn_id> link(endpoint& a, endpoint& b) {
+  auto c = a.connect(b.metadata());
+  REQUIRE_MESSAGE(c.ok(), c.error().message());
+  auto d = b.accept(limit);
+  REQUIRE_MESSAGE(d.ok(), d.error().message());
+  return {*c, *d};
+}
+
 // Two connected endpoints, each with a registered buffer.
 struct pair {
   endpoint a = make("ep-test-a");
@@ -448,15 +457,12 @@ TEST_CASE("an endpoint may go as soon as its send completed") {
     xfer_id recv_id = 0;
     {
       auto a = make("ep-test-goes-" + std::to_string(round));
-      auto c = a.connect(b.metadata());
-      REQUIRE_MESSAGE(c.ok(), c.error().message());
-      auto ba = b.accept(limit);
-      REQUIRE(ba.ok());
-      auto r = b.recv(*ba, {{ir, 0, inbox.size()}});
+      auto [c, ba] = link(a, b);
+      auto r = b.recv(ba, {{ir, 0, inbox.size()}});
       REQUIRE(r.ok());
       recv_id = *r;
       auto ar = a.reg(out.data(), out.size()).value();
-      auto s = a.send(*c, {{ar, 0, out.size()}});
+      auto s = a.send(c, {{ar, 0, out.size()}});
       REQUIRE(s.ok());
       auto sent = a.wait(*s, limit);
       REQUIRE_MESSAGE(sent.ok(), sent.error().message());
@@ -482,13 +488,10 @@ TEST_CASE("a receiver may go as soon as its receive completed: the send "
       auto b = make("ep-test-receiver-goes-" + std::to_string(round));
       std::vector<std::uint8_t> inbox(out.size(), 0);
       auto ir = b.reg(inbox.data(), inbox.size()).value();
-      auto c = a.connect(b.metadata());
-      REQUIRE_MESSAGE(c.ok(), c.error().message());
-      auto ba = b.accept(limit);
-      REQUIRE(ba.ok());
-      auto r = b.recv(*ba, {{ir, 0, inbox.size()}});
+      auto [c, ba] = link(a, b);
+      auto r = b.recv(ba, {{ir, 0, inbox.size()}});
       REQUIRE(r.ok());
-      auto s = a.send(*c, {{ar, 0, out.size()}});
+      auto s = a.send(c, {{ar, 0, out.size()}});
       REQUIRE(s.ok());
       send_id = *s;
       auto got = b.wait(*r, limit);
