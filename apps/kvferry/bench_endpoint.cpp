@@ -427,6 +427,7 @@ bool report_ipc(const options& o, const endpoint_bench_options& bo,
 // alternate the sides (A B C A B C): on a shared machine the load moves
 // between them, and one run of each would credit the load to one side.
 struct round_result {
+  std::string load; // /proc/loadavg's 1-minute figure at the round's start
   std::vector<endpoint_bench_row> rows;
   std::map<std::uint64_t, double> net;
   std::map<std::uint64_t, py_row> py;
@@ -442,7 +443,7 @@ struct row_summary {
 row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
   row_summary out;
   out.row = rounds.front().rows[i];
-  std::vector<double> us, p50, call;
+  std::vector<double> us, p50, call, cpu, slowest;
   for (const auto& r : rounds) {
     const auto& row = r.rows[i];
     out.row.verified &= row.verified;
@@ -450,6 +451,8 @@ row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
     us.push_back(row.us_per_op);
     p50.push_back(row.p50_us);
     call.push_back(row.call_p50_us);
+    cpu.push_back(row.cpu_us_per_op);
+    slowest.push_back(row.max_us);
     if (auto n = r.net.find(row.size); n != r.net.end()) {
       out.net.push_back(n->second);
       out.ratios.push_back(row.gbps / n->second);
@@ -465,6 +468,8 @@ row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
   out.row.us_per_op = median(us);
   out.row.p50_us = median(p50);
   out.row.call_p50_us = median(call);
+  out.row.cpu_us_per_op = median(cpu);
+  out.row.max_us = median(slowest);
   return out;
 }
 
@@ -477,6 +482,13 @@ std::string range(const std::vector<double>& xs) {
     return "-";
   auto [lo, hi] = std::minmax_element(xs.begin(), xs.end());
   return fmt::format("{:.2f}-{:.2f}", *lo, *hi);
+}
+
+std::string load_now() {
+  std::ifstream in("/proc/loadavg");
+  std::string one;
+  in >> one;
+  return one.empty() ? "?" : one;
 }
 
 int run(const options& o) {
@@ -496,6 +508,7 @@ int run(const options& o) {
   }
   std::vector<round_result> rounds;
   for (int k = 0; k < o.rounds; ++k) {
+    auto load = load_now();
     auto rows = run_endpoint_bench(bo);
     if (!rows.ok()) {
       std::fprintf(stderr, "bench endpoint: %s\n",
@@ -503,6 +516,7 @@ int run(const options& o) {
       return 1;
     }
     round_result r;
+    r.load = load;
     r.rows = std::move(*rows);
     if (o.net)
       r.net = net_ceiling(o);
@@ -510,9 +524,10 @@ int run(const options& o) {
       r.py = python_rows(o);
     rounds.push_back(std::move(r));
   }
-  std::printf("%-6s %9s %5s %9s %9s %9s %7s %8s %9s %6s %11s %8s %8s\n", "op",
-              "size", "depth", "GB/s", "us/op", "p50 us", "call us", "verified",
-              "net GB/s", "ratio", "ratios", "py call", "py added");
+  std::printf("%-6s %9s %5s %9s %9s %9s %8s %7s %7s %8s %9s %6s %11s %8s %8s\n",
+              "op", "size", "depth", "GB/s", "us/op", "p50 us", "max ms",
+              "cpu us", "call us", "verified", "net GB/s", "ratio", "ratios",
+              "py call", "py added");
   bool all_verified = true;
   nlohmann::json doc = nlohmann::json::array();
   for (std::size_t i = 0; i < rounds.front().rows.size(); ++i) {
@@ -521,9 +536,11 @@ int run(const options& o) {
     all_verified &= r.verified;
     bool ceiling = r.depth == 16;
     std::printf(
-        "%-6s %9llu %5d %9.3f %9.1f %9.1f %7.2f %8s %9s %6s %11s %8s %8s\n",
+        "%-6s %9llu %5d %9.3f %9.1f %9.1f %8.1f %7.1f %7.2f %8s %9s %6s %11s "
+        "%8s %8s\n",
         r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth, r.gbps,
-        r.us_per_op, r.p50_us, r.call_p50_us, r.verified ? "yes" : "NO",
+        r.us_per_op, r.p50_us, r.max_us / 1000, r.cpu_us_per_op, r.call_p50_us,
+        r.verified ? "yes" : "NO",
         ceiling ? fixed(s.net, "{:.3f}").c_str() : "-",
         ceiling ? fixed(s.ratios, "{:.2f}").c_str() : "-",
         ceiling ? range(s.ratios).c_str() : "-",
@@ -539,6 +556,8 @@ int run(const options& o) {
                           {"us_per_op", r.us_per_op},
                           {"p50_us", r.p50_us},
                           {"call_p50_us", r.call_p50_us},
+                          {"cpu_us_per_op", r.cpu_us_per_op},
+                          {"max_us", r.max_us},
                           {"verified", r.verified}};
     if (!s.net.empty()) {
       row["net_gbps"] = median(s.net);
@@ -560,8 +579,14 @@ int run(const options& o) {
       "median of the rounds' ratios, ratios: their range. call us: the "
       "issuing call alone, p50 over bursts of back-to-back calls; py call: "
       "the same write call from Python, alike; py added = py call - call us, "
-      "Python's cost per call)\n",
+      "Python's cost per call; max ms: the slowest operation; cpu us: this "
+      "process's CPU time per operation, both endpoints together)\n",
       rounds.size());
+  std::string loads;
+  for (const auto& r : rounds)
+    loads += (loads.empty() ? "" : " / ") + r.load;
+  std::printf("load average (1 min) at each round's start: %s\n",
+              loads.c_str());
   if (o.gpu >= 0 && !report_ipc(o, bo, doc))
     all_verified = false;
   if (!o.json_path.empty()) {

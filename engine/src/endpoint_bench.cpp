@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <sys/resource.h>
 
 #include <fmt/format.h>
 
@@ -113,6 +114,16 @@ status await(bench_pair& p, const std::string& op,
   return {};
 }
 
+// CPU time (user + system) this process used so far, in microseconds.
+double process_cpu_us() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  auto us = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) * 1e6 + static_cast<double>(t.tv_usec);
+  };
+  return us(u.ru_utime) + us(u.ru_stime);
+}
+
 // The issuing call's own cost (p50, microseconds per call): bursts of 16
 // back-to-back calls, each timed, then awaited; apart from the timed loop,
 // where each call follows a wait and so mostly times the machine (the
@@ -173,6 +184,7 @@ result<endpoint_bench_row> measure(bench_pair& p,
   std::vector<double> lat;
   lat.reserve(n);
   auto start = clock_type::now();
+  const double cpu_start = process_cpu_us();
   for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
     if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
       auto ids = issue(p, op, (k % slots) * size, size);
@@ -196,10 +208,15 @@ result<endpoint_bench_row> measure(bench_pair& p,
   }
   double secs =
       std::chrono::duration<double>(clock_type::now() - start).count();
+  const double cpu = process_cpu_us() - cpu_start;
+  const double slowest =
+      lat.empty() ? 0 : *std::max_element(lat.begin(), lat.end());
   auto row =
       bench_row(op, size, depth, n, secs, std::move(lat),
                 std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) == 0);
   row.call_p50_us = *call;
+  row.cpu_us_per_op = cpu / static_cast<double>(n);
+  row.max_us = slowest;
   return row;
 }
 

@@ -4,9 +4,9 @@
 //
 //   write: our transfer actor sends (src here, dst in the peer's table), and
 //          the peer's control actor claims the arrival from its transfer
-//          actor (recv order), so "done" means landed;
-//   read:  the peer's transfer actor sends into our table (a pull), our
-//          transfer actor reports the arrival;
+//          actor (recv order) and answers, so "done" means landed;
+//   read:  the peer's transfer actor sends into our table (a push its
+//          control actor orders), our transfer actor reports the arrival;
 //   recv:  our transfer actor waits for the arrival, and the peer's control
 //          actor learns where it may write (posted_recv);
 //   send:  waits for the peer's next posted receive on the connection, then
@@ -14,6 +14,18 @@
 //          actor says the receive finished (a receipt), so "done" means
 //          landed, as for write: the sender may go right away and the peer
 //          still gets every byte (its teardown notice cannot overtake them).
+//
+// What goes to a peer's control actor (claims, posted receives, pushes,
+// answers, receipts) piles up in the peer's outbox and leaves as one
+// proto::ep_batch when the flush message this actor sends itself comes up,
+// i.e. after the orders already in its mailbox: at depth 16 one remote
+// message carries many transfers' words instead of three messages per
+// transfer (their system calls and wake-ups cost more CPU than a 64 KiB
+// transfer's bytes; issue #16). Anything else sent to the peer's control
+// actor (table, notification) flushes the outbox first, so nothing
+// overtakes it. Requests to our own transfer actor carry no CAF timeout
+// (each would cost the clock thread two wake-ups): the transfer actor
+// answers every order by its own deadline.
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -47,10 +59,15 @@ struct peer {
     std::uint64_t receipt = 0; // a recv: the transfer id the peer's send
                                // awaits a receipt for (0: none)
     std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
+    std::uint64_t answer = 0;  // a write or read: the answer it may get
+    bool landed = false;       // the peer said every byte landed there
   };
   std::unordered_map<xfer_id, op> inflight;
   // Our matched sends awaiting the peer's receipt: transfer id -> op.
   std::unordered_map<std::uint64_t, xfer_id> receipts;
+  // Our writes and reads the peer answers (their transfer ids) -> op.
+  std::unordered_map<std::uint64_t, xfer_id> answers;
+  proto::ep_batch outbox; // for the peer's control actor, not yet sent
   bool alive = true;
 };
 
@@ -59,6 +76,7 @@ struct control_state {
   std::unordered_map<conn_id, peer> conns;
   std::unordered_map<std::string, conn_id> by_name;
   conn_id next_conn = 1;
+  bool flush_scheduled = false; // an ep_flush message is on its way
   static inline const char* name = "kvferry.endpoint";
 };
 
@@ -95,13 +113,44 @@ peer* find_peer(self_ptr self, conn_id conn) {
   return i == self->state.conns.end() ? nullptr : &i->second;
 }
 
+// The peer's outbox, sent at the next flush (see the top of this file).
+proto::ep_batch& outbox(self_ptr self, peer& p) {
+  auto& st = self->state;
+  if (!st.flush_scheduled) {
+    st.flush_scheduled = true;
+    self->send(self, proto::ep_flush_atom::value);
+  }
+  return p.outbox;
+}
+
+// Sends what piled up for `p` (call before anything else goes to its
+// control actor).
+void flush(self_ptr self, peer& p) {
+  auto& b = p.outbox;
+  if (b.claims.empty() && b.posts.empty() && b.pushes.empty() &&
+      b.answers.empty() && b.receipts.empty())
+    return;
+  if (p.alive) {
+    b.sender = self->state.cfg.name;
+    self->send(p.control, proto::ep_batch_atom::value, std::move(b));
+  }
+  b = proto::ep_batch{};
+}
+
 // A recv settled: tell the sender, whose send is done only then (the
 // receipt; an empty error: landed).
 void send_receipt(self_ptr self, peer& p, const peer::op& o,
                   const caf::error& err) {
   if (o.receipt != 0 && p.alive)
-    self->send(p.control, proto::ep_landed_atom::value, self->state.cfg.name,
-               o.receipt, err);
+    outbox(self, p).receipts.push_back({o.receipt, err});
+}
+
+// Forgets the op's entries in the tables of what the peer may still say.
+void forget_words(peer& p, const peer::op& o) {
+  if (o.awaits != 0)
+    p.receipts.erase(o.awaits);
+  if (o.answer != 0)
+    p.answers.erase(o.answer);
 }
 
 void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
@@ -110,7 +159,7 @@ void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
         self, p, i->second,
         make_error(why.code(), fmt::format("at '{}': {}", self->state.cfg.name,
                                            why.reason())));
-    p.receipts.erase(i->second.awaits);
+    forget_words(p, i->second);
     p.inflight.erase(i);
   }
   self->state.cfg.shared->fail(id, std::move(why));
@@ -131,6 +180,7 @@ void part_done(self_ptr self, conn_id conn, xfer_id id,
     return;
   auto total = i->second.bytes;
   send_receipt(self, *p, i->second, caf::error{});
+  forget_words(*p, i->second);
   p->inflight.erase(i);
   self->state.cfg.shared->complete(id, total);
 }
@@ -142,41 +192,43 @@ void part_failed(self_ptr self, conn_id conn, xfer_id id,
 }
 
 caf::timespan request_limit(const control_state& st) {
-  // The transfer actors' own deadlines answer first; this only catches a
-  // peer that never answers at all.
+  // A peer's control actor that never answers its hello.
   return std::chrono::milliseconds(st.cfg.timeout_ms + 5000);
 }
 
+// Our transfer actor sends (a write, or a send matched with a receive).
 void order_send(self_ptr self, conn_id conn, xfer_id op_id,
-                std::uint64_t transfer_id, const transfer_actor& from,
-                proto::endpoint to, std::vector<extent> extents,
-                bool counts_bytes) {
+                std::uint64_t transfer_id, proto::endpoint to,
+                std::vector<extent> extents) {
   proto::send_order o;
   o.transfer_id = transfer_id;
   o.peer = std::move(to);
   o.extents = std::move(extents);
   o.timeout_ms = self->state.cfg.timeout_ms;
-  self->request(from, request_limit(self->state), proto::send_atom::value,
-                std::move(o))
-      .then(
-          [self, conn, op_id, counts_bytes](std::uint64_t bytes) {
-            part_done(self, conn, op_id,
-                      counts_bytes ? std::optional<std::uint64_t>{bytes}
-                                   : std::nullopt);
-          },
-          [self, conn, op_id](caf::error& err) {
-            part_failed(self, conn, op_id, err);
-          });
+  self->request(self->state.cfg.transfer, caf::infinite,
+                proto::send_atom::value, std::move(o))
+      .then([self, conn, op_id](
+                std::uint64_t bytes) { part_done(self, conn, op_id, bytes); },
+            [self, conn, op_id](caf::error& err) {
+              part_failed(self, conn, op_id, err);
+            });
 }
 
-void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
-                std::uint64_t transfer_id, const std::string& sender) {
+// Asks our transfer actor to report when transfer `transfer_id` from
+// `sender` has landed here.
+auto await_arrival(self_ptr self, std::uint64_t transfer_id,
+                   const std::string& sender) {
   proto::recv_order o;
   o.transfer_id = transfer_id;
   o.peer_name = sender;
   o.timeout_ms = self->state.cfg.timeout_ms;
-  self->request(self->state.cfg.transfer, request_limit(self->state),
-                proto::recv_atom::value, std::move(o))
+  return self->request(self->state.cfg.transfer, caf::infinite,
+                       proto::recv_atom::value, std::move(o));
+}
+
+void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
+                std::uint64_t transfer_id, const std::string& sender) {
+  await_arrival(self, transfer_id, sender)
       .then(
           [self, conn, op_id](proto::recv_report& r) {
             part_done(self, conn, op_id, r.bytes);
@@ -206,12 +258,13 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
     }
     p.receipts[r.transfer_id] = o.id;
     p.inflight[o.id].awaits = r.transfer_id;
+    p.inflight[o.id].bytes = total_bytes(*extents);
     auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
     auto to = order_peer(
         p.ep, sizes_covering(*extents, extent_side::destination), path);
     st.cfg.shared->set_path(o.id, path);
-    order_send(self, conn, o.id, r.transfer_id, st.cfg.transfer, std::move(to),
-               std::move(*extents), true);
+    order_send(self, conn, o.id, r.transfer_id, std::move(to),
+               std::move(*extents));
   }
 }
 
@@ -232,7 +285,7 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
     r.peer = std::move(from);
     r.extents = std::move(o.extents);
     r.timeout_ms = st.cfg.timeout_ms;
-    self->request(st.cfg.transfer, request_limit(st), proto::read_atom::value,
+    self->request(st.cfg.transfer, caf::infinite, proto::read_atom::value,
                   std::move(r))
         .then(
             [self, conn = o.conn, id = o.id](proto::recv_report& rep) {
@@ -243,12 +296,19 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
             });
     return;
   }
-  p.inflight[o.id].replies_due = 2;
+  // Done once our transfer actor reports the arrival; the peer's push
+  // answers only when it failed.
+  auto& op = p.inflight[o.id];
+  op.replies_due = 1;
+  op.answer = transfer_id;
+  p.answers[transfer_id] = o.id;
   auto plugin = transfer_path::plugin;
-  order_send(self, o.conn, o.id, transfer_id,
-             caf::actor_cast<transfer_actor>(p.ep.transfer),
-             order_peer(st.cfg.self_ep, o.dst_sizes, plugin),
-             std::move(o.extents), false);
+  proto::send_order push;
+  push.transfer_id = transfer_id;
+  push.peer = order_peer(st.cfg.self_ep, o.dst_sizes, plugin);
+  push.extents = std::move(o.extents);
+  push.timeout_ms = st.cfg.timeout_ms;
+  outbox(self, p).pushes.push_back(std::move(push));
   order_recv(self, o.conn, o.id, transfer_id, p.name);
 }
 
@@ -269,21 +329,16 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
   switch (static_cast<endpoint_op>(o.op)) {
   case endpoint_op::write: {
-    p->inflight[o.id].replies_due = 2;
+    auto& op = p->inflight[o.id];
+    op.replies_due = 2; // our transfer actor, the peer's answer to the claim
+    op.answer = o.id;
+    p->answers[o.id] = o.id;
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
-    order_send(self, o.conn, o.id, o.id, st.cfg.transfer, std::move(to),
-               std::move(o.extents), true);
-    self->request(p->control, request_limit(st), proto::ep_landed_atom::value,
-                  st.cfg.name, o.id)
-        .then(
-            [self, conn = o.conn, id = o.id](proto::recv_report&) {
-              part_done(self, conn, id, std::nullopt);
-            },
-            [self, conn = o.conn, id = o.id](caf::error& err) {
-              part_failed(self, conn, id, err);
-            });
+    op.bytes = total_bytes(o.extents); // as our transfer actor will report
+    order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents));
+    outbox(self, *p).claims.push_back(o.id);
     break;
   }
   case endpoint_op::read:
@@ -297,8 +352,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     st.cfg.shared->set_path(
         o.id, path_between(p->ep, st.cfg.self_ep, p->one_process));
     order_recv(self, o.conn, o.id, transfer_id, p->name);
-    self->send(
-        p->control, proto::ep_post_atom::value,
+    outbox(self, *p).posts.push_back(
         proto::posted_recv{st.cfg.name, transfer_id, std::move(o.extents)});
     break;
   }
@@ -310,30 +364,96 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
 }
 
-void on_receipt(self_ptr self, const std::string& receiver,
-                std::uint64_t transfer_id, const caf::error& err) {
-  auto c = self->state.by_name.find(receiver);
+// The peer's word that op `id`'s bytes landed there (`err` empty): should
+// the peer go before our transfer actor reported the send, the op is done
+// all the same (its bytes are all at the peer; the peer may go as soon as
+// its receive completed).
+void mark_landed(peer& p, xfer_id id, const caf::error& err) {
+  if (auto i = p.inflight.find(id); i != p.inflight.end() && !err)
+    i->second.landed = true;
+}
+
+// The peer's word on one of our ops: `table` (receipts or answers) maps its
+// transfer id to the op. False when no op awaits it (failed here already).
+bool take_word(self_ptr self, conn_id conn, peer& p,
+               std::unordered_map<std::uint64_t, xfer_id>& table,
+               std::uint64_t transfer_id, const caf::error& err) {
+  auto w = table.find(transfer_id);
+  if (w == table.end())
+    return false;
+  auto op = w->second;
+  table.erase(w);
+  mark_landed(p, op, err);
+  if (err)
+    part_failed(self, conn, op, err);
+  else
+    part_done(self, conn, op, std::nullopt);
+  return true;
+}
+
+// The receive that our send filled settled at the peer.
+void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
+                const caf::error& err) {
+  if (take_word(self, conn, p, p.receipts, transfer_id, err) || !err)
+    return;
+  // No send of ours filled that receive (or ours failed here already): a
+  // receive that failed there (its deadline) must not take a later send.
+  p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
+                                [&](const proto::posted_recv& x) {
+                                  return x.transfer_id == transfer_id;
+                                }),
+                 p.posted.end());
+}
+
+// Answers the peer's claim or push `transfer_id` (an empty error: landed).
+void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
+            const caf::error& err) {
+  if (auto* p = find_peer(self, conn); p && p->alive)
+    outbox(self, *p).answers.push_back({transfer_id, err});
+}
+
+// The peer's write `id` lands in our table: answer once it did.
+void claim(self_ptr self, conn_id conn, const std::string& sender,
+           std::uint64_t id) {
+  await_arrival(self, id, sender)
+      .then([self, conn,
+             id](proto::recv_report&) { answer(self, conn, id, caf::error{}); },
+            [self, conn, id](caf::error& err) { answer(self, conn, id, err); });
+}
+
+// The peer reads from our table: our transfer actor pushes into its table.
+void push(self_ptr self, conn_id conn, proto::send_order& o) {
+  auto id = o.transfer_id;
+  self->request(self->state.cfg.transfer, caf::infinite,
+                proto::send_atom::value, std::move(o))
+      .then([](std::uint64_t) {},
+            [self, conn, id](caf::error& err) { answer(self, conn, id, err); });
+}
+
+// A batch from the peer (proto::ep_batch). Posts before receipts: a
+// receipt may fail a receive posted in the same batch.
+void on_batch(self_ptr self, proto::ep_batch& b) {
+  auto c = self->state.by_name.find(b.sender);
   if (c == self->state.by_name.end())
     return;
-  auto& p = self->state.conns[c->second];
-  auto r = p.receipts.find(transfer_id);
-  if (r == p.receipts.end()) {
-    // No send of ours filled that receive (or ours failed here already):
-    // a receive that failed there (its deadline) must not take a later send.
-    if (err)
-      p.posted.erase(std::remove_if(p.posted.begin(), p.posted.end(),
-                                    [&](const proto::posted_recv& x) {
-                                      return x.transfer_id == transfer_id;
-                                    }),
-                     p.posted.end());
+  auto conn = c->second;
+  auto& p = self->state.conns[conn];
+  if (!p.alive)
     return;
-  }
-  auto op = r->second;
-  p.receipts.erase(r);
-  if (err)
-    part_failed(self, c->second, op, err);
-  else
-    part_done(self, c->second, op, std::nullopt);
+  for (auto& r : b.posts)
+    p.posted.push_back(std::move(r));
+  if (!b.posts.empty())
+    match_sends(self, conn, p);
+  for (const auto& r : b.receipts)
+    on_receipt(self, conn, p, r.transfer_id, r.error);
+  // Answers to our claims (a write landed there, or not) and pushes (a
+  // read's: only its failure is answered).
+  for (const auto& a : b.answers)
+    take_word(self, conn, p, p.answers, a.transfer_id, a.error);
+  for (auto id : b.claims)
+    claim(self, conn, b.sender, id);
+  for (auto& o : b.pushes)
+    push(self, conn, o);
 }
 
 conn_id add_peer(self_ptr self, const proto::peer_hello& h) {
@@ -368,11 +488,16 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
                            "gone ({})",
                            p.name, id, render(dm.reason))};
     for (auto& [op, entry] : p.inflight)
-      st.cfg.shared->fail(op, why);
+      if (entry.landed)
+        st.cfg.shared->complete(op, entry.bytes);
+      else
+        st.cfg.shared->fail(op, why);
     p.inflight.clear();
     p.receipts.clear();
+    p.answers.clear();
     p.sends.clear();
     p.posted.clear();
+    p.outbox = proto::ep_batch{};
     {
       std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
       st.cfg.shared->conns[id].down = why;
@@ -387,6 +512,11 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
   // actor system (which waits for its detached transfer actor until nothing
   // refers to it) can stop.
   self->set_exit_handler([self](caf::exit_msg& msg) {
+    // What piled up goes first: a receipt or an answer in an outbox is the
+    // peer's word that its transfer landed here (an endpoint may be
+    // destroyed as soon as its transfers completed).
+    for (auto& [id, p] : self->state.conns)
+      flush(self, p);
     self->state.conns.clear();
     self->state.by_name.clear();
     self->state.cfg.transfer = nullptr;
@@ -423,9 +553,11 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
         auto& st = self->state;
         st.cfg.self_ep = std::move(ep);
         for (auto& [id, p] : st.conns)
-          if (p.alive)
+          if (p.alive) {
+            flush(self, p);
             self->send(p.control, proto::ep_hello_atom::value, st.cfg.name,
                        st.cfg.self_ep);
+          }
       },
       // From a peer: its table changed.
       [self](proto::ep_hello_atom, const std::string& name,
@@ -437,36 +569,21 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
       [self](proto::ep_order_atom, proto::endpoint_order& o) {
         start_order(self, o);
       },
-      // From a peer: it posted a receive for our next send.
-      [self](proto::ep_post_atom, proto::posted_recv& r) {
-        auto i = self->state.by_name.find(r.receiver);
-        if (i == self->state.by_name.end())
-          return;
-        auto& p = self->state.conns[i->second];
-        p.posted.push_back(std::move(r));
-        match_sends(self, i->second, p);
-      },
-      // From a peer whose write to us is under way: answer once it landed.
-      [self](proto::ep_landed_atom, const std::string& sender,
-             std::uint64_t id) {
-        proto::recv_order o;
-        o.transfer_id = id;
-        o.peer_name = sender;
-        o.timeout_ms = self->state.cfg.timeout_ms;
-        return self->delegate(self->state.cfg.transfer, proto::recv_atom::value,
-                              std::move(o));
-      },
-      // From a peer: the receive our send filled settled there (`err`
-      // empty: every byte landed).
-      [self](proto::ep_landed_atom, const std::string& receiver,
-             std::uint64_t transfer_id, const caf::error& err) {
-        on_receipt(self, receiver, transfer_id, err);
+      // From a peer: what piled up for us there.
+      [self](proto::ep_batch_atom, proto::ep_batch& b) { on_batch(self, b); },
+      // From ourselves: send the outboxes.
+      [self](proto::ep_flush_atom) {
+        self->state.flush_scheduled = false;
+        for (auto& [id, p] : self->state.conns)
+          flush(self, p);
       },
       // From our endpoint: pass a notification to the peer of `conn`.
       [self](proto::ep_notify_atom, conn_id conn, std::vector<char>& bytes) {
-        if (auto* p = find_peer(self, conn); p && p->alive)
+        if (auto* p = find_peer(self, conn); p && p->alive) {
+          flush(self, *p);
           self->send(p->control, proto::ep_notify_atom::value,
                      self->state.cfg.name, std::move(bytes));
+        }
       },
       [self](proto::ep_notify_atom, const std::string& sender,
              std::vector<char>& bytes) {

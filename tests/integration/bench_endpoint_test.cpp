@@ -25,6 +25,8 @@ TEST_CASE("bench endpoint alternates rounds of the endpoint, bench net and "
   REQUIRE(run.status == 0);
   CHECK(run.output.find("2 round(s)") != std::string::npos);
   CHECK(run.output.find("bench endpoint:") == std::string::npos); // errors
+  CHECK(run.output.find("load average (1 min) at each round's start") !=
+        std::string::npos);
 
   std::ifstream in(json);
   REQUIRE(in);
@@ -37,6 +39,9 @@ TEST_CASE("bench endpoint alternates rounds of the endpoint, bench net and "
     CHECK(row["rounds"].get<int>() == 2);
     CHECK(row["gbps_rounds"].size() == 2);
     CHECK(row["call_p50_us"].get<double>() > 0);
+    // The load-insensitive figures: CPU per operation, the slowest one.
+    CHECK(row["cpu_us_per_op"].get<double>() > 0);
+    CHECK(row["max_us"].get<double>() >= row["p50_us"].get<double>());
     // bench net ran in each round; its ratio for each.
     REQUIRE(row.contains("ratio_rounds"));
     CHECK(row["ratio_rounds"].size() == 2);

@@ -32,6 +32,11 @@ struct endpoint_bench_row {
   // The issuing call alone (write, read; send + recv per call), p50, from
   // bursts of back-to-back calls apart from the timed ones.
   double call_p50_us = 0;
+  // This process's CPU time (user + system, every thread: both endpoints,
+  // the plugin's) per operation of the timed loop: unlike GB/s, it barely
+  // moves with other work on the machine.
+  double cpu_us_per_op = 0;
+  double max_us = 0; // the slowest operation (a stall shows here)
   bool verified = false;
 };
 

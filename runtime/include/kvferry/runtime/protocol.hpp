@@ -14,6 +14,7 @@
 
 #include <caf/actor.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/error.hpp>
 #include <caf/meta/type_name.hpp>
 
 #include "kvferry/runtime/kv_geometry.hpp"
@@ -559,6 +560,44 @@ template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, endpoint_order& x) {
   return f(caf::meta::type_name("kvferry::proto::endpoint_order"), x.op, x.id,
            x.conn, x.extents, x.dst_sizes);
+}
+
+/// One transfer settled at an endpoint (ep_batch): `error` empty: landed.
+struct ep_settled {
+  std::uint64_t transfer_id = 0;
+  caf::error error;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ep_settled& x) {
+  return f(caf::meta::type_name("kvferry::proto::ep_settled"), x.transfer_id,
+           x.error);
+}
+
+/// Endpoint control actor -> its peer's: everything that piled up for the
+/// peer since the last batch, in one message. A remote message costs system
+/// calls and thread wake-ups on both sides (more CPU than a 64 KiB
+/// transfer's own bytes on the 2-core machine); one per transfer and kind
+/// kept `bench endpoint` at about half of `bench net` (issue #16).
+/// `sender` names the sending endpoint. Transfer ids chosen by the sender:
+/// claims (its writes, whose landing the recipient reports in `answers`),
+/// posts (receives for the recipient's next sends, in posting order; a send
+/// that filled one is reported back in `receipts`), pushes (its reads: the
+/// recipient's transfer actor pushes these; only a failure is answered).
+/// answers: the recipient's claims and pushes (its ids), settled here;
+/// receipts: the sender's receives (its ids) that the recipient's sends
+/// filled, settled here.
+struct ep_batch {
+  std::string sender;
+  std::vector<std::uint64_t> claims;
+  std::vector<posted_recv> posts;
+  std::vector<send_order> pushes;
+  std::vector<ep_settled> answers;  // ids the recipient chose
+  std::vector<ep_settled> receipts; // ids the sender chose (its receives)
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ep_batch& x) {
+  return f(caf::meta::type_name("kvferry::proto::ep_batch"), x.sender, x.claims,
+           x.posts, x.pushes, x.answers, x.receipts);
 }
 
 /// Registers every type above with a config (call before the system starts).

@@ -162,6 +162,12 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_poll_atom, "kvnpoll")
 // an advertised request, so that the puller orders its transfer actor.
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_offer_atom, "kvnoffer")
 
+// kvferry::endpoint (issue #16, session 11): what the control actors send
+// each other, batched (proto::ep_batch), and the batch's flush.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ep_batch))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_batch_atom, "kvepbatch")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_flush_atom, "kvepflush")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
