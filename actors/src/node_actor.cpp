@@ -453,11 +453,60 @@ void fail_and_tell(self_ptr self, const request_key& key,
                key.second, err);
 }
 
+// ---- incoming entries a peer made before the caller asked
+
+std::chrono::milliseconds unclaimed_limit(const node_state& st) {
+  return std::chrono::milliseconds(st.cfg.timeout_ms);
+}
+
+void arm_sweep(self_ptr self) {
+  if (std::exchange(self->state.sweeping, true))
+    return;
+  self->delayed_send(self, unclaimed_limit(self->state),
+                     proto::sweep_atom::value);
+}
+
+// The entry for `key`, made (and timed) by a peer's note when new.
+incoming_request& noted_entry(self_ptr self, const request_key& key) {
+  auto [i, fresh] = self->state.in.try_emplace(key);
+  if (fresh) {
+    i->second.noted = self->clock().now();
+    arm_sweep(self);
+  }
+  return i->second;
+}
+
+// Drops the entries no caller claimed within the request timeout: their
+// sender has given up by then (its own orders carry the same timeout).
+void sweep_unclaimed(self_ptr self) {
+  auto& st = self->state;
+  st.sweeping = false;
+  auto now = self->clock().now();
+  bool more = false;
+  for (auto i = st.in.begin(); i != st.in.end();) {
+    auto& r = i->second;
+    if (r.promise || r.noted == caf::actor_clock::time_point{}) {
+      ++i;
+    } else if (now - r.noted >= unclaimed_limit(st)) {
+      spdlog::debug("node {}: request {} from '{}' unclaimed for {} ms: "
+                    "dropped",
+                    st.cfg.name, i->first.second, i->first.first,
+                    st.cfg.timeout_ms);
+      i = st.in.erase(i);
+    } else {
+      more = true;
+      ++i;
+    }
+  }
+  if (more)
+    arm_sweep(self);
+}
+
 // Orders our transfer actor to report part `part` of the request once it
 // landed (once per part: the caller's receive and the part note both ask).
 void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
   auto& st = self->state;
-  auto& posted = st.in[key].recv_posted;
+  auto& posted = noted_entry(self, key).recv_posted;
   if (posted.size() <= part)
     posted.resize(part + 1, false);
   if (posted[part])
@@ -475,7 +524,7 @@ void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
 
 void on_part(self_ptr self, const proto::node_part& p) {
   request_key key{p.sender, p.id};
-  self->state.in[key].parts = p.parts;
+  noted_entry(self, key).parts = p.parts;
   post_recv(self, key, p.part);
 }
 
@@ -485,7 +534,7 @@ void on_part(self_ptr self, const proto::node_part& p) {
 // The prefill's offer of an advertised request: kept until the caller
 // pulls. Moot when our want went first (the prefill posts then).
 void on_offer(self_ptr self, proto::node_request& offer) {
-  auto& r = self->state.in[{offer.peer, offer.id}];
+  auto& r = noted_entry(self, {offer.peer, offer.id});
   if (r.failure || r.wanted || r.promise)
     return;
   r.offered = true;
@@ -603,7 +652,7 @@ void post_reads(self_ptr self, const request_key& key) {
 
 void on_ready(self_ptr self, proto::node_ready& note) {
   request_key key{note.sender, note.id};
-  auto& r = self->state.in[key];
+  auto& r = noted_entry(self, key);
   if (r.failure)
     return;
   r.one_sided = true;
@@ -798,6 +847,7 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](proto::node_done_atom, const std::string& from,
              const proto::node_report& rep) { on_pull_done(self, from, rep); },
       [self](proto::node_poll_atom) { poll_held_notes(self); },
+      [self](proto::sweep_atom) { sweep_unclaimed(self); },
       [self](proto::node_fail_atom, const std::string& from, std::uint64_t id,
              const caf::error& why) {
         request_key key{from, id};
@@ -810,7 +860,7 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
                  peer != nullptr &&
                  peer->node.address() ==
                      caf::actor_cast<caf::actor_addr>(self->current_sender()))
-          st.in[key].failure = why; // kept for the caller's receive or pull
+          noted_entry(self, key).failure = why; // for the caller's receive
         // (From our own app, withdrawing a request of `from` that ended
         // meanwhile: nothing to keep.)
       },

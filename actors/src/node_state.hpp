@@ -84,6 +84,12 @@ struct incoming_request {
   std::vector<std::uint64_t> src_blocks; // the prefill's, from its note/offer
   std::vector<std::uint64_t> dst_blocks; // ours, once the caller pulled
   std::vector<std::pair<std::uint32_t, std::string>> ready;
+  // When a peer's note (a part, an offer, a ready note, a failure) made
+  // this entry before the caller asked: an entry nobody claims within the
+  // request timeout is dropped (sweep_unclaimed), so a request the caller
+  // never takes (a refused credit request, an advertise never pulled)
+  // leaves nothing behind.
+  caf::actor_clock::time_point noted{};
 };
 
 struct node_state {
@@ -106,6 +112,7 @@ struct node_state {
   // while any wait), and the decode's interprocess events opened once each.
   std::vector<held_note> held;
   bool polling = false;
+  bool sweeping = false; // a sweep of unclaimed incoming entries is due
   std::unique_ptr<transport::ipc_event_cache> events =
       std::make_unique<transport::ipc_event_cache>();
 };

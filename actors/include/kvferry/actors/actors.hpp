@@ -303,6 +303,8 @@ using node_actor = caf::typed_actor<
     caf::reacts_to<proto::node_done_atom, std::string, proto::node_report>,
     // Internal: poll the CUDA events of layers whose ready note waits.
     caf::reacts_to<proto::node_poll_atom>,
+    // Internal: drop incoming entries no caller claimed in time.
+    caf::reacts_to<proto::sweep_atom>,
     // Node to node: request `id` with me, `from`, failed because of `why`.
     caf::reacts_to<proto::node_fail_atom, std::string, std::uint64_t,
                    caf::error>,
