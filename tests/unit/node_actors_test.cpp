@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -167,4 +168,64 @@ TEST_CASE("a one-sided pull's ready note crosses processes whole") {
   CHECK(back.parts == 8);
   CHECK(back.blocks == note.blocks);
   CHECK(back.event == "event-text");
+}
+
+// What a peer told about a request nobody here asked for yet is kept for the
+// caller's receive, but not forever: after the request timeout it is
+// dropped (a refused credit request or an advertise never pulled would
+// otherwise leave one entry each in a long-running node).
+TEST_CASE("a peer's failure note is kept for the caller, then dropped "
+          "unclaimed after the request timeout") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  host_cache src{kv_layout::vllm_per_layer(layers, blocks, half_bytes), 5};
+  host_cache dst{kv_layout::layer_major(layers, blocks, half_bytes), 0};
+  auto spawn = [&](const std::string& name, host_cache& cache) {
+    node_options o;
+    o.name = name;
+    o.cache = cache.cache();
+    o.timeout = 100ms;
+    auto h = spawn_node(sys, o);
+    REQUIRE_MESSAGE(h, render(h.error()));
+    return *h;
+  };
+  auto prefill = spawn("prefill-0", src);
+  auto decode = spawn("decode-0", dst);
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  // A push to a block the decode does not have fails at the prefill, which
+  // tells the decode node; nobody there asked for the request yet.
+  auto push_out_of_range = [&](std::uint64_t id) {
+    std::string why;
+    self->request(prefill.node, 10s, proto::node_send_atom::value,
+                  proto::node_request{id, "decode-0", {0}, {blocks + 9}, false})
+        .receive([](const proto::node_report&) {},
+                 [&](const caf::error& err) { why = render(err); });
+    REQUIRE(why.find("invalid_argument") != std::string::npos);
+  };
+  auto receive = [&](std::uint64_t id) {
+    std::string got = "received";
+    self->request(decode.node, 1s, proto::node_receive_atom::value,
+                  proto::node_request{id, "prefill-0", {0}, {}, false})
+        .receive([](const proto::node_report&) {},
+                 [&](const caf::error& err) { got = render(err); });
+    return got;
+  };
+  push_out_of_range(9);
+  // Claimed at once: the receive fails with the prefill's reason.
+  CHECK(receive(9).find("invalid_argument") != std::string::npos);
+  push_out_of_range(10);
+  // Unclaimed for 20 request timeouts: forgotten, so a (too) late receive
+  // no longer hears of it and waits instead, until its own deadline.
+  std::this_thread::sleep_for(2s);
+  CHECK(receive(10).find("invalid_argument") == std::string::npos);
+  for (auto* h : {&prefill, &decode}) {
+    self->send_exit(h->node, caf::exit_reason::user_shutdown);
+    self->wait_for(h->node);
+    self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+    self->wait_for(h->transfer);
+  }
 }
