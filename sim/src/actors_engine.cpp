@@ -60,6 +60,7 @@
 #include "kvferry/sim/sim.hpp"
 #include "kvferry/sim/sim_transfer.hpp"
 #include "request_rows.hpp"
+#include "transfer_costs.hpp"
 
 namespace kvferry::sim {
 
@@ -409,11 +410,10 @@ private:
     std::uint32_t parts = topo_.transfer.layerwise ? topo_.model.layers : 1;
     ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
     double bytes = double(o.bytes);
-    // The model engine's costs (engine.cpp, start_transfer), per part.
-    double messages = std::ceil(bytes / double(topo_.transfer.chunk_bytes));
-    double fixed_us = r.ipc ? sim_.ipc_setup_us
-                            : sim_.latency_us + messages * sim_.message_us +
-                                  bytes / lbb_ * sim_.block_us;
+    // The model engine's costs (transfer_costs.hpp), per part.
+    double fixed_us = (r.ipc ? 0 : sim_.latency_us) +
+                      part_fixed_us(sim_, r.ipc, bytes,
+                                    double(topo_.transfer.chunk_bytes), lbb_);
     auto go = std::max(now(), ready) + from_us(fixed_us);
     at(go, [this, slot, gen = o.gen] {
       if (orders_[slot].live && orders_[slot].gen == gen)

@@ -32,6 +32,7 @@
 #include "kvferry/actors/route_policy.hpp"
 #include "kvferry/sim/sim.hpp"
 #include "request_rows.hpp"
+#include "transfer_costs.hpp"
 
 namespace kvferry::sim {
 
@@ -388,29 +389,17 @@ private:
 
   // ---- the transfer: fixed costs, then a flow through the links -----------
 
-  // A plugin transfer's costs besides the bytes: one message per chunk
-  // (per layer's chunk when layer-wise) and the send plan's blocks.
-  double plugin_overhead_us(double bytes) const {
-    const auto& t = topo_.transfer;
-    double layers = topo_.model.layers;
-    double chunk = double(t.chunk_bytes);
-    double messages = t.layerwise ? layers * std::ceil(bytes / layers / chunk)
-                                  : std::ceil(bytes / chunk);
-    return messages * sim_.message_us + bytes / lbb_ * sim_.block_us;
-  }
-
   void start_transfer(std::uint32_t slot) {
     auto& r = slots_[slot];
     r.transfer_start = now_;
     auto& t = topo_.transfer;
     auto layers = topo_.model.layers;
-    // Per-message and per-block costs are the sender's: serial before the
-    // flow for a whole request; for layer-wise, all but the last layer's
-    // share hide under prefill. A same-host copy is one kernel per part
-    // (the whole request, or a layer): its fixed cost is ipc_setup_us, its
-    // per-block planning is in the calibrated copy rate.
-    double overhead_us = r.ipc ? (t.layerwise ? layers : 1) * sim_.ipc_setup_us
-                               : plugin_overhead_us(r.bytes);
+    // Each part's fixed costs are the sender's (transfer_costs.hpp): serial
+    // before the flow for a whole request; for layer-wise, all but the last
+    // layer's share hide under prefill.
+    double parts = t.layerwise ? layers : 1;
+    double overhead_us = parts * part_fixed_us(sim_, r.ipc, r.bytes / parts,
+                                               double(t.chunk_bytes), lbb_);
     double setup_us = r.ipc ? 0 : sim_.latency_us;
     if (t.layerwise) {
       r.tail_ns = from_us(overhead_us / layers);
