@@ -9,11 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
-#include <future>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -237,36 +235,10 @@ void node_impl::shutdown() {
     sys->registry().erase(actor->id());
 }
 
-// Destroys the actor system, waiting at most `limit`. CAF 0.17's
-// ~actor_system sometimes never returns once a detached actor (the transfer
-// actor) had its handle sent to another actor system (actor-framework issues
-// #1110 and #1196, fixed in CAF 0.18): every actor is down by now and the
-// caller's cache is no longer touched, so a system that does not finish in
-// time is left to finish (or not) on a thread of its own, with a warning.
+// Destroys the actor system, bounded (runtime::close_actor_system says why).
 void node_impl::close_system() {
-  if (!sys)
-    return;
-  constexpr auto limit = std::chrono::seconds(2);
-  // This thread's reference to the system's logger (CAF keeps one per
-  // thread that started a system) would keep ~actor_system waiting for it.
-  caf::logger::set_current_actor_system(nullptr);
-  std::promise<void> closed;
-  auto done = closed.get_future();
-  std::thread closer{[s = std::move(sys), c = std::move(cfg),
-                      p = std::move(closed)]() mutable {
-    s.reset();
-    c.reset();
-    p.set_value();
-  }};
-  if (done.wait_for(limit) == std::future_status::ready) {
-    closer.join();
-    return;
-  }
-  spdlog::warn("node {}: its actor system did not shut down within {} s "
-               "(CAF 0.17, actor-framework issue #1196); leaving it to a "
-               "thread of its own",
-               name, limit.count());
-  closer.detach();
+  runtime::close_actor_system(std::move(sys), std::move(cfg),
+                              std::chrono::seconds(2), "node " + name);
 }
 
 void node_impl::wait_down(caf::scoped_actor& self, const caf::actor_addr& who,

@@ -1,9 +1,12 @@
 #include "kvferry/runtime/system_config.hpp"
 
 #include <filesystem>
+#include <future>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/logger.hpp>
 #include <caf/openssl/manager.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -119,6 +122,35 @@ void system_config::use_test_coordinator() {
   set("middleman.manual-multiplexing", true);
   set("middleman.heartbeat-interval", caf::timespan{0});
   set("middleman.workers", size_t{0});
+}
+
+bool close_actor_system(std::unique_ptr<caf::actor_system> sys,
+                        std::unique_ptr<caf::actor_system_config> cfg,
+                        std::chrono::milliseconds limit,
+                        const std::string& who) {
+  if (!sys)
+    return true;
+  // This thread's reference to the system's logger (CAF keeps one per
+  // thread that started a system) would keep ~actor_system waiting for it.
+  caf::logger::set_current_actor_system(nullptr);
+  std::promise<void> closed;
+  auto done = closed.get_future();
+  std::thread closer{[s = std::move(sys), c = std::move(cfg),
+                      p = std::move(closed)]() mutable {
+    s.reset();
+    c.reset();
+    p.set_value();
+  }};
+  if (done.wait_for(limit) == std::future_status::ready) {
+    closer.join();
+    return true;
+  }
+  spdlog::warn("{}: its actor system did not shut down within {} ms (CAF "
+               "0.17, actor-framework issue #1196); leaving it to a thread "
+               "of its own",
+               who, limit.count());
+  closer.detach();
+  return false;
 }
 
 } // namespace kvferry::runtime

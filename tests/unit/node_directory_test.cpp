@@ -5,6 +5,7 @@
 // mid-request fails what waits on it (peer_down, naming it) and is
 // forgotten; registration problems are errors of start().
 #include <chrono>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -146,7 +147,9 @@ TEST_CASE_FIXTURE(node_pair, "a node that leaves mid-request fails what waits "
   // A node that joins later is met and works with the one that stayed.
   host_cache again{kv_layout::layer_major(layers, blocks, half_bytes), 9};
   auto late = must_start("prefill-1", again);
+  // Each side meets the other on its own (docs/embedding.md: poll peers()).
   REQUIRE(eventually([&] { return knows(decode, "prefill-1"); }, patience));
+  REQUIRE(eventually([&] { return knows(late, "decode-0"); }, patience));
   auto before = dst.regions;
   auto rx = decode.receive(4, "prefill-1", {7});
   done(late.send(4, "decode-0", {2}, {7}));
@@ -182,8 +185,10 @@ TEST_CASE_FIXTURE(directory_fixture, "CAF level: spawn_node registers the "
                                      "node; its keeper ends with the node "
                                      "actor, and the directory drops it") {
   host_cache cache{kv_layout::block_major(layers, blocks, half_bytes), 0};
-  runtime::system_config caller_cfg; // the caller's own system
-  caf::actor_system caller_sys{caller_cfg};
+  // The caller's own system, closed as an embedder should (below).
+  auto caller_cfg = std::make_unique<runtime::system_config>();
+  auto caller_sys_ptr = std::make_unique<caf::actor_system>(*caller_cfg);
+  caf::actor_system& caller_sys = *caller_sys_ptr;
   node_options o;
   o.name = "decode-5";
   o.cache = cache.cache();
@@ -205,21 +210,28 @@ TEST_CASE_FIXTURE(directory_fixture, "CAF level: spawn_node registers the "
     return node_there;
   };
   CHECK(listed());
-  caf::scoped_actor caller{caller_sys};
-  caller->monitor(h->keeper);
-  caller->send_exit(h->node, caf::exit_reason::user_shutdown);
-  bool keeper_down = false;
-  caller->receive(
-      [&](const caf::down_msg& dm) {
-        keeper_down = dm.source == h->keeper.address();
-      },
-      caf::after(patience) >> [] {});
-  CHECK(keeper_down);
-  CHECK(eventually([&] { return !listed(); }, patience));
-  caller->send_exit(h->transfer, caf::exit_reason::user_shutdown);
-  caller->wait_for(h->transfer); // before the cache goes
+  {
+    caf::scoped_actor caller{caller_sys};
+    caller->monitor(h->keeper);
+    caller->send_exit(h->node, caf::exit_reason::user_shutdown);
+    bool keeper_down = false;
+    caller->receive(
+        [&](const caf::down_msg& dm) {
+          keeper_down = dm.source == h->keeper.address();
+        },
+        caf::after(patience) >> [] {});
+    CHECK(keeper_down);
+    CHECK(eventually([&] { return !listed(); }, patience));
+    caller->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+    caller->wait_for(h->transfer); // before the cache goes
+  }
   // Handles that went to another system sit in the registry, which blocks
   // ~actor_system in CAF 0.17 (actor-framework issue #1110).
   caller_sys.registry().erase(h->node->id());
   caller_sys.registry().erase(h->transfer->id());
+  // A remote monitor's late down message can put one back (CAF 0.17): the
+  // caller closes its system bounded, as kvferry::node does its own.
+  *h = node_handles{};
+  runtime::close_actor_system(std::move(caller_sys_ptr), std::move(caller_cfg),
+                              10s, "the caller's system");
 }
