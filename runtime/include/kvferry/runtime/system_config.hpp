@@ -78,12 +78,12 @@ private:
 /// Destroys an actor system (then its config), waiting at most `limit`.
 /// CAF 0.17's ~actor_system can wait forever for a detached actor (a
 /// transfer actor, a directory agent) once its handle went to another actor
-/// system: a remote monitor's down message re-registers it after the caller
-/// erased it from the registry (actor-framework issues #1110, #1196, fixed
-/// in CAF 0.18). Call it once every actor of the system is down and nothing
-/// of the caller's is touched any more: a system that does not finish in
-/// time is left to finish (or not) on a thread of its own, with a warning
-/// naming `who`. Returns whether it finished in time.
+/// system, even after the caller erased it from the registry (likely a
+/// remote monitor's late message putting it back; actor-framework issues
+/// #1110, #1196, fixed in CAF 0.18). Call it once every actor of the system is
+/// down and nothing of the caller's is touched any more: a system that does not
+/// finish in time is left to finish (or not) on a thread of its own, with a
+/// warning naming `who`. Returns whether it finished in time.
 bool close_actor_system(std::unique_ptr<caf::actor_system> sys,
                         std::unique_ptr<caf::actor_system_config> cfg,
                         std::chrono::milliseconds limit,
