@@ -442,16 +442,22 @@ bool copy_running(const transfer_state& st, const std::string& peer,
   return false;
 }
 
-// Plugin path: transfer `id` from `peer` has receives posted on the channel
-// (announced, not ended): its bytes may still land.
-bool recv_posted(const transfer_state& st, const std::string& peer,
-                 std::uint64_t id) {
+// Plugin path: the entry of transfer `id` from `peer`; nullptr if none.
+transfer_entry* find_recv(transfer_state& st, const std::string& peer,
+                          std::uint64_t id) {
   auto p = st.in.find(peer);
   if (p == st.in.end())
-    return false;
+    return nullptr;
   auto t = p->second.transfers.find(id);
-  return t != p->second.transfers.end() && t->second.posted &&
-         !t->second.done && !t->second.failure;
+  return t == p->second.transfers.end() ? nullptr : &t->second;
+}
+
+// Plugin path: receives are posted for it on the channel (announced, not
+// ended): its bytes may still land.
+bool recv_posted(transfer_state& st, const std::string& peer,
+                 std::uint64_t id) {
+  const auto* t = find_recv(st, peer, id);
+  return t != nullptr && t->posted && !t->done && !t->failure;
 }
 
 // Plugin path: a recv order whose transfer was not announced yet is given
@@ -460,20 +466,16 @@ bool recv_posted(const transfer_state& st, const std::string& peer,
 void give_up_unannounced(self_ptr self, const std::string& peer,
                          std::uint64_t id) {
   auto& st = self->state;
-  auto p = st.in.find(peer);
-  if (p == st.in.end())
+  auto* t = find_recv(st, peer, id);
+  if (t == nullptr || !t->waiter || t->posted || t->done || t->failure)
     return;
-  auto t = p->second.transfers.find(id);
-  if (t == p->second.transfers.end() || !t->second.waiter || t->second.posted ||
-      t->second.done || t->second.failure)
-    return;
-  fail(t->second, st,
+  fail(*t, st,
        make_error(ec::not_found,
                   fmt::format("transfer {} from '{}' was given up by its "
                               "receiver before it was announced",
                               id, peer)),
        peer);
-  t->second.cancelled = true;
+  t->cancelled = true;
 }
 
 } // namespace
