@@ -399,6 +399,8 @@ void finish_incoming(self_ptr self, const request_key& key) {
     return;
   auto& r = i->second;
   if (r.failure) {
+    if (!r.unsettled.empty())
+      return; // settle_orders: the failure goes once none can write
     r.promise->deliver(r.failure);
   } else if (r.parts > 0 && r.parts_done == r.parts) {
     proto::node_report rep{key.second,  r.bytes,       r.start_ns,     r.end_ns,
@@ -413,12 +415,55 @@ void finish_incoming(self_ptr self, const request_key& key) {
   st.in.erase(i);
 }
 
-// False when there was nothing to fail (finished, or failed already).
-bool fail_incoming(self_ptr self, const request_key& key, caf::error why) {
+// Order `transfer_id` of the request can no longer write into its blocks.
+void forget_order(self_ptr self, const request_key& key,
+                  std::uint64_t transfer_id) {
+  if (auto i = self->state.in.find(key); i != self->state.in.end())
+    i->second.unsettled.erase(transfer_id);
+}
+
+void on_settled(self_ptr self, const request_key& key,
+                std::uint64_t transfer_id) {
+  forget_order(self, key, transfer_id);
+  finish_incoming(self, key);
+}
+
+// Asks our transfer actor to settle order `transfer_id` of a failed request:
+// a recv order whose bytes were not announced yet is given up, one whose
+// bytes are on their way (or a read's kernel) is waited for. Bounded by the
+// request timeout.
+void settle_order(self_ptr self, const request_key& key,
+                  std::uint64_t transfer_id) {
+  auto& st = self->state;
+  const auto* peer = find_peer(self, key.first);
+  self->request(st.cfg.transfer, std::chrono::milliseconds(st.cfg.timeout_ms),
+                proto::settle_atom::value,
+                peer != nullptr ? peer->transfer.name : key.first, transfer_id)
+      .then([self, key,
+             transfer_id](caf::ok_atom) { on_settled(self, key, transfer_id); },
+            [self, key, transfer_id](caf::error& err) {
+              spdlog::warn("node {}: request {} from '{}': transfer {} of it "
+                           "did not settle: {}",
+                           self->state.cfg.name, key.second, key.first,
+                           transfer_id, render(err));
+              on_settled(self, key, transfer_id);
+            });
+}
+
+// False when there was nothing to fail (finished, or failed already). The
+// caller hears of the failure once every order of the request settled,
+// unless `settle` is off (the peer is gone: none of its bytes can come).
+bool fail_incoming(self_ptr self, const request_key& key, caf::error why,
+                   bool settle = true) {
   auto i = self->state.in.find(key);
   if (i == self->state.in.end() || i->second.failure)
     return false;
-  i->second.failure = std::move(why);
+  auto& r = i->second;
+  r.failure = std::move(why);
+  if (!settle)
+    r.unsettled.clear();
+  for (auto transfer_id : r.unsettled)
+    settle_order(self, key, transfer_id);
   finish_incoming(self, key);
   return true;
 }
@@ -506,7 +551,8 @@ void sweep_unclaimed(self_ptr self) {
 // landed (once per part: the caller's receive and the part note both ask).
 void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
   auto& st = self->state;
-  auto& posted = noted_entry(self, key).recv_posted;
+  auto& r = noted_entry(self, key);
+  auto& posted = r.recv_posted;
   if (posted.size() <= part)
     posted.resize(part + 1, false);
   if (posted[part])
@@ -516,10 +562,19 @@ void post_recv(self_ptr self, const request_key& key, std::uint32_t part) {
   o.transfer_id = transfer_id_of(key.second, part);
   o.peer_name = key.first;
   o.timeout_ms = st.cfg.timeout_ms;
+  r.unsettled.insert(o.transfer_id);
   self->request(st.cfg.transfer, caf::infinite, proto::recv_atom::value, o)
-      .then([self,
-             key](const proto::recv_report& rep) { on_landed(self, key, rep); },
-            [self, key](caf::error& err) { fail_and_tell(self, key, err); });
+      .then(
+          [self, key, tid = o.transfer_id](const proto::recv_report& rep) {
+            forget_order(self, key, tid);
+            on_landed(self, key, rep);
+          },
+          [self, key, tid = o.transfer_id](caf::error& err) {
+            on_settled(self, key, tid); // failed: nothing more lands
+            fail_and_tell(self, key, err);
+          });
+  if (r.failure) // a part note after the failure: its bytes must not land
+    settle_order(self, key, o.transfer_id); // (after the order: in order)
 }
 
 void on_part(self_ptr self, const proto::node_part& p) {
@@ -572,24 +627,6 @@ void pull_offered(self_ptr self, const request_key& key, incoming_request& r,
 
 // ---- one-sided pull, decode side: reads over CUDA IPC
 
-// A read failed: its kernel may still run (reading the prefill's blocks,
-// writing ours), so the failure is told once our transfer actor's settle
-// says it ended (bounded by the request timeout).
-void fail_read(self_ptr self, const request_key& key, const node_peer& peer,
-               std::uint64_t transfer_id, caf::error why) {
-  auto& st = self->state;
-  self->request(st.cfg.transfer, std::chrono::milliseconds(st.cfg.timeout_ms),
-                proto::settle_atom::value, peer.transfer.name, transfer_id)
-      .then([self, key, why](caf::ok_atom) { fail_and_tell(self, key, why); },
-            [self, key, why](caf::error& err) {
-              spdlog::warn("node {}: request {} from '{}': its failed read "
-                           "did not settle: {}",
-                           self->state.cfg.name, key.second, key.first,
-                           render(err));
-              fail_and_tell(self, key, why);
-            });
-}
-
 // Plans part `part` of a one-sided pull (the prefill's layout and blocks as
 // source) and orders our transfer actor to read it; false when it failed.
 bool post_read(self_ptr self, const request_key& key, incoming_request& r,
@@ -622,16 +659,18 @@ bool post_read(self_ptr self, const request_key& key, incoming_request& r,
   o.peer = peer.transfer;
   o.extents = st.scratch;
   o.timeout_ms = st.cfg.timeout_ms;
+  r.unsettled.insert(o.transfer_id);
   self->request(st.cfg.transfer, caf::infinite, proto::read_atom::value,
                 std::move(o))
-      .then([self,
-             key](const proto::recv_report& rep) { on_landed(self, key, rep); },
-            [self, key, tid = o.transfer_id](caf::error& err) {
-              if (auto* p = find_peer(self, key.first))
-                fail_read(self, key, *p, tid, std::move(err));
-              else
-                fail_incoming(self, key, std::move(err));
-            });
+      .then(
+          [self, key, tid = o.transfer_id](const proto::recv_report& rep) {
+            forget_order(self, key, tid);
+            on_landed(self, key, rep);
+          },
+          // Its kernel may still run (reading the prefill's blocks, writing
+          // ours): it stays unsettled until our transfer actor's settle
+          // says the kernel ended.
+          [self, key](caf::error& err) { fail_and_tell(self, key, err); });
   return true;
 }
 
@@ -719,7 +758,7 @@ void fail_peer(self_ptr self, const std::string& peer, const caf::error& why) {
   for (auto& key : outs)
     fail_outgoing(self, key, why, false);
   for (auto& key : ins) {
-    fail_incoming(self, key, why);
+    fail_incoming(self, key, why, false);
     auto i = st.in.find(key);
     if (i != st.in.end() && !i->second.promise)
       st.in.erase(i); // nobody asked for it (yet): nobody will

@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -68,6 +69,12 @@ struct incoming_request {
   std::uint32_t parts = 0;                 // 0: no part note yet
   std::uint32_t parts_done = 0;
   std::vector<bool> recv_posted; // part p's recv order is posted
+  // Orders out to our transfer actor (recv orders, reads; transfer ids)
+  // that may still write into the caller's blocks. A failure reaches the
+  // caller only once none is left (settle_orders), so that no byte lands
+  // in blocks the caller took back (a peer gone is the exception: its
+  // bytes cannot come, and our transfer actor drops its channel).
+  std::set<std::uint64_t> unsettled;
   std::uint64_t bytes = 0;
   std::int64_t gpu_copy_ns = 0; // CUDA IPC, summed over parts
   std::int64_t gpu_queued_ns = 0;

@@ -240,7 +240,8 @@ caf::result<proto::recv_report> handle_recv(self_ptr self,
   }
   if (t.failure) {
     auto err = t.failure;
-    p.transfers.erase(o.transfer_id);
+    if (!t.cancelled) // else kept till its deadline: its bytes must not land
+      p.transfers.erase(o.transfer_id);
     return err;
   }
   auto promise = self->make_response_promise<proto::recv_report>();

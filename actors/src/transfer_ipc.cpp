@@ -442,6 +442,42 @@ bool copy_running(const transfer_state& st, const std::string& peer,
   return false;
 }
 
+// Plugin path: the entry of transfer `id` from `peer`; nullptr if none.
+transfer_entry* find_recv(transfer_state& st, const std::string& peer,
+                          std::uint64_t id) {
+  auto p = st.in.find(peer);
+  if (p == st.in.end())
+    return nullptr;
+  auto t = p->second.transfers.find(id);
+  return t == p->second.transfers.end() ? nullptr : &t->second;
+}
+
+// Plugin path: receives are posted for it on the channel (announced, not
+// ended): its bytes may still land.
+bool recv_posted(transfer_state& st, const std::string& peer,
+                 std::uint64_t id) {
+  const auto* t = find_recv(st, peer, id);
+  return t != nullptr && t->posted && !t->done && !t->failure;
+}
+
+// Plugin path: a recv order whose transfer was not announced yet is given
+// up, as at its deadline (a later announcement tears the channel down, so
+// no byte of it lands).
+void give_up_unannounced(self_ptr self, const std::string& peer,
+                         std::uint64_t id) {
+  auto& st = self->state;
+  auto* t = find_recv(st, peer, id);
+  if (t == nullptr || !t->waiter || t->posted || t->done || t->failure)
+    return;
+  fail(*t, st,
+       make_error(ec::not_found,
+                  fmt::format("transfer {} from '{}' was given up by its "
+                              "receiver before it was announced",
+                              id, peer)),
+       peer);
+  t->cancelled = true;
+}
+
 } // namespace
 
 // Polls the orphaned copies; true if one ended.
@@ -480,7 +516,8 @@ bool progress_orphans(self_ptr self) {
 void answer_status_waiters(transfer_state& st) {
   for (std::size_t k = 0; k < st.status_waiters.size();) {
     auto& w = st.status_waiters[k];
-    if (copy_running(st, w.peer, w.id, w.read)) {
+    if (copy_running(st, w.peer, w.id, w.read) ||
+        (w.read && recv_posted(st, w.peer, w.id))) {
       ++k;
       continue;
     }
@@ -784,12 +821,15 @@ void quarantine_transfer(self_ptr self, const std::string& peer,
 }
 
 // Answered once the destination of transfer `id` from `peer` is safe: no
-// quarantined push of the sender's, and no kernel of a failed read of ours
-// (its reply came at its deadline; the kernel may run on).
+// quarantined push of the sender's, no kernel of a failed read of ours
+// (its reply came at its deadline; the kernel may run on), and on the
+// plugin path no receive posted for it (a recv order not announced yet is
+// given up).
 caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
                                         std::uint64_t id) {
   auto& st = self->state;
-  if (copy_running(st, peer, id, true)) {
+  give_up_unannounced(self, peer, id);
+  if (copy_running(st, peer, id, true) || recv_posted(st, peer, id)) {
     auto promise = self->make_response_promise<caf::ok_atom>();
     st.status_waiters.push_back({peer, id, promise, true});
     ensure_progress(self);

@@ -203,7 +203,7 @@ struct transfer_state {
     std::string peer;
     std::uint64_t id;
     caf::typed_response_promise<caf::ok_atom> promise;
-    bool read = false; // a settle waiting for a failed read's kernel
+    bool read = false; // a settle: a failed read's kernel, a posted recv
   };
   std::vector<status_waiter> status_waiters;
   // Transfers a receiver gave up on before their send order reached us

@@ -112,6 +112,61 @@ TEST_CASE_FIXTURE(caller_system, "a caller's own actor drives two nodes' "
   CHECK(dst.regions == dst.expected(before, src, s, d));
 }
 
+// A receive that fails reaches its caller only once every part's recv
+// order is settled (here the caller withdraws it, as the consumer does when
+// its own deadline passed; a part's own failure takes the same path): the
+// parts not announced yet are given up in the transfer actor, so a push of
+// the request that comes later lands no byte in the blocks the caller took
+// back and may reuse. Without that, its two layers landed there.
+TEST_CASE_FIXTURE(caller_system, "a failed receive settles its parts first: "
+                                 "a late push lands nothing in its blocks") {
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  std::vector<std::uint64_t> s{0, 1}, d{2, 5};
+  auto receive =
+      self->request(decode.node, 30s, proto::node_receive_atom::value,
+                    proto::node_request{21, "prefill-0", d, {}, true});
+  self->send(decode.node, proto::node_fail_atom::value,
+             std::string{"prefill-0"}, std::uint64_t{21},
+             make_error(ec::timeout, "test: withdrawn"));
+  std::string why;
+  receive.receive([](const proto::node_report&) {},
+                  [&](const caf::error& err) { why = render(err); });
+  CHECK(why.find("test: withdrawn") != std::string::npos);
+  auto before = dst.regions;
+  // The prefill pushes request 21 anyway, layer by layer: its send fails,
+  // the decode's transfer actor refusing it (then a later layer may find
+  // the request closed), or, without the settle, lands.
+  auto sent = self->request(prefill.node, 30s, proto::node_send_atom::value,
+                            proto::node_request{21, "decode-0", s, d, true});
+  for (std::uint32_t l = 0; l < layers; ++l)
+    self->request(prefill.node, 10s, proto::node_layer_atom::value,
+                  std::uint64_t{21}, l, std::uint64_t{0})
+        .receive([](caf::ok_atom) {}, [](const caf::error&) {});
+  sent.receive([](const proto::node_report&) {}, [](const caf::error&) {});
+  // A later request of the pair lands, after what the late push could have
+  // landed (the prefill's transfer actor sends in order). The decode tore
+  // the channel down when the late push came, which fails the requests of
+  // the pair in flight until the prefill heard of it (a message); then one
+  // goes over a fresh channel.
+  std::vector<std::uint64_t> s2{3}, d2{6};
+  bool landed = false;
+  for (std::uint64_t id = 22; id < 32 && !landed; ++id) {
+    auto sent2 =
+        self->request(prefill.node, 30s, proto::node_send_atom::value,
+                      proto::node_request{id, "decode-0", s2, d2, false});
+    self->request(decode.node, 30s, proto::node_receive_atom::value,
+                  proto::node_request{id, "prefill-0", d2, {}, false})
+        .receive([&](const proto::node_report&) { landed = true; },
+                 [](const caf::error& err) { MESSAGE(render(err)); });
+    sent2.receive([](const proto::node_report&) {}, [](const caf::error&) {});
+  }
+  REQUIRE(landed);
+  CHECK(dst.regions == dst.expected(before, src, s2, d2));
+}
+
 namespace {
 
 proto::endpoint endpoint_of(std::string name, std::string host,
