@@ -146,9 +146,11 @@ using transfer_actor = caf::typed_actor<
     // cancelled).
     caf::replies_to<proto::ipc_status_atom, std::string,
                     std::uint64_t>::with<caf::ok_atom>,
-    // Consumer to its own transfer actor, after a recv order for transfer
-    // `id` from `peer` failed: answered once the destination blocks are
-    // safe to reuse (at once unless that transfer is quarantined).
+    // A node (or consumer) to its own transfer actor, after a request with
+    // transfer `id` from `peer` failed: answered once the destination
+    // blocks are safe to reuse: a recv order not announced yet is given up
+    // (late bytes are refused), one with receives posted is waited for, a
+    // quarantined CUDA IPC copy is waited out; otherwise at once.
     caf::replies_to<proto::settle_atom, std::string,
                     std::uint64_t>::with<caf::ok_atom>,
     // Directory watcher (see directory_watcher_actor): a peer that left
