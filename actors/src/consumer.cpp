@@ -1059,8 +1059,10 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   auto blocks = self->state.layout.num_blocks();
   // block_bytes 1: the pool's "offsets" are the layout's block ids.
   self->state.pool = std::make_unique<block_pool>(blocks, 1);
-  self->state.loan_of_block.assign(blocks, 0);
-  self->state.block_in_request.assign(blocks, false);
+  if (cfg.lend_percent > 0) { // the credit's tables: only when it lends
+    self->state.loan_of_block.assign(blocks, 0);
+    self->state.block_in_request.assign(blocks, false);
+  }
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
   self->state.cfg = std::move(cfg);
   if (self->state.cfg.node)

@@ -101,8 +101,9 @@ struct consumer_state {
   std::unordered_map<std::uint64_t, ctx_ptr> decoding;
   std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
   // Per pool block: the loan it belongs to (0: not lent), and whether it
-  // is inside a delegated request right now. Sized once: checking and
-  // moving lent blocks allocates nothing.
+  // is inside a delegated request right now. Sized once, when the consumer
+  // lends at all (lend_percent > 0; else empty): checking and moving lent
+  // blocks allocates nothing.
   std::vector<std::uint32_t> loan_of_block;
   std::vector<bool> block_in_request;
   std::deque<waiter> queue; // back-pressure, oldest first
