@@ -81,7 +81,7 @@ std::uint64_t check_value(kv_pattern& pattern, const memory_region& region,
 
 std::size_t worker_count(const memory_region& region) {
   if (!region.host_accessible())
-    return 1;
+    return 2;
   auto cores = std::max(1u, std::thread::hardware_concurrency());
   return std::clamp<std::size_t>(cores / 4, 1, 4);
 }

@@ -67,8 +67,9 @@ private:
 
 // Workers per app actor: a quarter of the cores (the producer's, the
 // consumer's and the transfer threads share them), at least 1 and at most 4;
-// one for GPU memory, whose kernels take the whole GPU anyway (the worker
-// only keeps the app actor from waiting for them).
+// two for GPU memory, whose kernels take the whole GPU's memory bandwidth
+// anyway: the second overlaps one kernel's launch and wait with the other's
+// run, and neither keeps the app actor waiting.
 std::size_t worker_count(const memory_region& region);
 
 } // namespace kvferry::pattern_detail
