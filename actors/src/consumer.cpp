@@ -158,53 +158,65 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
     to_pool(self, ctx.blocks);
 }
 
-// Hash host memory and compare with the producer's XXH3 when it sent one;
-// otherwise (GPU memory on either side) regenerate the pattern and compare,
-// on the GPU for a cuda region.
-caf::error verify(self_ptr self, request_ctx& ctx) {
-  auto& st = self->state;
+// What the check of a request that arrived compares: with the producer's
+// XXH3 when it sent one and the CPU can read our blocks (by_hash), else the
+// pattern regenerated next to them (on the GPU for a cuda region).
+struct verify_job {
+  std::vector<std::uint64_t> offsets; // layer-blocks, as the producer hashed
+  pattern_blocks blocks;
+  bool by_hash = false;
+};
+
+verify_job verify_job_of(const consumer_state& st, const request_ctx& ctx) {
   auto& n = *ctx.notice;
-  auto bb = st.cfg.geometry.layer_block_bytes();
-  if (ctx.bytes != n.bytes)
-    return make_error(ec::mismatch,
-                      fmt::format("consumer '{}': request {}: {} bytes "
-                                  "arrived, the producer sent {}",
-                                  st.cfg.name, ctx.request_id, ctx.bytes,
-                                  n.bytes));
-  auto offsets = layer_block_offsets(st.layout, ctx.blocks);
-  if (n.has_xxhash && st.cfg.region->host_accessible()) {
-    auto got = hash_blocks(st.cfg.region->data(), offsets, bb);
-    if (got == n.xxhash)
+  verify_job job;
+  job.offsets = layer_block_offsets(st.layout, ctx.blocks);
+  job.blocks = {n.pattern_seed, ctx.request_id, 0,
+                static_cast<std::uint32_t>(ctx.blocks.size()),
+                st.cfg.geometry.layer_block_bytes()};
+  job.by_hash = n.has_xxhash && st.cfg.region->host_accessible();
+  return job;
+}
+
+caf::error size_mismatch(const consumer_state& st, const request_ctx& ctx) {
+  if (ctx.bytes == ctx.notice->bytes)
+    return {};
+  return make_error(ec::mismatch,
+                    fmt::format("consumer '{}': request {}: {} bytes "
+                                "arrived, the producer sent {}",
+                                st.cfg.name, ctx.request_id, ctx.bytes,
+                                ctx.notice->bytes));
+}
+
+// The check's outcome: `value` is the XXH3 of what arrived (by_hash) or the
+// index of the first block that differs from the pattern (check_value).
+caf::error verdict(const consumer_state& st, const request_ctx& ctx,
+                   const verify_job& job, std::uint64_t value) {
+  auto& n = *ctx.notice;
+  if (job.by_hash) {
+    if (value == n.xxhash)
       return {};
     return make_error(
         ec::mismatch,
         fmt::format("consumer '{}': request {}: {} bytes arrived with xxhash "
                     "{:016x}, the producer sent {} bytes with xxhash {:016x}",
-                    st.cfg.name, ctx.request_id, ctx.bytes, got, n.bytes,
+                    st.cfg.name, ctx.request_id, ctx.bytes, value, n.bytes,
                     n.xxhash));
   }
-  auto bpl = static_cast<std::uint32_t>(ctx.blocks.size());
-  try {
-    auto first_bad = st.pattern->check(
-        offsets, {n.pattern_seed, ctx.request_id, 0, bpl, bb});
-    if (!first_bad)
-      return {};
-    return make_error(
-        ec::mismatch,
-        fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
-                    "{} in {} memory) differs from what the producer wrote "
-                    "(pattern seed {})",
-                    st.cfg.name, ctx.request_id, *first_bad % bpl,
-                    *first_bad / bpl, offsets[*first_bad],
-                    st.cfg.region->host_accessible()
-                        ? std::string{"host"}
-                        : fmt::format("GPU {}", st.cfg.region->gpu()),
-                    n.pattern_seed));
-  } catch (const std::exception& e) {
-    return make_error(ec::cuda_error,
-                      fmt::format("consumer '{}': verifying request {}: {}",
-                                  st.cfg.name, ctx.request_id, e.what()));
-  }
+  if (value == pattern_detail::no_mismatch)
+    return {};
+  auto bpl = job.blocks.blocks_per_layer;
+  return make_error(
+      ec::mismatch,
+      fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
+                  "{} in {} memory) differs from what the producer wrote "
+                  "(pattern seed {})",
+                  st.cfg.name, ctx.request_id, value % bpl, value / bpl,
+                  job.offsets[value],
+                  st.cfg.region->host_accessible()
+                      ? std::string{"host"}
+                      : fmt::format("GPU {}", st.cfg.region->gpu()),
+                  n.pattern_seed));
 }
 
 // Out of `requests`, so that its id is free again; only if the entry is
@@ -244,23 +256,11 @@ void finish_failed(self_ptr self, const ctx_ptr& ctx) {
     st.failed_unanswered.pop_front();
 }
 
-// Runs whenever a part lands or fails, the notice comes in, or the request
-// fails; finishes the request once no transfer can touch its blocks and,
-// unless it failed, the notice is there.
-void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
-  if (ctx->pending > 0)
-    return;
-  if (ctx->failure) {
-    release_blocks(self, *ctx);
-    finish_failed(self, ctx);
-    return;
-  }
-  if (!ctx->promise || !ctx->notice)
-    return;
-  forget(self->state, *ctx);
-  auto t0 = clock_type::now();
-  auto bad = verify(self, *ctx);
-  auto verify_ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
+// The request was checked (`bad`: why it failed, took `verify_ns`): its
+// blocks go back (or wait for `decoded`) and the answer goes out.
+void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
+                     std::int64_t verify_ns) {
+  ctx->verifying = false;
   if (!bad && self->state.cfg.keep_blocks_until_decoded)
     self->state.decoding.emplace(ctx->request_id, ctx); // until `decoded`
   else
@@ -280,6 +280,63 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   r.gpu_queued_ns = ctx->gpu_queued_ns;
   r.compute_ns = verify_ns + ctx->producer_compute_ns;
   ctx->promise->deliver(std::move(r));
+}
+
+// Verifies a request whose bytes all landed: on a pattern worker (off this
+// actor's thread, so other requests' messages are served meanwhile), or
+// here for a model-only region. No deadline on the worker's answer: it is a
+// thread of this process, linked to this actor, that always answers, and
+// the blocks may not return before it has.
+void verify(self_ptr self, const ctx_ptr& ctx) {
+  auto& st = self->state;
+  if (auto bad = size_mismatch(st, *ctx))
+    return finish_verified(self, ctx, std::move(bad), 0);
+  auto job = std::make_shared<verify_job>(verify_job_of(st, *ctx));
+  if (st.workers.empty()) {
+    auto t0 = clock_type::now();
+    caf::error bad;
+    try {
+      bad = verdict(st, *ctx, *job,
+                    pattern_detail::check_value(*st.pattern, *st.cfg.region,
+                                                job->offsets, job->blocks,
+                                                job->by_hash));
+    } catch (const std::exception& e) {
+      bad = make_error(ec::cuda_error,
+                       fmt::format("consumer '{}': verifying request {}: {}",
+                                   st.cfg.name, ctx->request_id, e.what()));
+    }
+    auto ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
+    return finish_verified(self, ctx, std::move(bad), ns);
+  }
+  ctx->verifying = true;
+  auto& b = job->blocks;
+  self->request(st.workers.next(), caf::infinite, job->offsets, b.seed,
+                b.request_id, b.blocks_per_layer, b.block_bytes, job->by_hash)
+      .then(
+          [self, ctx, job](std::uint64_t value, std::int64_t ns) {
+            finish_verified(self, ctx, verdict(self->state, *ctx, *job, value),
+                            ns);
+          },
+          [self, ctx](caf::error& err) {
+            finish_verified(self, ctx, std::move(err), 0);
+          });
+}
+
+// Runs whenever a part lands or fails, the notice comes in, or the request
+// fails; finishes the request once no transfer can touch its blocks and,
+// unless it failed, the notice is there.
+void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
+  if (ctx->pending > 0)
+    return;
+  if (ctx->failure) {
+    release_blocks(self, *ctx);
+    finish_failed(self, ctx);
+    return;
+  }
+  if (!ctx->promise || !ctx->notice || ctx->verifying)
+    return;
+  forget(self->state, *ctx);
+  verify(self, ctx);
 }
 
 // Our node reports the request landed: its bytes and data window.
@@ -1059,9 +1116,12 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
   auto blocks = self->state.layout.num_blocks();
   // block_bytes 1: the pool's "offsets" are the layout's block ids.
   self->state.pool = std::make_unique<block_pool>(blocks, 1);
-  self->state.loan_of_block.assign(blocks, 0);
-  self->state.block_in_request.assign(blocks, false);
+  if (cfg.lend_percent > 0) { // the credit's tables: only when it lends
+    self->state.loan_of_block.assign(blocks, 0);
+    self->state.block_in_request.assign(blocks, false);
+  }
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
+  self->state.workers = pattern_detail::pattern_workers{self, cfg.region};
   self->state.cfg = std::move(cfg);
   if (self->state.cfg.node)
     self->link_to(self->state.cfg.node);

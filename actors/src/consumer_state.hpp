@@ -20,6 +20,7 @@
 #include <caf/error.hpp>
 #include <caf/typed_response_promise.hpp>
 
+#include "kv_pattern_workers.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_layout.hpp"
@@ -53,7 +54,8 @@ struct request_ctx {
   std::uint32_t loan_id = 0; // blocks return to this loan; 0: to the pool
   bool answered = false;     // promise already delivered (abort)
   bool released = false;
-  bool orphaned = false; // its producer is gone: no `arrived` will come
+  bool orphaned = false;  // its producer is gone: no `arrived` will come
+  bool verifying = false; // a pattern worker checks its blocks
   // CUDA IPC quarantine: failed parts whose settle the transfer actor has
   // not answered yet, and whether the blocks wait for them (counted in
   // quarantined_blocks).
@@ -96,13 +98,17 @@ struct consumer_state {
   kv_layout layout;                    // the pool (pool_layout)
   std::unique_ptr<block_pool> pool;    // of block ids (block_bytes 1)
   std::unique_ptr<kv_pattern> pattern; // verifies GPU memory on the GPU
+  // Requests are verified there, off this actor's thread; empty for a
+  // model-only region (then `pattern`, which does nothing).
+  pattern_detail::pattern_workers workers;
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
   // keep_blocks_until_decoded: answered requests still decoding.
   std::unordered_map<std::uint64_t, ctx_ptr> decoding;
   std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
   // Per pool block: the loan it belongs to (0: not lent), and whether it
-  // is inside a delegated request right now. Sized once: checking and
-  // moving lent blocks allocates nothing.
+  // is inside a delegated request right now. Sized once, when the consumer
+  // lends at all (lend_percent > 0; else empty): checking and moving lent
+  // blocks allocates nothing.
   std::vector<std::uint32_t> loan_of_block;
   std::vector<bool> block_in_request;
   std::deque<waiter> queue; // back-pressure, oldest first

@@ -123,6 +123,25 @@ void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
                              false);
 }
 
+std::optional<std::uint64_t>
+kv_pattern::fill_and_hash(const std::vector<std::uint64_t>& offsets,
+                          const pattern_blocks& blocks) {
+  if (!region_->host_accessible() || region_->is_model_only()) {
+    fill(offsets, blocks);
+    return std::nullopt;
+  }
+  check_bounds(offsets, blocks);
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  for (std::size_t i = 0; i < offsets.size(); ++i) {
+    auto* block = region_->data() + offsets[i];
+    fill_pattern(block, blocks.block_bytes, blocks.seed, blocks.request_id,
+                 layer_of(blocks, i), block_of(blocks, i));
+    XXH3_64bits_update(&state, block, blocks.block_bytes);
+  }
+  return XXH3_64bits_digest(&state);
+}
+
 std::optional<std::size_t>
 kv_pattern::check(const std::vector<std::uint64_t>& offsets,
                   const pattern_blocks& blocks) {

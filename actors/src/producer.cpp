@@ -84,7 +84,7 @@ void fail_request(self_ptr self, const ctx_ptr& ctx, caf::error err) {
     self->state.active.erase(ctx->req.request_id);
     ctx->promise.deliver(std::move(err));
   }
-  if (ctx->sends_left == 0)
+  if (ctx->sends_left == 0 && !ctx->filling)
     release_blocks(self, *ctx);
 }
 
@@ -324,13 +324,11 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   if (!parked)
     return self->delegate(consumer, proto::incoming_atom::value,
                           std::move(notice));
-  // The router's request was answered with a promise when it parked: the
-  // consumer's reply comes back through here (one more hop, only then).
-  self->request(consumer, milliseconds(3 * self->state.cfg.timeout_ms),
-                proto::incoming_atom::value, std::move(notice))
-      .then(
-          [ctx](proto::ready_report& r) { ctx->promise.deliver(std::move(r)); },
-          [ctx](caf::error& err) { ctx->promise.deliver(std::move(err)); });
+  // The router's request was answered with a promise (it waited for blocks,
+  // its fill or the consumer's node): the promise delegates it, so the
+  // consumer still answers the router directly.
+  ctx->promise.delegate(consumer, proto::incoming_atom::value,
+                        std::move(notice));
   return ctx->promise;
 }
 
@@ -462,29 +460,14 @@ void connect_node(self_ptr self, const caf::actor& consumer) {
           });
 }
 
-// Runs a request whose source blocks are allocated. A request that waited
-// for blocks or for the consumer's node (`parked`) already holds the
-// router's promise and cannot be delegated any more: its credit path asks
-// the consumer and relays.
-caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
-                                             bool parked) {
+// A request whose blocks are written (unless layerwise) goes to the
+// consumer once our node has met the consumer's. A request that waited for
+// blocks, its fill or the consumer's node (`parked`) already holds the
+// router's promise.
+caf::result<proto::ready_report> hand_over(self_ptr self, const ctx_ptr& ctx,
+                                           bool parked) {
   auto& st = self->state;
-  auto& geo = st.cfg.geometry;
   auto& r = ctx->req;
-  if (st.monitored.insert(r.consumer.address()).second)
-    self->monitor(r.consumer);
-  if (auto i = st.consumer_names.find(r.consumer.address());
-      i != st.consumer_names.end())
-    ctx->consumer_name = i->second;
-  if (!r.layerwise || r.pull) {
-    auto t0 = clock_type::now();
-    if (auto err = fill_layers(self, ctx, 0, geo.layers)) {
-      release_blocks(self, *ctx); // no send touched them
-      return answer_failure(ctx, std::move(err), parked);
-    }
-    hash_request(self, *ctx);
-    ctx->compute_ns = since(t0);
-  }
   auto& peer = st.nodes[r.consumer.address()];
   if (!peer.name.empty())
     return dispatch(self, ctx, parked);
@@ -494,6 +477,68 @@ caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
   peer.waiting.push_back(ctx);
   connect_node(self, r.consumer);
   return ctx->promise;
+}
+
+// A pattern worker writes (and hashes) the whole request; it goes on when
+// that is done, while this actor serves other requests. Meanwhile it is
+// active (its consumer's death fails it), and its blocks return only once
+// the worker let go of them. No deadline on the worker's answer: it is a
+// thread of this process, linked to this actor (its death ends us), that
+// always answers; until it has, the blocks may still be written.
+caf::result<proto::ready_report>
+fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
+  auto& st = self->state;
+  if (!parked)
+    ctx->promise = self->make_response_promise<proto::ready_report>();
+  st.active.emplace(ctx->req.request_id, ctx);
+  ctx->filling = true;
+  self->request(st.workers.next(), caf::infinite, ctx->blocks,
+                ctx->req.pattern_seed, ctx->req.request_id, std::uint32_t{0},
+                ctx->bpl, std::uint64_t{st.cfg.geometry.layer_block_bytes()})
+      .then(
+          [self, ctx](std::uint64_t hash, std::int64_t ns) {
+            ctx->filling = false;
+            if (ctx->failed) {
+              if (ctx->sends_left == 0)
+                release_blocks(self, *ctx);
+              return;
+            }
+            ctx->hash = hash;
+            ctx->hashed = self->state.cfg.region->host_accessible();
+            ctx->compute_ns = ns;
+            self->state.active.erase(ctx->req.request_id);
+            hand_over(self, ctx, true);
+          },
+          [self, ctx](caf::error& err) {
+            ctx->filling = false;
+            fail_request(self, ctx, std::move(err));
+          });
+  return ctx->promise;
+}
+
+// Runs a request whose source blocks are allocated: written here, by a
+// pattern worker, or layer by layer as it is sent.
+caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
+                                             bool parked) {
+  auto& st = self->state;
+  auto& r = ctx->req;
+  if (st.monitored.insert(r.consumer.address()).second)
+    self->monitor(r.consumer);
+  if (auto i = st.consumer_names.find(r.consumer.address());
+      i != st.consumer_names.end())
+    ctx->consumer_name = i->second;
+  if (r.layerwise && !r.pull)
+    return hand_over(self, ctx, parked); // filled as each layer is sent
+  if (!st.workers.empty())
+    return fill_then_hand_over(self, ctx, parked);
+  auto t0 = clock_type::now();
+  if (auto err = fill_layers(self, ctx, 0, st.cfg.geometry.layers)) {
+    release_blocks(self, *ctx); // no send touched them
+    return answer_failure(ctx, std::move(err), parked);
+  }
+  hash_request(self, *ctx);
+  ctx->compute_ns = since(t0);
+  return hand_over(self, ctx, parked);
 }
 
 // Takes `ctx`'s source blocks from the pool; false when too few are free.
@@ -656,6 +701,7 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   self->state.pool =
       std::make_unique<block_pool>(self->state.layout.num_blocks(), 1);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
+  self->state.workers = pattern_detail::pattern_workers{self, cfg.region};
   self->state.cfg = std::move(cfg);
   if (self->state.cfg.node)
     self->link_to(self->state.cfg.node);

@@ -14,6 +14,7 @@
 #include <caf/actor_clock.hpp>
 #include <caf/typed_response_promise.hpp>
 
+#include "kv_pattern_workers.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_layout.hpp"
@@ -42,6 +43,7 @@ struct request_ctx {
   caf::actor_clock::time_point park_deadline; // while waiting for blocks
   std::int64_t transfer_ns = 0;
   std::uint32_t sends_left = 0; // node requests that may still read blocks
+  bool filling = false;         // a pattern worker still writes the blocks
   bool delegated = false;       // the consumer answers the router (credit)
   bool failed = false;
   bool released = false;
@@ -73,6 +75,9 @@ struct producer_state {
   kv_layout layout;                    // the pool (pool_layout)
   std::unique_ptr<block_pool> pool;    // of block ids (block_bytes 1)
   std::unique_ptr<kv_pattern> pattern; // "prefill" on host or GPU memory
+  // Whole requests are filled (and hashed) there, off this actor's thread;
+  // empty for a model-only region (then `pattern`, which does nothing).
+  pattern_detail::pattern_workers workers;
   std::unordered_map<caf::actor_addr, credit_line> credit; // by consumer
   // Requests waiting for source blocks (see on_prefill), oldest first.
   std::deque<ctx_ptr> parked;

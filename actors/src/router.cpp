@@ -98,6 +98,7 @@ void record_success(self_ptr self, const router_state::route& route,
     }
     out.control_us.push_back(
         us - static_cast<double>(r.transfer_ns + r.compute_ns) / 1e3);
+    out.compute_us.push_back(static_cast<double>(r.compute_ns) / 1e3);
   });
 }
 

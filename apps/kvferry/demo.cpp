@@ -248,15 +248,15 @@ void print_breakdown_table(const std::string& memory, const router_results& r,
       "| memory | requests | failed | bytes moved | wall s | GB/s | data "
       "GB/s | GPU copy GB/s | launch to kernel us p50 / p99 | after "
       "kernel us p50 / p99 | p50 ms | p99 ms | control p50 us | "
-      "control p99 us | CAF RTT p50 us |\n"
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+      "control p99 us | CAF RTT p50 us | fill + verify us p50 |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
       "| {} | {} | {} | {} | {:.3f} | {:.3f} | {:.3f} | {} | {:.3f} "
-      "| {:.3f} | {:.0f} | {:.0f} | {:.0f} |\n",
+      "| {:.3f} | {:.0f} | {:.0f} | {:.0f} | {:.0f} |\n",
       memory, r.done, r.failed, r.bytes, secs, r.bytes / 1e9 / secs,
       data_rate_gbps(r), gpu_copy_columns(r),
       percentile(r.latency_us, 0.5) / 1e3, percentile(r.latency_us, 0.99) / 1e3,
-      percentile(r.control_us, 0.5), percentile(r.control_us, 0.99),
-      caf_rtt_us);
+      percentile(r.control_us, 0.5), percentile(r.control_us, 0.99), caf_rtt_us,
+      percentile(r.compute_us, 0.5));
 }
 
 void print_table(const demo_command& cmd, const std::string& memory,

@@ -147,6 +147,22 @@ TEST_CASE("kv pattern on host memory: fill, check, a corrupted byte") {
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
 }
 
+TEST_CASE("kv pattern on host memory: fill_and_hash writes what fill writes "
+          "and returns what hash_blocks reads") {
+  constexpr std::uint64_t block = 1004;
+  auto region = memory_region::allocate_host(16 * block, "pattern");
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets{5 * block, 0, 9 * block, 2 * block};
+  pattern_blocks where{7, 42, 3, 2, block};
+  auto hash = pattern.fill_and_hash(offsets, where);
+  REQUIRE(hash.has_value());
+  CHECK(*hash == hash_blocks(region->data(), offsets, block));
+  CHECK_FALSE(pattern.check(offsets, where).has_value());
+  // Order matters: the hash is of the blocks in the list's order.
+  std::vector<std::uint64_t> reversed(offsets.rbegin(), offsets.rend());
+  CHECK(*hash != hash_blocks(region->data(), reversed, block));
+}
+
 TEST_CASE("kv pattern refuses a block outside the region") {
   auto region = memory_region::allocate_host(4096, "small");
   kv_pattern pattern{region};

@@ -599,6 +599,25 @@ TEST_CASE_FIXTURE(fixture, "blocks outside the lent set are refused, naming "
   CHECK(stats_of(*this).refused == 2);
 }
 
+TEST_CASE_FIXTURE(fixture, "a consumer that lends nothing refuses credit "
+                           "claims and serves negotiated requests") {
+  start(64, 64, false, 0); // lend_percent 0: no credit tables at all
+  auto p = spawn_borrower(*this, consumer, "prefill-9");
+  REQUIRE(reserve(*this, p, 8));
+  CHECK(p.granted->empty());
+  auto r = request<proto::ready_report>(
+      p.actor, proto::incoming_atom::value,
+      notice_for(*this, 5, "prefill-9", {0, 1, 2, 3}));
+  REQUIRE_FALSE(r);
+  CHECK(render(r.error()).find("block 0, which is not a block lent to it") !=
+        std::string::npos);
+  for (std::uint64_t id = 1; id <= 3; ++id)
+    REQUIRE(prefill(id, 4));
+  auto s = stats_of(*this);
+  CHECK(s.negotiated == 3);
+  CHECK(s.lent_blocks == 0);
+}
+
 TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
   start(64, 64);
   auto p = spawn_borrower(*this, consumer, "prefill-9");

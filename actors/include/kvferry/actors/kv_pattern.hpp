@@ -35,6 +35,13 @@ public:
   /// transport::gpu_error when a CUDA call fails.
   void fill(const std::vector<std::uint64_t>& offsets,
             const pattern_blocks& blocks);
+  /// fill, then the hash_blocks of the same blocks where the CPU can read
+  /// them (host memory; nothing on a GPU). On the CPU each block is hashed
+  /// right after it is written, while it is still in cache: one pass over
+  /// memory instead of two.
+  std::optional<std::uint64_t>
+  fill_and_hash(const std::vector<std::uint64_t>& offsets,
+                const pattern_blocks& blocks);
   /// Index (into `offsets`) of the first block whose bytes differ from the
   /// pattern, or nothing when all match. Same errors as fill.
   std::optional<std::size_t> check(const std::vector<std::uint64_t>& offsets,

@@ -136,6 +136,9 @@ struct router_results {
   std::uint64_t bytes = 0;
   std::vector<double> latency_us;
   std::vector<double> control_us; // latency minus data movement and hashing
+  // Per request: the producer's fill + hash and the consumer's verification
+  // (ready_report::compute_ns), us.
+  std::vector<double> compute_us;
   // Each request's data window (consumer index, start, end: the consumer
   // host's steady clock, ns). Requests in flight together share time, so the
   // data rate divides by the union of each consumer's windows, not the sum.

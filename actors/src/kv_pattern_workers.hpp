@@ -1,0 +1,75 @@
+// The KV test pattern's fills and checks off the app actors' threads
+// (private to actors/; the producer and the consumer use it).
+//
+// A producer that fills and hashes a request, or a consumer that verifies
+// one, on its own thread holds every other message (grants, landed reports,
+// the next requests) behind that work, and with one actor per worker only
+// one request is filled or verified at a time. Instead each app actor owns a
+// few pattern workers: detached actors, linked to it, each with its own
+// kv_pattern over the same region (on a GPU its own stream). A request's
+// blocks belong to that request alone until the work on them is answered,
+// so the workers share no state with the app actor: the offsets go in, the
+// hash (or the first mismatch) and the time it took come back.
+//
+// The messages carry no atom (they never leave the process); their
+// signatures tell them apart:
+//   fill:  (offsets, seed, request_id, first_layer, blocks_per_layer,
+//           block_bytes) -> (hash, ns): the fill, hashed where the CPU can
+//           read the blocks (kv_pattern::fill_and_hash; 0 on a GPU)
+//   check: (offsets, seed, request_id, blocks_per_layer, block_bytes,
+//           by_hash) -> (value, ns): by_hash: hash_blocks of the blocks;
+//           else the index of the first block that differs from the
+//           pattern, or no_mismatch
+// A CUDA or bounds error comes back as an ec::cuda_error naming it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include <caf/actor.hpp>
+#include <caf/local_actor.hpp>
+
+#include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/actors/memory_region.hpp"
+
+namespace kvferry::pattern_detail {
+
+constexpr std::uint64_t no_mismatch = std::numeric_limits<std::uint64_t>::max();
+
+// The check's value (above) for the blocks at `offsets` of `region`, which
+// `pattern` covers. Throws as kv_pattern::check does.
+std::uint64_t check_value(kv_pattern& pattern, const memory_region& region,
+                          const std::vector<std::uint64_t>& offsets,
+                          const pattern_blocks& blocks, bool by_hash);
+
+// The app actor's workers, used round-robin. Empty for a model-only region
+// (the simulator's: there is nothing to write, and the app actor "fills"
+// and checks on its own thread as before). Under a deterministic scheduler
+// (tests) they are not detached, so that it runs them too.
+class pattern_workers {
+public:
+  pattern_workers() = default;
+  // Spawns the workers, linked to `owner`: how many from the core count
+  // (worker_count).
+  pattern_workers(caf::local_actor* owner,
+                  const std::shared_ptr<memory_region>& region);
+  bool empty() const { return workers_.empty(); }
+  // The worker for the next job (round-robin); not empty().
+  const caf::actor& next();
+
+private:
+  std::vector<caf::actor> workers_;
+  std::size_t next_ = 0;
+};
+
+// Workers per app actor: a quarter of the cores (the producer's, the
+// consumer's and the transfer threads share them), at least 1 and at most 4;
+// two for GPU memory, whose kernels take the whole GPU's memory bandwidth
+// anyway: the second overlaps one kernel's launch and wait with the other's
+// run, and neither keeps the app actor waiting.
+std::size_t worker_count(const memory_region& region);
+
+} // namespace kvferry::pattern_detail
