@@ -361,11 +361,14 @@ void from_demo(const std::string& path, double skip_ms, calibration& c) {
   };
   auto net = fit_line_robust(net_bytes, net_us);
   if (net.ok && net.slope > 0) {
-    // A one-chunk transfer pays the latency and one message before its bytes.
-    c.latency_us = std::max(
-        0.0,
-        net.intercept - c.message_us.value_or(topology::sim_spec{}.message_us));
-    c.nic_gbit_per_s = 8 / (net.slope * 1e3);
+    // A one-chunk transfer pays the latency and one message before its
+    // bytes; each further chunk (the topology's default size) a message,
+    // which the line's slope holds too: the rate is what is left of it.
+    auto message = c.message_us.value_or(topology::sim_spec{}.message_us);
+    c.latency_us = std::max(0.0, net.intercept - message);
+    auto per_byte =
+        net.slope - message / double(topology::transfer_spec{}.chunk_bytes);
+    c.nic_gbit_per_s = 8 / ((per_byte > 0 ? per_byte : net.slope) * 1e3);
     c.notes.push_back(fmt::format(
         "latency_us, nic_gbit_per_s (overriding bench net): transfer time "
         "against bytes, robust fit, of {} requests over the network (demo, "
