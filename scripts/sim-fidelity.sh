@@ -93,7 +93,7 @@ done
 # 3. Calibrated on run A.
 step "sim calibrate (run A)"
 "$kvferry" sim calibrate "${link_args[@]}" --demo-csv "$out/demo-A/requests.csv" \
-  --out "$out/calibrated.yaml" >"$out/calibrate.log" 2>&1 || { cat "$out/calibrate.log"; exit 1; }
+  --skip-ms "$skip_ms" --out "$out/calibrated.yaml" >"$out/calibrate.log" 2>&1 || { cat "$out/calibrate.log"; exit 1; }
 cat "$out/calibrated.yaml"
 
 # 4. The demo's topology: over kvsock its two workers on two "hosts" (the

@@ -125,6 +125,9 @@ void add_sim_fidelity(CLI::App& sim_command, int& exit_code) {
                 "`kvferry bench ipc --json` output");
   c->add_option("--demo-csv", cal->in.demo_csv,
                 "requests.csv of `kvferry demo --trace FILE --out DIR`");
+  c->add_option("--skip-ms", cal->in.skip_ms,
+                "with --demo-csv: leave out the requests that arrived in the "
+                "demo's first MS ms (its cold start, not modelled)");
   c->add_option("--out", cal->out, "also write the fragment to this file");
   c->callback([cal, &exit_code] { exit_code = run_calibrate(*cal); });
 

@@ -853,6 +853,7 @@ private:
     check_keys(node,
                {"nic_gbit_per_s", "nics_per_host", "latency_us", "message_us",
                 "block_us", "ipc_gbyte_per_s", "ipc_setup_us", "hop_us",
+                "router_us", "transfer_spread_median", "transfer_spread_sigma",
                 "prefill_ms", "decode_step_ms", "decode_max_batch", "routing",
                 "prefix_reuse", "faults"},
                "sim");
@@ -865,6 +866,11 @@ private:
                 "sim");
     read_double(node, "ipc_setup_us", sim.ipc_setup_us, 0, 1e7, "sim");
     read_double(node, "hop_us", sim.hop_us, 0, 1e7, "sim");
+    read_double(node, "router_us", sim.router_us, 0, 1e10, "sim");
+    read_double(node, "transfer_spread_median", sim.transfer_spread_median,
+                0.001, 1000, "sim");
+    read_double(node, "transfer_spread_sigma", sim.transfer_spread_sigma, 0, 5,
+                "sim");
     read_table(node, "prefill_ms", sim.prefill_ms, "tokens");
     read_table(node, "decode_step_ms", sim.decode_step_ms, "batch");
     read_uint(node, "decode_max_batch", sim.decode_max_batch, 1, 1u << 20,

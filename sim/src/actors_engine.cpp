@@ -411,9 +411,12 @@ private:
     ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
     double bytes = double(o.bytes);
     // The model engine's costs (transfer_costs.hpp), per part.
-    double fixed_us = (r.ipc ? 0 : sim_.latency_us) +
-                      part_fixed_us(sim_, r.ipc, bytes,
-                                    double(topo_.transfer.chunk_bytes), lbb_);
+    o.factor = transfer_factor(sim_, r.trace.index);
+    double fixed_us =
+        ((r.ipc ? 0 : sim_.latency_us) +
+         part_fixed_us(sim_, r.ipc, bytes, double(topo_.transfer.chunk_bytes),
+                       lbb_)) *
+        o.factor;
     auto go = std::max(now(), ready) + from_us(fixed_us);
     at(go, [this, slot, gen = o.gen] {
       if (orders_[slot].live && orders_[slot].gen == gen)
@@ -461,7 +464,7 @@ private:
     auto a = ipc ? from.ipc_link : 2 * from.host;
     auto b = ipc ? to.ipc_link : 2 * to.host + 1;
     o.flow = std::int64_t(net_.start(now(), slot, a, b, double(o.bytes),
-                                     flow_network::unlimited));
+                                     flow_network::unlimited, o.factor));
   }
 
   void on_flow_at(ns_t t, std::uint32_t id, std::uint32_t version) {
@@ -598,6 +601,7 @@ private:
   // timer.
   struct live_order : order {
     bool live = false;
+    double factor = 1; // its request's transfer_factor
     std::int64_t flow = -1;
     std::uint32_t gen = 0;
   };
@@ -732,7 +736,10 @@ private:
     r.prefill_ns =
         from_ms(interpolate(topo_.sim.prefill_ms, r.trace.input_tokens));
     in.tokens = r.trace.input_tokens;
-    in.arrival = caf::timespan{r.trace.arrival_ns};
+    // The router takes it up `router_us` after its arrival (the row's
+    // times count from the arrival).
+    in.arrival =
+        caf::timespan{r.trace.arrival_ns + from_us(topo_.sim.router_us)};
     if (topo_.sim.routing == routing::prefix_aware)
       in.prefix_ids = std::move(r.trace.hash_ids);
     r.trace.hash_ids = {}; // the row does not need them
@@ -768,9 +775,8 @@ private:
     a.self = sim_endpoint(w.name, bytes, a.transfer);
     // The worker's node actor moves its bytes, as in a real worker (linked
     // to the app: a killed worker's node dies with it).
-    a.node =
-        spawn_node_actor(sys_, {w.name, a.transfer, a.self,
-                                pool_layout(geometry_, bytes), patient_ms});
+    a.node = spawn_node_actor(
+        sys_, {w.name, a.transfer, a.self, node_layout(bytes), patient_ms});
     a.timeout_ms = patient_ms;
     a.queue_wait_ms = patient_ms;
     a.queue_limit = std::numeric_limits<std::uint32_t>::max();
@@ -782,6 +788,18 @@ private:
     // are free, as the model engine holds them.
     a.keep_blocks_until_decoded = true;
     return a;
+  }
+
+  // The real pool's blocks (pool_layout's: block ids of all layers) laid
+  // out layer-major: a send order's extents then run over consecutive
+  // blocks (one per run per layer and half) where block-major gives one per
+  // block and layer. The simulated transfer actor counts only their bytes,
+  // which are the same: no output changes, the nodes plan and the orders
+  // carry far fewer extents (docs/sim.md, "Performance").
+  kv_layout node_layout(std::uint64_t bytes) const {
+    auto pool = pool_layout(geometry_, bytes);
+    return kv_layout::layer_major(pool.layers(), pool.num_blocks(),
+                                  pool.block_bytes());
   }
 
   caf::actor add_relay(const caf::actor& target, std::uint32_t worker) {

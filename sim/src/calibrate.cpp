@@ -14,7 +14,7 @@
 //   path) gives the rate and fixed cost a transfer really sees, which the
 //   simulator's flows should reproduce; what is left of each request's
 //   latency after its wait at the router, its compute and transfer is
-//   control, from which hop_us is fitted (effective_hop). The
+//   control, from which hop_us is fitted (fit_hop). The
 //   compute time (pattern fill, hashing, verification) against the prompt gives
 //   a prefill table for that demo — not a model's prefill.
 #include "kvferry/sim/calibrate.hpp"
@@ -91,16 +91,15 @@ line_fit fit_line_robust(const std::vector<double>& x,
   return f;
 }
 
-// The hop that makes the simulator's control path add up to a request's
-// measured control time C: the simulator charges a hop to the producer,
-// sends allocate as prefill (P) starts and waits for the grant (two hops)
-// if prefill is shorter, and `sim compare` adds the answer's hop to the
-// router: 2h + max(P, 2h) - P = C, so h = C / 2 when P >= C, else
-// (C + P) / 4. (The demo's requests use credit, which has no grant round
-// trip; the simulator models the negotiated path, so this is an effective
-// hop for it, not CAF's round trip halved.)
-double effective_hop(double control, double prefill) {
-  return prefill >= control ? control / 2 : (control + prefill) / 4;
+// The control time the simulator charges a request of prefill P (ms) with
+// hop h, the answer's hop that `sim compare` adds included: a hop to the
+// producer, allocate as prefill starts and the grant two hops later, waited
+// for when prefill is shorter, then the answer: 2h + max(P, 2h) - P. (The
+// demo's requests use credit, which has no grant round trip; the simulator
+// models the negotiated path, so a hop fitted to this is an effective hop
+// for it, not CAF's round trip halved.)
+double control_of(double hop, double prefill) {
+  return 2 * hop + std::max(prefill, 2 * hop) - prefill;
 }
 
 json read_json(const std::string& path) {
@@ -201,54 +200,181 @@ void from_bench_ipc(const std::string& path, calibration& c) {
       largest, path));
 }
 
-// The demo's requests, by path: bytes and transfer time; and the rest.
-void from_demo(const std::string& path, calibration& c) {
+// One completed request of a demo run (ms, bytes, tokens).
+struct demo_row {
+  bool ipc = false;
+  double bytes = 0, transfer = 0, arrival = 0, queue = 0, ready = 0,
+         compute = 0, tokens = 0;
+};
+
+// The completed requests of a demo run that arrived from `skip_ms` on.
+std::vector<demo_row> read_demo(const std::string& path, double skip_ms) {
   detail::csv_table t(path);
   auto status = t.column("status"), kind = t.column("path"),
        bytes = t.column("bytes_moved"),
        transfer = t.column("transfer_total_ms"), ready = t.column("ready_ms"),
        queue = t.column("queue_ms"), compute = t.column("prefill_ms"),
-       tokens = t.column("input_tokens");
-  std::vector<double> net_bytes, net_us, ipc_bytes, ipc_us, control_us, prompt,
-      compute_ms;
+       tokens = t.column("input_tokens"), arrival = t.column("arrival_ms");
+  std::vector<demo_row> rows;
   for (std::size_t row = 0; row < t.size(); ++row) {
-    if (t.text(row, status) != "ok")
+    if (t.text(row, status) != "ok" || t.number(row, arrival) < skip_ms)
       continue;
-    bool ipc = t.text(row, kind) == "ipc";
-    (ipc ? ipc_bytes : net_bytes).push_back(t.number(row, bytes));
-    (ipc ? ipc_us : net_us).push_back(t.number(row, transfer) * 1e3);
-    // Not the router's wait before sending (queue_ms): a full window is
-    // queueing, which the simulator models itself (a queue for the prefill
-    // GPU), and a late timer is the loaded machine's, not a hop; counted
-    // as control, an overloaded demo run made each hop seconds long.
-    auto control = t.number(row, ready) - t.number(row, queue) -
-                   t.number(row, compute) - t.number(row, transfer);
-    control_us.push_back(
-        effective_hop(std::max(0.0, control), t.number(row, compute)) * 1e3);
-    prompt.push_back(t.number(row, tokens));
-    compute_ms.push_back(t.number(row, compute));
+    rows.push_back({t.text(row, kind) == "ipc", t.number(row, bytes),
+                    t.number(row, transfer), t.number(row, arrival),
+                    t.number(row, queue), t.number(row, ready),
+                    t.number(row, compute), t.number(row, tokens)});
   }
-  if (control_us.size() < 2)
-    throw std::runtime_error(path + ": fewer than two completed requests");
-  auto n = control_us.size();
-  c.hop_us = median(control_us);
+  return rows;
+}
+
+// The quantile `q` of `values`, each counted `weight` times (linear
+// between the midpoints of the weights).
+double weighted_quantile(std::vector<std::pair<double, double>> values,
+                         double q) {
+  std::sort(values.begin(), values.end());
+  double total = 0;
+  for (auto& v : values)
+    total += v.second;
+  double below = 0, at = 0, prev_at = 0, prev = values.front().first;
+  for (auto& [value, weight] : values) {
+    at = (below + weight / 2) / total;
+    if (q <= at)
+      return at == prev_at
+                 ? value
+                 : prev + (value - prev) * std::max(0.0, q - prev_at) /
+                              (at - prev_at);
+    below += weight;
+    prev_at = at;
+    prev = value;
+  }
+  return values.back().first;
+}
+
+// The spread of the transfer times about the fitted lines: each request's
+// measured time over its line's, a log-normal of median m and log standard
+// deviation sigma (from the quartiles: ln(q75 / q25) / 1.349). Each ratio
+// weighs its request's fitted time, so that the spread is the one of the
+// transfers that make the time (on a loaded machine a transfer of a few
+// microseconds, mostly fixed cost, varies far more in proportion).
+void fit_spread(const std::vector<std::pair<double, double>>& ratios,
+                calibration& c, const std::string& path) {
+  if (ratios.size() < 4)
+    return;
+  auto q25 = weighted_quantile(ratios, 0.25),
+       q75 = weighted_quantile(ratios, 0.75);
+  if (!(q25 > 0 && q75 >= q25))
+    return;
+  c.transfer_spread_median = weighted_quantile(ratios, 0.5);
+  c.transfer_spread_sigma = std::log(q75 / q25) / 1.349;
   c.notes.push_back(fmt::format(
-      "hop_us: the median effective hop that makes the simulator's control "
-      "path match each request's control time (latency less the router's "
-      "wait, compute and transfer) of {} requests (demo, {})",
+      "transfer_spread_median, transfer_spread_sigma: each request's "
+      "transfer time over its fitted line's, weighted by that, as a "
+      "log-normal (median; quartiles) of {} requests (demo, {})",
+      ratios.size(), path));
+}
+
+// The hop at which the demo's requests, each with its own measured compute
+// and transfer and the simulator's control path (control_of), have the
+// measured median latency less the router's wait. Fitted to the median of
+// the sums, not to each request's control (whose median, added to the
+// other parts' medians, falls short of the median latency when the parts
+// spread, as they do on a loaded machine). Bisection: monotone in the hop.
+double fit_hop(const std::vector<demo_row>& rows) {
+  std::vector<double> latency;
+  for (auto& r : rows)
+    latency.push_back(r.ready - r.queue);
+  auto target = median(latency);
+  auto at = [&](double hop) {
+    std::vector<double> l;
+    for (auto& r : rows)
+      l.push_back(r.compute + r.transfer + control_of(hop, r.compute));
+    return median(std::move(l));
+  };
+  double lo = 0, hi = std::max(target, 0.0);
+  for (int i = 0; i < 60; ++i)
+    (at((lo + hi) / 2) < target ? lo : hi) = (lo + hi) / 2;
+  return (lo + hi) / 2;
+}
+
+// The router's own delay: its wait to send a request (queue_ms) where its
+// window cannot have been full, i.e. fewer requests were in flight (sent,
+// not answered) at its arrival than the most ever were (a full window is
+// queueing, which the simulator models itself in front of the prefill
+// GPU). The median; all requests when none was ever in flight.
+void fit_router(const std::vector<demo_row>& rows, calibration& c,
+                const std::string& path) {
+  std::vector<std::size_t> in_flight(rows.size(), 0);
+  std::size_t most = 0;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    for (auto& o : rows)
+      if (o.arrival + o.queue <= rows[i].arrival &&
+          rows[i].arrival < o.arrival + o.ready)
+        ++in_flight[i];
+    most = std::max(most, in_flight[i]);
+  }
+  std::vector<double> waits;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (most == 0 || in_flight[i] < most)
+      waits.push_back(rows[i].queue);
+  c.router_us = median(waits) * 1e3;
+  c.notes.push_back(fmt::format(
+      "router_us: the median wait at the router to send of {} requests "
+      "that found fewer than {} in flight (its window could not be full; "
+      "demo, {})",
+      waits.size(), std::max<std::size_t>(most, 1), path));
+}
+
+// The demo's requests, by path: bytes and transfer time; and the rest.
+void from_demo(const std::string& path, double skip_ms, calibration& c) {
+  auto rows = read_demo(path, skip_ms);
+  if (rows.size() < 2)
+    throw std::runtime_error(
+        path + ": fewer than two completed requests" +
+        (skip_ms > 0 ? fmt::format(" from {} ms on", skip_ms) : ""));
+  std::vector<double> net_bytes, net_us, ipc_bytes, ipc_us, prompt, compute_ms;
+  for (auto& r : rows) {
+    (r.ipc ? ipc_bytes : net_bytes).push_back(r.bytes);
+    (r.ipc ? ipc_us : net_us).push_back(r.transfer * 1e3);
+    prompt.push_back(r.tokens);
+    compute_ms.push_back(r.compute);
+  }
+  auto n = rows.size();
+  // Not with the router's wait before sending (queue_ms): a full window is
+  // queueing, which the simulator models itself (a queue for the prefill
+  // GPU), and the router's own delay is router_us; counted as control, an
+  // overloaded demo run made each hop seconds long.
+  c.hop_us = fit_hop(rows) * 1e3;
+  c.notes.push_back(fmt::format(
+      "hop_us: the effective hop at which the simulator's control path, "
+      "added to each request's compute and transfer, gives the median "
+      "latency less the router's wait of {} requests (demo, {})",
       n, path));
+  fit_router(rows, c, path);
+  // Each request's measured transfer time over its fitted line's (and
+  // that), for the spread.
+  std::vector<std::pair<double, double>> ratios;
+  auto add_ratios = [&](const line_fit& f, const std::vector<double>& x,
+                        const std::vector<double>& y) {
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (auto fitted = f.intercept + f.slope * x[i]; fitted > 0)
+        ratios.emplace_back(y[i] / fitted, fitted);
+  };
   auto net = fit_line_robust(net_bytes, net_us);
   if (net.ok && net.slope > 0) {
-    // A one-chunk transfer pays the latency and one message before its bytes.
-    c.latency_us = std::max(
-        0.0,
-        net.intercept - c.message_us.value_or(topology::sim_spec{}.message_us));
-    c.nic_gbit_per_s = 8 / (net.slope * 1e3);
+    // A one-chunk transfer pays the latency and one message before its
+    // bytes; each further chunk (the topology's default size) a message,
+    // which the line's slope holds too: the rate is what is left of it.
+    auto message = c.message_us.value_or(topology::sim_spec{}.message_us);
+    c.latency_us = std::max(0.0, net.intercept - message);
+    auto per_byte =
+        net.slope - message / double(topology::transfer_spec{}.chunk_bytes);
+    c.nic_gbit_per_s = 8 / ((per_byte > 0 ? per_byte : net.slope) * 1e3);
     c.notes.push_back(fmt::format(
         "latency_us, nic_gbit_per_s (overriding bench net): transfer time "
         "against bytes, robust fit, of {} requests over the network (demo, "
         "{})",
         net_bytes.size(), path));
+    add_ratios(net, net_bytes, net_us);
   }
   auto ipc = fit_line_robust(ipc_bytes, ipc_us);
   if (ipc.ok && ipc.slope > 0) {
@@ -258,7 +384,9 @@ void from_demo(const std::string& path, calibration& c) {
         "ipc_gbyte_per_s, ipc_setup_us (overriding bench ipc): transfer time "
         "against bytes, robust fit, of {} requests over CUDA IPC (demo, {})",
         ipc_bytes.size(), path));
+    add_ratios(ipc, ipc_bytes, ipc_us);
   }
+  fit_spread(ratios, c, path);
   auto prefill = fit_line_robust(prompt, compute_ms);
   auto low = *std::min_element(prompt.begin(), prompt.end());
   auto high = *std::max_element(prompt.begin(), prompt.end());
@@ -287,7 +415,7 @@ calibration calibrate(const calibration_inputs& in) {
   if (!in.bench_ipc_json.empty())
     from_bench_ipc(in.bench_ipc_json, c);
   if (!in.demo_csv.empty())
-    from_demo(in.demo_csv, c);
+    from_demo(in.demo_csv, in.skip_ms, c);
   return c;
 }
 
@@ -307,6 +435,9 @@ std::string to_yaml(const calibration& c) {
   key("ipc_gbyte_per_s", c.ipc_gbyte_per_s);
   key("ipc_setup_us", c.ipc_setup_us);
   key("hop_us", c.hop_us);
+  key("router_us", c.router_us);
+  key("transfer_spread_median", c.transfer_spread_median);
+  key("transfer_spread_sigma", c.transfer_spread_sigma);
   if (!c.prefill_ms.empty()) {
     out += "  prefill_ms: [";
     for (std::size_t i = 0; i < c.prefill_ms.size(); ++i)

@@ -96,6 +96,7 @@ struct request {
   ns_t prefill_ns = 0, tail_ns = 0;
   std::uint64_t blocks = 0; // layer-blocks held at the consumer
   double bytes = 0, saved = 0;
+  double factor = 1; // its transfer_factor (transfer_costs.hpp)
   // Bumped when the slot is freed, so that the events of a request that
   // failed (a fault) do not reach the slot's next occupant.
   std::uint32_t gen = 0;
@@ -152,7 +153,7 @@ public:
     for (std::uint32_t i = 0; i < faults_.size(); ++i)
       schedule(from_ms(faults_[i].at_s * 1e3), ev::fault, i);
     if (read_next())
-      schedule(pending_.arrival_ns, ev::arrival, 0);
+      schedule(routed_at(pending_), ev::arrival, 0);
     while (!events_.empty()) {
       auto e = events_.top();
       events_.pop();
@@ -293,7 +294,7 @@ private:
     r.gen = gen;
     r.live = true;
     std::swap(r.trace, pending_);
-    r.arrival = now_;
+    r.arrival = r.trace.arrival_ns;
     r.prefill_ns = from_ms(interpolate(sim_.prefill_ms, r.trace.input_tokens));
     r.blocks =
         std::uint64_t(blocks_of(r.trace.input_tokens)) * topo_.model.layers;
@@ -302,7 +303,12 @@ private:
     else
       fail_unroutable(slot);
     if (read_next())
-      schedule(pending_.arrival_ns, ev::arrival, 0);
+      schedule(routed_at(pending_), ev::arrival, 0);
+  }
+
+  // When the router takes a request up: `router_us` after its arrival.
+  ns_t routed_at(const trace_request& t) const {
+    return t.arrival_ns + from_us(sim_.router_us);
   }
 
   std::uint64_t blocks_of(std::uint64_t tokens) const {
@@ -401,6 +407,9 @@ private:
     double overhead_us = parts * part_fixed_us(sim_, r.ipc, r.bytes / parts,
                                                double(t.chunk_bytes), lbb_);
     double setup_us = r.ipc ? 0 : sim_.latency_us;
+    r.factor = transfer_factor(sim_, r.trace.index);
+    overhead_us *= r.factor;
+    setup_us *= r.factor;
     if (t.layerwise) {
       r.tail_ns = from_us(overhead_us / layers);
     } else {
@@ -426,7 +435,7 @@ private:
     // Layer-wise during prefill: no faster than the layers are produced.
     double cap = r.prefill_end < 0 ? r.bytes / double(r.prefill_ns)
                                    : flow_network::unlimited;
-    r.flow = std::int64_t(net_.start(now_, slot, a, b, r.bytes, cap));
+    r.flow = std::int64_t(net_.start(now_, slot, a, b, r.bytes, cap, r.factor));
   }
 
   void lift_cap(std::uint32_t slot) {

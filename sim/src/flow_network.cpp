@@ -15,7 +15,8 @@ std::uint32_t flow_network::add_link(std::string name, double capacity) {
 }
 
 std::uint32_t flow_network::start(ns_t now, std::uint32_t tag, std::uint32_t a,
-                                  std::uint32_t b, double bytes, double cap) {
+                                  std::uint32_t b, double bytes, double cap,
+                                  double scale) {
   now_ = now;
   std::uint32_t id;
   if (!free_flows_.empty()) {
@@ -34,8 +35,9 @@ std::uint32_t flow_network::start(ns_t now, std::uint32_t tag, std::uint32_t a,
   f.updated = now_;
   f.res[0] = a;
   f.res[1] = b;
-  f.remaining = bytes;
-  f.cap = cap;
+  f.remaining = bytes * scale;
+  f.cap = cap * scale;
+  f.scale = scale;
   for (auto res : f.res)
     links_[res].members.push_back(id);
   reshare_from(a, b);
@@ -102,9 +104,9 @@ void flow_network::settle(flow& f) {
     double moved = std::min(f.remaining, f.rate * dt);
     f.remaining -= moved;
     for (auto r : f.res) {
-      links_[r].bytes += moved;
+      links_[r].bytes += moved / f.scale;
       if (rates_ != nullptr && r < recorded_)
-        rates_->add(r, f.updated, now_, f.rate);
+        rates_->add(r, f.updated, now_, f.rate / f.scale);
     }
   }
   f.updated = now_;

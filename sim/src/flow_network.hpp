@@ -57,8 +57,12 @@ public:
 
   /// A flow of `bytes` through links `a` and `b`, at most `cap` bytes per
   /// ns; `tag` is the owner's (returned when it ends). Returns its id.
+  /// With `scale` (a request's transfer_factor) it takes `scale` times the
+  /// link time per byte: it moves bytes x scale, and its links count its
+  /// true bytes carried.
   std::uint32_t start(ns_t now, std::uint32_t tag, std::uint32_t a,
-                      std::uint32_t b, double bytes, double cap);
+                      std::uint32_t b, double bytes, double cap,
+                      double scale = 1);
   /// Lifts flow `id`'s cap.
   void lift_cap(ns_t now, std::uint32_t id);
   /// Takes a flow off its links (its request failed) and re-shares.
@@ -80,7 +84,8 @@ private:
   struct flow {
     std::uint32_t tag = 0;
     std::uint32_t res[2] = {0, 0};
-    double remaining = 0, cap = 0, rate = 0;
+    double remaining = 0, cap = 0, rate = 0; // in bytes x scale
+    double scale = 1;
     ns_t updated = 0;          // `remaining` is as of this time
     std::uint32_t version = 0; // of its pending finish event
     bool live = false;

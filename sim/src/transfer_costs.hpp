@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "kvferry/runtime/topology.hpp"
 
@@ -20,6 +21,32 @@ inline double part_fixed_us(const topology::sim_spec& sim, bool ipc,
     return sim.ipc_setup_us;
   return std::ceil(part_bytes / chunk_bytes) * sim.message_us +
          part_bytes / layer_block_bytes * sim.block_us;
+}
+
+/// The factor request `index`'s transfer time (fixed costs and bytes) is
+/// multiplied by: log-normal, of median `transfer_spread_median` and log
+/// standard deviation `transfer_spread_sigma` (`sim calibrate` fits both to
+/// a demo run: the spread of transfers of one size that the machine's
+/// contention makes, which the links alone do not). Drawn from the trace
+/// index alone, so that both engines and every run draw alike, at the
+/// quantile frac((index + 1) x golden ratio): a low-discrepancy sequence,
+/// so that any run of requests samples the spread evenly (a few hundred
+/// random draws would move its p50 by several percent). The median itself
+/// when sigma is 0 (1 by default: no change).
+inline double transfer_factor(const topology::sim_spec& sim,
+                              std::uint64_t index) {
+  if (sim.transfer_spread_sigma <= 0)
+    return sim.transfer_spread_median;
+  double u =
+      std::fmod(double(index % (1u << 30) + 1) * 0.6180339887498949, 1.0);
+  // The standard normal quantile of u, by bisection on its CDF.
+  double lo = -9, hi = 9;
+  for (int i = 0; i < 64; ++i) {
+    double mid = (lo + hi) / 2;
+    (0.5 * std::erfc(-mid / std::sqrt(2.0)) < u ? lo : hi) = mid;
+  }
+  return sim.transfer_spread_median *
+         std::exp(sim.transfer_spread_sigma * (lo + hi) / 2);
 }
 
 } // namespace kvferry::sim

@@ -95,13 +95,21 @@ TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
   in.bench_net_json = write(dir, "net.json", bench_net_json());
   in.demo_csv = write(dir, "demo.csv", demo_csv());
   auto c = calibrate(in);
-  CHECK(*c.nic_gbit_per_s == doctest::Approx(8));    // 1 GB/s
+  // 1 GB/s, of which a 10 us message per 4 MiB chunk is the simulator's
+  // message_us: the link's rate is the rest.
+  CHECK(*c.nic_gbit_per_s == doctest::Approx(8 / (1 - 10 / 4194.304)));
   CHECK(*c.latency_us == doctest::Approx(100 - 10)); // less one message
   // 0.4 ms of control after 0.2 ms at the router (its wait to send is not
   // a hop: the simulator queues requests itself) with 0.01-0.04 ms of
   // prefill: the simulator charges four hops less the prefill (its grant
-  // wait), so (0.4 + P) / 4 each.
-  CHECK(*c.hop_us == doctest::Approx(106.25));
+  // wait); the median latency (the third request's, P = 0.03 ms) is met
+  // at (0.4 + 0.03) / 4.
+  CHECK(*c.hop_us == doctest::Approx(107.5));
+  // Nothing was in flight when a request came: the router's own wait.
+  CHECK(*c.router_us == doctest::Approx(200));
+  // Four transfers on the line, one 20 times slower: the median on it.
+  CHECK(*c.transfer_spread_median == doctest::Approx(1));
+  CHECK(*c.transfer_spread_sigma > 0);
   REQUIRE(c.prefill_ms.size() == 2);
   CHECK(c.prefill_ms[0].x == 100);
   CHECK(c.prefill_ms[0].ms == doctest::Approx(0.01));
@@ -109,6 +117,39 @@ TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
   CHECK(c.prefill_ms[1].ms == doctest::Approx(0.04));
   CHECK(to_yaml(c).find("  prefill_ms: [[100, 0.01], [400, 0.04]]") !=
         std::string::npos);
+}
+
+TEST_CASE("calibrate: the router's own wait leaves out requests that may "
+          "have found its window full; --skip-ms leaves out the cold start") {
+  scratch_dir dir("kvferry-calibrate");
+  // (arrival, queue, ready) ms; 0.5 ms transfers of 1 or 2 MB.
+  struct row {
+    double arrival, queue, ready;
+  };
+  std::vector<row> rows = {{0, 0.3, 5}, {0.1, 0.3, 5}, {0.2, 0.3, 5},
+                           {1, 4.5, 9}, {20, 0.2, 3},  {30, 0.2, 3},
+                           {40, 0.2, 3}};
+  std::string csv = "index,arrival_ms,path,status,queue_ms,prefill_ms,"
+                    "transfer_total_ms,bytes_moved,ready_ms,input_tokens\n";
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    csv += std::to_string(i) + "," + std::to_string(rows[i].arrival) +
+           ",net,ok," + std::to_string(rows[i].queue) + ",0.1,0.5," +
+           (i % 2 ? "2000000" : "1000000") + "," +
+           std::to_string(rows[i].ready) + ",100\n";
+  calibration_inputs in;
+  in.demo_csv = write(dir, "demo.csv", csv);
+  // The fourth came with three in flight, the most ever: its 4.5 ms may be
+  // a full window (queueing, which the simulator models itself).
+  auto c = calibrate(in);
+  CHECK(*c.router_us == doctest::Approx(250)); // 0.3, 0.3, 0.3, 0.2, 0.2, 0.2
+  in.skip_ms = 10;
+  c = calibrate(in);
+  CHECK(*c.router_us == doctest::Approx(200));
+  CHECK(*c.hop_us > 0);
+  in.skip_ms = 35;
+  CHECK_THROWS_WITH(calibrate(in),
+                    doctest::Contains("fewer than two completed requests "
+                                      "from 35 ms on"));
 }
 
 TEST_CASE("calibrate: bench ipc gives the copy rate and the per-block cost") {

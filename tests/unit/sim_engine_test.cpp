@@ -3,6 +3,7 @@
 // overlap, max-min sharing of a decode host's NIC (incast), KV pool admission
 // and rejection, decode-side prefix reuse and prefix-aware routing; and the
 // topology's sim: section with its file:line errors.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -126,6 +127,39 @@ TEST_CASE("one request: the TTFT parts as worked out by hand") {
   for (auto& link : r.summary.links)
     if (link.name == "nic-out a" || link.name == "nic-in b")
       CHECK(link.bytes == doctest::Approx(819200));
+}
+
+TEST_CASE("the router's own delay and a transfer spread (calibrated from a "
+          "demo run): both engines alike, the links carry the true bytes") {
+  // Twice the median, no spread: the one request of the case above.
+  auto twice = sim_section("  router_us: 300\n  transfer_spread_median: 2\n");
+  for (auto engine :
+       {sim::engine_fn(sim::run), sim::engine_fn(sim::run_actors)}) {
+    scratch_dir dir("sim-engine");
+    auto r =
+        simulate_in(dir, two_hosts + model + twice, {{0, 1600, 1}}, {}, engine);
+    REQUIRE(r.summary.completed == 1);
+    CHECK(ms(r.summary.ttft.queue.mean()) == doctest::Approx(0.350));
+    CHECK(ms(r.summary.ttft.transfer.mean()) == doctest::Approx(2 * 0.8292));
+    for (auto& link : r.summary.links)
+      if (link.name == "nic-out a" || link.name == "nic-in b")
+        CHECK(link.bytes == doctest::Approx(819200));
+  }
+  // A log-normal spread of sigma 0.5 over 200 transfers of one size, apart
+  // (no sharing): their times' quartiles at exp(+-0.674 x 0.5) of the
+  // median, drawn alike in every run.
+  std::vector<req> reqs;
+  for (int i = 0; i < 200; ++i)
+    reqs.push_back({i * 200.0, 1600, 1});
+  auto spread = sim_section("  transfer_spread_sigma: 0.5\n");
+  auto a = simulate(two_hosts + model + spread, reqs);
+  auto b = simulate(two_hosts + model + spread, reqs);
+  CHECK(a.csv == b.csv);
+  auto& t = a.summary.transfer_time;
+  auto q = [&](double p) { return double(t.quantile(p)); };
+  CHECK(ms(q(0.5)) == doctest::Approx(0.8292).epsilon(0.1));
+  CHECK(std::log(q(0.75) / q(0.25)) ==
+        doctest::Approx(1.349 * 0.5).epsilon(0.2));
 }
 
 TEST_CASE("layer-wise streaming hides the transfer under prefill") {

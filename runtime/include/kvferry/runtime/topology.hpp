@@ -141,6 +141,11 @@ struct sim_spec {
   double ipc_gbyte_per_s = 1330;   // same-host CUDA IPC copy, per GPU
   double ipc_setup_us = 41;        // per same-host copy (a part), fixed
   double hop_us = 50;              // one CAF message between processes
+  double router_us = 0;            // a request's arrival -> the router sends it
+  // Each transfer's time (fixed costs and bytes) x a log-normal factor of
+  // this median and log standard deviation, drawn by request (0: none).
+  double transfer_spread_median = 1;
+  double transfer_spread_sigma = 0;
   // Prefill time by prompt tokens; decode step time by batch size.
   std::vector<sim_point> prefill_ms = {{1, 4.8},      {512, 20.6},
                                        {2048, 84.7},  {8192, 371.6},

@@ -21,13 +21,16 @@ struct calibration_inputs {
   std::string bench_ipc_json; // `kvferry bench ipc --json FILE`
   std::string demo_csv;       // `kvferry demo --trace ... --out DIR`'s
                               // requests.csv
+  double skip_ms = 0; // the demo's requests that arrived earlier: left out
+                      // (its cold start, as `sim compare --skip-ms`)
 };
 
 /// The fitted `sim:` keys; a key without a value was not fitted (its input
 /// was not given). `notes` says where each value came from, one line each.
 struct calibration {
   std::optional<double> latency_us, message_us, block_us, nic_gbit_per_s,
-      ipc_gbyte_per_s, ipc_setup_us, hop_us;
+      ipc_gbyte_per_s, ipc_setup_us, hop_us, router_us, transfer_spread_median,
+      transfer_spread_sigma;
   std::vector<topology::sim_point> prefill_ms; // empty: not fitted
   std::vector<std::string> notes;
 };
