@@ -7,7 +7,11 @@
 // process (this binary again, --ipc-peer) on GPU N, one-sided writes and
 // reads (every byte verified, the path checked through stats()), beside
 // `kvferry bench ipc`'s batched kernel and contiguous-copy ceiling for the
-// same sizes, run as a child in the same run.
+// same sizes, run as a child in the same run; and the like-for-like case:
+// vector writes and reads, each one call over as many shuffled blocks as
+// bench ipc moves in its one kernel (--vector-sizes, --total). Each such
+// call becomes one batched kernel launch of the transfer actor
+// (transfer_ipc.cpp, launch_ipc_copy). Without a GPU these rows are skipped.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -26,7 +30,10 @@
 
 #ifdef KVFERRY_HAVE_CUDA
 #include <chrono>
+#include <cstring>
 #include <deque>
+#include <numeric>
+#include <random>
 #include <stdexcept>
 #include <thread>
 
@@ -49,7 +56,11 @@ struct options {
   bool net = true;
   int rounds = 1; // of (endpoint rows, bench net, Python), alternated
   std::string json_path;
-  int gpu = -1;                 // >= 0: CUDA IPC rows on this GPU
+  int gpu = -1; // >= 0: CUDA IPC rows on this GPU
+  // The vector rows' block sizes ('': none) and bytes per operation (bench
+  // ipc's --sizes and --total).
+  std::string vector_sizes = "4K,64K,2M";
+  std::string total = "256M";
   bool ipc_peer = false;        // internal: be the IPC rows' peer process
   std::uint64_t peer_bytes = 0; // internal: the peer's buffer
 };
@@ -268,6 +279,32 @@ struct ipc_bench {
   }
 };
 
+// `n` operations, `depth` in flight: each started by start(k) (its
+// transfer id), awaited in order by finish. Elapsed seconds, and each
+// operation's issue-to-completion time (us).
+template<class Start>
+std::pair<double, std::vector<double>> timed_ops(ipc_bench& b, std::uint64_t n,
+                                                 int depth, Start start) {
+  using clock_type = std::chrono::steady_clock;
+  std::deque<std::pair<xfer_id, clock_type::time_point>> in_flight;
+  std::vector<double> lat;
+  auto t0 = clock_type::now();
+  for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
+    if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
+      in_flight.emplace_back(start(k), clock_type::now());
+      ++k;
+      continue;
+    }
+    b.finish(in_flight.front().first);
+    lat.push_back(std::chrono::duration<double, std::micro>(
+                      clock_type::now() - in_flight.front().second)
+                      .count());
+    in_flight.pop_front();
+  }
+  return {std::chrono::duration<double>(clock_type::now() - t0).count(),
+          std::move(lat)};
+}
+
 endpoint_bench_row ipc_measure(ipc_bench& b, bool write, std::uint64_t size,
                                int depth, bool& all_ipc) {
   const std::uint64_t slots = std::max<std::uint64_t>(
@@ -282,25 +319,9 @@ endpoint_bench_row ipc_measure(ipc_bench& b, bool write, std::uint64_t size,
   if (write)
     b.finish(b.start(true, b.dr, 0, slots * size));
   const auto before = b.ep.stats().ipc_transfers;
-  using clock_type = std::chrono::steady_clock;
-  std::deque<std::pair<xfer_id, clock_type::time_point>> in_flight;
-  std::vector<double> lat;
-  auto t0 = clock_type::now();
-  for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
-    if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
-      in_flight.emplace_back(
-          b.start(write, write ? b.sr : b.dr, (k % slots) * size, size),
-          clock_type::now());
-      ++k;
-      continue;
-    }
-    b.finish(in_flight.front().first);
-    lat.push_back(std::chrono::duration<double, std::micro>(
-                      clock_type::now() - in_flight.front().second)
-                      .count());
-    in_flight.pop_front();
-  }
-  double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  auto [secs, lat] = timed_ops(b, n, depth, [&](std::uint64_t k) {
+    return b.start(write, write ? b.sr : b.dr, (k % slots) * size, size);
+  });
   all_ipc &= b.ep.stats().ipc_transfers - before == n;
   if (write) // read the peer's slots back to check them
     b.finish(b.start(false, b.dr, 0, slots * size));
@@ -308,15 +329,114 @@ endpoint_bench_row ipc_measure(ipc_bench& b, bool write, std::uint64_t size,
                    std::move(lat), b.dst_matches(slots * size));
 }
 
+// ---- vector rows: bench ipc's case through the endpoint
+
+// Blocks of `block` bytes, `blocks` of them: block i moves from slot
+// src[i] of its source to slot dst[i] of its destination, both slot lists
+// shuffled over a pool of `pool` bytes (as bench ipc scatters its blocks
+// over pools twice its total).
+struct block_layout {
+  std::uint64_t block = 0;
+  std::vector<std::uint64_t> src, dst;
+};
+
+block_layout shuffled_blocks(std::uint64_t block, std::uint64_t blocks,
+                             std::uint64_t pool, std::mt19937_64& rng) {
+  auto slots = [&] {
+    std::vector<std::uint64_t> all(pool / block);
+    std::iota(all.begin(), all.end(), std::uint64_t{0});
+    std::shuffle(all.begin(), all.end(), rng);
+    all.resize(blocks);
+    return all;
+  };
+  block_layout l;
+  l.block = block;
+  l.src = slots();
+  l.dst = slots();
+  return l;
+}
+
+// One operation's arguments, built once (untimed): a write takes the
+// pattern's src slots of our source region into the peer's dst slots; a
+// read takes the peer's src slots (the pattern) into our dst slots of our
+// destination region. Either way block i lands at dst[i] * block.
+struct vector_op {
+  std::vector<slice> local;
+  std::vector<descriptor> remote;
+};
+
+vector_op vector_args(const ipc_bench& b, bool write, const block_layout& l) {
+  vector_op v;
+  v.local.reserve(l.src.size());
+  v.remote.reserve(l.src.size());
+  for (std::size_t i = 0; i < l.src.size(); ++i) {
+    const auto src = l.src[i] * l.block, dst = l.dst[i] * l.block;
+    v.local.push_back({write ? b.sr : b.dr, write ? src : dst, l.block});
+    v.remote.push_back(
+        must(b.remote.sub(write ? dst : src, l.block), "descriptor"));
+  }
+  return v;
+}
+
+// Every block of `l` in our destination buffer equals the pattern's block.
+bool blocks_match(ipc_bench& b, const block_layout& l) {
+  std::vector<std::uint8_t> host(b.bytes);
+  cuda_check(
+      cudaMemcpy(host.data(), b.dst.data, b.bytes, cudaMemcpyDeviceToHost),
+      "cudaMemcpy");
+  for (std::size_t i = 0; i < l.src.size(); ++i)
+    if (std::memcmp(host.data() + l.dst[i] * l.block,
+                    b.pattern.data() + l.src[i] * l.block, l.block) != 0)
+      return false;
+  return true;
+}
+
+// Vector writes (into a poisoned peer buffer, read back whole to check) or
+// reads (of the peer's buffer, which holds the pattern, into our poisoned
+// one): each operation one call over every block of `l`.
+endpoint_bench_row vector_measure(ipc_bench& b, bool write,
+                                  const block_layout& l, int depth,
+                                  bool& all_ipc) {
+  const auto args = vector_args(b, write, l);
+  const std::uint64_t bytes = l.block * l.src.size();
+  const std::uint64_t n =
+      std::max<std::uint64_t>(20, 2 * static_cast<std::uint64_t>(depth));
+  cuda_check(cudaMemset(b.dst.data, 0, b.bytes), "cudaMemset");
+  cuda_check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  if (write)
+    b.finish(b.start(true, b.dr, 0, b.bytes));
+  const auto before = b.ep.stats().ipc_transfers;
+  auto [secs, lat] = timed_ops(b, n, depth, [&](std::uint64_t) {
+    return write ? must(b.ep.write(b.conn, args.local, args.remote), "write")
+                 : must(b.ep.read(b.conn, args.local, args.remote), "read");
+  });
+  all_ipc &= b.ep.stats().ipc_transfers - before == n;
+  if (write)
+    b.finish(b.start(false, b.dr, 0, b.bytes));
+  auto row = bench_row(write ? "write" : "read", bytes, depth, n, secs,
+                       std::move(lat), blocks_match(b, l));
+  row.size = l.block;
+  return row;
+}
+
 // The IPC rows: writes, then reads (of the peer's buffer, written whole
-// with the pattern first). `all_ipc`: every timed transfer took CUDA IPC.
-std::vector<endpoint_bench_row>
-ipc_rows(const options& o, const std::vector<std::uint64_t>& sizes,
-         const std::vector<int>& depths, bool& all_ipc) {
+// with the pattern first); each contiguous, then in vector form.
+// `all_ipc`: every timed transfer took CUDA IPC.
+struct ipc_results {
+  std::vector<endpoint_bench_row> rows, vector_rows;
+  bool all_ipc = true;
+};
+
+ipc_results ipc_rows(const options& o, const std::vector<std::uint64_t>& sizes,
+                     const std::vector<int>& depths) {
+  const auto blocks = parse_sizes(o.vector_sizes);
+  const auto total = parse_size(o.total);
   auto biggest = *std::max_element(sizes.begin(), sizes.end());
   std::uint64_t bytes = std::clamp<std::uint64_t>(
       biggest * 4, std::uint64_t{64} << 20, std::uint64_t{1} << 30);
   bytes = std::max(bytes, biggest);
+  if (!blocks.empty()) // room to scatter, as bench ipc's pools twice --total
+    bytes = std::max(bytes, 2 * total);
   auto peer = std::make_unique<child_process>(
       "bench endpoint's IPC peer",
       std::vector<std::string>{"kvferry", "bench", "endpoint", "--ipc-peer",
@@ -329,68 +449,88 @@ ipc_rows(const options& o, const std::vector<std::uint64_t>& sizes,
     meta.push_back(
         static_cast<std::uint8_t>(std::stoul(hex.substr(i, 2), nullptr, 16)));
   ipc_bench b(o.gpu, bytes, std::move(peer), meta);
-  std::vector<endpoint_bench_row> rows;
-  all_ipc = true;
-  for (auto size : sizes)
-    for (int depth : depths)
-      rows.push_back(ipc_measure(b, true, size, depth, all_ipc));
-  b.finish(b.start(true, b.sr, 0, bytes)); // the peer's buffer: the pattern
-  for (auto size : sizes)
-    for (int depth : depths)
-      rows.push_back(ipc_measure(b, false, size, depth, all_ipc));
+  std::mt19937_64 rng(42);
+  std::vector<block_layout> layouts;
+  for (auto block : blocks)
+    layouts.push_back(shuffled_blocks(block, total / block, bytes, rng));
+  ipc_results out;
+  for (bool write : {true, false}) {
+    if (!write) // the peer's buffer: the pattern
+      b.finish(b.start(true, b.sr, 0, bytes));
+    for (auto size : sizes)
+      for (int depth : depths)
+        out.rows.push_back(ipc_measure(b, write, size, depth, out.all_ipc));
+    for (const auto& l : layouts)
+      for (int depth : depths)
+        out.vector_rows.push_back(
+            vector_measure(b, write, l, depth, out.all_ipc));
+  }
   must(b.ep.notify(b.conn, std::vector<std::uint8_t>{'d', 'o', 'n', 'e'}),
        "notify");
-  return rows;
+  return out;
 }
 
-// size -> (bench ipc's batched kernel GB/s, its contiguous-copy ceiling).
-std::map<std::uint64_t, std::pair<double, double>>
-ipc_figures(const options& o) {
+// bench ipc's figures for one block size: its batched kernel (plan
+// prepared once), the same with the plan built and uploaded each time, and
+// its contiguous-copy ceiling (GB/s).
+struct ipc_figure {
+  double kernel = 0, with_plan = 0, contiguous = 0;
+};
+
+// block size -> bench ipc's figures, for `sizes` over `total` bytes.
+std::map<std::uint64_t, ipc_figure>
+ipc_figures(const options& o, const std::vector<std::uint64_t>& sizes,
+            std::uint64_t total) {
+  std::string list;
+  for (auto s : sizes)
+    if (s <= total && s % 16 == 0) // what bench ipc takes
+      list += (list.empty() ? "" : ",") + std::to_string(s);
+  std::map<std::uint64_t, ipc_figure> out;
+  if (list.empty())
+    return out;
   auto file = temp_file("ipc");
-  auto cmd = fmt::format("'{}/kvferry' bench ipc --sizes '{}' --src-gpu {} "
-                         "--dst-gpu {} --no-unpack --json '{}' > /dev/null",
-                         self_dir(), o.sizes, o.gpu, o.gpu, file);
-  std::map<std::uint64_t, std::pair<double, double>> out;
+  auto cmd = fmt::format("'{}/kvferry' bench ipc --sizes '{}' --total {} "
+                         "--src-gpu {} --dst-gpu {} --no-unpack --json '{}' "
+                         "> /dev/null",
+                         self_dir(), list, total, o.gpu, o.gpu, file);
   auto doc = run_json(cmd, file, "bench ipc");
   if (doc.is_object())
     for (auto& row : doc["sizes"])
       if (row.contains("kvferry") && row.contains("contiguous"))
         out[row["block_bytes"].get<std::uint64_t>()] = {
             row["kvferry"]["gbps"].get<double>(),
+            row.contains("kvferry_with_plan")
+                ? row["kvferry_with_plan"]["gbps"].get<double>()
+                : 0.0,
             row["contiguous"]["gbps"].get<double>()};
   return out;
 }
 
 #endif
 
-// Prints (and adds to `doc`) the CUDA IPC rows; false when a row failed.
-bool report_ipc(const options& o, const endpoint_bench_options& bo,
-                nlohmann::json& doc) {
 #ifdef KVFERRY_HAVE_CUDA
-  std::vector<endpoint_bench_row> rows;
-  bool all_ipc = false;
-  try {
-    rows = ipc_rows(o, bo.sizes, bo.depths, all_ipc);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench endpoint: CUDA IPC rows: %s\n", e.what());
-    return false;
-  }
-  auto fig = ipc_figures(o);
+
+// The contiguous rows: one slice per operation, beside bench ipc's kernel
+// and ceiling for blocks of that size (not like for like: see the vector
+// rows).
+bool print_contiguous(const options& o, const ipc_results& res,
+                      const std::map<std::uint64_t, ipc_figure>& fig,
+                      nlohmann::json& doc) {
   std::printf("\nCUDA IPC, two processes on GPU %d (path: %s)\n", o.gpu,
-              all_ipc ? "cuda_ipc for every transfer" : "NOT ALL CUDA IPC");
+              res.all_ipc ? "cuda_ipc for every transfer" : "NOT ALL CUDA IPC");
   std::printf("%-6s %9s %5s %9s %9s %9s %8s %9s %9s %6s\n", "op", "size",
               "depth", "GB/s", "us/op", "p50 us", "verified", "ipc GB/s",
               "ceiling", "ratio");
-  bool ok = all_ipc;
-  for (const auto& r : rows) {
+  bool ok = true;
+  for (const auto& r : res.rows) {
     ok &= r.verified;
     auto f = fig.find(r.size);
     std::string k = "-", c = "-", ratio = "-";
     if (f != fig.end()) {
-      k = fmt::format("{:.1f}", f->second.first);
-      c = fmt::format("{:.1f}", f->second.second);
+      k = fmt::format("{:.1f}", f->second.kernel);
+      c = fmt::format("{:.1f}", f->second.contiguous);
       if (r.depth == 16)
-        ratio = fmt::format("{:.2f}", r.gbps / f->second.first);
+        ratio = fmt::format("{:.2f}", r.gbps / f->second.kernel);
     }
     std::printf("%-6s %9llu %5d %9.3f %9.1f %9.1f %8s %9s %9s %6s\n",
                 r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth,
@@ -402,8 +542,8 @@ bool report_ipc(const options& o, const endpoint_bench_options& bo,
                           {"p50_us", r.p50_us}, {"verified", r.verified},
                           {"path", "cuda_ipc"}};
     if (f != fig.end()) {
-      row["ipc_kernel_gbps"] = f->second.first;
-      row["ipc_contiguous_gbps"] = f->second.second;
+      row["ipc_kernel_gbps"] = f->second.kernel;
+      row["ipc_contiguous_gbps"] = f->second.contiguous;
     }
     doc.push_back(row);
   }
@@ -413,13 +553,111 @@ bool report_ipc(const options& o, const endpoint_bench_options& bo,
               "depth 16)\n",
               o.gpu);
   return ok;
+}
+
+// The vector rows, like for like with bench ipc: per block size, each
+// operation one write/read over as many shuffled blocks as bench ipc moves.
+bool print_vector(const options& o, const ipc_results& res,
+                  const std::map<std::uint64_t, ipc_figure>& fig,
+                  nlohmann::json& doc) {
+  if (res.vector_rows.empty())
+    return true;
+  const auto total = parse_size(o.total);
+  std::printf("\nCUDA IPC, vector form: each operation one call over %s of "
+              "shuffled blocks (bench ipc's case), GPU %d\n",
+              o.total.c_str(), o.gpu);
+  std::printf("%-6s %9s %7s %5s %9s %9s %9s %8s %9s %9s %6s %6s\n", "op",
+              "block", "blocks", "depth", "GB/s", "us/op", "p50 us", "verified",
+              "ipc GB/s", "ipc+plan", "ratio", "r+plan");
+  bool ok = true;
+  for (const auto& r : res.vector_rows) {
+    ok &= r.verified;
+    const auto blocks = total / r.size;
+    auto f = fig.find(r.size);
+    auto cell = [&](double ipc, const char* format) {
+      return f == fig.end() || ipc <= 0 ? std::string("-")
+                                        : fmt::format(format, ipc);
+    };
+    const double k = f == fig.end() ? 0 : f->second.kernel;
+    const double p = f == fig.end() ? 0 : f->second.with_plan;
+    std::printf("%-6s %9llu %7llu %5d %9.3f %9.1f %9.1f %8s %9s %9s %6s "
+                "%6s\n",
+                r.op.c_str(), static_cast<unsigned long long>(r.size),
+                static_cast<unsigned long long>(blocks), r.depth, r.gbps,
+                r.us_per_op, r.p50_us, r.verified ? "yes" : "NO",
+                cell(k, "{:.1f}").c_str(), cell(p, "{:.1f}").c_str(),
+                cell(k > 0 ? r.gbps / k : 0, "{:.2f}").c_str(),
+                cell(p > 0 ? r.gbps / p : 0, "{:.2f}").c_str());
+    nlohmann::json row = {{"op", r.op},         {"form", "vector"},
+                          {"block", r.size},    {"blocks", blocks},
+                          {"depth", r.depth},   {"ops", r.ops},
+                          {"gbps", r.gbps},     {"us_per_op", r.us_per_op},
+                          {"p50_us", r.p50_us}, {"verified", r.verified},
+                          {"path", "cuda_ipc"}};
+    if (k > 0) {
+      row["ipc_kernel_gbps"] = k;
+      row["ratio"] = r.gbps / k;
+    }
+    if (p > 0) {
+      row["ipc_with_plan_gbps"] = p;
+      row["ratio_with_plan"] = r.gbps / p;
+    }
+    doc.push_back(row);
+  }
+  std::printf("(ipc: `kvferry bench ipc --total %s` on GPU %d in the same "
+              "run, its batched kernel over the same number of shuffled "
+              "blocks, plan prepared once; ipc+plan: the same with the plan "
+              "built and uploaded each time, as every endpoint operation "
+              "does; ratio = endpoint / ipc, r+plan = endpoint / ipc+plan)\n",
+              o.total.c_str(), o.gpu);
+  return ok;
+}
+
+// Why the CUDA IPC rows cannot run here (empty: they can).
+std::string why_no_gpu(int gpu) {
+  int count = 0;
+  auto e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess)
+    return fmt::format("no CUDA device ({})", cudaGetErrorString(e));
+  if (gpu >= count)
+    return fmt::format("no GPU {} ({} found)", gpu, count);
+  return {};
+}
+
+#endif
+
+// Prints (and adds to `doc`) the CUDA IPC rows; false when a row failed.
+// Without a GPU (or a CUDA build) they are skipped, saying so.
+bool report_ipc(const options& o, const endpoint_bench_options& bo,
+                nlohmann::json& doc) {
+#ifdef KVFERRY_HAVE_CUDA
+  if (auto why = why_no_gpu(o.gpu); !why.empty()) {
+    std::printf("\nCUDA IPC rows skipped: --gpu %d: %s\n", o.gpu, why.c_str());
+    return true;
+  }
+  ipc_results res;
+  try {
+    res = ipc_rows(o, bo.sizes, bo.depths);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench endpoint: CUDA IPC rows: %s\n", e.what());
+    return false;
+  }
+  auto sizes = bo.sizes;
+  for (auto block : parse_sizes(o.vector_sizes))
+    sizes.push_back(block);
+  std::sort(sizes.begin(), sizes.end());
+  sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
+  auto fig = ipc_figures(o, sizes, parse_size(o.total));
+  bool ok = print_contiguous(o, res, fig, doc);
+  ok &= print_vector(o, res, fig, doc);
+  return ok && res.all_ipc;
 #else
   (void)bo;
   (void)doc;
-  std::fprintf(stderr,
-               "bench endpoint: --gpu %d: this build has no CUDA support\n",
-               o.gpu);
-  return false;
+  std::printf("\nCUDA IPC rows skipped: --gpu %d: this build has no CUDA "
+              "support\n",
+              o.gpu);
+  return true;
 #endif
 }
 
@@ -506,6 +744,14 @@ int run(const options& o) {
     std::fprintf(stderr, "bench endpoint: --rounds must be >= 1\n");
     return 1;
   }
+  for (auto block : parse_sizes(o.vector_sizes))
+    if (block == 0 || block > parse_size(o.total)) {
+      std::fprintf(stderr,
+                   "bench endpoint: --vector-sizes: block %llu must be "
+                   "positive and no larger than --total %s\n",
+                   static_cast<unsigned long long>(block), o.total.c_str());
+      return 1;
+    }
   std::vector<round_result> rounds;
   for (int k = 0; k < o.rounds; ++k) {
     auto load = load_now();
@@ -632,6 +878,15 @@ void add_bench_endpoint(CLI::App& bench, int& exit_code) {
   cmd->add_option("--gpu", o->gpu,
                   "Also CUDA IPC rows: this process and a peer process on "
                   "this GPU, beside `bench ipc`'s figures (-1: none)")
+      ->capture_default_str();
+  cmd->add_option("--vector-sizes", o->vector_sizes,
+                  "With --gpu: block sizes of the vector rows (each "
+                  "operation one call over --total bytes of shuffled blocks, "
+                  "as `bench ipc` moves them); '': none")
+      ->capture_default_str();
+  cmd->add_option("--total", o->total,
+                  "With --gpu: bytes per vector operation, and bench ipc's "
+                  "--total")
       ->capture_default_str();
   cmd->add_flag("--ipc-peer", o->ipc_peer)->group("");       // internal
   cmd->add_option("--peer-bytes", o->peer_bytes)->group(""); // internal

@@ -97,7 +97,20 @@ struct endpoint::impl {
   // table, or why it does not.
   result<std::uint64_t> local_offset(const slice& s, std::size_t index) {
     std::lock_guard<std::mutex> lock(shared->mu);
-    auto& sizes = shared->region_sizes;
+    return offset_in(shared->region_sizes, s, index);
+  }
+
+  // The local region table now (a vector of many KV blocks reads it once,
+  // not once per block).
+  std::vector<std::uint64_t> region_sizes() {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    return shared->region_sizes;
+  }
+
+  // Where local slice `s` lies in a copy of the region table.
+  static result<std::uint64_t>
+  offset_in(const std::vector<std::uint64_t>& sizes, const slice& s,
+            std::size_t index) {
     if (s.region == 0 || s.region >= sizes.size() || sizes[s.region] == 0)
       return status{ec::not_found,
                     fmt::format("local slice #{}: no registered region {}",
@@ -389,7 +402,9 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
                                "as many of each, at least one)",
                                what, local.size(), remote.size()));
   std::vector<extent> extents;
+  extents.reserve(local.size());
   std::vector<std::uint64_t> remote_sizes;
+  auto local_sizes = region_sizes();
   for (std::size_t i = 0; i < local.size(); ++i) {
     const auto& d = remote[i];
     if (d.owner != peer->instance)
@@ -400,7 +415,7 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
       return invalid(fmt::format("{}: local slice #{} has {} bytes, its "
                                  "descriptor {}",
                                  what, i, local[i].size, d.size));
-    auto here = local_offset(local[i], i);
+    auto here = offset_in(local_sizes, local[i], i);
     if (!here.ok())
       return status{here.error().code(),
                     fmt::format("{}: {}", what, here.error().reason())};
@@ -413,13 +428,8 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
     else
       extents.push_back({there, *here, d.size});
   }
-  std::vector<std::uint64_t> dst_sizes;
-  if (op == proto::endpoint_op::write) {
-    dst_sizes = std::move(remote_sizes);
-  } else {
-    std::lock_guard<std::mutex> lock(shared->mu);
-    dst_sizes = shared->region_sizes;
-  }
+  auto dst_sizes = op == proto::endpoint_op::write ? std::move(remote_sizes)
+                                                   : std::move(local_sizes);
   return start(op, conn, std::move(extents), std::move(dst_sizes));
 }
 
@@ -432,8 +442,10 @@ result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
   if (local.empty())
     return invalid(fmt::format("{}: no local slices", what));
   std::vector<extent> ranges;
+  ranges.reserve(local.size());
+  const auto sizes = region_sizes();
   for (std::size_t i = 0; i < local.size(); ++i) {
-    auto here = local_offset(local[i], i);
+    auto here = offset_in(sizes, local[i], i);
     if (!here.ok())
       return status{here.error().code(),
                     fmt::format("{}: {}", what, here.error().reason())};

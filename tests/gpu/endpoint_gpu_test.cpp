@@ -1,21 +1,26 @@
 // kvferry::endpoint on GPU memory (issue #16), every byte checked:
 // - two processes (this executable again, as the server: CUDA IPC cannot
 //   open a process's own handles), endpoints on GPU 0 with cudaMalloc'd
-//   buffers registered at runtime: write, read (single and vector forms) and
-//   send/recv (vector) must take CUDA IPC (path() and stats() say so; the
-//   initiator's own kernel moves the bytes);
+//   buffers registered at runtime: write, read (single and vector forms, a
+//   vector of 2048 shuffled 4 KiB blocks too) and send/recv (vector) must
+//   take CUDA IPC (path() and stats() say so; the initiator's own kernel
+//   moves the bytes, one launch per call);
 // - two endpoints in one process: the same moves over kvsock (which stages
 //   GPU memory through pinned slots where it cannot take CUDA pointers),
 //   since one process cannot map its own IPC handles.
 #include <doctest/doctest.h>
 
 #ifdef KVFERRY_HAVE_CUDA
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -98,6 +103,43 @@ void over_ipc(endpoint& ep, result<xfer_id> id, const char* what) {
   CHECK_MESSAGE(path_of(ep, *id) == transfer_path::cuda_ipc, what);
   auto moved = ep.wait(*id, limit);
   REQUIRE_MESSAGE(moved.ok(), what, ": ", moved.error().message());
+}
+
+// The KV-block case, one call each way: every 4 KiB block of region `sr`
+// written to a shuffled place of the peer's buffer (`desc`), then read back
+// into shuffled places of `back` (region `br`); each call is one transfer
+// (one kernel launch of the transfer actor), and every block lands where
+// its slice said.
+void shuffled_blocks_both_ways(endpoint& ep, conn_id conn,
+                               const descriptor& desc, region_id sr,
+                               region_id br, void* back) {
+  constexpr std::uint64_t block = 4096, blocks = ipc_n / block;
+  std::mt19937_64 rng(7);
+  std::vector<std::uint64_t> there(blocks), here(blocks);
+  std::iota(there.begin(), there.end(), std::uint64_t{0});
+  std::iota(here.begin(), here.end(), std::uint64_t{0});
+  std::shuffle(there.begin(), there.end(), rng);
+  std::shuffle(here.begin(), here.end(), rng);
+  std::vector<slice> local;
+  std::vector<descriptor> remote;
+  for (std::uint64_t i = 0; i < blocks; ++i) {
+    local.push_back({sr, i * block, block});
+    remote.push_back(desc.sub(there[i] * block, block).value());
+  }
+  const auto before = ep.stats().ipc_transfers;
+  over_ipc(ep, ep.write(conn, local, remote), "vector write of 2048 blocks");
+  REQUIRE(cudaMemset(back, 0, ipc_n) == cudaSuccess);
+  for (std::uint64_t i = 0; i < blocks; ++i)
+    local[i] = {br, here[i] * block, block};
+  over_ipc(ep, ep.read(conn, local, remote), "vector read of 2048 blocks");
+  CHECK(ep.stats().ipc_transfers - before == 2);
+  const auto got = host_copy(back, ipc_n);
+  const auto pattern = ipc_pattern();
+  std::uint64_t wrong = 0;
+  for (std::uint64_t i = 0; i < blocks; ++i)
+    wrong += std::memcmp(got.data() + here[i] * block,
+                         pattern.data() + i * block, block) != 0;
+  CHECK_MESSAGE(wrong == 0, wrong, " of ", blocks, " blocks differ");
 }
 
 } // namespace
@@ -184,12 +226,14 @@ TEST_CASE("endpoints of two processes on GPU 0: every transfer takes CUDA "
                     desc.sub(half, quarter).value()}),
            "vector read");
   CHECK(host_copy(back, ipc_n) == pattern);
+  shuffled_blocks_both_ways(ep, *conn, desc, sr, br, back);
+  over_ipc(ep, ep.write(*conn, {{sr, 0, ipc_n}}, desc), "write (restores)");
   over_ipc(ep,
            ep.send(*conn, {{sr, 0, quarter}, {sr, quarter, ipc_n - quarter}}),
            "vector send");
   auto stats = ep.stats();
-  CHECK(stats.ipc_transfers == 5);
-  CHECK(stats.ipc_bytes == 3 * ipc_n);
+  CHECK(stats.ipc_transfers == 8);
+  CHECK(stats.ipc_bytes == 6 * ipc_n);
   CHECK(stats.plugin_transfers == 0);
   REQUIRE(ep.notify(*conn, std::vector<std::uint8_t>{'d', 'o', 'n', 'e'}).ok());
   CHECK(test::stop_test_child(child.pid, dir) == 0);

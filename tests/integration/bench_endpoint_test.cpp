@@ -56,3 +56,42 @@ TEST_CASE("bench endpoint alternates rounds of the endpoint, bench net and "
   }
   CHECK(python_seen == !python.empty());
 }
+
+// --gpu: the CUDA IPC rows, the vector form among them (each operation one
+// call over --total bytes of shuffled blocks, bench ipc beside it), every
+// block verified; without a GPU, skipped with the reason and no failure.
+TEST_CASE("bench endpoint --gpu 0: vector rows beside bench ipc, or skipped "
+          "with the reason") {
+  std::string json = KVFERRY_BINARY_DIR "/tests/bench_endpoint_gpu_test.json";
+  std::remove(json.c_str());
+  auto run = kvferry::test::run_kvferry(
+      "bench endpoint --gpu 0 --sizes 64K --depths 1,16 --ops write "
+      "--python '' --no-net --vector-sizes 4K,64K --total 4M --json " +
+          json,
+      240);
+  INFO(run.output);
+  REQUIRE(run.status == 0);
+  std::ifstream in(json);
+  REQUIRE(in);
+  auto doc = nlohmann::json::parse(in);
+  if (run.output.find("CUDA IPC rows skipped: --gpu 0: ") !=
+      std::string::npos) {
+    MESSAGE("no GPU here: the CUDA IPC rows were skipped");
+    CHECK(doc.size() == 2); // the plugin rows only
+    return;
+  }
+  CHECK(run.output.find("cuda_ipc for every transfer") != std::string::npos);
+  int vector_rows = 0;
+  for (const auto& row : doc) {
+    INFO(row.dump());
+    CHECK(row["verified"].get<bool>());
+    if (row.value("form", "") != "vector")
+      continue;
+    ++vector_rows;
+    CHECK(row["blocks"].get<std::uint64_t>() *
+              row["block"].get<std::uint64_t>() ==
+          std::uint64_t{4} << 20);
+    CHECK(row.contains("ratio")); // bench ipc ran beside it
+  }
+  CHECK(vector_rows == 8); // write and read x 2 block sizes x 2 depths
+}
