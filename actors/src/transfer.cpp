@@ -129,7 +129,6 @@ void drop_peer_out(self_ptr self, const std::string& name,
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
-  flush_announcements(self, i->second); // they go before `closed`
   tell_closed(self, i->second.ep.transfer, i->second.channel_id, err);
   // Copy kernels still running finish on their own; their mapping of the
   // peer's region stays open in the cache, so they never touch freed memory.
@@ -323,7 +322,6 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     return; // superseded by an immediate poll (see ensure_progress)
   st.progress_scheduled = false;
   st.progress_delayed = false;
-  flush_announcements(self); // what the orders since the last tick started
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
   if (!st.reads.empty())
@@ -334,8 +332,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     progressed |= progress_orphans(self);
   if (!st.status_waiters.empty())
     answer_status_waiters(st);
-  flush_announcements(self); // what this tick started (waiting sends)
-  if (progressed)            // only then can the count have changed
+  if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
   if (!has_work(st))
     return;
@@ -544,10 +541,6 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       },
       [self](proto::announce_atom, proto::announcement& a) {
         handle_announce(self, a);
-      },
-      [self](proto::announce_batch_atom, proto::announcements& b) {
-        for (auto& a : b.items)
-          handle_announce(self, a);
       },
       [self](proto::closed_atom, const std::string& peer,
              std::uint64_t channel_id, const caf::error& why) {

@@ -17,13 +17,10 @@
 //
 // Ordering. The plugin matches the k-th send with the k-th receive of a comm
 // pair. The sender announces every transfer (its chunks, in posting order)
-// to the receiver over the same CAF connection that carries every other
-// message between the two actors; CAF keeps messages between two actors in
-// order, so the receiver posts its receives in exactly the order the sender
-// posts its sends. The announcements made to one peer between two progress
-// ticks leave together, as one message (proto::announcements), at the next
-// tick (or before the channel's `closed`): at 64 KiB with many in flight,
-// one remote message per transfer was a transfer's main fixed cost.
+// to the receiver *before* posting the sends, over the same CAF connection
+// that carries every other message between the two actors; CAF keeps
+// messages between two actors in order, so the receiver posts its receives
+// in exactly the order the sender posts its sends.
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a
@@ -77,16 +74,17 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     finish(t, self->state, false, p.ep.name);
 }
 
-// Announces (at the next flush), then posts: the announcements reach the
-// receiver in posting order, and before anything else this actor tells it
-// later (CAF keeps order per pair; drop_peer_out flushes before `closed`).
+// Announces, then posts: the announcement must reach the receiver before it
+// could see any later transfer's announcement (CAF keeps order per pair).
 void start_send(self_ptr self, peer_out& p, std::uint64_t id,
                 std::vector<extent> chunks) {
-  auto& a = p.announced.items.emplace_back();
+  proto::announcement a;
   a.transfer_id = id;
   a.sender = self->state.cfg.name;
   a.comms = self->state.cfg.comms_per_peer;
   a.chunks = chunks;
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::announce_atom::value, std::move(a));
   post_sends(self, p, id, chunks);
 }
 
@@ -164,19 +162,6 @@ void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                   make_error(ec::plugin_error,
                              fmt::format("send to '{}': {}", peer, e.what())));
   }
-}
-
-void flush_announcements(self_ptr self, peer_out& p) {
-  if (p.announced.items.empty())
-    return;
-  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-             proto::announce_batch_atom::value, std::move(p.announced));
-  p.announced = proto::announcements{};
-}
-
-void flush_announcements(self_ptr self) {
-  for (auto& [name, p] : self->state.out)
-    flush_announcements(self, p);
 }
 
 // ---- receiving

@@ -108,9 +108,6 @@ struct peer_out {
   std::deque<waiting_send> waiting;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
-  // Announcements of transfers posted since the last progress tick, sent
-  // as one message by flush_announcements (transfer_net.cpp).
-  proto::announcements announced;
   std::uint32_t next_comm = 0;
   // CUDA IPC (same-host GPU peer): its region table mapped here (each
   // region's address in this process), the copies in flight and the sends
@@ -306,11 +303,6 @@ registration register_region(transfer_state& st, transport::channel& channel,
 /// opening the channel first if there is none.
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents);
-
-/// Sends the announcements waiting for `p` (or for every peer) as one
-/// message per peer; the progress loop calls it on every tick.
-void flush_announcements(self_ptr self, peer_out& p);
-void flush_announcements(self_ptr self);
 
 void handle_announce(self_ptr self, proto::announcement& a);
 

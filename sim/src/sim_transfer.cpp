@@ -110,7 +110,6 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
         return std::vector<char>(128, 0);
       },
       [](proto::announce_atom, const proto::announcement&) {},
-      [](proto::announce_batch_atom, const proto::announcements&) {},
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
       [](proto::stats_atom) { return proto::transfer_stats{}; },

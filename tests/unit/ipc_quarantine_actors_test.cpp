@@ -71,7 +71,6 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
         return make_error(ec::invalid_argument, "fake sender: no channels");
       },
       [](proto::announce_atom, proto::announcement&) {},
-      [](proto::announce_batch_atom, proto::announcements&) {},
       [](proto::read_atom,
          proto::read_order&) -> caf::result<proto::recv_report> {
         return make_error(ec::invalid_argument, "fake sender: no reads");

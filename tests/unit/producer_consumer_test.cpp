@@ -58,20 +58,6 @@ struct fake_transfer_state {
   static inline const char* name = "fake.transfer";
 };
 
-// An announced transfer's bytes "arrive" at once (to its recv order, if
-// one waits).
-void arrive(transfer_actor::stateful_pointer<fake_transfer_state> self,
-            const proto::announcement& a) {
-  auto bytes = total_bytes(a.chunks);
-  auto w = self->state.waiting.find(a.transfer_id);
-  if (w != self->state.waiting.end()) {
-    w->second.deliver(self->state.net->report(bytes));
-    self->state.waiting.erase(w);
-  } else {
-    self->state.arrived[a.transfer_id] = bytes;
-  }
-}
-
 transfer_actor::behavior_type
 fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
               std::string name, std::shared_ptr<fake_net> net) {
@@ -112,10 +98,15 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         }
         return bytes;
       },
-      [self](proto::announce_atom, proto::announcement& a) { arrive(self, a); },
-      [self](proto::announce_batch_atom, proto::announcements& b) {
-        for (const auto& a : b.items)
-          arrive(self, a);
+      [self](proto::announce_atom, proto::announcement& a) {
+        auto bytes = total_bytes(a.chunks);
+        auto w = self->state.waiting.find(a.transfer_id);
+        if (w != self->state.waiting.end()) {
+          w->second.deliver(self->state.net->report(bytes));
+          self->state.waiting.erase(w);
+        } else {
+          self->state.arrived[a.transfer_id] = bytes;
+        }
       },
       // The fake has no channels to drop, and reads nothing.
       [](proto::closed_atom, const std::string&, std::uint64_t,

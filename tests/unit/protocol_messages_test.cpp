@@ -50,15 +50,6 @@ TEST_CASE("messages roundtrip through CAF's binary serializer") {
   CHECK(a2.transfer_id == 42);
   CHECK(a2.sender == "prefill-0");
   CHECK(a2.chunks == a.chunks);
-  // Several announcements as one message, in their order.
-  announcements batch;
-  batch.items = {a, a};
-  batch.items[1].transfer_id = 43;
-  auto batch2 = roundtrip(sys, batch);
-  REQUIRE(batch2.items.size() == 2);
-  CHECK(batch2.items[0].transfer_id == 42);
-  CHECK(batch2.items[1].transfer_id == 43);
-  CHECK(batch2.items[1].chunks == a.chunks);
 
   recv_order o;
   o.transfer_id = 9;

@@ -125,9 +125,6 @@ using transfer_actor = caf::typed_actor<
                     std::uint64_t>::with<std::vector<char>>,
     // Transfer actor to transfer actor: the chunks a sender is about to post.
     caf::reacts_to<proto::announce_atom, proto::announcement>,
-    // The same for several transfers, in posting order (what a sender
-    // announced to this peer since its last progress tick).
-    caf::reacts_to<proto::announce_batch_atom, proto::announcements>,
     // Transfer actor to transfer actor: I, `name`, dropped my end of the
     // channel `id` between us (a hash of its listen handles), because of
     // `why`; drop yours and fail what is in flight on it. A notice about a

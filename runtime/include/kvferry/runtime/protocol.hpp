@@ -185,18 +185,6 @@ typename Inspector::result_type inspect(Inspector& f, announcement& x) {
            x.sender, x.comms, x.first_comm, x.chunks);
 }
 
-/// Sender transfer actor -> receiver transfer actor: the announcements made
-/// since the sender's last progress tick, in posting order, as one remote
-/// message (a transfer's fixed cost over the plugin was one such message
-/// per transfer). The receiver takes each as if it came alone.
-struct announcements {
-  std::vector<announcement> items;
-};
-template<class Inspector>
-typename Inspector::result_type inspect(Inspector& f, announcements& x) {
-  return f(caf::meta::type_name("kvferry::proto::announcements"), x.items);
-}
-
 /// Router -> producer: prefill this prompt and ship its KV to `consumer`.
 struct prefill_request {
   std::uint64_t request_id = 0;

@@ -168,12 +168,6 @@ CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ep_batch))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_batch_atom, "kvepbatch")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_flush_atom, "kvepflush")
 
-// Transfer actors (issue #16, session 12): a sender's announcements to one
-// peer, batched per progress tick (proto::announcements).
-CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announcements))
-CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, announce_batch_atom,
-             "kvannbatch")
-
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
