@@ -90,6 +90,7 @@ struct request_state {
   trace_request trace;                   // its hash_ids went to the router
   std::uint32_t prefill = 0, decode = 0; // worker indexes
   ns_t prefill_ns = 0;
+  double factor = 1; // its transfer_factor (transfer_costs.hpp), drawn once
   ns_t at_producer = -1, prefill_start = -1, prefill_end = -1;
   ns_t first_order = -1; // its first send order: the grant has come
   // Its last byte landed: the consumer's recv orders are answered, its KV
@@ -411,7 +412,7 @@ private:
     ns_t ready = r.prefill_start + r.prefill_ns * ns_t(part + 1) / ns_t(parts);
     double bytes = double(o.bytes);
     // The model engine's costs (transfer_costs.hpp), per part.
-    o.factor = transfer_factor(sim_, r.trace.index);
+    o.factor = r.factor;
     double fixed_us =
         ((r.ipc ? 0 : sim_.latency_us) +
          part_fixed_us(sim_, r.ipc, bytes, double(topo_.transfer.chunk_bytes),
@@ -735,6 +736,7 @@ private:
     ++read_;
     r.prefill_ns =
         from_ms(interpolate(topo_.sim.prefill_ms, r.trace.input_tokens));
+    r.factor = transfer_factor(topo_.sim, r.trace.index);
     in.tokens = r.trace.input_tokens;
     // The router takes it up `router_us` after its arrival (the row's
     // times count from the arrival).
