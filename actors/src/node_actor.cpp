@@ -400,7 +400,7 @@ void finish_incoming(self_ptr self, const request_key& key) {
   auto& r = i->second;
   if (r.failure) {
     if (!r.unsettled.empty())
-      return; // settle_orders: the failure goes once none can write
+      return; // settle_order: the failure goes once none can write
     r.promise->deliver(r.failure);
   } else if (r.parts > 0 && r.parts_done == r.parts) {
     proto::node_report rep{key.second,  r.bytes,       r.start_ns,     r.end_ns,

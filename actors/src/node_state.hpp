@@ -71,7 +71,7 @@ struct incoming_request {
   std::vector<bool> recv_posted; // part p's recv order is posted
   // Orders out to our transfer actor (recv orders, reads; transfer ids)
   // that may still write into the caller's blocks. A failure reaches the
-  // caller only once none is left (settle_orders), so that no byte lands
+  // caller only once none is left (settle_order), so that no byte lands
   // in blocks the caller took back (a peer gone is the exception: its
   // bytes cannot come, and our transfer actor drops its channel).
   std::set<std::uint64_t> unsettled;
