@@ -143,6 +143,28 @@ struct bench {
     prefill_remote = caf::actor_cast<node_actor>(remote);
     ask<std::string>(b, decode.h.node, proto::node_connect_atom::value,
                      caf::actor_cast<caf::actor>(prefill_remote));
+    b->send(decode.h.node, proto::node_listen_atom::value,
+            caf::actor_cast<caf::actor>(b));
+  }
+
+  // The prefill advertises request `id` and tells the decode so; the decode
+  // pulls once it heard, as a serving stack's scheduler does. The note
+  // travels behind the prefill node's offer (one sender, one receiver: in
+  // order), so the pull is an offered one: the decode orders the prefill's
+  // transfer actor itself. (Pulling at once instead races the offer: a pull
+  // that comes first asks the prefill's node, a hop more.)
+  void advertise_and_wait(const std::vector<std::uint64_t>& src) {
+    a->send(prefill.h.node, proto::node_advertise_atom::value,
+            proto::node_request{id, "decode-0", src, {}, false});
+    ask<caf::ok_atom>(a, prefill.h.node, proto::node_notify_atom::value,
+                      std::string{"decode-0"}, std::string{"advertised"});
+    b->receive(
+        [](proto::node_note_atom, const std::string&, const std::string&) {},
+        caf::after(std::chrono::seconds(30)) >>
+            [] {
+              throw bench_failure("the prefill's note did not come "
+                                  "within 30 s");
+            });
   }
 
   node_bench_row run(std::uint64_t n) {
@@ -180,9 +202,7 @@ struct bench {
     rtt_switches = 0;
     for (int r = 0; r < o.repeats + 2; ++r) {
       ++id;
-      // The prefill advertised before the decode pulls (as a stack does).
-      a->send(prefill.h.node, proto::node_advertise_atom::value,
-              proto::node_request{id, "decode-0", src, {}, false});
+      advertise_and_wait(src);
       auto s0 = switches();
       auto t0 = clock_type::now();
       auto rep = ask<proto::node_report>(

@@ -3,7 +3,9 @@
 // systems in this process, each with a node's actors (node_actors.hpp) over
 // its own host-memory cache (vLLM per-layer on the prefill, block-major on
 // the decode), connected over loopback TCP through CAF's middleman as two
-// processes are. Per request size:
+// processes are. Each pull is an offered one: the prefill advertises and
+// notifies the decode, which pulls once the note came (as a serving stack's
+// scheduler does; the note follows the offer). Per request size:
 //   - a pull's control overhead, total - data (the decode's call to its
 //     reply, minus its data window: first announcement known to the last
 //     byte landed), p50 and p99, beside the SAME RUN's CAF round trip
