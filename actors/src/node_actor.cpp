@@ -450,6 +450,16 @@ void settle_order(self_ptr self, const request_key& key,
             });
 }
 
+// An offered pull whose caller our transfer actor answers failed: it
+// answers with r.failure once the recv order settled (given up when not
+// announced yet, else when its receives end; a gone peer's channel fails).
+void fail_answered_by_transfer(self_ptr self, const request_key& key,
+                               const incoming_request& r) {
+  for (auto transfer_id : r.unsettled)
+    self->send(self->state.cfg.transfer, proto::settle_atom::value, key.first,
+               transfer_id, r.failure);
+}
+
 // False when there was nothing to fail (finished, or failed already). The
 // caller hears of the failure once every order of the request settled,
 // unless `settle` is off (the peer is gone: none of its bytes can come).
@@ -460,6 +470,10 @@ bool fail_incoming(self_ptr self, const request_key& key, caf::error why,
     return false;
   auto& r = i->second;
   r.failure = std::move(why);
+  if (r.transfer_answers) {
+    fail_answered_by_transfer(self, key, r);
+    return true;
+  }
   if (!settle)
     r.unsettled.clear();
   for (auto transfer_id : r.unsettled)
@@ -476,10 +490,7 @@ void on_landed(self_ptr self, const request_key& key,
     return;
   auto& r = i->second;
   r.bytes += rep.bytes;
-  // The data window starts with the sender's announcement (our recv order
-  // may have waited for it: an offered pull posts it at once).
-  r.start_ns = std::min(r.start_ns, rep.announced_ns != 0 ? rep.announced_ns
-                                                          : rep.first_known_ns);
+  r.start_ns = std::min(r.start_ns, proto::data_start_of(rep));
   r.end_ns = std::max(r.end_ns, rep.landed_ns);
   r.gpu_copy_ns += rep.gpu_copy_ns;
   r.gpu_queued_ns += rep.gpu_queued_ns;
@@ -530,7 +541,7 @@ void sweep_unclaimed(self_ptr self) {
   bool more = false;
   for (auto i = st.in.begin(); i != st.in.end();) {
     auto& r = i->second;
-    if (r.promise || r.noted == caf::actor_clock::time_point{}) {
+    if (r.claimed() || r.noted == caf::actor_clock::time_point{}) {
       ++i;
     } else if (now - r.noted >= unclaimed_limit(st)) {
       spdlog::debug("node {}: request {} from '{}' unclaimed for {} ms: "
@@ -583,6 +594,49 @@ void on_part(self_ptr self, const proto::node_part& p) {
   post_recv(self, key, p.part);
 }
 
+// ---- a request of one part over the plugin path: our transfer actor
+// answers its caller
+
+// Posts the request's one recv order (part 0) with the caller's request
+// handed to our transfer actor (delegate): it answers the caller when the
+// last byte landed, one hand-off fewer than through this actor, and tells
+// us aside (on_answered). A failure goes the same way (fail_incoming).
+caf::result<proto::node_report>
+recv_answered_by_transfer(self_ptr self, const request_key& key,
+                          incoming_request& r) {
+  auto& st = self->state;
+  proto::recv_order o{transfer_id_of(key.second, 0), key.first,
+                      st.cfg.timeout_ms};
+  r.transfer_answers = true;
+  r.recv_posted.assign(1, true);
+  r.unsettled.insert(o.transfer_id);
+  return self->delegate(st.cfg.transfer, proto::recv_atom::value, std::move(o),
+                        key.second, caf::actor_cast<caf::actor>(self));
+}
+
+// Our transfer actor answered the caller of a request of one part
+// (recv_answered_by_transfer): the bookkeeping its reply used to pass
+// through here. An offered pull's prefill hears that its source blocks are
+// free; a failure of our side goes to the sender (unless it was told
+// already, or told us).
+void on_answered(self_ptr self, const std::string& peer,
+                 const proto::node_report& rep, const caf::error& why) {
+  auto& st = self->state;
+  auto i = st.in.find({peer, rep.id});
+  if (i == st.in.end() || !i->second.transfer_answers)
+    return;
+  bool failed_here = static_cast<bool>(i->second.failure);
+  bool offered = i->second.offered;
+  st.in.erase(i);
+  auto* p = find_peer(self, peer);
+  if (p == nullptr || failed_here)
+    return;
+  if (why)
+    self->send(p->node, proto::node_fail_atom::value, st.cfg.name, rep.id, why);
+  else if (offered)
+    self->send(p->node, proto::node_done_atom::value, st.cfg.name, rep);
+}
+
 // ---- offered pull (plugin path): the decode orders the prefill's transfer
 // actor itself
 
@@ -590,7 +644,7 @@ void on_part(self_ptr self, const proto::node_part& p) {
 // pulls. Moot when our want went first (the prefill posts then).
 void on_offer(self_ptr self, proto::node_request& offer) {
   auto& r = noted_entry(self, {offer.peer, offer.id});
-  if (r.failure || r.wanted || r.promise)
+  if (r.failure || r.wanted || r.claimed())
     return;
   r.offered = true;
   r.src_blocks = std::move(offer.blocks);
@@ -598,19 +652,22 @@ void on_offer(self_ptr self, proto::node_request& offer) {
 
 // Plans both sides' extents (the prefill's layout and blocks as source),
 // sends the send order to the prefill's transfer actor (the pull's one
-// message) and posts our recv order beside it.
-void pull_offered(self_ptr self, const request_key& key, incoming_request& r,
-                  const node_peer& peer,
-                  const std::vector<std::uint64_t>& dst_blocks) {
+// message) and posts the recv order beside it, which answers the caller.
+caf::result<proto::node_report>
+pull_offered(self_ptr self, const request_key& key, incoming_request& r,
+             const node_peer& peer,
+             const std::vector<std::uint64_t>& dst_blocks) {
   auto& st = self->state;
   try {
     plan_part(st, peer.layout, r.src_blocks, st.cfg.layout, dst_blocks, 0);
   } catch (const std::exception& e) {
-    return fail_and_tell(
-        self, key,
-        node_error(self, ec::invalid_argument,
-                   fmt::format("request {} from '{}': {}", key.second,
-                               key.first, e.what())));
+    auto err = node_error(self, ec::invalid_argument,
+                          fmt::format("request {} from '{}': {}", key.second,
+                                      key.first, e.what()));
+    self->send(peer.node, proto::node_fail_atom::value, st.cfg.name, key.second,
+               err); // its advert fails too
+    st.in.erase(key);
+    return err;
   }
   r.parts = 1;
   proto::send_order o;
@@ -622,7 +679,7 @@ void pull_offered(self_ptr self, const request_key& key, incoming_request& r,
                 caf::infinite, proto::send_atom::value, std::move(o))
       .then([](std::uint64_t) {}, // the bytes count where they land
             [self, key](caf::error& err) { fail_and_tell(self, key, err); });
-  post_recv(self, key, 0);
+  return recv_answered_by_transfer(self, key, r);
 }
 
 // ---- one-sided pull, decode side: reads over CUDA IPC
@@ -710,10 +767,16 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
   const auto* peer = find_peer(self, req.peer);
   request_key key{req.peer, req.id};
   auto& r = st.in[key];
-  if (r.promise)
+  if (r.claimed())
     return node_error(
         self, ec::duplicate,
         fmt::format("request {} from '{}' is already open", req.id, req.peer));
+  if (pull && r.offered && !r.failure && !peer->one_sided)
+    return pull_offered(self, key, r, *peer, req.blocks);
+  if (!pull && !req.layerwise && !r.failure && r.recv_posted.empty()) {
+    r.parts = 1; // a receive of one part no part note has posted yet
+    return recv_answered_by_transfer(self, key, r);
+  }
   auto promise = self->make_response_promise<proto::node_report>();
   r.promise = promise;
   if (pull && peer->one_sided) {
@@ -721,7 +784,7 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
     r.dst_blocks = std::move(req.blocks);
     post_reads(self, key);
   } else if (pull && r.offered) {
-    pull_offered(self, key, r, *peer, req.blocks);
+    // The prefill failed it after its offer: the failure below answers.
   } else if (pull) {
     r.wanted = true;
     self->send(peer->node, proto::node_want_atom::value,
@@ -760,7 +823,7 @@ void fail_peer(self_ptr self, const std::string& peer, const caf::error& why) {
   for (auto& key : ins) {
     fail_incoming(self, key, why, false);
     auto i = st.in.find(key);
-    if (i != st.in.end() && !i->second.promise)
+    if (i != st.in.end() && !i->second.claimed())
       st.in.erase(i); // nobody asked for it (yet): nobody will
   }
 }
@@ -791,9 +854,14 @@ void on_stop(self_ptr self, const caf::exit_msg& msg) {
   for (auto& [key, r] : st.out)
     if (r.promise)
       r.promise->deliver(why);
-  for (auto& [key, r] : st.in)
-    if (r.promise)
+  for (auto& [key, r] : st.in) {
+    if (r.promise) {
       r.promise->deliver(why);
+    } else if (r.transfer_answers && !r.failure) {
+      r.failure = why;
+      fail_answered_by_transfer(self, key, r);
+    }
+  }
   st.out.clear();
   st.in.clear();
   self->quit(msg.reason);
@@ -885,6 +953,9 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       },
       [self](proto::node_done_atom, const std::string& from,
              const proto::node_report& rep) { on_pull_done(self, from, rep); },
+      [self](proto::node_answered_atom, const std::string& peer,
+             const proto::node_report& rep,
+             const caf::error& why) { on_answered(self, peer, rep, why); },
       [self](proto::node_poll_atom) { poll_held_notes(self); },
       [self](proto::sweep_atom) { sweep_unclaimed(self); },
       [self](proto::node_fail_atom, const std::string& from, std::uint64_t id,

@@ -88,6 +88,14 @@ struct incoming_request {
   // (the prefill plans and posts; its offer is then moot).
   bool offered = false;
   bool wanted = false;
+  // A request of one part over the plugin path (an offered pull, a
+  // receive no part note came for yet), once the caller asked: its request
+  // went to our transfer actor with the recv order, which answers it when
+  // the last byte landed (no hop back through this actor) and tells us
+  // aside (node_answered); this entry stays until then. A failure goes
+  // there too (settle_atom with the reason), and reaches the caller once
+  // the order settled.
+  bool transfer_answers = false;
   std::vector<std::uint64_t> src_blocks; // the prefill's, from its note/offer
   std::vector<std::uint64_t> dst_blocks; // ours, once the caller pulled
   std::vector<std::pair<std::uint32_t, std::string>> ready;
@@ -97,6 +105,10 @@ struct incoming_request {
   // never takes (a refused credit request, an advertise never pulled)
   // leaves nothing behind.
   caf::actor_clock::time_point noted{};
+
+  /// The caller asked for it (its answer comes from us or our transfer
+  /// actor).
+  bool claimed() const { return promise || transfer_answers; }
 };
 
 struct node_state {

@@ -78,6 +78,47 @@ void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
   }
 }
 
+namespace {
+
+// Answers a node's caller (answer_waiter) with the transfer's report, or
+// with `err` (the node's reason first), and tells the node.
+void answer(answer_waiter& w, const transfer_entry& t, const caf::error& err,
+            const std::string& peer) {
+  const auto& why = w.failure ? w.failure : err;
+  proto::node_report rep{w.request_id};
+  if (why) {
+    w.promise.deliver(why);
+  } else {
+    auto r = report_of(t);
+    rep = {w.request_id, r.bytes,       proto::data_start_of(r), r.landed_ns,
+           false,        r.gpu_copy_ns, r.gpu_queued_ns};
+    w.promise.deliver(rep);
+  }
+  caf::anon_send(w.node, proto::node_answered_atom::value, peer, rep, why);
+}
+
+// Answers whoever waits for `t` (see waiter_promise): done, or with `err`.
+void answer_waiter_of(transfer_entry& t, const caf::error& err,
+                      const std::string& peer) {
+  if (!t.waiter)
+    return;
+  if (auto* caller = std::get_if<answer_waiter>(&*t.waiter)) {
+    answer(*caller, t, err, peer);
+  } else if (auto* sender = std::get_if<byte_promise>(&*t.waiter)) {
+    if (err)
+      sender->deliver(err);
+    else
+      sender->deliver(t.bytes);
+  } else if (err) {
+    std::get<report_promise>(*t.waiter).deliver(err);
+  } else {
+    std::get<report_promise>(*t.waiter).deliver(report_of(t));
+  }
+  t.waiter.reset();
+}
+
+} // namespace
+
 void finish(transfer_entry& t, transfer_state& st, bool incoming,
             const std::string& peer,
             std::optional<steady_clock::time_point> finished) {
@@ -90,13 +131,7 @@ void finish(transfer_entry& t, transfer_state& st, bool incoming,
     st.stats.bytes_received += t.bytes;
   else
     st.stats.bytes_sent += t.bytes;
-  if (t.waiter) {
-    if (auto* sender = std::get_if<byte_promise>(&*t.waiter))
-      sender->deliver(t.bytes);
-    else
-      std::get<report_promise>(*t.waiter).deliver(report_of(t));
-    t.waiter.reset();
-  }
+  answer_waiter_of(t, {}, peer);
 }
 
 void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
@@ -106,10 +141,7 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
                                    ? to_string(static_cast<ec>(err.code()))
                                    : "other");
   t.failure = err;
-  if (t.waiter) {
-    std::visit([&](auto& promise) { promise.deliver(err); }, *t.waiter);
-    t.waiter.reset();
-  }
+  answer_waiter_of(t, err, peer);
 }
 
 void drop_peer_out(self_ptr self, const std::string& name,
@@ -228,26 +260,42 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   return promise;
 }
 
-caf::result<proto::recv_report> handle_recv(self_ptr self,
-                                            proto::recv_order& o) {
-  auto& st = self->state;
-  auto& p = st.in[o.peer_name];
+// A recv order claims its transfer for `waiter`, answered at once when the
+// transfer ended before the order came, else when it ends.
+void claim_recv(self_ptr self, const proto::recv_order& o,
+                waiter_promise waiter) {
+  auto& p = self->state.in[o.peer_name];
   auto& t = p.transfers[o.transfer_id];
+  t.waiter = std::move(waiter);
   if (t.done) {
-    auto report = report_of(t);
+    answer_waiter_of(t, {}, o.peer_name);
     p.transfers.erase(o.transfer_id);
-    return report;
-  }
-  if (t.failure) {
-    auto err = t.failure;
+  } else if (t.failure) {
+    answer_waiter_of(t, t.failure, o.peer_name);
     if (!t.cancelled) // else kept till its deadline: its bytes must not land
       p.transfers.erase(o.transfer_id);
-    return err;
+  } else {
+    arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
+                 o.transfer_id, t);
   }
+}
+
+caf::result<proto::recv_report> handle_recv(self_ptr self,
+                                            proto::recv_order& o) {
   auto promise = self->make_response_promise<proto::recv_report>();
-  t.waiter = waiter_promise{promise};
-  arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
-               o.transfer_id, t);
+  claim_recv(self, o, waiter_promise{promise});
+  return promise;
+}
+
+// A node's recv order with its caller's request (answer_waiter).
+caf::result<proto::node_report> handle_recv_for_caller(self_ptr self,
+                                                       proto::recv_order& o,
+                                                       std::uint64_t request_id,
+                                                       caf::actor& node) {
+  auto promise = self->make_response_promise<proto::node_report>();
+  claim_recv(self, o,
+             waiter_promise{answer_waiter{promise, request_id, std::move(node),
+                                          caf::error{}}});
   return promise;
 }
 
@@ -456,6 +504,21 @@ void forget_failures_from(transfer_state& st, const std::string& name) {
                                                   : std::next(it);
 }
 
+// Stopping: the callers whose requests their node handed here
+// (answer_waiter) hear of it, as the node's own callers hear from the node.
+void on_exit(self_ptr self, const caf::exit_msg& msg) {
+  if (!msg.reason)
+    return; // as CAF's default handler: a normal exit does not stop us
+  auto& st = self->state;
+  auto why = make_error(ec::peer_down,
+                        fmt::format("transfer {} stopped", st.cfg.name));
+  for (auto& [name, p] : st.in)
+    for (auto& [id, t] : p.transfers)
+      if (t.waiter && std::holds_alternative<answer_waiter>(*t.waiter))
+        answer_waiter_of(t, why, name);
+  self->quit(msg.reason);
+}
+
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
   std::vector<std::string> outs, ins, reads;
@@ -504,6 +567,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
   }
   advertise_ipc_handle(self->state);
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
+  self->set_exit_handler([self](caf::exit_msg& msg) { on_exit(self, msg); });
   return {
       [self](proto::endpoint_atom) {
         auto& cfg = self->state.cfg;
@@ -524,6 +588,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       },
       [self](proto::recv_atom, proto::recv_order& o) {
         return handle_recv(self, o);
+      },
+      [self](proto::recv_atom, proto::recv_order& o, std::uint64_t request_id,
+             caf::actor& node) {
+        return handle_recv_for_caller(self, o, request_id, node);
       },
       [self](proto::read_atom, proto::read_order& o) {
         return handle_read(self, o);
@@ -560,6 +628,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::settle_atom, const std::string& peer, std::uint64_t id) {
         return handle_settle(self, peer, id);
       },
+      [self](proto::settle_atom, const std::string& peer, std::uint64_t id,
+             caf::error& why) { settle_answer(self, peer, id, why); },
       [self](joined_atom, const worker_info& w) {
         map_ahead(self->state, w);
         if (w.transfer && w.name != self->state.cfg.name) {

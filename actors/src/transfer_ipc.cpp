@@ -844,6 +844,18 @@ caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
   return promise;
 }
 
+void settle_answer(self_ptr self, const std::string& peer, std::uint64_t id,
+                   caf::error& why) {
+  auto* t = find_recv(self->state, peer, id);
+  if (t == nullptr || !t->waiter)
+    return; // answered already: the node hears of it
+  auto* caller = std::get_if<answer_waiter>(&*t->waiter);
+  if (caller == nullptr)
+    return;
+  caller->failure = std::move(why);
+  give_up_unannounced(self, peer, id);
+}
+
 // Sender `name` writes into our region over CUDA IPC (it is the current
 // sender: a restarted one replaces the old, whose asks then fail).
 void handle_ipc_hello(self_ptr self, const std::string& name) {

@@ -17,6 +17,7 @@
 #include <variant>
 #include <vector>
 
+#include <caf/actor.hpp>
 #include <caf/actor_addr.hpp>
 #include <caf/error.hpp>
 #include <caf/typed_response_promise.hpp>
@@ -45,9 +46,22 @@ using transport::send_channel;
 
 using byte_promise = caf::typed_response_promise<std::uint64_t>;
 using report_promise = caf::typed_response_promise<proto::recv_report>;
-// Who waits for a transfer: a send order (replies bytes) or a recv order
-// (replies a recv_report).
-using waiter_promise = std::variant<byte_promise, report_promise>;
+// The caller of a node's request of one part (an offered pull, a receive),
+// whose request the node handed here with the recv order: answered with the
+// node_report of `request_id` when the last byte landed, and `node` told aside
+// (node_answered_atom). `failure`: the node failed the request meanwhile
+// (settle_atom with a reason); the caller gets it instead, once nothing more of
+// the transfer can land.
+struct answer_waiter {
+  caf::typed_response_promise<proto::node_report> promise;
+  std::uint64_t request_id = 0;
+  caf::actor node;
+  caf::error failure;
+};
+// Who waits for a transfer: a send order (replies bytes), a recv order
+// (replies a recv_report) or a node's caller (answer_waiter).
+using waiter_promise =
+    std::variant<byte_promise, report_promise, answer_waiter>;
 
 inline std::int64_t clock_ns(steady_clock::time_point t) {
   using namespace std::chrono;
@@ -385,6 +399,12 @@ void ask_sender(self_ptr self, const std::string& peer);
 
 caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
                                         std::uint64_t id);
+
+/// The node failed the request whose recv order (`peer`, `id`) answers its
+/// caller (answer_waiter): the caller gets `why` once the order is
+/// settled (at once when not announced yet, else when its receives end).
+void settle_answer(self_ptr self, const std::string& peer, std::uint64_t id,
+                   caf::error& why);
 
 void handle_ipc_hello(self_ptr self, const std::string& name);
 

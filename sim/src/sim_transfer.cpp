@@ -5,6 +5,7 @@
 #include <chrono>
 #include <map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -27,9 +28,17 @@ struct sim_transfer_state {
   // Recv orders whose transfer has not landed yet, and landed transfers no
   // recv order claimed yet, by (sender, transfer id).
   using key = std::pair<std::string, std::uint64_t>;
+  // A node's caller whose request came with the recv order (see
+  // transfer_actor in actors.hpp): answered with the node_report of request
+  // `id`, its node told aside.
+  struct caller {
+    caf::typed_response_promise<proto::node_report> reply;
+    std::uint64_t id;
+    caf::actor node;
+  };
   struct recv {
     std::int64_t known_ns;
-    caf::typed_response_promise<proto::recv_report> reply;
+    std::variant<caf::typed_response_promise<proto::recv_report>, caller> reply;
   };
   std::map<key, recv> recvs;
   std::map<key, proto::landed> landed;
@@ -44,6 +53,41 @@ proto::recv_report report_of(const proto::landed& l, std::int64_t known_ns) {
   r.first_known_ns = std::min(known_ns, l.launched_ns);
   r.landed_ns = l.copied_ns;
   return r;
+}
+
+// Answers the recv order `r` of transfer `k` (landed: `l`), or fails it.
+void answer(sim_transfer_state::recv& r, const sim_transfer_state::key& k,
+            const proto::landed* l, const caf::error& err = {}) {
+  if (auto* c = std::get_if<sim_transfer_state::caller>(&r.reply)) {
+    proto::node_report rep{c->id};
+    if (l != nullptr) {
+      auto rr = report_of(*l, r.known_ns);
+      rep = {c->id, rr.bytes, proto::data_start_of(rr), rr.landed_ns};
+      c->reply.deliver(rep);
+    } else {
+      c->reply.deliver(err);
+    }
+    caf::anon_send(c->node, proto::node_answered_atom::value, k.first, rep,
+                   err);
+    return;
+  }
+  auto& reply = std::get<0>(r.reply);
+  if (l != nullptr)
+    reply.deliver(report_of(*l, r.known_ns));
+  else
+    reply.deliver(err);
+}
+
+// A recv order for `k`, answered at once when its transfer landed already.
+void claim(self_ptr self, sim_transfer_state::key k,
+           sim_transfer_state::recv r) {
+  auto& st = self->state;
+  if (auto i = st.landed.find(k); i != st.landed.end()) {
+    answer(r, k, &i->second);
+    st.landed.erase(i);
+    return;
+  }
+  st.recvs.emplace(std::move(k), std::move(r));
 }
 
 // The network says a transfer landed: ours (answer the send order) or one
@@ -64,7 +108,7 @@ void on_landed(self_ptr self, proto::landed& l) {
     st.landed.emplace(std::move(k), std::move(l));
     return;
   }
-  i->second.reply.deliver(report_of(l, i->second.known_ns));
+  answer(i->second, k, &l);
   st.recvs.erase(i);
 }
 
@@ -90,18 +134,18 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
                            ns_of(self->clock().now())});
         return rp;
       },
-      [self](proto::recv_atom,
-             proto::recv_order& o) -> caf::result<proto::recv_report> {
-        auto& st = self->state;
-        auto known = ns_of(self->clock().now());
-        sim_transfer_state::key k{o.peer_name, o.transfer_id};
-        if (auto i = st.landed.find(k); i != st.landed.end()) {
-          auto r = report_of(i->second, known);
-          st.landed.erase(i);
-          return r;
-        }
+      [self](proto::recv_atom, proto::recv_order& o) {
         auto rp = self->make_response_promise<proto::recv_report>();
-        st.recvs.emplace(std::move(k), sim_transfer_state::recv{known, rp});
+        claim(self, {o.peer_name, o.transfer_id},
+              {ns_of(self->clock().now()), rp});
+        return rp;
+      },
+      [self](proto::recv_atom, proto::recv_order& o, std::uint64_t id,
+             caf::actor& node) {
+        auto rp = self->make_response_promise<proto::node_report>();
+        claim(self, {o.peer_name, o.transfer_id},
+              {ns_of(self->clock().now()),
+               sim_transfer_state::caller{rp, id, std::move(node)}});
         return rp;
       },
       [self](proto::landed_atom, proto::landed& l) { on_landed(self, l); },
@@ -119,6 +163,15 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       },
       [](proto::settle_atom, const std::string&, std::uint64_t) {
         return caf::ok_atom::value;
+      },
+      // Nothing landed is waiting (else it answered): it fails at once.
+      [self](proto::settle_atom, const std::string& peer, std::uint64_t id,
+             const caf::error& why) {
+        auto i = self->state.recvs.find({peer, id});
+        if (i == self->state.recvs.end())
+          return;
+        answer(i->second, i->first, nullptr, why);
+        self->state.recvs.erase(i);
       },
       [](joined_atom, const worker_info&) {},
       [](left_atom, const std::string&, const caf::error&) {},

@@ -66,6 +66,10 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
          proto::recv_order&) -> caf::result<proto::recv_report> {
         return make_error(ec::invalid_argument, "fake sender: no receives");
       },
+      [](proto::recv_atom, proto::recv_order&, std::uint64_t,
+         caf::actor&) -> caf::result<proto::node_report> {
+        return make_error(ec::invalid_argument, "fake sender: no receives");
+      },
       [](proto::open_atom, const std::string&, std::uint32_t,
          std::uint64_t) -> caf::result<std::vector<char>> {
         return make_error(ec::invalid_argument, "fake sender: no channels");
@@ -93,6 +97,8 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
       [](proto::settle_atom, const std::string&, std::uint64_t) {
         return caf::ok_atom::value;
       },
+      [](proto::settle_atom, const std::string&, std::uint64_t,
+         const caf::error&) {},
       [self](joined_atom, const worker_info& w) {
         self->send(caf::actor_cast<transfer_actor>(w.transfer),
                    proto::ipc_hello_atom::value, std::string{"prefill-0"});

@@ -169,6 +169,120 @@ TEST_CASE_FIXTURE(caller_system, "a failed receive settles its parts first: "
 
 namespace {
 
+// The nodes of `fixture` connected, the caller listening to the decode
+// node's notes.
+void connect_and_listen(caller_system& fixture) {
+  auto& self = fixture.self;
+  self->request(fixture.decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(fixture.prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  self->send(fixture.decode.node, proto::node_listen_atom::value,
+             caf::actor_cast<caf::actor>(self));
+}
+
+// The prefill advertises request `id` (the reply: once its source blocks
+// are free) and notes it; the note follows the offer, so once it came the
+// decode node knows the offer and a pull is an offered one.
+auto advertise_offered(caller_system& fixture, std::uint64_t id,
+                       const std::vector<std::uint64_t>& src_blocks) {
+  auto& self = fixture.self;
+  auto advert = self->request(
+      fixture.prefill.node, 30s, proto::node_advertise_atom::value,
+      proto::node_request{id, "decode-0", src_blocks, {}, false});
+  self->request(fixture.prefill.node, 10s, proto::node_notify_atom::value,
+                std::string{"decode-0"}, std::to_string(id))
+      .receive([](caf::ok_atom) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  std::string note;
+  self->receive([&](proto::node_note_atom, const std::string&,
+                    const std::string& p) { note = p; },
+                caf::after(30s) >> [&] { note = "timeout"; });
+  REQUIRE(note == std::to_string(id));
+  return advert;
+}
+
+} // namespace
+
+// An offered pull's caller is answered by the decode's transfer actor (its
+// node hands the request over with the recv order), with the request's
+// bytes and data window; the node hears of it aside, tells the prefill
+// (whose advert completes) and forgets the request, so that its id can be
+// pulled again.
+TEST_CASE_FIXTURE(caller_system, "an offered pull is answered by the "
+                                 "decode's transfer actor; both nodes' "
+                                 "bookkeeping follows") {
+  connect_and_listen(*this);
+  std::vector<std::uint64_t> s{0, 1, 6}, d{3, 4, 7};
+  auto bytes = s.size() * layers * 2 * half_bytes;
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    auto before = dst.regions;
+    auto advert = advertise_offered(*this, 41, s);
+    proto::node_report got;
+    self->request(decode.node, 30s, proto::node_pull_atom::value,
+                  proto::node_request{41, "prefill-0", d, {}, false})
+        .receive([&](const proto::node_report& r) { got = r; },
+                 [](const caf::error& err) { FAIL(render(err)); });
+    CHECK(got.id == 41);
+    CHECK(got.bytes == bytes);
+    CHECK_FALSE(got.ipc);
+    CHECK(got.data_start_ns > 0);
+    CHECK(got.data_end_ns >= got.data_start_ns);
+    CHECK(dst.regions == dst.expected(before, src, s, d));
+    // The decode node told the prefill once it heard (after the caller):
+    // its report, so the advert completes with the decode's bytes.
+    advert.receive(
+        [&](const proto::node_report& r) { CHECK(r.bytes == bytes); },
+        [](const caf::error& err) { FAIL(render(err)); });
+  }
+}
+
+// A failed offered pull (here withdrawn by the caller's app, as the
+// consumer withdraws one its node did not answer in time) reaches its
+// caller from the decode's transfer actor, with the node's reason, once its
+// recv order is settled: nothing lands in its blocks after the caller
+// heard, even though the decode node ordered the prefill's transfer actor
+// to send (its late bytes tear down the channel instead).
+TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
+                                 "nothing lands in its blocks after its "
+                                 "caller heard") {
+  connect_and_listen(*this);
+  std::vector<std::uint64_t> s{0, 1}, d{2, 5};
+  advertise_offered(*this, 51, s); // its advert is never told: not awaited
+  auto pulled =
+      self->request(decode.node, 30s, proto::node_pull_atom::value,
+                    proto::node_request{51, "prefill-0", d, {}, false});
+  self->send(decode.node, proto::node_fail_atom::value,
+             std::string{"prefill-0"}, std::uint64_t{51},
+             make_error(ec::timeout, "test: withdrawn"));
+  std::string why = "pulled";
+  pulled.receive([](const proto::node_report&) {},
+                 [&](const caf::error& err) { why = render(err); });
+  // The withdrawal reaches the decode's transfer actor right behind the
+  // recv order, long before the prefill's first announcement (its channel
+  // opens first): the pull fails with the node's reason.
+  CHECK(why.find("test: withdrawn") != std::string::npos);
+  auto after_failure = dst.regions;
+  // Later requests of the pair land (the first ones may fail while the
+  // channel the late bytes tore down is replaced), after whatever request
+  // 51's bytes could have done.
+  std::vector<std::uint64_t> s2{3}, d2{6};
+  bool landed = false;
+  for (std::uint64_t id = 52; id < 62 && !landed; ++id) {
+    auto advert2 = advertise_offered(*this, id, s2);
+    self->request(decode.node, 30s, proto::node_pull_atom::value,
+                  proto::node_request{id, "prefill-0", d2, {}, false})
+        .receive([&](const proto::node_report&) { landed = true; },
+                 [](const caf::error& err) { MESSAGE(render(err)); });
+    advert2.receive([](const proto::node_report&) {}, [](const caf::error&) {});
+  }
+  REQUIRE(landed);
+  CHECK(dst.regions == dst.expected(after_failure, src, s2, d2));
+}
+
+namespace {
+
 proto::endpoint endpoint_of(std::string name, std::string host,
                             std::string ipc) {
   proto::endpoint e;

@@ -7,6 +7,7 @@
 // are given in layer-blocks (--pool-blocks); block ids, grants and credit
 // count blocks of every layer (pool_layout): 64 layer-blocks = 16 ids.
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -49,14 +50,32 @@ struct fake_net {
   }
 };
 
+// A recv order waiting for its transfer: answered with the bytes that
+// landed, or failed.
+struct waiting_recv {
+  std::function<void(std::uint64_t)> landed;
+  std::function<void(const caf::error&)> failed;
+};
+
 struct fake_transfer_state {
   std::string worker;
   std::shared_ptr<fake_net> net;
   std::map<std::uint64_t, std::uint64_t> arrived; // transfer id -> bytes
-  std::map<std::uint64_t, caf::typed_response_promise<proto::recv_report>>
-      waiting;
+  std::map<std::uint64_t, waiting_recv> waiting;
   static inline const char* name = "fake.transfer";
 };
+
+// A recv order: answered at once when its transfer arrived, else kept.
+void claim_recv(transfer_actor::stateful_pointer<fake_transfer_state> self,
+                std::uint64_t transfer_id, waiting_recv w) {
+  auto i = self->state.arrived.find(transfer_id);
+  if (i == self->state.arrived.end()) {
+    self->state.waiting.emplace(transfer_id, std::move(w));
+    return;
+  }
+  w.landed(i->second);
+  self->state.arrived.erase(i);
+}
 
 transfer_actor::behavior_type
 fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
@@ -102,7 +121,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         auto bytes = total_bytes(a.chunks);
         auto w = self->state.waiting.find(a.transfer_id);
         if (w != self->state.waiting.end()) {
-          w->second.deliver(self->state.net->report(bytes));
+          w->second.landed(bytes);
           self->state.waiting.erase(w);
         } else {
           self->state.arrived[a.transfer_id] = bytes;
@@ -115,16 +134,41 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
          proto::read_order&) -> caf::result<proto::recv_report> {
         return make_error(ec::invalid_argument, "fake transfer: no reads");
       },
-      [self](proto::recv_atom,
-             proto::recv_order& o) -> caf::result<proto::recv_report> {
-        auto i = self->state.arrived.find(o.transfer_id);
-        if (i != self->state.arrived.end()) {
-          auto bytes = i->second;
-          self->state.arrived.erase(i);
-          return self->state.net->report(bytes);
-        }
+      [self](proto::recv_atom, proto::recv_order& o) {
         auto p = self->make_response_promise<proto::recv_report>();
-        self->state.waiting.emplace(o.transfer_id, p);
+        auto net = self->state.net;
+        claim_recv(self, o.transfer_id,
+                   {[p, net](std::uint64_t bytes) mutable {
+                      p.deliver(net->report(bytes));
+                    },
+                    [p](const caf::error& err) mutable { p.deliver(err); }});
+        return p;
+      },
+      // A node's caller, answered here (see transfer_actor in actors.hpp).
+      [self](proto::recv_atom, proto::recv_order& o, std::uint64_t id,
+             caf::actor& node) {
+        auto p = self->make_response_promise<proto::node_report>();
+        auto net = self->state.net;
+        auto peer = o.peer_name;
+        auto tell = [node, peer](const proto::node_report& rep,
+                                 const caf::error& err) {
+          caf::anon_send(node, proto::node_answered_atom::value, peer, rep,
+                         err);
+        };
+        claim_recv(
+            self, o.transfer_id,
+            {[p, net, id, tell](std::uint64_t bytes) mutable {
+               auto r = net->report(bytes);
+               proto::node_report rep{
+                   id,    r.bytes,       proto::data_start_of(r), r.landed_ns,
+                   false, r.gpu_copy_ns, r.gpu_queued_ns};
+               p.deliver(rep);
+               tell(rep, {});
+             },
+             [p, id, tell](const caf::error& err) mutable {
+               p.deliver(err);
+               tell(proto::node_report{id}, err);
+             }});
         return p;
       },
       [](proto::landed_atom, const proto::landed&) {},
@@ -135,6 +179,15 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       },
       [](proto::settle_atom, const std::string&, std::uint64_t) {
         return caf::ok_atom::value;
+      },
+      // Nothing arrived for it (else it answered): it fails at once.
+      [self](proto::settle_atom, const std::string&, std::uint64_t id,
+             const caf::error& why) {
+        auto i = self->state.waiting.find(id);
+        if (i == self->state.waiting.end())
+          return;
+        i->second.failed(why);
+        self->state.waiting.erase(i);
       },
       [](proto::open_atom, const std::string&, std::uint32_t,
          std::uint64_t) -> caf::result<std::vector<char>> {

@@ -115,6 +115,14 @@ using transfer_actor = caf::typed_actor<
     // and this actor's view of when the transfer started and ended.
     caf::replies_to<proto::recv_atom,
                     proto::recv_order>::with<proto::recv_report>,
+    // A node's request of one part over the plugin path (an offered pull,
+    // a receive; node_actor): the node hands its caller's request here with
+    // the recv order (caf delegate), so that this actor answers the caller
+    // itself when the last byte landed, with the node_report of request
+    // `request_id`, instead of through the node. The node `node` hears of
+    // it aside: (node_answered_atom, peer, report, error: none on success).
+    caf::replies_to<proto::recv_atom, proto::recv_order, std::uint64_t,
+                    caf::actor>::with<proto::node_report>,
     // One-sided read over CUDA IPC from a same-host peer's table into ours
     // (protocol.hpp, read_order); replies when the copy kernel finished.
     caf::replies_to<proto::read_atom,
@@ -153,6 +161,11 @@ using transfer_actor = caf::typed_actor<
     // quarantined CUDA IPC copy is waited out; otherwise at once.
     caf::replies_to<proto::settle_atom, std::string,
                     std::uint64_t>::with<caf::ok_atom>,
+    // ... and for a request whose caller this actor answers (above): the
+    // node failed it because of `why`; the caller is answered with `why`
+    // once the recv order is settled as above (at once when not announced
+    // yet, else when its receives ended), the node told as on success.
+    caf::reacts_to<proto::settle_atom, std::string, std::uint64_t, caf::error>,
     // Directory watcher (see directory_watcher_actor): a peer that left
     // fails everything waiting on it with ec::peer_down at once.
     caf::reacts_to<joined_atom, worker_info>,
@@ -239,7 +252,10 @@ using consumer_actor = caf::typed_actor<
 //          (all layers at once); the decode's pull then plans and sends the
 //          send order to the prefill's transfer actor itself and posts its
 //          recv order at once (no hop through the prefill node); its --done-->
-//          frees the prefill's source blocks.
+//          frees the prefill's source blocks. The recv order carries the
+//          caller's request (delegate): the decode's transfer actor answers
+//          the caller when the last byte landed and tells its node aside
+//          (no hop back through the node), as for a receive of one part.
 //   pull, layer by layer or before the offer came: caller --pull--> node
 //          --want--> prefill node (one message), which posts each layer's
 //          send as soon as the layer is ready and the want is known, each
@@ -303,6 +319,11 @@ using node_actor = caf::typed_actor<
     // One-sided or offered pull: decode node to prefill node, request `id`
     // landed (its source blocks are free).
     caf::reacts_to<proto::node_done_atom, std::string, proto::node_report>,
+    // Our transfer actor answered the caller of a request of one part from
+    // `peer` (report.id; an offered pull, a receive) itself, with the
+    // report or with `why`.
+    caf::reacts_to<proto::node_answered_atom, std::string, proto::node_report,
+                   caf::error>,
     // Internal: poll the CUDA events of layers whose ready note waits.
     caf::reacts_to<proto::node_poll_atom>,
     // Internal: drop incoming entries no caller claimed in time.

@@ -145,6 +145,14 @@ typename Inspector::result_type inspect(Inspector& f, recv_report& x) {
            x.announced_ns);
 }
 
+/// Where a request's data window starts in a node's report (node_report):
+/// at the sender's announcement when there was one (the recv order may have
+/// waited for it: an offered pull posts it at once), else when the receiver
+/// first knew of the transfer.
+inline std::int64_t data_start_of(const recv_report& r) {
+  return r.announced_ns != 0 ? r.announced_ns : r.first_known_ns;
+}
+
 /// Transfer actor to transfer actor over CUDA IPC: the sender's copy kernel
 /// of transfer `transfer_id` finished writing `bytes` into the receiver's
 /// region. When the kernel was launched and when the sender saw it complete

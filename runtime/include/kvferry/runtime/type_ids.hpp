@@ -168,6 +168,10 @@ CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::ep_batch))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_batch_atom, "kvepbatch")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_flush_atom, "kvepflush")
 
+// kvferry::node, offered pull (issue #15, session 13): the decode's transfer
+// actor answers the puller itself and tells its node aside.
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_answered_atom, "kvnanswer")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
