@@ -66,6 +66,12 @@ namespace {
 using namespace std::chrono;
 using namespace consumer_detail;
 
+// This host's steady clock in ns (the report's timestamps).
+std::int64_t steady_ns() {
+  return duration_cast<nanoseconds>(clock_type::now().time_since_epoch())
+      .count();
+}
+
 // Pool figures for people (stats, metrics, logs) count layer-blocks, as
 // --pool-blocks does: an id is a block of every layer.
 std::uint64_t layer_blocks(const consumer_state& st, std::uint64_t ids) {
@@ -256,10 +262,11 @@ void finish_failed(self_ptr self, const ctx_ptr& ctx) {
     st.failed_unanswered.pop_front();
 }
 
-// The request was checked (`bad`: why it failed, took `verify_ns`): its
-// blocks go back (or wait for `decoded`) and the answer goes out.
+// The request was checked (`bad`: why it failed, took `verify_ns`, its
+// kernel `verify_gpu_ns`): its blocks go back (or wait for `decoded`) and
+// the answer goes out.
 void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
-                     std::int64_t verify_ns) {
+                     std::int64_t verify_ns, std::int64_t verify_gpu_ns) {
   ctx->verifying = false;
   if (!bad && self->state.cfg.keep_blocks_until_decoded)
     self->state.decoding.emplace(ctx->request_id, ctx); // until `decoded`
@@ -279,6 +286,12 @@ void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
   r.gpu_copy_ns = ctx->gpu_copy_ns;
   r.gpu_queued_ns = ctx->gpu_queued_ns;
   r.compute_ns = verify_ns + ctx->producer_compute_ns;
+  r.fill_ns = ctx->producer_compute_ns;
+  r.fill_gpu_ns = ctx->producer_fill_gpu_ns;
+  r.verify_gpu_ns = verify_gpu_ns;
+  r.opened_ns = ctx->opened_ns;
+  r.verify_sent_ns = ctx->verify_sent_ns;
+  r.verify_done_ns = steady_ns();
   ctx->promise->deliver(std::move(r));
 }
 
@@ -290,7 +303,7 @@ void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
 void verify(self_ptr self, const ctx_ptr& ctx) {
   auto& st = self->state;
   if (auto bad = size_mismatch(st, *ctx))
-    return finish_verified(self, ctx, std::move(bad), 0);
+    return finish_verified(self, ctx, std::move(bad), 0, 0);
   auto job = std::make_shared<verify_job>(verify_job_of(st, *ctx));
   if (st.workers.empty()) {
     auto t0 = clock_type::now();
@@ -306,19 +319,22 @@ void verify(self_ptr self, const ctx_ptr& ctx) {
                                    st.cfg.name, ctx->request_id, e.what()));
     }
     auto ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
-    return finish_verified(self, ctx, std::move(bad), ns);
+    return finish_verified(self, ctx, std::move(bad), ns,
+                           st.pattern->last_gpu_ns());
   }
   ctx->verifying = true;
+  ctx->verify_sent_ns = steady_ns();
   auto& b = job->blocks;
   self->request(st.workers.next(), caf::infinite, job->offsets, b.seed,
                 b.request_id, b.blocks_per_layer, b.block_bytes, job->by_hash)
       .then(
-          [self, ctx, job](std::uint64_t value, std::int64_t ns) {
+          [self, ctx, job](std::uint64_t value, std::int64_t ns,
+                           std::int64_t gpu_ns) {
             finish_verified(self, ctx, verdict(self->state, *ctx, *job, value),
-                            ns);
+                            ns, gpu_ns);
           },
           [self, ctx](caf::error& err) {
-            finish_verified(self, ctx, std::move(err), 0);
+            finish_verified(self, ctx, std::move(err), 0, 0);
           });
 }
 
@@ -481,6 +497,7 @@ ctx_ptr open_request(self_ptr self, const waiter& w) {
   ctx->producer = w.producer;
   ctx->from = w.from;
   ctx->requester = w.requester;
+  ctx->opened_ns = w.arrived_ns;
   st.pool->allocate(w.blocks, ctx->blocks);
   track(self, ctx);
   return ctx;
@@ -693,6 +710,7 @@ waiter waiter_for(self_ptr self, std::uint64_t request_id, std::uint64_t blocks,
   w.producer = producer;
   w.from = caf::actor_cast<caf::actor_addr>(self->current_sender());
   w.requester = watch_requester(self, requester);
+  w.arrived_ns = steady_ns();
   watch_sender(self, producer);
   return w;
 }
@@ -933,6 +951,8 @@ caf::expected<ctx_ptr> open_credit_request(self_ptr self,
   ctx->loan_id = id;
   ctx->producer = n.producer;
   ctx->producer_compute_ns = n.compute_ns;
+  ctx->producer_fill_gpu_ns = n.fill_gpu_ns;
+  ctx->opened_ns = steady_ns();
   track(self, ctx);
   return ctx;
 }
@@ -1121,7 +1141,8 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
     self->state.block_in_request.assign(blocks, false);
   }
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
-  self->state.workers = pattern_detail::pattern_workers{self, cfg.region};
+  self->state.workers = pattern_detail::pattern_workers{
+      self, cfg.region, cfg.geometry.layer_block_bytes()};
   self->state.cfg = std::move(cfg);
   if (self->state.cfg.node)
     self->link_to(self->state.cfg.node);

@@ -50,7 +50,13 @@ struct request_ctx {
   // CUDA IPC, summed over parts: launch to kernel start, kernel GPU time.
   std::int64_t gpu_queued_ns = 0;
   std::int64_t gpu_copy_ns = 0;
-  std::int64_t producer_compute_ns = 0; // credit path: fill + hash there
+  std::int64_t producer_compute_ns = 0;  // credit path: fill + hash there
+  std::int64_t producer_fill_gpu_ns = 0; // credit path: its fill kernel
+  // For the report's breakdown (steady_clock ns): when the request reached
+  // this consumer (before any wait for blocks) and when its verification
+  // was handed to a pattern worker.
+  std::int64_t opened_ns = 0;
+  std::int64_t verify_sent_ns = 0;
   std::uint32_t loan_id = 0; // blocks return to this loan; 0: to the pool
   bool answered = false;     // promise already delivered (abort)
   bool released = false;
@@ -77,6 +83,7 @@ struct waiter {
   caf::actor_addr from;
   caf::actor_addr requester;
   caf::actor_clock::time_point deadline;
+  std::int64_t arrived_ns = 0; // steady_clock: request_ctx::opened_ns
   std::function<void(const ctx_ptr&)> start; // on its freshly taken blocks
   std::function<void(caf::error)> fail;
 };

@@ -47,4 +47,20 @@ inline unsigned pattern_fill_grid(unsigned fallback) {
   return static_cast<unsigned>(blocks);
 }
 
+/// KVFERRY_PATTERN_WORKERS=N (1..16) sets how many pattern workers (fill
+/// and check, each with its own stream) an app actor over GPU memory has;
+/// unset or empty: `fallback`. Throws std::invalid_argument naming the
+/// variable for anything else.
+inline unsigned pattern_workers_on_gpu(unsigned fallback) {
+  const char* text = std::getenv("KVFERRY_PATTERN_WORKERS");
+  if (text == nullptr || *text == '\0')
+    return fallback;
+  char* end = nullptr;
+  const unsigned long workers = std::strtoul(text, &end, 10);
+  if (*end != '\0' || workers == 0 || workers > 16)
+    throw std::invalid_argument("KVFERRY_PATTERN_WORKERS=" + std::string{text} +
+                                ": expected 1 to 16 pattern workers");
+  return static_cast<unsigned>(workers);
+}
+
 } // namespace kvferry::detail

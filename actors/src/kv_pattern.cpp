@@ -51,12 +51,13 @@ void pattern_device_deleter::operator()(pattern_device* device) const noexcept {
 #ifndef KVFERRY_HAVE_CUDA
 // A build without CUDA cannot make a cuda region, so these only run if one
 // was made by hand; they say why they cannot work.
-pattern_device* pattern_device_create(int) {
+pattern_device* pattern_device_create(int, std::size_t) {
   transport::throw_no_cuda("kv pattern on a GPU region");
 }
 void pattern_device_destroy(pattern_device*) noexcept {
 }
-std::uint64_t pattern_device_run(pattern_device&, const pattern_launch&, bool) {
+pattern_outcome pattern_device_run(pattern_device&, const pattern_launch&,
+                                   bool) {
   transport::throw_no_cuda("kv pattern on a GPU region");
 }
 #endif
@@ -117,10 +118,10 @@ void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
                    block_of(blocks, i));
     return;
   }
-  if (!device_)
-    device_.reset(detail::pattern_device_create(region_->gpu()));
-  detail::pattern_device_run(*device_, launch_of(*region_, offsets, blocks),
-                             false);
+  ensure_device(offsets.size());
+  last_gpu_ns_ = detail::pattern_device_run(
+                     *device_, launch_of(*region_, offsets, blocks), false)
+                     .gpu_ns;
 }
 
 std::optional<std::uint64_t>
@@ -160,13 +161,23 @@ kv_pattern::check(const std::vector<std::uint64_t>& offsets,
     }
     return std::nullopt;
   }
-  if (!device_)
-    device_.reset(detail::pattern_device_create(region_->gpu()));
-  auto bad = detail::pattern_device_run(
+  ensure_device(offsets.size());
+  auto out = detail::pattern_device_run(
       *device_, launch_of(*region_, offsets, blocks), true);
-  if (bad == std::numeric_limits<std::uint64_t>::max())
+  last_gpu_ns_ = out.gpu_ns;
+  if (out.value == std::numeric_limits<std::uint64_t>::max())
     return std::nullopt;
-  return static_cast<std::size_t>(bad);
+  return static_cast<std::size_t>(out.value);
+}
+
+void kv_pattern::prepare(std::size_t max_blocks) {
+  if (!region_->host_accessible() && !region_->is_model_only())
+    ensure_device(max_blocks);
+}
+
+void kv_pattern::ensure_device(std::size_t max_blocks) {
+  if (!device_)
+    device_.reset(detail::pattern_device_create(region_->gpu(), max_blocks));
 }
 
 } // namespace kvferry

@@ -46,11 +46,67 @@ __device__ std::uint8_t pattern_byte(std::uint64_t x, std::uint64_t i,
   return static_cast<std::uint8_t>(v >> (8 * (i % 8)));
 }
 
+// Whole 16-byte pairs of words, `unroll` per thread per round so that each
+// thread keeps several loads in flight (a check is a stream of reads: with
+// one 8-byte load per thread at a time the SMs cannot keep enough bytes in
+// flight to fill HBM). Returns the bytes covered; `bad` when a pair differs.
+template<bool Check>
+__device__ std::uint64_t pattern_pairs(std::uint8_t* p, std::uint64_t x,
+                                       std::uint64_t words, bool& bad) {
+  constexpr unsigned unroll = 4;
+  const std::uint64_t pairs = words / 2;
+  auto* q = reinterpret_cast<ulonglong2*>(p);
+  const std::uint64_t stride = blockDim.x;
+  std::uint64_t k = threadIdx.x;
+  for (; k + (unroll - 1) * stride < pairs; k += unroll * stride) {
+    ulonglong2 got[unroll];
+    if (Check) {
+#pragma unroll
+      for (unsigned u = 0; u < unroll; ++u)
+        got[u] = q[k + u * stride];
+    }
+#pragma unroll
+    for (unsigned u = 0; u < unroll; ++u) {
+      const std::uint64_t w = x + 2 * (k + u * stride) * word_step;
+      if (Check)
+        bad |= got[u].x != w || got[u].y != w + word_step;
+      else
+        q[k + u * stride] = make_ulonglong2(w, w + word_step);
+    }
+  }
+  for (; k < pairs; k += stride) {
+    const std::uint64_t w = x + 2 * k * word_step;
+    if (Check) {
+      const ulonglong2 got = q[k];
+      bad |= got.x != w || got.y != w + word_step;
+    } else {
+      q[k] = make_ulonglong2(w, w + word_step);
+    }
+  }
+  return pairs * 16;
+}
+
+// 8-byte words, for blocks aligned to 8 but not 16 bytes.
+template<bool Check>
+__device__ std::uint64_t pattern_words(std::uint8_t* p, std::uint64_t x,
+                                       std::uint64_t words, bool& bad) {
+  auto* w = reinterpret_cast<std::uint64_t*>(p);
+  for (std::uint64_t k = threadIdx.x; k < words; k += blockDim.x) {
+    const std::uint64_t v = x + k * word_step;
+    if (Check)
+      bad |= w[k] != v;
+    else
+      w[k] = v;
+  }
+  return words * 8;
+}
+
+template<bool Check>
 __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
                                std::uint64_t count, std::uint64_t block_bytes,
                                std::uint64_t seed, std::uint64_t request,
                                std::uint32_t first_layer, std::uint32_t bpl,
-                               bool check, unsigned long long* first_bad) {
+                               unsigned long long* first_bad) {
   const std::uint64_t words = block_bytes / 8;
   for (std::uint64_t i = blockIdx.x; i < count; i += gridDim.x) {
     const auto layer = first_layer + static_cast<std::uint32_t>(i / bpl);
@@ -59,22 +115,16 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
     std::uint8_t* p = base + offsets[i];
     bool bad = false;
     std::uint64_t vector_bytes = 0;
-    if ((reinterpret_cast<std::uintptr_t>(p) & 7) == 0) {
-      auto* w = reinterpret_cast<std::uint64_t*>(p);
-      for (std::uint64_t k = threadIdx.x; k < words; k += blockDim.x) {
-        const std::uint64_t v = x + k * word_step;
-        if (check)
-          bad |= w[k] != v;
-        else
-          w[k] = v;
-      }
-      vector_bytes = words * 8;
-    }
-    // Misaligned blocks and the tail: byte by byte.
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    if ((address & 15) == 0)
+      vector_bytes = pattern_pairs<Check>(p, x, words, bad);
+    else if ((address & 7) == 0)
+      vector_bytes = pattern_words<Check>(p, x, words, bad);
+    // Misaligned blocks, an odd last word and the tail: byte by byte.
     for (std::uint64_t k = vector_bytes + threadIdx.x; k < block_bytes;
          k += blockDim.x) {
       const auto v = pattern_byte(x, k, words);
-      if (check)
+      if (Check)
         bad |= p[k] != v;
       else
         p[k] = v;
@@ -95,8 +145,12 @@ struct pattern_device {
   std::size_t capacity = 0; // offsets both buffers hold
   unsigned long long* result_device = nullptr;
   unsigned long long* result_pinned = nullptr;
+  // Around each kernel: its GPU time, for the demo's breakdown.
+  cudaEvent_t started = nullptr, ended = nullptr;
 
-  // Grows the offset buffers to the largest call seen, then reuses them.
+  // Grows the offset buffers to the largest call seen, then reuses them
+  // (created at their largest size, see pattern_device_create, a run never
+  // grows them: cudaFree would wait for the whole device).
   void reserve(std::size_t count) {
     if (count <= capacity)
       return;
@@ -116,7 +170,7 @@ struct pattern_device {
   }
 };
 
-pattern_device* pattern_device_create(int gpu) {
+pattern_device* pattern_device_create(int gpu, std::size_t max_blocks) {
   auto* d = new pattern_device;
   d->gpu = gpu;
   try {
@@ -136,6 +190,9 @@ pattern_device* pattern_device_create(int gpu) {
     check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&d->result_pinned),
                              sizeof(unsigned long long), cudaHostAllocDefault),
                "cudaHostAlloc (mismatch index)", gpu);
+    check_cuda(cudaEventCreate(&d->started), "cudaEventCreate", gpu);
+    check_cuda(cudaEventCreate(&d->ended), "cudaEventCreate", gpu);
+    d->reserve(max_blocks);
   } catch (...) {
     pattern_device_destroy(d);
     throw;
@@ -155,13 +212,17 @@ void pattern_device_destroy(pattern_device* d) noexcept {
   cudaFreeHost(d->offsets_pinned);
   cudaFree(d->result_device);
   cudaFreeHost(d->result_pinned);
+  if (d->started != nullptr)
+    cudaEventDestroy(d->started);
+  if (d->ended != nullptr)
+    cudaEventDestroy(d->ended);
   delete d;
 }
 
-std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
-                                 bool check) {
+pattern_outcome pattern_device_run(pattern_device& d, const pattern_launch& l,
+                                   bool check) {
   if (l.count == 0)
-    return none;
+    return {none, 0};
   check_cuda(cudaSetDevice(d.gpu), "cudaSetDevice", d.gpu);
   d.reserve(l.count);
   std::memcpy(d.offsets_pinned, l.offsets, l.count * sizeof(std::uint64_t));
@@ -179,12 +240,15 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
   // a smaller grid would only make it end later.
   const std::size_t cap = check ? max_grid : d.fill_grid;
   const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
-  pattern_kernel<<<grid, threads, 0, d.stream>>>(
+  check_cuda(cudaEventRecord(d.started, d.stream), "cudaEventRecord", d.gpu);
+  auto* kernel = check ? pattern_kernel<true> : pattern_kernel<false>;
+  kernel<<<grid, threads, 0, d.stream>>>(
       l.base, d.offsets_device, l.count, l.blocks.block_bytes, l.blocks.seed,
       l.blocks.request_id, l.blocks.first_layer, l.blocks.blocks_per_layer,
-      check, d.result_device);
+      d.result_device);
   check_cuda(cudaGetLastError(),
              check ? "check kernel launch" : "fill kernel launch", d.gpu);
+  check_cuda(cudaEventRecord(d.ended, d.stream), "cudaEventRecord", d.gpu);
   if (check)
     check_cuda(cudaMemcpyAsync(d.result_pinned, d.result_device,
                                sizeof(unsigned long long),
@@ -192,7 +256,11 @@ std::uint64_t pattern_device_run(pattern_device& d, const pattern_launch& l,
                "cudaMemcpyAsync (mismatch index)", d.gpu);
   check_cuda(cudaStreamSynchronize(d.stream),
              check ? "pattern check kernel" : "pattern fill kernel", d.gpu);
-  return check ? *d.result_pinned : none;
+  float ms = 0;
+  check_cuda(cudaEventElapsedTime(&ms, d.started, d.ended),
+             "cudaEventElapsedTime", d.gpu);
+  return {check ? *d.result_pinned : none,
+          static_cast<std::int64_t>(static_cast<double>(ms) * 1e6)};
 }
 
 } // namespace kvferry::detail

@@ -12,9 +12,9 @@ namespace kvferry::detail {
 
 struct pattern_device;
 
-/// A stream, a mismatch counter and buffers for block offsets on `gpu`.
-/// Throws transport::gpu_error.
-pattern_device* pattern_device_create(int gpu);
+/// A stream, a mismatch counter and buffers for `max_blocks` block offsets
+/// (larger calls grow them) on `gpu`. Throws transport::gpu_error.
+pattern_device* pattern_device_create(int gpu, std::size_t max_blocks);
 void pattern_device_destroy(pattern_device* device) noexcept;
 
 struct pattern_launch {
@@ -24,10 +24,16 @@ struct pattern_launch {
   pattern_blocks blocks;
 };
 
-/// One kernel over all blocks, then waits for it. Fill: writes the pattern,
-/// returns UINT64_MAX. Check: returns the lowest mismatching block index, or
-/// UINT64_MAX when every block matches. Throws transport::gpu_error.
-std::uint64_t pattern_device_run(pattern_device& device,
-                                 const pattern_launch& launch, bool check);
+struct pattern_outcome {
+  /// Fill: UINT64_MAX. Check: the lowest mismatching block index, or
+  /// UINT64_MAX when every block matches.
+  std::uint64_t value = 0;
+  std::int64_t gpu_ns = 0; // the kernel's GPU time
+};
+
+/// One kernel over all blocks (fill: writes the pattern; check: compares),
+/// then waits for it. Throws transport::gpu_error.
+pattern_outcome pattern_device_run(pattern_device& device,
+                                   const pattern_launch& launch, bool check);
 
 } // namespace kvferry::detail

@@ -14,12 +14,13 @@
 // The messages carry no atom (they never leave the process); their
 // signatures tell them apart:
 //   fill:  (offsets, seed, request_id, first_layer, blocks_per_layer,
-//           block_bytes) -> (hash, ns): the fill, hashed where the CPU can
-//           read the blocks (kv_pattern::fill_and_hash; 0 on a GPU)
+//           block_bytes) -> (hash, ns, gpu_ns): the fill, hashed where the
+//           CPU can read the blocks (kv_pattern::fill_and_hash; 0 on a GPU)
 //   check: (offsets, seed, request_id, blocks_per_layer, block_bytes,
-//           by_hash) -> (value, ns): by_hash: hash_blocks of the blocks;
-//           else the index of the first block that differs from the
+//           by_hash) -> (value, ns, gpu_ns): by_hash: hash_blocks of the
+//           blocks; else the index of the first block that differs from the
 //           pattern, or no_mismatch
+// ns: the work's time in the worker; gpu_ns: its kernel's (0 on the CPU).
 // A CUDA or bounds error comes back as an ec::cuda_error naming it.
 #pragma once
 
@@ -53,9 +54,12 @@ class pattern_workers {
 public:
   pattern_workers() = default;
   // Spawns the workers, linked to `owner`: how many from the core count
-  // (worker_count).
+  // (worker_count). On a GPU each makes its stream and buffers at once,
+  // sized for every `block_bytes` block of the region, so that no request
+  // allocates.
   pattern_workers(caf::local_actor* owner,
-                  const std::shared_ptr<memory_region>& region);
+                  const std::shared_ptr<memory_region>& region,
+                  std::uint64_t block_bytes);
   bool empty() const { return workers_.empty(); }
   // The worker for the next job (round-robin); not empty().
   const caf::actor& next();
@@ -69,7 +73,8 @@ private:
 // consumer's and the transfer threads share them), at least 1 and at most 4;
 // two for GPU memory, whose kernels take the whole GPU's memory bandwidth
 // anyway: the second overlaps one kernel's launch and wait with the other's
-// run, and neither keeps the app actor waiting.
+// run, and neither keeps the app actor waiting (KVFERRY_PATTERN_WORKERS
+// overrides it, gpu_knobs.hpp).
 std::size_t worker_count(const memory_region& region);
 
 } // namespace kvferry::pattern_detail

@@ -129,6 +129,14 @@ const std::string& consumer_node_of(self_ptr self, const request_ctx& ctx) {
   return self->state.nodes[ctx.req.consumer.address()].name;
 }
 
+// The consumer's report of a request it answered through us: our fill
+// goes with its verification.
+void add_fill_times(const request_ctx& ctx, proto::ready_report& r) {
+  r.compute_ns += ctx.compute_ns;
+  r.fill_ns = ctx.compute_ns;
+  r.fill_gpu_ns = ctx.fill_gpu_ns;
+}
+
 void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
   auto& cfg = self->state.cfg;
   proto::arrival_notice n;
@@ -147,7 +155,7 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
             // Data time is the receiver's view (see ready_report); on this path
             // its transfer actor learned of the request at allocate, so the
             // grant and send ordering count as data time here.
-            r.compute_ns += ctx->compute_ns;
+            add_fill_times(*ctx, r);
             answer(self, ctx, std::move(r));
           },
           [self, ctx](caf::error& err) {
@@ -199,6 +207,7 @@ caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
       return err;
     }
     fill_ns += since(tf);
+    ctx->fill_gpu_ns += self->state.pattern->last_gpu_ns();
     self->request(cfg.node, node_reply_timeout(cfg),
                   proto::node_layer_atom::value, id, l, std::uint64_t{0})
         .then([](caf::ok_atom) {},
@@ -320,6 +329,7 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   notice.has_xxhash = ctx->hashed;
   notice.pattern_seed = ctx->req.pattern_seed;
   notice.compute_ns = ctx->compute_ns;
+  notice.fill_gpu_ns = ctx->fill_gpu_ns;
   auto consumer = caf::actor_cast<consumer_actor>(ctx->req.consumer);
   if (!parked)
     return self->delegate(consumer, proto::incoming_atom::value,
@@ -371,7 +381,7 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
           [self, ctx](proto::ready_report& rep) {
             if (ctx->failed)
               return;
-            rep.compute_ns += ctx->compute_ns;
+            add_fill_times(*ctx, rep);
             answer(self, ctx, std::move(rep));
           },
           [self, ctx, node](caf::error& err) {
@@ -496,7 +506,8 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
                 ctx->req.pattern_seed, ctx->req.request_id, std::uint32_t{0},
                 ctx->bpl, std::uint64_t{st.cfg.geometry.layer_block_bytes()})
       .then(
-          [self, ctx](std::uint64_t hash, std::int64_t ns) {
+          [self, ctx](std::uint64_t hash, std::int64_t ns,
+                      std::int64_t gpu_ns) {
             ctx->filling = false;
             if (ctx->failed) {
               if (ctx->sends_left == 0)
@@ -506,6 +517,7 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
             ctx->hash = hash;
             ctx->hashed = self->state.cfg.region->host_accessible();
             ctx->compute_ns = ns;
+            ctx->fill_gpu_ns = gpu_ns;
             self->state.active.erase(ctx->req.request_id);
             hand_over(self, ctx, true);
           },
@@ -538,6 +550,7 @@ caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
   }
   hash_request(self, *ctx);
   ctx->compute_ns = since(t0);
+  ctx->fill_gpu_ns = st.pattern->last_gpu_ns();
   return hand_over(self, ctx, parked);
 }
 
@@ -701,7 +714,8 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
   self->state.pool =
       std::make_unique<block_pool>(self->state.layout.num_blocks(), 1);
   self->state.pattern = std::make_unique<kv_pattern>(cfg.region);
-  self->state.workers = pattern_detail::pattern_workers{self, cfg.region};
+  self->state.workers = pattern_detail::pattern_workers{
+      self, cfg.region, cfg.geometry.layer_block_bytes()};
   self->state.cfg = std::move(cfg);
   if (self->state.cfg.node)
     self->link_to(self->state.cfg.node);

@@ -29,6 +29,7 @@
 
 #include "commands.hpp"
 #include "demo_local.hpp"
+#include "demo_stages.hpp"
 #include "demo_trace.hpp"
 #include "geometry_flags.hpp"
 #include "kvferry/actors/actors.hpp"
@@ -262,9 +263,10 @@ void print_breakdown_table(const std::string& memory, const router_results& r,
 void print_table(const demo_command& cmd, const std::string& memory,
                  const router_results& r, double caf_rtt_us) {
   print_settings(cmd, memory);
-  if (cmd.breakdown)
+  if (cmd.breakdown) {
     print_breakdown_table(memory, r, caf_rtt_us);
-  else
+    fmt::print("\n{}", stage_table(r));
+  } else
     print_summary_table(r, caf_rtt_us);
 }
 

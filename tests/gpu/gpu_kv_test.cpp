@@ -108,9 +108,11 @@ TEST_CASE("a GPU transfer endpoint advertises its pool's IPC handle") {
 }
 
 TEST_CASE("GPU kv pattern writes the host pattern") {
-  check_matches_host(65536, 0); // the demo's block size
+  check_matches_host(65536, 0); // the demo's block size: 16-byte path
+  check_matches_host(65536, 8); // 8-byte aligned only: the word path
   check_matches_host(1004, 0);  // tail bytes; odd blocks misaligned
   check_matches_host(1004, 3);  // no block 8-byte aligned: byte path
+  check_matches_host(1016, 0);  // an odd word after the 16-byte pairs
 }
 
 TEST_CASE("GPU kv pattern check finds one corrupted byte") {

@@ -19,13 +19,14 @@ run_result run_kvferry(const std::string& args) {
   return kvferry::test::run_kvferry(args, 100);
 }
 
-void check_demo(const std::string& extra) {
+run_result check_demo(const std::string& extra) {
   auto r = run_kvferry("demo --requests 20 --max-tokens 512 --quiet " + extra);
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 20 requests verified") !=
         std::string::npos);
   CHECK(r.output.find("| 20 | 0 |") != std::string::npos);
+  return r;
 }
 
 } // namespace
@@ -38,8 +39,14 @@ TEST_CASE("demo: push, layer by layer") {
   check_demo("--layerwise");
 }
 
-TEST_CASE("demo: pull") {
-  check_demo("--pull");
+TEST_CASE("demo: pull, with the breakdown's stages") {
+  auto r = check_demo("--pull --breakdown");
+  // Every answered request carries the consumer's timestamps: one p50 /
+  // mean pair per stage, the fill among them.
+  INFO(r.output);
+  CHECK(r.output.find("| us, p50 / mean | to consumer, less fill | fill |") !=
+        std::string::npos);
+  CHECK(r.output.find("stages of 20 requests") != std::string::npos);
 }
 
 // The control-plane benchmark's shape (64 KiB requests, one in flight, so

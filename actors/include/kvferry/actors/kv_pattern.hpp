@@ -46,14 +46,23 @@ public:
   /// pattern, or nothing when all match. Same errors as fill.
   std::optional<std::size_t> check(const std::vector<std::uint64_t>& offsets,
                                    const pattern_blocks& blocks);
+  /// On a GPU: makes the stream and buffers now, for calls of up to
+  /// `max_blocks` blocks, so that no call allocates (a buffer grown during a
+  /// run frees the old one, and cudaFree waits for the whole GPU). Nothing
+  /// on the CPU. Throws transport::gpu_error.
+  void prepare(std::size_t max_blocks);
+  /// The GPU time of the last fill or check's kernel (ns); 0 on the CPU.
+  std::int64_t last_gpu_ns() const { return last_gpu_ns_; }
 
 private:
   void check_bounds(const std::vector<std::uint64_t>& offsets,
                     const pattern_blocks& blocks) const;
   std::shared_ptr<memory_region> region_;
   std::vector<std::uint8_t> host_scratch_; // one block, for host checks
+  void ensure_device(std::size_t max_blocks);
   std::unique_ptr<detail::pattern_device, detail::pattern_device_deleter>
-      device_; // made on first use
+      device_; // made by prepare, else on first use
+  std::int64_t last_gpu_ns_ = 0;
 };
 
 /// The byte pattern block `block` of layer `layer` of a request gets from its

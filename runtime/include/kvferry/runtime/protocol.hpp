@@ -275,12 +275,13 @@ struct credit_notice {
   bool has_xxhash = false;        // as in arrival_notice (GPU memory: no)
   std::uint64_t pattern_seed = 0; // the prefill_request's seed
   std::int64_t compute_ns = 0;    // the producer's fill + hash time
+  std::int64_t fill_gpu_ns = 0;   // its fill kernel's GPU time (0: host)
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::credit_notice"), x.request_id,
            x.producer, x.block_offsets, x.blocks_per_layer, x.parts, x.bytes,
-           x.xxhash, x.has_xxhash, x.pattern_seed, x.compute_ns);
+           x.xxhash, x.has_xxhash, x.pattern_seed, x.compute_ns, x.fill_gpu_ns);
 }
 
 /// Producer -> consumer after its sends completed: what it sent (push), or
@@ -329,12 +330,25 @@ struct ready_report {
   // its kernel's start. 0 where not measured.
   std::int64_t gpu_copy_ns = 0;
   std::int64_t gpu_queued_ns = 0;
+  // Where the request's time went outside the data window (`kvferry demo
+  // --breakdown`): the producer's share of compute_ns (its fill), the fill
+  // and verification kernels' GPU time (0 on the CPU), and, on the
+  // consumer host's steady clock (ns), when the consumer learned of the
+  // request and when it handed the verification to a pattern worker and
+  // had its answer. 0 where not measured (a model-only region).
+  std::int64_t fill_ns = 0;
+  std::int64_t fill_gpu_ns = 0;
+  std::int64_t verify_gpu_ns = 0;
+  std::int64_t opened_ns = 0;
+  std::int64_t verify_sent_ns = 0;
+  std::int64_t verify_done_ns = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
   return f(caf::meta::type_name("kvferry::proto::ready_report"), x.request_id,
            x.bytes, x.transfer_ns, x.compute_ns, x.data_start_ns, x.gpu_copy_ns,
-           x.gpu_queued_ns);
+           x.gpu_queued_ns, x.fill_ns, x.fill_gpu_ns, x.verify_gpu_ns,
+           x.opened_ns, x.verify_sent_ns, x.verify_done_ns);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).
