@@ -261,7 +261,7 @@ double weighted_quantile(std::vector<std::pair<double, double>> values,
 // tail is fitted, not read off the largest ratios: of 184 requests two lie
 // above q99, so the measured q99 and maximum are one run's noise (as the
 // table, they over-predicted held-out runs' p99 by up to +52 %; the
-// quartiles' log-normal of session 12 under-predicted it by up to -43 %:
+// quartiles' log-normal of session 12 under-predicted it by up to -45 %:
 // docs/sim.md, "Fidelity", session 13).
 constexpr double spread_body[] = {0,   0.01, 0.02, 0.05, 0.1, 0.2, 0.3,
                                   0.4, 0.5,  0.6,  0.7,  0.8, 0.9};
