@@ -845,6 +845,48 @@ private:
     out = std::move(table);
   }
 
+  // sim.transfer_spread_quantiles: [[p, factor], ...], at least two points,
+  // p in [0, 1] strictly increasing, factor > 0 and nondecreasing (a
+  // quantile function); instead of the log-normal's median and sigma.
+  void read_spread_quantiles(const YAML::Node& map) {
+    const char* key = "transfer_spread_quantiles";
+    auto node = map[key];
+    if (!node)
+      return;
+    auto bad = [&](const YAML::Node& at_node, const std::string& why) {
+      error(at_node.Mark(),
+            fmt::format("sim.{} must be a list of at least two [p, factor] "
+                        "pairs with p in [0, 1] increasing and factor > 0 "
+                        "not decreasing: {}",
+                        key, why));
+    };
+    if (!node.IsSequence() || node.size() < 2)
+      return bad(node, "not a list of two or more");
+    std::vector<sim_quantile> table;
+    for (const auto& pair : node) {
+      sim_quantile q;
+      if (!pair.IsSequence() || pair.size() != 2 ||
+          !parse_double(pair[0], q.p) || !parse_double(pair[1], q.factor))
+        return bad(pair, "an entry is not a pair of numbers");
+      if (q.p < 0 || q.p > 1 || q.factor <= 0)
+        return bad(pair,
+                   fmt::format("[{}, {}] is out of range", q.p, q.factor));
+      if (!table.empty() && q.p <= table.back().p)
+        return bad(pair, fmt::format("p {} does not increase", q.p));
+      if (!table.empty() && q.factor < table.back().factor)
+        return bad(pair,
+                   fmt::format("factor {} at p {} decreases", q.factor, q.p));
+      table.push_back(q);
+    }
+    for (auto other : {"transfer_spread_median", "transfer_spread_sigma"})
+      if (map[other])
+        return error(map[other].Mark(),
+                     fmt::format("sim.{} and sim.{} do not go together: the "
+                                 "quantile table is the whole spread",
+                                 other, key));
+    topo().sim.transfer_spread_quantiles = std::move(table);
+  }
+
   void read_sim(const YAML::Node& node) {
     if (!expect_map(node, "sim"))
       return;
@@ -854,8 +896,8 @@ private:
                {"nic_gbit_per_s", "nics_per_host", "latency_us", "message_us",
                 "block_us", "ipc_gbyte_per_s", "ipc_setup_us", "hop_us",
                 "router_us", "transfer_spread_median", "transfer_spread_sigma",
-                "prefill_ms", "decode_step_ms", "decode_max_batch", "routing",
-                "prefix_reuse", "faults"},
+                "transfer_spread_quantiles", "prefill_ms", "decode_step_ms",
+                "decode_max_batch", "routing", "prefix_reuse", "faults"},
                "sim");
     read_double(node, "nic_gbit_per_s", sim.nic_gbit_per_s, 0.001, 1e6, "sim");
     read_uint(node, "nics_per_host", sim.nics_per_host, 1, 64, "sim");
@@ -871,6 +913,7 @@ private:
                 0.001, 1000, "sim");
     read_double(node, "transfer_spread_sigma", sim.transfer_spread_sigma, 0, 5,
                 "sim");
+    read_spread_quantiles(node);
     read_table(node, "prefill_ms", sim.prefill_ms, "tokens");
     read_table(node, "decode_step_ms", sim.decode_step_ms, "batch");
     read_uint(node, "decode_max_batch", sim.decode_max_batch, 1, 1u << 20,

@@ -107,9 +107,32 @@ TEST_CASE("calibrate: the demo's requests give the rate the actors see, "
   CHECK(*c.hop_us == doctest::Approx(107.5));
   // Nothing was in flight when a request came: the router's own wait.
   CHECK(*c.router_us == doctest::Approx(200));
-  // Four transfers on the line, one 20 times slower: the median on it.
-  CHECK(*c.transfer_spread_median == doctest::Approx(1));
-  CHECK(*c.transfer_spread_sigma > 0);
+  // Four transfers on the line, one 20 times slower (a fifth of the
+  // weight: the ratios weigh their fitted times, 1.1-4.1 ms and its 2.6):
+  // the body's quantiles, the minimum and the median on the line, q90 the
+  // slow one; beyond p 0.9 a log-normal through the median and q90.
+  auto& t = c.transfer_spread_quantiles;
+  REQUIRE(t.size() == 18);
+  auto at = [&](double p) {
+    for (auto& q : t)
+      if (q.p == p)
+        return q.factor;
+    FAIL("no point at p ", p);
+    return 0.0;
+  };
+  CHECK(at(0) == doctest::Approx(1));
+  CHECK(at(0.5) == doctest::Approx(1));
+  CHECK(at(0.9) == doctest::Approx(20));
+  double sigma = std::log(20) / 1.2815516;
+  CHECK(at(0.99) ==
+        doctest::Approx(20 * std::exp(sigma * (2.3263479 - 1.2815516))));
+  CHECK(t.back().p == 0.999);
+  for (std::size_t i = 1; i < t.size(); ++i) {
+    CHECK(t[i].p > t[i - 1].p);
+    CHECK(t[i].factor >= t[i - 1].factor);
+  }
+  CHECK(to_yaml(c).find("  transfer_spread_quantiles: [[0, 1], [0.01, 1], ") !=
+        std::string::npos);
   REQUIRE(c.prefill_ms.size() == 2);
   CHECK(c.prefill_ms[0].x == 100);
   CHECK(c.prefill_ms[0].ms == doctest::Approx(0.01));

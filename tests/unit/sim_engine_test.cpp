@@ -162,6 +162,42 @@ TEST_CASE("the router's own delay and a transfer spread (calibrated from a "
         doctest::Approx(1.349 * 0.5).epsilon(0.2));
 }
 
+TEST_CASE("a measured spread as a quantile table: each request's factor "
+          "interpolated at its quantile, both engines alike") {
+  // Request 0 draws at frac(1 x 0.618...) = 0.618, between [0.5, 1] and
+  // [0.9, 2]: a factor of 1.295 on the 0.8292 ms of the first case.
+  auto table = sim_section("  transfer_spread_quantiles: [[0, 0.5], [0.5, 1], "
+                           "[0.9, 2], [1, 4]]\n");
+  double u = std::fmod(0.6180339887498949, 1.0);
+  double factor = 1 + (u - 0.5) / 0.4;
+  for (auto engine :
+       {sim::engine_fn(sim::run), sim::engine_fn(sim::run_actors)}) {
+    scratch_dir dir("sim-engine");
+    auto r =
+        simulate_in(dir, two_hosts + model + table, {{0, 1600, 1}}, {}, engine);
+    REQUIRE(r.summary.completed == 1);
+    CHECK(ms(r.summary.transfer_time.mean()) ==
+          doctest::Approx(factor * 0.8292));
+    for (auto& link : r.summary.links)
+      if (link.name == "nic-out a" || link.name == "nic-in b")
+        CHECK(link.bytes == doctest::Approx(819200));
+  }
+  // 400 transfers of one size, apart: their quantiles are the table's, in
+  // every run alike.
+  std::vector<req> reqs;
+  for (int i = 0; i < 400; ++i)
+    reqs.push_back({i * 200.0, 1600, 1});
+  auto a = simulate(two_hosts + model + table, reqs);
+  auto b = simulate(two_hosts + model + table, reqs);
+  CHECK(a.csv == b.csv);
+  auto& t = a.summary.transfer_time;
+  auto q = [&](double p) { return ms(double(t.quantile(p))); };
+  CHECK(q(0.25) == doctest::Approx(0.75 * 0.8292).epsilon(0.05));
+  CHECK(q(0.5) == doctest::Approx(0.8292).epsilon(0.05));
+  CHECK(q(0.7) == doctest::Approx(1.5 * 0.8292).epsilon(0.05));
+  CHECK(q(0.95) == doctest::Approx(3 * 0.8292).epsilon(0.05));
+}
+
 TEST_CASE("layer-wise streaming hides the transfer under prefill") {
   auto yaml =
       two_hosts + model + "transfer: {layerwise: true}\n" + sim_section();
@@ -376,6 +412,7 @@ TEST_CASE("the topology's sim: section: defaults, values, errors at "
   routing: prefix
   prefill_ms: [[10, 1], [5, 2]]
   decode_step_ms: [[1, 2, 3]]
+  transfer_spread_quantiles: [[0, 1], [0.5, 0.9]]
 )",
                          "t.yaml", options);
   auto report = bad.report();
@@ -395,6 +432,29 @@ TEST_CASE("the topology's sim: section: defaults, values, errors at "
         std::string::npos);
   CHECK(report.find("an entry is not a pair of numbers at t.yaml:9:20") !=
         std::string::npos);
+  CHECK(report.find("sim.transfer_spread_quantiles must be a list of at "
+                    "least two [p, factor] pairs") != std::string::npos);
+  CHECK(report.find("factor 0.9 at p 0.5 decreases at t.yaml:10:39") !=
+        std::string::npos);
+
+  // The table is the whole spread: not with the log-normal's keys.
+  auto both = topo::parse(std::string(base) + R"(sim:
+  transfer_spread_sigma: 0.4
+  transfer_spread_quantiles: [[0, 0.5], [1, 2]]
+)",
+                          "t.yaml", options);
+  INFO(both.report());
+  CHECK(both.report().find("sim.transfer_spread_sigma and "
+                           "sim.transfer_spread_quantiles do not go together: "
+                           "the quantile table is the whole spread at "
+                           "t.yaml:5:26") != std::string::npos);
+  auto table = parse(std::string(base) + R"(sim:
+  transfer_spread_quantiles: [[0, 0.5], [0.5, 1], [1, 2]]
+)");
+  REQUIRE(table.sim.transfer_spread_quantiles.size() == 3);
+  CHECK(table.sim.transfer_spread_quantiles[1].p == 0.5);
+  CHECK(table.sim.transfer_spread_quantiles[2].factor == 2);
+  CHECK(plain.sim.transfer_spread_quantiles.empty());
 }
 
 // ---- faults (docs/sim.md, "Faults") ----------------------------------------

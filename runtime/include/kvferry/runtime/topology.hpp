@@ -125,6 +125,13 @@ struct sim_point {
   double ms = 0;
 };
 
+// One point of `sim.transfer_spread_quantiles`: the transfer factor at
+// probability p (the factor a fraction p of the transfers stay below).
+struct sim_quantile {
+  double p = 0;
+  double factor = 1;
+};
+
 // One entry of `sim.faults`: the text as `kvferry sim --fault` takes it
 // (the simulator reads it: sim/src/fault.cpp) and where it was written.
 struct sim_fault {
@@ -146,6 +153,10 @@ struct sim_spec {
   // this median and log standard deviation, drawn by request (0: none).
   double transfer_spread_median = 1;
   double transfer_spread_sigma = 0;
+  // Or the factor's own distribution, as a quantile table (p from 0 to 1,
+  // factors nondecreasing; linear in between, the end factors beyond):
+  // replaces the two keys above. Empty: the log-normal.
+  std::vector<sim_quantile> transfer_spread_quantiles;
   // Prefill time by prompt tokens; decode step time by batch size.
   std::vector<sim_point> prefill_ms = {{1, 4.8},      {512, 20.6},
                                        {2048, 84.7},  {8192, 371.6},

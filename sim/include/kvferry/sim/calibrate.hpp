@@ -29,9 +29,9 @@ struct calibration_inputs {
 /// was not given). `notes` says where each value came from, one line each.
 struct calibration {
   std::optional<double> latency_us, message_us, block_us, nic_gbit_per_s,
-      ipc_gbyte_per_s, ipc_setup_us, hop_us, router_us, transfer_spread_median,
-      transfer_spread_sigma;
-  std::vector<topology::sim_point> prefill_ms; // empty: not fitted
+      ipc_gbyte_per_s, ipc_setup_us, hop_us, router_us;
+  std::vector<topology::sim_quantile> transfer_spread_quantiles; // empty: not
+  std::vector<topology::sim_point> prefill_ms;                   // fitted
   std::vector<std::string> notes;
 };
 
