@@ -4,6 +4,7 @@
 // docs/gpu.md, "Contention in the demo". Plain C++: kv_pattern.cu includes it.
 #pragma once
 
+#include <cstddef>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -61,6 +62,24 @@ inline unsigned pattern_workers_on_gpu(unsigned fallback) {
     throw std::invalid_argument("KVFERRY_PATTERN_WORKERS=" + std::string{text} +
                                 ": expected 1 to 16 pattern workers");
   return static_cast<unsigned>(workers);
+}
+
+/// How many threads pack a large CUDA IPC plan (gpu_copy_engine::
+/// set_plan_threads: 16,384 extents or more, e.g. one vector call over
+/// 4 KiB KV blocks): KVFERRY_PLAN_THREADS=N (1..64); unset or empty: a
+/// quarter of this machine's cores, 1 to 4 (one thread on a 2-core host,
+/// four on a 16-core GPU host). Throws std::invalid_argument naming the
+/// variable for anything else.
+inline std::size_t plan_threads(unsigned cores) {
+  const char* text = std::getenv("KVFERRY_PLAN_THREADS");
+  if (text == nullptr || *text == '\0')
+    return cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
+  char* end = nullptr;
+  const unsigned long threads = std::strtoul(text, &end, 10);
+  if (*end != '\0' || threads == 0 || threads > 64)
+    throw std::invalid_argument("KVFERRY_PLAN_THREADS=" + std::string{text} +
+                                ": expected a number of threads, 1 to 64");
+  return threads;
 }
 
 } // namespace kvferry::detail

@@ -16,6 +16,22 @@ std::uint64_t address_table::span() const {
   return end - origin();
 }
 
+transport::region_layout layout_of(const address_table& t,
+                                   std::vector<std::uint64_t>& offsets) {
+  if (t.bases.size() != t.sizes.size())
+    throw std::invalid_argument("layout_of: a table has not one size per base");
+  const auto origin = t.origin();
+  offsets.resize(t.bases.size());
+  for (std::size_t i = 0; i < t.bases.size(); ++i)
+    offsets[i] = t.bases[i] - origin;
+  transport::region_layout layout;
+  layout.offsets = offsets.data();
+  layout.sizes = t.sizes.data();
+  layout.count = t.sizes.size();
+  layout.shift = region_shift;
+  return layout;
+}
+
 namespace {
 
 // The address offset (from the origin) of virtual offset `v` of a `length`

@@ -7,6 +7,8 @@
 #include <climits>
 #include <fmt/format.h>
 
+#include "kvferry/transport/table_plan.hpp"
+
 namespace kvferry {
 
 std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,
@@ -43,26 +45,38 @@ check_table_extents(const std::vector<extent>& extents, extent_side side,
                     const std::vector<std::uint64_t>& region_sizes) {
   if (region_sizes.size() == 1)
     return check_extents(extents, side, region_sizes[0]);
-  const bool source = side == extent_side::source;
-  for (std::size_t i = 0; i < extents.size(); ++i) {
-    const auto& e = extents[i];
-    const auto at = locate(source ? e.src_offset : e.dst_offset);
-    auto what = [&] {
-      return fmt::format(
-          "extent #{} ({} offset {} = region {} + {}, length {})", i,
-          source ? "source" : "destination",
-          source ? e.src_offset : e.dst_offset, at.region, at.offset, e.length);
-    };
-    if (at.region >= region_sizes.size())
-      return fmt::format("{} names region {}, but the {} table has {} regions",
-                         what(), at.region, source ? "source" : "destination",
-                         region_sizes.size());
-    const auto size = region_sizes[at.region];
-    if (at.offset > size || e.length > size - at.offset)
-      return fmt::format("{} leaves {} region {} of {} bytes", what(),
-                         source ? "source" : "destination", at.region, size);
-  }
-  return std::nullopt;
+  transport::region_layout table;
+  table.sizes = region_sizes.data();
+  table.count = region_sizes.size();
+  table.shift = region_shift;
+  return transport::check_table_side(extents, side, table);
+}
+
+namespace {
+
+// Whether `length` bytes at virtual offset `v` lie inside one region.
+bool inside_table(std::uint64_t v, std::uint64_t length,
+                  const std::vector<std::uint64_t>& sizes) {
+  const auto at = locate(v);
+  return at.region < sizes.size() && at.offset <= sizes[at.region] &&
+         length <= sizes[at.region] - at.offset;
+}
+
+} // namespace
+
+std::optional<std::string>
+check_table_extents(const std::vector<extent>& extents,
+                    const std::vector<std::uint64_t>& src_sizes,
+                    const std::vector<std::uint64_t>& dst_sizes) {
+  bool all_fit = true;
+  for (const auto& e : extents)
+    all_fit &= inside_table(e.src_offset, e.length, src_sizes) &
+               inside_table(e.dst_offset, e.length, dst_sizes);
+  if (all_fit)
+    return std::nullopt;
+  if (auto bad = check_table_extents(extents, extent_side::source, src_sizes))
+    return bad;
+  return check_table_extents(extents, extent_side::destination, dst_sizes);
 }
 
 // ---- block_pool

@@ -221,11 +221,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  auto bad =
-      check_table_extents(o.extents, extent_side::source, st.region_sizes);
-  if (!bad)
-    bad = check_table_extents(o.extents, extent_side::destination,
-                              proto::region_sizes_of(o.peer));
+  auto bad = check_table_extents(o.extents, st.region_sizes,
+                                 proto::region_sizes_of(o.peer));
   if (bad)
     return make_error(
         ec::invalid_extent,

@@ -25,6 +25,7 @@
 #include <cstring>
 #include <exception>
 #include <stdexcept>
+#include <thread>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -152,6 +153,8 @@ void ensure_ipc_engine(transfer_state& st) {
   // GPU"): cached, overridden, or tuned now, once per GPU model and driver.
   st.engine = std::make_unique<transport::gpu_copy_engine>(
       gpu, transport::chosen_copy_bands(gpu, tuning));
+  st.engine->set_plan_threads(
+      detail::plan_threads(std::thread::hardware_concurrency()));
 }
 
 // Maps the peer's region table on first use: each allocation once (the
@@ -244,20 +247,20 @@ std::byte* pointer_at(std::uint64_t address) {
 }
 
 // One kernel for the whole transfer, whatever the regions: the extents'
-// virtual offsets become offsets from one origin per side (ipc_table.hpp),
-// checked against both tables before anything launches. A push copies our
-// table into the peer's, a read the peer's into ours. The copy stream waits
-// for `wait_event` first (on the GPU). The data window starts right before
-// the launch call (after the plan is packed and its upload queued): the GPU
-// can start the kernel before that call returns.
+// virtual offsets become offsets from one origin per side (ipc_table.hpp)
+// while the engine packs them, one pass that also checks them against both
+// tables before anything launches. A push copies our table into the
+// peer's, a read the peer's into ours. The copy stream waits for
+// `wait_event` first (on the GPU). The data window starts right before the
+// launch call (after the plan is packed and its upload queued): the GPU can
+// start the kernel before that call returns.
 void launch_ipc_copy(transfer_state& st, peer_out& p,
                      const peer_out::waiting_send& w, bool read) {
   auto& engine = *st.engine;
-  const auto plan =
-      read ? to_address_plan(w.chunks, *p.mapped, st.local_addresses)
-           : to_address_plan(w.chunks, st.local_addresses, *p.mapped);
-  const auto prepared =
-      engine.prepare(plan.extents, plan.src_span, plan.dst_span);
+  const auto& src = read ? *p.mapped : st.local_addresses;
+  const auto& dst = read ? st.local_addresses : *p.mapped;
+  const auto prepared = engine.prepare(w.chunks, layout_of(src, st.src_layout),
+                                       layout_of(dst, st.dst_layout));
   const auto launched = steady_clock::now();
   transport::copy_ticket ticket;
   try {
@@ -265,8 +268,8 @@ void launch_ipc_copy(transfer_state& st, peer_out& p,
       engine.wait_event(w.wait_event);
     if (!st.ipc_test_hold.empty()) // a hung GPU, for the quarantine's test
       detail::hold_stream_for_test(engine.native_stream(), st.ipc_test_hold);
-    ticket = engine.launch(prepared, pointer_at(plan.src_origin),
-                           pointer_at(plan.dst_origin));
+    ticket = engine.launch(prepared, pointer_at(src.origin()),
+                           pointer_at(dst.origin()));
   } catch (...) {
     engine.release(prepared);
     throw;
@@ -925,11 +928,8 @@ caf::result<proto::recv_report> handle_read(self_ptr self,
     return err;
   if (auto why = why_no_read(st, o.peer); !why.empty())
     return refuse(ec::unreachable, why + "; use the push path");
-  auto bad = check_table_extents(o.extents, extent_side::source,
-                                 proto::region_sizes_of(o.peer));
-  if (!bad)
-    bad = check_table_extents(o.extents, extent_side::destination,
-                              st.region_sizes);
+  auto bad = check_table_extents(o.extents, proto::region_sizes_of(o.peer),
+                                 st.region_sizes);
   if (bad)
     return refuse(ec::invalid_extent, *bad);
   auto& p = st.reads[peer]; // its death or departure drops the entry

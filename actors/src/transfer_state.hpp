@@ -185,6 +185,8 @@ struct transfer_state {
   // source, or a read's destination).
   std::string ipc_handle;
   address_table local_addresses;
+  // layout_of's offsets for a copy's two sides (reused, launch_ipc_copy).
+  std::vector<std::uint64_t> src_layout, dst_layout;
   // cuda when every region is GPU memory on region 0's GPU (IPC possible).
   memory_kind ipc_kind = memory_kind::host;
   // One-sided reads over CUDA IPC, per peer we read from (transfer ids of

@@ -9,6 +9,14 @@
 //   - item list: check_extents + coalesce + partition_into_work_items + the
 //     copy into staging, what prepare() did before issue #5 (and still does
 //     for the bulk and block-per-item kernels).
+// Then the same plan over region tables, as a CUDA IPC transfer (a vector
+// endpoint call) packs it (issue #16): virtual offsets (region << 40) into
+// an endpoint's table (a placeholder region 0, the blocks' region 1)
+//   - translate + pack: translated into a new list, then packed (what the
+//     transfer actor did before: to_address_plan, then prepare());
+//   - one pass: pack_plan over the region layouts (what it does now);
+//   - in parts: the same on --plan-threads threads (plan_crew), as the
+//     engine packs plans of 16,384 extents or more.
 // Then KV planning (issue #15's budget: at most 1 us of host time per block):
 // plan_kv for a request of --kv-blocks blocks out of a cache four times that
 // size, all --kv-layers layers, K and V, between the named layouts, blocks
@@ -30,6 +38,8 @@
 #include "commands.hpp"
 #include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/plan_crew.hpp"
+#include "kvferry/transport/table_plan.hpp"
 #include "size_list.hpp"
 
 namespace kvferry::app {
@@ -44,6 +54,7 @@ struct bench_plan_options {
   std::string total = "256M";
   std::uint32_t item_bytes = 8192;
   int repeats = 50;
+  std::size_t plan_threads = 4;
   std::uint64_t kv_blocks = 1000;
   std::uint32_t kv_layers = 32;
   std::uint64_t kv_block_bytes =
@@ -90,6 +101,61 @@ void require_fits(const std::vector<copy_extent>& plan, std::uint64_t region) {
     throw std::logic_error("bench plan built a bad plan: " + *problem);
 }
 
+// An endpoint's table as the copy engine sees one side: a 4 KiB
+// placeholder (region 0), then the blocks' region (1), laid out 1 MiB apart.
+struct endpoint_table {
+  std::vector<std::uint64_t> offsets, sizes;
+  explicit endpoint_table(std::uint64_t region)
+      : offsets{0, 1 << 20}, sizes{4096, region} {}
+  region_layout layout() const {
+    return {offsets.data(), sizes.data(), offsets.size(), 40};
+  }
+};
+
+// The plan over region tables three ways (see the top of this file), into
+// `staging`, adding their medians to `row`.
+void measure_table_plans(const bench_plan_options& opt,
+                         const std::vector<copy_extent>& plan,
+                         std::uint64_t region,
+                         std::vector<std::uint64_t>& staging, json& row) {
+  const endpoint_table src{region}, dst{region};
+  std::vector<copy_extent> virt(plan.size());
+  for (std::size_t i = 0; i < plan.size(); ++i)
+    virt[i] = {(1ull << 40) + plan[i].src_offset,
+               (1ull << 40) + plan[i].dst_offset, plan[i].length};
+  const auto s = src.layout(), d = dst.layout();
+  const double before_s = median_seconds(opt.repeats, [&] {
+    std::vector<copy_extent> translated; // to_address_plan's own list
+    translate_extents(virt, s, d, translated);
+    pack_plan(translated, opt.item_bytes, s.span(), d.span(), staging.data());
+  });
+  packed_plan_size one;
+  const double one_s = median_seconds(opt.repeats, [&] {
+    one = pack_plan(virt, opt.item_bytes, s, d, staging.data());
+  });
+  plan_crew crew{opt.plan_threads - 1};
+  std::vector<packed_part> parts(opt.plan_threads);
+  packed_plan_size joined;
+  const double parts_s = median_seconds(opt.repeats, [&] {
+    joined = pack_plan_in_parts(
+        virt, opt.item_bytes, s, d, staging.data(), parts.data(),
+        opt.plan_threads,
+        [&](std::size_t count, auto& job) { crew.run(count, job); });
+  });
+  if (joined.items != one.items)
+    throw std::logic_error("bench plan: the plan packed in parts has " +
+                           std::to_string(joined.items) + " items, in one " +
+                           std::to_string(one.items));
+  const double n = static_cast<double>(plan.size());
+  row["table_translate_then_pack_seconds"] = before_s;
+  row["table_one_pass_seconds"] = one_s;
+  row["table_in_parts_seconds"] = parts_s;
+  row["table_parts"] = opt.plan_threads;
+  row["table_ns_per_extent"] = {{"translate_then_pack", before_s * 1e9 / n},
+                                {"one_pass", one_s * 1e9 / n},
+                                {"in_parts", parts_s * 1e9 / n}};
+}
+
 json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
                         std::mt19937_64& rng) {
   const std::uint64_t blocks = parse_size(opt.total) / block;
@@ -117,13 +183,15 @@ json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
     throw std::logic_error("bench plan: the packed plan has " +
                            std::to_string(packed.items) + " items, the list " +
                            std::to_string(scratch.size()));
-  return json{{"block_bytes", block},
-              {"extents", blocks},
-              {"work_items", packed.items},
-              {"packed_seconds", packed_s},
-              {"packed_us_per_1000_extents", packed_s * 1e9 / blocks},
-              {"item_list_seconds", items_s},
-              {"item_list_over_packed", items_s / packed_s}};
+  auto row = json{{"block_bytes", block},
+                  {"extents", blocks},
+                  {"work_items", packed.items},
+                  {"packed_seconds", packed_s},
+                  {"packed_us_per_1000_extents", packed_s * 1e9 / blocks},
+                  {"item_list_seconds", items_s},
+                  {"item_list_over_packed", items_s / packed_s}};
+  measure_table_plans(opt, plan, region, staging, row);
+  return row;
 }
 
 // plan_kv for one request between two layouts, into a reused list.
@@ -194,6 +262,8 @@ int run_bench_plan(const bench_plan_options& opt) {
   try {
     if (opt.repeats < 1)
       throw std::invalid_argument("--repeats must be at least 1");
+    if (opt.plan_threads < 1 || opt.plan_threads > 64)
+      throw std::invalid_argument("--plan-threads must be 1 to 64");
     std::mt19937_64 rng{2026};
     json result{{"item_bytes", opt.item_bytes},
                 {"repeats", opt.repeats},
@@ -219,6 +289,19 @@ int run_bench_plan(const bench_plan_options& opt) {
           row["item_list_seconds"].get<double>() * 1e6,
           row["item_list_over_packed"].get<double>());
       result["sizes"].push_back(row);
+    }
+    std::cout << fmt::format(
+        "\nOver region tables (a CUDA IPC transfer's plan, issue #16), ns per "
+        "extent: translate + pack (before) / one pass (now) / in {} parts\n",
+        opt.plan_threads);
+    for (const auto& row : result["sizes"]) {
+      const auto& ns = row["table_ns_per_extent"];
+      std::cout << fmt::format("{:>8} {:>8} {:>10.2f} {:>10.2f} {:>10.2f}\n",
+                               row["block_bytes"].get<std::uint64_t>(),
+                               row["extents"].get<std::uint64_t>(),
+                               ns["translate_then_pack"].get<double>(),
+                               ns["one_pass"].get<double>(),
+                               ns["in_parts"].get<double>());
     }
     result["kv_plans"] = measure_kv_plans(opt, rng);
     result["peak_rss_kib"] = peak_rss_kib();
@@ -252,6 +335,9 @@ void add_bench_plan(CLI::App& bench, int& exit_code) {
                   "Work item size (a positive multiple of 16)")
       ->capture_default_str();
   cmd->add_option("--repeats", opt->repeats, "Timed runs (median reported)")
+      ->capture_default_str();
+  cmd->add_option("--plan-threads", opt->plan_threads,
+                  "Threads of the plans over region tables packed in parts")
       ->capture_default_str();
   cmd->add_option("--kv-blocks", opt->kv_blocks,
                   "KV plans: blocks per request (the cache has 4x)")

@@ -107,10 +107,20 @@ struct endpoint::impl {
     return shared->region_sizes;
   }
 
+  // Whether local slice `s` lies inside a registered region of `sizes` (a
+  // copy of the region table). Inline and allocation-free: a vector call
+  // asks it once per KV block.
+  static bool inside(const std::vector<std::uint64_t>& sizes, const slice& s) {
+    return s.region != 0 && s.region < sizes.size() && sizes[s.region] != 0 &&
+           s.offset <= sizes[s.region] && s.size <= sizes[s.region] - s.offset;
+  }
+
   // Where local slice `s` lies in a copy of the region table.
   static result<std::uint64_t>
   offset_in(const std::vector<std::uint64_t>& sizes, const slice& s,
             std::size_t index) {
+    if (inside(sizes, s))
+      return table_offset(s.region, s.offset);
     if (s.region == 0 || s.region >= sizes.size() || sizes[s.region] == 0)
       return status{ec::not_found,
                     fmt::format("local slice #{}: no registered region {}",
@@ -401,35 +411,37 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
     return invalid(fmt::format("{}: {} local slices and {} descriptors (need "
                                "as many of each, at least one)",
                                what, local.size(), remote.size()));
+  // One pass over the call's slices (a vector call over KV blocks has tens
+  // of thousands): checks inline, errors built only for the one at fault.
+  const bool write = op == proto::endpoint_op::write;
   std::vector<extent> extents;
   extents.reserve(local.size());
   std::vector<std::uint64_t> remote_sizes;
   auto local_sizes = region_sizes();
   for (std::size_t i = 0; i < local.size(); ++i) {
     const auto& d = remote[i];
+    const auto& s = local[i];
     if (d.owner != peer->instance)
       return invalid(fmt::format("{}: descriptor #{} belongs to another "
                                  "endpoint than connection {} ('{}')",
                                  what, i, conn, peer->peer));
-    if (local[i].size != d.size)
+    if (s.size != d.size)
       return invalid(fmt::format("{}: local slice #{} has {} bytes, its "
                                  "descriptor {}",
-                                 what, i, local[i].size, d.size));
-    auto here = offset_in(local_sizes, local[i], i);
-    if (!here.ok())
-      return status{here.error().code(),
-                    fmt::format("{}: {}", what, here.error().reason())};
+                                 what, i, s.size, d.size));
+    if (!inside(local_sizes, s)) {
+      auto why = offset_in(local_sizes, s, i).error();
+      return status{why.code(), fmt::format("{}: {}", what, why.reason())};
+    }
     if (remote_sizes.size() <= d.region)
       remote_sizes.resize(d.region + 1, 0);
     remote_sizes[d.region] = d.region_bytes;
-    auto there = table_offset(d.region, d.offset);
-    if (op == proto::endpoint_op::write)
-      extents.push_back({*here, there, d.size});
-    else
-      extents.push_back({there, *here, d.size});
+    const auto here = table_offset(s.region, s.offset);
+    const auto there = table_offset(d.region, d.offset);
+    extents.push_back(write ? extent{here, there, d.size}
+                            : extent{there, here, d.size});
   }
-  auto dst_sizes = op == proto::endpoint_op::write ? std::move(remote_sizes)
-                                                   : std::move(local_sizes);
+  auto dst_sizes = write ? std::move(remote_sizes) : std::move(local_sizes);
   return start(op, conn, std::move(extents), std::move(dst_sizes));
 }
 

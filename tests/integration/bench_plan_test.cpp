@@ -20,12 +20,13 @@ run_result run_kvferry(const std::string& args) {
 
 } // namespace
 
-TEST_CASE("bench plan times the packed plan and the item list per size") {
+TEST_CASE("bench plan times the packed plan, the item list and the plan over "
+          "region tables per size") {
   const std::string path = KVFERRY_BINARY_DIR "/tests/bench_plan_test.json";
   std::remove(path.c_str());
   const auto run = run_kvferry(
       "bench plan --sizes 4K,64K --total 4M --repeats 3 --kv-blocks 100 "
-      "--kv-layers 4 --json " +
+      "--kv-layers 4 --plan-threads 2 --json " +
       path);
   INFO(run.output);
   REQUIRE(run.status == 0);
@@ -46,6 +47,11 @@ TEST_CASE("bench plan times the packed plan and the item list per size") {
   for (const auto& row : doc["sizes"]) {
     CHECK(row["packed_seconds"].get<double>() > 0);
     CHECK(row["item_list_seconds"].get<double>() > 0);
+    // The same plan over region tables: before, in one pass, in parts.
+    CHECK(row["table_translate_then_pack_seconds"].get<double>() > 0);
+    CHECK(row["table_one_pass_seconds"].get<double>() > 0);
+    CHECK(row["table_in_parts_seconds"].get<double>() > 0);
+    CHECK(row["table_parts"] == 2);
   }
   // KV plans: 2 x 2 layouts, blocks in a row and scattered. In a row, the
   // per-layer layout coalesces to one extent per layer and half, block-major

@@ -1,6 +1,9 @@
 // Copy plans: bounds checks, coalescing and the work-item partition the GPU
 // kernel relies on (every byte copied exactly once).
 #include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -8,6 +11,8 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/plan_crew.hpp"
+#include "kvferry/transport/table_plan.hpp"
 
 using namespace kvferry::transport;
 
@@ -350,4 +355,301 @@ TEST_CASE("item counts round up for item sizes that are not powers of two") {
   const auto view = packed_plan_view::in(buffer.data(), size.extents);
   CHECK(view.first_item[1] == 3);
   CHECK(view.first_item[2] == 5);
+}
+
+// ---- plans over region tables (table_plan.hpp) ----
+
+namespace {
+
+constexpr unsigned shift = 40;
+
+constexpr std::uint64_t virt(std::uint64_t region, std::uint64_t offset) {
+  return (region << shift) + offset;
+}
+
+// Two tables: the source's regions 0 and 1 lie back to back in memory (an
+// extent ending region 0 and one starting region 1 continue each other once
+// translated), region 2 far off; the destination's in reverse order.
+struct two_tables {
+  std::vector<std::uint64_t> src_offsets{0, 4000, 20000},
+      src_sizes{4000, 8000, 3000};
+  std::vector<std::uint64_t> dst_offsets{9000, 0}, dst_sizes{5000, 9000};
+  region_layout src{src_offsets.data(), src_sizes.data(), 3, shift};
+  region_layout dst{dst_offsets.data(), dst_sizes.data(), 2, shift};
+
+  // The translation done by hand, extent by extent.
+  std::vector<copy_extent> by_hand(const std::vector<copy_extent>& plan) const {
+    std::vector<copy_extent> out;
+    const auto mask = (std::uint64_t{1} << shift) - 1;
+    for (const auto& e : plan)
+      out.push_back({src_offsets[e.src_offset >> shift] + (e.src_offset & mask),
+                     dst_offsets[e.dst_offset >> shift] + (e.dst_offset & mask),
+                     e.length});
+    return out;
+  }
+};
+
+// Random extents inside the tables' regions: runs of neighbours (which
+// coalesce), zero-length ones, and some that end a region.
+std::vector<copy_extent> random_table_plan(std::mt19937_64& rng,
+                                           const two_tables& t, std::size_t n) {
+  std::vector<copy_extent> plan;
+  std::uniform_int_distribution<std::uint64_t> len(0, 700), pick(0, 5);
+  while (plan.size() < n) {
+    const std::uint64_t sr = pick(rng) % 3, dr = pick(rng) % 2;
+    const std::uint64_t l = len(rng);
+    const std::uint64_t s = t.src_sizes[sr], d = t.dst_sizes[dr];
+    if (l > s || l > d)
+      continue;
+    std::uniform_int_distribution<std::uint64_t> so(0, s - l), dof(0, d - l);
+    const std::uint64_t src = pick(rng) == 0 ? s - l : so(rng);
+    const std::uint64_t dst = dof(rng);
+    plan.push_back({virt(sr, src), virt(dr, dst), l});
+    if (pick(rng) < 2 && src + 2 * l <= s && dst + 2 * l <= d) // a neighbour
+      plan.push_back({virt(sr, src + l), virt(dr, dst + l), l});
+  }
+  return plan;
+}
+
+std::vector<std::uint64_t> packed_bytes(const std::vector<copy_extent>& plan,
+                                        std::uint32_t item_bytes,
+                                        const region_layout& src,
+                                        const region_layout& dst,
+                                        packed_plan_size& size) {
+  std::vector<std::uint64_t> buffer((packed_plan_bytes(plan.size()) + 7) / 8);
+  size = pack_plan(plan, item_bytes, src, dst, buffer.data());
+  return buffer;
+}
+
+std::string refusal(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "accepted";
+}
+
+} // namespace
+
+TEST_CASE("a plan over region tables packs exactly as its translated extents "
+          "would") {
+  std::mt19937_64 rng{21};
+  const two_tables t;
+  for (std::uint32_t item_bytes : {16u, 4096u, 8192u}) {
+    for (std::size_t n : {1u, 2u, 33u, 500u, 3000u}) {
+      CAPTURE(item_bytes);
+      CAPTURE(n);
+      const auto plan = random_table_plan(rng, t, n);
+      const auto translated = t.by_hand(plan);
+      packed_plan_size size;
+      const auto fused = packed_bytes(plan, item_bytes, t.src, t.dst, size);
+      std::vector<std::uint64_t> reference(
+          (packed_plan_bytes(translated.size()) + 7) / 8);
+      const auto expected =
+          pack_plan(translated, item_bytes, ~0ull, ~0ull, reference.data());
+      REQUIRE(size.extents == expected.extents);
+      REQUIRE(size.items == expected.items);
+      CHECK(std::memcmp(fused.data(), reference.data(), size.bytes()) == 0);
+      std::vector<copy_extent> out{{1, 2, 3}}; // overwritten, not appended to
+      translate_extents(plan, t.src, t.dst, out);
+      CHECK(out == translated);
+    }
+  }
+}
+
+TEST_CASE("extents that continue each other in memory coalesce across a "
+          "region edge, others never") {
+  const two_tables t;
+  // Source region 0 ends where region 1 begins (4000); the destination
+  // continues too (region 1 offset 100.. then 150..): one extent.
+  const std::vector<copy_extent> across{{virt(0, 3950), virt(1, 100), 50},
+                                        {virt(1, 0), virt(1, 150), 30}};
+  packed_plan_size size;
+  auto packed = packed_bytes(across, 8192, t.src, t.dst, size);
+  CHECK(size.extents == 1);
+  CHECK(packed_plan_view::in(packed.data(), 1).extents[0] ==
+        copy_extent{3950, 100, 80});
+  // The same virtual neighbours in regions that are not neighbours in
+  // memory (source regions 1 and 2) stay two extents.
+  const std::vector<copy_extent> apart{{virt(1, 7950), virt(1, 100), 50},
+                                       {virt(2, 0), virt(1, 150), 30}};
+  packed_bytes(apart, 8192, t.src, t.dst, size);
+  CHECK(size.extents == 2);
+  CHECK(size.items == 2);
+}
+
+TEST_CASE("an extent outside its region is refused with check_table_side's "
+          "message, by the packing pass and by translate_extents") {
+  const two_tables t;
+  std::vector<std::uint64_t> buffer(64);
+  const std::vector<std::vector<copy_extent>> bad{
+      // the destination's region 1 has 9000 bytes
+      {{virt(0, 0), virt(1, 0), 16}, {virt(0, 16), virt(1, 0), 9001}},
+      // the source table has 3 regions
+      {{virt(3, 0), virt(0, 0), 16}},
+      // an offset plus a length that would wrap
+      {{virt(2, 8), virt(0, 0), ~0ull - 4}},
+      // past the region by one byte, at its very end
+      {{virt(2, 3000), virt(0, 0), 1}}};
+  for (const auto& plan : bad) {
+    CAPTURE(plan.size());
+    auto expected = check_table_side(plan, extent_side::source, t.src);
+    if (!expected)
+      expected = check_table_side(plan, extent_side::destination, t.dst);
+    REQUIRE(expected.has_value());
+    CHECK(refusal([&] {
+            pack_plan(plan, 8192, t.src, t.dst, buffer.data());
+          }) == *expected);
+    std::vector<copy_extent> out;
+    CHECK(refusal([&] { translate_extents(plan, t.src, t.dst, out); }) ==
+          *expected);
+  }
+  CHECK(*check_table_side(bad[0], extent_side::destination, t.dst) ==
+        "extent #1 (destination offset 1099511627776 = region 1 + 0, length "
+        "9001) leaves destination region 1 of 9000 bytes");
+  CHECK(*check_table_side(bad[1], extent_side::source, t.src) ==
+        "extent #0 (source offset 3298534883328 = region 3 + 0, length 16) "
+        "names region 3, but the source table has 3 regions");
+  // A zero-length extent at a region's end fits.
+  CHECK(pack_plan({{virt(2, 3000), virt(1, 9000), 0}}, 8192, t.src, t.dst,
+                  buffer.data())
+            .extents == 0);
+}
+
+TEST_CASE("a region layout's span, and layouts that cannot be read") {
+  const two_tables t;
+  CHECK(t.src.span() == 23000);
+  CHECK(t.dst.span() == 14000);
+  CHECK(region_layout{}.span() == 0);
+  std::vector<std::uint64_t> buffer(64);
+  auto no_shift = t.src;
+  no_shift.shift = 0;
+  CHECK_THROWS_AS(pack_plan({}, 8192, no_shift, t.dst, buffer.data()),
+                  std::invalid_argument);
+  auto no_offsets = t.dst;
+  no_offsets.offsets = nullptr;
+  CHECK_THROWS_AS(pack_plan({}, 8192, t.src, no_offsets, buffer.data()),
+                  std::invalid_argument);
+  // Sizes alone are enough for a check.
+  CHECK_FALSE(
+      check_table_side({{virt(1, 0), 0, 9000}}, extent_side::source, no_offsets)
+          .has_value());
+}
+
+// ---- large plans packed in parts (pack_plan_in_parts, plan_crew) ----
+
+namespace {
+
+// The extents and item indices of a packed plan in `buffer`.
+struct unpacked {
+  std::vector<copy_extent> extents;
+  std::vector<std::uint32_t> first_item;
+};
+
+unpacked unpack(const std::vector<std::uint64_t>& buffer,
+                packed_plan_size size) {
+  const auto view = packed_plan_view::in(buffer.data(), size.extents);
+  return {{view.extents, view.extents + size.extents},
+          {view.first_item, view.first_item + size.extents + 1}};
+}
+
+// Runs a phase's parts one after the other, as pack_plan_in_parts allows.
+auto in_a_loop = [](std::size_t count, auto& job) {
+  for (std::size_t k = 0; k < count; ++k)
+    job(k);
+};
+
+} // namespace
+
+TEST_CASE("a plan packed in parts copies exactly what pack_plan's copies, "
+          "on one thread or on a crew") {
+  std::mt19937_64 rng{31};
+  const two_tables t;
+  plan_crew crew{4};
+  std::vector<packed_part> parts(5);
+  auto on_the_crew = [&](std::size_t count, auto& job) {
+    crew.run(count, job);
+  };
+  for (std::size_t n : {0u, 1u, 7u, 100u, 3000u}) {
+    const auto plan = random_table_plan(rng, t, n);
+    packed_plan_size whole_size;
+    const auto whole =
+        unpack(packed_bytes(plan, 4096, t.src, t.dst, whole_size), whole_size);
+    for (std::size_t count = 1; count <= 5; ++count) {
+      CAPTURE(n);
+      CAPTURE(count);
+      std::vector<std::uint64_t> a((packed_plan_bytes(plan.size()) + 7) / 8),
+          b(a.size());
+      const auto in_loop = pack_plan_in_parts(
+          plan, 4096, t.src, t.dst, a.data(), parts.data(), count, in_a_loop);
+      const auto on_crew = pack_plan_in_parts(
+          plan, 4096, t.src, t.dst, b.data(), parts.data(), count, on_the_crew);
+      REQUIRE(in_loop.extents == on_crew.extents);
+      CHECK(std::memcmp(a.data(), b.data(), in_loop.bytes()) == 0);
+      const auto joined = unpack(a, in_loop);
+      // Neighbours split by a part edge are the only difference: coalesced,
+      // the same extents; every extent's items counted where they belong.
+      CHECK(coalesce(joined.extents) == whole.extents);
+      CHECK(in_loop.extents <= whole_size.extents + count - 1);
+      CHECK(in_loop.items == count_work_items(joined.extents, 4096));
+      CHECK(joined.first_item.front() == 0);
+      bool counted = true;
+      for (std::size_t k = 0; k < joined.extents.size(); ++k)
+        counted &= joined.first_item[k + 1] - joined.first_item[k] ==
+                   count_work_items({joined.extents[k]}, 4096);
+      CHECK(counted);
+      CHECK(joined.first_item.back() == in_loop.items);
+    }
+  }
+}
+
+TEST_CASE("a plan packed in parts names its first bad extent, whichever part "
+          "holds it") {
+  const two_tables t;
+  plan_crew crew{3};
+  std::vector<packed_part> parts(4);
+  std::vector<copy_extent> plan(400, copy_extent{virt(0, 0), virt(0, 0), 16});
+  plan[250] = {virt(7, 0), virt(0, 0), 16};    // part 2 of 4
+  plan[380] = {virt(0, 0), virt(1, 9000), 16}; // part 3
+  const auto expected =
+      check_table_side(plan, extent_side::source, t.src).value();
+  CHECK(expected.find("extent #250") == 0);
+  std::vector<std::uint64_t> buffer((packed_plan_bytes(plan.size()) + 7) / 8);
+  CHECK(refusal([&] {
+          pack_plan_in_parts(
+              plan, 4096, t.src, t.dst, buffer.data(), parts.data(), 4,
+              [&](std::size_t count, auto& job) { crew.run(count, job); });
+        }) == expected);
+  // The crew works on after a part threw.
+  std::atomic<int> ran{0};
+  auto count_one = [&](std::size_t) { ++ran; };
+  crew.run(4, count_one);
+  CHECK(ran == 4);
+}
+
+TEST_CASE("a plan crew runs each part once per run, whatever the number of "
+          "parts, and refuses more parts than it has threads") {
+  plan_crew crew{2};
+  CHECK(crew.size() == 3);
+  for (std::size_t parts : {3u, 1u, 2u, 3u}) {
+    std::vector<int> runs(3, 0);
+    auto note = [&](std::size_t k) { ++runs[k]; };
+    crew.run(parts, note);
+    for (std::size_t k = 0; k < 3; ++k)
+      CHECK(runs[k] == (k < parts ? 1 : 0));
+  }
+  auto fails_high = [](std::size_t k) {
+    if (k >= 1)
+      throw std::runtime_error("part " + std::to_string(k));
+  };
+  CHECK_THROWS_WITH_AS(crew.run(3, fails_high), "part 1", std::runtime_error);
+  auto nothing = [](std::size_t) {};
+  CHECK_THROWS_AS(crew.run(4, nothing), std::invalid_argument);
+  CHECK_THROWS_AS(crew.run(0, nothing), std::invalid_argument);
+  plan_crew alone{0};
+  int ran = 0;
+  auto once = [&](std::size_t) { ++ran; };
+  alone.run(1, once);
+  CHECK(ran == 1);
 }

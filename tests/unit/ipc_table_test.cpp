@@ -6,6 +6,7 @@
 // process. The GPU side: tests/gpu/ipc_table_gpu_test.cpp.
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,48 @@ TEST_CASE("a plan over region tables becomes offsets from one origin per "
     CHECK(e.src_offset + e.length <= plan.src_span);
     CHECK(e.dst_offset + e.length <= plan.dst_span);
   }
+}
+
+TEST_CASE("layout_of hands the copy engine's one packing pass the same "
+          "offsets to_address_plan computes") {
+  const auto src = three_regions();
+  const address_table dst{{0x7e0000000000, 0x7e0000200000}, {0x20000, 0x1000}};
+  std::vector<std::uint64_t> src_offsets{7}, dst_offsets; // reused, resized
+  const auto s = layout_of(src, src_offsets);
+  const auto d = layout_of(dst, dst_offsets);
+  REQUIRE(s.count == 3);
+  CHECK(src_offsets ==
+        std::vector<std::uint64_t>{0x100000, 0x900000, 0}); // from the origin
+  CHECK(s.span() == src.span());
+  CHECK(d.span() == dst.span());
+  CHECK(s.shift == region_shift);
+  const std::vector<extent> virt{
+      {table_offset(0, 0x100), table_offset(1, 0x800), 0x200},
+      {table_offset(2, 0x8000 - 16), table_offset(0, 0), 16},
+      {table_offset(1, 0), table_offset(0, 0x1e000), 0x1000},
+      {table_offset(1, 0x1000), table_offset(0, 0x1f000), 0x100},
+  };
+  const auto plan = to_address_plan(virt, src, dst);
+  std::vector<std::uint64_t> fused(64), reference(64);
+  const auto a = transport::pack_plan(virt, 8192, s, d, fused.data());
+  const auto b = transport::pack_plan(plan.extents, 8192, plan.src_span,
+                                      plan.dst_span, reference.data());
+  CHECK(a.extents == 3); // the last two continue each other
+  CHECK(a.extents == b.extents);
+  CHECK(a.items == b.items);
+  CHECK(std::memcmp(fused.data(), reference.data(), a.bytes()) == 0);
+  // A fault is named as to_address_plan names it.
+  const std::vector<extent> bad{{table_offset(1, 0x4000 - 16), 0, 32}};
+  std::string message;
+  try {
+    transport::pack_plan(bad, 8192, s, d, fused.data());
+  } catch (const std::invalid_argument& e) {
+    message = e.what();
+  }
+  CHECK_MESSAGE(message.find("extent #0") != std::string::npos, message);
+  CHECK_MESSAGE(message.find("source region 1 of 16384 bytes") !=
+                    std::string::npos,
+                message);
 }
 
 TEST_CASE("a one-region table keeps its offsets") {

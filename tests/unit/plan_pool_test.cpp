@@ -1,5 +1,7 @@
 // Transfer plans and the block pool: what the transfer actor relies on.
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include <climits>
 #include <doctest/doctest.h>
@@ -75,4 +77,31 @@ TEST_CASE("a fresh pool yields contiguous blocks, so plans coalesce") {
   REQUIRE(src.allocate(40, s));
   REQUIRE(dst.allocate(40, d));
   CHECK(kvferry::plan_blocks(s, d, 4096).size() == 1);
+}
+
+TEST_CASE("checking both sides of a plan in one pass says what the two "
+          "one-sided checks say") {
+  using kvferry::table_offset;
+  const std::vector<std::uint64_t> src{4096, 8192}, dst{65536};
+  const std::vector<std::vector<extent>> plans{
+      {{table_offset(1, 0), 0, 8192}, {0, 8192, 4096}}, // fits
+      {{table_offset(1, 4096), 0, 8192}},               // source region 1
+      {{table_offset(2, 0), 0, 16}},                    // no source region 2
+      {{0, 65536 - 8, 16}},                             // the destination
+      {{0, table_offset(1, 0), 16}},                    // one-region table
+      // a destination misfit first, a source misfit later: the source's
+      {{0, 65536, 16}, {table_offset(1, 8190), 0, 4}},
+  };
+  for (const auto& plan : plans) {
+    CAPTURE(plan.size());
+    auto expected =
+        kvferry::check_table_extents(plan, kvferry::extent_side::source, src);
+    if (!expected)
+      expected = kvferry::check_table_extents(
+          plan, kvferry::extent_side::destination, dst);
+    CHECK(kvferry::check_table_extents(plan, src, dst) == expected);
+  }
+  CHECK_FALSE(kvferry::check_table_extents(plans[0], src, dst).has_value());
+  CHECK(kvferry::check_table_extents(plans[5], src, dst)->find("extent #1") !=
+        std::string::npos);
 }

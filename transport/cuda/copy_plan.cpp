@@ -1,9 +1,12 @@
 #include "kvferry/transport/copy_plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+
+#include "kvferry/transport/table_plan.hpp"
 
 namespace kvferry::transport {
 
@@ -166,16 +169,83 @@ partition_into_work_items(const std::vector<copy_extent>& extents,
   return items;
 }
 
-packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
-                           std::uint32_t item_bytes,
-                           std::uint64_t src_region_bytes,
-                           std::uint64_t dst_region_bytes, void* buffer) {
+namespace {
+
+// One side of a region table as the packing pass reads it: a virtual offset
+// to its offset from the launch base, false when the extent leaves its
+// region.
+class table_side {
+public:
+  explicit table_side(const region_layout& t)
+      : t_(t),
+        mask_(t.shift > 0 && t.shift < 64 ? (std::uint64_t{1} << t.shift) - 1
+                                          : 0) {
+  } // a bad shift is refused (table_placer)
+  bool translate(std::uint64_t virt, std::uint64_t length,
+                 std::uint64_t& out) const {
+    const std::uint64_t region = virt >> t_.shift;
+    if (region >= t_.count)
+      return false;
+    const std::uint64_t offset = virt & mask_;
+    if (!fits(offset, length, t_.sizes[region]))
+      return false;
+    out = t_.offsets[region] + offset;
+    return true;
+  }
+
+private:
+  const region_layout& t_;
+  std::uint64_t mask_;
+};
+
+// A layout's shift and sizes (and its offsets, when `placed`) are usable.
+void require_valid_layout(const region_layout& t, bool placed) {
+  if (t.shift == 0 || t.shift > 63 ||
+      (t.count > 0 && (!t.sizes || (placed && !t.offsets))))
+    throw std::invalid_argument(
+        "copy plan: a region layout needs a shift of 1..63 and an offset and "
+        "a size per region");
+}
+
+std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
+                                        extent_side side,
+                                        const region_layout& t) {
+  const bool source = side == extent_side::source;
+  const char* which = source ? "source" : "destination";
+  const std::uint64_t virt = source ? e.src_offset : e.dst_offset;
+  const std::uint64_t region = virt >> t.shift;
+  const std::uint64_t offset = virt & ((std::uint64_t{1} << t.shift) - 1);
+  const std::string what =
+      "extent #" + std::to_string(index) + " (" + which + " offset " +
+      std::to_string(virt) + " = region " + std::to_string(region) + " + " +
+      std::to_string(offset) + ", length " + std::to_string(e.length) + ")";
+  if (region >= t.count)
+    return what + " names region " + std::to_string(region) + ", but the " +
+           which + " table has " + std::to_string(t.count) + " regions";
+  if (!fits(offset, e.length, t.sizes[region]))
+    return what + " leaves " + which + " region " + std::to_string(region) +
+           " of " + std::to_string(t.sizes[region]) + " bytes";
+  return std::nullopt;
+}
+
+// pack_plan's one pass (see copy_plan.hpp): `place(index, e, out)` checks
+// extent `index` and writes where it copies (throwing std::invalid_argument
+// when it does not fit); then empty extents are dropped, neighbours
+// coalesced and the items counted. The item indices are first written past
+// room for every input extent (the kept count is not known yet), then moved
+// down behind the kept ones. With `begin` and `end`: extents [begin, end)
+// only, packed as a plan of their own (a part of a plan; `place` gets the
+// index in the whole plan).
+template<typename Place>
+packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
+                             std::uint32_t item_bytes, void* buffer,
+                             Place&& place, std::size_t begin = 0,
+                             std::size_t end = SIZE_MAX) {
   require_valid_item_size(item_bytes);
+  end = std::min(end, extents.size());
   const item_counter items_in{item_bytes};
   auto* out = static_cast<copy_extent*>(buffer);
-  // The item indices are first written past room for every input extent (the
-  // kept count is not known yet), then moved down behind the kept ones.
-  auto* first_item = reinterpret_cast<std::uint32_t*>(out + extents.size());
+  auto* first_item = reinterpret_cast<std::uint32_t*>(out + (end - begin));
   std::size_t kept = 0;
   std::uint64_t items = 0;
   auto close_last = [&] { // the last kept extent is complete: count its items
@@ -186,13 +256,9 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
           "copy plan: more than 2^32 - 1 work items of " +
           std::to_string(item_bytes) + " bytes");
   };
-  // Bounds are checked in the same pass (one read of the caller's extents).
-  for (std::size_t index = 0; index < extents.size(); ++index) {
-    const auto& e = extents[index];
-    if (!fits(e.src_offset, e.length, src_region_bytes) ||
-        !fits(e.dst_offset, e.length, dst_region_bytes))
-      throw std::invalid_argument(
-          *misfit(index, e, src_region_bytes, dst_region_bytes));
+  copy_extent e;
+  for (std::size_t index = begin; index < end; ++index) {
+    place(index, extents[index], e);
     if (e.length == 0)
       continue;
     if (kept > 0) {
@@ -209,6 +275,121 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
                (kept + 1) * sizeof(std::uint32_t));
   return packed_plan_size{static_cast<std::uint32_t>(kept),
                           static_cast<std::uint32_t>(items)};
+}
+
+// Translates extent `index` through both layouts into `out`; throws
+// check_table_side's message when it leaves a region.
+class table_placer {
+public:
+  table_placer(const region_layout& src, const region_layout& dst)
+      : src_(src), dst_(dst), src_side_(src), dst_side_(dst) {
+    require_valid_layout(src, true);
+    require_valid_layout(dst, true);
+  }
+  void operator()(std::size_t index, const copy_extent& e,
+                  copy_extent& out) const {
+    out.length = e.length;
+    if (src_side_.translate(e.src_offset, e.length, out.src_offset) &&
+        dst_side_.translate(e.dst_offset, e.length, out.dst_offset))
+      return;
+    auto problem = table_misfit(index, e, extent_side::source, src_);
+    if (!problem)
+      problem = table_misfit(index, e, extent_side::destination, dst_);
+    throw std::invalid_argument(*problem);
+  }
+
+private:
+  const region_layout& src_;
+  const region_layout& dst_;
+  table_side src_side_, dst_side_;
+};
+
+} // namespace
+
+std::uint64_t region_layout::span() const {
+  std::uint64_t end = 0;
+  for (std::size_t r = 0; r < count; ++r)
+    end = std::max(end, offsets[r] + sizes[r]);
+  return end;
+}
+
+std::optional<std::string>
+check_table_side(const std::vector<copy_extent>& extents, extent_side side,
+                 const region_layout& table) {
+  require_valid_layout(table, false);
+  for (std::size_t i = 0; i < extents.size(); ++i)
+    if (auto problem = table_misfit(i, extents[i], side, table))
+      return problem;
+  return std::nullopt;
+}
+
+packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
+                           std::uint32_t item_bytes,
+                           std::uint64_t src_region_bytes,
+                           std::uint64_t dst_region_bytes, void* buffer) {
+  // Bounds are checked in the same pass (one read of the caller's extents).
+  return pack_placed(
+      extents, item_bytes, buffer,
+      [&](std::size_t index, const copy_extent& e, copy_extent& out) {
+        if (!fits(e.src_offset, e.length, src_region_bytes) ||
+            !fits(e.dst_offset, e.length, dst_region_bytes))
+          throw std::invalid_argument(
+              *misfit(index, e, src_region_bytes, dst_region_bytes));
+        out = e;
+      });
+}
+
+packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
+                           std::uint32_t item_bytes, const region_layout& src,
+                           const region_layout& dst, void* buffer) {
+  return pack_placed(extents, item_bytes, buffer, table_placer{src, dst});
+}
+
+void pack_part(const std::vector<copy_extent>& extents, std::size_t k,
+               std::size_t parts, std::uint32_t item_bytes,
+               const region_layout& src, const region_layout& dst,
+               packed_part& out) {
+  const std::size_t n = extents.size();
+  const std::size_t begin = k * n / parts, end = (k + 1) * n / parts;
+  out.buffer.resize((packed_plan_bytes(end - begin) + 7) / 8);
+  out.size = pack_placed(extents, item_bytes, out.buffer.data(),
+                         table_placer{src, dst}, begin, end);
+}
+
+packed_plan_size place_parts(packed_part* parts, std::size_t count) {
+  std::uint64_t extents = 0, items = 0;
+  for (std::size_t k = 0; k < count; ++k) {
+    parts[k].extent_at = static_cast<std::uint32_t>(extents);
+    parts[k].item_at = static_cast<std::uint32_t>(items);
+    extents += parts[k].size.extents;
+    items += parts[k].size.items;
+    if (items > std::numeric_limits<std::uint32_t>::max())
+      throw std::invalid_argument("copy plan: more than 2^32 - 1 work items");
+  }
+  return packed_plan_size{static_cast<std::uint32_t>(extents),
+                          static_cast<std::uint32_t>(items)};
+}
+
+void copy_part(const packed_part& part, bool last, packed_plan_size joined,
+               void* buffer) {
+  const auto mine = packed_plan_view::in(part.buffer.data(), part.size.extents);
+  const auto whole = packed_plan_view::in(buffer, joined.extents);
+  std::memcpy(const_cast<copy_extent*>(whole.extents) + part.extent_at,
+              mine.extents, part.size.extents * sizeof(copy_extent));
+  auto* first_item = const_cast<std::uint32_t*>(whole.first_item);
+  for (std::uint32_t i = 0; i < part.size.extents; ++i)
+    first_item[part.extent_at + i] = mine.first_item[i] + part.item_at;
+  if (last)
+    first_item[joined.extents] = joined.items;
+}
+
+void translate_extents(const std::vector<copy_extent>& extents,
+                       const region_layout& src, const region_layout& dst,
+                       std::vector<copy_extent>& out) {
+  const table_placer place{src, dst};
+  out.resize(extents.size());
+  for (std::size_t i = 0; i < extents.size(); ++i)
+    place(i, extents[i], out[i]);
 }
 
 copy_work_item work_item_of_packed(const copy_extent* extents,

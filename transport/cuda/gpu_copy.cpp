@@ -12,6 +12,7 @@
 
 #include "cuda_check.hpp"
 #include "kernels.hpp"
+#include "kvferry/transport/plan_crew.hpp"
 #endif
 
 namespace kvferry::transport {
@@ -134,10 +135,15 @@ struct gpu_copy_engine::impl {
     staged_array<copy_work_item> items;
     std::vector<copy_work_item> scratch; // host partitioning buffer, reused
     std::vector<copy_extent> ordered;    // copy_tuning::order_by_destination
+    std::vector<copy_extent> translated; // region layouts, item-list kernels
     std::uint32_t item_count = 0;
     std::size_t band = 0;           // whose kernel runs this plan
     bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
-    cudaEvent_t uploaded = nullptr; // staging may be rewritten after this
+    cudaEvent_t uploaded = nullptr; // on `uploads`: staging may be rewritten
+                                    // and the kernel may read the plan
+    cudaEvent_t consumed = nullptr; // on `stream`, after the slot's last
+                                    // launch: the device buffer may be
+                                    // overwritten
   };
   // `started` and `ended` time a copy kernel (timing_of): its GPU time is
   // their difference. `event` marks completion and takes no timestamp, so
@@ -163,8 +169,9 @@ struct gpu_copy_engine::impl {
   };
 
   int gpu;
-  cudaStream_t stream = nullptr;
-  kernels::claim_counter claims; // copy_tuning::claim_items only
+  cudaStream_t stream = nullptr;  // kernels, unpacks, timing events
+  cudaStream_t uploads = nullptr; // plan uploads, overlapping the kernels
+  kernels::claim_counter claims;  // copy_tuning::claim_items only
   std::vector<plan_slot> plans;
   std::vector<event_slot> events;
   std::vector<unpack_slot> unpacks;
@@ -172,6 +179,15 @@ struct gpu_copy_engine::impl {
   cudaEvent_t batch_uploaded = nullptr;
   std::uint64_t next_generation = 1;
   std::size_t next_event = 0;
+  std::size_t next_plan = 0; // plan slots are taken in turn
+  // Packing a large plan in parts (set_plan_threads): the crew and one
+  // part's buffers per member, made on the first such plan and kept.
+  std::size_t plan_threads = 1;
+  std::unique_ptr<plan_crew> crew;
+  std::vector<packed_part> parts;
+  // A part takes at least this many extents: below, one thread packs them
+  // (a few nanoseconds each) sooner than a helper wakes up.
+  static constexpr std::size_t min_part_extents = 8192;
   // Pairs the GPU's event clock with the host's (kernel_timing).
   cudaEvent_t anchor = nullptr;
   std::chrono::steady_clock::time_point anchor_seen;
@@ -190,9 +206,14 @@ struct gpu_copy_engine::impl {
     check_cuda(cudaStreamCreateWithPriority(&stream, cudaStreamNonBlocking,
                                             high_priority ? highest : 0),
                "cudaStreamCreateWithPriority", gpu);
-    for (auto& p : plans)
+    check_cuda(cudaStreamCreateWithFlags(&uploads, cudaStreamNonBlocking),
+               "cudaStreamCreateWithFlags (plan uploads)", gpu);
+    for (auto& p : plans) {
       check_cuda(cudaEventCreateWithFlags(&p.uploaded, cudaEventDisableTiming),
                  "cudaEventCreate", gpu);
+      check_cuda(cudaEventCreateWithFlags(&p.consumed, cudaEventDisableTiming),
+                 "cudaEventCreate", gpu);
+    }
     for (auto& e : events) {
       check_cuda(cudaEventCreate(&e.started), "cudaEventCreate", gpu);
       check_cuda(cudaEventCreate(&e.ended), "cudaEventCreate", gpu);
@@ -221,12 +242,15 @@ struct gpu_copy_engine::impl {
     cudaSetDevice(gpu);
     if (stream)
       cudaStreamSynchronize(stream);
+    if (uploads)
+      cudaStreamSynchronize(uploads);
     if (claims.device)
       cudaFree(claims.device);
     for (auto& p : plans) {
       p.packed.free_all();
       p.items.free_all();
       cudaEventDestroy(p.uploaded);
+      cudaEventDestroy(p.consumed);
     }
     for (auto& e : events) {
       cudaEventDestroy(e.started);
@@ -241,6 +265,8 @@ struct gpu_copy_engine::impl {
       cudaFreeHost(u.rejected);
       cudaEventDestroy(u.uploaded);
     }
+    if (uploads)
+      cudaStreamDestroy(uploads);
     if (stream)
       cudaStreamDestroy(stream);
   }
@@ -255,23 +281,40 @@ struct gpu_copy_engine::impl {
     return plans[id.slot];
   }
 
-  // Packs the plan into the slot's pinned staging (no per-item host work, no
-  // allocation once the buffers have grown) and uploads it with one copy.
-  // Bounds are checked by the same pass.
+  // Copies `bytes` of staging to the slot's device buffer on the upload
+  // stream, once the kernels that read that buffer have ended.
+  void upload(plan_slot& slot, void* device, const void* host,
+              std::size_t bytes) {
+    check_cuda(cudaStreamWaitEvent(uploads, slot.consumed, 0),
+               "cudaStreamWaitEvent (plan buffer reuse)", gpu);
+    check_cuda(
+        cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, uploads),
+        "cudaMemcpyAsync (plan upload)", gpu);
+  }
+
+  // Packs a plan of at most `extent_count` extents into the slot's pinned
+  // staging with `pack` (one pass that also checks the bounds; no per-item
+  // host work, no allocation once the buffers have grown) and uploads it
+  // with one copy.
+  template<typename Pack>
+  void stage_packed(plan_slot& slot, std::size_t extent_count, Pack&& pack) {
+    slot.packed.reserve(packed_plan_bytes(extent_count), gpu);
+    slot.packed_size = pack(static_cast<void*>(slot.packed.host));
+    slot.item_count = slot.packed_size.items;
+    if (slot.item_count > 0)
+      upload(slot, slot.packed.device, slot.packed.host,
+             slot.packed_size.bytes());
+  }
+
   void stage_packed_plan(plan_slot& slot,
                          const std::vector<copy_extent>& extents,
                          std::uint32_t item_bytes,
                          std::uint64_t src_region_bytes,
                          std::uint64_t dst_region_bytes) {
-    slot.packed.reserve(packed_plan_bytes(extents.size()), gpu);
-    slot.packed_size = pack_plan(extents, item_bytes, src_region_bytes,
-                                 dst_region_bytes, slot.packed.host);
-    slot.item_count = slot.packed_size.items;
-    if (slot.item_count > 0)
-      check_cuda(cudaMemcpyAsync(slot.packed.device, slot.packed.host,
-                                 slot.packed_size.bytes(),
-                                 cudaMemcpyHostToDevice, stream),
-                 "cudaMemcpyAsync (plan upload)", gpu);
+    stage_packed(slot, extents.size(), [&](void* buffer) {
+      return pack_plan(extents, item_bytes, src_region_bytes, dst_region_bytes,
+                       buffer);
+    });
   }
 
   // The bulk and block-per-item kernels read every work item from a list.
@@ -293,14 +336,85 @@ struct gpu_copy_engine::impl {
     if (!slot.scratch.empty()) {
       std::memcpy(slot.items.host, slot.scratch.data(),
                   slot.scratch.size() * sizeof(copy_work_item));
-      check_cuda(cudaMemcpyAsync(slot.items.device, slot.items.host,
-                                 slot.scratch.size() * sizeof(copy_work_item),
-                                 cudaMemcpyHostToDevice, stream),
-                 "cudaMemcpyAsync (plan upload)", gpu);
+      upload(slot, slot.items.device, slot.items.host,
+             slot.scratch.size() * sizeof(copy_work_item));
     }
     slot.item_count = static_cast<std::uint32_t>(slot.scratch.size());
     slot.bulk_eligible =
         tuning.bulk && kernels::bulk_eligible(slot.scratch, tuning.item_bytes);
+  }
+
+  // A plan of extents counted from the region bases, the way `tuning`'s
+  // kernel reads it.
+  void stage_plan(plan_slot& slot, const std::vector<copy_extent>& extents,
+                  const copy_tuning& tuning, std::uint64_t src_region_bytes,
+                  std::uint64_t dst_region_bytes) {
+    // Both check the extents against the regions first.
+    const auto& ordered = kernel_order(extents, slot.ordered, tuning,
+                                       src_region_bytes, dst_region_bytes);
+    if (kernels::uses_item_list(tuning))
+      stage_work_items(slot, ordered, tuning, src_region_bytes,
+                       dst_region_bytes);
+    else
+      stage_packed_plan(slot, ordered, tuning.item_bytes, src_region_bytes,
+                        dst_region_bytes);
+  }
+
+  // pack_plan over region layouts; a large plan in parts on the crew.
+  packed_plan_size pack(const std::vector<copy_extent>& extents,
+                        std::uint32_t item_bytes, const region_layout& src,
+                        const region_layout& dst, void* buffer) {
+    const auto count =
+        std::min(plan_threads, extents.size() / min_part_extents);
+    if (count < 2)
+      return pack_plan(extents, item_bytes, src, dst, buffer);
+    if (!crew) {
+      crew = std::make_unique<plan_crew>(plan_threads - 1);
+      parts.resize(plan_threads);
+    }
+    return pack_plan_in_parts(
+        extents, item_bytes, src, dst, buffer, parts.data(), count,
+        [&](std::size_t n, auto& job) { crew->run(n, job); });
+  }
+
+  // The next free plan slot after the last one taken: taken in turn, the
+  // slot rewritten is the one whose upload is oldest, so the host rarely
+  // waits for it (see the top of gpu_copy.hpp).
+  std::uint32_t take_plan_slot() {
+    for (std::size_t k = 0; k < plans.size(); ++k) {
+      const auto index = (next_plan + k) % plans.size();
+      if (!plans[index].reserved) {
+        next_plan = index + 1;
+        return static_cast<std::uint32_t>(index);
+      }
+    }
+    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) + ": all " +
+                    std::to_string(plans.size()) + " plan slots are in use");
+  }
+
+  // prepare()'s frame around `stage(slot)`, which packs the plan and queues
+  // its upload: a free slot whose staging may be rewritten, the upload's
+  // completion recorded, errors naming the GPU.
+  template<typename Stage>
+  copy_plan_id prepare_in_slot(std::size_t band, Stage&& stage) {
+    const auto index = take_plan_slot();
+    auto& slot = plans[index];
+    slot.band = band;
+    refresh_anchor(); // before this plan's upload is queued
+    // The previous upload from this staging buffer must have been consumed.
+    check_cuda(cudaEventSynchronize(slot.uploaded),
+               "cudaEventSynchronize (staging reuse)", gpu);
+    check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
+    try {
+      stage(slot);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
+                                  std::to_string(gpu) + ": " + e.what());
+    }
+    check_cuda(cudaEventRecord(slot.uploaded, uploads), "cudaEventRecord", gpu);
+    slot.reserved = true;
+    slot.generation = next_generation++;
+    return copy_plan_id{index, slot.generation};
   }
 
   bool launches_in_flight() {
@@ -437,39 +551,29 @@ void* gpu_copy_engine::native_stream() const {
 copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                                       std::uint64_t src_region_bytes,
                                       std::uint64_t dst_region_bytes) {
-  std::uint32_t index = 0;
-  while (index < impl_->plans.size() && impl_->plans[index].reserved)
-    ++index;
-  if (index == impl_->plans.size())
-    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu_) +
-                    ": all " + std::to_string(impl_->plans.size()) +
-                    " plan slots are in use");
-  auto& slot = impl_->plans[index];
-  slot.band = band_of(extents);
-  const copy_tuning& tuning = bands_[slot.band].tuning;
-  impl_->refresh_anchor(); // before this plan's upload joins the stream
-  // The previous upload from this staging buffer must have been consumed.
-  check_cuda(cudaEventSynchronize(slot.uploaded),
-             "cudaEventSynchronize (staging reuse)", gpu_);
-  check_cuda(cudaSetDevice(gpu_), "cudaSetDevice", gpu_);
-  try { // both check the extents against the regions first
-    const auto& ordered = kernel_order(extents, slot.ordered, tuning,
-                                       src_region_bytes, dst_region_bytes);
-    if (kernels::uses_item_list(tuning))
-      impl_->stage_work_items(slot, ordered, tuning, src_region_bytes,
-                              dst_region_bytes);
-    else
-      impl_->stage_packed_plan(slot, ordered, tuning.item_bytes,
-                               src_region_bytes, dst_region_bytes);
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
-                                std::to_string(gpu_) + ": " + e.what());
-  }
-  check_cuda(cudaEventRecord(slot.uploaded, impl_->stream), "cudaEventRecord",
-             gpu_);
-  slot.reserved = true;
-  slot.generation = impl_->next_generation++;
-  return copy_plan_id{index, slot.generation};
+  const auto band = band_of(extents);
+  return impl_->prepare_in_slot(band, [&](impl::plan_slot& slot) {
+    impl_->stage_plan(slot, extents, bands_[band].tuning, src_region_bytes,
+                      dst_region_bytes);
+  });
+}
+
+copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
+                                      const region_layout& src,
+                                      const region_layout& dst) {
+  const auto band = band_of(extents); // lengths: translation keeps them
+  const copy_tuning& tuning = bands_[band].tuning;
+  return impl_->prepare_in_slot(band, [&](impl::plan_slot& slot) {
+    if (!kernels::uses_item_list(tuning) && !tuning.order_by_destination) {
+      // The default kernel: translated while packed, one pass.
+      impl_->stage_packed(slot, extents.size(), [&](void* buffer) {
+        return impl_->pack(extents, tuning.item_bytes, src, dst, buffer);
+      });
+      return;
+    }
+    translate_extents(extents, src, dst, slot.translated);
+    impl_->stage_plan(slot, slot.translated, tuning, src.span(), dst.span());
+  });
 }
 
 copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
@@ -478,6 +582,8 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
   auto& slot = impl_->plan_of(plan);
   const copy_tuning& tuning = bands_[slot.band].tuning;
   const int grid = band_grid_blocks_[slot.band];
+  check_cuda(cudaStreamWaitEvent(impl_->stream, slot.uploaded, 0),
+             "cudaStreamWaitEvent (plan upload)", gpu_);
   impl_->record_kernel_start();
   if (kernels::uses_item_list(tuning)) {
     check_cuda(kernels::launch_batched_copy(slot.items.device, slot.item_count,
@@ -495,11 +601,19 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
                "batched copy kernel launch", gpu_);
   }
   impl_->record_kernel_end();
+  check_cuda(cudaEventRecord(slot.consumed, impl_->stream), "cudaEventRecord",
+             gpu_);
   return impl_->record(-1, true);
 }
 
 void gpu_copy_engine::release(copy_plan_id plan) {
   impl_->plan_of(plan).reserved = false;
+}
+
+void gpu_copy_engine::set_plan_threads(std::size_t threads) {
+  impl_->plan_threads = std::max<std::size_t>(threads, 1);
+  impl_->crew.reset();
+  impl_->parts.clear();
 }
 
 void gpu_copy_engine::wait_event(std::uint64_t event) {
@@ -780,11 +894,18 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&,
                                       std::uint64_t, std::uint64_t) {
   throw_no_cuda("gpu_copy_engine::prepare");
 }
+copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&,
+                                      const region_layout&,
+                                      const region_layout&) {
+  throw_no_cuda("gpu_copy_engine::prepare");
+}
 copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*,
                                     std::byte*) {
   throw_no_cuda("gpu_copy_engine::launch");
 }
 void gpu_copy_engine::release(copy_plan_id) {
+}
+void gpu_copy_engine::set_plan_threads(std::size_t) {
 }
 void gpu_copy_engine::wait_event(std::uint64_t) {
   throw_no_cuda("gpu_copy_engine::wait_event");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/transport/table_plan.hpp"
 
 namespace kvferry {
 
@@ -25,6 +26,15 @@ struct address_table {
   /// offsets against.
   std::uint64_t span() const;
 };
+
+/// One side of a plan as the copy engine translates it while packing
+/// (gpu_copy_engine::prepare over region layouts, one pass): each region's
+/// offset from `t.origin()`, written into `offsets`, whose capacity is
+/// reused (a copy allocates nothing once it has grown). Launch with
+/// t.origin() as that side's base. The layout points into `t` and
+/// `offsets`: use it while both live unchanged.
+transport::region_layout layout_of(const address_table& t,
+                                   std::vector<std::uint64_t>& offsets);
 
 /// A plan ready for gpu_copy_engine::prepare/launch: `extents` count from
 /// `src.origin()` and `dst.origin()`; launch with those as bases and prepare

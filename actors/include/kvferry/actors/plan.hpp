@@ -63,6 +63,15 @@ std::optional<std::string>
 check_table_extents(const std::vector<extent>& extents, extent_side side,
                     const std::vector<std::uint64_t>& region_sizes);
 
+/// Both sides at once: one pass that only asks whether every extent fits
+/// (a vector call brings tens of thousands), then, only when one does not,
+/// the message of check_table_extents for the source side, else for the
+/// destination side, as two calls would give it.
+std::optional<std::string>
+check_table_extents(const std::vector<extent>& extents,
+                    const std::vector<std::uint64_t>& src_sizes,
+                    const std::vector<std::uint64_t>& dst_sizes);
+
 /// Builds the plan that moves block i of `src_offsets` to block i of
 /// `dst_offsets` (each `block_bytes` long), coalesced. Sizes must match.
 std::vector<extent> plan_blocks(const std::vector<std::uint64_t>& src_offsets,

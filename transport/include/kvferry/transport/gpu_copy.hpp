@@ -25,7 +25,15 @@
 // plans at once (default 8) and `event_slots` launches in flight (default 64);
 // each plan slot keeps one pinned staging buffer and one device buffer that
 // grow to the largest plan seen and are reused, so steady state allocates and
-// registers nothing. Exceeding a bound throws gpu_error (never blocks).
+// registers nothing: at most plan_slots x the largest packed plan (28 bytes
+// per extent, 1.75 MiB for 65,536 extents) of each. Exceeding a bound throws
+// gpu_error (never blocks).
+//
+// Plans are uploaded on a second stream of the engine, so that the upload of
+// the next plan overlaps the kernel still copying (a launch waits on the GPU
+// for its plan's upload, an upload for the last launch of the slot it
+// overwrites), and prepare() takes the plan slots in turn, so the host packs
+// plans up to plan_slots ahead of the GPU without waiting for it.
 // One engine is used from one thread (the transfer actor's).
 #pragma once
 
@@ -38,6 +46,7 @@
 
 #include "kvferry/transport/copy_plan.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
+#include "kvferry/transport/table_plan.hpp"
 #include "kvferry/transport/unpack.hpp"
 
 namespace kvferry::transport {
@@ -167,12 +176,26 @@ public:
   copy_plan_id prepare(const std::vector<copy_extent>& extents,
                        std::uint64_t src_region_bytes,
                        std::uint64_t dst_region_bytes);
+  /// The same for extents in virtual offsets over region tables
+  /// (copy_plan.hpp, region_layout): each extent translated to its offset
+  /// from the launch base while it is packed (one host pass), checked
+  /// against its region (std::invalid_argument with check_table_side's
+  /// message). Launch with bases that cover src.span() and dst.span().
+  copy_plan_id prepare(const std::vector<copy_extent>& extents,
+                       const region_layout& src, const region_layout& dst);
   /// One kernel launch of a prepared plan between the given bases (which
   /// must be regions at least as large as the plan was checked against).
   copy_ticket launch(copy_plan_id plan, const std::byte* src_base,
                      std::byte* dst_base);
   /// Frees the plan's slot for reuse; launches already made still complete.
   void release(copy_plan_id plan);
+  /// prepare() over region layouts packs a plan of at least 16,384 extents
+  /// (a vector call over 4 KiB KV blocks has 65,536) in parts on up to
+  /// `threads` threads: this one and threads - 1 helpers of the engine's
+  /// own (plan_crew.hpp), started on the first such plan and asleep between
+  /// plans; every part at least 8,192 extents. 1 (the default): this
+  /// thread alone.
+  void set_plan_threads(std::size_t threads);
 
   /// prepare + launch + release in one call (the plan slot is recycled as
   /// soon as the launch is enqueued: stream order protects its buffers).
