@@ -31,55 +31,49 @@ inline bool ipc_spin_while_copying() {
   return text == nullptr || std::string{text} != "0";
 }
 
-/// KVFERRY_FILL_GRID=N caps the pattern fill kernel at N thread blocks (one
-/// block writes one KV block at a time), leaving SMs and memory bandwidth to
-/// a copy running at the same time; unset or empty: `fallback`. Throws
-/// std::invalid_argument naming the variable for anything but 1..fallback.
-inline unsigned pattern_fill_grid(unsigned fallback) {
-  const char* text = std::getenv("KVFERRY_FILL_GRID");
+/// A count read from environment variable `name`: unset or empty gives
+/// `fallback`; anything but a whole number in [1, max] throws
+/// std::invalid_argument naming the variable and what it expects (`what`,
+/// e.g. "thread blocks"). One rule for every count knob below.
+inline unsigned long env_count(const char* name, unsigned long fallback,
+                               unsigned long max, const char* what) {
+  const char* text = std::getenv(name);
   if (text == nullptr || *text == '\0')
     return fallback;
   char* end = nullptr;
-  const unsigned long blocks = std::strtoul(text, &end, 10);
-  if (*end != '\0' || blocks == 0 || blocks > fallback)
-    throw std::invalid_argument("KVFERRY_FILL_GRID=" + std::string{text} +
-                                ": expected a number of thread blocks, 1 to " +
-                                std::to_string(fallback));
-  return static_cast<unsigned>(blocks);
+  const unsigned long value = std::strtoul(text, &end, 10);
+  if (*end != '\0' || value == 0 || value > max)
+    throw std::invalid_argument(std::string{name} + "=" + text +
+                                ": expected a number of " + what + ", 1 to " +
+                                std::to_string(max));
+  return value;
+}
+
+/// KVFERRY_FILL_GRID=N caps the pattern fill kernel at N thread blocks (one
+/// block writes one KV block at a time), leaving SMs and memory bandwidth to
+/// a copy running at the same time; unset or empty: `fallback`, also the
+/// largest value allowed.
+inline unsigned pattern_fill_grid(unsigned fallback) {
+  return static_cast<unsigned>(
+      env_count("KVFERRY_FILL_GRID", fallback, fallback, "thread blocks"));
 }
 
 /// KVFERRY_PATTERN_WORKERS=N (1..16) sets how many pattern workers (fill
 /// and check, each with its own stream) an app actor over GPU memory has;
-/// unset or empty: `fallback`. Throws std::invalid_argument naming the
-/// variable for anything else.
+/// unset or empty: `fallback`.
 inline unsigned pattern_workers_on_gpu(unsigned fallback) {
-  const char* text = std::getenv("KVFERRY_PATTERN_WORKERS");
-  if (text == nullptr || *text == '\0')
-    return fallback;
-  char* end = nullptr;
-  const unsigned long workers = std::strtoul(text, &end, 10);
-  if (*end != '\0' || workers == 0 || workers > 16)
-    throw std::invalid_argument("KVFERRY_PATTERN_WORKERS=" + std::string{text} +
-                                ": expected 1 to 16 pattern workers");
-  return static_cast<unsigned>(workers);
+  return static_cast<unsigned>(
+      env_count("KVFERRY_PATTERN_WORKERS", fallback, 16, "pattern workers"));
 }
 
 /// How many threads pack a large CUDA IPC plan (gpu_copy_engine::
 /// set_plan_threads: 16,384 extents or more, e.g. one vector call over
 /// 4 KiB KV blocks): KVFERRY_PLAN_THREADS=N (1..64); unset or empty: a
 /// quarter of this machine's cores, 1 to 4 (one thread on a 2-core host,
-/// four on a 16-core GPU host). Throws std::invalid_argument naming the
-/// variable for anything else.
+/// four on a 16-core GPU host).
 inline std::size_t plan_threads(unsigned cores) {
-  const char* text = std::getenv("KVFERRY_PLAN_THREADS");
-  if (text == nullptr || *text == '\0')
-    return cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
-  char* end = nullptr;
-  const unsigned long threads = std::strtoul(text, &end, 10);
-  if (*end != '\0' || threads == 0 || threads > 64)
-    throw std::invalid_argument("KVFERRY_PLAN_THREADS=" + std::string{text} +
-                                ": expected a number of threads, 1 to 64");
-  return threads;
+  const unsigned quarter = cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
+  return env_count("KVFERRY_PLAN_THREADS", quarter, 64, "threads");
 }
 
 } // namespace kvferry::detail
