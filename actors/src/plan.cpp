@@ -58,8 +58,8 @@ namespace {
 bool inside_table(std::uint64_t v, std::uint64_t length,
                   const std::vector<std::uint64_t>& sizes) {
   const auto at = locate(v);
-  return at.region < sizes.size() && at.offset <= sizes[at.region] &&
-         length <= sizes[at.region] - at.offset;
+  return at.region < sizes.size() &&
+         transport::fits(at.offset, length, sizes[at.region]);
 }
 
 } // namespace

@@ -12,11 +12,6 @@ namespace kvferry::transport {
 
 namespace {
 
-// True when [offset, offset + length) lies inside [0, region); no wrap-around.
-bool fits(std::uint64_t offset, std::uint64_t length, std::uint64_t region) {
-  return offset <= region && length <= region - offset;
-}
-
 std::string describe(std::size_t index, const copy_extent& e) {
   return "extent #" + std::to_string(index) + " (src_offset " +
          std::to_string(e.src_offset) + ", dst_offset " +

@@ -44,6 +44,13 @@ struct copy_extent {
 static_assert(sizeof(copy_extent) == 24,
               "extent layout is shared with the kernel");
 
+/// True when [offset, offset + length) lies inside [0, region), with no
+/// wrap-around: the one bounds rule every extent check applies.
+inline bool fits(std::uint64_t offset, std::uint64_t length,
+                 std::uint64_t region) {
+  return offset <= region && length <= region - offset;
+}
+
 /// What the kernel reads: one per warp-task. 24 bytes; the device array of a
 /// plan holds exactly these, uploaded once per plan.
 struct copy_work_item {
