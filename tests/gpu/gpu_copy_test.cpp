@@ -250,6 +250,37 @@ TEST_CASE("a prepared plan is launched again at other bases (one per layer)") {
                                bufs.dst.data() + l * layer, plan) == 0);
 }
 
+// A caller preparing one plan at a time (prepare, launch, wait, release)
+// must keep reusing one plan slot: every other slot's first use allocates
+// pinned staging, milliseconds each. Plans held at once take distinct slots.
+TEST_CASE("one plan at a time reuses one slot; plans held at once do not") {
+  constexpr std::size_t layer = 1 << 20;
+  device_buffers bufs{layer};
+  bufs.refill(9);
+  std::mt19937_64 rng{10};
+  const auto plan = random_extents(rng, layer, true);
+  gpu_copy_engine engine{gpu};
+  std::vector<std::uint32_t> slots;
+  for (int i = 0; i < 12; ++i) {
+    const auto id = engine.prepare(plan, layer, layer);
+    slots.push_back(id.slot);
+    engine.wait(engine.launch(id, bufs.src.data(), bufs.dst.data()), 10s);
+    engine.release(id);
+  }
+  CHECK(std::count(slots.begin(), slots.end(), slots.front()) ==
+        static_cast<long>(slots.size()));
+  CHECK(gpu_count_mismatches(gpu, bufs.src.data(), bufs.dst.data(), plan) == 0);
+
+  std::vector<copy_plan_id> held;
+  for (int i = 0; i < 4; ++i)
+    held.push_back(engine.prepare(plan, layer, layer));
+  for (std::size_t i = 0; i < held.size(); ++i)
+    for (std::size_t j = i + 1; j < held.size(); ++j)
+      CHECK(held[i].slot != held[j].slot);
+  for (auto id : held)
+    engine.release(id);
+}
+
 TEST_CASE(
     "a finished copy has its kernel's timing; an unfinished one not yet") {
   constexpr std::size_t bytes = 64u << 20;

@@ -377,27 +377,62 @@ struct gpu_copy_engine::impl {
         [&](std::size_t n, auto& job) { crew->run(n, job); });
   }
 
-  // The next free plan slot after the last one taken: taken in turn, the
-  // slot rewritten is the one whose upload is oldest, so the host rarely
-  // waits for it (see the top of gpu_copy.hpp).
-  std::uint32_t take_plan_slot() {
+  // Whether the GPU is done with the slot's last plan: its upload was read
+  // and the kernels that read the plan have ended. Reusing such a slot waits
+  // for nothing, on the host or on the upload stream.
+  bool idle(plan_slot& slot) {
+    return cudaEventQuery(slot.uploaded) == cudaSuccess &&
+           cudaEventQuery(slot.consumed) == cudaSuccess;
+  }
+
+  // Whether the slot's buffers already hold a plan of `extent_count` extents
+  // for `tuning`'s kernel (an item list has at least one item per extent).
+  static bool has_room(const plan_slot& slot, std::size_t extent_count,
+                       const copy_tuning& tuning) {
+    return kernels::uses_item_list(tuning)
+               ? slot.items.capacity >= extent_count
+               : slot.packed.capacity >= packed_plan_bytes(extent_count);
+  }
+
+  // A free plan slot for a plan of `extent_count` extents. First choice, in
+  // turn: one the GPU is done with and large enough, so that a caller
+  // preparing one plan at a time keeps reusing one slot and grows (pinned
+  // allocation, milliseconds) no other. Otherwise the next free slot after
+  // the last one taken: taken in turn, the slot rewritten is the one whose
+  // upload is oldest, so a caller with many plans in flight rarely waits for
+  // it (see the top of gpu_copy.hpp).
+  std::uint32_t take_plan_slot(std::size_t extent_count,
+                               const copy_tuning& tuning) {
+    std::optional<std::size_t> next_free;
     for (std::size_t k = 0; k < plans.size(); ++k) {
       const auto index = (next_plan + k) % plans.size();
-      if (!plans[index].reserved) {
-        next_plan = index + 1;
-        return static_cast<std::uint32_t>(index);
-      }
+      auto& slot = plans[index];
+      if (slot.reserved)
+        continue;
+      if (!next_free)
+        next_free = index;
+      if (has_room(slot, extent_count, tuning) && idle(slot))
+        return take(index);
     }
-    throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) + ": all " +
-                    std::to_string(plans.size()) + " plan slots are in use");
+    if (!next_free)
+      throw gpu_error("gpu_copy_engine on GPU " + std::to_string(gpu) +
+                      ": all " + std::to_string(plans.size()) +
+                      " plan slots are in use");
+    return take(*next_free);
+  }
+
+  std::uint32_t take(std::size_t index) {
+    next_plan = index + 1;
+    return static_cast<std::uint32_t>(index);
   }
 
   // prepare()'s frame around `stage(slot)`, which packs the plan and queues
   // its upload: a free slot whose staging may be rewritten, the upload's
   // completion recorded, errors naming the GPU.
   template<typename Stage>
-  copy_plan_id prepare_in_slot(std::size_t band, Stage&& stage) {
-    const auto index = take_plan_slot();
+  copy_plan_id prepare_in_slot(std::size_t band, const copy_tuning& tuning,
+                               std::size_t extent_count, Stage&& stage) {
+    const auto index = take_plan_slot(extent_count, tuning);
     auto& slot = plans[index];
     slot.band = band;
     refresh_anchor(); // before this plan's upload is queued
@@ -552,10 +587,12 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                                       std::uint64_t src_region_bytes,
                                       std::uint64_t dst_region_bytes) {
   const auto band = band_of(extents);
-  return impl_->prepare_in_slot(band, [&](impl::plan_slot& slot) {
-    impl_->stage_plan(slot, extents, bands_[band].tuning, src_region_bytes,
-                      dst_region_bytes);
-  });
+  const copy_tuning& tuning = bands_[band].tuning;
+  return impl_->prepare_in_slot(
+      band, tuning, extents.size(), [&](impl::plan_slot& slot) {
+        impl_->stage_plan(slot, extents, tuning, src_region_bytes,
+                          dst_region_bytes);
+      });
 }
 
 copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
@@ -563,17 +600,19 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
                                       const region_layout& dst) {
   const auto band = band_of(extents); // lengths: translation keeps them
   const copy_tuning& tuning = bands_[band].tuning;
-  return impl_->prepare_in_slot(band, [&](impl::plan_slot& slot) {
-    if (!kernels::uses_item_list(tuning) && !tuning.order_by_destination) {
-      // The default kernel: translated while packed, one pass.
-      impl_->stage_packed(slot, extents.size(), [&](void* buffer) {
-        return impl_->pack(extents, tuning.item_bytes, src, dst, buffer);
+  return impl_->prepare_in_slot(
+      band, tuning, extents.size(), [&](impl::plan_slot& slot) {
+        if (!kernels::uses_item_list(tuning) && !tuning.order_by_destination) {
+          // The default kernel: translated while packed, one pass.
+          impl_->stage_packed(slot, extents.size(), [&](void* buffer) {
+            return impl_->pack(extents, tuning.item_bytes, src, dst, buffer);
+          });
+          return;
+        }
+        translate_extents(extents, src, dst, slot.translated);
+        impl_->stage_plan(slot, slot.translated, tuning, src.span(),
+                          dst.span());
       });
-      return;
-    }
-    translate_extents(extents, src, dst, slot.translated);
-    impl_->stage_plan(slot, slot.translated, tuning, src.span(), dst.span());
-  });
 }
 
 copy_ticket gpu_copy_engine::launch(copy_plan_id plan,

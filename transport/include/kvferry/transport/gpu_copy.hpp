@@ -32,8 +32,11 @@
 // Plans are uploaded on a second stream of the engine, so that the upload of
 // the next plan overlaps the kernel still copying (a launch waits on the GPU
 // for its plan's upload, an upload for the last launch of the slot it
-// overwrites), and prepare() takes the plan slots in turn, so the host packs
-// plans up to plan_slots ahead of the GPU without waiting for it.
+// overwrites). prepare() reuses a slot the GPU is done with and whose
+// buffers are large enough, so a caller with one plan at a time grows one
+// slot only; with none such it takes the free slots in turn, so the host
+// packs plans up to plan_slots ahead of the GPU without waiting for it (and
+// then every slot grows to the largest plan, the bound above).
 // One engine is used from one thread (the transfer actor's).
 #pragma once
 
