@@ -18,6 +18,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "transfer_state.hpp"
 
 namespace kvferry {
@@ -251,8 +252,11 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   else if (o.wait_event != 0) // posted once the event completed
     st.event_waits.push_back(
         {peer, o.transfer_id, std::move(o.extents), o.wait_event});
-  else
+  else {
     start_plugin_send(self, peer, p, o.transfer_id, o.extents);
+    // Coalesced into the send's own chunks: the list goes back for reuse.
+    transport::extent_lists::give(std::move(o.extents));
+  }
   ensure_progress(self);
   return promise;
 }

@@ -32,6 +32,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/gpu_event.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
 #include "transfer_state.hpp"
@@ -254,8 +255,8 @@ std::byte* pointer_at(std::uint64_t address) {
 // `wait_event` first (on the GPU). The data window starts right before the
 // launch call (after the plan is packed and its upload queued): the GPU can
 // start the kernel before that call returns.
-void launch_ipc_copy(transfer_state& st, peer_out& p,
-                     const peer_out::waiting_send& w, bool read) {
+void launch_ipc_copy(transfer_state& st, peer_out& p, peer_out::waiting_send& w,
+                     bool read) {
   auto& engine = *st.engine;
   const auto& src = read ? *p.mapped : st.local_addresses;
   const auto& dst = read ? st.local_addresses : *p.mapped;
@@ -275,6 +276,8 @@ void launch_ipc_copy(transfer_state& st, peer_out& p,
     throw;
   }
   engine.release(prepared); // stream order keeps its buffers for this launch
+  // The plan is packed: the list goes back for the next vector call.
+  transport::extent_lists::give(std::move(w.chunks));
   p.copies.push_back({ticket, w.id, launched});
   ++st.ipc_in_flight;
   p.transfers[w.id].posted = true;

@@ -22,6 +22,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/plugin.hpp"
 
 namespace kvferry {
@@ -414,8 +415,9 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
   // One pass over the call's slices (a vector call over KV blocks has tens
   // of thousands): checks inline, errors built only for the one at fault.
   const bool write = op == proto::endpoint_op::write;
-  std::vector<extent> extents;
-  extents.reserve(local.size());
+  // A recycled list: a fresh one of tens of thousands of extents would be
+  // page-faulted in on every call (extent_lists.hpp).
+  auto extents = transport::extent_lists::take(local.size());
   std::vector<std::uint64_t> remote_sizes;
   auto local_sizes = region_sizes();
   for (std::size_t i = 0; i < local.size(); ++i) {

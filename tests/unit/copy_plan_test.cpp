@@ -11,6 +11,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/plan_crew.hpp"
 #include "kvferry/transport/table_plan.hpp"
 
@@ -652,4 +653,41 @@ TEST_CASE("a plan crew runs each part once per run, whatever the number of "
   auto once = [&](std::size_t) { ++ran; };
   alone.run(1, once);
   CHECK(ran == 1);
+}
+
+// A vector call's extent list is taken from and given back to extent_lists:
+// in steady state the same memory serves call after call, and what is kept
+// stays bounded.
+TEST_CASE("extent lists are reused, large enough, empty, and bounded") {
+  constexpr auto big = extent_lists::min_kept_extents * 4;
+  auto first = extent_lists::take(big);
+  CHECK(first.empty());
+  CHECK(first.capacity() >= big);
+  first.assign(big, copy_extent{1, 2, 3});
+  const auto* memory = first.data();
+  const auto before = extent_lists::kept();
+  extent_lists::give(std::move(first));
+  CHECK(extent_lists::kept() == before + 1);
+
+  auto again = extent_lists::take(big / 2); // the kept one is large enough
+  CHECK(again.data() == memory);
+  CHECK(again.empty());
+  CHECK(extent_lists::kept() == before);
+
+  // Small lists are malloc's business: not kept.
+  std::vector<copy_extent> small(10);
+  extent_lists::give(std::move(small));
+  CHECK(extent_lists::kept() == before);
+
+  // At most max_kept lists, whatever is given back.
+  for (std::size_t i = 0; i < extent_lists::max_kept + 4; ++i)
+    extent_lists::give(extent_lists::take(extent_lists::min_kept_extents));
+  std::vector<std::vector<copy_extent>> many;
+  for (std::size_t i = 0; i < extent_lists::max_kept + 4; ++i)
+    many.push_back(extent_lists::take(extent_lists::min_kept_extents));
+  for (auto& list : many)
+    extent_lists::give(std::move(list));
+  CHECK(extent_lists::kept() == extent_lists::max_kept);
+  extent_lists::give(std::move(again));
+  CHECK(extent_lists::kept() == extent_lists::max_kept);
 }
