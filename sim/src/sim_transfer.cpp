@@ -190,6 +190,13 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "sim transfer: no regions");
       },
+      // Models no kvferry::node: no offers held, no pulls served here.
+      [](proto::node_attach_atom, const caf::actor&) {},
+      [](proto::node_offer_atom, const proto::pull_offer&) {},
+      [](proto::node_pull_atom,
+         const proto::node_request&) -> caf::result<proto::node_report> {
+        return make_error(ec::invalid_argument, "sim transfer: no node pulls");
+      },
   };
 }
 
