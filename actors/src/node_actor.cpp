@@ -1039,6 +1039,10 @@ std::string why_not_one_sided(const proto::endpoint& a,
   return {};
 }
 
+bool pulls_via_transfer(const proto::endpoint& self) {
+  return self.ipc_handle.empty(); // why_not_one_sided's test of one side
+}
+
 proto::kv_layout_desc describe_layout(const kv_layout& l) {
   return {l.layers(),           l.num_blocks(),   l.block_bytes(),
           l.region_per_layer(), l.layer_stride(), l.kv_stride(),

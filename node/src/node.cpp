@@ -394,9 +394,7 @@ caf::expected<node_handles> spawn_node(caf::actor_system& sys,
     self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
     return failure;
   }
-  // A cache whose table is exported over CUDA IPC may be pulled into by
-  // one-sided reads (why_not_one_sided), which the node actor runs.
-  h.pulls_via_transfer = nc.self.ipc_handle.empty();
+  h.pulls_via_transfer = pulls_via_transfer(nc.self);
   nc.name = opts.name;
   nc.transfer = h.transfer;
   nc.layout = opts.cache.layout;

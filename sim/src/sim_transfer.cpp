@@ -42,6 +42,7 @@ struct sim_transfer_state {
   };
   std::map<key, recv> recvs;
   std::map<key, proto::landed> landed;
+  caf::actor node; // node_attach_atom
   static inline const char* name = "kvferry.sim_transfer";
 };
 
@@ -190,12 +191,20 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "sim transfer: no regions");
       },
-      // Models no kvferry::node: no offers held, no pulls served here.
-      [](proto::node_attach_atom, const caf::actor&) {},
-      [](proto::node_offer_atom, const proto::pull_offer&) {},
-      [](proto::node_pull_atom,
-         const proto::node_request&) -> caf::result<proto::node_report> {
-        return make_error(ec::invalid_argument, "sim transfer: no node pulls");
+      // Holds no offers (the real one: transfer_pull.cpp): each goes back
+      // to the node at once, and every pull to the node, which takes the
+      // want path (one hop more than the real offered pull).
+      [self](proto::node_attach_atom, const caf::actor& node) {
+        self->state.node = node;
+      },
+      [self](proto::node_offer_atom, const proto::pull_offer& offer) {
+        caf::anon_send(self->state.node, proto::node_offer_atom::value,
+                       offer.peer, offer.id);
+      },
+      [self](proto::node_pull_atom,
+             proto::node_request& req) -> caf::result<proto::node_report> {
+        return self->delegate(caf::actor_cast<node_actor>(self->state.node),
+                              proto::node_pull_atom::value, std::move(req));
       },
   };
 }

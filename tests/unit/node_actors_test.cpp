@@ -355,6 +355,70 @@ TEST_CASE_FIXTURE(caller_system, "an offered pull failed before the caller "
   CHECK(dst.regions == before);
 }
 
+// An offered pull of many blocks does not ship its extents in the send
+// order (each is serialised by both processes' I/O threads): it asks the
+// prefill's node with a want, which plans and posts it there; the caller
+// is still answered by the decode's transfer actor and every byte lands.
+TEST_CASE("an offered pull of many blocks lands byte for byte (the "
+          "prefill's node plans it)") {
+  constexpr std::uint64_t many = 200; // x 2 layers x K and V > 256 extents
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  host_cache src{kv_layout::vllm_per_layer(layers, 2 * many, half_bytes), 5};
+  host_cache dst{kv_layout::layer_major(layers, 2 * many, half_bytes), 0};
+  auto spawn = [&](const std::string& name, host_cache& cache) {
+    node_options o;
+    o.name = name;
+    o.cache = cache.cache();
+    auto h = spawn_node(sys, o);
+    REQUIRE_MESSAGE(h, render(h.error()));
+    return *h;
+  };
+  auto prefill = spawn("prefill-0", src);
+  auto decode = spawn("decode-0", dst);
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  self->send(decode.node, proto::node_listen_atom::value,
+             caf::actor_cast<caf::actor>(self));
+  std::vector<std::uint64_t> s, d;
+  for (std::uint64_t i = 0; i < many; ++i) {
+    s.push_back((i * 7) % (2 * many));
+    d.push_back(2 * many - 1 - i);
+  }
+  auto before = dst.regions;
+  auto advert =
+      self->request(prefill.node, 30s, proto::node_advertise_atom::value,
+                    proto::node_request{91, "decode-0", s, {}, false});
+  self->request(prefill.node, 10s, proto::node_notify_atom::value,
+                std::string{"decode-0"}, std::string{"91"})
+      .receive([](caf::ok_atom) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  self->receive(
+      [](proto::node_note_atom, const std::string&, const std::string&) {},
+      caf::after(30s) >> [] { FAIL("no note"); });
+  std::string got = "no reply";
+  self->request(decode.transfer, 30s, proto::node_pull_atom::value,
+                proto::node_request{91, "prefill-0", d, {}, false})
+      .receive(
+          [&](const proto::node_report& r) {
+            got = "pulled " + std::to_string(r.bytes);
+          },
+          [&](const caf::error& err) { got = render(err); });
+  CHECK(got == "pulled " + std::to_string(many * layers * 2 * half_bytes));
+  advert.receive([](const proto::node_report&) {},
+                 [](const caf::error& err) { FAIL(render(err)); });
+  CHECK(dst.regions == dst.expected(before, src, s, d));
+  for (auto* h : {&prefill, &decode}) {
+    self->send_exit(h->node, caf::exit_reason::user_shutdown);
+    self->wait_for(h->node);
+    self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+    self->wait_for(h->transfer);
+  }
+}
+
 // An offer nobody pulls within the request timeout goes back from the
 // decode's transfer actor to its node, which forgets it as it forgets any
 // unclaimed entry; a pull that comes later asks the prefill (the want
