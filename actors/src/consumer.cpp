@@ -56,6 +56,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/metrics.hpp"
@@ -449,7 +450,11 @@ void expect_request(self_ptr self, const ctx_ptr& ctx,
     on_landed(self, ctx, rep);
   };
   auto limit = milliseconds(node_reply_ms(st));
-  if (pull)
+  if (pull && pulls_via_transfer(st.cfg.self)) // the node is off its path
+    self->request(st.cfg.transfer, limit, proto::node_pull_atom::value,
+                  std::move(r))
+        .then(on_report, on_error);
+  else if (pull)
     self->request(st.cfg.node, limit, proto::node_pull_atom::value,
                   std::move(r))
         .then(on_report, on_error);

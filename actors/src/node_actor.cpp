@@ -637,49 +637,53 @@ void on_answered(self_ptr self, const std::string& peer,
     self->send(p->node, proto::node_done_atom::value, st.cfg.name, rep);
 }
 
-// ---- offered pull (plugin path): the decode orders the prefill's transfer
-// actor itself
+// ---- offered pull (plugin path): our transfer actor serves it
 
-// The prefill's offer of an advertised request: kept until the caller
-// pulls. Moot when our want went first (the prefill posts then).
-void on_offer(self_ptr self, proto::node_request& offer) {
-  auto& r = noted_entry(self, {offer.peer, offer.id});
-  if (r.failure || r.wanted || r.claimed())
-    return;
+// Hands the prefill's offer to our transfer actor, which serves the
+// caller's pull from now on (transfer_pull.cpp: it plans, orders the
+// prefill's transfer actor and answers the caller): this actor is off the
+// pull's path and hears of it aside (node_answered). The entry is answered
+// there from now on, whether the caller pulls there or here (delegated).
+void hand_offer(self_ptr self, const request_key& key, incoming_request& r,
+                const node_peer& peer, std::vector<std::uint64_t> src_blocks) {
+  auto& st = self->state;
+  auto transfer_id = transfer_id_of(key.second, 0);
   r.offered = true;
-  r.src_blocks = std::move(offer.blocks);
+  r.transfer_answers = true;
+  r.parts = 1;
+  r.recv_posted.assign(1, true);
+  r.unsettled.insert(transfer_id);
+  self->send(st.cfg.transfer, proto::node_offer_atom::value,
+             proto::pull_offer{key.second, key.first, std::move(src_blocks),
+                               describe_layout(peer.layout),
+                               describe_layout(st.cfg.layout), peer.transfer,
+                               caf::actor_cast<caf::actor>(peer.node),
+                               st.cfg.name, st.cfg.timeout_ms});
 }
 
-// Plans both sides' extents (the prefill's layout and blocks as source),
-// sends the send order to the prefill's transfer actor (the pull's one
-// message) and posts the recv order beside it, which answers the caller.
-caf::result<proto::node_report>
-pull_offered(self_ptr self, const request_key& key, incoming_request& r,
-             const node_peer& peer,
-             const std::vector<std::uint64_t>& dst_blocks) {
+// The prefill's offer of an advertised request. Moot when our want went
+// first (the prefill posts then).
+void on_offer(self_ptr self, proto::node_request& offer) {
+  request_key key{offer.peer, offer.id};
+  const auto* peer = find_peer(self, offer.peer);
+  auto& r = noted_entry(self, key);
+  if (peer == nullptr || r.failure || r.wanted || r.claimed())
+    return;
+  hand_offer(self, key, r, *peer, std::move(offer.blocks));
+}
+
+// Our transfer actor gives back an offer nobody pulled in time: forgotten,
+// as an unclaimed entry is (sweep_unclaimed).
+void on_offer_unpulled(self_ptr self, const std::string& peer,
+                       std::uint64_t id) {
   auto& st = self->state;
-  try {
-    plan_part(st, peer.layout, r.src_blocks, st.cfg.layout, dst_blocks, 0);
-  } catch (const std::exception& e) {
-    auto err = node_error(self, ec::invalid_argument,
-                          fmt::format("request {} from '{}': {}", key.second,
-                                      key.first, e.what()));
-    self->send(peer.node, proto::node_fail_atom::value, st.cfg.name, key.second,
-               err); // its advert fails too
-    st.in.erase(key);
-    return err;
-  }
-  r.parts = 1;
-  proto::send_order o;
-  o.transfer_id = transfer_id_of(key.second, 0);
-  o.peer = st.cfg.self;
-  o.extents = st.scratch;
-  o.timeout_ms = st.cfg.timeout_ms;
-  self->request(caf::actor_cast<transfer_actor>(peer.transfer.transfer),
-                caf::infinite, proto::send_atom::value, std::move(o))
-      .then([](std::uint64_t) {}, // the bytes count where they land
-            [self, key](caf::error& err) { fail_and_tell(self, key, err); });
-  return recv_answered_by_transfer(self, key, r);
+  auto i = st.in.find({peer, id});
+  if (i == st.in.end() || !i->second.offered)
+    return;
+  spdlog::debug("node {}: offered request {} from '{}' not pulled within {} "
+                "ms: dropped",
+                st.cfg.name, id, peer, st.cfg.timeout_ms);
+  st.in.erase(i);
 }
 
 // ---- one-sided pull, decode side: reads over CUDA IPC
@@ -767,12 +771,13 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
   const auto* peer = find_peer(self, req.peer);
   request_key key{req.peer, req.id};
   auto& r = st.in[key];
+  if (pull && r.offered) // our transfer actor holds the offer: it serves it
+    return self->delegate(st.cfg.transfer, proto::node_pull_atom::value,
+                          std::move(req));
   if (r.claimed())
     return node_error(
         self, ec::duplicate,
         fmt::format("request {} from '{}' is already open", req.id, req.peer));
-  if (pull && r.offered && !r.failure && !peer->one_sided)
-    return pull_offered(self, key, r, *peer, req.blocks);
   if (!pull && !req.layerwise && !r.failure && r.recv_posted.empty()) {
     r.parts = 1; // a receive of one part no part note has posted yet
     return recv_answered_by_transfer(self, key, r);
@@ -783,8 +788,6 @@ start_incoming(self_ptr self, proto::node_request& req, bool pull) {
     r.one_sided = true; // no message: the prefill's ready notes come anyway
     r.dst_blocks = std::move(req.blocks);
     post_reads(self, key);
-  } else if (pull && r.offered) {
-    // The prefill failed it after its offer: the failure below answers.
   } else if (pull) {
     r.wanted = true;
     self->send(peer->node, proto::node_want_atom::value,
@@ -945,6 +948,8 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
       [self](proto::node_offer_atom, proto::node_request& offer) {
         on_offer(self, offer);
       },
+      [self](proto::node_offer_atom, const std::string& peer,
+             std::uint64_t id) { on_offer_unpulled(self, peer, id); },
       [self](proto::node_part_atom, const proto::node_part& p) {
         on_part(self, p);
       },
@@ -1013,7 +1018,13 @@ node_actor::behavior_type node_impl(self_ptr self, node_actor_config cfg) {
 } // namespace
 
 node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg) {
-  return sys.spawn(node_impl, std::move(cfg));
+  auto transfer = cfg.transfer;
+  auto node = sys.spawn(node_impl, std::move(cfg));
+  // Before any caller can pull at the transfer actor: it hands the pulls it
+  // holds no offer for to this node.
+  caf::anon_send(transfer, proto::node_attach_atom::value,
+                 caf::actor_cast<caf::actor>(node));
+  return node;
 }
 
 std::string why_not_one_sided(const proto::endpoint& a,
@@ -1026,6 +1037,10 @@ std::string why_not_one_sided(const proto::endpoint& a,
                          "memory CUDA IPC cannot share, or use_ipc off)",
                          e->name);
   return {};
+}
+
+bool pulls_via_transfer(const proto::endpoint& self) {
+  return self.ipc_handle.empty(); // why_not_one_sided's test of one side
 }
 
 proto::kv_layout_desc describe_layout(const kv_layout& l) {

@@ -83,20 +83,20 @@ struct incoming_request {
   // One-sided pull (read over CUDA IPC): the blocks of both sides, and the
   // parts known ready (part, event text) but not read yet.
   bool one_sided = false;
-  // Plugin pull: the prefill offered it (src_blocks from its offer), so the
-  // pull orders the prefill's transfer actor itself; or a want went first
-  // (the prefill plans and posts; its offer is then moot).
+  // Plugin pull: the prefill offered it, and the offer went on to our
+  // transfer actor (hand_offer), which serves the caller's pull (a pull
+  // that comes here is delegated there); or a want went first (the prefill
+  // plans and posts; its offer is then moot).
   bool offered = false;
   bool wanted = false;
-  // A request of one part over the plugin path (an offered pull, a
-  // receive no part note came for yet), once the caller asked: its request
-  // went to our transfer actor with the recv order, which answers it when
-  // the last byte landed (no hop back through this actor) and tells us
-  // aside (node_answered); this entry stays until then. A failure goes
-  // there too (settle_atom with the reason), and reaches the caller once
-  // the order settled.
+  // Answered by our transfer actor, which tells us aside (node_answered);
+  // this entry stays until then: an offered pull from the moment its offer
+  // went there, or a receive of one part no part note came for yet, once
+  // the caller asked (its request went there with the recv order). A
+  // failure goes there too (settle_atom with the reason), and reaches the
+  // caller once the order settled (or when it pulls, if it has not yet).
   bool transfer_answers = false;
-  std::vector<std::uint64_t> src_blocks; // the prefill's, from its note/offer
+  std::vector<std::uint64_t> src_blocks; // the prefill's (one-sided)
   std::vector<std::uint64_t> dst_blocks; // ours, once the caller pulled
   std::vector<std::pair<std::uint32_t, std::string>> ready;
   // When a peer's note (a part, an offer, a ready note, a failure) made

@@ -69,14 +69,34 @@ constexpr auto sweep_period = milliseconds(100);
 
 void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
                   std::uint64_t id, const transfer_entry& t) {
+  arm_deadline(self, timeout, std::move(key), id, t.generation);
+}
+
+void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
+                  std::uint64_t id, std::uint64_t generation) {
   auto& st = self->state;
   st.deadlines.emplace(
       steady_clock::now() + timeout,
-      transfer_state::deadline{std::move(key), id, t.generation});
+      transfer_state::deadline{std::move(key), id, generation});
   if (!st.sweep_scheduled) {
     st.sweep_scheduled = true;
     self->delayed_send(self, sweep_period, proto::sweep_atom::value);
   }
+}
+
+proto::endpoint endpoint_of(self_ptr self) {
+  const auto& cfg = self->state.cfg;
+  proto::endpoint ep;
+  ep.name = cfg.name;
+  ep.transfer = caf::actor_cast<caf::actor>(self);
+  ep.plugin = cfg.net ? cfg.net->name() : "";
+  ep.region_bytes = cfg.region->size();
+  ep.host_id = cfg.host_id;
+  ep.gpu = cfg.region->gpu();
+  ep.ipc_handle = self->state.ipc_handle;
+  ep.more_region_sizes.assign(self->state.region_sizes.begin() + 1,
+                              self->state.region_sizes.end());
+  return ep;
 }
 
 namespace {
@@ -261,8 +281,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   return promise;
 }
 
-// A recv order claims its transfer for `waiter`, answered at once when the
-// transfer ended before the order came, else when it ends.
+} // namespace
+
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter) {
   auto& p = self->state.in[o.peer_name];
@@ -280,6 +300,8 @@ void claim_recv(self_ptr self, const proto::recv_order& o,
                  o.transfer_id, t);
   }
 }
+
+namespace {
 
 caf::result<proto::recv_report> handle_recv(self_ptr self,
                                             proto::recv_order& o) {
@@ -413,6 +435,10 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
   auto& st = self->state;
   if (key[0] == '^') { // a one-sided read (transfer_ipc.cpp)
     expire_read(self, key.substr(1), id, generation);
+    return;
+  }
+  if (key[0] == '?') { // a node's offer nobody pulled (transfer_pull.cpp)
+    expire_offer(self, key.substr(1), id, generation);
     return;
   }
   bool outgoing = key[0] == '>';
@@ -570,20 +596,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
   self->set_exit_handler([self](caf::exit_msg& msg) { on_exit(self, msg); });
   return {
-      [self](proto::endpoint_atom) {
-        auto& cfg = self->state.cfg;
-        proto::endpoint ep;
-        ep.name = cfg.name;
-        ep.transfer = caf::actor_cast<caf::actor>(self);
-        ep.plugin = cfg.net ? cfg.net->name() : "";
-        ep.region_bytes = cfg.region->size();
-        ep.host_id = cfg.host_id;
-        ep.gpu = cfg.region->gpu();
-        ep.ipc_handle = self->state.ipc_handle;
-        ep.more_region_sizes.assign(self->state.region_sizes.begin() + 1,
-                                    self->state.region_sizes.end());
-        return ep;
-      },
+      [self](proto::endpoint_atom) { return endpoint_of(self); },
       [self](proto::send_atom, proto::send_order& o) {
         return handle_send(self, o);
       },
@@ -593,6 +606,15 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::recv_atom, proto::recv_order& o, std::uint64_t request_id,
              caf::actor& node) {
         return handle_recv_for_caller(self, o, request_id, node);
+      },
+      [self](proto::node_attach_atom, caf::actor& node) {
+        self->state.node = std::move(node);
+      },
+      [self](proto::node_offer_atom, proto::pull_offer& offer) {
+        hold_offer(self, offer);
+      },
+      [self](proto::node_pull_atom, proto::node_request& req) {
+        return handle_pull(self, req);
       },
       [self](proto::read_atom, proto::read_order& o) {
         return handle_read(self, o);

@@ -852,6 +852,8 @@ caf::result<caf::ok_atom> handle_settle(self_ptr self, const std::string& peer,
 
 void settle_answer(self_ptr self, const std::string& peer, std::uint64_t id,
                    caf::error& why) {
+  if (fail_offer(self->state, peer, id, why))
+    return; // not pulled yet: the pull gets `why`
   auto* t = find_recv(self->state, peer, id);
   if (t == nullptr || !t->waiter)
     return; // answered already: the node hears of it

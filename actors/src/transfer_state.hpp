@@ -27,6 +27,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/ipc_quarantine.hpp"
 #include "kvferry/actors/ipc_table.hpp"
+#include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
@@ -94,6 +95,16 @@ struct transfer_entry {
   // CUDA IPC: launch to kernel start, and the kernel's GPU time (0: unknown).
   std::int64_t gpu_queued_ns = 0;
   std::int64_t gpu_copy_ns = 0;
+};
+
+// A node's offered pull, held until its caller pulls (transfer_pull.cpp):
+// the prefill's offer, both layouts ready for planning, and the node's
+// reason if it failed the request before the caller pulled.
+struct held_offer {
+  std::uint64_t generation = next_transfer_generation();
+  proto::pull_offer offer;
+  kv_layout src, dst;
+  caf::error failure;
 };
 
 inline proto::recv_report report_of(const transfer_entry& t) {
@@ -248,6 +259,12 @@ struct transfer_state {
       "their sender confirms no copy kernel still writes it");
   std::int64_t quarantine_reported = 0; // our share of the gauge
   ~transfer_state() { quarantine_gauge->sub(quarantine_reported); }
+  // kvferry::node (transfer_pull.cpp): the node actor this actor serves
+  // offered pulls for (node_attach_atom), and the offers it handed here,
+  // by (prefill node, transfer id), until pulled or expired ("?peer").
+  caf::actor node;
+  std::map<std::pair<std::string, std::uint64_t>, held_offer> offers;
+  std::vector<extent> pull_plan; // plan_kv's output, reused
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -273,6 +290,18 @@ void ensure_progress(self_ptr self);
 /// it completed within `timeout`.
 void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
                   std::string key, std::uint64_t id, const transfer_entry& t);
+
+/// The same for a deadline not of a transfer entry (a held offer).
+void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
+                  std::string key, std::uint64_t id, std::uint64_t generation);
+
+/// This actor's endpoint (endpoint_atom): peers address it by it.
+proto::endpoint endpoint_of(self_ptr self);
+
+/// A recv order claims its transfer for `waiter`: answered at once when the
+/// transfer ended before the order came, else when it ends.
+void claim_recv(self_ptr self, const proto::recv_order& o,
+                waiter_promise waiter);
 
 /// `finished`: when the last byte moved, if known better than "now" (an IPC
 /// copy completes in the sender's process before we hear of it).
@@ -409,6 +438,24 @@ void settle_answer(self_ptr self, const std::string& peer, std::uint64_t id,
                    caf::error& why);
 
 void handle_ipc_hello(self_ptr self, const std::string& name);
+
+// ---- transfer_pull.cpp: a node's offered pulls, served here
+
+/// Keeps the node's offer until its caller pulls (or its timeout passes).
+void hold_offer(self_ptr self, proto::pull_offer& offer);
+
+/// The caller's pull: served from its offer, else handed to the node.
+caf::result<proto::node_report> handle_pull(self_ptr self,
+                                            proto::node_request& req);
+
+/// An offer's deadline ("?peer"): still not pulled, it goes back to the node.
+void expire_offer(self_ptr self, const std::string& peer, std::uint64_t id,
+                  std::uint64_t generation);
+
+/// The node failed request (`peer`, transfer `id`) before its caller
+/// pulled: the pull gets `why`. False when no such offer is held.
+bool fail_offer(transfer_state& st, const std::string& peer, std::uint64_t id,
+                const caf::error& why);
 
 /// The current message comes from an actor of another process.
 bool from_remote_sender(self_ptr self);

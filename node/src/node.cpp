@@ -116,11 +116,13 @@ request_stats stats_of(const completion_state& state,
 // The bridge: sends each request (atom, request, ticket) to the node actor
 // and finishes the ticket's completion with the reply; delivers
 // notifications to the caller's callback. Callbacks run here, one at a time.
-caf::behavior bridge_impl(caf::event_based_actor* self, node_actor node,
+// Pulls go where node_handles::pulls_via_transfer says.
+caf::behavior bridge_impl(caf::event_based_actor* self, node_handles h,
                           std::shared_ptr<node_shared> shared) {
-  auto forward = [self, node, shared](auto atom, proto::node_request& req,
-                                      std::uint64_t ticket) {
-    self->request(node, caf::infinite, atom, std::move(req))
+  auto forward = [self, shared](const auto& to, auto atom,
+                                proto::node_request& req,
+                                std::uint64_t ticket) {
+    self->request(to, caf::infinite, atom, std::move(req))
         .then(
             [shared, ticket](const proto::node_report& rep) {
               if (auto state = shared->take(ticket))
@@ -131,15 +133,21 @@ caf::behavior bridge_impl(caf::event_based_actor* self, node_actor node,
                 state->finish(to_status(err));
             });
   };
+  auto node = h.node;
   return {
-      [forward](proto::node_send_atom a, proto::node_request& r,
-                std::uint64_t t) { forward(a, r, t); },
-      [forward](proto::node_advertise_atom a, proto::node_request& r,
-                std::uint64_t t) { forward(a, r, t); },
-      [forward](proto::node_receive_atom a, proto::node_request& r,
-                std::uint64_t t) { forward(a, r, t); },
-      [forward](proto::node_pull_atom a, proto::node_request& r,
-                std::uint64_t t) { forward(a, r, t); },
+      [forward, node](proto::node_send_atom a, proto::node_request& r,
+                      std::uint64_t t) { forward(node, a, r, t); },
+      [forward, node](proto::node_advertise_atom a, proto::node_request& r,
+                      std::uint64_t t) { forward(node, a, r, t); },
+      [forward, node](proto::node_receive_atom a, proto::node_request& r,
+                      std::uint64_t t) { forward(node, a, r, t); },
+      [forward, h](proto::node_pull_atom a, proto::node_request& r,
+                   std::uint64_t t) {
+        if (h.pulls_via_transfer)
+          forward(h.transfer, a, r, t);
+        else
+          forward(h.node, a, r, t);
+      },
       // Through here, so that they reach the node actor after the requests
       // the caller made before (advertise, then layer_ready).
       [self, node](proto::node_layer_atom a, std::uint64_t id,
@@ -386,6 +394,7 @@ caf::expected<node_handles> spawn_node(caf::actor_system& sys,
     self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
     return failure;
   }
+  h.pulls_via_transfer = pulls_via_transfer(nc.self);
   nc.name = opts.name;
   nc.transfer = h.transfer;
   nc.layout = opts.cache.layout;
@@ -424,12 +433,11 @@ result<node> node::start(node_options opts) {
   auto h = spawn_node(*impl->sys, opts);
   if (!h)
     return to_status(h.error());
+  impl->bridge = impl->sys->spawn(detail::bridge_impl, *h, impl->shared);
   impl->transfer = std::move(h->transfer);
   impl->actor = std::move(h->node);
   impl->port = h->port;
   impl->keeper = std::move(h->keeper);
-  impl->bridge =
-      impl->sys->spawn(detail::bridge_impl, impl->actor, impl->shared);
   return node{std::move(impl)};
 }
 

@@ -167,6 +167,16 @@ struct bench {
             });
   }
 
+  // The decode's pull, sent where a caller sends it
+  // (node_handles::pulls_via_transfer).
+  proto::node_report pull(proto::node_request req) {
+    if (decode.h.pulls_via_transfer)
+      return ask<proto::node_report>(
+          b, decode.h.transfer, proto::node_pull_atom::value, std::move(req));
+    return ask<proto::node_report>(
+        b, decode.h.node, proto::node_pull_atom::value, std::move(req));
+  }
+
   node_bench_row run(std::uint64_t n) {
     node_bench_row row;
     row.blocks = n;
@@ -205,9 +215,7 @@ struct bench {
       advertise_and_wait(src);
       auto s0 = switches();
       auto t0 = clock_type::now();
-      auto rep = ask<proto::node_report>(
-          b, decode.h.node, proto::node_pull_atom::value,
-          proto::node_request{id, "prefill-0", dst, {}, false});
+      auto rep = pull(proto::node_request{id, "prefill-0", dst, {}, false});
       auto t = us(clock_type::now() - t0);
       if (r >= 2)
         pull_switches += switches() - s0;
@@ -244,36 +252,47 @@ struct bench {
   // Host time per block to plan and post: the prefill's (the pull is known
   // first, its advertise plans every layer and posts) or, with
   // `decode_plans`, the decode's (the advertise is known first: an offered
-  // pull plans both sides and orders the prefill's transfer actor). The
-  // other side's message lands first; a local request to the planning node
-  // queued behind the timed one answers once it is done, minus a local
-  // round trip.
+  // pull plans both sides and orders the prefill's transfer actor: at the
+  // decode's transfer actor, where the caller pulls). The other side's
+  // message lands first; a local request to the planning actor queued
+  // behind the timed one answers once it is done, minus a local round trip.
   double plan_and_post(std::uint64_t n, const std::vector<std::uint64_t>& src,
                        const std::vector<std::uint64_t>& dst,
                        bool decode_plans) {
     auto pull = [&] {
-      b->send(decode.h.node, proto::node_pull_atom::value,
-              proto::node_request{id, "prefill-0", dst, {}, false});
+      proto::node_request req{id, "prefill-0", dst, {}, false};
+      if (decode.h.pulls_via_transfer)
+        b->send(decode.h.transfer, proto::node_pull_atom::value, req);
+      else
+        b->send(decode.h.node, proto::node_pull_atom::value, req);
     };
     auto advertise = [&] {
       a->send(prefill.h.node, proto::node_advertise_atom::value,
               proto::node_request{id, "decode-0", src, {}, false});
     };
-    auto& planner = decode_plans ? b : a;
-    const auto& node = decode_plans ? decode.h.node : prefill.h.node;
+    // The planner: the prefill's node, or the actor the decode pulls at.
+    auto behind_planner = [&] {
+      if (!decode_plans)
+        ask<std::vector<std::string>>(a, prefill.h.node,
+                                      proto::node_peers_atom::value);
+      else if (decode.h.pulls_via_transfer)
+        ask<proto::transfer_stats>(b, decode.h.transfer,
+                                   proto::stats_atom::value);
+      else
+        ask<std::vector<std::string>>(b, decode.h.node,
+                                      proto::node_peers_atom::value);
+    };
     std::vector<double> post;
     for (int r = 0; r < std::max(5, o.repeats / 5); ++r) {
       ++id;
       decode_plans ? advertise() : pull();
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
       auto t0 = clock_type::now();
-      ask<std::vector<std::string>>(planner, node,
-                                    proto::node_peers_atom::value);
+      behind_planner();
       auto local = clock_type::now() - t0;
       t0 = clock_type::now();
       decode_plans ? pull() : advertise();
-      ask<std::vector<std::string>>(planner, node,
-                                    proto::node_peers_atom::value);
+      behind_planner();
       post.push_back(us(clock_type::now() - t0 - local) /
                      static_cast<double>(n));
       expect<proto::node_report>(a, "advertise");

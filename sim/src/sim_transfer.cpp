@@ -42,6 +42,7 @@ struct sim_transfer_state {
   };
   std::map<key, recv> recvs;
   std::map<key, proto::landed> landed;
+  caf::actor node; // node_attach_atom
   static inline const char* name = "kvferry.sim_transfer";
 };
 
@@ -189,6 +190,21 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](proto::region_remove_atom,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "sim transfer: no regions");
+      },
+      // Holds no offers (the real one: transfer_pull.cpp): each goes back
+      // to the node at once, and every pull to the node, which takes the
+      // want path (one hop more than the real offered pull).
+      [self](proto::node_attach_atom, const caf::actor& node) {
+        self->state.node = node;
+      },
+      [self](proto::node_offer_atom, const proto::pull_offer& offer) {
+        caf::anon_send(self->state.node, proto::node_offer_atom::value,
+                       offer.peer, offer.id);
+      },
+      [self](proto::node_pull_atom,
+             proto::node_request& req) -> caf::result<proto::node_report> {
+        return self->delegate(caf::actor_cast<node_actor>(self->state.node),
+                              proto::node_pull_atom::value, std::move(req));
       },
   };
 }

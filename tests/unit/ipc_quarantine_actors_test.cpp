@@ -118,6 +118,12 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "fake sender: no regions");
       },
+      [](proto::node_attach_atom, const caf::actor&) {},
+      [](proto::node_offer_atom, const proto::pull_offer&) {},
+      [](proto::node_pull_atom,
+         const proto::node_request&) -> caf::result<proto::node_report> {
+        return make_error(ec::invalid_argument, "fake sender: no node pulls");
+      },
   };
 }
 

@@ -202,26 +202,40 @@ auto advertise_offered(caller_system& fixture, std::uint64_t id,
   return advert;
 }
 
+// The decode's pull sent to its transfer actor (`at_transfer`, as
+// node_handles::pulls_via_transfer says for a host cache) or to its node.
+auto pull_at(caller_system& fixture, bool at_transfer, std::uint64_t id,
+             const std::vector<std::uint64_t>& dst_blocks) {
+  auto& self = fixture.self;
+  proto::node_request req{id, "prefill-0", dst_blocks, {}, false};
+  if (at_transfer)
+    return self->request(fixture.decode.transfer, 30s,
+                         proto::node_pull_atom::value, std::move(req));
+  return self->request(fixture.decode.node, 30s, proto::node_pull_atom::value,
+                       std::move(req));
+}
+
 } // namespace
 
-// An offered pull's caller is answered by the decode's transfer actor (its
-// node hands the request over with the recv order), with the request's
-// bytes and data window; the node hears of it aside, tells the prefill
-// (whose advert completes) and forgets the request, so that its id can be
-// pulled again.
+// An offered pull's caller is answered by the decode's transfer actor,
+// which holds the offer (its node handed it over): pulled there, the node
+// is not in the pull's path; pulled at the node, the node hands the pull
+// over. The answer has the request's bytes and data window; the node hears
+// of it aside, tells the prefill (whose advert completes) and forgets the
+// request, so that its id can be pulled again.
 TEST_CASE_FIXTURE(caller_system, "an offered pull is answered by the "
                                  "decode's transfer actor; both nodes' "
                                  "bookkeeping follows") {
   connect_and_listen(*this);
+  CHECK(decode.pulls_via_transfer); // a host cache: no one-sided reads
   std::vector<std::uint64_t> s{0, 1, 6}, d{3, 4, 7};
   auto bytes = s.size() * layers * 2 * half_bytes;
-  for (int round = 0; round < 2; ++round) {
+  for (int round = 0; round < 4; ++round) {
     CAPTURE(round);
     auto before = dst.regions;
     auto advert = advertise_offered(*this, 41, s);
     proto::node_report got;
-    self->request(decode.node, 30s, proto::node_pull_atom::value,
-                  proto::node_request{41, "prefill-0", d, {}, false})
+    pull_at(*this, round % 2 == 0, 41, d)
         .receive([&](const proto::node_report& r) { got = r; },
                  [](const caf::error& err) { FAIL(render(err)); });
     CHECK(got.id == 41);
@@ -279,6 +293,182 @@ TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
   }
   REQUIRE(landed);
   CHECK(dst.regions == dst.expected(after_failure, src, s2, d2));
+}
+
+// A pull at the transfer actor that holds no offer for it goes to the
+// node: here it comes before the advertise (the want path, the prefill
+// plans and posts); a second pull of a request being served is refused.
+TEST_CASE_FIXTURE(caller_system, "a pull at the transfer actor before the "
+                                 "offer takes the want path") {
+  connect_and_listen(*this);
+  std::vector<std::uint64_t> s{2, 3}, d{0, 5};
+  auto before = dst.regions;
+  auto pulled = pull_at(*this, true, 61, d);
+  // The want reaches the prefill node before the advertise below (the
+  // node's reply to this request comes after it handled the pull).
+  std::string why;
+  pull_at(*this, true, 61, d)
+      .receive([](const proto::node_report&) {},
+               [&](const caf::error& err) { why = render(err); });
+  CHECK(why.find("already open") != std::string::npos);
+  auto advert =
+      self->request(prefill.node, 30s, proto::node_advertise_atom::value,
+                    proto::node_request{61, "decode-0", s, {}, false});
+  pulled.receive(
+      [&](const proto::node_report& r) {
+        CHECK(r.bytes == s.size() * layers * 2 * half_bytes);
+      },
+      [](const caf::error& err) { FAIL(render(err)); });
+  advert.receive([](const proto::node_report&) {},
+                 [](const caf::error& err) { FAIL(render(err)); });
+  CHECK(dst.regions == dst.expected(before, src, s, d));
+}
+
+// The node failed an offered request before its caller pulled (withdrawn
+// here by the caller's app; a peer gone or the prefill's failure note take
+// the same path): the offer's holder, the transfer actor, answers the pull
+// with the node's reason, and nothing moves.
+TEST_CASE_FIXTURE(caller_system, "an offered pull failed before the caller "
+                                 "pulled gets the node's reason") {
+  connect_and_listen(*this);
+  std::vector<std::uint64_t> s{0}, d{1};
+  auto before = dst.regions;
+  for (std::uint64_t id : {71, 72}) {
+    bool at_transfer = id == 71;
+    CAPTURE(at_transfer);
+    advertise_offered(*this, id, s); // its advert is never told: not awaited
+    self->send(decode.node, proto::node_fail_atom::value,
+               std::string{"prefill-0"}, id,
+               make_error(ec::timeout, "test: withdrawn early"));
+    // The withdrawal reached the transfer actor before the pull (the node
+    // handled it before it answers this).
+    self->request(decode.node, 10s, proto::node_peers_atom::value)
+        .receive([](const std::vector<std::string>&) {},
+                 [](const caf::error&) {});
+    std::string why;
+    pull_at(*this, at_transfer, id, d)
+        .receive([](const proto::node_report&) {},
+                 [&](const caf::error& err) { why = render(err); });
+    CHECK(why.find("test: withdrawn early") != std::string::npos);
+  }
+  std::this_thread::sleep_for(100ms);
+  CHECK(dst.regions == before);
+}
+
+// An offered pull of many blocks does not ship its extents in the send
+// order (each is serialised by both processes' I/O threads): it asks the
+// prefill's node with a want, which plans and posts it there; the caller
+// is still answered by the decode's transfer actor and every byte lands.
+TEST_CASE("an offered pull of many blocks lands byte for byte (the "
+          "prefill's node plans it)") {
+  constexpr std::uint64_t many = 200; // x 2 layers x K and V > 256 extents
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  host_cache src{kv_layout::vllm_per_layer(layers, 2 * many, half_bytes), 5};
+  host_cache dst{kv_layout::layer_major(layers, 2 * many, half_bytes), 0};
+  auto spawn = [&](const std::string& name, host_cache& cache) {
+    node_options o;
+    o.name = name;
+    o.cache = cache.cache();
+    auto h = spawn_node(sys, o);
+    REQUIRE_MESSAGE(h, render(h.error()));
+    return *h;
+  };
+  auto prefill = spawn("prefill-0", src);
+  auto decode = spawn("decode-0", dst);
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  self->send(decode.node, proto::node_listen_atom::value,
+             caf::actor_cast<caf::actor>(self));
+  std::vector<std::uint64_t> s, d;
+  for (std::uint64_t i = 0; i < many; ++i) {
+    s.push_back((i * 7) % (2 * many));
+    d.push_back(2 * many - 1 - i);
+  }
+  auto before = dst.regions;
+  auto advert =
+      self->request(prefill.node, 30s, proto::node_advertise_atom::value,
+                    proto::node_request{91, "decode-0", s, {}, false});
+  self->request(prefill.node, 10s, proto::node_notify_atom::value,
+                std::string{"decode-0"}, std::string{"91"})
+      .receive([](caf::ok_atom) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  self->receive(
+      [](proto::node_note_atom, const std::string&, const std::string&) {},
+      caf::after(30s) >> [] { FAIL("no note"); });
+  std::string got = "no reply";
+  self->request(decode.transfer, 30s, proto::node_pull_atom::value,
+                proto::node_request{91, "prefill-0", d, {}, false})
+      .receive(
+          [&](const proto::node_report& r) {
+            got = "pulled " + std::to_string(r.bytes);
+          },
+          [&](const caf::error& err) { got = render(err); });
+  CHECK(got == "pulled " + std::to_string(many * layers * 2 * half_bytes));
+  advert.receive([](const proto::node_report&) {},
+                 [](const caf::error& err) { FAIL(render(err)); });
+  CHECK(dst.regions == dst.expected(before, src, s, d));
+  for (auto* h : {&prefill, &decode}) {
+    self->send_exit(h->node, caf::exit_reason::user_shutdown);
+    self->wait_for(h->node);
+    self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+    self->wait_for(h->transfer);
+  }
+}
+
+// An offer nobody pulls within the request timeout goes back from the
+// decode's transfer actor to its node, which forgets it as it forgets any
+// unclaimed entry; a pull that comes later asks the prefill (the want
+// path: its advert is still open) and lands.
+TEST_CASE("an offer not pulled in time goes back to the node; a late pull "
+          "takes the want path") {
+  runtime::system_config cfg;
+  caf::actor_system sys{cfg};
+  caf::scoped_actor self{sys};
+  host_cache src{kv_layout::vllm_per_layer(layers, blocks, half_bytes), 5};
+  host_cache dst{kv_layout::layer_major(layers, blocks, half_bytes), 0};
+  auto spawn = [&](const std::string& name, host_cache& cache) {
+    node_options o;
+    o.name = name;
+    o.cache = cache.cache();
+    o.timeout = 300ms;
+    auto h = spawn_node(sys, o);
+    REQUIRE_MESSAGE(h, render(h.error()));
+    return *h;
+  };
+  auto prefill = spawn("prefill-0", src);
+  auto decode = spawn("decode-0", dst);
+  self->request(decode.node, 10s, proto::node_connect_atom::value,
+                caf::actor_cast<caf::actor>(prefill.node))
+      .receive([](const std::string&) {},
+               [](const caf::error& err) { FAIL(render(err)); });
+  std::vector<std::uint64_t> s{4}, d{2};
+  auto before = dst.regions;
+  auto advert =
+      self->request(prefill.node, 30s, proto::node_advertise_atom::value,
+                    proto::node_request{81, "decode-0", s, {}, false});
+  std::this_thread::sleep_for(1500ms); // 5 timeouts: the offer went back
+  std::string got = "no reply";
+  self->request(decode.transfer, 10s, proto::node_pull_atom::value,
+                proto::node_request{81, "prefill-0", d, {}, false})
+      .receive(
+          [&](const proto::node_report& r) {
+            got = "pulled " + std::to_string(r.bytes);
+          },
+          [&](const caf::error& err) { got = render(err); });
+  CHECK(got == "pulled " + std::to_string(layers * 2 * half_bytes));
+  advert.receive([](const proto::node_report&) {},
+                 [](const caf::error& err) { FAIL(render(err)); });
+  CHECK(dst.regions == dst.expected(before, src, s, d));
+  for (auto* h : {&prefill, &decode}) {
+    self->send_exit(h->node, caf::exit_reason::user_shutdown);
+    self->wait_for(h->node);
+    self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
+    self->wait_for(h->transfer);
+  }
 }
 
 namespace {

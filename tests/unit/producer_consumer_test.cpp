@@ -62,6 +62,7 @@ struct fake_transfer_state {
   std::shared_ptr<fake_net> net;
   std::map<std::uint64_t, std::uint64_t> arrived; // transfer id -> bytes
   std::map<std::uint64_t, waiting_recv> waiting;
+  caf::actor node; // node_attach_atom
   static inline const char* name = "fake.transfer";
 };
 
@@ -207,6 +208,20 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       [](proto::region_remove_atom,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "fake transfer: no regions");
+      },
+      // Holds no offers (transfer_pull.cpp): each goes back to the node at
+      // once, and every pull to the node (it takes the want path).
+      [self](proto::node_attach_atom, const caf::actor& node) {
+        self->state.node = node;
+      },
+      [self](proto::node_offer_atom, const proto::pull_offer& offer) {
+        caf::anon_send(self->state.node, proto::node_offer_atom::value,
+                       offer.peer, offer.id);
+      },
+      [self](proto::node_pull_atom,
+             proto::node_request& req) -> caf::result<proto::node_report> {
+        return self->delegate(caf::actor_cast<node_actor>(self->state.node),
+                              proto::node_pull_atom::value, std::move(req));
       },
   };
 }

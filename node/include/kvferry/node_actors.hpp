@@ -5,7 +5,7 @@
 // actors then send the typed messages of node_actor (actors.hpp) directly:
 //
 //   auto n = kvferry::spawn_node(sys, opts);        // caf::expected
-//   self->request(n->node, caf::infinite,
+//   self->request(n->node, caf::infinite,   // or n->transfer: see below
 //   kvferry::proto::node_pull_atom::value,
 //                 kvferry::proto::node_request{id, "prefill-0", blocks})
 //       .then([](const kvferry::proto::node_report& r) { ... },
@@ -33,6 +33,14 @@ struct node_handles {
   node_actor node;
   /// Where node_actor is published (opts.bind); peers connect to it.
   std::uint16_t port = 0;
+  /// Where the caller sends a pull (node_pull_atom) for the least control
+  /// overhead. True: to `transfer`, which serves a pull the prefill offered
+  /// itself (the node handed it the offer) and hands any other to the node;
+  /// the node is then not in an offered pull's path. False (this node's
+  /// cache is on the GPU and exported over CUDA IPC: its pulls may be
+  /// one-sided reads, which the node runs): to `node`. Either actor takes
+  /// any pull; the other way costs a hop.
+  bool pulls_via_transfer = false;
   /// Directory mode: the keeper of the node's registration (membership.hpp;
   /// send it leave_atom for a prompt leave). It ends with the node actor.
   membership_actor keeper;

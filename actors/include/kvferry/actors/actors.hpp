@@ -123,6 +123,17 @@ using transfer_actor = caf::typed_actor<
     // it aside: (node_answered_atom, peer, report, error: none on success).
     caf::replies_to<proto::recv_atom, proto::recv_order, std::uint64_t,
                     caf::actor>::with<proto::node_report>,
+    // A node's offered pull (node_actor, "pull" below): the node attaches
+    // itself once, then hands each offer here as it arrives; the caller's
+    // pull, sent here (or by the node), is served here: planned, the send
+    // order sent to the prefill's transfer actor, the caller answered as
+    // above. A pull with no offer here goes to the node (delegate). An
+    // offer nobody pulls within its timeout goes back to the node
+    // (node_offer_atom, peer, id).
+    caf::reacts_to<proto::node_attach_atom, caf::actor>,
+    caf::reacts_to<proto::node_offer_atom, proto::pull_offer>,
+    caf::replies_to<proto::node_pull_atom,
+                    proto::node_request>::with<proto::node_report>,
     // One-sided read over CUDA IPC from a same-host peer's table into ours
     // (protocol.hpp, read_order); replies when the copy kernel finished.
     caf::replies_to<proto::read_atom,
@@ -249,13 +260,13 @@ using consumer_actor = caf::typed_actor<
 //   push:  caller --send--> node --send order--> transfer ==bytes==>
 //          node --part--> peer node --recv order--> peer transfer
 //   pull:  prefill node --offer--> decode node as the caller advertises
-//          (all layers at once); the decode's pull then plans and sends the
-//          send order to the prefill's transfer actor itself and posts its
-//          recv order at once (no hop through the prefill node); its --done-->
-//          frees the prefill's source blocks. The recv order carries the
-//          caller's request (delegate): the decode's transfer actor answers
-//          the caller when the last byte landed and tells its node aside
-//          (no hop back through the node), as for a receive of one part.
+//          (all layers at once) --offer--> its transfer actor, which keeps
+//          it. The caller's pull goes to that transfer actor
+//          (node_handles::pulls_via_transfer; through the node it costs a
+//          hop more): it plans, sends the send order to the prefill's
+//          transfer actor (no hop through either node), answers the caller
+//          when the last byte landed and tells its node aside; the node's
+//          --done--> frees the prefill's source blocks.
 //   pull, layer by layer or before the offer came: caller --pull--> node
 //          --want--> prefill node (one message), which posts each layer's
 //          send as soon as the layer is ready and the want is known, each
@@ -324,6 +335,9 @@ using node_actor = caf::typed_actor<
     // report or with `why`.
     caf::reacts_to<proto::node_answered_atom, std::string, proto::node_report,
                    caf::error>,
+    // Our transfer actor dropped the offer of request `id` from `peer`:
+    // nobody pulled it within the request timeout.
+    caf::reacts_to<proto::node_offer_atom, std::string, std::uint64_t>,
     // Internal: poll the CUDA events of layers whose ready note waits.
     caf::reacts_to<proto::node_poll_atom>,
     // Internal: drop incoming entries no caller claimed in time.

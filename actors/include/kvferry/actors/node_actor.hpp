@@ -33,6 +33,14 @@ node_actor spawn_node_actor(caf::actor_system& sys, node_actor_config cfg);
 std::string why_not_one_sided(const proto::endpoint& a,
                               const proto::endpoint& b);
 
+/// Where a node whose transfer actor has endpoint `self` takes its callers'
+/// pulls (node_pull_atom) for the least control overhead: at that transfer
+/// actor (true), which serves an offered pull itself, unless the node's
+/// cache is exported over CUDA IPC, so that its pulls may be one-sided
+/// reads, which the node actor runs (false: at the node actor). Either
+/// actor takes any pull; the other way costs a hop.
+bool pulls_via_transfer(const proto::endpoint& self);
+
 /// A layout's wire form, and back (throws std::invalid_argument as
 /// kv_layout::strided does for a description no layout has).
 proto::kv_layout_desc describe_layout(const kv_layout& layout);

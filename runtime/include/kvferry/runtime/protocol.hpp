@@ -474,6 +474,29 @@ typename Inspector::result_type inspect(Inspector& f, node_request& x) {
            x.blocks, x.peer_blocks, x.layerwise);
 }
 
+/// A decode node to its own transfer actor: the prefill `peer` offered
+/// request `id` (node_offer_atom), to be pulled over the plugin path. The
+/// transfer actor keeps it and serves the caller's pull itself (it plans
+/// from the two layouts, orders the prefill's transfer actor and answers the
+/// caller when the last byte landed): the node is off the pull's path.
+struct pull_offer {
+  std::uint64_t id = 0;
+  std::string peer;                      // the prefill node's name
+  std::vector<std::uint64_t> src_blocks; // the prefill's
+  kv_layout_desc src_layout;             // the prefill's cache
+  kv_layout_desc dst_layout;             // ours
+  endpoint src;                          // the prefill's transfer actor
+  caf::actor src_node;                   // the prefill's node actor
+  std::string puller;                    // our node's name
+  std::uint32_t timeout_ms = 0; // the transfer's; and how long it is kept
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, pull_offer& x) {
+  return f(caf::meta::type_name("kvferry::proto::pull_offer"), x.id, x.peer,
+           x.src_blocks, x.src_layout, x.dst_layout, x.src, x.src_node,
+           x.puller, x.timeout_ms);
+}
+
 /// A node actor's answer to a finished request: the bytes and this node's
 /// data window (steady_clock ns of this process): from the first send order
 /// posted (sender) or the first announcement known (receiver) to the last

@@ -172,6 +172,11 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, ep_flush_atom, "kvepflush")
 // actor answers the puller itself and tells its node aside.
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_answered_atom, "kvnanswer")
 
+// kvferry::node, offered pull (issue #15, session 14): the decode node hands
+// each offer to its transfer actor (attached to it), which serves the pull.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::pull_offer))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_attach_atom, "kvnattach")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
