@@ -263,16 +263,48 @@ void finish_failed(self_ptr self, const ctx_ptr& ctx) {
     st.failed_unanswered.pop_front();
 }
 
+// keep_blocks_until_decoded: a request whose bytes are all in goes into
+// `decoding` as its verification starts and keeps its blocks there until
+// its `decoded` comes, which may be before its answer (the simulator's
+// decode model hears the last byte land before the producer's `arrived`
+// gets here): then they go back as it is answered.
+bool still_decoding(const consumer_state& st, const request_ctx& ctx) {
+  return st.cfg.keep_blocks_until_decoded && !ctx.decoded;
+}
+
+// The request's blocks go back and it leaves `decoding`.
+void end_decoding(self_ptr self, const ctx_ptr& ctx) {
+  auto& decoding = self->state.decoding;
+  auto i = decoding.find(ctx->request_id);
+  if (i != decoding.end() && i->second == ctx)
+    decoding.erase(i);
+  release_blocks(self, *ctx);
+}
+
+// `decoded`: request `id` left decode. Its blocks go back now if it has been
+// answered; in flight or being verified, when it is. An id neither holds
+// was not kept (the option is off) or failed, its blocks back already.
+void on_decoded(self_ptr self, std::uint64_t id) {
+  auto& st = self->state;
+  if (auto i = st.decoding.find(id); i != st.decoding.end()) {
+    auto ctx = i->second;
+    ctx->decoded = true;
+    if (!ctx->verifying)
+      end_decoding(self, ctx);
+    return;
+  }
+  if (auto i = st.requests.find(id); i != st.requests.end())
+    i->second->decoded = true;
+}
+
 // The request was checked (`bad`: why it failed, took `verify_ns`, its
 // kernel `verify_gpu_ns`): its blocks go back (or wait for `decoded`) and
 // the answer goes out.
 void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
                      std::int64_t verify_ns, std::int64_t verify_gpu_ns) {
   ctx->verifying = false;
-  if (!bad && self->state.cfg.keep_blocks_until_decoded)
-    self->state.decoding.emplace(ctx->request_id, ctx); // until `decoded`
-  else
-    release_blocks(self, *ctx);
+  if (bad || !still_decoding(self->state, *ctx))
+    end_decoding(self, ctx);
   if (bad) {
     ctx->promise->deliver(std::move(bad));
     return;
@@ -353,6 +385,8 @@ void maybe_complete(self_ptr self, const ctx_ptr& ctx) {
   if (!ctx->promise || !ctx->notice || ctx->verifying)
     return;
   forget(self->state, *ctx);
+  if (still_decoding(self->state, *ctx))
+    self->state.decoding.emplace(ctx->request_id, ctx); // until `decoded`
   verify(self, ctx);
 }
 
@@ -1181,15 +1215,7 @@ consumer_actor::behavior_type consumer_impl(self_ptr self, app_config cfg) {
                          "it left the directory: " + render(why));
       },
       [self](proto::sweep_atom) { on_sweep(self); },
-      [self](proto::decoded_atom, std::uint64_t id) {
-        auto& decoding = self->state.decoding;
-        auto i = decoding.find(id);
-        if (i == decoding.end())
-          return; // not kept (the option is off, or it failed)
-        auto ctx = std::move(i->second);
-        decoding.erase(i);
-        release_blocks(self, *ctx);
-      },
+      [self](proto::decoded_atom, std::uint64_t id) { on_decoded(self, id); },
       [self](proto::node_hello_atom, proto::node_hello& h) {
         return self->delegate(self->state.cfg.node,
                               proto::node_hello_atom::value, std::move(h));

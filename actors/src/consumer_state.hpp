@@ -62,6 +62,10 @@ struct request_ctx {
   bool released = false;
   bool orphaned = false;  // its producer is gone: no `arrived` will come
   bool verifying = false; // a pattern worker checks its blocks
+  // keep_blocks_until_decoded: its `decoded` came before its answer (the
+  // simulator's decode model hears the last byte land before the producer's
+  // `arrived` reaches this actor), so its blocks go back at the answer.
+  bool decoded = false;
   // CUDA IPC quarantine: failed parts whose settle the transfer actor has
   // not answered yet, and whether the blocks wait for them (counted in
   // quarantined_blocks).
@@ -109,7 +113,8 @@ struct consumer_state {
   // model-only region (then `pattern`, which does nothing).
   pattern_detail::pattern_workers workers;
   std::unordered_map<std::uint64_t, ctx_ptr> requests;
-  // keep_blocks_until_decoded: answered requests still decoding.
+  // keep_blocks_until_decoded: requests being verified or answered whose
+  // `decoded` has not come yet (they hold their blocks until it does).
   std::unordered_map<std::uint64_t, ctx_ptr> decoding;
   std::vector<loan> loans; // loan id = index + 1; ended loans stay, !alive
   // Per pool block: the loan it belongs to (0: not lent), and whether it

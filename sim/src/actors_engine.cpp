@@ -995,10 +995,9 @@ private:
     if (!r.ok && larger_than_pool(r)) {
       row.what = request_row::status::rejected; // the consumer refused it
       ++s.rejected;
-    } else if (!r.ok || decoding_when_died(r)) {
-      row.what = request_row::status::failed;
-      ++s.failed;
-      count_failure(s, r);
+    } else if (!r.ok || decoding_when_died(r) || r.last_token < 0) {
+      row.what = count_failure(s, r) ? request_row::status::failed
+                                     : request_row::status::unfinished;
     } else {
       // The grant reached the producer when it ordered the first send.
       auto grant = r.first_order;
@@ -1037,7 +1036,7 @@ private:
       ++(w.prefill ? s.prefill_workers : s.decode_workers);
     s.hosts = topo_.hosts.size();
     s.requests = read_;
-    s.completed = read_ - s.failed - s.rejected;
+    s.completed = read_ - s.failed - s.rejected - s.unfinished;
     s.span_s = double(end_) / 1e9;
     s.ttft_slo_ms = options_.ttft_slo_ms;
     links(s, end_);
@@ -1063,22 +1062,40 @@ private:
     return r.routed && d.dead && (r.last_token < 0 || r.last_token > d.died);
   }
 
-  // Which fault failed a request: the death of its prefill or decode
-  // worker; none when it was never routed (unroutable).
-  void count_failure(summary& s, const request_state& r) {
-    if (!r.routed) {
+  // A request that did not complete: failed by a fault (the death of its
+  // prefill or decode worker, or, never routed, of every prefill or every
+  // decode worker: unroutable), counted as such; else false, counted as
+  // unfinished: nothing failed it, yet it never finished (its patient
+  // deadline ran out, or the run ended with it open), a hang.
+  bool count_failure(summary& s, const request_state& r) {
+    if (!r.routed && no_live_worker_of_a_role()) {
+      ++s.failed;
       ++s.unroutable;
-      return;
+      return true;
     }
-    for (std::size_t i = 0; i < faults_.size(); ++i) {
+    for (std::size_t i = 0; r.routed && i < faults_.size(); ++i) {
       auto& f = faults_[i];
+      auto died = [&](std::uint32_t w) {
+        return models_.workers[w].dead && f.target == models_.workers[w].name;
+      };
       if (f.what == fault::kind::worker_down &&
-          (f.target == models_.workers[r.prefill].name ||
-           f.target == models_.workers[r.decode].name)) {
+          (died(r.prefill) || died(r.decode))) {
+        ++s.failed;
         ++s.faults[i].failed;
-        return;
+        return true;
       }
     }
+    ++s.unfinished;
+    return false;
+  }
+
+  // Faults killed every prefill or every decode worker: the router cannot
+  // route a request.
+  bool no_live_worker_of_a_role() const {
+    bool prefill = false, decode = false;
+    for (auto& w : models_.workers)
+      (w.prefill ? prefill : decode) |= !w.dead;
+    return !prefill || !decode;
   }
 
   void links(summary& s, ns_t end) {

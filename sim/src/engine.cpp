@@ -739,7 +739,32 @@ private:
     csv_.row(row);
   }
 
+  // Requests still held when no event is left: nothing will move them (a
+  // hang, which the summary counts and the CLI reports as an error).
+  void report_unfinished() {
+    std::vector<std::uint32_t> open;
+    for (std::uint32_t slot = 0; slot < slots_.size(); ++slot)
+      if (slots_[slot].live)
+        open.push_back(slot);
+    std::sort(open.begin(), open.end(), [this](auto a, auto b) {
+      return slots_[a].trace.index < slots_[b].trace.index;
+    });
+    for (auto slot : open) {
+      auto& r = slots_[slot];
+      request_row row;
+      row.trace = &r.trace;
+      row.arrival = r.arrival;
+      row.prefill = prefills_[r.prefill].name;
+      row.decode = decodes_[r.decode].name;
+      row.ipc = r.ipc;
+      row.what = request_row::status::unfinished;
+      csv_.row(row);
+      ++out_.unfinished;
+    }
+  }
+
   summary finish() {
+    report_unfinished();
     csv_.close();
     auto& s = out_;
     s.trace = trace_.path();

@@ -77,14 +77,27 @@ void format_faults(Out o, const summary& s) {
 
 } // namespace
 
+std::string unfinished_error(const summary& s) {
+  if (s.unfinished == 0)
+    return {};
+  return fmt::format(
+      "error: {} of {} requests of {} never finished in the {} engine (status "
+      "'unfinished' in requests.csv): the run hung, its figures leave them "
+      "out (docs/sim.md, \"Outputs\")",
+      s.unfinished, s.requests, s.trace, s.engine);
+}
+
 std::string format_table(const summary& s) {
   std::string out;
   auto o = std::back_inserter(out);
-  fmt::format_to(o,
-                 "trace     {} ({}), {} requests: {} completed, {} "
-                 "rejected (larger than a decode pool){}\n",
-                 s.trace, s.trace_format, s.requests, s.completed, s.rejected,
-                 s.failed ? fmt::format(", {} failed", s.failed) : "");
+  fmt::format_to(
+      o,
+      "trace     {} ({}), {} requests: {} completed, {} "
+      "rejected (larger than a decode pool){}{}\n",
+      s.trace, s.trace_format, s.requests, s.completed, s.rejected,
+      s.failed ? fmt::format(", {} failed", s.failed) : "",
+      s.unfinished ? fmt::format(", {} unfinished (the run hung)", s.unfinished)
+                   : "");
   fmt::format_to(o,
                  "topology  {}: {} prefill, {} decode worker(s) on {} "
                  "host(s); routing {}, layer-wise {}, prefix reuse {}\n",
@@ -156,9 +169,10 @@ std::string to_json(const summary& s) {
   fmt::format_to(o,
                  "  \"requests\": {},\n  \"completed\": {},\n  "
                  "\"rejected\": {},\n  \"failed\": {},\n  "
-                 "\"unroutable\": {},\n  \"span_s\": {:.6f},\n",
+                 "\"unroutable\": {},\n  \"unfinished\": {},\n  "
+                 "\"span_s\": {:.6f},\n",
                  s.requests, s.completed, s.rejected, s.failed, s.unroutable,
-                 s.span_s);
+                 s.unfinished, s.span_s);
   fmt::format_to(o, "  \"faults\": [");
   for (std::size_t i = 0; i < s.faults.size(); ++i)
     fmt::format_to(o, "{}\n    {{\"fault\": {}, \"failed\": {}}}", i ? "," : "",

@@ -49,6 +49,8 @@ void request_csv::row(const request_row& r) {
     put("rejected,,,,,,,,,0,0", '\n');
   } else if (r.what == request_row::status::failed) {
     put("failed,,,,,,,,,0,0", '\n');
+  } else if (r.what == request_row::status::unfinished) {
+    put("unfinished,,,,,,,,,0,0", '\n');
   } else {
     put("ok");
     for (auto part : r.parts)

@@ -19,7 +19,7 @@ struct request_row {
   ns_t arrival = 0;
   std::string_view prefill, decode; // worker names ("" when unroutable)
   bool ipc = false;
-  enum class status { ok, rejected, failed } what = status::ok;
+  enum class status { ok, rejected, failed, unfinished } what = status::ok;
   // ok only: queue, prefill, wait, transfer (exposed), first decode step.
   ns_t parts[5] = {0, 0, 0, 0, 0};
   ns_t ttft = 0, transfer_total = 0, e2e = 0;

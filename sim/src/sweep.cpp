@@ -197,6 +197,7 @@ sweep_result run_sweep(
   }
   std::vector<summary> runs;
   std::vector<cdf_line> lines;
+  std::vector<std::string> errors;
   for (std::size_t r = 0; r < rows.size(); ++r) {
     auto label = row_label(axes, rows[r]);
     if (each)
@@ -208,11 +209,14 @@ sweep_result run_sweep(
     auto one = options;
     one.out_dir.clear(); // no per-run CSV
     runs.push_back(engine(trace, variant, one));
+    if (auto e = unfinished_error(runs.back()); !e.empty())
+      errors.push_back(e + " [" + label + "]");
     lines.push_back({fmt::format("sweep-{}.dat", r), label,
                      cdf_data(runs.back().ttft.total)});
   }
   sweep_result out;
   out.table = table(axes, rows, runs, false);
+  out.errors = std::move(errors);
   if (options.out_dir.empty())
     return out;
   auto& dir = options.out_dir;

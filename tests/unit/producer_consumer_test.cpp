@@ -1202,3 +1202,35 @@ TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a request's blocks "
   CHECK(s.free_blocks == s.pool_blocks);
   CHECK(s.waited == 1);
 }
+
+TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a `decoded` that comes "
+                           "before the answer frees the blocks at the answer") {
+  // The simulator's decode model hears a request's last byte land before
+  // the producer's `arrived` reaches the consumer: with no decode time its
+  // `decoded` comes first. Dropped, it kept the blocks for good and every
+  // later request waited for them (issue #17: 27 of 1,000 completed).
+  auto p = make_app("prefill-0", 64);
+  p.credit_blocks = 0;
+  start_producer(p);
+  auto c = make_app("decode-0", 8); // 2 blocks x 4 layers
+  c.keep_blocks_until_decoded = true;
+  start_consumer(c);
+  net->hold_completions = true; // the producer's `arrived` waits
+  auto first = request_pending<proto::ready_report>(
+      producer, proto::prefill_atom::value, make_prefill_request(1, 8));
+  CHECK_FALSE(*first);
+  caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{1});
+  run();
+  CHECK(stats_of(*this).free_blocks == 0); // not answered yet: still held
+  net->hold_completions = false;
+  caf::anon_send(producer_transfer, proto::sweep_atom::value);
+  run();
+  REQUIRE(*first);
+  REQUIRE_MESSAGE(**first, render((*first)->error()));
+  auto s = stats_of(*this);
+  CHECK(s.free_blocks == s.pool_blocks); // back as it was answered
+  // And the next request gets them at once.
+  auto second = prefill(2, 8);
+  REQUIRE_MESSAGE(second, render(second.error()));
+  CHECK(stats_of(*this).waited == 0);
+}

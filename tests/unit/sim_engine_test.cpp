@@ -312,6 +312,51 @@ TEST_CASE("a full decode pool makes admission wait; a request larger than "
   CHECK(r.csv.find(",rejected,") != std::string::npos);
 }
 
+TEST_CASE("a pool that holds ten requests, forty at once, no decode time: "
+          "both engines complete every request") {
+  // issue #17: with the fidelity topology (no decode: `decode_step_ms:
+  // [[1, 0]]`) the actors engine completed 27 of 1,000 requests. The decode
+  // model said `decoded` as the last byte landed, before the producer's
+  // `arrived` (a hop later) reached the consumer, which dropped it and
+  // kept the blocks for good. A pool of 1,000 blocks holds ten 100-block
+  // requests; forty come at once, each prefilled in 0.16 ms and moved in
+  // 0.82 ms, so the transfers queue and later requests wait for blocks.
+  auto yaml = two_hosts + model + sim_section();
+  yaml.replace(yaml.find("[[1, 5]]"), 8, "[[1, 0]]");
+  yaml.replace(yaml.find("[[1000, 100]]"), 13, "[[1000, 0.1]]");
+  std::vector<req> reqs(40, {0, 1600, 0});
+  for (auto engine : {sim::run, sim::run_actors}) {
+    scratch_dir dir("sim-small-pool");
+    auto r = simulate_in(dir, yaml, reqs, {}, engine);
+    INFO(r.summary.engine);
+    CHECK(r.summary.completed == 40);
+    CHECK(r.summary.unfinished == 0);
+    CHECK(sim::unfinished_error(r.summary).empty());
+    CHECK(r.csv.find(",unfinished,") == std::string::npos);
+    REQUIRE(r.summary.pools.size() == 1);
+    CHECK(r.summary.pools[0].peak_blocks == 1000);
+    CHECK(r.summary.pools[0].waited > 0);
+  }
+}
+
+TEST_CASE("requests that never finished are counted and reported as an "
+          "error") {
+  sim::summary s;
+  s.engine = "actors";
+  s.trace = "t.jsonl";
+  s.requests = 1000;
+  s.completed = 27;
+  s.unfinished = 973;
+  CHECK(sim::format_table(s).find(", 973 unfinished (the run hung)") !=
+        std::string::npos);
+  CHECK(sim::to_json(s).find("\"unfinished\": 973,") != std::string::npos);
+  auto e = sim::unfinished_error(s);
+  CHECK(e.find("error: 973 of 1000 requests of t.jsonl never finished in the "
+               "actors engine") == 0);
+  s.unfinished = 0;
+  CHECK(sim::unfinished_error(s).empty());
+}
+
 TEST_CASE("decode-side prefix reuse moves only the blocks the decode worker "
           "lacks") {
   // 1100 tokens: 69 blocks; its two 512-token hash blocks are 64 of them.

@@ -96,6 +96,11 @@ struct summary {
   // failed: by a fault (peer_down: faults[i].failed) or, after faults
   // killed every prefill or decode worker, finding none (`unroutable`).
   std::uint64_t failed = 0, unroutable = 0;
+  // Requests the run ended without finishing: neither completed, rejected
+  // nor failed by a fault. A run should have none (each is a hang: in the
+  // actors engine a request whose 27.8-hour deadline ran out); the CLI
+  // says so on stderr and exits 3 (unfinished_error).
+  std::uint64_t unfinished = 0;
   std::vector<fault_outcome> faults;
   double span_s = 0; // virtual time from first arrival to last completion
   ttft_parts ttft;
@@ -139,6 +144,10 @@ summary run_actors(trace_reader& trace, const topology::deployment& topology,
 
 /// The summary as a person reads it (fixed-width table, ms).
 std::string format_table(const summary& s);
+
+/// Empty, or the error line for a run with unfinished requests (naming how
+/// many, the engine and the trace: the run's figures leave them out).
+std::string unfinished_error(const summary& s);
 /// The summary as JSON (stable key order, fixed precision).
 std::string to_json(const summary& s);
 
@@ -181,6 +190,9 @@ void apply_sweep(topology::deployment& t, const std::string& key,
 struct sweep_result {
   std::string table; // one row per combination, the first axis slowest
   std::string plots; // write_plots' line; "" without options.out_dir
+  // One line per combination with unfinished requests (unfinished_error,
+  // naming the combination).
+  std::vector<std::string> errors;
 };
 /// An engine: run or run_actors.
 using engine_fn = summary (*)(trace_reader&, const topology::deployment&,
