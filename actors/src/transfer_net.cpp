@@ -226,7 +226,10 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   t.expected = total_bytes(a.chunks);
   t.announced = steady_clock::now();
   t.ack = a.ack;
-  if (!t.waiter) // unclaimed transfers still get a deadline
+  // Unclaimed transfers still get a deadline. An acked one needs none here:
+  // its sender's deadline drops the channel, and tells us, should its bytes
+  // not land in time.
+  if (!t.waiter && !t.ack)
     arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
   try {
     if (p.channel) {
