@@ -379,3 +379,66 @@ TEST_CASE_FIXTURE(pair_fixture, "a receiver that drops its end of a channel "
           },
           [](caf::error& err) { FAIL(render(err)); });
 }
+
+// ---- acked sends (send_order::until_landed: kvferry::endpoint's writes)
+// The sender answers its order only once the receiver's transfer actor said
+// every byte landed (acked_atom), so the caller needs no claim of its own at
+// the receiver; the receiver keeps no entry for a recv order.
+
+TEST_CASE_FIXTURE(pair_fixture, "an acked send is answered once its bytes "
+                                "landed, and the receiver keeps no entry "
+                                "for a claim") {
+  auto order = order_to(receiver_endpoint(), 31, {{0, 4096, 1024}});
+  order.until_landed = true;
+  auto sent = send(std::move(order));
+  REQUIRE_MESSAGE(sent, render(sent.error()));
+  CHECK(*sent == 1024);
+  // Landed already when the sender answered: no recv order was needed.
+  CHECK(dst_region->data()[4096] == 0xa5);
+  CHECK(dst_region->data()[4096 + 1023] == 0xa5);
+  CHECK(dst_region->data()[4096 + 1024] == sentinel);
+  // A recv order for it finds nothing to claim and waits out its deadline.
+  proto::recv_order late;
+  late.transfer_id = 31;
+  late.peer_name = "prefill-0";
+  late.timeout_ms = 200;
+  self->request(receiver, 10s, proto::recv_atom::value, late)
+      .receive([](proto::recv_report&) { FAIL("claimed an acked transfer"); },
+               [](caf::error& err) { CHECK(is(err, ec::timeout)); });
+  // Eight in flight at once (their acks may share a message): each
+  // answered, and then every byte is there.
+  auto ep = receiver_endpoint();
+  using handle = decltype(self->request(sender, 30s, proto::send_atom::value,
+                                        proto::send_order{}));
+  std::vector<handle> pending;
+  for (std::uint64_t k = 0; k < 8; ++k) {
+    auto o = order_to(ep, 40 + k, {{k * 1024, k * 1024, 1024}});
+    o.until_landed = true;
+    pending.push_back(
+        self->request(sender, 30s, proto::send_atom::value, std::move(o)));
+  }
+  for (auto& h : pending)
+    h.receive([](std::uint64_t bytes) { CHECK(bytes == 1024); },
+              [](caf::error& err) { FAIL(render(err)); });
+  CHECK(std::all_of(dst_region->data(), dst_region->data() + 8 * 1024,
+                    [](std::uint8_t b) { return b == 0xa5; }));
+}
+
+TEST_CASE_FIXTURE(pair_fixture, "an acked send the receiver refuses fails, "
+                                "naming the receiver, and writes nothing") {
+  // The sender believes the receiver's region is larger (as above): the
+  // receiver refuses the announcement, drops the channel and tells the
+  // sender, whose order then fails instead of waiting for an ack.
+  auto ep = receiver_endpoint();
+  ep.region_bytes = allocated_bytes * 2;
+  auto order = order_to(ep, 32, plan_leaving_destination());
+  order.until_landed = true;
+  auto sent = send(std::move(order));
+  REQUIRE_FALSE(sent);
+  INFO(render(sent.error()));
+  CHECK(is(sent.error(), ec::peer_down));
+  CHECK(names(sent.error(), "lost peer 'decode-0'"));
+  CHECK(names(sent.error(), "ends past the destination region"));
+  CHECK(receiver_untouched());
+  good_transfer_lands(33, 4096);
+}
