@@ -266,7 +266,6 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& t = p.transfers[o.transfer_id];
   t.expected = total_bytes(o.extents);
   t.waiter = waiter_promise{promise};
-  t.until_landed = o.until_landed && !ipc;
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
   if (ipc)
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
@@ -640,10 +639,6 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       },
       [self](proto::landed_atom, const proto::landed& l) {
         handle_landed(self, l);
-      },
-      [self](proto::acked_atom, const std::string& receiver,
-             const std::vector<std::uint64_t>& ids) {
-        handle_acked(self, receiver, ids);
       },
       [self](proto::stats_atom) { return self->state.stats; },
       [self](proto::ipc_hello_atom, const std::string& sender) {

@@ -70,7 +70,7 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     ++t.ops_left;
   }
   t.posted = true;
-  if (t.ops_left == 0 && (!t.until_landed || t.landed))
+  if (t.ops_left == 0)
     finish(t, self->state, false, p.ep.name);
 }
 
@@ -83,7 +83,6 @@ void start_send(self_ptr self, peer_out& p, std::uint64_t id,
   a.sender = self->state.cfg.name;
   a.comms = self->state.cfg.comms_per_peer;
   a.chunks = chunks;
-  a.ack = p.transfers[id].until_landed;
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
              proto::announce_atom::value, std::move(a));
   post_sends(self, p, id, chunks);
@@ -180,22 +179,8 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
     ++t.ops_left;
   }
   t.posted = true;
-  if (t.ops_left == 0) {
+  if (t.ops_left == 0)
     finish(t, st, true, a.sender);
-    if (t.ack)
-      p.acks.push_back(a.transfer_id);
-  }
-}
-
-// Tells the sender which of its acked transfers landed since the last time
-// (one message for all of a poll's).
-void send_acks(self_ptr self, peer_in& p) {
-  if (p.acks.empty())
-    return;
-  if (auto sender = caf::actor_cast<caf::actor>(p.sender))
-    self->send(caf::actor_cast<transfer_actor>(sender),
-               proto::acked_atom::value, self->state.cfg.name, p.acks);
-  p.acks.clear();
 }
 
 } // namespace
@@ -225,19 +210,13 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   }
   t.expected = total_bytes(a.chunks);
   t.announced = steady_clock::now();
-  t.ack = a.ack;
-  // Unclaimed transfers still get a deadline. An acked one needs none here:
-  // its sender's deadline drops the channel, and tells us, should its bytes
-  // not land in time.
-  if (!t.waiter && !t.ack)
+  if (!t.waiter) // unclaimed transfers still get a deadline
     arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
   try {
-    if (p.channel) {
+    if (p.channel)
       post_recvs(self, p, a);
-      send_acks(self, p);
-    } else {
+    else
       p.waiting.push_back(std::move(a));
-    }
   } catch (const std::exception& e) {
     drop_peer_in(
         self, a.sender,
@@ -387,28 +366,6 @@ std::vector<registration> register_regions(transfer_state& st,
   return regs;
 }
 
-// The last receive of transfer `id` completed: done. Its entry outlives
-// completion until a recv order claims it, unless its sender wants an ack
-// instead (sent after the poll). True: forget the entry.
-bool settle(transfer_state& st, const std::string& name, peer_in& p,
-            std::uint64_t id, transfer_entry& t) {
-  bool claimed = t.waiter.has_value();
-  finish(t, st, true, name);
-  if (t.ack)
-    p.acks.push_back(id);
-  return claimed || t.ack;
-}
-
-// The last send of transfer `id` completed: done, unless it waits for the
-// receiver's ack still (handle_acked finishes it then).
-bool settle(transfer_state& st, const std::string& name, peer_out&,
-            std::uint64_t, transfer_entry& t) {
-  if (t.until_landed && !t.landed)
-    return false;
-  finish(t, st, false, name);
-  return true;
-}
-
 template<class Peer>
 bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
                std::optional<caf::error>& failure) {
@@ -432,8 +389,13 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
     if (t == p.transfers.end())
       return;
     t->second.bytes += c.bytes;
-    if (--t->second.ops_left == 0 && settle(st, name, p, id, t->second))
-      p.transfers.erase(t);
+    if (--t->second.ops_left == 0) {
+      // A receiver's entry outlives completion until a recv order claims it.
+      bool claimed = t->second.waiter.has_value();
+      finish(t->second, st, incoming, name);
+      if (!incoming || claimed)
+        p.transfers.erase(t);
+    }
   });
   return progressed;
 }
@@ -494,30 +456,9 @@ bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
       return progressed;
     }
   }
-  if (p.channel) {
+  if (p.channel)
     progressed |= poll_peer(self, name, p, true, failure);
-    send_acks(self, p);
-  }
   return progressed;
-}
-
-void handle_acked(self_ptr self, const std::string& receiver,
-                  const std::vector<std::uint64_t>& ids) {
-  auto& st = self->state;
-  auto i = st.out.find(receiver);
-  if (i == st.out.end())
-    return; // dropped meanwhile: its transfers failed then
-  auto& transfers = i->second.transfers;
-  for (auto id : ids) {
-    auto t = transfers.find(id);
-    if (t == transfers.end() || t->second.done || t->second.failure)
-      continue;
-    t->second.landed = true;
-    if (t->second.posted && t->second.ops_left == 0) {
-      finish(t->second, st, false, receiver);
-      transfers.erase(t);
-    }
-  }
 }
 
 } // namespace kvferry::transfer_detail

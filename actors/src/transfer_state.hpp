@@ -86,13 +86,6 @@ struct transfer_entry {
   bool done = false;
   caf::error failure;     // set once failed (receiver side, unclaimed)
   bool cancelled = false; // receiver gave up; bytes must not land
-  // Plugin path, acked transfers (send_order::until_landed): the sender
-  // answers its order once the receiver acked it (`landed`) and its own
-  // sends completed, in either order; the receiver acks it (`ack`) when the
-  // last byte landed, and nobody claims it there.
-  bool until_landed = false;
-  bool landed = false;
-  bool ack = false;
   std::optional<waiter_promise> waiter;
   // When this actor first learned of the transfer (order or announcement)
   // and when it finished: the data window a recv_report gives.
@@ -167,7 +160,6 @@ struct peer_in {
   std::deque<proto::announcement> waiting;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
-  std::vector<std::uint64_t> acks; // landed in this poll, for the sender
 };
 
 struct transfer_state {
@@ -358,10 +350,6 @@ void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents);
 
 void handle_announce(self_ptr self, proto::announcement& a);
-
-/// The receiver `receiver` acked transfers `ids` (they landed there).
-void handle_acked(self_ptr self, const std::string& receiver,
-                  const std::vector<std::uint64_t>& ids);
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk);

@@ -687,7 +687,7 @@ struct row_summary {
 row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
   row_summary out;
   out.row = rounds.front().rows[i];
-  std::vector<double> us, p50, call, cpu, slowest, switches;
+  std::vector<double> us, p50, call, cpu, slowest;
   for (const auto& r : rounds) {
     const auto& row = r.rows[i];
     out.row.verified &= row.verified;
@@ -697,7 +697,6 @@ row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
     call.push_back(row.call_p50_us);
     cpu.push_back(row.cpu_us_per_op);
     slowest.push_back(row.max_us);
-    switches.push_back(row.switches_per_op);
     if (auto n = r.net.find(row.size); n != r.net.end()) {
       out.net.push_back(n->second);
       out.ratios.push_back(row.gbps / n->second);
@@ -715,7 +714,6 @@ row_summary summarise(const std::vector<round_result>& rounds, std::size_t i) {
   out.row.call_p50_us = median(call);
   out.row.cpu_us_per_op = median(cpu);
   out.row.max_us = median(slowest);
-  out.row.switches_per_op = median(switches);
   return out;
 }
 
@@ -778,11 +776,10 @@ int run(const options& o) {
       r.py = python_rows(o);
     rounds.push_back(std::move(r));
   }
-  std::printf(
-      "%-6s %9s %5s %9s %9s %9s %8s %7s %6s %7s %8s %9s %6s %11s %8s %8s\n",
-      "op", "size", "depth", "GB/s", "us/op", "p50 us", "max ms", "cpu us",
-      "sw/op", "call us", "verified", "net GB/s", "ratio", "ratios", "py call",
-      "py added");
+  std::printf("%-6s %9s %5s %9s %9s %9s %8s %7s %7s %8s %9s %6s %11s %8s %8s\n",
+              "op", "size", "depth", "GB/s", "us/op", "p50 us", "max ms",
+              "cpu us", "call us", "verified", "net GB/s", "ratio", "ratios",
+              "py call", "py added");
   bool all_verified = true;
   nlohmann::json doc = nlohmann::json::array();
   for (std::size_t i = 0; i < rounds.front().rows.size(); ++i) {
@@ -791,11 +788,11 @@ int run(const options& o) {
     all_verified &= r.verified;
     bool ceiling = r.depth == 16;
     std::printf(
-        "%-6s %9llu %5d %9.3f %9.1f %9.1f %8.1f %7.1f %6.1f %7.2f %8s %9s %6s "
-        "%11s %8s %8s\n",
+        "%-6s %9llu %5d %9.3f %9.1f %9.1f %8.1f %7.1f %7.2f %8s %9s %6s %11s "
+        "%8s %8s\n",
         r.op.c_str(), static_cast<unsigned long long>(r.size), r.depth, r.gbps,
-        r.us_per_op, r.p50_us, r.max_us / 1000, r.cpu_us_per_op,
-        r.switches_per_op, r.call_p50_us, r.verified ? "yes" : "NO",
+        r.us_per_op, r.p50_us, r.max_us / 1000, r.cpu_us_per_op, r.call_p50_us,
+        r.verified ? "yes" : "NO",
         ceiling ? fixed(s.net, "{:.3f}").c_str() : "-",
         ceiling ? fixed(s.ratios, "{:.2f}").c_str() : "-",
         ceiling ? range(s.ratios).c_str() : "-",
@@ -812,7 +809,6 @@ int run(const options& o) {
                           {"p50_us", r.p50_us},
                           {"call_p50_us", r.call_p50_us},
                           {"cpu_us_per_op", r.cpu_us_per_op},
-                          {"switches_per_op", r.switches_per_op},
                           {"max_us", r.max_us},
                           {"verified", r.verified}};
     if (!s.net.empty()) {
@@ -836,9 +832,7 @@ int run(const options& o) {
       "issuing call alone, p50 over bursts of back-to-back calls; py call: "
       "the same write call from Python, alike; py added = py call - call us, "
       "Python's cost per call; max ms: the slowest operation; cpu us: this "
-      "process's CPU time per operation, both endpoints together; sw/op: its "
-      "threads' voluntary context switches per operation, i.e. the wake-ups "
-      "an operation costs)\n",
+      "process's CPU time per operation, both endpoints together)\n",
       rounds.size());
   std::string loads;
   for (const auto& r : rounds)

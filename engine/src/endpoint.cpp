@@ -5,7 +5,6 @@
 #include "kvferry/endpoint.hpp"
 
 #include <atomic>
-#include <cstdlib>
 #include <exception>
 #include <random>
 #include <set>
@@ -201,38 +200,6 @@ endpoint::endpoint(endpoint&&) noexcept = default;
 endpoint& endpoint::operator=(endpoint&&) noexcept = default;
 endpoint::~endpoint() = default;
 
-namespace {
-
-// KVFERRY_ENDPOINT_THREADS=N (1 to 64): the endpoint's actor system runs on N
-// scheduler threads instead of one per core. A measuring knob (issue #16):
-// with threads to spare, every message between the control and transfer
-// actors may wake a sleeping thread, which on a host of idle cores costs
-// tens of microseconds per hand-off; on one thread kept busy by the
-// transfer actor's polling, none does. 0: unset.
-result<std::size_t> scheduler_threads_knob() {
-  const char* text = std::getenv("KVFERRY_ENDPOINT_THREADS");
-  if (text == nullptr || *text == '\0')
-    return std::size_t{0};
-  char* end = nullptr;
-  auto n = std::strtoul(text, &end, 10);
-  if (*end != '\0' || n < 1 || n > 64)
-    return status{ec::invalid_argument,
-                  fmt::format("KVFERRY_ENDPOINT_THREADS={}: expected a number "
-                              "of scheduler threads, 1 to 64",
-                              text)};
-  return static_cast<std::size_t>(n);
-}
-
-// N threads, and no actor keeps one longer than 16 messages (CAF's default
-// is unbounded: the transfer actor's polling loop would keep its thread
-// from the control actor while transfers are in flight).
-void use_few_threads(runtime::system_config& cfg, std::size_t threads) {
-  cfg.set("scheduler.max-threads", threads);
-  cfg.set("scheduler.max-throughput", std::size_t{16});
-}
-
-} // namespace
-
 result<endpoint> endpoint::create(const endpoint_options& options) {
   auto p = std::make_unique<impl>();
   p->options = options;
@@ -264,10 +231,6 @@ result<endpoint> endpoint::create(const endpoint_options& options) {
                                             why.reason())};
     }
   }
-  if (auto threads = scheduler_threads_knob(); !threads.ok())
-    return threads.error();
-  else if (*threads > 0)
-    use_few_threads(p->cfg, *threads);
   p->sys = std::make_unique<caf::actor_system>(p->cfg);
   transfer_config tc;
   tc.name = m.name;

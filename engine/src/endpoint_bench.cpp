@@ -124,13 +124,6 @@ double process_cpu_us() {
   return us(u.ru_utime) + us(u.ru_stime);
 }
 
-// Voluntary context switches of every thread of this process so far.
-double process_switches() {
-  rusage u{};
-  ::getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_nvcsw);
-}
-
 // The issuing call's own cost (p50, microseconds per call): bursts of 16
 // back-to-back calls, each timed, then awaited; apart from the timed loop,
 // where each call follows a wait and so mostly times the machine (the
@@ -192,7 +185,6 @@ result<endpoint_bench_row> measure(bench_pair& p,
   lat.reserve(n);
   auto start = clock_type::now();
   const double cpu_start = process_cpu_us();
-  const double switches_start = process_switches();
   for (std::uint64_t k = 0; k < n || !in_flight.empty();) {
     if (k < n && in_flight.size() < static_cast<std::size_t>(depth)) {
       auto ids = issue(p, op, (k % slots) * size, size);
@@ -217,7 +209,6 @@ result<endpoint_bench_row> measure(bench_pair& p,
   double secs =
       std::chrono::duration<double>(clock_type::now() - start).count();
   const double cpu = process_cpu_us() - cpu_start;
-  const double switches = process_switches() - switches_start;
   const double slowest =
       lat.empty() ? 0 : *std::max_element(lat.begin(), lat.end());
   auto row =
@@ -225,7 +216,6 @@ result<endpoint_bench_row> measure(bench_pair& p,
                 std::memcmp(p.bbuf.data(), p.abuf.data(), slots * size) == 0);
   row.call_p50_us = *call;
   row.cpu_us_per_op = cpu / static_cast<double>(n);
-  row.switches_per_op = switches / static_cast<double>(n);
   row.max_us = slowest;
   return row;
 }

@@ -199,13 +199,12 @@ caf::timespan request_limit(const control_state& st) {
 // Our transfer actor sends (a write, or a send matched with a receive).
 void order_send(self_ptr self, conn_id conn, xfer_id op_id,
                 std::uint64_t transfer_id, proto::endpoint to,
-                std::vector<extent> extents, bool until_landed = false) {
+                std::vector<extent> extents) {
   proto::send_order o;
   o.transfer_id = transfer_id;
   o.peer = std::move(to);
   o.extents = std::move(extents);
   o.timeout_ms = self->state.cfg.timeout_ms;
-  o.until_landed = until_landed;
   self->request(self->state.cfg.transfer, caf::infinite,
                 proto::send_atom::value, std::move(o))
       .then([self, conn, op_id](
@@ -257,23 +256,15 @@ void match_sends(self_ptr self, conn_id conn, peer& p) {
                                  total_bytes(r.ranges))});
       continue;
     }
-    auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
-    // Over the plugin our transfer actor answers once the peer's acked the
-    // landing (until_landed), which is all a send waits for; the peer's
-    // receipt (still sent, batched with its next posts) then matters only
-    // when it carries the receive's failure. Over CUDA IPC the receipt is
-    // the word that the bytes landed.
-    const bool plugin = path == transfer_path::plugin;
-    auto& op = p.inflight[o.id];
-    op.replies_due = plugin ? 1 : 2; // our transfer actor (+ the receipt)
-    op.awaits = r.transfer_id;
-    op.bytes = total_bytes(*extents);
     p.receipts[r.transfer_id] = o.id;
+    p.inflight[o.id].awaits = r.transfer_id;
+    p.inflight[o.id].bytes = total_bytes(*extents);
+    auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
     auto to = order_peer(
         p.ep, sizes_covering(*extents, extent_side::destination), path);
     st.cfg.shared->set_path(o.id, path);
     order_send(self, conn, o.id, r.transfer_id, std::move(to),
-               std::move(*extents), plugin);
+               std::move(*extents));
   }
 }
 
@@ -321,30 +312,6 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   order_recv(self, o.conn, o.id, transfer_id, p.name);
 }
 
-// A write: our transfer actor sends into the peer's table. Over the plugin
-// it answers once the peer's transfer actor acked the landing (until_landed:
-// two remote messages per write, the announcement and the ack, which the
-// peer batches per poll); over CUDA IPC the peer's control actor claims the
-// arrival from its transfer actor and answers (the copy's `landed` goes to
-// the peer's transfer actor, not to ours).
-void start_write(self_ptr self, peer& p, proto::endpoint_order& o) {
-  auto& st = self->state;
-  auto& op = p.inflight[o.id];
-  auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
-  auto to = order_peer(p.ep, o.dst_sizes, path);
-  st.cfg.shared->set_path(o.id, path);
-  op.bytes = total_bytes(o.extents); // as our transfer actor will report
-  const bool plugin = path == transfer_path::plugin;
-  op.replies_due = plugin ? 1 : 2; // + the peer's answer to the claim
-  if (!plugin) {
-    op.answer = o.id;
-    p.answers[o.id] = o.id;
-    outbox(self, p).claims.push_back(o.id);
-  }
-  order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents),
-             plugin);
-}
-
 void start_order(self_ptr self, proto::endpoint_order& o) {
   auto& st = self->state;
   auto* p = find_peer(self, o.conn);
@@ -361,9 +328,19 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     return;
   }
   switch (static_cast<endpoint_op>(o.op)) {
-  case endpoint_op::write:
-    start_write(self, *p, o);
+  case endpoint_op::write: {
+    auto& op = p->inflight[o.id];
+    op.replies_due = 2; // our transfer actor, the peer's answer to the claim
+    op.answer = o.id;
+    p->answers[o.id] = o.id;
+    auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
+    auto to = order_peer(p->ep, o.dst_sizes, path);
+    st.cfg.shared->set_path(o.id, path);
+    op.bytes = total_bytes(o.extents); // as our transfer actor will report
+    order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents));
+    outbox(self, *p).claims.push_back(o.id);
     break;
+  }
   case endpoint_op::read:
     start_read(self, *p, o);
     break;
@@ -379,8 +356,8 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
         proto::posted_recv{st.cfg.name, transfer_id, std::move(o.extents)});
     break;
   }
-  case endpoint_op::send: // its replies are counted once matched
-    p->inflight[o.id];
+  case endpoint_op::send:
+    p->inflight[o.id].replies_due = 2; // our transfer actor, the receipt
     p->sends.push_back(std::move(o));
     match_sends(self, p->sends.back().conn, *p);
     break;

@@ -150,8 +150,6 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
         return rp;
       },
       [self](proto::landed_atom, proto::landed& l) { on_landed(self, l); },
-      [](proto::acked_atom, const std::string&,
-         const std::vector<std::uint64_t>&) {},
       // Channels, announcements, CUDA IPC: nothing to do without bytes.
       [](proto::open_atom, const std::string&, std::uint32_t, std::uint64_t) {
         return std::vector<char>(128, 0);

@@ -42,7 +42,6 @@ TEST_CASE("bench endpoint alternates rounds of the endpoint, bench net and "
     // The load-insensitive figures: CPU per operation, the slowest one.
     CHECK(row["cpu_us_per_op"].get<double>() > 0);
     CHECK(row["max_us"].get<double>() >= row["p50_us"].get<double>());
-    CHECK(row["switches_per_op"].get<double>() >= 0);
     // bench net ran in each round; its ratio for each.
     REQUIRE(row.contains("ratio_rounds"));
     CHECK(row["ratio_rounds"].size() == 2);

@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
@@ -581,46 +580,4 @@ TEST_CASE("a receive that failed at its deadline does not take a later send") {
   REQUIRE_MESSAGE(got.ok(), got.error().message());
   CHECK(*got == 100);
   CHECK(dst == src);
-}
-
-// KVFERRY_ENDPOINT_THREADS (endpoint.cpp, a measuring knob): on one
-// scheduler thread the control and transfer actors share it, and neither
-// may keep it while transfers are in flight (the transfer actor polls).
-TEST_CASE("KVFERRY_ENDPOINT_THREADS: one thread moves 16 writes and 16 "
-          "sends in flight; a bad value is named") {
-  struct env_guard {
-    ~env_guard() { ::unsetenv("KVFERRY_ENDPOINT_THREADS"); }
-  } guard;
-  ::setenv("KVFERRY_ENDPOINT_THREADS", "0", 1);
-  endpoint_options o;
-  auto bad = endpoint::create(o);
-  REQUIRE_FALSE(bad.ok());
-  CHECK(bad.error().code() == ec::invalid_argument);
-  CHECK(says(bad.error(), "KVFERRY_ENDPOINT_THREADS=0"));
-  ::setenv("KVFERRY_ENDPOINT_THREADS", "1", 1);
-  pair p;
-  auto remote = p.b.advertise(p.br, 0, p.bbuf.size()).value();
-  std::vector<xfer_id> writes, recvs, sends;
-  for (std::uint64_t k = 0; k < 16; ++k) {
-    auto w = p.a.write(p.ab, {{p.ar, k * 4096, 4096}},
-                       {remote.sub(k * 4096, 4096).value()});
-    REQUIRE(w.ok());
-    writes.push_back(*w);
-  }
-  for (auto id : writes)
-    CHECK(p.done(p.a, id) == 4096);
-  CHECK(std::equal(p.bbuf.begin(), p.bbuf.begin() + 16 * 4096, p.abuf.begin()));
-  for (std::uint64_t k = 0; k < 16; ++k) {
-    auto r = p.b.recv(p.ba, {{p.br, (16 + k) * 4096, 4096}});
-    REQUIRE(r.ok());
-    recvs.push_back(*r);
-    auto s = p.a.send(p.ab, {{p.ar, (16 + k) * 4096, 4096}});
-    REQUIRE(s.ok());
-    sends.push_back(*s);
-  }
-  for (std::size_t k = 0; k < 16; ++k) {
-    CHECK(p.done(p.a, sends[k]) == 4096);
-    CHECK(p.done(p.b, recvs[k]) == 4096);
-  }
-  CHECK(std::equal(p.bbuf.begin(), p.bbuf.begin() + 32 * 4096, p.abuf.begin()));
 }

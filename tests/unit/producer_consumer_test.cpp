@@ -173,8 +173,6 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         return p;
       },
       [](proto::landed_atom, const proto::landed&) {},
-      [](proto::acked_atom, const std::string&,
-         const std::vector<std::uint64_t>&) {},
       // No CUDA IPC here: nothing is ever quarantined.
       [](proto::ipc_hello_atom, const std::string&) {},
       [](proto::ipc_status_atom, const std::string&, std::uint64_t) {

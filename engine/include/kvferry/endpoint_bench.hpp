@@ -37,11 +37,6 @@ struct endpoint_bench_row {
   // moves with other work on the machine.
   double cpu_us_per_op = 0;
   double max_us = 0; // the slowest operation (a stall shows here)
-  // This process's voluntary context switches per operation of the timed
-  // loop: each is a thread that went to sleep and had to be woken, the
-  // wake-ups an operation's hand-offs cost (on a host with idle cores each
-  // one adds its wake-up latency, tens of microseconds, to the operation).
-  double switches_per_op = 0;
   bool verified = false;
 };
 

@@ -153,10 +153,6 @@ using transfer_actor = caf::typed_actor<
     // kernel finished writing a transfer into our region; completes the
     // waiting recv order.
     caf::reacts_to<proto::landed_atom, proto::landed>,
-    // Transfer actor to transfer actor over the plugin: the transfers of
-    // `ids` that we, `receiver`, were announced with `ack` landed here;
-    // their send orders (until_landed) are answered now.
-    caf::reacts_to<proto::acked_atom, std::string, std::vector<std::uint64_t>>,
     caf::replies_to<proto::stats_atom>::with<proto::transfer_stats>,
     // CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies"). Sender to
     // receiver, once per mapping of the receiver's pool: "I, `sender`, write

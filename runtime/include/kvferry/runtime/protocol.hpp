@@ -97,16 +97,11 @@ struct send_order {
   std::vector<extent> extents;
   std::uint32_t timeout_ms = 10000;
   std::uint64_t wait_event = 0;
-  // Plugin path: reply only once the receiver's transfer actor says every
-  // byte landed there (it acks the transfers announced with `ack`, batched
-  // per poll: acked_atom), not when the plugin sent the last one. An
-  // endpoint's write needs no word from the peer's control actor then.
-  bool until_landed = false;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, send_order& x) {
   return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
-           x.peer, x.extents, x.timeout_ms, x.wait_event, x.until_landed);
+           x.peer, x.extents, x.timeout_ms, x.wait_event);
 }
 
 /// Asks the local transfer actor to report when transfer `transfer_id` from
@@ -191,12 +186,11 @@ struct announcement {
   std::uint32_t comms = 1;
   std::uint32_t first_comm = 0;
   std::vector<extent> chunks; // dst_offset/length matter to the receiver
-  bool ack = false; // tell the sender when the last byte landed (acked_atom)
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, announcement& x) {
   return f(caf::meta::type_name("kvferry::proto::announcement"), x.transfer_id,
-           x.sender, x.comms, x.first_comm, x.chunks, x.ack);
+           x.sender, x.comms, x.first_comm, x.chunks);
 }
 
 /// Router -> producer: prefill this prompt and ship its KV to `consumer`.

@@ -177,11 +177,6 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_answered_atom, "kvnanswer")
 CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::pull_offer))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_attach_atom, "kvnattach")
 
-// kvferry::endpoint's writes over the plugin (issue #16, session 14): the
-// receiving transfer actor acks the landed transfers announced with `ack`
-// to their sender's transfer actor, a poll's worth in one message.
-CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, acked_atom, "kvacked")
-
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
