@@ -10,6 +10,8 @@
 
 #include <caf/all.hpp>
 
+#include "kvferry/actors/node_actor.hpp"
+
 namespace kvferry::sim {
 
 namespace {
@@ -191,20 +193,15 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "sim transfer: no regions");
       },
-      // Holds no offers (the real one: transfer_pull.cpp): each goes back
-      // to the node at once, and every pull to the node, which takes the
-      // want path (one hop more than the real offered pull).
+      // Holds no offers (node_actor.hpp, offerless).
       [self](proto::node_attach_atom, const caf::actor& node) {
         self->state.node = node;
       },
       [self](proto::node_offer_atom, const proto::pull_offer& offer) {
-        caf::anon_send(self->state.node, proto::node_offer_atom::value,
-                       offer.peer, offer.id);
+        offerless::give_back(self->state.node, offer);
       },
-      [self](proto::node_pull_atom,
-             proto::node_request& req) -> caf::result<proto::node_report> {
-        return self->delegate(caf::actor_cast<node_actor>(self->state.node),
-                              proto::node_pull_atom::value, std::move(req));
+      [self](proto::node_pull_atom, proto::node_request& req) {
+        return offerless::pull_at_node(self, self->state.node, req);
       },
   };
 }

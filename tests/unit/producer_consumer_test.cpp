@@ -209,19 +209,15 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "fake transfer: no regions");
       },
-      // Holds no offers (transfer_pull.cpp): each goes back to the node at
-      // once, and every pull to the node (it takes the want path).
+      // Holds no offers (node_actor.hpp, offerless).
       [self](proto::node_attach_atom, const caf::actor& node) {
         self->state.node = node;
       },
       [self](proto::node_offer_atom, const proto::pull_offer& offer) {
-        caf::anon_send(self->state.node, proto::node_offer_atom::value,
-                       offer.peer, offer.id);
+        offerless::give_back(self->state.node, offer);
       },
-      [self](proto::node_pull_atom,
-             proto::node_request& req) -> caf::result<proto::node_report> {
-        return self->delegate(caf::actor_cast<node_actor>(self->state.node),
-                              proto::node_pull_atom::value, std::move(req));
+      [self](proto::node_pull_atom, proto::node_request& req) {
+        return offerless::pull_at_node(self, self->state.node, req);
       },
   };
 }

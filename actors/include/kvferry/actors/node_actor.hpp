@@ -5,8 +5,10 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include <caf/actor_system.hpp>
+#include <caf/send.hpp>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_layout.hpp"
@@ -45,5 +47,28 @@ bool pulls_via_transfer(const proto::endpoint& self);
 /// kv_layout::strided does for a description no layout has).
 proto::kv_layout_desc describe_layout(const kv_layout& layout);
 kv_layout layout_of(const proto::kv_layout_desc& desc);
+
+/// For stand-ins of the transfer actor that hold no offers (the simulator's
+/// and the unit tests'): the real one holds each offer and serves the pull
+/// itself (actors/src/transfer_pull.cpp); a stand-in gives every offer back
+/// to its node (`node`, from node_attach_atom) and lets the node serve
+/// every pull (the want path: one hop more). Defined once, so that the
+/// stand-ins keep the node's side of the protocol alike.
+namespace offerless {
+
+/// The node takes back an offer its transfer actor does not hold.
+inline void give_back(const caf::actor& node, const proto::pull_offer& offer) {
+  caf::anon_send(node, proto::node_offer_atom::value, offer.peer, offer.id);
+}
+
+/// The node serves a pull its transfer actor holds no offer for.
+template<class Self>
+caf::result<proto::node_report> pull_at_node(Self* self, const caf::actor& node,
+                                             proto::node_request& req) {
+  return self->delegate(caf::actor_cast<node_actor>(node),
+                        proto::node_pull_atom::value, std::move(req));
+}
+
+} // namespace offerless
 
 } // namespace kvferry
