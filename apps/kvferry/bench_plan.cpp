@@ -247,7 +247,9 @@ void measure_vector_call(const bench_plan_options& opt,
   const auto s = src.layout(), d = dst.layout();
   const std::vector<std::uint64_t> src_sizes = src.sizes, dst_sizes = dst.sizes;
   std::vector<packed_part> packs(opt.plan_threads);
-  auto pack = [&] {
+  auto pack = [&] { // as gpu_copy_engine packs: in parts only on a crew
+    if (opt.plan_threads < 2)
+      return pack_plan(virt, opt.item_bytes, s, d, staging.data());
     return pack_plan_in_parts(
         virt, opt.item_bytes, s, d, staging.data(), packs.data(),
         opt.plan_threads,
