@@ -12,7 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvferry/endpoint.hpp"
@@ -26,7 +26,7 @@ struct one_sided_call {
   bool write = true;                // local -> peer; false: peer -> local
   std::uint64_t peer_instance = 0;  // every descriptor's owner
   conn_id conn = 0;                 // for errors
-  std::string peer_name;            // for errors
+  std::string_view peer_name;       // for errors (the caller's string)
   std::vector<std::uint64_t> local; // the local region table (0: removed)
 };
 
