@@ -242,12 +242,6 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  auto bad = check_table_extents(o.extents, st.region_sizes,
-                                 proto::region_sizes_of(o.peer));
-  if (bad)
-    return make_error(
-        ec::invalid_extent,
-        fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
   if (auto err =
           refuse_remote_event(self, o.wait_event, "send order", o.transfer_id))
     return err;
@@ -259,12 +253,22 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                                   o.transfer_id, peer));
   const bool ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id,
                                     p.ep) == data_path::cuda_ipc;
+  // Over CUDA IPC the copy engine checks every extent against both tables
+  // and counts the bytes in the pass that packs the plan, before anything
+  // launches (launch_ipc_copy): a pass of its own here would read a vector
+  // call's tens of thousands of extents once more (issue #16).
+  if (!ipc)
+    if (auto bad = check_table_extents(o.extents, st.region_sizes,
+                                       proto::region_sizes_of(o.peer)))
+      return make_error(
+          ec::invalid_extent,
+          fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
   if (ipc)
     if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
       return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
   auto& t = p.transfers[o.transfer_id];
-  t.expected = total_bytes(o.extents);
+  t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
   if (ipc)

@@ -250,7 +250,10 @@ std::byte* pointer_at(std::uint64_t address) {
 // One kernel for the whole transfer, whatever the regions: the extents'
 // virtual offsets become offsets from one origin per side (ipc_table.hpp)
 // while the engine packs them, one pass that also checks them against both
-// tables before anything launches. A push copies our table into the
+// tables before anything launches (the orders are not checked before: an
+// extent out of its region fails the transfer here, as invalid_extent,
+// naming the extent and the region, and no byte moves) and counts the
+// bytes the transfer reports. A push copies our table into the
 // peer's, a read the peer's into ours. The copy stream waits for
 // `wait_event` first (on the GPU). The data window starts right before the
 // launch call (after the plan is packed and its upload queued): the GPU can
@@ -275,12 +278,15 @@ void launch_ipc_copy(transfer_state& st, peer_out& p, peer_out::waiting_send& w,
     engine.release(prepared);
     throw;
   }
+  const auto copied = engine.copied_bytes(prepared);
   engine.release(prepared); // stream order keeps its buffers for this launch
   // The plan is packed: the list goes back for the next vector call.
   transport::extent_lists::give(std::move(w.chunks));
   p.copies.push_back({ticket, w.id, launched});
   ++st.ipc_in_flight;
-  p.transfers[w.id].posted = true;
+  auto& t = p.transfers[w.id];
+  t.posted = true;
+  t.expected = copied;
 }
 
 caf::error ipc_failure(const transfer_state& st, const std::string& peer,
@@ -288,6 +294,8 @@ caf::error ipc_failure(const transfer_state& st, const std::string& peer,
                        bool read = false) {
   auto code = dynamic_cast<const transport::gpu_error*>(&e) != nullptr
                   ? ec::cuda_error
+              : dynamic_cast<const transport::extent_error*>(&e) != nullptr
+                  ? ec::invalid_extent
                   : ec::invalid_argument;
   return make_error(
       code, fmt::format("{} {} {} '{}' over CUDA IPC (GPU {} {} its pool on "
@@ -933,17 +941,14 @@ caf::result<proto::recv_report> handle_read(self_ptr self,
     return err;
   if (auto why = why_no_read(st, o.peer); !why.empty())
     return refuse(ec::unreachable, why + "; use the push path");
-  auto bad = check_table_extents(o.extents, proto::region_sizes_of(o.peer),
-                                 st.region_sizes);
-  if (bad)
-    return refuse(ec::invalid_extent, *bad);
+  // The extents are checked against both tables, and their bytes counted,
+  // where the copy engine packs the plan (launch_ipc_copy): one pass.
   auto& p = st.reads[peer]; // its death or departure drops the entry
   adopt_peer(self, p, o.peer);
   if (p.transfers.count(o.transfer_id) != 0)
     return refuse(ec::duplicate, "a read with this id is in flight");
   auto promise = self->make_response_promise<proto::recv_report>();
   auto& t = p.transfers[o.transfer_id];
-  t.expected = total_bytes(o.extents);
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), "^" + peer, o.transfer_id, t);
   start_ipc_copy(st, p, {o.transfer_id, std::move(o.extents), o.wait_event},

@@ -17,6 +17,20 @@
 //   - one pass: pack_plan over the region layouts (what it does now);
 //   - in parts: the same on --plan-threads threads (plan_crew), as the
 //     engine packs plans of 16,384 extents or more.
+// Then the host stages of one vector endpoint call over those blocks (issue
+// #16: over CUDA IPC a call of 65,536 4 KiB blocks copies in ~200 us of GPU
+// time, and every stage's host time must stay under it), each before and
+// after session 15 on this thread (and the crew where the stage uses one):
+//   - the caller's pass (one_sided_plan.hpp): before, the loop endpoint.cpp
+//     ran (kept below as the baseline); now plan_one_sided, on this thread
+//     and in --plan-threads parts;
+//   - the control actor: before, a byte total over the list; now none (the
+//     caller's pass counts the bytes);
+//   - the transfer actor's send handler: before, check_table_extents over
+//     both tables and a byte total, then the pack in parts; now the pack in
+//     parts alone (it checks both tables and counts the bytes).
+// A single process with warm caches: in the endpoint the list is written on
+// the caller's core and read on the transfer actor's, so these are floors.
 // Then KV planning (issue #15's budget: at most 1 us of host time per block):
 // plan_kv for a request of --kv-blocks blocks out of a cache four times that
 // size, all --kv-layers layers, K and V, between the named layouts, blocks
@@ -37,7 +51,10 @@
 
 #include "commands.hpp"
 #include "kvferry/actors/kv_layout.hpp"
+#include "kvferry/actors/plan.hpp"
+#include "kvferry/one_sided_plan.hpp"
 #include "kvferry/transport/copy_plan.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/plan_crew.hpp"
 #include "kvferry/transport/table_plan.hpp"
 #include "size_list.hpp"
@@ -156,6 +173,110 @@ void measure_table_plans(const bench_plan_options& opt,
                                 {"in_parts", parts_s * 1e9 / n}};
 }
 
+// The caller's pass as endpoint.cpp ran it before session 15 (the
+// baseline of measure_vector_call): checks inline, a push_back per pair, the
+// peer's region sizes grown per pair.
+void caller_pass_before(const one_sided_call& call,
+                        const std::vector<slice>& local,
+                        const std::vector<descriptor>& remote) {
+  auto extents = extent_lists::take(local.size());
+  std::vector<std::uint64_t> remote_sizes;
+  auto local_sizes = call.local; // the endpoint copied its table per call
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    const auto& d = remote[i];
+    const auto& s = local[i];
+    if (d.owner != call.peer_instance || s.size != d.size ||
+        !slice_inside(local_sizes, s))
+      throw std::logic_error("bench plan: a bad pair in the baseline");
+    if (remote_sizes.size() <= d.region)
+      remote_sizes.resize(d.region + 1, 0);
+    remote_sizes[d.region] = d.region_bytes;
+    const auto here = table_offset(s.region, s.offset);
+    const auto there = table_offset(d.region, d.offset);
+    extents.push_back(call.write ? copy_extent{here, there, d.size}
+                                 : copy_extent{there, here, d.size});
+  }
+  extent_lists::give(std::move(extents));
+}
+
+// The host stages of one vector write of `plan`'s blocks (see the top of
+// this file): microseconds per call, before and now, into `row`.
+void measure_vector_call(const bench_plan_options& opt,
+                         const std::vector<copy_extent>& plan,
+                         std::uint64_t region,
+                         std::vector<std::uint64_t>& staging, json& row) {
+  one_sided_call call;
+  call.peer_instance = 7;
+  call.local = {4096, region}; // a placeholder region 0, the blocks' region 1
+  std::vector<slice> local(plan.size());
+  std::vector<descriptor> remote(plan.size());
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    local[i] = slice{1, plan[i].src_offset, plan[i].length};
+    remote[i] = descriptor{7, 1, region, plan[i].dst_offset, plan[i].length};
+  }
+  plan_crew crew{opt.plan_threads - 1};
+  std::vector<one_sided_part> parts(crew.size());
+  auto caller_now = [&](plan_crew* on) {
+    one_sided_plan out;
+    out.extents = extent_lists::take_sized(local.size());
+    if (auto bad = plan_one_sided(call, local, remote, out, on, parts.data());
+        !bad.ok())
+      throw std::logic_error("bench plan: " + bad.reason());
+    extent_lists::give(std::move(out.extents));
+  };
+  const double caller_before = median_seconds(
+      opt.repeats, [&] { caller_pass_before(call, local, remote); });
+  const double caller_one =
+      median_seconds(opt.repeats, [&] { caller_now(nullptr); });
+  const double caller_parts =
+      median_seconds(opt.repeats, [&] { caller_now(&crew); });
+
+  std::vector<copy_extent> virt(plan.size());
+  one_sided_plan out;
+  out.extents = std::move(virt);
+  if (auto bad =
+          plan_one_sided(call, local, remote, out, nullptr, parts.data());
+      !bad.ok())
+    throw std::logic_error("bench plan: " + bad.reason());
+  virt = std::move(out.extents);
+  std::uint64_t counted = 0;
+  const double control_before =
+      median_seconds(opt.repeats, [&] { counted = total_bytes(virt); });
+
+  const endpoint_table src{region}, dst{region};
+  const auto s = src.layout(), d = dst.layout();
+  const std::vector<std::uint64_t> src_sizes = src.sizes, dst_sizes = dst.sizes;
+  std::vector<packed_part> packs(opt.plan_threads);
+  auto pack = [&] { // as gpu_copy_engine packs: in parts only on a crew
+    if (opt.plan_threads < 2)
+      return pack_plan(virt, opt.item_bytes, s, d, staging.data());
+    return pack_plan_in_parts(
+        virt, opt.item_bytes, s, d, staging.data(), packs.data(),
+        opt.plan_threads,
+        [&](std::size_t count, auto& job) { crew.run(count, job); });
+  };
+  const double transfer_before = median_seconds(opt.repeats, [&] {
+    if (auto bad = check_table_extents(virt, src_sizes, dst_sizes))
+      throw std::logic_error("bench plan: " + *bad);
+    counted = total_bytes(virt);
+    pack();
+  });
+  packed_plan_size packed;
+  const double transfer_now =
+      median_seconds(opt.repeats, [&] { packed = pack(); });
+  if (packed.copied != counted || counted != out.bytes)
+    throw std::logic_error("bench plan: the pack counted " +
+                           std::to_string(packed.copied) + " bytes, the list " +
+                           std::to_string(counted));
+  row["vector_call_us"] = {{"caller_before", caller_before * 1e6},
+                           {"caller_one_thread", caller_one * 1e6},
+                           {"caller_in_parts", caller_parts * 1e6},
+                           {"control_before", control_before * 1e6},
+                           {"control_now", 0.0},
+                           {"transfer_before", transfer_before * 1e6},
+                           {"transfer_now", transfer_now * 1e6}};
+}
+
 json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
                         std::mt19937_64& rng) {
   const std::uint64_t blocks = parse_size(opt.total) / block;
@@ -191,6 +312,7 @@ json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
                   {"item_list_seconds", items_s},
                   {"item_list_over_packed", items_s / packed_s}};
   measure_table_plans(opt, plan, region, staging, row);
+  measure_vector_call(opt, plan, region, staging, row);
   return row;
 }
 
@@ -302,6 +424,27 @@ int run_bench_plan(const bench_plan_options& opt) {
                                ns["translate_then_pack"].get<double>(),
                                ns["one_pass"].get<double>(),
                                ns["in_parts"].get<double>());
+    }
+    std::cout << fmt::format(
+        "\nOne vector endpoint call over these blocks (issue #16), host us "
+        "per call and stage, before / now (parts: {} threads)\n",
+        opt.plan_threads);
+    std::cout << fmt::format("{:>8} {:>8} {:>22} {:>14} {:>18}\n", "block",
+                             "extents", "caller (1 / parts)", "control",
+                             "transfer actor");
+    for (const auto& row : result["sizes"]) {
+      const auto& us = row["vector_call_us"];
+      std::cout << fmt::format(
+          "{:>8} {:>8} {:>7.1f} / {:>5.1f} / {:>5.1f} {:>6.1f} / {:>4.1f} "
+          "{:>8.1f} / {:>6.1f}\n",
+          row["block_bytes"].get<std::uint64_t>(),
+          row["extents"].get<std::uint64_t>(),
+          us["caller_before"].get<double>(),
+          us["caller_one_thread"].get<double>(),
+          us["caller_in_parts"].get<double>(),
+          us["control_before"].get<double>(), us["control_now"].get<double>(),
+          us["transfer_before"].get<double>(),
+          us["transfer_now"].get<double>());
     }
     result["kv_plans"] = measure_kv_plans(opt, rng);
     result["peak_rss_kib"] = peak_rss_kib();

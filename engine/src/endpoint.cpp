@@ -8,6 +8,7 @@
 #include <exception>
 #include <random>
 #include <set>
+#include <thread>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -15,9 +16,11 @@
 #include <fmt/format.h>
 
 #include "endpoint_state.hpp"
+#include "gpu_knobs.hpp" // actors/src: the plan threads' rule, shared
 #include "kvferry/actors/memory_region.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
+#include "kvferry/one_sided_plan.hpp"
 #include "kvferry/runtime/directory_types.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -94,6 +97,13 @@ struct endpoint::impl {
     return i->second;
   }
 
+  // Large one-sided calls cut their pass into parts on this crew
+  // (one_sided_plan.hpp), one calling thread at a time.
+  std::mutex crew_mu;
+  transport::plan_crew crew{
+      detail::plan_threads(std::thread::hardware_concurrency()) - 1};
+  std::vector<one_sided_part> crew_parts{crew.size()};
+
   // Where local slice `s` (number `index` of the call) lies in the region
   // table, or why it does not.
   result<std::uint64_t> local_offset(const slice& s, std::size_t index) {
@@ -108,37 +118,20 @@ struct endpoint::impl {
     return shared->region_sizes;
   }
 
-  // Whether local slice `s` lies inside a registered region of `sizes` (a
-  // copy of the region table). Inline and allocation-free: a vector call
-  // asks it once per KV block.
-  static bool inside(const std::vector<std::uint64_t>& sizes, const slice& s) {
-    return s.region != 0 && s.region < sizes.size() && sizes[s.region] != 0 &&
-           s.offset <= sizes[s.region] && s.size <= sizes[s.region] - s.offset;
-  }
-
   // Where local slice `s` lies in a copy of the region table.
   static result<std::uint64_t>
   offset_in(const std::vector<std::uint64_t>& sizes, const slice& s,
             std::size_t index) {
-    if (inside(sizes, s))
-      return table_offset(s.region, s.offset);
-    if (s.region == 0 || s.region >= sizes.size() || sizes[s.region] == 0)
-      return status{ec::not_found,
-                    fmt::format("local slice #{}: no registered region {}",
-                                index, s.region)};
-    if (s.offset > sizes[s.region] || s.size > sizes[s.region] - s.offset)
-      return status{ec::invalid_extent,
-                    fmt::format("local slice #{} (offset {}, {} bytes) leaves "
-                                "region {} of {} bytes",
-                                index, s.offset, s.size, s.region,
-                                sizes[s.region])};
+    if (auto why = slice_misfit(sizes, s, index); !why.ok())
+      return why;
     return table_offset(s.region, s.offset);
   }
 
   // Enters the operation as pending and hands it to the control actor.
   xfer_id start(proto::endpoint_op op, conn_id conn,
-                std::vector<extent> extents,
-                std::vector<std::uint64_t> dst_sizes = {}) {
+                std::vector<extent> extents, std::uint64_t bytes,
+                std::vector<std::uint64_t> dst_sizes = {},
+                std::vector<std::uint64_t> src_sizes = {}) {
     auto id = next_op.fetch_add(1);
     {
       std::lock_guard<std::mutex> lock(shared->mu);
@@ -150,6 +143,8 @@ struct endpoint::impl {
     o.conn = conn;
     o.extents = std::move(extents);
     o.dst_sizes = std::move(dst_sizes);
+    o.src_sizes = std::move(src_sizes);
+    o.bytes = bytes;
     caf::anon_send(control, proto::ep_order_atom::value, std::move(o));
     return id;
   }
@@ -412,39 +407,34 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
     return invalid(fmt::format("{}: {} local slices and {} descriptors (need "
                                "as many of each, at least one)",
                                what, local.size(), remote.size()));
-  // One pass over the call's slices (a vector call over KV blocks has tens
-  // of thousands): checks inline, errors built only for the one at fault.
-  const bool write = op == proto::endpoint_op::write;
+  one_sided_call call;
+  call.write = op == proto::endpoint_op::write;
+  call.peer_instance = peer->instance;
+  call.conn = conn;
+  call.peer_name = peer->peer;
+  call.local = region_sizes();
   // A recycled list: a fresh one of tens of thousands of extents would be
   // page-faulted in on every call (extent_lists.hpp).
-  auto extents = transport::extent_lists::take(local.size());
-  std::vector<std::uint64_t> remote_sizes;
-  auto local_sizes = region_sizes();
-  for (std::size_t i = 0; i < local.size(); ++i) {
-    const auto& d = remote[i];
-    const auto& s = local[i];
-    if (d.owner != peer->instance)
-      return invalid(fmt::format("{}: descriptor #{} belongs to another "
-                                 "endpoint than connection {} ('{}')",
-                                 what, i, conn, peer->peer));
-    if (s.size != d.size)
-      return invalid(fmt::format("{}: local slice #{} has {} bytes, its "
-                                 "descriptor {}",
-                                 what, i, s.size, d.size));
-    if (!inside(local_sizes, s)) {
-      auto why = offset_in(local_sizes, s, i).error();
-      return status{why.code(), fmt::format("{}: {}", what, why.reason())};
-    }
-    if (remote_sizes.size() <= d.region)
-      remote_sizes.resize(d.region + 1, 0);
-    remote_sizes[d.region] = d.region_bytes;
-    const auto here = table_offset(s.region, s.offset);
-    const auto there = table_offset(d.region, d.offset);
-    extents.push_back(write ? extent{here, there, d.size}
-                            : extent{there, here, d.size});
+  one_sided_plan plan;
+  plan.extents = transport::extent_lists::take_sized(local.size());
+  status checked;
+  if (local.size() >= min_crew_pairs) {
+    std::lock_guard<std::mutex> lock(crew_mu);
+    checked =
+        plan_one_sided(call, local, remote, plan, &crew, crew_parts.data());
+  } else {
+    one_sided_part part; // a small call: no crew, nothing shared
+    checked = plan_one_sided(call, local, remote, plan, nullptr, &part);
   }
-  auto dst_sizes = write ? std::move(remote_sizes) : std::move(local_sizes);
-  return start(op, conn, std::move(extents), std::move(dst_sizes));
+  if (!checked.ok()) {
+    transport::extent_lists::give(std::move(plan.extents));
+    return checked;
+  }
+  if (call.write)
+    return start(op, conn, std::move(plan.extents), plan.bytes,
+                 std::move(plan.remote_sizes));
+  return start(op, conn, std::move(plan.extents), plan.bytes,
+               std::move(call.local), std::move(plan.remote_sizes));
 }
 
 result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
@@ -458,6 +448,7 @@ result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
   std::vector<extent> ranges;
   ranges.reserve(local.size());
   const auto sizes = region_sizes();
+  std::uint64_t bytes = 0;
   for (std::size_t i = 0; i < local.size(); ++i) {
     auto here = offset_in(sizes, local[i], i);
     if (!here.ok())
@@ -467,8 +458,9 @@ result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
       ranges.push_back({*here, 0, local[i].size});
     else
       ranges.push_back({0, *here, local[i].size});
+    bytes += local[i].size;
   }
-  return start(op, conn, std::move(ranges));
+  return start(op, conn, std::move(ranges), bytes);
 }
 
 result<xfer_id> endpoint::write(conn_id conn, items<slice> local,

@@ -275,8 +275,9 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   auto& st = self->state;
   auto transfer_id = o.id | receiver_chosen;
   auto path = path_between(st.cfg.self_ep, p.ep, p.one_process);
-  auto from =
-      order_peer(p.ep, sizes_covering(o.extents, extent_side::source), path);
+  // The peer's regions as the call's descriptors name them (counted by the
+  // caller's pass, as a write's dst_sizes are): no pass over the extents.
+  auto from = order_peer(p.ep, o.src_sizes, path);
   st.cfg.shared->set_path(o.id, path);
   if (path == transfer_path::cuda_ipc) {
     p.inflight[o.id].replies_due = 1;
@@ -336,7 +337,8 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
-    op.bytes = total_bytes(o.extents); // as our transfer actor will report
+    op.bytes = o.bytes; // counted by the caller's pass, as our transfer
+                        // actor will report them (no pass of our own)
     order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents));
     outbox(self, *p).claims.push_back(o.id);
     break;

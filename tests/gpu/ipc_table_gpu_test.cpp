@@ -490,6 +490,37 @@ TEST_CASE_FIXTURE(ipc_table_pair,
   CHECK(owner_after_read.bytes_sent == owner_after_push.bytes_sent);
   CHECK(stats_of(transfer).comms_opened == 0);
 
+  // 2b. Extents out of a region over CUDA IPC: no pass of the order
+  // handler checks them (issue #16); the pass that packs the plan refuses
+  // the whole transfer, naming the extent and the region, before any byte
+  // moves (not even the good extent's), and the actor works on.
+  {
+    const std::vector<table_move> leaves{{0, 0, 2, 0, 4096},
+                                         {1, 0, 1, ours.sizes[1] - 100, 4096}};
+    auto refused = read(read_order(20, leaves));
+    REQUIRE_FALSE(refused);
+    const auto why = render(refused.error());
+    CHECK_MESSAGE(is(refused.error(), ec::invalid_extent), why);
+    CHECK_MESSAGE(why.find("extent #1") != std::string::npos, why);
+    CHECK_MESSAGE(why.find("leaves destination region 1") != std::string::npos,
+                  why);
+    check_ours();
+    proto::send_order s;
+    s.transfer_id = 21;
+    s.peer = owner_ep; // the child's table has 3 regions
+    s.extents = test::virtual_extents({{0, 0, 2, 0, 4096}, {0, 0, 7, 0, 16}});
+    s.timeout_ms = 30000;
+    self->request(transfer, seconds(60), proto::send_atom::value, s)
+        .receive([&](std::uint64_t) { FAIL("a push into region 7 moved"); },
+                 [&](caf::error& err) {
+                   CHECK_MESSAGE(is(err, ec::invalid_extent), render(err));
+                   CHECK_MESSAGE(render(err).find("names region 7") !=
+                                     std::string::npos,
+                                 render(err));
+                 });
+    read_back(22, {2, 0, 0, 4096, 4096}); // the child's region 2: untouched
+  }
+
   // 3. A read that waits for an event: our destination is overwritten
   // (0x11) behind the gate, then the event; the read must land after it.
   {

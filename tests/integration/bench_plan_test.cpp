@@ -20,8 +20,8 @@ run_result run_kvferry(const std::string& args) {
 
 } // namespace
 
-TEST_CASE("bench plan times the packed plan, the item list and the plan over "
-          "region tables per size") {
+TEST_CASE("bench plan times the packed plan, the item list, the plan over "
+          "region tables and a vector call's host stages per size") {
   const std::string path = KVFERRY_BINARY_DIR "/tests/bench_plan_test.json";
   std::remove(path.c_str());
   const auto run = run_kvferry(
@@ -52,6 +52,13 @@ TEST_CASE("bench plan times the packed plan, the item list and the plan over "
     CHECK(row["table_one_pass_seconds"].get<double>() > 0);
     CHECK(row["table_in_parts_seconds"].get<double>() > 0);
     CHECK(row["table_parts"] == 2);
+    // One vector endpoint call's host stages, before and now (issue #16).
+    const auto& call = row["vector_call_us"];
+    for (const char* stage :
+         {"caller_before", "caller_one_thread", "caller_in_parts",
+          "control_before", "transfer_before", "transfer_now"})
+      CHECK_MESSAGE(call[stage].get<double>() > 0, stage);
+    CHECK(call["control_now"] == 0.0);
   }
   // KV plans: 2 x 2 layouts, blocks in a row and scattered. In a row, the
   // per-layer layout coalesces to one extent per layer and half, block-major

@@ -506,6 +506,12 @@ TEST_CASE("an extent outside its region is refused with check_table_side's "
     CHECK(refusal([&] { translate_extents(plan, t.src, t.dst, out); }) ==
           *expected);
   }
+  // A type of its own, so that the transfer actor reports the caller's
+  // plan at fault (invalid_extent), not the engine.
+  CHECK_THROWS_AS(pack_plan(bad[0], 8192, t.src, t.dst, buffer.data()),
+                  extent_error);
+  CHECK_THROWS_AS(pack_plan({{0, 0, 17}}, 8192, 16, 64, buffer.data()),
+                  extent_error);
   CHECK(*check_table_side(bad[0], extent_side::destination, t.dst) ==
         "extent #1 (destination offset 1099511627776 = region 1 + 0, length "
         "9001) leaves destination region 1 of 9000 bytes");
@@ -588,6 +594,10 @@ TEST_CASE("a plan packed in parts copies exactly what pack_plan's copies, "
           plan, 4096, t.src, t.dst, b.data(), parts.data(), count, on_the_crew);
       REQUIRE(in_loop.extents == on_crew.extents);
       CHECK(std::memcmp(a.data(), b.data(), in_loop.bytes()) == 0);
+      // The pass counts the bytes too: no caller needs a pass of its own.
+      CHECK(in_loop.copied == total_bytes(plan));
+      CHECK(on_crew.copied == total_bytes(plan));
+      CHECK(whole_size.copied == total_bytes(plan));
       const auto joined = unpack(a, in_loop);
       // Neighbours split by a part edge are the only difference: coalesced,
       // the same extents; every extent's items counted where they belong.
@@ -690,4 +700,31 @@ TEST_CASE("extent lists are reused, large enough, empty, and bounded") {
   CHECK(extent_lists::kept() == extent_lists::max_kept);
   extent_lists::give(std::move(again));
   CHECK(extent_lists::kept() == extent_lists::max_kept);
+}
+
+// The caller's pass of a vector endpoint call writes every extent by index
+// (on several threads for a large call): it takes a list of the call's size
+// whose stale contents it overwrites, without zero-filling 24 bytes per
+// extent on every call.
+TEST_CASE("an extent list taken sized has exactly that size and reuses a kept "
+          "list's memory") {
+  constexpr auto big = extent_lists::min_kept_extents * 8;
+  auto first = extent_lists::take_sized(big);
+  CHECK(first.size() == big);
+  first[big - 1] = copy_extent{1, 2, 3};
+  const auto* memory = first.data();
+  extent_lists::give(std::move(first));
+  auto again = extent_lists::take_sized(big); // the kept one, as it was
+  CHECK(again.data() == memory);
+  CHECK(again.size() == big);
+  CHECK(again.back() == copy_extent{1, 2, 3});
+  extent_lists::give(std::move(again));
+  auto fewer = extent_lists::take_sized(big - 10);
+  CHECK(fewer.data() == memory);
+  CHECK(fewer.size() == big - 10);
+  extent_lists::give(std::move(fewer));
+  auto plain = extent_lists::take(big); // take() still hands out an empty one
+  CHECK(plain.data() == memory);
+  CHECK(plain.empty());
+  extent_lists::give(std::move(plain));
 }

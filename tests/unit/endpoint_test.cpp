@@ -15,6 +15,7 @@
 #include <doctest/doctest.h>
 
 #include "kvferry/endpoint.hpp"
+#include "kvferry/one_sided_plan.hpp"
 #include "test_pki.hpp"
 
 // The path choice (private to engine/): pure functions.
@@ -580,4 +581,87 @@ TEST_CASE("a receive that failed at its deadline does not take a later send") {
   REQUIRE_MESSAGE(got.ok(), got.error().message());
   CHECK(*got == 100);
   CHECK(dst == src);
+}
+
+// The caller's pass of a one-sided vector call (one_sided_plan.hpp): the
+// endpoint cuts a large call into parts on a crew; whatever the cut, the
+// extents, the byte total and the first pair at fault are those of one pass.
+TEST_CASE("a vector call's pass gives the same extents in parts and names its "
+          "first bad pair, whichever part holds it") {
+  using namespace kvferry;
+  constexpr std::size_t n = 40000; // >= min_crew_pairs: cut into parts
+  one_sided_call call;
+  call.peer_instance = 9;
+  call.conn = 3;
+  call.peer_name = "b";
+  call.local = {4096, std::uint64_t{4096} * n, 0, 8192}; // region 2 removed
+  std::vector<slice> local(n);
+  std::vector<descriptor> remote(n);
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint64_t size = 16 + i % 4000;
+    local[i] = slice{1, (n - 1 - i) * 4096, size};
+    remote[i] = descriptor{9, 1 + i % 3, 1 << 30, i * 4096, size};
+    total += size;
+  }
+  transport::plan_crew crew{3};
+  std::vector<one_sided_part> parts(crew.size());
+  auto run = [&](transport::plan_crew* on, one_sided_plan& out) {
+    out.extents.assign(7, transport::copy_extent{1, 1, 1}); // stale contents
+    return plan_one_sided(call, local, remote, out, on, parts.data());
+  };
+  for (bool write : {true, false}) {
+    call.write = write;
+    one_sided_plan alone, cut;
+    REQUIRE(run(nullptr, alone).ok());
+    REQUIRE(run(&crew, cut).ok());
+    REQUIRE(alone.extents.size() == n);
+    CHECK(alone.extents == cut.extents);
+    CHECK(alone.bytes == total);
+    CHECK(cut.bytes == total);
+    const std::vector<std::uint64_t> named{0, 1 << 30, 1 << 30, 1 << 30};
+    CHECK(alone.remote_sizes == named);
+    CHECK(cut.remote_sizes == named);
+    const auto& e = alone.extents[5];
+    const auto here = (std::uint64_t{1} << 40) + (n - 6) * 4096;
+    const auto there = ((1 + std::uint64_t{5} % 3) << 40) + 5 * 4096;
+    CHECK(e == (write ? transport::copy_extent{here, there, 21}
+                      : transport::copy_extent{there, here, 21}));
+  }
+  call.write = true;
+  auto refused = [&](transport::plan_crew* on) {
+    one_sided_plan out;
+    auto why = run(on, out);
+    REQUIRE_FALSE(why.ok());
+    return why;
+  };
+  // Faults in the third and fourth parts of four: the third's is named.
+  local[35000].region = 2;                           // removed
+  local[25000].offset = std::uint64_t{4096} * n - 8; // leaves region 1
+  for (auto* on : {static_cast<transport::plan_crew*>(nullptr), &crew}) {
+    auto why = refused(on);
+    CHECK(why.code() == ec::invalid_extent);
+    CHECK(why.reason() == "write: local slice #25000 (offset 163839992, 1016 "
+                          "bytes) leaves region 1 of 163840000 bytes");
+  }
+  local[25000].offset = 0;
+  for (auto* on : {static_cast<transport::plan_crew*>(nullptr), &crew}) {
+    auto why = refused(on);
+    CHECK(why.code() == ec::not_found);
+    CHECK(why.reason() == "write: local slice #35000: no registered region 2");
+  }
+  local[35000].region = 7; // past the table
+  CHECK(refused(&crew).reason() ==
+        "write: local slice #35000: no registered region 7");
+  local[35000].region = 0; // the placeholder is no caller's region
+  CHECK(refused(&crew).code() == ec::not_found);
+  local[35000].region = 1;
+  remote[39999].size += 1;
+  CHECK(refused(&crew).reason() ==
+        "write: local slice #39999 has 4015 bytes, its descriptor 4016");
+  remote[39999].size -= 1;
+  remote[20].owner = 8;
+  CHECK(refused(&crew).reason() ==
+        "write: descriptor #20 belongs to another endpoint than connection 3 "
+        "('b')");
 }

@@ -335,21 +335,10 @@ TEST_CASE_FIXTURE(read_refusals,
                 render(err));
 }
 
-TEST_CASE_FIXTURE(read_refusals, "a one-sided read whose extents leave a "
-                                 "region is refused before any copy") {
-  auto o = order("hostA/boot1", true);
-  o.extents = {{65536 - 100, table_offset(1, 0), 4096}};
-  auto err = read(o);
-  CHECK_MESSAGE(is(err, ec::invalid_extent), render(err));
-  CHECK_MESSAGE(render(err).find("ends past the source region of 65536") !=
-                    std::string::npos,
-                render(err));
-  o.extents = {{0, table_offset(2, 0), 4096}}; // we have two regions
-  err = read(o);
-  CHECK_MESSAGE(is(err, ec::invalid_extent), render(err));
-  CHECK_MESSAGE(render(err).find("names region 2") != std::string::npos,
-                render(err));
-}
+// A read whose extents leave a region is refused (invalid_extent, no byte
+// moved) by the pass that packs its plan, after the peer's table is mapped:
+// since issue #16 no pass of the read handler checks them first. That needs
+// a GPU: tests/gpu/ipc_table_gpu_test.cpp, step 2b.
 
 TEST_CASE("a read from a host-memory table is refused naming its region") {
   runtime::system_config cfg;

@@ -224,9 +224,9 @@ std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
 }
 
 // pack_plan's one pass (see copy_plan.hpp): `place(index, e, out)` checks
-// extent `index` and writes where it copies (throwing std::invalid_argument
-// when it does not fit); then empty extents are dropped, neighbours
-// coalesced and the items counted. The item indices are first written past
+// extent `index` and writes where it copies (throwing extent_error when it
+// does not fit); then empty extents are dropped, neighbours coalesced and
+// the items and bytes counted. The item indices are first written past
 // room for every input extent (the kept count is not known yet), then moved
 // down behind the kept ones. With `begin` and `end`: extents [begin, end)
 // only, packed as a plan of their own (a part of a plan; `place` gets the
@@ -251,9 +251,11 @@ packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
           "copy plan: more than 2^32 - 1 work items of " +
           std::to_string(item_bytes) + " bytes");
   };
+  std::uint64_t copied = 0; // the byte total, so no caller needs a pass
   copy_extent e;
   for (std::size_t index = begin; index < end; ++index) {
     place(index, extents[index], e);
+    copied += e.length;
     if (e.length == 0)
       continue;
     if (kept > 0) {
@@ -269,7 +271,7 @@ packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
   std::memmove(reinterpret_cast<std::uint32_t*>(out + kept), first_item,
                (kept + 1) * sizeof(std::uint32_t));
   return packed_plan_size{static_cast<std::uint32_t>(kept),
-                          static_cast<std::uint32_t>(items)};
+                          static_cast<std::uint32_t>(items), copied};
 }
 
 // Translates extent `index` through both layouts into `out`; throws
@@ -290,7 +292,7 @@ public:
     auto problem = table_misfit(index, e, extent_side::source, src_);
     if (!problem)
       problem = table_misfit(index, e, extent_side::destination, dst_);
-    throw std::invalid_argument(*problem);
+    throw extent_error(*problem);
   }
 
 private:
@@ -328,7 +330,7 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
       [&](std::size_t index, const copy_extent& e, copy_extent& out) {
         if (!fits(e.src_offset, e.length, src_region_bytes) ||
             !fits(e.dst_offset, e.length, dst_region_bytes))
-          throw std::invalid_argument(
+          throw extent_error(
               *misfit(index, e, src_region_bytes, dst_region_bytes));
         out = e;
       });
@@ -352,17 +354,18 @@ void pack_part(const std::vector<copy_extent>& extents, std::size_t k,
 }
 
 packed_plan_size place_parts(packed_part* parts, std::size_t count) {
-  std::uint64_t extents = 0, items = 0;
+  std::uint64_t extents = 0, items = 0, copied = 0;
   for (std::size_t k = 0; k < count; ++k) {
     parts[k].extent_at = static_cast<std::uint32_t>(extents);
     parts[k].item_at = static_cast<std::uint32_t>(items);
     extents += parts[k].size.extents;
     items += parts[k].size.items;
+    copied += parts[k].size.copied;
     if (items > std::numeric_limits<std::uint32_t>::max())
       throw std::invalid_argument("copy plan: more than 2^32 - 1 work items");
   }
   return packed_plan_size{static_cast<std::uint32_t>(extents),
-                          static_cast<std::uint32_t>(items)};
+                          static_cast<std::uint32_t>(items), copied};
 }
 
 void copy_part(const packed_part& part, bool last, packed_plan_size joined,

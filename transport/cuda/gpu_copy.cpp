@@ -83,7 +83,7 @@ kernel_order(const std::vector<copy_extent>& extents,
   if (&ordered != &extents)
     if (auto problem =
             check_extents(extents, src_region_bytes, dst_region_bytes))
-      throw std::invalid_argument(*problem);
+      throw extent_error(*problem);
   return ordered;
 }
 
@@ -137,6 +137,7 @@ struct gpu_copy_engine::impl {
     std::vector<copy_extent> ordered;    // copy_tuning::order_by_destination
     std::vector<copy_extent> translated; // region layouts, item-list kernels
     std::uint32_t item_count = 0;
+    std::uint64_t copied = 0;       // bytes the plan copies
     std::size_t band = 0;           // whose kernel runs this plan
     bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr; // on `uploads`: staging may be rewritten
@@ -301,6 +302,7 @@ struct gpu_copy_engine::impl {
     slot.packed.reserve(packed_plan_bytes(extent_count), gpu);
     slot.packed_size = pack(static_cast<void*>(slot.packed.host));
     slot.item_count = slot.packed_size.items;
+    slot.copied = slot.packed_size.copied;
     if (slot.item_count > 0)
       upload(slot, slot.packed.device, slot.packed.host,
              slot.packed_size.bytes());
@@ -325,7 +327,8 @@ struct gpu_copy_engine::impl {
                         std::uint64_t dst_region_bytes) {
     if (auto problem =
             check_extents(extents, src_region_bytes, dst_region_bytes))
-      throw std::invalid_argument(*problem);
+      throw extent_error(*problem);
+    slot.copied = total_bytes(extents);
     slot.scratch.clear();
     partition_into_work_items(coalesce(extents), tuning.item_bytes,
                               slot.scratch);
@@ -442,6 +445,9 @@ struct gpu_copy_engine::impl {
     check_cuda(cudaSetDevice(gpu), "cudaSetDevice", gpu);
     try {
       stage(slot);
+    } catch (const extent_error& e) { // the caller's plan: still named so
+      throw extent_error("gpu_copy_engine::prepare on GPU " +
+                         std::to_string(gpu) + ": " + e.what());
     } catch (const std::invalid_argument& e) {
       throw std::invalid_argument("gpu_copy_engine::prepare on GPU " +
                                   std::to_string(gpu) + ": " + e.what());
@@ -665,6 +671,10 @@ void gpu_copy_engine::wait_event(std::uint64_t event) {
 
 std::size_t gpu_copy_engine::work_items(copy_plan_id plan) const {
   return impl_->plan_of(plan).item_count;
+}
+
+std::uint64_t gpu_copy_engine::copied_bytes(copy_plan_id plan) const {
+  return impl_->plan_of(plan).copied;
 }
 
 copy_ticket gpu_copy_engine::copy(const memory_view& src,
@@ -950,6 +960,9 @@ void gpu_copy_engine::wait_event(std::uint64_t) {
   throw_no_cuda("gpu_copy_engine::wait_event");
 }
 std::size_t gpu_copy_engine::work_items(copy_plan_id) const {
+  return 0;
+}
+std::uint64_t gpu_copy_engine::copied_bytes(copy_plan_id) const {
   return 0;
 }
 copy_ticket gpu_copy_engine::copy(const memory_view&, const memory_view&,

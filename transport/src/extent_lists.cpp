@@ -17,10 +17,10 @@ shelf& the_shelf() {
   return s;
 }
 
-} // namespace
-
-std::vector<copy_extent> extent_lists::take(std::size_t capacity) {
-  if (capacity >= min_kept_extents) {
+// A kept list with room for `capacity` extents (contents stale), or an
+// empty new one.
+std::vector<copy_extent> kept_or_new(std::size_t capacity) {
+  if (capacity >= extent_lists::min_kept_extents) {
     auto& s = the_shelf();
     std::lock_guard<std::mutex> lock(s.mu);
     // The smallest kept list that is large enough: large ones stay for
@@ -41,10 +41,26 @@ std::vector<copy_extent> extent_lists::take(std::size_t capacity) {
   return list;
 }
 
+} // namespace
+
+std::vector<copy_extent> extent_lists::take(std::size_t capacity) {
+  auto list = kept_or_new(capacity);
+  list.clear();
+  return list;
+}
+
+std::vector<copy_extent> extent_lists::take_sized(std::size_t size) {
+  auto list = kept_or_new(size);
+  // Shrinking is free (copy_extent is trivial); growing zero-fills only
+  // past the size the list was given back with.
+  list.resize(size);
+  return list;
+}
+
 void extent_lists::give(std::vector<copy_extent>&& list) {
   if (list.capacity() < min_kept_extents)
     return;
-  list.clear();
+  // Kept at its size, not cleared: take_sized() then need not fill it again.
   auto& s = the_shelf();
   std::lock_guard<std::mutex> lock(s.mu);
   if (s.lists.size() < max_kept) {

@@ -600,11 +600,16 @@ struct endpoint_order {
   std::uint64_t conn = 0;
   std::vector<extent> extents;
   std::vector<std::uint64_t> dst_sizes;
+  // read: the peer's regions the call's descriptors name (their advertised
+  // bytes), as dst_sizes names them for a write. Counted by the caller's
+  // pass, like `bytes`, so that the control actor makes no pass of its own.
+  std::vector<std::uint64_t> src_sizes;
+  std::uint64_t bytes = 0; // write/read: the extents' byte total
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, endpoint_order& x) {
   return f(caf::meta::type_name("kvferry::proto::endpoint_order"), x.op, x.id,
-           x.conn, x.extents, x.dst_sizes);
+           x.conn, x.extents, x.dst_sizes, x.src_sizes, x.bytes);
 }
 
 /// One transfer settled at an endpoint (ep_batch): `error` empty: landed.

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,14 @@ inline bool fits(std::uint64_t offset, std::uint64_t length,
                  std::uint64_t region) {
   return offset <= region && length <= region - offset;
 }
+
+/// What the bounds checks throw for an extent that leaves its region: the
+/// caller's plan is at fault, not the engine (the transfer actor reports it
+/// as ec::invalid_extent). Thrown before any byte of the plan moves.
+class extent_error : public std::invalid_argument {
+public:
+  using std::invalid_argument::invalid_argument;
+};
 
 /// What the kernel reads: one per warp-task. 24 bytes; the device array of a
 /// plan holds exactly these, uploaded once per plan.
@@ -131,11 +140,12 @@ struct packed_plan_view {
 struct packed_plan_size {
   std::uint32_t extents = 0; // after coalescing
   std::uint32_t items = 0;   // work items in all (first_item[extents])
+  std::uint64_t copied = 0;  // bytes the plan copies (counted while packed)
   std::size_t bytes() const { return packed_plan_bytes(extents); }
 };
 
 /// One pass over `extents` that checks them against the regions as
-/// check_extents does (std::invalid_argument with its message for the first
+/// check_extents does (extent_error with its message for the first
 /// extent that does not fit) and writes the packed plan into `buffer`
 /// (packed_plan_bytes(extents.size()) bytes, 8-byte aligned): empty extents
 /// dropped and neighbours coalesced exactly as coalesce() does, then

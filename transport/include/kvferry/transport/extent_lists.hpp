@@ -30,8 +30,14 @@ public:
   /// when one is large enough, else a new one.
   static std::vector<copy_extent> take(std::size_t capacity);
 
-  /// Keeps `list` (emptied) for a later take(), or frees it when it is small
-  /// or max_kept lists are kept already.
+  /// A list of exactly `size` extents of stale contents, for a caller that
+  /// writes every one by index (several threads may, each its own range).
+  /// A kept list keeps the size it was given back with, so in steady state
+  /// this neither allocates nor zero-fills 24 bytes per extent.
+  static std::vector<copy_extent> take_sized(std::size_t size);
+
+  /// Keeps `list` for a later take() or take_sized(), or frees it when it
+  /// is small or max_kept lists are kept already.
   static void give(std::vector<copy_extent>&& list);
 
   /// How many lists are kept now (for tests).

@@ -170,8 +170,8 @@ public:
   gpu_copy_engine(const gpu_copy_engine&) = delete;
   gpu_copy_engine& operator=(const gpu_copy_engine&) = delete;
 
-  /// Checks the extents against the region sizes (std::invalid_argument naming
-  /// the extent), coalesces them and uploads them with the index of each
+  /// Checks the extents against the region sizes (extent_error naming the
+  /// extent), coalesces them and uploads them with the index of each
   /// one's first work item (copy_plan.hpp's packed plan: one host pass, one
   /// asynchronous copy on the engine's stream; the kernel cuts the items).
   /// The bulk, block-per-item and host_item_list tunings upload a host-cut
@@ -182,7 +182,7 @@ public:
   /// The same for extents in virtual offsets over region tables
   /// (copy_plan.hpp, region_layout): each extent translated to its offset
   /// from the launch base while it is packed (one host pass), checked
-  /// against its region (std::invalid_argument with check_table_side's
+  /// against its region (extent_error with check_table_side's
   /// message). Launch with bases that cover src.span() and dst.span().
   copy_plan_id prepare(const std::vector<copy_extent>& extents,
                        const region_layout& src, const region_layout& dst);
@@ -246,6 +246,9 @@ public:
   void* native_stream() const;
   /// Work items the kernel of `plan` runs (for benchmarks).
   std::size_t work_items(copy_plan_id plan) const;
+  /// Bytes `plan` copies, counted while it was packed (a caller that
+  /// reports them needs no pass of its own over the extents).
+  std::uint64_t copied_bytes(copy_plan_id plan) const;
   /// Blocks the copy kernel is launched with (persistent grid; the first
   /// band's).
   int grid_blocks() const { return grid_blocks_; }

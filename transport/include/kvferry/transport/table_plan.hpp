@@ -42,7 +42,7 @@ check_table_side(const std::vector<copy_extent>& extents, extent_side side,
                  const region_layout& table);
 
 /// pack_plan for extents in virtual offsets: both sides translated through
-/// their layouts in the same pass (std::invalid_argument with
+/// their layouts in the same pass (extent_error with
 /// check_table_side's message for the first extent that leaves its region),
 /// then coalesced and counted exactly as pack_plan packs the translated
 /// extents, so the kernel runs unchanged between the two launch bases. One
