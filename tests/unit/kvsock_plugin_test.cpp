@@ -205,10 +205,12 @@ int burst_size(int i) {
   static const int sizes[] = {2048, 0, 1, 100, 30000, 2048, 7, 65536};
   return sizes[i % 8];
 }
-} // namespace
 
-TEST_CASE("a burst of small sends posted without a test arrives intact and in "
-          "order, across partial gathered writes") {
+// Posts 40 sends before any test (as a transfer posts its extents), then
+// receives them all, checking every byte.
+void check_burst_arrives(const char* gather) {
+  CAPTURE(gather);
+  EnvGuard batch("KVSOCK_GATHER", gather);
   EnvGuard tiny("KVSOCK_SOCKBUF", "4096"); // forces short writes mid-batch
   Pair p;
   constexpr int kSends = 40; // more than one batch of 16
@@ -218,12 +220,11 @@ TEST_CASE("a burst of small sends posted without a test arrives intact and in "
   auto at = [](Buffer& b, int i) {
     return static_cast<char*>(b.data()) + static_cast<size_t>(i) * kMax;
   };
-  // The whole burst is posted before any test (as a transfer's extents are).
   std::deque<void*> sends;
   for (int i = 0; i < kSends; ++i) {
     void* request = nullptr;
-    REQUIRE(p.net->isend(p.send, at(src, i), burst_size(i), i % 3,
-                         src.mhandle, &request) == ncclSuccess);
+    REQUIRE(p.net->isend(p.send, at(src, i), burst_size(i), i % 3, src.mhandle,
+                         &request) == ncclSuccess);
     REQUIRE(request != nullptr);
     sends.push_back(request);
   }
@@ -253,10 +254,10 @@ TEST_CASE("a burst of small sends posted without a test arrives intact and in "
       if (done) {
         int i = recvs.front().first;
         REQUIRE(size == burst_size(i));
-        REQUIRE_MESSAGE(std::memcmp(at(dst, i), at(src, i),
-                                    static_cast<size_t>(size)) == 0,
-                        "send " << i << " (" << size
-                                << " bytes) lands intact, in its own receive");
+        REQUIRE_MESSAGE(
+            std::memcmp(at(dst, i), at(src, i), static_cast<size_t>(size)) == 0,
+            "send " << i << " (" << size
+                    << " bytes) lands intact, in its own receive");
         recvs.pop_front();
         ++received;
       }
@@ -264,6 +265,13 @@ TEST_CASE("a burst of small sends posted without a test arrives intact and in "
   }
   CHECK(sends.empty());
   CHECK(received == kSends);
+}
+} // namespace
+
+TEST_CASE("a burst of small sends posted without a test arrives intact and in "
+          "order, across partial gathered writes") {
+  check_burst_arrives("16"); // the default: 16 sends in one sendmsg
+  check_burst_arrives("1");  // each written at its isend, as before
 }
 
 TEST_CASE("a peer that closes during a gathered burst fails the sends that "
@@ -276,8 +284,9 @@ TEST_CASE("a peer that closes during a gathered burst fails the sends that "
   std::vector<void*> sends;
   for (int i = 0; i < kSends; ++i) {
     void* request = nullptr;
-    REQUIRE(p.net->isend(p.send, static_cast<char*>(src.data()) +
-                                     static_cast<size_t>(i) * kSize,
+    REQUIRE(p.net->isend(p.send,
+                         static_cast<char*>(src.data()) +
+                             static_cast<size_t>(i) * kSize,
                          kSize, 0, src.mhandle, &request) == ncclSuccess);
     REQUIRE(request != nullptr);
     sends.push_back(request);
