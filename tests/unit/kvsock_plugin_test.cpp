@@ -1,6 +1,7 @@
 // kvsock, driven through the v7 table exactly as NCCL or kvferry would.
 #include <algorithm>
 #include <arpa/inet.h>
+#include <cstring>
 #include <deque>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -195,6 +196,123 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and "
   CHECK(max_sends_in_flight >= 32);
   CHECK(saw_recv_null); // 32 receives in flight is the declared limit
   (void)saw_send_null;
+}
+
+namespace {
+// Size of send #i in the gathered-burst tests: all inline, some larger than
+// the tiny socket buffers, so one gathered sendmsg stops mid-message.
+int burst_size(int i) {
+  static const int sizes[] = {2048, 0, 1, 100, 30000, 2048, 7, 65536};
+  return sizes[i % 8];
+}
+
+// Posts 40 sends before any test (as a transfer posts its extents), then
+// receives them all, checking every byte.
+void check_burst_arrives(const char* gather) {
+  CAPTURE(gather);
+  EnvGuard batch("KVSOCK_GATHER", gather);
+  EnvGuard tiny("KVSOCK_SOCKBUF", "4096"); // forces short writes mid-batch
+  Pair p;
+  constexpr int kSends = 40; // more than one batch of 16
+  constexpr int kMax = 65536;
+  Buffer src(p.net, p.send, static_cast<size_t>(kSends) * kMax, 7);
+  Buffer dst(p.net, p.recv, static_cast<size_t>(kSends) * kMax);
+  auto at = [](Buffer& b, int i) {
+    return static_cast<char*>(b.data()) + static_cast<size_t>(i) * kMax;
+  };
+  std::deque<void*> sends;
+  for (int i = 0; i < kSends; ++i) {
+    void* request = nullptr;
+    REQUIRE(p.net->isend(p.send, at(src, i), burst_size(i), i % 3, src.mhandle,
+                         &request) == ncclSuccess);
+    REQUIRE(request != nullptr);
+    sends.push_back(request);
+  }
+  std::deque<std::pair<int, void*>> recvs;
+  int next_recv = 0, received = 0;
+  auto deadline = Clock::now() + std::chrono::seconds(30);
+  while ((!sends.empty() || received < kSends) && Clock::now() < deadline) {
+    while (next_recv < kSends) {
+      void* data = at(dst, next_recv);
+      int size = kMax, tag = 0;
+      void* request = nullptr;
+      REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle,
+                           &request) == ncclSuccess);
+      if (request == nullptr)
+        break; // 32 in flight
+      recvs.emplace_back(next_recv++, request);
+    }
+    int done = 0;
+    if (!sends.empty()) {
+      REQUIRE(p.net->test(sends.front(), &done, nullptr) == ncclSuccess);
+      if (done)
+        sends.pop_front();
+    }
+    if (!recvs.empty()) {
+      int size = -1;
+      REQUIRE(p.net->test(recvs.front().second, &done, &size) == ncclSuccess);
+      if (done) {
+        int i = recvs.front().first;
+        REQUIRE(size == burst_size(i));
+        REQUIRE_MESSAGE(
+            std::memcmp(at(dst, i), at(src, i), static_cast<size_t>(size)) == 0,
+            "send " << i << " (" << size
+                    << " bytes) lands intact, in its own receive");
+        recvs.pop_front();
+        ++received;
+      }
+    }
+  }
+  CHECK(sends.empty());
+  CHECK(received == kSends);
+}
+} // namespace
+
+TEST_CASE("a burst of small sends posted without a test arrives intact and in "
+          "order, across partial gathered writes") {
+  check_burst_arrives("16"); // the default: 16 sends in one sendmsg
+  check_burst_arrives("1");  // each written at its isend, as before
+}
+
+TEST_CASE("a peer that closes during a gathered burst fails the sends that "
+          "did not leave, in order, without hanging") {
+  EnvGuard tiny("KVSOCK_SOCKBUF", "4096");
+  Pair p;
+  constexpr int kSends = 40;
+  constexpr int kSize = 65536; // 2.5 MiB in all: far beyond the buffers
+  Buffer src(p.net, p.send, static_cast<size_t>(kSends) * kSize, 3);
+  std::vector<void*> sends;
+  for (int i = 0; i < kSends; ++i) {
+    void* request = nullptr;
+    REQUIRE(p.net->isend(p.send,
+                         static_cast<char*>(src.data()) +
+                             static_cast<size_t>(i) * kSize,
+                         kSize, 0, src.mhandle, &request) == ncclSuccess);
+    REQUIRE(request != nullptr);
+    sends.push_back(request);
+  }
+  REQUIRE(p.net->closeRecv(p.recv) == ncclSuccess);
+  p.recv = nullptr;
+  // Each send ends, done or failed; once one failed, none after it is done
+  // (its bytes cannot have left after an earlier send's did not).
+  int ok = 0, failed = 0;
+  auto start = Clock::now();
+  for (void* request : sends) {
+    int done = 0;
+    ncclResult_t result = wait(p.net, request, nullptr, &done);
+    REQUIRE_MESSAGE((result != ncclSuccess || done),
+                    "a send to a closed peer ends within 10 s");
+    if (result == ncclSuccess) {
+      CHECK(failed == 0);
+      ++ok;
+    } else {
+      CHECK((result == ncclRemoteError || result == ncclSystemError));
+      ++failed;
+    }
+  }
+  CHECK(failed > 0);
+  CHECK(ok + failed == kSends);
+  CHECK(Clock::now() - start < std::chrono::seconds(5));
 }
 
 TEST_CASE("a grouped receive puts each send into the buffer with its tag") {

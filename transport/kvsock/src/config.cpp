@@ -91,6 +91,8 @@ Config Config::from_env() {
   c.spin_us =
       static_cast<int>(env_int("KVSOCK_SPIN_US", c.spin_us, 0, 1000000));
   c.wait_us = static_cast<int>(env_int("KVSOCK_WAIT_US", c.wait_us, 0, 100000));
+  c.gather =
+      static_cast<int>(env_int("KVSOCK_GATHER", c.gather, 1, kMaxGather));
   c.fault_delay_us = env_int("KVSOCK_FAULT_DELAY_US", 0, 0, 60000000);
   c.fault_drop_after = env_int("KVSOCK_FAULT_DROP_AFTER", -1, 0, INT64_MAX);
   c.fault_corrupt = env_int("KVSOCK_FAULT_CORRUPT", 0, 0, INT64_MAX);

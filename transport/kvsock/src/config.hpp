@@ -13,6 +13,7 @@ constexpr int kRecvRequests = 32; // irecvs in flight per recv comm
 constexpr int kSendRequests =
     kRecvRequests * kMaxRecvs;   // isends in flight per send comm
 constexpr int kMaxLanes = 16;    // data sockets per comm
+constexpr int kMaxGather = 16;   // sends in one control-socket sendmsg
 constexpr int kUnpackSlots = 16; // receives outstanding in UNPACK mode
 constexpr size_t kUnpackMaxRecvBytes = 4u << 20; // one UNPACK irecv
 constexpr size_t kUnpackPage = 4096;
@@ -49,6 +50,10 @@ struct Config {
       10; // KVSOCK_SPIN_US: test() spins this long without progress...
   int wait_us = 200; // KVSOCK_WAIT_US: ...then sleeps up to this long per call
                      // (0 = never)
+  // KVSOCK_GATHER: isend leaves its control bytes for the next test() until
+  // this many sends wait, so that a burst goes out in one gathered sendmsg
+  // (1 = write at each isend, as before session 15; at most kMaxGather).
+  int gather = 16;
   // Fault injection (tests only).
   int64_t fault_delay_us = 0; // KVSOCK_FAULT_DELAY_US: delay every send
   int64_t fault_drop_after =
