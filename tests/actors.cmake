@@ -21,6 +21,9 @@ kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test
 kvferry_add_test(NAME test_gpu_wiring SOURCES unit/gpu_wiring_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 120)
 add_dependencies(test_gpu_wiring kvferry)
+# Sampled verification's stamps on host memory: each fault it must catch.
+kvferry_add_test(NAME test_kv_stamp SOURCES unit/kv_stamp_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
 # Two real transfer actors over kvsock: extents from a peer that leave the
 # registered region are refused (the trust boundary), nothing written.
 kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp

@@ -167,7 +167,8 @@ void release_blocks(self_ptr self, request_ctx& ctx) {
 
 // What the check of a request that arrived compares: with the producer's
 // XXH3 when it sent one and the CPU can read our blocks (by_hash), else the
-// pattern regenerated next to them (on the GPU for a cuda region).
+// pattern regenerated next to them (on the GPU for a cuda region), or only
+// its stamps (sampled: the producer wrote nothing else).
 struct verify_job {
   std::vector<std::uint64_t> offsets; // layer-blocks, as the producer hashed
   pattern_blocks blocks;
@@ -178,10 +179,13 @@ verify_job verify_job_of(const consumer_state& st, const request_ctx& ctx) {
   auto& n = *ctx.notice;
   verify_job job;
   job.offsets = layer_block_offsets(st.layout, ctx.blocks);
-  job.blocks = {n.pattern_seed, ctx.request_id, 0,
-                static_cast<std::uint32_t>(ctx.blocks.size()),
-                st.cfg.geometry.layer_block_bytes()};
-  job.by_hash = n.has_xxhash && st.cfg.region->host_accessible();
+  job.blocks.seed = n.pattern_seed;
+  job.blocks.request_id = ctx.request_id;
+  job.blocks.blocks_per_layer = static_cast<std::uint32_t>(ctx.blocks.size());
+  job.blocks.block_bytes = st.cfg.geometry.layer_block_bytes();
+  job.blocks.sampled = n.sampled_verify;
+  job.by_hash =
+      n.has_xxhash && !n.sampled_verify && st.cfg.region->host_accessible();
   return job;
 }
 
@@ -217,13 +221,16 @@ caf::error verdict(const consumer_state& st, const request_ctx& ctx,
       ec::mismatch,
       fmt::format("consumer '{}': request {}: block {} of layer {} (offset "
                   "{} in {} memory) differs from what the producer wrote "
-                  "(pattern seed {})",
+                  "(pattern seed {}{})",
                   st.cfg.name, ctx.request_id, value % bpl, value / bpl,
                   job.offsets[value],
                   st.cfg.region->host_accessible()
                       ? std::string{"host"}
                       : fmt::format("GPU {}", st.cfg.region->gpu()),
-                  n.pattern_seed));
+                  n.pattern_seed,
+                  job.blocks.sampled ? "; sampled: a 16-byte stamp of one of "
+                                       "its 4 KiB pages"
+                                     : ""));
 }
 
 // Out of `requests`, so that its id is free again; only if the entry is
@@ -359,7 +366,8 @@ void verify(self_ptr self, const ctx_ptr& ctx) {
   ctx->verify_sent_ns = steady_ns();
   auto& b = job->blocks;
   self->request(st.workers.next(), caf::infinite, job->offsets, b.seed,
-                b.request_id, b.blocks_per_layer, b.block_bytes, job->by_hash)
+                b.request_id, b.blocks_per_layer, b.block_bytes, b.sampled,
+                job->by_hash)
       .then(
           [self, ctx, job](std::uint64_t value, std::int64_t ns,
                            std::int64_t gpu_ns) {
@@ -1023,6 +1031,7 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   expected.xxhash = n.xxhash;
   expected.has_xxhash = n.has_xxhash;
   expected.pattern_seed = n.pattern_seed;
+  expected.sampled_verify = n.sampled_verify;
   ctx->notice = std::move(expected);
   ctx->promise = self->make_response_promise<proto::ready_report>();
   return *ctx->promise;

@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include "kv_pattern_device.hpp"
+#include "kvferry/actors/kv_stamp.hpp"
 
 namespace kvferry {
 
@@ -77,12 +78,36 @@ detail::pattern_launch launch_of(const memory_region& region,
   return l;
 }
 
-std::uint32_t layer_of(const pattern_blocks& b, std::size_t i) {
-  return b.first_layer + static_cast<std::uint32_t>(i / b.blocks_per_layer);
+using stamp::block_of;
+using stamp::layer_of;
+
+// Sampled: writes the stamps of block i of `b` at `data` (kv_stamp.hpp).
+void write_stamps(std::uint8_t* data, const pattern_blocks& b, std::size_t i) {
+  auto layer = layer_of(b, i);
+  auto block = block_of(b, i);
+  for (std::uint64_t p = 0; p < stamp::pages(b.block_bytes); ++p) {
+    auto v = stamp::of(b.seed, b.request_id, layer, block, p, b.block_bytes);
+    auto at = stamp::offset(b.request_id, layer, block, p, b.block_bytes);
+    std::memcpy(data + at, &v.lo, 8);
+    std::memcpy(data + at + 8, &v.hi, 8);
+  }
 }
 
-std::uint32_t block_of(const pattern_blocks& b, std::size_t i) {
-  return static_cast<std::uint32_t>(i % b.blocks_per_layer);
+// Sampled: whether block i of `b` at `data` carries every stamp it should.
+bool stamps_match(const std::uint8_t* data, const pattern_blocks& b,
+                  std::size_t i) {
+  auto layer = layer_of(b, i);
+  auto block = block_of(b, i);
+  for (std::uint64_t p = 0; p < stamp::pages(b.block_bytes); ++p) {
+    auto want = stamp::of(b.seed, b.request_id, layer, block, p, b.block_bytes);
+    auto at = stamp::offset(b.request_id, layer, block, p, b.block_bytes);
+    stamp::value got;
+    std::memcpy(&got.lo, data + at, 8);
+    std::memcpy(&got.hi, data + at + 8, 8);
+    if (got.lo != want.lo || got.hi != want.hi)
+      return false;
+  }
+  return true;
 }
 
 } // namespace
@@ -111,6 +136,11 @@ void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
   check_bounds(offsets, blocks);
   if (region_->is_model_only())
     return; // a simulation: no bytes
+  if (region_->host_accessible() && blocks.sampled) {
+    for (std::size_t i = 0; i < offsets.size(); ++i)
+      write_stamps(region_->data() + offsets[i], blocks, i);
+    return;
+  }
   if (region_->host_accessible()) {
     for (std::size_t i = 0; i < offsets.size(); ++i)
       fill_pattern(region_->data() + offsets[i], blocks.block_bytes,
@@ -127,7 +157,9 @@ void kv_pattern::fill(const std::vector<std::uint64_t>& offsets,
 std::optional<std::uint64_t>
 kv_pattern::fill_and_hash(const std::vector<std::uint64_t>& offsets,
                           const pattern_blocks& blocks) {
-  if (!region_->host_accessible() || region_->is_model_only()) {
+  // Sampled: the consumer reads the stamps, not a hash of every byte.
+  if (!region_->host_accessible() || region_->is_model_only() ||
+      blocks.sampled) {
     fill(offsets, blocks);
     return std::nullopt;
   }
@@ -149,6 +181,12 @@ kv_pattern::check(const std::vector<std::uint64_t>& offsets,
   check_bounds(offsets, blocks);
   if (region_->is_model_only())
     return std::nullopt; // a simulation: what was not written matches
+  if (region_->host_accessible() && blocks.sampled) {
+    for (std::size_t i = 0; i < offsets.size(); ++i)
+      if (!stamps_match(region_->data() + offsets[i], blocks, i))
+        return i;
+    return std::nullopt;
+  }
   if (region_->host_accessible()) {
     // Regenerate each block next to it: one block of scratch, reused.
     host_scratch_.resize(blocks.block_bytes);

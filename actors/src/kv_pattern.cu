@@ -1,6 +1,7 @@
 // The CUDA side of kv_pattern: one kernel per call fills or checks every
 // block of the call (a CTA per block, grid-strided), using the same formula
-// as fill_pattern in producer.cpp, so either side may be host or GPU memory.
+// as fill_pattern in kv_pattern.cpp, so either side may be host or GPU
+// memory; sampled, one thread per stamp (kv_stamp.hpp).
 #include <cstring>
 #include <limits>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "gpu_knobs.hpp"
 #include "kv_pattern_device.hpp"
+#include "kvferry/actors/kv_stamp.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 
 namespace kvferry::detail {
@@ -134,6 +136,82 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
   }
 }
 
+// Sampled (kv_stamp.hpp): one thread per stamp, over every page of every
+// block of the call; writes it, or compares it and lowers `first_bad` to
+// the block's index when it differs.
+template<bool Check>
+__global__ void stamp_kernel(std::uint8_t* base, const std::uint64_t* offsets,
+                             std::uint64_t count, pattern_blocks b,
+                             unsigned long long* first_bad) {
+  const std::uint64_t pages = stamp::pages(b.block_bytes);
+  const std::uint64_t total = count * pages;
+  for (std::uint64_t t = blockIdx.x * std::uint64_t{blockDim.x} + threadIdx.x;
+       t < total; t += std::uint64_t{gridDim.x} * blockDim.x) {
+    const std::uint64_t i = t / pages, page = t % pages;
+    const auto layer = stamp::layer_of(b, i);
+    const auto block = stamp::block_of(b, i);
+    const auto want =
+        stamp::of(b.seed, b.request_id, layer, block, page, b.block_bytes);
+    std::uint8_t* p =
+        base + offsets[i] +
+        stamp::offset(b.request_id, layer, block, page, b.block_bytes);
+    // Stamps are 16-byte aligned whenever the block is; else 8 bytes by 8
+    // or byte by byte.
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    bool bad = false;
+    if ((address & 15) == 0) {
+      auto* q = reinterpret_cast<ulonglong2*>(p);
+      if (Check) {
+        const ulonglong2 got = *q;
+        bad = got.x != want.lo || got.y != want.hi;
+      } else {
+        *q = make_ulonglong2(want.lo, want.hi);
+      }
+    } else if ((address & 7) == 0) {
+      auto* q = reinterpret_cast<std::uint64_t*>(p);
+      if (Check)
+        bad = q[0] != want.lo || q[1] != want.hi;
+      else {
+        q[0] = want.lo;
+        q[1] = want.hi;
+      }
+    } else {
+      for (int k = 0; k < 16; ++k) {
+        const auto v = static_cast<std::uint8_t>((k < 8 ? want.lo : want.hi) >>
+                                                 (8 * (k % 8)));
+        if (Check)
+          bad |= p[k] != v;
+        else
+          p[k] = v;
+      }
+    }
+    if (bad)
+      atomicMin(first_bad, static_cast<unsigned long long>(i));
+  }
+}
+
+// Launches the kernel of `l` (full pattern or stamps) on `stream`.
+void launch(const pattern_launch& l, const std::uint64_t* offsets_device,
+            unsigned long long* result_device, bool check, std::size_t cap,
+            cudaStream_t stream) {
+  if (l.blocks.sampled) {
+    const std::uint64_t stamps = l.count * stamp::pages(l.blocks.block_bytes);
+    const std::uint64_t ctas = (stamps + threads - 1) / threads;
+    const auto grid = static_cast<unsigned>(ctas < cap ? ctas : cap);
+    const unsigned at_least_one = grid == 0 ? 1 : grid;
+    auto* kernel = check ? stamp_kernel<true> : stamp_kernel<false>;
+    kernel<<<at_least_one, threads, 0, stream>>>(
+        l.base, offsets_device, l.count, l.blocks, result_device);
+    return;
+  }
+  const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
+  auto* kernel = check ? pattern_kernel<true> : pattern_kernel<false>;
+  kernel<<<grid, threads, 0, stream>>>(
+      l.base, offsets_device, l.count, l.blocks.block_bytes, l.blocks.seed,
+      l.blocks.request_id, l.blocks.first_layer, l.blocks.blocks_per_layer,
+      result_device);
+}
+
 } // namespace
 
 struct pattern_device {
@@ -239,13 +317,8 @@ pattern_outcome pattern_device_run(pattern_device& d, const pattern_launch& l,
   // copy from the producer's process waits for it to end (time slices) and
   // a smaller grid would only make it end later.
   const std::size_t cap = check ? max_grid : d.fill_grid;
-  const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
   check_cuda(cudaEventRecord(d.started, d.stream), "cudaEventRecord", d.gpu);
-  auto* kernel = check ? pattern_kernel<true> : pattern_kernel<false>;
-  kernel<<<grid, threads, 0, d.stream>>>(
-      l.base, d.offsets_device, l.count, l.blocks.block_bytes, l.blocks.seed,
-      l.blocks.request_id, l.blocks.first_layer, l.blocks.blocks_per_layer,
-      d.result_device);
+  launch(l, d.offsets_device, d.result_device, check, cap, d.stream);
   check_cuda(cudaGetLastError(),
              check ? "check kernel launch" : "fill kernel launch", d.gpu);
   check_cuda(cudaEventRecord(d.ended, d.stream), "cudaEventRecord", d.gpu);

@@ -58,11 +58,11 @@ caf::behavior pattern_worker(caf::event_based_actor*,
       [region, pattern](const std::vector<std::uint64_t>& offsets,
                         std::uint64_t seed, std::uint64_t request_id,
                         std::uint32_t first_layer, std::uint32_t bpl,
-                        std::uint64_t block_bytes) {
+                        std::uint64_t block_bytes, bool sampled) {
         return timed(*region, *pattern, request_id, [&] {
           return pattern
-              ->fill_and_hash(offsets,
-                              {seed, request_id, first_layer, bpl, block_bytes})
+              ->fill_and_hash(offsets, {seed, request_id, first_layer, bpl,
+                                        block_bytes, sampled})
               .value_or(0);
         });
       },
@@ -70,10 +70,11 @@ caf::behavior pattern_worker(caf::event_based_actor*,
       [region, pattern](const std::vector<std::uint64_t>& offsets,
                         std::uint64_t seed, std::uint64_t request_id,
                         std::uint32_t bpl, std::uint64_t block_bytes,
-                        bool by_hash) {
+                        bool sampled, bool by_hash) {
         return timed(*region, *pattern, request_id, [&] {
           return check_value(*pattern, *region, offsets,
-                             {seed, request_id, 0, bpl, block_bytes}, by_hash);
+                             {seed, request_id, 0, bpl, block_bytes, sampled},
+                             by_hash);
         });
       },
   };

@@ -14,12 +14,13 @@
 // The messages carry no atom (they never leave the process); their
 // signatures tell them apart:
 //   fill:  (offsets, seed, request_id, first_layer, blocks_per_layer,
-//           block_bytes) -> (hash, ns, gpu_ns): the fill, hashed where the
-//           CPU can read the blocks (kv_pattern::fill_and_hash; 0 on a GPU)
+//           block_bytes, sampled) -> (hash, ns, gpu_ns): the fill, hashed
+//           where the CPU can read the blocks (kv_pattern::fill_and_hash; 0
+//           on a GPU or when sampled)
 //   check: (offsets, seed, request_id, blocks_per_layer, block_bytes,
-//           by_hash) -> (value, ns, gpu_ns): by_hash: hash_blocks of the
-//           blocks; else the index of the first block that differs from the
-//           pattern, or no_mismatch
+//           sampled, by_hash) -> (value, ns, gpu_ns): by_hash: hash_blocks
+//           of the blocks; else the index of the first block that differs
+//           from the pattern (sampled: from its stamps), or no_mismatch
 // ns: the work's time in the worker; gpu_ns: its kernel's (0 on the CPU).
 // A CUDA or bounds error comes back as an ec::cuda_error naming it.
 #pragma once

@@ -99,7 +99,8 @@ caf::error fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
   try {
     st.pattern->fill(offsets,
                      {ctx->req.pattern_seed, ctx->req.request_id, first,
-                      ctx->bpl, st.cfg.geometry.layer_block_bytes()});
+                      ctx->bpl, st.cfg.geometry.layer_block_bytes(),
+                      ctx->req.sampled_verify});
     return {};
   } catch (const std::exception& e) {
     return make_error(ec::cuda_error,
@@ -108,10 +109,11 @@ caf::error fill_layers(self_ptr self, const ctx_ptr& ctx, std::uint32_t first,
   }
 }
 
-// XXH3 of the request for the consumer, where the CPU can read the blocks.
+// XXH3 of the request for the consumer, where the CPU can read the blocks
+// (sampled verification: none, the consumer checks the stamps).
 void hash_request(self_ptr self, request_ctx& ctx) {
   auto& cfg = self->state.cfg;
-  if (!cfg.region->host_accessible())
+  if (!cfg.region->host_accessible() || ctx.req.sampled_verify)
     return;
   ctx.hash = hash_blocks(cfg.region->data(), ctx.blocks,
                          cfg.geometry.layer_block_bytes());
@@ -145,6 +147,7 @@ void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
   n.xxhash = ctx->hash;
   n.has_xxhash = ctx->hashed;
   n.pattern_seed = ctx->req.pattern_seed;
+  n.sampled_verify = ctx->req.sampled_verify;
   self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
                 milliseconds(cfg.timeout_ms), proto::arrived_atom::value,
                 std::move(n))
@@ -328,6 +331,7 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   notice.xxhash = ctx->hash;
   notice.has_xxhash = ctx->hashed;
   notice.pattern_seed = ctx->req.pattern_seed;
+  notice.sampled_verify = ctx->req.sampled_verify;
   notice.compute_ns = ctx->compute_ns;
   notice.fill_gpu_ns = ctx->fill_gpu_ns;
   auto consumer = caf::actor_cast<consumer_actor>(ctx->req.consumer);
@@ -369,6 +373,7 @@ void advertise(self_ptr self, const ctx_ptr& ctx) {
   n.xxhash = ctx->hash;
   n.has_xxhash = ctx->hashed;
   n.pattern_seed = r.pattern_seed;
+  n.sampled_verify = r.sampled_verify;
   n.source = st.cfg.self;
   n.block_offsets = ctx->ids;
   n.blocks_per_layer = ctx->bpl;
@@ -504,7 +509,8 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
   ctx->filling = true;
   self->request(st.workers.next(), caf::infinite, ctx->blocks,
                 ctx->req.pattern_seed, ctx->req.request_id, std::uint32_t{0},
-                ctx->bpl, std::uint64_t{st.cfg.geometry.layer_block_bytes()})
+                ctx->bpl, std::uint64_t{st.cfg.geometry.layer_block_bytes()},
+                ctx->req.sampled_verify)
       .then(
           [self, ctx](std::uint64_t hash, std::int64_t ns,
                       std::int64_t gpu_ns) {
@@ -515,7 +521,8 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
               return;
             }
             ctx->hash = hash;
-            ctx->hashed = self->state.cfg.region->host_accessible();
+            ctx->hashed = self->state.cfg.region->host_accessible() &&
+                          !ctx->req.sampled_verify;
             ctx->compute_ns = ns;
             ctx->fill_gpu_ns = gpu_ns;
             self->state.active.erase(ctx->req.request_id);

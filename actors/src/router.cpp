@@ -115,6 +115,7 @@ auto send_prefill(self_ptr self, std::uint64_t id, std::uint32_t tokens,
   req.request_id = id;
   req.prompt_tokens = tokens;
   req.pattern_seed = cfg.seed;
+  req.sampled_verify = cfg.sampled_verify;
   req.consumer = cfg.consumers[route.consumer].app;
   req.layerwise = cfg.layerwise;
   req.pull = cfg.pull;

@@ -44,6 +44,9 @@ struct demo_command {
   std::uint32_t deadline_s = 600; // the whole run
   bool quiet = false;
   bool breakdown = false; // the full result table
+  // full: every byte written and checked; sampled: a 16-byte stamp per
+  // 4 KiB page (actors/kv_stamp.hpp)
+  std::string verify = "full";
   bool warm_up = true;
   demo_trace_options trace; // --trace: replay a request trace
   runtime::runtime_options runtime;

@@ -55,6 +55,18 @@ TEST_CASE("GPU demo over CUDA IPC: push") {
   check_gpu_demo("", "GPU 0 memory, CUDA IPC");
 }
 
+// --verify sampled: stamps only, written and checked by the GPU kernels.
+TEST_CASE("GPU demo over CUDA IPC: pull, sampled verification") {
+  auto r = run_kvferry("demo --gpu 0 --requests 20 --max-tokens 512 --quiet "
+                       "--pull --inflight 8 --verify sampled");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("verify sampled; columns") != std::string::npos);
+  CHECK(r.output.find("OK, 20 requests verified by sampling") !=
+        std::string::npos);
+  CHECK(has_row(r.output, "GPU 0 memory, CUDA IPC", 20));
+}
+
 TEST_CASE("GPU demo over CUDA IPC: layer by layer") {
   check_gpu_demo("--layerwise", "GPU 0 memory, CUDA IPC");
 }

@@ -12,6 +12,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
+#include "kvferry/actors/kv_stamp.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -133,6 +134,38 @@ TEST_CASE("GPU kv pattern check finds one corrupted byte") {
   // A request with another id does not match at all.
   where.request_id = 78;
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
+}
+
+// Sampled verification (kv_stamp.hpp): the GPU writes the host's stamps,
+// byte for byte, and its check catches a stale page and swapped blocks.
+TEST_CASE("GPU kv stamps match the host's and catch a stale page") {
+  for (std::uint64_t block : {std::uint64_t{65536}, std::uint64_t{4096 + 40}}) {
+    CAPTURE(block);
+    auto gpu = memory_region::allocate_cuda(0, 16 * block, "kv");
+    auto host = memory_region::allocate_host(16 * block, "reference");
+    std::vector<std::uint64_t> offsets{7 * block, 2 * block, 11 * block,
+                                       0,         5 * block, 9 * block};
+    pattern_blocks where{99, 1234, 5, 3, block, true};
+    kv_pattern on_gpu{gpu};
+    kv_pattern on_host{host};
+    on_gpu.fill(offsets, where);
+    on_host.fill(offsets, where);
+    auto bytes = to_host(*gpu);
+    CHECK(std::equal(bytes.begin(), bytes.end(), host->data()));
+    REQUIRE_FALSE(on_gpu.check(offsets, where).has_value());
+    // Request 1235 lands everywhere but page 1 of block 4 (stale: 1234's).
+    where.request_id = 1235;
+    on_host.fill(offsets, where);
+    REQUIRE(cudaMemcpy(gpu->data(), host->data(), gpu->size(),
+                       cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE_FALSE(on_gpu.check(offsets, where).has_value());
+    REQUIRE(cudaMemcpy(gpu->data() + offsets[4] + 4096,
+                       bytes.data() + offsets[4] + 4096, block - 4096,
+                       cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(on_gpu.check(offsets, where) == std::optional<std::size_t>{4});
+    std::swap(offsets[0], offsets[1]);
+    CHECK(on_gpu.check(offsets, where) == std::optional<std::size_t>{0});
+  }
 }
 
 #endif

@@ -49,6 +49,26 @@ TEST_CASE("demo: pull, with the breakdown's stages") {
   CHECK(r.output.find("stages of 20 requests") != std::string::npos);
 }
 
+// --verify sampled on host memory: the producer writes and the consumer
+// checks one stamp per 4 KiB page (kv_stamp.hpp); the report says so.
+TEST_CASE("demo: sampled verification, push by layer and pull") {
+  for (const char* mode : {"--layerwise", "--pull --breakdown"}) {
+    auto r = run_kvferry(
+        std::string{"demo --gpu none --requests 20 --max-tokens 512 --quiet "
+                    "--verify sampled "} +
+        mode);
+    INFO(r.output);
+    CHECK(r.status == 0);
+    CHECK(r.output.find("verify sampled; columns") != std::string::npos);
+    CHECK(r.output.find("OK, 20 requests verified by sampling") !=
+          std::string::npos);
+  }
+  auto r = run_kvferry("demo --verify most"); // refused by CLI11's check
+  CHECK(r.status != 0);
+  CHECK(r.output.find("--verify: most not in {full,sampled}") !=
+        std::string::npos);
+}
+
 // The control-plane benchmark's shape (64 KiB requests, one in flight, so
 // nearly every request rides on credit): checked for correctness only; its
 // timing is measured by running the command, never asserted here.

@@ -2,7 +2,10 @@
 // on either kind of memory: host regions use fill_pattern (below) on
 // the CPU; cuda regions run one kernel per call over all the blocks it
 // covers and compare on the GPU too (only a mismatch index comes back, never
-// the data). One instance per app actor; used from one actor at a time.
+// the data). With `pattern_blocks::sampled` a fill writes, and a check
+// reads, only the 16-byte stamps of kv_stamp.hpp (one per 4 KiB page), on
+// the CPU or in a kernel alike. One instance per app actor; used from one
+// actor at a time.
 #pragma once
 
 #include <cstddef>
@@ -36,14 +39,15 @@ public:
   void fill(const std::vector<std::uint64_t>& offsets,
             const pattern_blocks& blocks);
   /// fill, then the hash_blocks of the same blocks where the CPU can read
-  /// them (host memory; nothing on a GPU). On the CPU each block is hashed
-  /// right after it is written, while it is still in cache: one pass over
-  /// memory instead of two.
+  /// them (host memory; nothing on a GPU, nor when sampled). On the CPU each
+  /// block is hashed right after it is written, while it is still in cache: one
+  /// pass over memory instead of two.
   std::optional<std::uint64_t>
   fill_and_hash(const std::vector<std::uint64_t>& offsets,
                 const pattern_blocks& blocks);
-  /// Index (into `offsets`) of the first block whose bytes differ from the
-  /// pattern, or nothing when all match. Same errors as fill.
+  /// Index (into `offsets`) of the first block whose bytes (sampled: whose
+  /// stamps) differ from the pattern, or nothing when all match. Same
+  /// errors as fill.
   std::optional<std::size_t> check(const std::vector<std::uint64_t>& offsets,
                                    const pattern_blocks& blocks);
   /// On a GPU: makes the stream and buffers now, for calls of up to

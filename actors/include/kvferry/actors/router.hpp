@@ -101,6 +101,9 @@ struct router_config {
   bool layerwise = false;
   bool pull = false;
   std::uint64_t seed = 1; // of the KV pattern the producers fill
+  /// Sampled verification: the producers write, and the consumers check,
+  /// one 16-byte stamp per 4 KiB page (kv_stamp.hpp) instead of every byte.
+  bool sampled_verify = false;
   std::uint32_t inflight = 2;
   /// After a failed request, go on issuing the rest (a serving router, the
   /// simulator) instead of stopping the run (the demo's rule).

@@ -201,12 +201,15 @@ struct prefill_request {
   caf::actor consumer;
   bool layerwise = false;
   bool pull = false;
+  // Only a 16-byte stamp per 4 KiB page is written and checked
+  // (actors/kv_stamp.hpp), not every byte (`kvferry demo --verify`).
+  bool sampled_verify = false;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, prefill_request& x) {
   return f(caf::meta::type_name("kvferry::proto::prefill_request"),
            x.request_id, x.prompt_tokens, x.pattern_seed, x.consumer,
-           x.layerwise, x.pull);
+           x.layerwise, x.pull, x.sampled_verify);
 }
 
 /// Producer -> consumer: reserve blocks for a request (push mode).
@@ -274,6 +277,7 @@ struct credit_notice {
   std::uint64_t xxhash = 0;
   bool has_xxhash = false;        // as in arrival_notice (GPU memory: no)
   std::uint64_t pattern_seed = 0; // the prefill_request's seed
+  bool sampled_verify = false;    // the prefill_request's
   std::int64_t compute_ns = 0;    // the producer's fill + hash time
   std::int64_t fill_gpu_ns = 0;   // its fill kernel's GPU time (0: host)
 };
@@ -281,7 +285,8 @@ template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::credit_notice"), x.request_id,
            x.producer, x.block_offsets, x.blocks_per_layer, x.parts, x.bytes,
-           x.xxhash, x.has_xxhash, x.pattern_seed, x.compute_ns, x.fill_gpu_ns);
+           x.xxhash, x.has_xxhash, x.pattern_seed, x.sampled_verify,
+           x.compute_ns, x.fill_gpu_ns);
 }
 
 /// Producer -> consumer after its sends completed: what it sent (push), or
@@ -294,6 +299,7 @@ struct arrival_notice {
   // consumer then regenerates the pattern from `pattern_seed` and compares.
   bool has_xxhash = false;
   std::uint64_t pattern_seed = 0; // the prefill_request's seed
+  bool sampled_verify = false;    // the prefill_request's: check the stamps
   // pull mode only (the source's node is named as its transfer actor;
   // block_offsets: its pool block ids, as in `grant`):
   endpoint source;
@@ -305,8 +311,9 @@ struct arrival_notice {
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::arrival_notice"), x.request_id,
-           x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.source,
-           x.block_offsets, x.blocks_per_layer, x.layers, x.requester);
+           x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.sampled_verify,
+           x.source, x.block_offsets, x.blocks_per_layer, x.layers,
+           x.requester);
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and
