@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <exception>
 #include <stdexcept>
 #include <utility>
@@ -369,31 +368,6 @@ bool progress_in(self_ptr self) {
   return progressed;
 }
 
-// KVFERRY_ANNOUNCE_SPIN=N (experimental; 0, the default, is off): after a
-// pull's send order, the progress loop polls up to N times (at most 256)
-// while nothing but an announcement is awaited, so that the announcement
-// finds this thread awake instead of waking it. That saves a wake-up where
-// cores are idle and takes a core from the I/O threads where they are not.
-unsigned announce_spin_polls() {
-  static const unsigned n = [] {
-    const char* v = std::getenv("KVFERRY_ANNOUNCE_SPIN");
-    return v == nullptr ? 0u
-                        : static_cast<unsigned>(
-                              std::min(256ul, std::strtoul(v, nullptr, 10)));
-  }();
-  return n;
-}
-
-// A claimed receive whose announcement has not come yet.
-bool awaits_announcement(const transfer_state& st) {
-  for (auto& [name, p] : st.in)
-    for (auto& [id, t] : p.transfers)
-      if (t.waiter && !t.done && !t.failure &&
-          t.announced == steady_clock::time_point{})
-        return true;
-  return false;
-}
-
 bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.out)
     if (p.connector || !p.ops.empty() || !p.waiting.empty() ||
@@ -417,15 +391,6 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
-} // namespace
-
-void await_announcement(self_ptr self) {
-  if (announce_spin_polls() > 0)
-    ensure_progress(self);
-}
-
-namespace {
-
 void on_progress(self_ptr self, std::uint64_t generation) {
   auto& st = self->state;
   if (generation != st.progress_generation)
@@ -444,8 +409,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     answer_status_waiters(st);
   if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
-  if (!has_work(st) &&
-      !(st.idle_polls < announce_spin_polls() && awaits_announcement(st)))
+  if (!has_work(st))
     return;
   st.progress_scheduled = true;
   if (progressed)

@@ -130,7 +130,6 @@ caf::result<proto::node_report> serve(self_ptr self, const offer_key& key,
   auto promise = self->make_response_promise<proto::node_report>();
   claim_recv(self, proto::recv_order{key.second, key.first, h.offer.timeout_ms},
              waiter_promise{answer_waiter{promise, req.id, st.node, {}}});
-  await_announcement(self);
   return promise;
 }
 

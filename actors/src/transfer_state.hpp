@@ -285,9 +285,6 @@ caf::error lost(const std::string& peer, const std::string& why);
 
 /// New work: poll now (see transfer.cpp).
 void ensure_progress(self_ptr self);
-// A pull's send order left: with KVFERRY_ANNOUNCE_SPIN, poll while its
-// announcement is on its way (transfer.cpp).
-void await_announcement(self_ptr self);
 
 /// Fails transfer `id` of `key` ("<peer" receiving, ">peer" sending) unless
 /// it completed within `timeout`.
