@@ -11,9 +11,13 @@ namespace kvsock {
 constexpr int kMaxRecvs = 8;      // buffers in one grouped irecv
 constexpr int kRecvRequests = 32; // irecvs in flight per recv comm
 constexpr int kSendRequests =
-    kRecvRequests * kMaxRecvs;   // isends in flight per send comm
-constexpr int kMaxLanes = 16;    // data sockets per comm
-constexpr int kMaxGather = 16;   // sends in one control-socket sendmsg
+    kRecvRequests * kMaxRecvs; // isends in flight per send comm
+constexpr int kMaxLanes = 16;  // data sockets per comm
+constexpr int kMaxGather = 16; // sends in one control-socket sendmsg
+// Sends up to this size wait to be gathered (KVSOCK_GATHER); a larger one
+// is written at once: a syscall costs a 2 KiB send more than its copy, not a
+// 64 KiB one, and a send handed to the data sockets must not wait.
+constexpr size_t kGatherMaxBytes = 16 << 10;
 constexpr int kUnpackSlots = 16; // receives outstanding in UNPACK mode
 constexpr size_t kUnpackMaxRecvBytes = 4u << 20; // one UNPACK irecv
 constexpr size_t kUnpackPage = 4096;
