@@ -17,12 +17,7 @@
 #include <cstdint>
 
 #include "kvferry/actors/pattern_blocks.hpp"
-
-#if defined(__CUDACC__)
-#define KVFERRY_HOST_DEVICE __host__ __device__
-#else
-#define KVFERRY_HOST_DEVICE
-#endif
+#include "kvferry/transport/host_device.hpp"
 
 namespace kvferry::stamp {
 

@@ -18,12 +18,7 @@
 #include <string>
 #include <vector>
 
-// Functions the copy kernel shares with the host (compiled for both by nvcc).
-#if defined(__CUDACC__)
-#define KVFERRY_HOST_DEVICE __host__ __device__
-#else
-#define KVFERRY_HOST_DEVICE
-#endif
+#include "kvferry/transport/host_device.hpp"
 
 namespace kvferry::transport {
 
