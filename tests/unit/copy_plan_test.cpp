@@ -639,6 +639,107 @@ TEST_CASE("a plan packed in parts names its first bad extent, whichever part "
   CHECK(ran == 4);
 }
 
+namespace {
+
+// `n` extents (n <= 250) of 16 or 32 bytes in 32-byte slots of the tables'
+// region 1 whose destinations never continue their sources' neighbours:
+// nothing coalesces, as with KV blocks at scattered slots.
+std::vector<copy_extent> scattered_table_plan(std::size_t n) {
+  std::vector<copy_extent> plan;
+  for (std::uint64_t i = 0; i < n; ++i)
+    plan.push_back(
+        {virt(1, i * 32), virt(1, (i * 7 % n) * 32), i % 3 == 0 ? 32u : 16u});
+  return plan;
+}
+
+// The packed plan's bytes, packed in `count` parts on `crew` (and then in a
+// loop, which must give the same bytes).
+std::vector<std::uint64_t> packed_in_parts(const std::vector<copy_extent>& plan,
+                                           const two_tables& t, plan_crew& crew,
+                                           std::size_t count,
+                                           packed_plan_size& size) {
+  std::vector<packed_part> parts(count);
+  std::vector<std::uint64_t> a((packed_plan_bytes(plan.size()) + 7) / 8),
+      b(a.size());
+  size =
+      pack_plan_in_parts(plan, 16, t.src, t.dst, a.data(), parts.data(), count,
+                         [&](std::size_t n, auto& job) { crew.run(n, job); });
+  const auto looped = pack_plan_in_parts(plan, 16, t.src, t.dst, b.data(),
+                                         parts.data(), count, in_a_loop);
+  REQUIRE(looped.extents == size.extents);
+  CHECK(std::memcmp(a.data(), b.data(), size.bytes()) == 0);
+  return a;
+}
+
+} // namespace
+
+TEST_CASE("a plan packed in parts in place is pack_plan's to the byte when no "
+          "extent continues another across a part edge") {
+  const two_tables t;
+  plan_crew crew{3};
+  auto same_as_whole = [&](const std::vector<copy_extent>& plan) {
+    packed_plan_size whole_size;
+    const auto whole = packed_bytes(plan, 16, t.src, t.dst, whole_size);
+    for (std::size_t count = 1; count <= 4; ++count) {
+      CAPTURE(count);
+      packed_plan_size size;
+      const auto parts = packed_in_parts(plan, t, crew, count, size);
+      REQUIRE(size.extents == whole_size.extents);
+      CHECK(size.items == whole_size.items);
+      CHECK(size.copied == whole_size.copied);
+      CHECK(std::memcmp(parts.data(), whole.data(), size.bytes()) == 0);
+    }
+  };
+  // Nothing coalesces: every part packs into its place.
+  same_as_whole(scattered_table_plan(240));
+  // Parts of 240 extents: edges at 60, 120, 180 (4 parts), 80 and 160 (3),
+  // 120 (2). A merge or a dropped extent in one part moves the later ones.
+  for (std::size_t at : {5u, 100u, 200u, 239u}) {
+    CAPTURE(at);
+    auto merged = scattered_table_plan(240);
+    merged[at - 1].length = 32; // so that extent `at` continues it
+    merged[at].dst_offset = merged[at - 1].dst_offset + 32;
+    same_as_whole(merged);
+    auto dropped = scattered_table_plan(240);
+    dropped[at].length = 0;
+    same_as_whole(dropped);
+  }
+}
+
+TEST_CASE("a plan packed in parts in place names its first bad extent in "
+          "whichever part, and the next plan packs whole") {
+  const two_tables t;
+  plan_crew crew{3};
+  std::vector<packed_part> parts(4);
+  const auto good = scattered_table_plan(240);
+  std::vector<std::uint64_t> buffer((packed_plan_bytes(good.size()) + 7) / 8);
+  auto pack = [&](const std::vector<copy_extent>& plan) {
+    return refusal([&] {
+      pack_plan_in_parts(plan, 16, t.src, t.dst, buffer.data(), parts.data(), 4,
+                         [&](std::size_t n, auto& job) { crew.run(n, job); });
+    });
+  };
+  for (std::size_t at : {0u, 59u, 60u, 130u, 239u}) { // parts 0, 0, 1, 2, 3
+    CAPTURE(at);
+    auto source = good, destination = good;
+    source[at].src_offset = virt(7, 0);         // no region 7
+    destination[at].dst_offset = virt(1, 8990); // leaves 9000 bytes
+    if (at + 70 < destination.size()) // a later part's fault: not named
+      destination[at + 70].src_offset = virt(9, 0);
+    CHECK(pack(source) ==
+          check_table_side(source, extent_side::source, t.src).value());
+    CHECK(
+        pack(destination) ==
+        check_table_side(destination, extent_side::destination, t.dst).value());
+    CHECK(pack(destination).find("extent #" + std::to_string(at) + " ") == 0);
+  }
+  packed_plan_size whole_size, size;
+  const auto whole = packed_bytes(good, 16, t.src, t.dst, whole_size);
+  const auto again = packed_in_parts(good, t, crew, 4, size);
+  REQUIRE(size.extents == whole_size.extents);
+  CHECK(std::memcmp(again.data(), whole.data(), size.bytes()) == 0);
+}
+
 TEST_CASE("a plan crew runs each part once per run, whatever the number of "
           "parts, and refuses more parts than it has threads") {
   plan_crew crew{2};

@@ -223,24 +223,26 @@ std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
   return std::nullopt;
 }
 
-// pack_plan's one pass (see copy_plan.hpp): `place(index, e, out)` checks
-// extent `index` and writes where it copies (throwing extent_error when it
-// does not fit); then empty extents are dropped, neighbours coalesced and
-// the items and bytes counted. The item indices are first written past
-// room for every input extent (the kept count is not known yet), then moved
-// down behind the kept ones. With `begin` and `end`: extents [begin, end)
-// only, packed as a plan of their own (a part of a plan; `place` gets the
-// index in the whole plan).
+// Where a packed plan of `extent_count` extents keeps its item indices.
+std::uint32_t* first_items_after(copy_extent* extents,
+                                 std::size_t extent_count) {
+  return reinterpret_cast<std::uint32_t*>(extents + extent_count);
+}
+
+// pack_plan's one pass (see copy_plan.hpp) over extents [begin, end):
+// `place(index, e, out)` checks extent `index` and writes where it copies
+// (throwing extent_error when it does not fit); then empty extents are
+// dropped, neighbours coalesced and the items and bytes counted. The kept
+// extents go to `out`, the index of each one's first item (counted from
+// this pass's first) to `first_item`, both with room for end - begin; the
+// closing index is the caller's to write (it knows where the plan ends).
 template<typename Place>
 packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
-                             std::uint32_t item_bytes, void* buffer,
-                             Place&& place, std::size_t begin = 0,
-                             std::size_t end = SIZE_MAX) {
+                             std::size_t begin, std::size_t end,
+                             std::uint32_t item_bytes, copy_extent* out,
+                             std::uint32_t* first_item, Place&& place) {
   require_valid_item_size(item_bytes);
-  end = std::min(end, extents.size());
   const item_counter items_in{item_bytes};
-  auto* out = static_cast<copy_extent*>(buffer);
-  auto* first_item = reinterpret_cast<std::uint32_t*>(out + (end - begin));
   std::size_t kept = 0;
   std::uint64_t items = 0;
   auto close_last = [&] { // the last kept extent is complete: count its items
@@ -267,11 +269,26 @@ packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
   }
   if (kept > 0)
     close_last();
-  first_item[kept] = static_cast<std::uint32_t>(items);
-  std::memmove(reinterpret_cast<std::uint32_t*>(out + kept), first_item,
-               (kept + 1) * sizeof(std::uint32_t));
   return packed_plan_size{static_cast<std::uint32_t>(kept),
                           static_cast<std::uint32_t>(items), copied};
+}
+
+// The whole plan in one pass: its item indices written past room for every
+// extent (the kept count is not known yet), then moved down behind the kept
+// ones when some were dropped or merged.
+template<typename Place>
+packed_plan_size pack_whole(const std::vector<copy_extent>& extents,
+                            std::uint32_t item_bytes, void* buffer,
+                            Place&& place) {
+  auto* out = static_cast<copy_extent*>(buffer);
+  auto* first_item = first_items_after(out, extents.size());
+  const auto size = pack_placed(extents, 0, extents.size(), item_bytes, out,
+                                first_item, place);
+  first_item[size.extents] = size.items;
+  if (size.extents < extents.size())
+    std::memmove(first_items_after(out, size.extents), first_item,
+                 (size.extents + 1) * sizeof(std::uint32_t));
+  return size;
 }
 
 // Translates extent `index` through both layouts into `out`; throws
@@ -325,7 +342,7 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
                            std::uint64_t src_region_bytes,
                            std::uint64_t dst_region_bytes, void* buffer) {
   // Bounds are checked in the same pass (one read of the caller's extents).
-  return pack_placed(
+  return pack_whole(
       extents, item_bytes, buffer,
       [&](std::size_t index, const copy_extent& e, copy_extent& out) {
         if (!fits(e.src_offset, e.length, src_region_bytes) ||
@@ -339,18 +356,20 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
 packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
                            std::uint32_t item_bytes, const region_layout& src,
                            const region_layout& dst, void* buffer) {
-  return pack_placed(extents, item_bytes, buffer, table_placer{src, dst});
+  return pack_whole(extents, item_bytes, buffer, table_placer{src, dst});
 }
 
 void pack_part(const std::vector<copy_extent>& extents, std::size_t k,
                std::size_t parts, std::uint32_t item_bytes,
-               const region_layout& src, const region_layout& dst,
+               const region_layout& src, const region_layout& dst, void* buffer,
                packed_part& out) {
   const std::size_t n = extents.size();
-  const std::size_t begin = k * n / parts, end = (k + 1) * n / parts;
-  out.buffer.resize((packed_plan_bytes(end - begin) + 7) / 8);
-  out.size = pack_placed(extents, item_bytes, out.buffer.data(),
-                         table_placer{src, dst}, begin, end);
+  out.begin = k * n / parts;
+  const std::size_t end = (k + 1) * n / parts;
+  auto* plan = static_cast<copy_extent*>(buffer);
+  out.size = pack_placed(extents, out.begin, end, item_bytes, plan + out.begin,
+                         first_items_after(plan, n) + out.begin,
+                         table_placer{src, dst});
 }
 
 packed_plan_size place_parts(packed_part* parts, std::size_t count) {
@@ -366,6 +385,30 @@ packed_plan_size place_parts(packed_part* parts, std::size_t count) {
   }
   return packed_plan_size{static_cast<std::uint32_t>(extents),
                           static_cast<std::uint32_t>(items), copied};
+}
+
+void shift_part(const packed_part& part, bool last, packed_plan_size joined,
+                void* buffer) {
+  auto* first_item =
+      first_items_after(static_cast<copy_extent*>(buffer), joined.extents);
+  if (part.item_at != 0)
+    for (std::uint32_t i = 0; i < part.size.extents; ++i)
+      first_item[part.extent_at + i] += part.item_at;
+  if (last)
+    first_item[joined.extents] = joined.items;
+}
+
+void save_part(packed_part& part, std::size_t extent_count,
+               const void* buffer) {
+  const auto* plan = static_cast<const copy_extent*>(buffer);
+  const auto* first_item =
+      reinterpret_cast<const std::uint32_t*>(plan + extent_count) + part.begin;
+  part.buffer.resize((packed_plan_bytes(part.size.extents) + 7) / 8);
+  auto* saved = reinterpret_cast<copy_extent*>(part.buffer.data());
+  std::memcpy(saved, plan + part.begin,
+              part.size.extents * sizeof(copy_extent));
+  std::memcpy(first_items_after(saved, part.size.extents), first_item,
+              part.size.extents * sizeof(std::uint32_t));
 }
 
 void copy_part(const packed_part& part, bool last, packed_plan_size joined,

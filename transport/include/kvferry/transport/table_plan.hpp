@@ -60,34 +60,50 @@ void translate_extents(const std::vector<copy_extent>& extents,
                        std::vector<copy_extent>& out);
 
 /// A plan over region tables packed in parts, for several threads
-/// (pack_plan_in_parts): part k packs extents [k n / parts, (k + 1) n /
-/// parts) as pack_plan packs a plan of its own, into `buffer` (a packed
-/// plan of its own, capacity kept from plan to plan), then is copied into
-/// its place in the joined plan, its item indices shifted by the items of
-/// the parts before it. Extents that continue each other across a part
-/// edge stay two extents: the same bytes are copied, by one more item.
+/// (pack_plan_in_parts). Part k packs extents [k n / parts, (k + 1) n /
+/// parts) as pack_plan packs a plan of its own, straight into the joined
+/// plan's buffer, where they lie if no extent before them was dropped or
+/// merged: its extents from index `begin` on, its item indices (counted from
+/// its own first item) from first_item[begin] of a plan of n extents. When
+/// no part dropped or merged any (KV blocks at scattered slots: the large
+/// plans), that is their place, and only the item indices of the later
+/// parts are shifted by the items of the parts before them. Otherwise the
+/// parts are moved to their places through `buffer`, a part's own copy
+/// (capacity kept from plan to plan). Extents that continue each other
+/// across a part edge stay two extents: the same bytes are copied, by one
+/// more item.
 struct packed_part {
-  std::vector<std::uint64_t> buffer;
+  std::vector<std::uint64_t> buffer; // used only when a part is moved
   packed_plan_size size;
+  std::size_t begin = 0;                    // its first extent, in place
   std::uint32_t extent_at = 0, item_at = 0; // its place in the joined plan
 };
 
 /// Phase one of part `k` of `parts` (any thread): translate, check,
-/// coalesce and count its extents into `out.buffer`. Errors as pack_plan's,
+/// coalesce and count its extents into its in-place share of `buffer`
+/// (packed_plan_bytes(extents.size()) bytes). Errors as pack_plan's,
 /// naming the extent by its index in the whole plan.
 void pack_part(const std::vector<copy_extent>& extents, std::size_t k,
                std::size_t parts, std::uint32_t item_bytes,
-               const region_layout& src, const region_layout& dst,
+               const region_layout& src, const region_layout& dst, void* buffer,
                packed_part& out);
 
 /// Between the phases (one thread): each part's place, and the joined
 /// plan's size (std::invalid_argument from 2^32 work items on).
 packed_plan_size place_parts(packed_part* parts, std::size_t count);
 
-/// Phase two of one part (any thread): its extents and shifted item indices
-/// into the joined plan of `joined` in `buffer` (packed_plan_bytes of the
-/// whole plan's extent count); the last part also writes the joined plan's
-/// closing item index.
+/// Phase two of one part (any thread) when the joined plan keeps every
+/// extent (joined.extents == extents.size()): its item indices shifted in
+/// place; the last part also writes the joined plan's closing item index.
+void shift_part(const packed_part& part, bool last, packed_plan_size joined,
+                void* buffer);
+
+/// Otherwise phase two, then three: save_part copies the part out of a
+/// plan of `extent_count` extents in `buffer` into part.buffer (every part
+/// before any part is written back: a part's place may overlap what an
+/// earlier part packed), then copy_part writes it to its place in the joined
+/// plan, its item indices shifted, the last part also the closing index.
+void save_part(packed_part& part, std::size_t extent_count, const void* buffer);
 void copy_part(const packed_part& part, bool last, packed_plan_size joined,
                void* buffer);
 
@@ -95,7 +111,8 @@ void copy_part(const packed_part& part, bool last, packed_plan_size joined,
 /// phase run as run_parts(count, job) runs job(0) .. job(count - 1) (a
 /// plan_crew's run, or a loop) and returns once all have, rethrowing the
 /// lowest part's exception. The joined plan copies exactly the bytes
-/// pack_plan's does.
+/// pack_plan's does; a plan that coalesces nothing is pack_plan's to the
+/// byte.
 template<class RunParts>
 packed_plan_size
 pack_plan_in_parts(const std::vector<copy_extent>& extents,
@@ -103,12 +120,24 @@ pack_plan_in_parts(const std::vector<copy_extent>& extents,
                    const region_layout& dst, void* buffer, packed_part* parts,
                    std::size_t count, RunParts&& run_parts) {
   auto pack = [&](std::size_t k) {
-    pack_part(extents, k, count, item_bytes, src, dst, parts[k]);
+    pack_part(extents, k, count, item_bytes, src, dst, buffer, parts[k]);
   };
   run_parts(count, pack);
   const auto joined = place_parts(parts, count);
+  const auto last = [count](std::size_t k) { return k + 1 == count; };
+  if (joined.extents == extents.size()) { // every part is in its place
+    auto shift = [&](std::size_t k) {
+      shift_part(parts[k], last(k), joined, buffer);
+    };
+    run_parts(count, shift);
+    return joined;
+  }
+  auto save = [&](std::size_t k) {
+    save_part(parts[k], extents.size(), buffer);
+  };
+  run_parts(count, save);
   auto copy = [&](std::size_t k) {
-    copy_part(parts[k], k + 1 == count, joined, buffer);
+    copy_part(parts[k], last(k), joined, buffer);
   };
   run_parts(count, copy);
   return joined;
