@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include <doctest/doctest.h>
 
@@ -764,6 +765,44 @@ TEST_CASE("a plan crew runs each part once per run, whatever the number of "
   auto once = [&](std::size_t) { ++ran; };
   alone.run(1, once);
   CHECK(ran == 1);
+}
+
+TEST_CASE("a plan crew's parts go to whichever thread is free: run after "
+          "run, each part once, a part's error still its own") {
+  plan_crew crew{3};
+  std::vector<std::atomic<int>> runs(4);
+  for (int round = 0; round < 2000; ++round) {
+    const std::size_t parts = 2 + round % 3; // 2, 3 or 4
+    for (auto& r : runs)
+      r = 0;
+    auto count = [&](std::size_t k) {
+      ++runs[k];
+      if (round % 7 == 0 && k == parts - 1)
+        throw std::runtime_error("part " + std::to_string(k));
+    };
+    if (round % 7 == 0)
+      CHECK_THROWS_WITH_AS(crew.run(parts, count),
+                           ("part " + std::to_string(parts - 1)).c_str(),
+                           std::runtime_error);
+    else
+      crew.run(parts, count);
+    bool once = true;
+    for (std::size_t k = 0; k < runs.size(); ++k)
+      once &= runs[k] == (k < parts ? 1 : 0);
+    REQUIRE(once);
+  }
+  // The parts run side by side while threads are free: part 0 can wait for
+  // the last part.
+  std::atomic<bool> last_ran{false};
+  auto wait_for_last = [&](std::size_t k) {
+    if (k == 3)
+      last_ran = true;
+    else
+      while (!last_ran)
+        std::this_thread::yield();
+  };
+  crew.run(4, wait_for_last);
+  CHECK(last_ran);
 }
 
 // A vector call's extent list is taken from and given back to extent_lists:

@@ -37,7 +37,7 @@ plan_crew::~plan_crew() {
 void plan_crew::start_helpers() {
   threads_.reserve(helpers_);
   for (std::size_t i = 0; i < helpers_; ++i)
-    threads_.emplace_back([this, i] { helper(i); });
+    threads_.emplace_back([this] { helper(); });
 }
 
 void plan_crew::run_erased(std::size_t parts, job_fn fn, void* job) {
@@ -45,28 +45,28 @@ void plan_crew::run_erased(std::size_t parts, job_fn fn, void* job) {
     throw std::invalid_argument("plan_crew: " + std::to_string(parts) +
                                 " parts for a crew of " +
                                 std::to_string(size()));
-  if (parts > 1 && threads_.empty())
+  if (parts == 1) {
+    fn(job, 0); // its exception is the run's
+    return;
+  }
+  if (threads_.empty())
     start_helpers();
   for (auto& e : errors_)
     e = nullptr;
-  if (parts > 1) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      fn_ = fn;
-      job_ = job;
-      parts_ = parts;
-      pending_ = parts - 1;
-      ++generation_; // last: a spinning helper reads the rest under mu_
-    }
-    wake_.notify_all();
+  std::uint64_t generation;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fn_ = fn;
+    job_ = job;
+    parts_ = parts;
+    next_part_ = 0;
+    pending_ = parts;
+    // Last: a spinning helper sees it, then reads the rest under mu_.
+    generation = ++generation_;
   }
-  try {
-    fn(job, 0);
-  } catch (...) {
-    errors_[0] = std::current_exception();
-  }
-  if (parts > 1 &&
-      !spin_until([&] { return pending_.load() == 0; }, spin_for)) {
+  wake_.notify_all();
+  take_parts(generation);
+  if (!spin_until([&] { return pending_.load() == 0; }, spin_for)) {
     std::unique_lock<std::mutex> lock(mu_);
     done_.wait(lock, [&] { return pending_.load() == 0; });
   }
@@ -75,30 +75,46 @@ void plan_crew::run_erased(std::size_t parts, job_fn fn, void* job) {
       std::rethrow_exception(errors_[k]);
 }
 
-void plan_crew::helper(std::size_t index) {
-  const std::size_t part = index + 1;
-  std::uint64_t seen = 0;
-  auto called = [&] { return stop_.load() || generation_.load() != seen; };
+// Runs parts of run `generation` until none is left to take. A part is taken
+// under mu_ only while its run is the current one and not all its parts are
+// taken: the run cannot have returned, so its job is still alive.
+void plan_crew::take_parts(std::uint64_t generation) {
   for (;;) {
-    spin_until(called, spin_for);
-    std::unique_lock<std::mutex> lock(mu_);
-    wake_.wait(lock, called);
-    if (stop_)
-      return;
-    seen = generation_;
-    if (part >= parts_)
-      continue; // not needed this run
-    const auto fn = fn_;
-    auto* job = job_;
-    lock.unlock();
+    std::size_t part;
+    job_fn fn;
+    void* job;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (generation_.load() != generation || next_part_ >= parts_)
+        return;
+      part = next_part_++;
+      fn = fn_;
+      job = job_;
+    }
     try {
       fn(job, part);
     } catch (...) {
       errors_[part] = std::current_exception();
     }
-    lock.lock();
-    if (--pending_ == 0)
+    if (--pending_ == 0) {
+      std::lock_guard<std::mutex> lock(mu_); // the caller may be about to wait
       done_.notify_one();
+    }
+  }
+}
+
+void plan_crew::helper() {
+  std::uint64_t seen = 0;
+  auto called = [&] { return stop_.load() || generation_.load() != seen; };
+  for (;;) {
+    if (!spin_until(called, spin_for)) {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, called);
+    }
+    if (stop_)
+      return;
+    seen = generation_.load();
+    take_parts(seen);
   }
 }
 
