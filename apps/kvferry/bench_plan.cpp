@@ -16,14 +16,18 @@
 //     transfer actor did before: to_address_plan, then prepare());
 //   - one pass: pack_plan over the region layouts (what it does now);
 //   - in parts: the same on --plan-threads threads (plan_crew), as the
-//     engine packs plans of 16,384 extents or more.
+//     engine packs plans of 16,384 extents or more (each part packed in
+//     place since session 16: no joining copy when nothing coalesces, as
+//     here).
 // Then the host stages of one vector endpoint call over those blocks (issue
 // #16: over CUDA IPC a call of 65,536 4 KiB blocks copies in ~200 us of GPU
 // time, and every stage's host time must stay under it), each before and
 // after session 15 on this thread (and the crew where the stage uses one):
 //   - the caller's pass (one_sided_plan.hpp): before, the loop endpoint.cpp
 //     ran (kept below as the baseline); now plan_one_sided, on this thread
-//     and in --plan-threads parts;
+//     and in --plan-threads parts, and for a read of the same blocks in
+//     parts (the same checks, the extents written peer -> local; the pack
+//     of a read is the write's with the tables swapped, equal here);
 //   - the control actor: before, a byte total over the list; now none (the
 //     caller's pass counts the bytes);
 //   - the transfer actor's send handler: before, check_table_extents over
@@ -230,6 +234,10 @@ void measure_vector_call(const bench_plan_options& opt,
       median_seconds(opt.repeats, [&] { caller_now(nullptr); });
   const double caller_parts =
       median_seconds(opt.repeats, [&] { caller_now(&crew); });
+  call.write = false; // a read of the same blocks: extents peer -> local
+  const double caller_read_parts =
+      median_seconds(opt.repeats, [&] { caller_now(&crew); });
+  call.write = true;
 
   std::vector<copy_extent> virt(plan.size());
   one_sided_plan out;
@@ -271,6 +279,7 @@ void measure_vector_call(const bench_plan_options& opt,
   row["vector_call_us"] = {{"caller_before", caller_before * 1e6},
                            {"caller_one_thread", caller_one * 1e6},
                            {"caller_in_parts", caller_parts * 1e6},
+                           {"caller_read_in_parts", caller_read_parts * 1e6},
                            {"control_before", control_before * 1e6},
                            {"control_now", 0.0},
                            {"transfer_before", transfer_before * 1e6},
@@ -429,19 +438,20 @@ int run_bench_plan(const bench_plan_options& opt) {
         "\nOne vector endpoint call over these blocks (issue #16), host us "
         "per call and stage, before / now (parts: {} threads)\n",
         opt.plan_threads);
-    std::cout << fmt::format("{:>8} {:>8} {:>22} {:>14} {:>18}\n", "block",
-                             "extents", "caller (1 / parts)", "control",
-                             "transfer actor");
+    std::cout << fmt::format("{:>8} {:>8} {:>22} {:>12} {:>14} {:>18}\n",
+                             "block", "extents", "caller (1 / parts)",
+                             "read: parts", "control", "transfer actor");
     for (const auto& row : result["sizes"]) {
       const auto& us = row["vector_call_us"];
       std::cout << fmt::format(
-          "{:>8} {:>8} {:>7.1f} / {:>5.1f} / {:>5.1f} {:>6.1f} / {:>4.1f} "
-          "{:>8.1f} / {:>6.1f}\n",
+          "{:>8} {:>8} {:>7.1f} / {:>5.1f} / {:>5.1f} {:>12.1f} {:>6.1f} / "
+          "{:>4.1f} {:>8.1f} / {:>6.1f}\n",
           row["block_bytes"].get<std::uint64_t>(),
           row["extents"].get<std::uint64_t>(),
           us["caller_before"].get<double>(),
           us["caller_one_thread"].get<double>(),
           us["caller_in_parts"].get<double>(),
+          us["caller_read_in_parts"].get<double>(),
           us["control_before"].get<double>(), us["control_now"].get<double>(),
           us["transfer_before"].get<double>(),
           us["transfer_now"].get<double>());
