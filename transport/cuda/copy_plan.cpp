@@ -168,28 +168,33 @@ namespace {
 
 // One side of a region table as the packing pass reads it: a virtual offset
 // to its offset from the launch base, false when the extent leaves its
-// region.
+// region. Holds the layout's fields by value: as a local of the packing
+// pass they stay in registers (through a reference they would be reloaded
+// after every extent written, which may alias them).
 class table_side {
 public:
   explicit table_side(const region_layout& t)
-      : t_(t),
+      : offsets_(t.offsets), sizes_(t.sizes), count_(t.count), shift_(t.shift),
         mask_(t.shift > 0 && t.shift < 64 ? (std::uint64_t{1} << t.shift) - 1
                                           : 0) {
   } // a bad shift is refused (table_placer)
   bool translate(std::uint64_t virt, std::uint64_t length,
                  std::uint64_t& out) const {
-    const std::uint64_t region = virt >> t_.shift;
-    if (region >= t_.count)
+    const std::uint64_t region = virt >> shift_;
+    if (region >= count_)
       return false;
     const std::uint64_t offset = virt & mask_;
-    if (!fits(offset, length, t_.sizes[region]))
+    if (!fits(offset, length, sizes_[region]))
       return false;
-    out = t_.offsets[region] + offset;
+    out = offsets_[region] + offset;
     return true;
   }
 
 private:
-  const region_layout& t_;
+  const std::uint64_t* offsets_;
+  const std::uint64_t* sizes_;
+  std::size_t count_;
+  unsigned shift_;
   std::uint64_t mask_;
 };
 
@@ -223,13 +228,28 @@ std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
   return std::nullopt;
 }
 
+// Out of line and cold, as every refusal the packing loop can make: the
+// loop's hot path stays small enough to be inlined whole.
+[[noreturn, gnu::cold, gnu::noinline]] void
+refuse_items(std::uint32_t item_bytes) {
+  throw std::invalid_argument("copy plan: more than 2^32 - 1 work items of " +
+                              std::to_string(item_bytes) + " bytes");
+}
+
+[[noreturn, gnu::cold, gnu::noinline]] void
+refuse_misfit(std::size_t index, const copy_extent& e,
+              std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes) {
+  throw extent_error(*misfit(index, e, src_region_bytes, dst_region_bytes));
+}
+
 // Where a packed plan of `extent_count` extents keeps its item indices.
 std::uint32_t* first_items_after(copy_extent* extents,
                                  std::size_t extent_count) {
   return reinterpret_cast<std::uint32_t*>(extents + extent_count);
 }
 
-// pack_plan's one pass (see copy_plan.hpp) over extents [begin, end):
+// pack_plan's one pass (see copy_plan.hpp) over extents [begin, end)
+// (`place` taken by value: its fields are the pass's locals):
 // `place(index, e, out)` checks extent `index` and writes where it copies
 // (throwing extent_error when it does not fit); then empty extents are
 // dropped, neighbours coalesced and the items and bytes counted. The kept
@@ -240,7 +260,7 @@ template<typename Place>
 packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
                              std::size_t begin, std::size_t end,
                              std::uint32_t item_bytes, copy_extent* out,
-                             std::uint32_t* first_item, Place&& place) {
+                             std::uint32_t* first_item, Place place) {
   require_valid_item_size(item_bytes);
   const item_counter items_in{item_bytes};
   std::size_t kept = 0;
@@ -249,9 +269,7 @@ packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
     first_item[kept - 1] = static_cast<std::uint32_t>(items);
     items += items_in(out[kept - 1].length);
     if (items > std::numeric_limits<std::uint32_t>::max())
-      throw std::invalid_argument(
-          "copy plan: more than 2^32 - 1 work items of " +
-          std::to_string(item_bytes) + " bytes");
+      refuse_items(item_bytes);
   };
   std::uint64_t copied = 0; // the byte total, so no caller needs a pass
   copy_extent e;
@@ -306,13 +324,20 @@ public:
     if (src_side_.translate(e.src_offset, e.length, out.src_offset) &&
         dst_side_.translate(e.dst_offset, e.length, out.dst_offset))
       return;
+    refuse(index, e);
+  }
+
+private:
+  // Out of line and cold: the packing loop inlines operator() only while
+  // it stays small.
+  [[noreturn, gnu::cold, gnu::noinline]] void
+  refuse(std::size_t index, const copy_extent& e) const {
     auto problem = table_misfit(index, e, extent_side::source, src_);
     if (!problem)
       problem = table_misfit(index, e, extent_side::destination, dst_);
     throw extent_error(*problem);
   }
 
-private:
   const region_layout& src_;
   const region_layout& dst_;
   table_side src_side_, dst_side_;
@@ -344,11 +369,11 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
   // Bounds are checked in the same pass (one read of the caller's extents).
   return pack_whole(
       extents, item_bytes, buffer,
-      [&](std::size_t index, const copy_extent& e, copy_extent& out) {
+      [src_region_bytes, dst_region_bytes](
+          std::size_t index, const copy_extent& e, copy_extent& out) {
         if (!fits(e.src_offset, e.length, src_region_bytes) ||
             !fits(e.dst_offset, e.length, dst_region_bytes))
-          throw extent_error(
-              *misfit(index, e, src_region_bytes, dst_region_bytes));
+          refuse_misfit(index, e, src_region_bytes, dst_region_bytes);
         out = e;
       });
 }
