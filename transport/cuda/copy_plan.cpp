@@ -247,6 +247,10 @@ std::uint32_t* first_items_after(copy_extent* extents,
                                  std::size_t extent_count) {
   return reinterpret_cast<std::uint32_t*>(extents + extent_count);
 }
+const std::uint32_t* first_items_after(const copy_extent* extents,
+                                       std::size_t extent_count) {
+  return reinterpret_cast<const std::uint32_t*>(extents + extent_count);
+}
 
 // pack_plan's one pass (see copy_plan.hpp) over extents [begin, end)
 // (`place` taken by value: its fields are the pass's locals):
@@ -423,28 +427,51 @@ void shift_part(const packed_part& part, bool last, packed_plan_size joined,
     first_item[joined.extents] = joined.items;
 }
 
+namespace {
+
+// The extents at the end of a part's in-place output that the later parts'
+// places cover: as many as were dropped or merged before it (all of them
+// when it kept fewer).
+std::size_t covered_tail(const packed_part& part) {
+  return std::min<std::size_t>(part.size.extents, part.begin - part.extent_at);
+}
+
+} // namespace
+
 void save_part(packed_part& part, std::size_t extent_count,
                const void* buffer) {
   const auto* plan = static_cast<const copy_extent*>(buffer);
-  const auto* first_item =
-      reinterpret_cast<const std::uint32_t*>(plan + extent_count) + part.begin;
-  part.buffer.resize((packed_plan_bytes(part.size.extents) + 7) / 8);
+  const std::size_t kept = part.size.extents, tail = covered_tail(part);
+  part.buffer.resize(
+      (tail * sizeof(copy_extent) + kept * sizeof(std::uint32_t) + 7) / 8);
+  if (kept == 0)
+    return;
   auto* saved = reinterpret_cast<copy_extent*>(part.buffer.data());
-  std::memcpy(saved, plan + part.begin,
-              part.size.extents * sizeof(copy_extent));
-  std::memcpy(first_items_after(saved, part.size.extents), first_item,
-              part.size.extents * sizeof(std::uint32_t));
+  std::memcpy(saved, plan + part.begin + kept - tail,
+              tail * sizeof(copy_extent));
+  std::memcpy(first_items_after(saved, tail),
+              first_items_after(plan, extent_count) + part.begin,
+              kept * sizeof(std::uint32_t));
 }
 
-void copy_part(const packed_part& part, bool last, packed_plan_size joined,
+void move_part(const packed_part& part, bool last, packed_plan_size joined,
                void* buffer) {
-  const auto mine = packed_plan_view::in(part.buffer.data(), part.size.extents);
-  const auto whole = packed_plan_view::in(buffer, joined.extents);
-  std::memcpy(const_cast<copy_extent*>(whole.extents) + part.extent_at,
-              mine.extents, part.size.extents * sizeof(copy_extent));
-  auto* first_item = const_cast<std::uint32_t*>(whole.first_item);
-  for (std::uint32_t i = 0; i < part.size.extents; ++i)
-    first_item[part.extent_at + i] = mine.first_item[i] + part.item_at;
+  auto* plan = static_cast<copy_extent*>(buffer);
+  const std::size_t kept = part.size.extents, tail = covered_tail(part);
+  const std::size_t head = kept - tail;
+  if (part.extent_at != part.begin) // down, within what no other part moves
+    std::memmove(plan + part.extent_at, plan + part.begin,
+                 head * sizeof(copy_extent));
+  auto* first_item = first_items_after(plan, joined.extents);
+  if (kept > 0) { // else save_part kept nothing
+    const auto* saved =
+        reinterpret_cast<const copy_extent*>(part.buffer.data());
+    std::memcpy(plan + part.extent_at + head, saved,
+                tail * sizeof(copy_extent));
+    const auto* saved_first = first_items_after(saved, tail);
+    for (std::size_t i = 0; i < kept; ++i)
+      first_item[part.extent_at + i] = saved_first[i] + part.item_at;
+  }
   if (last)
     first_item[joined.extents] = joined.items;
 }

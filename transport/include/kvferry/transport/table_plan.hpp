@@ -68,12 +68,13 @@ void translate_extents(const std::vector<copy_extent>& extents,
 /// no part dropped or merged any (KV blocks at scattered slots: the large
 /// plans), that is their place, and only the item indices of the later
 /// parts are shifted by the items of the parts before them. Otherwise the
-/// parts are moved to their places through `buffer`, a part's own copy
-/// (capacity kept from plan to plan). Extents that continue each other
+/// parts are moved down to their places (save_part, move_part), with what
+/// a move would overwrite kept in `buffer` meanwhile (capacity kept from
+/// plan to plan). Extents that continue each other
 /// across a part edge stay two extents: the same bytes are copied, by one
 /// more item.
 struct packed_part {
-  std::vector<std::uint64_t> buffer; // used only when a part is moved
+  std::vector<std::uint64_t> buffer; // used only while a part is moved
   packed_plan_size size;
   std::size_t begin = 0;                    // its first extent, in place
   std::uint32_t extent_at = 0, item_at = 0; // its place in the joined plan
@@ -98,13 +99,18 @@ packed_plan_size place_parts(packed_part* parts, std::size_t count);
 void shift_part(const packed_part& part, bool last, packed_plan_size joined,
                 void* buffer);
 
-/// Otherwise phase two, then three: save_part copies the part out of a
-/// plan of `extent_count` extents in `buffer` into part.buffer (every part
-/// before any part is written back: a part's place may overlap what an
-/// earlier part packed), then copy_part writes it to its place in the joined
-/// plan, its item indices shifted, the last part also the closing index.
+/// Otherwise phase two, then three. save_part keeps in part.buffer what
+/// the parts' moves would overwrite before it is read: the part's item
+/// indices (the joined plan's indices lie where the last parts' extents
+/// were) and the tail of its extents that the later parts' places cover
+/// (as many as were dropped or merged before it: few, when few were). Once
+/// every part has, move_part moves the part's other extents down to their
+/// place (memmove: no other part writes or reads there), writes back its
+/// tail, and its item indices shifted; the last part also the closing
+/// index. So a plan with a few merges costs about one copy of the plan, as
+/// it did before the parts packed in place.
 void save_part(packed_part& part, std::size_t extent_count, const void* buffer);
-void copy_part(const packed_part& part, bool last, packed_plan_size joined,
+void move_part(const packed_part& part, bool last, packed_plan_size joined,
                void* buffer);
 
 /// pack_plan over region tables in `count` parts (1 to parts' size), each
@@ -136,10 +142,10 @@ pack_plan_in_parts(const std::vector<copy_extent>& extents,
     save_part(parts[k], extents.size(), buffer);
   };
   run_parts(count, save);
-  auto copy = [&](std::size_t k) {
-    copy_part(parts[k], last(k), joined, buffer);
+  auto move = [&](std::size_t k) {
+    move_part(parts[k], last(k), joined, buffer);
   };
-  run_parts(count, copy);
+  run_parts(count, move);
   return joined;
 }
 
