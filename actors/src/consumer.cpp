@@ -9,7 +9,10 @@
 // hashes what arrived, compares it with what the producer says it sent,
 // returns the blocks (there is no real decode here) and answers ready.
 // Pull: `advertise` does the same, but asks our node to pull the advertised
-// blocks into the ids it just allocated (node_pull).
+// blocks into the ids it just allocated (node_pull). The producer delegates
+// the router's request with its advert, so the answer goes to the router
+// directly; a pull that fails here tells the producer (abort), which
+// withdraws its offer.
 //
 // Credit: `reserve` lends a producer blocks ahead of time (a loan, bounded
 // by lend_percent of the pool). The producer writes requests into them
@@ -233,6 +236,16 @@ caf::error verdict(const consumer_state& st, const request_ctx& ctx,
                                      : ""));
 }
 
+// Pull: tells `producer`, which advertised request `id`, that it will not be
+// pulled (it failed here; the router has the answer), so that its offer is
+// withdrawn now rather than holding the source blocks to its deadline.
+void refuse_pull(self_ptr self, const caf::actor& producer, std::uint64_t id,
+                 const caf::error& why) {
+  if (producer)
+    self->send(caf::actor_cast<producer_actor>(producer),
+               proto::abort_atom::value, id, self->state.cfg.name, why);
+}
+
 // Out of `requests`, so that its id is free again; only if the entry is
 // still this request (a late part of a request that expired must not
 // forget a newer one under the same id).
@@ -252,6 +265,8 @@ constexpr std::size_t failed_unanswered_limit = 256;
 void finish_failed(self_ptr self, const ctx_ptr& ctx) {
   auto& st = self->state;
   forget(st, *ctx);
+  if (auto producer = std::exchange(ctx->advertiser, caf::actor{}))
+    refuse_pull(self, producer, ctx->request_id, ctx->failure);
   if (ctx->answered)
     return;
   ctx->answered = true;
@@ -729,10 +744,10 @@ void on_sweep(self_ptr self) {
   arm_timer(self);
 }
 
-// Monitors the producer that sent the current message (once per actor): its
-// death fails its requests at once.
-void watch_sender(self_ptr self, const std::string& producer) {
-  auto who = caf::actor_cast<caf::actor>(self->current_sender());
+// Monitors producer actor `who` (once per actor): its death fails its
+// requests at once.
+void watch_producer(self_ptr self, const caf::actor& who,
+                    const std::string& producer) {
   if (who && self->state.producers.emplace(who.address(), producer).second)
     self->monitor(who);
 }
@@ -746,19 +761,19 @@ caf::actor_addr watch_requester(self_ptr self, const caf::actor& who) {
   return who ? who.address() : caf::actor_addr{};
 }
 
-// A waiter for the current message, its sender monitored, and `requester`
-// (the router behind the producer) too. Call it before making the message's
-// response promise, which takes the sender over.
+// A waiter for a request of producer actor `from` (named `producer`), both
+// it and `requester` (the router behind the producer) monitored.
 waiter waiter_for(self_ptr self, std::uint64_t request_id, std::uint64_t blocks,
-                  const std::string& producer, const caf::actor& requester) {
+                  const std::string& producer, const caf::actor& from,
+                  const caf::actor& requester) {
   waiter w;
   w.request_id = request_id;
   w.blocks = blocks;
   w.producer = producer;
-  w.from = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  w.from = from ? from.address() : caf::actor_addr{};
   w.requester = watch_requester(self, requester);
   w.arrived_ns = steady_ns();
-  watch_sender(self, producer);
+  watch_producer(self, from, producer);
   return w;
 }
 
@@ -793,6 +808,7 @@ caf::result<proto::grant> on_allocate(self_ptr self,
     return make_error(ec::invalid_argument, fmt::format("request {}: {} parts",
                                                         a.request_id, a.parts));
   auto w = waiter_for(self, a.request_id, a.blocks_per_layer, a.producer,
+                      caf::actor_cast<caf::actor>(self->current_sender()),
                       a.requester); // ids: each a block of every layer
   auto rp = self->make_response_promise<proto::grant>();
   w.fail = fail_through(rp);
@@ -839,22 +855,37 @@ caf::result<proto::ready_report> on_arrived(self_ptr self,
 caf::result<proto::ready_report> on_advertise(self_ptr self,
                                               proto::arrival_notice& n) {
   auto& st = self->state;
+  // Delegated by the producer, which the notice names (the sender is the
+  // router); an advert the producer sent itself names none.
+  auto producer = n.producer
+                      ? n.producer
+                      : caf::actor_cast<caf::actor>(self->current_sender());
   auto bytes_per_id =
       st.cfg.geometry.layers * st.cfg.geometry.layer_block_bytes();
   auto count = n.block_offsets.size(); // the producer's ids
-  if (count == 0 || n.bytes != count * bytes_per_id)
-    return make_error(ec::mismatch,
-                      fmt::format("consumer '{}': advert of request {} ({} "
-                                  "blocks, {} bytes) does not fit blocks of "
-                                  "{} bytes ({} layers)",
-                                  st.cfg.name, n.request_id, count, n.bytes,
-                                  bytes_per_id, st.cfg.geometry.layers));
-  auto w = waiter_for(self, n.request_id, count, n.source.name, n.requester);
+  if (count == 0 || n.bytes != count * bytes_per_id) {
+    auto err = make_error(ec::mismatch,
+                          fmt::format("consumer '{}': advert of request {} "
+                                      "({} blocks, {} bytes) does not fit "
+                                      "blocks of {} bytes ({} layers)",
+                                      st.cfg.name, n.request_id, count, n.bytes,
+                                      bytes_per_id, st.cfg.geometry.layers));
+    refuse_pull(self, producer, n.request_id, err);
+    return err;
+  }
+  auto w = waiter_for(self, n.request_id, count, n.source.name, producer,
+                      n.requester);
   auto rp = self->make_response_promise<proto::ready_report>();
-  w.fail = fail_through(rp);
-  w.start = [self, rp, notice = std::move(n)](const ctx_ptr& ctx) {
+  w.fail = [self, rp, producer, id = n.request_id](caf::error err) mutable {
+    refuse_pull(self, producer, id, err);
+    rp.deliver(std::move(err));
+  };
+  w.start = [self, rp, producer, notice = std::move(n)](const ctx_ptr& ctx) {
     // The producer's node is named as its transfer actor (the worker).
     expect_request(self, ctx, notice.source.name, 1, true);
+    ctx->advertiser = producer;
+    ctx->producer_compute_ns = notice.compute_ns;
+    ctx->producer_fill_gpu_ns = notice.fill_gpu_ns;
     ctx->notice = notice;
     ctx->promise = rp;
   };
@@ -1037,21 +1068,31 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   return *ctx->promise;
 }
 
-// The producer's send failed after it delegated: answer the router now; the
-// blocks come back when the transfer actor has resolved the receives.
+// The producer's send (credit) or offer (pull) failed after it delegated:
+// answer the router now; the blocks come back when the transfer actor has
+// resolved the receives. A pull still waiting for blocks fails at once.
 void on_abort(self_ptr self, std::uint64_t request_id,
               const std::string& producer, caf::error& err) {
   auto& st = self->state;
+  drop_waiting(
+      self,
+      [&](const waiter& w) {
+        return w.request_id == request_id && w.producer == producer;
+      },
+      [&](const waiter&) { return err; });
   auto i = st.requests.find(request_id);
   if (i == st.requests.end())
     return; // finished or failed already
   auto ctx = i->second;
-  if (ctx->loan_id == 0 || loan_by_id(st, ctx->loan_id).producer != producer) {
+  const auto& sender =
+      ctx->loan_id != 0 ? loan_by_id(st, ctx->loan_id).producer : ctx->producer;
+  if ((ctx->loan_id == 0 && !ctx->advertiser) || sender != producer) {
     spdlog::warn("consumer {}: ignoring an abort of request {} from '{}', "
                  "which did not send it",
                  st.cfg.name, request_id, producer);
     return;
   }
+  ctx->advertiser = {}; // it knows: no abort back
   if (!ctx->failure)
     ctx->failure = err;
   if (ctx->promise && !ctx->answered) {

@@ -37,6 +37,9 @@ struct request_ctx {
   std::string producer; // its name, as the request gave it
   caf::actor_addr from; // the producer actor that asked (allocate/advertise)
   caf::actor_addr requester; // who waits for the answer (see cancel_requests)
+  // Pull: the producer that advertised it, told (abort) if it fails here;
+  // empty once told, or when it need not be.
+  caf::actor advertiser;
   std::vector<std::uint64_t> blocks; // pool block ids (pool_layout)
   std::uint32_t pending = 0;         // replies still expected from our node
   std::uint64_t bytes = 0;
@@ -50,8 +53,8 @@ struct request_ctx {
   // CUDA IPC, summed over parts: launch to kernel start, kernel GPU time.
   std::int64_t gpu_queued_ns = 0;
   std::int64_t gpu_copy_ns = 0;
-  std::int64_t producer_compute_ns = 0;  // credit path: fill + hash there
-  std::int64_t producer_fill_gpu_ns = 0; // credit path: its fill kernel
+  std::int64_t producer_compute_ns = 0;  // credit and pull: fill + hash there
+  std::int64_t producer_fill_gpu_ns = 0; // credit and pull: its fill kernel
   // For the report's breakdown (steady_clock ns): when the request reached
   // this consumer (before any wait for blocks) and when its verification
   // was handed to a pattern worker.

@@ -5,8 +5,9 @@
 // deterministic pattern, gets destination ids from the consumer (push) and
 // asks the worker's node actor to send them (node_send) — the whole request,
 // or layer by layer as each layer is written (--layerwise, node_layer). In
-// pull mode it advertises them through the node (node_advertise) and tells
-// the consumer, whose node pulls. The node plans and orders the transfer
+// pull mode it advertises them through the node (node_advertise) and
+// delegates the router's request to the consumer, whose node pulls and which
+// answers the router itself. The node plans and orders the transfer
 // actor; this actor plans nothing. Blocks return to the pool once the node
 // says no transfer can touch them any more. The consumer's node is met on
 // the first request to that consumer (node_connect names the consumer,
@@ -346,58 +347,87 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   return ctx->promise;
 }
 
+// Pull: what the consumer needs to pull the request, verify it and answer
+// the router (our fill times go into its report).
+proto::arrival_notice advert_of(self_ptr self, const request_ctx& ctx) {
+  auto& r = ctx.req;
+  proto::arrival_notice n;
+  n.request_id = r.request_id;
+  n.bytes = ctx.bytes;
+  n.xxhash = ctx.hash;
+  n.has_xxhash = ctx.hashed;
+  n.pattern_seed = r.pattern_seed;
+  n.sampled_verify = r.sampled_verify;
+  n.source = self->state.cfg.self;
+  n.block_offsets = ctx.ids;
+  n.blocks_per_layer = ctx.bpl;
+  n.layers = 0; // one part: every layer was written before the advert
+  n.requester = ctx.router;
+  n.producer = caf::actor_cast<caf::actor>(self);
+  n.compute_ns = ctx.compute_ns;
+  n.fill_gpu_ns = ctx.fill_gpu_ns;
+  return n;
+}
+
 // Pull: offers the blocks through our node (it answers once the consumer's
-// node has pulled them, or failed: then the blocks are free) and tells the
-// consumer, which pulls and answers.
-void advertise(self_ptr self, const ctx_ptr& ctx) {
+// node has pulled them, or failed: then the blocks are free) and delegates
+// the router's request to the consumer, which pulls, verifies and answers
+// the router itself: the answer takes one hop, not two through here. The
+// request stays active until our node lets go of the blocks: a consumer
+// that will not pull says so (abort: withdraw_offer), and a failed offer
+// fails the consumer's side (fail_request's abort).
+caf::result<proto::ready_report> advertise(self_ptr self, const ctx_ptr& ctx,
+                                           bool parked) {
   auto& st = self->state;
   auto& r = ctx->req;
-  auto node = consumer_node_of(self, *ctx);
+  st.active.emplace(r.request_id, ctx);
   ++ctx->sends_left;
-  self->request(st.cfg.node,
-                queued_reply_timeout(st.cfg) + node_reply_timeout(st.cfg),
-                proto::node_advertise_atom::value,
-                proto::node_request{r.request_id, node, ctx->ids, {}, false})
+  self->request(
+          st.cfg.node,
+          queued_reply_timeout(st.cfg) + node_reply_timeout(st.cfg),
+          proto::node_advertise_atom::value,
+          proto::node_request{
+              r.request_id, consumer_node_of(self, *ctx), ctx->ids, {}, false})
       .then(
           [self, ctx](const proto::node_report&) {
             --ctx->sends_left;
+            self->state.active.erase(ctx->req.request_id);
             release_blocks(self, *ctx);
           },
           [self, ctx](caf::error& err) {
             --ctx->sends_left;
+            self->state.active.erase(ctx->req.request_id);
             fail_request(self, ctx, std::move(err));
           });
-  proto::arrival_notice n;
-  n.request_id = r.request_id;
-  n.bytes = ctx->bytes;
-  n.xxhash = ctx->hash;
-  n.has_xxhash = ctx->hashed;
-  n.pattern_seed = r.pattern_seed;
-  n.sampled_verify = r.sampled_verify;
-  n.source = st.cfg.self;
-  n.block_offsets = ctx->ids;
-  n.blocks_per_layer = ctx->bpl;
-  n.layers = 0; // one part: every layer was written before the advert
-  n.requester = ctx->router;
-  self->request(caf::actor_cast<consumer_actor>(r.consumer),
-                queued_reply_timeout(st.cfg), proto::advertise_atom::value,
-                std::move(n))
-      .then(
-          [self, ctx](proto::ready_report& rep) {
-            if (ctx->failed)
-              return;
-            add_fill_times(*ctx, rep);
-            answer(self, ctx, std::move(rep));
-          },
-          [self, ctx, node](caf::error& err) {
-            // The consumer fails only after its node's pull resolved (or
-            // before it pulled): withdraw the offer, which frees the blocks
-            // once our node lets go of them.
-            if (ctx->sends_left > 0)
-              self->send(self->state.cfg.node, proto::node_fail_atom::value,
-                         node, ctx->req.request_id, err);
-            fail_request(self, ctx, std::move(err));
-          });
+  ctx->delegated = true;
+  auto consumer = caf::actor_cast<consumer_actor>(r.consumer);
+  if (!parked)
+    return self->delegate(consumer, proto::advertise_atom::value,
+                          advert_of(self, *ctx));
+  // The router's request waited here (blocks, fill, the consumer's node):
+  // its promise delegates it, so the consumer still answers the router.
+  ctx->promise.delegate(consumer, proto::advertise_atom::value,
+                        advert_of(self, *ctx));
+  return ctx->promise;
+}
+
+// The consumer will not pull request `id` (it failed there and answered the
+// router): our node withdraws the offer, and the blocks come back when it
+// answers the advert. Only the request's own consumer may say so.
+void withdraw_offer(self_ptr self, std::uint64_t id, caf::error& why) {
+  auto& st = self->state;
+  auto i = st.active.find(id);
+  if (i == st.active.end())
+    return; // our node let go of the blocks already
+  auto ctx = i->second;
+  if (!ctx->req.pull || ctx->failed ||
+      ctx->req.consumer.address() !=
+          caf::actor_cast<caf::actor_addr>(self->current_sender()))
+    return;
+  ctx->failed = true; // answered by the consumer: no abort back to it
+  if (ctx->sends_left > 0)
+    self->send(st.cfg.node, proto::node_fail_atom::value,
+               consumer_node_of(self, *ctx), id, std::move(why));
 }
 
 void negotiate(self_ptr self, const ctx_ptr& ctx) {
@@ -431,13 +461,12 @@ caf::result<proto::ready_report> dispatch(self_ptr self, const ctx_ptr& ctx,
     if (line.blocks.size() >= ctx->ids.size())
       return send_with_credit(self, ctx, line, parked);
   }
+  if (r.pull)
+    return advertise(self, ctx, parked);
   if (!parked)
     ctx->promise = self->make_response_promise<proto::ready_report>();
   st.active.emplace(r.request_id, ctx);
-  if (r.pull)
-    advertise(self, ctx);
-  else
-    negotiate(self, ctx);
+  negotiate(self, ctx);
   return ctx->promise;
 }
 
@@ -764,6 +793,8 @@ producer_actor::behavior_type producer_impl(self_ptr self, app_config cfg) {
       [self](left_atom, const std::string& name, const caf::error& why) {
         on_consumer_left(self, name, why);
       },
+      [self](proto::abort_atom, std::uint64_t id, const std::string&,
+             caf::error& why) { withdraw_offer(self, id, why); },
       [self](proto::sweep_atom) { on_park_timer(self); },
   };
 }

@@ -45,7 +45,7 @@ struct request_ctx {
   std::int64_t transfer_ns = 0;
   std::uint32_t sends_left = 0; // node requests that may still read blocks
   bool filling = false;         // a pattern worker still writes the blocks
-  bool delegated = false;       // the consumer answers the router (credit)
+  bool delegated = false; // the consumer answers the router (credit, pull)
   bool failed = false;
   bool released = false;
 };

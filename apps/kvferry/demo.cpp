@@ -261,12 +261,27 @@ void print_breakdown_table(const std::string& memory, const router_results& r,
       percentile(r.compute_us, 0.5));
 }
 
+// Beside the run's GB/s (first send to last answer): the rate while all
+// `inflight` requests were open, which a short run's start and end weigh
+// less on (demo_stages.hpp).
+void print_steady_rate(const router_results& r, std::uint32_t inflight) {
+  auto steady = steady_gbps(r, inflight);
+  if (steady <= 0)
+    return;
+  fmt::print("steady GB/s: {:.3f} (requests {}-{} of {} by answer, while {} "
+             "were in flight all along: the first wave's start and the last "
+             "wave's drain left out)\n",
+             steady, inflight + 1, r.requests.size() - inflight,
+             r.requests.size(), inflight);
+}
+
 void print_table(const demo_command& cmd, const std::string& memory,
                  const router_results& r, double caf_rtt_us) {
   print_settings(cmd, memory);
   if (cmd.breakdown) {
     print_breakdown_table(memory, r, caf_rtt_us);
     fmt::print("\n{}", stage_table(r));
+    print_steady_rate(r, cmd.inflight);
   } else
     print_summary_table(r, caf_rtt_us);
 }

@@ -25,7 +25,7 @@ enum stage : std::size_t {
   window_to_verify,   // the report's hops back to the consumer
   verify,             // waiting for a pattern worker, and its check
   verify_kernel,      // of which the kernel's GPU time
-  to_router,          // the answer's way back (through the producer: pull)
+  to_router,          // the answer's way back (from the consumer)
   stage_count
 };
 
@@ -124,6 +124,22 @@ std::string stage_table(const router_results& results) {
                                                "GB/s",
                                                kernels)
                                  : std::string{});
+}
+
+double steady_gbps(const router_results& results, std::size_t inflight) {
+  const auto& rows = results.requests; // in the order they were answered
+  if (inflight == 0 || rows.size() < 3 * inflight)
+    return 0;
+  // Answer `first` ends the first wave; answer `last` starts the last
+  // request (every request is sent once fewer than `inflight` are open).
+  auto first = inflight - 1, last = rows.size() - inflight;
+  std::uint64_t bytes = 0;
+  for (auto k = first + 1; k <= last; ++k)
+    bytes += rows[k].report.bytes;
+  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                rows[last].answered - rows[first].answered)
+                .count();
+  return ns > 0 ? static_cast<double>(bytes) / static_cast<double>(ns) : 0;
 }
 
 } // namespace kvferry::app

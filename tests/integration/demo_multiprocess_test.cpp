@@ -47,6 +47,11 @@ TEST_CASE("demo: pull, with the breakdown's stages") {
   CHECK(r.output.find("| us, p50 / mean | to consumer, less fill | fill |") !=
         std::string::npos);
   CHECK(r.output.find("stages of 20 requests") != std::string::npos);
+  // Beside the run's rate, the rate while both requests were in flight:
+  // answers 3 to 18 (the first and the last wave left out).
+  CHECK(r.output.find("steady GB/s: ") != std::string::npos);
+  CHECK(r.output.find("(requests 3-18 of 20 by answer, while 2 were in "
+                      "flight all along") != std::string::npos);
 }
 
 // --verify sampled on host memory: the producer writes and the consumer

@@ -358,6 +358,10 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
   auto pulled = prefill(13, 20, true, true); // one part: all layers written
   REQUIRE_MESSAGE(pulled, render(pulled.error()));
   CHECK(pulled->gpu_copy_ns == 1500);
+  // The consumer answers a pull itself: the producer's fill comes with the
+  // advert.
+  CHECK(pulled->fill_ns > 0);
+  CHECK(pulled->compute_ns >= pulled->fill_ns);
   net->gpu_copy_ns = 0; // not measured (a plugin): nothing to report
   net->gpu_queued_ns = 0;
   auto plugin = prefill(14, 20);
@@ -383,6 +387,23 @@ TEST_CASE_FIXTURE(fixture, "pull: the consumer fetches what was advertised") {
   auto r2 = prefill(5, 33, true, true);
   REQUIRE_MESSAGE(r2, render(r2.error()));
   CHECK(net->sends == 1 + 1);
+}
+
+TEST_CASE_FIXTURE(fixture, "pull: a request the consumer refuses gives the "
+                           "producer its source blocks back at once") {
+  // The producer's pool holds one 3-block-per-layer request; the
+  // consumer's is too small for it, so it refuses each pull at once,
+  // answering the router and telling the producer, which withdraws its
+  // offer: the next request finds the source blocks free.
+  start(12, 8, false, 0);
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    auto r = prefill(id, 12, false, true);
+    REQUIRE_FALSE(r);
+    auto text = render(r.error());
+    INFO(text);
+    CHECK(text.find("consumer 'decode-0'") != std::string::npos);
+    CHECK(text.find("pool exhausted") != std::string::npos);
+  }
 }
 
 TEST_CASE_FIXTURE(fixture, "blocks return to both pools: many requests fit") {

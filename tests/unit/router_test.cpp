@@ -84,6 +84,8 @@ producer_actor::behavior_type fake_producer(producer_actor::pointer self,
       [](joined_atom, const worker_info&) {},
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::credit_atom, const std::vector<std::uint64_t>&) {},
+      [](proto::abort_atom, std::uint64_t, const std::string&,
+         const caf::error&) {},
       // Stands in for "the test answered": see fake_workers::answer.
       [=](proto::sweep_atom) { w->deliver_answers(name); },
   };

@@ -207,6 +207,10 @@ using producer_actor = caf::typed_actor<
     // From a consumer (the sender): these blocks it lent are free again and
     // back in this producer's credit there.
     caf::reacts_to<proto::credit_atom, std::vector<std::uint64_t>>,
+    // From a consumer (the sender), pull: it will not pull request `id`
+    // (its name, why; it answered the router already): the offer is
+    // withdrawn and the source blocks come back once our node lets go.
+    caf::reacts_to<proto::abort_atom, std::uint64_t, std::string, caf::error>,
     // Internal: fail the requests whose wait for source blocks ran out.
     caf::reacts_to<proto::sweep_atom>>;
 
@@ -217,6 +221,8 @@ using consumer_actor = caf::typed_actor<
                     proto::allocate_request>::with<proto::grant>,
     caf::replies_to<proto::arrived_atom,
                     proto::arrival_notice>::with<proto::ready_report>,
+    // Pull: the producer delegates the router's request with its advert;
+    // the reply (to the router) comes once the pulled bytes are verified.
     caf::replies_to<proto::advertise_atom,
                     proto::arrival_notice>::with<proto::ready_report>,
     // Lend the producer (the sender, monitored) up to n blocks ahead of

@@ -290,7 +290,9 @@ typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
 }
 
 /// Producer -> consumer after its sends completed: what it sent (push), or
-/// what it offers to be read (pull: `source` and `block_offsets` set).
+/// what it offers to be read (pull: `source` and `block_offsets` set; the
+/// producer delegates the router's request with it, so the consumer answers
+/// the router itself).
 struct arrival_notice {
   std::uint64_t request_id = 0;
   std::uint64_t bytes = 0;
@@ -307,13 +309,20 @@ struct arrival_notice {
   std::uint32_t blocks_per_layer = 0;
   std::uint32_t layers = 0;
   caf::actor requester; // as in allocate_request (pull: the advert)
+  // Pull: the producer actor that advertised (the delegated message's
+  // sender is the router): monitored, and told (abort) when the consumer
+  // will not pull, so that it withdraws the offer. Its fill times go into
+  // the consumer's report, as credit_notice's do.
+  caf::actor producer;
+  std::int64_t compute_ns = 0;
+  std::int64_t fill_gpu_ns = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::arrival_notice"), x.request_id,
            x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.sampled_verify,
-           x.source, x.block_offsets, x.blocks_per_layer, x.layers,
-           x.requester);
+           x.source, x.block_offsets, x.blocks_per_layer, x.layers, x.requester,
+           x.producer, x.compute_ns, x.fill_gpu_ns);
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and
