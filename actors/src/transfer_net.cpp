@@ -20,7 +20,8 @@
 // to the receiver *before* posting the sends, over the same CAF connection
 // that carries every other message between the two actors; CAF keeps
 // messages between two actors in order, so the receiver posts its receives
-// in exactly the order the sender posts its sends.
+// in exactly the order the sender posts its sends. Offered pulls skip the
+// announcement on a channel of their own (a pull lane, transfer_lane.cpp).
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a

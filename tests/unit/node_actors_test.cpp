@@ -274,8 +274,9 @@ TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
   pulled.receive([](const proto::node_report&) {},
                  [&](const caf::error& err) { why = render(err); });
   // The withdrawal reaches the decode's transfer actor right behind the
-  // recv order, long before the prefill's first announcement (its channel
-  // opens first): the pull fails with the node's reason.
+  // recv order: the pull fails with the node's reason, once its receives
+  // ended (on the pull lane they are posted before the send order leaves,
+  // so the caller hears after the bytes landed or the lane was dropped).
   CHECK(why.find("test: withdrawn") != std::string::npos);
   auto after_failure = dst.regions;
   // Later requests of the pair land (the first ones may fail while the
@@ -696,4 +697,52 @@ TEST_CASE_FIXTURE(caller_system, "pulls on a lane racing pushes to the same "
     before = dst.expected(before, src, ls, ld);
     CHECK(dst.regions == before);
   }
+}
+
+// The decode gives up on a pull whose receives are posted on a lane (here
+// its "prefill" is this test's own actor, which takes the send order and
+// never connects): the pull fails at its deadline and the lane is dropped,
+// closing its receives, so nothing can land in its blocks later; the next
+// pull from the real prefill makes a new lane and lands.
+TEST_CASE_FIXTURE(caller_system, "a pull past its deadline drops its lane; "
+                                 "the next pull makes a new one") {
+  connect_and_listen(*this);
+  proto::endpoint fake;
+  self->request(prefill.transfer, 10s, proto::endpoint_atom::value)
+      .receive([&](const proto::endpoint& ep) { fake = ep; },
+               [](const caf::error& err) { FAIL(render(err)); });
+  fake.transfer = caf::actor_cast<caf::actor>(self);
+  proto::pull_offer offer;
+  offer.id = 91;
+  offer.peer = "prefill-0";
+  offer.src_blocks = {0};
+  offer.src_layout = describe_layout(src.layout);
+  offer.dst_layout = describe_layout(dst.layout);
+  offer.src = fake;
+  offer.src_node = caf::actor_cast<caf::actor>(prefill.node);
+  offer.puller = "decode-0";
+  offer.timeout_ms = 300;
+  self->send(decode.transfer, proto::node_offer_atom::value, offer);
+  auto before = dst.regions;
+  auto pulled = pull_at(*this, true, 91, {2});
+  // The order comes unannounced: its receives are posted on a new lane,
+  // whose handles it carries.
+  proto::send_order order;
+  caf::response_promise never; // kept unanswered: no reply, no bytes
+  self->receive(
+      [&](proto::send_atom, const proto::send_order& o) {
+        order = o;
+        never = self->make_response_promise();
+      },
+      caf::after(10s) >> [] { FAIL("no send order"); });
+  CHECK(order.lane != 0);
+  CHECK_FALSE(order.lane_handles.empty());
+  std::string why;
+  pulled.receive([](const proto::node_report&) { FAIL("a lost pull"); },
+                 [&](const caf::error& err) { why = render(err); });
+  CAPTURE(why);
+  CHECK(why.find("did not complete in time") != std::string::npos);
+  CHECK(dst.regions == before);
+  REQUIRE(offered_pull(*this, 92, {3}, {6}) == "");
+  CHECK(dst.regions == dst.expected(before, src, {3}, {6}));
 }
