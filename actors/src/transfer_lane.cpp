@@ -31,6 +31,7 @@
 //   tells the other end (`closed`, as for channels); the decode makes a
 //   new lane with its next pull.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <stdexcept>
@@ -99,8 +100,15 @@ lane_in* lane_to(self_ptr self, const std::string& peer,
 
 } // namespace
 
+bool pull_lanes_from_env() {
+  const char* text = std::getenv("KVFERRY_PULL_LANES");
+  return text != nullptr && std::string{text} == "1";
+}
+
 bool lane_fits(self_ptr self, const proto::endpoint& src) {
   const auto& st = self->state;
+  if (!st.pull_lanes)
+    return false;
   // The prefill takes CUDA IPC only to a peer on its host that exports a
   // handle (choose_data_path): such a pull keeps its announced path.
   bool ipc_possible = !st.cfg.host_id.empty() &&

@@ -207,6 +207,15 @@ struct peer_in {
   lane_in lane;
 };
 
+/// KVFERRY_PULL_LANES=1: the decode's transfer actor posts an offered
+/// pull's receives on a pull lane before its send order leaves (no
+/// announcement). Off by default: while a lane pull's receives wait for
+/// the order's CAF leg, the actor's progress loop tests them, and kvsock's
+/// test() may sleep in a blocking recv (its idle policy) until bytes come,
+/// so messages to the actor wait behind it (docs/embedding.md, "What a
+/// request costs"). The prefill side serves lane orders either way.
+bool pull_lanes_from_env();
+
 struct transfer_state {
   transfer_config cfg;
   // The region table (plan.hpp): cfg.region, then cfg.more_regions.
@@ -310,6 +319,9 @@ struct transfer_state {
   caf::actor node;
   std::map<std::pair<std::string, std::uint64_t>, held_offer> offers;
   std::vector<extent> pull_plan; // plan_kv's output, reused
+  // Offered pulls go over pull lanes (transfer_lane.cpp) only with
+  // KVFERRY_PULL_LANES=1 (pull_lanes_from_env).
+  bool pull_lanes = pull_lanes_from_env();
   static inline const char* name = "kvferry.transfer";
 };
 

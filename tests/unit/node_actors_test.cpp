@@ -4,6 +4,7 @@
 // and a layer-by-layer pull land byte for byte.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -596,6 +597,14 @@ TEST_CASE("a peer's failure note is kept for the caller, then dropped "
 
 namespace {
 
+// The lane tests' nodes: their transfer actors read KVFERRY_PULL_LANES when
+// spawned (this base is made before caller_system's members).
+struct lanes_on {
+  lanes_on() { setenv("KVFERRY_PULL_LANES", "1", 1); }
+  ~lanes_on() { unsetenv("KVFERRY_PULL_LANES"); }
+};
+struct lane_system : lanes_on, caller_system {};
+
 proto::transfer_stats stats_of(caller_system& fixture,
                                const transfer_actor& transfer) {
   proto::transfer_stats out;
@@ -628,9 +637,9 @@ std::string offered_pull(caller_system& fixture, std::uint64_t id,
 // gets the prefill's reason, and nothing lands in the pull's blocks. The
 // lane stays in step: the next pull on it lands byte for byte, in its own
 // blocks only, and no channel was made again.
-TEST_CASE_FIXTURE(caller_system, "a refused pull on a lane lands nothing; "
-                                 "the next pull on the same lane lands "
-                                 "byte for byte") {
+TEST_CASE_FIXTURE(lane_system, "a refused pull on a lane lands nothing; "
+                               "the next pull on the same lane lands "
+                               "byte for byte") {
   connect_and_listen(*this);
   auto before = dst.regions;
   REQUIRE(offered_pull(*this, 81, {0}, {1}) == "");
@@ -672,8 +681,8 @@ TEST_CASE_FIXTURE(caller_system, "a refused pull on a lane lands nothing; "
 // Pushes (announced, on the peer's channel) and offered pulls (on the
 // lane) between one pair, in flight together: every byte lands in its own
 // request's blocks.
-TEST_CASE_FIXTURE(caller_system, "pulls on a lane racing pushes to the same "
-                                 "peer land in their own blocks") {
+TEST_CASE_FIXTURE(lane_system, "pulls on a lane racing pushes to the same "
+                               "peer land in their own blocks") {
   connect_and_listen(*this);
   auto before = dst.regions;
   std::vector<std::uint64_t> all_s, all_d;
@@ -704,8 +713,8 @@ TEST_CASE_FIXTURE(caller_system, "pulls on a lane racing pushes to the same "
 // never connects): the pull fails at its deadline and the lane is dropped,
 // closing its receives, so nothing can land in its blocks later; the next
 // pull from the real prefill makes a new lane and lands.
-TEST_CASE_FIXTURE(caller_system, "a pull past its deadline drops its lane; "
-                                 "the next pull makes a new one") {
+TEST_CASE_FIXTURE(lane_system, "a pull past its deadline drops its lane; "
+                               "the next pull makes a new one") {
   connect_and_listen(*this);
   proto::endpoint fake;
   self->request(prefill.transfer, 10s, proto::endpoint_atom::value)
