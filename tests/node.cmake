@@ -12,7 +12,9 @@ kvferry_add_test(NAME test_node_process SOURCES integration/node_process_test.cp
 add_dependencies(test_node_process nccl-net-kvsock)
 # The CAF level (node_actors.hpp): nodes' actors in the caller's own actor
 # system, driven by the caller's own actor; an offered pull answered by the
-# decode's transfer actor, a failed one settled before its caller hears.
+# decode's transfer actor, a failed one settled before its caller hears; pull
+# lanes: a refused pull lands nothing and the next on the same lane lands,
+# pulls racing pushes to the same peer land in their own blocks.
 kvferry_add_test(NAME test_node_actors SOURCES unit/node_actors_test.cpp
   LIBS kvferry_node LABELS unit TIMEOUT 60)
 add_dependencies(test_node_actors nccl-net-kvsock)

@@ -167,6 +167,7 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
 
 void drop_peer_out(self_ptr self, const std::string& name,
                    const caf::error& err) {
+  drop_lane_out(self, name, err); // its pulls: the decode hears of the lane
   auto i = self->state.out.find(name);
   if (i == self->state.out.end())
     return;
@@ -191,6 +192,7 @@ void drop_peer_out(self_ptr self, const std::string& name,
 
 void drop_peer_in(self_ptr self, const std::string& name,
                   const caf::error& err) {
+  drop_lane_in(self, name, err);
   auto i = self->state.in.find(name);
   if (i == self->state.in.end())
     return;
@@ -242,6 +244,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
+  if (o.lane != 0) // a pull whose receives are posted (transfer_lane.cpp)
+    return handle_lane_send(self, o);
   if (auto err =
           refuse_remote_event(self, o.wait_event, "send order", o.transfer_id))
     return err;
@@ -332,6 +336,7 @@ bool progress_out(self_ptr self) {
   auto& st = self->state;
   bool progressed = false;
   std::vector<std::pair<std::string, caf::error>> failed;
+  std::vector<std::pair<std::string, caf::error>> lanes_failed;
   for (auto& [name, p] : st.out) {
     try {
       std::optional<caf::error> failure;
@@ -343,7 +348,17 @@ bool progress_out(self_ptr self) {
     } catch (const std::exception& e) {
       failed.emplace_back(name, lost(name, e.what()));
     }
+    try {
+      std::optional<caf::error> failure;
+      progressed |= progress_lane_out(self, name, p, failure);
+      if (failure)
+        lanes_failed.emplace_back(name, *failure);
+    } catch (const std::exception& e) {
+      lanes_failed.emplace_back(name, lost(name, e.what()));
+    }
   }
+  for (auto& [name, err] : lanes_failed)
+    drop_lane_out(self, name, err);
   for (auto& [name, err] : failed)
     drop_peer_out(self, name, err);
   return progressed;
@@ -353,6 +368,7 @@ bool progress_in(self_ptr self) {
   auto& st = self->state;
   bool progressed = false;
   std::vector<std::pair<std::string, caf::error>> failed;
+  std::vector<std::pair<std::string, caf::error>> lanes_failed;
   for (auto& [name, p] : st.in) {
     try {
       std::optional<caf::error> failure;
@@ -362,7 +378,17 @@ bool progress_in(self_ptr self) {
     } catch (const std::exception& e) {
       failed.emplace_back(name, lost(name, e.what()));
     }
+    try {
+      std::optional<caf::error> failure;
+      progressed |= progress_lane_in(self, name, p, failure);
+      if (failure)
+        lanes_failed.emplace_back(name, *failure);
+    } catch (const std::exception& e) {
+      lanes_failed.emplace_back(name, lost(name, e.what()));
+    }
   }
+  for (auto& [name, err] : lanes_failed)
+    drop_lane_in(self, name, err);
   for (auto& [name, err] : failed)
     drop_peer_in(self, name, err);
   return progressed;
@@ -371,10 +397,10 @@ bool progress_in(self_ptr self) {
 bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.out)
     if (p.connector || !p.ops.empty() || !p.waiting.empty() ||
-        !p.copies.empty() || !p.ipc_waiting.empty())
+        !p.copies.empty() || !p.ipc_waiting.empty() || lane_has_work(p.lane))
       return true;
   for (auto& [name, p] : st.in)
-    if (p.listener || !p.ops.empty())
+    if (p.listener || !p.ops.empty() || lane_has_work(p.lane))
       return true;
   return !st.ipc_orphans.empty() || ipc_has_work(st);
 }
@@ -458,6 +484,10 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
     if (t == p->second.transfers.end() || t->second.done ||
         t->second.generation != generation) // another transfer's deadline
       return;
+    if (t->second.on_lane) { // the lane's order is lost: it goes, failing it
+      drop_lane_out(self, name, timeout);
+      return;
+    }
     if (p->second.mapped) {
       // CUDA IPC: a running kernel cannot be recalled and the peer has no
       // channel to close; this transfer fails, the peer stays usable. Its
@@ -494,6 +524,15 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
   if (t->second.done) {
     if (!t->second.waiter) // nobody claimed it in time: forget it
       p->second.transfers.erase(t);
+    return;
+  }
+  if (t->second.short_landed) { // refused, and its reason never came
+    fail(t->second, st, timeout, name);
+    p->second.transfers.erase(t);
+    return;
+  }
+  if (t->second.on_lane) { // receives out: only closing the lane stops them
+    drop_lane_in(self, name, timeout);
     return;
   }
   if (t->second.posted) {
@@ -552,17 +591,22 @@ void on_exit(self_ptr self, const caf::exit_msg& msg) {
 
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
-  std::vector<std::string> outs, ins, reads;
+  std::vector<std::string> outs, ins, reads, lanes;
   for (auto& [name, p] : st.out)
     if (p.ep.transfer && p.ep.transfer.address() == dm.source)
       outs.push_back(name);
   for (auto& [name, p] : st.reads)
     if (p.ep.transfer && p.ep.transfer.address() == dm.source)
       reads.push_back(name);
-  for (auto& [name, p] : st.in)
+  for (auto& [name, p] : st.in) {
     if (p.sender && p.sender == dm.source)
       ins.push_back(name);
+    else if (p.lane.sender && p.lane.sender.address() == dm.source)
+      lanes.push_back(name);
+  }
   auto why = fmt::format("its transfer actor is down ({})", render(dm.reason));
+  for (auto& name : lanes)
+    drop_lane_in(self, name, lost(name, why));
   for (auto& name : outs)
     drop_peer_out(self, name, lost(name, why));
   for (auto& name : reads)

@@ -870,6 +870,7 @@ void settle_answer(self_ptr self, const std::string& peer, std::uint64_t id,
     return;
   caller->failure = std::move(why);
   give_up_unannounced(self, peer, id);
+  settle_short(self, peer, id);
 }
 
 // Sender `name` writes into our region over CUDA IPC (it is the current

@@ -20,7 +20,8 @@
 // to the receiver *before* posting the sends, over the same CAF connection
 // that carries every other message between the two actors; CAF keeps
 // messages between two actors in order, so the receiver posts its receives
-// in exactly the order the sender posts its sends.
+// in exactly the order the sender posts its sends. Offered pulls skip the
+// announcement on a channel of their own (a pull lane, transfer_lane.cpp).
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a
@@ -41,7 +42,6 @@
 #include "transfer_state.hpp"
 
 namespace kvferry::transfer_detail {
-namespace {
 
 using namespace std::chrono;
 using transport::channel_options;
@@ -55,6 +55,21 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
   o.staging_slots = static_cast<int>(st.cfg.staging_slots);
   return o;
 }
+
+// A channel's id, the same at both ends without a message saying it: FNV-1a
+// of the listener's handles (their addresses and ports), which the receiver
+// made and the sender got back from `open`. It tells a channel from the
+// next one between the same two actors; 0 means "no channel".
+std::uint64_t channel_id_of(const std::vector<char>& flat_handles) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (char c : flat_handles) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 1099511628211ull;
+  }
+  return h == 0 ? 1 : h;
+}
+
+namespace {
 
 // ---- sending
 
@@ -86,19 +101,6 @@ void start_send(self_ptr self, peer_out& p, std::uint64_t id,
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
              proto::announce_atom::value, std::move(a));
   post_sends(self, p, id, chunks);
-}
-
-// A channel's id, the same at both ends without a message saying it: FNV-1a
-// of the listener's handles (their addresses and ports), which the receiver
-// made and the sender got back from `open`. It tells a channel from the
-// next one between the same two actors; 0 means "no channel".
-std::uint64_t channel_id_of(const std::vector<char>& flat_handles) {
-  std::uint64_t h = 14695981039346656037ull;
-  for (char c : flat_handles) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h == 0 ? 1 : h;
 }
 
 void open_channel(self_ptr self, const std::string& name) {
@@ -263,25 +265,29 @@ bool awaits_announcement(const transfer_entry& t) {
   return t.waiter && !t.done && !t.failure && !t.posted && t.expected == 0;
 }
 
-// Drops the receive channel from `sender` (failing what was announced on
-// it) but keeps the recv orders that await an announcement.
+} // namespace
+
+// Its pull lane and the transfers on it are kept too: the lane is a
+// channel of its own.
 void drop_previous_channel(self_ptr self, const std::string& sender,
                            const caf::error& err) {
-  auto& transfers = self->state.in[sender].transfers;
+  auto& in = self->state.in[sender];
   std::vector<std::pair<std::uint64_t, transfer_entry>> kept;
-  for (auto it = transfers.begin(); it != transfers.end();)
-    if (awaits_announcement(it->second)) {
+  for (auto it = in.transfers.begin(); it != in.transfers.end();)
+    if (awaits_announcement(it->second) || it->second.on_lane) {
       kept.emplace_back(it->first, std::move(it->second));
-      it = transfers.erase(it);
+      it = in.transfers.erase(it);
     } else {
       ++it;
     }
+  auto lane = std::move(in.lane);
+  in.lane = {};
   drop_peer_in(self, sender, err);
+  auto& again = self->state.in[sender];
+  again.lane = std::move(lane);
   for (auto& [id, t] : kept)
-    self->state.in[sender].transfers.emplace(id, std::move(t));
+    again.transfers.emplace(id, std::move(t));
 }
-
-} // namespace
 
 // Named by its sender, as every transfer-actor-to-transfer-actor message is
 // (peers know each other by name).
@@ -308,6 +314,17 @@ void handle_closed(self_ptr self, const std::string& peer,
       i != st.in.end() && i->second.channel_id == channel_id) {
     i->second.channel_id = 0;
     drop_previous_channel(self, peer, err);
+  }
+  // A pull lane's end (transfer_lane.cpp).
+  if (auto o = st.out.find(peer);
+      o != st.out.end() && o->second.lane.id == channel_id) {
+    o->second.lane.id = 0;
+    drop_lane_out(self, peer, err);
+  }
+  if (auto i = st.in.find(peer);
+      i != st.in.end() && i->second.lane.id == channel_id) {
+    i->second.lane.id = 0;
+    drop_lane_in(self, peer, err);
   }
 }
 
@@ -355,8 +372,6 @@ registration register_region(transfer_state& st, transport::channel& channel,
                                  region->nccl_ptr_type());
 }
 
-namespace {
-
 std::vector<registration> register_regions(transfer_state& st,
                                            transport::channel& channel) {
   std::vector<registration> regs;
@@ -365,6 +380,8 @@ std::vector<registration> register_regions(transfer_state& st,
     regs.push_back(register_region(st, channel, region.get()));
   return regs;
 }
+
+namespace {
 
 template<class Peer>
 bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,

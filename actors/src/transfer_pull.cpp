@@ -104,6 +104,10 @@ caf::error order_send(self_ptr self, const offer_key& key, const held_offer& h,
   o.peer = endpoint_of(self);
   o.extents = st.pull_plan;
   o.timeout_ms = h.offer.timeout_ms;
+  // Its receives posted on the pull lane now, the order needs no
+  // announcement back (transfer_lane.cpp); else it goes announced.
+  if (lane_fits(self, h.offer.src))
+    post_lane_pull(self, peer, transfer_id, h.offer.src.transfer, o);
   // A refused order fails the caller once the recv order settled, and the
   // node (node_answered) tells the prefill.
   self->request(caf::actor_cast<transfer_actor>(h.offer.src.transfer),

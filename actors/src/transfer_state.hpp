@@ -87,6 +87,12 @@ struct transfer_entry {
   caf::error failure;     // set once failed (receiver side, unclaimed)
   bool cancelled = false; // receiver gave up; bytes must not land
   std::optional<waiter_promise> waiter;
+  // On a pull lane (transfer_lane.cpp): its chunks go over the lane, not
+  // the peer's announced channel. `short_landed`: its receives ended with
+  // fewer bytes than ordered (the sender refused the order and sent empty
+  // chunks): it fails with the sender's reason once that comes.
+  bool on_lane = false;
+  bool short_landed = false;
   // When this actor first learned of the transfer (order or announcement)
   // and when it finished: the data window a recv_report gives.
   steady_clock::time_point started = steady_clock::now();
@@ -114,6 +120,43 @@ inline proto::recv_report report_of(const transfer_entry& t) {
   return {t.bytes,       clock_ns(t.started), clock_ns(t.finished),
           t.gpu_copy_ns, t.gpu_queued_ns,     announced};
 }
+
+// A pull lane (transfer_lane.cpp): a channel of its own from a prefill's
+// transfer actor to a decode's, carrying only the offered pulls the decode
+// ordered, so that the decode can post a pull's receives before its order
+// leaves and the prefill posts the sends without announcing them. `id`:
+// channel_id_of its listen handles, the same at both ends (0: none).
+// `ops`: each posted operation's transfer.
+struct lane_in { // the decode's end: it listens
+  std::uint64_t id = 0;
+  caf::actor sender;                 // the prefill's transfer actor
+  std::vector<char> handles_to_send; // until the first order carries them
+  steady_clock::time_point accept_deadline;
+  std::unique_ptr<channel_listener> listener;
+  std::optional<recv_channel> channel;
+  std::vector<registration> regs; // after channel: destroyed before it
+  struct receive {
+    std::uint64_t id;
+    std::vector<extent> chunks;
+  };
+  std::deque<receive> waiting; // posted in order once accepted
+  std::unordered_map<op_id, std::uint64_t> ops;
+};
+
+struct lane_out { // the prefill's end: it connects
+  std::uint64_t id = 0;
+  steady_clock::time_point connect_deadline;
+  std::unique_ptr<channel_connector> connector;
+  std::optional<send_channel> channel;
+  std::vector<registration> regs; // after channel: destroyed before it
+  struct send {
+    std::uint64_t id;
+    std::vector<extent> chunks;
+    bool refused = false; // empty sends, one per chunk the receiver posted
+  };
+  std::deque<send> waiting; // posted in order once connected
+  std::unordered_map<op_id, std::uint64_t> ops;
+};
 
 // Sending side of one peer.
 struct peer_out {
@@ -147,6 +190,7 @@ struct peer_out {
   std::vector<ipc_copy> copies;
   std::deque<waiting_send> ipc_waiting;
   bool said_hello = false; // ipc_hello sent to the peer
+  lane_out lane;
 };
 
 // Receiving side of one peer.
@@ -160,7 +204,17 @@ struct peer_in {
   std::deque<proto::announcement> waiting;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
+  lane_in lane;
 };
+
+/// KVFERRY_PULL_LANES=1: the decode's transfer actor posts an offered
+/// pull's receives on a pull lane before its send order leaves (no
+/// announcement). Off by default: while a lane pull's receives wait for
+/// the order's CAF leg, the actor's progress loop tests them, and kvsock's
+/// test() may sleep in a blocking recv (its idle policy) until bytes come,
+/// so messages to the actor wait behind it (docs/embedding.md, "What a
+/// request costs"). The prefill side serves lane orders either way.
+bool pull_lanes_from_env();
 
 struct transfer_state {
   transfer_config cfg;
@@ -265,6 +319,9 @@ struct transfer_state {
   caf::actor node;
   std::map<std::pair<std::string, std::uint64_t>, held_offer> offers;
   std::vector<extent> pull_plan; // plan_kv's output, reused
+  // Offered pulls go over pull lanes (transfer_lane.cpp) only with
+  // KVFERRY_PULL_LANES=1 (pull_lanes_from_env).
+  bool pull_lanes = pull_lanes_from_env();
   static inline const char* name = "kvferry.transfer";
 };
 
@@ -374,6 +431,62 @@ bool progress_send_channel(self_ptr self, const std::string& name, peer_out& p,
 /// Accepts and polls the receive channel of `p`, likewise.
 bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
                            std::optional<caf::error>& failure);
+
+/// Every region of the table, whole, registered with a new channel.
+std::vector<registration> register_regions(transfer_state& st,
+                                           transport::channel& channel);
+
+/// A channel's id from its listen handles (both ends compute it).
+std::uint64_t channel_id_of(const std::vector<char>& flat_handles);
+
+transport::channel_options options_for(const transfer_state& st,
+                                       const std::string& peer,
+                                       std::uint32_t comms,
+                                       std::uint64_t chunk);
+
+/// Drops the receive channel from `sender` (failing what was announced on
+/// it) but keeps the recv orders that await an announcement; its pull lane
+/// stays.
+void drop_previous_channel(self_ptr self, const std::string& sender,
+                           const caf::error& err);
+
+// ---- transfer_lane.cpp: pulls without an announcement (pull lanes)
+
+/// Decode side: the prefill at `src` takes the pull over the plugin (no
+/// CUDA IPC between the two), so it may go over a lane.
+bool lane_fits(self_ptr self, const proto::endpoint& src);
+
+/// Decode side: posts the receives of pull `id` from `peer` on its lane
+/// (made now if there is none) and marks `o` for it. False when the lane
+/// cannot take it (an entry of that id exists, or no lane could be made):
+/// the order then goes announced. Throws nothing.
+bool post_lane_pull(self_ptr self, const std::string& peer, std::uint64_t id,
+                    const caf::actor& sender, proto::send_order& o);
+
+/// Prefill side: a send order for a lane (o.lane != 0).
+caf::result<std::uint64_t> handle_lane_send(self_ptr self,
+                                            proto::send_order& o);
+
+/// Drops the lane of `peer` (receiving or sending end), failing the
+/// transfers on it and telling the other end.
+void drop_lane_in(self_ptr self, const std::string& peer,
+                  const caf::error& err);
+void drop_lane_out(self_ptr self, const std::string& peer,
+                   const caf::error& err);
+
+/// The decode's caller of pull `id` got the prefill's reason (settle_answer):
+/// a pull whose receives ended short fails with it now.
+void settle_short(self_ptr self, const std::string& peer, std::uint64_t id);
+
+/// Accepts/connects and polls the lanes of `p` (progress loop); sets
+/// `failure` when the lane is lost. Throws what the plugin throws.
+bool progress_lane_in(self_ptr self, const std::string& name, peer_in& p,
+                      std::optional<caf::error>& failure);
+bool progress_lane_out(self_ptr self, const std::string& name, peer_out& p,
+                       std::optional<caf::error>& failure);
+
+bool lane_has_work(const lane_in& l);
+bool lane_has_work(const lane_out& l);
 
 // ---- transfer_ipc.cpp: the CUDA IPC path and its quarantine
 

@@ -65,12 +65,20 @@ caf::result<std::uint64_t> handle_add_region(self_ptr self,
     return make_error(ec::invalid_argument, e.what());
   }
   try {
-    for (auto& [name, p] : st.out)
+    for (auto& [name, p] : st.out) {
       if (p.channel)
         p.regs.push_back(register_region(st, *p.channel, region.get()));
-    for (auto& [name, p] : st.in)
+      if (p.lane.channel)
+        p.lane.regs.push_back(
+            register_region(st, *p.lane.channel, region.get()));
+    }
+    for (auto& [name, p] : st.in) {
       if (p.channel)
         p.regs.push_back(register_region(st, *p.channel, region.get()));
+      if (p.lane.channel)
+        p.lane.regs.push_back(
+            register_region(st, *p.lane.channel, region.get()));
+    }
   } catch (const std::exception& e) {
     // Channels that registered it keep a registration of a region the table
     // does not have; drop them all rather than keep tables out of step.
@@ -106,12 +114,18 @@ caf::result<caf::ok_atom> handle_remove_region(self_ptr self,
                       fmt::format("transfer {}: no region {} to remove (the "
                                   "table has {} entries; region 0 stays)",
                                   st.cfg.name, index, st.regions.size()));
-  for (auto& [name, p] : st.out)
+  for (auto& [name, p] : st.out) {
     if (index < p.regs.size())
       p.regs[index] = registration{};
-  for (auto& [name, p] : st.in)
+    if (index < p.lane.regs.size())
+      p.lane.regs[index] = registration{};
+  }
+  for (auto& [name, p] : st.in) {
     if (index < p.regs.size())
       p.regs[index] = registration{};
+    if (index < p.lane.regs.size())
+      p.lane.regs[index] = registration{};
+  }
   st.metrics.regions.sub(1);
   st.metrics.registered_bytes.sub(
       static_cast<std::int64_t>(st.region_sizes[index]));

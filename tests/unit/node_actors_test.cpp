@@ -4,6 +4,7 @@
 // and a layer-by-layer pull land byte for byte.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -274,8 +275,9 @@ TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
   pulled.receive([](const proto::node_report&) {},
                  [&](const caf::error& err) { why = render(err); });
   // The withdrawal reaches the decode's transfer actor right behind the
-  // recv order, long before the prefill's first announcement (its channel
-  // opens first): the pull fails with the node's reason.
+  // recv order: the pull fails with the node's reason, once its receives
+  // ended (on the pull lane they are posted before the send order leaves,
+  // so the caller hears after the bytes landed or the lane was dropped).
   CHECK(why.find("test: withdrawn") != std::string::npos);
   auto after_failure = dst.regions;
   // Later requests of the pair land (the first ones may fail while the
@@ -587,4 +589,169 @@ TEST_CASE("a peer's failure note is kept for the caller, then dropped "
     self->send_exit(h->transfer, caf::exit_reason::user_shutdown);
     self->wait_for(h->transfer);
   }
+}
+
+// ---- pull lanes (actors/src/transfer_lane.cpp): an offered pull's
+// receives are posted before its send order leaves, and the prefill sends
+// unannounced on a channel of its own that only such pulls use.
+
+namespace {
+
+// The lane tests' nodes: their transfer actors read KVFERRY_PULL_LANES when
+// spawned (this base is made before caller_system's members).
+struct lanes_on {
+  lanes_on() { setenv("KVFERRY_PULL_LANES", "1", 1); }
+  ~lanes_on() { unsetenv("KVFERRY_PULL_LANES"); }
+};
+struct lane_system : lanes_on, caller_system {};
+
+proto::transfer_stats stats_of(caller_system& fixture,
+                               const transfer_actor& transfer) {
+  proto::transfer_stats out;
+  fixture.self->request(transfer, 10s, proto::stats_atom::value)
+      .receive([&](const proto::transfer_stats& s) { out = s; },
+               [](const caf::error& err) { FAIL(render(err)); });
+  return out;
+}
+
+// An offered pull, pulled at the decode's transfer actor: its error, or ""
+// once it landed.
+std::string offered_pull(caller_system& fixture, std::uint64_t id,
+                         const std::vector<std::uint64_t>& s,
+                         const std::vector<std::uint64_t>& d) {
+  auto advert = advertise_offered(fixture, id, s);
+  std::string why;
+  pull_at(fixture, true, id, d)
+      .receive([](const proto::node_report&) {},
+               [&](const caf::error& err) { why = render(err); });
+  advert.receive([](const proto::node_report&) {}, [](const caf::error&) {});
+  return why;
+}
+
+} // namespace
+
+// The prefill refuses a pull whose receives the decode already posted on
+// the lane (here its offer names source blocks past the prefill's cache, so
+// the prefill's bounds check refuses the send order): it sends one empty
+// chunk per receive, so the decode's receives end short and the caller
+// gets the prefill's reason, and nothing lands in the pull's blocks. The
+// lane stays in step: the next pull on it lands byte for byte, in its own
+// blocks only, and no channel was made again.
+TEST_CASE_FIXTURE(lane_system, "a refused pull on a lane lands nothing; "
+                               "the next pull on the same lane lands "
+                               "byte for byte") {
+  connect_and_listen(*this);
+  auto before = dst.regions;
+  REQUIRE(offered_pull(*this, 81, {0}, {1}) == "");
+  CHECK(dst.regions == dst.expected(before, src, {0}, {1}));
+  // One channel, the lane: no announced channel was opened for the pull.
+  auto opened = stats_of(*this, prefill.transfer).registrations;
+  CHECK(opened == src.layout.region_count());
+
+  proto::endpoint prefill_ep;
+  self->request(prefill.transfer, 10s, proto::endpoint_atom::value)
+      .receive([&](const proto::endpoint& ep) { prefill_ep = ep; },
+               [](const caf::error& err) { FAIL(render(err)); });
+  proto::pull_offer bad;
+  bad.id = 82;
+  bad.peer = "prefill-0";
+  bad.src_blocks = {4 * blocks - 1, 3 * blocks};
+  bad.src_layout = describe_layout(
+      kv_layout::vllm_per_layer(layers, 4 * blocks, half_bytes));
+  bad.dst_layout = describe_layout(dst.layout);
+  bad.src = prefill_ep;
+  bad.src_node = caf::actor_cast<caf::actor>(prefill.node);
+  bad.puller = "decode-0";
+  bad.timeout_ms = 10000;
+  self->send(decode.transfer, proto::node_offer_atom::value, bad);
+  auto after_first = dst.regions;
+  std::string why;
+  pull_at(*this, true, 82, {2, 5})
+      .receive([](const proto::node_report&) { FAIL("a refused pull"); },
+               [&](const caf::error& err) { why = render(err); });
+  CAPTURE(why);
+  CHECK(why.find("send order") != std::string::npos);
+  CHECK(dst.regions == after_first);
+
+  REQUIRE(offered_pull(*this, 83, {3}, {6}) == "");
+  CHECK(dst.regions == dst.expected(after_first, src, {3}, {6}));
+  CHECK(stats_of(*this, prefill.transfer).registrations == opened);
+}
+
+// Pushes (announced, on the peer's channel) and offered pulls (on the
+// lane) between one pair, in flight together: every byte lands in its own
+// request's blocks.
+TEST_CASE_FIXTURE(lane_system, "pulls on a lane racing pushes to the same "
+                               "peer land in their own blocks") {
+  connect_and_listen(*this);
+  auto before = dst.regions;
+  std::vector<std::uint64_t> all_s, all_d;
+  for (std::uint64_t round = 0; round < 8; ++round) {
+    CAPTURE(round);
+    std::vector<std::uint64_t> ps{round}, pd{round % 4};         // pushed
+    std::vector<std::uint64_t> ls{7 - round}, ld{4 + round % 4}; // pulled
+    auto push_id = 200 + 2 * round, pull_id = 201 + 2 * round;
+    auto sent =
+        self->request(prefill.node, 30s, proto::node_send_atom::value,
+                      proto::node_request{push_id, "decode-0", ps, pd, false});
+    auto received =
+        self->request(decode.node, 30s, proto::node_receive_atom::value,
+                      proto::node_request{push_id, "prefill-0", pd, {}, false});
+    CHECK(offered_pull(*this, pull_id, ls, ld) == "");
+    received.receive([](const proto::node_report&) {},
+                     [](const caf::error& err) { FAIL(render(err)); });
+    sent.receive([](const proto::node_report&) {},
+                 [](const caf::error& err) { FAIL(render(err)); });
+    before = dst.expected(before, src, ps, pd);
+    before = dst.expected(before, src, ls, ld);
+    CHECK(dst.regions == before);
+  }
+}
+
+// The decode gives up on a pull whose receives are posted on a lane (here
+// its "prefill" is this test's own actor, which takes the send order and
+// never connects): the pull fails at its deadline and the lane is dropped,
+// closing its receives, so nothing can land in its blocks later; the next
+// pull from the real prefill makes a new lane and lands.
+TEST_CASE_FIXTURE(lane_system, "a pull past its deadline drops its lane; "
+                               "the next pull makes a new one") {
+  connect_and_listen(*this);
+  proto::endpoint fake;
+  self->request(prefill.transfer, 10s, proto::endpoint_atom::value)
+      .receive([&](const proto::endpoint& ep) { fake = ep; },
+               [](const caf::error& err) { FAIL(render(err)); });
+  fake.transfer = caf::actor_cast<caf::actor>(self);
+  proto::pull_offer offer;
+  offer.id = 91;
+  offer.peer = "prefill-0";
+  offer.src_blocks = {0};
+  offer.src_layout = describe_layout(src.layout);
+  offer.dst_layout = describe_layout(dst.layout);
+  offer.src = fake;
+  offer.src_node = caf::actor_cast<caf::actor>(prefill.node);
+  offer.puller = "decode-0";
+  offer.timeout_ms = 300;
+  self->send(decode.transfer, proto::node_offer_atom::value, offer);
+  auto before = dst.regions;
+  auto pulled = pull_at(*this, true, 91, {2});
+  // The order comes unannounced: its receives are posted on a new lane,
+  // whose handles it carries.
+  proto::send_order order;
+  caf::response_promise never; // kept unanswered: no reply, no bytes
+  self->receive(
+      [&](proto::send_atom, const proto::send_order& o) {
+        order = o;
+        never = self->make_response_promise();
+      },
+      caf::after(10s) >> [] { FAIL("no send order"); });
+  CHECK(order.lane != 0);
+  CHECK_FALSE(order.lane_handles.empty());
+  std::string why;
+  pulled.receive([](const proto::node_report&) { FAIL("a lost pull"); },
+                 [&](const caf::error& err) { why = render(err); });
+  CAPTURE(why);
+  CHECK(why.find("did not complete in time") != std::string::npos);
+  CHECK(dst.regions == before);
+  REQUIRE(offered_pull(*this, 92, {3}, {6}) == "");
+  CHECK(dst.regions == dst.expected(before, src, {3}, {6}));
 }

@@ -91,17 +91,30 @@ inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
 /// written" recorded on the model's stream. Over CUDA IPC the copy stream
 /// waits for it on the GPU; over a plugin the transfer actor polls it and
 /// posts the send once it completed (docs/gpu.md, "Waiting on the GPU").
+///
+/// `lane`: 0 for an announced transfer (the sender announces its chunks,
+/// then posts). Else the id of the receiver's pull lane, a channel of its
+/// own on which the receiver posted this order's receives before sending
+/// it, so the sender posts its sends there unannounced, in the order the
+/// orders came, refused ones as empty sends (actors/src/transfer_lane.cpp).
+/// The first order of a lane carries its listen handles, comms and chunk
+/// size; the sender connects to them.
 struct send_order {
   std::uint64_t transfer_id = 0;
   endpoint peer;
   std::vector<extent> extents;
   std::uint32_t timeout_ms = 10000;
   std::uint64_t wait_event = 0;
+  std::uint64_t lane = 0;
+  std::vector<char> lane_handles;
+  std::uint32_t lane_comms = 0;
+  std::uint64_t lane_chunk = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, send_order& x) {
   return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
-           x.peer, x.extents, x.timeout_ms, x.wait_event);
+           x.peer, x.extents, x.timeout_ms, x.wait_event, x.lane,
+           x.lane_handles, x.lane_comms, x.lane_chunk);
 }
 
 /// Asks the local transfer actor to report when transfer `transfer_id` from
