@@ -182,7 +182,6 @@ void on_registered(self_ptr self, lease& granted) {
   renew_soon(self);
 }
 
-
 void register_now(self_ptr self) {
   enter(self, kind::registering);
   auto epoch = self->state.epoch;

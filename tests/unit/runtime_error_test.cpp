@@ -130,9 +130,9 @@ caf::error connect_error(caf::actor_system& from, std::uint16_t port) {
   caf::error out;
   self->request(runtime::control_middleman(from), std::chrono::seconds(10),
                 caf::connect_atom::value, std::string{"127.0.0.1"}, port)
-      .receive([](caf::node_id&, caf::strong_actor_ptr&,
-                  std::set<std::string>&) {},
-               [&](caf::error& err) { out = std::move(err); });
+      .receive(
+          [](caf::node_id&, caf::strong_actor_ptr&, std::set<std::string>&) {},
+          [&](caf::error& err) { out = std::move(err); });
   return out;
 }
 
@@ -141,9 +141,8 @@ caf::error connect_error(caf::actor_system& from, std::uint16_t port) {
 TEST_CASE("a peer of another kvferry build is refused at connect, by name") {
   runtime::system_config server_cfg;
   caf::actor_system server{server_cfg};
-  auto echo = server.spawn([]() -> caf::behavior {
-    return {[](std::uint64_t x) { return x; }};
-  });
+  auto echo = server.spawn(
+      []() -> caf::behavior { return {[](std::uint64_t x) { return x; }}; });
   auto port = runtime::publish_control(echo, 0, "127.0.0.1");
   REQUIRE(port);
   SUBCASE("the same build connects") {
