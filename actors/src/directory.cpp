@@ -398,6 +398,9 @@ caf::expected<directory_actor> connect_directory(caf::actor_system& system,
     }
     if (last == caf::sec::request_timeout)
       break;
+    if (last == caf::sec::incompatible_application_ids) // another build
+      return make_error(ec::mismatch,
+                        "the directory at " + where + ": " + render(last));
     // Refused: the directory may still be starting; try again shortly.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

@@ -90,6 +90,16 @@ void retry_later(self_ptr self, kind k) {
   after(self, next_backoff(self->state));
 }
 
+// Errors retrying cannot fix until someone changes a configuration or a
+// build (a directory of another kvferry build: mismatch). Still retried, in
+// case someone does; those waiting for the registration hear of it now. (A
+// duplicate name may be this worker's previous process, which the directory
+// drops once its connection closes or its lease runs out: retried.)
+bool refused(const caf::error& err) {
+  return is(err, ec::unauthorized) || is(err, ec::invalid_argument) ||
+         is(err, ec::mismatch);
+}
+
 void dial(self_ptr self) {
   enter(self, kind::dialing);
   auto epoch = self->state.epoch;
@@ -107,11 +117,15 @@ void dial(self_ptr self) {
           [self, epoch](caf::error& err) {
             if (epoch != self->state.epoch)
               return;
-            report(self, "unreachable",
+            report(self, refused(err) ? "refused" : "unreachable",
                    fmt::format("cannot reach the directory at {}: {}; "
                                "retrying (backoff up to {})",
                                self->state.cfg.directory_name, render(err),
                                as_text(self->state.cfg.retry_max)));
+            if (refused(err)) { // a directory of another build
+              self->state.refusal = err;
+              deliver_waiting(self, err);
+            }
             retry_later(self, kind::dialing);
           });
 }
@@ -166,13 +180,6 @@ void on_registered(self_ptr self, lease& granted) {
   deliver_waiting(self, caf::none);
   watch_all(self);
   renew_soon(self);
-}
-
-// Errors retrying cannot fix until someone changes a configuration. (A
-// duplicate name may be this worker's previous process, which the directory
-// drops once its connection closes or its lease runs out: retried.)
-bool refused(const caf::error& err) {
-  return is(err, ec::unauthorized) || is(err, ec::invalid_argument);
 }
 
 void register_now(self_ptr self) {

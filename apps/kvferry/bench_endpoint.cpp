@@ -51,6 +51,7 @@ struct options {
   std::string depths = "1,16";
   std::string ops = "write,read,send";
   std::string plugin;
+  std::size_t threads = 0;        // endpoint_options::threads (0: one per core)
   std::string python = "python3"; // empty: no Python column
   std::string python_sizes = "256,4K";
   bool net = true;
@@ -746,6 +747,7 @@ int run(const options& o) {
   for (std::string op; std::getline(in, op, ',');)
     bo.ops.push_back(op);
   bo.plugin = o.plugin;
+  bo.threads = o.threads;
   if (o.rounds < 1) {
     std::fprintf(stderr, "bench endpoint: --rounds must be >= 1\n");
     return 1;
@@ -869,6 +871,9 @@ void add_bench_endpoint(CLI::App& bench, int& exit_code) {
   cmd->add_option("--plugin", o->plugin,
                   "Plugin name or path (default "
                   "kvsock)");
+  cmd->add_option("--threads", o->threads,
+                  "scheduler threads of each endpoint's actor system (0: one "
+                  "per core)");
   cmd->add_option("--python", o->python,
                   "Python interpreter for the Python column ('' : none)")
       ->capture_default_str();

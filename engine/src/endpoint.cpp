@@ -32,7 +32,21 @@ namespace kvferry {
 
 using namespace engine_detail;
 
+namespace {
+
+// The endpoint's actor system: its scheduler threads run the control
+// actor (the transfer actor has a thread of its own).
+runtime::runtime_options runtime_of(const endpoint_options& options) {
+  runtime::runtime_options ro;
+  ro.threads = options.threads;
+  return ro;
+}
+
+} // namespace
+
 struct endpoint::impl {
+  explicit impl(const endpoint_options& o) : options(o), cfg(runtime_of(o)) {}
+
   endpoint_options options;
   runtime::system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -196,8 +210,7 @@ endpoint& endpoint::operator=(endpoint&&) noexcept = default;
 endpoint::~endpoint() = default;
 
 result<endpoint> endpoint::create(const endpoint_options& options) {
-  auto p = std::make_unique<impl>();
-  p->options = options;
+  auto p = std::make_unique<impl>(options);
   auto& m = p->meta;
   m.name = options.name.empty() ? default_name() : options.name;
   m.instance = random_instance();

@@ -42,6 +42,7 @@ result<bench_pair> make_pair(const endpoint_bench_options& o,
                              std::uint64_t bytes) {
   endpoint_options eo;
   eo.plugin = o.plugin;
+  eo.threads = o.threads;
   eo.transfer_timeout = limit;
   auto a = endpoint::create(eo);
   if (!a.ok())

@@ -120,11 +120,15 @@ caf::error await_registration(caf::actor_system& sys, const node_options& opts,
       .receive([&](std::string& l) { line = std::move(l); },
                [](const caf::error&) {});
   // The keeper retries a taken name (it may be this node's previous
-  // process, not yet dropped); a node starting now wants to know.
-  auto code = line.find(std::string{"kvferry."} + to_string(ec::duplicate)) !=
-                      std::string::npos
-                  ? ec::duplicate
-                  : ec::unreachable;
+  // process, not yet dropped) and a directory of another build (it may be
+  // upgraded); a node starting now wants to know which.
+  auto says = [&line](ec code) {
+    return line.find(std::string{"kvferry."} + to_string(code)) !=
+           std::string::npos;
+  };
+  auto code = says(ec::duplicate)  ? ec::duplicate
+              : says(ec::mismatch) ? ec::mismatch
+                                   : ec::unreachable;
   return node_error(code, opts,
                     fmt::format("not registered with the directory within {} "
                                 "ms: {}",

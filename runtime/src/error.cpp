@@ -2,6 +2,9 @@
 
 #include <caf/actor_system_config.hpp>
 #include <caf/sec.hpp>
+#include <fmt/format.h>
+
+#include "kvferry/runtime/version.hpp"
 
 namespace kvferry {
 
@@ -67,6 +70,13 @@ std::string render_context(const caf::message& context) {
 std::string render(const caf::error& err) {
   if (!err)
     return "no error";
+  if (err == caf::sec::incompatible_application_ids)
+    return fmt::format(
+        "the peer runs a kvferry built from other control-plane protocol "
+        "headers (this process is kvferry {}, {}): CAF's handshake refused "
+        "it, since its messages would be misread; run the same kvferry build "
+        "on every process of a deployment",
+        version, wire_id);
   if (err.category() != ec_category)
     return caf::actor_system_config::render(err);
   std::string result = "kvferry.";
@@ -91,6 +101,8 @@ status to_status(const caf::error& err) {
     return {static_cast<ec>(err.code()), render_context(err.context())};
   if (err == caf::sec::request_timeout)
     return {ec::timeout, render(err)};
+  if (err == caf::sec::incompatible_application_ids)
+    return {ec::mismatch, render(err)};
   if (err == caf::sec::request_receiver_down ||
       err == caf::sec::no_route_to_receiving_node ||
       err == caf::sec::cannot_forward_to_invalid_actor)

@@ -13,6 +13,7 @@
 
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/type_ids.hpp"
+#include "kvferry/runtime/version.hpp"
 
 namespace kvferry::runtime {
 
@@ -71,6 +72,9 @@ void system_config::apply(const runtime_options& options) {
       caf::timespan{std::chrono::milliseconds(options.heartbeat_ms)});
   set("middleman.connection-timeout",
       caf::timespan{std::chrono::milliseconds(options.connection_timeout_ms)});
+  // CAF's handshake refuses a peer whose wire identity differs (a process
+  // of another kvferry build): render() explains that error.
+  set("middleman.app-identifiers", std::vector<std::string>{wire_id});
   // CAF's own logger stays quiet: kvferry logs through spdlog.
   set("logger.file-verbosity", caf::atom("quiet"));
   set("logger.console-verbosity", caf::atom("quiet"));

@@ -181,6 +181,33 @@ TEST_CASE_FIXTURE(directory_fixture, "registration problems are errors of "
   CHECK(bad.error().code() == ec::invalid_argument);
 }
 
+TEST_CASE("a directory of another kvferry build: start fails with mismatch, "
+          "naming it") {
+  // What a process built from other protocol headers offers CAF's handshake.
+  runtime::system_config cfg;
+  cfg.set("middleman.app-identifiers",
+          std::vector<std::string>{"kvferry-wire-000000000000"});
+  caf::actor_system sys{cfg};
+  auto dir = spawn_directory(sys, directory_options{secret});
+  auto port = runtime::publish_control(dir, 0, "127.0.0.1");
+  REQUIRE(port);
+  host_cache cache{kv_layout::block_major(layers, blocks, half_bytes), 0};
+  node_options o;
+  o.name = "decode-0";
+  o.cache = cache.cache();
+  const auto where = "127.0.0.1:" + std::to_string(*port);
+  o.directory = where;
+  o.secret = secret;
+  auto n = node::start(std::move(o));
+  REQUIRE_FALSE(n.ok());
+  CHECK(n.error().code() == ec::mismatch);
+  CHECK_MESSAGE(n.error().message().find("same kvferry build") !=
+                    std::string::npos,
+                n.error().message());
+  CHECK_MESSAGE(names(n.error(), where), n.error().message());
+  caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
+}
+
 TEST_CASE_FIXTURE(directory_fixture, "CAF level: spawn_node registers the "
                                      "node; its keeper ends with the node "
                                      "actor, and the directory drops it") {

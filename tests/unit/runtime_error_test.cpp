@@ -1,12 +1,20 @@
 // kvferry's error category: codes, context and rendering.
+#include <chrono>
+#include <set>
+#include <string>
+#include <vector>
+
 #include <caf/actor_system.hpp>
+#include <caf/io/middleman.hpp>
 #include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
+#include "kvferry/runtime/tls.hpp"
 #include "kvferry/runtime/type_ids.hpp"
+#include "kvferry/runtime/version.hpp"
 
 using namespace kvferry;
 
@@ -111,4 +119,49 @@ TEST_CASE("role names") {
   CHECK(!parse_role("router", role));
   CHECK(std::string{to_string(worker_role::prefill)} == "prefill");
   CHECK(local_host_id().find('/') != std::string::npos);
+}
+
+namespace {
+
+// Connects `from` to what `to` published at `port` on loopback, as every
+// kvferry process meets another (runtime::control_middleman).
+caf::error connect_error(caf::actor_system& from, std::uint16_t port) {
+  caf::scoped_actor self{from};
+  caf::error out;
+  self->request(runtime::control_middleman(from), std::chrono::seconds(10),
+                caf::connect_atom::value, std::string{"127.0.0.1"}, port)
+      .receive(
+          [](caf::node_id&, caf::strong_actor_ptr&, std::set<std::string>&) {},
+          [&](caf::error& err) { out = std::move(err); });
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a peer of another kvferry build is refused at connect, by name") {
+  runtime::system_config server_cfg;
+  caf::actor_system server{server_cfg};
+  auto echo = server.spawn(
+      []() -> caf::behavior { return {[](std::uint64_t x) { return x; }}; });
+  auto port = runtime::publish_control(echo, 0, "127.0.0.1");
+  REQUIRE(port);
+  SUBCASE("the same build connects") {
+    runtime::system_config cfg;
+    caf::actor_system client{cfg};
+    auto err = connect_error(client, *port);
+    CHECK_MESSAGE(!err, render(err));
+  }
+  SUBCASE("another build's protocol headers: refused, and said so") {
+    runtime::system_config cfg;
+    cfg.set("middleman.app-identifiers",
+            std::vector<std::string>{"kvferry-wire-000000000000"});
+    caf::actor_system client{cfg};
+    auto err = connect_error(client, *port);
+    REQUIRE(err == caf::sec::incompatible_application_ids);
+    auto st = to_status(err);
+    CHECK(st.code() == ec::mismatch);
+    CHECK(st.message().find("same kvferry build") != std::string::npos);
+    CHECK(st.message().find(wire_id) != std::string::npos);
+  }
+  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
 }

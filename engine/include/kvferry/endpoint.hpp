@@ -166,6 +166,9 @@ struct endpoint_options {
   std::string tls_dir;
   /// The certificate presented (tls_dir/NAME.crt, .key); empty: `name`.
   std::string tls_name;
+  /// Scheduler threads of the endpoint's actor system (they run its control
+  /// actor; the transfer actor has a thread of its own); 0: one per core.
+  std::size_t threads = 0;
 };
 
 class endpoint {
