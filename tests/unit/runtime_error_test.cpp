@@ -9,6 +9,7 @@
 #include <doctest/doctest.h>
 
 #include "actor_fixture.hpp"
+#include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/logging.hpp"
 #include "kvferry/runtime/system_config.hpp"
@@ -141,9 +142,9 @@ caf::error connect_error(caf::actor_system& from, std::uint16_t port) {
 TEST_CASE("a peer of another kvferry build is refused at connect, by name") {
   runtime::system_config server_cfg;
   caf::actor_system server{server_cfg};
-  auto echo = server.spawn(
-      []() -> caf::behavior { return {[](std::uint64_t x) { return x; }}; });
-  auto port = runtime::publish_control(echo, 0, "127.0.0.1");
+  // Any published actor will do: a directory, as `kvferry directory` has it.
+  auto dir = spawn_directory(server, directory_options{"secret"});
+  auto port = runtime::publish_control(dir, 0, "127.0.0.1");
   REQUIRE(port);
   SUBCASE("the same build connects") {
     runtime::system_config cfg;
@@ -163,5 +164,5 @@ TEST_CASE("a peer of another kvferry build is refused at connect, by name") {
     CHECK(st.message().find("same kvferry build") != std::string::npos);
     CHECK(st.message().find(wire_id) != std::string::npos);
   }
-  caf::anon_send_exit(echo, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(dir, caf::exit_reason::user_shutdown);
 }
