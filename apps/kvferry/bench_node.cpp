@@ -34,18 +34,16 @@ int run(const options& o) {
               bo.layers, static_cast<unsigned long long>(bo.half_bytes),
               o.plugin.empty() ? "kvsock" : o.plugin.c_str(), o.repeats);
   std::fflush(stdout);
-  auto rows = run_node_bench(bo);
-  if (!rows.ok()) {
-    std::fprintf(stderr, "%s\n", rows.error().message().c_str());
-    return 1;
-  }
   std::printf("%6s %9s %9s %9s %8s %8s %7s %9s %9s %7s %8s %8s %6s %11s "
               "%13s\n",
               "blocks", "MiB", "ctl p50", "ctl p99", "RTT p50", "RTT p99",
               "ctl/RTT", "total p50", "data p50", "tot/RTT", "us/block",
               "pull us", "path", "cs pull/RTT", "node/xfer RTT");
+  std::fflush(stdout);
   nlohmann::json doc = nlohmann::json::array();
-  for (const auto& r : *rows) {
+  // Each row as it is measured: what was measured is out even if the two
+  // actor systems' teardown afterwards is slow.
+  bo.on_row = [&doc](const node_bench_row& r) {
     std::printf("%6llu %9.2f %9.1f %9.1f %8.1f %8.1f %6.2fx %9.1f %9.1f %6.2fx "
                 "%8.3f %8.3f %6s %5.1f/%-5.1f %6.1f/%-6.1f\n",
                 static_cast<unsigned long long>(r.blocks),
@@ -73,6 +71,12 @@ int run(const options& o) {
                    {"ipc", r.ipc},
                    {"switches_per_pull", r.switches_per_pull},
                    {"switches_per_rtt", r.switches_per_rtt}});
+    std::fflush(stdout);
+  };
+  auto rows = run_node_bench(bo);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "%s\n", rows.error().message().c_str());
+    return 1;
   }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);

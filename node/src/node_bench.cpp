@@ -328,8 +328,11 @@ run_node_bench(const node_bench_options& options) {
   try {
     bench b{options};
     std::vector<node_bench_row> rows;
-    for (auto n : options.blocks)
+    for (auto n : options.blocks) {
       rows.push_back(b.run(n));
+      if (options.on_row)
+        options.on_row(rows.back());
+    }
     return rows;
   } catch (const std::exception& e) {
     return status{ec::internal, std::string{"bench node: "} + e.what()};

@@ -28,12 +28,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "kvferry/runtime/status.hpp"
 
 namespace kvferry {
+
+struct node_bench_row;
 
 struct node_bench_options {
   std::vector<std::uint64_t> blocks{1, 64, 1000}; // blocks per request
@@ -42,6 +45,8 @@ struct node_bench_options {
   std::uint64_t cache_blocks = 2048;
   std::uint64_t half_bytes = 2048; // 16 tokens x 64 B
   std::string plugin;              // empty: kvsock
+  // Called with each size's row as soon as it is measured (optional).
+  std::function<void(const node_bench_row&)> on_row;
 };
 
 struct node_bench_row {
