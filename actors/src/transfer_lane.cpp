@@ -151,6 +151,7 @@ bool post_lane_pull(self_ptr self, const std::string& peer, std::uint64_t id,
     o.lane_comms = st.cfg.comms_per_peer;
     o.lane_chunk = st.cfg.chunk_bytes;
   }
+  ++st.stats.lane_pulls;
   ensure_progress(self);
   return true;
 }

@@ -177,6 +177,12 @@ struct bench {
         b, decode.h.node, proto::node_pull_atom::value, std::move(req));
   }
 
+  std::uint64_t lane_pulls() {
+    return ask<proto::transfer_stats>(b, decode.h.transfer,
+                                      proto::stats_atom::value)
+        .lane_pulls;
+  }
+
   node_bench_row run(std::uint64_t n) {
     node_bench_row row;
     row.blocks = n;
@@ -210,6 +216,7 @@ struct bench {
     node_rtt.clear();
     transfer_rtt.clear();
     rtt_switches = 0;
+    const auto lane_pulls_before = lane_pulls();
     for (int r = 0; r < o.repeats + 2; ++r) {
       ++id;
       advertise_and_wait(src);
@@ -231,6 +238,7 @@ struct bench {
       for (int k = 0; k < rtt_samples / o.repeats + 1; ++k)
         one_rtt();
     }
+    row.lane = lane_pulls() > lane_pulls_before;
     row.control_p50_us = pct(control, 0.5);
     row.control_p99_us = pct(control, 0.99);
     row.rtt_p50_us = pct(rtt, 0.5);
@@ -320,8 +328,11 @@ run_node_bench(const node_bench_options& options) {
   try {
     bench b{options};
     std::vector<node_bench_row> rows;
-    for (auto n : options.blocks)
+    for (auto n : options.blocks) {
       rows.push_back(b.run(n));
+      if (options.on_row)
+        options.on_row(rows.back());
+    }
     return rows;
   } catch (const std::exception& e) {
     return status{ec::internal, std::string{"bench node: "} + e.what()};

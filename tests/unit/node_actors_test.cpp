@@ -644,6 +644,7 @@ TEST_CASE_FIXTURE(lane_system, "a refused pull on a lane lands nothing; "
   auto before = dst.regions;
   REQUIRE(offered_pull(*this, 81, {0}, {1}) == "");
   CHECK(dst.regions == dst.expected(before, src, {0}, {1}));
+  CHECK(stats_of(*this, decode.transfer).lane_pulls == 1);
   // One channel, the lane: no announced channel was opened for the pull.
   auto opened = stats_of(*this, prefill.transfer).registrations;
   CHECK(opened == src.layout.region_count());
@@ -676,6 +677,18 @@ TEST_CASE_FIXTURE(lane_system, "a refused pull on a lane lands nothing; "
   REQUIRE(offered_pull(*this, 83, {3}, {6}) == "");
   CHECK(dst.regions == dst.expected(after_first, src, {3}, {6}));
   CHECK(stats_of(*this, prefill.transfer).registrations == opened);
+}
+
+// Lanes off (KVFERRY_PULL_LANES unset, the default): an offered pull goes
+// announced on the peer's channel, and the decode counts no lane pull
+// (transfer_stats::lane_pulls, which `bench node` reads to name the path).
+TEST_CASE_FIXTURE(caller_system, "with lanes off an offered pull lands "
+                                 "announced and counts no lane pull") {
+  connect_and_listen(*this);
+  auto before = dst.regions;
+  REQUIRE(offered_pull(*this, 91, {2}, {3}) == "");
+  CHECK(dst.regions == dst.expected(before, src, {2}, {3}));
+  CHECK(stats_of(*this, decode.transfer).lane_pulls == 0);
 }
 
 // Pushes (announced, on the peer's channel) and offered pulls (on the

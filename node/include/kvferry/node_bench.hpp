@@ -10,7 +10,11 @@
 //     reply, minus its data window: first announcement known to the last
 //     byte landed), p50 and p99, beside the SAME RUN's CAF round trip
 //     between the two systems (an empty request and its reply, interleaved
-//     with the requests so that both see the same load);
+//     with the requests so that both see the same load); and its total
+//     beside that round trip: a pull lane has no announcement, so its data
+//     window opens at its first bytes landed and its "control" holds the
+//     bytes' own leg too (an upper bound); total/RTT compares the paths on
+//     the same footing;
 //   - the prefill's host time per block to plan and post a request (plan_kv
 //     of every layer, the send order, the part note): the time the node
 //     actor takes for an advertise whose pull is already known, minus a
@@ -24,12 +28,15 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "kvferry/runtime/status.hpp"
 
 namespace kvferry {
+
+struct node_bench_row;
 
 struct node_bench_options {
   std::vector<std::uint64_t> blocks{1, 64, 1000}; // blocks per request
@@ -38,6 +45,8 @@ struct node_bench_options {
   std::uint64_t cache_blocks = 2048;
   std::uint64_t half_bytes = 2048; // 16 tokens x 64 B
   std::string plugin;              // empty: kvsock
+  // Called with each size's row as soon as it is measured (optional).
+  std::function<void(const node_bench_row&)> on_row;
 };
 
 struct node_bench_row {
@@ -51,6 +60,7 @@ struct node_bench_row {
   double post_us_per_block = 0;      // median over the planning rounds
   double pull_post_us_per_block = 0; // the decode's, for an offered pull
   bool ipc = false;                  // the path the pulls took (request_stats)
+  bool lane = false; // on a pull lane (the decode's transfer_stats::lane_pulls)
   // Voluntary context switches of the process (both nodes' threads) per
   // pull and per CAF round trip: the thread hand-offs each costs.
   double switches_per_pull = 0, switches_per_rtt = 0;

@@ -391,12 +391,15 @@ struct transfer_stats {
   // CUDA IPC quarantine, receiving side: timed-out transfers whose sender
   // has not yet confirmed that no copy kernel of theirs can still write.
   std::uint64_t ipc_quarantined = 0;
+  // Receiving side: offered pulls whose receives went on a pull lane
+  // (posted before their send order left, no announcement).
+  std::uint64_t lane_pulls = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
-           x.comms_opened, x.registrations, x.ipc_quarantined);
+           x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls);
 }
 
 /// Counters of one consumer (for tests and operators): how its push
