@@ -21,6 +21,11 @@ kvferry_add_test(NAME test_producer_consumer SOURCES unit/producer_consumer_test
 kvferry_add_test(NAME test_gpu_wiring SOURCES unit/gpu_wiring_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 120)
 add_dependencies(test_gpu_wiring kvferry)
+# The choice of a pattern worker per fill or check (a private helper of
+# actors/src, hence its include path).
+kvferry_add_test(NAME test_pattern_jobs SOURCES unit/pattern_jobs_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 30)
+target_include_directories(test_pattern_jobs PRIVATE ${PROJECT_SOURCE_DIR}/actors/src)
 # Sampled verification's stamps on host memory: each fault it must catch.
 kvferry_add_test(NAME test_kv_stamp SOURCES unit/kv_stamp_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)

@@ -380,16 +380,19 @@ void verify(self_ptr self, const ctx_ptr& ctx) {
   ctx->verifying = true;
   ctx->verify_sent_ns = steady_ns();
   auto& b = job->blocks;
-  self->request(st.workers.next(), caf::infinite, job->offsets, b.seed,
+  auto worker = st.workers.begin_job();
+  self->request(st.workers.worker(worker), caf::infinite, job->offsets, b.seed,
                 b.request_id, b.blocks_per_layer, b.block_bytes, b.sampled,
                 job->by_hash)
       .then(
-          [self, ctx, job](std::uint64_t value, std::int64_t ns,
-                           std::int64_t gpu_ns) {
+          [self, ctx, job, worker](std::uint64_t value, std::int64_t ns,
+                                   std::int64_t gpu_ns) {
+            self->state.workers.job_done(worker);
             finish_verified(self, ctx, verdict(self->state, *ctx, *job, value),
                             ns, gpu_ns);
           },
-          [self, ctx](caf::error& err) {
+          [self, ctx, worker](caf::error& err) {
+            self->state.workers.job_done(worker);
             finish_verified(self, ctx, std::move(err), 0, 0);
           });
 }

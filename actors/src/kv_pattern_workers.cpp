@@ -125,12 +125,7 @@ pattern_workers::pattern_workers(caf::local_actor* owner,
             ? owner->spawn<caf::linked>(pattern_worker, region, max_blocks)
             : owner->spawn<caf::detached + caf::linked>(pattern_worker, region,
                                                         max_blocks));
-}
-
-const caf::actor& pattern_workers::next() {
-  const auto& w = workers_[next_];
-  next_ = (next_ + 1) % workers_.size();
-  return w;
+  jobs_ = job_counts{n};
 }
 
 } // namespace kvferry::pattern_detail

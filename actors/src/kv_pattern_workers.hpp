@@ -47,10 +47,38 @@ std::uint64_t check_value(kv_pattern& pattern, const memory_region& region,
                           const std::vector<std::uint64_t>& offsets,
                           const pattern_blocks& blocks, bool by_hash);
 
-// The app actor's workers, used round-robin. Empty for a model-only region
-// (the simulator's: there is nothing to write, and the app actor "fills"
-// and checks on its own thread as before). Under a deterministic scheduler
-// (tests) they are not detached, so that it runs them too.
+// Jobs outstanding per worker, and the choice of the worker for the next
+// job: the one with the fewest (the next in turn among equals, so that idle
+// workers take turns). Round-robin alone put a job behind a busy worker
+// while another idled: on a GPU a fill or check holds its worker through
+// the kernel's wait, so a request queued there for a whole job.
+class job_counts {
+public:
+  explicit job_counts(std::size_t workers = 0) : jobs_(workers, 0) {}
+  // The worker for a job, counted on it until done(index).
+  std::size_t take() {
+    auto best = next_;
+    for (std::size_t k = 1; k < jobs_.size(); ++k) {
+      auto i = (next_ + k) % jobs_.size();
+      if (jobs_[i] < jobs_[best])
+        best = i;
+    }
+    next_ = (best + 1) % jobs_.size();
+    ++jobs_[best];
+    return best;
+  }
+  void done(std::size_t index) { --jobs_[index]; }
+  std::size_t outstanding(std::size_t index) const { return jobs_[index]; }
+
+private:
+  std::vector<std::size_t> jobs_;
+  std::size_t next_ = 0;
+};
+
+// The app actor's workers (job_counts picks one per job). Empty for a
+// model-only region (the simulator's: there is nothing to write, and the app
+// actor "fills" and checks on its own thread as before). Under a deterministic
+// scheduler (tests) they are not detached, so that it runs them too.
 class pattern_workers {
 public:
   pattern_workers() = default;
@@ -62,12 +90,16 @@ public:
                   const std::shared_ptr<memory_region>& region,
                   std::uint64_t block_bytes);
   bool empty() const { return workers_.empty(); }
-  // The worker for the next job (round-robin); not empty().
-  const caf::actor& next();
+  // The worker for the next job (job_counts::take), counted on it until
+  // job_done(index): call it from both handlers of the job's answer. Not
+  // empty().
+  std::size_t begin_job() { return jobs_.take(); }
+  const caf::actor& worker(std::size_t index) const { return workers_[index]; }
+  void job_done(std::size_t index) { jobs_.done(index); }
 
 private:
   std::vector<caf::actor> workers_;
-  std::size_t next_ = 0;
+  job_counts jobs_;
 };
 
 // Workers per app actor: a quarter of the cores (the producer's, the

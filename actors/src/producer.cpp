@@ -536,13 +536,15 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
     ctx->promise = self->make_response_promise<proto::ready_report>();
   st.active.emplace(ctx->req.request_id, ctx);
   ctx->filling = true;
-  self->request(st.workers.next(), caf::infinite, ctx->blocks,
+  auto worker = st.workers.begin_job();
+  self->request(st.workers.worker(worker), caf::infinite, ctx->blocks,
                 ctx->req.pattern_seed, ctx->req.request_id, std::uint32_t{0},
                 ctx->bpl, std::uint64_t{st.cfg.geometry.layer_block_bytes()},
                 ctx->req.sampled_verify)
       .then(
-          [self, ctx](std::uint64_t hash, std::int64_t ns,
-                      std::int64_t gpu_ns) {
+          [self, ctx, worker](std::uint64_t hash, std::int64_t ns,
+                              std::int64_t gpu_ns) {
+            self->state.workers.job_done(worker);
             ctx->filling = false;
             if (ctx->failed) {
               if (ctx->sends_left == 0)
@@ -557,7 +559,8 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
             self->state.active.erase(ctx->req.request_id);
             hand_over(self, ctx, true);
           },
-          [self, ctx](caf::error& err) {
+          [self, ctx, worker](caf::error& err) {
+            self->state.workers.job_done(worker);
             ctx->filling = false;
             fail_request(self, ctx, std::move(err));
           });

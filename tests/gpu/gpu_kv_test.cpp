@@ -136,6 +136,39 @@ TEST_CASE("GPU kv pattern check finds one corrupted byte") {
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
 }
 
+// A check leaves nothing behind for the next one: its last CTA resets the
+// mismatch index and the CTA count on the device (kv_pattern.cu), so a clean
+// check after a failed one passes, and a later failure reports its own
+// first block, higher or lower, whatever the grid of the call before.
+TEST_CASE("GPU kv checks in a row each report their own first mismatch") {
+  constexpr std::uint64_t block = 65536;
+  auto region = memory_region::allocate_cuda(0, 64 * block, "kv");
+  kv_pattern pattern{region};
+  std::vector<std::uint64_t> offsets;
+  for (std::uint64_t i = 0; i < 64; ++i)
+    offsets.push_back((i * 37 % 64) * block);
+  pattern_blocks where{3, 77, 0, 16, block};
+  pattern.fill(offsets, where);
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    CHECK_FALSE(pattern.check(offsets, where).has_value());
+    flip_byte(*region, offsets[10] + 100);
+    CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{10});
+    flip_byte(*region, offsets[10] + 100); // mended
+    CHECK_FALSE(pattern.check(offsets, where).has_value());
+    flip_byte(*region, offsets[60] + 7);
+    CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{60});
+    flip_byte(*region, offsets[60] + 7);
+    // A check of 3 blocks (fewer CTAs) between checks of 64.
+    std::vector<std::uint64_t> three(offsets.begin(), offsets.begin() + 3);
+    CHECK_FALSE(pattern.check(three, where).has_value());
+    // The stamp kernel (another grid): these blocks hold no stamps.
+    auto stamps = where;
+    stamps.sampled = true;
+    CHECK(pattern.check(offsets, stamps) == std::optional<std::size_t>{0});
+  }
+}
+
 // Sampled verification (kv_stamp.hpp): the GPU writes the host's stamps,
 // byte for byte, and its check catches a stale page and swapped blocks.
 TEST_CASE("GPU kv stamps match the host's and catch a stale page") {
