@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -79,6 +80,19 @@ struct deployment {
         << "  - {name: decode-0, role: decode, pool_blocks: 2048}\n"
         << "launch: {log_dir: " << logs
         << ", restart_backoff_ms: 200, stop_grace_ms: 3000}\n";
+    // Everything the child needs is made before fork: until it execs, it may
+    // only make async-signal-safe calls (no allocation: another thread may
+    // hold the allocator's lock at the fork).
+    auto bin = kvferry::test::kvferry_binary();
+    std::string verb = "launch", topo = topology;
+    std::vector<char*> argv{bin.data(), verb.data(), topo.data(), nullptr};
+    auto lease_env = "KVFERRY_LEASE_MS=" + std::to_string(lease.count());
+    std::vector<char*> envp;
+    for (char** e = environ; *e != nullptr; ++e)
+      if (std::string_view{*e}.rfind("KVFERRY_LEASE_MS=", 0) != 0)
+        envp.push_back(*e);
+    envp.push_back(lease_env.data());
+    envp.push_back(nullptr);
     launch = fork();
     REQUIRE(launch >= 0);
     if (launch == 0) {
@@ -86,9 +100,7 @@ struct deployment {
       int fd = open(launch_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, STDOUT_FILENO);
       dup2(fd, STDERR_FILENO);
-      setenv("KVFERRY_LEASE_MS", std::to_string(lease.count()).c_str(), 1);
-      auto bin = kvferry::test::kvferry_binary();
-      execl(bin.c_str(), bin.c_str(), "launch", topology.c_str(), nullptr);
+      execve(bin.c_str(), argv.data(), envp.data());
       _exit(127);
     }
     INFO(slurp(launch_out));
@@ -275,6 +287,12 @@ struct process {
   process(const std::filesystem::path& dir, const std::string& name,
           std::vector<std::string> args)
       : out((dir / (name + ".out")).string()) {
+    // argv before fork (see deployment above).
+    auto bin = kvferry::test::kvferry_binary();
+    std::vector<char*> argv{bin.data()};
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
     pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -282,11 +300,6 @@ struct process {
       int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, STDOUT_FILENO);
       dup2(fd, STDERR_FILENO);
-      auto bin = kvferry::test::kvferry_binary();
-      std::vector<char*> argv{bin.data()};
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
       execv(bin.c_str(), argv.data());
       _exit(127);
     }

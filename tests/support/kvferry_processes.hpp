@@ -33,7 +33,17 @@ struct child {
                  std::vector<std::string> env = {}) {
     int fds[2];
     REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
-    std::vector<char*> envp; // built before fork: the child only execs
+    // argv and envp are built before fork: the child of a process with
+    // other threads (a test's node) may only make async-signal-safe calls
+    // until it execs. An allocation there could wait forever on an
+    // allocator lock that another thread held at the fork (seen under
+    // ASan: the child hung, silent, before exec).
+    std::vector<char*> argv;
+    argv.push_back(bin.data());
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
     for (char** e = environ; *e != nullptr; ++e)
       envp.push_back(*e);
     for (auto& e : env)
@@ -45,11 +55,6 @@ struct child {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       dup2(fds[1], STDOUT_FILENO);
       dup2(fds[1], STDERR_FILENO);
-      std::vector<char*> argv;
-      argv.push_back(bin.data());
-      for (auto& a : args)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
       execve(bin.c_str(), argv.data(), envp.data());
       _exit(127);
     }
