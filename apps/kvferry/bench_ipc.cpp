@@ -832,6 +832,9 @@ std::string run_child_process(const bench_ipc_options& opt,
     args.push_back("--no-unpack");
   args.push_back("--table-layers");
   args.push_back(std::to_string(opt.table_layers));
+  // Built before fork: the child of a process with threads (CUDA's, the
+  // crew's) must not allocate before exec (a lock held at the fork).
+  auto argv = exec_vector(args);
   const pid_t pid = fork();
   if (pid < 0)
     throw std::runtime_error("fork failed");
@@ -839,7 +842,6 @@ std::string run_child_process(const bench_ipc_options& opt,
     dup2(out[1], STDOUT_FILENO);
     close(out[0]);
     close(out[1]);
-    auto argv = exec_vector(args);
     execv("/proc/self/exe", argv.data());
     _exit(127);
   }

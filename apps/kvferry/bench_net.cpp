@@ -639,36 +639,50 @@ struct receiver_process {
   int fd = -1;
   int status = 0;
 
+  // The receiver's command line, serving on socket `fd`.
+  static std::vector<std::string> receiver_args(const bench_options& o,
+                                                const std::string& plugin_path,
+                                                const std::string& memory,
+                                                int fd) {
+    std::vector<std::string> args{"kvferry", "bench", "net"};
+    auto add = [&args](const char* flag, std::string value) {
+      args.push_back(flag);
+      args.push_back(std::move(value));
+    };
+    add("--serve-fd", std::to_string(fd));
+    add("--plugin", plugin_path);
+    add("--sizes", o.sizes);
+    add("--depth", std::to_string(o.depth));
+    add("--comms", std::to_string(o.comms));
+    add("--chunk-bytes", std::to_string(o.chunk_bytes));
+    add("--timeout-s", std::to_string(o.timeout_s));
+    add("--memory", memory);
+    add("--gpu", std::to_string(o.peer_gpu < 0 ? o.gpu : o.peer_gpu));
+    return args;
+  }
+
   void start(const bench_options& o, const std::string& plugin_path,
              const std::string& memory) {
     int sv[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
       fail(fmt::format("bench net: socketpair failed: {}",
                        std::strerror(errno)));
+    // Everything the child needs is built before fork: the caller may run
+    // threads (bench endpoint's actors, the plugin's), and a child that
+    // allocates before exec can wait forever on a lock one of them held.
+    const auto args = receiver_args(o, plugin_path, memory, sv[1]);
+    auto argv = exec_vector(args);
+    static constexpr char exec_failed[] =
+        "bench net: exec of /proc/self/exe failed\n";
     std::fflush(nullptr);
     pid = ::fork();
     if (pid < 0)
       fail(fmt::format("bench net: fork failed: {}", std::strerror(errno)));
     if (pid == 0) {
       ::close(sv[0]);
-      std::vector<std::string> args{"kvferry", "bench", "net"};
-      auto add = [&args](const char* flag, std::string value) {
-        args.push_back(flag);
-        args.push_back(std::move(value));
-      };
-      add("--serve-fd", std::to_string(sv[1]));
-      add("--plugin", plugin_path);
-      add("--sizes", o.sizes);
-      add("--depth", std::to_string(o.depth));
-      add("--comms", std::to_string(o.comms));
-      add("--chunk-bytes", std::to_string(o.chunk_bytes));
-      add("--timeout-s", std::to_string(o.timeout_s));
-      add("--memory", memory);
-      add("--gpu", std::to_string(o.peer_gpu < 0 ? o.gpu : o.peer_gpu));
-      auto argv = exec_vector(args);
       ::execv("/proc/self/exe", argv.data());
-      std::fprintf(stderr, "bench net: exec of /proc/self/exe failed: %s\n",
-                   std::strerror(errno));
+      [[maybe_unused]] auto n =
+          ::write(STDERR_FILENO, exec_failed, sizeof exec_failed - 1);
       ::_exit(127);
     }
     ::close(sv[1]);
