@@ -66,14 +66,4 @@ inline unsigned pattern_workers_on_gpu(unsigned fallback) {
       env_count("KVFERRY_PATTERN_WORKERS", fallback, 16, "pattern workers"));
 }
 
-/// How many threads pack a large CUDA IPC plan (gpu_copy_engine::
-/// set_plan_threads: 16,384 extents or more, e.g. one vector call over
-/// 4 KiB KV blocks): KVFERRY_PLAN_THREADS=N (1..64); unset or empty: a
-/// quarter of this machine's cores, 1 to 4 (one thread on a 2-core host,
-/// four on a 16-core GPU host).
-inline std::size_t plan_threads(unsigned cores) {
-  const unsigned quarter = cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
-  return env_count("KVFERRY_PLAN_THREADS", quarter, 64, "threads");
-}
-
 } // namespace kvferry::detail

@@ -35,6 +35,7 @@
 #include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/gpu_event.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "kvferry/transport/plan_crew.hpp"
 #include "transfer_state.hpp"
 
 namespace kvferry::transfer_detail {
@@ -155,7 +156,7 @@ void ensure_ipc_engine(transfer_state& st) {
   st.engine = std::make_unique<transport::gpu_copy_engine>(
       gpu, transport::chosen_copy_bands(gpu, tuning));
   st.engine->set_plan_threads(
-      detail::plan_threads(std::thread::hardware_concurrency()));
+      transport::plan_threads(std::thread::hardware_concurrency()));
 }
 
 // Maps the peer's region table on first use: each allocation once (the

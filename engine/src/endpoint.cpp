@@ -16,7 +16,6 @@
 #include <fmt/format.h>
 
 #include "endpoint_state.hpp"
-#include "gpu_knobs.hpp" // actors/src: the plan threads' rule, shared
 #include "kvferry/actors/memory_region.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
@@ -26,6 +25,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/transport/extent_lists.hpp"
+#include "kvferry/transport/plan_crew.hpp"
 #include "kvferry/transport/plugin.hpp"
 
 namespace kvferry {
@@ -115,7 +115,7 @@ struct endpoint::impl {
   // (one_sided_plan.hpp), one calling thread at a time.
   std::mutex crew_mu;
   transport::plan_crew crew{
-      detail::plan_threads(std::thread::hardware_concurrency()) - 1};
+      transport::plan_threads(std::thread::hardware_concurrency()) - 1};
   std::vector<one_sided_part> crew_parts{crew.size()};
 
   // Where local slice `s` (number `index` of the call) lies in the region

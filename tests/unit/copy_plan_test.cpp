@@ -2,6 +2,7 @@
 // kernel relies on (every byte copied exactly once).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -867,4 +868,19 @@ TEST_CASE("an extent list taken sized has exactly that size and reuses a kept "
   CHECK(plain.data() == memory);
   CHECK(plain.empty());
   extent_lists::give(std::move(plain));
+}
+
+TEST_CASE("plan threads: a quarter of the cores, 1 to 4, unless "
+          "KVFERRY_PLAN_THREADS says otherwise") {
+  ::unsetenv("KVFERRY_PLAN_THREADS");
+  CHECK(plan_threads(2) == 1);
+  CHECK(plan_threads(16) == 4);
+  CHECK(plan_threads(128) == 4);
+  ::setenv("KVFERRY_PLAN_THREADS", "8", 1);
+  CHECK(plan_threads(2) == 8);
+  ::setenv("KVFERRY_PLAN_THREADS", "0", 1);
+  CHECK_THROWS_WITH_AS(plan_threads(16),
+                       doctest::Contains("KVFERRY_PLAN_THREADS=0"),
+                       std::invalid_argument);
+  ::unsetenv("KVFERRY_PLAN_THREADS");
 }

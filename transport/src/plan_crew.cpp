@@ -1,6 +1,7 @@
 // plan_crew (plan_crew.hpp).
 #include "kvferry/transport/plan_crew.hpp"
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -19,6 +20,19 @@ bool spin_until(Done&& done, std::chrono::microseconds limit) {
 }
 
 } // namespace
+
+std::size_t plan_threads(unsigned cores) {
+  const unsigned quarter = cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
+  const char* text = std::getenv("KVFERRY_PLAN_THREADS");
+  if (text == nullptr || *text == '\0')
+    return quarter;
+  char* end = nullptr;
+  const unsigned long value = std::strtoul(text, &end, 10);
+  if (*end != '\0' || value == 0 || value > 64)
+    throw std::invalid_argument(std::string{"KVFERRY_PLAN_THREADS="} + text +
+                                ": expected a number of threads, 1 to 64");
+  return value;
+}
 
 plan_crew::plan_crew(std::size_t helpers) : helpers_(helpers) {
   errors_.resize(helpers + 1);

@@ -25,6 +25,15 @@
 
 namespace kvferry::transport {
 
+/// How many threads pack a large CUDA IPC plan (gpu_copy_engine::
+/// set_plan_threads: 16,384 extents or more, e.g. one vector call over
+/// 4 KiB KV blocks), and how many parts the endpoint's caller-side pass over
+/// such a call takes: KVFERRY_PLAN_THREADS=N (1..64); unset or empty: a
+/// quarter of `cores`, 1 to 4 (one thread on a 2-core host, four on a
+/// 16-core GPU host). Anything else throws std::invalid_argument naming the
+/// variable.
+std::size_t plan_threads(unsigned cores);
+
 class plan_crew {
 public:
   /// A crew of `helpers` threads besides the caller's (0: the caller alone).
