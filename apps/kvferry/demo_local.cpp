@@ -76,8 +76,11 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
       std::make_unique<child_process>("directory", std::move(dir_args)));
   auto line = children.back()->wait_for_line("listening on", seconds(15));
   auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
-  for (auto role : {"prefill", "decode"}) {
-    const bool decode = std::string{role} == "decode";
+  std::vector<std::string> roles{"prefill"};
+  if (!router_in_decode(cmd)) // else the demo's own process is the decode
+    roles.push_back("decode");
+  for (const auto& role : roles) {
+    const bool decode = role == "decode";
     auto gpu = decode ? gpus.decode : gpus.prefill;
     // One flag and its value per line.
     // clang-format off
@@ -260,6 +263,29 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
     std::cerr << "kvferry demo: " << e.what() << "\n";
     return 1;
   }
+}
+
+// The decode worker's flags as the library takes them: what
+// start_local_processes passes a decode child, for the demo's own process.
+worker_options decode_worker_options(const demo_command& cmd,
+                                     const worker_gpus& gpus,
+                                     const worker_pools& pools) {
+  worker_options o;
+  o.name = demo_decode_name;
+  o.role = worker_role::decode;
+  if (const char* secret = std::getenv("KVFERRY_SECRET"))
+    o.secret = secret; // set by start_local_processes
+  o.bind = "127.0.0.1";
+  o.gpu = gpus.decode;
+  o.use_ipc = cmd.transport == "ipc";
+  o.pool_blocks = pools.decode_blocks;
+  o.geometry = cmd.geometry;
+  o.plugin = cmd.plugin;
+  o.chunk_bytes = cmd.chunk_bytes;
+  o.comms_per_peer = cmd.comms_per_peer;
+  o.timeout_ms = cmd.timeout_ms;
+  o.lend_percent = static_cast<std::uint32_t>(pools.decode_lend_percent);
+  return o;
 }
 
 } // namespace kvferry::app
