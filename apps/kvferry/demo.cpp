@@ -379,11 +379,13 @@ int route(const demo_command& cmd, caf::actor_system& sys,
     use_local_consumer(plan, *decode);
   plan.directory = *dir;
   plan.directory_name = site.directory;
-  // Straight to the workers, not through the directory's node (our own
-  // decode worker's linker dials the prefill workers too).
-  connect_members(sys, *dir,
-                  decode ? std::optional{worker_role::prefill} : std::nullopt,
-                  seconds(5));
+  // Straight to the workers, not through the directory's node. Our own
+  // decode worker has dialled the prefill workers already (start_worker,
+  // and its linker for later ones): a second dial of the same node from
+  // this process, while the first is still under way, lost a message under
+  // load.
+  if (!decode)
+    connect_members(sys, *dir, std::nullopt, seconds(5));
   if (stop_signal() != 0)
     return interrupted();
   plan_requests(cmd, trace, plan);

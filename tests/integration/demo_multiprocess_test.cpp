@@ -1,15 +1,22 @@
-// `kvferry demo` end to end: a directory, a prefill and a decode worker as
-// separate processes, KV moved over kvsock and verified byte for byte.
+// `kvferry demo` end to end: a directory, a prefill and a decode worker
+// (by default in the demo's own process, beside the router; --router
+// separate: a process of its own), KV moved over kvsock and verified byte
+// for byte.
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <regex>
+#include <signal.h>
 #include <string>
 
 #include <doctest/doctest.h>
 
+#include "kvferry_processes.hpp"
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
+#include "slurp.hpp"
 
 namespace {
 
@@ -29,10 +36,78 @@ run_result check_demo(const std::string& extra) {
   return r;
 }
 
+// The process among `parent`'s children whose command line holds `needle`,
+// or -1.
+pid_t child_with(pid_t parent, const std::string& needle) {
+  for (const auto& entry : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    auto stat = kvferry::test::slurp(entry.path() / "stat");
+    auto after_comm = stat.rfind(')'); // "pid (comm) state ppid ..."
+    if (after_comm == std::string::npos ||
+        std::stoi(stat.substr(after_comm + 4)) != parent)
+      continue;
+    if (kvferry::test::slurp(entry.path() / "cmdline").find(needle) !=
+        std::string::npos)
+      return std::stoi(name);
+  }
+  return -1;
+}
+
 } // namespace
 
 TEST_CASE("demo: push, whole requests") {
   check_demo("");
+}
+
+// The default: the router in the decode worker's process (the demo's), so a
+// request crosses processes twice; the output says where the router ran.
+TEST_CASE("demo: the router in the decode worker's process or its own") {
+  auto r = check_demo("--pull --breakdown");
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  r = check_demo("--pull --router separate");
+  CHECK(r.output.find("pull, router in a process of its own,") !=
+        std::string::npos);
+  r = run_kvferry("demo --router nowhere");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("--router: nowhere not in {decode,separate}") !=
+        std::string::npos);
+}
+
+// With the router in the decode worker's process, the prefill worker is the
+// only worker process: killed mid-run, it fails the requests in flight at
+// once, naming it (the worker deadlines are 30 s), and the demo exits 1.
+TEST_CASE("demo: a prefill worker killed mid-run fails the requests, naming "
+          "it") {
+  using namespace std::chrono;
+  kvferry::test::child demo({"demo", "--pull", "--requests", "100000",
+                             "--inflight", "4", "--max-tokens", "512",
+                             "--timeout-ms", "30000"},
+                            kvferry::test::kvferry_binary());
+  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
+  auto by = steady_clock::now() + seconds(60);
+  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
+    demo.read_until("\x01never", milliseconds(200));
+  INFO(demo.text);
+  REQUIRE(std::regex_search(demo.text, some_done));
+  auto prefill = child_with(demo.pid, "demo-prefill-0");
+  REQUIRE(prefill > 0);
+  REQUIRE(kill(prefill, SIGKILL) == 0);
+  auto killed_at = steady_clock::now();
+  bool reported = demo.read_until("FAILED", seconds(25));
+  auto took = duration_cast<milliseconds>(steady_clock::now() - killed_at);
+  int status = demo.wait_exit(seconds(20));
+  INFO(demo.text);
+  INFO("the demo reported after " << took.count() << " ms");
+  REQUIRE(reported);
+  CHECK(status == 1);
+  CHECK(took < seconds(5));
+  CHECK(demo.text.find("demo-prefill-0") != std::string::npos);
+  CHECK(demo.text.find("peer_down") != std::string::npos);
+  CHECK(demo.text.find("router in the decode worker's process") !=
+        std::string::npos);
 }
 
 TEST_CASE("demo: push, layer by layer") {
