@@ -143,6 +143,23 @@ TEST_CASE("demo --mps off: the shared GPU time-slices, and the demo says so") {
         std::string::npos);
 }
 
+// --mps off: no private MPS daemon, so the router runs in the decode
+// worker's process (the demo's), which maps the prefill's pool over CUDA
+// IPC and verifies every request on the GPU.
+TEST_CASE("GPU demo: the router in the decode worker's process, pull") {
+  auto r = run_kvferry("demo --gpu 0 --mps off --pull --inflight 8 "
+                       "--requests 20 --max-tokens 512 --quiet --verify "
+                       "sampled");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  CHECK(r.output.find("OK, 20 requests verified by sampling") !=
+        std::string::npos);
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS off | 20 | 0 |") !=
+        std::string::npos);
+}
+
 TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
           "is gone afterwards") {
   auto r = run_kvferry("demo --gpu 0 --mps on --requests 20 --max-tokens 512 "
@@ -162,4 +179,10 @@ TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
         std::string::npos);
   auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
   CHECK_FALSE(std::filesystem::exists(pipe));
+  // The demo's process looked at the GPU before the daemon started, so it
+  // cannot be its client: the router runs in a process of its own, said so.
+  CHECK(r.output.find("the router runs in a process of its own") !=
+        std::string::npos);
+  CHECK(r.output.find(", router in a process of its own,") !=
+        std::string::npos);
 }
