@@ -559,7 +559,7 @@ int run_demo(demo_command& cmd) {
   std::optional<worker_handle> decode;
   auto code = route(cmd, *sys, site, trace, local, decode);
   if (!decode)
-    return code; // the children stop, then the actor system goes
+    return code; // the actor system goes, then the children stop
   // The decode worker leaves and stops, then the children. The actor system
   // is left to the process's end (add_demo ends it with _Exit, as `kvferry
   // worker` does): in CAF 0.17 ~actor_system may wait for a detached actor
