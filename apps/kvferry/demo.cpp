@@ -29,6 +29,7 @@
 
 #include "commands.hpp"
 #include "demo_local.hpp"
+#include "demo_private_mps.hpp"
 #include "demo_stages.hpp"
 #include "demo_trace.hpp"
 #include "geometry_flags.hpp"
@@ -331,7 +332,7 @@ int start_decode_here(caf::actor_system& sys, const demo_command& cmd,
   auto started = start_worker(sys, opts);
   if (!started) {
     std::cerr << "kvferry demo: " << render(started.error()) << "\n";
-    return 1;
+    return start_failed(cmd, 1);
   }
   decode.emplace(std::move(*started));
   int sig = 0;
@@ -343,7 +344,7 @@ int start_decode_here(caf::actor_system& sys, const demo_command& cmd,
     return interrupted();
   if (err) {
     std::cerr << "kvferry demo: " << render(err) << "\n";
-    return 1;
+    return start_failed(cmd, 1);
   }
   return 0;
 }
@@ -475,7 +476,7 @@ int run_demo(demo_command& cmd) {
   if (cmd.directory.empty()) {
     if (auto bad = choose_worker_gpus(cmd, gpus); !bad.empty()) {
       std::cerr << "kvferry demo: " << bad << "\n";
-      return 2;
+      return start_failed(cmd, 2); // the parent's check passed: MPS's fault
     }
   }
   auto mps = choose_mps(mps_facts_for(cmd, *mode, gpus));
@@ -483,14 +484,12 @@ int run_demo(demo_command& cmd) {
     std::cerr << "kvferry demo: " << mps.why << "\n";
   if (mps.exit_code != 0)
     return mps.exit_code;
-  if (router_in_decode(cmd) && mps.start) {
-    cmd.router = "separate";
-    std::cerr << "kvferry demo: the router runs in a process of its own: "
-                 "this process looked at the GPUs before the private MPS "
-                 "daemon starts, so it cannot be that daemon's client (CUDA "
-                 "joins MPS when it initialises); with a daemon of your own "
-                 "(CUDA_MPS_PIPE_DIRECTORY set), or --mps off, the router "
-                 "runs in the decode worker's process (docs/deploy.md)\n";
+  // This process initialised CUDA (above) before the daemon exists, so it
+  // cannot be the daemon's client: the demo runs as a child of it that is.
+  if (rerun_under_private_daemon(router_in_decode(cmd), mps)) {
+    if (auto code = run_under_private_daemon(cmd, gpus))
+      return *code;
+    mps = {}; // here, without MPS: said why
   }
   auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
                                             via(gpus, cmd.transport, cmd.plugin)

@@ -8,10 +8,12 @@
 
 #include <fmt/format.h>
 
+#include "demo_private_mps.hpp"
 #include "geometry_flags.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/worker.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "stop_signals.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -122,6 +124,19 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
   return directory;
 }
 
+// Waits for the demo's child, passing it this process's first stop signal
+// (the child has a process group of its own: a terminal's ^C reaches only
+// this process). Its wait status.
+int wait_passing_stop(subprocess& child) {
+  bool passed = false;
+  while (!child.wait(milliseconds(100)))
+    if (!passed && stop_signal() != 0) {
+      child.signal(stop_signal());
+      passed = true;
+    }
+  return *child.exit_status();
+}
+
 // Starts the private MPS daemon when `choice` says so; the variables that
 // make the workers its clients, none when it did not start (--mps auto:
 // running without MPS is the fallback). Exit code 1 when --mps on failed.
@@ -169,10 +184,11 @@ std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
   for (const auto* o : {&prefill, &decode})
     if (auto bad = check_gpu_option(o->option, o->value); !bad.empty())
       return bad;
-  g.prefill = resolve_gpu(prefill.value, "kvferry demo");
-  g.decode = decode.value == prefill.value
-                 ? g.prefill
-                 : resolve_gpu(decode.value, "kvferry demo");
+  // Under its parent's daemon the parent has said what auto chose.
+  auto who = under_parents_private_daemon() ? "" : "kvferry demo";
+  g.prefill = resolve_gpu(prefill.value, who);
+  g.decode = decode.value == prefill.value ? g.prefill
+                                           : resolve_gpu(decode.value, who);
   if ((g.prefill < 0) != (g.decode < 0))
     return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
                        "in GPU memory or both in host memory",
@@ -210,8 +226,10 @@ mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
   facts.mode = mode;
   facts.starts_workers = cmd.directory.empty();
   facts.shared_gpu = shared_gpu(gpus);
-  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
+  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY")) {
     facts.callers_pipe_directory = pipe;
+    facts.parent_demos_daemon = under_parents_private_daemon();
+  }
   facts.control_found = !find_on_path(mps_daemon::control_program).empty();
   return facts;
 }
@@ -239,6 +257,11 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
   }
   if (stop_signal() != 0)
     return interrupted();
+  if (under_parents_private_daemon()) {
+    std::cerr << "kvferry demo: under the private MPS daemon: " << failure
+              << "\n";
+    return start_failed(cmd, 1);
+  }
   if (!local.mps || cmd.mps == "on") {
     std::cerr << "kvferry demo: "
               << (local.mps ? "--mps on: under the private MPS daemon: " : "")
@@ -263,6 +286,41 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
     std::cerr << "kvferry demo: " << e.what() << "\n";
     return 1;
   }
+}
+
+std::optional<int> run_under_private_daemon(const demo_command& cmd,
+                                            const worker_gpus& gpus) {
+  stop_gracefully(); // a stop signal goes to the child, which stops cleanly
+  local_processes local;
+  env_pairs daemon_env;
+  if (auto code = start_private_mps(cmd, gpus, local, daemon_env))
+    return code;
+  if (!local.mps)
+    return std::nullopt; // --mps auto without a daemon: said why
+  int code = 1;
+  try {
+    // Built before fork, as subprocess builds argv and envp.
+    subprocess child{private_daemon_child(own_arguments(), daemon_env)};
+    code = exit_code_of(wait_passing_stop(child));
+  } catch (const std::exception& e) {
+    std::cerr << "kvferry demo: the demo under the private MPS daemon: "
+              << e.what() << "\n";
+  }
+  // Its clients have exited: `quit` does not wait for them.
+  if (auto err = local.mps->stop(); !err.empty())
+    std::cerr << "kvferry demo: stopping the private MPS daemon: " << err
+              << "\n";
+  if (code != demo_mps_failed_exit)
+    return code;
+  std::cerr << "kvferry demo: MPS did not work: the demo did not start under "
+               "the private MPS daemon (above); retrying without MPS\n";
+  return std::nullopt;
+}
+
+int start_failed(const demo_command& cmd, int code) {
+  return under_parents_private_daemon() && cmd.mps == "auto"
+             ? demo_mps_failed_exit
+             : code;
 }
 
 // The decode worker's flags as the library takes them: what

@@ -124,6 +124,20 @@ worker_options decode_worker_options(const demo_command& cmd,
                                      const worker_gpus& gpus,
                                      const worker_pools& pools);
 
+// With `choice` starting a private MPS daemon and the router to share the
+// decode worker's process: starts the daemon, runs the demo as a child
+// process under it (demo_private_mps.hpp), passes it a stop signal, waits,
+// quits the daemon. The child's exit code, or nothing where the demo is to
+// run in this process without MPS instead (--mps auto: the daemon, or the
+// workers under it, did not start; said on stderr).
+std::optional<int> run_under_private_daemon(const demo_command& cmd,
+                                            const worker_gpus& gpus);
+
+// A failure to start the workers (exit `code`): in a child under its parent
+// demo's private daemon with --mps auto, demo_mps_failed_exit instead, so
+// that the parent runs the demo again without MPS.
+int start_failed(const demo_command& cmd, int code);
+
 /// The exit status for a run stopped by a signal, saying so on stderr.
 int interrupted();
 
