@@ -179,10 +179,39 @@ TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
         std::string::npos);
   auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
   CHECK_FALSE(std::filesystem::exists(pipe));
-  // The demo's process looked at the GPU before the daemon started, so it
-  // cannot be its client: the router runs in a process of its own, said so.
-  CHECK(r.output.find("the router runs in a process of its own") !=
+  // The demo proper ran as the daemon's client in a child process: the
+  // router in the decode worker's process, and one word on the daemon.
+  CHECK(r.output.find(", router in the decode worker's process,") !=
         std::string::npos);
-  CHECK(r.output.find(", router in a process of its own,") !=
+  CHECK(r.output.find("MPS daemon") == r.output.rfind("MPS daemon"));
+}
+
+// The layout of issue #18's GPU target: the default on one GPU (--gpu auto,
+// --mps auto) starts a private MPS daemon where nvidia-cuda-mps-control
+// works, and the demo proper, a child process that is the daemon's client,
+// runs the router in the decode worker's process; the parent process quits
+// the daemon.
+TEST_CASE("GPU demo, the default on one GPU: the router in the decode "
+          "worker's process under the private MPS daemon, pull, 8 in "
+          "flight") {
+  auto r = run_kvferry("demo --pull --inflight 8 --requests 40 --max-tokens "
+                       "512 --quiet");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 40 requests verified") !=
         std::string::npos);
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  if (r.output.find("started a private MPS daemon") == std::string::npos)
+    return kvferry::test::skip_case(
+        "no private MPS daemon started here (its output says why): the "
+        "router's place was checked without MPS");
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS on | 40 | 0 |") !=
+        std::string::npos);
+  // Said once, by the parent: the child resolves auto again silently.
+  const std::string chose = "--gpu auto: using GPU 0";
+  CHECK(r.output.find(chose) != std::string::npos);
+  CHECK(r.output.find(chose) == r.output.rfind(chose));
+  auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
+  CHECK_FALSE(std::filesystem::exists(pipe));
 }

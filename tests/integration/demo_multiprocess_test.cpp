@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <regex>
 #include <signal.h>
 #include <string>
@@ -15,6 +14,7 @@
 
 #include "kvferry_processes.hpp"
 #include "run_kvferry.hpp"
+#include "scoped_env.hpp"
 #include "scratch_dir.hpp"
 #include "slurp.hpp"
 
@@ -211,30 +211,93 @@ TEST_CASE("demo --mps on without nvidia-cuda-mps-control fails naming it") {
         std::string::npos);
 }
 
+namespace {
+
+// A fake nvidia-cuda-mps-control in a scratch folder, to put first on PATH:
+// records each call (arguments, pipe directory, stdin), and `-d` creates
+// the pipe the real daemon would.
+struct fake_mps_control {
+  kvferry::test::scratch_dir dir{"kvferry-demo-test"};
+  std::filesystem::path record = dir.path / "record";
+
+  fake_mps_control() {
+    auto script = dir.path / "nvidia-cuda-mps-control";
+    std::ofstream{script}
+        << "#!/bin/sh\n"
+        << "echo \"$* | $CUDA_MPS_PIPE_DIRECTORY | $(cat)\" >>" << record
+        << "\n"
+        << "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n"
+        << "exit 0\n";
+    std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  }
+  // The calls of a daemon started and quit with pipe directory `pipe`.
+  static std::string started_and_quit(const std::string& pipe) {
+    return "-d | " + pipe + " | \n | " + pipe + " | quit\n";
+  }
+  std::string calls() const { return kvferry::test::slurp(record); }
+};
+
+std::size_t count_of(const std::string& text, const std::string& part) {
+  std::size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos;
+       at = text.find(part, at + 1))
+    ++n;
+  return n;
+}
+
+} // namespace
+
+// --mps on starts a daemon even for host memory, which lets this machine
+// (no GPU) run the demo's layout under a private daemon: the demo proper
+// runs as a child process that is the daemon's client, so the router stays
+// in the decode worker's process (the child's) and the parent's one line
+// is the only word about the daemon.
 TEST_CASE("demo --mps on runs the workers under a private daemon and stops "
           "it") {
-  // A fake control program first on PATH: records each call, and `-d`
-  // creates the pipe the real daemon would.
-  kvferry::test::scratch_dir fake{"kvferry-demo-test"};
-  auto record = fake.path / "record";
-  auto script = fake.path / "nvidia-cuda-mps-control";
-  std::ofstream{script}
-      << "#!/bin/sh\n"
-      << "echo \"$* | $CUDA_MPS_PIPE_DIRECTORY | $(cat)\" >>" << record << "\n"
-      << "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n"
-      << "exit 0\n";
-  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  fake_mps_control fake;
   auto r = kvferry::test::run_kvferry(
       "demo --mps on --gpu none --requests 5 --max-tokens 256 --quiet", 100,
-      "PATH=" + fake.path.string() + ":$PATH");
+      "PATH=" + fake.dir.path.string() + ":$PATH");
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 5 requests verified") !=
         std::string::npos);
   auto pipe = kvferry::test::private_mps_pipe(r.output, "the workers");
   CHECK(r.output.find("--mps off to run without") != std::string::npos);
-  std::ifstream in{record};
-  std::string calls{std::istreambuf_iterator<char>{in}, {}};
-  CHECK(calls == "-d | " + pipe + " | \n | " + pipe + " | quit\n");
+  CHECK(fake.calls() == fake_mps_control::started_and_quit(pipe));
+  CHECK_FALSE(std::filesystem::exists(pipe));
+  CHECK(r.output.find("push, router in the decode worker's process,") !=
+        std::string::npos);
+  CHECK(count_of(r.output, "MPS daemon") == 1);
+}
+
+// A stop signal to the demo reaches the demo proper under the daemon (a
+// child in a process group of its own), which stops its workers; then the
+// daemon quits and the demo exits with the child's status.
+TEST_CASE("demo --mps on: a stop signal stops the demo under the daemon, "
+          "then the daemon") {
+  using namespace std::chrono;
+  fake_mps_control fake;
+  kvferry::test::scoped_env path{"PATH", fake.dir.path.string() + ":" +
+                                             std::getenv("PATH")};
+  kvferry::test::child demo({"demo", "--mps", "on", "--gpu", "none",
+                             "--requests", "100000", "--max-tokens", "256"},
+                            kvferry::test::kvferry_binary());
+  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
+  auto by = steady_clock::now() + seconds(60);
+  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
+    demo.read_until("\x01never", milliseconds(200));
+  INFO(demo.text);
+  REQUIRE(std::regex_search(demo.text, some_done));
+  auto under_daemon = child_with(demo.pid, "--requests");
+  REQUIRE(under_daemon > 0);
+  REQUIRE(kill(demo.pid, SIGINT) == 0);
+  int status = demo.wait_exit(seconds(30));
+  INFO(demo.text);
+  CHECK(status == 128 + SIGINT);
+  CHECK(demo.text.find("interrupted (Interrupt)") != std::string::npos);
+  CHECK(kill(under_daemon, 0) != 0); // reaped
+  auto pipe = kvferry::test::private_mps_pipe(demo.text, "the workers");
+  CHECK(fake.calls() == fake_mps_control::started_and_quit(pipe));
   CHECK_FALSE(std::filesystem::exists(pipe));
 }
