@@ -299,9 +299,12 @@ std::optional<int> run_under_private_daemon(const demo_command& cmd,
     return std::nullopt; // --mps auto without a daemon: said why
   int code = 1;
   try {
-    // Built before fork, as subprocess builds argv and envp.
-    subprocess child{private_daemon_child(own_arguments(), daemon_env)};
-    code = exit_code_of(wait_passing_stop(child));
+    if (stop_signal() != 0) // while the daemon started: no child then
+      code = interrupted();
+    else {
+      subprocess child{private_daemon_child(own_arguments(), daemon_env)};
+      code = exit_code_of(wait_passing_stop(child));
+    }
   } catch (const std::exception& e) {
     std::cerr << "kvferry demo: the demo under the private MPS daemon: "
               << e.what() << "\n";
