@@ -3,7 +3,8 @@ kvferry_add_test(NAME test_plan_pool SOURCES unit/plan_pool_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 30)
 kvferry_add_test(NAME test_protocol_messages SOURCES unit/protocol_messages_test.cpp
   LIBS kvferry_runtime LABELS unit TIMEOUT 30)
-# slow: 44-68 s on the 2-core CI machine (seven demo runs of 3 processes).
+# slow: 40-70 s on the 2-core CI machine (ten demo runs: a directory, a
+# prefill worker and, by default, the decode worker beside the router).
 kvferry_add_test(NAME test_demo_multiprocess SOURCES integration/demo_multiprocess_test.cpp
   LIBS kvferry_build_flags LABELS integration slow TIMEOUT 400)
 add_dependencies(test_demo_multiprocess kvferry)

@@ -29,6 +29,7 @@
 
 #include "commands.hpp"
 #include "demo_local.hpp"
+#include "demo_private_mps.hpp"
 #include "demo_stages.hpp"
 #include "demo_trace.hpp"
 #include "geometry_flags.hpp"
@@ -40,6 +41,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "percentile.hpp"
 #include "pki.hpp"
+#include "worker_process.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -119,23 +121,38 @@ void print_credit_use(caf::actor_system& sys, const router_config& plan) {
             });
 }
 
-// CAF's own cross-process round trip from this process to the first decode
-// worker (a stats request, answered at once), measured right after the run:
-// the baseline beside which the control overhead per request reads, since
-// every request crosses processes at least three times (router -> producer
-// -> consumer -> router). p50 in us, 0 when no reply came.
-double caf_round_trip_us(caf::actor_system& sys, const router_config& plan) {
+// One round trip of caf_round_trip_us; false when no reply came.
+bool round_trip(caf::scoped_actor& self, const router_config& plan,
+                bool to_directory) {
+  bool ok = false;
+  auto failed = [](const caf::error&) {};
+  if (to_directory)
+    self->request(plan.directory, seconds(2), lookup_atom::value,
+                  plan.producers.front().name)
+        .receive([&](const worker_info&) { ok = true; }, failed);
+  else
+    self->request(caf::actor_cast<consumer_actor>(plan.consumers.front().app),
+                  seconds(2), proto::stats_atom::value)
+        .receive([&](const proto::consumer_stats&) { ok = true; }, failed);
+  return ok;
+}
+
+// CAF's own cross-process round trip from this process to another (a
+// request answered at once: the first decode worker's stats, or with the
+// router in the decode worker's process, the directory's lookup of the
+// first prefill worker), measured right after the run: the baseline beside
+// which the control overhead per request reads, since every request crosses
+// processes (router -> producer -> consumer -> router: three times, or two
+// with the router in the decode worker's process). p50 in us, 0 when no
+// reply came.
+double caf_round_trip_us(caf::actor_system& sys, const router_config& plan,
+                         bool router_in_decode) {
   constexpr int warm_up = 20, samples = 300;
   caf::scoped_actor self{sys};
-  auto consumer = caf::actor_cast<consumer_actor>(plan.consumers.front().app);
   std::vector<double> micros;
   for (int k = 0; k < warm_up + samples; ++k) {
     auto t0 = steady_clock::now();
-    bool ok = false;
-    self->request(consumer, seconds(2), proto::stats_atom::value)
-        .receive([&](const proto::consumer_stats&) { ok = true; },
-                 [&](const caf::error&) {});
-    if (!ok)
+    if (!round_trip(self, plan, router_in_decode))
       return 0;
     if (k >= warm_up)
       micros.push_back(
@@ -219,13 +236,19 @@ std::optional<int> await_run(const demo_command& cmd, const router_run& run,
   return std::nullopt;
 }
 
+// Where the router ran, for the settings line and the header.
+const char* router_placement(const demo_command& cmd) {
+  return router_in_decode(cmd) ? "router in the decode worker's process"
+                               : "router in a process of its own";
+}
+
 // The run's settings, one line above either table.
 void print_settings(const demo_command& cmd, const std::string& memory) {
-  fmt::print("\n{}, {}{}, chunk {} B, {} comms per peer, verify {}; columns: "
-             "docs/deploy.md\n",
+  fmt::print("\n{}, {}{}, {}, chunk {} B, {} comms per peer, verify {}; "
+             "columns: docs/deploy.md\n",
              memory, cmd.pull ? "pull" : "push",
-             cmd.layerwise ? " by layer" : "", cmd.chunk_bytes,
-             cmd.comms_per_peer, cmd.verify);
+             cmd.layerwise ? " by layer" : "", router_placement(cmd),
+             cmd.chunk_bytes, cmd.comms_per_peer, cmd.verify);
 }
 
 // The default table: what a user checks first, within 100 columns.
@@ -286,6 +309,134 @@ void print_table(const demo_command& cmd, const std::string& memory,
     print_summary_table(r, caf_rtt_us);
 }
 
+// Where the run's workers are: the directory and what the demo knows of
+// the workers it started.
+struct demo_site {
+  std::string directory; // HOST:PORT
+  std::string memory;    // for the header and the table
+  worker_gpus gpus;
+  worker_pools pools;
+  std::string host;
+  std::uint16_t port = 0;
+};
+
+// The decode worker in this process (router_in_decode): started in the
+// router's actor system, and registered before the router looks for
+// workers. 0, or the demo's exit code.
+int start_decode_here(caf::actor_system& sys, const demo_command& cmd,
+                      const demo_site& site,
+                      std::optional<worker_handle>& decode) {
+  auto opts = decode_worker_options(cmd, site.gpus, site.pools);
+  opts.directory_host = site.host;
+  opts.directory_port = site.port;
+  auto started = start_worker(sys, opts);
+  if (!started) {
+    std::cerr << "kvferry demo: " << render(started.error()) << "\n";
+    return start_failed(cmd, 1);
+  }
+  decode.emplace(std::move(*started));
+  int sig = 0;
+  auto err = decode->await_registration(seconds(10), [&] {
+    sig = stop_signal();
+    return sig != 0;
+  });
+  if (sig != 0)
+    return interrupted();
+  if (err) {
+    std::cerr << "kvferry demo: " << render(err) << "\n";
+    return start_failed(cmd, 1);
+  }
+  return 0;
+}
+
+// The router's messages to the decode worker of this process go to its
+// actor itself, never through a proxy.
+void use_local_consumer(router_config& plan, const worker_handle& decode) {
+  for (auto& c : plan.consumers)
+    if (c.name == decode.info.name)
+      c.app = decode.app;
+}
+
+// Runs the requests against the workers at `site` (with the decode worker
+// in this process when router_in_decode: `decode` holds it) and reports.
+// The demo's exit code.
+int route(const demo_command& cmd, caf::actor_system& sys,
+          const demo_site& site, const demo_trace& trace,
+          local_processes& local, std::optional<worker_handle>& decode) {
+  if (router_in_decode(cmd))
+    if (auto code = start_decode_here(sys, cmd, site, decode))
+      return code;
+  auto dir = connect_directory(sys, site.host, site.port);
+  if (!dir) {
+    std::cerr << "kvferry demo: " << render(dir.error()) << "\n";
+    return 1;
+  }
+  router_config plan;
+  if (auto bad = find_workers(sys, *dir, plan); !bad.empty()) {
+    std::cerr << "kvferry demo: " << bad << "\n";
+    return 1;
+  }
+  if (decode)
+    use_local_consumer(plan, *decode);
+  plan.directory = *dir;
+  plan.directory_name = site.directory;
+  // Straight to the workers, not through the directory's node. Our own
+  // decode worker has dialled the prefill workers already (start_worker,
+  // and its linker for later ones): a second dial of the same node from
+  // this process, while the first is still under way, lost a message under
+  // load.
+  if (!decode)
+    connect_members(sys, *dir, std::nullopt, seconds(5));
+  if (stop_signal() != 0)
+    return interrupted();
+  plan_requests(cmd, trace, plan);
+  fmt::print(stderr,
+             "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
+             "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
+             "directory {}, {}\n",
+             cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
+             plan.first_request_id, cmd.pull ? "pull" : "push",
+             cmd.layerwise ? ", layer by layer" : "", plan.inflight,
+             plan.producers.size(), plan.consumers.size(), site.memory,
+             site.directory, router_placement(cmd));
+  auto run = std::make_shared<router_run>();
+  auto router = spawn_router(sys, plan, run);
+  if (auto code = await_run(cmd, *run, local)) {
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    return *code;
+  }
+  auto r = run->snapshot();
+  // After a failed run a worker may be gone: no baseline then.
+  auto caf_rtt_us =
+      r.failed == 0 ? caf_round_trip_us(sys, plan, decode.has_value()) : 0.0;
+  print_table(cmd, site.memory, r, caf_rtt_us);
+  if (auto bad = write_demo_trace(cmd, trace, plan, r); !bad.empty()) {
+    std::cerr << "kvferry demo: FAILED: " << bad << "\n";
+    return 1;
+  }
+  if (!r.stopped_because.empty())
+    std::cerr << "kvferry demo: FAILED: " << r.stopped_because << "\n";
+  if (r.failed > 0) {
+    std::cerr << "kvferry demo: FAILED: " << r.failed << " of " << r.done
+              << " requests failed (of " << cmd.requests
+              << " planned); first errors:\n";
+    for (std::size_t k = 0; k < std::min<std::size_t>(5, r.errors.size()); ++k)
+      std::cerr << "  " << r.errors[k] << "\n";
+    return 1;
+  }
+  if (!r.stopped_because.empty())
+    return 1;
+  print_credit_use(sys, plan);
+  if (cmd.verify == "sampled")
+    std::cout << "kvferry demo: OK, " << r.done
+              << " requests verified by sampling (a 16-byte stamp per 4 KiB "
+                 "page)\n";
+  else
+    std::cout << "kvferry demo: OK, every byte of " << r.done
+              << " requests verified\n";
+  return 0;
+}
+
 int run_demo(demo_command& cmd) {
   if (auto bad = resolve_dtype(cmd.geometry, cmd.dtype); !bad.empty()) {
     std::cerr << "kvferry demo: " << bad << "\n";
@@ -325,7 +476,7 @@ int run_demo(demo_command& cmd) {
   if (cmd.directory.empty()) {
     if (auto bad = choose_worker_gpus(cmd, gpus); !bad.empty()) {
       std::cerr << "kvferry demo: " << bad << "\n";
-      return 2;
+      return start_failed(cmd, 2); // the parent's check passed: MPS's fault
     }
   }
   auto mps = choose_mps(mps_facts_for(cmd, *mode, gpus));
@@ -333,6 +484,13 @@ int run_demo(demo_command& cmd) {
     std::cerr << "kvferry demo: " << mps.why << "\n";
   if (mps.exit_code != 0)
     return mps.exit_code;
+  // This process initialised CUDA (above) before the daemon exists, so it
+  // cannot be the daemon's client: the demo runs as a child of it that is.
+  if (rerun_under_private_daemon(router_in_decode(cmd), mps)) {
+    if (auto code = run_under_private_daemon(cmd, gpus))
+      return *code;
+    mps = {}; // here, without MPS: said why
+  }
   auto memory = cmd.directory.empty() ? describe_worker_memory(gpus) +
                                             via(gpus, cmd.transport, cmd.plugin)
                                       : std::string{"the deployment's memory"};
@@ -356,7 +514,7 @@ int run_demo(demo_command& cmd) {
   throwaway_pki pki;
   if (cmd.directory.empty() && !cmd.runtime.tls.insecure_plaintext) {
     if (auto err =
-            pki.create({"directory", "demo-prefill-0", "demo-decode-0"})) {
+            pki.create({"directory", "demo-prefill-0", demo_decode_name})) {
       std::cerr << "kvferry demo: " << render(err) << "\n";
       return 1;
     }
@@ -367,87 +525,50 @@ int run_demo(demo_command& cmd) {
   stop_gracefully();
   local_processes local;
   std::string directory = cmd.directory;
+  worker_pools pools{prefill_pool_blocks, decode_pool_blocks,
+                     decode_lend_percent};
   if (directory.empty()) {
-    worker_pools pools{prefill_pool_blocks, decode_pool_blocks,
-                       decode_lend_percent};
     if (auto code = start_locally(cmd, gpus, pools, mps, local, directory))
       return code;
     if (shared_gpu(gpus) >= 0)
       memory += local.under_mps ? ", MPS on" : ", MPS off";
   }
-
-  std::string host;
-  std::uint16_t port = 0;
-  if (auto err = parse_host_port(directory, host, port)) {
+  demo_site site;
+  site.directory = directory;
+  site.memory = memory;
+  site.gpus = gpus;
+  site.pools = pools;
+  if (auto err = parse_host_port(directory, site.host, site.port)) {
     std::cerr << "kvferry demo: --directory: " << render(err) << "\n";
     return 2;
   }
-  runtime::system_config cfg{cmd.runtime};
-  if (auto err = cfg.secure(cmd.runtime.tls, client_identity)) {
+  auto cfg = std::make_unique<runtime::system_config>(cmd.runtime);
+  // With the decode worker in this process, this process presents its
+  // certificate and sets up what a worker's process needs.
+  auto identity = router_in_decode(cmd) ? demo_decode_name : client_identity;
+  if (auto err = cfg->secure(cmd.runtime.tls, identity)) {
     std::cerr << "kvferry demo: " << render(err) << "\n";
     return 1;
   }
-  caf::actor_system sys{cfg};
-  auto dir = connect_directory(sys, host, port);
-  if (!dir) {
-    std::cerr << "kvferry demo: " << render(dir.error()) << "\n";
-    return 1;
+  if (router_in_decode(cmd)) {
+    prepare_worker_process(demo_decode_name, "127.0.0.1");
+    no_automatic_connections(*cfg);
   }
-  router_config plan;
-  if (auto bad = find_workers(sys, *dir, plan); !bad.empty()) {
-    std::cerr << "kvferry demo: " << bad << "\n";
-    return 1;
-  }
-  plan.directory = *dir;
-  plan.directory_name = directory;
-  // Straight to the workers, not through the directory's node.
-  connect_members(sys, *dir, std::nullopt, seconds(5));
-  if (stop_signal() != 0)
-    return interrupted();
-  plan_requests(cmd, trace, plan);
-  fmt::print(stderr,
-             "kvferry demo: {} requests ({}-{} tokens, seed {}, ids {}+), {} "
-             "mode{}, {} in flight, {} prefill / {} decode workers on {}, "
-             "directory {}\n",
-             cmd.requests, cmd.min_tokens, cmd.max_tokens, cmd.seed,
-             plan.first_request_id, cmd.pull ? "pull" : "push",
-             cmd.layerwise ? ", layer by layer" : "", plan.inflight,
-             plan.producers.size(), plan.consumers.size(), memory, directory);
-  auto run = std::make_shared<router_run>();
-  auto router = spawn_router(sys, plan, run);
-  if (auto code = await_run(cmd, *run, local)) {
-    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-    return *code;
-  }
-  auto r = run->snapshot();
-  // After a failed run a worker may be gone: no baseline then.
-  auto caf_rtt_us = r.failed == 0 ? caf_round_trip_us(sys, plan) : 0.0;
-  print_table(cmd, memory, r, caf_rtt_us);
-  if (auto bad = write_demo_trace(cmd, trace, plan, r); !bad.empty()) {
-    std::cerr << "kvferry demo: FAILED: " << bad << "\n";
-    return 1;
-  }
-  if (!r.stopped_because.empty())
-    std::cerr << "kvferry demo: FAILED: " << r.stopped_because << "\n";
-  if (r.failed > 0) {
-    std::cerr << "kvferry demo: FAILED: " << r.failed << " of " << r.done
-              << " requests failed (of " << cmd.requests
-              << " planned); first errors:\n";
-    for (std::size_t k = 0; k < std::min<std::size_t>(5, r.errors.size()); ++k)
-      std::cerr << "  " << r.errors[k] << "\n";
-    return 1;
-  }
-  if (!r.stopped_because.empty())
-    return 1;
-  print_credit_use(sys, plan);
-  if (cmd.verify == "sampled")
-    std::cout << "kvferry demo: OK, " << r.done
-              << " requests verified by sampling (a 16-byte stamp per 4 KiB "
-                 "page)\n";
-  else
-    std::cout << "kvferry demo: OK, every byte of " << r.done
-              << " requests verified\n";
-  return 0;
+  auto sys = std::make_unique<caf::actor_system>(*cfg);
+  std::optional<worker_handle> decode;
+  auto code = route(cmd, *sys, site, trace, local, decode);
+  if (!decode)
+    return code; // the actor system goes, then the children stop
+  // The decode worker leaves and stops, then the children. The actor system
+  // is left to the process's end (add_demo ends it with _Exit, as `kvferry
+  // worker` does): in CAF 0.17 ~actor_system may wait for a detached actor
+  // whose handle went to a peer (actor-framework issue #1196). Our actors
+  // have stopped; the plugin's sockets and memory go with the process.
+  decode->stop();
+  local.children.clear();
+  static_cast<void>(sys.release());
+  static_cast<void>(cfg.release());
+  return code;
 }
 
 } // namespace
@@ -474,6 +595,14 @@ void add_demo(CLI::App& root, int& exit_code) {
   sub->add_option("--directory", cmd->directory,
                   "HOST:PORT: use a running deployment's workers instead of "
                   "starting processes");
+  sub->add_option("--router", cmd->router,
+                  "where the router runs when the demo starts the workers: "
+                  "decode (in this process, which is then also the decode "
+                  "worker: a request crosses processes twice, not three "
+                  "times) or separate (a process of its own, as with "
+                  "--directory)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"decode", "separate"}));
   sub->add_option("--min-tokens", cmd->min_tokens)->capture_default_str();
   sub->add_option("--max-tokens", cmd->max_tokens)->capture_default_str();
   sub->add_option("--inflight", cmd->inflight, "requests in flight")
@@ -534,6 +663,10 @@ void add_demo(CLI::App& root, int& exit_code) {
   add_demo_trace_options(*sub, cmd->trace);
   runtime::add_runtime_options(*sub, cmd->runtime);
   sub->callback([cmd, &exit_code] {
+    // With the decode worker in this process, its log lines at the level
+    // the demo gives its worker children.
+    if (cmd->runtime.log_level.empty() && router_in_decode(*cmd))
+      cmd->runtime.log_level = "warn";
     if (auto err = runtime::setup_logging(cmd->runtime.log_level,
                                           cmd->runtime.log_file, "demo")) {
       std::cerr << "kvferry demo: " << render(err) << "\n";
@@ -541,6 +674,11 @@ void add_demo(CLI::App& root, int& exit_code) {
       return;
     }
     exit_code = run_demo(*cmd);
+    if (router_in_decode(*cmd)) { // its actor system is still up: run_demo
+      spdlog::shutdown();
+      std::cout.flush();
+      std::_Exit(exit_code);
+    }
   });
 }
 

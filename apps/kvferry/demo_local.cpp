@@ -8,10 +8,12 @@
 
 #include <fmt/format.h>
 
+#include "demo_private_mps.hpp"
 #include "geometry_flags.hpp"
 #include "gpu_option.hpp"
 #include "kvferry/actors/worker.hpp"
 #include "kvferry/transport/gpu_topology.hpp"
+#include "stop_signals.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -76,8 +78,11 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
       std::make_unique<child_process>("directory", std::move(dir_args)));
   auto line = children.back()->wait_for_line("listening on", seconds(15));
   auto directory = "127.0.0.1:" + line.substr(line.rfind(':') + 1);
-  for (auto role : {"prefill", "decode"}) {
-    const bool decode = std::string{role} == "decode";
+  std::vector<std::string> roles{"prefill"};
+  if (!router_in_decode(cmd)) // else the demo's own process is the decode
+    roles.push_back("decode");
+  for (const auto& role : roles) {
+    const bool decode = role == "decode";
     auto gpu = decode ? gpus.decode : gpus.prefill;
     // One flag and its value per line.
     // clang-format off
@@ -117,6 +122,19 @@ start_local_processes(const demo_command& cmd, const worker_gpus& gpus,
   for (std::size_t k = 1; k < children.size(); ++k)
     children[k]->wait_for_line(" ready", seconds(30));
   return directory;
+}
+
+// Waits for the demo's child, passing it this process's first stop signal
+// (the child has a process group of its own: a terminal's ^C reaches only
+// this process). Its wait status.
+int wait_passing_stop(subprocess& child) {
+  bool passed = false;
+  while (!child.wait(milliseconds(100)))
+    if (!passed && stop_signal() != 0) {
+      child.signal(stop_signal());
+      passed = true;
+    }
+  return *child.exit_status();
 }
 
 // Starts the private MPS daemon when `choice` says so; the variables that
@@ -166,10 +184,11 @@ std::string choose_worker_gpus(const demo_command& cmd, worker_gpus& g) {
   for (const auto* o : {&prefill, &decode})
     if (auto bad = check_gpu_option(o->option, o->value); !bad.empty())
       return bad;
-  g.prefill = resolve_gpu(prefill.value, "kvferry demo");
-  g.decode = decode.value == prefill.value
-                 ? g.prefill
-                 : resolve_gpu(decode.value, "kvferry demo");
+  // Under its parent's daemon the parent has said what auto chose.
+  auto who = under_parents_private_daemon() ? "" : "kvferry demo";
+  g.prefill = resolve_gpu(prefill.value, who);
+  g.decode = decode.value == prefill.value ? g.prefill
+                                           : resolve_gpu(decode.value, who);
   if ((g.prefill < 0) != (g.decode < 0))
     return fmt::format("{} {} with {} {}: the demo puts both workers' pools "
                        "in GPU memory or both in host memory",
@@ -207,8 +226,10 @@ mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
   facts.mode = mode;
   facts.starts_workers = cmd.directory.empty();
   facts.shared_gpu = shared_gpu(gpus);
-  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY"))
+  if (const char* pipe = std::getenv("CUDA_MPS_PIPE_DIRECTORY")) {
     facts.callers_pipe_directory = pipe;
+    facts.parent_demos_daemon = under_parents_private_daemon();
+  }
   facts.control_found = !find_on_path(mps_daemon::control_program).empty();
   return facts;
 }
@@ -236,6 +257,11 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
   }
   if (stop_signal() != 0)
     return interrupted();
+  if (under_parents_private_daemon()) {
+    std::cerr << "kvferry demo: under the private MPS daemon: " << failure
+              << "\n";
+    return start_failed(cmd, 1);
+  }
   if (!local.mps || cmd.mps == "on") {
     std::cerr << "kvferry demo: "
               << (local.mps ? "--mps on: under the private MPS daemon: " : "")
@@ -260,6 +286,67 @@ int start_locally(const demo_command& cmd, const worker_gpus& gpus,
     std::cerr << "kvferry demo: " << e.what() << "\n";
     return 1;
   }
+}
+
+std::optional<int> run_under_private_daemon(const demo_command& cmd,
+                                            const worker_gpus& gpus) {
+  stop_gracefully(); // a stop signal goes to the child, which stops cleanly
+  local_processes local;
+  env_pairs daemon_env;
+  if (auto code = start_private_mps(cmd, gpus, local, daemon_env))
+    return code;
+  if (!local.mps)
+    return std::nullopt; // --mps auto without a daemon: said why
+  int code = 1;
+  try {
+    if (stop_signal() != 0) // while the daemon started: no child then
+      code = interrupted();
+    else {
+      subprocess child{private_daemon_child(own_arguments(), daemon_env)};
+      code = exit_code_of(wait_passing_stop(child));
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "kvferry demo: the demo under the private MPS daemon: "
+              << e.what() << "\n";
+  }
+  // Its clients have exited: `quit` does not wait for them.
+  if (auto err = local.mps->stop(); !err.empty())
+    std::cerr << "kvferry demo: stopping the private MPS daemon: " << err
+              << "\n";
+  if (code != demo_mps_failed_exit)
+    return code;
+  std::cerr << "kvferry demo: MPS did not work: the demo did not start under "
+               "the private MPS daemon (above); retrying without MPS\n";
+  return std::nullopt;
+}
+
+int start_failed(const demo_command& cmd, int code) {
+  return under_parents_private_daemon() && cmd.mps == "auto"
+             ? demo_mps_failed_exit
+             : code;
+}
+
+// The decode worker's flags as the library takes them: what
+// start_local_processes passes a decode child, for the demo's own process.
+worker_options decode_worker_options(const demo_command& cmd,
+                                     const worker_gpus& gpus,
+                                     const worker_pools& pools) {
+  worker_options o;
+  o.name = demo_decode_name;
+  o.role = worker_role::decode;
+  if (const char* secret = std::getenv("KVFERRY_SECRET"))
+    o.secret = secret; // set by start_local_processes
+  o.bind = "127.0.0.1";
+  o.gpu = gpus.decode;
+  o.use_ipc = cmd.transport == "ipc";
+  o.pool_blocks = pools.decode_blocks;
+  o.geometry = cmd.geometry;
+  o.plugin = cmd.plugin;
+  o.chunk_bytes = cmd.chunk_bytes;
+  o.comms_per_peer = cmd.comms_per_peer;
+  o.timeout_ms = cmd.timeout_ms;
+  o.lend_percent = static_cast<std::uint32_t>(pools.decode_lend_percent);
+  return o;
 }
 
 } // namespace kvferry::app

@@ -11,6 +11,7 @@
 
 #include "child_process.hpp"
 #include "demo_trace.hpp"
+#include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/kv_geometry.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "mps_daemon.hpp"
@@ -26,6 +27,11 @@ struct demo_command {
   // unset: a fresh base per run (request_id_base_for).
   std::optional<std::uint64_t> request_id_base;
   std::string directory; // attach instead of starting processes
+  // Where the router runs when the demo starts the workers: "decode" (in
+  // the demo's own process, which is then the decode worker too: one
+  // process crossing fewer per request, issue #15's scheduler inside the
+  // decode) or "separate" (a process of its own, as with --directory).
+  std::string router = "decode";
   std::uint32_t min_tokens = 64;
   std::uint32_t max_tokens = 1024;
   std::uint32_t inflight = 2;
@@ -51,6 +57,15 @@ struct demo_command {
   demo_trace_options trace; // --trace: replay a request trace
   runtime::runtime_options runtime;
 };
+
+// Whether the router shares its process with the decode worker (which the
+// demo then starts in its own actor system instead of as a child process).
+inline bool router_in_decode(const demo_command& cmd) {
+  return cmd.directory.empty() && cmd.router == "decode";
+}
+
+// The name the demo gives its decode worker (and its certificate).
+constexpr const char* demo_decode_name = "demo-decode-0";
 
 // Where the two workers' KV pools live: -1 for host memory (both or neither).
 struct worker_gpus {
@@ -101,6 +116,27 @@ mps_facts mps_facts_for(const demo_command& cmd, mps_mode mode,
 int start_locally(const demo_command& cmd, const worker_gpus& gpus,
                   const worker_pools& pools, const mps_choice& choice,
                   local_processes& local, std::string& directory);
+
+// The decode worker the demo runs in its own process (router_in_decode):
+// the flags start_locally would give a decode child, as the library takes
+// them. After start_locally (the deployment's secret).
+worker_options decode_worker_options(const demo_command& cmd,
+                                     const worker_gpus& gpus,
+                                     const worker_pools& pools);
+
+// With `choice` starting a private MPS daemon and the router to share the
+// decode worker's process: starts the daemon, runs the demo as a child
+// process under it (demo_private_mps.hpp), passes it a stop signal, waits,
+// quits the daemon. The child's exit code, or nothing where the demo is to
+// run in this process without MPS instead (--mps auto: the daemon, or the
+// workers under it, did not start; said on stderr).
+std::optional<int> run_under_private_daemon(const demo_command& cmd,
+                                            const worker_gpus& gpus);
+
+// A failure to start the workers (exit `code`): in a child under its parent
+// demo's private daemon with --mps auto, demo_mps_failed_exit instead, so
+// that the parent runs the demo again without MPS.
+int start_failed(const demo_command& cmd, int code);
 
 /// The exit status for a run stopped by a signal, saying so on stderr.
 int interrupted();

@@ -44,13 +44,15 @@ int resolve_gpu(const std::string& value, const std::string& who) {
     return std::stoi(value);
   auto inventory = transport::list_gpus();
   if (inventory.devices.empty()) {
-    std::cerr << who << ": --gpu auto: no GPU (" << inventory.why_none
-              << "), using host memory\n";
+    if (!who.empty())
+      std::cerr << who << ": --gpu auto: no GPU (" << inventory.why_none
+                << "), using host memory\n";
     return -1;
   }
   auto& first = inventory.devices.front();
-  std::cerr << who << ": --gpu auto: using GPU " << first.index << " ("
-            << first.name << ")\n";
+  if (!who.empty())
+    std::cerr << who << ": --gpu auto: using GPU " << first.index << " ("
+              << first.name << ")\n";
   return first.index;
 }
 

@@ -13,7 +13,8 @@ std::string check_gpu_option(const std::string& option,
                              const std::string& value);
 
 /// The device to allocate on: -1 for host memory. auto picks GPU 0 when CUDA
-/// sees one and says which it chose (on stderr, prefixed with `who`).
+/// sees one and says which it chose (on stderr, prefixed with `who`; empty
+/// `who`: says nothing, as a demo under its parent's daemon, which said it).
 int resolve_gpu(const std::string& value, const std::string& who);
 
 } // namespace kvferry::app

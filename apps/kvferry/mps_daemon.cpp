@@ -85,6 +85,8 @@ mps_choice choose_mps(const mps_facts& f) {
   // whatever --mps says.
   if (!f.callers_pipe_directory.empty()) {
     c.callers_daemon = true;
+    if (f.parent_demos_daemon)
+      return c;
     if (f.mode == mps_mode::off && shared)
       c.why = fmt::format("--mps off starts no MPS daemon, but the workers "
                           "inherit {}={} (unset it to run them without MPS)",

@@ -26,6 +26,9 @@ struct mps_facts {
   int shared_gpu = -1;        // both workers' GPU when they share one, else -1
   std::string callers_pipe_directory; // CUDA_MPS_PIPE_DIRECTORY, if set
   bool control_found = false;         // nvidia-cuda-mps-control is on PATH
+  // That daemon is the one a parent demo started for this demo (its child,
+  // demo_private_mps.hpp): the parent said so already.
+  bool parent_demos_daemon = false;
 };
 
 struct mps_choice {

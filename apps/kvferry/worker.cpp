@@ -26,7 +26,6 @@
 #include "gpu_option.hpp"
 #include "kvferry/actors/directory.hpp"
 #include "kvferry/runtime/logging.hpp"
-#include "kvferry/runtime/process_limits.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 #include "kvferry/runtime/worker_limits.hpp"
@@ -37,6 +36,7 @@
 #include "kvferry/transport/plugin.hpp"
 #include "metrics_endpoint.hpp"
 #include "stop_signals.hpp"
+#include "worker_process.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -79,16 +79,6 @@ std::string validate(worker_command& cmd, worker_role& role) {
       runtime::check_worker_params(params, runtime::physical_memory_bytes()));
 }
 
-// kvsock listens where the control plane does (not on the first non-loopback
-// interface) unless the environment (the topology's plugin_env) names the
-// data interface. Before any thread starts: setenv is not thread-safe.
-void default_data_address(const std::string& bind) {
-  if (bind == "0.0.0.0" || std::getenv("KVSOCK_IFADDR") != nullptr ||
-      std::getenv("NCCL_SOCKET_IFNAME") != nullptr)
-    return;
-  ::setenv("KVSOCK_IFADDR", bind.c_str(), 0);
-}
-
 // The first registration must succeed within this (exit 1, naming the
 // directory): a wrong address or secret should not hang a start. After it,
 // the membership keeper heals every loss by itself, without a limit.
@@ -124,16 +114,13 @@ int run_worker(worker_command& cmd) {
     return 2;
   }
   stop_gracefully();
-  runtime::raise_open_files_limit("worker " + cmd.options.name);
-  default_data_address(cmd.options.bind);
+  prepare_worker_process(cmd.options.name, cmd.options.bind);
   runtime::system_config cfg{cmd.runtime};
   if (auto err = cfg.secure(cmd.runtime.tls, cmd.options.name)) {
     spdlog::error("worker {}: {}", cmd.options.name, render(err));
     return 1;
   }
-  // No automatic connections: CAF would open a second, plain listener on
-  // every interface for them. Workers dial each other (connect_peers).
-  cfg.set("middleman.enable-automatic-connections", false);
+  no_automatic_connections(cfg);
   caf::actor_system sys{cfg};
   auto exporter = start_metrics_endpoint("worker " + cmd.options.name);
   if (!exporter)

@@ -143,6 +143,23 @@ TEST_CASE("demo --mps off: the shared GPU time-slices, and the demo says so") {
         std::string::npos);
 }
 
+// --mps off: no private MPS daemon, so the router runs in the decode
+// worker's process (the demo's), which maps the prefill's pool over CUDA
+// IPC and verifies every request on the GPU.
+TEST_CASE("GPU demo: the router in the decode worker's process, pull") {
+  auto r = run_kvferry("demo --gpu 0 --mps off --pull --inflight 8 "
+                       "--requests 20 --max-tokens 512 --quiet --verify "
+                       "sampled");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  CHECK(r.output.find("OK, 20 requests verified by sampling") !=
+        std::string::npos);
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS off | 20 | 0 |") !=
+        std::string::npos);
+}
+
 TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
           "is gone afterwards") {
   auto r = run_kvferry("demo --gpu 0 --mps on --requests 20 --max-tokens 512 "
@@ -160,6 +177,41 @@ TEST_CASE("demo --mps on: the workers run under a private MPS daemon, which "
         std::string::npos);
   CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS on | 20 | 0 |") !=
         std::string::npos);
+  auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
+  CHECK_FALSE(std::filesystem::exists(pipe));
+  // The demo proper ran as the daemon's client in a child process: the
+  // router in the decode worker's process, and one word on the daemon.
+  CHECK(r.output.find(", router in the decode worker's process,") !=
+        std::string::npos);
+  CHECK(r.output.find("MPS daemon") == r.output.rfind("MPS daemon"));
+}
+
+// The layout of issue #18's GPU target: the default on one GPU (--gpu auto,
+// --mps auto) starts a private MPS daemon where nvidia-cuda-mps-control
+// works, and the demo proper, a child process that is the daemon's client,
+// runs the router in the decode worker's process; the parent process quits
+// the daemon.
+TEST_CASE("GPU demo, the default on one GPU: the router in the decode "
+          "worker's process under the private MPS daemon, pull, 8 in "
+          "flight") {
+  auto r = run_kvferry("demo --pull --inflight 8 --requests 40 --max-tokens "
+                       "512 --quiet");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.output.find("every byte of 40 requests verified") !=
+        std::string::npos);
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  if (r.output.find("started a private MPS daemon") == std::string::npos)
+    return kvferry::test::skip_case(
+        "no private MPS daemon started here (its output says why): the "
+        "router's place was checked without MPS");
+  CHECK(r.output.find("| GPU 0 memory, CUDA IPC, MPS on | 40 | 0 |") !=
+        std::string::npos);
+  // Said once, by the parent: the child resolves auto again silently.
+  const std::string chose = "--gpu auto: using GPU 0";
+  CHECK(r.output.find(chose) != std::string::npos);
+  CHECK(r.output.find(chose) == r.output.rfind(chose));
   auto pipe = kvferry::test::private_mps_pipe(r.output, "GPU 0");
   CHECK_FALSE(std::filesystem::exists(pipe));
 }

@@ -1,15 +1,22 @@
-// `kvferry demo` end to end: a directory, a prefill and a decode worker as
-// separate processes, KV moved over kvsock and verified byte for byte.
+// `kvferry demo` end to end: a directory, a prefill and a decode worker
+// (by default in the demo's own process, beside the router; --router
+// separate: a process of its own), KV moved over kvsock and verified byte
+// for byte.
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
+#include <regex>
+#include <signal.h>
 #include <string>
 
 #include <doctest/doctest.h>
 
+#include "kvferry_processes.hpp"
 #include "run_kvferry.hpp"
+#include "scoped_env.hpp"
 #include "scratch_dir.hpp"
+#include "slurp.hpp"
 
 namespace {
 
@@ -29,10 +36,78 @@ run_result check_demo(const std::string& extra) {
   return r;
 }
 
+// The process among `parent`'s children whose command line holds `needle`,
+// or -1.
+pid_t child_with(pid_t parent, const std::string& needle) {
+  for (const auto& entry : std::filesystem::directory_iterator{"/proc"}) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos)
+      continue;
+    auto stat = kvferry::test::slurp(entry.path() / "stat");
+    auto after_comm = stat.rfind(')'); // "pid (comm) state ppid ..."
+    if (after_comm == std::string::npos ||
+        std::stoi(stat.substr(after_comm + 4)) != parent)
+      continue;
+    if (kvferry::test::slurp(entry.path() / "cmdline").find(needle) !=
+        std::string::npos)
+      return std::stoi(name);
+  }
+  return -1;
+}
+
 } // namespace
 
 TEST_CASE("demo: push, whole requests") {
   check_demo("");
+}
+
+// The default: the router in the decode worker's process (the demo's), so a
+// request crosses processes twice; the output says where the router ran.
+TEST_CASE("demo: the router in the decode worker's process or its own") {
+  auto r = check_demo("--pull --breakdown");
+  CHECK(r.output.find("pull, router in the decode worker's process,") !=
+        std::string::npos);
+  r = check_demo("--pull --router separate");
+  CHECK(r.output.find("pull, router in a process of its own,") !=
+        std::string::npos);
+  r = run_kvferry("demo --router nowhere");
+  CHECK(r.status != 0);
+  CHECK(r.output.find("--router: nowhere not in {decode,separate}") !=
+        std::string::npos);
+}
+
+// With the router in the decode worker's process, the prefill worker is the
+// only worker process: killed mid-run, it fails the requests in flight at
+// once, naming it (the worker deadlines are 30 s), and the demo exits 1.
+TEST_CASE("demo: a prefill worker killed mid-run fails the requests, naming "
+          "it") {
+  using namespace std::chrono;
+  kvferry::test::child demo({"demo", "--pull", "--requests", "100000",
+                             "--inflight", "4", "--max-tokens", "512",
+                             "--timeout-ms", "30000"},
+                            kvferry::test::kvferry_binary());
+  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
+  auto by = steady_clock::now() + seconds(60);
+  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
+    demo.read_until("\x01never", milliseconds(200));
+  INFO(demo.text);
+  REQUIRE(std::regex_search(demo.text, some_done));
+  auto prefill = child_with(demo.pid, "demo-prefill-0");
+  REQUIRE(prefill > 0);
+  REQUIRE(kill(prefill, SIGKILL) == 0);
+  auto killed_at = steady_clock::now();
+  bool reported = demo.read_until("FAILED", seconds(25));
+  auto took = duration_cast<milliseconds>(steady_clock::now() - killed_at);
+  int status = demo.wait_exit(seconds(20));
+  INFO(demo.text);
+  INFO("the demo reported after " << took.count() << " ms");
+  REQUIRE(reported);
+  CHECK(status == 1);
+  CHECK(took < seconds(5));
+  CHECK(demo.text.find("demo-prefill-0") != std::string::npos);
+  CHECK(demo.text.find("peer_down") != std::string::npos);
+  CHECK(demo.text.find("router in the decode worker's process") !=
+        std::string::npos);
 }
 
 TEST_CASE("demo: push, layer by layer") {
@@ -136,30 +211,93 @@ TEST_CASE("demo --mps on without nvidia-cuda-mps-control fails naming it") {
         std::string::npos);
 }
 
+namespace {
+
+// A fake nvidia-cuda-mps-control in a scratch folder, to put first on PATH:
+// records each call (arguments, pipe directory, stdin), and `-d` creates
+// the pipe the real daemon would.
+struct fake_mps_control {
+  kvferry::test::scratch_dir dir{"kvferry-demo-test"};
+  std::filesystem::path record = dir.path / "record";
+
+  fake_mps_control() {
+    auto script = dir.path / "nvidia-cuda-mps-control";
+    std::ofstream{script}
+        << "#!/bin/sh\n"
+        << "echo \"$* | $CUDA_MPS_PIPE_DIRECTORY | $(cat)\" >>" << record
+        << "\n"
+        << "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n"
+        << "exit 0\n";
+    std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  }
+  // The calls of a daemon started and quit with pipe directory `pipe`.
+  static std::string started_and_quit(const std::string& pipe) {
+    return "-d | " + pipe + " | \n | " + pipe + " | quit\n";
+  }
+  std::string calls() const { return kvferry::test::slurp(record); }
+};
+
+std::size_t count_of(const std::string& text, const std::string& part) {
+  std::size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos;
+       at = text.find(part, at + 1))
+    ++n;
+  return n;
+}
+
+} // namespace
+
+// --mps on starts a daemon even for host memory, which lets this machine
+// (no GPU) run the demo's layout under a private daemon: the demo proper
+// runs as a child process that is the daemon's client, so the router stays
+// in the decode worker's process (the child's) and the parent's one line
+// is the only word about the daemon.
 TEST_CASE("demo --mps on runs the workers under a private daemon and stops "
           "it") {
-  // A fake control program first on PATH: records each call, and `-d`
-  // creates the pipe the real daemon would.
-  kvferry::test::scratch_dir fake{"kvferry-demo-test"};
-  auto record = fake.path / "record";
-  auto script = fake.path / "nvidia-cuda-mps-control";
-  std::ofstream{script}
-      << "#!/bin/sh\n"
-      << "echo \"$* | $CUDA_MPS_PIPE_DIRECTORY | $(cat)\" >>" << record << "\n"
-      << "[ \"$1\" = -d ] && : >\"$CUDA_MPS_PIPE_DIRECTORY/control\"\n"
-      << "exit 0\n";
-  std::filesystem::permissions(script, std::filesystem::perms::owner_all);
+  fake_mps_control fake;
   auto r = kvferry::test::run_kvferry(
       "demo --mps on --gpu none --requests 5 --max-tokens 256 --quiet", 100,
-      "PATH=" + fake.path.string() + ":$PATH");
+      "PATH=" + fake.dir.path.string() + ":$PATH");
   INFO(r.output);
   CHECK(r.status == 0);
   CHECK(r.output.find("every byte of 5 requests verified") !=
         std::string::npos);
   auto pipe = kvferry::test::private_mps_pipe(r.output, "the workers");
   CHECK(r.output.find("--mps off to run without") != std::string::npos);
-  std::ifstream in{record};
-  std::string calls{std::istreambuf_iterator<char>{in}, {}};
-  CHECK(calls == "-d | " + pipe + " | \n | " + pipe + " | quit\n");
+  CHECK(fake.calls() == fake_mps_control::started_and_quit(pipe));
+  CHECK_FALSE(std::filesystem::exists(pipe));
+  CHECK(r.output.find("push, router in the decode worker's process,") !=
+        std::string::npos);
+  CHECK(count_of(r.output, "MPS daemon") == 1);
+}
+
+// A stop signal to the demo reaches the demo proper under the daemon (a
+// child in a process group of its own), which stops its workers; then the
+// daemon quits and the demo exits with the child's status.
+TEST_CASE("demo --mps on: a stop signal stops the demo under the daemon, "
+          "then the daemon") {
+  using namespace std::chrono;
+  fake_mps_control fake;
+  kvferry::test::scoped_env path{"PATH", fake.dir.path.string() + ":" +
+                                             std::getenv("PATH")};
+  kvferry::test::child demo({"demo", "--mps", "on", "--gpu", "none",
+                             "--requests", "100000", "--max-tokens", "256"},
+                            kvferry::test::kvferry_binary());
+  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
+  auto by = steady_clock::now() + seconds(60);
+  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
+    demo.read_until("\x01never", milliseconds(200));
+  INFO(demo.text);
+  REQUIRE(std::regex_search(demo.text, some_done));
+  auto under_daemon = child_with(demo.pid, "--requests");
+  REQUIRE(under_daemon > 0);
+  REQUIRE(kill(demo.pid, SIGINT) == 0);
+  int status = demo.wait_exit(seconds(30));
+  INFO(demo.text);
+  CHECK(status == 128 + SIGINT);
+  CHECK(demo.text.find("interrupted (Interrupt)") != std::string::npos);
+  CHECK(kill(under_daemon, 0) != 0); // reaped
+  auto pipe = kvferry::test::private_mps_pipe(demo.text, "the workers");
+  CHECK(fake.calls() == fake_mps_control::started_and_quit(pipe));
   CHECK_FALSE(std::filesystem::exists(pipe));
 }

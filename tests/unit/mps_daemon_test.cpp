@@ -3,6 +3,7 @@
 // nvidia-cuda-mps-control that each test puts first on PATH (CI has no GPU
 // and no MPS).
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -10,9 +11,11 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <sys/wait.h>
 
 #include <doctest/doctest.h>
 
+#include "demo_private_mps.hpp"
 #include "mps_daemon.hpp"
 #include "scoped_env.hpp"
 #include "scratch_dir.hpp"
@@ -385,4 +388,70 @@ TEST_CASE("launch: a daemon that fails to start leaves the workers without "
   CHECK_FALSE(daemon);
   CHECK(contains(setup.lines.back(), "--mps on: "));
   CHECK(fake.tmp_is_empty());
+}
+
+TEST_CASE("demo: a daemon of the parent demo's is used without a word") {
+  for (auto mode : {mps_mode::automatic, mps_mode::on, mps_mode::off}) {
+    auto f = shared_gpu_0(mode);
+    f.callers_pipe_directory = "/tmp/kvferry-mps-x/pipe";
+    f.parent_demos_daemon = true;
+    auto c = choose_mps(f);
+    CHECK_FALSE(c.start);
+    CHECK(c.callers_daemon);
+    CHECK(c.exit_code == 0);
+    CHECK(c.why.empty());
+  }
+}
+
+TEST_CASE("demo: it runs again as a child under its private daemon only "
+          "when the router shares the decode worker's process") {
+  mps_choice starts;
+  starts.start = true;
+  CHECK(rerun_under_private_daemon(true, starts));
+  CHECK_FALSE(rerun_under_private_daemon(false, starts)); // --router separate
+  mps_choice callers;
+  callers.callers_daemon = true; // already a client where CUDA initialises
+  CHECK_FALSE(rerun_under_private_daemon(true, callers));
+  CHECK_FALSE(rerun_under_private_daemon(true, mps_choice{}));
+}
+
+TEST_CASE("demo: the child under the daemon is this binary with the same "
+          "arguments and the daemon's variables") {
+  env_pairs daemon_env{{"CUDA_MPS_PIPE_DIRECTORY", "/tmp/m/pipe"},
+                       {"CUDA_MPS_LOG_DIRECTORY", "/tmp/m/log"}};
+  auto spec =
+      private_daemon_child({"kvferry", "demo", "--gpu", "0"}, daemon_env);
+  CHECK(spec.program == "/proc/self/exe");
+  CHECK(spec.argv == std::vector<std::string>{"kvferry", "demo", "--gpu", "0"});
+  CHECK(spec.env == env_pairs{{"CUDA_MPS_PIPE_DIRECTORY", "/tmp/m/pipe"},
+                              {"CUDA_MPS_LOG_DIRECTORY", "/tmp/m/log"},
+                              {"KVFERRY_DEMO_PRIVATE_MPS", "1"}});
+  // Shared with the parent: the child's output is the demo's.
+  CHECK(spec.stdin_fd == -1);
+  CHECK(spec.stdout_fd == -1);
+  CHECK(spec.stderr_fd == -1);
+}
+
+TEST_CASE("demo: its own arguments, and whether it is the child") {
+  auto args = own_arguments();
+  REQUIRE_FALSE(args.empty());
+  CHECK(contains(args.front(), "test_mps_daemon"));
+  {
+    scoped_env marker{demo_private_mps_variable, "1"};
+    CHECK(under_parents_private_daemon());
+  }
+  scoped_env unset{demo_private_mps_variable, nullptr};
+  CHECK_FALSE(under_parents_private_daemon());
+}
+
+TEST_CASE("demo: the parent exits with the child's status, or 128 + its "
+          "signal") {
+  auto status_of = [](const char* script) {
+    subprocess child{spawn_spec{"/bin/sh", {"sh", "-c", script}, {}}};
+    REQUIRE(child.wait(seconds(10)));
+    return *child.exit_status();
+  };
+  CHECK(exit_code_of(status_of("exit 0")) == 0);
+  CHECK(exit_code_of(status_of("exit 75")) == demo_mps_failed_exit);
+  CHECK(exit_code_of(status_of("kill -INT $$")) == 128 + SIGINT);
 }
