@@ -53,6 +53,7 @@ caf::error lost(const std::string& peer, const std::string& why) {
 // path of the transfer that just arrived, so an immediate poll goes too.
 void ensure_progress(self_ptr self) {
   auto& st = self->state;
+  st.busy_at = steady_clock::now();
   st.idle_polls = 0;
   if (st.progress_scheduled && !st.progress_delayed)
     return;
@@ -394,6 +395,18 @@ bool progress_in(self_ptr self) {
   return progressed;
 }
 
+// Plugin requests are out (a channel's or a lane's): their news comes
+// within about one CAF leg (a lane pull's order on its way, a peer's sends).
+bool plugin_requests_out(const transfer_state& st) {
+  for (auto& [name, p] : st.out)
+    if (!p.ops.empty() || !p.lane.ops.empty())
+      return true;
+  for (auto& [name, p] : st.in)
+    if (!p.ops.empty() || !p.lane.ops.empty())
+      return true;
+  return false;
+}
+
 bool has_work(const transfer_state& st) {
   for (auto& [name, p] : st.out)
     if (p.connector || !p.ops.empty() || !p.waiting.empty() ||
@@ -417,6 +430,40 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
+// The loop's idle policy; nothing sleeps in the plugin for this actor
+// (options_for), so it decides alone, and messages to the actor never wait
+// behind a poll. Spin (an immediate poll) for `spin_window` after news:
+// bytes flowing keep their pace. Then, while plugin requests are out, poll
+// every `wire_period` (their news is about a CAF leg away: a lane pull's
+// receives wait for its order to reach the sender); the wait costs one
+// delayed message, not a core. Else (a channel opening, a GPU copy, a peer
+// silent for longer than `wire_window`) back off up to 200 us. Orphaned
+// copies (their transfer given up, perhaps on a hung GPU) are polled
+// without spinning.
+void schedule_next_poll(self_ptr self, bool progressed) {
+  constexpr auto spin_window = microseconds(20);
+  constexpr auto wire_period = microseconds(20);
+  constexpr auto wire_window = milliseconds(2);
+  auto& st = self->state;
+  const auto now = steady_clock::now();
+  if (progressed) {
+    st.busy_at = now;
+    st.idle_polls = 0;
+  }
+  if (now - st.busy_at < spin_window ||
+      (st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size())) {
+    self->send(self, proto::progress_atom::value, st.progress_generation);
+    return;
+  }
+  auto delay = now - st.busy_at < wire_window && plugin_requests_out(st)
+                   ? wire_period
+                   : microseconds(std::min(200u, 10 + st.idle_polls));
+  ++st.idle_polls;
+  st.progress_delayed = true;
+  self->delayed_send(self, delay, proto::progress_atom::value,
+                     st.progress_generation);
+}
+
 void on_progress(self_ptr self, std::uint64_t generation) {
   auto& st = self->state;
   if (generation != st.progress_generation)
@@ -438,26 +485,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   if (!has_work(st))
     return;
   st.progress_scheduled = true;
-  if (progressed)
-    st.idle_polls = 0;
-  else
-    ++st.idle_polls;
-  // Spin while bytes flow (a completion found within ~a few hundred polls
-  // keeps latency at the plugin's); back off up to 200 us when the plugin
-  // has had nothing for a while, so a waiting worker does not burn a
-  // shared core. Orphaned copies (their transfer given up, perhaps on a
-  // hung GPU) are polled without spinning.
-  constexpr unsigned spin_polls = 256;
-  if (st.idle_polls < spin_polls ||
-      (st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size())) {
-    self->send(self, proto::progress_atom::value, st.progress_generation);
-  } else {
-    auto delay =
-        microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
-    st.progress_delayed = true;
-    self->delayed_send(self, delay, proto::progress_atom::value,
-                       st.progress_generation);
-  }
+  schedule_next_poll(self, progressed);
 }
 
 void on_expire(self_ptr self, const std::string& key, std::uint64_t id,

@@ -53,6 +53,9 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
   o.chunk_bytes = chunk;
   o.peer = peer;
   o.staging_slots = static_cast<int>(st.cfg.staging_slots);
+  // The progress loop (transfer.cpp) is this actor's idle policy: a plugin
+  // that slept in test() would hold the messages to this actor.
+  o.caller_polls = true;
   return o;
 }
 

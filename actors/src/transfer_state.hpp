@@ -209,11 +209,13 @@ struct peer_in {
 
 /// KVFERRY_PULL_LANES=1: the decode's transfer actor posts an offered
 /// pull's receives on a pull lane before its send order leaves (no
-/// announcement). Off by default: while a lane pull's receives wait for
-/// the order's CAF leg, the actor's progress loop tests them, and kvsock's
-/// test() may sleep in a blocking recv (its idle policy) until bytes come,
-/// so messages to the actor wait behind it (docs/embedding.md, "What a
-/// request costs"). The prefill side serves lane orders either way.
+/// announcement). While they wait for the order's CAF leg the progress
+/// loop polls them at a short period; the plugin never sleeps in test()
+/// for this actor (channel_options::caller_polls), so messages to it no
+/// longer wait behind the pull. Still off by default: with lanes on,
+/// test_node_actors' "a failed offered pull settles first" fails now and
+/// then (docs/embedding.md, "What a request costs"). The prefill side
+/// serves lane orders either way.
 bool pull_lanes_from_env();
 
 struct transfer_state {
@@ -234,6 +236,9 @@ struct transfer_state {
   // fires, so there is never more than one loop.
   std::uint64_t progress_generation = 0;
   bool progress_delayed = false;
+  // The loop's idle policy (schedule_next_poll): when it last had news (new
+  // work or a completion), and how many delayed polls found nothing since.
+  steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
   // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
   // entry's generation), checked by one short periodic sweep (arm_deadline).

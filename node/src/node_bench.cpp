@@ -153,9 +153,17 @@ struct bench {
   // order), so the pull is an offered one: the decode orders the prefill's
   // transfer actor itself. (Pulling at once instead races the offer: a pull
   // that comes first asks the prefill's node, a hop more.)
-  void advertise_and_wait(const std::vector<std::uint64_t>& src) {
-    a->send(prefill.h.node, proto::node_advertise_atom::value,
-            proto::node_request{id, "decode-0", src, {}, false});
+  // With `count` > 1, requests first_id .. first_id + count - 1 (the note
+  // follows them all).
+  void advertise_and_wait(const std::vector<std::uint64_t>& src,
+                          std::uint64_t first_id, int count = 1) {
+    for (int k = 0; k < count; ++k)
+      a->send(prefill.h.node, proto::node_advertise_atom::value,
+              proto::node_request{first_id + static_cast<std::uint64_t>(k),
+                                  "decode-0",
+                                  src,
+                                  {},
+                                  false});
     ask<caf::ok_atom>(a, prefill.h.node, proto::node_notify_atom::value,
                       std::string{"decode-0"}, std::string{"advertised"});
     b->receive(
@@ -175,6 +183,35 @@ struct bench {
           b, decode.h.transfer, proto::node_pull_atom::value, std::move(req));
     return ask<proto::node_report>(
         b, decode.h.node, proto::node_pull_atom::value, std::move(req));
+  }
+
+  // Pulls requests first_id .. first_id + dsts.size() - 1 at once, each
+  // into its own blocks; returns each one's reply time from the start,
+  // in the order they came, and their reports.
+  std::vector<double>
+  pull_all(std::uint64_t first_id,
+           const std::vector<std::vector<std::uint64_t>>& dsts,
+           std::vector<proto::node_report>& reports) {
+    std::vector<double> times;
+    auto t0 = clock_type::now();
+    for (std::size_t k = 0; k < dsts.size(); ++k) {
+      proto::node_request req{first_id + k, "prefill-0", dsts[k], {}, false};
+      if (decode.h.pulls_via_transfer)
+        b->send(decode.h.transfer, proto::node_pull_atom::value, req);
+      else
+        b->send(decode.h.node, proto::node_pull_atom::value, req);
+    }
+    reports.clear();
+    for (std::size_t k = 0; k < dsts.size(); ++k)
+      b->receive(
+          [&](proto::node_report& r) {
+            times.push_back(us(clock_type::now() - t0));
+            reports.push_back(std::move(r));
+          },
+          [&](const caf::error& e) { throw bench_failure(render(e)); },
+          caf::after(std::chrono::seconds(30)) >>
+              [] { throw bench_failure("a pull got no reply within 30 s"); });
+    return times;
   }
 
   std::uint64_t lane_pulls() {
@@ -217,22 +254,41 @@ struct bench {
     transfer_rtt.clear();
     rtt_switches = 0;
     const auto lane_pulls_before = lane_pulls();
+    const int inflight = std::max(1, o.inflight);
+    std::vector<std::vector<std::uint64_t>> dsts(
+        static_cast<std::size_t>(inflight));
+    for (std::size_t k = 0; k < dsts.size(); ++k) // blocks of its own each
+      for (auto block : dst)
+        dsts[k].push_back((block + k * n) % o.cache_blocks);
+    std::vector<double> rounds;
+    std::vector<proto::node_report> reports;
     for (int r = 0; r < o.repeats + 2; ++r) {
-      ++id;
-      advertise_and_wait(src);
+      const auto first = id + 1;
+      id += static_cast<std::uint64_t>(inflight);
+      advertise_and_wait(src, first, inflight);
       auto s0 = switches();
-      auto t0 = clock_type::now();
-      auto rep = pull(proto::node_request{id, "prefill-0", dst, {}, false});
-      auto t = us(clock_type::now() - t0);
+      auto times = inflight == 1 ? std::vector<double>{}
+                                 : pull_all(first, dsts, reports);
+      if (inflight == 1) { // the caller's plain request, as before
+        auto t0 = clock_type::now();
+        reports = {
+            pull(proto::node_request{first, "prefill-0", dst, {}, false})};
+        times = {us(clock_type::now() - t0)};
+      }
       if (r >= 2)
         pull_switches += switches() - s0;
-      expect<proto::node_report>(a, "advertise");
-      row.ipc = rep.ipc;
-      auto d = static_cast<double>(rep.data_end_ns - rep.data_start_ns) / 1e3;
-      if (r >= 2) { // two warm-ups
-        total.push_back(t);
+      for (int k = 0; k < inflight; ++k)
+        expect<proto::node_report>(a, "advertise");
+      if (r < 2) // two warm-ups
+        continue;
+      rounds.push_back(times.back());
+      for (std::size_t k = 0; k < times.size(); ++k) {
+        const auto& rep = reports[k];
+        row.ipc = rep.ipc;
+        auto d = static_cast<double>(rep.data_end_ns - rep.data_start_ns) / 1e3;
+        total.push_back(times[k]);
         data.push_back(d);
-        control.push_back(t - d);
+        control.push_back(times[k] - d);
       }
       // Interleaved: the round trips see the same load as the requests.
       for (int k = 0; k < rtt_samples / o.repeats + 1; ++k)
@@ -246,9 +302,10 @@ struct bench {
     row.node_rtt_p50_us = pct(node_rtt, 0.5);
     row.transfer_rtt_p50_us = pct(transfer_rtt, 0.5);
     row.total_p50_us = pct(total, 0.5);
+    row.round_p50_us = pct(rounds, 0.5);
     row.data_p50_us = pct(data, 0.5);
-    row.switches_per_pull =
-        static_cast<double>(pull_switches) / static_cast<double>(o.repeats);
+    row.switches_per_pull = static_cast<double>(pull_switches) /
+                            static_cast<double>(o.repeats * inflight);
     row.switches_per_rtt =
         static_cast<double>(rtt_switches) /
         static_cast<double>(std::max<std::size_t>(1, rtt.size()));

@@ -18,6 +18,7 @@
 
 #include <doctest/doctest.h>
 
+#include "kvferry/transport/net_ext.h"
 #include "kvferry/transport/net_v7.h"
 
 namespace kvsock_test {
@@ -76,6 +77,23 @@ inline ncclNet_v7_t* plugin() {
   REQUIRE_MESSAGE(net != nullptr,
                   "libnccl-net-kvsock.so must load (KVFERRY_PLUGIN_PATH)");
   return net;
+}
+
+// kvferry's extension table (net_ext.h), looked up as kvferry's loader
+// does: beside the v7 table.
+inline const kvferryNetExt_v1_t* extension() {
+  plugin(); // loaded
+  const char* dir = std::getenv("KVFERRY_PLUGIN_PATH");
+  std::string path =
+      std::string(dir != nullptr ? dir : KVFERRY_BINARY_DIR "/lib") +
+      "/libnccl-net-kvsock.so";
+  void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  if (lib == nullptr)
+    return nullptr;
+  auto* ext = static_cast<const kvferryNetExt_v1_t*>(
+      dlsym(lib, KVFERRY_NET_EXT_V1_SYMBOL));
+  dlclose(lib); // the reference NOLOAD took; the plugin stays loaded
+  return ext;
 }
 
 // Scoped environment switch: kvsock reads its env when a comm is created.

@@ -1,6 +1,7 @@
 // kvsock, driven through the v7 table exactly as NCCL or kvferry would.
 #include <algorithm>
 #include <arpa/inet.h>
+#include <chrono>
 #include <cstring>
 #include <deque>
 #include <netinet/in.h>
@@ -673,4 +674,55 @@ TEST_CASE("KVSOCK_WAIT_US=0: pure polling moves the same bytes") {
     CAPTURE(size);
     check_moves(p, size, 13);
   }
+}
+
+// Median time of `calls` test() calls on a receive nothing will match.
+double median_idle_test_us(Pair& p, int calls) {
+  Buffer dst(p.net, p.recv, 64);
+  void* data = dst.data();
+  int size = 64, tag = 0;
+  void* request = nullptr;
+  REQUIRE(p.net->irecv(p.recv, 1, &data, &size, &tag, &dst.mhandle, &request) ==
+          ncclSuccess);
+  REQUIRE(request != nullptr);
+  std::vector<double> took;
+  for (int i = 0; i < calls; ++i) {
+    int done = 0;
+    auto t0 = Clock::now();
+    REQUIRE(p.net->test(request, &done, nullptr) == ncclSuccess);
+    took.push_back(
+        std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    REQUIRE(done == 0);
+  }
+  std::sort(took.begin(), took.end());
+  // Let it match before the buffer goes: one send, tested to the end.
+  Buffer src(p.net, p.send, 64, 1);
+  int received = 0, done = 0;
+  void* sreq = nullptr;
+  REQUIRE(p.net->isend(p.send, src.data(), 64, 0, src.mhandle, &sreq) ==
+          ncclSuccess);
+  REQUIRE(wait(p.net, sreq, nullptr, &done) == ncclSuccess);
+  REQUIRE(wait(p.net, request, &received, &done) == ncclSuccess);
+  CHECK(done == 1);
+  return took[took.size() / 2];
+}
+
+TEST_CASE("kvferry's extension: a comm whose caller polls never sleeps in "
+          "test()") {
+  const kvferryNetExt_v1_t* ext = extension();
+  REQUIRE_MESSAGE(ext != nullptr, "kvsock exports " KVFERRY_NET_EXT_V1_SYMBOL);
+  CHECK(std::string(ext->name) == "kvsock");
+  REQUIRE(bool(ext->setCallerPolls));
+  CHECK(ext->setCallerPolls(nullptr) == ncclInvalidArgument);
+  // By default an idle comm soon sleeps in test() (KVSOCK_WAIT_US, here
+  // 2 ms per call); told that its caller polls, every call returns at once.
+  EnvGuard wait_us("KVSOCK_WAIT_US", "2000");
+  Pair sleepy;
+  CHECK(median_idle_test_us(sleepy, 40) > 1000);
+  Pair polled;
+  REQUIRE(ext->setCallerPolls(polled.recv) == ncclSuccess);
+  REQUIRE(ext->setCallerPolls(polled.send) == ncclSuccess);
+  CHECK(median_idle_test_us(polled, 40) < 1000);
+  check_moves(polled, 8, 5); // and it still moves bytes
+  check_moves(polled, 2 << 20, 6);
 }

@@ -251,3 +251,33 @@ TEST_CASE(
     }
   }
 }
+
+TEST_CASE("caller_polls: kvsock is told through kvferry's extension, a plugin "
+          "without one is used as before") {
+  auto net = plugin::load("kvsock");
+  REQUIRE(net->ext() != nullptr); // kvferryNetExt_v1, beside the v7 table
+  CHECK(std::string(net->ext()->name) == "kvsock");
+  CHECK(fake()->ext() == nullptr);
+  channel_options options;
+  options.comms = 2;
+  options.chunk_bytes = 64 << 10;
+  options.peer = "kvsock-loopback";
+  options.caller_polls = true;
+  for (const auto& plugin : {net, fake()}) {
+    CAPTURE(plugin->name());
+    auto [tx, rx] =
+        kvferry::test::connect_channel_pair(plugin, options, options, 10s);
+    const size_t bytes = (1 << 20) + 3;
+    auto source = pattern(bytes, 9);
+    std::vector<char> sink(bytes, 0);
+    auto send_mr = tx.register_memory(source.data(), bytes);
+    auto recv_mr = rx.register_memory(sink.data(), bytes);
+    rx.post_recv(sink.data(), bytes, recv_mr);
+    tx.post_send(source.data(), bytes, send_mr);
+    auto done = drive(tx, rx, 2);
+    REQUIRE(done.size() == 2);
+    CHECK(done[0].ok);
+    CHECK(done[1].ok);
+    CHECK(sink == source);
+  }
+}

@@ -426,6 +426,11 @@ void channel_state::pump_all() {
     pump(c);
 }
 
+// Tests a comm's requests in posting order and stops at the first that is
+// not done, as NCCL's proxy does: the plugin matches a comm's operations in
+// that order, so a later one rarely finishes first (it is then reported a
+// poll later), and a poll costs one test() per comm, not one per request
+// out (each of kvsock's tests of an unfinished receive reads its socket).
 void channel_state::test_outstanding(size_t c) {
   auto& comm = comms[c];
   auto& table = net->net();
@@ -439,10 +444,8 @@ void channel_state::test_outstanding(size_t c) {
                                        ch.flushing ? "test(iflush)" : "test",
                                        rc, where(c))
                               .what());
-    if (!done) {
-      ++i;
-      continue;
-    }
+    if (!done)
+      return;
     if (ch.flushing) {
       // the flush is done; ch.received was counted when the receive finished
     } else if (dir == direction::send) {
@@ -570,6 +573,13 @@ std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,
   for (auto& comm : state->comms)
     comm.out.reserve(state->options.max_inflight);
   return state;
+}
+
+void tell_caller_polls(const channel_state& state) {
+  if (!state.options.caller_polls)
+    return;
+  for (size_t c = 0; c < state.comms.size(); ++c)
+    state.net->set_caller_polls(state.comms[c].comm, state.where(c));
 }
 
 } // namespace detail

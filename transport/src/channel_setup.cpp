@@ -150,6 +150,7 @@ recv_channel channel_listener::take() {
     state->comms[i].device_storage = std::move(impl_->device_storage[i]);
   }
   impl_->close_listens();
+  detail::tell_caller_polls(*state);
   return recv_channel(std::move(state));
 }
 
@@ -241,6 +242,7 @@ send_channel channel_connector::take() {
                          impl_->options, impl_->send_comms.size());
   for (size_t i = 0; i < impl_->send_comms.size(); ++i)
     state->comms[i].comm = std::exchange(impl_->send_comms[i], nullptr);
+  detail::tell_caller_polls(*state);
   return send_channel(std::move(state));
 }
 

@@ -217,6 +217,11 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
 std::vector<int> check_devices(const plugin& net, std::vector<int> devs,
                                const std::string& peer);
 
+// options.caller_polls: tells the plugin so for every comm of `state`
+// (plugin::set_caller_polls). The state owns the comms: a refusal throws,
+// and the state closes them.
+void tell_caller_polls(const channel_state& state);
+
 // A channel's state over `comm_count` comms, options checked (channel.cpp).
 std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,
                                           std::vector<int> devs, direction dir,

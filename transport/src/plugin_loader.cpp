@@ -155,9 +155,15 @@ void plugin::check(ncclResult_t code, const char* call,
     throw plugin_error(name_, call, code, context);
 }
 
+void plugin::set_caller_polls(void* comm, const std::string& context) const {
+  if (ext_ != nullptr && ext_->setCallerPolls != nullptr)
+    check(ext_->setCallerPolls(comm), "setCallerPolls", context);
+}
+
 plugin::plugin(std::string name, std::string path, const ncclNet_v7_t* net,
-               const std::vector<device_properties>& reported)
-    : name_(std::move(name)), path_(std::move(path)), net_(net) {
+               const std::vector<device_properties>& reported,
+               const kvferryNetExt_v1_t* ext)
+    : name_(std::move(name)), path_(std::move(path)), net_(net), ext_(ext) {
   for (auto& dev : reported) {
     checks_.push_back(check_properties(dev));
     devices_.push_back(checks_.back().used);
@@ -869,11 +875,15 @@ std::shared_ptr<plugin> plugin::load(const std::string& name_or_path,
   if (auto it = loaded.find(opened.lib); it != loaded.end())
     return it->second;
   auto devices = init_and_list(requested, *opened.net, [](const char*) {});
+  // kvferry's extension (net_ext.h), beside the v7 table; optional.
+  auto* ext = static_cast<const kvferryNetExt_v1_t*>(
+      ::dlsym(opened.lib, KVFERRY_NET_EXT_V1_SYMBOL));
   auto made = std::make_shared<plugin>(table_label(*opened.net), where.path,
-                                       opened.net, std::move(devices));
+                                       opened.net, std::move(devices), ext);
   loaded.emplace(opened.lib, made);
-  spdlog::debug("loaded net plugin {} from {} ({} devices)", made->name(),
-                where.path, made->device_count());
+  spdlog::debug("loaded net plugin {} from {} ({} devices{})", made->name(),
+                where.path, made->device_count(),
+                ext ? ", kvferry extension v1" : "");
   return made;
 }
 

@@ -45,6 +45,12 @@ struct node_bench_options {
   std::uint64_t cache_blocks = 2048;
   std::uint64_t half_bytes = 2048; // 16 tokens x 64 B
   std::string plugin;              // empty: kvsock
+  // Pulls in flight at once into the decode: each round advertises this
+  // many requests, then pulls them all before waiting for any (a serving
+  // stack's batch). Each pull's total runs from the round's start to its
+  // reply; a pull that waits behind another (its transfer actor busy)
+  // shows there.
+  int inflight = 1;
   // Called with each size's row as soon as it is measured (optional).
   std::function<void(const node_bench_row&)> on_row;
 };
@@ -59,7 +65,8 @@ struct node_bench_row {
   double transfer_rtt_p50_us = 0;    // caller -> its transfer actor -> caller
   double post_us_per_block = 0;      // median over the planning rounds
   double pull_post_us_per_block = 0; // the decode's, for an offered pull
-  bool ipc = false;                  // the path the pulls took (request_stats)
+  double round_p50_us = 0; // a round of `inflight` pulls, start to last reply
+  bool ipc = false;        // the path the pulls took (request_stats)
   bool lane = false; // on a pull lane (the decode's transfer_stats::lane_pulls)
   // Voluntary context switches of the process (both nodes' threads) per
   // pull and per CAF round trip: the thread hand-offs each costs.

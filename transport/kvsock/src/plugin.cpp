@@ -12,6 +12,7 @@
 #include "cuda.hpp"
 #include "devices.hpp"
 #include "handshake.hpp"
+#include "kvferry/transport/net_ext.h"
 #include "log.hpp"
 
 namespace kvsock {
@@ -398,6 +399,20 @@ ncclResult_t kvsock_irecv_consumed(void* comm_ptr, int, void* request_ptr) {
   return ncclSuccess;
 }
 
+// kvferry's extension (net_ext.h). The caller's loop has its own idle
+// policy: test() on this comm never sleeps, as with KVSOCK_WAIT_US=0 for
+// this comm alone (its control socket is then only read with MSG_DONTWAIT).
+ncclResult_t kvsock_set_caller_polls(void* comm_ptr) {
+  CommBase* comm = as_comm(comm_ptr);
+  if (comm == nullptr) {
+    KVSOCK_WARN("setCallerPolls: %p is not a comm", comm_ptr);
+    return ncclInvalidArgument;
+  }
+  std::lock_guard<std::mutex> lock(comm->mu);
+  comm->config.wait_us = 0;
+  return ncclSuccess;
+}
+
 // The export table, each slot named (as NCCL's example plugin names them with
 // designated initializers, which C++17 lacks). constexpr: the table is
 // constant-initialised, so it is complete before any loader's dlsym.
@@ -430,3 +445,8 @@ constexpr ncclNet_v7_t export_table() {
 
 extern "C" __attribute__((visibility("default")))
 const ncclNet_v7_t ncclNetPlugin_v7 = kvsock::export_table();
+
+// Looked up beside the v7 table by kvferry's loader; NCCL never sees it.
+extern "C" __attribute__((visibility("default")))
+const kvferryNetExt_v1_t kvferryNetExt_v1 = {"kvsock",
+                                             kvsock::kvsock_set_caller_polls};

@@ -86,6 +86,12 @@ struct channel_options {
   // Makes the copier of a staging channel; empty means the CUDA copier
   // (make_cuda_staging_copier). Tests pass make_host_staging_copier.
   staging_copier_factory staging_copier;
+  // The caller polls the channel from a loop with an idle policy of its
+  // own and must not sleep inside the plugin (the transfer actor: messages
+  // to it would wait): each comm is told so through the plugin's extension
+  // (net_ext.h, setCallerPolls) where it has one. Off: the plugin's default
+  // (kvsock sleeps in an idle test(), as NCCL's proxy thread expects).
+  bool caller_polls = false;
 };
 constexpr int max_staging_slots = 64;
 // Largest chunk: registrations above 2^31-1 bytes are made of overlapping

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "kvferry/transport/net_ext.h"
 #include "kvferry/transport/net_v7.h"
 #include "kvferry/transport/plugin_search.hpp"
 
@@ -187,6 +188,8 @@ public:
   const std::string& name() const noexcept { return name_; } // table name
   const std::string& path() const noexcept { return path_; }
   const ncclNet_v7_t& net() const noexcept { return *net_; }
+  // kvferry's extension table (net_ext.h), when the plugin exports one.
+  const kvferryNetExt_v1_t* ext() const noexcept { return ext_; }
   int device_count() const noexcept {
     return static_cast<int>(devices_.size());
   }
@@ -207,13 +210,20 @@ public:
   void check(ncclResult_t code, const char* call,
              const std::string& context = {}) const;
 
+  // Asks the plugin not to sleep in test() on `comm`'s requests, through
+  // its extension (setCallerPolls); a no-op for a plugin without one.
+  // Throws plugin_error naming `context` when the plugin refuses.
+  void set_caller_polls(void* comm, const std::string& context) const;
+
   // Checks every device (check_properties) and logs its warnings once.
   plugin(std::string name, std::string path, const ncclNet_v7_t* net,
-         const std::vector<device_properties>& reported);
+         const std::vector<device_properties>& reported,
+         const kvferryNetExt_v1_t* ext = nullptr);
 
 private:
   std::string name_, path_;
   const ncclNet_v7_t* net_;
+  const kvferryNetExt_v1_t* ext_;
   std::vector<device_properties> devices_; // checks_[i].used
   std::vector<property_check> checks_;
 };
