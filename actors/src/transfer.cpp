@@ -430,17 +430,41 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
-// The loop's idle policy; nothing sleeps in the plugin for this actor
-// (options_for), so it decides alone, and messages to the actor never wait
-// behind a poll. Spin (an immediate poll) for `spin_window` after news:
-// bytes flowing keep their pace. Then, while plugin requests are out, poll
-// every `wire_period` (their news is about a CAF leg away: a lane pull's
-// receives wait for its order to reach the sender); the wait costs one
-// delayed message, not a core. Else (a channel opening, a GPU copy, a peer
-// silent for longer than `wire_window`) back off up to 200 us. Orphaned
-// copies (their transfer given up, perhaps on a hung GPU) are polled
-// without spinning.
-void schedule_next_poll(self_ptr self, bool progressed) {
+// Orphaned copies (their transfer given up, perhaps on a hung GPU) are
+// polled without spinning; copies in flight otherwise keep the loop hot.
+bool copying(const transfer_state& st) {
+  return st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size();
+}
+
+// The idle policy without pull lanes: spin while bytes flow (a completion
+// found within ~a few hundred polls keeps latency at the plugin's, whose
+// test() waits for its socket's news), then back off up to 200 us so a
+// waiting worker does not burn a shared core.
+void schedule_plugin_waits(self_ptr self, bool progressed) {
+  constexpr unsigned spin_polls = 256;
+  auto& st = self->state;
+  st.idle_polls = progressed ? 0 : st.idle_polls + 1;
+  if (st.idle_polls < spin_polls || copying(st)) {
+    self->send(self, proto::progress_atom::value, st.progress_generation);
+    return;
+  }
+  auto delay =
+      microseconds(std::min<unsigned>(200, 10 + st.idle_polls - spin_polls));
+  st.progress_delayed = true;
+  self->delayed_send(self, delay, proto::progress_atom::value,
+                     st.progress_generation);
+}
+
+// The idle policy with pull lanes (KVFERRY_PULL_LANES=1), where nothing
+// sleeps in the plugin for this actor (options_for), so it decides alone,
+// and messages to the actor never wait behind a poll. Spin (an immediate
+// poll) for `spin_window` after news: bytes flowing keep their pace. Then,
+// while plugin requests are out, poll every `wire_period` (their news is
+// about a CAF leg away: a lane pull's receives wait for its order to reach
+// the sender); the wait costs one delayed message, not a core. Else (a
+// channel opening, a GPU copy, a peer silent for longer than `wire_window`)
+// back off up to 200 us.
+void schedule_caller_polls(self_ptr self, bool progressed) {
   constexpr auto spin_window = microseconds(20);
   constexpr auto wire_period = microseconds(20);
   constexpr auto wire_window = milliseconds(2);
@@ -450,8 +474,7 @@ void schedule_next_poll(self_ptr self, bool progressed) {
     st.busy_at = now;
     st.idle_polls = 0;
   }
-  if (now - st.busy_at < spin_window ||
-      (st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size())) {
+  if (now - st.busy_at < spin_window || copying(st)) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
     return;
   }
@@ -485,7 +508,10 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   if (!has_work(st))
     return;
   st.progress_scheduled = true;
-  schedule_next_poll(self, progressed);
+  if (st.pull_lanes)
+    schedule_caller_polls(self, progressed);
+  else
+    schedule_plugin_waits(self, progressed);
 }
 
 void on_expire(self_ptr self, const std::string& key, std::uint64_t id,

@@ -236,7 +236,7 @@ struct transfer_state {
   // fires, so there is never more than one loop.
   std::uint64_t progress_generation = 0;
   bool progress_delayed = false;
-  // The loop's idle policy (schedule_next_poll): when it last had news (new
+  // The loop's idle policy (schedule_caller_polls, with pull lanes): when it last had news (new
   // work or a completion), and how many delayed polls found nothing since.
   steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
