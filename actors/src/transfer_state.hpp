@@ -236,8 +236,8 @@ struct transfer_state {
   // fires, so there is never more than one loop.
   std::uint64_t progress_generation = 0;
   bool progress_delayed = false;
-  // The loop's idle policy (schedule_caller_polls, with pull lanes): when it last had news (new
-  // work or a completion), and how many delayed polls found nothing since.
+  // The loop's idle policy (transfer.cpp): when it last had news (new work
+  // or a completion; with pull lanes), and how many polls found nothing.
   steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
   // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
