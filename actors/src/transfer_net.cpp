@@ -17,11 +17,20 @@
 //
 // Ordering. The plugin matches the k-th send with the k-th receive of a comm
 // pair. The sender announces every transfer (its chunks, in posting order)
-// to the receiver *before* posting the sends, over the same CAF connection
-// that carries every other message between the two actors; CAF keeps
-// messages between two actors in order, so the receiver posts its receives
-// in exactly the order the sender posts its sends. Offered pulls skip the
-// announcement on a channel of their own (a pull lane, transfer_lane.cpp).
+// to the receiver over the same CAF connection that carries every other
+// message between the two actors; CAF keeps messages between two actors in
+// order, so the receiver posts its receives in exactly the order the sender
+// posts its sends. Announcements pile up per peer (peer_out::unannounced)
+// and leave as one announce_batch when the flush message this actor sends
+// itself comes up, i.e. after the orders already in its mailbox: at depth
+// 16 one remote message announces many transfers instead of one each (a
+// remote message's system calls and wake-ups cost more CPU than a 64 KiB
+// transfer's bytes; issue #16). At depth 1 the flush is the next message.
+// The sends are posted at once, before their batch leaves: the plugin
+// matches by order, not by time. Anything else this actor sends the peer's
+// (`closed`) flushes first, so nothing overtakes an announcement or is
+// overtaken by one. Offered pulls skip the announcement on a channel of
+// their own (a pull lane, transfer_lane.cpp).
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a
@@ -89,18 +98,31 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     finish(t, self->state, false, p.ep.name);
 }
 
-// Announces, then posts: the announcement must reach the receiver before it
-// could see any later transfer's announcement (CAF keeps order per pair).
+// The announcement joins the peer's pile (sent at the next flush); a flush
+// message goes to this actor's mailbox unless one is on its way.
+proto::announcement& queue_announcement(self_ptr self, peer_out& p,
+                                        std::uint64_t id,
+                                        std::vector<extent> chunks) {
+  auto& st = self->state;
+  if (!st.announce_flush_scheduled) {
+    st.announce_flush_scheduled = true;
+    self->send(self, proto::announce_flush_atom::value);
+  }
+  auto& a = p.unannounced.announcements.emplace_back();
+  a.transfer_id = id;
+  a.sender = st.cfg.name;
+  a.comms = st.cfg.comms_per_peer;
+  a.chunks = std::move(chunks);
+  return a;
+}
+
+// Announces, then posts. The announcement is queued first: should posting
+// fail (the channel is then dropped), the receiver still learns of the
+// transfer and fails it with the reason instead of waiting for its deadline.
 void start_send(self_ptr self, peer_out& p, std::uint64_t id,
                 std::vector<extent> chunks) {
-  proto::announcement a;
-  a.transfer_id = id;
-  a.sender = self->state.cfg.name;
-  a.comms = self->state.cfg.comms_per_peer;
-  a.chunks = chunks;
-  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-             proto::announce_atom::value, std::move(a));
-  post_sends(self, p, id, chunks);
+  const auto& a = queue_announcement(self, p, id, std::move(chunks));
+  post_sends(self, p, id, a.chunks);
 }
 
 void open_channel(self_ptr self, const std::string& name) {
@@ -148,6 +170,22 @@ void open_channel(self_ptr self, const std::string& name) {
 
 } // namespace
 
+void flush_announcements(self_ptr self, peer_out& p) {
+  auto& batch = p.unannounced;
+  if (batch.announcements.empty())
+    return;
+  ++self->state.stats.announce_batches;
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::announce_atom::value, std::move(batch));
+  batch = proto::announce_batch{};
+}
+
+void on_announce_flush(self_ptr self) {
+  self->state.announce_flush_scheduled = false;
+  for (auto& [name, p] : self->state.out)
+    flush_announcements(self, p);
+}
+
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents) {
   auto chunks = coalesce(extents);
@@ -184,8 +222,6 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   if (t.ops_left == 0)
     finish(t, st, true, a.sender);
 }
-
-} // namespace
 
 void handle_announce(self_ptr self, proto::announcement& a) {
   auto& st = self->state;
@@ -226,6 +262,13 @@ void handle_announce(self_ptr self, proto::announcement& a) {
                    fmt::format("receive from '{}': {}", a.sender, e.what())));
   }
   ensure_progress(self);
+}
+
+} // namespace
+
+void handle_announce_batch(self_ptr self, proto::announce_batch& b) {
+  for (auto& a : b.announcements)
+    handle_announce(self, a);
 }
 
 namespace {
@@ -293,10 +336,13 @@ void drop_previous_channel(self_ptr self, const std::string& sender,
 // (peers know each other by name).
 void tell_closed(self_ptr self, const caf::actor& other,
                  std::uint64_t channel_id, const caf::error& why) {
-  if (other && channel_id != 0)
-    self->send(caf::actor_cast<transfer_actor>(other),
-               proto::closed_atom::value, self->state.cfg.name, channel_id,
-               why);
+  if (!other || channel_id == 0)
+    return;
+  for (auto& [name, p] : self->state.out) // none may overtake it
+    if (p.ep.transfer == other)
+      flush_announcements(self, p);
+  self->send(caf::actor_cast<transfer_actor>(other), proto::closed_atom::value,
+             self->state.cfg.name, channel_id, why);
 }
 
 void handle_closed(self_ptr self, const std::string& peer,

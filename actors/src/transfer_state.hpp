@@ -174,6 +174,10 @@ struct peer_out {
     std::uint64_t wait_event = 0; // CUDA IPC: the copy stream waits for it
   };
   std::deque<waiting_send> waiting;
+  // Announcements of transfers posted on the channel, not sent yet: they
+  // leave as one announce_batch at the next flush (transfer_net.cpp,
+  // "Ordering"), before anything else this actor sends the peer's.
+  proto::announce_batch unannounced;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
   std::uint32_t next_comm = 0;
@@ -235,6 +239,8 @@ struct transfer_state {
   std::uint64_t progress_generation = 0;
   bool progress_delayed = false;
   unsigned idle_polls = 0;
+  // An announce_flush message is on its way (queue_announcement).
+  bool announce_flush_scheduled = false;
   // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
   // entry's generation), checked by one short periodic sweep (arm_deadline).
   struct deadline {
@@ -406,7 +412,15 @@ registration register_region(transfer_state& st, transport::channel& channel,
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents);
 
-void handle_announce(self_ptr self, proto::announcement& a);
+/// A batch of announcements from a sender: each handled in turn.
+void handle_announce_batch(self_ptr self, proto::announce_batch& b);
+
+/// Sends the announcements that piled up for `p` (peer_out::unannounced)
+/// to its transfer actor: call before anything else goes to that actor.
+void flush_announcements(self_ptr self, peer_out& p);
+
+/// The flush message (announce_flush_atom): every peer's pile goes.
+void on_announce_flush(self_ptr self);
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk);
