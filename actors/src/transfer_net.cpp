@@ -175,9 +175,11 @@ void flush_announcements(self_ptr self, peer_out& p) {
   if (batch.announcements.empty())
     return;
   ++self->state.stats.announce_batches;
+  const auto size = batch.announcements.size();
   self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
              proto::announce_atom::value, std::move(batch));
   batch = proto::announce_batch{};
+  batch.announcements.reserve(size); // one allocation for a batch as large
 }
 
 void on_announce_flush(self_ptr self) {
