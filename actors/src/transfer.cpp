@@ -186,7 +186,8 @@ void drop_peer_out(self_ptr self, const std::string& name,
   // Its transfers' announcements still go, ahead of `closed`, as they would
   // have unbatched: the receiver fails them with the reason (or, where it
   // dropped the channel first, as announced on a channel that is gone).
-  flush_announcements(self, i->second);
+  // Their sends, not posted yet, never will be.
+  send_announcements(self, i->second);
   tell_closed(self, i->second.ep.transfer, i->second.channel_id, err);
   // Copy kernels still running finish on their own; their mapping of the
   // peer's region stays open in the cache, so they never touch freed memory.

@@ -26,11 +26,13 @@
 // 16 one remote message announces many transfers instead of one each (a
 // remote message's system calls and wake-ups cost more CPU than a 64 KiB
 // transfer's bytes; issue #16). At depth 1 the flush is the next message.
-// The sends are posted at once, before their batch leaves: the plugin
-// matches by order, not by time. Anything else this actor sends the peer's
-// (`closed`) flushes first, so nothing overtakes an announcement or is
-// overtaken by one. Offered pulls skip the announcement on a channel of
-// their own (a pull lane, transfer_lane.cpp).
+// A transfer's sends are posted right after its batch left, as they were
+// right after its own announcement before batching: the announcement's
+// trip overlaps the posting (posted first, a burst's gathered write in
+// kvsock would delay the announcement). Anything else this actor sends the
+// peer's (`closed`) sends the pile first, so nothing overtakes an
+// announcement or is overtaken by one. Offered pulls skip the announcement
+// on a channel of their own (a pull lane, transfer_lane.cpp).
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a
@@ -116,13 +118,14 @@ proto::announcement& queue_announcement(self_ptr self, peer_out& p,
   return a;
 }
 
-// Announces, then posts. The announcement is queued first: should posting
-// fail (the channel is then dropped), the receiver still learns of the
-// transfer and fails it with the reason instead of waiting for its deadline.
+// Announces (at the next flush), then posts (right after the flush). From
+// here the transfer holds its place in the channel's order: `posted`, so
+// that its deadline drops the channel rather than this transfer alone.
 void start_send(self_ptr self, peer_out& p, std::uint64_t id,
                 std::vector<extent> chunks) {
-  const auto& a = queue_announcement(self, p, id, std::move(chunks));
-  post_sends(self, p, id, a.chunks);
+  queue_announcement(self, p, id, chunks);
+  p.transfers[id].posted = true;
+  p.unposted.push_back({id, std::move(chunks)});
 }
 
 void open_channel(self_ptr self, const std::string& name) {
@@ -170,7 +173,7 @@ void open_channel(self_ptr self, const std::string& name) {
 
 } // namespace
 
-void flush_announcements(self_ptr self, peer_out& p) {
+void send_announcements(self_ptr self, peer_out& p) {
   auto& batch = p.unannounced;
   if (batch.announcements.empty())
     return;
@@ -182,10 +185,37 @@ void flush_announcements(self_ptr self, peer_out& p) {
   batch.announcements.reserve(size); // one allocation for a batch as large
 }
 
+namespace {
+
+// The sends of the transfers whose batch just left, in announced order;
+// the progress loop (which may have stopped: nothing was posted) polls them.
+// Throws what the plugin throws.
+void post_announced(self_ptr self, peer_out& p) {
+  if (p.unposted.empty())
+    return;
+  for (const auto& w : p.unposted)
+    post_sends(self, p, w.id, w.chunks);
+  p.unposted.clear();
+  ensure_progress(self);
+}
+
+} // namespace
+
 void on_announce_flush(self_ptr self) {
   self->state.announce_flush_scheduled = false;
-  for (auto& [name, p] : self->state.out)
-    flush_announcements(self, p);
+  std::vector<std::pair<std::string, caf::error>> failed;
+  for (auto& [name, p] : self->state.out) {
+    try {
+      send_announcements(self, p);
+      post_announced(self, p);
+    } catch (const std::exception& e) {
+      failed.emplace_back(
+          name, make_error(ec::plugin_error,
+                           fmt::format("send to '{}': {}", name, e.what())));
+    }
+  }
+  for (auto& [name, err] : failed)
+    drop_peer_out(self, name, err);
 }
 
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
@@ -342,7 +372,7 @@ void tell_closed(self_ptr self, const caf::actor& other,
     return;
   for (auto& [name, p] : self->state.out) // none may overtake it
     if (p.ep.transfer == other)
-      flush_announcements(self, p);
+      send_announcements(self, p);
   self->send(caf::actor_cast<transfer_actor>(other), proto::closed_atom::value,
              self->state.cfg.name, channel_id, why);
 }

@@ -174,10 +174,12 @@ struct peer_out {
     std::uint64_t wait_event = 0; // CUDA IPC: the copy stream waits for it
   };
   std::deque<waiting_send> waiting;
-  // Announcements of transfers posted on the channel, not sent yet: they
+  // Announcements of transfers started on the channel, not sent yet: they
   // leave as one announce_batch at the next flush (transfer_net.cpp,
-  // "Ordering"), before anything else this actor sends the peer's.
+  // "Ordering"), before anything else this actor sends the peer's; their
+  // sends (`unposted`, in the same order) are posted right after.
   proto::announce_batch unannounced;
+  std::vector<waiting_send> unposted;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
   std::uint32_t next_comm = 0;
@@ -417,9 +419,11 @@ void handle_announce_batch(self_ptr self, proto::announce_batch& b);
 
 /// Sends the announcements that piled up for `p` (peer_out::unannounced)
 /// to its transfer actor: call before anything else goes to that actor.
-void flush_announcements(self_ptr self, peer_out& p);
+/// Their sends wait for the flush message (or go with the channel).
+void send_announcements(self_ptr self, peer_out& p);
 
-/// The flush message (announce_flush_atom): every peer's pile goes.
+/// The flush message (announce_flush_atom): every peer's pile goes, then
+/// its transfers' sends are posted.
 void on_announce_flush(self_ptr self);
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
