@@ -35,6 +35,14 @@ kvferry_add_test(NAME test_kv_stamp SOURCES unit/kv_stamp_test.cpp
 kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 add_dependencies(test_transfer_bounds nccl-net-kvsock)
+# Announcements batched per peer: many transfers in flight land in order, a
+# channel dropped with a batch pending fails its transfers at both ends. Two
+# real transfer actors in the deterministic scheduler over the fake plugin.
+kvferry_add_test(NAME test_transfer_announce SOURCES unit/transfer_announce_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)
+target_compile_definitions(test_transfer_announce PRIVATE
+  KVFERRY_FIXTURE_DIR="${PROJECT_BINARY_DIR}/tests/fixtures")
+add_dependencies(test_transfer_announce nccl-net-fake)
 # The routing policies the router and the simulator share (plain code).
 kvferry_add_test(NAME test_route_policy SOURCES unit/route_policy_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)

@@ -184,6 +184,11 @@ void drop_peer_out(self_ptr self, const std::string& name,
               "failed): {}",
               self->state.cfg.name, name, failed, render(err));
   self->state.metrics.peer(name).comms->set(0);
+  // Its transfers' announcements still go, ahead of `closed`, as they would
+  // have unbatched: the receiver fails them with the reason (or, where it
+  // dropped the channel first, as announced on a channel that is gone).
+  // Their sends, not posted yet, never will be.
+  send_announcements(self, i->second);
   tell_closed(self, i->second.ep.transfer, i->second.channel_id, err);
   // Copy kernels still running finish on their own; their mapping of the
   // peer's region stays open in the cache, so they never touch freed memory.
@@ -732,8 +737,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
                                         e.what()));
         }
       },
-      [self](proto::announce_atom, proto::announcement& a) {
-        handle_announce(self, a);
+      [self](proto::announce_atom, proto::announce_batch& b) {
+        handle_announce_batch(self, b);
       },
       [self](proto::closed_atom, const std::string& peer,
              std::uint64_t channel_id, const caf::error& why) {
@@ -779,6 +784,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         on_progress(self, generation);
       },
       [self](proto::sweep_atom) { on_sweep(self); },
+      [self](proto::announce_flush_atom) { on_announce_flush(self); },
       [self](proto::region_add_atom, std::uint64_t address, std::uint64_t bytes,
              std::int32_t gpu) {
         return handle_add_region(self, address, bytes, gpu);

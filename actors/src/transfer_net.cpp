@@ -17,11 +17,22 @@
 //
 // Ordering. The plugin matches the k-th send with the k-th receive of a comm
 // pair. The sender announces every transfer (its chunks, in posting order)
-// to the receiver *before* posting the sends, over the same CAF connection
-// that carries every other message between the two actors; CAF keeps
-// messages between two actors in order, so the receiver posts its receives
-// in exactly the order the sender posts its sends. Offered pulls skip the
-// announcement on a channel of their own (a pull lane, transfer_lane.cpp).
+// to the receiver over the same CAF connection that carries every other
+// message between the two actors; CAF keeps messages between two actors in
+// order, so the receiver posts its receives in exactly the order the sender
+// posts its sends. Announcements pile up per peer (peer_out::unannounced)
+// and leave as one announce_batch when the flush message this actor sends
+// itself comes up, i.e. after the orders already in its mailbox: at depth
+// 16 one remote message announces many transfers instead of one each (a
+// remote message's system calls and wake-ups cost more CPU than a 64 KiB
+// transfer's bytes; issue #16). At depth 1 the flush is the next message.
+// A transfer's sends are posted right after its batch left, as they were
+// right after its own announcement before batching: the announcement's
+// trip overlaps the posting (posted first, a burst's gathered write in
+// kvsock would delay the announcement). Anything else this actor sends the
+// peer's (`closed`) sends the pile first, so nothing overtakes an
+// announcement or is overtaken by one. Offered pulls skip the announcement
+// on a channel of their own (a pull lane, transfer_lane.cpp).
 //
 // Memory. One registration of each whole region of the table per channel,
 // made when the channel opens (extent offsets are virtual: plan.hpp); a
@@ -96,18 +107,32 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     finish(t, self->state, false, p.ep.name);
 }
 
-// Announces, then posts: the announcement must reach the receiver before it
-// could see any later transfer's announcement (CAF keeps order per pair).
+// The announcement joins the peer's pile (sent at the next flush); a flush
+// message goes to this actor's mailbox unless one is on its way.
+proto::announcement& queue_announcement(self_ptr self, peer_out& p,
+                                        std::uint64_t id,
+                                        std::vector<extent> chunks) {
+  auto& st = self->state;
+  if (!st.announce_flush_scheduled) {
+    st.announce_flush_scheduled = true;
+    self->send(self, proto::announce_flush_atom::value);
+  }
+  auto& a = p.unannounced.announcements.emplace_back();
+  a.transfer_id = id;
+  a.sender = st.cfg.name;
+  a.comms = st.cfg.comms_per_peer;
+  a.chunks = std::move(chunks);
+  return a;
+}
+
+// Announces (at the next flush), then posts (right after the flush). From
+// here the transfer holds its place in the channel's order: `posted`, so
+// that its deadline drops the channel rather than this transfer alone.
 void start_send(self_ptr self, peer_out& p, std::uint64_t id,
                 std::vector<extent> chunks) {
-  proto::announcement a;
-  a.transfer_id = id;
-  a.sender = self->state.cfg.name;
-  a.comms = self->state.cfg.comms_per_peer;
-  a.chunks = chunks;
-  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-             proto::announce_atom::value, std::move(a));
-  post_sends(self, p, id, chunks);
+  queue_announcement(self, p, id, chunks);
+  p.transfers[id].posted = true;
+  p.unposted.push_back({id, std::move(chunks)});
 }
 
 void open_channel(self_ptr self, const std::string& name) {
@@ -155,6 +180,51 @@ void open_channel(self_ptr self, const std::string& name) {
 
 } // namespace
 
+void send_announcements(self_ptr self, peer_out& p) {
+  auto& batch = p.unannounced;
+  if (batch.announcements.empty())
+    return;
+  ++self->state.stats.announce_batches;
+  const auto size = batch.announcements.size();
+  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
+             proto::announce_atom::value, std::move(batch));
+  batch = proto::announce_batch{};
+  batch.announcements.reserve(size); // one allocation for a batch as large
+}
+
+namespace {
+
+// The sends of the transfers whose batch just left, in announced order;
+// the progress loop (which may have stopped: nothing was posted) polls them.
+// Throws what the plugin throws.
+void post_announced(self_ptr self, peer_out& p) {
+  if (p.unposted.empty())
+    return;
+  for (const auto& w : p.unposted)
+    post_sends(self, p, w.id, w.chunks);
+  p.unposted.clear();
+  ensure_progress(self);
+}
+
+} // namespace
+
+void on_announce_flush(self_ptr self) {
+  self->state.announce_flush_scheduled = false;
+  std::vector<std::pair<std::string, caf::error>> failed;
+  for (auto& [name, p] : self->state.out) {
+    try {
+      send_announcements(self, p);
+      post_announced(self, p);
+    } catch (const std::exception& e) {
+      failed.emplace_back(
+          name, make_error(ec::plugin_error,
+                           fmt::format("send to '{}': {}", name, e.what())));
+    }
+  }
+  for (auto& [name, err] : failed)
+    drop_peer_out(self, name, err);
+}
+
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents) {
   auto chunks = coalesce(extents);
@@ -191,8 +261,6 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
   if (t.ops_left == 0)
     finish(t, st, true, a.sender);
 }
-
-} // namespace
 
 void handle_announce(self_ptr self, proto::announcement& a) {
   auto& st = self->state;
@@ -233,6 +301,13 @@ void handle_announce(self_ptr self, proto::announcement& a) {
                    fmt::format("receive from '{}': {}", a.sender, e.what())));
   }
   ensure_progress(self);
+}
+
+} // namespace
+
+void handle_announce_batch(self_ptr self, proto::announce_batch& b) {
+  for (auto& a : b.announcements)
+    handle_announce(self, a);
 }
 
 namespace {
@@ -300,10 +375,13 @@ void drop_previous_channel(self_ptr self, const std::string& sender,
 // (peers know each other by name).
 void tell_closed(self_ptr self, const caf::actor& other,
                  std::uint64_t channel_id, const caf::error& why) {
-  if (other && channel_id != 0)
-    self->send(caf::actor_cast<transfer_actor>(other),
-               proto::closed_atom::value, self->state.cfg.name, channel_id,
-               why);
+  if (!other || channel_id == 0)
+    return;
+  for (auto& [name, p] : self->state.out) // none may overtake it
+    if (p.ep.transfer == other)
+      send_announcements(self, p);
+  self->send(caf::actor_cast<transfer_actor>(other), proto::closed_atom::value,
+             self->state.cfg.name, channel_id, why);
 }
 
 void handle_closed(self_ptr self, const std::string& peer,

@@ -174,6 +174,12 @@ struct peer_out {
     std::uint64_t wait_event = 0; // CUDA IPC: the copy stream waits for it
   };
   std::deque<waiting_send> waiting;
+  // Announcements of transfers started on the channel, not sent yet: they
+  // leave as one announce_batch at the next flush (transfer_net.cpp,
+  // "Ordering"), before anything else this actor sends the peer's; their
+  // sends (`unposted`, in the same order) are posted right after.
+  proto::announce_batch unannounced;
+  std::vector<waiting_send> unposted;
   std::unordered_map<op_id, std::uint64_t> ops;
   std::unordered_map<std::uint64_t, transfer_entry> transfers;
   std::uint32_t next_comm = 0;
@@ -240,6 +246,8 @@ struct transfer_state {
   // or a completion; with pull lanes), and how many polls found nothing.
   steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
+  // An announce_flush message is on its way (queue_announcement).
+  bool announce_flush_scheduled = false;
   // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
   // entry's generation), checked by one short periodic sweep (arm_deadline).
   struct deadline {
@@ -411,7 +419,17 @@ registration register_region(transfer_state& st, transport::channel& channel,
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
                        std::uint64_t id, const std::vector<extent>& extents);
 
-void handle_announce(self_ptr self, proto::announcement& a);
+/// A batch of announcements from a sender: each handled in turn.
+void handle_announce_batch(self_ptr self, proto::announce_batch& b);
+
+/// Sends the announcements that piled up for `p` (peer_out::unannounced)
+/// to its transfer actor: call before anything else goes to that actor.
+/// Their sends wait for the flush message (or go with the channel).
+void send_announcements(self_ptr self, peer_out& p);
+
+/// The flush message (announce_flush_atom): every peer's pile goes, then
+/// its transfers' sends are posted.
+void on_announce_flush(self_ptr self);
 
 std::vector<char> handle_open(self_ptr self, const std::string& sender,
                               std::uint32_t comms, std::uint64_t chunk);

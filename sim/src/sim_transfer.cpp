@@ -156,7 +156,8 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](proto::open_atom, const std::string&, std::uint32_t, std::uint64_t) {
         return std::vector<char>(128, 0);
       },
-      [](proto::announce_atom, const proto::announcement&) {},
+      [](proto::announce_atom, const proto::announce_batch&) {},
+      [](proto::announce_flush_atom) {},
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
       [](proto::stats_atom) { return proto::transfer_stats{}; },

@@ -74,7 +74,8 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
          std::uint64_t) -> caf::result<std::vector<char>> {
         return make_error(ec::invalid_argument, "fake sender: no channels");
       },
-      [](proto::announce_atom, proto::announcement&) {},
+      [](proto::announce_atom, proto::announce_batch&) {},
+      [](proto::announce_flush_atom) {},
       [](proto::read_atom,
          proto::read_order&) -> caf::result<proto::recv_report> {
         return make_error(ec::invalid_argument, "fake sender: no reads");

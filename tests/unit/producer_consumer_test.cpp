@@ -110,7 +110,8 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         a.sender = self->state.worker;
         a.chunks = o.extents;
         self->send(caf::actor_cast<transfer_actor>(o.peer.transfer),
-                   proto::announce_atom::value, std::move(a));
+                   proto::announce_atom::value,
+                   proto::announce_batch{{std::move(a)}});
         if (net.hold_completions) {
           auto promise = self->make_response_promise<std::uint64_t>();
           net.held.emplace_back(promise, bytes);
@@ -118,16 +119,19 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
         }
         return bytes;
       },
-      [self](proto::announce_atom, proto::announcement& a) {
-        auto bytes = total_bytes(a.chunks);
-        auto w = self->state.waiting.find(a.transfer_id);
-        if (w != self->state.waiting.end()) {
-          w->second.landed(bytes);
-          self->state.waiting.erase(w);
-        } else {
-          self->state.arrived[a.transfer_id] = bytes;
+      [self](proto::announce_atom, proto::announce_batch& b) {
+        for (const auto& a : b.announcements) {
+          auto bytes = total_bytes(a.chunks);
+          auto w = self->state.waiting.find(a.transfer_id);
+          if (w != self->state.waiting.end()) {
+            w->second.landed(bytes);
+            self->state.waiting.erase(w);
+          } else {
+            self->state.arrived[a.transfer_id] = bytes;
+          }
         }
       },
+      [](proto::announce_flush_atom) {},
       // The fake has no channels to drop, and reads nothing.
       [](proto::closed_atom, const std::string&, std::uint64_t,
          const caf::error&) {},
@@ -1040,7 +1044,8 @@ void land(fixture& f, const transfer_actor& consumer_transfer, std::uint64_t id,
   for (auto id : g.block_offsets) // where layer 0 of each id lands
     a.chunks.push_back({0, id * f.geo.layers * f.geo.layer_block_bytes(),
                         f.geo.layer_block_bytes()});
-  caf::anon_send(consumer_transfer, proto::announce_atom::value, a);
+  caf::anon_send(consumer_transfer, proto::announce_atom::value,
+                 proto::announce_batch{{a}});
   f.run();
 }
 
@@ -1108,7 +1113,8 @@ TEST_CASE_FIXTURE(fixture, "a push request whose `arrived` never comes fails "
   for (auto id : g->block_offsets)
     a.chunks.push_back({0, id * geo.layers * geo.layer_block_bytes(),
                         geo.layer_block_bytes()});
-  caf::anon_send(c.transfer, proto::announce_atom::value, a);
+  caf::anon_send(c.transfer, proto::announce_atom::value,
+                 proto::announce_batch{{a}});
   run();
   advance_time(std::chrono::milliseconds(3900));
   CHECK(stats_of(*this).in_flight == 1); // within 3 x timeout_ms + 1 s

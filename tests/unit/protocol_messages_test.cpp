@@ -51,6 +51,16 @@ TEST_CASE("messages roundtrip through CAF's binary serializer") {
   CHECK(a2.sender == "prefill-0");
   CHECK(a2.chunks == a.chunks);
 
+  // A sender's batch keeps its announcements and their order.
+  announcement b = a;
+  b.transfer_id = 43;
+  b.chunks = {{8192, 0, 512}};
+  auto batch = roundtrip(sys, announce_batch{{a, b}});
+  REQUIRE(batch.announcements.size() == 2);
+  CHECK(batch.announcements[0].transfer_id == 42);
+  CHECK(batch.announcements[1].transfer_id == 43);
+  CHECK(batch.announcements[1].chunks == b.chunks);
+
   recv_order o;
   o.transfer_id = 9;
   o.peer_name = "prefill-1";

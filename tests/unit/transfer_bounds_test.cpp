@@ -291,7 +291,7 @@ TEST_CASE_FIXTURE(pair_fixture, "an announcement of the sender's previous "
   a.transfer_id = 5;
   a.sender = "prefill-0";
   a.chunks = {{0, 0, 1024}};
-  self->send(receiver, proto::announce_atom::value, a);
+  self->send(receiver, proto::announce_atom::value, proto::announce_batch{{a}});
   auto sent = send(order_to(ep, 6, {{0, 2048, 1024}}));
   REQUIRE_MESSAGE(sent, render(sent.error()));
   auto got = recv(6);

@@ -207,14 +207,24 @@ void require_valid_layout(const region_layout& t, bool placed) {
         "a size per region");
 }
 
-std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
-                                        extent_side side,
-                                        const region_layout& t) {
-  const bool source = side == extent_side::source;
-  const char* which = source ? "source" : "destination";
-  const std::uint64_t virt = source ? e.src_offset : e.dst_offset;
-  const std::uint64_t region = virt >> t.shift;
-  const std::uint64_t offset = virt & ((std::uint64_t{1} << t.shift) - 1);
+// Extent `index` on one side of table `t`: its region, and its offset there.
+struct table_place {
+  std::uint64_t virt, region, offset;
+};
+table_place place_in(const copy_extent& e, extent_side side,
+                     const region_layout& t) {
+  const std::uint64_t virt =
+      side == extent_side::source ? e.src_offset : e.dst_offset;
+  return {virt, virt >> t.shift, virt & ((std::uint64_t{1} << t.shift) - 1)};
+}
+
+// Why extent `index` does not fit `t`. Out of line and cold: a check that
+// passes builds no string (every send and announcement checks each extent).
+[[gnu::cold, gnu::noinline]] std::string
+describe_misfit(std::size_t index, const copy_extent& e, extent_side side,
+                const region_layout& t) {
+  const char* which = side == extent_side::source ? "source" : "destination";
+  const auto [virt, region, offset] = place_in(e, side, t);
   const std::string what =
       "extent #" + std::to_string(index) + " (" + which + " offset " +
       std::to_string(virt) + " = region " + std::to_string(region) + " + " +
@@ -222,10 +232,17 @@ std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
   if (region >= t.count)
     return what + " names region " + std::to_string(region) + ", but the " +
            which + " table has " + std::to_string(t.count) + " regions";
-  if (!fits(offset, e.length, t.sizes[region]))
-    return what + " leaves " + which + " region " + std::to_string(region) +
-           " of " + std::to_string(t.sizes[region]) + " bytes";
-  return std::nullopt;
+  return what + " leaves " + which + " region " + std::to_string(region) +
+         " of " + std::to_string(t.sizes[region]) + " bytes";
+}
+
+std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
+                                        extent_side side,
+                                        const region_layout& t) {
+  const auto at = place_in(e, side, t);
+  if (at.region < t.count && fits(at.offset, e.length, t.sizes[at.region]))
+    return std::nullopt;
+  return describe_misfit(index, e, side, t);
 }
 
 // Out of line and cold, as every refusal the packing loop can make: the

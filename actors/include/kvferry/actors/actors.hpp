@@ -142,8 +142,9 @@ using transfer_actor = caf::typed_actor<
     // (comms, chunk bytes); replies the listener's handles (128 B each).
     caf::replies_to<proto::open_atom, std::string, std::uint32_t,
                     std::uint64_t>::with<std::vector<char>>,
-    // Transfer actor to transfer actor: the chunks a sender is about to post.
-    caf::reacts_to<proto::announce_atom, proto::announcement>,
+    // Transfer actor to transfer actor: the chunks of the transfers a sender
+    // posted (or is about to post) since its last batch, in posting order.
+    caf::reacts_to<proto::announce_atom, proto::announce_batch>,
     // Transfer actor to transfer actor: I, `name`, dropped my end of the
     // channel `id` between us (a hash of its listen handles), because of
     // `why`; drop yours and fail what is in flight on it. A notice about a
@@ -181,9 +182,11 @@ using transfer_actor = caf::typed_actor<
     // fails everything waiting on it with ec::peer_down at once.
     caf::reacts_to<joined_atom, worker_info>,
     caf::reacts_to<left_atom, std::string, caf::error>,
-    // Internal: poll the plugin (the loop's generation); a deadline passed.
+    // Internal: poll the plugin (the loop's generation); a deadline passed;
+    // send the announcements that piled up per peer.
     caf::reacts_to<proto::progress_atom, std::uint64_t>,
     caf::reacts_to<proto::sweep_atom>,
+    caf::reacts_to<proto::announce_flush_atom>,
     // endpoint (engine/): from an actor of this process only (refused with
     // unauthorized otherwise). Appends [address, address + bytes) of CUDA
     // device `gpu` (-1: host memory) to the region table, registered with

@@ -206,6 +206,21 @@ typename Inspector::result_type inspect(Inspector& f, announcement& x) {
            x.sender, x.comms, x.first_comm, x.chunks);
 }
 
+/// Sender transfer actor -> receiver transfer actor: the announcements of the
+/// transfers the sender posted since its last batch, in posting order, in
+/// one message (the receiver handles them one by one). The sender sends a
+/// batch when a flush message it sent itself comes up, i.e. after the orders
+/// already in its mailbox: at depth 16 one remote message announces many
+/// transfers instead of one message each (issue #16).
+struct announce_batch {
+  std::vector<announcement> announcements;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, announce_batch& x) {
+  return f(caf::meta::type_name("kvferry::proto::announce_batch"),
+           x.announcements);
+}
+
 /// Router -> producer: prefill this prompt and ship its KV to `consumer`.
 struct prefill_request {
   std::uint64_t request_id = 0;
@@ -394,12 +409,16 @@ struct transfer_stats {
   // Receiving side: offered pulls whose receives went on a pull lane
   // (posted before their send order left, no announcement).
   std::uint64_t lane_pulls = 0;
+  // Sending side: announce_batch messages sent (each announces one or more
+  // transfers on the plugin path).
+  std::uint64_t announce_batches = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
-           x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls);
+           x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls,
+           x.announce_batches);
 }
 
 /// Counters of one consumer (for tests and operators): how its push

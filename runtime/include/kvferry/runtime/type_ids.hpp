@@ -177,6 +177,12 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_answered_atom, "kvnanswer")
 CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::pull_offer))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, node_attach_atom, "kvnattach")
 
+// Transfer actors (issue #16, session 18): a sender's announcements, batched
+// per peer (proto::announce_batch, with announce_atom), and the batch's flush.
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announce_batch))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, announce_flush_atom,
+             "kvannflush")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
