@@ -2,6 +2,14 @@
 // block of the call (a CTA per block, grid-strided), using the same formula
 // as fill_pattern in kv_pattern.cpp, so either side may be host or GPU
 // memory; sampled, one thread per stamp (kv_stamp.hpp).
+//
+// A call is the kernel between two events and one wait, nothing else on
+// the stream: the kernel reads the block offsets from pinned host memory
+// mapped into the GPU's address space (no upload before it), and a check's
+// last CTA writes the verdict there and resets the device's counters for
+// the next call (no reset before it, no download after it). Each copy on
+// the stream cost the caller an API call and the stream a DMA's latency,
+// on the critical path of every request of the demo.
 #include <cstring>
 #include <limits>
 #include <string>
@@ -103,12 +111,33 @@ __device__ std::uint64_t pattern_words(std::uint8_t* p, std::uint64_t x,
   return words * 8;
 }
 
+// A check's end, in each CTA: the last CTA to finish hands the lowest
+// mismatching index to the host (`verdict`, mapped pinned memory, read
+// once the stream is done) and leaves `first_bad` at `none` and
+// `ctas_done` at 0 for the next call on this stream.
+__device__ void publish_check(unsigned long long* first_bad,
+                              unsigned* ctas_done,
+                              unsigned long long* verdict) {
+  __syncthreads(); // every thread of this CTA has lowered first_bad
+  if (threadIdx.x != 0)
+    return;
+  __threadfence(); // this CTA's atomicMin before its count
+  if (atomicAdd(ctas_done, 1u) != gridDim.x - 1)
+    return;
+  __threadfence(); // every CTA's count, hence its atomicMin, before the read
+  *verdict = atomicExch(first_bad, static_cast<unsigned long long>(none));
+  atomicExch(ctas_done, 0u);
+  __threadfence_system();
+}
+
 template<bool Check>
 __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
                                std::uint64_t count, std::uint64_t block_bytes,
                                std::uint64_t seed, std::uint64_t request,
                                std::uint32_t first_layer, std::uint32_t bpl,
-                               unsigned long long* first_bad) {
+                               unsigned long long* first_bad,
+                               unsigned* ctas_done,
+                               unsigned long long* verdict) {
   const std::uint64_t words = block_bytes / 8;
   for (std::uint64_t i = blockIdx.x; i < count; i += gridDim.x) {
     const auto layer = first_layer + static_cast<std::uint32_t>(i / bpl);
@@ -134,6 +163,8 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
     if (bad)
       atomicMin(first_bad, static_cast<unsigned long long>(i));
   }
+  if constexpr (Check)
+    publish_check(first_bad, ctas_done, verdict);
 }
 
 // Sampled (kv_stamp.hpp): one thread per stamp, over every page of every
@@ -142,7 +173,8 @@ __global__ void pattern_kernel(std::uint8_t* base, const std::uint64_t* offsets,
 template<bool Check>
 __global__ void stamp_kernel(std::uint8_t* base, const std::uint64_t* offsets,
                              std::uint64_t count, pattern_blocks b,
-                             unsigned long long* first_bad) {
+                             unsigned long long* first_bad, unsigned* ctas_done,
+                             unsigned long long* verdict) {
   const std::uint64_t pages = stamp::pages(b.block_bytes);
   const std::uint64_t total = count * pages;
   for (std::uint64_t t = blockIdx.x * std::uint64_t{blockDim.x} + threadIdx.x;
@@ -188,11 +220,21 @@ __global__ void stamp_kernel(std::uint8_t* base, const std::uint64_t* offsets,
     if (bad)
       atomicMin(first_bad, static_cast<unsigned long long>(i));
   }
+  if constexpr (Check)
+    publish_check(first_bad, ctas_done, verdict);
 }
 
-// Launches the kernel of `l` (full pattern or stamps) on `stream`.
-void launch(const pattern_launch& l, const std::uint64_t* offsets_device,
-            unsigned long long* result_device, bool check, std::size_t cap,
+// Where a check's kernel keeps and leaves its result (publish_check).
+struct check_slots {
+  unsigned long long* first_bad = nullptr; // device: `none` between calls
+  unsigned* ctas_done = nullptr;           // device: 0 between calls
+  unsigned long long* verdict = nullptr;   // mapped pinned host memory
+};
+
+// Launches the kernel of `l` (full pattern or stamps) on `stream`, reading
+// the block offsets at `offsets` (a device address).
+void launch(const pattern_launch& l, const std::uint64_t* offsets,
+            const check_slots& slots, bool check, std::size_t cap,
             cudaStream_t stream) {
   if (l.blocks.sampled) {
     const std::uint64_t stamps = l.count * stamp::pages(l.blocks.block_bytes);
@@ -201,15 +243,33 @@ void launch(const pattern_launch& l, const std::uint64_t* offsets_device,
     const unsigned at_least_one = grid == 0 ? 1 : grid;
     auto* kernel = check ? stamp_kernel<true> : stamp_kernel<false>;
     kernel<<<at_least_one, threads, 0, stream>>>(
-        l.base, offsets_device, l.count, l.blocks, result_device);
+        l.base, offsets, l.count, l.blocks, slots.first_bad, slots.ctas_done,
+        slots.verdict);
     return;
   }
   const auto grid = static_cast<unsigned>(l.count < cap ? l.count : cap);
   auto* kernel = check ? pattern_kernel<true> : pattern_kernel<false>;
   kernel<<<grid, threads, 0, stream>>>(
-      l.base, offsets_device, l.count, l.blocks.block_bytes, l.blocks.seed,
+      l.base, offsets, l.count, l.blocks.block_bytes, l.blocks.seed,
       l.blocks.request_id, l.blocks.first_layer, l.blocks.blocks_per_layer,
-      result_device);
+      slots.first_bad, slots.ctas_done, slots.verdict);
+}
+
+// Pinned host memory that the GPU reads and writes in place (mapped into
+// its address space); `device` is the kernel's address of it.
+template<class T>
+T* alloc_mapped(std::size_t count, T*& device, const char* what, int gpu) {
+  void* host = nullptr;
+  check_cuda(cudaHostAlloc(&host, count * sizeof(T), cudaHostAllocMapped), what,
+             gpu);
+  void* on_gpu = nullptr;
+  if (auto err = cudaHostGetDevicePointer(&on_gpu, host, 0);
+      err != cudaSuccess) {
+    cudaFreeHost(host);
+    check_cuda(err, "cudaHostGetDevicePointer", gpu);
+  }
+  device = static_cast<T*>(on_gpu);
+  return static_cast<T*>(host);
 }
 
 } // namespace
@@ -218,32 +278,26 @@ struct pattern_device {
   int gpu = 0;
   cudaStream_t stream = nullptr;
   unsigned fill_grid = max_grid; // KVFERRY_FILL_GRID
-  std::uint64_t* offsets_device = nullptr;
-  std::uint64_t* offsets_pinned = nullptr;
-  std::size_t capacity = 0; // offsets both buffers hold
-  unsigned long long* result_device = nullptr;
-  unsigned long long* result_pinned = nullptr;
+  // The block offsets of a call, read by its kernel in place.
+  std::uint64_t* offsets_host = nullptr;
+  std::uint64_t* offsets_mapped = nullptr; // the kernel's address of them
+  std::size_t capacity = 0;                // offsets they hold
+  check_slots slots;
+  unsigned long long* verdict_host = nullptr; // slots.verdict, for the host
   // Around each kernel: its GPU time, for the demo's breakdown.
   cudaEvent_t started = nullptr, ended = nullptr;
 
-  // Grows the offset buffers to the largest call seen, then reuses them
-  // (created at their largest size, see pattern_device_create, a run never
-  // grows them: cudaFree would wait for the whole device).
+  // Grows the offset buffer to the largest call seen, then reuses it
+  // (created at its largest size, see pattern_device_create, a run never
+  // grows it: cudaFreeHost would wait for the whole device).
   void reserve(std::size_t count) {
     if (count <= capacity)
       return;
-    cudaFree(offsets_device);
-    cudaFreeHost(offsets_pinned);
-    offsets_device = nullptr;
-    offsets_pinned = nullptr;
+    cudaFreeHost(offsets_host);
+    offsets_host = nullptr;
     capacity = 0;
-    check_cuda(cudaMalloc(reinterpret_cast<void**>(&offsets_device),
-                          count * sizeof(std::uint64_t)),
-               "cudaMalloc (block offsets)", gpu);
-    check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&offsets_pinned),
-                             count * sizeof(std::uint64_t),
-                             cudaHostAllocDefault),
-               "cudaHostAlloc (block offsets)", gpu);
+    offsets_host = alloc_mapped(count, offsets_mapped,
+                                "cudaHostAlloc (block offsets)", gpu);
     capacity = count;
   }
 };
@@ -262,12 +316,23 @@ pattern_device* pattern_device_create(int gpu, std::size_t max_blocks) {
     check_cuda(
         cudaStreamCreateWithPriority(&d->stream, cudaStreamNonBlocking, lowest),
         "cudaStreamCreateWithPriority", gpu);
-    check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->result_device),
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->slots.first_bad),
                           sizeof(unsigned long long)),
                "cudaMalloc (mismatch index)", gpu);
-    check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&d->result_pinned),
-                             sizeof(unsigned long long), cudaHostAllocDefault),
-               "cudaHostAlloc (mismatch index)", gpu);
+    check_cuda(cudaMalloc(reinterpret_cast<void**>(&d->slots.ctas_done),
+                          sizeof(unsigned)),
+               "cudaMalloc (CTA count)", gpu);
+    // Their states between calls (publish_check keeps them so): all bits
+    // set is `none`.
+    // (On the call's stream: its kernels come after.)
+    check_cuda(cudaMemsetAsync(d->slots.first_bad, 0xff,
+                               sizeof(unsigned long long), d->stream),
+               "cudaMemsetAsync (mismatch index)", gpu);
+    check_cuda(
+        cudaMemsetAsync(d->slots.ctas_done, 0, sizeof(unsigned), d->stream),
+        "cudaMemsetAsync (CTA count)", gpu);
+    d->verdict_host = alloc_mapped(1, d->slots.verdict,
+                                   "cudaHostAlloc (mismatch index)", gpu);
     check_cuda(cudaEventCreate(&d->started), "cudaEventCreate", gpu);
     check_cuda(cudaEventCreate(&d->ended), "cudaEventCreate", gpu);
     d->reserve(max_blocks);
@@ -286,10 +351,10 @@ void pattern_device_destroy(pattern_device* d) noexcept {
     cudaStreamSynchronize(d->stream);
     cudaStreamDestroy(d->stream);
   }
-  cudaFree(d->offsets_device);
-  cudaFreeHost(d->offsets_pinned);
-  cudaFree(d->result_device);
-  cudaFreeHost(d->result_pinned);
+  cudaFreeHost(d->offsets_host);
+  cudaFree(d->slots.first_bad);
+  cudaFree(d->slots.ctas_done);
+  cudaFreeHost(d->verdict_host);
   if (d->started != nullptr)
     cudaEventDestroy(d->started);
   if (d->ended != nullptr)
@@ -303,36 +368,24 @@ pattern_outcome pattern_device_run(pattern_device& d, const pattern_launch& l,
     return {none, 0};
   check_cuda(cudaSetDevice(d.gpu), "cudaSetDevice", d.gpu);
   d.reserve(l.count);
-  std::memcpy(d.offsets_pinned, l.offsets, l.count * sizeof(std::uint64_t));
-  check_cuda(cudaMemcpyAsync(d.offsets_device, d.offsets_pinned,
-                             l.count * sizeof(std::uint64_t),
-                             cudaMemcpyHostToDevice, d.stream),
-             "cudaMemcpyAsync (block offsets)", d.gpu);
-  *d.result_pinned = none;
-  check_cuda(cudaMemcpyAsync(d.result_device, d.result_pinned,
-                             sizeof(unsigned long long), cudaMemcpyHostToDevice,
-                             d.stream),
-             "cudaMemcpyAsync (mismatch index)", d.gpu);
+  // The previous call's kernel has ended (waited for below): the buffer is
+  // free to overwrite.
+  std::memcpy(d.offsets_host, l.offsets, l.count * sizeof(std::uint64_t));
   // A check stays at the full grid: it runs in the consumer's process, so a
   // copy from the producer's process waits for it to end (time slices) and
   // a smaller grid would only make it end later.
   const std::size_t cap = check ? max_grid : d.fill_grid;
   check_cuda(cudaEventRecord(d.started, d.stream), "cudaEventRecord", d.gpu);
-  launch(l, d.offsets_device, d.result_device, check, cap, d.stream);
+  launch(l, d.offsets_mapped, d.slots, check, cap, d.stream);
   check_cuda(cudaGetLastError(),
              check ? "check kernel launch" : "fill kernel launch", d.gpu);
   check_cuda(cudaEventRecord(d.ended, d.stream), "cudaEventRecord", d.gpu);
-  if (check)
-    check_cuda(cudaMemcpyAsync(d.result_pinned, d.result_device,
-                               sizeof(unsigned long long),
-                               cudaMemcpyDeviceToHost, d.stream),
-               "cudaMemcpyAsync (mismatch index)", d.gpu);
   check_cuda(cudaStreamSynchronize(d.stream),
              check ? "pattern check kernel" : "pattern fill kernel", d.gpu);
   float ms = 0;
   check_cuda(cudaEventElapsedTime(&ms, d.started, d.ended),
              "cudaEventElapsedTime", d.gpu);
-  return {check ? *d.result_pinned : none,
+  return {check ? *d.verdict_host : none,
           static_cast<std::int64_t>(static_cast<double>(ms) * 1e6)};
 }
 

@@ -12,8 +12,9 @@ namespace kvferry::detail {
 
 struct pattern_device;
 
-/// A stream, a mismatch counter and buffers for `max_blocks` block offsets
-/// (larger calls grow them) on `gpu`. Throws transport::gpu_error.
+/// A stream, a check's counters and a pinned buffer, mapped for the GPU,
+/// for `max_blocks` block offsets (larger calls grow it) on `gpu`. Throws
+/// transport::gpu_error.
 pattern_device* pattern_device_create(int gpu, std::size_t max_blocks);
 void pattern_device_destroy(pattern_device* device) noexcept;
 
@@ -32,7 +33,8 @@ struct pattern_outcome {
 };
 
 /// One kernel over all blocks (fill: writes the pattern; check: compares),
-/// then waits for it. Throws transport::gpu_error.
+/// then waits for it: no copy before or after it (kv_pattern.cu says how).
+/// Not thread-safe: one caller per device. Throws transport::gpu_error.
 pattern_outcome pattern_device_run(pattern_device& device,
                                    const pattern_launch& launch, bool check);
 

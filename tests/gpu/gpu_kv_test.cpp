@@ -136,10 +136,10 @@ TEST_CASE("GPU kv pattern check finds one corrupted byte") {
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
 }
 
-// A check leaves nothing behind for the next one: a clean check after a
-// failed one passes, and a later failure reports its own first block,
-// higher or lower, whatever the grid of the call before (a pattern worker
-// runs every request's checks on one kv_pattern).
+// A check leaves nothing behind for the next one: its last CTA resets the
+// mismatch index and the CTA count on the device (kv_pattern.cu), so a clean
+// check after a failed one passes, and a later failure reports its own
+// first block, higher or lower, whatever the grid of the call before.
 TEST_CASE("GPU kv checks in a row each report their own first mismatch") {
   constexpr std::uint64_t block = 65536;
   auto region = memory_region::allocate_cuda(0, 64 * block, "kv");
