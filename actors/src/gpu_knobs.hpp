@@ -6,8 +6,9 @@
 
 #include <cstddef>
 #include <cstdlib>
-#include <stdexcept>
 #include <string>
+
+#include "kvferry/transport/env_count.hpp"
 
 namespace kvferry::detail {
 
@@ -31,39 +32,21 @@ inline bool ipc_spin_while_copying() {
   return text == nullptr || std::string{text} != "0";
 }
 
-/// A count read from environment variable `name`: unset or empty gives
-/// `fallback`; anything but a whole number in [1, max] throws
-/// std::invalid_argument naming the variable and what it expects (`what`,
-/// e.g. "thread blocks"). One rule for every count knob below.
-inline unsigned long env_count(const char* name, unsigned long fallback,
-                               unsigned long max, const char* what) {
-  const char* text = std::getenv(name);
-  if (text == nullptr || *text == '\0')
-    return fallback;
-  char* end = nullptr;
-  const unsigned long value = std::strtoul(text, &end, 10);
-  if (*end != '\0' || value == 0 || value > max)
-    throw std::invalid_argument(std::string{name} + "=" + text +
-                                ": expected a number of " + what + ", 1 to " +
-                                std::to_string(max));
-  return value;
-}
-
 /// KVFERRY_FILL_GRID=N caps the pattern fill kernel at N thread blocks (one
 /// block writes one KV block at a time), leaving SMs and memory bandwidth to
 /// a copy running at the same time; unset or empty: `fallback`, also the
 /// largest value allowed.
 inline unsigned pattern_fill_grid(unsigned fallback) {
-  return static_cast<unsigned>(
-      env_count("KVFERRY_FILL_GRID", fallback, fallback, "thread blocks"));
+  return static_cast<unsigned>(transport::env_count(
+      "KVFERRY_FILL_GRID", fallback, fallback, "thread blocks"));
 }
 
 /// KVFERRY_PATTERN_WORKERS=N (1..16) sets how many pattern workers (fill
 /// and check, each with its own stream) an app actor over GPU memory has;
 /// unset or empty: `fallback`.
 inline unsigned pattern_workers_on_gpu(unsigned fallback) {
-  return static_cast<unsigned>(
-      env_count("KVFERRY_PATTERN_WORKERS", fallback, 16, "pattern workers"));
+  return static_cast<unsigned>(transport::env_count(
+      "KVFERRY_PATTERN_WORKERS", fallback, 16, "pattern workers"));
 }
 
 } // namespace kvferry::detail

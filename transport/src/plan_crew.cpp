@@ -1,9 +1,7 @@
 // plan_crew (plan_crew.hpp).
 #include "kvferry/transport/plan_crew.hpp"
 
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
+#include "kvferry/transport/env_count.hpp"
 
 namespace kvferry::transport {
 
@@ -23,15 +21,7 @@ bool spin_until(Done&& done, std::chrono::microseconds limit) {
 
 std::size_t plan_threads(unsigned cores) {
   const unsigned quarter = cores / 4 < 1 ? 1 : cores / 4 > 4 ? 4 : cores / 4;
-  const char* text = std::getenv("KVFERRY_PLAN_THREADS");
-  if (text == nullptr || *text == '\0')
-    return quarter;
-  char* end = nullptr;
-  const unsigned long value = std::strtoul(text, &end, 10);
-  if (*end != '\0' || value == 0 || value > 64)
-    throw std::invalid_argument(std::string{"KVFERRY_PLAN_THREADS="} + text +
-                                ": expected a number of threads, 1 to 64");
-  return value;
+  return env_count("KVFERRY_PLAN_THREADS", quarter, 64, "threads");
 }
 
 plan_crew::plan_crew(std::size_t helpers) : helpers_(helpers) {
