@@ -30,6 +30,7 @@
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/transport/plugin.hpp"
+#include "transfer_pair_config.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -93,15 +94,10 @@ struct announce_fixture : test::actor_fixture {
   static transfer_config config(std::string name,
                                 std::shared_ptr<transport::plugin> net,
                                 std::shared_ptr<memory_region> region) {
-    transfer_config tc;
-    tc.name = std::move(name);
-    tc.net = std::move(net);
-    tc.region = std::move(region);
-    tc.comms_per_peer = 1;
-    tc.chunk_bytes = 64 << 10;
-    tc.open_timeout_ms = 5000;
+    auto tc = kvferry::test::pair_transfer_config(
+        std::move(name), std::move(net), std::move(region));
     tc.detached = false; // in the test's scheduler
-    return tc;           // no host_id: never CUDA IPC
+    return tc;
   }
 
   // Send and recv orders, sent when the test next runs the scheduler; the

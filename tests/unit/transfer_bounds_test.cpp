@@ -26,6 +26,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/plugin.hpp"
+#include "transfer_pair_config.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -81,14 +82,8 @@ struct pair_fixture {
   static transfer_config config(std::string name,
                                 std::shared_ptr<transport::plugin> net,
                                 std::shared_ptr<memory_region> region) {
-    transfer_config tc;
-    tc.name = std::move(name);
-    tc.net = std::move(net);
-    tc.region = std::move(region);
-    tc.comms_per_peer = 1;
-    tc.chunk_bytes = 64 << 10;
-    tc.open_timeout_ms = 5000;
-    return tc; // no host_id: never CUDA IPC
+    return kvferry::test::pair_transfer_config(std::move(name), std::move(net),
+                                               std::move(region));
   }
 
   proto::endpoint receiver_endpoint() {
