@@ -33,11 +33,7 @@ child start_router(const deployment& d, const std::string& requests) {
 // a fault lands mid-stream (a fixed sleep could fire during start-up on a
 // loaded or sanitized run).
 void wait_for_progress(child& router) {
-  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
-  auto by = steady_clock::now() + seconds(30);
-  while (!std::regex_search(router.text, some_done) && steady_clock::now() < by)
-    router.read_until("\x01never", milliseconds(200));
-  REQUIRE(std::regex_search(router.text, some_done));
+  REQUIRE(router.read_until_progress(seconds(30)));
   REQUIRE(router.wait_exit(milliseconds(1)) == -1); // still running
 }
 

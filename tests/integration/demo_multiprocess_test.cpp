@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <signal.h>
 #include <string>
 
@@ -86,12 +85,8 @@ TEST_CASE("demo: a prefill worker killed mid-run fails the requests, naming "
                              "--inflight", "4", "--max-tokens", "512",
                              "--timeout-ms", "30000"},
                             kvferry::test::kvferry_binary());
-  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
-  auto by = steady_clock::now() + seconds(60);
-  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
-    demo.read_until("\x01never", milliseconds(200));
   INFO(demo.text);
-  REQUIRE(std::regex_search(demo.text, some_done));
+  REQUIRE(demo.read_until_progress(seconds(60)));
   auto prefill = child_with(demo.pid, "demo-prefill-0");
   REQUIRE(prefill > 0);
   REQUIRE(kill(prefill, SIGKILL) == 0);
@@ -283,12 +278,8 @@ TEST_CASE("demo --mps on: a stop signal stops the demo under the daemon, "
   kvferry::test::child demo({"demo", "--mps", "on", "--gpu", "none",
                              "--requests", "100000", "--max-tokens", "256"},
                             kvferry::test::kvferry_binary());
-  const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
-  auto by = steady_clock::now() + seconds(60);
-  while (!std::regex_search(demo.text, some_done) && steady_clock::now() < by)
-    demo.read_until("\x01never", milliseconds(200));
   INFO(demo.text);
-  REQUIRE(std::regex_search(demo.text, some_done));
+  REQUIRE(demo.read_until_progress(seconds(60)));
   auto under_daemon = child_with(demo.pid, "--requests");
   REQUIRE(under_daemon > 0);
   REQUIRE(kill(demo.pid, SIGINT) == 0);

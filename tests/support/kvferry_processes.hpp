@@ -7,6 +7,7 @@
 #include <chrono>
 #include <fcntl.h>
 #include <poll.h>
+#include <regex>
 #include <signal.h>
 #include <string>
 #include <sys/prctl.h>
@@ -86,6 +87,17 @@ struct child {
       text.append(buf, static_cast<size_t>(n));
     }
     return true;
+  }
+  // Reads until a demo's progress line reports finished requests, or
+  // `timeout`; whether it did. A fault injected after it lands mid-stream,
+  // where a fixed sleep could fire during start-up on a loaded or sanitized
+  // run.
+  bool read_until_progress(milliseconds timeout) {
+    static const std::regex some_done{R"(\n  [1-9][0-9]*/[0-9]+ requests)"};
+    auto by = steady_clock::now() + timeout;
+    while (!std::regex_search(text, some_done) && steady_clock::now() < by)
+      read_until("\x01never", milliseconds(200));
+    return std::regex_search(text, some_done);
   }
   // The first line of the output that holds `needle`, once it has arrived;
   // "" if it did not within `timeout`.
