@@ -51,8 +51,8 @@ struct options {
   std::string depths = "1,16";
   std::string ops = "write,read,send";
   std::string plugin;
-  std::size_t threads = 0;        // endpoint_options::threads (0: one per core)
-  std::string python = "python3"; // empty: no Python column
+  std::size_t threads = endpoint_options{}.threads; // 0: one per core
+  std::string python = "python3";                   // empty: no Python column
   std::string python_sizes = "256,4K";
   bool net = true;
   int rounds = 1; // of (endpoint rows, bench net, Python), alternated
@@ -873,7 +873,8 @@ void add_bench_endpoint(CLI::App& bench, int& exit_code) {
                   "kvsock)");
   cmd->add_option("--threads", o->threads,
                   "scheduler threads of each endpoint's actor system (0: one "
-                  "per core)");
+                  "per core)")
+      ->capture_default_str();
   cmd->add_option("--python", o->python,
                   "Python interpreter for the Python column ('' : none)")
       ->capture_default_str();

@@ -34,18 +34,30 @@ using namespace engine_detail;
 
 namespace {
 
-// The endpoint's actor system: its scheduler threads run the control
-// actor (the transfer actor has a thread of its own).
+// The endpoint's actor system: its scheduler threads run the control actor
+// and the transfer actor (not detached: transfer_config::detached). Every
+// transfer hands orders and replies between the two, and CAF's sharing
+// scheduler wakes a sleeping worker for each message to an idle actor: with
+// one thread (endpoint_options::threads) nobody sleeps (issue #16,
+// docs/engine-api.md).
 runtime::runtime_options runtime_of(const endpoint_options& options) {
   runtime::runtime_options ro;
   ro.threads = options.threads;
   return ro;
 }
 
+// Messages an actor handles before its thread turns to the next ready
+// actor (CAF's default: no limit). The transfer actor's progress loop polls
+// by sending itself messages: unbounded, it would hold a one-thread system
+// from the control actor's orders while bytes flow.
+constexpr std::size_t max_throughput = 32;
+
 } // namespace
 
 struct endpoint::impl {
-  explicit impl(const endpoint_options& o) : options(o), cfg(runtime_of(o)) {}
+  explicit impl(const endpoint_options& o) : options(o), cfg(runtime_of(o)) {
+    cfg.set("scheduler.max-throughput", max_throughput);
+  }
 
   endpoint_options options;
   runtime::system_config cfg;

@@ -167,8 +167,10 @@ struct endpoint_options {
   /// The certificate presented (tls_dir/NAME.crt, .key); empty: `name`.
   std::string tls_name;
   /// Scheduler threads of the endpoint's actor system (they run its control
-  /// actor; the transfer actor has a thread of its own); 0: one per core.
-  std::size_t threads = 0;
+  /// actor and its transfer actor); 0: one per core. One is the fastest:
+  /// the two actors hand each transfer to each other, and with more threads
+  /// each hand-off wakes a sleeping one (docs/engine-api.md).
+  std::size_t threads = 1;
 };
 
 class endpoint {

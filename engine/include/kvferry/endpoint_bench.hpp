@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "kvferry/endpoint.hpp"
 #include "kvferry/runtime/status.hpp"
 
 namespace kvferry {
@@ -19,7 +20,8 @@ struct endpoint_bench_options {
   std::uint64_t bytes_per_point = 512 << 20; // ops = this / size ...
   std::uint64_t min_ops = 4, max_ops = 2000; // ... within these
   std::string plugin;                        // empty: kvsock
-  std::size_t threads = 0; // endpoint_options::threads of both endpoints
+  // endpoint_options::threads of both endpoints (by default the endpoint's)
+  std::size_t threads = endpoint_options{}.threads;
 };
 
 struct endpoint_bench_row {
