@@ -185,6 +185,10 @@ json method_result(double seconds, std::uint64_t bytes, double ceiling_s,
 struct kernel_variant {
   const char* kind;
   copy_tuning tuning;
+  /// The plan packed in virtual offsets and translated by the kernel
+  /// (prepare_virtual), as an endpoint caller's pass would pack it (issue
+  /// #16): what the translation costs the kernel.
+  bool virtual_offsets = false;
 };
 
 // The warp kernel (claim_items) whatever the plan's extents: the default
@@ -270,6 +274,7 @@ std::vector<kernel_variant> sweep_variants() {
   return {
       {"default", copy_tuning{}},
       {"claim-items (warp kernel)", warp_kernel()},
+      {"claim-items, virtual offsets (kernel translates)", warp_kernel(), true},
       {"block-per-item", block_kernel()},
       {"block-per-item", block_kernel(16384, 512)},
       {"block-per-item", block_kernel(16384, 256)},
@@ -301,13 +306,32 @@ std::vector<kernel_variant> sweep_variants() {
       {"cta-per-item", cta(16384, 4, 256)}};
 }
 
+// `extents` packed in virtual offsets over one region per side (at the
+// launch bases) and prepared for the kernel to translate.
+copy_plan_id prepare_in_virtual_offsets(gpu_copy_engine& engine,
+                                        const std::vector<copy_extent>& extents,
+                                        std::uint64_t src_bytes,
+                                        std::uint64_t dst_bytes) {
+  const std::uint64_t origin = 0;
+  const region_layout src{&origin, &src_bytes, 1, 40},
+      dst{&origin, &dst_bytes, 1, 40};
+  std::vector<std::uint64_t> packed((packed_plan_bytes(extents.size()) + 7) /
+                                    8);
+  const auto size = pack_virtual_plan(extents, engine.tuning().item_bytes, src,
+                                      dst, packed.data());
+  return engine.prepare_virtual(packed.data(), size, src, dst);
+}
+
 // One kernel variant on `extents`, timed and verified: a row of the sweep.
 json time_kernel_variant(child_context& ctx, const kernel_variant& variant,
                          const std::vector<copy_extent>& extents,
                          std::uint64_t bytes, double ceiling_s) {
   gpu_copy_engine engine{ctx.gpu, variant.tuning};
   auto* s = static_cast<cudaStream_t>(engine.native_stream());
-  const auto id = engine.prepare(extents, ctx.src.bytes, ctx.dst.size());
+  const auto id = variant.virtual_offsets
+                      ? prepare_in_virtual_offsets(
+                            engine, extents, ctx.src.bytes, ctx.dst.size())
+                      : engine.prepare(extents, ctx.src.bytes, ctx.dst.size());
   ctx.poison();
   const double sec = time_on_stream(s, 2, ctx.repeats, 1.0, [&] {
     engine.launch(id, ctx.src.base, ctx.dst.data());

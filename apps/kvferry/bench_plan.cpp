@@ -33,6 +33,10 @@
 //   - the transfer actor's send handler: before, check_table_extents over
 //     both tables and a byte total, then the pack in parts; now the pack in
 //     parts alone (it checks both tables and counts the bytes).
+//   - the caller's pass that packs the plan itself (pack_one_sided, session
+//     19): the pairs checked and packed in virtual offsets in one pass, on
+//     this thread and in parts; the transfer actor would then only check
+//     the named regions and upload (the kernel translating, issue #16 (b)).
 // A single process with warm caches: in the endpoint the list is written on
 // the caller's core and read on the transfer actor's, so these are floors.
 // Then KV planning (issue #15's budget: at most 1 us of host time per block):
@@ -238,6 +242,22 @@ void measure_vector_call(const bench_plan_options& opt,
   const double caller_read_parts =
       median_seconds(opt.repeats, [&] { caller_now(&crew); });
   call.write = true;
+  // The caller's pass that packs the plan too (pack_one_sided): one pass
+  // over the pairs in all, after which the transfer actor would only check
+  // the named regions' sizes and upload (issue #16, design (b)).
+  std::vector<packed_part> caller_packs(crew.size());
+  one_sided_pack packed_by_caller;
+  auto caller_packs_now = [&](plan_crew* on) {
+    if (auto bad = pack_one_sided(call, local, remote, opt.item_bytes,
+                                  staging.data(), packed_by_caller, on,
+                                  parts.data(), caller_packs.data());
+        !bad.ok())
+      throw std::logic_error("bench plan: " + bad.reason());
+  };
+  const double caller_packs_one =
+      median_seconds(opt.repeats, [&] { caller_packs_now(nullptr); });
+  const double caller_packs_parts =
+      median_seconds(opt.repeats, [&] { caller_packs_now(&crew); });
 
   std::vector<copy_extent> virt(plan.size());
   one_sided_plan out;
@@ -272,7 +292,9 @@ void measure_vector_call(const bench_plan_options& opt,
   packed_plan_size packed;
   const double transfer_now =
       median_seconds(opt.repeats, [&] { packed = pack(); });
-  if (packed.copied != counted || counted != out.bytes)
+  if (packed.copied != counted || counted != out.bytes ||
+      packed_by_caller.size.copied != counted ||
+      packed_by_caller.size.items != packed.items)
     throw std::logic_error("bench plan: the pack counted " +
                            std::to_string(packed.copied) + " bytes, the list " +
                            std::to_string(counted));
@@ -283,7 +305,9 @@ void measure_vector_call(const bench_plan_options& opt,
                            {"control_before", control_before * 1e6},
                            {"control_now", 0.0},
                            {"transfer_before", transfer_before * 1e6},
-                           {"transfer_now", transfer_now * 1e6}};
+                           {"transfer_now", transfer_now * 1e6},
+                           {"caller_packs_one_thread", caller_packs_one * 1e6},
+                           {"caller_packs_in_parts", caller_packs_parts * 1e6}};
 }
 
 json measure_block_size(const bench_plan_options& opt, std::uint64_t block,
@@ -454,6 +478,25 @@ int run_bench_plan(const bench_plan_options& opt) {
           us["caller_read_in_parts"].get<double>(),
           us["control_before"].get<double>(), us["control_now"].get<double>(),
           us["transfer_before"].get<double>(),
+          us["transfer_now"].get<double>());
+    }
+    std::cout << fmt::format(
+        "\nThe caller's pass packing the plan itself (pack_one_sided, virtual "
+        "offsets: the transfer actor would only upload it), host us per "
+        "call, 1 / {} threads, against caller + transfer actor now\n",
+        opt.plan_threads);
+    std::cout << fmt::format("{:>8} {:>8} {:>22} {:>24}\n", "block", "extents",
+                             "caller packs (1 / parts)",
+                             "caller + actor (parts)");
+    for (const auto& row : result["sizes"]) {
+      const auto& us = row["vector_call_us"];
+      std::cout << fmt::format(
+          "{:>8} {:>8} {:>13.1f} / {:>6.1f} {:>10.1f} + {:>6.1f}\n",
+          row["block_bytes"].get<std::uint64_t>(),
+          row["extents"].get<std::uint64_t>(),
+          us["caller_packs_one_thread"].get<double>(),
+          us["caller_packs_in_parts"].get<double>(),
+          us["caller_in_parts"].get<double>(),
           us["transfer_now"].get<double>());
     }
     result["kv_plans"] = measure_kv_plans(opt, rng);

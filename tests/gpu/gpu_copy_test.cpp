@@ -312,6 +312,75 @@ TEST_CASE(
   }
 }
 
+// A plan packed in virtual offsets (pack_virtual_plan, as an endpoint's
+// caller packs one, issue #16) and translated by the kernel through the
+// regions' bases lands exactly where its translated extents would, on
+// every packed-plan kernel: the warp kernel (claiming items), the
+// block-per-item kernel and the plain kernel.
+TEST_CASE("a plan in virtual offsets, translated by the kernel, lands where "
+          "its translated extents would") {
+  constexpr std::size_t mib = 1 << 20;
+  device_buffers bufs{4 * mib};
+  constexpr unsigned shift = 40;
+  const std::vector<std::uint64_t> src_offsets{0, mib + 4096, 3 * mib},
+      src_sizes{mib, mib, mib / 2}, dst_offsets{2 * mib, 0},
+      dst_sizes{2 * mib - 16, mib};
+  const region_layout src{src_offsets.data(), src_sizes.data(), 3, shift},
+      dst{dst_offsets.data(), dst_sizes.data(), 2, shift};
+  std::mt19937_64 rng{19};
+  // Destinations in order without overlap (runs of neighbours on both
+  // sides coalesce), then shuffled; sources anywhere in a random region.
+  std::vector<copy_extent> plan;
+  std::uniform_int_distribution<std::uint64_t> len(1, 9000), gap(0, 64),
+      pick(0, 5);
+  for (std::uint64_t r = 0; r < 2; ++r)
+    for (std::uint64_t at = gap(rng);;) {
+      const std::uint64_t l = len(rng), sr = pick(rng) % 3;
+      if (at + 2 * l > dst_sizes[r] || 2 * l > src_sizes[sr])
+        break;
+      const std::uint64_t from = std::uniform_int_distribution<std::uint64_t>(
+          0, src_sizes[sr] - 2 * l)(rng);
+      plan.push_back({(sr << shift) + from, (r << shift) + at, l});
+      if (pick(rng) < 2) { // its neighbour on both sides
+        plan.push_back({(sr << shift) + from + l, (r << shift) + at + l, l});
+        at += l;
+      }
+      at += l + gap(rng);
+    }
+  std::vector<copy_extent> translated;
+  translate_extents(plan, src, dst, translated);
+  std::vector<std::uint64_t> packed((packed_plan_bytes(plan.size()) + 7) / 8);
+  const auto size = pack_virtual_plan(plan, 4096, src, dst, packed.data());
+  REQUIRE(size.extents < plan.size()); // some coalesced
+
+  copy_tuning warp;
+  warp.item_bytes = 4096;
+  copy_tuning block = warp;
+  block.block_per_item_from = 0;
+  for (const copy_tuning& tuning : {warp, block, small_plain_items()}) {
+    CAPTURE(tuning.plain);
+    CAPTURE(tuning.block_per_item_from);
+    bufs.refill(23);
+    const auto from = to_host(bufs.src.data(), bufs.src.size());
+    auto expected = to_host(bufs.dst.data(), bufs.dst.size());
+    for (const auto& e : translated)
+      std::memcpy(expected.data() + e.dst_offset, from.data() + e.src_offset,
+                  e.length);
+    gpu_copy_engine engine{gpu, tuning};
+    const auto id = engine.prepare_virtual(packed.data(), size, src, dst);
+    CHECK(engine.copied_bytes(id) == total_bytes(plan));
+    const auto ticket = engine.launch(id, bufs.src.data(), bufs.dst.data());
+    engine.release(id);
+    engine.wait(ticket, 10s);
+    CHECK(to_host(bufs.dst.data(), bufs.dst.size()) == expected);
+  }
+  copy_tuning listed;
+  listed.host_item_list = true; // reads a host-cut list: refused
+  gpu_copy_engine engine{gpu, listed};
+  CHECK_THROWS_AS(engine.prepare_virtual(packed.data(), size, src, dst),
+                  std::invalid_argument);
+}
+
 TEST_CASE("a plan outside its regions is refused before anything runs") {
   device_buffers bufs{4096};
   gpu_copy_engine engine{gpu};

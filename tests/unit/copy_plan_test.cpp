@@ -526,6 +526,109 @@ TEST_CASE("an extent outside its region is refused with check_table_side's "
             .extents == 0);
 }
 
+// ---- plans in virtual offsets, translated by the kernel (issue #16) ----
+
+namespace {
+
+// Every (destination byte, source byte) the items of a packed plan copy,
+// sorted; `item(i)` is work item i as the kernel runs it.
+template<typename Item>
+std::vector<std::pair<std::uint64_t, std::uint64_t>>
+bytes_copied(std::uint32_t items, Item&& item) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  for (std::uint32_t i = 0; i < items; ++i) {
+    const copy_work_item w = item(i);
+    for (std::uint32_t b = 0; b < w.length; ++b)
+      out.emplace_back(w.dst_offset + b, w.src_offset + b);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a plan packed in virtual offsets, translated item by item through "
+          "region bases, copies what the translated plan copies") {
+  std::mt19937_64 rng{16};
+  const two_tables t;
+  const region_bases src{t.src_offsets.data(), 3, shift},
+      dst{t.dst_offsets.data(), 2, shift};
+  for (std::uint32_t item_bytes : {16u, 64u, 8192u}) {
+    for (std::size_t n : {1u, 2u, 33u, 400u}) {
+      CAPTURE(item_bytes);
+      CAPTURE(n);
+      const auto plan = random_table_plan(rng, t, n);
+      std::vector<std::uint64_t> virtual_buffer(
+          (packed_plan_bytes(plan.size()) + 7) / 8);
+      const auto size = pack_virtual_plan(plan, item_bytes, t.src, t.dst,
+                                          virtual_buffer.data());
+      packed_plan_size translated_size;
+      const auto translated =
+          packed_bytes(plan, item_bytes, t.src, t.dst, translated_size);
+      CHECK(size.copied == translated_size.copied);
+      const auto v = packed_plan_view::in(virtual_buffer.data(), size.extents);
+      for (std::uint32_t e = 0; e < size.extents; ++e) { // one region each
+        const auto& x = v.extents[e];
+        CHECK(x.length > 0);
+        CHECK((x.src_offset >> shift) ==
+              ((x.src_offset + x.length - 1) >> shift));
+        CHECK((x.dst_offset >> shift) ==
+              ((x.dst_offset + x.length - 1) >> shift));
+      }
+      const auto tv =
+          packed_plan_view::in(translated.data(), translated_size.extents);
+      CHECK(bytes_copied(size.items, [&](std::uint32_t i) {
+              return work_item_of_virtual(v.extents, v.first_item, size.extents,
+                                          item_bytes, i, src, dst);
+            }) == bytes_copied(translated_size.items, [&](std::uint32_t i) {
+              return work_item_of_packed(tv.extents, tv.first_item,
+                                         translated_size.extents, item_bytes,
+                                         i);
+            }));
+    }
+  }
+}
+
+TEST_CASE("a virtual plan coalesces within a region, never across a "
+          "region's start, and refuses what pack_plan refuses") {
+  // Regions of exactly 2^12 bytes: region 0's end is region 1's start in
+  // virtual offsets, while in memory they lie apart.
+  constexpr unsigned small = 12;
+  const std::vector<std::uint64_t> offsets{0, 10000}, sizes{4096, 4096};
+  const region_layout layout{offsets.data(), sizes.data(), 2, small};
+  const auto at = [](std::uint64_t region, std::uint64_t offset) {
+    return (region << small) + offset;
+  };
+  const std::vector<copy_extent> plan{{at(0, 4000), at(0, 4000), 96},
+                                      {at(1, 0), at(1, 0), 100},
+                                      {at(1, 100), at(1, 100), 50}};
+  std::vector<std::uint64_t> buffer(64);
+  const auto size =
+      pack_virtual_plan(plan, 8192, layout, layout, buffer.data());
+  REQUIRE(size.extents == 2);
+  REQUIRE(size.items == 2);
+  CHECK(size.copied == 246);
+  const auto v = packed_plan_view::in(buffer.data(), 2);
+  CHECK(v.extents[0] == copy_extent{at(0, 4000), at(0, 4000), 96});
+  CHECK(v.extents[1] == copy_extent{at(1, 0), at(1, 0), 150});
+  const region_bases bases{offsets.data(), 2, small};
+  const auto second =
+      work_item_of_virtual(v.extents, v.first_item, 2, 8192, 1, bases, bases);
+  CHECK(second.src_offset == 10000);
+  CHECK(second.dst_offset == 10000);
+  CHECK(second.length == 150);
+
+  const two_tables t; // pack_plan's refusals, word for word
+  const std::vector<copy_extent> bad{{virt(0, 0), virt(1, 0), 16},
+                                     {virt(0, 16), virt(1, 0), 9001}};
+  CHECK(refusal([&] {
+          pack_virtual_plan(bad, 8192, t.src, t.dst, buffer.data());
+        }) ==
+        refusal([&] { pack_plan(bad, 8192, t.src, t.dst, buffer.data()); }));
+  CHECK_THROWS_AS(pack_virtual_plan(bad, 8192, t.src, t.dst, buffer.data()),
+                  extent_error);
+}
+
 TEST_CASE("a region layout's span, and layouts that cannot be read") {
   const two_tables t;
   CHECK(t.src.span() == 23000);

@@ -665,3 +665,105 @@ TEST_CASE("a vector call's pass gives the same extents in parts and names its "
         "write: descriptor #20 belongs to another endpoint than connection 3 "
         "('b')");
 }
+
+// The caller's pass that packs (pack_one_sided, issue #16): whatever the
+// cut, its plan is the one transport::pack_virtual_plan packs from
+// plan_one_sided's list, to the byte, and its refusals are plan_one_sided's.
+TEST_CASE("a vector call packed by the caller's pass is the virtual plan of "
+          "its extents, in parts or not, and names its first bad pair") {
+  using namespace kvferry;
+  constexpr std::size_t n = 40000; // >= min_crew_pairs: cut into parts
+  constexpr std::uint32_t item_bytes = 8192;
+  one_sided_call call;
+  call.peer_instance = 9;
+  call.conn = 3;
+  call.peer_name = "b";
+  call.local = {4096, std::uint64_t{4096} * n, 0, 8192}; // region 2 removed
+  const std::vector<std::uint64_t> peer{4096, 1 << 30, 1 << 30, 1 << 30};
+  std::vector<slice> local(n);
+  std::vector<descriptor> remote(n);
+  // Runs of neighbours on both sides (they coalesce, up to a change of the
+  // peer's region), or every block scattered (nothing coalesces).
+  auto lay_out = [&](bool runs) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint64_t slot = runs && i % 7 != 0 ? i : (i * 7919) % n;
+      local[i] = slice{1, slot * 4096, 4096};
+      remote[i] = descriptor{9, 1 + (i / 1000) % 3, 1 << 30, slot * 4096, 4096};
+    }
+  };
+  transport::plan_crew crew{3};
+  std::vector<one_sided_part> parts(crew.size());
+  std::vector<transport::packed_part> packs(crew.size());
+  const std::size_t words = (transport::packed_plan_bytes(n) + 7) / 8;
+  auto pack = [&](transport::plan_crew* on, std::vector<std::uint64_t>& buffer,
+                  one_sided_pack& out) {
+    buffer.assign(words, 0xfeed); // stale contents
+    return pack_one_sided(call, local, remote, item_bytes, buffer.data(), out,
+                          on, parts.data(), packs.data());
+  };
+  for (bool runs : {true, false})
+    for (bool write : {true, false}) {
+      CAPTURE(runs);
+      CAPTURE(write);
+      lay_out(runs);
+      call.write = write;
+      one_sided_plan listed;
+      REQUIRE(plan_one_sided(call, local, remote, listed, nullptr, parts.data())
+                  .ok());
+      const auto& here = call.local;
+      const transport::region_layout mine{nullptr, here.data(), here.size(),
+                                          40},
+          theirs{nullptr, peer.data(), peer.size(), 40};
+      std::vector<std::uint64_t> expected(words);
+      const auto size = transport::pack_virtual_plan(
+          listed.extents, item_bytes, write ? mine : theirs,
+          write ? theirs : mine, expected.data());
+      CHECK((size.extents < n) == runs);
+      for (auto* on : {static_cast<transport::plan_crew*>(nullptr), &crew}) {
+        std::vector<std::uint64_t> buffer;
+        one_sided_pack out;
+        REQUIRE(pack(on, buffer, out).ok());
+        CHECK(out.size.extents == size.extents);
+        CHECK(out.size.items == size.items);
+        CHECK(out.bytes == listed.bytes);
+        CHECK(out.size.copied == listed.bytes);
+        CHECK(out.remote_sizes == listed.remote_sizes);
+        const auto* got = reinterpret_cast<const std::uint8_t*>(buffer.data());
+        const auto* want =
+            reinterpret_cast<const std::uint8_t*>(expected.data());
+        CHECK(std::equal(got, got + size.bytes(), want));
+      }
+    }
+  call.write = true;
+  lay_out(false);
+  auto refused = [&](transport::plan_crew* on) {
+    std::vector<std::uint64_t> buffer;
+    one_sided_pack out;
+    auto why = pack(on, buffer, out);
+    REQUIRE_FALSE(why.ok());
+    one_sided_plan listed; // plan_one_sided refuses the same pair alike
+    const auto same =
+        plan_one_sided(call, local, remote, listed, on, parts.data());
+    CHECK(same.code() == why.code());
+    CHECK(same.reason() == why.reason());
+    return why;
+  };
+  local[35000].region = 2;                           // removed
+  local[25000].offset = std::uint64_t{4096} * n - 8; // leaves region 1
+  for (auto* on : {static_cast<transport::plan_crew*>(nullptr), &crew}) {
+    auto why = refused(on);
+    CHECK(why.code() == ec::invalid_extent);
+    CHECK(why.reason() == "write: local slice #25000 (offset 163839992, 4096 "
+                          "bytes) leaves region 1 of 163840000 bytes");
+  }
+  local[25000].offset = 0;
+  local[35000].region = 1;
+  remote[30000].offset = (1 << 30) - 100; // leaves the region advertised
+  for (auto* on : {static_cast<transport::plan_crew*>(nullptr), &crew}) {
+    auto why = refused(on);
+    CHECK(why.code() == ec::invalid_extent);
+    CHECK(why.reason() == "write: descriptor #30000 (offset 1073741724, 4096 "
+                          "bytes) leaves the peer's region 1 of 1073741824 "
+                          "bytes");
+  }
+}

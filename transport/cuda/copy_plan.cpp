@@ -6,9 +6,13 @@
 #include <limits>
 #include <stdexcept>
 
+#include "kvferry/transport/packing.hpp"
 #include "kvferry/transport/table_plan.hpp"
 
 namespace kvferry::transport {
+
+using packing::first_items_after;
+using packing::require_valid_item_size;
 
 namespace {
 
@@ -38,49 +42,6 @@ std::optional<std::string> misfit(std::size_t index, const copy_extent& e,
   if (auto problem = misfit(index, e, extent_side::source, src_region_bytes))
     return problem;
   return misfit(index, e, extent_side::destination, dst_region_bytes);
-}
-
-// Coalescing's one rule: `e` joins `last` when it continues it on both sides.
-// True when it did.
-bool merged_into(copy_extent& last, const copy_extent& e) {
-  if (last.src_offset + last.length != e.src_offset ||
-      last.dst_offset + last.length != e.dst_offset)
-    return false;
-  last.length += e.length;
-  return true;
-}
-
-// Work items in `length` bytes, rounded up without overflow. A shift when
-// item_bytes is a power of two (the default 8192): a 64-bit division per
-// extent is a large part of a plan's host time.
-class item_counter {
-public:
-  explicit item_counter(std::uint32_t item_bytes)
-      : item_bytes_(item_bytes), shift_(log2_if_power_of_two(item_bytes)) {}
-  std::uint64_t operator()(std::uint64_t length) const {
-    if (shift_ >= 0)
-      return (length >> shift_) + ((length & (item_bytes_ - 1)) != 0);
-    return length / item_bytes_ + (length % item_bytes_ != 0);
-  }
-
-private:
-  static int log2_if_power_of_two(std::uint32_t n) {
-    if (n == 0 || (n & (n - 1)) != 0)
-      return -1;
-    int log2 = 0;
-    while ((1u << log2) != n)
-      ++log2;
-    return log2;
-  }
-  std::uint32_t item_bytes_;
-  int shift_; // -1: not a power of two
-};
-
-void require_valid_item_size(std::uint32_t item_bytes) {
-  if (item_bytes == 0 || item_bytes % 16 != 0)
-    throw std::invalid_argument("copy plan: work item size " +
-                                std::to_string(item_bytes) +
-                                " is not a positive multiple of 16");
 }
 
 } // namespace
@@ -125,7 +86,7 @@ std::vector<copy_extent> coalesce(std::vector<copy_extent> extents) {
   for (const auto& e : extents) {
     if (e.length == 0)
       continue;
-    if (kept > 0 && merged_into(extents[kept - 1], e))
+    if (kept > 0 && packing::merged_into(extents[kept - 1], e, {}))
       continue;
     extents[kept++] = e;
   }
@@ -167,10 +128,10 @@ partition_into_work_items(const std::vector<copy_extent>& extents,
 namespace {
 
 // One side of a region table as the packing pass reads it: a virtual offset
-// to its offset from the launch base, false when the extent leaves its
-// region. Holds the layout's fields by value: as a local of the packing
-// pass they stay in registers (through a reference they would be reloaded
-// after every extent written, which may alias them).
+// to its offset from the launch base (or kept, for a virtual plan), false
+// when the extent leaves its region. Holds the layout's fields by value: as a
+// local of the packing pass they stay in registers (through a reference they
+// would be reloaded after every extent written, which may alias them).
 class table_side {
 public:
   explicit table_side(const region_layout& t)
@@ -178,15 +139,19 @@ public:
         mask_(t.shift > 0 && t.shift < 64 ? (std::uint64_t{1} << t.shift) - 1
                                           : 0) {
   } // a bad shift is refused (table_placer)
-  bool translate(std::uint64_t virt, std::uint64_t length,
-                 std::uint64_t& out) const {
+  template<bool Translate>
+  bool place(std::uint64_t virt, std::uint64_t length,
+             std::uint64_t& out) const {
     const std::uint64_t region = virt >> shift_;
     if (region >= count_)
       return false;
     const std::uint64_t offset = virt & mask_;
     if (!fits(offset, length, sizes_[region]))
       return false;
-    out = offsets_[region] + offset;
+    if constexpr (Translate)
+      out = offsets_[region] + offset;
+    else
+      out = virt;
     return true;
   }
 
@@ -245,71 +210,26 @@ std::optional<std::string> table_misfit(std::size_t index, const copy_extent& e,
   return describe_misfit(index, e, side, t);
 }
 
-// Out of line and cold, as every refusal the packing loop can make: the
-// loop's hot path stays small enough to be inlined whole.
-[[noreturn, gnu::cold, gnu::noinline]] void
-refuse_items(std::uint32_t item_bytes) {
-  throw std::invalid_argument("copy plan: more than 2^32 - 1 work items of " +
-                              std::to_string(item_bytes) + " bytes");
-}
-
 [[noreturn, gnu::cold, gnu::noinline]] void
 refuse_misfit(std::size_t index, const copy_extent& e,
               std::uint64_t src_region_bytes, std::uint64_t dst_region_bytes) {
   throw extent_error(*misfit(index, e, src_region_bytes, dst_region_bytes));
 }
 
-// Where a packed plan of `extent_count` extents keeps its item indices.
-std::uint32_t* first_items_after(copy_extent* extents,
-                                 std::size_t extent_count) {
-  return reinterpret_cast<std::uint32_t*>(extents + extent_count);
-}
-const std::uint32_t* first_items_after(const copy_extent* extents,
-                                       std::size_t extent_count) {
-  return reinterpret_cast<const std::uint32_t*>(extents + extent_count);
-}
-
-// pack_plan's one pass (see copy_plan.hpp) over extents [begin, end)
-// (`place` taken by value: its fields are the pass's locals):
-// `place(index, e, out)` checks extent `index` and writes where it copies
-// (throwing extent_error when it does not fit); then empty extents are
-// dropped, neighbours coalesced and the items and bytes counted. The kept
-// extents go to `out`, the index of each one's first item (counted from
-// this pass's first) to `first_item`, both with room for end - begin; the
-// closing index is the caller's to write (it knows where the plan ends).
+// pack_pass over `extents` [begin, end), each checked and translated by
+// `place(index, e, out)` (which throws extent_error when it does not fit).
 template<typename Place>
-packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
-                             std::size_t begin, std::size_t end,
-                             std::uint32_t item_bytes, copy_extent* out,
-                             std::uint32_t* first_item, Place place) {
-  require_valid_item_size(item_bytes);
-  const item_counter items_in{item_bytes};
-  std::size_t kept = 0;
-  std::uint64_t items = 0;
-  auto close_last = [&] { // the last kept extent is complete: count its items
-    first_item[kept - 1] = static_cast<std::uint32_t>(items);
-    items += items_in(out[kept - 1].length);
-    if (items > std::numeric_limits<std::uint32_t>::max())
-      refuse_items(item_bytes);
-  };
-  std::uint64_t copied = 0; // the byte total, so no caller needs a pass
-  copy_extent e;
-  for (std::size_t index = begin; index < end; ++index) {
-    place(index, extents[index], e);
-    copied += e.length;
-    if (e.length == 0)
-      continue;
-    if (kept > 0) {
-      if (merged_into(out[kept - 1], e)) // both fit: so does their sum
-        continue;
-      close_last();
-    }
-    out[kept++] = e;
-  }
-  if (kept > 0)
-    close_last();
-  return packed_plan_size{static_cast<std::uint32_t>(kept),
-                          static_cast<std::uint32_t>(items), copied};
+packed_plan_size
+pack_placed(const std::vector<copy_extent>& extents, std::size_t begin,
+            std::size_t end, std::uint32_t item_bytes,
+            const packing::region_edges& edges, copy_extent* out,
+            std::uint32_t* first_item, Place place) {
+  return packing::pack_pass(
+      begin, end, item_bytes, edges, out, first_item,
+      [&extents, place](std::size_t index, copy_extent& e) {
+        place(index, extents[index], e);
+        return true;
+      });
 }
 
 // The whole plan in one pass: its item indices written past room for every
@@ -318,11 +238,12 @@ packed_plan_size pack_placed(const std::vector<copy_extent>& extents,
 template<typename Place>
 packed_plan_size pack_whole(const std::vector<copy_extent>& extents,
                             std::uint32_t item_bytes, void* buffer,
-                            Place&& place) {
+                            Place&& place,
+                            const packing::region_edges& edges = {}) {
   auto* out = static_cast<copy_extent*>(buffer);
   auto* first_item = first_items_after(out, extents.size());
-  const auto size = pack_placed(extents, 0, extents.size(), item_bytes, out,
-                                first_item, place);
+  const auto size = pack_placed(extents, 0, extents.size(), item_bytes, edges,
+                                out, first_item, place);
   first_item[size.extents] = size.items;
   if (size.extents < extents.size())
     std::memmove(first_items_after(out, size.extents), first_item,
@@ -330,20 +251,24 @@ packed_plan_size pack_whole(const std::vector<copy_extent>& extents,
   return size;
 }
 
-// Translates extent `index` through both layouts into `out`; throws
-// check_table_side's message when it leaves a region.
-class table_placer {
+// Translates extent `index` through both layouts into `out` (or, for a
+// virtual plan, checks it against their sizes and keeps its offsets);
+// throws check_table_side's message when it leaves a region.
+template<bool Translate>
+class placer_on_tables {
 public:
-  table_placer(const region_layout& src, const region_layout& dst)
+  placer_on_tables(const region_layout& src, const region_layout& dst)
       : src_(src), dst_(dst), src_side_(src), dst_side_(dst) {
-    require_valid_layout(src, true);
-    require_valid_layout(dst, true);
+    require_valid_layout(src, Translate);
+    require_valid_layout(dst, Translate);
   }
   void operator()(std::size_t index, const copy_extent& e,
                   copy_extent& out) const {
     out.length = e.length;
-    if (src_side_.translate(e.src_offset, e.length, out.src_offset) &&
-        dst_side_.translate(e.dst_offset, e.length, out.dst_offset))
+    if (src_side_.template place<Translate>(e.src_offset, e.length,
+                                            out.src_offset) &&
+        dst_side_.template place<Translate>(e.dst_offset, e.length,
+                                            out.dst_offset))
       return;
     refuse(index, e);
   }
@@ -363,8 +288,26 @@ private:
   const region_layout& dst_;
   table_side src_side_, dst_side_;
 };
+using table_placer = placer_on_tables<true>;
+using virtual_placer = placer_on_tables<false>;
 
 } // namespace
+
+namespace packing {
+
+void require_valid_item_size(std::uint32_t item_bytes) {
+  if (item_bytes == 0 || item_bytes % 16 != 0)
+    throw std::invalid_argument("copy plan: work item size " +
+                                std::to_string(item_bytes) +
+                                " is not a positive multiple of 16");
+}
+
+[[gnu::cold, gnu::noinline]] void refuse_items(std::uint32_t item_bytes) {
+  throw std::invalid_argument("copy plan: more than 2^32 - 1 work items of " +
+                              std::to_string(item_bytes) + " bytes");
+}
+
+} // namespace packing
 
 std::uint64_t region_layout::span() const {
   std::uint64_t end = 0;
@@ -405,17 +348,24 @@ packed_plan_size pack_plan(const std::vector<copy_extent>& extents,
   return pack_whole(extents, item_bytes, buffer, table_placer{src, dst});
 }
 
+packed_plan_size pack_virtual_plan(const std::vector<copy_extent>& extents,
+                                   std::uint32_t item_bytes,
+                                   const region_layout& src,
+                                   const region_layout& dst, void* buffer) {
+  return pack_whole(extents, item_bytes, buffer, virtual_placer{src, dst},
+                    packing::region_edges::of(src, dst));
+}
+
 void pack_part(const std::vector<copy_extent>& extents, std::size_t k,
                std::size_t parts, std::uint32_t item_bytes,
                const region_layout& src, const region_layout& dst, void* buffer,
                packed_part& out) {
-  const std::size_t n = extents.size();
-  out.begin = k * n / parts;
-  const std::size_t end = (k + 1) * n / parts;
-  auto* plan = static_cast<copy_extent*>(buffer);
-  out.size = pack_placed(extents, out.begin, end, item_bytes, plan + out.begin,
-                         first_items_after(plan, n) + out.begin,
-                         table_placer{src, dst});
+  const table_placer place{src, dst};
+  packing::pack_part_from(extents.size(), k, parts, item_bytes, {}, buffer, out,
+                          [&extents, place](std::size_t i, copy_extent& e) {
+                            place(i, extents[i], e);
+                            return true;
+                          });
 }
 
 packed_plan_size place_parts(packed_part* parts, std::size_t count) {
@@ -524,6 +474,19 @@ copy_work_item work_item_of_packed(const copy_extent* extents,
                         static_cast<std::uint32_t>(std::min<std::uint64_t>(
                             item_bytes, extent.length - offset)),
                         0};
+}
+
+copy_work_item work_item_of_virtual(const copy_extent* extents,
+                                    const std::uint32_t* first_item,
+                                    std::uint32_t extent_count,
+                                    std::uint32_t item_bytes,
+                                    std::uint32_t item, const region_bases& src,
+                                    const region_bases& dst) {
+  auto w =
+      work_item_of_packed(extents, first_item, extent_count, item_bytes, item);
+  w.src_offset = src.translate(w.src_offset);
+  w.dst_offset = dst.translate(w.dst_offset);
+  return w;
 }
 
 std::uint64_t total_bytes(const std::vector<copy_extent>& extents) {

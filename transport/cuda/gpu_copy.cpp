@@ -48,7 +48,11 @@ std::size_t band_for_extents(const std::vector<copy_band>& bands,
   std::uint64_t sum = 0;
   for (std::size_t j = 0; j < k; ++j)
     sum += extents[j * n / k].length;
-  const std::uint64_t average = sum / k;
+  return band_for_average(bands, sum / k);
+}
+
+std::size_t band_for_average(const std::vector<copy_band>& bands,
+                             std::uint64_t average) {
   std::size_t band = 0;
   while (band + 1 < bands.size() && bands[band + 1].from_bytes <= average)
     ++band;
@@ -137,8 +141,12 @@ struct gpu_copy_engine::impl {
     std::vector<copy_extent> ordered;    // copy_tuning::order_by_destination
     std::vector<copy_extent> translated; // region layouts, item-list kernels
     std::uint32_t item_count = 0;
-    std::uint64_t copied = 0;       // bytes the plan copies
-    std::size_t band = 0;           // whose kernel runs this plan
+    std::uint64_t copied = 0; // bytes the plan copies
+    std::size_t band = 0;     // whose kernel runs this plan
+    // A plan in virtual offsets (prepare_virtual): both sides' region bases
+    // follow the packed plan in `packed`; `bases` points at them (device).
+    bool virtual_offsets = false;
+    kernels::plan_bases bases;
     bool bulk_eligible = false;     // every item suits the bulk (TMA) kernel
     cudaEvent_t uploaded = nullptr; // on `uploads`: staging may be rewritten
                                     // and the kernel may read the plan
@@ -319,6 +327,32 @@ struct gpu_copy_engine::impl {
     });
   }
 
+  // A plan packed in virtual offsets elsewhere, copied with both sides'
+  // region bases after it (8-byte aligned) and uploaded with one copy.
+  void stage_virtual(plan_slot& slot, const void* packed,
+                     const packed_plan_size& size, const region_layout& src,
+                     const region_layout& dst) {
+    const std::size_t at = (size.bytes() + 7) / 8 * 8;
+    const std::size_t bytes =
+        at + (src.count + dst.count) * sizeof(std::uint64_t);
+    slot.packed.reserve(bytes, gpu);
+    std::memcpy(slot.packed.host, packed, size.bytes());
+    auto* bases = reinterpret_cast<std::uint64_t*>(slot.packed.host + at);
+    std::copy(src.offsets, src.offsets + src.count, bases);
+    std::copy(dst.offsets, dst.offsets + dst.count, bases + src.count);
+    const auto* device =
+        reinterpret_cast<const std::uint64_t*>(slot.packed.device + at);
+    slot.bases = {
+        {device, static_cast<std::uint32_t>(src.count), src.shift},
+        {device + src.count, static_cast<std::uint32_t>(dst.count), dst.shift}};
+    slot.virtual_offsets = true;
+    slot.packed_size = size;
+    slot.item_count = size.items;
+    slot.copied = size.copied;
+    if (slot.item_count > 0)
+      upload(slot, slot.packed.device, slot.packed.host, bytes);
+  }
+
   // The bulk and block-per-item kernels read every work item from a list.
   void stage_work_items(plan_slot& slot,
                         const std::vector<copy_extent>& extents,
@@ -438,6 +472,7 @@ struct gpu_copy_engine::impl {
     const auto index = take_plan_slot(extent_count, tuning);
     auto& slot = plans[index];
     slot.band = band;
+    slot.virtual_offsets = false;
     refresh_anchor(); // before this plan's upload is queued
     // The previous upload from this staging buffer must have been consumed.
     check_cuda(cudaEventSynchronize(slot.uploaded),
@@ -621,6 +656,24 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>& extents,
       });
 }
 
+copy_plan_id gpu_copy_engine::prepare_virtual(const void* packed,
+                                              const packed_plan_size& size,
+                                              const region_layout& src,
+                                              const region_layout& dst) {
+  const auto band = band_for_average(
+      bands_, size.extents == 0 ? 0 : size.copied / size.extents);
+  const copy_tuning& tuning = bands_[band].tuning;
+  if (kernels::uses_item_list(tuning) || tuning.order_by_destination ||
+      !src.offsets || !dst.offsets)
+    throw std::invalid_argument(
+        "gpu_copy_engine::prepare_virtual: needs a packed-plan kernel in "
+        "extent order and both layouts' offsets");
+  return impl_->prepare_in_slot(
+      band, tuning, size.extents, [&](impl::plan_slot& slot) {
+        impl_->stage_virtual(slot, packed, size, src, dst);
+      });
+}
+
 copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
                                     const std::byte* src_base,
                                     std::byte* dst_base) {
@@ -642,7 +695,7 @@ copy_ticket gpu_copy_engine::launch(copy_plan_id plan,
                    packed.extents, packed.first_item, slot.packed_size.extents,
                    slot.item_count, src_base, dst_base, tuning, grid,
                    claims_items(tuning) ? &impl_->claims : nullptr,
-                   impl_->stream),
+                   impl_->stream, slot.virtual_offsets ? &slot.bases : nullptr),
                "batched copy kernel launch", gpu_);
   }
   impl_->record_kernel_end();
@@ -947,6 +1000,12 @@ copy_plan_id gpu_copy_engine::prepare(const std::vector<copy_extent>&,
                                       const region_layout&,
                                       const region_layout&) {
   throw_no_cuda("gpu_copy_engine::prepare");
+}
+copy_plan_id gpu_copy_engine::prepare_virtual(const void*,
+                                              const packed_plan_size&,
+                                              const region_layout&,
+                                              const region_layout&) {
+  throw_no_cuda("gpu_copy_engine::prepare_virtual");
 }
 copy_ticket gpu_copy_engine::launch(copy_plan_id, const std::byte*,
                                     std::byte*) {

@@ -165,18 +165,32 @@ item_of_ticket(const item_claims& c, unsigned long long drawn,
   return item < item_count ? static_cast<std::uint32_t>(item) : item_count;
 }
 
+// Extent `e` of a packed plan as a kernel copies it: launch-relative
+// offsets as they are, or virtual ones translated through the launch's
+// region bases (table_plan.hpp: each kept extent lies in one region, so its
+// start's region is every item's).
+template<bool Virtual>
+__device__ __forceinline__ copy_extent placed(copy_extent e,
+                                              const kernels::plan_bases& at) {
+  if constexpr (Virtual) {
+    e.src_offset = at.src.translate(e.src_offset);
+    e.dst_offset = at.dst.translate(e.dst_offset);
+  }
+  return e;
+}
+
 // The default copy: warp w copies items w, w + warps, ... of the packed plan
 // (or the items it claims, see item_claims), finding each one's extent with
 // the 32 lanes probing 32 places of first_item per round
 // (find_extent_of_item). A warp's items only grow, so each search starts at
 // the extent of its previous item.
-template<int Unroll, int Hint>
-__global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
-                                   const std::uint32_t* __restrict__ first_item,
-                                   std::uint32_t extent_count,
-                                   std::uint32_t item_count,
-                                   std::uint32_t item_bytes, const char* src,
-                                   char* dst, item_claims claims) {
+template<int Unroll, int Hint, bool Virtual = false>
+__global__ void
+extent_copy_kernel(const copy_extent* __restrict__ extents,
+                   const std::uint32_t* __restrict__ first_item,
+                   std::uint32_t extent_count, std::uint32_t item_count,
+                   std::uint32_t item_bytes, const char* src, char* dst,
+                   item_claims claims, kernels::plan_bases at = {}) {
   const unsigned lane = threadIdx.x % warp_lanes;
   const std::uint32_t warp =
       (blockIdx.x * blockDim.x + threadIdx.x) / warp_lanes;
@@ -190,7 +204,7 @@ __global__ void extent_copy_kernel(const copy_extent* __restrict__ extents,
     const unsigned long long next_ticket =
         claiming ? draw_ticket(claims, lane) : 0ull;
     extent = warp_find_extent(first_item, extent, extent_count, i, lane);
-    const copy_extent e = extents[extent];
+    const copy_extent e = placed<Virtual>(extents[extent], at);
     const std::uint64_t offset =
         std::uint64_t{i - first_item[extent]} * item_bytes;
     warp_copy<Unroll, Hint>(
@@ -260,18 +274,19 @@ __global__ void cta_copy_kernel(const copy_work_item* __restrict__ items,
 // memory -- and balancing is the hardware's. Every warp finds its block's
 // extent with the same 32-way search as extent_copy_kernel (from the first
 // extent: the probes after the block's first warp hit L1).
-template<int Unroll, int Hint>
+template<int Unroll, int Hint, bool Virtual = false>
 __global__ void
 extent_block_copy_kernel(const copy_extent* __restrict__ extents,
                          const std::uint32_t* __restrict__ first_item,
                          std::uint32_t extent_count, std::uint32_t item_count,
-                         std::uint32_t item_bytes, const char* src, char* dst) {
+                         std::uint32_t item_bytes, const char* src, char* dst,
+                         kernels::plan_bases at = {}) {
   const unsigned lane = threadIdx.x % warp_lanes;
   std::uint32_t i = blockIdx.x; // a grid smaller than the items loops
   while (i < item_count) {
     const std::uint32_t extent =
         warp_find_extent(first_item, 0, extent_count, i, lane);
-    const copy_extent e = extents[extent];
+    const copy_extent e = placed<Virtual>(extents[extent], at);
     const std::uint64_t offset =
         std::uint64_t{i - first_item[extent]} * item_bytes;
     block_copy<Unroll, Hint>(src + e.src_offset + offset,
@@ -302,12 +317,13 @@ cudaError_t launch_copy_variant(const copy_work_item* items, std::uint32_t n,
 // item_bytes at least every extent's length (2 MiB in plain_copy_tuning())
 // an item is an extent -- a block per extent -- and no search is needed;
 // only a plan with longer extents (cut into items) searches, once per warp.
+template<bool Virtual = false>
 __global__ void plain_copy_kernel(const copy_extent* __restrict__ extents,
                                   const std::uint32_t* __restrict__ first_item,
                                   std::uint32_t extent_count,
                                   std::uint32_t item_count,
                                   std::uint32_t item_bytes, const char* src,
-                                  char* dst) {
+                                  char* dst, kernels::plan_bases at = {}) {
   const unsigned lane = threadIdx.x % warp_lanes;
   const bool item_is_extent = item_count == extent_count;
   std::uint32_t i = blockIdx.x;
@@ -315,7 +331,7 @@ __global__ void plain_copy_kernel(const copy_extent* __restrict__ extents,
     const std::uint32_t k =
         item_is_extent ? i
                        : warp_find_extent(first_item, 0, extent_count, i, lane);
-    const copy_extent e = extents[k];
+    const copy_extent e = placed<Virtual>(extents[k], at);
     const std::uint64_t offset = std::uint64_t{i - first_item[k]} * item_bytes;
     const char* s = src + e.src_offset + offset;
     char* d = dst + e.dst_offset + offset;
@@ -406,15 +422,25 @@ struct extent_copy_launch {
   item_claims claims; // warp kernel only
   cudaStream_t stream;
   bool block_per_item = false;
+  const kernels::plan_bases* at = nullptr; // a plan in virtual offsets
   template<int U, int S>
   cudaError_t operator()() const {
+    if (at != nullptr)
+      return run<U, S, true>();
+    return run<U, S, false>();
+  }
+  template<int U, int S, bool Virtual>
+  cudaError_t run() const {
+    const kernels::plan_bases bases =
+        at != nullptr ? *at : kernels::plan_bases{};
     if (block_per_item)
-      extent_block_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
-          extents, first_item, extent_count, item_count, item_bytes, src, dst);
-    else
-      extent_copy_kernel<U, S><<<grid, threads, 0, stream>>>(
+      extent_block_copy_kernel<U, S, Virtual><<<grid, threads, 0, stream>>>(
           extents, first_item, extent_count, item_count, item_bytes, src, dst,
-          claims);
+          bases);
+    else
+      extent_copy_kernel<U, S, Virtual><<<grid, threads, 0, stream>>>(
+          extents, first_item, extent_count, item_count, item_bytes, src, dst,
+          claims, bases);
     return cudaGetLastError();
   }
 };
@@ -784,7 +810,7 @@ int balanced_grid(std::uint64_t items, int warps_per_block, int max_blocks) {
 
 int copy_blocks_per_sm(const copy_tuning& tuning) {
   if (tuning.plain)
-    return blocks_per_sm_of(plain_copy_kernel, tuning.threads_per_block);
+    return blocks_per_sm_of(plain_copy_kernel<false>, tuning.threads_per_block);
   if (bulk_usable(tuning)) {
     const int blocks = bulk_blocks_per_sm(tuning);
     if (blocks > 0)
@@ -856,15 +882,22 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                                std::uint32_t item_count,
                                const std::byte* src_base, std::byte* dst_base,
                                const copy_tuning& tuning, int grid_blocks,
-                               claim_counter* claims, cudaStream_t stream) {
+                               claim_counter* claims, cudaStream_t stream,
+                               const plan_bases* at) {
   if (item_count == 0)
     return cudaSuccess;
   if (tuning.plain) { // a block per item, never more blocks than items
-    plain_copy_kernel<<<grid_for(item_count, 1, grid_blocks),
-                        tuning.threads_per_block, 0, stream>>>(
-        extents, first_item, extent_count, item_count, tuning.item_bytes,
-        reinterpret_cast<const char*>(src_base),
-        reinterpret_cast<char*>(dst_base));
+    const auto grid = grid_for(item_count, 1, grid_blocks);
+    const auto* s = reinterpret_cast<const char*>(src_base);
+    auto* d = reinterpret_cast<char*>(dst_base);
+    if (at != nullptr)
+      plain_copy_kernel<true><<<grid, tuning.threads_per_block, 0, stream>>>(
+          extents, first_item, extent_count, item_count, tuning.item_bytes, s,
+          d, *at);
+    else
+      plain_copy_kernel<<<grid, tuning.threads_per_block, 0, stream>>>(
+          extents, first_item, extent_count, item_count, tuning.item_bytes, s,
+          d);
     return cudaGetLastError();
   }
   if (runs_block_per_item(tuning, extent_count, item_count)) {
@@ -881,7 +914,7 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
             reinterpret_cast<const char*>(src_base),
             reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
             static_cast<int>(item_count < max_grid ? item_count : max_grid),
-            item_claims{}, stream, true});
+            item_claims{}, stream, true, at});
   }
   const int warps_per_block =
       tuning.threads_per_block / static_cast<int>(warp_lanes);
@@ -896,7 +929,7 @@ cudaError_t launch_extent_copy(const copy_extent* extents,
                   extents, first_item, extent_count, item_count,
                   tuning.item_bytes, reinterpret_cast<const char*>(src_base),
                   reinterpret_cast<char*>(dst_base), tuning.threads_per_block,
-                  grid, handed_out, stream, false});
+                  grid, handed_out, stream, false, at});
   if (claims != nullptr && err == cudaSuccess) // every warp draws once more
     claims->drawn += std::uint64_t{item_count} +
                      static_cast<std::uint64_t>(grid) * warps_per_block;

@@ -33,16 +33,26 @@ struct claim_counter {
 bool runs_block_per_item(const copy_tuning& tuning, std::uint32_t extent_count,
                          std::uint32_t item_count);
 
+/// Both sides' region bases of a plan in virtual offsets (table_plan.hpp,
+/// pack_virtual_plan): `base` arrays in device memory.
+struct plan_bases {
+  region_bases src, dst;
+};
+
 /// The default copy: one launch over the packed plan (copy_plan.hpp, arrays
 /// in device memory); the kernel cuts the extents into items itself. With
-/// `claims` (launches on one stream only), warps claim items from it.
+/// `claims` (launches on one stream only), warps claim items from it. With
+/// `at`, the plan's offsets are virtual and each extent is translated
+/// through its region's base (a second instantiation of each kernel: the
+/// launch-relative one is unchanged).
 cudaError_t launch_extent_copy(const copy_extent* extents,
                                const std::uint32_t* first_item,
                                std::uint32_t extent_count,
                                std::uint32_t item_count,
                                const std::byte* src_base, std::byte* dst_base,
                                const copy_tuning& tuning, int grid_blocks,
-                               claim_counter* claims, cudaStream_t stream);
+                               claim_counter* claims, cudaStream_t stream,
+                               const plan_bases* at = nullptr);
 
 /// True when the bulk (TMA) kernel can copy these items (host-side check of
 /// offsets and lengths; base alignment is checked at launch).

@@ -18,6 +18,7 @@
 #include "kvferry/endpoint.hpp"
 #include "kvferry/transport/copy_plan.hpp"
 #include "kvferry/transport/plan_crew.hpp"
+#include "kvferry/transport/table_plan.hpp"
 
 namespace kvferry {
 
@@ -67,16 +68,43 @@ status slice_misfit(const std::vector<std::uint64_t>& sizes, const slice& s,
 inline constexpr std::size_t min_crew_pairs = 16384;
 
 /// Checks `local[i]` against `remote[i]` for every i (same size, the
-/// descriptor the connection's peer's, the slice inside a registered local
-/// region) and writes extent i into `out.extents` (resized to the pairs'
-/// count; its contents need not be cleared). The status names the first
-/// pair at fault, its index and the region; then `out` holds nothing
-/// usable. `parts`: one per part, at least crew->size() of them (their
-/// buffers reused); with a crew, a call of min_crew_pairs pairs or more is
-/// cut into parts, each run on one of the crew's threads; the result is the
-/// same.
+/// descriptor the connection's peer's and inside the peer's region as
+/// advertised, the slice inside a registered local region) and writes extent i
+/// into `out.extents` (resized to the pairs' count; its contents need not be
+/// cleared). The status names the first pair at fault, its index and the
+/// region; then `out` holds nothing usable. `parts`: one per part, at least
+/// crew->size() of them (their buffers reused); with a crew, a call of
+/// min_crew_pairs pairs or more is cut into parts, each run on one of the
+/// crew's threads; the result is the same.
 status plan_one_sided(const one_sided_call& call, items<slice> local,
                       items<descriptor> remote, one_sided_plan& out,
                       transport::plan_crew* crew, one_sided_part* parts);
+
+/// What pack_one_sided leaves besides the plan.
+struct one_sided_pack {
+  transport::packed_plan_size size; // the packed plan in the caller's buffer
+  /// As one_sided_plan's: the peer's regions the descriptors name.
+  std::vector<std::uint64_t> remote_sizes;
+  std::uint64_t bytes = 0; // the pairs' total
+};
+
+/// The caller's pass and the pack in one (issue #16): the same checks as
+/// plan_one_sided, and the extents, in virtual offsets, packed as
+/// transport::pack_virtual_plan packs plan_one_sided's list (dropped,
+/// coalesced except across a region's start, each given its first work item
+/// of `item_bytes`) straight into `buffer` (packed_plan_bytes(pairs) bytes,
+/// 8-byte aligned: pinned staging, say), with no list in between: one pass
+/// over the pairs in all, in parts on the crew as plan_one_sided's. The plan
+/// holds no address: a kernel translates it through both sides' region
+/// bases (transport::region_bases), so the side that launches checks only
+/// that the regions the call names still have the sizes the pairs were
+/// checked against (the local table's, and out.remote_sizes). `packs`: one
+/// per part, as `parts`. The status names the first pair at fault, as
+/// plan_one_sided's; std::invalid_argument from 2^32 work items.
+status pack_one_sided(const one_sided_call& call, items<slice> local,
+                      items<descriptor> remote, std::uint32_t item_bytes,
+                      void* buffer, one_sided_pack& out,
+                      transport::plan_crew* crew, one_sided_part* parts,
+                      transport::packed_part* packs);
 
 } // namespace kvferry

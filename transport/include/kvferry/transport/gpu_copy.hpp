@@ -186,6 +186,18 @@ public:
   /// message). Launch with bases that cover src.span() and dst.span().
   copy_plan_id prepare(const std::vector<copy_extent>& extents,
                        const region_layout& src, const region_layout& dst);
+  /// A plan packed in virtual offsets elsewhere (pack_virtual_plan, or an
+  /// endpoint caller's pack_one_sided, issue #16): `size` of it in `packed`
+  /// (size.bytes() bytes), its extents checked against both layouts' sizes
+  /// by whoever packed it. Copied into a plan slot with both layouts'
+  /// region offsets, through which the kernel translates each extent
+  /// (table_plan.hpp, region_bases): no pass over the extents here. Only
+  /// for the packed-plan kernels: std::invalid_argument for a band whose
+  /// tuning reads an item list or orders by destination. Launch with bases
+  /// that cover src.span() and dst.span().
+  copy_plan_id prepare_virtual(const void* packed, const packed_plan_size& size,
+                               const region_layout& src,
+                               const region_layout& dst);
   /// One kernel launch of a prepared plan between the given bases (which
   /// must be regions at least as large as the plan was checked against).
   copy_ticket launch(copy_plan_id plan, const std::byte* src_base,
@@ -278,6 +290,9 @@ void check_copy_bands(const std::vector<copy_band>& bands);
 /// The band whose kernel runs these extents (gpu_copy_engine::prepare).
 std::size_t band_for_extents(const std::vector<copy_band>& bands,
                              const std::vector<copy_extent>& extents);
+/// The band whose kernel runs extents of `average` bytes.
+std::size_t band_for_average(const std::vector<copy_band>& bands,
+                             std::uint64_t average);
 
 /// Test and benchmark helpers (device memory only).
 /// Fills [data, data+bytes) with a pseudo-random pattern derived from `seed`.

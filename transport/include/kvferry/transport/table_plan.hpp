@@ -113,12 +113,37 @@ void save_part(packed_part& part, std::size_t extent_count, const void* buffer);
 void move_part(const packed_part& part, bool last, packed_plan_size joined,
                void* buffer);
 
-/// pack_plan over region tables in `count` parts (1 to parts' size), each
-/// phase run as run_parts(count, job) runs job(0) .. job(count - 1) (a
-/// plan_crew's run, or a loop) and returns once all have, rethrowing the
-/// lowest part's exception. The joined plan copies exactly the bytes
-/// pack_plan's does; a plan that coalesces nothing is pack_plan's to the
-/// byte.
+/// The phases after phase one of a plan of `n` extents packed in `count`
+/// parts into `buffer` (pack_plan_in_parts' below, whatever packed the
+/// parts: pack_part, or packing.hpp's pack_part_from): the parts placed
+/// and shifted, or saved and moved. Each phase runs as run_parts(count,
+/// job) runs job(0) .. job(count - 1) (a plan_crew's run, or a loop) and
+/// returns once all have, rethrowing the lowest part's exception.
+template<class RunParts>
+packed_plan_size join_parts(std::size_t n, void* buffer, packed_part* parts,
+                            std::size_t count, RunParts&& run_parts) {
+  const auto joined = place_parts(parts, count);
+  const auto last = [count](std::size_t k) { return k + 1 == count; };
+  if (joined.extents == n) { // every part is in its place
+    auto shift = [&](std::size_t k) {
+      shift_part(parts[k], last(k), joined, buffer);
+    };
+    run_parts(count, shift);
+    return joined;
+  }
+  auto save = [&](std::size_t k) { save_part(parts[k], n, buffer); };
+  run_parts(count, save);
+  auto move = [&](std::size_t k) {
+    move_part(parts[k], last(k), joined, buffer);
+  };
+  run_parts(count, move);
+  return joined;
+}
+
+/// pack_plan over region tables in `count` parts (1 to parts' size): phase
+/// one, pack_part, then join_parts, each phase run as run_parts runs it. The
+/// joined plan copies exactly the bytes pack_plan's does; a plan that coalesces
+/// nothing is pack_plan's to the byte.
 template<class RunParts>
 packed_plan_size
 pack_plan_in_parts(const std::vector<copy_extent>& extents,
@@ -129,24 +154,53 @@ pack_plan_in_parts(const std::vector<copy_extent>& extents,
     pack_part(extents, k, count, item_bytes, src, dst, buffer, parts[k]);
   };
   run_parts(count, pack);
-  const auto joined = place_parts(parts, count);
-  const auto last = [count](std::size_t k) { return k + 1 == count; };
-  if (joined.extents == extents.size()) { // every part is in its place
-    auto shift = [&](std::size_t k) {
-      shift_part(parts[k], last(k), joined, buffer);
-    };
-    run_parts(count, shift);
-    return joined;
-  }
-  auto save = [&](std::size_t k) {
-    save_part(parts[k], extents.size(), buffer);
-  };
-  run_parts(count, save);
-  auto move = [&](std::size_t k) {
-    move_part(parts[k], last(k), joined, buffer);
-  };
-  run_parts(count, move);
-  return joined;
+  return join_parts(extents.size(), buffer, parts, count, run_parts);
 }
+
+// ---- plans in virtual offsets, translated by the kernel (issue #16) ----
+//
+// A packed plan whose extents keep their virtual offsets (region r at
+// r << shift) needs no address of either side: whoever makes the extents
+// (an endpoint's caller, one_sided_plan.hpp) can pack it, checking each
+// extent against the regions' sizes alone, and the side that launches only
+// hands the kernel both sides' region bases (a few per launch). Coalescing
+// stops at region edges (packing.hpp, region_edges), so each kept extent,
+// and each of its work items, lies inside one region: a work item's offsets
+// are translated as one (region_bases::translate).
+
+/// Where one side's regions lie for a launch: region r at base[r] (a byte
+/// offset from the launch base, region_layout's offsets). What the kernel
+/// reads per side of a virtual plan; the caller of the pack checked every
+/// extent against the regions' sizes.
+struct region_bases {
+  const std::uint64_t* base = nullptr;
+  std::uint32_t count = 0;
+  std::uint32_t shift = 40;
+  /// The launch-relative offset of virtual offset `virt` (inside region
+  /// virt >> shift, which is below count: the pack checked it).
+  KVFERRY_HOST_DEVICE std::uint64_t translate(std::uint64_t virt) const {
+    return base[virt >> shift] + (virt & ((std::uint64_t{1} << shift) - 1));
+  }
+};
+
+/// pack_plan over region tables with the extents kept in virtual offsets:
+/// the same checks against the layouts' sizes (their offsets are not read;
+/// extent_error with check_table_side's message), dropping and coalescing,
+/// except across a region's start. What the kernel copies through
+/// region_bases of the layouts' offsets is what pack_plan's translated plan
+/// copies.
+packed_plan_size pack_virtual_plan(const std::vector<copy_extent>& extents,
+                                   std::uint32_t item_bytes,
+                                   const region_layout& src,
+                                   const region_layout& dst, void* buffer);
+
+/// Work item `item` of a virtual packed plan, translated as the kernel
+/// translates it (host reference for tests; work_item_of_packed's search).
+copy_work_item work_item_of_virtual(const copy_extent* extents,
+                                    const std::uint32_t* first_item,
+                                    std::uint32_t extent_count,
+                                    std::uint32_t item_bytes,
+                                    std::uint32_t item, const region_bases& src,
+                                    const region_bases& dst);
 
 } // namespace kvferry::transport
