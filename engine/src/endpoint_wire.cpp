@@ -33,8 +33,11 @@ public:
     put<std::uint16_t>(static_cast<std::uint16_t>(s.size()));
     out_.insert(out_.end(), s.begin(), s.end());
   }
+  // Byte by byte, as put() writes: GCC 12 at -O3 misreads a range insert
+  // into the still-empty vector as an overflow (-Wstringop-overflow).
   void put_magic(const char* magic) {
-    out_.insert(out_.end(), magic, magic + 4);
+    for (int i = 0; i < 4; ++i)
+      out_.push_back(static_cast<std::uint8_t>(magic[i]));
   }
 
 private:
