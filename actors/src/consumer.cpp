@@ -70,11 +70,7 @@ namespace {
 using namespace std::chrono;
 using namespace consumer_detail;
 
-// This host's steady clock in ns (the report's timestamps).
-std::int64_t steady_ns() {
-  return duration_cast<nanoseconds>(clock_type::now().time_since_epoch())
-      .count();
-}
+using pattern_detail::steady_ns;
 
 // Pool figures for people (stats, metrics, logs) count layer-blocks, as
 // --pool-blocks does: an id is a block of every layer.
@@ -319,11 +315,12 @@ void on_decoded(self_ptr self, std::uint64_t id) {
     i->second->decoded = true;
 }
 
-// The request was checked (`bad`: why it failed, took `verify_ns`, its
-// kernel `verify_gpu_ns`): its blocks go back (or wait for `decoded`) and
-// the answer goes out.
+// The request was checked (`bad`: why it failed, took `verify_ns` from
+// `verify_start_ns`, its kernel `verify_gpu_ns`): its blocks go back (or
+// wait for `decoded`) and the answer goes out.
 void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
-                     std::int64_t verify_ns, std::int64_t verify_gpu_ns) {
+                     std::int64_t verify_ns, std::int64_t verify_gpu_ns,
+                     std::int64_t verify_start_ns) {
   ctx->verifying = false;
   if (bad || !still_decoding(self->state, *ctx))
     end_decoding(self, ctx);
@@ -346,7 +343,10 @@ void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
   r.verify_gpu_ns = verify_gpu_ns;
   r.opened_ns = ctx->opened_ns;
   r.verify_sent_ns = ctx->verify_sent_ns;
+  r.verify_start_ns = verify_start_ns;
   r.verify_done_ns = steady_ns();
+  if (ctx->notice) // pull and credit: the producer's times came with it
+    r.producer_at = ctx->notice->producer_at;
   ctx->promise->deliver(std::move(r));
 }
 
@@ -358,9 +358,10 @@ void finish_verified(self_ptr self, const ctx_ptr& ctx, caf::error bad,
 void verify(self_ptr self, const ctx_ptr& ctx) {
   auto& st = self->state;
   if (auto bad = size_mismatch(st, *ctx))
-    return finish_verified(self, ctx, std::move(bad), 0, 0);
+    return finish_verified(self, ctx, std::move(bad), 0, 0, 0);
   auto job = std::make_shared<verify_job>(verify_job_of(st, *ctx));
   if (st.workers.empty()) {
+    ctx->verify_sent_ns = steady_ns();
     auto t0 = clock_type::now();
     caf::error bad;
     try {
@@ -375,7 +376,7 @@ void verify(self_ptr self, const ctx_ptr& ctx) {
     }
     auto ns = duration_cast<nanoseconds>(clock_type::now() - t0).count();
     return finish_verified(self, ctx, std::move(bad), ns,
-                           st.pattern->last_gpu_ns());
+                           st.pattern->last_gpu_ns(), ctx->verify_sent_ns);
   }
   ctx->verifying = true;
   ctx->verify_sent_ns = steady_ns();
@@ -386,14 +387,14 @@ void verify(self_ptr self, const ctx_ptr& ctx) {
                 job->by_hash)
       .then(
           [self, ctx, job, worker](std::uint64_t value, std::int64_t ns,
-                                   std::int64_t gpu_ns) {
+                                   std::int64_t gpu_ns, std::int64_t start_ns) {
             self->state.workers.job_done(worker);
             finish_verified(self, ctx, verdict(self->state, *ctx, *job, value),
-                            ns, gpu_ns);
+                            ns, gpu_ns, start_ns);
           },
           [self, ctx, worker](caf::error& err) {
             self->state.workers.job_done(worker);
-            finish_verified(self, ctx, std::move(err), 0, 0);
+            finish_verified(self, ctx, std::move(err), 0, 0, 0);
           });
 }
 
@@ -1066,6 +1067,7 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   expected.has_xxhash = n.has_xxhash;
   expected.pattern_seed = n.pattern_seed;
   expected.sampled_verify = n.sampled_verify;
+  expected.producer_at = n.producer_at;
   ctx->notice = std::move(expected);
   ctx->promise = self->make_response_promise<proto::ready_report>();
   return *ctx->promise;

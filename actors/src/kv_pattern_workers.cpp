@@ -26,15 +26,18 @@ std::int64_t ns_since(steady_clock::time_point t0) {
 }
 
 // Runs `work` (returning the answer's value), timed, with the GPU time of
-// its kernel; an exception becomes an error naming the request.
+// its kernel and when it began; an exception becomes an error naming the
+// request.
 template<class Work>
-caf::result<std::uint64_t, std::int64_t, std::int64_t>
+caf::result<std::uint64_t, std::int64_t, std::int64_t, std::int64_t>
 timed(const memory_region& region, const kv_pattern& pattern,
       std::uint64_t request_id, Work work) {
+  auto start_ns = steady_ns();
   auto t0 = steady_clock::now();
   try {
     auto value = work();
-    return caf::make_result(value, ns_since(t0), pattern.last_gpu_ns());
+    return caf::make_result(value, ns_since(t0), pattern.last_gpu_ns(),
+                            start_ns);
   } catch (const std::exception& e) {
     return make_error(ec::cuda_error,
                       fmt::format("KV pattern of request {} in region '{}': {}",

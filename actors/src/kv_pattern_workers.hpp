@@ -14,17 +14,21 @@
 // The messages carry no atom (they never leave the process); their
 // signatures tell them apart:
 //   fill:  (offsets, seed, request_id, first_layer, blocks_per_layer,
-//           block_bytes, sampled) -> (hash, ns, gpu_ns): the fill, hashed
-//           where the CPU can read the blocks (kv_pattern::fill_and_hash; 0
-//           on a GPU or when sampled)
+//           block_bytes, sampled) -> (hash, ns, gpu_ns, start_ns): the
+//           fill, hashed where the CPU can read the blocks
+//           (kv_pattern::fill_and_hash; 0 on a GPU or when sampled)
 //   check: (offsets, seed, request_id, blocks_per_layer, block_bytes,
-//           sampled, by_hash) -> (value, ns, gpu_ns): by_hash: hash_blocks
-//           of the blocks; else the index of the first block that differs
-//           from the pattern (sampled: from its stamps), or no_mismatch
-// ns: the work's time in the worker; gpu_ns: its kernel's (0 on the CPU).
+//           sampled, by_hash) -> (value, ns, gpu_ns, start_ns): by_hash:
+//           hash_blocks of the blocks; else the index of the first block
+//           that differs from the pattern (sampled: from its stamps), or
+//           no_mismatch
+// ns: the work's time in the worker; gpu_ns: its kernel's (0 on the CPU);
+// start_ns: when the worker began it (steady_clock, for the demo's
+// breakdown: the time before it is the job's wait for its worker).
 // A CUDA or bounds error comes back as an ec::cuda_error naming it.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -40,6 +44,14 @@
 namespace kvferry::pattern_detail {
 
 constexpr std::uint64_t no_mismatch = std::numeric_limits<std::uint64_t>::max();
+
+// This host's steady clock in ns: the clock of the workers' start_ns and of
+// the producer's and the consumer's report timestamps (ready_report).
+inline std::int64_t steady_ns() {
+  using namespace std::chrono;
+  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch())
+      .count();
+}
 
 // The check's value (above) for the blocks at `offsets` of `region`, which
 // `pattern` covers. Throws as kv_pattern::check does.

@@ -65,6 +65,14 @@ std::int64_t since(clock_type::time_point t0) {
   return duration_cast<nanoseconds>(clock_type::now() - t0).count();
 }
 
+using pattern_detail::steady_ns;
+
+// The producer's times as the request leaves for the consumer.
+proto::producer_times handed_now(request_ctx& ctx) {
+  ctx.at.handed_ns = steady_ns();
+  return ctx.at;
+}
+
 void release_blocks(self_ptr self, request_ctx& ctx) {
   if (!ctx.released) {
     ctx.released = true;
@@ -138,6 +146,7 @@ void add_fill_times(const request_ctx& ctx, proto::ready_report& r) {
   r.compute_ns += ctx.compute_ns;
   r.fill_ns = ctx.compute_ns;
   r.fill_gpu_ns = ctx.fill_gpu_ns;
+  r.producer_at = ctx.at;
 }
 
 void notify_arrived(self_ptr self, const ctx_ptr& ctx) {
@@ -201,6 +210,7 @@ caf::error send_into(self_ptr self, const ctx_ptr& ctx, const proto::grant& g) {
     return {};
   // Layer by layer: each layer goes as soon as it is written.
   std::int64_t fill_ns = 0;
+  ctx->at.fill_start_ns = steady_ns();
   for (std::uint32_t l = 0; l < ctx->parts; ++l) {
     auto tf = clock_type::now();
     if (auto err = fill_layers(self, ctx, l, 1)) {
@@ -335,6 +345,7 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
   notice.sampled_verify = ctx->req.sampled_verify;
   notice.compute_ns = ctx->compute_ns;
   notice.fill_gpu_ns = ctx->fill_gpu_ns;
+  notice.producer_at = handed_now(*ctx);
   auto consumer = caf::actor_cast<consumer_actor>(ctx->req.consumer);
   if (!parked)
     return self->delegate(consumer, proto::incoming_atom::value,
@@ -349,7 +360,7 @@ caf::result<proto::ready_report> send_with_credit(self_ptr self,
 
 // Pull: what the consumer needs to pull the request, verify it and answer
 // the router (our fill times go into its report).
-proto::arrival_notice advert_of(self_ptr self, const request_ctx& ctx) {
+proto::arrival_notice advert_of(self_ptr self, request_ctx& ctx) {
   auto& r = ctx.req;
   proto::arrival_notice n;
   n.request_id = r.request_id;
@@ -366,6 +377,7 @@ proto::arrival_notice advert_of(self_ptr self, const request_ctx& ctx) {
   n.producer = caf::actor_cast<caf::actor>(self);
   n.compute_ns = ctx.compute_ns;
   n.fill_gpu_ns = ctx.fill_gpu_ns;
+  n.producer_at = handed_now(ctx);
   return n;
 }
 
@@ -440,6 +452,7 @@ void negotiate(self_ptr self, const ctx_ptr& ctx) {
   a.producer = st.cfg.name;
   a.parts = ctx->parts;
   a.requester = ctx->router;
+  ctx->at.handed_ns = steady_ns();
   self->request(caf::actor_cast<consumer_actor>(ctx->req.consumer),
                 queued_reply_timeout(st.cfg), proto::allocate_atom::value,
                 std::move(a))
@@ -543,7 +556,7 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
                 ctx->req.sampled_verify)
       .then(
           [self, ctx, worker](std::uint64_t hash, std::int64_t ns,
-                              std::int64_t gpu_ns) {
+                              std::int64_t gpu_ns, std::int64_t start_ns) {
             self->state.workers.job_done(worker);
             ctx->filling = false;
             if (ctx->failed) {
@@ -556,6 +569,7 @@ fill_then_hand_over(self_ptr self, const ctx_ptr& ctx, bool parked) {
                           !ctx->req.sampled_verify;
             ctx->compute_ns = ns;
             ctx->fill_gpu_ns = gpu_ns;
+            ctx->at.fill_start_ns = start_ns;
             self->state.active.erase(ctx->req.request_id);
             hand_over(self, ctx, true);
           },
@@ -582,6 +596,7 @@ caf::result<proto::ready_report> run_request(self_ptr self, const ctx_ptr& ctx,
     return hand_over(self, ctx, parked); // filled as each layer is sent
   if (!st.workers.empty())
     return fill_then_hand_over(self, ctx, parked);
+  ctx->at.fill_start_ns = steady_ns();
   auto t0 = clock_type::now();
   if (auto err = fill_layers(self, ctx, 0, st.cfg.geometry.layers)) {
     release_blocks(self, *ctx); // no send touched them
@@ -662,6 +677,7 @@ caf::result<proto::ready_report> on_prefill(self_ptr self,
     return make_error(ec::invalid_argument,
                       fmt::format("request {}: empty prompt", req.request_id));
   auto ctx = std::make_shared<request_ctx>();
+  ctx->at.received_ns = steady_ns();
   ctx->router = caf::actor_cast<caf::actor>(self->current_sender());
   ctx->bpl = bpl;
   ctx->parts = req.layerwise || st.cfg.layerwise ? geo.layers : 1;

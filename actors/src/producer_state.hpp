@@ -40,6 +40,7 @@ struct request_ctx {
   std::uint64_t bytes = 0;
   std::int64_t compute_ns = 0;  // fill (and hash)
   std::int64_t fill_gpu_ns = 0; // the fill kernels' GPU time
+  proto::producer_times at;     // for the consumer's report (breakdown)
   clock_type::time_point send_start;
   caf::actor_clock::time_point park_deadline; // while waiting for blocks
   std::int64_t transfer_ns = 0;

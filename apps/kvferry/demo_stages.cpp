@@ -15,30 +15,42 @@ namespace kvferry::app {
 namespace {
 
 // One request's stages, in the order they happen (us); they add up to its
-// latency (fill and the two kernels are parts of other stages, shown apart).
+// latency (the two kernels are parts of fill and verify, shown apart).
+// Timestamps of the producer's host and the consumer's compare with the
+// router's when all are one host (the demo's own workers): steady_clock.
 enum stage : std::size_t {
-  to_consumer,        // router -> producer, its fill's wait, -> consumer
+  to_producer,        // the router's send -> the producer has it
+  to_fill,            // source blocks, the hop to a pattern worker, its queue
   fill,               // the producer's fill, in its pattern worker
   fill_kernel,        // of which the kernel's GPU time
+  fill_to_hand_over,  // the worker's answer back, the hand-over's sending
+  to_consumer,        // the advert, credit request or allocate's hop
   consumer_to_window, // admission, the node's plan and order, the launch
   window,             // the data window (first known to last byte landed)
   window_to_verify,   // the report's hops back to the consumer
-  verify,             // waiting for a pattern worker, and its check
+  to_verify,          // the check's wait for a pattern worker
+  verify,             // the check, and its answer's hop back
   verify_kernel,      // of which the kernel's GPU time
   to_router,          // the answer's way back (from the consumer)
+  latency,            // all of it: the router's send to its answer
   stage_count
 };
 
 constexpr std::array<const char*, stage_count> stage_names{
-    "to consumer, less fill",
+    "to producer",
+    "to fill (blocks, pattern worker's queue)",
     "fill",
-    "fill kernel",
+    "  of which the fill kernel",
+    "fill to hand-over",
+    "to consumer",
     "consumer to window",
     "window",
     "window to verify",
+    "to verify (pattern worker's queue)",
     "verify",
-    "verify kernel",
-    "to router"};
+    "  of which the verify kernel",
+    "to router",
+    "latency (the sum, kernels apart)"};
 
 double us(std::int64_t ns) {
   return static_cast<double>(ns) / 1e3;
@@ -53,16 +65,22 @@ std::array<double, stage_count> stages_of(const router_request& row,
   auto answered =
       start_ns + std::chrono::duration_cast<nanoseconds>(row.answered).count();
   auto window_end = r.data_start_ns + r.transfer_ns;
+  const auto& p = r.producer_at;
   std::array<double, stage_count> s{};
-  s[to_consumer] = us(r.opened_ns - sent - r.fill_ns);
+  s[to_producer] = us(p.received_ns - sent);
+  s[to_fill] = us(p.fill_start_ns - p.received_ns);
   s[fill] = us(r.fill_ns);
   s[fill_kernel] = us(r.fill_gpu_ns);
+  s[fill_to_hand_over] = us(p.handed_ns - p.fill_start_ns - r.fill_ns);
+  s[to_consumer] = us(r.opened_ns - p.handed_ns);
   s[consumer_to_window] = us(r.data_start_ns - r.opened_ns);
   s[window] = us(r.transfer_ns);
   s[window_to_verify] = us(r.verify_sent_ns - window_end);
-  s[verify] = us(r.verify_done_ns - r.verify_sent_ns);
+  s[to_verify] = us(r.verify_start_ns - r.verify_sent_ns);
+  s[verify] = us(r.verify_done_ns - r.verify_start_ns);
   s[verify_kernel] = us(r.verify_gpu_ns);
   s[to_router] = us(answered - r.verify_done_ns);
+  s[latency] = us(answered - sent);
   return s;
 }
 
@@ -101,7 +119,7 @@ std::string stage_table(const router_results& results) {
   for (const auto& row : results.requests) {
     const auto& r = row.report;
     if (!row.ok || r.opened_ns == 0 || r.verify_done_ns == 0 ||
-        r.transfer_ns <= 0)
+        r.transfer_ns <= 0 || r.producer_at.handed_ns == 0)
       continue;
     auto s = stages_of(row, start_ns);
     for (std::size_t k = 0; k < stage_count; ++k)
@@ -109,16 +127,13 @@ std::string stage_table(const router_results& results) {
   }
   if (samples[0].empty())
     return {};
-  std::string head = "| us, p50 / mean |", rule = "|---|", p50 = "| |";
-  for (std::size_t k = 0; k < stage_count; ++k) {
-    head += fmt::format(" {} |", stage_names[k]);
-    rule += "---|";
-    p50 += fmt::format(" {:.0f} / {:.0f} |", percentile(samples[k], 0.5),
-                       mean(samples[k]));
-  }
+  // One row per stage: within 100 columns however many stages there are.
+  std::string rows = "| stage | p50 us | mean us |\n|---|---|---|\n";
+  for (std::size_t k = 0; k < stage_count; ++k)
+    rows += fmt::format("| {} | {:.0f} | {:.0f} |\n", stage_names[k],
+                        percentile(samples[k], 0.5), mean(samples[k]));
   auto kernels = kernels_gbps(results);
-  return fmt::format("{}\n{}\n{}\nstages of {} requests{}\n", head, rule, p50,
-                     samples[0].size(),
+  return fmt::format("{}stages of {} requests{}\n", rows, samples[0].size(),
                      kernels > 0 ? fmt::format("; fill, copy and verify "
                                                "kernels back to back: {:.3f} "
                                                "GB/s",

@@ -111,11 +111,15 @@ TEST_CASE("demo: push, layer by layer") {
 
 TEST_CASE("demo: pull, with the breakdown's stages") {
   auto r = check_demo("--pull --breakdown");
-  // Every answered request carries the consumer's timestamps: one p50 /
-  // mean pair per stage, the fill among them.
+  // Every answered request carries the producer's and the consumer's
+  // timestamps: one row (p50, mean) per stage, from the router's send to the
+  // producer, through the fill, to the consumer.
   INFO(r.output);
-  CHECK(r.output.find("| us, p50 / mean | to consumer, less fill | fill |") !=
-        std::string::npos);
+  CHECK(r.output.find("| stage | p50 us | mean us |") != std::string::npos);
+  for (const char* stage :
+       {"\n| to producer | ", "\n| fill | ", "\n| fill to hand-over | ",
+        "\n| to consumer | ", "\n| to router | "})
+    CHECK(r.output.find(stage) != std::string::npos);
   CHECK(r.output.find("stages of 20 requests") != std::string::npos);
   // Beside the run's rate, the rate while both requests were in flight:
   // answers 3 to 18 (the first and the last wave left out).

@@ -290,6 +290,22 @@ typename Inspector::result_type inspect(Inspector& f, reserve_request& x) {
            x.blocks, x.layer_block_bytes, x.layers);
 }
 
+/// Where a request's time went at the producer (`kvferry demo
+/// --breakdown`), on its host's steady clock (ns): when the router's request
+/// reached it, when its fill began (in a pattern worker, or inline) and when
+/// it handed the request to the consumer (the delegated advert or credit
+/// request, or its allocate). 0 where not measured.
+struct producer_times {
+  std::int64_t received_ns = 0;
+  std::int64_t fill_start_ns = 0;
+  std::int64_t handed_ns = 0;
+};
+template<class Inspector>
+typename Inspector::result_type inspect(Inspector& f, producer_times& x) {
+  return f(caf::meta::type_name("kvferry::proto::producer_times"),
+           x.received_ns, x.fill_start_ns, x.handed_ns);
+}
+
 /// Producer -> consumer, delegating the router's request: the producer has
 /// written a request into blocks the consumer lent it and ordered the
 /// send(s); the consumer waits for them, verifies and answers the router.
@@ -308,13 +324,14 @@ struct credit_notice {
   bool sampled_verify = false;    // the prefill_request's
   std::int64_t compute_ns = 0;    // the producer's fill + hash time
   std::int64_t fill_gpu_ns = 0;   // its fill kernel's GPU time (0: host)
+  producer_times producer_at;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, credit_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::credit_notice"), x.request_id,
            x.producer, x.block_offsets, x.blocks_per_layer, x.parts, x.bytes,
            x.xxhash, x.has_xxhash, x.pattern_seed, x.sampled_verify,
-           x.compute_ns, x.fill_gpu_ns);
+           x.compute_ns, x.fill_gpu_ns, x.producer_at);
 }
 
 /// Producer -> consumer after its sends completed: what it sent (push), or
@@ -344,13 +361,14 @@ struct arrival_notice {
   caf::actor producer;
   std::int64_t compute_ns = 0;
   std::int64_t fill_gpu_ns = 0;
+  producer_times producer_at;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, arrival_notice& x) {
   return f(caf::meta::type_name("kvferry::proto::arrival_notice"), x.request_id,
            x.bytes, x.xxhash, x.has_xxhash, x.pattern_seed, x.sampled_verify,
            x.source, x.block_offsets, x.blocks_per_layer, x.layers, x.requester,
-           x.producer, x.compute_ns, x.fill_gpu_ns);
+           x.producer, x.compute_ns, x.fill_gpu_ns, x.producer_at);
 }
 
 /// The consumer's verdict, returned to the router: the KV is in place and
@@ -378,21 +396,26 @@ struct ready_report {
   // --breakdown`): the producer's share of compute_ns (its fill), the fill
   // and verification kernels' GPU time (0 on the CPU), and, on the
   // consumer host's steady clock (ns), when the consumer learned of the
-  // request and when it handed the verification to a pattern worker and
-  // had its answer. 0 where not measured (a model-only region).
+  // request, when it handed the verification to a pattern worker, when that
+  // worker began it and when the consumer had its answer; and the
+  // producer's times (on its host's clock). 0 where not measured (a
+  // model-only region).
   std::int64_t fill_ns = 0;
   std::int64_t fill_gpu_ns = 0;
   std::int64_t verify_gpu_ns = 0;
   std::int64_t opened_ns = 0;
   std::int64_t verify_sent_ns = 0;
+  std::int64_t verify_start_ns = 0;
   std::int64_t verify_done_ns = 0;
+  producer_times producer_at;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ready_report& x) {
   return f(caf::meta::type_name("kvferry::proto::ready_report"), x.request_id,
            x.bytes, x.transfer_ns, x.compute_ns, x.data_start_ns, x.gpu_copy_ns,
            x.gpu_queued_ns, x.fill_ns, x.fill_gpu_ns, x.verify_gpu_ns,
-           x.opened_ns, x.verify_sent_ns, x.verify_done_ns);
+           x.opened_ns, x.verify_sent_ns, x.verify_start_ns, x.verify_done_ns,
+           x.producer_at);
 }
 
 /// Counters of one transfer actor (for the demo's table and for tests).
