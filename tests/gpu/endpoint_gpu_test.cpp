@@ -27,6 +27,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../support/cuda_upload.hpp"
 #include "eventually.hpp"
 #include "kvferry/endpoint.hpp"
 #include "test_child.hpp"
@@ -41,8 +42,7 @@ void* device_buffer(const std::vector<std::uint8_t>& bytes) {
   void* p = nullptr;
   REQUIRE(cudaSetDevice(0) == cudaSuccess);
   REQUIRE(cudaMalloc(&p, bytes.size()) == cudaSuccess);
-  REQUIRE(cudaMemcpy(p, bytes.data(), bytes.size(), cudaMemcpyHostToDevice) ==
-          cudaSuccess);
+  REQUIRE(test::upload(p, bytes.data(), bytes.size()) == cudaSuccess);
   return p;
 }
 

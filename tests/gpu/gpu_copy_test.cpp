@@ -12,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../support/cuda_upload.hpp"
 #include "kvferry/transport/copy_choice.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 
@@ -410,15 +411,14 @@ struct device_ring {
       : bounce(gpu_region::allocate_device(gpu, bounce_bytes)) {
     ncclNetUnpackHandle h{reinterpret_cast<ncclNetUnpackMeta*>(meta.data()),
                           reinterpret_cast<char*>(bounce.data()), 0};
-    cuda_ok(cudaMemcpy(handle.data(), &h, sizeof(h), cudaMemcpyHostToDevice));
+    cuda_ok(kvferry::test::upload(handle.data(), &h, sizeof(h)));
   }
   void post(int slot, const std::vector<ncclNetUnpackRecord>& recs) {
     auto* m = reinterpret_cast<ncclNetUnpackMeta*>(meta.data());
-    cuda_ok(cudaMemcpy(&m->records[slot][0], recs.data(),
-                       recs.size() * sizeof(recs[0]), cudaMemcpyHostToDevice));
+    cuda_ok(kvferry::test::upload(&m->records[slot][0], recs.data(),
+                                  recs.size() * sizeof(recs[0])));
     const std::uint64_t count = recs.size();
-    cuda_ok(cudaMemcpy(&m->count[slot], &count, sizeof(count),
-                       cudaMemcpyHostToDevice));
+    cuda_ok(kvferry::test::upload(&m->count[slot], &count, sizeof(count)));
   }
 };
 

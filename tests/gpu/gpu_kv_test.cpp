@@ -10,6 +10,7 @@
 #include <caf/all.hpp>
 #include <cuda_runtime_api.h>
 
+#include "../support/cuda_upload.hpp"
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/kv_stamp.hpp"
@@ -28,13 +29,18 @@ std::vector<std::uint8_t> to_host(const memory_region& region) {
   return bytes;
 }
 
+// Host bytes to the GPU, landed before the pattern's (non-blocking) stream
+// reads them (test::upload).
+void to_device(std::uint8_t* dst, const void* src, std::size_t bytes) {
+  REQUIRE(test::upload(dst, src, bytes) == cudaSuccess);
+}
+
 void flip_byte(const memory_region& region, std::uint64_t offset) {
   std::uint8_t b = 0;
   REQUIRE(cudaMemcpy(&b, region.data() + offset, 1, cudaMemcpyDeviceToHost) ==
           cudaSuccess);
   b ^= 0x10;
-  REQUIRE(cudaMemcpy(region.data() + offset, &b, 1, cudaMemcpyHostToDevice) ==
-          cudaSuccess);
+  to_device(region.data() + offset, &b, 1);
 }
 
 // The GPU kernel and the host reference agree byte for byte.
@@ -189,12 +195,10 @@ TEST_CASE("GPU kv stamps match the host's and catch a stale page") {
     // Request 1235 lands everywhere but page 1 of block 4 (stale: 1234's).
     where.request_id = 1235;
     on_host.fill(offsets, where);
-    REQUIRE(cudaMemcpy(gpu->data(), host->data(), gpu->size(),
-                       cudaMemcpyHostToDevice) == cudaSuccess);
+    to_device(gpu->data(), host->data(), gpu->size());
     REQUIRE_FALSE(on_gpu.check(offsets, where).has_value());
-    REQUIRE(cudaMemcpy(gpu->data() + offsets[4] + 4096,
-                       bytes.data() + offsets[4] + 4096, block - 4096,
-                       cudaMemcpyHostToDevice) == cudaSuccess);
+    to_device(gpu->data() + offsets[4] + 4096, bytes.data() + offsets[4] + 4096,
+              block - 4096);
     CHECK(on_gpu.check(offsets, where) == std::optional<std::size_t>{4});
     std::swap(offsets[0], offsets[1]);
     CHECK(on_gpu.check(offsets, where) == std::optional<std::size_t>{0});

@@ -30,6 +30,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../support/cuda_upload.hpp"
 #include "node_cache.hpp"
 #include "node_peer_process.hpp"
 
@@ -109,8 +110,7 @@ struct model {
     for (auto& r : pattern.regions) {
       void* p = nullptr;
       cuda_ok(cudaMalloc(&p, r.size()), "cudaMalloc");
-      cuda_ok(cudaMemcpy(p, r.data(), r.size(), cudaMemcpyHostToDevice),
-              "stage");
+      cuda_ok(test::upload(p, r.data(), r.size()), "stage");
       staged.push_back(p);
     }
     cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),

@@ -10,6 +10,7 @@
 #ifdef KVFERRY_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
+#include "../support/cuda_upload.hpp"
 #include "../support/region_table_pair.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
 
@@ -28,8 +29,7 @@ struct cuda_memory {
   }
   static void release(void* p) { cudaFree(p); }
   static void write(void* dst, const std::vector<std::uint8_t>& bytes) {
-    REQUIRE(cudaMemcpy(dst, bytes.data(), bytes.size(),
-                       cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(test::upload(dst, bytes.data(), bytes.size()) == cudaSuccess);
   }
   static std::vector<std::uint8_t> read(const void* src, std::size_t bytes) {
     std::vector<std::uint8_t> out(bytes);
