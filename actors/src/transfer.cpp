@@ -426,6 +426,17 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
+// The entries this actor keeps (transfer_stats::tracked).
+std::uint64_t count_tracked(const transfer_state& st) {
+  std::uint64_t n = st.offers.size();
+  for (const auto* peers : {&st.out, &st.reads})
+    for (auto& [name, p] : *peers)
+      n += p.transfers.size();
+  for (auto& [name, p] : st.in)
+    n += p.transfers.size();
+  return n;
+}
+
 // Orphaned copies (their transfer given up, perhaps on a hung GPU) are
 // polled without spinning; copies in flight otherwise keep the loop hot.
 bool copying(const transfer_state& st) {
@@ -770,7 +781,11 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::landed_atom, const proto::landed& l) {
         handle_landed(self, l);
       },
-      [self](proto::stats_atom) { return self->state.stats; },
+      [self](proto::stats_atom) {
+        auto s = self->state.stats;
+        s.tracked = count_tracked(self->state);
+        return s;
+      },
       [self](proto::ipc_hello_atom, const std::string& sender) {
         handle_ipc_hello(self, sender);
       },
