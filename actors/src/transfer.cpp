@@ -68,17 +68,9 @@ void ensure_progress(self_ptr self) {
 // 10-30 s held a stopping worker's detached transfer thread that long.
 constexpr auto sweep_period = milliseconds(100);
 
-void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
-                  std::uint64_t id, const transfer_entry& t) {
-  arm_deadline(self, timeout, std::move(key), id, t.generation);
-}
-
-void arm_deadline(self_ptr self, milliseconds timeout, std::string key,
-                  std::uint64_t id, std::uint64_t generation) {
+void arm_deadline(self_ptr self, milliseconds timeout, entry_deadline& d) {
   auto& st = self->state;
-  st.deadlines.emplace(
-      steady_clock::now() + timeout,
-      transfer_state::deadline{std::move(key), id, generation});
+  d.arm(steady_clock::now() + timeout);
   if (!st.sweep_scheduled) {
     st.sweep_scheduled = true;
     self->delayed_send(self, sweep_period, proto::sweep_atom::value);
@@ -280,7 +272,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   auto& t = p.transfers[o.transfer_id];
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = waiter_promise{promise};
-  arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
+  arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   if (ipc)
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
   else if (o.wait_event != 0) // posted once the event completed
@@ -310,8 +302,7 @@ void claim_recv(self_ptr self, const proto::recv_order& o,
     if (!t.cancelled) // else kept till its deadline: its bytes must not land
       p.transfers.erase(o.transfer_id);
   } else {
-    arm_deadline(self, milliseconds(o.timeout_ms), "<" + o.peer_name,
-                 o.transfer_id, t);
+    arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   }
 }
 
@@ -435,6 +426,17 @@ std::int64_t count_in_flight(const transfer_state& st) {
   return n;
 }
 
+// The entries this actor keeps (transfer_stats::tracked).
+std::uint64_t count_tracked(const transfer_state& st) {
+  std::uint64_t n = st.offers.size();
+  for (const auto* peers : {&st.out, &st.reads})
+    for (auto& [name, p] : *peers)
+      n += p.transfers.size();
+  for (auto& [name, p] : st.in)
+    n += p.transfers.size();
+  return n;
+}
+
 // Orphaned copies (their transfer given up, perhaps on a hung GPU) are
 // polled without spinning; copies in flight otherwise keep the loop hot.
 bool copying(const transfer_state& st) {
@@ -519,22 +521,27 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     schedule_plugin_waits(self, progressed);
 }
 
-void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
-               std::uint64_t generation) {
+// A passed deadline of `kind` (see transfer_state::due_deadline) of entry
+// (`name`, `id`) of `generation`: one of an entry gone since, or of another
+// entry under the same id, is ignored.
+void on_expire(self_ptr self, char kind, const std::string& name,
+               std::uint64_t id, std::uint64_t generation) {
   auto& st = self->state;
-  if (key[0] == '^') { // a one-sided read (transfer_ipc.cpp)
-    expire_read(self, key.substr(1), id, generation);
+  if (kind == '^') { // a one-sided read (transfer_ipc.cpp)
+    expire_read(self, name, id, generation);
     return;
   }
-  if (key[0] == '?') { // a node's offer nobody pulled (transfer_pull.cpp)
-    expire_offer(self, key.substr(1), id, generation);
+  if (kind == '?') { // a node's offer nobody pulled (transfer_pull.cpp)
+    expire_offer(self, name, id, generation);
     return;
   }
-  bool outgoing = key[0] == '>';
-  auto name = key.substr(1);
-  auto timeout = make_error(
-      ec::timeout, fmt::format("transfer {} {} '{}' did not complete in time",
-                               id, outgoing ? "to" : "from", name));
+  bool outgoing = kind == '>';
+  // Made only where the deadline fails a transfer.
+  auto timeout = [&] {
+    return make_error(
+        ec::timeout, fmt::format("transfer {} {} '{}' did not complete in time",
+                                 id, outgoing ? "to" : "from", name));
+  };
   if (outgoing) {
     auto p = st.out.find(name);
     if (p == st.out.end())
@@ -544,7 +551,7 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
         t->second.generation != generation) // another transfer's deadline
       return;
     if (t->second.on_lane) { // the lane's order is lost: it goes, failing it
-      drop_lane_out(self, name, timeout);
+      drop_lane_out(self, name, timeout());
       return;
     }
     if (p->second.mapped) {
@@ -552,7 +559,7 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
       // channel to close; this transfer fails, the peer stays usable. Its
       // kernel, if launched, is watched on as an orphan (the receiver may
       // ask about it); if not launched yet, it never will be.
-      fail(t->second, st, timeout, name);
+      fail(t->second, st, timeout(), name);
       p->second.transfers.erase(t);
       orphan_copies(st, name, p->second, id);
       forget_waiting_ipc(p->second, id);
@@ -562,9 +569,9 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
       // Requests are out on the comms: only closing them makes the memory
       // safe to reuse, and the comm order is lost anyway. Dropping the peer
       // fails this transfer too (once, and counted in its log line).
-      drop_peer_out(self, name, timeout);
+      drop_peer_out(self, name, timeout());
     } else {
-      fail(t->second, st, timeout, name);
+      fail(t->second, st, timeout(), name);
       p->second.transfers.erase(t);
     }
     return;
@@ -586,34 +593,61 @@ void on_expire(self_ptr self, const std::string& key, std::uint64_t id,
     return;
   }
   if (t->second.short_landed) { // refused, and its reason never came
-    fail(t->second, st, timeout, name);
+    fail(t->second, st, timeout(), name);
     p->second.transfers.erase(t);
     return;
   }
   if (t->second.on_lane) { // receives out: only closing the lane stops them
-    drop_lane_in(self, name, timeout);
+    drop_lane_in(self, name, timeout());
     return;
   }
   if (t->second.posted) {
-    drop_peer_in(self, name, timeout); // fails this transfer too, counted
+    drop_peer_in(self, name, timeout()); // fails this transfer too, counted
   } else {
     if (quarantines(st)) // before the failure reaches the consumer
       quarantine_transfer(self, name, id);
-    fail(t->second, st, timeout, name);
+    fail(t->second, st, timeout(), name);
     t->second.cancelled = true; // a later announcement must not land
   }
 }
 
+// Notes the deadlines of entry (`peer`, `id`) that passed; true while it
+// has one to come.
+template<class Entry>
+bool check_deadline(transfer_state& st, steady_clock::time_point now, char kind,
+                    const std::string& peer, std::uint64_t id, Entry& e) {
+  auto& d = e.deadline;
+  while (d.armed() && d.next <= now) {
+    st.due.push_back({d.next, kind, peer, id, e.generation});
+    d.pass();
+  }
+  return d.armed();
+}
+
+// Walks the entries (what is in flight, or waits for its claim) for passed
+// deadlines, then handles them earliest first, each finding its entry
+// anew; runs again in sweep_period while any entry has a deadline to come.
 void on_sweep(self_ptr self) {
   auto& st = self->state;
   st.sweep_scheduled = false;
-  auto now = steady_clock::now();
-  while (!st.deadlines.empty() && st.deadlines.begin()->first <= now) {
-    auto d = std::move(st.deadlines.begin()->second);
-    st.deadlines.erase(st.deadlines.begin());
-    on_expire(self, d.key, d.id, d.generation);
-  }
-  if (!st.deadlines.empty()) {
+  const auto now = steady_clock::now();
+  bool armed = false;
+  auto walk = [&](char kind, auto& peers) {
+    for (auto& [name, p] : peers)
+      for (auto& [id, t] : p.transfers)
+        armed |= check_deadline(st, now, kind, name, id, t);
+  };
+  walk('>', st.out);
+  walk('<', st.in);
+  walk('^', st.reads);
+  for (auto& [key, h] : st.offers)
+    armed |= check_deadline(st, now, '?', key.first, key.second, h);
+  std::stable_sort(st.due.begin(), st.due.end(),
+                   [](const auto& a, const auto& b) { return a.at < b.at; });
+  for (const auto& d : st.due)
+    on_expire(self, d.kind, d.peer, d.id, d.generation);
+  st.due.clear();
+  if (armed && !st.sweep_scheduled) {
     st.sweep_scheduled = true;
     self->delayed_send(self, sweep_period, proto::sweep_atom::value);
   }
@@ -747,7 +781,11 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::landed_atom, const proto::landed& l) {
         handle_landed(self, l);
       },
-      [self](proto::stats_atom) { return self->state.stats; },
+      [self](proto::stats_atom) {
+        auto s = self->state.stats;
+        s.tracked = count_tracked(self->state);
+        return s;
+      },
       [self](proto::ipc_hello_atom, const std::string& sender) {
         handle_ipc_hello(self, sender);
       },

@@ -693,7 +693,7 @@ void handle_landed(self_ptr self, const proto::landed& l) {
   if (claimed)
     p.transfers.erase(id);
   else // kept for its recv order; forgotten if nobody claims it
-    arm_deadline(self, milliseconds(30000), "<" + sender, id, t);
+    arm_deadline(self, milliseconds(30000), t.deadline);
 }
 
 // ---- CUDA IPC quarantine, receiving side
@@ -952,7 +952,7 @@ caf::result<proto::recv_report> handle_read(self_ptr self,
   auto promise = self->make_response_promise<proto::recv_report>();
   auto& t = p.transfers[o.transfer_id];
   t.waiter = waiter_promise{promise};
-  arm_deadline(self, milliseconds(o.timeout_ms), "^" + peer, o.transfer_id, t);
+  arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   start_ipc_copy(st, p, {o.transfer_id, std::move(o.extents), o.wait_event},
                  true);
   ensure_progress(self);

@@ -433,7 +433,7 @@ caf::result<std::uint64_t> handle_lane_send(self_ptr self,
   t.on_lane = true;
   t.expected = total_bytes(s.chunks);
   t.waiter = waiter_promise{promise};
-  arm_deadline(self, milliseconds(o.timeout_ms), ">" + peer, o.transfer_id, t);
+  arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   transport::extent_lists::give(std::move(o.extents)); // coalesced: reused
   queue_lane_send(self, peer, p, std::move(s));
   return promise;

@@ -288,7 +288,7 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   t.expected = total_bytes(a.chunks);
   t.announced = steady_clock::now();
   if (!t.waiter) // unclaimed transfers still get a deadline
-    arm_deadline(self, milliseconds(30000), "<" + a.sender, a.transfer_id, t);
+    arm_deadline(self, milliseconds(30000), t.deadline);
   try {
     if (p.channel)
       post_recvs(self, p, a);

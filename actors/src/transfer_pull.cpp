@@ -154,7 +154,7 @@ void hold_offer(self_ptr self, proto::pull_offer& offer) {
   h.offer = std::move(offer);
   auto& held = st.offers[key] = std::move(h);
   arm_deadline(self, std::chrono::milliseconds(held.offer.timeout_ms),
-               "?" + key.first, key.second, held.generation);
+               held.deadline);
 }
 
 caf::result<proto::node_report> handle_pull(self_ptr self,

@@ -4,6 +4,7 @@
 // transfer_ipc.cpp: the CUDA IPC path and its quarantine.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -77,8 +78,36 @@ inline std::uint64_t next_transfer_generation() {
   return ++next;
 }
 
+// When a transfer entry (or a held offer) runs out of time. It lives in the
+// entry, so it goes with it: a finished transfer leaves no deadline behind,
+// and arming one allocates nothing; the sweep (transfer.cpp) walks the
+// entries, which are only what is in flight or waits for its claim. An entry
+// is armed at most twice (an unclaimed arrival's 30 s, then its recv
+// order's): `next` is the earliest not yet passed, `last` the latest, so an
+// entry that outlives its first deadline (failed, kept for a later recv
+// order) still meets its second, as when each deadline was kept apart.
+struct entry_deadline {
+  using time_point = steady_clock::time_point;
+  static constexpr time_point none = time_point::max();
+  time_point next = none;
+  time_point last = none;
+
+  bool armed() const { return next != none; }
+  void arm(time_point at) {
+    next = armed() ? std::min(next, at) : at;
+    last = last == none ? at : std::max(last, at);
+  }
+  /// `next` passed: the later one, if any, comes next.
+  void pass() {
+    next = last > next ? last : none;
+    if (next == none)
+      last = none;
+  }
+};
+
 struct transfer_entry {
   std::uint64_t generation = next_transfer_generation();
+  entry_deadline deadline;
   std::uint64_t bytes = 0;    // done so far
   std::uint64_t expected = 0; // announced or ordered
   std::size_t ops_left = 0;
@@ -108,6 +137,7 @@ struct transfer_entry {
 // reason if it failed the request before the caller pulled.
 struct held_offer {
   std::uint64_t generation = next_transfer_generation();
+  entry_deadline deadline;
   proto::pull_offer offer;
   kv_layout src, dst;
   caf::error failure;
@@ -248,14 +278,18 @@ struct transfer_state {
   unsigned idle_polls = 0;
   // An announce_flush message is on its way (queue_announcement).
   bool announce_flush_scheduled = false;
-  // Transfer deadlines: when, and ("<peer" or ">peer", transfer id, the
-  // entry's generation), checked by one short periodic sweep (arm_deadline).
-  struct deadline {
-    std::string key;
+  // Transfer deadlines live in their entries (entry_deadline); one short
+  // periodic sweep checks them while any is armed (arm_deadline). `due`: the
+  // sweep's finds, handled after its walk (handling one may drop a peer);
+  // kept for its capacity.
+  struct due_deadline {
+    steady_clock::time_point at;
+    char kind; // '>' send, '<' receive, '^' read, '?' offer
+    std::string peer;
     std::uint64_t id;
     std::uint64_t generation;
   };
-  std::multimap<steady_clock::time_point, deadline> deadlines;
+  std::vector<due_deadline> due;
   bool sweep_scheduled = false;
   // CUDA IPC: made on the first same-host GPU send, used from this actor's
   // thread only. ipc_handle is our table's (ipc_table_to_text), advertised
@@ -356,14 +390,10 @@ caf::error lost(const std::string& peer, const std::string& why);
 /// New work: poll now (see transfer.cpp).
 void ensure_progress(self_ptr self);
 
-/// Fails transfer `id` of `key` ("<peer" receiving, ">peer" sending) unless
-/// it completed within `timeout`.
+/// Fails the transfer (or expires the held offer) whose entry holds `d`
+/// unless it completed within `timeout` (the sweep, transfer.cpp).
 void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
-                  std::string key, std::uint64_t id, const transfer_entry& t);
-
-/// The same for a deadline not of a transfer entry (a held offer).
-void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
-                  std::string key, std::uint64_t id, std::uint64_t generation);
+                  entry_deadline& d);
 
 /// This actor's endpoint (endpoint_atom): peers address it by it.
 proto::endpoint endpoint_of(self_ptr self);
@@ -601,7 +631,7 @@ bool from_remote_sender(self_ptr self);
 caf::error refuse_remote_event(self_ptr self, std::uint64_t wait_event,
                                const char* what, std::uint64_t id);
 
-// One-sided reads (proto::read_order): deadlines keyed "^peer".
+// One-sided reads (proto::read_order), in transfer_state::reads.
 caf::result<proto::recv_report> handle_read(self_ptr self,
                                             proto::read_order& o);
 void expire_read(self_ptr self, const std::string& peer, std::uint64_t id,

@@ -374,3 +374,48 @@ TEST_CASE_FIXTURE(pair_fixture, "a receiver that drops its end of a channel "
           },
           [](caf::error& err) { FAIL(render(err)); });
 }
+
+// ---- a transfer that ended leaves nothing behind
+// Each transfer entry carries its own deadline, so once a transfer ended
+// and its recv order claimed it, neither transfer actor keeps anything of
+// it: memory is bounded by what is in flight, not by the rate times the
+// timeout (a deadline kept apart from its entry used to stay until it
+// passed, 30 s or more, at tens of thousands of transfers a second). A
+// transfer that landed before its recv order came is kept for that order.
+TEST_CASE_FIXTURE(pair_fixture, "a transfer that ended and was claimed "
+                                "leaves no state in either transfer actor") {
+  auto tracked = [&](const transfer_actor& a) {
+    std::uint64_t n = ~std::uint64_t{0};
+    self->request(a, 10s, proto::stats_atom::value)
+        .receive([&](const proto::transfer_stats& s) { n = s.tracked; },
+                 [](caf::error& err) { FAIL(render(err)); });
+    return n;
+  };
+  auto ep = receiver_endpoint();
+  constexpr std::uint64_t transfers = 40;
+  for (std::uint64_t id = 100; id < 100 + transfers; ++id) {
+    const std::uint64_t offset = (id % 8) * 1024;
+    if (id % 2 == 0) { // claimed first: the recv order waits for its bytes
+      auto pending = self->request(receiver, 30s, proto::recv_atom::value,
+                                   recv_order_from_sender(id));
+      REQUIRE(send(order_to(ep, id, {{0, offset, 1024}})));
+      pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                      [](caf::error& err) { FAIL(render(err)); });
+    } else { // landed first: the recv order finds it done
+      REQUIRE(send(order_to(ep, id, {{0, offset, 1024}})));
+      auto got = recv(id);
+      REQUIRE_MESSAGE(got, render(got.error()));
+      CHECK(got->bytes == 1024);
+    }
+  }
+  CHECK(tracked(sender) == 0);
+  CHECK(tracked(receiver) == 0);
+  // Landed and not claimed yet: kept for its recv order, then gone.
+  REQUIRE(send(order_to(ep, 200, {{0, 0, 1024}})));
+  for (int i = 0; i < 500 && tracked(receiver) == 0; ++i)
+    std::this_thread::sleep_for(10ms); // the announcement is on its way
+  CHECK(tracked(receiver) == 1);
+  CHECK(recv(200));
+  CHECK(tracked(receiver) == 0);
+  CHECK(tracked(sender) == 0);
+}

@@ -435,13 +435,19 @@ struct transfer_stats {
   // Sending side: announce_batch messages sent (each announces one or more
   // transfers on the plugin path).
   std::uint64_t announce_batches = 0;
+  // Now, not a counter: the transfers this actor keeps state for (in
+  // flight, or landed and not yet claimed by their recv order) and the
+  // offered pulls it holds. Each carries its own deadline; a transfer that
+  // ended and was claimed leaves nothing behind, so this falls back to 0
+  // once nothing is in flight.
+  std::uint64_t tracked = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
            x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls,
-           x.announce_batches);
+           x.announce_batches, x.tracked);
 }
 
 /// Counters of one consumer (for tests and operators): how its push
