@@ -714,9 +714,12 @@ TEST_CASE("kvferry's extension: a comm whose caller polls never sleeps in "
   CHECK(std::string(ext->name) == "kvsock");
   REQUIRE(bool(ext->setCallerPolls));
   CHECK(ext->setCallerPolls(nullptr) == ncclInvalidArgument);
-  // By default an idle comm soon sleeps in test() (KVSOCK_WAIT_US, here
-  // 2 ms per call); told that its caller polls, every call returns at once.
+  // By default an idle comm sleeps in test() (KVSOCK_WAIT_US, here 2 ms per
+  // call) once it has been idle for KVSOCK_SPIN_US; told that its caller
+  // polls, every call returns at once. No spin window here: on a fast core
+  // all 40 calls fit in the default 10 us one, and none would sleep.
   EnvGuard wait_us("KVSOCK_WAIT_US", "2000");
+  EnvGuard spin_us("KVSOCK_SPIN_US", "0");
   Pair sleepy;
   CHECK(median_idle_test_us(sleepy, 40) > 1000);
   Pair polled;
