@@ -1073,25 +1073,35 @@ caf::result<proto::ready_report> on_incoming(self_ptr self,
   return *ctx->promise;
 }
 
+// The producer actor that sent request `ctx` here: its credit's borrower,
+// or its advertiser (pull); none for a negotiated push.
+caf::actor_addr sender_of(consumer_state& st, const request_ctx& ctx) {
+  const auto& a = ctx.loan_id != 0 ? loan_by_id(st, ctx.loan_id).producer_actor
+                                   : ctx.advertiser;
+  return a ? a.address() : caf::actor_addr{};
+}
+
 // The producer's send (credit) or offer (pull) failed after it delegated:
 // answer the router now; the blocks come back when the transfer actor has
 // resolved the receives. A pull still waiting for blocks fails at once.
+// Only the actor that sent the request may abort it: the name in the
+// message (`producer`) is only for the log.
 void on_abort(self_ptr self, std::uint64_t request_id,
               const std::string& producer, caf::error& err) {
   auto& st = self->state;
+  const auto from = caf::actor_cast<caf::actor_addr>(self->current_sender());
   drop_waiting(
       self,
       [&](const waiter& w) {
-        return w.request_id == request_id && w.producer == producer;
+        return w.request_id == request_id && from && w.from == from;
       },
       [&](const waiter&) { return err; });
   auto i = st.requests.find(request_id);
   if (i == st.requests.end())
     return; // finished or failed already
   auto ctx = i->second;
-  const auto& sender =
-      ctx->loan_id != 0 ? loan_by_id(st, ctx->loan_id).producer : ctx->producer;
-  if ((ctx->loan_id == 0 && !ctx->advertiser) || sender != producer) {
+  const auto sender = sender_of(st, *ctx);
+  if (!sender || sender != from) {
     spdlog::warn("consumer {}: ignoring an abort of request {} from '{}', "
                  "which did not send it",
                  st.cfg.name, request_id, producer);
