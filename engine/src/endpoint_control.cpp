@@ -59,14 +59,15 @@ struct peer {
     std::uint64_t receipt = 0; // a recv: the transfer id the peer's send
                                // awaits a receipt for (0: none)
     std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
-    std::uint64_t answer = 0;  // a write or read: the answer it may get
+    std::uint64_t answer = 0;  // a write or read: the transfer id the
+                               // peer's answer names (0: none, or taken)
     bool landed = false;       // the peer said every byte landed there
   };
   std::unordered_map<xfer_id, op> inflight;
   // Our matched sends awaiting the peer's receipt: transfer id -> op.
   std::unordered_map<std::uint64_t, xfer_id> receipts;
-  // Our writes and reads the peer answers (their transfer ids) -> op.
-  std::unordered_map<std::uint64_t, xfer_id> answers;
+  // (Our writes and reads the peer answers need no table: an answer's
+  // transfer id is its op's id, take_answer.)
   proto::ep_batch outbox; // for the peer's control actor, not yet sent
   bool alive = true;
 };
@@ -149,8 +150,6 @@ void send_receipt(self_ptr self, peer& p, const peer::op& o,
 void forget_words(peer& p, const peer::op& o) {
   if (o.awaits != 0)
     p.receipts.erase(o.awaits);
-  if (o.answer != 0)
-    p.answers.erase(o.answer);
 }
 
 void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
@@ -302,7 +301,6 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   auto& op = p.inflight[o.id];
   op.replies_due = 1;
   op.answer = transfer_id;
-  p.answers[transfer_id] = o.id;
   auto plugin = transfer_path::plugin;
   proto::send_order push;
   push.transfer_id = transfer_id;
@@ -333,7 +331,6 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     auto& op = p->inflight[o.id];
     op.replies_due = 2; // our transfer actor, the peer's answer to the claim
     op.answer = o.id;
-    p->answers[o.id] = o.id;
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
@@ -375,28 +372,46 @@ void mark_landed(peer& p, xfer_id id, const caf::error& err) {
     i->second.landed = true;
 }
 
-// The peer's word on one of our ops: `table` (receipts or answers) maps its
-// transfer id to the op. False when no op awaits it (failed here already).
-bool take_word(self_ptr self, conn_id conn, peer& p,
-               std::unordered_map<std::uint64_t, xfer_id>& table,
-               std::uint64_t transfer_id, const caf::error& err) {
-  auto w = table.find(transfer_id);
-  if (w == table.end())
-    return false;
-  auto op = w->second;
-  table.erase(w);
+// The peer's word on our op `op` (an empty error: its bytes landed there).
+void settle_word(self_ptr self, conn_id conn, peer& p, xfer_id op,
+                 const caf::error& err) {
   mark_landed(p, op, err);
   if (err)
     part_failed(self, conn, op, err);
   else
     part_done(self, conn, op, std::nullopt);
+}
+
+// The peer's receipt for the receive our send `transfer_id` filled. False
+// when no op awaits it (failed here already).
+bool take_receipt(self_ptr self, conn_id conn, peer& p,
+                  std::uint64_t transfer_id, const caf::error& err) {
+  auto w = p.receipts.find(transfer_id);
+  if (w == p.receipts.end())
+    return false;
+  auto op = w->second;
+  p.receipts.erase(w);
+  settle_word(self, conn, p, op, err);
   return true;
+}
+
+// The peer's answer to our write or read `transfer_id`: that is the op's id
+// (a read's with receiver_chosen set), so the op itself says whether it
+// awaits it, and no table per peer costs a node per op. Ignored when no op
+// awaits it (failed here already, or answered).
+void take_answer(self_ptr self, conn_id conn, peer& p,
+                 std::uint64_t transfer_id, const caf::error& err) {
+  auto i = p.inflight.find(transfer_id & ~receiver_chosen);
+  if (i == p.inflight.end() || i->second.answer != transfer_id)
+    return;
+  i->second.answer = 0; // taken
+  settle_word(self, conn, p, i->first, err);
 }
 
 // The receive that our send filled settled at the peer.
 void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
                 const caf::error& err) {
-  if (take_word(self, conn, p, p.receipts, transfer_id, err) || !err)
+  if (take_receipt(self, conn, p, transfer_id, err) || !err)
     return;
   // No send of ours filled that receive (or ours failed here already): a
   // receive that failed there (its deadline) must not take a later send.
@@ -451,7 +466,7 @@ void on_batch(self_ptr self, proto::ep_batch& b) {
   // Answers to our claims (a write landed there, or not) and pushes (a
   // read's: only its failure is answered).
   for (const auto& a : b.answers)
-    take_word(self, conn, p, p.answers, a.transfer_id, a.error);
+    take_answer(self, conn, p, a.transfer_id, a.error);
   for (auto id : b.claims)
     claim(self, conn, b.sender, id);
   for (auto& o : b.pushes)
@@ -496,7 +511,6 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
         st.cfg.shared->fail(op, why);
     p.inflight.clear();
     p.receipts.clear();
-    p.answers.clear();
     p.sends.clear();
     p.posted.clear();
     p.outbox = proto::ep_batch{};
