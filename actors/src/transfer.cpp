@@ -260,8 +260,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   // launches (launch_ipc_copy): a pass of its own here would read a vector
   // call's tens of thousands of extents once more (issue #16).
   if (!ipc)
-    if (auto bad = check_table_extents(o.extents, st.region_sizes,
-                                       proto::region_sizes_of(o.peer)))
+    if (auto bad = check_send_extents(st, o))
       return make_error(
           ec::invalid_extent,
           fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
@@ -288,6 +287,15 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
 }
 
 } // namespace
+
+std::optional<std::string> check_send_extents(transfer_state& st,
+                                              const proto::send_order& o) {
+  auto& peer = st.order_peer_sizes; // proto::region_sizes_of, in kept room
+  peer.assign(1, o.peer.region_bytes);
+  peer.insert(peer.end(), o.peer.more_region_sizes.begin(),
+              o.peer.more_region_sizes.end());
+  return check_table_extents(o.extents, st.region_sizes, peer);
+}
 
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter) {

@@ -259,6 +259,9 @@ struct transfer_state {
   // The region table (plan.hpp): cfg.region, then cfg.more_regions.
   std::vector<std::shared_ptr<memory_region>> regions;
   std::vector<std::uint64_t> region_sizes;
+  // A send order's peer table, laid out for its check (check_send_extents);
+  // kept, so that a check allocates nothing once it has room.
+  std::vector<std::uint64_t> order_peer_sizes;
   std::unordered_map<std::string, peer_out> out;
   std::unordered_map<std::string, peer_in> in;
   proto::transfer_stats stats;
@@ -400,6 +403,11 @@ proto::endpoint endpoint_of(self_ptr self);
 
 /// A recv order claims its transfer for `waiter`: answered at once when the
 /// transfer ended before the order came, else when it ends.
+/// check_table_extents for a plugin send order: its extents against our
+/// table and the peer's as the order names it.
+std::optional<std::string> check_send_extents(transfer_state& st,
+                                              const proto::send_order& o);
+
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter);
 
