@@ -167,7 +167,7 @@ struct endpoint::impl {
     auto id = next_op.fetch_add(1);
     {
       std::lock_guard<std::mutex> lock(shared->mu);
-      shared->ops.emplace(id, op_entry{});
+      shared->op_nodes.emplace(shared->ops, id);
     }
     proto::endpoint_order o;
     o.op = static_cast<std::uint8_t>(op);
@@ -533,13 +533,13 @@ result<std::optional<std::uint64_t>> endpoint::poll(xfer_id id) {
                                              id)};
   if (!i->second.error.ok()) {
     auto why = i->second.error;
-    s.ops.erase(i);
+    s.op_nodes.erase(s.ops, i);
     return why;
   }
   if (!i->second.done)
     return std::optional<std::uint64_t>{};
   auto bytes = i->second.bytes;
-  s.ops.erase(i);
+  s.op_nodes.erase(s.ops, i);
   return std::optional<std::uint64_t>{bytes};
 }
 
