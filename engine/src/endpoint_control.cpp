@@ -40,6 +40,7 @@
 #include "endpoint_state.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 
 namespace kvferry::engine_detail {
 namespace {
@@ -76,6 +77,9 @@ struct control_state {
   control_config cfg;
   std::unordered_map<conn_id, peer> conns;
   std::unordered_map<std::string, conn_id> by_name;
+  // The nodes of ended ops, for the next ones (peer::inflight): an
+  // allocation per op otherwise.
+  node_shelf<decltype(peer::inflight)> op_nodes;
   conn_id next_conn = 1;
   bool flush_scheduled = false; // an ep_flush message is on its way
   static inline const char* name = "kvferry.endpoint";
@@ -107,6 +111,11 @@ std::optional<std::vector<extent>> zip_ranges(const std::vector<extent>& src,
     }
   }
   return out;
+}
+
+// Enters op `id` in flight to `p` (in a kept node).
+peer::op& new_op(self_ptr self, peer& p, xfer_id id) {
+  return self->state.op_nodes.emplace(p.inflight, id);
 }
 
 peer* find_peer(self_ptr self, conn_id conn) {
@@ -159,7 +168,7 @@ void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
         make_error(why.code(), fmt::format("at '{}': {}", self->state.cfg.name,
                                            why.reason())));
     forget_words(p, i->second);
-    p.inflight.erase(i);
+    self->state.op_nodes.erase(p.inflight, i);
   }
   self->state.cfg.shared->fail(id, std::move(why));
 }
@@ -180,7 +189,7 @@ void part_done(self_ptr self, conn_id conn, xfer_id id,
   auto total = i->second.bytes;
   send_receipt(self, *p, i->second, caf::error{});
   forget_words(*p, i->second);
-  p->inflight.erase(i);
+  self->state.op_nodes.erase(p->inflight, i);
   self->state.cfg.shared->complete(id, total);
 }
 
@@ -279,7 +288,7 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   auto from = order_peer(p.ep, o.src_sizes, path);
   st.cfg.shared->set_path(o.id, path);
   if (path == transfer_path::cuda_ipc) {
-    p.inflight[o.id].replies_due = 1;
+    new_op(self, p, o.id).replies_due = 1;
     proto::read_order r;
     r.transfer_id = transfer_id;
     r.peer = std::move(from);
@@ -298,7 +307,7 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   }
   // Done once our transfer actor reports the arrival; the peer's push
   // answers only when it failed.
-  auto& op = p.inflight[o.id];
+  auto& op = new_op(self, p, o.id);
   op.replies_due = 1;
   op.answer = transfer_id;
   auto plugin = transfer_path::plugin;
@@ -328,7 +337,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
   switch (static_cast<endpoint_op>(o.op)) {
   case endpoint_op::write: {
-    auto& op = p->inflight[o.id];
+    auto& op = new_op(self, *p, o.id);
     op.replies_due = 2; // our transfer actor, the peer's answer to the claim
     op.answer = o.id;
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
@@ -345,8 +354,9 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   case endpoint_op::recv: {
     auto transfer_id = o.id | receiver_chosen;
-    p->inflight[o.id].replies_due = 1;
-    p->inflight[o.id].receipt = transfer_id;
+    auto& op = new_op(self, *p, o.id);
+    op.replies_due = 1;
+    op.receipt = transfer_id;
     // The peer's send takes this path (its control actor decides alike).
     st.cfg.shared->set_path(
         o.id, path_between(p->ep, st.cfg.self_ep, p->one_process));
@@ -356,7 +366,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   }
   case endpoint_op::send:
-    p->inflight[o.id].replies_due = 2; // our transfer actor, the receipt
+    new_op(self, *p, o.id).replies_due = 2; // our transfer actor, the receipt
     p->sends.push_back(std::move(o));
     match_sends(self, p->sends.back().conn, *p);
     break;
