@@ -268,7 +268,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
       return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
-  auto& t = p.transfers[o.transfer_id];
+  auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
@@ -299,16 +299,17 @@ std::optional<std::string> check_send_extents(transfer_state& st,
 
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter) {
-  auto& p = self->state.in[o.peer_name];
-  auto& t = p.transfers[o.transfer_id];
+  auto& st = self->state;
+  auto& p = st.in[o.peer_name];
+  auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.waiter = std::move(waiter);
   if (t.done) {
     answer_waiter_of(t, {}, o.peer_name);
-    p.transfers.erase(o.transfer_id);
+    st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else if (t.failure) {
     answer_waiter_of(t, t.failure, o.peer_name);
     if (!t.cancelled) // else kept till its deadline: its bytes must not land
-      p.transfers.erase(o.transfer_id);
+      st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else {
     arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   }

@@ -99,7 +99,7 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     auto op =
         p.channel->post_send(region_data(self->state, at.region, at.offset),
                              c.length, p.regs[at.region]);
-    p.ops.emplace(op, id);
+    self->state.op_nodes.emplace(p.ops, op) = id;
     ++t.ops_left;
   }
   t.posted = true;
@@ -254,7 +254,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
     const auto at = locate(c.dst_offset); // checked by handle_announce
     auto op = p.channel->post_recv(region_data(st, at.region, at.offset),
                                    c.length, p.regs[at.region]);
-    p.ops.emplace(op, a.transfer_id);
+    st.op_nodes.emplace(p.ops, op) = a.transfer_id;
     ++t.ops_left;
   }
   t.posted = true;
@@ -265,7 +265,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
 void handle_announce(self_ptr self, proto::announcement& a) {
   auto& st = self->state;
   auto& p = st.in[a.sender];
-  auto& t = p.transfers[a.transfer_id];
+  auto& t = st.entry_nodes.emplace(p.transfers, a.transfer_id);
   if (t.cancelled || t.failure) {
     // The receiver gave up on it; its sends are coming anyway, so the comm
     // order is broken: tear the channel down and let the sender fail.
@@ -479,7 +479,7 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
     if (op == p.ops.end())
       return;
     auto id = op->second;
-    p.ops.erase(op);
+    st.op_nodes.erase(p.ops, op);
     if (!c.ok) {
       if (!failure)
         failure = lost(name, fmt::format("{} of transfer {} failed: {}",
@@ -496,7 +496,7 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
       bool claimed = t->second.waiter.has_value();
       finish(t->second, st, incoming, name);
       if (!incoming || claimed)
-        p.transfers.erase(t);
+        st.entry_nodes.erase(p.transfers, t);
     }
   });
   return progressed;

@@ -32,6 +32,7 @@
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -262,6 +263,11 @@ struct transfer_state {
   // A send order's peer table, laid out for its check (check_send_extents);
   // kept, so that a check allocates nothing once it has room.
   std::vector<std::uint64_t> order_peer_sizes;
+  // The nodes of ended transfers' entries and of completed plugin requests
+  // (peer_out and peer_in: transfers, ops), for the next ones: a node per
+  // transfer and per request otherwise.
+  node_shelf<std::unordered_map<std::uint64_t, transfer_entry>> entry_nodes;
+  node_shelf<std::unordered_map<op_id, std::uint64_t>> op_nodes;
   std::unordered_map<std::string, peer_out> out;
   std::unordered_map<std::string, peer_in> in;
   proto::transfer_stats stats;

@@ -7,9 +7,11 @@
 // so a map that stays about its size allocates nothing per entry.
 //
 // Bounds: at most `max_kept` nodes are kept (beyond, an erased node is
-// freed). A kept node's value is reset to a default one when it is shelved,
-// so it holds nothing of the entry it was. Not thread-safe: whoever owns the
-// map owns its shelf (one shelf may serve several maps of one type).
+// freed). A node's value is reset to a default one when it is shelved (it
+// holds nothing of the entry it was) and again when it is reused (a value
+// whose defaults read the clock or a counter gets them afresh). Not
+// thread-safe: whoever owns the map owns its shelf (one shelf may serve
+// several maps of one type).
 #pragma once
 
 #include <cstddef>
@@ -37,6 +39,7 @@ public:
     auto node = std::move(kept_.back());
     kept_.pop_back();
     node.key() = key;
+    node.mapped() = typename Map::mapped_type{};
     auto r = map.insert(std::move(node));
     if (!r.inserted) // the key was there: the node comes back
       kept_.push_back(std::move(r.node));
@@ -52,6 +55,12 @@ public:
     auto node = map.extract(i);
     node.mapped() = typename Map::mapped_type{};
     kept_.push_back(std::move(node));
+  }
+
+  /// Erases the entry of `key`, if any, keeping its node.
+  void erase(Map& map, const key_type& key) {
+    if (auto i = map.find(key); i != map.end())
+      erase(map, i);
   }
 
   std::size_t kept() const { return kept_.size(); }
