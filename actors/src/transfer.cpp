@@ -278,9 +278,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     st.event_waits.push_back(
         {peer, o.transfer_id, std::move(o.extents), o.wait_event});
   else {
-    start_plugin_send(self, peer, p, o.transfer_id, o.extents);
-    // Coalesced into the send's own chunks: the list goes back for reuse.
-    transport::extent_lists::give(std::move(o.extents));
+    start_plugin_send(self, peer, p, o.transfer_id, std::move(o.extents));
   }
   ensure_progress(self);
   return promise;

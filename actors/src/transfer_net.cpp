@@ -50,6 +50,7 @@
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "transfer_state.hpp"
 
 namespace kvferry::transfer_detail {
@@ -200,8 +201,11 @@ namespace {
 void post_announced(self_ptr self, peer_out& p) {
   if (p.unposted.empty())
     return;
-  for (const auto& w : p.unposted)
+  for (auto& w : p.unposted) {
     post_sends(self, p, w.id, w.chunks);
+    // The order's own list, coalesced (start_plugin_send): back for reuse.
+    transport::extent_lists::give(std::move(w.chunks));
+  }
   p.unposted.clear();
   ensure_progress(self);
 }
@@ -226,8 +230,8 @@ void on_announce_flush(self_ptr self) {
 }
 
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
-                       std::uint64_t id, const std::vector<extent>& extents) {
-  auto chunks = coalesce(extents);
+                       std::uint64_t id, std::vector<extent> extents) {
+  auto chunks = coalesce(std::move(extents)); // in place: no list of its own
   try {
     if (p.channel) {
       start_send(self, p, id, std::move(chunks));

@@ -459,9 +459,11 @@ registration register_region(transfer_state& st, transport::channel& channel,
                              const memory_region* region);
 
 /// Sends `extents` of transfer `id` to `peer` (`p`) over its channel,
-/// opening the channel first if there is none.
+/// opening the channel first if there is none. The list is coalesced in
+/// place into the send's chunks and goes back to extent_lists once they are
+/// posted.
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
-                       std::uint64_t id, const std::vector<extent>& extents);
+                       std::uint64_t id, std::vector<extent> extents);
 
 /// A batch of announcements from a sender: each handled in turn.
 void handle_announce_batch(self_ptr self, proto::announce_batch& b);
