@@ -260,8 +260,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   // launches (launch_ipc_copy): a pass of its own here would read a vector
   // call's tens of thousands of extents once more (issue #16).
   if (!ipc)
-    if (auto bad = check_table_extents(o.extents, st.region_sizes,
-                                       proto::region_sizes_of(o.peer)))
+    if (auto bad = check_send_extents(st, o))
       return make_error(
           ec::invalid_extent,
           fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));
@@ -269,7 +268,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
       return stale;
   auto promise = self->make_response_promise<std::uint64_t>();
-  auto& t = p.transfers[o.transfer_id];
+  auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = waiter_promise{promise};
   arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
@@ -279,9 +278,7 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
     st.event_waits.push_back(
         {peer, o.transfer_id, std::move(o.extents), o.wait_event});
   else {
-    start_plugin_send(self, peer, p, o.transfer_id, o.extents);
-    // Coalesced into the send's own chunks: the list goes back for reuse.
-    transport::extent_lists::give(std::move(o.extents));
+    start_plugin_send(self, peer, p, o.transfer_id, std::move(o.extents));
   }
   ensure_progress(self);
   return promise;
@@ -289,18 +286,28 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
 
 } // namespace
 
+std::optional<std::string> check_send_extents(transfer_state& st,
+                                              const proto::send_order& o) {
+  auto& peer = st.order_peer_sizes; // proto::region_sizes_of, in kept room
+  peer.assign(1, o.peer.region_bytes);
+  peer.insert(peer.end(), o.peer.more_region_sizes.begin(),
+              o.peer.more_region_sizes.end());
+  return check_table_extents(o.extents, st.region_sizes, peer);
+}
+
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter) {
-  auto& p = self->state.in[o.peer_name];
-  auto& t = p.transfers[o.transfer_id];
+  auto& st = self->state;
+  auto& p = st.in[o.peer_name];
+  auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.waiter = std::move(waiter);
   if (t.done) {
     answer_waiter_of(t, {}, o.peer_name);
-    p.transfers.erase(o.transfer_id);
+    st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else if (t.failure) {
     answer_waiter_of(t, t.failure, o.peer_name);
     if (!t.cancelled) // else kept till its deadline: its bytes must not land
-      p.transfers.erase(o.transfer_id);
+      st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else {
     arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   }

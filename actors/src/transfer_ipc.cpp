@@ -1044,7 +1044,8 @@ bool progress_event_waits(self_ptr self) {
     st.event_waits.pop_back();
     progressed = true;
     if (ready)
-      start_plugin_send(self, done.peer, p->second, done.id, done.extents);
+      start_plugin_send(self, done.peer, p->second, done.id,
+                        std::move(done.extents));
   }
   return progressed;
 }

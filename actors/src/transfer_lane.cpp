@@ -377,7 +377,7 @@ void queue_lane_send(self_ptr self, const std::string& peer, peer_out& p,
 }
 
 // Why the prefill refuses the order (none: it sends).
-caf::error refusal_of(const transfer_state& st, const peer_out& p,
+caf::error refusal_of(transfer_state& st, const peer_out& p,
                       const proto::send_order& o) {
   const auto& peer = o.peer.name;
   if (o.wait_event != 0)
@@ -389,8 +389,7 @@ caf::error refusal_of(const transfer_state& st, const peer_out& p,
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
-  if (auto bad = check_table_extents(o.extents, st.region_sizes,
-                                     proto::region_sizes_of(o.peer)))
+  if (auto bad = check_send_extents(st, o))
     return make_error(
         ec::invalid_extent,
         fmt::format("send order {} to '{}': {}", o.transfer_id, peer, *bad));

@@ -50,6 +50,7 @@
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/transport/extent_lists.hpp"
 #include "transfer_state.hpp"
 
 namespace kvferry::transfer_detail {
@@ -99,7 +100,7 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     auto op =
         p.channel->post_send(region_data(self->state, at.region, at.offset),
                              c.length, p.regs[at.region]);
-    p.ops.emplace(op, id);
+    self->state.op_nodes.emplace(p.ops, op) = id;
     ++t.ops_left;
   }
   t.posted = true;
@@ -200,8 +201,11 @@ namespace {
 void post_announced(self_ptr self, peer_out& p) {
   if (p.unposted.empty())
     return;
-  for (const auto& w : p.unposted)
+  for (auto& w : p.unposted) {
     post_sends(self, p, w.id, w.chunks);
+    // The order's own list, coalesced (start_plugin_send): back for reuse.
+    transport::extent_lists::give(std::move(w.chunks));
+  }
   p.unposted.clear();
   ensure_progress(self);
 }
@@ -226,8 +230,8 @@ void on_announce_flush(self_ptr self) {
 }
 
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
-                       std::uint64_t id, const std::vector<extent>& extents) {
-  auto chunks = coalesce(extents);
+                       std::uint64_t id, std::vector<extent> extents) {
+  auto chunks = coalesce(std::move(extents)); // in place: no list of its own
   try {
     if (p.channel) {
       start_send(self, p, id, std::move(chunks));
@@ -254,7 +258,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
     const auto at = locate(c.dst_offset); // checked by handle_announce
     auto op = p.channel->post_recv(region_data(st, at.region, at.offset),
                                    c.length, p.regs[at.region]);
-    p.ops.emplace(op, a.transfer_id);
+    st.op_nodes.emplace(p.ops, op) = a.transfer_id;
     ++t.ops_left;
   }
   t.posted = true;
@@ -265,7 +269,7 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
 void handle_announce(self_ptr self, proto::announcement& a) {
   auto& st = self->state;
   auto& p = st.in[a.sender];
-  auto& t = p.transfers[a.transfer_id];
+  auto& t = st.entry_nodes.emplace(p.transfers, a.transfer_id);
   if (t.cancelled || t.failure) {
     // The receiver gave up on it; its sends are coming anyway, so the comm
     // order is broken: tear the channel down and let the sender fail.
@@ -479,7 +483,7 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
     if (op == p.ops.end())
       return;
     auto id = op->second;
-    p.ops.erase(op);
+    st.op_nodes.erase(p.ops, op);
     if (!c.ok) {
       if (!failure)
         failure = lost(name, fmt::format("{} of transfer {} failed: {}",
@@ -496,7 +500,7 @@ bool poll_peer(self_ptr self, const std::string& name, Peer& p, bool incoming,
       bool claimed = t->second.waiter.has_value();
       finish(t->second, st, incoming, name);
       if (!incoming || claimed)
-        p.transfers.erase(t);
+        st.entry_nodes.erase(p.transfers, t);
     }
   });
   return progressed;

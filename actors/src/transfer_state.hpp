@@ -32,6 +32,7 @@
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -259,6 +260,14 @@ struct transfer_state {
   // The region table (plan.hpp): cfg.region, then cfg.more_regions.
   std::vector<std::shared_ptr<memory_region>> regions;
   std::vector<std::uint64_t> region_sizes;
+  // A send order's peer table, laid out for its check (check_send_extents);
+  // kept, so that a check allocates nothing once it has room.
+  std::vector<std::uint64_t> order_peer_sizes;
+  // The nodes of ended transfers' entries and of completed plugin requests
+  // (peer_out and peer_in: transfers, ops), for the next ones: a node per
+  // transfer and per request otherwise.
+  node_shelf<std::unordered_map<std::uint64_t, transfer_entry>> entry_nodes;
+  node_shelf<std::unordered_map<op_id, std::uint64_t>> op_nodes;
   std::unordered_map<std::string, peer_out> out;
   std::unordered_map<std::string, peer_in> in;
   proto::transfer_stats stats;
@@ -400,6 +409,11 @@ proto::endpoint endpoint_of(self_ptr self);
 
 /// A recv order claims its transfer for `waiter`: answered at once when the
 /// transfer ended before the order came, else when it ends.
+/// check_table_extents for a plugin send order: its extents against our
+/// table and the peer's as the order names it.
+std::optional<std::string> check_send_extents(transfer_state& st,
+                                              const proto::send_order& o);
+
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter);
 
@@ -445,9 +459,11 @@ registration register_region(transfer_state& st, transport::channel& channel,
                              const memory_region* region);
 
 /// Sends `extents` of transfer `id` to `peer` (`p`) over its channel,
-/// opening the channel first if there is none.
+/// opening the channel first if there is none. The list is coalesced in
+/// place into the send's chunks and goes back to extent_lists once they are
+/// posted.
 void start_plugin_send(self_ptr self, const std::string& peer, peer_out& p,
-                       std::uint64_t id, const std::vector<extent>& extents);
+                       std::uint64_t id, std::vector<extent> extents);
 
 /// A batch of announcements from a sender: each handled in turn.
 void handle_announce_batch(self_ptr self, proto::announce_batch& b);

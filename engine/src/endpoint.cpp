@@ -137,11 +137,17 @@ struct endpoint::impl {
     return offset_in(shared->region_sizes, s, index);
   }
 
-  // The local region table now (a vector of many KV blocks reads it once,
-  // not once per block).
-  std::vector<std::uint64_t> region_sizes() {
+  // The local region table now, copied into `into` (a vector of many KV
+  // blocks reads it once, not once per block). Callers pass their thread's
+  // copy (this_thread_table): assigned over, it allocates nothing once it
+  // has room, where a fresh copy per call was an allocation.
+  void copy_region_sizes(std::vector<std::uint64_t>& into) {
     std::lock_guard<std::mutex> lock(shared->mu);
-    return shared->region_sizes;
+    into = shared->region_sizes;
+  }
+  static std::vector<std::uint64_t>& this_thread_table() {
+    thread_local std::vector<std::uint64_t> table;
+    return table;
   }
 
   // Where local slice `s` lies in a copy of the region table.
@@ -161,7 +167,7 @@ struct endpoint::impl {
     auto id = next_op.fetch_add(1);
     {
       std::lock_guard<std::mutex> lock(shared->mu);
-      shared->ops.emplace(id, op_entry{});
+      shared->op_nodes.emplace(shared->ops, id);
     }
     proto::endpoint_order o;
     o.op = static_cast<std::uint8_t>(op);
@@ -437,7 +443,8 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
   call.peer_instance = peer->instance;
   call.conn = conn;
   call.peer_name = peer->peer;
-  call.local = region_sizes();
+  call.local = std::move(this_thread_table()); // given back below
+  copy_region_sizes(call.local);
   // A recycled list: a fresh one of tens of thousands of extents would be
   // page-faulted in on every call (extent_lists.hpp).
   one_sided_plan plan;
@@ -448,9 +455,17 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
     checked =
         plan_one_sided(call, local, remote, plan, &crew, crew_parts.data());
   } else {
-    one_sided_part part; // a small call: no crew, nothing shared
+    // A small call: no crew, nothing shared; the thread's own scratch,
+    // reused (plan_part empties it).
+    thread_local one_sided_part part;
     checked = plan_one_sided(call, local, remote, plan, nullptr, &part);
   }
+  // A read's order names the local table too (its dst_sizes): a copy of
+  // its own, so that the thread keeps its table.
+  std::vector<std::uint64_t> read_table;
+  if (!call.write && checked.ok())
+    read_table = call.local;
+  this_thread_table() = std::move(call.local);
   if (!checked.ok()) {
     transport::extent_lists::give(std::move(plan.extents));
     return checked;
@@ -459,7 +474,7 @@ result<xfer_id> endpoint::impl::one_sided(proto::endpoint_op op, conn_id conn,
     return start(op, conn, std::move(plan.extents), plan.bytes,
                  std::move(plan.remote_sizes));
   return start(op, conn, std::move(plan.extents), plan.bytes,
-               std::move(call.local), std::move(plan.remote_sizes));
+               std::move(read_table), std::move(plan.remote_sizes));
 }
 
 result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
@@ -472,7 +487,8 @@ result<xfer_id> endpoint::impl::two_sided(proto::endpoint_op op, conn_id conn,
     return invalid(fmt::format("{}: no local slices", what));
   std::vector<extent> ranges;
   ranges.reserve(local.size());
-  const auto sizes = region_sizes();
+  auto& sizes = this_thread_table();
+  copy_region_sizes(sizes);
   std::uint64_t bytes = 0;
   for (std::size_t i = 0; i < local.size(); ++i) {
     auto here = offset_in(sizes, local[i], i);
@@ -517,13 +533,13 @@ result<std::optional<std::uint64_t>> endpoint::poll(xfer_id id) {
                                              id)};
   if (!i->second.error.ok()) {
     auto why = i->second.error;
-    s.ops.erase(i);
+    s.op_nodes.erase(s.ops, i);
     return why;
   }
   if (!i->second.done)
     return std::optional<std::uint64_t>{};
   auto bytes = i->second.bytes;
-  s.ops.erase(i);
+  s.op_nodes.erase(s.ops, i);
   return std::optional<std::uint64_t>{bytes};
 }
 

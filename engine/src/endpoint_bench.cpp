@@ -5,6 +5,7 @@
 #include "kvferry/endpoint_bench.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -78,9 +79,20 @@ result<bench_pair> make_pair(const endpoint_bench_options& o,
 
 // Issues operation k (slot `off`); the ids to await, the last one
 // completing it (send: the recv).
-result<std::vector<xfer_id>> issue(bench_pair& p, const std::string& op,
-                                   std::uint64_t off, std::uint64_t size) {
-  std::vector<xfer_id> ids;
+// One operation's transfer ids (a send's are two: the recv's, the send's),
+// held inline: the bench allocates nothing of its own per operation, so
+// that a count of allocations per operation is the endpoint's.
+struct op_ids {
+  std::array<xfer_id, 2> id{};
+  std::size_t count = 0;
+  void push_back(xfer_id x) { id[count++] = x; }
+  std::size_t size() const { return count; }
+  xfer_id operator[](std::size_t i) const { return id[i]; }
+};
+
+result<op_ids> issue(bench_pair& p, const std::string& op, std::uint64_t off,
+                     std::uint64_t size) {
+  op_ids ids;
   auto add = [&](result<xfer_id> r) {
     if (r.ok())
       ids.push_back(*r);
@@ -103,8 +115,7 @@ result<std::vector<xfer_id>> issue(bench_pair& p, const std::string& op,
   return ids;
 }
 
-status await(bench_pair& p, const std::string& op,
-             const std::vector<xfer_id>& ids) {
+status await(bench_pair& p, const std::string& op, const op_ids& ids) {
   for (std::size_t i = 0; i < ids.size(); ++i) {
     // send's ids: the recv's on b, then the send's on a.
     auto& ep = (op == "write" || (op == "send" && i == 1)) ? p.a : p.b;
@@ -135,7 +146,7 @@ result<double> call_cost(bench_pair& p, const std::string& op,
   constexpr int bursts = 16, burst = 16;
   std::vector<double> calls;
   for (int b = 0; b < bursts; ++b) {
-    std::vector<std::vector<xfer_id>> issued;
+    std::vector<op_ids> issued;
     for (int k = 0; k < burst; ++k) {
       auto before = clock_type::now();
       auto ids = issue(p, op, (k % slots) * size, size);
@@ -178,7 +189,7 @@ result<endpoint_bench_row> measure(bench_pair& p,
         fmt::format("{} of {} B (calls): {}", op, size, call.error().reason())};
   std::memset(p.bbuf.data(), 0, slots * size);
   struct flight {
-    std::vector<xfer_id> ids;
+    op_ids ids;
     clock_type::time_point issued;
   };
   std::deque<flight> in_flight;

@@ -40,6 +40,7 @@
 #include "endpoint_state.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 
 namespace kvferry::engine_detail {
 namespace {
@@ -59,14 +60,15 @@ struct peer {
     std::uint64_t receipt = 0; // a recv: the transfer id the peer's send
                                // awaits a receipt for (0: none)
     std::uint64_t awaits = 0;  // a matched send: the receipt it awaits
-    std::uint64_t answer = 0;  // a write or read: the answer it may get
+    std::uint64_t answer = 0;  // a write or read: the transfer id the
+                               // peer's answer names (0: none, or taken)
     bool landed = false;       // the peer said every byte landed there
   };
   std::unordered_map<xfer_id, op> inflight;
   // Our matched sends awaiting the peer's receipt: transfer id -> op.
   std::unordered_map<std::uint64_t, xfer_id> receipts;
-  // Our writes and reads the peer answers (their transfer ids) -> op.
-  std::unordered_map<std::uint64_t, xfer_id> answers;
+  // (Our writes and reads the peer answers need no table: an answer's
+  // transfer id is its op's id, take_answer.)
   proto::ep_batch outbox; // for the peer's control actor, not yet sent
   bool alive = true;
 };
@@ -75,6 +77,9 @@ struct control_state {
   control_config cfg;
   std::unordered_map<conn_id, peer> conns;
   std::unordered_map<std::string, conn_id> by_name;
+  // The nodes of ended ops, for the next ones (peer::inflight): an
+  // allocation per op otherwise.
+  node_shelf<decltype(peer::inflight)> op_nodes;
   conn_id next_conn = 1;
   bool flush_scheduled = false; // an ep_flush message is on its way
   static inline const char* name = "kvferry.endpoint";
@@ -106,6 +111,11 @@ std::optional<std::vector<extent>> zip_ranges(const std::vector<extent>& src,
     }
   }
   return out;
+}
+
+// Enters op `id` in flight to `p` (in a kept node).
+peer::op& new_op(self_ptr self, peer& p, xfer_id id) {
+  return self->state.op_nodes.emplace(p.inflight, id);
 }
 
 peer* find_peer(self_ptr self, conn_id conn) {
@@ -149,8 +159,6 @@ void send_receipt(self_ptr self, peer& p, const peer::op& o,
 void forget_words(peer& p, const peer::op& o) {
   if (o.awaits != 0)
     p.receipts.erase(o.awaits);
-  if (o.answer != 0)
-    p.answers.erase(o.answer);
 }
 
 void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
@@ -160,7 +168,7 @@ void fail_op(self_ptr self, peer& p, xfer_id id, status why) {
         make_error(why.code(), fmt::format("at '{}': {}", self->state.cfg.name,
                                            why.reason())));
     forget_words(p, i->second);
-    p.inflight.erase(i);
+    self->state.op_nodes.erase(p.inflight, i);
   }
   self->state.cfg.shared->fail(id, std::move(why));
 }
@@ -181,7 +189,7 @@ void part_done(self_ptr self, conn_id conn, xfer_id id,
   auto total = i->second.bytes;
   send_receipt(self, *p, i->second, caf::error{});
   forget_words(*p, i->second);
-  p->inflight.erase(i);
+  self->state.op_nodes.erase(p->inflight, i);
   self->state.cfg.shared->complete(id, total);
 }
 
@@ -280,7 +288,7 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   auto from = order_peer(p.ep, o.src_sizes, path);
   st.cfg.shared->set_path(o.id, path);
   if (path == transfer_path::cuda_ipc) {
-    p.inflight[o.id].replies_due = 1;
+    new_op(self, p, o.id).replies_due = 1;
     proto::read_order r;
     r.transfer_id = transfer_id;
     r.peer = std::move(from);
@@ -299,10 +307,9 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   }
   // Done once our transfer actor reports the arrival; the peer's push
   // answers only when it failed.
-  auto& op = p.inflight[o.id];
+  auto& op = new_op(self, p, o.id);
   op.replies_due = 1;
   op.answer = transfer_id;
-  p.answers[transfer_id] = o.id;
   auto plugin = transfer_path::plugin;
   proto::send_order push;
   push.transfer_id = transfer_id;
@@ -330,10 +337,9 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
   switch (static_cast<endpoint_op>(o.op)) {
   case endpoint_op::write: {
-    auto& op = p->inflight[o.id];
+    auto& op = new_op(self, *p, o.id);
     op.replies_due = 2; // our transfer actor, the peer's answer to the claim
     op.answer = o.id;
-    p->answers[o.id] = o.id;
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
@@ -348,8 +354,9 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   case endpoint_op::recv: {
     auto transfer_id = o.id | receiver_chosen;
-    p->inflight[o.id].replies_due = 1;
-    p->inflight[o.id].receipt = transfer_id;
+    auto& op = new_op(self, *p, o.id);
+    op.replies_due = 1;
+    op.receipt = transfer_id;
     // The peer's send takes this path (its control actor decides alike).
     st.cfg.shared->set_path(
         o.id, path_between(p->ep, st.cfg.self_ep, p->one_process));
@@ -359,7 +366,7 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     break;
   }
   case endpoint_op::send:
-    p->inflight[o.id].replies_due = 2; // our transfer actor, the receipt
+    new_op(self, *p, o.id).replies_due = 2; // our transfer actor, the receipt
     p->sends.push_back(std::move(o));
     match_sends(self, p->sends.back().conn, *p);
     break;
@@ -375,28 +382,46 @@ void mark_landed(peer& p, xfer_id id, const caf::error& err) {
     i->second.landed = true;
 }
 
-// The peer's word on one of our ops: `table` (receipts or answers) maps its
-// transfer id to the op. False when no op awaits it (failed here already).
-bool take_word(self_ptr self, conn_id conn, peer& p,
-               std::unordered_map<std::uint64_t, xfer_id>& table,
-               std::uint64_t transfer_id, const caf::error& err) {
-  auto w = table.find(transfer_id);
-  if (w == table.end())
-    return false;
-  auto op = w->second;
-  table.erase(w);
+// The peer's word on our op `op` (an empty error: its bytes landed there).
+void settle_word(self_ptr self, conn_id conn, peer& p, xfer_id op,
+                 const caf::error& err) {
   mark_landed(p, op, err);
   if (err)
     part_failed(self, conn, op, err);
   else
     part_done(self, conn, op, std::nullopt);
+}
+
+// The peer's receipt for the receive our send `transfer_id` filled. False
+// when no op awaits it (failed here already).
+bool take_receipt(self_ptr self, conn_id conn, peer& p,
+                  std::uint64_t transfer_id, const caf::error& err) {
+  auto w = p.receipts.find(transfer_id);
+  if (w == p.receipts.end())
+    return false;
+  auto op = w->second;
+  p.receipts.erase(w);
+  settle_word(self, conn, p, op, err);
   return true;
+}
+
+// The peer's answer to our write or read `transfer_id`: that is the op's id
+// (a read's with receiver_chosen set), so the op itself says whether it
+// awaits it, and no table per peer costs a node per op. Ignored when no op
+// awaits it (failed here already, or answered).
+void take_answer(self_ptr self, conn_id conn, peer& p,
+                 std::uint64_t transfer_id, const caf::error& err) {
+  auto i = p.inflight.find(transfer_id & ~receiver_chosen);
+  if (i == p.inflight.end() || i->second.answer != transfer_id)
+    return;
+  i->second.answer = 0; // taken
+  settle_word(self, conn, p, i->first, err);
 }
 
 // The receive that our send filled settled at the peer.
 void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
                 const caf::error& err) {
-  if (take_word(self, conn, p, p.receipts, transfer_id, err) || !err)
+  if (take_receipt(self, conn, p, transfer_id, err) || !err)
     return;
   // No send of ours filled that receive (or ours failed here already): a
   // receive that failed there (its deadline) must not take a later send.
@@ -451,7 +476,7 @@ void on_batch(self_ptr self, proto::ep_batch& b) {
   // Answers to our claims (a write landed there, or not) and pushes (a
   // read's: only its failure is answered).
   for (const auto& a : b.answers)
-    take_word(self, conn, p, p.answers, a.transfer_id, a.error);
+    take_answer(self, conn, p, a.transfer_id, a.error);
   for (auto id : b.claims)
     claim(self, conn, b.sender, id);
   for (auto& o : b.pushes)
@@ -496,7 +521,6 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
         st.cfg.shared->fail(op, why);
     p.inflight.clear();
     p.receipts.clear();
-    p.answers.clear();
     p.sends.clear();
     p.posted.clear();
     p.outbox = proto::ep_batch{};

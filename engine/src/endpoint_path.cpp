@@ -53,21 +53,22 @@ std::vector<std::uint64_t> sizes_covering(const std::vector<extent>& ranges,
 proto::endpoint order_peer(proto::endpoint ep,
                            const std::vector<std::uint64_t>& needed,
                            transfer_path& path) {
-  auto sizes = proto::region_sizes_of(ep);
-  if (sizes.size() < needed.size()) {
-    sizes.resize(needed.size(), 0);
+  // Grown in place (region 0 is region_bytes, the others
+  // more_region_sizes): a table built aside was an allocation per order.
+  auto& more = ep.more_region_sizes;
+  if (needed.size() > more.size() + 1) {
+    more.resize(needed.size() - 1, 0);
     path = transfer_path::plugin;
   }
-  for (std::size_t i = 0; i < needed.size(); ++i)
-    if (needed[i] > sizes[i]) {
-      sizes[i] = needed[i];
+  for (std::size_t i = 0; i < needed.size(); ++i) {
+    auto& have = i == 0 ? ep.region_bytes : more[i - 1];
+    if (needed[i] > have) {
+      have = needed[i];
       path = transfer_path::plugin;
     }
+  }
   if (path != transfer_path::cuda_ipc)
     ep.ipc_handle.clear();
-  ep.region_bytes = sizes.empty() ? 0 : sizes[0];
-  ep.more_region_sizes.assign(sizes.begin() + (sizes.empty() ? 0 : 1),
-                              sizes.end());
   return ep;
 }
 

@@ -20,6 +20,7 @@
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/endpoint.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 
 namespace kvferry::engine_detail {
 
@@ -45,6 +46,9 @@ struct shared_state {
   std::mutex mu;
   std::condition_variable changed;
   std::unordered_map<xfer_id, op_entry> ops;
+  // The nodes of reported ops, for the next ones (an allocation per op
+  // otherwise).
+  node_shelf<std::unordered_map<xfer_id, op_entry>> op_nodes;
   std::unordered_map<conn_id, conn_entry> conns;
   std::deque<conn_id> accepted;
   std::vector<notification> notes;

@@ -1,6 +1,8 @@
 // Transfer plans and the block pool: what the transfer actor relies on.
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <climits>
@@ -8,6 +10,7 @@
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/kv_geometry.hpp"
+#include "kvferry/runtime/node_shelf.hpp"
 
 using kvferry::extent;
 
@@ -104,4 +107,41 @@ TEST_CASE("checking both sides of a plan in one pass says what the two "
   CHECK_FALSE(kvferry::check_table_extents(plans[0], src, dst).has_value());
   CHECK(kvferry::check_table_extents(plans[5], src, dst)->find("extent #1") !=
         std::string::npos);
+}
+
+// A table of transfers in flight (the endpoint's ops, its control actor's)
+// keeps the nodes of ended entries for the next ones: the same memory serves
+// entry after entry, a new entry starts from a default value, and what is
+// kept stays bounded.
+TEST_CASE("node shelf: erased nodes serve later entries, reset, bounded") {
+  using table = std::unordered_map<std::uint64_t, std::string>;
+  table t;
+  kvferry::node_shelf<table> shelf{2};
+  shelf.emplace(t, 1) = "an entry long enough to own heap memory";
+  const auto* node = &t.at(1);
+  shelf.erase(t, t.find(1));
+  CHECK(t.empty());
+  CHECK(shelf.kept() == 1);
+
+  auto& again = shelf.emplace(t, 2);
+  CHECK(&again == node); // the same node, under its new key
+  CHECK(again.empty());  // nothing of the entry it was
+  CHECK(t.count(2) == 1);
+  CHECK(shelf.kept() == 0);
+
+  // A key already there keeps its entry (as try_emplace); the node stays.
+  shelf.erase(t, t.find(2));
+  shelf.emplace(t, 3) = "three";
+  shelf.emplace(t, 4);
+  shelf.erase(t, t.find(4));
+  CHECK(shelf.emplace(t, 3) == "three");
+  CHECK(shelf.kept() == 1);
+
+  // Bounded: beyond max_kept an erased node is freed.
+  for (std::uint64_t k = 10; k < 15; ++k)
+    shelf.emplace(t, k);
+  for (std::uint64_t k = 10; k < 15; ++k)
+    shelf.erase(t, t.find(k));
+  CHECK(shelf.kept() == 2);
+  CHECK(t.size() == 1);
 }
