@@ -6,8 +6,9 @@
 // from a heap top that glibc trims again after the free (the list is freed
 // on another thread), so every call page-faulted its list in: ~400 faults,
 // more host time per call than the copy kernel's. The caller takes a list
-// here and the transfer actor gives it back once the plan is packed, so in
-// steady state a vector call allocates nothing.
+// here and the transfer actor gives it back once it is done with it (over
+// CUDA IPC once the plan is packed, over the plugin once the sends are
+// posted), so in steady state a vector call allocates nothing.
 //
 // Bounds: at most max_kept lists are kept, each of at least min_kept_extents
 // capacity (smaller ones are cheap for malloc and are simply freed). The
