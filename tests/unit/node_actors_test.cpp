@@ -19,6 +19,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "node_cache.hpp"
+#include "scoped_env.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -262,6 +263,12 @@ TEST_CASE_FIXTURE(caller_system, "an offered pull is answered by the "
 TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
                                  "nothing lands in its blocks after its "
                                  "caller heard") {
+  // The prefill's sends start 50 ms after they are posted (read when the
+  // comms open), so the withdrawal, a local message, reaches the decode's
+  // transfer actor before any byte on every run. Without it the bytes could
+  // land first on a busy machine: the caller then hears of a pull that
+  // landed, which is right, but the failure path goes untested.
+  test::scoped_env slow_sends{"KVSOCK_FAULT_DELAY_US", "50000"};
   connect_and_listen(*this);
   std::vector<std::uint64_t> s{0, 1}, d{2, 5};
   advertise_offered(*this, 51, s); // its advert is never told: not awaited
