@@ -707,30 +707,14 @@ TEST_CASE_FIXTURE(fixture, "a consumer that lends nothing refuses credit "
   CHECK(s.lent_blocks == 0);
 }
 
-TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once") {
+TEST_CASE_FIXTURE(fixture, "an abort fails the delegated request at once, "
+                           "but only from the producer that sent it") {
   start(64, 64);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   REQUIRE(reserve(*this, p, 8));
   auto slot = send_notice_pending(
       *this, p, notice_for(*this, 11, "prefill-9", p.first_granted(4)));
   REQUIRE_FALSE(*slot); // waiting for bytes that will not come
-  caf::anon_send(p.actor, proto::abort_atom::value, std::uint64_t{11},
-                 make_error(ec::peer_down, "send to 'decode-0' failed"));
-  run();
-  REQUIRE(*slot);
-  REQUIRE_FALSE(**slot);
-  CHECK(is((*slot)->error(), ec::peer_down));
-  CHECK(render((*slot)->error()).find("send to 'decode-0' failed") !=
-        std::string::npos);
-}
-
-TEST_CASE_FIXTURE(fixture, "only the producer that sent a request aborts it") {
-  start(64, 64);
-  auto p = spawn_borrower(*this, consumer, "prefill-9");
-  REQUIRE(reserve(*this, p, 8));
-  auto slot = send_notice_pending(
-      *this, p, notice_for(*this, 11, "prefill-9", p.first_granted(4)));
-  REQUIRE_FALSE(*slot);
   // Another actor under the same name: its abort is ignored.
   auto stranger = spawn_borrower(*this, consumer, "prefill-9");
   caf::anon_send(stranger.actor, proto::abort_atom::value, std::uint64_t{11},
@@ -743,6 +727,8 @@ TEST_CASE_FIXTURE(fixture, "only the producer that sent a request aborts it") {
   REQUIRE(*slot);
   REQUIRE_FALSE(**slot);
   CHECK(is((*slot)->error(), ec::peer_down));
+  CHECK(render((*slot)->error()).find("send to 'decode-0' failed") !=
+        std::string::npos);
 }
 
 TEST_CASE_FIXTURE(fixture, "a dead producer's loan returns to the pool") {
