@@ -28,7 +28,6 @@
 // A CUDA or bounds error comes back as an ec::cuda_error naming it.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -40,18 +39,14 @@
 
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/memory_region.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 
 namespace kvferry::pattern_detail {
 
 constexpr std::uint64_t no_mismatch = std::numeric_limits<std::uint64_t>::max();
 
-// This host's steady clock in ns: the clock of the workers' start_ns and of
-// the producer's and the consumer's report timestamps (ready_report).
-inline std::int64_t steady_ns() {
-  using namespace std::chrono;
-  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch())
-      .count();
-}
+// start_ns and the reports' timestamps: this host's steady clock.
+using runtime::steady_ns;
 
 // The check's value (above) for the blocks at `offsets` of `region`, which
 // `pattern` covers. Throws as kv_pattern::check does.

@@ -13,6 +13,7 @@
 
 #include "kvferry/actors/app.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 #include "node_state.hpp"
 
 namespace kvferry {
@@ -23,12 +24,6 @@ using self_ptr = node_actor::stateful_pointer<node_state>;
 
 // Notifications kept while the caller has no listener.
 constexpr std::size_t max_kept_notes = 4096;
-
-std::int64_t now_ns() {
-  using namespace std::chrono;
-  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch())
-      .count();
-}
 
 caf::error node_error(self_ptr self, ec code, const std::string& what) {
   return make_error(code,
@@ -155,7 +150,7 @@ void on_part_sent(self_ptr self, const request_key& key, std::uint64_t bytes) {
     return; // failed meanwhile
   auto& r = i->second;
   r.bytes += bytes;
-  r.end_ns = now_ns();
+  r.end_ns = runtime::steady_ns();
   if (++r.parts_done < r.parts)
     return;
   if (r.promise)
@@ -193,7 +188,7 @@ void post_ready_note(self_ptr self, const request_key& key, outgoing_request& r,
                      std::uint32_t part) {
   r.posted[part] = true;
   if (r.start_ns == 0)
-    r.start_ns = now_ns();
+    r.start_ns = runtime::steady_ns();
   std::string text;
   if (auto event = part > 0 ? r.events[part - 1] : 0; event != 0) {
     try {
@@ -279,7 +274,7 @@ void post_part(self_ptr self, const request_key& key, outgoing_request& r,
     o.wait_event = r.events[part - 1];
   r.posted[part] = true;
   if (r.start_ns == 0)
-    r.start_ns = now_ns();
+    r.start_ns = runtime::steady_ns();
   self->send(peer->node, proto::node_part_atom::value,
              proto::node_part{key.second, st.cfg.name, part, r.parts});
   self->request(st.cfg.transfer, caf::infinite, proto::send_atom::value,

@@ -368,10 +368,10 @@ void send_landed(self_ptr self, peer_out& p, const peer_out::ipc_copy& copy,
   auto& st = self->state;
   const auto copied = steady_clock::now();
   const auto [queued_ns, gpu_ns] = gpu_times(st, copy);
-  self->send(caf::actor_cast<transfer_actor>(p.ep.transfer),
-             proto::landed_atom::value,
-             proto::landed{st.cfg.name, copy.id, bytes, clock_ns(copy.launched),
-                           clock_ns(copied), queued_ns, gpu_ns});
+  self->send(
+      caf::actor_cast<transfer_actor>(p.ep.transfer), proto::landed_atom::value,
+      proto::landed{st.cfg.name, copy.id, bytes, steady_ns(copy.launched),
+                    steady_ns(copied), queued_ns, gpu_ns});
 }
 
 // A read's kernel finished: its reply is the report a recv order gets, the

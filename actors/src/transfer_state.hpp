@@ -33,6 +33,7 @@
 #include "kvferry/actors/transfer.hpp"
 #include "kvferry/runtime/metrics.hpp"
 #include "kvferry/runtime/node_shelf.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
@@ -66,10 +67,7 @@ struct answer_waiter {
 using waiter_promise =
     std::variant<byte_promise, report_promise, answer_waiter>;
 
-inline std::int64_t clock_ns(steady_clock::time_point t) {
-  using namespace std::chrono;
-  return duration_cast<nanoseconds>(t.time_since_epoch()).count();
-}
+using runtime::steady_ns;
 
 // Each transfer entry's own number: a deadline names the entry it was armed
 // for, so a deadline left over from an earlier transfer under the same id
@@ -147,9 +145,9 @@ struct held_offer {
 inline proto::recv_report report_of(const transfer_entry& t) {
   auto announced = t.announced == steady_clock::time_point{}
                        ? std::int64_t{0}
-                       : clock_ns(t.announced);
-  return {t.bytes,       clock_ns(t.started), clock_ns(t.finished),
-          t.gpu_copy_ns, t.gpu_queued_ns,     announced};
+                       : steady_ns(t.announced);
+  return {t.bytes,       steady_ns(t.started), steady_ns(t.finished),
+          t.gpu_copy_ns, t.gpu_queued_ns,      announced};
 }
 
 // A pull lane (transfer_lane.cpp): a channel of its own from a prefill's
