@@ -288,11 +288,8 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
 
 std::optional<std::string> check_send_extents(transfer_state& st,
                                               const proto::send_order& o) {
-  auto& peer = st.order_peer_sizes; // proto::region_sizes_of, in kept room
-  peer.assign(1, o.peer.region_bytes);
-  peer.insert(peer.end(), o.peer.more_region_sizes.begin(),
-              o.peer.more_region_sizes.end());
-  return check_table_extents(o.extents, st.region_sizes, peer);
+  proto::region_sizes_of(o.peer, st.order_peer_sizes); // in kept room
+  return check_table_extents(o.extents, st.region_sizes, st.order_peer_sizes);
 }
 
 void claim_recv(self_ptr self, const proto::recv_order& o,

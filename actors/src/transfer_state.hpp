@@ -405,13 +405,13 @@ void arm_deadline(self_ptr self, std::chrono::milliseconds timeout,
 /// This actor's endpoint (endpoint_atom): peers address it by it.
 proto::endpoint endpoint_of(self_ptr self);
 
-/// A recv order claims its transfer for `waiter`: answered at once when the
-/// transfer ended before the order came, else when it ends.
 /// check_table_extents for a plugin send order: its extents against our
 /// table and the peer's as the order names it.
 std::optional<std::string> check_send_extents(transfer_state& st,
                                               const proto::send_order& o);
 
+/// A recv order claims its transfer for `waiter`: answered at once when the
+/// transfer ended before the order came, else when it ends.
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter);
 

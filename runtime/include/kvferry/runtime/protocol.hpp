@@ -74,11 +74,19 @@ typename Inspector::result_type inspect(Inspector& f, endpoint& x) {
            x.ipc_handle, x.more_region_sizes);
 }
 
-/// The sizes of `ep`'s region table, region 0 first.
-inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
-  std::vector<std::uint64_t> sizes{ep.region_bytes};
+/// The sizes of `ep`'s region table, region 0 first, into `sizes` (its
+/// capacity reused).
+inline void region_sizes_of(const endpoint& ep,
+                            std::vector<std::uint64_t>& sizes) {
+  sizes.assign(1, ep.region_bytes);
   sizes.insert(sizes.end(), ep.more_region_sizes.begin(),
                ep.more_region_sizes.end());
+}
+
+/// The same, as a new vector.
+inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
+  std::vector<std::uint64_t> sizes;
+  region_sizes_of(ep, sizes);
   return sizes;
 }
 
