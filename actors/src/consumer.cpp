@@ -63,6 +63,7 @@
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/metrics.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 
 namespace kvferry {
 namespace {
@@ -70,7 +71,7 @@ namespace {
 using namespace std::chrono;
 using namespace consumer_detail;
 
-using pattern_detail::steady_ns;
+using runtime::steady_ns;
 
 // Pool figures for people (stats, metrics, logs) count layer-blocks, as
 // --pool-blocks does: an id is a block of every layer.

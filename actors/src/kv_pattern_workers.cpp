@@ -14,6 +14,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 
 namespace kvferry::pattern_detail {
 
@@ -32,7 +33,7 @@ template<class Work>
 caf::result<std::uint64_t, std::int64_t, std::int64_t, std::int64_t>
 timed(const memory_region& region, const kv_pattern& pattern,
       std::uint64_t request_id, Work work) {
-  auto start_ns = steady_ns();
+  auto start_ns = runtime::steady_ns();
   auto t0 = steady_clock::now();
   try {
     auto value = work();

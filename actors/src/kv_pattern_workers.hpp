@@ -39,14 +39,10 @@
 
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/actors/memory_region.hpp"
-#include "kvferry/runtime/steady_ns.hpp"
 
 namespace kvferry::pattern_detail {
 
 constexpr std::uint64_t no_mismatch = std::numeric_limits<std::uint64_t>::max();
-
-// start_ns and the reports' timestamps: this host's steady clock.
-using runtime::steady_ns;
 
 // The check's value (above) for the blocks at `offsets` of `region`, which
 // `pattern` covers. Throws as kv_pattern::check does.

@@ -39,6 +39,7 @@
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/kv_pattern.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/steady_ns.hpp"
 #include "producer_state.hpp"
 
 namespace kvferry {
@@ -65,7 +66,7 @@ std::int64_t since(clock_type::time_point t0) {
   return duration_cast<nanoseconds>(clock_type::now() - t0).count();
 }
 
-using pattern_detail::steady_ns;
+using runtime::steady_ns;
 
 // The producer's times as the request leaves for the consumer.
 proto::producer_times handed_now(request_ctx& ctx) {
