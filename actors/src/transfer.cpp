@@ -489,7 +489,8 @@ void for_each_channel(transfer_state& st, Fn&& fn) {
 
 bool arm_wakes(self_ptr self) {
   auto& st = self->state;
-  if (st.wakes_failed)
+  // CUDA work (events, one-sided reads, orphaned copies) has no descriptor.
+  if (st.wakes_failed || ipc_has_work(st) || !st.ipc_orphans.empty())
     return false;
   bool can_sleep = true;
   for_each_channel(st, [&](const auto& channel, bool opening) {
@@ -520,6 +521,7 @@ bool arm_wakes(self_ptr self) {
 
 void on_wake(self_ptr self) {
   stage_stamps::stamp(stage_stamps::wake_taken);
+  ++self->state.stats.wakes;
   self->state.woken = true;
   ensure_progress(self);
 }
@@ -538,7 +540,8 @@ void schedule_caller_polls(self_ptr self, bool progressed) {
   constexpr auto spin_window = microseconds(20);
   constexpr auto wire_period = microseconds(20);
   constexpr auto wire_window = milliseconds(2);
-  constexpr auto backstop = microseconds(200);
+  // Asleep on the comms, a poll only in case: every plugin event wakes us.
+  constexpr auto backstop = milliseconds(1);
   auto& st = self->state;
   const auto now = steady_clock::now();
   // A wake whose poll found nothing (bytes that wait for a receive not yet
@@ -553,10 +556,11 @@ void schedule_caller_polls(self_ptr self, bool progressed) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
     return;
   }
-  auto delay = now - st.busy_at < wire_window && plugin_requests_out(st)
-                   ? wire_period
-                   : microseconds(std::min(200u, 10 + st.idle_polls));
-  if (delay == wire_period && !idle_wake && arm_wakes(self))
+  const bool requests_out = plugin_requests_out(st);
+  microseconds delay = now - st.busy_at < wire_window && requests_out
+                           ? wire_period
+                           : microseconds(std::min(200u, 10 + st.idle_polls));
+  if (requests_out && !idle_wake && arm_wakes(self))
     delay = backstop; // the wake watch brings the news
   ++st.idle_polls;
   st.progress_delayed = true;
@@ -570,6 +574,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     return; // superseded by an immediate poll (see ensure_progress)
   st.progress_scheduled = false;
   st.progress_delayed = false;
+  ++st.stats.polls;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
   if (!st.reads.empty())
