@@ -855,6 +855,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::announce_atom, proto::announce_batch& b) {
         stage_stamps::stamp(stage_stamps::announce_taken);
         handle_announce_batch(self, b);
+        stage_stamps::stamp(stage_stamps::recvs_posted);
       },
       [self](proto::closed_atom, const std::string& peer,
              std::uint64_t channel_id, const caf::error& why) {

@@ -66,8 +66,10 @@ void print_splits(std::uint64_t blocks,
   std::string line;
   for (int s = 1; s < stage_stamps::stage_count; ++s)
     if (!splits[s].empty())
-      line += fmt::format("  {} {:.1f}", stage_stamps::stage_names[s],
-                          pct(splits[s], 0.5));
+      line +=
+          fmt::format("  {} {:.1f}",
+                      stage_stamps::name(static_cast<stage_stamps::stage>(s)),
+                      pct(splits[s], 0.5));
   fmt::print(stderr,
              "stages of a {}-block pull, p50 us after the caller's "
              "send:{}\n",

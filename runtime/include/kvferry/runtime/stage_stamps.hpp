@@ -20,6 +20,7 @@ enum stage : int {
   order_taken,    // the prefill's transfer actor takes the order
   sends_posted,   // ... and has posted its sends
   announce_taken, // the decode's transfer actor takes the announcement
+  recvs_posted,   // ... and has posted its receives
   wake_fired,     // the decode's wake watch saw news
   wake_taken,     // the decode's transfer actor takes the wake
   received,       // the decode's transfer ends (its last receive done)
@@ -27,9 +28,36 @@ enum stage : int {
   stage_count
 };
 
-inline constexpr const char* stage_names[stage_count] = {
-    "caller sent", "pull taken", "order sent", "order taken", "sends posted",
-    "announce",    "wake fired", "wake taken", "received",    "caller got"};
+// A switch, so that a stage without a name is a compiler warning (-Wswitch).
+inline const char* name(stage s) {
+  switch (s) {
+  case caller_sent:
+    return "caller sent";
+  case pull_taken:
+    return "pull taken";
+  case order_sent:
+    return "order sent";
+  case order_taken:
+    return "order taken";
+  case sends_posted:
+    return "sends posted";
+  case announce_taken:
+    return "announce";
+  case recvs_posted:
+    return "recvs posted";
+  case wake_fired:
+    return "wake fired";
+  case wake_taken:
+    return "wake taken";
+  case received:
+    return "received";
+  case caller_got:
+    return "caller got";
+  case stage_count:
+    break;
+  }
+  return "?";
+}
 
 inline std::atomic<bool> enabled{false};
 inline std::array<std::atomic<std::int64_t>, stage_count> stamps{};
