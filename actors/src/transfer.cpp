@@ -18,6 +18,7 @@
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/stage_stamps.hpp"
 #include "kvferry/transport/extent_lists.hpp"
 #include "transfer_state.hpp"
 
@@ -141,9 +142,10 @@ void finish(transfer_entry& t, transfer_state& st, bool incoming,
   st.metrics.record(peer, !incoming, t.bytes,
                     duration<double>(t.finished - t.started).count());
   ++st.stats.transfers_done;
-  if (incoming)
+  if (incoming) {
     st.stats.bytes_received += t.bytes;
-  else
+    stage_stamps::stamp(stage_stamps::received);
+  } else
     st.stats.bytes_sent += t.bytes;
   answer_waiter_of(t, {}, peer);
 }
@@ -447,10 +449,11 @@ bool copying(const transfer_state& st) {
   return st.spin_while_copying && st.ipc_in_flight > st.ipc_orphans.size();
 }
 
-// The idle policy without pull lanes: spin while bytes flow (a completion
-// found within ~a few hundred polls keeps latency at the plugin's, whose
-// test() waits for its socket's news), then back off up to 200 us so a
-// waiting worker does not burn a shared core.
+// The idle policy where the plugin's test() may sleep (KVFERRY_WAKE=0, or
+// a plugin without wait descriptors, and no pull lanes): spin while bytes
+// flow (a completion found within ~a few hundred polls keeps latency at the
+// plugin's, whose test() waits for its socket's news), then back off up to
+// 200 us so a waiting worker does not burn a shared core.
 void schedule_plugin_waits(self_ptr self, bool progressed) {
   constexpr unsigned spin_polls = 256;
   auto& st = self->state;
@@ -466,21 +469,85 @@ void schedule_plugin_waits(self_ptr self, bool progressed) {
                      st.progress_generation);
 }
 
-// The idle policy with pull lanes (KVFERRY_PULL_LANES=1), where nothing
-// sleeps in the plugin for this actor (options_for), so it decides alone,
+// The wait descriptors of every channel with plugin requests out, armed
+// in the wake watch (made here at first need). False when one of them has
+// none, a channel is still opening (its handshake is polled), or the
+// watch cannot run: the loop then polls on its period.
+// Calls fn(channel, opening) for each of this actor's plugin channels and
+// lanes (channel: an optional, opening: its connector or listener).
+template<class Fn>
+void for_each_channel(transfer_state& st, Fn&& fn) {
+  for (auto& [name, p] : st.out) {
+    fn(p.channel, p.connector != nullptr);
+    fn(p.lane.channel, p.lane.connector != nullptr);
+  }
+  for (auto& [name, p] : st.in) {
+    fn(p.channel, p.listener != nullptr);
+    fn(p.lane.channel, p.lane.listener != nullptr);
+  }
+}
+
+bool arm_wakes(self_ptr self) {
+  auto& st = self->state;
+  // CUDA work (events, one-sided reads, orphaned copies) has no descriptor.
+  if (st.wakes_failed || ipc_has_work(st) || !st.ipc_orphans.empty())
+    return false;
+  bool can_sleep = true;
+  for_each_channel(st, [&](const auto& channel, bool opening) {
+    can_sleep =
+        can_sleep && !opening &&
+        (!channel || channel->in_flight() == 0 || !channel->wait_fds().empty());
+  });
+  if (!can_sleep)
+    return false;
+  if (!st.wakes) {
+    try {
+      st.wakes = std::make_unique<wake_watch>(self->address());
+    } catch (const std::exception& e) {
+      spdlog::warn("transfer {}: polls its comms (no wake watch: {})",
+                   st.cfg.name, e.what());
+      st.wakes_failed = true;
+      return false;
+    }
+  }
+  bool armed = true;
+  for_each_channel(st, [&](const auto& channel, bool) {
+    if (channel && channel->in_flight() > 0)
+      for (int fd : channel->wait_fds())
+        armed = st.wakes->arm(fd) && armed;
+  });
+  return armed;
+}
+
+void on_wake(self_ptr self) {
+  stage_stamps::stamp(stage_stamps::wake_taken);
+  ++self->state.stats.wakes;
+  self->state.woken = true;
+  ensure_progress(self);
+}
+
+// The idle policy where this actor polls its comms itself (polls_itself):
+// nothing sleeps in the plugin for it (options_for), so it decides alone,
 // and messages to the actor never wait behind a poll. Spin (an immediate
 // poll) for `spin_window` after news: bytes flowing keep their pace. Then,
-// while plugin requests are out, poll every `wire_period` (their news is
-// about a CAF leg away: a lane pull's receives wait for its order to reach
-// the sender); the wait costs one delayed message, not a core. Else (a
-// channel opening, a GPU copy, a peer silent for longer than `wire_window`)
-// back off up to 200 us.
+// while plugin requests are out, sleep on their comms' wait descriptors
+// (the wake watch brings the news; a delayed poll after `backstop` covers
+// what they do not), or, where a comm has none, poll every `wire_period`
+// (their news is about a CAF leg away); the wait costs one delayed message,
+// not a core. Else (a channel opening, a GPU copy, a peer silent for longer
+// than `wire_window`) back off up to 200 us.
 void schedule_caller_polls(self_ptr self, bool progressed) {
   constexpr auto spin_window = microseconds(20);
   constexpr auto wire_period = microseconds(20);
   constexpr auto wire_window = milliseconds(2);
+  // Asleep on the comms, a poll only in case: every plugin event wakes us.
+  constexpr auto backstop = milliseconds(1);
   auto& st = self->state;
   const auto now = steady_clock::now();
+  // A wake whose poll found nothing (bytes that wait for a receive not yet
+  // posted keep a descriptor readable): poll on the period this once, so
+  // such a comm cannot spin the actor through its wake watch.
+  const bool idle_wake = std::exchange(st.woken, false) && !progressed;
   if (progressed) {
     st.busy_at = now;
     st.idle_polls = 0;
@@ -489,9 +556,12 @@ void schedule_caller_polls(self_ptr self, bool progressed) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
     return;
   }
-  auto delay = now - st.busy_at < wire_window && plugin_requests_out(st)
-                   ? wire_period
-                   : microseconds(std::min(200u, 10 + st.idle_polls));
+  const bool requests_out = plugin_requests_out(st);
+  microseconds delay = now - st.busy_at < wire_window && requests_out
+                           ? wire_period
+                           : microseconds(std::min(200u, 10 + st.idle_polls));
+  if (requests_out && !idle_wake && arm_wakes(self))
+    delay = backstop; // the wake watch brings the news
   ++st.idle_polls;
   st.progress_delayed = true;
   self->delayed_send(self, delay, proto::progress_atom::value,
@@ -504,6 +574,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     return; // superseded by an immediate poll (see ensure_progress)
   st.progress_scheduled = false;
   st.progress_delayed = false;
+  ++st.stats.polls;
   bool progressed = progress_out(self);
   progressed |= progress_in(self);
   if (!st.reads.empty())
@@ -519,7 +590,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   if (!has_work(st))
     return;
   st.progress_scheduled = true;
-  if (st.pull_lanes)
+  if (polls_itself(st))
     schedule_caller_polls(self, progressed);
   else
     schedule_plugin_waits(self, progressed);
@@ -743,7 +814,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
   return {
       [self](proto::endpoint_atom) { return endpoint_of(self); },
       [self](proto::send_atom, proto::send_order& o) {
-        return handle_send(self, o);
+        stage_stamps::stamp(stage_stamps::order_taken);
+        auto r = handle_send(self, o);
+        stage_stamps::stamp(stage_stamps::sends_posted);
+        return r;
       },
       [self](proto::recv_atom, proto::recv_order& o) {
         return handle_recv(self, o);
@@ -759,7 +833,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         hold_offer(self, offer);
       },
       [self](proto::node_pull_atom, proto::node_request& req) {
-        return handle_pull(self, req);
+        stage_stamps::stamp(stage_stamps::pull_taken);
+        auto r = handle_pull(self, req);
+        stage_stamps::stamp(stage_stamps::order_sent);
+        return r;
       },
       [self](proto::read_atom, proto::read_order& o) {
         return handle_read(self, o);
@@ -776,7 +853,9 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         }
       },
       [self](proto::announce_atom, proto::announce_batch& b) {
+        stage_stamps::stamp(stage_stamps::announce_taken);
         handle_announce_batch(self, b);
+        stage_stamps::stamp(stage_stamps::recvs_posted);
       },
       [self](proto::closed_atom, const std::string& peer,
              std::uint64_t channel_id, const caf::error& why) {
@@ -822,6 +901,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         release_quarantine_of(
             self, name, "the directory reports it left: " + render(why), true);
       },
+      [self](proto::wake_atom) { on_wake(self); },
       [self](proto::progress_atom, std::uint64_t generation) {
         on_progress(self, generation);
       },

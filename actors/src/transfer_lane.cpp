@@ -105,6 +105,18 @@ bool pull_lanes_from_env() {
   return text != nullptr && std::string{text} == "1";
 }
 
+bool wake_from_env() {
+  const char* text = std::getenv("KVFERRY_WAKE");
+  return text == nullptr || std::string{text} != "0";
+}
+
+bool polls_itself(const transfer_state& st) {
+  if (st.pull_lanes)
+    return true;
+  const auto* ext = st.cfg.net ? st.cfg.net->ext() : nullptr;
+  return st.wake_env && ext != nullptr && ext->getWaitFd != nullptr;
+}
+
 bool lane_fits(self_ptr self, const proto::endpoint& src) {
   const auto& st = self->state;
   if (!st.pull_lanes)

@@ -65,13 +65,13 @@ channel_options options_for(const transfer_state& st, const std::string& peer,
   o.chunk_bytes = chunk;
   o.peer = peer;
   o.staging_slots = static_cast<int>(st.cfg.staging_slots);
-  // With pull lanes the progress loop (transfer.cpp, schedule_caller_polls) is
-  // this actor's idle policy: a lane's receives wait a CAF leg for their
-  // bytes, and a plugin that slept in test() meanwhile would hold the
-  // messages to this actor. Without lanes the plugin's own wait (woken by
-  // its socket) stays: it noticed completions sooner than the loop's delayed
-  // polls on the measured hosts (docs/embedding.md).
-  o.caller_polls = st.pull_lanes;
+  // Where this actor polls its comms itself (polls_itself: pull lanes, or a
+  // plugin with wait descriptors), the progress loop is its idle policy
+  // (transfer.cpp, schedule_caller_polls): a plugin that slept in test()
+  // would hold the messages to this actor. Otherwise the plugin's own wait
+  // (woken by its socket) stays: it noticed completions sooner than the
+  // loop's delayed polls on the measured hosts (docs/embedding.md).
+  o.caller_polls = polls_itself(st);
   return o;
 }
 

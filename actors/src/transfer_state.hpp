@@ -37,6 +37,7 @@
 #include "kvferry/transport/channel.hpp"
 #include "kvferry/transport/gpu_copy.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
+#include "transfer_wake.hpp"
 
 namespace kvferry::transfer_detail {
 
@@ -252,6 +253,7 @@ struct peer_in {
 /// then (docs/embedding.md, "What a request costs"). The prefill side
 /// serves lane orders either way.
 bool pull_lanes_from_env();
+bool wake_from_env();
 
 struct transfer_state {
   transfer_config cfg;
@@ -283,6 +285,13 @@ struct transfer_state {
   // or a completion; with pull lanes), and how many polls found nothing.
   steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
+  // With pull lanes, where the plugin offers wait descriptors: the thread
+  // that sleeps on them for this actor (made at first need; null when it
+  // could not start, and the loop polls), and whether the poll under way
+  // came from its wake (one that finds nothing arms nothing at once).
+  std::unique_ptr<wake_watch> wakes;
+  bool wakes_failed = false;
+  bool woken = false;
   // An announce_flush message is on its way (queue_announcement).
   bool announce_flush_scheduled = false;
   // Transfer deadlines live in their entries (entry_deadline); one short
@@ -376,8 +385,20 @@ struct transfer_state {
   // Offered pulls go over pull lanes (transfer_lane.cpp) only with
   // KVFERRY_PULL_LANES=1 (pull_lanes_from_env).
   bool pull_lanes = pull_lanes_from_env();
+  // Unless KVFERRY_WAKE=0: where the plugin offers wait descriptors the
+  // loop polls its comms itself and sleeps on them (polls_itself).
+  bool wake_env = wake_from_env();
   static inline const char* name = "kvferry.transfer";
 };
+
+/// Whether this actor polls its plugin comms itself (channel_options::
+/// caller_polls, schedule_caller_polls) instead of letting the plugin's
+/// test() sleep: with pull lanes, and wherever the plugin offers wait
+/// descriptors (net_ext.h, getWaitFd; kvsock does) unless KVFERRY_WAKE=0.
+/// Its thread then never waits inside the plugin, so a message to it never
+/// waits behind a test(); the wake watch (transfer_wake.hpp) sleeps on the
+/// comms instead.
+bool polls_itself(const transfer_state& st);
 
 // Below the engine's 64 event slots, so a launch never finds them all busy.
 constexpr std::size_t max_ipc_copies = 48;

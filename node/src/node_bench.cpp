@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -14,10 +15,12 @@
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
+#include <fmt/format.h>
 
 #include "kvferry/actors/kv_layout.hpp"
 #include "kvferry/node_actors.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/stage_stamps.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 
@@ -49,6 +52,30 @@ double pct(std::vector<double> v, double p) {
 }
 
 // A failed step: run_node_bench turns it into its error.
+// KVFERRY_STAGE_STAMPS=1: each 1-in-flight pull's stages (stage_stamps.hpp)
+// as microseconds after the caller's send, and their medians on stderr.
+void keep_stamps(std::vector<std::vector<double>>& splits) {
+  const auto t0 = stage_stamps::stamps[stage_stamps::caller_sent].load();
+  for (int s = 0; s < stage_stamps::stage_count; ++s)
+    if (auto t = stage_stamps::stamps[s].load(); t != 0)
+      splits[s].push_back(static_cast<double>(t - t0) / 1e3);
+}
+
+void print_splits(std::uint64_t blocks,
+                  const std::vector<std::vector<double>>& splits) {
+  std::string line;
+  for (int s = 1; s < stage_stamps::stage_count; ++s)
+    if (!splits[s].empty())
+      line +=
+          fmt::format("  {} {:.1f}",
+                      stage_stamps::name(static_cast<stage_stamps::stage>(s)),
+                      pct(splits[s], 0.5));
+  fmt::print(stderr,
+             "stages of a {}-block pull, p50 us after the caller's "
+             "send:{}\n",
+             blocks, line);
+}
+
 struct bench_failure : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -262,6 +289,7 @@ struct bench {
         dsts[k].push_back((block + k * n) % o.cache_blocks);
     std::vector<double> rounds;
     std::vector<proto::node_report> reports;
+    std::vector<std::vector<double>> splits(stage_stamps::stage_count);
     for (int r = 0; r < o.repeats + 2; ++r) {
       const auto first = id + 1;
       id += static_cast<std::uint64_t>(inflight);
@@ -270,10 +298,15 @@ struct bench {
       auto times = inflight == 1 ? std::vector<double>{}
                                  : pull_all(first, dsts, reports);
       if (inflight == 1) { // the caller's plain request, as before
+        stage_stamps::clear();
+        stage_stamps::stamp(stage_stamps::caller_sent);
         auto t0 = clock_type::now();
         reports = {
             pull(proto::node_request{first, "prefill-0", dst, {}, false})};
         times = {us(clock_type::now() - t0)};
+        stage_stamps::stamp(stage_stamps::caller_got);
+        if (r >= 2)
+          keep_stamps(splits);
       }
       if (r >= 2)
         pull_switches += switches() - s0;
@@ -295,6 +328,8 @@ struct bench {
         one_rtt();
     }
     row.lane = lane_pulls() > lane_pulls_before;
+    if (stage_stamps::enabled)
+      print_splits(n, splits);
     row.control_p50_us = pct(control, 0.5);
     row.control_p99_us = pct(control, 0.99);
     row.rtt_p50_us = pct(rtt, 0.5);
@@ -382,6 +417,8 @@ run_node_bench(const node_bench_options& options) {
                     "bench node: " + std::to_string(n) +
                         " blocks per request (1 to " +
                         std::to_string(options.cache_blocks) + ")"};
+  const char* stamps = std::getenv("KVFERRY_STAGE_STAMPS");
+  stage_stamps::enabled = stamps != nullptr && std::string{stamps} == "1";
   try {
     bench b{options};
     std::vector<node_bench_row> rows;

@@ -180,6 +180,7 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       [](joined_atom, const worker_info&) {},
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::progress_atom, std::uint64_t) {},
+      [](proto::wake_atom) {},
       [](proto::sweep_atom) {},
       // Models no CUDA IPC reads and no runtime regions (kvferry::endpoint).
       [](proto::read_atom,

@@ -80,8 +80,9 @@ inline ncclNet_v7_t* plugin() {
 }
 
 // kvferry's extension table (net_ext.h), looked up as kvferry's loader
-// does: beside the v7 table.
-inline const kvferryNetExt_v1_t* extension() {
+// does: beside the v7 table. `Table` names the version of `symbol`.
+template<class Table = kvferryNetExt_v1_t>
+inline const Table* extension(const char* symbol = KVFERRY_NET_EXT_V1_SYMBOL) {
   plugin(); // loaded
   const char* dir = std::getenv("KVFERRY_PLUGIN_PATH");
   std::string path =
@@ -90,8 +91,7 @@ inline const kvferryNetExt_v1_t* extension() {
   void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
   if (lib == nullptr)
     return nullptr;
-  auto* ext = static_cast<const kvferryNetExt_v1_t*>(
-      dlsym(lib, KVFERRY_NET_EXT_V1_SYMBOL));
+  auto* ext = static_cast<const Table*>(dlsym(lib, symbol));
   dlclose(lib); // the reference NOLOAD took; the plugin stays loaded
   return ext;
 }

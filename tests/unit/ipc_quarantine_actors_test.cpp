@@ -106,6 +106,7 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
       },
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::progress_atom, std::uint64_t) {},
+      [](proto::wake_atom) {},
       [self](proto::sweep_atom) { // the kernels ended
         for (auto& p : self->state.held)
           p.deliver(caf::ok_atom::value);

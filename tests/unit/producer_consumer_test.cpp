@@ -202,6 +202,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       [](joined_atom, const worker_info&) {},
       [](left_atom, const std::string&, const caf::error&) {},
       [](proto::progress_atom, std::uint64_t) {},
+      [](proto::wake_atom) {},
       // Stands in for "the held send completions are in" (see fake_net):
       // promises are delivered from their own actor's context.
       [self](proto::sweep_atom) { self->state.net->release_completions(); },

@@ -26,6 +26,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/plugin.hpp"
+#include "scoped_env.hpp"
 #include "transfer_pair_config.hpp"
 
 using namespace kvferry;
@@ -418,4 +419,39 @@ TEST_CASE_FIXTURE(pair_fixture, "a transfer that ended and was claimed "
   CHECK(recv(200));
   CHECK(tracked(receiver) == 0);
   CHECK(tracked(sender) == 0);
+}
+
+// While its bytes are late a receiver's transfer actor sleeps on its comms'
+// wait descriptors (the wake watch, on by default with kvsock): the bytes
+// wake it, and its loop turns about once a millisecond meanwhile, not every
+// 20-200 us (as it did, some 500-600 turns per 100 ms). A backstop turn may
+// find the bytes just before their wake (then no wake counts), so three
+// late transfers must bring at least one.
+TEST_CASE("a receiver whose bytes are late sleeps until they come") {
+  test::scoped_env late{"KVSOCK_FAULT_DELAY_US", "60000"};
+  pair_fixture f;
+  auto stats = [&](const transfer_actor& a) {
+    proto::transfer_stats out;
+    f.self->request(a, 10s, proto::stats_atom::value)
+        .receive([&](const proto::transfer_stats& s) { out = s; },
+                 [](caf::error& err) { FAIL(render(err)); });
+    return out;
+  };
+  auto ep = f.receiver_endpoint();
+  REQUIRE(f.send(order_to(ep, 1, {{0, 0, 1024}}))); // opens the channel
+  REQUIRE(f.recv(1));
+  const auto before = stats(f.receiver);
+  for (std::uint64_t id = 2; id < 5; ++id) {
+    auto pending = f.self->request(f.receiver, 30s, proto::recv_atom::value,
+                                   recv_order_from_sender(id));
+    REQUIRE(f.send(order_to(ep, id, {{0, id * 1024, 1024}})));
+    pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
+                    [](caf::error& err) { FAIL(render(err)); });
+    CHECK(f.dst_region->data()[id * 1024] == 0xa5);
+  }
+  const auto after = stats(f.receiver);
+  MESSAGE("polls " << after.polls - before.polls << ", wakes "
+                   << after.wakes - before.wakes);
+  CHECK(after.polls - before.polls < 3 * 200);
+  CHECK(after.wakes > before.wakes);
 }

@@ -575,11 +575,16 @@ std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,
   return state;
 }
 
-void tell_caller_polls(const channel_state& state) {
+void tell_caller_polls(channel_state& state) {
   if (!state.options.caller_polls)
     return;
-  for (size_t c = 0; c < state.comms.size(); ++c)
+  for (size_t c = 0; c < state.comms.size(); ++c) {
     state.net->set_caller_polls(state.comms[c].comm, state.where(c));
+    if (int fd = state.net->wait_fd(state.comms[c].comm); fd >= 0)
+      state.wait_fds.push_back(fd);
+  }
+  if (state.wait_fds.size() != state.comms.size())
+    state.wait_fds.clear(); // all or nothing: the caller polls them all
 }
 
 } // namespace detail
@@ -647,6 +652,10 @@ size_t channel::staging_bytes() const noexcept {
 
 size_t channel::in_flight() const noexcept {
   return state_ ? state_->in_flight : 0;
+}
+const std::vector<int>& channel::wait_fds() const noexcept {
+  static const std::vector<int> none;
+  return state_ ? state_->wait_fds : none;
 }
 int channel::comm_count() const noexcept {
   return state_ ? static_cast<int>(state_->comms.size()) : 0;

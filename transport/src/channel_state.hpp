@@ -147,6 +147,9 @@ struct channel_state : std::enable_shared_from_this<channel_state> {
   uint64_t next_comm = 0;
   uint64_t generation = 0;
   size_t in_flight = 0;
+  // options.caller_polls: each comm's wait descriptor (plugin::wait_fd), or
+  // none when a comm has none (tell_caller_polls).
+  std::vector<int> wait_fds;
 
   channel_state(std::shared_ptr<plugin> plugin_, std::vector<int> devs_,
                 direction dir_, channel_options options_);
@@ -218,9 +221,9 @@ std::vector<int> check_devices(const plugin& net, std::vector<int> devs,
                                const std::string& peer);
 
 // options.caller_polls: tells the plugin so for every comm of `state`
-// (plugin::set_caller_polls). The state owns the comms: a refusal throws,
-// and the state closes them.
-void tell_caller_polls(const channel_state& state);
+// (plugin::set_caller_polls) and keeps their wait descriptors. The state
+// owns the comms: a refusal throws, and the state closes them.
+void tell_caller_polls(channel_state& state);
 
 // A channel's state over `comm_count` comms, options checked (channel.cpp).
 std::shared_ptr<channel_state> make_state(std::shared_ptr<plugin> net,

@@ -156,14 +156,26 @@ void plugin::check(ncclResult_t code, const char* call,
 }
 
 void plugin::set_caller_polls(void* comm, const std::string& context) const {
-  if (ext_ != nullptr && ext_->setCallerPolls != nullptr)
-    check(ext_->setCallerPolls(comm), "setCallerPolls", context);
+  if (has_ext_ && ext_.setCallerPolls != nullptr)
+    check(ext_.setCallerPolls(comm), "setCallerPolls", context);
+}
+
+int plugin::wait_fd(void* comm) const noexcept {
+  int fd = -1;
+  if (!has_ext_ || ext_.getWaitFd == nullptr ||
+      ext_.getWaitFd(comm, &fd) != ncclSuccess)
+    return -1;
+  return fd;
 }
 
 plugin::plugin(std::string name, std::string path, const ncclNet_v7_t* net,
                const std::vector<device_properties>& reported,
-               const kvferryNetExt_v1_t* ext)
-    : name_(std::move(name)), path_(std::move(path)), net_(net), ext_(ext) {
+               const kvferryNetExt_v2_t* ext)
+    : name_(std::move(name)), path_(std::move(path)), net_(net) {
+  if (ext != nullptr) {
+    ext_ = *ext;
+    has_ext_ = true;
+  }
   for (auto& dev : reported) {
     checks_.push_back(check_properties(dev));
     devices_.push_back(checks_.back().used);
@@ -413,6 +425,28 @@ opened_table open_table(const std::string& label, const std::string& path,
         label, path,
         others.empty() ? "; it exports no other NCCL net table either"
                        : "; it exports " + others + " instead"));
+  }
+  return out;
+}
+
+// kvferry's extension (net_ext.h), beside the v7 table; optional. A v1
+// table is widened to v2's shape (getWaitFd NULL).
+struct found_extension {
+  int version = 0; // 0: none
+  kvferryNetExt_v2_t table{};
+};
+
+found_extension find_extension(void* lib) {
+  found_extension out;
+  if (auto* v2 = static_cast<const kvferryNetExt_v2_t*>(
+          ::dlsym(lib, KVFERRY_NET_EXT_V2_SYMBOL))) {
+    out.version = 2;
+    out.table = *v2;
+  } else if (auto* v1 = static_cast<const kvferryNetExt_v1_t*>(
+                 ::dlsym(lib, KVFERRY_NET_EXT_V1_SYMBOL))) {
+    out.version = 1;
+    out.table.name = v1->name;
+    out.table.setCallerPolls = v1->setCallerPolls;
   }
   return out;
 }
@@ -875,15 +909,16 @@ std::shared_ptr<plugin> plugin::load(const std::string& name_or_path,
   if (auto it = loaded.find(opened.lib); it != loaded.end())
     return it->second;
   auto devices = init_and_list(requested, *opened.net, [](const char*) {});
-  // kvferry's extension (net_ext.h), beside the v7 table; optional.
-  auto* ext = static_cast<const kvferryNetExt_v1_t*>(
-      ::dlsym(opened.lib, KVFERRY_NET_EXT_V1_SYMBOL));
+  auto ext = find_extension(opened.lib);
   auto made = std::make_shared<plugin>(table_label(*opened.net), where.path,
-                                       opened.net, std::move(devices), ext);
+                                       opened.net, std::move(devices),
+                                       ext.version > 0 ? &ext.table : nullptr);
   loaded.emplace(opened.lib, made);
   spdlog::debug("loaded net plugin {} from {} ({} devices{})", made->name(),
                 where.path, made->device_count(),
-                ext ? ", kvferry extension v1" : "");
+                ext.version > 0
+                    ? fmt::format(", kvferry extension v{}", ext.version)
+                    : std::string{});
   return made;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -127,14 +128,82 @@ void CommBase::shutdown_sockets() {
     shutdown(lane->fd(), SHUT_RDWR);
 }
 
+namespace {
+void signal(int wake_fd) {
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd, &one, sizeof one);
+  (void)n; // EAGAIN only when the counter is already non-zero: a wakeup is
+           // pending anyway
+}
+} // namespace
+
+// The order that loses no news: a lane ends its piece, then signals; a
+// test() drains the signal, then looks at the pieces. A signal drained
+// before its piece was seen is impossible; one that lands after the test
+// saw its piece leaves the descriptor readable once for nothing (allowed:
+// "may find news").
+void CommBase::signal_wait_fd() {
+  if (!signal_always.load(std::memory_order_acquire) || wake_fd < 0)
+    return;
+  signal(wake_fd);
+  // After the write: a test() that sees the flag drains what it says.
+  wake_pending.store(true, std::memory_order_release);
+}
+
 void CommBase::note_progress() {
   progress.fetch_add(1, std::memory_order_release);
-  if (sleeping.load(std::memory_order_acquire) && wake_fd >= 0) {
-    uint64_t one = 1;
-    ssize_t n = ::write(wake_fd, &one, sizeof one);
-    (void)n; // EAGAIN only when the counter is already non-zero: a wakeup is
-             // pending anyway
+  if (!signal_always.load(std::memory_order_acquire) &&
+      sleeping.load(std::memory_order_acquire) && wake_fd >= 0)
+    signal(wake_fd);
+}
+
+bool CommBase::open_wait_fd() {
+  int fd = epoll_create1(EPOLL_CLOEXEC);
+  if (fd < 0) {
+    KVSOCK_WARN("comm with %s: epoll_create1 failed: %s", peer.c_str(),
+                strerror(errno));
+    return false;
   }
+  auto watch = [&](int watched, uint32_t events) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = watched;
+    return watched < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, watched, &ev) == 0;
+  };
+  if (!watch(wake_fd, EPOLLIN) || (!sender && !watch(ctrl_fd, EPOLLIN))) {
+    KVSOCK_WARN("comm with %s: epoll_ctl failed: %s", peer.c_str(),
+                strerror(errno));
+    ::close(fd);
+    return false;
+  }
+  wait_fd = fd;
+  signal_always.store(true, std::memory_order_release);
+  watch_tx();
+  return true;
+}
+
+void CommBase::drain_wait_fd() {
+  if (wake_pending.exchange(false, std::memory_order_acq_rel)) {
+    uint64_t drained;
+    ssize_t n = ::read(wake_fd, &drained, sizeof drained);
+    (void)n; // EAGAIN: drained by an idle_wait already
+  }
+}
+
+void CommBase::watch_tx() {
+  if (!sender)
+    return;
+  // A send comm's socket is writable nearly always: watched only while
+  // control bytes wait for room, or the descriptor would never go quiet.
+  bool want = static_cast<SendComm*>(this)->tx_count > 0;
+  if (want == wait_watches_tx || ctrl_fd < 0)
+    return;
+  epoll_event ev{};
+  ev.events = EPOLLOUT;
+  ev.data.fd = ctrl_fd;
+  if (epoll_ctl(wait_fd, want ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, ctrl_fd, &ev) ==
+      0)
+    wait_watches_tx = want;
 }
 
 bool CommBase::start_lanes(const std::vector<int>& fds) {
@@ -163,6 +232,10 @@ void CommBase::close_all() {
   if (ctrl_fd >= 0) {
     ::close(ctrl_fd);
     ctrl_fd = -1;
+  }
+  if (wait_fd >= 0) {
+    ::close(wait_fd);
+    wait_fd = -1;
   }
   if (wake_fd >= 0) {
     ::close(wake_fd);

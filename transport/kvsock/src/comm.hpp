@@ -175,6 +175,23 @@ struct CommBase {
   uint64_t idle_periods = 0;
   void note_progress();
 
+  // kvferry's wait descriptor (net_ext.h, getWaitFd), for a caller that
+  // polls: an epoll set of wake_fd and the control socket (a receive comm's
+  // for POLLIN; a send comm's for POLLOUT while control bytes wait for
+  // room), so it is readable exactly when test() may find news. -1 until
+  // asked for. Once it exists the lanes signal wake_fd after every piece
+  // (not only while a test() sleeps: signal_wait_fd) and each test() drains
+  // it before it looks (drain_wait_fd); a send comm's control socket joins
+  // the set while control bytes wait for room (watch_tx, after the test).
+  int wait_fd = -1;
+  std::atomic<bool> signal_always{false};
+  std::atomic<bool> wake_pending{false}; // set after each such signal
+  bool wait_watches_tx = false;          // a send comm's ctrl_fd is in wait_fd
+  void signal_wait_fd();                 // a lane's piece ended
+  bool open_wait_fd();                   // under mu
+  void drain_wait_fd();                  // under mu, before test() looks
+  void watch_tx();                       // under mu, after test() drove it
+
   // fault injection
   std::atomic<int64_t> payload_sent{0};
   int64_t sends_posted = 0;

@@ -113,6 +113,7 @@ void Lane::serve(const LaneJob& job) {
   }
   // Last touch of the job: once parts_left is 0 the request may be reused.
   job.msg->parts_left.fetch_sub(1, std::memory_order_acq_rel);
+  comm_->signal_wait_fd();
   comm_->note_progress();
 }
 

@@ -413,6 +413,22 @@ ncclResult_t kvsock_set_caller_polls(void* comm_ptr) {
   return ncclSuccess;
 }
 
+// kvferry's extension v2 (net_ext.h): the comm's wait descriptor
+// (CommBase::wait_fd), made at the first call.
+ncclResult_t kvsock_get_wait_fd(void* comm_ptr, int* fd) {
+  CommBase* comm = as_comm(comm_ptr);
+  if (comm == nullptr || fd == nullptr) {
+    KVSOCK_WARN("getWaitFd: %p is not a comm (or no place for the fd)",
+                comm_ptr);
+    return ncclInvalidArgument;
+  }
+  std::lock_guard<std::mutex> lock(comm->mu);
+  if (comm->wait_fd < 0 && !comm->open_wait_fd())
+    return ncclSystemError;
+  *fd = comm->wait_fd;
+  return ncclSuccess;
+}
+
 // The export table, each slot named (as NCCL's example plugin names them with
 // designated initializers, which C++17 lacks). constexpr: the table is
 // constant-initialised, so it is complete before any loader's dlsym.
@@ -450,3 +466,6 @@ const ncclNet_v7_t ncclNetPlugin_v7 = kvsock::export_table();
 extern "C" __attribute__((visibility("default")))
 const kvferryNetExt_v1_t kvferryNetExt_v1 = {"kvsock",
                                              kvsock::kvsock_set_caller_polls};
+extern "C" __attribute__((visibility("default")))
+const kvferryNetExt_v2_t kvferryNetExt_v2 = {
+    "kvsock", kvsock::kvsock_set_caller_polls, kvsock::kvsock_get_wait_fd};

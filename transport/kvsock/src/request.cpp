@@ -154,10 +154,14 @@ ncclResult_t test_request(Request* request, int* done, int* sizes,
   bool block = sleepy && !comm->sender &&
                needs_control_bytes(*static_cast<RecvComm*>(comm), *request);
   int64_t before = now_ns();
+  if (comm->wait_fd >= 0)
+    comm->drain_wait_fd();
   ncclResult_t result = comm->sender ? test_send(*static_cast<SendComm*>(comm),
                                                  request, done, sizes)
                                      : test_recv(*static_cast<RecvComm*>(comm),
                                                  request, done, sizes, block);
+  if (comm->wait_fd >= 0)
+    comm->watch_tx();
   int64_t now = now_ns();
   uint64_t progress = comm->progress.load(std::memory_order_acquire);
   if (progress != comm->seen_progress.load(std::memory_order_relaxed)) {

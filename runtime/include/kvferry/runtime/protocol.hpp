@@ -449,13 +449,18 @@ struct transfer_stats {
   // ended and was claimed leaves nothing behind, so this falls back to 0
   // once nothing is in flight.
   std::uint64_t tracked = 0;
+  // The progress loop: its turns (each polls every comm and copy with
+  // work), and the wakes that ended a sleep on the comms' wait descriptors
+  // (a loop that sleeps turns little while its bytes are late).
+  std::uint64_t polls = 0;
+  std::uint64_t wakes = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
            x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls,
-           x.announce_batches, x.tracked);
+           x.announce_batches, x.tracked, x.polls, x.wakes);
 }
 
 /// Counters of one consumer (for tests and operators): how its push

@@ -87,6 +87,8 @@ CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, open_atom, "kvopen")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, announce_atom, "kvannounce")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, landed_atom, "kvlanded")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, progress_atom, "kvprogress")
+// ... from its wake watch: a plugin comm it sleeps on has news.
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, wake_atom, "kvwake")
 // ... from a peer transfer actor: it dropped its end of our channel.
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, closed_atom, "kvclosed")
 // ... and for the CUDA IPC quarantine (docs/gpu.md, "Timed-out IPC copies").

@@ -172,6 +172,10 @@ public:
   size_t poll_raw(detail::completion_fn on_done, void* context);
 
   size_t in_flight() const noexcept; // operations posted and not yet reported
+  // With options().caller_polls and a plugin that offers them (net_ext.h,
+  // getWaitFd): one descriptor per comm, readable when poll() may find
+  // news; empty otherwise. Owned by the comms: valid while the channel is.
+  const std::vector<int>& wait_fds() const noexcept;
   int comm_count() const noexcept;
   const channel_options& options() const noexcept;
   const std::shared_ptr<plugin>& net() const noexcept;

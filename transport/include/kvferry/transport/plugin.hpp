@@ -188,8 +188,11 @@ public:
   const std::string& name() const noexcept { return name_; } // table name
   const std::string& path() const noexcept { return path_; }
   const ncclNet_v7_t& net() const noexcept { return *net_; }
-  // kvferry's extension table (net_ext.h), when the plugin exports one.
-  const kvferryNetExt_v1_t* ext() const noexcept { return ext_; }
+  // kvferry's extension table (net_ext.h), when the plugin exports one
+  // (a v1 table is shown as v2 with getWaitFd NULL).
+  const kvferryNetExt_v2_t* ext() const noexcept {
+    return has_ext_ ? &ext_ : nullptr;
+  }
   int device_count() const noexcept {
     return static_cast<int>(devices_.size());
   }
@@ -214,16 +217,21 @@ public:
   // its extension (setCallerPolls); a no-op for a plugin without one.
   // Throws plugin_error naming `context` when the plugin refuses.
   void set_caller_polls(void* comm, const std::string& context) const;
+  // The descriptor to sleep on for news of `comm`'s requests (net_ext.h,
+  // getWaitFd), or -1 when the plugin cannot tell. Never throws: a caller
+  // without one keeps polling.
+  int wait_fd(void* comm) const noexcept;
 
   // Checks every device (check_properties) and logs its warnings once.
   plugin(std::string name, std::string path, const ncclNet_v7_t* net,
          const std::vector<device_properties>& reported,
-         const kvferryNetExt_v1_t* ext = nullptr);
+         const kvferryNetExt_v2_t* ext = nullptr);
 
 private:
   std::string name_, path_;
   const ncclNet_v7_t* net_;
-  const kvferryNetExt_v1_t* ext_;
+  kvferryNetExt_v2_t ext_{};
+  bool has_ext_ = false;
   std::vector<device_properties> devices_; // checks_[i].used
   std::vector<property_check> checks_;
 };
