@@ -469,10 +469,6 @@ void schedule_plugin_waits(self_ptr self, bool progressed) {
                      st.progress_generation);
 }
 
-// The wait descriptors of every channel with plugin requests out, armed
-// in the wake watch (made here at first need). False when one of them has
-// none, a channel is still opening (its handshake is polled), or the
-// watch cannot run: the loop then polls on its period.
 // Calls fn(channel, opening) for each of this actor's plugin channels and
 // lanes (channel: an optional, opening: its connector or listener).
 template<class Fn>
@@ -487,6 +483,10 @@ void for_each_channel(transfer_state& st, Fn&& fn) {
   }
 }
 
+// The wait descriptors of every channel with plugin requests out, armed
+// in the wake watch (made here at first need). False when one of them has
+// none, a channel is still opening (its handshake is polled), CUDA work is
+// out, or the watch cannot run: the loop then polls on its period.
 bool arm_wakes(self_ptr self) {
   auto& st = self->state;
   // CUDA work (events, one-sided reads, orphaned copies) has no descriptor.

@@ -285,10 +285,11 @@ struct transfer_state {
   // or a completion; with pull lanes), and how many polls found nothing.
   steady_clock::time_point busy_at = steady_clock::now();
   unsigned idle_polls = 0;
-  // With pull lanes, where the plugin offers wait descriptors: the thread
-  // that sleeps on them for this actor (made at first need; null when it
-  // could not start, and the loop polls), and whether the poll under way
-  // came from its wake (one that finds nothing arms nothing at once).
+  // Where this actor polls its comms itself (polls_itself) and the plugin
+  // offers wait descriptors: the thread that sleeps on them for it (made
+  // at first need; null when it could not start, and the loop polls), and
+  // whether the poll under way came from its wake (one that finds nothing
+  // arms nothing at once).
   std::unique_ptr<wake_watch> wakes;
   bool wakes_failed = false;
   bool woken = false;

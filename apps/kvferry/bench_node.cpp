@@ -117,7 +117,9 @@ void add_bench_node(CLI::App& bench, int& exit_code) {
   auto o = std::make_shared<options>();
   auto* cmd = bench.add_subcommand(
       "node", "A kvferry::node pull's control overhead beside the same run's "
-              "CAF round trip, and the host time per block to plan and post");
+              "CAF round trip, and the host time per block to plan and post "
+              "(KVFERRY_STAGE_STAMPS=1: also where a pull's time goes, stage "
+              "by stage, on stderr)");
   cmd->add_option("--blocks", o->blocks, "Blocks per request, comma list")
       ->capture_default_str();
   cmd->add_option("--repeats", o->repeats, "Requests per size")

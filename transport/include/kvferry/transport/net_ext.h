@@ -35,7 +35,8 @@ typedef struct {
   // For a comm in caller-polls mode: sets *fd to a file descriptor that
   // polls readable (POLLIN) whenever a test() on the comm's requests may
   // find news (bytes arrived, a send's socket drained, a data socket's
-  // piece finished), and stays readable until such a test() runs. A caller
+  // piece finished), and stays readable until such a test() runs (it may
+  // turn readable once more for news that test() had already seen). A caller
   // with requests out may then sleep in poll/epoll on it (with a timeout of
   // its own as a backstop) instead of polling. The descriptor belongs to
   // the comm: valid until the comm closes, never closed by the caller.
