@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "exec_vector.hpp"
+#include "stop_signals.hpp"
 
 namespace kvferry::app {
 namespace {
@@ -180,6 +181,19 @@ std::string find_on_path(const std::string& program) {
   return {};
 }
 
+struct mps_daemon::quit_on_signal {
+  std::vector<std::string> argv, env;
+  std::vector<char*> argv_ptrs, env_ptrs;
+  int stdin_fd = -1; // a pipe holding "quit\n", its writer closed
+  int out_fd = -1;   // the log directory's kvferry-control-quit-on-signal.out
+  last_words words;
+  ~quit_on_signal() {
+    for (int fd : {stdin_fd, out_fd})
+      if (fd >= 0)
+        close(fd);
+  }
+};
+
 mps_daemon::mps_daemon(milliseconds timeout) : timeout_(timeout) {
 }
 
@@ -230,12 +244,44 @@ env_pairs mps_daemon::start() {
     }
     std::this_thread::sleep_for(milliseconds(5));
   }
+  arm_quit_on_signal();
   return environment();
+}
+
+void mps_daemon::arm_quit_on_signal() {
+  auto q = std::make_unique<quit_on_signal>();
+  int in[2];
+  if (pipe2(in, O_CLOEXEC) != 0)
+    return; // no last words: a second signal leaves the daemon, as before
+  const std::string quit = "quit\n";
+  auto written = write(in[1], quit.data(), quit.size());
+  close(in[1]);
+  q->stdin_fd = in[0];
+  if (written != static_cast<ssize_t>(quit.size()))
+    return;
+  q->out_fd = open((log_ + "/kvferry-control-quit-on-signal.out").c_str(),
+                   O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  q->argv = {program_};
+  q->env = environment_with(environment());
+  q->argv_ptrs = exec_vector(q->argv);
+  q->env_ptrs = exec_vector(q->env);
+  q->words = {q->argv.front().c_str(), q->argv_ptrs.data(), q->env_ptrs.data(),
+              q->stdin_fd, q->out_fd};
+  set_last_words(&q->words);
+  quit_on_signal_ = std::move(q);
+}
+
+void mps_daemon::disarm_quit_on_signal() {
+  if (!quit_on_signal_)
+    return;
+  set_last_words(nullptr);
+  quit_on_signal_.reset();
 }
 
 std::string mps_daemon::stop() {
   if (!running())
     return {};
+  disarm_quit_on_signal();
   if (auto err = run_control("", "quit\n"); !err.empty()) {
     auto why = fmt::format(
         "{}; the daemon may still run: stop it with `echo quit | {}={} {}`, "

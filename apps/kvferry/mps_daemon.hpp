@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -83,11 +84,19 @@ private:
   std::string run_control(const std::string& args, const std::string& input);
   void remove_directories();
 
+  // The `quit` a second stop signal runs before the process dies
+  // (stop_signals.hpp, set_last_words): made once the daemon runs, cleared
+  // before stop() quits it the normal way.
+  void arm_quit_on_signal();
+  void disarm_quit_on_signal();
+
   std::chrono::milliseconds timeout_;
   std::string program_; // full path, found on PATH by start()
   std::string root_;    // mkdtemp'd; holds pipe/ and log/
   std::string pipe_;
   std::string log_;
+  struct quit_on_signal; // its strings, descriptors and last_words
+  std::unique_ptr<quit_on_signal> quit_on_signal_;
 };
 
 /// What a supervisor of local workers (`kvferry launch`) needs of MPS.

@@ -25,13 +25,45 @@ int wake_write = -1;
 // untracked: a second signal would leave them to PR_SET_PDEATHSIG.
 std::array<std::atomic<pid_t>, 256> child_groups{};
 
+std::atomic<const last_words*> words{nullptr};
+
 static_assert(std::atomic<int>::is_always_lock_free);
+static_assert(std::atomic<const last_words*>::is_always_lock_free);
+
+// The last words' program in a child of its own (its own process group,
+// so that a terminal's next ^C to ours does not reach it); not waited for.
+void say_last_words() {
+  const last_words* w = words.load();
+  if (w == nullptr || w->path == nullptr)
+    return;
+  pid_t pid = fork();
+  if (pid != 0)
+    return; // the parent (or a failed fork) goes on dying
+  setpgid(0, 0);
+  struct sigaction fallback {};
+  fallback.sa_handler = SIG_DFL;
+  sigemptyset(&fallback.sa_mask);
+  for (int sig : stop_signals)
+    sigaction(sig, &fallback, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  pthread_sigmask(SIG_SETMASK, &none, nullptr);
+  if (w->stdin_fd >= 0)
+    dup2(w->stdin_fd, 0);
+  if (w->out_fd >= 0) {
+    dup2(w->out_fd, 1);
+    dup2(w->out_fd, 2);
+  }
+  execve(w->path, w->argv, w->envp);
+  _exit(127);
+}
 static_assert(std::atomic<pid_t>::is_always_lock_free);
 
 [[noreturn]] void stop_now(int sig) {
   for (auto& group : child_groups)
     if (pid_t pgid = group.load(); pgid > 0)
       kill(-pgid, SIGKILL);
+  say_last_words();
   // Die of the signal itself, as a process without a handler would (a shell
   // running us in a loop sees the ^C). It is blocked while its handler
   // runs: unblock it, so the default action happens right here.
@@ -131,6 +163,10 @@ void track_child_group(pid_t pgid) {
     if (group.compare_exchange_strong(empty, pgid))
       return;
   }
+}
+
+void set_last_words(const last_words* w) {
+  words.store(w);
 }
 
 void forget_child_group(pid_t pgid) {

@@ -35,7 +35,7 @@ while [ \$# -gt 0 ]; do [ "\$1" = --name ] && name=\$2; shift; done
 echo \$\$ > "$WORK/\$name.pid"
 echo "\$name mps pipe: \${CUDA_MPS_PIPE_DIRECTORY:-unset}"
 [ "\$cmd" = directory ] && echo "kvferry directory listening on 127.0.0.1:$PORT"
-trap 'echo "\$name got TERM"; echo "\$name stopped" >>"$WORK/record"; exit 0' TERM
+trap 'echo "\$name got TERM"; [ -e "$WORK/slow-stop" ] && sleep 3; echo "\$name stopped" >>"$WORK/record"; exit 0' TERM
 echo "\$name ready"
 for _ in \$(seq 600); do sleep 0.1; done
 EOF
@@ -112,6 +112,30 @@ timeout 20 "$KVFERRY" launch "$WORK/shared.yaml" --mps sometimes >"$WORK/out" 2>
 expect "--mps sometimes exits 1" test $? -eq 1
 expect "and names the value" contains "$WORK/err" "--mps 'sometimes': expected auto, on or off"
 expect "and starts no worker" test ! -e "$WORK/logs/p0.log"
+
+# ---- 5. a second stop signal: launch dies at once, but still quits the daemon --
+rm -rf "$WORK/logs" "$WORK/record"
+"$KVFERRY" launch "$WORK/shared.yaml" >"$WORK/out" 2>"$WORK/err" &
+launch_pid=$!
+wait_for 20 contains "$WORK/err" "started d0" || fail "launch started d0 (case 5)"
+for name in p0 d0; do
+  wait_for 20 contains "$WORK/logs/$name.log" "$name ready" || fail "$name ready (case 5)"
+done
+pipe=$(sed -n "s/^p0 mps pipe: //p" "$WORK/logs/p0.log" | head -1)
+touch "$WORK/slow-stop" # the workers take 3 s to stop: launch is still waiting
+kill -TERM "$launch_pid"
+sleep 0.2 # two signals sent at once may arrive as one
+kill -TERM "$launch_pid"
+timeout 20 tail --pid="$launch_pid" -f /dev/null
+wait "$launch_pid"
+rc=$?
+launch_pid=""
+expect "launch dies of the second SIGTERM (got $rc)" test "$rc" -eq 143
+expect "the daemon is still told to quit, in its directory" \
+  wait_for 10 contains "$WORK/record" "argv:  pipe: $pipe stdin: quit"
+expect "by the last words: the clean stop did not get to remove its directory" \
+  test -d "$pipe"
+rm -rf "$WORK/tmp/"* "$WORK/slow-stop"
 
 if [ "$failures" -gt 0 ]; then
   echo "$failures check(s) failed"
