@@ -182,13 +182,13 @@ using transfer_actor = caf::typed_actor<
     // fails everything waiting on it with ec::peer_down at once.
     caf::reacts_to<joined_atom, worker_info>,
     caf::reacts_to<left_atom, std::string, caf::error>,
-    // Internal: poll the plugin (the loop's generation); a comm it sleeps
-    // on has news (transfer_wake.hpp); a deadline passed; send the
-    // announcements that piled up per peer.
+    // Internal: poll the plugin (the loop's generation); a deadline passed;
+    // send the announcements that piled up per peer; a comm the loop
+    // sleeps on has news (its wake watch, transfer_wake.hpp).
     caf::reacts_to<proto::progress_atom, std::uint64_t>,
-    caf::reacts_to<proto::wake_atom>,
     caf::reacts_to<proto::sweep_atom>,
     caf::reacts_to<proto::announce_flush_atom>,
+    caf::reacts_to<proto::wake_atom>,
     // endpoint (engine/): from an actor of this process only (refused with
     // unauthorized otherwise). Appends [address, address + bytes) of CUDA
     // device `gpu` (-1: host memory) to the region table, registered with
