@@ -261,7 +261,10 @@ void mps_daemon::arm_quit_on_signal() {
     return;
   q->out_fd = open((log_ + "/kvferry-control-quit-on-signal.out").c_str(),
                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  q->argv = {program_};
+  // As stop() does: quit (reading it from stdin), then, if that worked,
+  // remove the directories.
+  const std::string script = "\"$1\" && rm -rf -- \"$2\"";
+  q->argv = {"/bin/sh", "-c", script, "kvferry-mps-quit", program_, root_};
   q->env = environment_with(environment());
   q->argv_ptrs = exec_vector(q->argv);
   q->env_ptrs = exec_vector(q->env);

@@ -84,8 +84,9 @@ private:
   std::string run_control(const std::string& args, const std::string& input);
   void remove_directories();
 
-  // The `quit` a second stop signal runs before the process dies
-  // (stop_signals.hpp, set_last_words): made once the daemon runs, cleared
+  // What a second stop signal runs before the process dies (stop_signals
+  // .hpp, set_last_words): `quit`, then the directories removed, as stop()
+  // does, by a shell nobody waits for. Made once the daemon runs, cleared
   // before stop() quits it the normal way.
   void arm_quit_on_signal();
   void disarm_quit_on_signal();

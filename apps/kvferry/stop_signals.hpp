@@ -45,7 +45,8 @@ void forget_child_group(pid_t pgid);
 /// What must still happen when the process stops now (a second signal):
 /// one program, started and not waited for, before the process dies. The
 /// private MPS daemon registers its `quit` (mps_daemon), which would
-/// otherwise outlive us: it left our process group when it daemonized.
+/// otherwise outlive us (it left our process group when it daemonized),
+/// and the removal of its directories.
 /// Everything is made in advance, so the handler only forks and execs.
 /// `stdin_fd` (kept open by the caller) becomes the program's stdin,
 /// `out_fd` its stdout and stderr (-1: ours).
