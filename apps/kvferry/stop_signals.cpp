@@ -29,6 +29,18 @@ std::atomic<const last_words*> words{nullptr};
 
 static_assert(std::atomic<int>::is_always_lock_free);
 static_assert(std::atomic<const last_words*>::is_always_lock_free);
+static_assert(std::atomic<pid_t>::is_always_lock_free);
+
+// fork() runs the pthread_atfork handlers, which may take a lock the
+// interrupted thread holds: a process stopping now could hang there.
+// glibc's _Fork (2.34) does not run them.
+pid_t fork_in_handler() {
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 34)
+  return _Fork();
+#else
+  return fork();
+#endif
+}
 
 // The last words' program in a child of its own (its own process group,
 // so that a terminal's next ^C to ours does not reach it); not waited for.
@@ -36,7 +48,7 @@ void say_last_words() {
   const last_words* w = words.load();
   if (w == nullptr || w->path == nullptr)
     return;
-  pid_t pid = fork();
+  pid_t pid = fork_in_handler();
   if (pid != 0)
     return; // the parent (or a failed fork) goes on dying
   setpgid(0, 0);
@@ -57,7 +69,6 @@ void say_last_words() {
   execve(w->path, w->argv, w->envp);
   _exit(127);
 }
-static_assert(std::atomic<pid_t>::is_always_lock_free);
 
 [[noreturn]] void stop_now(int sig) {
   for (auto& group : child_groups)
