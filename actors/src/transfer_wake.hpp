@@ -5,6 +5,7 @@
 // for its mailbox, which must stay free to take messages.
 #pragma once
 
+#include <memory>
 #include <thread>
 
 #include <caf/actor_addr.hpp>
@@ -15,7 +16,10 @@ class wake_watch {
 public:
   // Starts the thread; throws std::system_error when epoll or eventfd fail.
   explicit wake_watch(caf::actor_addr target);
-  ~wake_watch(); // stops and joins the thread
+  // Stops the thread and joins it; detaches it instead where the thread
+  // itself destroys the watch (its handle to the actor was the last one,
+  // so the actor's state goes on that thread).
+  ~wake_watch();
   wake_watch(const wake_watch&) = delete;
   wake_watch& operator=(const wake_watch&) = delete;
 
@@ -26,11 +30,10 @@ public:
   bool arm(int fd) noexcept;
 
 private:
-  void run();
+  struct core; // the descriptors and the target: the thread shares them
+  static void run(const std::shared_ptr<core>& c);
 
-  caf::actor_addr target_;
-  int epoll_fd_ = -1;
-  int stop_fd_ = -1;
+  std::shared_ptr<core> core_;
   std::thread thread_;
 };
 
