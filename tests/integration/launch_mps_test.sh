@@ -54,9 +54,9 @@ launch: {log_dir: $WORK/logs, stop_grace_ms: 500}
 EOF
 }
 
-# Starts launch with the given arguments, waits for both workers, stops it
-# with SIGTERM; its stderr in $WORK/err, its exit status in $rc.
-run_launch() {
+# Starts launch with the given arguments and waits for both workers; its
+# stderr in $WORK/err.
+start_launch() {
   rm -rf "$WORK/logs" "$WORK/record"
   "$KVFERRY" launch "$@" >"$WORK/out" 2>"$WORK/err" &
   launch_pid=$!
@@ -64,11 +64,22 @@ run_launch() {
   for name in p0 d0; do
     wait_for 20 contains "$WORK/logs/$name.log" "$name ready" || fail "$name ready"
   done
-  kill -TERM "$launch_pid"
+}
+
+# Waits for launch to end (after the signals the caller sent); its exit
+# status in $rc.
+await_launch() {
   timeout 20 tail --pid="$launch_pid" -f /dev/null
   wait "$launch_pid"
   rc=$?
   launch_pid=""
+}
+
+# start_launch, then stop it with SIGTERM (await_launch).
+run_launch() {
+  start_launch "$@"
+  kill -TERM "$launch_pid"
+  await_launch
 }
 
 # ---- 1. two workers on GPU 0: a private daemon, started first, stopped last ----
@@ -114,22 +125,13 @@ expect "and names the value" contains "$WORK/err" "--mps 'sometimes': expected a
 expect "and starts no worker" test ! -e "$WORK/logs/p0.log"
 
 # ---- 5. a second stop signal: launch dies at once, but still quits the daemon --
-rm -rf "$WORK/logs" "$WORK/record"
-"$KVFERRY" launch "$WORK/shared.yaml" >"$WORK/out" 2>"$WORK/err" &
-launch_pid=$!
-wait_for 20 contains "$WORK/err" "started d0" || fail "launch started d0 (case 5)"
-for name in p0 d0; do
-  wait_for 20 contains "$WORK/logs/$name.log" "$name ready" || fail "$name ready (case 5)"
-done
+start_launch "$WORK/shared.yaml"
 pipe=$(sed -n "s/^p0 mps pipe: //p" "$WORK/logs/p0.log" | head -1)
 touch "$WORK/slow-stop" # the workers take 3 s to stop: launch is still waiting
 kill -TERM "$launch_pid"
 sleep 0.2 # two signals sent at once may arrive as one
 kill -TERM "$launch_pid"
-timeout 20 tail --pid="$launch_pid" -f /dev/null
-wait "$launch_pid"
-rc=$?
-launch_pid=""
+await_launch
 expect "launch dies of the second SIGTERM (got $rc)" test "$rc" -eq 143
 expect "the daemon is still told to quit, in its directory" \
   wait_for 10 contains "$WORK/record" "argv:  pipe: $pipe stdin: quit"
