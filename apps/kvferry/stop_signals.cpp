@@ -51,12 +51,10 @@ void say_last_words() {
   pid_t pid = fork_in_handler();
   if (pid != 0)
     return; // the parent (or a failed fork) goes on dying
+  // As subprocess's children begin (become), but without PR_SET_PDEATHSIG:
+  // this one is meant to outlive us.
   setpgid(0, 0);
-  struct sigaction fallback {};
-  fallback.sa_handler = SIG_DFL;
-  sigemptyset(&fallback.sa_mask);
-  for (int sig : stop_signals)
-    sigaction(sig, &fallback, nullptr);
+  default_stop_signals_in_child();
   sigset_t none;
   sigemptyset(&none);
   pthread_sigmask(SIG_SETMASK, &none, nullptr);
