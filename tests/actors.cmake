@@ -31,9 +31,11 @@ target_include_directories(test_pattern_jobs PRIVATE ${PROJECT_SOURCE_DIR}/actor
 kvferry_add_test(NAME test_kv_stamp SOURCES unit/kv_stamp_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
 # Two real transfer actors over kvsock: extents from a peer that leave the
-# registered region are refused (the trust boundary), nothing written.
+# registered region are refused (the trust boundary), nothing written; the
+# idle policy (wake watch, hot window: a private rule of actors/src).
 kvferry_add_test(NAME test_transfer_bounds SOURCES unit/transfer_bounds_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
+target_include_directories(test_transfer_bounds PRIVATE ${PROJECT_SOURCE_DIR}/actors/src)
 add_dependencies(test_transfer_bounds nccl-net-kvsock)
 # Announcements batched per peer: many transfers in flight land in order, a
 # channel dropped with a batch pending fails its transfers at both ends. Two

@@ -526,16 +526,29 @@ void on_wake(self_ptr self) {
   ensure_progress(self);
 }
 
+// Within its hot window after the last activity (hot_window_from_env).
+bool hot(const transfer_state& st, steady_clock::time_point now) {
+  return now - st.busy_at < st.hot_window;
+}
+
+// Work that waits for a peer's word (a pull's announcement, a claimed
+// arrival) keeps the loop hot, as posted work does (ensure_progress).
+void stay_hot(self_ptr self) {
+  if (self->state.hot_window.count() > 0 && polls_itself(self->state))
+    ensure_progress(self);
+}
+
 // The idle policy where this actor polls its comms itself (polls_itself):
 // nothing sleeps in the plugin for it (options_for), so it decides alone,
 // and messages to the actor never wait behind a poll. Spin (an immediate
-// poll) for `spin_window` after news: bytes flowing keep their pace. Then,
-// while plugin requests are out, sleep on their comms' wait descriptors
-// (the wake watch brings the news; a delayed poll after `backstop` covers
-// what they do not), or, where a comm has none, poll every `wire_period`
-// (their news is about a CAF leg away); the wait costs one delayed message,
-// not a core. Else (a channel opening, a GPU copy, a peer silent for longer
-// than `wire_window`) back off up to 200 us.
+// poll) for `spin_window` after news, or while hot (transfer_state::
+// hot_window): bytes flowing keep their pace, and a peer's next word finds
+// the thread awake. Then, while plugin requests are out, sleep on their
+// comms' wait descriptors (the wake watch brings the news; a delayed poll
+// after `backstop` covers what they do not), or, where a comm has none,
+// poll every `wire_period` (their news is about a CAF leg away); the wait
+// costs one delayed message, not a core. Else (a channel opening, a GPU
+// copy, a peer silent for longer than `wire_window`) back off up to 200 us.
 void schedule_caller_polls(self_ptr self, bool progressed) {
   constexpr auto spin_window = microseconds(20);
   constexpr auto wire_period = microseconds(20);
@@ -552,7 +565,7 @@ void schedule_caller_polls(self_ptr self, bool progressed) {
     st.busy_at = now;
     st.idle_polls = 0;
   }
-  if (now - st.busy_at < spin_window || copying(st)) {
+  if (now - st.busy_at < spin_window || hot(st, now) || copying(st)) {
     self->send(self, proto::progress_atom::value, st.progress_generation);
     return;
   }
@@ -587,7 +600,8 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     answer_status_waiters(st);
   if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
-  if (!has_work(st))
+  const bool keep_hot = polls_itself(st) && hot(st, steady_clock::now());
+  if (!has_work(st) && !keep_hot)
     return;
   st.progress_scheduled = true;
   if (polls_itself(st))
@@ -802,6 +816,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
                                             transfer_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.hot_window = hot_window_from_env(st.cfg.detached);
   st.regions = region_table_of(st.cfg);
   for (const auto& r : st.regions) {
     st.region_sizes.push_back(r->size());
@@ -820,10 +835,12 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
         return r;
       },
       [self](proto::recv_atom, proto::recv_order& o) {
+        stay_hot(self);
         return handle_recv(self, o);
       },
       [self](proto::recv_atom, proto::recv_order& o, std::uint64_t request_id,
              caf::actor& node) {
+        stay_hot(self);
         return handle_recv_for_caller(self, o, request_id, node);
       },
       [self](proto::node_attach_atom, caf::actor& node) {
@@ -834,6 +851,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       },
       [self](proto::node_pull_atom, proto::node_request& req) {
         stage_stamps::stamp(stage_stamps::pull_taken);
+        stay_hot(self);
         auto r = handle_pull(self, req);
         stage_stamps::stamp(stage_stamps::order_sent);
         return r;

@@ -34,7 +34,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <sched.h>
 #include <stdexcept>
+#include <thread>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -108,6 +110,47 @@ bool pull_lanes_from_env() {
 bool wake_from_env() {
   const char* text = std::getenv("KVFERRY_WAKE");
   return text == nullptr || std::string{text} != "0";
+}
+
+namespace {
+
+// The CPUs this process may run on (taskset, cpusets), not the machine's.
+unsigned usable_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    return static_cast<unsigned>(std::max(1, CPU_COUNT(&set)));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+} // namespace
+
+microseconds hot_window_for(unsigned cores, bool detached) {
+  // A detached transfer actor (a worker's, a node's) on 8 cores or more
+  // stays hot for 1 ms: a pull's wait for its announcement (two CAF legs,
+  // ~100 us) and the gap to the next request of a busy server. Measured on
+  // H100 hosts (docs/benchmarks.md, 2026-12-07): a 1-block pull's control
+  // time fell from 1.06-1.54x the CAF round trip to 1.00-1.13x (250 us:
+  // 1.25-1.34x). On fewer cores a busy loop takes the core the peer's
+  // threads need (2 cores: 4-14x). kvferry::endpoint's transfer actor
+  // shares its scheduler thread with the control actor: there the window
+  // bought no latency and cost 2-3x the CPU per write, so it stays off.
+  return detached && cores >= 8 ? microseconds(1000) : microseconds(0);
+}
+
+microseconds hot_window_from_env(bool detached) {
+  const auto fallback = hot_window_for(usable_cores(), detached);
+  const char* text = std::getenv("KVFERRY_HOT_US");
+  if (text == nullptr || *text == '\0')
+    return fallback;
+  char* end = nullptr;
+  const unsigned long value = std::strtoul(text, &end, 10);
+  if (*end != '\0' || *text == '-' || value > 1'000'000) {
+    spdlog::warn("ignoring KVFERRY_HOT_US=\"{}\": expected microseconds, 0 "
+                 "to 1000000; using {}",
+                 text, fallback.count());
+    return fallback;
+  }
+  return microseconds(value);
 }
 
 bool polls_itself(const transfer_state& st) {

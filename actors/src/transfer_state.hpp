@@ -255,6 +255,16 @@ struct peer_in {
 bool pull_lanes_from_env();
 bool wake_from_env();
 
+/// How long the progress loop keeps polling after its last activity (work
+/// handed to it, or news from the plugin) even with nothing out yet: a
+/// pull's announcement, a peer's next order or the bytes of a posted
+/// receive then find the thread awake, with no futex wake-up and no wake
+/// watch on their path (each costs 5-20 us on a cloud VM). The price is a
+/// core busy for that long after each transfer. KVFERRY_HOT_US sets it
+/// (0: off); by default `hot_window_for(usable cores, detached)`.
+std::chrono::microseconds hot_window_from_env(bool detached);
+std::chrono::microseconds hot_window_for(unsigned cores, bool detached);
+
 struct transfer_state {
   transfer_config cfg;
   // The region table (plan.hpp): cfg.region, then cfg.more_regions.
@@ -389,6 +399,9 @@ struct transfer_state {
   // Unless KVFERRY_WAKE=0: where the plugin offers wait descriptors the
   // loop polls its comms itself and sleeps on them (polls_itself).
   bool wake_env = wake_from_env();
+  // Where it polls itself: how long it stays hot (hot_window_from_env,
+  // set with cfg).
+  std::chrono::microseconds hot_window{0};
   static inline const char* name = "kvferry.transfer";
 };
 

@@ -28,6 +28,7 @@
 #include "kvferry/transport/plugin.hpp"
 #include "scoped_env.hpp"
 #include "transfer_pair_config.hpp"
+#include "transfer_state.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -426,9 +427,11 @@ TEST_CASE_FIXTURE(pair_fixture, "a transfer that ended and was claimed "
 // wake it, and its loop turns about once a millisecond meanwhile, not every
 // 20-200 us (as it did, some 500-600 turns per 100 ms). A backstop turn may
 // find the bytes just before their wake (then no wake counts), so three
-// late transfers must bring at least one.
+// late transfers must bring at least one. (Its hot window, on by default
+// on 8 cores or more, is off here: the next case covers it.)
 TEST_CASE("a receiver whose bytes are late sleeps until they come") {
   test::scoped_env late{"KVSOCK_FAULT_DELAY_US", "60000"};
+  test::scoped_env cold{"KVFERRY_HOT_US", "0"};
   pair_fixture f;
   auto stats = [&](const transfer_actor& a) {
     proto::transfer_stats out;
@@ -454,4 +457,52 @@ TEST_CASE("a receiver whose bytes are late sleeps until they come") {
                    << after.wakes - before.wakes);
   CHECK(after.polls - before.polls < 3 * 200);
   CHECK(after.wakes > before.wakes);
+}
+
+// The hot window (KVFERRY_HOT_US): after a transfer the loop keeps polling
+// for that long, so that the next word from a peer finds its thread awake;
+// then it stops, and an idle transfer actor takes no CPU.
+TEST_CASE("a transfer actor stays hot for its window, then goes idle") {
+  test::scoped_env hot{"KVFERRY_HOT_US", "20000"};
+  pair_fixture f;
+  auto polls = [&] {
+    std::uint64_t out = 0;
+    f.self->request(f.receiver, 10s, proto::stats_atom::value)
+        .receive([&](const proto::transfer_stats& s) { out = s.polls; },
+                 [](caf::error& err) { FAIL(render(err)); });
+    return out;
+  };
+  auto ep = f.receiver_endpoint();
+  REQUIRE(f.send(order_to(ep, 1, {{0, 0, 1024}})));
+  REQUIRE(f.recv(1));
+  const auto done = polls();
+  std::this_thread::sleep_for(10ms); // inside the window
+  const auto hot_polls = polls() - done;
+  MESSAGE("polls within the window: " << hot_polls);
+  CHECK(hot_polls > 10);
+  std::this_thread::sleep_for(100ms); // the window passed long ago
+  const auto idle = polls();
+  std::this_thread::sleep_for(100ms);
+  CHECK(polls() == idle);
+}
+
+// Who stays hot by default: a detached transfer actor (a worker's, a
+// node's) where cores are to spare; never on a small machine, where the
+// busy loop would take the peer's core, nor kvferry::endpoint's, which
+// shares its scheduler thread.
+TEST_CASE("the hot window is on by default only for a detached transfer "
+          "actor on 8 cores or more") {
+  using transfer_detail::hot_window_for;
+  CHECK(hot_window_for(2, true).count() == 0);
+  CHECK(hot_window_for(4, true).count() == 0);
+  CHECK(hot_window_for(8, true) == 1ms);
+  CHECK(hot_window_for(16, false).count() == 0);
+  test::scoped_env unset{"KVFERRY_HOT_US", nullptr};
+  const auto fallback = transfer_detail::hot_window_from_env(true);
+  {
+    test::scoped_env set{"KVFERRY_HOT_US", "300"}; // for any transfer actor
+    CHECK(transfer_detail::hot_window_from_env(false) == 300us);
+  }
+  test::scoped_env bad{"KVFERRY_HOT_US", "lots"}; // warned and ignored
+  CHECK(transfer_detail::hot_window_from_env(true) == fallback);
 }
