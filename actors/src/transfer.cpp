@@ -885,6 +885,8 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
       [self](proto::stats_atom) {
         auto s = self->state.stats;
         s.tracked = count_tracked(self->state);
+        for (const auto& [name, p] : self->state.in)
+          s.announced_waiting += p.waiting.size();
         return s;
       },
       [self](proto::ipc_hello_atom, const std::string& sender) {

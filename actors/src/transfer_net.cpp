@@ -266,21 +266,30 @@ void post_recvs(self_ptr self, peer_in& p, const proto::announcement& a) {
     finish(t, st, true, a.sender);
 }
 
+// An announced transfer its receiver gave up (its caller was told, so its
+// blocks may be in use again) before its receives were posted: its bytes
+// come all the same, and the next receives posted on the channel would
+// take them, so the channel goes (the sender fails, the pair opens a new
+// one). True when `t` was given up.
+bool refuse_given_up(self_ptr self, const std::string& sender,
+                     std::uint64_t transfer_id, const transfer_entry& t) {
+  if (!t.cancelled && !t.failure)
+    return false;
+  drop_peer_in(self, sender,
+               make_error(ec::timeout,
+                          fmt::format("transfer {} from '{}' arrived after "
+                                      "the receiver gave up on it",
+                                      transfer_id, sender)));
+  self->state.in[sender].transfers.erase(transfer_id);
+  return true;
+}
+
 void handle_announce(self_ptr self, proto::announcement& a) {
   auto& st = self->state;
   auto& p = st.in[a.sender];
   auto& t = st.entry_nodes.emplace(p.transfers, a.transfer_id);
-  if (t.cancelled || t.failure) {
-    // The receiver gave up on it; its sends are coming anyway, so the comm
-    // order is broken: tear the channel down and let the sender fail.
-    drop_peer_in(self, a.sender,
-                 make_error(ec::timeout,
-                            fmt::format("transfer {} from '{}' arrived after "
-                                        "the receiver gave up on it",
-                                        a.transfer_id, a.sender)));
-    st.in[a.sender].transfers.erase(a.transfer_id);
+  if (refuse_given_up(self, a.sender, a.transfer_id, t))
     return;
-  }
   if (auto bad = check_table_extents(a.chunks, extent_side::destination,
                                      st.region_sizes)) {
     drop_peer_in(self, a.sender,
@@ -550,9 +559,16 @@ bool progress_recv_channel(self_ptr self, const std::string& name, peer_in& p,
       st.metrics.peer(name).comms->set(p.channel->comm_count());
       p.regs = register_regions(st, *p.channel);
       progressed = true;
+      // Announced while the channel opened; one given up meanwhile (its
+      // deadline, its caller's withdrawal) drops the channel, and the rest
+      // with it (drop_peer_in clears the queue).
       while (!p.waiting.empty()) {
         auto a = std::move(p.waiting.front());
         p.waiting.pop_front();
+        if (auto t = p.transfers.find(a.transfer_id);
+            t != p.transfers.end() &&
+            refuse_given_up(self, name, a.transfer_id, t->second))
+          break;
         post_recvs(self, p, a);
       }
     } else if (steady_clock::now() > p.accept_deadline) {

@@ -96,6 +96,8 @@ Config Config::from_env() {
   c.fault_delay_us = env_int("KVSOCK_FAULT_DELAY_US", 0, 0, 60000000);
   c.fault_drop_after = env_int("KVSOCK_FAULT_DROP_AFTER", -1, 0, INT64_MAX);
   c.fault_corrupt = env_int("KVSOCK_FAULT_CORRUPT", 0, 0, INT64_MAX);
+  c.fault_accept_delay_us =
+      env_int("KVSOCK_FAULT_ACCEPT_DELAY_US", 0, 0, 60000000);
   return c;
 }
 

@@ -64,6 +64,10 @@ struct Config {
       -1; // KVSOCK_FAULT_DROP_AFTER: close after N payload bytes sent
   int64_t fault_corrupt =
       0; // KVSOCK_FAULT_CORRUPT: flip one byte of the Nth send (1-based)
+  // KVSOCK_FAULT_ACCEPT_DELAY_US: accept hands out no comm until this long
+  // after its listen (a slow peer or machine; the sender's connect does not
+  // wait for it, so its sends and the caller's messages get ahead of it).
+  int64_t fault_accept_delay_us = 0;
 
   static Config from_env();
 

@@ -183,6 +183,7 @@ ncclResult_t do_listen(const Device& device, void* handle_out,
                        void** listen_comm) {
   auto listen = std::make_unique<ListenComm>();
   listen->config = Config::from_env();
+  listen->listened_ns = now_ns();
   listen->address = device.address;
   listen->address.sin_port = 0;
   const std::string why = device.name + ", " + device.why;
@@ -398,6 +399,8 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
   read_hellos(*listen, now);
   listen->rejects.flush(format_address(listen->address),
                         listen->config.reject_log_ms, now);
+  const bool held = // a test's slow accept (config.fault_accept_delay_us)
+      now < listen->listened_ns + listen->config.fault_accept_delay_us * 1000;
 
   for (size_t i = 0; i < listen->groups.size(); ++i) {
     ListenComm::Group& group = listen->groups[i];
@@ -411,6 +414,8 @@ ncclResult_t do_accept(ListenComm* listen, void** recv_comm,
       }
       continue;
     }
+    if (held)
+      continue;
     std::vector<int> fds = std::move(group.fds);
     std::string peer = format_address(group.from);
     listen->groups.erase(listen->groups.begin() + static_cast<long>(i));

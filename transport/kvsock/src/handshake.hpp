@@ -35,6 +35,7 @@ struct ListenComm {
   int fd = -1;
   sockaddr_in address{};
   uint64_t nonce = 0;
+  int64_t listened_ns = 0; // for config.fault_accept_delay_us
 
   struct Pending { // an accepted socket whose hello is not complete yet
     int fd;

@@ -454,13 +454,17 @@ struct transfer_stats {
   // (a loop that sleeps turns little while its bytes are late).
   std::uint64_t polls = 0;
   std::uint64_t wakes = 0;
+  // Now, not a counter: announced transfers whose receives wait for their
+  // sender's channel to finish opening (a slow accept).
+  std::uint64_t announced_waiting = 0;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_stats& x) {
   return f(caf::meta::type_name("kvferry::proto::transfer_stats"), x.bytes_sent,
            x.bytes_received, x.transfers_done, x.transfers_failed,
            x.comms_opened, x.registrations, x.ipc_quarantined, x.lane_pulls,
-           x.announce_batches, x.tracked, x.polls, x.wakes);
+           x.announce_batches, x.tracked, x.polls, x.wakes,
+           x.announced_waiting);
 }
 
 /// Counters of one consumer (for tests and operators): how its push
