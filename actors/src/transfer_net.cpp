@@ -275,11 +275,11 @@ bool refuse_given_up(self_ptr self, const std::string& sender,
                      std::uint64_t transfer_id, const transfer_entry& t) {
   if (!t.cancelled && !t.failure)
     return false;
-  drop_peer_in(self, sender,
-               make_error(ec::timeout,
-                          fmt::format("transfer {} from '{}' arrived after "
-                                      "the receiver gave up on it",
-                                      transfer_id, sender)));
+  drop_peer_in(
+      self, sender,
+      make_error(ec::timeout, fmt::format("transfer {} from '{}' arrived after "
+                                          "the receiver gave up on it",
+                                          transfer_id, sender)));
   self->state.in[sender].transfers.erase(transfer_id);
   return true;
 }
