@@ -14,11 +14,11 @@
 #include <caf/binary_serializer.hpp>
 #include <doctest/doctest.h>
 
+#include "eventually.hpp"
 #include "kvferry/actors/node_actor.hpp"
 #include "kvferry/node_actors.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
-#include "eventually.hpp"
 #include "node_cache.hpp"
 #include "scoped_env.hpp"
 
@@ -266,8 +266,9 @@ void later_requests_land_alone(
   bool landed = false;
   for (std::uint64_t id = first_id; id < first_id + 10 && !landed; ++id) {
     auto advert2 = advertise_offered(f, id, s2);
-    f.self->request(f.decode.node, 30s, proto::node_pull_atom::value,
-                    proto::node_request{id, "prefill-0", d2, {}, false})
+    f.self
+        ->request(f.decode.node, 30s, proto::node_pull_atom::value,
+                  proto::node_request{id, "prefill-0", d2, {}, false})
         .receive([&](const proto::node_report&) { landed = true; },
                  [](const caf::error& err) { MESSAGE(render(err)); });
     advert2.receive([](const proto::node_report&) {}, [](const caf::error&) {});
@@ -329,10 +330,9 @@ TEST_CASE_FIXTURE(caller_system, "a withdrawn pull whose announcement waits "
   auto waiting = [&] {
     std::uint64_t n = 0;
     self->request(decode.transfer, 10s, proto::stats_atom::value)
-        .receive([&](const proto::transfer_stats& st) {
-                   n = st.announced_waiting;
-                 },
-                 [](const caf::error& err) { FAIL(render(err)); });
+        .receive(
+            [&](const proto::transfer_stats& st) { n = st.announced_waiting; },
+            [](const caf::error& err) { FAIL(render(err)); });
     return n;
   };
   REQUIRE(test::eventually([&] { return waiting() == 1; }, 5s));
