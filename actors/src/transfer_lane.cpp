@@ -34,9 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <sched.h>
 #include <stdexcept>
-#include <thread>
 
 #include <caf/all.hpp>
 #include <fmt/format.h>
@@ -44,6 +42,7 @@
 
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/usable_cores.hpp"
 #include "kvferry/transport/extent_lists.hpp"
 #include "transfer_state.hpp"
 
@@ -112,18 +111,6 @@ bool wake_from_env() {
   return text == nullptr || std::string{text} != "0";
 }
 
-namespace {
-
-// The CPUs this process may run on (taskset, cpusets), not the machine's.
-unsigned usable_cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0)
-    return static_cast<unsigned>(std::max(1, CPU_COUNT(&set)));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-} // namespace
-
 microseconds hot_window_for(unsigned cores, bool detached) {
   // A detached transfer actor (a worker's, a node's) on 8 cores or more
   // stays hot for 1 ms: a pull's wait for its announcement (two CAF legs,
@@ -138,7 +125,7 @@ microseconds hot_window_for(unsigned cores, bool detached) {
 }
 
 microseconds hot_window_from_env(bool detached) {
-  const auto fallback = hot_window_for(usable_cores(), detached);
+  const auto fallback = hot_window_for(runtime::usable_cores(), detached);
   const char* text = std::getenv("KVFERRY_HOT_US");
   if (text == nullptr || *text == '\0')
     return fallback;

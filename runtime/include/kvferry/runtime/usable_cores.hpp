@@ -1,0 +1,20 @@
+// How many cores this process may run on: its CPU affinity (taskset,
+// cpusets), not the machine's count. Defaults that trade a core for
+// latency (a transfer actor's hot window, an endpoint's second scheduler
+// thread) are chosen from it.
+#pragma once
+
+#include <algorithm>
+#include <sched.h>
+#include <thread>
+
+namespace kvferry::runtime {
+
+inline unsigned usable_cores() noexcept {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    return static_cast<unsigned>(std::max(1, CPU_COUNT(&set)));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+} // namespace kvferry::runtime
