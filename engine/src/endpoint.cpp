@@ -24,7 +24,6 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
-#include "kvferry/runtime/usable_cores.hpp"
 #include "kvferry/transport/extent_lists.hpp"
 #include "kvferry/transport/plan_crew.hpp"
 #include "kvferry/transport/plugin.hpp"
@@ -33,18 +32,14 @@ namespace kvferry {
 
 using namespace engine_detail;
 
-std::size_t default_endpoint_threads() noexcept {
-  return runtime::usable_cores() >= 8 ? 2 : 1;
-}
-
 namespace {
 
 // The endpoint's actor system: its scheduler threads run the control actor
 // and the transfer actor (not detached: transfer_config::detached). Every
 // transfer hands orders and replies between the two, and CAF's sharing
 // scheduler wakes a sleeping worker for each message to an idle actor: with
-// one thread nobody sleeps; with two they work at once
-// (default_endpoint_threads, issue #16, docs/engine-api.md).
+// one thread (endpoint_options::threads) nobody sleeps (issue #16,
+// docs/engine-api.md).
 runtime::runtime_options runtime_of(const endpoint_options& options) {
   runtime::runtime_options ro;
   ro.threads = options.threads;

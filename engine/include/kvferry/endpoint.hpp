@@ -145,14 +145,6 @@ struct notification {
   std::vector<std::uint8_t> bytes;
 };
 
-/// The scheduler threads an endpoint gets by default: 2 where 8 or more
-/// cores are usable, else 1. Its control actor and its transfer actor hand
-/// every transfer to each other: on one thread nobody sleeps, which a small
-/// host needs; where cores are to spare a second thread lets the two work
-/// at once (64 KiB writes at depth 16 over kvsock 1.3-1.9x faster in five
-/// pairs on two H100 hosts, docs/engine-api.md).
-std::size_t default_endpoint_threads() noexcept;
-
 struct endpoint_options {
   /// CUDA device whose memory reg() takes by default; -1: host memory.
   int gpu = -1;
@@ -175,9 +167,12 @@ struct endpoint_options {
   /// The certificate presented (tls_dir/NAME.crt, .key); empty: `name`.
   std::string tls_name;
   /// Scheduler threads of the endpoint's actor system (they run its control
-  /// actor and its transfer actor); 0: one per core. By default
-  /// default_endpoint_threads() (docs/engine-api.md, "Threading").
-  std::size_t threads = default_endpoint_threads();
+  /// actor and its transfer actor); 0: one per core. One by default: the two
+  /// actors hand each transfer to each other and nobody sleeps. Two, where
+  /// cores are to spare, let them work at once: faster with many plugin
+  /// transfers in flight, slower one at a time (docs/engine-api.md,
+  /// "Threading").
+  std::size_t threads = 1;
 };
 
 class endpoint {
