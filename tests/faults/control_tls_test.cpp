@@ -35,6 +35,7 @@
 #include "kvferry_processes.hpp"
 #include "run_kvferry.hpp"
 #include "scratch_dir.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -259,7 +260,7 @@ TEST_CASE("control listeners refuse junk at the TLS handshake, and serve on") {
 
   tls_client client{files.pki, "client"};
   auto directory = connect_directory(*client.sys, "127.0.0.1", dir_port, 10s);
-  REQUIRE_MESSAGE(directory, render(directory.error()));
+  REQUIRE_MESSAGE(directory, test::why(directory));
   caf::scoped_actor self{*client.sys};
   worker_info decode_info;
   self->request(*directory, 5s, lookup_atom::value, std::string{"decode-0"})

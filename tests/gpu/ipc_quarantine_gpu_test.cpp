@@ -38,6 +38,7 @@
 #include "kvferry/transport/gpu_copy.hpp"
 #include "scratch_dir.hpp"
 #include "test_child.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono;
@@ -110,7 +111,7 @@ TEST_CASE("ipc quarantine sender (runs only when started by the test)" *
   tc.host_id = local_host_id();
   auto transfer = spawn_transfer(sys, tc);
   auto port = sys.middleman().publish(transfer, 0, "127.0.0.1", true);
-  REQUIRE_MESSAGE(port, render(port.error()));
+  REQUIRE_MESSAGE(port, test::why(port));
   test::serve_until_stopped(dir, *port, seconds(150));
   // The parent's proxy of our transfer actor would hold the actor system's
   // shutdown until that connection closes (see worker.cpp): end here.
@@ -157,7 +158,7 @@ TEST_CASE("a timed-out CUDA IPC copy keeps its blocks out of use until its "
   const auto port = test::child_port(dir.path);
   REQUIRE(port != 0);
   auto sender = sys.middleman().remote_actor<transfer_actor>("127.0.0.1", port);
-  REQUIRE_MESSAGE(sender, render(sender.error()));
+  REQUIRE_MESSAGE(sender, test::why(sender));
   // The consumer receives through its node from prefill-0's node: a
   // stand-in here over the child's transfer actor (the test orders that
   // actor itself).

@@ -54,6 +54,7 @@
 #include "region_table_pair.hpp"
 #include "scratch_dir.hpp"
 #include "test_child.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono;
@@ -221,7 +222,7 @@ TEST_CASE("ipc table owner (runs only when started by the test)" *
   }}.detach();
   auto transfer = spawn_transfer(sys, mine.config("prefill-0"));
   auto port = sys.middleman().publish(transfer, 0, "127.0.0.1", true);
-  REQUIRE_MESSAGE(port, render(port.error()));
+  REQUIRE_MESSAGE(port, test::why(port));
   test::serve_until_stopped(dir, *port, seconds(150));
   // The parent's proxy would hold the actor system's shutdown until that
   // connection closes (see worker.cpp): end here.
@@ -272,7 +273,7 @@ struct ipc_table_pair {
     REQUIRE(port != 0);
     auto remote =
         sys.middleman().remote_actor<transfer_actor>("127.0.0.1", port);
-    REQUIRE_MESSAGE(remote, render(remote.error()));
+    REQUIRE_MESSAGE(remote, test::why(remote));
     owner = *remote;
     our_ep = endpoint_of(transfer);
     owner_ep = endpoint_of(owner);
@@ -389,7 +390,7 @@ struct ipc_table_pair {
     o.wait_event = event_value();
     auto sent = behind_gate<std::uint64_t>(transfer, proto::send_atom::value, o,
                                            [&] { g.open = true; });
-    REQUIRE_MESSAGE(sent, render(sent.error()));
+    REQUIRE_MESSAGE(sent, test::why(sent));
     CHECK(*sent == fresh.size());
     std::copy(fresh.begin(), fresh.end(),
               expected[m.src_region].begin() + m.src_offset);
@@ -412,7 +413,7 @@ struct ipc_table_pair {
   // Reads `m` from the child's table into ours and checks all of ours.
   void read_back(std::uint64_t id, const table_move& m) {
     auto rep = read(read_order(id, {m}));
-    REQUIRE_MESSAGE(rep, render(rep.error()));
+    REQUIRE_MESSAGE(rep, test::why(rep));
     expect_read({m});
     check_ours();
   }
@@ -480,7 +481,7 @@ TEST_CASE_FIXTURE(ipc_table_pair,
       {1, 4096, 0, 600000, 40960},
   };
   auto got = read(read_order(2, reads));
-  REQUIRE_MESSAGE(got, render(got.error()));
+  REQUIRE_MESSAGE(got, test::why(got));
   CHECK(got->bytes == total_bytes(test::virtual_extents(reads)));
   CHECK(got->landed_ns >= got->first_known_ns);
   expect_read(reads);
@@ -534,7 +535,7 @@ TEST_CASE_FIXTURE(ipc_table_pair,
     o.wait_event = event_value();
     auto rep = behind_gate<proto::recv_report>(
         transfer, proto::read_atom::value, o, [&] { g.open = true; });
-    REQUIRE_MESSAGE(rep, render(rep.error()));
+    REQUIRE_MESSAGE(rep, test::why(rep));
     expect_read({m});
     check_ours();
   }
@@ -580,7 +581,7 @@ TEST_CASE_FIXTURE(ipc_table_pair,
     auto rep = behind_gate<proto::recv_report>(
         transfer, proto::read_atom::value, o,
         [&] { std::ofstream{dir.path / "release"}; });
-    REQUIRE_MESSAGE(rep, render(rep.error()));
+    REQUIRE_MESSAGE(rep, test::why(rep));
     std::fill_n(owner_bytes[1].begin() + gated_offset, gated_bytes,
                 gated_value);
     expect_read({m});

@@ -13,6 +13,7 @@
 #include "../support/cuda_upload.hpp"
 #include "../support/region_table_pair.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 
@@ -51,9 +52,9 @@ TEST_CASE_FIXTURE(test::region_table_pair<cuda_memory>,
   CHECK(transport::ipc_table_from_text(ep.ipc_handle).size() == 3);
   auto moves = test::scattered_moves();
   auto sent = send(ep, 1, test::virtual_extents(moves));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   auto got = recv(1);
-  REQUIRE_MESSAGE(got, render(got.error()));
+  REQUIRE_MESSAGE(got, test::why(got));
   CHECK(got->bytes == *sent);
   auto expected = expected_after(moves);
   auto actual = receiver_bytes();

@@ -18,6 +18,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry_processes.hpp"
 #include "test_pki.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -88,17 +89,17 @@ TEST_CASE("kvferry directory serves remote clients through the middleman") {
   client_config cfg{pki};
   caf::actor_system sys{cfg};
   auto dir = connect_directory(sys, "127.0.0.1", port, 10s);
-  REQUIRE_MESSAGE(dir, render(dir.error()));
+  REQUIRE_MESSAGE(dir, test::why(dir));
 
   auto w = make_worker(sys, "decode-0");
   auto granted =
       ask<lease>(sys, *dir, register_atom::value, w, std::string{secret});
-  REQUIRE_MESSAGE(granted, render(granted.error()));
+  REQUIRE_MESSAGE(granted, test::why(granted));
   CHECK(granted->duration == std::chrono::milliseconds(10000));
 
   auto found =
       ask<worker_info>(sys, *dir, lookup_atom::value, std::string{"decode-0"});
-  REQUIRE_MESSAGE(found, render(found.error()));
+  REQUIRE_MESSAGE(found, test::why(found));
   CHECK(found->host_id == local_host_id());
   CHECK(found->listen_handles.at(0).size() == listen_handle_size);
   CHECK(found->app == w.app); // the handle survives the round trip

@@ -21,6 +21,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/transport/gpu_memory.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -380,9 +381,9 @@ TEST_CASE("a CUDA event in an order from another process is refused") {
   tc.region = memory_region::allocate_host(8192, "pool");
   auto transfer = spawn_transfer(a, tc);
   auto port = a.middleman().publish(transfer, 0, "127.0.0.1", true);
-  REQUIRE_MESSAGE(port, render(port.error()));
+  REQUIRE_MESSAGE(port, test::why(port));
   auto remote = b.middleman().remote_actor<transfer_actor>("127.0.0.1", *port);
-  REQUIRE_MESSAGE(remote, render(remote.error()));
+  REQUIRE_MESSAGE(remote, test::why(remote));
   caf::scoped_actor self{b};
   proto::send_order s;
   s.transfer_id = 3;

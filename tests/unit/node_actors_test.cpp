@@ -21,6 +21,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "node_cache.hpp"
 #include "scoped_env.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -46,7 +47,7 @@ struct caller_system {
     o.name = name;
     o.cache = cache.cache();
     auto h = spawn_node(sys, o);
-    REQUIRE_MESSAGE(h, render(h.error()));
+    REQUIRE_MESSAGE(h, test::why(h));
     return *h;
   }
 
@@ -423,7 +424,7 @@ TEST_CASE("an offered pull of many blocks lands byte for byte (the "
     o.name = name;
     o.cache = cache.cache();
     auto h = spawn_node(sys, o);
-    REQUIRE_MESSAGE(h, render(h.error()));
+    REQUIRE_MESSAGE(h, test::why(h));
     return *h;
   };
   auto prefill = spawn("prefill-0", src);
@@ -487,7 +488,7 @@ TEST_CASE("an offer not pulled in time goes back to the node; a late pull "
     o.cache = cache.cache();
     o.timeout = 300ms;
     auto h = spawn_node(sys, o);
-    REQUIRE_MESSAGE(h, render(h.error()));
+    REQUIRE_MESSAGE(h, test::why(h));
     return *h;
   };
   auto prefill = spawn("prefill-0", src);
@@ -597,7 +598,7 @@ TEST_CASE("a peer's failure note is kept for the caller, then dropped "
     o.cache = cache.cache();
     o.timeout = 100ms;
     auto h = spawn_node(sys, o);
-    REQUIRE_MESSAGE(h, render(h.error()));
+    REQUIRE_MESSAGE(h, test::why(h));
     return *h;
   };
   auto prefill = spawn("prefill-0", src);

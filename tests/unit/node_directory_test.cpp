@@ -21,6 +21,7 @@
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
 #include "node_cache.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -46,7 +47,7 @@ struct directory_fixture {
 
   std::uint16_t publish() {
     auto p = runtime::publish_control(dir, 0, "127.0.0.1");
-    REQUIRE_MESSAGE(p, render(p.error()));
+    REQUIRE_MESSAGE(p, test::why(p));
     return *p;
   }
 
@@ -222,7 +223,7 @@ TEST_CASE_FIXTURE(directory_fixture, "CAF level: spawn_node registers the "
   o.directory = where;
   o.secret = secret;
   auto h = spawn_node(caller_sys, o);
-  REQUIRE_MESSAGE(h, render(h.error()));
+  REQUIRE_MESSAGE(h, test::why(h));
   REQUIRE(h->keeper);
   caf::scoped_actor dir_side{sys};
   auto listed = [&] {

@@ -18,6 +18,7 @@
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 
@@ -334,7 +335,7 @@ struct fixture : test::actor_fixture {
 TEST_CASE_FIXTURE(fixture, "push: a request arrives verified") {
   start();
   auto r = prefill(1, 10); // 3 blocks per layer, 4 layers
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(r->request_id == 1);
   CHECK(r->bytes == 3 * 4 * geo.layer_block_bytes());
   CHECK(net->sends == 1); // one coalesced plan for the whole request
@@ -343,7 +344,7 @@ TEST_CASE_FIXTURE(fixture, "push: a request arrives verified") {
 TEST_CASE_FIXTURE(fixture, "push layer by layer: one transfer per layer") {
   start();
   auto r = prefill(2, 20, true);
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(net->sends == 4);
 }
 
@@ -353,15 +354,15 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
   net->gpu_copy_ns = 1500;
   net->gpu_queued_ns = 70;
   auto whole = prefill(11, 20);
-  REQUIRE_MESSAGE(whole, render(whole.error()));
+  REQUIRE_MESSAGE(whole, test::why(whole));
   CHECK(whole->gpu_copy_ns == 1500);
   CHECK(whole->gpu_queued_ns == 70);
   auto per_layer = prefill(12, 20, true); // 4 parts, one timing each
-  REQUIRE_MESSAGE(per_layer, render(per_layer.error()));
+  REQUIRE_MESSAGE(per_layer, test::why(per_layer));
   CHECK(per_layer->gpu_copy_ns == 4 * 1500);
   CHECK(per_layer->gpu_queued_ns == 4 * 70);
   auto pulled = prefill(13, 20, true, true); // one part: all layers written
-  REQUIRE_MESSAGE(pulled, render(pulled.error()));
+  REQUIRE_MESSAGE(pulled, test::why(pulled));
   CHECK(pulled->gpu_copy_ns == 1500);
   // The consumer answers a pull itself: the producer's fill comes with the
   // advert.
@@ -370,7 +371,7 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
   net->gpu_copy_ns = 0; // not measured (a plugin): nothing to report
   net->gpu_queued_ns = 0;
   auto plugin = prefill(14, 20);
-  REQUIRE_MESSAGE(plugin, render(plugin.error()));
+  REQUIRE_MESSAGE(plugin, test::why(plugin));
   CHECK(plugin->gpu_copy_ns == 0);
   CHECK(plugin->gpu_queued_ns == 0);
 }
@@ -378,19 +379,19 @@ TEST_CASE_FIXTURE(fixture, "the ready report carries the GPU timing of "
 TEST_CASE_FIXTURE(fixture, "the worker's --layerwise default applies") {
   start(64, 64, true);
   auto r = prefill(3, 5);
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(net->sends == 4);
 }
 
 TEST_CASE_FIXTURE(fixture, "pull: the consumer fetches what was advertised") {
   start();
   auto r = prefill(4, 33, false, true);
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(r->bytes == 9 * 4 * geo.layer_block_bytes());
   // A layerwise pull is one transfer too: every layer is written before
   // the advert.
   auto r2 = prefill(5, 33, true, true);
-  REQUIRE_MESSAGE(r2, render(r2.error()));
+  REQUIRE_MESSAGE(r2, test::why(r2));
   CHECK(net->sends == 1 + 1);
 }
 
@@ -415,7 +416,7 @@ TEST_CASE_FIXTURE(fixture, "blocks return to both pools: many requests fit") {
   start(12, 12, false, 0); // room for exactly one 3-block-per-layer request
   for (std::uint64_t id = 1; id <= 20; ++id) {
     auto r = prefill(id, 12);
-    REQUIRE_MESSAGE(r, render(r.error()));
+    REQUIRE_MESSAGE(r, test::why(r));
   }
 }
 
@@ -551,7 +552,7 @@ borrower spawn_borrower(fixture& f, const consumer_actor& lender,
   auto cfg = f.make_app(name, 64);
   auto met = f.request<std::string>(cfg.node, proto::node_connect_atom::value,
                                     caf::actor_cast<caf::actor>(lender));
-  REQUIRE_MESSAGE(met, render(met.error()));
+  REQUIRE_MESSAGE(met, test::why(met));
   borrower b{{}, std::make_shared<std::vector<std::uint64_t>>()};
   b.actor =
       f.sys.spawn(fake_producer, lender, std::move(name), f.geo, b.granted);
@@ -580,7 +581,7 @@ TEST_CASE_FIXTURE(fixture, "reserve lends at most lend_percent of the pool") {
   start(64, 64);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   auto g = reserve(*this, p, 1000);
-  REQUIRE_MESSAGE(g, render(g.error()));
+  REQUIRE_MESSAGE(g, test::why(g));
   CHECK(g->block_offsets.size() == 4); // 25 % of 16 ids
   CHECK(g->receiver.name == "decode-0");
   auto more = reserve(*this, p, 1000);
@@ -610,7 +611,7 @@ TEST_CASE_FIXTURE(fixture, "requests within credit take no allocate round "
   start(64, 64); // the loan: 4 ids, room for one 3-id request
   for (std::uint64_t id = 1; id <= 20; ++id) {
     auto r = prefill(id, 12); // 3 blocks per layer, 4 layers
-    REQUIRE_MESSAGE(r, render(r.error()));
+    REQUIRE_MESSAGE(r, test::why(r));
   }
   auto s = stats_of(*this);
   // The first request negotiates while the reserve is in flight; every
@@ -627,7 +628,7 @@ TEST_CASE_FIXTURE(fixture, "credit works layer by layer, and the reply "
   start(64, 64);
   REQUIRE(prefill(1, 4, true));
   auto r = prefill(2, 8, true); // 2 blocks x 4 layers on credit
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(r->bytes == 8 * geo.layer_block_bytes());
   CHECK(stats_of(*this).delegated == 1);
   CHECK(net->sends == 4 + 4);
@@ -637,7 +638,7 @@ TEST_CASE_FIXTURE(fixture, "a request larger than the credit negotiates") {
   start(64, 64);
   REQUIRE(prefill(1, 4));     // first contact: the reserve goes out
   auto r = prefill(2, 4 * 5); // 5 ids > 4 lent
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   auto s = stats_of(*this);
   CHECK(s.negotiated == 2);
   CHECK(s.delegated == 0);
@@ -786,7 +787,7 @@ TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
   REQUIRE(prefill(1, 4)); // negotiates; the reserve goes out
   net->hold_completions = true;
   auto second = prefill(2, 4); // on credit: the consumer answers at once
-  REQUIRE_MESSAGE(second, render(second.error()));
+  REQUIRE_MESSAGE(second, test::why(second));
   CHECK(net->held.size() == 1); // ... while our source blocks are in use
   auto slot = request_pending<proto::ready_report>(
       producer, proto::prefill_atom::value, make_prefill_request(3, 4));
@@ -795,7 +796,7 @@ TEST_CASE_FIXTURE(fixture, "a producer short of blocks because the consumer "
   caf::anon_send(producer_transfer, proto::sweep_atom::value);
   run();
   REQUIRE(*slot);
-  REQUIRE_MESSAGE(**slot, render((*slot)->error()));
+  REQUIRE_MESSAGE(**slot, test::why(**slot));
   CHECK(stats_of(*this).delegated == 2);
 }
 
@@ -867,7 +868,7 @@ TEST_CASE_FIXTURE(fixture, "a consumer short of blocks holds requests and "
   release_sends(*this);
   for (auto* slot : {&first, &second, &third}) {
     REQUIRE(**slot);
-    REQUIRE_MESSAGE(***slot, render((**slot)->error()));
+    REQUIRE_MESSAGE(***slot, test::why(***slot));
   }
   s = stats_of(*this);
   CHECK(s.waited == 2);
@@ -1013,7 +1014,7 @@ TEST_CASE_FIXTURE(fixture, "while requests wait for blocks, a reserve lends "
   REQUIRE(stats_of(*this).waiting == 1);
   auto p = spawn_borrower(*this, consumer, "prefill-9");
   auto g = reserve(*this, p, 4);
-  REQUIRE_MESSAGE(g, render(g.error()));
+  REQUIRE_MESSAGE(g, test::why(g));
   CHECK(g->block_offsets.empty()); // 1 is free, but request 2 comes first
   release_sends(*this);
   REQUIRE(*second);
@@ -1101,7 +1102,7 @@ TEST_CASE_FIXTURE(fixture, "a push request whose bytes never come fails once "
   CHECK(text.find("request 13") != std::string::npos);
   // The id is free: a new request 13 is granted, not a duplicate.
   auto again = allocate_through(*this, p, 13);
-  REQUIRE_MESSAGE(again, render(again.error()));
+  REQUIRE_MESSAGE(again, test::why(again));
   CHECK(again->block_offsets.size() == 1); // one id: a block of every layer
 }
 
@@ -1165,7 +1166,7 @@ TEST_CASE_FIXTURE(fixture, "a push request whose router dies is cancelled at "
   CHECK(s.free_blocks == s.pool_blocks);
   // The id is free: a new request 31 is granted, not a duplicate.
   auto again = allocate_through(*this, p, 31);
-  REQUIRE_MESSAGE(again, render(again.error()));
+  REQUIRE_MESSAGE(again, test::why(again));
 }
 
 TEST_CASE_FIXTURE(fixture, "a router's death cancels only its own requests; "
@@ -1215,7 +1216,7 @@ TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a request's blocks "
   c.keep_blocks_until_decoded = true;
   start_consumer(c);
   auto r = prefill(1, 8); // the whole pool
-  REQUIRE_MESSAGE(r, render(r.error()));
+  REQUIRE_MESSAGE(r, test::why(r));
   CHECK(stats_of(*this).free_blocks == 0); // still decoding
   // A second request waits for the blocks the first still holds.
   auto second = request_pending<proto::ready_report>(
@@ -1225,7 +1226,7 @@ TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a request's blocks "
   caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{1});
   run();
   REQUIRE(*second);
-  REQUIRE_MESSAGE(**second, render((*second)->error()));
+  REQUIRE_MESSAGE(**second, test::why(**second));
   caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{2});
   caf::anon_send(consumer, proto::decoded_atom::value, std::uint64_t{7});
   run(); // an unknown id is ignored
@@ -1257,11 +1258,11 @@ TEST_CASE_FIXTURE(fixture, "keep_blocks_until_decoded: a `decoded` that comes "
   caf::anon_send(producer_transfer, proto::sweep_atom::value);
   run();
   REQUIRE(*first);
-  REQUIRE_MESSAGE(**first, render((*first)->error()));
+  REQUIRE_MESSAGE(**first, test::why(**first));
   auto s = stats_of(*this);
   CHECK(s.free_blocks == s.pool_blocks); // back as it was answered
   // And the next request gets them at once.
   auto second = prefill(2, 8);
-  REQUIRE_MESSAGE(second, render(second.error()));
+  REQUIRE_MESSAGE(second, test::why(second));
   CHECK(stats_of(*this).waited == 0);
 }

@@ -14,6 +14,7 @@
 
 #include "../support/region_table_pair.hpp"
 #include "kvferry/actors/kv_layout.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using kvferry::test::region_table_pair;
@@ -108,10 +109,10 @@ TEST_CASE_FIXTURE(pair, "a scattered plan over three caller regions per side "
   for (const auto& m : moves)
     total += m.length;
   auto sent = send(ep, 1, test::virtual_extents(moves));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   CHECK(*sent == total);
   auto got = recv(1);
-  REQUIRE_MESSAGE(got, render(got.error()));
+  REQUIRE_MESSAGE(got, test::why(got));
   CHECK(got->bytes == total);
   auto expected = expected_after(moves);
   auto actual = receiver_bytes();
@@ -122,7 +123,7 @@ TEST_CASE_FIXTURE(pair, "a scattered plan over three caller regions per side "
   // A second transfer reuses the channel and its registrations.
   std::vector<table_move> again{{2, 39000, 1, 12288 - 1960, 1960}};
   sent = send(ep, 2, test::virtual_extents(again));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   REQUIRE(recv(2));
   auto last = receiver_bytes()[1];
   CHECK(
@@ -216,9 +217,9 @@ TEST_CASE_FIXTURE(kv_pair, "a request's KV blocks move from a vLLM per-layer "
                             requests[1].dst, l));
   for (std::size_t k = 0; k < sends.size(); ++k) {
     auto sent = send(ep, 10 + k, sends[k]);
-    REQUIRE_MESSAGE(sent, render(sent.error()));
+    REQUIRE_MESSAGE(sent, test::why(sent));
     auto got = recv(10 + k);
-    REQUIRE_MESSAGE(got, render(got.error()));
+    REQUIRE_MESSAGE(got, test::why(got));
     CHECK(got->bytes == total_bytes(sends[k]));
   }
   // The reference: each block half copied byte by byte to where the

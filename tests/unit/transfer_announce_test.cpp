@@ -31,6 +31,7 @@
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/transport/plugin.hpp"
 #include "transfer_pair_config.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -157,8 +158,8 @@ struct announce_fixture : test::actor_fixture {
     auto sent = order_send(id, {src_offset, dst_offset, 512});
     run_until_answered(std::vector{sent});
     run_until_answered(std::vector{recv});
-    REQUIRE_MESSAGE(answer(sent), render(answer(sent).error()));
-    REQUIRE_MESSAGE(answer(recv), render(answer(recv).error()));
+    REQUIRE_MESSAGE(answer(sent), test::why(answer(sent)));
+    REQUIRE_MESSAGE(answer(recv), test::why(answer(recv)));
     CHECK(std::memcmp(dst->data() + dst_offset, src->data() + src_offset,
                       512) == 0);
   }
@@ -201,8 +202,8 @@ TEST_CASE_FIXTURE(announce_fixture,
     INFO("transfer " << plan[k].id);
     const auto& sent = answer(sends[k]);
     const auto& got = answer(recvs[k]);
-    REQUIRE_MESSAGE(sent, render(sent.error()));
-    REQUIRE_MESSAGE(got, render(got.error()));
+    REQUIRE_MESSAGE(sent, test::why(sent));
+    REQUIRE_MESSAGE(got, test::why(got));
     CHECK(*sent == e.length);
     CHECK(got->bytes == e.length);
     CHECK(std::memcmp(dst->data() + e.dst_offset, src->data() + e.src_offset,

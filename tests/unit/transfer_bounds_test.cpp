@@ -29,6 +29,7 @@
 #include "scoped_env.hpp"
 #include "transfer_pair_config.hpp"
 #include "transfer_state.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -122,10 +123,10 @@ struct pair_fixture {
   void good_transfer_lands(std::uint64_t id, std::uint64_t dst_offset) {
     auto sent =
         send(order_to(receiver_endpoint(), id, {{0, dst_offset, 1024}}));
-    REQUIRE_MESSAGE(sent, render(sent.error()));
+    REQUIRE_MESSAGE(sent, test::why(sent));
     CHECK(*sent == 1024);
     auto got = recv(id);
-    REQUIRE_MESSAGE(got, render(got.error()));
+    REQUIRE_MESSAGE(got, test::why(got));
     CHECK(got->bytes == 1024);
     CHECK(dst_region->data()[dst_offset] == 0xa5);
     CHECK(dst_region->data()[dst_offset + 1023] == 0xa5);
@@ -157,10 +158,10 @@ TEST_CASE_FIXTURE(pair_fixture, "a well-formed transfer lands (the baseline "
   auto ep = receiver_endpoint();
   REQUIRE(ep.region_bytes == region_bytes);
   auto sent = send(order_to(ep, 1, {{0, 4096, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   CHECK(*sent == 1024);
   auto got = recv(1);
-  REQUIRE_MESSAGE(got, render(got.error()));
+  REQUIRE_MESSAGE(got, test::why(got));
   CHECK(got->bytes == 1024);
   CHECK(dst_region->data()[4096] == 0xa5);
   CHECK(dst_region->data()[4096 - 1] == sentinel);
@@ -251,7 +252,7 @@ TEST_CASE_FIXTURE(pair_fixture, "an earlier transfer's deadline does not fail "
   auto first =
       self->request(receiver, 30s, proto::recv_atom::value, order(9, 1000));
   auto sent = send(order_to(ep, 9, {{0, 0, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   first.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
                 [](caf::error& err) { FAIL(render(err)); });
   // Transfer 9 again, ordered before its bytes: nothing may end it before
@@ -262,7 +263,7 @@ TEST_CASE_FIXTURE(pair_fixture, "an earlier transfer's deadline does not fail "
   std::this_thread::sleep_for(2500ms);
   // Its bytes land on the same channel (the receiver did not give up).
   sent = send(order_to(ep, 9, {{0, 2048, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   second.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
                  [](caf::error& err) { FAIL(render(err)); });
   CHECK(dst_region->data()[2048] == 0xa5);
@@ -290,9 +291,9 @@ TEST_CASE_FIXTURE(pair_fixture, "an announcement of the sender's previous "
   a.chunks = {{0, 0, 1024}};
   self->send(receiver, proto::announce_atom::value, proto::announce_batch{{a}});
   auto sent = send(order_to(ep, 6, {{0, 2048, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   auto got = recv(6);
-  REQUIRE_MESSAGE(got, render(got.error()));
+  REQUIRE_MESSAGE(got, test::why(got));
   CHECK(got->bytes == 1024);
   CHECK(dst_region->data()[2048] == 0xa5);
   CHECK(dst_region->data()[0] == sentinel); // transfer 5's block: untouched
@@ -339,7 +340,7 @@ TEST_CASE_FIXTURE(pair_fixture, "a recv order awaiting its announcement "
   self->send(sender, left_atom::value, std::string{"decode-0"},
              make_error(ec::lease_expired, "test: decode-0's lease"));
   auto sent = send(order_to(ep, 12, {{0, 2048, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
                   [](caf::error& err) { FAIL(render(err)); });
   CHECK(dst_region->data()[2048] == 0xa5);
@@ -365,7 +366,7 @@ TEST_CASE_FIXTURE(pair_fixture, "a receiver that drops its end of a channel "
   auto pending = self->request(receiver, 30s, proto::recv_atom::value,
                                recv_order_from_sender(22));
   auto sent = send(order_to(ep, 22, {{0, 4096, 1024}}));
-  REQUIRE_MESSAGE(sent, render(sent.error()));
+  REQUIRE_MESSAGE(sent, test::why(sent));
   pending.receive([](proto::recv_report& r) { CHECK(r.bytes == 1024); },
                   [](caf::error& err) { FAIL(render(err)); });
   CHECK(dst_region->data()[4096] == 0xa5);
@@ -406,7 +407,7 @@ TEST_CASE_FIXTURE(pair_fixture, "a transfer that ended and was claimed "
     } else { // landed first: the recv order finds it done
       REQUIRE(send(order_to(ep, id, {{0, offset, 1024}})));
       auto got = recv(id);
-      REQUIRE_MESSAGE(got, render(got.error()));
+      REQUIRE_MESSAGE(got, test::why(got));
       CHECK(got->bytes == 1024);
     }
   }

@@ -11,6 +11,7 @@
 #include "kvferry/actors/worker.hpp"
 #include "kvferry/runtime/system_config.hpp"
 #include "kvferry/runtime/tls.hpp"
+#include "why.hpp"
 
 using namespace kvferry;
 using namespace std::chrono_literals;
@@ -72,9 +73,9 @@ TEST_CASE("start_worker: the worker registers with the directory and leaves "
   caf::actor_system sys{cfg};
   auto dir = spawn_directory(sys, directory_options{});
   auto port = runtime::publish_control(dir, 0, "127.0.0.1");
-  REQUIRE_MESSAGE(port, render(port.error()));
+  REQUIRE_MESSAGE(port, test::why(port));
   auto w = start_worker(sys, small_worker("decode-0", *port));
-  REQUIRE_MESSAGE(w, render(w.error()));
+  REQUIRE_MESSAGE(w, test::why(w));
   auto err = w->await_registration(20s);
   REQUIRE_MESSAGE(!err, render(err));
   CHECK(w->info.attributes.at("memory") == "host memory");
