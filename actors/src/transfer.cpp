@@ -9,6 +9,7 @@
 #include <chrono>
 #include <exception>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 
 #include <caf/all.hpp>
@@ -603,6 +604,12 @@ void on_progress(self_ptr self, std::uint64_t generation) {
   const bool keep_hot = polls_itself(st) && hot(st, steady_clock::now());
   if (!has_work(st) && !keep_hot)
     return;
+  // A hot turn that found nothing gives way to any thread ready on this
+  // core (the peer's, the middleman's): the loop stays hot without taking
+  // the core they need (on 2 cores a hot loop that did not yield made a
+  // 1-block pull 4-14x slower; yielding, 38-43 % faster).
+  if (keep_hot && !progressed)
+    std::this_thread::yield();
   st.progress_scheduled = true;
   if (polls_itself(st))
     schedule_caller_polls(self, progressed);
