@@ -116,12 +116,13 @@ microseconds hot_window_for(unsigned cores, bool detached) {
   // stays hot for 1 ms: a pull's wait for its announcement (two CAF legs,
   // ~100 us) and the gap to the next request of a busy server. Measured on
   // H100 hosts (docs/benchmarks.md, 2026-12-07): a 1-block pull's control
-  // time fell from 1.06-1.61x the CAF round trip to 1.00-1.13x in 13 of 15
-  // runs on four machines (250 us: 1.25-1.34x). On fewer cores a busy loop
-  // takes the core the peer's threads need (2 cores: 4-14x).
-  // kvferry::endpoint's transfer actor shares its scheduler thread with the
-  // control actor: there the window bought no latency and cost 2-3x the CPU
-  // per write, so it stays off.
+  // time fell from 1.06-1.61x the CAF round trip to 1.00-1.13x in 16 of 18
+  // runs on five machines (250 us: 1.25-1.34x). Below 8 cores it is off by
+  // default: on 2 cores it still makes that pull 38-43 % faster (the hot
+  // loop yields), but at ~1.6x the CPU on a machine whose other work it
+  // slows. kvferry::endpoint's transfer actor shares its scheduler thread
+  // with the control actor: there the window bought no latency and cost
+  // 2-3x the CPU per write, so it stays off.
   return detached && cores >= 8 ? microseconds(1000) : microseconds(0);
 }
 
