@@ -256,6 +256,20 @@ TEST_CASE_FIXTURE(caller_system, "an offered pull is answered by the "
   }
 }
 
+// Withdraws request `id` of prefill-0 at the decode node, as the consumer
+// withdraws one its node did not answer in time, and returns what its
+// pull (`pulled`, made before) heard: "pulled" if it landed.
+template<class Pending>
+std::string withdraw(caller_system& f, Pending& pulled, std::uint64_t id) {
+  f.self->send(f.decode.node, proto::node_fail_atom::value,
+               std::string{"prefill-0"}, id,
+               make_error(ec::timeout, "test: withdrawn"));
+  std::string why = "pulled";
+  pulled.receive([](const proto::node_report&) {},
+                 [&](const caf::error& err) { why = render(err); });
+  return why;
+}
+
 // After a failed pull: later requests of the pair land (the first ones
 // may fail while a channel the failed pull's late bytes tore down is
 // replaced), and nothing else changed in the destination since
@@ -296,20 +310,13 @@ TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
   connect_and_listen(*this);
   std::vector<std::uint64_t> s{0, 1}, d{2, 5};
   advertise_offered(*this, 51, s); // its advert is never told: not awaited
-  auto pulled =
-      self->request(decode.node, 30s, proto::node_pull_atom::value,
-                    proto::node_request{51, "prefill-0", d, {}, false});
-  self->send(decode.node, proto::node_fail_atom::value,
-             std::string{"prefill-0"}, std::uint64_t{51},
-             make_error(ec::timeout, "test: withdrawn"));
-  std::string why = "pulled";
-  pulled.receive([](const proto::node_report&) {},
-                 [&](const caf::error& err) { why = render(err); });
+  auto pulled = pull_at(*this, false, 51, d);
   // The withdrawal reaches the decode's transfer actor right behind the
   // recv order: the pull fails with the node's reason, once its receives
   // ended (on the pull lane they are posted before the send order leaves,
   // so the caller hears after the bytes landed or the lane was dropped).
-  CHECK(why.find("test: withdrawn") != std::string::npos);
+  CHECK(withdraw(*this, pulled, 51).find("test: withdrawn") !=
+        std::string::npos);
   later_requests_land_alone(*this, dst.regions, 52); // copied as it is now
 }
 
@@ -325,9 +332,7 @@ TEST_CASE_FIXTURE(caller_system, "a withdrawn pull whose announcement waits "
   connect_and_listen(*this);
   std::vector<std::uint64_t> s{0, 1}, d{2, 5};
   advertise_offered(*this, 51, s);
-  auto pulled =
-      self->request(decode.node, 30s, proto::node_pull_atom::value,
-                    proto::node_request{51, "prefill-0", d, {}, false});
+  auto pulled = pull_at(*this, false, 51, d);
   auto waiting = [&] {
     std::uint64_t n = 0;
     self->request(decode.transfer, 10s, proto::stats_atom::value)
@@ -337,13 +342,8 @@ TEST_CASE_FIXTURE(caller_system, "a withdrawn pull whose announcement waits "
     return n;
   };
   REQUIRE(test::eventually([&] { return waiting() == 1; }, 5s));
-  self->send(decode.node, proto::node_fail_atom::value,
-             std::string{"prefill-0"}, std::uint64_t{51},
-             make_error(ec::timeout, "test: withdrawn"));
-  std::string why = "pulled";
-  pulled.receive([](const proto::node_report&) {},
-                 [&](const caf::error& err) { why = render(err); });
-  CHECK(why.find("test: withdrawn") != std::string::npos);
+  CHECK(withdraw(*this, pulled, 51).find("test: withdrawn") !=
+        std::string::npos);
   later_requests_land_alone(*this, dst.regions, 52); // copied as it is now
 }
 
