@@ -1,7 +1,6 @@
 // How many cores this process may run on: its CPU affinity (taskset,
 // cpusets), not the machine's count. Defaults that trade a core for
-// latency (a transfer actor's hot window, an endpoint's second scheduler
-// thread) are chosen from it.
+// latency (a transfer actor's hot window) are chosen from it.
 #pragma once
 
 #include <algorithm>
