@@ -61,6 +61,19 @@ struct caller_system {
   }
 };
 
+// Nodes whose transfer actors take KVFERRY_PULL_LANES as given here,
+// whatever the environment says: they read it when spawned, and this base
+// is made before caller_system's members.
+struct lanes_env {
+  test::scoped_env lanes;
+  explicit lanes_env(const char* value) : lanes("KVFERRY_PULL_LANES", value) {}
+};
+
+// Offered pulls go announced (no pull lane), as by default.
+struct announced_system : lanes_env, caller_system {
+  announced_system() : lanes_env("0") {}
+};
+
 // The caller's own actor: pulls request `id` layer by layer while the
 // prefill's layers become ready, and reports both replies to `report_to`.
 caf::behavior driver(caf::event_based_actor* self, node_handles prefill,
@@ -326,8 +339,8 @@ TEST_CASE_FIXTURE(caller_system, "a failed offered pull settles first: "
 // when the caller hears. They must never be: once the channel opens, the
 // given-up transfer drops it (its bytes come on it) instead of taking them
 // into blocks the caller was told are free.
-TEST_CASE_FIXTURE(caller_system, "a withdrawn pull whose announcement waits "
-                                 "for its channel lands nothing") {
+TEST_CASE_FIXTURE(announced_system, "a withdrawn pull whose announcement "
+                                    "waits for its channel lands nothing") {
   test::scoped_env slow_accept{"KVSOCK_FAULT_ACCEPT_DELAY_US", "400000"};
   connect_and_listen(*this);
   std::vector<std::uint64_t> s{0, 1}, d{2, 5};
@@ -647,13 +660,10 @@ TEST_CASE("a peer's failure note is kept for the caller, then dropped "
 
 namespace {
 
-// The lane tests' nodes: their transfer actors read KVFERRY_PULL_LANES when
-// spawned (this base is made before caller_system's members).
-struct lanes_on {
-  lanes_on() { setenv("KVFERRY_PULL_LANES", "1", 1); }
-  ~lanes_on() { unsetenv("KVFERRY_PULL_LANES"); }
+// The lane tests' nodes (lanes_env).
+struct lane_system : lanes_env, caller_system {
+  lane_system() : lanes_env("1") {}
 };
-struct lane_system : lanes_on, caller_system {};
 
 proto::transfer_stats stats_of(caller_system& fixture,
                                const transfer_actor& transfer) {
@@ -729,11 +739,11 @@ TEST_CASE_FIXTURE(lane_system, "a refused pull on a lane lands nothing; "
   CHECK(stats_of(*this, prefill.transfer).registrations == opened);
 }
 
-// Lanes off (KVFERRY_PULL_LANES unset, the default): an offered pull goes
-// announced on the peer's channel, and the decode counts no lane pull
-// (transfer_stats::lane_pulls, which `bench node` reads to name the path).
-TEST_CASE_FIXTURE(caller_system, "with lanes off an offered pull lands "
-                                 "announced and counts no lane pull") {
+// Lanes off (the default): an offered pull goes announced on the peer's
+// channel, and the decode counts no lane pull (transfer_stats::lane_pulls,
+// which `bench node` reads to name the path).
+TEST_CASE_FIXTURE(announced_system, "with lanes off an offered pull lands "
+                                    "announced and counts no lane pull") {
   connect_and_listen(*this);
   auto before = dst.regions;
   REQUIRE(offered_pull(*this, 91, {2}, {3}) == "");
