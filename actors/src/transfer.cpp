@@ -535,7 +535,7 @@ bool hot(const transfer_state& st, steady_clock::time_point now) {
 // Work that waits for a peer's word (a pull's announcement, a claimed
 // arrival) keeps the loop hot, as posted work does (ensure_progress).
 void stay_hot(self_ptr self) {
-  if (self->state.hot_window.count() > 0 && polls_itself(self->state))
+  if (self->state.hot_window.count() > 0)
     ensure_progress(self);
 }
 
@@ -601,7 +601,7 @@ void on_progress(self_ptr self, std::uint64_t generation) {
     answer_status_waiters(st);
   if (progressed) // only then can the count have changed
     st.metrics.in_flight.set(count_in_flight(st));
-  const bool keep_hot = polls_itself(st) && hot(st, steady_clock::now());
+  const bool keep_hot = hot(st, steady_clock::now());
   if (!has_work(st) && !keep_hot)
     return;
   // A hot turn that found nothing gives way to any thread ready on this
@@ -823,7 +823,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
                                             transfer_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
-  st.hot_window = hot_window_from_env(st.cfg.detached);
+  // Only a loop that polls its comms itself can stay hot (the plugin's own
+  // sleep would hold it otherwise): fixed for the actor's life.
+  if (polls_itself(st))
+    st.hot_window = hot_window_from_env(st.cfg.detached);
   st.regions = region_table_of(st.cfg);
   for (const auto& r : st.regions) {
     st.region_sizes.push_back(r->size());

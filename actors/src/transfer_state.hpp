@@ -399,8 +399,8 @@ struct transfer_state {
   // Unless KVFERRY_WAKE=0: where the plugin offers wait descriptors the
   // loop polls its comms itself and sleeps on them (polls_itself).
   bool wake_env = wake_from_env();
-  // Where it polls itself: how long it stays hot (hot_window_from_env,
-  // set with cfg).
+  // How long it stays hot (hot_window_from_env, set with cfg); 0 where it
+  // does not poll itself (polls_itself).
   std::chrono::microseconds hot_window{0};
   static inline const char* name = "kvferry.transfer";
 };
