@@ -462,9 +462,14 @@ TEST_CASE("a receiver whose bytes are late sleeps until they come") {
 
 // The hot window (KVFERRY_HOT_US): after a transfer the loop keeps polling
 // for that long, so that the next word from a peer finds its thread awake;
-// then it stops, and an idle transfer actor takes no CPU.
+// then it stops, and an idle transfer actor takes no CPU. An idle actor
+// polls not at all, so turns counted inside the window are the window's.
+// The window is long (300 ms) and the count waits for its turns, because
+// on a loaded 2-core machine (CI runs the sanitizer build four tests at a
+// time) a yielding thread may get only a few turns in any 10 ms.
 TEST_CASE("a transfer actor stays hot for its window, then goes idle") {
-  test::scoped_env hot{"KVFERRY_HOT_US", "20000"};
+  constexpr auto window = 300ms;
+  test::scoped_env hot{"KVFERRY_HOT_US", "300000"};
   pair_fixture f;
   auto polls = [&] {
     std::uint64_t out = 0;
@@ -476,12 +481,17 @@ TEST_CASE("a transfer actor stays hot for its window, then goes idle") {
   auto ep = f.receiver_endpoint();
   REQUIRE(f.send(order_to(ep, 1, {{0, 0, 1024}})));
   REQUIRE(f.recv(1));
+  const auto done_at = std::chrono::steady_clock::now();
   const auto done = polls();
-  std::this_thread::sleep_for(10ms); // inside the window
-  const auto hot_polls = polls() - done;
+  auto hot_polls = polls() - done;
+  while (hot_polls <= 10 &&
+         std::chrono::steady_clock::now() - done_at < window * 2 / 3) {
+    std::this_thread::sleep_for(1ms);
+    hot_polls = polls() - done;
+  }
   MESSAGE("polls within the window: " << hot_polls);
   CHECK(hot_polls > 10);
-  std::this_thread::sleep_for(100ms); // the window passed long ago
+  std::this_thread::sleep_until(done_at + window + 100ms); // window passed
   const auto idle = polls();
   std::this_thread::sleep_for(100ms);
   CHECK(polls() == idle);
