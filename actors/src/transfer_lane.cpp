@@ -41,6 +41,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/runtime/env_micros.hpp"
 #include "kvferry/runtime/error.hpp"
 #include "kvferry/runtime/usable_cores.hpp"
 #include "kvferry/transport/extent_lists.hpp"
@@ -127,19 +128,9 @@ microseconds hot_window_for(unsigned cores, bool detached) {
 }
 
 microseconds hot_window_from_env(bool detached) {
-  const auto fallback = hot_window_for(runtime::usable_cores(), detached);
-  const char* text = std::getenv("KVFERRY_HOT_US");
-  if (text == nullptr || *text == '\0')
-    return fallback;
-  char* end = nullptr;
-  const unsigned long value = std::strtoul(text, &end, 10);
-  if (*end != '\0' || *text == '-' || value > 1'000'000) {
-    spdlog::warn("ignoring KVFERRY_HOT_US=\"{}\": expected microseconds, 0 "
-                 "to 1000000; using {}",
-                 text, fallback.count());
-    return fallback;
-  }
-  return microseconds(value);
+  return runtime::env_micros("KVFERRY_HOT_US",
+                             hot_window_for(runtime::usable_cores(), detached),
+                             seconds(1));
 }
 
 bool polls_itself(const transfer_state& st) {

@@ -8,10 +8,12 @@
 #include <caf/io/middleman.hpp>
 #include <caf/logger.hpp>
 #include <caf/openssl/manager.hpp>
+#include <caf/scheduler/coordinator.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "kvferry/runtime/error.hpp"
+#include "kvferry/runtime/hot_sharing.hpp"
 #include "kvferry/runtime/type_ids.hpp"
 #include "kvferry/runtime/version.hpp"
 
@@ -64,6 +66,16 @@ void system_config::register_types() {
 
 void system_config::apply(const runtime_options& options) {
   set("scheduler.policy", caf::atom_from_string(options.scheduler_policy));
+  // CAF builds its own scheduler unless a module of that kind is loaded:
+  // the sharing policy gets a hot window where it has one (hot_sharing).
+  if (options.scheduler_policy == "sharing" &&
+      scheduler_hot_window().count() > 0) {
+    hot_scheduler_ = module_factories.size();
+    module_factories.push_back([](caf::actor_system& sys) {
+      return static_cast<caf::actor_system::module*>(
+          new caf::scheduler::coordinator<hot_sharing>(sys));
+    });
+  }
   if (options.threads > 0)
     set("scheduler.max-threads", options.threads);
   if (options.io_workers >= 0)
@@ -121,6 +133,11 @@ caf::error system_config::secure(const tls_options& tls,
 }
 
 void system_config::use_test_coordinator() {
+  if (hot_scheduler_) {
+    module_factories.erase(module_factories.begin() +
+                           static_cast<std::ptrdiff_t>(*hot_scheduler_));
+    hot_scheduler_.reset();
+  }
   set("scheduler.policy", caf::atom("testing"));
   set("middleman.network-backend", caf::atom("testing"));
   set("middleman.manual-multiplexing", true);

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <caf/actor_system.hpp>
@@ -73,6 +74,9 @@ public:
 private:
   void register_types();
   void apply(const runtime_options& options);
+
+  /// Where module_factories holds the hot_sharing scheduler, if it does.
+  std::optional<size_t> hot_scheduler_;
 };
 
 /// Destroys an actor system (then its config), waiting at most `limit`.
