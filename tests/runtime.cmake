@@ -26,3 +26,6 @@ add_test(NAME test_runtime_type_id_checks
     -P ${CMAKE_CURRENT_SOURCE_DIR}/unit/runtime_type_id_check.cmake)
 # slow: 20-35 s (two compiles of a CAF translation unit).
 set_tests_properties(test_runtime_type_id_checks PROPERTIES LABELS "unit;slow" TIMEOUT 120)
+# The scheduler's hot window (runtime/hot_sharing.hpp).
+kvferry_add_test(NAME test_hot_scheduler SOURCES unit/hot_scheduler_test.cpp
+  LIBS kvferry_actors LABELS unit TIMEOUT 60)

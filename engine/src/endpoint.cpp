@@ -36,13 +36,18 @@ namespace {
 
 // The endpoint's actor system: its scheduler threads run the control actor
 // and the transfer actor (not detached: transfer_config::detached). Every
-// transfer hands orders and replies between the two, and CAF's sharing
-// scheduler wakes a sleeping worker for each message to an idle actor: with
-// one thread (endpoint_options::threads) nobody sleeps (issue #16,
-// docs/engine-api.md).
+// transfer hands orders and replies between the caller's thread and these
+// two actors, and each hand-over to an idle system would wake its sleeping
+// thread: the hot window keeps that thread looking for 200 us after its
+// last job (runtime/hot_sharing.hpp), so a caller's next call, or the
+// plugin's news, finds it awake. On the 2-core dev machine that doubled a
+// 64 KiB write at depth 1 and made one at depth 16 55-95 % faster, for
+// about the same CPU per write (docs/benchmarks.md, 2026-12-07, session
+// 22). $KVFERRY_SCHED_HOT_US overrides it (0: off).
 runtime::runtime_options runtime_of(const endpoint_options& options) {
   runtime::runtime_options ro;
   ro.threads = options.threads;
+  ro.scheduler_hot_window = std::chrono::microseconds(200);
   return ro;
 }
 

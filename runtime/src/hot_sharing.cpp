@@ -3,27 +3,17 @@
 #include <thread>
 
 #include "kvferry/runtime/env_micros.hpp"
-#include "kvferry/runtime/usable_cores.hpp"
 
 namespace kvferry::runtime {
 
 using namespace std::chrono;
 
-microseconds scheduler_hot_window_for(unsigned usable_cores) {
-  // 200 us covers the gap between a request's hops (a peer's reply comes
-  // back within one CAF round trip, ~100 us on an H100 host) without
-  // keeping a core busy through the longer gaps of light traffic.
-  return usable_cores >= 8 ? microseconds(200) : microseconds(0);
-}
-
-microseconds scheduler_hot_window() {
-  return env_micros("KVFERRY_SCHED_HOT_US",
-                    scheduler_hot_window_for(usable_cores()), seconds(1));
+microseconds scheduler_hot_window(microseconds fallback) {
+  return env_micros("KVFERRY_SCHED_HOT_US", fallback, seconds(1));
 }
 
 hot_sharing::coordinator_data::coordinator_data(
-    caf::scheduler::abstract_coordinator*)
-    : window(scheduler_hot_window()) {
+    caf::scheduler::abstract_coordinator*) {
 }
 
 void hot_sharing::enqueue(coordinator_data& data, caf::resumable* job) {

@@ -68,12 +68,13 @@ void system_config::apply(const runtime_options& options) {
   set("scheduler.policy", caf::atom_from_string(options.scheduler_policy));
   // CAF builds its own scheduler unless a module of that kind is loaded:
   // the sharing policy gets a hot window where it has one (hot_sharing).
-  if (options.scheduler_policy == "sharing" &&
-      scheduler_hot_window().count() > 0) {
+  const auto window = scheduler_hot_window(options.scheduler_hot_window);
+  if (options.scheduler_policy == "sharing" && window.count() > 0) {
     hot_scheduler_ = module_factories.size();
-    module_factories.push_back([](caf::actor_system& sys) {
-      return static_cast<caf::actor_system::module*>(
-          new caf::scheduler::coordinator<hot_sharing>(sys));
+    module_factories.push_back([window](caf::actor_system& sys) {
+      auto* sched = new caf::scheduler::coordinator<hot_sharing>(sys);
+      sched->data().window = window;
+      return static_cast<caf::actor_system::module*>(sched);
     });
   }
   if (options.threads > 0)

@@ -10,7 +10,8 @@
 // (docs/architecture.md, "The hot window"): it helps every actor that is
 // scheduled, not detached (the demo's producer and consumer, the node
 // actor, kvferry::endpoint's actors). Installed by system_config where its
-// window is above 0 (scheduler_hot_window).
+// window is above 0 (runtime_options::scheduler_hot_window, or
+// $KVFERRY_SCHED_HOT_US).
 #pragma once
 
 #include <atomic>
@@ -26,14 +27,10 @@
 namespace kvferry::runtime {
 
 /// How long an idle scheduler thread keeps looking for jobs before it
-/// sleeps: $KVFERRY_SCHED_HOT_US (microseconds, 0 = off, CAF's own sharing
-/// policy) or, unset, scheduler_hot_window_for(usable cores).
-std::chrono::microseconds scheduler_hot_window();
-
-/// The default: on where cores are to spare (8 or more usable), off below,
-/// where a looking thread would take the core that its peers' threads (the
-/// plugin's, the other process's) need.
-std::chrono::microseconds scheduler_hot_window_for(unsigned usable_cores);
+/// sleeps: $KVFERRY_SCHED_HOT_US (microseconds, 0 = off: CAF's own sharing
+/// policy) where set, else `fallback` (the process's own default).
+std::chrono::microseconds
+scheduler_hot_window(std::chrono::microseconds fallback);
 
 class hot_sharing : public caf::policy::unprofiled {
 public:
@@ -50,7 +47,9 @@ public:
     std::atomic<size_t> queued{0};
     /// Threads looking at the queue instead of sleeping (0 or 1).
     std::atomic<int> looking{0};
-    clock::duration window;
+    /// Set by whoever builds the coordinator (system_config); 0 = never
+    /// look, CAF's sharing policy.
+    clock::duration window{0};
   };
 
   struct worker_data {

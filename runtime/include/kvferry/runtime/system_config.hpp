@@ -29,6 +29,11 @@ struct runtime_options {
   std::string scheduler_policy = "sharing";
   /// Scheduler worker threads; 0 = CAF's default (number of cores).
   size_t threads = 0;
+  /// With the sharing policy, how long an idle scheduler thread keeps
+  /// looking for work before it sleeps (runtime/hot_sharing.hpp); 0 = off,
+  /// CAF's own policy. $KVFERRY_SCHED_HOT_US overrides it. Off by default:
+  /// kvferry::endpoint turns it on for its one-thread system.
+  std::chrono::microseconds scheduler_hot_window{0};
   /// Middleman threads that deserialise incoming messages; 0 = do it on
   /// the I/O thread, -1 = CAF's default (min(3, cores/4) + 1). 0 saves a
   /// thread hop per message (~20% of a round trip, docs/benchmarks.md);
