@@ -30,3 +30,7 @@ add_dependencies(test_node_gpu nccl-net-kvsock)
 kvferry_add_test(NAME test_node_directory SOURCES unit/node_directory_test.cpp
   LIBS kvferry_node LABELS unit TIMEOUT 120)
 add_dependencies(test_node_directory nccl-net-kvsock)
+# `kvferry bench node` end to end: its report, and that it exits.
+kvferry_add_test(NAME test_bench_node SOURCES integration/bench_node_test.cpp
+  LABELS integration TIMEOUT 240)
+add_dependencies(test_bench_node kvferry)
