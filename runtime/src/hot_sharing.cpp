@@ -39,23 +39,26 @@ caf::resumable* hot_sharing::look(coordinator_data& data) {
   if (!data.looking.compare_exchange_strong(none, 1))
     return nullptr; // one looking thread is enough
   const auto until = clock::now() + data.window;
-  caf::resumable* job = nullptr;
-  while (job == nullptr) {
+  for (;;) {
     if (data.queued.load(std::memory_order_acquire) > 0) {
       std::lock_guard<std::mutex> guard{data.lock};
-      if (!data.queue.empty())
-        job = take_front(data);
+      if (!data.queue.empty()) {
+        // Under the lock: a job enqueued from here on sees no looker and
+        // wakes a sleeper, instead of waiting for this thread's job.
+        data.looking.store(0, std::memory_order_release);
+        return take_front(data);
+      }
     } else if (clock::now() >= until) {
       break;
     } else {
       std::this_thread::yield(); // the threads it waits for come first
     }
   }
-  // A job enqueued from here on counts no looker and wakes a sleeper; one
-  // enqueued before was counted on this thread, which then goes on to
-  // check the queue under the lock before it sleeps.
+  // A job enqueued from here on sees no looker and wakes a sleeper; one
+  // enqueued before was counted on this thread, which checks the queue
+  // under the lock before it sleeps (sleep_for_job).
   data.looking.store(0, std::memory_order_release);
-  return job;
+  return nullptr;
 }
 
 caf::resumable* hot_sharing::sleep_for_job(coordinator_data& data) {

@@ -465,7 +465,7 @@ TEST_CASE("a receiver whose bytes are late sleeps until they come") {
 // then it stops, and an idle transfer actor takes no CPU. An idle actor
 // polls not at all, so turns counted inside the window are the window's.
 // The window is long (300 ms) and the count waits for its turns, because
-// on a loaded 2-core machine (CI runs the sanitizer build four tests at a
+// on a loaded 2-core machine (CI runs the sanitizer build two tests at a
 // time) a yielding thread may get only a few turns in any 10 ms.
 TEST_CASE("a transfer actor stays hot for its window, then goes idle") {
   constexpr auto window = 300ms;
