@@ -41,9 +41,10 @@ namespace {
 // thread: the hot window keeps that thread looking for 200 us after its
 // last job (runtime/hot_sharing.hpp), so a caller's next call, or the
 // plugin's news, finds it awake. On the 2-core dev machine that doubled a
-// 64 KiB write at depth 1 and made one at depth 16 55-95 % faster, for
-// about the same CPU per write (docs/benchmarks.md, 2026-12-07, session
-// 22). $KVFERRY_SCHED_HOT_US overrides it (0: off).
+// 64 KiB write at depth 1 and made one at depth 16 1.3-2.1x as fast, for
+// the same CPU per 64 KiB write (up to 40 % more per 1 MiB write one at a
+// time; docs/benchmarks.md, 2026-12-07, session 22).
+// $KVFERRY_SCHED_HOT_US overrides it (0: off).
 runtime::runtime_options runtime_of(const endpoint_options& options) {
   runtime::runtime_options ro;
   ro.threads = options.threads;
