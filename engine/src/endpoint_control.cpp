@@ -514,6 +514,13 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
                fmt::format("lost peer '{}' (connection {}): its endpoint is "
                            "gone ({})",
                            p.name, id, render(dm.reason))};
+    // The connection is down before any of its transfers fails: a caller
+    // that sees a failure and calls again on the connection is refused at
+    // once, not handed an id that fails later.
+    {
+      std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
+      st.cfg.shared->conns[id].down = why;
+    }
     for (auto& [op, entry] : p.inflight)
       if (entry.landed)
         st.cfg.shared->complete(op, entry.bytes);
@@ -524,10 +531,6 @@ void on_down(self_ptr self, const caf::down_msg& dm) {
     p.sends.clear();
     p.posted.clear();
     p.outbox = proto::ep_batch{};
-    {
-      std::lock_guard<std::mutex> lock(st.cfg.shared->mu);
-      st.cfg.shared->conns[id].down = why;
-    }
     st.cfg.shared->changed.notify_all();
   }
 }
