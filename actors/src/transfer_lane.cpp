@@ -43,8 +43,8 @@
 #include "kvferry/actors/plan.hpp"
 #include "kvferry/runtime/env_micros.hpp"
 #include "kvferry/runtime/error.hpp"
-#include "kvferry/runtime/usable_cores.hpp"
 #include "kvferry/transport/extent_lists.hpp"
+#include "kvferry/transport/usable_cores.hpp"
 #include "transfer_state.hpp"
 
 namespace kvferry::transfer_detail {
@@ -128,9 +128,9 @@ microseconds hot_window_for(unsigned cores, bool detached) {
 }
 
 microseconds hot_window_from_env(bool detached) {
-  return runtime::env_micros("KVFERRY_HOT_US",
-                             hot_window_for(runtime::usable_cores(), detached),
-                             seconds(1));
+  return runtime::env_micros(
+      "KVFERRY_HOT_US", hot_window_for(transport::usable_cores(), detached),
+      seconds(1));
 }
 
 bool polls_itself(const transfer_state& st) {

@@ -1,14 +1,12 @@
 #include "config.hpp"
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <sched.h>
-#include <thread>
 
 #include "cuda.hpp"
 #include "kvferry/transport/net_v7.h"
+#include "kvferry/transport/usable_cores.hpp"
 #include "log.hpp"
 
 namespace kvsock {
@@ -43,14 +41,6 @@ bool env_host_only() {
   return false;
 }
 
-// The CPUs this process may run on (taskset, cpusets), not the machine's.
-int usable_cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0)
-    return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 } // namespace
 
 size_t default_inline_max(int cores) {
@@ -69,7 +59,8 @@ int Config::ptr_support() const {
 
 Config Config::from_env() {
   Config c;
-  c.inline_max = default_inline_max(usable_cores());
+  c.inline_max =
+      default_inline_max(static_cast<int>(kvferry::transport::usable_cores()));
   c.data_sockets =
       static_cast<int>(env_int("KVSOCK_NSOCKS", c.data_sockets, 1, kMaxLanes));
   c.inline_max = static_cast<size_t>(

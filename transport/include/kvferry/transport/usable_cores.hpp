@@ -1,13 +1,15 @@
 // How many cores this process may run on: its CPU affinity (taskset,
-// cpusets), not the machine's count. Defaults that trade a core for
-// latency (a transfer actor's hot window) are chosen from it.
+// cpusets), not the machine's count. Defaults that depend on spare cores
+// are chosen from it: kvsock's inline threshold, a transfer actor's hot
+// window. Header-only and free of kvferry's other libraries, so that the
+// kvsock plugin can use it too.
 #pragma once
 
 #include <algorithm>
 #include <sched.h>
 #include <thread>
 
-namespace kvferry::runtime {
+namespace kvferry::transport {
 
 inline unsigned usable_cores() noexcept {
   cpu_set_t set;
@@ -16,4 +18,4 @@ inline unsigned usable_cores() noexcept {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-} // namespace kvferry::runtime
+} // namespace kvferry::transport
