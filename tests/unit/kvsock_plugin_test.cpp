@@ -201,11 +201,14 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and "
 }
 
 namespace {
-// Size of send #i in the gathered-burst tests: all inline, some larger than
-// the tiny socket buffers, so one gathered sendmsg stops mid-message.
+// Size of send #i in the gathered-burst tests: all inline on a small host,
+// some larger than the tiny socket buffers, so one gathered sendmsg stops
+// mid-message; 300,000 bytes is past the gathering limit (written at once,
+// behind what waits) and past the inline limit of a big host.
 int burst_size(int i) {
-  static const int sizes[] = {2048, 0, 1, 100, 30000, 2048, 7, 65536};
-  return sizes[i % 8];
+  static const int sizes[] = {2048, 0, 1,     100,    30000,
+                              2048, 7, 65536, 200000, 300000};
+  return sizes[i % 10];
 }
 
 // Posts 40 sends before any test (as a transfer posts its extents), then
@@ -216,7 +219,7 @@ void check_burst_arrives(const char* gather) {
   EnvGuard tiny("KVSOCK_SOCKBUF", "4096"); // forces short writes mid-batch
   Pair p;
   constexpr int kSends = 40; // more than one batch of 16
-  constexpr int kMax = 65536;
+  constexpr int kMax = 300000;
   Buffer src(p.net, p.send, static_cast<size_t>(kSends) * kMax, 7);
   Buffer dst(p.net, p.recv, static_cast<size_t>(kSends) * kMax);
   auto at = [](Buffer& b, int i) {

@@ -70,15 +70,17 @@ ncclResult_t SendComm::post(Request* request, const char* data, int size,
 
   tx[(tx_head + tx_count) % tx.size()] = &msg;
   ++tx_count;
-  // A small send's control bytes wait for the caller's next test() or a
-  // full batch (KVSOCK_GATHER), so that a burst of small sends leaves in one
-  // gathered sendmsg instead of one each: on loopback each call also runs
-  // the receiving side's TCP stack, about 6.5 us a call on the 2-core dev
-  // machine. v7 callers test every request they post (NCCL's own socket
-  // plugin sends only from test()). A larger send goes at once, with what
-  // waits before it: with every send deferred, the endpoint over kvsock lost
-  // 20-50 % at 1 MiB on an H100 host (16 cores, data parts handed off).
-  if (tx_count >= static_cast<size_t>(config.gather) || bytes > kGatherMaxBytes)
+  // An inline send's control bytes wait for the caller's next test() or a
+  // full batch (KVSOCK_GATHER), so that a burst leaves in one gathered
+  // sendmsg instead of one each: on loopback each call also runs the
+  // receiving side's TCP stack, about 6.5 us a call on the 2-core dev
+  // machine, and each ends in a short segment (kGatherMaxInline). v7 callers
+  // test every request they post (NCCL's own socket plugin sends only from
+  // test()). A larger send goes at once with what waits before it: with
+  // every send deferred, the endpoint over kvsock lost 20-50 % at 1 MiB on an
+  // H100 host (16 cores, data parts handed off).
+  size_t gather_max = parts > 0 ? kGatherMaxWithParts : kGatherMaxInline;
+  if (tx_count >= static_cast<size_t>(config.gather) || bytes > gather_max)
     pump();
   return ncclSuccess;
 }
