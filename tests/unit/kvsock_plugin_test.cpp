@@ -203,8 +203,8 @@ TEST_CASE("sends match receives in posting order with 32+ in flight and "
 namespace {
 // Size of send #i in the gathered-burst tests: all inline on a small host,
 // some larger than the tiny socket buffers, so one gathered sendmsg stops
-// mid-message; 300,000 bytes is past the gathering limit (written at once,
-// behind what waits) and past the inline limit of a big host.
+// mid-message; 200,000 and 300,000 bytes are past the gathering limit (written
+// at once, behind what waits) and past the inline limit of a big host.
 int burst_size(int i) {
   static const int sizes[] = {2048, 0, 1,     100,    30000,
                               2048, 7, 65536, 200000, 300000};
@@ -793,5 +793,40 @@ TEST_CASE("kvferry's extension v2: a polled comm's wait descriptor is "
     CHECK(sent == ncclSuccess);
     CHECK(got == size);
     CHECK(dst.matches(size % 251, static_cast<size_t>(size)));
+  }
+}
+
+TEST_CASE("kvferry's extension v2: a send that waits to be gathered makes its "
+          "comm's wait descriptor readable until a test() writes it") {
+  const auto* ext = extension<kvferryNetExt_v2_t>(KVFERRY_NET_EXT_V2_SYMBOL);
+  REQUIRE(ext != nullptr);
+  Pair p;
+  REQUIRE(ext->setCallerPolls(p.send) == ncclSuccess);
+  int send_fd = -1;
+  REQUIRE(ext->getWaitFd(p.send, &send_fd) == ncclSuccess);
+  CHECK_FALSE(readable(send_fd, 0));
+  for (int size : {64, 65536}) { // both wait for the caller's test()
+    CAPTURE(size);
+    Buffer src(p.net, p.send, static_cast<size_t>(size), 3);
+    Buffer dst(p.net, p.recv, static_cast<size_t>(size));
+    void* sreq = nullptr;
+    REQUIRE(p.net->isend(p.send, src.data(), size, 0, src.mhandle, &sreq) ==
+            ncclSuccess);
+    // A caller asleep on the descriptor would otherwise never write it.
+    CHECK(readable(send_fd, 0));
+    int done = 0;
+    REQUIRE(p.net->test(sreq, &done, nullptr) == ncclSuccess);
+    CHECK(done == 1); // written whole: the socket had room
+    CHECK_FALSE(readable(send_fd, 0));
+    void* rreq = nullptr;
+    void* data[1] = {dst.data()};
+    int sizes[1] = {size}, tags[1] = {0};
+    void* handles[1] = {dst.mhandle};
+    REQUIRE(p.net->irecv(p.recv, 1, data, sizes, tags, handles, &rreq) ==
+            ncclSuccess);
+    int got = 0;
+    REQUIRE(wait(p.net, rreq, &got, &done) == ncclSuccess);
+    CHECK(done == 1);
+    CHECK(dst.matches(3, static_cast<size_t>(size)));
   }
 }

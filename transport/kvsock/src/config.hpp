@@ -18,10 +18,12 @@ constexpr int kMaxGather = 16; // sends in one control-socket sendmsg
 // is written at once. Inline: written alone, a message ends in a short TCP
 // segment; a 64 KiB one plus its header leaves as a full loopback segment and
 // an 80-byte one, which made 64 KiB sends 4x slower than gathered ones on 2
-// cores (1.5 against 6.5 GB/s); from 1 MiB writing at once measured better.
+// cores (1.5 against 6.5 GB/s). Larger ones go at once: a caller that posts
+// 16 of 256 KiB would otherwise write 4 MiB in one test(), holding its thread
+// (kvferry's endpoint at 256 KiB lost a third that way).
 // With data parts (only the header is gathered): the receiver's data sockets
 // wait for the header, so only small ones wait, as a burst of small GPU sends.
-constexpr size_t kGatherMaxInline = 256 << 10;
+constexpr size_t kGatherMaxInline = 64 << 10;
 constexpr size_t kGatherMaxWithParts = 16 << 10;
 constexpr int kUnpackSlots = 16; // receives outstanding in UNPACK mode
 constexpr size_t kUnpackMaxRecvBytes = 4u << 20; // one UNPACK irecv
