@@ -181,6 +181,18 @@ struct Buffer {
   void* data() { return bytes.data(); }
 };
 
+// Posts one receive (n = 1, tag 0) of `size` bytes into the start of `dst`;
+// returns the request, nullptr while the comm has all its receives out.
+inline void* post_recv(ncclNet_v7_t* net, void* comm, Buffer& dst, int size) {
+  void* request = nullptr;
+  void* data[1] = {dst.data()};
+  int sizes[1] = {size}, tags[1] = {0};
+  void* handles[1] = {dst.mhandle};
+  REQUIRE(net->irecv(comm, 1, data, sizes, tags, handles, &request) ==
+          ncclSuccess);
+  return request;
+}
+
 // True once a peer has closed `fd` (EOF or reset), without blocking.
 inline bool recv_nonblocking_eof(int fd, char* byte) {
   ssize_t n = ::recv(fd, byte, 1, MSG_DONTWAIT);

@@ -762,12 +762,8 @@ TEST_CASE("kvferry's extension v2: a polled comm's wait descriptor is "
     CAPTURE(size);
     Buffer src(p.net, p.send, static_cast<size_t>(size), size % 251);
     Buffer dst(p.net, p.recv, static_cast<size_t>(size));
-    void* rreq = nullptr;
-    void* data[1] = {dst.data()};
-    int sizes[1] = {size}, tags[1] = {0};
-    void* handles[1] = {dst.mhandle};
-    REQUIRE(p.net->irecv(p.recv, 1, data, sizes, tags, handles, &rreq) ==
-            ncclSuccess);
+    void* rreq = post_recv(p.net, p.recv, dst, size);
+    REQUIRE(rreq != nullptr);
     int done = 0, got = 0;
     REQUIRE(p.net->test(rreq, &done, &got) == ncclSuccess);
     REQUIRE(done == 0);
@@ -818,12 +814,8 @@ TEST_CASE("kvferry's extension v2: a send that waits to be gathered makes its "
     REQUIRE(p.net->test(sreq, &done, nullptr) == ncclSuccess);
     CHECK(done == 1); // written whole: the socket had room
     CHECK_FALSE(readable(send_fd, 0));
-    void* rreq = nullptr;
-    void* data[1] = {dst.data()};
-    int sizes[1] = {size}, tags[1] = {0};
-    void* handles[1] = {dst.mhandle};
-    REQUIRE(p.net->irecv(p.recv, 1, data, sizes, tags, handles, &rreq) ==
-            ncclSuccess);
+    void* rreq = post_recv(p.net, p.recv, dst, size);
+    REQUIRE(rreq != nullptr);
     int got = 0;
     REQUIRE(wait(p.net, rreq, &got, &done) == ncclSuccess);
     CHECK(done == 1);
