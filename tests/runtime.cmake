@@ -29,3 +29,6 @@ set_tests_properties(test_runtime_type_id_checks PROPERTIES LABELS "unit;slow" T
 # The scheduler's hot window (runtime/hot_sharing.hpp).
 kvferry_add_test(NAME test_hot_scheduler SOURCES unit/hot_scheduler_test.cpp
   LIBS kvferry_actors LABELS unit TIMEOUT 60)
+# Bounded shutdown of actors and actor systems (runtime/system_config.hpp).
+kvferry_add_test(NAME test_actor_shutdown SOURCES unit/actor_shutdown_test.cpp
+  LIBS kvferry_runtime LABELS unit TIMEOUT 60)

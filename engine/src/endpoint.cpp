@@ -58,15 +58,23 @@ runtime::runtime_options runtime_of(const endpoint_options& options) {
 // from the control actor's orders while bytes flow.
 constexpr std::size_t max_throughput = 32;
 
+// How long the destructor waits for each actor, then for the system.
+constexpr std::chrono::milliseconds stop_limit{5000};
+constexpr std::chrono::milliseconds close_limit{2000};
+
 } // namespace
 
 struct endpoint::impl {
-  explicit impl(const endpoint_options& o) : options(o), cfg(runtime_of(o)) {
-    cfg.set("scheduler.max-throughput", max_throughput);
+  explicit impl(const endpoint_options& o)
+      : options(o),
+        cfg(std::make_unique<runtime::system_config>(runtime_of(o))) {
+    cfg->set("scheduler.max-throughput", max_throughput);
   }
 
   endpoint_options options;
-  runtime::system_config cfg;
+  // Owned apart from the system: a system that will not close goes on a
+  // thread of its own with its config (runtime::close_actor_system).
+  std::unique_ptr<runtime::system_config> cfg;
   std::unique_ptr<caf::actor_system> sys;
   std::shared_ptr<transport::plugin> net;
   transfer_actor transfer;
@@ -76,31 +84,26 @@ struct endpoint::impl {
   std::atomic<std::uint64_t> next_op{1};
 
   // The control actor first (its state holds the transfer actor's handle),
-  // each awaited. The system's destructor waits for a detached actor (the
-  // transfer actor) until nothing refers to it any more, and CAF 0.17 keeps
-  // every actor it sent to another node in the registry until erased
-  // (actor-framework issue #1110): hence the erase.
+  // then the transfer actor, then the system: each bounded, so that a
+  // destructor never hangs on CAF 0.17's teardown (runtime::stop_actor and
+  // close_actor_system say why).
   ~impl() {
     if (!sys)
       return;
+    const auto who = fmt::format("endpoint '{}'", meta.name);
     {
       caf::scoped_actor self{*sys};
-      if (control) {
-        if (meta.port != 0)
-          runtime::unpublish_control(*sys, control.address(), meta.port);
-        self->send_exit(control, caf::exit_reason::user_shutdown);
-        self->wait_for(control);
-        sys->registry().erase(control.id());
-        control = nullptr;
-      }
-      if (transfer) {
-        self->send_exit(transfer, caf::exit_reason::user_shutdown);
-        self->wait_for(transfer);
-        sys->registry().erase(transfer.id());
-        transfer = nullptr;
-      }
+      if (control && meta.port != 0)
+        runtime::unpublish_control(*sys, control.address(), meta.port);
+      runtime::stop_actor(self, control.address(), stop_limit,
+                          who + ": control actor");
+      runtime::stop_actor(self, transfer.address(), stop_limit,
+                          who + ": transfer actor");
     }
-    sys.reset();
+    control = nullptr;
+    transfer = nullptr;
+    runtime::close_actor_system(std::move(sys), std::move(cfg), close_limit,
+                                who);
   }
 
   caf::timespan limit() const { return options.connect_timeout; }
@@ -257,13 +260,13 @@ result<endpoint> endpoint::create(const endpoint_options& options) {
     runtime::tls_options tls;
     tls.dir = options.tls_dir;
     const auto& who = options.tls_name.empty() ? m.name : options.tls_name;
-    if (auto err = p->cfg.secure(tls, who)) {
+    if (auto err = p->cfg->secure(tls, who)) {
       auto why = to_status(err);
       return status{why.code(), fmt::format("endpoint '{}': TLS: {}", m.name,
                                             why.reason())};
     }
   }
-  p->sys = std::make_unique<caf::actor_system>(p->cfg);
+  p->sys = std::make_unique<caf::actor_system>(*p->cfg);
   transfer_config tc;
   tc.name = m.name;
   tc.net = p->net;

@@ -199,8 +199,8 @@ public:
   void close_system();
 
   void shutdown();
-  void wait_down(caf::scoped_actor& self, const caf::actor_addr& who,
-                 const char* what);
+  void stop(caf::scoped_actor& self, const caf::actor_addr& who,
+            const char* what);
 };
 
 // Stops the bridge (open requests fail, naming this node), the node actor
@@ -213,10 +213,8 @@ void node_impl::shutdown() {
   caf::scoped_actor self{*sys};
   // The bridge first: what the caller is still waiting for fails here,
   // saying so, not with whatever a request to a stopped actor says.
-  if (bridge) {
-    self->send_exit(bridge, caf::exit_reason::user_shutdown);
-    wait_down(self, bridge.address(), "bridge");
-  }
+  if (bridge)
+    stop(self, bridge.address(), "bridge");
   for (auto& state : shared->take_all())
     state->finish(status{ec::peer_down, "node '" + name + "' stopped"});
   // Leave the directory before the actors go, so that the other nodes hear
@@ -225,22 +223,10 @@ void node_impl::shutdown() {
   if (keeper)
     self->request(keeper, std::chrono::seconds(1), leave_atom::value)
         .receive([](caf::ok_atom) {}, [](const caf::error&) {});
-  if (actor) {
-    if (port != 0)
-      runtime::unpublish_control(*sys, actor.address(), port);
-    self->send_exit(actor, caf::exit_reason::user_shutdown);
-    wait_down(self, actor.address(), "node actor");
-  }
-  if (transfer) {
-    self->send_exit(transfer, caf::exit_reason::user_shutdown);
-    wait_down(self, transfer.address(), "transfer actor");
-    // A detached actor left in the registry (where the middleman put it
-    // when its handle went to a peer) blocks ~actor_system in CAF 0.17
-    // (actor-framework issue #1110): take it out.
-    sys->registry().erase(transfer->id());
-  }
-  if (actor)
-    sys->registry().erase(actor->id());
+  if (actor && port != 0)
+    runtime::unpublish_control(*sys, actor.address(), port);
+  stop(self, actor.address(), "node actor");
+  stop(self, transfer.address(), "transfer actor");
 }
 
 // Destroys the actor system, bounded (runtime::close_actor_system says why).
@@ -249,19 +235,11 @@ void node_impl::close_system() {
                               std::chrono::seconds(2), "node " + name);
 }
 
-void node_impl::wait_down(caf::scoped_actor& self, const caf::actor_addr& who,
-                          const char* what) {
-  constexpr auto limit = std::chrono::seconds(5);
-  self->monitor(who);
-  bool down = false;
-  self->receive_while([&] { return !down; })(
-      [&](const caf::down_msg& dm) { down = dm.source == who; },
-      caf::after(limit) >>
-          [&] {
-            spdlog::warn("node {}: {} did not stop within {} s", name, what,
-                         limit.count());
-            down = true;
-          });
+// Stops one of the node's actors, bounded (runtime::stop_actor).
+void node_impl::stop(caf::scoped_actor& self, const caf::actor_addr& who,
+                     const char* what) {
+  runtime::stop_actor(self, who, std::chrono::seconds(5),
+                      fmt::format("node {}: {}", name, what));
 }
 
 } // namespace detail

@@ -115,11 +115,10 @@ struct side {
   ~side() {
     {
       caf::scoped_actor self{sys};
-      self->send_exit(h.node, caf::exit_reason::user_shutdown);
-      self->wait_for(h.node);
-      self->send_exit(h.transfer, caf::exit_reason::user_shutdown);
-      self->wait_for(h.transfer);
-      sys.registry().erase(h.transfer->id()); // CAF #1110
+      runtime::stop_actor(self, h.node.address(), std::chrono::seconds(5),
+                          name + ": node actor");
+      runtime::stop_actor(self, h.transfer.address(), std::chrono::seconds(5),
+                          name + ": transfer actor");
     }
     h = {}; // a detached actor's thread ends once its last handle is gone
     runtime::close_actor_system(std::move(owned), std::move(cfg),

@@ -146,6 +146,26 @@ void system_config::use_test_coordinator() {
   set("middleman.workers", size_t{0});
 }
 
+bool stop_actor(caf::scoped_actor& self, const caf::actor_addr& who,
+                std::chrono::milliseconds limit, const std::string& what) {
+  if (!who)
+    return true;
+  self->monitor(who);
+  self->send_exit(who, caf::exit_reason::user_shutdown);
+  bool down = false;
+  bool in_time = true;
+  self->receive_while([&] { return !down; })(
+      [&](const caf::down_msg& dm) { down = dm.source == who; },
+      caf::after(limit) >>
+          [&] {
+            spdlog::warn("{} did not stop within {} ms", what, limit.count());
+            down = true;
+            in_time = false;
+          });
+  self->system().registry().erase(who.id());
+  return in_time;
+}
+
 bool close_actor_system(std::unique_ptr<caf::actor_system> sys,
                         std::unique_ptr<caf::actor_system_config> cfg,
                         std::chrono::milliseconds limit,

@@ -9,8 +9,10 @@
 #include <optional>
 #include <string>
 
+#include <caf/actor_addr.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/timespan.hpp>
 
 #include "kvferry/runtime/tls.hpp"
@@ -83,6 +85,14 @@ private:
   /// Where module_factories holds the hot_sharing scheduler, if it does.
   std::optional<size_t> hot_scheduler_;
 };
+
+/// Asks `who` to exit (user_shutdown) and waits for it to be down, at most
+/// `limit` (warning that `what` did not stop), then takes it out of the
+/// registry: CAF 0.17 keeps there every actor whose handle went to another
+/// node, and ~actor_system waits for a detached one until it is gone
+/// (actor-framework issue #1110). Returns whether it went down in time.
+bool stop_actor(caf::scoped_actor& self, const caf::actor_addr& who,
+                std::chrono::milliseconds limit, const std::string& what);
 
 /// Destroys an actor system (then its config), waiting at most `limit`.
 /// CAF 0.17's ~actor_system can wait forever for a detached actor (a
