@@ -822,3 +822,38 @@ TEST_CASE("kvferry's extension v2: a send that waits to be gathered makes its "
     CHECK(dst.matches(3, static_cast<size_t>(size)));
   }
 }
+
+TEST_CASE("kvferry's extension v2: a send the socket could not take whole "
+          "at isend makes its comm's wait descriptor readable") {
+  const auto* ext = extension<kvferryNetExt_v2_t>(KVFERRY_NET_EXT_V2_SYMBOL);
+  REQUIRE(ext != nullptr);
+  EnvGuard inline_all("KVSOCK_INLINE_MAX", "1048576"); // inline on any host
+  EnvGuard tiny("KVSOCK_SOCKBUF", "4096");
+  Pair p;
+  REQUIRE(ext->setCallerPolls(p.send) == ncclSuccess);
+  int send_fd = -1;
+  REQUIRE(ext->getWaitFd(p.send, &send_fd) == ncclSuccess);
+  constexpr int kSize = 200000; // past the gathering limit: written at isend
+  Buffer src(p.net, p.send, kSize, 5);
+  Buffer dst(p.net, p.recv, kSize);
+  void* sreq = nullptr;
+  REQUIRE(p.net->isend(p.send, src.data(), kSize, 0, src.mhandle, &sreq) ==
+          ncclSuccess);
+  // The socket took a few KiB; the rest waits for a test() the caller
+  // makes only once the descriptor says so.
+  CHECK(readable(send_fd, 0));
+  void* rreq = post_recv(p.net, p.recv, dst, kSize);
+  REQUIRE(rreq != nullptr);
+  int sdone = 0, rdone = 0, got = 0;
+  auto deadline = Clock::now() + std::chrono::seconds(10);
+  while ((!sdone || !rdone) && Clock::now() < deadline) {
+    if (!sdone)
+      REQUIRE(p.net->test(sreq, &sdone, nullptr) == ncclSuccess);
+    if (!rdone)
+      REQUIRE(p.net->test(rreq, &rdone, &got) == ncclSuccess);
+  }
+  CHECK(sdone == 1);
+  CHECK(rdone == 1);
+  CHECK(got == kSize);
+  CHECK(dst.matches(5, kSize));
+}

@@ -215,6 +215,9 @@ struct SendComm : CommBase {
   SendComm() : CommBase(kSendCommMagic, true) {}
   std::vector<Message*> tx; // ring of messages with control bytes to write
   size_t tx_head = 0, tx_count = 0;
+  // The wait descriptor was signalled for control bytes left waiting by an
+  // isend since the last test() (see post); under mu.
+  bool tx_signalled = false;
   uint64_t next_seq = 0;
   int next_lane = 0;
   char corrupt_byte = 0;

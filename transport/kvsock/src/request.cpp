@@ -28,6 +28,7 @@ bool lanes_busy(const Request& request) {
 
 ncclResult_t test_send(SendComm& comm, Request* request, int* done,
                        int* sizes) {
+  comm.tx_signalled = false; // this test drained it (test_request)
   comm.pump();
   Message& msg = request->msgs[0];
   if (message_complete(msg, true)) {

@@ -82,12 +82,14 @@ ncclResult_t SendComm::post(Request* request, const char* data, int size,
   size_t gather_max = parts > 0 ? kGatherMaxWithParts : kGatherMaxInline;
   if (tx_count >= static_cast<size_t>(config.gather) || bytes > gather_max)
     pump();
-  else if (tx_count == 1)
-    // A caller that sleeps on the wait descriptor (getWaitFd) must find it
-    // readable while control bytes wait for its test(): the first deferred
-    // send says so; later ones find the signal still pending, or the socket
-    // watched for room (watch_tx) after a test that could not write them.
+  // A caller that sleeps on the wait descriptor (getWaitFd) must find it
+  // readable while control bytes wait for its test(), deferred or left by a
+  // full socket: one signal until the next test(), whose watch_tx then
+  // watches the socket for room if bytes still wait.
+  if (tx_count > 0 && !tx_signalled) {
     signal_wait_fd();
+    tx_signalled = true;
+  }
   return ncclSuccess;
 }
 
