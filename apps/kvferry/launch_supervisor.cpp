@@ -25,8 +25,19 @@
 
 namespace kvferry::app {
 
+// One write per line: a second stop signal ends the process at once
+// (stop_signals.hpp), and a line written in pieces could be cut after its
+// prefix.
 void say(const std::string& line) {
-  std::cerr << "kvferry launch: " << line << std::endl;
+  std::string out = "kvferry launch: " + line + "\n";
+  for (std::size_t done = 0; done < out.size();) {
+    ssize_t n = ::write(STDERR_FILENO, out.data() + done, out.size() - done);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return; // stderr is gone: nothing to tell
+    done += static_cast<std::size_t>(n);
+  }
 }
 
 namespace {
