@@ -9,6 +9,7 @@
 #include <caf/logger.hpp>
 #include <caf/openssl/manager.hpp>
 #include <caf/scheduler/coordinator.hpp>
+#include <caf/scoped_actor.hpp>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 

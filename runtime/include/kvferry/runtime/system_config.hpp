@@ -9,10 +9,9 @@
 #include <optional>
 #include <string>
 
-#include <caf/actor_addr.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
-#include <caf/scoped_actor.hpp>
+#include <caf/fwd.hpp>
 #include <caf/timespan.hpp>
 
 #include "kvferry/runtime/tls.hpp"
