@@ -201,6 +201,23 @@ TEST_CASE("sampled: a short last page carries a stamp when it has room") {
   CHECK(pattern.check(offsets, where) == std::optional<std::size_t>{0});
 }
 
+TEST_CASE("sampled: a block of more pages than one prefetched group (16) is "
+          "stamped and checked to its last page") {
+  constexpr std::uint64_t big = 37 * stamp::page_bytes + 100; // 38 stamps
+  auto src = memory_region::allocate_host(2 * big, "prefill");
+  auto dst = memory_region::allocate_host(2 * big, "decode");
+  kv_pattern producer{src}, consumer{dst};
+  pattern_blocks where{5, 3, 0, 2, big, true};
+  std::vector<std::uint64_t> at{0, big};
+  producer.fill(at, where);
+  std::memcpy(dst->data(), src->data(), 2 * big);
+  CHECK_FALSE(consumer.check(at, where).has_value());
+  // The last page of block 1, in the third group, not copied: caught.
+  auto last = big + 37 * stamp::page_bytes;
+  std::memset(dst->data() + last, 0, big - 37 * stamp::page_bytes);
+  CHECK(consumer.check(at, where) == std::optional<std::size_t>{1});
+}
+
 TEST_CASE("sampled: the fill sends no hash (the consumer reads the stamps)") {
   auto region = memory_region::allocate_host(4 * block, "pool");
   kv_pattern pattern{region};
