@@ -102,13 +102,13 @@ void visit_stamps(Data* data, const pattern_blocks& b, std::size_t i,
   for (std::uint64_t first = 0; first < pages; first += stamp_group) {
     const auto n = std::min(stamp_group, pages - first);
     for (std::uint64_t k = 0; k < n; ++k) {
-      at[k] = stamp::offset(b.request_id, layer, block, first + k,
-                            b.block_bytes);
+      at[k] =
+          stamp::offset(b.request_id, layer, block, first + k, b.block_bytes);
       __builtin_prefetch(data + at[k], write ? 1 : 0, 0);
     }
     for (std::uint64_t k = 0; k < n; ++k)
-      if (!visit(at[k], stamp::of(b.seed, b.request_id, layer, block,
-                                  first + k, b.block_bytes)))
+      if (!visit(at[k], stamp::of(b.seed, b.request_id, layer, block, first + k,
+                                  b.block_bytes)))
         return;
   }
 }
