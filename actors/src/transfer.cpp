@@ -292,8 +292,8 @@ caf::error admit_send(self_ptr self, proto::send_order& o, peer_out*& p,
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
-  ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id,
-                         p->ep) == data_path::cuda_ipc;
+  ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id, p->ep) ==
+        data_path::cuda_ipc;
   // Over CUDA IPC the copy engine checks every extent against both tables
   // and counts the bytes in the pass that packs the plan, before anything
   // launches (launch_ipc_copy): a pass of its own here would read a vector

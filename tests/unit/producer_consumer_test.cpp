@@ -15,10 +15,10 @@
 
 #include "actor_fixture.hpp"
 #include "kvferry/actors/actors.hpp"
-#include "kvferry/actors/transfer.hpp"
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "why.hpp"
 
 using namespace kvferry;
@@ -219,9 +219,11 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       // Moves no bytes: refuses an endpoint's batched orders.
       [self](proto::order_batch_atom, const proto::order_batch& b) {
         if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
-          caf::anon_send(to, proto::settled_atom::value,
-                         refuse_orders(b, make_error(ec::invalid_argument,
-                                                 "fake transfer: no endpoint orders")));
+          caf::anon_send(
+              to, proto::settled_atom::value,
+              refuse_orders(b,
+                            make_error(ec::invalid_argument,
+                                       "fake transfer: no endpoint orders")));
       },
       [](proto::settled_flush_atom) {},
       // Holds no offers (node_actor.hpp, offerless).

@@ -193,8 +193,7 @@ CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::order_batch))
 CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<kvferry::proto::order_settled>))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, order_batch_atom, "kvordbatch")
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settled_atom, "kvsettled")
-CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settled_flush_atom,
-             "kvsetflush")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settled_flush_atom, "kvsetflush")
 
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
