@@ -113,13 +113,32 @@ void answer(answer_waiter& w, const transfer_entry& t, const caf::error& err,
   caf::anon_send(w.node, proto::node_answered_atom::value, peer, rep, why);
 }
 
+// The list of settled batched orders for `to`, a flush scheduled.
+std::vector<proto::order_settled>& settled_list(transfer_state& st,
+                                                const caf::actor& to) {
+  if (!st.settled_flush_scheduled) {
+    st.settled_flush_scheduled = true;
+    caf::anon_send(caf::actor_cast<transfer_actor>(st.me),
+                   proto::settled_flush_atom::value);
+  }
+  for (auto& [who, list] : st.settled_out)
+    if (who == to)
+      return list;
+  return st.settled_out.emplace_back(to, std::vector<proto::order_settled>{})
+      .second;
+}
+
 // Answers whoever waits for `t` (see waiter_promise): done, or with `err`.
-void answer_waiter_of(transfer_entry& t, const caf::error& err,
-                      const std::string& peer) {
+void answer_waiter_of(transfer_state& st, transfer_entry& t,
+                      const caf::error& err, const std::string& peer) {
   if (!t.waiter)
     return;
   if (auto* caller = std::get_if<answer_waiter>(&*t.waiter)) {
     answer(*caller, t, err, peer);
+  } else if (auto* batched = std::get_if<batch_waiter>(&*t.waiter)) {
+    settled_list(st, batched->to)
+        .push_back({peer, batched->transfer_id, batched->incoming,
+                    err ? 0 : t.bytes, err});
   } else if (auto* sender = std::get_if<byte_promise>(&*t.waiter)) {
     if (err)
       sender->deliver(err);
@@ -135,6 +154,14 @@ void answer_waiter_of(transfer_entry& t, const caf::error& err,
 
 } // namespace
 
+void send_settled(transfer_state& st) {
+  st.settled_flush_scheduled = false;
+  for (auto& [to, list] : st.settled_out)
+    if (!list.empty())
+      caf::anon_send(to, proto::settled_atom::value, std::move(list));
+  st.settled_out.clear();
+}
+
 void finish(transfer_entry& t, transfer_state& st, bool incoming,
             const std::string& peer,
             std::optional<steady_clock::time_point> finished) {
@@ -148,7 +175,7 @@ void finish(transfer_entry& t, transfer_state& st, bool incoming,
     stage_stamps::stamp(stage_stamps::received);
   } else
     st.stats.bytes_sent += t.bytes;
-  answer_waiter_of(t, {}, peer);
+  answer_waiter_of(st, t, {}, peer);
 }
 
 void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
@@ -158,7 +185,7 @@ void fail(transfer_entry& t, transfer_state& st, const caf::error& err,
                                    ? to_string(static_cast<ec>(err.code()))
                                    : "other");
   t.failure = err;
-  answer_waiter_of(t, err, peer);
+  answer_waiter_of(st, t, err, peer);
 }
 
 void drop_peer_out(self_ptr self, const std::string& name,
@@ -232,7 +259,8 @@ namespace {
 
 // ---- orders
 
-caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
+// A send order that names no peer, or this actor: refused before anything.
+caf::error refuse_unaddressed(self_ptr self, const proto::send_order& o) {
   auto& st = self->state;
   const auto& peer = o.peer.name;
   if (!o.peer.transfer || peer.empty())
@@ -245,19 +273,27 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
                       fmt::format("transfer {}: send order {} is addressed to "
                                   "itself",
                                   st.cfg.name, o.transfer_id));
-  if (o.lane != 0) // a pull whose receives are posted (transfer_lane.cpp)
-    return handle_lane_send(self, o);
+  return {};
+}
+
+// Checks send order `o` (not a lane's) against this actor's state and adopts
+// its peer: sets `p` (the peer's entry) and `ipc` (whether CUDA IPC carries
+// it), or returns the refusal.
+caf::error admit_send(self_ptr self, proto::send_order& o, peer_out*& p,
+                      bool& ipc) {
+  auto& st = self->state;
+  const auto& peer = o.peer.name;
   if (auto err =
           refuse_remote_event(self, o.wait_event, "send order", o.transfer_id))
     return err;
-  auto& p = st.out[peer];
-  adopt_peer(self, p, o.peer);
-  if (p.transfers.count(o.transfer_id) != 0)
+  p = &st.out[peer];
+  adopt_peer(self, *p, o.peer);
+  if (p->transfers.count(o.transfer_id) != 0)
     return make_error(ec::duplicate,
                       fmt::format("transfer {} to '{}' is already in flight",
                                   o.transfer_id, peer));
-  const bool ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id,
-                                    p.ep) == data_path::cuda_ipc;
+  ipc = choose_data_path(st.cfg.use_ipc, st.ipc_kind, st.cfg.host_id, p->ep) ==
+        data_path::cuda_ipc;
   // Over CUDA IPC the copy engine checks every extent against both tables
   // and counts the bytes in the pass that packs the plan, before anything
   // launches (launch_ipc_copy): a pass of its own here would read a vector
@@ -270,21 +306,72 @@ caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
   if (ipc)
     if (auto stale = refuse_if_given_up(st, peer, o.transfer_id))
       return stale;
-  auto promise = self->make_response_promise<std::uint64_t>();
+  return {};
+}
+
+// Enters admitted send order `o` and starts it; `waiter` hears how it ends.
+void start_send(self_ptr self, peer_out& p, bool ipc, proto::send_order& o,
+                waiter_promise waiter) {
+  auto& st = self->state;
   auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
-  t.waiter = waiter_promise{promise};
+  t.waiter = std::move(waiter);
   arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   if (ipc)
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
   else if (o.wait_event != 0) // posted once the event completed
     st.event_waits.push_back(
-        {peer, o.transfer_id, std::move(o.extents), o.wait_event});
-  else {
-    start_plugin_send(self, peer, p, o.transfer_id, std::move(o.extents));
-  }
+        {o.peer.name, o.transfer_id, std::move(o.extents), o.wait_event});
+  else
+    start_plugin_send(self, o.peer.name, p, o.transfer_id,
+                      std::move(o.extents));
   ensure_progress(self);
+}
+
+caf::result<std::uint64_t> handle_send(self_ptr self, proto::send_order& o) {
+  if (auto err = refuse_unaddressed(self, o))
+    return err;
+  if (o.lane != 0) // a pull whose receives are posted (transfer_lane.cpp)
+    return handle_lane_send(self, o);
+  peer_out* p = nullptr;
+  bool ipc = false;
+  if (auto err = admit_send(self, o, p, ipc))
+    return err;
+  auto promise = self->make_response_promise<std::uint64_t>();
+  start_send(self, *p, ipc, o, waiter_promise{promise});
   return promise;
+}
+
+void stay_hot(self_ptr self); // the progress loop, below
+
+// An endpoint's batched orders (order_batch): each taken as its own request
+// would be, its end reported to the batch's sender in a settled list.
+void handle_order_batch(self_ptr self, proto::order_batch& b) {
+  auto to = caf::actor_cast<caf::actor>(self->current_sender());
+  if (!to)
+    return; // nobody to tell: an anonymous batch is ignored
+  auto& st = self->state;
+  stay_hot(self);
+  for (auto& o : b.sends) {
+    auto err = refuse_unaddressed(self, o);
+    if (!err && o.lane != 0)
+      err = make_error(ec::invalid_argument,
+                       fmt::format("transfer {}: send order {} of a batch "
+                                   "names a pull lane",
+                                   st.cfg.name, o.transfer_id));
+    peer_out* p = nullptr;
+    bool ipc = false;
+    if (!err)
+      err = admit_send(self, o, p, ipc);
+    if (err)
+      settled_list(st, to).push_back(
+          {o.peer.name, o.transfer_id, false, 0, std::move(err)});
+    else
+      start_send(self, *p, ipc, o,
+                 waiter_promise{batch_waiter{to, o.transfer_id, false}});
+  }
+  for (const auto& o : b.claims)
+    claim_recv(self, o, waiter_promise{batch_waiter{to, o.transfer_id, true}});
 }
 
 } // namespace
@@ -302,10 +389,10 @@ void claim_recv(self_ptr self, const proto::recv_order& o,
   auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.waiter = std::move(waiter);
   if (t.done) {
-    answer_waiter_of(t, {}, o.peer_name);
+    answer_waiter_of(st, t, {}, o.peer_name);
     st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else if (t.failure) {
-    answer_waiter_of(t, t.failure, o.peer_name);
+    answer_waiter_of(st, t, t.failure, o.peer_name);
     if (!t.cancelled) // else kept till its deadline: its bytes must not land
       st.entry_nodes.erase(p.transfers, o.transfer_id);
   } else {
@@ -771,10 +858,19 @@ void on_exit(self_ptr self, const caf::exit_msg& msg) {
   auto& st = self->state;
   auto why = make_error(ec::peer_down,
                         fmt::format("transfer {} stopped", st.cfg.name));
+  auto told = [](const transfer_entry& t) {
+    return t.waiter && (std::holds_alternative<answer_waiter>(*t.waiter) ||
+                        std::holds_alternative<batch_waiter>(*t.waiter));
+  };
   for (auto& [name, p] : st.in)
     for (auto& [id, t] : p.transfers)
-      if (t.waiter && std::holds_alternative<answer_waiter>(*t.waiter))
-        answer_waiter_of(t, why, name);
+      if (told(t))
+        answer_waiter_of(st, t, why, name);
+  for (auto& [name, p] : st.out)
+    for (auto& [id, t] : p.transfers)
+      if (told(t))
+        answer_waiter_of(st, t, why, name);
+  send_settled(st); // now: no flush message runs after quit
   self->quit(msg.reason);
 }
 
@@ -823,6 +919,7 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
                                             transfer_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
+  st.me = self->address();
   // Only a loop that polls its comms itself can stay hot (the plugin's own
   // sleep would hold it otherwise): fixed for the actor's life.
   if (polls_itself(st))
@@ -838,6 +935,10 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
   self->set_exit_handler([self](caf::exit_msg& msg) { on_exit(self, msg); });
   return {
       [self](proto::endpoint_atom) { return endpoint_of(self); },
+      [self](proto::order_batch_atom, proto::order_batch& b) {
+        handle_order_batch(self, b);
+      },
+      [self](proto::settled_flush_atom) { send_settled(self->state); },
       [self](proto::send_atom, proto::send_order& o) {
         stage_stamps::stamp(stage_stamps::order_taken);
         auto r = handle_send(self, o);
@@ -948,6 +1049,16 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
 }
 
 } // namespace
+
+std::vector<proto::order_settled> refuse_orders(const proto::order_batch& b,
+                                                const caf::error& why) {
+  std::vector<proto::order_settled> out;
+  for (const auto& o : b.sends)
+    out.push_back({o.peer.name, o.transfer_id, false, 0, why});
+  for (const auto& o : b.claims)
+    out.push_back({o.peer_name, o.transfer_id, true, 0, why});
+  return out;
+}
 
 data_path choose_data_path(bool use_ipc, memory_kind local,
                            const std::string& host_id,

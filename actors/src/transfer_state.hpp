@@ -63,10 +63,19 @@ struct answer_waiter {
   caf::actor node;
   caf::error failure;
 };
+// An order of an endpoint's order_batch (a send or a claim): settled into
+// transfer_state::settled_out for the batch's sender, `to`, which hears of
+// it at the next flush (settled_atom), together with what else settled.
+struct batch_waiter {
+  caf::actor to;
+  std::uint64_t transfer_id = 0;
+  bool incoming = false; // a claim (else a send)
+};
 // Who waits for a transfer: a send order (replies bytes), a recv order
-// (replies a recv_report) or a node's caller (answer_waiter).
+// (replies a recv_report), a node's caller (answer_waiter) or an endpoint's
+// batched order (batch_waiter).
 using waiter_promise =
-    std::variant<byte_promise, report_promise, answer_waiter>;
+    std::variant<byte_promise, report_promise, answer_waiter, batch_waiter>;
 
 using runtime::steady_ns;
 
@@ -305,6 +314,13 @@ struct transfer_state {
   bool woken = false;
   // An announce_flush message is on its way (queue_announcement).
   bool announce_flush_scheduled = false;
+  // Batched orders that settled (batch_waiter), per batch sender, not yet
+  // sent; a settled_flush message is on its way while any are. `me`: this
+  // actor, for that message (the settling code has no self pointer).
+  std::vector<std::pair<caf::actor, std::vector<proto::order_settled>>>
+      settled_out;
+  bool settled_flush_scheduled = false;
+  caf::actor_addr me;
   // Transfer deadlines live in their entries (entry_deadline); one short
   // periodic sweep checks them while any is armed (arm_deadline). `due`: the
   // sweep's finds, handled after its walk (handling one may drop a peer);
@@ -449,6 +465,9 @@ std::optional<std::string> check_send_extents(transfer_state& st,
 /// transfer ended before the order came, else when it ends.
 void claim_recv(self_ptr self, const proto::recv_order& o,
                 waiter_promise waiter);
+
+/// Sends every batch sender its list of settled orders (batch_waiter) now.
+void send_settled(transfer_state& st);
 
 /// `finished`: when the last byte moved, if known better than "now" (an IPC
 /// copy completes in the sender's process before we hear of it).

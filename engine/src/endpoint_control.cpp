@@ -23,9 +23,12 @@
 // transfer (their system calls and wake-ups cost more CPU than a 64 KiB
 // transfer's bytes; issue #16). Anything else sent to the peer's control
 // actor (table, notification) flushes the outbox first, so nothing
-// overtakes it. Requests to our own transfer actor carry no CAF timeout
-// (each would cost the clock thread two wake-ups): the transfer actor
-// answers every order by its own deadline.
+// overtakes it. Likewise the orders of writes, ours (sends) and the peer's
+// (claims), pile up for our own transfer actor and leave at that flush as
+// one proto::order_batch, which it settles in lists (settled_atom). Other
+// requests to our own transfer actor carry no CAF timeout (each would cost
+// the clock thread two wake-ups): the transfer actor answers every order by
+// its own deadline.
 #include <algorithm>
 #include <chrono>
 #include <set>
@@ -81,6 +84,7 @@ struct control_state {
   // allocation per op otherwise.
   node_shelf<decltype(peer::inflight)> op_nodes;
   conn_id next_conn = 1;
+  proto::order_batch orders;    // for our transfer actor, not yet sent
   bool flush_scheduled = false; // an ep_flush message is on its way
   static inline const char* name = "kvferry.endpoint";
 };
@@ -123,14 +127,34 @@ peer* find_peer(self_ptr self, conn_id conn) {
   return i == self->state.conns.end() ? nullptr : &i->second;
 }
 
-// The peer's outbox, sent at the next flush (see the top of this file).
-proto::ep_batch& outbox(self_ptr self, peer& p) {
+void schedule_flush(self_ptr self) {
   auto& st = self->state;
   if (!st.flush_scheduled) {
     st.flush_scheduled = true;
     self->send(self, proto::ep_flush_atom::value);
   }
+}
+
+// The peer's outbox, sent at the next flush (see the top of this file).
+proto::ep_batch& outbox(self_ptr self, peer& p) {
+  schedule_flush(self);
   return p.outbox;
+}
+
+// Our transfer actor's batch of write orders, sent at the next flush.
+proto::order_batch& transfer_orders(self_ptr self) {
+  schedule_flush(self);
+  return self->state.orders;
+}
+
+// Sends our transfer actor its batch of orders, if any.
+void flush_orders(self_ptr self) {
+  auto& b = self->state.orders;
+  if (b.sends.empty() && b.claims.empty())
+    return;
+  self->send(self->state.cfg.transfer, proto::order_batch_atom::value,
+             std::move(b));
+  b = proto::order_batch{};
 }
 
 // Sends what piled up for `p` (call before anything else goes to its
@@ -345,7 +369,12 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     st.cfg.shared->set_path(o.id, path);
     op.bytes = o.bytes; // counted by the caller's pass, as our transfer
                         // actor will report them (no pass of our own)
-    order_send(self, o.conn, o.id, o.id, std::move(to), std::move(o.extents));
+    proto::send_order send;
+    send.transfer_id = o.id;
+    send.peer = std::move(to);
+    send.extents = std::move(o.extents);
+    send.timeout_ms = st.cfg.timeout_ms;
+    transfer_orders(self).sends.push_back(std::move(send)); // on_settled
     outbox(self, *p).claims.push_back(o.id);
     break;
   }
@@ -439,13 +468,31 @@ void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
     outbox(self, *p).answers.push_back({transfer_id, err});
 }
 
-// The peer's write `id` lands in our table: answer once it did.
-void claim(self_ptr self, conn_id conn, const std::string& sender,
-           std::uint64_t id) {
-  await_arrival(self, id, sender)
-      .then([self, conn,
-             id](proto::recv_report&) { answer(self, conn, id, caf::error{}); },
-            [self, conn, id](caf::error& err) { answer(self, conn, id, err); });
+// The peer's write `id` lands in our table: answered once it did
+// (on_settled).
+void claim(self_ptr self, const std::string& sender, std::uint64_t id) {
+  proto::recv_order o;
+  o.transfer_id = id;
+  o.peer_name = sender;
+  o.timeout_ms = self->state.cfg.timeout_ms;
+  transfer_orders(self).claims.push_back(std::move(o));
+}
+
+// Our transfer actor settled batched orders: the peer's writes (claims)
+// landed here or not, our writes' sends ended. Each names its peer by the
+// name its control actor has (an endpoint's actors share it).
+void on_settled(self_ptr self, std::vector<proto::order_settled>& list) {
+  for (auto& s : list) {
+    auto c = self->state.by_name.find(s.peer);
+    if (c == self->state.by_name.end())
+      continue; // the peer is gone, and with it what it waited for
+    if (s.incoming)
+      answer(self, c->second, s.transfer_id, s.error);
+    else if (s.error)
+      part_failed(self, c->second, s.transfer_id, s.error);
+    else
+      part_done(self, c->second, s.transfer_id, s.bytes);
+  }
 }
 
 // The peer reads from our table: our transfer actor pushes into its table.
@@ -478,7 +525,7 @@ void on_batch(self_ptr self, proto::ep_batch& b) {
   for (const auto& a : b.answers)
     take_answer(self, conn, p, a.transfer_id, a.error);
   for (auto id : b.claims)
-    claim(self, conn, b.sender, id);
+    claim(self, b.sender, id);
   for (auto& o : b.pushes)
     push(self, conn, o);
 }
@@ -600,9 +647,14 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
       },
       // From a peer: what piled up for us there.
       [self](proto::ep_batch_atom, proto::ep_batch& b) { on_batch(self, b); },
+      // From our transfer actor: batched orders that settled.
+      [self](proto::settled_atom, std::vector<proto::order_settled>& list) {
+        on_settled(self, list);
+      },
       // From ourselves: send the outboxes.
       [self](proto::ep_flush_atom) {
         self->state.flush_scheduled = false;
+        flush_orders(self);
         for (auto& [id, p] : self->state.conns)
           flush(self, p);
       },

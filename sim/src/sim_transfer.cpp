@@ -11,6 +11,7 @@
 #include <caf/all.hpp>
 
 #include "kvferry/actors/node_actor.hpp"
+#include "kvferry/actors/transfer.hpp"
 
 namespace kvferry::sim {
 
@@ -195,6 +196,15 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "sim transfer: no regions");
       },
+      // Moves no bytes: refuses an endpoint's batched orders.
+      [self](proto::order_batch_atom, const proto::order_batch& b) {
+        if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
+          caf::anon_send(
+              to, proto::settled_atom::value,
+              refuse_orders(b, make_error(ec::invalid_argument,
+                                          "sim transfer: no endpoint orders")));
+      },
+      [](proto::settled_flush_atom) {},
       // Holds no offers (node_actor.hpp, offerless).
       [self](proto::node_attach_atom, const caf::actor& node) {
         self->state.node = node;

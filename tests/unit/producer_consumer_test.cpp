@@ -18,6 +18,7 @@
 #include "kvferry/actors/app.hpp"
 #include "kvferry/actors/node_actor.hpp"
 #include "kvferry/actors/plan.hpp"
+#include "kvferry/actors/transfer.hpp"
 #include "why.hpp"
 
 using namespace kvferry;
@@ -215,6 +216,16 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
          std::uint64_t) -> caf::result<caf::ok_atom> {
         return make_error(ec::not_found, "fake transfer: no regions");
       },
+      // Moves no bytes: refuses an endpoint's batched orders.
+      [self](proto::order_batch_atom, const proto::order_batch& b) {
+        if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
+          caf::anon_send(
+              to, proto::settled_atom::value,
+              refuse_orders(b,
+                            make_error(ec::invalid_argument,
+                                       "fake transfer: no endpoint orders")));
+      },
+      [](proto::settled_flush_atom) {},
       // Holds no offers (node_actor.hpp, offerless).
       [self](proto::node_attach_atom, const caf::actor& node) {
         self->state.node = node;

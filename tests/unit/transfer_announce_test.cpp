@@ -12,13 +12,17 @@
 //   - the sender drops the channel while a batch is pending (the directory
 //     says the receiver left): every transfer of the batch fails at both
 //     ends with the reason, none hangs, and the next transfer opens a fresh
-//     channel and lands.
+//     channel and lands;
+//   - an endpoint's batched orders (order_batch: its writes' sends and the
+//     claims of writes coming in) settle once each, in lists to the batch's
+//     sender, a refused send and an unmet claim with their reasons.
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -59,6 +63,23 @@ caf::behavior tell_left(caf::event_based_actor* self, transfer_actor dest,
              make_error(ec::lease_expired, "test: its lease ran out"));
   self->quit();
   return {};
+}
+
+using settled_log = std::shared_ptr<std::vector<proto::order_settled>>;
+
+// An endpoint's control actor in miniature: sends batch `b` to `dest` when
+// first run and keeps what settles, until `expected` orders did.
+caf::behavior batch_client(caf::event_based_actor* self, transfer_actor dest,
+                           proto::order_batch b, std::size_t expected,
+                           settled_log log) {
+  self->send(dest, proto::order_batch_atom::value, std::move(b));
+  return {[self, expected, log](proto::settled_atom,
+                                std::vector<proto::order_settled>& list) {
+    for (auto& s : list)
+      log->push_back(std::move(s));
+    if (log->size() >= expected)
+      self->quit();
+  }};
 }
 
 bool names(const caf::error& err, const std::string& what) {
@@ -248,4 +269,78 @@ TEST_CASE_FIXTURE(announce_fixture,
   }
   // The pair goes on over a fresh channel.
   transfer_lands(300, 8192, 16384);
+}
+
+TEST_CASE_FIXTURE(announce_fixture,
+                  "an endpoint's batched orders each settle once, in lists "
+                  "to the batch's sender, with the reason where one failed") {
+  transfer_lands(1, 0, 0); // the channel opens
+  // Six writes that land, one out of the receiver's region (refused by the
+  // sender), and the receiver's claims of all seven: the refused one's
+  // claim ends at its deadline.
+  proto::order_batch sends, claims;
+  for (std::uint64_t k = 0; k < 7; ++k) {
+    proto::send_order o;
+    o.transfer_id = 500 + k;
+    o.peer = receiver_ep;
+    o.extents = {{1024 * k, 8192 + 2048 * k, 1024}};
+    if (k == 6)
+      o.extents = {{0, region_bytes - 512, 1024}}; // past its end
+    o.timeout_ms = 5000;
+    sends.sends.push_back(std::move(o));
+    proto::recv_order c;
+    c.transfer_id = 500 + k;
+    c.peer_name = "prefill-0";
+    c.timeout_ms = k == 6 ? 20 : 5000;
+    claims.claims.push_back(std::move(c));
+  }
+  auto sent = std::make_shared<std::vector<proto::order_settled>>();
+  auto landed = std::make_shared<std::vector<proto::order_settled>>();
+  sys.spawn(batch_client, receiver, claims, std::size_t{7}, landed);
+  sys.spawn(batch_client, sender, sends, std::size_t{7}, sent);
+  run();
+  // Deadlines read the real clock; the sweep that checks them runs on the
+  // scheduler's virtual one: both must pass.
+  for (int i = 0; i < 1000 && (sent->size() < 7 || landed->size() < 7); ++i) {
+    advance_time(1ms);
+    std::this_thread::sleep_for(1ms);
+  }
+  REQUIRE(sent->size() == 7);
+  REQUIRE(landed->size() == 7);
+  auto find = [](const std::vector<proto::order_settled>& log,
+                 std::uint64_t id) {
+    std::size_t hits = 0;
+    const proto::order_settled* found = nullptr;
+    for (const auto& s : log)
+      if (s.transfer_id == id) {
+        ++hits;
+        found = &s;
+      }
+    CHECK(hits == 1); // each order settles exactly once
+    REQUIRE(found != nullptr);
+    return *found;
+  };
+  for (std::uint64_t k = 0; k < 6; ++k) {
+    INFO("transfer " << 500 + k);
+    auto s = find(*sent, 500 + k);
+    auto l = find(*landed, 500 + k);
+    REQUIRE_MESSAGE(!s.error, render(s.error));
+    REQUIRE_MESSAGE(!l.error, render(l.error));
+    CHECK_FALSE(s.incoming);
+    CHECK(l.incoming);
+    CHECK(s.peer == "decode-0");
+    CHECK(l.peer == "prefill-0");
+    CHECK(s.bytes == 1024);
+    CHECK(l.bytes == 1024);
+    CHECK(std::memcmp(dst->data() + 8192 + 2048 * k, src->data() + 1024 * k,
+                      1024) == 0);
+  }
+  auto refused = find(*sent, 506);
+  INFO(render(refused.error));
+  CHECK(is(refused.error, ec::invalid_extent));
+  CHECK(names(refused.error, "send order 506 to 'decode-0'"));
+  auto unclaimed = find(*landed, 506);
+  CHECK(is(unclaimed.error, ec::timeout));
+  // Nothing of the refused write reached the receiver's region.
+  CHECK(dst->data()[region_bytes - 1] == sentinel);
 }

@@ -76,6 +76,11 @@ data_path choose_data_path(bool use_ipc, memory_kind local,
 bool maps_ahead(const transfer_config& cfg, memory_kind local,
                 const worker_info& peer);
 
+/// A stand-in transfer actor's answer to an order_batch (the simulator's,
+/// tests' fakes, which move no bytes): every order of `b` settled with `why`.
+std::vector<proto::order_settled> refuse_orders(const proto::order_batch& b,
+                                                const caf::error& why);
+
 /// Spawns a transfer actor (on its own thread unless cfg.detached is off).
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
 

@@ -185,6 +185,16 @@ CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::announce_batch))
 CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, announce_flush_atom,
              "kvannflush")
 
+// kvferry::endpoint (issue #16, session 24): the control actor's orders to
+// its own transfer actor, batched (proto::order_batch, to the transfer
+// actor), their settling (a list of proto::order_settled, to the control
+// actor) and the transfer actor's flush of those lists (to itself).
+CAF_ADD_TYPE_ID(kvferry_protocol, (kvferry::proto::order_batch))
+CAF_ADD_TYPE_ID(kvferry_protocol, (std::vector<kvferry::proto::order_settled>))
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, order_batch_atom, "kvordbatch")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settled_atom, "kvsettled")
+CAF_ADD_ATOM(kvferry_protocol, kvferry::proto, settled_flush_atom, "kvsetflush")
+
 CAF_END_TYPE_ID_BLOCK(kvferry_protocol)
 
 static_assert(caf::id_block::kvferry_protocol::end <= 400,
