@@ -1050,14 +1050,19 @@ transfer_actor::behavior_type transfer_impl(self_ptr self,
 
 } // namespace
 
-std::vector<proto::order_settled> refuse_orders(const proto::order_batch& b,
-                                                const caf::error& why) {
+void refuse_orders(caf::local_actor* self, const proto::order_batch& b,
+                   const std::string& who) {
+  auto to = caf::actor_cast<caf::actor>(self->current_sender());
+  if (!to)
+    return;
+  auto why = make_error(ec::invalid_argument,
+                        fmt::format("{}: moves no bytes for an endpoint", who));
   std::vector<proto::order_settled> out;
   for (const auto& o : b.sends)
     out.push_back({o.peer.name, o.transfer_id, false, 0, why});
   for (const auto& o : b.claims)
     out.push_back({o.peer_name, o.transfer_id, true, 0, why});
-  return out;
+  caf::anon_send(to, proto::settled_atom::value, std::move(out));
 }
 
 data_path choose_data_path(bool use_ipc, memory_kind local,

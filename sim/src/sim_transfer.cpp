@@ -198,11 +198,7 @@ transfer_actor::behavior_type sim_transfer(self_ptr self, std::string name,
       },
       // Moves no bytes: refuses an endpoint's batched orders.
       [self](proto::order_batch_atom, const proto::order_batch& b) {
-        if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
-          caf::anon_send(
-              to, proto::settled_atom::value,
-              refuse_orders(b, make_error(ec::invalid_argument,
-                                          "sim transfer: no endpoint orders")));
+        refuse_orders(self, b, "sim transfer");
       },
       [](proto::settled_flush_atom) {},
       // Holds no offers (node_actor.hpp, offerless).

@@ -122,11 +122,7 @@ fake_sender(transfer_actor::stateful_pointer<fake_sender_state> self,
       },
       // Moves no bytes: refuses an endpoint's batched orders.
       [self](proto::order_batch_atom, const proto::order_batch& b) {
-        if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
-          caf::anon_send(
-              to, proto::settled_atom::value,
-              refuse_orders(b, make_error(ec::invalid_argument,
-                                          "fake sender: no endpoint orders")));
+        refuse_orders(self, b, "fake sender");
       },
       [](proto::settled_flush_atom) {},
       [](proto::node_attach_atom, const caf::actor&) {},

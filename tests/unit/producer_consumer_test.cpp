@@ -218,12 +218,7 @@ fake_transfer(transfer_actor::stateful_pointer<fake_transfer_state> self,
       },
       // Moves no bytes: refuses an endpoint's batched orders.
       [self](proto::order_batch_atom, const proto::order_batch& b) {
-        if (auto to = caf::actor_cast<caf::actor>(self->current_sender()))
-          caf::anon_send(
-              to, proto::settled_atom::value,
-              refuse_orders(b,
-                            make_error(ec::invalid_argument,
-                                       "fake transfer: no endpoint orders")));
+        refuse_orders(self, b, "fake transfer");
       },
       [](proto::settled_flush_atom) {},
       // Holds no offers (node_actor.hpp, offerless).

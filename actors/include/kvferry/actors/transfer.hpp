@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <caf/actor_system.hpp>
+#include <caf/local_actor.hpp>
 
 #include "kvferry/actors/actors.hpp"
 #include "kvferry/actors/memory_region.hpp"
@@ -77,9 +78,10 @@ bool maps_ahead(const transfer_config& cfg, memory_kind local,
                 const worker_info& peer);
 
 /// A stand-in transfer actor's answer to an order_batch (the simulator's,
-/// tests' fakes, which move no bytes): every order of `b` settled with `why`.
-std::vector<proto::order_settled> refuse_orders(const proto::order_batch& b,
-                                                const caf::error& why);
+/// tests' fakes, which move no bytes): every order of `b` settled with an
+/// error naming `who`, sent to the batch's sender (`self`'s current one).
+void refuse_orders(caf::local_actor* self, const proto::order_batch& b,
+                   const std::string& who);
 
 /// Spawns a transfer actor (on its own thread unless cfg.detached is off).
 transfer_actor spawn_transfer(caf::actor_system& sys, transfer_config cfg);
