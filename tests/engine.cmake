@@ -3,6 +3,12 @@
 kvferry_add_test(NAME test_endpoint SOURCES unit/endpoint_test.cpp
   LIBS kvferry_engine LABELS unit TIMEOUT 120)
 add_dependencies(test_endpoint nccl-net-kvsock kvferry) # kvferry pki init
+# The control actor when its own transfer actor stops (deterministic).
+kvferry_add_test(NAME test_endpoint_control SOURCES unit/endpoint_control_test.cpp
+  LIBS kvferry_engine LABELS unit TIMEOUT 60)
+target_compile_definitions(test_endpoint_control PRIVATE
+  KVFERRY_FIXTURE_DIR="${PROJECT_BINARY_DIR}/tests/fixtures")
+add_dependencies(test_endpoint_control nccl-net-fake)
 
 # The C API from C99 (-pedantic, warnings are errors): both sides in one
 # process, bad input included. The same program is one side of

@@ -86,6 +86,7 @@ struct control_state {
   conn_id next_conn = 1;
   proto::order_batch orders;    // for our transfer actor, not yet sent
   bool flush_scheduled = false; // an ep_flush message is on its way
+  status transfer_down;         // not ok once our transfer actor stopped
   static inline const char* name = "kvferry.endpoint";
 };
 
@@ -346,6 +347,10 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
 
 void start_order(self_ptr self, proto::endpoint_order& o) {
   auto& st = self->state;
+  if (!st.transfer_down.ok()) {
+    st.cfg.shared->fail(o.id, st.transfer_down);
+    return;
+  }
   auto* p = find_peer(self, o.conn);
   if (!p) {
     st.cfg.shared->fail(
@@ -551,8 +556,33 @@ proto::peer_hello hello_of(self_ptr self) {
           cfg.self_ep};
 }
 
+// Our own transfer actor stopped (it failed; at teardown the endpoint stops
+// us first): nothing in flight can end any more, and a batched order sent
+// to it would be dropped unanswered, so every op fails now, and every later
+// one at once, instead of at its caller's timeout.
+void on_transfer_down(self_ptr self, const caf::down_msg& dm) {
+  auto& st = self->state;
+  st.transfer_down = status{
+      ec::peer_down, fmt::format("endpoint '{}': its transfer actor stopped "
+                                 "({})",
+                                 st.cfg.name, render(dm.reason))};
+  for (auto& [id, p] : st.conns) {
+    for (auto& [op, entry] : p.inflight)
+      st.cfg.shared->fail(op, st.transfer_down);
+    p.inflight.clear();
+    p.receipts.clear();
+    p.sends.clear();
+  }
+  st.orders = proto::order_batch{};
+  st.cfg.shared->changed.notify_all();
+}
+
 void on_down(self_ptr self, const caf::down_msg& dm) {
   auto& st = self->state;
+  if (st.cfg.transfer && dm.source == st.cfg.transfer.address()) {
+    on_transfer_down(self, dm);
+    return;
+  }
   for (auto& [id, p] : st.conns) {
     if (!p.alive || p.control.address() != dm.source)
       continue;
@@ -600,6 +630,7 @@ caf::behavior control_impl(self_ptr self, control_config cfg) {
     self->quit(msg.reason);
   });
   self->set_down_handler([self](caf::down_msg& dm) { on_down(self, dm); });
+  self->monitor(self->state.cfg.transfer);
   return {
       // From our endpoint: connect to the control actor `other`.
       [self](proto::ep_connect_atom, const caf::actor& other) {
