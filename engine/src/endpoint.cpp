@@ -58,10 +58,6 @@ runtime::runtime_options runtime_of(const endpoint_options& options) {
 // from the control actor's orders while bytes flow.
 constexpr std::size_t max_throughput = 32;
 
-// How long the destructor waits for each actor, then for the system.
-constexpr std::chrono::milliseconds stop_limit{5000};
-constexpr std::chrono::milliseconds close_limit{2000};
-
 } // namespace
 
 struct endpoint::impl {
@@ -95,15 +91,15 @@ struct endpoint::impl {
       caf::scoped_actor self{*sys};
       if (control && meta.port != 0)
         runtime::unpublish_control(*sys, control.address(), meta.port);
-      runtime::stop_actor(self, control.address(), stop_limit,
+      runtime::stop_actor(self, control.address(), runtime::actor_stop_limit,
                           who + ": control actor");
-      runtime::stop_actor(self, transfer.address(), stop_limit,
+      runtime::stop_actor(self, transfer.address(), runtime::actor_stop_limit,
                           who + ": transfer actor");
     }
     control = nullptr;
     transfer = nullptr;
-    runtime::close_actor_system(std::move(sys), std::move(cfg), close_limit,
-                                who);
+    runtime::close_actor_system(std::move(sys), std::move(cfg),
+                                runtime::system_close_limit, who);
   }
 
   caf::timespan limit() const { return options.connect_timeout; }

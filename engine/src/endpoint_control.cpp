@@ -229,17 +229,38 @@ caf::timespan request_limit(const control_state& st) {
   return std::chrono::milliseconds(st.cfg.timeout_ms + 5000);
 }
 
-// Our transfer actor sends (a write, or a send matched with a receive).
-void order_send(self_ptr self, conn_id conn, xfer_id op_id,
-                std::uint64_t transfer_id, proto::endpoint to,
-                std::vector<extent> extents) {
+// An order to a transfer actor (ours, or the peer's for a read's push) to
+// send `extents` of transfer `transfer_id` into `to`'s table, by our
+// deadline.
+proto::send_order send_order_of(self_ptr self, std::uint64_t transfer_id,
+                                proto::endpoint to,
+                                std::vector<extent> extents) {
   proto::send_order o;
   o.transfer_id = transfer_id;
   o.peer = std::move(to);
   o.extents = std::move(extents);
   o.timeout_ms = self->state.cfg.timeout_ms;
-  self->request(self->state.cfg.transfer, caf::infinite,
-                proto::send_atom::value, std::move(o))
+  return o;
+}
+
+// An order to our transfer actor to report transfer `transfer_id` from
+// `sender` once it landed here, by our deadline.
+proto::recv_order recv_order_of(self_ptr self, std::uint64_t transfer_id,
+                                const std::string& sender) {
+  proto::recv_order o;
+  o.transfer_id = transfer_id;
+  o.peer_name = sender;
+  o.timeout_ms = self->state.cfg.timeout_ms;
+  return o;
+}
+
+// Our transfer actor sends (a send matched with a receive).
+void order_send(self_ptr self, conn_id conn, xfer_id op_id,
+                std::uint64_t transfer_id, proto::endpoint to,
+                std::vector<extent> extents) {
+  self->request(
+          self->state.cfg.transfer, caf::infinite, proto::send_atom::value,
+          send_order_of(self, transfer_id, std::move(to), std::move(extents)))
       .then([self, conn, op_id](
                 std::uint64_t bytes) { part_done(self, conn, op_id, bytes); },
             [self, conn, op_id](caf::error& err) {
@@ -251,12 +272,9 @@ void order_send(self_ptr self, conn_id conn, xfer_id op_id,
 // `sender` has landed here.
 auto await_arrival(self_ptr self, std::uint64_t transfer_id,
                    const std::string& sender) {
-  proto::recv_order o;
-  o.transfer_id = transfer_id;
-  o.peer_name = sender;
-  o.timeout_ms = self->state.cfg.timeout_ms;
   return self->request(self->state.cfg.transfer, caf::infinite,
-                       proto::recv_atom::value, std::move(o));
+                       proto::recv_atom::value,
+                       recv_order_of(self, transfer_id, sender));
 }
 
 void order_recv(self_ptr self, conn_id conn, xfer_id op_id,
@@ -336,12 +354,9 @@ void start_read(self_ptr self, peer& p, proto::endpoint_order& o) {
   op.replies_due = 1;
   op.answer = transfer_id;
   auto plugin = transfer_path::plugin;
-  proto::send_order push;
-  push.transfer_id = transfer_id;
-  push.peer = order_peer(st.cfg.self_ep, o.dst_sizes, plugin);
-  push.extents = std::move(o.extents);
-  push.timeout_ms = st.cfg.timeout_ms;
-  outbox(self, p).pushes.push_back(std::move(push));
+  outbox(self, p).pushes.push_back(send_order_of(
+      self, transfer_id, order_peer(st.cfg.self_ep, o.dst_sizes, plugin),
+      std::move(o.extents)));
   order_recv(self, o.conn, o.id, transfer_id, p.name);
 }
 
@@ -374,12 +389,8 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     st.cfg.shared->set_path(o.id, path);
     op.bytes = o.bytes; // counted by the caller's pass, as our transfer
                         // actor will report them (no pass of our own)
-    proto::send_order send;
-    send.transfer_id = o.id;
-    send.peer = std::move(to);
-    send.extents = std::move(o.extents);
-    send.timeout_ms = st.cfg.timeout_ms;
-    transfer_orders(self).sends.push_back(std::move(send)); // on_settled
+    transfer_orders(self).sends.push_back( // settled in on_settled
+        send_order_of(self, o.id, std::move(to), std::move(o.extents)));
     outbox(self, *p).claims.push_back(o.id);
     break;
   }
@@ -476,11 +487,7 @@ void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
 // The peer's write `id` lands in our table: answered once it did
 // (on_settled).
 void claim(self_ptr self, const std::string& sender, std::uint64_t id) {
-  proto::recv_order o;
-  o.transfer_id = id;
-  o.peer_name = sender;
-  o.timeout_ms = self->state.cfg.timeout_ms;
-  transfer_orders(self).claims.push_back(std::move(o));
+  transfer_orders(self).claims.push_back(recv_order_of(self, id, sender));
 }
 
 // Our transfer actor settled batched orders: the peer's writes (claims)

@@ -232,13 +232,13 @@ void node_impl::shutdown() {
 // Destroys the actor system, bounded (runtime::close_actor_system says why).
 void node_impl::close_system() {
   runtime::close_actor_system(std::move(sys), std::move(cfg),
-                              std::chrono::seconds(2), "node " + name);
+                              runtime::system_close_limit, "node " + name);
 }
 
 // Stops one of the node's actors, bounded (runtime::stop_actor).
 void node_impl::stop(caf::scoped_actor& self, const caf::actor_addr& who,
                      const char* what) {
-  runtime::stop_actor(self, who, std::chrono::seconds(5),
+  runtime::stop_actor(self, who, runtime::actor_stop_limit,
                       fmt::format("node {}: {}", name, what));
 }
 

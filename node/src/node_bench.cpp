@@ -115,14 +115,14 @@ struct side {
   ~side() {
     {
       caf::scoped_actor self{sys};
-      runtime::stop_actor(self, h.node.address(), std::chrono::seconds(5),
+      runtime::stop_actor(self, h.node.address(), runtime::actor_stop_limit,
                           name + ": node actor");
-      runtime::stop_actor(self, h.transfer.address(), std::chrono::seconds(5),
+      runtime::stop_actor(self, h.transfer.address(), runtime::actor_stop_limit,
                           name + ": transfer actor");
     }
     h = {}; // a detached actor's thread ends once its last handle is gone
     runtime::close_actor_system(std::move(owned), std::move(cfg),
-                                std::chrono::seconds(2), name);
+                                runtime::system_close_limit, name);
   }
 };
 

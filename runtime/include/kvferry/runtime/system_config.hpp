@@ -85,6 +85,11 @@ private:
   std::optional<size_t> hot_scheduler_;
 };
 
+/// The bounds kvferry's own teardowns (endpoint, node, bench node) give
+/// stop_actor for each actor and close_actor_system for the system.
+inline constexpr std::chrono::milliseconds actor_stop_limit{5000};
+inline constexpr std::chrono::milliseconds system_close_limit{2000};
+
 /// Asks `who` to exit (user_shutdown) and waits for it to be down, at most
 /// `limit` (warning that `what` did not stop), then takes it out of the
 /// registry: CAF 0.17 keeps there every actor whose handle went to another
