@@ -200,8 +200,8 @@ using transfer_actor = caf::typed_actor<
     // not_found. Transfers in flight on it must have ended.
     caf::replies_to<proto::region_remove_atom,
                     std::uint64_t>::with<caf::ok_atom>,
-    // endpoint (engine/): the sends and claims of an order_batch, each
-    // taken as a send_atom / recv_atom request would be; what settled goes
+    // endpoint (engine/): the sends of an order_batch, each taken as a
+    // send_atom request would be; what settled goes
     // back to the batch's sender in lists, (settled_atom,
     // std::vector<order_settled>), at most one list in flight per flush
     // (settled_flush_atom, internal).
