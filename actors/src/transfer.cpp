@@ -156,7 +156,8 @@ void answer_waiter_of(transfer_state& st, transfer_entry& t,
     answers_for(st, writer->to).answers.push_back({writer->transfer_id, err});
   } else if (auto* batched = std::get_if<batch_waiter>(&*t.waiter)) {
     settled_list(st, batched->to)
-        .push_back({peer, batched->transfer_id, err ? 0 : t.bytes, err});
+        .push_back({peer, batched->transfer_id, err ? 0 : t.bytes,
+                    t.over_ipc && !err, err});
   } else if (auto* sender = std::get_if<byte_promise>(&*t.waiter)) {
     if (err)
       sender->deliver(err);
@@ -338,6 +339,7 @@ void start_send(self_ptr self, peer_out& p, bool ipc, proto::send_order& o,
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = std::move(waiter);
   t.answer_to = std::move(o.answer_to); // announced with the transfer
+  t.over_ipc = ipc;
   arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   if (ipc)
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
@@ -387,7 +389,7 @@ void handle_order_batch(self_ptr self, proto::order_batch& b) {
       err = admit_send(self, o, p, ipc);
     if (err)
       settled_list(st, to).push_back(
-          {o.peer.name, o.transfer_id, 0, std::move(err)});
+          {o.peer.name, o.transfer_id, 0, false, std::move(err)});
     else
       start_send(self, *p, ipc, o,
                  waiter_promise{batch_waiter{to, o.transfer_id}});
@@ -1080,7 +1082,7 @@ void refuse_orders(caf::local_actor* self, const proto::order_batch& b,
                         fmt::format("{}: moves no bytes for an endpoint", who));
   std::vector<proto::order_settled> out;
   for (const auto& o : b.sends)
-    out.push_back({o.peer.name, o.transfer_id, 0, why});
+    out.push_back({o.peer.name, o.transfer_id, 0, false, why});
   caf::anon_send(to, proto::settled_atom::value, std::move(out));
 }
 

@@ -131,8 +131,10 @@ struct transfer_entry {
   caf::error failure;     // set once failed (receiver side, unclaimed)
   bool cancelled = false; // receiver gave up; bytes must not land
   std::optional<waiter_promise> waiter;
-  // Sending side: whom the receiver answers (send_order::answer_to).
+  // Sending side: whom the receiver answers (send_order::answer_to), and
+  // whether our CUDA IPC kernel writes the peer's memory (done = landed).
   caf::actor answer_to;
+  bool over_ipc = false;
   // On a pull lane (transfer_lane.cpp): its chunks go over the lane, not
   // the peer's announced channel. `short_landed`: its receives ended with
   // fewer bytes than ordered (the sender refused the order and sent empty

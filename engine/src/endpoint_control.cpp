@@ -5,7 +5,7 @@
 //   write: our transfer actor sends (src here, dst in the peer's table);
 //          "done" means landed: over a plugin the peer's transfer actor
 //          answers us once every byte did (send_order::answer_to), over
-//          CUDA IPC our own kernel's completion says so;
+//          CUDA IPC our own transfer actor's kernel completion says so;
 //   read:  the peer's transfer actor sends into our table (a push its
 //          control actor orders), our transfer actor reports the arrival;
 //   recv:  our transfer actor waits for the arrival, and the peer's control
@@ -388,11 +388,10 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
     auto& op = new_op(self, *p, o.id);
-    // Done once landed (send_order::answer_to): over a plugin our transfer
-    // actor's word that the bytes left, and the peer's transfer actor's
-    // answer that they landed; over CUDA IPC our kernel's completion is the
-    // landing, so our transfer actor's word alone.
-    op.replies_due = path == transfer_path::plugin ? 2 : 1;
+    // Done once landed: our transfer actor's word that the bytes left and
+    // the peer's transfer actor's answer that they landed (answer_to); over
+    // CUDA IPC our transfer actor's word says both (on_settled).
+    op.replies_due = 2;
     op.answer = o.id;
     op.bytes = o.bytes; // counted by the caller's pass, as our transfer
                         // actor will report them (no pass of our own)
@@ -493,16 +492,21 @@ void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
 
 // Our transfer actor settled batched orders: our writes' sends ended. Each
 // names its peer by the name its control actor has (an endpoint's actors
-// share it).
+// share it). One that landed already (CUDA IPC) is its own answer: the
+// peer's transfer actor was not told of it.
 void on_settled(self_ptr self, std::vector<proto::order_settled>& list) {
   for (auto& s : list) {
     auto c = self->state.by_name.find(s.peer);
     if (c == self->state.by_name.end())
       continue; // the peer is gone, and with it what it waited for
-    if (s.error)
+    if (s.error) {
       part_failed(self, c->second, s.transfer_id, s.error);
-    else
-      part_done(self, c->second, s.transfer_id, s.bytes);
+      continue;
+    }
+    part_done(self, c->second, s.transfer_id, s.bytes);
+    if (s.landed)
+      take_answer(self, c->second, self->state.conns[c->second], s.transfer_id,
+                  caf::error{});
   }
 }
 

@@ -770,18 +770,21 @@ typename Inspector::result_type inspect(Inspector& f, order_batch& x) {
   return f(caf::meta::type_name("kvferry::proto::order_batch"), x.sends);
 }
 
-/// One send of an order_batch settled: `error` empty: done (over a plugin
-/// its bytes left; over CUDA IPC they landed), `bytes` moved.
+/// One send of an order_batch settled: `error` empty: done, `bytes` moved;
+/// `landed`: the bytes are in the peer's memory already (CUDA IPC: our
+/// kernel wrote them there), else they left here (a plugin: the peer's
+/// answer says when they landed).
 struct order_settled {
   std::string peer;
   std::uint64_t transfer_id = 0;
   std::uint64_t bytes = 0;
+  bool landed = false;
   caf::error error;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, order_settled& x) {
   return f(caf::meta::type_name("kvferry::proto::order_settled"), x.peer,
-           x.transfer_id, x.bytes, x.error);
+           x.transfer_id, x.bytes, x.landed, x.error);
 }
 
 /// Registers every type above with a config (call before the system starts).
