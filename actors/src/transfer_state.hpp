@@ -70,9 +70,9 @@ struct batch_waiter {
   caf::actor to;
   std::uint64_t transfer_id = 0;
 };
-// An incoming write whose sender's endpoint wants our word once every byte
-// landed (announcement::answer_to): answered in transfer_state::answers_out
-// at the next flush, as its claim's settlement would have been.
+// An incoming write whose writer (an endpoint's control actor) wants our
+// word once every byte landed, or why not (announcement::answer_to): put in
+// transfer_state::answers_out, which leaves at the next flush.
 struct peer_answer {
   caf::actor to;
   std::uint64_t transfer_id = 0;

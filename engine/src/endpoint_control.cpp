@@ -504,9 +504,8 @@ void on_settled(self_ptr self, std::vector<proto::order_settled>& list) {
       continue;
     }
     part_done(self, c->second, s.transfer_id, s.bytes);
-    if (s.landed)
-      take_answer(self, c->second, self->state.conns[c->second], s.transfer_id,
-                  caf::error{});
+    if (auto* p = find_peer(self, c->second); p && s.landed)
+      take_answer(self, c->second, *p, s.transfer_id, caf::error{});
   }
 }
 
