@@ -113,19 +113,36 @@ void answer(answer_waiter& w, const transfer_entry& t, const caf::error& err,
   caf::anon_send(w.node, proto::node_answered_atom::value, peer, rep, why);
 }
 
-// The list of settled batched orders for `to`, a flush scheduled.
-std::vector<proto::order_settled>& settled_list(transfer_state& st,
-                                                const caf::actor& to) {
+// A settled_flush message to this actor, unless one is on its way.
+void schedule_settled_flush(transfer_state& st) {
   if (!st.settled_flush_scheduled) {
     st.settled_flush_scheduled = true;
     caf::anon_send(caf::actor_cast<transfer_actor>(st.me),
                    proto::settled_flush_atom::value);
   }
+}
+
+// The list of settled batched orders for `to`, a flush scheduled.
+std::vector<proto::order_settled>& settled_list(transfer_state& st,
+                                                const caf::actor& to) {
+  schedule_settled_flush(st);
   for (auto& [who, list] : st.settled_out)
     if (who == to)
       return list;
   return st.settled_out.emplace_back(to, std::vector<proto::order_settled>{})
       .second;
+}
+
+// The batch of answers for the writing endpoint's control actor `to`, a
+// flush scheduled.
+proto::ep_batch& answers_for(transfer_state& st, const caf::actor& to) {
+  schedule_settled_flush(st);
+  for (auto& [who, batch] : st.answers_out)
+    if (who == to)
+      return batch;
+  auto& batch = st.answers_out.emplace_back(to, proto::ep_batch{}).second;
+  batch.sender = st.cfg.name; // the name our endpoint shares
+  return batch;
 }
 
 // Answers whoever waits for `t` (see waiter_promise): done, or with `err`.
@@ -135,10 +152,12 @@ void answer_waiter_of(transfer_state& st, transfer_entry& t,
     return;
   if (auto* caller = std::get_if<answer_waiter>(&*t.waiter)) {
     answer(*caller, t, err, peer);
+  } else if (auto* writer = std::get_if<peer_answer>(&*t.waiter)) {
+    answers_for(st, writer->to).answers.push_back({writer->transfer_id, err});
   } else if (auto* batched = std::get_if<batch_waiter>(&*t.waiter)) {
     settled_list(st, batched->to)
-        .push_back({peer, batched->transfer_id, batched->incoming,
-                    err ? 0 : t.bytes, err});
+        .push_back({peer, batched->transfer_id, err ? 0 : t.bytes,
+                    t.over_ipc && !err, err});
   } else if (auto* sender = std::get_if<byte_promise>(&*t.waiter)) {
     if (err)
       sender->deliver(err);
@@ -160,6 +179,9 @@ void send_settled(transfer_state& st) {
     if (!list.empty())
       caf::anon_send(to, proto::settled_atom::value, std::move(list));
   st.settled_out.clear();
+  for (auto& [to, batch] : st.answers_out)
+    caf::anon_send(to, proto::ep_batch_atom::value, std::move(batch));
+  st.answers_out.clear();
 }
 
 void finish(transfer_entry& t, transfer_state& st, bool incoming,
@@ -316,6 +338,8 @@ void start_send(self_ptr self, peer_out& p, bool ipc, proto::send_order& o,
   auto& t = st.entry_nodes.emplace(p.transfers, o.transfer_id);
   t.expected = ipc ? 0 : total_bytes(o.extents); // IPC: counted when packed
   t.waiter = std::move(waiter);
+  t.answer_to = std::move(o.answer_to); // announced with the transfer
+  t.over_ipc = ipc;
   arm_deadline(self, milliseconds(o.timeout_ms), t.deadline);
   if (ipc)
     start_ipc_send(self, p, o.transfer_id, std::move(o.extents), o.wait_event);
@@ -365,13 +389,11 @@ void handle_order_batch(self_ptr self, proto::order_batch& b) {
       err = admit_send(self, o, p, ipc);
     if (err)
       settled_list(st, to).push_back(
-          {o.peer.name, o.transfer_id, false, 0, std::move(err)});
+          {o.peer.name, o.transfer_id, 0, false, std::move(err)});
     else
       start_send(self, *p, ipc, o,
-                 waiter_promise{batch_waiter{to, o.transfer_id, false}});
+                 waiter_promise{batch_waiter{to, o.transfer_id}});
   }
-  for (const auto& o : b.claims)
-    claim_recv(self, o, waiter_promise{batch_waiter{to, o.transfer_id, true}});
 }
 
 } // namespace
@@ -851,7 +873,8 @@ void forget_failures_from(transfer_state& st, const std::string& name) {
 }
 
 // Stopping: the callers whose requests their node handed here
-// (answer_waiter) hear of it, as the node's own callers hear from the node.
+// (answer_waiter) hear of it, as the node's own callers hear from the node;
+// so do the endpoint actors whose batched orders or writes wait here.
 void on_exit(self_ptr self, const caf::exit_msg& msg) {
   if (!msg.reason)
     return; // as CAF's default handler: a normal exit does not stop us
@@ -859,8 +882,8 @@ void on_exit(self_ptr self, const caf::exit_msg& msg) {
   auto why = make_error(ec::peer_down,
                         fmt::format("transfer {} stopped", st.cfg.name));
   auto told = [](const transfer_entry& t) {
-    return t.waiter && (std::holds_alternative<answer_waiter>(*t.waiter) ||
-                        std::holds_alternative<batch_waiter>(*t.waiter));
+    return t.waiter && !std::holds_alternative<byte_promise>(*t.waiter) &&
+           !std::holds_alternative<report_promise>(*t.waiter);
   };
   for (auto& [name, p] : st.in)
     for (auto& [id, t] : p.transfers)
@@ -1059,9 +1082,7 @@ void refuse_orders(caf::local_actor* self, const proto::order_batch& b,
                         fmt::format("{}: moves no bytes for an endpoint", who));
   std::vector<proto::order_settled> out;
   for (const auto& o : b.sends)
-    out.push_back({o.peer.name, o.transfer_id, false, 0, why});
-  for (const auto& o : b.claims)
-    out.push_back({o.peer_name, o.transfer_id, true, 0, why});
+    out.push_back({o.peer.name, o.transfer_id, 0, false, why});
   caf::anon_send(to, proto::settled_atom::value, std::move(out));
 }
 

@@ -416,7 +416,11 @@ bool progress_ipc(self_ptr self, const std::string& name, peer_out& p,
       finish_read(st, name, t->second, copy);
     } else {
       t->second.bytes = t->second.expected;
-      send_landed(self, p, copy, t->second.bytes);
+      // An endpoint's write (answer_to): the kernel's completion is its
+      // landing, which our settlement tells the writer; nobody at the
+      // receiver claims it, so the receiver is not told.
+      if (!t->second.answer_to)
+        send_landed(self, p, copy, t->second.bytes);
       finish(t->second, st, false, name);
     }
     p.transfers.erase(t);

@@ -123,6 +123,8 @@ proto::announcement& queue_announcement(self_ptr self, peer_out& p,
   a.sender = st.cfg.name;
   a.comms = st.cfg.comms_per_peer;
   a.chunks = std::move(chunks);
+  if (auto t = p.transfers.find(id); t != p.transfers.end())
+    a.answer_to = t->second.answer_to;
   return a;
 }
 
@@ -290,6 +292,8 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   auto& t = st.entry_nodes.emplace(p.transfers, a.transfer_id);
   if (refuse_given_up(self, a.sender, a.transfer_id, t))
     return;
+  if (a.answer_to && !t.waiter) // a write: its writer hears how it ends
+    t.waiter = peer_answer{std::move(a.answer_to), a.transfer_id};
   if (auto bad = check_table_extents(a.chunks, extent_side::destination,
                                      st.region_sizes)) {
     drop_peer_in(self, a.sender,
@@ -300,7 +304,8 @@ void handle_announce(self_ptr self, proto::announcement& a) {
   }
   t.expected = total_bytes(a.chunks);
   t.announced = steady_clock::now();
-  if (!t.waiter) // unclaimed transfers still get a deadline
+  // Unclaimed transfers (answered writes too) still get a deadline.
+  if (!t.waiter || std::holds_alternative<peer_answer>(*t.waiter))
     arm_deadline(self, milliseconds(30000), t.deadline);
   try {
     if (p.channel)

@@ -63,19 +63,25 @@ struct answer_waiter {
   caf::actor node;
   caf::error failure;
 };
-// An order of an endpoint's order_batch (a send or a claim): settled into
+// A send of an endpoint's order_batch: settled into
 // transfer_state::settled_out for the batch's sender, `to`, which hears of
 // it at the next flush (settled_atom), together with what else settled.
 struct batch_waiter {
   caf::actor to;
   std::uint64_t transfer_id = 0;
-  bool incoming = false; // a claim (else a send)
+};
+// An incoming write whose writer (an endpoint's control actor) wants our
+// word once every byte landed, or why not (announcement::answer_to): put in
+// transfer_state::answers_out, which leaves at the next flush.
+struct peer_answer {
+  caf::actor to;
+  std::uint64_t transfer_id = 0;
 };
 // Who waits for a transfer: a send order (replies bytes), a recv order
-// (replies a recv_report), a node's caller (answer_waiter) or an endpoint's
-// batched order (batch_waiter).
-using waiter_promise =
-    std::variant<byte_promise, report_promise, answer_waiter, batch_waiter>;
+// (replies a recv_report), a node's caller (answer_waiter), an endpoint's
+// batched order (batch_waiter) or the writing endpoint (peer_answer).
+using waiter_promise = std::variant<byte_promise, report_promise, answer_waiter,
+                                    batch_waiter, peer_answer>;
 
 using runtime::steady_ns;
 
@@ -125,6 +131,10 @@ struct transfer_entry {
   caf::error failure;     // set once failed (receiver side, unclaimed)
   bool cancelled = false; // receiver gave up; bytes must not land
   std::optional<waiter_promise> waiter;
+  // Sending side: whom the receiver answers (send_order::answer_to), and
+  // whether our CUDA IPC kernel writes the peer's memory (done = landed).
+  caf::actor answer_to;
+  bool over_ipc = false;
   // On a pull lane (transfer_lane.cpp): its chunks go over the lane, not
   // the peer's announced channel. `short_landed`: its receives ended with
   // fewer bytes than ordered (the sender refused the order and sent empty
@@ -319,6 +329,9 @@ struct transfer_state {
   // actor, for that message (the settling code has no self pointer).
   std::vector<std::pair<caf::actor, std::vector<proto::order_settled>>>
       settled_out;
+  // Writes that landed here (or failed), answered to their writers' control
+  // actors (peer_answer), one batch each, at the same flush.
+  std::vector<std::pair<caf::actor, proto::ep_batch>> answers_out;
   bool settled_flush_scheduled = false;
   caf::actor_addr me;
   // Transfer deadlines live in their entries (entry_deadline); one short

@@ -2,9 +2,10 @@
 // only code that talks to peers' endpoints. Each operation becomes orders to
 // the transfer actors, which move the bytes as they do for every worker:
 //
-//   write: our transfer actor sends (src here, dst in the peer's table), and
-//          the peer's control actor claims the arrival from its transfer
-//          actor (recv order) and answers, so "done" means landed;
+//   write: our transfer actor sends (src here, dst in the peer's table);
+//          "done" means landed: over a plugin the peer's transfer actor
+//          answers us once every byte did (send_order::answer_to), over
+//          CUDA IPC our own transfer actor's kernel completion says so;
 //   read:  the peer's transfer actor sends into our table (a push its
 //          control actor orders), our transfer actor reports the arrival;
 //   recv:  our transfer actor waits for the arrival, and the peer's control
@@ -15,17 +16,19 @@
 //          landed, as for write: the sender may go right away and the peer
 //          still gets every byte (its teardown notice cannot overtake them).
 //
-// What goes to a peer's control actor (claims, posted receives, pushes,
-// answers, receipts) piles up in the peer's outbox and leaves as one
+// What goes to a peer's control actor (posted receives, pushes, answers,
+// receipts) piles up in the peer's outbox and leaves as one
 // proto::ep_batch when the flush message this actor sends itself comes up,
 // i.e. after the orders already in its mailbox: at depth 16 one remote
 // message carries many transfers' words instead of three messages per
 // transfer (their system calls and wake-ups cost more CPU than a 64 KiB
 // transfer's bytes; issue #16). Anything else sent to the peer's control
 // actor (table, notification) flushes the outbox first, so nothing
-// overtakes it. Likewise the orders of writes, ours (sends) and the peer's
-// (claims), pile up for our own transfer actor and leave at that flush as
-// one proto::order_batch, which it settles in lists (settled_atom). Other
+// overtakes it. Likewise our writes' send orders pile up for our own
+// transfer actor and leave at that flush as one proto::order_batch, which
+// it settles in lists (settled_atom). A peer's write costs this actor
+// nothing: the peer's bytes land in our table, and our transfer actor
+// answers the peer itself (send_order::answer_to). Other
 // requests to our own transfer actor carry no CAF timeout (each would cost
 // the clock thread two wake-ups): the transfer actor answers every order by
 // its own deadline.
@@ -151,7 +154,7 @@ proto::order_batch& transfer_orders(self_ptr self) {
 // Sends our transfer actor its batch of orders, if any.
 void flush_orders(self_ptr self) {
   auto& b = self->state.orders;
-  if (b.sends.empty() && b.claims.empty())
+  if (b.sends.empty())
     return;
   self->send(self->state.cfg.transfer, proto::order_batch_atom::value,
              std::move(b));
@@ -162,8 +165,8 @@ void flush_orders(self_ptr self) {
 // control actor).
 void flush(self_ptr self, peer& p) {
   auto& b = p.outbox;
-  if (b.claims.empty() && b.posts.empty() && b.pushes.empty() &&
-      b.answers.empty() && b.receipts.empty())
+  if (b.posts.empty() && b.pushes.empty() && b.answers.empty() &&
+      b.receipts.empty())
     return;
   if (p.alive) {
     b.sender = self->state.cfg.name;
@@ -381,17 +384,20 @@ void start_order(self_ptr self, proto::endpoint_order& o) {
   }
   switch (static_cast<endpoint_op>(o.op)) {
   case endpoint_op::write: {
-    auto& op = new_op(self, *p, o.id);
-    op.replies_due = 2; // our transfer actor, the peer's answer to the claim
-    op.answer = o.id;
     auto path = path_between(st.cfg.self_ep, p->ep, p->one_process);
     auto to = order_peer(p->ep, o.dst_sizes, path);
     st.cfg.shared->set_path(o.id, path);
+    auto& op = new_op(self, *p, o.id);
+    // Done once landed: our transfer actor's word that the bytes left and
+    // the peer's transfer actor's answer that they landed (answer_to); over
+    // CUDA IPC our transfer actor's word says both (on_settled).
+    op.replies_due = 2;
+    op.answer = o.id;
     op.bytes = o.bytes; // counted by the caller's pass, as our transfer
                         // actor will report them (no pass of our own)
-    transfer_orders(self).sends.push_back( // settled in on_settled
-        send_order_of(self, o.id, std::move(to), std::move(o.extents)));
-    outbox(self, *p).claims.push_back(o.id);
+    auto order = send_order_of(self, o.id, std::move(to), std::move(o.extents));
+    order.answer_to = caf::actor_cast<caf::actor>(self);
+    transfer_orders(self).sends.push_back(std::move(order)); // on_settled
     break;
   }
   case endpoint_op::read:
@@ -477,33 +483,29 @@ void on_receipt(self_ptr self, conn_id conn, peer& p, std::uint64_t transfer_id,
                  p.posted.end());
 }
 
-// Answers the peer's claim or push `transfer_id` (an empty error: landed).
+// Answers the peer's push `transfer_id` (only a failure is answered).
 void answer(self_ptr self, conn_id conn, std::uint64_t transfer_id,
             const caf::error& err) {
   if (auto* p = find_peer(self, conn); p && p->alive)
     outbox(self, *p).answers.push_back({transfer_id, err});
 }
 
-// The peer's write `id` lands in our table: answered once it did
-// (on_settled).
-void claim(self_ptr self, const std::string& sender, std::uint64_t id) {
-  transfer_orders(self).claims.push_back(recv_order_of(self, id, sender));
-}
-
-// Our transfer actor settled batched orders: the peer's writes (claims)
-// landed here or not, our writes' sends ended. Each names its peer by the
-// name its control actor has (an endpoint's actors share it).
+// Our transfer actor settled batched orders: our writes' sends ended. Each
+// names its peer by the name its control actor has (an endpoint's actors
+// share it). One that landed already (CUDA IPC) is its own answer: the
+// peer's transfer actor was not told of it.
 void on_settled(self_ptr self, std::vector<proto::order_settled>& list) {
   for (auto& s : list) {
     auto c = self->state.by_name.find(s.peer);
     if (c == self->state.by_name.end())
       continue; // the peer is gone, and with it what it waited for
-    if (s.incoming)
-      answer(self, c->second, s.transfer_id, s.error);
-    else if (s.error)
+    if (s.error) {
       part_failed(self, c->second, s.transfer_id, s.error);
-    else
-      part_done(self, c->second, s.transfer_id, s.bytes);
+      continue;
+    }
+    part_done(self, c->second, s.transfer_id, s.bytes);
+    if (auto* p = find_peer(self, c->second); p && s.landed)
+      take_answer(self, c->second, *p, s.transfer_id, caf::error{});
   }
 }
 
@@ -532,12 +534,10 @@ void on_batch(self_ptr self, proto::ep_batch& b) {
     match_sends(self, conn, p);
   for (const auto& r : b.receipts)
     on_receipt(self, conn, p, r.transfer_id, r.error);
-  // Answers to our claims (a write landed there, or not) and pushes (a
-  // read's: only its failure is answered).
+  // Answers to our writes (landed there, or not; from the peer's transfer
+  // actor) and pushes (a read's: only its failure is answered).
   for (const auto& a : b.answers)
     take_answer(self, conn, p, a.transfer_id, a.error);
-  for (auto id : b.claims)
-    claim(self, b.sender, id);
   for (auto& o : b.pushes)
     push(self, conn, o);
 }

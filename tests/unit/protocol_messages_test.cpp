@@ -13,14 +13,28 @@ using namespace kvferry::proto;
 
 namespace {
 
+// Deserializing an actor handle looks it up in a proxy registry (the
+// middleman's, between processes). Handles of this process resolve
+// through the actor registry; this backend makes no proxies.
+struct no_proxies : caf::proxy_registry::backend {
+  caf::strong_actor_ptr make_proxy(caf::node_id, caf::actor_id) override {
+    return nullptr;
+  }
+  void set_last_hop(caf::node_id*) override {}
+};
+
 template<class T>
 T roundtrip(caf::actor_system& sys, T x) {
+  no_proxies backend;
+  caf::proxy_registry proxies{sys, backend};
+  caf::scoped_execution_unit context{&sys};
+  context.proxy_registry_ptr(&proxies);
   std::vector<char> buf;
-  caf::binary_serializer sink{sys, buf};
+  caf::binary_serializer sink{&context, buf};
   if (auto err = sink(x))
     FAIL("serialize: " << sys.render(err));
   T y;
-  caf::binary_deserializer source{sys, buf};
+  caf::binary_deserializer source{&context, buf};
   if (auto err = source(y))
     FAIL("deserialize: " << sys.render(err));
   return y;
@@ -37,10 +51,9 @@ TEST_CASE("protocol type ids live in 300..399") {
 TEST_CASE("messages roundtrip through CAF's binary serializer") {
   kvferry::runtime::system_config cfg;
   caf::actor_system sys{cfg};
-  // Types holding actor handles (endpoint, send_order, grant, and
-  // allocate_request and arrival_notice with their requester) need a
-  // middleman proxy registry to deserialize; the multi-process demo test
-  // covers those. Here: the handle-free messages.
+  // Handles of other processes (endpoint, send_order, grant, and
+  // allocate_request and arrival_notice with their requester) need the
+  // middleman's proxies; the multi-process tests cover those.
   announcement a;
   a.transfer_id = 42;
   a.sender = "prefill-0";
@@ -50,6 +63,14 @@ TEST_CASE("messages roundtrip through CAF's binary serializer") {
   CHECK(a2.transfer_id == 42);
   CHECK(a2.sender == "prefill-0");
   CHECK(a2.chunks == a.chunks);
+  CHECK_FALSE(a2.answer_to); // none: nobody wants the receiver's word
+
+  // A write's announcement names whom the receiver answers.
+  auto writer = sys.spawn([] { return caf::behavior{[](int) {}}; });
+  announcement w = a;
+  w.answer_to = writer;
+  CHECK(roundtrip(sys, w).answer_to == writer);
+  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 
   // A sender's batch keeps its announcements and their order.
   announcement b = a;

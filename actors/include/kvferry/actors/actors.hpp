@@ -200,11 +200,12 @@ using transfer_actor = caf::typed_actor<
     // not_found. Transfers in flight on it must have ended.
     caf::replies_to<proto::region_remove_atom,
                     std::uint64_t>::with<caf::ok_atom>,
-    // endpoint (engine/): the sends and claims of an order_batch, each
-    // taken as a send_atom / recv_atom request would be; what settled goes
-    // back to the batch's sender in lists, (settled_atom,
-    // std::vector<order_settled>), at most one list in flight per flush
-    // (settled_flush_atom, internal).
+    // endpoint (engine/): the sends of an order_batch, each taken as a
+    // send_atom request would be; what settled goes back to the batch's
+    // sender in lists (settled_atom, std::vector<order_settled>), at most
+    // one list in flight per flush (settled_flush_atom, internal). A write
+    // announced with an answer_to is answered to it in an ep_batch at the
+    // same flush, once every byte landed here (send_order::answer_to).
     caf::reacts_to<proto::order_batch_atom, proto::order_batch>,
     caf::reacts_to<proto::settled_flush_atom>>;
 

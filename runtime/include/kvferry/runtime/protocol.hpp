@@ -107,6 +107,12 @@ inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
 /// orders came, refused ones as empty sends (actors/src/transfer_lane.cpp).
 /// The first order of a lane carries its listen handles, comms and chunk
 /// size; the sender connects to them.
+///
+/// `answer_to`: null, or the kvferry::endpoint control actor that wants the
+/// receiver's word once every byte landed (a one-sided write over a plugin):
+/// the announcement carries it, and the receiving transfer actor answers it
+/// itself in an ep_batch (`answers`, the transfer id) named by its own name,
+/// which its endpoint shares, so no claim (recv order) is needed there.
 struct send_order {
   std::uint64_t transfer_id = 0;
   endpoint peer;
@@ -117,12 +123,13 @@ struct send_order {
   std::vector<char> lane_handles;
   std::uint32_t lane_comms = 0;
   std::uint64_t lane_chunk = 0;
+  caf::actor answer_to;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, send_order& x) {
   return f(caf::meta::type_name("kvferry::proto::send_order"), x.transfer_id,
            x.peer, x.extents, x.timeout_ms, x.wait_event, x.lane,
-           x.lane_handles, x.lane_comms, x.lane_chunk);
+           x.lane_handles, x.lane_comms, x.lane_chunk, x.answer_to);
 }
 
 /// Asks the local transfer actor to report when transfer `transfer_id` from
@@ -201,17 +208,19 @@ typename Inspector::result_type inspect(Inspector& f, landed& x) {
 /// The receiver posts one receive per chunk in exactly this order on its
 /// channel from `sender` (plugins match by posting order; the channel
 /// stripes chunks over its comms the same way on both sides).
+/// `answer_to`: the send order's (null: nobody wants the receiver's word).
 struct announcement {
   std::uint64_t transfer_id = 0;
   std::string sender;
   std::uint32_t comms = 1;
   std::uint32_t first_comm = 0;
   std::vector<extent> chunks; // dst_offset/length matter to the receiver
+  caf::actor answer_to;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, announcement& x) {
   return f(caf::meta::type_name("kvferry::proto::announcement"), x.transfer_id,
-           x.sender, x.comms, x.first_comm, x.chunks);
+           x.sender, x.comms, x.first_comm, x.chunks, x.answer_to);
 }
 
 /// Sender transfer actor -> receiver transfer actor: the announcements of the
@@ -726,16 +735,16 @@ typename Inspector::result_type inspect(Inspector& f, ep_settled& x) {
 /// transfer's own bytes on the 2-core machine); one per transfer and kind
 /// kept `bench endpoint` at about half of `bench net` (issue #16).
 /// `sender` names the sending endpoint. Transfer ids chosen by the sender:
-/// claims (its writes, whose landing the recipient reports in `answers`),
 /// posts (receives for the recipient's next sends, in posting order; a send
 /// that filled one is reported back in `receipts`), pushes (its reads: the
 /// recipient's transfer actor pushes these; only a failure is answered).
-/// answers: the recipient's claims and pushes (its ids), settled here;
+/// answers: the recipient's writes and pushes (its ids), settled here;
 /// receipts: the sender's receives (its ids) that the recipient's sends
-/// filled, settled here.
+/// filled, settled here. A write is answered by the transfer actor of the
+/// endpoint written to, in a batch of its own that carries answers only
+/// (send_order::answer_to), named by the name its endpoint shares.
 struct ep_batch {
   std::string sender;
-  std::vector<std::uint64_t> claims;
   std::vector<posted_recv> posts;
   std::vector<send_order> pushes;
   std::vector<ep_settled> answers;  // ids the recipient chose
@@ -743,39 +752,39 @@ struct ep_batch {
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ep_batch& x) {
-  return f(caf::meta::type_name("kvferry::proto::ep_batch"), x.sender, x.claims,
-           x.posts, x.pushes, x.answers, x.receipts);
+  return f(caf::meta::type_name("kvferry::proto::ep_batch"), x.sender, x.posts,
+           x.pushes, x.answers, x.receipts);
 }
 
-/// Endpoint control actor -> its own transfer actor: the write orders and
-/// the claims of incoming writes that piled up since its last flush, in one
-/// local message instead of a request each (at depth 16, a 64 KiB write's
-/// five actor messages cost more CPU than its bytes; issue #16). The
-/// transfer actor settles each as a send_atom or recv_atom request would,
-/// and reports them to the batch's sender in order_settled lists.
+/// Endpoint control actor -> its own transfer actor: the write orders that
+/// piled up since its last flush, in one local message instead of a request
+/// each (at depth 16, a 64 KiB write's actor messages cost more CPU than
+/// its bytes; issue #16). The transfer actor settles each as a send_atom
+/// request would, and reports them to the batch's sender in order_settled
+/// lists.
 struct order_batch {
   std::vector<send_order> sends;
-  std::vector<recv_order> claims;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, order_batch& x) {
-  return f(caf::meta::type_name("kvferry::proto::order_batch"), x.sends,
-           x.claims);
+  return f(caf::meta::type_name("kvferry::proto::order_batch"), x.sends);
 }
 
-/// One order of an order_batch settled: `error` empty: done (a send: its
-/// bytes left; a claim: they all landed here), `bytes` moved.
+/// One send of an order_batch settled: `error` empty: done, `bytes` moved;
+/// `landed`: the bytes are in the peer's memory already (CUDA IPC: our
+/// kernel wrote them there), else they left here (a plugin: the peer's
+/// answer says when they landed).
 struct order_settled {
   std::string peer;
   std::uint64_t transfer_id = 0;
-  bool incoming = false; // a claim (else a send)
   std::uint64_t bytes = 0;
+  bool landed = false;
   caf::error error;
 };
 template<class Inspector>
 typename Inspector::result_type inspect(Inspector& f, order_settled& x) {
   return f(caf::meta::type_name("kvferry::proto::order_settled"), x.peer,
-           x.transfer_id, x.incoming, x.bytes, x.error);
+           x.transfer_id, x.bytes, x.landed, x.error);
 }
 
 /// Registers every type above with a config (call before the system starts).
