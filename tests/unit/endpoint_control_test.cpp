@@ -57,82 +57,29 @@ proto::endpoint_order write_order(std::uint64_t id) {
   return o;
 }
 
-} // namespace
-
-TEST_CASE_FIXTURE(test::actor_fixture,
-                  "when the endpoint's transfer actor stops, its writes in "
-                  "flight fail with the reason and later ones at once") {
-  auto net = transport::plugin::load(test::fake_plugin_path());
-  auto tc = test::pair_transfer_config(
-      "ep-a", net, memory_region::allocate_host(4096, "ep-a's region"));
-  tc.detached = false; // in the test's scheduler
-  auto transfer = spawn_transfer(sys, tc);
-  auto ep = request<proto::endpoint>(transfer, proto::endpoint_atom::value);
-  REQUIRE(ep);
-  auto shared = std::make_shared<engine_detail::shared_state>();
-  engine_detail::control_config cc;
-  cc.name = "ep-a";
-  cc.instance = 1;
-  cc.transfer = transfer;
-  cc.self_ep = *ep;
-  cc.timeout_ms = 5000;
-  cc.shared = shared;
-  auto control = engine_detail::spawn_control(sys, cc);
-  // The peer connects (its hello): connection 1.
-  auto peer = sys.spawn(silent_peer, 0);
-  proto::endpoint peer_ep;
-  peer_ep.name = "ep-b";
-  auto hello =
-      request<proto::peer_hello>(control, proto::ep_hello_atom::value,
-                                 proto::peer_hello{"ep-b", 2, peer, peer_ep});
-  REQUIRE(hello);
-  shared->ops[7] = {};
-  shared->ops[8] = {};
-  // Write 7 is ordered, and the transfer actor stops before it answers.
-  caf::anon_send(control, proto::ep_order_atom::value, write_order(7));
-  caf::anon_send_exit(transfer, caf::exit_reason::kill);
-  run();
-  auto failed = [&](std::uint64_t id) {
-    std::lock_guard<std::mutex> lock(shared->mu);
-    const auto& op = shared->ops.at(id);
-    CHECK_FALSE(op.done);
-    return op.error;
-  };
-  auto why = failed(7);
-  REQUIRE_FALSE(why.ok());
-  CHECK(why.code() == ec::peer_down);
-  CHECK(why.reason().find("endpoint 'ep-a': its transfer actor stopped") !=
-        std::string::npos);
-  // A later write fails at once, with the same reason.
-  caf::anon_send(control, proto::ep_order_atom::value, write_order(8));
-  run();
-  auto later = failed(8);
-  REQUIRE_FALSE(later.ok());
-  CHECK(later.reason() == why.reason());
-  caf::anon_send_exit(control, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(peer, caf::exit_reason::user_shutdown);
-  run();
-}
-
-namespace {
-
-// A control actor for "ep-a" over `transfer`, connected to a silent peer
-// "ep-b" (connection 1); ops 7 and 8 are registered with the caller's side.
+// A control actor for "ep-a" (`self_ep`) over `transfer`, connected to a
+// silent peer "ep-b" (connection 1); ops 7 and 8 are registered with the
+// caller's side.
 struct connected_control {
+  test::actor_fixture& fx;
+  transfer_actor transfer;
   std::shared_ptr<engine_detail::shared_state> shared =
       std::make_shared<engine_detail::shared_state>();
   caf::actor control;
   caf::actor peer;
 
-  connected_control(test::actor_fixture& fx, transfer_actor transfer) {
+  connected_control(test::actor_fixture& fixture, transfer_actor t,
+                    proto::endpoint self_ep)
+      : fx(fixture), transfer(std::move(t)) {
     engine_detail::control_config cc;
     cc.name = "ep-a";
     cc.instance = 1;
-    cc.transfer = std::move(transfer);
-    cc.self_ep.name = "ep-a";
+    cc.transfer = transfer;
+    cc.self_ep = std::move(self_ep);
     cc.timeout_ms = 5000;
     cc.shared = shared;
     control = engine_detail::spawn_control(fx.sys, cc);
+    // The peer connects (its hello): connection 1.
     peer = fx.sys.spawn(silent_peer, 0);
     proto::endpoint peer_ep;
     peer_ep.name = "ep-b";
@@ -141,6 +88,10 @@ struct connected_control {
         proto::peer_hello{"ep-b", 2, peer, peer_ep}));
     shared->ops[7] = {};
     shared->ops[8] = {};
+  }
+
+  void write(std::uint64_t id) {
+    caf::anon_send(control, proto::ep_order_atom::value, write_order(id));
   }
 
   engine_detail::op_entry op(std::uint64_t id) {
@@ -155,18 +106,67 @@ struct connected_control {
     b.answers.push_back({id, std::move(err)});
     caf::anon_send(control, proto::ep_batch_atom::value, std::move(b));
   }
+
+  void stop() {
+    caf::anon_send_exit(control, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(peer, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(transfer, caf::exit_reason::user_shutdown);
+    fx.run();
+  }
 };
+
+// Our own endpoint, named as the control actor is.
+proto::endpoint ep_a() {
+  proto::endpoint ep;
+  ep.name = "ep-a";
+  return ep;
+}
 
 } // namespace
 
 TEST_CASE_FIXTURE(test::actor_fixture,
+                  "when the endpoint's transfer actor stops, its writes in "
+                  "flight fail with the reason and later ones at once") {
+  auto net = transport::plugin::load(test::fake_plugin_path());
+  auto tc = test::pair_transfer_config(
+      "ep-a", net, memory_region::allocate_host(4096, "ep-a's region"));
+  tc.detached = false; // in the test's scheduler
+  auto transfer = spawn_transfer(sys, tc);
+  auto ep = request<proto::endpoint>(transfer, proto::endpoint_atom::value);
+  REQUIRE(ep);
+  connected_control c{*this, transfer, *ep};
+  // Write 7 is ordered, and the transfer actor stops before it answers.
+  c.write(7);
+  caf::anon_send_exit(transfer, caf::exit_reason::kill);
+  run();
+  auto failed = [&](std::uint64_t id) {
+    auto op = c.op(id);
+    CHECK_FALSE(op.done);
+    return op.error;
+  };
+  auto why = failed(7);
+  REQUIRE_FALSE(why.ok());
+  CHECK(why.code() == ec::peer_down);
+  CHECK(why.reason().find("endpoint 'ep-a': its transfer actor stopped") !=
+        std::string::npos);
+  // A later write fails at once, with the same reason.
+  c.write(8);
+  run();
+  auto later = failed(8);
+  REQUIRE_FALSE(later.ok());
+  CHECK(later.reason() == why.reason());
+  c.stop();
+}
+
+TEST_CASE_FIXTURE(test::actor_fixture,
                   "a write over a plugin is done once both its settlement "
                   "and the peer's answer came; a failed answer fails it") {
-  auto transfer =
-      caf::actor_cast<transfer_actor>(sys.spawn(settling_transfer, false));
-  connected_control c{*this, transfer};
-  caf::anon_send(c.control, proto::ep_order_atom::value, write_order(7));
-  caf::anon_send(c.control, proto::ep_order_atom::value, write_order(8));
+  connected_control c{
+      *this,
+      caf::actor_cast<transfer_actor>(sys.spawn(settling_transfer, false)),
+      ep_a()};
+  c.write(7);
+  c.write(8);
   run();
   CHECK_FALSE(c.op(7).done); // settled: its bytes left, not yet landed
   CHECK(c.op(7).error.ok());
@@ -179,27 +179,22 @@ TEST_CASE_FIXTURE(test::actor_fixture,
   CHECK(c.op(8).error.code() == ec::invalid_extent);
   CHECK(c.op(8).error.reason().find("transfer 8 from 'ep-a'") !=
         std::string::npos);
-  for (const auto& a :
-       {c.control, c.peer, caf::actor_cast<caf::actor>(transfer)})
-    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  run();
+  c.stop();
 }
 
 TEST_CASE_FIXTURE(test::actor_fixture,
                   "a write over CUDA IPC is done on its settlement alone, "
                   "which says the bytes landed") {
-  auto transfer =
-      caf::actor_cast<transfer_actor>(sys.spawn(settling_transfer, true));
-  connected_control c{*this, transfer};
-  caf::anon_send(c.control, proto::ep_order_atom::value, write_order(7));
+  connected_control c{
+      *this,
+      caf::actor_cast<transfer_actor>(sys.spawn(settling_transfer, true)),
+      ep_a()};
+  c.write(7);
   run();
   CHECK(c.op(7).done);
   CHECK(c.op(7).bytes == 512);
   c.answer(7, caf::error{}); // a stray answer after it changes nothing
   run();
   CHECK(c.op(7).done);
-  for (const auto& a :
-       {c.control, c.peer, caf::actor_cast<caf::actor>(transfer)})
-    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  run();
+  c.stop();
 }
