@@ -113,36 +113,28 @@ void answer(answer_waiter& w, const transfer_entry& t, const caf::error& err,
   caf::anon_send(w.node, proto::node_answered_atom::value, peer, rep, why);
 }
 
-// A settled_flush message to this actor, unless one is on its way.
-void schedule_settled_flush(transfer_state& st) {
+// What piles up for `to` in `piles` (settled_out or answers_out) until the
+// next settled_flush, which goes to this actor's mailbox unless one is on
+// its way.
+template<class Pile>
+Pile& pile_for(transfer_state& st,
+               std::vector<std::pair<caf::actor, Pile>>& piles,
+               const caf::actor& to) {
   if (!st.settled_flush_scheduled) {
     st.settled_flush_scheduled = true;
     caf::anon_send(caf::actor_cast<transfer_actor>(st.me),
                    proto::settled_flush_atom::value);
   }
+  for (auto& [who, pile] : piles)
+    if (who == to)
+      return pile;
+  return piles.emplace_back(to, Pile{}).second;
 }
 
 // The list of settled batched orders for `to`, a flush scheduled.
 std::vector<proto::order_settled>& settled_list(transfer_state& st,
                                                 const caf::actor& to) {
-  schedule_settled_flush(st);
-  for (auto& [who, list] : st.settled_out)
-    if (who == to)
-      return list;
-  return st.settled_out.emplace_back(to, std::vector<proto::order_settled>{})
-      .second;
-}
-
-// The batch of answers for the writing endpoint's control actor `to`, a
-// flush scheduled.
-proto::ep_batch& answers_for(transfer_state& st, const caf::actor& to) {
-  schedule_settled_flush(st);
-  for (auto& [who, batch] : st.answers_out)
-    if (who == to)
-      return batch;
-  auto& batch = st.answers_out.emplace_back(to, proto::ep_batch{}).second;
-  batch.sender = st.cfg.name; // the name our endpoint shares
-  return batch;
+  return pile_for(st, st.settled_out, to);
 }
 
 // Answers whoever waits for `t` (see waiter_promise): done, or with `err`.
@@ -153,7 +145,8 @@ void answer_waiter_of(transfer_state& st, transfer_entry& t,
   if (auto* caller = std::get_if<answer_waiter>(&*t.waiter)) {
     answer(*caller, t, err, peer);
   } else if (auto* writer = std::get_if<peer_answer>(&*t.waiter)) {
-    answers_for(st, writer->to).answers.push_back({writer->transfer_id, err});
+    pile_for(st, st.answers_out, writer->to)
+        .answers.push_back({writer->transfer_id, err});
   } else if (auto* batched = std::get_if<batch_waiter>(&*t.waiter)) {
     settled_list(st, batched->to)
         .push_back({peer, batched->transfer_id, err ? 0 : t.bytes,
@@ -179,8 +172,10 @@ void send_settled(transfer_state& st) {
     if (!list.empty())
       caf::anon_send(to, proto::settled_atom::value, std::move(list));
   st.settled_out.clear();
-  for (auto& [to, batch] : st.answers_out)
+  for (auto& [to, batch] : st.answers_out) {
+    batch.sender = st.cfg.name; // the name our endpoint shares
     caf::anon_send(to, proto::ep_batch_atom::value, std::move(batch));
+  }
   st.answers_out.clear();
 }
 

@@ -108,10 +108,12 @@ void post_sends(self_ptr self, peer_out& p, std::uint64_t id,
     finish(t, self->state, false, p.ep.name);
 }
 
-// The announcement joins the peer's pile (sent at the next flush); a flush
-// message goes to this actor's mailbox unless one is on its way.
+// The announcement of transfer `id` (entry `t`) joins the peer's pile (sent
+// at the next flush); a flush message goes to this actor's mailbox unless
+// one is on its way.
 proto::announcement& queue_announcement(self_ptr self, peer_out& p,
                                         std::uint64_t id,
+                                        const transfer_entry& t,
                                         std::vector<extent> chunks) {
   auto& st = self->state;
   if (!st.announce_flush_scheduled) {
@@ -123,8 +125,7 @@ proto::announcement& queue_announcement(self_ptr self, peer_out& p,
   a.sender = st.cfg.name;
   a.comms = st.cfg.comms_per_peer;
   a.chunks = std::move(chunks);
-  if (auto t = p.transfers.find(id); t != p.transfers.end())
-    a.answer_to = t->second.answer_to;
+  a.answer_to = t.answer_to;
   return a;
 }
 
@@ -133,8 +134,9 @@ proto::announcement& queue_announcement(self_ptr self, peer_out& p,
 // that its deadline drops the channel rather than this transfer alone.
 void start_send(self_ptr self, peer_out& p, std::uint64_t id,
                 std::vector<extent> chunks) {
-  queue_announcement(self, p, id, chunks);
-  p.transfers[id].posted = true;
+  auto& t = p.transfers[id];
+  queue_announcement(self, p, id, t, chunks);
+  t.posted = true;
   p.unposted.push_back({id, std::move(chunks)});
 }
 

@@ -108,11 +108,13 @@ inline std::vector<std::uint64_t> region_sizes_of(const endpoint& ep) {
 /// The first order of a lane carries its listen handles, comms and chunk
 /// size; the sender connects to them.
 ///
-/// `answer_to`: null, or the kvferry::endpoint control actor that wants the
-/// receiver's word once every byte landed (a one-sided write over a plugin):
-/// the announcement carries it, and the receiving transfer actor answers it
+/// `answer_to`: null, or the kvferry::endpoint control actor of a one-sided
+/// write, which wants the word that every byte landed. Over a plugin the
+/// announcement carries it, and the receiving transfer actor answers it
 /// itself in an ep_batch (`answers`, the transfer id) named by its own name,
-/// which its endpoint shares, so no claim (recv order) is needed there.
+/// which its endpoint shares, so no claim (recv order) is needed there. Over
+/// CUDA IPC the sender's settlement says the bytes landed
+/// (order_settled::landed), and the receiver is not told.
 struct send_order {
   std::uint64_t transfer_id = 0;
   endpoint peer;
